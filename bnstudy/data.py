@@ -1,0 +1,339 @@
+"""LightningDataModules for MNIST and CIFAR-10, held in memory as normalised tensors.
+
+Files are read in torchvision's on-disk layout (`MNIST/raw/*-ubyte`,
+`cifar-10-batches-py/*_batch*`) and downloaded with torchvision when missing and
+`download` is true. Each split is decoded once into one tensor; batches are
+slices of it, in an order that depends only on `seed` and the epoch.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+
+class DataError(RuntimeError):
+    """Data files are missing, unreadable or inconsistent with the requested sizes."""
+
+
+class TensorPairs(Dataset):
+    """Inputs and targets held as two tensors; indexed with a tensor of indices gives a batch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index):
+        return self.x[index], self.y[index]
+
+    def to(self, device: torch.device) -> TensorPairs:
+        return TensorPairs(self.x.to(device), self.y.to(device))
+
+
+class EpochBatchSampler(Sampler):
+    """Yields index tensors, one per batch; shuffled by `(seed, epoch)` alone.
+
+    Lightning calls `set_epoch` before each epoch, so the batch order of epoch e
+    is the same in a fresh run and in one resumed from a checkpoint.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        return iter(order.split(self.batch_size))
+
+
+def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader that slices whole batches out of in-memory tensors (no per-sample collation)."""
+    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed)
+    return DataLoader(data, sampler=sampler, batch_size=None)
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches: dicts, lists, strings, numbers and numpy arrays, nothing else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "bytearray"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
+        )
+
+
+def load_cifar_batch(path: Path) -> dict:
+    """Reads one pickled CIFAR batch safely, naming the file in any error."""
+    try:
+        with open(path, "rb") as f:
+            entry = RestrictedUnpickler(f, encoding="latin1").load()
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    except Exception as err:  # any failure here means the file is not a valid batch
+        raise DataError(
+            f"{path} is not a valid CIFAR-10 batch ({type(err).__name__}: {err}). "
+            "Delete it and download again (dataset.datamodule.download=true), or point "
+            "paths.data_dir at a folder with intact files."
+        ) from err
+    if len(data) != len(labels):
+        raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels.")
+    return {"data": data, "labels": labels}
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base for the image datamodules: decode once, normalise, split, serve in-memory batches.
+
+    Subclasses set the class attributes and implement `files`, `download` and `read_split`.
+    `val_size` is a count, or a fraction of the training files when below 1;
+    `train_size` caps the training split (None: everything not used for validation).
+    """
+
+    name: str
+    folder: str
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        batch_size: int = 64,
+        val_size: float | int = 0.1,
+        train_size: int | None = None,
+        eval_batch_size: int = 1000,
+        split_seed: int = 0,
+        seed: int = 0,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.train_size = val_size, train_size
+        self.split_seed, self.seed, self.download = split_seed, seed, download
+        self.train_set: TensorPairs | None = None
+        self.val_set: TensorPairs | None = None
+        self.test_set: TensorPairs | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    # -- per-dataset pieces -------------------------------------------------------------
+    def files(self, train: bool) -> list[Path]:
+        """The files a split is read from."""
+        raise NotImplementedError
+
+    def fetch(self) -> None:
+        """Downloads the dataset into `data_dir` with torchvision."""
+        raise NotImplementedError
+
+    def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (N, C, H, W) and int64 labels (N,) of a split."""
+        raise NotImplementedError
+
+    # -- shared logic ---------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        missing = [p for p in self.files(True) + self.files(False) if not p.is_file()]
+        if not missing:
+            return
+        where = ", ".join(str(p) for p in missing)
+        fix = (
+            f"Point paths.data_dir at a folder that holds {self.folder}/ "
+            "(e.g. paths.data_dir=../shared/data)"
+        )
+        if not self.download:
+            raise DataError(
+                f"{self.name}: files not found: {where}; download is disabled "
+                f"(download=false). {fix}, or allow the download with download=true."
+            )
+        try:
+            self.fetch()
+        except Exception as err:
+            raise DataError(
+                f"{self.name}: files not found: {where}, and the download failed "
+                f"({type(err).__name__}: {err}). {fix}, or retry when online."
+            ) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            x, y = self.read_split(train=True)
+            self.train_set, self.val_set = self._split(self.normalise(x), y)
+        if self.test_set is None and stage in (None, "test"):
+            x, y = self.read_split(train=False)
+            self.test_set = TensorPairs(self.normalise(x), y)
+        device = self._device()
+        for attr in ("train_set", "val_set", "test_set"):
+            data = getattr(self, attr)
+            if data is not None and data.x.device != device:
+                setattr(self, attr, data.to(device))
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels → float32, standardised with the dataset's channel mean and std."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (images.float().div_(255) - mean).div_(std)
+
+    def denormalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Inverse of `normalise`, to [0, 1] pixels (for display)."""
+        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+    def split_sizes(self, n: int) -> tuple[int, int]:
+        """(train, val) counts taken from `n` training files."""
+        val = int(round(self.val_size * n)) if 0 < self.val_size < 1 else int(self.val_size)
+        train = n - val if self.train_size is None else int(self.train_size)
+        if val < 1 or train < 1 or train + val > n:
+            raise DataError(
+                f"{self.name}: train_size={self.train_size} and val_size={self.val_size} ask for "
+                f"{train} training and {val} validation images, but the training files hold {n}. "
+                f"Choose dataset.train_size + dataset.val_size <= {n} (val_size may be a fraction)."
+            )
+        return train, val
+
+    def _split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[TensorPairs, TensorPairs]:
+        n_train, n_val = self.split_sizes(len(y))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        val_idx, train_idx = order[:n_val], order[n_val : n_val + n_train]
+        return TensorPairs(x[train_idx], y[train_idx]), TensorPairs(x[val_idx], y[val_idx])
+
+    def train_dataloader(self) -> DataLoader:
+        return batches(self.train_set, self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return batches(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return batches(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST: 28×28 grey digits, torchvision's `MNIST/raw/` IDX files."""
+
+    name = "mnist"
+    torchvision_class = MNIST
+    input_shape = (1, 28, 28)
+    mean, std = (0.1307,), (0.3081,)
+    classes = tuple(str(d) for d in range(10))
+
+    @property
+    def folder(self) -> str:
+        return f"{self.torchvision_class.__name__}/raw"
+
+    def files(self, train: bool) -> list[Path]:
+        prefix = "train" if train else "t10k"
+        raw = self.data_dir / self.folder
+        return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+
+    def fetch(self) -> None:
+        for train in (True, False):
+            self.torchvision_class(self.data_dir, train=train, download=True)
+
+    def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            ds = self.torchvision_class(self.data_dir, train=train, download=False)
+            images, labels = ds.data, ds.targets
+        except Exception as err:
+            raise DataError(
+                f"{self.name}: could not read {' and '.join(map(str, self.files(train)))} "
+                f"({type(err).__name__}: {err}). The files are corrupt or truncated: delete them "
+                "and download again, or point paths.data_dir at intact files."
+            ) from err
+        if len(images) != len(labels):
+            raise DataError(
+                f"{self.name}: {self.files(train)[0]} holds {len(images)} images but "
+                f"{self.files(train)[1]} holds {len(labels)} labels."
+            )
+        return images.unsqueeze(1).contiguous(), labels.long()
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST: MNIST's format and shapes, 10 clothing classes (`FashionMNIST/raw/`)."""
+
+    name = "fashion_mnist"
+    torchvision_class = FashionMNIST
+    mean, std = (0.2860,), (0.3530,)
+    classes = tuple(FashionMNIST.classes)
+
+
+class CIFAR10DataModule(TensorDataModule):
+    """CIFAR-10: 32×32 RGB, torchvision's pickled `cifar-10-batches-py/` batches.
+
+    `verify_checksums` compares each batch with the official md5 (turn it off for
+    subsets such as the shared fixtures). Batches are read with a restricted unpickler.
+    """
+
+    name = "cifar10"
+    folder = CIFAR10.base_folder
+    input_shape = (3, 32, 32)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    classes = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")  # fmt: skip
+
+    def __init__(self, *args, verify_checksums: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.verify_checksums = verify_checksums
+
+    def _batch_list(self, train: bool) -> list[list[str]]:
+        return CIFAR10.train_list if train else CIFAR10.test_list
+
+    def files(self, train: bool) -> list[Path]:
+        return [self.data_dir / self.folder / name for name, _ in self._batch_list(train)]
+
+    def fetch(self) -> None:
+        download_and_extract_archive(
+            CIFAR10.url, str(self.data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
+        )
+
+    def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for name, md5 in self._batch_list(train):
+            path = self.data_dir / self.folder / name
+            if self.verify_checksums and not check_integrity(str(path), md5):
+                raise DataError(
+                    f"{path} does not match the official CIFAR-10 checksum. If it is a deliberate "
+                    "subset (such as the shared fixtures), turn the check off with "
+                    "dataset.datamodule.verify_checksums=false; otherwise delete it and download again."
+                )
+            batch = load_cifar_batch(path)
+            images.append(batch["data"])
+            labels.append(batch["labels"])
+        return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))

@@ -1,0 +1,167 @@
+"""Entry point: `python -m bnstudy.train [overrides]`, or `-m` to sweep (Hydra main).
+
+One run seeds everything, builds datamodule, model and trainer from the config,
+fits, tests, and leaves in its job directory the TensorBoard events,
+`checkpoints/last.ckpt` and `metrics.json` (history, test metrics, wall time, status).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate, to_absolute_path
+from hydra.experimental.callback import Callback as HydraCallback
+from omegaconf import DictConfig
+
+from bnstudy.callbacks import DivergenceGuard
+from bnstudy.data import DataError
+from bnstudy.records import RECORD_NAME, read_record, update_record
+
+log = logging.getLogger("bnstudy")
+
+FINISHED = ("ok", "diverged")
+
+
+class ConfigError(ValueError):
+    """A config value is outside its allowed range."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the values a user most often mistypes, before anything is built."""
+    checks = [
+        ("dataset.batch_size", cfg.dataset.batch_size, lambda v: v >= 1, "an integer >= 1"),
+        ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
+        ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
+        ("model.hidden_dim", cfg.model.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
+        ("dataset.val_size", cfg.dataset.val_size, lambda v: v > 0,
+         "a fraction in (0, 1) or a count >= 1"),
+        ("dataset.train_size", cfg.dataset.train_size, lambda v: v is None or v >= 1,
+         "null (all remaining images) or an integer >= 1"),
+    ]
+    for key, value, ok, allowed in checks:
+        if value is not None and not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} is not a number; it must be {allowed}.")
+        if not ok(value):
+            raise ConfigError(f"{key}={value} is out of range; it must be {allowed}.")
+
+
+def hparams(cfg: DictConfig) -> dict:
+    """The settings shown in TensorBoard's hparams tab."""
+    return {
+        "dataset": cfg.dataset.name,
+        "norm": cfg.model.norm,
+        "optim": cfg.optim.name,
+        "seed": cfg.seed,
+        "lr": cfg.optim.optimizer.lr,
+        "batch_size": cfg.dataset.batch_size,
+        "hidden_dim": cfg.model.hidden_dim,
+        "max_epochs": cfg.trainer.max_epochs,
+    }
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fits and tests one configuration in `paths.output_dir`; returns its record."""
+    out = Path(cfg.paths.output_dir)
+    record_path = out / RECORD_NAME
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    if cfg.resume and read_record(record_path).get("status") in FINISHED:
+        log.info("%s already finished (resume=true): skipped", cfg.run_name)
+        return read_record(record_path)
+    resume_from = checkpoint if cfg.resume and checkpoint.is_file() else None
+
+    validate(cfg)
+    started = time.perf_counter()
+    update_record(record_path, status="running", run_name=cfg.run_name, hparams=hparams(cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
+    model = instantiate(
+        cfg.model,
+        input_shape=datamodule.input_shape,
+        num_classes=datamodule.num_classes,
+        optimizer=instantiate(cfg.optim.optimizer),
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    logger = instantiate(cfg.logger)
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+
+    guard = next((c for c in callbacks if isinstance(c, DivergenceGuard)), None)
+    result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch}
+    if guard is not None and guard.diverged_at is not None:
+        log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
+        result.update(status="diverged", diverged_at=guard.diverged_at, test=None)
+    else:
+        tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+        result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
+        history = read_record(record_path).get("history", [])
+        final = history[-1] if history else {}
+        logger.log_hyperparams(
+            hparams(cfg),
+            {
+                "hparams/test_acc": tested["test/acc"],
+                "hparams/test_loss": tested["test/loss"],
+                "hparams/val_acc": final.get("val/acc", float("nan")),
+                "hparams/val_loss": final.get("val/loss", float("nan")),
+            },
+        )
+    logger.finalize("success")
+    result["wall_time_s"] = time.perf_counter() - started
+    return update_record(record_path, **result)
+
+
+class FailedJobsSummary(HydraCallback):
+    """At the end of a multirun, names the jobs whose record says `failed` and exits 1."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = sorted(
+            (job.parent.name, read_record(job).get("error", "?"))
+            for job in sweep_dir.glob(f"*/{RECORD_NAME}")
+            if read_record(job).get("status") == "failed"
+        )
+        if failed:
+            lines = "\n".join(f"  {name}: {error}" for name, error in failed)
+            log.error("%d job(s) of %s failed; the others kept their results:\n%s",
+                      len(failed), sweep_dir, lines)
+            sys.exit(1)
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict | None:
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    record_path = Path(cfg.paths.output_dir) / RECORD_NAME
+    try:
+        return train(cfg)
+    except (ConfigError, DataError) as err:
+        message, trace = str(err), None
+    except Exception as err:  # a bug or an unforeseen failure: keep the traceback too
+        message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
+    except BaseException:  # Ctrl-C or a kill: the run can be resumed
+        update_record(record_path, status="interrupted")
+        raise
+    update_record(record_path, status="failed", error=message, traceback=trace)
+    if trace:
+        log.error(trace)
+    log.error("%s failed: %s", cfg.run_name, message)
+    if _is_multirun():
+        return {"status": "failed", "error": message}
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
