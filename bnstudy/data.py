@@ -8,6 +8,7 @@ slices of it, in an order that depends only on `seed` and the epoch.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+
+log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -297,8 +300,9 @@ class FashionMNISTDataModule(MNISTDataModule):
 class CIFAR10DataModule(TensorDataModule):
     """CIFAR-10: 32×32 RGB, torchvision's pickled `cifar-10-batches-py/` batches.
 
-    `verify_checksums` compares each batch with the official md5 (turn it off for
-    subsets such as the shared fixtures). Batches are read with a restricted unpickler.
+    `verify_checksums` compares each batch with the official md5: "strict" refuses a
+    mismatch, "warn" (default) loads it with a warning (subsets such as the shared
+    fixtures differ), "off" skips the check. Batches are read with a restricted unpickler.
     """
 
     name = "cifar10"
@@ -308,8 +312,15 @@ class CIFAR10DataModule(TensorDataModule):
     classes = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")  # fmt: skip
 
-    def __init__(self, *args, verify_checksums: bool = True, **kwargs) -> None:
+    VERIFY_MODES = ("strict", "warn", "off")
+
+    def __init__(self, *args, verify_checksums: str = "warn", **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if verify_checksums not in self.VERIFY_MODES:
+            raise DataError(
+                f"dataset.datamodule.verify_checksums={verify_checksums!r} is not one of "
+                f"{self.VERIFY_MODES}."
+            )
         self.verify_checksums = verify_checksums
 
     def _batch_list(self, train: bool) -> list[list[str]]:
@@ -327,12 +338,21 @@ class CIFAR10DataModule(TensorDataModule):
         images, labels = [], []
         for name, md5 in self._batch_list(train):
             path = self.data_dir / self.folder / name
-            if self.verify_checksums and not check_integrity(str(path), md5):
-                raise DataError(
-                    f"{path} does not match the official CIFAR-10 checksum. If it is a deliberate "
-                    "subset (such as the shared fixtures), turn the check off with "
-                    "dataset.datamodule.verify_checksums=false; otherwise delete it and download again."
+            if (
+                self.verify_checksums != "off"
+                and path.is_file()
+                and not check_integrity(str(path), md5)
+            ):
+                message = (
+                    f"{path} does not match the official CIFAR-10 checksum: a subset or a "
+                    "corrupt file. Results on it are not full-CIFAR-10 results."
                 )
+                if self.verify_checksums == "strict":
+                    raise DataError(
+                        f"{message} Delete it and download again, or load it anyway with "
+                        "dataset.datamodule.verify_checksums=warn (or off)."
+                    )
+                log.warning(message)
             batch = load_cifar_batch(path)
             images.append(batch["data"])
             labels.append(batch["labels"])

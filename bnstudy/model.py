@@ -88,18 +88,23 @@ class MLPClassifier(L.LightningModule):
         if batch_idx == 0:
             # Registered once per epoch: Lightning computes, logs and resets the metric
             # objects at epoch end, so the per-batch cost is only their `update`.
-            self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True,
-                     prog_bar=split == "val")
-            self.log(f"{split}/acc", acc_metric, on_step=False, on_epoch=True,
-                     prog_bar=split == "val")
+            self.log(
+                f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=split == "val"
+            )
+            self.log(
+                f"{split}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=split == "val"
+            )
         return loss, logits
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits = self._shared_step(batch, batch_idx, "train")
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             acc = (logits.detach().argmax(-1) == batch[1]).float().mean()
-            self.log_dict({"train/loss_step": loss.detach(), "train/acc_step": acc},
-                          on_step=True, on_epoch=False)
+            self.log_dict(
+                {"train/loss_step": loss.detach(), "train/acc_step": acc},
+                on_step=True,
+                on_epoch=False,
+            )
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
-from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 
 from bnstudy.callbacks import DivergenceGuard
@@ -42,10 +42,18 @@ def validate(cfg: DictConfig) -> None:
         ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
         ("model.hidden_dim", cfg.model.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
-        ("dataset.val_size", cfg.dataset.val_size, lambda v: v > 0,
-         "a fraction in (0, 1) or a count >= 1"),
-        ("dataset.train_size", cfg.dataset.train_size, lambda v: v is None or v >= 1,
-         "null (all remaining images) or an integer >= 1"),
+        (
+            "dataset.val_size",
+            cfg.dataset.val_size,
+            lambda v: v > 0,
+            "a fraction in (0, 1) or a count >= 1",
+        ),
+        (
+            "dataset.train_size",
+            cfg.dataset.train_size,
+            lambda v: v is None or v >= 1,
+            "null (all remaining images) or an integer >= 1",
+        ),
     ]
     for key, value, ok, allowed in checks:
         if value is not None and not isinstance(value, int | float):
@@ -132,8 +140,12 @@ class FailedJobsSummary(HydraCallback):
         )
         if failed:
             lines = "\n".join(f"  {name}: {error}" for name, error in failed)
-            log.error("%d job(s) of %s failed; the others kept their results:\n%s",
-                      len(failed), sweep_dir, lines)
+            log.error(
+                "%d job(s) of %s failed; the others kept their results:\n%s",
+                len(failed),
+                sweep_dir,
+                lines,
+            )
             sys.exit(1)
 
 

@@ -1,0 +1,126 @@
+"""Datamodules on tiny files in torchvision's formats, and on the shared real subsets."""
+
+import pickle
+
+import pytest
+import torch
+
+from bnstudy.data import CIFAR10DataModule, DataError, MNISTDataModule, load_cifar_batch
+from tests.conftest import write_cifar10, write_mnist
+
+
+def test_mnist_loads_normalises_and_splits(tiny_data):
+    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=0.25, download=False)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) == 450 and len(dm.val_set) == 150 and len(dm.test_set) == 200
+    assert dm.train_set.x.shape[1:] == (1, 28, 28) and dm.train_set.x.dtype == torch.float32
+    raw_min = (0 - 0.1307) / 0.3081
+    assert dm.train_set.x.min().item() == pytest.approx(raw_min, abs=1e-5)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 1, 28, 28) and y.dtype == torch.int64
+    assert len(dm.train_dataloader()) == 15  # ceil(450 / 32)
+
+
+def test_split_is_fixed_and_disjoint(tiny_data):
+    a = MNISTDataModule(tiny_data, val_size=100, train_size=300, seed=1, download=False)
+    b = MNISTDataModule(tiny_data, val_size=100, train_size=300, seed=2, download=False)
+    a.setup("fit")
+    b.setup("fit")
+    assert torch.equal(a.val_set.x, b.val_set.x)  # same val images whatever the run's seed
+    train_rows = {tuple(r.tolist()) for r in a.train_set.x.flatten(1)[:, ::7]}
+    assert not any(tuple(r.tolist()) in train_rows for r in a.val_set.x.flatten(1)[:, ::7])
+    assert len(a.train_set) == 300 and a.test_set is None  # test split only for `test`
+
+
+def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
+    dm = MNISTDataModule(tiny_data, batch_size=50, seed=3, download=False)
+    dm.setup("fit")
+
+    def first_labels(epoch):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))[1]
+
+    assert torch.equal(first_labels(0), first_labels(0))
+    assert not torch.equal(first_labels(0), first_labels(1))
+    epoch = torch.cat([y for _, y in dm.train_dataloader()])
+    assert torch.equal(epoch.sort().values, dm.train_set.y.sort().values)  # a permutation
+
+
+def test_cifar10_loads_with_checksum_check_off_or_warned(tiny_data, caplog):
+    dm = CIFAR10DataModule(tiny_data, val_size=50, download=False, verify_checksums="off")
+    dm.setup()
+    assert len(dm.train_set) == 450 and len(dm.test_set) == 200
+    assert dm.train_set.x.shape[1:] == (3, 32, 32)
+    warned = CIFAR10DataModule(tiny_data, val_size=50, download=False)
+    warned.setup("fit")
+    assert "official CIFAR-10 checksum" in caplog.text
+    assert torch.equal(warned.train_set.x, dm.train_set.x)
+
+
+def test_cifar10_strict_checksum_refuses_a_subset(tiny_data):
+    dm = CIFAR10DataModule(tiny_data, download=False, verify_checksums="strict")
+    with pytest.raises(DataError, match="verify_checksums=warn"):
+        dm.setup("fit")
+
+
+def test_cifar10_pixels_keep_channel_layout(tmp_path):
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    raw = load_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1")["data"]
+    dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
+    x, _ = dm.read_split(train=True)
+    assert torch.equal(x[:4], torch.from_numpy(raw))
+    assert x.shape == (20, 3, 32, 32)
+
+
+def test_sizes_larger_than_the_data_are_refused(tiny_data):
+    dm = MNISTDataModule(tiny_data, val_size=100, train_size=10_000, download=False)
+    with pytest.raises(DataError, match="train_size=10000"):
+        dm.setup("fit")
+
+
+def test_missing_files_with_download_disabled(tmp_path):
+    dm = MNISTDataModule(tmp_path, download=False)
+    with pytest.raises(DataError, match="download is disabled") as err:
+        dm.prepare_data()
+    assert "train-images-idx3-ubyte" in str(err.value) and "paths.data_dir" in str(err.value)
+
+
+def test_truncated_idx_file_names_the_file(tmp_path):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        MNISTDataModule(tmp_path, download=False).setup("fit")
+
+
+def test_cifar_batch_that_is_not_a_pickle_names_the_file(tmp_path):
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+    dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
+    with pytest.raises(DataError, match="data_batch_3"):
+        dm.setup("fit")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_cifar_unpickler_refuses_code(tmp_path):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({"data": Exploit(), "labels": []}))
+    with pytest.raises(DataError, match="refusing to load builtins.print"):
+        load_cifar_batch(path)
+
+
+def test_shared_real_subsets_load(shared_data):
+    mnist = MNISTDataModule(shared_data, download=False)
+    mnist.setup()
+    assert len(mnist.train_set) + len(mnist.val_set) == 8000 and len(mnist.test_set) == 2000
+    assert abs(mnist.train_set.x.mean().item()) < 0.1  # roughly standardised
+    cifar = CIFAR10DataModule(shared_data, download=False, verify_checksums="off")
+    cifar.setup()
+    assert len(cifar.train_set) + len(cifar.val_set) == 5085 and len(cifar.test_set) == 1017
+    assert set(cifar.train_set.y.unique().tolist()) == set(range(10))
