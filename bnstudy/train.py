@@ -39,6 +39,7 @@ def validate(cfg: DictConfig) -> None:
     """Checks the values a user most often mistypes, before anything is built."""
     checks = [
         ("dataset.batch_size", cfg.dataset.batch_size, lambda v: v >= 1, "an integer >= 1"),
+        ("dataset.lr", cfg.dataset.lr, lambda v: v > 0, "a number > 0"),
         ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
         ("model.hidden_dim", cfg.model.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
@@ -102,7 +103,7 @@ def train(cfg: DictConfig) -> dict:
     logger = instantiate(cfg.logger)
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
     guard = next((c for c in callbacks if isinstance(c, DivergenceGuard)), None)
     result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch}
@@ -140,13 +141,11 @@ class FailedJobsSummary(HydraCallback):
         )
         if failed:
             lines = "\n".join(f"  {name}: {error}" for name, error in failed)
-            log.error(
-                "%d job(s) of %s failed; the others kept their results:\n%s",
-                len(failed),
-                sweep_dir,
-                lines,
+            sys.exit(
+                f"{len(failed)} job(s) of {sweep_dir} failed; the others kept their results:\n"
+                f"{lines}\nFix the cause, then re-run the same command with resume=true "
+                f"hydra.sweep.dir={sweep_dir} to run only what is unfinished."
             )
-            sys.exit(1)
 
 
 def _is_multirun() -> bool:
