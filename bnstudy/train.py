@@ -8,6 +8,7 @@ fits, tests, and leaves in its job directory the TensorBoard events,
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -16,11 +17,12 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.data import DataError
@@ -29,6 +31,7 @@ from bnstudy.records import RECORD_NAME, read_record, update_record
 log = logging.getLogger("bnstudy")
 
 FINISHED = ("ok", "diverged")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class ConfigError(ValueError):
@@ -77,6 +80,33 @@ def hparams(cfg: DictConfig) -> dict:
     }
 
 
+def torch_threads(setting: int | str | None) -> int | None:
+    """Threads for this job: an explicit count, or with `auto` cores / parallel jobs."""
+    if setting != "auto":
+        return setting
+    n_jobs = None
+    if HydraConfig.initialized():
+        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+    if not n_jobs:
+        return None  # one job at a time: torch's default (all cores)
+    cores = os.cpu_count() or 1
+    return max(1, cores // n_jobs) if n_jobs > 0 else 1
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config."""
+    datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
+    model = instantiate(
+        cfg.model,
+        input_shape=datamodule.input_shape,
+        num_classes=datamodule.num_classes,
+        optimizer=instantiate(cfg.optim.optimizer),
+    )
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
+    return datamodule, model, trainer
+
+
 def train(cfg: DictConfig) -> dict:
     """Fits and tests one configuration in `paths.output_dir`; returns its record."""
     out = Path(cfg.paths.output_dir)
@@ -91,21 +121,15 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     update_record(record_path, status="running", run_name=cfg.run_name, hparams=hparams(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if (threads := torch_threads(cfg.threads)) is not None:
+        torch.set_num_threads(threads)
 
-    datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
-    model = instantiate(
-        cfg.model,
-        input_shape=datamodule.input_shape,
-        num_classes=datamodule.num_classes,
-        optimizer=instantiate(cfg.optim.optimizer),
-    )
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    logger = instantiate(cfg.logger)
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    datamodule, model, trainer = build(cfg)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
-    guard = next((c for c in callbacks if isinstance(c, DivergenceGuard)), None)
+    logger = trainer.logger
+    guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
     result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch}
     if guard is not None and guard.diverged_at is not None:
         log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
@@ -152,7 +176,7 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
