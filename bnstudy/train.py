@@ -130,7 +130,11 @@ def train(cfg: DictConfig) -> dict:
 
     logger = trainer.logger
     guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
-    result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch}
+    result: dict = {
+        "status": "ok",
+        "epochs_trained": trainer.current_epoch,
+        "torch_threads": torch.get_num_threads(),
+    }
     if guard is not None and guard.diverged_at is not None:
         log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
         result.update(status="diverged", diverged_at=guard.diverged_at, test=None)
