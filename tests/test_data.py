@@ -5,7 +5,13 @@ import pickle
 import pytest
 import torch
 
-from bnstudy.data import CIFAR10DataModule, DataError, MNISTDataModule, load_cifar_batch
+from bnstudy.data import (
+    CIFAR10DataModule,
+    DataError,
+    FashionMNISTDataModule,
+    MNISTDataModule,
+    load_cifar_batch,
+)
 from tests.conftest import write_cifar10, write_mnist
 
 
@@ -124,3 +130,15 @@ def test_shared_real_subsets_load(shared_data):
     cifar.setup()
     assert len(cifar.train_set) + len(cifar.val_set) == 5085 and len(cifar.test_set) == 1017
     assert set(cifar.train_set.y.unique().tolist()) == set(range(10))
+
+
+def test_fashion_mnist_reads_its_own_folder(tmp_path):
+    write_mnist(tmp_path, n_train=50, n_test=20, folder="FashionMNIST")
+    dm = FashionMNISTDataModule(tmp_path, val_size=10, download=False)
+    dm.prepare_data()
+    dm.setup()
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (40, 10, 20)
+    assert dm.classes[0] == "T-shirt/top" and dm.input_shape == (1, 28, 28)
+    assert dm.train_set.x.min().item() == pytest.approx((0 - 0.2860) / 0.3530, abs=1e-5)
+    with pytest.raises(DataError, match="MNIST/raw/train-images-idx3-ubyte"):
+        MNISTDataModule(tmp_path, download=False).prepare_data()  # not MNIST's folder
