@@ -82,16 +82,18 @@ class DivergenceGuard(Callback):
 # -- pictures of what the network learned ---------------------------------------------------
 def weight_grid(weight: torch.Tensor, input_shape: Sequence[int], num_units: int = 64,
                 padding: int = 2) -> torch.Tensor:
-    """The first `num_units` rows of a (units, inputs) weight as a (3, H, W) image grid in [0, 1].
+    """The first `num_units` rows of a weight as a (3, H, W) image grid in [0, 1].
 
-    Each row is reshaped to `input_shape` and scaled on its own, symmetrically around 0:
-    `w / (2 max|w|) + 0.5`, so mid-grey is a zero weight, white the row's largest positive
-    and black its largest negative weight. Tiles run row-major in unit order, `ceil(sqrt(n))`
-    per grid row (64 units: 8 × 8).
+    A Linear weight (units, inputs) gives one tile per row, reshaped to `input_shape`; a
+    Conv2d weight (filters, in, k, k) one (in, k, k) tile per filter. Each tile is scaled on
+    its own, symmetrically around 0: `w / (2 max|w|) + 0.5`, so mid-grey is a zero weight,
+    white the tile's largest positive and black its largest negative weight. Tiles run
+    row-major in unit order, `ceil(sqrt(n))` per grid row (64 units: 8 × 8).
     """
-    rows = weight.detach()[:num_units].float().cpu()
+    shape = weight.shape[1:] if weight.dim() == 4 else input_shape
+    rows = weight.detach()[:num_units].float().cpu().flatten(1)
     bound = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
-    tiles = (rows / (2 * bound) + 0.5).view(-1, *input_shape)
+    tiles = (rows / (2 * bound) + 0.5).view(-1, *shape)
     return make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=padding)
 
 
@@ -206,7 +208,7 @@ class ImageCallback(Callback):
 
 
 class WeightGrid(ImageCallback):
-    """The first layer's weight rows as images (see `weight_grid`), one tile per hidden unit.
+    """The first layer's weights as images (see `weight_grid`), a tile per unit or conv filter.
 
     TensorBoard image `weights/first_layer`; files `weights_epoch{E}.png` (E counted from 0,
     as in metrics.json) and `weights_final.png` in `dirpath`.

@@ -1,4 +1,4 @@
-"""The study's network: a 2-layer MLP with an optional BatchNorm, as one LightningModule."""
+"""The study's networks, each a LightningModule with a `norm` flag: an MLP and a small CNN."""
 
 from __future__ import annotations
 
@@ -9,54 +9,71 @@ from collections.abc import Callable, Iterable, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import ListConfig
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-NORMS = ("bn", "none")
+NORMS = ("bn", "layer", "none")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-def make_norm(norm: str, num_features: int) -> nn.Module:
-    """The layer between the first Linear and the ReLU for a `norm` flag."""
+def make_norm(norm: str, num_features: int, spatial: bool = False) -> nn.Module:
+    """The layer between a Linear (`spatial`: a Conv2d) and its ReLU for a `norm` flag.
+
+    `bn`: BatchNorm1d (BatchNorm2d), statistics over the batch (and positions); `layer`:
+    LayerNorm over each sample's units (GroupNorm with one group: over channels and
+    positions); `none`: identity.
+    """
     if norm == "bn":
-        return nn.BatchNorm1d(num_features)
+        return nn.BatchNorm2d(num_features) if spatial else nn.BatchNorm1d(num_features)
+    if norm == "layer":
+        return nn.GroupNorm(1, num_features) if spatial else nn.LayerNorm(num_features)
     if norm == "none":
         return nn.Identity()
     raise ValueError(f"model.norm={norm!r} is not a known normalisation; use one of {NORMS}.")
 
 
-class MLPClassifier(L.LightningModule):
-    """`Flatten → Linear(in, hidden) → [BatchNorm1d] → ReLU → Linear(hidden, classes)`.
+def hidden_layers(
+    in_features: int, hidden_dim: int, depth: int, norm: str
+) -> list[tuple[str, nn.Module]]:
+    """`[Linear → norm → ReLU] × depth`, named `fc1, norm1, act1, fc2, …` (a ReLU per layer)."""
+    layers = []
+    for i in range(1, depth + 1):
+        layers += [
+            (f"fc{i}", nn.Linear(in_features if i == 1 else hidden_dim, hidden_dim)),
+            (f"norm{i}", make_norm(norm, hidden_dim)),
+            (f"act{i}", nn.ReLU()),
+        ]
+    return layers
 
-    Trained with cross-entropy. The optimizer is a factory (a Hydra `_partial_`
-    from the `optim` config group) called with the parameters.
-    Logs `train/loss`, `train/acc` (per epoch, plus `*_step` every
+
+class Classifier(L.LightningModule):
+    """Base: trains the `self.net` a subclass builds, with cross-entropy.
+
+    The optimizer is a factory (a Hydra `_partial_` from the `optim` config group) called
+    with the parameters. Logs `train/loss`, `train/acc` (per epoch, plus `*_step` every
     `trainer.log_every_n_steps`), `val/loss`, `val/acc`, `test/loss`, `test/acc`.
     """
+
+    arch: str  # the `model` hparam of the subclass: mlp | cnn
+    net: nn.Sequential
 
     def __init__(
         self,
         input_shape: Sequence[int],
         num_classes: int,
-        hidden_dim: int = 256,
-        norm: str = "bn",
         optimizer: OptimizerFactory | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.input_shape = tuple(input_shape)
+        self.save_hyperparameters(ignore=["optimizer"], logger=False)  # the subclass's too
+        for key, value in self.hparams.items():
+            # Hydra passes lists as ListConfig, which `weights_only` loading (resume) refuses.
+            if isinstance(value, ListConfig):
+                self.hparams[key] = tuple(value)
         self.optimizer_factory = optimizer
-        self.net = nn.Sequential(
-            OrderedDict(
-                flatten=nn.Flatten(),
-                fc1=nn.Linear(math.prod(self.input_shape), hidden_dim),
-                norm=make_norm(norm, hidden_dim),
-                act=nn.ReLU(),
-                fc2=nn.Linear(hidden_dim, num_classes),
-            )
-        )
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{kind}": (
@@ -70,9 +87,9 @@ class MLPClassifier(L.LightningModule):
         )
 
     @property
-    def first_layer(self) -> nn.Linear:
-        """The first Linear layer, whose weight rows the weight-grid callback draws."""
-        return self.net.fc1
+    def first_layer(self) -> nn.Linear | nn.Conv2d:
+        """The first Linear or Conv2d layer, whose weights the weight-grid callback draws."""
+        return next(m for m in self.net if isinstance(m, nn.Linear | nn.Conv2d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -115,5 +132,79 @@ class MLPClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
-            raise ValueError("MLPClassifier needs an optimizer factory (the `optim` config group).")
+            raise ValueError(
+                f"{type(self).__name__} needs an optimizer factory (the `optim` config group)."
+            )
         return self.optimizer_factory(self.parameters())
+
+
+class MLPClassifier(Classifier):
+    """`Flatten → [Linear → norm → ReLU] × depth → Linear(hidden, classes)`.
+
+    Layers `flatten, fc1, norm1, act1, …, out`; depth 1 is the study's 2-layer net.
+    """
+
+    arch = "mlp"
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        hidden_dim: int = 256,
+        norm: str = "bn",
+        depth: int = 1,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, optimizer)
+        self.net = nn.Sequential(
+            OrderedDict(
+                [
+                    ("flatten", nn.Flatten()),
+                    *hidden_layers(math.prod(self.input_shape), hidden_dim, depth, norm),
+                    ("out", nn.Linear(hidden_dim, num_classes)),
+                ]
+            )
+        )
+
+
+class CNNClassifier(Classifier):
+    """`[Conv3×3 → norm → ReLU → MaxPool2] per entry of channels → Flatten →
+    [Linear → norm → ReLU] × depth → Linear(hidden, classes)`.
+
+    Layers `conv1, conv_norm1, conv_act1, pool1, …, flatten, fc1, norm1, act1, …, out`.
+    The convolutions keep the size (padding 1), each pooling halves it (rounding down).
+    """
+
+    arch = "cnn"
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden_dim: int = 256,
+        norm: str = "bn",
+        depth: int = 1,
+        optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__(input_shape, num_classes, optimizer)
+        in_channels, height, width = self.input_shape
+        layers = []
+        for i, out_channels in enumerate(channels, 1):
+            layers += [
+                (f"conv{i}", nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)),
+                (f"conv_norm{i}", make_norm(norm, out_channels, spatial=True)),
+                (f"conv_act{i}", nn.ReLU()),
+                (f"pool{i}", nn.MaxPool2d(2)),
+            ]
+            in_channels, height, width = out_channels, height // 2, width // 2
+        self.net = nn.Sequential(
+            OrderedDict(
+                [
+                    *layers,
+                    ("flatten", nn.Flatten()),
+                    *hidden_layers(in_channels * height * width, hidden_dim, depth, norm),
+                    ("out", nn.Linear(hidden_dim, num_classes)),
+                ]
+            )
+        )

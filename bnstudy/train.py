@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.callbacks import DivergenceGuard
@@ -46,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
         ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
         ("model.hidden_dim", cfg.model.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
+        ("model.depth", model_depth(cfg), lambda v: v >= 1, "an integer >= 1"),
         (
             "dataset.val_size",
             cfg.dataset.val_size,
@@ -66,10 +67,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} is out of range; it must be {allowed}.")
 
 
+def model_depth(cfg: DictConfig) -> int:
+    """`model.depth`, or 1 (the 2-layer net) for a config from before it existed."""
+    return OmegaConf.select(cfg, "model.depth", default=1)
+
+
 def hparams(cfg: DictConfig) -> dict:
     """The settings shown in TensorBoard's hparams tab."""
     return {
         "dataset": cfg.dataset.name,
+        "model": get_class(cfg.model._target_).arch,
+        "depth": model_depth(cfg),
         "norm": cfg.model.norm,
         "optim": cfg.optim.name,
         "seed": cfg.seed,

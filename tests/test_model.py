@@ -1,34 +1,88 @@
-"""The MLP: shapes, the norm flag, and BatchNorm's train/eval behaviour."""
+"""The models: shapes, depth, the norm flag (bn | layer | none), and each norm's statistics."""
 
 import functools
+import io
+from collections import OrderedDict
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
-from bnstudy.model import MLPClassifier
+from bnstudy.model import CNNClassifier, MLPClassifier
+
+SHAPES = [(1, 28, 28), (3, 32, 32)]
+SGD = functools.partial(torch.optim.SGD, lr=0.1)
+NORM_1D = {"bn": nn.BatchNorm1d, "layer": nn.LayerNorm, "none": nn.Identity}
+NORM_2D = {"bn": nn.BatchNorm2d, "layer": nn.GroupNorm, "none": nn.Identity}
 
 
-def make(norm: str, input_shape=(1, 28, 28), hidden_dim=32) -> MLPClassifier:
+def make(norm: str, input_shape=(1, 28, 28), hidden_dim=32, depth=1) -> MLPClassifier:
     return MLPClassifier(
         input_shape,
         num_classes=10,
         hidden_dim=hidden_dim,
         norm=norm,
-        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        depth=depth,
+        optimizer=SGD,
     )
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-@pytest.mark.parametrize("norm", ["bn", "none"])
-def test_output_shape_and_layers(shape, norm):
-    model = make(norm, shape)
+def make_cnn(norm: str, input_shape=(1, 28, 28), channels=(4, 8), hidden_dim=16) -> CNNClassifier:
+    return CNNClassifier(
+        input_shape, 10, channels=channels, hidden_dim=hidden_dim, norm=norm, optimizer=SGD
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("norm", ["bn", "layer", "none"])
+@pytest.mark.parametrize("depth", [1, 3])
+def test_mlp_shapes_layers_and_norms(shape, norm, depth):
+    model = make(norm, shape, depth=depth)
     assert model(torch.randn(5, *shape)).shape == (5, 10)
+    assert model.first_layer is model.net.fc1
     assert model.first_layer.weight.shape == (32, shape[0] * shape[1] * shape[2])
-    kinds = [type(m) for m in model.net]
-    assert kinds[:2] == [nn.Flatten, nn.Linear] and kinds[3:] == [nn.ReLU, nn.Linear]
-    has_bn = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
-    assert has_bn == (norm == "bn")
+    hidden = [[type(model.net.get_submodule(f"{kind}{i}")) for kind in ("fc", "norm", "act")]
+              for i in range(1, depth + 1)]
+    assert hidden == [[nn.Linear, NORM_1D[norm], nn.ReLU]] * depth
+    assert [type(m) for m in model.net] == [nn.Flatten, *sum(hidden, []), nn.Linear]
+    widths = [model.net.get_submodule(f"fc{i}").in_features for i in range(2, depth + 1)]
+    assert widths == [32] * (depth - 1)
+    assert model.net.out.in_features == 32 and model.net.out.out_features == 10
+    for other in {"bn", "layer"} - {norm}:
+        assert not any(isinstance(m, NORM_1D[other]) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "model,layers", [(make("bn", depth=4), 4), (make_cnn("layer"), 3)], ids=["mlp", "cnn"]
+)
+def test_every_hidden_layer_has_its_own_relu(model, layers):
+    """Hooks on ReLU inputs and per-module-name statistics need one instance per layer."""
+    relus = [name for name, m in model.named_modules(remove_duplicate=False)
+             if isinstance(m, nn.ReLU)]
+    assert len(relus) == layers and len({id(model.get_submodule(n)) for n in relus}) == layers
+
+
+def test_depth_one_is_the_studys_two_layer_net():
+    """Same parameters, in the same order and initialised from the same seed, as the old net."""
+    torch.manual_seed(0)
+    old = nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(784, 256),
+            norm=nn.BatchNorm1d(256),
+            act=nn.ReLU(),
+            fc2=nn.Linear(256, 10),
+        )
+    )
+    torch.manual_seed(0)
+    new = MLPClassifier((1, 28, 28), 10, optimizer=SGD)
+    assert sum(p.numel() for p in new.parameters()) == 784 * 256 + 256 + 2 * 256 + 256 * 10 + 10
+    assert [p.shape for p in new.parameters()] == [p.shape for p in old.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(new.parameters(), old.parameters(), strict=True))
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(new(x), old(x))
 
 
 def test_batchnorm_uses_batch_statistics_in_train_and_running_ones_in_eval():
@@ -36,32 +90,94 @@ def test_batchnorm_uses_batch_statistics_in_train_and_running_ones_in_eval():
     model = make("bn")
     x = torch.randn(64, 1, 28, 28) * 3 + 2
     model.train()
-    pre = model.net.norm(model.net.fc1(model.net.flatten(x)))
+    pre = model.net.norm1(model.net.fc1(model.net.flatten(x)))
     # train mode: each unit is standardised over the batch
     assert torch.allclose(pre.mean(0), torch.zeros(32), atol=1e-5)
     assert torch.allclose(pre.std(0, unbiased=False), torch.ones(32), atol=1e-3)
-    assert model.net.norm.num_batches_tracked == 1
+    assert model.net.norm1.num_batches_tracked == 1
     model.eval()
     single = model(x[:1])
     assert torch.equal(single, model(x[:1]))  # no batch dependence in eval
     batch_of_two = model(x[:2])[:1]
     assert torch.allclose(single, batch_of_two, atol=1e-6)
-    assert model.net.norm.num_batches_tracked == 1  # eval leaves running stats alone
+    assert model.net.norm1.num_batches_tracked == 1  # eval leaves running stats alone
 
 
-def test_without_bn_the_output_does_not_depend_on_the_batch():
-    model = make("none").train()
+@pytest.mark.parametrize("training", [True, False])
+def test_layernorm_standardises_each_sample_over_its_units_in_train_and_eval(training):
+    torch.manual_seed(0)
+    model = make("layer", depth=2).train(training)
+    x = torch.randn(16, 1, 28, 28) * 3 + 2
+    fc1_out = model.net.fc1(model.net.flatten(x))
+    pre = model.net.norm1(fc1_out)
+    assert not torch.allclose(fc1_out.mean(1), torch.zeros(16), atol=1e-2)  # not already so
+    assert torch.allclose(pre.mean(1), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(pre.std(1, unbiased=False), torch.ones(16), atol=1e-3)
+    # per sample: the output of one image does not depend on the rest of the batch
+    assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_without_bn_the_output_does_not_depend_on_the_batch(norm):
+    model = make(norm).train()
     x = torch.randn(8, 1, 28, 28)
     assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("norm", ["bn", "layer", "none"])
+def test_cnn_shapes_layers_and_norms(shape, norm):
+    model = make_cnn(norm, shape)
+    assert model(torch.randn(5, *shape)).shape == (5, 10)
+    assert model.first_layer is model.net.conv1
+    assert model.first_layer.weight.shape == (4, shape[0], 3, 3)
+    blocks = [[type(model.net.get_submodule(f"{kind}{i}")) for kind in
+               ("conv", "conv_norm", "conv_act", "pool")] for i in (1, 2)]
+    assert blocks == [[nn.Conv2d, NORM_2D[norm], nn.ReLU, nn.MaxPool2d]] * 2
+    side = shape[1] // 4  # two poolings: 28 → 7, 32 → 8
+    assert model.net.fc1.in_features == 8 * side * side
+    assert type(model.net.norm1) is NORM_1D[norm]
+    if norm == "layer":  # GroupNorm with one group: LayerNorm over channels and positions
+        assert model.net.conv_norm1.num_groups == 1 and model.net.conv_norm1.num_channels == 4
+
+
+def test_cnn_norms_standardise_over_the_right_axes():
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 32, 32) * 3 + 2
+    bn, gn = make_cnn("bn", (3, 32, 32)).train(), make_cnn("layer", (3, 32, 32)).train()
+    pre_bn = bn.net.conv_norm1(bn.net.conv1(x))  # per channel over batch and positions
+    assert torch.allclose(pre_bn.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(pre_bn.std((0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3)
+    pre_gn = gn.net.conv_norm1(gn.net.conv1(x))  # per sample over channels and positions
+    assert torch.allclose(pre_gn.mean((1, 2, 3)), torch.zeros(16), atol=1e-5)
+    assert torch.allclose(pre_gn.std((1, 2, 3), unbiased=False), torch.ones(16), atol=1e-3)
 
 
 def test_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="norm='group'"):
         make("group")
+    with pytest.raises(ValueError, match="norm='group'"):
+        make_cnn("group")
 
 
-def test_optimizer_comes_from_the_factory():
-    model = make("bn")
+@pytest.mark.parametrize("model", [make("bn"), make_cnn("bn")], ids=["mlp", "cnn"])
+def test_optimizer_comes_from_the_factory(model):
     opt = model.configure_optimizers()
     assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.1
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("target", ["MLPClassifier", "CNNClassifier"])
+def test_hyperparameters_from_hydra_load_with_weights_only(target):
+    """Hydra passes lists as ListConfig; the checkpoint must hold plain values to resume."""
+    cfg = OmegaConf.create({"_target_": f"bnstudy.model.{target}", "depth": 2})
+    if target == "CNNClassifier":
+        cfg.channels = [8, 16]
+    model = instantiate(cfg, input_shape=(3, 32, 32), num_classes=10, optimizer=SGD)
+    buffer = io.BytesIO()
+    torch.save({"hyper_parameters": dict(model.hparams)}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)["hyper_parameters"]
+    expected = {"input_shape": (3, 32, 32), "num_classes": 10, "hidden_dim": 256, "norm": "bn",
+                "depth": 2}
+    assert loaded == expected | ({"channels": (8, 16)} if target == "CNNClassifier" else {})

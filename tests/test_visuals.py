@@ -55,6 +55,21 @@ def test_weight_grid_default_is_8_by_8():
                           (row / (2 * row.abs().max()) + 0.5).view(28, 28))
 
 
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_weight_grid_of_a_conv_layer_has_a_tile_per_filter(in_channels):
+    shape = (in_channels, 3, 3)
+    weight = torch.randn(32, *shape)
+    grid = weight_grid(weight, (in_channels, 28, 28))  # conv filters: the input shape is unused
+
+    assert grid.shape == (3, *grid_size(32, 6, shape))  # 32 filters, ceil(sqrt(32)) = 6 per row
+    for k in range(32):
+        bound = weight[k].abs().max()  # each filter scaled on its own, over all its channels
+        expected = (weight[k] / (2 * bound) + 0.5).expand(3, -1, -1)
+        assert torch.allclose(tile(grid, k, 6, shape), expected, atol=1e-6)
+        assert tile(grid, k, 6, shape).amin() == 0 or tile(grid, k, 6, shape).amax() == 1
+    assert tile(grid, 32, 6, shape).eq(0).all()  # no 33rd tile: padding only
+
+
 @pytest.fixture(scope="module")
 def trained(shared_data) -> MLPClassifier:
     """An MLP with BatchNorm trained for one epoch on the shared real-MNIST subset."""
@@ -72,7 +87,7 @@ def trained(shared_data) -> MLPClassifier:
 @pytest.mark.parametrize("training", [True, False])
 def test_hallucinations_raise_class_logits_and_leave_model_alone(trained, training):
     model = trained.train(training)
-    model.net.fc2.bias.requires_grad_(False)  # mixed flags, to check they come back as they were
+    model.net.out.bias.requires_grad_(False)  # mixed flags, to check they come back as they were
     model.zero_grad(set_to_none=True)
     flags = [p.requires_grad for p in model.parameters()]
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BN running stats included
