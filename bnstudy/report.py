@@ -9,6 +9,9 @@ groups the jobs by every hparam except the seed, and writes `SWEEP_DIR/report/`:
   (narrower) standard error of the mean. With one seed there is no band.
 - `weights_<dataset>_<optim>.png`, `hallucinations_<dataset>_<optim>.png`: each side's
   `images/{weights,hallucinations}_final.png` of its first seed, no BN left, BN right.
+- `lr_<dataset>.png`, `batch_size_<dataset>.png` (when `lr` or `batch_size` varies, as in
+  `experiment=lr_sweep` or `batch_sweep`): final validation accuracy vs that hparam, a panel per
+  optimizer, a line per norm, diverged runs marked; report.md states each norm's usable range.
 - `summary.csv`: one row per dataset × optim × norm (× any other varying hparam).
 - `report.md`: the table, the figures and one verdict per dataset × optim, from Welch's t-test
   on the seeds' final validation accuracies.
@@ -36,7 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from scipy import stats  # noqa: E402
 
@@ -54,6 +57,9 @@ IMAGE_KINDS = {"weights": "Final first-layer weights", "hallucinations": "Final 
 METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "test_acc",
            "first_epoch_train_loss", "epochs_to_target", "wall_time_s")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
+SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun, section title)
+          "batch_size": ("batch size", "Batch-size sensitivity")}
+USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
 
 
 class ReportError(Exception):
@@ -145,14 +151,17 @@ def load_runs(sweep_dir: Path) -> list[Run]:
 def never_started(sweep_dir: Path) -> list[str]:
     """The jobs that `multirun.yaml` plans but that have no directory, as override strings.
 
-    Knows the plan of Hydra's basic sweeper (every combination of comma-separated values);
-    for other sweeps (intervals, say) it names none.
+    Knows the plan of Hydra's basic sweeper (every combination of comma-separated values, from
+    `hydra.sweeper.params` and the command line, which wins); for other sweeps (intervals, say)
+    it names none.
     """
     plan_file = sweep_dir / "multirun.yaml"
     if not plan_file.is_file():
         return []
-    parsed = OverridesParser.create().parse_overrides(
-        list(OmegaConf.load(plan_file).hydra.overrides.task))
+    plan = OmegaConf.load(plan_file).hydra
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(plan, "sweeper.params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *plan.overrides.task])
+    parsed = list({o.get_key_element(): o for o in overrides}.values())  # the last of a key wins
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return []
     choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
@@ -373,6 +382,164 @@ def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
     return fig
 
 
+# --- robustness sweeps (experiment=lr_sweep | batch_sweep) ---------------------------------
+
+
+def sweep_panels(groups: dict[tuple, list[Run]], hparam: str) -> dict[str, dict[tuple, dict]]:
+    """The groups by dataset, then panel (the key without dataset, norm and `hparam`: the optim
+    and any other varying hparam), then norm, then value of `hparam`, ascending."""
+    known = [(key, runs) for key, runs in groups.items() if dict(key).get(hparam) is not None]
+    out: dict[str, dict[tuple, dict]] = {}
+    for key, runs in sorted(known, key=lambda item: float(dict(item[0])[hparam])):
+        values = dict(key)
+        panel = tuple(kv for kv in key if kv[0] not in ("dataset", "norm", hparam))
+        by_norm = out.setdefault(values["dataset"], {}).setdefault(panel, {})
+        by_norm.setdefault(values["norm"], {})[values[hparam]] = runs
+    return out
+
+
+def point_means(by_norm: dict[str, dict]) -> dict[str, dict]:
+    """Per norm and swept value whose runs all finished ok, their mean final validation accuracy."""
+    return {norm: {value: mean_std(per_seed(runs, None)["final_val_acc"])[0]
+                   for value, runs in by_value.items() if all(r.outcome == "ok" for r in runs)}
+            for norm, by_value in by_norm.items()}
+
+
+def usable_values(by_norm: dict[str, dict],
+                  within: float = USABLE_WITHIN) -> tuple[float, dict[str, list]]:
+    """The panel's best mean final validation accuracy, and per norm its usable swept values:
+    every run there finished ok (none diverged, failed or unfinished) and their mean final
+    validation accuracy is at most `within` (0.05: 5 points) below that best."""
+    means = point_means(by_norm)
+    best = max((m for by_value in means.values() for m in by_value.values() if not math.isnan(m)),
+               default=math.nan)
+    return best, {norm: [v for v, m in by_value.items() if best - m <= within + 1e-12]
+                  for norm, by_value in means.items()}
+
+
+def value_range(noun: str, usable: list, grid: list) -> str:
+    """`0.01 to 1 (5 of 11 values)`, the values listed when they are not adjacent in the grid,
+    or `no <noun>`."""
+    count = f"{len(usable)} of {len(grid)} values"
+    if not usable:
+        return f"no {noun} ({count})"
+    if len(usable) == 1:
+        return f"{usable[0]:g} only ({count})"
+    first, last = grid.index(usable[0]), grid.index(usable[-1])
+    if last - first + 1 == len(usable):
+        return f"{usable[0]:g} to {usable[-1]:g} ({count})"
+    return f"{', '.join(f'{v:g}' for v in usable)} ({count}, not adjacent in the grid)"
+
+
+def _values(n: int) -> str:
+    return f"{n} value" if n == 1 else f"{n} values"
+
+
+def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
+                    within: float = USABLE_WITHIN) -> str:
+    """One panel's report.md line: the best run, each norm's usable range, which is wider."""
+    noun = SWEEPS[hparam][0]
+    best, usable = usable_values(by_norm, within)
+    if math.isnan(best):
+        return f"**{label}**: no {noun} has all its runs finished ok, so none is usable."
+    order, means = norm_order(by_norm), point_means(by_norm)
+    where = next((norm, v) for norm in order for v, m in means[norm].items() if m == best)
+    parts = []
+    for norm in order:
+        grid = sorted(by_norm[norm], key=float)
+        text = f"{norm_label(norm)} {value_range(noun, usable[norm], grid)}"
+        for outcome in OUTCOMES[1:]:
+            hit = [f"{v:g}" for v in grid if any(r.outcome == outcome for r in by_norm[norm][v])]
+            if hit:
+                text += f", {outcome} at {hparam} {', '.join(hit)}"
+        parts.append(text)
+    sizes = {norm: len(usable[norm]) for norm in order}
+    widest = [norm for norm in order if sizes[norm] == max(sizes.values())]
+    if len(order) < 2:
+        wider = ""
+    elif len(widest) == len(order):
+        wider = f" The usable ranges are equally wide ({_values(sizes[order[0]])} each)."
+    else:
+        names = " and ".join(map(norm_label, widest))
+        degree = "wider" if len(order) == 2 else "widest"
+        counts = " vs ".join(str(n) for n in sorted(sizes.values(), reverse=True))
+        wider = (f" {names} {'has' if len(widest) == 1 else 'have'} the {degree} usable range "
+                 f"({counts} values).")
+    return (f"**{label}** (best {best:.2%}: {norm_label(where[0])} at {hparam}={where[1]:g}). "
+            f"Usable {noun}: {'; '.join(parts)}.{wider}")
+
+
+def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> Figure:
+    """A panel per optimizer: final validation accuracy vs `hparam` (log axis), the mean over
+    seeds ± one std, a line per norm; a × at 0 for each diverged run; failed and unfinished
+    runs counted in the panel's corner."""
+    noun, title = SWEEPS[hparam]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                             figsize=(5.5 * len(panels), 4.8))
+    epochs = {r.hparams.get("max_epochs") for p in panels.values() for by_value in p.values()
+              for runs in by_value.values() for r in runs}
+    for ax, (panel, by_norm) in zip(axes[0], panels.items(), strict=True):
+        order, notes = norm_order(by_norm), []
+        grid = sorted({v for by_value in by_norm.values() for v in by_value}, key=float)
+        for i, norm in enumerate(order):
+            by_value, color = by_norm[norm], NORM_COLORS.get(norm)
+            values = sorted(by_value, key=float)
+            moments = np.array([mean_std(per_seed(by_value[v], None)["final_val_acc"])
+                                for v in values]).reshape(-1, 2)
+            ax.errorbar(values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]), color=color,
+                        marker="o", ms=4, capsize=3, label=norm_label(norm))
+            diverged = [float(v) for v in values for r in by_value[v] if r.outcome == "diverged"]
+            if diverged:  # side by side when both norms diverge at one value
+                shift = 1.06 ** (i - (len(order) - 1) / 2)
+                ax.plot(np.array(diverged) * shift, np.zeros(len(diverged)), ls="none",
+                        marker="x", ms=9, mew=2, color=color, clip_on=False,
+                        label=f"{norm_label(norm)}: diverged ({len(diverged)})")
+            left_out = {o: sum(r.outcome == o for runs in by_value.values() for r in runs)
+                        for o in ("failed", "unfinished")}
+            if any(left_out.values()):
+                counts = ", ".join(f"{n} {o}" for o, n in left_out.items() if n)
+                notes.append(f"{norm_label(norm)}: {counts} (not drawn)")
+        if notes:
+            ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
+        ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
+        ax.set_xticks([float(v) for v in grid], [f"{v:g}" for v in grid],
+                      rotation=45 if len(grid) > 6 else 0)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(-0.04, 1.02)
+        ax.set_title(describe(panel) if panel else dataset)
+        ax.set_xlabel(noun)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left")
+    axes[0, 0].set_ylabel("final validation accuracy")
+    after = f" after {epochs.pop()} epoch(s)" if len(epochs) == 1 else ""
+    fig.suptitle(f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
+                 "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
+    fig.tight_layout()
+    return fig
+
+
+def robustness_section(hparam: str, groups: dict[tuple, list[Run]],
+                       within: float = USABLE_WITHIN) -> tuple[str, dict[str, Figure]]:
+    """The report.md section of a sweep over `hparam` and its figures `<hparam>_<dataset>`."""
+    noun, title = SWEEPS[hparam]
+    lines, figures = [f"## {title}", "",
+                      f"Final validation accuracy against the {noun} (log axis): the mean over "
+                      "seeds ± one sample standard deviation; × marks a diverged run. A "
+                      f"{noun} is *usable* for a norm when every run there finished ok (none "
+                      "diverged, failed or unfinished) and their mean final validation accuracy "
+                      f"is at most {100 * within:g} percentage points below the best such mean "
+                      "in the same panel (same dataset and optimizer, either norm). The wider "
+                      "usable range is the one with more usable grid values.", ""], {}
+    for dataset, panels in sweep_panels(groups, hparam).items():
+        name = f"{hparam}_{dataset}"
+        figures[name] = robustness_figure(hparam, dataset, panels)
+        lines += [f"![{noun} {dataset}]({name}.png)", ""]
+        lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm, within)}"
+                  for panel, by_norm in panels.items()]
+        lines.append("")
+    return "\n".join(lines), figures
+
+
 # --- write --------------------------------------------------------------------------------
 
 
@@ -506,14 +673,16 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
     (an earlier report's figures and events go first, so none is left stale or shown twice)."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
-    for pattern in ("events.out.tfevents.*", "curves_*.png", *(f"{k}_*.png" for k in IMAGE_KINDS)):
+    stale = ("events.out.tfevents.*", "curves_*.png",
+             *(f"{k}_*.png" for k in (*IMAGE_KINDS, *SWEEPS)))
+    for pattern in stale:
         for old in out.glob(pattern):
             old.unlink()
     with SummaryWriter(log_dir=str(out)) as writer:
         for name, fig in figures.items():
             fig.savefig(out / f"{name}.png", dpi=100)
-            kind, _, rest = name.partition("_")
-            writer.add_figure(f"{kind}/{rest}", fig, close=True)
+            kind = next((k for k in SWEEPS if name.startswith(f"{k}_")), name.split("_")[0])
+            writer.add_figure(f"{kind}/{name[len(kind) + 1:]}", fig, close=True)
         writer.add_text("report", markdown)
 
 
@@ -532,6 +701,10 @@ def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
     rows = [summarise(key, group, seeds, target(key)) for key, group in groups.items()]
     write_csv(rows, out / "summary.csv")
     sections, figures = [], {}
+    for hparam in [h for h in SWEEPS if h in group_keys(runs)]:
+        section, figs = robustness_section(hparam, groups)
+        sections.append(section)
+        figures.update(figs)
     for ckey, by_norm in comparisons(groups).items():
         section, figs = comparison(ckey, by_norm, target(ckey))
         sections.append(section)

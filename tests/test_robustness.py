@@ -1,0 +1,265 @@
+"""Learning-rate and batch-size robustness: the experiment configs, a real tiny lr sweep, and
+the report's usable-range figures and sentences."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_train
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from PIL import Image
+
+from bnstudy import report
+
+TINY_LRS = (0.01, 3, 1e9)  # 1e9 makes plain SGD without BatchNorm diverge on the tiny data
+LR_NAMES = ("0.01", "3", "1000000000.0")  # as ${dataset.lr} prints them in run_name
+
+
+def compose_with(*overrides: str):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def swept(cfg, key: str) -> list[float]:
+    """The values `hydra.sweeper.params` sweeps `key` over, as the basic sweeper parses them."""
+    (override,) = OverridesParser.create().parse_overrides(
+        [f"{key}={cfg.hydra.sweeper.params[key]}"])
+    return [float(v) for v in override.sweep_string_iterator()]
+
+
+# --- configs ------------------------------------------------------------------------------
+
+
+def test_lr_sweep_sweeps_a_wide_log_grid_of_lr_by_norm_by_optim():
+    cfg = compose_with("experiment=lr_sweep")
+    params = cfg.hydra.sweeper.params
+    assert (params.norm, params.optim, str(params.seed)) == ("bn,none", "sgd,adam", "0")
+    lrs = swept(cfg, "dataset.lr")
+    assert lrs == sorted(lrs) and min(lrs) <= 1e-4 and max(lrs) >= 10
+    steps = np.diff(np.log10(lrs))
+    assert np.all((steps > 0.4) & (steps < 0.6)) and 0.01 in lrs  # half decades, the study's lr
+    assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("mnist", 3)
+    assert cfg.run_name == "mnist-bn-sgd-lr0.01-seed0"
+
+
+def test_batch_sweep_sweeps_batch_size_by_norm_by_optim():
+    cfg = compose_with("experiment=batch_sweep")
+    params = cfg.hydra.sweeper.params
+    assert swept(cfg, "dataset.batch_size") == [8, 32, 128, 512]
+    assert (params.norm, params.optim, str(params.seed)) == ("bn,none", "sgd,adam", "0")
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.run_name == "mnist-bn-sgd-bs64-seed0"
+
+
+def test_command_line_overrides_win_over_the_experiment():
+    cfg = compose_with("experiment=lr_sweep", "dataset=cifar10", "dataset.max_epochs=5",
+                       "seed=2", "hydra.sweeper.params.seed='0,1,2'")
+    assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("cifar10", 5)
+    assert cfg.run_name == "cifar10-bn-sgd-lr0.01-seed2"
+    plain = compose_with()
+    assert plain.hydra.sweeper.params is None and plain.run_name == "mnist-bn-sgd-seed0"
+    assert plain.trainer.max_epochs == 10
+
+
+# --- a real tiny lr sweep -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tiny_data, tmp_path_factory) -> Path:
+    """experiment=lr_sweep cut to sgd × TINY_LRS by command-line overrides, 1 epoch, no images."""
+    sweep_dir = tmp_path_factory.mktemp("lr_sweep") / "multirun"
+    done = run_train("-m", "experiment=lr_sweep", f"dataset.lr={','.join(map(str, TINY_LRS))}",
+                     "optim=sgd", "dataset.max_epochs=1", f"paths.data_dir={tiny_data}",
+                     "~callbacks.weight_grid", "~callbacks.hallucinations",
+                     "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def lr_report(lr_sweep) -> Path:
+    assert report.main([str(lr_sweep)]) == 0
+    return lr_sweep / "report"
+
+
+def final_accs(sweep_dir: Path) -> dict[tuple[str, float], tuple[str, float]]:
+    """(norm, lr) → (status, final val acc), straight from the jobs' metrics.json."""
+    out = {}
+    for path in sweep_dir.glob("*/metrics.json"):
+        record = json.loads(path.read_text())
+        acc = record["history"][-1]["val/acc"] if record["status"] == "ok" else math.nan
+        out[record["hparams"]["norm"], record["hparams"]["lr"]] = (record["status"], acc)
+    return out
+
+
+def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
+    jobs = sorted(p.name for p in lr_sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 * len(TINY_LRS)
+    assert {name.split("_", 1)[1] for name in jobs} == {
+        f"mnist-{norm}-sgd-lr{lr}-seed0" for norm in ("bn", "none") for lr in LR_NAMES}
+    records = [json.loads(p.read_text()) for p in lr_sweep.glob("*/metrics.json")]
+    assert {r["hparams"]["max_epochs"] for r in records} == {1}
+    assert final_accs(lr_sweep)["none", 1e9][0] == "diverged"
+    assert report.never_started(lr_sweep) == []  # the plan is read from the sweeper's params too
+
+
+def test_never_started_knows_the_experiments_params(lr_sweep, tmp_path):
+    copy = Path(shutil.copytree(lr_sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns(
+        "report", "checkpoints")))
+    (gone,) = copy.glob("*_mnist-none-sgd-lr3-seed0")
+    shutil.rmtree(gone)
+    assert report.never_started(copy) == ["dataset.lr=3 norm=none"]
+
+
+def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
+    with Image.open(lr_report / "lr_mnist.png") as image:
+        assert image.size[0] > 400 and image.size[1] > 300
+    truth = final_accs(lr_sweep)
+    panels = report.sweep_panels(report.group_runs(report.load_runs(lr_sweep)), "lr")
+    fig = report.robustness_figure("lr", "mnist", panels["mnist"])
+    (ax,) = fig.axes
+    assert ax.get_title() == "sgd" and ax.get_xscale() == "log"
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert list(lines) == ["No BatchNorm", "BatchNorm"]
+    for norm, label in (("none", "No BatchNorm"), ("bn", "BatchNorm")):
+        assert list(lines[label].get_xdata()) == list(TINY_LRS)
+        expected = [truth[norm, lr][1] for lr in TINY_LRS]
+        assert np.allclose(lines[label].get_ydata(), expected, equal_nan=True)
+    marks = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "x"}
+    assert "No BatchNorm: diverged (1)" in marks
+    x, y = marks["No BatchNorm: diverged (1)"].get_data()
+    assert x[0] == pytest.approx(1e9, rel=0.1) and y[0] == 0
+
+
+def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, lr_report):
+    truth = final_accs(lr_sweep)
+    best = max(acc for status, acc in truth.values() if status == "ok")
+    usable = {norm: [lr for lr in TINY_LRS if truth[norm, lr][0] == "ok"
+                     and truth[norm, lr][1] >= best - 0.05 - 1e-9] for norm in ("bn", "none")}
+    panels = report.sweep_panels(report.group_runs(report.load_runs(lr_sweep)), "lr")
+    assert report.usable_values(panels["mnist"][(("optim", "sgd"),)]) == (
+        pytest.approx(best), usable)
+    text = (lr_report / "report.md").read_text()
+    assert "## Learning-rate robustness" in text and "![learning rate mnist](lr_mnist.png)" in text
+    assert "at most 5 percentage points below the best" in text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("- **mnist, sgd**")]
+    assert f"(best {best:.2%}: " in line
+    (no_bn,) = [part for part in line.split("; ") if "No BatchNorm " in part]
+    assert "diverged at lr 1e+09" in no_bn
+    counts = {norm: len(lrs) for norm, lrs in usable.items()}
+    if counts["bn"] == counts["none"]:
+        assert "equally wide" in line
+    else:
+        wider = "BatchNorm" if counts["bn"] > counts["none"] else "No BatchNorm"
+        assert f". {wider} has the wider usable range" in line
+    assert "never started" not in text
+
+
+def test_robustness_figures_are_in_tensorboard_and_replace_stale_ones(lr_sweep, lr_report):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(lr_report), size_guidance={"images": 0}).Reload()
+    assert "lr/mnist" in events.Tags()["images"]
+    (lr_report / "lr_cifar10.png").write_bytes(b"stale")
+    (lr_report / "batch_size_mnist.png").write_bytes(b"stale")
+    assert report.main([str(lr_sweep)]) == 0
+    assert not (lr_report / "lr_cifar10.png").exists()
+    assert not (lr_report / "batch_size_mnist.png").exists()
+    assert (lr_report / "lr_mnist.png").is_file()
+
+
+# --- the usable range on hand-made runs ---------------------------------------------------
+
+
+def run(norm: str, value: float, acc: float, status: str = "ok", seed: int = 0,
+        hparam: str = "lr") -> report.Run:
+    hparams = {"dataset": "mnist", "optim": "sgd", "norm": norm, "seed": seed, "lr": 0.01,
+               "batch_size": 64, "max_epochs": 3, hparam: value}
+    history = [{"epoch": 0, "train/loss": 1.0, "val/loss": 1.0, "val/acc": acc}]
+    return report.Run(job=f"{norm}-{value}-{seed}", path=Path("."), status=status,
+                      hparams=hparams, history=history if status == "ok" else [],
+                      test_acc=None, wall_time_s=None, error=None)
+
+
+GRID = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def by_norm(accs: dict[str, list[float]], statuses: dict | None = None) -> dict[str, dict]:
+    """One panel: per norm an accuracy for each GRID value; `statuses[norm, lr]` if not ok."""
+    runs = [run(norm, lr, acc, (statuses or {}).get((norm, lr), "ok"))
+            for norm, values in accs.items() for lr, acc in zip(GRID, values, strict=True)]
+    return report.sweep_panels(report.group_runs(runs), "lr")["mnist"][(("optim", "sgd"),)]
+
+
+@pytest.mark.parametrize("better", ["bn", "none"])
+def test_usable_range_and_the_wider_norm_flip_when_the_numbers_flip(better):
+    wide, narrow = [0.93, 0.97, 0.96, 0.95], [0.50, 0.96, 0.90, 0.10]
+    accs = {"bn": wide, "none": narrow} if better == "bn" else {"bn": narrow, "none": wide}
+    panel = by_norm(accs)
+    best, usable = report.usable_values(panel)
+    assert best == pytest.approx(0.97)
+    assert usable[better] == list(GRID)  # 0.93 is 4 points below 0.97: still usable
+    assert usable["none" if better == "bn" else "bn"] == [1e-2]
+    text = report.robustness_text("lr", "mnist, sgd", panel)
+    winner = "BatchNorm" if better == "bn" else "No BatchNorm"
+    assert f". {winner} has the wider usable range (4 vs 1 values)." in text
+    assert f"{winner} 0.001 to 1 (4 of 4 values)" in text
+    assert "0.01 only (1 of 4 values)" in text
+    assert f"(best 97.00%: {winner} at lr=0.01)" in text
+
+
+def test_diverged_failed_and_far_points_are_not_usable():
+    accs = {"bn": [0.97, 0.90, 0.97, 0.97], "none": [0.97, 0.97, 0.97, 0.97]}
+    panel = by_norm(accs, {("none", 0.1): "diverged", ("none", 1.0): "failed"})
+    _, usable = report.usable_values(panel)
+    assert usable == {"none": [1e-3, 1e-2], "bn": [1e-3, 1e-1, 1.0]}
+    text = report.robustness_text("lr", "mnist, sgd", panel)
+    assert "BatchNorm 0.001, 0.1, 1 (3 of 4 values, not adjacent in the grid)" in text
+    assert "No BatchNorm 0.001 to 0.01 (2 of 4 values), diverged at lr 0.1, failed at lr 1" in text
+    assert report.usable_values(panel, within=0.08)[1]["bn"] == list(GRID)
+    (ax,) = report.robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel}).axes
+    assert [t.get_text() for t in ax.texts] == ["No BatchNorm: 1 failed (not drawn)"]
+    nothing = by_norm({"bn": [0.9] * 4}, {("bn", lr): "diverged" for lr in GRID})
+    assert "none is usable" in report.robustness_text("lr", "mnist, sgd", nothing)
+
+
+def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point():
+    runs = [run("bn", 0.1, 0.96), run("bn", 0.1, 0.90, seed=1), run("bn", 1.0, 0.97),
+            run("bn", 1.0, 0.0, "diverged", seed=1), run("bn", 0.01, 0.95),
+            run("bn", 0.01, 0.95, seed=1)]
+    panel = report.sweep_panels(report.group_runs(runs), "lr")["mnist"][(("optim", "sgd"),)]
+    best, usable = report.usable_values(panel)
+    assert best == pytest.approx(0.95)  # lr=1 has a diverged seed, so it is not a candidate
+    assert usable == {"bn": [0.01, 0.1]}  # mean 0.93 at lr=0.1
+    fig = report.robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel})
+    (container,) = fig.axes[0].containers
+    assert np.allclose(container.lines[0].get_ydata(), [0.95, 0.93, 0.97])
+    segments = container.lines[2][0].get_segments()  # the error bars: ± the sample std
+    assert segments[1][1][1] - segments[1][0][1] == pytest.approx(2 * np.std([0.96, 0.90], ddof=1))
+
+
+def test_batch_size_section_figure_and_tensorboard_tag(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = [run(norm, bs, acc, hparam="batch_size")
+            for norm, accs in (("bn", (0.97, 0.96, 0.95, 0.90)), ("none", (0.90, 0.96, 0.93, 0.5)))
+            for bs, acc in zip((8, 32, 128, 512), accs, strict=True)]
+    groups = report.group_runs(runs)
+    text, figures = report.robustness_section("batch_size", groups)
+    assert text.startswith("## Batch-size sensitivity")
+    assert "BatchNorm 8 to 128 (3 of 4 values)" in text and "No BatchNorm 32 to 128" in text
+    assert "BatchNorm has the wider usable range (3 vs 2 values)." in text
+    (ax,) = figures["batch_size_mnist"].axes
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == [
+        "8", "32", "128", "512"]
+    report.write_figures(figures, text, tmp_path)
+    assert (tmp_path / "batch_size_mnist.png").is_file()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    assert events.Tags()["images"] == ["batch_size/mnist"]
