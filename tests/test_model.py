@@ -4,12 +4,17 @@ import functools
 import io
 from collections import OrderedDict
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from bnstudy.data import MNISTDataModule
 from bnstudy.model import CNNClassifier, MLPClassifier
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
@@ -181,3 +186,36 @@ def test_hyperparameters_from_hydra_load_with_weights_only(target):
     expected = {"input_shape": (3, 32, 32), "num_classes": 10, "hidden_dim": 256, "norm": "bn",
                 "depth": 2}
     assert loaded == expected | ({"channels": (8, 16)} if target == "CNNClassifier" else {})
+
+
+def test_logged_train_metrics_are_the_epochs_and_windows_means(tiny_data, tmp_path):
+    """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch."""
+    data = MNISTDataModule(tiny_data, batch_size=50, download=False)  # 540 train: 11 batches
+    model = MLPClassifier(data.input_shape, 10, hidden_dim=16, norm="bn",
+                          optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    trainer = L.Trainer(max_epochs=1, log_every_n_steps=4, accelerator="cpu",
+                        logger=TensorBoardLogger(tmp_path, name="", version=""),
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+
+    losses, correct, counts = [], [], []
+    with torch.no_grad():
+        for x, y in data.train_dataloader():  # epoch 0's order, BN on batch statistics
+            logits = model.train()(x)
+            losses.append(float(F.cross_entropy(logits, y)) * len(y))
+            correct.append(int((logits.argmax(-1) == y).sum()))
+            counts.append(len(y))
+    n = sum(counts)
+    assert len(counts) == 11 and n == 540
+    metrics = trainer.callback_metrics
+    assert float(metrics["train/loss"]) == pytest.approx(sum(losses) / n, rel=1e-5)
+    assert float(metrics["train/acc"]) == pytest.approx(sum(correct) / n, rel=1e-6)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0}).Reload()
+    logged = events.Scalars("train/loss_step")
+    assert [e.step for e in logged] == [3, 7]  # after steps 4 and 8 (Lightning counts from 0)
+    for event, window in zip(logged, (slice(0, 4), slice(4, 8)), strict=True):
+        expected = sum(losses[window]) / sum(counts[window])
+        assert event.value == pytest.approx(expected, rel=1e-5)
+    accs = events.Scalars("train/acc_step")
+    assert accs[1].value == pytest.approx(sum(correct[4:8]) / sum(counts[4:8]), rel=1e-6)
