@@ -13,7 +13,7 @@ from bnstudy.train import ConfigError, hparams, train, validate
 from tests.conftest import FAST, REPO, run_train
 
 GROUPS = {
-    "dataset": ["mnist", "cifar10"],
+    "dataset": ["mnist", "cifar10", "fashion_mnist"],
     "norm": ["bn", "layer", "none"],
     "optim": ["sgd", "adam"],
     "model": ["mlp", "cnn"],
