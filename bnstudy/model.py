@@ -91,6 +91,9 @@ class Classifier(L.LightningModule):
         )
         # (sum of losses, correct predictions, samples) since the last flush
         self.register_buffer("train_window", torch.zeros(3), persistent=False)
+        # One explicit optimizer step per batch (Lightning's manual optimization): the automatic
+        # loop's closure and extra hooks cost ~0.6 ms a step, a quarter of a small MLP's CPU step.
+        self.automatic_optimization = False
 
     @property
     def first_layer(self) -> nn.Linear | nn.Conv2d:
@@ -111,11 +114,15 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
+        log_step = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
         window = self.train_window
         window[0] += loss.detach() * len(y)
         window[1] += (logits.detach().argmax(-1) == y).sum()
         window[2] += len(y)
-        log_step = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
         if log_step or batch_idx + 1 == self.trainer.num_training_batches:
             self._flush_train_window(log_step)
         if batch_idx == 0:
