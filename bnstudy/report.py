@@ -469,10 +469,12 @@ def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
             f"Usable {noun}: {'; '.join(parts)}.{wider}")
 
 
-def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> Figure:
+def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
+                      within: float = USABLE_WITHIN) -> Figure:
     """A panel per optimizer: final validation accuracy vs `hparam` (log axis), the mean over
     seeds ± one std, a line per norm; a × at 0 for each diverged run; failed and unfinished
-    runs counted in the panel's corner."""
+    runs counted in the panel's corner; a dotted line where usable values end (`within` below
+    the panel's best)."""
     noun, title = SWEEPS[hparam]
     fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
                              figsize=(5.5 * len(panels), 4.8))
@@ -499,6 +501,10 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
             if any(left_out.values()):
                 counts = ", ".join(f"{n} {o}" for o, n in left_out.items() if n)
                 notes.append(f"{norm_label(norm)}: {counts} (not drawn)")
+        best = usable_values(by_norm, within)[0]
+        if not math.isnan(best):
+            ax.axhline(best - within, color="grey", ls=":", lw=1,
+                       label=f"usable: ≥ best − {100 * within:g} points")
         if notes:
             ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
         ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
@@ -509,7 +515,7 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
         ax.set_title(describe(panel) if panel else dataset)
         ax.set_xlabel(noun)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="center left")
+        ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("final validation accuracy")
     after = f" after {epochs.pop()} epoch(s)" if len(epochs) == 1 else ""
     fig.suptitle(f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
@@ -532,7 +538,7 @@ def robustness_section(hparam: str, groups: dict[tuple, list[Run]],
                       "usable range is the one with more usable grid values.", ""], {}
     for dataset, panels in sweep_panels(groups, hparam).items():
         name = f"{hparam}_{dataset}"
-        figures[name] = robustness_figure(hparam, dataset, panels)
+        figures[name] = robustness_figure(hparam, dataset, panels, within)
         lines += [f"![{noun} {dataset}]({name}.png)", ""]
         lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm, within)}"
                   for panel, by_norm in panels.items()]

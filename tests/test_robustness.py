@@ -136,6 +136,9 @@ def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
     assert "No BatchNorm: diverged (1)" in marks
     x, y = marks["No BatchNorm: diverged (1)"].get_data()
     assert x[0] == pytest.approx(1e9, rel=0.1) and y[0] == 0
+    (threshold,) = [line for line in ax.get_lines() if line.get_label().startswith("usable")]
+    best = max(acc for status, acc in truth.values() if status == "ok")
+    assert threshold.get_ydata()[0] == pytest.approx(best - 0.05)
 
 
 def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, lr_report):
