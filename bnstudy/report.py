@@ -9,6 +9,10 @@ groups the jobs by every hparam except the seed, and writes `SWEEP_DIR/report/`:
   (narrower) standard error of the mean. With one seed there is no band.
 - `weights_<dataset>_<optim>.png`, `hallucinations_<dataset>_<optim>.png`: each side's
   `images/{weights,hallucinations}_final.png` of its first seed, no BN left, BN right.
+- `activations_<dataset>_<optim>.png`, `gradients_<dataset>_<optim>.png` (runs trained with
+  `callbacks=probes`): the first ok seed's pre-activation percentiles per tracked unit, no BN
+  and BN side by side; its per-layer gradient norms, loss landscape, gradient predictiveness
+  and β-smoothness vs step, overlaid (see `bnstudy.probes`).
 - `lr_<dataset>.png`, `batch_size_<dataset>.png` (when `lr` or `batch_size` varies, as in
   `experiment=lr_sweep` or `batch_sweep`): final validation accuracy vs that hparam, a panel per
   optimizer, a line per norm, diverged runs marked; report.md states each norm's usable range.
@@ -29,7 +33,7 @@ import itertools
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -78,6 +82,7 @@ class Run:
     test_acc: float | None
     wall_time_s: float | None
     error: str | None
+    probes: dict = field(default_factory=dict)  # the record's probe series, by key
 
     @property
     def outcome(self) -> str:
@@ -140,6 +145,7 @@ def load_run(job: Path) -> Run:
         test_acc=test.get("acc"),
         wall_time_s=record.get("wall_time_s"),
         error=error,
+        probes={key: record[key] for key in PROBE_FIGURES if record.get(key)},
     )
 
 
@@ -382,6 +388,92 @@ def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
     return fig
 
 
+def first_series(runs: list[Run], key: str) -> Run | None:
+    """The first seed's ok run that recorded the probe series `key`; None if none did."""
+    return next((r for r in runs if r.outcome == "ok" and key in r.probes), None)
+
+
+def _seed_label(norm: str, run: Run) -> str:
+    return f"{norm_label(norm)} (seed {run.hparams.get('seed')})"
+
+
+def activations_figure(label: str, found: dict[str, Run]) -> Figure:
+    """A unit per row, a norm per column: its pre-activation percentiles vs training step."""
+    series = {norm: run.probes["activations"] for norm, run in found.items()}
+    rows = max(len(data["units"]) for data in series.values())
+    fig, axes = plt.subplots(rows, len(series), squeeze=False, sharex=True, sharey="row",
+                             figsize=(5.5 * len(series), 2.4 * rows + 1.2))
+    for col, (norm, data) in enumerate(series.items()):
+        values = np.array(data["values"], dtype=float).reshape(
+            len(data["steps"]), len(data["units"]), len(data["percentiles"]))
+        median = int(np.argmin([abs(p - 50) for p in data["percentiles"]]))
+        for row, unit in enumerate(data["units"]):
+            ax = axes[row, col]
+            for k, percentile in enumerate(data["percentiles"]):
+                ax.plot(data["steps"], values[:, row, k], color=NORM_COLORS.get(norm),
+                        lw=1.8 if k == median else 1, ls="-" if k == median else "--",
+                        label=f"{percentile:g}th percentile")
+            ax.set_title(f"{_seed_label(norm, found[norm])}: unit {unit}", fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=8)
+        axes[-1, col].set_xlabel("training step")
+    layer = next(iter(series.values()))
+    fig.suptitle(f"Pre-activation percentiles at ReLU `{layer['module']}` ({label})\n"
+                 "each unit's values over the training batch, in training mode")
+    fig.tight_layout()
+    return fig
+
+
+def gradients_figure(label: str, found: dict[str, Run]) -> Figure:
+    """Per-layer gradient norms, and along the gradient the loss and gradient change (the
+    band spans the step sizes η) and the β-smoothness, vs training step; norms overlaid."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    styles = ("-", "--", ":", "-.")
+    for norm, run in found.items():
+        data, color = run.probes["gradients"], NORM_COLORS.get(norm)
+        for i, (layer, norms) in enumerate(data["norms"].items()):
+            axes[0, 0].plot(data["steps"], norms, color=color,
+                            ls=styles[i % len(styles)], label=f"{norm_label(norm)}: {layer}")
+        land = data["landscape"]
+        for ax, key in ((axes[0, 1], "loss"), (axes[1, 0], "grad_change")):
+            values = np.array(land[key], dtype=float).reshape(len(land["steps"]), -1)
+            ax.fill_between(land["steps"], values.min(1), values.max(1), color=color, alpha=0.3,
+                            lw=0, label=_seed_label(norm, run))
+        axes[1, 1].plot(land["steps"], np.array(land["beta_smoothness"], dtype=float),
+                        color=color, marker="o", ms=3, label=_seed_label(norm, run))
+    etas = next(iter(found.values())).probes["gradients"]["landscape"]["etas"]
+    span = f"η from {min(etas):g} to {max(etas):g}"
+    titles = ("Gradient norm per layer", f"Loss landscape: L(θ − ηg), {span}",
+              f"Gradient predictiveness: ‖∇L(θ − ηg) − ∇L(θ)‖, {span}",
+              "β-smoothness: max over η of ‖Δ∇L‖ / ‖ηg‖")
+    for ax, title in zip(axes.flat, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_yscale("log")
+    for ax in axes[1]:
+        ax.set_xlabel("training step")
+    fig.suptitle(f"Gradient behaviour along training ({label})")
+    fig.tight_layout()
+    return fig
+
+
+PROBE_FIGURES = {"activations": activations_figure, "gradients": gradients_figure}
+
+
+def landscape_medians(found: dict[str, Run]) -> str:
+    """The report.md line under the gradients figure: each side's median landscape numbers."""
+    parts = []
+    for norm, run in found.items():
+        land = run.probes["gradients"]["landscape"]
+        medians = {key: float(np.nanmedian(np.array(land[key], dtype=float)))
+                   for key in ("loss_range", "grad_change_max", "beta_smoothness")}
+        parts.append(f"{norm_label(norm)} {medians['loss_range']:.3g}, "
+                     f"{medians['grad_change_max']:.3g}, {medians['beta_smoothness']:.3g}")
+    return ("Median over the measured steps of the loss range, the largest gradient change "
+            "and the β-smoothness: " + "; ".join(parts) + ".")
+
+
 # --- robustness sweeps (experiment=lr_sweep | batch_sweep) ---------------------------------
 
 
@@ -590,6 +682,19 @@ def comparison(ckey: tuple, by_norm: dict[str, list[Run]],
                   for n, (run, path) in found.items()]
         figures[f"{kind}_{name}"] = images_figure(f"{title} ({label})", panels)
         lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
+    for kind, draw in PROBE_FIGURES.items():
+        found = {norm: first_series(by_norm[norm], kind) for norm in norm_order(by_norm)}
+        if not any(found.values()):
+            continue  # recorded only with callbacks=probes
+        missing = [norm_label(n) for n, run in found.items() if run is None]
+        if missing:
+            lines += [f"_{kind.capitalize()} figure skipped: no ok job recorded `{kind}` on the "
+                      f"{' and '.join(missing)} side._", ""]
+            continue
+        figures[f"{kind}_{name}"] = draw(label, found)
+        lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
+        if kind == "gradients":
+            lines += [landscape_medians(found), ""]
     return "\n".join(lines), figures
 
 
@@ -680,7 +785,7 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
     stale = ("events.out.tfevents.*", "curves_*.png",
-             *(f"{k}_*.png" for k in (*IMAGE_KINDS, *SWEEPS)))
+             *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
     for pattern in stale:
         for old in out.glob(pattern):
             old.unlink()

@@ -1,0 +1,355 @@
+"""The training probes (`bnstudy.probes`): their numbers against direct computations, their
+TensorBoard events and records, resume, and the report's figures of a `callbacks=probes` sweep."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FAST, REPO, run_train
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from bnstudy import report
+from bnstudy.data import MNISTDataModule
+from bnstudy.model import MLPClassifier
+from bnstudy.probes import ActivationPercentiles, GradientBehaviour
+
+ETAS = (0.01, 0.1, 1.0)
+PERCENTILES = (15, 50, 85)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train faster on one thread than on a pool that shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(norm: str = "bn", cnn: bool = False, dropout: float = 0.0) -> MLPClassifier:
+    """A seeded MLP (hidden 32), or with `cnn` its net replaced by a conv net (4 channels)."""
+    L.seed_everything(0, verbose=False)
+    model = MLPClassifier((1, 28, 28), 10, hidden_dim=32, norm=norm,
+                          optimizer=partial(torch.optim.SGD, lr=0.1))
+    if cnn:
+        model.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(dropout),
+            nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 7 * 7, 10))
+    return model
+
+
+def fit(model: L.LightningModule, data_dir: Path, out: Path, callbacks: list[Callback],
+        epochs: int = 1, ckpt_path: Path | None = None, **trainer_args) -> L.Trainer:
+    """Trains on tiny MNIST (500 training images, batches of 50: 10 steps an epoch), logging
+    to TensorBoard in `out`."""
+    trainer = L.Trainer(
+        max_epochs=epochs, logger=TensorBoardLogger(out, name="", version=""),
+        callbacks=callbacks, accelerator="cpu", default_root_dir=out,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        **trainer_args)
+    data = MNISTDataModule(data_dir, download=False, batch_size=50, val_size=100)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    return trainer
+
+
+def events(out: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(out), size_guidance={"scalars": 0, "histograms": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(acc: EventAccumulator, tag: str) -> tuple[list[int], list[float]]:
+    found = acc.Scalars(tag)
+    return [e.step for e in found], [e.value for e in found]
+
+
+def test_probes_config_adds_both_to_the_default_callbacks():
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        default = compose("config").callbacks
+        probes = compose("config", overrides=["callbacks=probes"]).callbacks
+    assert list(probes) == [*default, "activation_percentiles", "gradient_behaviour"]
+    assert probes.activation_percentiles._target_ == "bnstudy.probes.ActivationPercentiles"
+    assert probes.gradient_behaviour._target_ == "bnstudy.probes.GradientBehaviour"
+
+
+@pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
+def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data, tmp_path, cnn):
+    model = make_model(cnn=cnn)
+    relu_name, relu = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU))
+    inputs: dict[int, list[torch.Tensor]] = {}  # every forward's ReLU input, by step
+    step = {}
+    relu.register_forward_pre_hook(
+        lambda module, args: inputs.setdefault(step["now"], []).append(args[0].detach().clone()))
+    clock = LambdaCallback(
+        on_train_batch_start=lambda trainer, *_: step.update(now=trainer.global_step))
+    units = [0, 3] if cnn else [0, 5, 31]
+    probes = [ActivationPercentiles(tmp_path / "metrics.json", units=units, every_n_steps=3),
+              GradientBehaviour(tmp_path / "metrics.json", landscape_every_n_steps=3, etas=ETAS)]
+    fit(model, tiny_data, tmp_path, [clock, *probes])
+
+    record = json.loads((tmp_path / "metrics.json").read_text())["activations"]
+    assert record["module"] == relu_name
+    assert record["steps"] == [0, 3, 6, 9]
+    q = torch.tensor(PERCENTILES) / 100
+    acc = events(tmp_path)
+    for i, step_ in enumerate(record["steps"]):
+        # The training forward, then the gradient probe's at θ and at each η: only the first.
+        assert len(inputs[step_]) == 2 + len(ETAS)
+        first = inputs[step_][0]
+        per_unit = first.permute(1, 0, 2, 3).reshape(4, -1) if cnn else first.T
+        expected = torch.stack([torch.quantile(per_unit[u], q) for u in units])
+        recorded = torch.tensor(record["values"][i])
+        assert torch.allclose(recorded, expected, atol=1e-6)
+        last = inputs[step_][-1].transpose(0, 1).flatten(1)
+        assert not torch.allclose(recorded, torch.quantile(last[units], q, dim=1).T, atol=1e-3)
+    for j, unit in enumerate(units):
+        for k, p in enumerate(PERCENTILES):
+            steps, values = scalars(acc, f"activations/unit{unit}/p{p}")
+            assert steps == record["steps"]
+            assert np.allclose(values, [row[j][k] for row in record["values"]], atol=1e-6)
+    histograms = acc.Histograms("activations/layer0")
+    assert [h.step for h in histograms] == record["steps"]
+    layer, histogram = inputs[0][0], histograms[0].histogram_value  # the whole layer
+    assert histogram.num == layer.numel()
+    assert math.isclose(histogram.sum_squares, float(layer.pow(2).sum()), rel_tol=1e-4)
+    assert (histogram.min, histogram.max) == pytest.approx((float(layer.min()), float(layer.max())))
+
+
+def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        ActivationPercentiles(tmp_path / "metrics.json", every_n_steps=0)
+    with pytest.raises(ValueError, match=r"etas=\[\] not empty"):
+        GradientBehaviour(tmp_path / "metrics.json", etas=[])
+    model = make_model()
+    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    with pytest.raises(ValueError, match=rf"layer=5, but the model has {len(relus)} nn.ReLU"):
+        fit(model, tiny_data, tmp_path, [ActivationPercentiles(tmp_path / "metrics.json", 5)])
+
+
+class Snapshot(Callback):
+    """Before the probe: a copy of the model's state, grads, modes and the RNG, and the batch."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = batch
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
+        self.grads = [p.grad.clone() for p in pl_module.parameters()]
+        self.modes = [m.training for m in pl_module.modules()]
+        self.rng = torch.get_rng_state()
+
+
+class Check(Callback):
+    """After the probe: whether it left the model alone, and the numbers computed directly."""
+
+    def __init__(self, snapshot: Snapshot, landscape_every: int) -> None:
+        self.snapshot, self.landscape_every = snapshot, landscape_every
+        self.unchanged: list[bool] = []
+        self.norms: dict[int, dict[str, float]] = {}
+        self.landscape: dict[int, tuple[list[float], list[float]]] = {}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        before = self.snapshot
+        self.unchanged.append(
+            all(torch.equal(v, before.state[k]) for k, v in pl_module.state_dict().items())
+            and all(torch.equal(p.grad, g)
+                    for p, g in zip(pl_module.parameters(), before.grads, strict=True))
+            and [m.training for m in pl_module.modules()] == before.modes
+            and torch.equal(torch.get_rng_state(), before.rng))
+        step = trainer.global_step
+        self.norms[step] = {
+            name: math.sqrt(sum(float(p.grad.pow(2).sum()) for p in m.parameters(recurse=False)))
+            for name, m in pl_module.named_modules() if list(m.parameters(recurse=False))}
+        if step % self.landscape_every == 0:
+            self.landscape[step] = self.moved_copies(pl_module.net, *before.batch)
+
+    @staticmethod
+    def moved_copies(net: nn.Module, x, y) -> tuple[list[float], list[float]]:
+        """Loss and gradient change of copies of `net` moved by −η g, in training mode."""
+        losses, changes = [], []
+        for eta in ETAS:
+            moved = copy.deepcopy(net)
+            with torch.no_grad():
+                for p, original in zip(moved.parameters(), net.parameters(), strict=True):
+                    p -= eta * original.grad
+            loss = F.cross_entropy(moved(x), y)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            changes.append(math.sqrt(sum(float((a.grad - b.grad).pow(2).sum()) for a, b in
+                                         zip(moved.parameters(), net.parameters(), strict=True))))
+        return losses, changes
+
+
+@pytest.mark.parametrize("norm", ["bn", "none"])
+def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
+        tiny_data, tmp_path, norm):
+    snapshot = Snapshot()
+    check = Check(snapshot, landscape_every=4)
+    probe = GradientBehaviour(tmp_path / "metrics.json", every_n_steps=2,
+                              landscape_every_n_steps=4, etas=ETAS)
+    fit(make_model(norm), tiny_data, tmp_path, [snapshot, probe, check])
+
+    assert len(check.unchanged) == 10 and all(check.unchanged)
+    record = json.loads((tmp_path / "metrics.json").read_text())["gradients"]
+    assert record["steps"] == [0, 2, 4, 6, 8]
+    layers = set(check.norms[0])
+    assert set(record["norms"]) == layers and (norm == "bn") == any("norm" in n for n in layers)
+    acc = events(tmp_path)
+    for layer, values in record["norms"].items():
+        expected = [check.norms[s][layer] for s in record["steps"]]
+        assert np.allclose(values, expected, rtol=1e-5)
+        steps, logged = scalars(acc, f"gradients/norm/{layer}")
+        assert steps == record["steps"] and np.allclose(logged, values, rtol=1e-5)
+
+    land = record["landscape"]
+    assert land["etas"] == list(ETAS) and land["steps"] == [0, 4, 8]
+    for i, step in enumerate(land["steps"]):
+        losses, changes = check.landscape[step]
+        assert np.allclose(land["loss"][i], losses, rtol=1e-5)
+        assert np.allclose(land["grad_change"][i], changes, rtol=1e-4, atol=1e-6)
+        assert math.isclose(land["loss_range"][i], max(losses) - min(losses), rel_tol=1e-4)
+        at = record["steps"].index(step)
+        g = math.sqrt(sum(norms[at] ** 2 for norms in record["norms"].values()))  # ||g||
+        beta = max(c / (eta * g) for c, eta in zip(changes, ETAS, strict=True))
+        assert math.isclose(land["beta_smoothness"][i], beta, rel_tol=1e-4)
+    for key in ("loss_range", "grad_change_max", "beta_smoothness"):
+        steps, logged = scalars(acc, f"landscape/{key}")
+        assert steps == land["steps"] and np.allclose(logged, land[key], rtol=1e-5)
+
+
+def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):
+    """Conv net with BatchNorm2d and dropout: the probes touch no state, buffer or RNG draw."""
+    runs = {}
+    for name, probes in (("plain", []), ("probed", [
+            ActivationPercentiles(tmp_path / "metrics.json", every_n_steps=1),
+            GradientBehaviour(tmp_path / "metrics.json", every_n_steps=1,
+                              landscape_every_n_steps=1, etas=ETAS)])):
+        model = make_model(cnn=True, dropout=0.3)
+        fit(model, tiny_data, tmp_path / name, probes)
+        runs[name] = (model.state_dict(), torch.get_rng_state())
+    (plain, plain_rng), (probed, probed_rng) = runs["plain"], runs["probed"]
+    assert torch.equal(plain_rng, probed_rng)
+    assert plain.keys() == probed.keys()
+    assert all(torch.equal(plain[k], probed[k]) for k in plain)  # running stats included
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(record["activations"]["steps"]) == len(record["gradients"]["landscape"]["steps"])
+    assert record["gradients"]["landscape"]["steps"] == list(range(10))
+
+
+@pytest.mark.parametrize("norm", ["bn", "none"])
+def test_batchnorm_makes_preactivations_and_gradients_scale_invariant(tiny_data, tmp_path, norm):
+    """Scaling the first layer by 10: with BN its unit's inputs to the ReLU stay the same and
+    its gradient shrinks 10 times; without BN the inputs grow 10 times."""
+    recorded = {}
+    for scale in (1.0, 10.0):
+        model = make_model(norm)
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            first.weight *= scale
+            first.bias *= scale
+        probes = [ActivationPercentiles(tmp_path / "metrics.json", units=range(8)),
+                  GradientBehaviour(tmp_path / "metrics.json", etas=ETAS)]
+        fit(model, tiny_data, tmp_path / str(scale), probes, max_steps=1)
+        name = next(n for n, m in model.named_modules() if m is first)
+        recorded[scale] = (torch.tensor(probes[0].values[0]), probes[1].norms[name][0])
+    (acts, grad), (acts10, grad10) = recorded[1.0], recorded[10.0]
+    if norm == "bn":
+        assert torch.allclose(acts10, acts, atol=1e-3)
+        assert math.isclose(grad10, grad / 10, rel_tol=1e-2)
+    else:
+        assert torch.allclose(acts10, 10 * acts, rtol=1e-4, atol=1e-5)
+        assert not math.isclose(grad10, grad / 10, rel_tol=0.5)
+
+
+def test_series_survive_a_resume(tiny_data, tmp_path):
+    def resumable_probes() -> list[Callback]:
+        return [ActivationPercentiles(tmp_path / "metrics.json", every_n_steps=3),
+                GradientBehaviour(tmp_path / "metrics.json", every_n_steps=2,
+                                  landscape_every_n_steps=3, etas=ETAS),
+                ModelCheckpoint(tmp_path / "checkpoints", save_last=True, save_top_k=0)]
+
+    fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=1)
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    (tmp_path / "metrics.json").unlink()  # what epoch 0 recorded can now come only from the ckpt
+    fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=2,
+        ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    both = json.loads((tmp_path / "metrics.json").read_text())
+
+    activations, gradients = both["activations"], both["gradients"]
+    assert first["activations"]["steps"] == [0, 3, 6, 9]
+    assert activations["steps"] == [0, 3, 6, 9, 12, 15, 18]
+    assert activations["values"][:4] == first["activations"]["values"]
+    assert len(activations["values"]) == 7
+    assert gradients["steps"] == list(range(0, 20, 2))
+    for layer, norms in gradients["norms"].items():
+        assert norms[:5] == first["gradients"]["norms"][layer] and len(norms) == 10
+    landscape = gradients["landscape"]
+    assert landscape["steps"] == [0, 3, 6, 9, 12, 15, 18]
+    for key in ("loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness"):
+        assert landscape[key][:4] == first["gradients"]["landscape"][key]
+        assert len(landscape[key]) == 7
+
+
+def colour_share(image: np.ndarray, colour: str) -> float:
+    """The share of pixels within a small distance of a matplotlib colour."""
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return float((np.abs(image[..., :3].astype(int) - rgb).sum(-1) < 30).mean())
+
+
+def test_report_of_a_probes_sweep_draws_both_figures(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_train("-m", "dataset=mnist", "norm=bn,none", "optim=sgd", "callbacks=probes",
+                     f"paths.data_dir={tiny_data}", "trainer.max_epochs=1", "threads=1", *FAST,
+                     "~callbacks.hallucinations", "~callbacks.weight_grid",
+                     "callbacks.activation_percentiles.every_n_steps=2",
+                     "callbacks.gradient_behaviour.every_n_steps=2",
+                     "callbacks.gradient_behaviour.landscape_every_n_steps=3",
+                     f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = sweep / "report"
+    out.mkdir()
+    (out / "activations_stale.png").write_bytes(b"")
+
+    assert report.main([str(sweep)]) == 0
+    assert not (out / "activations_stale.png").exists()
+    markdown = (out / "report.md").read_text()
+    blue, orange = "#1f77b4", "#ff7f0e"  # tab:blue (BN) and tab:orange (no BN)
+    for kind, size in (("activations", (1100, 840)), ("gradients", (1100, 750))):
+        with Image.open(out / f"{kind}_mnist_sgd.png") as figure:
+            pixels = np.asarray(figure.convert("RGB"))
+        assert pixels.shape[1::-1] == size
+        assert colour_share(pixels, blue) > 5e-4 and colour_share(pixels, orange) > 5e-4
+        assert f"![{kind} mnist, sgd]({kind}_mnist_sgd.png)" in markdown
+    records = {json.loads(p.read_text())["hparams"]["norm"]: json.loads(p.read_text())
+               for p in sweep.glob("*/metrics.json")}
+    medians = [f"{np.median(records[n]['gradients']['landscape']['loss_range']):.3g}"
+               for n in ("none", "bn")]
+    assert f"No BatchNorm {medians[0]}, " in markdown and f"; BatchNorm {medians[1]}, " in markdown
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    assert {"activations/mnist_sgd", "gradients/mnist_sgd"} <= set(acc.Tags()["images"])
+
+    bn_job = next(p for p in sweep.glob("*/metrics.json") if "-bn-" in p.parent.name)
+    record = json.loads(bn_job.read_text())
+    del record["gradients"]
+    bn_job.write_text(json.dumps(record))
+    assert report.main([str(sweep)]) == 0
+    assert not (out / "gradients_mnist_sgd.png").exists()
+    assert (out / "activations_mnist_sgd.png").exists()
+    assert ("_Gradients figure skipped: no ok job recorded `gradients` on the BatchNorm side._"
+            in (out / "report.md").read_text())
