@@ -60,12 +60,14 @@ class EpochBatchSampler(Sampler):
         return -(-self.n // self.batch_size)
 
     def __iter__(self):
+        # A generator: the order is drawn at the first batch, not when the iterator is made,
+        # because Lightning may make it before calling `set_epoch` (in a resumed fit).
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        return iter(order.split(self.batch_size))
+        yield from order.split(self.batch_size)
 
 
 def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:

@@ -50,6 +50,10 @@ def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
 
     assert torch.equal(first_labels(0), first_labels(0))
     assert not torch.equal(first_labels(0), first_labels(1))
+    loader = dm.train_dataloader()
+    made_early = iter(loader)  # as Lightning may make it, before `set_epoch` (on resume)
+    loader.sampler.set_epoch(1)
+    assert torch.equal(next(made_early)[1], first_labels(1))
     epoch = torch.cat([y for _, y in dm.train_dataloader()])
     assert torch.equal(epoch.sort().values, dm.train_set.y.sort().values)  # a permutation
 
