@@ -53,8 +53,8 @@ REPORT_DIR = "report"
 ALPHA = 0.05
 DEFAULT_TARGETS = {"mnist": 0.9, "cifar10": 0.4}
 FIRST_KEYS = ("dataset", "optim", "norm")
-NORM_LABELS = {"bn": "BatchNorm", "none": "No BatchNorm"}
-NORM_COLORS = {"bn": "tab:blue", "none": "tab:orange"}
+NORM_LABELS = {"bn": "BatchNorm", "none": "No BatchNorm", "layer": "LayerNorm"}
+NORM_COLORS = {"bn": "tab:blue", "none": "tab:orange", "layer": "tab:green"}
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
                 ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
 IMAGE_KINDS = {"weights": "Final first-layer weights", "hallucinations": "Final hallucinations"}

@@ -227,3 +227,17 @@ def test_another_varying_hparam_splits_groups_and_names_figures():
     assert len(groups) == 4 and all(len(g) == 2 for g in groups.values())
     assert [report.slug(k) for k in report.comparisons(groups)] == [
         "mnist_sgd_lr0.1", "mnist_sgd_lr0.01"]
+
+
+def test_layernorm_gets_its_own_label_and_colour_in_the_curves():
+    def run(norm):
+        history = [{"epoch": e, "train/loss": 1.0 / (e + 1), "val/loss": 1.0, "train/acc": 0.5,
+                    "val/acc": 0.5 + e / 10} for e in range(3)]
+        return report.Run(job=norm, path=Path("."), status="ok", hparams={"norm": norm},
+                          history=history, test_acc=None, wall_time_s=None, error=None)
+
+    fig = report.curves_figure("mnist, sgd", {n: [run(n)] for n in ("layer", "bn", "none")})
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [
+        "No BatchNorm (1 seed)", "BatchNorm (1 seed)", "LayerNorm (1 seed)"]
+    assert len({line.get_color() for line in lines}) == 3
