@@ -129,12 +129,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
     )
     assert interrupted.returncode != 0
     assert record(tmp_path / "b")["status"] == "interrupted"
-    assert len(record(tmp_path / "b")["history"]) == 2
+    before = record(tmp_path / "b")["history"]
+    assert len(before) == 2 and (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
 
     resumed = run_train(*common, f"hydra.run.dir={tmp_path / 'b'}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = record(tmp_path / "a"), record(tmp_path / "b")
     assert b["status"] == "ok"
+    assert b["history"][:2] == before  # epochs 0 and 1 come from the checkpoint, not redone
     strip = ("time_s",)
     assert [{k: v for k, v in row.items() if k not in strip} for row in a["history"]] == [
         {k: v for k, v in row.items() if k not in strip} for row in b["history"]
@@ -167,3 +169,28 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     write_json_atomic(path, {"loss": float("nan")})
     assert read_record(path) == {"loss": None}
+
+
+def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
+    common = ["-m", *FAST, f"paths.data_dir={tiny_data}", "norm=bn,none", "trainer.max_epochs=2",
+              f"hydra.sweep.dir={tmp_path}"]
+    # Ctrl-C as job 0 starts its second epoch stops the whole sweep: job 1 never starts.
+    interrupted = run_train(*common, "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
+                            "+callbacks.interrupt.epoch=1")
+    assert interrupted.returncode != 0
+    (first,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert first.name == "0_mnist-bn-sgd-seed0" and record(first)["status"] == "interrupted"
+    epoch0 = record(first)["history"]
+    assert len(epoch0) == 1
+
+    resumed = run_train(*common, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    first, second = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert record(first)["status"] == record(second)["status"] == "ok"
+    assert record(first)["history"][:1] == epoch0  # continued from the checkpoint, not redone
+    assert [row["epoch"] for row in record(second)["history"]] == [0, 1]
+    done = [record(first), record(second)]
+
+    again = run_train(*common, "resume=true")
+    assert again.returncode == 0 and again.stderr.count("already finished") == 2
+    assert [record(first), record(second)] == done
