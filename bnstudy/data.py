@@ -19,11 +19,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
+from bnstudy.errors import DataError
+
 log = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """Data files are missing, unreadable or inconsistent with the requested sizes."""
 
 
 class TensorPairs(Dataset):
@@ -183,7 +181,8 @@ class TensorDataModule(L.LightningDataModule):
         if not self.download:
             raise DataError(
                 f"{self.name}: files not found: {where}; download is disabled "
-                f"(download=false). {fix}, or allow the download with download=true."
+                f"(dataset.datamodule.download=false). {fix}, or allow the download with "
+                "dataset.datamodule.download=true."
             )
         try:
             self.fetch()

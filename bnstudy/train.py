@@ -14,28 +14,25 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy.callbacks import DivergenceGuard
-from bnstudy.data import DataError
+from bnstudy.errors import ConfigError, DataError
 from bnstudy.records import RECORD_NAME, read_record, update_record
+
+if TYPE_CHECKING:
+    import lightning as L
 
 log = logging.getLogger("bnstudy")
 
 FINISHED = ("ok", "diverged")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-class ConfigError(ValueError):
-    """A config value is outside its allowed range."""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -126,6 +123,13 @@ def train(cfg: DictConfig) -> dict:
     resume_from = checkpoint if cfg.resume and checkpoint.is_file() else None
 
     validate(cfg)
+    # Imported here, not at the top: Lightning takes seconds to import, and a config error,
+    # `--help` or `--cfg` should not wait for it.
+    import lightning as L
+    import torch
+
+    from bnstudy.callbacks import DivergenceGuard
+
     started = time.perf_counter()
     update_record(record_path, status="running", run_name=cfg.run_name, hparams=hparams(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)

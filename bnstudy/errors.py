@@ -1,0 +1,12 @@
+"""Mistakes a user can fix: each message names what was wrong and how to fix it.
+
+Kept free of heavy imports, so the entry point can report them without loading Lightning.
+"""
+
+
+class ConfigError(ValueError):
+    """A config value is outside its allowed range."""
+
+
+class DataError(RuntimeError):
+    """Data files are missing, unreadable or inconsistent with the requested sizes."""
