@@ -114,7 +114,6 @@ class Classifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        log_step = (self.global_step + 1) % self.trainer.log_every_n_steps == 0
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
@@ -123,11 +122,21 @@ class Classifier(L.LightningModule):
         window[0] += loss.detach() * len(y)
         window[1] += (logits.detach().argmax(-1) == y).sum()
         window[2] += len(y)
-        if log_step or batch_idx + 1 == self.trainer.num_training_batches:
-            self._flush_train_window(log_step)
         if batch_idx == 0:
             self._log_epoch_metrics("train")
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # After the callbacks' hook, so a stop they asked for (divergence) is seen here.
+        trainer = self.trainer
+        log_step = self.global_step % trainer.log_every_n_steps == 0
+        last = (
+            batch_idx + 1 == trainer.num_training_batches
+            or trainer.should_stop
+            or 0 <= trainer.max_steps <= self.global_step
+        )
+        if log_step or last:
+            self._flush_train_window(log_step)
 
     def _flush_train_window(self, log_step: bool) -> None:
         """Feeds the window's mean loss and accuracy to the epoch metrics (weighted by its

@@ -2,6 +2,7 @@
 
 import functools
 import io
+import itertools
 from collections import OrderedDict
 
 import lightning as L
@@ -219,3 +220,18 @@ def test_logged_train_metrics_are_the_epochs_and_windows_means(tiny_data, tmp_pa
         assert event.value == pytest.approx(expected, rel=1e-5)
     accs = events.Scalars("train/acc_step")
     assert accs[1].value == pytest.approx(sum(correct[4:8]) / sum(counts[4:8]), rel=1e-6)
+
+
+def test_a_run_stopped_mid_epoch_still_reports_the_steps_it_took(tiny_data):
+    data = MNISTDataModule(tiny_data, batch_size=50, download=False)
+    model = MLPClassifier(data.input_shape, 10, hidden_dim=16, norm="none",
+                          optimizer=functools.partial(torch.optim.SGD, lr=0.0))
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    with torch.no_grad():
+        first = [(float(F.cross_entropy(model(x), y)), len(y))
+                 for x, y in itertools.islice(data.train_dataloader(), 3)]
+    expected = sum(loss * n for loss, n in first) / sum(n for _, n in first)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
