@@ -35,18 +35,19 @@ def make_norm(norm: str, num_features: int, spatial: bool = False) -> nn.Module:
     raise ValueError(f"model.norm={norm!r} is not a known normalisation; use one of {NORMS}.")
 
 
-def hidden_layers(
-    in_features: int, hidden_dim: int, depth: int, norm: str
+def mlp_layers(
+    in_features: int, hidden_dim: int, depth: int, norm: str, num_classes: int
 ) -> list[tuple[str, nn.Module]]:
-    """`[Linear → norm → ReLU] × depth`, named `fc1, norm1, act1, fc2, …` (a ReLU per layer)."""
-    layers = []
+    """`Flatten → [Linear → norm → ReLU] × depth → Linear(hidden, classes)`, named
+    `flatten, fc1, norm1, act1, fc2, …, out` (a ReLU per layer)."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for i in range(1, depth + 1):
         layers += [
             (f"fc{i}", nn.Linear(in_features if i == 1 else hidden_dim, hidden_dim)),
             (f"norm{i}", make_norm(norm, hidden_dim)),
             (f"act{i}", nn.ReLU()),
         ]
-    return layers
+    return [*layers, ("out", nn.Linear(hidden_dim, num_classes))]
 
 
 class Classifier(L.LightningModule):
@@ -192,11 +193,7 @@ class MLPClassifier(Classifier):
         super().__init__(input_shape, num_classes, optimizer)
         self.net = nn.Sequential(
             OrderedDict(
-                [
-                    ("flatten", nn.Flatten()),
-                    *hidden_layers(math.prod(self.input_shape), hidden_dim, depth, norm),
-                    ("out", nn.Linear(hidden_dim, num_classes)),
-                ]
+                mlp_layers(math.prod(self.input_shape), hidden_dim, depth, norm, num_classes)
             )
         )
 
@@ -236,9 +233,8 @@ class CNNClassifier(Classifier):
             OrderedDict(
                 [
                     *layers,
-                    ("flatten", nn.Flatten()),
-                    *hidden_layers(in_channels * height * width, hidden_dim, depth, norm),
-                    ("out", nn.Linear(hidden_dim, num_classes)),
+                    *mlp_layers(in_channels * height * width, hidden_dim, depth, norm,
+                                num_classes),
                 ]
             )
         )
