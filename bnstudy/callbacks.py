@@ -59,24 +59,27 @@ class MetricsHistory(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops training when the training loss is NaN or infinite, checked every N steps.
+    """Stops training when a training loss is NaN or infinite, checked after every batch.
 
-    Sets `diverged_at = {"epoch", "step", "loss"}`; the entry point records
+    Reads the losses of the batch's optimizer steps (the model's `training_step` returns them
+    as `loss`) with one sync a batch, and sets `diverged_at = {"epoch", "step", "loss"}` for the
+    first bad one (`step`: the steps taken up to and including it); the entry point records
     `status: diverged` so that a sweep goes on with its other runs.
     """
 
-    def __init__(self, check_every_n_steps: int = 1) -> None:
-        self.check_every_n_steps = check_every_n_steps
+    def __init__(self) -> None:
         self.diverged_at: dict | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step % self.check_every_n_steps:
+        losses = outputs["loss"].reshape(-1)
+        finite = torch.isfinite(losses)
+        if bool(finite.all()):
             return
-        loss = float(outputs["loss"])
-        if not math.isfinite(loss):
-            self.diverged_at = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                                "loss": str(loss)}
-            trainer.should_stop = True
+        first = int((~finite).nonzero()[0])
+        self.diverged_at = {"epoch": trainer.current_epoch,
+                            "step": trainer.global_step - len(losses) + first + 1,
+                            "loss": str(float(losses[first]))}
+        trainer.should_stop = True
 
 
 # -- pictures of what the network learned ---------------------------------------------------

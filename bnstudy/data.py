@@ -3,11 +3,13 @@
 Files are read in torchvision's on-disk layout (`MNIST/raw/*-ubyte`,
 `cifar-10-batches-py/*_batch*`) and downloaded with torchvision when missing and
 `download` is true. Each split is decoded once into one tensor; batches are
-slices of it, in an order that depends only on `seed` and the epoch.
+slices of it, in an order that depends only on `seed` and the epoch. A training batch
+of Lightning is a list of `steps_per_batch` such minibatches (see `EpochBatchSampler`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 from pathlib import Path
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class TensorPairs(Dataset):
-    """Inputs and targets held as two tensors; indexed with a tensor of indices gives a batch."""
+    """Inputs and targets held as two tensors. Indexed with a tensor of indices it gives one
+    minibatch `(x, y)`; with a list of such tensors, a list of minibatches."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
@@ -34,6 +37,8 @@ class TensorPairs(Dataset):
         return len(self.y)
 
     def __getitem__(self, index):
+        if isinstance(index, list):
+            return [(self.x[i], self.y[i]) for i in index]
         return self.x[index], self.y[index]
 
     def to(self, device: torch.device) -> TensorPairs:
@@ -41,21 +46,34 @@ class TensorPairs(Dataset):
 
 
 class EpochBatchSampler(Sampler):
-    """Yields index tensors, one per batch; shuffled by `(seed, epoch)` alone.
+    """Yields index tensors, one per minibatch; shuffled by `(seed, epoch)` alone.
 
     Lightning calls `set_epoch` before each epoch, so the batch order of epoch e
-    is the same in a fresh run and in one resumed from a checkpoint.
+    is the same in a fresh run and in one resumed from a checkpoint. When shuffling, a last
+    minibatch of a single sample is dropped (BatchNorm cannot normalise over one sample).
+    With `steps_per_batch` set it yields lists of that many index tensors instead (the last
+    list may be shorter): the same minibatches in the same order, grouped so that one
+    Lightning batch carries several optimizer steps.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0,
+                 steps_per_batch: int | None = None) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.steps_per_batch = steps_per_batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def num_minibatches(self) -> int:
+        single_last = self.shuffle and self.n > 1 and self.n % self.batch_size == 1
+        return -(-self.n // self.batch_size) - single_last
+
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        if self.steps_per_batch is None:
+            return self.num_minibatches
+        return -(-self.num_minibatches // self.steps_per_batch)
 
     def __iter__(self):
         # A generator: the order is drawn at the first batch, not when the iterator is made,
@@ -65,12 +83,20 @@ class EpochBatchSampler(Sampler):
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        yield from order.split(self.batch_size)
+        minibatches = order.split(self.batch_size)[: self.num_minibatches]
+        if self.steps_per_batch is None:
+            yield from minibatches
+            return
+        groups = iter(minibatches)
+        while group := list(itertools.islice(groups, self.steps_per_batch)):
+            yield group
 
 
-def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader that slices whole batches out of in-memory tensors (no per-sample collation)."""
-    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed)
+def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
+            steps_per_batch: int | None = None) -> DataLoader:
+    """A DataLoader that slices whole minibatches out of in-memory tensors (no per-sample
+    collation); with `steps_per_batch`, each item is a list of that many minibatches."""
+    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, steps_per_batch)
     return DataLoader(data, sampler=sampler, batch_size=None)
 
 
@@ -122,6 +148,9 @@ class TensorDataModule(L.LightningDataModule):
     Subclasses set the class attributes and implement `files`, `download` and `read_split`.
     `val_size` is a count, or a fraction of the training files when below 1;
     `train_size` caps the training split (None: everything not used for validation).
+    The training loader yields lists of `steps_per_batch` minibatches of `batch_size`
+    (the model takes an optimizer step on each): Lightning's per-batch work (hooks, fetching,
+    logging) is then paid once per list. Validation and test loaders yield `(x, y)`.
     """
 
     name: str
@@ -141,12 +170,14 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: int = 0,
         seed: int = 0,
         download: bool = True,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size = val_size, train_size
         self.split_seed, self.seed, self.download = split_seed, seed, download
+        self.steps_per_batch = steps_per_batch
         self.train_set: TensorPairs | None = None
         self.val_set: TensorPairs | None = None
         self.test_set: TensorPairs | None = None
@@ -240,7 +271,8 @@ class TensorDataModule(L.LightningDataModule):
         return TensorPairs(x[train_idx], y[train_idx]), TensorPairs(x[val_idx], y[val_idx])
 
     def train_dataloader(self) -> DataLoader:
-        return batches(self.train_set, self.batch_size, shuffle=True, seed=self.seed)
+        return batches(self.train_set, self.batch_size, shuffle=True, seed=self.seed,
+                       steps_per_batch=self.steps_per_batch)
 
     def val_dataloader(self) -> DataLoader:
         return batches(self.val_set, self.eval_batch_size, shuffle=False)

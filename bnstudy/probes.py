@@ -44,10 +44,11 @@ class ActivationPercentiles(Callback):
     """Percentiles of a few hidden units' pre-activations (the input of a ReLU) over training.
 
     At every `every_n_steps`-th optimizer step (from step 0) a forward pre-hook on the model's
-    `layer`-th `nn.ReLU` (counted in `named_modules()` order) takes the input of the training
-    step's first forward pass only (extra forwards in the same step, e.g. `GradientBehaviour`'s,
-    are not recorded). For each unit in `units` (a feature, or a conv layer's channel) it records
-    the `percentiles` (in %) of its values over the batch (and positions).
+    `layer`-th `nn.ReLU` (counted in `named_modules()` order) takes the input of the step's first
+    forward pass in training mode only (extra forwards in the same step, e.g.
+    `GradientBehaviour`'s, are not recorded; nor are evaluation and hallucination passes). For
+    each unit in `units` (a feature, or a conv layer's channel) it records the `percentiles`
+    (in %) of its values over the minibatch (and positions).
 
     TensorBoard: scalars `activations/unit{u}/p{q}`, histogram `activations/layer{layer}` of the
     whole layer. `metrics.json` key `activations`: `{"module": the ReLU's name, "layer", "units",
@@ -68,8 +69,8 @@ class ActivationPercentiles(Callback):
         self.values: list[list[list[float]]] = []
         self.module_name = ""
         self._hook: torch.utils.hooks.RemovableHandle | None = None
-        self._armed_step: int | None = None  # the step whose first forward is to be taken
-        self._taken: tuple[int, torch.Tensor] | None = None
+        self._trainer: L.Trainer | None = None
+        self._last_taken: int | None = None  # the step whose input was taken last
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -79,6 +80,7 @@ class ActivationPercentiles(Callback):
             raise ValueError(f"ActivationPercentiles: layer={self.layer}, but the model has "
                              f"{len(relus)} nn.ReLU modules ({[name for name, _ in relus]}).")
         self.module_name, relu = relus[self.layer]
+        self._trainer = trainer
         self._hook = relu.register_forward_pre_hook(self._take)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -87,23 +89,11 @@ class ActivationPercentiles(Callback):
             self._hook = None
 
     def _take(self, module: nn.Module, args: tuple) -> None:
-        if self._armed_step is not None:
-            # A copy: an in-place ReLU would overwrite its input.
-            self._taken = (self._armed_step, args[0].detach().clone())
-            self._armed_step = None
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
-                             batch_idx: int) -> None:
-        step = trainer.global_step
-        self._armed_step = step if step % self.every_n_steps == 0 else None
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
-                           batch, batch_idx: int) -> None:
-        self._armed_step = None
-        if self._taken is None:
+        trainer, step = self._trainer, self._trainer.global_step
+        if not module.training or step % self.every_n_steps or step == self._last_taken:
             return
-        (step, x), self._taken = self._taken, None
-        x = x.float()
+        self._last_taken = step
+        x = args[0].detach().float()
         q = torch.tensor(self.percentiles, device=x.device) / 100
         values = torch.quantile(unit_values(x)[self.units], q, dim=1).T.tolist()
         self.steps.append(step)
@@ -176,7 +166,8 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
 class GradientBehaviour(Callback):
     """Per-layer gradient norms, and the loss landscape and gradient predictiveness along g.
 
-    Runs after the backward pass and before the optimizer's update (`on_before_optimizer_step`).
+    Runs after the backward pass and before the optimizer's update (`on_before_optimizer_step`),
+    on the step's minibatch (the model's `minibatch`).
     At every `every_n_steps`-th step (from 0): the ℓ2 norm of each module's own parameters'
     gradients (see `layer_grad_norms`), TensorBoard `gradients/norm/<module>`. At every
     `landscape_every_n_steps`-th step, on the step's batch, `gradient_landscape` for each step
@@ -205,15 +196,6 @@ class GradientBehaviour(Callback):
         self.norms: dict[str, list[float]] = {}
         self.landscape: dict[str, list] = {key: [] for key in (
             "steps", "loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness")}
-        self._batch = None
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
-                             batch_idx: int) -> None:
-        self._batch = batch
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
-                           batch, batch_idx: int) -> None:
-        self._batch = None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -225,7 +207,7 @@ class GradientBehaviour(Callback):
                 self.norms.setdefault(name, []).append(value)
             log_scalars(trainer, {f"gradients/norm/{name}": v for name, v in norms.items()}, step)
         if step % self.landscape_every_n_steps == 0:
-            point = gradient_landscape(pl_module, self._batch, self.etas)
+            point = gradient_landscape(pl_module, pl_module.minibatch, self.etas)
             changes, distances = point["grad_change"], point["distance"]
             summary = {
                 "loss_range": max(point["loss"]) - min(point["loss"]),

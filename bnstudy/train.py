@@ -43,6 +43,7 @@ def validate(cfg: DictConfig) -> None:
         ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
         ("model.hidden_dim", cfg.model.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
+        ("steps_per_batch", cfg.steps_per_batch, lambda v: v >= 1, "an integer >= 1"),
         ("model.depth", model_depth(cfg), lambda v: v >= 1, "an integer >= 1"),
         (
             "dataset.val_size",
@@ -195,6 +196,8 @@ def _is_multirun() -> bool:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    # Lightning counts its batches against log_every_n_steps; the model logs by optimizer step.
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
     try:
         return train(cfg)

@@ -10,6 +10,7 @@ from bnstudy.data import (
     DataError,
     FashionMNISTDataModule,
     MNISTDataModule,
+    batches,
     load_cifar_batch,
 )
 from tests.conftest import write_cifar10, write_mnist
@@ -23,9 +24,11 @@ def test_mnist_loads_normalises_and_splits(tiny_data):
     assert dm.train_set.x.shape[1:] == (1, 28, 28) and dm.train_set.x.dtype == torch.float32
     raw_min = (0 - 0.1307) / 0.3081
     assert dm.train_set.x.min().item() == pytest.approx(raw_min, abs=1e-5)
-    x, y = next(iter(dm.train_dataloader()))
+    [(x, y)] = next(iter(dm.train_dataloader()))  # a list of steps_per_batch=1 minibatch
     assert x.shape == (32, 1, 28, 28) and y.dtype == torch.int64
     assert len(dm.train_dataloader()) == 15  # ceil(450 / 32)
+    x, y = next(iter(dm.val_dataloader()))  # evaluation: plain (x, y) batches
+    assert x.shape == (150, 1, 28, 28)
 
 
 def test_split_is_fixed_and_disjoint(tiny_data):
@@ -46,16 +49,55 @@ def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
     def first_labels(epoch):
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
-        return next(iter(loader))[1]
+        return next(iter(loader))[0][1]
 
     assert torch.equal(first_labels(0), first_labels(0))
     assert not torch.equal(first_labels(0), first_labels(1))
     loader = dm.train_dataloader()
     made_early = iter(loader)  # as Lightning may make it, before `set_epoch` (on resume)
     loader.sampler.set_epoch(1)
-    assert torch.equal(next(made_early)[1], first_labels(1))
-    epoch = torch.cat([y for _, y in dm.train_dataloader()])
+    assert torch.equal(next(made_early)[0][1], first_labels(1))
+    epoch = torch.cat([y for [(_, y)] in dm.train_dataloader()])
     assert torch.equal(epoch.sort().values, dm.train_set.y.sort().values)  # a permutation
+
+
+def minibatches(loader) -> list[torch.Tensor]:
+    """The labels of each minibatch a training loader yields, in order, across its lists."""
+    return [y for group in loader for _, y in group]
+
+
+@pytest.mark.parametrize("steps", [2, 4, 11, 50])
+def test_steps_per_batch_groups_the_same_minibatches(tiny_data, steps):
+    """450 images in minibatches of 40: 12 minibatches (the last of 10), in lists of `steps`."""
+    one = MNISTDataModule(tiny_data, batch_size=40, val_size=150, seed=5, download=False)
+    grouped = MNISTDataModule(tiny_data, batch_size=40, val_size=150, seed=5, download=False,
+                              steps_per_batch=steps)
+    one.setup("fit")
+    grouped.setup("fit")
+    loader = grouped.train_dataloader()
+    loader.sampler.set_epoch(2)
+    groups = list(loader)
+    assert [len(g) for g in groups] == [min(steps, 12 - i) for i in range(0, 12, steps)]
+    assert len(loader) == len(groups) == -(-12 // steps)
+    reference = one.train_dataloader()
+    reference.sampler.set_epoch(2)
+    expected = minibatches(reference)
+    got = [y for group in groups for _, y in group]
+    assert len(got) == 12 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    x0, _ = groups[0][0]
+    assert x0.shape == (40, 1, 28, 28)
+
+
+def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
+    """BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out."""
+    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False,
+                         steps_per_batch=4)
+    dm.setup("fit")
+    sizes = [len(y) for y in minibatches(dm.train_dataloader())]
+    assert len(dm.train_set) == 449 and sizes == [32] * 14
+    assert len(dm.train_dataloader()) == 4  # ceil(14 / 4)
+    evaluation = [len(y) for _, y in batches(dm.train_set, 32, shuffle=False)]
+    assert evaluation[-1] == 1 and sum(evaluation) == 449  # not shuffled: every image
 
 
 def test_cifar10_loads_with_checksum_check_off_or_warned(tiny_data, caplog):

@@ -2,7 +2,6 @@
 
 import functools
 import io
-import itertools
 from collections import OrderedDict
 
 import lightning as L
@@ -189,26 +188,40 @@ def test_hyperparameters_from_hydra_load_with_weights_only(target):
     assert loaded == expected | ({"channels": (8, 16)} if target == "CNNClassifier" else {})
 
 
-def test_logged_train_metrics_are_the_epochs_and_windows_means(tiny_data, tmp_path):
-    """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch."""
-    data = MNISTDataModule(tiny_data, batch_size=50, download=False)  # 540 train: 11 batches
-    model = MLPClassifier(data.input_shape, 10, hidden_dim=16, norm="bn",
-                          optimizer=functools.partial(torch.optim.SGD, lr=0.0))
-    trainer = L.Trainer(max_epochs=1, log_every_n_steps=4, accelerator="cpu",
-                        logger=TensorBoardLogger(tmp_path, name="", version=""),
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0)
+def tiny_fit(data_dir, out=None, steps_per_batch=1, lr=0.0, norm="bn", **trainer_args):
+    """Trains a hidden-16 MLP on tiny MNIST (540 training images in batches of 50: 11 steps an
+    epoch), logging to TensorBoard in `out` (if given); returns (datamodule, model, trainer)."""
+    L.seed_everything(0, verbose=False)
+    data = MNISTDataModule(data_dir, batch_size=50, download=False,
+                           steps_per_batch=steps_per_batch)
+    model = MLPClassifier(data.input_shape, 10, hidden_dim=16, norm=norm,
+                          optimizer=functools.partial(torch.optim.SGD, lr=lr))
+    logger = TensorBoardLogger(out, name="", version="") if out else False
+    trainer = L.Trainer(accelerator="cpu", logger=logger, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, **trainer_args)
     trainer.fit(model, datamodule=data)
+    return data, model, trainer
 
+
+def minibatches(data: MNISTDataModule):
+    """Epoch 0's training minibatches (x, y), in order, out of the loader's lists."""
+    return [pair for group in data.train_dataloader() for pair in group]
+
+
+def test_logged_train_metrics_are_the_epochs_and_windows_means(tiny_data, tmp_path):
+    """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch.
+    Three steps per Lightning batch: the windows still close after every 4th step."""
+    data, model, trainer = tiny_fit(tiny_data, tmp_path, steps_per_batch=3, max_epochs=1,
+                                    log_every_n_steps=4, limit_val_batches=0)
     losses, correct, counts = [], [], []
     with torch.no_grad():
-        for x, y in data.train_dataloader():  # epoch 0's order, BN on batch statistics
+        for x, y in minibatches(data):  # BN on batch statistics
             logits = model.train()(x)
             losses.append(float(F.cross_entropy(logits, y)) * len(y))
             correct.append(int((logits.argmax(-1) == y).sum()))
             counts.append(len(y))
     n = sum(counts)
-    assert len(counts) == 11 and n == 540
+    assert len(counts) == 11 and n == 540 and trainer.global_step == 11
     metrics = trainer.callback_metrics
     assert float(metrics["train/loss"]) == pytest.approx(sum(losses) / n, rel=1e-5)
     assert float(metrics["train/acc"]) == pytest.approx(sum(correct) / n, rel=1e-6)
@@ -220,18 +233,37 @@ def test_logged_train_metrics_are_the_epochs_and_windows_means(tiny_data, tmp_pa
         assert event.value == pytest.approx(expected, rel=1e-5)
     accs = events.Scalars("train/acc_step")
     assert accs[1].value == pytest.approx(sum(correct[4:8]) / sum(counts[4:8]), rel=1e-6)
+    assert [e.step for e in events.Scalars("train/loss")] == [11]  # at the optimizer step
+
+
+def test_steps_per_batch_trains_exactly_as_one_step_per_batch(tiny_data, tmp_path):
+    runs = {k: tiny_fit(tiny_data, tmp_path / str(k), steps_per_batch=k, lr=0.1, max_epochs=2,
+                        log_every_n_steps=5)
+            for k in (1, 4)}
+    (_, one, t1), (_, four, t4) = runs[1], runs[4]
+    assert t1.num_training_batches == 11 and t4.num_training_batches == 3
+    assert t1.global_step == t4.global_step == 22
+    state1, state4 = one.state_dict(), four.state_dict()
+    assert state1.keys() == state4.keys()
+    assert all(torch.equal(state1[k], state4[k]) for k in state1)  # bit for bit
+    assert not torch.equal(state1["net.fc1.weight"], tiny_fit(tiny_data, lr=0.1, max_epochs=1)[1]
+                           .state_dict()["net.fc1.weight"])  # (the weights did move)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert float(t1.callback_metrics[key]) == float(t4.callback_metrics[key]), key
+    logs = {k: EventAccumulator(str(tmp_path / str(k)), size_guidance={"scalars": 0}).Reload()
+            for k in (1, 4)}
+    for tag in ("train/loss", "val/acc", "train/loss_step"):
+        series = [[(e.step, e.value) for e in logs[k].Scalars(tag)] for k in (1, 4)]
+        assert series[0] == series[1], tag
+    assert [e.step for e in logs[4].Scalars("val/loss")] == [11, 22]
 
 
 def test_a_run_stopped_mid_epoch_still_reports_the_steps_it_took(tiny_data):
-    data = MNISTDataModule(tiny_data, batch_size=50, download=False)
-    model = MLPClassifier(data.input_shape, 10, hidden_dim=16, norm="none",
-                          optimizer=functools.partial(torch.optim.SGD, lr=0.0))
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0)
-    trainer.fit(model, datamodule=data)
+    """max_steps=3 with 2 steps per Lightning batch: the second batch stops after one step."""
+    data, model, trainer = tiny_fit(tiny_data, steps_per_batch=2, norm="none", max_steps=3,
+                                    limit_val_batches=0)
+    assert trainer.global_step == 3
     with torch.no_grad():
-        first = [(float(F.cross_entropy(model(x), y)), len(y))
-                 for x, y in itertools.islice(data.train_dataloader(), 3)]
+        first = [(float(F.cross_entropy(model(x), y)), len(y)) for x, y in minibatches(data)[:3]]
     expected = sum(loss * n for loss, n in first) / sum(n for _, n in first)
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)

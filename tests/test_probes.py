@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import FAST, REPO, run_train
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -53,16 +53,18 @@ def make_model(norm: str = "bn", cnn: bool = False, dropout: float = 0.0) -> MLP
 
 
 def fit(model: L.LightningModule, data_dir: Path, out: Path, callbacks: list[Callback],
-        epochs: int = 1, ckpt_path: Path | None = None, **trainer_args) -> L.Trainer:
-    """Trains on tiny MNIST (500 training images, batches of 50: 10 steps an epoch), logging
-    to TensorBoard in `out`."""
+        epochs: int = 1, ckpt_path: Path | None = None, steps_per_batch: int = 1,
+        **trainer_args) -> L.Trainer:
+    """Trains on tiny MNIST (500 training images, batches of 50: 10 steps an epoch, in Lightning
+    batches of `steps_per_batch`), logging to TensorBoard in `out`."""
     trainer = L.Trainer(
         max_epochs=epochs, logger=TensorBoardLogger(out, name="", version=""),
         callbacks=callbacks, accelerator="cpu", default_root_dir=out,
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         **trainer_args)
-    data = MNISTDataModule(data_dir, download=False, batch_size=50, val_size=100)
+    data = MNISTDataModule(data_dir, download=False, batch_size=50, val_size=100,
+                           steps_per_batch=steps_per_batch)
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
@@ -87,20 +89,19 @@ def test_probes_config_adds_both_to_the_default_callbacks():
     assert probes.gradient_behaviour._target_ == "bnstudy.probes.GradientBehaviour"
 
 
+@pytest.mark.parametrize("steps_per_batch", [1, 4])
 @pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
-def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data, tmp_path, cnn):
+def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data, tmp_path, cnn,
+                                                                      steps_per_batch):
     model = make_model(cnn=cnn)
     relu_name, relu = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU))
     inputs: dict[int, list[torch.Tensor]] = {}  # every forward's ReLU input, by step
-    step = {}
-    relu.register_forward_pre_hook(
-        lambda module, args: inputs.setdefault(step["now"], []).append(args[0].detach().clone()))
-    clock = LambdaCallback(
-        on_train_batch_start=lambda trainer, *_: step.update(now=trainer.global_step))
+    relu.register_forward_pre_hook(lambda module, args: inputs.setdefault(
+        model.trainer.global_step, []).append(args[0].detach().clone()))
     units = [0, 3] if cnn else [0, 5, 31]
     probes = [ActivationPercentiles(tmp_path / "metrics.json", units=units, every_n_steps=3),
               GradientBehaviour(tmp_path / "metrics.json", landscape_every_n_steps=3, etas=ETAS)]
-    fit(model, tiny_data, tmp_path, [clock, *probes])
+    fit(model, tiny_data, tmp_path, probes, steps_per_batch=steps_per_batch)
 
     record = json.loads((tmp_path / "metrics.json").read_text())["activations"]
     assert record["module"] == relu_name
@@ -142,12 +143,11 @@ def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
 
 
 class Snapshot(Callback):
-    """Before the probe: a copy of the model's state, grads, modes and the RNG, and the batch."""
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batch = batch
+    """Before the probe: a copy of the model's state, grads, modes and the RNG, and the step's
+    minibatch."""
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.batch = pl_module.minibatch
         self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
         self.grads = [p.grad.clone() for p in pl_module.parameters()]
         self.modes = [m.training for m in pl_module.modules()]
@@ -195,14 +195,16 @@ class Check(Callback):
         return losses, changes
 
 
-@pytest.mark.parametrize("norm", ["bn", "none"])
+@pytest.mark.parametrize("norm,steps_per_batch", [("bn", 1), ("none", 1), ("bn", 3)])
 def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
-        tiny_data, tmp_path, norm):
+        tiny_data, tmp_path, norm, steps_per_batch):
     snapshot = Snapshot()
     check = Check(snapshot, landscape_every=4)
     probe = GradientBehaviour(tmp_path / "metrics.json", every_n_steps=2,
                               landscape_every_n_steps=4, etas=ETAS)
-    fit(make_model(norm), tiny_data, tmp_path, [snapshot, probe, check])
+    fit(make_model(norm), tiny_data, tmp_path, [snapshot, probe, check],
+        steps_per_batch=steps_per_batch)
+    assert len(snapshot.batch[1]) == 50  # a minibatch, not a Lightning batch of them
 
     assert len(check.unchanged) == 10 and all(check.unchanged)
     record = json.loads((tmp_path / "metrics.json").read_text())["gradients"]
