@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from torchvision.utils import make_grid, save_image
+from torch.utils.tensorboard.summary import image as image_summary
+from torchvision.utils import make_grid
 
 from bnstudy.records import update_record
 
@@ -163,6 +164,17 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
     return None
 
 
+def save_and_log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, path: Path) -> None:
+    """Encodes a (C, H, W) image in [0, 1] as PNG once, TensorBoard's way (values × 255,
+    truncated), writes it to `path` and logs the same bytes as `tag` at the global step to the
+    trainer's TensorBoard logger, if it has one."""
+    summary = image_summary(tag, image.detach().cpu(), dataformats="CHW")
+    path.write_bytes(summary.value[0].image.encoded_image_string)
+    writer = tensorboard_writer(trainer)
+    if writer is not None:
+        writer.file_writer.add_summary(summary, trainer.global_step)
+
+
 def all_finite(module: nn.Module) -> bool:
     """Whether every parameter is finite (a diverged run's are not, and make no picture)."""
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
@@ -225,10 +237,7 @@ class WeightGrid(ImageCallback):
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path) -> None:
         grid = weight_grid(pl_module.first_layer.weight, pl_module.input_shape, self.num_units)
-        save_image(grid, path)
-        writer = tensorboard_writer(trainer)
-        if writer is not None:
-            writer.add_image("weights/first_layer", grid, trainer.global_step)
+        save_and_log_image(trainer, "weights/first_layer", grid, path)
 
 
 class Hallucinations(ImageCallback):
@@ -258,10 +267,8 @@ class Hallucinations(ImageCallback):
             low=(-mean / std).tolist(), high=((1 - mean) / std).tolist(), **self.settings,
         )
         pixels = data.denormalise(images).cpu()
-        grid = make_grid(pixels, nrow=self.nrow)
-        save_image(grid, path)
+        save_and_log_image(trainer, "hallucination/all", make_grid(pixels, nrow=self.nrow), path)
         writer = tensorboard_writer(trainer)
         if writer is not None:
-            writer.add_image("hallucination/all", grid, trainer.global_step)
             for name, image in zip(data.classes, pixels, strict=True):
                 writer.add_image(f"hallucination/{name}", image, trainer.global_step)

@@ -126,28 +126,39 @@ class Classifier(L.LightningModule):
     on_train_epoch_end = on_validation_epoch_end = on_test_epoch_end = _log_step_axis
 
     def training_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """An optimizer step on each minibatch of `batch`; returns their losses as `loss`."""
-        trainer, optimizer, window = self.trainer, self.optimizers(), self.train_window
-        losses = []
+        """An optimizer step on each minibatch of `batch` (up to `trainer.max_steps`); returns
+        their losses as `loss`."""
+        trainer, optimizer, first = self.trainer, self.optimizers(), self.global_step
+        if trainer.max_steps >= 0:
+            batch = batch[: trainer.max_steps - first]
+        losses, correct = [], []
         for x, y in batch:
-            if 0 <= trainer.max_steps <= self.global_step:
-                break
             self.minibatch = (x, y)
             logits = self(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
-            window[0] += loss.detach() * len(y)
-            window[1] += (logits.detach().argmax(-1) == y).sum()
-            window[2] += len(y)
             losses.append(loss.detach())
-            if self.global_step % trainer.log_every_n_steps == 0:
-                self._flush_train_window(log_step=True)
+            correct.append((logits.detach().argmax(-1) == y).sum())
         self.minibatch = None
+        losses = torch.stack(losses)
+        sizes = torch.tensor([len(y) for _, y in batch], dtype=losses.dtype, device=losses.device)
+        self._accumulate(first, torch.stack([losses * sizes, torch.stack(correct), sizes], 1))
         if batch_idx == 0:
             self._log_epoch_metrics("train")
-        return {"loss": torch.stack(losses)}
+        return {"loss": losses}
+
+    def _accumulate(self, first: int, steps: torch.Tensor) -> None:
+        """Adds the (loss sum, correct, samples) rows of the steps after step `first` to the
+        window, flushing it after every `log_every_n_steps`-th step."""
+        every = self.trainer.log_every_n_steps
+        taken = 0
+        for end in range(every - first % every, len(steps) + 1, every):  # first + end ≡ 0
+            self.train_window += steps[taken:end].sum(0)
+            self._flush_train_window(log_step=first + end - 1)
+            taken = end
+        self.train_window += steps[taken:].sum(0)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # After the callbacks' hook, so a stop they asked for (divergence) is seen here.
@@ -158,20 +169,20 @@ class Classifier(L.LightningModule):
             or 0 <= trainer.max_steps <= self.global_step
         )
         if last and self.train_window[2] > 0:
-            self._flush_train_window(log_step=False)
+            self._flush_train_window()
 
-    def _flush_train_window(self, log_step: bool) -> None:
+    def _flush_train_window(self, log_step: int | None = None) -> None:
         """Feeds the window's mean loss and accuracy to the epoch metrics (weighted by its
-        samples) and, on a logging step, writes them as `train/loss_step`, `train/acc_step`
-        to the loggers at the index of the window's last step."""
+        samples) and, given `log_step`, writes them as `train/loss_step`, `train/acc_step` to
+        the loggers at that step (the index of the window's last step)."""
         loss_sum, correct, count = self.train_window
         loss, acc = loss_sum / count, correct / count
         self.metrics["train_loss"].update(loss, weight=count)
         self.metrics["train_acc"].update(acc, weight=count)
-        if log_step and self.trainer.is_global_zero:
+        if log_step is not None and self.trainer.is_global_zero:
             values = {"train/loss_step": float(loss), "train/acc_step": float(acc)}
             for logger in self.loggers:
-                logger.log_metrics(values, step=self.global_step - 1)
+                logger.log_metrics(values, step=log_step)
         self.train_window.zero_()
 
     def _eval_step(self, batch, batch_idx: int, split: str) -> None:

@@ -148,6 +148,11 @@ def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
             assert image.size == (width, height), stem
     final = (images / "weights_final.png").read_bytes()
     assert final == (images / "weights_epoch1.png").read_bytes()
+    # Encoded once: the files hold the very PNGs TensorBoard shows.
+    assert [(images / f"weights_epoch{i}.png").read_bytes() for i in (0, 1)] == [
+        event.encoded_image_string for event in weights]
+    assert ((images / "hallucinations_final.png").read_bytes()
+            == events.Images("hallucination/all")[0].encoded_image_string)
 
 
 def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_path):
