@@ -2,8 +2,11 @@
 
 import json
 import re
+import statistics
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import FAST, REPO, run_train
 
@@ -44,7 +47,8 @@ def test_slurm_launcher_config_composes():
 
 def test_benchmark_prints_its_figures(tiny_data):
     proc = subprocess.run(
-        [sys.executable, "-m", "bnstudy.bench", "--repeats", "1", f"paths.data_dir={tiny_data}"],
+        [sys.executable, "-m", "bnstudy.bench", "--repeats", "2", "trainer.max_epochs=2",
+         f"paths.data_dir={tiny_data}"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -52,8 +56,21 @@ def test_benchmark_prints_its_figures(tiny_data):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert re.search(r"start-up: imports [\d.]+ s, config [\d.]+ s, data [\d.]+ s", out)
+    assert re.search(r"start-up: imports [\d.]+ s, config [\d.]+ s, data [\d.]+ s, "
+                     r"fit set-up [\d.]+ s", out)
+    assert "2 epoch(s) x 2 fit(s)" in out and "steps_per_batch 10" in out
+    epochs = {}
     for name in ("plain PyTorch loop", "bnstudy \\(Lightning\\)"):
-        assert re.search(name + r"\s+[\d.]+ s/epoch\s+\d+ samples/s", out), out
-    ratio = float(re.search(r"ratio bnstudy / plain \(median\): ([\d.]+)", out).group(1))
-    assert ratio > 0
+        found = re.search(name + r"\s+([\d.]+) s/epoch\s+\d+ samples/s\s+"
+                          r"\(epochs: ([\d., ]+)\)", out)
+        assert found, out
+        epochs[name] = [float(v) for v in found.group(2).split(", ")]
+        assert len(epochs[name]) == 4  # paired: one per epoch of each fit
+        assert float(found.group(1)) == pytest.approx(statistics.median(epochs[name]), abs=1e-3)
+    found = re.search(r"ratio bnstudy / plain \(median of 4 paired epochs\): ([\d.]+)  "
+                      r"\(range ([\d.]+)-([\d.]+)\)", out)
+    assert found, out
+    ratio, low, high = map(float, found.groups())
+    # from the printed (rounded) epochs: the ratio of each pair, project over plain
+    ratios = [b / a for a, b in zip(*epochs.values(), strict=True)]
+    assert low <= ratio <= high and ratio == pytest.approx(statistics.median(ratios), rel=0.2)
