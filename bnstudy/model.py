@@ -82,9 +82,10 @@ class Classifier(L.LightningModule):
             if isinstance(value, ListConfig):
                 self.hparams[key] = tuple(value)
         self.optimizer_factory = optimizer
-        # Epoch metrics. Training accumulates in `train_window` (two in-place adds a step) and
-        # feeds the MeanMetrics every `log_every_n_steps`: a torchmetrics update costs ~0.3 ms,
-        # 10-15 % of a small MLP's CPU step. Evaluation batches are few and large.
+        # Epoch metrics. Training keeps each step's loss and correct count as tensors, adds them
+        # to `train_window` once per Lightning batch and feeds the MeanMetrics when a
+        # `log_every_n_steps` window closes: a torchmetrics update costs ~0.3 ms, 10-15 % of a
+        # small MLP's CPU step. Evaluation batches are few and large.
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{kind}": (
