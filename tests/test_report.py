@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_train
+from helpers import REPO, run_train
 from PIL import Image
 
 from bnstudy import report

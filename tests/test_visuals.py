@@ -8,7 +8,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
-from conftest import FAST, run_train
+from helpers import FAST, run_train
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,0 +1,105 @@
+"""Test helpers: tiny datasets in torchvision's exact on-disk formats, running the entry point."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def class_images(
+    labels: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """uint8 images whose class is visible: noise plus a bright band at a class-specific row."""
+    images = rng.integers(0, 60, size=(len(labels), *shape), dtype=np.uint8)
+    height = shape[-2]
+    band = max(1, height // 10)
+    for i, label in enumerate(labels):
+        row = int(label) * band
+        images[i, ..., row : row + band, :] = 255
+    return images
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (MNIST's format): magic with dtype code 0x08 (uint8), big-endian dims, data."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist(
+    root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0, folder: str = "MNIST"
+) -> Path:
+    """`root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte` as torchvision reads."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", class_images(labels, (28, 28), rng))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def write_cifar10(root: Path, per_batch: int = 100, n_test: int = 200, seed: int = 0) -> Path:
+    """`root/cifar-10-batches-py/` with five data batches, a test batch and batches.meta."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        labels = rng.integers(0, 10, size=n)
+        images = class_images(labels, (3, 32, 32), rng).reshape(n, -1)
+        entry = {
+            "batch_label": name,
+            "labels": labels.tolist(),
+            "data": images,
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+    meta = {
+        "label_names": [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ],
+        "num_cases_per_batch": per_batch,
+    }
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return root
+
+
+# Overrides that make a run fast on tiny data.
+FAST = [
+    "trainer.enable_progress_bar=false",
+]
+
+
+def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m bnstudy.train` with overrides; returns the finished process."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "bnstudy.train", *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
