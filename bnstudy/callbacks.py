@@ -21,6 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import image as image_summary
 from torchvision.utils import make_grid
 
+from bnstudy.nets import first_layer
 from bnstudy.records import update_record
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ CURVE_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
 class MetricsHistory(Callback):
-    """Appends each epoch's train/val loss and accuracy to `metrics.json` as it trains.
+    """The one writer of `metrics.json` while a run trains: after each training epoch it
+    appends the epoch's train/val loss and accuracy to `history` and stores the series of every
+    other callback that keeps one (a `record_key` attribute and a `series()` method, as the
+    probes have), then writes the record atomically.
 
     The history is part of the checkpoint, so a resumed run continues the same list.
     """
@@ -50,7 +54,10 @@ class MetricsHistory(Callback):
         row.update({key: float(metrics[key]) for key in CURVE_KEYS if key in metrics})
         row["time_s"] = self._elapsed_before + time.perf_counter() - self._fit_start
         self.history.append(row)
-        update_record(self.path, history=self.history)
+        if trainer.is_global_zero:
+            series = {c.record_key: c.series() for c in trainer.callbacks
+                      if hasattr(c, "record_key")}
+            update_record(self.path, history=self.history, **series)
 
     def state_dict(self) -> dict:
         return {"history": self.history}
@@ -60,26 +67,22 @@ class MetricsHistory(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops training when a training loss is NaN or infinite, checked after every batch.
+    """Stops training when a training loss is NaN or infinite, checked after every step.
 
-    Reads the losses of the batch's optimizer steps (the model's `training_step` returns them
-    as `loss`) with one sync a batch, and sets `diverged_at = {"epoch", "step", "loss"}` for the
-    first bad one (`step`: the steps taken up to and including it); the entry point records
-    `status: diverged` so that a sweep goes on with its other runs.
+    Sets `diverged_at = {"epoch", "step", "loss"}` (`step`: the steps taken up to and including
+    the bad one); the entry point records `status: diverged` so that a sweep goes on with its
+    other runs.
     """
 
     def __init__(self) -> None:
         self.diverged_at: dict | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        losses = outputs["loss"].reshape(-1)
-        finite = torch.isfinite(losses)
-        if bool(finite.all()):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if bool(torch.isfinite(loss)):
             return
-        first = int((~finite).nonzero()[0])
-        self.diverged_at = {"epoch": trainer.current_epoch,
-                            "step": trainer.global_step - len(losses) + first + 1,
-                            "loss": str(float(losses[first]))}
+        self.diverged_at = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                            "loss": str(float(loss))}
         trainer.should_stop = True
 
 
@@ -236,7 +239,8 @@ class WeightGrid(ImageCallback):
         self.num_units = num_units
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path) -> None:
-        grid = weight_grid(pl_module.first_layer.weight, pl_module.input_shape, self.num_units)
+        grid = weight_grid(first_layer(pl_module).weight, trainer.datamodule.input_shape,
+                           self.num_units)
         save_and_log_image(trainer, "weights/first_layer", grid, path)
 
 

@@ -3,13 +3,13 @@
 Files are read in torchvision's on-disk layout (`MNIST/raw/*-ubyte`,
 `cifar-10-batches-py/*_batch*`) and downloaded with torchvision when missing and
 `download` is true. Each split is decoded once into one tensor; batches are
-slices of it, in an order that depends only on `seed` and the epoch. A training batch
-of Lightning is a list of `steps_per_batch` such minibatches (see `EpochBatchSampler`).
+slices of it, in an order that depends only on `seed` and the epoch; under DDP each
+process serves its own share (Lightning's `use_distributed_sampler` is off: see
+`EpochBatchSampler`).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import pickle
 from pathlib import Path
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class TensorPairs(Dataset):
-    """Inputs and targets held as two tensors. Indexed with a tensor of indices it gives one
-    minibatch `(x, y)`; with a list of such tensors, a list of minibatches."""
+    """Inputs and targets held as two tensors; indexed with a tensor of indices it gives one
+    minibatch `(x, y)`."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
@@ -37,8 +37,6 @@ class TensorPairs(Dataset):
         return len(self.y)
 
     def __getitem__(self, index):
-        if isinstance(index, list):
-            return [(self.x[i], self.y[i]) for i in index]
         return self.x[index], self.y[index]
 
     def to(self, device: torch.device) -> TensorPairs:
@@ -46,34 +44,36 @@ class TensorPairs(Dataset):
 
 
 class EpochBatchSampler(Sampler):
-    """Yields index tensors, one per minibatch; shuffled by `(seed, epoch)` alone.
+    """Yields index tensors, one per minibatch, shuffled by `(seed, epoch)` alone.
 
-    Lightning calls `set_epoch` before each epoch, so the batch order of epoch e
-    is the same in a fresh run and in one resumed from a checkpoint. When shuffling, a last
-    minibatch of a single sample is dropped (BatchNorm cannot normalise over one sample).
-    With `steps_per_batch` set it yields lists of that many index tensors instead (the last
-    list may be shorter): the same minibatches in the same order, grouped so that one
-    Lightning batch carries several optimizer steps.
+    Lightning calls `set_epoch` before each epoch, so the batch order of epoch e is the same in
+    a fresh run and in one resumed from a checkpoint. With `num_replicas` processes (DDP), the
+    process of rank r takes every `num_replicas`-th sample of the order from r on; when
+    shuffling, all take the same number (the remainder is left out this epoch), so they step
+    in lockstep. When shuffling, a last minibatch of a single sample is dropped (BatchNorm
+    cannot normalise over one sample).
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0,
-                 steps_per_batch: int | None = None) -> None:
+                 num_replicas: int = 1, rank: int = 0) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.steps_per_batch = steps_per_batch
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     @property
-    def num_minibatches(self) -> int:
-        single_last = self.shuffle and self.n > 1 and self.n % self.batch_size == 1
-        return -(-self.n // self.batch_size) - single_last
+    def num_samples(self) -> int:
+        """Samples this process serves an epoch."""
+        if self.shuffle:
+            return self.n // self.num_replicas
+        return len(range(self.rank, self.n, self.num_replicas))
 
     def __len__(self) -> int:
-        if self.steps_per_batch is None:
-            return self.num_minibatches
-        return -(-self.num_minibatches // self.steps_per_batch)
+        n = self.num_samples
+        single_last = self.shuffle and n > 1 and n % self.batch_size == 1
+        return -(-n // self.batch_size) - single_last
 
     def __iter__(self):
         # A generator: the order is drawn at the first batch, not when the iterator is made,
@@ -83,20 +83,15 @@ class EpochBatchSampler(Sampler):
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        minibatches = order.split(self.batch_size)[: self.num_minibatches]
-        if self.steps_per_batch is None:
-            yield from minibatches
-            return
-        groups = iter(minibatches)
-        while group := list(itertools.islice(groups, self.steps_per_batch)):
-            yield group
+        mine = order[self.rank :: self.num_replicas][: self.num_samples]
+        yield from mine.split(self.batch_size)[: len(self)]
 
 
 def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
-            steps_per_batch: int | None = None) -> DataLoader:
+            num_replicas: int = 1, rank: int = 0) -> DataLoader:
     """A DataLoader that slices whole minibatches out of in-memory tensors (no per-sample
-    collation); with `steps_per_batch`, each item is a list of that many minibatches."""
-    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, steps_per_batch)
+    collation), this process's share of them (see `EpochBatchSampler`)."""
+    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, num_replicas, rank)
     return DataLoader(data, sampler=sampler, batch_size=None)
 
 
@@ -148,9 +143,7 @@ class TensorDataModule(L.LightningDataModule):
     Subclasses set the class attributes and implement `files`, `download` and `read_split`.
     `val_size` is a count, or a fraction of the training files when below 1;
     `train_size` caps the training split (None: everything not used for validation).
-    The training loader yields lists of `steps_per_batch` minibatches of `batch_size`
-    (the model takes an optimizer step on each): Lightning's per-batch work (hooks, fetching,
-    logging) is then paid once per list. Validation and test loaders yield `(x, y)`.
+    Loaders yield minibatches `(x, y)` sliced from tensors on the trainer's device.
     """
 
     name: str
@@ -170,14 +163,12 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: int = 0,
         seed: int = 0,
         download: bool = True,
-        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size = val_size, train_size
         self.split_seed, self.seed, self.download = split_seed, seed, download
-        self.steps_per_batch = steps_per_batch
         self.train_set: TensorPairs | None = None
         self.val_set: TensorPairs | None = None
         self.test_set: TensorPairs | None = None
@@ -270,15 +261,21 @@ class TensorDataModule(L.LightningDataModule):
         val_idx, train_idx = order[:n_val], order[n_val : n_val + n_train]
         return TensorPairs(x[train_idx], y[train_idx]), TensorPairs(x[val_idx], y[val_idx])
 
+    def _loader(self, data: TensorPairs, train: bool) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        shard = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if train:
+            return batches(data, self.batch_size, True, self.seed, *shard)
+        return batches(data, self.eval_batch_size, False, 0, *shard)
+
     def train_dataloader(self) -> DataLoader:
-        return batches(self.train_set, self.batch_size, shuffle=True, seed=self.seed,
-                       steps_per_batch=self.steps_per_batch)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return batches(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return batches(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, train=False)
 
 
 class MNISTDataModule(TensorDataModule):

@@ -9,7 +9,6 @@ keep their series in `metrics.json`, also across a resume.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -20,7 +19,6 @@ from torch.func import functional_call
 from torch.nn.utils import get_total_norm
 
 from bnstudy.callbacks import tensorboard_writer
-from bnstudy.records import update_record
 
 
 def relu_modules(model: nn.Module) -> list[tuple[str, nn.ReLU]]:
@@ -53,14 +51,15 @@ class ActivationPercentiles(Callback):
     TensorBoard: scalars `activations/unit{u}/p{q}`, histogram `activations/layer{layer}` of the
     whole layer. `metrics.json` key `activations`: `{"module": the ReLU's name, "layer", "units",
     "percentiles", "steps": [S steps], "values": S × len(units) × len(percentiles) nested lists}`,
-    written after each epoch.
+    handed to `MetricsHistory` after each epoch.
     """
 
-    def __init__(self, path: str | Path, layer: int = 0, units: Sequence[int] = (0, 1, 2),
+    record_key = "activations"
+
+    def __init__(self, layer: int = 0, units: Sequence[int] = (0, 1, 2),
                  percentiles: Sequence[float] = (15, 50, 85), every_n_steps: int = 25) -> None:
         if every_n_steps < 1:
             raise ValueError(f"ActivationPercentiles: every_n_steps={every_n_steps}; use >= 1.")
-        self.path = Path(path)
         self.layer = layer
         self.units = list(units)
         self.percentiles = list(percentiles)
@@ -105,10 +104,10 @@ class ActivationPercentiles(Callback):
         if writer is not None:
             writer.add_histogram(f"activations/layer{self.layer}", x, step)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        update_record(self.path, activations={
-            "module": self.module_name, "layer": self.layer, "units": self.units,
-            "percentiles": self.percentiles, "steps": self.steps, "values": self.values})
+    def series(self) -> dict:
+        """What `metrics.json` keeps under `activations` (see the class docstring)."""
+        return {"module": self.module_name, "layer": self.layer, "units": self.units,
+                "percentiles": self.percentiles, "steps": self.steps, "values": self.values}
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "values": self.values}
@@ -167,7 +166,7 @@ class GradientBehaviour(Callback):
     """Per-layer gradient norms, and the loss landscape and gradient predictiveness along g.
 
     Runs after the backward pass and before the optimizer's update (`on_before_optimizer_step`),
-    on the step's minibatch (the model's `minibatch`).
+    on the step's minibatch.
     At every `every_n_steps`-th step (from 0): the ℓ2 norm of each module's own parameters'
     gradients (see `layer_grad_norms`), TensorBoard `gradients/norm/<module>`. At every
     `landscape_every_n_steps`-th step, on the step's batch, `gradient_landscape` for each step
@@ -178,24 +177,30 @@ class GradientBehaviour(Callback):
 
     `metrics.json` key `gradients`: `{"steps": [S], "norms": {module: [S]}, "landscape": {"etas":
     [E], "steps": [T], "loss": T × E, "grad_change": T × E, "loss_range": [T], "grad_change_max":
-    [T], "beta_smoothness": [T]}}`, written after each epoch.
+    [T], "beta_smoothness": [T]}}`, handed to `MetricsHistory` after each epoch.
     """
 
-    def __init__(self, path: str | Path, every_n_steps: int = 10,
+    record_key = "gradients"
+
+    def __init__(self, every_n_steps: int = 10,
                  landscape_every_n_steps: int = 50,
                  etas: Sequence[float] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)) -> None:
         if min(every_n_steps, landscape_every_n_steps) < 1 or not etas:
             raise ValueError(
                 f"GradientBehaviour: every_n_steps={every_n_steps} and landscape_every_n_steps="
                 f"{landscape_every_n_steps} must be >= 1, and etas={list(etas)} not empty.")
-        self.path = Path(path)
         self.every_n_steps = every_n_steps
         self.landscape_every_n_steps = landscape_every_n_steps
         self.etas = [float(eta) for eta in etas]
         self.steps: list[int] = []
         self.norms: dict[str, list[float]] = {}
+        self._batch = None  # the step's minibatch (x, y)
         self.landscape: dict[str, list] = {key: [] for key in (
             "steps", "loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness")}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
+                             batch_idx: int) -> None:
+        self._batch = batch
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
@@ -207,7 +212,7 @@ class GradientBehaviour(Callback):
                 self.norms.setdefault(name, []).append(value)
             log_scalars(trainer, {f"gradients/norm/{name}": v for name, v in norms.items()}, step)
         if step % self.landscape_every_n_steps == 0:
-            point = gradient_landscape(pl_module, pl_module.minibatch, self.etas)
+            point = gradient_landscape(pl_module, self._batch, self.etas)
             changes, distances = point["grad_change"], point["distance"]
             summary = {
                 "loss_range": max(point["loss"]) - min(point["loss"]),
@@ -222,9 +227,10 @@ class GradientBehaviour(Callback):
                 self.landscape[key].append(value)
             log_scalars(trainer, {f"landscape/{key}": v for key, v in summary.items()}, step)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        update_record(self.path, gradients={"steps": self.steps, "norms": self.norms,
-                                            "landscape": {"etas": self.etas, **self.landscape}})
+    def series(self) -> dict:
+        """What `metrics.json` keeps under `gradients` (see the class docstring)."""
+        return {"steps": self.steps, "norms": self.norms,
+                "landscape": {"etas": self.etas, **self.landscape}}
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "norms": self.norms, "landscape": self.landscape}

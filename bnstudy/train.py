@@ -20,10 +20,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate, to_absolute_path
+from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.errors import ConfigError, DataError
+from bnstudy.norms import NORMS
 from bnstudy.records import RECORD_NAME, read_record, update_record
 
 if TYPE_CHECKING:
@@ -42,9 +43,8 @@ def validate(cfg: DictConfig) -> None:
         ("dataset.lr", cfg.dataset.lr, lambda v: v > 0, "a number > 0"),
         ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
         ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
-        ("model.hidden_dim", cfg.model.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
-        ("steps_per_batch", cfg.steps_per_batch, lambda v: v >= 1, "an integer >= 1"),
-        ("model.depth", model_depth(cfg), lambda v: v >= 1, "an integer >= 1"),
+        ("model.net.hidden_dim", cfg.model.net.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
+        ("model.net.depth", cfg.model.net.depth, lambda v: v >= 1, "an integer >= 1"),
         (
             "dataset.val_size",
             cfg.dataset.val_size,
@@ -58,6 +58,9 @@ def validate(cfg: DictConfig) -> None:
             "null (all remaining images) or an integer >= 1",
         ),
     ]
+    if cfg.model.net.norm not in NORMS:
+        raise ConfigError(f"model.net.norm={cfg.model.net.norm!r} is not a known normalisation; "
+                          f"use one of {', '.join(NORMS)} (e.g. norm=bn).")
     for key, value, ok, allowed in checks:
         if value is not None and not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r} is not a number; it must be {allowed}.")
@@ -65,23 +68,19 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} is out of range; it must be {allowed}.")
 
 
-def model_depth(cfg: DictConfig) -> int:
-    """`model.depth`, or 1 (the 2-layer net) for a config from before it existed."""
-    return OmegaConf.select(cfg, "model.depth", default=1)
-
-
 def hparams(cfg: DictConfig) -> dict:
-    """The settings shown in TensorBoard's hparams tab."""
+    """The settings shown in TensorBoard's hparams tab and kept in `metrics.json`."""
+    net = cfg.model.net
     return {
         "dataset": cfg.dataset.name,
-        "model": get_class(cfg.model._target_).arch,
-        "depth": model_depth(cfg),
-        "norm": cfg.model.norm,
+        "model": net._target_.rsplit(".", 1)[-1].lower(),
+        "depth": OmegaConf.select(net, "depth", default=1),
+        "norm": net.norm,
         "optim": cfg.optim.name,
         "seed": cfg.seed,
         "lr": cfg.optim.optimizer.lr,
         "batch_size": cfg.dataset.batch_size,
-        "hidden_dim": cfg.model.hidden_dim,
+        "hidden_dim": net.hidden_dim,
         "max_epochs": cfg.trainer.max_epochs,
     }
 
@@ -102,12 +101,10 @@ def torch_threads(setting: int | str | None) -> int | None:
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config."""
     datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
-    model = instantiate(
-        cfg.model,
-        input_shape=datamodule.input_shape,
-        num_classes=datamodule.num_classes,
-        optimizer=instantiate(cfg.optim.optimizer),
-    )
+    net = instantiate(cfg.model.net, input_shape=datamodule.input_shape,
+                      num_classes=datamodule.num_classes)
+    model = instantiate(cfg.model, net=net, num_classes=datamodule.num_classes,
+                        optimizer=instantiate(cfg.optim.optimizer))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
     return datamodule, model, trainer
@@ -196,8 +193,6 @@ def _is_multirun() -> bool:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    # Lightning counts its batches against log_every_n_steps; the model logs by optimizer step.
-    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
     try:
         return train(cfg)

@@ -103,3 +103,79 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600) -> subproce
         text=True,
         timeout=timeout,
     )
+
+
+# -- building and training the project's pieces in-process ---------------------------------
+def compose_config(*overrides: str):
+    """The project's Hydra config composed with `overrides`, as the entry point would."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def make_classifier(norm: str = "bn", input_shape=(1, 28, 28), hidden_dim: int = 32,
+                    depth: int = 1, lr: float = 0.1, cnn: bool = False, channels=(4, 8),
+                    optimizer=None):
+    """A `Classifier` around a small MLP (or CNN), with SGD at `lr` unless `optimizer` given."""
+    import functools
+
+    import torch
+
+    from bnstudy.model import Classifier
+    from bnstudy.nets import CNN, MLP
+
+    net = (CNN(input_shape, 10, channels=channels, hidden_dim=hidden_dim, depth=depth, norm=norm)
+           if cnn else MLP(input_shape, 10, hidden_dim=hidden_dim, depth=depth, norm=norm))
+    return Classifier(net, 10, optimizer or functools.partial(torch.optim.SGD, lr=lr))
+
+
+def tiny_trainer(out: Path | None = None, callbacks=(), **trainer_args):
+    """A quiet CPU Trainer, logging to TensorBoard in `out` when given (no checkpoints)."""
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(out, name="", version="") if out else False
+    defaults = dict(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, max_epochs=1)
+    return L.Trainer(**(defaults | trainer_args), callbacks=list(callbacks))
+
+
+def tiny_fit(data_dir: Path, out: Path | None = None, model=None, callbacks=(), seed: int = 0,
+             batch_size: int = 50, ckpt_path=None, **trainer_args):
+    """Seeds, then fits `model` (default: `make_classifier()`) on tiny MNIST (540 training
+    images in batches of 50: 11 steps an epoch); returns (datamodule, model, trainer)."""
+    import lightning as L
+
+    from bnstudy.data import MNISTDataModule
+
+    L.seed_everything(seed, verbose=False)
+    data = MNISTDataModule(data_dir, batch_size=batch_size, download=False, seed=seed)
+    model = model or make_classifier()
+    trainer = tiny_trainer(out, callbacks, **trainer_args)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    return data, model, trainer
+
+
+def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every event of a scalar tag TensorBoard reads from `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def scalar_tags(log_dir: Path) -> set[str]:
+    """The scalar tags TensorBoard finds in `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return set(EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+               .Tags()["scalars"])
+
+
+def read_record(job: Path) -> dict:
+    """A job's `metrics.json`."""
+    import json
+
+    return json.loads((job / "metrics.json").read_text())
