@@ -1,0 +1,45 @@
+"""`python -m bnstudy.report SWEEP_DIR`: the BN-vs-no-BN report of a finished multirun."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from bnstudy.report.runs import ReportError
+from bnstudy.report.write import write_report
+
+DEFAULT_TARGETS = {"mnist": 0.9, "cifar10": 0.4}
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """`0.95` (every dataset) or `mnist=0.95` → (dataset or "*", accuracy in (0, 1])."""
+    dataset, _, value = text.rpartition("=")
+    try:
+        acc = float(value)
+    except ValueError:
+        acc = math.nan
+    if not 0 < acc <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ACC or DATASET=ACC, 0 < ACC <= 1")
+    return dataset or "*", acc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnstudy.report", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun's directory (hydra.sweep.dir)")
+    parser.add_argument(
+        "--target-acc", type=parse_target, action="append", default=[], metavar="[DATASET=]ACC",
+        help="validation accuracy for the 'epochs to target' column; repeatable; a bare ACC "
+             "replaces the defaults for every dataset not named (default: mnist=0.9 cifar10=0.4)")
+    args = parser.parse_args(argv)
+    given = dict(args.target_acc)
+    targets = given if "*" in given else {**DEFAULT_TARGETS, **given}
+    try:
+        path = write_report(args.sweep_dir, targets)
+    except ReportError as err:
+        print(f"bnstudy.report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Report written to {path} (figures, summary.csv and TensorBoard events beside it).")
+    return 0

@@ -1,0 +1,237 @@
+"""Every figure of the report, as a matplotlib Figure: curves, saved images side by side,
+probe series, and the robustness sweeps' accuracy against the swept hparam."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
+
+from bnstudy.norms import NORMS  # noqa: E402
+from bnstudy.report.runs import Run, describe, norm_label, norm_order  # noqa: E402
+from bnstudy.report.stats import (  # noqa: E402
+    SWEEPS,
+    USABLE_WITHIN,
+    mean_std,
+    num,
+    per_seed,
+    plural,
+    usable_values,
+)
+
+CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
+                ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
+IMAGE_KINDS = {"weights": "Final first-layer weights", "hallucinations": "Final hallucinations"}
+
+
+def norm_color(norm: str) -> str | None:
+    """The registry's colour for `norm`; None (matplotlib's next colour) for an unknown one."""
+    return NORMS[norm].color if norm in NORMS else None
+
+
+def _seed_label(norm: str, run: Run) -> str:
+    return f"{norm_label(norm)} (seed {run.hparams.get('seed')})"
+
+
+# --- curves -------------------------------------------------------------------------------
+
+
+def mean_curve(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs (counted from 1), and per epoch the mean and sample std of `metric` over runs."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for row in run.history:
+            by_epoch.setdefault(row["epoch"] + 1, []).append(num(row.get(metric)))
+    epochs = sorted(by_epoch)
+    moments = np.array([mean_std(by_epoch[e]) for e in epochs]).reshape(-1, 2)
+    return np.array(epochs), moments[:, 0], moments[:, 1]
+
+
+def curves_figure(label: str, by_norm: dict[str, list[Run]]) -> Figure:
+    """2 × 2 panels (train/val × loss/accuracy): mean over seeds ± one std band, per norm."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    for ax, (metric, title) in zip(axes.flat, CURVE_PANELS, strict=True):
+        for norm in norm_order(by_norm):
+            runs = [r for r in by_norm[norm] if r.outcome == "ok" and r.history]
+            if not runs:
+                continue
+            epochs, mean, std = mean_curve(runs, metric)
+            color = norm_color(norm)
+            ax.plot(epochs, mean, marker="o", ms=3, color=color,
+                    label=f"{norm_label(norm)} ({plural(len(runs), 'seed')})")
+            if len(runs) > 1:
+                ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    axes[0, 0].legend()
+    fig.suptitle(f"BatchNorm vs No BatchNorm — Training Curves ({label})\n"
+                 "mean over seeds, band ± 1 std across seeds")
+    fig.tight_layout()
+    return fig
+
+
+# --- saved images -------------------------------------------------------------------------
+
+
+def first_image(runs: list[Run], kind: str) -> tuple[Run, Path] | None:
+    """The first seed's `images/<kind>_final.png` among the ok runs; None if none has one."""
+    for run in runs:
+        path = run.path / "images" / f"{kind}_final.png"
+        if run.outcome == "ok" and path.is_file():
+            return run, path
+    return None
+
+
+def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
+    """The PNGs side by side, each under its title; the figure takes the first one's aspect."""
+    images = [plt.imread(path) for _, path in panels]
+    height, width = images[0].shape[:2]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(5.5 * len(panels), 5.5 * height / width + 0.9))
+    for ax, (panel_title, _), image in zip(axes[0], panels, images, strict=True):
+        ax.imshow(image, cmap="gray", interpolation="nearest")
+        ax.set_title(panel_title)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --- probe series (callbacks=probes) ------------------------------------------------------
+
+
+def first_series(runs: list[Run], key: str) -> Run | None:
+    """The first seed's ok run that recorded the probe series `key`; None if none did."""
+    return next((r for r in runs if r.outcome == "ok" and key in r.probes), None)
+
+
+def activations_figure(label: str, found: dict[str, Run]) -> Figure:
+    """A unit per row, a norm per column: its pre-activation percentiles vs training step."""
+    series = {norm: run.probes["activations"] for norm, run in found.items()}
+    rows = max(len(data["units"]) for data in series.values())
+    fig, axes = plt.subplots(rows, len(series), squeeze=False, sharex=True, sharey="row",
+                             figsize=(5.5 * len(series), 2.4 * rows + 1.2))
+    for col, (norm, data) in enumerate(series.items()):
+        values = np.array(data["values"], dtype=float).reshape(
+            len(data["steps"]), len(data["units"]), len(data["percentiles"]))
+        median = int(np.argmin([abs(p - 50) for p in data["percentiles"]]))
+        for row, unit in enumerate(data["units"]):
+            ax = axes[row, col]
+            for k, percentile in enumerate(data["percentiles"]):
+                ax.plot(data["steps"], values[:, row, k], color=norm_color(norm),
+                        lw=1.8 if k == median else 1, ls="-" if k == median else "--",
+                        label=f"{percentile:g}th percentile")
+            ax.set_title(f"{_seed_label(norm, found[norm])}: unit {unit}", fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=8)
+        axes[-1, col].set_xlabel("training step")
+    layer = next(iter(series.values()))
+    fig.suptitle(f"Pre-activation percentiles at ReLU `{layer['module']}` ({label})\n"
+                 "each unit's values over the training batch, in training mode")
+    fig.tight_layout()
+    return fig
+
+
+def gradients_figure(label: str, found: dict[str, Run]) -> Figure:
+    """Per-layer gradient norms, and along the gradient the loss and gradient change (the
+    band spans the step sizes η) and the β-smoothness, vs training step; norms overlaid."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    styles = ("-", "--", ":", "-.")
+    for norm, run in found.items():
+        data, color = run.probes["gradients"], norm_color(norm)
+        for i, (layer, norms) in enumerate(data["norms"].items()):
+            axes[0, 0].plot(data["steps"], norms, color=color,
+                            ls=styles[i % len(styles)], label=f"{norm_label(norm)}: {layer}")
+        land = data["landscape"]
+        for ax, key in ((axes[0, 1], "loss"), (axes[1, 0], "grad_change")):
+            values = np.array(land[key], dtype=float).reshape(len(land["steps"]), -1)
+            ax.fill_between(land["steps"], values.min(1), values.max(1), color=color, alpha=0.3,
+                            lw=0, label=_seed_label(norm, run))
+        axes[1, 1].plot(land["steps"], np.array(land["beta_smoothness"], dtype=float),
+                        color=color, marker="o", ms=3, label=_seed_label(norm, run))
+    etas = next(iter(found.values())).probes["gradients"]["landscape"]["etas"]
+    span = f"η from {min(etas):g} to {max(etas):g}"
+    titles = ("Gradient norm per layer", f"Loss landscape: L(θ − ηg), {span}",
+              f"Gradient predictiveness: ‖∇L(θ − ηg) − ∇L(θ)‖, {span}",
+              "β-smoothness: max over η of ‖Δ∇L‖ / ‖ηg‖")
+    for ax, title in zip(axes.flat, titles, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_yscale("log")
+    for ax in axes[1]:
+        ax.set_xlabel("training step")
+    fig.suptitle(f"Gradient behaviour along training ({label})")
+    fig.tight_layout()
+    return fig
+
+
+PROBE_FIGURES = {"activations": activations_figure, "gradients": gradients_figure}
+
+
+# --- robustness sweeps (experiment=lr_sweep | batch_sweep) ---------------------------------
+
+
+def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
+                      within: float = USABLE_WITHIN) -> Figure:
+    """A panel per optimizer: final validation accuracy vs `hparam` (log axis), the mean over
+    seeds ± one std, a line per norm; a × at 0 for each diverged run; failed and unfinished
+    runs counted in the panel's corner; a dotted line where usable values end (`within` below
+    the panel's best)."""
+    noun, title = SWEEPS[hparam]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
+                             figsize=(5.5 * len(panels), 4.8))
+    epochs = {r.hparams.get("max_epochs") for p in panels.values() for by_value in p.values()
+              for runs in by_value.values() for r in runs}
+    for ax, (panel, by_norm) in zip(axes[0], panels.items(), strict=True):
+        order, notes = norm_order(by_norm), []
+        grid = sorted({v for by_value in by_norm.values() for v in by_value}, key=float)
+        for i, norm in enumerate(order):
+            by_value, color = by_norm[norm], norm_color(norm)
+            values = sorted(by_value, key=float)
+            moments = np.array([mean_std(per_seed(by_value[v], None)["final_val_acc"])
+                                for v in values]).reshape(-1, 2)
+            ax.errorbar(values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]), color=color,
+                        marker="o", ms=4, capsize=3, label=norm_label(norm))
+            diverged = [float(v) for v in values for r in by_value[v] if r.outcome == "diverged"]
+            if diverged:  # side by side when both norms diverge at one value
+                shift = 1.06 ** (i - (len(order) - 1) / 2)
+                ax.plot(np.array(diverged) * shift, np.zeros(len(diverged)), ls="none",
+                        marker="x", ms=9, mew=2, color=color, clip_on=False,
+                        label=f"{norm_label(norm)}: diverged ({len(diverged)})")
+            left_out = {o: sum(r.outcome == o for runs in by_value.values() for r in runs)
+                        for o in ("failed", "unfinished")}
+            if any(left_out.values()):
+                counts = ", ".join(f"{n} {o}" for o, n in left_out.items() if n)
+                notes.append(f"{norm_label(norm)}: {counts} (not drawn)")
+        best = usable_values(by_norm, within)[0]
+        if not math.isnan(best):
+            ax.axhline(best - within, color="grey", ls=":", lw=1,
+                       label=f"usable: ≥ best − {100 * within:g} points")
+        if notes:
+            ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
+        ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
+        ax.set_xticks([float(v) for v in grid], [f"{v:g}" for v in grid],
+                      rotation=45 if len(grid) > 6 else 0)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(-0.04, 1.02)
+        ax.set_title(describe(panel) if panel else dataset)
+        ax.set_xlabel(noun)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("final validation accuracy")
+    after = f" after {epochs.pop()} epoch(s)" if len(epochs) == 1 else ""
+    fig.suptitle(f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
+                 "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,250 @@
+"""The report's sections, and writing them: summary.csv, report.md, the figures as PNGs and
+TensorBoard events."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from bnstudy.report.figures import (
+    IMAGE_KINDS,
+    PROBE_FIGURES,
+    curves_figure,
+    first_image,
+    first_series,
+    images_figure,
+    robustness_figure,
+)
+from bnstudy.report.runs import (
+    OUTCOMES,
+    Run,
+    comparisons,
+    describe,
+    group_keys,
+    group_runs,
+    load_runs,
+    never_started,
+    norm_label,
+    norm_order,
+    slug,
+)
+from bnstudy.report.stats import (
+    ALPHA,
+    SWEEPS,
+    USABLE_WITHIN,
+    landscape_medians,
+    per_seed,
+    robustness_text,
+    summarise,
+    sweep_panels,
+    verdict,
+)
+
+REPORT_DIR = "report"
+
+
+# --- sections -----------------------------------------------------------------------------
+
+
+def comparison(ckey: tuple, by_norm: dict[str, list[Run]],
+               target: float | None) -> tuple[str, dict[str, Figure]]:
+    """One dataset × optim comparison: its report.md section and its figures by file stem."""
+    name, label = slug(ckey), describe(ckey)
+    lines, figures = [f"## {label}", ""], {}
+    if {"bn", "none"} <= set(by_norm):
+        bn, none = per_seed(by_norm["bn"], target), per_seed(by_norm["none"], target)
+        lines += ["**Verdict.** " + verdict(bn["final_val_acc"], none["final_val_acc"],
+                                             bn["first_epoch_train_loss"],
+                                             none["first_epoch_train_loss"]), ""]
+    else:
+        lines += [f"**Verdict.** None: this sweep has only norm={', '.join(by_norm)} here.", ""]
+    if any(r.outcome == "ok" and r.history for runs in by_norm.values() for r in runs):
+        figures[f"curves_{name}"] = curves_figure(label, by_norm)
+        lines += [f"![curves {label}](curves_{name}.png)", ""]
+    else:
+        lines += ["_Curves figure skipped: no job here finished ok._", ""]
+    for kind, title in IMAGE_KINDS.items():
+        found = {norm: first_image(by_norm[norm], kind) for norm in norm_order(by_norm)}
+        missing = [norm_label(n) for n, hit in found.items() if hit is None]
+        if missing:
+            lines += [f"_{title} figure skipped: no ok job has images/{kind}_final.png "
+                      f"on the {' and '.join(missing)} side._", ""]
+            continue
+        panels = [(f"{norm_label(n)} (seed {run.hparams.get('seed')})", path)
+                  for n, (run, path) in found.items()]
+        figures[f"{kind}_{name}"] = images_figure(f"{title} ({label})", panels)
+        lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
+    for kind, draw in PROBE_FIGURES.items():
+        found = {norm: first_series(by_norm[norm], kind) for norm in norm_order(by_norm)}
+        if not any(found.values()):
+            continue  # recorded only with callbacks=probes
+        missing = [norm_label(n) for n, run in found.items() if run is None]
+        if missing:
+            lines += [f"_{kind.capitalize()} figure skipped: no ok job recorded `{kind}` on the "
+                      f"{' and '.join(missing)} side._", ""]
+            continue
+        figures[f"{kind}_{name}"] = draw(label, found)
+        lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
+        if kind == "gradients":
+            lines += [landscape_medians(found), ""]
+    return "\n".join(lines), figures
+
+
+def robustness_section(hparam: str, groups: dict[tuple, list[Run]],
+                       within: float = USABLE_WITHIN) -> tuple[str, dict[str, Figure]]:
+    """The report.md section of a sweep over `hparam` and its figures `<hparam>_<dataset>`."""
+    noun, title = SWEEPS[hparam]
+    lines, figures = [f"## {title}", "",
+                      f"Final validation accuracy against the {noun} (log axis): the mean over "
+                      "seeds ± one sample standard deviation; × marks a diverged run. A "
+                      f"{noun} is *usable* for a norm when every run there finished ok (none "
+                      "diverged, failed or unfinished) and their mean final validation accuracy "
+                      f"is at most {100 * within:g} percentage points below the best such mean "
+                      "in the same panel (same dataset and optimizer, either norm). The wider "
+                      "usable range is the one with more usable grid values.", ""], {}
+    for dataset, panels in sweep_panels(groups, hparam).items():
+        name = f"{hparam}_{dataset}"
+        figures[name] = robustness_figure(hparam, dataset, panels, within)
+        lines += [f"![{noun} {dataset}]({name}.png)", ""]
+        lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm, within)}"
+                  for panel, by_norm in panels.items()]
+        lines.append("")
+    return "\n".join(lines), figures
+
+
+# --- summary.csv and report.md ------------------------------------------------------------
+
+
+def csv_value(value):
+    """NaN as an empty cell, floats to 6 decimals."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else round(value, 6)
+    return value
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: csv_value(v) for k, v in row.items()} for row in rows)
+
+
+def _pct(mean: float, std: float = math.nan) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.2%}" if math.isnan(std) else f"{mean:.2%} ± {100 * std:.2f}"
+
+
+def _float(value: float, fmt: str) -> str:
+    return "—" if math.isnan(value) else format(value, fmt)
+
+
+def markdown_table(rows: list[dict], keys: list[str]) -> str:
+    """The summary as a markdown table (accuracies in %, ± the std across seeds)."""
+    head = [*keys, "ok seeds", "final val acc", "best val acc", "final val loss", "test acc",
+            "1st-epoch train loss", "epochs to target (reached)", "wall time (s)",
+            "diverged", "failed", "unfinished", "missing"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        to_target = (f"{_float(row['epochs_to_target_mean'], '.1f')} "
+                     f"({row['n_reached_target']}/{row['n_seeds']} ≥ "
+                     f"{_float(row['target_val_acc'], '.2f')})")
+        cells = [*(str(row[k]) for k in keys), str(row["n_seeds"]),
+                 _pct(row["final_val_acc_mean"], row["final_val_acc_std"]),
+                 _pct(row["best_val_acc_mean"], row["best_val_acc_std"]),
+                 _float(row["final_val_loss_mean"], ".3f"),
+                 _pct(row["test_acc_mean"], row["test_acc_std"]),
+                 _float(row["first_epoch_train_loss_mean"], ".3f"), to_target,
+                 _float(row["wall_time_s_mean"], ".1f"),
+                 *(str(row[f"n_{c}"]) for c in (*OUTCOMES[1:], "missing"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def problems_markdown(runs: list[Run], unstarted: list[str]) -> str:
+    """The jobs left out of the statistics, each with its status and error's first line."""
+    lines = [f"| `{r.job}` | {r.status} | {_first_line(r.error)} |"
+             for r in runs if r.outcome != "ok"]
+    lines += [f"| {job} | never started (no job directory) | |" for job in unstarted]
+    if not lines:
+        return "Every job finished ok."
+    return "\n".join(["| job | status | error |", "| --- | --- | --- |", *lines])
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().split("\n")[0].replace("|", "\\|")
+
+
+def report_markdown(sweep_dir: Path, runs: list[Run], rows: list[dict], keys: list[str],
+                    sections: list[str], unstarted: list[str]) -> str:
+    """The whole report.md."""
+    counts = {o: sum(r.outcome == o for r in runs) for o in OUTCOMES}
+    jobs = ", ".join(f"{n} {o}" for o, n in counts.items())
+    if unstarted:
+        jobs += f", {len(unstarted)} never started"
+    return "\n".join([
+        f"# BatchNorm vs No BatchNorm — report of `{sweep_dir}`", "",
+        f"{len(runs)} job directories: {jobs}. Statistics are over the ok runs, grouped by every "
+        "hparam except the seed. ± is the sample standard deviation (ddof=1) across seeds; "
+        "the curves show the mean over seeds with a band of ± one such standard deviation "
+        "(the seed-to-seed spread, not the standard error of the mean). Epochs to target: the "
+        "first epoch (counted from 1) whose validation accuracy reaches the target, averaged "
+        "over the seeds that reach it. Verdicts compare final validation accuracy with Welch's "
+        f"t-test over seeds (p < {ALPHA}).", "",
+        "## Summary", "", markdown_table(rows, keys), "", "Also in `summary.csv`.", "",
+        *sections, "## Jobs not in the statistics", "", problems_markdown(runs, unstarted), "",
+    ])
+
+
+# --- write --------------------------------------------------------------------------------
+
+
+def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
+    """Each figure as `<name>.png`; them and the report text as TensorBoard events in `out`
+    (an earlier report's figures and events go first, so none is left stale or shown twice)."""
+    from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
+
+    stale = ("events.out.tfevents.*", "curves_*.png",
+             *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
+    for pattern in stale:
+        for old in out.glob(pattern):
+            old.unlink()
+    with SummaryWriter(log_dir=str(out)) as writer:
+        for name, fig in figures.items():
+            fig.savefig(out / f"{name}.png", dpi=100)
+            kind = next((k for k in SWEEPS if name.startswith(f"{k}_")), name.split("_")[0])
+            writer.add_figure(f"{kind}/{name[len(kind) + 1:]}", fig, close=True)
+        writer.add_text("report", markdown)
+
+
+def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
+    """Loads, groups, summarises and writes `sweep_dir/report/`; returns report.md's path."""
+    runs = load_runs(sweep_dir)
+    out = sweep_dir / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    groups = group_runs(runs)
+    seeds = {r.hparams.get("seed") for r in runs}
+
+    def target(key: tuple) -> float | None:
+        dataset = dict(key)["dataset"]
+        return targets.get(dataset, targets.get("*"))
+
+    rows = [summarise(key, group, seeds, target(key)) for key, group in groups.items()]
+    write_csv(rows, out / "summary.csv")
+    sections, figures = [], {}
+    for hparam in [h for h in SWEEPS if h in group_keys(runs)]:
+        section, figs = robustness_section(hparam, groups)
+        sections.append(section)
+        figures.update(figs)
+    for ckey, by_norm in comparisons(groups).items():
+        section, figs = comparison(ckey, by_norm, target(ckey))
+        sections.append(section)
+        figures.update(figs)
+    markdown = report_markdown(sweep_dir, runs, rows, group_keys(runs), sections,
+                               never_started(sweep_dir))
+    (out / "report.md").write_text(markdown)
+    write_figures(figures, markdown, out)
+    return out / "report.md"
