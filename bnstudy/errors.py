@@ -10,3 +10,7 @@ class ConfigError(ValueError):
 
 class DataError(RuntimeError):
     """Data files are missing, unreadable or inconsistent with the requested sizes."""
+
+
+class RunFileError(OSError):
+    """A run's file (checkpoint, metrics.json, image) could not be written."""

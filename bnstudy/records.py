@@ -1,32 +1,77 @@
-"""`metrics.json`, the per-run record: read, and updated atomically (temp file + rename)."""
+"""`metrics.json`, the per-run record, and how every run file is written: atomically (a
+temporary file beside it, fsync, rename), with the mode the umask gives, and with one clear
+paragraph when the disk refuses."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
+
+from bnstudy.errors import RunFileError
 
 RECORD_NAME = "metrics.json"
 STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
 
+_REMEDIES = {
+    errno.ENOSPC: "free space, or point hydra.run.dir / hydra.sweep.dir at another disk",
+    errno.EDQUOT: "free space or raise your disk quota, or point hydra.run.dir / "
+    "hydra.sweep.dir at another disk",
+    errno.EACCES: "make that directory writable, or point hydra.run.dir / hydra.sweep.dir "
+    "at a directory you can write to",
+    errno.EPERM: "make that directory writable, or point hydra.run.dir / hydra.sweep.dir "
+    "at a directory you can write to",
+    errno.EROFS: "point hydra.run.dir / hydra.sweep.dir at a writable disk",
+}
+
+
+def describe_write_error(err: OSError, path: str | os.PathLike) -> str:
+    """One paragraph for a run file that could not be written: which, why, and what to do."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    remedy = _REMEDIES.get(err.errno, "fix the cause")
+    return (
+        f"Could not write {path}: {reason}. A run file is replaced only once its new version "
+        f"is complete, so the run's previous checkpoint and metrics.json are still usable. "
+        f"To go on, {remedy}, then run the same command with resume=true."
+    )
+
+
+def replace_file(
+    path: str | Path, data: bytes | memoryview, previous: Path | None = None
+) -> None:
+    """Puts `data` at `path` so that a reader, or a kill at any moment, finds the old file or
+    the new one, never half of one.
+
+    The temporary file beside `path` is created with mode 0o666 and the umask applied, as
+    any other file. With `previous`, the old `path` is kept there. An OSError is raised as
+    a RunFileError whose message is `describe_write_error`'s paragraph.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RunFileError(describe_write_error(err, path)) from err
+        raise
+
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Writes JSON so that a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite_or_none(data), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, json.dumps(_finite_or_none(data), indent=2).encode())
 
 
 def read_record(path: str | Path) -> dict:

@@ -1,0 +1,113 @@
+"""Checkpoints that survive a kill or a full disk, and the choice of one to resume from.
+
+`AtomicCheckpointIO` (a Trainer plugin) replaces `last.ckpt` only once its new version is
+complete and keeps the one before as `last.ckpt.prev`; `resume_checkpoint` picks the newest
+of the two that loads, setting aside (never deleting) one that does not.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from bnstudy.records import replace_file
+
+log = logging.getLogger("bnstudy")
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the checkpoint saved before the one at `path` is kept."""
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves as Lightning does (`torch.save`), but through a temporary file beside the target
+    and a rename, keeping the previous checkpoint; local paths only.
+
+    Lightning's own save writes through fsspec, whose temporary file lies in the system's
+    temp directory: across filesystems its final move is a copy, and a kill during it leaves
+    a truncated checkpoint. A failed write raises `bnstudy.errors.RunFileError`.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        """Writes `checkpoint` to `path`; the file it replaces becomes `<path>.prev`."""
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        replace_file(path, buffer.getbuffer(), previous=previous_path(path))
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        """Removes the checkpoint at `path` and the previous one kept beside it."""
+        super().remove_checkpoint(path)
+        previous_path(path).unlink(missing_ok=True)
+
+
+def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads,
+    else None (start over); and a one-paragraph note when it is not simply `last`.
+
+    A file that does not load is renamed to `<name>.corrupt` (`.corrupt.1`, ... if taken),
+    never deleted. Temporary files left by a killed save are removed. No checkpoint at all
+    gives (None, None).
+    """
+    last = Path(last)
+    for stale in last.parent.glob(f".{last.name}.*.tmp"):
+        stale.unlink()
+    previous = previous_path(last)
+    problems = []
+    for candidate in (last, previous):
+        if not candidate.exists():
+            if candidate == last and previous.exists():
+                problems.append(f"{last} is missing (a save was cut off before it finished).")
+            continue
+        try:
+            epoch, step = _epoch_and_step(candidate)
+        except Exception as err:  # whatever torch.load raises, the file is unusable
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            aside = _set_aside(candidate)
+            problems.append(
+                f"{candidate} did not load ({type(err).__name__}: {first_line}); "
+                f"set aside as {aside}."
+            )
+            continue
+        if not problems:
+            return candidate, None
+        note = " ".join(
+            [*problems, f"Resumed from the previous checkpoint {candidate} (epoch {epoch}, "
+             f"global step {step})."]
+        )
+        log.warning(note)
+        return candidate, note
+    if not problems:
+        return None, None
+    note = " ".join([*problems, "No checkpoint loads: started over."])
+    log.warning(note)
+    return None, note
+
+
+def _epoch_and_step(path: Path) -> tuple[int, int]:
+    """Loads `path` as Lightning's resume does (weights_only) and checks it is a checkpoint."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError("not a Lightning checkpoint (no state_dict)")
+    return checkpoint.get("epoch", -1), checkpoint.get("global_step", -1)
+
+
+def _set_aside(path: Path) -> Path:
+    """Renames an unloadable checkpoint to a free `<name>.corrupt[.N]` beside it."""
+    aside = path.with_name(path.name + ".corrupt")
+    number = 0
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt.{number}")
+    path.rename(aside)
+    return aside

@@ -1,0 +1,232 @@
+"""Checkpoints and metrics.json survive a kill, truncation and a full disk (issue #18)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bnstudy.checkpoints import AtomicCheckpointIO, resume_checkpoint
+from bnstudy.errors import RunFileError
+from bnstudy.records import read_record, update_record, write_json_atomic
+
+RESUME_HINT = "run the same command with resume=true"
+
+
+class Tiny(L.LightningModule):
+    """An MLP with BatchNorm (its running stats are in the checkpoint too), trained by Adam."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(64, 8, generator=generator)
+        return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
+
+
+def fit(directory: Path, max_epochs: int, ckpt_path: Path | None = None) -> Tiny:
+    """Trains `Tiny` (seeded) with checkpoints/last.ckpt in `directory`, as bnstudy.train does."""
+    L.seed_everything(0, verbose=False)
+    model = Tiny()
+    checkpoint = ModelCheckpoint(
+        dirpath=directory / "checkpoints", filename="last", save_top_k=1,
+        enable_version_counter=False, save_on_train_epoch_end=True,
+    )
+    trainer = L.Trainer(
+        plugins=[AtomicCheckpointIO()], callbacks=[checkpoint], max_epochs=max_epochs,
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, ckpt_path=ckpt_path, weights_only=True)
+    return model
+
+
+def epoch_of(path: Path) -> int:
+    """The epoch of a checkpoint, loaded as Lightning's resume loads it (weights_only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def temp_files(directory: Path) -> list[Path]:
+    return list(directory.glob(".*.tmp"))
+
+
+def fail_fsync(monkeypatch, on_call: int, error: BaseException, cut: bool = False) -> None:
+    """Makes the `on_call`-th os.fsync raise `error`, first cutting the file in half if `cut`:
+    a write that fails, or a kill, after the temporary file got part of its bytes."""
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == on_call:
+            if cut:
+                os.ftruncate(fd, os.fstat(fd).st_size // 2)
+            raise error
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def kill_before_final_rename(monkeypatch) -> None:
+    """Kills a save after last.ckpt became last.ckpt.prev, before the new file takes its name."""
+    real_replace = os.replace
+
+    def replace(src, dst) -> None:
+        if Path(src).name.endswith(".tmp"):
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+class Killed(BaseException):
+    """Stands for a kill (KeyboardInterrupt would make Lightning call sys.exit)."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """checkpoints/ after a 2-epoch fit: last.ckpt (epoch 1) and last.ckpt.prev (epoch 0)."""
+    directory = tmp_path_factory.mktemp("trained")
+    fit(directory, max_epochs=2)
+    return directory / "checkpoints"
+
+
+@pytest.fixture
+def ckpts(trained, tmp_path) -> Path:
+    """A private copy of the trained checkpoints/ directory."""
+    return Path(shutil.copytree(trained, tmp_path / "checkpoints"))
+
+
+def test_a_fit_keeps_the_previous_checkpoint_and_both_load_weights_only(ckpts):
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
+    assert (epoch_of(ckpts / "last.ckpt"), epoch_of(ckpts / "last.ckpt.prev")) == (1, 0)
+    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None)
+    assert resume_checkpoint(ckpts / "absent.ckpt") == (None, None)
+
+
+@pytest.mark.parametrize("moment", ["while writing", "between the renames"])
+def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(ckpts, monkeypatch, moment):
+    last = ckpts / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    checkpoint["epoch"] = 2
+    if moment == "while writing":
+        fail_fsync(monkeypatch, on_call=1, error=Killed(), cut=True)
+    else:
+        kill_before_final_rename(monkeypatch)
+    with pytest.raises(Killed):
+        AtomicCheckpointIO().save_checkpoint(checkpoint, last)
+    monkeypatch.undo()
+    assert temp_files(ckpts) == []
+    if moment == "while writing":
+        assert epoch_of(last) == 1  # last.ckpt is still the one saved before
+    chosen, note = resume_checkpoint(last)
+    assert epoch_of(chosen) == 1
+    assert note is None if moment == "while writing" else f"{last} is missing" in note
+
+
+def test_a_kill_leaves_no_temp_file_behind_for_the_next_resume(ckpts):
+    stale = ckpts / ".last.ckpt.0badcafe.tmp"  # what a SIGKILL mid-write leaves
+    stale.write_bytes(b"partial")
+    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None)
+    assert not stale.exists()
+
+
+def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ckpts):
+    last = ckpts / "last.ckpt"
+    truncate(last)
+    size = last.stat().st_size
+    chosen, note = resume_checkpoint(last)
+    assert chosen == ckpts / "last.ckpt.prev" and epoch_of(chosen) == 0
+    aside = ckpts / "last.ckpt.corrupt"
+    assert aside.stat().st_size == size and not last.exists()  # set aside, not deleted
+    assert f"{last} did not load (" in note and f"set aside as {aside}" in note
+    assert "Resumed from the previous checkpoint" in note and "epoch 0" in note
+    assert "\n" not in note
+
+
+def test_both_checkpoints_truncated_starts_over_and_keeps_them(ckpts):
+    last, previous = ckpts / "last.ckpt", ckpts / "last.ckpt.prev"
+    (ckpts / "last.ckpt.corrupt").write_bytes(b"set aside by an earlier resume")
+    truncate(last)
+    truncate(previous)
+    chosen, note = resume_checkpoint(last)
+    assert chosen is None and "started over" in note
+    assert (ckpts / "last.ckpt.corrupt").read_bytes() == b"set aside by an earlier resume"
+    assert (ckpts / "last.ckpt.corrupt.1").is_file()
+    assert (ckpts / "last.ckpt.prev.corrupt").is_file()
+    assert f"{last} did not load" in note and f"{previous} did not load" in note
+
+
+def test_resuming_from_the_previous_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    fit(tmp_path, max_epochs=2)  # in this directory: a resume finds the callback state it saved
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    truncate(last)
+    chosen, _ = resume_checkpoint(last)
+    resumed = fit(tmp_path, max_epochs=3, ckpt_path=chosen)
+    uninterrupted = fit(tmp_path / "uninterrupted", max_epochs=3)
+    for (name, a), b in zip(resumed.state_dict().items(), uninterrupted.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert epoch_of(last) == 2
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_and_says_what_to_do(tmp_path, monkeypatch):
+    fail_fsync(monkeypatch, on_call=2, error=OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(RunFileError) as failure:
+        fit(tmp_path, max_epochs=2)
+    monkeypatch.undo()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    message = str(failure.value)
+    assert message.startswith(f"Could not write {last}: No space left on device.")
+    assert "hydra.run.dir / hydra.sweep.dir" in message and RESUME_HINT in message
+    assert "\n" not in message
+    assert epoch_of(last) == 0 and temp_files(last.parent) == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
+def test_run_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_json_atomic(tmp_path / "metrics.json", {"status": "running"})
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == mode
+
+
+def test_a_full_disk_at_metrics_json_keeps_the_old_record_and_says_what_to_do(
+    tmp_path, monkeypatch
+):
+    record = tmp_path / "metrics.json"
+    update_record(record, status="running", history=[{"epoch": 0}])
+    before = record.read_bytes()
+    fail_fsync(monkeypatch, on_call=1, error=OSError(errno.ENOSPC, "No space left on device"),
+               cut=True)
+    with pytest.raises(RunFileError) as failure:
+        update_record(record, history=[{"epoch": 0}, {"epoch": 1}])
+    monkeypatch.undo()
+    assert record.read_bytes() == before and read_record(record)["status"] == "running"
+    assert temp_files(tmp_path) == []
+    message = str(failure.value)
+    assert message.startswith(f"Could not write {record}: No space left on device.")
+    assert RESUME_HINT in message and "\n" not in message
