@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy.errors import ConfigError, DataError
+from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.norms import NORMS
 from bnstudy.records import RECORD_NAME, read_record, update_record
 
@@ -85,6 +85,27 @@ def hparams(cfg: DictConfig) -> dict:
     }
 
 
+def is_primary() -> bool:
+    """Whether this is the process that writes the run's files: rank 0 of a multi-process
+    (DDP) run, whose other ranks Lightning starts with these variables set."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """Refuses multi-process settings that cannot work, before anything starts."""
+    if cfg.trainer.use_distributed_sampler:
+        raise ConfigError(
+            "trainer.use_distributed_sampler=true would shard batches a second time: the "
+            "datamodule already gives each process its own share. Leave it false.")
+    if cfg.trainer.devices not in (1, "1") and _is_multirun() and \
+            cfg.trainer.strategy != "ddp_spawn":
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices} with trainer.strategy="
+            f"{cfg.trainer.strategy} in a sweep (-m): Lightning's ddp restarts the script, "
+            "which would start the sweep again in every process. In a sweep use "
+            "trainer.strategy=ddp_spawn; for a single run either works.")
+
+
 def torch_threads(setting: int | str | None) -> int | None:
     """Threads for this job: an explicit count, or with `auto` cores / parallel jobs."""
     if setting != "auto":
@@ -106,7 +127,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     model = instantiate(cfg.model, net=net, num_classes=datamodule.num_classes,
                         optimizer=instantiate(cfg.optim.optimizer))
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks)
+    from bnstudy.checkpoints import AtomicCheckpointIO
+
+    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks,
+                          plugins=[AtomicCheckpointIO()])
     return datamodule, model, trainer
 
 
@@ -118,23 +142,30 @@ def train(cfg: DictConfig) -> dict:
     if cfg.resume and read_record(record_path).get("status") in FINISHED:
         log.info("%s already finished (resume=true): skipped", cfg.run_name)
         return read_record(record_path)
-    resume_from = checkpoint if cfg.resume and checkpoint.is_file() else None
 
     validate(cfg)
+    check_devices(cfg)
+    primary = is_primary()
     # Imported here, not at the top: Lightning takes seconds to import, and a config error,
     # `--help` or `--cfg` should not wait for it.
     import lightning as L
     import torch
 
     from bnstudy.callbacks import DivergenceGuard
+    from bnstudy.checkpoints import resume_checkpoint
 
     started = time.perf_counter()
-    update_record(record_path, status="running", run_name=cfg.run_name, hparams=hparams(cfg))
+    if primary:
+        update_record(record_path, status="running", run_name=cfg.run_name,
+                      hparams=hparams(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
 
     datamodule, model, trainer = build(cfg)
+    resume_from, note = resume_checkpoint(checkpoint) if cfg.resume else (None, None)
+    if note and primary:
+        update_record(record_path, resume_note=note)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
@@ -164,7 +195,7 @@ def train(cfg: DictConfig) -> dict:
         )
     logger.finalize("success")
     result["wall_time_s"] = time.perf_counter() - started
-    return update_record(record_path, **result)
+    return update_record(record_path, **result) if primary else result
 
 
 class FailedJobsSummary(HydraCallback):
@@ -196,20 +227,30 @@ def main(cfg: DictConfig) -> dict | None:
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
     try:
         return train(cfg)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, RunFileError) as err:
         message, trace = str(err), None
     except Exception as err:  # a bug or an unforeseen failure: keep the traceback too
         message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
     except BaseException:  # Ctrl-C or a kill: the run can be resumed
-        update_record(record_path, status="interrupted")
+        _record_quietly(record_path, status="interrupted")
         raise
-    update_record(record_path, status="failed", error=message, traceback=trace)
+    _record_quietly(record_path, status="failed", error=message, traceback=trace)
     if trace:
         log.error(trace)
     log.error("%s failed: %s", cfg.run_name, message)
     if _is_multirun():
         return {"status": "failed", "error": message}
     sys.exit(1)
+
+
+def _record_quietly(record_path: Path, **fields) -> None:
+    """Records how the run ended (rank 0 only); on a full disk that too may fail, and the
+    message already given is the one that matters."""
+    if is_primary():
+        try:
+            update_record(record_path, **fields)
+        except RunFileError:
+            pass
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ import itertools
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import FAST, compose_config, make_classifier, run_train
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from PIL import Image
 
-from bnstudy.model import CNNClassifier, MLPClassifier
-from bnstudy.train import ConfigError, hparams, train, validate
-from tests.conftest import FAST, REPO, run_train
+from bnstudy.model import Classifier
+from bnstudy.nets import CNN, MLP
+from bnstudy.train import ConfigError, check_devices, hparams, train, validate
 
 GROUPS = {
     "dataset": ["mnist", "cifar10", "fashion_mnist"],
@@ -20,9 +21,7 @@ GROUPS = {
 }
 
 
-def compose_with(*overrides: str):
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+compose_with = compose_config
 
 
 @pytest.mark.parametrize("trainer", ["default", "cpu", "gpu"])
@@ -37,7 +36,7 @@ def test_per_dataset_settings_are_shared_by_all_four_runs(dataset):
     fixed = set()
     for norm, optim in itertools.product(GROUPS["norm"], GROUPS["optim"]):
         cfg = compose_with(f"dataset={dataset}", f"norm={norm}", f"optim={optim}")
-        assert cfg.model.norm == norm and cfg.optim.name == optim
+        assert cfg.model.net.norm == norm and cfg.optim.name == optim
         assert cfg.run_name == f"{dataset}-{norm}-{optim}-seed0"
         fixed.add(
             (
@@ -55,54 +54,75 @@ def test_per_dataset_settings_are_shared_by_all_four_runs(dataset):
 def test_optimizer_is_instantiated_from_the_group(optim, cls):
     cfg = compose_with(f"optim={optim}", "dataset.lr=0.003")
     factory = instantiate(cfg.optim.optimizer)
-    model = MLPClassifier((1, 28, 28), 10, hidden_dim=8, norm="none", optimizer=factory)
-    opt = model.configure_optimizers()
+    opt = make_classifier("none", hidden_dim=8, optimizer=factory).configure_optimizers()
     assert type(opt).__name__ == cls and opt.param_groups[0]["lr"] == 0.003
 
 
 def test_command_line_overrides_reach_the_config():
     cfg = compose_with(
-        "trainer.max_epochs=3", "model.hidden_dim=512", "seed=1", "dataset.batch_size=128"
+        "trainer.max_epochs=3", "model.net.hidden_dim=512", "seed=1", "dataset.batch_size=128"
     )
-    assert cfg.trainer.max_epochs == 3 and cfg.model.hidden_dim == 512
+    assert cfg.trainer.max_epochs == 3 and cfg.model.net.hidden_dim == 512
     assert cfg.dataset.datamodule.batch_size == 128 and cfg.dataset.datamodule.seed == 1
 
 
 @pytest.mark.parametrize(
     "overrides,cls,depth",
     [
-        (["norm=layer"], MLPClassifier, 1),
-        (["model.depth=3"], MLPClassifier, 3),
-        (["model=cnn"], CNNClassifier, 1),
-        (["model=cnn", "norm=layer", "model.depth=3", "dataset=cifar10"], CNNClassifier, 3),
+        (["norm=layer"], MLP, 1),
+        (["model.net.depth=3"], MLP, 3),
+        (["model=cnn"], CNN, 1),
+        (["model=cnn", "norm=layer", "model.net.depth=3", "dataset=cifar10"], CNN, 3),
     ],
 )
 def test_model_options_compose_build_and_name_their_hparams(overrides, cls, depth):
     cfg = compose_with(*overrides)
     validate(cfg)
     shape = (3, 32, 32) if "dataset=cifar10" in overrides else (1, 28, 28)
-    model = instantiate(cfg.model, input_shape=shape, num_classes=10, optimizer=None)
-    assert type(model) is cls and model.hparams.depth == depth
-    assert model.hparams.norm == cfg.model.norm
-    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == depth + 2 * (
-        cls is CNNClassifier
-    )
+    net = instantiate(cfg.model.net, input_shape=shape, num_classes=10)
+    model = instantiate(cfg.model, net=net, num_classes=10)
+    assert type(model) is Classifier and type(model.net) is cls and model.net is net
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == depth + 2 * (cls is CNN)
     assert {k: hparams(cfg)[k] for k in ("model", "depth", "norm")} == {
-        "model": cls.arch, "depth": depth, "norm": cfg.model.norm
+        "model": cls.__name__.lower(), "depth": depth, "norm": cfg.model.net.norm
     }
 
 
 @pytest.mark.parametrize("model", GROUPS["model"])
 def test_depth_below_one_is_refused(model):
-    with pytest.raises(ConfigError, match="model.depth=0 is out of range"):
-        validate(compose_with(f"model={model}", "model.depth=0"))
+    with pytest.raises(ConfigError, match="model.net.depth=0 is out of range"):
+        validate(compose_with(f"model={model}", "model.net.depth=0"))
 
 
-def test_hparams_of_a_config_from_before_model_variants():
-    """The report reads old jobs' configs: no `model.depth`, the MLP's target."""
-    cfg = compose_with()
-    del cfg.model.depth
-    assert hparams(cfg)["model"] == "mlp" and hparams(cfg)["depth"] == 1
+def test_a_norm_outside_the_registry_is_refused():
+    with pytest.raises(ConfigError, match="model.net.norm='group' is not a known normal"):
+        validate(compose_with("model.net.norm=group"))
+
+
+def test_datasets_differ_only_in_name_and_datamodule():
+    """The study's settings come from one shared file; a dataset names what is its own."""
+    configs = {d: OmegaConf.to_container(compose_with(f"dataset={d}").dataset)
+               for d in GROUPS["dataset"]}
+    own = {"name", "datamodule"}
+    shared = [{k: v for k, v in c.items() if k not in own} for c in configs.values()]
+    assert all(s == shared[0] for s in shared)
+    assert {c["datamodule"]["_target_"].rsplit(".", 1)[-1] for c in configs.values()} == {
+        "MNISTDataModule", "CIFAR10DataModule", "FashionMNISTDataModule"}
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("gradient_clip_val", 0.5), ("accumulate_grad_batches", 2), ("limit_train_batches", 10),
+    ("val_check_interval", 20), ("precision", "bf16-mixed"), ("strategy", "ddp_spawn"),
+])
+def test_trainer_flags_are_overridable_without_plus(flag, value):
+    cfg = compose_with(f"trainer.{flag}={value}")
+    assert cfg.trainer[flag] == value
+
+
+def test_sharding_twice_and_restarting_ddp_in_a_sweep_are_refused():
+    with pytest.raises(ConfigError, match="shard batches a second time"):
+        check_devices(compose_with("trainer.use_distributed_sampler=true"))
+    check_devices(compose_with("trainer.devices=2", "trainer.strategy=ddp"))  # a single run
 
 
 def test_cnn_with_layer_norm_trains_on_tiny_data(tiny_data, tmp_path):
@@ -124,3 +144,4 @@ def test_help_lists_groups_and_options():
     out = run_train("--help").stdout
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(sorted(options))}" in out
+    assert "dataset/shared" not in out.split("== Config ==")[0].split("dataset:")[1].split("\n")[0]

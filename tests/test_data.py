@@ -4,16 +4,17 @@ import pickle
 
 import pytest
 import torch
+from helpers import write_cifar10, write_mnist
 
 from bnstudy.data import (
     CIFAR10DataModule,
     DataError,
+    EpochBatchSampler,
     FashionMNISTDataModule,
     MNISTDataModule,
     batches,
     load_cifar_batch,
 )
-from tests.conftest import write_cifar10, write_mnist
 
 
 def test_mnist_loads_normalises_and_splits(tiny_data):
@@ -24,7 +25,7 @@ def test_mnist_loads_normalises_and_splits(tiny_data):
     assert dm.train_set.x.shape[1:] == (1, 28, 28) and dm.train_set.x.dtype == torch.float32
     raw_min = (0 - 0.1307) / 0.3081
     assert dm.train_set.x.min().item() == pytest.approx(raw_min, abs=1e-5)
-    [(x, y)] = next(iter(dm.train_dataloader()))  # a list of steps_per_batch=1 minibatch
+    x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 1, 28, 28) and y.dtype == torch.int64
     assert len(dm.train_dataloader()) == 15  # ceil(450 / 32)
     x, y = next(iter(dm.val_dataloader()))  # evaluation: plain (x, y) batches
@@ -49,53 +50,47 @@ def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
     def first_labels(epoch):
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(epoch)
-        return next(iter(loader))[0][1]
+        return next(iter(loader))[1]
 
     assert torch.equal(first_labels(0), first_labels(0))
     assert not torch.equal(first_labels(0), first_labels(1))
     loader = dm.train_dataloader()
     made_early = iter(loader)  # as Lightning may make it, before `set_epoch` (on resume)
     loader.sampler.set_epoch(1)
-    assert torch.equal(next(made_early)[0][1], first_labels(1))
-    epoch = torch.cat([y for [(_, y)] in dm.train_dataloader()])
+    assert torch.equal(next(made_early)[1], first_labels(1))
+    other_seed = MNISTDataModule(tiny_data, batch_size=50, seed=4, download=False)
+    other_seed.setup("fit")
+    assert not torch.equal(next(iter(other_seed.train_dataloader()))[1], first_labels(0))
+    epoch = torch.cat([y for _, y in dm.train_dataloader()])
     assert torch.equal(epoch.sort().values, dm.train_set.y.sort().values)  # a permutation
 
 
-def minibatches(loader) -> list[torch.Tensor]:
-    """The labels of each minibatch a training loader yields, in order, across its lists."""
-    return [y for group in loader for _, y in group]
-
-
-@pytest.mark.parametrize("steps", [2, 4, 11, 50])
-def test_steps_per_batch_groups_the_same_minibatches(tiny_data, steps):
-    """450 images in minibatches of 40: 12 minibatches (the last of 10), in lists of `steps`."""
-    one = MNISTDataModule(tiny_data, batch_size=40, val_size=150, seed=5, download=False)
-    grouped = MNISTDataModule(tiny_data, batch_size=40, val_size=150, seed=5, download=False,
-                              steps_per_batch=steps)
-    one.setup("fit")
-    grouped.setup("fit")
-    loader = grouped.train_dataloader()
-    loader.sampler.set_epoch(2)
-    groups = list(loader)
-    assert [len(g) for g in groups] == [min(steps, 12 - i) for i in range(0, 12, steps)]
-    assert len(loader) == len(groups) == -(-12 // steps)
-    reference = one.train_dataloader()
-    reference.sampler.set_epoch(2)
-    expected = minibatches(reference)
-    got = [y for group in groups for _, y in group]
-    assert len(got) == 12 and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
-    x0, _ = groups[0][0]
-    assert x0.shape == (40, 1, 28, 28)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_each_process_serves_its_own_share(shuffle):
+    """Two DDP ranks: disjoint shares that cover the data; when shuffling, equal in size and
+    count (they step in lockstep), the odd sample out left out of that epoch."""
+    ranks = [EpochBatchSampler(101, 10, shuffle, seed=2, num_replicas=2, rank=r) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    shares = [torch.cat(list(sampler)) for sampler in ranks]
+    assert not set(shares[0].tolist()) & set(shares[1].tolist())
+    if shuffle:
+        assert len(shares[0]) == len(shares[1]) == 50 and len(ranks[0]) == len(ranks[1]) == 5
+        whole = EpochBatchSampler(101, 10, True, seed=2)
+        whole.set_epoch(3)
+        order = torch.cat(list(whole))
+        assert torch.equal(shares[0], order[0:100:2]) and torch.equal(shares[1], order[1:100:2])
+    else:
+        assert sorted(torch.cat(shares).tolist()) == list(range(101))
 
 
 def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
     """BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out."""
-    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False,
-                         steps_per_batch=4)
+    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False)
     dm.setup("fit")
-    sizes = [len(y) for y in minibatches(dm.train_dataloader())]
+    sizes = [len(y) for _, y in dm.train_dataloader()]
     assert len(dm.train_set) == 449 and sizes == [32] * 14
-    assert len(dm.train_dataloader()) == 4  # ceil(14 / 4)
+    assert len(dm.train_dataloader()) == 14
     evaluation = [len(y) for _, y in batches(dm.train_set, 32, shuffle=False)]
     assert evaluation[-1] == 1 and sum(evaluation) == 449  # not shuffled: every image
 
@@ -115,6 +110,26 @@ def test_cifar10_strict_checksum_refuses_a_subset(tiny_data):
     dm = CIFAR10DataModule(tiny_data, download=False, verify_checksums="strict")
     with pytest.raises(DataError, match="verify_checksums=warn"):
         dm.setup("fit")
+
+
+def test_each_split_loader_serves_its_own_split(tiny_data):
+    """Validation from the held-out training images, test from the t10k files."""
+    dm = MNISTDataModule(tiny_data, val_size=100, download=False)
+    dm.setup()
+    _, test_labels = dm.read_split(train=False)
+    served = {name: torch.cat([y for _, y in loader()]) for name, loader in (
+        ("val", dm.val_dataloader), ("test", dm.test_dataloader))}
+    assert torch.equal(served["test"], test_labels) and len(served["val"]) == 100
+    assert torch.equal(served["val"], dm.val_set.y)
+
+
+def test_cifar10_is_standardised_with_its_channel_statistics(tmp_path):
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
+    raw, _ = dm.read_split(train=True)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    assert torch.allclose(dm.normalise(raw), (raw / 255 - mean) / std, atol=1e-6)
 
 
 def test_cifar10_pixels_keep_channel_layout(tmp_path):
@@ -165,6 +180,26 @@ def test_cifar_unpickler_refuses_code(tmp_path):
     path.write_bytes(pickle.dumps({"data": Exploit(), "labels": []}))
     with pytest.raises(DataError, match="refusing to load builtins.print"):
         load_cifar_batch(path)
+
+
+class WritesAFile:
+    """A numpy callable with a side effect, as a crafted batch could hold."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import numpy as np
+
+        return (np.save, (str(self.path), np.zeros(1)))
+
+
+def test_cifar_unpickler_refuses_numpy_callables_beyond_arrays(tmp_path):
+    path, target = tmp_path / "data_batch_1", tmp_path / "written.npy"
+    path.write_bytes(pickle.dumps({"data": WritesAFile(target), "labels": []}))
+    with pytest.raises(DataError, match="refusing to load numpy"):
+        load_cifar_batch(path)
+    assert not target.exists()
 
 
 def test_shared_real_subsets_load(shared_data):
