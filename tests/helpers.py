@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
@@ -179,3 +180,29 @@ def read_record(job: Path) -> dict:
     import json
 
     return json.loads((job / "metrics.json").read_text())
+
+
+# -- hand-made sweeps for the report -------------------------------------------------------
+def write_job(sweep_dir: Path, val_acc: list[float], status: str = "ok", error: str | None = None,
+              **hparams) -> Path:
+    """A job directory as `bnstudy.train` leaves it, numbered after the jobs already in
+    `sweep_dir`: its `metrics.json` with one history row per epoch's validation accuracy in
+    `val_acc`. Training accuracy is (1 + val acc) / 2, so the two never coincide; each loss is
+    twice the error (+0.1 for validation); a diverged run's last losses are null. `hparams`
+    override mnist, mlp, bn, sgd, seed 0, 3 epochs."""
+    hp = {"dataset": "mnist", "model": "mlp", "depth": 1, "norm": "bn", "optim": "sgd",
+          "seed": 0, "lr": 0.01, "batch_size": 64, "hidden_dim": 256, "max_epochs": 3,
+          **hparams}
+    history = [{"epoch": e, "step": 10 * (e + 1), "train/loss": 1 - acc, "train/acc": (1 + acc) / 2,
+                "val/loss": 2 * (1 - acc) + 0.1, "val/acc": acc, "time_s": 1.5 * (e + 1)}
+               for e, acc in enumerate(val_acc)]
+    if status == "diverged":
+        history[-1].update({"train/loss": None, "val/loss": None})
+    number = sum(p.is_dir() for p in sweep_dir.iterdir()) if sweep_dir.is_dir() else 0
+    job = sweep_dir / f"{number}_{hp['dataset']}-{hp['norm']}-{hp['optim']}-seed{hp['seed']}"
+    job.mkdir(parents=True)
+    test = {"loss": 1 - val_acc[-1], "acc": val_acc[-1] - 0.01} if status == "ok" else None
+    record = {"status": status, "hparams": hp, "history": history, "test": test,
+              "wall_time_s": 10.0 + hp["seed"], "error": error}
+    (job / "metrics.json").write_text(json.dumps(record))
+    return job

@@ -1,23 +1,266 @@
-"""`python -m bnstudy.report`: on a real 4-job sweep (tiny MNIST, 2 epochs), run once per module."""
+"""`python -m bnstudy.report`: on hand-made sweeps (fast), and on a real 4-job sweep (tiny
+MNIST, 2 epochs, run once per module; marked slow)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, run_train
+from helpers import read_record, run_train, write_job
+from matplotlib.colors import same_color
 from PIL import Image
 
-from bnstudy import report
+from bnstudy.report import main
+from bnstudy.report.figures import PROBE_FIGURES, curves_figure, norm_color
+from bnstudy.report.runs import (
+    PROBE_SERIES,
+    comparisons,
+    describe,
+    group_keys,
+    group_runs,
+    load_runs,
+    norm_label,
+    slug,
+)
+from bnstudy.report.stats import verdict
+from bnstudy.report.write import comparison
 
 TARGET = 0.5  # reached in 1–2 epochs on the tiny data, so the column is filled
+
+
+def read_summary(out: Path) -> dict[str, dict]:
+    with open(out / "summary.csv") as f:
+        return {row["norm"]: row for row in csv.DictReader(f)}
+
+
+def records(sweep_dir: Path, norm: str) -> list[dict]:
+    """The ok records of one norm, straight from the jobs' metrics.json, in seed order."""
+    found = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
+    return sorted((r for r in found if r["hparams"]["norm"] == norm and r["status"] == "ok"),
+                  key=lambda r: r["hparams"]["seed"])
+
+
+def cell(row: dict, key: str) -> float:
+    return math.nan if row[key] == "" else float(row[key])
+
+
+def check_summary(row: dict, recs: list[dict], target: float) -> None:
+    """The summary.csv row holds the means and sample stds (ddof=1) of the records' numbers."""
+    final = [r["history"][-1]["val/acc"] for r in recs]
+    expected = {
+        "final_val_acc_mean": np.mean(final),
+        "final_val_acc_std": np.std(final, ddof=1),
+        "best_val_acc_mean": np.mean([max(h["val/acc"] for h in r["history"]) for r in recs]),
+        "best_val_acc_std": np.std([max(h["val/acc"] for h in r["history"]) for r in recs],
+                                   ddof=1),
+        "final_val_loss_mean": np.mean([r["history"][-1]["val/loss"] for r in recs]),
+        "test_acc_mean": np.mean([r["test"]["acc"] for r in recs]),
+        "test_acc_std": np.std([r["test"]["acc"] for r in recs], ddof=1),
+        "first_epoch_train_loss_mean": np.mean([r["history"][0]["train/loss"] for r in recs]),
+        "wall_time_s_mean": np.mean([r["wall_time_s"] for r in recs]),
+    }
+    for key, value in expected.items():
+        assert cell(row, key) == pytest.approx(value, abs=2e-6), key
+    reached = [next((h["epoch"] + 1 for h in r["history"] if h["val/acc"] >= target), None)
+               for r in recs]
+    reached = [e for e in reached if e is not None]
+    assert int(row["n_seeds"]) == len(recs)
+    assert int(row["n_reached_target"]) == len(reached)
+    if reached:
+        assert cell(row, "epochs_to_target_mean") == pytest.approx(np.mean(reached))
+    assert cell(row, "target_val_acc") == target
+
+
+def the_comparison(sweep_dir: Path) -> tuple[tuple, dict]:
+    """The sweep's one comparison: its key and its runs by norm."""
+    ((ckey, by_norm),) = comparisons(group_runs(load_runs(sweep_dir))).items()
+    return ckey, by_norm
+
+
+# --- hand-made sweeps ---------------------------------------------------------------------
+
+# Validation accuracy per epoch, by seed: BN clearly ahead, the seeds spread, and none seed 2
+# peaks before its last epoch (best ≠ final).
+BN = {0: [0.80, 0.90, 0.95], 1: [0.78, 0.88, 0.93], 2: [0.82, 0.91, 0.96]}
+NONE = {0: [0.60, 0.75, 0.85], 1: [0.55, 0.72, 0.83], 2: [0.65, 0.90, 0.88]}
+HAND_TARGET = 0.85
+
+
+def write_sweep(sweep_dir: Path, bn: dict, none: dict) -> Path:
+    """Both norms' ok seeds, as mnist × sgd jobs."""
+    for norm, by_seed in (("bn", bn), ("none", none)):
+        for seed, accs in by_seed.items():
+            write_job(sweep_dir, accs, norm=norm, seed=seed)
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def hand_made(tmp_path_factory) -> Path:
+    """BN and NONE, plus a diverged BN seed 3, a failed and an unfinished (still running) no-BN
+    job at seeds 3 and 4, whose numbers would drag the means down if pooled; reported once."""
+    sweep_dir = write_sweep(tmp_path_factory.mktemp("hand_made") / "multirun", BN, NONE)
+    write_job(sweep_dir, [0.70, 0.10], "diverged", norm="bn", seed=3)
+    write_job(sweep_dir, [0.20], "failed", "RuntimeError: boom | bang\nmore", norm="none", seed=3)
+    write_job(sweep_dir, [0.50], "running", norm="none", seed=4)
+    assert main([str(sweep_dir), "--target-acc", f"mnist={HAND_TARGET}"]) == 0
+    return sweep_dir
+
+
+def test_summary_csv_is_recomputed_from_the_records(hand_made):
+    rows = read_summary(hand_made / "report")
+    assert set(rows) == {"bn", "none"}
+    for norm, row in rows.items():
+        recs = records(hand_made, norm)
+        assert [r["hparams"]["seed"] for r in recs] == [0, 1, 2]
+        check_summary(row, recs, HAND_TARGET)
+    assert cell(rows["none"], "epochs_to_target_mean") == 2.5  # seed 1 never reaches 0.85
+    assert rows["none"]["n_reached_target"] == "2"
+
+
+def test_diverged_failed_and_unfinished_runs_are_counted_not_pooled(hand_made):
+    rows = read_summary(hand_made / "report")
+    counts = ("n_seeds", "n_diverged", "n_failed", "n_unfinished", "n_missing")
+    assert [rows["bn"][c] for c in counts] == ["3", "1", "0", "0", "1"]  # no seed 4
+    assert [rows["none"][c] for c in counts] == ["3", "0", "1", "1", "0"]
+    assert cell(rows["bn"], "final_val_acc_mean") == pytest.approx(np.mean([0.95, 0.93, 0.96]))
+    assert cell(rows["none"], "final_val_acc_mean") == pytest.approx(np.mean([0.85, 0.83, 0.88]))
+    text = (hand_made / "report" / "report.md").read_text()
+    assert "9 job directories: 6 ok, 1 diverged, 1 failed, 1 unfinished." in text
+    assert "| `6_mnist-bn-sgd-seed3` | diverged |  |" in text
+    assert "| `7_mnist-none-sgd-seed3` | failed | RuntimeError: boom \\| bang |" in text
+    assert "| `8_mnist-none-sgd-seed4` | running |  |" in text
+    assert "mean over 3 seeds each" in text
+
+
+@pytest.mark.parametrize("case", ["bn", "none", "tie", "overlap"])
+def test_the_verdict_names_the_winner_and_weighs_the_spread(tmp_path, case):
+    finals = [0.85, 0.90, 0.95]
+    bn, none = {  # validation accuracy per epoch, by seed
+        "bn": (BN, NONE),
+        "none": (NONE, BN),
+        "tie": ({s: [0.5, f] for s, f in enumerate(finals)},) * 2,
+        "overlap": ({0: [0.6, 0.91], 1: [0.7, 0.96], 2: [0.8, 0.86]},
+                   {0: [0.9, 0.88], 1: [0.8, 0.93], 2: [0.7, 0.89]}),
+    }[case]
+    ckey, by_norm = the_comparison(write_sweep(tmp_path, bn, none))
+    text = comparison(ckey, by_norm, None)[0]
+    bn_acc, none_acc = ([accs[-1] for accs in side.values()] for side in (bn, none))
+    bn_loss0, none_loss0 = ([1 - accs[0] for accs in side.values()] for side in (bn, none))
+    diff = 100 * (np.mean(bn_acc) - np.mean(none_acc))
+    result = {"bn": "wins", "none": "loses", "tie": "ties", "overlap": "wins"}[case]
+    assert (f"**Verdict.** BatchNorm {result} on final validation accuracy: "
+            f"{np.mean(bn_acc):.2%} vs {np.mean(none_acc):.2%} without it "
+            f"({diff:+.2f} percentage points, mean over 3 seeds each).") in text
+    if case in ("bn", "none"):
+        assert "The difference is larger than the seed-to-seed spread" in text
+    else:
+        assert "within the seed-to-seed spread" in text and "not significant" in text
+    start = {"bn": "lower", "none": "higher", "tie": "the same", "overlap": "higher"}[case]
+    assert (f"Its first-epoch training loss is {start} "
+            f"({np.mean(bn_loss0):.3f} vs {np.mean(none_loss0):.3f} without BatchNorm).") in text
+
+
+def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):
+    ckey, by_norm = the_comparison(hand_made)
+    fig = curves_figure(describe(ckey), by_norm)
+    metrics = {"Training loss": "train/loss", "Validation loss": "val/loss",
+               "Training accuracy": "train/acc", "Validation accuracy": "val/acc"}
+    assert [ax.get_title() for ax in fig.axes] == list(metrics)
+    for ax in fig.axes:
+        lines, bands = ax.get_lines(), ax.collections
+        assert [line.get_label() for line in lines] == [
+            "No BatchNorm (3 seeds)", "BatchNorm (3 seeds)"]
+        for norm, line, band in zip(("none", "bn"), lines, bands, strict=True):
+            values = np.array([[h[metrics[ax.get_title()]] for h in r["history"]]
+                               for r in records(hand_made, norm)])  # seed × epoch
+            mean, std = values.mean(0), values.std(0, ddof=1)
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert np.allclose(line.get_ydata(), mean), (ax.get_title(), norm)
+            assert same_color(line.get_color(), {"bn": "tab:blue", "none": "tab:orange"}[norm])
+            corners = band.get_paths()[0].vertices
+            for epoch, low, high in zip((1, 2, 3), mean - std, mean + std, strict=True):
+                ys = corners[np.isclose(corners[:, 0], epoch), 1]
+                assert (ys.min(), ys.max()) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_norm_labels_colours_and_order_come_from_the_registry(tmp_path):
+    for norm in ("layer", "bn", "none", "weird"):
+        write_job(tmp_path, [0.5, 0.6, 0.7], norm=norm)
+    _, by_norm = the_comparison(tmp_path)
+    lines = curves_figure("mnist, sgd", by_norm).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == [
+        "No BatchNorm (1 seed)", "BatchNorm (1 seed)", "LayerNorm (1 seed)", "weird (1 seed)"]
+    assert [same_color(line.get_color(), c) for line, c in zip(
+        lines[:3], ("tab:orange", "tab:blue", "tab:green"), strict=True)] == [True] * 3
+    assert (norm_label("weird"), norm_color("weird")) == ("weird", None)  # matplotlib's cycle
+
+
+def test_every_recorded_probe_series_has_a_figure():
+    assert set(PROBE_FIGURES) == set(PROBE_SERIES)
+
+
+def test_another_varying_hparam_splits_groups_and_names_figures(tmp_path):
+    for norm in ("bn", "none"):
+        for seed in (0, 1):
+            for lr in (0.1, 0.01):
+                write_job(tmp_path, [0.9], norm=norm, seed=seed, lr=lr)
+    runs = load_runs(tmp_path)
+    assert group_keys(runs) == ["dataset", "optim", "norm", "lr"]
+    groups = group_runs(runs)
+    assert len(groups) == 4 and all(len(g) == 2 for g in groups.values())
+    assert [slug(k) for k in comparisons(groups)] == ["mnist_sgd_lr0.1", "mnist_sgd_lr0.01"]
+
+
+@pytest.mark.parametrize("better", ["bn", "none"])
+def test_verdict_flips_when_the_numbers_flip(better):
+    high, low = [0.95, 0.96, 0.955], [0.90, 0.91, 0.905]
+    bn, none = (high, low) if better == "bn" else (low, high)
+    text = verdict(bn, none, bn_loss0=[0.4, 0.5], none_loss0=[1.0, 1.1])
+    assert ("BatchNorm wins" in text) == (better == "bn")
+    assert ("BatchNorm loses" in text) == (better == "none")
+    assert ("+5.00 percentage points" if better == "bn" else "-5.00 percentage points") in text
+    assert "larger than the seed-to-seed spread" in text
+    assert "first-epoch training loss is lower (0.450 vs 1.050" in text
+    swapped = verdict(bn, none, bn_loss0=[1.0, 1.1], none_loss0=[0.4, 0.5])
+    assert "first-epoch training loss is higher (1.050 vs 0.450" in swapped
+
+
+def test_verdict_within_the_spread_and_with_one_seed():
+    noisy = verdict([0.90, 0.99, 0.93], [0.92, 0.95, 0.91], [1.0], [1.0])
+    assert "BatchNorm wins" in noisy and "within the seed-to-seed spread" in noisy
+    assert "not significant" in noisy
+    flat = verdict([1.0, 1.0], [1.0, 1.0], [0.5], [0.5])
+    assert "ties" in flat and "no spread" in flat and "the same" in flat
+    single = verdict([0.95], [0.90], [0.5], [1.0])
+    assert "BatchNorm wins" in single and "no significance can be claimed" in single
+    assert "Welch" not in single
+    assert "No verdict" in verdict([], [0.9], [], [1.0])
+
+
+def test_cli_on_a_missing_or_empty_dir_exits_2_with_a_clear_message(tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m bnstudy.report", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("bnstudy.report", run_name="__main__")  # as `python -m` runs it
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "hydra.sweep.dir" in err and "Traceback" not in err
+    assert main([str(tmp_path)]) == 2
+    assert "holds no jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "SWEEP_DIR`: the BN-vs-no-BN report of a finished multirun." in help_text
+
+
+# --- a real sweep (slow) ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +284,8 @@ def copy_of(sweep, tmp_path):
 
 
 def run_report(sweep_dir: Path) -> Path:
-    assert report.main([str(sweep_dir), "--target-acc", f"mnist={TARGET}"]) == 0
+    assert main([str(sweep_dir), "--target-acc", f"mnist={TARGET}"]) == 0
     return sweep_dir / "report"
-
-
-def read_summary(out: Path) -> dict[str, dict]:
-    with open(out / "summary.csv") as f:
-        return {row["norm"]: row for row in csv.DictReader(f)}
-
-
-def records(sweep_dir: Path, norm: str) -> list[dict]:
-    """The ok records of one norm, straight from the jobs' metrics.json."""
-    found = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
-    return [r for r in found if r["hparams"]["norm"] == norm and r["status"] == "ok"]
-
-
-def cell(row: dict, key: str) -> float:
-    return math.nan if row[key] == "" else float(row[key])
 
 
 @pytest.fixture(scope="module")
@@ -66,33 +294,15 @@ def built(sweep) -> Path:
     return run_report(sweep)
 
 
+@pytest.mark.slow
 def test_summary_numbers_equal_those_recomputed_from_metrics_json(sweep, built):
     rows = read_summary(built)
     assert set(rows) == {"bn", "none"}
     for norm, row in rows.items():
-        recs = records(sweep, norm)
-        final = [r["history"][-1]["val/acc"] for r in recs]
-        expected = {
-            "final_val_acc_mean": np.mean(final),
-            "final_val_acc_std": np.std(final, ddof=1),
-            "best_val_acc_mean": np.mean([max(h["val/acc"] for h in r["history"]) for r in recs]),
-            "final_val_loss_mean": np.mean([r["history"][-1]["val/loss"] for r in recs]),
-            "test_acc_mean": np.mean([r["test"]["acc"] for r in recs]),
-            "test_acc_std": np.std([r["test"]["acc"] for r in recs], ddof=1),
-            "first_epoch_train_loss_mean": np.mean([r["history"][0]["train/loss"] for r in recs]),
-            "wall_time_s_mean": np.mean([r["wall_time_s"] for r in recs]),
-        }
-        for key, value in expected.items():
-            assert cell(row, key) == pytest.approx(value, abs=2e-6), key
-        reached = [next((h["epoch"] + 1 for h in r["history"] if h["val/acc"] >= TARGET), None)
-                   for r in recs]
-        reached = [e for e in reached if e is not None]
-        assert int(row["n_reached_target"]) == len(reached)
-        if reached:
-            assert cell(row, "epochs_to_target_mean") == pytest.approx(np.mean(reached))
-        assert cell(row, "target_val_acc") == TARGET
+        check_summary(row, records(sweep, norm), TARGET)
 
 
+@pytest.mark.slow
 def test_groups_by_everything_but_the_seed(built):
     rows = read_summary(built)
     for row in rows.values():
@@ -102,6 +312,7 @@ def test_groups_by_everything_but_the_seed(built):
     assert "seed" not in next(iter(rows.values()))
 
 
+@pytest.mark.slow
 def test_report_md_holds_table_verdict_and_figures(built):
     text = (built / "report.md").read_text()
     assert "| mnist | sgd | bn | 2 |" in text and "| mnist | sgd | none | 2 |" in text
@@ -110,12 +321,12 @@ def test_report_md_holds_table_verdict_and_figures(built):
     assert "Every job finished ok." in text
 
 
+@pytest.mark.slow
 def test_figures_decode_and_overlay_both_norms(sweep, built):
     with Image.open(built / "curves_mnist_sgd.png") as image:
         assert image.size[0] > 500 and image.size[1] > 400
-    groups = report.group_runs(report.load_runs(sweep))
-    (ckey, by_norm), = report.comparisons(groups).items()
-    fig = report.curves_figure(report.describe(ckey), by_norm)
+    ckey, by_norm = the_comparison(sweep)
+    fig = curves_figure(describe(ckey), by_norm)
     assert "Training Curves (mnist, sgd)" in fig._suptitle.get_text()
     for ax in fig.axes:
         labels = [line.get_label() for line in ax.get_lines()]
@@ -123,6 +334,7 @@ def test_figures_decode_and_overlay_both_norms(sweep, built):
         assert len(ax.collections) == 2  # the ± std bands
 
 
+@pytest.mark.slow
 def test_figures_are_logged_to_tensorboard(built):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -130,6 +342,7 @@ def test_figures_are_logged_to_tensorboard(built):
     assert "curves/mnist_sgd" in events.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_images_side_by_side_or_skipped_with_a_note(copy_of):
     sweep_dir = copy_of()
     for job in sweep_dir.glob("*_mnist-*"):
@@ -143,8 +356,8 @@ def test_images_side_by_side_or_skipped_with_a_note(copy_of):
     assert "](weights_mnist_sgd.png)" in text
     assert "Final hallucinations figure skipped" in text
     assert not (out / "hallucinations_mnist_sgd.png").exists()
-    (ckey, by_norm), = report.comparisons(report.group_runs(report.load_runs(sweep_dir))).items()
-    figure = report.comparison(ckey, by_norm, None)[1]["weights_mnist_sgd"]
+    ckey, by_norm = the_comparison(sweep_dir)
+    figure = comparison(ckey, by_norm, None)[1]["weights_mnist_sgd"]
     assert [ax.get_title() for ax in figure.axes] == ["No BatchNorm (seed 0)", "BatchNorm (seed 0)"]
 
     for job in sweep_dir.glob("*_mnist-bn-*"):
@@ -155,6 +368,7 @@ def test_images_side_by_side_or_skipped_with_a_note(copy_of):
     assert not (out / "weights_mnist_sgd.png").exists()  # the earlier report's is gone
 
 
+@pytest.mark.slow
 def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     sweep_dir = copy_of()
     failed = shutil.copytree(sweep_dir / "0_mnist-bn-sgd-seed0", sweep_dir / "4_mnist-bn-sgd-seed2")
@@ -176,68 +390,3 @@ def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     assert "| `5_unfinished` | no metrics.json |" in text
     assert "| norm=none seed=1 | never started" in text  # the swept overrides of the job
     assert "With one seed on a side, no significance can be claimed." in text
-
-
-@pytest.mark.parametrize("better", ["bn", "none"])
-def test_verdict_flips_when_the_numbers_flip(better):
-    high, low = [0.95, 0.96, 0.955], [0.90, 0.91, 0.905]
-    bn, none = (high, low) if better == "bn" else (low, high)
-    text = report.verdict(bn, none, bn_loss0=[0.4, 0.5], none_loss0=[1.0, 1.1])
-    assert ("BatchNorm wins" in text) == (better == "bn")
-    assert ("BatchNorm loses" in text) == (better == "none")
-    assert ("+5.00 percentage points" if better == "bn" else "-5.00 percentage points") in text
-    assert "larger than the seed-to-seed spread" in text
-    assert "first-epoch training loss is lower (0.450 vs 1.050" in text
-    swapped = report.verdict(bn, none, bn_loss0=[1.0, 1.1], none_loss0=[0.4, 0.5])
-    assert "first-epoch training loss is higher (1.050 vs 0.450" in swapped
-
-
-def test_verdict_within_the_spread_and_with_one_seed():
-    noisy = report.verdict([0.90, 0.99, 0.93], [0.92, 0.95, 0.91], [1.0], [1.0])
-    assert "BatchNorm wins" in noisy and "within the seed-to-seed spread" in noisy
-    assert "not significant" in noisy
-    flat = report.verdict([1.0, 1.0], [1.0, 1.0], [0.5], [0.5])
-    assert "ties" in flat and "no spread" in flat and "the same" in flat
-    single = report.verdict([0.95], [0.90], [0.5], [1.0])
-    assert "BatchNorm wins" in single and "no significance can be claimed" in single
-    assert "Welch" not in single
-    assert "No verdict" in report.verdict([], [0.9], [], [1.0])
-
-
-def test_cli_on_a_missing_or_empty_dir_exits_2_with_a_clear_message(tmp_path, capsys):
-    done = subprocess.run([sys.executable, "-m", "bnstudy.report", str(tmp_path / "nope")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "does not exist" in done.stderr and "hydra.sweep.dir" in done.stderr
-    assert "Traceback" not in done.stderr
-    assert report.main([str(tmp_path)]) == 2
-    assert "holds no jobs" in capsys.readouterr().err
-
-
-def test_another_varying_hparam_splits_groups_and_names_figures():
-    def run(norm, seed, lr):
-        hparams = {"dataset": "mnist", "norm": norm, "optim": "sgd", "seed": seed, "lr": lr,
-                   "batch_size": 64}
-        return report.Run(job=f"{norm}{seed}{lr}", path=Path("."), status="ok", hparams=hparams,
-                          history=[], test_acc=None, wall_time_s=None, error=None)
-
-    runs = [run(n, s, lr) for n in ("bn", "none") for s in (0, 1) for lr in (0.1, 0.01)]
-    assert report.group_keys(runs) == ["dataset", "optim", "norm", "lr"]
-    groups = report.group_runs(runs)
-    assert len(groups) == 4 and all(len(g) == 2 for g in groups.values())
-    assert [report.slug(k) for k in report.comparisons(groups)] == [
-        "mnist_sgd_lr0.1", "mnist_sgd_lr0.01"]
-
-
-def test_layernorm_gets_its_own_label_and_colour_in_the_curves():
-    def run(norm):
-        history = [{"epoch": e, "train/loss": 1.0 / (e + 1), "val/loss": 1.0, "train/acc": 0.5,
-                    "val/acc": 0.5 + e / 10} for e in range(3)]
-        return report.Run(job=norm, path=Path("."), status="ok", hparams={"norm": norm},
-                          history=history, test_acc=None, wall_time_s=None, error=None)
-
-    fig = report.curves_figure("mnist, sgd", {n: [run(n)] for n in ("layer", "bn", "none")})
-    lines = fig.axes[0].get_lines()
-    assert [line.get_label() for line in lines] == [
-        "No BatchNorm (1 seed)", "BatchNorm (1 seed)", "LayerNorm (1 seed)"]
-    assert len({line.get_color() for line in lines}) == 3

@@ -10,12 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, run_train
+from helpers import REPO, run_train, write_job
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
-from bnstudy import report
+from bnstudy.report import main
+from bnstudy.report.figures import robustness_figure
+from bnstudy.report.runs import group_runs, load_runs, never_started
+from bnstudy.report.stats import robustness_text, sweep_panels, usable_values
+from bnstudy.report.write import robustness_section, write_figures
 
 TINY_LRS = (0.01, 3, 1e9)  # 1e9 makes plain SGD without BatchNorm diverge on the tiny data
 LR_NAMES = ("0.01", "3", "1000000000.0")  # as ${dataset.lr} prints them in run_name
@@ -68,7 +72,7 @@ def test_command_line_overrides_win_over_the_experiment():
     assert plain.trainer.max_epochs == 10
 
 
-# --- a real tiny lr sweep -----------------------------------------------------------------
+# --- a real tiny lr sweep (slow) ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +89,7 @@ def lr_sweep(tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lr_report(lr_sweep) -> Path:
-    assert report.main([str(lr_sweep)]) == 0
+    assert main([str(lr_sweep)]) == 0
     return lr_sweep / "report"
 
 
@@ -99,6 +103,7 @@ def final_accs(sweep_dir: Path) -> dict[tuple[str, float], tuple[str, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
     jobs = sorted(p.name for p in lr_sweep.iterdir() if p.is_dir())
     assert len(jobs) == 2 * len(TINY_LRS)
@@ -107,23 +112,25 @@ def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
     records = [json.loads(p.read_text()) for p in lr_sweep.glob("*/metrics.json")]
     assert {r["hparams"]["max_epochs"] for r in records} == {1}
     assert final_accs(lr_sweep)["none", 1e9][0] == "diverged"
-    assert report.never_started(lr_sweep) == []  # the plan is read from the sweeper's params too
+    assert never_started(lr_sweep) == []  # the plan is read from the sweeper's params too
 
 
+@pytest.mark.slow
 def test_never_started_knows_the_experiments_params(lr_sweep, tmp_path):
     copy = Path(shutil.copytree(lr_sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns(
         "report", "checkpoints")))
     (gone,) = copy.glob("*_mnist-none-sgd-lr3-seed0")
     shutil.rmtree(gone)
-    assert report.never_started(copy) == ["dataset.lr=3 norm=none"]
+    assert never_started(copy) == ["dataset.lr=3 norm=none"]
 
 
+@pytest.mark.slow
 def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
     with Image.open(lr_report / "lr_mnist.png") as image:
         assert image.size[0] > 400 and image.size[1] > 300
     truth = final_accs(lr_sweep)
-    panels = report.sweep_panels(report.group_runs(report.load_runs(lr_sweep)), "lr")
-    fig = report.robustness_figure("lr", "mnist", panels["mnist"])
+    panels = sweep_panels(group_runs(load_runs(lr_sweep)), "lr")
+    fig = robustness_figure("lr", "mnist", panels["mnist"])
     (ax,) = fig.axes
     assert ax.get_title() == "sgd" and ax.get_xscale() == "log"
     lines = {c.get_label(): c.lines[0] for c in ax.containers}
@@ -141,13 +148,14 @@ def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
     assert threshold.get_ydata()[0] == pytest.approx(best - 0.05)
 
 
+@pytest.mark.slow
 def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, lr_report):
     truth = final_accs(lr_sweep)
     best = max(acc for status, acc in truth.values() if status == "ok")
     usable = {norm: [lr for lr in TINY_LRS if truth[norm, lr][0] == "ok"
                      and truth[norm, lr][1] >= best - 0.05 - 1e-9] for norm in ("bn", "none")}
-    panels = report.sweep_panels(report.group_runs(report.load_runs(lr_sweep)), "lr")
-    assert report.usable_values(panels["mnist"][(("optim", "sgd"),)]) == (
+    panels = sweep_panels(group_runs(load_runs(lr_sweep)), "lr")
+    assert usable_values(panels["mnist"][(("optim", "sgd"),)]) == (
         pytest.approx(best), usable)
     text = (lr_report / "report.md").read_text()
     assert "## Learning-rate robustness" in text and "![learning rate mnist](lr_mnist.png)" in text
@@ -165,6 +173,7 @@ def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, 
     assert "never started" not in text
 
 
+@pytest.mark.slow
 def test_robustness_figures_are_in_tensorboard_and_replace_stale_ones(lr_sweep, lr_report):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -172,7 +181,7 @@ def test_robustness_figures_are_in_tensorboard_and_replace_stale_ones(lr_sweep, 
     assert "lr/mnist" in events.Tags()["images"]
     (lr_report / "lr_cifar10.png").write_bytes(b"stale")
     (lr_report / "batch_size_mnist.png").write_bytes(b"stale")
-    assert report.main([str(lr_sweep)]) == 0
+    assert main([str(lr_sweep)]) == 0
     assert not (lr_report / "lr_cifar10.png").exists()
     assert not (lr_report / "batch_size_mnist.png").exists()
     assert (lr_report / "lr_mnist.png").is_file()
@@ -181,36 +190,34 @@ def test_robustness_figures_are_in_tensorboard_and_replace_stale_ones(lr_sweep, 
 # --- the usable range on hand-made runs ---------------------------------------------------
 
 
-def run(norm: str, value: float, acc: float, status: str = "ok", seed: int = 0,
-        hparam: str = "lr") -> report.Run:
-    hparams = {"dataset": "mnist", "optim": "sgd", "norm": norm, "seed": seed, "lr": 0.01,
-               "batch_size": 64, "max_epochs": 3, hparam: value}
-    history = [{"epoch": 0, "train/loss": 1.0, "val/loss": 1.0, "val/acc": acc}]
-    return report.Run(job=f"{norm}-{value}-{seed}", path=Path("."), status=status,
-                      hparams=hparams, history=history if status == "ok" else [],
-                      test_acc=None, wall_time_s=None, error=None)
-
-
 GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 
-def by_norm(accs: dict[str, list[float]], statuses: dict | None = None) -> dict[str, dict]:
-    """One panel: per norm an accuracy for each GRID value; `statuses[norm, lr]` if not ok."""
-    runs = [run(norm, lr, acc, (statuses or {}).get((norm, lr), "ok"))
-            for norm, values in accs.items() for lr, acc in zip(GRID, values, strict=True)]
-    return report.sweep_panels(report.group_runs(runs), "lr")["mnist"][(("optim", "sgd"),)]
+def one_panel(sweep_dir: Path, hparam: str = "lr") -> dict[str, dict]:
+    """The hand-made sweep's one panel (mnist, sgd): by norm, by value of `hparam`."""
+    return sweep_panels(group_runs(load_runs(sweep_dir)), hparam)["mnist"][(("optim", "sgd"),)]
+
+
+def by_norm(sweep_dir: Path, accs: dict[str, list[float]],
+            statuses: dict | None = None) -> dict[str, dict]:
+    """One panel: per norm a job for each GRID lr, of that final accuracy and
+    `statuses[norm, lr]` if not ok."""
+    for norm, values in accs.items():
+        for lr, acc in zip(GRID, values, strict=True):
+            write_job(sweep_dir, [acc], (statuses or {}).get((norm, lr), "ok"), norm=norm, lr=lr)
+    return one_panel(sweep_dir)
 
 
 @pytest.mark.parametrize("better", ["bn", "none"])
-def test_usable_range_and_the_wider_norm_flip_when_the_numbers_flip(better):
+def test_usable_range_and_the_wider_norm_flip_when_the_numbers_flip(tmp_path, better):
     wide, narrow = [0.93, 0.97, 0.96, 0.95], [0.50, 0.96, 0.90, 0.10]
     accs = {"bn": wide, "none": narrow} if better == "bn" else {"bn": narrow, "none": wide}
-    panel = by_norm(accs)
-    best, usable = report.usable_values(panel)
+    panel = by_norm(tmp_path, accs)
+    best, usable = usable_values(panel)
     assert best == pytest.approx(0.97)
     assert usable[better] == list(GRID)  # 0.93 is 4 points below 0.97: still usable
     assert usable["none" if better == "bn" else "bn"] == [1e-2]
-    text = report.robustness_text("lr", "mnist, sgd", panel)
+    text = robustness_text("lr", "mnist, sgd", panel)
     winner = "BatchNorm" if better == "bn" else "No BatchNorm"
     assert f". {winner} has the wider usable range (4 vs 1 values)." in text
     assert f"{winner} 0.001 to 1 (4 of 4 values)" in text
@@ -218,30 +225,32 @@ def test_usable_range_and_the_wider_norm_flip_when_the_numbers_flip(better):
     assert f"(best 97.00%: {winner} at lr=0.01)" in text
 
 
-def test_diverged_failed_and_far_points_are_not_usable():
+def test_diverged_failed_and_far_points_are_not_usable(tmp_path):
     accs = {"bn": [0.97, 0.90, 0.97, 0.97], "none": [0.97, 0.97, 0.97, 0.97]}
-    panel = by_norm(accs, {("none", 0.1): "diverged", ("none", 1.0): "failed"})
-    _, usable = report.usable_values(panel)
-    assert usable == {"none": [1e-3, 1e-2], "bn": [1e-3, 1e-1, 1.0]}
-    text = report.robustness_text("lr", "mnist, sgd", panel)
+    panel = by_norm(tmp_path, accs, {("none", 0.1): "diverged", ("none", 1.0): "failed"})
+    _, usable = usable_values(panel)
+    assert usable == {"bn": [1e-3, 1e-1, 1.0], "none": [1e-3, 1e-2]}
+    text = robustness_text("lr", "mnist, sgd", panel)
     assert "BatchNorm 0.001, 0.1, 1 (3 of 4 values, not adjacent in the grid)" in text
     assert "No BatchNorm 0.001 to 0.01 (2 of 4 values), diverged at lr 0.1, failed at lr 1" in text
-    assert report.usable_values(panel, within=0.08)[1]["bn"] == list(GRID)
-    (ax,) = report.robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel}).axes
+    assert usable_values(panel, within=0.08)[1]["bn"] == list(GRID)
+    (ax,) = robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel}).axes
     assert [t.get_text() for t in ax.texts] == ["No BatchNorm: 1 failed (not drawn)"]
-    nothing = by_norm({"bn": [0.9] * 4}, {("bn", lr): "diverged" for lr in GRID})
-    assert "none is usable" in report.robustness_text("lr", "mnist, sgd", nothing)
+    nothing = by_norm(tmp_path / "all_diverged", {"bn": [0.9] * 4},
+                      {("bn", lr): "diverged" for lr in GRID})
+    assert "none is usable" in robustness_text("lr", "mnist, sgd", nothing)
 
 
-def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point():
-    runs = [run("bn", 0.1, 0.96), run("bn", 0.1, 0.90, seed=1), run("bn", 1.0, 0.97),
-            run("bn", 1.0, 0.0, "diverged", seed=1), run("bn", 0.01, 0.95),
-            run("bn", 0.01, 0.95, seed=1)]
-    panel = report.sweep_panels(report.group_runs(runs), "lr")["mnist"][(("optim", "sgd"),)]
-    best, usable = report.usable_values(panel)
+def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point(tmp_path):
+    for lr, seed, acc, status in ((0.1, 0, 0.96, "ok"), (0.1, 1, 0.90, "ok"),
+                                  (1.0, 0, 0.97, "ok"), (1.0, 1, 0.0, "diverged"),
+                                  (0.01, 0, 0.95, "ok"), (0.01, 1, 0.95, "ok")):
+        write_job(tmp_path, [acc], status, lr=lr, seed=seed)
+    panel = one_panel(tmp_path)
+    best, usable = usable_values(panel)
     assert best == pytest.approx(0.95)  # lr=1 has a diverged seed, so it is not a candidate
     assert usable == {"bn": [0.01, 0.1]}  # mean 0.93 at lr=0.1
-    fig = report.robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel})
+    fig = robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel})
     (container,) = fig.axes[0].containers
     assert np.allclose(container.lines[0].get_ydata(), [0.95, 0.93, 0.97])
     segments = container.lines[2][0].get_segments()  # the error bars: ± the sample std
@@ -251,18 +260,19 @@ def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point():
 def test_batch_size_section_figure_and_tensorboard_tag(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    runs = [run(norm, bs, acc, hparam="batch_size")
-            for norm, accs in (("bn", (0.97, 0.96, 0.95, 0.90)), ("none", (0.90, 0.96, 0.93, 0.5)))
-            for bs, acc in zip((8, 32, 128, 512), accs, strict=True)]
-    groups = report.group_runs(runs)
-    text, figures = report.robustness_section("batch_size", groups)
+    sweep_dir, out = tmp_path / "sweep", tmp_path / "report"
+    for norm, accs in (("bn", (0.97, 0.96, 0.95, 0.90)), ("none", (0.90, 0.96, 0.93, 0.5))):
+        for bs, acc in zip((8, 32, 128, 512), accs, strict=True):
+            write_job(sweep_dir, [acc], norm=norm, batch_size=bs)
+    text, figures = robustness_section("batch_size", group_runs(load_runs(sweep_dir)))
     assert text.startswith("## Batch-size sensitivity")
     assert "BatchNorm 8 to 128 (3 of 4 values)" in text and "No BatchNorm 32 to 128" in text
     assert "BatchNorm has the wider usable range (3 vs 2 values)." in text
     (ax,) = figures["batch_size_mnist"].axes
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == [
         "8", "32", "128", "512"]
-    report.write_figures(figures, text, tmp_path)
-    assert (tmp_path / "batch_size_mnist.png").is_file()
-    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    out.mkdir()
+    write_figures(figures, text, out)
+    assert (out / "batch_size_mnist.png").is_file()
+    events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
     assert events.Tags()["images"] == ["batch_size/mnist"]
