@@ -84,9 +84,10 @@ def read_record(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def update_record(path: str | Path, **fields: Any) -> dict:
-    """Merges `fields` into the record at `path` and writes it back atomically."""
-    record = read_record(path)
+def update_record(path: str | Path, drop: tuple[str, ...] = (), **fields: Any) -> dict:
+    """Merges `fields` into the record at `path`, without the keys in `drop`, and writes it
+    back atomically."""
+    record = {k: v for k, v in read_record(path).items() if k not in drop}
     record.update(fields)
     write_json_atomic(path, record)
     return record

@@ -156,8 +156,8 @@ def train(cfg: DictConfig) -> dict:
 
     started = time.perf_counter()
     if primary:
-        update_record(record_path, status="running", run_name=cfg.run_name,
-                      hparams=hparams(cfg))
+        update_record(record_path, drop=("error", "traceback", "diverged_at"),
+                      status="running", run_name=cfg.run_name, hparams=hparams(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)

@@ -139,7 +139,7 @@ def tiny_trainer(out: Path | None = None, callbacks=(), **trainer_args):
     logger = TensorBoardLogger(out, name="", version="") if out else False
     defaults = dict(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
                     enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0, max_epochs=1)
+                    num_sanity_val_steps=0, max_epochs=1, use_distributed_sampler=False)
     return L.Trainer(**(defaults | trainer_args), callbacks=list(callbacks))
 
 

@@ -3,19 +3,13 @@
 import json
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from tests.conftest import FAST, run_train
+import pytest
+from helpers import FAST, run_train, scalar_tags
 
 CURVES = {"train/loss", "train/acc", "val/loss", "val/acc"}
 
 
-def scalar_tags(job_dir: Path) -> set[str]:
-    acc = EventAccumulator(str(job_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return set(acc.Tags()["scalars"])
-
-
+@pytest.mark.slow
 def test_one_run_on_real_mnist_learns(shared_data, tmp_path):
     proc = run_train(
         *FAST, f"paths.data_dir={shared_data}", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"
@@ -31,6 +25,7 @@ def test_one_run_on_real_mnist_learns(shared_data, tmp_path):
     assert CURVES | {"test/loss", "test/acc", "train/loss_step"} <= tags
 
 
+@pytest.mark.slow
 def test_sweep_of_eight_jobs(tiny_data, tmp_path):
     proc = run_train(
         "-m",
@@ -57,3 +52,56 @@ def test_sweep_of_eight_jobs(tiny_data, tmp_path):
         assert len(record["history"]) == 2
         assert CURVES <= scalar_tags(job)
         assert record["hparams"]["norm"] in job.name
+
+
+def still_run(tiny_data, out: Path, *overrides: str):
+    """A one-step run whose weights stay where they started (lr 1e-12), in-process."""
+    from helpers import compose_config
+
+    from bnstudy.train import train
+
+    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={out}",
+                         "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                         "dataset.lr=1e-12", "~callbacks.hallucinations", *FAST, *overrides)
+    return train(cfg)
+
+
+def initial_weights(out: Path):
+    import torch
+
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return state["net.fc1.weight"]
+
+
+def test_the_seed_sets_the_initial_weights(tiny_data, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        still_run(tiny_data, tmp_path / name, f"seed={seed}")
+    a, b, c = (initial_weights(tmp_path / name) for name in "abc")
+    assert a.allclose(b) and not a.allclose(c)  # (lr 1e-12 moves them by ~1e-13)
+
+
+def test_the_history_holds_each_splits_own_values(tiny_data, tmp_path):
+    from helpers import read_record, scalars
+
+    still_run(tiny_data, tmp_path, "trainer.limit_train_batches=null", "dataset.lr=0.1")
+    (row,) = read_record(tmp_path)["history"]
+    for key in CURVES:
+        assert [v for _, v in scalars(tmp_path, key)] == [pytest.approx(row[key])], key
+    assert row["train/acc"] != row["val/acc"] and row["train/loss"] != row["val/loss"]
+
+
+@pytest.mark.parametrize("status", ["ok", "diverged"])
+def test_resume_leaves_finished_runs_alone(tiny_data, tmp_path, status):
+    from bnstudy.records import update_record
+
+    before = update_record(tmp_path / "metrics.json", status=status, history=[])
+    assert still_run(tiny_data, tmp_path, "resume=true") == before
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_resumed_success_drops_the_old_error(tiny_data, tmp_path):
+    from bnstudy.records import update_record
+
+    update_record(tmp_path / "metrics.json", status="failed", error="boom", traceback="...")
+    record = still_run(tiny_data, tmp_path, "resume=true")
+    assert record["status"] == "ok" and "error" not in record and "traceback" not in record
