@@ -49,7 +49,7 @@ class PlainLoop:
         self.net = model.net.to(self.device)
         self.optimizer = instantiate(cfg.optim.optimizer)(self.net.parameters())
         self.train = batches(datamodule.train_set, cfg.dataset.batch_size, shuffle=True,
-                             seed=cfg.seed)
+                             seed=cfg.seed)  # the same minibatches, in the same order
         self.val = batches(datamodule.val_set, cfg.dataset.datamodule.eval_batch_size,
                            shuffle=False)
 
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> None:
 
     n = len(datamodule.train_set)
     print(f"{cfg.dataset.name}: {n} training images, batch {cfg.dataset.batch_size}, "
-          f"hidden {cfg.model.hidden_dim}, norm {cfg.model.norm}, optim {cfg.optim.name}, "
-          f"steps_per_batch {cfg.steps_per_batch}, {cfg.trainer.max_epochs} epoch(s) x "
+          f"hidden {cfg.model.net.hidden_dim}, norm {cfg.model.net.norm}, optim {cfg.optim.name}, "
+          f"{cfg.trainer.max_epochs} epoch(s) x "
           f"{args.repeats} fit(s), {torch.get_num_threads()} threads")
     timers = [alternate(cfg, datamodule) for _ in range(args.repeats)]
     plain = [s for timer in timers for s in timer.plain]

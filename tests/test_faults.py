@@ -6,10 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import FAST, run_train, write_mnist
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.records import read_record, write_json_atomic
-from helpers import FAST, run_train, write_mnist
 
 
 def record(job: Path) -> dict:
