@@ -137,7 +137,8 @@ def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
         order = torch.randperm(540, generator=torch.Generator().manual_seed(epoch))
         shards = [order[rank::2][:270].split(25) for rank in (0, 1)]
         for a, b in zip(*shards, strict=True):
-            losses = [F.cross_entropy(net(data.train_set.x[i]), data.train_set.y[i]) for i in (a, b)]
+            x, y = data.train_set.x, data.train_set.y
+            losses = [F.cross_entropy(net(x[i]), y[i]) for i in (a, b)]
             optimizer.zero_grad()
             (sum(losses) / 2).backward()
             optimizer.step()
