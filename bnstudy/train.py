@@ -70,10 +70,10 @@ def validate(cfg: DictConfig) -> None:
 
 def hparams(cfg: DictConfig) -> dict:
     """The settings shown in TensorBoard's hparams tab and kept in `metrics.json`."""
-    net = cfg.model.net
+    net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
     return {
         "dataset": cfg.dataset.name,
-        "model": net._target_.rsplit(".", 1)[-1].lower(),
+        "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
         "depth": OmegaConf.select(net, "depth", default=1),
         "norm": net.norm,
         "optim": cfg.optim.name,

@@ -145,3 +145,12 @@ def test_help_lists_groups_and_options():
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(sorted(options))}" in out
     assert "dataset/shared" not in out.split("== Config ==")[0].split("dataset:")[1].split("\n")[0]
+
+
+def test_hparams_of_configs_written_before_the_networks_moved():
+    """The report reads old jobs' configs: the net's keys on `model`, perhaps no depth."""
+    cfg = compose_with()
+    old = OmegaConf.to_container(cfg)
+    old["model"] = {"_target_": "bnstudy.model.MLPClassifier", "hidden_dim": 256, "norm": "bn"}
+    got = hparams(OmegaConf.create(old))
+    assert (got["model"], got["depth"], got["norm"], got["hidden_dim"]) == ("mlp", 1, "bn", 256)

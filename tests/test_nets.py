@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bnstudy.nets import CNN, MLP, first_layer
-from bnstudy.norms import NORMS
+from bnstudy.norms import NORMS, make_norm
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 NORM_1D = {"bn": nn.BatchNorm1d, "layer": nn.LayerNorm, "none": nn.Identity}
@@ -154,5 +154,4 @@ def test_the_norm_registry_builds_every_named_layer():
     for name, (flat, spatial) in {"bn": (nn.BatchNorm1d, nn.BatchNorm2d),
                                   "layer": (nn.LayerNorm, nn.GroupNorm),
                                   "none": (nn.Identity, nn.Identity)}.items():
-        assert type(NORMS[name].layer(4, False)) is flat
-        assert type(NORMS[name].layer(4, True)) is spatial
+        assert type(make_norm(name, 4)) is flat and type(make_norm(name, 4, True)) is spatial
