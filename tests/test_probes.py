@@ -1,5 +1,6 @@
 """The training probes (`bnstudy.probes`): their numbers against direct computations, their
-TensorBoard events and records, resume, and the report's figures of a `callbacks=probes` sweep."""
+TensorBoard events, their series in `metrics.json` (written by `MetricsHistory` alone), resume,
+and the report's figures of a `callbacks=probes` sweep."""
 
 from __future__ import annotations
 
@@ -14,21 +15,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAST, REPO, run_train
-from hydra import compose, initialize_config_dir
+from helpers import FAST, compose_config, make_classifier, read_record, run_train, tiny_fit
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from bnstudy import report
-from bnstudy.data import MNISTDataModule
-from bnstudy.model import MLPClassifier
+from bnstudy.callbacks import MetricsHistory
+from bnstudy.model import Classifier
+from bnstudy.nets import first_layer
 from bnstudy.probes import ActivationPercentiles, GradientBehaviour
 
 ETAS = (0.01, 0.1, 1.0)
 PERCENTILES = (15, 50, 85)
+STEPS = 11  # optimizer steps an epoch of `tiny_fit`: 540 training images in minibatches of 50
 
 
 @pytest.fixture(autouse=True)
@@ -40,33 +40,24 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_model(norm: str = "bn", cnn: bool = False, dropout: float = 0.0) -> MLPClassifier:
-    """A seeded MLP (hidden 32), or with `cnn` its net replaced by a conv net (4 channels)."""
+def make_model(norm: str = "bn", cnn: bool = False, dropout: float | None = None) -> Classifier:
+    """A seeded classifier: an MLP (hidden 32), with `cnn` the project's CNN (channels 4, 8),
+    with `dropout` a conv net with BatchNorm2d and dropout (4 channels)."""
     L.seed_everything(0, verbose=False)
-    model = MLPClassifier((1, 28, 28), 10, hidden_dim=32, norm=norm,
-                          optimizer=partial(torch.optim.SGD, lr=0.1))
-    if cnn:
-        model.net = nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(dropout),
-            nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 7 * 7, 10))
-    return model
+    if dropout is None:
+        return make_classifier(norm, hidden_dim=32, lr=0.1, cnn=cnn)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(dropout),
+        nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 7 * 7, 10))
+    return Classifier(net, 10, partial(torch.optim.SGD, lr=0.1))
 
 
-def fit(model: L.LightningModule, data_dir: Path, out: Path, callbacks: list[Callback],
-        epochs: int = 1, ckpt_path: Path | None = None, steps_per_batch: int = 1,
+def fit(model: Classifier, data_dir: Path, out: Path, callbacks, epochs: int = 1,
         **trainer_args) -> L.Trainer:
-    """Trains on tiny MNIST (500 training images, batches of 50: 10 steps an epoch, in Lightning
-    batches of `steps_per_batch`), logging to TensorBoard in `out`."""
-    trainer = L.Trainer(
-        max_epochs=epochs, logger=TensorBoardLogger(out, name="", version=""),
-        callbacks=callbacks, accelerator="cpu", default_root_dir=out,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        **trainer_args)
-    data = MNISTDataModule(data_dir, download=False, batch_size=50, val_size=100,
-                           steps_per_batch=steps_per_batch)
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    return trainer
+    """Trains on tiny MNIST (11 steps an epoch, no validation unless `limit_val_batches` given),
+    logging to TensorBoard in `out`."""
+    return tiny_fit(data_dir, out, model, callbacks,
+                    **({"max_epochs": epochs, "limit_val_batches": 0} | trainer_args))[2]
 
 
 def events(out: Path) -> EventAccumulator:
@@ -81,30 +72,29 @@ def scalars(acc: EventAccumulator, tag: str) -> tuple[list[int], list[float]]:
 
 
 def test_probes_config_adds_both_to_the_default_callbacks():
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        default = compose("config").callbacks
-        probes = compose("config", overrides=["callbacks=probes"]).callbacks
+    default = compose_config().callbacks
+    probes = compose_config("callbacks=probes").callbacks
     assert list(probes) == [*default, "activation_percentiles", "gradient_behaviour"]
     assert probes.activation_percentiles._target_ == "bnstudy.probes.ActivationPercentiles"
     assert probes.gradient_behaviour._target_ == "bnstudy.probes.GradientBehaviour"
+    assert "path" not in probes.activation_percentiles and "path" not in probes.gradient_behaviour
 
 
-@pytest.mark.parametrize("steps_per_batch", [1, 4])
 @pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
-def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data, tmp_path, cnn,
-                                                                      steps_per_batch):
+def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data, tmp_path, cnn):
     model = make_model(cnn=cnn)
     relu_name, relu = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU))
     inputs: dict[int, list[torch.Tensor]] = {}  # every forward's ReLU input, by step
     relu.register_forward_pre_hook(lambda module, args: inputs.setdefault(
         model.trainer.global_step, []).append(args[0].detach().clone()))
     units = [0, 3] if cnn else [0, 5, 31]
-    probes = [ActivationPercentiles(tmp_path / "metrics.json", units=units, every_n_steps=3),
-              GradientBehaviour(tmp_path / "metrics.json", landscape_every_n_steps=3, etas=ETAS)]
-    fit(model, tiny_data, tmp_path, probes, steps_per_batch=steps_per_batch)
+    probes = [ActivationPercentiles(units=units, every_n_steps=3),
+              GradientBehaviour(landscape_every_n_steps=3, etas=ETAS)]
+    fit(model, tiny_data, tmp_path, probes)
 
-    record = json.loads((tmp_path / "metrics.json").read_text())["activations"]
-    assert record["module"] == relu_name
+    record = probes[0].series()
+    assert record["module"] == relu_name and record["layer"] == 0
+    assert record["units"] == units and record["percentiles"] == list(PERCENTILES)
     assert record["steps"] == [0, 3, 6, 9]
     q = torch.tensor(PERCENTILES) / 100
     acc = events(tmp_path)
@@ -133,21 +123,37 @@ def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data,
 
 def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="every_n_steps=0"):
-        ActivationPercentiles(tmp_path / "metrics.json", every_n_steps=0)
+        ActivationPercentiles(every_n_steps=0)
     with pytest.raises(ValueError, match=r"etas=\[\] not empty"):
-        GradientBehaviour(tmp_path / "metrics.json", etas=[])
+        GradientBehaviour(etas=[])
     model = make_model()
     relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
     with pytest.raises(ValueError, match=rf"layer=5, but the model has {len(relus)} nn.ReLU"):
-        fit(model, tiny_data, tmp_path, [ActivationPercentiles(tmp_path / "metrics.json", 5)])
+        fit(model, tiny_data, tmp_path, [ActivationPercentiles(5)])
 
 
 class Snapshot(Callback):
-    """Before the probe: a copy of the model's state, grads, modes and the RNG, and the step's
-    minibatch."""
+    """Before the probe: the step's minibatch (the one the training forward takes), and a copy
+    of the model's state, grads, modes and the RNG."""
+
+    def __init__(self) -> None:
+        self.batch = None
+        self.training_input: torch.Tensor | None = None
+        self.sizes: list[int] = []
+
+    def setup(self, trainer, pl_module, stage):
+        def take(module, args):
+            if module.training and self.training_input is None:
+                self.training_input = args[0]
+        pl_module.net.register_forward_pre_hook(take)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch, self.training_input = batch, None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.batch = pl_module.minibatch
+        # The batch the callbacks are handed is the minibatch this step trained on.
+        assert self.training_input is self.batch[0]
+        self.sizes.append(len(self.batch[1]))
         self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
         self.grads = [p.grad.clone() for p in pl_module.parameters()]
         self.modes = [m.training for m in pl_module.modules()]
@@ -155,7 +161,8 @@ class Snapshot(Callback):
 
 
 class Check(Callback):
-    """After the probe: whether it left the model alone, and the numbers computed directly."""
+    """After the probe: whether it left the model alone, and the numbers computed directly on
+    the step's minibatch."""
 
     def __init__(self, snapshot: Snapshot, landscape_every: int) -> None:
         self.snapshot, self.landscape_every = snapshot, landscape_every
@@ -195,20 +202,19 @@ class Check(Callback):
         return losses, changes
 
 
-@pytest.mark.parametrize("norm,steps_per_batch", [("bn", 1), ("none", 1), ("bn", 3)])
+@pytest.mark.parametrize("norm", ["bn", "none"])
 def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
-        tiny_data, tmp_path, norm, steps_per_batch):
+        tiny_data, tmp_path, norm):
     snapshot = Snapshot()
     check = Check(snapshot, landscape_every=4)
-    probe = GradientBehaviour(tmp_path / "metrics.json", every_n_steps=2,
-                              landscape_every_n_steps=4, etas=ETAS)
-    fit(make_model(norm), tiny_data, tmp_path, [snapshot, probe, check],
-        steps_per_batch=steps_per_batch)
-    assert len(snapshot.batch[1]) == 50  # a minibatch, not a Lightning batch of them
+    probe = GradientBehaviour(every_n_steps=2, landscape_every_n_steps=4, etas=ETAS)
+    fit(make_model(norm), tiny_data, tmp_path, [snapshot, probe, check])
+    # One minibatch a step: 10 of 50 images, then the last 40.
+    assert snapshot.sizes == [50] * 10 + [40]
 
-    assert len(check.unchanged) == 10 and all(check.unchanged)
-    record = json.loads((tmp_path / "metrics.json").read_text())["gradients"]
-    assert record["steps"] == [0, 2, 4, 6, 8]
+    assert len(check.unchanged) == STEPS and all(check.unchanged)
+    record = probe.series()
+    assert record["steps"] == [0, 2, 4, 6, 8, 10]
     layers = set(check.norms[0])
     assert set(record["norms"]) == layers and (norm == "bn") == any("norm" in n for n in layers)
     acc = events(tmp_path)
@@ -225,6 +231,7 @@ def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
         assert np.allclose(land["loss"][i], losses, rtol=1e-5)
         assert np.allclose(land["grad_change"][i], changes, rtol=1e-4, atol=1e-6)
         assert math.isclose(land["loss_range"][i], max(losses) - min(losses), rel_tol=1e-4)
+        assert math.isclose(land["grad_change_max"][i], max(changes), rel_tol=1e-4)
         at = record["steps"].index(step)
         g = math.sqrt(sum(norms[at] ** 2 for norms in record["norms"].values()))  # ||g||
         beta = max(c / (eta * g) for c, eta in zip(changes, ETAS, strict=True))
@@ -235,22 +242,54 @@ def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
 
 
 def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):
-    """Conv net with BatchNorm2d and dropout: the probes touch no state, buffer or RNG draw."""
+    """Conv net with BatchNorm2d and dropout: the probes touch no state, buffer or RNG draw;
+    the validation forwards (eval mode, after step 10) are not recorded."""
     runs = {}
-    for name, probes in (("plain", []), ("probed", [
-            ActivationPercentiles(tmp_path / "metrics.json", every_n_steps=1),
-            GradientBehaviour(tmp_path / "metrics.json", every_n_steps=1,
-                              landscape_every_n_steps=1, etas=ETAS)])):
-        model = make_model(cnn=True, dropout=0.3)
-        fit(model, tiny_data, tmp_path / name, probes)
+    probes = [ActivationPercentiles(every_n_steps=1),
+              GradientBehaviour(every_n_steps=1, landscape_every_n_steps=1, etas=ETAS)]
+    for name, callbacks in (("plain", []), ("probed", probes)):
+        model = make_model(dropout=0.3)
+        fit(model, tiny_data, tmp_path / name, callbacks, limit_val_batches=1.0)
         runs[name] = (model.state_dict(), torch.get_rng_state())
     (plain, plain_rng), (probed, probed_rng) = runs["plain"], runs["probed"]
     assert torch.equal(plain_rng, probed_rng)
     assert plain.keys() == probed.keys()
     assert all(torch.equal(plain[k], probed[k]) for k in plain)  # running stats included
-    record = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(record["activations"]["steps"]) == len(record["gradients"]["landscape"]["steps"])
-    assert record["gradients"]["landscape"]["steps"] == list(range(10))
+    activations, gradients = probes[0].series(), probes[1].series()
+    assert activations["steps"] == gradients["landscape"]["steps"] == list(range(STEPS))
+    assert len(activations["values"]) == STEPS
+
+
+def test_probe_series_reach_metrics_json_only_through_metrics_history(tiny_data, tmp_path):
+    def probes():
+        return [ActivationPercentiles(every_n_steps=3),
+                GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3, etas=ETAS)]
+
+    alone = probes()
+    fit(make_model(), tiny_data, tmp_path / "alone", alone)
+    assert alone[0].series()["steps"] and alone[1].series()["steps"]  # they did record
+    assert not list((tmp_path / "alone").rglob("*.json"))  # but wrote no record
+
+    path = tmp_path / "with_history" / "metrics.json"
+    seen_after_epoch0 = {}
+
+    class ReadAtEpoch1(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                seen_after_epoch0.update(json.loads(path.read_text()))
+
+    probed = probes()
+    fit(make_model(), tiny_data, tmp_path / "with_history",
+        [MetricsHistory(path), *probed, ReadAtEpoch1()], epochs=2)
+    record = read_record(path.parent)
+    assert record["activations"] == probed[0].series()
+    assert record["gradients"] == probed[1].series()
+    assert [row["epoch"] for row in record["history"]] == [0, 1]
+    assert record["activations"]["steps"] == [0, 3, 6, 9, 12, 15, 18, 21]
+    # Written at each epoch's end: after epoch 0 the file held epoch 0's series.
+    assert seen_after_epoch0["activations"]["steps"] == [0, 3, 6, 9]
+    assert seen_after_epoch0["gradients"]["steps"] == [0, 2, 4, 6, 8, 10]
+    assert seen_after_epoch0["gradients"]["landscape"]["steps"] == [0, 3, 6, 9]
 
 
 @pytest.mark.parametrize("norm", ["bn", "none"])
@@ -260,12 +299,11 @@ def test_batchnorm_makes_preactivations_and_gradients_scale_invariant(tiny_data,
     recorded = {}
     for scale in (1.0, 10.0):
         model = make_model(norm)
-        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        first = first_layer(model)
         with torch.no_grad():
             first.weight *= scale
             first.bias *= scale
-        probes = [ActivationPercentiles(tmp_path / "metrics.json", units=range(8)),
-                  GradientBehaviour(tmp_path / "metrics.json", etas=ETAS)]
+        probes = [ActivationPercentiles(units=range(8)), GradientBehaviour(etas=ETAS)]
         fit(model, tiny_data, tmp_path / str(scale), probes, max_steps=1)
         name = next(n for n, m in model.named_modules() if m is first)
         recorded[scale] = (torch.tensor(probes[0].values[0]), probes[1].norms[name][0])
@@ -280,31 +318,32 @@ def test_batchnorm_makes_preactivations_and_gradients_scale_invariant(tiny_data,
 
 def test_series_survive_a_resume(tiny_data, tmp_path):
     def resumable_probes() -> list[Callback]:
-        return [ActivationPercentiles(tmp_path / "metrics.json", every_n_steps=3),
-                GradientBehaviour(tmp_path / "metrics.json", every_n_steps=2,
-                                  landscape_every_n_steps=3, etas=ETAS),
+        return [MetricsHistory(tmp_path / "metrics.json"),
+                ActivationPercentiles(every_n_steps=3),
+                GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3, etas=ETAS),
                 ModelCheckpoint(tmp_path / "checkpoints", save_last=True, save_top_k=0)]
 
-    fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=1)
-    first = json.loads((tmp_path / "metrics.json").read_text())
+    fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=1,
+        enable_checkpointing=True)
+    first = read_record(tmp_path)
     (tmp_path / "metrics.json").unlink()  # what epoch 0 recorded can now come only from the ckpt
     fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=2,
-        ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
-    both = json.loads((tmp_path / "metrics.json").read_text())
+        enable_checkpointing=True, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    both = read_record(tmp_path)
 
     activations, gradients = both["activations"], both["gradients"]
     assert first["activations"]["steps"] == [0, 3, 6, 9]
-    assert activations["steps"] == [0, 3, 6, 9, 12, 15, 18]
+    assert activations["steps"] == [0, 3, 6, 9, 12, 15, 18, 21]
     assert activations["values"][:4] == first["activations"]["values"]
-    assert len(activations["values"]) == 7
-    assert gradients["steps"] == list(range(0, 20, 2))
+    assert len(activations["values"]) == 8
+    assert gradients["steps"] == list(range(0, 2 * STEPS, 2))
     for layer, norms in gradients["norms"].items():
-        assert norms[:5] == first["gradients"]["norms"][layer] and len(norms) == 10
+        assert norms[:6] == first["gradients"]["norms"][layer] and len(norms) == 11
     landscape = gradients["landscape"]
-    assert landscape["steps"] == [0, 3, 6, 9, 12, 15, 18]
+    assert landscape["steps"] == [0, 3, 6, 9, 12, 15, 18, 21]
     for key in ("loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness"):
         assert landscape[key][:4] == first["gradients"]["landscape"][key]
-        assert len(landscape[key]) == 7
+        assert len(landscape[key]) == 8
 
 
 def colour_share(image: np.ndarray, colour: str) -> float:
@@ -313,7 +352,10 @@ def colour_share(image: np.ndarray, colour: str) -> float:
     return float((np.abs(image[..., :3].astype(int) - rgb).sum(-1) < 30).mean())
 
 
+@pytest.mark.slow
 def test_report_of_a_probes_sweep_draws_both_figures(tiny_data, tmp_path):
+    from bnstudy import report
+
     sweep = tmp_path / "sweep"
     done = run_train("-m", "dataset=mnist", "norm=bn,none", "optim=sgd", "callbacks=probes",
                      f"paths.data_dir={tiny_data}", "trainer.max_epochs=1", "threads=1", *FAST,
@@ -337,7 +379,7 @@ def test_report_of_a_probes_sweep_draws_both_figures(tiny_data, tmp_path):
         assert pixels.shape[1::-1] == size
         assert colour_share(pixels, blue) > 5e-4 and colour_share(pixels, orange) > 5e-4
         assert f"![{kind} mnist, sgd]({kind}_mnist_sgd.png)" in markdown
-    records = {json.loads(p.read_text())["hparams"]["norm"]: json.loads(p.read_text())
+    records = {read_record(p.parent)["hparams"]["norm"]: read_record(p.parent)
                for p in sweep.glob("*/metrics.json")}
     medians = [f"{np.median(records[n]['gradients']['landscape']['loss_range']):.3g}"
                for n in ("none", "bn")]

@@ -6,16 +6,18 @@ import math
 from functools import partial
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from helpers import FAST, run_train
+from helpers import FAST, make_classifier, run_train, tiny_fit
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnstudy.callbacks import Hallucinations, WeightGrid, hallucinate, weight_grid
 from bnstudy.data import CIFAR10DataModule, MNISTDataModule
-from bnstudy.model import MLPClassifier
+from bnstudy.model import Classifier
+from bnstudy.nets import first_layer
 
 PAD = 2  # make_grid's default padding
 
@@ -71,17 +73,16 @@ def test_weight_grid_of_a_conv_layer_has_a_tile_per_filter(in_channels):
 
 
 @pytest.fixture(scope="module")
-def trained(shared_data) -> MLPClassifier:
-    """An MLP with BatchNorm trained for one epoch on the shared real-MNIST subset."""
+def trained(shared_data) -> Classifier:
+    """An MLP (hidden 256) with BatchNorm trained for one epoch on the shared real-MNIST subset."""
     L.seed_everything(0, verbose=False)
-    data = MNISTDataModule(shared_data, download=False)
-    model = MLPClassifier(data.input_shape, data.num_classes, norm="bn",
-                          optimizer=partial(torch.optim.SGD, lr=0.05))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, accelerator="cpu")
-    trainer.fit(model, datamodule=data)
-    return model
+    model = make_classifier("bn", hidden_dim=256, lr=0.05)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small MLP steps faster on one thread than on a shared pool
+    try:
+        return tiny_fit(shared_data, model=model, batch_size=64, limit_val_batches=0)[1]
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -113,6 +114,7 @@ def test_hallucinations_raise_class_logits_and_leave_model_alone(trained, traini
     assert predicted.tolist() == list(range(10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("datamodule", [MNISTDataModule, CIFAR10DataModule])
 def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
     run_dir = tmp_path / "run"
@@ -155,17 +157,22 @@ def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
             == events.Images("hallucination/all")[0].encoded_image_string)
 
 
-def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_path):
-    data = MNISTDataModule(tiny_data, download=False)
-    model = MLPClassifier(data.input_shape, data.num_classes,
-                          optimizer=partial(torch.optim.SGD, lr=0.05))
+@pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
+def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_path, cnn):
+    model = make_classifier(lr=0.05, cnn=cnn)
     stop = LambdaCallback(on_train_epoch_end=lambda t, _: setattr(t, "should_stop", True))
     callbacks = [WeightGrid(tmp_path, every_n_epochs=2), Hallucinations(tmp_path, steps=2), stop]
-    trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, accelerator="cpu", callbacks=callbacks)
-    trainer.fit(model, datamodule=data)
+    trainer = tiny_fit(tiny_data, model=model, callbacks=callbacks, max_epochs=5,
+                       limit_val_batches=0)[2]
 
     assert trainer.current_epoch == 1  # stopped after the first epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hallucinations_final.png",
                                                          "weights_final.png"]
+    # The grid of the network's first layer (the datamodule's input shape for an MLP's rows,
+    # a tile per filter for a CNN), as TensorBoard encodes it: × 255, truncated.
+    grid = weight_grid(first_layer(model).weight, MNISTDataModule.input_shape)
+    assert grid.shape == ((3, *grid_size(4, 2, (1, 3, 3))) if cnn
+                          else (3, *grid_size(32, 6, (1, 28, 28))))
+    with Image.open(tmp_path / "weights_final.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert np.array_equal(pixels, (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
