@@ -1,6 +1,6 @@
 """Benchmark: the project's training path against a plain PyTorch loop, same data and model.
 
-    python -m bnstudy.bench paths.data_dir=../shared/data [--repeats 3] [overrides ...]
+    python -m bnstudy.bench [--repeats 3] [overrides ...]      # data from paths.data_dir
     python -m bnstudy.bench dataset=fashion_mnist paths.data_dir=data   # full 60k images
 
 It runs `trainer.fit` of a default run (curves, checkpointing and the visual callbacks at

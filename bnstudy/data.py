@@ -120,21 +120,27 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_cifar_batch(path: Path) -> dict:
-    """Reads one pickled CIFAR batch safely, naming the file in any error."""
+    """Reads one pickled CIFAR batch safely, naming the file in any error. A batch must be one
+    pickle and nothing after it, with 3 × 32 × 32 bytes per image and a label per image."""
     try:
         with open(path, "rb") as f:
             entry = RestrictedUnpickler(f, encoding="latin1").load()
-        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            trailing = len(f.read())
+        raw = np.asarray(entry["data"], dtype=np.uint8)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        if trailing:
+            raise ValueError(f"{trailing} bytes follow the batch")
+        if raw.ndim != 2 or raw.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"its images are {raw.shape}, not (N, 3072) bytes")
+        if len(raw) != len(labels):
+            raise ValueError(f"it holds {len(raw)} images but {len(labels)} labels")
     except Exception as err:  # any failure here means the file is not a valid batch
         raise DataError(
-            f"{path} is not a valid CIFAR-10 batch ({type(err).__name__}: {err}). "
-            "Delete it and download again (dataset.datamodule.download=true), or point "
+            f"{path} is not a valid CIFAR-10 batch ({type(err).__name__}: {err}): the file is "
+            "corrupt. Delete it and download again (dataset.datamodule.download=true), or point "
             "paths.data_dir at a folder with intact files."
         ) from err
-    if len(data) != len(labels):
-        raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels.")
-    return {"data": data, "labels": labels}
+    return {"data": raw.reshape(-1, 3, 32, 32), "labels": labels}
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -197,8 +203,8 @@ class TensorDataModule(L.LightningDataModule):
             return
         where = ", ".join(str(p) for p in missing)
         fix = (
-            f"Point paths.data_dir at a folder that holds {self.folder}/ "
-            "(e.g. paths.data_dir=../shared/data)"
+            f"Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
+            f"that holds {self.folder}/"
         )
         if not self.download:
             raise DataError(
@@ -206,13 +212,26 @@ class TensorDataModule(L.LightningDataModule):
                 f"(dataset.datamodule.download=false). {fix}, or allow the download with "
                 "dataset.datamodule.download=true."
             )
+        existed = {p for p in [self.data_dir, *self.data_dir.rglob("*")] if p.is_dir()} \
+            if self.data_dir.is_dir() else set()
         try:
             self.fetch()
         except Exception as err:
+            self._remove_empty_dirs(existed)
             raise DataError(
                 f"{self.name}: files not found: {where}, and the download failed "
                 f"({type(err).__name__}: {err}). {fix}, or retry when online."
             ) from err
+
+    def _remove_empty_dirs(self, keep: set[Path]) -> None:
+        """Removes the empty folders a failed download left, deepest first (not `keep`)."""
+        if not self.data_dir.is_dir():
+            return
+        made = [p for p in [self.data_dir, *self.data_dir.rglob("*")]
+                if p.is_dir() and p not in keep]
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -23,8 +24,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from bnstudy.config import changed_settings, hparams, register, validate
 from bnstudy.errors import ConfigError, DataError, RunFileError
-from bnstudy.norms import NORMS
 from bnstudy.records import RECORD_NAME, read_record, update_record
 
 if TYPE_CHECKING:
@@ -34,55 +35,54 @@ log = logging.getLogger("bnstudy")
 
 FINISHED = ("ok", "diverged")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+register()  # the schemas and resolvers `conf/` names, before Hydra composes it
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks the values a user most often mistypes, before anything is built."""
-    checks = [
-        ("dataset.batch_size", cfg.dataset.batch_size, lambda v: v >= 1, "an integer >= 1"),
-        ("dataset.lr", cfg.dataset.lr, lambda v: v > 0, "a number > 0"),
-        ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: v > 0, "a number > 0"),
-        ("trainer.max_epochs", cfg.trainer.max_epochs, lambda v: v >= 1, "an integer >= 1"),
-        ("model.net.hidden_dim", cfg.model.net.hidden_dim, lambda v: v >= 1, "an integer >= 1"),
-        ("model.net.depth", cfg.model.net.depth, lambda v: v >= 1, "an integer >= 1"),
-        (
-            "dataset.val_size",
-            cfg.dataset.val_size,
-            lambda v: v > 0,
-            "a fraction in (0, 1) or a count >= 1",
-        ),
-        (
-            "dataset.train_size",
-            cfg.dataset.train_size,
-            lambda v: v is None or v >= 1,
-            "null (all remaining images) or an integer >= 1",
-        ),
-    ]
-    if cfg.model.net.norm not in NORMS:
-        raise ConfigError(f"model.net.norm={cfg.model.net.norm!r} is not a known normalisation; "
-                          f"use one of {', '.join(NORMS)} (e.g. norm=bn).")
-    for key, value, ok, allowed in checks:
-        if value is not None and not isinstance(value, int | float):
-            raise ConfigError(f"{key}={value!r} is not a number; it must be {allowed}.")
-        if not ok(value):
-            raise ConfigError(f"{key}={value} is out of range; it must be {allowed}.")
+class RunExistsError(ConfigError):
+    """The job directory holds a run this command must not touch (its record stays as is)."""
 
 
-def hparams(cfg: DictConfig) -> dict:
-    """The settings shown in TensorBoard's hparams tab and kept in `metrics.json`."""
-    net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
-    return {
-        "dataset": cfg.dataset.name,
-        "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
-        "depth": OmegaConf.select(net, "depth", default=1),
-        "norm": net.norm,
-        "optim": cfg.optim.name,
-        "seed": cfg.seed,
-        "lr": cfg.optim.optimizer.lr,
-        "batch_size": cfg.dataset.batch_size,
-        "hidden_dim": net.hidden_dim,
-        "max_epochs": cfg.trainer.max_epochs,
-    }
+def check_job_dir(cfg: DictConfig, out: Path) -> None:
+    """A resume must use the stored config; without one, a job directory that already holds
+    a run is left alone unless `overwrite=true` (which clears it for a fresh run)."""
+    record, stored = read_record(out), out / ".hydra" / "config.yaml"
+    if cfg.resume:
+        changed = changed_settings(OmegaConf.load(stored), cfg) if stored.is_file() else []
+        if changed:
+            raise RunExistsError(
+                f"resume=true, but {out} was run with other settings: {'; '.join(changed)}. "
+                "Resume with the original command (plus resume=true), or start a new run in "
+                "another directory (hydra.run.dir=... or hydra.sweep.dir=...)."
+            )
+    elif record and not cfg.overwrite:
+        raise RunExistsError(
+            f"{out} already holds a run (status {record.get('status', '?')}); nothing was "
+            "changed. Add resume=true to continue an unfinished run and skip finished ones, "
+            "overwrite=true to train it again from scratch (its results are replaced), or "
+            "choose another hydra.run.dir / hydra.sweep.dir."
+        )
+    elif record:
+        for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*")]:
+            old.unlink()
+        for folder in ("checkpoints", "images"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+
+
+def default_config() -> DictConfig | None:
+    """The config this job's group choices give without any other override (None outside a
+    Hydra job): `hparams` records the settings that differ from it."""
+    if not HydraConfig.initialized():
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = HydraConfig.get().runtime.choices
+    overrides = [f"{group}={choice}" for group, choice in choices.items()
+                 if choice is not None and not group.startswith(("hydra", "schema"))]
+    if GlobalHydra.instance().is_initialized():  # inside the app (always, but for tests)
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
 
 
 def is_primary() -> bool:
@@ -119,13 +119,20 @@ def torch_threads(setting: int | str | None) -> int | None:
     return max(1, cores // n_jobs) if n_jobs > 0 else 1
 
 
+def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
+    """The LightningModule of `cfg.model`, around the network `cfg.model.net` built for the
+    dataset's input shape and classes, with the optimizer factory of `cfg.optim`."""
+    net = instantiate(cfg.model.net, input_shape=input_shape, num_classes=num_classes)
+    module = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+              if k != "net"}  # the LightningModule's own keys; it gets the built net
+    return instantiate(module, net=net, num_classes=num_classes,
+                       optimizer=instantiate(cfg.optim.optimizer))
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config."""
     datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
-    net = instantiate(cfg.model.net, input_shape=datamodule.input_shape,
-                      num_classes=datamodule.num_classes)
-    model = instantiate(cfg.model, net=net, num_classes=datamodule.num_classes,
-                        optimizer=instantiate(cfg.optim.optimizer))
+    model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     from bnstudy.checkpoints import AtomicCheckpointIO
 
@@ -139,13 +146,18 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     record_path = out / RECORD_NAME
     checkpoint = out / "checkpoints" / "last.ckpt"
+    primary = is_primary()
+    validate(cfg)
+    check_devices(cfg)
+    if primary:
+        check_job_dir(cfg, out)
     if cfg.resume and read_record(record_path).get("status") in FINISHED:
         log.info("%s already finished (resume=true): skipped", cfg.run_name)
         return read_record(record_path)
+    overridden = tuple(o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task) \
+        if HydraConfig.initialized() else ()
+    settings = hparams(cfg, default_config(), overridden)
 
-    validate(cfg)
-    check_devices(cfg)
-    primary = is_primary()
     # Imported here, not at the top: Lightning takes seconds to import, and a config error,
     # `--help` or `--cfg` should not wait for it.
     import lightning as L
@@ -157,7 +169,7 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     if primary:
         update_record(record_path, drop=("error", "traceback", "diverged_at"),
-                      status="running", run_name=cfg.run_name, hparams=hparams(cfg))
+                      status="running", run_name=cfg.run_name, hparams=settings)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
@@ -185,7 +197,7 @@ def train(cfg: DictConfig) -> dict:
         history = read_record(record_path).get("history", [])
         final = history[-1] if history else {}
         logger.log_hyperparams(
-            hparams(cfg),
+            settings,
             {
                 "hparams/test_acc": tested["test/acc"],
                 "hparams/test_loss": tested["test/loss"],
@@ -199,7 +211,16 @@ def train(cfg: DictConfig) -> dict:
 
 
 class FailedJobsSummary(HydraCallback):
-    """At the end of a multirun, names the jobs whose record says `failed` and exits 1."""
+    """At the end of a multirun, names the jobs that failed (their record says so) or were
+    refused (their directory already held a run) and exits 1."""
+
+    def __init__(self) -> None:
+        self.refused: list[tuple[str, str]] = []
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        value = getattr(job_return, "_return_value", None)
+        if isinstance(value, dict) and value.get("status") == "refused":
+            self.refused.append((Path(config.paths.output_dir).name, value["error"]))
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -208,6 +229,11 @@ class FailedJobsSummary(HydraCallback):
             for job in sweep_dir.glob(f"*/{RECORD_NAME}")
             if read_record(job).get("status") == "failed"
         )
+        if self.refused:
+            sys.exit(
+                f"{len(self.refused)} job(s) of {sweep_dir} already held a run and were left "
+                f"as they were, e.g. {self.refused[0][0]}: {self.refused[0][1]}"
+            )
         if failed:
             lines = "\n".join(f"  {name}: {error}" for name, error in failed)
             sys.exit(
@@ -227,12 +253,21 @@ def main(cfg: DictConfig) -> dict | None:
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
     try:
         return train(cfg)
+    except RunExistsError as err:  # the directory's run stays as it was
+        log.error("%s: %s", cfg.run_name, err)
+        if _is_multirun():
+            return {"status": "refused", "error": str(err)}
+        sys.exit(1)
     except (ConfigError, DataError, RunFileError) as err:
         message, trace = str(err), None
     except Exception as err:  # a bug or an unforeseen failure: keep the traceback too
         message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
     except BaseException:  # Ctrl-C or a kill: the run can be resumed
         _record_quietly(record_path, status="interrupted")
+        where = (f"hydra.sweep.dir={HydraConfig.get().sweep.dir}" if _is_multirun()
+                 else f"hydra.run.dir={cfg.paths.output_dir}")
+        log.error("Interrupted: %s keeps what it trained so far. To go on, run the same command "
+                  "with resume=true %s", cfg.run_name, where)
         raise
     _record_quietly(record_path, status="failed", error=message, traceback=trace)
     if trace:

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def class_images(
@@ -110,9 +109,15 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600) -> subproce
 def compose_config(*overrides: str):
     """The project's Hydra config composed with `overrides`, as the entry point would."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
 
+    from bnstudy.config import register
+
+    register()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so that `${hydra:...}` resolves, as in a job
+    return cfg
 
 
 def make_classifier(norm: str = "bn", input_shape=(1, 28, 28), hidden_dim: int = 32,

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bnstudy.model import Classifier
 from bnstudy.nets import CNN, MLP
-from bnstudy.train import ConfigError, check_devices, hparams, train, validate
+from bnstudy.train import ConfigError, build_model, check_devices, hparams, train, validate
 
 GROUPS = {
     "dataset": ["mnist", "cifar10", "fashion_mnist"],
@@ -79,9 +79,8 @@ def test_model_options_compose_build_and_name_their_hparams(overrides, cls, dept
     cfg = compose_with(*overrides)
     validate(cfg)
     shape = (3, 32, 32) if "dataset=cifar10" in overrides else (1, 28, 28)
-    net = instantiate(cfg.model.net, input_shape=shape, num_classes=10)
-    model = instantiate(cfg.model, net=net, num_classes=10)
-    assert type(model) is Classifier and type(model.net) is cls and model.net is net
+    model = build_model(cfg, shape, 10)
+    assert type(model) is Classifier and type(model.net) is cls
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == depth + 2 * (cls is CNN)
     assert {k: hparams(cfg)[k] for k in ("model", "depth", "norm")} == {
         "model": cls.__name__.lower(), "depth": depth, "norm": cfg.model.net.norm

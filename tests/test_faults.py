@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import FAST, run_train, write_mnist
+from helpers import FAST, run_train, write_cifar10, write_mnist
 
 from bnstudy.callbacks import DivergenceGuard
+from bnstudy.data import DataError, MNISTDataModule, load_cifar_batch
 from bnstudy.records import read_record, write_json_atomic
 
 
@@ -47,6 +48,12 @@ def test_unknown_option_names_the_group_and_its_options(override, group, options
             "dataset.train_size=100000",
             "ask for 100000 training and 60 validation images, but the training files hold 600",
         ),
+        ("dataset.val_size=1.5", "dataset.val_size=1.5 is out of range; it must be a fraction "
+                                 "in (0, 1) or a whole count >= 1"),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is out of range; it must be an "
+                                   "integer >= 1"),
+        ("+lr=0.1", "lr: no such setting. Valid keys at the top level: callbacks, dataset,"),
+        ("+dataset.momentum=0.9", "dataset.momentum: no such setting. Valid keys under dataset:"),
     ],
 )
 def test_invalid_value_stops_before_training(override, message, tiny_data, tmp_path):
@@ -87,6 +94,7 @@ def test_truncated_data_file_is_named(tmp_path):
     assert "t10k-labels-idx1-ubyte" in proc.stderr and "corrupt or truncated" in proc.stderr
 
 
+@pytest.mark.slow
 def test_divergence_stops_early_and_exits_zero(tiny_data, tmp_path):
     proc = run_train(
         *FAST,
@@ -113,6 +121,7 @@ def test_divergence_guard_stops_at_the_first_bad_step():
     assert guard.diverged_at == {"epoch": 2, "step": 41, "loss": "nan"} and trainer.should_stop
 
 
+@pytest.mark.slow
 def test_one_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     proc = run_train(
         "-m",
@@ -129,6 +138,7 @@ def test_one_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     assert "1 job(s)" in proc.stderr and failed.name in proc.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
     common = [*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3", "seed=7"]
     straight = run_train(*common, f"hydra.run.dir={tmp_path / 'a'}")
@@ -140,7 +150,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
         "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
         "+callbacks.interrupt.epoch=2",
     )
-    assert interrupted.returncode != 0
+    assert interrupted.returncode != 0 and "run the same command with resume=true" in \
+        interrupted.stderr
     assert record(tmp_path / "b")["status"] == "interrupted"
     before = record(tmp_path / "b")["history"]
     assert len(before) == 2 and (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
@@ -161,6 +172,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
     assert record(tmp_path / "b") == b
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(tiny_data, tmp_path):
     common = [*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2", "dataset=cifar10"]
     runs = []
@@ -184,6 +196,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert read_record(path) == {"loss": None}
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
     common = ["-m", *FAST, f"paths.data_dir={tiny_data}", "norm=bn,none", "trainer.max_epochs=2",
               f"hydra.sweep.dir={tmp_path}"]
@@ -192,7 +205,8 @@ def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
                             "+callbacks.interrupt.epoch=1")
     assert interrupted.returncode != 0
     (first,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert first.name == "0_mnist-bn-sgd-seed0" and record(first)["status"] == "interrupted"
+    assert first.name == "0_mnist-bn-sgd-seed0-max_epochs=2"
+    assert record(first)["status"] == "interrupted"
     epoch0 = record(first)["history"]
     assert len(epoch0) == 1
 
@@ -207,3 +221,82 @@ def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
     again = run_train(*common, "resume=true")
     assert again.returncode == 0 and again.stderr.count("already finished") == 2
     assert [record(first), record(second)] == done
+
+
+@pytest.mark.parametrize("override,message", [
+    ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("model.net.depth=two", "Value 'two' of type 'str' could not be converted to Integer"),
+    ("resume=maybe", "Value 'maybe' is not a valid bool"),
+])
+def test_mistyped_values_are_refused_by_the_schema(override, message, tmp_path):
+    proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "metrics.json").exists()
+
+
+def quick_run(tiny_data, job: Path, *overrides: str):
+    return run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
+                     "trainer.limit_train_batches=2", "~callbacks.hallucinations",
+                     f"hydra.run.dir={job}", *overrides)
+
+
+def snapshot(job: Path) -> dict[str, bytes]:
+    """Every file of a job directory but the TensorBoard events, by relative path."""
+    return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
+            if p.is_file() and "tfevents" not in p.name}
+
+
+@pytest.mark.slow
+def test_reruns_never_overwrite_a_run_and_resume_keeps_its_config(tiny_data, tmp_path):
+    job = tmp_path / "job"
+    assert quick_run(tiny_data, job).returncode == 0
+    before = snapshot(job)
+    rerun = quick_run(tiny_data, job)
+    assert rerun.returncode == 1 and "already holds a run (status ok)" in rerun.stderr
+    assert "overwrite=true" in rerun.stderr and "Traceback" not in rerun.stderr
+    changed = quick_run(tiny_data, job, "resume=true", "trainer.limit_train_batches=3")
+    assert changed.returncode == 1 and "run with other settings" in changed.stderr
+    assert "trainer.limit_train_batches: 2 -> 3" in changed.stderr
+    assert snapshot(job) == before  # .hydra/, metrics.json, checkpoints, images untouched
+    same = quick_run(tiny_data, job, "resume=true")
+    assert same.returncode == 0 and "already finished" in same.stderr
+    assert snapshot(job) == before
+    again = quick_run(tiny_data, job, "overwrite=true", "seed=1")
+    assert again.returncode == 0 and record(job)["hparams"]["seed"] == 1
+    assert len(list(job.glob("events.out.tfevents.*"))) == 1  # the old run's events are gone
+
+
+def test_a_swept_setting_is_recorded_named_and_never_pooled(tiny_data, tmp_path):
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
+                     "trainer.limit_train_batches=2", "~callbacks.hallucinations",
+                     "optim.optimizer.momentum=0.0,0.9", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [j.name.split("-limit")[0] for j in jobs] == ["0_mnist-bn-sgd-seed0-momentum=0.0",
+                                                         "1_mnist-bn-sgd-seed0-momentum=0.9"]
+    assert [record(j)["hparams"]["optim.optimizer.momentum"] for j in jobs] == [0.0, 0.9]
+    from bnstudy.report.runs import group_runs, load_runs
+
+    groups = group_runs(load_runs(tmp_path))
+    assert len(groups) == 2 and all(len(runs) == 1 for runs in groups.values())
+
+
+def test_a_padded_cifar_batch_is_refused_as_corrupt(tmp_path):
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes() + b"\0" * 64)
+    with pytest.raises(DataError, match="data_batch_2 is not a valid CIFAR-10 batch .*64 bytes "
+                                        "follow the batch.*corrupt"):
+        load_cifar_batch(batch)
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    def offline(self):
+        (self.data_dir / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Name or service not known")
+
+    monkeypatch.setattr(MNISTDataModule, "fetch", offline)
+    target = tmp_path / "nowhere" / "data"
+    with pytest.raises(DataError, match="the download failed"):
+        MNISTDataModule(target, download=True).prepare_data()
+    assert not target.exists() and tmp_path.is_dir()

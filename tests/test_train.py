@@ -41,7 +41,7 @@ def test_sweep_of_eight_jobs(tiny_data, tmp_path):
     jobs = sorted(p for p in tmp_path.iterdir() if (p / ".hydra").is_dir())
     names = {job.name.split("_", 1)[1] for job in jobs}
     assert names == {
-        f"{d}-{n}-{o}-seed0"
+        f"{d}-{n}-{o}-seed0-max_epochs=2"
         for d in ("mnist", "cifar10")
         for n in ("bn", "none")
         for o in ("sgd", "adam")

@@ -72,7 +72,7 @@ def _job_number(name: str) -> int:
 
 def hparams_from_config(job: Path) -> dict:
     """The hparams `bnstudy.train` records, from the job's `.hydra/config.yaml` ({} if none)."""
-    from bnstudy.train import hparams  # here, not at the top: it imports Lightning (seconds)
+    from bnstudy.config import hparams
 
     config = job / ".hydra" / "config.yaml"
     return hparams(OmegaConf.load(config)) if config.is_file() else {}

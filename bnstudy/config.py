@@ -1,0 +1,239 @@
+"""The config's schema, its checks, and what a run records of it.
+
+Hydra checks types, required keys and unknown keys against the dataclasses below (registered
+in its ConfigStore by `register`) before anything runs; `validate` adds the ranges types cannot
+express. `hparams` is what a run records of its config: the study's fixed list plus every other
+setting that differs from the defaults of its group choices. Kept free of Lightning, so config
+errors and `--help` answer in about two seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bnstudy.errors import ConfigError
+from bnstudy.norms import NORMS
+
+
+@dataclass
+class DatasetSchema:
+    name: str = MISSING
+    lr: float = MISSING          # the same for SGD and Adam (the study's rule)
+    batch_size: int = MISSING
+    max_epochs: int = MISSING
+    val_size: float = MISSING    # a fraction (< 1) or a count of held-out training images
+    train_size: int | None = None
+    datamodule: Any = MISSING
+
+
+@dataclass
+class OptimSchema:
+    name: str = MISSING
+    optimizer: Any = MISSING
+
+
+@dataclass
+class MLPSchema:
+    _target_: str = MISSING
+    hidden_dim: int = 256
+    depth: int = 1
+    norm: str = MISSING  # set by the `norm` group
+
+
+@dataclass
+class CNNSchema(MLPSchema):
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+
+
+@dataclass
+class ModelSchema:
+    _target_: str = MISSING
+    net: Any = MISSING  # MLPSchema or CNNSchema, placed by the model option's defaults
+
+
+@dataclass
+class PathsSchema:
+    data_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class StudySchema:
+    dataset: DatasetSchema = MISSING
+    model: ModelSchema = MISSING
+    optim: OptimSchema = MISSING
+    paths: PathsSchema = MISSING
+    trainer: Any = MISSING       # lightning.pytorch.Trainer's own arguments
+    logger: Any = MISSING
+    callbacks: Any = MISSING
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    run_name: str = MISSING
+    threads: Any = "auto"
+
+
+def register() -> None:
+    """Puts the schemas in Hydra's ConfigStore (`conf/config.yaml` and the model options
+    name them in their defaults lists) and the resolvers the configs use."""
+    cs = ConfigStore.instance()
+    cs.store(name="study_schema", node=StudySchema)
+    cs.store(group="schema/net", name="mlp", node=MLPSchema)
+    cs.store(group="schema/net", name="cnn", node=CNNSchema)
+    resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.config_subdir": config_subdir}
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
+BOOKKEEPING = ("paths.", "hydra.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
+               "experiment", "logger.", "+", "~")
+
+
+def swept_suffix(override_dirname: str) -> str:
+    """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond those
+    the run name shows and bookkeeping, so that runs differing in a setting differ in name."""
+    parts = [item for item in override_dirname.split(",") if "=" in item]
+    kept = [item for item in parts
+            if item.split("=", 1)[0] not in SHOWN and not item.startswith(BOOKKEEPING)]
+    return "".join(f"-{item.split('=', 1)[0].rsplit('.', 1)[-1]}={item.split('=', 1)[1]}"
+                   for item in kept)
+
+
+def config_subdir(output_dir: str, overwrite: bool) -> str | None:
+    """Hydra's `output_subdir`: `.hydra`, unless the job directory already holds one (a resume
+    or a refused rerun must leave the original config as it was; `overwrite=true` replaces
+    it)."""
+    exists = (Path(output_dir) / ".hydra" / "config.yaml").is_file()
+    return None if exists and not overwrite else ".hydra"
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuses keys the schema does not have (Hydra's `+key=value` adds them past the types),
+    naming the valid ones."""
+    nodes = {"": (cfg, StudySchema), "dataset.": (cfg.dataset, DatasetSchema),
+             "model.": (cfg.model, ModelSchema), "optim.": (cfg.optim, OptimSchema),
+             "paths.": (cfg.paths, PathsSchema),
+             "model.net.": (cfg.model.net, CNNSchema if "channels" in cfg.model.net else MLPSchema)}
+    for prefix, (node, schema) in nodes.items():
+        valid = {f.name for f in fields(schema)} | ({"hydra"} if not prefix else set())
+        unknown = sorted(set(node) - valid)
+        if unknown:
+            where = f" under {prefix[:-1]}" if prefix else " at the top level"
+            raise ConfigError(
+                f"{', '.join(prefix + k for k in unknown)}: no such setting. Valid keys{where}: "
+                f"{', '.join(sorted(valid - {'hydra'}))} (e.g. dataset.lr=0.1; "
+                "`python -m bnstudy.train --cfg job` shows them all)."
+            )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the keys and the ranges types cannot express, before anything is built."""
+    check_known_keys(cfg)
+    if cfg.model.net.norm not in NORMS:
+        raise ConfigError(f"model.net.norm={cfg.model.net.norm!r} is not a known normalisation; "
+                          f"use one of {', '.join(NORMS)} (e.g. norm=bn).")
+    integer, positive = "an integer >= 1", "a number > 0"
+    checks = [
+        ("dataset.batch_size", cfg.dataset.batch_size, _count, integer),
+        ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, positive),
+        ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: _number(v) and v > 0, positive),
+        ("trainer.max_epochs", cfg.trainer.max_epochs, _count, integer),
+        ("model.net.hidden_dim", cfg.model.net.hidden_dim, _count, integer),
+        ("model.net.depth", cfg.model.net.depth, _count, integer),
+        ("dataset.val_size", cfg.dataset.val_size,
+         lambda v: _number(v) and (0 < v < 1 or (v >= 1 and float(v).is_integer())),
+         "a fraction in (0, 1) or a whole count >= 1"),
+        ("dataset.train_size", cfg.dataset.train_size, lambda v: v is None or _count(v),
+         "null (all remaining images) or an integer >= 1"),
+        ("threads", cfg.threads, lambda v: v == "auto" or _count(v), "auto or an integer >= 1"),
+    ]
+    for key, value, ok, allowed in checks:
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}.")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def flat(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as `{dotted.key: value}`, without Hydra's node and paths."""
+    out: dict[str, Any] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = tuple(node) if isinstance(node, list) else node
+
+    # Where a run writes is not what it ran: paths and the run's name are left out, so the
+    # rest resolves outside a running job too.
+    plain = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items()
+                              if k not in ("hydra", "run_name")})
+    plain.paths = {"data_dir": "", "output_dir": ""}
+    container = OmegaConf.to_container(plain, resolve=True)
+    walk({k: v for k, v in container.items() if k != "paths"}, "")
+    return out
+
+
+STUDY_KEYS = ("dataset", "model", "depth", "norm", "optim", "seed", "lr", "batch_size",
+              "hidden_dim", "max_epochs")
+NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
+                "trainer.default_root_dir", "dataset.datamodule.data_dir")
+
+
+def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
+            overridden: tuple[str, ...] = ()) -> dict:
+    """The study's settings (dataset, model, depth, norm, optim, seed, lr, batch size, hidden
+    width, epochs) and, given the config its group choices give by default, every other
+    setting that differs from it or was set on the command line (`overridden` keys, so a swept
+    default value shows too), e.g. `optim.optimizer.momentum`, by dotted key."""
+    net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
+    study = {
+        "dataset": cfg.dataset.name,
+        "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
+        "depth": OmegaConf.select(net, "depth", default=1),
+        "norm": net.norm,
+        "optim": cfg.optim.name,
+        "seed": cfg.seed,
+        "lr": cfg.optim.optimizer.lr,
+        "batch_size": cfg.dataset.batch_size,
+        "hidden_dim": net.hidden_dim,
+        "max_epochs": cfg.trainer.max_epochs,
+    }
+    if defaults is None:
+        return study
+    mine, base = flat(cfg), flat(defaults)
+    covered = {"dataset.lr", "optim.optimizer.lr", "dataset.batch_size", "seed",
+               "dataset.max_epochs", "trainer.max_epochs", "model.net.depth",
+               "model.net.hidden_dim", "model.net.norm", "dataset.datamodule.batch_size",
+               "dataset.datamodule.seed"}
+    extra = {key: list(value) if isinstance(value, tuple) else value
+             for key, value in mine.items()
+             if key not in covered and not key.startswith(NOT_SETTINGS)
+             and (base.get(key, object()) != value or key in overridden)}
+    return study | extra
+
+
+def changed_settings(stored: DictConfig, current: DictConfig) -> list[str]:
+    """The settings (dotted keys, with both values) in which two configs of a job differ,
+    ignoring bookkeeping (resume, overwrite, threads, paths, progress bar) and what only
+    observes training (callbacks, logger): a resume may draw other pictures, not train
+    differently."""
+    old, new = flat(stored), flat(current)
+    ignored = (*NOT_SETTINGS, "callbacks.", "logger.")
+    keys = sorted(k for k in old.keys() | new.keys()
+                  if not k.startswith(ignored) and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys]
