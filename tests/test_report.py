@@ -390,3 +390,219 @@ def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     assert "| `5_unfinished` | no metrics.json |" in text
     assert "| norm=none seed=1 | never started" in text  # the swept overrides of the job
     assert "With one seed on a side, no significance can be claimed." in text
+
+
+# --- claims C1–C4 and verdicts.csv on hand-made records -------------------------------------
+
+
+# Validation accuracy per epoch of each (dataset, optim, norm) where every claim holds: BN starts
+# lower in loss and no BN keeps improving on MNIST/SGD (C1); BN's final edge is 6 points with SGD,
+# 1 with Adam on MNIST (C2); BN is ahead all along on CIFAR-10/SGD (C3) and ends 4 points ahead
+# with Adam, by less than with SGD (C4).
+HOLDS = {
+    ("mnist", "sgd", "bn"): [0.90, 0.95, 0.96], ("mnist", "sgd", "none"): [0.60, 0.80, 0.90],
+    ("mnist", "adam", "bn"): [0.95, 0.96, 0.97], ("mnist", "adam", "none"): [0.94, 0.95, 0.96],
+    ("cifar10", "sgd", "bn"): [0.40, 0.45, 0.50], ("cifar10", "sgd", "none"): [0.10, 0.20, 0.30],
+    ("cifar10", "adam", "bn"): [0.45, 0.50, 0.52], ("cifar10", "adam", "none"): [0.40, 0.45, 0.48],
+}
+# Each flip replaces some curves so that one part's statement is false, and the parts that
+# share its numbers with it (C4b uses CIFAR-10/SGD's final gap) flip with it.
+FLIPS = {
+    "C1a": ({("mnist", "sgd", "bn"): [0.50, 0.95, 0.96]}, {"C1a"}),  # BN starts higher
+    "C1b": ({("mnist", "sgd", "none"): [0.60, 0.80, 0.55]}, {"C1b"}),  # no BN gets worse
+    "C2": ({("mnist", "adam", "none"): [0.80, 0.85, 0.86]}, {"C2"}),  # Adam gap 11 > SGD gap 6
+    "C3a": ({("cifar10", "sgd", "bn"): [0.10, 0.20, 0.50],
+             ("cifar10", "sgd", "none"): [0.30, 0.40, 0.30]}, {"C3a"}),  # late but ahead
+    "C3b": ({("cifar10", "sgd", "bn"): [0.40, 0.45, 0.30],
+             ("cifar10", "sgd", "none"): [0.10, 0.20, 0.50]}, {"C3b", "C4b"}),  # early only
+    "C4a": ({("cifar10", "adam", "none"): [0.40, 0.50, 0.60]}, {"C4a"}),  # no BN ends ahead
+    "C4b": ({("cifar10", "adam", "none"): [0.05, 0.10, 0.10]}, {"C4b"}),  # Adam gap 42 > 20
+}
+PARTS = ("C1a", "C1b", "C2", "C3a", "C3b", "C4a", "C4b")
+
+
+def jitter(accs: list[float], norm: str, seed: int) -> list[float]:
+    """Seed-to-seed spread that differs per epoch, so every statistic has one."""
+    sign = 1 if norm == "bn" else -1
+    return [acc + sign * 0.003 * seed * (e + 1) for e, acc in enumerate(accs)]
+
+
+def write_claims_sweep(sweep_dir: Path, curves: dict, seeds=(0, 1, 2), **hparams) -> Path:
+    for (dataset, optim, norm), accs in curves.items():
+        for seed in seeds:
+            write_job(sweep_dir, jitter(accs, norm, seed), dataset=dataset, optim=optim,
+                      norm=norm, seed=seed, **hparams)
+    return sweep_dir
+
+
+def parts_of(sweep_dir: Path) -> dict[str, object]:
+    from bnstudy.report.claims import claim_parts, settings
+
+    (study,) = settings(comparisons(group_runs(load_runs(sweep_dir)))).values()
+    return {f"{p.claim}{p.part}": p for p in claim_parts(study)}
+
+
+def side_values(sweep_dir: Path, dataset: str, optim: str, norm: str, of) -> list[float]:
+    """`of(history)` of each ok record of the group, straight from metrics.json."""
+    recs = [read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")]
+    return [of(r["history"]) for r in sorted(recs, key=lambda r: r["hparams"]["seed"])
+            if (r["hparams"]["dataset"], r["hparams"]["optim"], r["hparams"]["norm"])
+            == (dataset, optim, norm) and r["status"] == "ok"]
+
+
+@pytest.mark.parametrize("flip", [None, *FLIPS])
+def test_each_claim_holds_and_flips_when_its_records_flip(tmp_path, flip):
+    curves, flipped = ({**HOLDS, **FLIPS[flip][0]}, FLIPS[flip][1]) if flip else (HOLDS, set())
+    parts = parts_of(write_claims_sweep(tmp_path, curves))
+    assert list(parts) == list(PARTS)
+    assert {name: p.verdict for name, p in parts.items()} == {
+        name: "does not hold" if name in flipped else "holds" for name in PARTS}
+    from bnstudy.report.claims import claim_verdicts
+
+    verdicts = claim_verdicts(list(parts.values()))
+    assert verdicts == {c: "does not hold" if any(f.startswith(c) for f in flipped) else "holds"
+                        for c in ("C1", "C2", "C3", "C4")}
+
+
+def test_claim_statistics_are_recomputed_from_the_records(tmp_path):
+    from scipy import stats as sps
+
+    sweep_dir = write_claims_sweep(tmp_path, HOLDS)
+    parts = parts_of(sweep_dir)
+
+    def get(dataset, optim, norm, of):
+        return side_values(sweep_dir, dataset, optim, norm, of)
+
+    def welch(a, b):
+        return np.mean(a) - np.mean(b), sps.ttest_ind(a, b, equal_var=False)
+
+    def first_loss(h):
+        return h[0]["val/loss"]
+
+    def final(h):
+        return h[-1]["val/acc"]
+
+    def area(h):
+        return np.mean([row["val/acc"] for row in h])
+
+    expect = {name: welch(get(dataset, optim, "bn", of), get(dataset, optim, "none", of))
+              for name, dataset, optim, of in (("C1a", "mnist", "sgd", first_loss),
+                                               ("C3a", "cifar10", "sgd", area),
+                                               ("C3b", "cifar10", "sgd", final),
+                                               ("C4a", "cifar10", "adam", final))}
+    for name, (diff, test) in expect.items():
+        part = parts[name]
+        assert part.test.estimate == pytest.approx(diff)
+        assert part.test.p_value == pytest.approx(test.pvalue)
+        low, high = test.confidence_interval()
+        assert (part.test.ci_low, part.test.ci_high) == (pytest.approx(low), pytest.approx(high))
+    # C1b: no BN's validation loss at epoch ⌊E/2⌋ (the first of 3) minus at the last epoch
+    drops = get("mnist", "sgd", "none", lambda h: h[0]["val/loss"] - h[-1]["val/loss"])
+    assert parts["C1b"].test.estimate == pytest.approx(np.mean(drops))
+    assert parts["C1b"].test.p_value == pytest.approx(sps.ttest_1samp(drops, 0).pvalue)
+    # C2 and C4b: the SGD gap minus the Adam gap
+    for name, dataset in (("C2", "mnist"), ("C4b", "cifar10")):
+        gap = {o: np.mean(get(dataset, o, "bn", final)) - np.mean(get(dataset, o, "none", final))
+               for o in ("sgd", "adam")}
+        assert parts[name].test.estimate == pytest.approx(gap["sgd"] - gap["adam"])
+        assert 0 < parts[name].test.p_value < 0.05
+
+
+def test_the_middle_epoch_of_a_ten_epoch_run_is_the_fifth():
+    from bnstudy.report.claims import late_val_loss_drop
+
+    history = [{"val/loss": float(10 - e)} for e in range(10)]  # epochs 1..10: 10, 9, …, 1
+    assert late_val_loss_drop(history) == 6 - 1
+
+
+def test_a_claim_within_the_spread_or_with_one_seed_cannot_be_told(tmp_path):
+    same = {**HOLDS, ("cifar10", "adam", "none"): HOLDS["cifar10", "adam", "bn"]}
+    parts = parts_of(write_claims_sweep(tmp_path / "same", same))  # only the jitters differ
+    assert parts["C4a"].verdict == "cannot tell" and parts["C4a"].test.p_value >= 0.05
+    assert parts["C4a"].test.ci_low < 0 < parts["C4a"].test.ci_high
+    one = parts_of(write_claims_sweep(tmp_path / "one", HOLDS, seeds=(0,)))
+    assert {p.verdict for p in one.values()} == {"cannot tell"}
+    assert math.isnan(one["C3b"].test.p_value)
+    assert one["C3b"].test.estimate == pytest.approx(0.20)
+
+
+def test_only_the_claims_a_sweep_allows_are_stated(tmp_path):
+    mnist_sgd = {k: v for k, v in HOLDS.items() if k[:2] == ("mnist", "sgd")}
+    assert list(parts_of(write_claims_sweep(tmp_path / "a", mnist_sgd))) == ["C1a", "C1b"]
+    cifar = {k: v for k, v in HOLDS.items() if k[0] == "cifar10"}
+    assert list(parts_of(write_claims_sweep(tmp_path / "b", cifar))) == [
+        "C3a", "C3b", "C4a", "C4b"]
+
+
+def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path):
+    sweep_dir = write_claims_sweep(tmp_path / "sweep", {**HOLDS, **FLIPS["C2"][0]})
+    assert main([str(sweep_dir)]) == 0
+    text = (sweep_dir / "report" / "report.md").read_text()
+    assert text.index("## Claims") < text.index("## mnist, sgd")
+    assert ("Verdicts: **C1 holds**; **C2 does not hold**; **C3 holds**; **C4 holds**."
+            in text)
+    parts = parts_of(sweep_dir)
+    c1a = parts["C1a"]
+    bn_loss = side_values(sweep_dir, "mnist", "sgd", "bn", lambda h: h[0]["val/loss"])
+    assert (f"| C1a | MNIST, SGD: BN starts at a lower loss | first-epoch val loss, BN − no BN | "
+            f"BN {np.mean(bn_loss):.3f} ± {np.std(bn_loss, ddof=1):.3f} (3); ") in text
+    assert f"| {c1a.test.estimate:+.3f} (95% CI {c1a.test.ci_low:+.3f} to " in text
+    with open(sweep_dir / "report" / "claims.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["claim"] + r["part"] for r in rows] == list(PARTS)
+    for row in rows:
+        part = parts[row["claim"] + row["part"]]
+        assert float(row["estimate"]) == pytest.approx(part.test.estimate, abs=1e-6)
+        assert float(row["p_value"]) == pytest.approx(part.test.p_value, abs=1e-6)
+        assert row["verdict"] == part.verdict
+    assert {r["claim_verdict"] for r in rows if r["claim"] == "C2"} == {"does not hold"}
+
+
+def read_verdicts(out: Path) -> list[dict]:
+    with open(out / "verdicts.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("better", ["bn", "none", "tie"])
+def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, better):
+    from scipy import stats as sps
+
+    high, low = [0.90, 0.91, 0.93], [0.80, 0.82, 0.81]
+    finals = {"bn": high, "none": low} if better == "bn" else (
+        {"bn": low, "none": high} if better == "none"
+        else {"bn": [0.85, 0.90, 0.80], "none": [0.86, 0.81, 0.88]})
+    for lr in (0.01, 0.1):
+        for norm, accs in finals.items():
+            for seed, acc in enumerate(accs):
+                write_job(tmp_path, [0.5, acc + lr / 10], norm=norm, seed=seed, lr=lr)
+    write_job(tmp_path, [0.5, 0.1], "diverged", norm="bn", seed=3, lr=0.1)  # not pooled
+    assert main([str(tmp_path)]) == 0
+    rows = read_verdicts(tmp_path / "report")
+    assert list(rows[0]) == ["dataset", "optim", "lr", "n_bn", "n_none", "bn_mean", "none_mean",
+                             "diff", "p_value", "verdict", "diff_ci_low", "diff_ci_high"]
+    assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
+        ("mnist", "sgd", 0.01), ("mnist", "sgd", 0.1)]
+    for row in rows:
+        bn, none = ([acc + float(row["lr"]) / 10 for acc in finals[n]] for n in ("bn", "none"))
+        test = sps.ttest_ind(bn, none, equal_var=False)
+        assert (row["n_bn"], row["n_none"]) == ("3", "3")
+        assert float(row["bn_mean"]) == pytest.approx(np.mean(bn), abs=1e-6)
+        assert float(row["none_mean"]) == pytest.approx(np.mean(none), abs=1e-6)
+        assert float(row["diff"]) == pytest.approx(np.mean(bn) - np.mean(none), abs=1e-6)
+        assert float(row["p_value"]) == pytest.approx(test.pvalue, abs=1e-6)
+        low, high = test.confidence_interval()
+        assert float(row["diff_ci_low"]) == pytest.approx(low, abs=1e-6)
+        assert float(row["diff_ci_high"]) == pytest.approx(high, abs=1e-6)
+        assert row["verdict"] == {"bn": "wins", "none": "loses", "tie": "ties"}[better]
+
+
+def test_a_verdict_without_two_ok_seeds_a_side_is_no_test(tmp_path):
+    from bnstudy.report.stats import verdict_rows
+
+    write_job(tmp_path, [0.9], norm="bn", seed=0)
+    write_job(tmp_path, [0.9], norm="bn", seed=1)
+    write_job(tmp_path, [0.5], "diverged", norm="none", seed=0)
+    write_job(tmp_path, [0.8], norm="none", seed=1)
+    (row,) = verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
+    assert (row["n_bn"], row["n_none"], row["verdict"]) == (2, 1, "no test")
+    assert row["diff"] == pytest.approx(0.1) and math.isnan(row["p_value"])

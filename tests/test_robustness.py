@@ -3,6 +3,7 @@ the report's usable-range figures and sentences."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -16,9 +17,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
 from bnstudy.report import main
-from bnstudy.report.figures import robustness_figure
-from bnstudy.report.runs import group_runs, load_runs, never_started
-from bnstudy.report.stats import robustness_text, sweep_panels, usable_values
+from bnstudy.report.figures import regime_figure, robustness_figure
+from bnstudy.report.runs import comparisons, group_runs, load_runs, never_started
+from bnstudy.report.stats import robustness_text, sweep_panels, usable_values, verdict_rows
 from bnstudy.report.write import robustness_section, write_figures
 
 TINY_LRS = (0.01, 3, 1e9)  # 1e9 makes plain SGD without BatchNorm diverge on the tiny data
@@ -47,9 +48,9 @@ def test_lr_sweep_sweeps_a_wide_log_grid_of_lr_by_norm_by_optim():
     lrs = swept(cfg, "dataset.lr")
     assert lrs == sorted(lrs) and min(lrs) <= 1e-4 and max(lrs) >= 10
     steps = np.diff(np.log10(lrs))
-    assert np.all((steps > 0.4) & (steps < 0.6)) and 0.01 in lrs  # half decades, the study's lr
+    assert np.all((steps > 0.4) & (steps < 0.6)) and 1e-3 in lrs  # half decades, the study's lr
     assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("mnist", 3)
-    assert cfg.run_name == "mnist-bn-sgd-lr0.01-seed0"
+    assert cfg.run_name == "mnist-bn-sgd-lr0.001-seed0"
 
 
 def test_batch_sweep_sweeps_batch_size_by_norm_by_optim():
@@ -66,7 +67,7 @@ def test_command_line_overrides_win_over_the_experiment():
                        "seed=2", "hydra.sweeper.params.seed='0,1,2'")
     assert cfg.hydra.sweeper.params.seed == "0,1,2"
     assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("cifar10", 5)
-    assert cfg.run_name == "cifar10-bn-sgd-lr0.01-seed2"
+    assert cfg.run_name == "cifar10-bn-sgd-lr0.001-seed2"
     plain = compose_with()
     assert plain.hydra.sweeper.params is None and plain.run_name == "mnist-bn-sgd-seed0"
     assert plain.trainer.max_epochs == 10
@@ -276,3 +277,118 @@ def test_batch_size_section_figure_and_tensorboard_tag(tmp_path):
     assert (out / "batch_size_mnist.png").is_file()
     events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
     assert events.Tags()["images"] == ["batch_size/mnist"]
+
+
+# --- defaults in the study's regime, and the verdict across it (experiment=regime) --------
+
+
+def test_the_study_runs_at_lr_0_001_and_the_old_default_is_one_override_away():
+    for dataset in ("mnist", "cifar10"):
+        assert compose_with(f"dataset={dataset}").dataset.lr == 0.001
+        old = compose_with(f"dataset={dataset}", "experiment=lr0.01")
+        assert old.dataset.lr == 0.01 and old.hydra.sweeper.params is None
+        assert old.trainer.max_epochs == 10 and old.dataset.batch_size == 64
+
+
+def test_regime_sweeps_both_datasets_lr_norm_optim_and_three_seeds_at_the_default_epochs():
+    cfg = compose_with("experiment=regime")
+    params = cfg.hydra.sweeper.params
+    assert (params.dataset, params.norm, params.optim, str(params.seed)) == (
+        "mnist,cifar10", "bn,none", "sgd,adam", "0,1,2")
+    lrs = swept(cfg, "dataset.lr")
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == 1
+    assert np.allclose(np.diff(np.log10(lrs)), 0.5, atol=0.03)  # half decades
+    assert 1e-3 in lrs and 1e-2 in lrs  # the default and the old default
+    assert cfg.trainer.max_epochs == 10
+
+
+def regime_rows(tmp_path: Path, finals: dict) -> list[dict]:
+    """verdicts rows of hand-made mnist jobs: finals[optim, lr, norm] = per-seed accuracies."""
+    for (optim, lr, norm), accs in finals.items():
+        for seed, acc in enumerate(accs):
+            write_job(tmp_path, [acc], optim=optim, lr=lr, norm=norm, seed=seed)
+    return verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
+
+
+def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(tmp_path):
+    high, low, mixed = [0.90, 0.92, 0.91], [0.80, 0.81, 0.83], [0.84, 0.90, 0.82]
+    rows = regime_rows(tmp_path, {
+        ("sgd", 0.01, "bn"): high, ("sgd", 0.01, "none"): low,     # BN wins
+        ("sgd", 0.1, "bn"): low, ("sgd", 0.1, "none"): high,       # BN loses
+        ("adam", 0.01, "bn"): mixed, ("adam", 0.01, "none"): low,  # within the spread
+        ("adam", 0.1, "bn"): [0.9], ("adam", 0.1, "none"): low})   # one BN seed: no test
+    assert [(r["optim"], r["lr"], r["verdict"]) for r in rows] == [
+        ("sgd", 0.01, "wins"), ("sgd", 0.1, "loses"), ("adam", 0.01, "ties"),
+        ("adam", 0.1, "no test")]
+    (ax,) = regime_figure("lr", rows).axes
+    assert ax.get_title() == "mnist" and ax.get_xscale() == "log"
+    bars = {c.get_label(): c for c in ax.containers}
+    assert list(bars) == ["sgd", "adam"]
+    diff = 100 * (np.mean(high) - np.mean(low))
+    assert np.allclose(bars["sgd"].lines[0].get_ydata(), [diff, -diff])
+    (segments,) = [bars["sgd"].lines[2][0].get_segments()]
+    low_ci, high_ci = (100 * rows[0][k] for k in ("diff_ci_low", "diff_ci_high"))
+    assert segments[0][0][1] == pytest.approx(low_ci) and segments[0][1][1] == pytest.approx(
+        high_ci)
+    dots = [line for line in ax.get_lines() if line.get_marker() == "o" and len(line.get_xdata())]
+    filled = {(float(x), line.get_markerfacecolor() != "white") for line in dots
+              for x in line.get_xdata()}
+    assert filled == {(0.01, True), (0.1, True), (0.01, False), (0.1, False)}
+    assert [t.get_text() for t in ax.texts] == ["adam: no test at lr 0.1 (1 ok BN)"]
+
+
+@pytest.fixture(scope="module")
+def regime_sweep(tiny_data, tmp_path_factory) -> Path:
+    """experiment=regime cut to mnist × sgd × lr {0.01, 0.1} × 2 seeds, 1 epoch: 8 real runs;
+    reported once."""
+    sweep_dir = tmp_path_factory.mktemp("regime") / "multirun"
+    done = run_train("-m", "experiment=regime", "dataset=mnist", "dataset.lr=0.01,0.1",
+                     "optim=sgd", "seed=0,1", "dataset.max_epochs=1",
+                     f"paths.data_dir={tiny_data}", "~callbacks.weight_grid",
+                     "~callbacks.hallucinations", "trainer.enable_progress_bar=false",
+                     f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main([str(sweep_dir)]) == 0
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_regime_verdicts_and_figure_from_a_real_two_lr_sweep(regime_sweep):
+    from scipy import stats as sps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    finals: dict[tuple[str, float], list[float]] = {}
+    for path in sorted(regime_sweep.glob("*/metrics.json")):
+        record = json.loads(path.read_text())
+        assert record["status"] == "ok" and record["hparams"]["max_epochs"] == 1
+        key = (record["hparams"]["norm"], record["hparams"]["lr"])
+        finals.setdefault(key, []).append(record["history"][-1]["val/acc"])
+    assert sorted(finals) == [(n, lr) for n in ("bn", "none") for lr in (0.01, 0.1)]
+    out = regime_sweep / "report"
+    with open(out / "verdicts.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
+        ("mnist", "sgd", 0.01), ("mnist", "sgd", 0.1)]
+    for row in rows:
+        bn, none = finals["bn", float(row["lr"])], finals["none", float(row["lr"])]
+        assert float(row["diff"]) == pytest.approx(np.mean(bn) - np.mean(none), abs=1e-6)
+        if np.ptp(bn) or np.ptp(none):
+            p = sps.ttest_ind(bn, none, equal_var=False).pvalue
+            assert float(row["p_value"]) == pytest.approx(p, abs=1e-6)
+    with Image.open(out / "regime_lr.png") as image:
+        assert image.size[0] > 400 and image.size[1] > 300
+    (ax,) = regime_figure("lr", verdict_rows(comparisons(group_runs(load_runs(
+        regime_sweep))))).axes
+    (bars,) = ax.containers
+    assert list(bars.lines[0].get_xdata()) == [0.01, 0.1]
+    assert np.allclose(bars.lines[0].get_ydata(), [100 * float(r["diff"]) for r in rows],
+                       atol=1e-3)
+    text = (out / "report.md").read_text()
+    assert "## Is BatchNorm worth it across the learning rate?" in text
+    assert "![BN − no BN vs learning rate](regime_lr.png)" in text
+    for row in rows:
+        assert f"- mnist, sgd, lr={row['lr']}: BN {row['verdict']} (" in text
+    assert "## Claims" in text and "### lr=0.01" in text and "### lr=0.1" in text
+    assert "| setting | C1 |" in text  # one claim per setting: only MNIST/SGD ran
+    events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
+    assert "regime/lr" in events.Tags()["images"]

@@ -16,7 +16,15 @@ groups the jobs by every hparam except the seed, and writes `SWEEP_DIR/report/`:
 - `lr_<dataset>.png`, `batch_size_<dataset>.png` (when `lr` or `batch_size` varies, as in
   `experiment=lr_sweep` or `batch_sweep`): final validation accuracy vs that hparam, a panel per
   optimizer, a line per norm, diverged runs marked; report.md states each norm's usable range.
+- `regime_lr.png`, `regime_batch_size.png` (when that hparam varies, as in `experiment=regime`):
+  BN − no BN in final validation accuracy with its 95% Welch interval vs that hparam, a panel
+  per dataset, a line per optimizer.
 - `summary.csv`: one row per dataset × optim × norm (× any other varying hparam).
+- `verdicts.csv`: one row per comparison (dataset, optim, any other varying hparam): ok seeds,
+  mean final validation accuracies, `diff` = BN − no BN, Welch's p-value, the verdict (wins,
+  loses, ties, no test) and the 95% interval of `diff`.
+- `claims.csv` and report.md's Claims section: the study's claims C1–C4, each tested by its own
+  statistic (`bnstudy.report.claims`): holds, does not hold or cannot tell.
 - `report.md`: the table, the figures and one verdict per dataset × optim, from Welch's t-test
   on the seeds' final validation accuracies.
 - TensorBoard events holding the same figures and report, to browse next to the runs.

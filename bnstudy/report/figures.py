@@ -19,6 +19,7 @@ from bnstudy.report.runs import Run, describe, norm_label, norm_order  # noqa: E
 from bnstudy.report.stats import (  # noqa: E402
     SWEEPS,
     USABLE_WITHIN,
+    VERDICT_COLUMNS,
     mean_std,
     num,
     per_seed,
@@ -235,3 +236,67 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
                  "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
     fig.tight_layout()
     return fig
+
+
+# --- the verdict across a swept hparam (verdicts.csv) --------------------------------------
+
+
+def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
+    """A panel per dataset: BN − no BN in final validation accuracy (percentage points) vs
+    `hparam` (log axis), a line per optimizer (and any other varying setting), with its 95 %
+    Welch interval over seeds; a filled marker where p < `alpha`, a hollow one where the
+    difference is within the seed spread; points with no test (a side without two ok seeds)
+    are listed in the panel's corner."""
+    noun = SWEEPS[hparam][0]
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(5.8 * len(datasets), 4.8))
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        lines: dict[tuple, list[dict]] = {}
+        for row in rows:
+            if row["dataset"] == dataset and row.get(hparam) is not None:
+                rest = tuple((k, v) for k, v in row.items() if k not in (
+                    "dataset", hparam, *VERDICT_COLUMNS))
+                lines.setdefault(rest, []).append(row)
+        notes, grid = [], set()
+        for i, (rest, points) in enumerate(lines.items()):
+            points = sorted(points, key=lambda r: float(r[hparam]))
+            grid |= {float(r[hparam]) for r in points}
+            x = np.array([float(r[hparam]) for r in points])
+            y = 100 * np.array([num(r["diff"]) for r in points])
+            low = 100 * np.array([num(r["diff_ci_low"]) for r in points])
+            high = 100 * np.array([num(r["diff_ci_high"]) for r in points])
+            color = f"C{i}"
+            ax.errorbar(x, y, yerr=np.nan_to_num(np.vstack([y - low, high - y])), color=color,
+                        marker="none", capsize=3, label=describe(rest))
+            significant = np.array([num(r["p_value"]) < alpha for r in points])
+            ax.plot(x[significant], y[significant], ls="none", marker="o", ms=6, color=color)
+            ax.plot(x[~significant], y[~significant], ls="none", marker="o", ms=6,
+                    mfc="white", color=color)
+            untested = [f"{float(r[hparam]):g} ({_untested(r)})" for r in points
+                        if r["verdict"] == "no test"]
+            if untested:
+                notes.append(f"{describe(rest)}: no test at {hparam} {', '.join(untested)}")
+        ax.axhline(0, color="grey", lw=1)
+        if notes:
+            ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7)
+        ticks = sorted(grid)
+        ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], rotation=45 if len(ticks) > 6 else 0)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_title(dataset)
+        ax.set_xlabel(noun)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0, 0].set_ylabel("BN − no BN, final val acc (points)")
+    fig.suptitle(f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
+                 f"mean over seeds, bar: 95% Welch interval; filled: p < {alpha:g}, "
+                 "hollow: within the seed spread")
+    fig.tight_layout()
+    return fig
+
+
+def _untested(row: dict) -> str:
+    """Why a verdicts.csv row has no test: the side(s) short of two ok seeds."""
+    short = [f"{row[f'n_{norm}']} ok {label}" for norm, label in (("bn", "BN"), ("none", "no BN"))
+             if row[f"n_{norm}"] < 2]
+    return ", ".join(short) or "no spread"

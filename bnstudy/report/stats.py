@@ -4,6 +4,7 @@ usable ranges of a robustness sweep, with the sentences report.md states them in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -16,6 +17,8 @@ METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "test_acc",
 SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun, section title)
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
+VERDICT_COLUMNS = ("n_bn", "n_none", "bn_mean", "none_mean", "diff", "p_value", "verdict",
+                   "diff_ci_low", "diff_ci_high")  # verdicts.csv, after dataset, optim, settings
 
 
 def num(value) -> float:
@@ -221,3 +224,66 @@ def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
                  f"({counts} values).")
     return (f"**{label}** (best {best:.2%}: {norm_label(where[0])} at {hparam}={where[1]:g}). "
             f"Usable {noun}: {'; '.join(parts)}.{wider}")
+
+
+# --- differences with intervals (claims, verdicts.csv) ------------------------------------
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A weighted sum of group means (`BN − no BN`, a difference of two such differences, or
+    one group's mean), its 95 % interval and two-sided p-value against zero. The interval and
+    the test are Welch's: each group keeps its own variance, the degrees of freedom are
+    Welch–Satterthwaite's. NaN where undefined (a group with < 2 values, or no spread at all)."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Contrast:
+    """Σ weight × mean(values) over `terms` [(weight, values), ...]; with [(1, a), (-1, b)] the
+    interval and p-value are exactly Welch's t-test's (scipy's `ttest_ind(equal_var=False)`)."""
+    if any(not values for _, values in terms):
+        return Contrast(math.nan, math.nan, math.nan, math.nan)
+    estimate = float(sum(w * np.mean(values) for w, values in terms))
+    if any(len(values) < 2 for _, values in terms):
+        return Contrast(estimate, math.nan, math.nan, math.nan)
+    parts = [w * w * float(np.var(values, ddof=1)) / len(values) for w, values in terms]
+    var = sum(parts)
+    if var == 0:
+        return Contrast(estimate, math.nan, math.nan, math.nan)
+    df = var ** 2 / sum(p ** 2 / (len(values) - 1)
+                        for p, (_, values) in zip(parts, terms, strict=True))
+    se = math.sqrt(var)
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(estimate) / se, df))
+    return Contrast(estimate, estimate - half, estimate + half, p)
+
+
+def bn_verdict(diff: Contrast, alpha: float = ALPHA) -> str:
+    """`wins` / `loses` (BN − no BN beyond the seed spread, p < alpha), `ties` (within it), or
+    `no test` (a side with fewer than two ok seeds, or no spread on either side)."""
+    if math.isnan(diff.p_value):
+        return "no test"
+    if diff.p_value >= alpha:
+        return "ties"
+    return "wins" if diff.estimate > 0 else "loses"
+
+
+def verdict_rows(comparisons: dict[tuple, dict[str, list[Run]]]) -> list[dict]:
+    """verdicts.csv: per comparison (dataset, optim and every other varying setting) the ok
+    seeds, mean final validation accuracies and BN − no BN with its Welch p-value, 95 %
+    interval and verdict (`bn_verdict`). A side with no ok run leaves its mean empty."""
+    rows = []
+    for ckey, by_norm in comparisons.items():
+        bn, none = (per_seed(by_norm.get(norm, []), None)["final_val_acc"]
+                    for norm in ("bn", "none"))
+        diff = contrast([(1.0, bn), (-1.0, none)])
+        rows.append({**dict(ckey), "n_bn": len(bn), "n_none": len(none),
+                     "bn_mean": mean_std(bn)[0], "none_mean": mean_std(none)[0],
+                     "diff": diff.estimate, "p_value": diff.p_value,
+                     "verdict": bn_verdict(diff),
+                     "diff_ci_low": diff.ci_low, "diff_ci_high": diff.ci_high})
+    return rows

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from bnstudy.report.claims import claims_section
 from bnstudy.report.figures import (
     IMAGE_KINDS,
     PROBE_FIGURES,
@@ -16,8 +17,10 @@ from bnstudy.report.figures import (
     first_image,
     first_series,
     images_figure,
+    regime_figure,
     robustness_figure,
 )
+from bnstudy.report.pictures import pictures_section
 from bnstudy.report.runs import (
     OUTCOMES,
     Run,
@@ -35,12 +38,14 @@ from bnstudy.report.stats import (
     ALPHA,
     SWEEPS,
     USABLE_WITHIN,
+    VERDICT_COLUMNS,
     landscape_medians,
     per_seed,
     robustness_text,
     summarise,
     sweep_panels,
     verdict,
+    verdict_rows,
 )
 
 REPORT_DIR = "report"
@@ -113,6 +118,38 @@ def robustness_section(hparam: str, groups: dict[tuple, list[Run]],
                   for panel, by_norm in panels.items()]
         lines.append("")
     return "\n".join(lines), figures
+
+
+def regime_section(hparam: str, verdicts: list[dict]) -> tuple[str, dict[str, Figure]]:
+    """The report.md section on BN − no BN across `hparam` (verdicts.csv) and its figure
+    `regime_<hparam>`."""
+    noun = SWEEPS[hparam][0]
+    lines = [f"## Is BatchNorm worth it across the {noun}?", "",
+             f"BN − no BN in final validation accuracy against the {noun}: the difference of the "
+             "means over ok seeds with its 95% Welch interval; the verdict (in `verdicts.csv`) is "
+             f"*wins* or *loses* where Welch's p < {ALPHA}, *ties* where the difference is within "
+             "the seed spread, *no test* where a side has fewer than two ok seeds.", "",
+             f"![BN − no BN vs {noun}](regime_{hparam}.png)", ""]
+    for row in verdicts:
+        if row.get(hparam) is None:
+            continue
+        label = describe(tuple((k, v) for k, v in row.items() if k in group_key_names(row)))
+        lines.append(f"- {label}: BN {row['verdict']} ({_signed_pts(row)}, "
+                     f"p = {_float(row['p_value'], '.2g')}; {row['n_bn']} vs {row['n_none']} "
+                     "ok seeds)")
+    lines.append("")
+    return "\n".join(lines), {f"regime_{hparam}": regime_figure(hparam, verdicts, ALPHA)}
+
+
+def group_key_names(row: dict) -> list[str]:
+    """A verdicts.csv row's setting columns (dataset, optim, then the varying ones)."""
+    return [k for k in row if k not in VERDICT_COLUMNS]
+
+
+def _signed_pts(row: dict) -> str:
+    if math.isnan(row["diff"]):
+        return "no difference: a side has no ok run"
+    return (f"{100 * row['diff']:+.2f} pts, {_pct(row['bn_mean'])} vs {_pct(row['none_mean'])}")
 
 
 # --- summary.csv and report.md ------------------------------------------------------------
@@ -207,7 +244,7 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
     (an earlier report's figures and events go first, so none is left stale or shown twice)."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
-    stale = ("events.out.tfevents.*", "curves_*.png",
+    stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png",
              *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
     for pattern in stale:
         for old in out.glob(pattern):
@@ -235,12 +272,28 @@ def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
     rows = [summarise(key, group, seeds, target(key)) for key, group in groups.items()]
     write_csv(rows, out / "summary.csv")
     sections, figures = [], {}
+    claims, claim_rows = claims_section(comparisons(groups))
+    verdicts = verdict_rows(comparisons(groups))
+    for name, table in (("claims", claim_rows), ("verdicts", verdicts)):
+        (out / f"{name}.csv").unlink(missing_ok=True)
+        if table:
+            write_csv(table, out / f"{name}.csv")
+    if claims:
+        sections.append(claims)
     for hparam in [h for h in SWEEPS if h in group_keys(runs)]:
         section, figs = robustness_section(hparam, groups)
         sections.append(section)
         figures.update(figs)
+        section, figs = regime_section(hparam, verdicts)
+        sections.append(section)
+        figures.update(figs)
     for ckey, by_norm in comparisons(groups).items():
         section, figs = comparison(ckey, by_norm, target(ckey))
+        sections.append(section)
+        figures.update(figs)
+    (out / "pictures.csv").unlink(missing_ok=True)
+    section, figs = pictures_section(runs, out)  # pictures.csv, labelled figures, P1–P3
+    if section:
         sections.append(section)
         figures.update(figs)
     markdown = report_markdown(sweep_dir, runs, rows, group_keys(runs), sections,
