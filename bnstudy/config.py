@@ -9,6 +9,7 @@ errors and `--help` answer in about two seconds.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ def register() -> None:
     cs.store(name="study_schema", node=StudySchema)
     cs.store(group="schema/net", name="mlp", node=MLPSchema)
     cs.store(group="schema/net", name="cnn", node=CNNSchema)
-    resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.config_subdir": config_subdir}
+    resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.config_subdir": config_subdir,
+                 "bnstudy.tty": lambda: sys.stderr.isatty()}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

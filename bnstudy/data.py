@@ -384,25 +384,30 @@ class CIFAR10DataModule(TensorDataModule):
         )
 
     def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = [], []
+        images, labels, unofficial = [], [], []
         for name, md5 in self._batch_list(train):
             path = self.data_dir / self.folder / name
-            if (
-                self.verify_checksums != "off"
-                and path.is_file()
-                and not check_integrity(str(path), md5)
-            ):
-                message = (
-                    f"{path} does not match the official CIFAR-10 checksum: a subset or a "
-                    "corrupt file. Results on it are not full-CIFAR-10 results."
-                )
-                if self.verify_checksums == "strict":
-                    raise DataError(
-                        f"{message} Delete it and download again, or load it anyway with "
-                        "dataset.datamodule.verify_checksums=warn (or off)."
-                    )
-                log.warning(message)
+            if self.verify_checksums != "off" and not check_integrity(str(path), md5):
+                unofficial.append(name)
             batch = load_cifar_batch(path)
             images.append(batch["data"])
             labels.append(batch["labels"])
+        if unofficial:
+            self._on_unofficial(unofficial)
         return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+    _warned: set[str] = set()  # folders already warned about, once per process
+
+    def _on_unofficial(self, names: list[str]) -> None:
+        """Batches that do not match the official checksums: refused ("strict") or one
+        warning per folder and process ("warn")."""
+        folder = self.data_dir / self.folder
+        message = (f"{folder}: {', '.join(names)} do(es) not match the official CIFAR-10 "
+                   "checksums: a subset or a modified copy. Results on it are not "
+                   "full-CIFAR-10 results.")
+        if self.verify_checksums == "strict":
+            raise DataError(f"{message} Delete the files and download again, or load them "
+                            "anyway with dataset.datamodule.verify_checksums=warn (or off).")
+        if str(folder) not in self._warned:
+            self._warned.add(str(folder))
+            log.warning(message)

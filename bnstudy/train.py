@@ -85,6 +85,26 @@ def default_config() -> DictConfig | None:
         return compose("config", overrides=overrides)
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def quiet_console() -> None:
+    """Each message once: Lightning's lines go through Hydra's handlers only (Lightning adds
+    a console handler of its own), without its advertisement; known harmless warnings of
+    the libraries are not shown."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    for message in (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
+                    ".*all_gather is deprecated.*"):
+        warnings.filterwarnings("ignore", message)
+
+
 def is_primary() -> bool:
     """Whether this is the process that writes the run's files: rank 0 of a multi-process
     (DDP) run, whose other ranks Lightning starts with these variables set."""
@@ -163,8 +183,10 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L
     import torch
 
+    quiet_console()
     from bnstudy.callbacks import DivergenceGuard
     from bnstudy.checkpoints import resume_checkpoint
+    from bnstudy.dashboard import tensorboard_writer, write_experiment, write_session
 
     started = time.perf_counter()
     if primary:
@@ -179,6 +201,10 @@ def train(cfg: DictConfig) -> dict:
     if note and primary:
         update_record(record_path, resume_note=note)
 
+    if (writer := tensorboard_writer(trainer)) is not None and primary:
+        write_session(writer, settings)
+        if not _is_multirun():  # a sweep writes its experiment once, when it ends
+            write_experiment(writer, [settings])
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
     logger = trainer.logger
@@ -194,25 +220,29 @@ def train(cfg: DictConfig) -> dict:
     else:
         tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
-        history = read_record(record_path).get("history", [])
-        final = history[-1] if history else {}
-        logger.log_hyperparams(
-            settings,
-            {
-                "hparams/test_acc": tested["test/acc"],
-                "hparams/test_loss": tested["test/loss"],
-                "hparams/val_acc": final.get("val/acc", float("nan")),
-                "hparams/val_loss": final.get("val/loss", float("nan")),
-            },
-        )
     logger.finalize("success")
     result["wall_time_s"] = time.perf_counter() - started
-    return update_record(record_path, **result) if primary else result
+    if not primary:
+        return result
+    record = update_record(record_path, **result)
+    log.info("%s", result_line(record))
+    return record
 
 
-class FailedJobsSummary(HydraCallback):
-    """At the end of a multirun, names the jobs that failed (their record says so) or were
-    refused (their directory already held a run) and exits 1."""
+def result_line(record: dict) -> str:
+    """One line of a job's outcome: name, status, final val and test accuracy, time."""
+    history, test = record.get("history") or [{}], record.get("test") or {}
+    val, acc = history[-1].get("val/acc"), test.get("acc")
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+    time_s = record.get("wall_time_s")
+    return (f"{record.get('run_name', '?')}: {record.get('status', '?')}, val acc {pct(val)}, "
+            f"test acc {pct(acc)}, {'-' if time_s is None else f'{time_s:.0f} s'}")
+
+
+class SweepSummary(HydraCallback):
+    """At the end of a multirun: a line per job (status, accuracies, time), the sweep's HParams
+    experiment, the report command; then names the jobs that failed (their record says so) or
+    were refused (their directory already held a run) and exits 1 if there are any."""
 
     def __init__(self) -> None:
         self.refused: list[tuple[str, str]] = []
@@ -224,11 +254,19 @@ class FailedJobsSummary(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(
-            (job.parent.name, read_record(job).get("error", "?"))
-            for job in sweep_dir.glob(f"*/{RECORD_NAME}")
-            if read_record(job).get("status") == "failed"
-        )
+        records = [read_record(job) for job in sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))]
+        records = [r for r in records if r]
+        if records:
+            from bnstudy.dashboard import write_sweep_experiment
+
+            write_sweep_experiment(sweep_dir, [r["hparams"] for r in records if "hparams" in r])
+            lines = "\n".join(f"  {result_line(r)}" for r in records)
+            log.info("Sweep %s: %d job(s)\n%s\nBrowse: tensorboard --logdir %s\nReport: "
+                     "python -m bnstudy.report %s", sweep_dir, len(records), lines, sweep_dir,
+                     sweep_dir)
+        failed = sorted((job.parent.name, read_record(job).get("error", "?"))
+                        for job in sweep_dir.glob(f"*/{RECORD_NAME}")
+                        if read_record(job).get("status") == "failed")
         if self.refused:
             sys.exit(
                 f"{len(self.refused)} job(s) of {sweep_dir} already held a run and were left "
@@ -249,7 +287,6 @@ def _is_multirun() -> bool:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
     try:
         return train(cfg)

@@ -100,6 +100,7 @@ def test_cifar10_loads_with_checksum_check_off_or_warned(tiny_data, caplog):
     dm.setup()
     assert len(dm.train_set) == 450 and len(dm.test_set) == 200
     assert dm.train_set.x.shape[1:] == (3, 32, 32)
+    CIFAR10DataModule._warned.clear()  # warned once per folder and process
     warned = CIFAR10DataModule(tiny_data, val_size=50, download=False)
     warned.setup("fit")
     assert "official CIFAR-10 checksum" in caplog.text
