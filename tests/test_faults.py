@@ -300,3 +300,54 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="the download failed"):
         MNISTDataModule(target, download=True).prepare_data()
     assert not target.exists() and tmp_path.is_dir()
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_job_with_a_paragraph_and_the_sweep_goes_on(tiny_data, tmp_path):
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                     "~callbacks.hallucinations", f"hydra.sweep.dir={tmp_path}",
+                     "+callbacks.full._target_=tests.faults.DiskFullAtEpoch",
+                     "+callbacks.full.epoch=1,9", "+callbacks.full.name=last.ckpt")  # 9: never
+    assert proc.returncode == 1
+    first, second = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    error = record(first)["error"]
+    assert record(first)["status"] == "failed" and "Traceback" not in proc.stderr
+    assert "Could not write" in error and "last.ckpt: No space left on device" in error
+    assert "resume=true" in error and error in proc.stderr.replace("\n  ", " ")
+    saved = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 0  # the last good checkpoint is still usable
+    assert not list((first / "checkpoints").glob(".*.tmp"))
+    assert record(second)["status"] == "ok"  # the next job ran
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_record_names_it(tiny_data, tmp_path):
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                     "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}",
+                     "+callbacks.full._target_=tests.faults.DiskFullAtEpoch",
+                     "+callbacks.full.epoch=1", "+callbacks.full.name=metrics.json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "metrics.json: No space left on device" in proc.stderr
+    assert "free space, or point hydra.run.dir / hydra.sweep.dir at another disk" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_cut_short_checkpoint_resumes_from_the_previous_one(tiny_data, tmp_path):
+    common = [*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3", "seed=3",
+              "~callbacks.hallucinations"]
+    assert run_train(*common, f"hydra.run.dir={tmp_path / 'a'}").returncode == 0
+    job = tmp_path / "b"
+    run_train(*common, f"hydra.run.dir={job}", "+callbacks.stop._target_=tests.faults."
+              "InterruptAtEpoch", "+callbacks.stop.epoch=2")
+    last = job / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100_000])  # as a kill during the save would leave it
+    resumed = run_train(*common, f"hydra.run.dir={job}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    note = record(job)["resume_note"]
+    assert "last.ckpt" in note and "Resumed from the previous checkpoint" in note
+    assert note.split()[0] in resumed.stderr or "did not load" in resumed.stderr
+    assert (job / "checkpoints" / "last.ckpt.corrupt").is_file()  # set aside, not deleted
+    strip = [{k: v for k, v in row.items() if k != "time_s"} for row in record(job)["history"]]
+    assert strip == [{k: v for k, v in row.items() if k != "time_s"}
+                     for row in record(tmp_path / "a")["history"]]
+    assert record(job)["test"] == record(tmp_path / "a")["test"]
