@@ -105,6 +105,12 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600) -> subproce
     )
 
 
+def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`."""
+    return run_train("-m", *FAST, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
+                     *overrides)
+
+
 # -- building and training the project's pieces in-process ---------------------------------
 def compose_config(*overrides: str):
     """The project's Hydra config composed with `overrides`, as the entry point would."""

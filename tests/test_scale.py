@@ -7,20 +7,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers import FAST, REPO, run_train
+from helpers import REPO, run_sweep, run_train
 
 
 @pytest.mark.slow
 def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path):
-    proc = run_train(
-        "-m",
-        "hydra/launcher=parallel",
-        "norm=bn,none",
-        *FAST,
-        f"paths.data_dir={tiny_data}",
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={tmp_path}",
-    )
+    proc = run_sweep(tmp_path, tiny_data, "hydra/launcher=parallel", "norm=bn,none",
+                     "trainer.max_epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
     records = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]

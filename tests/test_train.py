@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import FAST, run_train, scalar_tags
+from helpers import FAST, run_sweep, run_train, scalar_tags
 
 CURVES = {"train/loss", "train/acc", "val/loss", "val/acc"}
 
@@ -27,16 +27,8 @@ def test_one_run_on_real_mnist_learns(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_of_eight_jobs(tiny_data, tmp_path):
-    proc = run_train(
-        "-m",
-        "dataset=mnist,cifar10",
-        "norm=bn,none",
-        "optim=sgd,adam",
-        *FAST,
-        f"paths.data_dir={tiny_data}",
-        "trainer.max_epochs=2",
-        f"hydra.sweep.dir={tmp_path}",
-    )
+    proc = run_sweep(tmp_path, tiny_data, "dataset=mnist,cifar10", "norm=bn,none",
+                     "optim=sgd,adam", "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if (p / ".hydra").is_dir())
     names = {job.name.split("_", 1)[1] for job in jobs}
