@@ -8,9 +8,10 @@ exactly those runs: the Custom Scalars layout each run writes has a category per
 ("mnist · sgd") with those three charts, and in Time Series the `compare` section comes first.
 
 HParams: each run writes its session (its settings, `bnstudy.config.hparams`); the experiment
-(every setting with its discrete values, those that vary first; the metrics `val/acc`,
-`val/loss`, `test/acc`, `test/loss`) is written once per sweep, at its root, when it ends, or
-into the run's own directory for a single run.
+(the settings that vary, marked `differs` so TensorBoard lists them first, and the study's
+dataset, norm, optim and seed, with their discrete values; the metrics `val/acc`, `val/loss`,
+`test/acc`, `test/loss`) is written once per sweep, at its root, when it ends, or into the
+run's own directory for a single run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
@@ -55,8 +57,10 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
 
 
 class ComparisonCurves(Callback):
-    """Writes the run's pair layout when fitting starts and, after each training epoch, the
-    compared curves under the pair's tags (see the module docstring), on rank 0."""
+    """Writes the run's pair layout when fitting starts and the compared curves under the
+    pair's tags (see the module docstring), on rank 0: the training curve after each training
+    epoch, the validation curves after each validation (so `check_val_every_n_epoch` > 1 or
+    `val_check_interval` < 1 give the same points as Lightning's `val/*`, no stale copies)."""
 
     def __init__(self, dataset: str, optim: str) -> None:
         self.pair = pair_name(dataset, optim)
@@ -67,12 +71,19 @@ class ComparisonCurves(Callback):
             writer.add_custom_scalars(comparison_layout([self.pair]))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, [m for m in COMPARED if m.startswith("train/")])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, [m for m in COMPARED if m.startswith("val/")])
+
+    def _write(self, trainer: L.Trainer, compared: list[str]) -> None:
         writer = tensorboard_writer(trainer)
         if writer is None or not trainer.is_global_zero:
             return
         metrics = trainer.callback_metrics
-        for metric in COMPARED:
-            if metric in metrics:  # at the step Lightning logs epoch values (the last taken)
+        for metric in compared:
+            if metric in metrics:  # at the step Lightning logs them (that of the last batch)
                 writer.add_scalar(compare_tag(self.pair, metric), float(metrics[metric]),
                                   trainer.global_step - 1)
 
@@ -88,24 +99,84 @@ def write_session(writer: SummaryWriter, settings: dict) -> None:
     writer.file_writer.add_summary(hp.hparams_pb({k: tb_value(v) for k, v in settings.items()}))
 
 
+def _ordered(values: set) -> list:
+    """A domain's values in order: numbers (and integers as text) by value, else as text."""
+    if len({type(v) for v in values}) > 1:  # (a domain holds one type)
+        values = {str(v) for v in values}
+    if all(isinstance(v, str) and v.lstrip("-").isdigit() for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
 def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
-    """The HParams experiment of runs' settings: the settings that vary across them (and the
-    study's four choices, dataset, norm, optim and seed, even when fixed) with their discrete
-    values, so that the table's columns are what tells the runs apart; the study's metrics.
-    (Every setting of a run is in its session and its metrics.json.)"""
+    """The HParams experiment of runs' settings: the settings that vary across them (a value
+    that differs, or a setting some runs lack), marked `differs`, then the study's four
+    choices (dataset, norm, optim and seed) that are fixed, with their discrete values, so
+    that the table's first (shown) columns are what tells the runs apart; the study's
+    metrics. (Every setting of a run is in its session and its metrics.json.)"""
     values: dict[str, set] = {}
     for settings in runs_settings:
         for key, value in settings.items():
             values.setdefault(key, set()).add(tb_value(value))
-    shown = [k for k in values if len(values[k]) > 1 or k in ("dataset", "norm", "optim", "seed")]
-    hparams = [hp.HParam(key, hp.Discrete(sorted(values[key]) if len({type(v) for v in values[key]})
-                                          == 1 else sorted(map(str, values[key]))))
-               for key in shown]  # (a domain holds one type)
+    differs = {k for k, v in values.items()
+               if len(v) > 1 or sum(k in s for s in runs_settings) < len(runs_settings)}
+    shown = [k for k in values if k in differs] + \
+        [k for k in ("dataset", "norm", "optim", "seed") if k in values and k not in differs]
+    hparams = [hp.HParam(key, hp.Discrete(_ordered(values[key]))) for key in shown]
     metrics = [hp.Metric(tag, display_name=tag) for tag in METRICS]
-    writer.file_writer.add_summary(hp.hparams_config_pb(hparams, metrics))
+    summary = hp.hparams_config_pb(hparams, metrics)
+    # TensorBoard lists the hparams marked `differs` first and shows the first five as
+    # columns; `hp.HParam` cannot set the mark, and `hp.Discrete` sorts integers as text
+    # (128 before 64), so both are set in the written proto.
+    plugin_data = summary.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in differs
+        del info.domain_discrete.values[:]
+        info.domain_discrete.extend(_ordered(values[info.name]))
+    plugin_data.content = data.SerializeToString()
+    writer.file_writer.add_summary(summary)
 
 
 def write_sweep_experiment(sweep_dir: Path, runs_settings: list[dict]) -> None:
     """Writes the sweep's HParams experiment into an events file at `sweep_dir`'s root."""
     with SummaryWriter(str(sweep_dir)) as writer:
         write_experiment(writer, runs_settings)
+
+
+def write_margin_charts(writer: SummaryWriter, curves: dict[str, dict[str, dict]]) -> None:
+    """The report's Custom Scalars: per compared pair (`curves[pair][norm][metric]` =
+    (epochs, mean, std) over seeds), a category `<dataset> · <optim> · mean ± std over
+    seeds` with a margin chart per compared metric, a band per norm; the scalars under
+    `mean/<pair>/<metric>/<norm>/{value,lower,upper}` at the epoch (from 1)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    categories = []
+    for pair, by_norm in curves.items():
+        charts = []
+        for metric in COMPARED:
+            series = []
+            for norm, by_metric in by_norm.items():
+                base = f"mean/{pair}/{metric.replace('/', '_')}/{norm}"
+                epochs, mean, std = by_metric[metric]
+                for epoch, m, s in zip(epochs, mean, std, strict=True):
+                    s = 0.0 if s != s else s  # one seed: no spread
+                    for part, value in (("value", m), ("lower", m - s), ("upper", m + s)):
+                        writer.add_scalar(f"{base}/{part}", value, int(epoch))
+                series.append(layout_pb2.MarginChartContent.Series(
+                    value=f"{base}/value", lower=f"{base}/lower", upper=f"{base}/upper"))
+            charts.append(layout_pb2.Chart(
+                title=f"{pair.replace('-', ' · ')} · {metric} (mean ± std)",
+                margin=layout_pb2.MarginChartContent(series=series)))
+        categories.append(layout_pb2.Category(
+            title=f"{pair.replace('-', ' · ')} · mean ± std over seeds", chart=charts))
+    # The layout summary as torch's `add_custom_scalars` writes it (which takes one series a
+    # margin chart): the plugin's config tag holding the serialised layout.
+    layout = layout_pb2.Layout(category=categories).SerializeToString()
+    tensor = TensorProto(dtype="DT_STRING", string_val=[layout], tensor_shape=TensorShapeProto())
+    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(
+        tag="custom_scalars__config__", tensor=tensor, metadata=metadata)]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -17,6 +18,7 @@ from bnstudy.report.figures import (
     first_image,
     first_series,
     images_figure,
+    mean_curve,
     regime_figure,
     robustness_figure,
 )
@@ -239,9 +241,12 @@ def report_markdown(sweep_dir: Path, runs: list[Run], rows: list[dict], keys: li
 # --- write --------------------------------------------------------------------------------
 
 
-def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
-    """Each figure as `<name>.png`; them and the report text as TensorBoard events in `out`
-    (an earlier report's figures and events go first, so none is left stale or shown twice)."""
+def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
+                  curves: dict | None = None) -> None:
+    """Each figure as `<name>.png`; them, the report text (its images named, not embedded:
+    TensorBoard cannot serve the files) and the margin charts of `curves` (see
+    `bnstudy.dashboard.write_margin_charts`) as TensorBoard events in `out` (an earlier
+    report's figures and events go first, so none is left stale or shown twice)."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
     stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png",
@@ -254,7 +259,12 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
             fig.savefig(out / f"{name}.png", dpi=100)
             kind = next((k for k in SWEEPS if name.startswith(f"{k}_")), name.split("_")[0])
             writer.add_figure(f"{kind}/{name[len(kind) + 1:]}", fig, close=True)
-        writer.add_text("report", markdown)
+        writer.add_text("report", re.sub(r"!\[([^\]]*)\]\(([^)]+)\.png\)",
+                                         r"*(figure `\2`: see the Images tab)*", markdown))
+        if curves:
+            from bnstudy.dashboard import write_margin_charts
+
+            write_margin_charts(writer, curves)
 
 
 def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
@@ -299,5 +309,21 @@ def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
     markdown = report_markdown(sweep_dir, runs, rows, group_keys(runs), sections,
                                never_started(sweep_dir))
     (out / "report.md").write_text(markdown)
-    write_figures(figures, markdown, out)
+    write_figures(figures, markdown, out, margin_curves(comparisons(groups)))
     return out / "report.md"
+
+
+def margin_curves(compared: dict[tuple, dict[str, list[Run]]]) -> dict[str, dict[str, dict]]:
+    """Per dataset-optim pair (other varying settings appended), per norm, per compared
+    metric: (epochs, mean, std) over the ok seeds, for TensorBoard's margin charts."""
+    from bnstudy.dashboard import COMPARED, pair_name
+
+    curves: dict[str, dict[str, dict]] = {}
+    for ckey, by_norm in compared.items():
+        values = dict(ckey)
+        pair = "-".join([pair_name(values["dataset"], values["optim"]),
+                         *(f"{k}{v}" for k, v in ckey if k not in ("dataset", "optim"))])
+        ok = {norm: [r for r in runs if r.outcome == "ok"] for norm, runs in by_norm.items()}
+        curves[pair] = {norm: {m: mean_curve(runs, m) for m in COMPARED}
+                        for norm, runs in ok.items() if runs}
+    return curves

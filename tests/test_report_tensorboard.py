@@ -1,0 +1,48 @@
+"""The report's TensorBoard events: margin charts of the mean ± std over seeds, and the
+report text with its figures named rather than embedded (TensorBoard cannot serve them)."""
+
+import numpy as np
+import pytest
+from helpers import write_job
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from bnstudy.dashboard import write_margin_charts
+from bnstudy.report.runs import comparisons, group_runs, load_runs
+from bnstudy.report.write import margin_curves, write_figures
+
+ACCS = {("bn", 0): [0.5, 0.7], ("bn", 1): [0.6, 0.9], ("none", 0): [0.4, 0.5],
+        ("none", 1): [0.3, 0.6]}
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    for (norm, seed), accs in ACCS.items():
+        write_job(tmp_path, accs, norm=norm, seed=seed)
+    write_job(tmp_path, [0.1, float("nan")], status="diverged", norm="bn", seed=2)
+    return tmp_path
+
+
+def test_margin_charts_hold_each_norms_mean_and_std_over_ok_seeds(sweep, tmp_path):
+    curves = margin_curves(comparisons(group_runs(load_runs(sweep))))
+    with SummaryWriter(str(tmp_path / "tb")) as writer:
+        write_margin_charts(writer, curves)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
+    for norm in ("bn", "none"):
+        seeds = np.array([ACCS[norm, 0], ACCS[norm, 1]])  # the diverged run is left out
+        mean, std = seeds.mean(0), seeds.std(0, ddof=1)
+        base = f"mean/mnist-sgd/val_acc/{norm}"
+        for part, expected in (("value", mean), ("lower", mean - std), ("upper", mean + std)):
+            got = [(e.step, e.value) for e in events.Scalars(f"{base}/{part}")]
+            assert [s for s, _ in got] == [1, 2]
+            assert [v for _, v in got] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert "custom_scalars__config__" in events.Tags()["tensors"]
+
+
+def test_the_report_text_in_tensorboard_embeds_no_image(tmp_path):
+    markdown = "# Report\n\n![curves mnist, sgd](curves_mnist_sgd.png)\n\ntext stays\n"
+    write_figures({}, markdown, tmp_path)
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
+    (text,) = events.Tensors("report/text_summary")
+    shown = text.tensor_proto.string_val[0].decode()
+    assert "![" not in shown and "curves_mnist_sgd" in shown and "text stays" in shown
