@@ -15,7 +15,6 @@ from typing import Any
 from bnstudy.errors import RunFileError
 
 RECORD_NAME = "metrics.json"
-STATUSES = ("running", "ok", "diverged", "failed", "interrupted")
 
 _REMEDIES = {
     errno.ENOSPC: "free space, or point hydra.run.dir / hydra.sweep.dir at another disk",
