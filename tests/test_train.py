@@ -97,3 +97,21 @@ def test_a_resumed_success_drops_the_old_error(tiny_data, tmp_path):
     update_record(tmp_path / "metrics.json", status="failed", error="boom", traceback="...")
     record = still_run(tiny_data, tmp_path, "resume=true")
     assert record["status"] == "ok" and "error" not in record and "traceback" not in record
+
+
+@pytest.mark.slow
+def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path):
+    """Lightning's ddp restarts the script for rank 1 (gloo on CPU); rank 0 alone writes."""
+    from helpers import read_record
+
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                     "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = read_record(tmp_path)
+    assert record["status"] == "ok" and [row["epoch"] for row in record["history"]] == [0, 1]
+    assert record["history"][-1]["step"] == 2 * 5  # 540 images, 270 a process, batch 64
+    assert record["test"]["acc"] is not None
+    assert proc.stderr.count("mnist-bn-sgd-seed0") >= 1
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "images" / "weights_final.png").is_file()
