@@ -1,4 +1,5 @@
-"""The weight-grid and hallucination callbacks: their pure functions and a real training run."""
+"""The weight-grid and hallucination callbacks: their pure functions, the hallucination recipe
+and its knobs, and real training runs."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ from helpers import FAST, make_classifier, run_train, tiny_fit
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
 
-from bnstudy.callbacks import Hallucinations, WeightGrid, hallucinate, weight_grid
+from bnstudy import pictures as P
+from bnstudy.callbacks import Hallucinations, WeightGrid, class_score, hallucinate, weight_grid
 from bnstudy.data import CIFAR10DataModule, MNISTDataModule
-from bnstudy.model import Classifier
 from bnstudy.nets import first_layer
 
 PAD = 2  # make_grid's default padding
+MNIST_MEAN, MNIST_STD = MNISTDataModule.mean[0], MNISTDataModule.std[0]
+LOW, HIGH = [-MNIST_MEAN / MNIST_STD], [(1 - MNIST_MEAN) / MNIST_STD]  # valid normalised range
 
 
 def grid_size(n: int, nrow: int, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -33,6 +37,9 @@ def tile(grid: torch.Tensor, k: int, nrow: int, shape: tuple[int, ...]) -> torch
     row, col = divmod(k, nrow)
     top, left = PAD + row * (shape[1] + PAD), PAD + col * (shape[2] + PAD)
     return grid[:, top : top + shape[1], left : left + shape[2]]
+
+
+# --- weight grids -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
@@ -72,30 +79,58 @@ def test_weight_grid_of_a_conv_layer_has_a_tile_per_filter(in_channels):
     assert tile(grid, 32, 6, shape).eq(0).all()  # no 33rd tile: padding only
 
 
+def test_change_grid_is_final_minus_initial_and_survives_a_resume(tiny_data, tmp_path):
+    model = make_classifier(lr=0.05)
+    initial = first_layer(model).weight.detach().clone()
+    first = WeightGrid(tmp_path / "first", every_n_epochs=0)
+    trainer = tiny_fit(tiny_data, model=model, callbacks=[first], limit_val_batches=0)[2]
+    assert torch.equal(first.initial, initial)
+    checkpoint = tmp_path / "epoch1.ckpt"
+    trainer.save_checkpoint(checkpoint)
+
+    torch.manual_seed(123)  # resumed into a network initialised otherwise, with a new callback
+    other = make_classifier(lr=0.05)
+    assert not torch.equal(first_layer(other).weight, initial)
+    resumed = WeightGrid(tmp_path / "resumed", every_n_epochs=0)
+    tiny_fit(tiny_data, model=other, callbacks=[resumed], max_epochs=2, limit_val_batches=0,
+             ckpt_path=checkpoint)
+
+    assert torch.equal(resumed.initial, initial)  # the run's own start, from the checkpoint
+    final = first_layer(other).weight.detach()
+    saved = torch.load(tmp_path / "resumed" / "weights_final.pt", weights_only=True)
+    assert torch.equal(saved["initial"], initial.half())
+    assert torch.equal(saved["final"], final.half())
+    assert saved["input_shape"] == [1, 28, 28] and saved["classes"] == list("0123456789")
+    with Image.open(tmp_path / "resumed" / "weights_change_final.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    expected = weight_grid(final - initial, (1, 28, 28))
+    assert np.array_equal(pixels, (expected * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
+
+
+# --- the hallucination recipe -----------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
-def trained(shared_data) -> Classifier:
-    """An MLP (hidden 256) with BatchNorm trained for one epoch on the shared real-MNIST subset."""
+def tiny_trained(tiny_data):
+    """An MLP with BatchNorm trained for 4 epochs on tiny MNIST (each class a bright band at
+    its own rows), with the training images' statistics."""
     L.seed_everything(0, verbose=False)
-    model = make_classifier("bn", hidden_dim=256, lr=0.05)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small MLP steps faster on one thread than on a shared pool
-    try:
-        return tiny_fit(shared_data, model=model, batch_size=64, limit_val_batches=0)[1]
-    finally:
-        torch.set_num_threads(threads)
+    data, model, _ = tiny_fit(tiny_data, model=make_classifier("bn", hidden_dim=64, lr=0.1),
+                              max_epochs=4, limit_val_batches=0)
+    return model, P.ImageStats.of(data.train_set.x)
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_hallucinations_raise_class_logits_and_leave_model_alone(trained, training):
-    model = trained.train(training)
+def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained, training):
+    model, stats = tiny_trained
+    model = model.train(training)
     model.net.out.bias.requires_grad_(False)  # mixed flags, to check they come back as they were
     model.zero_grad(set_to_none=True)
     flags = [p.requires_grad for p in model.parameters()]
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BN running stats included
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
-    mean, std = torch.tensor(MNISTDataModule.mean), torch.tensor(MNISTDataModule.std)
-    low, high = float(-mean / std), float((1 - mean) / std)
-    run = partial(hallucinate, model, (1, 28, 28), 10, [low], [high], steps=50, lr=0.2)
+    run = partial(hallucinate, model, (1, 28, 28), 10, LOW, HIGH, parametrisation="data",
+                  stats=stats)
 
     start, images = run(steps=0), run()
 
@@ -105,13 +140,116 @@ def test_hallucinations_raise_class_logits_and_leave_model_alone(trained, traini
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     assert torch.equal(run(), images)  # seeded
-    assert images.shape == (10, 1, 28, 28) and low <= images.min() and images.max() <= high
+    assert images.shape == (10, 1, 28, 28) and LOW[0] <= images.min() and images.max() <= HIGH[0]
     model.eval()
     with torch.no_grad():
         gain = model(images).diagonal() - model(start).diagonal()
         predicted = model(images).argmax(1)
+    model.net.out.bias.requires_grad_(True)
     assert (gain > 2).all(), gain
     assert predicted.tolist() == list(range(10))
+    # Each class's band (rows 2k, 2k + 1) is drawn bright: well above the image's mean row.
+    pairs = images[:, 0].mean(2).view(10, 14, 2).mean(2)
+    assert (pairs[torch.arange(10), torch.arange(10)] > pairs.mean(1) + 0.5).all(), pairs
+
+
+RECIPE_CHANGES = [("steps", 10), ("lr", 0.02), ("objective", "logit"), ("size", 0.5),
+                  ("l2", 0.01), ("tv", 0.01), ("jitter", 0), ("blur_every", 0),
+                  ("blur_sigma", 1.0), ("seeds", 3), ("parametrisation", "pixel"),
+                  ("parametrisation", "data_colour"), ("parametrisation", "fourier"),
+                  ("noise_std", 0.5), ("seed", 1)]
+
+
+@pytest.mark.parametrize(("knob", "value"), RECIPE_CHANGES,
+                         ids=[f"{k}={v}" for k, v in RECIPE_CHANGES])
+def test_every_knob_changes_the_result(tiny_trained, knob, value):
+    model, stats = tiny_trained
+    base = dict(steps=20, parametrisation="data", stats=stats)
+    default = hallucinate(model, (1, 28, 28), 10, LOW, HIGH, **base)
+    changed = hallucinate(model, (1, 28, 28), 10, LOW, HIGH, **{**base, knob: value})
+    assert changed.shape == default.shape
+    assert (changed - default).abs().max() > 1e-3
+
+
+def test_size_holds_each_image_at_its_root_mean_square():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    wide = [-100.0], [100.0]  # nothing clamped
+    for size in (0.5, 2.0):
+        images = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=size)
+        assert torch.allclose(images.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(size))
+    free = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=None, blur_every=0)
+    assert not torch.allclose(free.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(1.0))
+
+
+def test_log_softmax_stalls_where_the_class_already_wins_and_margin_does_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([200.0, 0.0, 0.0]))  # class 0 wins whatever the input
+    run = partial(hallucinate, model, (1, 8, 8), 3, [-5.0], [5.0], parametrisation="pixel",
+                  blur_every=0)  # 8 × 8 pixels: repeated blurs leave only the lowest frequency
+    noise, base = run(lr=0.0), run(steps=0, noise_std=0.0)  # the recipe without the gradient
+    stalled, moved = run(objective="log_softmax"), run(objective="margin")
+    assert torch.equal(stalled[0], noise[0])  # no gradient at all: only blur and rescaling
+    assert P.stuck(stalled, noise, base).tolist() == [True, False, False]
+    assert P.stuck(moved, noise, base).tolist() == [False, False, False]
+
+
+def test_class_score_objectives():
+    logits = torch.tensor([[3.0, 1.0, -1.0]])
+    target = torch.tensor([0])
+    assert class_score(logits, target, "logit").item() == 3.0
+    assert class_score(logits, target, "contrast").item() == 3.0
+    assert class_score(logits, target, "margin").item() == pytest.approx(
+        3.0 - math.log(math.exp(1) + math.exp(-1)))
+    assert class_score(logits, target, "log_softmax").item() == pytest.approx(
+        float(logits.log_softmax(1)[0, 0]))
+    with pytest.raises(ValueError, match="objective"):
+        class_score(logits, target, "logits")
+
+
+def test_bad_recipes_are_refused():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with pytest.raises(ValueError, match="needs the training images' statistics"):
+        hallucinate(model, (1, 8, 8), 3, [-1.0], [1.0], parametrisation="data")
+    with pytest.raises(ValueError, match="seeds=0"):
+        hallucinate(model, (1, 8, 8), 3, [-1.0], [1.0], seeds=0)
+    with pytest.raises(ValueError, match="parametrisation='lucid'"):
+        Hallucinations("unused", parametrisation="lucid")
+    with pytest.raises(ValueError, match="objective='softmax'"):
+        Hallucinations("unused", objective="softmax")
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data):
+    """An MLP (hidden 256) with BatchNorm trained for one epoch on the shared real-MNIST
+    subset, and that subset's datamodule."""
+    L.seed_everything(0, verbose=False)
+    model = make_classifier("bn", hidden_dim=256, lr=0.05)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small MLP steps faster on one thread than on a shared pool
+    try:
+        data, model, _ = tiny_fit(shared_data, model=model, batch_size=64, limit_val_batches=0)
+        return data, model
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_default_recipe_draws_digits_an_independent_classifier_reads(trained):
+    data, model = trained
+    callback = Hallucinations("unused")  # the recipe's defaults
+    judge = P.Referee(data.input_shape, 10).fit(data.train_set.x, data.train_set.y,
+                                                (data.val_set.x, data.val_set.y))
+    images = hallucinate(model, data.input_shape, 10, LOW, HIGH,
+                         stats=P.ImageStats.of(data.train_set.x), **callback.settings)
+    read, _ = P.recognised(judge.probabilities(images))
+    assert judge.accuracy > 0.95
+    assert read.sum() >= 8, read
+    assert P.predict(model, images).argmax(1).tolist() == list(range(10))
+
+
+# --- the callbacks in training ----------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -129,10 +267,13 @@ def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     events.Reload()
     tags = [f"hallucination/{name}" for name in classes]
-    assert set(events.Tags()["images"]) == {"weights/first_layer", "hallucination/all", *tags}
+    assert set(events.Tags()["images"]) == {"weights/first_layer", "weights/first_layer_change",
+                                            "hallucination/all", *tags}
     # Weights after epochs 0 and 1; the final picture is epoch 1's (same step), not re-logged.
     weights = events.Images("weights/first_layer")
     assert len(weights) == 2 and weights[0].step < weights[1].step
+    assert [e.step for e in events.Images("weights/first_layer_change")] == [
+        e.step for e in weights]
     assert (weights[-1].height, weights[-1].width) == grid_size(64, 8, shape)
     for tag in ["hallucination/all", *tags]:
         assert [event.step for event in events.Images(tag)] == [weights[1].step], tag
@@ -140,39 +281,68 @@ def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
             events.Images("hallucination/all")[0].width) == grid_size(10, 5, shape)
 
     images = run_dir / "images"
-    files = {"weights_epoch0": grid_size(64, 8, shape), "weights_epoch1": grid_size(64, 8, shape),
-             "weights_final": grid_size(64, 8, shape),
-             "hallucinations_final": grid_size(10, 5, shape)}
-    assert sorted(p.stem for p in images.iterdir()) == sorted(files)
+    grid = grid_size(64, 8, shape)
+    files = {"weights_epoch0": grid, "weights_epoch1": grid, "weights_final": grid,
+             "weights_change_epoch0": grid, "weights_change_epoch1": grid,
+             "weights_change_final": grid, "hallucinations_final": grid_size(10, 5, shape)}
+    assert sorted(p.name for p in images.iterdir()) == sorted(
+        [f"{stem}.png" for stem in files] + ["hallucinations_final.pt", "weights_final.pt"])
     for stem, (height, width) in files.items():
         with Image.open(images / f"{stem}.png") as image:
             image.load()
             assert image.size == (width, height), stem
-    final = (images / "weights_final.png").read_bytes()
-    assert final == (images / "weights_epoch1.png").read_bytes()
+    for prefix in ("weights", "weights_change"):
+        final = (images / f"{prefix}_final.png").read_bytes()
+        assert final == (images / f"{prefix}_epoch1.png").read_bytes()
     # Encoded once: the files hold the very PNGs TensorBoard shows.
     assert [(images / f"weights_epoch{i}.png").read_bytes() for i in (0, 1)] == [
         event.encoded_image_string for event in weights]
     assert ((images / "hallucinations_final.png").read_bytes()
             == events.Images("hallucination/all")[0].encoded_image_string)
+    saved = torch.load(images / "hallucinations_final.pt", weights_only=True)
+    assert saved["images"].shape == saved["noise"].shape == saved["base"].shape == (10, *shape)
+    assert saved["real_means"].shape == (10, *shape) and saved["classes"] == list(classes)
+    assert saved["settings"]["steps"] == 5 and saved["seconds"] > 0
+    assert torch.allclose(saved["own_probabilities"].sum(1), torch.ones(10))
 
 
 @pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
 def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_path, cnn):
     model = make_classifier(lr=0.05, cnn=cnn)
+    initial = first_layer(model).weight.detach().clone()
     stop = LambdaCallback(on_train_epoch_end=lambda t, _: setattr(t, "should_stop", True))
     callbacks = [WeightGrid(tmp_path, every_n_epochs=2), Hallucinations(tmp_path, steps=2), stop]
-    trainer = tiny_fit(tiny_data, model=model, callbacks=callbacks, max_epochs=5,
-                       limit_val_batches=0)[2]
+    data, _, trainer = tiny_fit(tiny_data, model=model, callbacks=callbacks, max_epochs=5,
+                                limit_val_batches=0)
 
     assert trainer.current_epoch == 1  # stopped after the first epoch
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hallucinations_final.png",
-                                                         "weights_final.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "hallucinations_final.png", "hallucinations_final.pt", "weights_change_final.png",
+        "weights_final.png", "weights_final.pt"]
     # The grid of the network's first layer (the datamodule's input shape for an MLP's rows,
     # a tile per filter for a CNN), as TensorBoard encodes it: × 255, truncated.
-    grid = weight_grid(first_layer(model).weight, MNISTDataModule.input_shape)
-    assert grid.shape == ((3, *grid_size(4, 2, (1, 3, 3))) if cnn
-                          else (3, *grid_size(32, 6, (1, 28, 28))))
-    with Image.open(tmp_path / "weights_final.png") as image:
-        pixels = np.asarray(image.convert("RGB"))
-    assert np.array_equal(pixels, (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    weight = first_layer(model).weight
+    for name, drawn in (("weights_final", weight), ("weights_change_final", weight - initial)):
+        grid = weight_grid(drawn, MNISTDataModule.input_shape)
+        assert grid.shape == ((3, *grid_size(4, 2, (1, 3, 3))) if cnn
+                              else (3, *grid_size(32, 6, (1, 28, 28))))
+        with Image.open(tmp_path / f"{name}.png") as image:
+            pixels = np.asarray(image.convert("RGB"))
+        assert np.array_equal(pixels, (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    # The saved hallucinations are the drawn ones, with their start and the model's reading.
+    saved = torch.load(tmp_path / "hallucinations_final.pt", weights_only=True)
+    with Image.open(tmp_path / "hallucinations_final.png") as image:
+        tile0 = np.asarray(image.convert("L"))[PAD : PAD + 28, PAD : PAD + 28]
+    expected = (data.denormalise(saved["images"][:1])[0, 0] * 255).byte().numpy()
+    assert np.array_equal(tile0, expected)
+    assert torch.allclose(saved["own_probabilities"], P.predict(model, saved["images"]))
+
+
+def test_diverged_model_gets_no_pictures_and_no_data(tiny_data, tmp_path):
+    model = make_classifier(lr=0.05)
+    broken = LambdaCallback(on_train_end=lambda t, m: first_layer(m).weight.data.fill_(math.nan))
+    callbacks = [broken, WeightGrid(tmp_path, every_n_epochs=0),
+                 Hallucinations(tmp_path, every_n_epochs=0, steps=2)]
+    tiny_fit(tiny_data, model=model, callbacks=callbacks, limit_val_batches=0)
+    assert list(tmp_path.iterdir()) == []
+
