@@ -391,3 +391,19 @@ def test_regime_verdicts_and_figure_from_a_real_two_lr_sweep(regime_sweep):
     assert "| setting | C1 |" in text  # one claim per setting: only MNIST/SGD ran
     events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
     assert "regime/lr" in events.Tags()["images"]
+
+
+def test_never_started_reads_an_interpolated_override_as_typed(tmp_path):
+    """`run_name=${...}` on the command line: multirun.yaml holds it as typed, each job's
+    overrides.yaml escaped; resolving the plan's copy would count every job as never started."""
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      norm: bn,none\n  overrides:\n    task:\n"
+        "    - run_name=${dataset.name}-x\n")
+    for norm in ("bn", "none"):
+        job = write_job(tmp_path, [0.9], norm=norm)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- norm={norm}\n- run_name=$\\{{dataset.name\\}}-x\n")
+    assert never_started(tmp_path) == []
+    shutil.rmtree(job)
+    assert never_started(tmp_path) == ["norm=none"]

@@ -119,7 +119,8 @@ def never_started(sweep_dir: Path) -> list[str]:
         return []
     plan = OmegaConf.load(plan_file).hydra
     params = [f"{k}={v}" for k, v in (OmegaConf.select(plan, "sweeper.params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides([*params, *plan.overrides.task])
+    task = OmegaConf.to_container(plan.overrides.task, resolve=False)  # run_name=${...} as typed
+    overrides = OverridesParser.create().parse_overrides([*params, *task])
     parsed = list({o.get_key_element(): o for o in overrides}.values())  # the last of a key wins
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return []
