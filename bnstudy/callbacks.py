@@ -272,16 +272,17 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
         model.eval().requires_grad_(False)
         with torch.enable_grad():
             for step, (dy, dx) in enumerate(shifts, 1):
-                optimizer.zero_grad()
-                x = image.images(image.deviation())
-                seen = torch.roll(x, shifts=(dy, dx), dims=(-2, -1)) if jitter else x
-                loss = -class_score(model(seen), targets, objective).sum()
-                if l2:
-                    loss = loss + l2 * x.pow(2).sum()
-                if tv:
-                    loss = loss + tv * total_variation(x).sum()
-                loss.backward()
-                optimizer.step()
+                if lr:  # lr=0: only what the recipe does to the noise, no model needed
+                    optimizer.zero_grad()
+                    x = image.images(image.deviation())
+                    seen = torch.roll(x, shifts=(dy, dx), dims=(-2, -1)) if jitter else x
+                    loss = -class_score(model(seen), targets, objective).sum()
+                    if l2:
+                        loss = loss + l2 * x.pow(2).sum()
+                    if tv:
+                        loss = loss + tv * total_variation(x).sum()
+                    loss.backward()
+                    optimizer.step()
                 with torch.no_grad():
                     deviation = image.deviation()
                     if blur_every and step % blur_every == 0:

@@ -14,7 +14,8 @@ Hallucinations (one image per class, pixels in [0, 1], shape (K, C, H, W)):
   that removes pixel noise); a constant image has 0;
 - `distinctness`: how different the classes' images are (1 − their mean pairwise correlation);
   identical images have 0;
-- `stuck`: whether an image is still its starting noise.
+- `noise_correlation`, `stuck`: how much of its starting noise an image still shows, and
+  whether it is still essentially that noise.
 
 First-layer weights (rows of a Linear layer, one per hidden unit; `initial` and `final`):
 
@@ -127,17 +128,23 @@ def pairwise_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return corr.float()
 
 
+def noise_correlation(images: torch.Tensor, noise: torch.Tensor,
+                      base: torch.Tensor) -> torch.Tensor:
+    """Per image, the correlation of what it shows beyond the noiseless start `base` with
+    `noise − base`, where `noise` is what the recipe makes of the same starting noise without
+    the model's gradient (`hallucinate` with `lr=0`): how much of the start is left (K,)."""
+    return pairwise_correlation(images - base, noise - base).diagonal()
+
+
 def stuck(images: torch.Tensor, noise: torch.Tensor, base: torch.Tensor,
-          threshold: float = 0.5) -> torch.Tensor:
-    """Per image, whether it is stuck at its starting noise: what it shows beyond the noiseless
-    start `base` correlates above `threshold` with `noise − base`, where `noise` is what the
-    recipe makes of the same starting noise without the model's gradient (`hallucinate` with
-    `lr=0`), or it has faded below half that noise's strength (root-mean-square: penalties
-    shrank it and nothing grew). A bool per image (K,)."""
-    shown, noise = images - base, noise - base
-    rms = shown.flatten(1).pow(2).mean(1).sqrt()
-    weak = rms < 0.5 * noise.flatten(1).pow(2).mean(1).sqrt()
-    return (pairwise_correlation(shown, noise).diagonal() > threshold) | weak
+          threshold: float = 0.9) -> torch.Tensor:
+    """Per image, whether it is stuck at its starting noise: its `noise_correlation` is above
+    `threshold` (it is essentially that noise), or it has faded below half the noise's
+    strength (root-mean-square beyond `base`: penalties shrank it and nothing grew). A bool
+    per image (K,)."""
+    rms = (images - base).flatten(1).pow(2).mean(1).sqrt()
+    weak = rms < 0.5 * (noise - base).flatten(1).pow(2).mean(1).sqrt()
+    return (noise_correlation(images, noise, base) > threshold) | weak
 
 
 def nearest_mean(images: torch.Tensor, means: torch.Tensor) -> torch.Tensor:

@@ -275,8 +275,8 @@ def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_sw
     # BN + Adam's hallucinations are noise, which the judge cannot read: P3 fails there.
     # (Tiny data's classes are bands 2 px apart, which the judge's ±2 px training shifts blur,
     # so it reads only some of the clean bands: no verdict is asserted for them.)
-    assert "**does not hold**" in lines["P3(BatchNorm + Adam)"]
-    assert "0 of 3 seeds meet it" in lines["P3(BatchNorm + Adam)"]
+    assert "**does not hold**" in lines["P3 (BatchNorm + Adam)"]
+    assert "0 of 3 seeds meet it" in lines["P3 (BatchNorm + Adam)"]
     assert "Verdicts: **P1 does not hold**; **P3 does not hold**." in section
     assert "- **P1b does not hold**" in section  # said plainly
 

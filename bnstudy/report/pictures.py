@@ -53,7 +53,10 @@ COLUMNS = {
     "cross_conf": ("other runs' networks (same dataset): mean probability of the class", ".2f"),
     "nearest_mean_acc": ("share of class images closest (correlation) to their real class "
                          "mean", ".0%"),
-    "stuck": ("class images still at their starting noise", "d"),
+    "stuck": ("class images still at their starting noise (correlation > 0.9 with the "
+              "recipe's noise alone, or faded)", "d"),
+    "noise_corr": ("mean correlation of the images with the recipe's noise alone (lr = 0)",
+                   ".2f"),
     "sharpness": ("edge strength after a σ=1 px blur (pixel units / px)", ".3f"),
     "noise_sharpness": ("the same of the recipe's noise alone (no gradient: lr = 0)", ".3f"),
     "distinctness": ("1 − mean correlation between different classes' images", ".2f"),
@@ -233,7 +236,9 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
         row["cross_conf"] = float(torch.stack(probs).mean())
     real = h["real_means"].float()
     row["nearest_mean_acc"] = float(P.nearest_mean(pixels, real).float().mean())
-    row["stuck"] = int(P.stuck(images, h["noise"].float(), h["base"].float()).sum())
+    noise, base = h["noise"].float(), h["base"].float()
+    row["stuck"] = int(P.stuck(images, noise, base).sum())
+    row["noise_corr"] = float(P.noise_correlation(images, noise, base).mean())
     row["sharpness"] = float(P.sharpness(pixels).mean())
     row["noise_sharpness"] = float(P.sharpness(noise_pixels).mean())
     row["distinctness"] = P.distinctness(pixels)
@@ -370,7 +375,7 @@ def spread(xs: list[float], fmt: str) -> str:
         text = f"{100 * mean:.{digits}f}%" + ("" if math.isnan(std)
                                                 else f" ± {100 * std:.{digits}f}")
     else:
-        fmt = ".2f" if fmt == "d" else fmt
+        fmt = ".1f" if fmt == "d" else fmt
         text = format(mean, fmt) + ("" if math.isnan(std) else f" ± {format(std, fmt.lstrip('+'))}")
     return f"{text} ({len(xs)})"
 
@@ -469,7 +474,7 @@ def claim_parts(rows: list[dict]) -> list[Part]:
         for optim in OPTIMS:
             if ("mnist", norm, optim) in have:
                 parts.append(threshold(
-                    "P3", f"({config_label(norm, optim)})", "MNIST hallucinations show "
+                    "P3", f" ({config_label(norm, optim)})", "MNIST hallucinations show "
                     "recognisable class shapes", "referee_acc", ".0%", g, "mnist", norm, optim,
                     lambda x: x >= RECOGNISED - 1e-9,
                     f"the independent CNN reads ≥ {RECOGNISED:.0%} of the digits"))
