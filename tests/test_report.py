@@ -579,7 +579,8 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, better):
     assert main([str(tmp_path)]) == 0
     rows = read_verdicts(tmp_path / "report")
     assert list(rows[0]) == ["dataset", "optim", "lr", "n_bn", "n_none", "bn_mean", "none_mean",
-                             "diff", "p_value", "verdict", "diff_ci_low", "diff_ci_high"]
+                             "diff", "p_value", "verdict", "diff_ci_low", "diff_ci_high",
+                             "bn_diverged", "none_diverged"]
     assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
         ("mnist", "sgd", 0.01), ("mnist", "sgd", 0.1)]
     for row in rows:
@@ -594,6 +595,8 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, better):
         assert float(row["diff_ci_low"]) == pytest.approx(low, abs=1e-6)
         assert float(row["diff_ci_high"]) == pytest.approx(high, abs=1e-6)
         assert row["verdict"] == {"bn": "wins", "none": "loses", "tie": "ties"}[better]
+        assert (row["bn_diverged"], row["none_diverged"]) == (
+            "1" if row["lr"] == "0.1" else "0", "0")
 
 
 def test_a_verdict_without_two_ok_seeds_a_side_is_no_test(tmp_path):

@@ -407,3 +407,24 @@ def test_never_started_reads_an_interpolated_override_as_typed(tmp_path):
     assert never_started(tmp_path) == []
     shutil.rmtree(job)
     assert never_started(tmp_path) == ["norm=none"]
+
+
+def test_a_side_that_diverged_everywhere_is_marked_not_dropped(tmp_path):
+    from bnstudy.report.write import regime_section
+
+    for seed in (0, 1):
+        write_job(tmp_path, [0.9 + seed / 100], norm="bn", seed=seed, lr=0.01)
+        write_job(tmp_path, [0.8 + seed / 100], norm="none", seed=seed, lr=0.01)
+        write_job(tmp_path, [0.7 + seed / 100], norm="bn", seed=seed, lr=1.0)
+        write_job(tmp_path, [0.1, 0.1], "diverged", norm="none", seed=seed, lr=1.0)
+    rows = verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
+    assert [(r["lr"], r["n_bn"], r["n_none"], r["none_diverged"], r["verdict"]) for r in rows] == [
+        (0.01, 2, 2, 0, "wins"), (1.0, 2, 0, 2, "no test")]
+    (ax,) = regime_figure("lr", rows).axes
+    (arrow,) = [line for line in ax.get_lines() if line.get_marker() == "^"]
+    assert list(arrow.get_xdata()) == [1.0] and arrow.get_label() == (
+        "sgd: only BatchNorm finished ok")
+    assert [t.get_text() for t in ax.texts] == ["sgd: no test at lr 1 (0 ok no BN, 2 diverged)"]
+    text = regime_section("lr", rows)[0]
+    assert ("- mnist, sgd, lr=1.0: BN no test (a side has no ok run: BN 2 ok, 0 diverged; "
+            "no BN 0 ok, 2 diverged" in text)

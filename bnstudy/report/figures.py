@@ -276,6 +276,13 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
                         if r["verdict"] == "no test"]
             if untested:
                 notes.append(f"{describe(rest)}: no test at {hparam} {', '.join(untested)}")
+            for norm, other, marker, y_edge in (("bn", "none", "^", 0.97),
+                                                ("none", "bn", "v", 0.03)):
+                alone = [float(r[hparam]) for r in points if r[f"n_{norm}"] and not r[f"n_{other}"]]
+                if alone:  # only one side finished ok: an arrow at the panel's edge, its side
+                    ax.plot(alone, [y_edge] * len(alone), ls="none", marker=marker, ms=8,
+                            color=color, transform=ax.get_xaxis_transform(),
+                            label=f"{describe(rest)}: only {norm_label(norm)} finished ok")
         ax.axhline(0, color="grey", lw=1)
         if notes:
             ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7)
@@ -296,7 +303,9 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
 
 
 def _untested(row: dict) -> str:
-    """Why a verdicts.csv row has no test: the side(s) short of two ok seeds."""
-    short = [f"{row[f'n_{norm}']} ok {label}" for norm, label in (("bn", "BN"), ("none", "no BN"))
-             if row[f"n_{norm}"] < 2]
-    return ", ".join(short) or "no spread"
+    """Why a verdicts.csv row has no test: the side(s) short of two ok seeds, and their
+    diverged runs."""
+    short = [f"{row[f'n_{norm}']} ok {label}"
+             + (f", {row[f'{norm}_diverged']} diverged" if row[f"{norm}_diverged"] else "")
+             for norm, label in (("bn", "BN"), ("none", "no BN")) if row[f"n_{norm}"] < 2]
+    return "; ".join(short) or "no spread"

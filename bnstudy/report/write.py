@@ -150,7 +150,8 @@ def group_key_names(row: dict) -> list[str]:
 
 def _signed_pts(row: dict) -> str:
     if math.isnan(row["diff"]):
-        return "no difference: a side has no ok run"
+        return (f"a side has no ok run: BN {row['n_bn']} ok, {row['bn_diverged']} diverged; "
+                f"no BN {row['n_none']} ok, {row['none_diverged']} diverged")
     return (f"{100 * row['diff']:+.2f} pts, {_pct(row['bn_mean'])} vs {_pct(row['none_mean'])}")
 
 
