@@ -90,9 +90,10 @@ def test_stuck_flags_images_that_still_show_their_noise_or_faded():
     images = torch.stack([
         (base + 5 * noise)[0],             # the noise, only rescaled: stuck
         (base + pattern)[1],               # a pattern of its own: not stuck
-        (base + 0.02 * noise)[2],          # faded to almost nothing: stuck
+        (base + 0.01 * pattern)[2],        # a pattern, but faded to almost nothing: stuck
     ])
     assert P.stuck(images, base + noise, base).tolist() == [True, False, True]
+    assert P.noise_correlation(images, base + noise, base)[2].abs() < 0.5  # faded, not noise
 
 
 def test_recognised_and_predict():
@@ -127,7 +128,11 @@ def test_high_frequency_share():
     torch.manual_seed(0)
     white = P.high_frequency_share(torch.randn(400, 256), shape)
     assert white.mean().item() == pytest.approx(0.80, abs=0.03)
+    # A slow wave (1 cycle / 16 px) of amplitude 3 plus the checkerboard: by Parseval their
+    # energies are 3² × 256 / 2 and 1² × 256, so 2/11 of the power is high-frequency.
     y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    mixed = 3 * torch.cos(2 * math.pi * x / 16) + checker
+    assert P.high_frequency_share(mixed.view(1, -1), shape).item() == pytest.approx(2 / 11)
     blob = torch.exp(-((y - 7.5) ** 2 + (x - 7.5) ** 2) / 18).view(1, -1)
     assert P.high_frequency_share(blob, shape).item() < 0.01
 
