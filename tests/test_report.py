@@ -371,14 +371,16 @@ def test_images_side_by_side_or_skipped_with_a_note(copy_of):
 @pytest.mark.slow
 def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     sweep_dir = copy_of()
-    failed = shutil.copytree(sweep_dir / "0_mnist-bn-sgd-seed0", sweep_dir / "4_mnist-bn-sgd-seed2")
+    (first,) = sweep_dir.glob("0_mnist-bn-sgd-seed0*")  # the run name ends in -max_epochs=2
+    (gone,) = sweep_dir.glob("3_mnist-none-sgd-seed1*")
+    failed = shutil.copytree(first, sweep_dir / "4_mnist-bn-sgd-seed2")
     record = json.loads((failed / "metrics.json").read_text())
     record["hparams"]["seed"] = 2
     record.update(status="failed", error="RuntimeError: boom | bang", test=None)
     (failed / "metrics.json").write_text(json.dumps(record))
-    unfinished = shutil.copytree(sweep_dir / "0_mnist-bn-sgd-seed0", sweep_dir / "5_unfinished")
+    unfinished = shutil.copytree(first, sweep_dir / "5_unfinished")
     (unfinished / "metrics.json").unlink()  # grouped from its .hydra/config.yaml (bn, seed 0)
-    shutil.rmtree(sweep_dir / "3_mnist-none-sgd-seed1")
+    shutil.rmtree(gone)
 
     out = run_report(sweep_dir)
     rows = read_summary(out)
