@@ -95,8 +95,11 @@ def tb_value(value):
 
 
 def write_session(writer: SummaryWriter, settings: dict) -> None:
-    """The run's HParams session: its settings (see `tb_value`)."""
-    writer.file_writer.add_summary(hp.hparams_pb({k: tb_value(v) for k, v in settings.items()}))
+    """The run's HParams session: its settings (see `tb_value`), under the name of its
+    directory (the TensorBoard run, e.g. `0_mnist-bn-sgd-seed0`) as the table's trial ID,
+    rather than a hash of the settings."""
+    writer.file_writer.add_summary(hp.hparams_pb({k: tb_value(v) for k, v in settings.items()},
+                                                 trial_id=Path(writer.get_logdir()).name))
 
 
 def _ordered(values: set) -> list:

@@ -1,41 +1,12 @@
-"""Sweeps beyond one process (joblib, SLURM config) and the benchmark's command."""
+"""The benchmark's command (sweeps through launchers: test_launchers.py)."""
 
-import json
 import re
 import statistics
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO, run_sweep, run_train
-
-
-@pytest.mark.slow
-def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path):
-    proc = run_sweep(tmp_path, tiny_data, "hydra/launcher=parallel", "norm=bn,none",
-                     "trainer.max_epochs=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
-    records = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]
-    assert sorted(r["hparams"]["norm"] for r in records) == ["bn", "none"]
-    assert all(r["status"] == "ok" for r in records)
-    cores = __import__("os").cpu_count()
-    assert all(r["torch_threads"] == max(1, cores // 2) for r in records)
-
-
-def test_slurm_launcher_config_composes():
-    proc = run_train(
-        "hydra/launcher=slurm",
-        "hydra.launcher.partition=gpu",
-        "hydra.launcher.timeout_min=120",
-        "trainer=gpu",
-        "--cfg",
-        "hydra",
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "submitit_launcher.SlurmLauncher" in proc.stdout
-    assert "partition: gpu" in proc.stdout and "timeout_min: 120" in proc.stdout
-    assert "gpus_per_node: 1" in proc.stdout
+from helpers import REPO
 
 
 @pytest.mark.slow

@@ -1,0 +1,256 @@
+"""Scale-out and first-use paths run for real: sweeps through Hydra's launchers (joblib,
+submitit's local executor, the SLURM config) and torchvision's download from a mirror on
+127.0.0.1 serving files in the official formats (no other address is contacted)."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import read_record, run_sweep, run_train, write_cifar10, write_mnist
+
+# -- sweeps through launchers -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path):
+    proc = run_sweep(tmp_path, tiny_data, "hydra/launcher=parallel", "norm=bn,none",
+                     "trainer.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stderr + proc.stdout
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]
+    assert sorted(r["hparams"]["norm"] for r in records) == ["bn", "none"]
+    assert all(r["status"] == "ok" for r in records)
+    cores = os.cpu_count()
+    assert all(r["torch_threads"] == max(1, cores // 2) for r in records)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
+    """`hydra/launcher=submitit_local`: submitit's code path for SLURM, each job pickled,
+    run in a process of its own and its result collected; both jobs leave a full record and
+    the sweep its summary."""
+    proc = run_sweep(tmp_path, tiny_data, "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=5", "norm=bn,none", "trainer.max_epochs=1",
+                     "~callbacks.hallucinations")
+    console = proc.stderr + proc.stdout
+    assert proc.returncode == 0, console[-3000:]
+    assert "Submitit 'local' sweep output dir" in console
+    jobs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"]
+    records = [read_record(job) for job in jobs]
+    assert [r["hparams"]["norm"] for r in records] == ["bn", "none"]
+    for job, record in zip(jobs, records, strict=True):
+        assert record["status"] == "ok" and record["epochs_trained"] == 1, record
+        assert len(record["history"]) == 1 and 0 <= record["test"]["acc"] <= 1
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert list(job.glob("events.out.tfevents.*"))
+        assert f"{record['run_name']}: ok, val acc" in console
+    # submitit ran them: one result per job, each from another process than the launcher
+    results = sorted(tmp_path.glob(".submitit/*/*_result.pkl"))
+    assert len(results) == 2
+    pids = {p.name.split(".")[-2] for job in jobs for p in job.glob("events.out.tfevents.*")}
+    assert len(pids) == 2, pids  # events files are named after the writing process
+    assert f"Sweep {tmp_path}: 2 job(s)" in console
+
+
+def test_slurm_launcher_config_composes():
+    proc = run_train(
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=120",
+        "trainer=gpu",
+        "--cfg",
+        "hydra",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "submitit_launcher.SlurmLauncher" in proc.stdout
+    assert "partition: gpu" in proc.stdout and "timeout_min: 120" in proc.stdout
+    assert "gpus_per_node: 1" in proc.stdout
+
+
+# -- torchvision's download, from a mirror on 127.0.0.1 -----------------------------------
+
+LOCAL = "127.0.0.1"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_request(self, code="-", size="-") -> None:
+        self.server.requests.append(f"{self.command} {self.path} {int(code)}")
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    requests: list[str]
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # torchvision's redirect probe drops the connection mid-answer (a broken pipe)
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 (a free port) serving `tmp_path/served`: (folder, base URL,
+    the requests it answered). While it runs, connecting anywhere but 127.0.0.1 fails."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local_only(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != LOCAL:
+            raise AssertionError(f"the test tried to reach {address}")
+        return connect(sock, address)
+
+    def resolve_local_only(host, *args, **kwargs):  # not even a DNS query for another host
+        if host != LOCAL:
+            raise AssertionError(f"the test tried to look up {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve_local_only)
+    server = _Server((LOCAL, 0), functools.partial(_Handler, directory=str(served)))
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://{LOCAL}:{server.server_port}/", server.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def idx_array(path: Path) -> np.ndarray:
+    """An uncompressed IDX file's array (MNIST's format: uint8, big-endian dims)."""
+    data = path.read_bytes()
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def serve_mnist(served: Path, tmp_path: Path) -> tuple[list[tuple[str, str]], Path]:
+    """Official MNIST names, gzipped IDX files, under `served/mnist/`: (resources with their
+    md5s, as `torchvision.datasets.MNIST.resources` lists them; the uncompressed originals)."""
+    raw = write_mnist(tmp_path / "original", n_train=120, n_test=40, seed=5) / "MNIST" / "raw"
+    (served / "mnist").mkdir()
+    resources = []
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        gz = served / "mnist" / f"{stem}.gz"
+        gz.write_bytes(gzip.compress((raw / stem).read_bytes(), mtime=0))
+        resources.append((gz.name, md5(gz)))
+    return resources, raw
+
+
+def test_mnist_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path,
+                                                                   monkeypatch):
+    from torchvision.datasets import MNIST
+
+    from bnstudy.data import MNISTDataModule
+
+    served, url, requests = mirror
+    resources, raw = serve_mnist(served, tmp_path)
+    # the first mirror lacks the files (404), as when a mirror is down: the next one serves
+    monkeypatch.setattr(MNIST, "mirrors", [f"{url}gone/", f"{url}mnist/"])
+    monkeypatch.setattr(MNIST, "resources", resources)
+    data_dir = tmp_path / "data"
+    dm = MNISTDataModule(data_dir, val_size=20, download=True)
+    dm.prepare_data()
+    assert {r for r in requests if r.startswith("GET /mnist/")} == \
+        {f"GET /mnist/{name} 200" for name, _ in resources}
+    assert {r for r in requests if r.startswith("GET /gone/")} == \
+        {f"GET /gone/{name} 404" for name, _ in resources}
+    for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert (data_dir / "MNIST" / "raw" / stem).read_bytes() == (raw / stem).read_bytes()
+    dm.setup()
+    images, labels = dm.read_split(train=True)
+    assert np.array_equal(images[:, 0].numpy(), idx_array(raw / "train-images-idx3-ubyte"))
+    assert np.array_equal(labels.numpy(), idx_array(raw / "train-labels-idx1-ubyte"))
+    assert len(dm.train_set) + len(dm.val_set) == 120
+    test_images = idx_array(raw / "t10k-images-idx3-ubyte")
+    assert np.allclose(dm.denormalise(dm.test_set.x).squeeze(1).numpy() * 255, test_images,
+                       atol=1e-3)
+    count = len(requests)
+    MNISTDataModule(data_dir, download=True).prepare_data()  # present: nothing fetched again
+    assert len(requests) == count
+
+
+def test_mnist_download_of_a_corrupt_file_fails_naming_it(mirror, tmp_path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    from bnstudy.data import MNISTDataModule
+    from bnstudy.errors import DataError
+
+    served, url, _ = mirror
+    resources, _ = serve_mnist(served, tmp_path)
+    resources[2] = (resources[2][0], "0" * 32)  # the test images are not what the md5 says
+    monkeypatch.setattr(MNIST, "mirrors", [f"{url}mnist/"])
+    monkeypatch.setattr(MNIST, "resources", resources)
+    with pytest.raises(DataError, match="the download failed") as err:
+        MNISTDataModule(tmp_path / "data", download=True).prepare_data()
+    assert "t10k-images-idx3-ubyte.gz" in str(err.value)
+
+
+def serve_cifar10(served: Path, tmp_path: Path) -> tuple[Path, str]:
+    """`served/cifar-10-python.tar.gz` holding `cifar-10-batches-py/` (as the official
+    archive); returns the original folder and the archive's md5."""
+    folder = write_cifar10(tmp_path / "original", per_batch=30, n_test=40, seed=7) \
+        / "cifar-10-batches-py"
+    archive = served / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return folder, md5(archive)
+
+
+def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path,
+                                                                     monkeypatch):
+    import pickle
+
+    from torchvision.datasets import CIFAR10
+
+    from bnstudy.data import CIFAR10DataModule
+
+    served, url, requests = mirror
+    folder, archive_md5 = serve_cifar10(served, tmp_path)
+    monkeypatch.setattr(CIFAR10, "url", f"{url}cifar-10-python.tar.gz")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", archive_md5)
+    # the served batches' own md5s, so that the strict check (as for the official files) passes
+    for attr in ("train_list", "test_list"):
+        monkeypatch.setattr(CIFAR10, attr, [[name, md5(folder / name)]
+                                            for name, _ in getattr(CIFAR10, attr)])
+    data_dir = tmp_path / "data"
+    dm = CIFAR10DataModule(data_dir, val_size=10, download=True, verify_checksums="strict")
+    dm.prepare_data()
+    assert "GET /cifar-10-python.tar.gz 200" in requests
+    dm.setup()
+    images, labels = dm.read_split(train=True)
+    batches = [pickle.loads((folder / f"data_batch_{i}").read_bytes()) for i in range(1, 6)]
+    expected = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+    assert np.array_equal(images.numpy(), expected)
+    assert labels.tolist() == [label for b in batches for label in b["labels"]]
+    test = pickle.loads((folder / "test_batch").read_bytes())
+    assert np.allclose(dm.denormalise(dm.test_set.x).numpy() * 255,
+                       test["data"].reshape(-1, 3, 32, 32), atol=1e-3)
+    assert len(dm.train_set) + len(dm.val_set) == 150
+    shutil.rmtree(served)  # present now: a second prepare_data fetches nothing
+    CIFAR10DataModule(data_dir, download=True).prepare_data()
