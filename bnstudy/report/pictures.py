@@ -431,32 +431,39 @@ def claim_parts(rows: list[dict]) -> list[Part]:
     """The parts of P1–P3 that the rows' datasets and configurations allow."""
     g, parts = Groups(rows), []
     have = {(r["dataset"], r["norm"], r["optim"]) for r in rows}
-    optims = [o for o in OPTIMS if all(("mnist", n, o) in have for n in ("bn", "none"))]
-    for optim in optims:
-        parts.append(compare(
-            "P1", f"a ({OPTIMS[optim]})", "MNIST: without BN the first-layer weights are "
-            "more interpretable (closer to digit strokes: more of each unit in the data's "
-            "principal components)", "pc_alignment", ".3f", g, "mnist", ("none", optim),
-            ("bn", optim), 1))
+    for optim in OPTIMS:
+        if all(("mnist", n, optim) in have for n in ("bn", "none")):
+            parts.append(compare(
+                "P1", f"a ({OPTIMS[optim]})", "MNIST: without BN the first-layer weights are "
+                "more interpretable (more of each unit in the data's principal components)",
+                "pc_alignment", ".3f", g, "mnist", ("none", optim), ("bn", optim), 1))
+        if ("mnist", "none", optim) in have:
+            parts.append(threshold(
+                "P1", f"b ({OPTIMS[optim]})", "MNIST: without BN the weights are digit "
+                "strokes (most units structured, not noise-like)", "noise_units", ".0%", g,
+                "mnist", "none", optim, lambda x: x < 0.5, "under 50% noise-like units"))
     if ("mnist", "bn", "adam") in have:
         parts.append(threshold(
-            "P1", "b", "MNIST, BN + Adam: most units learn structured patterns",
+            "P1", "c", "MNIST, BN + Adam: most units learn structured patterns",
             "noise_units", ".0%", g, "mnist", "bn", "adam", lambda x: x < 0.5,
             "under 50% noise-like units"))
     for optim in OPTIMS:
         if ("mnist", "none", optim) in have:
             parts.append(threshold(
-                "P1", f"c ({OPTIMS[optim]})", "MNIST: some non-BN units stay pure noise",
+                "P1", f"d ({OPTIMS[optim]})", "MNIST: some non-BN units stay pure noise",
                 "noise_units", ".0%", g, "mnist", "none", optim, lambda x: x > 0,
                 "at least one noise-like unit"))
-    if any(d == "cifar10" and n == "none" for d, n, _ in have):
-        for part, column, sign, what in (
-                ("a1", "colour_fidelity", 1, "the class's general colour"),
-                ("a2", "blueness_airplane", 1, "airplanes mostly blue"),
-                ("a3", "greenness_dog", 1, "dogs greenish"),
-                ("a4", "greenness_frog", 1, "frogs greenish")):
-            parts.append(compare("P2", part, f"CIFAR-10: non-BN networks capture {what}",
-                                 column, "+.3f", g, "cifar10", ("none", None), None, sign))
+    for optim in OPTIMS:
+        if ("cifar10", "none", optim) not in have:
+            continue
+        for part, column, what in (
+                ("a1", "colour_fidelity", "the class's general colour"),
+                ("a2", "blueness_airplane", "airplanes mostly blue"),
+                ("a3", "greenness_dog", "dogs greenish"),
+                ("a4", "greenness_frog", "frogs greenish")):
+            parts.append(compare(
+                "P2", f"{part} ({OPTIMS[optim]})", f"CIFAR-10: non-BN networks capture {what}",
+                column, "+.3f", g, "cifar10", ("none", optim), None, 1))
     for optim in OPTIMS:
         if all(("cifar10", n, optim) in have for n in ("bn", "none")):
             parts.append(compare(
@@ -479,6 +486,26 @@ def claim_parts(rows: list[dict]) -> list[Part]:
                     lambda x: x >= RECOGNISED - 1e-9,
                     f"the independent CNN reads ≥ {RECOGNISED:.0%} of the digits"))
     return parts
+
+
+def weight_notes(rows: list[dict]) -> list[str]:
+    """What the final weights hide: per dataset and optimizer, how much of them training
+    changed, and how data-like that change is, with and without BN."""
+    g, lines = Groups(rows), []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for optim in OPTIMS:
+            sides = []
+            for norm in ("none", "bn"):
+                share = g.values(dataset, "change_share", norm, optim)
+                align = g.values(dataset, "change_pc_alignment", norm, optim)
+                if share and align:
+                    sides.append(f"{norm_label(norm)}: {mean_std(share)[0]:.1%} of the energy, "
+                                 f"alignment {mean_std(align)[0]:.3f}")
+            if sides:
+                lines.append(f"- {dataset}, {OPTIMS[optim]}: the learned change (final − "
+                             f"initial) is {'; '.join(sides)} (medians over units, mean over "
+                             "seeds).")
+    return lines
 
 
 def claim_verdicts(parts: list[Part]) -> dict[str, str]:
@@ -590,7 +617,7 @@ def hallucinations_figure(title: str, picture_runs: list[PictureRun],
              f"; under each tile the independent CNN's reading and probability (green: right; "
              f"{ref.referee.accuracy:.0%} on real validation images)")
     fig.suptitle(f"{title}: final hallucinations, a row per configuration{judge}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     return fig
 
 
@@ -642,7 +669,7 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                               labelpad=8)
     fig.suptitle(f"{title}: first-layer weights, first {num_units} units (each tile scaled on "
                  "its own, mid-grey = 0), a row per configuration", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return fig
 
 
@@ -744,6 +771,12 @@ def pictures_section(runs: list[Run], out: Path) -> tuple[str, dict[str, Figure]
                 figures[name] = weights_figure(head, mine, ref, by_job)
                 lines += [f"![weights {head}]({name}.png)", ""]
             lines += [measures_table(setting_rows, dataset), "", reference_line(ref), ""]
+        notes = weight_notes(setting_rows)
+        if notes:
+            lines += ["What the final weights hide: with SGD at a small learning rate the first "
+                      "layer barely moves, so its grid shows the random initialisation; the "
+                      "learned change shows what training added (its alignment: the share of "
+                      "its energy in the data's top principal components).", "", *notes, ""]
         parts = claim_parts(setting_rows)
         if parts:
             verdicts = claim_verdicts(parts)
