@@ -141,9 +141,10 @@ def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
     writer.file_writer.add_summary(summary)
 
 
-def write_sweep_experiment(sweep_dir: Path, runs_settings: list[dict]) -> None:
-    """Writes the sweep's HParams experiment into an events file at `sweep_dir`'s root."""
-    with SummaryWriter(str(sweep_dir)) as writer:
+def write_sweep_experiment(job_dir: Path, runs_settings: list[dict]) -> None:
+    """Writes the sweep's HParams experiment into an events file of one of its jobs (the
+    plugin reads it from any run; at the sweep's root it would show as an empty run ".")."""
+    with SummaryWriter(str(job_dir)) as writer:
         write_experiment(writer, runs_settings)
 
 

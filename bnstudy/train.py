@@ -7,6 +7,7 @@ fits, tests, and leaves in its job directory the TensorBoard events,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -86,10 +87,13 @@ def default_config() -> DictConfig | None:
 
 
 class _NoAdverts(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         return "💡 Tip" not in record.getMessage()
 
 
+@functools.cache  # once per process: each filterwarnings call resets the "once" registry
 def quiet_console() -> None:
     """Each message once: Lightning's lines go through Hydra's handlers only (Lightning adds
     a console handler of its own), without its advertisement; known harmless warnings of
@@ -254,12 +258,13 @@ class SweepSummary(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        records = [read_record(job) for job in sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))]
-        records = [r for r in records if r]
+        jobs = sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))
+        records = [r for r in map(read_record, jobs) if r]
         if records:
             from bnstudy.dashboard import write_sweep_experiment
 
-            write_sweep_experiment(sweep_dir, [r["hparams"] for r in records if "hparams" in r])
+            write_sweep_experiment(jobs[0].parent,
+                                   [r["hparams"] for r in records if "hparams" in r])
             lines = "\n".join(f"  {result_line(r)}" for r in records)
             log.info("Sweep %s: %d job(s)\n%s\nBrowse: tensorboard --logdir %s\nReport: "
                      "python -m bnstudy.report %s", sweep_dir, len(records), lines, sweep_dir,
