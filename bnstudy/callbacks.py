@@ -343,10 +343,13 @@ class ImageCallback(Callback):
 
     Each drawing writes one PNG per name in `prefixes`, `<prefix>_<suffix>.png`.
     `on_train_end` also runs after an early stop; when the last epoch's pictures were drawn at
-    the same global step, they are copied to the final files instead of drawn and logged
-    again. Then `finish` saves what the report measures (a diverged run, whose parameters are
-    not finite, gets no pictures and no data). Subclasses implement `draw` and `finish`.
+    the same global step and `epoch_is_final` (an epoch's drawing is as good as the final
+    one), they are copied to the final files instead of drawn and logged again. Then `finish`
+    saves what the report measures (a diverged run, whose parameters are not finite, gets no
+    pictures and no data). Subclasses implement `draw` and `finish`.
     """
+
+    epoch_is_final = True
 
     prefixes: tuple[str, ...]
 
@@ -361,7 +364,8 @@ class ImageCallback(Callback):
             self._draw(trainer, pl_module, f"epoch{epoch}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._last is not None and self._last[0] == trainer.global_step:
+        if self._last is not None and self._last[0] == trainer.global_step \
+                and self.epoch_is_final:
             for prefix in self.prefixes:
                 drawn = self.dirpath / f"{prefix}_{self._last[1]}.png"
                 if drawn.is_file():
@@ -452,8 +456,10 @@ class Hallucinations(ImageCallback):
     """One input per class that the model finds most typical of it (see `hallucinate`; the
     recipe's knobs are its keyword arguments, `conf/callbacks/default.yaml`).
 
-    Class names, input shape, mean, std and (for the `data` parametrisations) the training
-    images' statistics come from `trainer.datamodule`. Images are denormalised to pixels and
+    The drawings after every `every_n_epochs`-th epoch take `epoch_steps` steps (None: `steps`)
+    to keep their cost small; the final drawing always takes `steps`. Class names, input
+    shape, mean, std and (for the `data` parametrisations) the training images' statistics
+    come from `trainer.datamodule`. Images are denormalised to pixels and
     tiled in class-index order, `nrow` per grid row. TensorBoard images `hallucination/all`
     and `hallucination/<class>`; files `hallucinations_epoch{E}.png` and
     `hallucinations_final.png` in `dirpath`, and `hallucinations_final.pt` for the report's
@@ -469,7 +475,8 @@ class Hallucinations(ImageCallback):
                  lr: float = 0.1, objective: str = "margin", size: float | None = 1.0,
                  l2: float = 0.0, tv: float = 0.0, jitter: int = 2, blur_every: int = 4,
                  blur_sigma: float = 0.5, seeds: int = 1, parametrisation: str = "data",
-                 noise_std: float = 0.1, seed: int = 0, nrow: int = 5) -> None:
+                 noise_std: float = 0.1, seed: int = 0, nrow: int = 5,
+                 epoch_steps: int | None = None) -> None:
         super().__init__(dirpath, every_n_epochs)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective={objective!r} is not one of {OBJECTIVES}")
@@ -482,9 +489,18 @@ class Hallucinations(ImageCallback):
                          "parametrisation": parametrisation, "noise_std": noise_std,
                          "seed": seed}
         self.nrow = nrow
+        self.epoch_steps = steps if epoch_steps is None else epoch_steps
+        self.epoch_is_final = self.epoch_steps == steps
         self.seconds = math.nan  # of the last drawing
         self._stats: ImageStats | None = None
         self._images: torch.Tensor | None = None  # the last drawing's normalised images
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs > 0
+                                       and trainer.current_epoch + 1 >= trainer.max_epochs)
+        if last and not self.epoch_is_final:
+            return  # the final drawing follows at this very step: one picture per step
+        super().on_train_epoch_end(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule,
              **override) -> torch.Tensor:
@@ -500,7 +516,8 @@ class Hallucinations(ImageCallback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
         data = trainer.datamodule
         started = time.perf_counter()
-        self._images = self._run(trainer, pl_module)
+        steps = self.settings["steps"] if suffix == "final" else self.epoch_steps
+        self._images = self._run(trainer, pl_module, steps=steps)
         self.seconds = time.perf_counter() - started
         pixels = data.denormalise(self._images).cpu()
         save_and_log_image(trainer, "hallucination/all", make_grid(pixels, nrow=self.nrow),

@@ -185,6 +185,7 @@ def test_gaussian_blur_keeps_constants_and_smooths_noise():
     assert P.gaussian_blur(noise, 1.0).std() < 0.6 * noise.std()
 
 
+@pytest.mark.slow
 def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
     from bnstudy.data import MNISTDataModule
 
@@ -259,10 +260,18 @@ def picture_sweep(tiny_data, tmp_path_factory):
     return sweep
 
 
-def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_sweep):
+@pytest.fixture(scope="module")
+def picture_report(picture_sweep):
+    """The picture section of the hand-made sweep (trains the tiny judge once: seconds)."""
     out = picture_sweep / "report"
     out.mkdir(exist_ok=True)
     section, figures = R.pictures_section(load_runs(picture_sweep), out)
+    return section, figures, out
+
+
+@pytest.mark.slow
+def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_report):
+    section, figures, out = picture_report
 
     rows = (out / "pictures.csv").read_text().splitlines()
     assert len(rows) == 1 + 12 and rows[0].startswith("dataset,optim,norm,seed,job,")
@@ -289,12 +298,11 @@ def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_sw
     assert "- **P1c does not hold**" in section  # said plainly
 
 
-def test_pictures_csv_measures(picture_sweep):
+@pytest.mark.slow
+def test_pictures_csv_measures(picture_report):
     import csv
 
-    out = picture_sweep / "report"
-    out.mkdir(exist_ok=True)
-    R.pictures_section(load_runs(picture_sweep), out)
+    out = picture_report[2]
     with open(out / "pictures.csv") as f:
         rows = list(csv.DictReader(f))
     by = {(r["norm"], r["optim"]): r for r in rows if r["seed"] == "0"}
@@ -333,7 +341,7 @@ def test_weights_figure_shows_final_and_change_per_configuration(picture_sweep):
     axes = fig.axes
     assert len(axes) == 5 * 2
     assert axes[0].get_ylabel() == "reference"
-    assert [axes[2 * r].get_ylabel().split("\n")[0] for r in range(1, 5)] == [
+    assert [" ".join(axes[2 * r].get_ylabel().split("\n")[:2]) for r in range(1, 5)] == [
         "No BatchNorm + SGD", "No BatchNorm + Adam", "BatchNorm + SGD", "BatchNorm + Adam"]
     assert axes[2].get_title().startswith("final weights")
     assert axes[3].get_title().startswith("learned change")

@@ -338,6 +338,31 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
     assert torch.allclose(saved["own_probabilities"], P.predict(model, saved["images"]))
 
 
+def test_epoch_drawings_take_epoch_steps_and_the_final_one_all_steps(tiny_data, tmp_path):
+    callback = Hallucinations(tmp_path, every_n_epochs=1, steps=12, epoch_steps=3)
+    epochs = []
+    spy = LambdaCallback(on_train_epoch_end=lambda t, m: epochs.append(
+        (t.current_epoch, sorted(p.name for p in tmp_path.glob("*.png")))))
+    data, model, _ = tiny_fit(tiny_data, model=make_classifier(lr=0.05),
+                              callbacks=[callback, spy], max_epochs=3, limit_val_batches=0)
+
+    # Epochs 0 and 1 drawn cheaply; the last epoch's drawing is left to the final one.
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "hallucinations_epoch0.png", "hallucinations_epoch1.png", "hallucinations_final.png"]
+    assert epochs[-1][1] == ["hallucinations_epoch0.png", "hallucinations_epoch1.png"]
+    saved = torch.load(tmp_path / "hallucinations_final.pt", weights_only=True)
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    expected = hallucinate(model, data.input_shape, 10, (-mean / std).tolist(),
+                           ((1 - mean) / std).tolist(),
+                           stats=P.ImageStats.of(data.train_set.x), **callback.settings)
+    assert callback.settings["steps"] == 12 and saved["settings"]["steps"] == 12
+    assert torch.allclose(saved["images"], expected)
+    cheap = hallucinate(model, data.input_shape, 10, (-mean / std).tolist(),
+                        ((1 - mean) / std).tolist(), stats=P.ImageStats.of(data.train_set.x),
+                        **{**callback.settings, "steps": 3})
+    assert not torch.allclose(saved["images"], cheap)
+
+
 def test_diverged_model_gets_no_pictures_and_no_data(tiny_data, tmp_path):
     model = make_classifier(lr=0.05)
     broken = LambdaCallback(on_train_end=lambda t, m: first_layer(m).weight.data.fill_(math.nan))

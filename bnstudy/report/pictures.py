@@ -652,7 +652,8 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                 f"alignment {_fmt(row.get('pc_alignment', math.nan), '.3f')}")
         change = (f"change {_fmt(row.get('change_share', math.nan), '.1%')} of the energy, "
                   f"alignment {_fmt(row.get('change_pc_alignment', math.nan), '.3f')}")
-        panels.append((f"{config_label(norm, optim)}\n(seed {p.hp.get('seed')})",
+        panels.append((f"{norm_label(norm)}\n+ {OPTIMS.get(optim, optim)}\n"
+                       f"(seed {p.hp.get('seed')})",
                        weight_grid(final, shape, num_units), f"final weights: {note}",
                        weight_grid(final - initial, shape, num_units),
                        f"learned change: {change}"))
