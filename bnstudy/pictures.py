@@ -138,12 +138,14 @@ def noise_correlation(images: torch.Tensor, noise: torch.Tensor,
 
 def stuck(images: torch.Tensor, noise: torch.Tensor, base: torch.Tensor,
           threshold: float = 0.9) -> torch.Tensor:
-    """Per image, whether it is stuck at its starting noise: its `noise_correlation` is above
-    `threshold` (it is essentially that noise), or it has faded below half the noise's
-    strength (root-mean-square beyond `base`: penalties shrank it and nothing grew). A bool
-    per image (K,)."""
+    """Per image of one run, whether it is stuck at its starting noise: its
+    `noise_correlation` is above `threshold` (it is essentially that noise), or nothing grew
+    in it: what it shows beyond `base` (root-mean-square) is under half the starting noise's
+    strength or under half the median of the run's images (penalties shrank it while the
+    other classes grew; the old recipe's no-gradient tile). A bool per image (K,)."""
     rms = (images - base).flatten(1).pow(2).mean(1).sqrt()
-    weak = rms < 0.5 * (noise - base).flatten(1).pow(2).mean(1).sqrt()
+    noise_rms = (noise - base).flatten(1).pow(2).mean(1).sqrt()
+    weak = rms < 0.5 * torch.maximum(noise_rms, rms.median())
     return (noise_correlation(images, noise, base) > threshold) | weak
 
 

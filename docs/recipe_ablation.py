@@ -60,6 +60,7 @@ def main() -> None:
         head = ["recipe", "referee acc (worst)", "referee conf", "nearest mean", "stuck",
                 "distinctness", "colour fidelity", "airplane blueness", "frog greenness", "s"]
         print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
+        scores: dict[str, str] = {}
         for name, recipe in RECIPES.items():
             rows, firsts = [], {}
             for p, net in nets:
@@ -100,9 +101,39 @@ def main() -> None:
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)
                 grid = torch.cat([firsts[k][1] for k in sorted(firsts, reverse=True)])
-                slug = name.split(" (")[0].replace(", ", "_").replace(" ", "_").replace(":", "")
                 save_image(make_grid(grid, nrow=len(data.classes), padding=1),
-                           args.out / f"{dataset}_{slug}.png")
+                           args.out / f"{dataset}_{slug(name)}.png")
+            scores[name] = (f"independent CNN reads {mean('acc'):.0%} (worst network "
+                            f"{min(r['acc'] for r in rows):.0%})")
+        if args.out:
+            compose(args.out, dataset, scores)
+
+
+def compose(out: Path, dataset: str, scores: dict[str, str]) -> Path:
+    """The saved recipe grids of `dataset` stacked in one labelled figure,
+    `<out>/<dataset>_recipes.png` (rows of each panel: no BN + SGD, no BN + Adam, BN + SGD,
+    BN + Adam, first seed; columns: classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(scores), 1, figsize=(10, 4.4 * len(scores)), squeeze=False)
+    for ax, (name, score) in zip(axes[:, 0], scores.items(), strict=True):
+        ax.imshow(plt.imread(out / f"{dataset}_{slug(name)}.png"), interpolation="nearest")
+        ax.set_title(f"{name}: {score}", fontsize=10)
+        ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_ylabel("BN + Adam | BN + SGD | no BN + Adam | no BN + SGD", fontsize=8)
+    fig.suptitle(f"{dataset}: candidate hallucination recipes on the same networks (first seed)")
+    fig.tight_layout()
+    path = out / f"{dataset}_recipes.png"
+    fig.savefig(path, dpi=80)
+    return path
+
+
+def slug(name: str) -> str:
+    return name.split(" (")[0].replace(", ", "_").replace(" ", "_").replace(":", "")
 
 
 if __name__ == "__main__":

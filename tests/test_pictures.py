@@ -83,17 +83,21 @@ def test_nearest_mean_matches_each_image_to_its_own_class_mean():
     assert not P.nearest_mean(noisy.roll(1, dims=0), means).any()
 
 
-def test_stuck_flags_images_that_still_show_their_noise_or_faded():
+def test_stuck_flags_images_that_still_show_their_noise_or_did_not_grow():
     torch.manual_seed(0)
-    base, noise = torch.rand(3, 1, 8, 8), 0.1 * torch.randn(3, 1, 8, 8)
-    pattern = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)
+    base, noise = torch.rand(5, 1, 8, 8), 0.1 * torch.randn(5, 1, 8, 8)
+    pattern = torch.linspace(-1, 1, 64).view(1, 1, 8, 8)  # root-mean-square ≈ 0.58
     images = torch.stack([
         (base + 5 * noise)[0],             # the noise, only rescaled: stuck
         (base + pattern)[1],               # a pattern of its own: not stuck
-        (base + 0.01 * pattern)[2],        # a pattern, but faded to almost nothing: stuck
+        (base + 0.01 * pattern)[2],        # faded below the starting noise: stuck
+        (base + 0.2 * pattern)[3],         # above the noise (0.1), but it did not grow as
+        (base - pattern)[4],               # the others did (under half their median): stuck
     ])
-    assert P.stuck(images, base + noise, base).tolist() == [True, False, True]
-    assert P.noise_correlation(images, base + noise, base)[2].abs() < 0.5  # faded, not noise
+    assert P.stuck(images, base + noise, base).tolist() == [True, False, True, True, False]
+    assert P.noise_correlation(images, base + noise, base)[2:].abs().max() < 0.5  # not noise
+    alone = torch.stack([images[1], (base + 0.4 * pattern)[3]])  # both grew: neither stuck
+    assert P.stuck(alone, (base + noise)[[1, 3]], base[[1, 3]]).tolist() == [False, False]
 
 
 def test_recognised_and_predict():
