@@ -241,9 +241,10 @@ def quick_run(tiny_data, job: Path, *overrides: str):
 
 
 def snapshot(job: Path) -> dict[str, bytes]:
-    """Every file of a job directory but the TensorBoard events, by relative path."""
+    """Every file of a job directory but the TensorBoard events and the log (which each
+    command appends to), by relative path."""
     return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
-            if p.is_file() and "tfevents" not in p.name}
+            if p.is_file() and "tfevents" not in p.name and p.name != "train.log"}
 
 
 @pytest.mark.slow
