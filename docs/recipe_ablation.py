@@ -126,7 +126,7 @@ def compose(out: Path, dataset: str, scores: dict[str, str]) -> Path:
         ax.set_xticks([])
         ax.set_ylabel("BN + Adam | BN + SGD | no BN + Adam | no BN + SGD", fontsize=8)
     fig.suptitle(f"{dataset}: candidate hallucination recipes on the same networks (first seed)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     path = out / f"{dataset}_recipes.png"
     fig.savefig(path, dpi=80)
     return path
