@@ -7,7 +7,6 @@ fits, tests, and leaves in its job directory the TensorBoard events,
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -93,17 +92,19 @@ class _NoAdverts(logging.Filter):
         return "💡 Tip" not in record.getMessage()
 
 
-@functools.cache  # once per process: each filterwarnings call resets the "once" registry
 def quiet_console() -> None:
     """Each message once: Lightning's lines go through Hydra's handlers only (Lightning adds
     a console handler of its own), without its advertisement; known harmless warnings of
     the libraries are not shown."""
+    adverts = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if any(isinstance(f, _NoAdverts) for f in adverts.filters):
+        return  # once per process: each filterwarnings call resets the "once" registry
+    adverts.addFilter(_NoAdverts())
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
             logger.removeHandler(handler)
         logger.propagate = True
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
     for message in (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
                     ".*all_gather is deprecated.*"):
         warnings.filterwarnings("ignore", message)
