@@ -12,7 +12,8 @@ CURVES = {"train/loss", "train/acc", "val/loss", "val/acc"}
 @pytest.mark.slow
 def test_one_run_on_real_mnist_learns(shared_data, tmp_path):
     proc = run_train(
-        *FAST, f"paths.data_dir={shared_data}", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"
+        *FAST, f"paths.data_dir={shared_data}", "trainer.max_epochs=2", "optim=adam",
+        f"hydra.run.dir={tmp_path}"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "metrics.json").read_text())
