@@ -322,6 +322,28 @@ def test_pictures_csv_measures(picture_report):
     assert none["cross_conf"] == ""  # no checkpoints in hand-made jobs
 
 
+def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
+    sweep = tmp_path / "sweep"
+    torch.manual_seed(0)
+    for norm, optim in CONFIGS:
+        job = write_job(sweep, [0.8, 0.9], norm=norm, optim=optim)
+        write_pictures(job, tmp_path / "moved-away", band_images(), torch.randn(32, 784),
+                       torch.randn(32, 784))
+    out = sweep / "report"
+    out.mkdir()
+    section, figures = R.pictures_section(load_runs(sweep), out)
+    assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
+    assert "_the mnist data could not be loaded from " in section
+    assert "no independent judge and no principal components" in section
+    import csv
+
+    with open(out / "pictures.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert all(r["referee_acc"] == "" and r["pc_alignment"] == "" for r in rows)
+    assert all(r["nearest_mean_acc"] == "1.0" and r["change_share"] != "" for r in rows)
+
+
 def test_hallucination_figure_has_a_reference_row_and_a_column_per_class(picture_sweep):
     runs = R.load_picture_runs(load_runs(picture_sweep))
     ref = R.Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
