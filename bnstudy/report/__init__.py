@@ -25,9 +25,13 @@ groups the jobs by every hparam except the seed, and writes `SWEEP_DIR/report/`:
   loses, ties, no test) and the 95% interval of `diff`.
 - `claims.csv` and report.md's Claims section: the study's claims C1–C4, each tested by its own
   statistic (`bnstudy.report.claims`): holds, does not hold or cannot tell.
+- `pictures.csv`, labelled hallucination and weight figures (a row per norm × optim, a column
+  per class, a reference row of the real class means) and the picture claims P1–P3
+  (`bnstudy.report.pictures`, measures from `bnstudy.pictures`).
 - `report.md`: the table, the figures and one verdict per dataset × optim, from Welch's t-test
   on the seeds' final validation accuracies.
-- TensorBoard events holding the same figures and report, to browse next to the runs.
+- TensorBoard events holding the same figures, the report text and margin charts of the mean ±
+  std over seeds per pair (`bnstudy.dashboard`), to browse next to the runs.
 
 Statistics use the `ok` runs only; diverged, failed, unfinished and missing jobs are counted
 and listed, never dropped silently.
