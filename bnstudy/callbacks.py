@@ -16,12 +16,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import image as image_summary
 from torchvision.utils import make_grid
 
+from bnstudy.dashboard import tensorboard_writer
 from bnstudy.nets import first_layer
 from bnstudy.pictures import ImageStats, gaussian_blur
 from bnstudy.records import update_record
@@ -296,14 +295,6 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
         for param, flag in flags.items():
             param.requires_grad_(flag)
     return result(size)
-
-
-def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
-    """The SummaryWriter of the trainer's TensorBoard logger, if it has one."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
 
 
 def save_and_log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, path: Path) -> None:

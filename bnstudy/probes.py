@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import get_total_norm
 
-from bnstudy.callbacks import tensorboard_writer
+from bnstudy.dashboard import tensorboard_writer
 
 
 def relu_modules(model: nn.Module) -> list[tuple[str, nn.ReLU]]:
