@@ -259,20 +259,20 @@ class SweepSummary(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))
-        records = [r for r in map(read_record, jobs) if r]
+        found = [(job.parent, read_record(job))
+                 for job in sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))]
+        records = [r for _, r in found if r]
         if records:
             from bnstudy.dashboard import write_sweep_experiment
 
-            write_sweep_experiment(jobs[0].parent,
+            write_sweep_experiment(found[0][0],
                                    [r["hparams"] for r in records if "hparams" in r])
             lines = "\n".join(f"  {result_line(r)}" for r in records)
             log.info("Sweep %s: %d job(s)\n%s\nBrowse: tensorboard --logdir %s\nReport: "
                      "python -m bnstudy.report %s", sweep_dir, len(records), lines, sweep_dir,
                      sweep_dir)
-        failed = sorted((job.parent.name, read_record(job).get("error", "?"))
-                        for job in sweep_dir.glob(f"*/{RECORD_NAME}")
-                        if read_record(job).get("status") == "failed")
+        failed = [(job.name, r.get("error", "?")) for job, r in found
+                  if r.get("status") == "failed"]
         if self.refused:
             sys.exit(
                 f"{len(self.refused)} job(s) of {sweep_dir} already held a run and were left "
