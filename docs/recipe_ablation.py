@@ -20,7 +20,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from bnstudy import pictures as P
-from bnstudy.callbacks import hallucinate
+from bnstudy.hallucinate import hallucinate
 from bnstudy.report.pictures import load_net, load_picture_runs, open_datamodule
 from bnstudy.report.runs import load_runs
 

@@ -17,8 +17,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from bnstudy import pictures as P
-from bnstudy.callbacks import Hallucinations, WeightGrid, class_score, hallucinate, weight_grid
+from bnstudy.callbacks import (
+    LABEL_HEIGHT,
+    Hallucinations,
+    WeightGrid,
+    labelled_grid,
+    name_strip,
+    weight_grid,
+)
 from bnstudy.data import CIFAR10DataModule, MNISTDataModule
+from bnstudy.hallucinate import class_score, hallucinate
 from bnstudy.nets import first_layer
 
 PAD = 2  # make_grid's default padding
@@ -30,6 +38,12 @@ def grid_size(n: int, nrow: int, shape: tuple[int, ...]) -> tuple[int, int]:
     """(height, width) of make_grid's layout of n tiles of `shape`, `nrow` per row."""
     cols, rows = min(nrow, n), math.ceil(n / min(nrow, n))
     return rows * (shape[1] + PAD) + PAD, cols * (shape[2] + PAD) + PAD
+
+
+def labelled_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A `labelled_grid` tile's shape for images of `shape`: enlarged to >= 96 px, name on top."""
+    scale = math.ceil(96 / shape[2])
+    return 3, LABEL_HEIGHT + scale * shape[1], scale * shape[2]
 
 
 def tile(grid: torch.Tensor, k: int, nrow: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -53,6 +67,22 @@ def test_weight_grid_tiles_are_rows_scaled_each_symmetrically(shape):
     for k in range(10):
         assert torch.allclose(tile(grid, k, 4, shape), expected, atol=1e-6)
     assert tile(grid, 10, 4, shape).eq(0).all()  # no eleventh tile: padding only
+
+
+def test_labelled_grid_writes_each_name_above_its_enlarged_image():
+    images, names = torch.rand(3, 1, 28, 28), ["zero", "one", "automobile"]
+    grid = labelled_grid(images, names, nrow=2)
+
+    shape = labelled_shape((1, 28, 28))
+    assert shape == (3, 14 + 112, 112) and grid.shape == (3, *grid_size(3, 2, shape))
+    for k, name in enumerate(names):
+        drawn = tile(grid, k, 2, shape)
+        assert torch.equal(drawn[:, :LABEL_HEIGHT], name_strip(name, 112)), name
+        enlarged = images[k].repeat_interleave(4, -2).repeat_interleave(4, -1).expand(3, -1, -1)
+        assert torch.equal(drawn[:, LABEL_HEIGHT:], enlarged)
+    strips = [name_strip(name, 112) for name in names]
+    assert all(strip.lt(0.5).any() for strip in strips)  # black text on white is drawn
+    assert not torch.equal(strips[0], strips[1])  # ... and it is the name
 
 
 def test_weight_grid_default_is_8_by_8():
@@ -266,27 +296,28 @@ def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
 
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
     events.Reload()
-    tags = [f"hallucination/{name}" for name in classes]
+    # One hallucination card per run (no card per class to flood the dashboard).
     assert set(events.Tags()["images"]) == {"weights/first_layer", "weights/first_layer_change",
-                                            "hallucination/all", *tags}
+                                            "hallucination/all"}
     # Weights after epochs 0 and 1; the final picture is epoch 1's (same step), not re-logged.
     weights = events.Images("weights/first_layer")
     assert len(weights) == 2 and weights[0].step < weights[1].step
     assert [e.step for e in events.Images("weights/first_layer_change")] == [
         e.step for e in weights]
     assert (weights[-1].height, weights[-1].width) == grid_size(64, 8, shape)
-    for tag in ["hallucination/all", *tags]:
-        assert [event.step for event in events.Images(tag)] == [weights[1].step], tag
+    assert [event.step for event in events.Images("hallucination/all")] == [weights[1].step]
+    labelled = grid_size(10, 5, labelled_shape(shape))
     assert (events.Images("hallucination/all")[0].height,
-            events.Images("hallucination/all")[0].width) == grid_size(10, 5, shape)
+            events.Images("hallucination/all")[0].width) == labelled
 
     images = run_dir / "images"
     grid = grid_size(64, 8, shape)
     files = {"weights_epoch0": grid, "weights_epoch1": grid, "weights_final": grid,
              "weights_change_epoch0": grid, "weights_change_epoch1": grid,
-             "weights_change_final": grid, "hallucinations_final": grid_size(10, 5, shape)}
+             "weights_change_final": grid, "hallucinations_final": labelled}
     assert sorted(p.name for p in images.iterdir()) == sorted(
-        [f"{stem}.png" for stem in files] + ["hallucinations_final.pt", "weights_final.pt"])
+        [f"{stem}.png" for stem in files]
+        + ["hallucinations_final.npz", "hallucinations_final.pt", "weights_final.pt"])
     for stem, (height, width) in files.items():
         with Image.open(images / f"{stem}.png") as image:
             image.load()
@@ -304,6 +335,16 @@ def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
     assert saved["real_means"].shape == (10, *shape) and saved["classes"] == list(classes)
     assert saved["settings"]["steps"] == 5 and saved["seconds"] > 0
     assert torch.allclose(saved["own_probabilities"].sum(1), torch.ones(10))
+    # The final images for anyone's analysis: one pixel array per class name, imshow's layout.
+    mean, std = (torch.tensor(saved[key]).view(-1, 1, 1) for key in ("mean", "std"))
+    pixels = (saved["images"] * std + mean).clamp(0, 1)
+    with np.load(images / "hallucinations_final.npz") as arrays:
+        assert list(arrays.keys()) == list(classes)
+        for name, expected in zip(classes, pixels, strict=True):
+            layout = (*shape[1:], 3) if shape[0] == 3 else shape[1:]
+            assert arrays[name].shape == layout and arrays[name].dtype == np.float32
+            assert 0 <= arrays[name].min() and arrays[name].max() <= 1
+            assert np.allclose(arrays[name], expected.permute(1, 2, 0).squeeze(-1).numpy())
 
 
 @pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
@@ -317,7 +358,8 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
 
     assert trainer.current_epoch == 1  # stopped after the first epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "hallucinations_final.png", "hallucinations_final.pt", "weights_change_final.png",
+        "hallucinations_final.npz", "hallucinations_final.png", "hallucinations_final.pt",
+        "weights_change_final.png",
         "weights_final.png", "weights_final.pt"]
     # The grid of the network's first layer (the datamodule's input shape for an MLP's rows,
     # a tile per filter for a CNN), as TensorBoard encodes it: × 255, truncated.
@@ -332,7 +374,8 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
     # The saved hallucinations are the drawn ones, with their start and the model's reading.
     saved = torch.load(tmp_path / "hallucinations_final.pt", weights_only=True)
     with Image.open(tmp_path / "hallucinations_final.png") as image:
-        tile0 = np.asarray(image.convert("L"))[PAD : PAD + 28, PAD : PAD + 28]
+        top = PAD + LABEL_HEIGHT  # first tile, under its name, enlarged 4×
+        tile0 = np.asarray(image.convert("L"))[top : top + 112 : 4, PAD : PAD + 112 : 4]
     expected = (data.denormalise(saved["images"][:1])[0, 0] * 255).byte().numpy()
     assert np.array_equal(tile0, expected)
     assert torch.allclose(saved["own_probabilities"], P.predict(model, saved["images"]))
