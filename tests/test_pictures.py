@@ -1,6 +1,6 @@
 """The picture measures (`bnstudy.pictures`) on hand-made images with known answers, the
-independent judge, and the report's picture section (`bnstudy.report.pictures`) on hand-made
-job directories."""
+independent judge, and the report's picture section (`bnstudy.report.pictures`, with
+`picture_measures` and `picture_claims`) on hand-made job directories."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import torch
 from helpers import write_job
 
 from bnstudy import pictures as P
-from bnstudy.report import pictures as R
+from bnstudy.report.claims import claim_verdicts
+from bnstudy.report.picture_claims import claim_parts
+from bnstudy.report.picture_measures import Reference, load_picture_runs
+from bnstudy.report.pictures import hallucinations_figure, pictures_section, weights_figure
 from bnstudy.report.runs import load_runs
 
 
@@ -269,7 +272,7 @@ def picture_report(picture_sweep):
     """The picture section of the hand-made sweep (trains the tiny judge once: seconds)."""
     out = picture_sweep / "report"
     out.mkdir(exist_ok=True)
-    section, figures = R.pictures_section(load_runs(picture_sweep), out)
+    section, figures = pictures_section(load_runs(picture_sweep), out)
     return section, figures, out
 
 
@@ -331,7 +334,7 @@ def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
                        torch.randn(32, 784))
     out = sweep / "report"
     out.mkdir()
-    section, figures = R.pictures_section(load_runs(sweep), out)
+    section, figures = pictures_section(load_runs(sweep), out)
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
     assert "_the mnist data could not be loaded from " in section
     assert "no independent judge and no principal components" in section
@@ -345,10 +348,10 @@ def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
 
 
 def test_hallucination_figure_has_a_reference_row_and_a_column_per_class(picture_sweep):
-    runs = R.load_picture_runs(load_runs(picture_sweep))
-    ref = R.Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
+    runs = load_picture_runs(load_runs(picture_sweep))
+    ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
                       real_means=runs[0].hallucinations["real_means"])
-    fig = R.hallucinations_figure("mnist", runs, ref)
+    fig = hallucinations_figure("mnist", runs, ref)
     axes = fig.axes
     assert len(axes) == 5 * 10  # the real class means, then no BN/BN × SGD/Adam; 10 classes
     assert [ax.get_title() for ax in axes[:10]] == [str(d) for d in range(10)]
@@ -359,11 +362,11 @@ def test_hallucination_figure_has_a_reference_row_and_a_column_per_class(picture
 
 
 def test_weights_figure_shows_final_and_change_per_configuration(picture_sweep):
-    runs = R.load_picture_runs(load_runs(picture_sweep))
-    ref = R.Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
+    runs = load_picture_runs(load_runs(picture_sweep))
+    ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
                       real_means=runs[0].hallucinations["real_means"],
                       components=P.principal_components(band_images(), 8))
-    fig = R.weights_figure("mnist", runs, ref, {})
+    fig = weights_figure("mnist", runs, ref, {})
     axes = fig.axes
     assert len(axes) == 5 * 2
     assert axes[0].get_ylabel() == "reference"
@@ -388,7 +391,7 @@ def test_claim_parts_on_hand_made_rows():
                             greenness_frog=0.02 * (seed - 1),    # frogs: within the spread
                             sharpness=(0.08 if bn else 0.05) + 0.001 * seed,
                             distinctness=(1.0 if bn and adam else 0.8) + 0.01 * seed))
-    parts = {p.claim + p.part: p for p in R.claim_parts(rows)}
+    parts = {p.claim + p.part: p for p in claim_parts(rows)}
     for optim in ("SGD", "Adam"):
         assert parts[f"P2a1 ({optim})"].verdict == parts[f"P2a2 ({optim})"].verdict == "holds"
         assert parts[f"P2a3 ({optim})"].verdict == "does not hold"
@@ -396,5 +399,5 @@ def test_claim_parts_on_hand_made_rows():
     assert parts["P2b (SGD)"].verdict == parts["P2b (Adam)"].verdict == "holds"
     assert all(parts[f"P2c (vs {c})"].verdict == "holds"
                for c in ("BatchNorm + SGD", "No BatchNorm + SGD", "No BatchNorm + Adam"))
-    assert R.claim_verdicts(list(parts.values())) == {"P2": "does not hold"}
+    assert claim_verdicts(list(parts.values())) == {"P2": "does not hold"}
     assert parts["P2b (SGD)"].estimate == pytest.approx(0.03)

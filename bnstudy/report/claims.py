@@ -82,11 +82,11 @@ class Part:
     verdict: str
 
 
-def decide(test: Contrast, sign: int, alpha: float = ALPHA) -> str:
-    """holds / does not hold / cannot tell (module docstring)."""
-    if math.isnan(test.p_value) or test.p_value >= alpha:
+def decide(estimate: float, p_value: float, sign: int, alpha: float = ALPHA) -> str:
+    """holds / does not hold / cannot tell (module docstring; the picture claims' rule too)."""
+    if math.isnan(p_value) or p_value >= alpha:
         return "cannot tell"
-    return "holds" if np.sign(test.estimate) == sign else "does not hold"
+    return "holds" if np.sign(estimate) == sign else "does not hold"
 
 
 def combine(verdicts: list[str]) -> str:
@@ -112,7 +112,8 @@ def bn_minus_none(claim: str, part: str, dataset: str, statement: str, statistic
     sides = f"{_spread('BN', bn, scale, fmt)}; {_spread('no BN', none, scale, fmt)}"
     test = contrast([(1.0, bn), (-1.0, none)])
     return Part(claim, part, dataset, statement, statistic, sides,
-                "accuracy" if accuracy else "loss", sign, test, decide(test, sign))
+                "accuracy" if accuracy else "loss", sign, test,
+                decide(test.estimate, test.p_value, sign))
 
 
 def one_side(claim: str, part: str, dataset: str, statement: str, statistic: str,
@@ -121,7 +122,7 @@ def one_side(claim: str, part: str, dataset: str, statement: str, statistic: str
     xs = values(runs, of)
     test = contrast([(1.0, xs)])
     return Part(claim, part, dataset, statement, statistic, _spread(label, xs, 1, ".3f"),
-                "loss", sign, test, decide(test, sign))
+                "loss", sign, test, decide(test.estimate, test.p_value, sign))
 
 
 def gap_sgd_minus_adam(claim: str, part: str, dataset: str, statement: str,
@@ -138,7 +139,7 @@ def gap_sgd_minus_adam(claim: str, part: str, dataset: str, statement: str,
                      (-1.0, groups["adam", "bn"]), (1.0, groups["adam", "none"])])
     return Part(claim, part, dataset, statement,
                 "(BN − no BN with SGD) − (BN − no BN with Adam), final val acc", "; ".join(gaps),
-                "accuracy", 1, test, decide(test, 1))
+                "accuracy", 1, test, decide(test.estimate, test.p_value, 1))
 
 
 def _signed(x: float, fmt: str = ".2f") -> str:
@@ -206,8 +207,8 @@ def _sort_value(value) -> tuple:
         return (1, 0.0, str(value))
 
 
-def claim_verdicts(parts: list[Part]) -> dict[str, str]:
-    """Each claim's verdict, C1 … C4 in order."""
+def claim_verdicts(parts: list) -> dict[str, str]:
+    """Each claim's verdict, in order (C1 … C4; P1 … P3 for the picture claims' parts)."""
     names = sorted({p.claim for p in parts})
     return {c: combine([p.verdict for p in parts if p.claim == c]) for c in names}
 

@@ -1,0 +1,292 @@
+"""The report's picture measures: each ok run's saved pictures, the references of its dataset
+and one `pictures.csv` row per run.
+
+Each run's `images/hallucinations_final.pt` and `images/weights_final.pt` (written by the
+picture callbacks) are measured with `bnstudy.pictures`; the dataset is loaded again from the
+directory the run recorded, to train the independent judge (`Referee`, cached in the report
+directory) and to take the training images' principal components. Other runs' networks (from
+their `checkpoints/last.ckpt`) give the cross-model confidence.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bnstudy.report.runs import Run
+
+log = logging.getLogger(__name__)
+
+PICTURE_FILES = {"hallucinations": "hallucinations_final.pt", "weights": "weights_final.pt"}
+# pictures.csv: column → (what it is, format in report.md); the hallucinations' columns first
+HALLUCINATION_COLUMNS = {
+    "referee_acc": ("share of class images the independent CNN reads as their class", ".0%"),
+    "referee_conf": ("the independent CNN's mean probability of the image's class", ".2f"),
+    "own_conf": ("the run's own network's mean probability of the image's class", ".2f"),
+    "cross_conf": ("other runs' networks (same dataset): mean probability of the class", ".2f"),
+    "nearest_mean_acc": ("share of class images closest (correlation) to their real class "
+                         "mean", ".0%"),
+    "stuck": ("class images still at their starting noise (correlation > 0.9 with the "
+              "recipe's noise alone, or faded)", "d"),
+    "noise_corr": ("mean correlation of the images with the recipe's noise alone (lr = 0)",
+                   ".2f"),
+    "sharpness": ("edge strength after a σ=1 px blur (pixel units / px)", ".3f"),
+    "noise_sharpness": ("the same of the recipe's noise alone (no gradient: lr = 0)", ".3f"),
+    "distinctness": ("1 − mean correlation between different classes' images", ".2f"),
+    "colour_fidelity": ("correlation of class colour deviations with the real class means'",
+                        ".2f"),
+    "blueness_airplane": ("B − (R+G)/2 of the airplane image", "+.3f"),
+    "greenness_dog": ("G − (R+B)/2 of the dog image", "+.3f"),
+    "greenness_frog": ("G − (R+B)/2 of the frog image", "+.3f"),
+    "seconds": ("seconds the final hallucination took", ".2f"),
+}
+WEIGHT_COLUMNS = {
+    "change_share": ("median over units of ||final − initial||² / ||final||²", ".1%"),
+    "hf_share": ("median share of a unit's power above half Nyquist (final weights)", ".2f"),
+    "pc_alignment": ("median share of a unit's energy in the data's top-32 principal "
+                     "components (final weights)", ".3f"),
+    "change_pc_alignment": ("the same for the learned change (final − initial)", ".3f"),
+    "noise_units": ("share of units that are noise-like (alignment < 2 × chance)", ".0%"),
+    "noise_units_initial": ("the same at initialisation", ".0%"),
+}
+COLUMNS = {**HALLUCINATION_COLUMNS, **WEIGHT_COLUMNS}
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def load_tensors(path: Path) -> dict | None:
+    """A picture file (plain tensors, `weights_only`); None if absent or unreadable."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a half-written or foreign file: measured as missing
+        log.warning("cannot read %s: %s", path, err)
+        return None
+
+
+@dataclass
+class PictureRun:
+    """An ok run with what its picture callbacks saved."""
+
+    run: Run
+    hallucinations: dict | None
+    weights: dict | None
+    net: object | None = None  # its network, for the cross-model confidence
+
+    @property
+    def hp(self) -> dict:
+        return self.run.hparams
+
+
+def load_picture_runs(runs: list[Run]) -> list[PictureRun]:
+    """The ok runs that saved at least one picture file."""
+    found = []
+    for run in runs:
+        if run.outcome != "ok":
+            continue
+        files = {kind: load_tensors(run.path / "images" / name)
+                 for kind, name in PICTURE_FILES.items()}
+        if any(files.values()):
+            found.append(PictureRun(run, files["hallucinations"], files["weights"]))
+    return found
+
+
+def load_net(run: Run, input_shape, num_classes: int):
+    """The run's final network from `.hydra/config.yaml` and `checkpoints/last.ckpt`; None
+    where either is missing or does not fit."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    config, ckpt = run.path / ".hydra" / "config.yaml", run.path / "checkpoints" / "last.ckpt"
+    if not (config.is_file() and ckpt.is_file()):
+        return None
+    try:
+        cfg = OmegaConf.load(config)
+        net = instantiate(cfg.model.net, input_shape=tuple(input_shape), num_classes=num_classes)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        net.load_state_dict({k[len("net."):]: v for k, v in state.items()
+                             if k.startswith("net.")})
+        return net.eval()
+    except Exception as err:  # an older layout or a foreign checkpoint: no cross-model number
+        log.warning("%s: network not loaded for the cross-model confidence: %s", run.job, err)
+        return None
+
+
+# --- the dataset's references ---------------------------------------------------------------
+
+
+@dataclass
+class Reference:
+    """What a dataset's runs are measured against: the real class means (pixels), the
+    training images' principal components, and the independent judge."""
+
+    dataset: str
+    classes: list[str]
+    input_shape: list[int]
+    real_means: object | None = None     # (K, C, H, W) pixels
+    components: object | None = None     # (k, D), of normalised training images
+    referee: object | None = None        # bnstudy.pictures.Referee
+    notes: list[str] = field(default_factory=list)
+
+
+def open_datamodule(source: dict):
+    """The datamodule a run recorded (`bnstudy.data.*` only), set up for fitting."""
+    module, _, name = source["datamodule"].rpartition(".")
+    if module != "bnstudy.data":
+        raise ValueError(f"{source['datamodule']} is not one of the project's datamodules")
+    cls = getattr(importlib.import_module(module), name)
+    extra = {"verify_checksums": "off"} if "verify_checksums" in inspect.signature(cls).parameters \
+        else {}
+    data = cls(source["data_dir"], download=False, **extra)
+    data.setup("fit")
+    return data
+
+
+def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> Reference:
+    """The dataset's references, from the first run that recorded where its data lives. The
+    judge is trained once and cached as `cache_dir/referee_<dataset>.pt` (reused while the
+    data directory, training-set size and judge settings are the same)."""
+    import torch
+
+    from bnstudy.pictures import Referee, principal_components
+
+    sources = [f for p in picture_runs for f in (p.hallucinations, p.weights) if f]
+    first = sources[0]
+    ref = Reference(dataset, list(first.get("classes", [])), list(first.get("input_shape") or
+                                                                   first["images"].shape[1:]))
+    hall = next((p.hallucinations for p in picture_runs if p.hallucinations), None)
+    if hall is not None:
+        ref.real_means = hall["real_means"]
+    try:
+        data = open_datamodule(first)
+    except Exception as err:
+        ref.notes.append(f"the {dataset} data could not be loaded from {first.get('data_dir')} "
+                         f"({type(err).__name__}: {err}): no independent judge and no "
+                         "principal components")
+        return ref
+    ref.components = principal_components(data.train_set.x)
+    judge = Referee(data.input_shape, len(data.classes))
+    key = {**judge.settings, "data_dir": str(first["data_dir"]), "n_train": len(data.train_set.y)}
+    cache = cache_dir / f"referee_{dataset}.pt"
+    cached = load_tensors(cache)
+    if cached is not None and cached.get("key") == key:
+        judge.load_state_dict(cached["state"])
+    else:
+        judge.fit(data.train_set.x, data.train_set.y, (data.val_set.x, data.val_set.y))
+        torch.save({"key": key, "state": judge.state_dict()}, cache)
+    ref.referee = judge
+    return ref
+
+
+# --- measures -------------------------------------------------------------------------------
+
+
+def to_pixels(h: dict, key: str = "images"):
+    """The hallucination file's normalised `h[key]` back in pixels, clamped to [0, 1]."""
+    import torch
+
+    mean = torch.tensor(h["mean"]).view(-1, 1, 1)
+    std = torch.tensor(h["std"]).view(-1, 1, 1)
+    return (h[key].float() * std + mean).clamp(0, 1)
+
+
+def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, float]:
+    """The hallucination columns of one run (NaN where a reference is missing)."""
+    import torch
+
+    from bnstudy import pictures as P
+
+    images = h["images"].float()
+    pixels, noise_pixels = to_pixels(h), to_pixels(h, "noise")
+    classes = list(h.get("classes") or ref.classes)
+    own = torch.arange(len(images))
+    row = dict.fromkeys(HALLUCINATION_COLUMNS, math.nan)
+    row["own_conf"] = float(h["own_probabilities"][own, own].mean())
+    if ref.referee is not None:
+        ok, conf = P.recognised(ref.referee.probabilities(images))
+        row["referee_acc"], row["referee_conf"] = float(ok.float().mean()), float(conf.mean())
+    probs = [P.predict(net, images)[own, own].mean() for net in others]
+    if probs:
+        row["cross_conf"] = float(torch.stack(probs).mean())
+    real = h["real_means"].float()
+    row["nearest_mean_acc"] = float(P.nearest_mean(pixels, real).float().mean())
+    noise, base = h["noise"].float(), h["base"].float()
+    row["stuck"] = int(P.stuck(images, noise, base).sum())
+    row["noise_corr"] = float(P.noise_correlation(images, noise, base).mean())
+    row["sharpness"] = float(P.sharpness(pixels).mean())
+    row["noise_sharpness"] = float(P.sharpness(noise_pixels).mean())
+    row["distinctness"] = P.distinctness(pixels)
+    row["colour_fidelity"] = P.colour_fidelity(pixels, real) if pixels.shape[1] == 3 \
+        else math.nan
+    for column, measure, name in (("blueness_airplane", P.blueness, "airplane"),
+                                  ("greenness_dog", P.greenness, "dog"),
+                                  ("greenness_frog", P.greenness, "frog")):
+        if name in classes and pixels.shape[1] == 3:
+            row[column] = float(measure(pixels)[classes.index(name)])
+    row["seconds"] = float(h.get("seconds", math.nan))
+    return row
+
+
+def weight_measures(w: dict, ref: Reference) -> dict[str, float]:
+    """The weight columns of one run (alignment NaN without the data's components; the
+    frequency and alignment measures need a Linear first layer, whose rows are images)."""
+    from bnstudy import pictures as P
+
+    final, initial = w["final"].float(), w["initial"].float()
+    row = dict.fromkeys(WEIGHT_COLUMNS, math.nan)
+    row["change_share"] = float(P.change_share(final, initial).median())
+    shape = list(w["input_shape"])
+    if final.dim() != 2 or final.shape[1] != math.prod(shape):
+        return row  # a conv layer's small filters: only the change share applies
+    row["hf_share"] = float(P.high_frequency_share(final, shape).median())
+    if ref.components is not None:
+        row["pc_alignment"] = float(P.pc_alignment(final, ref.components).median())
+        row["change_pc_alignment"] = float(
+            P.pc_alignment(final - initial, ref.components).median())
+        row["noise_units"] = float(P.noise_like(final, ref.components).float().mean())
+        row["noise_units_initial"] = float(P.noise_like(initial, ref.components).float().mean())
+    return row
+
+
+def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
+            keys: list[str]) -> list[dict]:
+    """One pictures.csv row per run: its group keys, seed, job and measures."""
+    rows = []
+    for p in picture_runs:
+        dataset = p.hp.get("dataset")
+        ref = refs[dataset]
+        row = {k: p.hp.get(k) for k in keys}
+        row.update(seed=p.hp.get("seed"), job=p.run.job)
+        if p.hallucinations is not None:
+            others = [q.net for q in picture_runs
+                      if q is not p and q.net is not None and q.hp.get("dataset") == dataset]
+            row.update(hallucination_measures(p.hallucinations, ref, others))
+        else:
+            row.update(dict.fromkeys(HALLUCINATION_COLUMNS, math.nan))
+        row.update(weight_measures(p.weights, ref) if p.weights is not None
+                   else dict.fromkeys(WEIGHT_COLUMNS, math.nan))
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """pictures.csv: NaN as an empty cell, floats to 6 decimals."""
+    import csv
+
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v)
+                                 else round(v, 6) if isinstance(v, float) else v)
+                             for k, v in row.items()})
