@@ -100,12 +100,35 @@ BOOKKEEPING = ("paths.", "hydra.", "resume", "overwrite", "threads", "trainer.en
 
 def swept_suffix(override_dirname: str) -> str:
     """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond those
-    the run name shows and bookkeeping, so that runs differing in a setting differ in name."""
-    parts = [item for item in override_dirname.split(",") if "=" in item]
-    kept = [item for item in parts
-            if item.split("=", 1)[0] not in SHOWN and not item.startswith(BOOKKEEPING)]
-    return "".join(f"-{item.split('=', 1)[0].rsplit('.', 1)[-1]}={item.split('=', 1)[1]}"
-                   for item in kept)
+    the run name shows and bookkeeping, so that runs differing in a setting differ in name.
+    In a multirun only the settings the sweep varies count (`swept_keys`): a value set once
+    for every job (`trainer.max_epochs=2`) is in each job's record, not in its name."""
+    swept = swept_keys()
+    parts = [item.split("=", 1) for item in override_dirname.split(",") if "=" in item]
+    kept = [(key, value) for key, value in parts
+            if key not in SHOWN and not key.startswith(BOOKKEEPING)
+            and (swept is None or key in swept)]
+    return "".join(f"-{key.rsplit('.', 1)[-1]}={value}" for key, value in kept)
+
+
+def swept_keys() -> set[str] | None:
+    """The keys the running multirun gives several values: sweeps on its command line and in
+    `hydra.sweeper.params`, read from the `multirun.yaml` Hydra's sweeper saves in the sweep
+    directory before it launches jobs. None outside a multirun or without that file."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hydra = HydraConfig.get()
+    saved = Path(hydra.runtime.cwd) / hydra.sweep.dir / "multirun.yaml"
+    if not saved.is_file():
+        return None
+    sweep = OmegaConf.load(saved).hydra
+    params = [f"{key}={value}" for key, value in (sweep.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *sweep.overrides.task])
+    return {o.key_or_group for o in overrides if o.is_sweep_override()}
 
 
 def config_subdir(output_dir: str, overwrite: bool) -> str | None:
