@@ -26,6 +26,8 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
 COMPARED = ("train/loss", "val/loss", "val/acc")
+# Time Series with smoothing off (10-point epoch curves) and runs coloured by norm
+BROWSE_URL = "http://localhost:6006/?smoothing=0&runColorGroup=regex:-(bn|none)-#timeseries"
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
 

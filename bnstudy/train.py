@@ -263,14 +263,14 @@ class SweepSummary(HydraCallback):
                  for job in sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))]
         records = [r for _, r in found if r]
         if records:
-            from bnstudy.dashboard import write_sweep_experiment
+            from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
 
             write_sweep_experiment(found[0][0],
                                    [r["hparams"] for r in records if "hparams" in r])
             lines = "\n".join(f"  {result_line(r)}" for r in records)
-            log.info("Sweep %s: %d job(s)\n%s\nBrowse: tensorboard --logdir %s\nReport: "
-                     "python -m bnstudy.report %s", sweep_dir, len(records), lines, sweep_dir,
-                     sweep_dir)
+            log.info("Sweep %s: %d job(s)\n%s\nBrowse: tensorboard --logdir %s, then open %s\n"
+                     "Report: python -m bnstudy.report %s", sweep_dir, len(records), lines,
+                     sweep_dir, BROWSE_URL, sweep_dir)
         failed = [(job.name, r.get("error", "?")) for job, r in found
                   if r.get("status") == "failed"]
         if self.refused:

@@ -342,6 +342,8 @@ def result_line_pattern(name: str, record: dict) -> str:
 
 @pytest.mark.slow
 def test_console_has_a_result_line_per_job_and_a_summary(sweep):
+    from bnstudy.dashboard import BROWSE_URL
+
     sweep_dir, records, console = sweep
     for record in records.values():
         line = result_line_pattern(record["run_name"], record)
@@ -350,8 +352,13 @@ def test_console_has_a_result_line_per_job_and_a_summary(sweep):
     summary = console[console.index(f"Sweep {sweep_dir}: 4 job(s)\n"):].splitlines()
     for row, record in zip(summary[1:5], records.values(), strict=True):  # in job order
         assert re.fullmatch("  " + result_line_pattern(record["run_name"], record), row), row
-    assert summary[5:7] == [f"Browse: tensorboard --logdir {sweep_dir}",
+    assert summary[5:7] == [f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}",
                             f"Report: python -m bnstudy.report {sweep_dir}"]
+    # The URL's colour groups are the norms: the regex's group is each run's norm.
+    regex = urllib.parse.parse_qs(urllib.parse.urlsplit(BROWSE_URL).query)["runColorGroup"][0]
+    for job, record in records.items():
+        match = re.search(regex.removeprefix("regex:"), Path(job).name)
+        assert match and match.group(1) == record["hparams"]["norm"], job
 
 
 def console_lines(console: str) -> tuple[list[str], list[int]]:
