@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
@@ -87,11 +87,21 @@ class EpochBatchSampler(Sampler):
         yield from mine.split(self.batch_size)[: len(self)]
 
 
+class OrderedBatchSampler(EpochBatchSampler, SequentialSampler):
+    """An `EpochBatchSampler` that does not shuffle. It is also a `SequentialSampler`, which
+    is what Lightning's `overfit_batches` asks a training loader for: Lightning keeps it
+    instead of swapping in a sampler of single samples."""
+
+    def __init__(self, n: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(n, batch_size, False, 0, num_replicas, rank)
+
+
 def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
             num_replicas: int = 1, rank: int = 0) -> DataLoader:
     """A DataLoader that slices whole minibatches out of in-memory tensors (no per-sample
     collation), this process's share of them (see `EpochBatchSampler`)."""
-    sampler = EpochBatchSampler(len(data), batch_size, shuffle, seed, num_replicas, rank)
+    sampler = (EpochBatchSampler(len(data), batch_size, True, seed, num_replicas, rank)
+               if shuffle else OrderedBatchSampler(len(data), batch_size, num_replicas, rank))
     return DataLoader(data, sampler=sampler, batch_size=None)
 
 
@@ -283,8 +293,9 @@ class TensorDataModule(L.LightningDataModule):
     def _loader(self, data: TensorPairs, train: bool) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         shard = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        if train:
-            return batches(data, self.batch_size, True, self.seed, *shard)
+        if train:  # in order with `trainer.overfit_batches`: the same few batches each epoch
+            overfit = trainer is not None and trainer.overfit_batches > 0
+            return batches(data, self.batch_size, not overfit, self.seed, *shard)
         return batches(data, self.eval_batch_size, False, 0, *shard)
 
     def train_dataloader(self) -> DataLoader:

@@ -118,6 +118,30 @@ def test_trainer_flags_are_overridable_without_plus(flag, value):
     assert cfg.trainer[flag] == value
 
 
+SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "enable_checkpointing", "barebones",
+                          "enable_autolog_hparams", "model_registry"}
+
+
+def test_every_trainer_flag_is_in_the_config_with_lightnings_default(tmp_path):
+    import inspect
+
+    import lightning as L
+
+    cfg = compose_with()
+    params = inspect.signature(L.Trainer.__init__).parameters
+    missing = set(params) - {"self"} - SET_BY_THE_ENTRY_POINT - set(cfg.trainer)
+    assert not missing, f"add to conf/trainer/default.yaml: {sorted(missing)}"
+    study = {"max_epochs", "enable_progress_bar", "enable_model_summary", "num_sanity_val_steps",
+             "deterministic", "use_distributed_sampler", "default_root_dir", "accelerator",
+             "devices", "max_steps", "precision", "log_every_n_steps"}  # the study's own choices
+    for name in set(cfg.trainer) - study - {"_target_"}:
+        assert cfg.trainer[name] == params[name].default, name
+    trainer = instantiate(compose_with("trainer.profiler=simple", "trainer.overfit_batches=2",
+                                       "trainer.max_time=00:00:01:00",
+                                       f"paths.output_dir={tmp_path}").trainer, logger=False)
+    assert type(trainer.profiler).__name__ == "SimpleProfiler" and trainer.overfit_batches == 2
+
+
 def test_sharding_twice_and_restarting_ddp_in_a_sweep_are_refused():
     with pytest.raises(ConfigError, match="shard batches a second time"):
         check_devices(compose_with("trainer.use_distributed_sampler=true"))

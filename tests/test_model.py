@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from helpers import make_classifier, scalars, tiny_fit
 
-from bnstudy.data import MNISTDataModule
+from bnstudy.data import MNISTDataModule, batches
 
 
 def test_optimizer_comes_from_the_factory():
@@ -17,29 +17,34 @@ def test_optimizer_comes_from_the_factory():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
-def epoch_batches(data_dir, epoch: int = 0, seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
-    """The training minibatches of an epoch, in the order a fit sees them (batch 50)."""
+def epoch_batches(data_dir, epoch: int = 0, seed: int = 0,
+                  shuffle: bool = True) -> list[tuple[torch.Tensor, ...]]:
+    """The training minibatches of an epoch, in the order a fit sees them (batch 50), or in
+    the data's order."""
     data = MNISTDataModule(data_dir, batch_size=50, download=False, seed=seed)
     data.setup("fit")
-    loader = data.train_dataloader()
+    loader = data.train_dataloader() if shuffle else batches(data.train_set, 50, shuffle=False)
     loader.sampler.set_epoch(epoch)
     return list(loader)
 
 
 def plain_fit(data_dir, epochs: int = 2, lr: float = 0.1, norm: str = "bn", clip=None,
-              accumulate: int = 1, limit: int | None = None, bf16: bool = False):
+              accumulate: int = 1, limit: int | None = None, bf16: bool = False,
+              overfit: int | None = None):
     """The same training as `tiny_fit`, written as a researcher's plain loop: same seed, init,
-    batch order; gradient clipping, accumulation, a batch limit and bf16 autocast as asked."""
+    batch order; gradient clipping, accumulation, a batch limit, bf16 autocast, or the first
+    `overfit` batches in the data's order every epoch, as asked."""
     L.seed_everything(0, verbose=False)
     net = make_classifier(norm, lr=lr).net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     for epoch in range(epochs):
-        batches = epoch_batches(data_dir, epoch)[:limit]
-        for i, (x, y) in enumerate(batches):
+        minibatches = (epoch_batches(data_dir, shuffle=False)[:overfit] if overfit
+                       else epoch_batches(data_dir, epoch)[:limit])
+        for i, (x, y) in enumerate(minibatches):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(net(x), y)
             (loss / accumulate).backward()
-            if (i + 1) % accumulate and i + 1 < len(batches):
+            if (i + 1) % accumulate and i + 1 < len(minibatches):
                 continue
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
@@ -54,12 +59,14 @@ def plain_fit(data_dir, epochs: int = 2, lr: float = 0.1, norm: str = "bn", clip
     ({"accumulate_grad_batches": 3}, {"accumulate": 3}),
     ({"limit_train_batches": 4}, {"limit": 4}),
     ({"precision": "bf16-mixed"}, {"bf16": True}),
+    ({"overfit_batches": 3}, {"overfit": 3}),
 ], ids=["default", "gradient_clip_val", "accumulate_grad_batches", "limit_train_batches",
-        "precision"])
+        "precision", "overfit_batches"])
 def test_trainer_flags_train_as_the_plain_loop_does(tiny_data, flags, plain):
     _, model, trainer = tiny_fit(tiny_data, max_epochs=2, limit_val_batches=0, **flags)
     expected = plain_fit(tiny_data, epochs=2, **plain)
-    steps = {"accumulate_grad_batches": 2 * 4, "limit_train_batches": 2 * 4}
+    steps = {"accumulate_grad_batches": 2 * 4, "limit_train_batches": 2 * 4,
+             "overfit_batches": 2 * 3}
     assert trainer.global_step == steps.get(next(iter(flags), ""), 2 * 11)
     for name, value in expected.state_dict().items():
         assert torch.allclose(model.net.state_dict()[name], value, atol=1e-6), name
