@@ -60,6 +60,12 @@ class ActivationPercentiles(Callback):
                  percentiles: Sequence[float] = (15, 50, 85), every_n_steps: int = 25) -> None:
         if every_n_steps < 1:
             raise ValueError(f"ActivationPercentiles: every_n_steps={every_n_steps}; use >= 1.")
+        if not all(0 <= q <= 100 for q in percentiles):
+            raise ValueError(f"ActivationPercentiles: percentiles={list(percentiles)}; each must "
+                             "be within 0..100 (per cent).")
+        if not units or min(units) < 0:
+            raise ValueError(f"ActivationPercentiles: units={list(units)}; give unit indices "
+                             ">= 0, at least one.")
         self.layer = layer
         self.units = list(units)
         self.percentiles = list(percentiles)
@@ -93,8 +99,12 @@ class ActivationPercentiles(Callback):
             return
         self._last_taken = step
         x = args[0].detach().float()
+        per_unit = unit_values(x)
+        if max(self.units) >= len(per_unit):
+            raise ValueError(f"ActivationPercentiles: units={self.units}, but {self.module_name} "
+                             f"has {len(per_unit)} units; use indices below {len(per_unit)}.")
         q = torch.tensor(self.percentiles, device=x.device) / 100
-        values = torch.quantile(unit_values(x)[self.units], q, dim=1).T.tolist()
+        values = torch.quantile(per_unit[self.units], q, dim=1).T.tolist()
         self.steps.append(step)
         self.values.append(values)
         log_scalars(trainer, {f"activations/unit{u}/p{p:g}": value

@@ -130,6 +130,13 @@ def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
     relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
     with pytest.raises(ValueError, match=rf"layer=5, but the model has {len(relus)} nn.ReLU"):
         fit(model, tiny_data, tmp_path, [ActivationPercentiles(5)])
+    with pytest.raises(ValueError, match=r"percentiles=\[50, 150\]; each must be within 0..100"):
+        ActivationPercentiles(percentiles=[50, 150])
+    with pytest.raises(ValueError, match=r"units=\[-1\]"):
+        ActivationPercentiles(units=[-1])
+    width = model.net.fc1.out_features
+    with pytest.raises(ValueError, match=rf"units=\[0, {width}\], but .* has {width} units"):
+        fit(make_model(), tiny_data, tmp_path, [ActivationPercentiles(units=[0, width])])
 
 
 class Snapshot(Callback):
