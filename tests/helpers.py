@@ -89,12 +89,20 @@ def write_cifar10(root: Path, per_batch: int = 100, n_test: int = 200, seed: int
 # Overrides that make a run fast on tiny data.
 FAST = [
     "trainer.enable_progress_bar=false",
+    "threads=1",  # tiny models: torch's thread pool costs more than it gives on a small machine
 ]
 
 
-def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs `python -m bnstudy.train` with overrides; returns the finished process."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600,
+              fork: bool = True) -> subprocess.CompletedProcess:
+    """Runs `python -m bnstudy.train` with overrides in a process of its own; returns the
+    finished process (its exit status, stdout and stderr). With `fork` (the default) the
+    process comes from the warm starter (`WarmStarter`: the same command without paying
+    torch's and Lightning's imports again); `fork=False`, or BNSTUDY_TEST_FORK=0 for every
+    call, starts a fresh interpreter, for what depends on the start itself."""
+    env = entry_point_env()
+    if fork and forking():
+        return WarmStarter.get(env).run("bnstudy.train", overrides, cwd, env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "bnstudy.train", *overrides],
         cwd=cwd,
@@ -103,6 +111,188 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600) -> subproce
         text=True,
         timeout=timeout,
     )
+
+
+def entry_point_env() -> dict[str, str]:
+    """The environment `run_train` runs the entry point in: the tests' own, warnings off."""
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def forking() -> bool:
+    """Whether `run_train` takes its processes from the warm starter (BNSTUDY_TEST_FORK=0:
+    no, a fresh interpreter each)."""
+    return os.environ.get("BNSTUDY_TEST_FORK", "1") != "0" and hasattr(os, "fork")
+
+
+# Imported once by the warm starter: what makes a fresh `python -m bnstudy.train` slow (~8 s of
+# its start on a small machine; Lightning alone ~7 s). The project's own modules are not among
+# them: each run imports those itself, from the files as they are.
+WARM_IMPORTS = ("numpy", "torch", "torchvision", "torchmetrics", "lightning.pytorch",
+                "torch.utils.tensorboard", "tensorboard", "hydra", "omegaconf", "PIL.Image",
+                "matplotlib", "scipy.stats")
+
+
+class WarmStarter:
+    """A process that has imported `WARM_IMPORTS` and forks a child per command: the child
+    takes the command's working directory, environment, arguments, stdin (/dev/null), stdout
+    and stderr (files), runs the module as `python -m` would (`runpy`, `sys.path[0]` the
+    working directory), then exits as the interpreter does (non-daemon threads joined,
+    atexit handlers run, streams flushed) with the interpreter's exit status. So each command
+    still runs in a process of its own, apart from the tests' process and from the other
+    commands, only without re-importing the libraries. One starter per value of
+    PYTHONWARNINGS (read when an interpreter starts, so the starter's is the child's)."""
+
+    _started: dict[str | None, WarmStarter] = {}
+
+    @classmethod
+    def get(cls, env: dict[str, str]) -> WarmStarter:
+        key = env.get("PYTHONWARNINGS")
+        starter = cls._started.get(key)
+        if starter is None or starter.proc.poll() is not None:
+            starter = cls._started[key] = cls(env)
+        return starter
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import atexit
+        import tempfile
+
+        self.log = tempfile.TemporaryFile()
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                "import helpers; helpers.WarmStarter.serve()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log)
+        self.ready = False
+        atexit.register(self.close)
+
+    def reply(self, timeout: float | None = None) -> dict | None:
+        """The starter's next line, or None if none came within `timeout` seconds."""
+        import select
+
+        if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.log.seek(0)
+            raise RuntimeError("the warm starter stopped:\n"
+                               + self.log.read().decode(errors="replace")[-3000:])
+        return json.loads(line)
+
+    def run(self, module: str, args, cwd: Path, env: dict[str, str],
+            timeout: float) -> subprocess.CompletedProcess:
+        import tempfile
+
+        if not self.ready:
+            self.reply()  # {"ready": true}, once its imports are done
+            self.ready = True
+        command = [sys.executable, "-m", module, *args]
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"module": module, "args": list(args), "cwd": str(cwd), "env": env,
+                       "stdout": str(out), "stderr": str(err)}
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            pid = self.reply()["pid"]
+            done = self.reply(timeout)
+            if done is None:  # as subprocess.run's timeout: kill it, then raise
+                os.kill(pid, 9)
+                self.reply()
+                raise subprocess.TimeoutExpired(command, timeout, out.read_text(),
+                                                err.read_text())
+            return subprocess.CompletedProcess(command, done["status"], out.read_text(),
+                                               err.read_text())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            if not self.ready:  # still importing, and not needed
+                self.proc.kill()
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @staticmethod
+    def serve() -> None:
+        """The starter's own loop: imports, then one child at a time."""
+        import gc
+        import importlib
+        import inspect
+
+        for name in WARM_IMPORTS:
+            importlib.import_module(name)
+        inspect.stack()  # fills inspect's module cache: Hydra's debugger check scans sys.modules
+        gc.collect()
+        gc.freeze()  # the children's garbage collections leave the imported objects alone
+        requests, replies = sys.stdin.buffer, sys.stdout.buffer
+
+        def say(**message) -> None:
+            replies.write((json.dumps(message) + "\n").encode())
+            replies.flush()
+
+        say(ready=True)
+        for line in requests:
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                WarmStarter.child(request)  # does not return
+            say(pid=pid)
+            say(status=os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+    @staticmethod
+    def child(request: dict) -> None:
+        """Runs the module in this forked process as `python -m` would, then exits."""
+        import atexit
+        import runpy
+        import signal
+        import threading
+        import traceback
+
+        code = 1
+        try:
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
+                                    (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
+                                    (2, request["stderr"], os.O_WRONLY | os.O_CREAT)):
+                opened = os.open(path, flags, 0o600)
+                os.dup2(opened, fd)
+                os.close(opened)
+            sys.stdin = sys.__stdin__ = open(0, closefd=False)
+            sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
+            sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False,
+                                                 errors="backslashreplace")
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            sys.path[0] = request["cwd"]
+            sys.argv = [request["module"], *request["args"]]  # runpy sets argv[0] to the file
+            interrupted = False
+            try:
+                runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+                code = 0
+            except SystemExit as exit_:
+                if exit_.code is None or isinstance(exit_.code, int):
+                    code = exit_.code or 0
+                else:
+                    print(exit_.code, file=sys.stderr)
+                    code = 1
+            except KeyboardInterrupt:
+                traceback.print_exc()
+                interrupted = True
+            except BaseException:
+                traceback.print_exc()
+            getattr(threading, "_shutdown", lambda: None)()
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if interrupted:  # as CPython exits on an uncaught KeyboardInterrupt: by SIGINT
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:  # in the set-up above: say so on the command's stderr
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ and ask its JSON endpoints what a user's browser would get.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import FAST, REPO, read_record, scalars, tiny_fit
+from helpers import scalars, tiny_fit
 
 # -- fast: the dashboard's pieces ----------------------------------------------------------
 
@@ -169,29 +168,19 @@ def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_
 
 # -- slow: a real sweep, its console and the real TensorBoard server ---------------------
 
-PAIRS = {("mnist", "sgd"), ("cifar10", "sgd")}
+PAIRS = {(d, o) for d in ("mnist", "cifar10") for o in ("sgd", "adam")}  # conftest.TINY_SWEEP
+JOBS = 8
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]")
 
 
 @pytest.fixture(scope="module")
-def sweep(tiny_data, tmp_path_factory):
-    """A finished 4-job sweep (mnist, cifar10 × bn, none; sgd; 2 short epochs): its dir,
-    its records by job directory name and its console (stderr and stdout as one stream, as
-    a terminal shows them; no PYTHONWARNINGS, as a user runs it)."""
-    out = tmp_path_factory.mktemp("sweep")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bnstudy.train", "-m", "dataset=mnist,cifar10", "norm=bn,none",
-         "optim=sgd", *FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-         "trainer.limit_train_batches=3", "~callbacks.hallucinations",
-         f"hydra.sweep.dir={out}"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    records = {job.name: read_record(job) for job in sorted(out.glob("*/"))
-               if (job / "metrics.json").is_file()}
-    assert len(records) == 4 and all(r["status"] == "ok" for r in records.values()), records
-    return out, records, proc.stdout
+def sweep(tiny_sweep):
+    """The session's finished 8-job sweep (conftest's `tiny_sweep`: mnist, cifar10 × bn, none
+    × sgd, adam; 2 epochs): its dir, its records by job directory name and its console
+    (stderr and stdout as one stream, as a terminal shows them; no PYTHONWARNINGS, as a user
+    runs it). Read only."""
+    assert len(tiny_sweep.records) == JOBS
+    return tiny_sweep
 
 
 def free_port() -> int:
@@ -212,7 +201,7 @@ def get_json(url: str, body: dict | None = None, timeout: float = 10):
 @pytest.fixture(scope="module")
 def tensorboard(sweep, tmp_path_factory):
     """The URL of a `tensorboard --logdir <sweep>` server on 127.0.0.1, once it has read all
-    four runs and the sweep root; stopped afterwards."""
+    the runs and the sweep root; stopped afterwards."""
     sweep_dir, records, _ = sweep
     port = free_port()
     log = (tmp_path_factory.mktemp("tensorboard") / "tensorboard.log").open("w")
@@ -287,10 +276,10 @@ def test_hparams_experiment_has_discrete_study_columns_and_the_real_metric_tags(
                           {"experimentName": ""})
     infos = {i["name"]: i for i in experiment["hparamInfos"]}
     assert list(infos) == ["dataset", "norm", "optim", "seed"]  # what varies first
-    assert {n for n, i in infos.items() if i.get("differs")} == {"dataset", "norm"}
+    assert {n for n, i in infos.items() if i.get("differs")} == {"dataset", "norm", "optim"}
     assert infos["dataset"]["domainDiscrete"] == ["cifar10", "mnist"]
     assert infos["norm"]["domainDiscrete"] == ["bn", "none"]
-    assert infos["optim"]["domainDiscrete"] == ["sgd"]
+    assert infos["optim"]["domainDiscrete"] == ["adam", "sgd"]
     assert infos["seed"]["domainDiscrete"] == ["0"]  # an integer as an integer, not 0.0
     assert all(i["type"] == "DATA_TYPE_STRING" for i in infos.values())
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == \
@@ -317,7 +306,7 @@ def test_hparams_table_holds_each_run_with_its_settings_and_metrics(sweep, tenso
     for run, (settings, metrics) in sessions.items():
         hp = records[run]["hparams"]
         assert settings["seed"] == "0" and settings["dataset"] == hp["dataset"]
-        assert settings["norm"] == hp["norm"] and settings["optim"] == "sgd"
+        assert settings["norm"] == hp["norm"] and settings["optim"] == hp["optim"]
         assert metrics["test/acc"] == pytest.approx(records[run]["test"]["acc"])
         assert metrics["val/acc"] == pytest.approx(records[run]["history"][-1]["val/acc"])
 
@@ -349,11 +338,12 @@ def test_console_has_a_result_line_per_job_and_a_summary(sweep):
         line = result_line_pattern(record["run_name"], record)
         assert len(re.findall(rf"^{STAMP.pattern[1:]}\[bnstudy\]\[INFO\] - {line}$", console,
                               re.M)) == 1, (line, console)
-    summary = console[console.index(f"Sweep {sweep_dir}: 4 job(s)\n"):].splitlines()
-    for row, record in zip(summary[1:5], records.values(), strict=True):  # in job order
+    summary = console[console.index(f"Sweep {sweep_dir}: {JOBS} job(s)\n"):].splitlines()
+    for row, record in zip(summary[1:JOBS + 1], records.values(), strict=True):  # job order
         assert re.fullmatch("  " + result_line_pattern(record["run_name"], record), row), row
-    assert summary[5:7] == [f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}",
-                            f"Report: python -m bnstudy.report {sweep_dir}"]
+    assert summary[JOBS + 1:JOBS + 3] == [
+        f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}",
+        f"Report: python -m bnstudy.report {sweep_dir}"]
     # The URL's colour groups are the norms: the regex's group is each run's norm.
     regex = urllib.parse.parse_qs(urllib.parse.urlsplit(BROWSE_URL).query)["runColorGroup"][0]
     for job, record in records.items():
@@ -365,7 +355,7 @@ def console_lines(console: str) -> tuple[list[str], list[int]]:
     """The console's lines without their timestamps, and where each job's lines start."""
     lines = [STAMP.sub("", line) for line in console.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if re.match(r"\[HYDRA\] \t#\d+ : ", line)]
-    assert len(starts) == 4, console
+    assert len(starts) == JOBS, console
     return lines, starts
 
 
@@ -378,7 +368,7 @@ def test_console_says_each_job_line_once_without_advertisement(sweep):
     for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
         job = lines[start:end]
         assert not [line for line in set(job) if job.count(line) > 1], "\n".join(job)
-    assert len(lines) <= 4 * 8 + 10, console  # a screen per job, with room to spare
+    assert len(lines) <= JOBS * 8 + 10, console  # a screen per job, with room to spare
 
 
 @pytest.mark.slow

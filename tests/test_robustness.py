@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import compose_config, run_train, write_job
+from helpers import FAST, compose_config, run_train, write_job
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
@@ -81,7 +81,7 @@ def lr_sweep(tiny_data, tmp_path_factory) -> Path:
     done = run_train("-m", "experiment=lr_sweep", f"dataset.lr={','.join(map(str, TINY_LRS))}",
                      "optim=sgd", "dataset.max_epochs=1", f"paths.data_dir={tiny_data}",
                      "~callbacks.weight_grid", "~callbacks.hallucinations",
-                     "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}")
+                     *FAST, f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir
 
@@ -344,7 +344,7 @@ def regime_sweep(tiny_data, tmp_path_factory) -> Path:
     done = run_train("-m", "experiment=regime", "dataset=mnist", "dataset.lr=0.01,0.1",
                      "optim=sgd", "seed=0,1", "dataset.max_epochs=1",
                      f"paths.data_dir={tiny_data}", "~callbacks.weight_grid",
-                     "~callbacks.hallucinations", "trainer.enable_progress_bar=false",
+                     "~callbacks.hallucinations", *FAST,
                      f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert main([str(sweep_dir)]) == 0

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, make_classifier, run_train, tiny_fit
+from helpers import make_classifier, tiny_fit
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -151,7 +151,8 @@ def tiny_trained(tiny_data):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained, training):
+def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained, training,
+                                                                two_torch_threads):
     model, stats = tiny_trained
     model = model.train(training)
     model.net.out.bias.requires_grad_(False)  # mixed flags, to check they come back as they were
@@ -284,14 +285,10 @@ def test_default_recipe_draws_digits_an_independent_classifier_reads(trained):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("datamodule", [MNISTDataModule, CIFAR10DataModule])
-def test_training_run_logs_and_saves_images(tiny_data, tmp_path, datamodule):
-    run_dir = tmp_path / "run"
-    done = run_train(f"dataset={datamodule.name}", f"paths.data_dir={tiny_data}",
-                     "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *FAST,
-                     "callbacks.weight_grid.every_n_epochs=1",
-                     "callbacks.hallucinations.every_n_epochs=0",  # drawn when training ends
-                     "callbacks.hallucinations.steps=5")
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
+    # A job of conftest's `tiny_sweep`: 2 epochs, weight grids every epoch, hallucinations
+    # (5 steps) drawn when training ends.
+    (run_dir,) = tiny_sweep.dir.glob(f"*_{datamodule.name}-bn-sgd-seed0*")
     shape, classes = datamodule.input_shape, datamodule.classes
 
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
