@@ -31,8 +31,8 @@ def pytest_collection_finish(session) -> None:
     import gc
 
     items = session.items
-    if forking() and any("run_train" in vars(getattr(item, "module", None) or object)
-                         for item in items):
+    modules = {getattr(item, "module", None) for item in items} - {None}
+    if forking() and any(hasattr(module, "run_train") for module in modules):
         WarmStarter.get(entry_point_env())
     if any("tiny_sweep" in getattr(item, "fixturenames", ()) for item in items):
         TinySweepRun.start()
@@ -69,6 +69,20 @@ def two_torch_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def figures_not_rendered(monkeypatch):
+    """For a test of a report's text and tables only: its figures are built as usual but not
+    drawn (rendering them, once as PNG and again for TensorBoard, is most of a report's
+    time); each PNG file is left empty. Tests that look at the figures don't use this."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kwargs: Path(path).touch())
+    monkeypatch.setattr(SummaryWriter, "add_figure",
+                        lambda self, tag, figure, *args, **kwargs: plt.close(figure))
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,17 @@ def record(job: Path) -> dict:
     return json.loads((job / "metrics.json").read_text())
 
 
+# Each case below runs the entry point (~0.7 s, most of it Hydra composing the config twice):
+# the fast loop keeps a case or two of each kind, the slow suite runs them all.
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "override,group,options",
     [
         ("dataset=imagenet", "dataset", ["cifar10", "mnist"]),
-        ("norm=group", "norm", ["bn", "none"]),
-        ("optim=rmsprop", "optim", ["adam", "sgd"]),
+        pytest.param("norm=group", "norm", ["bn", "none"], marks=SLOW),
+        pytest.param("optim=rmsprop", "optim", ["adam", "sgd"], marks=SLOW),
     ],
 )
 def test_unknown_option_names_the_group_and_its_options(override, group, options, tmp_path):
@@ -40,19 +45,26 @@ def test_unknown_option_names_the_group_and_its_options(override, group, options
             "dataset.batch_size=0",
             "dataset.batch_size=0 is out of range; it must be an integer >= 1",
         ),
-        ("dataset.lr=-0.1", "dataset.lr=-0.1 is out of range; it must be a number > 0"),
-        ("optim.optimizer.lr=0", "optim.optimizer.lr=0 is out of range; it must be a number > 0"),
-        ("trainer.max_epochs=-1", "trainer.max_epochs=-1 is out of range"),
-        ("model.net.hidden_dim=0", "model.net.hidden_dim=0 is out of range"),
-        (
+        pytest.param("dataset.lr=-0.1", "dataset.lr=-0.1 is out of range; it must be a number > 0",
+                     marks=SLOW),
+        pytest.param("optim.optimizer.lr=0",
+                     "optim.optimizer.lr=0 is out of range; it must be a number > 0", marks=SLOW),
+        pytest.param("trainer.max_epochs=-1", "trainer.max_epochs=-1 is out of range",
+                     marks=SLOW),
+        pytest.param("model.net.hidden_dim=0", "model.net.hidden_dim=0 is out of range",
+                     marks=SLOW),
+        pytest.param(  # in the fast loop: test_data.py's test_sizes_larger_than_the_data...
             "dataset.train_size=100000",
             "ask for 100000 training and 60 validation images, but the training files hold 600",
+            marks=SLOW,
         ),
-        ("dataset.val_size=1.5", "dataset.val_size=1.5 is out of range; it must be a fraction "
-                                 "in (0, 1) or a whole count >= 1"),
-        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is out of range; it must be an "
-                                   "integer >= 1"),
-        ("+lr=0.1", "lr: no such setting. Valid keys at the top level: callbacks, dataset,"),
+        pytest.param("dataset.val_size=1.5", "dataset.val_size=1.5 is out of range; it must be a "
+                     "fraction in (0, 1) or a whole count >= 1", marks=SLOW),
+        pytest.param("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is out of range; it must "
+                     "be an integer >= 1", marks=SLOW),
+        pytest.param("+lr=0.1",
+                     "lr: no such setting. Valid keys at the top level: callbacks, dataset,",
+                     marks=SLOW),
         ("+dataset.momentum=0.9", "dataset.momentum: no such setting. Valid keys under dataset:"),
     ],
 )
@@ -80,6 +92,7 @@ def test_missing_data_with_download_disabled(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the message in the fast loop: test_data.py's test_truncated_idx_file...
 def test_truncated_data_file_is_named(tmp_path):
     write_mnist(tmp_path / "data", n_train=50, n_test=20)
     labels = tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
@@ -225,8 +238,9 @@ def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
-    ("model.net.depth=two", "Value 'two' of type 'str' could not be converted to Integer"),
-    ("resume=maybe", "Value 'maybe' is not a valid bool"),
+    pytest.param("model.net.depth=two",
+                 "Value 'two' of type 'str' could not be converted to Integer", marks=SLOW),
+    pytest.param("resume=maybe", "Value 'maybe' is not a valid bool", marks=SLOW),
 ])
 def test_mistyped_values_are_refused_by_the_schema(override, message, tmp_path):
     proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path}")

@@ -536,7 +536,8 @@ def test_only_the_claims_a_sweep_allows_are_stated(tmp_path):
         "C3a", "C3b", "C4a", "C4b"]
 
 
-def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path):
+def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path,
+                                                               figures_not_rendered):
     sweep_dir = write_claims_sweep(tmp_path / "sweep", {**HOLDS, **FLIPS["C2"][0]})
     assert main([str(sweep_dir)]) == 0
     text = (sweep_dir / "report" / "report.md").read_text()
@@ -565,7 +566,7 @@ def read_verdicts(out: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path):
+def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not_rendered):
     """One report whose learning rates give each verdict: BN ahead at lr 0.01, behind at 0.1
     (the same numbers, swapped), level within the spread at 0.001."""
     from scipy import stats as sps
