@@ -371,7 +371,7 @@ def test_images_side_by_side_or_skipped_with_a_note(copy_of):
 @pytest.mark.slow
 def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     sweep_dir = copy_of()
-    (first,) = sweep_dir.glob("0_mnist-bn-sgd-seed0*")  # the run name ends in -max_epochs=2
+    (first,) = sweep_dir.glob("0_mnist-bn-sgd-seed0*")
     (gone,) = sweep_dir.glob("3_mnist-none-sgd-seed1*")
     failed = shutil.copytree(first, sweep_dir / "4_mnist-bn-sgd-seed2")
     record = json.loads((failed / "metrics.json").read_text())
