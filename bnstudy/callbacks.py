@@ -6,6 +6,7 @@ one hallucinated input per class; `bnstudy.pictures` measures them for the repor
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import shutil
@@ -26,7 +27,7 @@ from bnstudy.dashboard import tensorboard_writer
 from bnstudy.hallucinate import OBJECTIVES, PARAMETRISATIONS, hallucinate
 from bnstudy.nets import first_layer
 from bnstudy.pictures import ImageStats
-from bnstudy.records import update_record
+from bnstudy.records import replace_file, update_record
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +148,21 @@ def save_and_log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, path: 
 
 def save_tensors(path: Path, content: dict) -> None:
     """`torch.save` of plain tensors, lists, strings and numbers (loadable with
-    `weights_only=True`), written to a temporary file and renamed, so no half file is left."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(content, tmp)
-    tmp.replace(path)
+    `weights_only=True`), written whole or not at all (`replace_file`)."""
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    replace_file(path, buffer.getbuffer())
 
 
 def save_class_arrays(path: Path, images: torch.Tensor, names: Sequence[str]) -> None:
     """Images (N, C, H, W) in [0, 1] as a NumPy `.npz`, one float32 array per class name,
     shaped as `matplotlib.pyplot.imshow` takes them: (H, W) for one channel, (H, W, 3) for
-    colour. Written to a temporary file and renamed."""
+    colour. Written whole or not at all (`replace_file`)."""
     arrays = {name: image.permute(1, 2, 0).squeeze(-1).numpy().astype(np.float32)
               for name, image in zip(names, images.detach().cpu(), strict=True)}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    replace_file(path, buffer.getbuffer())
 
 
 def data_source(trainer: L.Trainer) -> dict:
