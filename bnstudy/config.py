@@ -9,6 +9,7 @@ errors and `--help` answer in about two seconds.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -116,7 +117,6 @@ def swept_keys() -> set[str] | None:
     `hydra.sweeper.params`, read from the `multirun.yaml` Hydra's sweeper saves in the sweep
     directory before it launches jobs. None outside a multirun or without that file."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -125,10 +125,19 @@ def swept_keys() -> set[str] | None:
     saved = Path(hydra.runtime.cwd) / hydra.sweep.dir / "multirun.yaml"
     if not saved.is_file():
         return None
-    sweep = OmegaConf.load(saved).hydra
+    return set(_sweep_keys_of(str(saved), saved.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:
+    """`swept_keys` of one saved `multirun.yaml` (~40 ms to read and parse; the run name is
+    resolved several times a job, and a sweep's jobs may share a process)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep = OmegaConf.load(path).hydra
     params = [f"{key}={value}" for key, value in (sweep.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides([*params, *sweep.overrides.task])
-    return {o.key_or_group for o in overrides if o.is_sweep_override()}
+    return frozenset(o.key_or_group for o in overrides if o.is_sweep_override())
 
 
 def config_subdir(output_dir: str, overwrite: bool) -> str | None:
