@@ -33,8 +33,9 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from bnstudy.config import CONFIG_DIR  # noqa: E402
 from bnstudy.data import batches  # noqa: E402
-from bnstudy.train import CONFIG_DIR, build  # noqa: E402
+from bnstudy.train import build  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 

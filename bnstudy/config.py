@@ -21,6 +21,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from bnstudy.errors import ConfigError
 from bnstudy.norms import NORMS
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 
 @dataclass
 class DatasetSchema:
@@ -259,6 +261,26 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
              if key not in covered and not key.startswith(NOT_SETTINGS)
              and (base.get(key, object()) != value or key in overridden)}
     return study | extra
+
+
+def group_defaults(choices: dict) -> DictConfig:
+    """The config that the group `choices` (Hydra's `runtime.choices`: `{"dataset": "mnist",
+    ...}`) give without any other override, composed from `conf/`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register()
+    overrides = [f"{group}={choice}" for group, choice in choices.items()
+                 if choice is not None and not group.startswith(("hydra", "schema"))]
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
+        return compose("config", overrides=overrides)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def overridden_keys(overrides) -> tuple[str, ...]:
+    """The dotted keys a list of command-line overrides sets (`+x=1`, `~x` give `x`)."""
+    return tuple(o.split("=", 1)[0].lstrip("+~") for o in overrides)
 
 
 def changed_settings(stored: DictConfig, current: DictConfig) -> list[str]:

@@ -24,7 +24,15 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy.config import changed_settings, hparams, register, validate
+from bnstudy.config import (
+    CONFIG_DIR,
+    changed_settings,
+    group_defaults,
+    hparams,
+    overridden_keys,
+    register,
+    validate,
+)
 from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.records import RECORD_NAME, read_record, update_record
 
@@ -34,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("bnstudy")
 
 FINISHED = ("ok", "diverged")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 register()  # the schemas and resolvers `conf/` names, before Hydra composes it
 
 
@@ -71,18 +78,8 @@ def check_job_dir(cfg: DictConfig, out: Path) -> None:
 def default_config() -> DictConfig | None:
     """The config this job's group choices give without any other override (None outside a
     Hydra job): `hparams` records the settings that differ from it."""
-    if not HydraConfig.initialized():
-        return None
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    choices = HydraConfig.get().runtime.choices
-    overrides = [f"{group}={choice}" for group, choice in choices.items()
-                 if choice is not None and not group.startswith(("hydra", "schema"))]
-    if GlobalHydra.instance().is_initialized():  # inside the app (always, but for tests)
-        return compose("config", overrides=overrides)
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return group_defaults(HydraConfig.get().runtime.choices) if HydraConfig.initialized() \
+        else None
 
 
 class _NoAdverts(logging.Filter):
@@ -179,7 +176,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.resume and read_record(record_path).get("status") in FINISHED:
         log.info("%s already finished (resume=true): skipped", cfg.run_name)
         return read_record(record_path)
-    overridden = tuple(o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task) \
+    overridden = overridden_keys(HydraConfig.get().overrides.task) \
         if HydraConfig.initialized() else ()
     settings = hparams(cfg, default_config(), overridden)
 

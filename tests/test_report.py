@@ -25,6 +25,7 @@ from bnstudy.report.runs import (
     describe,
     group_keys,
     group_runs,
+    hparams_from_config,
     load_runs,
     norm_label,
     slug,
@@ -265,10 +266,12 @@ def test_cli_on_a_missing_or_empty_dir_exits_2_with_a_clear_message(tmp_path, ca
 
 @pytest.fixture(scope="module")
 def sweep(tiny_data, tmp_path_factory) -> Path:
-    """A finished multirun: mnist × {bn, none} × sgd × seeds {0, 1}, 2 epochs each."""
+    """A finished multirun: mnist × {bn, none} × sgd × seeds {0, 1}, 2 epochs each, with a
+    setting outside the study's (recorded in each job's hparams, the same for all)."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
     done = run_train("-m", "dataset=mnist", "norm=bn,none", "optim=sgd", "seed=0,1",
                      f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                     "callbacks.hallucinations.steps=5",
                      *FAST, f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir
@@ -368,6 +371,19 @@ def test_images_side_by_side_or_skipped_with_a_note(copy_of):
     assert not (out / "weights_mnist_sgd.png").exists()  # the earlier report's is gone
 
 
+def test_a_job_without_record_gets_the_hparams_its_record_would_hold(tiny_sweep, tmp_path):
+    # The sweep sets callbacks.hallucinations.steps=5 (and more) for every job: read from the
+    # job's .hydra/ files they must be in the hparams, or the job groups apart from its siblings.
+    for name in [*tiny_sweep.records][::4]:  # an mnist and a cifar10 job
+        assert hparams_from_config(tiny_sweep.dir / name) == tiny_sweep.records[name]["hparams"]
+    job = shutil.copytree(tiny_sweep.dir / name / ".hydra", tmp_path / "job" / ".hydra")
+    (job / "hydra.yaml").write_text((job / "hydra.yaml").read_text().replace(
+        "dataset: cifar10", "dataset: since_removed"))  # conf/ no longer has the choice
+    assert hparams_from_config(job.parent) == {k: tiny_sweep.records[name]["hparams"][k] for k in (
+        "dataset", "model", "depth", "norm", "optim", "seed", "lr", "batch_size", "hidden_dim",
+        "max_epochs")}
+
+
 @pytest.mark.slow
 def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     sweep_dir = copy_of()
@@ -379,7 +395,8 @@ def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     record.update(status="failed", error="RuntimeError: boom | bang", test=None)
     (failed / "metrics.json").write_text(json.dumps(record))
     unfinished = shutil.copytree(first, sweep_dir / "5_unfinished")
-    (unfinished / "metrics.json").unlink()  # grouped from its .hydra/config.yaml (bn, seed 0)
+    (unfinished / "metrics.json").unlink()  # grouped from its .hydra/ files (bn, seed 0, and
+    # the sweep's other setting, as in its siblings' records)
     shutil.rmtree(gone)
 
     out = run_report(sweep_dir)

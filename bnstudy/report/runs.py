@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.norms import NORMS
 from bnstudy.records import RECORD_NAME
@@ -71,11 +73,22 @@ def _job_number(name: str) -> int:
 
 
 def hparams_from_config(job: Path) -> dict:
-    """The hparams `bnstudy.train` records, from the job's `.hydra/config.yaml` ({} if none)."""
-    from bnstudy.config import hparams
+    """The hparams `bnstudy.train` records, from the job's `.hydra/` files ({} if none): the
+    study's settings, and every other one its command line set or that differs from the
+    defaults of its group choices, so it groups with its finished siblings. Where `conf/` no
+    longer composes those choices, the study's settings only."""
+    from bnstudy.config import group_defaults, hparams, overridden_keys
 
-    config = job / ".hydra" / "config.yaml"
-    return hparams(OmegaConf.load(config)) if config.is_file() else {}
+    saved = job / ".hydra"
+    if not (saved / "config.yaml").is_file():
+        return {}
+    cfg = OmegaConf.load(saved / "config.yaml")
+    try:
+        choices = OmegaConf.load(saved / "hydra.yaml").hydra.runtime.choices
+        overrides = OmegaConf.load(saved / "overrides.yaml")
+        return hparams(cfg, group_defaults(choices), overridden_keys(overrides))
+    except (OSError, HydraException, OmegaConfBaseException):  # conf/ changed since the sweep
+        return hparams(cfg)
 
 
 def load_run(job: Path) -> Run:
