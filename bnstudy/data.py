@@ -1,26 +1,24 @@
 """LightningDataModules for MNIST and CIFAR-10, held in memory as normalised tensors.
 
-Files are read in torchvision's on-disk layout (`MNIST/raw/*-ubyte`,
-`cifar-10-batches-py/*_batch*`) and downloaded with torchvision when missing and
-`download` is true. Each split is decoded once into one tensor; batches are
-slices of it, in an order that depends only on `seed` and the epoch; under DDP each
-process serves its own share (Lightning's `use_distributed_sampler` is off: see
+Files in torchvision's on-disk layout are read by `bnstudy.datafiles` and downloaded with
+torchvision when missing and `download` is true. Each split is decoded once into one tensor;
+batches are slices of it, in an order that depends only on `seed` and the epoch; under DDP
+each process serves its own share (Lightning's `use_distributed_sampler` is off: see
 `EpochBatchSampler`).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
-from torchvision.datasets.utils import check_integrity, download_and_extract_archive
+from torchvision.datasets.utils import download_and_extract_archive
 
+from bnstudy.datafiles import mnist_files, read_cifar_batches, read_mnist, unofficial_cifar_batches
 from bnstudy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -103,54 +101,6 @@ def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
     sampler = (EpochBatchSampler(len(data), batch_size, True, seed, num_replicas, rank)
                if shuffle else OrderedBatchSampler(len(data), batch_size, num_replicas, rank))
     return DataLoader(data, sampler=sampler, batch_size=None)
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches: dicts, lists, strings, numbers and numpy arrays, nothing else."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("builtins", "bytearray"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
-        )
-
-
-def load_cifar_batch(path: Path) -> dict:
-    """Reads one pickled CIFAR batch safely, naming the file in any error. A batch must be one
-    pickle and nothing after it, with 3 × 32 × 32 bytes per image and a label per image."""
-    try:
-        with open(path, "rb") as f:
-            entry = RestrictedUnpickler(f, encoding="latin1").load()
-            trailing = len(f.read())
-        raw = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-        if trailing:
-            raise ValueError(f"{trailing} bytes follow the batch")
-        if raw.ndim != 2 or raw.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"its images are {raw.shape}, not (N, 3072) bytes")
-        if len(raw) != len(labels):
-            raise ValueError(f"it holds {len(raw)} images but {len(labels)} labels")
-    except Exception as err:  # any failure here means the file is not a valid batch
-        raise DataError(
-            f"{path} is not a valid CIFAR-10 batch ({type(err).__name__}: {err}): the file is "
-            "corrupt. Delete it and download again (dataset.datamodule.download=true), or point "
-            "paths.data_dir at a folder with intact files."
-        ) from err
-    return {"data": raw.reshape(-1, 3, 32, 32), "labels": labels}
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -330,30 +280,14 @@ class MNISTDataModule(TensorDataModule):
         return f"{self.torchvision_class.__name__}/raw"
 
     def files(self, train: bool) -> list[Path]:
-        prefix = "train" if train else "t10k"
-        raw = self.data_dir / self.folder
-        return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
+        return mnist_files(self.data_dir, self.torchvision_class, train)
 
     def fetch(self) -> None:
         for train in (True, False):
             self.torchvision_class(self.data_dir, train=train, download=True)
 
     def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            ds = self.torchvision_class(self.data_dir, train=train, download=False)
-            images, labels = ds.data, ds.targets
-        except Exception as err:
-            raise DataError(
-                f"{self.name}: could not read {' and '.join(map(str, self.files(train)))} "
-                f"({type(err).__name__}: {err}). The files are corrupt or truncated: delete them "
-                "and download again, or point paths.data_dir at intact files."
-            ) from err
-        if len(images) != len(labels):
-            raise DataError(
-                f"{self.name}: {self.files(train)[0]} holds {len(images)} images but "
-                f"{self.files(train)[1]} holds {len(labels)} labels."
-            )
-        return images.unsqueeze(1).contiguous(), labels.long()
+        return read_mnist(self.data_dir, self.torchvision_class, train, self.name)
 
 
 class FashionMNISTDataModule(MNISTDataModule):
@@ -403,17 +337,13 @@ class CIFAR10DataModule(TensorDataModule):
         )
 
     def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels, unofficial = [], [], []
-        for name, md5 in self._batch_list(train):
-            path = self.data_dir / self.folder / name
-            if self.verify_checksums != "off" and not check_integrity(str(path), md5):
-                unofficial.append(name)
-            batch = load_cifar_batch(path)
-            images.append(batch["data"])
-            labels.append(batch["labels"])
+        batch_list = self._batch_list(train)
+        unofficial = ([] if self.verify_checksums == "off"
+                      else unofficial_cifar_batches(self.data_dir / self.folder, batch_list))
+        images, labels = read_cifar_batches(self.files(train))
         if unofficial:
             self._on_unofficial(unofficial)
-        return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+        return images, labels
 
     _warned: set[str] = set()  # folders already warned about, once per process
 

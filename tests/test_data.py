@@ -13,8 +13,8 @@ from bnstudy.data import (
     FashionMNISTDataModule,
     MNISTDataModule,
     batches,
-    load_cifar_batch,
 )
+from bnstudy.datafiles import load_cifar_batch
 
 
 def test_mnist_loads_normalises_and_splits(tiny_data):

@@ -9,7 +9,8 @@ import torch
 from helpers import FAST, run_train, write_cifar10, write_mnist
 
 from bnstudy.callbacks import DivergenceGuard
-from bnstudy.data import DataError, MNISTDataModule, load_cifar_batch
+from bnstudy.data import DataError, MNISTDataModule
+from bnstudy.datafiles import load_cifar_batch
 from bnstudy.records import read_record, write_json_atomic
 
 
