@@ -106,7 +106,7 @@ def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
 class TensorDataModule(L.LightningDataModule):
     """Base for the image datamodules: decode once, normalise, split, serve in-memory batches.
 
-    Subclasses set the class attributes and implement `files`, `download` and `read_split`.
+    Subclasses set the class attributes and implement `files`, `fetch` and `read_split`.
     `val_size` is a count, or a fraction of the training files when below 1;
     `train_size` caps the training split (None: everything not used for validation).
     Loaders yield minibatches `(x, y)` sliced from tensors on the trainer's device.
