@@ -74,15 +74,18 @@ def two_torch_threads():
 @pytest.fixture
 def figures_not_rendered(monkeypatch):
     """For a test of a report's text and tables only: its figures are built as usual but not
-    drawn (rendering them, once as PNG and again for TensorBoard, is most of a report's
-    time); each PNG file is left empty. Tests that look at the figures don't use this."""
-    import matplotlib.pyplot as plt
-    from matplotlib.figure import Figure
-    from torch.utils.tensorboard import SummaryWriter
+    drawn (rendering them is most of a report's time); each PNG file, and its TensorBoard
+    image, is one white pixel. Tests that look at the figures don't use this."""
+    import io
 
-    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kwargs: Path(path).touch())
-    monkeypatch.setattr(SummaryWriter, "add_figure",
-                        lambda self, tag, figure, *args, **kwargs: plt.close(figure))
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from bnstudy.report import write
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (1, 1), "white").save(buffer, format="PNG")
+    monkeypatch.setattr(write, "figure_png", lambda fig: plt.close(fig) or buffer.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,20 @@
-"""The report's TensorBoard events: margin charts of the mean ± std over seeds, and the
-report text with its figures named rather than embedded (TensorBoard cannot serve them)."""
+"""The report's TensorBoard events: margin charts of the mean ± std over seeds, the report
+text with its figures named rather than embedded (TensorBoard cannot serve them), and each
+figure as the very pixels of its PNG file."""
+
+import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import write_job
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from bnstudy.dashboard import write_margin_charts
+from bnstudy.report import main
 from bnstudy.report.runs import comparisons, group_runs, load_runs
 from bnstudy.report.write import margin_curves, write_figures
 
@@ -46,3 +53,39 @@ def test_the_report_text_in_tensorboard_embeds_no_image(tmp_path):
     (text,) = events.Tensors("report/text_summary")
     shown = text.tensor_proto.string_val[0].decode()
     assert "![" not in shown and "curves_mnist_sgd" in shown and "text stays" in shown
+
+
+def decoded(png: bytes | Path) -> np.ndarray:
+    """A PNG's pixels, (H, W, C) uint8, from its bytes or its file."""
+    with Image.open(io.BytesIO(png) if isinstance(png, bytes) else png) as image:
+        return np.asarray(image)
+
+
+def assert_images_are_the_png_files(out: Path) -> set[str]:
+    """Every image TensorBoard reads from report folder `out` is exactly one figure's file:
+    tag `<kind>/<rest>` is `<kind>_<rest>.png`, each once, pixel for pixel (channels too);
+    every figure file has its image. Returns the tags."""
+    events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
+    files = {tag: out / f"{tag.replace('/', '_', 1)}.png" for tag in events.Tags()["images"]}
+    assert {f.name for f in files.values()} == {p.name for p in out.glob("*.png")}
+    for tag, file in files.items():
+        (event,) = events.Images(tag)
+        logged, saved = decoded(event.encoded_image_string), decoded(file)
+        assert (event.height, event.width) == saved.shape[:2], tag
+        assert logged.shape == saved.shape and np.array_equal(logged, saved), tag
+    return set(files)
+
+
+def test_each_figure_in_tensorboard_has_its_png_files_pixels(sweep):
+    assert main([str(sweep)]) == 0
+    assert assert_images_are_the_png_files(sweep / "report") == {"curves/mnist_sgd"}
+
+
+@pytest.mark.slow
+def test_every_figure_of_a_real_sweeps_report_is_its_png_in_tensorboard(tiny_sweep, tmp_path):
+    sweep_dir = Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep",
+                                     ignore=shutil.ignore_patterns("report", "checkpoints")))
+    assert main([str(sweep_dir)]) == 0
+    tags = assert_images_are_the_png_files(sweep_dir / "report")
+    kinds = {tag.split("/")[0] for tag in tags}
+    assert {"curves", "weights"} <= kinds and len(tags) >= 8, tags

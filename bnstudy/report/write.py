@@ -4,11 +4,14 @@ TensorBoard events."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from bnstudy.report.claims import claims_section
 from bnstudy.report.figures import (
@@ -242,12 +245,35 @@ def report_markdown(sweep_dir: Path, runs: list[Run], rows: list[dict], keys: li
 # --- write --------------------------------------------------------------------------------
 
 
+FIGURE_DPI = 100
+
+
+def figure_png(fig: Figure) -> bytes:
+    """`fig` rendered once, as PNG bytes at `FIGURE_DPI`; the figure is closed."""
+    import matplotlib.pyplot as plt  # here: `bnstudy.report.figures` picks the Agg backend
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    """A PNG's pixels as PIL decodes them: (H, W, C) uint8 (RGBA for matplotlib's)."""
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image)
+
+
 def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
                   curves: dict | None = None) -> None:
     """Each figure as `<name>.png`; them, the report text (its images named, not embedded:
     TensorBoard cannot serve the files) and the margin charts of `curves` (see
     `bnstudy.dashboard.write_margin_charts`) as TensorBoard events in `out` (an earlier
-    report's figures and events go first, so none is left stale or shown twice)."""
+    report's figures and events go first, so none is left stale or shown twice). Each figure
+    is drawn once (`figure_png`): the file holds those PNG bytes and TensorBoard their
+    decoded pixels, so the two are the same picture; the figures are closed."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
     stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png",
@@ -257,9 +283,11 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
             old.unlink()
     with SummaryWriter(log_dir=str(out)) as writer:
         for name, fig in figures.items():
-            fig.savefig(out / f"{name}.png", dpi=100)
+            png = figure_png(fig)
+            (out / f"{name}.png").write_bytes(png)
             kind = next((k for k in SWEEPS if name.startswith(f"{k}_")), name.split("_")[0])
-            writer.add_figure(f"{kind}/{name[len(kind) + 1:]}", fig, close=True)
+            writer.add_image(f"{kind}/{name[len(kind) + 1:]}", png_pixels(png),
+                             dataformats="HWC")
         writer.add_text("report", re.sub(r"!\[([^\]]*)\]\(([^)]+)\.png\)",
                                          r"*(figure `\2`: see the Images tab)*", markdown))
         if curves:
