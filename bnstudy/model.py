@@ -22,9 +22,10 @@ class Classifier(L.LightningModule):
     and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss).
     The x-axis of every value is the optimizer step (`trainer.global_step`).
 
-    The one speed seam: training loss and accuracy are summed into `train_sums` (one tensor
-    add a step) and logged at the epoch's last step, because a `self.log` or torchmetrics
-    update in every step costs 0.3-0.7 ms, up to half a small MLP's CPU step.
+    The one speed seam: training loss and accuracy are summed on the device (`train_loss_sum`,
+    `train_correct`; samples in `train_count`), two in-place adds a step, and logged at the
+    epoch's last step, because a `self.log` or torchmetrics update in every step costs
+    0.3-0.7 ms, up to half a small MLP's CPU step.
     """
 
     def __init__(self, net: nn.Module, num_classes: int,
@@ -32,8 +33,10 @@ class Classifier(L.LightningModule):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
-        # (sum of losses × samples, correct predictions, samples) of this epoch's training steps
-        self.register_buffer("train_sums", torch.zeros(3), persistent=False)
+        # this epoch's training steps: sum of losses × samples, correct predictions, samples
+        self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
+        self.register_buffer("train_correct", torch.zeros((), dtype=torch.long), persistent=False)
+        self.train_count = 0
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -51,8 +54,9 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self.model_step(batch)
         with torch.no_grad():
-            self.train_sums += torch.stack([loss * len(y), (logits.argmax(-1) == y).sum(),
-                                            loss.new_tensor(len(y))])
+            self.train_loss_sum.add_(loss, alpha=len(y))
+            self.train_correct.add_((logits.argmax(-1) == y).sum())
+        self.train_count += len(y)
         trainer = self.trainer
         if (self.global_step + 1) % trainer.log_every_n_steps == 0:  # the steps Lightning writes
             self.log("train/loss_step", loss)
@@ -63,10 +67,14 @@ class Classifier(L.LightningModule):
     def _log_train_epoch(self) -> None:
         """Logs the epoch's training loss and accuracy (over all processes) and starts anew.
         Done in the epoch's last step, so callbacks see them in `on_train_epoch_end`."""
-        loss_sum, correct, count = self.all_gather(self.train_sums).reshape(-1, 3).sum(0)
+        sums = torch.stack([self.train_loss_sum, self.train_correct.to(self.train_loss_sum),
+                            self.train_loss_sum.new_tensor(self.train_count)])
+        loss_sum, correct, count = self.all_gather(sums).reshape(-1, 3).sum(0)
         self.log_dict({"train/loss": loss_sum / count, "train/acc": correct / count},
                       on_step=False, on_epoch=True, sync_dist=True)  # equal on every process
-        self.train_sums.zero_()
+        self.train_loss_sum.zero_()
+        self.train_correct.zero_()
+        self.train_count = 0
 
     # -- validation and test ----------------------------------------------------------------
     def _eval_step(self, batch, loss: MeanMetric, acc: MulticlassAccuracy, split: str) -> None:

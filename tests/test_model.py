@@ -95,25 +95,32 @@ def test_val_check_interval_validates_the_weights_of_that_step(tiny_data, tmp_pa
 
 
 def test_logged_training_values_are_the_epochs_means_and_the_steps_loss(tiny_data, tmp_path):
-    """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch."""
+    """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch;
+    two epochs, so the sums must start anew in each."""
     _, model, trainer = tiny_fit(tiny_data, tmp_path, model=make_classifier("bn", lr=0.0),
-                                 log_every_n_steps=4, limit_val_batches=0)
-    losses, correct, counts = [], [], []
-    with torch.no_grad():
-        for x, y in epoch_batches(tiny_data):  # BN on batch statistics
-            logits = model.train()(x)
-            losses.append(float(F.cross_entropy(logits, y)))
-            correct.append(int((logits.argmax(-1) == y).sum()))
-            counts.append(len(y))
-    n = sum(counts)
-    assert len(counts) == 11 and n == 540 and trainer.global_step == 11
-    mean_loss = sum(loss * c for loss, c in zip(losses, counts, strict=True)) / n
-    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(mean_loss, rel=1e-5)
-    assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(sum(correct) / n)
+                                 log_every_n_steps=4, limit_val_batches=0, max_epochs=2)
+    means, accs, step_losses = [], [], []
+    for epoch in range(2):
+        losses, correct, counts = [], [], []
+        with torch.no_grad():
+            for x, y in epoch_batches(tiny_data, epoch):  # BN on batch statistics
+                logits = model.train()(x)
+                losses.append(float(F.cross_entropy(logits, y)))
+                correct.append(int((logits.argmax(-1) == y).sum()))
+                counts.append(len(y))
+        assert len(counts) == 11 and sum(counts) == 540
+        means.append(sum(loss * c for loss, c in zip(losses, counts, strict=True)) / 540)
+        accs.append(sum(correct) / 540)
+        step_losses += losses
+    assert trainer.global_step == 22
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(means[1], rel=1e-5)
+    assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(accs[1])
+    assert scalars(tmp_path, "train/loss") == [(10, pytest.approx(means[0], rel=1e-5)),
+                                               (21, pytest.approx(means[1], rel=1e-5))]
+    assert [v for _, v in scalars(tmp_path, "train/acc")] == pytest.approx(accs)
     steps = scalars(tmp_path, "train/loss_step")
-    assert [s for s, _ in steps] == [3, 7]  # after steps 4 and 8 (Lightning counts from 0)
-    assert [v for _, v in steps] == pytest.approx([losses[3], losses[7]], rel=1e-5)
-    assert scalars(tmp_path, "train/loss") == [(10, pytest.approx(mean_loss, rel=1e-5))]
+    assert [s for s, _ in steps] == [3, 7, 11, 15, 19]  # after steps 4, 8, ... (from 0)
+    assert [v for _, v in steps] == pytest.approx([step_losses[s] for s, _ in steps], rel=1e-5)
 
 
 def test_a_run_stopped_mid_epoch_reports_the_steps_it_took(tiny_data):
