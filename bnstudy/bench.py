@@ -1,6 +1,6 @@
 """Benchmark: the project's training path against a plain PyTorch loop, same data and model.
 
-    python -m bnstudy.bench [--repeats 3] [overrides ...]      # data from paths.data_dir
+    python -m bnstudy.bench [--repeats 3] [--floor] [overrides ...]   # data from paths.data_dir
     python -m bnstudy.bench dataset=fashion_mnist paths.data_dir=data   # full 60k images
 
 It runs `trainer.fit` of a default run (curves, checkpointing and the visual callbacks at
@@ -14,7 +14,10 @@ validation, the epoch-end callbacks and Lightning's own work between epochs. It 
 median seconds per epoch and samples per second of each, and the median of the ratios. Each
 fit is five epochs by default (`trainer.max_epochs`), so the hallucinations (every fifth
 epoch) are paid at their default frequency. Start-up (imports, config composition, reading
-the data, setting up the fit) is timed separately.
+the data, setting up the fit) is timed separately. With `--floor` it also times, the same
+way, a bare Lightning loop (`BareClassifier`: the same network and optimizer, a
+`training_step` that only returns the loss; no logger, no callbacks): the least any
+LightningModule that takes one optimizer step per batch can cost.
 """
 
 from __future__ import annotations
@@ -77,6 +80,25 @@ class PlainLoop:
         return time.perf_counter() - start
 
 
+class BareClassifier(L.LightningModule):
+    """The least a LightningModule does: the network, its loss, the optimizer; nothing logged."""
+
+    def __init__(self, net: torch.nn.Module, optimizer) -> None:
+        super().__init__()
+        self.net, self.optimizer_factory = net, optimizer
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        (self.net(x).argmax(-1) == y).sum()  # what the plain loop's validation computes
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.parameters())
+
+
 class Alternate(Callback):
     """Runs a plain epoch before each of the fit's epochs and times both, pairwise."""
 
@@ -85,7 +107,13 @@ class Alternate(Callback):
         self.plain: list[float] = []
         self.project: list[float] = []
         self.setup_s = 0.0
+        self.timed = ""  # what the fit ran: module, logger, callbacks
         self._mark = time.perf_counter()  # when the current project epoch (or set-up) began
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = type(trainer.logger).__name__ if trainer.logger else "no logger"
+        callbacks = ", ".join(type(c).__name__ for c in trainer.callbacks if c is not self)
+        self.timed = f"{type(pl_module).__name__}, {logger}, callbacks: {callbacks or 'none'}"
 
     def start(self) -> None:
         self._mark = time.perf_counter()
@@ -104,11 +132,19 @@ class Alternate(Callback):
             self.setup_s += elapsed
 
 
-def alternate(cfg, datamodule) -> Alternate:
-    """One fit of the config with a plain epoch before each of its epochs."""
+def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
+    """One fit of the config (`bare`: of its network as a `BareClassifier` in a Trainer with
+    no logger and no callbacks) with a plain epoch before each of its epochs."""
     with tempfile.TemporaryDirectory() as out:
         cfg.paths.output_dir = out
         _, model, trainer = build(cfg)
+        if bare:
+            model = BareClassifier(model.net, model.optimizer_factory)
+            trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, devices=1,
+                                accelerator=cfg.trainer.accelerator, logger=False,
+                                enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False,
+                                num_sanity_val_steps=0, use_distributed_sampler=False)
         timer = Alternate(PlainLoop(cfg, datamodule))
         trainer.callbacks.insert(0, timer)  # first: its epoch start precedes the others'
         L.seed_everything(cfg.seed, verbose=False)
@@ -121,6 +157,8 @@ def alternate(cfg, datamodule) -> Alternate:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="fits to time (default 3)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time a bare Lightning loop (no logger, no callbacks)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_epochs=2")
     args = parser.parse_intermixed_args(argv)
 
@@ -142,17 +180,27 @@ def main(argv: list[str] | None = None) -> None:
           f"{cfg.trainer.max_epochs} epoch(s) x "
           f"{args.repeats} fit(s), {torch.get_num_threads()} threads")
     timers = [alternate(cfg, datamodule) for _ in range(args.repeats)]
-    plain = [s for timer in timers for s in timer.plain]
-    project = [s for timer in timers for s in timer.project]
     setup_s = statistics.median(timer.setup_s for timer in timers)
     print(f"start-up: imports {IMPORT_S:.2f} s, config {compose_s:.2f} s, data {load_s:.2f} s, "
           f"fit set-up {setup_s:.2f} s")
-    for name, times in (("plain PyTorch loop", plain), ("bnstudy (Lightning)", project)):
+    print_pairs(timers, "bnstudy (Lightning)", "bnstudy", n)
+    if args.floor:
+        print_pairs([alternate(cfg, datamodule, bare=True) for _ in range(args.repeats)],
+                    "bare Lightning loop", "bare", n)
+
+
+def print_pairs(timers: list[Alternate], name: str, short: str, n: int) -> None:
+    """What the fits ran, seconds per epoch of the plain loop and of the fits, and the median
+    of their ratios."""
+    print(f"{name}: {timers[0].timed}")
+    plain = [s for timer in timers for s in timer.plain]
+    project = [s for timer in timers for s in timer.project]
+    for label, times in (("plain PyTorch loop", plain), (name, project)):
         med = statistics.median(times)
-        print(f"{name:20s} {med:7.3f} s/epoch  {n / med:9.0f} samples/s  "
+        print(f"{label:20s} {med:7.3f} s/epoch  {n / med:9.0f} samples/s  "
               f"(epochs: {', '.join(f'{s:.3f}' for s in times)})")
     ratios = [a / b for a, b in zip(project, plain, strict=True)]
-    print(f"ratio bnstudy / plain (median of {len(ratios)} paired epochs): "
+    print(f"ratio {short} / plain (median of {len(ratios)} paired epochs): "
           f"{statistics.median(ratios):.2f}  (range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
