@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.config import CONFIG_DIR  # noqa: E402
 from bnstudy.data import batches  # noqa: E402
-from bnstudy.train import build  # noqa: E402
+from bnstudy.train import build, build_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 
@@ -137,14 +137,16 @@ def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
     no logger and no callbacks) with a plain epoch before each of its epochs."""
     with tempfile.TemporaryDirectory() as out:
         cfg.paths.output_dir = out
-        _, model, trainer = build(cfg)
         if bare:
-            model = BareClassifier(model.net, model.optimizer_factory)
+            study = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+            model = BareClassifier(study.net, study.optimizer_factory)
             trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, devices=1,
                                 accelerator=cfg.trainer.accelerator, logger=False,
                                 enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False,
                                 num_sanity_val_steps=0, use_distributed_sampler=False)
+        else:
+            _, model, trainer = build(cfg)
         timer = Alternate(PlainLoop(cfg, datamodule))
         trainer.callbacks.insert(0, timer)  # first: its epoch start precedes the others'
         L.seed_everything(cfg.seed, verbose=False)
