@@ -22,10 +22,12 @@ class Classifier(L.LightningModule):
     and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss).
     The x-axis of every value is the optimizer step (`trainer.global_step`).
 
-    The one speed seam: training loss and accuracy are summed on the device (`train_loss_sum`,
-    `train_correct`; samples in `train_count`), two in-place adds a step, and logged at the
-    epoch's last step, because a `self.log` or torchmetrics update in every step costs
-    0.3-0.7 ms, up to half a small MLP's CPU step.
+    Two speed seams, both for a small network's CPU step (about 1.5 ms on 2 cores):
+    - training loss and accuracy are summed on the device (`train_loss_sum`, `train_correct`;
+      samples in `train_count`), two in-place adds a step, and logged at the epoch's last
+      step, because a `self.log` or torchmetrics update in every step costs 0.3-0.7 ms;
+    - `__setattr__` writes Lightning's `_current_fx_name` (set and restored around every hook
+      call, ~44 times a step) as a plain attribute: 0.4 µs instead of nn.Module's 3.3 µs.
     """
 
     def __init__(self, net: nn.Module, num_classes: int,
@@ -40,6 +42,12 @@ class Classifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "_current_fx_name":  # a hook's name (str or None): never a tensor or module
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

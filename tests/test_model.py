@@ -17,6 +17,23 @@ def test_optimizer_comes_from_the_factory():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
+def test_hook_name_is_written_without_module_bookkeeping(monkeypatch):
+    """The `__setattr__` seam: Lightning's hook name skips nn.Module's slow path; everything
+    else still goes through it (a module or parameter assigned later is registered)."""
+    model = make_classifier("bn")
+    head, scale = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(()))
+    slow_writes = []
+    module_setattr = torch.nn.Module.__setattr__
+    monkeypatch.setattr(torch.nn.Module, "__setattr__",
+                        lambda self, name, value: (slow_writes.append(name),
+                                                   module_setattr(self, name, value)))
+    model._current_fx_name = "training_step"
+    assert model._current_fx_name == "training_step" and slow_writes == []
+    model.head, model.scale = head, scale
+    assert slow_writes == ["head", "scale"]
+    assert {"head.weight", "scale"} <= dict(model.named_parameters()).keys()
+
+
 def epoch_batches(data_dir, epoch: int = 0, seed: int = 0,
                   shuffle: bool = True) -> list[tuple[torch.Tensor, ...]]:
     """The training minibatches of an epoch, in the order a fit sees them (batch 50), or in
