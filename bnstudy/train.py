@@ -155,8 +155,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config."""
     datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
     model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    from lightning.pytorch.callbacks import ProgressBar
+
     from bnstudy.checkpoints import AtomicCheckpointIO
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
 
     trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks,
                           plugins=[AtomicCheckpointIO()])

@@ -57,6 +57,30 @@ def still_run(tiny_data, out: Path, *overrides: str):
     return train(cfg)
 
 
+@pytest.mark.parametrize("overrides, refresh_rate", [
+    (["trainer.enable_progress_bar=true"], "default"),
+    (["trainer.enable_progress_bar=true", "callbacks.progress_bar.refresh_rate=7"], 7),
+    (["trainer.enable_progress_bar=false"], None),
+])
+def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, overrides,
+                                                           refresh_rate):
+    """On a terminal the bar redraws every `refresh_rate` steps (not Lightning's every step);
+    with the bar off its callback is left out, which Lightning would otherwise refuse."""
+    from helpers import compose_config
+
+    from bnstudy.train import build
+
+    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
+                         *overrides)
+    bar = build(cfg)[2].progress_bar_callback
+    if refresh_rate is None:
+        assert bar is None
+    elif refresh_rate == "default":
+        assert bar.refresh_rate > 1
+    else:
+        assert bar.refresh_rate == refresh_rate
+
+
 def initial_weights(out: Path):
     import torch
 
