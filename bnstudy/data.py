@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import download_and_extract_archive
 
-from bnstudy.datafiles import mnist_files, read_cifar_batches, read_mnist, unofficial_cifar_batches
+from bnstudy.datafiles import (
+    mnist_files,
+    mnist_folder,
+    read_cifar_batches,
+    read_mnist,
+    unofficial_cifar_batches,
+)
 from bnstudy.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -277,7 +283,7 @@ class MNISTDataModule(TensorDataModule):
 
     @property
     def folder(self) -> str:
-        return f"{self.torchvision_class.__name__}/raw"
+        return mnist_folder(self.torchvision_class)
 
     def files(self, train: bool) -> list[Path]:
         return mnist_files(self.data_dir, self.torchvision_class, train)

@@ -17,10 +17,15 @@ from torchvision.datasets.utils import check_integrity
 from bnstudy.errors import DataError
 
 
+def mnist_folder(dataset: type[MNIST]) -> str:
+    """Where torchvision keeps the IDX files of `dataset` (MNIST or a subclass) under its root."""
+    return f"{dataset.__name__}/raw"
+
+
 def mnist_files(root: Path, dataset: type[MNIST], train: bool) -> list[Path]:
     """The images and labels IDX files of a split of `dataset` (MNIST or a subclass)."""
     prefix = "train" if train else "t10k"
-    raw = root / f"{dataset.__name__}/raw"
+    raw = root / mnist_folder(dataset)
     return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
 
 
