@@ -1,7 +1,7 @@
 """Lightning callbacks of the study: the per-epoch record, the divergence guard, and pictures.
 
 The pictures show the first layer's weight rows, their learned change (final − initial), and
-one hallucinated input per class; `bnstudy.pictures` measures them for the report.
+one hallucinated input per class; `bnstudy.pictures` draws and measures them.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torch.utils.tensorboard.summary import image as image_summary
-from torchvision.utils import make_grid
 
 from bnstudy.dashboard import tensorboard_writer
-from bnstudy.hallucinate import OBJECTIVES, PARAMETRISATIONS, hallucinate
 from bnstudy.nets import first_layer
-from bnstudy.pictures import ImageStats
+from bnstudy.pictures.grids import labelled_grid, weight_grid
+from bnstudy.pictures.measures import ImageStats
+from bnstudy.pictures.recipe import OBJECTIVES, PARAMETRISATIONS, hallucinate
 from bnstudy.records import replace_file, update_record
 
 log = logging.getLogger(__name__)
@@ -92,49 +91,6 @@ class DivergenceGuard(Callback):
 
 
 # -- pictures of what the network learned ---------------------------------------------------
-def weight_grid(weight: torch.Tensor, input_shape: Sequence[int], num_units: int = 64,
-                padding: int = 2) -> torch.Tensor:
-    """The first `num_units` rows of a weight as a (3, H, W) image grid in [0, 1].
-
-    A Linear weight (units, inputs) gives one tile per row, reshaped to `input_shape`; a
-    Conv2d weight (filters, in, k, k) one (in, k, k) tile per filter. Each tile is scaled on
-    its own, symmetrically around 0: `w / (2 max|w|) + 0.5`, so mid-grey is a zero weight,
-    white the tile's largest positive and black its largest negative weight. Tiles run
-    row-major in unit order, `ceil(sqrt(n))` per grid row (64 units: 8 × 8). The same
-    function draws the learned change (final − initial weights).
-    """
-    shape = weight.shape[1:] if weight.dim() == 4 else input_shape
-    rows = weight.detach()[:num_units].float().cpu().flatten(1)
-    bound = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
-    tiles = (rows / (2 * bound) + 0.5).view(-1, *shape)
-    return make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=padding)
-
-
-LABEL_HEIGHT = 14  # pixels of the strip that carries a tile's name
-MIN_TILE_WIDTH = 96  # tiles are enlarged (nearest neighbour) until a class name fits
-
-
-def name_strip(name: str, width: int) -> torch.Tensor:
-    """A (3, LABEL_HEIGHT, width) white strip with `name` written in black (Pillow's default
-    font), values in [0, 1]."""
-    strip = Image.new("RGB", (width, LABEL_HEIGHT), "white")
-    ImageDraw.Draw(strip).text((2, 1), name, fill="black", font=ImageFont.load_default())
-    return torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1).float() / 255
-
-
-def labelled_grid(images: torch.Tensor, names: Sequence[str], nrow: int,
-                  padding: int = 2) -> torch.Tensor:
-    """Images (N, C, H, W) in [0, 1] as one (3, H', W') grid, `nrow` tiles per grid row, each
-    tile enlarged by a whole factor to at least MIN_TILE_WIDTH pixels wide (nearest
-    neighbour: pixels stay square) and topped by a strip with its name (`name_strip`)."""
-    scale = max(1, math.ceil(MIN_TILE_WIDTH / images.shape[-1]))
-    big = images.detach().cpu().repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-    big = big.expand(-1, 3, -1, -1) if big.shape[1] == 1 else big
-    tiles = [torch.cat([name_strip(name, big.shape[-1]), tile], dim=1)
-             for name, tile in zip(names, big, strict=True)]
-    return make_grid(torch.stack(tiles), nrow=nrow, padding=padding)
-
-
 def save_and_log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, path: Path) -> None:
     """Encodes a (C, H, W) image in [0, 1] as PNG once, TensorBoard's way (values × 255,
     truncated), writes it to `path` and logs the same bytes as `tag` at the global step to the
@@ -367,7 +323,7 @@ class Hallucinations(ImageCallback):
                            self.dirpath / f"hallucinations_{suffix}.png")
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from bnstudy.pictures import class_means, predict
+        from bnstudy.pictures.measures import class_means, predict
 
         data, images = trainer.datamodule, self._images
         noise = self._run(trainer, pl_module, lr=0.0)  # the recipe without the model's pull

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from bnstudy import pictures as P
-from bnstudy.hallucinate import hallucinate
-from bnstudy.report.picture_measures import load_net, load_picture_runs, open_datamodule
+from bnstudy.pictures import measures as P
+from bnstudy.pictures.recipe import hallucinate
+from bnstudy.pictures.table import load_net, load_picture_runs, open_datamodule
 from bnstudy.report.runs import load_runs
 
 RECIPES = {  # name: keyword arguments of `hallucinate` (the rest: its defaults)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from helpers import write_job
 
-from bnstudy import pictures as P
+from bnstudy.pictures import measures as P
+from bnstudy.pictures.table import Reference, load_picture_runs
 from bnstudy.report.claims import claim_verdicts
 from bnstudy.report.picture_claims import claim_parts
-from bnstudy.report.picture_measures import Reference, load_picture_runs
-from bnstudy.report.pictures import hallucinations_figure, pictures_section, weights_figure
+from bnstudy.report.picture_section import hallucinations_figure, pictures_section, weights_figure
 from bnstudy.report.runs import load_runs
 
 

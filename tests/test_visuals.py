@@ -16,18 +16,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from bnstudy import pictures as P
-from bnstudy.callbacks import (
-    LABEL_HEIGHT,
-    Hallucinations,
-    WeightGrid,
-    labelled_grid,
-    name_strip,
-    weight_grid,
-)
+from bnstudy.callbacks import Hallucinations, WeightGrid
 from bnstudy.data import CIFAR10DataModule, MNISTDataModule
-from bnstudy.hallucinate import class_score, hallucinate
 from bnstudy.nets import first_layer
+from bnstudy.pictures import measures as P
+from bnstudy.pictures.grids import LABEL_HEIGHT, labelled_grid, name_strip, weight_grid
+from bnstudy.pictures.recipe import class_score, hallucinate
 
 PAD = 2  # make_grid's default padding
 MNIST_MEAN, MNIST_STD = MNISTDataModule.mean[0], MNISTDataModule.std[0]

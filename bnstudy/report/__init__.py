@@ -27,8 +27,8 @@ groups the jobs by every hparam except the seed, and writes `SWEEP_DIR/report/`:
   statistic (`bnstudy.report.claims`): holds, does not hold or cannot tell.
 - `pictures.csv`, labelled hallucination and weight figures (a row per norm × optim, a column
   per class, a reference row of the real class means) and the picture claims P1–P3
-  (`bnstudy.report.pictures`; the per-run measures in `picture_measures`, from
-  `bnstudy.pictures`; the claims' tests in `picture_claims`).
+  (`bnstudy.report.picture_section`; the per-run measures in `bnstudy.pictures.table`, from
+  `bnstudy.pictures.measures`; the claims in `bnstudy.report.claims`).
 - `report.md`: the table, the figures and one verdict per dataset × optim, from Welch's t-test
   on the seeds' final validation accuracies.
 - TensorBoard events holding the same figures, the report text and margin charts of the mean ±

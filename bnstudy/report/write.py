@@ -25,7 +25,7 @@ from bnstudy.report.figures import (
     regime_figure,
     robustness_figure,
 )
-from bnstudy.report.pictures import pictures_section
+from bnstudy.report.picture_section import pictures_section
 from bnstudy.report.runs import (
     OUTCOMES,
     Run,

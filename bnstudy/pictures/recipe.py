@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bnstudy.pictures import ImageStats, gaussian_blur
+from bnstudy.pictures.measures import ImageStats, gaussian_blur
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ class ImageVariable:
     noise act on the *deviation* d:
 
     - `data`: d is the image's deviation from the training images' per-pixel mean, in units of
-      their per-pixel std (`bnstudy.pictures.ImageStats`): the image varies where the data
+      their per-pixel std (`bnstudy.pictures.measures.ImageStats`): the image varies where the data
       varies (not in MNIST's always-black border), each channel on its own;
     - `data_colour`: as `data`, the channels mixed by the square root of the data's channel
       correlation, so colours vary together as real ones do (mostly in brightness);
@@ -72,7 +72,7 @@ class ImageVariable:
         if self.kind.startswith("data"):
             if stats is None:
                 raise ValueError(f"parametrisation={self.kind!r} needs the training images' "
-                                 "statistics (stats=bnstudy.pictures.ImageStats.of(images))")
+                                 "statistics (stats=ImageStats.of(images))")
             self.stats = stats.to(start)
             if self.kind == "data":
                 self.stats = self.stats.independent_channels()

@@ -2,7 +2,7 @@
 and one `pictures.csv` row per run.
 
 Each run's `images/hallucinations_final.pt` and `images/weights_final.pt` (written by the
-picture callbacks) are measured with `bnstudy.pictures`; the dataset is loaded again from the
+picture callbacks) are measured with `measures`; the dataset is loaded again from the
 directory the run recorded, to train the independent judge (`Referee`, cached in the report
 directory) and to take the training images' principal components. Other runs' networks (from
 their `checkpoints/last.ckpt`) give the cross-model confidence.
@@ -16,8 +16,11 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bnstudy.report.runs import Run
+if TYPE_CHECKING:
+    from bnstudy.report.runs import Run
+
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ class Reference:
     input_shape: list[int]
     real_means: object | None = None     # (K, C, H, W) pixels
     components: object | None = None     # (k, D), of normalised training images
-    referee: object | None = None        # bnstudy.pictures.Referee
+    referee: object | None = None        # bnstudy.pictures.measures.Referee
     notes: list[str] = field(default_factory=list)
 
 
@@ -157,7 +160,7 @@ def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> 
     data directory, training-set size and judge settings are the same)."""
     import torch
 
-    from bnstudy.pictures import Referee, principal_components
+    from bnstudy.pictures.measures import Referee, principal_components
 
     sources = [f for p in picture_runs for f in (p.hallucinations, p.weights) if f]
     first = sources[0]
@@ -203,7 +206,7 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
     """The hallucination columns of one run (NaN where a reference is missing)."""
     import torch
 
-    from bnstudy import pictures as P
+    from bnstudy.pictures import measures as P
 
     images = h["images"].float()
     pixels, noise_pixels = to_pixels(h), to_pixels(h, "noise")
@@ -239,7 +242,7 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
 def weight_measures(w: dict, ref: Reference) -> dict[str, float]:
     """The weight columns of one run (alignment NaN without the data's components; the
     frequency and alignment measures need a Linear first layer, whose rows are images)."""
-    from bnstudy import pictures as P
+    from bnstudy.pictures import measures as P
 
     final, initial = w["final"].float(), w["initial"].float()
     row = dict.fromkeys(WEIGHT_COLUMNS, math.nan)

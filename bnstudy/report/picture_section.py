@@ -1,6 +1,6 @@
 """The report's `## Pictures` section: labelled comparison figures of the final
 hallucinations and first-layer weights (a row per norm × optim, a reference row of the real
-data), the table of the picture measures (`picture_measures`, written to `pictures.csv`) and
+data), the table of the picture measures (`bnstudy.pictures.table`, written to `pictures.csv`) and
 the verdicts on the picture claims P1–P3 (`picture_claims`)."""
 
 from __future__ import annotations
@@ -10,16 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from bnstudy.report.claims import OPTIM_LABELS, claim_verdicts
-from bnstudy.report.picture_claims import (
-    Groups,
-    claim_parts,
-    config_label,
-    parts_table,
-    plain_words,
-    spread,
-)
-from bnstudy.report.picture_measures import (
+from bnstudy.pictures.table import (
     COLUMNS,
     PictureRun,
     Reference,
@@ -29,6 +20,15 @@ from bnstudy.report.picture_measures import (
     reference,
     to_pixels,
     write_rows,
+)
+from bnstudy.report.claims import OPTIM_LABELS, claim_verdicts
+from bnstudy.report.picture_claims import (
+    Groups,
+    claim_parts,
+    config_label,
+    parts_table,
+    plain_words,
+    spread,
 )
 from bnstudy.report.runs import FIRST_KEYS, Run, describe, group_keys, norm_label, norm_order
 from bnstudy.report.stats import mean_std
@@ -196,7 +196,7 @@ def _isnan(value) -> bool:
 
 def reference_line(ref: Reference) -> str:
     """The real class means' own numbers, the yardstick for the colour and sharpness columns."""
-    from bnstudy import pictures as P
+    from bnstudy.pictures import measures as P
 
     if ref.real_means is None:
         return ""
