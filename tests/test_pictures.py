@@ -1,6 +1,6 @@
 """The picture measures (`bnstudy.pictures`) on hand-made images with known answers, the
 independent judge, and the report's picture section (`bnstudy.report.pictures`, with
-`picture_measures` and `picture_claims`) on hand-made job directories."""
+`bnstudy.pictures.table` and the claims registry) on hand-made job directories."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from helpers import write_job
 from bnstudy.pictures import measures as P
 from bnstudy.pictures.table import Reference, load_picture_runs
 from bnstudy.report.claims import claim_verdicts
-from bnstudy.report.picture_claims import claim_parts
-from bnstudy.report.picture_section import hallucinations_figure, pictures_section, weights_figure
+from bnstudy.report.picture_section import (
+    hallucinations_figure,
+    picture_results,
+    pictures_section,
+    weights_figure,
+)
 from bnstudy.report.runs import load_runs
 
 
@@ -272,7 +276,7 @@ def picture_report(picture_sweep):
     """The picture section of the hand-made sweep (trains the tiny judge once: seconds)."""
     out = picture_sweep / "report"
     out.mkdir(exist_ok=True)
-    section, figures = pictures_section(load_runs(picture_sweep), out)
+    section, figures, _ = pictures_section(load_runs(picture_sweep), out)
     return section, figures, out
 
 
@@ -299,8 +303,8 @@ def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_re
     # BN + Adam's hallucinations are noise, which the judge cannot read: P3 fails there.
     # (Tiny data's classes are bands 2 px apart, which the judge's ±2 px training shifts blur,
     # so it reads only some of the clean bands: no verdict is asserted for them.)
-    assert "**does not hold**" in lines["P3 (BatchNorm + Adam)"]
-    assert "0 of 3 seeds meet it" in lines["P3 (BatchNorm + Adam)"]
+    assert "**does not hold**" in lines["P3 (BN + Adam)"]
+    assert "0 of 3 seeds meet it" in lines["P3 (BN + Adam)"]
     assert "Verdicts: **P1 does not hold**; **P3 does not hold**." in section
     assert "- **P1c does not hold**" in section  # said plainly
 
@@ -334,7 +338,7 @@ def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
                        torch.randn(32, 784))
     out = sweep / "report"
     out.mkdir()
-    section, figures = pictures_section(load_runs(sweep), out)
+    section, figures, _ = pictures_section(load_runs(sweep), out)
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
     assert "_the mnist data could not be loaded from " in section
     assert "no independent judge and no principal components" in section
@@ -391,13 +395,13 @@ def test_claim_parts_on_hand_made_rows():
                             greenness_frog=0.02 * (seed - 1),    # frogs: within the spread
                             sharpness=(0.08 if bn else 0.05) + 0.001 * seed,
                             distinctness=(1.0 if bn and adam else 0.8) + 0.01 * seed))
-    parts = {p.claim + p.part: p for p in claim_parts(rows)}
+    parts = {p.claim + p.part: p for p in picture_results(rows)}
     for optim in ("SGD", "Adam"):
         assert parts[f"P2a1 ({optim})"].verdict == parts[f"P2a2 ({optim})"].verdict == "holds"
         assert parts[f"P2a3 ({optim})"].verdict == "does not hold"
         assert parts[f"P2a4 ({optim})"].verdict == "cannot tell"
     assert parts["P2b (SGD)"].verdict == parts["P2b (Adam)"].verdict == "holds"
     assert all(parts[f"P2c (vs {c})"].verdict == "holds"
-               for c in ("BatchNorm + SGD", "No BatchNorm + SGD", "No BatchNorm + Adam"))
+               for c in ("BN + SGD", "no BN + SGD", "no BN + Adam"))
     assert claim_verdicts(list(parts.values())) == {"P2": "does not hold"}
     assert parts["P2b (SGD)"].estimate == pytest.approx(0.03)

@@ -1,7 +1,7 @@
 """The report's `## Pictures` section: labelled comparison figures of the final
 hallucinations and first-layer weights (a row per norm × optim, a reference row of the real
 data), the table of the picture measures (`bnstudy.pictures.table`, written to `pictures.csv`) and
-the verdicts on the picture claims P1–P3 (`picture_claims`)."""
+the verdicts on the picture claims P1–P3 (declared in `claims`)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,55 @@ from bnstudy.pictures.table import (
     to_pixels,
     write_rows,
 )
-from bnstudy.report.claims import OPTIM_LABELS, claim_verdicts
-from bnstudy.report.picture_claims import (
-    Groups,
-    claim_parts,
-    config_label,
+from bnstudy.report.claims import (
+    OPTIM_LABELS,
+    Result,
+    declare,
+    evaluate,
     parts_table,
     plain_words,
-    spread,
+    study_order,
+    verdict_line,
 )
 from bnstudy.report.runs import FIRST_KEYS, Run, describe, group_keys, norm_label, norm_order
 from bnstudy.report.stats import mean_std
+
+# --- per-configuration values ---------------------------------------------------------------
+
+
+def config_label(norm: str, optim: str) -> str:
+    """`No BatchNorm + SGD`."""
+    return f"{norm_label(norm)} + {OPTIM_LABELS.get(optim, optim)}"
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    """`mean ± std (n)` in `fmt` (percentages: the std in points, `50% ± 10 (3)`)."""
+    if not xs:
+        return "— (0)"
+    mean, std = mean_std(xs)
+    if fmt.endswith("%"):
+        digits = fmt[1:-1] or "0"
+        text = f"{100 * mean:.{digits}f}%" + ("" if math.isnan(std)
+                                                else f" ± {100 * std:.{digits}f}")
+    else:
+        fmt = ".1f" if fmt == "d" else fmt
+        text = format(mean, fmt) + ("" if math.isnan(std) else f" ± {format(std, fmt.lstrip('+'))}")
+    return f"{text} ({len(xs)})"
+
+
+class Groups:
+    """Per-run values by (dataset, norm, optim), from the pictures.csv rows of one setting."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def values(self, dataset: str, column: str, norm: str | None = None,
+               optim: str | None = None) -> list[float]:
+        return [float(r[column]) for r in self.rows
+                if r["dataset"] == dataset and (norm is None or r["norm"] == norm)
+                and (optim is None or r["optim"] == optim)
+                and not math.isnan(float(r[column]))]
+
 
 # --- figures --------------------------------------------------------------------------------
 
@@ -235,13 +273,15 @@ def weight_notes(rows: list[dict]) -> list[str]:
     return lines
 
 
-def pictures_section(runs: list[Run], out: Path) -> tuple[str, dict[str, Figure]]:
+def pictures_section(runs: list[Run], out: Path
+                     ) -> tuple[str, dict[str, Figure], list[tuple[dict, list[Result]]]]:
     """The report.md section `## Pictures`, its figures (`hallucinations_<dataset>`,
-    `weights_<dataset>`, a `_<setting>` suffix when other hparams vary) and
-    `out/pictures.csv`; ("", {}) when no ok run saved picture files."""
+    `weights_<dataset>`, a `_<setting>` suffix when other hparams vary), `out/pictures.csv` and
+    the picture claims' results per setting (for claims.csv); ("", {}, []) when no ok run saved
+    picture files."""
     picture_runs = load_picture_runs(runs)
     if not picture_runs:
-        return "", {}
+        return "", {}, []
     keys = group_keys(runs)
     extra = [k for k in keys if k not in FIRST_KEYS]
     refs: dict[str, Reference] = {}
@@ -269,6 +309,7 @@ def pictures_section(runs: list[Run], out: Path) -> tuple[str, dict[str, Figure]
     for ref in refs.values():
         lines += [f"_{note}._" for note in ref.notes]
     figures: dict[str, Figure] = {}
+    found: list[tuple[dict, list[Result]]] = []
     for setting, members in settings.items():
         suffix = "".join(f"_{k}{v}" for k, v in setting)
         if setting:
@@ -295,11 +336,17 @@ def pictures_section(runs: list[Run], out: Path) -> tuple[str, dict[str, Figure]
                       "layer barely moves, so its grid shows the random initialisation; the "
                       "learned change shows what training added (its alignment: the share of "
                       "its energy in the data's top principal components).", "", *notes, ""]
-        parts = claim_parts(setting_rows)
-        if parts:
-            verdicts = claim_verdicts(parts)
+        results = picture_results(setting_rows)
+        if results:
             lines += ["### Picture claims" if not setting else "#### Picture claims", "",
-                      "Verdicts: " + "; ".join(f"**{c} {v}**" for c, v in verdicts.items())
-                      + ".", "", parts_table(parts), ""]
-            lines += plain_words(parts) + [""]
-    return "\n".join(lines), figures
+                      verdict_line(results), "", parts_table(results), ""]
+            lines += plain_words(results) + [""]
+        found.append((dict(setting), results))
+    return "\n".join(lines), figures, found
+
+
+def picture_results(rows: list[dict]) -> list[Result]:
+    """The picture claims' parts (P1–P3) that the pictures.csv rows allow, tested."""
+    datasets = study_order({r["dataset"] for r in rows})
+    return evaluate([p for p in declare(datasets) if p.source == "pictures"],
+                    {"pictures": rows})

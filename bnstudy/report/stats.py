@@ -7,11 +7,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from bnstudy.report.runs import OUTCOMES, Run, norm_label, norm_order
 
 ALPHA = 0.05
+POWER = 0.8  # the power a detectable difference and the seeds needed are stated at
 METRICS = ("final_val_acc", "best_val_acc", "final_val_loss", "test_acc",
            "first_epoch_train_loss", "epochs_to_target", "wall_time_s")
 SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun, section title)
@@ -253,7 +254,7 @@ def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Co
         return Contrast(estimate, math.nan, math.nan, math.nan)
     parts = [w * w * float(np.var(values, ddof=1)) / len(values) for w, values in terms]
     var = sum(parts)
-    if var == 0:
+    if all(np.ptp(values) == 0 for _, values in terms):  # not a rounding residue's tiny var
         return Contrast(estimate, math.nan, math.nan, math.nan)
     df = var ** 2 / sum(p ** 2 / (len(values) - 1)
                         for p, (_, values) in zip(parts, terms, strict=True))
@@ -292,3 +293,51 @@ def verdict_rows(comparisons: dict[tuple, dict[str, list[Run]]]) -> list[dict]:
                                                 for r in by_norm.get(norm, []))
                         for norm in ("bn", "none")}})
     return rows
+
+
+# --- power (claims) -----------------------------------------------------------------------
+
+
+def welch_power(delta: float, variances: list[float], sizes: list[int],
+                alpha: float = ALPHA) -> float:
+    """The probability that Welch's two-sided test at `alpha` of a contrast whose true value is
+    `delta` rejects zero, the groups having these (weight² × sample) variances and sizes:
+    the noncentral t with Welch–Satterthwaite's degrees of freedom."""
+    parts = [v / n for v, n in zip(variances, sizes, strict=True)]
+    se = math.sqrt(sum(parts))
+    df = sum(parts) ** 2 / sum(p * p / (n - 1) for p, n in zip(parts, sizes, strict=True))
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    ncp = abs(delta) / se
+    power = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    if math.isnan(power):  # scipy's nct gives up far in the tail: all or nothing there
+        return 1.0 if ncp > crit else 0.0
+    return power
+
+
+def power_of(terms: list[tuple[float, list[float]]], power: float = POWER,
+             alpha: float = ALPHA, most: int = 1000) -> tuple[float, float]:
+    """(the smallest |contrast| these seeds detect with `power`, the seeds a side — the same in
+    every group — that would detect a contrast of the size observed with `power`; inf when more
+    than `most`). NaN, NaN where the contrast has no test (a group with < 2 values, no spread)."""
+    if any(len(values) < 2 for _, values in terms) or \
+            all(np.ptp(values) == 0 for _, values in terms):
+        return math.nan, math.nan
+    variances = [w * w * float(np.var(values, ddof=1)) for w, values in terms]
+    sizes = [len(values) for _, values in terms]
+    se = math.sqrt(sum(v / n for v, n in zip(variances, sizes, strict=True)))
+    high = se
+    while welch_power(high, variances, sizes, alpha) < power:
+        high *= 2
+    detectable = float(optimize.brentq(
+        lambda d: welch_power(d, variances, sizes, alpha) - power, 0.0, high))
+    observed = abs(float(sum(w * np.mean(values) for w, values in terms)))
+    if observed == 0 or welch_power(observed, variances, [most] * len(sizes), alpha) < power:
+        return detectable, math.inf
+    low, high = 2, most  # the power grows with n: bisect for the first n that reaches it
+    while low < high:
+        mid = (low + high) // 2
+        if welch_power(observed, variances, [mid] * len(sizes), alpha) >= power:
+            high = mid
+        else:
+            low = mid + 1
+    return detectable, float(low)

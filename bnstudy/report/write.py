@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from bnstudy.report.claims import claims_section
+from bnstudy.report.claims import claims_section, csv_rows
 from bnstudy.report.figures import (
     IMAGE_KINDS,
     PROBE_FIGURES,
@@ -170,7 +170,7 @@ def csv_value(value):
 
 def write_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows({k: csv_value(v) for k, v in row.items()} for row in rows)
 
@@ -296,8 +296,9 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
             write_margin_charts(writer, curves)
 
 
-def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
-    """Loads, groups, summarises and writes `sweep_dir/report/`; returns report.md's path."""
+def write_report(sweep_dir: Path, targets: dict[str, float], costs=None) -> Path:
+    """Loads, groups, summarises and writes `sweep_dir/report/`; returns report.md's path.
+    `costs` measures C5's step costs (default: `bnstudy.report.cost.pair_costs`)."""
     runs = load_runs(sweep_dir)
     out = sweep_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
@@ -311,8 +312,12 @@ def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
     rows = [summarise(key, group, seeds, target(key)) for key, group in groups.items()]
     write_csv(rows, out / "summary.csv")
     sections, figures = [], {}
-    claims, claim_rows = claims_section(comparisons(groups))
+    claims, claim_rows = claims_section(comparisons(groups), sweep_dir, runs, costs)
     verdicts = verdict_rows(comparisons(groups))
+    (out / "pictures.csv").unlink(missing_ok=True)
+    picture_text, picture_figs, picture_results = pictures_section(runs, out)  # pictures.csv
+    claim_rows += [row for setting, results in picture_results
+                   for row in csv_rows(results, setting)]
     for name, table in (("claims", claim_rows), ("verdicts", verdicts)):
         (out / f"{name}.csv").unlink(missing_ok=True)
         if table:
@@ -330,11 +335,9 @@ def write_report(sweep_dir: Path, targets: dict[str, float]) -> Path:
         section, figs = comparison(ckey, by_norm, target(ckey))
         sections.append(section)
         figures.update(figs)
-    (out / "pictures.csv").unlink(missing_ok=True)
-    section, figs = pictures_section(runs, out)  # pictures.csv, labelled figures, P1–P3
-    if section:
-        sections.append(section)
-        figures.update(figs)
+    if picture_text:  # labelled figures, P1–P3
+        sections.append(picture_text)
+        figures.update(picture_figs)
     markdown = report_markdown(sweep_dir, runs, rows, group_keys(runs), sections,
                                never_started(sweep_dir))
     (out / "report.md").write_text(markdown)

@@ -1,0 +1,108 @@
+"""C5's clock: what a training step costs with BN and without, measured paired in one process.
+
+The runs' own `time_s` is not the clock: runs of a sweep share the machine with each other
+(`hydra/launcher=parallel`) and with whatever else runs, so their seconds say as much about
+the machine as about BN. Here both networks of a pair (the study's net for the dataset, with
+and without BN, the run's optimizer, batch size and a batch of the dataset's shape) take
+training steps in alternating blocks, `ROUNDS` times, in one process at one torch thread. Noise
+(another process, a busy core) only ever adds time, so each side's cost is its **fastest** block
+(timeit's rule), and the ratio BN / no BN the verdict uses is the ratio of those minima; the
+per-round ratios are kept to show the spread. The ratio leaves out what both norms pay alike
+(Lightning's loop, logging, validation), so a whole epoch's ratio is closer to 1 than this:
+the clock is, if anything, unfair to BN.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROUNDS = 9     # alternating blocks per side
+STEPS = 30     # training steps per block (after WARMUP)
+WARMUP = 5
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per training step of each side (its fastest block), their ratio (the one the
+    verdict uses) and the spread of the per-round ratios."""
+
+    bn_s: float
+    none_s: float
+    ratio: float
+    ratio_min: float
+    ratio_median: float
+    ratio_max: float
+    rounds: int
+
+
+def _step_fn(cfg, norm: str):
+    """One training step of the config's net with `norm`, on a fixed random batch."""
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import get_class, instantiate
+
+    datamodule = get_class(cfg.dataset.datamodule._target_)
+    shape = tuple(datamodule.input_shape)
+    classes = len(getattr(datamodule, "classes", range(10)))
+    net = instantiate(cfg.model.net, input_shape=shape, num_classes=classes, norm=norm)
+    optimizer = instantiate(cfg.optim.optimizer)(net.parameters())
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(int(cfg.dataset.batch_size), *shape, generator=generator)
+    y = torch.randint(0, classes, (len(x),), generator=generator)
+    net.train()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def _seconds(step, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - start) / n
+
+
+def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS) -> StepCost:
+    """The paired cost of a training step with and without BN for a run's config."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sides = {norm: _step_fn(cfg, norm) for norm in ("bn", "none")}
+        for step in sides.values():
+            _seconds(step, WARMUP)
+        times: dict[str, list[float]] = {"bn": [], "none": []}
+        for i in range(rounds):
+            for norm in (("bn", "none") if i % 2 == 0 else ("none", "bn")):
+                times[norm].append(_seconds(sides[norm], steps))
+    finally:
+        torch.set_num_threads(threads)
+    ratios = [b / n for b, n in zip(times["bn"], times["none"], strict=True)]
+    bn, none = min(times["bn"]), min(times["none"])
+    return StepCost(bn, none, bn / none, min(ratios), statistics.median(ratios), max(ratios),
+                    rounds)
+
+
+def pair_costs(runs) -> dict[tuple[str, str], StepCost]:
+    """The step cost of each (dataset, optim) pair that has runs of both norms, measured on the
+    stored config of its first run (`.hydra/config.yaml`)."""
+    from omegaconf import OmegaConf
+
+    found: dict[tuple[str, str], Path] = {}
+    norms: dict[tuple[str, str], set] = {}
+    for run in runs:
+        key = (run.hparams.get("dataset"), run.hparams.get("optim"))
+        norms.setdefault(key, set()).add(run.hparams.get("norm"))
+        config = run.path / ".hydra" / "config.yaml"
+        if config.is_file():
+            found.setdefault(key, config)
+    return {key: measure(OmegaConf.load(path)) for key, path in sorted(found.items())
+            if {"bn", "none"} <= norms[key]}
