@@ -692,6 +692,7 @@ def claims_section(comparisons: dict[tuple, dict[str, list[Run]]], sweep_dir: Pa
         return "", []
     lines = ["## Claims", "", INTRO, ""]
     names = list(dict.fromkeys(r.claim for res, _ in by_setting.values() for r in res))
+    lines += [f"- **{c}**: {CLAIMS[c]}" for c in names if c in CLAIMS] + [""]
     if len(by_setting) > 1:
         lines += ["| setting | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
         for setting, (results, _) in by_setting.items():
