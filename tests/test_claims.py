@@ -188,3 +188,27 @@ def test_the_clock_takes_each_sides_fastest_block(monkeypatch):
     assert measured.ratio == pytest.approx(2.0, rel=0.15)
     assert measured.ratio_max > measured.ratio  # the noisy rounds are in the spread only
     assert measured.bn_s == pytest.approx(0.002, rel=0.3)
+
+
+def test_a_time_verdict_that_the_clocks_spread_would_flip_cannot_be_told(tmp_path):
+    write_pair(tmp_path, *FAST_LATE)  # BN ahead at equal epochs, behind at twice the cost
+    (study,) = C.settings(comparisons(group_runs(load_runs(tmp_path)))).values()
+    noisy = StepCost(1e-3, 1e-3, 1.0, 0.9, 2.0, 2.5, 9)  # fastest blocks 1.0, rounds' median 2.0
+    results, _ = C.setting_results(study, costs=lambda runs: {("mnist", "sgd"): noisy})
+    full = {f"{r.claim}{r.part}": r for r in results}["C5a (MNIST, SGD)"]
+    assert full.verdict == "cannot tell" and "clock's spread" in full.note
+
+
+def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_not_rendered):
+    from bnstudy.report.answer import DECIDE
+
+    write_pair(tmp_path / "three", *FAST_EARLY)
+    write_pair(tmp_path / "one", *FAST_EARLY, seeds=(1,))
+    for sweep in ("three", "one"):
+        assert main([str(tmp_path / sweep)]) == 0
+    three = (tmp_path / "three" / "report" / "report.md").read_text()
+    assert three.index("## The answer") < three.index("## Summary")
+    assert "| MNIST | SGD | 3, 3 | BN wins, +13.00 pts (" in three
+    one = (tmp_path / "one" / "report" / "report.md").read_text()
+    assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
+    assert DECIDE in one and DECIDE not in three

@@ -30,7 +30,7 @@ from bnstudy.report.runs import (
     norm_label,
     slug,
 )
-from bnstudy.report.stats import verdict
+from bnstudy.report.stats import power_of, verdict
 from bnstudy.report.write import comparison
 
 TARGET = 0.5  # reached in 1–2 epochs on the tiny data, so the column is filled
@@ -602,7 +602,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
     rows = read_verdicts(tmp_path / "report")
     assert list(rows[0]) == ["dataset", "optim", "lr", "n_bn", "n_none", "bn_mean", "none_mean",
                              "diff", "p_value", "verdict", "diff_ci_low", "diff_ci_high",
-                             "bn_diverged", "none_diverged"]
+                             "bn_diverged", "none_diverged", "detectable_80", "seeds_needed"]
     assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
         ("mnist", "sgd", lr) for lr in cases]
     for row in rows:
@@ -620,6 +620,9 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
         assert row["verdict"] == verdict
         assert (row["bn_diverged"], row["none_diverged"]) == (
             "1" if row["lr"] == "0.1" else "0", "0")
+        detectable, needed = power_of([(1.0, bn), (-1.0, none)])
+        assert float(row["detectable_80"]) == pytest.approx(detectable, abs=1e-6)
+        assert float(row["seeds_needed"]) == needed
 
 
 def test_a_verdict_without_two_ok_seeds_a_side_is_no_test(tmp_path):

@@ -19,7 +19,8 @@ SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun,
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
 VERDICT_COLUMNS = ("n_bn", "n_none", "bn_mean", "none_mean", "diff", "p_value", "verdict",
-                   "diff_ci_low", "diff_ci_high", "bn_diverged", "none_diverged")  # verdicts.csv,
+                   "diff_ci_low", "diff_ci_high", "bn_diverged", "none_diverged",
+                   "detectable_80", "seeds_needed")  # verdicts.csv,
 # after dataset, optim and the varying settings
 
 
@@ -277,13 +278,14 @@ def bn_verdict(diff: Contrast, alpha: float = ALPHA) -> str:
 def verdict_rows(comparisons: dict[tuple, dict[str, list[Run]]]) -> list[dict]:
     """verdicts.csv: per comparison (dataset, optim and every other varying setting) the ok
     seeds, mean final validation accuracies and BN − no BN with its Welch p-value, 95 %
-    interval and verdict (`bn_verdict`), and each side's diverged runs. A side with no ok run
-    leaves its mean empty."""
+    interval, verdict (`bn_verdict`) and power (`power_of`), and each side's diverged runs. A
+    side with no ok run leaves its mean empty."""
     rows = []
     for ckey, by_norm in comparisons.items():
         bn, none = (per_seed(by_norm.get(norm, []), None)["final_val_acc"]
                     for norm in ("bn", "none"))
         diff = contrast([(1.0, bn), (-1.0, none)])
+        detectable, needed = power_of([(1.0, bn), (-1.0, none)])
         rows.append({**dict(ckey), "n_bn": len(bn), "n_none": len(none),
                      "bn_mean": mean_std(bn)[0], "none_mean": mean_std(none)[0],
                      "diff": diff.estimate, "p_value": diff.p_value,
@@ -291,7 +293,8 @@ def verdict_rows(comparisons: dict[tuple, dict[str, list[Run]]]) -> list[dict]:
                      "diff_ci_low": diff.ci_low, "diff_ci_high": diff.ci_high,
                      **{f"{norm}_diverged": sum(r.outcome == "diverged"
                                                 for r in by_norm.get(norm, []))
-                        for norm in ("bn", "none")}})
+                        for norm in ("bn", "none")},
+                     "detectable_80": detectable, "seeds_needed": needed})
     return rows
 
 

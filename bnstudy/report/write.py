@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from bnstudy.report.answer import answer_section
 from bnstudy.report.claims import claims_section, csv_rows
 from bnstudy.report.figures import (
     IMAGE_KINDS,
@@ -222,8 +223,9 @@ def _first_line(text: str | None) -> str:
 
 
 def report_markdown(sweep_dir: Path, runs: list[Run], rows: list[dict], keys: list[str],
-                    sections: list[str], unstarted: list[str]) -> str:
-    """The whole report.md."""
+                    sections: list[str], unstarted: list[str], answer: str = "") -> str:
+    """The whole report.md: the header, the answer (`answer_section`), the summary, the
+    sections, and the jobs left out."""
     counts = {o: sum(r.outcome == o for r in runs) for o in OUTCOMES}
     jobs = ", ".join(f"{n} {o}" for o, n in counts.items())
     if unstarted:
@@ -236,7 +238,7 @@ def report_markdown(sweep_dir: Path, runs: list[Run], rows: list[dict], keys: li
         "(the seed-to-seed spread, not the standard error of the mean). Epochs to target: the "
         "first epoch (counted from 1) whose validation accuracy reaches the target, averaged "
         "over the seeds that reach it. Verdicts compare final validation accuracy with Welch's "
-        f"t-test over seeds (p < {ALPHA}).", "",
+        f"t-test over seeds (p < {ALPHA}).", "", *([answer] if answer else []),
         "## Summary", "", markdown_table(rows, keys), "", "Also in `summary.csv`.", "",
         *sections, "## Jobs not in the statistics", "", problems_markdown(runs, unstarted), "",
     ])
@@ -312,7 +314,8 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None) -> Path
     rows = [summarise(key, group, seeds, target(key)) for key, group in groups.items()]
     write_csv(rows, out / "summary.csv")
     sections, figures = [], {}
-    claims, claim_rows = claims_section(comparisons(groups), sweep_dir, runs, costs)
+    claims, claim_rows, results = claims_section(comparisons(groups), sweep_dir, runs,
+                                                 costs)
     verdicts = verdict_rows(comparisons(groups))
     (out / "pictures.csv").unlink(missing_ok=True)
     picture_text, picture_figs, picture_results = pictures_section(runs, out)  # pictures.csv
@@ -339,7 +342,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None) -> Path
         sections.append(picture_text)
         figures.update(picture_figs)
     markdown = report_markdown(sweep_dir, runs, rows, group_keys(runs), sections,
-                               never_started(sweep_dir))
+                               never_started(sweep_dir), answer_section(verdicts, results))
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, margin_curves(comparisons(groups)))
     return out / "report.md"
