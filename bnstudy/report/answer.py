@@ -70,9 +70,27 @@ def answer_table(verdicts: list[dict], results: list[Result] = ()) -> str:
     return "\n".join(lines)
 
 
+def tuned_table(tuned: list[Result]) -> str:
+    """A row per dataset × optimizer of a tuned sweep: the seeds and C6's verdict in words."""
+    lines = ["| dataset | optimizer | seeds (BN, no BN) | at each one's best |",
+             "|" + " --- |" * 4]
+    for r in tuned:
+        term = r.declared.terms[0]
+        lines.append(f"| {DATASET_LABELS.get(term.dataset, term.dataset)} | "
+                     f"{OPTIM_LABELS.get(term.optim, term.optim)} | "
+                     f"{', '.join(str(len(xs)) for xs in r.groups)} | {_part_words(r)} |")
+    return "\n".join(lines)
+
+
 def answer_section(verdicts: list[dict], results: list[Result]) -> str:
     """report.md's `## The answer`: the table, how to read it, and the command that decides
     what one seed or too few seeds leave open."""
+    tuned = [r for r in results if r.claim == "C6"]
+    if tuned:
+        return "\n".join(["## The answer", "",
+                          "Is BatchNorm worth it at each one's best? Each norm's own tuned "
+                          "setting, re-run over seeds, BN − no BN in test accuracy (95% interval; "
+                          "claim C6 below).", "", tuned_table(tuned), ""])
     if not verdicts:
         return ""
     text = ["## The answer", "",

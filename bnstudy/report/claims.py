@@ -33,6 +33,7 @@ import numpy as np
 
 from bnstudy.report.runs import FIRST_KEYS, Run, describe
 from bnstudy.report.stats import ALPHA, POWER, Contrast, contrast, mean_std, num, power_of
+from bnstudy.tune import TUNING_FILE
 
 VERDICTS = ("holds", "does not hold", "cannot tell")
 MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
@@ -41,7 +42,6 @@ OPTIM_LABELS = {"sgd": "SGD", "adam": "Adam"}
 NORM_WORDS = {"bn": "BN", "none": "no BN"}
 RECOGNISED = 0.8   # P3: at least this share of a run's class images read as their class
 BUDGETS = (1.0, 0.5)  # C5: shares of the no-BN run's training time
-TUNING_FILE = "tuning.json"  # experiment=tuned: the search and its seed re-runs (C6)
 
 
 @dataclass(frozen=True)

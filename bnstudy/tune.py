@@ -1,0 +1,158 @@
+"""`experiment=tuned`: each norm at its own best settings, found with the same search budget.
+
+For each cell of dataset × optimizer × norm, Hydra's Optuna sweeper (`hydra-optuna-sweeper`,
+its `OptunaSweeperImpl`) searches the cell's space (`search.<optim>`: the learning rate on a log
+scale, and SGD's momentum) with a TPE sampler seeded the same for every cell, for the same
+number of trials, maximising the final validation accuracy; a diverged trial scores 0, a failed
+one fails (Optuna's FAIL state). Then the best setting of each cell is trained again with each
+seed of `seeds`, and only these re-runs are reported (on the test split, which the search never
+saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/`, the re-runs to `SWEEP/` like any
+sweep's jobs, and `SWEEP/tuning.json` records the search (atomically, after each cell).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from bnstudy.errors import ConfigError
+from bnstudy.records import read_record, write_json_atomic
+
+log = logging.getLogger("bnstudy")
+
+TUNING_FILE = "tuning.json"
+METRIC = "val/acc (final epoch)"
+
+
+def objective(job: JobReturn) -> Any:
+    """What Optuna maximises for a finished trial: its final validation accuracy, 0 for a
+    diverged run; a failed or refused run's return stays a non-number, a failed trial."""
+    if job.status != JobStatus.COMPLETED:
+        return job.return_value  # re-raises the job's exception for the sweeper to record
+    record = job.return_value if isinstance(job.return_value, dict) else {}
+    if record.get("status") == "diverged":
+        return 0.0
+    history = record.get("history") or []
+    if record.get("status") != "ok" or not history:
+        return f"no result ({record.get('status', '?')})"
+    return float(history[-1]["val/acc"])
+
+
+class _ScoringLauncher:
+    """The sweep's launcher, with each job's return value turned into `objective`'s number
+    (the Optuna sweeper casts return values to float)."""
+
+    def __init__(self, launcher) -> None:
+        self.launcher = launcher
+
+    def launch(self, job_overrides, initial_job_idx: int):
+        jobs = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        for job in jobs:
+            try:
+                job.return_value = objective(job)
+            except Exception as err:  # noqa: BLE001 (the job's own failure, kept for Optuna)
+                job.return_value = f"failed: {err}"
+        return jobs
+
+
+class TunedSweeper(Sweeper):
+    """A search per cell with the Optuna sweeper, then the best setting of each over seeds."""
+
+    def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int, seeds: list,
+                 sampler: DictConfig, n_jobs: int = 1) -> None:
+        self.cells = {k: list(v) for k, v in cells.items()}
+        self.search = search
+        self.n_trials = int(n_trials)
+        self.seeds = list(seeds)
+        self.sampler = sampler
+        self.n_jobs = int(n_jobs)
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+
+    def _cells(self, arguments: list[str]) -> tuple[list[dict], list[str]]:
+        """The cells (the config's, narrowed by `dataset=…`, `optim=…`, `norm=…` on the command
+        line) and the other command-line overrides, which every job gets."""
+        cells, rest = dict(self.cells), []
+        for override in OverridesParser.create().parse_overrides(arguments):
+            key = override.get_key_element()
+            if key in cells:
+                cells[key] = [str(v) for v in override.sweep_string_iterator()] \
+                    if override.is_sweep_override() else [override.get_value_element_as_str()]
+            elif override.is_sweep_override():
+                raise ConfigError(
+                    f"experiment=tuned searches its own space, so {key} cannot be swept "
+                    f"({override.input_line}). Set one value ({key}=...), or change the search "
+                    f"space in hydra.sweeper.search.")
+            else:
+                rest.append(override.input_line)
+        names = list(cells)
+        return [dict(zip(names, values, strict=True))
+                for values in itertools.product(*(cells[n] for n in names))], rest
+
+    def sweep(self, arguments: list[str]) -> None:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's import says hello
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        cells, rest = self._cells(arguments)
+        record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
+                        "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,
+                        "seeds": self.seeds, "metric": METRIC, "time_s": {}, "cells": []}
+        started = time.perf_counter()
+        for cell in cells:
+            name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
+            fixed = [f"{k}={v}" for k, v in cell.items()] + rest + \
+                [f"hydra.sweep.dir={sweep_dir / 'search' / name}"]
+            space = self.search.get(cell["optim"]) or {}
+            storage = optuna.storages.InMemoryStorage()
+            impl = OptunaSweeperImpl(
+                sampler=instantiate(self.sampler), direction="maximize", storage=storage,
+                study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
+                max_failure_rate=1.0, search_space=None, custom_search_space=None,
+                params=OmegaConf.create(dict(space)))
+            impl.setup(hydra_context=self.hydra_context, task_function=self.task_function,
+                       config=self.config)
+            impl.launcher = _ScoringLauncher(impl.launcher)
+            log.info("Tuning %s: %d trials", name, self.n_trials)
+            impl.sweep(fixed)
+            study = optuna.load_study(study_name=name, storage=storage)
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if not done:
+                raise ConfigError(f"Every trial of {name} failed: see the trials' train.log "
+                                  f"under {sweep_dir / 'search' / name}.")
+            best = study.best_trial
+            record["cells"].append({
+                **cell, "trials": [{"params": t.params, "value": t.value,
+                                    "state": t.state.name} for t in study.trials],
+                "best_params": best.params, "best_value": best.value, "final_jobs": []})
+            write_json_atomic(sweep_dir / TUNING_FILE, record)
+        record["time_s"]["search"] = time.perf_counter() - started
+        self._rerun_best(record, rest, sweep_dir)
+
+    def _rerun_best(self, record: dict, rest: list[str], sweep_dir: Path) -> None:
+        """Each cell's best setting with every seed, as jobs of the sweep itself."""
+        started = time.perf_counter()
+        jobs = [(cell, [f"{k}={cell[k]}" for k in self.cells] + rest
+                 + [f"{k}={v}" for k, v in cell["best_params"].items()] + [f"seed={seed}"])
+                for cell in record["cells"] for seed in self.seeds]
+        returns = self.launcher.launch([overrides for _, overrides in jobs], initial_job_idx=0)
+        for (cell, _), job in zip(jobs, returns, strict=True):
+            out = Path(job.hydra_cfg.hydra.runtime.output_dir)
+            if read_record(out):
+                cell["final_jobs"].append(out.name)
+        record["time_s"]["final"] = time.perf_counter() - started
+        write_json_atomic(sweep_dir / TUNING_FILE, record)
