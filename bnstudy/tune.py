@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,13 @@ class TunedSweeper(Sweeper):
                 for values in itertools.product(*(cells[n] for n in names))], rest
 
     def sweep(self, arguments: list[str]) -> None:
+        """The searches, then the re-runs; a user's mistake ends in its paragraph, exit 1."""
+        try:
+            self._sweep(arguments)
+        except ConfigError as err:
+            sys.exit(str(err))
+
+    def _sweep(self, arguments: list[str]) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's import says hello
         import optuna
         from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl

@@ -1,0 +1,86 @@
+"""`experiment=tuned` (`bnstudy.tune`): the config composes with the Optuna sweeper, a tiny
+search and its seed re-runs run end to end through the entry point, and the report's C6 reads
+them."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from helpers import compose_config, run_sweep
+from hydra.core.utils import JobReturn, JobStatus
+
+from bnstudy.report.cli import main as report
+from bnstudy.tune import TUNING_FILE, objective
+
+pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+
+
+def test_the_tuned_experiment_composes_with_the_optuna_search():
+    cfg = compose_config("experiment=tuned")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_ == "hydra_plugins.bnstudy_tuned.TunedSweeper"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+    assert isinstance(sweeper.sampler.seed, int) and sweeper.n_trials >= 2
+    assert set(sweeper.search) == {"sgd", "adam"}
+    assert sweeper.search.sgd["optim.optimizer.lr"].startswith("tag(log, interval(")
+    assert "optim.optimizer.momentum" in sweeper.search.sgd
+    assert dict(sweeper.cells) == {"dataset": ["mnist", "cifar10"], "optim": ["sgd", "adam"],
+                                   "norm": ["bn", "none"]}
+
+
+def job(status: str, history=(), state=JobStatus.COMPLETED) -> JobReturn:
+    ret = JobReturn(status=state)
+    ret.return_value = {"status": status, "history": list(history)}
+    return ret
+
+
+def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
+    assert objective(job("ok", [{"val/acc": 0.5}, {"val/acc": 0.75}])) == 0.75
+    assert objective(job("diverged", [{"val/acc": 0.9}])) == 0.0
+    failed = objective(job("failed"))
+    with pytest.raises(ValueError):
+        float(failed)  # not a number: Optuna records the trial as failed
+
+
+@pytest.mark.slow
+def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
+    proc = run_sweep(tmp_path, tiny_data, "experiment=tuned", "dataset=mnist", "optim=sgd",
+                     "hydra.sweeper.n_trials=3", "hydra.sweeper.seeds=[0,1]",
+                     "trainer.max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuning = json.loads((tmp_path / TUNING_FILE).read_text())
+    cells = {c["norm"]: c for c in tuning["cells"]}
+    assert set(cells) == {"bn", "none"} and tuning["n_trials"] == 3
+    for cell in cells.values():
+        assert len(cell["trials"]) == 3  # the same budget for each norm
+        best = max((t for t in cell["trials"] if t["value"] is not None),
+                   key=lambda t: t["value"])
+        assert cell["best_params"] == best["params"] and cell["best_value"] == best["value"]
+        assert len(cell["final_jobs"]) == 2
+        for name in cell["final_jobs"]:
+            record = json.loads((tmp_path / name / "metrics.json").read_text())
+            assert record["status"] == "ok" and record["test"]["acc"] > 0
+            assert record["hparams"]["norm"] == cell["norm"]
+            assert record["hparams"]["lr"] == pytest.approx(
+                best["params"]["optim.optimizer.lr"])
+        assert len(list((tmp_path / "search" / f"mnist-{cell['norm']}-sgd").glob(
+            "*/metrics.json"))) == 3  # the trials, apart from the study's jobs
+    # one sampler seed: every cell's search proposes the same first settings
+    first = [[t["params"] for t in c["trials"]] for c in cells.values()]
+    assert first[0] == first[1]
+    assert report([str(tmp_path)]) == 0
+    with open(tmp_path / "report" / "claims.csv") as f:
+        (c6,) = [r for r in csv.DictReader(f) if r["claim"] == "C6"]
+    assert c6["verdict"] in ("holds", "does not hold", "cannot tell")
+    assert "| mnist | sgd | BN | 3 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_sweeping_a_searched_setting_is_refused_in_one_paragraph(tiny_data, tmp_path):
+    proc = run_sweep(tmp_path, tiny_data, "experiment=tuned", "optim.optimizer.lr=0.1,0.2")
+    assert proc.returncode != 0
+    assert "experiment=tuned searches its own space" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*/metrics.json"))
