@@ -5,7 +5,7 @@ its `OptunaSweeperImpl`) searches the cell's space (`search.<optim>`: the learni
 scale, and SGD's momentum) with a TPE sampler seeded the same for every cell, for the same
 number of trials, maximising the final validation accuracy; a diverged trial scores 0, a failed
 one fails (Optuna's FAIL state). Then the best setting of each cell is trained again with each
-seed of `seeds`, and only these re-runs are reported (on the test split, which the search never
+seed of the sweep (`seed=0,1,2` by default), and only these re-runs are reported (on the test split, which the search never
 saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/`, the re-runs to `SWEEP/` like any
 sweep's jobs, and `SWEEP/tuning.json` records the search (atomically, after each cell).
 """
@@ -66,17 +66,27 @@ class _ScoringLauncher:
         return jobs
 
 
+def _values(override: str) -> list:
+    """The values of one override: `a=1,2` → ['1', '2'], `a=x` → ['x'], `seed=range(3)`…"""
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    if parsed.is_sweep_override():
+        return [str(v) for v in parsed.sweep_string_iterator()]
+    return [parsed.get_value_element_as_str()]
+
+
 class TunedSweeper(Sweeper):
     """A search per cell with the Optuna sweeper, then the best setting of each over seeds."""
 
-    def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int, seeds: list,
-                 sampler: DictConfig, n_jobs: int = 1) -> None:
+    def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int,
+                 sampler: DictConfig, n_jobs: int = 1, params: DictConfig | None = None) -> None:
         self.cells = {k: list(v) for k, v in cells.items()}
         self.search = search
         self.n_trials = int(n_trials)
-        self.seeds = list(seeds)
         self.sampler = sampler
         self.n_jobs = int(n_jobs)
+        # the re-runs' seeds: those every sweep runs (`hydra.sweeper.params.seed`), or `seed=…`
+        seeds = (params or {}).get("seed", "0")
+        self.seeds = [int(v) for v in _values(f"seed={seeds}")]
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -90,8 +100,9 @@ class TunedSweeper(Sweeper):
         for override in OverridesParser.create().parse_overrides(arguments):
             key = override.get_key_element()
             if key in cells:
-                cells[key] = [str(v) for v in override.sweep_string_iterator()] \
-                    if override.is_sweep_override() else [override.get_value_element_as_str()]
+                cells[key] = _values(override.input_line)
+            elif key == "seed":
+                self.seeds = [int(v) for v in _values(override.input_line)]
             elif override.is_sweep_override():
                 raise ConfigError(
                     f"experiment=tuned searches its own space, so {key} cannot be swept "

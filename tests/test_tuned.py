@@ -47,7 +47,7 @@ def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
 @pytest.mark.slow
 def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
     proc = run_sweep(tmp_path, tiny_data, "experiment=tuned", "dataset=mnist", "optim=sgd",
-                     "hydra.sweeper.n_trials=3", "hydra.sweeper.seeds=[0,1]",
+                     "hydra.sweeper.n_trials=3", "seed=0,1",
                      "trainer.max_epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     tuning = json.loads((tmp_path / TUNING_FILE).read_text())
