@@ -5,9 +5,10 @@ its `OptunaSweeperImpl`) searches the cell's space (`search.<optim>`: the learni
 scale, and SGD's momentum) with a TPE sampler seeded the same for every cell, for the same
 number of trials, maximising the final validation accuracy; a diverged trial scores 0, a failed
 one fails (Optuna's FAIL state). Then the best setting of each cell is trained again with each
-seed of the sweep (`seed=0,1,2` by default), and only these re-runs are reported (on the test split, which the search never
-saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/`, the re-runs to `SWEEP/` like any
-sweep's jobs, and `SWEEP/tuning.json` records the search (atomically, after each cell).
+seed of the sweep (`seed=0,1,2` by default), and only these re-runs are reported (on the test
+split, which the search never saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/`, the
+re-runs to `SWEEP/` like any sweep's jobs, and `SWEEP/tuning.json` records the search
+(atomically, after each cell).
 """
 
 from __future__ import annotations
