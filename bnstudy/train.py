@@ -266,12 +266,16 @@ class SweepSummary(HydraCallback):
         records = [r for _, r in found if r]
         if records:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
+            from bnstudy.report.answer import console_answer
 
             write_sweep_experiment(found[0][0],
                                    [r["hparams"] for r in records if "hparams" in r])
             lines = "\n".join(f"  {result_line(r)}" for r in records)
-            log.info("Sweep %s: %d job(s)\n%s\nBrowse: tensorboard --logdir %s, then open %s\n"
-                     "Report: python -m bnstudy.report %s", sweep_dir, len(records), lines,
+            answer = console_answer(sweep_dir)
+            log.info("Sweep %s: %d job(s)\n%s\n%sBrowse: tensorboard --logdir %s, then open %s\n"
+                     "Report (per second of compute, tuning, pictures, every claim): "
+                     "python -m bnstudy.report %s", sweep_dir, len(records), lines,
+                     f"{answer}\n" if answer else "",
                      sweep_dir, BROWSE_URL, sweep_dir)
         failed = [(job.name, r.get("error", "?")) for job, r in found
                   if r.get("status") == "failed"]

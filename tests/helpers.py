@@ -94,12 +94,17 @@ FAST = [
 
 
 def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600,
-              fork: bool = True) -> subprocess.CompletedProcess:
+              fork: bool = True, seeds: bool = False) -> subprocess.CompletedProcess:
     """Runs `python -m bnstudy.train` with overrides in a process of its own; returns the
     finished process (its exit status, stdout and stderr). With `fork` (the default) the
     process comes from the warm starter (`WarmStarter`: the same command without paying
     torch's and Lightning's imports again); `fork=False`, or BNSTUDY_TEST_FORK=0 for every
-    call, starts a fresh interpreter, for what depends on the start itself."""
+    call, starts a fresh interpreter, for what depends on the start itself. A sweep (`-m`)
+    runs one seed unless its overrides name seeds or an experiment, or `seeds` asks for the
+    default a user's sweep gets (3)."""
+    if "-m" in overrides and not seeds and \
+            not any(o.startswith(("seed=", "experiment=")) for o in overrides):
+        overrides = (*overrides, "seed=0")
     env = entry_point_env()
     if fork and forking():
         return WarmStarter.get(env).run("bnstudy.train", overrides, cwd, env, timeout)

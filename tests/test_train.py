@@ -138,3 +138,26 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     assert proc.stderr.count("mnist-bn-sgd-seed0") >= 1
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "images" / "weights_final.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
+    """The README's first command, as written (3 seeds by default), on the tiny fixtures:
+    its console ends with a verdict per dataset × optimizer, and so does its report."""
+    from bnstudy.report.cli import main as report
+
+    proc = run_train("-m", "dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", *FAST,
+                     f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
+                     "~callbacks.hallucinations", f"hydra.sweep.dir={tmp_path}", seeds=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert len(list(tmp_path.glob("*/metrics.json"))) == 24  # 8 pairs × 3 seeds
+    assert "Is BatchNorm worth it?" in console
+    for pair in ("MNIST, SGD", "MNIST, Adam", "CIFAR-10, SGD", "CIFAR-10, Adam"):
+        line = next(x for x in console.splitlines() if x.strip().startswith(f"{pair} (3 vs 3"))
+        assert any(w in line for w in ("BN wins", "BN loses", "tie", "cannot tell yet",
+                                       "no spread over the seeds"))
+    assert report([str(tmp_path)]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert text.index("## The answer") < text.index("## Claims")
+    assert "Verdicts: **C1 " in text and "**C5 " in text

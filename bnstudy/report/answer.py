@@ -13,13 +13,16 @@ from bnstudy.report.stats import VERDICT_COLUMNS
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
 
 
-def _words(verdict: str, diff: float, ci: tuple[float, float], needed: float) -> str:
-    """`BN wins, +4.21 pts (+2.66 to +5.76)`; ties say what would decide them."""
+def _words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
+           seeds: int = 2) -> str:
+    """`BN wins, +4.21 pts (+2.66 to +5.76)`; ties say what would decide them. `seeds`: the
+    fewer ok seeds of the two sides."""
     if math.isnan(diff):
         return "—"
     size = f"{100 * diff:+.2f} pts"
     if verdict == "no test":
-        return f"{size}: one seed a side, direction and size only"
+        return (f"{size}: one seed a side, direction and size only" if seeds < 2
+                else f"{size}: no spread over the seeds, no test")
     interval = f" ({100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})"
     if verdict == "ties":
         if math.isnan(needed) or needed > DECIDABLE:
@@ -34,9 +37,10 @@ def _part_words(result: Result | None) -> str:
         return "—"
     t = result.test
     verdict = {"holds": "wins", "does not hold": "loses", "cannot tell": "ties"}[result.verdict]
-    if result.note.startswith("fewer than"):
+    seeds = min((len(xs) for xs in result.groups), default=0)
+    if seeds < 2 or math.isnan(t.p_value):
         verdict = "no test"
-    return _words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed)
+    return _words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds)
 
 
 def answer_table(verdicts: list[dict], results: list[Result] = ()) -> str:
@@ -61,7 +65,8 @@ def answer_table(verdicts: list[dict], results: list[Result] = ()) -> str:
         cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]),
                  OPTIM_LABELS.get(row["optim"], row["optim"]),
                  *(str(row.get(k)) for k in extra), f"{row['n_bn']}, {row['n_none']}",
-                 _words(row["verdict"], row["diff"], ci, row.get("seeds_needed", math.nan))]
+                 _words(row["verdict"], row["diff"], ci, row.get("seeds_needed", math.nan),
+                        min(row["n_bn"], row["n_none"]))]
         if timed:
             cells.append(_part_words(part("C5", "a", row["dataset"], row["optim"])))
         if tuned:
@@ -100,8 +105,38 @@ def answer_section(verdicts: list[dict], results: list[Result]) -> str:
             "cost of a step) and at each one's own tuned settings (C6, test split), where the "
             "sweep has them. A tie says how small any difference must be; *cannot tell yet* "
             "says how many seeds would decide.", "", answer_table(verdicts, results), ""]
-    if any(row["verdict"] == "no test" for row in verdicts):
+    if any(min(row["n_bn"], row["n_none"]) == 1 for row in verdicts):
         text += ["One seed a side shows the direction and size of each difference, not whether "
                  "it is larger than the seed-to-seed spread. To decide, run 3 or more seeds "
                  "(`seed=0,1,2`), or the study at 20 seeds a side:", "", f"    {DECIDE}", ""]
     return "\n".join(text)
+
+
+def console_answer(sweep_dir) -> str:
+    """The answer at equal epochs as the end of a sweep prints it, a line per dataset ×
+    optimizer (and any other setting the sweep varies); "" when no pair has both norms."""
+    from pathlib import Path
+
+    from bnstudy.report.runs import comparisons, group_runs, load_runs
+    from bnstudy.report.stats import verdict_rows
+    from bnstudy.tune import TUNING_FILE
+
+    if (Path(sweep_dir) / TUNING_FILE).is_file():
+        return ""  # a tuned sweep's answer (C6) is the report's
+    rows = [r for r in verdict_rows(comparisons(group_runs(load_runs(Path(sweep_dir)))))
+            if r["n_bn"] or r["n_none"]]
+    if not rows:
+        return ""
+    lines = ["Is BatchNorm worth it? BN − no BN in final validation accuracy (Welch, 95% "
+             "interval):"]
+    for row in rows:
+        where = ", ".join([DATASET_LABELS.get(row["dataset"], row["dataset"]),
+                           OPTIM_LABELS.get(row["optim"], row["optim"]),
+                           *(f"{k}={v}" for k, v in row.items()
+                             if k not in ("dataset", "optim") and k not in VERDICT_COLUMNS)])
+        words = _words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
+                       row.get("seeds_needed", math.nan), min(row["n_bn"], row["n_none"]))
+        lines.append(f"  {where} ({row['n_bn']} vs {row['n_none']} seeds): {words}")
+    if any(min(row["n_bn"], row["n_none"]) == 1 for row in rows):
+        lines.append(f"One seed a side shows direction and size only; to decide: {DECIDE}")
+    return "\n".join(lines)
