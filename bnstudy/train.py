@@ -197,6 +197,7 @@ def train(cfg: DictConfig) -> dict:
 
     started = time.perf_counter()
     if primary:
+        log.info("%s: training %s epochs into %s", cfg.run_name, cfg.trainer.max_epochs, out)
         update_record(record_path, drop=("error", "traceback", "diverged_at"),
                       status="running", run_name=cfg.run_name, hparams=settings)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -233,6 +234,9 @@ def train(cfg: DictConfig) -> dict:
         return result
     record = update_record(record_path, **result)
     log.info("%s", result_line(record))
+    if not _is_multirun():  # a sweep's summary says where its jobs are
+        log.info("Files: %s (metrics.json, checkpoints/, images/; browse: tensorboard --logdir "
+                 "%s)", out, out)
     return record
 
 

@@ -161,3 +161,15 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert text.index("## The answer") < text.index("## Claims")
     assert "Verdicts: **C1 " in text and "**C5 " in text
+
+
+def test_the_console_shows_the_studys_lines_and_the_log_file_has_the_rest(tiny_data, tmp_path):
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
+                     f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    for routine in ("GPU available", "TPU available", "`Trainer.fit` stopped"):
+        assert routine not in console
+        assert routine in (tmp_path / "train.log").read_text()  # kept, in the log file
+    assert f"training 1 epochs into {tmp_path}" in console
+    assert f"Files: {tmp_path} (" in console and ": ok, val acc " in console
