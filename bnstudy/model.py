@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import lightning as L
 import torch
@@ -16,7 +16,9 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 class Classifier(L.LightningModule):
     """Trains `net` (images → class logits) with cross-entropy and the `optimizer` factory (a
-    Hydra `_partial_` from the `optim` config group, called with the parameters).
+    Hydra `_partial_` from the `optim` config group, called with the parameters). Given as its
+    config (a mapping with `_target_`, as the entry point does), the net is built here and its
+    config saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` needs nothing else.
 
     Logs per epoch `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`
     and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss).
@@ -30,9 +32,16 @@ class Classifier(L.LightningModule):
       call, ~44 times a step) as a plain attribute: 0.4 µs instead of nn.Module's 3.3 µs.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int,
+    def __init__(self, net: nn.Module | Mapping, num_classes: int,
                  optimizer: OptimizerFactory | None = None) -> None:
         super().__init__()
+        if isinstance(net, Mapping):  # the net's config (`_target_` and its arguments):
+            from hydra.utils import instantiate  # kept, so load_from_checkpoint(path) rebuilds it
+            from omegaconf import OmegaConf
+
+            net = OmegaConf.to_container(OmegaConf.create(dict(net)), resolve=True)  # plain
+            self.save_hyperparameters({"net": net, "num_classes": num_classes}, logger=False)
+            net = instantiate(net)
         self.net = net
         self.optimizer_factory = optimizer
         # this epoch's training steps: sum of losses × samples, correct predictions, samples

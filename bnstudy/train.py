@@ -144,11 +144,10 @@ def torch_threads(setting: int | str | None) -> int | None:
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
     """The LightningModule of `cfg.model`, around the network `cfg.model.net` built for the
     dataset's input shape and classes, with the optimizer factory of `cfg.optim`."""
-    net = instantiate(cfg.model.net, input_shape=input_shape, num_classes=num_classes)
-    module = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-              if k != "net"}  # the LightningModule's own keys; it gets the built net
-    return instantiate(module, net=net, num_classes=num_classes,
-                       optimizer=instantiate(cfg.optim.optimizer))
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
+    return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net
+                       optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
