@@ -407,7 +407,7 @@ def test_failed_unfinished_and_never_started_jobs_are_reported(copy_of):
     text = (out / "report.md").read_text()
     assert "| `4_mnist-bn-sgd-seed2` | failed | RuntimeError: boom \\| bang |" in text
     assert "| `5_unfinished` | no metrics.json |" in text
-    assert "| norm=none seed=1 | never started" in text  # the swept overrides of the job
+    assert "| seed=1 norm=none | never started" in text  # the swept overrides of the job
     assert "With one seed on a side, no significance can be claimed." in text
 
 

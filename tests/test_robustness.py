@@ -67,7 +67,8 @@ def test_command_line_overrides_win_over_the_experiment():
     assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("cifar10", 5)
     assert cfg.run_name == "cifar10-bn-sgd-seed2-max_epochs=5"
     plain = compose_with()
-    assert plain.hydra.sweeper.params is None and plain.run_name == "mnist-bn-sgd-seed0"
+    assert dict(plain.hydra.sweeper.params) == {"seed": "0,1,2"}  # a sweep's default seeds
+    assert plain.run_name == "mnist-bn-sgd-seed0"
     assert plain.trainer.max_epochs == 10
 
 
@@ -285,7 +286,7 @@ def test_the_study_runs_at_lr_0_001_and_the_old_default_is_one_override_away():
     for dataset in ("mnist", "cifar10"):
         assert compose_with(f"dataset={dataset}").dataset.lr == 0.001
         old = compose_with(f"dataset={dataset}", "experiment=lr0.01")
-        assert old.dataset.lr == 0.01 and old.hydra.sweeper.params is None
+        assert old.dataset.lr == 0.01 and dict(old.hydra.sweeper.params) == {"seed": "0,1,2"}
         assert old.trainer.max_epochs == 10 and old.dataset.batch_size == 64
 
 
