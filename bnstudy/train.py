@@ -264,8 +264,8 @@ class SweepSummary(HydraCallback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        found = [(job.parent, read_record(job))
-                 for job in sorted(sweep_dir.glob(f"*/{RECORD_NAME}"))]
+        found = [(job.parent, read_record(job)) for job in sorted(
+            sweep_dir.glob(f"*/{RECORD_NAME}"), key=lambda p: _job_order(p.parent.name))]
         records = [r for _, r in found if r]
         if records:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
@@ -294,6 +294,12 @@ class SweepSummary(HydraCallback):
                 f"{lines}\nFix the cause, then re-run the same command with resume=true "
                 f"hydra.sweep.dir={sweep_dir} to run only what is unfinished."
             )
+
+
+def _job_order(name: str) -> tuple:
+    """A job directory's place in its sweep: by its number (`10_…` after `9_…`), then name."""
+    head = name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else -1, name)
 
 
 def _is_multirun() -> bool:

@@ -27,7 +27,9 @@ def _words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
     if verdict == "ties":
         if math.isnan(needed) or needed > DECIDABLE:
             bound = max(abs(ci[0]), abs(ci[1]))
-            return f"tie{interval}: any difference is below {100 * bound:.2f} pts"
+            many = "over 1000" if math.isinf(needed) else f"{needed:.0f}"
+            return (f"no difference seen, {size}{interval}: any is below {100 * bound:.2f} "
+                    f"pts; one this small needs {many} seeds a side")
         return f"cannot tell yet, {size}{interval}: {needed:.0f} seeds a side would decide"
     return f"BN {verdict}, {size}{interval}"
 

@@ -327,7 +327,7 @@ def run_part(part: Part, rows: list[dict]) -> Result:
 
 
 def power_note(r: Result) -> str:
-    """Why a part cannot be told, in words: too few seeds, or no difference worth the seeds."""
+    """Why a part cannot be told, in words: too few seeds, or no difference seen (bounded)."""
     if r.verdict != "cannot tell" or math.isnan(r.test.estimate):
         return ""
     scale, unit, fmt = _scale(r.declared.fmt)
@@ -341,8 +341,8 @@ def power_note(r: Result) -> str:
                 f"difference of the size observed")
     bound = max(abs(r.test.ci_low), abs(r.test.ci_high))
     needed = "over 1000" if math.isinf(r.seeds_needed) else f"{r.seeds_needed:.0f}"
-    return (f"no difference worth the seeds: one of the size observed needs {needed} seeds a "
-            f"side; any difference is below {scale * bound:{fmt}}{unit} (95% interval)")
+    return (f"no difference seen: any is below {scale * bound:{fmt}}{unit} (95% interval); one "
+            f"of the size observed needs {needed} seeds a side")
 
 
 def evaluate(parts: list[Part], rows: dict[str, list[dict]]) -> list[Result]:
@@ -686,7 +686,8 @@ INTRO = (
     f"not. Accuracies are in percentage points (pts); the 95% CI is Welch's. *Detectable* is "
     f"the smallest difference the seeds run find with {POWER:.0%} power; *seeds a side to "
     "decide* is how many would find one of the size observed. A *cannot tell* says which it "
-    "is: too few seeds, or no difference worth the seeds (bounded by its interval). "
+    "is: too few seeds (and how many would decide), or no difference seen (bounded by its "
+    "interval, and the seeds a difference that small would need). "
     "Also in `claims.csv`.")
 
 
