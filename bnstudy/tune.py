@@ -6,13 +6,16 @@ scale, and SGD's momentum) with a TPE sampler seeded the same for every cell, fo
 number of trials, maximising the final validation accuracy; a diverged trial scores 0, a failed
 one fails (Optuna's FAIL state). Then the best setting of each cell is trained again with each
 seed of the sweep (`seed=0,1,2` by default), and only these re-runs are reported (on the test
-split, which the search never saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/`, the
-re-runs to `SWEEP/` like any sweep's jobs, and `SWEEP/tuning.json` records the search
-(atomically, after each cell).
+split, which the search never saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/` (a
+sweep of its own: its `multirun.yaml`, its jobs, Optuna's `optimization_results.yaml`), the
+re-runs to `SWEEP/` like any sweep's jobs, and `SWEEP/tuning.json` records the search, each trial
+with its job (atomically, after each cell). A search repeats itself: `resume=true` re-reads the
+finished trials, and the seeded sampler proposes the same settings again.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import sys
@@ -25,7 +28,7 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.errors import ConfigError
 from bnstudy.records import read_record, write_json_atomic
@@ -46,24 +49,31 @@ def objective(job: JobReturn) -> Any:
         return 0.0
     history = record.get("history") or []
     if record.get("status") != "ok" or not history:
-        return f"no result ({record.get('status', '?')})"
+        return f"no result ({record.get('status', '?')}: {record.get('error', 'no history')})"
     return float(history[-1]["val/acc"])
 
 
 class _ScoringLauncher:
     """The sweep's launcher, with each job's return value turned into `objective`'s number
-    (the Optuna sweeper casts return values to float)."""
+    (the Optuna sweeper casts return values to float); keeps each trial's job directory
+    (relative to `root`, in launch order: trial number = job number) and why trials failed."""
 
-    def __init__(self, launcher) -> None:
-        self.launcher = launcher
+    def __init__(self, launcher, root: Path) -> None:
+        self.launcher, self.root = launcher, root
+        self.jobs: list[str] = []
+        self.errors: list[str] = []
 
     def launch(self, job_overrides, initial_job_idx: int):
         jobs = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
         for job in jobs:
+            out = Path(job.hydra_cfg.hydra.runtime.output_dir)
+            self.jobs.append(out.relative_to(self.root).as_posix())
             try:
                 job.return_value = objective(job)
             except Exception as err:  # noqa: BLE001 (the job's own failure, kept for Optuna)
                 job.return_value = f"failed: {err}"
+            if isinstance(job.return_value, str):
+                self.errors.append(f"{out.name}: {job.return_value}")
         return jobs
 
 
@@ -121,47 +131,79 @@ class TunedSweeper(Sweeper):
             self._sweep(arguments)
         except ConfigError as err:
             sys.exit(str(err))
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
+            sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder
+            log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
+                      "trials, then the re-runs), run the same command with resume=true "
+                      "hydra.sweep.dir=%s", sweep_dir, sweep_dir)
+            raise
 
     def _sweep(self, arguments: list[str]) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's import says hello
         import optuna
         from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
+        # the study's own line per cell below; their study/storage/sampler lines and Optuna's
+        # per-trial ones stay out of the console (a failed trial's warning stays in)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger(OptunaSweeperImpl.__module__).setLevel(logging.WARNING)
+
         sweep_dir = Path(self.config.hydra.sweep.dir)
         cells, rest = self._cells(arguments)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,
                         "seeds": self.seeds, "metric": METRIC, "time_s": {}, "cells": []}
+        searched = {k: v for c in cells for k, v in (self.search.get(c["optim"]) or {}).items()}
+        self._save_plan(sweep_dir, {"seed": ",".join(map(str, self.seeds)), **searched})
         started = time.perf_counter()
         for cell in cells:
             name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
+            search_dir = sweep_dir / "search" / name
+            space = dict(self.search.get(cell["optim"]) or {})
+            # the search's own sweep: its plan, its jobs, its optimization_results.yaml
+            cell_config = self._save_plan(search_dir, space)
             fixed = [f"{k}={v}" for k, v in cell.items()] + rest + \
-                [f"hydra.sweep.dir={sweep_dir / 'search' / name}"]
-            space = self.search.get(cell["optim"]) or {}
+                [f"hydra.sweep.dir={search_dir}"]
             storage = optuna.storages.InMemoryStorage()
             impl = OptunaSweeperImpl(
                 sampler=instantiate(self.sampler), direction="maximize", storage=storage,
                 study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
                 max_failure_rate=1.0, search_space=None, custom_search_space=None,
-                params=OmegaConf.create(dict(space)))
+                params=OmegaConf.create(space))
             impl.setup(hydra_context=self.hydra_context, task_function=self.task_function,
-                       config=self.config)
-            impl.launcher = _ScoringLauncher(impl.launcher)
+                       config=cell_config)
+            impl.launcher = trials = _ScoringLauncher(impl.launcher, sweep_dir)
             log.info("Tuning %s: %d trials", name, self.n_trials)
             impl.sweep(fixed)
             study = optuna.load_study(study_name=name, storage=storage)
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             if not done:
-                raise ConfigError(f"Every trial of {name} failed: see the trials' train.log "
-                                  f"under {sweep_dir / 'search' / name}.")
+                raise ConfigError(f"Every trial of {name} failed, e.g. {trials.errors[0]}. "
+                                  f"See the trials' train.log under {search_dir}.")
             best = study.best_trial
+            log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
+                     100 * best.value, best.number, len(study.trials),
+                     ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
             record["cells"].append({
                 **cell, "trials": [{"params": t.params, "value": t.value,
-                                    "state": t.state.name} for t in study.trials],
+                                    "state": t.state.name, "job": trials.jobs[t.number]}
+                                   for t in study.trials],
                 "best_params": best.params, "best_value": best.value, "final_jobs": []})
+            record["time_s"]["search"] = time.perf_counter() - started
             write_json_atomic(sweep_dir / TUNING_FILE, record)
-        record["time_s"]["search"] = time.perf_counter() - started
         self._rerun_best(record, rest, sweep_dir)
+
+    def _save_plan(self, sweep_dir: Path, params: dict) -> DictConfig:
+        """`sweep_dir/multirun.yaml`, as Hydra's sweepers save it, with `params` the settings
+        its jobs vary: what the run names show (`bnstudy.config.swept_keys`) and what the report
+        reads as the plan. Returns that config."""
+        config = copy.deepcopy(self.config)
+        with read_write(config), open_dict(config):
+            config.hydra.sweep.dir = str(sweep_dir)
+            config.hydra.sweeper.params = params
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        return config
 
     def _rerun_best(self, record: dict, rest: list[str], sweep_dir: Path) -> None:
         """Each cell's best setting with every seed, as jobs of the sweep itself."""

@@ -10,6 +10,7 @@ import json
 import pytest
 from helpers import compose_config, run_sweep
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
 
 from bnstudy.report.cli import main as report
 from bnstudy.tune import TUNING_FILE, objective
@@ -59,14 +60,26 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
                    key=lambda t: t["value"])
         assert cell["best_params"] == best["params"] and cell["best_value"] == best["value"]
         assert len(cell["final_jobs"]) == 2
+        # named like any sweep's jobs: the tuned settings (they vary), not the shared epochs
+        for name in cell["final_jobs"] + [t["job"] for t in cell["trials"]]:
+            assert "-lr=" in name and "-momentum=" in name and "max_epochs" not in name
         for name in cell["final_jobs"]:
             record = json.loads((tmp_path / name / "metrics.json").read_text())
             assert record["status"] == "ok" and record["test"]["acc"] > 0
             assert record["hparams"]["norm"] == cell["norm"]
             assert record["hparams"]["lr"] == pytest.approx(
                 best["params"]["optim.optimizer.lr"])
-        assert len(list((tmp_path / "search" / f"mnist-{cell['norm']}-sgd").glob(
-            "*/metrics.json"))) == 3  # the trials, apart from the study's jobs
+        search = tmp_path / "search" / f"mnist-{cell['norm']}-sgd"
+        assert len(list(search.glob("*/metrics.json"))) == 3  # the trials, apart from the jobs
+        for trial in cell["trials"]:  # each trial names the job that scored it
+            record = json.loads((tmp_path / trial["job"] / "metrics.json").read_text())
+            assert (tmp_path / trial["job"]).parent == search
+            assert record["hparams"]["lr"] == pytest.approx(trial["params"]["optim.optimizer.lr"])
+            assert record["history"][-1]["val/acc"] == pytest.approx(trial["value"])
+        # the Optuna sweeper's own summary stays with its search, not among the study's files
+        results = OmegaConf.load(search / "optimization_results.yaml")
+        assert results.best_value == pytest.approx(cell["best_value"])
+    assert not (tmp_path / "optimization_results.yaml").exists()
     # one sampler seed: every cell's search proposes the same first settings
     first = [[t["params"] for t in c["trials"]] for c in cells.values()]
     assert first[0] == first[1]
@@ -75,6 +88,24 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
         (c6,) = [r for r in csv.DictReader(f) if r["claim"] == "C6"]
     assert c6["verdict"] in ("holds", "does not hold", "cannot tell")
     assert "| mnist | sgd | BN | 3 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_sampler_seed_makes_a_search_repeat_itself(tiny_data, tmp_path):
+    """One cell, 3 trials of which 2 are TPE's (after 1 random one): the same sampler seed
+    proposes the same settings and scores them the same; another seed proposes others."""
+    def search(name: str, sampler_seed: int) -> list[dict]:
+        proc = run_sweep(tmp_path / name, tiny_data, "experiment=tuned", "dataset=mnist",
+                         "optim=adam", "norm=bn", "seed=0", "trainer.max_epochs=1",
+                         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=1",
+                         f"hydra.sweeper.sampler.seed={sampler_seed}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (cell,) = json.loads((tmp_path / name / TUNING_FILE).read_text())["cells"]
+        return [(t["params"], t["value"]) for t in cell["trials"]]
+
+    first = search("first", 0)
+    assert search("again", 0) == first
+    assert [p for p, _ in search("other", 1)] != [p for p, _ in first]
 
 
 @pytest.mark.slow
