@@ -693,10 +693,11 @@ INTRO = (
 
 def claims_section(comparisons: dict[tuple, dict[str, list[Run]]], sweep_dir: Path,
                    runs: list[Run], costs: Callable[[list[Run]], dict] | None = None
-                   ) -> tuple[str, list[dict], list[Result]]:
-    """The report.md section `## Claims`, the rows of claims.csv and the results of the default
-    setting (or the tuned one); ("", [], []) when no setting has a comparison a claim needs.
-    `costs` measures the step costs (`cost.pair_costs`)."""
+                   ) -> tuple[str, list[dict], list[Result], dict]:
+    """The report.md section `## Claims`, the rows of claims.csv, the results of the default
+    setting (or the tuned one) and the figures (`time[_<setting>]`: accuracy against compute);
+    ("", [], [], {}) when no setting has a comparison a claim needs. `costs` measures the step
+    costs (`cost.pair_costs`)."""
     if costs is None:
         from bnstudy.report.cost import pair_costs as costs
     tuned, tuning = tuned_rows(sweep_dir, runs)
@@ -708,7 +709,7 @@ def claims_section(comparisons: dict[tuple, dict[str, list[Run]]], sweep_dir: Pa
                       (evaluate(declare(datasets), {"tuned": tuned}), {})}
     by_setting = {s: (res, m) for s, (res, m) in by_setting.items() if res}
     if not by_setting:
-        return "", [], []
+        return "", [], [], {}
     lines = ["## Claims", "", INTRO, ""]
     names = list(dict.fromkeys(r.claim for res, _ in by_setting.values() for r in res))
     lines += [f"- **{c}**: {CLAIMS[c]}" for c in names if c in CLAIMS] + [""]
@@ -719,16 +720,21 @@ def claims_section(comparisons: dict[tuple, dict[str, list[Run]]], sweep_dir: Pa
             lines.append(f"| {describe(setting)} | "
                          + " | ".join(verdicts.get(c, "—") for c in names) + " |")
         lines.append("")
-    rows = []
+    rows, figures = [], {}
     for setting, (results, measured) in by_setting.items():
         if len(by_setting) > 1 or tuned:
             lines += [f"### {describe(setting)}", ""]
         lines += [verdict_line(results), "", parts_table(results), ""]
         lines += plain_words(results) + ([""] if plain_words(results) else [])
         if measured:
-            lines += [cost_table(studies[setting], measured), ""]
+            from bnstudy.report.figures import time_figure
+
+            name = "time" + "".join(f"_{k}{v}" for k, v in setting)
+            figures[name] = time_figure(studies[setting], measured)
+            lines += [f"![accuracy against compute]({name}.png)", "",
+                      cost_table(studies[setting], measured), ""]
         if tuned:
             lines += [tuning_table(tuning), ""]
         rows += csv_rows(results, dict(setting))
     first = next(iter(by_setting.values()))[0] if len(by_setting) == 1 else []
-    return "\n".join(lines), rows, first
+    return "\n".join(lines), rows, first, figures

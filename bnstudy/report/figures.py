@@ -309,3 +309,50 @@ def _untested(row: dict) -> str:
              + (f", {row[f'{norm}_diverged']} diverged" if row[f"{norm}_diverged"] else "")
              for norm, label in (("bn", "BN"), ("none", "no BN")) if row[f"n_{norm}"] < 2]
     return "; ".join(short) or "no spread"
+
+
+# --- per second of compute (C5) -------------------------------------------------------------
+
+
+def time_figure(study: dict, measured: dict) -> Figure:
+    """Validation accuracy against training compute, a panel per dataset × optimizer that has
+    a step cost: each epoch is placed at its optimizer steps × that norm's measured seconds per
+    step (`bnstudy.report.cost`), the line the mean over seeds, the band ± one std; the dotted
+    line marks the no-BN runs' full time (C5a's budget)."""
+    from bnstudy.report.claims import DATASET_LABELS, OPTIM_LABELS
+
+    pairs = [pair for pair in study if pair in measured]
+    cols = min(len(pairs), 2)
+    rows = math.ceil(len(pairs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.9 * rows + 0.6), squeeze=False)
+    for ax in axes.flat[len(pairs):]:
+        ax.set_visible(False)
+    for ax, pair in zip(axes.flat, pairs, strict=False):
+        cost = measured[pair]
+        for norm in norm_order(study[pair]):
+            runs = [r for r in study[pair][norm] if r.outcome == "ok" and r.history]
+            seconds = {"bn": cost.bn_s, "none": cost.none_s}.get(norm)
+            if not runs or seconds is None:
+                continue
+            epochs, mean, std = mean_curve(runs, "val/acc")
+            steps = np.array([np.mean([r.history[e - 1]["step"] for r in runs
+                                       if len(r.history) >= e]) for e in epochs])
+            x, color = steps * seconds, norm_color(norm)
+            ax.plot(x, 100 * mean, marker="o", ms=3, color=color,
+                    label=f"{norm_label(norm)} ({plural(len(runs), 'seed')})")
+            if len(runs) > 1:
+                ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), color=color,
+                                alpha=0.2, lw=0)
+            if norm == "none":
+                ax.axvline(x[-1], color=color, ls=":", lw=1)
+        dataset, optim = pair
+        ax.set_title(f"{DATASET_LABELS.get(dataset, dataset)}, {OPTIM_LABELS.get(optim, optim)}"
+                     f" (BN step ×{cost.ratio:.2f})")
+        ax.set_xlabel("training compute (s: steps × measured step cost)")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("validation accuracy (%)")
+    axes[0, 0].legend()
+    fig.suptitle("Is BatchNorm worth it per second? Validation accuracy against compute\n"
+                 "(mean over seeds, band ± 1 std; dotted: the no-BN runs' full time)")
+    fig.tight_layout()
+    return fig

@@ -278,7 +278,7 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
     decoded pixels, so the two are the same picture; the figures are closed."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
-    stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png",
+    stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time*.png",
              *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
     for pattern in stale:
         for old in out.glob(pattern):
@@ -313,14 +313,14 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None) -> Path
 
     rows = [summarise(key, group, seeds, target(key)) for key, group in groups.items()]
     write_csv(rows, out / "summary.csv")
-    sections, figures = [], {}
-    claims, claim_rows, results = claims_section(comparisons(groups), sweep_dir, runs,
-                                                 costs)
+    sections = []
+    claims, claim_rows, results, figures = claims_section(comparisons(groups), sweep_dir,
+                                                          runs, costs)
     verdicts = verdict_rows(comparisons(groups))
     (out / "pictures.csv").unlink(missing_ok=True)
     picture_text, picture_figs, picture_results = pictures_section(runs, out)  # pictures.csv
-    claim_rows += [row for setting, results in picture_results
-                   for row in csv_rows(results, setting)]
+    claim_rows += [row for setting, parts in picture_results
+                   for row in csv_rows(parts, setting)]
     for name, table in (("claims", claim_rows), ("verdicts", verdicts)):
         (out / f"{name}.csv").unlink(missing_ok=True)
         if table:
