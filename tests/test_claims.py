@@ -212,3 +212,28 @@ def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_
     one = (tmp_path / "one" / "report" / "report.md").read_text()
     assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
     assert DECIDE in one and DECIDE not in three
+
+
+def test_accuracy_against_compute_places_each_epoch_at_steps_times_the_step_cost(tmp_path):
+    from bnstudy.report.figures import time_figure
+
+    write_pair(tmp_path, *FAST_EARLY)
+    (study,) = C.settings(comparisons(group_runs(load_runs(tmp_path)))).values()
+    fig = time_figure(study, {("mnist", "sgd"): StepCost(2e-3, 1e-3, 2.0, 2.0, 2.0, 2.0, 9)})
+    lines = {line.get_label().split(" (")[0]: line for line in fig.axes[0].get_lines()
+             if not line.get_label().startswith("_")}
+    steps = np.array([10, 20, 30, 40])  # write_job: 10 steps an epoch
+    assert np.allclose(lines["BatchNorm"].get_xdata(), steps * 2e-3)
+    assert np.allclose(lines["No BatchNorm"].get_xdata(), steps * 1e-3)
+    assert np.allclose(lines["BatchNorm"].get_ydata(), [80, 90, 92, 93])
+
+
+def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not_rendered):
+    from bnstudy.report.write import write_report
+
+    write_pair(tmp_path, *FAST_EARLY)
+    report = write_report(tmp_path, {}, costs=lambda runs: {("mnist", "sgd"): cost(2.0)})
+    text = report.read_text()
+    assert "![accuracy against compute](time.png)" in text
+    assert (report.parent / "time.png").is_file()
+    assert "| MNIST, SGD | 2000 µs | 1000 µs | **2.00** (2.00 to 2.00) |" in text
