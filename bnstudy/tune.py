@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ class _ScoringLauncher:
         jobs = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
         for job in jobs:
             out = Path(job.hydra_cfg.hydra.runtime.output_dir)
-            self.jobs.append(out.relative_to(self.root).as_posix())
+            self.jobs.append(Path(os.path.relpath(out, self.root)).as_posix())
             try:
                 job.return_value = objective(job)
             except Exception as err:  # noqa: BLE001 (the job's own failure, kept for Optuna)
@@ -148,7 +149,7 @@ class TunedSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger(OptunaSweeperImpl.__module__).setLevel(logging.WARNING)
 
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # jobs' dirs are absolute
         cells, rest = self._cells(arguments)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,

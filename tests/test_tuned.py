@@ -8,7 +8,7 @@ import csv
 import json
 
 import pytest
-from helpers import compose_config, run_sweep
+from helpers import FAST, compose_config, run_sweep, run_train
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -93,12 +93,14 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_the_sampler_seed_makes_a_search_repeat_itself(tiny_data, tmp_path):
     """One cell, 3 trials of which 2 are TPE's (after 1 random one): the same sampler seed
-    proposes the same settings and scores them the same; another seed proposes others."""
+    proposes the same settings and scores them the same; another seed proposes others. The
+    sweep dirs are relative to where it is launched, as Hydra's default one is."""
     def search(name: str, sampler_seed: int) -> list[dict]:
-        proc = run_sweep(tmp_path / name, tiny_data, "experiment=tuned", "dataset=mnist",
-                         "optim=adam", "norm=bn", "seed=0", "trainer.max_epochs=1",
-                         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=1",
-                         f"hydra.sweeper.sampler.seed={sampler_seed}")
+        proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", f"hydra.sweep.dir={name}",
+                         "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn", "seed=0",
+                         "trainer.max_epochs=1", "hydra.sweeper.n_trials=3",
+                         "hydra.sweeper.sampler.n_startup_trials=1",
+                         f"hydra.sweeper.sampler.seed={sampler_seed}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (cell,) = json.loads((tmp_path / name / TUNING_FILE).read_text())["cells"]
         return [(t["params"], t["value"]) for t in cell["trials"]]
