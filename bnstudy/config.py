@@ -9,6 +9,7 @@ errors and `--help` answer in about two seconds.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import sys
 from dataclasses import dataclass, field, fields
@@ -145,9 +146,60 @@ def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:
 def config_subdir(output_dir: str, overwrite: bool) -> str | None:
     """Hydra's `output_subdir`: `.hydra`, unless the job directory already holds one (a resume
     or a refused rerun must leave the original config as it was; `overwrite=true` replaces
-    it)."""
+    it, unless another process holds the directory's lock: it will be refused)."""
+    from bnstudy.jobdir import is_locked
+
     exists = (Path(output_dir) / ".hydra" / "config.yaml").is_file()
-    return None if exists and not overwrite else ".hydra"
+    return None if exists and (not overwrite or is_locked(output_dir)) else ".hydra"
+
+
+def unknown_override(args: list[str]) -> str | None:
+    """One paragraph for a command-line setting that no config has (`lr=0.1`), naming the
+    settings of that name or close to it; None when each key starts as a config's does.
+    Hydra's own message would suggest `+lr=0.1`, which adds a key nothing reads."""
+    groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
+    known = {f.name for f in fields(StudySchema)} | groups
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if arg.startswith(("-", "+", "~")) or "=" not in arg or key.startswith("hydra") or \
+                key.split(".")[0] in known:
+            continue
+        scored = {name: _likeness(key, name) for name in _setting_names()}
+        near = sorted((k for k, score in scored.items() if score >= 0.75),
+                      key=lambda k: (-scored[k], k.count(".")))
+        value = arg.split("=", 1)[1]
+        hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
+                if near else "")
+        return (f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the "
+                "groups and `python -m bnstudy.train --cfg job` every setting.")
+    return None
+
+
+def _likeness(key: str, name: str) -> float:
+    """How much a setting's name (whole, or its last part) looks like a mistyped key, to one
+    decimal; a top-level setting for a key without dots ranks first (`seeds` → `seed`)."""
+    whole = difflib.SequenceMatcher(None, key, name).ratio()
+    last = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1], name.rsplit(".", 1)[-1]).ratio()
+    top = 0.2 if "." not in key and "." not in name and whole >= 0.75 else 0.0
+    return round(max(whole, last), 1) + top
+
+
+def _setting_names() -> list[str]:
+    """Every dotted setting of the default config (`dataset.lr`, `optim.optimizer.lr`, …)."""
+    from hydra import compose, initialize_config_dir
+
+    register()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config")
+
+    def walk(node, prefix: str):
+        for k in node:
+            value = node._get_node(k)
+            if isinstance(value, DictConfig):
+                yield from walk(value, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+    return list(walk(cfg, ""))
 
 
 def check_known_keys(cfg: DictConfig) -> None:

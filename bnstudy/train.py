@@ -31,6 +31,7 @@ from bnstudy.config import (
     hparams,
     overridden_keys,
     register,
+    unknown_override,
     validate,
 )
 from bnstudy.errors import ConfigError, DataError, RunFileError
@@ -347,4 +348,6 @@ def _record_quietly(record_path: Path, **fields) -> None:
 
 
 if __name__ == "__main__":
+    if problem := unknown_override(sys.argv[1:]):  # before Hydra, whose hint would be `+key`
+        sys.exit(problem)
     main()

@@ -1,0 +1,21 @@
+"""What the entry point answers a newcomer's mistakes with: one paragraph, a non-zero exit,
+nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import run_train
+
+
+@pytest.mark.parametrize(("typed", "suggested"), [
+    ("lr=0.1", "Type e.g. dataset.lr=0.1."),
+    ("seeds=3", "Type e.g. seed=3."),
+    ("momentum=0.9", "Type e.g. optim.optimizer.momentum=0.9."),
+])
+def test_a_misspelt_setting_gets_the_setting_meant(tmp_path, typed, suggested):
+    proc = run_train(typed, f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1
+    key = typed.split("=")[0]
+    assert f"{key}: no such setting. Did you mean " in proc.stderr and suggested in proc.stderr
+    assert "+" + key not in proc.stderr and "Traceback" not in proc.stderr  # not Hydra's `+lr`
+    assert not (tmp_path / "run").exists()
