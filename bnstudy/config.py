@@ -91,7 +91,7 @@ def register() -> None:
     cs.store(group="schema/net", name="mlp", node=MLPSchema)
     cs.store(group="schema/net", name="cnn", node=CNNSchema)
     resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.config_subdir": config_subdir,
-                 "bnstudy.tty": lambda: sys.stderr.isatty()}
+                 "bnstudy.tty": lambda: sys.stderr.isatty(), "bnstudy.job_dir": job_dir}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
@@ -141,6 +141,18 @@ def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:
     params = [f"{key}={value}" for key, value in (sweep.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides([*params, *sweep.overrides.task])
     return frozenset(o.key_or_group for o in overrides if o.is_sweep_override())
+
+
+def job_dir() -> str:
+    """`paths.output_dir`: the job's directory (Hydra's `runtime.output_dir`), or, where no job
+    runs (`--cfg job --resolve` prints the config), where it would be."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        runtime = HydraConfig.get().runtime
+        if not OmegaConf.is_missing(runtime, "output_dir") and runtime.output_dir:
+            return runtime.output_dir
+    return "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
 
 
 def config_subdir(output_dir: str, overwrite: bool) -> str | None:

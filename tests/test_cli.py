@@ -19,3 +19,10 @@ def test_a_misspelt_setting_gets_the_setting_meant(tmp_path, typed, suggested):
     assert f"{key}: no such setting. Did you mean " in proc.stderr and suggested in proc.stderr
     assert "+" + key not in proc.stderr and "Traceback" not in proc.stderr  # not Hydra's `+lr`
     assert not (tmp_path / "run").exists()
+
+
+def test_the_config_prints_resolved_without_a_job(tmp_path):
+    proc = run_train("--cfg", "job", "--resolve", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "output_dir: '<the job''s directory" in proc.stdout and "lr: 0.001" in proc.stdout
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
