@@ -214,6 +214,21 @@ def _setting_names() -> list[str]:
     return list(walk(cfg, ""))
 
 
+def single_run_of_a_sweep(hydra_cfg) -> str | None:
+    """A warning when an experiment that is a sweep (`experiment=lr_sweep`, `decisive`,
+    `tuned`) runs without `-m`: Hydra then runs one job with the config's own values."""
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    sweeper = hydra_cfg.sweeper
+    params = dict(sweeper.get("params") or {})
+    varies = bool(set(params) - {"seed"}) or params.get("seed") != "0,1,2"  # beyond the default
+    own_sweeper = not sweeper._target_.startswith("hydra._internal.")  # experiment=tuned
+    if experiment is None or not (varies or own_sweeper):
+        return None
+    return (f"experiment={experiment} is a sweep, but without -m Hydra runs one job with the "
+            "config's own values. To run the sweep: python -m bnstudy.train -m "
+            f"experiment={experiment} (plus your other settings).")
+
+
 def check_known_keys(cfg: DictConfig) -> None:
     """Refuses keys the schema does not have (Hydra's `+key=value` adds them past the types),
     naming the valid ones."""

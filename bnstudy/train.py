@@ -31,6 +31,7 @@ from bnstudy.config import (
     hparams,
     overridden_keys,
     register,
+    single_run_of_a_sweep,
     unknown_override,
     validate,
 )
@@ -176,6 +177,9 @@ def train(cfg: DictConfig) -> dict:
     primary = is_primary()
     validate(cfg)
     check_devices(cfg)
+    if HydraConfig.initialized() and not _is_multirun() and \
+            (note := single_run_of_a_sweep(HydraConfig.get())):
+        log.warning(note)
     if primary:
         check_job_dir(cfg, out)
     if cfg.resume and read_record(record_path).get("status") in FINISHED:

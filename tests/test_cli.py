@@ -26,3 +26,18 @@ def test_the_config_prints_resolved_without_a_job(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "output_dir: '<the job''s directory" in proc.stdout and "lr: 0.001" in proc.stdout
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("experiment", "warned"), [("lr_sweep", True), ("decisive", True),
+                                                    ("lr0.01", False)])
+def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path, experiment, warned):
+    from helpers import FAST
+
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", f"experiment={experiment}",
+                     "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    note = f"experiment={experiment} is a sweep, but without -m Hydra runs one job"
+    assert (note in proc.stderr) == warned
+    if warned:
+        assert f"python -m bnstudy.train -m experiment={experiment}" in proc.stderr
