@@ -41,3 +41,12 @@ def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path, exper
     assert (note in proc.stderr) == warned
     if warned:
         assert f"python -m bnstudy.train -m experiment={experiment}" in proc.stderr
+
+
+def test_help_lists_the_studys_own_choices_first():
+    proc = run_train("--help")
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert text.startswith("python -m bnstudy.train [-m]")
+    assert text.index("dataset=mnist|cifar10") < text.index("Every group and its options:")
+    assert "dataset.lr=0.001" in text and "--cfg job --resolve" in text
