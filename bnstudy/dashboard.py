@@ -7,6 +7,11 @@ BN and no-BN runs (all seeds) of one pair carry that pair's tags, so a chart of 
 exactly those runs: the Custom Scalars layout each run writes has a category per pair
 ("mnist · sgd") with those three charts, and in Time Series the `compare` section comes first.
 
+A sweep's view over seeds: as its jobs end, `+mean/<norm>` runs hold each pair's mean ± std
+over the seeds finished so far, as margin charts that lead the Custom Scalars page;
+`BROWSE_URL` opens that page on them at any number of runs (see "the sweep's view over
+seeds" below).
+
 HParams: each run writes its session (its settings, `bnstudy.config.hparams`); the experiment
 (the settings that vary, marked `differs` so TensorBoard lists them first, and the study's
 dataset, norm, optim and seed, with their discrete values; the metrics `val/acc`, `val/loss`,
@@ -16,6 +21,12 @@ run's own directory for a single run.
 
 from __future__ import annotations
 
+import io
+import logging
+import math
+import os
+import statistics
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,8 +37,12 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
 COMPARED = ("train/loss", "val/loss", "val/acc")
-# Time Series with smoothing off (10-point epoch curves) and runs coloured by norm
-BROWSE_URL = "http://localhost:6006/?smoothing=0&runColorGroup=regex:-(bn|none)-#timeseries"
+# The sweep's first page: Custom Scalars, smoothing off (10-point epoch curves), the run list
+# filtered to the `+mean` runs (regex `^\+mean/`, so they are selected at any number of runs)
+BROWSE_URL = "http://localhost:6006/#custom_scalars&_smoothingWeight=0&regexInput=%5E%5C%2Bmean%2F"
+# Time Series with smoothing off and runs coloured by norm (the jobs' and the `+mean` runs')
+TIMESERIES_URL = \
+    "http://localhost:6006/?smoothing=0&runColorGroup=regex:[-/](bn|none)(?:-|$)#timeseries"
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
 
@@ -186,3 +201,152 @@ def write_margin_charts(writer: SummaryWriter, curves: dict[str, dict[str, dict]
     metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
     writer.file_writer.add_summary(Summary(value=[Summary.Value(
         tag="custom_scalars__config__", tensor=tensor, metadata=metadata)]))
+
+
+# -- the sweep's view over seeds -------------------------------------------------------------
+# While a sweep runs, each finished job refreshes `SWEEP/+mean/`: one TensorBoard run per norm
+# (and per other setting the sweep varies), e.g. `+mean/bn` and `+mean/none`, holding for each
+# dataset × optimizer pair the mean over the seeds finished so far and a band of ± one sample
+# standard deviation, under `seeds/<pair>/<metric>/{mean,lower,upper}`, at the step each
+# epoch ends (that of the per-run curves). Its Custom Scalars layout has a category per pair
+# with a margin chart per compared metric: one line and band per run, so BN against no BN in
+# two colours, whatever the number of seeds. `+` sorts before the job directories' digits, so
+# these categories come first on the page and the runs first in the list; `browse_url` filters
+# the list to them, so they are what is selected when the page opens.
+#
+# A refresh writes a whole new events file per run (`events.out.tfevents.<version>.mean`, the
+# versions counting up), starting with a SessionLog START at step 0: TensorBoard replaces the
+# run's earlier points with the new ones (the Python loader purges on START; RustBoard, the
+# default loader, drops earlier points of a series when a step repeats). Older files are kept:
+# the Python loader stops at a file deleted under it. Jobs finish concurrently, so a refresh
+# holds a lock on `+mean/.lock`; each file is written beside its final name and renamed.
+
+MEAN_DIR = "+mean"
+
+
+def mean_tag(pair: str, metric: str, part: str) -> str:
+    """`seeds/<pair>/<metric with _ for />/<part>`, part: mean, lower or upper."""
+    return f"seeds/{pair}/{metric.replace('/', '_')}/{part}"
+
+
+def mean_group(record: dict) -> str:
+    """The line a finished run joins within its pair: its norm, then every other setting the
+    sweep varies, as in its run name (`bn`, `bn-lr=0.1`; the seed left out)."""
+    hp = record["hparams"]
+    prefix = f"{hp['dataset']}-{hp['norm']}-{hp['optim']}-seed{hp['seed']}"
+    name = record.get("run_name", "")
+    swept = name[len(prefix):] if name.startswith(prefix) else ""
+    return f"{hp['norm']}{swept}".replace("/", "_")
+
+
+def mean_curves(records: list[dict]) -> dict[str, dict[str, dict[str, list[tuple]]]]:
+    """`curves[group][pair][metric]` = [(step, mean, std, n)] over the finished (`ok`) runs'
+    per-epoch history: at each epoch the runs that reached it, the step the per-run curves
+    use (the epoch's last step), the sample std (0 for one run)."""
+    rows: dict[tuple, dict[int, list]] = {}
+    for record in records:
+        if record.get("status") != "ok" or "hparams" not in record:
+            continue
+        hp = record["hparams"]
+        key = (mean_group(record), pair_name(hp["dataset"], hp["optim"]))
+        for epoch, row in enumerate(record.get("history") or []):
+            for metric in COMPARED:
+                value = row.get(metric)
+                if value is not None and math.isfinite(value):
+                    rows.setdefault((*key, metric), {}).setdefault(epoch, []).append(
+                        (row["step"] - 1, value))
+    curves: dict = {}
+    for (group, pair, metric), by_epoch in sorted(rows.items()):
+        curve = curves.setdefault(group, {}).setdefault(pair, {}).setdefault(metric, [])
+        for epoch in sorted(by_epoch):
+            steps, values = zip(*by_epoch[epoch], strict=True)
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            curve.append((min(steps), statistics.fmean(values), std, len(values)))
+    return curves
+
+
+def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
+    """The Custom Scalars layout of the `+mean` runs (torch's `add_custom_scalars` format): a
+    category per pair, in the order given, titled with the seeds each line holds so far
+    (`mean_curves`' runs at the first epoch), and a margin chart per compared metric."""
+    def seeds(pair: str) -> str:
+        counts = {group: by_pair[pair]["val/acc"][0][3] for group, by_pair in (curves or {}).items()
+                  if by_pair.get(pair, {}).get("val/acc")}
+        if not counts:
+            return "seeds"
+        if len(set(counts.values())) == 1:
+            return f"{next(iter(counts.values()))} seed(s) each"
+        return "seeds (" + ", ".join(f"{group} {n}" for group, n in counts.items()) + ")"
+
+    return {f"{pair.replace('-', ' · ')} · mean ± std over {seeds(pair)}": {
+        f"{pair.replace('-', ' · ')} · {metric}":
+            ["Margin", [mean_tag(pair, metric, part) for part in ("mean", "lower", "upper")]]
+        for metric in COMPARED} for pair in pairs}
+
+
+def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict) -> bytes:
+    """One `+mean` run's events file: version, SessionLog START, layout, then the curves of
+    its pairs (`mean_curves(...)[group]`), all at the write's wall time."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard.summary import custom_scalars, scalar
+
+    now, buffer = time.time(), io.BytesIO()
+    records = RecordWriter(buffer)
+    for event in (Event(wall_time=now, file_version="brain.Event:2"),
+                  Event(wall_time=now, step=0, session_log=SessionLog(status=SessionLog.START)),
+                  Event(wall_time=now, step=0, summary=custom_scalars(layout))):
+        records.write(event.SerializeToString())
+    for pair, by_metric in curves.items():
+        for metric, curve in by_metric.items():
+            for step, mean, std, _ in curve:
+                for part, value in (("mean", mean), ("lower", mean - std), ("upper", mean + std)):
+                    records.write(Event(wall_time=now, step=step, summary=scalar(
+                        mean_tag(pair, metric, part), value)).SerializeToString())
+    return buffer.getvalue()
+
+
+def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
+    """Rewrites the sweep's `+mean` runs from its jobs' records (see above); returns their
+    names (`+mean/bn`, ...). Waits up to `timeout` seconds for a concurrent refresh."""
+    from filelock import FileLock
+
+    from bnstudy.records import RECORD_NAME, read_record
+
+    sweep_dir = Path(sweep_dir)
+    root = sweep_dir / MEAN_DIR
+    root.mkdir(exist_ok=True)
+    with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
+        jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=_job_number)
+        found = [r for r in map(read_record, jobs) if "hparams" in r]
+        pairs = dict.fromkeys(pair_name(r["hparams"]["dataset"], r["hparams"]["optim"])
+                              for r in found)  # in the sweep's order
+        curves = mean_curves(found)
+        layout = mean_layout(pairs, curves)
+        versions = [int(p.name.split(".")[3]) for p in root.glob("*/events.out.tfevents.*.mean")]
+        version = max(versions, default=0) + 1
+        for group, by_pair in curves.items():
+            run = root / group
+            run.mkdir(exist_ok=True)
+            partial = run / f".{version}.partial"  # not an events file until renamed
+            partial.write_bytes(mean_events(by_pair, layout))
+            os.replace(partial, run / f"events.out.tfevents.{version:010d}.mean")
+    return [f"{MEAN_DIR}/{group}" for group in curves]
+
+
+def _job_number(job: Path) -> tuple:
+    head = job.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else -1, job.name)
+
+
+def refresh_sweep_view(sweep_dir: str | Path) -> None:
+    """`refresh_mean_runs` for a job that just ended; a failure (a full disk, a lock held too
+    long) is a warning: the view is derived from the records, and the next job redoes it."""
+    from filelock import Timeout
+
+    try:
+        refresh_mean_runs(sweep_dir)
+    except (OSError, Timeout) as err:
+        logging.getLogger("bnstudy").warning(
+            "The sweep's mean-over-seeds view in %s/%s was not updated (%s); the next job "
+            "that ends updates it.", sweep_dir, MEAN_DIR, err)

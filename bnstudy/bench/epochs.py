@@ -1,4 +1,4 @@
-"""Benchmark: the project's training path against a plain PyTorch loop, same data and model.
+"""Per epoch: the project's training path against a plain PyTorch loop, same data and model.
 
     python -m bnstudy.bench [--repeats 3] [--floor] [overrides ...]   # data from paths.data_dir
     python -m bnstudy.bench dataset=fashion_mnist paths.data_dir=data   # full 60k images
@@ -204,7 +204,3 @@ def print_pairs(timers: list[Alternate], name: str, short: str, n: int) -> None:
     ratios = [a / b for a, b in zip(project, plain, strict=True)]
     print(f"ratio {short} / plain (median of {len(ratios)} paired epochs): "
           f"{statistics.median(ratios):.2f}  (range {min(ratios):.2f}-{max(ratios):.2f})")
-
-
-if __name__ == "__main__":
-    main()
