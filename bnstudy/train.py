@@ -7,9 +7,11 @@ fits, tests, and leaves in its job directory the TensorBoard events,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 import traceback
@@ -36,7 +38,16 @@ from bnstudy.config import (
     validate,
 )
 from bnstudy.errors import ConfigError, DataError, RunFileError
-from bnstudy.records import RECORD_NAME, read_record, update_record
+from bnstudy.jobdir import (
+    JobDirLock,
+    RunExistsError,
+    describe_holder,
+    holder,
+    is_requeue,
+    launcher_job,
+    same_job,
+)
+from bnstudy.records import RECORD_NAME, read_record, replace_file, update_record
 
 if TYPE_CHECKING:
     import lightning as L
@@ -47,15 +58,14 @@ FINISHED = ("ok", "diverged")
 register()  # the schemas and resolvers `conf/` names, before Hydra composes it
 
 
-class RunExistsError(ConfigError):
-    """The job directory holds a run this command must not touch (its record stays as is)."""
-
-
-def check_job_dir(cfg: DictConfig, out: Path) -> None:
-    """A resume must use the stored config; without one, a job directory that already holds
-    a run is left alone unless `overwrite=true` (which clears it for a fresh run)."""
+def check_job_dir(cfg: DictConfig, out: Path) -> bool:
+    """Whether the run in `out` resumes: with `resume=true`, or when its launcher requeued the
+    job that started it (a time limit, a preemption), which resumes untold. A resume must use
+    the stored config; otherwise a job directory that already holds a run is left alone
+    unless `overwrite=true` (which clears it for a fresh run)."""
     record, stored = read_record(out), out / ".hydra" / "config.yaml"
-    if cfg.resume:
+    requeue = is_requeue(record.get("job"), launcher_job())
+    if cfg.resume or requeue:
         changed = changed_settings(OmegaConf.load(stored), cfg) if stored.is_file() else []
         if changed:
             raise RunExistsError(
@@ -63,18 +73,23 @@ def check_job_dir(cfg: DictConfig, out: Path) -> None:
                 "Resume with the original command (plus resume=true), or start a new run in "
                 "another directory (hydra.run.dir=... or hydra.sweep.dir=...)."
             )
-    elif record and not cfg.overwrite:
+        if requeue:
+            log.info("%s: requeued by its launcher (job %s, status %s): resuming", cfg.run_name,
+                     record["job"]["id"], record.get("status", "?"))
+        return True
+    if record and not cfg.overwrite:
         raise RunExistsError(
             f"{out} already holds a run (status {record.get('status', '?')}); nothing was "
             "changed. Add resume=true to continue an unfinished run and skip finished ones, "
             "overwrite=true to train it again from scratch (its results are replaced), or "
             "choose another hydra.run.dir / hydra.sweep.dir."
         )
-    elif record:
+    if record:
         for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*")]:
             old.unlink()
         for folder in ("checkpoints", "images"):
             shutil.rmtree(out / folder, ignore_errors=True)
+    return False
 
 
 def default_config() -> DictConfig | None:
@@ -180,11 +195,15 @@ def train(cfg: DictConfig) -> dict:
     if HydraConfig.initialized() and not _is_multirun() and \
             (note := single_run_of_a_sweep(HydraConfig.get())):
         log.warning(note)
+    job = launcher_job()
     if primary:
-        check_job_dir(cfg, out)
-    if cfg.resume and read_record(record_path).get("status") in FINISHED:
-        log.info("%s already finished (resume=true): skipped", cfg.run_name)
-        return read_record(record_path)
+        resume = check_job_dir(cfg, out)
+    else:  # as rank 0 decides: a requeued job's other ranks resume with it
+        resume = cfg.resume or same_job(read_record(record_path).get("job"), job)
+    previous = read_record(record_path)
+    if resume and previous.get("status") in FINISHED:
+        log.info("%s already finished: skipped", cfg.run_name)
+        return previous
     overridden = overridden_keys(HydraConfig.get().overrides.task) \
         if HydraConfig.initialized() else ()
     settings = hparams(cfg, default_config(), overridden)
@@ -202,14 +221,17 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     if primary:
         log.info("%s: training %s epochs into %s", cfg.run_name, cfg.trainer.max_epochs, out)
-        update_record(record_path, drop=("error", "traceback", "diverged_at"),
-                      status="running", run_name=cfg.run_name, hparams=settings)
+        launched = {"job": job} if job else {}  # the launcher's job, which a requeue keeps
+        if is_requeue(previous.get("job"), job):
+            launched["requeues"] = previous.get("requeues", 0) + 1
+        update_record(record_path, drop=("error", "traceback", "diverged_at", "job"),
+                      status="running", run_name=cfg.run_name, hparams=settings, **launched)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
 
     datamodule, model, trainer = build(cfg)
-    resume_from, note = resume_checkpoint(checkpoint) if cfg.resume else (None, None)
+    resume_from, note = resume_checkpoint(checkpoint) if resume else (None, None)
     if note and primary:
         update_record(record_path, resume_note=note)
 
@@ -254,18 +276,21 @@ def result_line(record: dict) -> str:
             f"test acc {pct(acc)}, {'-' if time_s is None else f'{time_s:.0f} s'}")
 
 
+REFUSALS_ENV = "BNSTUDY_SWEEP_REFUSALS"  # where a sweep's refused jobs leave their message
+
+
 class SweepSummary(HydraCallback):
     """At the end of a multirun: a line per job (status, accuracies, time), the sweep's HParams
-    experiment, the report command; then names the jobs that failed (their record says so) or
-    were refused (their directory already held a run) and exits 1 if there are any."""
+    experiment, the report command; then names every job that did not finish (failed,
+    interrupted, still running or killed: its record says so; refused: it says so in the
+    sweep's refusals folder, whichever process ran it) with the resume command, and exits 1 if
+    there are any. Ok and diverged jobs are results: exit 0."""
 
-    def __init__(self) -> None:
-        self.refused: list[tuple[str, str]] = []
-
-    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        value = getattr(job_return, "_return_value", None)
-        if isinstance(value, dict) and value.get("status") == "refused":
-            self.refused.append((Path(config.paths.output_dir).name, value["error"]))
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # In the environment every launcher hands its jobs (a process of its own or not).
+        folder = Path(config.hydra.sweep.dir).absolute() / ".refused" / \
+            f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        os.environ[REFUSALS_ENV] = str(folder)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -275,7 +300,6 @@ class SweepSummary(HydraCallback):
         if records:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
             from bnstudy.report.answer import console_answer
-
             write_sweep_experiment(found[0][0],
                                    [r["hparams"] for r in records if "hparams" in r])
             lines = "\n".join(f"  {result_line(r)}" for r in records)
@@ -285,20 +309,57 @@ class SweepSummary(HydraCallback):
                      "python -m bnstudy.report %s", sweep_dir, len(records), lines,
                      f"{answer}\n" if answer else "",
                      sweep_dir, BROWSE_URL, sweep_dir)
-        failed = [(job.name, r.get("error", "?")) for job, r in found
-                  if r.get("status") == "failed"]
-        if self.refused:
+        unfinished = _collect_refusals()
+        for job, record in found:
+            if record.get("status") not in FINISHED and job.name not in unfinished:
+                unfinished[job.name] = _unfinished_reason(job, record)
+        if unfinished:
+            lines = "\n".join(f"  {name}: {reason}" for name, reason in
+                              sorted(unfinished.items(), key=lambda item: _job_order(item[0])))
             sys.exit(
-                f"{len(self.refused)} job(s) of {sweep_dir} already held a run and were left "
-                f"as they were, e.g. {self.refused[0][0]}: {self.refused[0][1]}"
+                f"{len(unfinished)} job(s) of {sweep_dir} did not finish; the others kept their "
+                f"results:\n{lines}\nFix the cause, then re-run the same command with "
+                f"resume=true hydra.sweep.dir={sweep_dir} to run only what is unfinished."
             )
-        if failed:
-            lines = "\n".join(f"  {name}: {error}" for name, error in failed)
-            sys.exit(
-                f"{len(failed)} job(s) of {sweep_dir} failed; the others kept their results:\n"
-                f"{lines}\nFix the cause, then re-run the same command with resume=true "
-                f"hydra.sweep.dir={sweep_dir} to run only what is unfinished."
-            )
+
+
+def _note_refusal(cfg: DictConfig, message: str) -> None:
+    """Leaves a refused job's message for its sweep's summary, which may run in another
+    process (submitit, joblib)."""
+    folder = os.environ.get(REFUSALS_ENV)
+    if folder:
+        try:
+            replace_file(Path(folder) / f"{Path(cfg.paths.output_dir).name}.txt",
+                         message.encode())
+        except RunFileError:
+            pass  # the refusal is in the job's log; the record says what the directory holds
+
+
+def _collect_refusals() -> dict[str, str]:
+    """The refused jobs of the sweep that is ending (`REFUSALS_ENV`), by job directory name,
+    with their messages; their folder is removed."""
+    folder = os.environ.pop(REFUSALS_ENV, None)
+    if not folder or not Path(folder).is_dir():
+        return {}
+    refused = {note.stem: f"refused: {note.read_text()}" for note in Path(folder).glob("*.txt")}
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(folder).parent.rmdir()  # .refused/, when no other sweep is writing there
+    return refused
+
+
+def _unfinished_reason(job: Path, record: dict) -> str:
+    """Why a job's record is not a result: failed (its error), interrupted, still running."""
+    status, epochs = record.get("status", "?"), len(record.get("history") or [])
+    if status == "failed":
+        return f"failed: {record.get('error', '?')}"
+    if status == "interrupted":
+        return (f"interrupted after {epochs} epoch(s) (Ctrl-C, a kill, or a time limit or "
+                "preemption its launcher did not requeue)")
+    if status == "running":
+        return (f"no result after {epochs} epoch(s): still running in "
+                f"{describe_holder(holder(job))}, or killed")
+    return f"status {status}"
 
 
 def _job_order(name: str) -> tuple:
@@ -313,24 +374,42 @@ def _is_multirun() -> bool:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
+    """One run (`run`), which holds its job directory's lock (rank 0) from its first check to
+    its last record: one writer per job directory."""
+    lock = JobDirLock(cfg.paths.output_dir) if is_primary() else None
+    try:
+        return run(cfg, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run(cfg: DictConfig, lock: JobDirLock | None) -> dict | None:
+    """`train` under the lock; how it ended becomes the record's status, one message and the
+    exit status (in a sweep, the job's return value and the sweep's exit status)."""
     record_path = Path(cfg.paths.output_dir) / RECORD_NAME
     try:
+        if lock is not None:
+            lock.acquire(cfg.run_name)
         return train(cfg)
     except RunExistsError as err:  # the directory's run stays as it was
+        _close_job_log(Path(cfg.paths.output_dir))
         log.error("%s: %s", cfg.run_name, err)
         if _is_multirun():
+            _note_refusal(cfg, str(err))
             return {"status": "refused", "error": str(err)}
         sys.exit(1)
     except (ConfigError, DataError, RunFileError) as err:
         message, trace = str(err), None
     except Exception as err:  # a bug or an unforeseen failure: keep the traceback too
+        if _launcher_gave_up(err):  # no requeue comes: the sweep's summary says so
+            _interrupted(cfg, gave_up=str(err).rstrip("."))
+            if _is_multirun():
+                return {"status": "interrupted"}
+            sys.exit(1)
         message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
-    except BaseException:  # Ctrl-C or a kill: the run can be resumed
-        _record_quietly(record_path, status="interrupted")
-        where = (f"hydra.sweep.dir={HydraConfig.get().sweep.dir}" if _is_multirun()
-                 else f"hydra.run.dir={cfg.paths.output_dir}")
-        log.error("Interrupted: %s keeps what it trained so far. To go on, run the same command "
-                  "with resume=true %s", cfg.run_name, where)
+    except BaseException:  # Ctrl-C, a kill, a time limit: the run can be resumed
+        _interrupted(cfg)
         raise
     _record_quietly(record_path, status="failed", error=message, traceback=trace)
     if trace:
@@ -339,6 +418,41 @@ def main(cfg: DictConfig) -> dict | None:
     if _is_multirun():
         return {"status": "failed", "error": message}
     sys.exit(1)
+
+
+def _close_job_log(out: Path) -> None:
+    """Detaches the log file Hydra opened in the job directory (its train.log): a refused
+    command says why on the console only, and writes nothing there."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        if Path(handler.baseFilename).parent == out.resolve():
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
+    """Records and says that the run stopped before its end, and how it goes on: by itself if
+    its launcher requeues the job, else with resume=true."""
+    _record_quietly(Path(cfg.paths.output_dir) / RECORD_NAME, status="interrupted")
+    where = (f"hydra.sweep.dir={HydraConfig.get().sweep.dir}" if _is_multirun()
+             else f"hydra.run.dir={cfg.paths.output_dir}")
+    how = f"run the same command with resume=true {where}"
+    if gave_up:
+        how = (f"Its launcher will not requeue it ({gave_up}). To go on, {how} (and a larger "
+               "hydra.launcher.timeout_min or max_num_timeout if the time limit was too short).")
+    elif launcher_job():
+        how = ("If its launcher requeues the job (after a time limit or a preemption), it "
+               f"resumes by itself; else, to go on, {how}.")
+    else:
+        how = f"To go on, {how}."
+    log.error("Interrupted: %s keeps what it trained so far. %s", cfg.run_name, how)
+
+
+def _launcher_gave_up(err: Exception) -> bool:
+    """submitit's UncompletedJobError: the job timed out more often than its launcher's
+    `max_num_timeout` (or could not be requeued), and will not be requeued again."""
+    submitit = sys.modules.get("submitit.core.utils")
+    return submitit is not None and isinstance(err, submitit.UncompletedJobError)
 
 
 def _record_quietly(record_path: Path, **fields) -> None:

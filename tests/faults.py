@@ -43,3 +43,40 @@ class DiskFullAtEpoch(Callback):
 
         if self._open is not None:
             os.open, self._open = self._open, None
+
+
+class SignalAtEpoch(Callback):
+    """Sends this process `signal` (default USR2: what submitit's controller sends at a time
+    limit) when `epoch` starts, once: only if `marker` does not exist yet, which it creates,
+    so a requeued job that resumes into `epoch` again trains on."""
+
+    def __init__(self, epoch: int, marker: str, signal: str = "SIGUSR2") -> None:
+        self.epoch, self.marker, self.signal = epoch, marker, signal
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import os
+        import signal
+        from pathlib import Path
+
+        if trainer.current_epoch == self.epoch and not Path(self.marker).exists():
+            Path(self.marker).touch()
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class PauseAtEpoch(Callback):
+    """When `epoch` starts, creates `<until>.paused` and waits (up to `timeout` s) until the
+    file `until` exists: the test acts on the run at a known point (a second process, a kill)."""
+
+    def __init__(self, epoch: int, until: str, timeout: float = 120) -> None:
+        self.epoch, self.until, self.timeout = epoch, until, timeout
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import time
+        from pathlib import Path
+
+        if trainer.current_epoch != self.epoch:
+            return
+        Path(f"{self.until}.paused").touch()
+        deadline = time.monotonic() + self.timeout
+        while not Path(self.until).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

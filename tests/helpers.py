@@ -118,6 +118,28 @@ def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600,
     )
 
 
+def start_train(*overrides: str, cwd: Path = REPO) -> subprocess.Popen:
+    """Starts `python -m bnstudy.train` with overrides in the background (a fresh interpreter,
+    stdout and stderr piped): for a test that acts while it runs (a second process, a kill)."""
+    return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd,
+                            env=entry_point_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Waits until `path` exists, failing with the process's output if it ended first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"ended (status {proc.returncode}) before {path} appeared:\n"
+                                 + proc.stderr.read()[-3000:])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
 def entry_point_env() -> dict[str, str]:
     """The environment `run_train` runs the entry point in: the tests' own, warnings off."""
     return {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -183,3 +183,46 @@ def test_hparams_of_configs_written_before_the_networks_moved():
     old["model"] = {"_target_": "bnstudy.model.MLPClassifier", "hidden_dim": 256, "norm": "bn"}
     got = hparams(OmegaConf.create(old))
     assert (got["model"], got["depth"], got["norm"], got["hidden_dim"]) == ("mlp", 1, "bn", 256)
+
+
+# One setting of each group that trains, changed on resume: refused, naming it with both values.
+# A setting per group in the fast loop (each composes a config: ~0.5 s), more in the slow suite.
+@pytest.mark.parametrize("override,named", [
+    ("dataset.batch_size=32", "dataset.batch_size: 64 -> 32"),
+    ("model.net.hidden_dim=128", "model.net.hidden_dim: 256 -> 128"),
+    ("norm=none", "model.net.norm: bn -> none"),
+    ("optim.optimizer.momentum=0.9", "optim.optimizer.momentum: 0.0 -> 0.9"),
+    ("trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val: None -> 1.0"),
+    ("seed=1", "seed: 0 -> 1"),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in [
+        ("dataset=cifar10", "dataset.name: mnist -> cifar10"),
+        ("model=cnn", "model.net._target_: bnstudy.nets.MLP -> bnstudy.nets.CNN"),
+        ("optim=adam", "optim.name: sgd -> adam"),
+        ("dataset.lr=0.1", "optim.optimizer.lr: 0.001 -> 0.1"),
+        ("trainer.max_epochs=20", "trainer.max_epochs: 10 -> 20")]),
+])
+def test_resume_with_another_training_setting_is_refused(override, named, stored_job):
+    from bnstudy.train import RunExistsError, check_job_dir
+
+    changed = compose_with(f"paths.output_dir={stored_job}", "resume=true", override)
+    with pytest.raises(RunExistsError, match="was run with other settings") as refused:
+        check_job_dir(changed, stored_job)
+    assert named in str(refused.value)
+
+
+def test_resume_with_other_bookkeeping_and_observers_goes_on(stored_job):
+    from bnstudy.train import check_job_dir
+
+    same = compose_with(f"paths.output_dir={stored_job}", "resume=true", "threads=1",
+                        "~callbacks.hallucinations", "trainer.enable_progress_bar=false")
+    assert check_job_dir(same, stored_job) is True
+
+
+@pytest.fixture(scope="module")
+def stored_job(tmp_path_factory):
+    """A job directory holding an interrupted run of the default config (its `.hydra/`)."""
+    job = tmp_path_factory.mktemp("job")
+    (job / ".hydra").mkdir()
+    OmegaConf.save(compose_with(f"paths.output_dir={job}"), job / ".hydra" / "config.yaml")
+    (job / "metrics.json").write_text('{"status": "interrupted"}')
+    return job

@@ -1,12 +1,25 @@
 """Bad input, faults and interruptions, each through the real entry point."""
 
 import json
+import os
+import signal
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import FAST, run_train, write_cifar10, write_mnist
+from helpers import (
+    FAST,
+    run_sweep,
+    run_train,
+    start_train,
+    wait_for_file,
+    write_cifar10,
+    write_job,
+    write_mnist,
+)
+from omegaconf import OmegaConf
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.data import DataError, MNISTDataModule
@@ -370,3 +383,117 @@ def test_a_cut_short_checkpoint_resumes_from_the_previous_one(tiny_data, tmp_pat
     assert strip == [{k: v for k, v in row.items() if k != "time_s"}
                      for row in record(tmp_path / "a")["history"]]
     assert record(job)["test"] == record(tmp_path / "a")["test"]
+
+
+# -- one writer per job directory; the sweep's exit status -----------------------------------
+def without_time(record_: dict) -> tuple[list, dict]:
+    """A record's history (without the clock) and test metrics: what must match exactly."""
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in record_["history"]], \
+        record_["test"]
+
+
+def paused_run(tiny_data, job: Path, go: Path, *overrides: str):
+    """A run started in the background that pauses when its epoch 1 starts, until `go` exists."""
+    return start_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
+                       "trainer.limit_train_batches=2", "~callbacks.hallucinations",
+                       f"hydra.run.dir={job}", *overrides,
+                       "+callbacks.pause._target_=tests.faults.PauseAtEpoch",
+                       "+callbacks.pause.epoch=1", f"+callbacks.pause.until={go}")
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_and_the_first_trains_on_alone(tiny_data, tmp_path):
+    job, go = tmp_path / "job", tmp_path / "go"
+    first = paused_run(tiny_data, job, go)
+    try:
+        wait_for_file(Path(f"{go}.paused"), first)
+        files = {p.name for p in job.glob("events.out.tfevents.*")}
+        before = {**snapshot(job), "train.log": (job / "train.log").read_bytes()}
+        for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
+            second = quick_run(tiny_data, job, how, "trainer.max_epochs=3")
+            assert second.returncode == 1, second.stderr[-2000:]
+            assert f"{job} is in use: " in second.stderr and "Traceback" not in second.stderr
+            assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
+        assert {**snapshot(job), "train.log": (job / "train.log").read_bytes()} == before
+        assert {p.name for p in job.glob("events.out.tfevents.*")} == files
+        go.touch()
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr[-2000:]
+    reference = quick_run(tiny_data, tmp_path / "reference", "trainer.max_epochs=3")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert without_time(record(job)) == without_time(record(tmp_path / "reference"))
+    # every events file of the job is the first process's (TensorBoard names them by pid)
+    assert {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")} == {str(first.pid)}
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_lock_in_the_way_of_its_resume(tiny_data, tmp_path):
+    from bnstudy.jobdir import holder
+
+    job, go = tmp_path / "job", tmp_path / "go"
+    killed = paused_run(tiny_data, job, go)
+    try:
+        wait_for_file(Path(f"{go}.paused"), killed)
+    finally:
+        killed.send_signal(signal.SIGKILL)  # no handler runs: the record still says running
+        killed.communicate(timeout=60)
+    assert record(job)["status"] == "running" and len(record(job)["history"]) == 1
+    assert holder(job)["pid"] == killed.pid  # the dead holder's name is still in the file
+    rerun = quick_run(tiny_data, job, "trainer.max_epochs=3")
+    assert rerun.returncode == 1 and "already holds a run (status running)" in rerun.stderr
+    resumed = quick_run(tiny_data, job, "trainer.max_epochs=3", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert record(job)["status"] == "ok"
+    reference = quick_run(tiny_data, tmp_path / "reference", "trainer.max_epochs=3")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    assert without_time(record(job)) == without_time(record(tmp_path / "reference"))
+
+
+@pytest.fixture
+def sweep_summary():
+    """The sweep's summary callback as Hydra calls it (start, then end), in this process."""
+    from bnstudy.train import REFUSALS_ENV, SweepSummary
+
+    yield SweepSummary()
+    os.environ.pop(REFUSALS_ENV, None)
+
+
+@pytest.mark.parametrize("status,reason", [
+    ("ok", None),
+    ("diverged", None),  # a divergence is a result
+    ("failed", "failed: ValueError: boom"),
+    ("interrupted", "interrupted after 2 epoch(s)"),
+    ("running", "no result after 2 epoch(s): still running in"),  # or killed
+    ("refused", "refused: it was in use"),  # told by the job's process, wherever it ran
+])
+def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, sweep_summary):
+    from bnstudy.train import _note_refusal
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_summary.on_multirun_start(config)
+    done = write_job(tmp_path, [0.5, 0.6])
+    job = write_job(tmp_path, [0.4, 0.5], status="ok" if status == "refused" else status,
+                    error="ValueError: boom" if status == "failed" else None, seed=1)
+    if status == "refused":
+        _note_refusal(OmegaConf.create({"paths": {"output_dir": str(job)}}), "it was in use")
+    if reason is None:
+        sweep_summary.on_multirun_end(config)  # returns: exit status 0
+        return
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    message = str(ended.value.code)
+    assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
+    assert f"\n  {job.name}: {reason}" in message and done.name not in message
+    assert f"resume=true hydra.sweep.dir={tmp_path}" in message
+    assert not (tmp_path / ".refused").exists()  # the refusals' notes are read and removed
+
+
+@pytest.mark.slow
+def test_a_sweep_of_ok_and_diverged_jobs_exits_0(tiny_data, tmp_path):
+    proc = run_sweep(tmp_path, tiny_data, "norm=none", "dataset.lr=0.01,1e12",
+                     "trainer.max_epochs=2", "~callbacks.hallucinations")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(record(job)["status"] for job in tmp_path.glob("*_*")) == ["diverged", "ok"]

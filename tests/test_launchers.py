@@ -80,6 +80,100 @@ def test_slurm_launcher_config_composes():
     assert "submitit_launcher.SlurmLauncher" in proc.stdout
     assert "partition: gpu" in proc.stdout and "timeout_min: 120" in proc.stdout
     assert "gpus_per_node: 1" in proc.stdout
+    assert "max_num_timeout: 10" in proc.stdout and "signal_delay_s: 120" in proc.stdout
+
+
+def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):
+    """What `hydra/launcher=slurm` puts in the sbatch file, through submitit's own executor
+    given the launcher's settings as Hydra's SlurmLauncher hands them over: USR2 two minutes
+    before the time limit, requeue allowed, 10 requeues after a time limit."""
+    import submitit
+    from helpers import compose_config
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+
+    srun = tmp_path / "bin" / "srun"  # submitit looks for it; nothing is submitted
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
+    launcher = OmegaConf.to_container(
+        compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher,
+        resolve=False)
+    launcher.pop("_target_")
+    launcher.pop("submitit_folder")
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm",
+                                     slurm_max_num_timeout=launcher.pop("max_num_timeout"))
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    launcher["name"] = "job"
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v
+                                  for k, v in launcher.items()})
+    sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
+    assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --requeue" in sbatch
+    assert "#SBATCH --time=60" in sbatch and "#SBATCH --partition=gpu" in sbatch
+    assert executor._executor.max_num_timeout == 10
+
+
+def small_sweep(tiny_data, sweep: Path, *overrides: str, submitit: bool = True):
+    """A one-job sweep of 3 epochs of 2 batches, through submitit's local executor (a process
+    of its own, requeued by its controller), or Hydra's basic launcher."""
+    launcher = ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5") if submitit \
+        else ()
+    return run_sweep(sweep, tiny_data, *launcher, "trainer.max_epochs=3",
+                     "trainer.limit_train_batches=2", "~callbacks.hallucinations", *overrides)
+
+
+def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
+    """Overrides that send the job submitit's time-limit signal when `epoch` starts, once."""
+    return ["+callbacks.limit._target_=tests.faults.SignalAtEpoch",
+            f"+callbacks.limit.epoch={epoch}", f"+callbacks.limit.marker={marker}"]
+
+
+@pytest.mark.slow
+def test_a_time_limit_requeues_the_job_which_resumes_to_the_uninterrupted_result(tiny_data,
+                                                                                  tmp_path):
+    """submitit's controller sends USR2 at the time limit: Hydra's launcher checkpoints (its
+    own call, pickled again) and the job is requeued; the run, interrupted at epoch 2, resumes
+    by itself from its checkpoint and ends exactly as a run never interrupted."""
+    from bnstudy.report.runs import load_runs
+
+    proc = small_sweep(tiny_data, tmp_path / "limited",
+                       *time_limit_at_epoch(2, tmp_path / "signalled"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "signalled").exists()  # the signal was sent
+    (job,) = (tmp_path / "limited").glob("0_*")
+    limited = read_record(job)
+    assert limited["status"] == "ok" and limited["requeues"] == 1, limited
+    assert limited["job"]["id"].startswith("submitit-local:")
+    log = "".join(p.read_text() for p in (tmp_path / "limited").glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in log and "requeued by its launcher" in log and "resuming" in log
+    straight = small_sweep(tiny_data, tmp_path / "straight", submitit=False)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    (reference,) = (tmp_path / "straight").glob("0_*")
+    strip = lambda r: ([{k: v for k, v in row.items() if k != "time_s"}  # noqa: E731
+                        for row in r["history"]], r["test"])
+    assert strip(limited) == strip(read_record(reference))
+    # the lock file is not a job to the report: one run, finished
+    assert [(run.job, run.status) for run in load_runs(tmp_path / "limited")] == [(job.name, "ok")]
+
+
+@pytest.mark.slow
+def test_a_time_limit_past_max_num_timeout_ends_interrupted_and_the_sweep_exits_1(tiny_data,
+                                                                                 tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = small_sweep(tiny_data, sweep, "+hydra.launcher.max_num_timeout=0",
+                       *time_limit_at_epoch(1, tmp_path / "signalled"))
+    assert proc.returncode == 1
+    (job,) = sweep.glob("0_*")
+    assert read_record(job)["status"] == "interrupted" and len(read_record(job)["history"]) == 1
+    assert f"1 job(s) of {sweep} did not finish" in proc.stderr
+    assert f"{job.name}: interrupted after 1 epoch(s)" in proc.stderr
+    assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "timed-out too many times" in log and "Its launcher will not requeue it" in log
+    resumed = small_sweep(tiny_data, sweep, "resume=true", submitit=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
 
 
 # -- torchvision's download, from a mirror on 127.0.0.1 -----------------------------------

@@ -1,0 +1,179 @@
+"""Who may write a job directory: one process at a time, and a requeued job resumes.
+
+`JobDirLock` holds an advisory lock (`fcntl.flock`) on `<job>/job.lock` while a run trains
+or rewrites its directory; the file names the holder (host, pid, since when) for the refusal
+a second process gets. The kernel drops the lock when its process ends, however it ends (a
+SIGKILL too), so a lock left behind never blocks a resume. Reading (the report, TensorBoard)
+takes no lock.
+
+`launcher_job` is the identity of the launcher's job this process runs in (SLURM's job id,
+submitit's local job): a requeue (SLURM `--requeue`, submitit's time-out or preemption
+checkpoint, Lightning's SLURM auto-requeue) starts the same job again, which `is_requeue`
+tells apart from a user's rerun.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+from datetime import datetime
+from pathlib import Path
+
+from bnstudy.errors import ConfigError
+
+log = logging.getLogger("bnstudy")
+
+LOCK_NAME = "job.lock"
+
+
+class RunExistsError(ConfigError):
+    """The job directory holds a run this command must not touch (its record stays as is)."""
+
+
+class JobDirBusyError(RunExistsError):
+    """Another process holds the job directory's lock."""
+
+
+class JobDirLock:
+    """The lock on one job directory (`acquire`, `release`, or `with`). Acquiring refuses with
+    `JobDirBusyError` while another process holds it; on a filesystem without `flock` (some
+    network filesystems) it warns once and goes on unlocked."""
+
+    def __init__(self, job_dir: str | Path) -> None:
+        self.path = Path(job_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self, run_name: str) -> None:
+        """Takes the lock and writes the holder's description into the lock file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise JobDirBusyError(busy_message(self.path.parent, holder)) from None
+        except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
+            os.close(fd)
+            log.warning("Could not lock %s (%s): this filesystem has no flock, so nothing stops "
+                        "a second process from writing %s at the same time.", self.path,
+                        os.strerror(err.errno) if err.errno else err, self.path.parent)
+            return
+        holder = {"run": run_name, "host": socket.gethostname(), "pid": os.getpid(),
+                  "since": datetime.now().astimezone().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Empties the lock file (no holder) and drops the lock; never deletes the file, which
+        another process may be opening to lock."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def __enter__(self) -> JobDirLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def is_locked(job_dir: str | Path) -> bool:
+    """Whether a process holds the lock of `job_dir` now (tested with a shared lock, dropped
+    at once; never creates the lock file)."""
+    try:
+        fd = os.open(Path(job_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock on this filesystem
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def holder(job_dir: str | Path) -> dict:
+    """The description the lock file of `job_dir` holds ({} when empty or absent): the process
+    that holds the lock, or one killed while holding it."""
+    try:
+        fd = os.open(Path(job_dir) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return {}
+    try:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode())
+    except ValueError:  # empty, or being written
+        return {}
+
+
+def describe_holder(holder: dict) -> str:
+    """`cifar10-bn-sgd-seed0 in process 4711 on node12 since 2026-...`, or a shorter phrase."""
+    if not holder:
+        return "another process (it has not written its name into the lock file yet)"
+    return (f"{holder.get('run', '?')} in process {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')} since {holder.get('since', '?')}")
+
+
+def busy_message(job_dir: Path, holder: dict) -> str:
+    """The refusal of a second process: who holds the directory, and what to do."""
+    return (f"{job_dir} is in use: {describe_holder(holder)} holds its lock "
+            f"({job_dir / LOCK_NAME}). One process at a time trains or rewrites a job directory, "
+            "so nothing was changed. Wait until that run ends (or stop it), then run this "
+            "command again, with resume=true to continue it; to train beside it, choose "
+            "another hydra.run.dir / hydra.sweep.dir.")
+
+
+def launcher_job() -> dict | None:
+    """The launcher's job this process runs in, which a requeue keeps: `{"id": "slurm:123_4",
+    "restarts": 0}` under SLURM (array job and task, or job id; SLURM_RESTART_COUNT), `{"id":
+    "submitit-local:<host>:<pid>:<start>"}` under submitit's local executor (its controller
+    process, which restarts its job itself), None elsewhere."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        array = env.get("SLURM_ARRAY_JOB_ID")
+        job = f"{array}_{env.get('SLURM_ARRAY_TASK_ID', '')}" if array else env["SLURM_JOB_ID"]
+        return {"id": f"slurm:{job}", "restarts": int(env.get("SLURM_RESTART_COUNT") or 0)}
+    if env.get("SUBMITIT_EXECUTOR") == "local" and env.get("SUBMITIT_LOCAL_JOB_ID"):
+        pid = env["SUBMITIT_LOCAL_JOB_ID"]
+        return {"id": f"submitit-local:{socket.gethostname()}:{pid}:{_started(pid)}"}
+    return None
+
+
+def _started(pid: str) -> str:
+    """When process `pid` started (clock ticks since boot, Linux's /proc), so that a later
+    process given the same pid is another job; '?' where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def same_job(recorded: dict | None, current: dict | None) -> bool:
+    """Whether `current` (`launcher_job()`) is the launcher job a record names."""
+    return bool(recorded and current and recorded.get("id") == current["id"])
+
+
+def is_requeue(recorded: dict | None, current: dict | None) -> bool:
+    """Whether this start is a requeue of the job that wrote the record: the same job, started
+    again (SLURM counts its restarts, so a second `srun` in one allocation is not one; a
+    submitit local job is restarted by its own controller only)."""
+    return same_job(recorded, current) and \
+        current.get("restarts", 1) > recorded.get("restarts", 0)

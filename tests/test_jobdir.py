@@ -1,0 +1,103 @@
+"""One writer per job directory (the lock), and a requeue told apart from a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+
+from bnstudy.jobdir import (
+    LOCK_NAME,
+    JobDirBusyError,
+    JobDirLock,
+    holder,
+    is_locked,
+    is_requeue,
+    launcher_job,
+    same_job,
+)
+
+
+def test_a_second_holder_is_refused_naming_the_first(tmp_path):
+    with JobDirLock(tmp_path) as first:
+        first.acquire("mnist-bn-sgd-seed0")
+        owner = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+        assert owner["run"] == "mnist-bn-sgd-seed0" and owner["since"][:2] == "20"
+        with pytest.raises(JobDirBusyError) as refused:  # another open file: another writer
+            JobDirLock(tmp_path).acquire("mnist-bn-sgd-seed0")
+        message = str(refused.value)
+        assert f"{tmp_path} is in use: mnist-bn-sgd-seed0 in process {os.getpid()} on " \
+               f"{socket.gethostname()} since {owner['since']}" in message
+        assert "nothing was changed" in message and "\n" not in message
+        assert holder(tmp_path) == owner and is_locked(tmp_path)
+    # released: the file stays (a process may be opening it), empty, and the lock is free
+    assert (tmp_path / LOCK_NAME).read_bytes() == b"" and holder(tmp_path) == {}
+    assert not is_locked(tmp_path) and not is_locked(tmp_path / "absent")
+    with JobDirLock(tmp_path) as again:
+        again.acquire("mnist-bn-sgd-seed0")
+
+
+def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
+    """SIGKILL gives no process a chance to release: the kernel does, the file keeps the
+    dead holder's name, and the next process takes the lock."""
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child takes the lock, says so, and waits to be killed
+        try:
+            JobDirLock(tmp_path).acquire("child")
+            os.write(ready_w, b"x")
+            signal.pause()
+        finally:
+            os._exit(1)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        with pytest.raises(JobDirBusyError, match=f"in process {pid} "):
+            JobDirLock(tmp_path).acquire("parent")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert holder(tmp_path)["pid"] == pid  # stale, and harmless
+    with JobDirLock(tmp_path) as lock:
+        lock.acquire("parent")
+        assert holder(tmp_path)["pid"] == os.getpid()
+
+
+SLURM_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+             "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID")
+
+
+@pytest.fixture
+def launcher_env(monkeypatch):
+    for name in SLURM_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_a_slurm_requeue_keeps_the_job_id_and_counts_a_restart(launcher_env):
+    assert launcher_job() is None  # no launcher: never a requeue
+    launcher_env.setenv("SLURM_JOB_ID", "1001")
+    launcher_env.setenv("SLURM_ARRAY_JOB_ID", "1000")
+    launcher_env.setenv("SLURM_ARRAY_TASK_ID", "3")
+    first = launcher_job()
+    assert first == {"id": "slurm:1000_3", "restarts": 0}
+    assert not is_requeue(first, launcher_job())  # a second srun in the same allocation
+    launcher_env.setenv("SLURM_RESTART_COUNT", "1")  # scontrol requeue: the same job again
+    assert is_requeue(first, launcher_job()) and same_job(first, launcher_job())
+    launcher_env.setenv("SLURM_ARRAY_TASK_ID", "4")  # another task of the array
+    assert not is_requeue(first, launcher_job()) and not same_job(first, launcher_job())
+    assert not is_requeue(None, launcher_job())
+
+
+def test_a_submitit_local_requeue_is_the_same_controller(launcher_env):
+    launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
+    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))  # a live process: its start
+    job = launcher_job()
+    assert job["id"].startswith(f"submitit-local:{socket.gethostname()}:{os.getpid()}:")
+    assert not job["id"].endswith(":?")
+    assert is_requeue(job, launcher_job())
+    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
+    assert not is_requeue(job, launcher_job())
