@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
@@ -40,11 +39,13 @@ TUNING_FILE = "tuning.json"
 METRIC = "val/acc (final epoch)"
 
 
-def objective(job: JobReturn) -> Any:
-    """What Optuna maximises for a finished trial: its final validation accuracy, 0 for a
-    diverged run; a failed or refused run's return stays a non-number, a failed trial."""
+def objective(job: JobReturn) -> float | str:
+    """What Optuna maximises for a trial: its final validation accuracy, 0 for a diverged run;
+    for a failed or refused run (or a job that raised) the reason, which Optuna cannot cast to a
+    number and so records as a failed trial (never the best)."""
     if job.status != JobStatus.COMPLETED:
-        return job.return_value  # re-raises the job's exception for the sweeper to record
+        err = job._return_value  # the job's exception (the `return_value` property raises it)
+        return f"failed: {type(err).__name__}: {err}"
     record = job.return_value if isinstance(job.return_value, dict) else {}
     if record.get("status") == "diverged":
         return 0.0
@@ -54,27 +55,25 @@ def objective(job: JobReturn) -> Any:
     return float(history[-1]["val/acc"])
 
 
-class _ScoringLauncher:
-    """The sweep's launcher, with each job's return value turned into `objective`'s number
-    (the Optuna sweeper casts return values to float); keeps each trial's job directory
-    (relative to `root`, in launch order: trial number = job number) and why trials failed."""
+class ScoringLauncher:
+    """The sweep's launcher, with each job's return value turned into `objective`'s score (the
+    Optuna sweeper casts return values to float); keeps each trial's job directory (relative to
+    `root`, in launch order: trial number = job number) and why trials failed."""
 
     def __init__(self, launcher, root: Path) -> None:
         self.launcher, self.root = launcher, root
-        self.jobs: list[str] = []
+        self.jobs: list[str | None] = []
         self.errors: list[str] = []
 
     def launch(self, job_overrides, initial_job_idx: int):
         jobs = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
         for job in jobs:
-            out = Path(job.hydra_cfg.hydra.runtime.output_dir)
-            self.jobs.append(Path(os.path.relpath(out, self.root)).as_posix())
-            try:
-                job.return_value = objective(job)
-            except Exception as err:  # noqa: BLE001 (the job's own failure, kept for Optuna)
-                job.return_value = f"failed: {err}"
-            if isinstance(job.return_value, str):
-                self.errors.append(f"{out.name}: {job.return_value}")
+            out = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
+            self.jobs.append(out and Path(os.path.relpath(out, self.root)).as_posix())
+            score = objective(job)
+            job.status, job.return_value = JobStatus.COMPLETED, score  # scored, even a failure
+            if isinstance(score, str):
+                self.errors.append(f"{Path(out or '?').name}: {score}")
         return jobs
 
 
@@ -173,7 +172,7 @@ class TunedSweeper(Sweeper):
                 params=OmegaConf.create(space))
             impl.setup(hydra_context=self.hydra_context, task_function=self.task_function,
                        config=cell_config)
-            impl.launcher = trials = _ScoringLauncher(impl.launcher, sweep_dir)
+            impl.launcher = trials = ScoringLauncher(impl.launcher, sweep_dir)
             log.info("Tuning %s: %d trials", name, self.n_trials)
             impl.sweep(fixed)
             study = optuna.load_study(study_name=name, storage=storage)

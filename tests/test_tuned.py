@@ -13,7 +13,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from bnstudy.report.cli import main as report
-from bnstudy.tune import TUNING_FILE, objective
+from bnstudy.tune import TUNING_FILE, ScoringLauncher, objective
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -38,11 +38,37 @@ def job(status: str, history=(), state=JobStatus.COMPLETED) -> JobReturn:
 
 
 def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
+    raised = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("out of memory"))
     assert objective(job("ok", [{"val/acc": 0.5}, {"val/acc": 0.75}])) == 0.75
     assert objective(job("diverged", [{"val/acc": 0.9}])) == 0.0
-    failed = objective(job("failed"))
+    for failed in (objective(job("failed")), objective(raised)):
+        with pytest.raises(ValueError):
+            float(failed)  # not a number: Optuna records the trial as failed
+    assert "RuntimeError: out of memory" in objective(raised)  # the reason, in Optuna's warning
+
+
+def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path):
+    """The launcher the Optuna search sees: a job that raised comes back scored with its reason
+    (the Optuna sweeper's float() of it fails: a failed trial), not re-raised; each trial keeps
+    its job directory."""
+    def done(n: int, ret: JobReturn) -> JobReturn:
+        ret.hydra_cfg = OmegaConf.create(
+            {"hydra": {"runtime": {"output_dir": str(tmp_path / "search" / "c" / f"{n}_x")}}})
+        return ret
+
+    class Inner:
+        def launch(self, job_overrides, initial_job_idx):
+            return [done(0, JobReturn(status=JobStatus.FAILED,
+                                      _return_value=RuntimeError("boom"))),
+                    done(1, job("ok", [{"val/acc": 0.5}]))]
+
+    scoring = ScoringLauncher(Inner(), tmp_path)
+    failed, ok = scoring.launch([(), ()], initial_job_idx=0)
     with pytest.raises(ValueError):
-        float(failed)  # not a number: Optuna records the trial as failed
+        float(failed.return_value)
+    assert float(ok.return_value) == 0.5
+    assert scoring.jobs == ["search/c/0_x", "search/c/1_x"]
+    assert scoring.errors == ["0_x: failed: RuntimeError: boom"]
 
 
 @pytest.mark.slow
