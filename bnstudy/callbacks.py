@@ -6,27 +6,27 @@ one hallucinated input per class; `bnstudy.pictures` draws and measures them.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
-from torch.utils.tensorboard.summary import image as image_summary
 
 from bnstudy.dashboard import tensorboard_writer
 from bnstudy.nets import first_layer
-from bnstudy.pictures.grids import labelled_grid, weight_grid
-from bnstudy.pictures.measures import ImageStats
-from bnstudy.pictures.recipe import OBJECTIVES, PARAMETRISATIONS, hallucinate
-from bnstudy.records import replace_file, update_record
+from bnstudy.pictures.drawing import (
+    Hallucinator,
+    Log,
+    all_finite,
+    draw_weights,
+    save_weights,
+)
+from bnstudy.pictures.grids import weight_grid  # noqa: F401  (bnstudy.report.picture_section)
+from bnstudy.records import update_record
 
 log = logging.getLogger(__name__)
 
@@ -91,47 +91,13 @@ class DivergenceGuard(Callback):
 
 
 # -- pictures of what the network learned ---------------------------------------------------
-def save_and_log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, path: Path) -> None:
-    """Encodes a (C, H, W) image in [0, 1] as PNG once, TensorBoard's way (values × 255,
-    truncated), writes it to `path` and logs the same bytes as `tag` at the global step to the
-    trainer's TensorBoard logger, if it has one."""
-    summary = image_summary(tag, image.detach().cpu(), dataformats="CHW")
-    path.write_bytes(summary.value[0].image.encoded_image_string)
+def tensorboard_log(trainer: L.Trainer) -> Log | None:
+    """Writes a summary at the trainer's global step to its TensorBoard logger; None without
+    one (the pictures then go to the files only)."""
     writer = tensorboard_writer(trainer)
-    if writer is not None:
-        writer.file_writer.add_summary(summary, trainer.global_step)
-
-
-def save_tensors(path: Path, content: dict) -> None:
-    """`torch.save` of plain tensors, lists, strings and numbers (loadable with
-    `weights_only=True`), written whole or not at all (`replace_file`)."""
-    buffer = io.BytesIO()
-    torch.save(content, buffer)
-    replace_file(path, buffer.getbuffer())
-
-
-def save_class_arrays(path: Path, images: torch.Tensor, names: Sequence[str]) -> None:
-    """Images (N, C, H, W) in [0, 1] as a NumPy `.npz`, one float32 array per class name,
-    shaped as `matplotlib.pyplot.imshow` takes them: (H, W) for one channel, (H, W, 3) for
-    colour. Written whole or not at all (`replace_file`)."""
-    arrays = {name: image.permute(1, 2, 0).squeeze(-1).numpy().astype(np.float32)
-              for name, image in zip(names, images.detach().cpu(), strict=True)}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    replace_file(path, buffer.getbuffer())
-
-
-def data_source(trainer: L.Trainer) -> dict:
-    """What the report needs to load the run's dataset again: the datamodule's class (module
-    path) and its absolute data directory, and the class names."""
-    data = trainer.datamodule
-    return {"datamodule": f"{type(data).__module__}.{type(data).__qualname__}",
-            "data_dir": str(Path(data.data_dir).resolve()), "classes": list(data.classes)}
-
-
-def all_finite(module: nn.Module) -> bool:
-    """Whether every parameter is finite (a diverged run's are not, and make no picture)."""
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+    if writer is None:
+        return None
+    return lambda summary: writer.file_writer.add_summary(summary, trainer.global_step)
 
 
 class ImageCallback(Callback):
@@ -142,7 +108,8 @@ class ImageCallback(Callback):
     the same global step and `epoch_is_final` (an epoch's drawing is as good as the final
     one), they are copied to the final files instead of drawn and logged again. Then `finish`
     saves what the report measures (a diverged run, whose parameters are not finite, gets no
-    pictures and no data). Subclasses implement `draw` and `finish`.
+    pictures and no data). Subclasses implement `draw` and `finish` with the functions of
+    `bnstudy.pictures.drawing`.
     """
 
     epoch_is_final = True
@@ -191,10 +158,11 @@ class ImageCallback(Callback):
 
 
 class WeightGrid(ImageCallback):
-    """The first layer's weights as images (see `weight_grid`), a tile per unit or conv filter,
-    and next to them the learned change: final minus initial weights, each tile scaled on its
-    own. With SGD the change is a few per cent of a unit's weight energy, so the weights alone
-    mostly show the random initialisation; the change shows what training added.
+    """The first layer's weights as images, a tile per unit or conv filter, and next to them
+    the learned change: final minus initial weights, each tile scaled on its own
+    (`bnstudy.pictures.drawing.draw_weights`). With SGD the change is a few per cent of a
+    unit's weight energy, so the weights alone mostly show the random initialisation; the
+    change shows what training added.
 
     The initial weights are taken when fitting is set up and kept in the checkpoint, so a
     resumed run draws its change from the same start. TensorBoard images
@@ -222,76 +190,43 @@ class WeightGrid(ImageCallback):
         if state_dict.get("initial") is not None:  # checkpoints written before the change grid
             self.initial = state_dict["initial"]
 
-    def change(self, weight: torch.Tensor) -> torch.Tensor | None:
-        """final − initial weights, or None when the initial weights are unknown."""
-        if self.initial is None or self.initial.shape != weight.shape:
-            return None
-        return weight.detach().cpu() - self.initial
-
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
-        weight, shape = first_layer(pl_module).weight, trainer.datamodule.input_shape
-        save_and_log_image(trainer, "weights/first_layer",
-                           weight_grid(weight, shape, self.num_units),
-                           self.dirpath / f"weights_{suffix}.png")
-        change = self.change(weight)
-        if change is not None:
-            save_and_log_image(trainer, "weights/first_layer_change",
-                               weight_grid(change, shape, self.num_units),
-                               self.dirpath / f"weights_change_{suffix}.png")
+        draw_weights(pl_module, trainer.datamodule.input_shape, self.dirpath, suffix,
+                     self.initial, self.num_units, tensorboard_log(trainer))
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        weight = first_layer(pl_module).weight.detach().cpu()
-        if self.change(weight) is None:
-            return
-        save_tensors(self.dirpath / "weights_final.pt", {
-            "initial": self.initial.half(), "final": weight.half(),
-            "input_shape": list(trainer.datamodule.input_shape), **data_source(trainer)})
+        save_weights(pl_module, trainer.datamodule, self.initial, self.dirpath)
 
 
 class Hallucinations(ImageCallback):
-    """One input per class that the model finds most typical of it (see `hallucinate`; the
-    recipe's knobs are its keyword arguments, `conf/callbacks/default.yaml`).
+    """One input per class that the model finds most typical of it: the recipe of
+    `bnstudy.pictures.drawing.Hallucinator` (its knobs are this callback's keyword arguments,
+    `conf/callbacks/default.yaml`), drawn with the trainer's datamodule.
 
     The drawings after every `every_n_epochs`-th epoch take `epoch_steps` steps (None: `steps`)
-    to keep their cost small; the final drawing always takes `steps`. Class names, input
-    shape, mean, std and (for the `data` parametrisations) the training images' statistics
-    come from `trainer.datamodule`. Images are denormalised to pixels and
-    tiled in class-index order, `nrow` per grid row, each under its class name
-    (`labelled_grid`): TensorBoard image `hallucination/all` (one card per run, not one per
-    class), files `hallucinations_epoch{E}.png` and `hallucinations_final.png` in `dirpath`;
-    `hallucinations_final.npz`, the final images as pixels in [0, 1], one array per class
-    name (`save_class_arrays`), for anyone's analysis; and `hallucinations_final.pt` for the
-    report's measures: the final images; `noise`, what the recipe makes of the same starting noise
-    without the model's gradient (`lr=0`: jitter, blur, size and clamping only); `base`, the
-    noiseless start (all normalised); the model's own class probabilities for the images, the
-    real training images' class means (pixels), the recipe and the seconds it took.
+    to keep their cost small; the final drawing always takes `steps`. TensorBoard image
+    `hallucination/all`, files `hallucinations_epoch{E}.png` and `hallucinations_final.png` in
+    `dirpath`, and beside the final one `hallucinations_final.npz` (the images as pixels, one
+    array per class name, for anyone's analysis) and `hallucinations_final.pt` (for the
+    report's measures).
     """
 
     prefixes = ("hallucinations",)
 
-    def __init__(self, dirpath: str | Path, every_n_epochs: int = 5, steps: int = 200,
-                 lr: float = 0.1, objective: str = "margin", size: float | None = 1.0,
-                 l2: float = 0.0, tv: float = 0.0, jitter: int = 2, blur_every: int = 4,
-                 blur_sigma: float = 0.5, seeds: int = 1, parametrisation: str = "data",
-                 noise_std: float = 0.1, seed: int = 0, nrow: int = 5,
-                 epoch_steps: int | None = None) -> None:
+    def __init__(self, dirpath: str | Path, every_n_epochs: int = 5,
+                 epoch_steps: int | None = None, **recipe) -> None:
         super().__init__(dirpath, every_n_epochs)
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective={objective!r} is not one of {OBJECTIVES}")
-        if parametrisation not in PARAMETRISATIONS:
-            raise ValueError(f"parametrisation={parametrisation!r} is not one of "
-                             f"{PARAMETRISATIONS}")
-        self.settings = {"steps": steps, "lr": lr, "objective": objective, "size": size,
-                         "l2": l2, "tv": tv, "jitter": jitter, "blur_every": blur_every,
-                         "blur_sigma": blur_sigma, "seeds": seeds,
-                         "parametrisation": parametrisation, "noise_std": noise_std,
-                         "seed": seed}
-        self.nrow = nrow
+        self.recipe = Hallucinator(**recipe)
+        steps = self.recipe.settings["steps"]
         self.epoch_steps = steps if epoch_steps is None else epoch_steps
         self.epoch_is_final = self.epoch_steps == steps
         self.seconds = math.nan  # of the last drawing
-        self._stats: ImageStats | None = None
         self._images: torch.Tensor | None = None  # the last drawing's normalised images
+
+    @property
+    def settings(self) -> dict:
+        """The recipe's settings (`hallucinate`'s keyword arguments)."""
+        return self.recipe.settings
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs > 0
@@ -300,40 +235,10 @@ class Hallucinations(ImageCallback):
             return  # the final drawing follows at this very step: one picture per step
         super().on_train_epoch_end(trainer, pl_module)
 
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule,
-             **override) -> torch.Tensor:
-        data = trainer.datamodule
-        mean, std = torch.tensor(data.mean), torch.tensor(data.std)
-        if self._stats is None and self.settings["parametrisation"].startswith("data"):
-            self._stats = ImageStats.of(data.train_set.x)
-        return hallucinate(
-            pl_module, data.input_shape, len(data.classes),
-            low=(-mean / std).tolist(), high=((1 - mean) / std).tolist(), stats=self._stats,
-            **{**self.settings, **override})
-
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
-        data = trainer.datamodule
-        started = time.perf_counter()
-        steps = self.settings["steps"] if suffix == "final" else self.epoch_steps
-        self._images = self._run(trainer, pl_module, steps=steps)
-        self.seconds = time.perf_counter() - started
-        pixels = data.denormalise(self._images).cpu()
-        save_and_log_image(trainer, "hallucination/all",
-                           labelled_grid(pixels, data.classes, self.nrow),
-                           self.dirpath / f"hallucinations_{suffix}.png")
+        steps = None if suffix == "final" else self.epoch_steps
+        self._images, self.seconds = self.recipe.draw(
+            pl_module, trainer.datamodule, self.dirpath, suffix, steps, tensorboard_log(trainer))
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from bnstudy.pictures.measures import class_means, predict
-
-        data, images = trainer.datamodule, self._images
-        noise = self._run(trainer, pl_module, lr=0.0)  # the recipe without the model's pull
-        base = self._run(trainer, pl_module, steps=0, noise_std=0.0)
-        real = class_means(data.denormalise(data.train_set.x), data.train_set.y,
-                           len(data.classes))
-        save_class_arrays(self.dirpath / "hallucinations_final.npz",
-                          data.denormalise(images).cpu(), data.classes)
-        save_tensors(self.dirpath / "hallucinations_final.pt", {
-            "images": images.cpu(), "noise": noise.cpu(), "base": base.cpu(),
-            "own_probabilities": predict(pl_module, images).cpu(),
-            "real_means": real.cpu(), "settings": dict(self.settings), "seconds": self.seconds,
-            "mean": list(data.mean), "std": list(data.std), **data_source(trainer)})
+        self.recipe.save(pl_module, trainer.datamodule, self._images, self.seconds, self.dirpath)
