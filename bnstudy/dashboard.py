@@ -106,9 +106,12 @@ class ComparisonCurves(Callback):
 
 
 def tb_value(value):
-    """An hparam value as TensorBoard's HParams shows it: floats and strings as they are,
-    integers as text (`64`, not `64.000`), anything else (lists, None, bools) as text."""
-    return value if isinstance(value, float | str) and not isinstance(value, bool) else str(value)
+    """An hparam value as TensorBoard's HParams keeps it: numbers as numbers (integers too, as
+    floats: one type per domain, so the table sorts and filters them by value), booleans and
+    strings as they are, anything else (lists, None) as text."""
+    if isinstance(value, bool | str):
+        return value
+    return float(value) if isinstance(value, int | float) else str(value)
 
 
 def write_session(writer: SummaryWriter, settings: dict) -> None:
@@ -146,8 +149,8 @@ def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
     metrics = [hp.Metric(tag, display_name=tag) for tag in METRICS]
     summary = hp.hparams_config_pb(hparams, metrics)
     # TensorBoard lists the hparams marked `differs` first and shows the first five as
-    # columns; `hp.HParam` cannot set the mark, and `hp.Discrete` sorts integers as text
-    # (128 before 64), so both are set in the written proto.
+    # columns; `hp.HParam` cannot set the mark, and a domain of mixed types, written as text,
+    # sorts integers as text (128 before 64), so both are set in the written proto.
     plugin_data = summary.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
     for info in data.experiment.hparam_infos:

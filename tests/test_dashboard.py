@@ -77,17 +77,17 @@ def test_comparison_layout_is_what_the_custom_scalars_plugin_reads(tmp_path):
     ]
 
 
-def test_tb_value_shows_integers_and_other_values_as_text():
+def test_tb_value_keeps_numbers_and_booleans_and_shows_other_values_as_text():
     from bnstudy.dashboard import tb_value
 
-    assert tb_value(0) == "0" and tb_value(64) == "64" and tb_value(-1) == "-1"
-    assert tb_value(True) == "True" and tb_value(None) == "None"
+    assert [tb_value(v) for v in (0, 64, -1, 0.001)] == [0.0, 64.0, -1.0, 0.001]
+    assert all(type(tb_value(v)) is float for v in (0, 64, 1.0))  # one type a domain
+    assert tb_value(True) is True and tb_value(None) == "None"
     assert tb_value([16, 32]) == "[16, 32]"
-    assert tb_value(0.001) == 0.001 and isinstance(tb_value(1.0), float)
     assert tb_value("bn") == "bn"
 
 
-def test_session_is_named_after_its_run_with_integers_as_text(tmp_path):
+def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
     from torch.utils.tensorboard import SummaryWriter
@@ -103,9 +103,9 @@ def test_session_is_named_after_its_run_with_integers_as_text(tmp_path):
         content[metadata.SESSION_START_INFO_TAG])
     assert info.group_name == "3_mnist-none-adam-seed1"  # the table's trial ID, not a hash
     assert {k: v.WhichOneof("kind") for k, v in info.hparams.items()} == {
-        "dataset": "string_value", "seed": "string_value", "lr": "number_value",
-        "batch_size": "string_value", "trainer.gradient_clip_val": "string_value"}
-    assert info.hparams["seed"].string_value == "1"
+        "dataset": "string_value", "seed": "number_value", "lr": "number_value",
+        "batch_size": "number_value", "trainer.gradient_clip_val": "string_value"}
+    assert info.hparams["seed"].number_value == 1 and info.hparams["batch_size"].number_value == 64
 
 
 def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_choices(tmp_path):
@@ -130,11 +130,11 @@ def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_ch
     assert list(infos) == varying + ["dataset", "optim", "seed"]
     assert [i.name for i in exp.hparam_infos if i.differs] == varying
     assert domain(infos["norm"]) == ["bn", "none"]
-    assert domain(infos["batch_size"]) == ["8", "32", "64", "128"]  # integers, in order
-    assert infos["batch_size"].type == api_pb2.DATA_TYPE_STRING
+    assert domain(infos["batch_size"]) == [8, 32, 64, 128]  # integers, as numbers, in order
+    assert infos["batch_size"].type == api_pb2.DATA_TYPE_FLOAT64
     assert domain(infos["lr"]) == [0.01, 0.1] and infos["lr"].type == api_pb2.DATA_TYPE_FLOAT64
     assert domain(infos["trainer.gradient_clip_val"]) == ["1.0", "None"]  # one type a domain
-    assert domain(infos["seed"]) == ["0"] and domain(infos["dataset"]) == ["mnist"]
+    assert domain(infos["seed"]) == [0] and domain(infos["dataset"]) == ["mnist"]
     assert [m.name.tag for m in exp.metric_infos] == list(METRICS) == \
         ["val/acc", "val/loss", "test/acc", "test/loss"]
 
@@ -150,7 +150,7 @@ def test_single_run_experiment_shows_the_study_choices(tmp_path):
     exp = experiment_in(tmp_path)
     assert [(i.name, i.differs, domain(i)) for i in exp.hparam_infos] == [
         ("dataset", False, ["cifar10"]), ("norm", False, ["none"]), ("optim", False, ["adam"]),
-        ("seed", False, ["3"])]
+        ("seed", False, [3])]
 
 
 @pytest.mark.slow
@@ -529,8 +529,9 @@ def test_hparams_experiment_has_discrete_study_columns_and_the_real_metric_tags(
     assert infos["dataset"]["domainDiscrete"] == ["cifar10", "mnist"]
     assert infos["norm"]["domainDiscrete"] == ["bn", "none"]
     assert infos["optim"]["domainDiscrete"] == ["adam", "sgd"]
-    assert infos["seed"]["domainDiscrete"] == ["0"]  # an integer as an integer, not 0.0
-    assert all(i["type"] == "DATA_TYPE_STRING" for i in infos.values())
+    assert infos["seed"]["domainDiscrete"] == [0]  # a number: sorted and filtered by value
+    assert {n: i["type"] for n, i in infos.items()} == {"dataset": "DATA_TYPE_STRING",
+        "norm": "DATA_TYPE_STRING", "optim": "DATA_TYPE_STRING", "seed": "DATA_TYPE_FLOAT64"}
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == \
         ["val/acc", "val/loss", "test/acc", "test/loss"]
 
@@ -554,7 +555,7 @@ def test_hparams_table_holds_each_run_with_its_settings_and_metrics(sweep, tenso
     assert sorted(g["name"] for g in groups["sessionGroups"]) == sorted(records)
     for run, (settings, metrics) in sessions.items():
         hp = records[run]["hparams"]
-        assert settings["seed"] == "0" and settings["dataset"] == hp["dataset"]
+        assert settings["seed"] == 0 and settings["dataset"] == hp["dataset"]
         assert settings["norm"] == hp["norm"] and settings["optim"] == hp["optim"]
         assert metrics["test/acc"] == pytest.approx(records[run]["test"]["acc"])
         assert metrics["val/acc"] == pytest.approx(records[run]["history"][-1]["val/acc"])

@@ -173,3 +173,23 @@ def test_the_console_shows_the_studys_lines_and_the_log_file_has_the_rest(tiny_d
         assert routine in (tmp_path / "train.log").read_text()  # kept, in the log file
     assert f"training 1 epochs into {tmp_path}" in console
     assert f"Files: {tmp_path} (" in console and ": ok, val acc " in console
+
+
+def test_a_runs_hparams_keep_their_types_in_tensorboard(tiny_data, tmp_path):
+    """The session a real run writes: numbers (seed, max_epochs, lr, batch size) as numbers,
+    so TensorBoard's HParams table sorts and filters them by value; names as text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1", "seed=2",
+                     "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    content = EventAccumulator(str(tmp_path)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
+    hparams = metadata.parse_session_start_info_plugin_data(
+        content[metadata.SESSION_START_INFO_TAG]).hparams
+    kinds = {k: v.WhichOneof("kind") for k, v in hparams.items()}
+    assert {k: kinds[k] for k in ("seed", "max_epochs", "lr", "batch_size", "hidden_dim",
+                                  "depth")} == dict.fromkeys(
+        ("seed", "max_epochs", "lr", "batch_size", "hidden_dim", "depth"), "number_value")
+    assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
+    assert kinds["dataset"] == kinds["norm"] == kinds["optim"] == "string_value"
