@@ -429,3 +429,29 @@ def test_a_side_that_diverged_everywhere_is_marked_not_dropped(tmp_path):
     text = regime_section("lr", rows)[0]
     assert ("- mnist, sgd, lr=1.0: BN no test (a side has no ok run: BN 2 ok, 0 diverged; "
             "no BN 0 ok, 2 diverged" in text)
+
+
+@pytest.mark.parametrize("datasets", [["mnist"], ["mnist", "cifar10", "fashion_mnist", "a", "b"]])
+def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, datasets):
+    """One dataset: the whole title inside the figure (it was clipped at one panel's width);
+    five: at most three panels a row, every panel and its title inside the figure."""
+    for dataset in datasets:
+        for optim in ("sgd", "adam"):
+            for batch_size in (8, 512):
+                for seed, acc in enumerate([0.80, 0.82, 0.81]):
+                    write_job(tmp_path, [acc], dataset=dataset, optim=optim, norm="bn",
+                              batch_size=batch_size, seed=seed)
+                    write_job(tmp_path, [acc - 0.05], dataset=dataset, optim=optim,
+                              norm="none", batch_size=batch_size, seed=seed)
+    rows = verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
+    fig = regime_figure("batch_size", rows)
+    renderer = fig.canvas.get_renderer()
+    inside = fig.bbox.padded(1)  # (pixels)
+    title = fig._suptitle.get_window_extent(renderer)
+    assert inside.x0 <= title.x0 and title.x1 <= inside.x1 and title.y1 <= inside.y1
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == datasets
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == -(-len(datasets) // 3)
+    for ax in panels:
+        box = ax.get_tightbbox(renderer)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0

@@ -4,6 +4,7 @@ probe series, and the robustness sweeps' accuracy against the swept hparam."""
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 from bnstudy.norms import NORMS  # noqa: E402
@@ -30,6 +33,7 @@ from bnstudy.report.stats import (  # noqa: E402
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
                 ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
 IMAGE_KINDS = {"weights": "Final first-layer weights", "hallucinations": "Final hallucinations"}
+MAX_COLUMNS = 3  # panels a row: more datasets (or optimizers) start another row
 
 
 def norm_color(norm: str) -> str | None:
@@ -39,6 +43,34 @@ def norm_color(norm: str) -> str | None:
 
 def _seed_label(norm: str, run: Run) -> str:
     return f"{norm_label(norm)} (seed {run.hparams.get('seed')})"
+
+
+# --- layout: any number of panels, titles that fit -----------------------------------------
+
+
+def panel_grid(n: int, width: float, height: float, **subplots) -> tuple[Figure, list[Axes]]:
+    """A figure of `n` panels of `width` × `height` inches, at most `MAX_COLUMNS` a row; the
+    grid's unused cells are hidden. Returns the figure and its `n` panels, row by row."""
+    cols = max(1, min(n, MAX_COLUMNS))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(width * cols, height * rows),
+                             **subplots)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def first_column(panels: list[Axes]) -> list[Axes]:
+    """The panels that start a row of a `panel_grid` (where the y label goes)."""
+    return panels[::MAX_COLUMNS]
+
+
+def fitted_title(fig: Figure, text: str) -> None:
+    """`fig`'s suptitle, each line wrapped to the figure's width, so that a figure of one panel
+    shows its whole title (DejaVu Sans averages about 0.55 em a character)."""
+    points = FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points()
+    chars = max(24, int(fig.get_figwidth() * 72 / (0.55 * points)))
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
 
 
 # --- curves -------------------------------------------------------------------------------
@@ -75,8 +107,8 @@ def curves_figure(label: str, by_norm: dict[str, list[Run]]) -> Figure:
     for ax in axes[1]:
         ax.set_xlabel("epoch")
     axes[0, 0].legend()
-    fig.suptitle(f"BatchNorm vs No BatchNorm — Training Curves ({label})\n"
-                 "mean over seeds, band ± 1 std across seeds")
+    fitted_title(fig, f"BatchNorm vs No BatchNorm — Training Curves ({label})\n"
+                      "mean over seeds, band ± 1 std across seeds")
     fig.tight_layout()
     return fig
 
@@ -97,13 +129,12 @@ def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
     """The PNGs side by side, each under its title; the figure takes the first one's aspect."""
     images = [plt.imread(path) for _, path in panels]
     height, width = images[0].shape[:2]
-    fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(5.5 * len(panels), 5.5 * height / width + 0.9))
-    for ax, (panel_title, _), image in zip(axes[0], panels, images, strict=True):
+    fig, axes = panel_grid(len(panels), 5.5, 5.5 * height / width + 0.9)
+    for ax, (panel_title, _), image in zip(axes, panels, images, strict=True):
         ax.imshow(image, cmap="gray", interpolation="nearest")
         ax.set_title(panel_title)
         ax.axis("off")
-    fig.suptitle(title)
+    fitted_title(fig, title)
     fig.tight_layout()
     return fig
 
@@ -137,8 +168,8 @@ def activations_figure(label: str, found: dict[str, Run]) -> Figure:
         axes[0, col].legend(fontsize=8)
         axes[-1, col].set_xlabel("training step")
     layer = next(iter(series.values()))
-    fig.suptitle(f"Pre-activation percentiles at ReLU `{layer['module']}` ({label})\n"
-                 "each unit's values over the training batch, in training mode")
+    fitted_title(fig, f"Pre-activation percentiles at ReLU `{layer['module']}` ({label})\n"
+                      "each unit's values over the training batch, in training mode")
     fig.tight_layout()
     return fig
 
@@ -172,7 +203,7 @@ def gradients_figure(label: str, found: dict[str, Run]) -> Figure:
     axes[0, 0].set_yscale("log")
     for ax in axes[1]:
         ax.set_xlabel("training step")
-    fig.suptitle(f"Gradient behaviour along training ({label})")
+    fitted_title(fig, f"Gradient behaviour along training ({label})")
     fig.tight_layout()
     return fig
 
@@ -190,11 +221,10 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
     runs counted in the panel's corner; a dotted line where usable values end (`within` below
     the panel's best)."""
     noun, title = SWEEPS[hparam]
-    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True,
-                             figsize=(5.5 * len(panels), 4.8))
+    fig, axes = panel_grid(len(panels), 5.5, 4.8, sharey=True)
     epochs = {r.hparams.get("max_epochs") for p in panels.values() for by_value in p.values()
               for runs in by_value.values() for r in runs}
-    for ax, (panel, by_norm) in zip(axes[0], panels.items(), strict=True):
+    for ax, (panel, by_norm) in zip(axes, panels.items(), strict=True):
         order, notes = norm_order(by_norm), []
         grid = sorted({v for by_value in by_norm.values() for v in by_value}, key=float)
         for i, norm in enumerate(order):
@@ -230,10 +260,11 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
         ax.set_xlabel(noun)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel("final validation accuracy")
+    for ax in first_column(axes):
+        ax.set_ylabel("final validation accuracy")
     after = f" after {epochs.pop()} epoch(s)" if len(epochs) == 1 else ""
-    fig.suptitle(f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
-                 "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
+    fitted_title(fig, f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
+                      "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
     fig.tight_layout()
     return fig
 
@@ -249,8 +280,8 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
     are listed in the panel's corner."""
     noun = SWEEPS[hparam][0]
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
-    fig, axes = plt.subplots(1, len(datasets), squeeze=False, figsize=(5.8 * len(datasets), 4.8))
-    for ax, dataset in zip(axes[0], datasets, strict=True):
+    fig, axes = panel_grid(len(datasets), 5.8, 4.8)
+    for ax, dataset in zip(axes, datasets, strict=True):
         lines: dict[tuple, list[dict]] = {}
         for row in rows:
             if row["dataset"] == dataset and row.get(hparam) is not None:
@@ -294,10 +325,11 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
         ax.set_xlabel(noun)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-    axes[0, 0].set_ylabel("BN − no BN, final val acc (points)")
-    fig.suptitle(f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
-                 f"mean over seeds, bar: 95% Welch interval; filled: p < {alpha:g}, "
-                 "hollow: within the seed spread")
+    for ax in first_column(axes):
+        ax.set_ylabel("BN − no BN, final val acc (points)")
+    fitted_title(fig, f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
+                      f"mean over seeds, bar: 95% Welch interval; filled: p < {alpha:g}, "
+                      "hollow: within the seed spread")
     fig.tight_layout()
     return fig
 
@@ -352,7 +384,7 @@ def time_figure(study: dict, measured: dict) -> Figure:
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("validation accuracy (%)")
     axes[0, 0].legend()
-    fig.suptitle("Is BatchNorm worth it per second? Validation accuracy against compute\n"
-                 "(mean over seeds, band ± 1 std; dotted: the no-BN runs' full time)")
+    fitted_title(fig, "Is BatchNorm worth it per second? Validation accuracy against compute\n"
+                      "(mean over seeds, band ± 1 std; dotted: the no-BN runs' full time)")
     fig.tight_layout()
     return fig
