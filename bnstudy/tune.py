@@ -128,7 +128,7 @@ class TunedSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         """The searches, then the re-runs; a user's mistake ends in its paragraph, exit 1."""
         try:
-            self._sweep(arguments)
+            unsearched = self._sweep(arguments)
         except ConfigError as err:
             sys.exit(str(err))
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
@@ -137,8 +137,11 @@ class TunedSweeper(Sweeper):
                       "trials, then the re-runs), run the same command with resume=true "
                       "hydra.sweep.dir=%s", sweep_dir, sweep_dir)
             raise
+        if unsearched:
+            sys.exit(unsearched)
 
-    def _sweep(self, arguments: list[str]) -> None:
+    def _sweep(self, arguments: list[str]) -> str | None:
+        """Searches, then re-runs; returns what went wrong when a cell found no setting."""
         logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's import says hello
         import optuna
         from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
@@ -155,7 +158,7 @@ class TunedSweeper(Sweeper):
                         "seeds": self.seeds, "metric": METRIC, "time_s": {}, "cells": []}
         searched = {k: v for c in cells for k, v in (self.search.get(c["optim"]) or {}).items()}
         self._save_plan(sweep_dir, {"seed": ",".join(map(str, self.seeds)), **searched})
-        started = time.perf_counter()
+        started, unsearched = time.perf_counter(), []
         for cell in cells:
             name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
             search_dir = sweep_dir / "search" / name
@@ -174,24 +177,38 @@ class TunedSweeper(Sweeper):
                        config=cell_config)
             impl.launcher = trials = ScoringLauncher(impl.launcher, sweep_dir)
             log.info("Tuning %s: %d trials", name, self.n_trials)
-            impl.sweep(fixed)
+            finished = optuna.trial.TrialState.COMPLETE
+            try:
+                impl.sweep(fixed)
+            except ValueError:  # its summary of a search in which no trial finished
+                if any(t.state == finished for t in
+                       optuna.load_study(study_name=name, storage=storage).trials):
+                    raise
             study = optuna.load_study(study_name=name, storage=storage)
-            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            if not done:
-                raise ConfigError(f"Every trial of {name} failed, e.g. {trials.errors[0]}. "
-                                  f"See the trials' train.log under {search_dir}.")
-            best = study.best_trial
-            log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
-                     100 * best.value, best.number, len(study.trials),
-                     ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
+            best = study.best_trial if any(t.state == finished for t in study.trials) else None
+            if best is None:
+                log.error("Tuned %s: every trial failed, e.g. %s", name, trials.errors[0])
+                unsearched.append(f"  {name}: every trial failed, e.g. {trials.errors[0]}")
+            else:
+                log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
+                         100 * best.value, best.number, len(study.trials),
+                         ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
             record["cells"].append({
                 **cell, "trials": [{"params": t.params, "value": t.value,
                                     "state": t.state.name, "job": trials.jobs[t.number]}
                                    for t in study.trials],
-                "best_params": best.params, "best_value": best.value, "final_jobs": []})
+                "best_params": best.params if best else {},
+                "best_value": best.value if best else None, "final_jobs": []})
             record["time_s"]["search"] = time.perf_counter() - started
             write_json_atomic(sweep_dir / TUNING_FILE, record)
         self._rerun_best(record, rest, sweep_dir)
+        if unsearched:
+            return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have "
+                    "no re-runs; the other cells were tuned and re-run:\n" + "\n".join(unsearched)
+                    + f"\nSee the trials' train.log under {sweep_dir / 'search'}. Fix the cause, "
+                    f"then run the same command with resume=true hydra.sweep.dir={sweep_dir}: "
+                    "finished trials and runs are kept, the failed ones run again.")
+        return None
 
     def _save_plan(self, sweep_dir: Path, params: dict) -> DictConfig:
         """`sweep_dir/multirun.yaml`, as Hydra's sweepers save it, with `params` the settings
@@ -210,8 +227,9 @@ class TunedSweeper(Sweeper):
         started = time.perf_counter()
         jobs = [(cell, [f"{k}={cell[k]}" for k in self.cells] + rest
                  + [f"{k}={v}" for k, v in cell["best_params"].items()] + [f"seed={seed}"])
-                for cell in record["cells"] for seed in self.seeds]
-        returns = self.launcher.launch([overrides for _, overrides in jobs], initial_job_idx=0)
+                for cell in record["cells"] if cell["best_params"] for seed in self.seeds]
+        returns = self.launcher.launch([overrides for _, overrides in jobs], initial_job_idx=0) \
+            if jobs else []
         for (cell, _), job in zip(jobs, returns, strict=True):
             out = Path(job.hydra_cfg.hydra.runtime.output_dir)
             if read_record(out):

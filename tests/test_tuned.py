@@ -8,7 +8,7 @@ import csv
 import json
 
 import pytest
-from helpers import FAST, compose_config, run_sweep, run_train
+from helpers import FAST, compose_config, run_sweep, run_train, write_mnist
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -134,6 +134,26 @@ def test_the_sampler_seed_makes_a_search_repeat_itself(tiny_data, tmp_path):
     first = search("first", 0)
     assert search("again", 0) == first
     assert [p for p, _ in search("other", 1)] != [p for p, _ in first]
+
+
+@pytest.mark.slow
+def test_a_cell_whose_trials_all_fail_ends_the_sweep_in_a_paragraph(tmp_path):
+    """CIFAR-10 missing (no download): its trials fail, the search goes on, MNIST is tuned and
+    re-run, and the sweep says which cell found no setting and how to go on; exit 1."""
+    data = write_mnist(tmp_path / "data")
+    sweep = tmp_path / "sweep"
+    proc = run_sweep(sweep, data, "experiment=tuned", "dataset=mnist,cifar10", "optim=adam",
+                     "norm=bn", "seed=0", "trainer.max_epochs=1", "hydra.sweeper.n_trials=2",
+                     "dataset.datamodule.download=false")
+    assert proc.returncode == 1
+    assert "1 cell(s) of" in proc.stderr and "cifar10-bn-adam: every trial failed" in proc.stderr
+    assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    cells = {c["dataset"]: c for c in json.loads((sweep / TUNING_FILE).read_text())["cells"]}
+    assert [t["state"] for t in cells["cifar10"]["trials"]] == ["FAIL", "FAIL"]
+    assert cells["cifar10"]["best_params"] == {} and cells["cifar10"]["final_jobs"] == []
+    (name,) = cells["mnist"]["final_jobs"]
+    assert json.loads((sweep / name / "metrics.json").read_text())["status"] == "ok"
 
 
 @pytest.mark.slow
