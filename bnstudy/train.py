@@ -179,7 +179,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
 
-    trainer = instantiate(cfg.trainer, logger=instantiate(cfg.logger), callbacks=callbacks,
+    from bnstudy.trackers import make_loggers
+
+    loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           plugins=[AtomicCheckpointIO()])
     return datamodule, model, trainer
 
@@ -217,6 +220,7 @@ def train(cfg: DictConfig) -> dict:
     from bnstudy.callbacks import DivergenceGuard
     from bnstudy.checkpoints import resume_checkpoint
     from bnstudy.dashboard import tensorboard_writer, write_experiment, write_session
+    from bnstudy.trackers import log_settings
 
     started = time.perf_counter()
     if primary:
@@ -239,9 +243,10 @@ def train(cfg: DictConfig) -> dict:
         write_session(writer, settings)
         if not _is_multirun():  # a sweep writes its experiment once, when it ends
             write_experiment(writer, [settings])
+    if primary:  # the other trackers (MLflow, W&B, CSV) get them as their hyperparameters
+        log_settings(trainer.loggers, settings)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
-    logger = trainer.logger
     guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
     result: dict = {
         "status": "ok",
@@ -254,7 +259,8 @@ def train(cfg: DictConfig) -> dict:
     else:
         tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
-    logger.finalize("success")
+    for logger in trainer.loggers:
+        logger.finalize("success")
     result["wall_time_s"] = time.perf_counter() - started
     if not primary:
         return result
@@ -300,8 +306,11 @@ class SweepSummary(HydraCallback):
         if records:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
             from bnstudy.report.answer import console_answer
-            write_sweep_experiment(found[0][0],
-                                   [r["hparams"] for r in records if "hparams" in r])
+            from bnstudy.trackers import uses_tensorboard
+
+            if uses_tensorboard(config.get("logger")):
+                write_sweep_experiment(found[0][0],
+                                       [r["hparams"] for r in records if "hparams" in r])
             lines = "\n".join(f"  {result_line(r)}" for r in records)
             answer = console_answer(sweep_dir)
             log.info("Sweep %s: %d job(s)\n%s\n%sBrowse: tensorboard --logdir %s, then open %s\n"

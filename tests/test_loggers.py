@@ -1,0 +1,229 @@
+"""The trackers (`conf/logger/`): CSV, MLflow (a local store), W&B (offline) and several at
+once, each through the entry point with its real library, offline: the study's scalars and
+settings reach each; TensorBoard's own views only where TensorBoard is used."""
+
+from __future__ import annotations
+
+import csv
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import FAST, REPO, compose_config, read_record, run_sweep, run_train, scalar_tags
+
+from bnstudy.errors import ConfigError
+
+TINY = ("trainer.max_epochs=2", "callbacks.hallucinations.steps=2")
+
+
+def curve(record: dict, key: str = "val/acc") -> list[tuple[int, float]]:
+    """(step, value) of an epoch metric in a run's record."""
+    return [(row["step"] - 1, row[key]) for row in record["history"]]  # logged at step - 1
+
+
+def same_curve(got: list, want: list) -> bool:
+    """The same steps, and values equal up to float rounding."""
+    return [step for step, _ in got] == [step for step, _ in want] and \
+        [value for _, value in got] == pytest.approx([value for _, value in want])
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep.glob("*/metrics.json"))
+
+
+def test_csv(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    proc = run_train(*FAST, *TINY, f"paths.data_dir={tiny_data}", "logger=csv",
+                     f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr
+    record = read_record(run)
+    with open(run / "csv" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert same_curve([(int(r["step"]), float(r["val/acc"])) for r in rows if r["val/acc"]],
+                      curve(record))
+    assert [float(r["train/loss"]) for r in rows if r["train/loss"]] == \
+        pytest.approx([row["train/loss"] for row in record["history"]])
+    assert [float(r["test/acc"]) for r in rows if r["test/acc"]] == \
+        pytest.approx([record["test"]["acc"]])
+    hparams = yaml.safe_load((run / "csv" / "version_0" / "hparams.yaml").read_text())
+    assert hparams == record["hparams"]
+    assert not list(run.glob("events.out.tfevents.*"))  # no TensorBoard: none of its views
+
+
+def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
+    import importlib.util
+
+    from bnstudy import trackers
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlflow" else real(name, *a))
+    cfg = compose_config("logger=[tensorboard,mlflow]", "paths.output_dir=/unused")
+    with pytest.raises(ConfigError, match=r"logger=mlflow needs the mlflow package.*"
+                                          r"pip install 'bnstudy\[mlflow\]'"):
+        trackers.make_loggers(cfg.logger, "run")
+
+
+@pytest.mark.xfail(strict=True, reason="needs /tmp/team/config_logger_keys.patch in "
+                                       "bnstudy/config.py (the lead's file)")
+def test_the_tracker_choice_is_bookkeeping_not_a_setting():
+    from hydra.core.hydra_config import HydraConfig
+
+    from bnstudy.config import group_defaults, hparams, overridden_keys
+
+    for choice in ("logger=csv", "logger=[tensorboard,mlflow]"):
+        cfg = compose_config(choice)
+        assert cfg.run_name == "mnist-bn-sgd-seed0"  # not named after the tracker
+        settings = hparams(cfg, group_defaults(HydraConfig.get().runtime.choices),
+                           overridden_keys([choice]))
+        assert not [key for key in settings if key.startswith("logger")], settings
+
+
+# --- MLflow ---------------------------------------------------------------------------------
+
+
+def mlflow_runs(store: Path) -> dict:
+    """The store's runs of the `bnstudy` experiment by name, read back with MLflow's client."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("bnstudy")
+    runs = client.search_runs([experiment.experiment_id])
+    return {run.info.run_name: (run, {key: [(m.step, m.value) for m in
+                                            client.get_metric_history(run.info.run_id, key)]
+                                      for key in ("val/acc", "test/acc")}) for run in runs}
+
+
+@pytest.mark.slow
+def test_mlflow_local_store_holds_each_job_of_a_sweep(tiny_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_sweep(sweep, tiny_data, *TINY, "logger=mlflow", "norm=bn,none")
+    assert proc.returncode == 0, proc.stderr
+    runs = mlflow_runs(sweep / "mlflow.db")  # one store per sweep, beside its jobs
+    jobs = job_dirs(sweep)
+    assert sorted(runs) == [job.name for job in jobs]  # named as the TensorBoard runs would be
+    for job in jobs:
+        record = read_record(job)
+        run, metrics = runs[job.name]
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {k: str(v) for k, v in record["hparams"].items()}
+        assert same_curve(metrics["val/acc"], curve(record))
+        assert [value for _, value in metrics["test/acc"]] == pytest.approx(
+            [record["test"]["acc"]])
+    # No TensorBoard: no events anywhere, not even the sweep's HParams experiment.
+    assert not list(sweep.rglob("events.out.tfevents.*"))
+    assert "mlflow.store" not in proc.stderr and "Creating initial" not in proc.stderr
+
+
+MLFLOW_JOB = """
+import sys
+from omegaconf import OmegaConf
+from bnstudy.trackers import make_loggers
+cfg = OmegaConf.create({"mlflow": {"_target_": "lightning.pytorch.loggers.MLFlowLogger",
+                                   "experiment_name": "bnstudy", "run_name": None,
+                                   "tracking_uri": "sqlite:///" + sys.argv[1]}})
+(logger,) = make_loggers(cfg, sys.argv[2])
+logger.log_hyperparams({"job": sys.argv[2]})
+logger.log_metrics({"val/acc": 0.5}, step=1)
+logger.finalize("success")
+"""
+
+
+@pytest.mark.slow
+def test_mlflow_jobs_starting_together_share_a_new_store(tmp_path):
+    # A parallel sweep's jobs start together; MLflow's set-up of a new SQLite store fails when
+    # raced (every process did, without the lock).
+    store = tmp_path / "sweep" / "mlflow.db"
+    procs = [subprocess.Popen([sys.executable, "-c", MLFLOW_JOB, str(store), f"job{i}"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(3)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    assert sorted(mlflow_runs(store)) == ["job0", "job1", "job2"]
+
+
+@pytest.mark.slow
+def test_tensorboard_and_mlflow_at_once(tiny_data, tmp_path):
+    run = tmp_path / "runs" / "one"
+    proc = run_train(*FAST, *TINY, f"paths.data_dir={tiny_data}",
+                     "logger=[tensorboard,mlflow]", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr
+    record = read_record(run)
+    tags = scalar_tags(run)
+    assert {"val/acc", "test/acc", "compare/mnist-sgd/val_acc"} <= tags  # TensorBoard's views
+    (mlflow_run, metrics), = mlflow_runs(tmp_path / "runs" / "mlflow.db").values()
+    assert mlflow_run.info.run_name == "one"
+    assert same_curve(metrics["val/acc"], curve(record))
+    assert "compare/mnist-sgd/val_acc" not in mlflow_run.data.metrics  # TensorBoard's alone
+
+
+# --- Weights & Biases -----------------------------------------------------------------------
+
+
+def wandb_records(path: Path):
+    """The records of a W&B offline run file (`run-<id>.wandb`): W&B's protobuf `Record`s in
+    a LevelDB-style log (a 7-byte header, 32 KiB blocks of chunks, each `crc32 u32, length
+    u16, type u8`: full, first, middle, last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, parts = path.read_bytes(), 32768, 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:  # the rest of the block is padding
+            pos += left
+            continue
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            yield record
+            parts = b""
+
+
+def key(item) -> str:
+    """A W&B record item's key (`val/acc` may be stored as the nested key val, acc)."""
+    return item.key or "/".join(item.nested_key)
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # and no network: W&B's own switch as well
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
+    sweep = tmp_path / "sweep"
+    # Hydra's basic launcher runs the jobs in one process: each must get a W&B run of its own.
+    proc = run_sweep(sweep, tiny_data, *TINY, "logger=wandb", "norm=bn,none")
+    assert proc.returncode == 0, proc.stderr
+    assert "wandb sync" not in proc.stderr + proc.stdout  # silent on the study's console
+    for job in job_dirs(sweep):
+        record = read_record(job)
+        (files,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
+        history, config, names, exits = [], {}, [], 0
+        for rec in wandb_records(files):
+            kind = rec.WhichOneof("record_type")
+            if kind == "run":
+                names.append(rec.run.display_name)
+            elif kind == "history":
+                history.append({key(item): json.loads(item.value_json)
+                                for item in rec.history.item})
+            elif kind == "config":
+                config.update({key(item): json.loads(item.value_json)
+                               for item in rec.config.update})
+            elif kind == "exit":
+                exits += 1
+        assert names == [job.name] and exits == 1  # its own run, finished
+        assert same_curve([(h["trainer/global_step"], h["val/acc"]) for h in history
+                           if "val/acc" in h], curve(record))
+        assert {k: v for k, v in config.items() if not k.startswith("_")} == record["hparams"]
+    assert not list(sweep.rglob("events.out.tfevents.*"))
