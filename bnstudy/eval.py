@@ -1,0 +1,151 @@
+"""`python -m bnstudy.eval RUN_DIR_OR_CHECKPOINT [paths.data_dir=DIR] [trainer.FLAG=VALUE ...]`:
+test loss and accuracy of a checkpoint on its run's test split.
+
+The datamodule is rebuilt from the run's `.hydra/config.yaml` (the same files and splits) and
+the model loaded from the checkpoint (`checkpoints/last.ckpt` of a run's directory, or the
+file given); Lightning's `Trainer.test` scores it with the run's own trainer settings
+(precision, limit_test_batches, ...) on one device and no logger, so the numbers are the ones
+the run recorded when training ended. Each run's result is printed, next to the recorded
+one, and written to `eval.json` in its directory (`eval-<file>.json` for another
+checkpoint). A sweep's directory evaluates every run that has a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from bnstudy.errors import DataError, RunFileError
+from bnstudy.rebuild import (
+    CHECKPOINT,
+    DataCache,
+    RunError,
+    SavedRun,
+    is_run_dir,
+    load_checkpoint,
+    load_model,
+    quiet_lightning,
+    run_dirs,
+)
+from bnstudy.records import write_json_atomic
+
+
+class UsageError(Exception):
+    """The command line is wrong; the message is one paragraph."""
+
+
+def parse_settings(items: list[str]) -> tuple[str | None, dict]:
+    """`paths.data_dir` and the `trainer.*` flags given, values parsed as Hydra does."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    data_dir, trainer = None, {}
+    for item in items:
+        try:
+            override = OverridesParser.create().parse_override(item)
+            key, value = override.key_or_group, override.value()
+        except HydraException as err:
+            raise UsageError(f"{item!r} is not a setting ({err}); give KEY=VALUE.") from err
+        if key == "paths.data_dir":
+            data_dir = str(value)
+        elif key.startswith("trainer.") and key.count(".") == 1:
+            trainer[key.split(".", 1)[1]] = value
+        else:
+            raise UsageError(f"{key}: eval takes paths.data_dir=DIR (where the data is now) and "
+                             "trainer flags (e.g. trainer.accelerator=cpu); the model, data "
+                             "and splits are the run's own.")
+    return data_dir, trainer
+
+
+def targets(path: Path) -> list[tuple[Path, Path]]:
+    """(run directory, checkpoint) pairs a path names: a checkpoint file in a run's
+    `checkpoints/`, a run's directory, or a sweep's."""
+    if path.is_file():
+        run = path.parent.parent
+        if path.parent.name != "checkpoints" or not is_run_dir(run):
+            raise RunError(f"{path} is not in a run's checkpoints/ folder, so its run's "
+                           "dataset and test split are unknown. Pass a checkpoint inside "
+                           "<run>/checkpoints/, or the run's directory.")
+        return [(run, path)]
+    return [(run, run / CHECKPOINT) for run in run_dirs(path)]
+
+
+def evaluate(run: SavedRun, checkpoint_path: Path, data: DataCache, flags: dict) -> dict:
+    """Tests the checkpoint on the run's test split; returns what `eval.json` holds."""
+    from hydra.utils import instantiate
+
+    checkpoint = load_checkpoint(run, checkpoint_path)
+    datamodule = data.get(run, "test")
+    model = load_model(run, checkpoint, datamodule, checkpoint_path)
+    trainer_cfg = OmegaConf.to_container(run.cfg.trainer, resolve=False)
+    kept = ("_target_", "accelerator", "precision", "limit_test_batches", "inference_mode",
+            "deterministic", "benchmark", "fast_dev_run")  # what changes a test's numbers
+    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k in kept}
+    trainer_cfg.update(flags)
+    trainer = instantiate(
+        trainer_cfg, devices=1, strategy="auto", num_nodes=1, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, callbacks=[],
+        enable_progress_bar=sys.stderr.isatty(), default_root_dir=str(run.path))
+    started = time.perf_counter()
+    tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    recorded = run.record.get("test")
+    return {"checkpoint": str(checkpoint_path.relative_to(run.path)),
+            "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
+            "test": {"loss": tested["test/loss"], "acc": tested["test/acc"]},
+            "recorded_test": recorded, "seconds": time.perf_counter() - started}
+
+
+def result_line(run: SavedRun, result: dict, written: Path) -> str:
+    test, recorded = result["test"], result["recorded_test"] or {}
+    said = "no test result recorded"
+    if recorded.get("acc") is not None:
+        same = abs(recorded["acc"] - test["acc"]) < 5e-7 and \
+            abs(recorded["loss"] - test["loss"]) <= 1e-5 * max(1.0, abs(recorded["loss"]))
+        said = "as recorded" if same else \
+            f"recorded: loss {recorded['loss']:.4f}, acc {100 * recorded['acc']:.2f} %"
+    return (f"{run.name} ({result['checkpoint']}, epoch {result['epoch']}): test loss "
+            f"{test['loss']:.4f}, test acc {100 * test['acc']:.2f} % ({said}) -> "
+            f"{written.relative_to(run.path.parent)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bnstudy.eval", description=__doc__.splitlines()[0],
+        epilog="e.g. python -m bnstudy.eval outputs/multirun/2026-01-01_10-00-00")
+    parser.add_argument("path", type=Path,
+                        help="a run's directory, a sweep's directory, or a checkpoint file")
+    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                        help="paths.data_dir=DIR, trainer.FLAG=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        data_dir, flags = parse_settings(args.settings)
+        pairs = targets(args.path)
+    except (UsageError, RunError) as err:
+        print(f"bnstudy.eval: {err}", file=sys.stderr)
+        return 2
+
+    quiet_lightning()
+    data, problems, done = DataCache(data_dir), [], 0
+    for run_path, checkpoint in pairs:
+        try:
+            run = SavedRun.open(run_path)
+            result = evaluate(run, checkpoint, data, flags)
+            name = "eval.json" if checkpoint == run.checkpoint else f"eval-{checkpoint.name}.json"
+            write_json_atomic(run.path / name, result)
+            print(result_line(run, result, run.path / name))
+            done += 1
+        except (RunError, DataError, RunFileError) as err:
+            problems.append(run_path.name)
+            print(f"{err}", file=sys.stderr)
+    if len(pairs) > 1 or problems:
+        print(f"Evaluated {done} of {len(pairs)} run(s)"
+              + (f"; not evaluated: {', '.join(problems)}" if problems else "") + ".")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""A finished run rebuilt from what its directory holds, for the commands that work after
+training (`python -m bnstudy.draw`, `python -m bnstudy.eval`): the runs a path names, each
+run's stored config (`.hydra/config.yaml`), its datamodule (the same splits, from the same
+files, never downloaded) and its model from `checkpoints/last.ckpt`.
+
+Where the data is: `paths.data_dir=DIR` on the command line, else the run's own
+`paths.data_dir` (`$BNSTUDY_DATA_DIR` as it is now, or a path relative to where the run was
+launched).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bnstudy.records import RECORD_NAME, read_record
+
+CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def quiet_lightning() -> None:
+    """Lightning's notices (GPU available, ...) and known harmless warnings off the console,
+    as in training; real warnings stay."""
+    import lightning  # noqa: F401  (its loggers exist once it is imported)
+
+    from bnstudy.train import quiet_console
+
+    quiet_console()
+
+
+class RunError(Exception):
+    """A path or a run the command cannot use; the message is one paragraph saying what to do."""
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / ".hydra" / "config.yaml").is_file() or (path / RECORD_NAME).is_file()
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """The runs `path` names: a run's directory itself, or every job of a sweep's directory
+    (by job number)."""
+    if not path.exists():
+        raise RunError(f"{path} does not exist. Pass a run's directory (outputs/runs/<time>_"
+                       "<name>), a sweep's directory (outputs/multirun/<date>_<time>) or, for "
+                       "eval, a checkpoint (<run>/checkpoints/last.ckpt).")
+    if not path.is_dir():
+        raise RunError(f"{path} is a file, not a run's or a sweep's directory. Pass the "
+                       "directory a run or sweep of `python -m bnstudy.train` wrote.")
+    if is_run_dir(path):
+        return [path]
+    jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
+    if not jobs:
+        raise RunError(f"{path} holds no runs: neither it nor any folder in it has a "
+                       f".hydra/config.yaml or a {RECORD_NAME}. Pass the directory a run or "
+                       "sweep of `python -m bnstudy.train` wrote (hydra.run.dir or "
+                       "hydra.sweep.dir).")
+    return sorted(jobs, key=_job_order)
+
+
+def _job_order(job: Path) -> tuple:
+    head = job.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else -1, job.name)
+
+
+@dataclass
+class SavedRun:
+    """A run's directory, its record and its stored config."""
+
+    path: Path
+    record: dict
+    cfg: DictConfig
+    launched_in: Path | None = None  # where the run was started (relative paths start there)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", f"no {RECORD_NAME}") if self.record else \
+            f"no {RECORD_NAME}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @classmethod
+    def open(cls, path: Path) -> SavedRun:
+        stored = path / ".hydra" / "config.yaml"
+        if not stored.is_file():
+            raise RunError(f"{path.name}: no .hydra/config.yaml, so its dataset and model "
+                           "cannot be rebuilt. Only directories written by `python -m "
+                           "bnstudy.train` can be used.")
+        try:
+            cfg = OmegaConf.load(stored)
+            record = read_record(path)
+        except (OSError, ValueError, OmegaConfBaseException) as err:
+            raise RunError(f"{path.name}: its .hydra/config.yaml or {RECORD_NAME} does not "
+                           f"read ({type(err).__name__}: {err}).") from err
+        launched_in = None
+        hydra_file = path / ".hydra" / "hydra.yaml"
+        if hydra_file.is_file():
+            cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd")
+            launched_in = Path(cwd) if cwd else None
+        return cls(path, record, cfg, launched_in)
+
+    def data_dir(self, override: str | None = None) -> Path:
+        """Where the run's data is: `override` (paths.data_dir=... given now), else the run's
+        own setting, a relative path taken from where the run was launched."""
+        if override:
+            return Path(override).expanduser().resolve()
+        try:
+            value = OmegaConf.select(self.cfg, "paths.data_dir", throw_on_resolution_failure=True)
+        except OmegaConfBaseException as err:
+            raise RunError(f"{self.name}: its paths.data_dir does not resolve ({err}); give "
+                           "the data's folder with paths.data_dir=DIR.") from err
+        path = Path(str(value)).expanduser()
+        if not path.is_absolute():
+            base = self.launched_in if self.launched_in and self.launched_in.is_dir() \
+                else Path.cwd()
+            path = base / path
+        return path.resolve()
+
+
+@dataclass
+class DataCache:
+    """Datamodules set up once per distinct dataset and split (a sweep's runs share them)."""
+
+    data_dir: str | None = None  # paths.data_dir=... from the command line
+    _built: dict = field(default_factory=dict)
+
+    def get(self, run: SavedRun, stage: str):
+        """The run's datamodule (its config, download off), set up for `stage`."""
+        from hydra.utils import instantiate
+
+        node = run.cfg.dataset.datamodule
+        where = run.data_dir(self.data_dir)
+        try:
+            plain = OmegaConf.to_container(node, resolve=False)
+            plain = {k: v for k, v in plain.items() if k not in ("data_dir", "seed", "batch_size")}
+            key = json.dumps([plain, str(where), OmegaConf.select(run.cfg, "dataset.val_size"),
+                              OmegaConf.select(run.cfg, "dataset.train_size"), stage],
+                             sort_keys=True, default=str)
+            if key not in self._built:
+                data = instantiate(node, data_dir=str(where), download=False)
+                data.prepare_data()
+                data.setup(stage)
+                self._built[key] = data
+        except (OmegaConfBaseException, ImportError) as err:
+            raise RunError(f"{run.name}: its dataset config does not build ({err}).") from err
+        return self._built[key]
+
+
+def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
+    """The run's checkpoint (`path`, default `checkpoints/last.ckpt`) as a dict (weights
+    only: nothing in it is executed)."""
+    import torch
+
+    path = path or run.checkpoint
+    if not path.is_file():
+        raise RunError(
+            f"{run.name}: no checkpoint ({path} is missing), so its network cannot "
+            f"be loaded. A run keeps checkpoints/last.ckpt unless it was trained without one "
+            "(~callbacks.checkpoint) or the file was removed; train it again to get one "
+            "(the same command with overwrite=true).")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # whatever torch.load raises, the file is unusable
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise RunError(f"{run.name}: {path} does not load ({type(err).__name__}: {first}); "
+                       "the file is damaged. Its previous version, if any, is "
+                       "checkpoints/last.ckpt.prev.") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RunError(f"{run.name}: {path} is not a Lightning checkpoint (no state_dict).")
+    return checkpoint
+
+
+def load_model(run: SavedRun, checkpoint: dict, data, path: Path | None = None):
+    """The run's LightningModule from its checkpoint (`load_from_checkpoint` of `path`,
+    default `checkpoints/last.ckpt`; `checkpoint` is the same file loaded), in eval mode on
+    the CPU; checkpoints older than the module's saved net config get it from the run's
+    config and the datamodule."""
+    from hydra.utils import get_class
+
+    cls = get_class(run.cfg.model._target_)
+    given = {}
+    if "hyper_parameters" not in checkpoint:
+        net = OmegaConf.to_container(run.cfg.model.net, resolve=True)
+        given = {"net": {**net, "input_shape": list(data.input_shape),
+                         "num_classes": data.num_classes}, "num_classes": data.num_classes}
+    try:
+        model = cls.load_from_checkpoint(path or run.checkpoint, map_location="cpu",
+                                         weights_only=True, **given)
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise RunError(f"{run.name}: {path or run.checkpoint} does not fit the network of its "
+                       f".hydra/config.yaml ({type(err).__name__}: {first}).") from err
+    return model.eval()

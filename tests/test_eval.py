@@ -1,0 +1,110 @@
+"""`python -m bnstudy.eval`: a checkpoint scored on its run's test split, the datamodule rebuilt
+from the run's stored config; the same numbers as the run recorded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import WarmStarter, entry_point_env, read_record
+
+from bnstudy import eval as evaluate
+from bnstudy.rebuild import CHECKPOINT
+
+
+@pytest.fixture
+def sweep(tiny_sweep, tmp_path) -> Path:
+    """A copy of the session's tiny sweep (8 runs of 2 epochs)."""
+    return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))
+
+
+def test_a_sweep_evaluates_to_its_recorded_test_metrics(sweep, capsys):
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    records = {job: (job / "metrics.json").read_bytes() for job in jobs}
+    assert evaluate.main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    for job in jobs:
+        result = json.loads((job / "eval.json").read_text())
+        recorded = read_record(job)["test"]
+        assert result["test"]["acc"] == pytest.approx(recorded["acc"], abs=1e-7)
+        assert result["test"]["loss"] == pytest.approx(recorded["loss"], rel=1e-6)
+        assert result["checkpoint"] == str(CHECKPOINT) and result["epoch"] == 1
+        assert result["recorded_test"] == recorded
+        assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
+        assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
+    assert out.count("(as recorded)") == 8 and "Evaluated 8 of 8 run(s)." in out
+
+
+def test_another_checkpoint_of_a_run_scores_its_own_weights(sweep, capsys):
+    job = next(sweep.glob("0_*"))
+    previous = job / "checkpoints" / "last.ckpt.prev"  # the epoch before the last
+    assert evaluate.main([str(previous)]) == 0
+    result = json.loads((job / "eval-last.ckpt.prev.json").read_text())
+    assert result["checkpoint"] == "checkpoints/last.ckpt.prev" and result["epoch"] == 0
+    assert result["test"]["loss"] != pytest.approx(read_record(job)["test"]["loss"])
+    assert "recorded: loss" in capsys.readouterr().out
+    assert not (job / "eval.json").exists()
+
+
+def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
+    job = next(sweep.glob("1_*"))
+    config = job / ".hydra" / "config.yaml"
+    original = config.read_text()
+    config.write_text(_moved(original))
+    assert evaluate.main([str(job)]) == 1
+    err = capsys.readouterr().err
+    assert "files not found" in err and "paths.data_dir" in err and "Traceback" not in err
+    assert not (job / "eval.json").exists()
+    assert evaluate.main([str(job), f"paths.data_dir={_data_dir(original)}"]) == 0
+    assert "(as recorded)" in capsys.readouterr().out
+
+
+def _data_dir(config_text: str) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(config_text).paths.data_dir
+
+
+def _moved(config_text: str) -> str:
+    return config_text.replace(f"data_dir: {_data_dir(config_text)}", "data_dir: /nowhere/data")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "holds no runs"),
+    ("record", "is not in a run's checkpoints/ folder"),
+    ("setting", "eval takes paths.data_dir=DIR"),
+])
+def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
+    (tmp_path / "empty").mkdir()
+    job = next(sweep.glob("0_*"))
+    args = {"missing": [str(tmp_path / "missing")], "empty": [str(tmp_path / "empty")],
+            "record": [str(job / "metrics.json")],
+            "setting": [str(job), "model.net.hidden_dim=3"]}[case]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnstudy.eval: ") and message in err and err.count("\n") == 1
+    assert not list(sweep.glob("*/eval*.json"))
+
+
+def test_a_run_without_checkpoint_is_named_and_the_others_evaluated(sweep, capsys):
+    broken = next(sweep.glob("2_*"))
+    (broken / "checkpoints" / "last.ckpt").unlink()
+    assert evaluate.main([str(sweep)]) == 1
+    captured = capsys.readouterr()
+    assert f"{broken.name}: no checkpoint" in captured.err
+    assert captured.out.count("(as recorded)") == 7
+    assert f"Evaluated 7 of 8 run(s); not evaluated: {broken.name}." in captured.out
+    assert not (broken / "eval.json").exists()
+
+
+def test_the_entry_point_prints_the_result(sweep):
+    job = next(sweep.glob("4_*"))
+    env = entry_point_env()
+    proc = WarmStarter.get(env).run("bnstudy.eval", [str(job)], sweep, env, 300)
+    assert proc.returncode == 0, proc.stderr
+    acc = read_record(job)["test"]["acc"]
+    assert f"test acc {100 * acc:.2f} % (as recorded) -> {job.name}/eval.json" in proc.stdout
+    assert "GPU available" not in proc.stderr and "Tip" not in proc.stderr
