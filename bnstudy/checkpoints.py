@@ -2,7 +2,8 @@
 
 `AtomicCheckpointIO` (a Trainer plugin) replaces `last.ckpt` only once its new version is
 complete and keeps the one before as `last.ckpt.prev`; `resume_checkpoint` picks the newest
-of the two that loads, setting aside (never deleting) one that does not.
+of the two that loads, setting aside (never deleting) one that does not; `StudyCheckpoint`
+saves every N epochs and always the final state.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from bnstudy.records import replace_file
@@ -111,3 +113,16 @@ def _set_aside(path: Path) -> Path:
         aside = path.with_name(f"{path.name}.corrupt.{number}")
     path.rename(aside)
     return aside
+
+
+class StudyCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint`, which saves after every `every_n_epochs`-th epoch, plus a
+    save when training ends if its last step was not saved (a cadence that does not divide
+    `max_epochs`, an early stop): `last.ckpt` always holds the run's final state. A kill
+    between saves loses at most `every_n_epochs` - 1 epochs, and the resume from any saved
+    epoch is exact (the batch order depends only on the seed and the epoch)."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):  # (skips a step already saved)
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -230,3 +230,71 @@ def test_a_full_disk_at_metrics_json_keeps_the_old_record_and_says_what_to_do(
     message = str(failure.value)
     assert message.startswith(f"Could not write {record}: No space left on device.")
     assert RESUME_HINT in message and "\n" not in message
+
+
+# -- the checkpoint cadence (StudyCheckpoint's every_n_epochs) -----------------------------
+
+def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_path):
+    from bnstudy.checkpoints import StudyCheckpoint
+
+    saved = []
+
+    class Recording(AtomicCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            saved.append(checkpoint["global_step"])
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    L.seed_everything(0, verbose=False)
+    model = Tiny()
+    checkpoint = StudyCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1,
+                                 enable_version_counter=False, save_on_train_epoch_end=True,
+                                 every_n_epochs=2)
+    trainer = L.Trainer(plugins=[Recording()], callbacks=[checkpoint], max_epochs=5,
+                        accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(model)
+    assert saved == [8, 16, 20]  # 4 steps an epoch: after epochs 2 and 4, then the last
+    final = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == 20 and all(
+        torch.equal(final["state_dict"][name], value) for name, value in model.state_dict().items())
+    trainer = L.Trainer(plugins=[Recording()], callbacks=[
+        StudyCheckpoint(dirpath=tmp_path / "every", filename="last", every_n_epochs=1)],
+        max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False)
+    saved.clear()
+    trainer.fit(Tiny())
+    assert saved == [4, 8]  # the last epoch's save is the final state: not saved twice
+
+
+@pytest.mark.slow
+def test_a_kill_between_checkpoints_loses_at_most_the_cadence_and_resumes_exactly(
+        tiny_data, tmp_path):
+    from helpers import FAST, run_train
+
+    common = [*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=5", "seed=7",
+              "~callbacks.hallucinations", "callbacks.weight_grid.every_n_epochs=0"]
+    sparse = "callbacks.checkpoint.every_n_epochs=2"
+    runs = {}
+    for name, extra in (("every", []), ("sparse", [sparse])):
+        proc = run_train(*common, *extra, f"hydra.run.dir={tmp_path / name}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = read_record(tmp_path / name)
+    killed = tmp_path / "killed"
+    proc = run_train(*common, sparse, f"hydra.run.dir={killed}",  # Ctrl-C as epoch 3 starts
+                     "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
+                     "+callbacks.interrupt.epoch=3")
+    assert proc.returncode != 0 and read_record(killed)["status"] == "interrupted"
+    assert len(read_record(killed)["history"]) == 3  # epochs 0-2 trained, the last saved is 1
+    assert epoch_of(killed / "checkpoints" / "last.ckpt") == 1  # lost: 1 epoch (cadence - 1)
+    proc = run_train(*common, sparse, f"hydra.run.dir={killed}", "resume=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs["resumed"] = read_record(killed)
+
+    def result(record: dict) -> tuple:
+        return ([{k: v for k, v in row.items() if k != "time_s"} for row in record["history"]],
+                record["test"], record["status"])
+
+    assert result(runs["resumed"]) == result(runs["sparse"]) == result(runs["every"])
+    for name, directory in (("sparse", tmp_path / "sparse"), ("resumed", killed)):
+        last = torch.load(directory / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == runs[name]["history"][-1]["step"], name  # the final state

@@ -25,7 +25,7 @@ def test_benchmark_prints_its_figures(tiny_data):
                      r"fit set-up [\d.]+ s", out)
     assert "2 epoch(s) x 2 fit(s)" in out
     assert re.search(r"^bnstudy \(Lightning\): Classifier, TensorBoardLogger, callbacks: "
-                     r"MetricsHistory, .*Hallucinations, ModelCheckpoint$", out, re.M), out
+                     r"MetricsHistory, .*Hallucinations, StudyCheckpoint$", out, re.M), out
     assert "\nbare Lightning loop: BareClassifier, no logger, callbacks: none\n" in out
     for fits, short in (("bnstudy \\(Lightning\\)", "bnstudy"), ("bare Lightning loop", "bare")):
         check_pairs(out, fits, short)

@@ -1,8 +1,9 @@
-"""`python -m bnstudy.bench [study | plain] ...` (see the package docstring)."""
+"""`python -m bnstudy.bench [study | plain | profile] ...` (see the package docstring)."""
 
 import sys
 
-COMMANDS = {"study": "bnstudy.bench.study", "plain": "bnstudy.bench.plain"}
+COMMANDS = {"study": "bnstudy.bench.study", "plain": "bnstudy.bench.plain",
+            "profile": "bnstudy.bench.profile"}
 
 if __name__ == "__main__":
     import importlib

@@ -32,27 +32,21 @@ def target(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-_read: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # by the source's JSON: read once
-
-
 def read(source: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of a split: `source` is {"idx": root, "torchvision_class": ...}
-    (MNIST's files) or {"cifar": [batch files]}."""
-    key = json.dumps(source, sort_keys=True)
-    if key not in _read:
-        from pathlib import Path
+    """uint8 images and labels of a split (decoded once per process: `bnstudy.datafiles`):
+    `source` is {"idx": root, "torchvision_class": ..., "train": ...} (MNIST's files) or
+    {"cifar": [batch files]}."""
+    from pathlib import Path
 
-        from bnstudy import datafiles
+    from bnstudy import datafiles
 
-        if "cifar" in source:
-            _read[key] = datafiles.read_cifar_batches([Path(p) for p in source["cifar"]])
-        else:
-            import torchvision.datasets
+    if "cifar" in source:
+        return datafiles.read_cifar_batches([Path(p) for p in source["cifar"]])
+    import torchvision.datasets
 
-            dataset = getattr(torchvision.datasets, source["torchvision_class"])
-            _read[key] = datafiles.read_mnist(Path(source["idx"]), dataset, source["train"],
-                                              source["torchvision_class"])
-    return _read[key]
+    dataset = getattr(torchvision.datasets, source["torchvision_class"])
+    return datafiles.read_mnist(Path(source["idx"]), dataset, source["train"],
+                                source["torchvision_class"])
 
 
 def normalised(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -50,10 +50,10 @@ def _key(override: str) -> str:
 
 def study_overrides(overrides: list[str], hallucinations: bool = False) -> list[str]:
     """The study's command-line overrides: the default study's, each replaced by an override of
-    the same key, then the others; without the hallucinations unless asked."""
+    the same key, then the others; without the hallucinations unless asked or configured."""
     given = {_key(o) for o in overrides}
     chosen = [o for o in DEFAULT_STUDY if _key(o) not in given] + list(overrides)
-    if not hallucinations and "callbacks.hallucinations" not in given:
+    if not hallucinations and not any(k.startswith("callbacks.hallucinations") for k in given):
         chosen.append(NO_HALLUCINATIONS)
     return chosen
 
