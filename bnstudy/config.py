@@ -99,7 +99,7 @@ def register() -> None:
 
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
 BOOKKEEPING = ("paths.", "hydra.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
-               "experiment", "logger.", "+", "~")
+               "experiment", "logger", "+", "~")  # logger: logger=csv and logger.x.y=...
 
 
 def swept_suffix(override_dirname: str) -> str:
@@ -306,7 +306,7 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
 STUDY_KEYS = ("dataset", "model", "depth", "norm", "optim", "seed", "lr", "batch_size",
               "hidden_dim", "max_epochs")
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
-                "trainer.default_root_dir", "dataset.datamodule.data_dir")
+                "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.")
 
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
