@@ -387,8 +387,9 @@ def _unfinished_reason(job: Path, record: dict) -> str:
     if status == "failed":
         return f"failed: {record.get('error', '?')}"
     if status == "interrupted":
-        return (f"interrupted after {epochs} epoch(s) (Ctrl-C, a kill, or a time limit or "
-                "preemption its launcher did not requeue)")
+        why = record.get("error") or \
+            "Ctrl-C, a kill, or a time limit or preemption its launcher did not requeue"
+        return f"interrupted after {epochs} epoch(s) ({why})"
     if status == "running":
         return (f"no result after {epochs} epoch(s): still running in "
                 f"{describe_holder(holder(job))}, or killed")
@@ -466,7 +467,8 @@ def _close_job_log(out: Path) -> None:
 def _interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     """Records and says that the run stopped before its end, and how it goes on: by itself if
     its launcher requeues the job, else with resume=true."""
-    _record_quietly(Path(cfg.paths.output_dir) / RECORD_NAME, status="interrupted")
+    why = {"error": f"its launcher will not requeue it ({gave_up})"} if gave_up else {}
+    _record_quietly(Path(cfg.paths.output_dir) / RECORD_NAME, status="interrupted", **why)
     where = (f"hydra.sweep.dir={HydraConfig.get().sweep.dir}" if _is_multirun()
              else f"hydra.run.dir={cfg.paths.output_dir}")
     how = f"run the same command with resume=true {where}"

@@ -205,9 +205,10 @@ def test_resume_with_another_training_setting_is_refused(override, named, stored
     from bnstudy.train import RunExistsError, check_job_dir
 
     changed = compose_with(f"paths.output_dir={stored_job}", "resume=true", override)
-    with pytest.raises(RunExistsError, match="was run with other settings") as refused:
+    with pytest.raises(RunExistsError, match="was run with other settings: ") as refused:
         check_job_dir(changed, stored_job)
-    assert named in str(refused.value)
+    listed = str(refused.value).split("other settings: ")[1].split(". Resume with")[0]
+    assert named in listed.split("; ")
 
 
 def test_resume_with_other_bookkeeping_and_observers_goes_on(stored_job):

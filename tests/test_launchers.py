@@ -170,10 +170,13 @@ def test_a_time_limit_past_max_num_timeout_ends_interrupted_and_the_sweep_exits_
     assert f"{job.name}: interrupted after 1 epoch(s)" in proc.stderr
     assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr
     log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
-    assert "timed-out too many times" in log and "Its launcher will not requeue it" in log
+    assert "interrupted after 1 epoch(s) (its launcher will not requeue it (Job not requeued "\
+           "because: timed-out too many times))" in proc.stderr
+    assert "Its launcher will not requeue it" in log
     resumed = small_sweep(tiny_data, sweep, "resume=true", submitit=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
+    assert "error" not in read_record(job)  # the time-out's note went with it
 
 
 # -- torchvision's download, from a mirror on 127.0.0.1 -----------------------------------
