@@ -272,6 +272,11 @@ def validate(cfg: DictConfig) -> None:
     for key, value, ok, allowed in checks:
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}.")
+    if cfg.dataset.batch_size == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):
+        raise ConfigError(
+            f"dataset.batch_size=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
+            "the batch, which one image cannot give. Use dataset.batch_size=2 or more, or "
+            "norm=none / norm=layer.")
 
 
 def _number(value) -> bool:

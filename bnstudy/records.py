@@ -9,8 +9,13 @@ import json
 import math
 import os
 import secrets
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 from bnstudy.errors import RunFileError
 
@@ -37,6 +42,81 @@ def describe_write_error(err: OSError, path: str | os.PathLike) -> str:
         f"is complete, so the run's previous checkpoint and metrics.json are still usable. "
         f"To go on, {remedy}, then run the same command with resume=true."
     )
+
+
+class OutputFolder(Callback):
+    """Makes the run's folder (`hydra.run.dir`) or the sweep's (`hydra.sweep.dir`) before Hydra
+    does, and checks that a file can be written in it: a read-only or full disk ends the
+    command in one paragraph, before anything runs (Hydra's own attempt ends in a traceback)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # the run's name resolves Hydra's overrides
+        _make_output_folder(Path(config.hydra.run.dir), "the run's folder", "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _make_output_folder(Path(config.hydra.sweep.dir), "the sweep's folder", "hydra.sweep.dir")
+
+
+def _make_output_folder(folder: Path, what: str, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        remedy = _REMEDIES.get(err.errno, f"point {key} at a folder you can write to")
+        sys.exit(f"Could not write {what}, {folder}: {reason}. Nothing was run. To go on, "
+                 f"{remedy.replace('hydra.run.dir / hydra.sweep.dir', key)} (e.g. "
+                 f"{key}=$HOME/bnstudy/{'run' if key == 'hydra.run.dir' else 'sweep'}1), or "
+                 "launch from a folder you can write to (outputs/ is made where you launch).")
+
+
+def write_error(err: BaseException, job_dir: str | os.PathLike) -> str | None:
+    """`describe_write_error`'s paragraph for an OSError raised while a library wrote a run
+    file itself (Lightning's hparams.yaml, TensorBoard's events): a full or read-only disk
+    wherever the file was, or no permission under `job_dir`; None for anything else (a data
+    file that cannot be read is not a write error)."""
+    if not isinstance(err, OSError) or isinstance(err, RunFileError):
+        return None
+    path = err.filename
+    inside = path is not None and \
+        Path(os.path.abspath(path)).is_relative_to(Path(job_dir).absolute())
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or \
+            (inside and err.errno in (errno.EACCES, errno.EPERM)):
+        return describe_write_error(err, path or job_dir)
+    return None
+
+
+RUN_FILES = (".hydra", "train.log", "job.lock", RECORD_NAME, "hparams.yaml",
+             "events.out.tfevents.*", "checkpoints", "images")  # what a run writes at its start
+
+
+def discard_untrained(job_dir: str | os.PathLike) -> bool:
+    """Removes a job directory in which nothing was trained (no epoch in its record, no
+    checkpoint) and which holds only what a run writes (`RUN_FILES`): a mistake found before
+    training (a value out of range, missing data, a refused write) leaves no folder for the
+    report to list. Whether the directory is gone; one holding anything else stays as it is."""
+    job_dir = Path(job_dir)
+    try:
+        record = read_record(job_dir)
+        entries = list(job_dir.iterdir())
+    except (OSError, ValueError):
+        return False
+    if record.get("history") or any((job_dir / "checkpoints").glob("last.ckpt*")) or \
+            not all(any(entry.match(pattern) for pattern in RUN_FILES) for entry in entries):
+        return False
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    try:
+        job_dir.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def replace_file(

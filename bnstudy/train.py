@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -47,7 +48,14 @@ from bnstudy.jobdir import (
     launcher_job,
     same_job,
 )
-from bnstudy.records import RECORD_NAME, read_record, replace_file, update_record
+from bnstudy.records import (
+    RECORD_NAME,
+    discard_untrained,
+    read_record,
+    replace_file,
+    update_record,
+    write_error,
+)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -131,6 +139,7 @@ def quiet_console() -> None:
     for message in (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
                     ".*all_gather is deprecated.*"):
         warnings.filterwarnings("ignore", message)
+    logging.captureWarnings(True)  # the others go to train.log too (the console: console.py)
 
 
 def is_primary() -> bool:
@@ -349,6 +358,10 @@ class SweepSummary(HydraCallback):
         if unfinished:
             lines = "\n".join(f"  {name}: {reason}" for name, reason in
                               sorted(unfinished.items(), key=lambda item: _job_order(item[0])))
+            if _discard_empty_sweep(sweep_dir):  # every job failed before training
+                sys.exit(f"{len(unfinished)} job(s) failed before training, so nothing was kept "
+                         f"({sweep_dir} removed):\n{lines}\nFix the cause, then run the "
+                         "command again.")
             sys.exit(
                 f"{len(unfinished)} job(s) of {sweep_dir} did not finish; the others kept their "
                 f"results:\n{lines}\nFix the cause, then re-run the same command with "
@@ -356,25 +369,45 @@ class SweepSummary(HydraCallback):
             )
 
 
-def _note_refusal(cfg: DictConfig, message: str) -> None:
-    """Leaves a refused job's message for its sweep's summary, which may run in another
-    process (submitit, joblib)."""
+def _discard_empty_sweep(sweep_dir: Path) -> bool:
+    """Removes a sweep directory that no job left a folder in, with the sweep's own files (its
+    plan multirun.yaml, views such as `+mean/`); anything else keeps it. Whether it is gone."""
+    if not sweep_dir.is_dir():
+        return False
+    entries = list(sweep_dir.iterdir())
+    own = [p for p in entries if p.name == "multirun.yaml" or p.name.startswith(("+", "."))]
+    if len(own) < len(entries):  # a job's folder (or someone else's file)
+        return False
+    for entry in own:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    with contextlib.suppress(OSError):
+        sweep_dir.rmdir()
+    return not sweep_dir.exists()
+
+
+def _note_refusal(cfg: DictConfig, message: str, why: str = "refused") -> None:
+    """Leaves a job's message for its sweep's summary, which may run in another process
+    (submitit, joblib), where its directory does not say it: a refused job (its directory is
+    another run's) or one that failed before training (its directory was removed)."""
     folder = os.environ.get(REFUSALS_ENV)
     if folder:
         try:
             replace_file(Path(folder) / f"{Path(cfg.paths.output_dir).name}.txt",
-                         message.encode())
+                         f"{why}: {message}".encode())
         except RunFileError:
             pass  # the refusal is in the job's log; the record says what the directory holds
 
 
 def _collect_refusals() -> dict[str, str]:
-    """The refused jobs of the sweep that is ending (`REFUSALS_ENV`), by job directory name,
-    with their messages; their folder is removed."""
+    """The jobs of the sweep that is ending that left a note (`_note_refusal`), by job
+    directory name, with their notes; the notes' folder is removed."""
     folder = os.environ.pop(REFUSALS_ENV, None)
     if not folder or not Path(folder).is_dir():
         return {}
-    refused = {note.stem: f"refused: {note.read_text()}" for note in Path(folder).glob("*.txt")}
+    refused = {note.stem: note.read_text() for note in Path(folder).glob("*.txt")}
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):
         Path(folder).parent.rmdir()  # .refused/, when no other sweep is writing there
@@ -441,17 +474,40 @@ def run(cfg: DictConfig, lock: JobDirLock | None) -> dict | None:
             if _is_multirun():
                 return {"status": "interrupted"}
             sys.exit(1)
-        message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
+        message, trace = write_error(err, cfg.paths.output_dir), None  # a library's own file
+        if message is None:
+            message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
     except BaseException:  # Ctrl-C, a kill, a time limit: the run can be resumed
         _interrupted(cfg)
         raise
-    _record_quietly(record_path, status="failed", error=message, traceback=trace)
+    out = Path(cfg.paths.output_dir)
+    if trace is None and lock is not None and discard_untrained(out):  # a mistake found
+        _close_job_log(out)  # before training: no folder is left for the report to list
+        log.error("%s failed before training; nothing was kept (%s removed): %s",
+                  cfg.run_name, out, message)
+        if _is_multirun():
+            _note_refusal(cfg, message, "failed before training, nothing kept")
+            return {"status": "failed", "error": message}
+        sys.exit(1)
+    if not _is_multirun():  # a sweep's summary names the command that resumes it
+        message = f"{message} Resume with: {resume_command(cfg)}"
+    _record_quietly(record_path, status="failed", run_name=cfg.run_name, error=message,
+                    traceback=trace)
     if trace:
         log.error(trace)
     log.error("%s failed: %s", cfg.run_name, message)
     if _is_multirun():
         return {"status": "failed", "error": message}
     sys.exit(1)
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command that goes on with this single run: its overrides, `resume=true` and its
+    directory."""
+    task = [o for o in HydraConfig.get().overrides.task
+            if not o.startswith(("resume=", "hydra.run.dir="))] if HydraConfig.initialized() else []
+    return shlex.join(["python", "-m", "bnstudy.train", *task, "resume=true",
+                       f"hydra.run.dir={cfg.paths.output_dir}"])
 
 
 def _close_job_log(out: Path) -> None:

@@ -80,3 +80,19 @@ class PauseAtEpoch(Callback):
         deadline = time.monotonic() + self.timeout
         while not Path(self.until).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class WriteFailsAtEpoch(Callback):
+    """When `epoch` starts, raises the OSError a library's own write of `<job dir>/<name>`
+    raises on a full disk (ENOSPC), as Lightning's hparams.yaml or TensorBoard's events would."""
+
+    def __init__(self, epoch: int, name: str) -> None:
+        self.epoch, self.name = epoch, name
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        import errno
+        import os
+
+        if trainer.current_epoch == self.epoch:
+            path = os.path.join(trainer.default_root_dir, self.name)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

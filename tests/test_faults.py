@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import socket
 from pathlib import Path
@@ -80,15 +81,18 @@ def test_unknown_option_names_the_group_and_its_options(override, group, options
                      "lr: no such setting. Valid keys at the top level: callbacks, dataset,",
                      marks=SLOW),
         ("+dataset.momentum=0.9", "dataset.momentum: no such setting. Valid keys under dataset:"),
+        pytest.param("dataset.batch_size=1", "dataset.batch_size=1 with norm=bn: BatchNorm "
+                     "normalises over the batch, which one image cannot give", marks=SLOW),
     ],
 )
 def test_invalid_value_stops_before_training(override, message, tiny_data, tmp_path):
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", override, f"hydra.run.dir={tmp_path}")
+    """Refused before training, and no run folder is left for the report to list."""
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", override, "hydra.run.dir=run",
+                     cwd=tmp_path)
     assert proc.returncode == 1
-    assert message in proc.stderr
+    assert message in proc.stderr and "failed before training; nothing was kept" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert record(tmp_path)["status"] == "failed" and message in record(tmp_path)["error"]
-    assert not (tmp_path / "checkpoints").exists()
+    assert list(tmp_path.iterdir()) == []  # the run folder Hydra made is gone
 
 
 def test_missing_data_with_download_disabled(tmp_path):
@@ -104,6 +108,7 @@ def test_missing_data_with_download_disabled(tmp_path):
     )
     assert "download is disabled" in proc.stderr and "paths.data_dir" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "nothing was kept" in proc.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow  # the message in the fast loop: test_data.py's test_truncated_idx_file...
@@ -497,3 +502,94 @@ def test_a_sweep_of_ok_and_diverged_jobs_exits_0(tiny_data, tmp_path):
                      "trainer.max_epochs=2", "~callbacks.hallucinations")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(record(job)["status"] for job in tmp_path.glob("*_*")) == ["diverged", "ok"]
+
+
+def test_a_sweep_whose_config_fails_keeps_nothing_and_names_no_resume(tiny_data, tmp_path):
+    """Every job refused before training: no job folder, no sweep folder, and the summary
+    names each job and its reason, without a resume hint that could not work."""
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.batch_size=0",
+                     "norm=bn,none", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "2 job(s) failed before training, so nothing was kept" in proc.stderr
+    for job in ("0_mnist-bn-sgd-seed0", "1_mnist-none-sgd-seed0"):
+        assert f"  {job}: failed before training, nothing kept: dataset.batch_size=0 is out " \
+            "of range" in proc.stderr
+    assert "Fix the cause, then run the command again." in proc.stderr
+    assert "resume=true" not in proc.stderr and "?" not in proc.stderr
+    assert not sweep.exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_keeps_its_finished_jobs_and_resumes_past_one_that_never_trained(
+        tiny_data, tmp_path):
+    from bnstudy.report.runs import load_runs, never_started
+
+    proc = run_sweep(tmp_path, tiny_data, "dataset.batch_size=0,32", "trainer.max_epochs=1",
+                     "~callbacks.hallucinations")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [p.name for p in tmp_path.glob("*_*")] == ["1_mnist-bn-sgd-seed0-batch_size=32"]
+    assert "  0_mnist-bn-sgd-seed0-batch_size=0: failed before training, nothing kept" in \
+        proc.stderr
+    assert f"resume=true hydra.sweep.dir={tmp_path}" in proc.stderr and "?" not in proc.stderr
+    assert [r.outcome for r in load_runs(tmp_path)] == ["ok"]
+    assert never_started(tmp_path) == ["dataset.batch_size=0"]  # counted as missing
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create anything in: a read-only one, or (as root, who
+    writes anywhere) one under /sys, which refuses even root."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder if os.geteuid() != 0 else Path("/sys/bnstudy-test")
+
+
+@pytest.mark.parametrize("mode,key", [("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")])
+def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
+    where = read_only_folder(tmp_path) / "out"
+    proc = run_train(*[m for m in [mode] if m], "paths.data_dir=/nonexistent", "seed=0",
+                     f"{key}={where}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    what = "run's" if key == "hydra.run.dir" else "sweep's"
+    assert f"Could not write the {what} folder, {where}: " in proc.stderr
+    assert "Nothing was run." in proc.stderr and f"point {key} at a" in proc.stderr
+    assert not where.exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_picture_fails_the_run_with_its_resume_command(tiny_data, tmp_path):
+    """The disk refuses a PNG: one paragraph, no partial file, the record says failed with
+    the command that goes on, and that command finishes the run."""
+    job = tmp_path / "job"
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                     "~callbacks.hallucinations", f"hydra.run.dir={job}",
+                     "+callbacks.full._target_=tests.faults.DiskFullAtEpoch",
+                     "+callbacks.full.epoch=1", "+callbacks.full.name=.png")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    rec = record(job)
+    assert rec["status"] == "failed" and "Could not write " in rec["error"]
+    assert ".png: No space left on device" in rec["error"]
+    command = rec["error"].split("Resume with: ")[1]
+    assert command.startswith("python -m bnstudy.train ") and \
+        command.endswith(f" resume=true hydra.run.dir={job}")
+    assert rec["error"] in proc.stderr
+    assert not [p for p in job.rglob("*") if p.name.endswith(".tmp")]  # no partial file
+    overrides = [o.replace("name=.png", "name=never") for o in shlex.split(command)[3:]]
+    resumed = run_train(*overrides)  # the disk freed
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert record(job)["status"] == "ok" and len(record(job)["history"]) == 2
+
+
+@pytest.mark.slow
+def test_a_library_that_cannot_write_its_file_fails_the_run_in_one_paragraph(tiny_data,
+                                                                              tmp_path):
+    """An OSError from a file a library writes itself (Lightning's hparams.yaml, TensorBoard's
+    events): the write paragraph, not a traceback, and the record says failed."""
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                     "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}",
+                     "+callbacks.full._target_=tests.faults.WriteFailsAtEpoch",
+                     "+callbacks.full.epoch=1", "+callbacks.full.name=hparams.yaml")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"Could not write {tmp_path / 'hparams.yaml'}: No space left on device" in proc.stderr
+    assert record(tmp_path)["status"] == "failed" and "Resume with: " in record(tmp_path)["error"]

@@ -193,3 +193,48 @@ def test_a_runs_hparams_keep_their_types_in_tensorboard(tiny_data, tmp_path):
         ("seed", "max_epochs", "lr", "batch_size", "hidden_dim", "depth"), "number_value")
     assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
     assert kinds["dataset"] == kinds["norm"] == kinds["optim"] == "string_value"
+
+
+def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once():
+    import logging
+
+    from bnstudy.console import StudyLines
+
+    def shown(name: str, level: int, message: str) -> bool:
+        return StudyLines().filter(logging.LogRecord(name, level, __file__, 1, message, (), None))
+
+    StudyLines.shown.clear()
+    assert shown("bnstudy", logging.INFO, "mnist-bn-sgd-seed0: training 1 epochs into x")
+    assert not shown("lightning.pytorch.utilities.rank_zero", logging.INFO, "GPU available: …")
+    subset = "cifar-10-batches-py: data_batch_1 do(es) not match the official CIFAR-10 checksums"
+    assert shown("bnstudy.data", logging.WARNING, subset)
+    assert not shown("bnstudy.data", logging.WARNING, subset)  # a sweep's next job: not again
+    assert shown("py.warnings", logging.WARNING, "UserWarning: something real")
+    for routine in ("Checkpoint directory /x/checkpoints exists and is not empty.",
+                    "The number of training batches (4) is smaller than the logging interval"):
+        assert not shown("py.warnings", logging.WARNING, f"…/model_checkpoint.py:1: {routine}")
+    assert shown("bnstudy", logging.ERROR, "x failed: …") and \
+        shown("bnstudy", logging.ERROR, "x failed: …")  # errors every time
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_console_has_no_checkpoint_directory_notice(tiny_data, tmp_path):
+    """Lightning warns that a resumed run's checkpoints/ exists: train.log keeps it (through
+    Python's warnings, captured), the console does not show it."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, entry_point_env
+
+    common = (*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+              "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}")
+    run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
+              "+callbacks.stop.epoch=1")
+    env = {k: v for k, v in entry_point_env().items() if k != "PYTHONWARNINGS"}  # Python's own
+    proc = subprocess.run([sys.executable, "-m", "bnstudy.train", *common, "resume=true"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notice = "exists and is not empty"
+    assert notice not in proc.stdout + proc.stderr
+    assert notice in (tmp_path / "train.log").read_text()
+    assert f"Files: {tmp_path} (" in proc.stderr
