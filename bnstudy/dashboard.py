@@ -287,14 +287,15 @@ def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
         for metric in COMPARED} for pair in pairs}
 
 
-def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict) -> bytes:
+def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict,
+                now: float | None = None) -> bytes:
     """One `+mean` run's events file: version, SessionLog START, layout, then the curves of
-    its pairs (`mean_curves(...)[group]`), all at the write's wall time."""
+    its pairs (`mean_curves(...)[group]`), all at the wall time `now` (default: the clock's)."""
     from tensorboard.compat.proto.event_pb2 import Event, SessionLog
     from tensorboard.summary.writer.record_writer import RecordWriter
     from torch.utils.tensorboard.summary import custom_scalars, scalar
 
-    now, buffer = time.time(), io.BytesIO()
+    now, buffer = time.time() if now is None else now, io.BytesIO()
     records = RecordWriter(buffer)
     for event in (Event(wall_time=now, file_version="brain.Event:2"),
                   Event(wall_time=now, step=0, session_log=SessionLog(status=SessionLog.START)),
@@ -328,11 +329,15 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
         layout = mean_layout(pairs, curves)
         versions = [int(p.name.split(".")[3]) for p in root.glob("*/events.out.tfevents.*.mean")]
         version = max(versions, default=0) + 1
+        # dated when the sweep started (Hydra's multirun.yaml): TensorBoard lists runs by their
+        # first event's time, so these come first, and take the first colours of its palette
+        plan = sweep_dir / "multirun.yaml"
+        started = plan.stat().st_mtime if plan.is_file() else None
         for group, by_pair in curves.items():
             run = root / group
             run.mkdir(exist_ok=True)
             partial = run / f".{version}.partial"  # not an events file until renamed
-            partial.write_bytes(mean_events(by_pair, layout))
+            partial.write_bytes(mean_events(by_pair, layout, started))
             os.replace(partial, run / f"events.out.tfevents.{version:010d}.mean")
     return [f"{MEAN_DIR}/{group}" for group in curves]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -257,6 +258,7 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
     refresh_mean_runs(tmp_path)
 
     run = tmp_path / "+mean" / "bn"
+    assert not (tmp_path / "multirun.yaml").exists()  # no sweep start known: dated now
     assert sorted(p.name for p in run.iterdir()) == [  # a new file each time, none half-written
         "events.out.tfevents.0000000001.mean", "events.out.tfevents.0000000002.mean"]
     scalars, categories = read_mean_run(run)
@@ -274,6 +276,15 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
     assert [(s.value, s.lower, s.upper) for s in charts[2].margin.series] == [
         tuple(mean_tag("mnist-sgd", "val/acc", part) for part in ("mean", "lower", "upper"))]
     assert read_mean_run(tmp_path / "+mean" / "none")[1] == categories  # the same layout
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    plan = tmp_path / "multirun.yaml"  # Hydra's, when the sweep started: the runs' date
+    plan.write_text("{}")
+    os.utime(plan, (1_700_000_000, 1_700_000_000))
+    refresh_mean_runs(tmp_path)
+    newest = sorted(run.glob("events.out.tfevents.*"))[-1]
+    assert {e.wall_time for e in EventFileLoader(str(newest)).Load()} == {1_700_000_000}
 
 
 def test_a_refresh_waits_for_the_one_in_progress(tmp_path):
@@ -325,6 +336,7 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
     pair; a job that ends while it runs moves the mean; the per-run curves are still there."""
     from bnstudy.dashboard import BROWSE_URL, mean_tag, refresh_mean_runs
 
+    (tmp_path / "multirun.yaml").write_text("{}")  # as Hydra writes it when a sweep starts
     rng = np.random.default_rng(0)
     accs = {}
     for dataset in ("mnist", "cifar10"):
@@ -365,8 +377,8 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
     flags = ["--load_fast=false"] if loader == "python" else ["--load_fast=true"]
     with tensorboard_server(tmp_path, lambda url: shows(url, 7), *flags,
                             log=tmp_path.parent / f"tensorboard-{loader}.log") as url:
-        runs = get_json(f"{url}/data/runs")
-        assert len(runs) == 58 and {"+mean/bn", "+mean/none"} <= set(runs)
+        runs = get_json(f"{url}/data/runs")  # by start: the mean runs first (first colours)
+        assert len(runs) == 58 and runs[:2] == ["+mean/bn", "+mean/none"]
         # the URL's filter keeps the mean runs alone: they are what the page selects
         regex = re.compile(urllib.parse.unquote(BROWSE_URL.split("regexInput=")[1]))
         assert sorted(run for run in runs if regex.search(run)) == ["+mean/bn", "+mean/none"]

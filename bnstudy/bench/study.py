@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -114,7 +115,13 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
                 "Time that study with `python -m bnstudy.bench` (per epoch) instead.")
         settings = OmegaConf.to_container(cfg.dataset.datamodule, resolve=True)
         datamodule = get_class(settings.pop("_target_"))(**settings)
-        datamodule.setup("fit")
+        data_log = logging.getLogger("bnstudy.data")  # its warnings: the study said them
+        level = data_log.level
+        data_log.setLevel(logging.ERROR)
+        try:
+            datamodule.setup("fit")
+        finally:
+            data_log.setLevel(level)
         data = {"mean": list(datamodule.mean), "std": list(datamodule.std),
                 "split_seed": datamodule.split_seed, "n_train": len(datamodule.train_set),
                 "n_val": len(datamodule.val_set)}
