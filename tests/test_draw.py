@@ -4,15 +4,22 @@ report reading the new ones."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import pty
 import shutil
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import WarmStarter, entry_point_env
+from helpers import REPO, WarmStarter, entry_point_env
 
 from bnstudy import draw
 from bnstudy.pictures.drawing import FINAL_FILES
@@ -195,3 +202,31 @@ def test_the_entry_point_refuses_a_path_without_runs(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_a_progress_bar_and_a_log_file_does_not(sweep, tmp_path):
+    job = next(sweep.glob("0_*"))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.run([sys.executable, "-m", "bnstudy.draw", str(job), "steps=2"],
+                          cwd=REPO, env=entry_point_env(), stdout=subprocess.PIPE,
+                          stderr=slave, timeout=300)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"drawing:" in shown and b"1/1" in shown  # the bar, on the terminal
+    assert b"drawing:" not in proc.stdout and b"\r" not in proc.stdout  # the lines: plain
+    assert f"{job.name}: drawn (steps=2)".encode() in proc.stdout
+    env = entry_point_env()
+    piped = WarmStarter.get(env).run("bnstudy.draw", [str(job), "steps=3"], tmp_path, env, 300)
+    assert piped.returncode == 0 and "drawing:" not in piped.stderr  # no bar in a log file
