@@ -1,6 +1,7 @@
 """The hallucination recipe: one input per class that a trained network finds most typical of
-that class, optimised from seeded noise (`hallucinate`). The `Hallucinations` callback
-(`bnstudy.callbacks`) draws it during training; `docs/pictures.md` explains each knob.
+that class, optimised from seeded noise (`hallucinate`). `bnstudy.pictures.drawing.Hallucinator`
+applies it with a run's data, for the `Hallucinations` callback during training and for
+`python -m bnstudy.draw` after it; `docs/pictures.md` explains each knob.
 """
 
 from __future__ import annotations
