@@ -81,8 +81,6 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
         trackers.make_loggers(cfg.logger, "run")
 
 
-@pytest.mark.xfail(strict=True, reason="needs /tmp/team/config_logger_keys.patch in "
-                                       "bnstudy/config.py (the lead's file)")
 def test_the_tracker_choice_is_bookkeeping_not_a_setting():
     from hydra.core.hydra_config import HydraConfig
 
