@@ -225,7 +225,7 @@ def draw_run(run: SavedRun, given: dict, defaults: dict, data: DataCache,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bnstudy.draw", description=__doc__.splitlines()[0],
+        prog="python -m bnstudy.draw", description=__doc__.split("\n\n")[0],
         epilog="e.g. python -m bnstudy.draw outputs/multirun/2026-01-01_10-00-00 "
                "hallucinations.steps=400 objective=logit")
     parser.add_argument("path", type=Path, help="a sweep's or a run's directory")

@@ -114,7 +114,7 @@ def result_line(run: SavedRun, result: dict, written: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bnstudy.eval", description=__doc__.splitlines()[0],
+        prog="python -m bnstudy.eval", description=__doc__.split("\n\n")[0],
         epilog="e.g. python -m bnstudy.eval outputs/multirun/2026-01-01_10-00-00")
     parser.add_argument("path", type=Path,
                         help="a run's directory, a sweep's directory, or a checkpoint file")
