@@ -434,3 +434,9 @@ def write_job(sweep_dir: Path, val_acc: list[float], status: str = "ok", error: 
               "wall_time_s": 10.0 + hp["seed"], "error": error}
     (job / "metrics.json").write_text(json.dumps(record))
     return job
+
+
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job directories, in name order: its sub-directories but the `+mean` view
+    (the sweep's mean-over-seeds TensorBoard runs, `bnstudy.dashboard`)."""
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("+"))

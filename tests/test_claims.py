@@ -234,6 +234,6 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
     write_pair(tmp_path, *FAST_EARLY)
     report = write_report(tmp_path, {}, costs=lambda runs: {("mnist", "sgd"): cost(2.0)})
     text = report.read_text()
-    assert "![accuracy against compute](time.png)" in text
-    assert (report.parent / "time.png").is_file()
+    assert "![accuracy against compute](time_compute.png)" in text
+    assert (report.parent / "time_compute.png").is_file()
     assert "| MNIST, SGD | 2000 µs | 1000 µs | **2.00** (2.00 to 2.00) |" in text

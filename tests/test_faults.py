@@ -15,6 +15,7 @@ from helpers import (
     run_sweep,
     run_train,
     start_train,
+    sweep_jobs,
     wait_for_file,
     write_cifar10,
     write_job,
@@ -164,10 +165,10 @@ def test_one_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
         f"hydra.sweep.dir={tmp_path}",
     )
     assert proc.returncode == 1
-    failed, good = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert record(failed)["status"] == "failed" and "batch_size=0" in record(failed)["error"]
+    (good,) = sweep_jobs(tmp_path)  # the failing job never trained: it left no directory
     assert record(good)["status"] == "ok" and record(good)["test"]["acc"] is not None
-    assert "1 job(s)" in proc.stderr and failed.name in proc.stderr
+    assert "1 job(s)" in proc.stderr and "batch_size=0: failed before training" in proc.stderr
+    assert "dataset.batch_size=0 is out of range" in proc.stderr
 
 
 @pytest.mark.slow
@@ -236,7 +237,7 @@ def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
     interrupted = run_train(*common, "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
                             "+callbacks.interrupt.epoch=1")
     assert interrupted.returncode != 0
-    (first,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (first,) = sweep_jobs(tmp_path)
     assert first.name == "0_mnist-bn-sgd-seed0"  # named by what varies (norm), not max_epochs
     assert record(first)["status"] == "interrupted"
     epoch0 = record(first)["history"]
@@ -244,7 +245,7 @@ def test_interrupted_sweep_resumes_skipping_finished_jobs(tiny_data, tmp_path):
 
     resumed = run_train(*common, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    first, second = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    first, second = sweep_jobs(tmp_path)
     assert record(first)["status"] == record(second)["status"] == "ok"
     assert record(first)["history"][:1] == epoch0  # continued from the checkpoint, not redone
     assert [row["epoch"] for row in record(second)["history"]] == [0, 1]
@@ -306,7 +307,7 @@ def test_a_swept_setting_is_recorded_named_and_never_pooled(tiny_data, tmp_path)
                      "trainer.limit_train_batches=2", "~callbacks.hallucinations",
                      "optim.optimizer.momentum=0.0,0.9", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    jobs = sweep_jobs(tmp_path)
     # Named by what the sweep varies; the settings every job shares are in the records only.
     assert [j.name for j in jobs] == ["0_mnist-bn-sgd-seed0-momentum=0.0",
                                       "1_mnist-bn-sgd-seed0-momentum=0.9"]
@@ -346,7 +347,7 @@ def test_a_full_disk_fails_the_job_with_a_paragraph_and_the_sweep_goes_on(tiny_d
                      "+callbacks.full._target_=tests.faults.DiskFullAtEpoch",
                      "+callbacks.full.epoch=1,9", "+callbacks.full.name=last.ckpt")  # 9: never
     assert proc.returncode == 1
-    first, second = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    first, second = sweep_jobs(tmp_path)
     error = record(first)["error"]
     assert record(first)["status"] == "failed" and "Traceback" not in proc.stderr
     assert "Could not write" in error and "last.ckpt: No space left on device" in error

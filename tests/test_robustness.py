@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, compose_config, run_train, write_job
+from helpers import FAST, compose_config, run_train, sweep_jobs, write_job
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
@@ -105,7 +105,7 @@ def final_accs(sweep_dir: Path) -> dict[tuple[str, float], tuple[str, float]]:
 
 @pytest.mark.slow
 def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
-    jobs = sorted(p.name for p in lr_sweep.iterdir() if p.is_dir())
+    jobs = [p.name for p in sweep_jobs(lr_sweep)]
     assert len(jobs) == 2 * len(TINY_LRS)
     assert {name.split("_", 1)[1] for name in jobs} == {
         f"mnist-{norm}-sgd-seed0-lr={lr}" for norm in ("bn", "none")  # only what varies

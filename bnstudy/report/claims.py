@@ -729,7 +729,7 @@ def claims_section(comparisons: dict[tuple, dict[str, list[Run]]], sweep_dir: Pa
         if measured:
             from bnstudy.report.figures import time_figure
 
-            name = "time" + "".join(f"_{k}{v}" for k, v in setting)
+            name = "time_compute" + "".join(f"_{k}{v}" for k, v in setting)
             figures[name] = time_figure(studies[setting], measured)
             lines += [f"![accuracy against compute]({name}.png)", "",
                       cost_table(studies[setting], measured), ""]

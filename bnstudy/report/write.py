@@ -278,7 +278,7 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
     decoded pixels, so the two are the same picture; the figures are closed."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
-    stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time*.png",
+    stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time_*.png",
              *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
     for pattern in stale:
         for old in out.glob(pattern):
