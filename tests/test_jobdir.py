@@ -101,3 +101,18 @@ def test_a_submitit_local_requeue_is_the_same_controller(launcher_env):
     assert is_requeue(job, launcher_job())
     launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
     assert not is_requeue(job, launcher_job())
+
+
+def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # as on Lustre mounted without -o flock
+    with JobDirLock(tmp_path) as lock:
+        lock.acquire("mnist-bn-sgd-seed0")
+    assert f"Could not lock {tmp_path / LOCK_NAME}" in caplog.text
+    assert "nothing stops a second process" in caplog.text
+    assert holder(tmp_path) == {}
