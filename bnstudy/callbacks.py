@@ -25,7 +25,6 @@ from bnstudy.pictures.drawing import (
     draw_weights,
     save_weights,
 )
-from bnstudy.pictures.grids import weight_grid  # noqa: F401  (bnstudy.report.picture_section)
 from bnstudy.records import update_record
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 - `recipe`: the hallucination recipe (`hallucinate`: objective, parametrisation, jitter, blur);
 - `grids`: first-layer weight grids and class-labelled image grids;
+- `drawing`: drawing a model's pictures into a run (the callbacks and `bnstudy.draw` use it);
 - `measures`: the numbers that say what the pictures show (recognisability, colour, sharpness…);
 - `table`: a run's saved pictures, its dataset's references and its `pictures.csv` row.
 

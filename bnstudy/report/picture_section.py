@@ -166,7 +166,7 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
     import torch
     from torchvision.utils import make_grid
 
-    from bnstudy.callbacks import weight_grid
+    from bnstudy.pictures.grids import weight_grid
 
     configs = [c for c in configurations(picture_runs)
                if first_seed(picture_runs, *c, "weights") is not None]
