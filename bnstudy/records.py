@@ -80,7 +80,7 @@ def write_error(err: BaseException, job_dir: str | os.PathLike) -> str | None:
     file that cannot be read is not a write error)."""
     if not isinstance(err, OSError) or isinstance(err, RunFileError):
         return None
-    path = err.filename
+    path = None if err.filename is None else os.fsdecode(err.filename)  # TensorBoard's: bytes
     inside = path is not None and \
         Path(os.path.abspath(path)).is_relative_to(Path(job_dir).absolute())
     if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or \

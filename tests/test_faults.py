@@ -594,3 +594,20 @@ def test_a_library_that_cannot_write_its_file_fails_the_run_in_one_paragraph(tin
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"Could not write {tmp_path / 'hparams.yaml'}: No space left on device" in proc.stderr
     assert record(tmp_path)["status"] == "failed" and "Resume with: " in record(tmp_path)["error"]
+
+
+def test_a_write_error_names_the_file_whatever_the_library_gave():
+    """TensorBoard's event writer names its file in bytes; a data file that cannot be read
+    (outside the job directory, no permission) is not a write error."""
+    import errno
+
+    from bnstudy.records import write_error
+
+    events = b"/runs/job/events.out.tfevents.1.vm.2.0"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), events)
+    assert write_error(full, "/runs/job").startswith(
+        f"Could not write {os.fsdecode(events)}: No space left on device.")
+    denied = OSError(errno.EACCES, os.strerror(errno.EACCES), "/data/MNIST/raw/x")
+    assert write_error(denied, "/runs/job") is None
+    assert write_error(OSError(errno.EACCES, "denied", "/runs/job/hparams.yaml"), "/runs/job")
+    assert write_error(ValueError("not an OSError"), "/runs/job") is None
