@@ -14,6 +14,7 @@ import shlex
 import shutil
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -140,6 +141,18 @@ def quiet_console() -> None:
                     ".*all_gather is deprecated.*"):
         warnings.filterwarnings("ignore", message)
     logging.captureWarnings(True)  # the others go to train.log too (the console: console.py)
+    threading.excepthook = _thread_exception
+
+
+def _thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An OSError in a writer's thread (TensorBoard's events on a full disk) goes to train.log
+    only: the writer raises it again in the run, which then ends in one paragraph. Any other
+    thread's exception is printed as Python prints it."""
+    if isinstance(args.exc_value, OSError):
+        logging.getLogger("py.threads").info("%s in thread %s (the run reports it)",
+                                             args.exc_value, getattr(args.thread, "name", "?"))
+    else:
+        threading.__excepthook__(args)
 
 
 def is_primary() -> bool:

@@ -238,3 +238,23 @@ def test_a_resumed_runs_console_has_no_checkpoint_directory_notice(tiny_data, tm
     assert notice not in proc.stdout + proc.stderr
     assert notice in (tmp_path / "train.log").read_text()
     assert f"Files: {tmp_path} (" in proc.stderr
+
+
+def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog):
+    """TensorBoard's event writer fails in its own thread on a full disk (and raises again in
+    the run, which reports it): Python's thread traceback stays off the console."""
+    import errno
+    import logging
+    import threading
+
+    from bnstudy.train import _thread_exception
+
+    def hook_args(error):
+        return threading.ExceptHookArgs((type(error), error, None, threading.current_thread()))
+
+    with caplog.at_level(logging.INFO, logger="py.threads"):
+        _thread_exception(hook_args(OSError(errno.ENOSPC, "No space left on device")))
+    assert capsys.readouterr().err == ""
+    assert "No space left on device" in caplog.text
+    _thread_exception(hook_args(ValueError("a bug")))  # any other error: Python's traceback
+    assert "ValueError: a bug" in capsys.readouterr().err
