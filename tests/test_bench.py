@@ -76,7 +76,7 @@ def test_study_benchmark_times_a_tiny_study_and_the_same_runs_alternately(tiny_d
     assert "plain: the same runs in one PyTorch process, 1 torch thread(s)\n" in out
     assert re.search(r"^machine: \d+-core CPU \(.*\), (no GPU|.+)$", out, re.M), out
     rounds = re.findall(r"^round (\d) \((study then plain|plain then study)\): study ([\d.]+) s, "
-                        r"plain ([\d.]+) s, ratio ([\d.]+)$", out, re.M)
+                        r"plain ([\d.]+) s, ratio ([\d.]+) \(load [\d.]+\)$", out, re.M)
     assert [(n, order) for n, order, *_ in rounds] == [("1", "study then plain"),
                                                        ("2", "plain then study")]
     study, plain = [float(r[2]) for r in rounds], [float(r[3]) for r in rounds]

@@ -11,8 +11,9 @@ bnstudy.bench plain`) trains the same runs one after the other with `--threads` 
 (default: one per core), reading each job's composed config from the first sweep. Each
 round runs both as fresh processes, timed from start to exit (interpreter start, imports and
 all), the order alternating (study then plain, plain then study, ...); each round gives a
-ratio. It prints each round, the medians and the ratios' range, and checks that both trained
-the same runs: the largest difference between their final validation accuracies.
+ratio. It prints each round (with the load average: only rounds on a machine with nothing
+else running compare), the medians and the ratios' range, and checks that both trained the
+same runs: the largest difference between their final validation accuracies.
 """
 
 from __future__ import annotations
@@ -171,6 +172,12 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU ({cpu}), {gpu}"
 
 
+def load() -> str:
+    """The machine's load average over the last minute: above its cores, other processes
+    compete, and a torch thread pool that waits for its threads is slowed the most."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+
+
 def largest_difference(study: dict[str, dict], plain: list[dict]) -> float:
     """The largest difference, in points, between the final validation accuracy of each run
     in the study and in the plain process (the same runs, in the same order)."""
@@ -210,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     plain_s.append(run_plain(runs_file, results_file, args.threads))
             print(f"round {round_ + 1} ({' then '.join(order)}): study {study_s[-1]:.1f} s, "
-                  f"plain {plain_s[-1]:.1f} s, ratio {study_s[-1] / plain_s[-1]:.2f}",
-                  flush=True)
+                  f"plain {plain_s[-1]:.1f} s, ratio {study_s[-1] / plain_s[-1]:.2f} "
+                  f"(load {load()})", flush=True)
         ratios = [s / p for s, p in zip(study_s, plain_s, strict=True)]
         plain = json.loads(results_file.read_text())["runs"]
         print(f"{len(found)} runs: study {statistics.median(study_s):.1f} s, plain "
