@@ -38,24 +38,25 @@ class MetricsHistory(Callback):
     other callback that keeps one (a `record_key` attribute and a `series()` method, as the
     probes have), then writes the record atomically.
 
-    The history is part of the checkpoint, so a resumed run continues the same list.
+    The history is part of the checkpoint, so a resumed run continues the same list, and its
+    clock (`time_s`) goes on from `elapsed_before`, the time of the epochs it resumed after.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.history: list[dict] = []
         self._fit_start = 0.0
-        self._elapsed_before = 0.0
+        self.elapsed_before = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
-        self._elapsed_before = self.history[-1]["time_s"] if self.history else 0.0
+        self.elapsed_before = self.history[-1]["time_s"] if self.history else 0.0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         row.update({key: float(metrics[key]) for key in CURVE_KEYS if key in metrics})
-        row["time_s"] = self._elapsed_before + time.perf_counter() - self._fit_start
+        row["time_s"] = self.elapsed_before + time.perf_counter() - self._fit_start
         self.history.append(row)
         if trainer.is_global_zero:
             series = {c.record_key: c.series() for c in trainer.callbacks

@@ -177,16 +177,19 @@ def check_devices(cfg: DictConfig) -> None:
 
 
 def torch_threads(setting: int | str | None) -> int | None:
-    """Threads for this job: an explicit count, or with `auto` cores / parallel jobs."""
+    """Threads for this job: an explicit count, or with `auto` the cores its launcher gives it:
+    cores / n_jobs (joblib), `cpus_per_task` (submitit), one under submitit's local launcher
+    (it starts every job of the sweep at once), else torch's default (all cores)."""
     if setting != "auto":
         return setting
-    n_jobs = None
-    if HydraConfig.initialized():
-        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
-    if not n_jobs:
-        return None  # one job at a time: torch's default (all cores)
-    cores = os.cpu_count() or 1
-    return max(1, cores // n_jobs) if n_jobs > 0 else 1
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    if n_jobs := launcher.get("n_jobs"):
+        return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 0 else 1
+    if cpus := launcher.get("cpus_per_task"):
+        return cpus
+    if launcher.get("_target_", "").endswith("submitit_launcher.LocalLauncher"):
+        return 1
+    return None
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
@@ -248,7 +251,7 @@ def train(cfg: DictConfig) -> dict:
     import torch
 
     quiet_console()
-    from bnstudy.callbacks import DivergenceGuard
+    from bnstudy.callbacks import DivergenceGuard, MetricsHistory
     from bnstudy.checkpoints import resume_checkpoint
     from bnstudy.dashboard import tensorboard_writer, write_experiment, write_session
     from bnstudy.trackers import log_settings
@@ -292,7 +295,9 @@ def train(cfg: DictConfig) -> dict:
         result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
     for logger in trainer.loggers:
         logger.finalize("success")
-    result["wall_time_s"] = time.perf_counter() - started
+    history = next((c for c in trainer.callbacks if isinstance(c, MetricsHistory)), None)
+    before = history.elapsed_before if history is not None else 0.0  # a resume's earlier epochs
+    result["wall_time_s"] = before + time.perf_counter() - started
     if not primary:
         return result
     record = update_record(record_path, **result)

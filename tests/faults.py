@@ -1,17 +1,21 @@
 """Faults injected into real runs by the tests (loaded through Hydra overrides)."""
 
+import time
+
 from lightning.pytorch.callbacks import Callback
 
 
 class InterruptAtEpoch(Callback):
-    """Raises KeyboardInterrupt (as Ctrl-C does) when `epoch` starts."""
+    """Raises KeyboardInterrupt (as Ctrl-C does) when `epoch` starts; each epoch before it
+    lasts `seconds` longer."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, epoch: int, seconds: float = 0.0) -> None:
+        self.epoch, self.seconds = epoch, seconds
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             raise KeyboardInterrupt
+        time.sleep(self.seconds)
 
 
 class DiskFullAtEpoch(Callback):

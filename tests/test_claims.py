@@ -237,3 +237,14 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
     assert "![accuracy against compute](time_compute.png)" in text
     assert (report.parent / "time_compute.png").is_file()
     assert "| MNIST, SGD | 2000 µs | 1000 µs | **2.00** (2.00 to 2.00) |" in text
+
+
+def test_the_sweeps_answer_names_only_pairs_with_both_norms(tmp_path):
+    from bnstudy.report.answer import console_answer
+
+    for seed in (0, 1):
+        write_job(tmp_path, [0.5, 0.8 + seed / 100], norm="bn", seed=seed)
+    assert console_answer(tmp_path) == ""  # BN alone answers nothing
+    for seed in (0, 1):
+        write_job(tmp_path, [0.5, 0.7 + seed / 100], norm="none", seed=seed)
+    assert console_answer(tmp_path).splitlines()[1].startswith("  MNIST, SGD (2 vs 2 seeds): ")

@@ -182,6 +182,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
         f"hydra.run.dir={tmp_path / 'b'}",
         "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
         "+callbacks.interrupt.epoch=2",
+        "+callbacks.interrupt.seconds=2",  # epochs 0 and 1: 4 s more than the resume's all
     )
     assert interrupted.returncode != 0 and "run the same command with resume=true" in \
         interrupted.stderr
@@ -199,6 +200,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path
         {k: v for k, v in row.items() if k not in strip} for row in b["history"]
     ]
     assert a["test"] == b["test"]
+    # its time counts the epochs of both attempts, not the second attempt's alone
+    assert b["wall_time_s"] > b["history"][-1]["time_s"] > before[-1]["time_s"] > 4
 
     again = run_train(*common, f"hydra.run.dir={tmp_path / 'b'}", "resume=true")
     assert again.returncode == 0 and "already finished" in again.stderr

@@ -40,10 +40,10 @@ def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path
 def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
     """`hydra/launcher=submitit_local`: submitit's code path for SLURM, each job pickled,
     run in a process of its own and its result collected; both jobs leave a full record and
-    the sweep its summary."""
+    the sweep its summary; `threads=auto` gives each job one thread, not all cores."""
     proc = run_sweep(tmp_path, tiny_data, "hydra/launcher=submitit_local",
                      "hydra.launcher.timeout_min=5", "norm=bn,none", "trainer.max_epochs=1",
-                     "~callbacks.hallucinations")
+                     "~callbacks.hallucinations", "threads=auto")  # not FAST's 1
     console = proc.stderr + proc.stdout
     assert proc.returncode == 0, console[-3000:]
     assert "Submitit 'local' sweep output dir" in console
@@ -53,6 +53,7 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
     assert [r["hparams"]["norm"] for r in records] == ["bn", "none"]
     for job, record in zip(jobs, records, strict=True):
         assert record["status"] == "ok" and record["epochs_trained"] == 1, record
+        assert record["torch_threads"] == 1  # every job starts at once: one core each
         assert len(record["history"]) == 1 and 0 <= record["test"]["acc"] <= 1
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert list(job.glob("events.out.tfevents.*"))

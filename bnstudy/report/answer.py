@@ -126,7 +126,7 @@ def console_answer(sweep_dir) -> str:
     if (Path(sweep_dir) / TUNING_FILE).is_file():
         return ""  # a tuned sweep's answer (C6) is the report's
     rows = [r for r in verdict_rows(comparisons(group_runs(load_runs(Path(sweep_dir)))))
-            if r["n_bn"] or r["n_none"]]
+            if r["n_bn"] and r["n_none"]]
     if not rows:
         return ""
     lines = ["Is BatchNorm worth it? BN − no BN in final validation accuracy (Welch, 95% "
