@@ -97,8 +97,9 @@ def discard_untrained(job_dir: str | os.PathLike) -> bool:
     """Removes a job directory in which nothing was trained (no epoch in its record, no
     checkpoint) and which holds only what a run writes (`RUN_FILES`): a mistake found before
     training (a value out of range, missing data, a refused write) leaves no folder for the
-    report to list. Whether the directory is gone; one holding anything else stays as it is."""
-    job_dir = Path(job_dir)
+    report to list, nor the empty folders above it inside the working directory. Whether the
+    directory is gone; one holding anything else stays as it is."""
+    job_dir, cwd = Path(job_dir), Path.cwd().resolve()
     try:
         record = read_record(job_dir)
         entries = list(job_dir.iterdir())
@@ -116,6 +117,13 @@ def discard_untrained(job_dir: str | os.PathLike) -> bool:
         job_dir.rmdir()
     except OSError:
         return False
+    for parent in job_dir.resolve().parents:  # and the empty folders made for it (outputs/runs)
+        if cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
     return True
 
 

@@ -88,12 +88,12 @@ def test_unknown_option_names_the_group_and_its_options(override, group, options
 )
 def test_invalid_value_stops_before_training(override, message, tiny_data, tmp_path):
     """Refused before training, and no run folder is left for the report to list."""
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", override, "hydra.run.dir=run",
-                     cwd=tmp_path)
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", override,
+                     "hydra.run.dir=outputs/runs/now", cwd=tmp_path)
     assert proc.returncode == 1
     assert message in proc.stderr and "failed before training; nothing was kept" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert list(tmp_path.iterdir()) == []  # the run folder Hydra made is gone
+    assert list(tmp_path.iterdir()) == []  # the run folder Hydra made is gone, and its parents
 
 
 def test_missing_data_with_download_disabled(tmp_path):
