@@ -154,6 +154,7 @@ def test_sharding_twice_and_restarting_ddp_in_a_sweep_are_refused():
     check_devices(compose_with("trainer.devices=2", "trainer.strategy=ddp"))  # a single run
 
 
+@pytest.mark.slow
 def test_cnn_with_layer_norm_trains_on_tiny_data(tiny_data, tmp_path):
     cfg = compose_with(
         "model=cnn", "norm=layer", "dataset=cifar10", f"paths.data_dir={tiny_data}",

@@ -70,6 +70,7 @@ def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, caps
     assert f"{job.name}: drawn (steps=5)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -305,6 +305,7 @@ def test_reruns_never_overwrite_a_run_and_resume_keeps_its_config(tiny_data, tmp
     assert not old_events & {p.name for p in job.glob("events.out.tfevents.*")}  # replaced
 
 
+@pytest.mark.slow
 def test_a_swept_setting_is_recorded_named_and_never_pooled(tiny_data, tmp_path):
     proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
                      "trainer.limit_train_batches=2", "~callbacks.hallucinations",

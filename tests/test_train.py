@@ -88,6 +88,7 @@ def initial_weights(out: Path):
     return state["net.fc1.weight"]
 
 
+@pytest.mark.slow
 def test_the_seed_sets_the_initial_weights(tiny_data, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         still_run(tiny_data, tmp_path / name, f"seed={seed}")
