@@ -47,11 +47,13 @@ def uses_tensorboard(logger_cfg: DictConfig | None) -> bool:
 NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name in the tracker
 
 
-def make_loggers(logger_cfg: DictConfig | None, run: str) -> list[Logger]:
+def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None
+                 ) -> list[Logger]:
     """The loggers of the `logger` group, one per entry (`tensorboard`, `mlflow`, ...); a
     tracker's run without a name of its own is named `run` (the job directory's name, which
-    is also its TensorBoard run's)."""
-    loggers = []
+    is also its TensorBoard run's). `resumed`: the tracker runs a resumed run logged to
+    (`tracker_runs`), which it goes on logging to (MLflow)."""
+    loggers, resumed = [], resumed or {}
     for name, node in (logger_cfg or {}).items():
         if node is None:
             continue
@@ -68,16 +70,30 @@ def make_loggers(logger_cfg: DictConfig | None, run: str) -> list[Logger]:
             finish_open_wandb_run()
         named = {NAME_KEYS[kind]: run} if kind in NAME_KEYS and not node.get(NAME_KEYS[kind]) \
             else {}
+        if kind == "MLFlowLogger" and resumed.get(kind) and not node.get("run_id"):
+            named["run_id"] = resumed[kind]
         loggers.append(instantiate(node, **named))
     return loggers
 
 
+def tracker_runs(loggers: list[Logger]) -> dict[str, str]:
+    """The tracker runs a resume goes on logging to, by logger class: MLflow's run id. (A
+    resumed CSV log is a new version beside the first, a W&B run a new run.)"""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return {type(lg).__name__: lg.run_id for lg in loggers if isinstance(lg, MLFlowLogger)}
+
+
 def log_settings(loggers: list[Logger], settings: dict) -> None:
-    """The run's settings as the hyperparameters of every tracker but TensorBoard."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+    """The run's settings as the hyperparameters of every tracker but TensorBoard; an MLflow
+    run that a resume goes on with keeps the values it has (MLflow refuses to change one)."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     for logger in loggers:
-        if not isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, MLFlowLogger):
+            kept = logger.experiment.get_run(logger.run_id).data.params
+            logger.log_hyperparams({k: v for k, v in settings.items() if k not in kept})
+        elif not isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(settings)
 
 

@@ -201,8 +201,10 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
                        optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config."""
+def build(cfg: DictConfig, trackers: dict | None = None
+          ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config;
+    `trackers`: the tracker runs a resumed run goes on logging to."""
     datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
     model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
     from lightning.pytorch.callbacks import ProgressBar
@@ -215,7 +217,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
     from bnstudy.trackers import make_loggers
 
-    loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name)
+    loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           plugins=[AtomicCheckpointIO()])
     return datamodule, model, trainer
@@ -254,7 +256,7 @@ def train(cfg: DictConfig) -> dict:
     from bnstudy.callbacks import DivergenceGuard, MetricsHistory
     from bnstudy.checkpoints import resume_checkpoint
     from bnstudy.dashboard import tensorboard_writer, write_experiment, write_session
-    from bnstudy.trackers import log_settings
+    from bnstudy.trackers import log_settings, tracker_runs
 
     started = time.perf_counter()
     if primary:
@@ -268,10 +270,12 @@ def train(cfg: DictConfig) -> dict:
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
 
-    datamodule, model, trainer = build(cfg)
+    datamodule, model, trainer = build(cfg, previous.get("trackers") if resume else None)
     resume_from, note = resume_checkpoint(checkpoint) if resume else (None, None)
     if note and primary:
         update_record(record_path, resume_note=note)
+    if primary and (runs := tracker_runs(trainer.loggers)):
+        update_record(record_path, trackers=runs)
 
     if (writer := tensorboard_writer(trainer)) is not None and primary:
         write_session(writer, settings)

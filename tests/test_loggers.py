@@ -131,6 +131,32 @@ def test_mlflow_local_store_holds_each_job_of_a_sweep(tiny_data, tmp_path):
     assert "mlflow.store" not in proc.stderr and "Creating initial" not in proc.stderr
 
 
+@pytest.mark.slow
+def test_a_resumed_run_goes_on_in_its_mlflow_run(tiny_data, tmp_path):
+    """Interrupted after one epoch, then resumed with an observer's setting changed (allowed on
+    resume): one MLflow run holds both attempts' epochs, finished, with the first value of the
+    changed setting (MLflow refuses to change a logged parameter)."""
+    needs("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    job = tmp_path / "job"
+    common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=mlflow", f"hydra.run.dir={job}")
+    first = run_train(*common, "callbacks.weight_grid.every_n_epochs=1",
+                      "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
+                      "+callbacks.interrupt.epoch=1")
+    assert first.returncode == 1 and read_record(job)["status"] == "interrupted", first.stderr
+    resumed = run_train(*common, "callbacks.weight_grid.every_n_epochs=2", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = read_record(job)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("bnstudy").experiment_id])
+    assert record["trackers"] == {"MLFlowLogger": run.info.run_id}
+    assert run.info.run_name == "job" and run.info.status == "FINISHED"
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc")]
+    assert len(record["history"]) == 2 and same_curve(history, curve(record))
+    assert run.data.params["callbacks.weight_grid.every_n_epochs"] == "1"
+
+
 MLFLOW_JOB = """
 import sys
 from omegaconf import OmegaConf
