@@ -214,6 +214,23 @@ def _setting_names() -> list[str]:
     return list(walk(cfg, ""))
 
 
+LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (`max_retry`)
+
+
+def local_requeue_limit(launcher_cfg) -> str | None:
+    """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
+    it makes: past its limit a job ends the sweep in submitit's UncompletedJobError."""
+    wanted = launcher_cfg.get("max_num_timeout")
+    if not str(launcher_cfg.get("_target_", "")).endswith("LocalLauncher") or \
+            not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
+        return None
+    return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
+            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends the sweep in "
+            "submitit's UncompletedJobError (its record says interrupted; resume=true goes on). "
+            "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
+            "max_num_timeout.")
+
+
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
     """A warning when an experiment that is a sweep (`experiment=lr_sweep`, `decisive`,
     `tuned`) runs without `-m`: Hydra then runs one job with the config's own values."""

@@ -33,6 +33,7 @@ from bnstudy.config import (
     changed_settings,
     group_defaults,
     hparams,
+    local_requeue_limit,
     overridden_keys,
     register,
     single_run_of_a_sweep,
@@ -333,6 +334,8 @@ class SweepSummary(HydraCallback):
     there are any. Ok and diverged jobs are results: exit 0."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if note := local_requeue_limit(config.hydra.launcher):
+            log.warning(note)
         # In the environment every launcher hands its jobs (a process of its own or not).
         folder = Path(config.hydra.sweep.dir).absolute() / ".refused" / \
             f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"

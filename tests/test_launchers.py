@@ -68,6 +68,21 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
     assert f"Sweep {tmp_path}: 2 job(s)" in console
 
 
+def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
+    from omegaconf import OmegaConf
+
+    from bnstudy.config import local_requeue_limit
+
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
+    assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
+                           "restarts a job at most 5 times")
+    for fine in ({"_target_": local, "max_num_timeout": 5}, {"_target_": local},
+                 {"_target_": slurm, "max_num_timeout": 10}):
+        assert local_requeue_limit(OmegaConf.create(fine)) is None, fine
+
+
 def test_slurm_launcher_config_composes():
     proc = run_train(
         "hydra/launcher=slurm",
