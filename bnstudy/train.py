@@ -334,7 +334,7 @@ class SweepSummary(HydraCallback):
     there are any. Ok and diverged jobs are results: exit 0."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if note := local_requeue_limit(config.hydra.launcher):
+        if note := local_requeue_limit(config.hydra.get("launcher") or {}):
             log.warning(note)
         # In the environment every launcher hands its jobs (a process of its own or not).
         folder = Path(config.hydra.sweep.dir).absolute() / ".refused" / \
