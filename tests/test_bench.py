@@ -1,5 +1,6 @@
-"""The study benchmark (`python -m bnstudy.bench study`), its plain PyTorch process and the
-profile of a job (`python -m bnstudy.bench profile`). The per-epoch bench: test_scale.py."""
+"""The benchmarks of `python -m bnstudy.bench`: per epoch (a fit against a plain loop), the
+study benchmark (`study`) and its plain PyTorch process, and the profile of a job
+(`profile`)."""
 
 from __future__ import annotations
 
@@ -119,3 +120,46 @@ def test_profile_times_every_phase_of_a_job(tiny_data):
                      r"job\(s\), before the first \(main process\)$", out, re.M), out
     assert rows["epoch: training steps and validation"][1] == pytest.approx(
         1000 * rows["epoch: training steps and validation"][0] / 2, rel=0.01)  # ms an epoch
+
+
+@pytest.mark.slow
+def test_the_epoch_benchmark_prints_its_figures(tiny_data):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bnstudy.bench", "--repeats", "2", "--floor", "trainer.max_epochs=2",
+         f"paths.data_dir={tiny_data}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "GPU available" not in out + proc.stderr  # the benchmark's lines, not Lightning's
+    assert re.search(r"start-up: imports [\d.]+ s, config [\d.]+ s, data [\d.]+ s, "
+                     r"fit set-up [\d.]+ s", out)
+    assert "2 epoch(s) x 2 fit(s)" in out
+    assert re.search(r"^bnstudy \(Lightning\): Classifier, TensorBoardLogger, callbacks: "
+                     r"MetricsHistory, .*Hallucinations, StudyCheckpoint$", out, re.M), out
+    assert "\nbare Lightning loop: BareClassifier, no logger, callbacks: none\n" in out
+    for fits, short in (("bnstudy \\(Lightning\\)", "bnstudy"), ("bare Lightning loop", "bare")):
+        check_pairs(out, fits, short)
+
+
+def check_pairs(out: str, name: str, short: str) -> None:
+    """The plain loop's and the fits' lines (each median of its 4 epochs) and the ratio line
+    that follow them in the benchmark's output, the ratio the median of the pairs' ratios."""
+    found = re.search(r"plain PyTorch loop\s+([\d.]+) s/epoch\s+\d+ samples/s\s+"
+                      r"\(epochs: ([\d., ]+)\)\n" + name + r"\s+([\d.]+) s/epoch\s+\d+ "
+                      r"samples/s\s+\(epochs: ([\d., ]+)\)\nratio " + short +
+                      r" / plain \(median of 4 paired epochs\): ([\d.]+)  "
+                      r"\(range ([\d.]+)-([\d.]+)\)", out)
+    assert found, out
+    epochs = []
+    for median, listed in (found.group(1, 2), found.group(3, 4)):
+        epochs.append([float(v) for v in listed.split(", ")])
+        assert len(epochs[-1]) == 4  # paired: one per epoch of each fit
+        assert float(median) == pytest.approx(statistics.median(epochs[-1]), abs=1e-3)
+    ratio, low, high = map(float, found.group(5, 6, 7))
+    # from the printed (rounded) epochs: the ratio of each pair, fit over plain
+    ratios = [b / a for a, b in zip(*epochs, strict=True)]
+    assert low <= ratio <= high and ratio == pytest.approx(statistics.median(ratios), rel=0.2)

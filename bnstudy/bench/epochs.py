@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.config import CONFIG_DIR  # noqa: E402
 from bnstudy.data import batches  # noqa: E402
-from bnstudy.train import build, build_model  # noqa: E402
+from bnstudy.train import build, build_model, quiet_console  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time a bare Lightning loop (no logger, no callbacks)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_epochs=2")
     args = parser.parse_intermixed_args(argv)
+    quiet_console()  # the benchmark's lines only, not Lightning's notices at each fit
 
     t = time.perf_counter()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
