@@ -315,13 +315,13 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
     names (`+mean/bn`, ...). Waits up to `timeout` seconds for a concurrent refresh."""
     from filelock import FileLock
 
-    from bnstudy.records import RECORD_NAME, read_record
+    from bnstudy.records import RECORD_NAME, job_order, read_record
 
     sweep_dir = Path(sweep_dir)
     root = sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
-        jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=_job_number)
+        jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
         found = [r for r in map(read_record, jobs) if "hparams" in r]
         pairs = dict.fromkeys(pair_name(r["hparams"]["dataset"], r["hparams"]["optim"])
                               for r in found)  # in the sweep's order
@@ -340,11 +340,6 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
             partial.write_bytes(mean_events(by_pair, layout, started))
             os.replace(partial, run / f"events.out.tfevents.{version:010d}.mean")
     return [f"{MEAN_DIR}/{group}" for group in curves]
-
-
-def _job_number(job: Path) -> tuple:
-    head = job.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else -1, job.name)
 
 
 def refresh_sweep_view(sweep_dir: str | Path) -> None:

@@ -33,8 +33,10 @@ from bnstudy.rebuild import (
     DataCache,
     RunError,
     SavedRun,
+    UsageError,
     load_checkpoint,
     load_model,
+    parse_setting,
     quiet_lightning,
     run_dirs,
 )
@@ -61,26 +63,15 @@ def knob_types() -> dict[str, dict[str, object]]:
             "hallucinations": Hallucinator.knobs()}
 
 
-class UsageError(Exception):
-    """The command line is wrong; the message is one paragraph."""
-
-
 def parse_overrides(items: list[str], types: dict[str, dict]) -> tuple[dict, str | None]:
     """The picture settings given (`{callback: {key: value}}`) and `paths.data_dir`, if given;
     values parsed as Hydra does (`null`, numbers, strings) and checked against their types."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     given: dict[str, dict] = {name: {} for name in PICTURE_CALLBACKS}
     data_dir = None
     valid = ", ".join(f"{name}.{key}" for name, keys in types.items() for key in keys)
     for item in items:
-        try:
-            override = OverridesParser.create().parse_override(item)
-            key, value = override.key_or_group, override.value()
-        except HydraException as err:
-            raise UsageError(f"{item!r} is not a setting ({err}). Give settings as KEY=VALUE, "
-                             f"e.g. hallucinations.steps=400; the keys: {valid}.") from err
+        key, value = parse_setting(item, ". Give settings as KEY=VALUE, e.g. "
+                                         f"hallucinations.steps=400; the keys: {valid}.")
         if key == "paths.data_dir":
             data_dir = str(value)
             continue

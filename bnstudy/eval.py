@@ -25,31 +25,22 @@ from bnstudy.rebuild import (
     DataCache,
     RunError,
     SavedRun,
+    UsageError,
     is_run_dir,
     load_checkpoint,
     load_model,
+    parse_setting,
     quiet_lightning,
     run_dirs,
 )
 from bnstudy.records import write_json_atomic
 
 
-class UsageError(Exception):
-    """The command line is wrong; the message is one paragraph."""
-
-
 def parse_settings(items: list[str]) -> tuple[str | None, dict]:
     """`paths.data_dir` and the `trainer.*` flags given, values parsed as Hydra does."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     data_dir, trainer = None, {}
     for item in items:
-        try:
-            override = OverridesParser.create().parse_override(item)
-            key, value = override.key_or_group, override.value()
-        except HydraException as err:
-            raise UsageError(f"{item!r} is not a setting ({err}); give KEY=VALUE.") from err
+        key, value = parse_setting(item, "; give KEY=VALUE.")
         if key == "paths.data_dir":
             data_dir = str(value)
         elif key.startswith("trainer.") and key.count(".") == 1:

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.records import RECORD_NAME, read_record
+from bnstudy.records import RECORD_NAME, job_order, read_record
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -34,6 +34,23 @@ def quiet_lightning() -> None:
 
 class RunError(Exception):
     """A path or a run the command cannot use; the message is one paragraph saying what to do."""
+
+
+class UsageError(Exception):
+    """The command line is wrong; the message is one paragraph."""
+
+
+def parse_setting(item: str, how: str) -> tuple[str, object]:
+    """The key and value of a KEY=VALUE setting, the value parsed as Hydra parses overrides
+    (`null`, numbers, strings); `how` ends the paragraph for one that does not parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(item)
+        return override.key_or_group, override.value()
+    except HydraException as err:
+        raise UsageError(f"{item!r} is not a setting ({err}){how}") from err
 
 
 def is_run_dir(path: Path) -> bool:
@@ -58,12 +75,7 @@ def run_dirs(path: Path) -> list[Path]:
                        f".hydra/config.yaml or a {RECORD_NAME}. Pass the directory a run or "
                        "sweep of `python -m bnstudy.train` wrote (hydra.run.dir or "
                        "hydra.sweep.dir).")
-    return sorted(jobs, key=_job_order)
-
-
-def _job_order(job: Path) -> tuple:
-    head = job.name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else -1, job.name)
+    return sorted(jobs, key=job_order)
 
 
 @dataclass

@@ -99,7 +99,7 @@ def discard_untrained(job_dir: str | os.PathLike) -> bool:
     training (a value out of range, missing data, a refused write) leaves no folder for the
     report to list, nor the empty folders above it inside the working directory. Whether the
     directory is gone; one holding anything else stays as it is."""
-    job_dir, cwd = Path(job_dir), Path.cwd().resolve()
+    job_dir = Path(job_dir)
     try:
         record = read_record(job_dir)
         entries = list(job_dir.iterdir())
@@ -113,11 +113,18 @@ def discard_untrained(job_dir: str | os.PathLike) -> bool:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+    return remove_empty_folder(job_dir)
+
+
+def remove_empty_folder(folder: Path) -> bool:
+    """Removes `folder` if it is empty, then each folder above it that this leaves empty,
+    inside the working directory (`outputs/runs/`, made for it). Whether `folder` is gone."""
+    cwd = Path.cwd().resolve()  # before the removal: the job may run in its own folder
     try:
-        job_dir.rmdir()
+        folder.rmdir()
     except OSError:
         return False
-    for parent in job_dir.resolve().parents:  # and the empty folders made for it (outputs/runs)
+    for parent in folder.resolve().parents:
         if cwd not in parent.parents:
             break
         try:
@@ -125,6 +132,14 @@ def discard_untrained(job_dir: str | os.PathLike) -> bool:
         except OSError:
             break
     return True
+
+
+def job_order(job: str | os.PathLike) -> tuple[int, str]:
+    """A job directory's place in its sweep (a path or a name): by its number (`10_…` after
+    `9_…`), then by name."""
+    name = Path(job).name
+    head = name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else -1, name)
 
 
 def replace_file(

@@ -53,7 +53,9 @@ from bnstudy.jobdir import (
 from bnstudy.records import (
     RECORD_NAME,
     discard_untrained,
+    job_order,
     read_record,
+    remove_empty_folder,
     replace_file,
     update_record,
     write_error,
@@ -359,7 +361,7 @@ class SweepSummary(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         found = [(job.parent, read_record(job)) for job in sorted(
-            sweep_dir.glob(f"*/{RECORD_NAME}"), key=lambda p: _job_order(p.parent.name))]
+            sweep_dir.glob(f"*/{RECORD_NAME}"), key=lambda p: job_order(p.parent))]
         records = [r for _, r in found if r]
         if records:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
@@ -382,7 +384,7 @@ class SweepSummary(HydraCallback):
                 unfinished[job.name] = _unfinished_reason(job, record)
         if unfinished:
             lines = "\n".join(f"  {name}: {reason}" for name, reason in
-                              sorted(unfinished.items(), key=lambda item: _job_order(item[0])))
+                              sorted(unfinished.items(), key=lambda item: job_order(item[0])))
             if _discard_empty_sweep(sweep_dir):  # every job failed before training
                 sys.exit(f"{len(unfinished)} job(s) failed before training, so nothing was kept "
                          f"({sweep_dir} removed):\n{lines}\nFix the cause, then run the "
@@ -396,7 +398,8 @@ class SweepSummary(HydraCallback):
 
 def _discard_empty_sweep(sweep_dir: Path) -> bool:
     """Removes a sweep directory that no job left a folder in, with the sweep's own files (its
-    plan multirun.yaml, views such as `+mean/`); anything else keeps it. Whether it is gone."""
+    plan multirun.yaml, views such as `+mean/`) and the empty folders above it
+    (`remove_empty_folder`); anything else keeps it. Whether it is gone."""
     if not sweep_dir.is_dir():
         return False
     entries = list(sweep_dir.iterdir())
@@ -408,9 +411,7 @@ def _discard_empty_sweep(sweep_dir: Path) -> bool:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    with contextlib.suppress(OSError):
-        sweep_dir.rmdir()
-    return not sweep_dir.exists()
+    return remove_empty_folder(sweep_dir)
 
 
 def _note_refusal(cfg: DictConfig, message: str, why: str = "refused") -> None:
@@ -452,12 +453,6 @@ def _unfinished_reason(job: Path, record: dict) -> str:
         return (f"no result after {epochs} epoch(s): still running in "
                 f"{describe_holder(holder(job))}, or killed")
     return f"status {status}"
-
-
-def _job_order(name: str) -> tuple:
-    """A job directory's place in its sweep: by its number (`10_…` after `9_…`), then name."""
-    head = name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else -1, name)
 
 
 def _is_multirun() -> bool:

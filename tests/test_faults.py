@@ -512,9 +512,9 @@ def test_a_sweep_of_ok_and_diverged_jobs_exits_0(tiny_data, tmp_path):
 def test_a_sweep_whose_config_fails_keeps_nothing_and_names_no_resume(tiny_data, tmp_path):
     """Every job refused before training: no job folder, no sweep folder, and the summary
     names each job and its reason, without a resume hint that could not work."""
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path / "outputs" / "multirun" / "now"
     proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.batch_size=0",
-                     "norm=bn,none", f"hydra.sweep.dir={sweep}")
+                     "norm=bn,none", "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "2 job(s) failed before training, so nothing was kept" in proc.stderr
     for job in ("0_mnist-bn-sgd-seed0", "1_mnist-none-sgd-seed0"):
@@ -522,7 +522,7 @@ def test_a_sweep_whose_config_fails_keeps_nothing_and_names_no_resume(tiny_data,
             "of range" in proc.stderr
     assert "Fix the cause, then run the command again." in proc.stderr
     assert "resume=true" not in proc.stderr and "?" not in proc.stderr
-    assert not sweep.exists()
+    assert not sweep.exists() and list(tmp_path.iterdir()) == []  # nor outputs/multirun/
 
 
 @pytest.mark.slow

@@ -77,10 +77,9 @@ def run_study(overrides: list[str], sweep_dir: Path) -> float:
 
 def records(sweep_dir: Path) -> dict[str, dict]:
     """Each job's metrics.json, by job directory, in job order."""
-    from bnstudy.records import read_record
+    from bnstudy.records import RECORD_NAME, job_order, read_record
 
-    jobs = sorted((p.parent for p in sweep_dir.glob("*/metrics.json")),
-                  key=lambda p: (int(p.name.split("_", 1)[0]), p.name))
+    jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
     return {job.name: read_record(job) for job in jobs}
 
 

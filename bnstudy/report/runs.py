@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RECORD_NAME
+from bnstudy.records import RECORD_NAME, job_order
 
 FIRST_KEYS = ("dataset", "optim", "norm")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
@@ -64,12 +64,7 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
             f"or a {RECORD_NAME}. Pass the directory of a multirun of `python -m bnstudy.train "
             "-m ...` (its hydra.sweep.dir), not a single run's directory or its parent."
         )
-    return sorted(dirs, key=lambda d: (_job_number(d.name), d.name))
-
-
-def _job_number(name: str) -> int:
-    head = name.split("_", 1)[0]
-    return int(head) if head.isdigit() else -1
+    return sorted(dirs, key=job_order)
 
 
 def hparams_from_config(job: Path) -> dict:
