@@ -177,15 +177,16 @@ class TunedSweeper(Sweeper):
                        config=cell_config)
             impl.launcher = trials = ScoringLauncher(impl.launcher, sweep_dir)
             log.info("Tuning %s: %d trials", name, self.n_trials)
-            finished = optuna.trial.TrialState.COMPLETE
+            summary_failed = None
             try:
                 impl.sweep(fixed)
-            except ValueError:  # its summary of a search in which no trial finished
-                if any(t.state == finished for t in
-                       optuna.load_study(study_name=name, storage=storage).trials):
-                    raise
+            except ValueError as err:  # its summary of a search in which no trial finished
+                summary_failed = err
             study = optuna.load_study(study_name=name, storage=storage)
-            best = study.best_trial if any(t.state == finished for t in study.trials) else None
+            finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            if summary_failed is not None and finished:
+                raise summary_failed
+            best = study.best_trial if finished else None
             if best is None:
                 log.error("Tuned %s: every trial failed, e.g. %s", name, trials.errors[0])
                 unsearched.append(f"  {name}: every trial failed, e.g. {trials.errors[0]}")
