@@ -12,6 +12,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,58 @@ def replace_file(
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Writes JSON so that a reader sees the old file or the new one, never half of one."""
     replace_file(path, json.dumps(_finite_or_none(data), indent=2).encode())
+
+
+@dataclass
+class RunRecord:
+    """A run's `metrics.json`: this class is its schema, written and read here only.
+
+    `status`: running | ok | diverged | failed | interrupted. `history`: a row per trained
+    epoch (`epoch`, `step`, `train/loss`, `train/acc`, `val/loss`, `val/acc`, `time_s`, the
+    seconds trained so far). `test`: `{"loss", "acc"}` of the finished run. `job`: the
+    launcher's job (`jobdir.launcher_job`), which a requeue keeps; `trackers`: the tracker runs
+    a resume goes on logging to; `activations`, `gradients`: the probes' series."""
+
+    status: str = "running"
+    run_name: str = ""
+    hparams: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    test: dict | None = None
+    wall_time_s: float | None = None
+    epochs_trained: int | None = None
+    torch_threads: int | None = None
+    job: dict | None = None
+    requeues: int = 0
+    trackers: dict | None = None
+    error: str | None = None
+    traceback: str | None = None
+    diverged_at: dict | None = None
+    resume_note: str | None = None
+    activations: dict | None = None
+    gradients: dict | None = None
+
+    @classmethod
+    def read(cls, path: str | Path) -> RunRecord | None:
+        """The record at `path` (a metrics.json or its job directory); None if there is none.
+        Keys this schema does not know are ignored; a file that is not JSON raises ValueError."""
+        data = read_record(path)
+        if not data:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, path: str | Path) -> None:
+        """Writes the record atomically (`write_json_atomic`) to `path` or its job directory."""
+        path = Path(path)
+        write_json_atomic(path / RECORD_NAME if path.is_dir() else path, asdict(self))
+
+    @property
+    def final_val_acc(self) -> float | None:
+        return self.history[-1].get("val/acc") if self.history else None
+
+    @property
+    def test_acc(self) -> float | None:
+        return (self.test or {}).get("acc")
 
 
 def read_record(path: str | Path) -> dict:
