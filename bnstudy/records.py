@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from bnstudy.errors import RunFileError
 
 RECORD_NAME = "metrics.json"
+TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
 
 _REMEDIES = {
     errno.ENOSPC: "free space, or point hydra.run.dir / hydra.sweep.dir at another disk",

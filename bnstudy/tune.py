@@ -31,11 +31,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.errors import ConfigError
-from bnstudy.records import read_record, write_json_atomic
+from bnstudy.records import TUNING_FILE, read_record, write_json_atomic
 
 log = logging.getLogger("bnstudy")
 
-TUNING_FILE = "tuning.json"
 METRIC = "val/acc (final epoch)"
 
 

@@ -119,9 +119,9 @@ def console_answer(sweep_dir) -> str:
     optimizer (and any other setting the sweep varies); "" when no pair has both norms."""
     from pathlib import Path
 
+    from bnstudy.records import TUNING_FILE
     from bnstudy.report.runs import comparisons, group_runs, load_runs
     from bnstudy.report.stats import verdict_rows
-    from bnstudy.tune import TUNING_FILE
 
     if (Path(sweep_dir) / TUNING_FILE).is_file():
         return ""  # a tuned sweep's answer (C6) is the report's

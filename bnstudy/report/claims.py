@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bnstudy.records import TUNING_FILE
 from bnstudy.report.runs import FIRST_KEYS, Run, describe
 from bnstudy.report.stats import ALPHA, POWER, Contrast, contrast, mean_std, num, power_of
-from bnstudy.tune import TUNING_FILE
 
 VERDICTS = ("holds", "does not hold", "cannot tell")
 MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
