@@ -25,7 +25,7 @@ from bnstudy.pictures.drawing import (
     draw_weights,
     save_weights,
 )
-from bnstudy.records import update_record
+from bnstudy.records import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class MetricsHistory(Callback):
         if trainer.is_global_zero:
             series = {c.record_key: c.series() for c in trainer.callbacks
                       if hasattr(c, "record_key")}
-            update_record(self.path, history=self.history, **series)
+            RunRecord.update(self.path, history=self.history, **series)
 
     def state_dict(self) -> dict:
         return {"history": self.history}

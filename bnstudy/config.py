@@ -84,14 +84,14 @@ class StudySchema:
 
 
 def register() -> None:
-    """Puts the schemas in Hydra's ConfigStore (`conf/config.yaml` and the model options
-    name them in their defaults lists) and the resolvers the configs use."""
+    """Puts the schemas in Hydra's ConfigStore (`conf/config.yaml` and the model options name
+    them) and the config's resolvers (`bnstudy.jobdir.register` adds the job directory's)."""
     cs = ConfigStore.instance()
     cs.store(name="study_schema", node=StudySchema)
     cs.store(group="schema/net", name="mlp", node=MLPSchema)
     cs.store(group="schema/net", name="cnn", node=CNNSchema)
-    resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.config_subdir": config_subdir,
-                 "bnstudy.tty": lambda: sys.stderr.isatty(), "bnstudy.job_dir": job_dir}
+    resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.tty": lambda: sys.stderr.isatty(),
+                 "bnstudy.job_dir": job_dir}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
@@ -155,16 +155,6 @@ def job_dir() -> str:
     return "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
 
 
-def config_subdir(output_dir: str, overwrite: bool) -> str | None:
-    """Hydra's `output_subdir`: `.hydra`, unless the job directory already holds one (a resume
-    or a refused rerun must leave the original config as it was; `overwrite=true` replaces
-    it, unless another process holds the directory's lock: it will be refused)."""
-    from bnstudy.jobdir import is_locked
-
-    exists = (Path(output_dir) / ".hydra" / "config.yaml").is_file()
-    return None if exists and (not overwrite or is_locked(output_dir)) else ".hydra"
-
-
 def unknown_override(args: list[str]) -> str | None:
     """One paragraph for a command-line setting that no config has (`lr=0.1`), naming the
     settings of that name or close to it; None when each key starts as a config's does.
@@ -212,38 +202,6 @@ def _setting_names() -> list[str]:
             else:
                 yield f"{prefix}{k}"
     return list(walk(cfg, ""))
-
-
-LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (`max_retry`)
-
-
-def local_requeue_limit(launcher_cfg) -> str | None:
-    """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
-    it makes: past its limit a job ends the sweep in submitit's UncompletedJobError."""
-    wanted = launcher_cfg.get("max_num_timeout")
-    if not str(launcher_cfg.get("_target_", "")).endswith("LocalLauncher") or \
-            not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
-        return None
-    return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
-            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends the sweep in "
-            "submitit's UncompletedJobError (its record says interrupted; resume=true goes on). "
-            "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
-            "max_num_timeout.")
-
-
-def single_run_of_a_sweep(hydra_cfg) -> str | None:
-    """A warning when an experiment that is a sweep (`experiment=lr_sweep`, `decisive`,
-    `tuned`) runs without `-m`: Hydra then runs one job with the config's own values."""
-    experiment = hydra_cfg.runtime.choices.get("experiment")
-    sweeper = hydra_cfg.sweeper
-    params = dict(sweeper.get("params") or {})
-    varies = bool(set(params) - {"seed"}) or params.get("seed") != "0,1,2"  # beyond the default
-    own_sweeper = not sweeper._target_.startswith("hydra._internal.")  # experiment=tuned
-    if experiment is None or not (varies or own_sweeper):
-        return None
-    return (f"experiment={experiment} is a sweep, but without -m Hydra runs one job with the "
-            "config's own values. To run the sweep: python -m bnstudy.train -m "
-            f"experiment={experiment} (plus your other settings).")
 
 
 def check_known_keys(cfg: DictConfig) -> None:

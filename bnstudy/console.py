@@ -1,24 +1,27 @@
 """What the terminal shows: the study's own lines (what runs, its result, where its files
 are) and every real warning, each once; the frameworks' routine notices ("GPU available",
-"`Trainer.fit` stopped", "Checkpoint directory … exists", …) go to the job's `train.log`
-only (`conf/hydra/default.yaml` puts this filter on Hydra's console handler; the entry point
-routes Python's warnings through logging, so train.log has them too)."""
+"`Trainer.fit` stopped", …) go to the job's `train.log` only (`conf/hydra/default.yaml` puts
+`StudyLines` on Hydra's console handler; `quiet_console` routes Python's warnings through
+logging, so train.log has them too)."""
 
 from __future__ import annotations
 
 import logging
+import threading
+import warnings
 
 ROUTINE = (  # warnings that say nothing a run of the study needs to act on
     "exists and is not empty",  # Lightning: a resumed run's checkpoints/ already holds files
     "is smaller than the logging interval",  # Lightning: a short epoch logs no per-step loss
 )
+IGNORED = (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
+           ".*all_gather is deprecated.*")  # the libraries' known harmless warnings
 
 
 class StudyLines(logging.Filter):
-    """Passes the `bnstudy` loggers' records and any other logger's warnings and errors,
-    except the `ROUTINE` warnings; a warning already shown in this process is not shown
-    again (a sweep's jobs repeat them, e.g. that a data folder is a subset; each job's
-    train.log keeps its own)."""
+    """Passes the `bnstudy` loggers' records and any other logger's warnings and errors, except
+    the `ROUTINE` warnings; a warning already shown in this process is not shown again (a
+    sweep's jobs repeat them; each job's train.log keeps its own)."""
 
     shown: set[str] = set()  # of the process: Hydra builds a new filter for each job
 
@@ -32,3 +35,42 @@ class StudyLines(logging.Filter):
             return False
         StudyLines.shown.add(message)
         return True
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def quiet_console() -> None:
+    """Each message once: Lightning's lines go through Hydra's handlers only (Lightning adds a
+    console handler of its own), without its advertisement; `IGNORED` warnings are not shown,
+    the others go through logging; a writer thread's OSError goes to the log only."""
+    import lightning  # noqa: F401  (its loggers exist once it is imported)
+
+    adverts = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if any(isinstance(f, _NoAdverts) for f in adverts.filters):
+        return  # once per process: each filterwarnings call resets the "once" registry
+    adverts.addFilter(_NoAdverts())
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for message in IGNORED:
+        warnings.filterwarnings("ignore", message)
+    logging.captureWarnings(True)
+    threading.excepthook = thread_exception
+
+
+def thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An OSError in a writer's thread (TensorBoard's events on a full disk) goes to train.log
+    only: the writer raises it again in the run, which then ends in one paragraph. Any other
+    thread's exception is printed as Python prints it."""
+    if isinstance(args.exc_value, OSError):
+        logging.getLogger("py.threads").info("%s in thread %s (the run reports it)",
+                                             args.exc_value, getattr(args.thread, "name", "?"))
+    else:
+        threading.__excepthook__(args)

@@ -315,14 +315,14 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
     names (`+mean/bn`, ...). Waits up to `timeout` seconds for a concurrent refresh."""
     from filelock import FileLock
 
-    from bnstudy.records import RECORD_NAME, job_order, read_record
+    from bnstudy.records import RECORD_NAME, RunRecord, job_order
 
     sweep_dir = Path(sweep_dir)
     root = sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
         jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
-        found = [r for r in map(read_record, jobs) if "hparams" in r]
+        found = [vars(r) for r in map(RunRecord.read, jobs) if r and r.hparams]
         pairs = dict.fromkeys(pair_name(r["hparams"]["dataset"], r["hparams"]["optim"])
                               for r in found)  # in the sweep's order
         curves = mean_curves(found)

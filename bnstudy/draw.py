@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bnstudy.config import CONFIG_DIR
+from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
 from bnstudy.rebuild import (
     DataCache,
@@ -37,10 +38,9 @@ from bnstudy.rebuild import (
     load_checkpoint,
     load_model,
     parse_setting,
-    quiet_lightning,
     run_dirs,
 )
-from bnstudy.records import read_record, write_json_atomic
+from bnstudy.records import read_json, write_json_atomic
 
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
 TRAINING_ONLY = ("_target_", "dirpath", "every_n_epochs", "epoch_steps")  # not a drawing's
@@ -140,7 +140,7 @@ def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
 def current_recipe(run: SavedRun, defaults: dict[str, dict]) -> tuple[dict, int | None]:
     """The recipe of the final drawings in `images/` now, and the TensorBoard step they were
     drawn at by this command (None: drawn in training)."""
-    drawn = read_record(run.path / "images" / RECIPE_FILE)
+    drawn = read_json(run.path / "images" / RECIPE_FILE) or {}
     if drawn:
         return {name: drawn[name] for name in PICTURE_CALLBACKS}, drawn.get("step")
     return run_recipe(run, defaults), None
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    quiet_lightning()
+    quiet_console()
     data, drawn, problems, skipped = DataCache(data_dir), 0, [], []
     bar = tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(),
                leave=False)

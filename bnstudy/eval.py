@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
 from bnstudy.rebuild import (
     CHECKPOINT,
@@ -30,7 +31,6 @@ from bnstudy.rebuild import (
     load_checkpoint,
     load_model,
     parse_setting,
-    quiet_lightning,
     run_dirs,
 )
 from bnstudy.records import write_json_atomic
@@ -83,7 +83,7 @@ def evaluate(run: SavedRun, checkpoint_path: Path, data: DataCache, flags: dict)
         enable_progress_bar=sys.stderr.isatty(), default_root_dir=str(run.path))
     started = time.perf_counter()
     tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-    recorded = run.record.get("test")
+    recorded = run.record.test if run.record else None
     return {"checkpoint": str(checkpoint_path.relative_to(run.path)),
             "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
             "test": {"loss": tested["test/loss"], "acc": tested["test/acc"]},
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnstudy.eval: {err}", file=sys.stderr)
         return 2
 
-    quiet_lightning()
+    quiet_console()
     data, problems, done = DataCache(data_dir), [], 0
     for run_path, checkpoint in pairs:
         try:

@@ -22,6 +22,8 @@ import socket
 from datetime import datetime
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from bnstudy.errors import ConfigError
 
 log = logging.getLogger("bnstudy")
@@ -102,6 +104,20 @@ def is_locked(job_dir: str | Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def config_subdir(output_dir: str, overwrite: bool) -> str | None:
+    """Hydra's `output_subdir` (the `bnstudy.config_subdir` resolver): `.hydra`, unless the job
+    directory holds one already (a resume or a refused rerun leaves the original config as it
+    was; `overwrite=true` replaces it, unless another process holds the lock: it is refused)."""
+    exists = (Path(output_dir) / ".hydra" / "config.yaml").is_file()
+    return None if exists and (not overwrite or is_locked(output_dir)) else ".hydra"
+
+
+def register() -> None:
+    """Registers `config_subdir` as the resolver `conf/hydra/default.yaml` names."""
+    if not OmegaConf.has_resolver("bnstudy.config_subdir"):
+        OmegaConf.register_new_resolver("bnstudy.config_subdir", config_subdir)
 
 
 def holder(job_dir: str | Path) -> dict:

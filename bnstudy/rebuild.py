@@ -17,19 +17,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.records import RECORD_NAME, job_order, read_record
+from bnstudy.records import RECORD_NAME, RunRecord, job_order
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-
-
-def quiet_lightning() -> None:
-    """Lightning's notices (GPU available, ...) and known harmless warnings off the console,
-    as in training; real warnings stay."""
-    import lightning  # noqa: F401  (its loggers exist once it is imported)
-
-    from bnstudy.train import quiet_console
-
-    quiet_console()
 
 
 class RunError(Exception):
@@ -83,7 +73,7 @@ class SavedRun:
     """A run's directory, its record and its stored config."""
 
     path: Path
-    record: dict
+    record: RunRecord | None
     cfg: DictConfig
     launched_in: Path | None = None  # where the run was started (relative paths start there)
 
@@ -93,8 +83,7 @@ class SavedRun:
 
     @property
     def status(self) -> str:
-        return self.record.get("status", f"no {RECORD_NAME}") if self.record else \
-            f"no {RECORD_NAME}"
+        return self.record.status if self.record else f"no {RECORD_NAME}"
 
     @property
     def checkpoint(self) -> Path:
@@ -109,7 +98,7 @@ class SavedRun:
                            "bnstudy.train` can be used.")
         try:
             cfg = OmegaConf.load(stored)
-            record = read_record(path)
+            record = RunRecord.read(path)
         except (OSError, ValueError, OmegaConfBaseException) as err:
             raise RunError(f"{path.name}: its .hydra/config.yaml or {RECORD_NAME} does not "
                            f"read ({type(err).__name__}: {err}).") from err

@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.errors import ConfigError
-from bnstudy.records import TUNING_FILE, read_record, write_json_atomic
+from bnstudy.records import TUNING_FILE, RunRecord, write_json_atomic
 
 log = logging.getLogger("bnstudy")
 
@@ -39,19 +39,18 @@ METRIC = "val/acc (final epoch)"
 
 
 def objective(job: JobReturn) -> float | str:
-    """What Optuna maximises for a trial: its final validation accuracy, 0 for a diverged run;
-    for a failed or refused run (or a job that raised) the reason, which Optuna cannot cast to a
-    number and so records as a failed trial (never the best)."""
+    """What Optuna maximises for a trial: its final epoch's validation accuracy, 0 for a
+    diverged run; for a failed or refused run (or a job that raised) the reason, which Optuna
+    cannot cast to a number and so records as a failed trial (never the best)."""
     if job.status != JobStatus.COMPLETED:
         err = job._return_value  # the job's exception (the `return_value` property raises it)
         return f"failed: {type(err).__name__}: {err}"
-    record = job.return_value if isinstance(job.return_value, dict) else {}
-    if record.get("status") == "diverged":
+    record = job.return_value if isinstance(job.return_value, RunRecord) else RunRecord("?")
+    if record.status == "diverged":
         return 0.0
-    history = record.get("history") or []
-    if record.get("status") != "ok" or not history:
-        return f"no result ({record.get('status', '?')}: {record.get('error', 'no history')})"
-    return float(history[-1]["val/acc"])
+    if record.status != "ok" or record.final_val_acc is None:
+        return f"no result ({record.status}: {record.error or 'no history'})"
+    return float(record.final_val_acc)
 
 
 class ScoringLauncher:
@@ -232,7 +231,7 @@ class TunedSweeper(Sweeper):
             if jobs else []
         for (cell, _), job in zip(jobs, returns, strict=True):
             out = Path(job.hydra_cfg.hydra.runtime.output_dir)
-            if read_record(out):
+            if RunRecord.read(out) is not None:
                 cell["final_jobs"].append(out.name)
         record["time_s"]["final"] = time.perf_counter() - started
         write_json_atomic(sweep_dir / TUNING_FILE, record)

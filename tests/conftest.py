@@ -9,32 +9,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from helpers import (
-    FAST,
-    REPO,
-    WarmStarter,
-    entry_point_env,
-    forking,
-    read_record,
-    write_cifar10,
-    write_mnist,
-)
+from helpers import FAST, REPO, read_record, write_cifar10, write_mnist
 
 
 def pytest_collection_finish(session) -> None:
-    """Once the tests to run are known: processes they need start in the background, so that
-    their work overlaps the tests before their first use (the warm starter of
-    `helpers.run_train` if any test module runs the entry point; the `tiny_sweep` if a test
-    reads it); and the objects collection imported (torch, Lightning, matplotlib: most of the
-    heap) are kept out of Python's garbage collections, each of which spent ~0.2 s walking
-    them for nothing to free."""
+    """Once the tests to run are known: the `tiny_sweep` starts in the background if a test
+    reads it, so that its work overlaps the tests before its first use; and the objects
+    collection imported (torch, Lightning, matplotlib: most of the heap) are kept out of
+    Python's garbage collections, each of which spent ~0.2 s walking them for nothing to free."""
     import gc
 
-    items = session.items
-    modules = {getattr(item, "module", None) for item in items} - {None}
-    if forking() and any(hasattr(module, "run_train") for module in modules):
-        WarmStarter.get(entry_point_env())
-    if any("tiny_sweep" in getattr(item, "fixturenames", ()) for item in items):
+    if any("tiny_sweep" in getattr(item, "fixturenames", ()) for item in session.items):
         TinySweepRun.start()
     gc.collect()
     gc.freeze()

@@ -1,4 +1,5 @@
-"""Test helpers: tiny datasets in torchvision's exact on-disk formats, running the entry point."""
+"""Test helpers: tiny datasets in torchvision's exact on-disk formats, running the entry point
+and `train(cfg)` in this process, building the project's pieces, hand-made sweeps."""
 
 from __future__ import annotations
 
@@ -93,37 +94,66 @@ FAST = [
 ]
 
 
-def run_train(*overrides: str, cwd: Path = REPO, timeout: int = 600,
-              fork: bool = True, seeds: bool = False) -> subprocess.CompletedProcess:
-    """Runs `python -m bnstudy.train` with overrides in a process of its own; returns the
-    finished process (its exit status, stdout and stderr). With `fork` (the default) the
-    process comes from the warm starter (`WarmStarter`: the same command without paying
-    torch's and Lightning's imports again); `fork=False`, or BNSTUDY_TEST_FORK=0 for every
-    call, starts a fresh interpreter, for what depends on the start itself. A sweep (`-m`)
+def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Runs `python -m <module> <args>` in this process, as a fresh interpreter would (its own
+    working directory, `sys.argv` and console, an exit status from `SystemExit`; the console's
+    once-per-process warnings reset), without paying the libraries' imports again; returns
+    the exit status, stdout and stderr."""
+    import contextlib
+    import io
+    import runpy
+    import signal
+
+    import torch
+
+    from bnstudy.console import StudyLines
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    kept = (sys.argv, os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT))
+    StudyLines.shown.clear()
+    try:
+        os.chdir(cwd)
+        sys.argv = [module, *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1 if exit_.code else 0
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+    finally:
+        sys.argv = kept[0]
+        os.chdir(kept[1])
+        torch.set_num_threads(kept[2])
+        signal.signal(signal.SIGINT, kept[3])  # Lightning ignores Ctrl-C after an interrupt
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def run_train(*overrides: str, cwd: Path = REPO, seeds: bool = False
+              ) -> subprocess.CompletedProcess:
+    """`python -m bnstudy.train` with overrides, in this process (`run_module`). A sweep (`-m`)
     runs one seed unless its overrides name seeds or an experiment, or `seeds` asks for the
     default a user's sweep gets (3)."""
     if "-m" in overrides and not seeds and \
             not any(o.startswith(("seed=", "experiment=")) for o in overrides):
         overrides = (*overrides, "seed=0")
-    env = entry_point_env()
-    if fork and forking():
-        return WarmStarter.get(env).run("bnstudy.train", overrides, cwd, env, timeout)
-    return subprocess.run(
-        [sys.executable, "-m", "bnstudy.train", *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("bnstudy.train", *overrides, cwd=cwd)
+
+
+def fresh_train(*overrides: str, cwd: Path = REPO, timeout: int = 600
+                ) -> subprocess.CompletedProcess:
+    """`python -m bnstudy.train` in a fresh interpreter, for what needs a process of its own
+    (a launcher's processes, Python's own warnings, a real interpreter's exit)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.run([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def start_train(*overrides: str, cwd: Path = REPO) -> subprocess.Popen:
     """Starts `python -m bnstudy.train` with overrides in the background (a fresh interpreter,
     stdout and stderr piped): for a test that acts while it runs (a second process, a kill)."""
     return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd,
-                            env=entry_point_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -140,192 +170,20 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> N
         time.sleep(0.05)
 
 
-def entry_point_env() -> dict[str, str]:
-    """The environment `run_train` runs the entry point in: the tests' own, warnings off."""
-    return {**os.environ, "PYTHONWARNINGS": "ignore"}
-
-
-def forking() -> bool:
-    """Whether `run_train` takes its processes from the warm starter (BNSTUDY_TEST_FORK=0:
-    no, a fresh interpreter each)."""
-    return os.environ.get("BNSTUDY_TEST_FORK", "1") != "0" and hasattr(os, "fork")
-
-
-# Imported once by the warm starter: what makes a fresh `python -m bnstudy.train` slow (~8 s of
-# its start on a small machine; Lightning alone ~7 s). The project's own modules are not among
-# them: each run imports those itself, from the files as they are.
-WARM_IMPORTS = ("numpy", "torch", "torchvision", "torchmetrics", "lightning.pytorch",
-                "torch.utils.tensorboard", "tensorboard", "hydra", "omegaconf", "PIL.Image",
-                "matplotlib", "scipy.stats")
-
-
-class WarmStarter:
-    """A process that has imported `WARM_IMPORTS` and forks a child per command: the child
-    takes the command's working directory, environment, arguments, stdin (/dev/null), stdout
-    and stderr (files), runs the module as `python -m` would (`runpy`, `sys.path[0]` the
-    working directory), then exits as the interpreter does (non-daemon threads joined,
-    atexit handlers run, streams flushed) with the interpreter's exit status. So each command
-    still runs in a process of its own, apart from the tests' process and from the other
-    commands, only without re-importing the libraries. One starter per value of
-    PYTHONWARNINGS (read when an interpreter starts, so the starter's is the child's)."""
-
-    _started: dict[str | None, WarmStarter] = {}
-
-    @classmethod
-    def get(cls, env: dict[str, str]) -> WarmStarter:
-        key = env.get("PYTHONWARNINGS")
-        starter = cls._started.get(key)
-        if starter is None or starter.proc.poll() is not None:
-            starter = cls._started[key] = cls(env)
-        return starter
-
-    def __init__(self, env: dict[str, str]) -> None:
-        import atexit
-        import tempfile
-
-        self.log = tempfile.TemporaryFile()
-        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-                "import helpers; helpers.WarmStarter.serve()")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log)
-        self.ready = False
-        atexit.register(self.close)
-
-    def reply(self, timeout: float | None = None) -> dict | None:
-        """The starter's next line, or None if none came within `timeout` seconds."""
-        import select
-
-        if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
-            return None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.log.seek(0)
-            raise RuntimeError("the warm starter stopped:\n"
-                               + self.log.read().decode(errors="replace")[-3000:])
-        return json.loads(line)
-
-    def run(self, module: str, args, cwd: Path, env: dict[str, str],
-            timeout: float) -> subprocess.CompletedProcess:
-        import tempfile
-
-        if not self.ready:
-            self.reply()  # {"ready": true}, once its imports are done
-            self.ready = True
-        command = [sys.executable, "-m", module, *args]
-        with tempfile.TemporaryDirectory() as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            request = {"module": module, "args": list(args), "cwd": str(cwd), "env": env,
-                       "stdout": str(out), "stderr": str(err)}
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
-            pid = self.reply()["pid"]
-            done = self.reply(timeout)
-            if done is None:  # as subprocess.run's timeout: kill it, then raise
-                os.kill(pid, 9)
-                self.reply()
-                raise subprocess.TimeoutExpired(command, timeout, out.read_text(),
-                                                err.read_text())
-            return subprocess.CompletedProcess(command, done["status"], out.read_text(),
-                                               err.read_text())
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            if not self.ready:  # still importing, and not needed
-                self.proc.kill()
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    @staticmethod
-    def serve() -> None:
-        """The starter's own loop: imports, then one child at a time."""
-        import gc
-        import importlib
-        import inspect
-
-        for name in WARM_IMPORTS:
-            importlib.import_module(name)
-        inspect.stack()  # fills inspect's module cache: Hydra's debugger check scans sys.modules
-        gc.collect()
-        gc.freeze()  # the children's garbage collections leave the imported objects alone
-        requests, replies = sys.stdin.buffer, sys.stdout.buffer
-
-        def say(**message) -> None:
-            replies.write((json.dumps(message) + "\n").encode())
-            replies.flush()
-
-        say(ready=True)
-        for line in requests:
-            request = json.loads(line)
-            pid = os.fork()
-            if pid == 0:
-                WarmStarter.child(request)  # does not return
-            say(pid=pid)
-            say(status=os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-
-    @staticmethod
-    def child(request: dict) -> None:
-        """Runs the module in this forked process as `python -m` would, then exits."""
-        import atexit
-        import runpy
-        import signal
-        import threading
-        import traceback
-
-        code = 1
-        try:
-            for fd, path, flags in ((0, os.devnull, os.O_RDONLY),
-                                    (1, request["stdout"], os.O_WRONLY | os.O_CREAT),
-                                    (2, request["stderr"], os.O_WRONLY | os.O_CREAT)):
-                opened = os.open(path, flags, 0o600)
-                os.dup2(opened, fd)
-                os.close(opened)
-            sys.stdin = sys.__stdin__ = open(0, closefd=False)
-            sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
-            sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False,
-                                                 errors="backslashreplace")
-            os.chdir(request["cwd"])
-            os.environ.clear()
-            os.environ.update(request["env"])
-            sys.path[0] = request["cwd"]
-            sys.argv = [request["module"], *request["args"]]  # runpy sets argv[0] to the file
-            interrupted = False
-            try:
-                runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exit_:
-                if exit_.code is None or isinstance(exit_.code, int):
-                    code = exit_.code or 0
-                else:
-                    print(exit_.code, file=sys.stderr)
-                    code = 1
-            except KeyboardInterrupt:
-                traceback.print_exc()
-                interrupted = True
-            except BaseException:
-                traceback.print_exc()
-            getattr(threading, "_shutdown", lambda: None)()
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if interrupted:  # as CPython exits on an uncaught KeyboardInterrupt: by SIGINT
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGINT)
-        except BaseException:  # in the set-up above: say so on the command's stderr
-            traceback.print_exc()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-
-
 def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`."""
     return run_train("-m", *FAST, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
                      *overrides)
+
+
+def train_run(data_dir: Path, out: Path, *overrides: str):
+    """`bnstudy.run.train` of the composed config, in this process: one quick epoch on tiny
+    data into `out` (no hallucinations); returns its RunRecord."""
+    from bnstudy.run import train
+
+    return train(compose_config(f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
+                                "trainer.max_epochs=1", "~callbacks.hallucinations", *FAST,
+                                *overrides))
 
 
 # -- building and training the project's pieces in-process ---------------------------------
@@ -334,9 +192,10 @@ def compose_config(*overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from bnstudy.config import register
+    from bnstudy import config, jobdir
 
-    register()
+    config.register()
+    jobdir.register()
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # so that `${hydra:...}` resolves, as in a job

@@ -37,8 +37,9 @@ from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.config import CONFIG_DIR  # noqa: E402
+from bnstudy.console import quiet_console  # noqa: E402
 from bnstudy.data import batches  # noqa: E402
-from bnstudy.train import build, build_model, quiet_console  # noqa: E402
+from bnstudy.run import build, build_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 

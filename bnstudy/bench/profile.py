@@ -32,10 +32,10 @@ COMPOSE = "compose the job's config (Hydra's launcher)"
 PHASES = [
     ("hydra._internal.config_loader_impl", "ConfigLoaderImpl", "load_sweep_config", COMPOSE,
      "job"),
-    ("bnstudy.train", None, "default_config", "compose its group defaults (hparams)", "job"),
-    ("bnstudy.records", None, "update_record", "metrics.json writes", "job"),
+    ("bnstudy.run", None, "default_config", "compose its group defaults (hparams)", "job"),
+    ("bnstudy.records", "RunRecord", "write", "metrics.json writes", "job"),
     ("bnstudy.data", "TensorDataModule", "setup", "data: read, normalise, split", "job"),
-    ("bnstudy.train", None, "build", "build datamodule, model, callbacks, Trainer", "job"),
+    ("bnstudy.run", None, "build", "build datamodule, model, callbacks, Trainer", "job"),
     ("bnstudy.dashboard", None, "write_session", "HParams session", "job"),
     ("lightning.pytorch.loops.training_epoch_loop", "_TrainingEpochLoop", "run",
      "epoch: training steps and validation", "epoch"),
@@ -58,7 +58,7 @@ PHASES = [
     ("lightning.pytorch", "Trainer", "fit", "Trainer.fit", "job"),
     ("lightning.pytorch", "Trainer", "test", "Trainer.test", "job"),
     ("bnstudy.train", None, "train", "bnstudy.train.train (the job)", "job"),
-    ("bnstudy.train", "SweepSummary", "on_job_end", "the sweep's view (+mean runs)", "job"),
+    ("bnstudy.sweep", "SweepSummary", "on_job_end", "the sweep's view (+mean runs)", "job"),
     ("hydra.core.utils", None, "run_job", "Hydra's job (all of the above but the compose)",
      "job"),
 ]
@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         if exit_.code:
             raise
     total_s = time.perf_counter() - started
-    from bnstudy.records import read_record
+    from bnstudy.records import RunRecord
 
-    records = [read_record(p) for p in Path(out).glob("*/metrics.json")]
-    epochs = [len(r.get("history") or []) for r in records]
+    records = [RunRecord.read(p) for p in Path(out).glob("*/metrics.json")]
+    epochs = [len(r.history) for r in records]
     report(timers, epochs, entry_s, libraries_s, total_s, out, missing)
 
 

@@ -77,10 +77,10 @@ def run_study(overrides: list[str], sweep_dir: Path) -> float:
 
 def records(sweep_dir: Path) -> dict[str, dict]:
     """Each job's metrics.json, by job directory, in job order."""
-    from bnstudy.records import RECORD_NAME, job_order, read_record
+    from bnstudy.records import RECORD_NAME, RunRecord, job_order
 
     jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
-    return {job.name: read_record(job) for job in jobs}
+    return {job.name: vars(RunRecord.read(job)) for job in jobs}
 
 
 def unlike_plain(trainer) -> list[str]:

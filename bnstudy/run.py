@@ -1,0 +1,347 @@
+"""One run of the study: `train(cfg) -> RunRecord`, called alike by the entry point
+(`bnstudy.train`), the tuner (through it) and the tests.
+
+Its lifecycle, top to bottom: the job directory's lock (rank 0 holds it from the first check to
+the last record), whether the run resumes (`resume=true`, or a requeue by its launcher) or may
+start at all (`check_job_dir`), seeding, building (`build`), fit and test, the record. It
+raises, and leaves the record saying how it ended: `RunExistsError` leaves the directory as it
+was; any other failure raises `RunEnded` (status `discarded` when a mistake was found before
+anything trained, so nothing is kept, else `failed` or `interrupted`); Ctrl-C or a kill records
+`interrupted` and goes on up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate, to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from bnstudy.config import changed_settings, group_defaults, hparams, overridden_keys, validate
+from bnstudy.console import quiet_console
+from bnstudy.errors import ConfigError, DataError, RunFileError
+from bnstudy.jobdir import JobDirLock, RunExistsError, is_requeue, launcher_job, same_job
+from bnstudy.records import RECORD_NAME, RunRecord, write_error
+
+if TYPE_CHECKING:
+    import lightning as L
+
+log = logging.getLogger("bnstudy")
+
+RUN_FILES = (".hydra", "train.log", "job.lock", RECORD_NAME, "hparams.yaml",
+             "events.out.tfevents.*", "checkpoints", "images")  # what a run writes at its start
+
+
+class RunEnded(Exception):
+    """A run that ended without a result: `status` is `discarded` (a mistake found before any
+    epoch trained: its folder is gone), `failed` or `interrupted` (its record says so); the
+    message is one paragraph, `trace` the traceback of an unforeseen error."""
+
+    def __init__(self, status: str, message: str, trace: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.trace = status, trace
+
+
+def train(cfg: DictConfig) -> RunRecord:
+    """Fits and tests one configuration in `paths.output_dir`; returns its record."""
+    out = Path(cfg.paths.output_dir)
+    lock = JobDirLock(out) if is_primary() else None
+    try:
+        if lock is not None:
+            lock.acquire(cfg.run_name)
+        return _train(cfg, out)
+    except RunExistsError:  # the directory's run stays as it was
+        raise
+    except Exception as err:
+        raise _ended(cfg, out, err) from err
+    except BaseException:  # Ctrl-C, a kill, a time limit: the run can be resumed
+        _record_quietly(out, status="interrupted")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, out: Path) -> RunRecord:
+    validate(cfg)
+    check_devices(cfg)
+    primary, job, record_path = is_primary(), launcher_job(), out / RECORD_NAME
+    if primary:
+        resume = check_job_dir(cfg, out)
+        previous = RunRecord.read(record_path)
+    else:  # as rank 0 decides: a requeued job's other ranks resume with it
+        previous = RunRecord.read(record_path)
+        resume = cfg.resume or (previous is not None and same_job(previous.job, job))
+    if resume and previous is not None and previous.finished:
+        log.info("%s already finished: skipped", cfg.run_name)
+        return previous
+    overridden = overridden_keys(HydraConfig.get().overrides.task) \
+        if HydraConfig.initialized() else ()
+    settings = hparams(cfg, default_config(), overridden)
+
+    # Imported here: Lightning takes seconds to import, and a config error should not wait.
+    import lightning as L
+    import torch
+
+    from bnstudy.callbacks import DivergenceGuard, MetricsHistory
+    from bnstudy.checkpoints import resume_checkpoint
+    from bnstudy.dashboard import tensorboard_writer, write_experiment, write_session
+    from bnstudy.trackers import log_settings, tracker_runs
+
+    quiet_console()
+    started = time.perf_counter()
+    record = previous or RunRecord()
+    if primary:
+        log.info("%s: training %s epochs into %s", cfg.run_name, cfg.trainer.max_epochs, out)
+        requeued = previous is not None and is_requeue(previous.job, job)
+        record = replace(record, status="running", run_name=cfg.run_name, hparams=settings,
+                         job=job, requeues=record.requeues + requeued, error=None,
+                         traceback=None, diverged_at=None)
+        record.write(record_path)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if (threads := torch_threads(cfg.threads)) is not None:
+        torch.set_num_threads(threads)
+
+    datamodule, model, trainer = build(cfg, record.trackers if resume else None)
+    resume_from, note = resume_checkpoint(out / "checkpoints" / "last.ckpt") if resume \
+        else (None, None)
+    if primary:
+        found = {"resume_note": note, "trackers": tracker_runs(trainer.loggers) or None}
+        if changes := {key: value for key, value in found.items() if value}:
+            RunRecord.update(record_path, **changes)
+        if (writer := tensorboard_writer(trainer)) is not None:
+            write_session(writer, settings)
+            if not is_multirun():  # a sweep writes its experiment once, when it ends
+                write_experiment(writer, [settings])
+        log_settings(trainer.loggers, settings)  # the other trackers' hyperparameters
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+
+    guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
+    result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch,
+                    "torch_threads": torch.get_num_threads()}
+    if guard is not None and guard.diverged_at is not None:
+        log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
+        result.update(status="diverged", diverged_at=guard.diverged_at, test=None)
+    else:
+        tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+        result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    history = next((c for c in trainer.callbacks if isinstance(c, MetricsHistory)), None)
+    before = history.elapsed_before if history is not None else 0.0  # a resume's earlier epochs
+    result["wall_time_s"] = before + time.perf_counter() - started
+    if not primary:
+        return replace(RunRecord.read(record_path) or record, **result)
+    return RunRecord.update(record_path, **result)
+
+
+def check_job_dir(cfg: DictConfig, out: Path) -> bool:
+    """Whether the run in `out` resumes: with `resume=true`, or when its launcher requeued the
+    job that started it (a time limit, a preemption), which resumes untold. A resume must use
+    the stored config; otherwise a job directory that already holds a run is left alone
+    unless `overwrite=true` (which clears it for a fresh run)."""
+    record, stored = RunRecord.read(out / RECORD_NAME), out / ".hydra" / "config.yaml"
+    requeue = record is not None and is_requeue(record.job, launcher_job())
+    if cfg.resume or requeue:
+        changed = changed_settings(OmegaConf.load(stored), cfg) if stored.is_file() else []
+        if changed:
+            raise RunExistsError(
+                f"resume=true, but {out} was run with other settings: {'; '.join(changed)}. "
+                "Resume with the original command (plus resume=true), or start a new run in "
+                "another directory (hydra.run.dir=... or hydra.sweep.dir=...).")
+        if requeue:
+            log.info("%s: requeued by its launcher (job %s, status %s): resuming", cfg.run_name,
+                     record.job["id"], record.status)
+        return True
+    if record is not None and not cfg.overwrite:
+        raise RunExistsError(
+            f"{out} already holds a run (status {record.status}); nothing was changed. Add "
+            "resume=true to continue an unfinished run and skip finished ones, overwrite=true "
+            "to train it again from scratch (its results are replaced), or choose another "
+            "hydra.run.dir / hydra.sweep.dir.")
+    if record is not None:
+        for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*")]:
+            old.unlink()
+        for folder in ("checkpoints", "images"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+    return False
+
+
+def _ended(cfg: DictConfig, out: Path, err: Exception) -> RunEnded:
+    """Records how the run failed (or removes its folder, `discard_untrained`) and says so."""
+    if _launcher_gave_up(err):  # no requeue comes: the record and the sweep's summary say so
+        gave_up = str(err).rstrip(".")
+        _record_quietly(out, status="interrupted",
+                        error=f"its launcher will not requeue it ({gave_up})")
+        return RunEnded("interrupted", gave_up)
+    message, trace = str(err), None
+    if not isinstance(err, ConfigError | DataError | RunFileError) and \
+            (message := write_error(err, out)) is None:  # a library's own file, or a bug:
+        message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
+    if trace is None and is_primary() and discard_untrained(out):
+        return RunEnded("discarded", message)
+    if not is_multirun():  # a sweep's summary names the command that resumes it
+        message = f"{message} Resume with: {resume_command(cfg)}"
+    _record_quietly(out, status="failed", run_name=cfg.run_name, error=message, traceback=trace)
+    return RunEnded("failed", message, trace)
+
+
+def _launcher_gave_up(err: Exception) -> bool:
+    """submitit's UncompletedJobError: the job timed out more often than its launcher's
+    `max_num_timeout` (or could not be requeued), and will not be requeued again."""
+    submitit = sys.modules.get("submitit.core.utils")
+    return submitit is not None and isinstance(err, submitit.UncompletedJobError)
+
+
+def _record_quietly(out: Path, **changes) -> None:
+    """Records how the run ended (rank 0 only); on a full disk that too may fail, and the
+    message already given is the one that matters."""
+    if is_primary():
+        try:
+            RunRecord.update(out / RECORD_NAME, **changes)
+        except (RunFileError, ValueError):
+            pass
+
+
+def discard_untrained(job_dir: Path) -> bool:
+    """Removes a job directory in which nothing was trained (no epoch in its record, no
+    checkpoint) and which holds only `RUN_FILES`, and the empty folders above it inside the
+    working directory: a mistake found before training leaves no folder for the report to
+    list. Whether it is gone; a directory holding anything else stays as it is."""
+    try:
+        record = RunRecord.read(job_dir / RECORD_NAME)
+        entries = list(job_dir.iterdir())
+    except (OSError, ValueError):
+        return False
+    if (record is not None and record.history) or \
+            any((job_dir / "checkpoints").glob("last.ckpt*")) or \
+            not all(any(entry.match(pattern) for pattern in RUN_FILES) for entry in entries):
+        return False
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return remove_empty_folder(job_dir)
+
+
+def remove_empty_folder(folder: Path) -> bool:
+    """Removes `folder` if empty, then each folder above it this leaves empty, inside the
+    working directory (`outputs/runs/`, made for it). Whether `folder` is gone."""
+    cwd = Path.cwd().resolve()  # before the removal: the job may run in its own folder
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    for parent in folder.resolve().parents:
+        if cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+    return True
+
+
+_DEFAULTS: dict[tuple, DictConfig] = {}
+
+
+def default_config() -> DictConfig | None:
+    """The config this job's group choices give without any other override (None outside a
+    Hydra job), which `hparams` compares with; composed once per process and set of choices."""
+    if not HydraConfig.initialized():
+        return None
+    choices = HydraConfig.get().runtime.choices
+    key = tuple(sorted((group, str(choice)) for group, choice in choices.items()))
+    if key not in _DEFAULTS:
+        _DEFAULTS[key] = group_defaults(choices)
+    return _DEFAULTS[key]
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files: rank 0 of a multi-process (DDP) run, whose
+    other ranks Lightning starts with these variables set."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
+def resume_command(cfg: DictConfig) -> str:
+    """The command that goes on with this single run: its overrides, `resume=true` and its
+    directory."""
+    task = [o for o in HydraConfig.get().overrides.task
+            if not o.startswith(("resume=", "hydra.run.dir="))] if HydraConfig.initialized() else []
+    return shlex.join(["python", "-m", "bnstudy.train", *task, "resume=true",
+                       f"hydra.run.dir={cfg.paths.output_dir}"])
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """Refuses multi-process settings that cannot work, before anything starts."""
+    if cfg.trainer.use_distributed_sampler:
+        raise ConfigError(
+            "trainer.use_distributed_sampler=true would shard batches a second time: the "
+            "datamodule already gives each process its own share. Leave it false.")
+    if cfg.trainer.devices not in (1, "1") and is_multirun() and \
+            cfg.trainer.strategy != "ddp_spawn":
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices} with trainer.strategy="
+            f"{cfg.trainer.strategy} in a sweep (-m): Lightning's ddp restarts the script, "
+            "which would start the sweep again in every process. In a sweep use "
+            "trainer.strategy=ddp_spawn; for a single run either works.")
+
+
+def torch_threads(setting: int | str | None) -> int | None:
+    """Threads for this job: an explicit count, or with `auto` the cores its launcher gives it:
+    cores / n_jobs (joblib), `cpus_per_task` (submitit), one under submitit's local launcher
+    (it starts every job of the sweep at once), else torch's default (all cores)."""
+    if setting != "auto":
+        return setting
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    if n_jobs := launcher.get("n_jobs"):
+        return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 0 else 1
+    if cpus := launcher.get("cpus_per_task"):
+        return cpus
+    if launcher.get("_target_", "").endswith("submitit_launcher.LocalLauncher"):
+        return 1
+    return None
+
+
+def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
+    """The LightningModule of `cfg.model`, around the network `cfg.model.net` built for the
+    dataset's input shape and classes, with the optimizer factory of `cfg.optim`."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
+    return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net
+                       optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
+
+
+def build(cfg: DictConfig, trackers: dict | None = None
+          ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config;
+    `trackers`: the tracker runs a resumed run goes on logging to."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from bnstudy.checkpoints import AtomicCheckpointIO
+    from bnstudy.trackers import make_loggers
+
+    datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
+    model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers)
+    return datamodule, model, instantiate(cfg.trainer, logger=loggers or False,
+                                          callbacks=callbacks, plugins=[AtomicCheckpointIO()])

@@ -1,0 +1,185 @@
+"""A sweep's edges (Hydra callbacks, `conf/hydra/default.yaml`): the output folder checked
+before anything runs (`OutputFolder`), and the summary when a multirun ends (`SweepSummary`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from bnstudy.errors import RunFileError
+from bnstudy.jobdir import describe_holder, holder
+from bnstudy.records import RECORD_NAME, REMEDIES, RunRecord, job_order, replace_file
+from bnstudy.run import remove_empty_folder
+from bnstudy.trackers import uses_tensorboard
+
+log = logging.getLogger("bnstudy")
+
+REFUSALS_ENV = "BNSTUDY_SWEEP_REFUSALS"  # where a sweep's refused jobs leave their message
+LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (`max_retry`)
+
+
+class OutputFolder(Callback):
+    """Makes the run's folder (`hydra.run.dir`) or the sweep's (`hydra.sweep.dir`) before Hydra
+    does, and checks that a file can be written in it: a read-only or full disk ends the command
+    in one paragraph, before anything runs (Hydra's own attempt ends in a traceback)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # the run's name resolves Hydra's overrides
+        _make_output_folder(Path(config.hydra.run.dir), "the run's folder", "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _make_output_folder(Path(config.hydra.sweep.dir), "the sweep's folder", "hydra.sweep.dir")
+
+
+def _make_output_folder(folder: Path, what: str, key: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        remedy = REMEDIES.get(err.errno, f"point {key} at a folder you can write to")
+        sys.exit(f"Could not write {what}, {folder}: {reason}. Nothing was run. To go on, "
+                 f"{remedy.replace('hydra.run.dir / hydra.sweep.dir', key)} (e.g. "
+                 f"{key}=$HOME/bnstudy/{'run' if key == 'hydra.run.dir' else 'sweep'}1), or "
+                 "launch from a folder you can write to (outputs/ is made where you launch).")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: a line per job (status, accuracies, time), the sweep's HParams
+    experiment, the answer and the report command; then names every job that did not finish
+    (failed, interrupted, still running or killed: its record says so; refused or discarded: it
+    says so in the sweep's refusals folder, whichever process ran it) with the resume command,
+    and exits 1 if there are any. Ok and diverged jobs are results: exit 0."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if note := local_requeue_limit(config.hydra.get("launcher") or {}):
+            log.warning(note)
+        # In the environment every launcher hands its jobs (a process of its own or not).
+        os.environ[REFUSALS_ENV] = str(Path(config.hydra.sweep.dir).absolute() / ".refused" /
+                                       f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
+        if uses_tensorboard(config.get("logger")):
+            from bnstudy.dashboard import BROWSE_URL
+
+            log.info("Browse as jobs finish: tensorboard --logdir %s, then open %s",
+                     config.hydra.sweep.dir, BROWSE_URL)
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if config.hydra.mode == RunMode.MULTIRUN and uses_tensorboard(config.get("logger")):
+            from bnstudy.dashboard import refresh_sweep_view
+
+            refresh_sweep_view(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        found = [(job.parent, RunRecord.read(job)) for job in sorted(
+            sweep_dir.glob(f"*/{RECORD_NAME}"), key=lambda p: job_order(p.parent))]
+        if records := [r for _, r in found if r is not None]:
+            from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
+            from bnstudy.report.answer import console_answer
+
+            if uses_tensorboard(config.get("logger")):
+                write_sweep_experiment(found[0][0], [r.hparams for r in records if r.hparams])
+            lines = "\n".join(f"  {r.line()}" for r in records)
+            answer = console_answer(sweep_dir)
+            log.info("Sweep %s: %d job(s)\n%s\n%sBrowse: tensorboard --logdir %s, then open %s\n"
+                     "Report (per second of compute, tuning, pictures, every claim): "
+                     "python -m bnstudy.report %s", sweep_dir, len(records), lines,
+                     f"{answer}\n" if answer else "", sweep_dir, BROWSE_URL, sweep_dir)
+        unfinished = _collect_refusals()
+        for job, record in found:
+            if record is not None and not record.finished and job.name not in unfinished:
+                unfinished[job.name] = unfinished_reason(job, record)
+        if not unfinished:
+            return
+        lines = "\n".join(f"  {name}: {reason}" for name, reason in
+                          sorted(unfinished.items(), key=lambda item: job_order(item[0])))
+        if discard_empty_sweep(sweep_dir):  # every job failed before training
+            sys.exit(f"{len(unfinished)} job(s) failed before training, so nothing was kept "
+                     f"({sweep_dir} removed):\n{lines}\nFix the cause, then run the command "
+                     "again.")
+        sys.exit(f"{len(unfinished)} job(s) of {sweep_dir} did not finish; the others kept their "
+                 f"results:\n{lines}\nFix the cause, then re-run the same command with "
+                 f"resume=true hydra.sweep.dir={sweep_dir} to run only what is unfinished.")
+
+
+def discard_empty_sweep(sweep_dir: Path) -> bool:
+    """Removes a sweep directory that no job left a folder in, with the sweep's own files (its
+    plan multirun.yaml, views such as `+mean/`) and the empty folders above it; anything else
+    keeps it. Whether it is gone."""
+    if not sweep_dir.is_dir():
+        return False
+    entries = list(sweep_dir.iterdir())
+    own = [p for p in entries if p.name == "multirun.yaml" or p.name.startswith(("+", "."))]
+    if len(own) < len(entries):  # a job's folder (or someone else's file)
+        return False
+    for entry in own:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return remove_empty_folder(sweep_dir)
+
+
+def note_refusal(job_dir: str | Path, message: str, why: str = "refused") -> None:
+    """Leaves a job's message for its sweep's summary, which may run in another process
+    (submitit, joblib), where its directory does not say it: a refused job (its directory is
+    another run's) or one discarded before training (its directory was removed)."""
+    if folder := os.environ.get(REFUSALS_ENV):
+        with contextlib.suppress(RunFileError):  # the job's log has it anyway
+            replace_file(Path(folder) / f"{Path(job_dir).name}.txt", f"{why}: {message}".encode())
+
+
+def _collect_refusals() -> dict[str, str]:
+    """The notes (`note_refusal`) of the sweep that is ending, by job directory name; the
+    notes' folder is removed."""
+    folder = os.environ.pop(REFUSALS_ENV, None)
+    if not folder or not Path(folder).is_dir():
+        return {}
+    refused = {note.stem: note.read_text() for note in Path(folder).glob("*.txt")}
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path(folder).parent.rmdir()  # .refused/, when no other sweep is writing there
+    return refused
+
+
+def unfinished_reason(job: Path, record: RunRecord) -> str:
+    """Why a job's record is not a result: failed (its error), interrupted, still running."""
+    epochs = len(record.history)
+    if record.status == "failed":
+        return f"failed: {record.error or '?'}"
+    if record.status == "interrupted":
+        why = record.error or \
+            "Ctrl-C, a kill, or a time limit or preemption its launcher did not requeue"
+        return f"interrupted after {epochs} epoch(s) ({why})"
+    if record.status == "running":
+        return (f"no result after {epochs} epoch(s): still running in "
+                f"{describe_holder(holder(job))}, or killed")
+    return f"status {record.status}"
+
+
+def local_requeue_limit(launcher_cfg) -> str | None:
+    """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
+    it makes: past its limit a job ends the sweep in submitit's UncompletedJobError."""
+    wanted = launcher_cfg.get("max_num_timeout")
+    if not str(launcher_cfg.get("_target_", "")).endswith("LocalLauncher") or \
+            not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
+        return None
+    return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
+            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends the sweep in "
+            "submitit's UncompletedJobError (its record says interrupted; resume=true goes on). "
+            "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
+            "max_num_timeout.")

@@ -1,0 +1,244 @@
+"""`bnstudy.run.train(cfg)` in this process: the record, resume and requeue, the directory's
+checks, the discard of an untrained run, failures in one paragraph, divergence."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import compose_config, scalars, train_run
+
+from bnstudy.callbacks import DivergenceGuard
+from bnstudy.jobdir import RunExistsError
+from bnstudy.records import RunRecord
+from bnstudy.run import RunEnded, build, check_job_dir, discard_untrained
+
+CURVES = ("train/loss", "train/acc", "val/loss", "val/acc")
+INTERRUPT = ("+callbacks.stop._target_=tests.faults.InterruptAtEpoch", "+callbacks.stop.epoch=2")
+
+
+def without_time(record: RunRecord) -> tuple[list, dict]:
+    """A record's history (without the clock) and test metrics: what must match exactly."""
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in record.history], record.test
+
+
+def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(tiny_data,
+                                                                               tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
+    assert record == RunRecord.read(tmp_path) and record.status == "ok"
+    (row,) = record.history
+    for key in CURVES:
+        assert [v for _, v in scalars(tmp_path, key)] == [pytest.approx(row[key])], key
+    assert row["train/acc"] != row["val/acc"] and 0 <= record.test_acc <= 1
+    assert record.epochs_trained == 1 and record.wall_time_s > 0 and record.torch_threads == 1
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    content = EventAccumulator(str(tmp_path)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
+    hparams = metadata.parse_session_start_info_plugin_data(
+        content[metadata.SESSION_START_INFO_TAG]).hparams
+    numbers = ("seed", "max_epochs", "lr", "batch_size", "hidden_dim", "depth")
+    assert {k: hparams[k].WhichOneof("kind") for k in numbers} == \
+        dict.fromkeys(numbers, "number_value")  # TensorBoard sorts and filters them by value
+    assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
+    assert {hparams[k].WhichOneof("kind") for k in ("dataset", "norm", "optim")} == \
+        {"string_value"}
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
+    common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7")
+    straight = train_run(tiny_data, tmp_path / "a", *common)
+    job = tmp_path / "b"
+    with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C in sys.exit(1)
+        train_run(tiny_data, job, *common, *INTERRUPT, "+callbacks.stop.seconds=0.5")
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    before = RunRecord.read(job)
+    assert before.status == "interrupted" and len(before.history) == 2
+    RunRecord.update(job / "metrics.json", error="boom", traceback="...")
+    resumed = train_run(tiny_data, job, *common, "resume=true")
+    assert resumed.status == "ok" and resumed.error is None and resumed.traceback is None
+    assert resumed.history[:2] == before.history  # from the checkpoint, not trained again
+    assert without_time(resumed) == without_time(straight)
+    # its time counts the epochs of both attempts, not the second attempt's alone
+    assert resumed.wall_time_s > resumed.history[-1]["time_s"] > before.history[-1]["time_s"] > 1
+    assert train_run(tiny_data, job, *common, "resume=true") == resumed  # finished: skipped
+
+
+@pytest.mark.slow
+def test_a_cut_short_checkpoint_resumes_from_the_previous_one(tiny_data, tmp_path):
+    common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=3")
+    straight = train_run(tiny_data, tmp_path / "a", *common)
+    job = tmp_path / "b"
+    with pytest.raises(SystemExit):
+        train_run(tiny_data, job, *common, *INTERRUPT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    last = job / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100_000])  # as a kill during the save would leave it
+    resumed = train_run(tiny_data, job, *common, "resume=true")
+    assert "last.ckpt" in resumed.resume_note and "Resumed from the previous" in resumed.resume_note
+    assert (job / "checkpoints" / "last.ckpt.corrupt").is_file()  # set aside, not deleted
+    assert without_time(resumed) == without_time(straight)
+
+
+@pytest.mark.slow
+def test_the_seed_sets_the_initial_weights(tiny_data, tmp_path):
+    def initial(name: str, seed: int):
+        train_run(tiny_data, tmp_path / name, f"seed={seed}", "dataset.lr=1e-12",
+                  "trainer.limit_train_batches=1")
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt",
+                          weights_only=True)["state_dict"]["net.fc1.weight"]
+
+    a, b, c = initial("a", 0), initial("b", 0), initial("c", 1)
+    assert a.allclose(b) and not a.allclose(c)  # (lr 1e-12 moves them by ~1e-13)
+
+
+@pytest.mark.parametrize("fault, name, written", [
+    ("DiskFullAtEpoch", "last.ckpt", "checkpoints/last.ckpt"),  # the study's own atomic write
+    ("WriteFailsAtEpoch", "hparams.yaml", "hparams.yaml"),  # a library writing its own file
+])
+def test_a_full_disk_fails_the_run_in_one_paragraph_and_its_command_resumes(
+        tiny_data, tmp_path, fault, name, written):
+    common = ("trainer.max_epochs=2", "trainer.limit_train_batches=2")
+    with pytest.raises(RunEnded) as ended:
+        train_run(tiny_data, tmp_path, *common, f"+callbacks.full._target_=tests.faults.{fault}",
+                  "+callbacks.full.epoch=1", f"+callbacks.full.name={name}")
+    record = RunRecord.read(tmp_path)
+    assert ended.value.status == record.status == "failed" and ended.value.trace is None
+    assert record.error == str(ended.value) and record.traceback is None
+    assert record.error.startswith(f"Could not write {tmp_path / written}: No space left on "
+                                   "device.") and "\n" not in record.error
+    command = record.error.split("Resume with: ")[1]
+    assert command.startswith("python -m bnstudy.train ") and \
+        command.endswith(f" resume=true hydra.run.dir={tmp_path}")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not list(tmp_path.rglob("*.tmp"))  # no partial file
+    resumed = train_run(tiny_data, tmp_path, *common, "resume=true")  # the disk freed
+    assert resumed.status == "ok" and len(resumed.history) == 2
+
+
+def test_a_mistake_found_before_training_leaves_no_folder(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunEnded, match="dataset.batch_size=0 is out of range") as ended:
+        train_run(tiny_data, Path("outputs/runs/now"), "dataset.batch_size=0")
+    assert ended.value.status == "discarded"
+    assert list(tmp_path.iterdir()) == []  # the run folder and its empty parents are gone
+
+
+def test_a_failed_run_that_saved_a_checkpoint_is_kept(tmp_path):
+    """Issue #36: a run that failed after `last.ckpt` was saved keeps it to resume from."""
+    for job in (tmp_path / "saved", tmp_path / "untrained"):
+        (job / ".hydra").mkdir(parents=True)
+        RunRecord(status="failed", error="boom").write(job / "metrics.json")
+    (tmp_path / "saved" / "checkpoints").mkdir()
+    (tmp_path / "saved" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    assert not discard_untrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
+    (tmp_path / "untrained" / "notes.txt").write_text("not a run's file")
+    assert not discard_untrained(tmp_path / "untrained")  # someone else's file: kept
+    (tmp_path / "untrained" / "notes.txt").unlink()
+    assert discard_untrained(tmp_path / "untrained") and not (tmp_path / "untrained").exists()
+
+
+def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
+    record = train_run(tiny_data, tmp_path, "norm=none", "dataset.lr=1e12",
+                       "trainer.max_epochs=3")
+    assert record.status == "diverged" and record.finished and record.test is None
+    assert record.diverged_at["epoch"] == 0 and record.diverged_at["step"] >= 1
+    guard = DivergenceGuard()  # stops at the first bad step
+    trainer = SimpleNamespace(current_epoch=2, global_step=40, should_stop=False)
+    guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(1.0)}, None, 3)
+    assert guard.diverged_at is None and not trainer.should_stop
+    trainer.global_step = 41
+    guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(float("nan"))}, None, 4)
+    assert guard.diverged_at == {"epoch": 2, "step": 41, "loss": "nan"} and trainer.should_stop
+
+
+# -- check_job_dir: what a job directory that already holds a run allows ---------------------
+@pytest.fixture
+def stored_job(tmp_path):
+    """A job directory holding an interrupted run of the default config (its `.hydra/`), a
+    checkpoint, pictures and TensorBoard events."""
+    from omegaconf import OmegaConf
+
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(compose_config(f"paths.output_dir={tmp_path}"),
+                   tmp_path / ".hydra" / "config.yaml")
+    RunRecord(status="interrupted", history=[{"epoch": 0}]).write(tmp_path / "metrics.json")
+    for name in ("checkpoints/last.ckpt", "images/weights_final.png", "events.out.tfevents.1"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    return tmp_path
+
+
+def job_cfg(job: Path, *overrides: str):
+    return compose_config(f"paths.output_dir={job}", *overrides)
+
+
+def test_a_rerun_is_refused_and_overwrite_clears_the_run(stored_job):
+    with pytest.raises(RunExistsError, match="already holds a run .status interrupted.; nothing "
+                                             "was changed. Add resume=true"):
+        check_job_dir(job_cfg(stored_job), stored_job)
+    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
+    assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
+
+
+# One setting of each group that trains, changed on resume: refused, naming it with both values.
+@pytest.mark.parametrize("override,named", [
+    ("dataset.batch_size=32", "dataset.batch_size: 64 -> 32"),
+    ("norm=none", "model.net.norm: bn -> none"),
+    ("optim.optimizer.momentum=0.9", "optim.optimizer.momentum: 0.0 -> 0.9"),
+    ("trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val: None -> 1.0"),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in [
+        ("seed=1", "seed: 0 -> 1"),
+        ("model.net.hidden_dim=128", "model.net.hidden_dim: 256 -> 128"),
+        ("dataset=cifar10", "dataset.name: mnist -> cifar10"),
+        ("model=cnn", "model.net._target_: bnstudy.nets.MLP -> bnstudy.nets.CNN"),
+        ("optim=adam", "optim.name: sgd -> adam"),
+        ("dataset.lr=0.1", "optim.optimizer.lr: 0.001 -> 0.1")]),
+])
+def test_resume_with_another_training_setting_is_refused(override, named, stored_job):
+    with pytest.raises(RunExistsError, match="was run with other settings: ") as refused:
+        check_job_dir(job_cfg(stored_job, "resume=true", override), stored_job)
+    listed = str(refused.value).split("other settings: ")[1].split(". Resume with")[0]
+    assert named in listed.split("; ")
+
+
+def test_resume_with_other_bookkeeping_and_observers_goes_on(stored_job):
+    same = job_cfg(stored_job, "resume=true", "threads=1", "~callbacks.hallucinations",
+                   "trainer.enable_progress_bar=false", "logger=csv")
+    assert check_job_dir(same, stored_job) is True
+
+
+SLURM_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+             "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID")
+
+
+def test_a_slurm_requeue_resumes_untold_and_a_second_srun_is_refused(stored_job, monkeypatch):
+    """Issue #36: the record names SLURM job 1000_3 before any restart; SLURM requeued it
+    (SLURM_RESTART_COUNT=1): it resumes without resume=true."""
+    for name in SLURM_ENV:
+        monkeypatch.delenv(name, raising=False)
+    RunRecord.update(stored_job / "metrics.json", job={"id": "slurm:1000_3", "restarts": 0})
+    monkeypatch.setenv("SLURM_JOB_ID", "1001")
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1000")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    with pytest.raises(RunExistsError, match="already holds a run"):  # the same start again
+        check_job_dir(job_cfg(stored_job), stored_job)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert check_job_dir(job_cfg(stored_job), stored_job) is True
+    assert (stored_job / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
+    """On a terminal the bar redraws every `refresh_rate` steps (not Lightning's every step);
+    with the bar off its callback is left out, which Lightning would otherwise refuse."""
+    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
+                         f"trainer.enable_progress_bar={shown}",
+                         "callbacks.progress_bar.refresh_rate=7")
+    bar = build(cfg)[2].progress_bar_callback
+    assert (bar.refresh_rate == 7) if shown else bar is None
