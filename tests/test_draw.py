@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, WarmStarter, entry_point_env
+from helpers import REPO, run_module
 
 from bnstudy import draw
 from bnstudy.pictures.drawing import FINAL_FILES
@@ -207,10 +207,9 @@ def test_bad_settings_are_refused_before_anything_is_drawn(sweep, setting, messa
 
 def test_the_entry_point_refuses_a_path_without_runs(tmp_path):
     (tmp_path / "empty").mkdir()
-    env = entry_point_env()
     for path, message in ((tmp_path / "missing", "does not exist"),
                           (tmp_path / "empty", "holds no runs")):
-        proc = WarmStarter.get(env).run("bnstudy.draw", [str(path)], tmp_path, env, 120)
+        proc = run_module("bnstudy.draw", str(path), cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
@@ -222,7 +221,7 @@ def test_a_terminal_gets_a_progress_bar_and_a_log_file_does_not(sweep, tmp_path)
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     proc = subprocess.run([sys.executable, "-m", "bnstudy.draw", str(job), "steps=2"],
-                          cwd=REPO, env=entry_point_env(), stdout=subprocess.PIPE,
+                          cwd=REPO, stdout=subprocess.PIPE,
                           stderr=slave, timeout=300)
     os.close(slave)
     shown = b""
@@ -239,6 +238,5 @@ def test_a_terminal_gets_a_progress_bar_and_a_log_file_does_not(sweep, tmp_path)
     assert b"drawing:" in shown and b"1/1" in shown  # the bar, on the terminal
     assert b"drawing:" not in proc.stdout and b"\r" not in proc.stdout  # the lines: plain
     assert f"{job.name}: drawn (steps=2)".encode() in proc.stdout
-    env = entry_point_env()
-    piped = WarmStarter.get(env).run("bnstudy.draw", [str(job), "steps=3"], tmp_path, env, 300)
+    piped = run_module("bnstudy.draw", str(job), "steps=3", cwd=tmp_path)
     assert piped.returncode == 0 and "drawing:" not in piped.stderr  # no bar in a log file

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import WarmStarter, entry_point_env, read_record
+from helpers import read_record, run_module
 
 from bnstudy import eval as evaluate
 from bnstudy.rebuild import CHECKPOINT
@@ -102,8 +102,7 @@ def test_a_run_without_checkpoint_is_named_and_the_others_evaluated(sweep, capsy
 
 def test_the_entry_point_prints_the_result(sweep):
     job = next(sweep.glob("4_*"))
-    env = entry_point_env()
-    proc = WarmStarter.get(env).run("bnstudy.eval", [str(job)], sweep, env, 300)
+    proc = run_module("bnstudy.eval", str(job), cwd=sweep)
     assert proc.returncode == 0, proc.stderr
     acc = read_record(job)["test"]["acc"]
     assert f"test acc {100 * acc:.2f} % (as recorded) -> {job.name}/eval.json" in proc.stdout

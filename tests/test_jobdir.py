@@ -116,3 +116,18 @@ def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch,
     assert f"Could not lock {tmp_path / LOCK_NAME}" in caplog.text
     assert "nothing stops a second process" in caplog.text
     assert holder(tmp_path) == {}
+
+
+def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path):
+    """Hydra's `output_subdir`: `.hydra` is written unless it exists; `overwrite=true` replaces
+    it, unless another process holds the lock (that command will be refused)."""
+    from bnstudy.jobdir import config_subdir
+
+    assert config_subdir(str(tmp_path), False) == ".hydra"
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    assert config_subdir(str(tmp_path), False) is None
+    assert config_subdir(str(tmp_path), True) == ".hydra"
+    with JobDirLock(tmp_path) as lock:
+        lock.acquire("mnist-bn-sgd-seed0")
+        assert config_subdir(str(tmp_path), True) is None

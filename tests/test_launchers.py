@@ -1,6 +1,7 @@
 """Scale-out and first-use paths run for real: sweeps through Hydra's launchers (joblib,
 submitit's local executor, the SLURM config) and torchvision's download from a mirror on
-127.0.0.1 serving files in the official formats (no other address is contacted)."""
+127.0.0.1 serving files in the official formats (no other address is contacted), and data
+files that are not what they claim."""
 
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import read_record, run_sweep, run_train, write_cifar10, write_mnist
+from helpers import FAST, fresh_train, read_record, run_train, write_cifar10, write_mnist
+
 
 # -- sweeps through launchers -------------------------------------------------------------
+def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str):
+    """A one-seed multirun in a fresh interpreter: the launchers start processes of their own."""
+    return fresh_train("-m", *FAST, "seed=0", f"paths.data_dir={data_dir}",
+                       f"hydra.sweep.dir={sweep_dir}", *overrides)
+
 
 
 @pytest.mark.slow
@@ -66,21 +73,6 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
     # sweep's HParams experiment, written into the first job when the sweep ends)
     assert len(pids) == 3, pids
     assert f"Sweep {tmp_path}: 2 job(s)" in console
-
-
-def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
-    from omegaconf import OmegaConf
-
-    from bnstudy.config import local_requeue_limit
-
-    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
-    assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
-                           "restarts a job at most 5 times")
-    for fine in ({"_target_": local, "max_num_timeout": 5}, {"_target_": local},
-                 {"_target_": slurm, "max_num_timeout": 10}):
-        assert local_requeue_limit(OmegaConf.create(fine)) is None, fine
 
 
 def test_slurm_launcher_config_composes():
@@ -192,7 +184,7 @@ def test_a_time_limit_past_max_num_timeout_ends_interrupted_and_the_sweep_exits_
     resumed = small_sweep(tiny_data, sweep, "resume=true", submitit=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
-    assert "error" not in read_record(job)  # the time-out's note went with it
+    assert read_record(job)["error"] is None  # the time-out's note went with it
 
 
 # -- torchvision's download, from a mirror on 127.0.0.1 -----------------------------------
@@ -369,3 +361,30 @@ def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp
     assert len(dm.train_set) + len(dm.val_set) == 150
     shutil.rmtree(served)  # present now: a second prepare_data fetches nothing
     CIFAR10DataModule(data_dir, download=True).prepare_data()
+
+
+def test_a_padded_cifar_batch_is_refused_as_corrupt(tmp_path):
+    from bnstudy.datafiles import load_cifar_batch
+    from bnstudy.errors import DataError
+
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes() + b"\0" * 64)
+    with pytest.raises(DataError, match="data_batch_2 is not a valid CIFAR-10 batch .*64 bytes "
+                                        "follow the batch.*corrupt"):
+        load_cifar_batch(batch)
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    from bnstudy.data import MNISTDataModule
+    from bnstudy.errors import DataError
+
+    def offline(self):
+        (self.data_dir / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Name or service not known")
+
+    monkeypatch.setattr(MNISTDataModule, "fetch", offline)
+    target = tmp_path / "nowhere" / "data"
+    with pytest.raises(DataError, match="the download failed"):
+        MNISTDataModule(target, download=True).prepare_data()
+    assert not target.exists() and tmp_path.is_dir()

@@ -1,199 +1,288 @@
-"""The entry point end to end: one real-data run and the 8-job sweep on tiny data."""
+"""The entry point, `python -m bnstudy.train` (run in this process by `helpers.run_train`, or
+in a fresh interpreter where a process of its own matters): one paragraph per way a command
+ends, its exit status, the console, a real sweep and its summary."""
 
-import json
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
-from helpers import FAST, run_train, scalar_tags
+from helpers import (
+    FAST,
+    fresh_train,
+    read_record,
+    run_sweep,
+    run_train,
+    scalar_tags,
+    start_train,
+    sweep_jobs,
+    wait_for_file,
+)
 
-CURVES = {"train/loss", "train/acc", "val/loss", "val/acc"}
-
-
-@pytest.mark.slow
-def test_one_run_on_real_mnist_learns(shared_data, tmp_path):
-    proc = run_train(
-        *FAST, f"paths.data_dir={shared_data}", "trainer.max_epochs=2", "optim=adam",
-        f"hydra.run.dir={tmp_path}"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((tmp_path / "metrics.json").read_text())
-    assert record["status"] == "ok"
-    assert [row["epoch"] for row in record["history"]] == [0, 1]
-    assert record["history"][-1]["val/acc"] > 0.85  # chance is 0.1
-    assert record["test"]["acc"] > 0.85 and record["wall_time_s"] > 0
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    tags = scalar_tags(tmp_path)
-    assert CURVES | {"test/loss", "test/acc", "train/loss_step"} <= tags
+QUICK = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "~callbacks.hallucinations")
 
 
-@pytest.mark.slow
-def test_sweep_of_eight_jobs(tiny_sweep):
-    """conftest's `tiny_sweep`: dataset=mnist,cifar10 norm=bn,none optim=sgd,adam, 2 epochs."""
-    jobs = sorted(p for p in tiny_sweep.dir.iterdir() if (p / ".hydra").is_dir())
-    names = {job.name.split("_", 1)[1] for job in jobs}
-    assert names == {  # what the sweep varies; max_epochs=2, the same for all, is not named
-        f"{d}-{n}-{o}-seed0"
-        for d in ("mnist", "cifar10")
-        for n in ("bn", "none")
-        for o in ("sgd", "adam")
-    }
-    for job in jobs:
-        record = json.loads((job / "metrics.json").read_text())
-        assert record["status"] == "ok", (job, record)
-        assert len(record["history"]) == 2
-        assert CURVES <= scalar_tags(job)
-        assert record["hparams"]["norm"] in job.name
-
-
-def still_run(tiny_data, out: Path, *overrides: str):
-    """A one-step run whose weights stay where they started (lr 1e-12), in-process."""
-    from helpers import compose_config
-
-    from bnstudy.train import train
-
-    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={out}",
-                         "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                         "dataset.lr=1e-12", "~callbacks.hallucinations", *FAST, *overrides)
-    return train(cfg)
-
-
-@pytest.mark.parametrize("overrides, refresh_rate", [
-    (["trainer.enable_progress_bar=true"], "default"),
-    (["trainer.enable_progress_bar=true", "callbacks.progress_bar.refresh_rate=7"], 7),
-    (["trainer.enable_progress_bar=false"], None),
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset.batch_size=0"], "dataset.batch_size=0 is out of range; it must be an integer >= 1"),
+    (["dataset.datamodule.download=false", "paths.data_dir=nowhere"],
+     "nowhere/MNIST/raw/train-images-idx3-ubyte"),
+    pytest.param(["+dataset.momentum=0.9"], "dataset.momentum: no such setting. Valid keys "
+                 "under dataset:", marks=pytest.mark.slow),
+    pytest.param(["dataset.batch_size=1"], "dataset.batch_size=1 with norm=bn: BatchNorm "
+                 "normalises over the batch, which one image cannot give", marks=pytest.mark.slow),
 ])
-def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, overrides,
-                                                           refresh_rate):
-    """On a terminal the bar redraws every `refresh_rate` steps (not Lightning's every step);
-    with the bar off its callback is left out, which Lightning would otherwise refuse."""
-    from helpers import compose_config
-
-    from bnstudy.train import build
-
-    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
-                         *overrides)
-    bar = build(cfg)[2].progress_bar_callback
-    if refresh_rate is None:
-        assert bar is None
-    elif refresh_rate == "default":
-        assert bar.refresh_rate > 1
-    else:
-        assert bar.refresh_rate == refresh_rate
+def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
+        overrides, message, tiny_data, tmp_path):
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", *overrides,
+                     "hydra.run.dir=outputs/runs/now", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert message in proc.stderr and "failed before training; nothing was kept" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # the run folder Hydra made is gone, and its parents
 
 
-def initial_weights(out: Path):
-    import torch
-
-    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return state["net.fc1.weight"]
-
-
-@pytest.mark.slow
-def test_the_seed_sets_the_initial_weights(tiny_data, tmp_path):
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        still_run(tiny_data, tmp_path / name, f"seed={seed}")
-    a, b, c = (initial_weights(tmp_path / name) for name in "abc")
-    assert a.allclose(b) and not a.allclose(c)  # (lr 1e-12 moves them by ~1e-13)
-
-
-def test_the_history_holds_each_splits_own_values(tiny_data, tmp_path):
-    from helpers import read_record, scalars
-
-    still_run(tiny_data, tmp_path, "trainer.limit_train_batches=null", "dataset.lr=0.1")
-    (row,) = read_record(tmp_path)["history"]
-    for key in CURVES:
-        assert [v for _, v in scalars(tmp_path, key)] == [pytest.approx(row[key])], key
-    assert row["train/acc"] != row["val/acc"] and row["train/loss"] != row["val/loss"]
+@pytest.mark.parametrize("override, message", [
+    ("dataset=imagenet", "Could not find 'dataset/imagenet'"),  # Hydra's, naming the options
+    ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),  # the schema
+    ("lr=0.1", "lr: no such setting. Did you mean dataset.lr"),  # not Hydra's `+lr=0.1`
+    ("seeds=3", "Type e.g. seed=3."),
+    ("momentum=0.9", "Type e.g. optim.optimizer.momentum=0.9."),
+])
+def test_a_mistyped_command_is_refused_before_anything_runs(override, message, tmp_path):
+    proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 1 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+    if override == "dataset=imagenet":
+        assert "Available options in 'dataset'" in proc.stderr and "cifar10" in proc.stderr
 
 
-@pytest.mark.parametrize("status", ["ok", "diverged"])
-def test_resume_leaves_finished_runs_alone(tiny_data, tmp_path, status):
-    from bnstudy.records import update_record
-
-    before = update_record(tmp_path / "metrics.json", status=status, history=[])
-    assert still_run(tiny_data, tmp_path, "resume=true") == before
-    assert not (tmp_path / "checkpoints").exists()
-
-
-def test_a_resumed_success_drops_the_old_error(tiny_data, tmp_path):
-    from bnstudy.records import update_record
-
-    update_record(tmp_path / "metrics.json", status="failed", error="boom", traceback="...")
-    record = still_run(tiny_data, tmp_path, "resume=true")
-    assert record["status"] == "ok" and "error" not in record and "traceback" not in record
+def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_path):
+    text = run_train("--help").stdout
+    assert text.startswith("python -m bnstudy.train [-m]") and "dataset.lr=0.001" in text
+    assert text.index("dataset=mnist|cifar10") < text.index("Every group and its options:")
+    for group, options in {"dataset": "cifar10, fashion_mnist, mnist", "norm": "bn, layer, none",
+                           "optim": "adam, sgd", "model": "cnn, mlp"}.items():
+        assert f"{group}: {options}" in text
+    proc = run_train("--cfg", "job", "--resolve", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 0 and "lr: 0.001" in proc.stdout
+    assert "output_dir: '<the job''s directory" in proc.stdout and not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow
-def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path):
-    """Lightning's ddp restarts the script for rank 1 (gloo on CPU); rank 0 alone writes."""
-    from helpers import read_record
-
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-                     "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                     "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}", timeout=300)
+def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_lines(
+        tiny_data, tmp_path):
+    common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+              f"hydra.run.dir={tmp_path}")
+    stopped = run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
+                        "+callbacks.stop.epoch=1")
+    assert stopped.returncode == 1 and read_record(tmp_path)["status"] == "interrupted"
+    assert "keeps what it trained so far. To go on, run the same command with resume=true " \
+           f"hydra.run.dir={tmp_path}" in stopped.stderr
+    refused = run_train(*common)
+    assert refused.returncode == 1 and "already holds a run (status interrupted)" in \
+        refused.stderr and "Traceback" not in refused.stderr
+    proc = run_train(*common, "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = read_record(tmp_path)
-    assert record["status"] == "ok" and [row["epoch"] for row in record["history"]] == [0, 1]
-    assert record["history"][-1]["step"] == 2 * 5  # 540 images, 270 a process, batch 64
-    assert record["test"]["acc"] is not None
-    assert proc.stderr.count("mnist-bn-sgd-seed0") >= 1
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert (tmp_path / "images" / "weights_final.png").is_file()
+    console, log = proc.stdout + proc.stderr, (tmp_path / "train.log").read_text()
+    for routine in ("GPU available", "`Trainer.fit` stopped"):
+        assert routine not in console and routine in log  # kept, in the log file
+    assert f"training 2 epochs into {tmp_path}" in console and ": ok, val acc " in console
+    assert f"Files: {tmp_path} (" in console
+    assert proc.stderr.count("already holds a run") == 0 and refused.stderr not in log
+
+
+def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_data, tmp_path):
+    from bnstudy.report.runs import load_runs, never_started
+
+    proc = run_sweep(tmp_path, tiny_data, "dataset.batch_size=0,32", *QUICK)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (good,) = sweep_jobs(tmp_path)  # the failing job never trained: it left no directory
+    assert good.name == "1_mnist-bn-sgd-seed0-batch_size=32"  # named by what the sweep varies
+    console = proc.stdout + proc.stderr  # the summary: on Hydra's own console, stdout
+    assert read_record(good)["status"] == "ok" and f"Sweep {tmp_path}: 1 job(s)" in console
+    assert f"  {good.name[2:]}: ok, val acc " in console
+    assert "  0_mnist-bn-sgd-seed0-batch_size=0: failed before training, nothing kept: " \
+           "dataset.batch_size=0 is out of range" in proc.stderr
+    assert f"resume=true hydra.sweep.dir={tmp_path}" in proc.stderr and "?" not in proc.stderr
+    assert [r.outcome for r in load_runs(tmp_path)] == ["ok"]
+    assert never_started(tmp_path) == ["dataset.batch_size=0"]  # counted as missing
+
+
+def test_a_sweep_whose_every_job_fails_keeps_nothing_and_names_no_resume(tiny_data, tmp_path):
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.batch_size=0",
+                     "norm=bn,none", "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "2 job(s) failed before training, so nothing was kept" in proc.stderr
+    for job in ("0_mnist-bn-sgd-seed0", "1_mnist-none-sgd-seed0"):
+        assert f"  {job}: failed before training, nothing kept: dataset.batch_size=0 is out " \
+            "of range" in proc.stderr
+    assert "Fix the cause, then run the command again." in proc.stderr
+    assert "resume=true" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_pythons_warnings_go_to_the_log_and_routine_ones_stay_off_the_console(tiny_data,
+                                                                               tmp_path):
+    """In a fresh interpreter (pytest records warnings itself): Lightning warns that a resumed
+    run's checkpoints/ exists; train.log keeps it, the console does not show it."""
+    common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+              f"hydra.run.dir={tmp_path}")
+    run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
+              "+callbacks.stop.epoch=1")
+    proc = fresh_train(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exists and is not empty" not in proc.stdout + proc.stderr
+    assert "exists and is not empty" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_resumes_skipping_finished_jobs_and_diverged_is_a_result(
+        tiny_data, tmp_path):
+    common = ("-m", *FAST, f"paths.data_dir={tiny_data}", "norm=bn,none", "dataset.lr=0.01,1e12",
+              "trainer.max_epochs=2", "~callbacks.hallucinations", f"hydra.sweep.dir={tmp_path}")
+    interrupted = run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
+                            "+callbacks.stop.epoch=1")  # Ctrl-C stops the whole sweep
+    assert interrupted.returncode != 0
+    (first,) = sweep_jobs(tmp_path)
+    assert read_record(first)["status"] == "interrupted"
+    epoch0 = read_record(first)["history"]
+    resumed = run_train(*common, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]  # diverged jobs are results
+    records = [read_record(job) for job in sweep_jobs(tmp_path)]
+    assert sorted(r["status"] for r in records) == ["diverged", "diverged", "ok", "ok"]
+    assert records[0]["history"][:1] == epoch0  # continued from the checkpoint, not redone
+    again = run_train(*common, "resume=true")
+    assert again.returncode == 0 and again.stderr.count("already finished") == 4
 
 
 @pytest.mark.slow
 def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
-    """The README's first command, as written (3 seeds by default), on the tiny fixtures:
-    its console ends with a verdict per dataset × optimizer, and so does its report."""
+    """The README's first command, as written (3 seeds by default), on the tiny fixtures: its
+    console ends with a verdict per dataset × optimizer, and so does its report."""
     from bnstudy.report.cli import main as report
 
     proc = run_train("-m", "dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", *FAST,
                      f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
                      "~callbacks.hallucinations", f"hydra.sweep.dir={tmp_path}", seeds=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    console = proc.stdout + proc.stderr
     assert len(list(tmp_path.glob("*/metrics.json"))) == 24  # 8 pairs × 3 seeds
-    assert "Is BatchNorm worth it?" in console
+    assert "Is BatchNorm worth it?" in proc.stderr
     for pair in ("MNIST, SGD", "MNIST, Adam", "CIFAR-10, SGD", "CIFAR-10, Adam"):
-        line = next(x for x in console.splitlines() if x.strip().startswith(f"{pair} (3 vs 3"))
-        assert any(w in line for w in ("BN wins", "BN loses", "no difference seen",
-                                       "cannot tell yet", "no spread over the seeds"))
+        assert any(x.strip().startswith(f"{pair} (3 vs 3") for x in proc.stderr.splitlines())
     assert report([str(tmp_path)]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert text.index("## The answer") < text.index("## Claims")
-    assert "Verdicts: **C1 " in text and "**C5 " in text
 
 
-def test_the_console_shows_the_studys_lines_and_the_log_file_has_the_rest(tiny_data, tmp_path):
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1",
-                     f"hydra.run.dir={tmp_path}")
+@pytest.mark.slow
+def test_the_sweep_of_eight_jobs(tiny_sweep):
+    """conftest's `tiny_sweep` (a fresh interpreter, as a user runs it): named by what it
+    varies, each job's curves in TensorBoard."""
+    names = {job.split("_", 1)[1] for job in tiny_sweep.records}
+    assert names == {f"{d}-{n}-{o}-seed0" for d in ("mnist", "cifar10") for n in ("bn", "none")
+                     for o in ("sgd", "adam")}
+    for job, record in tiny_sweep.records.items():
+        assert record["status"] == "ok" and len(record["history"]) == 2
+        assert {"train/loss", "val/acc"} <= scalar_tags(tiny_sweep.dir / job)
+
+
+@pytest.mark.slow
+def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
+    for experiment, warned in (("lr_sweep", True), ("lr0.01", False)):
+        proc = run_train(*FAST, f"paths.data_dir={tiny_data}", f"experiment={experiment}",
+                         "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / experiment}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert ("is a sweep, but without -m" in proc.stderr) == warned
+
+
+@pytest.mark.slow
+def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path):
+    """Lightning's ddp restarts the script for rank 1 (gloo on CPU); rank 0 alone writes."""
+    proc = fresh_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
+                       "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                       "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    console = proc.stdout + proc.stderr
-    for routine in ("GPU available", "TPU available", "`Trainer.fit` stopped"):
-        assert routine not in console
-        assert routine in (tmp_path / "train.log").read_text()  # kept, in the log file
-    assert f"training 1 epochs into {tmp_path}" in console
-    assert f"Files: {tmp_path} (" in console and ": ok, val acc " in console
+    record = read_record(tmp_path)
+    assert record["status"] == "ok" and [row["epoch"] for row in record["history"]] == [0, 1]
+    assert record["history"][-1]["step"] == 2 * 5  # 540 images, 270 a process, batch 64
+    assert (tmp_path / "images" / "weights_final.png").is_file()
 
 
-def test_a_runs_hparams_keep_their_types_in_tensorboard(tiny_data, tmp_path):
-    """The session a real run writes: numbers (seed, max_epochs, lr, batch size) as numbers,
-    so TensorBoard's HParams table sorts and filters them by value; names as text."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import metadata
+def paused_run(tiny_data, job, go, *overrides: str):
+    """A run in a process of its own that pauses when its epoch 1 starts, until `go` exists."""
+    return start_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
+                       "trainer.limit_train_batches=2", "~callbacks.hallucinations",
+                       f"hydra.run.dir={job}", *overrides,
+                       "+callbacks.pause._target_=tests.faults.PauseAtEpoch",
+                       "+callbacks.pause.epoch=1", f"+callbacks.pause.until={go}")
 
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1", "seed=2",
-                     "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    content = EventAccumulator(str(tmp_path)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
-    hparams = metadata.parse_session_start_info_plugin_data(
-        content[metadata.SESSION_START_INFO_TAG]).hparams
-    kinds = {k: v.WhichOneof("kind") for k, v in hparams.items()}
-    assert {k: kinds[k] for k in ("seed", "max_epochs", "lr", "batch_size", "hidden_dim",
-                                  "depth")} == dict.fromkeys(
-        ("seed", "max_epochs", "lr", "batch_size", "hidden_dim", "depth"), "number_value")
-    assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
-    assert kinds["dataset"] == kinds["norm"] == kinds["optim"] == "string_value"
+
+def snapshot(job) -> dict[str, bytes]:
+    """Every file of a job directory by relative path, but the events and the log."""
+    return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
+            if p.is_file() and "tfevents" not in p.name and p.name != "train.log"}
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_and_the_first_trains_on_alone(tiny_data, tmp_path):
+    import socket
+    from pathlib import Path
+
+    job, go = tmp_path / "job", tmp_path / "go"
+    first = paused_run(tiny_data, job, go)
+    try:
+        wait_for_file(Path(f"{go}.paused"), first)
+        before = {**snapshot(job), "train.log": (job / "train.log").read_bytes()}
+        for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
+            second = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
+                               f"hydra.run.dir={job}", how)
+            assert second.returncode == 1 and f"{job} is in use: " in second.stderr
+            assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
+        assert {**snapshot(job), "train.log": (job / "train.log").read_bytes()} == before
+        go.touch()
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, stderr[-2000:]
+    assert {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")} == {str(first.pid)}
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_lock_in_the_way_of_its_resume(tiny_data, tmp_path):
+    import signal
+    from pathlib import Path
+
+    from bnstudy.jobdir import holder
+
+    job, go = tmp_path / "job", tmp_path / "go"
+    killed = paused_run(tiny_data, job, go)
+    try:
+        wait_for_file(Path(f"{go}.paused"), killed)
+    finally:
+        killed.send_signal(signal.SIGKILL)  # no handler runs: the record still says running
+        killed.communicate(timeout=60)
+    assert read_record(job)["status"] == "running" and holder(job)["pid"] == killed.pid
+    resumed = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
+                        f"hydra.run.dir={job}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
+
+
+def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog):
+    """TensorBoard's event writer fails in its own thread on a full disk (and raises again in
+    the run, which reports it): Python's thread traceback stays off the console."""
+    import errno
+    import logging
+    import threading
+
+    from bnstudy.console import thread_exception
+
+    def hook_args(error):
+        return threading.ExceptHookArgs((type(error), error, None, threading.current_thread()))
+
+    with caplog.at_level(logging.INFO, logger="py.threads"):
+        thread_exception(hook_args(OSError(errno.ENOSPC, "No space left on device")))
+    assert capsys.readouterr().err == "" and "No space left on device" in caplog.text
+    thread_exception(hook_args(ValueError("a bug")))  # any other error: Python's traceback
+    assert "ValueError: a bug" in capsys.readouterr().err
 
 
 def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once():
@@ -211,51 +300,7 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once()
     assert shown("bnstudy.data", logging.WARNING, subset)
     assert not shown("bnstudy.data", logging.WARNING, subset)  # a sweep's next job: not again
     assert shown("py.warnings", logging.WARNING, "UserWarning: something real")
-    for routine in ("Checkpoint directory /x/checkpoints exists and is not empty.",
-                    "The number of training batches (4) is smaller than the logging interval"):
-        assert not shown("py.warnings", logging.WARNING, f"…/model_checkpoint.py:1: {routine}")
+    assert not shown("py.warnings", logging.WARNING, "…: Checkpoint directory /x exists and is "
+                     "not empty.")
     assert shown("bnstudy", logging.ERROR, "x failed: …") and \
         shown("bnstudy", logging.ERROR, "x failed: …")  # errors every time
-
-
-@pytest.mark.slow
-def test_a_resumed_runs_console_has_no_checkpoint_directory_notice(tiny_data, tmp_path):
-    """Lightning warns that a resumed run's checkpoints/ exists: train.log keeps it (through
-    Python's warnings, captured), the console does not show it."""
-    import subprocess
-    import sys
-
-    from helpers import REPO, entry_point_env
-
-    common = (*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-              "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}")
-    run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
-              "+callbacks.stop.epoch=1")
-    env = {k: v for k, v in entry_point_env().items() if k != "PYTHONWARNINGS"}  # Python's own
-    proc = subprocess.run([sys.executable, "-m", "bnstudy.train", *common, "resume=true"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    notice = "exists and is not empty"
-    assert notice not in proc.stdout + proc.stderr
-    assert notice in (tmp_path / "train.log").read_text()
-    assert f"Files: {tmp_path} (" in proc.stderr
-
-
-def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog):
-    """TensorBoard's event writer fails in its own thread on a full disk (and raises again in
-    the run, which reports it): Python's thread traceback stays off the console."""
-    import errno
-    import logging
-    import threading
-
-    from bnstudy.train import _thread_exception
-
-    def hook_args(error):
-        return threading.ExceptHookArgs((type(error), error, None, threading.current_thread()))
-
-    with caplog.at_level(logging.INFO, logger="py.threads"):
-        _thread_exception(hook_args(OSError(errno.ENOSPC, "No space left on device")))
-    assert capsys.readouterr().err == ""
-    assert "No space left on device" in caplog.text
-    _thread_exception(hook_args(ValueError("a bug")))  # any other error: Python's traceback
-    assert "ValueError: a bug" in capsys.readouterr().err

@@ -12,8 +12,9 @@ from helpers import FAST, compose_config, run_sweep, run_train, write_mnist
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+from bnstudy.records import TUNING_FILE, RunRecord
 from bnstudy.report.cli import main as report
-from bnstudy.tune import TUNING_FILE, ScoringLauncher, objective
+from bnstudy.tune import ScoringLauncher, objective
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -31,16 +32,18 @@ def test_the_tuned_experiment_composes_with_the_optuna_search():
                                    "norm": ["bn", "none"]}
 
 
-def job(status: str, history=(), state=JobStatus.COMPLETED) -> JobReturn:
+def job(status: str, val_acc=(), state=JobStatus.COMPLETED) -> JobReturn:
     ret = JobReturn(status=state)
-    ret.return_value = {"status": status, "history": list(history)}
+    ret.return_value = RunRecord(status, history=[{"val/acc": acc} for acc in val_acc])
     return ret
 
 
 def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
+    """Issue #36: the final epoch's accuracy, not the best (a history that drops at the end)."""
     raised = JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("out of memory"))
-    assert objective(job("ok", [{"val/acc": 0.5}, {"val/acc": 0.75}])) == 0.75
-    assert objective(job("diverged", [{"val/acc": 0.9}])) == 0.0
+    assert objective(job("ok", [0.5, 0.75])) == 0.75
+    assert objective(job("ok", [0.5, 0.9, 0.6])) == 0.6
+    assert objective(job("diverged", [0.9])) == 0.0
     for failed in (objective(job("failed")), objective(raised)):
         with pytest.raises(ValueError):
             float(failed)  # not a number: Optuna records the trial as failed
@@ -60,7 +63,7 @@ def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path
         def launch(self, job_overrides, initial_job_idx):
             return [done(0, JobReturn(status=JobStatus.FAILED,
                                       _return_value=RuntimeError("boom"))),
-                    done(1, job("ok", [{"val/acc": 0.5}]))]
+                    done(1, job("ok", [0.5]))]
 
     scoring = ScoringLauncher(Inner(), tmp_path)
     failed, ok = scoring.launch([(), ()], initial_job_idx=0)

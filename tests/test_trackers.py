@@ -1,6 +1,6 @@
-"""The trackers (`conf/logger/`): CSV, MLflow (a local store), W&B (offline) and several at
-once, each through the entry point with its real library, offline: the study's scalars and
-settings reach each; TensorBoard's own views only where TensorBoard is used."""
+"""The trackers (`bnstudy.trackers`, `conf/logger/`): CSV, MLflow (a local store), W&B
+(offline) and several at once, each through the entry point with its real library, offline:
+the study's scalars and settings reach each; TensorBoard's own views only where it is used."""
 
 from __future__ import annotations
 
@@ -79,6 +79,20 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
     with pytest.raises(ConfigError, match=r"logger=mlflow needs the mlflow package.*"
                                           r"pip install 'bnstudy\[mlflow\]'"):
         trackers.make_loggers(cfg.logger, "run")
+
+
+def test_a_resumed_run_builds_its_mlflow_logger_with_the_stored_run_id():
+    """Issue #36: the run id `tracker_runs` stored goes to the logger of the resumed run, and
+    MLflow is not asked to start a run (a server that does not answer is never contacted)."""
+    needs("mlflow")
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=[tensorboard,mlflow]", "paths.output_dir=/unused/job",
+                         "logger.mlflow.tracking_uri=http://127.0.0.1:9")
+    _, resumed = trackers.make_loggers(cfg.logger, "job", {"MLFlowLogger": "0123abcd"})
+    _, fresh = trackers.make_loggers(cfg.logger, "job")
+    assert resumed._run_id == "0123abcd" and fresh._run_id is None
+    assert fresh._run_name == "job"  # named as the job's TensorBoard run
 
 
 def test_the_tracker_choice_is_bookkeeping_not_a_setting():

@@ -1,0 +1,82 @@
+"""`bnstudy.records`: the run record's schema, and run files written atomically, with the
+umask's mode, and one paragraph when the disk refuses."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from bnstudy.errors import RunFileError
+from bnstudy.records import RunRecord, write_error, write_json_atomic
+
+
+def fail_fsync(monkeypatch, error: BaseException) -> None:
+    """Makes the next os.fsync cut the file in half and raise `error`: a write that fails, or
+    a kill, after the temporary file got part of its bytes."""
+    def fsync(fd: int) -> None:
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        raise error
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
+    record = RunRecord(status="ok", run_name="mnist-bn-sgd-seed0", test={"loss": 0.5, "acc": 0.9},
+                       history=[{"epoch": 0, "val/acc": 0.8, "train/loss": float("nan")}],
+                       wall_time_s=12.0)
+    record.write(tmp_path)  # a job directory, or its metrics.json
+    back = RunRecord.read(tmp_path / "metrics.json")
+    assert back.history[0]["train/loss"] is None  # JSON has no NaN: null
+    assert back.final_val_acc == 0.8 and back.test_acc == 0.9 and back.finished
+    assert back.line() == "mnist-bn-sgd-seed0: ok, val acc 80.00 %, test acc 90.00 %, 12 s"
+    (tmp_path / "metrics.json").write_text('{"status": "failed", "from_the_future": 1}')
+    assert RunRecord.read(tmp_path) == RunRecord(status="failed")
+    assert RunRecord.read(tmp_path / "absent") is None
+    updated = RunRecord.update(tmp_path / "metrics.json", error="boom")
+    assert updated == RunRecord.read(tmp_path) == RunRecord(status="failed", error="boom")
+
+
+def test_a_failed_write_keeps_the_old_record_and_says_what_to_do(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    RunRecord(history=[{"epoch": 0}]).write(path)
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"status": object()})  # not JSON-serialisable: fails mid-write
+    fail_fsync(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(RunFileError) as failure:
+        RunRecord.update(path, history=[{"epoch": 0}, {"epoch": 1}])
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+    message = str(failure.value)
+    assert message.startswith(f"Could not write {path}: No space left on device.")
+    assert "free space, or point hydra.run.dir / hydra.sweep.dir at another disk" in message
+    assert "run the same command with resume=true" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
+def test_run_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    from bnstudy.checkpoints import AtomicCheckpointIO
+
+    old = os.umask(umask)
+    try:
+        RunRecord().write(tmp_path / "metrics.json")
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == mode
+
+
+def test_a_write_error_names_the_file_whatever_the_library_gave():
+    """TensorBoard's event writer names its file in bytes; a data file that cannot be read
+    (outside the job directory, no permission) is not a write error."""
+    events = b"/runs/job/events.out.tfevents.1.vm.2.0"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), events)
+    assert write_error(full, "/runs/job").startswith(
+        f"Could not write {os.fsdecode(events)}: No space left on device.")
+    denied = OSError(errno.EACCES, os.strerror(errno.EACCES), "/data/MNIST/raw/x")
+    assert write_error(denied, "/runs/job") is None
+    assert write_error(OSError(errno.EACCES, "denied", "/runs/job/hparams.yaml"), "/runs/job")
+    assert write_error(ValueError("not an OSError"), "/runs/job") is None

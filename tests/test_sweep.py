@@ -1,0 +1,80 @@
+"""A sweep's edges (`bnstudy.sweep`): the summary's exit status and what it names, and the
+output folder checked before anything runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import run_train, write_job
+from omegaconf import OmegaConf
+
+from bnstudy.sweep import REFUSALS_ENV, SweepSummary, local_requeue_limit, note_refusal
+
+
+@pytest.fixture
+def sweep_summary():
+    """The sweep's summary callback as Hydra calls it (start, then end), in this process."""
+    yield SweepSummary()
+    os.environ.pop(REFUSALS_ENV, None)
+
+
+@pytest.mark.parametrize("status,reason", [
+    ("ok", None),
+    ("diverged", None),  # a divergence is a result
+    ("failed", "failed: ValueError: boom"),
+    ("interrupted", "interrupted after 2 epoch(s)"),
+    ("running", "no result after 2 epoch(s): still running in"),  # or killed
+    ("refused", "refused: it was in use"),  # told by the job's process, wherever it ran
+])
+def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, sweep_summary):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_summary.on_multirun_start(config)
+    done = write_job(tmp_path, [0.5, 0.6])
+    job = write_job(tmp_path, [0.4, 0.5], status="ok" if status == "refused" else status,
+                    error="ValueError: boom" if status == "failed" else None, seed=1)
+    if status == "refused":
+        note_refusal(job, "it was in use")
+    if reason is None:
+        sweep_summary.on_multirun_end(config)  # returns: exit status 0
+        return
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    message = str(ended.value.code)
+    assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
+    assert f"\n  {job.name}: {reason}" in message and done.name not in message
+    assert f"resume=true hydra.sweep.dir={tmp_path}" in message
+    assert not (tmp_path / ".refused").exists()  # the refusals' notes are read and removed
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create anything in: a read-only one, or (as root, who
+    writes anywhere) one under /sys, which refuses even root."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder if os.geteuid() != 0 else Path("/sys/bnstudy-test")
+
+
+@pytest.mark.parametrize("mode,key", [("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")])
+def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
+    where = read_only_folder(tmp_path) / "out"
+    proc = run_train(*[m for m in [mode] if m], "paths.data_dir=/nonexistent", "seed=0",
+                     f"{key}={where}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    what = "run's" if key == "hydra.run.dir" else "sweep's"
+    assert f"Could not write the {what} folder, {where}: " in proc.stderr
+    assert "Nothing was run." in proc.stderr and f"point {key} at a" in proc.stderr
+    assert not where.exists()
+
+
+def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
+    assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
+                           "restarts a job at most 5 times")
+    for fine in ({"_target_": local, "max_num_timeout": 5}, {"_target_": local},
+                 {"_target_": slurm, "max_num_timeout": 10}):
+        assert local_requeue_limit(OmegaConf.create(fine)) is None, fine
