@@ -1,8 +1,6 @@
-"""Lightning callbacks of the study: the per-epoch record, the divergence guard, and pictures.
-
-The pictures show the first layer's weight rows, their learned change (final − initial), and
-one hallucinated input per class; `bnstudy.pictures` draws and measures them.
-"""
+"""Lightning callbacks of the study: the per-epoch record, the divergence guard, and pictures
+of the first layer's weights, their learned change and one hallucinated input per class
+(`bnstudy.pictures` draws and measures them)."""
 
 from __future__ import annotations
 
@@ -33,14 +31,11 @@ CURVE_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
 class MetricsHistory(Callback):
-    """The one writer of `metrics.json` while a run trains: after each training epoch it
-    appends the epoch's train/val loss and accuracy to `history` and stores the series of every
-    other callback that keeps one (a `record_key` attribute and a `series()` method, as the
-    probes have), then writes the record atomically.
-
-    The history is part of the checkpoint, so a resumed run continues the same list, and its
-    clock (`time_s`) goes on from `elapsed_before`, the time of the epochs it resumed after.
-    """
+    """The one writer of `metrics.json` while a run trains: after each epoch it appends the
+    epoch's train/val loss and accuracy to `history`, with the series of every callback that
+    keeps one (a `record_key` and a `series()`, as the probes), and writes the record. The
+    history is in the checkpoint, so a resume continues it, its clock (`time_s`) going on from
+    `elapsed_before`, the time of the epochs it resumed after."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -71,12 +66,9 @@ class MetricsHistory(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops training when a training loss is NaN or infinite, checked after every step.
-
-    Sets `diverged_at = {"epoch", "step", "loss"}` (`step`: the steps taken up to and including
-    the bad one); the entry point records `status: diverged` so that a sweep goes on with its
-    other runs.
-    """
+    """Stops training when a training loss is NaN or infinite, checked after every step:
+    `diverged_at = {"epoch", "step", "loss"}` (`step`: the steps taken up to the bad one
+    included), which `bnstudy.run` records as `status: diverged`, a result."""
 
     def __init__(self) -> None:
         self.diverged_at: dict | None = None
@@ -92,8 +84,8 @@ class DivergenceGuard(Callback):
 
 # -- pictures of what the network learned ---------------------------------------------------
 def tensorboard_log(trainer: L.Trainer) -> Log | None:
-    """Writes a summary at the trainer's global step to its TensorBoard logger; None without
-    one (the pictures then go to the files only)."""
+    """Writes a summary at the trainer's global step to its TensorBoard logger (None without
+    one: the pictures go to the files only)."""
     writer = tensorboard_writer(trainer)
     if writer is None:
         return None
@@ -101,16 +93,11 @@ def tensorboard_log(trainer: L.Trainer) -> Log | None:
 
 
 class ImageCallback(Callback):
-    """Base: draws after every `every_n_epochs`-th epoch (0: never) and when training ends.
-
-    Each drawing writes one PNG per name in `prefixes`, `<prefix>_<suffix>.png`.
-    `on_train_end` also runs after an early stop; when the last epoch's pictures were drawn at
-    the same global step and `epoch_is_final` (an epoch's drawing is as good as the final
-    one), they are copied to the final files instead of drawn and logged again. Then `finish`
-    saves what the report measures (a diverged run, whose parameters are not finite, gets no
-    pictures and no data). Subclasses implement `draw` and `finish` with the functions of
-    `bnstudy.pictures.drawing`.
-    """
+    """Base: draws `<prefix>_<suffix>.png` for each of `prefixes` after every
+    `every_n_epochs`-th epoch (0: never) and when training ends (an early stop too), where the
+    last epoch's drawing at the same step is copied if `epoch_is_final`; then `finish` saves
+    what the report measures. A diverged run (parameters not finite) gets neither. Subclasses
+    implement `draw` and `finish` with `bnstudy.pictures.drawing`."""
 
     epoch_is_final = True
 
@@ -158,19 +145,13 @@ class ImageCallback(Callback):
 
 
 class WeightGrid(ImageCallback):
-    """The first layer's weights as images, a tile per unit or conv filter, and next to them
-    the learned change: final minus initial weights, each tile scaled on its own
-    (`bnstudy.pictures.drawing.draw_weights`). With SGD the change is a few per cent of a
-    unit's weight energy, so the weights alone mostly show the random initialisation; the
-    change shows what training added.
-
-    The initial weights are taken when fitting is set up and kept in the checkpoint, so a
-    resumed run draws its change from the same start. TensorBoard images
-    `weights/first_layer` and `weights/first_layer_change`; files `weights_epoch{E}.png`,
-    `weights_change_epoch{E}.png` (E counted from 0, as in metrics.json), `weights_final.png`
-    and `weights_change_final.png` in `dirpath`, and `weights_final.pt` (initial and final
-    weights of every unit, half precision, for the report's measures).
-    """
+    """The first layer's weights as images (a tile per unit or conv filter) and their learned
+    change, final minus initial, each tile scaled on its own: with SGD the change is a few per
+    cent of a unit's weight energy, so the weights alone mostly show the initialisation. The
+    initial weights are kept in the checkpoint (a resume draws the same change). TensorBoard
+    `weights/first_layer[_change]`; `weights[_change]_epoch{E}.png` (E from 0, as in
+    metrics.json), `weights[_change]_final.png` and `weights_final.pt` (initial and final
+    weights, half precision, for the report) in `dirpath`."""
 
     prefixes = ("weights", "weights_change")
 
@@ -199,17 +180,11 @@ class WeightGrid(ImageCallback):
 
 
 class Hallucinations(ImageCallback):
-    """One input per class that the model finds most typical of it: the recipe of
-    `bnstudy.pictures.drawing.Hallucinator` (its knobs are this callback's keyword arguments,
-    `conf/callbacks/default.yaml`), drawn with the trainer's datamodule.
-
-    The drawings after every `every_n_epochs`-th epoch take `epoch_steps` steps (None: `steps`)
-    to keep their cost small; the final drawing always takes `steps`. TensorBoard image
-    `hallucination/all`, files `hallucinations_epoch{E}.png` and `hallucinations_final.png` in
-    `dirpath`, and beside the final one `hallucinations_final.npz` (the images as pixels, one
-    array per class name, for anyone's analysis) and `hallucinations_final.pt` (for the
-    report's measures).
-    """
+    """One input per class that the model finds most typical of it (the recipe of
+    `bnstudy.pictures.drawing.Hallucinator`, whose knobs are this callback's keyword arguments).
+    An epoch's drawing takes `epoch_steps` steps (None: `steps`), the final one `steps`.
+    TensorBoard `hallucination/all`; `hallucinations_epoch{E}.png`, `hallucinations_final.png`,
+    `.npz` (pixels, an array per class name) and `.pt` (for the report) in `dirpath`."""
 
     prefixes = ("hallucinations",)
 
