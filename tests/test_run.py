@@ -178,6 +178,17 @@ def job_cfg(job: Path, *overrides: str):
     return compose_config(f"paths.output_dir={job}", *overrides)
 
 
+def test_a_job_directory_in_use_is_refused_and_left_as_it_was(tiny_data, stored_job):
+    from bnstudy.jobdir import JobDirBusyError, JobDirLock
+
+    with JobDirLock(stored_job) as held:  # another open file description: another writer
+        held.acquire("mnist-bn-sgd-seed0")
+        before = {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()}
+        with pytest.raises(JobDirBusyError, match=f"{stored_job} is in use: "):
+            train_run(tiny_data, stored_job, "overwrite=true")
+        assert {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()} == before
+
+
 def test_a_rerun_is_refused_and_overwrite_clears_the_run(stored_job):
     with pytest.raises(RunExistsError, match="already holds a run .status interrupted.; nothing "
                                              "was changed. Add resume=true"):
