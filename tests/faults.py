@@ -100,3 +100,14 @@ class WriteFailsAtEpoch(Callback):
         if trainer.current_epoch == self.epoch:
             path = os.path.join(trainer.default_root_dir, self.name)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+class BugAtEpoch(Callback):
+    """Raises a RuntimeError (as a bug would) when `epoch` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("a bug")

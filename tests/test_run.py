@@ -120,12 +120,18 @@ def test_a_full_disk_fails_the_run_in_one_paragraph_and_its_command_resumes(
     assert resumed.status == "ok" and len(resumed.history) == 2
 
 
-def test_a_mistake_found_before_training_leaves_no_folder(tiny_data, tmp_path, monkeypatch):
+def test_a_mistake_found_before_training_leaves_no_folder_but_a_bug_keeps_its_traceback(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunEnded, match="dataset.batch_size=0 is out of range") as ended:
         train_run(tiny_data, Path("outputs/runs/now"), "dataset.batch_size=0")
     assert ended.value.status == "discarded"
     assert list(tmp_path.iterdir()) == []  # the run folder and its empty parents are gone
+    with pytest.raises(RunEnded, match="RuntimeError: a bug") as ended:  # a bug: kept, to debug
+        train_run(tiny_data, Path("outputs/runs/now"), "+callbacks.bug.epoch=0",
+                  "+callbacks.bug._target_=tests.faults.BugAtEpoch")
+    record = RunRecord.read("outputs/runs/now")
+    assert ended.value.status == record.status == "failed" and ended.value.trace
+    assert "Traceback" in record.traceback and "Resume with: " in record.error
 
 
 def test_a_failed_run_that_saved_a_checkpoint_is_kept(tmp_path):
