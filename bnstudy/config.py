@@ -1,11 +1,7 @@
-"""The config's schema, its checks, and what a run records of it.
-
-Hydra checks types, required keys and unknown keys against the dataclasses below (registered
-in its ConfigStore by `register`) before anything runs; `validate` adds the ranges types cannot
-express. `hparams` is what a run records of its config: the study's fixed list plus every other
-setting that differs from the defaults of its group choices. Kept free of Lightning, so config
-errors and `--help` answer in about two seconds.
-"""
+"""The config's schema (the dataclasses Hydra checks types and keys against, `register`),
+the ranges types cannot express (`validate`), and what a run records of its config (`hparams`:
+the study's settings and every other one that differs from its group choices' defaults).
+Free of Lightning, so that config errors and `--help` answer in about two seconds."""
 
 from __future__ import annotations
 
@@ -103,10 +99,9 @@ BOOKKEEPING = ("paths.", "hydra.", "resume", "overwrite", "threads", "trainer.en
 
 
 def swept_suffix(override_dirname: str) -> str:
-    """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond those
-    the run name shows and bookkeeping, so that runs differing in a setting differ in name.
-    In a multirun only the settings the sweep varies count (`swept_keys`): a value set once
-    for every job (`trainer.max_epochs=2`) is in each job's record, not in its name."""
+    """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond what the
+    run name shows and bookkeeping, so that runs differing in a setting differ in name; in a
+    multirun only the settings it varies (`swept_keys`; the others are in the record)."""
     swept = swept_keys()
     parts = [item.split("=", 1) for item in override_dirname.split(",") if "=" in item]
     kept = [(key, value) for key, value in parts
@@ -116,9 +111,9 @@ def swept_suffix(override_dirname: str) -> str:
 
 
 def swept_keys() -> set[str] | None:
-    """The keys the running multirun gives several values: sweeps on its command line and in
-    `hydra.sweeper.params`, read from the `multirun.yaml` Hydra's sweeper saves in the sweep
-    directory before it launches jobs. None outside a multirun or without that file."""
+    """The keys the running multirun gives several values (its command line's and
+    `hydra.sweeper.params`' sweeps), from the `multirun.yaml` Hydra saves before the jobs
+    start; None outside a multirun or without that file."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -133,8 +128,7 @@ def swept_keys() -> set[str] | None:
 
 @functools.lru_cache(maxsize=8)
 def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:
-    """`swept_keys` of one saved `multirun.yaml` (~40 ms to read and parse; the run name is
-    resolved several times a job, and a sweep's jobs may share a process)."""
+    """`swept_keys` of one saved `multirun.yaml` (~40 ms; resolved several times a job)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweep = OmegaConf.load(path).hydra
@@ -156,9 +150,8 @@ def job_dir() -> str:
 
 
 def unknown_override(args: list[str]) -> str | None:
-    """One paragraph for a command-line setting that no config has (`lr=0.1`), naming the
-    settings of that name or close to it; None when each key starts as a config's does.
-    Hydra's own message would suggest `+lr=0.1`, which adds a key nothing reads."""
+    """One paragraph for a command-line setting no config has (`lr=0.1`), naming those close
+    to it (Hydra's would suggest `+lr=0.1`, a key nothing reads); None if every key is known."""
     groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
     known = {f.name for f in fields(StudySchema)} | groups
     for arg in args:
@@ -192,21 +185,11 @@ def _setting_names() -> list[str]:
 
     register()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config")
-
-    def walk(node, prefix: str):
-        for k in node:
-            value = node._get_node(k)
-            if isinstance(value, DictConfig):
-                yield from walk(value, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}"
-    return list(walk(cfg, ""))
+        return [*flat(compose("config")), "paths.data_dir", "paths.output_dir", "run_name"]
 
 
 def check_known_keys(cfg: DictConfig) -> None:
-    """Refuses keys the schema does not have (Hydra's `+key=value` adds them past the types),
-    naming the valid ones."""
+    """Refuses keys the schema lacks (`+key=value` adds them past the types), naming the valid."""
     nodes = {"": (cfg, StudySchema), "dataset.": (cfg.dataset, DatasetSchema),
              "model.": (cfg.model, ModelSchema), "optim.": (cfg.optim, OptimSchema),
              "paths.": (cfg.paths, PathsSchema),
@@ -283,8 +266,6 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-STUDY_KEYS = ("dataset", "model", "depth", "norm", "optim", "seed", "lr", "batch_size",
-              "hidden_dim", "max_epochs")
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
                 "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.")
 
@@ -292,22 +273,15 @@ NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_pr
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
             overridden: tuple[str, ...] = ()) -> dict:
     """The study's settings (dataset, model, depth, norm, optim, seed, lr, batch size, hidden
-    width, epochs) and, given the config its group choices give by default, every other
-    setting that differs from it or was set on the command line (`overridden` keys, so a swept
-    default value shows too), e.g. `optim.optimizer.momentum`, by dotted key."""
+    width, epochs) and, by dotted key, every other setting that differs from `defaults` (the
+    config of the same group choices) or was `overridden` on the command line."""
     net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
-    study = {
-        "dataset": cfg.dataset.name,
-        "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
-        "depth": OmegaConf.select(net, "depth", default=1),
-        "norm": net.norm,
-        "optim": cfg.optim.name,
-        "seed": cfg.seed,
-        "lr": cfg.optim.optimizer.lr,
-        "batch_size": cfg.dataset.batch_size,
-        "hidden_dim": net.hidden_dim,
-        "max_epochs": cfg.trainer.max_epochs,
-    }
+    study = {"dataset": cfg.dataset.name,
+             "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
+             "depth": OmegaConf.select(net, "depth", default=1), "norm": net.norm,
+             "optim": cfg.optim.name, "seed": cfg.seed, "lr": cfg.optim.optimizer.lr,
+             "batch_size": cfg.dataset.batch_size, "hidden_dim": net.hidden_dim,
+             "max_epochs": cfg.trainer.max_epochs}
     if defaults is None:
         return study
     mine, base = flat(cfg), flat(defaults)
@@ -323,8 +297,7 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
 
 
 def group_defaults(choices: dict) -> DictConfig:
-    """The config that the group `choices` (Hydra's `runtime.choices`: `{"dataset": "mnist",
-    ...}`) give without any other override, composed from `conf/`."""
+    """The config the group `choices` (Hydra's `runtime.choices`) give without other overrides."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -343,10 +316,9 @@ def overridden_keys(overrides) -> tuple[str, ...]:
 
 
 def changed_settings(stored: DictConfig, current: DictConfig) -> list[str]:
-    """The settings (dotted keys, with both values) in which two configs of a job differ,
-    ignoring bookkeeping (resume, overwrite, threads, paths, progress bar) and what only
-    observes training (callbacks, logger): a resume may draw other pictures, not train
-    differently."""
+    """The settings (dotted keys, both values) in which two configs of a job differ, but
+    bookkeeping and what only observes training (callbacks, logger): a resume may draw other
+    pictures, not train differently."""
     old, new = flat(stored), flat(current)
     ignored = (*NOT_SETTINGS, "callbacks.", "logger.")
     keys = sorted(k for k in old.keys() | new.keys()

@@ -1,16 +1,8 @@
-"""Who may write a job directory: one process at a time, and a requeued job resumes.
-
-`JobDirLock` holds an advisory lock (`fcntl.flock`) on `<job>/job.lock` while a run trains
-or rewrites its directory; the file names the holder (host, pid, since when) for the refusal
-a second process gets. The kernel drops the lock when its process ends, however it ends (a
-SIGKILL too), so a lock left behind never blocks a resume. Reading (the report, TensorBoard)
-takes no lock.
-
-`launcher_job` is the identity of the launcher's job this process runs in (SLURM's job id,
-submitit's local job): a requeue (SLURM `--requeue`, submitit's time-out or preemption
-checkpoint, Lightning's SLURM auto-requeue) starts the same job again, which `is_requeue`
-tells apart from a user's rerun.
-"""
+"""Who may write a job directory: one process at a time (`JobDirLock`, an `fcntl.flock` on
+`<job>/job.lock` naming its holder; the kernel drops it however its process ends, so a lock
+left behind never blocks a resume; readers take none), and a requeued job resumes:
+`launcher_job` is the launcher's job this process runs in, which a requeue (SLURM, submitit's
+time-out or preemption) starts again and `is_requeue` tells apart from a user's rerun."""
 
 from __future__ import annotations
 
@@ -40,9 +32,8 @@ class JobDirBusyError(RunExistsError):
 
 
 class JobDirLock:
-    """The lock on one job directory (`acquire`, `release`, or `with`). Acquiring refuses with
-    `JobDirBusyError` while another process holds it; on a filesystem without `flock` (some
-    network filesystems) it warns once and goes on unlocked."""
+    """The lock on one job directory (`acquire`, `release`, or `with`): `JobDirBusyError` while
+    another holds it; where the filesystem has no `flock`, a warning, and no lock."""
 
     def __init__(self, job_dir: str | Path) -> None:
         self.path = Path(job_dir) / LOCK_NAME
@@ -55,24 +46,29 @@ class JobDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
             os.close(fd)
-            raise JobDirBusyError(busy_message(self.path.parent, holder)) from None
+            job = self.path.parent
+            raise JobDirBusyError(
+                f"{job} is in use: {describe_holder(holder(job))} holds its lock ({self.path}). "
+                "One process at a time trains or rewrites a job directory, so nothing was "
+                "changed. Wait until that run ends (or stop it), then run this command again, "
+                "with resume=true to continue it; to train beside it, choose another "
+                "hydra.run.dir / hydra.sweep.dir.") from None
         except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
             os.close(fd)
             log.warning("Could not lock %s (%s): this filesystem has no flock, so nothing stops "
                         "a second process from writing %s at the same time.", self.path,
                         os.strerror(err.errno) if err.errno else err, self.path.parent)
             return
-        holder = {"run": run_name, "host": socket.gethostname(), "pid": os.getpid(),
-                  "since": datetime.now().astimezone().isoformat(timespec="seconds")}
+        me = {"run": run_name, "host": socket.gethostname(), "pid": os.getpid(),
+              "since": datetime.now().astimezone().isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
-        """Empties the lock file (no holder) and drops the lock; never deletes the file, which
-        another process may be opening to lock."""
+        """Empties the lock file and drops the lock (never deletes the file: another process may
+        be opening it)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -89,8 +85,7 @@ class JobDirLock:
 
 
 def is_locked(job_dir: str | Path) -> bool:
-    """Whether a process holds the lock of `job_dir` now (tested with a shared lock, dropped
-    at once; never creates the lock file)."""
+    """Whether a process holds the lock of `job_dir` now (a shared lock tried and dropped)."""
     try:
         fd = os.open(Path(job_dir) / LOCK_NAME, os.O_RDONLY)
     except OSError:
@@ -121,23 +116,18 @@ def register() -> None:
 
 
 def holder(job_dir: str | Path) -> dict:
-    """The description the lock file of `job_dir` holds ({} when empty or absent): the process
-    that holds the lock, or one killed while holding it."""
+    """The holder the lock file of `job_dir` names ({} if none): the process holding the lock,
+    or one killed while holding it."""
     try:
         fd = os.open(Path(job_dir) / LOCK_NAME, os.O_RDONLY)
     except OSError:
         return {}
     try:
-        return _read_holder(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_holder(fd: int) -> dict:
-    try:
         return json.loads(os.pread(fd, 4096, 0).decode())
     except ValueError:  # empty, or being written
         return {}
+    finally:
+        os.close(fd)
 
 
 def describe_holder(holder: dict) -> str:
@@ -146,15 +136,6 @@ def describe_holder(holder: dict) -> str:
         return "another process (it has not written its name into the lock file yet)"
     return (f"{holder.get('run', '?')} in process {holder.get('pid', '?')} on "
             f"{holder.get('host', '?')} since {holder.get('since', '?')}")
-
-
-def busy_message(job_dir: Path, holder: dict) -> str:
-    """The refusal of a second process: who holds the directory, and what to do."""
-    return (f"{job_dir} is in use: {describe_holder(holder)} holds its lock "
-            f"({job_dir / LOCK_NAME}). One process at a time trains or rewrites a job directory, "
-            "so nothing was changed. Wait until that run ends (or stop it), then run this "
-            "command again, with resume=true to continue it; to train beside it, choose "
-            "another hydra.run.dir / hydra.sweep.dir.")
 
 
 def launcher_job() -> dict | None:
@@ -174,8 +155,8 @@ def launcher_job() -> dict | None:
 
 
 def _started(pid: str) -> str:
-    """When process `pid` started (clock ticks since boot, Linux's /proc), so that a later
-    process given the same pid is another job; '?' where unknown."""
+    """When process `pid` started (ticks since boot, from /proc; '?' where unknown): a later
+    process given the same pid is another job."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):

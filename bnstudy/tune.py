@@ -1,16 +1,12 @@
 """`experiment=tuned`: each norm at its own best settings, found with the same search budget.
 
-For each cell of dataset × optimizer × norm, Hydra's Optuna sweeper (`hydra-optuna-sweeper`,
-its `OptunaSweeperImpl`) searches the cell's space (`search.<optim>`: the learning rate on a log
-scale, and SGD's momentum) with a TPE sampler seeded the same for every cell, for the same
-number of trials, maximising the final validation accuracy; a diverged trial scores 0, a failed
-one fails (Optuna's FAIL state). Then the best setting of each cell is trained again with each
-seed of the sweep (`seed=0,1,2` by default), and only these re-runs are reported (on the test
-split, which the search never saw). Trials go to `SWEEP/search/<dataset>-<norm>-<optim>/` (a
-sweep of its own: its `multirun.yaml`, its jobs, Optuna's `optimization_results.yaml`), the
-re-runs to `SWEEP/` like any sweep's jobs, and `SWEEP/tuning.json` records the search, each trial
-with its job (atomically, after each cell). A search repeats itself: `resume=true` re-reads the
-finished trials, and the seeded sampler proposes the same settings again.
+For each dataset × optimizer × norm cell, Hydra's Optuna sweeper (`OptunaSweeperImpl`) searches
+`search.<optim>` with a TPE sampler seeded alike for every cell, for the same number of trials,
+maximising the final validation accuracy (`objective`). The best setting of each cell is then
+trained with each seed of the sweep, and only these re-runs are reported (on the test split).
+Trials go to `SWEEP/search/<cell>/` (a sweep of its own), the re-runs to `SWEEP/`, and
+`SWEEP/tuning.json` records the search. `resume=true` repeats it: the finished trials are read
+again, and the seeded sampler proposes the same settings.
 """
 
 from __future__ import annotations
@@ -54,9 +50,9 @@ def objective(job: JobReturn) -> float | str:
 
 
 class ScoringLauncher:
-    """The sweep's launcher, with each job's return value turned into `objective`'s score (the
-    Optuna sweeper casts return values to float); keeps each trial's job directory (relative to
-    `root`, in launch order: trial number = job number) and why trials failed."""
+    """The sweep's launcher, each job's return value turned into `objective`'s score (which the
+    Optuna sweeper casts to float); keeps each trial's job directory (relative to `root`, trial
+    number = job number) and why trials failed."""
 
     def __init__(self, launcher, root: Path) -> None:
         self.launcher, self.root = launcher, root
@@ -89,10 +85,7 @@ class TunedSweeper(Sweeper):
     def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int,
                  sampler: DictConfig, n_jobs: int = 1, params: DictConfig | None = None) -> None:
         self.cells = {k: list(v) for k, v in cells.items()}
-        self.search = search
-        self.n_trials = int(n_trials)
-        self.sampler = sampler
-        self.n_jobs = int(n_jobs)
+        self.search, self.sampler, self.n_trials, self.n_jobs = search, sampler, n_trials, n_jobs
         # the re-runs' seeds: those every sweep runs (`hydra.sweeper.params.seed`), or `seed=…`
         seeds = (params or {}).get("seed", "0")
         self.seeds = [int(v) for v in _values(f"seed={seeds}")]

@@ -120,7 +120,8 @@ def test_a_full_disk_fails_the_run_in_one_paragraph_and_its_command_resumes(
     assert resumed.status == "ok" and len(resumed.history) == 2
 
 
-def test_a_mistake_found_before_training_leaves_no_folder_but_a_bug_keeps_its_traceback(tiny_data, tmp_path, monkeypatch):
+def test_a_mistake_found_before_training_leaves_no_folder_but_a_bug_keeps_its_traceback(
+        tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RunEnded, match="dataset.batch_size=0 is out of range") as ended:
         train_run(tiny_data, Path("outputs/runs/now"), "dataset.batch_size=0")
