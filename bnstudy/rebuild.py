@@ -1,12 +1,7 @@
-"""A finished run rebuilt from what its directory holds, for the commands that work after
-training (`python -m bnstudy.draw`, `python -m bnstudy.eval`): the runs a path names, each
-run's stored config (`.hydra/config.yaml`), its datamodule (the same splits, from the same
-files, never downloaded) and its model from `checkpoints/last.ckpt`.
-
-Where the data is: `paths.data_dir=DIR` on the command line, else the run's own
-`paths.data_dir` (`$BNSTUDY_DATA_DIR` as it is now, or a path relative to where the run was
-launched).
-"""
+"""A finished run rebuilt from its directory, for the commands that work after training
+(`bnstudy.draw`, `bnstudy.eval`): the runs a path names, each one's stored config, datamodule
+(the same splits from the same files, never downloaded; `paths.data_dir=DIR` if the data
+moved) and model from `checkpoints/last.ckpt`."""
 
 from __future__ import annotations
 
@@ -181,22 +176,14 @@ def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
 
 
 def load_model(run: SavedRun, checkpoint: dict, data, path: Path | None = None):
-    """The run's LightningModule from its checkpoint (`load_from_checkpoint` of `path`,
-    default `checkpoints/last.ckpt`; `checkpoint` is the same file loaded), in eval mode on
-    the CPU; checkpoints older than the module's saved net config get it from the run's
-    config and the datamodule."""
-    from hydra.utils import get_class
+    """The run's LightningModule (`bnstudy.run.build_model` of its config, for the datamodule's
+    shape and classes) with the weights of `checkpoint` (loaded from `path`), in eval mode."""
+    from bnstudy.run import build_model
 
-    cls = get_class(run.cfg.model._target_)
-    given = {}
-    if "hyper_parameters" not in checkpoint:
-        net = OmegaConf.to_container(run.cfg.model.net, resolve=True)
-        given = {"net": {**net, "input_shape": list(data.input_shape),
-                         "num_classes": data.num_classes}, "num_classes": data.num_classes}
+    model = build_model(run.cfg, data.input_shape, data.num_classes)
     try:
-        model = cls.load_from_checkpoint(path or run.checkpoint, map_location="cpu",
-                                         weights_only=True, **given)
-    except (RuntimeError, KeyError, TypeError) as err:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
         first = (str(err).strip().splitlines() or [""])[0]
         raise RunError(f"{run.name}: {path or run.checkpoint} does not fit the network of its "
                        f".hydra/config.yaml ({type(err).__name__}: {first}).") from err

@@ -1,21 +1,12 @@
-"""The trackers a run logs to: Lightning's loggers (TensorBoard, CSV, MLflow, Weights &
-Biases), one config file each in `conf/logger/`, several at once with
-`'logger=[tensorboard,mlflow]'`. Hydra builds them; the study adds only:
-
-- a local MLflow SQLite store created once, under a lock: the jobs of a parallel sweep start
-  together, and MLflow's first use of a new store is not safe to race;
-- a W&B run left open by the previous job of the same process finished first (Lightning's
-  logger would otherwise log this job into it);
-- the run's settings (`bnstudy.config.hparams`) as every tracker's hyperparameters, except
-  TensorBoard's, which gets the study's own HParams session (`bnstudy.dashboard`).
-
-TensorBoard's own views (comparison tags, Custom Scalars, the HParams experiment, pictures)
-are written only when TensorBoard is among the trackers.
-"""
+"""The trackers a run logs to: Lightning's loggers, one file each in `conf/logger/` (several
+at once: `'logger=[tensorboard,mlflow]'`), built by Hydra. The study adds a local MLflow store
+made once under a lock (a parallel sweep's jobs would race MLflow's set-up), a W&B run left
+open by the previous job of the process finished first, a resumed run's MLflow run continued,
+and the run's settings as every tracker's hyperparameters (TensorBoard gets the study's own
+HParams session and views, `bnstudy.dashboard`, only when it is among the trackers)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -49,10 +40,9 @@ NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name 
 
 def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None
                  ) -> list[Logger]:
-    """The loggers of the `logger` group, one per entry (`tensorboard`, `mlflow`, ...); a
-    tracker's run without a name of its own is named `run` (the job directory's name, which
-    is also its TensorBoard run's). `resumed`: the tracker runs a resumed run logged to
-    (`tracker_runs`), which it goes on logging to (MLflow)."""
+    """The loggers of the `logger` group; a tracker's run without a name of its own is named
+    `run` (the job directory's, as its TensorBoard run). `resumed`: the tracker runs a resumed
+    run goes on logging to (`tracker_runs`: MLflow's)."""
     loggers, resumed = [], resumed or {}
     for name, node in (logger_cfg or {}).items():
         if node is None:
@@ -98,16 +88,17 @@ def log_settings(loggers: list[Logger], settings: dict) -> None:
 
 
 def prepare_mlflow_store(node: DictConfig) -> None:
-    """Creates a local SQLite store and its experiment, if not there yet, holding a lock
-    beside the store, so that jobs starting together do not race MLflow's set-up (which fails
-    then). Other stores (a server, a database) are left to MLflow."""
+    """Creates a local SQLite store and its experiment if not there yet, under a lock beside the
+    store (jobs starting together would race MLflow's set-up); other stores are MLflow's."""
     uri = str(node.get("tracking_uri") or "")
     if not uri.startswith("sqlite:///"):
         return
     database = Path(uri.removeprefix("sqlite:///")).resolve()
     database.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating tables"
-    with _locked(database.with_name(database.name + ".lock")):
+    from filelock import FileLock
+
+    with FileLock(database.with_name(database.name + ".lock")):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(f"sqlite:///{database}")  # creates the tables
@@ -117,23 +108,6 @@ def prepare_mlflow_store(node: DictConfig) -> None:
             if location and "://" not in str(location):  # a plain path
                 location = str(Path(location).resolve())
             client.create_experiment(name, artifact_location=location)
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` (a file kept beside the store) while the block runs; no
-    lock where the system has no `fcntl`."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def finish_open_wandb_run() -> None:
