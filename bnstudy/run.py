@@ -1,14 +1,9 @@
-"""One run of the study: `train(cfg) -> RunRecord`, called alike by the entry point
-(`bnstudy.train`), the tuner (through it) and the tests.
-
-Its lifecycle, top to bottom: the job directory's lock (rank 0 holds it from the first check to
-the last record), whether the run resumes (`resume=true`, or a requeue by its launcher) or may
-start at all (`check_job_dir`), seeding, building (`build`), fit and test, the record. It
-raises, and leaves the record saying how it ended: `RunExistsError` leaves the directory as it
-was; any other failure raises `RunEnded` (status `discarded` when a mistake was found before
-anything trained, so nothing is kept, else `failed` or `interrupted`); Ctrl-C or a kill records
-`interrupted` and goes on up.
-"""
+"""One run of the study, `train(cfg) -> RunRecord`, called alike by the entry point, the
+tuner (through it) and the tests. Its lifecycle, top to bottom: the job directory's lock, resume
+or requeue (`check_job_dir`), seeding, `build`, fit and test, the record. It raises, the record
+saying how it ended: `RunExistsError` leaves the directory as it was; `RunEnded` is a failure
+(`discarded`: a mistake found before anything trained, nothing kept); Ctrl-C records
+`interrupted` and goes on up."""
 
 from __future__ import annotations
 
@@ -44,9 +39,8 @@ RUN_FILES = (".hydra", "train.log", "job.lock", RECORD_NAME, "hparams.yaml",
 
 
 class RunEnded(Exception):
-    """A run that ended without a result: `status` is `discarded` (a mistake found before any
-    epoch trained: its folder is gone), `failed` or `interrupted` (its record says so); the
-    message is one paragraph, `trace` the traceback of an unforeseen error."""
+    """A run that ended without a result, `status` discarded (its folder is gone), failed or
+    interrupted; the message is one paragraph, `trace` an unforeseen error's traceback."""
 
     def __init__(self, status: str, message: str, trace: str | None = None) -> None:
         super().__init__(message)
@@ -147,10 +141,9 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
 
 
 def check_job_dir(cfg: DictConfig, out: Path) -> bool:
-    """Whether the run in `out` resumes: with `resume=true`, or when its launcher requeued the
-    job that started it (a time limit, a preemption), which resumes untold. A resume must use
-    the stored config; otherwise a job directory that already holds a run is left alone
-    unless `overwrite=true` (which clears it for a fresh run)."""
+    """Whether the run in `out` resumes: `resume=true`, or its launcher requeued the job that
+    started it (untold), either with the stored config. Otherwise a directory holding a run is
+    refused, unless `overwrite=true` (which clears it)."""
     record, stored = RunRecord.read(out / RECORD_NAME), out / ".hydra" / "config.yaml"
     requeue = record is not None and is_requeue(record.job, launcher_job())
     if cfg.resume or requeue:
@@ -179,7 +172,7 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
 
 
 def _ended(cfg: DictConfig, out: Path, err: Exception) -> RunEnded:
-    """Records how the run failed (or removes its folder, `discard_untrained`) and says so."""
+    """Records how the run failed (or removes its folder, `discard_untrained`)."""
     if _launcher_gave_up(err):  # no requeue comes: the record and the sweep's summary say so
         gave_up = str(err).rstrip(".")
         _record_quietly(out, status="interrupted",
@@ -205,8 +198,7 @@ def _launcher_gave_up(err: Exception) -> bool:
 
 
 def _record_quietly(out: Path, **changes) -> None:
-    """Records how the run ended (rank 0 only); on a full disk that too may fail, and the
-    message already given is the one that matters."""
+    """Records how the run ended (rank 0); on a full disk that may fail too, quietly."""
     if is_primary():
         try:
             RunRecord.update(out / RECORD_NAME, **changes)
@@ -215,10 +207,9 @@ def _record_quietly(out: Path, **changes) -> None:
 
 
 def discard_untrained(job_dir: Path) -> bool:
-    """Removes a job directory in which nothing was trained (no epoch in its record, no
-    checkpoint) and which holds only `RUN_FILES`, and the empty folders above it inside the
-    working directory: a mistake found before training leaves no folder for the report to
-    list. Whether it is gone; a directory holding anything else stays as it is."""
+    """Removes a job directory in which nothing trained (no epoch recorded, no checkpoint)
+    holding only `RUN_FILES`, and the empty folders above it (`remove_empty_folder`): a
+    mistake found before training leaves no folder for the report. Whether it is gone."""
     try:
         record = RunRecord.read(job_dir / RECORD_NAME)
         entries = list(job_dir.iterdir())
@@ -258,8 +249,8 @@ _DEFAULTS: dict[tuple, DictConfig] = {}
 
 
 def default_config() -> DictConfig | None:
-    """The config this job's group choices give without any other override (None outside a
-    Hydra job), which `hparams` compares with; composed once per process and set of choices."""
+    """The config of this job's group choices alone (None outside a Hydra job), which
+    `hparams` compares with; composed once per process and set of choices."""
     if not HydraConfig.initialized():
         return None
     choices = HydraConfig.get().runtime.choices
@@ -274,14 +265,12 @@ def is_multirun() -> bool:
 
 
 def is_primary() -> bool:
-    """Whether this process writes the run's files: rank 0 of a multi-process (DDP) run, whose
-    other ranks Lightning starts with these variables set."""
+    """Whether this process writes the run's files: rank 0 of a multi-process (DDP) run."""
     return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
 def resume_command(cfg: DictConfig) -> str:
-    """The command that goes on with this single run: its overrides, `resume=true` and its
-    directory."""
+    """The command that goes on with this single run."""
     task = [o for o in HydraConfig.get().overrides.task
             if not o.startswith(("resume=", "hydra.run.dir="))] if HydraConfig.initialized() else []
     return shlex.join(["python", "-m", "bnstudy.train", *task, "resume=true",
@@ -304,9 +293,9 @@ def check_devices(cfg: DictConfig) -> None:
 
 
 def torch_threads(setting: int | str | None) -> int | None:
-    """Threads for this job: an explicit count, or with `auto` the cores its launcher gives it:
-    cores / n_jobs (joblib), `cpus_per_task` (submitit), one under submitit's local launcher
-    (it starts every job of the sweep at once), else torch's default (all cores)."""
+    """Threads for this job: a count, or with `auto` the cores its launcher gives it: cores /
+    n_jobs (joblib), `cpus_per_task` (submitit), 1 under submitit's local launcher (it starts
+    every job at once), else torch's default (all cores)."""
     if setting != "auto":
         return setting
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
@@ -320,8 +309,8 @@ def torch_threads(setting: int | str | None) -> int | None:
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
-    """The LightningModule of `cfg.model`, around the network `cfg.model.net` built for the
-    dataset's input shape and classes, with the optimizer factory of `cfg.optim`."""
+    """The LightningModule of `cfg.model`, its network `cfg.model.net` built for the dataset's
+    input shape and classes, with the optimizer factory of `cfg.optim`."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
     return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net

@@ -30,9 +30,9 @@ LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (
 
 
 class OutputFolder(Callback):
-    """Makes the run's folder (`hydra.run.dir`) or the sweep's (`hydra.sweep.dir`) before Hydra
-    does, and checks that a file can be written in it: a read-only or full disk ends the command
-    in one paragraph, before anything runs (Hydra's own attempt ends in a traceback)."""
+    """Makes the run's or the sweep's folder before Hydra does, writing a file in it: a
+    read-only or full disk ends the command in one paragraph before anything runs (Hydra's own
+    attempt ends in a traceback)."""
 
     def on_run_start(self, config, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -59,11 +59,10 @@ def _make_output_folder(folder: Path, what: str, key: str) -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: a line per job (status, accuracies, time), the sweep's HParams
-    experiment, the answer and the report command; then names every job that did not finish
-    (failed, interrupted, still running or killed: its record says so; refused or discarded: it
-    says so in the sweep's refusals folder, whichever process ran it) with the resume command,
-    and exits 1 if there are any. Ok and diverged jobs are results: exit 0."""
+    """At the end of a multirun: a line per job, the sweep's HParams experiment, the answer and
+    the report command; then every job that did not finish (its record says why, or the
+    refusals' folder for a refused or discarded one, whichever process ran it) with the resume
+    command, and exit 1. Ok and diverged jobs are results."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if note := local_requeue_limit(config.hydra.get("launcher") or {}):
@@ -117,9 +116,8 @@ class SweepSummary(Callback):
 
 
 def discard_empty_sweep(sweep_dir: Path) -> bool:
-    """Removes a sweep directory that no job left a folder in, with the sweep's own files (its
-    plan multirun.yaml, views such as `+mean/`) and the empty folders above it; anything else
-    keeps it. Whether it is gone."""
+    """Removes a sweep directory no job left a folder in (its own files too: multirun.yaml,
+    `+mean/`) and the empty folders above it; anything else keeps it. Whether it is gone."""
     if not sweep_dir.is_dir():
         return False
     entries = list(sweep_dir.iterdir())
@@ -135,17 +133,15 @@ def discard_empty_sweep(sweep_dir: Path) -> bool:
 
 
 def note_refusal(job_dir: str | Path, message: str, why: str = "refused") -> None:
-    """Leaves a job's message for its sweep's summary, which may run in another process
-    (submitit, joblib), where its directory does not say it: a refused job (its directory is
-    another run's) or one discarded before training (its directory was removed)."""
+    """Leaves a refused or discarded job's message (its directory cannot say it) for the
+    sweep's summary, which may run in another process (submitit, joblib)."""
     if folder := os.environ.get(REFUSALS_ENV):
         with contextlib.suppress(RunFileError):  # the job's log has it anyway
             replace_file(Path(folder) / f"{Path(job_dir).name}.txt", f"{why}: {message}".encode())
 
 
 def _collect_refusals() -> dict[str, str]:
-    """The notes (`note_refusal`) of the sweep that is ending, by job directory name; the
-    notes' folder is removed."""
+    """The ending sweep's notes (`note_refusal`) by job name; their folder is removed."""
     folder = os.environ.pop(REFUSALS_ENV, None)
     if not folder or not Path(folder).is_dir():
         return {}
