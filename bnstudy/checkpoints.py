@@ -1,10 +1,5 @@
-"""Checkpoints that survive a kill or a full disk, and the choice of one to resume from.
-
-`AtomicCheckpointIO` (a Trainer plugin) replaces `last.ckpt` only once its new version is
-complete and keeps the one before as `last.ckpt.prev`; `resume_checkpoint` picks the newest
-of the two that loads, setting aside (never deleting) one that does not; `StudyCheckpoint`
-saves every N epochs and always the final state.
-"""
+"""Checkpoints that survive a kill or a full disk (`AtomicCheckpointIO`), the one a resume
+loads (`resume_checkpoint`), and the save cadence (`StudyCheckpoint`)."""
 
 from __future__ import annotations
 
@@ -30,12 +25,9 @@ def previous_path(path: str | Path) -> Path:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves as Lightning does (`torch.save`), but through a temporary file beside the target
-    and a rename, keeping the previous checkpoint; local paths only.
-
-    Lightning's own save writes through fsspec, whose temporary file lies in the system's
-    temp directory: across filesystems its final move is a copy, and a kill during it leaves
-    a truncated checkpoint. A failed write raises `bnstudy.errors.RunFileError`.
-    """
+    and a rename (`replace_file`), keeping the previous one as `<path>.prev`; local paths only.
+    (Lightning's fsspec save moves its temporary file across filesystems: a copy, which a kill
+    can cut short.) A failed write raises `RunFileError`."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -54,13 +46,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
-    """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads,
-    else None (start over); and a one-paragraph note when it is not simply `last`.
-
-    A file that does not load is renamed to `<name>.corrupt` (`.corrupt.1`, ... if taken),
-    never deleted. Temporary files left by a killed save are removed. No checkpoint at all
-    gives (None, None).
-    """
+    """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads, else
+    None (start over), and a one-paragraph note when it is not simply `last`. A file that does
+    not load is set aside as `<name>.corrupt[.N]`, never deleted; a killed save's temporary
+    files are removed."""
     last = Path(last)
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
@@ -116,11 +105,9 @@ def _set_aside(path: Path) -> Path:
 
 
 class StudyCheckpoint(ModelCheckpoint):
-    """Lightning's `ModelCheckpoint`, which saves after every `every_n_epochs`-th epoch, plus a
-    save when training ends if its last step was not saved (a cadence that does not divide
-    `max_epochs`, an early stop): `last.ckpt` always holds the run's final state. A kill
-    between saves loses at most `every_n_epochs` - 1 epochs, and the resume from any saved
-    epoch is exact (the batch order depends only on the seed and the epoch)."""
+    """Lightning's `ModelCheckpoint` (a save every `every_n_epochs`-th epoch) plus a save when
+    training ends if its last step was not saved: `last.ckpt` always holds the final state. A
+    kill loses at most `every_n_epochs` - 1 epochs; the resume from any save is exact."""
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)

@@ -1,13 +1,8 @@
 """`python -m bnstudy.eval RUN_DIR_OR_CHECKPOINT [paths.data_dir=DIR] [trainer.FLAG=VALUE ...]`:
-test loss and accuracy of a checkpoint on its run's test split.
-
-The datamodule is rebuilt from the run's `.hydra/config.yaml` (the same files and splits) and
-the model loaded from the checkpoint (`checkpoints/last.ckpt` of a run's directory, or the
-file given); Lightning's `Trainer.test` scores it with the run's own trainer settings
-(precision, limit_test_batches, ...) on one device and no logger, so the numbers are the ones
-the run recorded when training ended. Each run's result is printed, next to the recorded
-one, and written to `eval.json` in its directory (`eval-<file>.json` for another
-checkpoint). A sweep's directory evaluates every run that has a checkpoint.
+test loss and accuracy of a checkpoint on its run's test split (`bnstudy.rebuild`), scored by
+`Trainer.test` with the run's own trainer settings on one device, so the numbers are the ones
+the run recorded; printed beside them and written to `eval.json` in the run's directory
+(`eval-<file>.json` for another checkpoint). A sweep's directory evaluates each of its runs.
 """
 
 from __future__ import annotations

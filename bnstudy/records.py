@@ -99,14 +99,11 @@ def read_json(path: str | Path) -> dict | None:
 @dataclass
 class RunRecord:
     """A run's `metrics.json`: this class is its schema, written and read here only.
-
-    `status`: running | ok | diverged | failed | interrupted. `history`: a row per trained epoch
-    (`epoch`, `step`, `train/loss`, `train/acc`, `val/loss`, `val/acc`, `time_s`: seconds trained
-    so far). `test`: `{"loss", "acc"}` of the finished run. `job`: the launcher's job
-    (`jobdir.launcher_job`), which a requeue keeps, `requeues` counting them; `trackers`: the
-    tracker runs a resume goes on logging to; `activations`, `gradients`: the probes' series;
-    `error` (one paragraph) and `traceback` of a failed run; `diverged_at`: `{epoch, step,
-    loss}`; `resume_note`: which checkpoint a resume could not use."""
+    `status`: running | ok | diverged | failed | interrupted. `history`: a row per epoch
+    (`epoch`, `step`, `train/loss`, `train/acc`, `val/loss`, `val/acc`, `time_s`: seconds
+    trained so far); `test`: `{loss, acc}`; `job`: the launcher's job a requeue keeps
+    (`requeues` counts them); `trackers`: the tracker runs a resume goes on with; `activations`,
+    `gradients`: the probes' series; `resume_note`: a checkpoint a resume could not use."""
 
     status: str = "running"
     run_name: str = ""

@@ -54,36 +54,16 @@ def write_cifar10(root: Path, per_batch: int = 100, n_test: int = 200, seed: int
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         n = n_test if name == "test_batch" else per_batch
         labels = rng.integers(0, 10, size=n)
-        images = class_images(labels, (3, 32, 32), rng).reshape(n, -1)
-        entry = {
-            "batch_label": name,
-            "labels": labels.tolist(),
-            "data": images,
-            "filenames": [f"{name}_{i}.png" for i in range(n)],
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f, protocol=2)
-    meta = {
-        "label_names": [
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ],
-        "num_cases_per_batch": per_batch,
-    }
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
+        entry = {"batch_label": name, "labels": labels.tolist(),
+                 "data": class_images(labels, (3, 32, 32), rng).reshape(n, -1),
+                 "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
+    names = ("airplane automobile bird cat deer dog frog horse ship truck").split()
+    meta = {"label_names": names, "num_cases_per_batch": per_batch}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     return root
 
 

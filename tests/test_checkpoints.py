@@ -1,9 +1,8 @@
-"""Checkpoints survive a kill, truncation and a full disk (issue #18), and the cadence of
-saves loses at most what it says."""
+"""Checkpoints survive a kill and truncation (issue #18; a full disk: test_run.py), and the
+cadence of saves loses at most what it says."""
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from pathlib import Path
@@ -16,9 +15,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bnstudy.checkpoints import AtomicCheckpointIO, resume_checkpoint
-from bnstudy.errors import RunFileError
-
-RESUME_HINT = "run the same command with resume=true"
 
 
 class Tiny(L.LightningModule):
@@ -42,7 +38,7 @@ class Tiny(L.LightningModule):
 
 
 def fit(directory: Path, max_epochs: int, ckpt_path: Path | None = None) -> Tiny:
-    """Trains `Tiny` (seeded) with checkpoints/last.ckpt in `directory`, as bnstudy.train does."""
+    """Trains `Tiny` (seeded) with checkpoints/last.ckpt in `directory`, as a run does."""
     L.seed_everything(0, verbose=False)
     model = Tiny()
     checkpoint = ModelCheckpoint(
@@ -70,18 +66,12 @@ def temp_files(directory: Path) -> list[Path]:
     return list(directory.glob(".*.tmp"))
 
 
-def fail_fsync(monkeypatch, on_call: int, error: BaseException, cut: bool = False) -> None:
-    """Makes the `on_call`-th os.fsync raise `error`, first cutting the file in half if `cut`:
-    a write that fails, or a kill, after the temporary file got part of its bytes."""
-    real_fsync, calls = os.fsync, []
-
+def cut_fsync(monkeypatch) -> None:
+    """Makes the next os.fsync cut the file in half and raise `Killed`: a kill after the
+    temporary file got part of its bytes."""
     def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == on_call:
-            if cut:
-                os.ftruncate(fd, os.fstat(fd).st_size // 2)
-            raise error
-        real_fsync(fd)
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        raise Killed
 
     monkeypatch.setattr(os, "fsync", fsync)
 
@@ -129,7 +119,7 @@ def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(ckpts, monkeypatch, m
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     checkpoint["epoch"] = 2
     if moment == "while writing":
-        fail_fsync(monkeypatch, on_call=1, error=Killed(), cut=True)
+        cut_fsync(monkeypatch)
     else:
         kill_before_final_rename(monkeypatch)
     with pytest.raises(Killed):
@@ -176,34 +166,6 @@ def test_both_checkpoints_truncated_starts_over_and_keeps_them(ckpts):
     assert f"{last} did not load" in note and f"{previous} did not load" in note
 
 
-def test_resuming_from_the_previous_checkpoint_matches_an_uninterrupted_run(tmp_path):
-    fit(tmp_path, max_epochs=2)  # in this directory: a resume finds the callback state it saved
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    truncate(last)
-    chosen, _ = resume_checkpoint(last)
-    resumed = fit(tmp_path, max_epochs=3, ckpt_path=chosen)
-    uninterrupted = fit(tmp_path / "uninterrupted", max_epochs=3)
-    for (name, a), b in zip(resumed.state_dict().items(), uninterrupted.state_dict().values(),
-                            strict=True):
-        assert torch.equal(a, b), name
-    assert epoch_of(last) == 2
-
-
-def test_a_full_disk_at_a_checkpoint_keeps_the_previous_and_says_what_to_do(tmp_path, monkeypatch):
-    fail_fsync(monkeypatch, on_call=2, error=OSError(errno.ENOSPC, "No space left on device"))
-    with pytest.raises(RunFileError) as failure:
-        fit(tmp_path, max_epochs=2)
-    monkeypatch.undo()
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    message = str(failure.value)
-    assert message.startswith(f"Could not write {last}: No space left on device.")
-    assert "hydra.run.dir / hydra.sweep.dir" in message and RESUME_HINT in message
-    assert "\n" not in message
-    assert epoch_of(last) == 0 and temp_files(last.parent) == []
-
-
-# -- the checkpoint cadence (StudyCheckpoint's every_n_epochs) -----------------------------
-
 def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_path):
     from bnstudy.checkpoints import StudyCheckpoint
 
@@ -234,32 +196,3 @@ def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_
     saved.clear()
     trainer.fit(Tiny())
     assert saved == [4, 8]  # the last epoch's save is the final state: not saved twice
-
-
-@pytest.mark.slow
-def test_a_kill_between_checkpoints_loses_at_most_the_cadence_and_resumes_exactly(
-        tiny_data, tmp_path):
-    import signal
-
-    from helpers import train_run
-
-    common = ("trainer.max_epochs=5", "trainer.limit_train_batches=2", "seed=7",
-              "callbacks.weight_grid.every_n_epochs=0")
-    sparse = "callbacks.checkpoint.every_n_epochs=2"
-    every = train_run(tiny_data, tmp_path / "every", *common)
-    sparsely = train_run(tiny_data, tmp_path / "sparse", *common, sparse)
-    killed = tmp_path / "killed"
-    with pytest.raises(SystemExit):  # Ctrl-C as epoch 3 starts
-        train_run(tiny_data, killed, *common, sparse, "+callbacks.stop.epoch=3",
-                  "+callbacks.stop._target_=tests.faults.InterruptAtEpoch")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    assert epoch_of(killed / "checkpoints" / "last.ckpt") == 1  # lost: 1 epoch (cadence - 1)
-    resumed = train_run(tiny_data, killed, *common, sparse, "resume=true")
-
-    def result(record) -> tuple:
-        return ([{k: v for k, v in row.items() if k != "time_s"} for row in record.history],
-                record.test, record.status)
-
-    assert result(resumed) == result(sparsely) == result(every)
-    last = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == resumed.history[-1]["step"]  # the final state

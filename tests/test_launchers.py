@@ -138,11 +138,10 @@ def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_time_limit_requeues_the_job_which_resumes_to_the_uninterrupted_result(tiny_data,
-                                                                                  tmp_path):
+def test_a_time_limit_requeues_the_job_which_resumes_by_itself(tiny_data, tmp_path):
     """submitit's controller sends USR2 at the time limit: Hydra's launcher checkpoints (its
     own call, pickled again) and the job is requeued; the run, interrupted at epoch 2, resumes
-    by itself from its checkpoint and ends exactly as a run never interrupted."""
+    by itself from its checkpoint (exactly: `test_run.py`) and finishes."""
     from bnstudy.report.runs import load_runs
 
     proc = small_sweep(tiny_data, tmp_path / "limited",
@@ -152,15 +151,10 @@ def test_a_time_limit_requeues_the_job_which_resumes_to_the_uninterrupted_result
     (job,) = (tmp_path / "limited").glob("0_*")
     limited = read_record(job)
     assert limited["status"] == "ok" and limited["requeues"] == 1, limited
+    assert len(limited["history"]) == 3 and limited["history"][0]["epoch"] == 0
     assert limited["job"]["id"].startswith("submitit-local:")
     log = "".join(p.read_text() for p in (tmp_path / "limited").glob(".submitit/*/*_log.*"))
     assert "Requeued job" in log and "requeued by its launcher" in log and "resuming" in log
-    straight = small_sweep(tiny_data, tmp_path / "straight", submitit=False)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    (reference,) = (tmp_path / "straight").glob("0_*")
-    strip = lambda r: ([{k: v for k, v in row.items() if k != "time_s"}  # noqa: E731
-                        for row in r["history"]], r["test"])
-    assert strip(limited) == strip(read_record(reference))
     # the lock file is not a job to the report: one run, finished
     assert [(run.job, run.status) for run in load_runs(tmp_path / "limited")] == [(job.name, "ok")]
 
