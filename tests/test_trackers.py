@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import FAST, REPO, compose_config, read_record, run_sweep, run_train, scalar_tags
+from helpers import (
+    FAST,
+    REPO,
+    compose_config,
+    fresh_train,
+    read_record,
+    run_sweep,
+    run_train,
+    scalar_tags,
+)
 
 from bnstudy.errors import ConfigError
 
@@ -257,8 +266,10 @@ def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path, monkeypatch):
     for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     sweep = tmp_path / "sweep"
-    # Hydra's basic launcher runs the jobs in one process: each must get a W&B run of its own.
-    proc = run_sweep(sweep, tiny_data, *TINY, "logger=wandb", "norm=bn,none")
+    # Hydra's basic launcher runs the jobs in one process (a fresh one: W&B's state is global),
+    # and each must get a W&B run of its own.
+    proc = fresh_train("-m", *FAST, "seed=0", f"paths.data_dir={tiny_data}", *TINY,
+                       f"hydra.sweep.dir={sweep}", "logger=wandb", "norm=bn,none")
     assert proc.returncode == 0, proc.stderr
     assert "wandb sync" not in proc.stderr + proc.stdout  # silent on the study's console
     for job in job_dirs(sweep):

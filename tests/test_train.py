@@ -162,9 +162,10 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
                      "~callbacks.hallucinations", f"hydra.sweep.dir={tmp_path}", seeds=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(list(tmp_path.glob("*/metrics.json"))) == 24  # 8 pairs × 3 seeds
-    assert "Is BatchNorm worth it?" in proc.stderr
+    console = proc.stdout + proc.stderr
+    assert "Is BatchNorm worth it?" in console
     for pair in ("MNIST, SGD", "MNIST, Adam", "CIFAR-10, SGD", "CIFAR-10, Adam"):
-        assert any(x.strip().startswith(f"{pair} (3 vs 3") for x in proc.stderr.splitlines())
+        assert any(x.strip().startswith(f"{pair} (3 vs 3") for x in console.splitlines())
     assert report([str(tmp_path)]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert text.index("## The answer") < text.index("## Claims")
