@@ -33,10 +33,8 @@ def test_trainer_options_compose(trainer):
     assert cfg.trainer.accelerator == {"default": "auto", "cpu": "cpu", "gpu": "gpu"}[trainer]
 
 
-# MNIST's in the fast loop: that every dataset shares the study's settings is checked quickly by
-# test_datasets_differ_only_in_name_and_datamodule (6 compositions a dataset here: ~2 s each).
-@pytest.mark.parametrize("dataset", [
-    "mnist", *(pytest.param(d, marks=pytest.mark.slow) for d in ("cifar10", "fashion_mnist"))])
+# MNIST's: that every dataset shares the study's settings is test_datasets_differ_only_in_name...
+@pytest.mark.parametrize("dataset", ["mnist"])
 def test_per_dataset_settings_are_shared_by_all_four_runs(dataset):
     fixed = set()
     for norm, optim in itertools.product(GROUPS["norm"], GROUPS["optim"]):
@@ -135,18 +133,6 @@ def test_datasets_differ_only_in_name_and_datamodule():
     assert all(s == shared[0] for s in shared)
     assert {c["datamodule"]["_target_"].rsplit(".", 1)[-1] for c in configs.values()} == {
         "MNISTDataModule", "CIFAR10DataModule", "FashionMNISTDataModule"}
-
-
-# Slow: in the fast loop, test_every_trainer_flag_is_in_the_config_with_lightnings_default
-# checks every flag is in the config (so settable without +) and that three such overrides arrive.
-@pytest.mark.slow
-@pytest.mark.parametrize("flag,value", [
-    ("gradient_clip_val", 0.5), ("accumulate_grad_batches", 2), ("limit_train_batches", 10),
-    ("val_check_interval", 20), ("precision", "bf16-mixed"), ("strategy", "ddp_spawn"),
-])
-def test_trainer_flags_are_overridable_without_plus(flag, value):
-    cfg = compose_with(f"trainer.{flag}={value}")
-    assert cfg.trainer[flag] == value
 
 
 SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "enable_checkpointing", "barebones",
