@@ -12,7 +12,7 @@ from helpers import write_job
 
 from bnstudy.pictures import measures as P
 from bnstudy.pictures.table import Reference, load_picture_runs
-from bnstudy.report.claims import claim_verdicts
+from bnstudy.report.verdicts import claim_verdicts
 from bnstudy.report.picture_section import (
     hallucinations_figure,
     picture_results,

@@ -95,17 +95,14 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS) -> StepCost:
 
 
 def pair_costs(runs) -> dict[tuple[str, str], StepCost]:
-    """The step cost of each (dataset, optim) pair that has runs of both norms, measured on the
-    stored config of its first run (`.hydra/config.yaml`)."""
+    """The step cost of each (dataset, optim) pair that has runs (rows of `load_runs`) of both
+    norms, measured on the stored config of its first run (`.hydra/config.yaml`)."""
     from omegaconf import OmegaConf
 
-    found: dict[tuple[str, str], Path] = {}
-    norms: dict[tuple[str, str], set] = {}
-    for run in runs:
-        key = (run.hparams.get("dataset"), run.hparams.get("optim"))
-        norms.setdefault(key, set()).add(run.hparams.get("norm"))
-        config = run.path / ".hydra" / "config.yaml"
-        if config.is_file():
-            found.setdefault(key, config)
-    return {key: measure(OmegaConf.load(path)) for key, path in found.items()
-            if {"bn", "none"} <= norms[key]}
+    out = {}
+    for (dataset, optim), pair in runs.groupby(["dataset", "optim"], sort=False):
+        configs = [Path(p) / ".hydra" / "config.yaml" for p in pair["path"]]
+        found = [c for c in configs if c.is_file()]
+        if found and {"bn", "none"} <= set(pair["norm"]):
+            out[dataset, optim] = measure(OmegaConf.load(found[0]))
+    return out
