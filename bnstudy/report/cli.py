@@ -1,5 +1,7 @@
-"""`python -m bnstudy.report SWEEP_DIR`: the report of a finished multirun, each norm against
-its baseline (by default every norm of the sweep against `none`: BN vs no BN for the study)."""
+"""`python -m bnstudy.report SWEEP_DIR`: the report of a finished multirun, norm against norm.
+
+By default every norm of the sweep against `none` (the study: BN vs no BN); `--compare`
+names other pairs."""
 
 from __future__ import annotations
 
