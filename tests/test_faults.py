@@ -317,10 +317,11 @@ def test_a_swept_setting_is_recorded_named_and_never_pooled(tiny_data, tmp_path)
                                       "1_mnist-bn-sgd-seed0-momentum=0.9"]
     assert [record(j)["hparams"]["optim.optimizer.momentum"] for j in jobs] == [0.0, 0.9]
     assert all(record(j)["hparams"]["trainer.limit_train_batches"] == 2 for j in jobs)
-    from bnstudy.report.runs import group_runs, load_runs
+    from bnstudy.report.runs import group_keys, groups, load_runs
 
-    groups = group_runs(load_runs(tmp_path))
-    assert len(groups) == 2 and all(len(runs) == 1 for runs in groups.values())
+    runs = load_runs(tmp_path)
+    found = groups(runs, group_keys(runs))
+    assert len(found) == 2 and all(len(group) == 1 for _, group in found)
 
 
 def test_a_padded_cifar_batch_is_refused_as_corrupt(tmp_path):
@@ -537,7 +538,7 @@ def test_a_sweep_keeps_its_finished_jobs_and_resumes_past_one_that_never_trained
     assert "  0_mnist-bn-sgd-seed0-batch_size=0: failed before training, nothing kept" in \
         proc.stderr
     assert f"resume=true hydra.sweep.dir={tmp_path}" in proc.stderr and "?" not in proc.stderr
-    assert [r.outcome for r in load_runs(tmp_path)] == ["ok"]
+    assert list(load_runs(tmp_path)["outcome"]) == ["ok"]
     assert never_started(tmp_path) == ["dataset.batch_size=0"]  # counted as missing
 
 

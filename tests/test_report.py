@@ -17,6 +17,7 @@ from helpers import read_record, write_job
 from matplotlib.colors import same_color
 from PIL import Image
 from scipy import stats as sps
+from test_report_tensorboard import assert_images_are_the_png_files
 
 from bnstudy.report import main
 from bnstudy.report.figures import PROBE_FIGURES, curves_figure, norm_color
@@ -363,3 +364,5 @@ def test_a_real_sweeps_report_holds_its_records_numbers_figures_and_left_out_job
         "No BatchNorm (seed 0)", "BatchNorm (seed 0)"]
     assert [line.get_label() for line in figure["curves_mnist_sgd"].axes[0].get_lines()] == [
         "No BatchNorm (1 seed)", "BatchNorm (1 seed)"]
+    tags = assert_images_are_the_png_files(out)  # each figure in TensorBoard: its PNG's pixels
+    assert {"curves", "weights", "hallucinations"} <= {t.split("/")[0] for t in tags}

@@ -12,14 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
 from bnstudy.norms import NORMS  # noqa: E402
-import pandas as pd  # noqa: E402
-
 from bnstudy.report.render import plural  # noqa: E402
 from bnstudy.report.runs import (  # noqa: E402
     curves,
@@ -31,8 +30,7 @@ from bnstudy.report.runs import (  # noqa: E402
     ok,
     where,
 )
-from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS  # noqa: E402
-from bnstudy.report.stats import usable_values, values  # noqa: E402
+from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS, usable_values, values  # noqa: E402  # noqa: E402
 
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
                 ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
@@ -297,11 +295,10 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
 
 
 def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> Figure:
-    """A panel per dataset: treatment − baseline (verdicts.csv's rows) in final validation accuracy (percentage points) vs
-    `hparam` (log axis), a line per optimizer (and any other varying setting), with its 95 %
-    Welch interval over seeds; a filled marker where p < `alpha`, a hollow one where the
-    difference is within the seed spread; points with no test (a side without two ok seeds)
-    are listed in the panel's corner."""
+    """A panel per dataset: treatment − baseline (verdicts.csv's rows) in final validation
+    accuracy (points) vs `hparam` (log axis), a line per optimizer (and any other varying
+    setting), its 95 % Welch interval; filled where p < `alpha`, hollow within the seed
+    spread; points with no test (a side without two ok seeds) listed in the corner."""
     noun = SWEEPS[hparam][0]
     rows = verdicts.to_dict("records")
     several = len({(r["treatment"], r["baseline"]) for r in rows}) > 1

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pandas as pd
-
 from matplotlib.figure import Figure
 
 from bnstudy.pictures.table import (
@@ -319,6 +318,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
 
 def picture_results(rows: pd.DataFrame) -> list[Result]:
     """The picture claims' parts (P1–P3) that the pictures.csv rows allow, tested."""
+    rows = pd.DataFrame(rows)
     datasets = study_order(set(rows["dataset"]))
     return evaluate([p for p in declare(datasets) if p.source == "pictures"],
                     {"pictures": rows})

@@ -29,8 +29,16 @@ from bnstudy.report.runs import (
     study_order,
     where,
 )
-from bnstudy.report.stats import ALPHA, POWER, SWEEPS, USABLE_WITHIN, point_means, sweep_panels
-from bnstudy.report.stats import VERDICT_COLUMNS, usable_values
+from bnstudy.report.stats import (
+    ALPHA,
+    POWER,
+    SWEEPS,
+    USABLE_WITHIN,
+    VERDICT_COLUMNS,
+    point_means,
+    sweep_panels,
+    usable_values,
+)
 from bnstudy.report.verdicts import MIN_SEEDS, evaluate, setting_results, tuned_runs
 
 

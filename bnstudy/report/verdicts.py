@@ -48,6 +48,10 @@ class Result:
     def part(self) -> str:
         return self.declared.part
 
+    @property
+    def estimate(self) -> float:
+        return self.test.estimate
+
 
 def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
     """The quantity of each ok run the term selects, NaN left out, in seed order."""
@@ -56,7 +60,8 @@ def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
         chosen = chosen[chosen["outcome"] == "ok"]
     seed = pd.to_numeric(chosen.get("seed", pd.Series(index=chosen.index, dtype=float)),
                          errors="coerce").fillna(math.inf)
-    chosen = chosen.assign(_seed=seed).sort_values(["_seed", "job"], kind="stable")
+    chosen = chosen.assign(_seed=seed).sort_values(
+        ["_seed", "job"] if "job" in chosen else "_seed", kind="stable")
     xs = pd.to_numeric(chosen.get(quantity), errors="coerce")
     return [float(x) for x in xs if not math.isnan(x)] if xs is not None else []
 
@@ -127,7 +132,7 @@ def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.D
     for (dataset, optim), ratio in ratios.items():
         mine = runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)]
         full = max(mine.loc[mine["norm"] == STUDY[1], "history"].map(len), default=0)
-        cost = mine["norm"].map(lambda n: ratio if n == STUDY[0] else 1.0)
+        cost = [ratio if n == STUDY[0] else 1.0 for n in mine["norm"]]
         parts.append(mine.assign(**{
             f"val_acc_at_{share:g}": [val_acc_within(h, c, share * full)
                                       for h, c in zip(mine["history"], cost, strict=True)]
