@@ -1,6 +1,7 @@
 """Every figure of the report, as a matplotlib Figure: curves, saved images side by side,
 probe series, and the robustness sweeps' accuracy against the swept hparam."""
 
+# ruff: noqa: E402  (the backend is chosen before pyplot is imported)
 from __future__ import annotations
 
 import math
@@ -10,27 +11,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.font_manager import FontProperties  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import MaxNLocator, NullLocator
 
-from bnstudy.norms import NORMS  # noqa: E402
-from bnstudy.report.render import plural  # noqa: E402
-from bnstudy.report.runs import (  # noqa: E402
-    curves,
-    describe,
-    norm_label,
-    norm_order,
-    norm_word,
-    num,
-    ok,
-    where,
-)
-from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS, usable_values, values  # noqa: E402  # noqa: E402
+from bnstudy.norms import NORMS
+from bnstudy.report.render import plural
+from bnstudy.report.runs import curves, describe, norm_label, norm_order, norm_word, num, ok, where
+from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS, usable_values, values
 
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
                 ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
@@ -45,9 +37,6 @@ def norm_color(norm: str) -> str | None:
 
 def _seed_label(norm: str, run: pd.Series) -> str:
     return f"{norm_label(norm)} (seed {run.get('seed')})"
-
-
-# --- layout: any number of panels, titles that fit -----------------------------------------
 
 
 def panel_grid(n: int, width: float, height: float, **subplots) -> tuple[Figure, list[Axes]]:
@@ -75,9 +64,6 @@ def fitted_title(fig: Figure, text: str) -> None:
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
 
 
-# --- curves -------------------------------------------------------------------------------
-
-
 def mean_std(xs) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
     xs = list(xs)
@@ -87,11 +73,9 @@ def mean_std(xs) -> tuple[float, float]:
 
 def mean_curve(runs: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Epochs (counted from 1), and per epoch the mean and sample std of `metric` over runs."""
-    table = curves(runs)
-    moments = [(e + 1, *mean_std(g[metric])) for e, g in table.groupby("epoch")]
-    epochs, mean, std = (np.array(c, dtype=float) for c in zip(*moments, strict=True)) \
-        if moments else (np.array([]),) * 3
-    return epochs, mean, std
+    moments = [(e + 1, *mean_std(g[metric])) for e, g in curves(runs).groupby("epoch")]
+    return tuple(np.array(c, dtype=float) for c in zip(*moments, strict=True)) if moments \
+        else (np.array([]),) * 3
 
 
 def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
@@ -120,9 +104,6 @@ def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-# --- saved images -------------------------------------------------------------------------
-
-
 def first_image(runs: pd.DataFrame, kind: str) -> tuple[object, Path] | None:
     """(seed, path) of the first seed's `images/<kind>_final.png` among the ok runs; None if
     none has one."""
@@ -145,9 +126,6 @@ def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
     fitted_title(fig, title)
     fig.tight_layout()
     return fig
-
-
-# --- probe series (callbacks=probes) ------------------------------------------------------
 
 
 def first_series(runs: pd.DataFrame, key: str) -> pd.Series | None:
@@ -253,8 +231,8 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
             grid_values = sorted(by_value, key=float)
             moments = np.array([mean_std(values(by_value[v]))
                                 for v in grid_values]).reshape(-1, 2)
-            ax.errorbar(grid_values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]), color=color,
-                        marker="o", ms=4, capsize=3, label=norm_label(norm))
+            ax.errorbar(grid_values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]),
+                        color=color, marker="o", ms=4, capsize=3, label=norm_label(norm))
             diverged = [float(v) for v in grid_values
                         for o in by_value[v]["outcome"] if o == "diverged"]
             if diverged:  # side by side when both norms diverge at one value
