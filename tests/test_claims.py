@@ -197,7 +197,7 @@ def test_the_clock_takes_each_sides_fastest_block(monkeypatch):
     measured = cost.measure(None, rounds=5, steps=3)
     assert measured.ratio == pytest.approx(2.0, rel=0.15)
     assert measured.ratio_max > measured.ratio  # the noisy rounds are in the spread only
-    assert measured.bn_s == pytest.approx(0.002, rel=0.3)
+    assert measured.treatment_s == pytest.approx(0.002, rel=0.3)
 
 
 def test_a_time_verdict_that_the_clocks_spread_would_flip_cannot_be_told(tmp_path):

@@ -10,9 +10,8 @@ import math
 
 import pandas as pd
 
-from bnstudy.report.claims import STUDY
 from bnstudy.report.render import markdown
-from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, norm_word
+from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word
 from bnstudy.report.stats import COMPARISON_WORDS, VERDICT_COLUMNS
 from bnstudy.report.verdicts import DECIDABLE, Result
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bnstudy.report.runs import OPTIM_LABELS, norm_word, where
+from bnstudy.report.runs import OPTIM_LABELS, STUDY, norm_word, where
 
-STUDY = ("bn", "none")  # the named claims' treatment and baseline
 RECOGNISED = 0.8   # P3: at least this share of a run's class images read as their class
 BUDGETS = (1.0, 0.5)  # C5: shares of the baseline run's training time
 

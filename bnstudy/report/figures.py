@@ -21,7 +21,17 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bnstudy.norms import NORMS
 from bnstudy.report.render import plural
-from bnstudy.report.runs import curves, describe, norm_label, norm_order, norm_word, num, ok, where
+from bnstudy.report.runs import (
+    STUDY,
+    curves,
+    describe,
+    norm_label,
+    norm_order,
+    norm_word,
+    num,
+    ok,
+    where,
+)
 from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS, usable_values, values
 
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
@@ -367,7 +377,7 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
         mine = ok(runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)])
         for norm in norm_order(set(mine["norm"])):
             side = mine[mine["norm"] == norm]
-            seconds = {"bn": cost.bn_s, "none": cost.none_s}.get(norm)
+            seconds = {STUDY[0]: cost.treatment_s, STUDY[1]: cost.baseline_s}.get(norm)
             if side.empty or seconds is None:
                 continue
             epochs, mean, std = mean_curve(side, "val/acc")
@@ -378,7 +388,7 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
             if len(side) > 1:
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), color=color,
                                 alpha=0.2, lw=0)
-            if norm == "none":
+            if norm == STUDY[1]:
                 ax.axvline(x[-1], color=color, ls=":", lw=1)
         ax.set_title(f"{where(dataset, optim)} (BN step ×{cost.ratio:.2f})")
         ax.set_xlabel("training compute (s: steps × measured step cost)")

@@ -232,7 +232,7 @@ def weight_notes(rows: pd.DataFrame) -> list[str]:
     for dataset in sorted(set(rows["dataset"])):
         for optim in OPTIM_LABELS:
             sides = [f"{norm_label(norm)}: {m['change_share']:.1%} of the energy, alignment "
-                     f"{m['change_pc_alignment']:.3f}" for norm in ("none", "bn")
+                     f"{m['change_pc_alignment']:.3f}" for norm in norm_order(set(rows["norm"]))
                      if (dataset, optim, norm) in means.index
                      for m in [means.loc[(dataset, optim, norm)]]
                      if not (math.isnan(m["change_share"]) or

@@ -21,7 +21,8 @@ from bnstudy.records import RECORD_NAME, RunRecord, job_order
 FIRST_KEYS = ("dataset", "optim", "norm")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
 PROBE_SERIES = ("activations", "gradients")  # the record's probe series the report draws
-BASELINE = "none"  # `--compare`'s default: every norm of the sweep against this one
+STUDY = ("bn", "none")  # the study's pair: its named claims' treatment and baseline
+BASELINE = STUDY[1]  # `--compare`'s default: every norm of the sweep against this one
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}
 OPTIM_LABELS = {"sgd": "SGD", "adam": "Adam"}
 NORM_WORDS = {"bn": "BN", "none": "no BN"}  # short words in claims and answers
@@ -219,7 +220,7 @@ def compared(runs: pd.DataFrame, pairs: list[tuple[str, str]] | None = None
     if pairs:
         return list(pairs)
     norms = norm_order(set(runs["norm"].dropna()) if "norm" in runs else set())
-    return [(n, BASELINE) for n in norms if n != BASELINE] or [("bn", BASELINE)]
+    return [(n, BASELINE) for n in norms if n != BASELINE] or [STUDY]
 
 
 def slug(ckey: tuple) -> str:
@@ -237,7 +238,7 @@ def describe(ckey: tuple) -> str:
 
 def norm_order(norms) -> list[str]:
     """No norm first, then BN, then any other norm (the registry's order, then by name)."""
-    rank = {n: i for i, n in enumerate(dict.fromkeys(["none", "bn", *NORMS]))}
+    rank = {n: i for i, n in enumerate(dict.fromkeys([BASELINE, *NORMS]))}
     return sorted(set(norms), key=lambda n: (rank.get(n, len(rank)), str(n)))
 
 

@@ -13,11 +13,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bnstudy.report import figures as F
-from bnstudy.report.claims import CLAIMS, STUDY, declare
+from bnstudy.report.claims import CLAIMS, declare
 from bnstudy.report.render import claim_rows, claims_block, markdown, number, pct, plural
 from bnstudy.report.runs import (
     FIRST_KEYS,
     OUTCOMES,
+    STUDY,
     curves,
     describe,
     groups,
@@ -246,13 +247,13 @@ def cost_table(runs: pd.DataFrame, measured: dict) -> str:
             hit = next((e + 1 for e, acc in enumerate(reach[n]) if acc >= target - 1e-12), None)
             cost = c.ratio if n == STUDY[0] else 1.0
             reach[n] = "never" if hit is None else f"{hit * cost:.1f} (epoch {hit})"
-        ratio = own["bn"] / own["none"] if own["none"] else math.nan
-        rows.append({"pair": where(dataset, optim), "step, BN": f"{1e6 * c.bn_s:.0f} µs",
-                     "step, no BN": f"{1e6 * c.none_s:.0f} µs",
+        ratio = own[STUDY[0]] / own[STUDY[1]] if own[STUDY[1]] else math.nan
+        rows.append({"pair": where(dataset, optim), "step, BN": f"{1e6 * c.treatment_s:.0f} µs",
+                     "step, no BN": f"{1e6 * c.baseline_s:.0f} µs",
                      "BN / no BN (rounds' range)":
                          f"**{c.ratio:.2f}** ({c.ratio_min:.2f} to {c.ratio_max:.2f})",
                      "runs' own epoch ratio": number(ratio, ".2f"),
-                     "BN reaches": reach["bn"], "no BN reaches": reach["none"]})
+                     "BN reaches": reach[STUDY[0]], "no BN reaches": reach[STUDY[1]]})
     return ("C5's clock (`bnstudy.report.cost`): seconds per training step measured paired in "
             "one process, alternating blocks, one torch thread; each side's cost is its fastest "
             "block (noise only adds time). The runs' own epoch seconds (`time_s`, shared "

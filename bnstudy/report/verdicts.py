@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.records import TUNING_FILE
-from bnstudy.report.claims import BUDGETS, STUDY, Part, Term, declare
-from bnstudy.report.runs import num, study_order
+from bnstudy.report.claims import BUDGETS, Part, Term, declare
+from bnstudy.report.runs import STUDY, num, study_order
 from bnstudy.report.stats import Contrast, contrast, decide, power_of
 
 MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
