@@ -19,7 +19,7 @@ SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun,
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
 VERDICTS = ("holds", "does not hold", "cannot tell")  # the one vocabulary of the rule
 # how a comparison (treatment − baseline, claimed sign +) words them; no p-value: "no test"
-COMPARISON_WORDS = {"holds": "wins", "does not hold": "loses", "cannot tell": "ties"}
+COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "ties"), strict=True))
 VERDICT_COLUMNS = ("treatment", "baseline", "n_treatment", "n_baseline", "treatment_mean",
                    "baseline_mean", "diff", "p_value", "verdict", "diff_ci_low", "diff_ci_high",
                    "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed")
