@@ -40,7 +40,13 @@ from bnstudy.report.stats import (
     sweep_panels,
     usable_values,
 )
-from bnstudy.report.verdicts import MIN_SEEDS, evaluate, setting_results, tuned_runs
+from bnstudy.report.verdicts import (
+    MIN_SEEDS,
+    claim_verdicts,
+    evaluate,
+    setting_results,
+    tuned_runs,
+)
 
 
 def verdict_text(row, loss: tuple[float, float]) -> str:
@@ -315,8 +321,6 @@ def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,
     lines = ["## Claims", "", INTRO, "", *[f"- **{c}**: {CLAIMS[c]}" for c in names
                                              if c in CLAIMS], ""]
     if len(found) > 1:
-        from bnstudy.report.verdicts import claim_verdicts
-
         lines += [markdown([{"setting": describe(s), **{c: claim_verdicts(res).get(c, "—")
                                                         for c in names}}
                             for s, (res, _, _) in found.items()]), ""]
