@@ -115,8 +115,7 @@ def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
 
 
 def first_image(runs: pd.DataFrame, kind: str) -> tuple[object, Path] | None:
-    """(seed, path) of the first seed's `images/<kind>_final.png` among the ok runs; None if
-    none has one."""
+    """(seed, path) of the first ok run's `images/<kind>_final.png`; None if none has one."""
     for run in runs[runs["outcome"] == "ok"].itertuples():
         path = Path(run.path) / "images" / f"{kind}_final.png"
         if path.is_file():
