@@ -279,17 +279,3 @@ def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
                    else dict.fromkeys(WEIGHT_COLUMNS, math.nan))
         rows.append(row)
     return rows
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    """pictures.csv: NaN as an empty cell, floats to 6 decimals."""
-    import csv
-
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v)
-                                 else round(v, 6) if isinstance(v, float) else v)
-                             for k, v in row.items()})

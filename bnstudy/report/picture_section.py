@@ -20,10 +20,9 @@ from bnstudy.pictures.table import (
     measure,
     reference,
     to_pixels,
-    write_rows,
 )
 from bnstudy.report.claims import declare
-from bnstudy.report.render import claims_block, plain_words, spread
+from bnstudy.report.render import claims_block, plain_words, spread, write_csv
 from bnstudy.report.runs import (
     FIRST_KEYS,
     OPTIM_LABELS,
@@ -263,7 +262,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
             if p.hallucinations is not None:
                 p.net = load_net(p.run, refs[dataset].input_shape, len(refs[dataset].classes))
     rows = measure(picture_runs, refs, keys)
-    write_rows(rows, out / "pictures.csv")
+    write_csv(rows, out / "pictures.csv")
     by_job = {r["job"]: r for r in rows}
     table = pd.DataFrame(rows)
     settings: dict[tuple, list[PictureRun]] = {}

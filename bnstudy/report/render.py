@@ -20,10 +20,10 @@ def markdown(table: pd.DataFrame | list[dict], columns: list[str] | None = None)
 
 
 def write_csv(table: pd.DataFrame | list[dict], path: Path) -> None:
-    """A CSV file: NaN as an empty cell, floats to 6 decimals."""
-    table = pd.DataFrame(table)
-    floats = table.select_dtypes("float").columns
-    table[floats] = table[floats].round(6)
+    """A CSV file: each value as it is (a count stays a count beside NaN), NaN as an empty
+    cell, floats to 6 decimals."""
+    table = (pd.DataFrame(table, dtype=object) if isinstance(table, list) else table).astype(
+        object).map(lambda v: round(v, 6) if isinstance(v, float) else v)
     table.to_csv(path, index=False, lineterminator="\r\n")  # as the csv module writes
 
 
