@@ -3,7 +3,7 @@
 Tag scheme. Every run logs its curves as `train/loss`, `train/acc`, `val/loss`, `val/acc`,
 `test/*` (Lightning), and `ComparisonCurves` copies three of them per epoch under its
 dataset × optimizer pair, `compare/<dataset>-<optim>/{train_loss,val_loss,val_acc}`. Only the
-BN and no-BN runs (all seeds) of one pair carry that pair's tags, so a chart of them compares
+runs of one pair (every norm, all seeds) carry that pair's tags, so a chart of them compares
 exactly those runs: the Custom Scalars layout each run writes has a category per pair
 ("mnist · sgd") with those three charts, and in Time Series the `compare` section comes first.
 
@@ -25,7 +25,6 @@ import io
 import logging
 import math
 import os
-import statistics
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,13 +35,16 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
 from torch.utils.tensorboard import SummaryWriter
 
+from bnstudy.norms import NORMS
+from bnstudy.records import RECORD_NAME, RunRecord, job_order
+
 COMPARED = ("train/loss", "val/loss", "val/acc")
 # The sweep's first page: Custom Scalars, smoothing off (10-point epoch curves), the run list
 # filtered to the `+mean` runs (regex `^\+mean/`, so they are selected at any number of runs)
 BROWSE_URL = "http://localhost:6006/#custom_scalars&_smoothingWeight=0&regexInput=%5E%5C%2Bmean%2F"
 # Time Series with smoothing off and runs coloured by norm (the jobs' and the `+mean` runs')
-TIMESERIES_URL = \
-    "http://localhost:6006/?smoothing=0&runColorGroup=regex:[-/](bn|none)(?:-|$)#timeseries"
+TIMESERIES_URL = ("http://localhost:6006/?smoothing=0&runColorGroup=regex:[-/]"
+                  f"({'|'.join(NORMS)})(?:-|$)#timeseries")
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
 
@@ -232,39 +234,32 @@ def mean_tag(pair: str, metric: str, part: str) -> str:
     return f"seeds/{pair}/{metric.replace('/', '_')}/{part}"
 
 
-def mean_group(record: dict) -> str:
+def mean_group(record: RunRecord) -> str:
     """The line a finished run joins within its pair: its norm, then every other setting the
     sweep varies, as in its run name (`bn`, `bn-lr=0.1`; the seed left out)."""
-    hp = record["hparams"]
+    hp = record.hparams
     prefix = f"{hp['dataset']}-{hp['norm']}-{hp['optim']}-seed{hp['seed']}"
-    name = record.get("run_name", "")
-    swept = name[len(prefix):] if name.startswith(prefix) else ""
+    swept = record.run_name[len(prefix):] if record.run_name.startswith(prefix) else ""
     return f"{hp['norm']}{swept}".replace("/", "_")
 
 
-def mean_curves(records: list[dict]) -> dict[str, dict[str, dict[str, list[tuple]]]]:
+def mean_curves(records: list[RunRecord]) -> dict[str, dict[str, dict[str, list[tuple]]]]:
     """`curves[group][pair][metric]` = [(step, mean, std, n)] over the finished (`ok`) runs'
     per-epoch history: at each epoch the runs that reached it, the step the per-run curves
     use (the epoch's last step), the sample std (0 for one run)."""
-    rows: dict[tuple, dict[int, list]] = {}
-    for record in records:
-        if record.get("status") != "ok" or "hparams" not in record:
-            continue
-        hp = record["hparams"]
-        key = (mean_group(record), pair_name(hp["dataset"], hp["optim"]))
-        for epoch, row in enumerate(record.get("history") or []):
-            for metric in COMPARED:
-                value = row.get(metric)
-                if value is not None and math.isfinite(value):
-                    rows.setdefault((*key, metric), {}).setdefault(epoch, []).append(
-                        (row["step"] - 1, value))
+    import pandas as pd  # here: the callbacks import this module at every run's start
+
+    rows = [(mean_group(r), pair_name(r.hparams["dataset"], r.hparams["optim"]), metric, epoch,
+             row["step"] - 1, row.get(metric)) for r in records if r.status == "ok" and r.hparams
+            for epoch, row in enumerate(r.history) for metric in COMPARED]
+    table = pd.DataFrame(rows, columns=["group", "pair", "metric", "epoch", "step", "value"])
+    table = table[table["value"].map(lambda v: v is not None and math.isfinite(v))]
+    stats = table.astype({"value": float}).groupby(["group", "pair", "metric", "epoch"]).agg(
+        step=("step", "min"), mean=("value", "mean"), std=("value", "std"), n=("value", "size"))
     curves: dict = {}
-    for (group, pair, metric), by_epoch in sorted(rows.items()):
-        curve = curves.setdefault(group, {}).setdefault(pair, {}).setdefault(metric, [])
-        for epoch in sorted(by_epoch):
-            steps, values = zip(*by_epoch[epoch], strict=True)
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            curve.append((min(steps), statistics.fmean(values), std, len(values)))
+    for (group, pair, metric, _), row in stats.fillna({"std": 0.0}).iterrows():
+        curves.setdefault(group, {}).setdefault(pair, {}).setdefault(metric, []).append(
+            (int(row["step"]), row["mean"], row["std"], int(row["n"])))
     return curves
 
 
@@ -315,15 +310,13 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
     names (`+mean/bn`, ...). Waits up to `timeout` seconds for a concurrent refresh."""
     from filelock import FileLock
 
-    from bnstudy.records import RECORD_NAME, RunRecord, job_order
-
     sweep_dir = Path(sweep_dir)
     root = sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
         jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
-        found = [vars(r) for r in map(RunRecord.read, jobs) if r and r.hparams]
-        pairs = dict.fromkeys(pair_name(r["hparams"]["dataset"], r["hparams"]["optim"])
+        found = [r for r in map(RunRecord.read, jobs) if r is not None and r.hparams]
+        pairs = dict.fromkeys(pair_name(r.hparams["dataset"], r.hparams["optim"])
                               for r in found)  # in the sweep's order
         curves = mean_curves(found)
         layout = mean_layout(pairs, curves)

@@ -1,6 +1,7 @@
-"""The claims registry (`bnstudy.report.claims`): C5 on records with known times, C6 from a
-tuning record, the power numbers against statsmodels, a claim declared in a test, and C5's
-clock (`bnstudy.report.cost`)."""
+"""The claims registry: C1–C4 on hand-made records (each holds, flips with its records, and
+its statistic is recomputed), C5 on records with known times and C5's clock, C6 from a tuning
+record, the power numbers against statsmodels, a claim declared in a test, and the answer's
+words (`bnstudy.report.claims`, `verdicts`, `answer`, `cost`)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,29 @@ import math
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
-from helpers import write_job
+from helpers import read_record, write_job
+from scipy import stats as sps
 
+from bnstudy.records import TUNING_FILE
 from bnstudy.report import claims as C
+from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost
-from bnstudy.report.runs import comparisons, group_runs, load_runs
-from bnstudy.report.stats import power_of, welch_power
+from bnstudy.report.runs import load_runs
+from bnstudy.report.stats import Contrast, power_of, welch_power
 
 
 def cost(ratio: float) -> StepCost:
     return StepCost(ratio * 1e-3, 1e-3, ratio, ratio, ratio, ratio, 9)
 
 
-def results_of(sweep_dir, ratio: float) -> dict[str, C.Result]:
-    (study,) = C.settings(comparisons(group_runs(load_runs(sweep_dir)))).values()
-    results, _ = C.setting_results(study, costs=lambda runs: {("mnist", "sgd"): cost(ratio)})
+def results_of(sweep_dir, ratio: float | None = None) -> dict[str, V.Result]:
+    """The sweep's curve and time claims, the step of BN costing `ratio` no-BN steps (None:
+    no clock, no time claims)."""
+    clock = {} if ratio is None else {("mnist", "sgd"): cost(ratio)}
+    results, _ = V.setting_results(load_runs(sweep_dir), costs=lambda runs: clock)
     return {f"{r.claim}{r.part}": r for r in results}
 
 
@@ -54,7 +61,7 @@ def test_c5_holds_when_bn_is_ahead_at_equal_time(tmp_path):
     assert full.test.estimate == pytest.approx(0.90 - 0.80)
     assert half.test.estimate == pytest.approx(0.80 - 0.60)
     assert full.verdict == half.verdict == "holds"
-    assert C.claim_verdicts(list(parts.values()))["C5"] == "holds"
+    assert V.claim_verdicts(list(parts.values()))["C5"] == "holds"
 
 
 def test_c5_does_not_hold_when_bn_wins_only_per_epoch(tmp_path):
@@ -97,21 +104,24 @@ def test_power_of_a_one_sample_part_matches_the_closed_form_for_many_seeds():
 
 
 def test_a_cannot_tell_row_says_whether_seeds_or_size_is_missing(tmp_path):
+    from bnstudy.report.render import note
+
     write_pair(tmp_path / "few", [0.5, 0.60], [0.5, 0.58], spread=0.02)  # 2 pts apart
     write_pair(tmp_path / "none", [0.5, 0.60], [0.5, 0.60], spread=0.02)  # the same means
     few = results_of(tmp_path / "few", 1.0)["C5a (MNIST, SGD)"]
     tie = results_of(tmp_path / "none", 1.0)["C5a (MNIST, SGD)"]
     assert few.verdict == tie.verdict == "cannot tell"
-    assert few.note.startswith("too few seeds") and few.seeds_needed <= C.DECIDABLE
-    assert f"{few.seeds_needed:.0f} seeds a side would decide" in few.note
-    assert tie.note.startswith("no difference seen") and "below" in tie.note
+    assert note(few).startswith("too few seeds") and few.seeds_needed <= V.DECIDABLE
+    assert f"{few.seeds_needed:.0f} seeds a side would decide" in note(few)
+    assert note(tie).startswith("no difference seen") and "below" in note(tie)
 
 
 def test_one_seed_cannot_tell_for_curve_and_rule_parts_alike(tmp_path):
     write_pair(tmp_path, *FAST_EARLY, seeds=(1,))
     assert {r.verdict for r in results_of(tmp_path, 2.0).values()} == {"cannot tell"}
-    rows = [{"dataset": "mnist", "norm": "bn", "optim": "adam", "seed": 0, "noise_units": 0.1}]
-    (p1c,) = C.evaluate([p for p in C.declare(["mnist"]) if p.claim + p.part == "P1c"],
+    rows = pd.DataFrame([{"dataset": "mnist", "norm": "bn", "optim": "adam", "seed": 0,
+                          "job": "0", "noise_units": 0.1}])
+    (p1c,) = V.evaluate([p for p in C.declare(["mnist"]) if p.claim + p.part == "P1c"],
                         {"pictures": rows})
     assert p1c.verdict == "cannot tell"  # a rule met by its only seed is not yet a verdict
 
@@ -124,9 +134,9 @@ def test_a_claim_declared_in_a_test_appears_in_claims_csv(tmp_path, monkeypatch,
     def with_c9(datasets):
         return [*declared(datasets), C.Part(
             "C9", "", "MNIST, SGD: BN's last epoch beats no BN's by more than nothing",
-            "final val acc, BN − no BN", "final_val_acc", C._pair("mnist", "sgd"))]
+            "final val acc, BN − no BN", "final_val_acc", C.pair("mnist", "sgd"))]
 
-    monkeypatch.setattr(C, "declare", with_c9)
+    monkeypatch.setattr(V, "declare", with_c9)
     assert main([str(tmp_path)]) == 0
     with open(tmp_path / "report" / "claims.csv") as f:
         rows = {r["claim"] + r["part"]: r for r in csv.DictReader(f)}
@@ -145,7 +155,7 @@ def write_tuned(sweep_dir, bn_test: list[float], none_test: list[float]) -> None
                       "trials": [{"params": {"optim.optimizer.lr": lr}, "value": 0.9}] * 4,
                       "best_params": {"optim.optimizer.lr": lr}, "best_value": 0.9,
                       "final_jobs": jobs})
-    (sweep_dir / C.TUNING_FILE).write_text(json.dumps(
+    (sweep_dir / TUNING_FILE).write_text(json.dumps(
         {"sampler": "TPE", "sampler_seed": 0, "n_trials": 4, "seeds": [0, 1, 2],
          "cells": cells}))
 
@@ -163,7 +173,7 @@ def test_c6_compares_each_norms_tuned_reruns_on_the_test_split(tmp_path, bn, non
     assert row["verdict"] == verdict
     # test accuracy is val − 0.01 in write_job: the estimate is of the test split's numbers
     assert float(row["estimate"]) == pytest.approx(sum(bn) / 3 - sum(none) / 3, abs=1e-6)
-    text = (tmp_path / "report" / "report.md").read_text()
+    text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| mnist | sgd | BN | 4 | lr=0.1 |" in text
 
 
@@ -187,14 +197,14 @@ def test_the_clock_takes_each_sides_fastest_block(monkeypatch):
     measured = cost.measure(None, rounds=5, steps=3)
     assert measured.ratio == pytest.approx(2.0, rel=0.15)
     assert measured.ratio_max > measured.ratio  # the noisy rounds are in the spread only
-    assert measured.bn_s == pytest.approx(0.002, rel=0.3)
+    assert measured.treatment_s == pytest.approx(0.002, rel=0.3)
 
 
 def test_a_time_verdict_that_the_clocks_spread_would_flip_cannot_be_told(tmp_path):
     write_pair(tmp_path, *FAST_LATE)  # BN ahead at equal epochs, behind at twice the cost
-    (study,) = C.settings(comparisons(group_runs(load_runs(tmp_path)))).values()
     noisy = StepCost(1e-3, 1e-3, 1.0, 0.9, 2.0, 2.5, 9)  # fastest blocks 1.0, rounds' median 2.0
-    results, _ = C.setting_results(study, costs=lambda runs: {("mnist", "sgd"): noisy})
+    results, _ = V.setting_results(load_runs(tmp_path),
+                                   costs=lambda runs: {("mnist", "sgd"): noisy})
     full = {f"{r.claim}{r.part}": r for r in results}["C5a (MNIST, SGD)"]
     assert full.verdict == "cannot tell" and "clock's spread" in full.note
 
@@ -206,10 +216,10 @@ def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_
     write_pair(tmp_path / "one", *FAST_EARLY, seeds=(1,))
     for sweep in ("three", "one"):
         assert main([str(tmp_path / sweep)]) == 0
-    three = (tmp_path / "three" / "report" / "report.md").read_text()
+    three, one = (" ".join((tmp_path / s / "report" / "report.md").read_text().split())
+                  for s in ("three", "one"))
     assert three.index("## The answer") < three.index("## Summary")
     assert "| MNIST | SGD | 3, 3 | BN wins, +13.00 pts (" in three
-    one = (tmp_path / "one" / "report" / "report.md").read_text()
     assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
     assert DECIDE in one and DECIDE not in three
 
@@ -218,8 +228,8 @@ def test_accuracy_against_compute_places_each_epoch_at_steps_times_the_step_cost
     from bnstudy.report.figures import time_figure
 
     write_pair(tmp_path, *FAST_EARLY)
-    (study,) = C.settings(comparisons(group_runs(load_runs(tmp_path)))).values()
-    fig = time_figure(study, {("mnist", "sgd"): StepCost(2e-3, 1e-3, 2.0, 2.0, 2.0, 2.0, 9)})
+    fig = time_figure(load_runs(tmp_path),
+                      {("mnist", "sgd"): StepCost(2e-3, 1e-3, 2.0, 2.0, 2.0, 2.0, 9)})
     lines = {line.get_label().split(" (")[0]: line for line in fig.axes[0].get_lines()
              if not line.get_label().startswith("_")}
     steps = np.array([10, 20, 30, 40])  # write_job: 10 steps an epoch
@@ -233,10 +243,11 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
 
     write_pair(tmp_path, *FAST_EARLY)
     report = write_report(tmp_path, {}, costs=lambda runs: {("mnist", "sgd"): cost(2.0)})
-    text = report.read_text()
+    text = " ".join(report.read_text().split())
     assert "![accuracy against compute](time_compute.png)" in text
     assert (report.parent / "time_compute.png").is_file()
-    assert "| MNIST, SGD | 2000 µs | 1000 µs | **2.00** (2.00 to 2.00) |" in text
+    assert "| MNIST, SGD | 2000 µs | 1000 µs | **2.00** (2.00 to 2.00) | 1.00 | 2.0 (epoch 1) " \
+           "| 4.0 (epoch 4) |" in text
 
 
 def test_the_sweeps_answer_names_only_pairs_with_both_norms(tmp_path):
@@ -248,3 +259,152 @@ def test_the_sweeps_answer_names_only_pairs_with_both_norms(tmp_path):
     for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.7 + seed / 100], norm="none", seed=seed)
     assert console_answer(tmp_path).splitlines()[1].startswith("  MNIST, SGD (2 vs 2 seeds): ")
+
+
+# --- C1–C4 on hand-made records -------------------------------------------------------------
+
+# Validation accuracy per epoch of each (dataset, optim, norm) where every claim holds: BN starts
+# lower in loss and no BN keeps improving on MNIST/SGD (C1); BN's final edge is 6 points with SGD,
+# 1 with Adam on MNIST (C2); BN is ahead all along on CIFAR-10/SGD (C3) and ends 4 points ahead
+# with Adam, by less than with SGD (C4).
+HOLDS = {
+    ("mnist", "sgd", "bn"): [0.90, 0.95, 0.96], ("mnist", "sgd", "none"): [0.60, 0.80, 0.90],
+    ("mnist", "adam", "bn"): [0.95, 0.96, 0.97], ("mnist", "adam", "none"): [0.94, 0.95, 0.96],
+    ("cifar10", "sgd", "bn"): [0.40, 0.45, 0.50], ("cifar10", "sgd", "none"): [0.10, 0.20, 0.30],
+    ("cifar10", "adam", "bn"): [0.45, 0.50, 0.52], ("cifar10", "adam", "none"): [0.40, 0.45, 0.48],
+}
+# Each flip replaces some curves so that one part's statement is false, and the parts that
+# share its numbers with it (C4b uses CIFAR-10/SGD's final gap) flip with it.
+FLIPS = {
+    "C1a": ({("mnist", "sgd", "bn"): [0.50, 0.95, 0.96]}, {"C1a"}),  # BN starts higher
+    "C1b": ({("mnist", "sgd", "none"): [0.60, 0.80, 0.55]}, {"C1b"}),  # no BN gets worse
+    "C2": ({("mnist", "adam", "none"): [0.80, 0.85, 0.86]}, {"C2"}),  # Adam gap 11 > SGD gap 6
+    "C3a": ({("cifar10", "sgd", "bn"): [0.10, 0.20, 0.50],
+             ("cifar10", "sgd", "none"): [0.30, 0.40, 0.30]}, {"C3a"}),  # late but ahead
+    "C3b": ({("cifar10", "sgd", "bn"): [0.40, 0.45, 0.30],
+             ("cifar10", "sgd", "none"): [0.10, 0.20, 0.50]}, {"C3b", "C4b"}),  # early only
+    "C4a": ({("cifar10", "adam", "none"): [0.40, 0.50, 0.60]}, {"C4a"}),  # no BN ends ahead
+    "C4b": ({("cifar10", "adam", "none"): [0.05, 0.10, 0.10]}, {"C4b"}),  # Adam gap 42 > 20
+}
+PARTS = ("C1a", "C1b", "C2", "C3a", "C3b", "C4a", "C4b")
+
+
+def write_claims_sweep(sweep_dir, curves: dict, seeds=(0, 1, 2)):
+    """Each curve at each seed, with a seed-to-seed spread that differs per epoch."""
+    for (dataset, optim, norm), accs in curves.items():
+        sign = 1 if norm == "bn" else -1
+        for seed in seeds:
+            write_job(sweep_dir, [acc + sign * 0.003 * seed * (e + 1) for e, acc in
+                                  enumerate(accs)], dataset=dataset, optim=optim, norm=norm,
+                      seed=seed)
+    return sweep_dir
+
+
+@pytest.mark.parametrize("flip", [None, *FLIPS])
+def test_each_claim_holds_and_flips_when_its_records_flip(tmp_path, flip):
+    curves, flipped = ({**HOLDS, **FLIPS[flip][0]}, FLIPS[flip][1]) if flip else (HOLDS, set())
+    parts = results_of(write_claims_sweep(tmp_path, curves))
+    assert {name: p.verdict for name, p in parts.items()} == {
+        name: "does not hold" if name in flipped else "holds" for name in PARTS}
+    assert V.claim_verdicts(list(parts.values())) == {
+        c: "does not hold" if any(f.startswith(c) for f in flipped) else "holds"
+        for c in ("C1", "C2", "C3", "C4")}
+
+
+def test_claim_statistics_are_recomputed_from_the_records(tmp_path):
+    sweep_dir = write_claims_sweep(tmp_path, HOLDS)
+    parts = results_of(sweep_dir)
+    recs = sorted((read_record(p.parent) for p in sweep_dir.glob("*/metrics.json")),
+                  key=lambda r: r["hparams"]["seed"])
+
+    def get(dataset, optim, norm, of):
+        return [of(r["history"]) for r in recs if (r["hparams"]["dataset"], r["hparams"][
+            "optim"], r["hparams"]["norm"]) == (dataset, optim, norm)]
+
+    def final(h):
+        return h[-1]["val/acc"]
+
+    for name, dataset, optim, of in (
+            ("C1a", "mnist", "sgd", lambda h: h[0]["val/loss"]),
+            ("C3a", "cifar10", "sgd", lambda h: np.mean([row["val/acc"] for row in h])),
+            ("C3b", "cifar10", "sgd", final), ("C4a", "cifar10", "adam", final)):
+        bn, none = get(dataset, optim, "bn", of), get(dataset, optim, "none", of)
+        test = sps.ttest_ind(bn, none, equal_var=False)
+        assert parts[name].test == Contrast(pytest.approx(np.mean(bn) - np.mean(none)),
+                                            *map(pytest.approx, test.confidence_interval()),
+                                            pytest.approx(test.pvalue))
+    # C1b: no BN's validation loss at epoch ⌊E/2⌋ (the first of 3) minus at the last epoch
+    drops = get("mnist", "sgd", "none", lambda h: h[0]["val/loss"] - h[-1]["val/loss"])
+    assert parts["C1b"].test.estimate == pytest.approx(np.mean(drops))
+    assert parts["C1b"].test.p_value == pytest.approx(sps.ttest_1samp(drops, 0).pvalue)
+    for name, dataset in (("C2", "mnist"), ("C4b", "cifar10")):  # the SGD gap − the Adam gap
+        gap = {o: np.mean(get(dataset, o, "bn", final)) - np.mean(get(dataset, o, "none", final))
+               for o in ("sgd", "adam")}
+        assert parts[name].test.estimate == pytest.approx(gap["sgd"] - gap["adam"])
+    from bnstudy.report.runs import quantities
+
+    ten = [{"val/loss": float(10 - e)} for e in range(10)]  # epochs 1..10: 10, 9, …, 1
+    assert quantities(ten, None)["late_val_loss_drop"] == 6 - 1  # the middle is the fifth
+
+
+def test_a_claim_within_the_spread_with_one_seed_or_without_its_runs_cannot_be_told(tmp_path):
+    same = {**HOLDS, ("cifar10", "adam", "none"): HOLDS["cifar10", "adam", "bn"]}
+    c4a = results_of(write_claims_sweep(tmp_path / "same", same))["C4a"]  # jitters only
+    assert c4a.verdict == "cannot tell" and c4a.test.ci_low < 0 < c4a.test.ci_high
+    one = results_of(write_claims_sweep(tmp_path / "one", HOLDS, seeds=(0,)))
+    assert {p.verdict for p in one.values()} == {"cannot tell"}
+    assert math.isnan(one["C3b"].test.p_value)
+    assert one["C3b"].test.estimate == pytest.approx(0.20)
+    mnist_sgd = {k: v for k, v in HOLDS.items() if k[:2] == ("mnist", "sgd")}
+    assert list(results_of(write_claims_sweep(tmp_path / "a", mnist_sgd))) == ["C1a", "C1b"]
+    cifar = {k: v for k, v in HOLDS.items() if k[0] == "cifar10"}
+    assert list(results_of(write_claims_sweep(tmp_path / "b", cifar))) == [
+        "C3a", "C3b", "C4a", "C4b"]
+
+
+def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path, figures_not_rendered):
+    sweep_dir = write_claims_sweep(tmp_path / "sweep", {**HOLDS, **FLIPS["C2"][0]})
+    assert main([str(sweep_dir)]) == 0
+    text = " ".join((sweep_dir / "report" / "report.md").read_text().split())
+    assert text.index("## Claims") < text.index("## mnist, sgd")
+    assert "Verdicts: **C1 holds**; **C2 does not hold**; **C3 holds**; **C4 holds**." in text
+    parts = results_of(sweep_dir)
+    c1a = parts["C1a"]
+    assert "| C1a | MNIST, SGD: BN starts at a lower loss | first-epoch val loss, BN − no BN " \
+           f"| BN {np.mean(c1a.groups[0]):.3f} ± {np.std(c1a.groups[0], ddof=1):.3f} (3); " in text
+    assert f"| {c1a.test.estimate:+.3f} (95% CI {c1a.test.ci_low:+.3f} to " in text
+    with open(sweep_dir / "report" / "claims.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["claim"] + r["part"] for r in rows] == list(PARTS)
+    for row in rows:
+        part = parts[row["claim"] + row["part"]]
+        assert float(row["estimate"]) == pytest.approx(part.test.estimate, abs=1e-6)
+        assert float(row["p_value"]) == pytest.approx(part.test.p_value, abs=1e-6)
+        assert row["verdict"] == part.verdict
+    assert {r["claim_verdict"] for r in rows if r["claim"] == "C2"} == {"does not hold"}
+
+
+def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
+    """Issue #36: C5a ("at equal training time") and C6 ("at each one's best") parts that
+    cannot be told, rendered by the answer table: a tie's words, never "wins"."""
+    import pandas as pd
+
+    from bnstudy.report.answer import answer_table
+
+    parts = [p for p in C.declare(["mnist"]) if p.claim + p.part in (
+        "C5a (MNIST, SGD)", "C6 (MNIST, SGD)")]
+    close = ([0.90, 0.91, 0.92], [0.89, 0.915, 0.905])  # within the seed spread
+    results = [V.run_part(p, pd.DataFrame([
+        {"dataset": "mnist", "optim": "sgd", "norm": n, "seed": s, "job": f"{n}{s}",
+         p.quantity: acc} for n, accs in zip(("bn", "none"), close, strict=True)
+        for s, acc in enumerate(accs)])) for p in parts]
+    assert [r.verdict for r in results] == ["cannot tell", "cannot tell"]
+    row = {"dataset": "mnist", "optim": "sgd", "treatment": "bn", "baseline": "none",
+           "n_treatment": 3, "n_baseline": 3, "diff": 0.05, "p_value": 0.01,
+           "verdict": "wins", "diff_ci_low": 0.02, "diff_ci_high": 0.08, "seeds_needed": 3.0}
+    line = answer_table(pd.DataFrame([row]), results).splitlines()[-1]
+    equal_epochs, equal_time, best = [c.strip() for c in line.strip("|").split("|")][-3:]
+    assert equal_epochs.startswith("BN wins, +5.00 pts")
+    for cell in (equal_time, best):
+        assert "wins" not in cell and "loses" not in cell
+        assert cell.startswith(("cannot tell yet", "no difference seen")), cell

@@ -206,6 +206,7 @@ def mean_job(sweep: Path, *args, events: bool = False, **kwargs) -> Path:
 
 def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
     from bnstudy.dashboard import mean_curves
+    from bnstudy.records import RunRecord
 
     bn = [[0.5, 0.7], [0.6, 0.9], [0.4, 0.8]]
     records = [mean_record("mnist", "bn", "sgd", seed, accs) for seed, accs in enumerate(bn)]
@@ -215,7 +216,7 @@ def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
                 mean_record("mnist", "bn", "sgd", 4, [0.99], status="running"),
                 mean_record("mnist", "bn", "sgd", 0, [0.2, 0.3], swept="-lr=0.1"),
                 mean_record("cifar10", "bn", "adam", 0, [0.25, 0.3])]
-    curves = mean_curves(records)
+    curves = mean_curves([RunRecord(**r) for r in records])
     assert sorted(curves) == ["bn", "bn-lr=0.1", "none"]  # never pooled across settings
     assert sorted(curves["bn"]) == ["cifar10-adam", "mnist-sgd"]
     acc = np.array(bn)

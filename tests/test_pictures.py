@@ -12,7 +12,6 @@ from helpers import write_job
 
 from bnstudy.pictures import measures as P
 from bnstudy.pictures.table import Reference, load_picture_runs
-from bnstudy.report.claims import claim_verdicts
 from bnstudy.report.picture_section import (
     hallucinations_figure,
     picture_results,
@@ -20,6 +19,7 @@ from bnstudy.report.picture_section import (
     weights_figure,
 )
 from bnstudy.report.runs import load_runs
+from bnstudy.report.verdicts import claim_verdicts
 
 
 def solid(rgb, n: int = 1, size: int = 8) -> torch.Tensor:
@@ -293,7 +293,7 @@ def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_re
     # No BN's weights are the data's directions, BN's noise: P1a (more aligned) and P1b (no
     # BN structured) hold for both optimizers, P1c (BN + Adam mostly structured) does not,
     # P1d (some no-BN units noise) does not.
-    lines = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines()
+    lines = {line.split("|")[1].strip(): line for line in section.splitlines()
              if line.startswith("| P")}
     for optim in ("SGD", "Adam"):
         assert "**holds**" in lines[f"P1a ({optim})"] and "**holds**" in lines[f"P1b ({optim})"]

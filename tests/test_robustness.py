@@ -1,5 +1,5 @@
-"""Learning-rate and batch-size robustness: the experiment configs, a real tiny lr sweep, and
-the report's usable-range figures and sentences."""
+"""Learning-rate and batch-size robustness and the regime: the experiment configs, one real
+tiny lr sweep, and the report's usable-range and regime figures and sentences."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import FAST, compose_config, run_train, sweep_jobs, write_job
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -17,16 +18,26 @@ from PIL import Image
 
 from bnstudy.report import main
 from bnstudy.report.figures import regime_figure, robustness_figure
-from bnstudy.report.runs import comparisons, group_runs, load_runs, never_started
-from bnstudy.report.stats import robustness_text, sweep_panels, usable_values, verdict_rows
-from bnstudy.report.write import robustness_section, write_figures
+from bnstudy.report.runs import compared, group_keys, load_runs, never_started
+from bnstudy.report.sections import regime_section, robustness_section, robustness_text
+from bnstudy.report.stats import sweep_panels, usable_values, verdicts
+from bnstudy.report.write import write_figures
 
 TINY_LRS = (0.01, 3, 1e9)  # 1e9 makes plain SGD without BatchNorm diverge on the tiny data
 LR_NAMES = ("0.01", "3", "1000000000.0")  # as the run name shows them (the override's text)
 
 
-def compose_with(*overrides: str):
-    return compose_config(*overrides)
+compose_with = compose_config
+
+
+def panels(sweep_dir: Path, hparam: str = "lr") -> dict:
+    runs = load_runs(sweep_dir)
+    return sweep_panels(runs, group_keys(runs), hparam)
+
+
+def verdict_rows(sweep_dir: Path) -> list[dict]:
+    runs = load_runs(sweep_dir)
+    return verdicts(runs, compared(runs)).to_dict("records")
 
 
 def swept(cfg, key: str) -> list[float]:
@@ -77,10 +88,12 @@ def test_command_line_overrides_win_over_the_experiment():
 
 @pytest.fixture(scope="module")
 def lr_sweep(tiny_data, tmp_path_factory) -> Path:
-    """experiment=lr_sweep cut to sgd × TINY_LRS by command-line overrides, 1 epoch, no images."""
+    """experiment=lr_sweep cut to sgd × TINY_LRS × seeds 0, 1 by command-line overrides,
+    1 epoch, no images: 12 runs, for the robustness and the regime sections alike."""
     sweep_dir = tmp_path_factory.mktemp("lr_sweep") / "multirun"
     done = run_train("-m", "experiment=lr_sweep", f"dataset.lr={','.join(map(str, TINY_LRS))}",
-                     "optim=sgd", "dataset.max_epochs=1", f"paths.data_dir={tiny_data}",
+                     "optim=sgd", "seed=0,1", "dataset.max_epochs=1",
+                     f"paths.data_dir={tiny_data}",
                      "~callbacks.weight_grid", "~callbacks.hallucinations",
                      *FAST, f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -94,22 +107,24 @@ def lr_report(lr_sweep) -> Path:
 
 
 def final_accs(sweep_dir: Path) -> dict[tuple[str, float], tuple[str, float]]:
-    """(norm, lr) → (status, final val acc), straight from the jobs' metrics.json."""
-    out = {}
+    """(norm, lr) → (statuses, mean final val acc over the ok seeds), from the metrics.json."""
+    found: dict[tuple, list] = {}
     for path in sweep_dir.glob("*/metrics.json"):
         record = json.loads(path.read_text())
         acc = record["history"][-1]["val/acc"] if record["status"] == "ok" else math.nan
-        out[record["hparams"]["norm"], record["hparams"]["lr"]] = (record["status"], acc)
-    return out
+        found.setdefault((record["hparams"]["norm"], record["hparams"]["lr"]), []).append(
+            (record["status"], acc))
+    return {key: ("ok" if all(s == "ok" for s, _ in runs) else "diverged",
+                  float(np.mean([a for _, a in runs]))) for key, runs in found.items()}
 
 
 @pytest.mark.slow
 def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
     jobs = [p.name for p in sweep_jobs(lr_sweep)]
-    assert len(jobs) == 2 * len(TINY_LRS)
+    assert len(jobs) == 4 * len(TINY_LRS)
     assert {name.split("_", 1)[1] for name in jobs} == {
-        f"mnist-{norm}-sgd-seed0-lr={lr}" for norm in ("bn", "none")  # only what varies
-        for lr in LR_NAMES}
+        f"mnist-{norm}-sgd-seed{seed}-lr={lr}" for norm in ("bn", "none")  # only what varies
+        for lr in LR_NAMES for seed in (0, 1)}
     records = [json.loads(p.read_text()) for p in lr_sweep.glob("*/metrics.json")]
     assert {r["hparams"]["max_epochs"] for r in records} == {1}
     assert final_accs(lr_sweep)["none", 1e9][0] == "diverged"
@@ -122,7 +137,7 @@ def test_never_started_knows_the_experiments_params(lr_sweep, tmp_path):
         "report", "checkpoints")))
     (gone,) = copy.glob("*_mnist-none-sgd-seed0-lr=3")
     shutil.rmtree(gone)
-    assert never_started(copy) == ["dataset.lr=3 norm=none"]
+    assert never_started(copy) == ["seed=0 dataset.lr=3 norm=none"]
 
 
 @pytest.mark.slow
@@ -130,8 +145,7 @@ def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
     with Image.open(lr_report / "lr_mnist.png") as image:
         assert image.size[0] > 400 and image.size[1] > 300
     truth = final_accs(lr_sweep)
-    panels = sweep_panels(group_runs(load_runs(lr_sweep)), "lr")
-    fig = robustness_figure("lr", "mnist", panels["mnist"])
+    fig = robustness_figure("lr", "mnist", panels(lr_sweep)["mnist"])
     (ax,) = fig.axes
     assert ax.get_title() == "sgd" and ax.get_xscale() == "log"
     lines = {c.get_label(): c.lines[0] for c in ax.containers}
@@ -141,8 +155,8 @@ def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
         expected = [truth[norm, lr][1] for lr in TINY_LRS]
         assert np.allclose(lines[label].get_ydata(), expected, equal_nan=True)
     marks = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "x"}
-    assert "No BatchNorm: diverged (1)" in marks
-    x, y = marks["No BatchNorm: diverged (1)"].get_data()
+    assert "No BatchNorm: diverged (2)" in marks
+    x, y = marks["No BatchNorm: diverged (2)"].get_data()
     assert x[0] == pytest.approx(1e9, rel=0.1) and y[0] == 0
     (threshold,) = [line for line in ax.get_lines() if line.get_label().startswith("usable")]
     best = max(acc for status, acc in truth.values() if status == "ok")
@@ -155,8 +169,7 @@ def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, 
     best = max(acc for status, acc in truth.values() if status == "ok")
     usable = {norm: [lr for lr in TINY_LRS if truth[norm, lr][0] == "ok"
                      and truth[norm, lr][1] >= best - 0.05 - 1e-9] for norm in ("bn", "none")}
-    panels = sweep_panels(group_runs(load_runs(lr_sweep)), "lr")
-    assert usable_values(panels["mnist"][(("optim", "sgd"),)]) == (
+    assert usable_values(panels(lr_sweep)["mnist"][(("optim", "sgd"),)]) == (
         pytest.approx(best), usable)
     text = (lr_report / "report.md").read_text()
     assert "## Learning-rate robustness" in text and "![learning rate mnist](lr_mnist.png)" in text
@@ -196,7 +209,7 @@ GRID = (1e-3, 1e-2, 1e-1, 1.0)
 
 def one_panel(sweep_dir: Path, hparam: str = "lr") -> dict[str, dict]:
     """The hand-made sweep's one panel (mnist, sgd): by norm, by value of `hparam`."""
-    return sweep_panels(group_runs(load_runs(sweep_dir)), hparam)["mnist"][(("optim", "sgd"),)]
+    return panels(sweep_dir, hparam)["mnist"][(("optim", "sgd"),)]
 
 
 def by_norm(sweep_dir: Path, accs: dict[str, list[float]],
@@ -265,7 +278,8 @@ def test_batch_size_section_figure_and_tensorboard_tag(tmp_path):
     for norm, accs in (("bn", (0.97, 0.96, 0.95, 0.90)), ("none", (0.90, 0.96, 0.93, 0.5))):
         for bs, acc in zip((8, 32, 128, 512), accs, strict=True):
             write_job(sweep_dir, [acc], norm=norm, batch_size=bs)
-    text, figures = robustness_section("batch_size", group_runs(load_runs(sweep_dir)))
+    runs = load_runs(sweep_dir)
+    text, figures = robustness_section("batch_size", runs, group_keys(runs))
     assert text.startswith("## Batch-size sensitivity")
     assert "BatchNorm 8 to 128 (3 of 4 values)" in text and "No BatchNorm 32 to 128" in text
     assert "BatchNorm has the wider usable range (3 vs 2 values)." in text
@@ -307,7 +321,7 @@ def regime_rows(tmp_path: Path, finals: dict) -> list[dict]:
     for (optim, lr, norm), accs in finals.items():
         for seed, acc in enumerate(accs):
             write_job(tmp_path, [acc], optim=optim, lr=lr, norm=norm, seed=seed)
-    return verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
+    return verdict_rows(tmp_path)
 
 
 def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(tmp_path):
@@ -320,7 +334,7 @@ def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(t
     assert [(r["optim"], r["lr"], r["verdict"]) for r in rows] == [
         ("sgd", 0.01, "wins"), ("sgd", 0.1, "loses"), ("adam", 0.01, "ties"),
         ("adam", 0.1, "no test")]
-    (ax,) = regime_figure("lr", rows).axes
+    (ax,) = regime_figure("lr", pd.DataFrame(rows)).axes
     assert ax.get_title() == "mnist" and ax.get_xscale() == "log"
     bars = {c.get_label(): c for c in ax.containers}
     assert list(bars) == ["sgd", "adam"]
@@ -337,39 +351,23 @@ def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(t
     assert [t.get_text() for t in ax.texts] == ["adam: no test at lr 0.1 (1 ok BN)"]
 
 
-@pytest.fixture(scope="module")
-def regime_sweep(tiny_data, tmp_path_factory) -> Path:
-    """experiment=regime cut to mnist × sgd × lr {0.01, 0.1} × 2 seeds, 1 epoch: 8 real runs;
-    reported once."""
-    sweep_dir = tmp_path_factory.mktemp("regime") / "multirun"
-    done = run_train("-m", "experiment=regime", "dataset=mnist", "dataset.lr=0.01,0.1",
-                     "optim=sgd", "seed=0,1", "dataset.max_epochs=1",
-                     f"paths.data_dir={tiny_data}", "~callbacks.weight_grid",
-                     "~callbacks.hallucinations", *FAST,
-                     f"hydra.sweep.dir={sweep_dir}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert main([str(sweep_dir)]) == 0
-    return sweep_dir
-
-
 @pytest.mark.slow
-def test_regime_verdicts_and_figure_from_a_real_two_lr_sweep(regime_sweep):
+def test_regime_verdicts_and_figure_from_a_real_lr_sweep(lr_sweep, lr_report):
     from scipy import stats as sps
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     finals: dict[tuple[str, float], list[float]] = {}
-    for path in sorted(regime_sweep.glob("*/metrics.json")):
+    for path in sorted(lr_sweep.glob("*/metrics.json")):
         record = json.loads(path.read_text())
-        assert record["status"] == "ok" and record["hparams"]["max_epochs"] == 1
-        key = (record["hparams"]["norm"], record["hparams"]["lr"])
-        finals.setdefault(key, []).append(record["history"][-1]["val/acc"])
-    assert sorted(finals) == [(n, lr) for n in ("bn", "none") for lr in (0.01, 0.1)]
-    out = regime_sweep / "report"
+        if record["status"] == "ok":
+            key = (record["hparams"]["norm"], record["hparams"]["lr"])
+            finals.setdefault(key, []).append(record["history"][-1]["val/acc"])
+    out = lr_report
     with open(out / "verdicts.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
-        ("mnist", "sgd", 0.01), ("mnist", "sgd", 0.1)]
-    for row in rows:
+        ("mnist", "sgd", lr) for lr in TINY_LRS]
+    for row in rows[:2]:  # at 1e9 no BN diverged: no test
         bn, none = finals["bn", float(row["lr"])], finals["none", float(row["lr"])]
         assert float(row["diff"]) == pytest.approx(np.mean(bn) - np.mean(none), abs=1e-6)
         if np.ptp(bn) or np.ptp(none):
@@ -377,19 +375,18 @@ def test_regime_verdicts_and_figure_from_a_real_two_lr_sweep(regime_sweep):
             assert float(row["p_value"]) == pytest.approx(p, abs=1e-6)
     with Image.open(out / "regime_lr.png") as image:
         assert image.size[0] > 400 and image.size[1] > 300
-    (ax,) = regime_figure("lr", verdict_rows(comparisons(group_runs(load_runs(
-        regime_sweep))))).axes
+    (ax,) = regime_figure("lr", pd.DataFrame(verdict_rows(lr_sweep))).axes
     (bars,) = ax.containers
-    assert list(bars.lines[0].get_xdata()) == [0.01, 0.1]
-    assert np.allclose(bars.lines[0].get_ydata(), [100 * float(r["diff"]) for r in rows],
+    assert list(bars.lines[0].get_xdata()) == list(TINY_LRS)
+    assert np.allclose(bars.lines[0].get_ydata()[:2], [100 * float(r["diff"]) for r in rows[:2]],
                        atol=1e-3)
     text = (out / "report.md").read_text()
     assert "## Is BatchNorm worth it across the learning rate?" in text
     assert "![BN − no BN vs learning rate](regime_lr.png)" in text
     for row in rows:
         assert f"- mnist, sgd, lr={row['lr']}: BN {row['verdict']} (" in text
-    assert "## Claims" in text and "### lr=0.01" in text and "### lr=0.1" in text
-    assert "| setting | C1 |" in text  # one claim per setting: only MNIST/SGD ran
+    assert "## Claims" in text and "### lr=0.01" in text and "### lr=3" in text
+    assert "| setting | C1 |" in " ".join(text.split())  # one claim per setting: MNIST/SGD
     events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
     assert "regime/lr" in events.Tags()["images"]
 
@@ -411,22 +408,21 @@ def test_never_started_reads_an_interpolated_override_as_typed(tmp_path):
 
 
 def test_a_side_that_diverged_everywhere_is_marked_not_dropped(tmp_path):
-    from bnstudy.report.write import regime_section
-
     for seed in (0, 1):
         write_job(tmp_path, [0.9 + seed / 100], norm="bn", seed=seed, lr=0.01)
         write_job(tmp_path, [0.8 + seed / 100], norm="none", seed=seed, lr=0.01)
         write_job(tmp_path, [0.7 + seed / 100], norm="bn", seed=seed, lr=1.0)
         write_job(tmp_path, [0.1, 0.1], "diverged", norm="none", seed=seed, lr=1.0)
-    rows = verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
-    assert [(r["lr"], r["n_bn"], r["n_none"], r["none_diverged"], r["verdict"]) for r in rows] == [
+    rows = verdict_rows(tmp_path)
+    assert [(r["lr"], r["n_treatment"], r["n_baseline"], r["baseline_diverged"], r["verdict"])
+            for r in rows] == [
         (0.01, 2, 2, 0, "wins"), (1.0, 2, 0, 2, "no test")]
-    (ax,) = regime_figure("lr", rows).axes
+    (ax,) = regime_figure("lr", pd.DataFrame(rows)).axes
     (arrow,) = [line for line in ax.get_lines() if line.get_marker() == "^"]
     assert list(arrow.get_xdata()) == [1.0] and arrow.get_label() == (
         "sgd: only BatchNorm finished ok")
     assert [t.get_text() for t in ax.texts] == ["sgd: no test at lr 1 (0 ok no BN, 2 diverged)"]
-    text = regime_section("lr", rows)[0]
+    text = regime_section("lr", pd.DataFrame(rows))[0]
     assert ("- mnist, sgd, lr=1.0: BN no test (a side has no ok run: BN 2 ok, 0 diverged; "
             "no BN 0 ok, 2 diverged" in text)
 
@@ -443,8 +439,8 @@ def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, data
                               batch_size=batch_size, seed=seed)
                     write_job(tmp_path, [acc - 0.05], dataset=dataset, optim=optim,
                               norm="none", batch_size=batch_size, seed=seed)
-    rows = verdict_rows(comparisons(group_runs(load_runs(tmp_path))))
-    fig = regime_figure("batch_size", rows)
+    rows = verdict_rows(tmp_path)
+    fig = regime_figure("batch_size", pd.DataFrame(rows))
     renderer = fig.canvas.get_renderer()
     inside = fig.bbox.padded(1)  # (pixels)
     title = fig._suptitle.get_window_extent(renderer)

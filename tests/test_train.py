@@ -100,7 +100,7 @@ def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_d
     assert "  0_mnist-bn-sgd-seed0-batch_size=0: failed before training, nothing kept: " \
            "dataset.batch_size=0 is out of range" in proc.stderr
     assert f"resume=true hydra.sweep.dir={tmp_path}" in proc.stderr and "?" not in proc.stderr
-    assert [r.outcome for r in load_runs(tmp_path)] == ["ok"]
+    assert list(load_runs(tmp_path)["outcome"]) == ["ok"]
     assert never_started(tmp_path) == ["dataset.batch_size=0"]  # counted as missing
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bnstudy.report.runs import Run
+    import pandas as pd
 
 
 log = logging.getLogger(__name__)
@@ -79,37 +79,37 @@ def load_tensors(path: Path) -> dict | None:
 class PictureRun:
     """An ok run with what its picture callbacks saved."""
 
-    run: Run
+    run: pd.Series  # its row of `bnstudy.report.runs.load_runs`
     hallucinations: dict | None
     weights: dict | None
     net: object | None = None  # its network, for the cross-model confidence
 
     @property
-    def hp(self) -> dict:
-        return self.run.hparams
+    def hp(self) -> pd.Series:
+        """The run's row: its hparams (and outcome, job, path), read with `.get`."""
+        return self.run
 
 
-def load_picture_runs(runs: list[Run]) -> list[PictureRun]:
-    """The ok runs that saved at least one picture file."""
+def load_picture_runs(runs: pd.DataFrame) -> list[PictureRun]:
+    """The ok runs (rows of `load_runs`) that saved at least one picture file."""
     found = []
-    for run in runs:
-        if run.outcome != "ok":
-            continue
-        files = {kind: load_tensors(run.path / "images" / name)
+    for _, run in runs[runs["outcome"] == "ok"].iterrows():
+        files = {kind: load_tensors(Path(run["path"]) / "images" / name)
                  for kind, name in PICTURE_FILES.items()}
         if any(files.values()):
             found.append(PictureRun(run, files["hallucinations"], files["weights"]))
     return found
 
 
-def load_net(run: Run, input_shape, num_classes: int):
+def load_net(run: pd.Series, input_shape, num_classes: int):
     """The run's final network from `.hydra/config.yaml` and `checkpoints/last.ckpt`; None
     where either is missing or does not fit."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    config, ckpt = run.path / ".hydra" / "config.yaml", run.path / "checkpoints" / "last.ckpt"
+    path = Path(run["path"])
+    config, ckpt = path / ".hydra" / "config.yaml", path / "checkpoints" / "last.ckpt"
     if not (config.is_file() and ckpt.is_file()):
         return None
     try:
@@ -120,7 +120,7 @@ def load_net(run: Run, input_shape, num_classes: int):
                              if k.startswith("net.")})
         return net.eval()
     except Exception as err:  # an older layout or a foreign checkpoint: no cross-model number
-        log.warning("%s: network not loaded for the cross-model confidence: %s", run.job, err)
+        log.warning("%s: network not loaded for the cross-model confidence: %s", run["job"], err)
         return None
 
 
@@ -268,7 +268,7 @@ def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
         dataset = p.hp.get("dataset")
         ref = refs[dataset]
         row = {k: p.hp.get(k) for k in keys}
-        row.update(seed=p.hp.get("seed"), job=p.run.job)
+        row.update(seed=p.hp.get("seed"), job=p.run["job"])
         if p.hallucinations is not None:
             others = [q.net for q in picture_runs
                       if q is not p and q.net is not None and q.hp.get("dataset") == dataset]
@@ -279,17 +279,3 @@ def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
                    else dict.fromkeys(WEIGHT_COLUMNS, math.nan))
         rows.append(row)
     return rows
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    """pictures.csv: NaN as an empty cell, floats to 6 decimals."""
-    import csv
-
-    names = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v)
-                                 else round(v, 6) if isinstance(v, float) else v)
-                             for k, v in row.items()})

@@ -1,22 +1,27 @@
-"""The study's answer in one table, a row per dataset × optimizer: is BN worth it at equal
-epochs (final validation accuracy), at equal training time (C5a) and at each one's best
-settings (C6, after `experiment=tuned`), with the seeds behind each verdict and, where the
-seeds cannot decide, how many would. report.md opens with it; a sweep prints it as it ends."""
+"""The study's answer in one table, a row per dataset × optimizer (× compared pair): is the
+treatment worth it at equal epochs (final validation accuracy, verdicts.csv), at equal
+training time (C5a) and at each one's best settings (C6, after `experiment=tuned`), with the
+seeds behind each verdict and, where the seeds cannot decide, how many would. report.md opens
+with it; a sweep prints it as it ends (`console_answer`)."""
 
 from __future__ import annotations
 
 import math
 
-from bnstudy.report.claims import DATASET_LABELS, DECIDABLE, OPTIM_LABELS, Result
-from bnstudy.report.stats import VERDICT_COLUMNS
+import pandas as pd
+
+from bnstudy.report.render import markdown
+from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word
+from bnstudy.report.stats import COMPARISON_WORDS, VERDICT_COLUMNS
+from bnstudy.report.verdicts import DECIDABLE, Result
 
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
 
 
-def _words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
-           seeds: int = 2) -> str:
-    """`BN wins, +4.21 pts (+2.66 to +5.76)`; ties say what would decide them. `seeds`: the
-    fewer ok seeds of the two sides."""
+def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
+          seeds: int = 2, treatment: str = STUDY[0]) -> str:
+    """`BN wins, +4.21 pts (+2.66 to +5.76)`; a tie says what would decide it. `verdict`: a
+    comparison's word (`stats.comparison_word`); `seeds`: the fewer ok seeds of the sides."""
     if math.isnan(diff):
         return "—"
     size = f"{100 * diff:+.2f} pts"
@@ -31,65 +36,71 @@ def _words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
             return (f"no difference seen, {size}{interval}: any is below {100 * bound:.2f} "
                     f"pts; one this small needs {many} seeds a side")
         return f"cannot tell yet, {size}{interval}: {needed:.0f} seeds a side would decide"
-    return f"BN {verdict}, {size}{interval}"
+    return f"{norm_word(treatment)} {verdict}, {size}{interval}"
 
 
-def _part_words(result: Result | None) -> str:
+def part_words(result: Result | None) -> str:
+    """A claim part (C5a, C6: BN − no BN, claimed +) in the answer's words."""
     if result is None:
         return "—"
     t = result.test
-    verdict = {"holds": "wins", "does not hold": "loses", "cannot tell": "ties"}[result.verdict]
     seeds = min((len(xs) for xs in result.groups), default=0)
-    if seeds < 2 or math.isnan(t.p_value):
-        verdict = "no test"
-    return _words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds)
+    verdict = "no test" if seeds < 2 or math.isnan(t.p_value) else \
+        COMPARISON_WORDS[result.verdict]
+    return words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds)
 
 
-def answer_table(verdicts: list[dict], results: list[Result] = ()) -> str:
-    """The answer as a Markdown table: `verdicts` are verdicts.csv's rows (BN − no BN in final
-    validation accuracy per comparison), `results` the claims' (C5a and C6 are read)."""
-    def part(claim: str, prefix: str, dataset: str, optim: str) -> Result | None:
-        where = f"({DATASET_LABELS.get(dataset, dataset)}, {OPTIM_LABELS.get(optim, optim)})"
-        return next((r for r in results if r.claim == claim and r.part.startswith(prefix)
-                     and r.part.endswith(where)), None)
+def row_words(row) -> str:
+    """A verdicts.csv row in the answer's words."""
+    return words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
+                 row["seeds_needed"], min(row["n_treatment"], row["n_baseline"]),
+                 row["treatment"])
 
-    rows = [row for row in verdicts if "dataset" in row and "optim" in row]
-    extra = [k for k in dict.fromkeys(k for row in rows for k in row)
-             if k not in ("dataset", "optim") and k not in VERDICT_COLUMNS]
-    tuned = any(r.claim == "C6" for r in results)
-    timed = any(r.claim == "C5" for r in results)
-    head = ["dataset", "optimizer", *extra, "seeds (BN, no BN)", "at equal epochs"]
-    head += ["at equal training time"] if timed else []
-    head += ["at each one's best"] if tuned else []
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for row in rows:
-        ci = (row["diff_ci_low"], row["diff_ci_high"])
-        cells = [DATASET_LABELS.get(row["dataset"], row["dataset"]),
-                 OPTIM_LABELS.get(row["optim"], row["optim"]),
-                 *(str(row.get(k)) for k in extra), f"{row['n_bn']}, {row['n_none']}",
-                 _words(row["verdict"], row["diff"], ci, row.get("seeds_needed", math.nan),
-                        min(row["n_bn"], row["n_none"]))]
+
+def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: str = "") -> str:
+    found = [r for r in results if r.claim == claim and r.part.startswith(first)
+             and {(t.dataset, t.optim) for t in r.declared.terms} == {(dataset, optim)}]
+    return part_words(found[0] if found else None)
+
+
+def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
+    """The answer as a Markdown table: `verdicts` are verdicts.csv's rows, `results` the
+    claims' (C5a and C6 are read, for the study's pair)."""
+    extra = [k for k in verdicts.columns if k not in ("dataset", "optim", *VERDICT_COLUMNS)]
+    pairs = verdicts[["treatment", "baseline"]].drop_duplicates()
+    timed, tuned = (any(r.claim == c for r in results) for c in ("C5", "C6"))
+    rows = []
+    for _, row in verdicts.iterrows():
+        study = (row["treatment"], row["baseline"]) == STUDY
+        names = (norm_word(row["treatment"]), norm_word(row["baseline"]))
+        cells = {"dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]),
+                 "optimizer": OPTIM_LABELS.get(row["optim"], row["optim"]),
+                 **{k: str(row[k]) for k in extra}}
+        if len(pairs) > 1:
+            cells["compared"] = " − ".join(names)
+        cells["seeds (treatment, baseline)" if len(pairs) > 1 else
+              f"seeds ({', '.join(names)})"] = f"{row['n_treatment']}, {row['n_baseline']}"
+        cells["at equal epochs"] = row_words(row)
         if timed:
-            cells.append(_part_words(part("C5", "a", row["dataset"], row["optim"])))
+            cells["at equal training time"] = _cell(
+                results, "C5", row["dataset"], row["optim"], "a") if study else "—"
         if tuned:
-            cells.append(_part_words(part("C6", "", row["dataset"], row["optim"])))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells["at each one's best"] = _cell(
+                results, "C6", row["dataset"], row["optim"]) if study else "—"
+        rows.append(cells)
+    return markdown(rows)
 
 
 def tuned_table(tuned: list[Result]) -> str:
     """A row per dataset × optimizer of a tuned sweep: the seeds and C6's verdict in words."""
-    lines = ["| dataset | optimizer | seeds (BN, no BN) | at each one's best |",
-             "|" + " --- |" * 4]
-    for r in tuned:
-        term = r.declared.terms[0]
-        lines.append(f"| {DATASET_LABELS.get(term.dataset, term.dataset)} | "
-                     f"{OPTIM_LABELS.get(term.optim, term.optim)} | "
-                     f"{', '.join(str(len(xs)) for xs in r.groups)} | {_part_words(r)} |")
-    return "\n".join(lines)
+    return markdown([{
+        "dataset": DATASET_LABELS.get(r.declared.terms[0].dataset, r.declared.terms[0].dataset),
+        "optimizer": OPTIM_LABELS.get(r.declared.terms[0].optim, r.declared.terms[0].optim),
+        "seeds (BN, no BN)": ", ".join(str(len(xs)) for xs in r.groups),
+        "at each one's best": part_words(r)} for r in tuned])
 
 
-def answer_section(verdicts: list[dict], results: list[Result]) -> str:
+def answer_section(verdicts: pd.DataFrame, results: list[Result]) -> str:
     """report.md's `## The answer`: the table, how to read it, and the command that decides
     what one seed or too few seeds leave open."""
     tuned = [r for r in results if r.claim == "C6"]
@@ -98,7 +109,7 @@ def answer_section(verdicts: list[dict], results: list[Result]) -> str:
                           "Is BatchNorm worth it at each one's best? Each norm's own tuned "
                           "setting, re-run over seeds, BN − no BN in test accuracy (95% interval; "
                           "claim C6 below).", "", tuned_table(tuned), ""])
-    if not verdicts:
+    if verdicts.empty:
         return ""
     text = ["## The answer", "",
             "Is BatchNorm worth it? BN − no BN in validation accuracy, per dataset × optimizer "
@@ -107,7 +118,7 @@ def answer_section(verdicts: list[dict], results: list[Result]) -> str:
             "cost of a step) and at each one's own tuned settings (C6, test split), where the "
             "sweep has them. A tie says how small any difference must be; *cannot tell yet* "
             "says how many seeds would decide.", "", answer_table(verdicts, results), ""]
-    if any(min(row["n_bn"], row["n_none"]) == 1 for row in verdicts):
+    if (verdicts[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         text += ["One seed a side shows the direction and size of each difference, not whether "
                  "it is larger than the seed-to-seed spread. To decide, run 3 or more seeds "
                  "(`seed=0,1,2`), or the study at 20 seeds a side:", "", f"    {DECIDE}", ""]
@@ -116,29 +127,34 @@ def answer_section(verdicts: list[dict], results: list[Result]) -> str:
 
 def console_answer(sweep_dir) -> str:
     """The answer at equal epochs as the end of a sweep prints it, a line per dataset ×
-    optimizer (and any other setting the sweep varies); "" when no pair has both norms."""
+    optimizer (and any other setting the sweep varies) × compared pair; "" when no pair has
+    runs of both norms."""
     from pathlib import Path
 
     from bnstudy.records import TUNING_FILE
-    from bnstudy.report.runs import comparisons, group_runs, load_runs
-    from bnstudy.report.stats import verdict_rows
+    from bnstudy.report.runs import compared, load_runs
+    from bnstudy.report.stats import verdicts
 
     if (Path(sweep_dir) / TUNING_FILE).is_file():
         return ""  # a tuned sweep's answer (C6) is the report's
-    rows = [r for r in verdict_rows(comparisons(group_runs(load_runs(Path(sweep_dir)))))
-            if r["n_bn"] and r["n_none"]]
-    if not rows:
+    runs = load_runs(Path(sweep_dir))
+    table = verdicts(runs, compared(runs))
+    table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)] if len(table) else table
+    if table.empty:
         return ""
+    study = set(zip(table["treatment"], table["baseline"], strict=True)) == {STUDY}
     lines = ["Is BatchNorm worth it? BN − no BN in final validation accuracy (Welch, 95% "
-             "interval):"]
-    for row in rows:
-        where = ", ".join([DATASET_LABELS.get(row["dataset"], row["dataset"]),
+             "interval):" if study else "Each norm against its baseline in final validation "
+             "accuracy (Welch, 95% interval):"]
+    for _, row in table.iterrows():
+        place = ", ".join([DATASET_LABELS.get(row["dataset"], row["dataset"]),
                            OPTIM_LABELS.get(row["optim"], row["optim"]),
-                           *(f"{k}={v}" for k, v in row.items()
-                             if k not in ("dataset", "optim") and k not in VERDICT_COLUMNS)])
-        words = _words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
-                       row.get("seeds_needed", math.nan), min(row["n_bn"], row["n_none"]))
-        lines.append(f"  {where} ({row['n_bn']} vs {row['n_none']} seeds): {words}")
-    if any(min(row["n_bn"], row["n_none"]) == 1 for row in rows):
+                           *(f"{k}={row[k]}" for k in table.columns
+                             if k not in ("dataset", "optim", *VERDICT_COLUMNS))])
+        if not study:
+            place += f", {norm_word(row['treatment'])} − {norm_word(row['baseline'])}"
+        lines.append(f"  {place} ({row['n_treatment']} vs {row['n_baseline']} seeds): "
+                     f"{row_words(row)}")
+    if (table[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         lines.append(f"One seed a side shows direction and size only; to decide: {DECIDE}")
     return "\n".join(lines)

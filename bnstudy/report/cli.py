@@ -1,4 +1,7 @@
-"""`python -m bnstudy.report SWEEP_DIR`: the BN-vs-no-BN report of a finished multirun."""
+"""`python -m bnstudy.report SWEEP_DIR`: the report of a finished multirun, norm against norm.
+
+By default every norm of the sweep against `none` (the study: BN vs no BN); `--compare`
+names other pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from bnstudy.report.runs import ReportError
+from bnstudy.report.runs import ReportError, parse_compare
 from bnstudy.report.write import write_report
 
 DEFAULT_TARGETS = {"mnist": 0.9, "cifar10": 0.4}
@@ -25,6 +28,13 @@ def parse_target(text: str) -> tuple[str, float]:
     return dataset or "*", acc
 
 
+def compare_pair(text: str) -> tuple[str, str]:
+    try:
+        return parse_compare(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bnstudy.report", description=__doc__.splitlines()[0])
@@ -33,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         "--target-acc", type=parse_target, action="append", default=[], metavar="[DATASET=]ACC",
         help="validation accuracy for the 'epochs to target' column; repeatable; a bare ACC "
              "replaces the defaults for every dataset not named (default: mnist=0.9 cifar10=0.4)")
+    parser.add_argument(
+        "--compare", type=compare_pair, action="append", default=[],
+        metavar="TREATMENT:BASELINE",
+        help="norms to compare (verdicts, answer, figures), e.g. bn:layer; repeatable "
+             "(default: every norm of the sweep against none)")
     args = parser.parse_args(argv)
     given = dict(args.target_acc)
     targets = given if "*" in given else {**DEFAULT_TARGETS, **given}
     try:
-        path = write_report(args.sweep_dir, targets)
+        path = write_report(args.sweep_dir, targets, pairs=args.compare or None)
     except ReportError as err:
         print(f"bnstudy.report: error: {err}", file=sys.stderr)
         return 2

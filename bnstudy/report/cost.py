@@ -1,4 +1,5 @@
-"""C5's clock: what a training step costs with BN and without, measured paired in one process.
+"""C5's clock: what a training step costs with BN and without (any treatment and baseline
+norm: `pair`), measured paired in one process.
 
 The runs' own `time_s` is not the clock: runs of a sweep share the machine with each other
 (`hydra/launcher=parallel`) and with whatever else runs, so their seconds say as much about
@@ -21,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnstudy.report.runs import STUDY
+
 ROUNDS = 15    # alternating blocks per side
 STEPS = 20     # training steps per block (after WARMUP)
 WARMUP = 5
@@ -28,11 +31,11 @@ WARMUP = 5
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds per training step of each side (its fastest block), their ratio (the one the
-    verdict uses) and the spread of the per-round ratios."""
+    """Seconds per training step of each side (its fastest block), their ratio treatment /
+    baseline (the one the verdict uses) and the spread of the per-round ratios."""
 
-    bn_s: float
-    none_s: float
+    treatment_s: float
+    baseline_s: float
     ratio: float
     ratio_min: float
     ratio_median: float
@@ -72,40 +75,37 @@ def _seconds(step, n: int) -> float:
     return (time.thread_time() - start) / n
 
 
-def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS) -> StepCost:
-    """The paired cost of a training step with and without BN for a run's config."""
+def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCost:
+    """The paired cost of a training step of `pair`'s norms (treatment, baseline) for a run's
+    config."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sides = {norm: _step_fn(cfg, norm) for norm in ("bn", "none")}
+        sides = {norm: _step_fn(cfg, norm) for norm in pair}
         for step in sides.values():
             _seconds(step, WARMUP)
-        times: dict[str, list[float]] = {"bn": [], "none": []}
+        times: dict[str, list[float]] = {norm: [] for norm in pair}
         for i in range(rounds):
-            for norm in (("bn", "none") if i % 2 == 0 else ("none", "bn")):
+            for norm in (pair if i % 2 == 0 else pair[::-1]):
                 times[norm].append(_seconds(sides[norm], steps))
     finally:
         torch.set_num_threads(threads)
-    ratios = [b / n for b, n in zip(times["bn"], times["none"], strict=True)]
-    bn, none = min(times["bn"]), min(times["none"])
-    return StepCost(bn, none, bn / none, min(ratios), statistics.median(ratios), max(ratios),
-                    rounds)
+    ratios = [t / b for t, b in zip(times[pair[0]], times[pair[1]], strict=True)]
+    t, b = min(times[pair[0]]), min(times[pair[1]])
+    return StepCost(t, b, t / b, min(ratios), statistics.median(ratios), max(ratios), rounds)
 
 
 def pair_costs(runs) -> dict[tuple[str, str], StepCost]:
-    """The step cost of each (dataset, optim) pair that has runs of both norms, measured on the
-    stored config of its first run (`.hydra/config.yaml`)."""
+    """The step cost of each (dataset, optim) pair that has runs (rows of `load_runs`) of both
+    norms, measured on the stored config of its first run (`.hydra/config.yaml`)."""
     from omegaconf import OmegaConf
 
-    found: dict[tuple[str, str], Path] = {}
-    norms: dict[tuple[str, str], set] = {}
-    for run in runs:
-        key = (run.hparams.get("dataset"), run.hparams.get("optim"))
-        norms.setdefault(key, set()).add(run.hparams.get("norm"))
-        config = run.path / ".hydra" / "config.yaml"
-        if config.is_file():
-            found.setdefault(key, config)
-    return {key: measure(OmegaConf.load(path)) for key, path in found.items()
-            if {"bn", "none"} <= norms[key]}
+    out = {}
+    for (dataset, optim), pair in runs.groupby(["dataset", "optim"], sort=False):
+        configs = [Path(p) / ".hydra" / "config.yaml" for p in pair["path"]]
+        found = [c for c in configs if c.is_file()]
+        if found and set(STUDY) <= set(pair["norm"]):
+            out[dataset, optim] = measure(OmegaConf.load(found[0]))
+    return out

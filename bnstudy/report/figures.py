@@ -1,6 +1,7 @@
 """Every figure of the report, as a matplotlib Figure: curves, saved images side by side,
 probe series, and the robustness sweeps' accuracy against the swept hparam."""
 
+# ruff: noqa: E402  (the backend is chosen before pyplot is imported)
 from __future__ import annotations
 
 import math
@@ -10,25 +11,28 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.font_manager import FontProperties  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import MaxNLocator, NullLocator
 
-from bnstudy.norms import NORMS  # noqa: E402
-from bnstudy.report.runs import Run, describe, norm_label, norm_order  # noqa: E402
-from bnstudy.report.stats import (  # noqa: E402
-    SWEEPS,
-    USABLE_WITHIN,
-    VERDICT_COLUMNS,
-    mean_std,
+from bnstudy.norms import NORMS
+from bnstudy.report.render import plural
+from bnstudy.report.runs import (
+    STUDY,
+    curves,
+    describe,
+    norm_label,
+    norm_order,
+    norm_word,
     num,
-    per_seed,
-    plural,
-    usable_values,
+    ok,
+    where,
 )
+from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS, usable_values, values
 
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
                 ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
@@ -41,11 +45,8 @@ def norm_color(norm: str) -> str | None:
     return NORMS[norm].color if norm in NORMS else None
 
 
-def _seed_label(norm: str, run: Run) -> str:
-    return f"{norm_label(norm)} (seed {run.hparams.get('seed')})"
-
-
-# --- layout: any number of panels, titles that fit -----------------------------------------
+def _seed_label(norm: str, run: pd.Series) -> str:
+    return f"{norm_label(norm)} (seed {run.get('seed')})"
 
 
 def panel_grid(n: int, width: float, height: float, **subplots) -> tuple[Figure, list[Axes]]:
@@ -73,27 +74,27 @@ def fitted_title(fig: Figure, text: str) -> None:
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
 
 
-# --- curves -------------------------------------------------------------------------------
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
+    xs = list(xs)
+    return (float(np.mean(xs)) if xs else math.nan,
+            float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan)
 
 
-def mean_curve(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mean_curve(runs: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Epochs (counted from 1), and per epoch the mean and sample std of `metric` over runs."""
-    by_epoch: dict[int, list[float]] = {}
-    for run in runs:
-        for row in run.history:
-            by_epoch.setdefault(row["epoch"] + 1, []).append(num(row.get(metric)))
-    epochs = sorted(by_epoch)
-    moments = np.array([mean_std(by_epoch[e]) for e in epochs]).reshape(-1, 2)
-    return np.array(epochs), moments[:, 0], moments[:, 1]
+    moments = [(e + 1, *mean_std(g[metric])) for e, g in curves(runs).groupby("epoch")]
+    return tuple(np.array(c, dtype=float) for c in zip(*moments, strict=True)) if moments \
+        else (np.array([]),) * 3
 
 
-def curves_figure(label: str, by_norm: dict[str, list[Run]]) -> Figure:
+def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
     """2 × 2 panels (train/val × loss/accuracy): mean over seeds ± one std band, per norm."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     for ax, (metric, title) in zip(axes.flat, CURVE_PANELS, strict=True):
         for norm in norm_order(by_norm):
-            runs = [r for r in by_norm[norm] if r.outcome == "ok" and r.history]
-            if not runs:
+            runs = ok(by_norm[norm])
+            if runs.empty:
                 continue
             epochs, mean, std = mean_curve(runs, metric)
             color = norm_color(norm)
@@ -113,15 +114,12 @@ def curves_figure(label: str, by_norm: dict[str, list[Run]]) -> Figure:
     return fig
 
 
-# --- saved images -------------------------------------------------------------------------
-
-
-def first_image(runs: list[Run], kind: str) -> tuple[Run, Path] | None:
-    """The first seed's `images/<kind>_final.png` among the ok runs; None if none has one."""
-    for run in runs:
-        path = run.path / "images" / f"{kind}_final.png"
-        if run.outcome == "ok" and path.is_file():
-            return run, path
+def first_image(runs: pd.DataFrame, kind: str) -> tuple[object, Path] | None:
+    """(seed, path) of the first ok run's `images/<kind>_final.png`; None if none has one."""
+    for run in runs[runs["outcome"] == "ok"].itertuples():
+        path = Path(run.path) / "images" / f"{kind}_final.png"
+        if path.is_file():
+            return getattr(run, "seed", None), path
     return None
 
 
@@ -139,17 +137,15 @@ def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
     return fig
 
 
-# --- probe series (callbacks=probes) ------------------------------------------------------
-
-
-def first_series(runs: list[Run], key: str) -> Run | None:
+def first_series(runs: pd.DataFrame, key: str) -> pd.Series | None:
     """The first seed's ok run that recorded the probe series `key`; None if none did."""
-    return next((r for r in runs if r.outcome == "ok" and key in r.probes), None)
+    found = runs[(runs["outcome"] == "ok") & runs["probes"].map(lambda p: key in p)]
+    return None if found.empty else found.iloc[0]
 
 
-def activations_figure(label: str, found: dict[str, Run]) -> Figure:
+def activations_figure(label: str, found: dict[str, pd.Series]) -> Figure:
     """A unit per row, a norm per column: its pre-activation percentiles vs training step."""
-    series = {norm: run.probes["activations"] for norm, run in found.items()}
+    series = {norm: run["probes"]["activations"] for norm, run in found.items()}
     rows = max(len(data["units"]) for data in series.values())
     fig, axes = plt.subplots(rows, len(series), squeeze=False, sharex=True, sharey="row",
                              figsize=(5.5 * len(series), 2.4 * rows + 1.2))
@@ -174,13 +170,13 @@ def activations_figure(label: str, found: dict[str, Run]) -> Figure:
     return fig
 
 
-def gradients_figure(label: str, found: dict[str, Run]) -> Figure:
+def gradients_figure(label: str, found: dict[str, pd.Series]) -> Figure:
     """Per-layer gradient norms, and along the gradient the loss and gradient change (the
     band spans the step sizes η) and the β-smoothness, vs training step; norms overlaid."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     styles = ("-", "--", ":", "-.")
     for norm, run in found.items():
-        data, color = run.probes["gradients"], norm_color(norm)
+        data, color = run["probes"]["gradients"], norm_color(norm)
         for i, (layer, norms) in enumerate(data["norms"].items()):
             axes[0, 0].plot(data["steps"], norms, color=color,
                             ls=styles[i % len(styles)], label=f"{norm_label(norm)}: {layer}")
@@ -191,7 +187,7 @@ def gradients_figure(label: str, found: dict[str, Run]) -> Figure:
                             lw=0, label=_seed_label(norm, run))
         axes[1, 1].plot(land["steps"], np.array(land["beta_smoothness"], dtype=float),
                         color=color, marker="o", ms=3, label=_seed_label(norm, run))
-    etas = next(iter(found.values())).probes["gradients"]["landscape"]["etas"]
+    etas = next(iter(found.values()))["probes"]["gradients"]["landscape"]["etas"]
     span = f"η from {min(etas):g} to {max(etas):g}"
     titles = ("Gradient norm per layer", f"Loss landscape: L(θ − ηg), {span}",
               f"Gradient predictiveness: ‖∇L(θ − ηg) − ∇L(θ)‖, {span}",
@@ -211,6 +207,18 @@ def gradients_figure(label: str, found: dict[str, Run]) -> Figure:
 PROBE_FIGURES = {"activations": activations_figure, "gradients": gradients_figure}
 
 
+def landscape_medians(found: dict[str, pd.Series]) -> str:
+    """The report.md line under the gradients figure: each side's median landscape numbers."""
+    parts = []
+    for norm, run in found.items():
+        land = run["probes"]["gradients"]["landscape"]
+        medians = [float(np.nanmedian(np.array(land[key], dtype=float)))
+                   for key in ("loss_range", "grad_change_max", "beta_smoothness")]
+        parts.append(f"{norm_label(norm)} " + ", ".join(f"{m:.3g}" for m in medians))
+    return ("Median over the measured steps of the loss range, the largest gradient change "
+            "and the β-smoothness: " + "; ".join(parts) + ".")
+
+
 # --- robustness sweeps (experiment=lr_sweep | batch_sweep) ---------------------------------
 
 
@@ -222,25 +230,26 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
     the panel's best)."""
     noun, title = SWEEPS[hparam]
     fig, axes = panel_grid(len(panels), 5.5, 4.8, sharey=True)
-    epochs = {r.hparams.get("max_epochs") for p in panels.values() for by_value in p.values()
-              for runs in by_value.values() for r in runs}
+    epochs = {e for p in panels.values() for by_value in p.values()
+              for runs in by_value.values() for e in runs.get("max_epochs", [None])}
     for ax, (panel, by_norm) in zip(axes, panels.items(), strict=True):
         order, notes = norm_order(by_norm), []
         grid = sorted({v for by_value in by_norm.values() for v in by_value}, key=float)
         for i, norm in enumerate(order):
             by_value, color = by_norm[norm], norm_color(norm)
-            values = sorted(by_value, key=float)
-            moments = np.array([mean_std(per_seed(by_value[v], None)["final_val_acc"])
-                                for v in values]).reshape(-1, 2)
-            ax.errorbar(values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]), color=color,
-                        marker="o", ms=4, capsize=3, label=norm_label(norm))
-            diverged = [float(v) for v in values for r in by_value[v] if r.outcome == "diverged"]
+            grid_values = sorted(by_value, key=float)
+            moments = np.array([mean_std(values(by_value[v]))
+                                for v in grid_values]).reshape(-1, 2)
+            ax.errorbar(grid_values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]),
+                        color=color, marker="o", ms=4, capsize=3, label=norm_label(norm))
+            diverged = [float(v) for v in grid_values
+                        for o in by_value[v]["outcome"] if o == "diverged"]
             if diverged:  # side by side when both norms diverge at one value
                 shift = 1.06 ** (i - (len(order) - 1) / 2)
                 ax.plot(np.array(diverged) * shift, np.zeros(len(diverged)), ls="none",
                         marker="x", ms=9, mew=2, color=color, clip_on=False,
                         label=f"{norm_label(norm)}: diverged ({len(diverged)})")
-            left_out = {o: sum(r.outcome == o for runs in by_value.values() for r in runs)
+            left_out = {o: sum(int((g["outcome"] == o).sum()) for g in by_value.values())
                         for o in ("failed", "unfinished")}
             if any(left_out.values()):
                 counts = ", ".join(f"{n} {o}" for o, n in left_out.items() if n)
@@ -272,13 +281,14 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
 # --- the verdict across a swept hparam (verdicts.csv) --------------------------------------
 
 
-def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
-    """A panel per dataset: BN − no BN in final validation accuracy (percentage points) vs
-    `hparam` (log axis), a line per optimizer (and any other varying setting), with its 95 %
-    Welch interval over seeds; a filled marker where p < `alpha`, a hollow one where the
-    difference is within the seed spread; points with no test (a side without two ok seeds)
-    are listed in the panel's corner."""
+def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> Figure:
+    """A panel per dataset: treatment − baseline (verdicts.csv's rows) in final validation
+    accuracy (points) vs `hparam` (log axis), a line per optimizer (and any other varying
+    setting), its 95 % Welch interval; filled where p < `alpha`, hollow within the seed
+    spread; points with no test (a side without two ok seeds) listed in the corner."""
     noun = SWEEPS[hparam][0]
+    rows = verdicts.to_dict("records")
+    several = len({(r["treatment"], r["baseline"]) for r in rows}) > 1
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     fig, axes = panel_grid(len(datasets), 5.8, 4.8)
     for ax, dataset in zip(axes, datasets, strict=True):
@@ -287,6 +297,8 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
             if row["dataset"] == dataset and row.get(hparam) is not None:
                 rest = tuple((k, v) for k, v in row.items() if k not in (
                     "dataset", hparam, *VERDICT_COLUMNS))
+                if several:
+                    rest += (("compared", f"{row['treatment']}-{row['baseline']}"),)
                 lines.setdefault(rest, []).append(row)
         notes, grid = [], set()
         for i, (rest, points) in enumerate(lines.items()):
@@ -307,13 +319,14 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
                         if r["verdict"] == "no test"]
             if untested:
                 notes.append(f"{describe(rest)}: no test at {hparam} {', '.join(untested)}")
-            for norm, other, marker, y_edge in (("bn", "none", "^", 0.97),
-                                                ("none", "bn", "v", 0.03)):
-                alone = [float(r[hparam]) for r in points if r[f"n_{norm}"] and not r[f"n_{other}"]]
+            for side, other, marker, y_edge in (("treatment", "baseline", "^", 0.97),
+                                                ("baseline", "treatment", "v", 0.03)):
+                alone = [float(r[hparam]) for r in points if r[f"n_{side}"] and not r[f"n_{other}"]]
                 if alone:  # only one side finished ok: an arrow at the panel's edge, its side
                     ax.plot(alone, [y_edge] * len(alone), ls="none", marker=marker, ms=8,
                             color=color, transform=ax.get_xaxis_transform(),
-                            label=f"{describe(rest)}: only {norm_label(norm)} finished ok")
+                            label=f"{describe(rest)}: only {norm_label(points[0][side])} "
+                                  "finished ok")
         ax.axhline(0, color="grey", lw=1)
         if notes:
             ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7)
@@ -337,49 +350,46 @@ def regime_figure(hparam: str, rows: list[dict], alpha: float = 0.05) -> Figure:
 def _untested(row: dict) -> str:
     """Why a verdicts.csv row has no test: the side(s) short of two ok seeds, and their
     diverged runs."""
-    short = [f"{row[f'n_{norm}']} ok {label}"
-             + (f", {row[f'{norm}_diverged']} diverged" if row[f"{norm}_diverged"] else "")
-             for norm, label in (("bn", "BN"), ("none", "no BN")) if row[f"n_{norm}"] < 2]
+    short = [f"{row[f'n_{side}']} ok {norm_word(row[side])}"
+             + (f", {row[f'{side}_diverged']} diverged" if row[f"{side}_diverged"] else "")
+             for side in ("treatment", "baseline") if row[f"n_{side}"] < 2]
     return "; ".join(short) or "no spread"
 
 
 # --- per second of compute (C5) -------------------------------------------------------------
 
 
-def time_figure(study: dict, measured: dict) -> Figure:
+def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
     """Validation accuracy against training compute, a panel per dataset × optimizer that has
     a step cost: each epoch is placed at its optimizer steps × that norm's measured seconds per
     step (`bnstudy.report.cost`), the line the mean over seeds, the band ± one std; the dotted
     line marks the no-BN runs' full time (C5a's budget)."""
-    from bnstudy.report.claims import DATASET_LABELS, OPTIM_LABELS
-
-    pairs = [pair for pair in study if pair in measured]
+    pairs = [pair for pair in dict.fromkeys(zip(runs["dataset"], runs["optim"], strict=True))
+             if pair in measured]
     cols = min(len(pairs), 2)
     rows = math.ceil(len(pairs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.9 * rows + 0.6), squeeze=False)
     for ax in axes.flat[len(pairs):]:
         ax.set_visible(False)
-    for ax, pair in zip(axes.flat, pairs, strict=False):
-        cost = measured[pair]
-        for norm in norm_order(study[pair]):
-            runs = [r for r in study[pair][norm] if r.outcome == "ok" and r.history]
-            seconds = {"bn": cost.bn_s, "none": cost.none_s}.get(norm)
-            if not runs or seconds is None:
+    for ax, (dataset, optim) in zip(axes.flat, pairs, strict=False):
+        cost = measured[dataset, optim]
+        mine = ok(runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)])
+        for norm in norm_order(set(mine["norm"])):
+            side = mine[mine["norm"] == norm]
+            seconds = {STUDY[0]: cost.treatment_s, STUDY[1]: cost.baseline_s}.get(norm)
+            if side.empty or seconds is None:
                 continue
-            epochs, mean, std = mean_curve(runs, "val/acc")
-            steps = np.array([np.mean([r.history[e - 1]["step"] for r in runs
-                                       if len(r.history) >= e]) for e in epochs])
+            epochs, mean, std = mean_curve(side, "val/acc")
+            steps = curves(side).groupby("epoch")["step"].mean().to_numpy()
             x, color = steps * seconds, norm_color(norm)
             ax.plot(x, 100 * mean, marker="o", ms=3, color=color,
-                    label=f"{norm_label(norm)} ({plural(len(runs), 'seed')})")
-            if len(runs) > 1:
+                    label=f"{norm_label(norm)} ({plural(len(side), 'seed')})")
+            if len(side) > 1:
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), color=color,
                                 alpha=0.2, lw=0)
-            if norm == "none":
+            if norm == STUDY[1]:
                 ax.axvline(x[-1], color=color, ls=":", lw=1)
-        dataset, optim = pair
-        ax.set_title(f"{DATASET_LABELS.get(dataset, dataset)}, {OPTIM_LABELS.get(optim, optim)}"
-                     f" (BN step ×{cost.ratio:.2f})")
+        ax.set_title(f"{where(dataset, optim)} (BN step ×{cost.ratio:.2f})")
         ax.set_xlabel("training compute (s: steps × measured step cost)")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("validation accuracy (%)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from bnstudy.pictures.table import (
@@ -19,56 +20,24 @@ from bnstudy.pictures.table import (
     measure,
     reference,
     to_pixels,
-    write_rows,
 )
-from bnstudy.report.claims import (
+from bnstudy.report.claims import declare
+from bnstudy.report.render import claims_block, plain_words, spread, write_csv
+from bnstudy.report.runs import (
+    FIRST_KEYS,
     OPTIM_LABELS,
-    Result,
-    declare,
-    evaluate,
-    parts_table,
-    plain_words,
+    describe,
+    group_keys,
+    norm_label,
+    norm_order,
     study_order,
-    verdict_line,
 )
-from bnstudy.report.runs import FIRST_KEYS, Run, describe, group_keys, norm_label, norm_order
-from bnstudy.report.stats import mean_std
-
-# --- per-configuration values ---------------------------------------------------------------
+from bnstudy.report.verdicts import Result, evaluate
 
 
 def config_label(norm: str, optim: str) -> str:
     """`No BatchNorm + SGD`."""
     return f"{norm_label(norm)} + {OPTIM_LABELS.get(optim, optim)}"
-
-
-def spread(xs: list[float], fmt: str) -> str:
-    """`mean ± std (n)` in `fmt` (percentages: the std in points, `50% ± 10 (3)`)."""
-    if not xs:
-        return "— (0)"
-    mean, std = mean_std(xs)
-    if fmt.endswith("%"):
-        digits = fmt[1:-1] or "0"
-        text = f"{100 * mean:.{digits}f}%" + ("" if math.isnan(std)
-                                                else f" ± {100 * std:.{digits}f}")
-    else:
-        fmt = ".1f" if fmt == "d" else fmt
-        text = format(mean, fmt) + ("" if math.isnan(std) else f" ± {format(std, fmt.lstrip('+'))}")
-    return f"{text} ({len(xs)})"
-
-
-class Groups:
-    """Per-run values by (dataset, norm, optim), from the pictures.csv rows of one setting."""
-
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
-
-    def values(self, dataset: str, column: str, norm: str | None = None,
-               optim: str | None = None) -> list[float]:
-        return [float(r[column]) for r in self.rows
-                if r["dataset"] == dataset and (norm is None or r["norm"] == norm)
-                and (optim is None or r["optim"] == optim)
-                and not math.isnan(float(r[column]))]
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -92,7 +61,7 @@ def first_seed(picture_runs: list[PictureRun], norm: str, optim: str,
     """The configuration's run of lowest seed that saved `kind`; None if there is none."""
     found = [p for p in picture_runs if (p.hp.get("norm"), p.hp.get("optim")) == (norm, optim)
              and getattr(p, kind) is not None]
-    return min(found, key=lambda p: (p.hp.get("seed", 0), p.run.job), default=None)
+    return min(found, key=lambda p: (p.hp.get("seed", 0), p.run["job"]), default=None)
 
 
 def _show(ax, image) -> None:
@@ -182,7 +151,7 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
     for norm, optim in configs:
         p = first_seed(picture_runs, norm, optim, "weights")
         final, initial = p.weights["final"].float(), p.weights["initial"].float()
-        row = rows_by_job.get(p.run.job, {})
+        row = rows_by_job.get(p.run["job"], {})
         note = (f"noise-like {_fmt(row.get('noise_units', math.nan), '.0%')}, "
                 f"alignment {_fmt(row.get('pc_alignment', math.nan), '.3f')}")
         change = (f"change {_fmt(row.get('change_share', math.nan), '.1%')} of the energy, "
@@ -212,17 +181,17 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
 # --- the section ----------------------------------------------------------------------------
 
 
-def measures_table(rows: list[dict], dataset: str) -> str:
+def measures_table(rows: pd.DataFrame, dataset: str) -> str:
     """Mean ± std over seeds of each measure, a row per configuration."""
-    columns = [c for c in COLUMNS
-               if any(r["dataset"] == dataset and not _isnan(r.get(c)) for r in rows)]
-    pairs = ordered({(r["norm"], r["optim"]) for r in rows if r["dataset"] == dataset})
-    g = Groups(rows)
-    lines = ["| configuration | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
-    for norm, optim in pairs:
-        cells = [spread(g.values(dataset, c, norm, optim), COLUMNS[c][1]) for c in columns]
-        lines.append(f"| {config_label(norm, optim)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from bnstudy.report.render import markdown
+
+    mine = rows[rows["dataset"] == dataset]
+    columns = [c for c in COLUMNS if mine[c].notna().any()]
+    table = [{"configuration": config_label(norm, optim),
+              **{c: spread(list(g[c].dropna()), COLUMNS[c][1], "— (0)") for c in columns}}
+             for norm, optim in ordered(set(zip(mine["norm"], mine["optim"], strict=True)))
+             for g in [mine[(mine["norm"] == norm) & (mine["optim"] == optim)]]]
+    return markdown(table)
 
 
 def _isnan(value) -> bool:
@@ -253,19 +222,20 @@ def reference_line(ref: Reference) -> str:
     return f"Real class means of the {ref.dataset} training images: {', '.join(parts)}.{judge}"
 
 
-def weight_notes(rows: list[dict]) -> list[str]:
+def weight_notes(rows: pd.DataFrame) -> list[str]:
     """What the final weights hide: per dataset and optimizer, how much of them training
     changed, and how data-like that change is, with and without BN."""
-    g, lines = Groups(rows), []
-    for dataset in sorted({r["dataset"] for r in rows}):
+    means = rows.groupby(["dataset", "optim", "norm"])[["change_share", "change_pc_alignment"]]
+    means = means.mean()  # NaN left out: the runs that have the measure
+    lines = []
+    for dataset in sorted(set(rows["dataset"])):
         for optim in OPTIM_LABELS:
-            sides = []
-            for norm in ("none", "bn"):
-                share = g.values(dataset, "change_share", norm, optim)
-                align = g.values(dataset, "change_pc_alignment", norm, optim)
-                if share and align:
-                    sides.append(f"{norm_label(norm)}: {mean_std(share)[0]:.1%} of the energy, "
-                                 f"alignment {mean_std(align)[0]:.3f}")
+            sides = [f"{norm_label(norm)}: {m['change_share']:.1%} of the energy, alignment "
+                     f"{m['change_pc_alignment']:.3f}" for norm in norm_order(set(rows["norm"]))
+                     if (dataset, optim, norm) in means.index
+                     for m in [means.loc[(dataset, optim, norm)]]
+                     if not (math.isnan(m["change_share"]) or
+                             math.isnan(m["change_pc_alignment"]))]
             if sides:
                 lines.append(f"- {dataset}, {OPTIM_LABELS[optim]}: the learned change (final − "
                              f"initial) is {'; '.join(sides)} (medians over units, mean over "
@@ -273,7 +243,7 @@ def weight_notes(rows: list[dict]) -> list[str]:
     return lines
 
 
-def pictures_section(runs: list[Run], out: Path
+def pictures_section(runs: pd.DataFrame, out: Path
                      ) -> tuple[str, dict[str, Figure], list[tuple[dict, list[Result]]]]:
     """The report.md section `## Pictures`, its figures (`hallucinations_<dataset>`,
     `weights_<dataset>`, a `_<setting>` suffix when other hparams vary), `out/pictures.csv` and
@@ -292,8 +262,9 @@ def pictures_section(runs: list[Run], out: Path
             if p.hallucinations is not None:
                 p.net = load_net(p.run, refs[dataset].input_shape, len(refs[dataset].classes))
     rows = measure(picture_runs, refs, keys)
-    write_rows(rows, out / "pictures.csv")
+    write_csv(rows, out / "pictures.csv")
     by_job = {r["job"]: r for r in rows}
+    table = pd.DataFrame(rows)
     settings: dict[tuple, list[PictureRun]] = {}
     for p in picture_runs:
         settings.setdefault(tuple((k, p.hp.get(k)) for k in extra), []).append(p)
@@ -314,7 +285,7 @@ def pictures_section(runs: list[Run], out: Path
         suffix = "".join(f"_{k}{v}" for k, v in setting)
         if setting:
             lines += [f"### {describe(setting)}", ""]
-        setting_rows = [by_job[p.run.job] for p in members]
+        setting_rows = table[table["job"].isin([p.run["job"] for p in members])]
         for dataset, ref in refs.items():
             mine = [p for p in members if p.hp.get("dataset") == dataset]
             if not mine:
@@ -339,14 +310,14 @@ def pictures_section(runs: list[Run], out: Path
         results = picture_results(setting_rows)
         if results:
             lines += ["### Picture claims" if not setting else "#### Picture claims", "",
-                      verdict_line(results), "", parts_table(results), ""]
-            lines += plain_words(results) + [""]
+                      *claims_block(results), *([] if plain_words(results) else [""])]
         found.append((dict(setting), results))
     return "\n".join(lines), figures, found
 
 
-def picture_results(rows: list[dict]) -> list[Result]:
+def picture_results(rows: pd.DataFrame) -> list[Result]:
     """The picture claims' parts (P1–P3) that the pictures.csv rows allow, tested."""
-    datasets = study_order({r["dataset"] for r in rows})
+    rows = pd.DataFrame(rows)
+    datasets = study_order(set(rows["dataset"]))
     return evaluate([p for p in declare(datasets) if p.source == "pictures"],
                     {"pictures": rows})

@@ -1,51 +1,40 @@
-"""The sweep's jobs: finding and loading them, the planned jobs that never started, and
-grouping them into BN-vs-no-BN comparisons."""
+"""The sweep as tables: `load_runs` (a row per job), `curves` (a row per job × epoch), the
+planned jobs that never started, the groups (every hparam but the seed), the compared norm
+pairs and the labels every renderer uses."""
 
 from __future__ import annotations
 
 import itertools
-import json
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RECORD_NAME, job_order
+from bnstudy.records import RECORD_NAME, RunRecord, job_order
 
 FIRST_KEYS = ("dataset", "optim", "norm")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
 PROBE_SERIES = ("activations", "gradients")  # the record's probe series the report draws
+STUDY = ("bn", "none")  # the study's pair: its named claims' treatment and baseline
+BASELINE = STUDY[1]  # `--compare`'s default: every norm of the sweep against this one
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}
+OPTIM_LABELS = {"sgd": "SGD", "adam": "Adam"}
+NORM_WORDS = {"bn": "BN", "none": "no BN"}  # short words in claims and answers
+# a run's per-run quantities (NaN without a history); the rest of a row is its hparams
+QUANTITIES = ("final_val_acc", "best_val_acc", "final_val_loss", "test_acc",
+              "first_epoch_train_loss", "first_val_loss", "late_val_loss_drop", "mean_val_acc",
+              "wall_time_s")
+RUN_COLUMNS = ("job", "path", "status", "outcome", "error", "history", "probes", *QUANTITIES)
 
 
 class ReportError(Exception):
     """The sweep directory cannot be reported on (absent, or no jobs in it)."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """One job of the sweep, as its directory left it."""
-
-    job: str
-    path: Path
-    status: str  # ok | diverged | failed | running | interrupted | (unreadable|no) metrics.json
-    hparams: dict
-    history: list
-    test_acc: float | None
-    wall_time_s: float | None
-    error: str | None
-    probes: dict = field(default_factory=dict)  # the record's probe series, by key
-
-    @property
-    def outcome(self) -> str:
-        """ok, diverged, failed or unfinished (no result yet, or none ever written)."""
-        return self.status if self.status in OUTCOMES else "unfinished"
-
-
-# --- load ---------------------------------------------------------------------------------
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -86,33 +75,78 @@ def hparams_from_config(job: Path) -> dict:
         return hparams(cfg)
 
 
-def load_run(job: Path) -> Run:
-    """The job's record; a missing or unreadable `metrics.json` gives an unfinished Run."""
-    record, status, error = {}, "no metrics.json", None
-    if (job / RECORD_NAME).is_file():
-        try:
-            record = json.loads((job / RECORD_NAME).read_text())
-            status = record.get("status", "running")
-            error = record.get("error")
-        except (OSError, ValueError) as err:
-            status, error = "unreadable metrics.json", str(err)
-    test = record.get("test") or {}
-    return Run(
-        job=job.name,
-        path=job,
-        status=status,
-        hparams=record.get("hparams") or hparams_from_config(job),
-        history=record.get("history") or [],
-        test_acc=test.get("acc"),
-        wall_time_s=record.get("wall_time_s"),
-        error=error,
-        probes={key: record[key] for key in PROBE_SERIES if record.get(key)},
-    )
+def num(value) -> float:
+    """A JSON number as float; null (a NaN or inf that JSON cannot hold) as NaN."""
+    return math.nan if value is None else float(value)
 
 
-def load_runs(sweep_dir: Path) -> list[Run]:
-    """Every job of the sweep, finished or not."""
-    return [load_run(job) for job in job_dirs(sweep_dir)]
+def quantities(history: list[dict], record: RunRecord | None) -> dict[str, float]:
+    """The per-run quantities of a history: final/best val acc, final val loss, the first
+    epoch's train and val loss, the val loss drop from the middle epoch (⌊E/2⌋, counted from 1;
+    the first with fewer than 4 epochs) to the last, the mean val acc over the epochs (area under
+    the curve / epochs); test acc and wall time from the record."""
+    out = dict.fromkeys(QUANTITIES, math.nan)
+    if record is not None:
+        out.update(test_acc=num(record.test_acc), wall_time_s=num(record.wall_time_s))
+    if history:
+        acc = [num(row.get("val/acc")) for row in history]
+        middle = history[max(len(history) // 2 - 1, 0)]
+        out.update(final_val_acc=acc[-1], best_val_acc=max(acc),
+                   final_val_loss=num(history[-1].get("val/loss")),
+                   first_epoch_train_loss=num(history[0].get("train/loss")),
+                   first_val_loss=num(history[0].get("val/loss")),
+                   late_val_loss_drop=num(middle.get("val/loss"))
+                   - num(history[-1].get("val/loss")),
+                   mean_val_acc=float(np.mean(acc)))
+    return out
+
+
+def load_run(job: Path) -> dict:
+    """The job's row; a missing or unreadable `metrics.json` gives an unfinished run."""
+    record, status, error = None, "no metrics.json", None
+    try:
+        record = RunRecord.read(job)
+    except (OSError, ValueError) as err:
+        status, error = "unreadable metrics.json", str(err)
+    if record is not None:
+        status, error = record.status, record.error
+    history = (record.history if record else None) or []
+    hparams = (record.hparams if record else None) or hparams_from_config(job)
+    return {"job": job.name, "path": job, "status": status,
+            "outcome": status if status in OUTCOMES else "unfinished", "error": error,
+            "history": history, **quantities(history, record),
+            "probes": {k: getattr(record, k) for k in PROBE_SERIES
+                       if record is not None and getattr(record, k)},
+            **{f"hp:{k}": v for k, v in hparams.items()}}
+
+
+def load_runs(sweep_dir: Path) -> pd.DataFrame:
+    """A row per job of the sweep, finished or not, in sweep order: `RUN_COLUMNS` (outcome:
+    ok, diverged, failed or unfinished), then its hparams as columns (None where a job lacks
+    one; values as recorded)."""
+    runs = pd.DataFrame([load_run(job) for job in job_dirs(Path(sweep_dir))], dtype=object)
+    runs.columns = [c.removeprefix("hp:") for c in runs.columns]
+    runs = runs.where(runs.notna(), None)
+    return runs.astype({c: float for c in QUANTITIES})
+
+
+def hparam_names(runs: pd.DataFrame) -> list[str]:
+    return [c for c in runs.columns if c not in RUN_COLUMNS]
+
+
+def ok(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that finished ok with a history: the ones statistics use."""
+    return runs[(runs["outcome"] == "ok") & runs["history"].map(bool)]
+
+
+def curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """A row per run × recorded epoch: the run's `job` and its history row (`epoch` from 0,
+    `step`, `train/loss`, `train/acc`, `val/loss`, `val/acc`, `time_s`), null as NaN."""
+    rows = [{"job": job, **row} for job, history in zip(runs["job"], runs["history"],
+                                                        strict=True) for row in history]
+    table = pd.DataFrame(rows, columns=["job", "epoch", "step", "train/loss", "train/acc",
+                                        "val/loss", "val/acc", "time_s"])
+    return table.astype({c: float for c in table.columns if c not in ("job", "epoch")})
 
 
 def never_started(sweep_dir: Path) -> list[str]:
@@ -141,34 +175,52 @@ def never_started(sweep_dir: Path) -> list[str]:
             if frozenset(job) not in started]
 
 
-# --- group --------------------------------------------------------------------------------
+# --- groups and compared pairs --------------------------------------------------------------
 
 
-def group_keys(runs: list[Run]) -> list[str]:
+def group_keys(runs: pd.DataFrame) -> list[str]:
     """dataset, optim, norm, then every other hparam that varies across the sweep; never seed."""
-    names = dict.fromkeys(k for r in runs for k in r.hparams)
-    varying = [k for k in names
-               if k not in (*FIRST_KEYS, "seed") and len({str(r.hparams.get(k)) for r in runs}) > 1]
+    varying = [k for k in hparam_names(runs) if k not in (*FIRST_KEYS, "seed")
+               and runs[k].map(str).nunique() > 1]
     return [*FIRST_KEYS, *varying]
 
 
-def group_runs(runs: list[Run]) -> dict[tuple, list[Run]]:
-    """Runs by group key, a tuple of (hparam, value) pairs; groups and runs in sweep order."""
-    keys = group_keys(runs)
-    groups: dict[tuple, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(tuple((k, run.hparams.get(k)) for k in keys), []).append(run)
-    return {key: sorted(group, key=lambda r: r.hparams.get("seed", 0))
-            for key, group in groups.items()}
+def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(key, runs) per value of `keys`, the key a tuple of (hparam, value) pairs; groups in
+    sweep order, runs by seed."""
+    runs = runs.assign(**{k: runs[k] if k in runs else None for k in keys})
+    by = runs.groupby(list(keys), sort=False, dropna=False)
+    return [(tuple(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)),
+             group.sort_values("seed", kind="stable", key=lambda c: c.map(lambda v: v or 0))
+             if "seed" in group else group)
+            for key, group in by]
 
 
-def comparisons(groups: dict[tuple, list[Run]]) -> dict[tuple, dict[str, list[Run]]]:
-    """The groups by their key without `norm` (one BN-vs-no-BN comparison each), then by norm."""
-    out: dict[tuple, dict[str, list[Run]]] = {}
-    for key, runs in groups.items():
-        norm = dict(key)["norm"]
-        out.setdefault(tuple(kv for kv in key if kv[0] != "norm"), {})[norm] = runs
-    return out
+def settings(runs: pd.DataFrame) -> list[tuple[tuple, dict[str, pd.DataFrame]]]:
+    """The comparisons: the groups by their key without `norm` (dataset, optim, any other
+    varying hparam), each with its runs by norm."""
+    keys = [k for k in group_keys(runs) if k != "norm"]
+    return [(ckey, {key[0][1]: g for key, g in groups(members, ["norm"])})
+            for ckey, members in groups(runs, keys)]
+
+
+def parse_compare(text: str) -> tuple[str, str]:
+    """`TREATMENT:BASELINE` (norm names) → (treatment, baseline)."""
+    treatment, colon, baseline = text.partition(":")
+    if not colon or not treatment or not baseline or treatment == baseline:
+        raise ValueError(f"{text!r}: expected TREATMENT:BASELINE, two different norms "
+                         "(e.g. bn:none or bn:layer)")
+    return treatment, baseline
+
+
+def compared(runs: pd.DataFrame, pairs: list[tuple[str, str]] | None = None
+             ) -> list[tuple[str, str]]:
+    """The (treatment, baseline) norm pairs the report compares: `pairs` if given, else every
+    norm of the sweep against `BASELINE` (the study: BN against no norm)."""
+    if pairs:
+        return list(pairs)
+    norms = norm_order(set(runs["norm"].dropna()) if "norm" in runs else set())
+    return [(n, BASELINE) for n in norms if n != BASELINE] or [STUDY]
 
 
 def slug(ckey: tuple) -> str:
@@ -185,11 +237,27 @@ def describe(ckey: tuple) -> str:
 
 
 def norm_order(norms) -> list[str]:
-    """No BN first, then BN, then any other norm."""
-    rank = {"none": 0, "bn": 1}
-    return sorted(norms, key=lambda n: (rank.get(n, 2), str(n)))
+    """No norm first, then BN, then any other norm (the registry's order, then by name)."""
+    rank = {n: i for i, n in enumerate(dict.fromkeys([BASELINE, *NORMS]))}
+    return sorted(set(norms), key=lambda n: (rank.get(n, len(rank)), str(n)))
 
 
 def norm_label(norm: str) -> str:
     """The registry's label for `norm` (`BatchNorm`, ...); an unknown norm's own name."""
     return NORMS[norm].label if norm in NORMS else str(norm)
+
+
+def norm_word(norm: str) -> str:
+    """`BN`, `no BN`, else the registry's label."""
+    return NORM_WORDS.get(norm, norm_label(norm))
+
+
+def where(dataset: str, optim: str) -> str:
+    """`MNIST, SGD`."""
+    return f"{DATASET_LABELS.get(dataset, dataset)}, {OPTIM_LABELS.get(optim, optim)}"
+
+
+def study_order(datasets) -> list[str]:
+    """The study's datasets first, in its order, then any other, by name."""
+    known = [d for d in DATASET_LABELS if d in datasets]
+    return known + sorted((d for d in datasets if d not in DATASET_LABELS), key=str)

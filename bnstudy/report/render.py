@@ -1,0 +1,181 @@
+"""Renderers that only format: numbers in words, Markdown tables (`DataFrame.to_markdown`),
+CSV files (`DataFrame.to_csv`), and the claim parts' table, sentences and claims.csv rows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bnstudy.report.stats import POWER
+from bnstudy.report.verdicts import DECIDABLE, Result, claim_verdicts
+
+
+def markdown(table: pd.DataFrame | list[dict], columns: list[str] | None = None) -> str:
+    """A Markdown (pipe) table of the cells as they are, text."""
+    table = pd.DataFrame(table, columns=columns)
+    return table.astype(str).to_markdown(index=False, disable_numparse=True)
+
+
+def write_csv(table: pd.DataFrame | list[dict], path: Path) -> None:
+    """A CSV file: each value as it is (a count stays a count beside NaN), NaN as an empty
+    cell, floats to 6 decimals."""
+    table = (pd.DataFrame(table, dtype=object) if isinstance(table, list) else table).astype(
+        object).map(lambda v: round(v, 6) if isinstance(v, float) else v)
+    table.to_csv(path, index=False, lineterminator="\r\n")  # as the csv module writes
+
+
+def pct(mean: float, std: float = math.nan) -> str:
+    """`92.42%`, `92.42% ± 0.44`, or — for NaN."""
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.2%}" if math.isnan(std) else f"{mean:.2%} ± {100 * std:.2f}"
+
+
+def number(value: float, fmt: str) -> str:
+    return "—" if math.isnan(value) else format(value, fmt)
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 seed`, `2 seeds`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def scale(fmt: str) -> tuple[float, str, str]:
+    """(scale, unit, format) of a part's numbers: acc in points, loss to 3 decimals."""
+    if fmt == "acc":
+        return 100.0, " pts", ".2f"
+    if fmt == "loss":
+        return 1.0, "", ".3f"
+    if fmt.endswith("%"):
+        return 100.0, " pts", ".1f"
+    return 1.0, "", fmt.lstrip("+")
+
+
+def spread(xs: list[float], fmt: str, empty: str = "— (no ok run)") -> str:
+    """`mean ± std (n)` in `fmt` (acc, loss, `d`: a count, else a format spec; accuracies and
+    shares in %, their std in points)."""
+    if not xs:
+        return empty
+    mean = float(np.mean(xs))
+    std = float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+    if fmt == "acc" or fmt.endswith("%"):
+        digits = ".2f" if fmt == "acc" else f".{fmt[1:-1] or '0'}f"
+        text = f"{100 * mean:{digits}}%" + ("" if math.isnan(std) else f" ± {100 * std:{digits}}")
+    else:
+        f = {"loss": ".3f", "d": ".1f"}.get(fmt, fmt)
+        text = format(mean, f) + ("" if math.isnan(std) else f" ± {format(std, f.lstrip('+'))}")
+    return f"{text} ({len(xs)})"
+
+
+# --- claim parts ------------------------------------------------------------------------------
+
+
+def note(r: Result) -> str:
+    """Why a part cannot be told, in words: too few seeds, or no difference seen (bounded)."""
+    if r.note or r.declared.rule is not None or r.verdict != "cannot tell" or \
+            math.isnan(r.test.estimate):
+        return r.note
+    if math.isnan(r.test.p_value):
+        return "no spread over the seeds: no test"
+    k, unit, fmt = scale(r.declared.fmt)
+    if r.seeds_needed <= DECIDABLE:
+        return (f"too few seeds: with {min(len(xs) for xs in r.groups)} seeds a side only "
+                f"|differences| ≥ {k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} "
+                f"power; {r.seeds_needed:.0f} seeds a side would decide a difference of the "
+                "size observed")
+    bound = max(abs(r.test.ci_low), abs(r.test.ci_high))
+    needed = "over 1000" if math.isinf(r.seeds_needed) else f"{r.seeds_needed:.0f}"
+    return (f"no difference seen: any is below {k * bound:{fmt}}{unit} (95% interval); one "
+            f"of the size observed needs {needed} seeds a side")
+
+
+def sides(r: Result) -> str:
+    """Each group's `label mean ± std (n)`; the optimizer named only where the groups differ
+    in it."""
+    terms = r.declared.terms
+    optims = len({t.optim for t in terms}) > 1 or (len(terms) == 1 and r.declared.source
+                                                   == "pictures")
+    text = "; ".join(f"{t.label(optims)} {spread(xs, r.declared.fmt)}"
+                     for t, xs in zip(terms, r.groups, strict=True))
+    if r.declared.rule is not None:
+        text += f"; {r.extra['met']} of {r.extra['of']} seeds meet it"
+    return text
+
+
+def estimate_text(r: Result) -> str:
+    if r.declared.rule is not None:
+        return "—"
+    if math.isnan(r.test.estimate):
+        return "— (a side has no ok run)"
+    k, unit, fmt = scale(r.declared.fmt)
+    ci = ("no interval" if math.isnan(r.test.ci_low) else
+          f"95% CI {k * r.test.ci_low:+{fmt}} to {k * r.test.ci_high:+{fmt}}")
+    return f"{k * r.test.estimate:+{fmt}}{unit} ({ci})"
+
+
+def power_text(r: Result) -> str:
+    if math.isnan(r.detectable):
+        return "—"
+    k, unit, fmt = scale(r.declared.fmt)
+    needed = "> 1000" if math.isinf(r.seeds_needed) else f"{r.seeds_needed:.0f}"
+    return f"{k * r.detectable:{fmt}}{unit}; {needed}"
+
+
+def statistic(r: Result) -> str:
+    part = r.declared
+    return f"{part.statistic}: {part.rule_words}" if part.rule is not None else part.statistic
+
+
+def parts_table(results: list[Result]) -> str:
+    """report.md's table of the parts."""
+    return markdown([{
+        "claim": f"{r.claim}{r.part}", "statement": r.declared.statement,
+        "statistic": statistic(r), "mean ± std over ok seeds (n)": sides(r),
+        "estimate": estimate_text(r), "p": number(r.test.p_value, ".2g"),
+        f"detectable at {POWER:.0%} power; seeds a side to decide": power_text(r),
+        "verdict": f"**{r.verdict}**" + (f" ({note(r)})" if note(r) else "")} for r in results])
+
+
+def claim_rows(results: list[Result], setting: dict) -> list[dict]:
+    """claims.csv's rows."""
+    verdicts = claim_verdicts(results)
+    rows = []
+    for r in results:
+        part = r.declared
+        dataset = {t.dataset for t in part.terms}
+        rows.append({**setting, "claim": r.claim, "part": r.part,
+                     "dataset": dataset.pop() if len(dataset) == 1 else "",
+                     "statement": part.statement, "statistic": statistic(r),
+                     "unit": {"acc": "accuracy", "loss": "loss"}.get(part.fmt, part.quantity),
+                     "claimed_sign": part.sign, "sides": sides(r),
+                     "estimate": r.test.estimate, "ci_low": r.test.ci_low,
+                     "ci_high": r.test.ci_high, "p_value": r.test.p_value,
+                     "verdict": r.verdict, "claim_verdict": verdicts[r.claim],
+                     "detectable_80": r.detectable, "seeds_needed": r.seeds_needed,
+                     "note": note(r)})
+    return rows
+
+
+def plain_words(results: list[Result]) -> list[str]:
+    """One sentence per part that does not hold or cannot be told."""
+    lines = []
+    for r in results:
+        if r.verdict == "does not hold":
+            lines.append(f"- **{r.claim}{r.part} does not hold**: {r.declared.statement} — "
+                         f"measured {sides(r)}.")
+        elif r.verdict == "cannot tell":
+            why = f"; {note(r)}" if note(r) else ""
+            lines.append(f"- {r.claim}{r.part}: cannot tell ({r.declared.statement}) — "
+                         f"{sides(r)}{why}.")
+    return lines
+
+
+def claims_block(results: list[Result]) -> list[str]:
+    """The verdict line, the parts' table and the sentences of the parts not holding."""
+    words = plain_words(results)
+    return ["Verdicts: " + "; ".join(f"**{c} {v}**" for c, v in
+                                     claim_verdicts(results).items()) + ".", "",
+            parts_table(results), "", *words, *([""] if words else [])]

@@ -1,0 +1,378 @@
+"""report.md's sections, as text and the figures they show: the summary, each comparison,
+the robustness and regime sweeps, the claims (with C5's clock and C6's search) and the jobs
+left out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from bnstudy.report import figures as F
+from bnstudy.report.claims import CLAIMS, declare
+from bnstudy.report.render import claim_rows, claims_block, markdown, number, pct, plural
+from bnstudy.report.runs import (
+    FIRST_KEYS,
+    OUTCOMES,
+    STUDY,
+    curves,
+    describe,
+    groups,
+    norm_label,
+    norm_order,
+    norm_word,
+    ok,
+    slug,
+    study_order,
+    where,
+)
+from bnstudy.report.stats import (
+    ALPHA,
+    POWER,
+    SWEEPS,
+    USABLE_WITHIN,
+    VERDICT_COLUMNS,
+    point_means,
+    sweep_panels,
+    usable_values,
+)
+from bnstudy.report.verdicts import (
+    MIN_SEEDS,
+    claim_verdicts,
+    evaluate,
+    setting_results,
+    tuned_runs,
+)
+
+
+def verdict_text(row, loss: tuple[float, float]) -> str:
+    """A comparison's verdict in sentences: who wins on final validation accuracy, by how
+    much, beyond the seed spread or not (Welch's p); then the first-epoch training losses."""
+    t, b = row["treatment"], row["baseline"]
+    if not row["n_treatment"] or not row["n_baseline"]:
+        side = norm_label(t if not row["n_treatment"] else b)
+        return f"No verdict: the {side} side has no finished (ok) run."
+    other = "without it" if b == STUDY[1] else f"with {norm_label(b)}"
+    result = "wins" if row["diff"] > 0 else "loses" if row["diff"] < 0 else "ties"
+    n = (row["n_treatment"], row["n_baseline"])
+    seeds = f"{plural(n[0], 'seed')} each" if n[0] == n[1] else f"{n[0]} vs {plural(n[1], 'seed')}"
+    text = (f"{norm_label(t)} {result} on final validation accuracy: {row['treatment_mean']:.2%} "
+            f"vs {row['baseline_mean']:.2%} {other} ({100 * row['diff']:+.2f} percentage points, "
+            f"mean over {seeds}). ")
+    p = row["p_value"]
+    if min(n) < 2:
+        text += "With one seed on a side, no significance can be claimed. "
+    elif math.isnan(p):
+        text += "The seeds show no spread, so Welch's t-test is undefined. "
+    elif p < ALPHA:
+        text += (f"The difference is larger than the seed-to-seed spread "
+                 f"(Welch's t-test p = {p:.2g} < {ALPHA}). ")
+    else:
+        text += (f"The difference is within the seed-to-seed spread "
+                 f"(Welch's t-test p = {p:.2g} ≥ {ALPHA}): not significant. ")
+    start = "lower" if loss[0] < loss[1] else "higher" if loss[0] > loss[1] else "the same"
+    base = f"without {norm_label(t)}" if b == STUDY[1] else f"with {norm_label(b)}"
+    return text + (f"Its first-epoch training loss is {start} "
+                   f"({loss[0]:.3f} vs {loss[1]:.3f} {base}).")
+
+
+def comparison(ckey: tuple, by_norm: dict[str, pd.DataFrame],
+               rows: pd.DataFrame) -> tuple[str, dict[str, Figure]]:
+    """One dataset × optim comparison: its verdict per compared pair (`rows`, verdicts.csv's),
+    its curves, images and probe figures by file stem."""
+    name, label = slug(ckey), describe(ckey)
+    lines, figures = [f"## {label}", ""], {}
+    both = [row for _, row in rows.iterrows()
+            if row["treatment"] in by_norm and row["baseline"] in by_norm]
+    for row in both:
+        loss = [ok(by_norm[n])["first_epoch_train_loss"].mean(skipna=False)
+                for n in (row["treatment"], row["baseline"])]
+        lines += ["**Verdict.** " + verdict_text(row, loss), ""]
+    if not both:
+        lines += [f"**Verdict.** None: this sweep has only norm={', '.join(by_norm)} here.", ""]
+    if any(len(ok(g)) for g in by_norm.values()):
+        figures[f"curves_{name}"] = F.curves_figure(label, by_norm)
+        lines += [f"![curves {label}](curves_{name}.png)", ""]
+    else:
+        lines += ["_Curves figure skipped: no job here finished ok._", ""]
+    for kind, title in F.IMAGE_KINDS.items():
+        found = {norm: F.first_image(by_norm[norm], kind) for norm in norm_order(by_norm)}
+        missing = [norm_label(n) for n, hit in found.items() if hit is None]
+        if missing:
+            lines += [f"_{title} figure skipped: no ok job has images/{kind}_final.png "
+                      f"on the {' and '.join(missing)} side._", ""]
+            continue
+        panels = [(f"{norm_label(n)} (seed {seed})", path) for n, (seed, path) in found.items()]
+        figures[f"{kind}_{name}"] = F.images_figure(f"{title} ({label})", panels)
+        lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
+    for kind, draw in F.PROBE_FIGURES.items():
+        found = {norm: F.first_series(by_norm[norm], kind) for norm in norm_order(by_norm)}
+        if not any(run is not None for run in found.values()):
+            continue  # recorded only with callbacks=probes
+        missing = [norm_label(n) for n, run in found.items() if run is None]
+        if missing:
+            lines += [f"_{kind.capitalize()} figure skipped: no ok job recorded `{kind}` on the "
+                      f"{' and '.join(missing)} side._", ""]
+            continue
+        figures[f"{kind}_{name}"] = draw(label, found)
+        lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
+        if kind == "gradients":
+            lines += [F.landscape_medians(found), ""]
+    return "\n".join(lines), figures
+
+
+# --- robustness sweeps (experiment=lr_sweep | batch_sweep) and the regime ----------------------
+
+
+def value_range(noun: str, usable: list, grid: list) -> str:
+    """`0.01 to 1 (5 of 11 values)`, the values listed when they are not adjacent in the grid,
+    or `no <noun>`."""
+    count = f"{len(usable)} of {len(grid)} values"
+    if not usable:
+        return f"no {noun} ({count})"
+    if len(usable) == 1:
+        return f"{usable[0]:g} only ({count})"
+    first, last = grid.index(usable[0]), grid.index(usable[-1])
+    if last - first + 1 == len(usable):
+        return f"{usable[0]:g} to {usable[-1]:g} ({count})"
+    return f"{', '.join(f'{v:g}' for v in usable)} ({count}, not adjacent in the grid)"
+
+
+def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
+                    within: float = USABLE_WITHIN) -> str:
+    """One panel's report.md line: the best run, each norm's usable range, which is wider."""
+    noun = SWEEPS[hparam][0]
+    best, usable = usable_values(by_norm, within)
+    if math.isnan(best):
+        return f"**{label}**: no {noun} has all its runs finished ok, so none is usable."
+    order, means = norm_order(by_norm), point_means(by_norm)
+    at = next((norm, v) for norm in order for v, m in means[norm].items() if m == best)
+    parts = []
+    for norm in order:
+        grid = sorted(by_norm[norm], key=float)
+        text = f"{norm_label(norm)} {value_range(noun, usable[norm], grid)}"
+        for outcome in OUTCOMES[1:]:
+            hit = [f"{v:g}" for v in grid if (by_norm[norm][v]["outcome"] == outcome).any()]
+            if hit:
+                text += f", {outcome} at {hparam} {', '.join(hit)}"
+        parts.append(text)
+    sizes = {norm: len(usable[norm]) for norm in order}
+    widest = [norm for norm in order if sizes[norm] == max(sizes.values())]
+    if len(order) < 2:
+        wider = ""
+    elif len(widest) == len(order):
+        wider = f" The usable ranges are equally wide ({plural(sizes[order[0]], 'value')} each)."
+    else:
+        names = " and ".join(map(norm_label, widest))
+        degree = "wider" if len(order) == 2 else "widest"
+        counts = " vs ".join(str(n) for n in sorted(sizes.values(), reverse=True))
+        wider = (f" {names} {'has' if len(widest) == 1 else 'have'} the {degree} usable range "
+                 f"({counts} values).")
+    return (f"**{label}** (best {best:.2%}: {norm_label(at[0])} at {hparam}={at[1]:g}). "
+            f"Usable {noun}: {'; '.join(parts)}.{wider}")
+
+
+def robustness_section(hparam: str, runs: pd.DataFrame, keys: list[str],
+                       within: float = USABLE_WITHIN) -> tuple[str, dict[str, Figure]]:
+    """The report.md section of a sweep over `hparam` and its figures `<hparam>_<dataset>`."""
+    noun, title = SWEEPS[hparam]
+    lines, figures = [f"## {title}", "",
+                      f"Final validation accuracy against the {noun} (log axis): the mean over "
+                      "seeds ± one sample standard deviation; × marks a diverged run. A "
+                      f"{noun} is *usable* for a norm when every run there finished ok (none "
+                      "diverged, failed or unfinished) and their mean final validation accuracy "
+                      f"is at most {100 * within:g} percentage points below the best such mean "
+                      "in the same panel (same dataset and optimizer, either norm). The wider "
+                      "usable range is the one with more usable grid values.", ""], {}
+    for dataset, panels in sweep_panels(runs, keys, hparam).items():
+        name = f"{hparam}_{dataset}"
+        figures[name] = F.robustness_figure(hparam, dataset, panels, within)
+        lines += [f"![{noun} {dataset}]({name}.png)", ""]
+        lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm, within)}"
+                  for panel, by_norm in panels.items()]
+        lines.append("")
+    return "\n".join(lines), figures
+
+
+def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, Figure]]:
+    """The report.md section on treatment − baseline across `hparam` (verdicts.csv) and its
+    figure `regime_<hparam>`."""
+    noun = SWEEPS[hparam][0]
+    lines = [f"## Is BatchNorm worth it across the {noun}?", "",
+             f"BN − no BN in final validation accuracy against the {noun}: the difference of the "
+             "means over ok seeds with its 95% Welch interval; the verdict (in `verdicts.csv`) is "
+             f"*wins* or *loses* where Welch's p < {ALPHA}, *ties* where the difference is within "
+             "the seed spread, *no test* where a side has fewer than two ok seeds.", "",
+             f"![BN − no BN vs {noun}](regime_{hparam}.png)", ""]
+    setting = [k for k in verdicts.columns if k not in VERDICT_COLUMNS]
+    several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
+    for _, row in verdicts[verdicts[hparam].notna()].iterrows():
+        t, b = row["treatment"], row["baseline"]
+        if math.isnan(row["diff"]):
+            numbers = (f"a side has no ok run: {norm_word(t)} {row['n_treatment']} ok, "
+                       f"{row['treatment_diverged']} diverged; {norm_word(b)} "
+                       f"{row['n_baseline']} ok, {row['baseline_diverged']} diverged")
+        else:
+            numbers = (f"{100 * row['diff']:+.2f} pts, {pct(row['treatment_mean'])} vs "
+                       f"{pct(row['baseline_mean'])}")
+        against = f" against {norm_word(b)}" if several else ""
+        lines.append(f"- {describe(tuple((k, row[k]) for k in setting))}: {norm_word(t)}"
+                     f"{against} {row['verdict']} ({numbers}, p = "
+                     f"{number(row['p_value'], '.2g')}; {row['n_treatment']} vs "
+                     f"{row['n_baseline']} ok seeds)")
+    lines.append("")
+    return "\n".join(lines), {f"regime_{hparam}": F.regime_figure(hparam, verdicts, ALPHA)}
+
+
+# --- the claims (C5's clock, C6's search) -----------------------------------------------------
+
+
+def cost_table(runs: pd.DataFrame, measured: dict) -> str:
+    """C5's clock per pair: each side's step cost, BN's ratio over the rounds, the runs' own
+    epoch-time ratio as a cross-check, and when each side reaches no BN's final accuracy."""
+    table = curves(ok(runs)).merge(runs[["job", "dataset", "optim", "norm"]], on="job")
+    table["epoch_s"] = table.groupby("job")["time_s"].diff().fillna(table["time_s"])
+    table["at"] = table.groupby("job").cumcount()
+    rows = []
+    for (dataset, optim), c in measured.items():
+        mine = table[(table["dataset"] == dataset) & (table["optim"] == optim)]
+        own, reach = {}, {}
+        for n in STUDY:
+            side = mine[mine["norm"] == n]
+            own[n] = side["epoch_s"].median()
+            last = side.groupby("job")["at"].max().min() if len(side) else -1
+            curve = side[side["at"] <= last].groupby("at")["val/acc"].agg(
+                lambda s: float(np.mean(s))).tolist()
+            reach[n] = curve
+        target = reach[STUDY[1]][-1] if reach[STUDY[1]] else math.nan
+        for n in STUDY:
+            hit = next((e + 1 for e, acc in enumerate(reach[n]) if acc >= target - 1e-12), None)
+            cost = c.ratio if n == STUDY[0] else 1.0
+            reach[n] = "never" if hit is None else f"{hit * cost:.1f} (epoch {hit})"
+        ratio = own[STUDY[0]] / own[STUDY[1]] if own[STUDY[1]] else math.nan
+        rows.append({"pair": where(dataset, optim), "step, BN": f"{1e6 * c.treatment_s:.0f} µs",
+                     "step, no BN": f"{1e6 * c.baseline_s:.0f} µs",
+                     "BN / no BN (rounds' range)":
+                         f"**{c.ratio:.2f}** ({c.ratio_min:.2f} to {c.ratio_max:.2f})",
+                     "runs' own epoch ratio": number(ratio, ".2f"),
+                     "BN reaches": reach[STUDY[0]], "no BN reaches": reach[STUDY[1]]})
+    return ("C5's clock (`bnstudy.report.cost`): seconds per training step measured paired in "
+            "one process, alternating blocks, one torch thread; each side's cost is its fastest "
+            "block (noise only adds time). The runs' own epoch seconds (`time_s`, shared "
+            "machine) are shown as a cross-check only. *Reaches*: when the mean validation "
+            "accuracy first reaches no BN's final mean, in no-BN epochs of training time.\n\n"
+            + markdown(rows))
+
+
+def tuning_table(tuning: dict) -> str:
+    """C6's search: Optuna's settings, then per cell the trials and the best setting."""
+    rows = [{"dataset": cell.get("dataset"), "optimizer": cell.get("optim"),
+             "norm": norm_word(cell.get("norm")), "trials": len(cell.get("trials", [])),
+             "best setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
+                                       else f"{k}={v}"
+                                       for k, v in cell.get("best_params", {}).items()),
+             "best val acc (search)": "—" if cell.get("best_value") is None
+             else f"{100 * cell['best_value']:.2f} %"} for cell in tuning.get("cells", [])]
+    return (f"Search: Optuna {tuning.get('sampler', 'TPE')} (sampler seed "
+            f"{tuning.get('sampler_seed')}), {tuning.get('n_trials')} trials per cell on the "
+            f"validation split; the best setting re-run with seeds {tuning.get('seeds')} and "
+            "compared on the test split, which the search never saw.\n\n" + markdown(rows))
+
+
+INTRO = (
+    "Every claim part is declared once (`bnstudy/report/claims.py`) and decided by one rule: "
+    f"fewer than {MIN_SEEDS} ok seeds in a group, and we **cannot tell**; a contrast **holds** "
+    "when its estimate lies on the claimed side of zero with Welch's two-sided "
+    f"p < {ALPHA}, **does not hold** when it lies on the other side with p < {ALPHA}, and "
+    "otherwise we **cannot tell**; a part every seed must meet holds when all do, does not "
+    "hold when none does. A claim holds when all its parts hold, does not hold when any does "
+    f"not. Accuracies are in percentage points (pts); the 95% CI is Welch's. *Detectable* is "
+    f"the smallest difference the seeds run find with {POWER:.0%} power; *seeds a side to "
+    "decide* is how many would find one of the size observed. A *cannot tell* says which it "
+    "is: too few seeds (and how many would decide), or no difference seen (bounded by its "
+    "interval, and the seeds a difference that small would need). "
+    "Also in `claims.csv`.")
+
+
+def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,
+                   costs: Callable[[pd.DataFrame], dict]) -> tuple[str, list[dict], list, dict]:
+    """The report.md section `## Claims`, the rows of claims.csv, the results of the default
+    setting (or the tuned one) and the figures (`time_compute[_<setting>]`: accuracy against
+    compute); ("", [], [], {}) when no setting has a comparison a claim needs."""
+    tuned, tuning = tuned_runs(sweep_dir, runs)
+    extra = [k for k in keys if k not in FIRST_KEYS]
+    if len(tuned):
+        datasets = study_order(set(tuned["dataset"]))
+        found = {(("tuned", "each norm at its best"),):
+                 (evaluate(declare(datasets), {"tuned": tuned}), {}, tuned)}
+    else:
+        split = groups(runs, extra) if extra else [((), runs)]
+        split = sorted(split, key=lambda item: [_sort_value(v) for _, v in item[0]])
+        found = {setting: (*setting_results(members, costs), members)
+                 for setting, members in split}
+    found = {s: v for s, v in found.items() if v[0]}
+    if not found:
+        return "", [], [], {}
+    names = list(dict.fromkeys(r.claim for res, _, _ in found.values() for r in res))
+    lines = ["## Claims", "", INTRO, "", *[f"- **{c}**: {CLAIMS[c]}" for c in names
+                                             if c in CLAIMS], ""]
+    if len(found) > 1:
+        lines += [markdown([{"setting": describe(s), **{c: claim_verdicts(res).get(c, "—")
+                                                        for c in names}}
+                            for s, (res, _, _) in found.items()]), ""]
+    rows, figures = [], {}
+    for setting, (results, measured, members) in found.items():
+        if len(found) > 1 or len(tuned):
+            lines += [f"### {describe(setting)}", ""]
+        lines += claims_block(results)
+        if measured:
+            name = "time_compute" + "".join(f"_{k}{v}" for k, v in setting)
+            figures[name] = F.time_figure(members, measured)
+            lines += [f"![accuracy against compute]({name}.png)", "",
+                      cost_table(members, measured), ""]
+        if len(tuned):
+            lines += [tuning_table(tuning), ""]
+        rows += claim_rows(results, dict(setting))
+    first = next(iter(found.values()))[0] if len(found) == 1 else []
+    return "\n".join(lines), rows, first, figures
+
+
+def _sort_value(value) -> tuple:
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+# --- summary and the jobs left out --------------------------------------------------------------
+
+
+def summary_table(summary: pd.DataFrame, keys: list[str]) -> str:
+    """The summary as a Markdown table (accuracies in %, ± the std across seeds)."""
+    rows = [{**{k: str(row[k]) for k in keys}, "ok seeds": row["n_seeds"],
+             "final val acc": pct(row["final_val_acc_mean"], row["final_val_acc_std"]),
+             "best val acc": pct(row["best_val_acc_mean"], row["best_val_acc_std"]),
+             "final val loss": number(row["final_val_loss_mean"], ".3f"),
+             "test acc": pct(row["test_acc_mean"], row["test_acc_std"]),
+             "1st-epoch train loss": number(row["first_epoch_train_loss_mean"], ".3f"),
+             "epochs to target (reached)": f"{number(row['epochs_to_target_mean'], '.1f')} "
+             f"({row['n_reached_target']}/{row['n_seeds']} ≥ "
+             f"{number(row['target_val_acc'], '.2f')})",
+             "wall time (s)": number(row["wall_time_s_mean"], ".1f"),
+             **{o: row[f"n_{o}"] for o in (*OUTCOMES[1:], "missing")}}
+            for _, row in summary.iterrows()]
+    return markdown(rows)
+
+
+def problems_table(runs: pd.DataFrame, unstarted: list[str]) -> str:
+    """The jobs left out of the statistics, each with its status and error's first line."""
+    rows = [{"job": f"`{r.job}`", "status": r.status,
+             "error": (r.error or "").strip().split("\n")[0].replace("|", "\\|")}
+            for r in runs[runs["outcome"] != "ok"].itertuples()]
+    rows += [{"job": job, "status": "never started (no job directory)", "error": ""}
+             for job in unstarted]
+    return markdown(rows) if rows else "Every job finished ok."

@@ -1,0 +1,175 @@
+"""The declared claim parts decided on the tables: each part's groups, Welch contrast, verdict
+(`stats.decide`, the one rule) and power; C5's time table and C6's tuned runs.
+
+A part is a contrast Σ weight × mean(quantity over a group's ok runs), or a rule every seed
+must meet. Fewer than `MIN_SEEDS` ok runs in a group: **cannot tell**; a contrast otherwise
+takes `stats.decide`'s verdict; a rule holds when every seed meets it, does not hold when none
+does, else cannot tell. A claim holds when all its parts hold, does not hold when any part does
+not, and otherwise cannot tell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from bnstudy.records import TUNING_FILE
+from bnstudy.report.claims import BUDGETS, Part, Term, declare
+from bnstudy.report.runs import STUDY, num, study_order
+from bnstudy.report.stats import Contrast, contrast, decide, power_of
+
+MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
+DECIDABLE = 30     # a "cannot tell" needing more seeds a side than this is a practical tie
+
+
+@dataclass(frozen=True)
+class Result:
+    """A part tested on runs: each group's values, the contrast, verdict and power."""
+
+    declared: Part
+    groups: tuple[list[float], ...]
+    test: Contrast
+    verdict: str
+    detectable: float = math.nan       # the smallest |difference| detected at 80 % power
+    seeds_needed: float = math.nan     # seeds a side that decide the observed difference
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def claim(self) -> str:
+        return self.declared.claim
+
+    @property
+    def part(self) -> str:
+        return self.declared.part
+
+    @property
+    def estimate(self) -> float:
+        return self.test.estimate
+
+
+def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
+    """The quantity of each ok run the term selects, NaN left out, in seed order."""
+    chosen = table[term.selects(table)]
+    if "outcome" in chosen:
+        chosen = chosen[chosen["outcome"] == "ok"]
+    seed = pd.to_numeric(chosen.get("seed", pd.Series(index=chosen.index, dtype=float)),
+                         errors="coerce").fillna(math.inf)
+    chosen = chosen.assign(_seed=seed).sort_values(
+        ["_seed", "job"] if "job" in chosen else "_seed", kind="stable")
+    xs = pd.to_numeric(chosen.get(quantity), errors="coerce")
+    return [float(x) for x in xs if not math.isnan(x)] if xs is not None else []
+
+
+def every_seed(flags: list[bool]) -> str:
+    """The verdict of a part every seed must meet, from each seed's flag."""
+    if len(flags) < MIN_SEEDS:
+        return "cannot tell"
+    if all(flags):
+        return "holds"
+    return "does not hold" if not any(flags) else "cannot tell"
+
+
+def run_part(part: Part, table: pd.DataFrame) -> Result:
+    """The part on the table: its groups' values, contrast, verdict and power."""
+    groups = tuple(values(table, t, part.quantity) for t in part.terms)
+    terms = [(t.weight, xs) for t, xs in zip(part.terms, groups, strict=True)]
+    test = contrast(terms)
+    if part.rule is not None:
+        flags = [part.rule(x) for x in groups[0]]
+        return Result(part, groups, test, every_seed(flags),
+                      extra={"met": sum(flags), "of": len(flags)})
+    if any(len(xs) < MIN_SEEDS for xs in groups):
+        return Result(part, groups, test, "cannot tell",
+                      note=f"fewer than {MIN_SEEDS} ok seeds on a side")
+    return Result(part, groups, test, decide(test, part.sign), *power_of(terms))
+
+
+def evaluate(parts: list[Part], tables: dict[str, pd.DataFrame]) -> list[Result]:
+    """The declared parts whose every group has runs (of any outcome) in their source table,
+    tested."""
+    results = []
+    for part in parts:
+        table = tables.get(part.source)
+        if table is not None and len(table) and all(t.selects(table).any() for t in part.terms):
+            results.append(run_part(part, table))
+    return results
+
+
+def combine(verdicts: list[str]) -> str:
+    """A claim's verdict from its parts'."""
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    return "does not hold" if "does not hold" in verdicts else "cannot tell"
+
+
+def claim_verdicts(results: list[Result]) -> dict[str, str]:
+    """Each claim's verdict, in order of first appearance."""
+    names = list(dict.fromkeys(r.claim for r in results))
+    return {c: combine([r.verdict for r in results if r.claim == c]) for c in names}
+
+
+# --- C5: at equal training time; C6: at each one's best -------------------------------------
+
+
+def val_acc_within(history: list[dict], epoch_cost: float, budget: float) -> float:
+    """The validation accuracy at the last epoch that ends within `budget`, each epoch costing
+    `epoch_cost` (both in baseline epochs); NaN when not even the first one does."""
+    done = [row for i, row in enumerate(history) if (i + 1) * epoch_cost <= budget + 1e-9]
+    return num(done[-1].get("val/acc")) if done else math.nan
+
+
+def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """The runs with C5's quantities `val_acc_at_<share>`: each norm's validation accuracy at a
+    share of the no-BN runs' training time, a BN epoch costing `ratios[dataset, optim]` no-BN
+    epochs (pairs without a ratio are left out)."""
+    parts = []
+    for (dataset, optim), ratio in ratios.items():
+        mine = runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)]
+        full = max(mine.loc[mine["norm"] == STUDY[1], "history"].map(len), default=0)
+        cost = [ratio if n == STUDY[0] else 1.0 for n in mine["norm"]]
+        parts.append(mine.assign(**{
+            f"val_acc_at_{share:g}": [val_acc_within(h, c, share * full)
+                                      for h, c in zip(mine["history"], cost, strict=True)]
+            for share in BUDGETS}))
+    return pd.concat(parts) if parts else runs.iloc[:0]
+
+
+def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """C6's runs: the seed re-runs of each cell's best setting that `SWEEP/tuning.json` lists
+    (`experiment=tuned`), and the tuning record itself ({} without one)."""
+    path = Path(sweep_dir) / TUNING_FILE
+    if not path.is_file():
+        return runs.iloc[:0], {}
+    tuning = json.loads(path.read_text())
+    jobs = [job for cell in tuning.get("cells", []) for job in cell.get("final_jobs", [])]
+    return runs[runs["job"].isin(jobs)], tuning
+
+
+def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]
+                    ) -> tuple[list[Result], dict]:
+    """The curve and time claims' results of one setting's runs, and its step costs by pair.
+    A time part whose verdict differs between the clock's ratio (each side's fastest block)
+    and its rounds' median ratio is left to the noise: cannot tell, both ratios named."""
+    parts = declare(study_order(set(runs["dataset"])))
+    timed = [p for p in parts if p.source == "time"]
+    measured = costs(runs) if timed else {}
+    results = evaluate(parts, {"curves": runs, "time": time_table(
+        runs, {pair: c.ratio for pair, c in measured.items()})})
+    other = {(r.claim, r.part): r.verdict for r in evaluate(timed, {"time": time_table(
+        runs, {pair: c.ratio_median for pair, c in measured.items()})})}
+    guarded = []
+    for r in results:
+        if r.declared.source == "time" and other.get((r.claim, r.part), r.verdict) != r.verdict:
+            c = measured[(r.declared.terms[0].dataset, r.declared.terms[0].optim)]
+            r = Result(r.declared, r.groups, r.test, "cannot tell", r.detectable,
+                       r.seeds_needed, note=f"the verdict changes within the clock's spread "
+                       f"(BN / no BN {c.ratio:.2f} to {c.ratio_median:.2f}): measure on a "
+                       "quieter machine")
+        guarded.append(r)
+    return guarded, measured
