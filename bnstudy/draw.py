@@ -1,16 +1,12 @@
 """`python -m bnstudy.draw SWEEP_OR_RUN_DIR [KEY=VALUE ...] [--replace]`: draws the final
 pictures of finished runs again, from their checkpoints, with another recipe, no training.
 
-For each ok run it loads `checkpoints/last.ckpt` and draws the weight grids and the
-hallucinations (`bnstudy.pictures.drawing`, as the callbacks do when training ends) with the
-run's own picture settings updated by the KEY=VALUE ones, into its `images/` (what the report
-reads) and its TensorBoard run (a new events file, at the step after the last drawing). Keys
-are the callbacks' (`conf/callbacks/default.yaml`): `callbacks.hallucinations.steps=400`,
-`hallucinations.steps=400` or `steps=400`; `paths.data_dir=DIR` if the data moved.
-
-The final drawings it replaces are kept in `images/<their recipe>/` (`images/default/`,
-`images/steps=400/`, ...) unless `--replace`; `images/recipe.json` names the current recipe.
-Checkpoints, `metrics.json`, the epoch drawings and the existing events are not touched.
+Each ok run's weight grids and hallucinations are drawn as the callbacks draw them when
+training ends, with the run's picture settings updated by the KEY=VALUE ones (keys of
+`conf/callbacks/default.yaml`: `callbacks.hallucinations.steps=400`, `hallucinations.steps=400`
+or `steps=400`; `paths.data_dir=DIR` if the data moved), into its `images/` and a new
+TensorBoard events file (at the step after the last drawing). The drawings replaced are kept
+in `images/<their recipe>/` unless `--replace`; `images/recipe.json` names the current recipe.
 """
 
 from __future__ import annotations
@@ -26,19 +22,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bnstudy import rebuild
 from bnstudy.config import CONFIG_DIR
 from bnstudy.errors import DataError, RunFileError
-from bnstudy.rebuild import (
-    DataCache,
-    RunError,
-    SavedRun,
-    UsageError,
-    load_checkpoint,
-    load_model,
-    parse_setting,
-    quiet_lightning,
-    run_dirs,
-)
 from bnstudy.records import write_json_atomic
 
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
@@ -55,48 +41,43 @@ def default_recipe() -> dict[str, dict]:
             for name in PICTURE_CALLBACKS}
 
 
-def knob_types() -> dict[str, dict[str, object]]:
-    """Each drawing setting's type, by callback."""
-    from bnstudy.pictures.drawing import Hallucinator, draw_weights
-
-    return {"weight_grid": {"num_units": typing.get_type_hints(draw_weights)["num_units"]},
-            "hallucinations": Hallucinator.knobs()}
-
-
-def parse_overrides(items: list[str], types: dict[str, dict]) -> tuple[dict, str | None]:
+def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
     """The picture settings given, `{callback: {key: value}}`, and `paths.data_dir` (or
     None); values parsed as Hydra does (`null`, numbers, words) and checked against their
     types. A key is `callbacks.<callback>.<key>`, `<callback>.<key>` or a bare unique `<key>`."""
+    from bnstudy.pictures.drawing import Hallucinator, draw_weights
+
+    types = {"weight_grid": {"num_units": typing.get_type_hints(draw_weights)["num_units"]},
+             "hallucinations": Hallucinator.knobs()}
     given: dict[str, dict] = {name: {} for name in PICTURE_CALLBACKS}
     data_dir = None
     valid = ", ".join(f"{name}.{key}" for name, keys in types.items() for key in keys)
     for item in items:
-        key, value = parse_setting(item, ". Give settings as KEY=VALUE, e.g. "
-                                         f"hallucinations.steps=400; the keys: {valid}.")
+        key, value = rebuild.parse_setting(item, ". Give settings as KEY=VALUE, e.g. "
+                                           f"hallucinations.steps=400; the keys: {valid}.")
         if key == "paths.data_dir":
             data_dir = str(value)
             continue
         parts = key.removeprefix("callbacks.").split(".")
-        owners = [name for name, keys in types.items() if parts[-1] in keys
-                  and (len(parts) == 1 or parts[0] == name) and len(parts) <= 2]
+        owners = [n for n, keys in types.items() if parts[-1] in keys and parts[:-1] in ([], [n])]
         if len(owners) != 1:
-            if parts[-1] in TRAINING_ONLY:
-                raise UsageError(f"{key} only matters while a run trains; draw makes the final "
-                                 f"pictures from the checkpoint. The settings it takes: {valid}.")
-            raise UsageError(f"{key}: no such picture setting. The settings draw takes: {valid} "
-                             "(each also as callbacks.<name>.<key> or, where unique, the bare "
-                             "key), and paths.data_dir=DIR.")
+            raise rebuild.UsageError(
+                f"{key} only matters while a run trains; draw makes the final pictures from "
+                f"the checkpoint. The settings it takes: {valid}." if parts[-1] in TRAINING_ONLY
+                else f"{key}: no such picture setting. The settings draw takes: {valid} (each "
+                "also as callbacks.<name>.<key> or, where unique, the bare key), and "
+                "paths.data_dir=DIR.")
         name, knob = owners[0], parts[-1]
         allowed = typing.get_args(types[name][knob]) or (types[name][knob],)
         if not (type(value) in allowed or (type(value) is int and float in allowed)):
-            raise UsageError(f"{key}={value!r}: {knob} takes "
-                             f"{' or '.join(TYPE_NAMES.get(t, str(t)) for t in allowed)}, e.g. "
-                             f"{name}.{knob}={default_recipe()[name].get(knob)}.")
+            raise rebuild.UsageError(
+                f"{key}={value!r}: {knob} takes {' or '.join(TYPE_NAMES[t] for t in allowed)}, "
+                f"e.g. {name}.{knob}={default_recipe()[name].get(knob)}.")
         given[name][knob] = value
     return given, data_dir
 
 
-def run_recipe(run: SavedRun, defaults: dict[str, dict]) -> dict[str, dict]:
+def run_recipe(run: rebuild.SavedRun, defaults: dict[str, dict]) -> dict[str, dict]:
     """The picture settings the run trained with (its config over the defaults, for the
     settings that exist now)."""
     recipe = {}
@@ -115,7 +96,7 @@ def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
     return ",".join(parts).replace("/", "_") or "default"
 
 
-def draw_run(run: SavedRun, given: dict, defaults: dict, data: DataCache,
+def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.DataCache,
              replace: bool) -> str:
     """Draws one ok run's final pictures with its recipe updated by `given`; returns its line."""
     from torch.utils.tensorboard import SummaryWriter
@@ -125,9 +106,9 @@ def draw_run(run: SavedRun, given: dict, defaults: dict, data: DataCache,
     trained = run_recipe(run, defaults)
     recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
     hallucinator = drawing.Hallucinator(**recipe["hallucinations"])
-    checkpoint = load_checkpoint(run)
+    checkpoint = rebuild.load_checkpoint(run)
     datamodule = data.get(run, "fit")
-    model = load_model(run, checkpoint, datamodule)
+    model = rebuild.load_model(run, checkpoint, datamodule)
     if not drawing.all_finite(model):
         return f"{run.name}: its parameters are not finite: no pictures"
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()
@@ -191,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         from bnstudy.pictures.drawing import Hallucinator
 
         defaults = default_recipe()
-        given, data_dir = parse_overrides(args.settings, knob_types())
+        given, data_dir = parse_overrides(args.settings)
         Hallucinator(**{**defaults["hallucinations"], **given["hallucinations"]})
-        paths = run_dirs(args.path)
-    except (UsageError, RunError) as err:
+        paths = rebuild.run_dirs(args.path)
+    except (rebuild.UsageError, rebuild.RunError) as err:
         print(f"bnstudy.draw: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # a recipe the callbacks would refuse too
@@ -204,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    quiet_lightning()
-    data, drawn, problems, skipped = DataCache(data_dir), 0, [], []
+    rebuild.quiet_lightning()
+    data, drawn, problems, skipped = rebuild.DataCache(data_dir), 0, [], []
     bar = tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(), leave=False)
     for path in bar:
         try:
-            run = SavedRun.open(path)
+            run = rebuild.SavedRun.open(path)
             if run.status != "ok":
                 skipped.append(run.name)
                 why = ("diverged: no pictures" if run.status == "diverged"
@@ -218,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             tqdm.write(draw_run(run, given, defaults, data, args.replace), file=sys.stdout)
             drawn += 1
-        except (RunError, DataError, RunFileError, ValueError) as err:
+        except (rebuild.RunError, DataError, RunFileError, ValueError) as err:
             problems.append(path.name)
             tqdm.write(f"{err}", file=sys.stderr)
     bar.close()

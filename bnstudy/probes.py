@@ -1,9 +1,8 @@
 """Opt-in probes of training (`callbacks=probes`): what BatchNorm does to activations
 (`ActivationPercentiles`, Ioffe & Szegedy 2015, Fig. 1) and gradients (`GradientBehaviour`,
-Santurkar et al. 2018). Both log to the trainer's loggers at the optimizer step they measure
-and keep their series in the checkpoint (so a resume continues them) and in `metrics.json`
-under `record_key` (`MetricsHistory` writes `series()` after each epoch).
-"""
+Santurkar et al. 2018). Each logs to the trainer's loggers at the optimizer step it measures
+and keeps its series in the checkpoint (a resume continues them) and, through
+`MetricsHistory`, in `metrics.json` under `record_key`."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from bnstudy.dashboard import tensorboard_writer
 
 
 def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
-    """Writes scalars to every logger of the trainer at `step`, outside Lightning's cadence."""
+    """Scalars to every logger of the trainer at `step`, outside Lightning's cadence."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step)
 
@@ -42,18 +41,13 @@ class Probe(Callback):
 
 
 class ActivationPercentiles(Probe):
-    """Percentiles of a few hidden units' pre-activations (a ReLU's input) over training.
-
-    At every `every_n_steps`-th optimizer step (from 0) a forward pre-hook on the model's
-    `layer`-th `nn.ReLU` (in `named_modules()` order) takes the input of the step's first
-    training-mode forward (not `GradientBehaviour`'s extra forwards, evaluation or
-    hallucination passes) and records, per unit in `units` (a feature or a conv channel), the
-    `percentiles` (in %) of its values over the minibatch (and positions).
-
-    TensorBoard: scalars `activations/unit{u}/p{q}`, histogram `activations/layer{layer}` (the
-    whole layer). `metrics.json` `activations`: `{"module": the ReLU's name, "layer", "units",
-    "percentiles", "steps": [S], "values": S × units × percentiles}`.
-    """
+    """Percentiles (in %) of a few hidden units' pre-activations over the minibatch (and
+    positions), at every `every_n_steps`-th optimizer step from 0: a pre-hook on the model's
+    `layer`-th `nn.ReLU` (`named_modules()` order) takes the step's first training-mode input
+    (not `GradientBehaviour`'s extra forwards, evaluation or hallucination passes); a unit is
+    a feature or a conv channel. TensorBoard: `activations/unit{u}/p{q}`, histogram
+    `activations/layer{layer}` (the whole layer). `metrics.json` `activations`: `{"module": the
+    ReLU's name, "layer", "units", "percentiles", "steps": [S], "values": S × units × q}`."""
 
     record_key, kept = "activations", ("steps", "values")
 
@@ -162,20 +156,16 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
 
 
 class GradientBehaviour(Probe):
-    """Per-layer gradient norms, and the loss landscape and gradient predictiveness along g.
-
-    After the backward pass, before the optimizer's update, on the step's minibatch: at every
-    `every_n_steps`-th step (from 0) `layer_grad_norms`, TensorBoard `gradients/norm/<module>`;
-    at every `landscape_every_n_steps`-th step `gradient_landscape` for each η in `etas`,
-    TensorBoard `landscape/loss_range` (max − min of L(θ − η g) over η),
-    `landscape/grad_change_max` (max of ||∇L(θ − η g) − ∇L(θ)||) and
-    `landscape/beta_smoothness` (max over η of that change / ||η g||: an effective
-    β-smoothness). Training goes exactly as without the probe.
-
+    """Per-layer gradient norms, the loss landscape and the gradient predictiveness along g,
+    after the backward pass and before the update, on the step's minibatch (training goes
+    exactly as without the probe). Every `every_n_steps`-th step from 0: `layer_grad_norms`,
+    TensorBoard `gradients/norm/<module>`. Every `landscape_every_n_steps`-th: a
+    `gradient_landscape` over `etas`, TensorBoard `landscape/loss_range` (max − min over η of
+    L(θ − η g)), `landscape/grad_change_max` (max of ||∇L(θ − η g) − ∇L(θ)||) and
+    `landscape/beta_smoothness` (max of that change / ||η g||: an effective β-smoothness).
     `metrics.json` `gradients`: `{"steps": [S], "norms": {module: [S]}, "landscape": {"etas":
-    [E], "steps": [T], "loss": T × E, "grad_change": T × E, "loss_range": [T],
-    "grad_change_max": [T], "beta_smoothness": [T]}}`.
-    """
+    [E], "steps": [T], "loss" and "grad_change": T × E, "loss_range", "grad_change_max",
+    "beta_smoothness": [T]}}`."""
 
     record_key, kept = "gradients", ("steps", "norms", "landscape")
 

@@ -1,9 +1,7 @@
-"""Drawing a network's pictures into a run's `images/` and its TensorBoard run: the first
-layer's weight grids and the hallucinations, and beside the final ones the files the report
-measures. The picture callbacks (`bnstudy.callbacks`) call these while a run trains,
-`python -m bnstudy.draw` after it. Each image is encoded to PNG once, TensorBoard's way; the
-same bytes go to the file and, through `log` (a TensorBoard Summary's consumer), to TensorBoard.
-"""
+"""A network's pictures drawn into a run's `images/` and TensorBoard (by the picture callbacks
+while it trains, by `python -m bnstudy.draw` after), and beside the final ones the files the
+report measures. Each image is encoded to PNG once: the same bytes go to the file and, through
+`log` (which takes a TensorBoard Summary), to TensorBoard."""
 
 from __future__ import annotations
 
@@ -61,33 +59,25 @@ def all_finite(module: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
-def learned_change(weight: torch.Tensor, initial: torch.Tensor | None) -> torch.Tensor | None:
-    """final − initial weights; None when the initial ones are unknown or another shape."""
-    if initial is None or initial.shape != weight.shape:
-        return None
-    return weight.detach().cpu() - initial
-
-
 def draw_weights(model: nn.Module, input_shape: Sequence[int], dirpath: Path, suffix: str,
                  initial: torch.Tensor | None = None, num_units: int = 64,
                  log: Log | None = None) -> None:
     """The first layer's `weight_grid`, `weights_<suffix>.png` (TensorBoard
-    `weights/first_layer`), and with the `initial` weights the learned change (final −
+    `weights/first_layer`), and given fitting `initial` weights the learned change (final −
     initial), `weights_change_<suffix>.png` (`weights/first_layer_change`)."""
-    weight = first_layer(model).weight
+    weight = first_layer(model).weight.detach().cpu()
     save_image(dirpath / f"weights_{suffix}.png", "weights/first_layer",
                weight_grid(weight, input_shape, num_units), log)
-    change = learned_change(weight, initial)
-    if change is not None:
+    if initial is not None and initial.shape == weight.shape:
         save_image(dirpath / f"weights_change_{suffix}.png", "weights/first_layer_change",
-                   weight_grid(change, input_shape, num_units), log)
+                   weight_grid(weight - initial, input_shape, num_units), log)
 
 
 def save_weights(model: nn.Module, data, initial: torch.Tensor | None, dirpath: Path) -> None:
     """`weights_final.pt` for the report: every unit's initial and final weights (half
-    precision), the input shape and `data_source`; nothing without the initial weights."""
+    precision), the input shape and `data_source`; nothing without fitting initial weights."""
     weight = first_layer(model).weight.detach().cpu()
-    if learned_change(weight, initial) is not None:
+    if initial is not None and initial.shape == weight.shape:
         save_bytes(dirpath / "weights_final.pt", torch.save, {
             "initial": initial.half(), "final": weight.half(),
             "input_shape": list(data.input_shape), **data_source(data)})

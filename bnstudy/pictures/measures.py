@@ -1,9 +1,6 @@
-"""Picture measures: the numbers that say what a run's pictures show (claims P1–P3).
-
-Hallucinations are one image per class, (K, C, H, W), pixels in [0, 1] unless a docstring says
-normalised; first-layer weights are rows, one per hidden unit (`initial`, `final`). Each
-function states its unit and its known values (a constant image, white noise, chance).
-"""
+"""Picture measures, the numbers behind claims P1–P3. Class images are (K, C, H, W), pixels in
+[0, 1] unless said normalised; weights are rows, one per hidden unit. Each docstring gives the
+unit and known values (a constant image, white noise, chance)."""
 
 from __future__ import annotations
 
@@ -50,9 +47,9 @@ def frozen(model: nn.Module, threads: int | None = None):
 
 @dataclass(frozen=True)
 class ImageStats:
-    """Normalised training images' per-pixel mean and std (C, H, W) and the square root
-    (C, C) of their channel correlation: `images(d)` = mean + std ⊙ (colour · d) varies where
-    the data varies, its colours together as real colours do (mostly in brightness)."""
+    """Normalised training images' per-pixel mean and std (C, H, W) and the square root (C, C)
+    of their channel correlation: `images(d)` = mean + std ⊙ (colour · d) varies where the
+    data varies, its colours together as real colours do (mostly in brightness)."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -60,16 +57,12 @@ class ImageStats:
 
     @classmethod
     def of(cls, x: torch.Tensor, colour_images: int = 1000) -> ImageStats:
-        """The statistics of images `x` (N, C, H, W), the colour from the first
-        `colour_images`."""
+        """Of images `x` (N, C, H, W); the colour from the first `colour_images`."""
         mean, std = x.mean(0), x.std(0)
         u = ((x[:colour_images] - mean) / _safe(std)).transpose(0, 1).flatten(1).double()
         values, vectors = torch.linalg.eigh((u @ u.T) / u.shape[1])
         colour = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
         return cls(mean.float(), std.float(), colour.float())
-
-    def to(self, like: torch.Tensor) -> ImageStats:
-        return ImageStats(*(t.to(like) for t in (self.mean, self.std, self.colour)))
 
     def images(self, deviation: torch.Tensor) -> torch.Tensor:
         """Normalised images (N, C, H, W) of deviations d: mean + std ⊙ (colour · d)."""
@@ -85,35 +78,30 @@ def _safe(std: torch.Tensor) -> torch.Tensor:
     return torch.where(std > 0, std, torch.ones_like(std))
 
 
-# --- hallucinations -------------------------------------------------------------------------
-
-
 def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The mean image of each class, (K, *image shape)."""
     return torch.stack([x[y == k].mean(0) for k in range(num_classes)])
 
 
 def pairwise_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of every image of `a` with every image of `b` over all pixels and
-    channels, (len(a), len(b)); an image without contrast correlates 0 with everything."""
+    """Pearson correlation of each image of `a` with each of `b` over all pixels and channels,
+    (len(a), len(b)); an image without contrast correlates 0 with everything."""
     flat = torch.cat([a.flatten(1), b.flatten(1)]).double()
     return torch.corrcoef(flat)[: len(a), len(a) :].nan_to_num(0.0).float()
 
 
 def noise_correlation(images: torch.Tensor, noise: torch.Tensor,
                       base: torch.Tensor) -> torch.Tensor:
-    """Per image (K,), the correlation of what it shows beyond the noiseless start `base`
-    with `noise − base`, `noise` being the recipe's result without the model (`lr=0`): how
-    much of its starting noise is left."""
+    """Per image (K,), the correlation of what it shows beyond the noiseless start `base` with
+    `noise − base` (`noise`: the recipe without the model, `lr=0`): the start still left."""
     return pairwise_correlation(images - base, noise - base).diagonal()
 
 
 def stuck(images: torch.Tensor, noise: torch.Tensor, base: torch.Tensor,
           threshold: float = 0.9) -> torch.Tensor:
-    """Per image of one run (K, bool), whether it is stuck at its start: its
-    `noise_correlation` is above `threshold`, or nothing grew in it (what it shows beyond
-    `base`, root-mean-square, is under half the starting noise's or half the median of the
-    run's images: the old recipe's faded no-gradient tile)."""
+    """Per image of one run (K, bool): its `noise_correlation` is above `threshold`, or nothing
+    grew in it (its root-mean-square beyond `base` is under half the starting noise's or half
+    the run's median: the faded no-gradient tile)."""
     rms = (images - base).flatten(1).pow(2).mean(1).sqrt()
     noise_rms = (noise - base).flatten(1).pow(2).mean(1).sqrt()
     weak = rms < 0.5 * torch.maximum(noise_rms, rms.median())
@@ -126,8 +114,8 @@ def nearest_mean(images: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
 
 
 def distinctness(images: torch.Tensor) -> float:
-    """1 − the mean correlation over pairs of different class images: 0 for identical images
-    (up to brightness and contrast), ≈ 1 for unrelated ones, at most 2."""
+    """1 − the mean correlation between different class images: 0 when identical (up to
+    brightness and contrast), ≈ 1 when unrelated, at most 2."""
     corr, k = pairwise_correlation(images, images), len(images)
     return float(1 - (corr.sum() - corr.diagonal().sum()) / (k * (k - 1)))
 
@@ -151,26 +139,22 @@ def greenness(pixels: torch.Tensor) -> torch.Tensor:
 
 def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
     """Pearson correlation over classes × channels of the images' mean colours with the real
-    class means', each channel's average over the classes taken out first (which classes are
-    bluer, greener, brighter, not the overall tint); NaN when a side has no variation."""
-    own = pixels.mean(dim=(2, 3)).double()
-    real = real_means.mean(dim=(2, 3)).double()
+    class means', each channel's class average taken out (which classes are bluer, greener,
+    brighter, not the overall tint); NaN when a side has no variation."""
+    own, real = pixels.mean(dim=(2, 3)).double(), real_means.mean(dim=(2, 3)).double()
     own, real = (own - own.mean(0)).flatten(), (real - real.mean(0)).flatten()
     denom = float(own.norm() * real.norm())
     return math.nan if denom < 1e-12 else float(own @ real) / denom
 
 
 def sharpness(pixels: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """Edge strength at the scale of shapes (K,): the mean gradient magnitude (pixel units
-    per pixel, channels averaged) after a Gaussian blur of std `sigma` that averages pixel
-    noise away; 0 for a constant image."""
+    """Edge strength at the scale of shapes (K,): mean gradient magnitude (pixel units per
+    pixel, channels averaged) after a blur of std `sigma` px that averages pixel noise away;
+    0 for a constant image."""
     smooth = gaussian_blur(pixels.float(), sigma)
     dy = smooth[..., 1:, :-1] - smooth[..., :-1, :-1]
     dx = smooth[..., :-1, 1:] - smooth[..., :-1, :-1]
     return (dy.pow(2) + dx.pow(2)).sqrt().mean(dim=(1, 2, 3))
-
-
-# --- first-layer weights --------------------------------------------------------------------
 
 
 def change_share(final: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
@@ -192,7 +176,7 @@ def high_frequency_share(rows: torch.Tensor, shape: Sequence[int],
 
 def principal_components(x: torch.Tensor, k: int = PC_COUNT, seed: int = 0) -> torch.Tensor:
     """The top-`k` principal directions (k, D) of the centred inputs `x` (N, ...); above 1024
-    inputs a seeded randomised SVD (torch's global random state left alone)."""
+    inputs by a seeded randomised SVD (torch's global random state left alone)."""
     flat = x.flatten(1).double()
     flat = flat - flat.mean(0)
     if flat.shape[1] <= 1024:
@@ -214,9 +198,6 @@ def noise_like(rows: torch.Tensor, components: torch.Tensor,
                factor: float = NOISE_ALIGNMENT) -> torch.Tensor:
     """Per unit, whether its `pc_alignment` is below `factor` × a random direction's (k / D)."""
     return pc_alignment(rows, components) < factor * len(components) / rows.flatten(1).shape[1]
-
-
-# --- judging class images -------------------------------------------------------------------
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -267,8 +248,8 @@ class Referee:
                     nn.functional.cross_entropy(self.net(batch), y[idx]).backward()
                     optimizer.step()
         if check is not None:
-            self.accuracy = float((self.probabilities(check[0]).argmax(1) == check[1])
-                                  .float().mean())
+            read = self.probabilities(check[0]).argmax(1) == check[1]
+            self.accuracy = float(read.float().mean())
         return self
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ that class, optimised from seeded noise (`docs/pictures.md` explains each knob).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -89,19 +88,18 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
     """
     check(objective, parametrisation, steps=steps, seeds=seeds, jitter=jitter,
           blur_every=blur_every)
-    if parametrisation.startswith("data") and stats is None:
-        raise ValueError(f"parametrisation={parametrisation!r} needs the training images' "
-                         "statistics (stats=ImageStats.of(images))")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     low_t, high_t = (torch.tensor(v, device=device, dtype=torch.float32).view(1, -1, 1, 1)
                      for v in (low, high))
     noise = (torch.randn((seeds * num_classes, *input_shape), generator=generator)
              * noise_std).to(device)
-    if stats is not None and parametrisation.startswith("data"):
-        stats = stats.to(noise)
-        stats = stats if parametrisation == "data_colour" else replace(
-            stats, colour=torch.eye(len(stats.colour)).to(stats.colour))
+    if parametrisation.startswith("data"):
+        if stats is None:
+            raise ValueError(f"parametrisation={parametrisation!r} needs the training images' "
+                             "statistics (stats=ImageStats.of(images))")
+        colour = stats.colour if parametrisation == "data_colour" else torch.eye(len(stats.colour))
+        stats = ImageStats(stats.mean.to(noise), stats.std.to(noise), colour.to(noise))
     else:
         stats = None
     shape = input_shape[-2:]
