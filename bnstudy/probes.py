@@ -53,19 +53,16 @@ class ActivationPercentiles(Probe):
 
     def __init__(self, layer: int = 0, units: Sequence[int] = (0, 1, 2),
                  percentiles: Sequence[float] = (15, 50, 85), every_n_steps: int = 25) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"ActivationPercentiles: every_n_steps={every_n_steps}; use >= 1.")
-        if not all(0 <= q <= 100 for q in percentiles):
-            raise ValueError(f"ActivationPercentiles: percentiles={list(percentiles)}; each must "
-                             "be within 0..100 (per cent).")
-        if not units or min(units) < 0:
-            raise ValueError(f"ActivationPercentiles: units={list(units)}; give unit indices "
-                             ">= 0, at least one.")
+        for bad, why in ((every_n_steps < 1, f"every_n_steps={every_n_steps}; use >= 1"),
+                         (not all(0 <= q <= 100 for q in percentiles), f"percentiles="
+                          f"{list(percentiles)}; each must be within 0..100 (per cent)"),
+                         (not units or min(units) < 0, f"units={list(units)}; give unit "
+                          "indices >= 0, at least one")):
+            if bad:
+                raise ValueError(f"ActivationPercentiles: {why}.")
         self.layer, self.units, self.percentiles = layer, list(units), list(percentiles)
-        self.every_n_steps = every_n_steps
-        self.steps: list[int] = []
-        self.values: list[list[list[float]]] = []
-        self.module_name = ""
+        self.every_n_steps, self.module_name = every_n_steps, ""
+        self.steps, self.values = [], []  # values: steps × units × percentiles
         self._hook = self._trainer = self._last_taken = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -123,17 +120,14 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
 def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[str, list[float]]:
     """Along the model's current gradient g on `batch = (x, y)`, for each η: `loss` =
     L(θ − η g) (cross-entropy), `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||.
-
-    The model runs in its current mode (in training, BatchNorm on the batch's statistics)
-    through `torch.func.functional_call` on detached parameters and cloned buffers, each
-    forward under the same forked RNG state (the same dropout masks): its parameters,
-    buffers, grads and the global RNG are left as they were.
+    The model runs in its current mode (in training: BatchNorm on the batch's statistics)
+    through `functional_call` on detached parameters and cloned buffers, each forward under
+    the same forked RNG (the same dropout masks): parameters, buffers, grads and RNG untouched.
     """
-    x, y = batch
+    (x, y), devices = batch, [] if batch[0].device.index is None else [batch[0].device.index]
     params = {name: p.detach() for name, p in model.named_parameters()}
     grads = {name: p.grad.detach() for name, p in model.named_parameters() if p.grad is not None}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
-    devices = [] if x.device.index is None else [x.device.index]
 
     def loss_and_grads(eta: float) -> tuple[float, list[torch.Tensor]]:
         moved = {name: (p - eta * grads[name]).requires_grad_() if name in grads else p
@@ -175,11 +169,8 @@ class GradientBehaviour(Probe):
             raise ValueError(
                 f"GradientBehaviour: every_n_steps={every_n_steps} and landscape_every_n_steps="
                 f"{landscape_every_n_steps} must be >= 1, and etas={list(etas)} not empty.")
-        self.every_n_steps = every_n_steps
-        self.landscape_every_n_steps = landscape_every_n_steps
-        self.etas = [float(eta) for eta in etas]
-        self.steps: list[int] = []
-        self.norms: dict[str, list[float]] = {}
+        self.every_n_steps, self.landscape_every_n_steps = every_n_steps, landscape_every_n_steps
+        self.etas, self.steps, self.norms = [float(eta) for eta in etas], [], {}
         self.landscape: dict[str, list] = {key: [] for key in (
             "steps", "loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness")}
         self._batch = None  # the step's minibatch (x, y)

@@ -1,6 +1,5 @@
-"""Picture measures, the numbers behind claims P1–P3. Class images are (K, C, H, W), pixels in
-[0, 1] unless said normalised; weights are rows, one per hidden unit. Each docstring gives the
-unit and known values (a constant image, white noise, chance)."""
+"""Picture measures, the numbers behind claims P1–P3: class images are (K, C, H, W), pixels in
+[0, 1] unless said normalised; weights are rows, one per hidden unit."""
 
 from __future__ import annotations
 
@@ -59,7 +58,8 @@ class ImageStats:
     def of(cls, x: torch.Tensor, colour_images: int = 1000) -> ImageStats:
         """Of images `x` (N, C, H, W); the colour from the first `colour_images`."""
         mean, std = x.mean(0), x.std(0)
-        u = ((x[:colour_images] - mean) / _safe(std)).transpose(0, 1).flatten(1).double()
+        u = (x[:colour_images] - mean) / std.where(std > 0, 1.0)
+        u = u.transpose(0, 1).flatten(1).double()
         values, vectors = torch.linalg.eigh((u @ u.T) / u.shape[1])
         colour = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
         return cls(mean.float(), std.float(), colour.float())
@@ -70,12 +70,8 @@ class ImageStats:
 
     def deviation(self, images: torch.Tensor) -> torch.Tensor:
         """The inverse of `images` (pixels the data never varies in give 0)."""
-        mixed = (images - self.mean) / _safe(self.std)
+        mixed = (images - self.mean) / self.std.where(self.std > 0, 1.0)
         return torch.einsum("cd,ndhw->nchw", torch.linalg.pinv(self.colour), mixed)
-
-
-def _safe(std: torch.Tensor) -> torch.Tensor:
-    return torch.where(std > 0, std, torch.ones_like(std))
 
 
 def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
