@@ -74,45 +74,14 @@ def test_labelled_grid_writes_each_name_above_its_enlarged_image():
 # --- hallucination measures -------------------------------------------------------------------
 
 
-def test_blueness_and_greenness_of_solid_colours():
+def test_colour_measures_of_solid_colours_and_class_tints():
     blue, green, grey = solid((0.1, 0.2, 0.9)), solid((0.1, 0.8, 0.2)), solid((0.5, 0.5, 0.5))
     assert P.blueness(blue).item() == pytest.approx(0.9 - 0.15)
     assert P.greenness(blue).item() == pytest.approx(0.2 - 0.5)
     assert P.greenness(green).item() == pytest.approx(0.8 - 0.15)
     assert P.blueness(grey).item() == 0 and P.greenness(grey).item() == 0
     assert math.isnan(P.blueness(step_edge()).item())  # not an RGB image
-
-
-def test_sharpness_is_zero_for_a_constant_image_and_grows_with_edges():
-    assert P.sharpness(torch.full((2, 3, 16, 16), 0.7)).abs().max() == 0
-    edge = P.sharpness(step_edge()).item()
-    assert edge > 0.05
-    assert P.sharpness(step_edge(contrast=0.5)).item() == pytest.approx(edge / 2)
-    # The blur takes most of pixel noise's gradient away, little of an edge's.
-    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    kept = {name: (P.sharpness(x) / P.sharpness(x, sigma=0)).item()
-            for name, x in (("noise", noise), ("edge", step_edge()))}
-    assert kept["noise"] < 0.3 and kept["edge"] > 0.5, kept
-
-
-def test_gaussian_blur_keeps_constants_and_smooths_noise():
-    constant = torch.full((2, 3, 9, 9), 0.4)
-    assert torch.allclose(P.gaussian_blur(constant, 1.0), constant)
-    noise = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(P.gaussian_blur(noise, 0), noise)
-    assert P.gaussian_blur(noise, 1.0).std() < 0.6 * noise.std()
-
-
-def test_distinctness_zero_for_identical_images_about_one_for_unrelated_ones():
-    torch.manual_seed(0)
-    image = torch.rand(1, 3, 8, 8)
-    same = torch.cat([image, 2 * image + 0.1, image])  # brightness and contrast do not count
-    assert P.distinctness(same) == pytest.approx(0, abs=1e-6)
-    assert P.distinctness(torch.rand(10, 3, 32, 32)) == pytest.approx(1, abs=0.05)
-    assert P.distinctness(torch.cat([image, -image])) == pytest.approx(2)
-
-
-def test_colour_fidelity_scores_class_tints_not_the_overall_tint():
+    # Colour fidelity scores the class tints, not the overall tint.
     real = torch.rand(10, 3, 1, 1, generator=torch.Generator().manual_seed(0)).expand(10, 3, 4, 4)
     assert P.colour_fidelity(real, real) == pytest.approx(1)
     tinted = real * 0.5 + torch.tensor([0.3, 0.0, 0.1]).view(1, 3, 1, 1)  # scaled, shifted
@@ -122,11 +91,30 @@ def test_colour_fidelity_scores_class_tints_not_the_overall_tint():
     assert math.isnan(P.colour_fidelity(solid((0.2, 0.3, 0.4), n=10), real))  # no class varies
 
 
-def test_nearest_mean_matches_each_image_to_its_own_class_mean():
+def test_sharpness_is_zero_for_a_constant_image_and_grows_with_edges():
+    assert P.sharpness(torch.full((2, 3, 16, 16), 0.7)).abs().max() == 0
+    edge = P.sharpness(step_edge()).item()
+    assert edge > 0.05
+    assert P.sharpness(step_edge(contrast=0.5)).item() == pytest.approx(edge / 2)
+    # The blur keeps constants and takes most of pixel noise's gradient away, little of an edge's.
+    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(P.gaussian_blur(noise, 0), noise)
+    assert torch.allclose(P.gaussian_blur(torch.full((2, 3, 9, 9), 0.4), 1.0), torch.tensor(0.4))
+    kept = {name: (P.sharpness(x) / P.sharpness(x, sigma=0)).item()
+            for name, x in (("noise", noise), ("edge", step_edge()))}
+    assert kept["noise"] < 0.3 and kept["edge"] > 0.5, kept
+
+
+def test_correlation_measures_distinctness_and_nearest_mean():
     torch.manual_seed(0)
+    image = torch.rand(1, 3, 8, 8)
+    same = torch.cat([image, 2 * image + 0.1, image])  # brightness and contrast do not count
+    assert P.distinctness(same) == pytest.approx(0, abs=1e-6)
+    assert P.distinctness(torch.rand(10, 3, 32, 32)) == pytest.approx(1, abs=0.05)
+    assert P.distinctness(torch.cat([image, -image])) == pytest.approx(2)
     means = torch.rand(10, 1, 8, 8)
     noisy = means + 0.05 * torch.randn(10, 1, 8, 8)
-    assert P.nearest_mean(noisy, means).all()
+    assert P.nearest_mean(noisy, means).all()  # each image closest to its own class mean
     assert not P.nearest_mean(noisy.roll(1, dims=0), means).any()
     flat = torch.full((1, 1, 8, 8), 0.3)  # no contrast: correlates 0 with everything
     assert P.pairwise_correlation(flat, means).eq(0).all()

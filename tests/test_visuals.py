@@ -299,6 +299,8 @@ def test_epoch_drawings_take_epoch_steps_and_the_final_one_all_steps(tiny_data, 
                   ((1 - mean) / std).tolist(), stats=P.ImageStats.of(data.train_set.x))
     assert callback.settings["steps"] == 12 and saved["settings"]["steps"] == 12
     assert torch.allclose(saved["images"], run(**callback.settings))
+    assert torch.allclose(saved["noise"], run(**{**callback.settings, "lr": 0.0}))  # no pull
+    assert torch.equal(saved["base"], run(**{**callback.settings, "steps": 0, "noise_std": 0}))
     assert not torch.allclose(saved["images"], run(**{**callback.settings, "steps": 3}))
 
 
