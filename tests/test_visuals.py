@@ -179,37 +179,33 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
     # A job of conftest's `tiny_sweep`: 2 epochs, weight grids every epoch, hallucinations
     # (5 steps) drawn when training ends.
     (run_dir,) = tiny_sweep.dir.glob(f"*_{datamodule.name}-bn-sgd-seed0*")
-    shape, classes = datamodule.input_shape, datamodule.classes
+    shape, classes, images = datamodule.input_shape, datamodule.classes, run_dir / "images"
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    # One hallucination card per run (no card per class to flood the dashboard).
-    assert set(events.Tags()["images"]) == {"weights/first_layer", "weights/first_layer_change",
-                                            "hallucination/all"}
-    # Weights after epochs 0 and 1; the final picture is epoch 1's (same step), not re-logged.
-    weights, hallucination = events.Images("weights/first_layer"), events.Images(
-        "hallucination/all")
-    assert len(weights) == 2 and weights[0].step < weights[1].step
-    assert [e.step for e in events.Images("weights/first_layer_change")] == [
-        e.step for e in weights]
-    assert [event.step for event in hallucination] == [weights[1].step]
-
-    images = run_dir / "images"
+    # One hallucination card per run (no card per class to flood the dashboard); weights
+    # after epochs 0 and 1, and the final picture is epoch 1's (same step), not re-logged.
+    drawn = {tag: events.Images(tag) for tag in events.Tags()["images"]}
+    steps = {tag: [e.step for e in found] for tag, found in drawn.items()}
+    assert steps["weights/first_layer"] == steps["weights/first_layer_change"]
+    assert len(steps) == 3 and steps["hallucination/all"] == steps["weights/first_layer"][1:]
+    # Encoded once: the files hold the very PNGs TensorBoard shows.
+    for tag, files in (("weights/first_layer", ("weights_epoch0", "weights_epoch1")),
+                       ("weights/first_layer_change", ("weights_change_epoch0",
+                                                       "weights_change_epoch1")),
+                       ("hallucination/all", ("hallucinations_final",))):
+        assert [(images / f"{f}.png").read_bytes() for f in files] == [
+            e.encoded_image_string for e in drawn[tag]]
     grid, labelled = grid_size(64, 8, shape), grid_size(10, 5, labelled_shape(shape))
-    files = {"weights_epoch0": grid, "weights_epoch1": grid, "weights_final": grid,
-             "weights_change_epoch0": grid, "weights_change_epoch1": grid,
-             "weights_change_final": grid, "hallucinations_final": labelled}
-    assert sorted(p.name for p in images.iterdir()) == sorted(
-        [f"{stem}.png" for stem in files]
-        + ["hallucinations_final.npz", "hallucinations_final.pt", "weights_final.pt"])
-    for stem, size in files.items():
-        assert png(images / f"{stem}.png").shape[:2] == size, stem
+    sizes = {"weights_final": grid, "weights_change_final": grid, "weights_epoch0": grid,
+             "hallucinations_final": labelled}
+    assert all(png(images / f"{stem}.png").shape[:2] == size for stem, size in sizes.items())
     for prefix in ("weights", "weights_change"):
         final = (images / f"{prefix}_final.png").read_bytes()
         assert final == (images / f"{prefix}_epoch1.png").read_bytes()
-    # Encoded once: the files hold the very PNGs TensorBoard shows.
-    assert [(images / f"weights_epoch{i}.png").read_bytes() for i in (0, 1)] == [
-        event.encoded_image_string for event in weights]
-    assert ((images / "hallucinations_final.png").read_bytes()
-            == hallucination[0].encoded_image_string)
+    assert sorted(p.name for p in images.iterdir()) == sorted(
+        [f"{prefix}_{when}.png" for prefix in ("weights", "weights_change")
+         for when in ("epoch0", "epoch1", "final")]
+        + ["hallucinations_final.png", "hallucinations_final.npz", "hallucinations_final.pt",
+           "weights_final.pt"])
     saved = torch.load(images / "hallucinations_final.pt", weights_only=True)
     assert saved["images"].shape == saved["noise"].shape == saved["base"].shape == (10, *shape)
     assert saved["real_means"].shape == (10, *shape) and saved["classes"] == list(classes)
@@ -217,13 +213,11 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
     assert torch.allclose(saved["own_probabilities"].sum(1), torch.ones(10))
     # The final images for anyone's analysis: one pixel array per class name, imshow's layout.
     mean, std = (torch.tensor(saved[key]).view(-1, 1, 1) for key in ("mean", "std"))
-    pixels = (saved["images"] * std + mean).clamp(0, 1)
+    pixels = (saved["images"] * std + mean).clamp(0, 1).permute(0, 2, 3, 1).squeeze(-1)
     with np.load(images / "hallucinations_final.npz") as arrays:
         assert list(arrays.keys()) == list(classes)
-        for name, expected in zip(classes, pixels, strict=True):
-            layout = (*shape[1:], 3) if shape[0] == 3 else shape[1:]
-            assert arrays[name].shape == layout and arrays[name].dtype == np.float32
-            assert np.allclose(arrays[name], expected.permute(1, 2, 0).squeeze(-1).numpy())
+        assert all(arrays[name].dtype == np.float32 for name in classes)
+        assert np.allclose(np.stack([arrays[name] for name in classes]), pixels.numpy())
 
 
 def test_change_grid_is_final_minus_initial_and_survives_a_resume(tiny_data, tmp_path):
