@@ -175,20 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         given, data_dir = parse_overrides(args.settings)
         Hallucinator(**{**defaults["hallucinations"], **given["hallucinations"]})
         paths = rebuild.run_dirs(args.path)
-    except (rebuild.UsageError, rebuild.RunError) as err:
-        print(f"bnstudy.draw: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # a recipe the callbacks would refuse too
-        print(f"bnstudy.draw: {err}. The recipe's settings are described in "
-              "conf/callbacks/default.yaml.", file=sys.stderr)
+    except (rebuild.UsageError, rebuild.RunError, ValueError) as err:  # ValueError: a recipe
+        more = "" if not isinstance(err, ValueError) else (  # the callbacks would refuse too
+            ". The recipe's settings are described in conf/callbacks/default.yaml.")
+        print(f"bnstudy.draw: {err}{more}", file=sys.stderr)
         return 2
 
     from tqdm import tqdm
 
     rebuild.quiet_lightning()
     data, drawn, problems, skipped = rebuild.DataCache(data_dir), 0, [], []
-    bar = tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(), leave=False)
-    for path in bar:
+    for path in tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(),
+                     leave=False):
         try:
             run = rebuild.SavedRun.open(path)
             if run.status != "ok":
@@ -202,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         except (rebuild.RunError, DataError, RunFileError, ValueError) as err:
             problems.append(path.name)
             tqdm.write(f"{err}", file=sys.stderr)
-    bar.close()
     print(f"Drew {drawn} of {len(paths)} run(s)"
           + (f"; {len(skipped)} skipped (not ok)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")
