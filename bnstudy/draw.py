@@ -1,23 +1,18 @@
 """`python -m bnstudy.draw SWEEP_OR_RUN_DIR [KEY=VALUE ...] [--replace]`: draws the final
 pictures of finished runs again, from their checkpoints, with another recipe, no training.
 
-For each ok run it loads `checkpoints/last.ckpt` and draws the first layer's weight grids and
-the hallucinations (`bnstudy.pictures.drawing`, as the callbacks do when training ends) with
-the run's own picture settings and the KEY=VALUE ones given, into its `images/` (the files
-`python -m bnstudy.report` reads) and into its TensorBoard run (a new events file, at the
-step after the last drawing). Keys are the callbacks' (`conf/callbacks/default.yaml`):
-`callbacks.hallucinations.steps=400`, `hallucinations.steps=400` or just `steps=400`;
-`paths.data_dir=DIR` says where the data is if it moved.
-
-The final drawings it replaces are kept in `images/<their recipe>/` (for instance
-`images/default/`, or `images/steps=400/`), unless `--replace`. `images/recipe.json` says
-which recipe drew the current ones. Checkpoints, `metrics.json`, the epoch drawings and the
-existing TensorBoard events are not touched.
+Each ok run's weight grids and hallucinations are drawn as the callbacks draw them when
+training ends, with the run's picture settings updated by the KEY=VALUE ones (keys of
+`conf/callbacks/default.yaml`: `callbacks.hallucinations.steps=400`, `hallucinations.steps=400`
+or `steps=400`; `paths.data_dir=DIR` if the data moved), into its `images/` and a new
+TensorBoard events file (at the step after the last drawing). The drawings replaced are kept
+in `images/<their recipe>/` unless `--replace`; `images/recipe.json` names the current recipe.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -27,98 +22,63 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bnstudy import rebuild
 from bnstudy.config import CONFIG_DIR
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
-from bnstudy.rebuild import (
-    DataCache,
-    RunError,
-    SavedRun,
-    UsageError,
-    load_checkpoint,
-    load_model,
-    parse_setting,
-    run_dirs,
-)
-from bnstudy.records import read_json, write_json_atomic
+from bnstudy.records import write_json_atomic
 
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
 TRAINING_ONLY = ("_target_", "dirpath", "every_n_epochs", "epoch_steps")  # not a drawing's
 RECIPE_FILE = "recipe.json"
+TYPE_NAMES = {int: "a whole number", float: "a number", str: "a word", type(None): "null",
+              bool: "true or false"}
 
 
 def default_recipe() -> dict[str, dict]:
     """The picture settings of `conf/callbacks/default.yaml`, by callback."""
-    callbacks = OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml")
-    return {name: {k: v for k, v in OmegaConf.to_container(callbacks[name]).items()
-                   if k not in TRAINING_ONLY} for name in PICTURE_CALLBACKS}
+    callbacks = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "callbacks" / "default.yaml"))
+    return {name: {k: v for k, v in callbacks[name].items() if k not in TRAINING_ONLY}
+            for name in PICTURE_CALLBACKS}
 
 
-def knob_types() -> dict[str, dict[str, object]]:
-    """Each drawing setting's type, by callback."""
+def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
+    """The picture settings given, `{callback: {key: value}}`, and `paths.data_dir` (or
+    None); values parsed as Hydra does (`null`, numbers, words) and checked against their
+    types. A key is `callbacks.<callback>.<key>`, `<callback>.<key>` or a bare unique `<key>`."""
     from bnstudy.pictures.drawing import Hallucinator, draw_weights
 
-    weights = typing.get_type_hints(draw_weights)
-    return {"weight_grid": {"num_units": weights["num_units"]},
-            "hallucinations": Hallucinator.knobs()}
-
-
-def parse_overrides(items: list[str], types: dict[str, dict]) -> tuple[dict, str | None]:
-    """The picture settings given (`{callback: {key: value}}`) and `paths.data_dir`, if given;
-    values parsed as Hydra does (`null`, numbers, strings) and checked against their types."""
+    types = {"weight_grid": {"num_units": typing.get_type_hints(draw_weights)["num_units"]},
+             "hallucinations": Hallucinator.knobs()}
     given: dict[str, dict] = {name: {} for name in PICTURE_CALLBACKS}
     data_dir = None
     valid = ", ".join(f"{name}.{key}" for name, keys in types.items() for key in keys)
     for item in items:
-        key, value = parse_setting(item, ". Give settings as KEY=VALUE, e.g. "
-                                         f"hallucinations.steps=400; the keys: {valid}.")
+        key, value = rebuild.parse_setting(item, ". Give settings as KEY=VALUE, e.g. "
+                                           f"hallucinations.steps=400; the keys: {valid}.")
         if key == "paths.data_dir":
             data_dir = str(value)
             continue
-        name, knob = _which(key, types, valid)
-        hint = types[name][knob]
-        if not _fits(value, hint):
-            raise UsageError(f"{key}={value!r}: {knob} takes {_describe(hint)}, e.g. "
-                             f"{name}.{knob}={default_recipe()[name].get(knob)}.")
+        parts = key.removeprefix("callbacks.").split(".")
+        owners = [n for n, keys in types.items() if parts[-1] in keys and parts[:-1] in ([], [n])]
+        if len(owners) != 1:
+            raise rebuild.UsageError(
+                f"{key} only matters while a run trains; draw makes the final pictures from "
+                f"the checkpoint. The settings it takes: {valid}." if parts[-1] in TRAINING_ONLY
+                else f"{key}: no such picture setting. The settings draw takes: {valid} (each "
+                "also as callbacks.<name>.<key> or, where unique, the bare key), and "
+                "paths.data_dir=DIR.")
+        name, knob = owners[0], parts[-1]
+        allowed = typing.get_args(types[name][knob]) or (types[name][knob],)
+        if not (type(value) in allowed or (type(value) is int and float in allowed)):
+            raise rebuild.UsageError(
+                f"{key}={value!r}: {knob} takes {' or '.join(TYPE_NAMES[t] for t in allowed)}, "
+                f"e.g. {name}.{knob}={default_recipe()[name].get(knob)}.")
         given[name][knob] = value
     return given, data_dir
 
 
-def _which(key: str, types: dict[str, dict], valid: str) -> tuple[str, str]:
-    """(callback, setting) of a key: `callbacks.<cb>.<k>`, `<cb>.<k>` or a bare `<k>`."""
-    parts = key.removeprefix("callbacks.").split(".")
-    if len(parts) == 2 and parts[0] in types and parts[1] in types[parts[0]]:
-        return parts[0], parts[1]
-    if len(parts) == 1:
-        owners = [name for name, keys in types.items() if parts[0] in keys]
-        if len(owners) == 1:
-            return owners[0], parts[0]
-    if parts[-1] in TRAINING_ONLY:
-        raise UsageError(f"{key} only matters while a run trains; draw makes the final "
-                         f"pictures from the checkpoint. The settings it takes: {valid}.")
-    raise UsageError(f"{key}: no such picture setting. The settings draw takes: {valid} "
-                     "(each also as callbacks.<name>.<key> or, where unique, the bare key), "
-                     "and paths.data_dir=DIR.")
-
-
-def _fits(value, hint) -> bool:
-    args = typing.get_args(hint) or (hint,)
-    if value is None:
-        return type(None) in args
-    if isinstance(value, bool):
-        return bool in args
-    if isinstance(value, int) and (int in args or float in args):
-        return True
-    return any(isinstance(value, t) for t in args if isinstance(t, type) and t is not int)
-
-
-def _describe(hint) -> str:
-    names = {int: "a whole number", float: "a number", str: "a word", type(None): "null",
-             bool: "true or false"}
-    return " or ".join(names.get(t, str(t)) for t in (typing.get_args(hint) or (hint,)))
-
-
-def run_recipe(run: SavedRun, defaults: dict[str, dict]) -> dict[str, dict]:
+def run_recipe(run: rebuild.SavedRun, defaults: dict[str, dict]) -> dict[str, dict]:
     """The picture settings the run trained with (its config over the defaults, for the
     settings that exist now)."""
     recipe = {}
@@ -137,47 +97,30 @@ def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
     return ",".join(parts).replace("/", "_") or "default"
 
 
-def current_recipe(run: SavedRun, defaults: dict[str, dict]) -> tuple[dict, int | None]:
-    """The recipe of the final drawings in `images/` now, and the TensorBoard step they were
-    drawn at by this command (None: drawn in training)."""
-    drawn = read_json(run.path / "images" / RECIPE_FILE) or {}
-    if drawn:
-        return {name: drawn[name] for name in PICTURE_CALLBACKS}, drawn.get("step")
-    return run_recipe(run, defaults), None
-
-
-def keep_folder(images: Path, name: str) -> Path:
-    """A free `images/<name>` (`<name>-2`, ... if taken)."""
-    folder, n = images / name, 1
-    while folder.exists():
-        n += 1
-        folder = images / f"{name}-{n}"
-    return folder
-
-
-def draw_run(run: SavedRun, given: dict, defaults: dict, data: DataCache,
+def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.DataCache,
              replace: bool) -> str:
     """Draws one ok run's final pictures with its recipe updated by `given`; returns its line."""
     from torch.utils.tensorboard import SummaryWriter
 
     from bnstudy.pictures import drawing
 
-    recipe = {name: {**settings, **given[name]} for name, settings in run_recipe(
-        run, defaults).items()}
+    trained = run_recipe(run, defaults)
+    recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
     hallucinator = drawing.Hallucinator(**recipe["hallucinations"])
-    checkpoint = load_checkpoint(run)
+    checkpoint = rebuild.load_checkpoint(run)
     datamodule = data.get(run, "fit")
-    model = load_model(run, checkpoint, datamodule)
+    model = rebuild.load_model(run, checkpoint, datamodule)
     if not drawing.all_finite(model):
         return f"{run.name}: its parameters are not finite: no pictures"
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()
                     if key.startswith("WeightGrid") and state.get("initial") is not None), None)
-    earlier, earlier_step = current_recipe(run, defaults)
-    step = max(checkpoint.get("global_step", 0), earlier_step or 0) + 1
-
     images = run.path / "images"
-    fresh = images / f".drawing-{os.getpid()}"
-    summaries: list = []
+    drawn = (json.loads((images / RECIPE_FILE).read_text())  # by this command before
+             if (images / RECIPE_FILE).is_file() else {"step": None, **trained})
+    earlier = recipe_name({name: drawn[name] for name in PICTURE_CALLBACKS}, defaults)
+    step = max(checkpoint.get("global_step", 0), drawn["step"] or 0) + 1
+
+    fresh, summaries, kept = images / f".drawing-{os.getpid()}", [], None
     started = time.perf_counter()
     try:
         fresh.mkdir(parents=True, exist_ok=True)
@@ -187,10 +130,12 @@ def draw_run(run: SavedRun, given: dict, defaults: dict, data: DataCache,
         pictures, seconds = hallucinator.draw(model, datamodule, fresh, "final",
                                               log=summaries.append)
         hallucinator.save(model, datamodule, pictures, seconds, fresh)
-        kept = None
         old = [images / f for f in (*drawing.FINAL_FILES, RECIPE_FILE) if (images / f).exists()]
         if old and not replace:
-            kept = keep_folder(images, recipe_name(earlier, defaults))
+            kept, n = images / earlier, 1
+            while kept.exists():
+                n += 1
+                kept = images / f"{earlier}-{n}"
             kept.mkdir()
             for path in old:
                 shutil.copy2(path, kept / path.name)
@@ -207,9 +152,8 @@ def draw_run(run: SavedRun, given: dict, defaults: dict, data: DataCache,
     with SummaryWriter(str(run.path)) as writer:
         for summary in summaries:
             writer.file_writer.add_summary(summary, step)
-    where = (f"the earlier ones ({recipe_name(earlier, defaults)}) are in "
-             f"images/{kept.name}/" if kept else "the earlier ones were replaced"
-             if old else "none before")
+    where = (f"the earlier ones ({earlier}) are in images/{kept.name}/" if kept
+             else "the earlier ones were replaced" if old else "none before")
     return (f"{run.name}: drawn ({recipe_name(recipe, defaults)}) in "
             f"{time.perf_counter() - started:.1f} s, TensorBoard step {step}; {where}")
 
@@ -226,29 +170,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="replace the earlier final drawings instead of keeping them")
     args = parser.parse_args(argv)
     try:
-        defaults = default_recipe()
-        given, data_dir = parse_overrides(args.settings, knob_types())
         from bnstudy.pictures.drawing import Hallucinator
 
+        defaults = default_recipe()
+        given, data_dir = parse_overrides(args.settings)
         Hallucinator(**{**defaults["hallucinations"], **given["hallucinations"]})
-        paths = run_dirs(args.path)
-    except (UsageError, RunError) as err:
-        print(f"bnstudy.draw: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # a recipe the callbacks would refuse too
-        print(f"bnstudy.draw: {err}. The recipe's settings are described in "
-              "conf/callbacks/default.yaml.", file=sys.stderr)
+        paths = rebuild.run_dirs(args.path)
+    except (rebuild.UsageError, rebuild.RunError, ValueError) as err:  # ValueError: a recipe
+        more = "" if not isinstance(err, ValueError) else (  # the callbacks would refuse too
+            ". The recipe's settings are described in conf/callbacks/default.yaml.")
+        print(f"bnstudy.draw: {err}{more}", file=sys.stderr)
         return 2
 
     from tqdm import tqdm
 
     quiet_console()
-    data, drawn, problems, skipped = DataCache(data_dir), 0, [], []
-    bar = tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(),
-               leave=False)
-    for path in bar:
+    data, drawn, problems, skipped = rebuild.DataCache(data_dir), 0, [], []
+    for path in tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(),
+                     leave=False):
         try:
-            run = SavedRun.open(path)
+            run = rebuild.SavedRun.open(path)
             if run.status != "ok":
                 skipped.append(run.name)
                 why = ("diverged: no pictures" if run.status == "diverged"
@@ -257,10 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             tqdm.write(draw_run(run, given, defaults, data, args.replace), file=sys.stdout)
             drawn += 1
-        except (RunError, DataError, RunFileError, ValueError) as err:
+        except (rebuild.RunError, DataError, RunFileError, ValueError) as err:
             problems.append(path.name)
             tqdm.write(f"{err}", file=sys.stderr)
-    bar.close()
     print(f"Drew {drawn} of {len(paths)} run(s)"
           + (f"; {len(skipped)} skipped (not ok)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")

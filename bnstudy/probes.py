@@ -1,13 +1,12 @@
-"""Opt-in probes of training (`callbacks=probes`): what BatchNorm does to activations and gradients.
-
-`ActivationPercentiles` follows a few hidden units' pre-activation distributions (Ioffe & Szegedy
-2015, Fig. 1); `GradientBehaviour` the per-layer gradient norms, the loss landscape and the gradient
-predictiveness along the gradient (Santurkar et al. 2018). Both log to the trainer's loggers and
-keep their series in `metrics.json`, also across a resume.
-"""
+"""Opt-in probes of training (`callbacks=probes`): what BatchNorm does to activations
+(`ActivationPercentiles`, Ioffe & Szegedy 2015, Fig. 1) and gradients (`GradientBehaviour`,
+Santurkar et al. 2018). Each logs to the trainer's loggers at the optimizer step it measures
+and keeps its series in the checkpoint (a resume continues them) and, through
+`MetricsHistory`, in `metrics.json` under `record_key`."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import lightning as L
@@ -21,66 +20,55 @@ from torch.nn.utils import get_total_norm
 from bnstudy.dashboard import tensorboard_writer
 
 
-def relu_modules(model: nn.Module) -> list[tuple[str, nn.ReLU]]:
-    """The model's `nn.ReLU` modules as (name, module), in `named_modules()` order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
-
-
-def unit_values(x: torch.Tensor) -> torch.Tensor:
-    """A layer's activations as (units, values): a unit is a feature of an (N, C) input or a
-    channel of an (N, C, H, W) one, its values run over the batch (and positions)."""
-    return x.transpose(0, 1).flatten(1)
-
-
 def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
-    """Writes scalars to every logger of the trainer at `step`, outside Lightning's log cadence."""
+    """Scalars to every logger of the trainer at `step`, outside Lightning's cadence."""
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step)
 
 
-class ActivationPercentiles(Callback):
-    """Percentiles of a few hidden units' pre-activations (the input of a ReLU) over training.
+class Probe(Callback):
+    """Base: the series live in the attributes named in `kept`, which the checkpoint keeps."""
 
-    At every `every_n_steps`-th optimizer step (from step 0) a forward pre-hook on the model's
-    `layer`-th `nn.ReLU` (counted in `named_modules()` order) takes the input of the step's first
-    forward pass in training mode only (extra forwards in the same step, e.g.
-    `GradientBehaviour`'s, are not recorded; nor are evaluation and hallucination passes). For
-    each unit in `units` (a feature, or a conv layer's channel) it records the `percentiles`
-    (in %) of its values over the minibatch (and positions).
+    record_key: str
+    kept: tuple[str, ...]
 
-    TensorBoard: scalars `activations/unit{u}/p{q}`, histogram `activations/layer{layer}` of the
-    whole layer. `metrics.json` key `activations`: `{"module": the ReLU's name, "layer", "units",
-    "percentiles", "steps": [S steps], "values": S × len(units) × len(percentiles) nested lists}`,
-    handed to `MetricsHistory` after each epoch.
-    """
+    def state_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.kept}
 
-    record_key = "activations"
+    def load_state_dict(self, state_dict: dict) -> None:
+        for key in self.kept:
+            setattr(self, key, copy.deepcopy(state_dict[key]))
+
+
+class ActivationPercentiles(Probe):
+    """Percentiles (in %) of a few hidden units' pre-activations over the minibatch (and
+    positions), at every `every_n_steps`-th optimizer step from 0: a pre-hook on the model's
+    `layer`-th `nn.ReLU` (`named_modules()` order) takes the step's first training-mode input
+    (not `GradientBehaviour`'s extra forwards, evaluation or hallucination passes); a unit is
+    a feature or a conv channel. TensorBoard: `activations/unit{u}/p{q}`, histogram
+    `activations/layer{layer}` (the whole layer). `metrics.json` `activations`: `{"module": the
+    ReLU's name, "layer", "units", "percentiles", "steps": [S], "values": S × units × q}`."""
+
+    record_key, kept = "activations", ("steps", "values")
 
     def __init__(self, layer: int = 0, units: Sequence[int] = (0, 1, 2),
                  percentiles: Sequence[float] = (15, 50, 85), every_n_steps: int = 25) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"ActivationPercentiles: every_n_steps={every_n_steps}; use >= 1.")
-        if not all(0 <= q <= 100 for q in percentiles):
-            raise ValueError(f"ActivationPercentiles: percentiles={list(percentiles)}; each must "
-                             "be within 0..100 (per cent).")
-        if not units or min(units) < 0:
-            raise ValueError(f"ActivationPercentiles: units={list(units)}; give unit indices "
-                             ">= 0, at least one.")
-        self.layer = layer
-        self.units = list(units)
-        self.percentiles = list(percentiles)
-        self.every_n_steps = every_n_steps
-        self.steps: list[int] = []
-        self.values: list[list[list[float]]] = []
-        self.module_name = ""
-        self._hook: torch.utils.hooks.RemovableHandle | None = None
-        self._trainer: L.Trainer | None = None
-        self._last_taken: int | None = None  # the step whose input was taken last
+        for bad, why in ((every_n_steps < 1, f"every_n_steps={every_n_steps}; use >= 1"),
+                         (not all(0 <= q <= 100 for q in percentiles), f"percentiles="
+                          f"{list(percentiles)}; each must be within 0..100 (per cent)"),
+                         (not units or min(units) < 0, f"units={list(units)}; give unit "
+                          "indices >= 0, at least one")):
+            if bad:
+                raise ValueError(f"ActivationPercentiles: {why}.")
+        self.layer, self.units, self.percentiles = layer, list(units), list(percentiles)
+        self.every_n_steps, self.module_name = every_n_steps, ""
+        self.steps, self.values = [], []  # values: steps × units × percentiles
+        self._hook = self._trainer = self._last_taken = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        relus = relu_modules(pl_module)
+        relus = [(n, m) for n, m in pl_module.named_modules() if isinstance(m, nn.ReLU)]
         if not 0 <= self.layer < len(relus):
             raise ValueError(f"ActivationPercentiles: layer={self.layer}, but the model has "
                              f"{len(relus)} nn.ReLU modules ({[name for name, _ in relus]}).")
@@ -99,7 +87,7 @@ class ActivationPercentiles(Callback):
             return
         self._last_taken = step
         x = args[0].detach().float()
-        per_unit = unit_values(x)
+        per_unit = x.transpose(0, 1).flatten(1)  # (units, batch [× positions])
         if max(self.units) >= len(per_unit):
             raise ValueError(f"ActivationPercentiles: units={self.units}, but {self.module_name} "
                              f"has {len(per_unit)} units; use indices below {len(per_unit)}.")
@@ -115,15 +103,8 @@ class ActivationPercentiles(Callback):
             writer.add_histogram(f"activations/layer{self.layer}", x, step)
 
     def series(self) -> dict:
-        """What `metrics.json` keeps under `activations` (see the class docstring)."""
         return {"module": self.module_name, "layer": self.layer, "units": self.units,
                 "percentiles": self.percentiles, "steps": self.steps, "values": self.values}
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "values": self.values}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.steps, self.values = list(state_dict["steps"]), list(state_dict["values"])
 
 
 def layer_grad_norms(model: nn.Module) -> dict[str, float]:
@@ -137,20 +118,16 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
 
 
 def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[str, list[float]]:
-    """The loss and the gradient's change along the model's current gradient g, on one batch.
-
-    For each η: `loss` = L(θ − η g) and `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, L the
-    cross-entropy of the model's output on `batch = (x, y)`; `distance` = ||η g||. Runs the
-    model in its current mode (in training mode BatchNorm uses the batch's statistics) through
-    `torch.func.functional_call` on detached parameters and cloned buffers, each forward under
-    the same forked RNG state (every η sees the same dropout masks, if any): the model's
-    parameters, buffers, grads and the global RNG are left as they were.
+    """Along the model's current gradient g on `batch = (x, y)`, for each η: `loss` =
+    L(θ − η g) (cross-entropy), `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||.
+    The model runs in its current mode (in training: BatchNorm on the batch's statistics)
+    through `functional_call` on detached parameters and cloned buffers, each forward under
+    the same forked RNG (the same dropout masks): parameters, buffers, grads and RNG untouched.
     """
-    x, y = batch
+    (x, y), devices = batch, [] if batch[0].device.index is None else [batch[0].device.index]
     params = {name: p.detach() for name, p in model.named_parameters()}
     grads = {name: p.grad.detach() for name, p in model.named_parameters() if p.grad is not None}
     buffers = {name: b.clone() for name, b in model.named_buffers()}
-    devices = [] if x.device.index is None else [x.device.index]
 
     def loss_and_grads(eta: float) -> tuple[float, list[torch.Tensor]]:
         moved = {name: (p - eta * grads[name]).requires_grad_() if name in grads else p
@@ -162,7 +139,7 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
     grad_norm = float(get_total_norm(list(grads.values())))
     out: dict[str, list[float]] = {"loss": [], "grad_change": [], "distance": []}
     with torch.enable_grad():
-        _, base = loss_and_grads(0.0)
+        base = loss_and_grads(0.0)[1]
         for eta in etas:
             loss, moved = loss_and_grads(eta)
             out["loss"].append(loss)
@@ -172,41 +149,31 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
     return out
 
 
-class GradientBehaviour(Callback):
-    """Per-layer gradient norms, and the loss landscape and gradient predictiveness along g.
+class GradientBehaviour(Probe):
+    """Per-layer gradient norms, the loss landscape and the gradient predictiveness along g,
+    after the backward pass and before the update, on the step's minibatch (training goes
+    exactly as without the probe). Every `every_n_steps`-th step from 0: `layer_grad_norms`,
+    TensorBoard `gradients/norm/<module>`. Every `landscape_every_n_steps`-th: a
+    `gradient_landscape` over `etas`, TensorBoard `landscape/loss_range` (max − min over η of
+    L(θ − η g)), `landscape/grad_change_max` (max of ||∇L(θ − η g) − ∇L(θ)||) and
+    `landscape/beta_smoothness` (max of that change / ||η g||: an effective β-smoothness).
+    `metrics.json` `gradients`: `{"steps": [S], "norms": {module: [S]}, "landscape": {"etas":
+    [E], "steps": [T], "loss" and "grad_change": T × E, "loss_range", "grad_change_max",
+    "beta_smoothness": [T]}}`."""
 
-    Runs after the backward pass and before the optimizer's update (`on_before_optimizer_step`),
-    on the step's minibatch.
-    At every `every_n_steps`-th step (from 0): the ℓ2 norm of each module's own parameters'
-    gradients (see `layer_grad_norms`), TensorBoard `gradients/norm/<module>`. At every
-    `landscape_every_n_steps`-th step, on the step's batch, `gradient_landscape` for each step
-    size η in `etas`; TensorBoard `landscape/loss_range` (max − min of L(θ − η g) over η),
-    `landscape/grad_change_max` (max of ||∇L(θ − η g) − ∇L(θ)||) and `landscape/beta_smoothness`
-    (max over η of that change / ||η g||, an effective β-smoothness). The model, its grads and the
-    RNG are left as they were, so training goes exactly as without the probe.
+    record_key, kept = "gradients", ("steps", "norms", "landscape")
 
-    `metrics.json` key `gradients`: `{"steps": [S], "norms": {module: [S]}, "landscape": {"etas":
-    [E], "steps": [T], "loss": T × E, "grad_change": T × E, "loss_range": [T], "grad_change_max":
-    [T], "beta_smoothness": [T]}}`, handed to `MetricsHistory` after each epoch.
-    """
-
-    record_key = "gradients"
-
-    def __init__(self, every_n_steps: int = 10,
-                 landscape_every_n_steps: int = 50,
+    def __init__(self, every_n_steps: int = 10, landscape_every_n_steps: int = 50,
                  etas: Sequence[float] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)) -> None:
         if min(every_n_steps, landscape_every_n_steps) < 1 or not etas:
             raise ValueError(
                 f"GradientBehaviour: every_n_steps={every_n_steps} and landscape_every_n_steps="
                 f"{landscape_every_n_steps} must be >= 1, and etas={list(etas)} not empty.")
-        self.every_n_steps = every_n_steps
-        self.landscape_every_n_steps = landscape_every_n_steps
-        self.etas = [float(eta) for eta in etas]
-        self.steps: list[int] = []
-        self.norms: dict[str, list[float]] = {}
-        self._batch = None  # the step's minibatch (x, y)
+        self.every_n_steps, self.landscape_every_n_steps = every_n_steps, landscape_every_n_steps
+        self.etas, self.steps, self.norms = [float(eta) for eta in etas], [], {}
         self.landscape: dict[str, list] = {key: [] for key in (
             "steps", "loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness")}
+        self._batch = None  # the step's minibatch (x, y)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch,
                              batch_idx: int) -> None:
@@ -230,22 +197,11 @@ class GradientBehaviour(Callback):
                 "beta_smoothness": (max(c / d for c, d in zip(changes, distances, strict=True))
                                     if min(distances) > 0 else float("nan")),  # g = 0: undefined
             }
-            self.landscape["steps"].append(step)
-            self.landscape["loss"].append(point["loss"])
-            self.landscape["grad_change"].append(point["grad_change"])
-            for key, value in summary.items():
+            for key, value in {"steps": step, "loss": point["loss"], "grad_change": changes,
+                               **summary}.items():
                 self.landscape[key].append(value)
             log_scalars(trainer, {f"landscape/{key}": v for key, v in summary.items()}, step)
 
     def series(self) -> dict:
-        """What `metrics.json` keeps under `gradients` (see the class docstring)."""
         return {"steps": self.steps, "norms": self.norms,
                 "landscape": {"etas": self.etas, **self.landscape}}
-
-    def state_dict(self) -> dict:
-        return {"steps": self.steps, "norms": self.norms, "landscape": self.landscape}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.steps = list(state_dict["steps"])
-        self.norms = {name: list(values) for name, values in state_dict["norms"].items()}
-        self.landscape = {key: list(values) for key, values in state_dict["landscape"].items()}

@@ -279,3 +279,20 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories, in name order: its sub-directories but the `+mean` view
     (the sweep's mean-over-seeds TensorBoard runs, `bnstudy.dashboard`)."""
     return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("+"))
+
+
+# --- pictures helpers ---
+PAD = 2  # make_grid's default padding
+
+
+def grid_size(n: int, nrow: int, shape) -> tuple[int, int]:
+    """(height, width) of make_grid's layout of n tiles of `shape`, `nrow` per row."""
+    cols, rows = min(nrow, n), -(-n // min(nrow, n))
+    return rows * (shape[1] + PAD) + PAD, cols * (shape[2] + PAD) + PAD
+
+
+def grid_tile(grid, k: int, nrow: int, shape):
+    """The k-th tile of a make_grid image (row-major)."""
+    row, col = divmod(k, nrow)
+    top, left = PAD + row * (shape[1] + PAD), PAD + col * (shape[2] + PAD)
+    return grid[:, top : top + shape[1], left : left + shape[2]]

@@ -4,22 +4,17 @@ report reading the new ones."""
 
 from __future__ import annotations
 
-import fcntl
+import csv
 import hashlib
 import json
-import os
-import pty
 import shutil
-import struct
-import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, run_module
+from helpers import run_module
 
 from bnstudy import draw
 from bnstudy.pictures.drawing import FINAL_FILES
@@ -31,22 +26,20 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def untouched(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """Files that were there before and are now changed or gone, outside the final pictures
-    (which draw replaces)."""
-    replaced = {f"images/{name}" for name in FINAL_FILES}
-    return [path for path, digest in before.items()
-            if path not in replaced and after.get(path) != digest]
-
-
 @pytest.fixture
 def sweep(tiny_sweep, tmp_path) -> Path:
     """A copy of the session's tiny sweep (2 epochs, hallucinations of 5 steps)."""
     return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))
 
 
-def final_hallucinations(job: Path, folder: str = "") -> dict:
-    return torch.load(job / "images" / folder / "hallucinations_final.pt", weights_only=True)
+def final_pictures(job: Path, folder: str = "") -> tuple[dict, dict]:
+    """The hallucinations' and the weights' saved tensors."""
+    return tuple(torch.load(job / "images" / folder / f"{kind}_final.pt", weights_only=True)
+                 for kind in ("hallucinations", "weights"))
+
+
+def recipe(job: Path) -> dict:
+    return json.loads((job / "images" / draw.RECIPE_FILE).read_text())
 
 
 def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, capsys):
@@ -59,12 +52,10 @@ def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, caps
     for name in ("weights_final.png", "weights_change_final.png", "hallucinations_final.png",
                  "hallucinations_final.npz"):
         assert (kept / name).read_bytes() == (job / "images" / name).read_bytes(), name
-    old, new = final_hallucinations(job, "steps=5"), final_hallucinations(job)
+    (old, old_w), (new, new_w) = final_pictures(job, "steps=5"), final_pictures(job)
     for key in ("images", "noise", "base", "real_means"):
         assert torch.equal(old[key], new[key]), key
     assert new["settings"] == old["settings"]
-    old_w, new_w = (torch.load(p / "weights_final.pt", weights_only=True) for p in (kept, job /
-                                                                                     "images"))
     assert torch.equal(old_w["initial"], new_w["initial"])  # from the checkpoint's callback state
     assert torch.equal(old_w["final"], new_w["final"])
     assert f"{job.name}: drawn (steps=5)" in capsys.readouterr().out
@@ -76,96 +67,84 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
 
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     before = {job: digests(job) for job in jobs}
-    earlier = {job: final_hallucinations(job) for job in jobs}
+    earlier = {job: final_pictures(job)[0] for job in jobs}
     assert draw.main([str(sweep), "hallucinations.steps=12", "objective=logit",
                       "callbacks.weight_grid.num_units=16"]) == 0
     out = capsys.readouterr().out
     assert out.count(": drawn (") == 8 and "Drew 8 of 8 run(s)" in out
 
+    name = "num_units=16,steps=12,objective=logit"
     for job in jobs:
         after = digests(job)
         # Checkpoints, records, config, epoch drawings and earlier events: byte for byte.
-        assert untouched(before[job], after) == [], job.name
+        assert [p for p, digest in before[job].items() if after.get(p) != digest
+                and p not in {f"images/{f}" for f in FINAL_FILES}] == [], job.name
         new_files = set(after) - set(before[job])
         events = {p for p in new_files if p.startswith("events.out.tfevents.")}
         assert len(events) == 1, new_files  # one new TensorBoard events file
-        name = "num_units=16,steps=12,objective=logit"
         assert new_files - events == {f"images/steps=5/{f}" for f in FINAL_FILES} | {
             f"images/{draw.RECIPE_FILE}"}
-        recipe = json.loads((job / "images" / draw.RECIPE_FILE).read_text())
-        assert recipe["name"] == name and recipe["hallucinations"]["steps"] == 12
-        assert recipe["weight_grid"] == {"num_units": 16}
-        new = final_hallucinations(job)
+        drawn = recipe(job)
+        assert drawn["name"] == name and drawn["hallucinations"]["steps"] == 12
+        assert drawn["weight_grid"] == {"num_units": 16}
+        new = final_pictures(job)[0]
         assert new["settings"]["steps"] == 12 and new["settings"]["objective"] == "logit"
         assert not torch.equal(new["images"], earlier[job]["images"])
+        mean, std = (torch.tensor(new[k]).view(-1, 1, 1) for k in ("mean", "std"))
         with np.load(job / "images" / "hallucinations_final.npz") as arrays:
-            assert np.allclose(arrays[new["classes"][0]], (new["images"][0] * torch.tensor(
-                new["std"]).view(-1, 1, 1) + torch.tensor(new["mean"]).view(-1, 1, 1)).clamp(
+            assert np.allclose(arrays[new["classes"][0]], (new["images"][0] * std + mean).clamp(
                 0, 1).permute(1, 2, 0).squeeze(-1).numpy())
         # TensorBoard: the new drawings after the training's, the same PNG bytes as the files.
-        checkpoint = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)
+        step = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         tb = EventAccumulator(str(job), size_guidance={"images": 0}).Reload()
         for tag, file in (("hallucination/all", "hallucinations_final.png"),
                           ("weights/first_layer", "weights_final.png"),
                           ("weights/first_layer_change", "weights_change_final.png")):
             last = tb.Images(tag)[-1]
-            assert last.step == checkpoint["global_step"] + 1 == recipe["step"]
+            assert last.step == step + 1 == drawn["step"]
             assert last.encoded_image_string == (job / "images" / file).read_bytes()
             assert len(tb.Images(tag)) >= 2  # the training's are still there
         side = 4 * ((28 if "mnist" in job.name else 32) + 2) + 2  # 16 units: 4 x 4 tiles
         assert (last.height, last.width) == (side, side)
 
     # Drawn again: the step moves on and the previous recipe is kept under its own name.
-    job = jobs[0]
-    assert draw.main([str(job), "steps=3"]) == 0
-    assert (job / "images" / name / "hallucinations_final.pt").is_file()
-    assert json.loads((job / "images" / draw.RECIPE_FILE).read_text())["step"] == \
-        recipe_step(job) == checkpoint_step(job) + 2
-
-
-def recipe_step(job: Path) -> int:
-    return json.loads((job / "images" / draw.RECIPE_FILE).read_text())["step"]
-
-
-def checkpoint_step(job: Path) -> int:
-    return torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    first_step = recipe(jobs[0])["step"]
+    assert draw.main([str(jobs[0]), "steps=3"]) == 0
+    assert (jobs[0] / "images" / name / "hallucinations_final.pt").is_file()
+    assert recipe(jobs[0])["step"] == first_step + 1
 
 
 @pytest.mark.slow
 def test_the_report_reads_the_redrawn_pictures(sweep, figures_not_rendered):
-    import csv
-
     from bnstudy.report.write import write_report
 
     assert draw.main([str(sweep), "steps=9", "--replace"]) == 0
     for job in (p.parent for p in sweep.glob("*/metrics.json")):
         assert [p.name for p in (job / "images").iterdir() if p.is_dir()] == []  # replaced
     write_report(sweep, {"mnist": 0.9, "cifar10": 0.4})
-    rows = {row["job"]: row for row in csv.DictReader(open(sweep / "report" / "pictures.csv"))}
+    with open(sweep / "report" / "pictures.csv") as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
     assert len(rows) == 8
     for job, row in rows.items():
-        saved = final_hallucinations(sweep / job)
+        saved = final_pictures(sweep / job)[0]
         assert saved["settings"]["steps"] == 9
         own = saved["own_probabilities"].diagonal().mean().item()
         assert float(row["own_conf"]) == pytest.approx(own, abs=1e-6)
         assert float(row["seconds"]) == pytest.approx(saved["seconds"], abs=1e-6)
 
 
-def few_jobs(sweep: Path, tmp_path: Path, n: int) -> Path:
-    """A sweep of the first `n` jobs of `sweep` (a CIFAR-10 one among them)."""
+def few_jobs(sweep: Path, tmp_path: Path) -> list[Path]:
+    """A sweep of 3 jobs of `sweep`, a CIFAR-10 one among them."""
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
-    small = tmp_path / "small"
-    for job in [*jobs[:n - 1], jobs[-1]]:
-        shutil.copytree(job, small / job.name)
-    return small
+    return [Path(shutil.copytree(job, tmp_path / "small" / job.name))
+            for job in [*jobs[:2], jobs[-1]]]
 
 
 def test_a_run_without_checkpoint_is_named_and_the_others_are_drawn(sweep, tmp_path, capsys):
-    sweep = few_jobs(sweep, tmp_path, 3)
-    broken = next(sweep.glob("0_*"))
+    broken = few_jobs(sweep, tmp_path)[0]
     (broken / "checkpoints" / "last.ckpt").unlink()
     before = digests(broken)
-    assert draw.main([str(sweep), "steps=2"]) == 1
+    assert draw.main([str(broken.parent), "steps=2"]) == 1
     captured = capsys.readouterr()
     assert captured.out.count(": drawn (steps=2)") == 2
     assert f"{broken.name}: no checkpoint" in captured.err
@@ -175,12 +154,11 @@ def test_a_run_without_checkpoint_is_named_and_the_others_are_drawn(sweep, tmp_p
 
 
 def test_unfinished_and_diverged_runs_are_skipped_with_a_line(sweep, tmp_path, capsys):
-    sweep = few_jobs(sweep, tmp_path, 3)
-    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
+    jobs = few_jobs(sweep, tmp_path)
     for job, status in ((jobs[0], "running"), (jobs[1], "diverged")):
         record = json.loads((job / "metrics.json").read_text())
         (job / "metrics.json").write_text(json.dumps({**record, "status": status}))
-    assert draw.main([str(sweep)]) == 0
+    assert draw.main([str(jobs[0].parent)]) == 0
     out = capsys.readouterr().out
     assert f"{jobs[0].name}: not finished (status running): skipped" in out
     assert f"{jobs[1].name}: diverged: no pictures" in out
@@ -188,55 +166,46 @@ def test_unfinished_and_diverged_runs_are_skipped_with_a_line(sweep, tmp_path, c
     assert not (jobs[0] / "images" / draw.RECIPE_FILE).exists()
 
 
-@pytest.mark.parametrize("setting, message", [
-    ("hallucinations.stepz=3", "hallucinations.stepz: no such picture setting"),
-    ("steps=abc", "steps takes a whole number"),
-    ("size=big", "size takes a number or null"),
-    ("objective=softmax", "objective='softmax' is not one of margin, logit"),
-    ("seeds=0", "seeds=0 is out of range"),
-    ("every_n_epochs=2", "only matters while a run trains"),
-    ("lr", "is not a setting"),
+@pytest.mark.parametrize("args, message", [
+    (["hallucinations.stepz=3"], "hallucinations.stepz: no such picture setting"),
+    (["steps=abc"], "steps takes a whole number"),
+    (["size=big"], "size takes a number or null"),
+    (["objective=softmax"], "objective='softmax' is not one of margin, logit"),
+    (["seeds=0"], "seeds=0 is out of range"),
+    (["every_n_epochs=2"], "only matters while a run trains"),
+    (["lr"], "is not a setting"),
+    (["--path", "missing"], "does not exist"),
+    (["--path", "empty"], "holds no runs"),
 ])
-def test_bad_settings_are_refused_before_anything_is_drawn(sweep, setting, message, capsys):
+def test_bad_input_is_refused_in_one_paragraph_before_anything_is_drawn(sweep, args, message,
+                                                                        capsys):
+    path = sweep
+    if args[0] == "--path":
+        path, args = sweep / args[1], []
+        if path.name == "empty":
+            path.mkdir()
     before = digests(sweep)
-    assert draw.main([str(sweep), setting]) == 2
+    assert draw.main([str(path), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("bnstudy.draw: ") and err.count("\n") == 1
-    assert digests(sweep) == before
+    assert digests(sweep) == before and path.exists() == (path.name != "missing")
 
 
-def test_the_entry_point_refuses_a_path_without_runs(tmp_path):
-    (tmp_path / "empty").mkdir()
-    for path, message in ((tmp_path / "missing", "does not exist"),
-                          (tmp_path / "empty", "holds no runs")):
-        proc = run_module("bnstudy.draw", str(path), cwd=tmp_path)
-        assert proc.returncode == 2, proc.stderr
-        assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
+    proc = run_module("bnstudy.draw", str(tmp_path / "missing"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("bnstudy.draw: ") and proc.stderr.count("\n") == 1
+    assert "does not exist" in proc.stderr and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_a_terminal_gets_a_progress_bar_and_a_log_file_does_not(sweep, tmp_path):
+def test_a_terminal_gets_a_progress_bar_and_a_log_file_does_not(sweep, capsys, monkeypatch):
     job = next(sweep.glob("0_*"))
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    proc = subprocess.run([sys.executable, "-m", "bnstudy.draw", str(job), "steps=2"],
-                          cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=slave, timeout=300)
-    os.close(slave)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the terminal closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
-    assert proc.returncode == 0
-    assert b"drawing:" in shown and b"1/1" in shown  # the bar, on the terminal
-    assert b"drawing:" not in proc.stdout and b"\r" not in proc.stdout  # the lines: plain
-    assert f"{job.name}: drawn (steps=2)".encode() in proc.stdout
-    piped = run_module("bnstudy.draw", str(job), "steps=3", cwd=tmp_path)
-    assert piped.returncode == 0 and "drawing:" not in piped.stderr  # no bar in a log file
+    assert draw.main([str(job), "steps=2"]) == 0  # stderr captured: not a terminal
+    piped = capsys.readouterr()
+    assert "drawing:" not in piped.err and f"{job.name}: drawn (steps=2)" in piped.out
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert draw.main([str(job), "steps=3"]) == 0
+    shown = capsys.readouterr()
+    assert "drawing:" in shown.err and "1/1" in shown.err  # the bar, on the terminal
+    assert "drawing:" not in shown.out and "\r" not in shown.out  # the lines: plain
+    assert f"{job.name}: drawn (steps=3)" in shown.out

@@ -1,16 +1,18 @@
-"""The picture measures (`bnstudy.pictures`) on hand-made images with known answers, the
-independent judge, and the report's picture section (`bnstudy.report.pictures`, with
-`bnstudy.pictures.table` and the claims registry) on hand-made job directories."""
+"""`bnstudy.pictures.measures` and `grids` on hand-made images with known answers, the
+independent judge, and the report's picture section (`bnstudy.report.picture_section`, with
+`bnstudy.pictures.table` and the claims) on hand-made job directories."""
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
 import torch
-from helpers import write_job
+from helpers import grid_size, grid_tile, write_job
 
 from bnstudy.pictures import measures as P
+from bnstudy.pictures.grids import LABEL_HEIGHT, labelled_grid, name_strip, weight_grid
 from bnstudy.pictures.table import Reference, load_picture_runs
 from bnstudy.report.picture_section import (
     hallucinations_figure,
@@ -34,17 +36,59 @@ def step_edge(size: int = 16, contrast: float = 1.0) -> torch.Tensor:
     return image
 
 
+# --- grids ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 3, 3)], ids=["mnist", "cifar",
+                                                                           "conv"])
+def test_weight_grid_tiles_are_units_scaled_each_symmetrically(shape):
+    conv = shape[1] == 3  # a Conv2d weight: a tile per filter, the input shape unused
+    pattern = torch.linspace(-1.0, 0.5, math.prod(shape))
+    scales = torch.arange(1.0, 81.0)[:, None]  # 80 units, each the pattern times its own scale
+    weight = (scales * pattern).view(80, *shape) if conv else scales * pattern
+    grid = weight_grid(weight, (3, 32, 32) if conv else shape)  # default: the first 64, 8 × 8
+
+    assert grid.shape == (3, *grid_size(64, 8, shape))
+    expected = (pattern / 2 + 0.5).view(shape).expand(3, -1, -1)  # -max|w| → 0, 0 → 0.5
+    for k in range(64):
+        assert torch.allclose(grid_tile(grid, k, 8, shape), expected, atol=1e-6)
+    few = weight_grid(weight, shape, num_units=10)  # ceil(sqrt(10)) = 4 a row
+    assert few.shape == (3, *grid_size(10, 4, shape)) and grid_tile(few, 10, 4, shape).eq(0).all()
+
+
+def test_labelled_grid_writes_each_name_above_its_enlarged_image():
+    images, names = torch.rand(3, 1, 28, 28), ["zero", "one", "automobile"]
+    grid = labelled_grid(images, names, nrow=2)
+    shape = (3, LABEL_HEIGHT + 112, 112)  # enlarged 4× to >= 96 px, the name on top
+    assert grid.shape == (3, *grid_size(3, 2, shape))
+    for k, name in enumerate(names):
+        drawn = grid_tile(grid, k, 2, shape)
+        assert torch.equal(drawn[:, :LABEL_HEIGHT], name_strip(name, 112)), name
+        enlarged = images[k].repeat_interleave(4, -2).repeat_interleave(4, -1).expand(3, -1, -1)
+        assert torch.equal(drawn[:, LABEL_HEIGHT:], enlarged)
+    strips = [name_strip(name, 112) for name in names]
+    assert all(strip.lt(0.5).any() for strip in strips)  # black text on white is drawn
+    assert not torch.equal(strips[0], strips[1])  # ... and it is the name
+
+
 # --- hallucination measures -------------------------------------------------------------------
 
 
-def test_blueness_and_greenness_of_solid_colours():
+def test_colour_measures_of_solid_colours_and_class_tints():
     blue, green, grey = solid((0.1, 0.2, 0.9)), solid((0.1, 0.8, 0.2)), solid((0.5, 0.5, 0.5))
     assert P.blueness(blue).item() == pytest.approx(0.9 - 0.15)
     assert P.greenness(blue).item() == pytest.approx(0.2 - 0.5)
     assert P.greenness(green).item() == pytest.approx(0.8 - 0.15)
-    assert P.blueness(green).item() < 0
     assert P.blueness(grey).item() == 0 and P.greenness(grey).item() == 0
     assert math.isnan(P.blueness(step_edge()).item())  # not an RGB image
+    # Colour fidelity scores the class tints, not the overall tint.
+    real = torch.rand(10, 3, 1, 1, generator=torch.Generator().manual_seed(0)).expand(10, 3, 4, 4)
+    assert P.colour_fidelity(real, real) == pytest.approx(1)
+    tinted = real * 0.5 + torch.tensor([0.3, 0.0, 0.1]).view(1, 3, 1, 1)  # scaled, shifted
+    assert P.colour_fidelity(tinted, real) == pytest.approx(1)
+    assert P.colour_fidelity(real.flip(0), real) < 0.5  # each class another class's colour
+    assert P.colour_fidelity(1 - real, real) == pytest.approx(-1)
+    assert math.isnan(P.colour_fidelity(solid((0.2, 0.3, 0.4), n=10), real))  # no class varies
 
 
 def test_sharpness_is_zero_for_a_constant_image_and_grows_with_edges():
@@ -52,42 +96,28 @@ def test_sharpness_is_zero_for_a_constant_image_and_grows_with_edges():
     edge = P.sharpness(step_edge()).item()
     assert edge > 0.05
     assert P.sharpness(step_edge(contrast=0.5)).item() == pytest.approx(edge / 2)
-    # The blur takes most of pixel noise's gradient away, little of an edge's.
-    torch.manual_seed(0)
-    noise = torch.randn(1, 1, 16, 16)
+    # The blur keeps constants and takes most of pixel noise's gradient away, little of an edge's.
+    noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(P.gaussian_blur(noise, 0), noise)
+    assert torch.allclose(P.gaussian_blur(torch.full((2, 3, 9, 9), 0.4), 1.0), torch.tensor(0.4))
     kept = {name: (P.sharpness(x) / P.sharpness(x, sigma=0)).item()
             for name, x in (("noise", noise), ("edge", step_edge()))}
     assert kept["noise"] < 0.3 and kept["edge"] > 0.5, kept
 
 
-def test_distinctness_zero_for_identical_images_about_one_for_unrelated_ones():
+def test_correlation_measures_distinctness_and_nearest_mean():
     torch.manual_seed(0)
     image = torch.rand(1, 3, 8, 8)
     same = torch.cat([image, 2 * image + 0.1, image])  # brightness and contrast do not count
     assert P.distinctness(same) == pytest.approx(0, abs=1e-6)
-    unrelated = torch.rand(10, 3, 32, 32)
-    assert P.distinctness(unrelated) == pytest.approx(1, abs=0.05)
+    assert P.distinctness(torch.rand(10, 3, 32, 32)) == pytest.approx(1, abs=0.05)
     assert P.distinctness(torch.cat([image, -image])) == pytest.approx(2)
-
-
-def test_colour_fidelity_scores_class_tints_not_the_overall_tint():
-    torch.manual_seed(0)
-    real = torch.rand(10, 3, 1, 1).expand(10, 3, 4, 4)
-    assert P.colour_fidelity(real, real) == pytest.approx(1)
-    tinted = (real * 0.5 + torch.tensor([0.3, 0.0, 0.1]).view(1, 3, 1, 1))  # scaled, shifted
-    assert P.colour_fidelity(tinted, real) == pytest.approx(1)
-    swapped = real.flip(0)  # every class with another class's colour
-    assert P.colour_fidelity(swapped, real) < 0.5
-    assert P.colour_fidelity(1 - real, real) == pytest.approx(-1)
-    assert math.isnan(P.colour_fidelity(solid((0.2, 0.3, 0.4), n=10), real))  # no class varies
-
-
-def test_nearest_mean_matches_each_image_to_its_own_class_mean():
-    torch.manual_seed(0)
     means = torch.rand(10, 1, 8, 8)
     noisy = means + 0.05 * torch.randn(10, 1, 8, 8)
-    assert P.nearest_mean(noisy, means).all()
+    assert P.nearest_mean(noisy, means).all()  # each image closest to its own class mean
     assert not P.nearest_mean(noisy.roll(1, dims=0), means).any()
+    flat = torch.full((1, 1, 8, 8), 0.3)  # no contrast: correlates 0 with everything
+    assert P.pairwise_correlation(flat, means).eq(0).all()
 
 
 def test_stuck_flags_images_that_still_show_their_noise_or_did_not_grow():
@@ -113,30 +143,39 @@ def test_recognised_and_predict():
     assert read.tolist() == [True, False, True]
     assert conf.tolist() == pytest.approx([0.7, 0.3, 0.8])
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
-    net.train()
-    out = P.predict(net, torch.randn(5, 1, 2, 2))
+    out = P.predict(net.train(), torch.randn(5, 1, 2, 2))
     assert net[2].training and out.shape == (5, 3)  # eval inside, the modes restored
     assert torch.allclose(out.sum(1), torch.ones(5))
     assert int(net[2].num_batches_tracked) == 0  # running statistics untouched
 
 
+def test_image_stats_round_trip_colour_and_constant_pixels():
+    torch.manual_seed(0)
+    shared = torch.randn(500, 1, 6, 6)
+    x = torch.cat([shared + 0.3 * torch.randn(500, 1, 6, 6) for _ in range(3)], 1)
+    x[:, :, 0, 0] = 1.5  # a pixel that never varies
+    stats = P.ImageStats.of(x)
+    assert torch.allclose(stats.mean, x.mean(0), atol=1e-6)
+    assert torch.allclose(stats.std, x.std(0), atol=1e-6)
+    assert stats.colour[~torch.eye(3, dtype=torch.bool)].min() > 0.3  # channels vary together
+    d = torch.randn(4, 3, 6, 6)
+    d[:, :, 0, 0] = 0
+    assert torch.allclose(stats.deviation(stats.images(d)), d, atol=1e-4)
+    assert torch.equal(stats.images(d)[:, :, 0, 0], torch.full((4, 3), 1.5))
+
+
 # --- weight measures --------------------------------------------------------------------------
 
 
-def test_change_share():
-    torch.manual_seed(0)
-    initial = torch.randn(5, 20)
+def test_change_share_and_high_frequency_share():
+    initial = torch.randn(5, 20, generator=torch.Generator().manual_seed(0))
     assert P.change_share(initial, initial).abs().max() == 0
     assert torch.allclose(P.change_share(2 * initial, initial), torch.full((5,), 0.25))
 
-
-def test_high_frequency_share():
     shape = (1, 16, 16)
-    constant = torch.ones(1, 256)
     checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2 - 1.0)
-    assert P.high_frequency_share(constant, shape).item() == 0
+    assert P.high_frequency_share(torch.ones(1, 256), shape).item() == 0
     assert P.high_frequency_share(checker.view(1, -1), shape).item() == pytest.approx(1)
-    torch.manual_seed(0)
     white = P.high_frequency_share(torch.randn(400, 256), shape)
     assert white.mean().item() == pytest.approx(0.80, abs=0.03)
     # A slow wave (1 cycle / 16 px) of amplitude 3 plus the checkerboard: by Parseval their
@@ -163,37 +202,7 @@ def test_principal_components_alignment_and_noise_like_units(dim):
     assert P.pc_alignment(random_rows, components).mean().item() == pytest.approx(
         k / dim, rel=0.25)
     assert P.noise_like(random_rows, components).float().mean() > 0.6
-    assert not P.noise_like(basis + 0.1 * torch.randn(k, dim) / math.sqrt(dim),
-                            components).any()
-
-
-# --- image statistics, blur, the judge --------------------------------------------------------
-
-
-def test_image_stats_round_trip_colour_and_constant_pixels():
-    torch.manual_seed(0)
-    shared = torch.randn(500, 1, 6, 6)
-    x = torch.cat([shared + 0.3 * torch.randn(500, 1, 6, 6) for _ in range(3)], 1)
-    x[:, :, 0, 0] = 1.5  # a pixel that never varies
-    stats = P.ImageStats.of(x)
-    assert torch.allclose(stats.mean, x.mean(0), atol=1e-6)
-    assert torch.allclose(stats.std, x.std(0), atol=1e-6)
-    off_diagonal = stats.colour[~torch.eye(3, dtype=torch.bool)]
-    assert off_diagonal.min() > 0.3  # the channels vary together
-    d = torch.randn(4, 3, 6, 6)
-    d[:, :, 0, 0] = 0
-    assert torch.allclose(stats.deviation(stats.images(d)), d, atol=1e-4)
-    assert torch.equal(stats.images(d)[:, :, 0, 0], torch.full((4, 3), 1.5))
-    assert torch.equal(stats.independent_channels().colour, torch.eye(3))
-
-
-def test_gaussian_blur_keeps_constants_and_smooths_noise():
-    constant = torch.full((2, 3, 9, 9), 0.4)
-    assert torch.allclose(P.gaussian_blur(constant, 1.0), constant)
-    torch.manual_seed(0)
-    noise = torch.randn(2, 3, 9, 9)
-    assert torch.equal(P.gaussian_blur(noise, 0), noise)
-    assert P.gaussian_blur(noise, 1.0).std() < 0.6 * noise.std()
+    assert not P.noise_like(basis + 0.1 * torch.randn(k, dim) / math.sqrt(dim), components).any()
 
 
 @pytest.mark.slow
@@ -202,12 +211,13 @@ def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
 
     data = MNISTDataModule(tiny_data, download=False)
     data.setup("fit")
-    state = torch.random.get_rng_state()
+    state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     first = P.Referee(data.input_shape, 10, epochs=2).fit(
         data.train_set.x, data.train_set.y, (data.val_set.x, data.val_set.y))
     again = P.Referee(data.input_shape, 10, epochs=2).fit(data.train_set.x, data.train_set.y)
-    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
     assert first.accuracy > 0.9  # each class is a bright band at its own rows
+    assert not first.net.training
     for a, b in zip(first.net.state_dict().values(), again.net.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)
@@ -225,18 +235,16 @@ MNIST_SHAPE = (1, 28, 28)
 def band_images(num: int = 10) -> torch.Tensor:
     """Normalised MNIST-shaped images, class k a bright band at rows 2k, 2k + 1 (tiny data's
     classes), on the black background."""
-    mean, std = 0.1307, 0.3081
     pixels = torch.zeros(num, *MNIST_SHAPE)
     for k in range(num):
         pixels[k, 0, 2 * k : 2 * k + 2] = 1.0
-    return (pixels - mean) / std
+    return (pixels - 0.1307) / 0.3081
 
 
 def write_pictures(job, data_dir, hallucinations: torch.Tensor, final: torch.Tensor,
                    initial: torch.Tensor) -> None:
     """The two picture files a run's callbacks leave in `job/images/`."""
-    images = job / "images"
-    images.mkdir()
+    (job / "images").mkdir()
     source = {"datamodule": "bnstudy.data.MNISTDataModule", "data_dir": str(data_dir),
               "classes": [str(d) for d in range(10)]}
     noise = 0.1 * torch.randn(10, *MNIST_SHAPE, generator=torch.Generator().manual_seed(1))
@@ -244,9 +252,9 @@ def write_pictures(job, data_dir, hallucinations: torch.Tensor, final: torch.Ten
     torch.save({"images": hallucinations, "noise": noise, "base": torch.zeros(10, *MNIST_SHAPE),
                 "own_probabilities": torch.eye(10) * 0.9 + 0.01, "real_means": means,
                 "settings": {"steps": 200}, "seconds": 0.5, "mean": [0.1307], "std": [0.3081],
-                **source}, images / "hallucinations_final.pt")
+                **source}, job / "images" / "hallucinations_final.pt")
     torch.save({"initial": initial.half(), "final": final.half(), "input_shape": [1, 28, 28],
-                **source}, images / "weights_final.pt")
+                **source}, job / "images" / "weights_final.pt")
 
 
 @pytest.fixture(scope="module")
@@ -261,61 +269,26 @@ def picture_sweep(tiny_data, tmp_path_factory):
         for norm, optim in CONFIGS:
             job = write_job(sweep, [0.8, 0.9], norm=norm, optim=optim, seed=seed)
             initial = 0.05 * torch.randn(32, 784)
-            if norm == "none":
-                final = initial + bands.repeat(4, 1)[:32] + 0.3 * torch.randn(32, 784)
-            else:
-                final = 1.5 * initial + 0.01 * torch.randn(32, 784)
+            final = (initial + bands.repeat(4, 1)[:32] + 0.3 * torch.randn(32, 784)
+                     if norm == "none" else 1.5 * initial + 0.01 * torch.randn(32, 784))
             images = (torch.randn(10, *MNIST_SHAPE) if (norm, optim) == ("bn", "adam")
                       else band_images() + 0.1 * torch.randn(10, *MNIST_SHAPE))
             write_pictures(job, tiny_data, images.clamp(-0.42, 2.8), final, initial)
     return sweep
 
 
-@pytest.fixture(scope="module")
-def picture_report(picture_sweep):
-    """The picture section of the hand-made sweep (trains the tiny judge once: seconds)."""
+@pytest.mark.slow
+def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     out = picture_sweep / "report"
-    out.mkdir(exist_ok=True)
-    section, figures, _ = pictures_section(load_runs(picture_sweep), out)
-    return section, figures, out
-
-
-@pytest.mark.slow
-def test_pictures_section_writes_one_row_per_run_figures_and_verdicts(picture_report):
-    section, figures, out = picture_report
-
-    rows = (out / "pictures.csv").read_text().splitlines()
-    assert len(rows) == 1 + 12 and rows[0].startswith("dataset,optim,norm,seed,job,")
-    assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
-    assert (out / "referee_mnist.pt").is_file()  # the judge, cached for the next report
-    assert "## Pictures" in section and "![hallucinations mnist](hallucinations_mnist.png)" \
-        in section
-    # No BN's weights are the data's directions, BN's noise: P1a (more aligned) and P1b (no
-    # BN structured) hold for both optimizers, P1c (BN + Adam mostly structured) does not,
-    # P1d (some no-BN units noise) does not.
-    lines = {line.split("|")[1].strip(): line for line in section.splitlines()
-             if line.startswith("| P")}
-    for optim in ("SGD", "Adam"):
-        assert "**holds**" in lines[f"P1a ({optim})"] and "**holds**" in lines[f"P1b ({optim})"]
-        assert "**does not hold**" in lines[f"P1d ({optim})"]
-    assert "**does not hold**" in lines["P1c"]
-    assert "- mnist, SGD: the learned change (final − initial) is No BatchNorm: " in section
-    # BN + Adam's hallucinations are noise, which the judge cannot read: P3 fails there.
-    # (Tiny data's classes are bands 2 px apart, which the judge's ±2 px training shifts blur,
-    # so it reads only some of the clean bands: no verdict is asserted for them.)
-    assert "**does not hold**" in lines["P3 (BN + Adam)"]
-    assert "0 of 3 seeds meet it" in lines["P3 (BN + Adam)"]
-    assert "Verdicts: **P1 does not hold**; **P3 does not hold**." in section
-    assert "- **P1c does not hold**" in section  # said plainly
-
-
-@pytest.mark.slow
-def test_pictures_csv_measures(picture_report):
-    import csv
-
-    out = picture_report[2]
+    out.mkdir()
+    section, figures, _ = pictures_section(load_runs(picture_sweep), out)  # trains the judge
     with open(out / "pictures.csv") as f:
         rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and list(rows[0])[:5] == ["dataset", "optim", "norm", "seed", "job"]
+    assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
+    assert (out / "referee_mnist.pt").is_file()  # the judge, cached for the next report
+    assert "## Pictures" in section
+    assert "![hallucinations mnist](hallucinations_mnist.png)" in section
     by = {(r["norm"], r["optim"]): r for r in rows if r["seed"] == "0"}
     none, noisy = by["none", "sgd"], by["bn", "adam"]
     assert float(none["pc_alignment"]) > 0.6 > 0.1 > float(noisy["pc_alignment"])
@@ -327,6 +300,21 @@ def test_pictures_csv_measures(picture_report):
     assert float(none["change_share"]) > 0.9 and float(noisy["change_share"]) < 0.2
     assert none["colour_fidelity"] == "" and none["blueness_airplane"] == ""  # grey digits
     assert none["cross_conf"] == ""  # no checkpoints in hand-made jobs
+    # No BN's weights are the data's directions, BN's noise: P1a (more aligned) and P1b (no
+    # BN structured) hold for both optimizers, P1c (BN + Adam mostly structured) and P1d
+    # (some no-BN units noise) do not. BN + Adam's hallucinations are noise: P3 fails there
+    # (the clean bands, 2 px apart, are blurred by the judge's ±2 px shifts: no verdict).
+    lines = {line.split("|")[1].strip(): line for line in section.splitlines()
+             if line.startswith("| P")}
+    for optim in ("SGD", "Adam"):
+        assert "**holds**" in lines[f"P1a ({optim})"] and "**holds**" in lines[f"P1b ({optim})"]
+        assert "**does not hold**" in lines[f"P1d ({optim})"]
+    assert "**does not hold**" in lines["P1c"]
+    assert "- mnist, SGD: the learned change (final − initial) is No BatchNorm: " in section
+    assert "**does not hold**" in lines["P3 (BN + Adam)"]
+    assert "0 of 3 seeds meet it" in lines["P3 (BN + Adam)"]
+    assert "Verdicts: **P1 does not hold**; **P3 does not hold**." in section
+    assert "- **P1c does not hold**" in section  # said plainly
 
 
 def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
@@ -336,44 +324,31 @@ def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
         job = write_job(sweep, [0.8, 0.9], norm=norm, optim=optim)
         write_pictures(job, tmp_path / "moved-away", band_images(), torch.randn(32, 784),
                        torch.randn(32, 784))
-    out = sweep / "report"
-    out.mkdir()
-    section, figures, _ = pictures_section(load_runs(sweep), out)
+    (sweep / "report").mkdir()
+    section, figures, _ = pictures_section(load_runs(sweep), sweep / "report")
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
     assert "_the mnist data could not be loaded from " in section
     assert "no independent judge and no principal components" in section
-    import csv
-
-    with open(out / "pictures.csv") as f:
+    with open(sweep / "report" / "pictures.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
     assert all(r["referee_acc"] == "" and r["pc_alignment"] == "" for r in rows)
     assert all(r["nearest_mean_acc"] == "1.0" and r["change_share"] != "" for r in rows)
 
 
-def test_hallucination_figure_has_a_reference_row_and_a_column_per_class(picture_sweep):
+def test_picture_figures_have_reference_rows_and_a_row_per_configuration(picture_sweep):
     runs = load_picture_runs(load_runs(picture_sweep))
     ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
-                      real_means=runs[0].hallucinations["real_means"])
-    fig = hallucinations_figure("mnist", runs, ref)
-    axes = fig.axes
+                    real_means=runs[0].hallucinations["real_means"],
+                    components=P.principal_components(band_images(), 8))
+    axes = hallucinations_figure("mnist", runs, ref).axes
     assert len(axes) == 5 * 10  # the real class means, then no BN/BN × SGD/Adam; 10 classes
     assert [ax.get_title() for ax in axes[:10]] == [str(d) for d in range(10)]
-    labels = [axes[10 * r].get_ylabel() for r in range(5)]
-    assert labels == ["real class means", "No BatchNorm + SGD\n(seed 0)",
-                      "No BatchNorm + Adam\n(seed 0)", "BatchNorm + SGD\n(seed 0)",
-                      "BatchNorm + Adam\n(seed 0)"]
-
-
-def test_weights_figure_shows_final_and_change_per_configuration(picture_sweep):
-    runs = load_picture_runs(load_runs(picture_sweep))
-    ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
-                      real_means=runs[0].hallucinations["real_means"],
-                      components=P.principal_components(band_images(), 8))
-    fig = weights_figure("mnist", runs, ref, {})
-    axes = fig.axes
-    assert len(axes) == 5 * 2
-    assert axes[0].get_ylabel() == "reference"
+    assert [axes[10 * r].get_ylabel() for r in range(5)] == [
+        "real class means", "No BatchNorm + SGD\n(seed 0)", "No BatchNorm + Adam\n(seed 0)",
+        "BatchNorm + SGD\n(seed 0)", "BatchNorm + Adam\n(seed 0)"]
+    axes = weights_figure("mnist", runs, ref, {}).axes
+    assert len(axes) == 5 * 2 and axes[0].get_ylabel() == "reference"
     assert [" ".join(axes[2 * r].get_ylabel().split("\n")[:2]) for r in range(1, 5)] == [
         "No BatchNorm + SGD", "No BatchNorm + Adam", "BatchNorm + SGD", "BatchNorm + Adam"]
     assert axes[2].get_title().startswith("final weights")
@@ -381,20 +356,17 @@ def test_weights_figure_shows_final_and_change_per_configuration(picture_sweep):
 
 
 def test_claim_parts_on_hand_made_rows():
-    def row(dataset, norm, optim, seed, **values):
-        return {"dataset": dataset, "norm": norm, "optim": optim, "seed": seed, **values}
-
     rows = []
     for seed in range(3):
         for norm, optim in CONFIGS:
             bn, adam = norm == "bn", optim == "adam"
-            rows.append(row("cifar10", norm, optim, seed,
-                            colour_fidelity=0.6 + 0.01 * seed,
-                            blueness_airplane=0.1 + 0.01 * seed,
-                            greenness_dog=-0.05 - 0.01 * seed,   # dogs not greenish
-                            greenness_frog=0.02 * (seed - 1),    # frogs: within the spread
-                            sharpness=(0.08 if bn else 0.05) + 0.001 * seed,
-                            distinctness=(1.0 if bn and adam else 0.8) + 0.01 * seed))
+            rows.append({"dataset": "cifar10", "norm": norm, "optim": optim, "seed": seed,
+                         "colour_fidelity": 0.6 + 0.01 * seed,
+                         "blueness_airplane": 0.1 + 0.01 * seed,
+                         "greenness_dog": -0.05 - 0.01 * seed,   # dogs not greenish
+                         "greenness_frog": 0.02 * (seed - 1),    # frogs: within the spread
+                         "sharpness": (0.08 if bn else 0.05) + 0.001 * seed,
+                         "distinctness": (1.0 if bn and adam else 0.8) + 0.01 * seed})
     parts = {p.claim + p.part: p for p in picture_results(rows)}
     for optim in ("SGD", "Adam"):
         assert parts[f"P2a1 ({optim})"].verdict == parts[f"P2a2 ({optim})"].verdict == "holds"

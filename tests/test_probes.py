@@ -1,6 +1,6 @@
-"""The training probes (`bnstudy.probes`): their numbers against direct computations, their
-TensorBoard events, their series in `metrics.json` (written by `MetricsHistory` alone), resume,
-and the report's figures of a `callbacks=probes` sweep."""
+"""`bnstudy.probes`: their numbers against direct computations, their TensorBoard events, their
+series in `metrics.json` (written by `MetricsHistory` alone) and across a resume, and the
+report's figures of them."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import FAST, compose_config, make_classifier, read_record, run_train, tiny_fit
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from helpers import compose_config, make_classifier, read_record, tiny_fit, write_job
+from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -29,15 +29,6 @@ from bnstudy.probes import ActivationPercentiles, GradientBehaviour
 ETAS = (0.01, 0.1, 1.0)
 PERCENTILES = (15, 50, 85)
 STEPS = 11  # optimizer steps an epoch of `tiny_fit`: 540 training images in minibatches of 50
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train faster on one thread than on a pool that shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(norm: str = "bn", cnn: bool = False, dropout: float | None = None) -> Classifier:
@@ -60,14 +51,8 @@ def fit(model: Classifier, data_dir: Path, out: Path, callbacks, epochs: int = 1
                     **({"max_epochs": epochs, "limit_val_batches": 0} | trainer_args))[2]
 
 
-def events(out: Path) -> EventAccumulator:
-    accumulator = EventAccumulator(str(out), size_guidance={"scalars": 0, "histograms": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def scalars(acc: EventAccumulator, tag: str) -> tuple[list[int], list[float]]:
-    found = acc.Scalars(tag)
+def scalars(out: Path, tag: str) -> tuple[list[int], list[float]]:
+    found = EventAccumulator(str(out), size_guidance={"scalars": 0}).Reload().Scalars(tag)
     return [e.step for e in found], [e.value for e in found]
 
 
@@ -97,12 +82,10 @@ def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data,
     assert record["units"] == units and record["percentiles"] == list(PERCENTILES)
     assert record["steps"] == [0, 3, 6, 9]
     q = torch.tensor(PERCENTILES) / 100
-    acc = events(tmp_path)
     for i, step_ in enumerate(record["steps"]):
         # The training forward, then the gradient probe's at θ and at each η: only the first.
         assert len(inputs[step_]) == 2 + len(ETAS)
-        first = inputs[step_][0]
-        per_unit = first.permute(1, 0, 2, 3).reshape(4, -1) if cnn else first.T
+        per_unit = inputs[step_][0].transpose(0, 1).flatten(1)
         expected = torch.stack([torch.quantile(per_unit[u], q) for u in units])
         recorded = torch.tensor(record["values"][i])
         assert torch.allclose(recorded, expected, atol=1e-6)
@@ -110,10 +93,11 @@ def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data,
         assert not torch.allclose(recorded, torch.quantile(last[units], q, dim=1).T, atol=1e-3)
     for j, unit in enumerate(units):
         for k, p in enumerate(PERCENTILES):
-            steps, values = scalars(acc, f"activations/unit{unit}/p{p}")
+            steps, values = scalars(tmp_path, f"activations/unit{unit}/p{p}")
             assert steps == record["steps"]
             assert np.allclose(values, [row[j][k] for row in record["values"]], atol=1e-6)
-    histograms = acc.Histograms("activations/layer0")
+    events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
+    histograms = events.Histograms("activations/layer0")
     assert [h.step for h in histograms] == record["steps"]
     layer, histogram = inputs[0][0], histograms[0].histogram_value  # the whole layer
     assert histogram.num == layer.numel()
@@ -126,75 +110,44 @@ def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
         ActivationPercentiles(every_n_steps=0)
     with pytest.raises(ValueError, match=r"etas=\[\] not empty"):
         GradientBehaviour(etas=[])
-    model = make_model()
-    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    with pytest.raises(ValueError, match=rf"layer=5, but the model has {len(relus)} nn.ReLU"):
-        fit(model, tiny_data, tmp_path, [ActivationPercentiles(5)])
     with pytest.raises(ValueError, match=r"percentiles=\[50, 150\]; each must be within 0..100"):
         ActivationPercentiles(percentiles=[50, 150])
     with pytest.raises(ValueError, match=r"units=\[-1\]"):
         ActivationPercentiles(units=[-1])
+    model = make_model()
+    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    with pytest.raises(ValueError, match=rf"layer=5, but the model has {len(relus)} nn.ReLU"):
+        fit(model, tiny_data, tmp_path, [ActivationPercentiles(5)])
     width = model.net.fc1.out_features
     with pytest.raises(ValueError, match=rf"units=\[0, {width}\], but .* has {width} units"):
         fit(make_model(), tiny_data, tmp_path, [ActivationPercentiles(units=[0, width])])
 
 
-class Snapshot(Callback):
-    """Before the probe: the step's minibatch (the one the training forward takes), and a copy
-    of the model's state, grads, modes and the RNG."""
+class Direct(Callback):
+    """After the probe, at each step: the numbers computed directly on the minibatch the
+    training forward took (copies of the net moved by −η g, in training mode)."""
 
-    def __init__(self) -> None:
-        self.batch = None
-        self.training_input: torch.Tensor | None = None
-        self.sizes: list[int] = []
+    def __init__(self, landscape_every: int) -> None:
+        self.landscape_every, self.sizes, self.norms, self.landscape = landscape_every, [], {}, {}
 
     def setup(self, trainer, pl_module, stage):
         def take(module, args):
-            if module.training and self.training_input is None:
-                self.training_input = args[0]
+            if module.training and self.x is None:
+                self.x = args[0]
         pl_module.net.register_forward_pre_hook(take)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.batch, self.training_input = batch, None
+        self.batch, self.x = batch, None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        # The batch the callbacks are handed is the minibatch this step trained on.
-        assert self.training_input is self.batch[0]
-        self.sizes.append(len(self.batch[1]))
-        self.state = {k: v.clone() for k, v in pl_module.state_dict().items()}
-        self.grads = [p.grad.clone() for p in pl_module.parameters()]
-        self.modes = [m.training for m in pl_module.modules()]
-        self.rng = torch.get_rng_state()
-
-
-class Check(Callback):
-    """After the probe: whether it left the model alone, and the numbers computed directly on
-    the step's minibatch."""
-
-    def __init__(self, snapshot: Snapshot, landscape_every: int) -> None:
-        self.snapshot, self.landscape_every = snapshot, landscape_every
-        self.unchanged: list[bool] = []
-        self.norms: dict[int, dict[str, float]] = {}
-        self.landscape: dict[int, tuple[list[float], list[float]]] = {}
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        before = self.snapshot
-        self.unchanged.append(
-            all(torch.equal(v, before.state[k]) for k, v in pl_module.state_dict().items())
-            and all(torch.equal(p.grad, g)
-                    for p, g in zip(pl_module.parameters(), before.grads, strict=True))
-            and [m.training for m in pl_module.modules()] == before.modes
-            and torch.equal(torch.get_rng_state(), before.rng))
-        step = trainer.global_step
+        (x, y), net, step = self.batch, pl_module.net, trainer.global_step
+        assert self.x is x  # the batch the callbacks are handed is the one trained on
+        self.sizes.append(len(y))
         self.norms[step] = {
             name: math.sqrt(sum(float(p.grad.pow(2).sum()) for p in m.parameters(recurse=False)))
             for name, m in pl_module.named_modules() if list(m.parameters(recurse=False))}
-        if step % self.landscape_every == 0:
-            self.landscape[step] = self.moved_copies(pl_module.net, *before.batch)
-
-    @staticmethod
-    def moved_copies(net: nn.Module, x, y) -> tuple[list[float], list[float]]:
-        """Loss and gradient change of copies of `net` moved by −η g, in training mode."""
+        if step % self.landscape_every:
+            return
         losses, changes = [], []
         for eta in ETAS:
             moved = copy.deepcopy(net)
@@ -206,35 +159,29 @@ class Check(Callback):
             losses.append(float(loss.detach()))
             changes.append(math.sqrt(sum(float((a.grad - b.grad).pow(2).sum()) for a, b in
                                          zip(moved.parameters(), net.parameters(), strict=True))))
-        return losses, changes
+        self.landscape[step] = losses, changes
 
 
 @pytest.mark.parametrize("norm", ["bn", "none"])
-def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
-        tiny_data, tmp_path, norm):
-    snapshot = Snapshot()
-    check = Check(snapshot, landscape_every=4)
+def test_gradient_probe_equals_direct_computation(tiny_data, tmp_path, norm):
+    """(That it leaves the model, its grads and the RNG alone: the next test.)"""
     probe = GradientBehaviour(every_n_steps=2, landscape_every_n_steps=4, etas=ETAS)
-    fit(make_model(norm), tiny_data, tmp_path, [snapshot, probe, check])
-    # One minibatch a step: 10 of 50 images, then the last 40.
-    assert snapshot.sizes == [50] * 10 + [40]
+    direct = Direct(landscape_every=4)
+    fit(make_model(norm), tiny_data, tmp_path, [probe, direct])
+    assert direct.sizes == [50] * 10 + [40]  # one minibatch a step: 10 of 50, then 40
 
-    assert len(check.unchanged) == STEPS and all(check.unchanged)
     record = probe.series()
     assert record["steps"] == [0, 2, 4, 6, 8, 10]
-    layers = set(check.norms[0])
+    layers = set(direct.norms[0])
     assert set(record["norms"]) == layers and (norm == "bn") == any("norm" in n for n in layers)
-    acc = events(tmp_path)
     for layer, values in record["norms"].items():
-        expected = [check.norms[s][layer] for s in record["steps"]]
-        assert np.allclose(values, expected, rtol=1e-5)
-        steps, logged = scalars(acc, f"gradients/norm/{layer}")
+        assert np.allclose(values, [direct.norms[s][layer] for s in record["steps"]], rtol=1e-5)
+        steps, logged = scalars(tmp_path, f"gradients/norm/{layer}")
         assert steps == record["steps"] and np.allclose(logged, values, rtol=1e-5)
-
     land = record["landscape"]
     assert land["etas"] == list(ETAS) and land["steps"] == [0, 4, 8]
     for i, step in enumerate(land["steps"]):
-        losses, changes = check.landscape[step]
+        losses, changes = direct.landscape[step]
         assert np.allclose(land["loss"][i], losses, rtol=1e-5)
         assert np.allclose(land["grad_change"][i], changes, rtol=1e-4, atol=1e-6)
         assert math.isclose(land["loss_range"][i], max(losses) - min(losses), rel_tol=1e-4)
@@ -244,13 +191,13 @@ def test_gradient_probe_equals_direct_computation_and_leaves_the_model_alone(
         beta = max(c / (eta * g) for c, eta in zip(changes, ETAS, strict=True))
         assert math.isclose(land["beta_smoothness"][i], beta, rel_tol=1e-4)
     for key in ("loss_range", "grad_change_max", "beta_smoothness"):
-        steps, logged = scalars(acc, f"landscape/{key}")
+        steps, logged = scalars(tmp_path, f"landscape/{key}")
         assert steps == land["steps"] and np.allclose(logged, land[key], rtol=1e-5)
 
 
 def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):
-    """Conv net with BatchNorm2d and dropout: the probes touch no state, buffer or RNG draw;
-    the validation forwards (eval mode, after step 10) are not recorded."""
+    """Conv net with BatchNorm2d and dropout: the probes touch no state, grad, mode, buffer or
+    RNG draw; the validation forwards (eval mode, after step 10) are not recorded."""
     runs = {}
     probes = [ActivationPercentiles(every_n_steps=1),
               GradientBehaviour(every_n_steps=1, landscape_every_n_steps=1, etas=ETAS)]
@@ -265,38 +212,6 @@ def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_pa
     activations, gradients = probes[0].series(), probes[1].series()
     assert activations["steps"] == gradients["landscape"]["steps"] == list(range(STEPS))
     assert len(activations["values"]) == STEPS
-
-
-def test_probe_series_reach_metrics_json_only_through_metrics_history(tiny_data, tmp_path):
-    def probes():
-        return [ActivationPercentiles(every_n_steps=3),
-                GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3, etas=ETAS)]
-
-    alone = probes()
-    fit(make_model(), tiny_data, tmp_path / "alone", alone)
-    assert alone[0].series()["steps"] and alone[1].series()["steps"]  # they did record
-    assert not list((tmp_path / "alone").rglob("*.json"))  # but wrote no record
-
-    path = tmp_path / "with_history" / "metrics.json"
-    seen_after_epoch0 = {}
-
-    class ReadAtEpoch1(Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                seen_after_epoch0.update(json.loads(path.read_text()))
-
-    probed = probes()
-    fit(make_model(), tiny_data, tmp_path / "with_history",
-        [MetricsHistory(path), *probed, ReadAtEpoch1()], epochs=2)
-    record = read_record(path.parent)
-    assert record["activations"] == probed[0].series()
-    assert record["gradients"] == probed[1].series()
-    assert [row["epoch"] for row in record["history"]] == [0, 1]
-    assert record["activations"]["steps"] == [0, 3, 6, 9, 12, 15, 18, 21]
-    # Written at each epoch's end: after epoch 0 the file held epoch 0's series.
-    assert seen_after_epoch0["activations"]["steps"] == [0, 3, 6, 9]
-    assert seen_after_epoch0["gradients"]["steps"] == [0, 2, 4, 6, 8, 10]
-    assert seen_after_epoch0["gradients"]["landscape"]["steps"] == [0, 3, 6, 9]
 
 
 @pytest.mark.parametrize("norm", ["bn", "none"])
@@ -323,34 +238,51 @@ def test_batchnorm_makes_preactivations_and_gradients_scale_invariant(tiny_data,
         assert not math.isclose(grad10, grad / 10, rel_tol=0.5)
 
 
-def test_series_survive_a_resume(tiny_data, tmp_path):
-    def resumable_probes() -> list[Callback]:
-        return [MetricsHistory(tmp_path / "metrics.json"),
-                ActivationPercentiles(every_n_steps=3),
-                GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3, etas=ETAS),
-                ModelCheckpoint(tmp_path / "checkpoints", save_last=True, save_top_k=0)]
+def test_series_reach_metrics_json_each_epoch_only_through_history_and_survive_a_resume(
+        tiny_data, tmp_path):
+    def probes() -> list[Callback]:
+        return [ActivationPercentiles(every_n_steps=3),
+                GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3, etas=ETAS)]
 
-    fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=1,
-        enable_checkpointing=True)
+    alone = probes()
+    fit(make_model(), tiny_data, tmp_path / "alone", alone)
+    assert alone[0].series()["steps"] and alone[1].series()["steps"]  # they did record
+    assert not list((tmp_path / "alone").rglob("*.json"))  # but wrote no record
+
+    path, after_epoch0 = tmp_path / "metrics.json", {}
+    spy = LambdaCallback(on_train_epoch_start=lambda t, m: (
+        t.current_epoch == 1 and after_epoch0.update(json.loads(path.read_text()))))
+
+    def run(epochs: int, **resume) -> list[Callback]:
+        callbacks = [MetricsHistory(path), *probes(), spy,
+                     ModelCheckpoint(tmp_path / "checkpoints", save_last=True, save_top_k=0)]
+        fit(make_model(), tiny_data, tmp_path, callbacks, epochs, enable_checkpointing=True,
+            **resume)
+        return callbacks
+
+    probed = run(epochs=2)
     first = read_record(tmp_path)
-    (tmp_path / "metrics.json").unlink()  # what epoch 0 recorded can now come only from the ckpt
-    fit(make_model(), tiny_data, tmp_path, resumable_probes(), epochs=2,
-        enable_checkpointing=True, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
-    both = read_record(tmp_path)
+    assert first["activations"] == probed[1].series() and first["gradients"] == probed[2].series()
+    assert [row["epoch"] for row in first["history"]] == [0, 1]
+    # Written at each epoch's end: after epoch 0 the file held epoch 0's series.
+    assert after_epoch0["activations"]["steps"] == [0, 3, 6, 9]
+    assert after_epoch0["gradients"]["steps"] == [0, 2, 4, 6, 8, 10]
+    assert after_epoch0["gradients"]["landscape"]["steps"] == [0, 3, 6, 9]
 
+    path.unlink()  # what epochs 0 and 1 recorded can now come only from the checkpoint
+    run(epochs=3, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    both = read_record(tmp_path)
     activations, gradients = both["activations"], both["gradients"]
-    assert first["activations"]["steps"] == [0, 3, 6, 9]
-    assert activations["steps"] == [0, 3, 6, 9, 12, 15, 18, 21]
-    assert activations["values"][:4] == first["activations"]["values"]
-    assert len(activations["values"]) == 8
-    assert gradients["steps"] == list(range(0, 2 * STEPS, 2))
+    assert activations["steps"] == list(range(0, 3 * STEPS, 3))
+    assert activations["values"][:8] == first["activations"]["values"]
+    assert len(activations["values"]) == 11
+    assert gradients["steps"] == list(range(0, 3 * STEPS, 2))
     for layer, norms in gradients["norms"].items():
-        assert norms[:6] == first["gradients"]["norms"][layer] and len(norms) == 11
-    landscape = gradients["landscape"]
-    assert landscape["steps"] == [0, 3, 6, 9, 12, 15, 18, 21]
+        assert norms[:11] == first["gradients"]["norms"][layer] and len(norms) == 17
+    assert gradients["landscape"]["steps"] == activations["steps"]
     for key in ("loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness"):
-        assert landscape[key][:4] == first["gradients"]["landscape"][key]
-        assert len(landscape[key]) == 8
+        assert gradients["landscape"][key][:8] == first["gradients"]["landscape"][key]
+        assert len(gradients["landscape"][key]) == 11
 
 
 def colour_share(image: np.ndarray, colour: str) -> float:
@@ -360,18 +292,18 @@ def colour_share(image: np.ndarray, colour: str) -> float:
 
 
 @pytest.mark.slow
-def test_report_of_a_probes_sweep_draws_both_figures(tiny_data, tmp_path):
+def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
     from bnstudy import report
 
     sweep = tmp_path / "sweep"
-    done = run_train("-m", "dataset=mnist", "norm=bn,none", "optim=sgd", "callbacks=probes",
-                     f"paths.data_dir={tiny_data}", "trainer.max_epochs=1", "threads=1", *FAST,
-                     "~callbacks.hallucinations", "~callbacks.weight_grid",
-                     "callbacks.activation_percentiles.every_n_steps=2",
-                     "callbacks.gradient_behaviour.every_n_steps=2",
-                     "callbacks.gradient_behaviour.landscape_every_n_steps=3",
-                     f"hydra.sweep.dir={sweep}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    for norm in ("bn", "none"):  # each job's record with the series of a probed fit
+        job = write_job(sweep, [0.8, 0.9], norm=norm, optim="sgd")
+        probes = [ActivationPercentiles(every_n_steps=2),
+                  GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3)]
+        fit(make_model(norm), tiny_data, None, probes)
+        record = json.loads((job / "metrics.json").read_text())
+        record.update({p.record_key: p.series() for p in probes})
+        (job / "metrics.json").write_text(json.dumps(record))
     out = sweep / "report"
     out.mkdir()
     (out / "activations_stale.png").write_bytes(b"")
@@ -391,9 +323,8 @@ def test_report_of_a_probes_sweep_draws_both_figures(tiny_data, tmp_path):
     medians = [f"{np.median(records[n]['gradients']['landscape']['loss_range']):.3g}"
                for n in ("none", "bn")]
     assert f"No BatchNorm {medians[0]}, " in markdown and f"; BatchNorm {medians[1]}, " in markdown
-    acc = EventAccumulator(str(out))
-    acc.Reload()
-    assert {"activations/mnist_sgd", "gradients/mnist_sgd"} <= set(acc.Tags()["images"])
+    events = EventAccumulator(str(out)).Reload()
+    assert {"activations/mnist_sgd", "gradients/mnist_sgd"} <= set(events.Tags()["images"])
 
     bn_job = next(p for p in sweep.glob("*/metrics.json") if "-bn-" in p.parent.name)
     record = json.loads(bn_job.read_text())

@@ -1,5 +1,5 @@
-"""The weight-grid and hallucination callbacks: their pure functions, the hallucination recipe
-and its knobs, and real training runs."""
+"""`bnstudy.pictures.recipe` (the hallucination recipe and its knobs) and `drawing` through
+the picture callbacks in real training runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import make_classifier, tiny_fit
+from helpers import PAD, grid_size, make_classifier, tiny_fit
 from lightning.pytorch.callbacks import LambdaCallback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -20,118 +20,30 @@ from bnstudy.callbacks import Hallucinations, WeightGrid
 from bnstudy.data import CIFAR10DataModule, MNISTDataModule
 from bnstudy.nets import first_layer
 from bnstudy.pictures import measures as P
-from bnstudy.pictures.grids import LABEL_HEIGHT, labelled_grid, name_strip, weight_grid
+from bnstudy.pictures.grids import LABEL_HEIGHT, weight_grid
 from bnstudy.pictures.recipe import class_score, hallucinate
 
-PAD = 2  # make_grid's default padding
 MNIST_MEAN, MNIST_STD = MNISTDataModule.mean[0], MNISTDataModule.std[0]
 LOW, HIGH = [-MNIST_MEAN / MNIST_STD], [(1 - MNIST_MEAN) / MNIST_STD]  # valid normalised range
 
 
-def grid_size(n: int, nrow: int, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(height, width) of make_grid's layout of n tiles of `shape`, `nrow` per row."""
-    cols, rows = min(nrow, n), math.ceil(n / min(nrow, n))
-    return rows * (shape[1] + PAD) + PAD, cols * (shape[2] + PAD) + PAD
-
-
-def labelled_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+def labelled_shape(shape) -> tuple[int, int, int]:
     """A `labelled_grid` tile's shape for images of `shape`: enlarged to >= 96 px, name on top."""
     scale = math.ceil(96 / shape[2])
     return 3, LABEL_HEIGHT + scale * shape[1], scale * shape[2]
 
 
-def tile(grid: torch.Tensor, k: int, nrow: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The k-th tile of a make_grid image (row-major)."""
-    row, col = divmod(k, nrow)
-    top, left = PAD + row * (shape[1] + PAD), PAD + col * (shape[2] + PAD)
-    return grid[:, top : top + shape[1], left : left + shape[2]]
+def png(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
-# --- weight grids -----------------------------------------------------------------------------
+def as_png(grid: torch.Tensor) -> np.ndarray:
+    """A [0, 1] grid as TensorBoard encodes it: × 255, truncated."""
+    return (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_weight_grid_tiles_are_rows_scaled_each_symmetrically(shape):
-    pattern = torch.linspace(-1.0, 0.5, math.prod(shape))
-    scales = torch.arange(1.0, 21.0)[:, None]  # 20 units, each the pattern times its own scale
-    grid = weight_grid(scales * pattern, shape, num_units=10)
-
-    assert grid.shape == (3, *grid_size(10, 4, shape))  # 10 tiles, ceil(sqrt(10)) = 4 per row
-    expected = (pattern / 2 + 0.5).view(shape).expand(3, -1, -1)  # -max|w| → 0, 0 → 0.5
-    for k in range(10):
-        assert torch.allclose(tile(grid, k, 4, shape), expected, atol=1e-6)
-    assert tile(grid, 10, 4, shape).eq(0).all()  # no eleventh tile: padding only
-
-
-def test_labelled_grid_writes_each_name_above_its_enlarged_image():
-    images, names = torch.rand(3, 1, 28, 28), ["zero", "one", "automobile"]
-    grid = labelled_grid(images, names, nrow=2)
-
-    shape = labelled_shape((1, 28, 28))
-    assert shape == (3, 14 + 112, 112) and grid.shape == (3, *grid_size(3, 2, shape))
-    for k, name in enumerate(names):
-        drawn = tile(grid, k, 2, shape)
-        assert torch.equal(drawn[:, :LABEL_HEIGHT], name_strip(name, 112)), name
-        enlarged = images[k].repeat_interleave(4, -2).repeat_interleave(4, -1).expand(3, -1, -1)
-        assert torch.equal(drawn[:, LABEL_HEIGHT:], enlarged)
-    strips = [name_strip(name, 112) for name in names]
-    assert all(strip.lt(0.5).any() for strip in strips)  # black text on white is drawn
-    assert not torch.equal(strips[0], strips[1])  # ... and it is the name
-
-
-def test_weight_grid_default_is_8_by_8():
-    weight = torch.randn(256, 784)
-    grid = weight_grid(weight, (1, 28, 28))
-    assert grid.shape == (3, *grid_size(64, 8, (1, 28, 28)))
-    row = weight[63]
-    assert torch.allclose(tile(grid, 63, 8, (1, 28, 28))[0],
-                          (row / (2 * row.abs().max()) + 0.5).view(28, 28))
-
-
-@pytest.mark.parametrize("in_channels", [1, 3])
-def test_weight_grid_of_a_conv_layer_has_a_tile_per_filter(in_channels):
-    shape = (in_channels, 3, 3)
-    weight = torch.randn(32, *shape)
-    grid = weight_grid(weight, (in_channels, 28, 28))  # conv filters: the input shape is unused
-
-    assert grid.shape == (3, *grid_size(32, 6, shape))  # 32 filters, ceil(sqrt(32)) = 6 per row
-    for k in range(32):
-        bound = weight[k].abs().max()  # each filter scaled on its own, over all its channels
-        expected = (weight[k] / (2 * bound) + 0.5).expand(3, -1, -1)
-        assert torch.allclose(tile(grid, k, 6, shape), expected, atol=1e-6)
-        assert tile(grid, k, 6, shape).amin() == 0 or tile(grid, k, 6, shape).amax() == 1
-    assert tile(grid, 32, 6, shape).eq(0).all()  # no 33rd tile: padding only
-
-
-def test_change_grid_is_final_minus_initial_and_survives_a_resume(tiny_data, tmp_path):
-    model = make_classifier(lr=0.05)
-    initial = first_layer(model).weight.detach().clone()
-    first = WeightGrid(tmp_path / "first", every_n_epochs=0)
-    trainer = tiny_fit(tiny_data, model=model, callbacks=[first], limit_val_batches=0)[2]
-    assert torch.equal(first.initial, initial)
-    checkpoint = tmp_path / "epoch1.ckpt"
-    trainer.save_checkpoint(checkpoint)
-
-    torch.manual_seed(123)  # resumed into a network initialised otherwise, with a new callback
-    other = make_classifier(lr=0.05)
-    assert not torch.equal(first_layer(other).weight, initial)
-    resumed = WeightGrid(tmp_path / "resumed", every_n_epochs=0)
-    tiny_fit(tiny_data, model=other, callbacks=[resumed], max_epochs=2, limit_val_batches=0,
-             ckpt_path=checkpoint)
-
-    assert torch.equal(resumed.initial, initial)  # the run's own start, from the checkpoint
-    final = first_layer(other).weight.detach()
-    saved = torch.load(tmp_path / "resumed" / "weights_final.pt", weights_only=True)
-    assert torch.equal(saved["initial"], initial.half())
-    assert torch.equal(saved["final"], final.half())
-    assert saved["input_shape"] == [1, 28, 28] and saved["classes"] == list("0123456789")
-    with Image.open(tmp_path / "resumed" / "weights_change_final.png") as image:
-        pixels = np.asarray(image.convert("RGB"))
-    expected = weight_grid(final - initial, (1, 28, 28))
-    assert np.array_equal(pixels, (expected * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
-
-
-# --- the hallucination recipe -----------------------------------------------------------------
+# --- the recipe -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +78,10 @@ def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained, t
     assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
     assert torch.equal(run(), images)  # seeded
     assert images.shape == (10, 1, 28, 28) and LOW[0] <= images.min() and images.max() <= HIGH[0]
-    model.eval()
-    with torch.no_grad():
-        gain = model(images).diagonal() - model(start).diagonal()
-        predicted = model(images).argmax(1)
     model.net.out.bias.requires_grad_(True)
+    with torch.no_grad():
+        gain = model.eval()(images).diagonal() - model(start).diagonal()
+        predicted = model(images).argmax(1)
     assert (gain > 2).all(), gain
     assert predicted.tolist() == list(range(10))
     # Each class's band (rows 2k, 2k + 1) is drawn bright: well above the image's mean row.
@@ -221,8 +132,7 @@ def test_log_softmax_stalls_where_the_class_already_wins_and_margin_does_not():
 
 
 def test_class_score_objectives():
-    logits = torch.tensor([[3.0, 1.0, -1.0]])
-    target = torch.tensor([0])
+    logits, target = torch.tensor([[3.0, 1.0, -1.0]]), torch.tensor([0])
     assert class_score(logits, target, "logit").item() == 3.0
     assert class_score(logits, target, "contrast").item() == 3.0
     assert class_score(logits, target, "margin").item() == pytest.approx(
@@ -245,36 +155,22 @@ def test_bad_recipes_are_refused():
         Hallucinations("unused", objective="softmax")
 
 
-@pytest.fixture(scope="module")
-def trained(shared_data):
-    """An MLP (hidden 256) with BatchNorm trained for one epoch on the shared real-MNIST
-    subset, and that subset's datamodule."""
-    L.seed_everything(0, verbose=False)
-    model = make_classifier("bn", hidden_dim=256, lr=0.05)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a small MLP steps faster on one thread than on a shared pool
-    try:
-        data, model, _ = tiny_fit(shared_data, model=model, batch_size=64, limit_val_batches=0)
-        return data, model
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_default_recipe_draws_digits_an_independent_classifier_reads(trained):
-    data, model = trained
-    callback = Hallucinations("unused")  # the recipe's defaults
+def test_default_recipe_draws_digits_an_independent_classifier_reads(shared_data):
+    L.seed_everything(0, verbose=False)
+    data, model, _ = tiny_fit(shared_data, model=make_classifier("bn", hidden_dim=256, lr=0.05),
+                              batch_size=64, limit_val_batches=0)  # one epoch, real MNIST
     judge = P.Referee(data.input_shape, 10).fit(data.train_set.x, data.train_set.y,
                                                 (data.val_set.x, data.val_set.y))
     images = hallucinate(model, data.input_shape, 10, LOW, HIGH,
-                         stats=P.ImageStats.of(data.train_set.x), **callback.settings)
-    read, _ = P.recognised(judge.probabilities(images))
+                         stats=P.ImageStats.of(data.train_set.x),
+                         **Hallucinations("unused").settings)  # the recipe's defaults
     assert judge.accuracy > 0.95
-    assert read.sum() >= 8, read
+    assert P.recognised(judge.probabilities(images))[0].sum() >= 8
     assert P.predict(model, images).argmax(1).tolist() == list(range(10))
 
 
-# --- the callbacks in training ----------------------------------------------------------------
+# --- drawing, through the callbacks in training ----------------------------------------------
 
 
 @pytest.mark.slow
@@ -283,44 +179,33 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
     # A job of conftest's `tiny_sweep`: 2 epochs, weight grids every epoch, hallucinations
     # (5 steps) drawn when training ends.
     (run_dir,) = tiny_sweep.dir.glob(f"*_{datamodule.name}-bn-sgd-seed0*")
-    shape, classes = datamodule.input_shape, datamodule.classes
-
-    events = EventAccumulator(str(run_dir), size_guidance={"images": 0})
-    events.Reload()
-    # One hallucination card per run (no card per class to flood the dashboard).
-    assert set(events.Tags()["images"]) == {"weights/first_layer", "weights/first_layer_change",
-                                            "hallucination/all"}
-    # Weights after epochs 0 and 1; the final picture is epoch 1's (same step), not re-logged.
-    weights = events.Images("weights/first_layer")
-    assert len(weights) == 2 and weights[0].step < weights[1].step
-    assert [e.step for e in events.Images("weights/first_layer_change")] == [
-        e.step for e in weights]
-    assert (weights[-1].height, weights[-1].width) == grid_size(64, 8, shape)
-    assert [event.step for event in events.Images("hallucination/all")] == [weights[1].step]
-    labelled = grid_size(10, 5, labelled_shape(shape))
-    assert (events.Images("hallucination/all")[0].height,
-            events.Images("hallucination/all")[0].width) == labelled
-
-    images = run_dir / "images"
-    grid = grid_size(64, 8, shape)
-    files = {"weights_epoch0": grid, "weights_epoch1": grid, "weights_final": grid,
-             "weights_change_epoch0": grid, "weights_change_epoch1": grid,
-             "weights_change_final": grid, "hallucinations_final": labelled}
-    assert sorted(p.name for p in images.iterdir()) == sorted(
-        [f"{stem}.png" for stem in files]
-        + ["hallucinations_final.npz", "hallucinations_final.pt", "weights_final.pt"])
-    for stem, (height, width) in files.items():
-        with Image.open(images / f"{stem}.png") as image:
-            image.load()
-            assert image.size == (width, height), stem
+    shape, classes, images = datamodule.input_shape, datamodule.classes, run_dir / "images"
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    # One hallucination card per run (no card per class to flood the dashboard); weights
+    # after epochs 0 and 1, and the final picture is epoch 1's (same step), not re-logged.
+    drawn = {tag: events.Images(tag) for tag in events.Tags()["images"]}
+    steps = {tag: [e.step for e in found] for tag, found in drawn.items()}
+    assert steps["weights/first_layer"] == steps["weights/first_layer_change"]
+    assert len(steps) == 3 and steps["hallucination/all"] == steps["weights/first_layer"][1:]
+    # Encoded once: the files hold the very PNGs TensorBoard shows.
+    for tag, files in (("weights/first_layer", ("weights_epoch0", "weights_epoch1")),
+                       ("weights/first_layer_change", ("weights_change_epoch0",
+                                                       "weights_change_epoch1")),
+                       ("hallucination/all", ("hallucinations_final",))):
+        assert [(images / f"{f}.png").read_bytes() for f in files] == [
+            e.encoded_image_string for e in drawn[tag]]
+    grid, labelled = grid_size(64, 8, shape), grid_size(10, 5, labelled_shape(shape))
+    sizes = {"weights_final": grid, "weights_change_final": grid, "weights_epoch0": grid,
+             "hallucinations_final": labelled}
+    assert all(png(images / f"{stem}.png").shape[:2] == size for stem, size in sizes.items())
     for prefix in ("weights", "weights_change"):
         final = (images / f"{prefix}_final.png").read_bytes()
         assert final == (images / f"{prefix}_epoch1.png").read_bytes()
-    # Encoded once: the files hold the very PNGs TensorBoard shows.
-    assert [(images / f"weights_epoch{i}.png").read_bytes() for i in (0, 1)] == [
-        event.encoded_image_string for event in weights]
-    assert ((images / "hallucinations_final.png").read_bytes()
-            == events.Images("hallucination/all")[0].encoded_image_string)
+    assert sorted(p.name for p in images.iterdir()) == sorted(
+        [f"{prefix}_{when}.png" for prefix in ("weights", "weights_change")
+         for when in ("epoch0", "epoch1", "final")]
+        + ["hallucinations_final.png", "hallucinations_final.npz", "hallucinations_final.pt",
+           "weights_final.pt"])
     saved = torch.load(images / "hallucinations_final.pt", weights_only=True)
     assert saved["images"].shape == saved["noise"].shape == saved["base"].shape == (10, *shape)
     assert saved["real_means"].shape == (10, *shape) and saved["classes"] == list(classes)
@@ -328,14 +213,36 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
     assert torch.allclose(saved["own_probabilities"].sum(1), torch.ones(10))
     # The final images for anyone's analysis: one pixel array per class name, imshow's layout.
     mean, std = (torch.tensor(saved[key]).view(-1, 1, 1) for key in ("mean", "std"))
-    pixels = (saved["images"] * std + mean).clamp(0, 1)
+    pixels = (saved["images"] * std + mean).clamp(0, 1).permute(0, 2, 3, 1).squeeze(-1)
     with np.load(images / "hallucinations_final.npz") as arrays:
         assert list(arrays.keys()) == list(classes)
-        for name, expected in zip(classes, pixels, strict=True):
-            layout = (*shape[1:], 3) if shape[0] == 3 else shape[1:]
-            assert arrays[name].shape == layout and arrays[name].dtype == np.float32
-            assert 0 <= arrays[name].min() and arrays[name].max() <= 1
-            assert np.allclose(arrays[name], expected.permute(1, 2, 0).squeeze(-1).numpy())
+        assert all(arrays[name].dtype == np.float32 for name in classes)
+        assert np.allclose(np.stack([arrays[name] for name in classes]), pixels.numpy())
+
+
+def test_change_grid_is_final_minus_initial_and_survives_a_resume(tiny_data, tmp_path):
+    model = make_classifier(lr=0.05)
+    initial = first_layer(model).weight.detach().clone()
+    first = WeightGrid(tmp_path / "first", every_n_epochs=0)
+    trainer = tiny_fit(tiny_data, model=model, callbacks=[first], limit_val_batches=0)[2]
+    assert torch.equal(first.initial, initial)
+    trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
+
+    torch.manual_seed(123)  # resumed into a network initialised otherwise, with a new callback
+    other = make_classifier(lr=0.05)
+    assert not torch.equal(first_layer(other).weight, initial)
+    resumed = WeightGrid(tmp_path / "resumed", every_n_epochs=0)
+    tiny_fit(tiny_data, model=other, callbacks=[resumed], max_epochs=2, limit_val_batches=0,
+             ckpt_path=tmp_path / "epoch1.ckpt")
+
+    assert torch.equal(resumed.initial, initial)  # the run's own start, from the checkpoint
+    final = first_layer(other).weight.detach()
+    saved = torch.load(tmp_path / "resumed" / "weights_final.pt", weights_only=True)
+    assert torch.equal(saved["initial"], initial.half())
+    assert torch.equal(saved["final"], final.half())
+    assert saved["input_shape"] == [1, 28, 28] and saved["classes"] == list("0123456789")
+    assert np.array_equal(png(tmp_path / "resumed" / "weights_change_final.png"),
+                          as_png(weight_grid(final - initial, (1, 28, 28))))
 
 
 @pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
@@ -350,23 +257,19 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
     assert trainer.current_epoch == 1  # stopped after the first epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "hallucinations_final.npz", "hallucinations_final.png", "hallucinations_final.pt",
-        "weights_change_final.png",
-        "weights_final.png", "weights_final.pt"]
+        "weights_change_final.png", "weights_final.png", "weights_final.pt"]
     # The grid of the network's first layer (the datamodule's input shape for an MLP's rows,
-    # a tile per filter for a CNN), as TensorBoard encodes it: × 255, truncated.
+    # a tile per filter for a CNN), as TensorBoard encodes it.
     weight = first_layer(model).weight
     for name, drawn in (("weights_final", weight), ("weights_change_final", weight - initial)):
         grid = weight_grid(drawn, MNISTDataModule.input_shape)
         assert grid.shape == ((3, *grid_size(4, 2, (1, 3, 3))) if cnn
                               else (3, *grid_size(32, 6, (1, 28, 28))))
-        with Image.open(tmp_path / f"{name}.png") as image:
-            pixels = np.asarray(image.convert("RGB"))
-        assert np.array_equal(pixels, (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
+        assert np.array_equal(png(tmp_path / f"{name}.png"), as_png(grid))
     # The saved hallucinations are the drawn ones, with their start and the model's reading.
     saved = torch.load(tmp_path / "hallucinations_final.pt", weights_only=True)
-    with Image.open(tmp_path / "hallucinations_final.png") as image:
-        top = PAD + LABEL_HEIGHT  # first tile, under its name, enlarged 4×
-        tile0 = np.asarray(image.convert("L"))[top : top + 112 : 4, PAD : PAD + 112 : 4]
+    top = PAD + LABEL_HEIGHT  # first tile, under its name, enlarged 4×
+    tile0 = png(tmp_path / "hallucinations_final.png")[top : top + 112 : 4, PAD : PAD + 112 : 4, 0]
     expected = (data.denormalise(saved["images"][:1])[0, 0] * 255).byte().numpy()
     assert np.array_equal(tile0, expected)
     assert torch.allclose(saved["own_probabilities"], P.predict(model, saved["images"]))
@@ -376,32 +279,28 @@ def test_epoch_drawings_take_epoch_steps_and_the_final_one_all_steps(tiny_data, 
     callback = Hallucinations(tmp_path, every_n_epochs=1, steps=12, epoch_steps=3)
     epochs = []
     spy = LambdaCallback(on_train_epoch_end=lambda t, m: epochs.append(
-        (t.current_epoch, sorted(p.name for p in tmp_path.glob("*.png")))))
+        sorted(p.name for p in tmp_path.glob("*.png"))))
     data, model, _ = tiny_fit(tiny_data, model=make_classifier(lr=0.05),
                               callbacks=[callback, spy], max_epochs=3, limit_val_batches=0)
 
     # Epochs 0 and 1 drawn cheaply; the last epoch's drawing is left to the final one.
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "hallucinations_epoch0.png", "hallucinations_epoch1.png", "hallucinations_final.png"]
-    assert epochs[-1][1] == ["hallucinations_epoch0.png", "hallucinations_epoch1.png"]
+    assert epochs[-1] == ["hallucinations_epoch0.png", "hallucinations_epoch1.png"]
     saved = torch.load(tmp_path / "hallucinations_final.pt", weights_only=True)
     mean, std = torch.tensor(data.mean), torch.tensor(data.std)
-    expected = hallucinate(model, data.input_shape, 10, (-mean / std).tolist(),
-                           ((1 - mean) / std).tolist(),
-                           stats=P.ImageStats.of(data.train_set.x), **callback.settings)
+    run = partial(hallucinate, model, data.input_shape, 10, (-mean / std).tolist(),
+                  ((1 - mean) / std).tolist(), stats=P.ImageStats.of(data.train_set.x))
     assert callback.settings["steps"] == 12 and saved["settings"]["steps"] == 12
-    assert torch.allclose(saved["images"], expected)
-    cheap = hallucinate(model, data.input_shape, 10, (-mean / std).tolist(),
-                        ((1 - mean) / std).tolist(), stats=P.ImageStats.of(data.train_set.x),
-                        **{**callback.settings, "steps": 3})
-    assert not torch.allclose(saved["images"], cheap)
+    assert torch.allclose(saved["images"], run(**callback.settings))
+    assert torch.allclose(saved["noise"], run(**{**callback.settings, "lr": 0.0}))  # no pull
+    assert torch.equal(saved["base"], run(**{**callback.settings, "steps": 0, "noise_std": 0}))
+    assert not torch.allclose(saved["images"], run(**{**callback.settings, "steps": 3}))
 
 
 def test_diverged_model_gets_no_pictures_and_no_data(tiny_data, tmp_path):
-    model = make_classifier(lr=0.05)
     broken = LambdaCallback(on_train_end=lambda t, m: first_layer(m).weight.data.fill_(math.nan))
     callbacks = [broken, WeightGrid(tmp_path, every_n_epochs=0),
                  Hallucinations(tmp_path, every_n_epochs=0, steps=2)]
-    tiny_fit(tiny_data, model=model, callbacks=callbacks, limit_val_batches=0)
+    tiny_fit(tiny_data, model=make_classifier(lr=0.05), callbacks=callbacks, limit_val_batches=0)
     assert list(tmp_path.iterdir()) == []
-

@@ -5,22 +5,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid
+
+LABEL_HEIGHT = 14  # pixels of the strip that carries a tile's name
+MIN_TILE_WIDTH = 96  # tiles are enlarged (nearest neighbour) until a class name fits
 
 
 def weight_grid(weight: torch.Tensor, input_shape: Sequence[int], num_units: int = 64,
                 padding: int = 2) -> torch.Tensor:
-    """The first `num_units` rows of a weight as a (3, H, W) image grid in [0, 1].
+    """The first `num_units` rows of a weight (or of a learned change) as a (3, H, W) grid in
+    [0, 1], row-major in unit order, ceil(sqrt(n)) tiles per row (64 units: 8 × 8).
 
-    A Linear weight (units, inputs) gives one tile per row, reshaped to `input_shape`; a
-    Conv2d weight (filters, in, k, k) one (in, k, k) tile per filter. Each tile is scaled on
-    its own, symmetrically around 0: `w / (2 max|w|) + 0.5`, so mid-grey is a zero weight,
-    white the tile's largest positive and black its largest negative weight. Tiles run
-    row-major in unit order, `ceil(sqrt(n))` per grid row (64 units: 8 × 8). The same
-    function draws the learned change (final − initial weights).
+    A Linear weight (units, inputs) gives a tile per row, shaped `input_shape`; a Conv2d
+    weight (filters, in, k, k) a tile per filter. Each tile is scaled on its own, w / (2
+    max|w|) + 0.5: mid-grey is 0, white its largest positive, black its largest negative.
     """
     shape = weight.shape[1:] if weight.dim() == 4 else input_shape
     rows = weight.detach()[:num_units].float().cpu().flatten(1)
@@ -29,26 +30,22 @@ def weight_grid(weight: torch.Tensor, input_shape: Sequence[int], num_units: int
     return make_grid(tiles, nrow=math.ceil(math.sqrt(len(tiles))), padding=padding)
 
 
-LABEL_HEIGHT = 14  # pixels of the strip that carries a tile's name
-MIN_TILE_WIDTH = 96  # tiles are enlarged (nearest neighbour) until a class name fits
-
-
 def name_strip(name: str, width: int) -> torch.Tensor:
-    """A (3, LABEL_HEIGHT, width) white strip with `name` written in black (Pillow's default
-    font), values in [0, 1]."""
+    """A (3, LABEL_HEIGHT, width) white strip in [0, 1] with `name` in black (Pillow's
+    default font)."""
     strip = Image.new("RGB", (width, LABEL_HEIGHT), "white")
     ImageDraw.Draw(strip).text((2, 1), name, fill="black", font=ImageFont.load_default())
-    return torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1).float() / 255
+    return pil_to_tensor(strip).float() / 255
 
 
 def labelled_grid(images: torch.Tensor, names: Sequence[str], nrow: int,
                   padding: int = 2) -> torch.Tensor:
-    """Images (N, C, H, W) in [0, 1] as one (3, H', W') grid, `nrow` tiles per grid row, each
-    tile enlarged by a whole factor to at least MIN_TILE_WIDTH pixels wide (nearest
-    neighbour: pixels stay square) and topped by a strip with its name (`name_strip`)."""
+    """Images (N, C, H, W) in [0, 1] as one (3, H', W') grid, `nrow` per row, each enlarged
+    by a whole factor (nearest neighbour: square pixels) to at least MIN_TILE_WIDTH pixels
+    wide under a strip with its name (`name_strip`)."""
     scale = max(1, math.ceil(MIN_TILE_WIDTH / images.shape[-1]))
     big = images.detach().cpu().repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-    big = big.expand(-1, 3, -1, -1) if big.shape[1] == 1 else big
+    big = big.expand(-1, 3, -1, -1)
     tiles = [torch.cat([name_strip(name, big.shape[-1]), tile], dim=1)
              for name, tile in zip(names, big, strict=True)]
     return make_grid(torch.stack(tiles), nrow=nrow, padding=padding)

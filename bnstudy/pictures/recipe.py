@@ -1,8 +1,5 @@
 """The hallucination recipe: one input per class that a trained network finds most typical of
-that class, optimised from seeded noise (`hallucinate`). `bnstudy.pictures.drawing.Hallucinator`
-applies it with a run's data, for the `Hallucinations` callback during training and for
-`python -m bnstudy.draw` after it; `docs/pictures.md` explains each knob.
-"""
+that class, optimised from seeded noise (`docs/pictures.md` explains each knob)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,40 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from bnstudy.pictures.measures import ImageStats, gaussian_blur
+from bnstudy.pictures.measures import ImageStats, frozen, gaussian_blur
+
+OBJECTIVES = ("margin", "logit", "contrast", "log_softmax")
+PARAMETRISATIONS = ("data", "data_colour", "pixel", "fourier")
+LEAST = {"steps": 0, "seeds": 1, "jitter": 0, "blur_every": 0, "nrow": 1}  # counts' minimum
+
+
+def check(objective: str, parametrisation: str, **counts: int) -> None:
+    """A ValueError naming the setting for an unknown objective or parametrisation, or a
+    count (`LEAST`'s keys) below its minimum."""
+    for key, value, known in (("objective", objective, OBJECTIVES),
+                              ("parametrisation", parametrisation, PARAMETRISATIONS)):
+        if value not in known:
+            raise ValueError(f"{key}={value!r} is not one of {', '.join(known)}")
+    for key, value in counts.items():
+        if value < LEAST[key]:
+            raise ValueError(f"{key}={value} is out of range; it must be >= {LEAST[key]}")
+
+
+def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> torch.Tensor:
+    """Per image, what a hallucination maximises, from the logits z and its class c:
+    `margin` z_c − logsumexp(other logits) (rises only by beating the others, never
+    saturates); `logit` z_c (may rise with every logit at once: all classes can then grow one
+    image); `contrast` z_c − mean(other logits); `log_softmax` log p_c (saturates once the
+    class wins: no gradient is left and the image can stay at its starting noise)."""
+    check(objective, "pixel")
+    own = logits.gather(1, targets[:, None])[:, 0]
+    if objective == "margin":
+        return own - logits.scatter(1, targets[:, None], float("-inf")).logsumexp(1)
+    if objective == "contrast":
+        return own - logits.scatter(1, targets[:, None], 0.0).sum(1) / (logits.shape[1] - 1)
+    if objective == "log_softmax":
+        return logits.log_softmax(1).gather(1, targets[:, None])[:, 0]
+    return own
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -19,93 +49,6 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(dim=(1, 2, 3))
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(dim=(1, 2, 3))
     return dx + dy
-
-
-OBJECTIVES = ("margin", "logit", "contrast", "log_softmax")
-PARAMETRISATIONS = ("data", "data_colour", "pixel", "fourier")
-
-
-def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> torch.Tensor:
-    """Per image, what a hallucination maximises, from the logits z and its class c:
-
-    - `margin`: z_c − logsumexp of the other logits: rises only by beating the other classes,
-      and never saturates;
-    - `logit`: z_c alone (can rise with every logit at once: on some networks all classes then
-      grow the same image);
-    - `contrast`: z_c − the mean of the other logits;
-    - `log_softmax`: log p_c, which saturates at 0 once the class wins: no gradient is left
-      and the image can stay at its starting noise.
-    """
-    own = logits.gather(1, targets[:, None])[:, 0]
-    if objective == "margin":
-        return own - logits.scatter(1, targets[:, None], float("-inf")).logsumexp(1)
-    if objective == "logit":
-        return own
-    if objective == "contrast":
-        return own - logits.scatter(1, targets[:, None], 0.0).sum(1) / (logits.shape[1] - 1)
-    if objective == "log_softmax":
-        return logits.log_softmax(1).gather(1, targets[:, None])[:, 0]
-    raise ValueError(f"objective={objective!r} is not one of {OBJECTIVES}")
-
-
-class ImageVariable:
-    """What Adam moves, and the images it gives. The size budget, the blur and the starting
-    noise act on the *deviation* d:
-
-    - `data`: d is the image's deviation from the training images' per-pixel mean, in units of
-      their per-pixel std (`bnstudy.pictures.measures.ImageStats`): the image varies where the data
-      varies (not in MNIST's always-black border), each channel on its own;
-    - `data_colour`: as `data`, the channels mixed by the square root of the data's channel
-      correlation, so colours vary together as real ones do (mostly in brightness);
-    - `pixel`: d is the normalised image itself (0 is the dataset's mean colour);
-    - `fourier`: d is the normalised image, moved through its 2-D real spectrum with each
-      frequency scaled by 1/|f| (Lucid's decorrelated basis), so a step moves low frequencies
-      more than high ones.
-    """
-
-    def __init__(self, start: torch.Tensor, parametrisation: str,
-                 stats: ImageStats | None = None) -> None:
-        if parametrisation not in PARAMETRISATIONS:
-            raise ValueError(f"parametrisation={parametrisation!r} is not one of "
-                             f"{PARAMETRISATIONS}")
-        self.kind = parametrisation
-        self.stats = None
-        if self.kind.startswith("data"):
-            if stats is None:
-                raise ValueError(f"parametrisation={self.kind!r} needs the training images' "
-                                 "statistics (stats=ImageStats.of(images))")
-            self.stats = stats.to(start)
-            if self.kind == "data":
-                self.stats = self.stats.independent_channels()
-        height, width = start.shape[-2:]
-        self.size = (height, width)
-        if self.kind == "fourier":
-            fy = torch.fft.fftfreq(height, device=start.device)[:, None]
-            fx = torch.fft.rfftfreq(width, device=start.device)[None, :]
-            self.scale = 1 / (fy**2 + fx**2).sqrt().clamp_min(1 / max(height, width))
-        self.param = self._param_of(start).requires_grad_()
-
-    def _param_of(self, deviation: torch.Tensor) -> torch.Tensor:
-        if self.kind == "fourier":
-            spectrum = torch.fft.rfft2(deviation, norm="ortho") / self.scale
-            return torch.view_as_real(spectrum).contiguous()
-        return deviation.clone()
-
-    def deviation(self) -> torch.Tensor:
-        if self.kind == "fourier":
-            spectrum = torch.view_as_complex(self.param) * self.scale
-            return torch.fft.irfft2(spectrum, s=self.size, norm="ortho")
-        return self.param
-
-    def images(self, deviation: torch.Tensor) -> torch.Tensor:
-        return deviation if self.stats is None else self.stats.images(deviation)
-
-    def deviation_of(self, images: torch.Tensor) -> torch.Tensor:
-        return images if self.stats is None else self.stats.deviation(images)
-
-    @torch.no_grad()
-    def set_deviation(self, deviation: torch.Tensor) -> None:
-        self.param.copy_(self._param_of(deviation))
 
 
 def rescale(deviation: torch.Tensor, size: float | None) -> torch.Tensor:
@@ -123,83 +66,89 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
                 blur_sigma: float = 0.5, seeds: int = 1, parametrisation: str = "pixel",
                 stats: ImageStats | None = None, noise_std: float = 0.1,
                 seed: int = 0) -> torch.Tensor:
-    """One input per class (row c is class c) that the model finds most typical of that class.
+    """One normalised input per class (K, *input_shape), row c class c's, that the model finds
+    most typical of that class.
 
-    For each class, `seeds` starting images are drawn as seeded Gaussian noise of std
-    `noise_std` in the deviation space of `parametrisation` (see `ImageVariable`; `data` and
-    `data_colour` need the training images' `stats`) and optimised as one batch by `steps`
-    Adam steps (`lr`) on `−score + l2 ||x||² + tv TV(x)`, the score being the class's
-    `objective` of the model's logits (see `class_score`). Each step the model sees the images
-    shifted by a random whole-pixel offset of up to ±`jitter` in each direction (wrapping
-    round), so that they cannot rest on single pixels; every `blur_every`-th step (0: never)
-    the deviations are blurred with a Gaussian of std `blur_sigma` pixels; after every step
-    each deviation is held to a root-mean-square of `size` (None: free; 1 is a typical real
-    image's) and the image clamped to the valid range [low, high]. A class's image is the mean
-    of its seeds' deviations, held to `size` and clamped again. `steps=0` returns the starting
-    images (the seeds' mean, clamped); with `noise_std=0` too, the noiseless start; `lr=0`
-    what the recipe alone makes of the starting noise.
+    Per class, `seeds` starts of seeded Gaussian noise (std `noise_std`) in the deviation d
+    of `parametrisation` are optimised as one batch by `steps` Adam steps (`lr`) on −score +
+    l2 ||x||² + tv TV(x), the score the class's `objective` (`class_score`). d is, for
+    `pixel`, the normalised image (0: the dataset's mean colour); for `data`, the deviation
+    from the training images' per-pixel mean in units of their per-pixel std (`stats`: the
+    image varies where the data varies, not in MNIST's black border); for `data_colour` the
+    same with the channels mixed as real colours are; for `fourier`, the normalised image
+    moved through its 2-D real spectrum scaled by 1/|f| (low frequencies move more).
 
-    The model runs frozen in eval mode (BatchNorm uses its running statistics); its modes,
-    `requires_grad` flags and torch's CPU thread count are restored afterwards, its
-    parameters, buffers and grads untouched, torch's global random state unused.
-    Returns normalised images (K, *input_shape).
+    Each step the model sees the images rolled by up to ±`jitter` whole pixels; every
+    `blur_every`-th step (0: never) d is blurred (std `blur_sigma` px); after every step each
+    d is held to a root-mean-square of `size` (None: free; 1 is a typical real image's) and
+    the image clamped to [low, high] per channel. A class's image is its seeds' mean d, held
+    and clamped again. `steps=0`: the starting images (`noise_std=0` too: the noiseless
+    start); `lr=0`: what the recipe alone makes of the noise. The model runs `frozen` on one
+    thread, its parameters, buffers and grads untouched; torch's global RNG is not used.
     """
-    if seeds < 1:
-        raise ValueError(f"seeds={seeds}: at least one starting image per class is needed")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective={objective!r} is not one of {OBJECTIVES}")
+    check(objective, parametrisation, steps=steps, seeds=seeds, jitter=jitter,
+          blur_every=blur_every)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    low_t = torch.tensor(low, device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    high_t = torch.tensor(high, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    low_t, high_t = (torch.tensor(v, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+                     for v in (low, high))
+    noise = (torch.randn((seeds * num_classes, *input_shape), generator=generator)
+             * noise_std).to(device)
+    if parametrisation.startswith("data"):
+        if stats is None:
+            raise ValueError(f"parametrisation={parametrisation!r} needs the training images' "
+                             "statistics (stats=ImageStats.of(images))")
+        colour = stats.colour if parametrisation == "data_colour" else torch.eye(len(stats.colour))
+        stats = ImageStats(stats.mean.to(noise), stats.std.to(noise), colour.to(noise))
+    else:
+        stats = None
+    shape = input_shape[-2:]
+    scale = 1 / (torch.fft.fftfreq(shape[0], device=device)[:, None] ** 2  # fourier: 1/|f|
+                 + torch.fft.rfftfreq(shape[1], device=device)[None, :] ** 2
+                 ).sqrt().clamp_min(1 / max(shape))
 
-    def clamp(x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(torch.minimum(x, high_t), low_t)
+    def to_param(d: torch.Tensor) -> torch.Tensor:
+        if parametrisation == "fourier":
+            return torch.view_as_real(torch.fft.rfft2(d, norm="ortho") / scale).contiguous()
+        return d.clone()
 
-    noise = torch.randn((seeds * num_classes, *input_shape), generator=generator) * noise_std
-    image = ImageVariable(noise.to(device), parametrisation, stats)
+    def deviation() -> torch.Tensor:
+        if parametrisation == "fourier":
+            spectrum = torch.view_as_complex(param) * scale
+            return torch.fft.irfft2(spectrum, s=shape, norm="ortho")
+        return param
 
-    def result(budget: float | None) -> torch.Tensor:
+    def images(d: torch.Tensor, budget: float | None) -> torch.Tensor:
+        d = rescale(d, budget)
+        return (d if stats is None else stats.images(d)).clamp(low_t, high_t)
+
+    def set_images(x: torch.Tensor) -> None:
         with torch.no_grad():
-            deviation = image.deviation().view(seeds, num_classes, *input_shape).mean(0)
-            return clamp(image.images(rescale(deviation, budget)))
+            param.copy_(to_param(x if stats is None else stats.deviation(x)))
 
+    param = to_param(noise).requires_grad_()
     if steps == 0:
-        return result(None)
+        with torch.no_grad():
+            return images(deviation().view(seeds, num_classes, *input_shape).mean(0), None)
     shifts = torch.randint(-jitter, jitter + 1, (steps, 2), generator=generator).tolist()
     targets = torch.arange(num_classes, device=device).repeat(seeds)
-    image.set_deviation(image.deviation_of(clamp(image.images(image.deviation().detach()))))
-    optimizer = torch.optim.Adam([image.param], lr=lr)
-    modes = {module: module.training for module in model.modules()}
-    flags = {param: param.requires_grad for param in model.parameters()}
-    threads = torch.get_num_threads()
-    try:
-        # K small images: on a CPU, waking a thread pool per op costs more than it saves.
-        torch.set_num_threads(1)
-        model.eval().requires_grad_(False)
-        with torch.enable_grad():
-            for step, (dy, dx) in enumerate(shifts, 1):
-                if lr:  # lr=0: only what the recipe does to the noise, no model needed
-                    optimizer.zero_grad()
-                    x = image.images(image.deviation())
-                    seen = torch.roll(x, shifts=(dy, dx), dims=(-2, -1)) if jitter else x
-                    loss = -class_score(model(seen), targets, objective).sum()
-                    if l2:
-                        loss = loss + l2 * x.pow(2).sum()
-                    if tv:
-                        loss = loss + tv * total_variation(x).sum()
-                    loss.backward()
-                    optimizer.step()
-                with torch.no_grad():
-                    deviation = image.deviation()
-                    if blur_every and step % blur_every == 0:
-                        deviation = gaussian_blur(deviation, blur_sigma)
-                    x = clamp(image.images(rescale(deviation, size)))
-                    image.set_deviation(image.deviation_of(x))
-    finally:
-        torch.set_num_threads(threads)
-        for module, training in modes.items():
-            module.train(training)
-        for param, flag in flags.items():
-            param.requires_grad_(flag)
-    return result(size)
+    set_images(images(deviation().detach(), None))
+    optimizer = torch.optim.Adam([param], lr=lr)
+    with frozen(model, threads=1), torch.enable_grad():
+        for step, shift in enumerate(shifts, 1):
+            if lr:  # lr=0: only what the recipe does to the noise, no model needed
+                optimizer.zero_grad()
+                x = deviation() if stats is None else stats.images(deviation())
+                loss = -class_score(model(x.roll(shift, (-2, -1))), targets, objective).sum()
+                if l2:
+                    loss = loss + l2 * x.pow(2).sum()
+                if tv:
+                    loss = loss + tv * total_variation(x).sum()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                d = deviation()
+                set_images(images(gaussian_blur(d, blur_sigma) if blur_every
+                                  and step % blur_every == 0 else d, size))
+    with torch.no_grad():
+        return images(deviation().view(seeds, num_classes, *input_shape).mean(0), size)
