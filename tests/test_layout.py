@@ -51,7 +51,8 @@ def imports(path: Path, known: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            subs = [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import module`
+            names = [n for n in subs if n.removeprefix("bnstudy.") in known] or [node.module]
         else:
             continue
         for name in names:
