@@ -166,6 +166,16 @@ def train_run(data_dir: Path, out: Path, *overrides: str):
                                 *overrides))
 
 
+def fail_fsync(monkeypatch, error: BaseException) -> None:
+    """Makes the next os.fsync cut the file in half and raise `error`: a write that fails, or
+    a kill, after the temporary file got part of its bytes."""
+    def fsync(fd: int) -> None:
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        raise error
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
 # -- building and training the project's pieces in-process ---------------------------------
 def compose_config(*overrides: str):
     """The project's Hydra config composed with `overrides`, as the entry point would."""
