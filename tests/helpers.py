@@ -75,10 +75,8 @@ FAST = [
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Runs `python -m <module> <args>` in this process, as a fresh interpreter would (its own
-    working directory, `sys.argv` and console, an exit status from `SystemExit`; the console's
-    once-per-process warnings reset), without paying the libraries' imports again; returns
-    the exit status, stdout and stderr."""
+    """Runs `python -m <module> <args>` in this process as a fresh interpreter would (its own
+    working directory, argv, console and exit status), without paying the imports again."""
     import contextlib
     import io
     import runpy
@@ -208,30 +206,24 @@ def make_classifier(norm: str = "bn", input_shape=(1, 28, 28), hidden_dim: int =
     return Classifier(net, 10, optimizer or functools.partial(torch.optim.SGD, lr=lr))
 
 
-def tiny_trainer(out: Path | None = None, callbacks=(), **trainer_args):
-    """A quiet CPU Trainer, logging to TensorBoard in `out` when given (no checkpoints)."""
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    logger = TensorBoardLogger(out, name="", version="") if out else False
-    defaults = dict(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0, max_epochs=1, use_distributed_sampler=False)
-    return L.Trainer(**(defaults | trainer_args), callbacks=list(callbacks))
-
-
 def tiny_fit(data_dir: Path, out: Path | None = None, model=None, callbacks=(), seed: int = 0,
              batch_size: int = 50, ckpt_path=None, **trainer_args):
     """Seeds, then fits `model` (default: `make_classifier()`) on tiny MNIST (540 training
-    images in batches of 50: 11 steps an epoch); returns (datamodule, model, trainer)."""
+    images in batches of 50: 11 steps an epoch) with a quiet CPU Trainer, logging to
+    TensorBoard in `out` if given; returns (datamodule, model, trainer)."""
     import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from bnstudy.data import MNISTDataModule
 
     L.seed_everything(seed, verbose=False)
     data = MNISTDataModule(data_dir, batch_size=batch_size, download=False, seed=seed)
     model = model or make_classifier()
-    trainer = tiny_trainer(out, callbacks, **trainer_args)
+    defaults = dict(accelerator="cpu", devices=1, enable_checkpointing=False, max_epochs=1,
+                    enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, use_distributed_sampler=False,
+                    logger=TensorBoardLogger(out, name="", version="") if out else False)
+    trainer = L.Trainer(**(defaults | trainer_args), callbacks=list(callbacks))
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return data, model, trainer
 
@@ -254,8 +246,6 @@ def scalar_tags(log_dir: Path) -> set[str]:
 
 def read_record(job: Path) -> dict:
     """A job's `metrics.json`."""
-    import json
-
     return json.loads((job / "metrics.json").read_text())
 
 
