@@ -5,6 +5,7 @@ the record. It raises: `RunExistsError` (the directory left as it was), `RunEnde
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -191,10 +192,8 @@ def _ended(cfg: DictConfig, out: Path, err: Exception) -> RunEnded:
 def _record_quietly(out: Path, **changes) -> None:
     """Records how the run ended (rank 0); on a full disk that fails too, quietly."""
     if is_primary():
-        try:
+        with contextlib.suppress(RunFileError, ValueError):
             RunRecord.update(out / RECORD_NAME, **changes)
-        except (RunFileError, ValueError):
-            pass
 
 
 def discard_untrained(job_dir: Path) -> bool:
@@ -225,13 +224,11 @@ def remove_empty_folder(folder: Path) -> bool:
         folder.rmdir()
     except OSError:
         return False
-    for parent in folder.resolve().parents:
-        if cwd not in parent.parents:
-            break
-        try:
+    with contextlib.suppress(OSError):
+        for parent in folder.resolve().parents:
+            if cwd not in parent.parents:
+                break
             parent.rmdir()
-        except OSError:
-            break
     return True
 
 

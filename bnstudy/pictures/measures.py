@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -113,7 +114,7 @@ def distinctness(images: torch.Tensor) -> float:
     return float(1 - (corr.sum() - corr.diagonal().sum()) / (k * (k - 1)))
 
 
-def _tint(pixels: torch.Tensor, channel: int) -> torch.Tensor:
+def tint(pixels: torch.Tensor, channel: int) -> torch.Tensor:
     """`channel` − the mean of the two others, of each image's mean colour (K,); NaN if not RGB."""
     if pixels.shape[1] != 3:
         return torch.full((len(pixels),), math.nan)
@@ -121,12 +122,7 @@ def _tint(pixels: torch.Tensor, channel: int) -> torch.Tensor:
     return rgb[:, channel] - rgb[:, [c for c in range(3) if c != channel]].sum(1) / 2
 
 
-def blueness(pixels: torch.Tensor) -> torch.Tensor:
-    return _tint(pixels, 2)
-
-
-def greenness(pixels: torch.Tensor) -> torch.Tensor:
-    return _tint(pixels, 1)
+blueness, greenness = partial(tint, channel=2), partial(tint, channel=1)  # B − (R+G)/2, G − …
 
 
 def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
