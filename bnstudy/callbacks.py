@@ -1,6 +1,5 @@
-"""Lightning callbacks of the study: the per-epoch record, the divergence guard, and pictures
-of the first layer's weights, their learned change and one hallucinated input per class
-(`bnstudy.pictures` draws and measures them)."""
+"""The study's Lightning callbacks: the per-epoch record, the divergence guard, and pictures of
+the first layer's weights and of one hallucinated input per class (`bnstudy.pictures`)."""
 
 from __future__ import annotations
 
@@ -16,13 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from bnstudy.dashboard import tensorboard_writer
 from bnstudy.nets import first_layer
-from bnstudy.pictures.drawing import (
-    Hallucinator,
-    Log,
-    all_finite,
-    draw_weights,
-    save_weights,
-)
+from bnstudy.pictures.drawing import Hallucinator, Log, all_finite, draw_weights, save_weights
 from bnstudy.records import RunRecord
 
 log = logging.getLogger(__name__)
@@ -31,11 +24,10 @@ CURVE_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
 class MetricsHistory(Callback):
-    """The one writer of `metrics.json` while a run trains: after each epoch it appends the
-    epoch's train/val loss and accuracy to `history`, with the series of every callback that
-    keeps one (a `record_key` and a `series()`, as the probes), and writes the record. The
-    history is in the checkpoint, so a resume continues it, its clock (`time_s`) going on from
-    `elapsed_before`, the time of the epochs it resumed after."""
+    """The one writer of `metrics.json` while a run trains: after each epoch, the epoch's
+    train/val loss and accuracy appended to `history`, with the series of every callback that
+    has a `record_key` and `series()` (the probes). The history is in the checkpoint: a resume
+    continues it, its clock (`time_s`) going on from `elapsed_before`."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -66,9 +58,8 @@ class MetricsHistory(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops training when a training loss is NaN or infinite, checked after every step:
-    `diverged_at = {"epoch", "step", "loss"}` (`step`: the steps taken up to the bad one
-    included), which `bnstudy.run` records as `status: diverged`, a result."""
+    """Stops training at the first NaN or infinite training loss: `diverged_at = {"epoch",
+    "step" (steps taken, the bad one included), "loss"}`, recorded as `status: diverged`."""
 
     def __init__(self) -> None:
         self.diverged_at: dict | None = None
@@ -84,23 +75,18 @@ class DivergenceGuard(Callback):
 
 # -- pictures of what the network learned ---------------------------------------------------
 def tensorboard_log(trainer: L.Trainer) -> Log | None:
-    """Writes a summary at the trainer's global step to its TensorBoard logger (None without
-    one: the pictures go to the files only)."""
-    writer = tensorboard_writer(trainer)
-    if writer is None:
-        return None
-    return lambda summary: writer.file_writer.add_summary(summary, trainer.global_step)
+    """Writes a summary at the global step to the TensorBoard logger (None without one)."""
+    if (writer := tensorboard_writer(trainer)) is not None:
+        return lambda summary: writer.file_writer.add_summary(summary, trainer.global_step)
+    return None
 
 
 class ImageCallback(Callback):
-    """Base: draws `<prefix>_<suffix>.png` for each of `prefixes` after every
-    `every_n_epochs`-th epoch (0: never) and when training ends (an early stop too), where the
-    last epoch's drawing at the same step is copied if `epoch_is_final`; then `finish` saves
-    what the report measures. A diverged run (parameters not finite) gets neither. Subclasses
-    implement `draw` and `finish` with `bnstudy.pictures.drawing`."""
+    """Base: `draw`s `<prefix>_<suffix>.png` per prefix after every `every_n_epochs`-th epoch
+    (0: never) and when training ends (the last epoch's copied if at the same step and
+    `epoch_is_final`), then `finish`es (what the report measures); not for a diverged run."""
 
     epoch_is_final = True
-
     prefixes: tuple[str, ...]
 
     def __init__(self, dirpath: str | Path, every_n_epochs: int = 1) -> None:
@@ -135,23 +121,13 @@ class ImageCallback(Callback):
         self.draw(trainer, pl_module, suffix)
         self._last = (trainer.global_step, suffix)
 
-    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
-        """Saves `<prefix>_<suffix>.png` for each prefix and logs them to TensorBoard."""
-        raise NotImplementedError
-
-    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Saves, next to the final pictures, the tensors the report measures."""
-        raise NotImplementedError
-
 
 class WeightGrid(ImageCallback):
-    """The first layer's weights as images (a tile per unit or conv filter) and their learned
-    change, final minus initial, each tile scaled on its own: with SGD the change is a few per
-    cent of a unit's weight energy, so the weights alone mostly show the initialisation. The
-    initial weights are kept in the checkpoint (a resume draws the same change). TensorBoard
-    `weights/first_layer[_change]`; `weights[_change]_epoch{E}.png` (E from 0, as in
-    metrics.json), `weights[_change]_final.png` and `weights_final.pt` (initial and final
-    weights, half precision, for the report) in `dirpath`."""
+    """The first layer's weights (a tile per unit or filter) and their learned change, final −
+    initial (with SGD a few per cent of a unit's energy: the weights alone show mostly the
+    initialisation); the initial weights are kept in the checkpoint. TensorBoard
+    `weights/first_layer[_change]`; `weights[_change]_epoch{E}.png`, `..._final.png` and
+    `weights_final.pt` (for the report) in `dirpath`."""
 
     prefixes = ("weights", "weights_change")
 
@@ -168,7 +144,7 @@ class WeightGrid(ImageCallback):
         return {} if self.initial is None else {"initial": self.initial}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("initial") is not None:  # checkpoints written before the change grid
+        if state_dict.get("initial") is not None:  # (none before the change grid)
             self.initial = state_dict["initial"]
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
@@ -180,11 +156,9 @@ class WeightGrid(ImageCallback):
 
 
 class Hallucinations(ImageCallback):
-    """One input per class that the model finds most typical of it (the recipe of
-    `bnstudy.pictures.drawing.Hallucinator`, whose knobs are this callback's keyword arguments).
-    An epoch's drawing takes `epoch_steps` steps (None: `steps`), the final one `steps`.
-    TensorBoard `hallucination/all`; `hallucinations_epoch{E}.png`, `hallucinations_final.png`,
-    `.npz` (pixels, an array per class name) and `.pt` (for the report) in `dirpath`."""
+    """One input per class the model finds most typical of it (`Hallucinator`'s recipe: the
+    keyword arguments); an epoch's drawing takes `epoch_steps` (None: `steps`). TensorBoard
+    `hallucination/all`; `hallucinations_epoch{E}.png`, `_final.png`, `.npz`, `.pt` in `dirpath`."""
 
     prefixes = ("hallucinations",)
 
@@ -200,8 +174,7 @@ class Hallucinations(ImageCallback):
 
     @property
     def settings(self) -> dict:
-        """The recipe's settings (`hallucinate`'s keyword arguments)."""
-        return self.recipe.settings
+        return self.recipe.settings  # `hallucinate`'s keyword arguments
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs > 0

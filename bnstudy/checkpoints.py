@@ -1,5 +1,5 @@
 """Checkpoints that survive a kill or a full disk (`AtomicCheckpointIO`), the one a resume
-loads (`resume_checkpoint`), and the save cadence (`StudyCheckpoint`)."""
+loads (`resume_checkpoint`), the save cadence (`StudyCheckpoint`)."""
 
 from __future__ import annotations
 
@@ -24,15 +24,13 @@ def previous_path(path: str | Path) -> Path:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves as Lightning does (`torch.save`), but through a temporary file beside the target
-    and a rename (`replace_file`), keeping the previous one as `<path>.prev`; local paths only.
-    (Lightning's fsspec save moves its temporary file across filesystems: a copy, which a kill
-    can cut short.) A failed write raises `RunFileError`."""
+    """Saves as Lightning does (`torch.save`), but atomically (`replace_file`: Lightning's fsspec
+    save copies across filesystems, which a kill can cut short), keeping the previous one as
+    `<path>.prev`; local paths only. A failed write raises `RunFileError`."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
-        """Writes `checkpoint` to `path`; the file it replaces becomes `<path>.prev`."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         buffer = io.BytesIO()
@@ -48,60 +46,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
     """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads, else
     None (start over), and a one-paragraph note when it is not simply `last`. A file that does
-    not load is set aside as `<name>.corrupt[.N]`, never deleted; a killed save's temporary
-    files are removed."""
+    not load is set aside as `<name>.corrupt[.N]`; a killed save's temporary files are removed."""
     last = Path(last)
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
-    previous = previous_path(last)
-    problems = []
-    for candidate in (last, previous):
-        if not candidate.exists():
-            if candidate == last and previous.exists():
-                problems.append(f"{last} is missing (a save was cut off before it finished).")
-            continue
-        try:
-            epoch, step = _epoch_and_step(candidate)
+    previous, problems = previous_path(last), []
+    if not last.exists() and previous.exists():
+        problems.append(f"{last} is missing (a save was cut off before it finished).")
+    for candidate in (c for c in (last, previous) if c.exists()):
+        try:  # as Lightning's resume loads it
+            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True)
+            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+                raise ValueError("not a Lightning checkpoint (no state_dict)")
         except Exception as err:  # whatever torch.load raises, the file is unusable
+            aside, n = candidate.with_name(candidate.name + ".corrupt"), 0
+            while aside.exists():
+                n += 1
+                aside = candidate.with_name(f"{candidate.name}.corrupt.{n}")
+            candidate.rename(aside)
             first_line = (str(err).strip().splitlines() or [""])[0]
-            aside = _set_aside(candidate)
-            problems.append(
-                f"{candidate} did not load ({type(err).__name__}: {first_line}); "
-                f"set aside as {aside}."
-            )
+            problems.append(f"{candidate} did not load ({type(err).__name__}: {first_line}); "
+                            f"set aside as {aside}.")
             continue
         if not problems:
             return candidate, None
-        note = " ".join(
-            [*problems, f"Resumed from the previous checkpoint {candidate} (epoch {epoch}, "
-             f"global step {step})."]
-        )
+        note = " ".join([*problems, f"Resumed from the previous checkpoint {candidate} (epoch "
+                         f"{checkpoint.get('epoch', -1)}, global step "
+                         f"{checkpoint.get('global_step', -1)})."])
         log.warning(note)
         return candidate, note
     if not problems:
         return None, None
-    note = " ".join([*problems, "No checkpoint loads: started over."])
-    log.warning(note)
+    log.warning(note := " ".join([*problems, "No checkpoint loads: started over."]))
     return None, note
-
-
-def _epoch_and_step(path: Path) -> tuple[int, int]:
-    """Loads `path` as Lightning's resume does (weights_only) and checks it is a checkpoint."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError("not a Lightning checkpoint (no state_dict)")
-    return checkpoint.get("epoch", -1), checkpoint.get("global_step", -1)
-
-
-def _set_aside(path: Path) -> Path:
-    """Renames an unloadable checkpoint to a free `<name>.corrupt[.N]` beside it."""
-    aside = path.with_name(path.name + ".corrupt")
-    number = 0
-    while aside.exists():
-        number += 1
-        aside = path.with_name(f"{path.name}.corrupt.{number}")
-    path.rename(aside)
-    return aside
 
 
 class StudyCheckpoint(ModelCheckpoint):

@@ -1,7 +1,5 @@
-"""The config's schema (the dataclasses Hydra checks types and keys against, `register`),
-the ranges types cannot express (`validate`), and what a run records of its config (`hparams`:
-the study's settings and every other one that differs from its group choices' defaults).
-Free of Lightning, so that config errors and `--help` answer in about two seconds."""
+"""The config's schema (`register`), the ranges types cannot express (`validate`), and what a
+run records of its config (`hparams`). Free of Lightning: config errors answer in seconds."""
 
 from __future__ import annotations
 
@@ -80,8 +78,7 @@ class StudySchema:
 
 
 def register() -> None:
-    """Puts the schemas in Hydra's ConfigStore (`conf/config.yaml` and the model options name
-    them) and the config's resolvers (`bnstudy.jobdir.register` adds the job directory's)."""
+    """Puts the schemas in Hydra's ConfigStore and the config's resolvers in OmegaConf."""
     cs = ConfigStore.instance()
     cs.store(name="study_schema", node=StudySchema)
     cs.store(group="schema/net", name="mlp", node=MLPSchema)
@@ -99,9 +96,8 @@ BOOKKEEPING = ("paths.", "hydra.", "resume", "overwrite", "threads", "trainer.en
 
 
 def swept_suffix(override_dirname: str) -> str:
-    """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond what the
-    run name shows and bookkeeping, so that runs differing in a setting differ in name; in a
-    multirun only the settings it varies (`swept_keys`; the others are in the record)."""
+    """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond the run
+    name and bookkeeping; in a multirun only those it varies (`swept_keys`)."""
     swept = swept_keys()
     parts = [item.split("=", 1) for item in override_dirname.split(",") if "=" in item]
     kept = [(key, value) for key, value in parts
@@ -111,24 +107,19 @@ def swept_suffix(override_dirname: str) -> str:
 
 
 def swept_keys() -> set[str] | None:
-    """The keys the running multirun gives several values (its command line's and
-    `hydra.sweeper.params`' sweeps), from the `multirun.yaml` Hydra saves before the jobs
-    start; None outside a multirun or without that file."""
+    """The keys the running multirun varies (command line and `hydra.sweeper.params`), from
+    the `multirun.yaml` Hydra saves first; None outside a multirun or without that file."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not HydraConfig.initialized() or (hydra := HydraConfig.get()).mode != RunMode.MULTIRUN:
         return None
-    hydra = HydraConfig.get()
     saved = Path(hydra.runtime.cwd) / hydra.sweep.dir / "multirun.yaml"
-    if not saved.is_file():
-        return None
-    return set(_sweep_keys_of(str(saved), saved.stat().st_mtime_ns))
+    return set(_sweep_keys_of(str(saved), saved.stat().st_mtime_ns)) if saved.is_file() else None
 
 
 @functools.lru_cache(maxsize=8)
-def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:
-    """`swept_keys` of one saved `multirun.yaml` (~40 ms; resolved several times a job)."""
+def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:  # ~40 ms, several times a job
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweep = OmegaConf.load(path).hydra
@@ -138,8 +129,8 @@ def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:
 
 
 def job_dir() -> str:
-    """`paths.output_dir`: the job's directory (Hydra's `runtime.output_dir`), or, where no job
-    runs (`--cfg job --resolve` prints the config), where it would be."""
+    """`paths.output_dir`: Hydra's `runtime.output_dir`, or where no job runs (`--cfg job`)
+    where it would be."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
@@ -151,7 +142,7 @@ def job_dir() -> str:
 
 def unknown_override(args: list[str]) -> str | None:
     """One paragraph for a command-line setting no config has (`lr=0.1`), naming those close
-    to it (Hydra's would suggest `+lr=0.1`, a key nothing reads); None if every key is known."""
+    to it (Hydra's would suggest `+lr=0.1`); None if every key is known."""
     groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
     known = {f.name for f in fields(StudySchema)} | groups
     for arg in args:
@@ -171,8 +162,8 @@ def unknown_override(args: list[str]) -> str | None:
 
 
 def _likeness(key: str, name: str) -> float:
-    """How much a setting's name (whole, or its last part) looks like a mistyped key, to one
-    decimal; a top-level setting for a key without dots ranks first (`seeds` → `seed`)."""
+    """How much a setting's name (whole, or last part) looks like a mistyped key, to one
+    decimal; a top-level one first for a key without dots (`seeds` → `seed`)."""
     whole = difflib.SequenceMatcher(None, key, name).ratio()
     last = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1], name.rsplit(".", 1)[-1]).ratio()
     top = 0.2 if "." not in key and "." not in name and whole >= 0.75 else 0.0
@@ -180,7 +171,6 @@ def _likeness(key: str, name: str) -> float:
 
 
 def _setting_names() -> list[str]:
-    """Every dotted setting of the default config (`dataset.lr`, `optim.optimizer.lr`, …)."""
     from hydra import compose, initialize_config_dir
 
     register()
@@ -246,24 +236,20 @@ def _count(value) -> bool:
 
 
 def flat(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as `{dotted.key: value}`, without Hydra's node and paths."""
-    out: dict[str, Any] = {}
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            out[prefix[:-1]] = tuple(node) if isinstance(node, list) else node
-
-    # Where a run writes is not what it ran: paths and the run's name are left out, so the
-    # rest resolves outside a running job too.
+    """The resolved config as `{dotted.key: value}` (lists as tuples), without Hydra's node,
+    paths and run name (what a run writes where, so the rest resolves outside a job too)."""
     plain = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items()
                               if k not in ("hydra", "run_name")})
     plain.paths = {"data_dir": "", "output_dir": ""}
     container = OmegaConf.to_container(plain, resolve=True)
-    walk({k: v for k, v in container.items() if k != "paths"}, "")
-    return out
+    del container["paths"]
+    return _walk(container)
+
+
+def _walk(node, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: tuple(node) if isinstance(node, list) else node}
+    return {k: v for key, value in node.items() for k, v in _walk(value, f"{prefix}{key}.").items()}
 
 
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
@@ -272,9 +258,9 @@ NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_pr
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
             overridden: tuple[str, ...] = ()) -> dict:
-    """The study's settings (dataset, model, depth, norm, optim, seed, lr, batch size, hidden
-    width, epochs) and, by dotted key, every other setting that differs from `defaults` (the
-    config of the same group choices) or was `overridden` on the command line."""
+    """The study's settings (dataset, model, depth, norm, optim, seed, lr, batch size, width,
+    epochs) and, by dotted key, every other one that differs from `defaults` (the config of the
+    same group choices) or was `overridden` on the command line."""
     net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
     study = {"dataset": cfg.dataset.name,
              "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
@@ -317,8 +303,7 @@ def overridden_keys(overrides) -> tuple[str, ...]:
 
 def changed_settings(stored: DictConfig, current: DictConfig) -> list[str]:
     """The settings (dotted keys, both values) in which two configs of a job differ, but
-    bookkeeping and what only observes training (callbacks, logger): a resume may draw other
-    pictures, not train differently."""
+    bookkeeping and observers (callbacks, logger): a resume may draw other pictures."""
     old, new = flat(stored), flat(current)
     ignored = (*NOT_SETTINGS, "callbacks.", "logger.")
     keys = sorted(k for k in old.keys() | new.keys()

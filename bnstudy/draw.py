@@ -1,12 +1,11 @@
 """`python -m bnstudy.draw SWEEP_OR_RUN_DIR [KEY=VALUE ...] [--replace]`: draws the final
 pictures of finished runs again, from their checkpoints, with another recipe, no training.
 
-Each ok run's weight grids and hallucinations are drawn as the callbacks draw them when
-training ends, with the run's picture settings updated by the KEY=VALUE ones (keys of
-`conf/callbacks/default.yaml`: `callbacks.hallucinations.steps=400`, `hallucinations.steps=400`
-or `steps=400`; `paths.data_dir=DIR` if the data moved), into its `images/` and a new
-TensorBoard events file (at the step after the last drawing). The drawings replaced are kept
-in `images/<their recipe>/` unless `--replace`; `images/recipe.json` names the current recipe.
+Each ok run's final pictures are drawn as the callbacks draw them, the run's picture settings
+updated by the KEY=VALUE ones (`callbacks.hallucinations.steps=400`, `hallucinations.steps=400`
+or `steps=400`; `paths.data_dir=DIR` if the data moved), into `images/` and a new TensorBoard
+events file (the step after the last drawing). The drawings replaced are kept in
+`images/<their recipe>/` unless `--replace`; `images/recipe.json` names the current recipe.
 """
 
 from __future__ import annotations
@@ -43,9 +42,9 @@ def default_recipe() -> dict[str, dict]:
 
 
 def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
-    """The picture settings given, `{callback: {key: value}}`, and `paths.data_dir` (or
-    None); values parsed as Hydra does (`null`, numbers, words) and checked against their
-    types. A key is `callbacks.<callback>.<key>`, `<callback>.<key>` or a bare unique `<key>`."""
+    """The picture settings given, `{callback: {key: value}}` (type-checked; a key is
+    `callbacks.<callback>.<key>`, `<callback>.<key>` or a bare unique `<key>`), and
+    `paths.data_dir` (or None)."""
     from bnstudy.pictures.drawing import Hallucinator, draw_weights
 
     types = {"weight_grid": {"num_units": typing.get_type_hints(draw_weights)["num_units"]},
@@ -79,19 +78,14 @@ def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
 
 
 def run_recipe(run: rebuild.SavedRun, defaults: dict[str, dict]) -> dict[str, dict]:
-    """The picture settings the run trained with (its config over the defaults, for the
-    settings that exist now)."""
-    recipe = {}
-    for name, base in defaults.items():
-        stored = OmegaConf.select(run.cfg, f"callbacks.{name}")
-        stored = OmegaConf.to_container(stored, resolve=False) if stored is not None else {}
-        recipe[name] = {k: stored.get(k, v) for k, v in base.items()}
-    return recipe
+    """The picture settings the run trained with (its config over the defaults)."""
+    stored = {name: OmegaConf.select(run.cfg, f"callbacks.{name}") or {} for name in defaults}
+    return {name: {k: stored[name].get(k, v) for k, v in base.items()}
+            for name, base in defaults.items()}
 
 
 def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
-    """A folder name for a recipe: its settings that differ from the defaults, `key=value`
-    joined by commas, or `default`."""
+    """A folder name for a recipe: its `key=value`s that differ from the defaults, or `default`."""
     parts = [f"{k}={'null' if v is None else v}" for name, base in defaults.items()
              for k, v in recipe[name].items() if v != base.get(k)]
     return ",".join(parts).replace("/", "_") or "default"

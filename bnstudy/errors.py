@@ -1,7 +1,5 @@
-"""Mistakes a user can fix: each message names what was wrong and how to fix it.
-
-Kept free of heavy imports, so the entry point can report them without loading Lightning.
-"""
+"""Mistakes a user can fix, each message naming what was wrong and how to fix it (free of
+heavy imports: the entry point reports them without loading Lightning)."""
 
 
 class ConfigError(ValueError):

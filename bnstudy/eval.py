@@ -14,20 +14,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bnstudy import rebuild
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
-from bnstudy.rebuild import (
-    CHECKPOINT,
-    DataCache,
-    RunError,
-    SavedRun,
-    UsageError,
-    is_run_dir,
-    load_checkpoint,
-    load_model,
-    parse_setting,
-    run_dirs,
-)
 from bnstudy.records import write_json_atomic
 
 
@@ -35,43 +24,43 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
     """`paths.data_dir` and the `trainer.*` flags given, values parsed as Hydra does."""
     data_dir, trainer = None, {}
     for item in items:
-        key, value = parse_setting(item, "; give KEY=VALUE.")
+        key, value = rebuild.parse_setting(item, "; give KEY=VALUE.")
         if key == "paths.data_dir":
             data_dir = str(value)
         elif key.startswith("trainer.") and key.count(".") == 1:
             trainer[key.split(".", 1)[1]] = value
         else:
-            raise UsageError(f"{key}: eval takes paths.data_dir=DIR (where the data is now) and "
-                             "trainer flags (e.g. trainer.accelerator=cpu); the model, data "
-                             "and splits are the run's own.")
+            raise rebuild.UsageError(
+                f"{key}: eval takes paths.data_dir=DIR (where the data is now) and trainer "
+                "flags (e.g. trainer.accelerator=cpu); the model, data and splits are the run's "
+                "own.")
     return data_dir, trainer
 
 
 def targets(path: Path) -> list[tuple[Path, Path]]:
-    """(run directory, checkpoint) pairs a path names: a checkpoint file in a run's
-    `checkpoints/`, a run's directory, or a sweep's."""
+    """(run directory, checkpoint) pairs of a checkpoint file, a run's or a sweep's directory."""
     if path.is_file():
         run = path.parent.parent
-        if path.parent.name != "checkpoints" or not is_run_dir(run):
-            raise RunError(f"{path} is not in a run's checkpoints/ folder, so its run's "
-                           "dataset and test split are unknown. Pass a checkpoint inside "
-                           "<run>/checkpoints/, or the run's directory.")
+        if path.parent.name != "checkpoints" or not rebuild.is_run_dir(run):
+            raise rebuild.RunError(f"{path} is not in a run's checkpoints/ folder, so its run's "
+                                   "dataset and test split are unknown. Pass a checkpoint "
+                                   "inside <run>/checkpoints/, or the run's directory.")
         return [(run, path)]
-    return [(run, run / CHECKPOINT) for run in run_dirs(path)]
+    return [(run, run / rebuild.CHECKPOINT) for run in rebuild.run_dirs(path)]
 
 
-def evaluate(run: SavedRun, checkpoint_path: Path, data: DataCache, flags: dict) -> dict:
+def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCache,
+             flags: dict) -> dict:
     """Tests the checkpoint on the run's test split; returns what `eval.json` holds."""
     from hydra.utils import instantiate
 
-    checkpoint = load_checkpoint(run, checkpoint_path)
+    checkpoint = rebuild.load_checkpoint(run, checkpoint_path)
     datamodule = data.get(run, "test")
-    model = load_model(run, checkpoint, datamodule, checkpoint_path)
-    trainer_cfg = OmegaConf.to_container(run.cfg.trainer, resolve=False)
+    model = rebuild.load_model(run, checkpoint, datamodule, checkpoint_path)
     kept = ("_target_", "accelerator", "precision", "limit_test_batches", "inference_mode",
             "deterministic", "benchmark", "fast_dev_run")  # what changes a test's numbers
-    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k in kept}
-    trainer_cfg.update(flags)
+    trainer_cfg = {k: v for k, v in OmegaConf.to_container(run.cfg.trainer).items()
+                   if k in kept} | flags
     trainer = instantiate(
         trainer_cfg, devices=1, strategy="auto", num_nodes=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, callbacks=[],
@@ -85,7 +74,7 @@ def evaluate(run: SavedRun, checkpoint_path: Path, data: DataCache, flags: dict)
             "recorded_test": recorded, "seconds": time.perf_counter() - started}
 
 
-def result_line(run: SavedRun, result: dict, written: Path) -> str:
+def result_line(run: rebuild.SavedRun, result: dict, written: Path) -> str:
     test, recorded = result["test"], result["recorded_test"] or {}
     said = "no test result recorded"
     if recorded.get("acc") is not None:
@@ -110,21 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir, flags = parse_settings(args.settings)
         pairs = targets(args.path)
-    except (UsageError, RunError) as err:
+    except (rebuild.UsageError, rebuild.RunError) as err:
         print(f"bnstudy.eval: {err}", file=sys.stderr)
         return 2
 
     quiet_console()
-    data, problems, done = DataCache(data_dir), [], 0
+    data, problems, done = rebuild.DataCache(data_dir), [], 0
     for run_path, checkpoint in pairs:
         try:
-            run = SavedRun.open(run_path)
+            run = rebuild.SavedRun.open(run_path)
             result = evaluate(run, checkpoint, data, flags)
             name = "eval.json" if checkpoint == run.checkpoint else f"eval-{checkpoint.name}.json"
             write_json_atomic(run.path / name, result)
             print(result_line(run, result, run.path / name))
             done += 1
-        except (RunError, DataError, RunFileError) as err:
+        except (rebuild.RunError, DataError, RunFileError) as err:
             problems.append(run_path.name)
             print(f"{err}", file=sys.stderr)
     if len(pairs) > 1 or problems:

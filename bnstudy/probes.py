@@ -1,8 +1,7 @@
-"""Opt-in probes of training (`callbacks=probes`): what BatchNorm does to activations
+"""Opt-in probes (`callbacks=probes`) of what BatchNorm does to activations
 (`ActivationPercentiles`, Ioffe & Szegedy 2015, Fig. 1) and gradients (`GradientBehaviour`,
-Santurkar et al. 2018). Each logs to the trainer's loggers at the optimizer step it measures
-and keeps its series in the checkpoint (a resume continues them) and, through
-`MetricsHistory`, in `metrics.json` under `record_key`."""
+Santurkar et al. 2018): logged at the optimizer step they measure, their series kept in the
+checkpoint and (through `MetricsHistory`) in `metrics.json` under `record_key`."""
 
 from __future__ import annotations
 
@@ -20,17 +19,17 @@ from torch.nn.utils import get_total_norm
 from bnstudy.dashboard import tensorboard_writer
 
 
-def log_scalars(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
-    """Scalars to every logger of the trainer at `step`, outside Lightning's cadence."""
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step)
-
-
 class Probe(Callback):
     """Base: the series live in the attributes named in `kept`, which the checkpoint keeps."""
 
     record_key: str
     kept: tuple[str, ...]
+
+    @staticmethod
+    def emit(trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
+        """Scalars to every logger at `step`, outside Lightning's cadence."""
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step)
 
     def state_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.kept}
@@ -41,13 +40,12 @@ class Probe(Callback):
 
 
 class ActivationPercentiles(Probe):
-    """Percentiles (in %) of a few hidden units' pre-activations over the minibatch (and
-    positions), at every `every_n_steps`-th optimizer step from 0: a pre-hook on the model's
-    `layer`-th `nn.ReLU` (`named_modules()` order) takes the step's first training-mode input
-    (not `GradientBehaviour`'s extra forwards, evaluation or hallucination passes); a unit is
-    a feature or a conv channel. TensorBoard: `activations/unit{u}/p{q}`, histogram
-    `activations/layer{layer}` (the whole layer). `metrics.json` `activations`: `{"module": the
-    ReLU's name, "layer", "units", "percentiles", "steps": [S], "values": S × units × q}`."""
+    """Percentiles (in %) of a few units' (features' or channels') pre-activations over the
+    minibatch and positions, every `every_n_steps`-th step from 0: a pre-hook on the
+    `layer`-th `nn.ReLU` takes the step's first training-mode input (not the probes' or
+    pictures' extra forwards). TensorBoard `activations/unit{u}/p{q}`, histogram
+    `activations/layer{layer}`; `activations`: `{"module", "layer", "units", "percentiles",
+    "steps": [S], "values": S × units × q}`."""
 
     record_key, kept = "activations", ("steps", "values")
 
@@ -95,11 +93,10 @@ class ActivationPercentiles(Probe):
         values = torch.quantile(per_unit[self.units], q, dim=1).T.tolist()
         self.steps.append(step)
         self.values.append(values)
-        log_scalars(trainer, {f"activations/unit{u}/p{p:g}": value
+        self.emit(trainer, {f"activations/unit{u}/p{p:g}": value
                               for u, row in zip(self.units, values, strict=True)
                               for p, value in zip(self.percentiles, row, strict=True)}, step)
-        writer = tensorboard_writer(trainer)
-        if writer is not None:
+        if (writer := tensorboard_writer(trainer)) is not None:
             writer.add_histogram(f"activations/layer{self.layer}", x, step)
 
     def series(self) -> dict:
@@ -109,21 +106,16 @@ class ActivationPercentiles(Probe):
 
 def layer_grad_norms(model: nn.Module) -> dict[str, float]:
     """The ℓ2 norm of each module's own parameters' gradients, by module name (those with one)."""
-    norms = {}
-    for name, module in model.named_modules():
-        grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
-        if grads:
-            norms[name] = float(get_total_norm(grads))
-    return norms
+    grads = {name: [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+             for name, module in model.named_modules()}
+    return {name: float(get_total_norm(found)) for name, found in grads.items() if found}
 
 
 def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[str, list[float]]:
-    """Along the model's current gradient g on `batch = (x, y)`, for each η: `loss` =
-    L(θ − η g) (cross-entropy), `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||.
-    The model runs in its current mode (in training: BatchNorm on the batch's statistics)
-    through `functional_call` on detached parameters and cloned buffers, each forward under
-    the same forked RNG (the same dropout masks): parameters, buffers, grads and RNG untouched.
-    """
+    """Along the current gradient g on `batch = (x, y)`, per η: `loss` = L(θ − η g)
+    (cross-entropy), `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||; in the
+    model's current mode, by `functional_call` on detached parameters and cloned buffers under
+    one forked RNG: parameters, buffers, grads and RNG untouched."""
     (x, y), devices = batch, [] if batch[0].device.index is None else [batch[0].device.index]
     params = {name: p.detach() for name, p in model.named_parameters()}
     grads = {name: p.grad.detach() for name, p in model.named_parameters() if p.grad is not None}
@@ -150,16 +142,13 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
 
 
 class GradientBehaviour(Probe):
-    """Per-layer gradient norms, the loss landscape and the gradient predictiveness along g,
-    after the backward pass and before the update, on the step's minibatch (training goes
-    exactly as without the probe). Every `every_n_steps`-th step from 0: `layer_grad_norms`,
-    TensorBoard `gradients/norm/<module>`. Every `landscape_every_n_steps`-th: a
-    `gradient_landscape` over `etas`, TensorBoard `landscape/loss_range` (max − min over η of
-    L(θ − η g)), `landscape/grad_change_max` (max of ||∇L(θ − η g) − ∇L(θ)||) and
-    `landscape/beta_smoothness` (max of that change / ||η g||: an effective β-smoothness).
-    `metrics.json` `gradients`: `{"steps": [S], "norms": {module: [S]}, "landscape": {"etas":
-    [E], "steps": [T], "loss" and "grad_change": T × E, "loss_range", "grad_change_max",
-    "beta_smoothness": [T]}}`."""
+    """After the backward pass, before the update (training unchanged), on the step's batch:
+    every `every_n_steps`-th step `layer_grad_norms` (TensorBoard `gradients/norm/<module>`);
+    every `landscape_every_n_steps`-th a `gradient_landscape` over `etas`, TensorBoard
+    `landscape/loss_range` (max − min over η of L(θ − η g)), `grad_change_max` and
+    `beta_smoothness` (max of grad_change / ||η g||). `gradients`: `{"steps": [S], "norms":
+    {module: [S]}, "landscape": {"etas": [E], "steps": [T], "loss", "grad_change": T × E,
+    "loss_range", "grad_change_max", "beta_smoothness": [T]}}`."""
 
     record_key, kept = "gradients", ("steps", "norms", "landscape")
 
@@ -187,7 +176,7 @@ class GradientBehaviour(Probe):
             self.steps.append(step)
             for name, value in norms.items():
                 self.norms.setdefault(name, []).append(value)
-            log_scalars(trainer, {f"gradients/norm/{name}": v for name, v in norms.items()}, step)
+            self.emit(trainer, {f"gradients/norm/{name}": v for name, v in norms.items()}, step)
         if step % self.landscape_every_n_steps == 0:
             point = gradient_landscape(pl_module, self._batch, self.etas)
             changes, distances = point["grad_change"], point["distance"]
@@ -200,7 +189,7 @@ class GradientBehaviour(Probe):
             for key, value in {"steps": step, "loss": point["loss"], "grad_change": changes,
                                **summary}.items():
                 self.landscape[key].append(value)
-            log_scalars(trainer, {f"landscape/{key}": v for key, v in summary.items()}, step)
+            self.emit(trainer, {f"landscape/{key}": v for key, v in summary.items()}, step)
 
     def series(self) -> dict:
         return {"steps": self.steps, "norms": self.norms,

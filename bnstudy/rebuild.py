@@ -1,7 +1,6 @@
-"""A finished run rebuilt from its directory, for the commands that work after training
-(`bnstudy.draw`, `bnstudy.eval`): the runs a path names, each one's stored config, datamodule
-(the same splits from the same files, never downloaded; `paths.data_dir=DIR` if the data
-moved) and model from `checkpoints/last.ckpt`."""
+"""A finished run rebuilt from its directory for `bnstudy.draw` and `bnstudy.eval`: the runs a
+path names, each one's stored config, datamodule (the same splits from the same files, never
+downloaded; `paths.data_dir=DIR` if the data moved) and model from `checkpoints/last.ckpt`."""
 
 from __future__ import annotations
 
@@ -26,8 +25,8 @@ class UsageError(Exception):
 
 
 def parse_setting(item: str, how: str) -> tuple[str, object]:
-    """The key and value of a KEY=VALUE setting, the value parsed as Hydra parses overrides
-    (`null`, numbers, strings); `how` ends the paragraph for one that does not parse."""
+    """The key and value of a KEY=VALUE setting, parsed as Hydra parses overrides; `how` ends
+    the paragraph for one that does not parse."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -43,8 +42,7 @@ def is_run_dir(path: Path) -> bool:
 
 
 def run_dirs(path: Path) -> list[Path]:
-    """The runs `path` names: a run's directory itself, or every job of a sweep's directory
-    (by job number)."""
+    """The runs `path` names: a run's directory, or a sweep's jobs (by job number)."""
     if not path.exists():
         raise RunError(f"{path} does not exist. Pass a run's directory (outputs/runs/<time>_"
                        "<name>), a sweep's directory (outputs/multirun/<date>_<time>) or, for "
@@ -72,17 +70,9 @@ class SavedRun:
     cfg: DictConfig
     launched_in: Path | None = None  # where the run was started (relative paths start there)
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def status(self) -> str:
-        return self.record.status if self.record else f"no {RECORD_NAME}"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT
+    def __post_init__(self) -> None:
+        self.name, self.checkpoint = self.path.name, self.path / CHECKPOINT
+        self.status = self.record.status if self.record else f"no {RECORD_NAME}"
 
     @classmethod
     def open(cls, path: Path) -> SavedRun:
@@ -97,16 +87,14 @@ class SavedRun:
         except (OSError, ValueError, OmegaConfBaseException) as err:
             raise RunError(f"{path.name}: its .hydra/config.yaml or {RECORD_NAME} does not "
                            f"read ({type(err).__name__}: {err}).") from err
-        launched_in = None
         hydra_file = path / ".hydra" / "hydra.yaml"
-        if hydra_file.is_file():
-            cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd")
-            launched_in = Path(cwd) if cwd else None
-        return cls(path, record, cfg, launched_in)
+        cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") \
+            if hydra_file.is_file() else None
+        return cls(path, record, cfg, Path(cwd) if cwd else None)
 
     def data_dir(self, override: str | None = None) -> Path:
-        """Where the run's data is: `override` (paths.data_dir=... given now), else the run's
-        own setting, a relative path taken from where the run was launched."""
+        """Where the run's data is: `override` (given now), else the run's own setting, a
+        relative one taken from where the run was launched."""
         if override:
             return Path(override).expanduser().resolve()
         try:
@@ -152,8 +140,7 @@ class DataCache:
 
 
 def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
-    """The run's checkpoint (`path`, default `checkpoints/last.ckpt`) as a dict (weights
-    only: nothing in it is executed)."""
+    """The run's checkpoint (default `checkpoints/last.ckpt`), loaded weights-only."""
     import torch
 
     path = path or run.checkpoint
@@ -176,8 +163,8 @@ def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
 
 
 def load_model(run: SavedRun, checkpoint: dict, data, path: Path | None = None):
-    """The run's LightningModule (`bnstudy.run.build_model` of its config, for the datamodule's
-    shape and classes) with the weights of `checkpoint` (loaded from `path`), in eval mode."""
+    """The run's LightningModule (`run.build_model`) with the weights of `checkpoint` (from
+    `path`), in eval mode."""
     from bnstudy.run import build_model
 
     model = build_model(run.cfg, data.input_shape, data.num_classes)

@@ -1,12 +1,10 @@
 """`metrics.json`, the per-run record (`RunRecord`), and how every run file is written:
-atomically (a temporary file beside it, fsync, rename), with the mode the umask gives, and with
-one clear paragraph when the disk refuses."""
+atomically (a temporary file, fsync, rename), with the umask's mode, one paragraph if refused."""
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,15 +15,13 @@ from bnstudy.errors import RunFileError
 
 RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
-FINISHED = ("ok", "diverged")  # a record's statuses that are results
 
 _OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
+_WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"
 REMEDIES = {
     errno.ENOSPC: f"free space, or {_OTHER_DIR} another disk",
     errno.EDQUOT: f"free space or raise your disk quota, or {_OTHER_DIR} another disk",
-    errno.EACCES: f"make that directory writable, or {_OTHER_DIR} a directory you can write to",
-    errno.EPERM: f"make that directory writable, or {_OTHER_DIR} a directory you can write to",
-    errno.EROFS: f"{_OTHER_DIR} a writable disk",
+    errno.EACCES: _WRITABLE, errno.EPERM: _WRITABLE, errno.EROFS: f"{_OTHER_DIR} a writable disk",
 }
 
 
@@ -39,9 +35,9 @@ def describe_write_error(err: OSError, path: str | os.PathLike) -> str:
 
 
 def write_error(err: BaseException, job_dir: str | os.PathLike) -> str | None:
-    """`describe_write_error`'s paragraph for an OSError raised while a library wrote a run file
-    itself (Lightning's hparams.yaml, TensorBoard's events): a full or read-only disk anywhere,
-    or no permission under `job_dir`; None for anything else (an unreadable data file)."""
+    """`describe_write_error`'s paragraph for an OSError of a library writing its own run file
+    (hparams.yaml, TensorBoard's events): a full or read-only disk, or no permission under
+    `job_dir`; None for anything else (an unreadable data file)."""
     if not isinstance(err, OSError) or isinstance(err, RunFileError):
         return None
     path = None if err.filename is None else os.fsdecode(err.filename)  # TensorBoard's: bytes
@@ -54,24 +50,20 @@ def write_error(err: BaseException, job_dir: str | os.PathLike) -> str | None:
 
 
 def job_order(job: str | os.PathLike) -> tuple[int, str]:
-    """A job directory's place in its sweep (a path or a name): by number (`10_…` after `9_…`),
-    then by name."""
-    name = Path(job).name
-    head = name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else -1, name)
+    """A job directory's place in its sweep: by number (`10_…` after `9_…`), then by name."""
+    head = Path(job).name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else -1, Path(job).name)
 
 
 def replace_file(path: str | Path, data: bytes | memoryview, previous: Path | None = None) -> None:
     """Puts `data` at `path` so that a reader, or a kill at any moment, finds the old file or the
-    new one, never half of one (the temporary file gets mode 0o666 less the umask). With
-    `previous`, the old `path` is kept there. An OSError is raised as a RunFileError whose
-    message is `describe_write_error`'s paragraph."""
+    new one, never half of one; with `previous`, the old file is kept there. An OSError is
+    raised as a RunFileError with `describe_write_error`'s paragraph."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with open(fd, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -87,13 +79,8 @@ def replace_file(path: str | Path, data: bytes | memoryview, previous: Path | No
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Writes JSON atomically (`replace_file`); NaN and infinities become null."""
-    replace_file(path, json.dumps(_finite_or_none(data), indent=2).encode())
-
-
-def read_json(path: str | Path) -> dict | None:
-    """The JSON object at `path`, None if there is no file; ValueError if it is not JSON."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
+    finite = json.loads(json.dumps(data), parse_constant=lambda _: None)
+    replace_file(path, json.dumps(finite, indent=2).encode())
 
 
 @dataclass
@@ -123,21 +110,22 @@ class RunRecord:
     activations: dict | None = None
     gradients: dict | None = None
 
+    @staticmethod
+    def _file(path: str | Path) -> Path:
+        return Path(path) / RECORD_NAME if Path(path).is_dir() else Path(path)
+
     @classmethod
     def read(cls, path: str | Path) -> RunRecord | None:
-        """The record at `path` (a metrics.json or its job directory); None if there is none.
-        Keys this schema does not know are ignored; a file that is not JSON raises ValueError."""
-        path = Path(path)
-        data = read_json(path / RECORD_NAME if path.is_dir() else path)
-        if data is None:
+        """The record at `path` (a metrics.json or its job directory), None if absent; unknown
+        keys are ignored; a file that is not JSON raises ValueError."""
+        if not (file := cls._file(path)).is_file():
             return None
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in json.loads(file.read_text()).items() if k in known})
 
     def write(self, path: str | Path) -> None:
         """Writes the record atomically to `path` (a metrics.json or its job directory)."""
-        path = Path(path)
-        write_json_atomic(path / RECORD_NAME if path.is_dir() else path, asdict(self))
+        write_json_atomic(self._file(path), asdict(self))
 
     @classmethod
     def update(cls, path: str | Path, **changes: Any) -> RunRecord:
@@ -149,7 +137,7 @@ class RunRecord:
     @property
     def finished(self) -> bool:
         """Whether the record is a result (ok or diverged)."""
-        return self.status in FINISHED
+        return self.status in ("ok", "diverged")
 
     @property
     def final_val_acc(self) -> float | None:
@@ -165,14 +153,3 @@ class RunRecord:
         time_s = "-" if self.wall_time_s is None else f"{self.wall_time_s:.0f} s"
         return (f"{self.run_name or '?'}: {self.status}, val acc {pct(self.final_val_acc)}, "
                 f"test acc {pct(self.test_acc)}, {time_s}")
-
-
-def _finite_or_none(value: Any) -> Any:
-    """JSON has no NaN/inf: they are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_or_none(v) for v in value]
-    return value

@@ -1,12 +1,12 @@
-"""One run of the study, `train(cfg) -> RunRecord`, called alike by the entry point, the
-tuner (through it) and the tests. Its lifecycle, top to bottom: the job directory's lock, resume
-or requeue (`check_job_dir`), seeding, `build`, fit and test, the record. It raises, the record
-saying how it ended: `RunExistsError` leaves the directory as it was; `RunEnded` is a failure
-(`discarded`: a mistake found before anything trained, nothing kept); Ctrl-C records
-`interrupted` and goes on up."""
+"""One run of the study, `train(cfg) -> RunRecord` (for the entry point, the tuner, the tests):
+the job directory's lock, resume or requeue (`check_job_dir`), seeding, `build`, fit and test,
+the record. It raises: `RunExistsError` (the directory left as it was), `RunEnded` (failed, or
+`discarded`: nothing trained, nothing kept), or Ctrl-C's own after recording `interrupted`."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shlex
@@ -80,9 +80,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if resume and previous is not None and previous.finished:
         log.info("%s already finished: skipped", cfg.run_name)
         return previous
-    overridden = overridden_keys(HydraConfig.get().overrides.task) \
-        if HydraConfig.initialized() else ()
-    settings = hparams(cfg, default_config(), overridden)
+    settings = hparams(cfg, default_config(), overridden_keys(
+        HydraConfig.get().overrides.task if HydraConfig.initialized() else ()))
 
     # Imported here: Lightning takes seconds to import, and a config error should not wait.
     import lightning as L
@@ -111,7 +110,7 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     resume_from, note = resume_checkpoint(out / "checkpoints" / "last.ckpt") if resume \
         else (None, None)
     if primary:
-        found = {"resume_note": note, "trackers": tracker_runs(trainer.loggers) or None}
+        found = {"resume_note": note, "trackers": tracker_runs(trainer.loggers)}
         if changes := {key: value for key, value in found.items() if value}:
             RunRecord.update(record_path, **changes)
         if (writer := tensorboard_writer(trainer)) is not None:
@@ -121,7 +120,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
         log_settings(trainer.loggers, settings)  # the other trackers' hyperparameters
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
-    guard = next((c for c in trainer.callbacks if isinstance(c, DivergenceGuard)), None)
+    callbacks = {type(c): c for c in trainer.callbacks}
+    guard, history = callbacks.get(DivergenceGuard), callbacks.get(MetricsHistory)
     result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch,
                     "torch_threads": torch.get_num_threads()}
     if guard is not None and guard.diverged_at is not None:
@@ -132,7 +132,6 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
         result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
     for logger in trainer.loggers:
         logger.finalize("success")
-    history = next((c for c in trainer.callbacks if isinstance(c, MetricsHistory)), None)
     before = history.elapsed_before if history is not None else 0.0  # a resume's earlier epochs
     result["wall_time_s"] = before + time.perf_counter() - started
     if not primary:
@@ -141,9 +140,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
 
 
 def check_job_dir(cfg: DictConfig, out: Path) -> bool:
-    """Whether the run in `out` resumes: `resume=true`, or its launcher requeued the job that
-    started it (untold), either with the stored config. Otherwise a directory holding a run is
-    refused, unless `overwrite=true` (which clears it)."""
+    """Whether the run in `out` resumes (`resume=true`, or its launcher requeued the job, with
+    the stored config); else a directory holding a run is refused, unless `overwrite=true`."""
     record, stored = RunRecord.read(out / RECORD_NAME), out / ".hydra" / "config.yaml"
     requeue = record is not None and is_requeue(record.job, launcher_job())
     if cfg.resume or requeue:
@@ -173,7 +171,8 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
 
 def _ended(cfg: DictConfig, out: Path, err: Exception) -> RunEnded:
     """Records how the run failed (or removes its folder, `discard_untrained`)."""
-    if _launcher_gave_up(err):  # no requeue comes: the record and the sweep's summary say so
+    submitit = sys.modules.get("submitit.core.utils")  # its job timed out too often:
+    if submitit is not None and isinstance(err, submitit.UncompletedJobError):  # no requeue
         gave_up = str(err).rstrip(".")
         _record_quietly(out, status="interrupted",
                         error=f"its launcher will not requeue it ({gave_up})")
@@ -190,26 +189,16 @@ def _ended(cfg: DictConfig, out: Path, err: Exception) -> RunEnded:
     return RunEnded("failed", message, trace)
 
 
-def _launcher_gave_up(err: Exception) -> bool:
-    """submitit's UncompletedJobError: the job timed out more often than its launcher's
-    `max_num_timeout` (or could not be requeued), and will not be requeued again."""
-    submitit = sys.modules.get("submitit.core.utils")
-    return submitit is not None and isinstance(err, submitit.UncompletedJobError)
-
-
 def _record_quietly(out: Path, **changes) -> None:
-    """Records how the run ended (rank 0); on a full disk that may fail too, quietly."""
+    """Records how the run ended (rank 0); on a full disk that fails too, quietly."""
     if is_primary():
-        try:
+        with contextlib.suppress(RunFileError, ValueError):
             RunRecord.update(out / RECORD_NAME, **changes)
-        except (RunFileError, ValueError):
-            pass
 
 
 def discard_untrained(job_dir: Path) -> bool:
-    """Removes a job directory in which nothing trained (no epoch recorded, no checkpoint)
-    holding only `RUN_FILES`, and the empty folders above it (`remove_empty_folder`): a
-    mistake found before training leaves no folder for the report. Whether it is gone."""
+    """Removes a job directory holding only `RUN_FILES` in which nothing trained (no epoch, no
+    checkpoint), and the empty folders above it; whether it is gone."""
     try:
         record = RunRecord.read(job_dir / RECORD_NAME)
         entries = list(job_dir.iterdir())
@@ -228,36 +217,32 @@ def discard_untrained(job_dir: Path) -> bool:
 
 
 def remove_empty_folder(folder: Path) -> bool:
-    """Removes `folder` if empty, then each folder above it this leaves empty, inside the
-    working directory (`outputs/runs/`, made for it). Whether `folder` is gone."""
+    """Removes `folder` if empty, then the folders above it this empties inside the working
+    directory (`outputs/runs/`); whether `folder` is gone."""
     cwd = Path.cwd().resolve()  # before the removal: the job may run in its own folder
     try:
         folder.rmdir()
     except OSError:
         return False
-    for parent in folder.resolve().parents:
-        if cwd not in parent.parents:
-            break
-        try:
+    with contextlib.suppress(OSError):
+        for parent in folder.resolve().parents:
+            if cwd not in parent.parents:
+                break
             parent.rmdir()
-        except OSError:
-            break
     return True
-
-
-_DEFAULTS: dict[tuple, DictConfig] = {}
 
 
 def default_config() -> DictConfig | None:
     """The config of this job's group choices alone (None outside a Hydra job), which
-    `hparams` compares with; composed once per process and set of choices."""
-    if not HydraConfig.initialized():
-        return None
-    choices = HydraConfig.get().runtime.choices
-    key = tuple(sorted((group, str(choice)) for group, choice in choices.items()))
-    if key not in _DEFAULTS:
-        _DEFAULTS[key] = group_defaults(choices)
-    return _DEFAULTS[key]
+    `hparams` compares with; composed once per set of choices."""
+    if HydraConfig.initialized():
+        return _defaults(tuple(sorted(HydraConfig.get().runtime.choices.items())))
+    return None
+
+
+@functools.cache
+def _defaults(choices: tuple) -> DictConfig:
+    return group_defaults(dict(choices))
 
 
 def is_multirun() -> bool:
@@ -294,8 +279,8 @@ def check_devices(cfg: DictConfig) -> None:
 
 def torch_threads(setting: int | str | None) -> int | None:
     """Threads for this job: a count, or with `auto` the cores its launcher gives it: cores /
-    n_jobs (joblib), `cpus_per_task` (submitit), 1 under submitit's local launcher (it starts
-    every job at once), else torch's default (all cores)."""
+    n_jobs (joblib), `cpus_per_task` (submitit), 1 under submitit's local launcher (every job
+    at once), else torch's default."""
     if setting != "auto":
         return setting
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
@@ -309,8 +294,8 @@ def torch_threads(setting: int | str | None) -> int | None:
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
-    """The LightningModule of `cfg.model`, its network `cfg.model.net` built for the dataset's
-    input shape and classes, with the optimizer factory of `cfg.optim`."""
+    """The LightningModule of `cfg.model` (its `net` for the dataset's input shape and
+    classes) with the optimizer factory of `cfg.optim`."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
     return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net
@@ -319,8 +304,7 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
 
 def build(cfg: DictConfig, trackers: dict | None = None
           ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """The datamodule, model (with its optimizer) and trainer (logger, callbacks) of a config;
-    `trackers`: the tracker runs a resumed run goes on logging to."""
+    """The datamodule, model and trainer of a config; `trackers`: a resume's tracker runs."""
     from lightning.pytorch.callbacks import ProgressBar
 
     from bnstudy.checkpoints import AtomicCheckpointIO

@@ -1,10 +1,8 @@
 """Entry point: `python -m bnstudy.train [overrides]`, or `-m` to sweep (Hydra main).
 
-Each job is `bnstudy.run.train(cfg)`, which leaves in its job directory the TensorBoard events,
-`checkpoints/last.ckpt` and `metrics.json`; this module only adds what a command line needs:
-one paragraph on the console for each way a run ends, and the exit status (a single run's), or
-the job's return value (a sweep's, whose summary exits: `bnstudy.sweep.SweepSummary`).
-"""
+Each job is `bnstudy.run.train(cfg)`; this module adds what a command line needs: a paragraph
+on the console per way a run ends, and a single run's exit status or a sweep job's return
+value (whose summary exits: `bnstudy.sweep.SweepSummary`)."""
 
 from __future__ import annotations
 
@@ -63,8 +61,8 @@ def main(cfg: DictConfig) -> RunRecord:
 
 
 def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> RunRecord:
-    """Says why the job left nothing (on the console only: its train.log is not written), tells
-    the sweep's summary, or exits 1."""
+    """Says why the job left nothing (on the console only: no train.log), tells the sweep's
+    summary, or exits 1."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         if Path(handler.baseFilename).parent == out.resolve():  # Hydra's train.log
@@ -79,8 +77,8 @@ def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> R
 
 
 def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
-    """Says that the run stopped before its end, and how it goes on: by itself if its launcher
-    requeues the job, else with resume=true."""
+    """Says that the run stopped before its end, and how it goes on (its launcher's requeue,
+    or resume=true)."""
     where = (f"hydra.sweep.dir={HydraConfig.get().sweep.dir}" if is_multirun()
              else f"hydra.run.dir={cfg.paths.output_dir}")
     how = f"run the same command with resume=true {where}"
@@ -96,8 +94,8 @@ def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
 
 
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
-    """A warning when an experiment that is a sweep (`experiment=lr_sweep`, `decisive`,
-    `tuned`) runs without `-m`: Hydra then runs one job with the config's own values."""
+    """A warning when an experiment that is a sweep (`lr_sweep`, `decisive`, `tuned`) runs
+    without `-m` (Hydra then runs one job with the config's own values)."""
     experiment = hydra_cfg.runtime.choices.get("experiment")
     params = dict(hydra_cfg.sweeper.get("params") or {})
     varies = bool(set(params) - {"seed"}) or params.get("seed") != "0,1,2"  # beyond the default

@@ -13,10 +13,8 @@ from helpers import FAST, REPO, read_record, write_cifar10, write_mnist
 
 
 def pytest_collection_finish(session) -> None:
-    """Once the tests to run are known: the `tiny_sweep` starts in the background if a test
-    reads it, so that its work overlaps the tests before its first use; and the objects
-    collection imported (torch, Lightning, matplotlib: most of the heap) are kept out of
-    Python's garbage collections, each of which spent ~0.2 s walking them for nothing to free."""
+    """Starts the `tiny_sweep` in the background if a test reads it (overlapping the tests
+    before), and keeps the imported libraries out of Python's garbage collections (~0.2 s each)."""
     import gc
 
     if any("tiny_sweep" in getattr(item, "fixturenames", ()) for item in session.items):
@@ -31,11 +29,8 @@ def pytest_unconfigure(config) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """In-process training on one thread. The tests' models are tiny, and on a small shared
-    machine torch's thread pool costs more than it gives: once a test has switched torch's
-    thread count (the hallucination recipe and the judge run on one thread, then restore it),
-    later fits on two threads ran up to 30x slower. (Runs of the entry point get `threads=1`
-    from `FAST`.)"""
+    """In-process training on one thread: for tiny models torch's thread pool costs more than it
+    gives (fits after a thread switch ran up to 30x slower on two threads)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -46,9 +41,8 @@ def one_torch_thread():
 
 @pytest.fixture
 def two_torch_threads():
-    """Two torch threads during the test (one again after it), for a test that checks code
-    leaves torch's thread count as it found it: from the session's one thread, code that
-    switches to one thread and forgets to switch back would go unnoticed."""
+    """Two torch threads during the test: code that switches to one thread and forgets to
+    switch back would go unnoticed from the session's one thread."""
     import torch
 
     torch.set_num_threads(2)
@@ -58,9 +52,7 @@ def two_torch_threads():
 
 @pytest.fixture
 def figures_not_rendered(monkeypatch):
-    """For a test of a report's text and tables only: its figures are built as usual but not
-    drawn (rendering them is most of a report's time); each PNG file, and its TensorBoard
-    image, is one white pixel. Tests that look at the figures don't use this."""
+    """A report's figures built but not rendered (most of its time): each PNG one white pixel."""
     import io
 
     import matplotlib.pyplot as plt
@@ -84,8 +76,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Real MNIST and CIFAR-10 files (subsets will do) from the folder the project reads data
-    from, `$BNSTUDY_DATA_DIR`: skipped where it is not set, a failure in CI (`CI=true`)."""
+    """Real MNIST and CIFAR-10 files (subsets will do) from `$BNSTUDY_DATA_DIR`: skipped where
+    it is not set, a failure in CI (`CI=true`)."""
     root = os.environ.get("BNSTUDY_DATA_DIR", "")
     if root and (Path(root) / "MNIST" / "raw").is_dir():
         return Path(root).resolve()
@@ -107,9 +99,8 @@ TINY_SWEEP = ("dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", "seed=0
 
 
 class TinySweepRun:
-    """The `tiny_sweep`'s process: started once per session, in the background as soon as
-    collection shows a test needs it (a fresh interpreter of its own, so it runs beside the
-    tests before that one), in a temporary folder removed when the session ends."""
+    """The `tiny_sweep`'s process (a fresh interpreter), started once per session, in a
+    temporary folder removed when the session ends."""
 
     proc: subprocess.Popen | None = None
     root: Path | None = None
@@ -162,10 +153,7 @@ class TinySweepRun:
 
 @pytest.fixture(scope="session")
 def tiny_sweep() -> FinishedSweep:
-    """One finished multirun of the study's 8-job grid (`TINY_SWEEP`) on tiny data, 2 epochs,
-    through the entry point as a user runs it: a fresh `python -m bnstudy.train -m` (no
-    PYTHONWARNINGS, so its console is what a user sees), with the default callbacks
-    (checkpoints, TensorBoard; weight grids every epoch, hallucinations of 5 steps only when
-    training ends). Built once per session (`TinySweepRun`) and shared by every test that
-    only reads a sweep's outputs: don't change it; copy it first (`shutil.copytree`)."""
+    """The study's 8-job grid (`TINY_SWEEP`) on tiny data, 2 epochs, run as a user runs it (a
+    fresh `python -m bnstudy.train -m`, the default callbacks: weight grids every epoch,
+    hallucinations of 5 steps at the end). Shared: don't change it; copy it first."""
     return TinySweepRun.finished()

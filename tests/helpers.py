@@ -75,10 +75,8 @@ FAST = [
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """Runs `python -m <module> <args>` in this process, as a fresh interpreter would (its own
-    working directory, `sys.argv` and console, an exit status from `SystemExit`; the console's
-    once-per-process warnings reset), without paying the libraries' imports again; returns
-    the exit status, stdout and stderr."""
+    """Runs `python -m <module> <args>` in this process as a fresh interpreter would (its own
+    working directory, argv, console and exit status), without paying the imports again."""
     import contextlib
     import io
     import runpy
@@ -111,9 +109,8 @@ def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.Complete
 
 def run_train(*overrides: str, cwd: Path = REPO, seeds: bool = False
               ) -> subprocess.CompletedProcess:
-    """`python -m bnstudy.train` with overrides, in this process (`run_module`). A sweep (`-m`)
-    runs one seed unless its overrides name seeds or an experiment, or `seeds` asks for the
-    default a user's sweep gets (3)."""
+    """`python -m bnstudy.train` in this process (`run_module`); a sweep (`-m`) of one seed
+    unless the overrides name seeds or an experiment, or `seeds` asks for the default (3)."""
     if "-m" in overrides and not seeds and \
             not any(o.startswith(("seed=", "experiment=")) for o in overrides):
         overrides = (*overrides, "seed=0")
@@ -122,16 +119,14 @@ def run_train(*overrides: str, cwd: Path = REPO, seeds: bool = False
 
 def fresh_train(*overrides: str, cwd: Path = REPO, timeout: int = 600
                 ) -> subprocess.CompletedProcess:
-    """`python -m bnstudy.train` in a fresh interpreter, for what needs a process of its own
-    (a launcher's processes, Python's own warnings, a real interpreter's exit)."""
+    """`python -m bnstudy.train` in a fresh interpreter (launchers, Python's warnings, exits)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
     return subprocess.run([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start_train(*overrides: str, cwd: Path = REPO) -> subprocess.Popen:
-    """Starts `python -m bnstudy.train` with overrides in the background (a fresh interpreter,
-    stdout and stderr piped): for a test that acts while it runs (a second process, a kill)."""
+    """Starts `python -m bnstudy.train` in the background (a fresh interpreter, output piped)."""
     return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -157,13 +152,23 @@ def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.Co
 
 
 def train_run(data_dir: Path, out: Path, *overrides: str):
-    """`bnstudy.run.train` of the composed config, in this process: one quick epoch on tiny
-    data into `out` (no hallucinations); returns its RunRecord."""
+    """`bnstudy.run.train` of the composed config in this process: one epoch on tiny data into
+    `out`, no hallucinations; its RunRecord."""
     from bnstudy.run import train
 
     return train(compose_config(f"paths.data_dir={data_dir}", f"paths.output_dir={out}",
                                 "trainer.max_epochs=1", "~callbacks.hallucinations", *FAST,
                                 *overrides))
+
+
+def fail_fsync(monkeypatch, error: BaseException) -> None:
+    """Makes the next os.fsync cut the file in half and raise `error`: a write that fails, or
+    a kill, after the temporary file got part of its bytes."""
+    def fsync(fd: int) -> None:
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        raise error
+
+    monkeypatch.setattr(os, "fsync", fsync)
 
 
 # -- building and training the project's pieces in-process ---------------------------------
@@ -198,30 +203,24 @@ def make_classifier(norm: str = "bn", input_shape=(1, 28, 28), hidden_dim: int =
     return Classifier(net, 10, optimizer or functools.partial(torch.optim.SGD, lr=lr))
 
 
-def tiny_trainer(out: Path | None = None, callbacks=(), **trainer_args):
-    """A quiet CPU Trainer, logging to TensorBoard in `out` when given (no checkpoints)."""
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    logger = TensorBoardLogger(out, name="", version="") if out else False
-    defaults = dict(accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False,
-                    num_sanity_val_steps=0, max_epochs=1, use_distributed_sampler=False)
-    return L.Trainer(**(defaults | trainer_args), callbacks=list(callbacks))
-
-
 def tiny_fit(data_dir: Path, out: Path | None = None, model=None, callbacks=(), seed: int = 0,
              batch_size: int = 50, ckpt_path=None, **trainer_args):
     """Seeds, then fits `model` (default: `make_classifier()`) on tiny MNIST (540 training
-    images in batches of 50: 11 steps an epoch); returns (datamodule, model, trainer)."""
+    images in batches of 50: 11 steps an epoch) with a quiet CPU Trainer, logging to
+    TensorBoard in `out` if given; returns (datamodule, model, trainer)."""
     import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     from bnstudy.data import MNISTDataModule
 
     L.seed_everything(seed, verbose=False)
     data = MNISTDataModule(data_dir, batch_size=batch_size, download=False, seed=seed)
     model = model or make_classifier()
-    trainer = tiny_trainer(out, callbacks, **trainer_args)
+    defaults = dict(accelerator="cpu", devices=1, enable_checkpointing=False, max_epochs=1,
+                    enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, use_distributed_sampler=False,
+                    logger=TensorBoardLogger(out, name="", version="") if out else False)
+    trainer = L.Trainer(**(defaults | trainer_args), callbacks=list(callbacks))
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return data, model, trainer
 
@@ -244,19 +243,15 @@ def scalar_tags(log_dir: Path) -> set[str]:
 
 def read_record(job: Path) -> dict:
     """A job's `metrics.json`."""
-    import json
-
     return json.loads((job / "metrics.json").read_text())
 
 
 # -- hand-made sweeps for the report -------------------------------------------------------
 def write_job(sweep_dir: Path, val_acc: list[float], status: str = "ok", error: str | None = None,
               **hparams) -> Path:
-    """A job directory as `bnstudy.train` leaves it, numbered after the jobs already in
-    `sweep_dir`: its `metrics.json` with one history row per epoch's validation accuracy in
-    `val_acc`. Training accuracy is (1 + val acc) / 2, so the two never coincide; each loss is
-    twice the error (+0.1 for validation); a diverged run's last losses are null. `hparams`
-    override mnist, mlp, bn, sgd, seed 0, 3 epochs."""
+    """A job directory as `bnstudy.train` leaves it (numbered after those in `sweep_dir`), a
+    history row per `val_acc`: train acc (1 + val acc) / 2, losses twice the error (+0.1 for
+    val), a diverged run's last null. `hparams` override mnist, mlp, bn, sgd, seed 0, 3 epochs."""
     hp = {"dataset": "mnist", "model": "mlp", "depth": 1, "norm": "bn", "optim": "sgd",
           "seed": 0, "lr": 0.01, "batch_size": 64, "hidden_dim": 256, "max_epochs": 3,
           **hparams}
@@ -276,8 +271,7 @@ def write_job(sweep_dir: Path, val_acc: list[float], status: str = "ok", error: 
 
 
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job directories, in name order: its sub-directories but the `+mean` view
-    (the sweep's mean-over-seeds TensorBoard runs, `bnstudy.dashboard`)."""
+    """The sweep's job directories in name order (not the `+mean` TensorBoard view)."""
     return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("+"))
 
 

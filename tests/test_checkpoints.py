@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import fail_fsync
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -37,18 +38,17 @@ class Tiny(L.LightningModule):
         return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
 
 
-def fit(directory: Path, max_epochs: int, ckpt_path: Path | None = None) -> Tiny:
+def fit(directory: Path, max_epochs: int, ckpt_path: Path | None = None, checkpoint=None,
+        io=None) -> Tiny:
     """Trains `Tiny` (seeded) with checkpoints/last.ckpt in `directory`, as a run does."""
     L.seed_everything(0, verbose=False)
     model = Tiny()
-    checkpoint = ModelCheckpoint(
+    checkpoint = checkpoint or ModelCheckpoint(
         dirpath=directory / "checkpoints", filename="last", save_top_k=1,
-        enable_version_counter=False, save_on_train_epoch_end=True,
-    )
+        enable_version_counter=False, save_on_train_epoch_end=True)
     trainer = L.Trainer(
-        plugins=[AtomicCheckpointIO()], callbacks=[checkpoint], max_epochs=max_epochs,
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-    )
+        plugins=[io or AtomicCheckpointIO()], callbacks=[checkpoint], max_epochs=max_epochs,
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, ckpt_path=ckpt_path, weights_only=True)
     return model
 
@@ -60,32 +60,6 @@ def epoch_of(path: Path) -> int:
 
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def temp_files(directory: Path) -> list[Path]:
-    return list(directory.glob(".*.tmp"))
-
-
-def cut_fsync(monkeypatch) -> None:
-    """Makes the next os.fsync cut the file in half and raise `Killed`: a kill after the
-    temporary file got part of its bytes."""
-    def fsync(fd: int) -> None:
-        os.ftruncate(fd, os.fstat(fd).st_size // 2)
-        raise Killed
-
-    monkeypatch.setattr(os, "fsync", fsync)
-
-
-def kill_before_final_rename(monkeypatch) -> None:
-    """Kills a save after last.ckpt became last.ckpt.prev, before the new file takes its name."""
-    real_replace = os.replace
-
-    def replace(src, dst) -> None:
-        if Path(src).name.endswith(".tmp"):
-            raise Killed
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
 
 
 class Killed(BaseException):
@@ -109,8 +83,11 @@ def ckpts(trained, tmp_path) -> Path:
 def test_a_fit_keeps_the_previous_checkpoint_and_both_load_weights_only(ckpts):
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
     assert (epoch_of(ckpts / "last.ckpt"), epoch_of(ckpts / "last.ckpt.prev")) == (1, 0)
-    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None)
     assert resume_checkpoint(ckpts / "absent.ckpt") == (None, None)
+    stale = ckpts / ".last.ckpt.0badcafe.tmp"  # what a SIGKILL mid-write leaves: removed
+    stale.write_bytes(b"partial")
+    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None)
+    assert not stale.exists()
 
 
 @pytest.mark.parametrize("moment", ["while writing", "between the renames"])
@@ -119,25 +96,25 @@ def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(ckpts, monkeypatch, m
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     checkpoint["epoch"] = 2
     if moment == "while writing":
-        cut_fsync(monkeypatch)
-    else:
-        kill_before_final_rename(monkeypatch)
+        fail_fsync(monkeypatch, Killed())
+    else:  # after last.ckpt became last.ckpt.prev, before the new file takes its name
+        replace = os.replace
+
+        def killed_at_rename(src, dst) -> None:
+            if str(src).endswith(".tmp"):
+                raise Killed
+            replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", killed_at_rename)
     with pytest.raises(Killed):
         AtomicCheckpointIO().save_checkpoint(checkpoint, last)
     monkeypatch.undo()
-    assert temp_files(ckpts) == []
+    assert list(ckpts.glob(".*.tmp")) == []
     if moment == "while writing":
         assert epoch_of(last) == 1  # last.ckpt is still the one saved before
     chosen, note = resume_checkpoint(last)
     assert epoch_of(chosen) == 1
     assert note is None if moment == "while writing" else f"{last} is missing" in note
-
-
-def test_a_kill_leaves_no_temp_file_behind_for_the_next_resume(ckpts):
-    stale = ckpts / ".last.ckpt.0badcafe.tmp"  # what a SIGKILL mid-write leaves
-    stale.write_bytes(b"partial")
-    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None)
-    assert not stale.exists()
 
 
 def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ckpts):
@@ -176,23 +153,14 @@ def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_
             saved.append(checkpoint["global_step"])
             super().save_checkpoint(checkpoint, path, storage_options)
 
-    L.seed_everything(0, verbose=False)
-    model = Tiny()
-    checkpoint = StudyCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1,
-                                 enable_version_counter=False, save_on_train_epoch_end=True,
-                                 every_n_epochs=2)
-    trainer = L.Trainer(plugins=[Recording()], callbacks=[checkpoint], max_epochs=5,
-                        accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    trainer.fit(model)
+    model = fit(tmp_path, 5, io=Recording(), checkpoint=StudyCheckpoint(
+        dirpath=tmp_path, filename="last", save_top_k=1, enable_version_counter=False,
+        save_on_train_epoch_end=True, every_n_epochs=2))
     assert saved == [8, 16, 20]  # 4 steps an epoch: after epochs 2 and 4, then the last
     final = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 20 and all(
         torch.equal(final["state_dict"][name], value) for name, value in model.state_dict().items())
-    trainer = L.Trainer(plugins=[Recording()], callbacks=[
-        StudyCheckpoint(dirpath=tmp_path / "every", filename="last", every_n_epochs=1)],
-        max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False)
     saved.clear()
-    trainer.fit(Tiny())
+    fit(tmp_path, 2, io=Recording(), checkpoint=StudyCheckpoint(
+        dirpath=tmp_path / "every", filename="last", every_n_epochs=1))
     assert saved == [4, 8]  # the last epoch's save is the final state: not saved twice

@@ -23,63 +23,46 @@ GROUPS = {
 }
 
 
-compose_with = compose_config
-
-
-@pytest.mark.parametrize("trainer", ["default", "cpu", "gpu"])
-def test_trainer_options_compose(trainer):
-    cfg = compose_with(f"trainer={trainer}")
-    assert cfg.trainer.max_epochs == cfg.dataset.max_epochs
-    assert cfg.trainer.accelerator == {"default": "auto", "cpu": "cpu", "gpu": "gpu"}[trainer]
-
-
-# MNIST's: that every dataset shares the study's settings is test_datasets_differ_only_in_name...
-@pytest.mark.parametrize("dataset", ["mnist"])
-def test_per_dataset_settings_are_shared_by_all_four_runs(dataset):
-    fixed = set()
+def test_group_options_compose_and_share_the_studys_settings():
+    for trainer, accelerator in {"default": "auto", "cpu": "cpu", "gpu": "gpu"}.items():
+        cfg = compose_config(f"trainer={trainer}")
+        assert cfg.trainer.max_epochs == cfg.dataset.max_epochs
+        assert cfg.trainer.accelerator == accelerator
+    fixed = set()  # the four runs of a dataset share lr, batch size, epochs and splits
     for norm, optim in itertools.product(GROUPS["norm"], GROUPS["optim"]):
-        cfg = compose_with(f"dataset={dataset}", f"norm={norm}", f"optim={optim}")
+        cfg = compose_config(f"norm={norm}", f"optim={optim}")
         assert cfg.model.net.norm == norm and cfg.optim.name == optim
-        assert cfg.run_name == f"{dataset}-{norm}-{optim}-seed0"
-        fixed.add(
-            (
-                cfg.optim.optimizer.lr,
-                cfg.dataset.datamodule.batch_size,
-                cfg.trainer.max_epochs,
-                cfg.dataset.datamodule.val_size,
-                cfg.dataset.datamodule.train_size,
-            )
-        )
+        assert cfg.run_name == f"mnist-{norm}-{optim}-seed0"
+        data = cfg.dataset.datamodule
+        fixed.add((cfg.optim.optimizer.lr, data.batch_size, cfg.trainer.max_epochs,
+                   data.val_size, data.train_size))
     assert len(fixed) == 1
+    cfg = compose_config("trainer.max_epochs=3", "model.net.hidden_dim=512", "seed=1",
+                         "dataset.batch_size=128")
+    assert cfg.trainer.max_epochs == 3 and cfg.model.net.hidden_dim == 512
+    assert cfg.dataset.datamodule.batch_size == 128 and cfg.dataset.datamodule.seed == 1
+    # The study's settings come from one shared file; a dataset names what is its own.
+    configs = {d: OmegaConf.to_container(compose_config(f"dataset={d}").dataset)
+               for d in GROUPS["dataset"]}
+    shared = [{k: v for k, v in c.items() if k not in ("name", "datamodule")}
+              for c in configs.values()]
+    assert all(s == shared[0] for s in shared)
+    assert {c["datamodule"]["_target_"].rsplit(".", 1)[-1] for c in configs.values()} == {
+        "MNISTDataModule", "CIFAR10DataModule", "FashionMNISTDataModule"}
 
 
 @pytest.mark.parametrize("optim,cls", [("sgd", "SGD"), ("adam", "Adam")])
 def test_optimizer_is_instantiated_from_the_group(optim, cls):
-    cfg = compose_with(f"optim={optim}", "dataset.lr=0.003")
-    factory = instantiate(cfg.optim.optimizer)
+    factory = instantiate(compose_config(f"optim={optim}", "dataset.lr=0.003").optim.optimizer)
     opt = make_classifier("none", hidden_dim=8, optimizer=factory).configure_optimizers()
     assert type(opt).__name__ == cls and opt.param_groups[0]["lr"] == 0.003
 
 
-def test_command_line_overrides_reach_the_config():
-    cfg = compose_with(
-        "trainer.max_epochs=3", "model.net.hidden_dim=512", "seed=1", "dataset.batch_size=128"
-    )
-    assert cfg.trainer.max_epochs == 3 and cfg.model.net.hidden_dim == 512
-    assert cfg.dataset.datamodule.batch_size == 128 and cfg.dataset.datamodule.seed == 1
-
-
-@pytest.mark.parametrize(
-    "overrides,cls,depth",
-    [
-        (["norm=layer"], MLP, 1),
-        (["model.net.depth=3"], MLP, 3),
-        (["model=cnn"], CNN, 1),
-        (["model=cnn", "norm=layer", "model.net.depth=3", "dataset=cifar10"], CNN, 3),
-    ],
-)
+@pytest.mark.parametrize("overrides,cls,depth", [
+    (["norm=layer"], MLP, 1), (["model.net.depth=3"], MLP, 3), (["model=cnn"], CNN, 1),
+    (["model=cnn", "norm=layer", "model.net.depth=3", "dataset=cifar10"], CNN, 3)])
 def test_model_options_compose_build_and_name_their_hparams(overrides, cls, depth):
-    cfg = compose_with(*overrides)
+    cfg = compose_config(*overrides)
     validate(cfg)
     shape = (3, 32, 32) if "dataset=cifar10" in overrides else (1, 28, 28)
     model = build_model(cfg, shape, 10)
@@ -110,7 +93,7 @@ RANGES = [  # (dotted key, value out of range, the message)
 def test_each_value_out_of_range_is_refused_naming_it(model):
     import re
 
-    cfg = compose_with(f"model={model}")
+    cfg = compose_config(f"model={model}")
     validate(cfg)
     for key, value, message in RANGES:
         bad = cfg.copy()
@@ -124,17 +107,6 @@ def test_each_value_out_of_range_is_refused_naming_it(model):
         validate(bad)
 
 
-def test_datasets_differ_only_in_name_and_datamodule():
-    """The study's settings come from one shared file; a dataset names what is its own."""
-    configs = {d: OmegaConf.to_container(compose_with(f"dataset={d}").dataset)
-               for d in GROUPS["dataset"]}
-    own = {"name", "datamodule"}
-    shared = [{k: v for k, v in c.items() if k not in own} for c in configs.values()]
-    assert all(s == shared[0] for s in shared)
-    assert {c["datamodule"]["_target_"].rsplit(".", 1)[-1] for c in configs.values()} == {
-        "MNISTDataModule", "CIFAR10DataModule", "FashionMNISTDataModule"}
-
-
 SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "enable_checkpointing", "barebones",
                           "enable_autolog_hparams", "model_registry"}
 
@@ -144,7 +116,7 @@ def test_every_trainer_flag_is_in_the_config_with_lightnings_default(tmp_path):
 
     import lightning as L
 
-    cfg = compose_with()
+    cfg = compose_config()
     params = inspect.signature(L.Trainer.__init__).parameters
     missing = set(params) - {"self"} - SET_BY_THE_ENTRY_POINT - set(cfg.trainer)
     assert not missing, f"add to conf/trainer/default.yaml: {sorted(missing)}"
@@ -153,7 +125,7 @@ def test_every_trainer_flag_is_in_the_config_with_lightnings_default(tmp_path):
              "devices", "max_steps", "precision", "log_every_n_steps"}  # the study's own choices
     for name in set(cfg.trainer) - study - {"_target_"}:
         assert cfg.trainer[name] == params[name].default, name
-    trainer = instantiate(compose_with("trainer.profiler=simple", "trainer.overfit_batches=2",
+    trainer = instantiate(compose_config("trainer.profiler=simple", "trainer.overfit_batches=2",
                                        "trainer.max_time=00:00:01:00",
                                        f"paths.output_dir={tmp_path}").trainer, logger=False)
     assert type(trainer.profiler).__name__ == "SimpleProfiler" and trainer.overfit_batches == 2
@@ -161,8 +133,8 @@ def test_every_trainer_flag_is_in_the_config_with_lightnings_default(tmp_path):
 
 def test_sharding_twice_and_restarting_ddp_in_a_sweep_are_refused():
     with pytest.raises(ConfigError, match="shard batches a second time"):
-        check_devices(compose_with("trainer.use_distributed_sampler=true"))
-    check_devices(compose_with("trainer.devices=2", "trainer.strategy=ddp"))  # a single run
+        check_devices(compose_config("trainer.use_distributed_sampler=true"))
+    check_devices(compose_config("trainer.devices=2", "trainer.strategy=ddp"))  # a single run
 
 
 @pytest.mark.slow
@@ -179,7 +151,7 @@ def test_cnn_with_layer_norm_trains_on_tiny_data(tiny_data, tmp_path):
 
 def test_hparams_of_configs_written_before_the_networks_moved():
     """The report reads old jobs' configs: the net's keys on `model`, perhaps no depth."""
-    cfg = compose_with()
+    cfg = compose_config()
     old = OmegaConf.to_container(cfg)
     old["model"] = {"_target_": "bnstudy.model.MLPClassifier", "hidden_dim": 256, "norm": "bn"}
     got = hparams(OmegaConf.create(old))

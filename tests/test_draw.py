@@ -133,37 +133,25 @@ def test_the_report_reads_the_redrawn_pictures(sweep, figures_not_rendered):
         assert float(row["seconds"]) == pytest.approx(saved["seconds"], abs=1e-6)
 
 
-def few_jobs(sweep: Path, tmp_path: Path) -> list[Path]:
-    """A sweep of 3 jobs of `sweep`, a CIFAR-10 one among them."""
-    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
-    return [Path(shutil.copytree(job, tmp_path / "small" / job.name))
-            for job in [*jobs[:2], jobs[-1]]]
-
-
-def test_a_run_without_checkpoint_is_named_and_the_others_are_drawn(sweep, tmp_path, capsys):
-    broken = few_jobs(sweep, tmp_path)[0]
+def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_others_drawn(
+        sweep, tmp_path, capsys):
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))  # 4, a CIFAR-10 one among them
+    broken, running, diverged, ok = [Path(shutil.copytree(job, tmp_path / "small" / job.name))
+                                     for job in [*jobs[:3], jobs[-1]]]
     (broken / "checkpoints" / "last.ckpt").unlink()
-    before = digests(broken)
-    assert draw.main([str(broken.parent), "steps=2"]) == 1
-    captured = capsys.readouterr()
-    assert captured.out.count(": drawn (steps=2)") == 2
-    assert f"{broken.name}: no checkpoint" in captured.err
-    assert "could not be drawn: " + broken.name in captured.out
-    assert digests(broken) == before  # nothing written into it
-    assert [p for p in (broken / "images").iterdir() if p.name.startswith(".")] == []
-
-
-def test_unfinished_and_diverged_runs_are_skipped_with_a_line(sweep, tmp_path, capsys):
-    jobs = few_jobs(sweep, tmp_path)
-    for job, status in ((jobs[0], "running"), (jobs[1], "diverged")):
+    for job, status in ((running, "running"), (diverged, "diverged")):
         record = json.loads((job / "metrics.json").read_text())
         (job / "metrics.json").write_text(json.dumps({**record, "status": status}))
-    assert draw.main([str(jobs[0].parent)]) == 0
-    out = capsys.readouterr().out
-    assert f"{jobs[0].name}: not finished (status running): skipped" in out
-    assert f"{jobs[1].name}: diverged: no pictures" in out
-    assert "Drew 1 of 3 run(s); 2 skipped" in out
-    assert not (jobs[0] / "images" / draw.RECIPE_FILE).exists()
+    before = {job: digests(job) for job in (broken, running, diverged)}
+    assert draw.main([str(broken.parent), "steps=2"]) == 1
+    out, err = capsys.readouterr()
+    assert out.count(": drawn (steps=2)") == 1 and f"{ok.name}: drawn" in out
+    assert f"{broken.name}: no checkpoint" in err
+    assert f"{running.name}: not finished (status running): skipped" in out
+    assert f"{diverged.name}: diverged: no pictures" in out
+    assert f"Drew 1 of 4 run(s); 2 skipped (not ok); 1 could not be drawn: {broken.name}" in out
+    assert {job: digests(job) for job in before} == before  # nothing written into them
+    assert not list((broken / "images").glob(".*"))  # no drawing folder left
 
 
 @pytest.mark.parametrize("args, message", [

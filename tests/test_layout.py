@@ -28,8 +28,8 @@ LAYERS = [
 # Edges of other slices' modules as they stand while the slices of issue #32 are merged; the
 # lead removes each once its slice lands.
 KNOWN_UPWARD: set[tuple[str, str]] = set()
-KNOWN_CIRCLES: set[frozenset[str]] = set()
-KNOWN_LONG: set[str] = set()
+KNOWN_CIRCLES = {frozenset({"report.claims", "report.figures"})}  # the `report` slice's
+KNOWN_LONG = {"report.claims"}  # the `report` slice's
 
 
 def modules() -> dict[str, Path]:
@@ -51,9 +51,8 @@ def imports(path: Path, known: dict[str, Path]) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            # `from bnstudy.report import figures` imports the module report.figures, not the
-            # package report; `from bnstudy.report.runs import load_runs` imports report.runs
-            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            subs = [f"{node.module}.{a.name}" for a in node.names]  # `from pkg import module`
+            names = [n for n in subs if n.removeprefix("bnstudy.") in known] or [node.module]
         else:
             continue
         for name in names:

@@ -7,19 +7,10 @@ import errno
 import os
 
 import pytest
+from helpers import fail_fsync
 
 from bnstudy.errors import RunFileError
 from bnstudy.records import RunRecord, write_error, write_json_atomic
-
-
-def fail_fsync(monkeypatch, error: BaseException) -> None:
-    """Makes the next os.fsync cut the file in half and raise `error`: a write that fails, or
-    a kill, after the temporary file got part of its bytes."""
-    def fsync(fd: int) -> None:
-        os.ftruncate(fd, os.fstat(fd).st_size // 2)
-        raise error
-
-    monkeypatch.setattr(os, "fsync", fsync)
 
 
 def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):

@@ -156,8 +156,8 @@ def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
 # -- check_job_dir: what a job directory that already holds a run allows ---------------------
 @pytest.fixture
 def stored_job(tmp_path):
-    """A job directory holding an interrupted run of the default config (its `.hydra/`), a
-    checkpoint, pictures and TensorBoard events."""
+    """A job directory holding an interrupted run of the default config: `.hydra/`, a
+    checkpoint, pictures, TensorBoard events."""
     from omegaconf import OmegaConf
 
     (tmp_path / ".hydra").mkdir()
@@ -185,10 +185,14 @@ def test_a_job_directory_in_use_is_refused_and_left_as_it_was(tiny_data, stored_
         assert {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()} == before
 
 
-def test_a_rerun_is_refused_and_overwrite_clears_the_run(stored_job):
+def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_the_run(
+        stored_job):
     with pytest.raises(RunExistsError, match="already holds a run .status interrupted.; nothing "
                                              "was changed. Add resume=true"):
         check_job_dir(job_cfg(stored_job), stored_job)
+    assert check_job_dir(job_cfg(stored_job, "resume=true", "threads=1", "logger=csv",
+                                 "~callbacks.hallucinations", "trainer.enable_progress_bar=false"),
+                         stored_job) is True  # other bookkeeping and observers: goes on
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
     assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
 
@@ -212,12 +216,6 @@ def test_resume_with_another_training_setting_is_refused(override, named, stored
         check_job_dir(job_cfg(stored_job, "resume=true", override), stored_job)
     listed = str(refused.value).split("other settings: ")[1].split(". Resume with")[0]
     assert named in listed.split("; ")
-
-
-def test_resume_with_other_bookkeeping_and_observers_goes_on(stored_job):
-    same = job_cfg(stored_job, "resume=true", "threads=1", "~callbacks.hallucinations",
-                   "trainer.enable_progress_bar=false", "logger=csv")
-    assert check_job_dir(same, stored_job) is True
 
 
 SLURM_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",

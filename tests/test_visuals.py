@@ -27,12 +27,6 @@ MNIST_MEAN, MNIST_STD = MNISTDataModule.mean[0], MNISTDataModule.std[0]
 LOW, HIGH = [-MNIST_MEAN / MNIST_STD], [(1 - MNIST_MEAN) / MNIST_STD]  # valid normalised range
 
 
-def labelled_shape(shape) -> tuple[int, int, int]:
-    """A `labelled_grid` tile's shape for images of `shape`: enlarged to >= 96 px, name on top."""
-    scale = math.ceil(96 / shape[2])
-    return 3, LABEL_HEIGHT + scale * shape[1], scale * shape[2]
-
-
 def png(path) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"))
@@ -194,7 +188,9 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
                        ("hallucination/all", ("hallucinations_final",))):
         assert [(images / f"{f}.png").read_bytes() for f in files] == [
             e.encoded_image_string for e in drawn[tag]]
-    grid, labelled = grid_size(64, 8, shape), grid_size(10, 5, labelled_shape(shape))
+    scale = math.ceil(96 / shape[2])  # a labelled tile: enlarged to >= 96 px, its name on top
+    grid = grid_size(64, 8, shape)
+    labelled = grid_size(10, 5, (3, LABEL_HEIGHT + scale * shape[1], scale * shape[2]))
     sizes = {"weights_final": grid, "weights_change_final": grid, "weights_epoch0": grid,
              "hallucinations_final": labelled}
     assert all(png(images / f"{stem}.png").shape[:2] == size for stem, size in sizes.items())

@@ -16,13 +16,9 @@ MIN_TILE_WIDTH = 96  # tiles are enlarged (nearest neighbour) until a class name
 
 def weight_grid(weight: torch.Tensor, input_shape: Sequence[int], num_units: int = 64,
                 padding: int = 2) -> torch.Tensor:
-    """The first `num_units` rows of a weight (or of a learned change) as a (3, H, W) grid in
-    [0, 1], row-major in unit order, ceil(sqrt(n)) tiles per row (64 units: 8 × 8).
-
-    A Linear weight (units, inputs) gives a tile per row, shaped `input_shape`; a Conv2d
-    weight (filters, in, k, k) a tile per filter. Each tile is scaled on its own, w / (2
-    max|w|) + 0.5: mid-grey is 0, white its largest positive, black its largest negative.
-    """
+    """The first `num_units` rows of a weight (or change) as a (3, H, W) grid in [0, 1],
+    ceil(sqrt(n)) tiles a row: a tile per Linear row (shaped `input_shape`) or Conv2d filter,
+    each scaled on its own, w / (2 max|w|) + 0.5 (mid-grey is 0)."""
     shape = weight.shape[1:] if weight.dim() == 4 else input_shape
     rows = weight.detach()[:num_units].float().cpu().flatten(1)
     bound = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
@@ -31,8 +27,7 @@ def weight_grid(weight: torch.Tensor, input_shape: Sequence[int], num_units: int
 
 
 def name_strip(name: str, width: int) -> torch.Tensor:
-    """A (3, LABEL_HEIGHT, width) white strip in [0, 1] with `name` in black (Pillow's
-    default font)."""
+    """A (3, LABEL_HEIGHT, width) white strip in [0, 1] with `name` in black."""
     strip = Image.new("RGB", (width, LABEL_HEIGHT), "white")
     ImageDraw.Draw(strip).text((2, 1), name, fill="black", font=ImageFont.load_default())
     return pil_to_tensor(strip).float() / 255
@@ -40,9 +35,8 @@ def name_strip(name: str, width: int) -> torch.Tensor:
 
 def labelled_grid(images: torch.Tensor, names: Sequence[str], nrow: int,
                   padding: int = 2) -> torch.Tensor:
-    """Images (N, C, H, W) in [0, 1] as one (3, H', W') grid, `nrow` per row, each enlarged
-    by a whole factor (nearest neighbour: square pixels) to at least MIN_TILE_WIDTH pixels
-    wide under a strip with its name (`name_strip`)."""
+    """Images (N, C, H, W) in [0, 1] as one (3, H', W') grid, `nrow` a row, each enlarged by a
+    whole factor to at least MIN_TILE_WIDTH px wide, under its `name_strip`."""
     scale = max(1, math.ceil(MIN_TILE_WIDTH / images.shape[-1]))
     big = images.detach().cpu().repeat_interleave(scale, -2).repeat_interleave(scale, -1)
     big = big.expand(-1, 3, -1, -1)

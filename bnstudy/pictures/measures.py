@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -18,18 +19,16 @@ HIGH_FREQUENCY = 0.25  # cycles per pixel: half the Nyquist frequency
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Each channel of images (N, C, H, W) blurred with a Gaussian of std `sigma` pixels
-    (kernel 2 ceil(2 sigma) + 1 wide, reflected borders); `sigma` <= 0 returns `x`."""
-    if sigma <= 0:
-        return x
+    """Images (N, C, H, W) blurred with a Gaussian of std `sigma` px (kernel 2 ceil(2 sigma) + 1
+    wide, reflected borders); `sigma` <= 0 returns `x`."""
     size = 2 * max(1, math.ceil(2 * sigma)) + 1
-    return _blur(x, [size, size], [sigma, sigma])
+    return _blur(x, [size, size], [sigma, sigma]) if sigma > 0 else x
 
 
 @contextmanager
 def frozen(model: nn.Module, threads: int | None = None):
-    """`model` in eval mode (BatchNorm on its running statistics) without gradients, on
-    `threads` torch threads (None: as set); modes, flags and thread count restored after."""
+    """`model` in eval mode without gradients, on `threads` torch threads (None: as set); modes,
+    flags and thread count restored after."""
     modes = [(module, module.training) for module in model.modules()]
     flags = [(param, param.requires_grad) for param in model.parameters()]
     was = torch.get_num_threads()
@@ -47,8 +46,8 @@ def frozen(model: nn.Module, threads: int | None = None):
 @dataclass(frozen=True)
 class ImageStats:
     """Normalised training images' per-pixel mean and std (C, H, W) and the square root (C, C)
-    of their channel correlation: `images(d)` = mean + std ⊙ (colour · d) varies where the
-    data varies, its colours together as real colours do (mostly in brightness)."""
+    of their channel correlation: `images(d)` = mean + std ⊙ (colour · d) varies where and as
+    the data does."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -88,16 +87,15 @@ def pairwise_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def noise_correlation(images: torch.Tensor, noise: torch.Tensor,
                       base: torch.Tensor) -> torch.Tensor:
-    """Per image (K,), the correlation of what it shows beyond the noiseless start `base` with
-    `noise − base` (`noise`: the recipe without the model, `lr=0`): the start still left."""
+    """Per image (K,), the correlation of `images − base` (the noiseless start) with `noise −
+    base` (`noise`: the recipe without the model, `lr=0`): the start still left."""
     return pairwise_correlation(images - base, noise - base).diagonal()
 
 
 def stuck(images: torch.Tensor, noise: torch.Tensor, base: torch.Tensor,
           threshold: float = 0.9) -> torch.Tensor:
-    """Per image of one run (K, bool): its `noise_correlation` is above `threshold`, or nothing
-    grew in it (its root-mean-square beyond `base` is under half the starting noise's or half
-    the run's median: the faded no-gradient tile)."""
+    """Per image (K, bool): `noise_correlation` above `threshold`, or nothing grew (its RMS
+    beyond `base` under half the noise's or half the run's median: a faded tile)."""
     rms = (images - base).flatten(1).pow(2).mean(1).sqrt()
     noise_rms = (noise - base).flatten(1).pow(2).mean(1).sqrt()
     weak = rms < 0.5 * torch.maximum(noise_rms, rms.median())
@@ -116,27 +114,21 @@ def distinctness(images: torch.Tensor) -> float:
     return float(1 - (corr.sum() - corr.diagonal().sum()) / (k * (k - 1)))
 
 
-def _tint(pixels: torch.Tensor, channel: int) -> torch.Tensor:
+def tint(pixels: torch.Tensor, channel: int) -> torch.Tensor:
+    """`channel` − the mean of the two others, of each image's mean colour (K,); NaN if not RGB."""
     if pixels.shape[1] != 3:
         return torch.full((len(pixels),), math.nan)
     rgb = pixels.mean(dim=(2, 3))
     return rgb[:, channel] - rgb[:, [c for c in range(3) if c != channel]].sum(1) / 2
 
 
-def blueness(pixels: torch.Tensor) -> torch.Tensor:
-    """B − (R + G) / 2 of each RGB image's mean colour (K,); NaN for images not RGB."""
-    return _tint(pixels, 2)
-
-
-def greenness(pixels: torch.Tensor) -> torch.Tensor:
-    """G − (R + B) / 2 of each RGB image's mean colour (K,); NaN for images not RGB."""
-    return _tint(pixels, 1)
+blueness, greenness = partial(tint, channel=2), partial(tint, channel=1)  # B − (R+G)/2, G − …
 
 
 def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
     """Pearson correlation over classes × channels of the images' mean colours with the real
-    class means', each channel's class average taken out (which classes are bluer, greener,
-    brighter, not the overall tint); NaN when a side has no variation."""
+    class means', each channel's class average taken out (not the overall tint); NaN when a
+    side has no variation."""
     own, real = pixels.mean(dim=(2, 3)).double(), real_means.mean(dim=(2, 3)).double()
     own, real = (own - own.mean(0)).flatten(), (real - real.mean(0)).flatten()
     denom = float(own.norm() * real.norm())
@@ -144,9 +136,8 @@ def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
 
 
 def sharpness(pixels: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """Edge strength at the scale of shapes (K,): mean gradient magnitude (pixel units per
-    pixel, channels averaged) after a blur of std `sigma` px that averages pixel noise away;
-    0 for a constant image."""
+    """Edge strength of shapes (K,): mean gradient magnitude (pixel units per px, channels
+    averaged) after a blur of std `sigma` px; 0 for a constant image."""
     smooth = gaussian_blur(pixels.float(), sigma)
     dy = smooth[..., 1:, :-1] - smooth[..., :-1, :-1]
     dx = smooth[..., :-1, 1:] - smooth[..., :-1, :-1]
@@ -162,7 +153,7 @@ def change_share(final: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
 def high_frequency_share(rows: torch.Tensor, shape: Sequence[int],
                          cutoff: float = HIGH_FREQUENCY) -> torch.Tensor:
     """Per unit, the share of its spatial power (2-D FFT, channels summed) above `cutoff`
-    cycles per pixel: white noise ≈ 0.80 for 0.25, strokes and blobs much less, a constant 0."""
+    cycles per px: white noise ≈ 0.80 for 0.25, strokes and blobs much less."""
     power = torch.fft.fft2(rows.reshape(len(rows), *shape).double()).abs().pow(2).sum(1)
     fy = torch.fft.fftfreq(shape[-2], dtype=torch.float64)[:, None]
     fx = torch.fft.fftfreq(shape[-1], dtype=torch.float64)[None, :]
@@ -210,10 +201,9 @@ def recognised(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 class Referee:
-    """A small CNN trained on a dataset's training split, independently of every run, that
-    judges whether a hallucination looks like its class: seeded, one thread, fixed batch
-    order, `epochs` passes of Adam with each batch shifted by up to ±2 pixels (the judge must
-    not hinge on exact positions). `accuracy`: on the `check` images given to `fit`."""
+    """A small CNN trained on a dataset's training split, independently of every run, judging
+    whether a hallucination looks like its class: seeded, one thread, `epochs` of Adam, each
+    batch shifted by up to ±2 px. `accuracy`: on the `check` images given to `fit`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels=(16, 32),
                  hidden_dim: int = 64, epochs: int = 3, lr: float = 2e-3,

@@ -16,8 +16,7 @@ LEAST = {"steps": 0, "seeds": 1, "jitter": 0, "blur_every": 0, "nrow": 1}  # cou
 
 
 def check(objective: str, parametrisation: str, **counts: int) -> None:
-    """A ValueError naming the setting for an unknown objective or parametrisation, or a
-    count (`LEAST`'s keys) below its minimum."""
+    """A ValueError naming an unknown objective or parametrisation, or a count below `LEAST`."""
     for key, value, known in (("objective", objective, OBJECTIVES),
                               ("parametrisation", parametrisation, PARAMETRISATIONS)):
         if value not in known:
@@ -28,11 +27,9 @@ def check(objective: str, parametrisation: str, **counts: int) -> None:
 
 
 def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> torch.Tensor:
-    """Per image, what a hallucination maximises, from the logits z and its class c:
-    `margin` z_c − logsumexp(other logits) (rises only by beating the others, never
-    saturates); `logit` z_c (may rise with every logit at once: all classes can then grow one
-    image); `contrast` z_c − mean(other logits); `log_softmax` log p_c (saturates once the
-    class wins: no gradient is left and the image can stay at its starting noise)."""
+    """Per image, what a hallucination maximises, from the logits z and its class c: `margin`
+    z_c − logsumexp(others) (never saturates); `logit` z_c (may rise with every logit);
+    `contrast` z_c − mean(others); `log_softmax` log p_c (saturates once the class wins)."""
     check(objective, "pixel")
     own = logits.gather(1, targets[:, None])[:, 0]
     if objective == "margin":
@@ -69,22 +66,16 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
     """One normalised input per class (K, *input_shape), row c class c's, that the model finds
     most typical of that class.
 
-    Per class, `seeds` starts of seeded Gaussian noise (std `noise_std`) in the deviation d
-    of `parametrisation` are optimised as one batch by `steps` Adam steps (`lr`) on −score +
-    l2 ||x||² + tv TV(x), the score the class's `objective` (`class_score`). d is, for
-    `pixel`, the normalised image (0: the dataset's mean colour); for `data`, the deviation
-    from the training images' per-pixel mean in units of their per-pixel std (`stats`: the
-    image varies where the data varies, not in MNIST's black border); for `data_colour` the
-    same with the channels mixed as real colours are; for `fourier`, the normalised image
-    moved through its 2-D real spectrum scaled by 1/|f| (low frequencies move more).
-
-    Each step the model sees the images rolled by up to ±`jitter` whole pixels; every
-    `blur_every`-th step (0: never) d is blurred (std `blur_sigma` px); after every step each
-    d is held to a root-mean-square of `size` (None: free; 1 is a typical real image's) and
-    the image clamped to [low, high] per channel. A class's image is its seeds' mean d, held
-    and clamped again. `steps=0`: the starting images (`noise_std=0` too: the noiseless
-    start); `lr=0`: what the recipe alone makes of the noise. The model runs `frozen` on one
-    thread, its parameters, buffers and grads untouched; torch's global RNG is not used.
+    Per class, `seeds` starts of seeded noise (std `noise_std`) in the deviation d of
+    `parametrisation` get `steps` Adam steps (`lr`) on −`class_score` + l2 ||x||² + tv TV(x).
+    d is the normalised image (`pixel`); the deviation from the training images' per-pixel
+    mean in their per-pixel std (`data`, from `stats`; `data_colour`: channels mixed as real
+    colours are); or the image through its 2-D spectrum scaled by 1/|f| (`fourier`).
+    Each step the model sees the images rolled by up to ±`jitter` px; every `blur_every`-th
+    (0: never) d is blurred (`blur_sigma` px); then d is held to an RMS of `size` (None: free)
+    and the image clamped to [low, high] per channel. A class's image is its seeds' mean d.
+    `steps=0`: the start (`noise_std=0` too: the noiseless one); `lr=0`: the recipe without
+    the model. The model runs `frozen`, untouched; torch's global RNG is not used.
     """
     check(objective, parametrisation, steps=steps, seeds=seeds, jitter=jitter,
           blur_every=blur_every)
