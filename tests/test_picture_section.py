@@ -168,4 +168,4 @@ def test_claim_parts_on_hand_made_rows():
     assert all(parts[f"P2c (vs {c})"].verdict == "holds"
                for c in ("BN + SGD", "no BN + SGD", "no BN + Adam"))
     assert claim_verdicts(list(parts.values())) == {"P2": "does not hold"}
-    assert parts["P2b (SGD)"].estimate == pytest.approx(0.03)
+    assert parts["P2b (SGD)"].test.estimate == pytest.approx(0.03)

@@ -45,8 +45,7 @@ def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Co
     if any(len(values) == 0 for _, values in terms):
         return Contrast(math.nan, math.nan, math.nan, math.nan)
     estimate = float(sum(w * np.mean(values) for w, values in terms))
-    if any(len(values) < 2 for _, values in terms) or \
-            all(np.ptp(values) == 0 for _, values in terms):  # not a rounding residue's var
+    if untestable(terms):
         return Contrast(estimate, math.nan, math.nan, math.nan)
     parts = [w * w * float(np.var(values, ddof=1)) / len(values) for w, values in terms]
     var = sum(parts)
@@ -56,6 +55,11 @@ def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Co
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     p = float(2 * stats.t.sf(abs(estimate) / se, df))
     return Contrast(estimate, estimate - half, estimate + half, p)
+
+
+def untestable(terms: list[tuple[float, list[float]]]) -> bool:
+    """A group with < 2 values, or no spread at all (not a rounding residue's variance)."""
+    return any(len(v) < 2 for _, v in terms) or all(np.ptp(v) == 0 for _, v in terms)
 
 
 def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
@@ -90,8 +94,7 @@ def power_of(terms: list[tuple[float, list[float]]], power: float = POWER,
              alpha: float = ALPHA, most: int = 1000) -> tuple[float, float]:
     """(the smallest |contrast| detected with `power`, the seeds a side detecting one of the size
     observed; inf above `most`); NaN, NaN where there is no test."""
-    if any(len(values) < 2 for _, values in terms) or \
-            all(np.ptp(values) == 0 for _, values in terms):
+    if untestable(terms):
         return math.nan, math.nan
     variances = [w * w * float(np.var(values, ddof=1)) for w, values in terms]
     sizes = [len(values) for _, values in terms]

@@ -42,10 +42,6 @@ class Result:
     def part(self) -> str:
         return self.declared.part
 
-    @property
-    def estimate(self) -> float:
-        return self.test.estimate
-
 
 def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
     """The term's ok runs' `quantity`, NaN left out, in seed order."""
