@@ -5,6 +5,7 @@ row per norm × optim under a row of the real data), the measures (`bnstudy.pict
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -198,17 +199,15 @@ def reference_line(ref: Reference) -> str:
 def weight_notes(rows: pd.DataFrame) -> list[str]:
     """What the final weights hide: per dataset and optimizer, how much of them training
     changed, and how data-like that change is, with and without BN."""
-    means = rows.groupby(["dataset", "optim", "norm"])[["change_share", "change_pc_alignment"]]
-    means = means.mean()  # NaN left out: the runs that have the measure
+    means = rows.groupby(["dataset", "optim", "norm"])[
+        ["change_share", "change_pc_alignment"]].mean().dropna()  # over the runs that have them
     lines = []
     for dataset in sorted(set(rows["dataset"])):
         for optim in OPTIM_LABELS:
             sides = [f"{norm_label(norm)}: {m['change_share']:.1%} of the energy, alignment "
                      f"{m['change_pc_alignment']:.3f}" for norm in norm_order(set(rows["norm"]))
                      if (dataset, optim, norm) in means.index
-                     for m in [means.loc[(dataset, optim, norm)]]
-                     if not (math.isnan(m["change_share"]) or
-                             math.isnan(m["change_pc_alignment"]))]
+                     for m in [means.loc[(dataset, optim, norm)]]]
             if sides:
                 lines.append(f"- {dataset}, {OPTIM_LABELS[optim]}: the learned change (final − "
                              f"initial) is {'; '.join(sides)} (medians over units, mean over "
@@ -265,14 +264,11 @@ def pictures_section(runs: pd.DataFrame, out: Path
                 continue
             head = f"{dataset}{', ' + describe(setting) if setting else ''}"
             lines += [f"### {dataset}", ""] if not setting else [f"#### {dataset}", ""]
-            if any(p.hallucinations is not None for p in mine):
-                name = f"hallucinations_{dataset}{suffix}"
-                figures[name] = hallucinations_figure(head, mine, ref)
-                lines += [f"![hallucinations {head}]({name}.png)", ""]
-            if any(p.weights is not None for p in mine):
-                name = f"weights_{dataset}{suffix}"
-                figures[name] = weights_figure(head, mine, ref, by_job)
-                lines += [f"![weights {head}]({name}.png)", ""]
+            for kind, draw in (("hallucinations", hallucinations_figure),
+                               ("weights", partial(weights_figure, rows_by_job=by_job))):
+                if any(getattr(p, kind) is not None for p in mine):
+                    figures[f"{kind}_{dataset}{suffix}"] = draw(head, mine, ref)
+                    lines += [f"![{kind} {head}]({kind}_{dataset}{suffix}.png)", ""]
             lines += [measures_table(setting_rows, dataset), "", reference_line(ref), ""]
         notes = weight_notes(setting_rows)
         if notes:
