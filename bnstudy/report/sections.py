@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bnstudy.report import figures as F
+import bnstudy.report.figures as F
 from bnstudy.report.claims import CLAIMS, declare
 from bnstudy.report.render import claim_rows, claims_block, markdown, number, pct, plural
 from bnstudy.report.runs import (

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from bnstudy.report import sections as S
+import bnstudy.report.sections as S
 from bnstudy.report.answer import answer_section
 from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
 from bnstudy.report.picture_section import pictures_section
