@@ -1,22 +1,11 @@
-"""What TensorBoard shows beyond Lightning's own logging: the study's comparison at a glance.
+"""What TensorBoard shows beyond Lightning's logging: the study's comparison at a glance.
 
-Tag scheme. Every run logs its curves as `train/loss`, `train/acc`, `val/loss`, `val/acc`,
-`test/*` (Lightning), and `ComparisonCurves` copies three of them per epoch under its
-dataset × optimizer pair, `compare/<dataset>-<optim>/{train_loss,val_loss,val_acc}`. Only the
-runs of one pair (every norm, all seeds) carry that pair's tags, so a chart of them compares
-exactly those runs: the Custom Scalars layout each run writes has a category per pair
-("mnist · sgd") with those three charts, and in Time Series the `compare` section comes first.
-
-A sweep's view over seeds: as its jobs end, `+mean/<norm>` runs hold each pair's mean ± std
-over the seeds finished so far, as margin charts that lead the Custom Scalars page;
-`BROWSE_URL` opens that page on them at any number of runs (see "the sweep's view over
-seeds" below).
-
-HParams: each run writes its session (its settings, `bnstudy.config.hparams`); the experiment
-(the settings that vary, marked `differs` so TensorBoard lists them first, and the study's
-dataset, norm, optim and seed, with their discrete values; the metrics `val/acc`, `val/loss`,
-`test/acc`, `test/loss`) is written once per sweep, at its root, when it ends, or into the
-run's own directory for a single run.
+- `ComparisonCurves`: per epoch `compare/<dataset>-<optim>/{train_loss,val_loss,val_acc}`, and a
+  Custom Scalars category per pair charting exactly that pair's runs (every norm, all seeds).
+- The sweep's view over seeds: `SWEEP/+mean/<norm>` runs, each pair's mean ± std over the seeds
+  finished so far as margin charts; `BROWSE_URL` opens them at any number of runs.
+- HParams: a session per run (its settings), an experiment per sweep (what varies, marked
+  `differs` so TensorBoard lists it first, then dataset, norm, optim, seed; the metrics).
 """
 
 from __future__ import annotations
@@ -58,8 +47,7 @@ def compare_tag(pair: str, metric: str) -> str:
 
 
 def comparison_layout(pairs: Iterable[str]) -> dict:
-    """A Custom Scalars layout (torch's `add_custom_scalars` format): a category per pair,
-    titled `dataset · optim`, holding a multiline chart of each compared metric."""
+    """A Custom Scalars layout: a category per pair, a multiline chart per compared metric."""
     return {pair.replace("-", " · "): {
         f"{pair.replace('-', ' · ')} · {metric}": ["Multiline", [f"^{compare_tag(pair, metric)}$"]]
         for metric in COMPARED} for pair in pairs}
@@ -76,10 +64,8 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
 
 
 class ComparisonCurves(Callback):
-    """Writes the run's pair layout when fitting starts and the compared curves under the
-    pair's tags (see the module docstring), on rank 0: the training curve after each training
-    epoch, the validation curves after each validation (so `check_val_every_n_epoch` > 1 or
-    `val_check_interval` < 1 give the same points as Lightning's `val/*`, no stale copies)."""
+    """On rank 0: the pair's layout at fit start; the train curve after each training epoch,
+    the val curves after each validation (the points of Lightning's `val/*`, no stale copy)."""
 
     def __init__(self, dataset: str, optim: str) -> None:
         self.pair = pair_name(dataset, optim)
@@ -108,18 +94,15 @@ class ComparisonCurves(Callback):
 
 
 def tb_value(value):
-    """An hparam value as TensorBoard's HParams keeps it: numbers as numbers (integers too, as
-    floats: one type per domain, so the table sorts and filters them by value), booleans and
-    strings as they are, anything else (lists, None) as text."""
+    """An hparam value for HParams: numbers as floats (one type a domain, sorted by value),
+    booleans and strings as they are, anything else (lists, None) as text."""
     if isinstance(value, bool | str):
         return value
     return float(value) if isinstance(value, int | float) else str(value)
 
 
 def write_session(writer: SummaryWriter, settings: dict) -> None:
-    """The run's HParams session: its settings (see `tb_value`), under the name of its
-    directory (the TensorBoard run, e.g. `0_mnist-bn-sgd-seed0`) as the table's trial ID,
-    rather than a hash of the settings."""
+    """The run's HParams session: its settings, its directory's name as the trial ID."""
     writer.file_writer.add_summary(hp.hparams_pb({k: tb_value(v) for k, v in settings.items()},
                                                  trial_id=Path(writer.get_logdir()).name))
 
@@ -134,11 +117,8 @@ def _ordered(values: set) -> list:
 
 
 def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
-    """The HParams experiment of runs' settings: the settings that vary across them (a value
-    that differs, or a setting some runs lack), marked `differs`, then the study's four
-    choices (dataset, norm, optim and seed) that are fixed, with their discrete values, so
-    that the table's first (shown) columns are what tells the runs apart; the study's
-    metrics. (Every setting of a run is in its session and its metrics.json.)"""
+    """The HParams experiment: the settings that vary (or some runs lack), marked `differs`,
+    then the fixed study choices (dataset, norm, optim, seed), discrete; the study's metrics."""
     values: dict[str, set] = {}
     for settings in runs_settings:
         for key, value in settings.items():
@@ -150,9 +130,7 @@ def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
     hparams = [hp.HParam(key, hp.Discrete(_ordered(values[key]))) for key in shown]
     metrics = [hp.Metric(tag, display_name=tag) for tag in METRICS]
     summary = hp.hparams_config_pb(hparams, metrics)
-    # TensorBoard lists the hparams marked `differs` first and shows the first five as
-    # columns; `hp.HParam` cannot set the mark, and a domain of mixed types, written as text,
-    # sorts integers as text (128 before 64), so both are set in the written proto.
+    # `hp.HParam` cannot set `differs`, and sorts integers written as text as text: set both
     plugin_data = summary.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
     for info in data.experiment.hparam_infos:
@@ -164,67 +142,18 @@ def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
 
 
 def write_sweep_experiment(job_dir: Path, runs_settings: list[dict]) -> None:
-    """Writes the sweep's HParams experiment into an events file of one of its jobs (the
-    plugin reads it from any run; at the sweep's root it would show as an empty run ".")."""
+    """The sweep's HParams experiment, in a job's directory (at the root: an empty run ".")."""
     with SummaryWriter(str(job_dir)) as writer:
         write_experiment(writer, runs_settings)
 
 
-def write_margin_charts(writer: SummaryWriter, curves: dict[str, dict[str, dict]]) -> None:
-    """The report's Custom Scalars: per compared pair (`curves[pair][norm][metric]` =
-    (epochs, mean, std) over seeds), a category `<dataset> · <optim> · mean ± std over
-    seeds` with a margin chart per compared metric, a band per norm; the scalars under
-    `mean/<pair>/<metric>/<norm>/{value,lower,upper}` at the epoch (from 1)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.compat.proto.tensor_pb2 import TensorProto
-    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-    from tensorboard.plugins.custom_scalar import layout_pb2
-
-    categories = []
-    for pair, by_norm in curves.items():
-        charts = []
-        for metric in COMPARED:
-            series = []
-            for norm, by_metric in by_norm.items():
-                base = f"mean/{pair}/{metric.replace('/', '_')}/{norm}"
-                epochs, mean, std = by_metric[metric]
-                for epoch, m, s in zip(epochs, mean, std, strict=True):
-                    s = 0.0 if s != s else s  # one seed: no spread
-                    for part, value in (("value", m), ("lower", m - s), ("upper", m + s)):
-                        writer.add_scalar(f"{base}/{part}", value, int(epoch))
-                series.append(layout_pb2.MarginChartContent.Series(
-                    value=f"{base}/value", lower=f"{base}/lower", upper=f"{base}/upper"))
-            charts.append(layout_pb2.Chart(
-                title=f"{pair.replace('-', ' · ')} · {metric} (mean ± std)",
-                margin=layout_pb2.MarginChartContent(series=series)))
-        categories.append(layout_pb2.Category(
-            title=f"{pair.replace('-', ' · ')} · mean ± std over seeds", chart=charts))
-    # The layout summary as torch's `add_custom_scalars` writes it (which takes one series a
-    # margin chart): the plugin's config tag holding the serialised layout.
-    layout = layout_pb2.Layout(category=categories).SerializeToString()
-    tensor = TensorProto(dtype="DT_STRING", string_val=[layout], tensor_shape=TensorShapeProto())
-    metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="custom_scalars"))
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(
-        tag="custom_scalars__config__", tensor=tensor, metadata=metadata)]))
-
-
-# -- the sweep's view over seeds -------------------------------------------------------------
-# While a sweep runs, each finished job refreshes `SWEEP/+mean/`: one TensorBoard run per norm
-# (and per other setting the sweep varies), e.g. `+mean/bn` and `+mean/none`, holding for each
-# dataset × optimizer pair the mean over the seeds finished so far and a band of ± one sample
-# standard deviation, under `seeds/<pair>/<metric>/{mean,lower,upper}`, at the step each
-# epoch ends (that of the per-run curves). Its Custom Scalars layout has a category per pair
-# with a margin chart per compared metric: one line and band per run, so BN against no BN in
-# two colours, whatever the number of seeds. `+` sorts before the job directories' digits, so
-# these categories come first on the page and the runs first in the list; `browse_url` filters
-# the list to them, so they are what is selected when the page opens.
-#
-# A refresh writes a whole new events file per run (`events.out.tfevents.<version>.mean`, the
-# versions counting up), starting with a SessionLog START at step 0: TensorBoard replaces the
-# run's earlier points with the new ones (the Python loader purges on START; RustBoard, the
-# default loader, drops earlier points of a series when a step repeats). Older files are kept:
-# the Python loader stops at a file deleted under it. Jobs finish concurrently, so a refresh
-# holds a lock on `+mean/.lock`; each file is written beside its final name and renamed.
+# -- the sweep's view over seeds ---------------------------------------------------------------
+# Each finished job rewrites `SWEEP/+mean/<group>` (a run per norm and other swept setting):
+# scalars `seeds/<pair>/<metric>/{mean,lower,upper}` at the step each epoch ends, and a margin
+# chart per pair and metric. `+` sorts first. A refresh writes a new events file (versions
+# counting up) opening with a SessionLog START, so TensorBoard replaces the earlier points
+# (older files are kept: the Python loader stops at a file deleted under it); it holds
+# `+mean/.lock`, and writes each file beside its final name, then renames it.
 
 MEAN_DIR = "+mean"
 
@@ -235,8 +164,7 @@ def mean_tag(pair: str, metric: str, part: str) -> str:
 
 
 def mean_group(record: RunRecord) -> str:
-    """The line a finished run joins within its pair: its norm, then every other setting the
-    sweep varies, as in its run name (`bn`, `bn-lr=0.1`; the seed left out)."""
+    """A run's line within its pair: its norm and other swept settings (`bn`, `bn-lr=0.1`)."""
     hp = record.hparams
     prefix = f"{hp['dataset']}-{hp['norm']}-{hp['optim']}-seed{hp['seed']}"
     swept = record.run_name[len(prefix):] if record.run_name.startswith(prefix) else ""
@@ -244,9 +172,8 @@ def mean_group(record: RunRecord) -> str:
 
 
 def mean_curves(records: list[RunRecord]) -> dict[str, dict[str, dict[str, list[tuple]]]]:
-    """`curves[group][pair][metric]` = [(step, mean, std, n)] over the finished (`ok`) runs'
-    per-epoch history: at each epoch the runs that reached it, the step the per-run curves
-    use (the epoch's last step), the sample std (0 for one run)."""
+    """`curves[group][pair][metric]` = [(step, mean, std, n)] per epoch over the ok runs that
+    reached it, at the epoch's last step; sample std (0 for one run)."""
     import pandas as pd  # here: the callbacks import this module at every run's start
 
     rows = [(mean_group(r), pair_name(r.hparams["dataset"], r.hparams["optim"]), metric, epoch,
@@ -264,9 +191,8 @@ def mean_curves(records: list[RunRecord]) -> dict[str, dict[str, dict[str, list[
 
 
 def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
-    """The Custom Scalars layout of the `+mean` runs (torch's `add_custom_scalars` format): a
-    category per pair, in the order given, titled with the seeds each line holds so far
-    (`mean_curves`' runs at the first epoch), and a margin chart per compared metric."""
+    """The `+mean` runs' Custom Scalars layout: a category per pair titled with its seeds so
+    far, a margin chart per compared metric."""
     def seeds(pair: str) -> str:
         counts = {group: by_pair[pair]["val/acc"][0][3] for group, by_pair in (curves or {}).items()
                   if by_pair.get(pair, {}).get("val/acc")}
@@ -284,8 +210,8 @@ def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
 
 def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict,
                 now: float | None = None) -> bytes:
-    """One `+mean` run's events file: version, SessionLog START, layout, then the curves of
-    its pairs (`mean_curves(...)[group]`), all at the wall time `now` (default: the clock's)."""
+    """One `+mean` run's events file: version, SessionLog START, layout, then its curves, all
+    at wall time `now` (default: the clock's)."""
     from tensorboard.compat.proto.event_pb2 import Event, SessionLog
     from tensorboard.summary.writer.record_writer import RecordWriter
     from torch.utils.tensorboard.summary import custom_scalars, scalar
@@ -305,13 +231,14 @@ def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict,
     return buffer.getvalue()
 
 
-def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
-    """Rewrites the sweep's `+mean` runs from its jobs' records (see above); returns their
-    names (`+mean/bn`, ...). Waits up to `timeout` seconds for a concurrent refresh."""
+def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
+                      root: Path | None = None) -> list[str]:
+    """Rewrites the sweep's `+mean` runs (in `root`, default `SWEEP/+mean`) from its jobs'
+    records; returns their names (`+mean/bn`, ...). Waits up to `timeout` s for another refresh."""
     from filelock import FileLock
 
     sweep_dir = Path(sweep_dir)
-    root = sweep_dir / MEAN_DIR
+    root = root or sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
         jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
@@ -322,8 +249,7 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
         layout = mean_layout(pairs, curves)
         versions = [int(p.name.split(".")[3]) for p in root.glob("*/events.out.tfevents.*.mean")]
         version = max(versions, default=0) + 1
-        # dated when the sweep started (Hydra's multirun.yaml): TensorBoard lists runs by their
-        # first event's time, so these come first, and take the first colours of its palette
+        # dated at the sweep's start: listed first, with the palette's first colours
         plan = sweep_dir / "multirun.yaml"
         started = plan.stat().st_mtime if plan.is_file() else None
         for group, by_pair in curves.items():
@@ -336,8 +262,7 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60) -> list[str]:
 
 
 def refresh_sweep_view(sweep_dir: str | Path) -> None:
-    """`refresh_mean_runs` for a job that just ended; a failure (a full disk, a lock held too
-    long) is a warning: the view is derived from the records, and the next job redoes it."""
+    """`refresh_mean_runs` after a job; a failure (full disk, lock timeout) is a warning."""
     from filelock import Timeout
 
     try:

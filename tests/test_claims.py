@@ -53,33 +53,25 @@ FAST_EARLY = ([0.80, 0.90, 0.92, 0.93], [0.50, 0.60, 0.70, 0.80])  # ahead at eq
 FAST_LATE = ([0.50, 0.60, 0.85, 0.95], [0.60, 0.70, 0.80, 0.90])   # ahead only per epoch
 
 
-def test_c5_holds_when_bn_is_ahead_at_equal_time(tmp_path):
-    write_pair(tmp_path, *FAST_EARLY)
-    parts = results_of(tmp_path, ratio=2.0)
+def test_c5_holds_when_bn_is_ahead_at_equal_time_not_when_only_per_epoch(tmp_path):
+    write_pair(tmp_path / "early", *FAST_EARLY)
+    parts = results_of(tmp_path / "early", ratio=2.0)
     full, half = parts["C5a (MNIST, SGD)"], parts["C5b (MNIST, SGD)"]
     # the no-BN runs' 4 epochs buy BN 2: 0.90 against 0.80; half of it, 1 against 2
     assert full.test.estimate == pytest.approx(0.90 - 0.80)
     assert half.test.estimate == pytest.approx(0.80 - 0.60)
     assert full.verdict == half.verdict == "holds"
     assert V.claim_verdicts(list(parts.values()))["C5"] == "holds"
-
-
-def test_c5_does_not_hold_when_bn_wins_only_per_epoch(tmp_path):
-    write_pair(tmp_path, *FAST_LATE)
-    parts = results_of(tmp_path, ratio=2.0)
-    assert parts["C5a (MNIST, SGD)"].test.estimate == pytest.approx(0.60 - 0.90)
-    assert parts["C5a (MNIST, SGD)"].verdict == "does not hold"
-    # at equal epochs BN ends ahead: the clock, not the curves, decides C5
-    assert results_of(tmp_path, ratio=1.0)["C5a (MNIST, SGD)"].verdict == "holds"
-
-
-def test_c5_at_a_budget_that_buys_bn_no_epoch_cannot_tell(tmp_path):
-    write_pair(tmp_path, *FAST_EARLY)
-    half = results_of(tmp_path, ratio=3.0)["C5b (MNIST, SGD)"]  # 2 no-BN epochs < 1 BN epoch
+    half = results_of(tmp_path / "early", ratio=3.0)["C5b (MNIST, SGD)"]  # buys BN no epoch
     assert math.isnan(half.test.estimate) and half.verdict == "cannot tell"
+    write_pair(tmp_path / "late", *FAST_LATE)
+    late = results_of(tmp_path / "late", ratio=2.0)["C5a (MNIST, SGD)"]
+    assert late.test.estimate == pytest.approx(0.60 - 0.90) and late.verdict == "does not hold"
+    # at equal epochs BN ends ahead: the clock, not the curves, decides C5
+    assert results_of(tmp_path / "late", ratio=1.0)["C5a (MNIST, SGD)"].verdict == "holds"
 
 
-def test_power_matches_statsmodels_for_two_equal_groups():
+def test_power_matches_statsmodels_and_the_closed_form_for_many_seeds():
     from statsmodels.stats.power import TTestIndPower
 
     a, b = [0.0, 1.0, 2.0, 3.0], [0.5, 1.5, 2.5, 3.5]  # equal spread: Welch's df = pooled df
@@ -91,16 +83,10 @@ def test_power_matches_statsmodels_for_two_equal_groups():
     assert needed == math.ceil(n)
     # and the power function itself, at a known point
     assert welch_power(detectable, [sd**2, sd**2], [4, 4]) == pytest.approx(0.8, abs=1e-6)
-
-
-def test_power_of_a_one_sample_part_matches_the_closed_form_for_many_seeds():
-    from scipy import stats
-
-    xs = [float(i % 7) for i in range(200)]  # large n: the t test is nearly the z test
-    sd = float(np.std(xs, ddof=1))
+    xs = [float(i % 7) for i in range(200)]  # one sample, large n: nearly the z test
     detectable, _ = power_of([(1.0, xs)])
-    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
-    assert detectable == pytest.approx(z * sd / math.sqrt(200), rel=0.01)
+    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
+    assert detectable == pytest.approx(z * np.std(xs, ddof=1) / math.sqrt(200), rel=0.01)
 
 
 def test_a_cannot_tell_row_says_whether_seeds_or_size_is_missing(tmp_path):

@@ -40,7 +40,11 @@ def domain(info) -> list:
             for v in info.domain_discrete.values]
 
 
-def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_tags():
+def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    from torch.utils.tensorboard import SummaryWriter
+
     from bnstudy.dashboard import COMPARED, compare_tag, comparison_layout
 
     pairs = ["mnist-sgd", "mnist-adam", "cifar10-sgd", "fashion_mnist-sgd"]
@@ -49,43 +53,17 @@ def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_t
     tags = [compare_tag(p, m) for p in pairs for m in COMPARED]
     tags += [t + "_x" for t in tags] + ["val/acc", "train/loss", "compare/mnist-sgd"]
     for pair, (title, charts) in zip(pairs, layout.items(), strict=True):
-        assert len(charts) == len(COMPARED)
         for metric, (chart_title, (kind, regexes)) in zip(COMPARED, charts.items(), strict=True):
             assert kind == "Multiline" and chart_title == f"{title} · {metric}"
             # the plugin keeps a run's tag when `re.match(regex, tag)`
             assert [t for t in tags if any(re.match(r, t) for r in regexes)] == \
                 [compare_tag(pair, metric)]
-    assert compare_tag("cifar10-adam", "val/acc") == "compare/cifar10-adam/val_acc"
-
-
-def test_comparison_layout_is_what_the_custom_scalars_plugin_reads(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-    from torch.utils.tensorboard import SummaryWriter
-
-    from bnstudy.dashboard import comparison_layout
-
-    with SummaryWriter(str(tmp_path)) as writer:
-        writer.add_custom_scalars(comparison_layout(["mnist-sgd"]))
-    events = EventAccumulator(str(tmp_path)).Reload()
-    tensor = events.Tensors(metadata.CONFIG_SUMMARY_TAG)[0].tensor_proto
-    layout = layout_pb2.Layout.FromString(tensor.string_val[0])
-    assert [c.title for c in layout.category] == ["mnist · sgd"]
-    assert [(c.title, list(c.multiline.tag)) for c in layout.category[0].chart] == [
-        ("mnist · sgd · train/loss", ["^compare/mnist-sgd/train_loss$"]),
-        ("mnist · sgd · val/loss", ["^compare/mnist-sgd/val_loss$"]),
-        ("mnist · sgd · val/acc", ["^compare/mnist-sgd/val_acc$"]),
-    ]
-
-
-def test_tb_value_keeps_numbers_and_booleans_and_shows_other_values_as_text():
-    from bnstudy.dashboard import tb_value
-
-    assert [tb_value(v) for v in (0, 64, -1, 0.001)] == [0.0, 64.0, -1.0, 0.001]
-    assert all(type(tb_value(v)) is float for v in (0, 64, 1.0))  # one type a domain
-    assert tb_value(True) is True and tb_value(None) == "None"
-    assert tb_value([16, 32]) == "[16, 32]"
-    assert tb_value("bn") == "bn"
+    with SummaryWriter(str(tmp_path)) as writer:  # what the Custom Scalars plugin reads
+        writer.add_custom_scalars(comparison_layout(["cifar10-adam"]))
+    tensor = EventAccumulator(str(tmp_path)).Reload().Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
+    (category,) = layout_pb2.Layout.FromString(tensor.tensor_proto.string_val[0]).category
+    assert category.title == "cifar10 · adam" and [list(c.multiline.tag) for c in category.chart] \
+        == [[f"^compare/cifar10-adam/{m}$"] for m in ("train_loss", "val_loss", "val_acc")]
 
 
 def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
@@ -93,8 +71,11 @@ def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
     from tensorboard.plugins.hparams import metadata
     from torch.utils.tensorboard import SummaryWriter
 
-    from bnstudy.dashboard import write_session
+    from bnstudy.dashboard import tb_value, write_session
 
+    assert [tb_value(v) for v in (0, 64, -1, 0.001, True, None, [16, 32], "bn")] == \
+        [0.0, 64.0, -1.0, 0.001, True, "None", "[16, 32]", "bn"]
+    assert all(type(tb_value(v)) is float for v in (0, 64, 1.0))  # one type a domain
     run = tmp_path / "3_mnist-none-adam-seed1"
     with SummaryWriter(str(run)) as writer:
         write_session(writer, {"dataset": "mnist", "seed": 1, "lr": 0.001, "batch_size": 64,
@@ -138,20 +119,12 @@ def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_ch
     assert domain(infos["seed"]) == [0] and domain(infos["dataset"]) == ["mnist"]
     assert [m.name.tag for m in exp.metric_infos] == list(METRICS) == \
         ["val/acc", "val/loss", "test/acc", "test/loss"]
-
-
-def test_single_run_experiment_shows_the_study_choices(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    from bnstudy.dashboard import write_experiment
-
-    with SummaryWriter(str(tmp_path)) as writer:
+    with SummaryWriter(str(tmp_path / "single")) as writer:  # a single run: the study choices
         write_experiment(writer, [{"dataset": "cifar10", "norm": "none", "optim": "adam",
                                    "seed": 3, "lr": 0.001, "depth": 2}])
-    exp = experiment_in(tmp_path)
-    assert [(i.name, i.differs, domain(i)) for i in exp.hparam_infos] == [
-        ("dataset", False, ["cifar10"]), ("norm", False, ["none"]), ("optim", False, ["adam"]),
-        ("seed", False, [3])]
+    assert [(i.name, i.differs, domain(i)) for i in experiment_in(tmp_path / "single")
+            .hparam_infos] == [("dataset", False, ["cifar10"]), ("norm", False, ["none"]),
+                               ("optim", False, ["adam"]), ("seed", False, [3])]
 
 
 @pytest.mark.slow
@@ -532,28 +505,21 @@ def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(sweep, tensorbo
 
 
 @pytest.mark.slow
-def test_hparams_experiment_has_discrete_study_columns_and_the_real_metric_tags(
+def test_hparams_has_discrete_study_columns_a_row_per_run_and_no_duplicate_scalars(
         sweep, tensorboard):
+    _, records, _ = sweep
     experiment = get_json(f"{tensorboard}/data/plugin/hparams/experiment",
                           {"experimentName": ""})
     infos = {i["name"]: i for i in experiment["hparamInfos"]}
     assert list(infos) == ["dataset", "norm", "optim", "seed"]  # what varies first
     assert {n for n, i in infos.items() if i.get("differs")} == {"dataset", "norm", "optim"}
-    assert infos["dataset"]["domainDiscrete"] == ["cifar10", "mnist"]
-    assert infos["norm"]["domainDiscrete"] == ["bn", "none"]
-    assert infos["optim"]["domainDiscrete"] == ["adam", "sgd"]
-    assert infos["seed"]["domainDiscrete"] == [0]  # a number: sorted and filtered by value
+    assert [infos[n]["domainDiscrete"] for n in infos] == [
+        ["cifar10", "mnist"], ["bn", "none"], ["adam", "sgd"], [0]]
     assert {n: i["type"] for n, i in infos.items()} == {"dataset": "DATA_TYPE_STRING",
         "norm": "DATA_TYPE_STRING", "optim": "DATA_TYPE_STRING", "seed": "DATA_TYPE_FLOAT64"}
     assert [m["name"]["tag"] for m in experiment["metricInfos"]] == \
         ["val/acc", "val/loss", "test/acc", "test/loss"]
-
-
-@pytest.mark.slow
-def test_hparams_table_holds_each_run_with_its_settings_and_metrics(sweep, tensorboard):
-    _, records, _ = sweep
-    columns = [{"hparam": name, "includeInResult": True}
-               for name in ("dataset", "norm", "optim", "seed")]
+    columns = [{"hparam": name, "includeInResult": True} for name in infos]
     columns += [{"metric": {"group": "", "tag": tag}, "includeInResult": True}
                 for tag in ("val/acc", "test/acc")]
     groups = get_json(f"{tensorboard}/data/plugin/hparams/session_groups", {
@@ -563,22 +529,16 @@ def test_hparams_table_holds_each_run_with_its_settings_and_metrics(sweep, tenso
     sessions = {s["name"]: (g["hparams"], {m["name"]["tag"]: m["value"]
                                            for m in s["metricValues"]})
                 for g in groups["sessionGroups"] for s in g["sessions"]}
-    assert sorted(sessions) == sorted(records)
     # a row per run, its trial ID the run's name
-    assert sorted(g["name"] for g in groups["sessionGroups"]) == sorted(records)
+    assert sorted(sessions) == sorted(g["name"] for g in groups["sessionGroups"]) == \
+        sorted(records)
     for run, (settings, metrics) in sessions.items():
         hp = records[run]["hparams"]
         assert settings["seed"] == 0 and settings["dataset"] == hp["dataset"]
         assert settings["norm"] == hp["norm"] and settings["optim"] == hp["optim"]
         assert metrics["test/acc"] == pytest.approx(records[run]["test"]["acc"])
         assert metrics["val/acc"] == pytest.approx(records[run]["history"][-1]["val/acc"])
-
-
-@pytest.mark.slow
-def test_no_hparams_scalars_duplicate_the_metrics(sweep, tensorboard):
-    _, records, _ = sweep
-    tags = get_json(f"{tensorboard}/data/plugin/scalars/tags")
-    assert set(records) <= set(tags)
+    tags = get_json(f"{tensorboard}/data/plugin/scalars/tags")  # no hparams/* duplicates
     assert not [(run, t) for run, run_tags in tags.items() for t in run_tags
                 if t.startswith("hparams/") or t == "hp_metric"]
     for run in records:
@@ -622,8 +582,9 @@ def console_lines(console: str) -> tuple[list[str], list[int]]:
 
 
 @pytest.mark.slow
-def test_console_says_each_job_line_once_without_advertisement(sweep):
-    """Each job's lines once (Lightning's too, not again in its own format); a handful a job."""
+def test_console_says_each_job_line_and_each_warning_once_without_advertisement(sweep):
+    """Each job's lines once (Lightning's too, not again in its own format), a handful a job;
+    what is not a job's own INFO line (warnings, a library's messages) once a sweep."""
     _, _, console = sweep
     assert "Tip" not in console and "LeafSpec" not in console and "litlogger" not in console
     lines, starts = console_lines(console)
@@ -631,13 +592,6 @@ def test_console_says_each_job_line_once_without_advertisement(sweep):
         job = lines[start:end]
         assert not [line for line in set(job) if job.count(line) > 1], "\n".join(job)
     assert len(lines) <= JOBS * 8 + 10, console  # a screen per job, with room to spare
-
-
-@pytest.mark.slow
-def test_console_says_a_warning_once_a_sweep(sweep):
-    _, _, console = sweep
-    lines, _ = console_lines(console)
-    # what is not a job's own INFO line (warnings, a library's messages) is said once a sweep
     others = [line for line in lines if not re.match(r"\[[\w.]+\]\[INFO\] - ", line)
               and not line.startswith("[HYDRA]")]
     assert not [line for line in set(others) if others.count(line) > 1], "\n".join(others)

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose_config, make_classifier, read_record, tiny_fit, write_job
+from helpers import compose_config, make_classifier, read_record, tiny_fit
 from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -283,55 +282,3 @@ def test_series_reach_metrics_json_each_epoch_only_through_history_and_survive_a
     for key in ("loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness"):
         assert gradients["landscape"][key][:8] == first["gradients"]["landscape"][key]
         assert len(gradients["landscape"][key]) == 11
-
-
-def colour_share(image: np.ndarray, colour: str) -> float:
-    """The share of pixels within a small distance of a matplotlib colour."""
-    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
-    return float((np.abs(image[..., :3].astype(int) - rgb).sum(-1) < 30).mean())
-
-
-@pytest.mark.slow
-def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
-    from bnstudy import report
-
-    sweep = tmp_path / "sweep"
-    for norm in ("bn", "none"):  # each job's record with the series of a probed fit
-        job = write_job(sweep, [0.8, 0.9], norm=norm, optim="sgd")
-        probes = [ActivationPercentiles(every_n_steps=2),
-                  GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3)]
-        fit(make_model(norm), tiny_data, None, probes)
-        record = json.loads((job / "metrics.json").read_text())
-        record.update({p.record_key: p.series() for p in probes})
-        (job / "metrics.json").write_text(json.dumps(record))
-    out = sweep / "report"
-    out.mkdir()
-    (out / "activations_stale.png").write_bytes(b"")
-
-    assert report.main([str(sweep)]) == 0
-    assert not (out / "activations_stale.png").exists()
-    markdown = (out / "report.md").read_text()
-    blue, orange = "#1f77b4", "#ff7f0e"  # tab:blue (BN) and tab:orange (no BN)
-    for kind, size in (("activations", (1100, 840)), ("gradients", (1100, 750))):
-        with Image.open(out / f"{kind}_mnist_sgd.png") as figure:
-            pixels = np.asarray(figure.convert("RGB"))
-        assert pixels.shape[1::-1] == size
-        assert colour_share(pixels, blue) > 5e-4 and colour_share(pixels, orange) > 5e-4
-        assert f"![{kind} mnist, sgd]({kind}_mnist_sgd.png)" in markdown
-    records = {read_record(p.parent)["hparams"]["norm"]: read_record(p.parent)
-               for p in sweep.glob("*/metrics.json")}
-    medians = [f"{np.median(records[n]['gradients']['landscape']['loss_range']):.3g}"
-               for n in ("none", "bn")]
-    assert f"No BatchNorm {medians[0]}, " in markdown and f"; BatchNorm {medians[1]}, " in markdown
-    events = EventAccumulator(str(out)).Reload()
-    assert {"activations/mnist_sgd", "gradients/mnist_sgd"} <= set(events.Tags()["images"])
-
-    bn_job = next(p for p in sweep.glob("*/metrics.json") if "-bn-" in p.parent.name)
-    record = json.loads(bn_job.read_text())
-    del record["gradients"]
-    bn_job.write_text(json.dumps(record))
-    assert report.main([str(sweep)]) == 0
-    assert not (out / "gradients_mnist_sgd.png").exists()
-    assert (out / "activations_mnist_sgd.png").exists()
-    assert ("_Gradients figure skipped: no ok job recorded `gradients` on the BatchNorm side._"
-            in (out / "report.md").read_text())

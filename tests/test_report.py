@@ -5,6 +5,7 @@ session's real sweep (`tiny_sweep`) for what only real runs hold (slow)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import runpy
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import read_record, write_job
+from helpers import make_classifier, read_record, tiny_fit, write_job
 from matplotlib.colors import same_color
 from PIL import Image
 from scipy import stats as sps
@@ -366,3 +367,58 @@ def test_a_real_sweeps_report_holds_its_records_numbers_figures_and_left_out_job
         "No BatchNorm (1 seed)", "BatchNorm (1 seed)"]
     tags = assert_images_are_the_png_files(out)  # each figure in TensorBoard: its PNG's pixels
     assert {"curves", "weights", "hallucinations"} <= {t.split("/")[0] for t in tags}
+
+
+def colour_share(image: np.ndarray, colour: str) -> float:
+    """The share of pixels within a small distance of a matplotlib colour."""
+    rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return float((np.abs(image[..., :3].astype(int) - rgb).sum(-1) < 30).mean())
+
+
+@pytest.mark.slow
+def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
+    from bnstudy.probes import ActivationPercentiles, GradientBehaviour
+
+    sweep = tmp_path / "sweep"
+    for norm in ("bn", "none"):  # each job's record with the series of a probed fit
+        job = write_job(sweep, [0.8, 0.9], norm=norm, optim="sgd")
+        probes = [ActivationPercentiles(every_n_steps=2),
+                  GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3)]
+        tiny_fit(tiny_data, None, make_classifier(norm, hidden_dim=32, lr=0.1), probes,
+                 max_epochs=1, limit_val_batches=0)
+        record = json.loads((job / "metrics.json").read_text())
+        record.update({p.record_key: p.series() for p in probes})
+        (job / "metrics.json").write_text(json.dumps(record))
+    out = sweep / "report"
+    out.mkdir()
+    (out / "activations_stale.png").write_bytes(b"")
+
+    assert main([str(sweep)]) == 0
+    assert not (out / "activations_stale.png").exists()
+    markdown = (out / "report.md").read_text()
+    blue, orange = "#1f77b4", "#ff7f0e"  # tab:blue (BN) and tab:orange (no BN)
+    for kind, size in (("activations", (1100, 840)), ("gradients", (1100, 750))):
+        with Image.open(out / f"{kind}_mnist_sgd.png") as figure:
+            pixels = np.asarray(figure.convert("RGB"))
+        assert pixels.shape[1::-1] == size
+        assert colour_share(pixels, blue) > 5e-4 and colour_share(pixels, orange) > 5e-4
+        assert f"![{kind} mnist, sgd]({kind}_mnist_sgd.png)" in markdown
+    records = {read_record(p.parent)["hparams"]["norm"]: read_record(p.parent)
+               for p in sweep.glob("*/metrics.json")}
+    medians = [f"{np.median(records[n]['gradients']['landscape']['loss_range']):.3g}"
+               for n in ("none", "bn")]
+    assert f"No BatchNorm {medians[0]}, " in markdown and f"; BatchNorm {medians[1]}, " in markdown
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out)).Reload()
+    assert {"activations/mnist_sgd", "gradients/mnist_sgd"} <= set(events.Tags()["images"])
+
+    bn_job = next(p for p in sweep.glob("*/metrics.json") if "-bn-" in p.parent.name)
+    record = json.loads(bn_job.read_text())
+    del record["gradients"]
+    bn_job.write_text(json.dumps(record))
+    assert main([str(sweep)]) == 0
+    assert not (out / "gradients_mnist_sgd.png").exists()
+    assert (out / "activations_mnist_sgd.png").exists()
+    assert ("_Gradients figure skipped: no ok job recorded `gradients` on the BatchNorm side._"
+            in (out / "report.md").read_text())

@@ -1,6 +1,6 @@
-"""The report's TensorBoard events: margin charts of the mean ± std over seeds, the report
-text with its figures named rather than embedded (TensorBoard cannot serve them), and each
-figure as the very pixels of its PNG file."""
+"""The report's TensorBoard events: margin charts of the mean ± std over seeds (its `+mean`
+runs), the report text with its figures named, not embedded, and each figure as the very
+pixels of its PNG file."""
 
 import io
 from pathlib import Path
@@ -10,12 +10,10 @@ import pytest
 from helpers import write_job
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.utils.tensorboard import SummaryWriter
+from test_dashboard import read_mean_run
 
-from bnstudy.dashboard import write_margin_charts
 from bnstudy.report import main
-from bnstudy.report.runs import load_runs
-from bnstudy.report.write import margin_curves, write_figures
+from bnstudy.report.write import write_figures
 
 ACCS = {("bn", 0): [0.5, 0.7], ("bn", 1): [0.6, 0.9], ("none", 0): [0.4, 0.5],
         ("none", 1): [0.3, 0.6]}
@@ -29,20 +27,17 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def test_margin_charts_hold_each_norms_mean_and_std_over_ok_seeds(sweep, tmp_path):
-    curves = margin_curves(load_runs(sweep))
-    with SummaryWriter(str(tmp_path / "tb")) as writer:
-        write_margin_charts(writer, curves)
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0}).Reload()
+def test_margin_charts_hold_each_norms_mean_and_std_over_ok_seeds(sweep):
+    assert main([str(sweep)]) == 0
     for norm in ("bn", "none"):
         seeds = np.array([ACCS[norm, 0], ACCS[norm, 1]])  # the diverged run is left out
         mean, std = seeds.mean(0), seeds.std(0, ddof=1)
-        base = f"mean/mnist-sgd/val_acc/{norm}"
-        for part, expected in (("value", mean), ("lower", mean - std), ("upper", mean + std)):
-            got = [(e.step, e.value) for e in events.Scalars(f"{base}/{part}")]
-            assert [s for s, _ in got] == [1, 2]
+        scalars, layout = read_mean_run(sweep / "report" / "+mean" / norm)
+        for part, expected in (("mean", mean), ("lower", mean - std), ("upper", mean + std)):
+            got = scalars[f"seeds/mnist-sgd/val_acc/{part}"]
+            assert [s for s, _ in got] == [9, 19]  # each epoch's last step
             assert [v for _, v in got] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert "custom_scalars__config__" in events.Tags()["tensors"]
+        assert [c.title for c in layout] == ["mnist · sgd · mean ± std over 2 seed(s) each"]
 
 
 def test_the_report_text_in_tensorboard_embeds_no_image(tmp_path):

@@ -50,25 +50,20 @@ def swept(cfg, key: str) -> list[float]:
 # --- configs ------------------------------------------------------------------------------
 
 
-def test_lr_sweep_sweeps_a_wide_log_grid_of_lr_by_norm_by_optim():
-    cfg = compose_with("experiment=lr_sweep")
+@pytest.mark.parametrize("experiment", ["lr_sweep", "batch_sweep"])
+def test_robustness_sweeps_sweep_their_hparam_by_norm_by_optim(experiment):
+    cfg = compose_with(f"experiment={experiment}")
     params = cfg.hydra.sweeper.params
     assert (params.norm, params.optim, str(params.seed)) == ("bn,none", "sgd,adam", "0")
-    lrs = swept(cfg, "dataset.lr")
+    assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("mnist", 3)
+    assert cfg.run_name == "mnist-bn-sgd-seed0"
+    if experiment == "batch_sweep":
+        assert swept(cfg, "dataset.batch_size") == [8, 32, 128, 512]
+        return
+    lrs = swept(cfg, "dataset.lr")  # a wide log grid
     assert lrs == sorted(lrs) and min(lrs) <= 1e-4 and max(lrs) >= 10
     steps = np.diff(np.log10(lrs))
     assert np.all((steps > 0.4) & (steps < 0.6)) and 1e-3 in lrs  # half decades, the study's lr
-    assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("mnist", 3)
-    assert cfg.run_name == "mnist-bn-sgd-seed0"
-
-
-def test_batch_sweep_sweeps_batch_size_by_norm_by_optim():
-    cfg = compose_with("experiment=batch_sweep")
-    params = cfg.hydra.sweeper.params
-    assert swept(cfg, "dataset.batch_size") == [8, 32, 128, 512]
-    assert (params.norm, params.optim, str(params.seed)) == ("bn,none", "sgd,adam", "0")
-    assert cfg.trainer.max_epochs == 3
-    assert cfg.run_name == "mnist-bn-sgd-seed0"
 
 
 def test_command_line_overrides_win_over_the_experiment():
@@ -119,7 +114,8 @@ def final_accs(sweep_dir: Path) -> dict[tuple[str, float], tuple[str, float]]:
 
 
 @pytest.mark.slow
-def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
+def test_the_reduced_sweep_ran_the_command_lines_grid_and_knows_what_never_started(
+        lr_sweep, tmp_path):
     jobs = [p.name for p in sweep_jobs(lr_sweep)]
     assert len(jobs) == 4 * len(TINY_LRS)
     assert {name.split("_", 1)[1] for name in jobs} == {
@@ -129,19 +125,18 @@ def test_the_reduced_sweep_ran_the_command_lines_grid(lr_sweep):
     assert {r["hparams"]["max_epochs"] for r in records} == {1}
     assert final_accs(lr_sweep)["none", 1e9][0] == "diverged"
     assert never_started(lr_sweep) == []  # the plan is read from the sweeper's params too
-
-
-@pytest.mark.slow
-def test_never_started_knows_the_experiments_params(lr_sweep, tmp_path):
     copy = Path(shutil.copytree(lr_sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns(
         "report", "checkpoints")))
-    (gone,) = copy.glob("*_mnist-none-sgd-seed0-lr=3")
-    shutil.rmtree(gone)
+    shutil.rmtree(next(copy.glob("*_mnist-none-sgd-seed0-lr=3")))
     assert never_started(copy) == ["seed=0 dataset.lr=3 norm=none"]
 
 
 @pytest.mark.slow
-def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
+def test_report_draws_both_norms_marks_divergence_and_states_the_usable_ranges(
+        lr_sweep, lr_report):
+    """The figure and report.md from the numbers; the figure in TensorBoard, stale ones gone."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with Image.open(lr_report / "lr_mnist.png") as image:
         assert image.size[0] > 400 and image.size[1] > 300
     truth = final_accs(lr_sweep)
@@ -161,12 +156,6 @@ def test_report_marks_divergence_and_draws_both_norms(lr_sweep, lr_report):
     (threshold,) = [line for line in ax.get_lines() if line.get_label().startswith("usable")]
     best = max(acc for status, acc in truth.values() if status == "ok")
     assert threshold.get_ydata()[0] == pytest.approx(best - 0.05)
-
-
-@pytest.mark.slow
-def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, lr_report):
-    truth = final_accs(lr_sweep)
-    best = max(acc for status, acc in truth.values() if status == "ok")
     usable = {norm: [lr for lr in TINY_LRS if truth[norm, lr][0] == "ok"
                      and truth[norm, lr][1] >= best - 0.05 - 1e-9] for norm in ("bn", "none")}
     assert usable_values(panels(lr_sweep)["mnist"][(("optim", "sgd"),)]) == (
@@ -185,12 +174,6 @@ def test_report_md_states_the_usable_ranges_computed_from_the_numbers(lr_sweep, 
         wider = "BatchNorm" if counts["bn"] > counts["none"] else "No BatchNorm"
         assert f". {wider} has the wider usable range" in line
     assert "never started" not in text
-
-
-@pytest.mark.slow
-def test_robustness_figures_are_in_tensorboard_and_replace_stale_ones(lr_sweep, lr_report):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     events = EventAccumulator(str(lr_report), size_guidance={"images": 0}).Reload()
     assert "lr/mnist" in events.Tags()["images"]
     (lr_report / "lr_cifar10.png").write_bytes(b"stale")

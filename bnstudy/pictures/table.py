@@ -1,12 +1,7 @@
-"""The report's picture measures: each ok run's saved pictures, the references of its dataset
-and one `pictures.csv` row per run.
-
-Each run's `images/hallucinations_final.pt` and `images/weights_final.pt` (written by the
-picture callbacks) are measured with `measures`; the dataset is loaded again from the
-directory the run recorded, to train the independent judge (`Referee`, cached in the report
-directory) and to take the training images' principal components. Other runs' networks (from
-their `checkpoints/last.ckpt`) give the cross-model confidence.
-"""
+"""The report's picture measures: one `pictures.csv` row per ok run from its saved
+`images/{hallucinations,weights}_final.pt`, against its dataset's references (reloaded from
+the recorded data directory: the independent judge, cached, and the principal components);
+other runs' `checkpoints/last.ckpt` give the cross-model confidence."""
 
 from __future__ import annotations
 
@@ -77,16 +72,15 @@ def load_tensors(path: Path) -> dict | None:
 
 @dataclass
 class PictureRun:
-    """An ok run with what its picture callbacks saved."""
+    """An ok run (its `load_runs` row, `hp`) with what its picture callbacks saved."""
 
-    run: pd.Series  # its row of `bnstudy.report.runs.load_runs`
+    run: pd.Series
     hallucinations: dict | None
     weights: dict | None
     net: object | None = None  # its network, for the cross-model confidence
 
     @property
     def hp(self) -> pd.Series:
-        """The run's row: its hparams (and outcome, job, path), read with `.get`."""
         return self.run
 
 
@@ -102,8 +96,8 @@ def load_picture_runs(runs: pd.DataFrame) -> list[PictureRun]:
 
 
 def load_net(run: pd.Series, input_shape, num_classes: int):
-    """The run's final network from `.hydra/config.yaml` and `checkpoints/last.ckpt`; None
-    where either is missing or does not fit."""
+    """The run's final network (`.hydra/config.yaml`, `checkpoints/last.ckpt`); None if either
+    is missing or does not fit."""
     import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -129,8 +123,7 @@ def load_net(run: pd.Series, input_shape, num_classes: int):
 
 @dataclass
 class Reference:
-    """What a dataset's runs are measured against: the real class means (pixels), the
-    training images' principal components, and the independent judge."""
+    """A dataset's references: real class means (pixels), principal components, the judge."""
 
     dataset: str
     classes: list[str]
@@ -155,9 +148,8 @@ def open_datamodule(source: dict):
 
 
 def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> Reference:
-    """The dataset's references, from the first run that recorded where its data lives. The
-    judge is trained once and cached as `cache_dir/referee_<dataset>.pt` (reused while the
-    data directory, training-set size and judge settings are the same)."""
+    """The dataset's references from the first run's recorded data; the judge cached as
+    `cache_dir/referee_<dataset>.pt` while data directory, size and settings are the same."""
     import torch
 
     from bnstudy.pictures.measures import Referee, principal_components
@@ -240,8 +232,8 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
 
 
 def weight_measures(w: dict, ref: Reference) -> dict[str, float]:
-    """The weight columns of one run (alignment NaN without the data's components; the
-    frequency and alignment measures need a Linear first layer, whose rows are images)."""
+    """The weight columns of one run (frequency and alignment need a Linear first layer and,
+    alignment, the data's components; else NaN)."""
     from bnstudy.pictures import measures as P
 
     final, initial = w["final"].float(), w["initial"].float()

@@ -1,8 +1,6 @@
-"""The study's answer in one table, a row per dataset × optimizer (× compared pair): is the
-treatment worth it at equal epochs (final validation accuracy, verdicts.csv), at equal
-training time (C5a) and at each one's best settings (C6, after `experiment=tuned`), with the
-seeds behind each verdict and, where the seeds cannot decide, how many would. report.md opens
-with it; a sweep prints it as it ends (`console_answer`)."""
+"""The study's answer, a row per dataset × optimizer (× pair): at equal epochs (verdicts.csv),
+equal training time (C5a), each one's best (C6), and what seeds would decide a tie. report.md
+opens with it; a sweep prints it as it ends (`console_answer`)."""
 
 from __future__ import annotations
 
@@ -20,8 +18,8 @@ DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel
 
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
           seeds: int = 2, treatment: str = STUDY[0]) -> str:
-    """`BN wins, +4.21 pts (+2.66 to +5.76)`; a tie says what would decide it. `verdict`: a
-    comparison's word (`stats.comparison_word`); `seeds`: the fewer ok seeds of the sides."""
+    """`BN wins, +4.21 pts (+2.66 to +5.76)`; a tie says what would decide it (`seeds`: the
+    fewer ok seeds of the sides)."""
     if math.isnan(diff):
         return "—"
     size = f"{100 * diff:+.2f} pts"
@@ -64,8 +62,7 @@ def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: st
 
 
 def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
-    """The answer as a Markdown table: `verdicts` are verdicts.csv's rows, `results` the
-    claims' (C5a and C6 are read, for the study's pair)."""
+    """The answer table from verdicts.csv's rows and the claims' C5a and C6 (study pair)."""
     extra = [k for k in verdicts.columns if k not in ("dataset", "optim", *VERDICT_COLUMNS)]
     pairs = verdicts[["treatment", "baseline"]].drop_duplicates()
     timed, tuned = (any(r.claim == c for r in results) for c in ("C5", "C6"))
@@ -101,8 +98,7 @@ def tuned_table(tuned: list[Result]) -> str:
 
 
 def answer_section(verdicts: pd.DataFrame, results: list[Result]) -> str:
-    """report.md's `## The answer`: the table, how to read it, and the command that decides
-    what one seed or too few seeds leave open."""
+    """report.md's `## The answer`: the table, how to read it, the command that decides."""
     tuned = [r for r in results if r.claim == "C6"]
     if tuned:
         return "\n".join(["## The answer", "",
@@ -126,9 +122,8 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result]) -> str:
 
 
 def console_answer(sweep_dir) -> str:
-    """The answer at equal epochs as the end of a sweep prints it, a line per dataset ×
-    optimizer (and any other setting the sweep varies) × compared pair; "" when no pair has
-    runs of both norms."""
+    """The answer at equal epochs as a sweep prints it, a line per comparison and pair; "" when
+    no pair has ok runs of both norms."""
     from pathlib import Path
 
     from bnstudy.records import TUNING_FILE

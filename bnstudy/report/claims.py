@@ -1,14 +1,7 @@
-"""The study's claims, each part declared once as data: its statement, the groups of runs it
-contrasts (treatment, baseline: `Term`s with weights), the per-run quantity, the claimed sign,
-the table it reads (`source`) and its claim (the family). `bnstudy.report.verdicts` decides
-every part by one rule; `bnstudy.report.render` tables them.
-
-- **C1–C4**: the seed study's curve claims (quantities of `runs.load_runs`);
-- **C5**: at equal training time, by the measured cost of a step (`cost`), BN ends ahead;
-- **C6**: at each norm's own tuned learning rate (`experiment=tuned`), BN ends ahead on test;
-- **P1–P3**: the picture claims (columns of `pictures.csv`, `bnstudy.pictures.table`).
-
-Adding a claim: a `CLAIMS` line and its `Part`s in `declare`.
+"""The claims registry: each part declared once as data (statement, the groups it contrasts as
+weighted `Term`s, the per-run quantity, claimed sign, source table, family); `verdicts`
+decides them by one rule, `render` tables them. C1–C4: curves; C5: equal training time; C6:
+tuned settings; P1–P3: pictures. Adding a claim: a `CLAIMS` line and its `Part`s in `declare`.
 """
 
 from __future__ import annotations
@@ -50,9 +43,9 @@ class Term:
 
 @dataclass(frozen=True)
 class Part:
-    """A declared part of a claim: `statement` is tested on `quantity`, a column of the table
-    `source` (`curves`: the runs, `time`, `tuned` or `pictures`), through `terms`; `sign` is
-    the claimed sign of Σ weight × mean; `rule`, instead, a test every seed must pass."""
+    """A claim's part: `statement` tested on `quantity`, a column of `source` (curves, time,
+    tuned, pictures), through `terms`; `sign`: Σ weight × mean's claimed sign; or `rule`, a
+    test every seed must pass."""
 
     claim: str
     part: str
@@ -79,18 +72,6 @@ def _gap(dataset: str) -> tuple[Term, ...]:
             Term(1.0, dataset, "adam", "none"))
 
 
-def _noise_units_under_half(x: float) -> bool:
-    return x < 0.5
-
-
-def _some_noise_unit(x: float) -> bool:
-    return x > 0
-
-
-def _recognised(x: float) -> bool:
-    return x >= RECOGNISED - 1e-9
-
-
 CLAIMS = {
     "C1": "MNIST, SGD: the BN model starts at a lower loss; the non-BN model keeps improving",
     "C2": "MNIST: BN's advantage is smaller with Adam than with SGD",
@@ -104,12 +85,12 @@ CLAIMS = {
           "defined shapes; Adam + BN the most distinct images",
     "P3": "MNIST hallucinations show recognisable class shapes",
 }
-NOISE_RULE = dict(source="pictures", fmt=".0%", rule=_noise_units_under_half,
+NOISE_RULE = dict(source="pictures", fmt=".0%", rule=lambda x: x < 0.5,
                   rule_words="under 50% noise-like units")
 
 
 def declare(datasets: list[str]) -> list[Part]:
-    """Every part of every claim, in order; C5 and C6 for each dataset × optimizer present."""
+    """Every part of every claim; C5 and C6 for each dataset × optimizer present."""
     parts = [
         Part("C1", "a", "MNIST, SGD: BN starts at a lower loss",
              "first-epoch val loss, BN − no BN", "first_val_loss", pair("mnist", "sgd"),
@@ -162,7 +143,7 @@ def declare(datasets: list[str]) -> list[Part]:
         parts.append(Part(
             "P1", f"d ({label})", "MNIST: some non-BN units stay pure noise", "noise_units",
             "noise_units", (Term(1.0, "mnist", optim, "none"),), source="pictures", fmt=".0%",
-            rule=_some_noise_unit, rule_words="at least one noise-like unit"))
+            rule=lambda x: x > 0, rule_words="at least one noise-like unit"))
     for optim, label in OPTIM_LABELS.items():
         for part, column, what in (("a1", "colour_fidelity", "the class's general colour"),
                                    ("a2", "blueness_airplane", "airplanes mostly blue"),
@@ -189,6 +170,6 @@ def declare(datasets: list[str]) -> list[Part]:
             parts.append(Part(
                 "P3", f" ({term.label()})", "MNIST hallucinations show recognisable class shapes",
                 "referee_acc", "referee_acc", (term,), source="pictures", fmt=".0%",
-                rule=_recognised,
+                rule=lambda x: x >= RECOGNISED - 1e-9,
                 rule_words=f"the independent CNN reads ≥ {RECOGNISED:.0%} of the digits"))
     return parts

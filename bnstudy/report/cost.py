@@ -1,19 +1,7 @@
-"""C5's clock: what a training step costs with BN and without (any treatment and baseline
-norm: `pair`), measured paired in one process.
-
-The runs' own `time_s` is not the clock: runs of a sweep share the machine with each other
-(`hydra/launcher=parallel`) and with whatever else runs, so their seconds say as much about
-the machine as about BN. Here both networks of a pair (the study's net for the dataset, with
-and without BN, the run's optimizer, batch size and a batch of the dataset's shape) take
-training steps in alternating blocks, `ROUNDS` times, in one process at one torch thread, and
-the clock is the CPU time of that thread (`time.thread_time`), not the wall clock: time the
-thread waits while other processes hold the cores is not counted. What noise remains (caches,
-frequency) only ever adds time, so each side's cost is its **fastest** block (timeit's rule),
-and the ratio BN / no BN the verdict uses is the ratio of those minima; the per-round ratios are
-kept to show the spread. The ratio leaves out what both norms pay alike
-(Lightning's loop, logging, validation), so a whole epoch's ratio is closer to 1 than this:
-the clock is, if anything, unfair to BN.
-"""
+"""C5's clock: the CPU seconds of a training step with the treatment norm and with the baseline
+(`pair`), measured paired in one process at one torch thread (`time.thread_time`), the two
+alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
+block (timeit's rule) and the ratio is theirs; the per-round ratios show the spread."""
 
 from __future__ import annotations
 
@@ -31,8 +19,8 @@ WARMUP = 5
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds per training step of each side (its fastest block), their ratio treatment /
-    baseline (the one the verdict uses) and the spread of the per-round ratios."""
+    """Seconds a step of each side (fastest block), their ratio treatment / baseline (the
+    verdict's), and the per-round ratios' spread."""
 
     treatment_s: float
     baseline_s: float
@@ -76,8 +64,7 @@ def _seconds(step, n: int) -> float:
 
 
 def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCost:
-    """The paired cost of a training step of `pair`'s norms (treatment, baseline) for a run's
-    config."""
+    """The paired cost of a training step of `pair`'s norms for a run's config."""
     import torch
 
     threads = torch.get_num_threads()
@@ -98,8 +85,8 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
 
 
 def pair_costs(runs) -> dict[tuple[str, str], StepCost]:
-    """The step cost of each (dataset, optim) pair that has runs (rows of `load_runs`) of both
-    norms, measured on the stored config of its first run (`.hydra/config.yaml`)."""
+    """The step cost of each (dataset, optim) with runs of both norms, on its first run's
+    `.hydra/config.yaml`."""
     from omegaconf import OmegaConf
 
     out = {}

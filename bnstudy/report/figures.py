@@ -1,5 +1,5 @@
-"""Every figure of the report, as a matplotlib Figure: curves, saved images side by side,
-probe series, and the robustness sweeps' accuracy against the swept hparam."""
+"""Every figure of the report as a matplotlib Figure: curves, saved images, probe series, the
+sweeps' accuracy and verdict against the swept hparam, accuracy against compute."""
 
 # ruff: noqa: E402  (the backend is chosen before pyplot is imported)
 from __future__ import annotations
@@ -49,26 +49,21 @@ def _seed_label(norm: str, run: pd.Series) -> str:
     return f"{norm_label(norm)} (seed {run.get('seed')})"
 
 
-def panel_grid(n: int, width: float, height: float, **subplots) -> tuple[Figure, list[Axes]]:
-    """A figure of `n` panels of `width` × `height` inches, at most `MAX_COLUMNS` a row; the
-    grid's unused cells are hidden. Returns the figure and its `n` panels, row by row."""
-    cols = max(1, min(n, MAX_COLUMNS))
+def panel_grid(n: int, width: float, height: float, columns: int = MAX_COLUMNS, extra: float = 0,
+               **subplots) -> tuple[Figure, list[Axes]]:
+    """A figure of `n` panels of `width` × `height` inches (plus `extra`), at most `columns` a
+    row, the unused cells hidden; the figure and its `n` panels, row by row."""
+    cols = max(1, min(n, columns))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False, figsize=(width * cols, height * rows),
-                             **subplots)
+    fig, axes = plt.subplots(rows, cols, squeeze=False,
+                             figsize=(width * cols, height * rows + extra), **subplots)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
 
 
-def first_column(panels: list[Axes]) -> list[Axes]:
-    """The panels that start a row of a `panel_grid` (where the y label goes)."""
-    return panels[::MAX_COLUMNS]
-
-
 def fitted_title(fig: Figure, text: str) -> None:
-    """`fig`'s suptitle, each line wrapped to the figure's width, so that a figure of one panel
-    shows its whole title (DejaVu Sans averages about 0.55 em a character)."""
+    """`fig`'s suptitle, each line wrapped to the figure's width (about 0.55 em a character)."""
     points = FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points()
     chars = max(24, int(fig.get_figwidth() * 72 / (0.55 * points)))
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
@@ -171,8 +166,8 @@ def activations_figure(label: str, found: dict[str, pd.Series]) -> Figure:
 
 
 def gradients_figure(label: str, found: dict[str, pd.Series]) -> Figure:
-    """Per-layer gradient norms, and along the gradient the loss and gradient change (the
-    band spans the step sizes η) and the β-smoothness, vs training step; norms overlaid."""
+    """Gradient norms per layer; along the gradient the loss and gradient change (band: the
+    step sizes η) and the β-smoothness; vs training step, norms overlaid."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     styles = ("-", "--", ":", "-.")
     for norm, run in found.items():
@@ -222,12 +217,21 @@ def landscape_medians(found: dict[str, pd.Series]) -> str:
 # --- robustness sweeps (experiment=lr_sweep | batch_sweep) ---------------------------------
 
 
+def log_axis(ax: Axes, hparam: str, grid: list[float], title: str) -> None:
+    """`hparam`'s log axis (base 2 for batch sizes), a tick per grid value; title, grid."""
+    ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
+    ax.set_xticks(grid, [f"{v:g}" for v in grid], rotation=45 if len(grid) > 6 else 0)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_title(title)
+    ax.set_xlabel(SWEEPS[hparam][0])
+    ax.grid(alpha=0.3)
+
+
 def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
                       within: float = USABLE_WITHIN) -> Figure:
-    """A panel per optimizer: final validation accuracy vs `hparam` (log axis), the mean over
-    seeds ± one std, a line per norm; a × at 0 for each diverged run; failed and unfinished
-    runs counted in the panel's corner; a dotted line where usable values end (`within` below
-    the panel's best)."""
+    """A panel per optimizer: final val acc vs `hparam` (log axis), mean ± std over seeds a
+    line per norm; × at 0 a diverged run; failed/unfinished counted in the corner; dotted:
+    where usable values end (`within` below the panel's best)."""
     noun, title = SWEEPS[hparam]
     fig, axes = panel_grid(len(panels), 5.5, 4.8, sharey=True)
     epochs = {e for p in panels.values() for by_value in p.values()
@@ -260,16 +264,10 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
                        label=f"usable: ≥ best − {100 * within:g} points")
         if notes:
             ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
-        ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
-        ax.set_xticks([float(v) for v in grid], [f"{v:g}" for v in grid],
-                      rotation=45 if len(grid) > 6 else 0)
-        ax.xaxis.set_minor_locator(NullLocator())
+        log_axis(ax, hparam, [float(v) for v in grid], describe(panel) if panel else dataset)
         ax.set_ylim(-0.04, 1.02)
-        ax.set_title(describe(panel) if panel else dataset)
-        ax.set_xlabel(noun)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in first_column(axes):
+    for ax in axes[::MAX_COLUMNS]:
         ax.set_ylabel("final validation accuracy")
     after = f" after {epochs.pop()} epoch(s)" if len(epochs) == 1 else ""
     fitted_title(fig, f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
@@ -282,10 +280,9 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
 
 
 def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> Figure:
-    """A panel per dataset: treatment − baseline (verdicts.csv's rows) in final validation
-    accuracy (points) vs `hparam` (log axis), a line per optimizer (and any other varying
-    setting), its 95 % Welch interval; filled where p < `alpha`, hollow within the seed
-    spread; points with no test (a side without two ok seeds) listed in the corner."""
+    """A panel per dataset: treatment − baseline (verdicts.csv) in final val acc (points) vs
+    `hparam` (log axis), a line per optimizer and other setting, with its 95% Welch interval;
+    filled where p < `alpha`; points with no test listed in the corner."""
     noun = SWEEPS[hparam][0]
     rows = verdicts.to_dict("records")
     several = len({(r["treatment"], r["baseline"]) for r in rows}) > 1
@@ -330,15 +327,9 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> F
         ax.axhline(0, color="grey", lw=1)
         if notes:
             ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=7)
-        ticks = sorted(grid)
-        ax.set_xscale("log", base=2 if hparam == "batch_size" else 10)
-        ax.set_xticks(ticks, [f"{v:g}" for v in ticks], rotation=45 if len(ticks) > 6 else 0)
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_title(dataset)
-        ax.set_xlabel(noun)
-        ax.grid(alpha=0.3)
+        log_axis(ax, hparam, sorted(grid), dataset)
         ax.legend(fontsize=8, loc="lower left")
-    for ax in first_column(axes):
+    for ax in axes[::MAX_COLUMNS]:
         ax.set_ylabel("BN − no BN, final val acc (points)")
     fitted_title(fig, f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
                       f"mean over seeds, bar: 95% Welch interval; filled: p < {alpha:g}, "
@@ -360,18 +351,12 @@ def _untested(row: dict) -> str:
 
 
 def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
-    """Validation accuracy against training compute, a panel per dataset × optimizer that has
-    a step cost: each epoch is placed at its optimizer steps × that norm's measured seconds per
-    step (`bnstudy.report.cost`), the line the mean over seeds, the band ± one std; the dotted
-    line marks the no-BN runs' full time (C5a's budget)."""
+    """Val acc against compute, a panel per dataset × optimizer with a step cost: each epoch at
+    its steps × the norm's measured s/step, mean ± std over seeds; dotted: no BN's full time."""
     pairs = [pair for pair in dict.fromkeys(zip(runs["dataset"], runs["optim"], strict=True))
              if pair in measured]
-    cols = min(len(pairs), 2)
-    rows = math.ceil(len(pairs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 3.9 * rows + 0.6), squeeze=False)
-    for ax in axes.flat[len(pairs):]:
-        ax.set_visible(False)
-    for ax, (dataset, optim) in zip(axes.flat, pairs, strict=False):
+    fig, axes = panel_grid(len(pairs), 5.6, 3.9, columns=2, extra=0.6)
+    for ax, (dataset, optim) in zip(axes, pairs, strict=True):
         cost = measured[dataset, optim]
         mine = ok(runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)])
         for norm in norm_order(set(mine["norm"])):
@@ -392,8 +377,8 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
         ax.set_title(f"{where(dataset, optim)} (BN step ×{cost.ratio:.2f})")
         ax.set_xlabel("training compute (s: steps × measured step cost)")
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("validation accuracy (%)")
-    axes[0, 0].legend()
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].legend()
     fitted_title(fig, "Is BatchNorm worth it per second? Validation accuracy against compute\n"
                       "(mean over seeds, band ± 1 std; dotted: the no-BN runs' full time)")
     fig.tight_layout()

@@ -1,11 +1,11 @@
-"""The report's `## Pictures` section: labelled comparison figures of the final
-hallucinations and first-layer weights (a row per norm × optim, a reference row of the real
-data), the table of the picture measures (`bnstudy.pictures.table`, written to `pictures.csv`) and
-the verdicts on the picture claims P1–P3 (declared in `claims`)."""
+"""The report's `## Pictures`: figures of the final hallucinations and first-layer weights (a
+row per norm × optim under a row of the real data), the measures (`bnstudy.pictures.table`,
+`pictures.csv`) and the picture claims P1–P3."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +22,7 @@ from bnstudy.pictures.table import (
     to_pixels,
 )
 from bnstudy.report.claims import declare
-from bnstudy.report.render import claims_block, plain_words, spread, write_csv
+from bnstudy.report.render import claims_block, markdown, number, plain_words, spread, write_csv
 from bnstudy.report.runs import (
     FIRST_KEYS,
     OPTIM_LABELS,
@@ -51,17 +51,13 @@ def ordered(pairs) -> list[tuple[str, str]]:
                                            str(pair[1])))
 
 
-def configurations(picture_runs: list[PictureRun]) -> list[tuple[str, str]]:
-    """The (norm, optim) pairs of the runs, in figure order (see `ordered`)."""
-    return ordered({(p.hp.get("norm"), p.hp.get("optim")) for p in picture_runs})
-
-
-def first_seed(picture_runs: list[PictureRun], norm: str, optim: str,
-               kind: str) -> PictureRun | None:
-    """The configuration's run of lowest seed that saved `kind`; None if there is none."""
-    found = [p for p in picture_runs if (p.hp.get("norm"), p.hp.get("optim")) == (norm, optim)
-             and getattr(p, kind) is not None]
-    return min(found, key=lambda p: (p.hp.get("seed", 0), p.run["job"]), default=None)
+def first_seeds(picture_runs: list[PictureRun], kind: str) -> list[tuple[tuple, PictureRun]]:
+    """Per (norm, optim), in figure order, its run of lowest seed that saved `kind`."""
+    found: dict[tuple, PictureRun] = {}
+    for p in sorted(picture_runs, key=lambda p: (p.hp.get("seed", 0), p.run["job"])):
+        if getattr(p, kind) is not None:
+            found.setdefault((p.hp.get("norm"), p.hp.get("optim")), p)
+    return [(c, found[c]) for c in ordered(found)]
 
 
 def _show(ax, image) -> None:
@@ -75,13 +71,6 @@ def _show(ax, image) -> None:
     ax.set_yticks([])
 
 
-def _fmt(value: float, fmt: str) -> str:
-    """`value` in `fmt` (`d`: a count, `.0%`: a percentage); — for NaN."""
-    if _isnan(value):
-        return "—"
-    return f"{value:g}" if fmt == "d" else format(value, fmt)
-
-
 def hallucinations_figure(title: str, picture_runs: list[PictureRun],
                           ref: Reference) -> Figure:
     """A row per configuration (first seed) and a top reference row of the real training
@@ -89,12 +78,9 @@ def hallucinations_figure(title: str, picture_runs: list[PictureRun],
     independent judge's reading and its probability (green: the tile's class)."""
     import matplotlib.pyplot as plt
 
-    configs = [c for c in configurations(picture_runs)
-               if first_seed(picture_runs, *c, "hallucinations") is not None]
     classes = ref.classes
     rows = [("real class means", ref.real_means, None)]
-    for norm, optim in configs:
-        p = first_seed(picture_runs, norm, optim, "hallucinations")
+    for (norm, optim), p in first_seeds(picture_runs, "hallucinations"):
         rows.append((f"{config_label(norm, optim)}\n(seed {p.hp.get('seed')})",
                      to_pixels(p.hallucinations), p.hallucinations["images"].float()))
     fig, axes = plt.subplots(len(rows), len(classes), squeeze=False,
@@ -137,8 +123,6 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
 
     from bnstudy.pictures.grids import weight_grid
 
-    configs = [c for c in configurations(picture_runs)
-               if first_seed(picture_runs, *c, "weights") is not None]
     shape = ref.input_shape
     panels = []
     if ref.components is not None or ref.real_means is not None:
@@ -148,14 +132,13 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                  if ref.real_means is not None else None)
         panels.append(("reference", left, "top principal components of the training images",
                        right, "real class means"))
-    for norm, optim in configs:
-        p = first_seed(picture_runs, norm, optim, "weights")
+    for (norm, optim), p in first_seeds(picture_runs, "weights"):
         final, initial = p.weights["final"].float(), p.weights["initial"].float()
         row = rows_by_job.get(p.run["job"], {})
-        note = (f"noise-like {_fmt(row.get('noise_units', math.nan), '.0%')}, "
-                f"alignment {_fmt(row.get('pc_alignment', math.nan), '.3f')}")
-        change = (f"change {_fmt(row.get('change_share', math.nan), '.1%')} of the energy, "
-                  f"alignment {_fmt(row.get('change_pc_alignment', math.nan), '.3f')}")
+        note = (f"noise-like {number(row.get('noise_units', math.nan), '.0%')}, "
+                f"alignment {number(row.get('pc_alignment', math.nan), '.3f')}")
+        change = (f"change {number(row.get('change_share', math.nan), '.1%')} of the energy, "
+                  f"alignment {number(row.get('change_pc_alignment', math.nan), '.3f')}")
         panels.append((f"{norm_label(norm)}\n+ {OPTIM_LABELS.get(optim, optim)}\n"
                        f"(seed {p.hp.get('seed')})",
                        weight_grid(final, shape, num_units), f"final weights: {note}",
@@ -183,8 +166,6 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
 
 def measures_table(rows: pd.DataFrame, dataset: str) -> str:
     """Mean ± std over seeds of each measure, a row per configuration."""
-    from bnstudy.report.render import markdown
-
     mine = rows[rows["dataset"] == dataset]
     columns = [c for c in COLUMNS if mine[c].notna().any()]
     table = [{"configuration": config_label(norm, optim),
@@ -192,13 +173,6 @@ def measures_table(rows: pd.DataFrame, dataset: str) -> str:
              for norm, optim in ordered(set(zip(mine["norm"], mine["optim"], strict=True)))
              for g in [mine[(mine["norm"] == norm) & (mine["optim"] == optim)]]]
     return markdown(table)
-
-
-def _isnan(value) -> bool:
-    try:
-        return math.isnan(float(value))
-    except (TypeError, ValueError):
-        return True
 
 
 def reference_line(ref: Reference) -> str:
@@ -225,17 +199,15 @@ def reference_line(ref: Reference) -> str:
 def weight_notes(rows: pd.DataFrame) -> list[str]:
     """What the final weights hide: per dataset and optimizer, how much of them training
     changed, and how data-like that change is, with and without BN."""
-    means = rows.groupby(["dataset", "optim", "norm"])[["change_share", "change_pc_alignment"]]
-    means = means.mean()  # NaN left out: the runs that have the measure
+    means = rows.groupby(["dataset", "optim", "norm"])[
+        ["change_share", "change_pc_alignment"]].mean().dropna()  # over the runs that have them
     lines = []
     for dataset in sorted(set(rows["dataset"])):
         for optim in OPTIM_LABELS:
             sides = [f"{norm_label(norm)}: {m['change_share']:.1%} of the energy, alignment "
                      f"{m['change_pc_alignment']:.3f}" for norm in norm_order(set(rows["norm"]))
                      if (dataset, optim, norm) in means.index
-                     for m in [means.loc[(dataset, optim, norm)]]
-                     if not (math.isnan(m["change_share"]) or
-                             math.isnan(m["change_pc_alignment"]))]
+                     for m in [means.loc[(dataset, optim, norm)]]]
             if sides:
                 lines.append(f"- {dataset}, {OPTIM_LABELS[optim]}: the learned change (final − "
                              f"initial) is {'; '.join(sides)} (medians over units, mean over "
@@ -292,14 +264,11 @@ def pictures_section(runs: pd.DataFrame, out: Path
                 continue
             head = f"{dataset}{', ' + describe(setting) if setting else ''}"
             lines += [f"### {dataset}", ""] if not setting else [f"#### {dataset}", ""]
-            if any(p.hallucinations is not None for p in mine):
-                name = f"hallucinations_{dataset}{suffix}"
-                figures[name] = hallucinations_figure(head, mine, ref)
-                lines += [f"![hallucinations {head}]({name}.png)", ""]
-            if any(p.weights is not None for p in mine):
-                name = f"weights_{dataset}{suffix}"
-                figures[name] = weights_figure(head, mine, ref, by_job)
-                lines += [f"![weights {head}]({name}.png)", ""]
+            for kind, draw in (("hallucinations", hallucinations_figure),
+                               ("weights", partial(weights_figure, rows_by_job=by_job))):
+                if any(getattr(p, kind) is not None for p in mine):
+                    figures[f"{kind}_{dataset}{suffix}"] = draw(head, mine, ref)
+                    lines += [f"![{kind} {head}]({kind}_{dataset}{suffix}.png)", ""]
             lines += [measures_table(setting_rows, dataset), "", reference_line(ref), ""]
         notes = weight_notes(setting_rows)
         if notes:

@@ -1,5 +1,5 @@
-"""Renderers that only format: numbers in words, Markdown tables (`DataFrame.to_markdown`),
-CSV files (`DataFrame.to_csv`), and the claim parts' table, sentences and claims.csv rows."""
+"""Renderers that only format: numbers, Markdown tables and CSV files (pandas), the claim parts'
+table, sentences and claims.csv rows."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ def markdown(table: pd.DataFrame | list[dict], columns: list[str] | None = None)
 
 
 def write_csv(table: pd.DataFrame | list[dict], path: Path) -> None:
-    """A CSV file: each value as it is (a count stays a count beside NaN), NaN as an empty
-    cell, floats to 6 decimals."""
+    """A CSV file: values as they are, NaN empty, floats to 6 decimals."""
     table = (pd.DataFrame(table, dtype=object) if isinstance(table, list) else table).astype(
         object).map(lambda v: round(v, 6) if isinstance(v, float) else v)
     table.to_csv(path, index=False, lineterminator="\r\n")  # as the csv module writes
@@ -55,8 +54,7 @@ def scale(fmt: str) -> tuple[float, str, str]:
 
 
 def spread(xs: list[float], fmt: str, empty: str = "— (no ok run)") -> str:
-    """`mean ± std (n)` in `fmt` (acc, loss, `d`: a count, else a format spec; accuracies and
-    shares in %, their std in points)."""
+    """`mean ± std (n)` in `fmt` (acc, loss, `d`: a count, or a format spec; shares in %)."""
     if not xs:
         return empty
     mean = float(np.mean(xs))
@@ -93,8 +91,7 @@ def note(r: Result) -> str:
 
 
 def sides(r: Result) -> str:
-    """Each group's `label mean ± std (n)`; the optimizer named only where the groups differ
-    in it."""
+    """Each group's `label mean ± std (n)`; the optimizer named where the groups differ in it."""
     terms = r.declared.terms
     optims = len({t.optim for t in terms}) > 1 or (len(terms) == 1 and r.declared.source
                                                    == "pictures")

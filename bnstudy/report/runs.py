@@ -1,6 +1,5 @@
-"""The sweep as tables: `load_runs` (a row per job), `curves` (a row per job × epoch), the
-planned jobs that never started, the groups (every hparam but the seed), the compared norm
-pairs and the labels every renderer uses."""
+"""The sweep as tables: `load_runs` (a row per job), `curves` (a row per job × epoch), the jobs
+never started, the groups (every hparam but the seed), the compared pairs, the labels."""
 
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ class ReportError(Exception):
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job directories (those holding `.hydra/config.yaml` or a record), by number."""
+    """The sweep's job directories (with `.hydra/config.yaml` or a record), by number."""
     if not sweep_dir.is_dir():
         raise ReportError(
             f"{sweep_dir} does not exist or is not a directory. Pass the directory of a multirun "
@@ -57,10 +56,8 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def hparams_from_config(job: Path) -> dict:
-    """The hparams `bnstudy.train` records, from the job's `.hydra/` files ({} if none): the
-    study's settings, and every other one its command line set or that differs from the
-    defaults of its group choices, so it groups with its finished siblings. Where `conf/` no
-    longer composes those choices, the study's settings only."""
+    """The hparams `bnstudy.train` would record, from the job's `.hydra/` files ({} if none);
+    the study's settings only where `conf/` no longer composes its choices."""
     from bnstudy.config import group_defaults, hparams, overridden_keys
 
     saved = job / ".hydra"
@@ -81,10 +78,9 @@ def num(value) -> float:
 
 
 def quantities(history: list[dict], record: RunRecord | None) -> dict[str, float]:
-    """The per-run quantities of a history: final/best val acc, final val loss, the first
-    epoch's train and val loss, the val loss drop from the middle epoch (⌊E/2⌋, counted from 1;
-    the first with fewer than 4 epochs) to the last, the mean val acc over the epochs (area under
-    the curve / epochs); test acc and wall time from the record."""
+    """The per-run quantities: final/best val acc, final val loss, first epoch's train and val
+    loss, val loss drop from epoch ⌊E/2⌋ (from 1; the first below 4 epochs) to the last, mean
+    val acc over the epochs; test acc and wall time from the record."""
     out = dict.fromkeys(QUANTITIES, math.nan)
     if record is not None:
         out.update(test_acc=num(record.test_acc), wall_time_s=num(record.wall_time_s))
@@ -121,9 +117,8 @@ def load_run(job: Path) -> dict:
 
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
-    """A row per job of the sweep, finished or not, in sweep order: `RUN_COLUMNS` (outcome:
-    ok, diverged, failed or unfinished), then its hparams as columns (None where a job lacks
-    one; values as recorded)."""
+    """A row per job, in sweep order: `RUN_COLUMNS` (outcome: ok, diverged, failed or
+    unfinished), then its hparams (None where a job lacks one)."""
     runs = pd.DataFrame([load_run(job) for job in job_dirs(Path(sweep_dir))], dtype=object)
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)
@@ -140,8 +135,7 @@ def ok(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """A row per run × recorded epoch: the run's `job` and its history row (`epoch` from 0,
-    `step`, `train/loss`, `train/acc`, `val/loss`, `val/acc`, `time_s`), null as NaN."""
+    """A row per run × epoch: `job` and its history row (`epoch` from 0), null as NaN."""
     rows = [{"job": job, **row} for job, history in zip(runs["job"], runs["history"],
                                                         strict=True) for row in history]
     table = pd.DataFrame(rows, columns=["job", "epoch", "step", "train/loss", "train/acc",
@@ -150,12 +144,8 @@ def curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def never_started(sweep_dir: Path) -> list[str]:
-    """The jobs that `multirun.yaml` plans but that have no directory, as override strings.
-
-    Knows the plan of Hydra's basic sweeper (every combination of comma-separated values, from
-    `hydra.sweeper.params` and the command line, which wins); for other sweeps (intervals, say)
-    it names none.
-    """
+    """The jobs `multirun.yaml` plans (the basic sweeper's product of comma-separated values,
+    the command line winning over `hydra.sweeper.params`) without a directory; else none."""
     plan_file = sweep_dir / "multirun.yaml"
     if not plan_file.is_file():
         return []
@@ -186,8 +176,7 @@ def group_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
-    """(key, runs) per value of `keys`, the key a tuple of (hparam, value) pairs; groups in
-    sweep order, runs by seed."""
+    """(key: ((hparam, value), ...), runs) per value of `keys`, in sweep order, runs by seed."""
     runs = runs.assign(**{k: runs[k] if k in runs else None for k in keys})
     by = runs.groupby(list(keys), sort=False, dropna=False)
     return [(tuple(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)),
@@ -197,8 +186,7 @@ def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFram
 
 
 def settings(runs: pd.DataFrame) -> list[tuple[tuple, dict[str, pd.DataFrame]]]:
-    """The comparisons: the groups by their key without `norm` (dataset, optim, any other
-    varying hparam), each with its runs by norm."""
+    """The comparisons: the groups by every key but `norm`, each with its runs by norm."""
     keys = [k for k in group_keys(runs) if k != "norm"]
     return [(ckey, {key[0][1]: g for key, g in groups(members, ["norm"])})
             for ckey, members in groups(runs, keys)]
@@ -215,8 +203,7 @@ def parse_compare(text: str) -> tuple[str, str]:
 
 def compared(runs: pd.DataFrame, pairs: list[tuple[str, str]] | None = None
              ) -> list[tuple[str, str]]:
-    """The (treatment, baseline) norm pairs the report compares: `pairs` if given, else every
-    norm of the sweep against `BASELINE` (the study: BN against no norm)."""
+    """The (treatment, baseline) pairs compared: `pairs`, else each norm against `BASELINE`."""
     if pairs:
         return list(pairs)
     norms = norm_order(set(runs["norm"].dropna()) if "norm" in runs else set())

@@ -1,6 +1,5 @@
-"""report.md's sections, as text and the figures they show: the summary, each comparison,
-the robustness and regime sweeps, the claims (with C5's clock and C6's search) and the jobs
-left out."""
+"""report.md's sections and their figures: the summary, each comparison, the robustness and
+regime sweeps, the claims (C5's clock, C6's search) and the jobs left out."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bnstudy.report import figures as F
+import bnstudy.report.figures as F
 from bnstudy.report.claims import CLAIMS, declare
 from bnstudy.report.render import claim_rows, claims_block, markdown, number, pct, plural
 from bnstudy.report.runs import (
@@ -50,8 +49,8 @@ from bnstudy.report.verdicts import (
 
 
 def verdict_text(row, loss: tuple[float, float]) -> str:
-    """A comparison's verdict in sentences: who wins on final validation accuracy, by how
-    much, beyond the seed spread or not (Welch's p); then the first-epoch training losses."""
+    """A comparison's verdict in sentences: who wins on final val acc, by how much, beyond the
+    seed spread or not; then the first-epoch training losses."""
     t, b = row["treatment"], row["baseline"]
     if not row["n_treatment"] or not row["n_baseline"]:
         side = norm_label(t if not row["n_treatment"] else b)
@@ -82,8 +81,8 @@ def verdict_text(row, loss: tuple[float, float]) -> str:
 
 def comparison(ckey: tuple, by_norm: dict[str, pd.DataFrame],
                rows: pd.DataFrame) -> tuple[str, dict[str, Figure]]:
-    """One dataset × optim comparison: its verdict per compared pair (`rows`, verdicts.csv's),
-    its curves, images and probe figures by file stem."""
+    """One comparison's section: a verdict per pair (`rows` of verdicts.csv), its curves, images
+    and probe figures by file stem."""
     name, label = slug(ckey), describe(ckey)
     lines, figures = [f"## {label}", ""], {}
     both = [row for _, row in rows.iterrows()
@@ -129,8 +128,7 @@ def comparison(ckey: tuple, by_norm: dict[str, pd.DataFrame],
 
 
 def value_range(noun: str, usable: list, grid: list) -> str:
-    """`0.01 to 1 (5 of 11 values)`, the values listed when they are not adjacent in the grid,
-    or `no <noun>`."""
+    """`0.01 to 1 (5 of 11 values)`, the values listed when not adjacent, or `no <noun>`."""
     count = f"{len(usable)} of {len(grid)} values"
     if not usable:
         return f"no {noun} ({count})"
@@ -144,7 +142,7 @@ def value_range(noun: str, usable: list, grid: list) -> str:
 
 def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
                     within: float = USABLE_WITHIN) -> str:
-    """One panel's report.md line: the best run, each norm's usable range, which is wider."""
+    """One panel's line: the best run, each norm's usable range, which is wider."""
     noun = SWEEPS[hparam][0]
     best, usable = usable_values(by_norm, within)
     if math.isnan(best):
@@ -178,7 +176,7 @@ def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
 
 def robustness_section(hparam: str, runs: pd.DataFrame, keys: list[str],
                        within: float = USABLE_WITHIN) -> tuple[str, dict[str, Figure]]:
-    """The report.md section of a sweep over `hparam` and its figures `<hparam>_<dataset>`."""
+    """The section of a sweep over `hparam`, its figures `<hparam>_<dataset>`."""
     noun, title = SWEEPS[hparam]
     lines, figures = [f"## {title}", "",
                       f"Final validation accuracy against the {noun} (log axis): the mean over "
@@ -199,8 +197,7 @@ def robustness_section(hparam: str, runs: pd.DataFrame, keys: list[str],
 
 
 def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, Figure]]:
-    """The report.md section on treatment − baseline across `hparam` (verdicts.csv) and its
-    figure `regime_<hparam>`."""
+    """The section on treatment − baseline across `hparam`, its figure `regime_<hparam>`."""
     noun = SWEEPS[hparam][0]
     lines = [f"## Is BatchNorm worth it across the {noun}?", "",
              f"BN − no BN in final validation accuracy against the {noun}: the difference of the "
@@ -232,8 +229,8 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
 
 
 def cost_table(runs: pd.DataFrame, measured: dict) -> str:
-    """C5's clock per pair: each side's step cost, BN's ratio over the rounds, the runs' own
-    epoch-time ratio as a cross-check, and when each side reaches no BN's final accuracy."""
+    """C5's clock per pair: step costs, the ratio's spread, the runs' own epoch-time ratio, and
+    when each side reaches no BN's final accuracy."""
     table = curves(ok(runs)).merge(runs[["job", "dataset", "optim", "norm"]], on="job")
     table["epoch_s"] = table.groupby("job")["time_s"].diff().fillna(table["time_s"])
     table["at"] = table.groupby("job").cumcount()
@@ -300,9 +297,8 @@ INTRO = (
 
 def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,
                    costs: Callable[[pd.DataFrame], dict]) -> tuple[str, list[dict], list, dict]:
-    """The report.md section `## Claims`, the rows of claims.csv, the results of the default
-    setting (or the tuned one) and the figures (`time_compute[_<setting>]`: accuracy against
-    compute); ("", [], [], {}) when no setting has a comparison a claim needs."""
+    """`## Claims`, claims.csv's rows, the one setting's results (for the answer) and figures
+    `time_compute[_<setting>]`; ("", [], [], {}) when no claim applies."""
     tuned, tuning = tuned_runs(sweep_dir, runs)
     extra = [k for k in keys if k not in FIRST_KEYS]
     if len(tuned):
@@ -369,7 +365,7 @@ def summary_table(summary: pd.DataFrame, keys: list[str]) -> str:
 
 
 def problems_table(runs: pd.DataFrame, unstarted: list[str]) -> str:
-    """The jobs left out of the statistics, each with its status and error's first line."""
+    """The jobs left out, with status and error's first line."""
     rows = [{"job": f"`{r.job}`", "status": r.status,
              "error": (r.error or "").strip().split("\n")[0].replace("|", "\\|")}
             for r in runs[runs["outcome"] != "ok"].itertuples()]

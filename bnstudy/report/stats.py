@@ -30,10 +30,8 @@ VERDICT_COLUMNS = ("treatment", "baseline", "n_treatment", "n_baseline", "treatm
 
 @dataclass(frozen=True)
 class Contrast:
-    """A weighted sum of group means (treatment − baseline, a difference of two such
-    differences, or one group's mean), its 95 % interval and two-sided p-value against zero,
-    Welch's (each group its own variance, Welch–Satterthwaite's degrees of freedom). NaN where
-    undefined (a group with < 2 values, or no spread at all)."""
+    """Σ weight × group mean, its 95% interval and two-sided p against 0, Welch's (each group
+    its own variance, Welch–Satterthwaite df); NaN where undefined (< 2 values, no spread)."""
 
     estimate: float
     ci_low: float
@@ -42,13 +40,12 @@ class Contrast:
 
 
 def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Contrast:
-    """Σ weight × mean(values) over `terms` [(weight, values), ...]; with [(1, a), (-1, b)] the
-    interval and p-value are exactly Welch's t-test's (scipy's `ttest_ind(equal_var=False)`)."""
+    """The contrast of `terms` [(weight, values), ...]; [(1, a), (-1, b)] is scipy's
+    `ttest_ind(a, b, equal_var=False)`."""
     if any(len(values) == 0 for _, values in terms):
         return Contrast(math.nan, math.nan, math.nan, math.nan)
     estimate = float(sum(w * np.mean(values) for w, values in terms))
-    if any(len(values) < 2 for _, values in terms) or \
-            all(np.ptp(values) == 0 for _, values in terms):  # not a rounding residue's var
+    if untestable(terms):
         return Contrast(estimate, math.nan, math.nan, math.nan)
     parts = [w * w * float(np.var(values, ddof=1)) / len(values) for w, values in terms]
     var = sum(parts)
@@ -60,9 +57,14 @@ def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Co
     return Contrast(estimate, estimate - half, estimate + half, p)
 
 
+def untestable(terms: list[tuple[float, list[float]]]) -> bool:
+    """A group with < 2 values, or no spread at all (not a rounding residue's variance)."""
+    return any(len(v) < 2 for _, v in terms) or all(np.ptp(v) == 0 for _, v in terms)
+
+
 def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
-    """THE rule: `holds` when the estimate lies on the claimed side (`sign`) of zero with
-    p < alpha, `does not hold` when on the other side with p < alpha, else `cannot tell`."""
+    """THE rule: p < alpha on the claimed side (`sign`) of 0 holds, on the other side does not
+    hold; else cannot tell."""
     if math.isnan(test.p_value) or test.p_value >= alpha:
         return "cannot tell"
     return "holds" if np.sign(test.estimate) == sign else "does not hold"
@@ -75,9 +77,8 @@ def comparison_word(verdict: str, p_value: float) -> str:
 
 def welch_power(delta: float, variances: list[float], sizes: list[int],
                 alpha: float = ALPHA) -> float:
-    """The probability that Welch's two-sided test at `alpha` of a contrast whose true value is
-    `delta` rejects zero, the groups having these (weight² × sample) variances and sizes:
-    the noncentral t with Welch–Satterthwaite's degrees of freedom."""
+    """The power of Welch's two-sided test of a contrast of true value `delta`, its groups of
+    these (weight² × sample) variances and sizes: the noncentral t, Welch–Satterthwaite df."""
     parts = [v / n for v, n in zip(variances, sizes, strict=True)]
     se = math.sqrt(sum(parts))
     df = sum(parts) ** 2 / sum(p * p / (n - 1) for p, n in zip(parts, sizes, strict=True))
@@ -91,11 +92,9 @@ def welch_power(delta: float, variances: list[float], sizes: list[int],
 
 def power_of(terms: list[tuple[float, list[float]]], power: float = POWER,
              alpha: float = ALPHA, most: int = 1000) -> tuple[float, float]:
-    """(the smallest |contrast| these seeds detect with `power`, the seeds a side — the same in
-    every group — that would detect a contrast of the size observed with `power`; inf when more
-    than `most`). NaN, NaN where the contrast has no test (a group with < 2 values, no spread)."""
-    if any(len(values) < 2 for _, values in terms) or \
-            all(np.ptp(values) == 0 for _, values in terms):
+    """(the smallest |contrast| detected with `power`, the seeds a side detecting one of the size
+    observed; inf above `most`); NaN, NaN where there is no test."""
+    if untestable(terms):
         return math.nan, math.nan
     variances = [w * w * float(np.var(values, ddof=1)) for w, values in terms]
     sizes = [len(values) for _, values in terms]
@@ -121,8 +120,7 @@ def power_of(terms: list[tuple[float, list[float]]], power: float = POWER,
 
 
 def epochs_to_target(runs: pd.DataFrame, target: float | None) -> pd.Series:
-    """Per run, the first epoch (counted from 1) whose validation accuracy reaches `target`;
-    NaN if none (or no target)."""
+    """Per run, the first epoch (from 1) whose val acc reaches `target`; NaN if none."""
     table = curves(runs)
     hit = table[table["val/acc"] >= (math.inf if target is None else target)]
     first = hit.groupby("job", sort=False)["epoch"].min() + 1
@@ -130,8 +128,8 @@ def epochs_to_target(runs: pd.DataFrame, target: float | None) -> pd.Series:
 
 
 def summary(runs: pd.DataFrame, keys: list[str], targets: dict[str, float]) -> pd.DataFrame:
-    """summary.csv: a row per group (`keys`): ok seeds, mean (and sample std, ddof=1) of the
-    ok runs' numbers, epochs to the dataset's target, job counts by outcome, missing seeds."""
+    """summary.csv: per group, the ok runs' means (and stds, ddof=1), epochs to target, job
+    counts by outcome, missing seeds."""
     seeds = set(runs["seed"]) if "seed" in runs else {None}
     rows = []
     for key, group in groups(runs, keys):
@@ -163,10 +161,8 @@ def values(runs: pd.DataFrame | None, quantity: str = "final_val_acc") -> list[f
 
 
 def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
-    """verdicts.csv: per comparison (dataset, optim, every other varying setting) and compared
-    pair, the ok seeds, mean final validation accuracies and treatment − baseline with its
-    Welch p-value, 95 % interval, verdict (`comparison_word`) and power (`power_of`), and each
-    side's diverged runs. A side with no ok run leaves its mean empty."""
+    """verdicts.csv: per comparison and compared pair, the ok seeds, mean final val accs,
+    treatment − baseline with Welch's p, 95% interval, verdict, power, diverged runs."""
     rows = []
     for ckey, by_norm in settings(runs):
         for treatment, baseline in pairs:
@@ -195,8 +191,7 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
 
 def sweep_panels(runs: pd.DataFrame, keys: list[str], hparam: str
                  ) -> dict[str, dict[tuple, dict[str, dict]]]:
-    """The groups by dataset, then panel (the key without dataset, norm and `hparam`: the optim
-    and any other varying hparam), then norm, then value of `hparam`, ascending."""
+    """The groups by dataset, panel (the key but dataset, norm, `hparam`), norm, `hparam` value."""
     known = [(k, g) for k, g in groups(runs, keys) if dict(k).get(hparam) is not None]
     out: dict[str, dict[tuple, dict]] = {}
     for key, group in sorted(known, key=lambda item: float(dict(item[0])[hparam])):
@@ -208,7 +203,7 @@ def sweep_panels(runs: pd.DataFrame, keys: list[str], hparam: str
 
 
 def point_means(by_norm: dict[str, dict]) -> dict[str, dict]:
-    """Per norm and swept value whose runs all finished ok, their mean final validation accuracy."""
+    """Per norm and swept value whose runs all finished ok, their mean final val acc."""
     return {norm: {value: float(np.mean(values(g))) if values(g) else math.nan
                    for value, g in by_value.items() if (g["outcome"] == "ok").all()}
             for norm, by_value in by_norm.items()}
@@ -216,9 +211,8 @@ def point_means(by_norm: dict[str, dict]) -> dict[str, dict]:
 
 def usable_values(by_norm: dict[str, dict],
                   within: float = USABLE_WITHIN) -> tuple[float, dict[str, list]]:
-    """The panel's best mean final validation accuracy, and per norm its usable swept values:
-    every run there finished ok (none diverged, failed or unfinished) and their mean final
-    validation accuracy is at most `within` (0.05: 5 points) below that best."""
+    """The panel's best mean final val acc, and per norm its usable values: all runs ok, their
+    mean at most `within` below that best."""
     means = point_means(by_norm)
     best = max((m for by_value in means.values() for m in by_value.values() if not math.isnan(m)),
                default=math.nan)

@@ -1,12 +1,6 @@
-"""The declared claim parts decided on the tables: each part's groups, Welch contrast, verdict
-(`stats.decide`, the one rule) and power; C5's time table and C6's tuned runs.
-
-A part is a contrast Σ weight × mean(quantity over a group's ok runs), or a rule every seed
-must meet. Fewer than `MIN_SEEDS` ok runs in a group: **cannot tell**; a contrast otherwise
-takes `stats.decide`'s verdict; a rule holds when every seed meets it, does not hold when none
-does, else cannot tell. A claim holds when all its parts hold, does not hold when any part does
-not, and otherwise cannot tell.
-"""
+"""The claim parts decided on the tables (groups, Welch contrast, `stats.decide`, power); C5's
+time table and C6's tuned runs. Below `MIN_SEEDS` ok runs a group cannot tell; a rule part
+holds when every seed meets it, not when none does; a claim holds when all its parts do."""
 
 from __future__ import annotations
 
@@ -48,13 +42,9 @@ class Result:
     def part(self) -> str:
         return self.declared.part
 
-    @property
-    def estimate(self) -> float:
-        return self.test.estimate
-
 
 def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
-    """The quantity of each ok run the term selects, NaN left out, in seed order."""
+    """The term's ok runs' `quantity`, NaN left out, in seed order."""
     chosen = table[term.selects(table)]
     if "outcome" in chosen:
         chosen = chosen[chosen["outcome"] == "ok"]
@@ -91,8 +81,7 @@ def run_part(part: Part, table: pd.DataFrame) -> Result:
 
 
 def evaluate(parts: list[Part], tables: dict[str, pd.DataFrame]) -> list[Result]:
-    """The declared parts whose every group has runs (of any outcome) in their source table,
-    tested."""
+    """The parts whose every group has runs in their source table, tested."""
     results = []
     for part in parts:
         table = tables.get(part.source)
@@ -118,16 +107,15 @@ def claim_verdicts(results: list[Result]) -> dict[str, str]:
 
 
 def val_acc_within(history: list[dict], epoch_cost: float, budget: float) -> float:
-    """The validation accuracy at the last epoch that ends within `budget`, each epoch costing
-    `epoch_cost` (both in baseline epochs); NaN when not even the first one does."""
+    """Val acc at the last epoch ending within `budget`, an epoch costing `epoch_cost` (in
+    baseline epochs); NaN when none does."""
     done = [row for i, row in enumerate(history) if (i + 1) * epoch_cost <= budget + 1e-9]
     return num(done[-1].get("val/acc")) if done else math.nan
 
 
 def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """The runs with C5's quantities `val_acc_at_<share>`: each norm's validation accuracy at a
-    share of the no-BN runs' training time, a BN epoch costing `ratios[dataset, optim]` no-BN
-    epochs (pairs without a ratio are left out)."""
+    """The runs with C5's `val_acc_at_<share>`: val acc at a share of no BN's training time, a
+    BN epoch costing `ratios[dataset, optim]` no-BN epochs (pairs without one left out)."""
     parts = []
     for (dataset, optim), ratio in ratios.items():
         mine = runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)]
@@ -141,8 +129,7 @@ def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.D
 
 
 def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """C6's runs: the seed re-runs of each cell's best setting that `SWEEP/tuning.json` lists
-    (`experiment=tuned`), and the tuning record itself ({} without one)."""
+    """C6's runs (the re-runs `SWEEP/tuning.json` lists) and that record ({} without one)."""
     path = Path(sweep_dir) / TUNING_FILE
     if not path.is_file():
         return runs.iloc[:0], {}
@@ -153,9 +140,8 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
 def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]
                     ) -> tuple[list[Result], dict]:
-    """The curve and time claims' results of one setting's runs, and its step costs by pair.
-    A time part whose verdict differs between the clock's ratio (each side's fastest block)
-    and its rounds' median ratio is left to the noise: cannot tell, both ratios named."""
+    """One setting's curve and time claims, and its step costs; a time part whose verdict the
+    rounds' median ratio would flip cannot tell."""
     parts = declare(study_order(set(runs["dataset"])))
     timed = [p for p in parts if p.source == "time"]
     measured = costs(runs) if timed else {}

@@ -13,9 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from bnstudy.report import sections as S
+import bnstudy.report.sections as S
 from bnstudy.report.answer import answer_section
-from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES, mean_curve
+from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
 from bnstudy.report.picture_section import pictures_section
 from bnstudy.report.render import claim_rows, write_csv
 from bnstudy.report.runs import (
@@ -24,7 +24,6 @@ from bnstudy.report.runs import (
     group_keys,
     load_runs,
     never_started,
-    ok,
     settings,
 )
 from bnstudy.report.stats import ALPHA, SWEEPS, summary, verdicts
@@ -60,62 +59,31 @@ def figure_png(fig: Figure) -> bytes:
     import matplotlib.pyplot as plt  # here: `bnstudy.report.figures` picks the Agg backend
 
     buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    finally:
-        plt.close(fig)
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    plt.close(fig)
     return buffer.getvalue()
 
 
-def png_pixels(png: bytes) -> np.ndarray:
-    """A PNG's pixels as PIL decodes them: (H, W, C) uint8 (RGBA for matplotlib's)."""
-    with Image.open(io.BytesIO(png)) as image:
-        return np.asarray(image)
-
-
-def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
-                  curves: dict | None = None) -> None:
-    """Each figure as `<name>.png`; them, the report text (its images named, not embedded:
-    TensorBoard cannot serve the files) and the margin charts of `curves` (see
-    `bnstudy.dashboard.write_margin_charts`) as TensorBoard events in `out` (an earlier
-    report's figures and events go first, so none is left stale or shown twice). Each figure
-    is drawn once (`figure_png`): the file holds those PNG bytes and TensorBoard their
-    decoded pixels, so the two are the same picture; the figures are closed."""
+def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
+    """Each figure as `out/<name>.png` and, as the very pixels of that PNG, a TensorBoard image;
+    the report text (images named, not embedded) too. An earlier report's figures and events
+    go first; the figures are closed."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
-
-    from bnstudy.dashboard import write_margin_charts
 
     stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time_*.png",
              *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
-    for pattern in stale:
-        for old in out.glob(pattern):
-            old.unlink()
+    for old in (old for pattern in stale for old in out.glob(pattern)):
+        old.unlink()
     with SummaryWriter(log_dir=str(out)) as writer:
         for name, fig in figures.items():
             png = figure_png(fig)
             (out / f"{name}.png").write_bytes(png)
             kind = next((k for k in SWEEPS if name.startswith(f"{k}_")), name.split("_")[0])
-            writer.add_image(f"{kind}/{name[len(kind) + 1:]}", png_pixels(png),
-                             dataformats="HWC")
+            with Image.open(io.BytesIO(png)) as image:
+                writer.add_image(f"{kind}/{name[len(kind) + 1:]}", np.asarray(image),
+                                 dataformats="HWC")
         writer.add_text("report", re.sub(r"!\[([^\]]*)\]\(([^)]+)\.png\)",
                                          r"*(figure `\2`: see the Images tab)*", markdown))
-        if curves:
-            write_margin_charts(writer, curves)
-
-
-def margin_curves(runs: pd.DataFrame) -> dict[str, dict[str, dict]]:
-    """Per dataset-optim pair (other varying settings appended), per norm, per compared
-    metric: (epochs, mean, std) over the ok seeds, for TensorBoard's margin charts."""
-    from bnstudy.dashboard import COMPARED, pair_name
-
-    out: dict[str, dict[str, dict]] = {}
-    for ckey, by_norm in settings(runs):
-        values = dict(ckey)
-        pair = "-".join([pair_name(values["dataset"], values["optim"]),
-                         *(f"{k}{v}" for k, v in ckey if k not in ("dataset", "optim"))])
-        out[pair] = {norm: {m: mean_curve(ok(g), m) for m in COMPARED}
-                     for norm, g in by_norm.items() if not ok(g).empty}
-    return out
 
 
 def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
@@ -161,5 +129,8 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     markdown = report_markdown(sweep_dir, runs, S.summary_table(table, keys), sections,
                                never_started(sweep_dir), answer_section(verdict_table, results))
     (out / "report.md").write_text(markdown)
-    write_figures(figures, markdown, out, margin_curves(runs))
+    write_figures(figures, markdown, out)
+    from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs  # here: imports lightning
+
+    refresh_mean_runs(sweep_dir, root=out / MEAN_DIR)  # margin charts: mean ± std over seeds
     return out / "report.md"
