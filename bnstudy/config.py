@@ -59,6 +59,7 @@ class CNNSchema(MLPSchema):
 class ModelSchema:
     _target_: str = MISSING
     net: Any = MISSING  # MLPSchema or CNNSchema, placed by the model option's defaults
+    steps_per_call: int = 1  # minibatches per training_step (bnstudy.model.Classifier)
 
 
 @dataclass
@@ -279,6 +280,7 @@ def validate(cfg: DictConfig) -> None:
         ("trainer.max_epochs", cfg.trainer.max_epochs, _count, integer),
         ("model.net.hidden_dim", cfg.model.net.hidden_dim, _count, integer),
         ("model.net.depth", cfg.model.net.depth, _count, integer),
+        ("model.steps_per_call", cfg.model.steps_per_call, _count, integer),
         ("dataset.val_size", cfg.dataset.val_size,
          lambda v: _number(v) and (0 < v < 1 or (v >= 1 and float(v).is_integer())),
          "a fraction in (0, 1) or a whole count >= 1"),

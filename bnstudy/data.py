@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 class TensorPairs(Dataset):
     """Inputs and targets held as two tensors; indexed with a tensor of indices it gives one
-    minibatch `(x, y)`."""
+    minibatch `(x, y)`, with a list of them a list of minibatches (`Classifier.steps_per_call`)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
@@ -41,6 +41,8 @@ class TensorPairs(Dataset):
         return len(self.y)
 
     def __getitem__(self, index):
+        if isinstance(index, list):
+            return [(self.x[i], self.y[i]) for i in index]
         return self.x[index], self.y[index]
 
     def to(self, device: torch.device) -> TensorPairs:
@@ -55,13 +57,15 @@ class EpochBatchSampler(Sampler):
     process of rank r takes every `num_replicas`-th sample of the order from r on; when
     shuffling, all take the same number (the remainder is left out this epoch), so they step
     in lockstep. When shuffling, a last minibatch of a single sample is dropped (BatchNorm
-    cannot normalise over one sample).
+    cannot normalise over one sample). With `bundle` K > 1 it yields lists of K index tensors
+    (the last may be shorter): one Lightning batch for a module that trains K minibatches a
+    `training_step`.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 num_replicas: int = 1, rank: int = 0, bundle: int = 1) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.num_replicas, self.rank = num_replicas, rank
+        self.num_replicas, self.rank, self.bundle = num_replicas, rank, bundle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,10 +78,14 @@ class EpochBatchSampler(Sampler):
             return self.n // self.num_replicas
         return len(range(self.rank, self.n, self.num_replicas))
 
-    def __len__(self) -> int:
+    @property
+    def num_minibatches(self) -> int:
         n = self.num_samples
         single_last = self.shuffle and n > 1 and n % self.batch_size == 1
         return -(-n // self.batch_size) - single_last
+
+    def __len__(self) -> int:
+        return -(-self.num_minibatches // self.bundle)
 
     def __iter__(self):
         # A generator: the order is drawn at the first batch, not when the iterator is made,
@@ -88,7 +96,12 @@ class EpochBatchSampler(Sampler):
         else:
             order = torch.arange(self.n)
         mine = order[self.rank :: self.num_replicas][: self.num_samples]
-        yield from mine.split(self.batch_size)[: len(self)]
+        minibatches = mine.split(self.batch_size)[: self.num_minibatches]
+        if self.bundle == 1:
+            yield from minibatches
+        else:
+            for start in range(0, len(minibatches), self.bundle):
+                yield list(minibatches[start : start + self.bundle])
 
 
 class OrderedBatchSampler(EpochBatchSampler, SequentialSampler):
@@ -101,10 +114,10 @@ class OrderedBatchSampler(EpochBatchSampler, SequentialSampler):
 
 
 def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
-            num_replicas: int = 1, rank: int = 0) -> DataLoader:
+            num_replicas: int = 1, rank: int = 0, bundle: int = 1) -> DataLoader:
     """A DataLoader that slices whole minibatches out of in-memory tensors (no per-sample
     collation), this process's share of them (see `EpochBatchSampler`)."""
-    sampler = (EpochBatchSampler(len(data), batch_size, True, seed, num_replicas, rank)
+    sampler = (EpochBatchSampler(len(data), batch_size, True, seed, num_replicas, rank, bundle)
                if shuffle else OrderedBatchSampler(len(data), batch_size, num_replicas, rank))
     return DataLoader(data, sampler=sampler, batch_size=None)
 
@@ -220,7 +233,8 @@ class TensorDataModule(L.LightningDataModule):
         """Lightning's hook. A minibatch is a slice of tensors `setup` already put on the
         device: handed on as it is, without the generic walk through the batch (about 35 µs a
         step on a CPU, 2-3 % of a small MLP's step); anything else is moved as usual."""
-        if all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+        pairs = batch if isinstance(batch, list) else [batch]
+        if all(isinstance(t, torch.Tensor) and t.device == device for p in pairs for t in p):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
@@ -259,7 +273,8 @@ class TensorDataModule(L.LightningDataModule):
         shard = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if train:  # in order with `trainer.overfit_batches`: the same few batches each epoch
             overfit = trainer is not None and trainer.overfit_batches > 0
-            return batches(data, self.batch_size, not overfit, self.seed, *shard)
+            bundle = getattr(trainer and trainer.lightning_module, "minibatches_per_step", 1)
+            return batches(data, self.batch_size, not overfit, self.seed, *shard, bundle)
         return batches(data, self.eval_batch_size, False, 0, *shard)
 
     def train_dataloader(self) -> DataLoader:

@@ -203,3 +203,48 @@ def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_data, tmp_path):
         acc = (model(x).argmax(-1) == y).float().mean().item()
     recorded = json.loads((tmp_path / "metrics.json").read_text())["test"]["acc"]
     assert acc == pytest.approx(recorded, abs=1e-6)
+
+
+def k_fit(tiny_data, out, k: int, **flags) -> dict:
+    """A 2-epoch fit with `steps_per_call=k`, its test and its checkpoint: everything a run
+    leaves (history, TensorBoard scalars, test figures, weights and optimizer state)."""
+    from helpers import scalar_tags
+
+    from bnstudy.callbacks import DivergenceGuard, MetricsHistory
+
+    L.seed_everything(0, verbose=False)
+    model = make_classifier("bn", lr=0.1)
+    model.steps_per_call = k
+    history = MetricsHistory(out / "metrics.json")
+    data, model, trainer = tiny_fit(tiny_data, out, model=model, max_epochs=2,
+                                    callbacks=[history, DivergenceGuard()], log_every_n_steps=3,
+                                    **flags)
+    test = trainer.test(model, datamodule=data, verbose=False)
+    trainer.save_checkpoint(out / "last.ckpt")
+    ckpt = torch.load(out / "last.ckpt", weights_only=False)
+    return {"lightning_batches": trainer.num_training_batches, "steps": trainer.global_step,
+            "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history.history],
+            "scalars": {tag: scalars(out, tag) for tag in sorted(scalar_tags(out))},
+            "test": test, "weights": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"],
+            "clip": trainer.gradient_clip_val}
+
+
+@pytest.mark.parametrize("flags,bundled", [
+    ({"gradient_clip_val": 0.05}, True),
+    ({"max_steps": 6}, True),  # stops inside the second call of 4
+    ({"accumulate_grad_batches": 3}, False),  # falls back to K = 1, and says so
+], ids=["gradient_clip_val", "max_steps", "accumulate_grad_batches"])
+def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, caplog, flags,
+                                                           bundled):
+    one = k_fit(tiny_data, tmp_path / "k1", 1, **flags)
+    with caplog.at_level("INFO", logger="bnstudy.model"):
+        four = k_fit(tiny_data, tmp_path / "k4", 4, **flags)
+    assert four.pop("lightning_batches") == (3 if bundled else 11)  # 11 minibatches an epoch
+    assert one.pop("lightning_batches") == 11
+    assert ("falls back to 1" in caplog.text) != bundled
+    assert four["scalars"]["train/loss_step"] and four["history"]
+    a, b = (dict(torch.utils._pytree.tree_flatten_with_path(run)[0]) for run in (one, four))
+    assert a.keys() == b.keys()
+    for path, value in a.items():  # bit for bit: weights, optimizer state, every figure
+        same = torch.equal(value, b[path]) if torch.is_tensor(value) else value == b[path]
+        assert same, path
