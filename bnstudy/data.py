@@ -1,8 +1,9 @@
 """LightningDataModules for MNIST and CIFAR-10, held in memory as normalised tensors.
 
 Files in torchvision's on-disk layout are read by `bnstudy.datafiles` and downloaded with
-torchvision when missing and `download` is true. Each split is decoded once into one tensor;
-batches are slices of it, in an order that depends only on `seed` and the epoch; under DDP
+torchvision when missing and `download` is true. Each split is decoded and normalised into one
+tensor once per process (`prepared`: the jobs a worker runs one after another share it, a
+changed file is read again); batches are slices of it, in an order that depends only on `seed` and the epoch; under DDP
 each process serves its own share (Lightning's `use_distributed_sampler` is off: see
 `EpochBatchSampler`).
 """
@@ -10,6 +11,7 @@ each process serves its own share (Lightning's `use_distributed_sampler` is off:
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +30,16 @@ from bnstudy.datafiles import (
 from bnstudy.errors import DataError
 
 log = logging.getLogger(__name__)
+KEEP = 4  # splits kept per process (the study: 2 datasets x their training and test files)
+_prepared: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+counts = {"read": 0, "reused": 0}  # splits this process read and reused
+
+
+def _stamp(path: Path) -> tuple:
+    """What tells a file from a changed one: its path, size, modification time and inode
+    (cheap where a checksum would read every byte in every job)."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 class TensorPairs(Dataset):
@@ -214,11 +226,10 @@ class TensorDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            x, y = self.read_split(train=True)
-            self.train_set, self.val_set = self._split(self.normalise(x), y)
+            x, y, x_val, y_val = self.prepared(train=True)
+            self.train_set, self.val_set = TensorPairs(x, y), TensorPairs(x_val, y_val)
         if self.test_set is None and stage in (None, "test"):
-            x, y = self.read_split(train=False)
-            self.test_set = TensorPairs(self.normalise(x), y)
+            self.test_set = TensorPairs(*self.prepared(train=False))
         device = self._device()
         for attr in ("train_set", "val_set", "test_set"):
             data = getattr(self, attr)
@@ -262,11 +273,36 @@ class TensorDataModule(L.LightningDataModule):
             )
         return train, val
 
-    def _split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[TensorPairs, TensorPairs]:
-        n_train, n_val = self.split_sizes(len(y))
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = order[:n_val], order[n_val : n_val + n_train]
-        return TensorPairs(x[train_idx], y[train_idx]), TensorPairs(x[val_idx], y[val_idx])
+    def prepared(self, train: bool) -> tuple[torch.Tensor, ...]:
+        """Normalised `(x, y)` of the test files, or `(x, y, x_val, y_val)` split from the
+        training files: kept for the process (the last `KEEP`), keyed by the dataset, the
+        split's settings and each file's `_stamp`; a copy each call (a job may change its
+        tensors). A missing file or an error is never kept: reading reports it."""
+        settings = (self.val_size, self.train_size, self.split_seed) if train else ()
+        try:
+            key = (type(self).__name__, train, getattr(self, "verify_checksums", None),
+                   *settings, *map(_stamp, self.files(train)))
+        except OSError:
+            key = None
+        if key in _prepared:
+            _prepared.move_to_end(key)
+            counts["reused"] += 1
+        else:
+            x, y = self.read_split(train)
+            tensors = (self.normalise(x), y)
+            if train:
+                n_train, n_val = self.split_sizes(len(y))
+                gen = torch.Generator().manual_seed(self.split_seed)
+                order = torch.randperm(len(y), generator=gen)
+                val, rest = order[:n_val], order[n_val : n_val + n_train]
+                tensors = (tensors[0][rest], y[rest], tensors[0][val], y[val])
+            counts["read"] += 1
+            if key is None:
+                return tensors
+            _prepared[key] = tensors
+            while len(_prepared) > KEEP:
+                _prepared.popitem(last=False)
+        return tuple(t.clone() for t in _prepared[key])
 
     def _loader(self, data: TensorPairs, train: bool) -> DataLoader:
         trainer = getattr(self, "trainer", None)

@@ -1,7 +1,7 @@
 """The plain PyTorch process of `python -m bnstudy.bench study`: a study's runs, one after
 another in one process, the way a researcher's script would train them.
 
-    python -m bnstudy.bench plain RUNS.json RESULTS.json [--threads N]
+    python -m bnstudy.bench plain RUNS.json RESULTS.json [--threads N] [--share I/N]
 
 RUNS.json (`bnstudy.bench.study.plain_runs` writes it from a finished sweep) lists each run's
 data (how to read its files, the channel mean and std, the split), network and optimizer
@@ -18,6 +18,7 @@ Lightning, Hydra or TensorBoard.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import time
@@ -33,13 +34,18 @@ def target(path: str):
 
 
 def read(source: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images and labels of a split (decoded once per process: `bnstudy.datafiles`):
-    `source` is {"idx": root, "torchvision_class": ..., "train": ...} (MNIST's files) or
-    {"cifar": [batch files]}."""
+    """uint8 images and labels of a split, decoded once per process: `source` is {"idx": root,
+    "torchvision_class": ..., "train": ...} (MNIST's files) or {"cifar": [batch files]}."""
+    return _read(json.dumps(source, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _read(key: str) -> tuple[torch.Tensor, torch.Tensor]:
     from pathlib import Path
 
     from bnstudy import datafiles
 
+    source = json.loads(key)
     if "cifar" in source:
         return datafiles.read_cifar_batches([Path(p) for p in source["cifar"]])
     import torchvision.datasets
@@ -118,11 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("results", help="where to write each run's figures (JSON)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's, all cores)")
+    parser.add_argument("--share", default="0/1", help="I/N: the runs I, I+N, I+2N, ... only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    share, of = map(int, args.share.split("/"))
     with open(args.runs) as f:
-        runs = json.load(f)
+        runs = json.load(f)[share::of]
     started = time.perf_counter()
     results = [train(run) for run in runs]
     with open(args.results, "w") as f:
