@@ -1,11 +1,11 @@
 """LightningDataModules for MNIST and CIFAR-10, held in memory as normalised tensors.
 
 Files in torchvision's on-disk layout are read by `bnstudy.datafiles` and downloaded with
-torchvision when missing and `download` is true. Each split is decoded and normalised into one
-tensor once per process (`prepared`: the jobs a worker runs one after another share it, a
-changed file is read again); batches are slices of it, in an order that depends only on `seed` and the epoch; under DDP
-each process serves its own share (Lightning's `use_distributed_sampler` is off: see
-`EpochBatchSampler`).
+torchvision when missing and `download` is true. Each split is decoded and normalised into
+one tensor once per process (`prepared`: the jobs a worker runs one after another share it;
+a changed file is read again); batches are slices of it, in an order that depends only on
+`seed` and the epoch; under DDP each process serves its own share (Lightning's
+`use_distributed_sampler` is off: see `EpochBatchSampler`).
 """
 
 from __future__ import annotations

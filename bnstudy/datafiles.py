@@ -16,6 +16,7 @@ from torchvision.datasets.utils import check_integrity
 
 from bnstudy.errors import DataError
 
+
 def mnist_folder(dataset: type[MNIST]) -> str:
     """Where torchvision keeps the IDX files of `dataset` (MNIST or a subclass) under its root."""
     return f"{dataset.__name__}/raw"

@@ -176,29 +176,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study: python -m bnstudy.train -m {' '.join(overrides)}")
         print(f"machine: {machine()}")
         study = [sys.executable, "-m", "bnstudy.train", "-m", *overrides]
-        times: dict[str, list[float]] = {}
+        times: dict[str, list[float]] = {"study": []}
         for round_ in range(args.repeats):
             if round_ == 0:  # the first study tells the runs and the launcher's workers
-                times["study"] = [timed([[*study, f"hydra.sweep.dir={first}"]], work / "log")]
+                times["study"].append(timed([[*study, f"hydra.sweep.dir={first}"]], work / "log"))
                 runs.write_text(json.dumps(plain_runs(first)))
                 n = workers(first)
-                sides = {"study": lambda r: [[*study, f"hydra.sweep.dir={work}/study{r}"]],
-                         f"plain x{n}": lambda r: plain_commands(runs, results, n, 1),
-                         "plain x1": lambda r: plain_commands(runs, work / "old", 1, cores)}
-                order = list(sides)[1:]
-            else:
-                order = list(sides)[round_ % 3:] + list(sides)[:round_ % 3]
-            for side in order:
-                times.setdefault(side, []).append(timed(sides[side](round_), work / "log"))
-            print(f"round {round_ + 1} ({', '.join(order if round_ else ['study', *order])}): "
-                  + ", ".join(f"{s} {t[-1]:.1f} s" for s, t in times.items())
-                  + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+                sides = {"study": None, f"plain {n}x1": (n, 1), f"plain 1x{cores}": (1, cores)}
+                label = {f"plain {n}x1": f"{n} plain process(es), 1 thread each",
+                         f"plain 1x{cores}": f"1 plain process, {cores} threads (former baseline)"}
+                times |= {side: [] for side in sides}
+            order = [*sides][round_ % 3:] + [*sides][:round_ % 3]
+            for side in order[1:] if round_ == 0 else order:
+                commands = ([[*study, f"hydra.sweep.dir={work}/study{round_}"]]
+                            if side == "study" else
+                            plain_commands(runs, results if side != f"plain 1x{cores}"
+                                           else work / "old", *sides[side]))
+                times[side].append(timed(commands, work / "log"))
+            print(f"round {round_ + 1}: "
+                  + ", ".join(f"{side} {t[-1]:.1f} s" for side, t in times.items())
+                  + f" (load {os.getloadavg()[0]:.1f}; order: {' > '.join(order)})", flush=True)
         print(f"{len(json.loads(runs.read_text()))} runs, medians of {args.repeats} rounds:")
-        print(f"  the study ({n} jobs at a time)         {statistics.median(times['study']):6.1f} s")
-        for side, what in ((f"plain x{n}", f"{n} plain process(es), 1 thread each"),
-                           ("plain x1", f"1 plain process, {cores} threads (former baseline)")):
+        print(f"  {'the study (' + str(n) + ' jobs at a time)':52s} "
+              f"{statistics.median(times['study']):6.1f} s")
+        for side in [*sides][1:]:
             ratios = [s / p for s, p in zip(times["study"], times[side], strict=True)]
-            print(f"  {what:38s} {statistics.median(times[side]):6.1f} s   study / it "
+            print(f"  {label[side]:52s} {statistics.median(times[side]):6.1f} s   study / it "
                   f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})")
         print(f"same runs: final val acc, study vs {n} plain process(es) at 1 thread, differ by "
               f"at most {largest_difference(first, plain_results(results, n)):.2f} points")
