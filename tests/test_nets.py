@@ -142,16 +142,20 @@ def test_cnn_norms_standardise_over_the_right_axes():
 
 
 def test_unknown_norm_is_refused():
-    with pytest.raises(ValueError, match="norm='group'"):
-        make("group")
-    with pytest.raises(ValueError, match="norm='group'"):
-        make_cnn("group")
+    with pytest.raises(ValueError, match="norm='instance'"):
+        make("instance")
+    with pytest.raises(ValueError, match="norm='instance'"):
+        make_cnn("instance")
 
 
 def test_the_norm_registry_builds_every_named_layer():
-    """One table names the norms for model, config check and report."""
-    assert list(NORMS) == ["bn", "layer", "none"]
+    """One table names the norms for model, config check and report; GroupNorm takes up to
+    32 groups, as many as divide the units."""
+    assert list(NORMS) == ["bn", "layer", "none", "group"]
     for name, (flat, spatial) in {"bn": (nn.BatchNorm1d, nn.BatchNorm2d),
                                   "layer": (nn.LayerNorm, nn.GroupNorm),
-                                  "none": (nn.Identity, nn.Identity)}.items():
+                                  "none": (nn.Identity, nn.Identity),
+                                  "group": (nn.GroupNorm, nn.GroupNorm)}.items():
         assert type(make_norm(name, 4)) is flat and type(make_norm(name, 4, True)) is spatial
+    assert make_norm("group", 256).num_groups == 32 and make_norm("group", 48).num_groups == 16
+    assert make_norm("layer", 64, spatial=True).num_groups == 1
