@@ -150,25 +150,15 @@ class TensorDataModule(L.LightningDataModule):
     std: tuple[float, ...]
     classes: tuple[str, ...]
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 64,
-        val_size: float | int = 0.1,
-        train_size: int | None = None,
-        eval_batch_size: int = 1000,
-        split_seed: int = 0,
-        seed: int = 0,
-        download: bool = True,
-    ) -> None:
+    def __init__(self, data_dir: str | Path, batch_size: int = 64, val_size: float | int = 0.1,
+                 train_size: int | None = None, eval_batch_size: int = 1000, split_seed: int = 0,
+                 seed: int = 0, download: bool = True) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size = val_size, train_size
         self.split_seed, self.seed, self.download = split_seed, seed, download
-        self.train_set: TensorPairs | None = None
-        self.val_set: TensorPairs | None = None
-        self.test_set: TensorPairs | None = None
+        self.train_set = self.val_set = self.test_set = None  # TensorPairs after `setup`
 
     @property
     def num_classes(self) -> int:
@@ -193,10 +183,8 @@ class TensorDataModule(L.LightningDataModule):
         if not missing:
             return
         where = ", ".join(str(p) for p in missing)
-        fix = (
-            f"Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
-            f"that holds {self.folder}/"
-        )
+        fix = ("Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
+               f"that holds {self.folder}/")
         if not self.download:
             raise DataError(
                 f"{self.name}: files not found: {where}; download is disabled "

@@ -48,6 +48,7 @@ class Classifier(L.LightningModule):
         ("overfit_batches", lambda t: t.overfit_batches == 0),
         ("precision", lambda t: t.precision == "32-true"),
         ("devices", lambda t: t.world_size == 1),
+        ("max_time", lambda t: not any(type(c).__name__ == "Timer" for c in t.callbacks)),
     )
 
     def __init__(self, net: nn.Module | Mapping, num_classes: int,
