@@ -330,7 +330,8 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
 STUDY_KEYS = ("dataset", "model", "depth", "norm", "optim", "seed", "lr", "batch_size",
               "hidden_dim", "max_epochs")
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
-                "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.")
+                "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.",
+                "model.steps_per_call")  # the same results for any K
 
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,

@@ -123,6 +123,17 @@ class Classifier(L.LightningModule):
             self.trainer.gradient_clip_val = self._plan[2][0]
             self._plan = (*self._plan[:2], None)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint written with any K resumes with any K: Lightning counts optimizer steps
+        in one counter under automatic optimization (K = 1) and in another under manual; both
+        get the steps taken."""
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        auto = loops.get("epoch_loop.automatic_optimization.optim_progress", {})
+        manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
+        if "optimizer" in auto and manual:
+            steps = max((auto["optimizer"]["step"], manual), key=lambda p: p["total"]["completed"])
+            auto["optimizer"]["step"] = manual.update(steps) or dict(steps)
+
     # -- training ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

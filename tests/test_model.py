@@ -248,3 +248,23 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
     for path, value in a.items():  # bit for bit: weights, optimizer state, every figure
         same = torch.equal(value, b[path]) if torch.is_tensor(value) else value == b[path]
         assert same, path
+
+
+@pytest.mark.parametrize("first,then", [(1, 4), (4, 1)])
+def test_a_run_resumes_exactly_with_another_k(tiny_data, tmp_path, first, then):
+    """A checkpoint of K = 1 resumes with K = 4 and the other way round: the uninterrupted
+    run's steps and weights (Lightning counts steps in one counter per optimization mode)."""
+    def fit(k: int, epochs: int, ckpt=None):
+        L.seed_everything(0, verbose=False)
+        model = make_classifier("bn", lr=0.1)
+        model.steps_per_call = k
+        return tiny_fit(tiny_data, model=model, max_epochs=epochs, limit_val_batches=0,
+                        ckpt_path=ckpt)
+
+    _, _, trainer = fit(first, 1)
+    trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
+    _, resumed, trainer = fit(then, 2, tmp_path / "epoch1.ckpt")
+    _, straight, _ = fit(1, 2)
+    assert trainer.global_step == 22
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
