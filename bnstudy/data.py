@@ -23,6 +23,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 from bnstudy.datafiles import (
     mnist_files,
     mnist_folder,
+    normalised,
     read_cifar_batches,
     read_mnist,
     unofficial_cifar_batches,
@@ -69,9 +70,8 @@ class EpochBatchSampler(Sampler):
     process of rank r takes every `num_replicas`-th sample of the order from r on; when
     shuffling, all take the same number (the remainder is left out this epoch), so they step
     in lockstep. When shuffling, a last minibatch of a single sample is dropped (BatchNorm
-    cannot normalise over one sample). With `bundle` K > 1 it yields lists of K index tensors
-    (the last may be shorter): one Lightning batch for a module that trains K minibatches a
-    `training_step`.
+    cannot normalise over one sample). With `bundle` K > 1 it yields lists of K (the last may
+    be fewer): one Lightning batch for `Classifier.steps_per_call`.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0,
@@ -117,9 +117,8 @@ class EpochBatchSampler(Sampler):
 
 
 class OrderedBatchSampler(EpochBatchSampler, SequentialSampler):
-    """An `EpochBatchSampler` that does not shuffle. It is also a `SequentialSampler`, which
-    is what Lightning's `overfit_batches` asks a training loader for: Lightning keeps it
-    instead of swapping in a sampler of single samples."""
+    """An `EpochBatchSampler` that does not shuffle; a `SequentialSampler` too, which Lightning's
+    `overfit_batches` keeps instead of swapping in a sampler of single samples."""
 
     def __init__(self, n: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(n, batch_size, False, 0, num_replicas, rank)
@@ -138,10 +137,9 @@ class TensorDataModule(L.LightningDataModule):
     """Base for the image datamodules: decode once, normalise, split, serve in-memory batches.
 
     Subclasses set the class attributes and implement `files`, `fetch` and `read_split`.
-    `val_size` is a count, or a fraction of the training files when below 1;
-    `train_size` caps the training split (None: everything not used for validation).
-    Loaders yield minibatches `(x, y)` sliced from tensors on the trainer's device.
-    """
+    `val_size` is a count, or a fraction of the training files when below 1; `train_size` caps
+    the training split (None: the rest). Loaders yield minibatches `(x, y)` sliced from
+    tensors on the trainer's device (lists of K of them for `Classifier.steps_per_call`)."""
 
     name: str
     folder: str
@@ -218,15 +216,12 @@ class TensorDataModule(L.LightningDataModule):
             self.train_set, self.val_set = TensorPairs(x, y), TensorPairs(x_val, y_val)
         if self.test_set is None and stage in (None, "test"):
             self.test_set = TensorPairs(*self.prepared(train=False))
-        device = self._device()
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         for attr in ("train_set", "val_set", "test_set"):
             data = getattr(self, attr)
             if data is not None and data.x.device != device:
                 setattr(self, attr, data.to(device))
-
-    def _device(self) -> torch.device:
-        trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """Lightning's hook. A minibatch is a slice of tensors `setup` already put on the
@@ -239,9 +234,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels → float32, standardised with the dataset's channel mean and std."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (images.float().div_(255) - mean).div_(std)
+        return normalised(images, self.mean, self.std)
 
     def denormalise(self, images: torch.Tensor) -> torch.Tensor:
         """Inverse of `normalise`, to [0, 1] pixels (for display)."""

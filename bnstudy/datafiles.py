@@ -17,6 +17,12 @@ from torchvision.datasets.utils import check_integrity
 from bnstudy.errors import DataError
 
 
+def normalised(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) → float32, standardised with the channels' mean and std."""
+    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float().div_(255) - mean).div_(std)
+
+
 def mnist_folder(dataset: type[MNIST]) -> str:
     """Where torchvision keeps the IDX files of `dataset` (MNIST or a subclass) under its root."""
     return f"{dataset.__name__}/raw"

@@ -25,6 +25,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bnstudy.datafiles import normalised
+
 
 def target(path: str):
     """The class a `_target_` names."""
@@ -48,11 +50,6 @@ def read(source: str) -> tuple[torch.Tensor, torch.Tensor]:
     name = source["torchvision_class"]
     return datafiles.read_mnist(Path(source["idx"]), getattr(torchvision.datasets, name),
                                 source["train"], name)
-
-
-def normalised(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    mean_, std_ = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    return (images.float().div_(255) - mean_).div_(std_)
 
 
 def minibatches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
