@@ -12,7 +12,8 @@ from dataclasses import dataclass
 class Norm:
     """One normalisation: `flat` and `spatial` name the `torch.nn` layer placed between a
     Linear (a Conv2d) and its ReLU, built as `layer(units)`, or for GroupNorm as
-    `GroupNorm(groups, units)` (groups: the largest divisor of units up to `groups`);
+    `GroupNorm(g, units)` (g: the largest common divisor of `groups` and units / 2, so a
+    group holds 2 units or more);
     `label` and `color` are the report's."""
 
     flat: str
@@ -41,5 +42,5 @@ def make_norm(norm: str, num_features: int, spatial: bool = False):
     entry = NORMS[norm]
     name = entry.spatial if spatial else entry.flat
     if name == "GroupNorm":
-        return nn.GroupNorm(math.gcd(entry.groups, num_features), num_features)
+        return nn.GroupNorm(math.gcd(entry.groups, max(1, num_features // 2)), num_features)
     return nn.Identity() if name == "Identity" else getattr(nn, name)(num_features)

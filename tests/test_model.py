@@ -205,6 +205,13 @@ def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_data, tmp_path):
     assert acc == pytest.approx(recorded, abs=1e-6)
 
 
+def k_classifier(k: int):
+    L.seed_everything(0, verbose=False)
+    model = make_classifier("bn", lr=0.1)
+    model.steps_per_call = k
+    return model
+
+
 def k_fit(tiny_data, out, k: int, **flags) -> dict:
     """A 2-epoch fit with `steps_per_call=k`, its test and its checkpoint: everything a run
     leaves (history, TensorBoard scalars, test figures, weights and optimizer state)."""
@@ -212,17 +219,14 @@ def k_fit(tiny_data, out, k: int, **flags) -> dict:
 
     from bnstudy.callbacks import DivergenceGuard, MetricsHistory
 
-    L.seed_everything(0, verbose=False)
-    model = make_classifier("bn", lr=0.1)
-    model.steps_per_call = k
     history = MetricsHistory(out / "metrics.json")
-    data, model, trainer = tiny_fit(tiny_data, out, model=model, max_epochs=2,
+    data, model, trainer = tiny_fit(tiny_data, out, model=k_classifier(k), max_epochs=2,
                                     callbacks=[history, DivergenceGuard()], log_every_n_steps=3,
                                     **flags)
     test = trainer.test(model, datamodule=data, verbose=False)
     trainer.save_checkpoint(out / "last.ckpt")
     ckpt = torch.load(out / "last.ckpt", weights_only=False)
-    return {"lightning_batches": trainer.num_training_batches, "steps": trainer.global_step,
+    return {"batches": trainer.num_training_batches, "steps": trainer.global_step,
             "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history.history],
             "scalars": {tag: scalars(out, tag) for tag in sorted(scalar_tags(out))},
             "test": test, "weights": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"],
@@ -239,8 +243,7 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
     one = k_fit(tiny_data, tmp_path / "k1", 1, **flags)
     with caplog.at_level("INFO", logger="bnstudy.model"):
         four = k_fit(tiny_data, tmp_path / "k4", 4, **flags)
-    assert four.pop("lightning_batches") == (3 if bundled else 11)  # 11 minibatches an epoch
-    assert one.pop("lightning_batches") == 11
+    assert (one.pop("batches"), four.pop("batches")) == (11, 3 if bundled else 11)  # calls
     assert ("falls back to 1" in caplog.text) != bundled
     assert four["scalars"]["train/loss_step"] and four["history"]
     a, b = (dict(torch.utils._pytree.tree_flatten_with_path(run)[0]) for run in (one, four))
@@ -255,11 +258,8 @@ def test_a_run_resumes_exactly_with_another_k(tiny_data, tmp_path, first, then):
     """A checkpoint of K = 1 resumes with K = 4 and the other way round: the uninterrupted
     run's steps and weights (Lightning counts steps in one counter per optimization mode)."""
     def fit(k: int, epochs: int, ckpt=None):
-        L.seed_everything(0, verbose=False)
-        model = make_classifier("bn", lr=0.1)
-        model.steps_per_call = k
-        return tiny_fit(tiny_data, model=model, max_epochs=epochs, limit_val_batches=0,
-                        ckpt_path=ckpt)
+        return tiny_fit(tiny_data, model=k_classifier(k), max_epochs=epochs,
+                        limit_val_batches=0, ckpt_path=ckpt)
 
     _, _, trainer = fit(first, 1)
     trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
