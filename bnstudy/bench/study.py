@@ -2,19 +2,16 @@
 
     python -m bnstudy.bench study [--repeats 2] [--hallucinations] [overrides ...]
 
-The study is `python -m bnstudy.train -m hydra/launcher=parallel dataset=mnist,cifar10
-norm=bn,none optim=sgd,adam ~callbacks.hallucinations` (3 seeds, 24 runs, two jobs at a time,
-one torch thread each) with `overrides` added; an override of a key the default names
-replaces it (`dataset=mnist`, `hydra/launcher=basic`, `seed=0,1,...,19`); `--hallucinations`
-keeps that callback. The baseline trains the same runs (each job's composed config, read from
-the first sweep) in plain PyTorch (`bnstudy.bench.plain`) in as many processes as the
-launcher has workers, one torch thread each, every n-th run in each; the second line, the
-former baseline, in one process with a thread per core. Each is a fresh process (or set of
-processes) timed from start to exit; the order rotates round by round, so each round gives
-ratios on the same machine state. It prints each round with the load average (above the
-core count, other processes compete), the medians and ranges, and the largest difference
-between the study's and the baseline's final validation accuracies (0.00 at one thread each:
-the very same runs).
+The study: `python -m bnstudy.train -m hydra/launcher=parallel dataset=mnist,cifar10
+norm=bn,none optim=sgd,adam ~callbacks.hallucinations` (24 runs, two jobs at a time, one
+torch thread each) with `overrides` added, each replacing a default of the same key;
+`--hallucinations` keeps that callback. The baselines train the same runs (each job's config,
+read from the first sweep) in plain PyTorch (`bnstudy.bench.plain`): in as many processes as
+the launcher has workers, one thread each, every n-th run in each; and, the former baseline,
+in one process at a thread per core. Each side is timed from its processes' start to their
+exit; the order rotates round by round. It prints each round with the load average (above
+the core count, other processes compete), medians, ratios and the largest difference between
+the final validation accuracies of the study and of its plain processes (0.00: the same runs).
 """
 
 from __future__ import annotations
