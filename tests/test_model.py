@@ -213,8 +213,7 @@ def k_classifier(k: int):
 
 
 def k_fit(tiny_data, out, k: int, **flags) -> dict:
-    """A 2-epoch fit with `steps_per_call=k`, its test and its checkpoint: everything a run
-    leaves (history, TensorBoard scalars, test figures, weights and optimizer state)."""
+    """Everything a 2-epoch fit with `steps_per_call=k` leaves: history, scalars, test, ckpt."""
     from helpers import scalar_tags
 
     from bnstudy.callbacks import DivergenceGuard, MetricsHistory

@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds to time (default 2)")
     parser.add_argument("--hallucinations", action="store_true",
                         help="keep the hallucination callback (default: off)")
+    parser.add_argument("--no-former", action="store_true",
+                        help="leave out the former baseline (one process, a thread per core)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides added to the default study, e.g. seed=0,1")
     args = parser.parse_intermixed_args(argv)
@@ -180,10 +182,11 @@ def main(argv: list[str] | None = None) -> None:
                 runs.write_text(json.dumps(plain_runs(first)))
                 n = workers(first)
                 sides = {"study": None, f"plain {n}x1": (n, 1), f"plain 1x{cores}": (1, cores)}
+                sides = dict(list(sides.items())[:2 if args.no_former else 3])
                 label = {f"plain {n}x1": f"{n} plain process(es), 1 thread each",
                          f"plain 1x{cores}": f"1 plain process, {cores} threads (former baseline)"}
                 times |= {side: [] for side in sides}
-            order = [*sides][round_ % 3:] + [*sides][:round_ % 3]
+            order = [*sides][round_ % len(sides):] + [*sides][:round_ % len(sides)]
             for side in order[1:] if round_ == 0 else order:
                 commands = ([[*study, f"hydra.sweep.dir={work}/study{round_}"]]
                             if side == "study" else
