@@ -15,7 +15,7 @@ from bnstudy.train import ConfigError, build_model, check_devices, hparams, trai
 
 GROUPS = {
     "dataset": ["mnist", "cifar10", "fashion_mnist"],
-    "norm": ["bn", "layer", "none"],
+    "norm": ["bn", "group", "layer", "none"],
     "optim": ["sgd", "adam"],
     "model": ["mlp", "cnn"],
 }
@@ -97,8 +97,8 @@ def test_depth_below_one_is_refused(model):
 
 
 def test_a_norm_outside_the_registry_is_refused():
-    with pytest.raises(ConfigError, match="model.net.norm='group' is not a known normal"):
-        validate(compose_with("model.net.norm=group"))
+    with pytest.raises(ConfigError, match="model.net.norm='instance' is not a known normal"):
+        validate(compose_with("model.net.norm=instance"))
 
 
 def test_datasets_differ_only_in_name_and_datamodule():
