@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
                 sides = dict(list(sides.items())[:2 if args.no_former else 3])
                 label = {f"plain {n}x1": f"{n} plain process(es), 1 thread each",
                          f"plain 1x{cores}": f"1 plain process, {cores} threads (former baseline)"}
-                times |= {side: [] for side in sides}
+                times |= {side: [] for side in [*sides][1:]}
             order = [*sides][round_ % len(sides):] + [*sides][:round_ % len(sides)]
             for side in order[1:] if round_ == 0 else order:
                 commands = ([[*study, f"hydra.sweep.dir={work}/study{round_}"]]
