@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
@@ -142,8 +143,9 @@ class Classifier(L.LightningModule):
         auto = loops.get("epoch_loop.automatic_optimization.optim_progress", {})
         manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
         if "optimizer" in auto and manual:
-            steps = max((auto["optimizer"]["step"], manual), key=lambda p: p["total"]["completed"])
-            auto["optimizer"]["step"] = manual.update(steps) or dict(steps)
+            taken = max(auto["optimizer"]["step"], manual, key=lambda p: p["total"]["completed"])
+            manual.update(copy.deepcopy(taken))
+            auto["optimizer"]["step"] = copy.deepcopy(taken)
 
     # -- training ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
