@@ -65,12 +65,14 @@ def test_study_benchmark_times_a_tiny_study_against_its_plain_processes(tiny_dat
         cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     out = proc.stdout
-    assert re.findall(r"^round (\d): study [\d.]+ s, plain 2x1 [\d.]+ s, plain 1x\d+ [\d.]+ s "
+    seconds = r"[\d.]+ s \(CPU [\d.]+ s\)"
+    assert re.findall(rf"^round (\d): study {seconds}, plain 2x1 {seconds}, plain 1x\d+ {seconds} "
                       r"\(load [\d.]+; order: (.*)\)$", out, re.M) == [
         ("1", f"study > plain 2x1 > plain 1x{os.cpu_count()}"),
         ("2", f"plain 2x1 > plain 1x{os.cpu_count()} > study")], out
-    assert re.search(r"^  2 plain process\(es\), 1 thread each +[\d.]+ s   study / it [\d.]+ "
-                     r"\(range [\d.]+-[\d.]+\)$", out, re.M), out
+    assert re.search(r"^  2 plain process\(es\), 1 thread each +[\d.]+ s; CPU +[\d.]+ s   study / "
+                     r"it [\d.]+ \(range [\d.]+-[\d.]+\); CPU [\d.]+ \(range [\d.]+-[\d.]+\)$",
+                     out, re.M), out
     assert "(former baseline)" in out
     assert out.rstrip().endswith("differ by at most 0.00 points"), out  # the very same runs
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,17 +57,24 @@ def study_overrides(overrides: list[str], hallucinations: bool = False) -> list[
     return chosen
 
 
-def timed(commands: list[list[str]], log: Path) -> float:
-    """Runs the commands side by side; seconds from the start to the last exit."""
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(commands: list[list[str]], log: Path) -> tuple[float, float]:
+    """Runs the commands side by side: seconds from the start to the last exit, and the CPU
+    seconds they used (which other processes on the machine change far less)."""
     with open(log, "w") as out:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_s()
         procs = [subprocess.Popen(c, stdout=out, stderr=subprocess.STDOUT) for c in commands]
         codes = [p.wait() for p in procs]
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_s() - cpu
     if any(codes):
         raise BenchError(f"{' '.join(commands[0])} failed (exit {max(codes)}):\n"
                          + log.read_text()[-3000:])
-    return seconds
+    return seconds, cpu
 
 
 def unlike_plain(trainer) -> list[str]:
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study: python -m bnstudy.train -m {' '.join(overrides)}")
         print(f"machine: {machine()}")
         study = [sys.executable, "-m", "bnstudy.train", "-m", *overrides]
-        times: dict[str, list[float]] = {"study": []}
+        times: dict[str, list[tuple[float, float]]] = {"study": []}  # (wall, CPU) seconds
         for round_ in range(args.repeats):
             if round_ == 0:  # the first study tells the runs and the launcher's workers
                 times["study"].append(timed([[*study, f"hydra.sweep.dir={first}"]], work / "log"))
@@ -193,16 +201,22 @@ def main(argv: list[str] | None = None) -> None:
                             plain_commands(runs, results if side != f"plain 1x{cores}"
                                            else work / "old", *sides[side]))
                 times[side].append(timed(commands, work / "log"))
-            print(f"round {round_ + 1}: "
-                  + ", ".join(f"{side} {t[-1]:.1f} s" for side, t in times.items())
+            print(f"round {round_ + 1}: " + ", ".join(
+                f"{side} {t[-1][0]:.1f} s (CPU {t[-1][1]:.1f} s)" for side, t in times.items())
                   + f" (load {os.getloadavg()[0]:.1f}; order: {' > '.join(order)})", flush=True)
-        print(f"{len(json.loads(runs.read_text()))} runs, medians of {args.repeats} rounds:")
+        print(f"{len(json.loads(runs.read_text()))} runs, medians of {args.repeats} rounds "
+              "(wall clock; CPU seconds):")
+        medians = {side: [statistics.median(t[i] for t in times[side]) for i in (0, 1)]
+                   for side in sides}
         print(f"  {'the study (' + str(n) + ' jobs at a time)':52s} "
-              f"{statistics.median(times['study']):6.1f} s")
+              f"{medians['study'][0]:6.1f} s; CPU {medians['study'][1]:6.1f} s")
         for side in [*sides][1:]:
-            ratios = [s / p for s, p in zip(times["study"], times[side], strict=True)]
-            print(f"  {label[side]:52s} {statistics.median(times[side]):6.1f} s   study / it "
-                  f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})")
+            ratios = [[s[i] / p[i] for s, p in zip(times["study"], times[side], strict=True)]
+                      for i in (0, 1)]
+            print(f"  {label[side]:52s} {medians[side][0]:6.1f} s; CPU {medians[side][1]:6.1f} s"
+                  "   study / it " + "; CPU ".join(
+                      f"{statistics.median(r):.2f} (range {min(r):.2f}-{max(r):.2f})"
+                      for r in ratios))
         print(f"same runs: final val acc, study vs {n} plain process(es) at 1 thread, differ by "
               f"at most {largest_difference(first, plain_results(results, n)):.2f} points")
     except BenchError as err:
