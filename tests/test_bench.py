@@ -1,8 +1,6 @@
 """The benchmarks of `python -m bnstudy.bench`: what they run and that their baselines train
 the very same runs (their timings are measured by running them, not here)."""
 
-from __future__ import annotations
-
 import json
 import os
 import re
