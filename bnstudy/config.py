@@ -53,6 +53,7 @@ class CNNSchema(MLPSchema):
 class ModelSchema:
     _target_: str = MISSING
     net: Any = MISSING  # MLPSchema or CNNSchema, placed by the model option's defaults
+    steps_per_call: int = 1  # minibatches per training_step (bnstudy.model.Classifier)
 
 
 @dataclass
@@ -210,6 +211,7 @@ def validate(cfg: DictConfig) -> None:
         ("trainer.max_epochs", cfg.trainer.max_epochs, _count, integer),
         ("model.net.hidden_dim", cfg.model.net.hidden_dim, _count, integer),
         ("model.net.depth", cfg.model.net.depth, _count, integer),
+        ("model.steps_per_call", cfg.model.steps_per_call, _count, integer),
         ("dataset.val_size", cfg.dataset.val_size,
          lambda v: _number(v) and (0 < v < 1 or (v >= 1 and float(v).is_integer())),
          "a fraction in (0, 1) or a whole count >= 1"),
@@ -253,7 +255,8 @@ def _walk(node, prefix: str = "") -> dict[str, Any]:
 
 
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
-                "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.")
+                "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.",
+                "model.steps_per_call")  # the same results for any K
 
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,

@@ -1,15 +1,17 @@
 """LightningDataModules for MNIST and CIFAR-10, held in memory as normalised tensors.
 
 Files in torchvision's on-disk layout are read by `bnstudy.datafiles` and downloaded with
-torchvision when missing and `download` is true. Each split is decoded once into one tensor;
-batches are slices of it, in an order that depends only on `seed` and the epoch; under DDP
-each process serves its own share (Lightning's `use_distributed_sampler` is off: see
-`EpochBatchSampler`).
+torchvision when missing and `download` is true. Each split is decoded and normalised into
+one tensor once per process (`prepared`: the jobs a worker runs one after another share it;
+a changed file is read again); batches are slices of it, in an order that depends only on
+`seed` and the epoch; under DDP each process serves its own share (Lightning's
+`use_distributed_sampler` is off: see `EpochBatchSampler`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +23,7 @@ from torchvision.datasets.utils import download_and_extract_archive
 from bnstudy.datafiles import (
     mnist_files,
     mnist_folder,
+    normalised,
     read_cifar_batches,
     read_mnist,
     unofficial_cifar_batches,
@@ -28,11 +31,21 @@ from bnstudy.datafiles import (
 from bnstudy.errors import DataError
 
 log = logging.getLogger(__name__)
+KEEP = 4  # splits kept per process (the study: 2 datasets x their training and test files)
+_prepared: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
+counts = {"read": 0, "reused": 0}  # splits this process read and reused
+
+
+def _stamp(path: Path) -> tuple:
+    """What tells a file from a changed one: its path, size, modification time and inode
+    (cheap where a checksum would read every byte in every job)."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 class TensorPairs(Dataset):
     """Inputs and targets held as two tensors; indexed with a tensor of indices it gives one
-    minibatch `(x, y)`."""
+    minibatch `(x, y)`, with a list of them a list of minibatches (`Classifier.steps_per_call`)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
@@ -41,6 +54,8 @@ class TensorPairs(Dataset):
         return len(self.y)
 
     def __getitem__(self, index):
+        if isinstance(index, list):
+            return [(self.x[i], self.y[i]) for i in index]
         return self.x[index], self.y[index]
 
     def to(self, device: torch.device) -> TensorPairs:
@@ -55,13 +70,14 @@ class EpochBatchSampler(Sampler):
     process of rank r takes every `num_replicas`-th sample of the order from r on; when
     shuffling, all take the same number (the remainder is left out this epoch), so they step
     in lockstep. When shuffling, a last minibatch of a single sample is dropped (BatchNorm
-    cannot normalise over one sample).
+    cannot normalise over one sample). With `bundle` K > 1 it yields lists of K (the last may
+    be fewer): one Lightning batch for `Classifier.steps_per_call`.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 num_replicas: int = 1, rank: int = 0, bundle: int = 1) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.num_replicas, self.rank = num_replicas, rank
+        self.num_replicas, self.rank, self.bundle = num_replicas, rank, bundle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -74,10 +90,14 @@ class EpochBatchSampler(Sampler):
             return self.n // self.num_replicas
         return len(range(self.rank, self.n, self.num_replicas))
 
-    def __len__(self) -> int:
+    @property
+    def num_minibatches(self) -> int:
         n = self.num_samples
         single_last = self.shuffle and n > 1 and n % self.batch_size == 1
         return -(-n // self.batch_size) - single_last
+
+    def __len__(self) -> int:
+        return -(-self.num_minibatches // self.bundle)
 
     def __iter__(self):
         # A generator: the order is drawn at the first batch, not when the iterator is made,
@@ -88,23 +108,27 @@ class EpochBatchSampler(Sampler):
         else:
             order = torch.arange(self.n)
         mine = order[self.rank :: self.num_replicas][: self.num_samples]
-        yield from mine.split(self.batch_size)[: len(self)]
+        minibatches = mine.split(self.batch_size)[: self.num_minibatches]
+        if self.bundle == 1:
+            yield from minibatches
+        else:
+            for start in range(0, len(minibatches), self.bundle):
+                yield list(minibatches[start : start + self.bundle])
 
 
 class OrderedBatchSampler(EpochBatchSampler, SequentialSampler):
-    """An `EpochBatchSampler` that does not shuffle. It is also a `SequentialSampler`, which
-    is what Lightning's `overfit_batches` asks a training loader for: Lightning keeps it
-    instead of swapping in a sampler of single samples."""
+    """An `EpochBatchSampler` that does not shuffle; a `SequentialSampler` too, which Lightning's
+    `overfit_batches` keeps instead of swapping in a sampler of single samples."""
 
     def __init__(self, n: int, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(n, batch_size, False, 0, num_replicas, rank)
 
 
 def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
-            num_replicas: int = 1, rank: int = 0) -> DataLoader:
+            num_replicas: int = 1, rank: int = 0, bundle: int = 1) -> DataLoader:
     """A DataLoader that slices whole minibatches out of in-memory tensors (no per-sample
     collation), this process's share of them (see `EpochBatchSampler`)."""
-    sampler = (EpochBatchSampler(len(data), batch_size, True, seed, num_replicas, rank)
+    sampler = (EpochBatchSampler(len(data), batch_size, True, seed, num_replicas, rank, bundle)
                if shuffle else OrderedBatchSampler(len(data), batch_size, num_replicas, rank))
     return DataLoader(data, sampler=sampler, batch_size=None)
 
@@ -113,10 +137,9 @@ class TensorDataModule(L.LightningDataModule):
     """Base for the image datamodules: decode once, normalise, split, serve in-memory batches.
 
     Subclasses set the class attributes and implement `files`, `fetch` and `read_split`.
-    `val_size` is a count, or a fraction of the training files when below 1;
-    `train_size` caps the training split (None: everything not used for validation).
-    Loaders yield minibatches `(x, y)` sliced from tensors on the trainer's device.
-    """
+    `val_size` is a count, or a fraction of the training files when below 1; `train_size` caps
+    the training split (None: the rest). Loaders yield minibatches `(x, y)` sliced from
+    tensors on the trainer's device (lists of K of them for `Classifier.steps_per_call`)."""
 
     name: str
     folder: str
@@ -125,25 +148,15 @@ class TensorDataModule(L.LightningDataModule):
     std: tuple[float, ...]
     classes: tuple[str, ...]
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        batch_size: int = 64,
-        val_size: float | int = 0.1,
-        train_size: int | None = None,
-        eval_batch_size: int = 1000,
-        split_seed: int = 0,
-        seed: int = 0,
-        download: bool = True,
-    ) -> None:
+    def __init__(self, data_dir: str | Path, batch_size: int = 64, val_size: float | int = 0.1,
+                 train_size: int | None = None, eval_batch_size: int = 1000, split_seed: int = 0,
+                 seed: int = 0, download: bool = True) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size = val_size, train_size
         self.split_seed, self.seed, self.download = split_seed, seed, download
-        self.train_set: TensorPairs | None = None
-        self.val_set: TensorPairs | None = None
-        self.test_set: TensorPairs | None = None
+        self.train_set = self.val_set = self.test_set = None  # TensorPairs after `setup`
 
     @property
     def num_classes(self) -> int:
@@ -168,10 +181,8 @@ class TensorDataModule(L.LightningDataModule):
         if not missing:
             return
         where = ", ".join(str(p) for p in missing)
-        fix = (
-            f"Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
-            f"that holds {self.folder}/"
-        )
+        fix = ("Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
+               f"that holds {self.folder}/")
         if not self.download:
             raise DataError(
                 f"{self.name}: files not found: {where}; download is disabled "
@@ -201,34 +212,29 @@ class TensorDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            x, y = self.read_split(train=True)
-            self.train_set, self.val_set = self._split(self.normalise(x), y)
+            x, y, x_val, y_val = self.prepared(train=True)
+            self.train_set, self.val_set = TensorPairs(x, y), TensorPairs(x_val, y_val)
         if self.test_set is None and stage in (None, "test"):
-            x, y = self.read_split(train=False)
-            self.test_set = TensorPairs(self.normalise(x), y)
-        device = self._device()
+            self.test_set = TensorPairs(*self.prepared(train=False))
+        trainer = getattr(self, "trainer", None)
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         for attr in ("train_set", "val_set", "test_set"):
             data = getattr(self, attr)
             if data is not None and data.x.device != device:
                 setattr(self, attr, data.to(device))
 
-    def _device(self) -> torch.device:
-        trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """Lightning's hook. A minibatch is a slice of tensors `setup` already put on the
         device: handed on as it is, without the generic walk through the batch (about 35 µs a
         step on a CPU, 2-3 % of a small MLP's step); anything else is moved as usual."""
-        if all(isinstance(t, torch.Tensor) and t.device == device for t in batch):
+        pairs = batch if isinstance(batch, list) else [batch]
+        if all(isinstance(t, torch.Tensor) and t.device == device for p in pairs for t in p):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels → float32, standardised with the dataset's channel mean and std."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (images.float().div_(255) - mean).div_(std)
+        return normalised(images, self.mean, self.std)
 
     def denormalise(self, images: torch.Tensor) -> torch.Tensor:
         """Inverse of `normalise`, to [0, 1] pixels (for display)."""
@@ -248,18 +254,44 @@ class TensorDataModule(L.LightningDataModule):
             )
         return train, val
 
-    def _split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[TensorPairs, TensorPairs]:
-        n_train, n_val = self.split_sizes(len(y))
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
-        val_idx, train_idx = order[:n_val], order[n_val : n_val + n_train]
-        return TensorPairs(x[train_idx], y[train_idx]), TensorPairs(x[val_idx], y[val_idx])
+    def prepared(self, train: bool) -> tuple[torch.Tensor, ...]:
+        """Normalised `(x, y)` of the test files, or `(x, y, x_val, y_val)` split from the
+        training files: kept for the process (the last `KEEP`), keyed by the dataset, the
+        split's settings and each file's `_stamp`; a copy each call (a job may change its
+        tensors). A missing file or an error is never kept: reading reports it."""
+        settings = (self.val_size, self.train_size, self.split_seed) if train else ()
+        try:
+            key = (type(self).__name__, train, getattr(self, "verify_checksums", None),
+                   *settings, *map(_stamp, self.files(train)))
+        except OSError:
+            key = None
+        if key in _prepared:
+            _prepared.move_to_end(key)
+            counts["reused"] += 1
+        else:
+            x, y = self.read_split(train)
+            tensors = (self.normalise(x), y)
+            if train:
+                n_train, n_val = self.split_sizes(len(y))
+                gen = torch.Generator().manual_seed(self.split_seed)
+                order = torch.randperm(len(y), generator=gen)
+                val, rest = order[:n_val], order[n_val : n_val + n_train]
+                tensors = (tensors[0][rest], y[rest], tensors[0][val], y[val])
+            counts["read"] += 1
+            if key is None:
+                return tensors
+            _prepared[key] = tensors
+            while len(_prepared) > KEEP:
+                _prepared.popitem(last=False)
+        return tuple(t.clone() for t in _prepared[key])
 
     def _loader(self, data: TensorPairs, train: bool) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         shard = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if train:  # in order with `trainer.overfit_batches`: the same few batches each epoch
             overfit = trainer is not None and trainer.overfit_batches > 0
-            return batches(data, self.batch_size, not overfit, self.seed, *shard)
+            bundle = getattr(trainer and trainer.lightning_module, "minibatches_per_step", 1)
+            return batches(data, self.batch_size, not overfit, self.seed, *shard, bundle)
         return batches(data, self.eval_batch_size, False, 0, *shard)
 
     def train_dataloader(self) -> DataLoader:

@@ -2,19 +2,11 @@
 
 MNIST and Fashion-MNIST are IDX files in `<Class>/raw/`; CIFAR-10 is pickled batches in
 `cifar-10-batches-py/`, read with a restricted unpickler and compared with the official md5s.
-
-What the readers decode is kept for the process (`decoded_once`): the jobs of a sweep that a
-launcher runs one after another in one process (Hydra's basic launcher, each joblib worker)
-decode each file once, and a file that changed (its size, modification time or inode) is
-read again.
 """
 
 from __future__ import annotations
 
-import functools
 import pickle
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -24,58 +16,11 @@ from torchvision.datasets.utils import check_integrity
 
 from bnstudy.errors import DataError
 
-KEEP = 8  # decoded results kept per process (the study reads 2 datasets x 2 splits)
-_decoded: OrderedDict[tuple, object] = OrderedDict()
-_counts = {"decoded": 0, "reused": 0}
 
-
-def _stamp(path: Path) -> tuple:
-    """What tells a file from a changed one: its path, size, modification time and inode."""
-    stat = Path(path).stat()
-    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
-
-
-def _copied(value):
-    """`value` with its tensors cloned and its lists copied: a caller may change what it gets."""
-    if isinstance(value, torch.Tensor):
-        return value.clone()
-    if isinstance(value, tuple | list):
-        return type(value)(_copied(v) for v in value)
-    return value
-
-
-def decoded_once(files_of: Callable[..., Iterable[Path]]):
-    """A reader decorator: the reader's result for the same arguments is kept for the process
-    (the last `KEEP`, a copy handed out each time) while each file `files_of(*args)` names is
-    unchanged (`_stamp`). A missing file, or an error, is never kept: the reader reports it."""
-    def decorate(read):
-        @functools.wraps(read)
-        def reader(*args):
-            try:
-                key = (read.__qualname__, repr(args), tuple(map(_stamp, files_of(*args))))
-            except OSError:
-                return read(*args)
-            if key in _decoded:
-                _decoded.move_to_end(key)
-                _counts["reused"] += 1
-            else:
-                _decoded[key] = read(*args)
-                _counts["decoded"] += 1
-                while len(_decoded) > KEEP:
-                    _decoded.popitem(last=False)
-            return _copied(_decoded[key])
-        return reader
-    return decorate
-
-
-def decode_counts() -> dict[str, int]:
-    """How often this process decoded files and reused what it had decoded."""
-    return dict(_counts)
-
-
-def forget_decoded() -> None:
-    """Drops what this process kept: the next read decodes again."""
-    _decoded.clear()
+def normalised(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 pixels (N, C, H, W) → float32, standardised with the channels' mean and std."""
+    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return (images.float().div_(255) - mean).div_(std)
 
 
 def mnist_folder(dataset: type[MNIST]) -> str:
@@ -90,7 +35,6 @@ def mnist_files(root: Path, dataset: type[MNIST], train: bool) -> list[Path]:
     return [raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"]
 
 
-@decoded_once(lambda root, dataset, train, name: mnist_files(root, dataset, train))
 def read_mnist(root: Path, dataset: type[MNIST], train: bool, name: str
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 28, 28) and labels of a split, decoded by torchvision's `dataset` class;
@@ -161,7 +105,6 @@ def load_cifar_batch(path: Path) -> dict:
     return {"data": raw.reshape(-1, 3, 32, 32), "labels": labels}
 
 
-@decoded_once(lambda paths: paths)
 def read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, 32, 32) and labels of CIFAR batches, concatenated in the order given."""
     batches = [load_cifar_batch(path) for path in paths]
@@ -170,7 +113,6 @@ def read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-@decoded_once(lambda folder, batch_list: [folder / name for name, _ in batch_list])
 def unofficial_cifar_batches(folder: Path, batch_list: list[list[str]]) -> list[str]:
     """The names of the batches of `batch_list` (`[name, md5]` pairs, as torchvision's) whose
     file in `folder` is missing or does not match the official md5."""

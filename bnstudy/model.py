@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Callable, Iterable, Mapping
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+log = logging.getLogger(__name__)
+
+
+def per_batch(callback: Callback) -> bool:
+    """Whether a callback looks at each training minibatch (its `on_train_batch_start` or
+    `on_before_zero_grad`), or acts every N Lightning batches (a checkpoint every N steps)."""
+    hooks = ("on_train_batch_start", "on_before_zero_grad")
+    return any(getattr(type(callback), hook) is not getattr(Callback, hook) for hook in hooks) \
+        or bool(getattr(callback, "_every_n_train_steps", 0)) \
+        or getattr(callback, "_train_time_interval", None) is not None \
+        or type(callback).__name__ == "Timer"
 
 
 class Classifier(L.LightningModule):
@@ -24,26 +38,47 @@ class Classifier(L.LightningModule):
     and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss).
     The x-axis of every value is the optimizer step (`trainer.global_step`).
 
-    Two speed seams, both for a small network's CPU step (about 1.5 ms on 2 cores):
+    `steps_per_call` (K, Keras' `steps_per_execution`): minibatches trained per
+    `training_step`, under manual optimization, so Lightning's per-batch hooks are paid once
+    per K optimizer steps; the same batches, order and updates as K = 1, bit for bit. Where
+    the Trainer asks for what K > 1 cannot honour (`NEEDS_ONE`), the fit takes K = 1 and says
+    so in the log. Other speed seams, for a small network's CPU step (about 1.5 ms):
     - training loss and accuracy are summed on the device (`train_loss_sum`, `train_correct`;
-      samples in `train_count`), two in-place adds a step, and logged at the epoch's last
-      step, because a `self.log` or torchmetrics update in every step costs 0.3-0.7 ms;
-    - `__setattr__` writes Lightning's `_current_fx_name` (set and restored around every hook
-      call, ~44 times a step) as a plain attribute: 0.4 µs instead of nn.Module's 3.3 µs.
+      samples in `train_count`) and logged at the epoch's last step: a `self.log` or
+      torchmetrics update every step costs 0.3-0.7 ms;
+    - `__setattr__` writes Lightning's `_current_fx_name` (set ~44 times a step) as a plain
+      attribute: 0.4 µs instead of nn.Module's 3.3 µs.
     """
 
+    # What makes a Lightning batch stay one minibatch: (what, ok(trainer)); the first ones
+    # count Lightning batches, the last one looks at each (Lightning's Timer: max_time too)
+    NEEDS_ONE = (
+        ("trainer.accumulate_grad_batches", lambda t: t.accumulate_grad_batches == 1),
+        ("an integer trainer.limit_train_batches", lambda t: t.limit_train_batches == 1.0
+         and isinstance(t.limit_train_batches, float)),
+        ("an integer trainer.val_check_interval", lambda t: t.val_check_interval == 1.0
+         and isinstance(t.val_check_interval, float)),
+        ("trainer.overfit_batches", lambda t: t.overfit_batches == 0),
+        ("trainer.precision", lambda t: t.precision == "32-true"),
+        ("trainer.devices", lambda t: t.world_size == 1),
+        ("a callback that looks at each minibatch", lambda t: not any(map(per_batch, t.callbacks))),
+    )
+
     def __init__(self, net: nn.Module | Mapping, num_classes: int,
-                 optimizer: OptimizerFactory | None = None) -> None:
+                 optimizer: OptimizerFactory | None = None, steps_per_call: int = 1) -> None:
         super().__init__()
         if isinstance(net, Mapping):  # the net's config (`_target_` and its arguments):
             from hydra.utils import instantiate  # kept, so load_from_checkpoint(path) rebuilds it
             from omegaconf import OmegaConf
 
             net = OmegaConf.to_container(OmegaConf.create(dict(net)), resolve=True)  # plain
-            self.save_hyperparameters({"net": net, "num_classes": num_classes}, logger=False)
+            self.save_hyperparameters({"net": net, "num_classes": num_classes,
+                                       "steps_per_call": steps_per_call}, logger=False)
             net = instantiate(net)
         self.net = net
         self.optimizer_factory = optimizer
+        self.steps_per_call = steps_per_call
+        self._plan: tuple[int, int, tuple | None] | None = None  # (trainer id, K, clipping)
         # this epoch's training steps: sum of losses × samples, correct predictions, samples
         self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
         self.register_buffer("train_correct", torch.zeros((), dtype=torch.long), persistent=False)
@@ -58,6 +93,61 @@ class Classifier(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    # -- how many minibatches a training_step takes ------------------------------------------
+    @property
+    def minibatches_per_step(self) -> int:
+        """K in effect for the attached trainer (1 without one), chosen when its fit starts
+        and kept after it (Lightning's step count depends on it); the datamodule bundles that
+        many minibatches per Lightning batch."""
+        trainer, plan = self._trainer, self._plan
+        if trainer is None or self.steps_per_call == 1:
+            return 1
+        if plan is None or plan[0] != id(trainer) or (  # a new trainer, or a new fit of it
+                trainer.state.fn == "fit" and trainer.gradient_clip_val and plan[1] > 1):
+            if trainer.state.fn != "fit":
+                return 1
+            self._plan = plan = (id(trainer), *self._choose(trainer))
+        return plan[1]
+
+    @property
+    def automatic_optimization(self) -> bool:
+        return self.minibatches_per_step == 1
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        raise AttributeError("set Classifier(steps_per_call=...) instead")
+
+    def _choose(self, trainer: L.Trainer) -> tuple[int, tuple | None]:
+        """K and the gradient clipping (value, algorithm) this module does itself for a fit."""
+        blocked = [name for name, ok in self.NEEDS_ONE if not ok(trainer)]
+        if blocked:
+            log.info("steps_per_call=%d falls back to 1 minibatch per training_step, for %s",
+                     self.steps_per_call, ", ".join(blocked))
+            return 1, None
+        clip = None
+        if trainer.gradient_clip_val:  # Lightning clips only in automatic optimization
+            clip = (trainer.gradient_clip_val, trainer.gradient_clip_algorithm or "norm")
+            trainer.gradient_clip_val = None  # given back in `teardown`
+        return self.steps_per_call, clip
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self._plan is not None and self._plan[2] is not None:
+            self.trainer.gradient_clip_val = self._plan[2][0]
+            self._plan = (*self._plan[:2], None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint written with any K resumes with any K: Lightning counts optimizer steps
+        in one counter under automatic optimization (K = 1) and in another under manual; both
+        get the steps taken."""
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        auto = loops.get("epoch_loop.automatic_optimization.optim_progress", {})
+        manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")
+        if "optimizer" in auto and manual:
+            taken = max(auto["optimizer"]["step"], manual, key=lambda p: p["total"]["completed"])
+            manual.update(copy.deepcopy(taken))
+            auto["optimizer"]["step"] = copy.deepcopy(taken)
+
+    # -- training ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -67,17 +157,36 @@ class Classifier(L.LightningModule):
         logits = self(x)
         return F.cross_entropy(logits, y), logits, y
 
-    # -- training ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.automatic_optimization:  # one minibatch; Lightning steps the optimizer
+            return self._train_on(batch, last_of_call=True)
+        optimizer, trainer, clip = self.optimizers(), self.trainer, self._plan[2]
+        for i, minibatch in enumerate(batch):  # K minibatches, one optimizer step each
+            loss = self._train_on(minibatch, last_of_call=i == len(batch) - 1)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if clip is not None:
+                self.clip_gradients(optimizer, *clip)
+            optimizer.step()
+            if self.global_step == trainer.max_steps or not torch.isfinite(loss):
+                break  # the divergence guard stops at this step, as it does with K = 1
+        # Lightning counts this call as one step in its logging step: count all of them
+        trainer.fit_loop.epoch_loop._batches_that_stepped += i
+        return loss
+
+    def _train_on(self, batch, last_of_call: bool) -> torch.Tensor:
+        """Forward one minibatch and add it to the epoch's sums (before its optimizer step)."""
         loss, logits, y = self.model_step(batch)
         with torch.no_grad():
             self.train_loss_sum.add_(loss, alpha=len(y))
             self.train_correct.add_((logits.argmax(-1) == y).sum())
         self.train_count += len(y)
-        trainer = self.trainer
-        if (self.global_step + 1) % trainer.log_every_n_steps == 0:  # the steps Lightning writes
-            self.log("train/loss_step", loss)
-        if trainer.is_last_batch or self.global_step + 1 == trainer.max_steps:
+        trainer, step = self.trainer, self.global_step
+        if trainer.log_every_n_steps and (step + 1) % trainer.log_every_n_steps == 0:
+            for logger in trainer.loggers:  # what Lightning writes for a step's `self.log`
+                logger.log_metrics({"train/loss_step": float(loss.detach()),
+                                    "epoch": trainer.current_epoch}, step=step)
+        if (last_of_call and trainer.is_last_batch) or step + 1 == trainer.max_steps:
             self._log_train_epoch()
         return loss
 
@@ -88,7 +197,8 @@ class Classifier(L.LightningModule):
                             self.train_loss_sum.new_tensor(self.train_count)])
         loss_sum, correct, count = self.all_gather(sums).reshape(-1, 3).sum(0)
         self.log_dict({"train/loss": loss_sum / count, "train/acc": correct / count},
-                      on_step=False, on_epoch=True, sync_dist=True)  # equal on every process
+                      on_step=False, on_epoch=True, sync_dist=True,  # equal on every process
+                      batch_size=1)  # one value an epoch
         self.train_loss_sum.zero_()
         self.train_correct.zero_()
         self.train_count = 0

@@ -17,7 +17,7 @@ from bnstudy.run import build_model, check_devices
 
 GROUPS = {
     "dataset": ["mnist", "cifar10", "fashion_mnist"],
-    "norm": ["bn", "layer", "none"],
+    "norm": ["bn", "group", "layer", "none"],
     "optim": ["sgd", "adam"],
     "model": ["mlp", "cnn"],
 }

@@ -236,33 +236,33 @@ def test_fashion_mnist_reads_its_own_folder(tmp_path):
         MNISTDataModule(tmp_path, download=False).prepare_data()  # not MNIST's folder
 
 
-# -- decoded once per process (bnstudy.datafiles.decoded_once) -----------------------------
+# -- each split read once per process (TensorDataModule.prepared) --------------------------
 
-def setup_counts(dm) -> tuple[dict, dict]:
-    """The process's decode counts before and after `dm.setup()`."""
-    from bnstudy.datafiles import decode_counts
+def reads(dm) -> tuple[int, int]:
+    """The splits `dm.setup()` read from files and took from the process's cache."""
+    from bnstudy import data
 
-    before = decode_counts()
+    before = dict(data.counts)
     dm.setup()
-    return before, decode_counts()
+    return data.counts["read"] - before["read"], data.counts["reused"] - before["reused"]
 
 
-def decoded(before: dict, after: dict) -> tuple[int, int]:
-    return after["decoded"] - before["decoded"], after["reused"] - before["reused"]
-
-
-def test_a_later_job_in_the_process_reuses_the_decoded_files(tmp_path):
+def test_a_later_job_reuses_the_split_and_gets_its_own_copy(tmp_path):
     write_mnist(tmp_path)
     write_cifar10(tmp_path)
     for make in (lambda: MNISTDataModule(tmp_path, download=False),
                  lambda: CIFAR10DataModule(tmp_path, download=False)):
         first, second = make(), make()
-        reads = 2 if first.name == "mnist" else 4  # a split's files (and CIFAR's md5 checks)
-        assert decoded(*setup_counts(first)) == (reads, 0)
-        assert decoded(*setup_counts(second)) == (0, reads)
+        assert reads(first) == (2, 0) and reads(second) == (0, 2)  # training and test files
         for split in ("train_set", "val_set", "test_set"):
             assert torch.equal(getattr(first, split).x, getattr(second, split).x)
             assert torch.equal(getattr(first, split).y, getattr(second, split).y)
+        second.test_set.y[:] = 0  # what a job does with its tensors stays in that job
+        third = make()
+        reads(third)
+        assert torch.equal(third.test_set.y, first.test_set.y) and third.test_set.y.any()
+    other = MNISTDataModule(tmp_path, val_size=0.2, download=False)  # another split: read
+    assert reads(other) == (1, 1) and len(other.val_set) == 120
 
 
 def test_a_changed_file_is_read_again(tmp_path):
@@ -270,46 +270,16 @@ def test_a_changed_file_is_read_again(tmp_path):
 
     write_mnist(tmp_path, n_train=600)
     old = MNISTDataModule(tmp_path, val_size=100, download=False)
-    setup_counts(old)
+    reads(old)
     write_mnist(tmp_path, n_train=600, seed=1)  # the same sizes, other images
     images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     stat = images.stat()
     os.utime(images, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # (within a clock tick)
     new = MNISTDataModule(tmp_path, val_size=100, download=False)
-    assert decoded(*setup_counts(new))[0] >= 1
-    assert not torch.equal(old.train_set.x, new.train_set.x)
-    write_mnist(tmp_path, n_train=700)  # another size
-    bigger = MNISTDataModule(tmp_path, val_size=100, download=False)
-    setup_counts(bigger)
-    assert len(bigger.train_set) == 600
-
+    assert reads(new)[0] >= 1 and not torch.equal(old.train_set.x, new.train_set.x)
     write_cifar10(tmp_path)
-    cifar = CIFAR10DataModule(tmp_path, download=False)
-    cifar.setup()
+    CIFAR10DataModule(tmp_path, download=False).setup()
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes() + b"x")  # corrupt now: refused, not served from memory
     with pytest.raises(DataError, match="1 bytes follow the batch"):
         CIFAR10DataModule(tmp_path, download=False).setup()
-
-
-def test_reused_data_trains_exactly_as_freshly_decoded_data(tmp_path):
-    from helpers import tiny_fit
-
-    from bnstudy.datafiles import forget_decoded
-
-    write_mnist(tmp_path)
-    runs = []
-    for fresh in (True, False):
-        if fresh:
-            forget_decoded()
-        dm, model, trainer = tiny_fit(tmp_path, max_epochs=2)
-        dm.setup("test")
-        runs.append((dm, {k: float(v) for k, v in trainer.callback_metrics.items()},
-                     [p.detach().clone() for p in model.parameters()]))
-    (dm, metrics, weights), (dm2, metrics2, weights2) = runs
-    assert metrics == metrics2 and all(
-        torch.equal(a, b) for a, b in zip(weights, weights2, strict=True))
-    dm2.test_set.y[:] = 0  # what a job does with its tensors stays in that job
-    again = MNISTDataModule(tmp_path, download=False)
-    again.setup()
-    assert torch.equal(again.test_set.y, dm.test_set.y) and again.test_set.y.any()

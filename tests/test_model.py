@@ -203,3 +203,67 @@ def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_data, tmp_path):
         acc = (model(x).argmax(-1) == y).float().mean().item()
     recorded = json.loads((tmp_path / "metrics.json").read_text())["test"]["acc"]
     assert acc == pytest.approx(recorded, abs=1e-6)
+
+
+def k_classifier(k: int):
+    L.seed_everything(0, verbose=False)
+    model = make_classifier("bn", lr=0.1)
+    model.steps_per_call = k
+    return model
+
+
+def k_fit(tiny_data, out, k: int, **flags) -> dict:
+    """Everything a 2-epoch fit with `steps_per_call=k` leaves: history, scalars, test, ckpt."""
+    from helpers import scalar_tags
+
+    from bnstudy.callbacks import DivergenceGuard, MetricsHistory
+
+    history = MetricsHistory(out / "metrics.json")
+    data, model, trainer = tiny_fit(tiny_data, out, model=k_classifier(k), max_epochs=2,
+                                    callbacks=[history, DivergenceGuard()], log_every_n_steps=3,
+                                    **flags)
+    test = trainer.test(model, datamodule=data, verbose=False)
+    trainer.save_checkpoint(out / "last.ckpt")
+    ckpt = torch.load(out / "last.ckpt", weights_only=False)
+    return {"batches": trainer.num_training_batches, "steps": trainer.global_step,
+            "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history.history],
+            "scalars": {tag: scalars(out, tag) for tag in sorted(scalar_tags(out))},
+            "test": test, "weights": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"],
+            "clip": trainer.gradient_clip_val}
+
+
+@pytest.mark.parametrize("flags,bundled", [
+    ({"gradient_clip_val": 0.05}, True),
+    ({"max_steps": 6}, True),  # stops inside the second call of 4
+    ({"accumulate_grad_batches": 3}, False),  # falls back to K = 1, and says so
+], ids=["gradient_clip_val", "max_steps", "accumulate_grad_batches"])
+def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, caplog, flags,
+                                                           bundled):
+    one = k_fit(tiny_data, tmp_path / "k1", 1, **flags)
+    with caplog.at_level("INFO", logger="bnstudy.model"):
+        four = k_fit(tiny_data, tmp_path / "k4", 4, **flags)
+    assert (one.pop("batches"), four.pop("batches")) == (11, 3 if bundled else 11)  # calls
+    assert ("falls back to 1" in caplog.text) != bundled
+    assert four["scalars"]["train/loss_step"] and four["history"]
+    a, b = (dict(torch.utils._pytree.tree_flatten_with_path(run)[0]) for run in (one, four))
+    assert a.keys() == b.keys()
+    for path, value in a.items():  # bit for bit: weights, optimizer state, every figure
+        same = torch.equal(value, b[path]) if torch.is_tensor(value) else value == b[path]
+        assert same, path
+
+
+@pytest.mark.parametrize("first,then", [(1, 4), (4, 1)])
+def test_a_run_resumes_exactly_with_another_k(tiny_data, tmp_path, first, then):
+    """A checkpoint of K = 1 resumes with K = 4 and the other way round: the uninterrupted
+    run's steps and weights (Lightning counts steps in one counter per optimization mode)."""
+    def fit(k: int, epochs: int, ckpt=None):
+        return tiny_fit(tiny_data, model=k_classifier(k), max_epochs=epochs,
+                        limit_val_batches=0, ckpt_path=ckpt)
+
+    _, _, trainer = fit(first, 1)
+    trainer.save_checkpoint(tmp_path / "epoch1.ckpt")
+    _, resumed, trainer = fit(then, 2, tmp_path / "epoch1.ckpt")
+    _, straight, _ = fit(1, 2)
+    assert trainer.global_step == 22
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name

@@ -4,6 +4,6 @@
     python -m bnstudy.bench study [--repeats 2] [overrides ...]         # a whole study (`study`)
     python -m bnstudy.bench profile [--jobs 3] [overrides ...]          # where a job's time goes
 
-`plain` is the plain PyTorch process the study benchmark starts (`python -m bnstudy.bench
-plain RUNS RESULTS`): it imports neither Lightning nor Hydra.
+`plain` is the plain PyTorch loop; the study benchmark starts it as processes (`python -m
+bnstudy.bench plain RUNS RESULTS --share I/N`): they import neither Lightning nor Hydra.
 """

@@ -1,23 +1,16 @@
 """Per epoch: the project's training path against a plain PyTorch loop, same data and model.
 
     python -m bnstudy.bench [--repeats 3] [--floor] [overrides ...]   # data from paths.data_dir
-    python -m bnstudy.bench dataset=fashion_mnist paths.data_dir=data   # full 60k images
 
-It runs `trainer.fit` of a default run (curves, checkpointing and the visual callbacks at
-their default frequency) and, in the same process, a plain loop over the same in-memory
-tensors with its own copy of the model and optimizer (train steps, then one pass over the
-validation split, as a researcher's loop would). The two alternate epoch by epoch: before
-each of the fit's epochs a callback runs one plain epoch, so both see the same machine
-state, and each pair gives a ratio. A project epoch is timed from the end of that plain
-epoch to the start of the next one (the last: until `fit` returns), so it includes
-validation, the epoch-end callbacks and Lightning's own work between epochs. It prints the
-median seconds per epoch and samples per second of each, and the median of the ratios. Each
-fit is five epochs by default (`trainer.max_epochs`), so the hallucinations (every fifth
-epoch) are paid at their default frequency. Start-up (imports, config composition, reading
-the data, setting up the fit) is timed separately. With `--floor` it also times, the same
-way, a bare Lightning loop (`BareClassifier`: the same network and optimizer, a
-`training_step` that only returns the loss; no logger, no callbacks): the least any
-LightningModule that takes one optimizer step per batch can cost.
+It runs `trainer.fit` of a default run (5 epochs: the every-5th-epoch pictures are paid at
+their default rate) and, in the same process, the plain loop of `bnstudy.bench.plain` over the
+same tensors with its own copy of the model and optimizer. They alternate epoch by epoch (a
+callback runs a plain epoch before each of the fit's), so each pair sees the same machine
+state and gives a ratio; a project epoch runs from the end of one plain epoch to the start of
+the next (the last: until `fit` returns), validation, callbacks and Lightning's work between
+epochs included. It prints seconds per epoch, samples per second and the median ratio, and
+start-up apart. `--floor` times a bare Lightning loop the same way (`BareClassifier`: one
+optimizer step per `training_step`, no logger, no callbacks).
 """
 
 from __future__ import annotations
@@ -36,48 +29,31 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from bnstudy.bench.plain import evaluate, minibatches, train_epoch  # noqa: E402
 from bnstudy.config import CONFIG_DIR  # noqa: E402
 from bnstudy.console import quiet_console  # noqa: E402
-from bnstudy.data import batches  # noqa: E402
 from bnstudy.run import build, build_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 
 
 class PlainLoop:
-    """A hand-written training loop over the datamodule's tensors, with the config's model
-    (a fresh copy) and optimizer."""
+    """The plain PyTorch loop (`bnstudy.bench.plain`) over the datamodule's tensors, with a
+    fresh copy of the config's model and its optimizer."""
 
     def __init__(self, cfg, datamodule) -> None:
         _, model, _ = build(cfg)
-        self.device = datamodule.train_set.x.device
-        self.net = model.net.to(self.device)
+        self.net = model.net.to(datamodule.train_set.x.device)
         self.optimizer = instantiate(cfg.optim.optimizer)(self.net.parameters())
-        self.train = batches(datamodule.train_set, cfg.dataset.batch_size, shuffle=True,
-                             seed=cfg.seed)  # the same minibatches, in the same order
-        self.val = batches(datamodule.val_set, cfg.dataset.datamodule.eval_batch_size,
-                           shuffle=False)
+        self.cfg, self.data = cfg, datamodule
 
     @torch.enable_grad()
     def epoch(self, epoch: int) -> float:
-        """Trains one epoch and evaluates; returns its seconds."""
-        net, optimizer, device = self.net, self.optimizer, self.device
-        start = time.perf_counter()
-        net.train()
-        self.train.sampler.set_epoch(epoch)
-        total, correct = torch.zeros((), device=device), torch.zeros((), device=device)
-        for x, y in self.train:
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(y)
-            correct += (logits.argmax(-1) == y).sum()
-        net.eval()
-        with torch.no_grad():
-            val_correct = sum((net(x).argmax(-1) == y).sum() for x, y in self.val)
-        float(total), float(correct), float(val_correct)  # the epoch's figures, synced
+        """Trains one epoch (the study's minibatches) and evaluates; returns its seconds."""
+        start, train, val = time.perf_counter(), self.data.train_set, self.data.val_set
+        batches = minibatches(len(train), self.cfg.dataset.batch_size, self.cfg.seed, epoch)
+        train_epoch(self.net, self.optimizer, train.x, train.y, batches)
+        evaluate(self.net, val.x, val.y, self.cfg.dataset.datamodule.eval_batch_size)
         return time.perf_counter() - start
 
 
@@ -104,29 +80,23 @@ class Alternate(Callback):
     """Runs a plain epoch before each of the fit's epochs and times both, pairwise."""
 
     def __init__(self, plain: PlainLoop) -> None:
-        self.plain_loop = plain
-        self.plain: list[float] = []
-        self.project: list[float] = []
-        self.setup_s = 0.0
+        self.plain_loop, self.plain, self.project, self.setup_s = plain, [], [], 0.0
         self.timed = ""  # what the fit ran: module, logger, callbacks
-        self._mark = time.perf_counter()  # when the current project epoch (or set-up) began
+        self.mark = time.perf_counter()  # when the current project epoch (or set-up) began
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = type(trainer.logger).__name__ if trainer.logger else "no logger"
         callbacks = ", ".join(type(c).__name__ for c in trainer.callbacks if c is not self)
         self.timed = f"{type(pl_module).__name__}, {logger}, callbacks: {callbacks or 'none'}"
 
-    def start(self) -> None:
-        self._mark = time.perf_counter()
-
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.end_project_epoch()
         self.plain.append(self.plain_loop.epoch(trainer.current_epoch))
-        self._mark = time.perf_counter()
+        self.mark = time.perf_counter()
 
     def end_project_epoch(self) -> None:
         """Closes the running project epoch (the first call: the fit's set-up)."""
-        elapsed = time.perf_counter() - self._mark
+        elapsed = time.perf_counter() - self.mark
         if len(self.project) < len(self.plain):
             self.project.append(elapsed)
         else:
@@ -141,9 +111,8 @@ def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
         if bare:
             study = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
             model = BareClassifier(study.net, study.optimizer_factory)
-            trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, devices=1,
-                                accelerator=cfg.trainer.accelerator, logger=False,
-                                enable_checkpointing=False,
+            trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, devices=1, logger=False,
+                                accelerator=cfg.trainer.accelerator, enable_checkpointing=False,
                                 enable_progress_bar=False, enable_model_summary=False,
                                 num_sanity_val_steps=0, use_distributed_sampler=False)
         else:
@@ -151,7 +120,7 @@ def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
         timer = Alternate(PlainLoop(cfg, datamodule))
         trainer.callbacks.insert(0, timer)  # first: its epoch start precedes the others'
         L.seed_everything(cfg.seed, verbose=False)
-        timer.start()
+        timer.mark = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)
         timer.end_project_epoch()
     return timer

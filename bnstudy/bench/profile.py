@@ -3,14 +3,12 @@
     python -m bnstudy.bench profile [--jobs 3] [overrides ...]   # e.g. trainer.max_epochs=50
 
 It runs `python -m bnstudy.train -m seed=0,1,... [overrides]` in this process (Hydra's basic
-launcher: one job after another, as a parallel launcher's worker runs its share), with a
-wall-clock timer (`time.perf_counter`) around each of the functions below, and prints their
-seconds per job and per epoch: the median over the jobs after the first (which also pays
-the imports, timed apart), and the first job's; then the sweeper's check, which composes every
-job's config in the main process before the first job starts (Hydra's launcher composes each
-again where the job runs). What no phase of its own times (the training steps themselves,
-Lightning's loop between them, Hydra's own work) is the remainder of each total. The timers
-cost a few µs a call; none runs inside a step, but the divergence guard's, once a step.
+launcher: one job after another, as each worker of a parallel launcher runs its share) with a
+wall-clock timer around each function of `PHASES`, and prints seconds per job and per epoch
+(the median over the jobs after the first, which also pays the imports, timed apart) and the
+first job's; then the sweeper's composition of every job's config before the first. What no
+phase times (the steps themselves, Lightning's loop, Hydra) is the rest of each total. A timer
+costs a few µs a call; the divergence guard's runs once a training_step.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ T0 = time.perf_counter()
 
 # (module, owner, attribute, label, per): per "job" or "epoch" (divided by the job's epochs)
 COMPOSE = "compose the job's config (Hydra's launcher)"
+CHECK = "the sweeper composes every job's config first"
 PHASES = [
     ("hydra._internal.config_loader_impl", "ConfigLoaderImpl", "load_sweep_config", COMPOSE,
      "job"),
@@ -50,9 +49,9 @@ PHASES = [
      "epoch end: hallucinations", "epoch"),
     ("bnstudy.dashboard", "ComparisonCurves", "_write", "comparison curves", "epoch"),
     ("lightning.pytorch.loggers", "TensorBoardLogger", "log_metrics",
-     "TensorBoard scalars (Lightning's)", "epoch"),
+     "TensorBoard scalars", "epoch"),
     ("bnstudy.callbacks", "DivergenceGuard", "on_train_batch_end",
-     "divergence guard (every step)", "epoch"),
+     "divergence guard (every training_step)", "epoch"),
     ("bnstudy.callbacks", "ImageCallback", "on_train_end", "pictures when training ends",
      "job"),
     ("lightning.pytorch", "Trainer", "fit", "Trainer.fit", "job"),
@@ -61,46 +60,39 @@ PHASES = [
     ("bnstudy.sweep", "SweepSummary", "on_job_end", "the sweep's view (+mean runs)", "job"),
     ("hydra.core.utils", None, "run_job", "Hydra's job (all of the above but the compose)",
      "job"),
-]
-SWEEP_PHASES = [  # once a sweep, in its main process
-    ("hydra.plugins.sweeper", "Sweeper", "validate_batch_is_legal",
-     "the sweeper composes every job's config first", "sweep"),
+    ("hydra.plugins.sweeper", "Sweeper", "validate_batch_is_legal", CHECK, "sweep"),
 ]
 
 
 class Timers:
-    """Seconds per label, per job: a job starts with Hydra's `run_job`, and the composition of
-    its config that the launcher does just before is counted in it. The sweeper's own check of
-    every job's config (before the first job) is counted apart, in `sweep`."""
+    """Seconds per label and job (a job starts with Hydra's `run_job`; the composition of its
+    config just before is counted in it); the sweeper's check, before any job, in `sweep`."""
 
     def __init__(self) -> None:
-        self.job = 0
+        self.job, self.pending, self.checking = 0, 0.0, False
         self.seconds: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self.sweep: dict[str, float] = defaultdict(float)
-        self.pending = 0.0  # a compose that precedes its job
-        self.checking = False  # inside the sweeper's check
+        self.sweep = 0.0
 
     def wrap(self, owner, attribute: str, label: str) -> None:
         original = getattr(owner, attribute)
 
         @functools.wraps(original)
         def timed(*args, **kwargs):
-            if attribute == "run_job":
+            if label == CHECK:
+                self.checking = True
+            elif attribute == "run_job":
                 self.job += 1
                 self.seconds[self.job][COMPOSE] += self.pending
                 self.pending = 0.0
-            self.checking |= attribute == "validate_batch_is_legal"
             job, start = self.job, time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
                 seconds = time.perf_counter() - start
-                if attribute == "validate_batch_is_legal":
-                    self.checking = False
-                    self.sweep[label] += seconds
-                elif attribute == "load_sweep_config":
-                    if not self.checking:
-                        self.pending += seconds
+                if label == CHECK:
+                    self.checking, self.sweep = False, self.sweep + seconds
+                elif label == COMPOSE:
+                    self.pending += 0.0 if self.checking else seconds
                 else:
                     self.seconds[job][label] += seconds
 
@@ -110,16 +102,11 @@ class Timers:
         """Wraps every phase that exists (before Hydra imports its launcher, which takes its
         own reference to `run_job`); returns those that do not (a library changed)."""
         missing = []
-        for module, owner, attribute, label, _ in [*PHASES, *SWEEP_PHASES]:
+        for module, owner, attribute, label, _ in PHASES:
             try:
                 target = importlib.import_module(module)
-                for name in ([owner] if owner else []):
-                    target = getattr(target, name)
-                if attribute == "update_record":  # called by these modules under their names
-                    for user in ("bnstudy.train", "bnstudy.callbacks"):
-                        self.wrap(importlib.import_module(user), attribute, label)
-                else:
-                    self.wrap(target, attribute, label)
+                target = getattr(target, owner) if owner else target
+                self.wrap(target, attribute, label)
             except (ImportError, AttributeError):
                 missing.append(f"{module}.{owner + '.' if owner else ''}{attribute}")
         return missing
@@ -133,21 +120,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
 
     import bnstudy.train  # noqa: F401  (the entry point; Hydra and the config only)
-    entry_s = time.perf_counter() - T0
-    start = time.perf_counter()
+    entry_s, start = time.perf_counter() - T0, time.perf_counter()
     import lightning.pytorch  # noqa: F401
     import torch.utils.tensorboard  # noqa: F401
 
     import bnstudy.callbacks  # noqa: F401
     import bnstudy.dashboard  # noqa: F401
     import bnstudy.data  # noqa: F401
-    libraries_s = time.perf_counter() - start
-    timers = Timers()
+    libraries_s, timers = time.perf_counter() - start, Timers()
     missing = timers.install()
     out = tempfile.mkdtemp(prefix="bnstudy-profile-")
-    seeds = ",".join(map(str, range(args.jobs)))
-    sys.argv = ["bnstudy.train", "-m", f"seed={seeds}", "trainer.enable_progress_bar=false",
-                f"hydra.sweep.dir={out}", *args.overrides]
+    sys.argv = ["bnstudy.train", "-m", f"seed={','.join(map(str, range(args.jobs)))}",
+                "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}", *args.overrides]
     started = time.perf_counter()
     try:
         bnstudy.train.main()
@@ -157,28 +141,18 @@ def main(argv: list[str] | None = None) -> None:
     total_s = time.perf_counter() - started
     from bnstudy.records import RunRecord
 
-    records = [RunRecord.read(p) for p in Path(out).glob("*/metrics.json")]
-    epochs = [len(r.history) for r in records]
-    report(timers, epochs, entry_s, libraries_s, total_s, out, missing)
-
-
-def report(timers: Timers, epochs: list[int], entry_s: float, libraries_s: float,
-           total_s: float, out: str, missing: list[str]) -> None:
+    epochs = statistics.median(len(RunRecord.read(p).history) or 1
+                               for p in Path(out).glob("*/metrics.json"))
     jobs = sorted(timers.seconds)
-    later = jobs[1:] or jobs
-    print(f"{len(jobs)} job(s) of {epochs[0] if epochs else '?'} epoch(s) in {total_s:.1f} s "
-          f"({out}); imports: the entry point {entry_s:.2f} s, then Lightning, torch, "
-          f"TensorBoard and the callbacks {libraries_s:.2f} s (once per process)")
+    print(f"{len(jobs)} job(s) of {epochs} epoch(s) in {total_s:.1f} s ({out}); imports: the "
+          f"entry point {entry_s:.2f} s, then Lightning, torch, TensorBoard and the callbacks "
+          f"{libraries_s:.2f} s (once per process)")
     print(f"{'phase':48s} {'s/job':>8s} {'ms/epoch':>9s} {'first job s':>12s}")
-    for _, _, _, label, per in PHASES:
-        values = [timers.seconds[j].get(label, 0.0) for j in later]
-        per_job = statistics.median(values)
-        n = statistics.median(epochs) if epochs else 1
-        per_epoch = f"{1000 * per_job / n:9.1f}" if per == "epoch" else " " * 9
-        first = timers.seconds[jobs[0]].get(label, 0.0) if jobs else 0.0
-        print(f"{label:48s} {per_job:8.3f} {per_epoch} {first:12.3f}")
-    for *_, label, _ in SWEEP_PHASES:
-        print(f"{label}: {timers.sweep.get(label, 0.0):.3f} s for the {len(jobs)} job(s), "
-              "before the first (main process)")
+    for *_, label, per in PHASES[:-1]:
+        per_job = statistics.median(timers.seconds[j].get(label, 0.0) for j in jobs[1:] or jobs)
+        per_epoch = f"{1000 * per_job / epochs:9.1f}" if per == "epoch" else " " * 9
+        print(f"{label:48s} {per_job:8.3f} {per_epoch} {timers.seconds[jobs[0]][label]:12.3f}")
+    print(f"{CHECK}: {timers.sweep:.3f} s for the {len(jobs)} job(s), before the first "
+          "(main process)")
     if missing:
         print(f"not timed (not found in this version): {', '.join(missing)}")

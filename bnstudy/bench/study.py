@@ -1,28 +1,25 @@
-"""A whole study through the entry point against the same runs in one plain PyTorch process.
+"""A whole study through the entry point against the same runs in plain PyTorch processes.
 
-    python -m bnstudy.bench study [--repeats 2] [--hallucinations] [--threads N] [overrides ...]
+    python -m bnstudy.bench study [--repeats 2] [--hallucinations] [overrides ...]
 
-The study is `python -m bnstudy.train -m hydra/launcher=parallel dataset=mnist,cifar10
-norm=bn,none optim=sgd,adam ~callbacks.hallucinations` (the default study: 3 seeds, 24 runs,
-two at a time) with `overrides` added; an override of a key the default names replaces it
-(`dataset=mnist`, `hydra/launcher=basic`, `seed=0,1,...,19`). `--hallucinations` keeps the
-hallucination callback. The plain process (`bnstudy.bench.plain`, run as `python -m
-bnstudy.bench plain`) trains the same runs one after the other with `--threads` torch threads
-(default: one per core), reading each job's composed config from the first sweep. Each
-round runs both as fresh processes, timed from start to exit (interpreter start, imports and
-all), the order alternating (study then plain, plain then study, ...); each round gives a
-ratio. It prints each round (with the load average: only rounds on a machine with nothing
-else running compare), the medians and the ratios' range, and checks that both trained the
-same runs: the largest difference between their final validation accuracies.
+The study: `python -m bnstudy.train -m hydra/launcher=parallel dataset=mnist,cifar10
+norm=bn,none optim=sgd,adam ~callbacks.hallucinations` (24 runs, two jobs at a time, one
+torch thread each) with `overrides` added, each replacing a default of the same key;
+`--hallucinations` keeps that callback. The baselines train the same runs (each job's config,
+read from the first sweep) in plain PyTorch (`bnstudy.bench.plain`): in as many processes as
+the launcher has workers, one thread each, every n-th run in each; and, the former baseline,
+in one process at a thread per core. Each side is timed from its processes' start to their
+exit; the order rotates round by round. It prints each round with the load average (above
+the core count, other processes compete), medians, ratios and the largest difference between
+the final validation accuracies of the study and of its plain processes (0.00: the same runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,27 +57,24 @@ def study_overrides(overrides: list[str], hallucinations: bool = False) -> list[
     return chosen
 
 
-def run_study(overrides: list[str], sweep_dir: Path) -> float:
-    """Runs the study through the entry point into `sweep_dir`; its seconds, start to exit."""
-    command = [sys.executable, "-m", "bnstudy.train", "-m", *overrides,
-               f"hydra.sweep.dir={sweep_dir}"]
-    log = sweep_dir.parent / f"{sweep_dir.name}.log"
+def cpu_s() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(commands: list[list[str]], log: Path) -> tuple[float, float]:
+    """Runs the commands side by side: seconds from the start to the last exit, and the CPU
+    seconds they used (which other processes on the machine change far less)."""
     with open(log, "w") as out:
-        started = time.perf_counter()
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT)
-        seconds = time.perf_counter() - started
-    if code != 0:
-        raise BenchError(f"The study failed (exit {code}): {' '.join(command)}\n"
+        started, cpu = time.perf_counter(), cpu_s()
+        procs = [subprocess.Popen(c, stdout=out, stderr=subprocess.STDOUT) for c in commands]
+        codes = [p.wait() for p in procs]
+        seconds, cpu = time.perf_counter() - started, cpu_s() - cpu
+    if any(codes):
+        raise BenchError(f"{' '.join(commands[0])} failed (exit {max(codes)}):\n"
                          + log.read_text()[-3000:])
-    return seconds
-
-
-def records(sweep_dir: Path) -> dict[str, dict]:
-    """Each job's metrics.json, by job directory, in job order."""
-    from bnstudy.records import RECORD_NAME, RunRecord, job_order
-
-    jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
-    return {job.name: vars(RunRecord.read(job)) for job in jobs}
+    return seconds, cpu
 
 
 def unlike_plain(trainer) -> list[str]:
@@ -94,95 +88,80 @@ def unlike_plain(trainer) -> list[str]:
             if not same(key, trainer.get(key), plain)]
 
 
+def jobs(sweep_dir: Path) -> list[Path]:
+    from bnstudy.records import RECORD_NAME, job_order
+
+    return sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
+
+
 def plain_runs(sweep_dir: Path) -> list[dict]:
     """What the plain process needs of each job of a finished sweep (see `bench.plain`), from
     the job's composed config (`.hydra/config.yaml`) and its datamodule."""
-    from hydra.utils import get_class
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from bnstudy.config import register
-    from bnstudy.data import CIFAR10DataModule, MNISTDataModule
+    from bnstudy.data import CIFAR10DataModule
+    from bnstudy.records import RunRecord
 
     register()
     runs = []
-    for job, record in records(sweep_dir).items():
-        cfg = OmegaConf.load(sweep_dir / job / ".hydra" / "config.yaml")
-        different = unlike_plain(cfg.trainer)
-        if different:
+    for job in jobs(sweep_dir):
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        if different := unlike_plain(cfg.trainer):
             raise BenchError(
                 f"The plain process trains with Lightning's default loop settings only, but "
-                f"{job} sets {', '.join(different)}. "
+                f"{job.name} sets {', '.join(different)}. "
                 "Time that study with `python -m bnstudy.bench` (per epoch) instead.")
-        settings = OmegaConf.to_container(cfg.dataset.datamodule, resolve=True)
-        datamodule = get_class(settings.pop("_target_"))(**settings)
-        data_log = logging.getLogger("bnstudy.data")  # its warnings: the study said them
-        level = data_log.level
-        data_log.setLevel(logging.ERROR)
-        try:
-            datamodule.setup("fit")
-        finally:
-            data_log.setLevel(level)
-        data = {"mean": list(datamodule.mean), "std": list(datamodule.std),
-                "split_seed": datamodule.split_seed, "n_train": len(datamodule.train_set),
-                "n_val": len(datamodule.val_set)}
+        dm = instantiate(cfg.dataset.datamodule, verify_checksums="off") \
+            if "verify_checksums" in cfg.dataset.datamodule else instantiate(cfg.dataset.datamodule)
+        n_train, n_val = dm.split_sizes(len(dm.read_split(train=True)[1]))
+        data = {"mean": list(dm.mean), "std": list(dm.std), "split_seed": dm.split_seed,
+                "n_train": n_train, "n_val": n_val}
         for split, train in (("train", True), ("test", False)):
-            if isinstance(datamodule, MNISTDataModule):
-                data[split] = {"idx": str(datamodule.data_dir.resolve()), "train": train,
-                               "torchvision_class": datamodule.torchvision_class.__name__}
-            elif isinstance(datamodule, CIFAR10DataModule):
-                data[split] = {"cifar": [str(p.resolve()) for p in datamodule.files(train)]}
-            else:
-                raise BenchError(f"The plain process cannot read {type(datamodule).__name__}.")
+            data[split] = ({"cifar": [str(p.resolve()) for p in dm.files(train)]}
+                           if isinstance(dm, CIFAR10DataModule) else
+                           {"idx": str(dm.data_dir.resolve()), "train": train,
+                            "torchvision_class": dm.torchvision_class.__name__})
         model = OmegaConf.to_container(cfg.model, resolve=True)
         runs.append({
-            "name": record.get("run_name", job), "data": data, "seed": cfg.seed,
-            "net": {**model["net"], "input_shape": list(datamodule.input_shape),
-                    "num_classes": datamodule.num_classes},
+            "name": RunRecord.read(job).run_name or job.name, "data": data, "seed": cfg.seed,
+            "net": {**model["net"], "input_shape": list(dm.input_shape),
+                    "num_classes": dm.num_classes},
             "optimizer": OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
-            "batch_size": datamodule.batch_size, "eval_batch_size": datamodule.eval_batch_size,
+            "batch_size": dm.batch_size, "eval_batch_size": dm.eval_batch_size,
             "max_epochs": cfg.trainer.max_epochs})
     return runs
 
 
-def run_plain(runs_file: Path, results_file: Path, threads: int) -> float:
-    """Runs the plain process; its seconds, start to exit."""
-    command = [sys.executable, "-m", "bnstudy.bench", "plain", str(runs_file),
-               str(results_file), "--threads", str(threads)]
-    started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise BenchError(f"The plain process failed (exit {proc.returncode}): "
-                         f"{' '.join(command)}\n{proc.stderr[-3000:]}")
-    return seconds
+def workers(sweep_dir: Path) -> int:
+    """The launcher's parallel jobs in a sweep (`n_jobs`; 1 for Hydra's basic launcher)."""
+    from omegaconf import OmegaConf
+
+    hydra = OmegaConf.load(jobs(sweep_dir)[0] / ".hydra" / "hydra.yaml").hydra
+    return max(1, int(hydra.launcher.get("n_jobs") or 1))
 
 
-def machine() -> str:
-    """The machine in words: CPU cores and model, and the GPU if torch sees one."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core CPU ({cpu}), {gpu}"
+def plain_commands(runs: Path, results: Path, processes: int, threads: int) -> list[list[str]]:
+    return [[sys.executable, "-m", "bnstudy.bench", "plain", str(runs),
+             f"{results}.{i}", "--threads", str(threads), "--share", f"{i}/{processes}"]
+            for i in range(processes)]
 
 
-def load() -> str:
-    """The machine's load average over the last minute: above its cores, other processes
-    compete, and a torch thread pool that waits for its threads is slowed the most."""
-    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+def plain_results(results: Path, processes: int) -> list[dict]:
+    """The runs' figures, in the runs' order, from the processes' result files."""
+    shares = [json.loads(Path(f"{results}.{i}").read_text())["runs"] for i in range(processes)]
+    return [shares[i % processes][i // processes] for i in range(sum(map(len, shares)))]
 
 
-def largest_difference(study: dict[str, dict], plain: list[dict]) -> float:
-    """The largest difference, in points, between the final validation accuracy of each run
-    in the study and in the plain process (the same runs, in the same order)."""
-    pairs = zip(study.values(), plain, strict=True)
-    return max(abs(r["history"][-1]["val/acc"] - p["history"][-1]["val/acc"]) * 100
-               for r, p in pairs)
+def largest_difference(sweep_dir: Path, plain: list[dict]) -> float:
+    """The largest difference, in points, between each run's final validation accuracy in the
+    study and in the plain process (the same runs, in the same order)."""
+    from bnstudy.records import RunRecord
+
+    study = [RunRecord.read(job).final_val_acc for job in jobs(sweep_dir)]
+    return max(abs(s - p["history"][-1]["val/acc"]) * 100
+               for s, p in zip(study, plain, strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -191,41 +170,66 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="rounds to time (default 2)")
     parser.add_argument("--hallucinations", action="store_true",
                         help="keep the hallucination callback (default: off)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of the plain process (default: one per core)")
+    parser.add_argument("--no-former", action="store_true",
+                        help="leave out the former baseline (one process, a thread per core)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides added to the default study, e.g. seed=0,1")
     args = parser.parse_intermixed_args(argv)
     overrides = study_overrides(args.overrides, args.hallucinations)
     work = Path(tempfile.mkdtemp(prefix="bnstudy-bench-study-"))
+    cores = os.cpu_count() or 1
+    runs, results, first = work / "runs.json", work / "plain", work / "study0"
     try:
         print(f"study: python -m bnstudy.train -m {' '.join(overrides)}")
-        print(f"plain: the same runs in one PyTorch process, {args.threads} torch thread(s)")
         print(f"machine: {machine()}")
-        study_s, plain_s, runs_file, results_file = [], [], work / "runs.json", work / "plain.json"
+        study = [sys.executable, "-m", "bnstudy.train", "-m", *overrides]
+        times: dict[str, list[tuple[float, float]]] = {"study": []}  # (wall, CPU) seconds
         for round_ in range(args.repeats):
-            order = ("study", "plain") if round_ % 2 == 0 else ("plain", "study")
-            for which in order:
-                if which == "study":
-                    sweep = work / f"study{round_}"
-                    study_s.append(run_study(overrides, sweep))
-                    if round_ == 0:
-                        found = records(sweep)
-                        runs_file.write_text(json.dumps(plain_runs(sweep)))
-                    shutil.rmtree(sweep)
-                else:
-                    plain_s.append(run_plain(runs_file, results_file, args.threads))
-            print(f"round {round_ + 1} ({' then '.join(order)}): study {study_s[-1]:.1f} s, "
-                  f"plain {plain_s[-1]:.1f} s, ratio {study_s[-1] / plain_s[-1]:.2f} "
-                  f"(load {load()})", flush=True)
-        ratios = [s / p for s, p in zip(study_s, plain_s, strict=True)]
-        plain = json.loads(results_file.read_text())["runs"]
-        print(f"{len(found)} runs: study {statistics.median(study_s):.1f} s, plain "
-              f"{statistics.median(plain_s):.1f} s (medians of {args.repeats}); ratio study / "
-              f"plain {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f})")
-        print(f"same runs: final val acc, study vs plain, differ by at most "
-              f"{largest_difference(found, plain):.2f} points")
+            if round_ == 0:  # the first study tells the runs and the launcher's workers
+                times["study"].append(timed([[*study, f"hydra.sweep.dir={first}"]], work / "log"))
+                runs.write_text(json.dumps(plain_runs(first)))
+                n = workers(first)
+                sides = {"study": None, f"plain {n}x1": (n, 1), f"plain 1x{cores}": (1, cores)}
+                sides = dict(list(sides.items())[:2 if args.no_former else 3])
+                label = {f"plain {n}x1": f"{n} plain process(es), 1 thread each",
+                         f"plain 1x{cores}": f"1 plain process, {cores} threads (former baseline)"}
+                times |= {side: [] for side in [*sides][1:]}
+            order = [*sides][round_ % len(sides):] + [*sides][:round_ % len(sides)]
+            for side in order[1:] if round_ == 0 else order:
+                commands = ([[*study, f"hydra.sweep.dir={work}/study{round_}"]]
+                            if side == "study" else
+                            plain_commands(runs, results if side != f"plain 1x{cores}"
+                                           else work / "old", *sides[side]))
+                times[side].append(timed(commands, work / "log"))
+            print(f"round {round_ + 1}: " + ", ".join(
+                f"{side} {t[-1][0]:.1f} s (CPU {t[-1][1]:.1f} s)" for side, t in times.items())
+                  + f" (load {os.getloadavg()[0]:.1f}; order: {' > '.join(order)})", flush=True)
+        print(f"{len(json.loads(runs.read_text()))} runs, medians of {args.repeats} rounds "
+              "(wall clock; CPU seconds):")
+        medians = {side: [statistics.median(t[i] for t in times[side]) for i in (0, 1)]
+                   for side in sides}
+        print(f"  {'the study (' + str(n) + ' jobs at a time)':52s} "
+              f"{medians['study'][0]:6.1f} s; CPU {medians['study'][1]:6.1f} s")
+        for side in [*sides][1:]:
+            ratios = [[s[i] / p[i] for s, p in zip(times["study"], times[side], strict=True)]
+                      for i in (0, 1)]
+            print(f"  {label[side]:52s} {medians[side][0]:6.1f} s; CPU {medians[side][1]:6.1f} s"
+                  "   study / it " + "; CPU ".join(
+                      f"{statistics.median(r):.2f} (range {min(r):.2f}-{max(r):.2f})"
+                      for r in ratios))
+        print(f"same runs: final val acc, study vs {n} plain process(es) at 1 thread, differ by "
+              f"at most {largest_difference(first, plain_results(results, n)):.2f} points")
     except BenchError as err:
         sys.exit(str(err))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def machine() -> str:
+    """The machine in words: CPU cores and model, and the GPU if torch sees one."""
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "?") if Path("/proc/cpuinfo").is_file() else "?"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU ({cpu}), {gpu}"
