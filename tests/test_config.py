@@ -80,10 +80,11 @@ RANGES = [  # (dotted key, value out of range, the message)
     ("trainer.max_epochs", 2.5, "trainer.max_epochs=2.5 is out of range; it must be an integer"),
     ("model.net.hidden_dim", 0, "model.net.hidden_dim=0 is out of range"),
     ("model.net.depth", 0, "model.net.depth=0 is out of range"),
+    ("model.steps_per_call", 0, "model.steps_per_call=0 is out of range"),
     ("dataset.val_size", 1.5, "dataset.val_size=1.5 is out of range; it must be a fraction in "
      "(0, 1) or a whole count >= 1"),
     ("threads", 0, "threads=0 is out of range; it must be auto or an integer >= 1"),
-    ("model.net.norm", "group", "model.net.norm='group' is not a known normalisation"),
+    ("model.net.norm", "instance", "model.net.norm='instance' is not a known normalisation"),
     ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises over the "
      "batch, which one image cannot give"),
 ]
