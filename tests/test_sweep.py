@@ -70,11 +70,56 @@ def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
 
 
 def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
-    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    local, slurm = (f"hydra_plugins.bnstudy_launchers.{kind}Launcher" for kind in ("Local", "Slurm"))
     note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
     assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
                            "restarts a job at most 5 times")
     for fine in ({"_target_": local, "max_num_timeout": 5}, {"_target_": local},
                  {"_target_": slurm, "max_num_timeout": 10}):
         assert local_requeue_limit(OmegaConf.create(fine)) is None, fine
+
+
+class FakeJob:
+    """A submitit job as `collect_jobs` sees it: ended, with a result or (`state` given)
+    submitit's UncompletedJobError, as for a job cancelled, killed or lost."""
+
+    def __init__(self, result=None, state: str | None = None) -> None:
+        self.result, self.state = result, state
+
+    def done(self) -> bool:
+        return True
+
+    def results(self):
+        from submitit.core.utils import UncompletedJobError
+
+        if self.state is not None:
+            raise UncompletedJobError(f"Job 6_1 has not produced any output (state: {self.state})")
+        return [self.result]
+
+
+def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summary):
+    """Issue #34: a cancelled job (UncompletedJobError from its `results()`) does not end the
+    sweep; the summary names it with SLURM's state, keeps the finished job's result, exits 1."""
+    pytest.importorskip("submitit")
+    from bnstudy.sweep import collect_jobs
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_summary.on_multirun_start(config)
+    done = write_job(tmp_path, [0.5, 0.6])
+    cancelled = write_job(tmp_path, [0.4, 0.5], status="interrupted", seed=1)
+    never = tmp_path / "2_mnist-bn-sgd-seed2"  # cancelled before it started: no folder
+    names = [done.name, cancelled.name, never.name]
+    returns = collect_jobs([FakeJob("its record"), FakeJob(state="CANCELLED by 0"),
+                            FakeJob(state="NODE_FAIL")], [["seed=0"], ["seed=1"], ["seed=2"]],
+                           names.__getitem__, tmp_path, poll_s=0)
+    assert returns[0] == "its record"
+    assert [r.return_value.status for r in returns[1:]] == ["interrupted", "interrupted"]
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    message = str(ended.value.code)
+    assert message.startswith(f"2 job(s) of {tmp_path} did not finish")
+    assert f"\n  {cancelled.name}: cancelled (SLURM state CANCELLED by 0): no result after 2 " \
+        "epoch(s), its record says interrupted\n" in message
+    assert f"\n  {never.name}: lost with its node (SLURM state NODE_FAIL): no result before " \
+        "its run started\n" in message
+    assert done.name not in message and f"resume=true hydra.sweep.dir={tmp_path}" in message
