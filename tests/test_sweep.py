@@ -70,7 +70,7 @@ def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
 
 
 def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
-    local, slurm = (f"hydra_plugins.bnstudy_launchers.{kind}Launcher" for kind in ("Local", "Slurm"))
+    local, slurm = (f"hydra_plugins.bnstudy_launchers.{k}Launcher" for k in ("Local", "Slurm"))
     note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
     assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
                            "restarts a job at most 5 times")
