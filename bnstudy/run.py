@@ -24,7 +24,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.config import changed_settings, group_defaults, hparams, overridden_keys, validate
-from bnstudy.console import quiet_console
+from bnstudy.console import quiet_console, shown_before
 from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.jobdir import JobDirLock, RunExistsError, is_requeue, launcher_job, same_job
 from bnstudy.records import RECORD_NAME, RunRecord, write_error
@@ -99,6 +99,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if primary:
         log.info("%s: training %s epochs into %s", cfg.run_name, cfg.trainer.max_epochs, out)
         requeued = previous is not None and is_requeue(previous.job, job)
+        if requeued:  # its earlier attempts' warnings were shown: not again
+            shown_before(out / "train.log")
         record = replace(record, status="running", run_name=cfg.run_name, hparams=settings,
                          job=job, requeues=record.requeues + requeued, error=None,
                          traceback=None, diverged_at=None)
