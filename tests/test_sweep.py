@@ -123,3 +123,46 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
     assert f"\n  {never.name}: lost with its node (SLURM state NODE_FAIL): no result before " \
         "its run started\n" in message
     assert done.name not in message and f"resume=true hydra.sweep.dir={tmp_path}" in message
+
+
+class SlurmJob(FakeJob):
+    """A SLURM job (named as submitit's class) that left the queue without a result."""
+
+    job_id = "7_0"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__()
+        self.paths = type("Paths", (), {"result_pickle": tmp_path / "7_0_result.pkl"})
+
+    def done(self) -> bool:
+        raise AssertionError("without accounting, submitit's sacct poll is not used")
+
+
+def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summary,
+                                                            monkeypatch, caplog):
+    """Issue #34: on a cluster without accounting the sweep says so once and notices a job
+    that left `squeue` without a result, instead of waiting for sacct forever."""
+    pytest.importorskip("submitit")
+    from bnstudy import sweep
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, script in (("sacct", "echo 'Slurm accounting storage is disabled' >&2; exit 1"),
+                         ("squeue", "exit 0")):  # the queue is empty
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    sweep_summary.on_multirun_start(config)
+    done = write_job(tmp_path / "sweep", [0.5, 0.6])
+    sweep.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
+                       [done.name, "1_mnist-bn-sgd-seed1"].__getitem__, tmp_path / "sweep",
+                       poll_s=0)
+    notes = [r.getMessage() for r in caplog.records if "no job accounting" in r.getMessage()]
+    assert notes == ["This cluster has no job accounting (sacct does not answer): job states "
+                     "come from result files and squeue only."]
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    assert "\n  1_mnist-bn-sgd-seed1: left the queue (state unknown without sacct): no result " \
+        "before its run started\n" in str(ended.value.code)
