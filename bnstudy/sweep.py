@@ -256,7 +256,8 @@ def job_ending(job, err: Exception) -> str:
     from submitit.core.utils import FailedJobError
 
     if isinstance(err, FailedJobError):  # the job's own code raised outside the run
-        trace = [line for line in str(err).split("-" * 22)[1].splitlines() if line.strip()]
+        parts = str(err).split("-" * 22)  # submitit's message: the trace between two rules
+        trace = [line for line in parts[len(parts) > 2].splitlines() if line.strip()]
         return f"failed in its process: {trace[-1].strip() if trace else '?'}"
     state = str(job.state)
     kind = "submitit local state" if type(job).__name__ == "LocalJob" else "SLURM state"

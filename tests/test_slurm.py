@@ -83,7 +83,8 @@ def test_scancel_of_one_job_is_named_in_the_summary_and_a_requeued_job_resumes(s
 def test_a_time_limit_requeue_ends_ok_as_an_uninterrupted_run(shared_data, tmp_path):
     """A 1-minute time limit: SLURM signals the job, submitit requeues it, the run resumes by
     itself each time and ends ok, with the history and test metrics of the same run never
-    interrupted (the same thread count), bit for bit but the clock."""
+    interrupted (the same thread count), bit for bit but the clock; its console shows the
+    data's warning once."""
     limited, whole = tmp_path / "limited", tmp_path / "whole"
     overrides = ("norm=none", "trainer.max_epochs=100")
     proc = start_sweep(limited, shared_data, *overrides, "hydra.launcher.timeout_min=1",
@@ -98,3 +99,6 @@ def test_a_time_limit_requeue_ends_ok_as_an_uninterrupted_run(shared_data, tmp_p
     assert [{k: v for k, v in row.items() if k != "time_s"} for row in got["history"]] == \
         [{k: v for k, v in row.items() if k != "time_s"} for row in want["history"]]
     assert got["test"] == want["test"]
+    # the subset's checksum warning: on the job's console once, not once per attempt
+    (console,) = limited.glob(".submitit/*/*_log.err")
+    assert console.read_text().count("CIFAR-10 checksums") == 1

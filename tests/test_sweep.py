@@ -83,15 +83,20 @@ class FakeJob:
     """A submitit job as `collect_jobs` sees it: ended, with a result or (`state` given)
     submitit's UncompletedJobError, as for a job cancelled, killed or lost."""
 
-    def __init__(self, result=None, state: str | None = None) -> None:
-        self.result, self.state = result, state
+    def __init__(self, result=None, state: str | None = None, raised: str | None = None) -> None:
+        self.result, self.state, self.raised = result, state, raised
 
     def done(self) -> bool:
         return True
 
     def results(self):
-        from submitit.core.utils import UncompletedJobError
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
+        if self.raised is not None:  # submitit's message for a job whose code raised
+            rule = "-" * 22
+            raise FailedJobError(f"Job (task=0) failed during processing with trace:\n{rule}\n"
+                                 f"Traceback (most recent call last):\n{self.raised}\n{rule}\n"
+                                 "You can check full logs with 'job.stderr(0)'")
         if self.state is not None:
             raise UncompletedJobError(f"Job 6_1 has not produced any output (state: {self.state})")
         return [self.result]
@@ -108,16 +113,19 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
     done = write_job(tmp_path, [0.5, 0.6])
     cancelled = write_job(tmp_path, [0.4, 0.5], status="interrupted", seed=1)
     never = tmp_path / "2_mnist-bn-sgd-seed2"  # cancelled before it started: no folder
-    names = [done.name, cancelled.name, never.name]
+    names = [done.name, cancelled.name, never.name, "3_mnist-bn-sgd-seed3"]
     returns = collect_jobs([FakeJob("its record"), FakeJob(state="CANCELLED by 0"),
-                            FakeJob(state="NODE_FAIL")], [["seed=0"], ["seed=1"], ["seed=2"]],
+                            FakeJob(state="NODE_FAIL"), FakeJob(raised="ValueError: boom")],
+                           [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]],
                            names.__getitem__, tmp_path, poll_s=0)
     assert returns[0] == "its record"
-    assert [r.return_value.status for r in returns[1:]] == ["interrupted", "interrupted"]
+    assert {r.return_value.status for r in returns[1:]} == {"interrupted"}
     with pytest.raises(SystemExit) as ended:
         sweep_summary.on_multirun_end(config)
     message = str(ended.value.code)
-    assert message.startswith(f"2 job(s) of {tmp_path} did not finish")
+    assert message.startswith(f"3 job(s) of {tmp_path} did not finish")
+    assert "\n  3_mnist-bn-sgd-seed3: failed in its process: ValueError: boom: no result " \
+        "before its run started\n" in message
     assert f"\n  {cancelled.name}: cancelled (SLURM state CANCELLED by 0): no result after 2 " \
         "epoch(s), its record says interrupted\n" in message
     assert f"\n  {never.name}: lost with its node (SLURM state NODE_FAIL): no result before " \
