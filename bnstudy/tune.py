@@ -21,7 +21,7 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -278,18 +278,17 @@ class Cells:
             except BaseException as err:  # raised in the main thread
                 outcome.set_exception(err)
 
-        for pair in zip(searches, outcomes, strict=True):
+        for pair in zip(searches, outcomes, strict=True):  # daemons: Ctrl-C ends the sweep
             threading.Thread(target=run, args=pair, daemon=True).start()
-        with ThreadPoolExecutor(max_workers=max(1, len(searches))) as pool:
-            while not all(outcome.done() for outcome in outcomes):
-                try:
-                    request = self.requests.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if self.concurrent:
-                    pool.submit(_launch, *request)
-                else:
-                    _launch(*request)
+        while not all(outcome.done() for outcome in outcomes):
+            try:
+                request = self.requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self.concurrent:
+                threading.Thread(target=_launch, args=request, daemon=True).start()
+            else:
+                _launch(*request)
         return [outcome.result() for outcome in outcomes]
 
 
