@@ -23,7 +23,7 @@ SLURM = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
 RUN = ("dataset=cifar10", "seed=0", "~callbacks.hallucinations")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def slurm() -> None:
     try:
         answered = shutil.which("sinfo") and subprocess.run(
