@@ -7,12 +7,15 @@ logging, so train.log has them too)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import warnings
+from pathlib import Path
 
 ROUTINE = (  # warnings that say nothing a run of the study needs to act on
     "exists and is not empty",  # Lightning: a resumed run's checkpoints/ already holds files
     "is smaller than the logging interval",  # Lightning: a short epoch logs no per-step loss
+    "The `srun` command is available on your system but is not used",  # Lightning, off SLURM
 )
 IGNORED = (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
            ".*all_gather is deprecated.*")  # the libraries' known harmless warnings
@@ -21,9 +24,11 @@ IGNORED = (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
 class StudyLines(logging.Filter):
     """Passes the `bnstudy` loggers' records and any other logger's warnings and errors, except
     the `ROUTINE` warnings; a warning already shown in this process is not shown again (a
-    sweep's jobs repeat them; each job's train.log keeps its own)."""
+    sweep's jobs repeat them; each job's train.log keeps its own), nor one that an earlier
+    attempt of a requeued job showed (`shown_before`)."""
 
     shown: set[str] = set()  # of the process: Hydra builds a new filter for each job
+    earlier: set[str] = set()  # first lines of the warnings of this job's earlier attempts
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
@@ -31,10 +36,21 @@ class StudyLines(logging.Filter):
         message = record.getMessage()
         if record.levelno > logging.WARNING:
             return True
-        if any(text in message for text in ROUTINE) or message in StudyLines.shown:
+        if any(text in message for text in ROUTINE) or message in StudyLines.shown or \
+                message.partition("\n")[0] in StudyLines.earlier:
             return False
         StudyLines.shown.add(message)
         return True
+
+
+def shown_before(train_log: Path) -> None:
+    """Counts the warnings in a requeued job's `train.log` (its earlier attempts') as shown,
+    so that each reaches the console once per job, not once per attempt."""
+    try:
+        text = train_log.read_text(errors="replace")
+    except OSError:
+        return
+    StudyLines.earlier.update(re.findall(r"\]\[WARNING\] - (.*)", text))
 
 
 class _NoAdverts(logging.Filter):

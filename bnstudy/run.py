@@ -24,7 +24,7 @@ from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.config import changed_settings, group_defaults, hparams, overridden_keys, validate
-from bnstudy.console import quiet_console
+from bnstudy.console import quiet_console, shown_before
 from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.jobdir import JobDirLock, RunExistsError, is_requeue, launcher_job, same_job
 from bnstudy.records import RECORD_NAME, RunRecord, write_error
@@ -98,6 +98,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if primary:
         log.info("%s: training %s epochs into %s", cfg.run_name, cfg.trainer.max_epochs, out)
         requeued = previous is not None and is_requeue(previous.job, job)
+        if requeued:  # its earlier attempts' warnings were shown: not again
+            shown_before(out / "train.log")
         record = replace(record, status="running", run_name=cfg.run_name, hparams=settings,
                          job=job, requeues=record.requeues + requeued, error=None,
                          traceback=None, diverged_at=None)
@@ -288,7 +290,7 @@ def torch_threads(setting: int | str | None) -> int | None:
         return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 0 else 1
     if cpus := launcher.get("cpus_per_task"):
         return cpus
-    if launcher.get("_target_", "").endswith("submitit_launcher.LocalLauncher"):
+    if launcher.get("_target_", "").endswith("LocalLauncher"):
         return 1
     return None
 

@@ -1,18 +1,23 @@
 """A sweep's edges (Hydra callbacks, `conf/hydra/default.yaml`): the output folder checked
-before anything runs (`OutputFolder`), and the summary when a multirun ends (`SweepSummary`)."""
+before anything runs (`OutputFolder`), the summary when a multirun ends (`SweepSummary`), and
+the submitit launchers' jobs collected one by one (`collect_jobs`: a job that ended without a
+result is a line in the summary)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -26,6 +31,7 @@ from bnstudy.trackers import uses_tensorboard
 log = logging.getLogger("bnstudy")
 
 REFUSALS_ENV = "BNSTUDY_SWEEP_REFUSALS"  # where a sweep's refused jobs leave their message
+PLUGIN = "hydra_plugins.bnstudy_launchers"  # the submitit launchers collecting job by job
 LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (`max_retry`)
 
 
@@ -169,13 +175,141 @@ def unfinished_reason(job: Path, record: RunRecord) -> str:
 
 def local_requeue_limit(launcher_cfg) -> str | None:
     """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
-    it makes: past its limit a job ends the sweep in submitit's UncompletedJobError."""
+    it makes: past its limit a job ends without a result."""
     wanted = launcher_cfg.get("max_num_timeout")
     if not str(launcher_cfg.get("_target_", "")).endswith("LocalLauncher") or \
             not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
         return None
     return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
-            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends the sweep in "
-            "submitit's UncompletedJobError (its record says interrupted; resume=true goes on). "
+            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends without a result "
+            "(the sweep's summary names it; resume=true goes on). "
             "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
             "max_num_timeout.")
+
+
+def register_launchers() -> None:
+    """Makes `hydra/launcher=submitit_local` and `submitit_slurm` (under `slurm`) bnstudy's
+    launchers, `hydra_plugins.bnstudy_launchers` (the same keys; jobs collected one by one),
+    by storing them over the submitit plugin's configs once Hydra's plugin scan has stored
+    those. Without the `launchers` extra there is nothing to replace."""
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        return
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+
+    Plugins.instance()  # the scan, once per process: it imports the plugin's config module
+    for name, node in (("submitit_local", LocalQueueConf(_target_=f"{PLUGIN}.LocalLauncher")),
+                       ("submitit_slurm", SlurmQueueConf(_target_=f"{PLUGIN}.SlurmLauncher"))):
+        ConfigStore.instance().store(group="hydra/launcher", name=name, node=node,
+                                     provider="bnstudy")
+
+
+# A SLURM state (sacct's first word) or a submitit local job's, as the summary says it
+ENDINGS = {"CANCELLED": "cancelled", "TIMEOUT": "timed out, not requeued",
+           "OUT_OF_MEMORY": "killed for memory", "NODE_FAIL": "lost with its node",
+           "PREEMPTED": "preempted, not requeued", "FAILED": "failed outside the run",
+           "BOOT_FAIL": "its node failed to start", "DEADLINE": "past its deadline",
+           "INTERRUPTED": "stopped by submitit's local controller (past its restarts)",
+           "FINISHED": "killed, or exited without a result", "COMPLETED": "exited without a result"}
+
+
+def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0
+                 ) -> list[JobReturn]:
+    """Each submitit job's return value, collected as the jobs end. A job that ends without
+    one (submitit's UncompletedJobError: cancelled, killed, lost, past its requeues) is noted
+    for the summary (`note_refusal`, under its directory's name `name_of(i)`) with its state,
+    and returns a record saying why, so that the other jobs' results are kept."""
+    from submitit.core.utils import UncompletedJobError
+
+    queue = Queue(jobs)
+    pending, returns = dict(enumerate(jobs)), [None] * len(jobs)
+    while pending:
+        for i, job in list(pending.items()):
+            if not (ended := queue.ended(job)):
+                continue
+            del pending[i]
+            if ended == "lost":
+                ending = "left the queue (state unknown without sacct)"
+            else:
+                try:
+                    returns[i] = job.results()[0]
+                    continue
+                except UncompletedJobError as err:
+                    ending = job_ending(job, err)
+            name = name_of(i)
+            record = RunRecord.read(sweep_dir / name)
+            progress = f"after {len(record.history)} epoch(s), its record says " \
+                f"{record.status}" if record is not None else "before its run started"
+            note_refusal(sweep_dir / name, f"no result {progress}", ending)
+            returns[i] = JobReturn(overrides=list(overrides[i]), status=JobStatus.COMPLETED,
+                                   _return_value=RunRecord(status="interrupted", run_name=name,
+                                                           error=f"{ending}: no result"))
+        if pending:
+            time.sleep(poll_s)
+    return returns
+
+
+def job_ending(job, err: Exception) -> str:
+    """Why a submitit job left no result: `cancelled (SLURM state CANCELLED)`, or the last
+    line of the error its process raised."""
+    from submitit.core.utils import FailedJobError
+
+    if isinstance(err, FailedJobError):  # the job's own code raised outside the run
+        parts = str(err).split("-" * 22)  # submitit's message: the trace between two rules
+        trace = [line for line in parts[len(parts) > 2].splitlines() if line.strip()]
+        return f"failed in its process: {trace[-1].strip() if trace else '?'}"
+    state = str(job.state)
+    kind = "submitit local state" if type(job).__name__ == "LocalJob" else "SLURM state"
+    return f"{ENDINGS.get(state.split()[0].upper(), state.lower())} ({kind} {state})"
+
+
+class Queue:
+    """Whether submitit jobs ended. SLURM jobs: from their result file and `sacct` (submitit's
+    own poll), or, on a cluster without accounting (said once), from their result file and
+    `squeue`: a job gone from the queue twice in a row without a result is `lost`."""
+
+    SQUEUE_EVERY_S = 15.0
+
+    def __init__(self, jobs) -> None:
+        self.slurm = [job for job in jobs if type(job).__name__ == "SlurmJob"]
+        self.accounting = not self.slurm or has_accounting()
+        self.absent: dict[str, int] = {}  # squeue answers in a row without the job
+        self.asked = float("-inf")
+        if not self.accounting:
+            log.warning("This cluster has no job accounting (sacct does not answer): job states "
+                        "come from result files and squeue only.")
+
+    def ended(self, job) -> str | bool:
+        """True (ended: its outcome can be read), "lost" (gone without a result) or False."""
+        if self.accounting or type(job).__name__ != "SlurmJob":
+            return job.done()
+        if job.paths.result_pickle.exists():
+            return True
+        if time.monotonic() - self.asked > self.SQUEUE_EVERY_S:
+            self._ask_squeue()
+        return "lost" if self.absent.get(job.job_id, 0) >= 2 else False
+
+    def _ask_squeue(self) -> None:
+        ids = sorted({job.job_id.split("_")[0] for job in self.slurm})
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(ids)],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return  # no answer: nothing is known to have left
+        if out.returncode != 0 and "Invalid job id" not in out.stderr:
+            return
+        self.asked, queued = time.monotonic(), set(out.stdout.split())
+        for job in self.slurm:
+            gone = job.job_id not in queued
+            self.absent[job.job_id] = self.absent.get(job.job_id, 0) + 1 if gone else 0
+
+
+def has_accounting() -> bool:
+    """Whether `sacct` answers (a cluster without accounting storage refuses it)."""
+    try:
+        proc = subprocess.run(["sacct", "-n", "-X", "-o", "JobID", "-j", "1"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and "disabled" not in proc.stderr

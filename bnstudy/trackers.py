@@ -1,14 +1,17 @@
 """The trackers a run logs to: Lightning's loggers, one file each in `conf/logger/` (several
 at once: `'logger=[tensorboard,mlflow]'`), built by Hydra. The study adds a local MLflow store
 made once under a lock (a parallel sweep's jobs would race MLflow's set-up), a W&B run left
-open by the previous job of the process finished first, a resumed run's MLflow run continued,
-and the run's settings as every tracker's hyperparameters (TensorBoard gets the study's own
-HParams session and views, `bnstudy.dashboard`, only when it is among the trackers)."""
+open by the previous job of the process finished first, a resumed or requeued run continued
+in its tracker run (TensorBoard's events, MLflow's run, CSV's version, W&B's run id), and the
+run's settings as every tracker's hyperparameters (TensorBoard gets the study's own HParams
+session and views, `bnstudy.dashboard`, only when it is among the trackers)."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,13 +39,14 @@ def uses_tensorboard(logger_cfg: DictConfig | None) -> bool:
 
 
 NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name in the tracker
+RUN_KEYS = {"MLFlowLogger": "run_id", "CSVLogger": "version", "WandbLogger": "id"}  # its run
 
 
 def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None
                  ) -> list[Logger]:
     """The loggers of the `logger` group; a tracker's run without a name of its own is named
     `run` (the job directory's, as its TensorBoard run). `resumed`: the tracker runs a resumed
-    run goes on logging to (`tracker_runs`: MLflow's)."""
+    run goes on logging to (`tracker_runs`)."""
     loggers, resumed = [], resumed or {}
     for name, node in (logger_cfg or {}).items():
         if node is None:
@@ -60,18 +64,35 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
             finish_open_wandb_run()
         named = {NAME_KEYS[kind]: run} if kind in NAME_KEYS and not node.get(NAME_KEYS[kind]) \
             else {}
-        if kind == "MLFlowLogger" and resumed.get(kind) and not node.get("run_id"):
-            named["run_id"] = resumed[kind]
+        if kind in RUN_KEYS and node.get(RUN_KEYS[kind]) is None:
+            if resumed.get(kind) is not None:
+                named[RUN_KEYS[kind]] = resumed[kind]
+            if kind == "WandbLogger":  # its id known before it starts, for a resume to reuse
+                named.update(id=resumed.get(kind) or secrets.token_hex(4), resume="allow")
         loggers.append(instantiate(node, **named))
+        if kind == "CSVLogger" and resumed.get(kind) is not None:
+            continue_csv(loggers[-1])
     return loggers
 
 
-def tracker_runs(loggers: list[Logger]) -> dict[str, str]:
-    """The tracker runs a resume goes on logging to, by logger class: MLflow's run id. (A
-    resumed CSV log is a new version beside the first, a W&B run a new run.)"""
-    from lightning.pytorch.loggers import MLFlowLogger
+def tracker_runs(loggers: list[Logger]) -> dict[str, str | int]:
+    """The tracker runs a resume goes on logging to, by logger class: MLflow's run id, the CSV
+    log's version, W&B's run id."""
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
-    return {type(lg).__name__: lg.run_id for lg in loggers if isinstance(lg, MLFlowLogger)}
+    return {type(lg).__name__: lg.run_id if isinstance(lg, MLFlowLogger) else lg.version
+            for lg in loggers if isinstance(lg, MLFlowLogger | CSVLogger | WandbLogger)}
+
+
+def continue_csv(logger) -> None:
+    """Keeps the rows of a resumed run's `metrics.csv`, which Lightning's CSV writer clears
+    when it starts: the resumed run appends to them (under the same header)."""
+    metrics = Path(logger.log_dir) / "metrics.csv"
+    kept = metrics.read_text() if metrics.is_file() else ""
+    writer = logger.experiment  # clears the file
+    if kept and hasattr(writer, "metrics_keys"):  # rank 0's writer
+        metrics.write_text(kept)
+        writer.metrics_keys = next(csv.reader([kept.partition("\n")[0]]))
 
 
 def log_settings(loggers: list[Logger], settings: dict) -> None:

@@ -19,12 +19,13 @@ from bnstudy.config import CONFIG_DIR, register, unknown_override
 from bnstudy.jobdir import RunExistsError, launcher_job
 from bnstudy.records import RunRecord
 from bnstudy.run import RunEnded, is_multirun, train
-from bnstudy.sweep import note_refusal
+from bnstudy.sweep import note_refusal, register_launchers
 
 log = logging.getLogger("bnstudy")
 
 register()  # the schemas and resolvers `conf/` names, before Hydra composes it
 jobdir.register()
+register_launchers()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")

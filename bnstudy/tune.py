@@ -4,9 +4,11 @@ For each dataset × optimizer × norm cell, Hydra's Optuna sweeper (`OptunaSweep
 `search.<optim>` with a TPE sampler seeded alike for every cell, for the same number of trials,
 maximising the final validation accuracy (`objective`). The best setting of each cell is then
 trained with each seed of the sweep, and only these re-runs are reported (on the test split).
-Trials go to `SWEEP/search/<cell>/` (a sweep of its own), the re-runs to `SWEEP/`, and
-`SWEEP/tuning.json` records the search. `resume=true` repeats it: the finished trials are read
-again, and the seeded sampler proposes the same settings.
+The cells are searched at once (`Cells`), each with its own sampler, so that `n_jobs` trials
+of every cell are in flight together on a cluster. Trials go to `SWEEP/search/<cell>/` (a sweep
+of its own), the re-runs to `SWEEP/`, and `SWEEP/tuning.json` records the search.
+`resume=true` repeats it: the finished trials are read again, and the seeded sampler proposes
+the same settings.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import copy
 import itertools
 import logging
 import os
+import queue
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -149,50 +154,14 @@ class TunedSweeper(Sweeper):
                         "seeds": self.seeds, "metric": METRIC, "time_s": {}, "cells": []}
         searched = {k: v for c in cells for k, v in (self.search.get(c["optim"]) or {}).items()}
         self._save_plan(sweep_dir, {"seed": ",".join(map(str, self.seeds)), **searched})
-        started, unsearched = time.perf_counter(), []
-        for cell in cells:
-            name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
-            search_dir = sweep_dir / "search" / name
-            space = dict(self.search.get(cell["optim"]) or {})
-            # the search's own sweep: its plan, its jobs, its optimization_results.yaml
-            cell_config = self._save_plan(search_dir, space)
-            fixed = [f"{k}={v}" for k, v in cell.items()] + rest + \
-                [f"hydra.sweep.dir={search_dir}"]
-            storage = optuna.storages.InMemoryStorage()
-            impl = OptunaSweeperImpl(
-                sampler=instantiate(self.sampler), direction="maximize", storage=storage,
-                study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
-                max_failure_rate=1.0, search_space=None, custom_search_space=None,
-                params=OmegaConf.create(space))
-            impl.setup(hydra_context=self.hydra_context, task_function=self.task_function,
-                       config=cell_config)
-            impl.launcher = trials = ScoringLauncher(impl.launcher, sweep_dir)
-            log.info("Tuning %s: %d trials", name, self.n_trials)
-            summary_failed = None
-            try:
-                impl.sweep(fixed)
-            except ValueError as err:  # its summary of a search in which no trial finished
-                summary_failed = err
-            study = optuna.load_study(study_name=name, storage=storage)
-            finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-            if summary_failed is not None and finished:
-                raise summary_failed
-            best = study.best_trial if finished else None
-            if best is None:
-                log.error("Tuned %s: every trial failed, e.g. %s", name, trials.errors[0])
-                unsearched.append(f"  {name}: every trial failed, e.g. {trials.errors[0]}")
-            else:
-                log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
-                         100 * best.value, best.number, len(study.trials),
-                         ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
-            record["cells"].append({
-                **cell, "trials": [{"params": t.params, "value": t.value,
-                                    "state": t.state.name, "job": trials.jobs[t.number]}
-                                   for t in study.trials],
-                "best_params": best.params if best else {},
-                "best_value": best.value if best else None, "final_jobs": []})
-            record["time_s"]["search"] = time.perf_counter() - started
-            write_json_atomic(sweep_dir / TUNING_FILE, record)
+        started = time.perf_counter()
+        together = Cells(concurrent=type(self.launcher).__name__ == "SlurmLauncher")
+        outcomes = together.search(
+            [lambda cell=cell: self._search(cell, rest, sweep_dir, together) for cell in cells])
+        record["cells"] = [cell for cell, _ in outcomes]
+        unsearched = [problem for _, problem in outcomes if problem]
+        record["time_s"]["search"] = time.perf_counter() - started
+        write_json_atomic(sweep_dir / TUNING_FILE, record)
         self._rerun_best(record, rest, sweep_dir)
         if unsearched:
             return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have "
@@ -201,6 +170,54 @@ class TunedSweeper(Sweeper):
                     f"then run the same command with resume=true hydra.sweep.dir={sweep_dir}: "
                     "finished trials and runs are kept, the failed ones run again.")
         return None
+
+    def _search(self, cell: dict, rest: list[str], sweep_dir: Path, together: Cells
+                ) -> tuple[dict, str | None]:
+        """One cell's Optuna search (in a thread of its own, `together`): its `tuning.json`
+        entry, and what went wrong if it found no setting."""
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+        name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
+        search_dir = sweep_dir / "search" / name
+        space = dict(self.search.get(cell["optim"]) or {})
+        # the search's own sweep: its plan, its jobs, its optimization_results.yaml
+        cell_config = self._save_plan(search_dir, space)
+        fixed = [f"{k}={v}" for k, v in cell.items()] + rest + \
+            [f"hydra.sweep.dir={search_dir}"]
+        storage = optuna.storages.InMemoryStorage()
+        impl = OptunaSweeperImpl(
+            sampler=instantiate(self.sampler), direction="maximize", storage=storage,
+            study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
+            max_failure_rate=1.0, search_space=None, custom_search_space=None,
+            params=OmegaConf.create(space))
+        impl.setup(hydra_context=self.hydra_context, task_function=self.task_function,
+                   config=cell_config)
+        impl.launcher = trials = ScoringLauncher(together.launcher(impl.launcher), sweep_dir)
+        log.info("Tuning %s: %d trials", name, self.n_trials)
+        summary_failed = None
+        try:
+            impl.sweep(fixed)
+        except ValueError as err:  # its summary of a search in which no trial finished
+            summary_failed = err
+        study = optuna.load_study(study_name=name, storage=storage)
+        finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if summary_failed is not None and finished:
+            raise summary_failed
+        best = study.best_trial if finished else None
+        problem = None
+        if best is None:
+            log.error("Tuned %s: every trial failed, e.g. %s", name, trials.errors[0])
+            problem = f"  {name}: every trial failed, e.g. {trials.errors[0]}"
+        else:
+            log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
+                     100 * best.value, best.number, len(study.trials),
+                     ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
+        return {**cell, "trials": [{"params": t.params, "value": t.value,
+                                    "state": t.state.name, "job": trials.jobs[t.number]}
+                                   for t in study.trials],
+                "best_params": best.params if best else {},
+                "best_value": best.value if best else None, "final_jobs": []}, problem
 
     def _save_plan(self, sweep_dir: Path, params: dict) -> DictConfig:
         """`sweep_dir/multirun.yaml`, as Hydra's sweepers save it, with `params` the settings
@@ -228,3 +245,55 @@ class TunedSweeper(Sweeper):
                 cell["final_jobs"].append(out.name)
         record["time_s"]["final"] = time.perf_counter() - started
         write_json_atomic(sweep_dir / TUNING_FILE, record)
+
+
+class Cells:
+    """The cells' searches at once: each cell's Optuna loop in a thread of its own, its batches
+    of trials handed to the main thread, which launches them in turn (the cells' rounds
+    interleave; a job run in this process keeps Ctrl-C and signals in the main thread), or, on
+    a cluster (`concurrent`), each batch at once: `n_jobs` trials of every cell in flight."""
+
+    def __init__(self, concurrent: bool) -> None:
+        self.concurrent, self.requests = concurrent, queue.Queue()
+
+    def launcher(self, real):
+        """`real`, its `launch` handed to the main thread (`search`)."""
+        requests = self.requests
+
+        class Handed:
+            def launch(self, job_overrides, initial_job_idx: int):
+                done: Future = Future()
+                requests.put((real, job_overrides, initial_job_idx, done))
+                return done.result()
+
+        return Handed()
+
+    def search(self, searches: list) -> list:
+        """Each search's return value, in order; the first one's error is raised."""
+        outcomes: list[Future] = [Future() for _ in searches]
+
+        def run(search, outcome: Future) -> None:
+            try:
+                outcome.set_result(search())
+            except BaseException as err:  # raised in the main thread
+                outcome.set_exception(err)
+
+        for pair in zip(searches, outcomes, strict=True):  # daemons: Ctrl-C ends the sweep
+            threading.Thread(target=run, args=pair, daemon=True).start()
+        while not all(outcome.done() for outcome in outcomes):
+            try:
+                request = self.requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self.concurrent:
+                threading.Thread(target=_launch, args=request, daemon=True).start()
+            else:
+                _launch(*request)
+        return [outcome.result() for outcome in outcomes]
+
+
+def _launch(real, overrides, first: int, done: Future) -> None:
+    try:
+        done.set_result(real.launch(overrides, initial_job_idx=first))
+    except Exception as err:
+        done.set_exception(err)

@@ -85,7 +85,7 @@ def test_slurm_launcher_config_composes():
         "hydra",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "submitit_launcher.SlurmLauncher" in proc.stdout
+    assert "_target_: hydra_plugins.bnstudy_launchers.SlurmLauncher" in proc.stdout
     assert "partition: gpu" in proc.stdout and "timeout_min: 120" in proc.stdout
     assert "gpus_per_node: 1" in proc.stdout
     assert "max_num_timeout: 10" in proc.stdout and "signal_delay_s: 120" in proc.stdout
@@ -382,3 +382,49 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="the download failed"):
         MNISTDataModule(target, download=True).prepare_data()
     assert not target.exists() and tmp_path.is_dir()
+
+
+@pytest.mark.slow
+def test_a_job_killed_without_a_result_is_named_in_the_summary(tiny_data, tmp_path):
+    """Issue #34: a submitit job that dies without a result (here SIGKILL, as an out-of-memory
+    kill) does not end the sweep in submitit's traceback: the other job's result is kept, and
+    the summary names the killed job, its state and the resume command."""
+    sweep = tmp_path / "sweep"
+    proc = small_sweep(tiny_data, sweep, "seed=0,1", *time_limit_at_epoch(1, tmp_path / "kill"),
+                       "+callbacks.limit.signal=SIGKILL")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    records = {job.name: read_record(job) for job in sweep.glob("*_mnist-*")}
+    (killed,) = [name for name, record in records.items() if record["status"] == "running"]
+    (kept,) = [name for name, record in records.items() if record["status"] == "ok"]
+    assert f"1 job(s) of {sweep} did not finish" in proc.stderr
+    assert f"\n  {killed}: killed, or exited without a result (submitit local state FINISHED): " \
+        "no result after 1 epoch(s), its record says running\n" in proc.stderr
+    assert kept not in proc.stderr.split("did not finish")[1]
+    assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr.splitlines()[-1]
+
+
+def test_a_requeued_job_shows_a_warning_once_and_lightnings_srun_notice_not_at_all(tmp_path,
+                                                                                  monkeypatch):
+    """Issue #34, quiet on a cluster: a warning that an earlier attempt of a requeued job wrote
+    to its train.log (the subset's checksum warning) is not shown again, and Lightning's srun
+    notice (a submitit_local sweep on a machine with SLURM) goes to train.log only."""
+    import logging
+
+    from bnstudy.console import StudyLines, shown_before
+
+    monkeypatch.setattr(StudyLines, "shown", set())
+    monkeypatch.setattr(StudyLines, "earlier", set())
+
+    def shows(message: str) -> bool:
+        return StudyLines().filter(logging.LogRecord("py.warnings", logging.WARNING, __file__, 1,
+                                                     message, None, None))
+
+    assert not shows("slurm.py:204: PossibleUserWarning: The `srun` command is available on "
+                     "your system but is not used. HINT: If your intention is to run Lightning")
+    checksums = "data/cifar-10-batches-py does not match the official checksums: a subset"
+    (tmp_path / "train.log").write_text(
+        f"[2026-12-04 23:00:00,000][bnstudy][INFO] - cifar10-bn: training\n"
+        f"[2026-12-04 23:00:01,000][bnstudy][WARNING] - {checksums}\n")
+    shown_before(tmp_path / "train.log")
+    assert not shows(checksums)
+    assert shows("another warning") and not shows("another warning")  # once per process

@@ -70,11 +70,107 @@ def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
 
 
 def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
-    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
-    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    local, slurm = (f"hydra_plugins.bnstudy_launchers.{k}Launcher" for k in ("Local", "Slurm"))
     note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
     assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
                            "restarts a job at most 5 times")
     for fine in ({"_target_": local, "max_num_timeout": 5}, {"_target_": local},
                  {"_target_": slurm, "max_num_timeout": 10}):
         assert local_requeue_limit(OmegaConf.create(fine)) is None, fine
+
+
+class FakeJob:
+    """A submitit job as `collect_jobs` sees it: ended, with a result or (`state` given)
+    submitit's UncompletedJobError, as for a job cancelled, killed or lost."""
+
+    def __init__(self, result=None, state: str | None = None, raised: str | None = None) -> None:
+        self.result, self.state, self.raised = result, state, raised
+
+    def done(self) -> bool:
+        return True
+
+    def results(self):
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        if self.raised is not None:  # submitit's message for a job whose code raised
+            rule = "-" * 22
+            raise FailedJobError(f"Job (task=0) failed during processing with trace:\n{rule}\n"
+                                 f"Traceback (most recent call last):\n{self.raised}\n{rule}\n"
+                                 "You can check full logs with 'job.stderr(0)'")
+        if self.state is not None:
+            raise UncompletedJobError(f"Job 6_1 has not produced any output (state: {self.state})")
+        return [self.result]
+
+
+def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summary):
+    """Issue #34: a cancelled job (UncompletedJobError from its `results()`) does not end the
+    sweep; the summary names it with SLURM's state, keeps the finished job's result, exits 1."""
+    pytest.importorskip("submitit")
+    from bnstudy.sweep import collect_jobs
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_summary.on_multirun_start(config)
+    done = write_job(tmp_path, [0.5, 0.6])
+    cancelled = write_job(tmp_path, [0.4, 0.5], status="interrupted", seed=1)
+    never = tmp_path / "2_mnist-bn-sgd-seed2"  # cancelled before it started: no folder
+    names = [done.name, cancelled.name, never.name, "3_mnist-bn-sgd-seed3"]
+    returns = collect_jobs([FakeJob("its record"), FakeJob(state="CANCELLED by 0"),
+                            FakeJob(state="NODE_FAIL"), FakeJob(raised="ValueError: boom")],
+                           [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]],
+                           names.__getitem__, tmp_path, poll_s=0)
+    assert returns[0] == "its record"
+    assert {r.return_value.status for r in returns[1:]} == {"interrupted"}
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    message = str(ended.value.code)
+    assert message.startswith(f"3 job(s) of {tmp_path} did not finish")
+    assert "\n  3_mnist-bn-sgd-seed3: failed in its process: ValueError: boom: no result " \
+        "before its run started\n" in message
+    assert f"\n  {cancelled.name}: cancelled (SLURM state CANCELLED by 0): no result after 2 " \
+        "epoch(s), its record says interrupted\n" in message
+    assert f"\n  {never.name}: lost with its node (SLURM state NODE_FAIL): no result before " \
+        "its run started\n" in message
+    assert done.name not in message and f"resume=true hydra.sweep.dir={tmp_path}" in message
+
+
+class SlurmJob(FakeJob):
+    """A SLURM job (named as submitit's class) that left the queue without a result."""
+
+    job_id = "7_0"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__()
+        self.paths = type("Paths", (), {"result_pickle": tmp_path / "7_0_result.pkl"})
+
+    def done(self) -> bool:
+        raise AssertionError("without accounting, submitit's sacct poll is not used")
+
+
+def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summary,
+                                                            monkeypatch, caplog):
+    """Issue #34: on a cluster without accounting the sweep says so once and notices a job
+    that left `squeue` without a result, instead of waiting for sacct forever."""
+    pytest.importorskip("submitit")
+    from bnstudy import sweep
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, script in (("sacct", "echo 'Slurm accounting storage is disabled' >&2; exit 1"),
+                         ("squeue", "exit 0")):  # the queue is empty
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    sweep_summary.on_multirun_start(config)
+    done = write_job(tmp_path / "sweep", [0.5, 0.6])
+    sweep.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
+                       [done.name, "1_mnist-bn-sgd-seed1"].__getitem__, tmp_path / "sweep",
+                       poll_s=0)
+    notes = [r.getMessage() for r in caplog.records if "no job accounting" in r.getMessage()]
+    assert notes == ["This cluster has no job accounting (sacct does not answer): job states "
+                     "come from result files and squeue only."]
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    assert "\n  1_mnist-bn-sgd-seed1: left the queue (state unknown without sacct): no result " \
+        "before its run started\n" in str(ended.value.code)

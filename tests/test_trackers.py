@@ -104,6 +104,22 @@ def test_a_resumed_run_builds_its_mlflow_logger_with_the_stored_run_id():
     assert fresh._run_name == "job"  # named as the job's TensorBoard run
 
 
+def test_a_resumed_run_builds_its_csv_and_wandb_loggers_with_the_stored_runs(tmp_path):
+    """Issue #34: a resumed run's CSV log keeps its version and its W&B run its id (resumed
+    with resume="allow"); a fresh W&B run has its id before it starts, for `tracker_runs`."""
+    needs("wandb")
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'job'}")
+    stored = {"CSVLogger": 3, "WandbLogger": "run0123"}
+    csv_log, wandb_run = trackers.make_loggers(cfg.logger, "job", stored)
+    assert trackers.tracker_runs([csv_log, wandb_run]) == stored
+    assert wandb_run._wandb_init["resume"] == "allow"
+    cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'fresh'}")
+    runs = trackers.tracker_runs(trackers.make_loggers(cfg.logger, "fresh"))
+    assert runs["CSVLogger"] == 0 and len(runs["WandbLogger"]) == 8
+
+
 def test_the_tracker_choice_is_bookkeeping_not_a_setting():
     from hydra.core.hydra_config import HydraConfig
 
@@ -293,3 +309,39 @@ def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path, monkeypatch):
                            if "val/acc" in h], curve(record))
         assert {k: v for k, v in config.items() if not k.startswith("_")} == record["hparams"]
     assert not list(sweep.rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path, monkeypatch):
+    """Issue #34: interrupted after one epoch, then resumed: one CSV file holds both attempts'
+    epochs, and both attempts' W&B offline runs carry the one run id, resumed, together
+    holding the run's curve (one W&B run once synced)."""
+    needs("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
+    job = tmp_path / "job"
+    common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=[csv,wandb]",
+              f"hydra.run.dir={job}")
+    first = fresh_train(*common, "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
+                        "+callbacks.interrupt.epoch=1")
+    assert first.returncode == 1 and read_record(job)["status"] == "interrupted", first.stderr
+    resumed = fresh_train(*common, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = read_record(job)
+    assert len(record["history"]) == 2
+    (version,) = (job / "csv").iterdir()
+    with open(version / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert same_curve([(int(r["step"]), float(r["val/acc"])) for r in rows if r["val/acc"]],
+                      curve(record))
+    run_id = record["trackers"]["WandbLogger"]
+    attempts = sorted((job / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and all(a.name.endswith(f"-{run_id}") for a in attempts)
+    history = []
+    for attempt in attempts:
+        (files,) = attempt.glob(f"run-{run_id}.wandb")
+        history += [{key(item): json.loads(item.value_json) for item in rec.history.item}
+                    for rec in wandb_records(files) if rec.WhichOneof("record_type") == "history"]
+    assert same_curve([(h["trainer/global_step"], h["val/acc"]) for h in history
+                       if "val/acc" in h], curve(record))

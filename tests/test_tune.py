@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 from helpers import FAST, compose_config, run_sweep, run_train, write_mnist
@@ -109,6 +110,9 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
         results = OmegaConf.load(search / "optimization_results.yaml")
         assert results.best_value == pytest.approx(cell["best_value"])
     assert not (tmp_path / "optimization_results.yaml").exists()
+    # the cells are searched together: their trials run in rounds, each cell's in its order
+    started = re.findall(r"training \d+ epochs into \S+/search/(\S+?)/(\d+)_", proc.stderr)
+    assert [int(number) for _, number in started] == [0, 0, 1, 1, 2, 2], started
     # one sampler seed: every cell's search proposes the same first settings
     first = [[t["params"] for t in c["trials"]] for c in cells.values()]
     assert first[0] == first[1]

@@ -1,0 +1,72 @@
+"""`hydra/launcher=slurm` and `hydra/launcher=submitit_local`: Hydra's submitit launchers
+(the same executor, parameters and requeue), except that the jobs' outcomes are collected one
+by one (`bnstudy.sweep.collect_jobs`): a job that ends without a result (cancelled, killed,
+lost, past its requeues) is a line in the sweep's summary instead of a traceback that ends the
+sweep. Hydra instantiates launchers only from the `hydra_plugins` namespace."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import filter_overrides
+from omegaconf import OmegaConf, open_dict
+
+from bnstudy.sweep import collect_jobs
+
+try:
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+except ImportError:  # without the `launchers` extra there is nothing to extend
+    submitit_launcher = None
+
+log = logging.getLogger(__name__)
+
+
+class _Collecting:
+    def launch(self, job_overrides, initial_job_idx):
+        """Hydra's submitit launch (`BaseSubmititLauncher.launch`), collecting per job."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        params = dict(self.params)
+        init = {"folder": params.pop("submitit_folder")}
+        if "max_num_timeout" in params:
+            init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
+                                      for key, value in params.items()})
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        for idx, overrides in zip(numbers, job_overrides, strict=True):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        state = Singleton.get_state()
+        jobs = executor.map_array(self, [list(o) for o in job_overrides],
+                                  ["hydra.sweep.dir"] * len(numbers), list(numbers),
+                                  [f"job_id_for_{idx}" for idx in numbers],
+                                  [state] * len(numbers))
+        return collect_jobs(jobs, job_overrides,
+                            lambda i: self._job_dir_name(job_overrides[i], numbers[i]), sweep_dir)
+
+    def _job_dir_name(self, overrides, idx: int) -> str:
+        """The folder a job has (or would have had) in the sweep: `hydra.sweep.subdir`."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.num = idx
+        HydraConfig.instance().set_config(cfg)
+        return str(cfg.hydra.sweep.subdir)
+
+
+if submitit_launcher is not None:
+    class LocalLauncher(_Collecting, submitit_launcher.LocalLauncher):
+        """`hydra/launcher=submitit_local`."""
+
+    class SlurmLauncher(_Collecting, submitit_launcher.SlurmLauncher):
+        """`hydra/launcher=slurm`."""
