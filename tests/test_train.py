@@ -56,8 +56,9 @@ def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_p
     text = run_train("--help").stdout
     assert text.startswith("python -m bnstudy.train [-m]") and "dataset.lr=0.001" in text
     assert text.index("dataset=mnist|cifar10") < text.index("Every group and its options:")
-    for group, options in {"dataset": "cifar10, fashion_mnist, mnist", "norm": "bn, group, layer, none",
-                           "optim": "adam, sgd", "model": "cnn, mlp"}.items():
+    for group, options in {"dataset": "cifar10, fashion_mnist, mnist",
+                           "norm": "bn, group, layer, none", "optim": "adam, sgd",
+                           "model": "cnn, mlp"}.items():
         assert f"{group}: {options}" in text
     proc = run_train("--cfg", "job", "--resolve", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0 and "lr: 0.001" in proc.stdout
