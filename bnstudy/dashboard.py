@@ -180,7 +180,8 @@ def mean_curves(records: list[RunRecord]) -> dict[str, dict[str, dict[str, list[
              row["step"] - 1, row.get(metric)) for r in records if r.status == "ok" and r.hparams
             for epoch, row in enumerate(r.history) for metric in COMPARED]
     table = pd.DataFrame(rows, columns=["group", "pair", "metric", "epoch", "step", "value"])
-    table = table[table["value"].map(lambda v: v is not None and math.isfinite(v))]
+    finite = table["value"].map(lambda v: v is not None and math.isfinite(v)).astype(bool)
+    table = table[finite]  # (an empty object-typed mask would select columns instead)
     stats = table.astype({"value": float}).groupby(["group", "pair", "metric", "epoch"]).agg(
         step=("step", "min"), mean=("value", "mean"), std=("value", "std"), n=("value", "size"))
     curves: dict = {}

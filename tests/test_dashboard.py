@@ -198,6 +198,8 @@ def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
         assert [(step, n) for step, _, _, n in got] == [(9, 3), (19, 3)]  # the curves' steps
         assert np.allclose([m for _, m, _, _ in got], values.mean(0))
         assert np.allclose([s for _, _, s, _ in got], values.std(0, ddof=1))
+    # a sweep with no finished run yet (every trial of a tuned cell failed) has no curves
+    assert mean_curves([RunRecord(**mean_record("mnist", "bn", "sgd", 0, [0.5], "failed"))]) == {}
     assert curves["none"]["mnist-sgd"]["val/acc"] == [
         (9, pytest.approx(0.325), pytest.approx(np.std([0.3, 0.35], ddof=1)), 2),
         (19, 0.4, 0.0, 1)]  # at each epoch the runs that reached it; one run: no spread

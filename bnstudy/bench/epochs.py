@@ -30,7 +30,7 @@ from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.bench.plain import evaluate, minibatches, train_epoch  # noqa: E402
-from bnstudy.config import CONFIG_DIR  # noqa: E402
+from bnstudy.config import CONFIG_DIR, register  # noqa: E402
 from bnstudy.console import quiet_console  # noqa: E402
 from bnstudy.run import build, build_model  # noqa: E402
 
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_console()  # the benchmark's lines only, not Lightning's notices at each fit
 
     t = time.perf_counter()
+    register()  # the schemas conf/ names
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         defaults = ["trainer.max_epochs=5", "trainer.enable_progress_bar=false",
                     f"paths.output_dir={tempfile.gettempdir()}/bnstudy-bench"]  # fmt: skip
