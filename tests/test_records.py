@@ -33,6 +33,8 @@ def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
     assert RunRecord.read(tmp_path / "absent") is None
     updated = RunRecord.update(tmp_path / "metrics.json", error="boom")
     assert updated == RunRecord.read(tmp_path) == RunRecord(status="failed", error="boom")
+    RunRecord().write(tmp_path / "new" / "job" / "metrics.json")  # the folders are made
+    assert RunRecord.read(tmp_path / "new" / "job") == RunRecord()
 
 
 def test_a_failed_write_keeps_the_old_record_and_says_what_to_do(tmp_path, monkeypatch):
