@@ -92,6 +92,6 @@ def test_a_write_error_without_an_errno_is_said_in_its_own_words():
 
 def test_an_unfinished_record_is_one_line_of_dashes_and_jobs_sort_by_number():
     assert RunRecord().line() == "?: running, val acc -, test acc -, -"
-    assert sorted(["10_lr=0.1", "9_a_b", "notes", "2"], key=job_order) == [
-        "notes", "2", "9_a_b", "10_lr=0.1"]
+    assert sorted(["10_lr=0.1", "9_a_b", "notes", "2", "0_a"], key=job_order) == [
+        "notes", "0_a", "2", "9_a_b", "10_lr=0.1"]  # a name without a number first
     assert job_order("10_lr=0.1") == (10, "10_lr=0.1")
