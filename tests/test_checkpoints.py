@@ -211,3 +211,13 @@ def test_removing_a_checkpoint_removes_its_previous_one_and_refuses_storage_opti
     assert {p.name for p in tmp_path.iterdir()} == {"a.ckpt", "a.ckpt.prev"}
     io_.remove_checkpoint(path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_without_words_is_still_named(tmp_path, monkeypatch):
+    def load(*args, **kwargs):
+        raise EOFError
+
+    torch.save({"state_dict": {}}, tmp_path / "last.ckpt")
+    monkeypatch.setattr(torch, "load", load)
+    _, note = resume_checkpoint(tmp_path / "last.ckpt")
+    assert "last.ckpt did not load (EOFError: ); set aside as" in note
