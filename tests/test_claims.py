@@ -193,6 +193,44 @@ def test_a_time_verdict_that_the_clocks_spread_would_flip_cannot_be_told(tmp_pat
                                    costs=lambda runs: {("mnist", "sgd"): noisy})
     full = {f"{r.claim}{r.part}": r for r in results}["C5a (MNIST, SGD)"]
     assert full.verdict == "cannot tell" and "clock's spread" in full.note
+    quiet = StepCost(1e-3, 1e-3, 1.0, 0.9, 1.0, 1.1, 9)  # the same blocks, no flip
+    same, _ = V.setting_results(load_runs(tmp_path), costs=lambda runs: {("mnist", "sgd"): quiet})
+    told = {f"{r.claim}{r.part}": r for r in same}["C5a (MNIST, SGD)"]
+    kept = lambda r: repr((r.groups, r.test, r.detectable, r.seeds_needed))  # noqa: E731
+    assert told.verdict != "cannot tell" and kept(full) == kept(told)  # only the verdict changes
+
+
+def test_a_part_every_seed_must_meet_holds_when_all_do_and_fails_when_none_does():
+    verdicts = [V.every_seed(f) for f in ([True], [True, True], [False, False], [True, False])]
+    assert verdicts == ["cannot tell", "holds", "does not hold", "cannot tell"]
+
+
+def test_the_time_table_reads_each_pair_against_its_own_baseline():
+    """C5's table: val acc within a share of the no-BN run's epochs, a BN epoch costing the
+    pair's ratio; a pair without a ratio is left out, one without a baseline has no values."""
+    acc = lambda *xs: [{"val/acc": x} for x in xs]  # noqa: E731
+    runs = pd.DataFrame({"dataset": ["mnist", "mnist", "mnist", "cifar10"],
+                         "optim": ["sgd", "sgd", "adam", "sgd"],
+                         "norm": ["bn", "none", "bn", "bn"],
+                         "history": [acc(.5, .6, .7, .8), acc(.1, .2, .3, .4, .5, .6), acc(.9),
+                                     acc(.9)]})
+    table = V.time_table(runs, {("mnist", "sgd"): 2.0, ("cifar10", "sgd"): 1.0})
+    assert list(table.index) == [0, 1, 3]  # mnist-adam has no ratio
+    assert table["val_acc_at_1"].tolist()[:2] == [.7, .6]  # 6 no-BN epochs: 3 BN ones
+    assert table["val_acc_at_0.5"].tolist()[:2] == [.5, .3]
+    assert math.isnan(table.loc[3, "val_acc_at_1"])  # cifar10: no baseline, no budget
+    assert V.time_table(runs, {}).empty
+
+
+def test_tuned_runs_are_the_ones_tuning_json_lists(tmp_path):
+    runs = pd.DataFrame({"job": ["0_a", "1_b", "2_c"]})
+    assert V.tuned_runs(tmp_path, runs)[0].empty  # no tuning.json: no C6
+    tuning = {"cells": [{"dataset": "cifar10"}, {"final_jobs": ["1_b", "2_c"]}]}
+    (tmp_path / TUNING_FILE).write_text(json.dumps(tuning))
+    chosen, read = V.tuned_runs(tmp_path, runs)
+    assert chosen["job"].tolist() == ["1_b", "2_c"] and read == tuning
+    (tmp_path / TUNING_FILE).write_text("{}")  # a search that wrote no cells yet
+    assert V.tuned_runs(tmp_path, runs)[0].empty
 
 
 def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_not_rendered):
