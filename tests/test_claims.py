@@ -432,3 +432,30 @@ def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
     for cell in (equal_time, best):
         assert "wins" not in cell and "loses" not in cell
         assert cell.startswith(("cannot tell yet", "no difference seen")), cell
+
+
+def test_a_groups_values_are_its_ok_runs_in_seed_then_job_order():
+    table = pd.DataFrame({"norm": ["bn"] * 5 + ["none"], "seed": [2, "x", 0, 0, 1, 0],
+                          "job": ["a", "b", "d", "c", "e", "f"],
+                          "outcome": ["ok", "ok", "ok", "ok", "diverged", "ok"],
+                          "acc": [0.2, 0.9, 0.4, 0.3, 0.1, 0.5]})
+    assert V.values(table, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.2, 0.9]
+    bare = table.drop(columns=["outcome", "job"]).iloc[::-1]  # no outcome, no job: seed alone
+    assert V.values(bare, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.1, 0.2, 0.9]
+    assert V.values(table.drop(columns="seed"), C.Term(1.0, norm="none"), "acc") == [0.5]
+
+
+def test_a_rule_part_counts_the_seeds_that_meet_it_and_two_seeds_a_side_decide():
+    rule = C.Part("P", "", "above a half", "rule", "acc", (C.Term(1.0, norm="bn"),),
+                  rule=lambda x: x > 0.5)
+    table = pd.DataFrame({"norm": ["bn", "bn", "bn"], "seed": [0, 1, 2], "acc": [.6, .7, .4]})
+    met = V.run_part(rule, table)
+    assert (met.part, met.verdict, met.extra) == ("", "cannot tell", {"met": 2, "of": 3})
+    assert met.groups == ([.6, .7, .4],) and not math.isnan(met.test.estimate)
+    pair = C.Part("Q", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
+                                                        C.Term(-1.0, norm="none")))
+    two = pd.DataFrame({"norm": ["bn", "bn", "none", "none"], "seed": [0, 1, 0, 1],
+                        "acc": [.9, .91, .5, .52]})
+    assert V.run_part(pair, two).verdict == "holds"
+    assert V.combine(["holds", "cannot tell"]) == "cannot tell"
+    assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
