@@ -164,3 +164,60 @@ def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_
     fit(tmp_path, 2, io=Recording(), checkpoint=StudyCheckpoint(
         dirpath=tmp_path / "every", filename="last", every_n_epochs=1))
     assert saved == [4, 8]  # the last epoch's save is the final state: not saved twice
+
+
+class NotAWeight:
+    """An arbitrary pickled object: what a weights-only load refuses."""
+
+
+def test_a_file_that_is_not_a_lightning_checkpoint_is_set_aside_in_words(tmp_path, caplog):
+    """Issue #36 (mutation testing): the exact note, each refusal in one line, logged; a pickle
+    holding code is refused (weights only), and a third file set aside gets `.corrupt.2`."""
+    last, previous = tmp_path / "last.ckpt", tmp_path / "last.ckpt.prev"
+    torch.save({"epoch": 3}, last)  # no state_dict
+    torch.save({"state_dict": {}, "code": NotAWeight()}, previous)
+    for n in ("last.ckpt.corrupt", "last.ckpt.corrupt.1"):
+        (tmp_path / n).write_bytes(b"earlier")
+    chosen, note = resume_checkpoint(last)
+    assert chosen is None and (tmp_path / "last.ckpt.corrupt.2").is_file()
+    assert note.startswith(f"{last} did not load (ValueError: not a Lightning checkpoint (no "
+                           f"state_dict)); set aside as {tmp_path / 'last.ckpt.corrupt.2'}. "
+                           f"{previous} did not load (UnpicklingError: Weights only load failed")
+    assert note.endswith(f"; set aside as {previous}.corrupt. No checkpoint loads: started over.")
+    assert caplog.records[-1].getMessage() == note
+
+
+@pytest.mark.parametrize(("saved", "said"), [({}, "epoch -1, global step -1"),
+                                             ({"epoch": 3, "global_step": 12},
+                                              "epoch 3, global step 12")])
+def test_a_missing_last_checkpoint_resumes_from_the_previous_one_and_says_which(
+        tmp_path, caplog, saved, said):
+    last, previous = tmp_path / "last.ckpt", tmp_path / "last.ckpt.prev"
+    torch.save({"state_dict": {}, **saved}, previous)
+    chosen, note = resume_checkpoint(last)
+    assert chosen == previous and note == (
+        f"{last} is missing (a save was cut off before it finished). Resumed from the previous "
+        f"checkpoint {previous} ({said}).")
+    assert caplog.records[-1].getMessage() == note
+
+
+def test_removing_a_checkpoint_removes_its_previous_one_and_refuses_storage_options(tmp_path):
+    io_, path = AtomicCheckpointIO(), tmp_path / "a.ckpt"
+    with pytest.raises(TypeError, match="^AtomicCheckpointIO takes no storage_options$"):
+        io_.save_checkpoint({}, path, storage_options={})
+    io_.remove_checkpoint(path)  # neither exists: nothing to do
+    io_.save_checkpoint({}, path)
+    io_.save_checkpoint({}, path)
+    assert {p.name for p in tmp_path.iterdir()} == {"a.ckpt", "a.ckpt.prev"}
+    io_.remove_checkpoint(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_without_words_is_still_named(tmp_path, monkeypatch):
+    def load(*args, **kwargs):
+        raise EOFError
+
+    torch.save({"state_dict": {}}, tmp_path / "last.ckpt")
+    monkeypatch.setattr(torch, "load", load)
+    _, note = resume_checkpoint(tmp_path / "last.ckpt")
+    assert "last.ckpt did not load (EOFError: ); set aside as" in note

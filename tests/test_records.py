@@ -10,7 +10,13 @@ import pytest
 from helpers import fail_fsync
 
 from bnstudy.errors import RunFileError
-from bnstudy.records import RunRecord, write_error, write_json_atomic
+from bnstudy.records import (
+    RunRecord,
+    describe_write_error,
+    job_order,
+    write_error,
+    write_json_atomic,
+)
 
 
 def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
@@ -27,6 +33,8 @@ def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
     assert RunRecord.read(tmp_path / "absent") is None
     updated = RunRecord.update(tmp_path / "metrics.json", error="boom")
     assert updated == RunRecord.read(tmp_path) == RunRecord(status="failed", error="boom")
+    RunRecord().write(tmp_path / "new" / "job" / "metrics.json")  # the folders are made
+    assert RunRecord.read(tmp_path / "new" / "job") == RunRecord()
 
 
 def test_a_failed_write_keeps_the_old_record_and_says_what_to_do(tmp_path, monkeypatch):
@@ -71,3 +79,19 @@ def test_a_write_error_names_the_file_whatever_the_library_gave():
     assert write_error(denied, "/runs/job") is None
     assert write_error(OSError(errno.EACCES, "denied", "/runs/job/hparams.yaml"), "/runs/job")
     assert write_error(ValueError("not an OSError"), "/runs/job") is None
+    unnamed = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no file named: the job's
+    assert write_error(unnamed, "/runs/job").startswith("Could not write /runs/job: No space")
+
+
+def test_a_write_error_without_an_errno_is_said_in_its_own_words():
+    assert describe_write_error(OSError("the disk said no"), "job/metrics.json") == (
+        "Could not write job/metrics.json: the disk said no. A run file is replaced only once "
+        "its new version is complete, so the run's previous checkpoint and metrics.json are "
+        "still usable. To go on, fix the cause, then run the same command with resume=true.")
+
+
+def test_an_unfinished_record_is_one_line_of_dashes_and_jobs_sort_by_number():
+    assert RunRecord().line() == "?: running, val acc -, test acc -, -"
+    assert sorted(["10_lr=0.1", "9_a_b", "notes", "2", "0_a"], key=job_order) == [
+        "notes", "0_a", "2", "9_a_b", "10_lr=0.1"]  # a name without a number first
+    assert job_order("10_lr=0.1") == (10, "10_lr=0.1")
