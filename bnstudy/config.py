@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import itertools
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -146,12 +147,18 @@ def unknown_override(args: list[str]) -> str | None:
     to it (Hydra's would suggest `+lr=0.1`); None if every key is known."""
     groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
     known = {f.name for f in fields(StudySchema)} | groups
+    chosen = [a for a in args if a.split("=", 1)[0] in groups]  # group choices, e.g. optim=adam
+    names = None
     for arg in args:
         key = arg.split("=", 1)[0]
         if arg.startswith(("-", "+", "~")) or "=" not in arg or key.startswith("hydra") or \
-                key.split(".")[0] in known:
+                key in known:
             continue
-        scored = {name: _likeness(key, name) for name in _setting_names()}
+        if "." in key and key.split(".")[0] in known:  # `trainer.max_epoch`: is it a setting?
+            names = names or _setting_names(chosen)
+            if any(n == key or n.startswith(f"{key}.") for n in names):
+                continue
+        scored = {name: _likeness(key, name) for name in names or _setting_names(chosen)}
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.count(".")))
         value = arg.split("=", 1)[1]
@@ -171,12 +178,22 @@ def _likeness(key: str, name: str) -> float:
     return round(max(whole, last), 1) + top
 
 
-def _setting_names() -> list[str]:
+def _setting_names(choices: list[str] = ()) -> list[str]:
+    """Every setting of the config with these group choices (a swept one: each of its options)."""
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     register()
+    options = [[f"{c.split('=')[0]}={o}" for o in c.split("=", 1)[1].split(",")] for c in choices]
+    names = {"paths.data_dir", "paths.output_dir", "run_name"}
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return [*flat(compose("config")), "paths.data_dir", "paths.output_dir", "run_name"]
+        for combination in itertools.product(*options):
+            try:
+                cfg = compose("config", overrides=list(combination))
+            except HydraException:  # an option that does not exist: Hydra says so after this
+                cfg = compose("config")
+            names.update(flat(cfg))
+    return sorted(names)
 
 
 def check_known_keys(cfg: DictConfig) -> None:

@@ -157,3 +157,13 @@ def test_hparams_of_configs_written_before_the_networks_moved():
     old["model"] = {"_target_": "bnstudy.model.MLPClassifier", "hidden_dim": 256, "norm": "bn"}
     got = hparams(OmegaConf.create(old))
     assert (got["model"], got["depth"], got["norm"], got["hidden_dim"]) == ("mlp", 1, "bn", 256)
+
+
+def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
+    from bnstudy.config import unknown_override
+
+    assert unknown_override(["trainer.max_epoch=3"]).startswith(
+        "trainer.max_epoch: no such setting. Did you mean trainer.max_epochs")  # not `+key`
+    assert unknown_override(["model=cnn", "model.net.channels=[8]"]) is None  # cnn's own key
+    assert unknown_override(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) is None
+    assert unknown_override(["optim=adm", "trainer.max_epochs=3"]) is None  # Hydra names adm
