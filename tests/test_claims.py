@@ -446,6 +446,7 @@ def test_a_groups_values_are_its_ok_runs_in_seed_then_job_order():
     assert V.values(bare, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.1, 0.2, 0.9]
     assert V.values(table.drop(columns="seed"), C.Term(1.0, norm="none"), "acc") == [0.5]
     assert V.values(pd.DataFrame({"acc": [0.5, "n/a"]}), C.Term(1.0), "acc") == [0.5]
+    assert V.values(table, C.Term(1.0, norm="bn"), "sharpness") == []  # a column no run has
     many = pd.DataFrame({"seed": np.random.default_rng(0).integers(0, 3, 200),
                          "acc": np.arange(200) / 200})  # ties kept in table order (stable)
     assert V.values(many, C.Term(1.0), "acc") == many.sort_values("seed", kind="stable")[

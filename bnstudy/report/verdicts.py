@@ -52,8 +52,10 @@ def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
                          errors="coerce").fillna(math.inf)
     chosen = chosen.assign(_seed=seed).sort_values(
         ["_seed", "job"] if "job" in chosen else "_seed", kind="stable")
-    xs = pd.to_numeric(chosen.get(quantity), errors="coerce")
-    return [float(x) for x in xs if not math.isnan(x)] if xs is not None else []
+    if quantity not in chosen:  # no run measured it (a sweep without pictures, say)
+        return []
+    xs = pd.to_numeric(chosen[quantity], errors="coerce")
+    return [float(x) for x in xs if not math.isnan(x)]
 
 
 def every_seed(flags: list[bool]) -> str:
