@@ -180,19 +180,16 @@ def _likeness(key: str, name: str) -> float:
 
 def _setting_names(choices: list[str] = ()) -> list[str]:
     """Every setting of the config with these group choices (a swept one: each of its options)."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    register()
-    options = [[f"{c.split('=')[0]}={o}" for o in c.split("=", 1)[1].split(",")] for c in choices]
+    options = [[(c.split("=")[0], o) for o in c.split("=", 1)[1].split(",")] for c in choices]
     names = {"paths.data_dir", "paths.output_dir", "run_name"}
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        for combination in itertools.product(*options):
-            try:
-                cfg = compose("config", overrides=list(combination))
-            except HydraException:  # an option that does not exist: Hydra says so after this
-                cfg = compose("config")
-            names.update(flat(cfg))
+    for combination in itertools.product(*options):
+        try:
+            cfg = group_defaults(dict(combination))
+        except HydraException:  # an option that does not exist: Hydra says so after this
+            cfg = group_defaults({})
+        names.update(flat(cfg))
     return sorted(names)
 
 
