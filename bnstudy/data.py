@@ -138,7 +138,8 @@ class TensorDataModule(L.LightningDataModule):
 
     Subclasses set the class attributes and implement `files`, `fetch` and `read_split`.
     `val_size` is a count, or a fraction of the training files when below 1; `train_size` caps
-    the training split (None: the rest). Loaders yield minibatches `(x, y)` sliced from
+    the training split (None: the rest); `split_seed` draws the validation split (None: the
+    run's `seed`, so that seeds vary the split too). Loaders yield minibatches `(x, y)` sliced from
     tensors on the trainer's device (lists of K of them for `Classifier.steps_per_call`)."""
 
     name: str
@@ -149,13 +150,14 @@ class TensorDataModule(L.LightningDataModule):
     classes: tuple[str, ...]
 
     def __init__(self, data_dir: str | Path, batch_size: int = 64, val_size: float | int = 0.1,
-                 train_size: int | None = None, eval_batch_size: int = 1000, split_seed: int = 0,
-                 seed: int = 0, download: bool = True) -> None:
+                 train_size: int | None = None, eval_batch_size: int = 1000,
+                 split_seed: int | None = 0, seed: int = 0, download: bool = True) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.train_size = val_size, train_size
-        self.split_seed, self.seed, self.download = split_seed, seed, download
+        self.seed, self.download = seed, download
+        self.split_seed = seed if split_seed is None else split_seed
         self.train_set = self.val_set = self.test_set = None  # TensorPairs after `setup`
 
     @property
@@ -184,11 +186,9 @@ class TensorDataModule(L.LightningDataModule):
         fix = ("Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
                f"that holds {self.folder}/")
         if not self.download:
-            raise DataError(
-                f"{self.name}: files not found: {where}; download is disabled "
-                f"(dataset.datamodule.download=false). {fix}, or allow the download with "
-                "dataset.datamodule.download=true."
-            )
+            raise DataError(f"{self.name}: files not found: {where}; download is disabled "
+                            f"(dataset.datamodule.download=false). {fix}, or allow the download "
+                            "with dataset.datamodule.download=true.")
         existed = {p for p in [self.data_dir, *self.data_dir.rglob("*")] if p.is_dir()} \
             if self.data_dir.is_dir() else set()
         try:
