@@ -85,8 +85,10 @@ def register() -> None:
     cs.store(name="study_schema", node=StudySchema)
     cs.store(group="schema/net", name="mlp", node=MLPSchema)
     cs.store(group="schema/net", name="cnn", node=CNNSchema)
+    from bnstudy.jobdir import config_subdir
+
     resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.tty": lambda: sys.stderr.isatty(),
-                 "bnstudy.job_dir": job_dir}
+                 "bnstudy.job_dir": job_dir, "bnstudy.config_subdir": config_subdir}
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
@@ -301,16 +303,33 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
 
 def group_defaults(choices: dict) -> DictConfig:
     """The config the group `choices` (Hydra's `runtime.choices`) give without other overrides."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose as hydra_compose
     from hydra.core.global_hydra import GlobalHydra
 
-    register()
     overrides = [f"{group}={choice}" for group, choice in choices.items()
                  if choice is not None and not group.startswith(("hydra", "schema"))]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
-        return compose("config", overrides=overrides)
+        return hydra_compose("config", overrides=overrides)
+    return _compose(overrides)
+
+
+def _compose(overrides, **kwargs) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return hydra_compose("config", overrides=list(overrides), **kwargs)
+
+
+def compose(overrides=()) -> DictConfig:
+    """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so
+    `${hydra:...}`, the run's name, resolves): what `bnstudy.run.train(cfg)` takes from Python."""
+    from hydra.core.hydra_config import HydraConfig
+
+    cfg = _compose(overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def overridden_keys(overrides) -> tuple[str, ...]:

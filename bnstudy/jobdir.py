@@ -14,8 +14,6 @@ import socket
 from datetime import datetime
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from bnstudy.errors import ConfigError
 
 log = logging.getLogger("bnstudy")
@@ -107,12 +105,6 @@ def config_subdir(output_dir: str, overwrite: bool) -> str | None:
     was; `overwrite=true` replaces it, unless another process holds the lock: it is refused)."""
     exists = (Path(output_dir) / ".hydra" / "config.yaml").is_file()
     return None if exists and (not overwrite or is_locked(output_dir)) else ".hydra"
-
-
-def register() -> None:
-    """Registers `config_subdir` as the resolver `conf/hydra/default.yaml` names."""
-    if not OmegaConf.has_resolver("bnstudy.config_subdir"):
-        OmegaConf.register_new_resolver("bnstudy.config_subdir", config_subdir)
 
 
 def holder(job_dir: str | Path) -> dict:

@@ -14,7 +14,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from bnstudy import jobdir
 from bnstudy.config import CONFIG_DIR, register, unknown_override
 from bnstudy.jobdir import RunExistsError, launcher_job
 from bnstudy.records import RunRecord
@@ -24,7 +23,6 @@ from bnstudy.sweep import note_refusal, register_launchers
 log = logging.getLogger("bnstudy")
 
 register()  # the schemas and resolvers `conf/` names, before Hydra composes it
-jobdir.register()
 register_launchers()
 
 

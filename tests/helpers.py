@@ -174,17 +174,9 @@ def fail_fsync(monkeypatch, error: BaseException) -> None:
 # -- building and training the project's pieces in-process ---------------------------------
 def compose_config(*overrides: str):
     """The project's Hydra config composed with `overrides`, as the entry point would."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
+    from bnstudy.config import compose
 
-    from bnstudy import config, jobdir
-
-    config.register()
-    jobdir.register()
-    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so that `${hydra:...}` resolves, as in a job
-    return cfg
+    return compose(overrides)
 
 
 def make_classifier(norm: str = "bn", input_shape=(1, 28, 28), hidden_dim: int = 32,

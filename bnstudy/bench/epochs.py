@@ -25,12 +25,11 @@ T0 = time.perf_counter()
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.bench.plain import evaluate, minibatches, train_epoch  # noqa: E402
-from bnstudy.config import CONFIG_DIR, register  # noqa: E402
+from bnstudy.config import compose  # noqa: E402
 from bnstudy.console import quiet_console  # noqa: E402
 from bnstudy.run import build, build_model  # noqa: E402
 
@@ -136,11 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_console()  # the benchmark's lines only, not Lightning's notices at each fit
 
     t = time.perf_counter()
-    register()  # the schemas conf/ names
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        defaults = ["trainer.max_epochs=5", "trainer.enable_progress_bar=false",
-                    f"paths.output_dir={tempfile.gettempdir()}/bnstudy-bench"]  # fmt: skip
-        cfg = compose("config", overrides=[*defaults, *args.overrides])
+    cfg = compose(["trainer.max_epochs=5", "trainer.enable_progress_bar=false",
+                   f"paths.output_dir={tempfile.gettempdir()}/bnstudy-bench", *args.overrides])
     compose_s = time.perf_counter() - t
     t = time.perf_counter()
     datamodule, _, _ = build(cfg)
