@@ -193,60 +193,60 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     assert (tmp_path / "images" / "weights_final.png").is_file()
 
 
-def paused_run(tiny_data, job, go, *overrides: str):
-    """A run in a process of its own that pauses when its epoch 1 starts, until `go` exists."""
-    return start_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
-                       "trainer.limit_train_batches=2", "~callbacks.hallucinations",
-                       f"hydra.run.dir={job}", *overrides,
-                       "+callbacks.pause._target_=tests.faults.PauseAtEpoch",
-                       "+callbacks.pause.epoch=1", f"+callbacks.pause.until={go}")
-
-
-def snapshot(job) -> dict[str, bytes]:
-    """Every file of a job directory by relative path, but the events and the log."""
-    return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
-            if p.is_file() and "tfevents" not in p.name and p.name != "train.log"}
-
-
-@pytest.mark.slow
-def test_a_second_process_is_refused_and_the_first_trains_on_alone(tiny_data, tmp_path):
-    import socket
+@pytest.fixture
+def paused(tiny_data, tmp_path):
+    """(job, go, process): a run in a process of its own, paused when its epoch 1 starts until
+    `go` exists (killed at the end if still running)."""
     from pathlib import Path
 
     job, go = tmp_path / "job", tmp_path / "go"
-    first = paused_run(tiny_data, job, go)
+    proc = start_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
+                       "trainer.limit_train_batches=2", "~callbacks.hallucinations",
+                       f"hydra.run.dir={job}", f"+callbacks.pause.until={go}",
+                       "+callbacks.pause._target_=tests.faults.PauseAtEpoch",
+                       "+callbacks.pause.epoch=1")
     try:
-        wait_for_file(Path(f"{go}.paused"), first)
-        before = {**snapshot(job), "train.log": (job / "train.log").read_bytes()}
-        for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
-            second = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
-                               f"hydra.run.dir={job}", how)
-            assert second.returncode == 1 and f"{job} is in use: " in second.stderr
-            assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
-        assert {**snapshot(job), "train.log": (job / "train.log").read_bytes()} == before
-        go.touch()
-        _, stderr = first.communicate(timeout=300)
+        wait_for_file(Path(f"{go}.paused"), proc)
+        yield job, go, proc
     finally:
-        if first.poll() is None:
-            first.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+
+
+def snapshot(job) -> dict[str, bytes]:
+    """Every file of a job directory by relative path, but the events."""
+    return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
+            if p.is_file() and "tfevents" not in p.name}
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_and_the_first_trains_on_alone(paused, tiny_data):
+    import socket
+
+    job, go, first = paused
+    before = snapshot(job)
+    for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
+        second = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
+                           f"hydra.run.dir={job}", how)
+        assert second.returncode == 1 and f"{job} is in use: " in second.stderr
+        assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
+    assert snapshot(job) == before
+    go.touch()
+    _, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr[-2000:]
     assert {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")} == {str(first.pid)}
 
 
 @pytest.mark.slow
-def test_a_killed_run_leaves_no_lock_in_the_way_of_its_resume(tiny_data, tmp_path):
+def test_a_killed_run_leaves_no_lock_in_the_way_of_its_resume(paused, tiny_data):
     import signal
-    from pathlib import Path
 
     from bnstudy.jobdir import holder
 
-    job, go = tmp_path / "job", tmp_path / "go"
-    killed = paused_run(tiny_data, job, go)
-    try:
-        wait_for_file(Path(f"{go}.paused"), killed)
-    finally:
-        killed.send_signal(signal.SIGKILL)  # no handler runs: the record still says running
-        killed.communicate(timeout=60)
+    job, _, killed = paused
+    killed.send_signal(signal.SIGKILL)  # no handler runs: the record still says running
+    killed.communicate(timeout=60)
     assert read_record(job)["status"] == "running" and holder(job)["pid"] == killed.pid
     resumed = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
                         f"hydra.run.dir={job}", "resume=true")
