@@ -117,18 +117,23 @@ def run_train(*overrides: str, cwd: Path = REPO, seeds: bool = False
     return run_module("bnstudy.train", *overrides, cwd=cwd)
 
 
+def start_train(*overrides: str, cwd: Path = REPO) -> subprocess.Popen:
+    """`python -m bnstudy.train` started in a fresh interpreter (launchers, Python's warnings,
+    exits), output piped, without PYTHONWARNINGS (as a user runs it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def fresh_train(*overrides: str, cwd: Path = REPO, timeout: int = 600
                 ) -> subprocess.CompletedProcess:
-    """`python -m bnstudy.train` in a fresh interpreter (launchers, Python's warnings, exits)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    return subprocess.run([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def start_train(*overrides: str, cwd: Path = REPO) -> subprocess.Popen:
-    """Starts `python -m bnstudy.train` in the background (a fresh interpreter, output piped)."""
-    return subprocess.Popen([sys.executable, "-m", "bnstudy.train", *overrides], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """`start_train`, run to its end."""
+    proc = start_train(*overrides, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -145,10 +150,12 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> N
         time.sleep(0.05)
 
 
-def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`."""
-    return run_train("-m", *FAST, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
-                     *overrides)
+def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str, fresh: bool = False
+              ) -> subprocess.CompletedProcess:
+    """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`; `fresh`:
+    one seed, in a fresh interpreter (a launcher starting processes of its own)."""
+    args = ("-m", *FAST, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}", *overrides)
+    return fresh_train(*args, "seed=0") if fresh else run_train(*args)
 
 
 def train_run(data_dir: Path, out: Path, *overrides: str):
@@ -217,20 +224,19 @@ def tiny_fit(data_dir: Path, out: Path | None = None, model=None, callbacks=(), 
     return data, model, trainer
 
 
-def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of every event of a scalar tag TensorBoard reads from `log_dir`."""
+def events(log_dir: Path):
+    """What TensorBoard reads from `log_dir`, every scalar kept."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
+    return EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+
+
+def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in events(log_dir).Scalars(tag)]
 
 
 def scalar_tags(log_dir: Path) -> set[str]:
-    """The scalar tags TensorBoard finds in `log_dir`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    return set(EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
-               .Tags()["scalars"])
+    return set(events(log_dir).Tags()["scalars"])
 
 
 def read_record(job: Path) -> dict:

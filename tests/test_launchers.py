@@ -17,17 +17,13 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
-from helpers import FAST, fresh_train, read_record, run_train, write_cifar10, write_mnist
-
+from helpers import read_record, run_train, write_cifar10, write_mnist
 
 # -- sweeps through launchers -------------------------------------------------------------
-def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str):
-    """A one-seed multirun in a fresh interpreter: the launchers start processes of their own."""
-    return fresh_train("-m", *FAST, "seed=0", f"paths.data_dir={data_dir}",
-                       f"hydra.sweep.dir={sweep_dir}", *overrides)
-
+run_sweep = functools.partial(helpers.run_sweep, fresh=True)  # launchers start processes
 
 
 @pytest.mark.slow
