@@ -2,15 +2,11 @@
 
     python -m bnstudy.bench [--repeats 3] [--floor] [overrides ...]   # data from paths.data_dir
 
-It runs `trainer.fit` of a default run (5 epochs: the every-5th-epoch pictures are paid at
-their default rate) and, in the same process, the plain loop of `bnstudy.bench.plain` over the
-same tensors with its own copy of the model and optimizer. They alternate epoch by epoch (a
-callback runs a plain epoch before each of the fit's), so each pair sees the same machine
-state and gives a ratio; a project epoch runs from the end of one plain epoch to the start of
-the next (the last: until `fit` returns), validation, callbacks and Lightning's work between
-epochs included. It prints seconds per epoch, samples per second and the median ratio, and
-start-up apart. `--floor` times a bare Lightning loop the same way (`BareClassifier`: one
-optimizer step per `training_step`, no logger, no callbacks).
+A default run's `trainer.fit` (5 epochs, so the every-5th-epoch pictures are paid) alternates
+epoch by epoch with `bnstudy.bench.plain`'s loop (a callback runs a plain epoch before each of
+the fit's), so each pair sees the same machine state and gives a ratio; a project epoch counts
+validation, callbacks and Lightning's work between epochs. `--floor` times a bare Lightning
+loop (`BareClassifier`: no logger, no callbacks) the same way.
 """
 
 from __future__ import annotations
