@@ -268,6 +268,15 @@ def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_
     assert DECIDE in one and DECIDE not in three
 
 
+def test_the_compute_that_reaches_a_target_is_read_between_points():
+    from bnstudy.report.cost import compute_to_reach
+
+    compute, acc = np.array([2.0, 4.0, 6.0]), np.array([0.5, 0.7, 0.9])
+    assert compute_to_reach(compute, acc, 0.8) == pytest.approx(5.0)
+    assert compute_to_reach(compute, acc, 0.4) == 2.0  # reached at the first epoch end
+    assert math.isnan(compute_to_reach(compute, acc, 0.95))
+
+
 def test_accuracy_against_compute_is_the_best_so_far_at_the_charged_cost(tmp_path):
     from bnstudy.report.figures import time_figure
 
