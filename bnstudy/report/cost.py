@@ -33,8 +33,8 @@ WARMUP = 5
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds a step of each side (fastest block), their ratio treatment / baseline (the
-    verdict's), and the per-round ratios' spread."""
+    """Seconds a step of each side (fastest block), their ratio treatment / baseline, and the
+    per-round ratios' spread, whose upper end C5 charges (`charged`)."""
 
     treatment_s: float
     baseline_s: float
