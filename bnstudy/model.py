@@ -35,7 +35,8 @@ class Classifier(L.LightningModule):
     config saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` needs nothing else.
 
     Logs per epoch `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`
-    and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss).
+    and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss);
+    after a test, `test_correct` holds whether each test image was classified correctly.
     The x-axis of every value is the optimizer step (`trainer.global_step`).
 
     `steps_per_call` (K, Keras' `steps_per_execution`): minibatches trained per
@@ -86,6 +87,8 @@ class Classifier(L.LightningModule):
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_hits: list[torch.Tensor] = []  # this test's per-image hits, batch by batch
+        self.test_correct: torch.Tensor | None = None  # the last test's, in the test set's order
 
     def __setattr__(self, name: str, value) -> None:
         if name == "_current_fx_name":  # a hook's name (str or None): never a tensor or module
@@ -204,17 +207,38 @@ class Classifier(L.LightningModule):
         self.train_count = 0
 
     # -- validation and test ----------------------------------------------------------------
-    def _eval_step(self, batch, loss: MeanMetric, acc: MulticlassAccuracy, split: str) -> None:
+    def _eval_step(self, batch, loss: MeanMetric, acc: MulticlassAccuracy,
+                   split: str) -> torch.Tensor:
+        """Updates and logs the split's metrics; each image's hit (classified correctly)."""
         value, logits, y = self.model_step(batch)
         loss.update(value, weight=len(y))
         acc.update(logits, y)
         self.log_dict({f"{split}/loss": loss, f"{split}/acc": acc}, prog_bar=split == "val")
+        return logits.argmax(-1) == y
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_loss, self.val_acc, "val")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_hits = []
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_loss, self.test_acc, "test")
+        self.test_hits.append(self._eval_step(batch, self.test_loss, self.test_acc, "test"))
+
+    def on_test_epoch_end(self) -> None:
+        """`test_correct`: a bool per image tested, in the test set's order (CPU tensor, on every
+        process). Under DDP the processes' shares are gathered: rank r tested images r, r + W,
+        r + 2W, ... (the datamodule's unshuffled sharding), so image i is share i % W's
+        (i // W)-th."""
+        hits = torch.cat(self.test_hits).long() if self.test_hits else \
+            torch.zeros(0, dtype=torch.long, device=self.device)
+        if (world := self.trainer.world_size) > 1:
+            most = int(self.all_gather(hits.new_tensor(len(hits))).max())
+            padded = torch.cat([hits, hits.new_full((most - len(hits),), -1)])
+            hits = self.all_gather(padded).reshape(world, most).T.reshape(-1)
+            hits = hits[hits >= 0]
+        self.test_correct = hits.bool().cpu()
+        self.test_hits = []
 
     # -- optimizer --------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:

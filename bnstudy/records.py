@@ -4,6 +4,7 @@ atomically (a temporary file, fsync, rename), with the umask's mode, one paragra
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import secrets
@@ -11,10 +12,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bnstudy.errors import RunFileError
 
 RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
+TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
 
 _OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
 _WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"
@@ -81,6 +85,22 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     """Writes JSON atomically (`replace_file`); NaN and infinities become null."""
     finite = json.loads(json.dumps(data), parse_constant=lambda _: None)
     replace_file(path, json.dumps(finite, indent=2).encode())
+
+
+def write_test_correct(job_dir: str | Path, correct) -> None:
+    """The job's `test_correct.npy`: a numpy bool per test image, written atomically."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(correct, dtype=bool), allow_pickle=False)
+    replace_file(Path(job_dir) / TEST_CORRECT_FILE, buffer.getbuffer())
+
+
+def read_test_correct(job_dir: str | Path) -> np.ndarray | None:
+    """The job's `test_correct.npy` (None if absent or unreadable)."""
+    path = Path(job_dir) / TEST_CORRECT_FILE
+    try:
+        return np.load(path, allow_pickle=False) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass

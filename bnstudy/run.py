@@ -27,7 +27,13 @@ from bnstudy.config import changed_settings, group_defaults, hparams, overridden
 from bnstudy.console import quiet_console, shown_before
 from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.jobdir import JobDirLock, RunExistsError, is_requeue, launcher_job, same_job
-from bnstudy.records import RECORD_NAME, RunRecord, write_error
+from bnstudy.records import (
+    RECORD_NAME,
+    TEST_CORRECT_FILE,
+    RunRecord,
+    write_error,
+    write_test_correct,
+)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -132,6 +138,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     else:
         tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
+        if primary:
+            write_test_correct(out, model.test_correct.numpy())
     for logger in trainer.loggers:
         logger.finalize("success")
     before = history.elapsed_before if history is not None else 0.0  # a resume's earlier epochs
@@ -164,7 +172,8 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
             "to train it again from scratch (its results are replaced), or choose another "
             "hydra.run.dir / hydra.sweep.dir.")
     if record is not None:
-        for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*")]:
+        for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*"),
+                    *out.glob(TEST_CORRECT_FILE)]:
             old.unlink()
         for folder in ("checkpoints", "images"):
             shutil.rmtree(out / folder, ignore_errors=True)

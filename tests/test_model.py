@@ -228,7 +228,8 @@ def k_fit(tiny_data, out, k: int, **flags) -> dict:
     return {"batches": trainer.num_training_batches, "steps": trainer.global_step,
             "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history.history],
             "scalars": {tag: scalars(out, tag) for tag in sorted(scalar_tags(out))},
-            "test": test, "weights": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"],
+            "test": test, "test_correct": model.test_correct, "weights": ckpt["state_dict"],
+            "optimizer": ckpt["optimizer_states"],
             "clip": trainer.gradient_clip_val}
 
 

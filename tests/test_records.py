@@ -14,8 +14,10 @@ from bnstudy.records import (
     RunRecord,
     describe_write_error,
     job_order,
+    read_test_correct,
     write_error,
     write_json_atomic,
+    write_test_correct,
 )
 
 
@@ -35,6 +37,15 @@ def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
     assert updated == RunRecord.read(tmp_path) == RunRecord(status="failed", error="boom")
     RunRecord().write(tmp_path / "new" / "job" / "metrics.json")  # the folders are made
     assert RunRecord.read(tmp_path / "new" / "job") == RunRecord()
+
+
+def test_test_correct_reads_back_as_bools_and_is_none_when_absent_or_broken(tmp_path):
+    write_test_correct(tmp_path, [1, 0, 1])
+    back = read_test_correct(tmp_path)
+    assert back.dtype == bool and back.tolist() == [True, False, True]
+    assert read_test_correct(tmp_path / "absent") is None
+    (tmp_path / "test_correct.npy").write_bytes(b"not numpy")
+    assert read_test_correct(tmp_path) is None
 
 
 def test_a_failed_write_keeps_the_old_record_and_says_what_to_do(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from helpers import compose_config, scalars, train_run
@@ -47,6 +48,30 @@ def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(
     assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
     assert {hparams[k].WhichOneof("kind") for k in ("dataset", "norm", "optim")} == \
         {"string_value"}
+
+
+def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tmp_path):
+    """`test_correct.npy`: whether the final model classifies each test image correctly, in the
+    test set's order (a model of steps_per_call 8), its mean the record's test acc; `load_runs`
+    gives it as the column `test_correct`, None for a job without the file."""
+    from bnstudy.data import MNISTDataModule
+    from bnstudy.model import Classifier
+    from bnstudy.report.runs import load_runs
+
+    record = train_run(tiny_data, tmp_path / "0_tested", "dataset.lr=1e-4")
+    correct = np.load(tmp_path / "0_tested" / "test_correct.npy")
+    assert correct.dtype == bool and correct.shape == (200,)  # tiny MNIST's test images
+    assert 0.2 < correct.mean() < 0.8  # hits and misses both: their order is checked below
+    assert correct.mean() == pytest.approx(record.test_acc, abs=1e-6)
+    model = Classifier.load_from_checkpoint(tmp_path / "0_tested" / "checkpoints" / "last.ckpt")
+    data = MNISTDataModule(tiny_data, download=False)
+    data.setup("test")
+    with torch.no_grad():
+        hits = model.eval()(data.test_set.x).argmax(-1) == data.test_set.y
+    assert np.array_equal(correct, hits.numpy())
+    RunRecord(status="ok").write(tmp_path / "1_untested" / "metrics.json")
+    tested, untested = load_runs(tmp_path)["test_correct"]
+    assert np.array_equal(tested, correct) and untested is None
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
@@ -143,6 +168,7 @@ def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
     record = train_run(tiny_data, tmp_path, "norm=none", "dataset.lr=1e12",
                        "trainer.max_epochs=3")
     assert record.status == "diverged" and record.finished and record.test is None
+    assert not (tmp_path / "test_correct.npy").exists()  # no test, no per-image hits
     assert record.diverged_at["epoch"] == 0 and record.diverged_at["step"] >= 1
     guard = DivergenceGuard()  # stops at the first bad step
     trainer = SimpleNamespace(current_epoch=2, global_step=40, should_stop=False)
@@ -164,7 +190,8 @@ def stored_job(tmp_path):
     OmegaConf.save(compose_config(f"paths.output_dir={tmp_path}"),
                    tmp_path / ".hydra" / "config.yaml")
     RunRecord(status="interrupted", history=[{"epoch": 0}]).write(tmp_path / "metrics.json")
-    for name in ("checkpoints/last.ckpt", "images/weights_final.png", "events.out.tfevents.1"):
+    for name in ("checkpoints/last.ckpt", "images/weights_final.png", "events.out.tfevents.1",
+                 "test_correct.npy"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     return tmp_path

@@ -182,12 +182,28 @@ def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path):
-    """Lightning's ddp restarts the script for rank 1 (gloo on CPU); rank 0 alone writes."""
+    """Lightning's ddp restarts the script for rank 1 (gloo on CPU); rank 0 alone writes, the
+    per-image test hits of both ranks' shares in the test set's order."""
+    import numpy as np
+    import torch
+
+    from bnstudy.data import MNISTDataModule
+    from bnstudy.model import Classifier
+
     proc = fresh_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
                        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                       "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}", timeout=300)
+                       "dataset.lr=1e-4", "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}",
+                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_record(tmp_path)
+    model = Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    data = MNISTDataModule(tiny_data, download=False)
+    data.setup("test")
+    with torch.no_grad():
+        hits = (model.eval()(data.test_set.x).argmax(-1) == data.test_set.y).numpy()
+    correct = np.load(tmp_path / "test_correct.npy")
+    assert np.array_equal(correct, hits) and 0 < hits.mean() < 1
+    assert correct.mean() == pytest.approx(record["test"]["acc"], abs=1e-6)
     assert record["status"] == "ok" and [row["epoch"] for row in record["history"]] == [0, 1]
     assert record["history"][-1]["step"] == 2 * 5  # 540 images, 270 a process, batch 64
     assert (tmp_path / "images" / "weights_final.png").is_file()

@@ -120,7 +120,7 @@ def declare(datasets: list[str]) -> list[Part]:
             parts.append(Part(
                 "C5", f"{letter} ({where(dataset, optim)})",
                 f"{where(dataset, optim)}: at {budget}, BN is ahead",
-                f"val acc at the last epoch within {budget}, BN − no BN",
+                f"best val acc so far at {budget}, between epochs linear, BN − no BN",
                 f"val_acc_at_{share:g}", pair(dataset, optim), source="time"))
     parts += [Part("C6", f" ({where(dataset, optim)})",
                    f"{where(dataset, optim)}: at each one's tuned settings BN ends ahead",

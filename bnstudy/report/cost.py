@@ -1,16 +1,30 @@
-"""C5's clock: the CPU seconds of a training step with the treatment norm and with the baseline
+"""C5: accuracy as a function of compute, and its clock.
+
+The clock: the CPU seconds of a training step with the treatment norm and with the baseline
 (`pair`), measured paired in one process at one torch thread (`time.thread_time`), the two
 alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
-block (timeit's rule) and the ratio is theirs; the per-round ratios show the spread."""
+block (timeit's rule); the per-round ratios show the spread, and C5 charges the treatment the
+costliest round's ratio (`StepCost.charged`), the conservative end of it.
+
+The reading: a run's epoch e ends at compute e × its step-cost ratio (the baseline's = 1), in
+baseline epochs; at each epoch end it has the best validation accuracy so far (what
+checkpointing on val acc keeps), and between two epoch ends the value is interpolated linearly,
+so it is monotone in the budget. Before the first epoch end no model has been validated: NaN.
+Past the run's last epoch end its best stays (the run stopped there)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnstudy.report.runs import STUDY
+import numpy as np
+import pandas as pd
+
+from bnstudy.report.claims import BUDGETS
+from bnstudy.report.runs import STUDY, num
 
 ROUNDS = 15    # alternating blocks per side
 STEPS = 20     # training steps per block (after WARMUP)
@@ -19,8 +33,8 @@ WARMUP = 5
 
 @dataclass(frozen=True)
 class StepCost:
-    """Seconds a step of each side (fastest block), their ratio treatment / baseline (the
-    verdict's), and the per-round ratios' spread."""
+    """Seconds a step of each side (fastest block), their ratio treatment / baseline, and the
+    per-round ratios' spread, whose upper end C5 charges (`charged`)."""
 
     treatment_s: float
     baseline_s: float
@@ -29,6 +43,11 @@ class StepCost:
     ratio_median: float
     ratio_max: float
     rounds: int
+
+    @property
+    def charged(self) -> float:
+        """The ratio C5 charges the treatment's step: the costliest round's (conservative)."""
+        return self.ratio_max
 
 
 def _step_fn(cfg, norm: str):
@@ -96,3 +115,68 @@ def pair_costs(runs) -> dict[tuple[str, str], StepCost]:
         if found and set(STUDY) <= set(pair["norm"]):
             out[dataset, optim] = measure(OmegaConf.load(found[0]))
     return out
+
+
+# --- the reading: best val acc so far against compute ------------------------------------------
+
+
+def best_so_far(history: list[dict]) -> np.ndarray:
+    """Each epoch end's best val acc so far (NaN until the first number)."""
+    acc = np.array([num(row.get("val/acc")) for row in history], dtype=float)
+    return np.fmax.accumulate(acc) if len(acc) else acc
+
+
+def val_acc_at(history: list[dict], epoch_cost: float, budget: float) -> float:
+    """The run's best val acc so far at `budget` of compute (baseline epochs), its epoch e
+    ending at e × `epoch_cost`: linear between the epoch ends around it, NaN before the first."""
+    best = best_so_far(history)
+    ends = epoch_cost * np.arange(1, len(best) + 1)
+    if not len(best) or budget < ends[0] - 1e-9:
+        return math.nan
+    return float(np.interp(max(budget, ends[0]), ends, best))
+
+
+def compute_curve(histories: list[list[dict]], epoch_cost: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs' `val_acc_at` on the union of their epoch ends: (compute, mean over runs,
+    sample std; NaN for one run)."""
+    if not histories:
+        return (np.array([]),) * 3
+    grid = np.unique(np.concatenate([epoch_cost * np.arange(1, len(h) + 1) for h in histories]))
+    acc = np.array([[val_acc_at(h, epoch_cost, x) for x in grid] for h in histories])
+    std = acc.std(axis=0, ddof=1) if len(acc) > 1 else np.full(len(grid), math.nan)
+    return grid, acc.mean(axis=0), std
+
+
+def compute_to_reach(compute: np.ndarray, acc: np.ndarray, target: float) -> float:
+    """Where the monotone curve (`compute`, `acc`) first reaches `target`, linear between its
+    points; NaN if it never does."""
+    hit = np.flatnonzero(acc >= target - 1e-12)
+    if not len(hit):
+        return math.nan
+    i = hit[0]
+    if i == 0 or acc[i] == acc[i - 1]:
+        return float(compute[i])
+    share = (target - acc[i - 1]) / (acc[i] - acc[i - 1])
+    return float(compute[i - 1] + share * (compute[i] - compute[i - 1]))
+
+
+def full_compute(runs: pd.DataFrame) -> int:
+    """The baseline runs' full training compute: their most epochs (0 without one)."""
+    return max(runs.loc[runs["norm"] == STUDY[1], "history"].map(len), default=0)
+
+
+def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """The runs with C5's `val_acc_at_<share>`: `val_acc_at` a share of the baseline runs' full
+    compute, a treatment step costing `ratios[dataset, optim]` baseline steps (pairs without
+    one left out)."""
+    parts = []
+    for (dataset, optim), ratio in ratios.items():
+        mine = runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)]
+        full = full_compute(mine)
+        cost = [ratio if n == STUDY[0] else 1.0 for n in mine["norm"]]
+        parts.append(mine.assign(**{
+            f"val_acc_at_{share:g}": [val_acc_at(h, c, share * full) if full else math.nan
+                                      for h, c in zip(mine["history"], cost, strict=True)]
+            for share in BUDGETS}))
+    return pd.concat(parts) if parts else runs.iloc[:0]

@@ -20,6 +20,8 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bnstudy.norms import NORMS
+from bnstudy.report.claims import BUDGETS
+from bnstudy.report.cost import compute_curve, full_compute
 from bnstudy.report.render import plural
 from bnstudy.report.runs import (
     STUDY,
@@ -347,12 +349,13 @@ def _untested(row: dict) -> str:
     return "; ".join(short) or "no spread"
 
 
-# --- per second of compute (C5) -------------------------------------------------------------
+# --- per unit of compute (C5) -------------------------------------------------------------
 
 
 def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
-    """Val acc against compute, a panel per dataset × optimizer with a step cost: each epoch at
-    its steps × the norm's measured s/step, mean ± std over seeds; dotted: no BN's full time."""
+    """C5's reading drawn: best val acc so far against compute in no-BN epochs (BN's epochs at
+    the charged ratio, linear between epoch ends), mean ± std over seeds, a panel per dataset ×
+    optimizer with a step cost; dotted: the budgets."""
     pairs = [pair for pair in dict.fromkeys(zip(runs["dataset"], runs["optim"], strict=True))
              if pair in measured]
     fig, axes = panel_grid(len(pairs), 5.6, 3.9, columns=2, extra=0.6)
@@ -361,25 +364,26 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
         mine = ok(runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)])
         for norm in norm_order(set(mine["norm"])):
             side = mine[mine["norm"] == norm]
-            seconds = {STUDY[0]: cost.treatment_s, STUDY[1]: cost.baseline_s}.get(norm)
-            if side.empty or seconds is None:
+            ratio = {STUDY[0]: cost.charged, STUDY[1]: 1.0}.get(norm)
+            if side.empty or ratio is None:
                 continue
-            epochs, mean, std = mean_curve(side, "val/acc")
-            steps = curves(side).groupby("epoch")["step"].mean().to_numpy()
-            x, color = steps * seconds, norm_color(norm)
+            x, mean, std = compute_curve(list(side["history"]), ratio)
+            color = norm_color(norm)
             ax.plot(x, 100 * mean, marker="o", ms=3, color=color,
                     label=f"{norm_label(norm)} ({plural(len(side), 'seed')})")
             if len(side) > 1:
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), color=color,
                                 alpha=0.2, lw=0)
-            if norm == STUDY[1]:
-                ax.axvline(x[-1], color=color, ls=":", lw=1)
-        ax.set_title(f"{where(dataset, optim)} (BN step ×{cost.ratio:.2f})")
-        ax.set_xlabel("training compute (s: steps × measured step cost)")
+        for share in BUDGETS:
+            ax.axvline(share * full_compute(mine), color="grey", ls=":", lw=1)
+        ax.set_title(f"{where(dataset, optim)} (BN step ×{cost.charged:.2f}, rounds "
+                     f"{cost.ratio_min:.2f} to {cost.ratio_max:.2f})", fontsize=9)
+        ax.set_xlabel("training compute (no-BN epochs)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].set_ylabel("best validation accuracy so far (%)")
     axes[0].legend()
-    fitted_title(fig, "Is BatchNorm worth it per second? Validation accuracy against compute\n"
-                      "(mean over seeds, band ± 1 std; dotted: the no-BN runs' full time)")
+    fitted_title(fig, "Is BatchNorm worth it per unit of compute? Best validation accuracy so "
+                      "far against compute\n(BN charged its costliest measured step; mean over "
+                      "seeds, band ± 1 std; dotted: C5's budgets)")
     fig.tight_layout()
     return fig

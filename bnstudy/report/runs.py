@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RECORD_NAME, RunRecord, job_order
+from bnstudy.records import RECORD_NAME, RunRecord, job_order, read_test_correct
 
 FIRST_KEYS = ("dataset", "optim", "norm")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
@@ -29,7 +29,8 @@ NORM_WORDS = {"bn": "BN", "none": "no BN"}  # short words in claims and answers
 QUANTITIES = ("final_val_acc", "best_val_acc", "final_val_loss", "test_acc",
               "first_epoch_train_loss", "first_val_loss", "late_val_loss_drop", "mean_val_acc",
               "wall_time_s")
-RUN_COLUMNS = ("job", "path", "status", "outcome", "error", "history", "probes", *QUANTITIES)
+RUN_COLUMNS = ("job", "path", "status", "outcome", "error", "history", "probes", "test_correct",
+               *QUANTITIES)
 
 
 class ReportError(Exception):
@@ -113,12 +114,14 @@ def load_run(job: Path) -> dict:
             "history": history, **quantities(history, record),
             "probes": {k: getattr(record, k) for k in PROBE_SERIES
                        if record is not None and getattr(record, k)},
+            "test_correct": read_test_correct(job),
             **{f"hp:{k}": v for k, v in hparams.items()}}
 
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
     """A row per job, in sweep order: `RUN_COLUMNS` (outcome: ok, diverged, failed or
-    unfinished), then its hparams (None where a job lacks one)."""
+    unfinished; test_correct: `test_correct.npy`'s bool per test image, or None), then its
+    hparams (None where a job lacks one)."""
     runs = pd.DataFrame([load_run(job) for job in job_dirs(Path(sweep_dir))], dtype=object)
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)

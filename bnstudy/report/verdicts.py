@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from bnstudy.records import TUNING_FILE
-from bnstudy.report.claims import BUDGETS, Part, Term, declare
-from bnstudy.report.runs import STUDY, num, study_order
+from bnstudy.report.claims import Part, Term, declare
+from bnstudy.report.cost import time_table
+from bnstudy.report.runs import study_order
 from bnstudy.report.stats import Contrast, contrast, decide, power_of
 
 MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
@@ -108,28 +109,6 @@ def claim_verdicts(results: list[Result]) -> dict[str, str]:
 # --- C5: at equal training time; C6: at each one's best -------------------------------------
 
 
-def val_acc_within(history: list[dict], epoch_cost: float, budget: float) -> float:
-    """Val acc at the last epoch ending within `budget`, an epoch costing `epoch_cost` (in
-    baseline epochs); NaN when none does."""
-    done = [row for i, row in enumerate(history) if (i + 1) * epoch_cost <= budget + 1e-9]
-    return num(done[-1].get("val/acc")) if done else math.nan
-
-
-def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """The runs with C5's `val_acc_at_<share>`: val acc at a share of no BN's training time, a
-    BN epoch costing `ratios[dataset, optim]` no-BN epochs (pairs without one left out)."""
-    parts = []
-    for (dataset, optim), ratio in ratios.items():
-        mine = runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)]
-        full = max(mine.loc[mine["norm"] == STUDY[1], "history"].map(len), default=0)
-        cost = [ratio if n == STUDY[0] else 1.0 for n in mine["norm"]]
-        parts.append(mine.assign(**{
-            f"val_acc_at_{share:g}": [val_acc_within(h, c, share * full)
-                                      for h, c in zip(mine["history"], cost, strict=True)]
-            for share in BUDGETS}))
-    return pd.concat(parts) if parts else runs.iloc[:0]
-
-
 def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """C6's runs (the re-runs `SWEEP/tuning.json` lists) and that record ({} without one)."""
     path = Path(sweep_dir) / TUNING_FILE
@@ -142,22 +121,9 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
 
 def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]
                     ) -> tuple[list[Result], dict]:
-    """One setting's curve and time claims, and its step costs; a time part whose verdict the
-    rounds' median ratio would flip cannot tell."""
+    """One setting's curve and time claims, and its step costs; the time parts read at each
+    pair's charged ratio (`StepCost.charged`, the costliest round's)."""
     parts = declare(study_order(set(runs["dataset"])))
-    timed = [p for p in parts if p.source == "time"]
-    measured = costs(runs) if timed else {}
-    results = evaluate(parts, {"curves": runs, "time": time_table(
-        runs, {pair: c.ratio for pair, c in measured.items()})})
-    other = {(r.claim, r.part): r.verdict for r in evaluate(timed, {"time": time_table(
-        runs, {pair: c.ratio_median for pair, c in measured.items()})})}
-    guarded = []
-    for r in results:
-        if r.declared.source == "time" and other.get((r.claim, r.part), r.verdict) != r.verdict:
-            c = measured[(r.declared.terms[0].dataset, r.declared.terms[0].optim)]
-            r = Result(r.declared, r.groups, r.test, "cannot tell", r.detectable,
-                       r.seeds_needed, note=f"the verdict changes within the clock's spread "
-                       f"(BN / no BN {c.ratio:.2f} to {c.ratio_median:.2f}): measure on a "
-                       "quieter machine")
-        guarded.append(r)
-    return guarded, measured
+    measured = costs(runs) if any(p.source == "time" for p in parts) else {}
+    ratios = {pair: c.charged for pair, c in measured.items()}
+    return evaluate(parts, {"curves": runs, "time": time_table(runs, ratios)}), measured
