@@ -70,11 +70,11 @@ def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
     (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
     text = words(budget)
     assert text.startswith("BN is worth it below 3 trials / ")
-    assert "at 3 trials the difference vanishes; from 4 trials no BN is ahead" in text
+    assert "at 3 trials the difference vanishes; no BN is ahead from 4 trials" in text
     (ahead,) = budgets({"cells": crossover(0.999)}, [("bn", "none")])
     assert words(ahead).startswith(f"BN is ahead at every budget up to {N} trials")
     (behind,) = budgets({"cells": crossover(0.6)}, [("bn", "none")])
-    assert words(behind).startswith(f"BN is never ahead (up to {N} trials); from 1 trials no BN")
+    assert words(behind) == f"BN is never ahead (up to {N} trials); no BN is ahead from 1 trial."
 
 
 def test_the_seconds_axis_charges_each_norm_its_own_trial_time():
@@ -127,6 +127,8 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert "**MNIST, SGD**: BN is worth it below 3 trials" in text
     assert "![expected best against the budget](budget_mnist-sgd-bn-none.png)" in text
     assert "Verdict: **C7 does not hold**" in text
+    assert "| MNIST | SGD | 2, 2 | BN ahead, +12.12 pts (+10.22 to +14.14) |" in text
+    assert "at a small budget (k=1)" in text
     assert {"budget/mnist-sgd/bn", "budget/mnist-sgd/none", "budget/mnist-sgd/bn-none"} <= \
         scalar_tags(out)
     assert scalars(out, "budget/mnist-sgd/bn")[:2] == [(1, pytest.approx(87.0)),

@@ -22,17 +22,18 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from bnstudy.records import TUNING_FILE
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
-from bnstudy.report.render import markdown, write_csv
+from bnstudy.report.render import markdown, plural, write_csv
 from bnstudy.report.runs import norm_label, norm_word, study_order, where
 
 BOOT = 1000          # bootstrap resamples of each cell's trials
@@ -185,7 +186,7 @@ def words(budget: Budget) -> str:
     behind = lambda r: r["diff_high"] < 0  # noqa: E731
     n = len(trials)
     reverses = _first(trials, behind)
-    after = (f"; from {reverses['k']:.0f} trials {b} is ahead" if reverses else "")
+    after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
     if not any(map(ahead, trials)):
         return f"{t} is never ahead (up to {n} trials){after}."
     if all(map(ahead, trials)):
@@ -253,6 +254,7 @@ def figure(budget: Budget) -> Figure:
     by_s.set_xlabel("seconds of search (k × the cell's mean trial seconds)")
     for ax in (by_k, by_s):
         ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.grid(alpha=0.3)
     by_k.set_ylabel("expected best validation accuracy (%)")
     by_k.legend()
@@ -332,16 +334,35 @@ def tuning_table(tuning: dict) -> str:
             "on the test split, which the search never saw.\n\n" + markdown(rows))
 
 
-def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path
-                   ) -> tuple[str, dict[str, Figure], list[dict], dict]:
-    """The tuning budget's section (C7) of a tuned sweep, its figures `budget_<pair>`, C7's
-    claims.csv rows and the TensorBoard scalars; writes `out/budget.csv` (removes an old one).
-    ("", {}, [], {}) without `tuning.json` or a pair both of whose norms were searched."""
+@dataclass
+class Section:
+    """The tuning budget's part of the report: its text, figures, C7's claims.csv rows, the
+    TensorBoard scalars and, per (dataset, optim), the answer at a small budget (k = 1)."""
+
+    text: str = ""
+    figures: dict[str, Figure] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    small: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def small_words(budget: Budget) -> str:
+    """The difference after one trial of each search, in the answer's words."""
+    diff, low, high = budget.diff(1, 1)
+    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    who = f"{t} ahead" if low > 0 else f"{b} ahead" if high < 0 else "cannot tell"
+    return f"{who}, {100 * diff:+.2f} pts ({100 * low:+.2f} to {100 * high:+.2f})"
+
+
+def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> Section:
+    """The tuning budget's `Section` (C7) of a tuned sweep, its figures named `budget_<pair>`;
+    writes `out/budget.csv` (removes an old one). Empty without `tuning.json` or a pair both
+    of whose norms were searched."""
     (out / BUDGET_FILE).unlink(missing_ok=True)
     path = Path(sweep_dir) / TUNING_FILE
     found = budgets(json.loads(path.read_text()), pairs) if path.is_file() else []
     if not found:
-        return "", {}, [], {}
+        return Section()
     write_csv(pd.DataFrame([r for b in found for r in b.rows()]), out / BUDGET_FILE)
     rows = claim_rows(found)
     lines = ["### The tuning budget (C7)", "", f"**C7**: {CLAIMS['C7']}.", "",
@@ -362,4 +383,5 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path
         figures[name] = figure(budget)
         lines += [f"**{where(budget.dataset, budget.optim)}**: {words(budget)}", "",
                   f"![expected best against the budget]({name}.png)", "", table(budget), ""]
-    return "\n".join(lines), figures, rows, scalars(found)
+    small = {(b.dataset, b.optim): small_words(b) for b in reversed(found)}  # the first pair's
+    return Section("\n".join(lines), figures, rows, scalars(found), small)

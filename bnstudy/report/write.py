@@ -108,10 +108,9 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     write_csv(table, out / "summary.csv")
     verdict_table = verdicts(runs, compared(runs, pairs))
     claims, claim_table, results, figures = S.claims_section(runs, keys, sweep_dir, costs)
-    budget, budget_figs, budget_rows, budget_scalars = budget_section(
-        sweep_dir, compared(runs, pairs), out)
-    claim_table += budget_rows
-    figures.update(budget_figs)
+    budget = budget_section(sweep_dir, compared(runs, pairs), out)
+    claim_table += budget.rows
+    figures.update(budget.figures)
     (out / "pictures.csv").unlink(missing_ok=True)
     picture_text, picture_figs, picture_results = pictures_section(runs, out)
     claim_table += [row for setting, parts in picture_results
@@ -120,7 +119,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         (out / f"{name}.csv").unlink(missing_ok=True)
         if len(rows):
             write_csv(rows, out / f"{name}.csv")
-    sections = [text for text in (claims, budget) if text]
+    sections = [text for text in (claims, budget.text) if text]
     for hparam in [h for h in SWEEPS if h in keys]:
         for section, figs in (S.robustness_section(hparam, runs, keys),
                               S.regime_section(hparam, verdict_table)):
@@ -136,10 +135,11 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if picture_text:  # labelled figures, P1–P3
         sections.append(picture_text)
         figures.update(picture_figs)
+    answer = answer_section(verdict_table, results, budget.small)
     markdown = report_markdown(sweep_dir, runs, S.summary_table(table, keys), sections,
-                               never_started(sweep_dir), answer_section(verdict_table, results))
+                               never_started(sweep_dir), answer)
     (out / "report.md").write_text(markdown)
-    write_figures(figures, markdown, out, budget_scalars)
+    write_figures(figures, markdown, out, budget.scalars)
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs  # here: imports lightning
 
     refresh_mean_runs(sweep_dir, root=out / MEAN_DIR)  # margin charts: mean ± std over seeds
