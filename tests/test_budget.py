@@ -113,7 +113,9 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
         "diff", "diff_low", "diff_high"]
     assert {(r["optim"], r["treatment"], r["baseline"]) for r in rows} == {
         ("sgd", "bn", "none"), ("adam", "bn", "none")}
-    assert sum(r["budget"] == "trials" for r in rows) == 2 * N
+    ks = [str(k) for k in range(1, N + 1)]
+    assert [r["k"] for r in rows if r["budget"] == "trials"] == ks * 2
+    assert {r["k"] for r in rows if r["budget"] == "seconds"} == {""}
     for name in ("budget_mnist-sgd-bn-none", "budget_mnist-adam-bn-none"):
         assert (out / f"{name}.png").is_file()
     with open(out / "claims.csv") as f:

@@ -220,6 +220,14 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
     assert c6["verdict"] in ("holds", "does not hold", "cannot tell")
     text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| mnist | sgd | BN | 3 |" in text
+    # the budget curve of the searches (C7): its figure, budget.csv and the claim's parts
+    assert (tmp_path / "report" / "budget_mnist-sgd-bn-none.png").is_file()
+    assert "![expected best against the budget](budget_mnist-sgd-bn-none.png)" in text
+    with open(tmp_path / "report" / "budget.csv") as f:
+        trials = [r for r in csv.DictReader(f) if r["budget"] == "trials"]
+    assert [r["k"] for r in trials] == ["1", "2", "3"]
+    with open(tmp_path / "report" / "claims.csv") as f:
+        assert sum(r["claim"] == "C7" for r in csv.DictReader(f)) == 2  # k = 1, 2
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from matplotlib.ticker import ScalarFormatter
 from bnstudy.records import TUNING_FILE
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
-from bnstudy.report.render import markdown, plural, write_csv
+from bnstudy.report.render import markdown, plural
 from bnstudy.report.runs import norm_label, norm_word, study_order, where
 
 BOOT = 1000          # bootstrap resamples of each cell's trials
@@ -134,8 +134,8 @@ class Budget:
     def rows(self) -> list[dict]:
         """budget.csv's rows: per k (both arms at k trials), then per budget in seconds."""
         t, b = self.treatment, self.baseline
-        points = [("trials", k, math.nan, k, k) for k in range(1, min(t.n, b.n) + 1)]
-        points += [("seconds", math.nan, s, self.k_at(t, s), self.k_at(b, s))
+        points = [("trials", k, None, k, k) for k in range(1, min(t.n, b.n) + 1)]
+        points += [("seconds", None, s, self.k_at(t, s), self.k_at(b, s))
                    for s in self.seconds_grid()]
         rows = []
         for axis, k, seconds, kt, kb in points:
@@ -363,7 +363,8 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> 
     found = budgets(json.loads(path.read_text()), pairs) if path.is_file() else []
     if not found:
         return Section()
-    write_csv(pd.DataFrame([r for b in found for r in b.rows()]), out / BUDGET_FILE)
+    csv = pd.DataFrame([r for b in found for r in b.rows()]).astype({"k": "Int64"})
+    csv.round(6).to_csv(out / BUDGET_FILE, index=False, lineterminator="\r\n")  # as write_csv
     rows = claim_rows(found)
     lines = ["### The tuning budget (C7)", "", f"**C7**: {CLAIMS['C7']}.", "",
              "*Expected best validation accuracy after k trials*: the mean, over every k-subset "
