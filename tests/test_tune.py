@@ -85,6 +85,13 @@ def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
     assert choose([]) is None
 
 
+def test_no_setting_to_rerun_is_refused_in_one_paragraph():
+    from bnstudy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rerun_top=0: .* Type hydra.sweeper.rerun_top=3"):
+        sweeper("hydra.sweeper.rerun_top=0")._sweep([])
+
+
 def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
     """`_rerun_top`: each candidate over the seeds as the sweep's jobs (hand-made records that
     score lr × seed), the cell's best the one with the best mean, `final_jobs` its re-runs."""
