@@ -1,9 +1,12 @@
 """`experiment=tuned`: each norm at its own best settings, found with the same search budget.
 
 For each dataset × optimizer × norm cell, Hydra's Optuna sweeper (`OptunaSweeperImpl`) searches
-`search.<optim>` with a TPE sampler seeded alike for every cell, for the same number of trials,
-maximising the final validation accuracy (`objective`). The best setting of each cell is then
-trained with each seed of the sweep, and only these re-runs are reported (on the test split).
+`search.<optim>` independently: its own sampler (i.i.d. random search by default) with a seed of
+its own (`cell_seed`: the base seed and the cell's name), for the same number of trials,
+maximising the final validation accuracy (`objective`); each trial's settings, score and compute
+seconds go to `tuning.json`. The `rerun_top` best settings of each cell are then trained with
+each seed of the sweep, the one with the best mean validation accuracy over the seeds is chosen
+(`choose`), and only its re-runs (`final_jobs`) are reported (on the test split).
 The cells are searched at once (`Cells`), each with its own sampler, so that `n_jobs` trials
 of every cell are in flight together on a cluster. Trials go to `SWEEP/search/<cell>/` (a sweep
 of its own), the re-runs to `SWEEP/`, and `SWEEP/tuning.json` records the search.
@@ -16,11 +19,13 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import math
 import os
 import queue
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -39,14 +44,9 @@ log = logging.getLogger("bnstudy")
 METRIC = "val/acc (final epoch)"
 
 
-def objective(job: JobReturn) -> float | str:
-    """What Optuna maximises for a trial: its final epoch's validation accuracy, 0 for a
-    diverged run; for a failed or refused run (or a job that raised) the reason, which Optuna
-    cannot cast to a number and so records as a failed trial (never the best)."""
-    if job.status != JobStatus.COMPLETED:
-        err = job._return_value  # the job's exception (the `return_value` property raises it)
-        return f"failed: {type(err).__name__}: {err}"
-    record = job.return_value if isinstance(job.return_value, RunRecord) else RunRecord("?")
+def score(record: RunRecord) -> float | str:
+    """A run's score: its final epoch's validation accuracy, 0 for a diverged run; for a failed
+    or refused run the reason (not a number)."""
     if record.status == "diverged":
         return 0.0
     if record.status != "ok" or record.final_val_acc is None:
@@ -54,14 +54,42 @@ def objective(job: JobReturn) -> float | str:
     return float(record.final_val_acc)
 
 
+def objective(job: JobReturn) -> float | str:
+    """What Optuna maximises for a trial: its run's `score`; for a job that raised the reason,
+    which Optuna cannot cast to a number and so records as a failed trial (never the best)."""
+    if job.status != JobStatus.COMPLETED:
+        err = job._return_value  # the job's exception (the `return_value` property raises it)
+        return f"failed: {type(err).__name__}: {err}"
+    return score(job.return_value if isinstance(job.return_value, RunRecord) else RunRecord("?"))
+
+
+def cell_seed(base: int, cell: str) -> int:
+    """The sampler seed of one cell's search: from the base seed and the cell's name (a stable
+    hash), so every cell draws settings of its own and a rerun draws the same ones."""
+    return zlib.crc32(f"{base}:{cell}".encode()) % 2**31
+
+
+def choose(candidates: list[dict]) -> dict | None:
+    """The candidate (a dict with `val_acc`: its re-runs' scores, None for a failed one) with
+    the best mean validation accuracy over its seeds (a diverged re-run counts 0, a failed one
+    is left out); the earlier (better in the search) on a tie; the first if none has a score
+    (its failed re-runs are then reported), None if there is no candidate."""
+    def mean(candidate: dict) -> float:
+        scores = [v for v in candidate["val_acc"] if v is not None]
+        return sum(scores) / len(scores) if scores else -math.inf
+
+    return max(candidates, key=mean, default=None)
+
+
 class ScoringLauncher:
     """The sweep's launcher, each job's return value turned into `objective`'s score (which the
     Optuna sweeper casts to float); keeps each trial's job directory (relative to `root`, trial
-    number = job number) and why trials failed."""
+    number = job number), its compute seconds (the run's `wall_time_s`) and why trials failed."""
 
     def __init__(self, launcher, root: Path) -> None:
         self.launcher, self.root = launcher, root
         self.jobs: list[str | None] = []
+        self.seconds: list[float | None] = []
         self.errors: list[str] = []
 
     def launch(self, job_overrides, initial_job_idx: int):
@@ -69,10 +97,12 @@ class ScoringLauncher:
         for job in jobs:
             out = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
             self.jobs.append(out and Path(os.path.relpath(out, self.root)).as_posix())
-            score = objective(job)
-            job.status, job.return_value = JobStatus.COMPLETED, score  # scored, even a failure
-            if isinstance(score, str):
-                self.errors.append(f"{Path(out or '?').name}: {score}")
+            record = job._return_value
+            self.seconds.append(record.wall_time_s if isinstance(record, RunRecord) else None)
+            value = objective(job)
+            job.status, job.return_value = JobStatus.COMPLETED, value  # scored, even a failure
+            if isinstance(value, str):
+                self.errors.append(f"{Path(out or '?').name}: {value}")
         return jobs
 
 
@@ -85,12 +115,14 @@ def _values(override: str) -> list:
 
 
 class TunedSweeper(Sweeper):
-    """A search per cell with the Optuna sweeper, then the best setting of each over seeds."""
+    """A search per cell with the Optuna sweeper, then its top settings over seeds."""
 
     def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int,
-                 sampler: DictConfig, n_jobs: int = 1, params: DictConfig | None = None) -> None:
+                 sampler: DictConfig, n_jobs: int = 1, rerun_top: int = 3,
+                 params: DictConfig | None = None) -> None:
         self.cells = {k: list(v) for k, v in cells.items()}
         self.search, self.sampler, self.n_trials, self.n_jobs = search, sampler, n_trials, n_jobs
+        self.rerun_top = rerun_top
         # the re-runs' seeds: those every sweep runs (`hydra.sweeper.params.seed`), or `seed=…`
         seeds = (params or {}).get("seed", "0")
         self.seeds = [int(v) for v in _values(f"seed={seeds}")]
@@ -147,11 +179,16 @@ class TunedSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger(OptunaSweeperImpl.__module__).setLevel(logging.WARNING)
 
+        if self.rerun_top < 1:
+            raise ConfigError(f"hydra.sweeper.rerun_top={self.rerun_top}: the number of each "
+                              "cell's best settings re-run over the seeds must be 1 or more. Type "
+                              "hydra.sweeper.rerun_top=3 (the default), or 1 for the best only.")
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # jobs' dirs are absolute
         cells, rest = self._cells(arguments)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,
-                        "seeds": self.seeds, "metric": METRIC, "time_s": {}, "cells": []}
+                        "rerun_top": self.rerun_top, "seeds": self.seeds, "metric": METRIC,
+                        "time_s": {}, "cells": []}
         searched = {k: v for c in cells for k, v in (self.search.get(c["optim"]) or {}).items()}
         self._save_plan(sweep_dir, {"seed": ",".join(map(str, self.seeds)), **searched})
         started = time.perf_counter()
@@ -162,7 +199,7 @@ class TunedSweeper(Sweeper):
         unsearched = [problem for _, problem in outcomes if problem]
         record["time_s"]["search"] = time.perf_counter() - started
         write_json_atomic(sweep_dir / TUNING_FILE, record)
-        self._rerun_best(record, rest, sweep_dir)
+        self._rerun_top(record, rest, sweep_dir)
         if unsearched:
             return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have "
                     "no re-runs; the other cells were tuned and re-run:\n" + "\n".join(unsearched)
@@ -186,8 +223,9 @@ class TunedSweeper(Sweeper):
         fixed = [f"{k}={v}" for k, v in cell.items()] + rest + \
             [f"hydra.sweep.dir={search_dir}"]
         storage = optuna.storages.InMemoryStorage()
+        sampler, seed = self.cell_sampler(name)
         impl = OptunaSweeperImpl(
-            sampler=instantiate(self.sampler), direction="maximize", storage=storage,
+            sampler=sampler, direction="maximize", storage=storage,
             study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
             max_failure_rate=1.0, search_space=None, custom_search_space=None,
             params=OmegaConf.create(space))
@@ -213,11 +251,25 @@ class TunedSweeper(Sweeper):
             log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
                      100 * best.value, best.number, len(study.trials),
                      ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
-        return {**cell, "trials": [{"params": t.params, "value": t.value,
-                                    "state": t.state.name, "job": trials.jobs[t.number]}
-                                   for t in study.trials],
+        done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
+                      key=lambda t: -t.value)  # stable: the earlier trial first on a tie
+        return {**cell, "sampler_seed": seed,
+                "trials": [{"params": t.params, "value": t.value, "state": t.state.name,
+                            "job": trials.jobs[t.number], "seconds": trials.seconds[t.number]}
+                           for t in study.trials],
                 "best_params": best.params if best else {},
-                "best_value": best.value if best else None, "final_jobs": []}, problem
+                "best_value": best.value if best else None,
+                "candidates": [{"trial": t.number, "params": t.params, "value": t.value,
+                                "jobs": [], "val_acc": []} for t in done[:self.rerun_top]],
+                "final_jobs": []}, problem
+
+    def cell_sampler(self, name: str) -> tuple:
+        """A new sampler for the cell `name` and its seed (`cell_seed` of the base seed; None
+        if the config gives none)."""
+        if self.sampler.get("seed") is None:
+            return instantiate(self.sampler), None
+        seed = cell_seed(self.sampler.seed, name)
+        return instantiate(self.sampler, seed=seed), seed
 
     def _save_plan(self, sweep_dir: Path, params: dict) -> DictConfig:
         """`sweep_dir/multirun.yaml`, as Hydra's sweepers save it, with `params` the settings
@@ -231,18 +283,25 @@ class TunedSweeper(Sweeper):
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
         return config
 
-    def _rerun_best(self, record: dict, rest: list[str], sweep_dir: Path) -> None:
-        """Each cell's best setting with every seed, as jobs of the sweep itself."""
+    def _rerun_top(self, record: dict, rest: list[str], sweep_dir: Path) -> None:
+        """Each cell's `rerun_top` best settings with every seed, as jobs of the sweep itself;
+        the one `choose` picks becomes the cell's best, its re-runs its `final_jobs`."""
         started = time.perf_counter()
-        jobs = [(cell, [f"{k}={cell[k]}" for k in self.cells] + rest
-                 + [f"{k}={v}" for k, v in cell["best_params"].items()] + [f"seed={seed}"])
-                for cell in record["cells"] if cell["best_params"] for seed in self.seeds]
+        jobs = [(candidate, [f"{k}={cell[k]}" for k in self.cells] + rest
+                 + [f"{k}={v}" for k, v in candidate["params"].items()] + [f"seed={seed}"])
+                for cell in record["cells"] for candidate in cell["candidates"]
+                for seed in self.seeds]
         returns = self.launcher.launch([overrides for _, overrides in jobs], initial_job_idx=0) \
             if jobs else []
-        for (cell, _), job in zip(jobs, returns, strict=True):
+        for (candidate, _), job in zip(jobs, returns, strict=True):
             out = Path(job.hydra_cfg.hydra.runtime.output_dir)
-            if RunRecord.read(out) is not None:
-                cell["final_jobs"].append(out.name)
+            if (run := RunRecord.read(out)) is not None:
+                candidate["jobs"].append(out.name)
+                candidate["val_acc"].append(v if isinstance(v := score(run), float) else None)
+        for cell in record["cells"]:
+            if (chosen := choose(cell["candidates"])) is not None:
+                cell.update(best_params=chosen["params"], best_value=chosen["value"],
+                            final_jobs=chosen["jobs"])
         record["time_s"]["final"] = time.perf_counter() - started
         write_json_atomic(sweep_dir / TUNING_FILE, record)
 

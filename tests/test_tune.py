@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from bnstudy.records import TUNING_FILE, RunRecord
 from bnstudy.report.cli import main as report
-from bnstudy.tune import ScoringLauncher, objective
+from bnstudy.tune import ScoringLauncher, TunedSweeper, cell_seed, choose, objective
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -24,8 +24,11 @@ def test_the_tuned_experiment_composes_with_the_optuna_search():
     cfg = compose_config("experiment=tuned")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.bnstudy_tuned.TunedSweeper"
-    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler"
-    assert isinstance(sweeper.sampler.seed, int) and sweeper.n_trials >= 2
+    assert sweeper.sampler._target_ == "optuna.samplers.RandomSampler"
+    assert isinstance(sweeper.sampler.seed, int) and sweeper.n_trials == 32
+    assert sweeper.rerun_top == 3
+    assert cfg.dataset.datamodule.split_seed is None  # the re-runs' seeds draw their splits
+    assert sweeper.search.adam["optim.optimizer.lr"] == "tag(log, interval(0.00001, 0.1))"
     assert set(sweeper.search) == {"sgd", "adam"}
     assert sweeper.search.sgd["optim.optimizer.lr"].startswith("tag(log, interval(")
     assert "optim.optimizer.momentum" in sweeper.search.sgd
@@ -33,9 +36,102 @@ def test_the_tuned_experiment_composes_with_the_optuna_search():
                                    "norm": ["bn", "none"]}
 
 
-def job(status: str, val_acc=(), state=JobStatus.COMPLETED) -> JobReturn:
+def sweeper(*overrides: str) -> TunedSweeper:
+    """The tuned experiment's sweeper as Hydra builds it, not set up (no launcher)."""
+    cfg = compose_config("experiment=tuned", *overrides).hydra.sweeper
+    return TunedSweeper(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+
+
+def first_settings(tuner: TunedSweeper, name: str, space: dict, n: int = 2) -> list[dict]:
+    """The first `n` settings the cell `name`'s own sampler proposes over `space` (the Optuna
+    sweeper's syntax), as its search asks them."""
+    import optuna
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    distributions, _ = create_params_from_overrides([f"{k}={v}" for k, v in space.items()])
+    study = optuna.create_study(sampler=tuner.cell_sampler(name)[0], direction="maximize")
+    return [study.ask(distributions).params for _ in range(n)]
+
+
+def test_each_cell_searches_independently_and_repeats_itself():
+    """Issue #33: one sampler seed for every cell drew the same settings for both norms; each
+    cell now seeds its sampler from its name, so the norms draw different first settings, and
+    a rerun (resume) draws the same ones again. TPE stays a config choice."""
+    tuner = sweeper()
+    space = dict(tuner.search.sgd)
+    bn, none = (first_settings(tuner, f"mnist-{n}-sgd", space) for n in ("bn", "none"))
+    assert bn != none and bn[0] != none[0]
+    assert first_settings(sweeper(), "mnist-bn-sgd", space) == bn
+    for setting in bn + none:
+        assert 1e-3 <= setting["optim.optimizer.lr"] <= 1.0
+        assert 0.0 <= setting["optim.optimizer.momentum"] <= 0.95
+    assert cell_seed(0, "mnist-bn-sgd") == tuner.cell_sampler("mnist-bn-sgd")[1]
+    assert len({cell_seed(0, f"{d}-{n}-{o}") for d in ("mnist", "cifar10")
+                for n in ("bn", "none") for o in ("sgd", "adam")}) == 8
+    assert cell_seed(1, "mnist-bn-sgd") != cell_seed(0, "mnist-bn-sgd")
+    tpe = sweeper("hydra.sweeper.sampler._target_=optuna.samplers.TPESampler")
+    assert type(tpe.cell_sampler("mnist-bn-sgd")[0]).__name__ == "TPESampler"
+
+
+def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
+    """The search's best (one lucky split) loses to a setting better on average; a failed re-run
+    is left out, a diverged one counts 0; on a tie the better in the search wins."""
+    lucky = {"params": {"lr": 0.5}, "val_acc": [0.90, 0.60, 0.60]}
+    steady = {"params": {"lr": 0.1}, "val_acc": [0.80, 0.80, None]}
+    diverges = {"params": {"lr": 0.9}, "val_acc": [0.95, 0.0, 0.95]}
+    assert choose([lucky, steady, diverges]) is steady
+    assert choose([lucky, {**steady, "val_acc": [0.7, 0.7]}]) is lucky  # 0.70 each: the first
+    assert choose([{"val_acc": [None]}, {"val_acc": []}]) == {"val_acc": [None]}
+    assert choose([]) is None
+
+
+def test_no_setting_to_rerun_is_refused_in_one_paragraph():
+    from bnstudy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rerun_top=0: .* Type hydra.sweeper.rerun_top=3"):
+        sweeper("hydra.sweeper.rerun_top=0")._sweep([])
+
+
+def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
+    """`_rerun_top`: each candidate over the seeds as the sweep's jobs (hand-made records that
+    score lr × seed), the cell's best the one with the best mean, `final_jobs` its re-runs."""
+    from omegaconf import OmegaConf
+
+    acc = {("0.1", "0"): 0.9, ("0.1", "1"): 0.5, ("0.01", "0"): 0.7, ("0.01", "1"): 0.75}
+
+    class Launcher:
+        def launch(self, job_overrides, initial_job_idx):
+            returns = []
+            for n, overrides in enumerate(job_overrides, initial_job_idx):
+                given = dict(o.split("=", 1) for o in overrides)
+                out = tmp_path / f"{n}_lr{given['optim.optimizer.lr']}_seed{given['seed']}"
+                out.mkdir()
+                key = (given["optim.optimizer.lr"], given["seed"])
+                RunRecord("ok", history=[{"val/acc": acc[key]}], wall_time_s=2.0).write(out)
+                ret = JobReturn(status=JobStatus.COMPLETED)
+                ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(out)}}})
+                returns.append(ret)
+            return returns
+
+    tuner = sweeper("hydra.sweeper.rerun_top=2")
+    tuner.seeds, tuner.launcher = [0, 1], Launcher()
+    cell = {"dataset": "mnist", "optim": "adam", "norm": "bn",
+            "best_params": {"optim.optimizer.lr": 0.1}, "best_value": 0.9, "final_jobs": [],
+            "candidates": [{"params": {"optim.optimizer.lr": lr}, "value": v, "jobs": [],
+                            "val_acc": []} for lr, v in ((0.1, 0.9), (0.01, 0.7))]}
+    record = {"cells": [cell], "time_s": {}}
+    tuner._rerun_top(record, [], tmp_path)
+    assert cell["best_params"] == {"optim.optimizer.lr": 0.01} and cell["best_value"] == 0.7
+    assert cell["final_jobs"] == ["2_lr0.01_seed0", "3_lr0.01_seed1"]
+    assert cell["candidates"][0]["jobs"] == ["0_lr0.1_seed0", "1_lr0.1_seed1"]
+    assert cell["candidates"][0]["val_acc"] == [0.9, 0.5]
+    assert json.loads((tmp_path / TUNING_FILE).read_text())["cells"][0] == cell
+
+
+def job(status: str, val_acc=(), state=JobStatus.COMPLETED, seconds=None) -> JobReturn:
     ret = JobReturn(status=state)
-    ret.return_value = RunRecord(status, history=[{"val/acc": acc} for acc in val_acc])
+    ret.return_value = RunRecord(status, history=[{"val/acc": acc} for acc in val_acc],
+                                 wall_time_s=seconds)
     return ret
 
 
@@ -64,7 +160,7 @@ def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path
         def launch(self, job_overrides, initial_job_idx):
             return [done(0, JobReturn(status=JobStatus.FAILED,
                                       _return_value=RuntimeError("boom"))),
-                    done(1, job("ok", [0.5]))]
+                    done(1, job("ok", [0.5], seconds=12.5))]
 
     scoring = ScoringLauncher(Inner(), tmp_path)
     failed, ok = scoring.launch([(), ()], initial_job_idx=0)
@@ -73,12 +169,13 @@ def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path
     assert float(ok.return_value) == 0.5
     assert scoring.jobs == ["search/c/0_x", "search/c/1_x"]
     assert scoring.errors == ["0_x: failed: RuntimeError: boom"]
+    assert scoring.seconds == [None, 12.5]  # each trial's compute, for the budget curve
 
 
 @pytest.mark.slow
 def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
     proc = run_sweep(tmp_path, tiny_data, "experiment=tuned", "dataset=mnist", "optim=sgd",
-                     "hydra.sweeper.n_trials=3", "seed=0,1",
+                     "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2", "seed=0,1",
                      "trainer.max_epochs=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     tuning = json.loads((tmp_path / TUNING_FILE).read_text())
@@ -88,8 +185,15 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
         assert len(cell["trials"]) == 3  # the same budget for each norm
         best = max((t for t in cell["trials"] if t["value"] is not None),
                    key=lambda t: t["value"])
-        assert cell["best_params"] == best["params"] and cell["best_value"] == best["value"]
-        assert len(cell["final_jobs"]) == 2
+        assert all(t["seconds"] > 0 for t in cell["trials"])  # each trial's compute
+        # the top 2 re-run over the seeds; the chosen one's re-runs are C6's
+        assert [c["value"] for c in cell["candidates"]] == sorted(
+            (t["value"] for t in cell["trials"]), reverse=True)[:2]
+        assert cell["candidates"][0]["params"] == best["params"]
+        (chosen,) = [c for c in cell["candidates"] if c["params"] == cell["best_params"]]
+        assert cell["final_jobs"] == chosen["jobs"] and len(cell["final_jobs"]) == 2
+        assert all(len(c["jobs"]) == 2 for c in cell["candidates"])
+        best = {"params": cell["best_params"]}
         # named like any sweep's jobs: the tuned settings (they vary), not the shared epochs
         for name in cell["final_jobs"] + [t["job"] for t in cell["trials"]]:
             assert "-lr=" in name and "-momentum=" in name and "max_epochs" not in name
@@ -108,33 +212,42 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
             assert record["history"][-1]["val/acc"] == pytest.approx(trial["value"])
         # the Optuna sweeper's own summary stays with its search, not among the study's files
         results = OmegaConf.load(search / "optimization_results.yaml")
-        assert results.best_value == pytest.approx(cell["best_value"])
+        assert results.best_value == pytest.approx(cell["candidates"][0]["value"])
     assert not (tmp_path / "optimization_results.yaml").exists()
     # the cells are searched together: their trials run in rounds, each cell's in its order
     started = re.findall(r"training \d+ epochs into \S+/search/(\S+?)/(\d+)_", proc.stderr)
     assert [int(number) for _, number in started] == [0, 0, 1, 1, 2, 2], started
-    # one sampler seed: every cell's search proposes the same first settings
-    first = [[t["params"] for t in c["trials"]] for c in cells.values()]
-    assert first[0] == first[1]
+    # a sampler seed per cell: the norms' searches propose different first settings
+    first = [c["trials"][0]["params"] for c in cells.values()]
+    assert first[0] != first[1]
+    assert cells["bn"]["sampler_seed"] != cells["none"]["sampler_seed"]
     assert report([str(tmp_path)]) == 0
     with open(tmp_path / "report" / "claims.csv") as f:
         (c6,) = [r for r in csv.DictReader(f) if r["claim"] == "C6"]
     assert c6["verdict"] in ("holds", "does not hold", "cannot tell")
     text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| mnist | sgd | BN | 3 |" in text
+    # the budget curve of the searches (C7): its figure, budget.csv and the claim's parts
+    assert (tmp_path / "report" / "budget_mnist-sgd-bn-none.png").is_file()
+    assert "![expected best against the budget](budget_mnist-sgd-bn-none.png)" in text
+    with open(tmp_path / "report" / "budget.csv") as f:
+        trials = [r for r in csv.DictReader(f) if r["budget"] == "trials"]
+    assert [r["k"] for r in trials] == ["1", "2", "3"]
+    with open(tmp_path / "report" / "claims.csv") as f:
+        assert sum(r["claim"] == "C7" for r in csv.DictReader(f)) == 2  # k = 1, 2
 
 
 @pytest.mark.slow
 def test_the_sampler_seed_makes_a_search_repeat_itself(tiny_data, tmp_path):
-    """One cell, 3 trials of which 2 are TPE's (after 1 random one): the same sampler seed
-    proposes the same settings and scores them the same; another seed proposes others. The
+    """One cell, 3 random trials: the same base sampler seed proposes the same settings and
+    scores them the same (a resume repeats its search); another seed proposes others. The
     sweep dirs are relative to where it is launched, as Hydra's default one is."""
     def search(name: str, sampler_seed: int) -> list[dict]:
         proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", f"hydra.sweep.dir={name}",
                          "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn", "seed=0",
                          "trainer.max_epochs=1", "hydra.sweeper.n_trials=3",
-                         "hydra.sweeper.sampler.n_startup_trials=1",
-                         f"hydra.sweeper.sampler.seed={sampler_seed}", cwd=tmp_path)
+                         "hydra.sweeper.rerun_top=1", f"hydra.sweeper.sampler.seed={sampler_seed}",
+                         cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (cell,) = json.loads((tmp_path / name / TUNING_FILE).read_text())["cells"]
         return [(t["params"], t["value"]) for t in cell["trials"]]

@@ -88,23 +88,30 @@ def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
     return markdown(rows)
 
 
-def tuned_table(tuned: list[Result]) -> str:
-    """A row per dataset × optimizer of a tuned sweep: the seeds and C6's verdict in words."""
+def tuned_table(tuned: list[Result], small: dict | None = None) -> str:
+    """A row per dataset × optimizer of a tuned sweep: the seeds, C6's verdict in words and,
+    given `small` ((dataset, optim): words, `report.budget`), the answer after one trial."""
     return markdown([{
         "dataset": DATASET_LABELS.get(r.declared.terms[0].dataset, r.declared.terms[0].dataset),
         "optimizer": OPTIM_LABELS.get(r.declared.terms[0].optim, r.declared.terms[0].optim),
         "seeds (BN, no BN)": ", ".join(str(len(xs)) for xs in r.groups),
+        **({"at a small budget (k=1)": small.get((r.declared.terms[0].dataset,
+                                                  r.declared.terms[0].optim), "—")}
+           if small else {}),
         "at each one's best": part_words(r)} for r in tuned])
 
 
-def answer_section(verdicts: pd.DataFrame, results: list[Result]) -> str:
+def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | None = None
+                   ) -> str:
     """report.md's `## The answer`: the table, how to read it, the command that decides."""
     tuned = [r for r in results if r.claim == "C6"]
     if tuned:
         return "\n".join(["## The answer", "",
                           "Is BatchNorm worth it at each one's best? Each norm's own tuned "
                           "setting, re-run over seeds, BN − no BN in test accuracy (95% interval; "
-                          "claim C6 below).", "", tuned_table(tuned), ""])
+                          "claim C6 below); at a small budget, the expected best validation "
+                          "accuracy after one trial of each search (C7).", "",
+                          tuned_table(tuned, small), ""])
     if verdicts.empty:
         return ""
     text = ["## The answer", "",

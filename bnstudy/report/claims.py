@@ -79,6 +79,7 @@ CLAIMS = {
     "C4": "CIFAR-10: with Adam BN still ends better, by less than with SGD",
     "C5": "When training time is limited, BN offers a performance boost (at equal time)",
     "C6": "At each one's best settings (tuned learning rate, same search budget), BN wins",
+    "C7": "With a small tuning budget (1 or 2 trials of random search), BN is ahead",
     "P1": "MNIST first-layer weights: without BN more interpretable (digit strokes); with BN "
           "+ Adam most units structured, while some non-BN units stay pure noise",
     "P2": "CIFAR-10 hallucinations: non-BN captures the class's general colour; BN gives more "

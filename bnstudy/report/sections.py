@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import bnstudy.report.figures as F
+from bnstudy.report.budget import tuning_table
 from bnstudy.report.claims import CLAIMS, declare
 from bnstudy.report.cost import compute_curve, compute_to_reach
 from bnstudy.report.render import claim_rows, claims_block, markdown, number, pct, plural
@@ -261,21 +262,6 @@ def cost_table(runs: pd.DataFrame, measured: dict) -> str:
             "(`time_s`, shared machine) are shown as a cross-check only. *Reaches*: the compute "
             "(no-BN epochs) at which the mean over seeds first reaches no BN's at its full "
             "compute.\n\n" + markdown(rows))
-
-
-def tuning_table(tuning: dict) -> str:
-    """C6's search: Optuna's settings, then per cell the trials and the best setting."""
-    rows = [{"dataset": cell.get("dataset"), "optimizer": cell.get("optim"),
-             "norm": norm_word(cell.get("norm")), "trials": len(cell.get("trials", [])),
-             "best setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
-                                       else f"{k}={v}"
-                                       for k, v in cell.get("best_params", {}).items()),
-             "best val acc (search)": "—" if cell.get("best_value") is None
-             else f"{100 * cell['best_value']:.2f} %"} for cell in tuning.get("cells", [])]
-    return (f"Search: Optuna {tuning.get('sampler', 'TPE')} (sampler seed "
-            f"{tuning.get('sampler_seed')}), {tuning.get('n_trials')} trials per cell on the "
-            f"validation split; the best setting re-run with seeds {tuning.get('seeds')} and "
-            "compared on the test split, which the search never saw.\n\n" + markdown(rows))
 
 
 INTRO = (

@@ -15,6 +15,7 @@ from PIL import Image
 
 import bnstudy.report.sections as S
 from bnstudy.report.answer import answer_section
+from bnstudy.report.budget import budget_section
 from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
 from bnstudy.report.picture_section import pictures_section
 from bnstudy.report.render import claim_rows, write_csv
@@ -64,13 +65,15 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
+def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
+                  scalars: dict[str, list[tuple[int, float]]] | None = None) -> None:
     """Each figure as `out/<name>.png` and, as the very pixels of that PNG, a TensorBoard image;
-    the report text (images named, not embedded) too. An earlier report's figures and events
-    go first; the figures are closed."""
+    the report text (images named, not embedded) and `scalars` (tag: (step, value)s) too. An
+    earlier report's figures and events go first; the figures are closed."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
     stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time_*.png",
+             "budget_*.png",
              *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
     for old in (old for pattern in stale for old in out.glob(pattern)):
         old.unlink()
@@ -82,6 +85,9 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path) -> None:
             with Image.open(io.BytesIO(png)) as image:
                 writer.add_image(f"{kind}/{name[len(kind) + 1:]}", np.asarray(image),
                                  dataformats="HWC")
+        for tag, points in (scalars or {}).items():
+            for step, value in points:
+                writer.add_scalar(tag, value, step)
         writer.add_text("report", re.sub(r"!\[([^\]]*)\]\(([^)]+)\.png\)",
                                          r"*(figure `\2`: see the Images tab)*", markdown))
 
@@ -102,6 +108,9 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     write_csv(table, out / "summary.csv")
     verdict_table = verdicts(runs, compared(runs, pairs))
     claims, claim_table, results, figures = S.claims_section(runs, keys, sweep_dir, costs)
+    budget = budget_section(sweep_dir, compared(runs, pairs), out)
+    claim_table += budget.rows
+    figures.update(budget.figures)
     (out / "pictures.csv").unlink(missing_ok=True)
     picture_text, picture_figs, picture_results = pictures_section(runs, out)
     claim_table += [row for setting, parts in picture_results
@@ -110,7 +119,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         (out / f"{name}.csv").unlink(missing_ok=True)
         if len(rows):
             write_csv(rows, out / f"{name}.csv")
-    sections = [claims] if claims else []
+    sections = [text for text in (claims, budget.text) if text]
     for hparam in [h for h in SWEEPS if h in keys]:
         for section, figs in (S.robustness_section(hparam, runs, keys),
                               S.regime_section(hparam, verdict_table)):
@@ -126,10 +135,11 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if picture_text:  # labelled figures, P1–P3
         sections.append(picture_text)
         figures.update(picture_figs)
+    answer = answer_section(verdict_table, results, budget.small)
     markdown = report_markdown(sweep_dir, runs, S.summary_table(table, keys), sections,
-                               never_started(sweep_dir), answer_section(verdict_table, results))
+                               never_started(sweep_dir), answer)
     (out / "report.md").write_text(markdown)
-    write_figures(figures, markdown, out)
+    write_figures(figures, markdown, out, budget.scalars)
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs  # here: imports lightning
 
     refresh_mean_runs(sweep_dir, root=out / MEAN_DIR)  # margin charts: mean ± std over seeds

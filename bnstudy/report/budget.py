@@ -1,0 +1,388 @@
+"""Claim C7, the budget curve of a tuned sweep (`SWEEP/tuning.json`, `bnstudy.tune`): is BN
+worth it at a small tuning budget?
+
+Per dataset × optimizer × norm cell, the *expected best validation accuracy after k trials*
+(k = 1..n) of its independent random search: the mean, over every k-subset of the n trials
+run, of the subset's best (Tang et al. 2020's unbiased estimator, Dodge et al. 2019's curve
+without replacement): E_k = Σ_i v_(i) C(i−1, k−1) / C(n, k), v sorted ascending. A diverged
+trial scores 0 (as `tune.objective` does); a failed trial is left out. *After s seconds*: the
+expected best of the k(s) = ⌊s / m⌋ trials that fit in s seconds, m the cell's mean trial
+seconds (its runs' `wall_time_s`), so the seconds axis charges BN its own cost per trial.
+
+Bands: a percentile bootstrap (`BOOT` resamples of each cell's trials with replacement, a
+fixed seed, 95 %), each arm resampled on its own (the searches are independent), the
+difference treatment − baseline from the paired resamples' differences; the seconds axis holds
+each cell's mean trial time fixed (the band covers the accuracies, not the clock).
+C7 at k = 1 and 2 (`SMALL`): holds when the difference's band lies above 0, does not hold when
+below, else cannot tell.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
+from bnstudy.records import TUNING_FILE
+from bnstudy.report.claims import CLAIMS
+from bnstudy.report.figures import norm_color
+from bnstudy.report.render import markdown, plural
+from bnstudy.report.runs import norm_label, norm_word, study_order, where
+
+BOOT = 1000          # bootstrap resamples of each cell's trials
+BOOT_SEED = 0        # the bootstrap's numpy seed: the same report from the same trials
+LEVEL = 0.95         # the bands' coverage
+SMALL = (1, 2)       # C7's budgets, in trials
+SHOWN = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # the Markdown table's k (budget.csv: all)
+BUDGET_FILE = "budget.csv"
+
+
+@functools.lru_cache(maxsize=8)
+def weights(n: int) -> np.ndarray:
+    """(n, n): row k−1 holds each sorted position's weight C(i−1, k−1) / C(n, k) (i from 1)."""
+    return np.array([[math.comb(i - 1, k - 1) / math.comb(n, k) for i in range(1, n + 1)]
+                     for k in range(1, n + 1)])
+
+
+def expected_best(values) -> np.ndarray:
+    """The expected best of k trials drawn without replacement from `values` (…, n), for
+    k = 1..n along the last axis."""
+    values = np.sort(np.asarray(values, dtype=float), axis=-1)
+    return values @ weights(values.shape[-1]).T
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One cell's curve: its trials' scores and mean seconds, E_k, the band and the
+    bootstrap's curves (BOOT × n)."""
+
+    norm: str
+    values: np.ndarray
+    seconds: float          # mean trial seconds; NaN when the trials' times are unknown
+    curve: np.ndarray
+    boots: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def at(self, k: int) -> tuple[float, float, float]:
+        """(E_k, band low, band high)."""
+        low, high = band(self.boots[:, k - 1])
+        return float(self.curve[k - 1]), low, high
+
+
+def band(samples: np.ndarray) -> tuple[float, float]:
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def arm(cell: dict, rng: np.random.Generator) -> Arm | None:
+    """The cell's `Arm` (None without a finished trial): the finished trials' values, a failed
+    one (state FAIL, or no value) left out."""
+    done = [t for t in cell.get("trials", []) if t.get("value") is not None
+            and t.get("state", "COMPLETE") == "COMPLETE"]
+    if not done:
+        return None
+    values = np.array([float(t["value"]) for t in done])
+    times = [t["seconds"] for t in done if t.get("seconds") is not None]
+    boots = expected_best(rng.choice(values, size=(BOOT, len(values)), replace=True))
+    return Arm(cell["norm"], values, float(np.mean(times)) if times else math.nan,
+               expected_best(values), boots)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One pair's curves: treatment and baseline arms within a dataset × optimizer."""
+
+    dataset: str
+    optim: str
+    treatment: Arm
+    baseline: Arm
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.optim}-{self.treatment.norm}-{self.baseline.norm}"
+
+    def diff(self, kt: int, kb: int) -> tuple[float, float, float]:
+        """E treatment (kt trials) − E baseline (kb trials), with the band."""
+        t, b = self.treatment, self.baseline
+        return (float(t.curve[kt - 1] - b.curve[kb - 1]),
+                *band(t.boots[:, kt - 1] - b.boots[:, kb - 1]))
+
+    def seconds_grid(self) -> list[float]:
+        """The budgets in seconds at which either arm's k(s) steps up, from the first that
+        affords both a trial to the last both searches reached; none without both times."""
+        t, b = self.treatment, self.baseline
+        if math.isnan(t.seconds) or math.isnan(b.seconds) or min(t.seconds, b.seconds) <= 0:
+            return []
+        lo, hi = max(t.seconds, b.seconds), min(t.n * t.seconds, b.n * b.seconds)
+        steps = {j * a.seconds for a in (t, b) for j in range(1, a.n + 1)}
+        return sorted(s for s in steps if lo - 1e-9 <= s <= hi + 1e-9)
+
+    def k_at(self, arm: Arm, seconds: float) -> int:
+        return int(math.floor(seconds / arm.seconds + 1e-9))
+
+    def rows(self) -> list[dict]:
+        """budget.csv's rows: per k (both arms at k trials), then per budget in seconds."""
+        t, b = self.treatment, self.baseline
+        points = [("trials", k, None, k, k) for k in range(1, min(t.n, b.n) + 1)]
+        points += [("seconds", None, s, self.k_at(t, s), self.k_at(b, s))
+                   for s in self.seconds_grid()]
+        rows = []
+        for axis, k, seconds, kt, kb in points:
+            (te, tl, th), (be, bl, bh) = t.at(kt), b.at(kb)
+            diff, low, high = self.diff(kt, kb)
+            rows.append({"dataset": self.dataset, "optim": self.optim, "treatment": t.norm,
+                         "baseline": b.norm, "budget": axis, "k": k, "seconds": seconds,
+                         "treatment_k": kt, "baseline_k": kb,
+                         "treatment_seconds": kt * t.seconds, "baseline_seconds": kb * b.seconds,
+                         "treatment_best": te, "treatment_low": tl, "treatment_high": th,
+                         "baseline_best": be, "baseline_low": bl, "baseline_high": bh,
+                         "diff": diff, "diff_low": low, "diff_high": high})
+        return rows
+
+
+def budgets(tuning: dict, pairs: list[tuple[str, str]]) -> list[Budget]:
+    """Each (treatment, baseline) pair within each dataset × optimizer both norms searched,
+    in the study's order; the bootstrap seeded afresh per pair."""
+    cells = {(c.get("dataset"), c.get("optim"), c.get("norm")): c
+             for c in tuning.get("cells", [])}
+    found = []
+    for dataset in study_order({d for d, _, _ in cells}):
+        for optim in dict.fromkeys(o for d, o, _ in cells if d == dataset):
+            for treatment, baseline in pairs:
+                if (dataset, optim, treatment) not in cells or \
+                        (dataset, optim, baseline) not in cells:
+                    continue
+                rng = np.random.default_rng(BOOT_SEED)
+                t = arm(cells[dataset, optim, treatment], rng)
+                b = arm(cells[dataset, optim, baseline], rng)
+                if t is not None and b is not None:
+                    found.append(Budget(dataset, optim, t, b))
+    return found
+
+
+def _first(rows: list[dict], test) -> dict | None:
+    return next((r for r in rows if test(r)), None)
+
+
+def words(budget: Budget) -> str:
+    """The pair's budget in words: below which budget the treatment is ahead (its band above
+    0), where the difference vanishes (band includes 0) or reverses (band below 0)."""
+    rows = budget.rows()
+    trials = [r for r in rows if r["budget"] == "trials"]
+    seconds = [r for r in rows if r["budget"] == "seconds"]
+    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    ahead = lambda r: r["diff_low"] > 0  # noqa: E731
+    behind = lambda r: r["diff_high"] < 0  # noqa: E731
+    n = len(trials)
+    reverses = _first(trials, behind)
+    after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
+    if not any(map(ahead, trials)):
+        return f"{t} is never ahead (up to {n} trials){after}."
+    if all(map(ahead, trials)):
+        up_to = f" / {seconds[-1]['seconds']:.0f} s" if seconds and all(map(ahead, seconds)) \
+            else ""
+        return f"{t} is ahead at every budget up to {n} trials{up_to}."
+    if not ahead(trials[0]):
+        start = _first(trials, ahead)
+        return f"{t} is not ahead at a small budget; it is ahead at {start['k']:.0f} trials."
+    stop = _first(trials, lambda r: not ahead(r))
+    stop_s = _first(seconds, lambda r: not ahead(r)) if seconds and ahead(seconds[0]) else None
+    how = "reverses" if behind(stop) else "vanishes"
+    per_second = f" / {stop_s['seconds']:.0f} s of search" if stop_s else ""
+    return (f"{t} is worth it below {stop['k']:.0f} trials{per_second} here: at "
+            f"{stop['k']:.0f} trials the difference {how}{after}.")
+
+
+def verdict(low: float, high: float) -> str:
+    return "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell"
+
+
+def claim_rows(found: list[Budget]) -> list[dict]:
+    """C7's parts (a dataset × optimizer × k in `SMALL`) as claims.csv rows, then the claim's
+    verdict on each: holds when all parts hold, does not hold when any does not."""
+    rows = []
+    for budget in found:
+        t, b = budget.treatment, budget.baseline
+        for k in (k for k in SMALL if k <= min(t.n, b.n)):
+            diff, low, high = budget.diff(k, k)
+            rows.append({
+                "claim": "C7", "part": f" ({where(budget.dataset, budget.optim)}, k={k})",
+                "family": "tuned", "dataset": budget.dataset,
+                "statement": f"{where(budget.dataset, budget.optim)}: after {k} trials of "
+                             f"search {norm_word(t.norm)} is ahead",
+                "statistic": f"expected best val acc after {k} trials (Tang et al.), "
+                             f"{norm_word(t.norm)} − {norm_word(b.norm)}",
+                "unit": "accuracy", "claimed_sign": 1,
+                "sides": f"{norm_word(t.norm)} {100 * t.curve[k - 1]:.2f}% ({t.n} trials); "
+                         f"{norm_word(b.norm)} {100 * b.curve[k - 1]:.2f}% ({b.n} trials)",
+                "estimate": diff, "ci_low": low, "ci_high": high, "p_value": math.nan,
+                "verdict": verdict(low, high), "claim_verdict": "",
+                "detectable_80": math.nan, "seeds_needed": math.nan,
+                "note": f"{LEVEL:.0%} bootstrap band ({BOOT} resamples of each search)"})
+    verdicts = {r["verdict"] for r in rows}
+    overall = "does not hold" if "does not hold" in verdicts else \
+        "holds" if verdicts == {"holds"} else "cannot tell"
+    return [{**r, "claim_verdict": overall} for r in rows]
+
+
+def figure(budget: Budget) -> Figure:
+    """Expected best val acc against the budget in trials and in seconds, both arms with their
+    bands."""
+    fig = Figure(figsize=(11, 4))
+    by_k, by_s = fig.subplots(1, 2)
+    for a in (budget.treatment, budget.baseline):
+        color, ks = norm_color(a.norm), np.arange(1, a.n + 1)
+        low, high = np.percentile(a.boots, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
+        for ax, x in ((by_k, ks), (by_s, ks * a.seconds)):
+            if np.isnan(x).any():
+                continue
+            ax.plot(x, 100 * a.curve, color=color, marker="o", ms=3,
+                    label=f"{norm_label(a.norm)} ({a.n} trials)")
+            ax.fill_between(x, 100 * low, 100 * high, color=color, alpha=0.2, lw=0)
+    by_k.set_xlabel("trials of random search (k)")
+    by_s.set_xlabel("seconds of search (k × the cell's mean trial seconds)")
+    for ax in (by_k, by_s):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.grid(alpha=0.3)
+    by_k.set_ylabel("expected best validation accuracy (%)")
+    by_k.legend()
+    fig.suptitle(f"{where(budget.dataset, budget.optim)}: is BatchNorm worth it at your "
+                 f"tuning budget? (band: {LEVEL:.0%} bootstrap)")
+    fig.tight_layout()
+    return fig
+
+
+def scalars(found: list[Budget]) -> dict[str, list[tuple[int, float]]]:
+    """TensorBoard charts: `budget/<dataset>-<optim>/<norm>` (expected best val acc, %, at
+    step k) and `…/<treatment>-<baseline>` (their difference, pts)."""
+    charts = {}
+    for budget in found:
+        root = f"budget/{budget.dataset}-{budget.optim}"
+        for a in (budget.treatment, budget.baseline):
+            charts[f"{root}/{a.norm}"] = [(k, 100 * float(v)) for k, v in
+                                          enumerate(a.curve, 1)]
+        n = min(budget.treatment.n, budget.baseline.n)
+        charts[f"{root}/{budget.treatment.norm}-{budget.baseline.norm}"] = [
+            (k, 100 * budget.diff(k, k)[0]) for k in range(1, n + 1)]
+    return charts
+
+
+def table(budget: Budget) -> str:
+    """The pair's curve at a few k, in %, with bands."""
+    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    fmt = lambda e, lo, hi: f"{100 * e:.2f} ({100 * lo:.2f} to {100 * hi:.2f})"  # noqa: E731
+    fmt_d = lambda e, lo, hi: f"{100 * e:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"  # noqa: E731
+    rows = [{"trials (k)": f"{r['k']:.0f}",
+             "seconds (" + t + " / " + b + ")":
+                 f"{r['treatment_seconds']:.0f} / {r['baseline_seconds']:.0f}",
+             f"{t}, %": fmt(r["treatment_best"], r["treatment_low"], r["treatment_high"]),
+             f"{b}, %": fmt(r["baseline_best"], r["baseline_low"], r["baseline_high"]),
+             f"{t} − {b}, pts": fmt_d(r["diff"], r["diff_low"], r["diff_high"]),
+             "verdict": verdict(r["diff_low"], r["diff_high"])}
+            for r in budget.rows() if r["budget"] == "trials" and
+            (r["k"] in SHOWN or r["k"] == min(budget.treatment.n, budget.baseline.n))]
+    return markdown(rows)
+
+
+def tuning_table(tuning: dict) -> str:
+    """C6's search: the sampler's settings, then per cell the trials, its mean trial time, the
+    setting chosen (its rank in the search) and its validation accuracy in the search and re-run
+    over the seeds."""
+    def chosen(cell: dict) -> tuple[str, str]:
+        """(search rank, mean val acc over the seeds) of the cell's chosen setting."""
+        for rank, c in enumerate(cell.get("candidates", []), 1):
+            if c.get("params") == cell.get("best_params"):
+                scores = [v for v in c.get("val_acc", []) if v is not None]
+                return str(rank), (f"{100 * sum(scores) / len(scores):.2f} %" if scores
+                                   else "—")
+        return "1", "—"
+
+    rows = []
+    for cell in tuning.get("cells", []):
+        trials = cell.get("trials", [])
+        times = [t["seconds"] for t in trials if t.get("seconds") is not None]
+        rank, mean = chosen(cell)
+        rows.append({
+            "dataset": cell.get("dataset"), "optimizer": cell.get("optim"),
+            "norm": norm_word(cell.get("norm")), "trials": len(trials),
+            "chosen setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
+                                        else f"{k}={v}"
+                                        for k, v in cell.get("best_params", {}).items()),
+            "rank in search": rank, "val acc (search)": "—" if cell.get("best_value") is None
+            else f"{100 * cell['best_value']:.2f} %", "mean val acc (re-runs)": mean,
+            "mean trial s": f"{sum(times) / len(times):.1f}" if times else "—"})
+    top = tuning.get("rerun_top", 1)  # a tuning.json without it: one seed for every cell
+    return (f"Search: Optuna {tuning.get('sampler', 'TPE')}, a search per cell (base sampler "
+            f"seed {tuning.get('sampler_seed')}"
+            + (", each cell's seed drawn from it and the cell's name" if "rerun_top" in tuning
+               else ", the same in every cell")
+            + f"), {tuning.get('n_trials')} trials per cell on one validation split; the "
+            f"{top} best setting(s) of each re-run with seeds {tuning.get('seeds')}, the one "
+            "with the best mean validation accuracy over them chosen, and its re-runs compared "
+            "on the test split, which the search never saw.\n\n" + markdown(rows))
+
+
+@dataclass
+class Section:
+    """The tuning budget's part of the report: its text, figures, C7's claims.csv rows, the
+    TensorBoard scalars and, per (dataset, optim), the answer at a small budget (k = 1)."""
+
+    text: str = ""
+    figures: dict[str, Figure] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    small: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def small_words(budget: Budget) -> str:
+    """The difference after one trial of each search, in the answer's words."""
+    diff, low, high = budget.diff(1, 1)
+    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    who = f"{t} ahead" if low > 0 else f"{b} ahead" if high < 0 else "cannot tell"
+    return f"{who}, {100 * diff:+.2f} pts ({100 * low:+.2f} to {100 * high:+.2f})"
+
+
+def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> Section:
+    """The tuning budget's `Section` (C7) of a tuned sweep, its figures named `budget_<pair>`;
+    writes `out/budget.csv` (removes an old one). Empty without `tuning.json` or a pair both
+    of whose norms were searched."""
+    (out / BUDGET_FILE).unlink(missing_ok=True)
+    path = Path(sweep_dir) / TUNING_FILE
+    found = budgets(json.loads(path.read_text()), pairs) if path.is_file() else []
+    if not found:
+        return Section()
+    csv = pd.DataFrame([r for b in found for r in b.rows()]).astype({"k": "Int64"})
+    csv.round(6).to_csv(out / BUDGET_FILE, index=False, lineterminator="\r\n")  # as write_csv
+    rows = claim_rows(found)
+    lines = ["### The tuning budget (C7)", "", f"**C7**: {CLAIMS['C7']}.", "",
+             "*Expected best validation accuracy after k trials*: the mean, over every k-subset "
+             "of a cell's independent random-search trials, of the subset's best (Tang et al. "
+             "2020's unbiased estimator); a diverged trial scores 0, a failed one is left out. "
+             "*After s seconds*: the expected best of the ⌊s / mean trial seconds⌋ trials that "
+             "fit, each cell at its own trial time. Bands: "
+             f"{LEVEL:.0%} percentile bootstrap, {BOOT} resamples of each search's trials "
+             f"(numpy seed {BOOT_SEED}), the two searches resampled independently. C7 is "
+             f"decided at k = {', '.join(map(str, SMALL))}: holds when the difference's band "
+             "lies above 0, does not hold when below, else cannot tell. All budgets: "
+             f"`{BUDGET_FILE}`.", "",
+             f"Verdict: **C7 {rows[0]['claim_verdict'] if rows else 'cannot tell'}**.", ""]
+    figures = {}
+    for budget in found:
+        name = f"budget_{budget.name}"
+        figures[name] = figure(budget)
+        lines += [f"**{where(budget.dataset, budget.optim)}**: {words(budget)}", "",
+                  f"![expected best against the budget]({name}.png)", "", table(budget), ""]
+    small = {(b.dataset, b.optim): small_words(b) for b in reversed(found)}  # the first pair's
+    return Section("\n".join(lines), figures, rows, scalars(found), small)

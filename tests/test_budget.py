@@ -1,0 +1,139 @@
+"""Claim C7, the budget curve (`bnstudy.report.budget`): the expected-best estimator against
+brute force, the seeded bootstrap band, the words on a crossover, budget.csv and the report."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+
+import numpy as np
+import pytest
+from helpers import scalar_tags, scalars, write_job
+
+from bnstudy.records import TUNING_FILE
+from bnstudy.report.budget import BUDGET_FILE, budgets, expected_best, words
+from bnstudy.report.cli import main as report
+
+N = 200  # trials a side in the hand-made searches: bands narrow enough to place a crossover
+
+
+@pytest.mark.parametrize("values", [[0.3], [0.5, 0.1], [0.2, 0.9, 0.4, 0.4],
+                                    [0.0, 0.7, 0.1, 0.65, 0.3, 0.9, 0.9]])
+def test_the_expected_best_of_k_is_the_mean_best_of_every_k_subset(values):
+    """Tang et al.'s estimator equals the mean of max over every k-subset, ties included."""
+    curve = expected_best(values)
+    for k in range(1, len(values) + 1):
+        subsets = list(itertools.combinations(values, k))
+        assert curve[k - 1] == pytest.approx(np.mean([max(s) for s in subsets]), abs=1e-12)
+    assert curve[0] == pytest.approx(np.mean(values)) and curve[-1] == max(values)
+
+
+def test_the_estimator_takes_many_searches_at_once():
+    rng = np.random.default_rng(1)
+    many = rng.random((5, 6))
+    assert np.allclose(expected_best(many), [expected_best(row) for row in many])
+
+
+def cell(norm: str, values, seconds: float, dataset="mnist", optim="sgd", failed=0) -> dict:
+    trials = [{"params": {"optim.optimizer.lr": 0.01}, "value": float(v), "state": "COMPLETE",
+               "seconds": seconds} for v in values]
+    trials += [{"params": {}, "value": None, "state": "FAIL", "seconds": None}] * failed
+    return {"dataset": dataset, "optim": optim, "norm": norm, "trials": trials}
+
+
+def crossover(bn_value: float = 0.87, **where) -> list[dict]:
+    """BN's search scores `bn_value` at every setting (10 s a trial); no BN's spreads evenly over
+    0.5 to 1.0 (8 s a trial): its expected best after k trials ≈ 0.5 + 0.5 k / (k + 1), 0.75,
+    0.83, 0.875, …: BN ahead at 1 and 2 trials, the difference gone at 3 and reversed at 4."""
+    return [cell("bn", [bn_value] * N, 10.0, **where),
+            cell("none", 0.5 + 0.5 * np.arange(N) / N, 8.0, failed=3, **where)]
+
+
+def test_the_band_holds_the_estimate_and_repeats_itself():
+    tuning = {"cells": crossover()}
+    (first,) = budgets(tuning, [("bn", "none")])
+    (again,) = budgets(tuning, [("bn", "none")])
+    assert first.rows() == again.rows()  # a fixed numpy seed
+    assert first.baseline.n == N  # the failed trials are left out
+    for row in first.rows():
+        for low, estimate, high in (("treatment_low", "treatment_best", "treatment_high"),
+                                    ("baseline_low", "baseline_best", "baseline_high"),
+                                    ("diff_low", "diff", "diff_high")):
+            assert row[low] - 1e-12 <= row[estimate] <= row[high] + 1e-12
+    k1 = first.rows()[0]
+    assert k1["baseline_high"] - k1["baseline_low"] > 0.01  # a band, not a point
+    assert k1["diff"] == pytest.approx(0.87 - np.mean(0.5 + 0.5 * np.arange(N) / N))
+
+
+def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
+    (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
+    text = words(budget)
+    assert text.startswith("BN is worth it below 3 trials / ")
+    assert "at 3 trials the difference vanishes; no BN is ahead from 4 trials" in text
+    (ahead,) = budgets({"cells": crossover(0.999)}, [("bn", "none")])
+    assert words(ahead).startswith(f"BN is ahead at every budget up to {N} trials")
+    (behind,) = budgets({"cells": crossover(0.6)}, [("bn", "none")])
+    assert words(behind) == f"BN is never ahead (up to {N} trials); no BN is ahead from 1 trial."
+
+
+def test_the_seconds_axis_charges_each_norm_its_own_trial_time():
+    (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
+    seconds = [r for r in budget.rows() if r["budget"] == "seconds"]
+    assert seconds[0]["seconds"] == 10.0  # the first budget both afford a trial
+    at = {r["seconds"]: (r["treatment_k"], r["baseline_k"]) for r in seconds}
+    assert at[40.0] == (4, 5) and at[24.0] == (2, 3)
+    assert seconds[-1]["seconds"] == N * 8.0  # no BN's search ends first
+
+
+def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
+    """A tuned sweep: the cells' searches in tuning.json and two re-runs per cell."""
+    for c in cells:
+        c["final_jobs"] = [write_job(sweep_dir, [0.5, 0.9], dataset=c["dataset"],
+                                     optim=c["optim"], norm=c["norm"], seed=s).name
+                           for s in (0, 1)]
+        c.update(best_params={"optim.optimizer.lr": 0.01}, best_value=0.9)
+    (sweep_dir / TUNING_FILE).write_text(json.dumps(
+        {"sampler": "RandomSampler", "sampler_seed": 0, "n_trials": N, "rerun_top": 1,
+         "seeds": [0, 1], "cells": cells}))
+
+
+def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rendered):
+    """budget.csv's columns, a figure and a TensorBoard chart per pair, C7's parts in
+    claims.csv (k = 1 and 2 per dataset × optimizer) and its words in report.md."""
+    write_tuned_sweep(tmp_path, crossover() + crossover(0.6, optim="adam"))
+    assert report([str(tmp_path)]) == 0
+    out = tmp_path / "report"
+    with open(out / BUDGET_FILE) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "dataset", "optim", "treatment", "baseline", "budget", "k", "seconds", "treatment_k",
+        "baseline_k", "treatment_seconds", "baseline_seconds", "treatment_best",
+        "treatment_low", "treatment_high", "baseline_best", "baseline_low", "baseline_high",
+        "diff", "diff_low", "diff_high"]
+    assert {(r["optim"], r["treatment"], r["baseline"]) for r in rows} == {
+        ("sgd", "bn", "none"), ("adam", "bn", "none")}
+    ks = [str(k) for k in range(1, N + 1)]
+    assert [r["k"] for r in rows if r["budget"] == "trials"] == ks * 2
+    assert {r["k"] for r in rows if r["budget"] == "seconds"} == {""}
+    for name in ("budget_mnist-sgd-bn-none", "budget_mnist-adam-bn-none"):
+        assert (out / f"{name}.png").is_file()
+    with open(out / "claims.csv") as f:
+        c7 = {r["part"]: r for r in csv.DictReader(f) if r["claim"] == "C7"}
+    assert {p: r["verdict"] for p, r in c7.items()} == {
+        " (MNIST, SGD, k=1)": "holds", " (MNIST, SGD, k=2)": "holds",
+        " (MNIST, Adam, k=1)": "does not hold", " (MNIST, Adam, k=2)": "does not hold"}
+    assert {r["claim_verdict"] for r in c7.values()} == {"does not hold"}
+    assert {r["family"] for r in c7.values()} == {"tuned"}
+    text = " ".join((out / "report.md").read_text().split())
+    assert "**MNIST, SGD**: BN is worth it below 3 trials" in text
+    assert "![expected best against the budget](budget_mnist-sgd-bn-none.png)" in text
+    assert "Verdict: **C7 does not hold**" in text
+    assert "| MNIST | SGD | 2, 2 | BN ahead, +12.12 pts (+10.22 to +14.14) |" in text
+    assert "at a small budget (k=1)" in text
+    assert {"budget/mnist-sgd/bn", "budget/mnist-sgd/none", "budget/mnist-sgd/bn-none"} <= \
+        scalar_tags(out)
+    assert scalars(out, "budget/mnist-sgd/bn")[:2] == [(1, pytest.approx(87.0)),
+                                                       (2, pytest.approx(87.0))]
+    write_tuned_sweep(tmp_path, [])  # a report without a search: no budget.csv left behind
+    assert report([str(tmp_path)]) == 0 and not (out / BUDGET_FILE).exists()
