@@ -234,11 +234,11 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
             numbers = (f"{100 * row['diff']:+.2f} pts, {pct(row['treatment_mean'])} vs "
                        f"{pct(row['baseline_mean'])}")
         against = f" against {norm_word(b)}" if several else ""
+        how = test_words(row["test"], row["n_paired"], [row["n_treatment"], row["n_baseline"]])
         lines.append(f"- {describe(tuple((k, row[k]) for k in setting))}: {norm_word(t)}"
                      f"{against} {row['verdict']} ({numbers}, p = "
                      f"{number(row['p_value'], '.2g')}, Holm {number(row['p_holm'], '.2g')}; "
-                     f"{test_words(row['test'], row['n_paired'], [row['n_treatment'], "
-                     f"row['n_baseline']])})")
+                     f"{how})")
     lines.append("")
     return "\n".join(lines), {f"regime_{hparam}": F.regime_figure(hparam, verdicts, ALPHA)}
 
