@@ -67,10 +67,13 @@ class Contrast:
 
 def t_parts(spreads: tuple[Spread, ...], n: int | None = None) -> tuple[float, float]:
     """(standard error, Welch–Satterthwaite df) of the components (`n`: seeds replacing each
-    seed component's)."""
-    parts = [(s.var / m, m) for s in spreads for m in [n if n and s.seeds else s.n]]
-    var = sum(v for v, _ in parts)
-    df = var ** 2 / sum(v * v / (m - 1) for v, m in parts if v > 0)
+    seed component's); the df of the seeds' components alone where they vary, so that the test
+    images' component widens the interval and never buys df."""
+    parts = [(s.var / m, m, s.seeds) for s in spreads for m in [n if n and s.seeds else s.n]]
+    seeded = [(v, m) for v, m, by_seed in parts if by_seed and v > 0] or \
+        [(v, m) for v, m, _ in parts if v > 0]
+    var = sum(v for v, _, _ in parts)
+    df = sum(v for v, _ in seeded) ** 2 / sum(v * v / (m - 1) for v, m in seeded)
     return math.sqrt(var), df
 
 
