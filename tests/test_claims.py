@@ -476,3 +476,68 @@ def test_a_rule_part_counts_the_seeds_that_meet_it_and_two_seeds_a_side_decide()
     assert V.combine(["holds", "cannot tell"]) == "cannot tell"
     assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
     assert V.combine(["holds", "equivalent"]) == "does not hold"  # within the margin: not ahead
+
+
+def paired_table(quantity: str, bn: list[float], none: list[float]) -> pd.DataFrame:
+    """MNIST/SGD runs, seed i on each side, with these values of `quantity`."""
+    return pd.DataFrame([{"dataset": "mnist", "optim": "sgd", "norm": n, "seed": s,
+                          "job": f"{n}{s}", quantity: x}
+                         for n, xs in (("bn", bn), ("none", none)) for s, x in enumerate(xs)])
+
+
+def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
+    table = paired_table("final_val_acc", [0.90, 0.91, 0.93, 0.92], [0.88, 0.90, 0.90, 0.90])
+    part = C.Part("Q", "", "BN ahead", "final val acc", "final_val_acc", C.pair("mnist", "sgd"),
+                  family="f")
+    (alone,) = V.evaluate([part], {"curves": table})
+    assert alone.verdict == "holds" and alone.test.p_holm == alone.test.p_value < 0.05
+    family = V.evaluate([part] * 4, {"curves": table})
+    assert {r.verdict for r in family} == {"cannot tell"}
+    assert family[0].test.p_holm == pytest.approx(4 * alone.test.p_value)
+    apart = [part, *(C.Part("R", str(i), "", "", "final_val_acc", C.pair("mnist", "sgd"))
+                     for i in range(3))]  # other families leave Q's adjustment alone
+    assert V.evaluate(apart, {"curves": table})[0].verdict == "holds"
+    families = {p.claim: p.family for p in C.declare(["mnist", "cifar10"])}
+    assert families == {**dict.fromkeys(("C1", "C2", "C3", "C4"), "curves"), "C5": "cost",
+                        "C6": "tuned", **dict.fromkeys(("P1", "P2", "P3"), "pictures")}
+
+
+def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_where_not():
+    from bnstudy.report.render import method
+
+    (c6,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C6 (MNIST, SGD)"]
+    rng = np.random.default_rng(1)
+    correct = {(n, s): rng.random(100) < (0.9 if n == "bn" else 0.85)
+               for n in ("bn", "none") for s in range(3)}
+    table = paired_table("test_acc", *[[float(correct[n, s].mean()) for s in range(3)]
+                                       for n in ("bn", "none")])
+    seeds_only = V.run_part(c6, table)
+    assert seeds_only.test.test == "Welch"  # each norm at its own setting: never paired
+    assert method(seeds_only).endswith("(seeds only: no run saved per-image test results)")
+    table["test_correct"] = [correct[n, s] for n, s in zip(table["norm"], table["seed"],
+                                                           strict=True)]
+    with_images = V.run_part(c6, table)
+    assert with_images.test.test == "Welch + test images"
+    assert method(with_images) == "Welch + test images over 3 vs 3 seeds"
+    assert with_images.test.ci_high - with_images.test.ci_low > \
+        seeds_only.test.ci_high - seeds_only.test.ci_low
+
+
+def test_the_answer_says_equivalent_only_from_tost_else_the_seeds_that_would_decide():
+    from bnstudy.report.answer import part_words, words
+
+    ci = (-0.0033, 0.0002)
+    assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
+        "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
+    assert words("cannot tell", -0.0016, ci, 40.0, 20, margin=0.005) == \
+        "cannot tell, -0.16 pts (-0.33 to +0.02): 40 seeds a side would decide"
+    assert words("cannot tell", 0.0, ci, math.inf, 20).endswith(
+        "over 1000 seeds a side would decide")
+    (c5a,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C5a (MNIST, SGD)"]
+    level = [0.970, 0.972, 0.968, 0.971, 0.969, 0.970]
+    table = paired_table("val_acc_at_1", level, [x + 0.0004 * (-1) ** i
+                                                 for i, x in enumerate(level)])
+    (result,) = V.evaluate([c5a], {"time": table})  # the margin: conf/dataset's 0.005
+    assert result.verdict == "equivalent" and result.test.margin == 0.005
+    assert part_words(result).startswith("equivalent within ±0.5 pts, ")
+    assert V.claim_verdicts([result]) == {"C5": "does not hold"}

@@ -217,12 +217,14 @@ def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
 # --- the equivalence margin, per dataset -------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
 def saved_margin(job: str) -> float:
     """`dataset.equivalence_margin` of a job's saved `.hydra/config.yaml`; NaN without one."""
     path = Path(job) / ".hydra" / "config.yaml"
-    if not path.is_file():
-        return math.nan
+    return _margin_in(str(path), path.stat().st_mtime_ns) if path.is_file() else math.nan
+
+
+@functools.lru_cache(maxsize=4096)
+def _margin_in(path: str, _mtime: int) -> float:
     value = OmegaConf.select(OmegaConf.load(path), "dataset.equivalence_margin", default=None)
     return math.nan if value is None else float(value)
 
