@@ -427,3 +427,30 @@ def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
     assert (out / "activations_mnist_sgd.png").exists()
     assert ("_Gradients figure skipped: no ok job recorded `gradients` on the BatchNorm side._"
             in (out / "report.md").read_text())
+
+
+@pytest.mark.parametrize("saved", [None, 0.02])
+def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, saved):
+    """Level within ±0.4 pts a seed: not equivalent within MNIST's ±0.5 (conf/dataset, for
+    runs without the key), equivalent within the ±2 pts the runs' own config declares."""
+    from omegaconf import OmegaConf
+
+    from bnstudy.report.answer import row_words
+
+    diffs = [0.01, -0.01, 0.012, -0.008, 0.004, -0.006]
+    for seed, d in enumerate(diffs):
+        for norm, acc in (("bn", 0.9 + d), ("none", 0.9)):
+            job = write_job(tmp_path, [0.5, acc], norm=norm, seed=seed)
+            if saved is not None:
+                (job / ".hydra").mkdir()
+                OmegaConf.save({"dataset": {"equivalence_margin": saved}},
+                               job / ".hydra" / "config.yaml")
+    (row,) = verdicts(load_runs(tmp_path), [("bn", "none")]).to_dict("records")
+    assert (row["test"], row["n_paired"], row["margin"]) == ("paired t", 6, saved or 0.005)
+    assert row["p_value"] > 0.5
+    if saved is None:
+        assert row["p_tost"] > 0.05 and row["verdict"] == "cannot tell"
+        assert row_words(row).startswith("cannot tell, +0.03 pts (")
+    else:
+        assert row["p_tost"] < 0.01 and row["verdict"] == "equivalent"
+        assert row_words(row).startswith("equivalent within ±2 pts, +0.03 pts (")
