@@ -83,6 +83,8 @@ RANGES = [  # (dotted key, value out of range, the message)
     ("model.steps_per_call", 0, "model.steps_per_call=0 is out of range"),
     ("dataset.val_size", 1.5, "dataset.val_size=1.5 is out of range; it must be a fraction in "
      "(0, 1) or a whole count >= 1"),
+    ("dataset.equivalence_margin", 0.5 * 100, "dataset.equivalence_margin=50.0 is out of range; "
+     "it must be an accuracy fraction in (0, 1)"),  # points typed for a fraction
     ("threads", 0, "threads=0 is out of range; it must be auto or an integer >= 1"),
     ("model.net.norm", "instance", "model.net.norm='instance' is not a known normalisation"),
     ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises over the "
