@@ -57,14 +57,14 @@ from bnstudy.report.verdicts import (
 
 
 def verdict_text(row, loss: tuple[float, float]) -> str:
-    """A comparison's verdict in sentences: who wins on final val acc, by how much, beyond the
-    seed spread or not; then the first-epoch training losses."""
+    """A comparison's verdict in sentences: final val acc and its test; first-epoch losses."""
     t, b = row["treatment"], row["baseline"]
     if not row["n_treatment"] or not row["n_baseline"]:
         side = norm_label(t if not row["n_treatment"] else b)
         return f"No verdict: the {side} side has no finished (ok) run."
     other = "without it" if b == STUDY[1] else f"with {norm_label(b)}"
-    result = "wins" if row["diff"] > 0 else "loses" if row["diff"] < 0 else "ties"
+    d = 0 if row["verdict"] == "equivalent" else row["diff"]
+    result = "wins" if d > 0 else "loses" if d < 0 else "ties"
     n = (row["n_treatment"], row["n_baseline"])
     seeds = f"{plural(n[0], 'seed')} each" if n[0] == n[1] else f"{n[0]} vs {plural(n[1], 'seed')}"
     text = (f"{norm_label(t)} {result} on final validation accuracy: {row['treatment_mean']:.2%} "
