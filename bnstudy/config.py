@@ -28,6 +28,7 @@ class DatasetSchema:
     max_epochs: int = MISSING
     val_size: float = MISSING    # a fraction (< 1) or a count of held-out training images
     train_size: int | None = None
+    equivalence_margin: float = MISSING  # the report's "equivalent": |difference| within this
     datamodule: Any = MISSING
 
 
@@ -233,6 +234,8 @@ def validate(cfg: DictConfig) -> None:
          "a fraction in (0, 1) or a whole count >= 1"),
         ("dataset.train_size", cfg.dataset.train_size, lambda v: v is None or _count(v),
          "null (all remaining images) or an integer >= 1"),
+        ("dataset.equivalence_margin", cfg.dataset.equivalence_margin,
+         lambda v: _number(v) and 0 < v < 1, "an accuracy fraction in (0, 1), e.g. 0.005"),
         ("threads", cfg.threads, lambda v: v == "auto" or _count(v), "auto or an integer >= 1"),
     ]
     for key, value, ok, allowed in checks:
@@ -272,7 +275,8 @@ def _walk(node, prefix: str = "") -> dict[str, Any]:
 
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
                 "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.",
-                "model.steps_per_call")  # the same results for any K
+                "model.steps_per_call",  # the same results for any K
+                "dataset.equivalence_margin")  # how the report reads the runs, not a setting
 
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,

@@ -22,7 +22,7 @@ from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost, time_table, val_acc_at
 from bnstudy.report.runs import load_runs
-from bnstudy.report.stats import Contrast, power_of, welch_power
+from bnstudy.report.stats import Spread, contrast, power_of, t_power
 
 
 def cost(ratio: float) -> StepCost:
@@ -76,20 +76,21 @@ def test_power_matches_statsmodels_and_the_closed_form_for_many_seeds():
 
     a, b = [0.0, 1.0, 2.0, 3.0], [0.5, 1.5, 2.5, 3.5]  # equal spread: Welch's df = pooled df
     sd = float(np.std(a, ddof=1))
-    detectable, needed = power_of([(1.0, a), (-1.0, b)])
+    detectable, needed = power_of(contrast([(1.0, a), (-1.0, b)]))
     effect = TTestIndPower().solve_power(nobs1=4, ratio=1.0, alpha=0.05, power=0.8)
     assert detectable / sd == pytest.approx(effect, rel=1e-4)
     n = TTestIndPower().solve_power(effect_size=0.5 / sd, ratio=1.0, alpha=0.05, power=0.8)
     assert needed == math.ceil(n)
     # and the power function itself, at a known point
-    assert welch_power(detectable, [sd**2, sd**2], [4, 4]) == pytest.approx(0.8, abs=1e-6)
+    assert t_power(detectable, (Spread(sd**2, 4), Spread(sd**2, 4))) == pytest.approx(
+        0.8, abs=1e-6)
     xs = [float(i % 7) for i in range(200)]  # one sample, large n: nearly the z test
-    detectable, _ = power_of([(1.0, xs)])
+    detectable, _ = power_of(contrast([(1.0, xs)]))
     z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
     assert detectable == pytest.approx(z * np.std(xs, ddof=1) / math.sqrt(200), rel=0.01)
 
 
-def test_a_cannot_tell_row_says_whether_seeds_or_size_is_missing(tmp_path):
+def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(tmp_path):
     from bnstudy.report.render import note
 
     write_pair(tmp_path / "few", [0.5, 0.60], [0.5, 0.58], spread=0.02)  # 2 pts apart
@@ -97,9 +98,11 @@ def test_a_cannot_tell_row_says_whether_seeds_or_size_is_missing(tmp_path):
     few = results_of(tmp_path / "few", 1.0)["C5a (MNIST, SGD)"]
     tie = results_of(tmp_path / "none", 1.0)["C5a (MNIST, SGD)"]
     assert few.verdict == tie.verdict == "cannot tell"
-    assert note(few).startswith("too few seeds") and few.seeds_needed <= V.DECIDABLE
-    assert f"{few.seeds_needed:.0f} seeds a side would decide" in note(few)
-    assert note(tie).startswith("no difference seen") and "below" in note(tie)
+    assert f"; {few.seeds_needed:.0f} seeds a side would decide" in note(few)
+    assert "over 1000 seeds a side would decide" in note(tie)  # a mean difference of 0
+    for part in (few, tie):  # wide: neither a difference nor equivalence within ±0.5 pts
+        assert "not shown within ±0.50 pts either (TOST)" in note(part)
+        assert "no difference" not in note(part)
 
 
 def test_one_seed_cannot_tell_for_curve_and_rule_parts_alike(tmp_path):
@@ -345,9 +348,10 @@ PARTS = ("C1a", "C1b", "C2", "C3a", "C3b", "C4a", "C4b")
 
 
 def write_claims_sweep(sweep_dir, curves: dict, seeds=(0, 1, 2)):
-    """Each curve at each seed, with a seed-to-seed spread that differs per epoch."""
+    """Each curve at each seed, with a seed-to-seed spread that differs per epoch and optimizer
+    (the same in both: the gaps' paired differences would have none)."""
     for (dataset, optim, norm), accs in curves.items():
-        sign = 1 if norm == "bn" else -1
+        sign = (1 if norm == "bn" else -1) * (1 if optim == "sgd" else 0.8)
         for seed in seeds:
             write_job(sweep_dir, [acc + sign * 0.003 * seed * (e + 1) for e, acc in
                                   enumerate(accs)], dataset=dataset, optim=optim, norm=norm,
@@ -384,10 +388,12 @@ def test_claim_statistics_are_recomputed_from_the_records(tmp_path):
             ("C3a", "cifar10", "sgd", lambda h: np.mean([row["val/acc"] for row in h])),
             ("C3b", "cifar10", "sgd", final), ("C4a", "cifar10", "adam", final)):
         bn, none = get(dataset, optim, "bn", of), get(dataset, optim, "none", of)
-        test = sps.ttest_ind(bn, none, equal_var=False)
-        assert parts[name].test == Contrast(pytest.approx(np.mean(bn) - np.mean(none)),
-                                            *map(pytest.approx, test.confidence_interval()),
-                                            pytest.approx(test.pvalue))
+        test = sps.ttest_rel(bn, none)  # same seeds: paired
+        got = parts[name].test
+        assert (got.test, got.n_paired) == ("paired t", 3)
+        assert (got.estimate, got.ci_low, got.ci_high, got.p_value) == (
+            pytest.approx(np.mean(bn) - np.mean(none)),
+            *map(pytest.approx, test.confidence_interval()), pytest.approx(test.pvalue))
     # C1b: no BN's validation loss at epoch ⌊E/2⌋ (the first of 3) minus at the last epoch
     drops = get("mnist", "sgd", "none", lambda h: h[0]["val/loss"] - h[-1]["val/loss"])
     assert parts["C1b"].test.estimate == pytest.approx(np.mean(drops))
@@ -462,7 +468,7 @@ def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
     assert equal_epochs.startswith("BN wins, +5.00 pts")
     for cell in (equal_time, best):
         assert "wins" not in cell and "loses" not in cell
-        assert cell.startswith(("cannot tell yet", "no difference seen")), cell
+        assert cell.startswith("cannot tell, "), cell
 
 
 def test_a_groups_values_are_its_ok_runs_in_seed_then_job_order():
@@ -498,3 +504,69 @@ def test_a_rule_part_counts_the_seeds_that_meet_it_and_two_seeds_a_side_decide()
     assert (one.verdict, one.note) == ("cannot tell", "fewer than 2 ok seeds on a side")
     assert V.combine(["holds", "cannot tell"]) == "cannot tell"
     assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
+    assert V.combine(["holds", "equivalent"]) == "does not hold"  # within the margin: not ahead
+
+
+def paired_table(quantity: str, bn: list[float], none: list[float]) -> pd.DataFrame:
+    """MNIST/SGD runs, seed i on each side, with these values of `quantity`."""
+    return pd.DataFrame([{"dataset": "mnist", "optim": "sgd", "norm": n, "seed": s,
+                          "job": f"{n}{s}", quantity: x}
+                         for n, xs in (("bn", bn), ("none", none)) for s, x in enumerate(xs)])
+
+
+def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
+    table = paired_table("final_val_acc", [0.90, 0.91, 0.93, 0.92], [0.88, 0.90, 0.90, 0.90])
+    part = C.Part("Q", "", "BN ahead", "final val acc", "final_val_acc", C.pair("mnist", "sgd"),
+                  family="f")
+    (alone,) = V.evaluate([part], {"curves": table})
+    assert alone.verdict == "holds" and alone.test.p_holm == alone.test.p_value < 0.05
+    family = V.evaluate([part] * 4, {"curves": table})
+    assert {r.verdict for r in family} == {"cannot tell"}
+    assert family[0].test.p_holm == pytest.approx(4 * alone.test.p_value)
+    apart = [part, *(C.Part("R", str(i), "", "", "final_val_acc", C.pair("mnist", "sgd"))
+                     for i in range(3))]  # other families leave Q's adjustment alone
+    assert V.evaluate(apart, {"curves": table})[0].verdict == "holds"
+    families = {p.claim: p.family for p in C.declare(["mnist", "cifar10"])}
+    assert families == {**dict.fromkeys(("C1", "C2", "C3", "C4"), "curves"), "C5": "cost",
+                        "C6": "tuned", **dict.fromkeys(("P1", "P2", "P3"), "pictures")}
+
+
+def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_where_not():
+    from bnstudy.report.render import method
+
+    (c6,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C6 (MNIST, SGD)"]
+    rng = np.random.default_rng(1)
+    correct = {(n, s): rng.random(100) < (0.9 if n == "bn" else 0.85)
+               for n in ("bn", "none") for s in range(3)}
+    table = paired_table("test_acc", *[[float(correct[n, s].mean()) for s in range(3)]
+                                       for n in ("bn", "none")])
+    seeds_only = V.run_part(c6, table)
+    assert seeds_only.test.test == "Welch"  # each norm at its own setting: never paired
+    assert method(seeds_only).endswith("(seeds only: no run saved per-image test results)")
+    table["test_correct"] = [correct[n, s] for n, s in zip(table["norm"], table["seed"],
+                                                           strict=True)]
+    with_images = V.run_part(c6, table)
+    assert with_images.test.test == "Welch + test images"
+    assert method(with_images) == "Welch + test images over 3 vs 3 seeds"
+    assert with_images.test.ci_high - with_images.test.ci_low > \
+        seeds_only.test.ci_high - seeds_only.test.ci_low
+
+
+def test_the_answer_says_equivalent_only_from_tost_else_the_seeds_that_would_decide():
+    from bnstudy.report.answer import part_words, words
+
+    ci = (-0.0033, 0.0002)
+    assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
+        "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
+    assert words("cannot tell", -0.0016, ci, 40.0, 20, margin=0.005) == \
+        "cannot tell, -0.16 pts (-0.33 to +0.02): 40 seeds a side would decide"
+    assert words("cannot tell", 0.0, ci, math.inf, 20).endswith(
+        "over 1000 seeds a side would decide")
+    (c5a,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C5a (MNIST, SGD)"]
+    level = [0.970, 0.972, 0.968, 0.971, 0.969, 0.970]
+    table = paired_table("val_acc_at_1", level, [x + 0.0004 * (-1) ** i
+                                                 for i, x in enumerate(level)])
+    (result,) = V.evaluate([c5a], {"time": table})  # the margin: conf/dataset's 0.005
+    assert result.verdict == "equivalent" and result.test.margin == 0.005
+    assert part_words(result).startswith("equivalent within ±0.5 pts, ")
+    assert V.claim_verdicts([result]) == {"C5": "does not hold"}

@@ -44,7 +44,7 @@ def test_group_options_compose_and_share_the_studys_settings():
     # The study's settings come from one shared file; a dataset names what is its own.
     configs = {d: OmegaConf.to_container(compose_config(f"dataset={d}").dataset)
                for d in GROUPS["dataset"]}
-    shared = [{k: v for k, v in c.items() if k not in ("name", "datamodule")}
+    shared = [{k: v for k, v in c.items() if k not in ("name", "datamodule", "equivalence_margin")}
               for c in configs.values()]
     assert all(s == shared[0] for s in shared)
     assert {c["datamodule"]["_target_"].rsplit(".", 1)[-1] for c in configs.values()} == {
@@ -83,6 +83,8 @@ RANGES = [  # (dotted key, value out of range, the message)
     ("model.steps_per_call", 0, "model.steps_per_call=0 is out of range"),
     ("dataset.val_size", 1.5, "dataset.val_size=1.5 is out of range; it must be a fraction in "
      "(0, 1) or a whole count >= 1"),
+    ("dataset.equivalence_margin", 0.5 * 100, "dataset.equivalence_margin=50.0 is out of range; "
+     "it must be an accuracy fraction in (0, 1)"),  # points typed for a fraction
     ("threads", 0, "threads=0 is out of range; it must be auto or an integer >= 1"),
     ("model.net.norm", "instance", "model.net.norm='instance' is not a known normalisation"),
     ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises over the "

@@ -34,7 +34,7 @@ from bnstudy.report.runs import (
     slug,
 )
 from bnstudy.report.sections import comparison
-from bnstudy.report.stats import power_of, verdicts
+from bnstudy.report.stats import contrast, power_of, verdicts
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -149,7 +149,7 @@ def test_the_verdict_names_the_winner_and_weighs_the_spread(tmp_path, case):
             f"{np.mean(bn_acc):.2%} vs {np.mean(none_acc):.2%} without it "
             f"({diff:+.2f} percentage points, mean over {seeds}).") in text
     assert {"bn": "larger than the seed-to-seed spread", "none": "larger than the seed-",
-            "tie": "not significant", "overlap": "within the seed-to-seed spread",
+            "tie": "no spread", "overlap": "within the seed-to-seed spread",
             "one seed": "no significance can be claimed", "flat": "no spread"}[case] in text
     start = {"bn": "lower", "none": "higher", "overlap": "higher", "one seed": "lower"}.get(
         case, "the same")
@@ -228,7 +228,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
     """One report whose learning rates give each verdict: BN ahead at lr 0.01, behind at 0.1
     (the same numbers, swapped), level within the spread at 0.001."""
     high, low = [0.90, 0.91, 0.93], [0.80, 0.82, 0.81]
-    cases = {0.001: ({"bn": [0.85, 0.90, 0.80], "none": [0.86, 0.81, 0.88]}, "ties"),
+    cases = {0.001: ({"bn": [0.85, 0.90, 0.80], "none": [0.86, 0.81, 0.88]}, "cannot tell"),
              0.01: ({"bn": high, "none": low}, "wins"),
              0.1: ({"bn": low, "none": high}, "loses")}
     for lr, (finals, _) in cases.items():
@@ -240,17 +240,21 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
     rows = read_csv(tmp_path / "report" / "verdicts.csv")
     assert list(rows[0]) == [
         "dataset", "optim", "lr", "treatment", "baseline", "n_treatment", "n_baseline",
-        "treatment_mean", "baseline_mean", "diff", "p_value", "verdict", "diff_ci_low",
-        "diff_ci_high", "treatment_diverged", "baseline_diverged", "detectable_80",
-        "seeds_needed"]
+        "treatment_mean", "baseline_mean", "diff", "test", "n_paired", "p_value", "p_holm",
+        "verdict", "diff_ci_low", "diff_ci_high", "margin", "p_tost", "p_tost_holm",
+        "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed"]
     assert [(r["optim"], float(r["lr"]), r["treatment"], r["baseline"]) for r in rows] == [
         ("sgd", lr, "bn", "none") for lr in cases]
-    for row in rows:
+    from statsmodels.stats.multitest import multipletests
+
+    adjusted = multipletests([float(r["p_value"]) for r in rows], method="holm")[1]
+    for row, holm in zip(rows, adjusted, strict=True):  # the table is one family
+        assert float(row["p_holm"]) == pytest.approx(holm, abs=1e-5)  # of the CSV's rounded p
         finals, verdict = cases[float(row["lr"])]
         bn, none = ([acc + float(row["lr"]) / 10 for acc in finals[n]] for n in ("bn", "none"))
-        test = sps.ttest_ind(bn, none, equal_var=False)
+        test = sps.ttest_rel(bn, none)  # the same seeds: paired (BN's diverged seed 3 left out)
         low, high = test.confidence_interval()
-        detectable, needed = power_of([(1.0, bn), (-1.0, none)])
+        detectable, needed = power_of(contrast([(1.0, bn), (-1.0, none)], seeds=[[0, 1, 2]] * 2))
         expected = {"treatment_mean": np.mean(bn), "baseline_mean": np.mean(none),
                     "diff": np.mean(bn) - np.mean(none), "p_value": test.pvalue,
                     "diff_ci_low": low, "diff_ci_high": high, "detectable_80": detectable,
@@ -258,6 +262,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, abs=1e-6), key
         assert (row["n_treatment"], row["n_baseline"], row["verdict"]) == ("3", "3", verdict)
+        assert (row["test"], row["n_paired"], row["margin"]) == ("paired t", "3", "0.005")
         assert (row["treatment_diverged"], row["baseline_diverged"]) == (
             "1" if row["lr"] == "0.1" else "0", "0")
 
@@ -422,3 +427,30 @@ def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
     assert (out / "activations_mnist_sgd.png").exists()
     assert ("_Gradients figure skipped: no ok job recorded `gradients` on the BatchNorm side._"
             in (out / "report.md").read_text())
+
+
+@pytest.mark.parametrize("saved", [None, 0.02])
+def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, saved):
+    """Level within ±0.4 pts a seed: not equivalent within MNIST's ±0.5 (conf/dataset, for
+    runs without the key), equivalent within the ±2 pts the runs' own config declares."""
+    from omegaconf import OmegaConf
+
+    from bnstudy.report.answer import row_words
+
+    diffs = [0.01, -0.01, 0.012, -0.008, 0.004, -0.006]
+    for seed, d in enumerate(diffs):
+        for norm, acc in (("bn", 0.9 + d), ("none", 0.9)):
+            job = write_job(tmp_path, [0.5, acc], norm=norm, seed=seed)
+            if saved is not None:
+                (job / ".hydra").mkdir()
+                OmegaConf.save({"dataset": {"equivalence_margin": saved}},
+                               job / ".hydra" / "config.yaml")
+    (row,) = verdicts(load_runs(tmp_path), [("bn", "none")]).to_dict("records")
+    assert (row["test"], row["n_paired"], row["margin"]) == ("paired t", 6, saved or 0.005)
+    assert row["p_value"] > 0.5
+    if saved is None:
+        assert row["p_tost"] > 0.05 and row["verdict"] == "cannot tell"
+        assert row_words(row).startswith("cannot tell, +0.03 pts (")
+    else:
+        assert row["p_tost"] < 0.01 and row["verdict"] == "equivalent"
+        assert row_words(row).startswith("equivalent within ±2 pts, +0.03 pts (")

@@ -1,6 +1,7 @@
 """The study's answer, a row per dataset × optimizer (× pair): at equal epochs (verdicts.csv),
-equal training time (C5a), each one's best (C6), and what seeds would decide a tie. report.md
-opens with it; a sweep prints it as it ends (`console_answer`)."""
+equal training time (C5a), each one's best (C6): a winner, equivalent within the dataset's
+margin (TOST), or cannot tell and the seeds that would decide. report.md opens with it; a
+sweep prints it as it ends (`console_answer`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import math
 
 import pandas as pd
 
-from bnstudy.report.render import markdown
+from bnstudy.report.render import markdown, seeds_wanted
 from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word
-from bnstudy.report.stats import COMPARISON_WORDS, VERDICT_COLUMNS
-from bnstudy.report.verdicts import DECIDABLE, Result
+from bnstudy.report.stats import COMPARISON_WORDS, IMAGES, PAIRED, VERDICT_COLUMNS
+from bnstudy.report.verdicts import Result
 
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
 
 
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
-          seeds: int = 2, treatment: str = STUDY[0]) -> str:
-    """`BN wins, +4.21 pts (+2.66 to +5.76)`; a tie says what would decide it (`seeds`: the
-    fewer ok seeds of the sides)."""
+          seeds: int = 2, treatment: str = STUDY[0], margin: float = math.nan) -> str:
+    """`BN wins, +4.21 pts (+2.66 to +5.76)`; `equivalent within ±0.5 pts, …` (TOST, `margin`);
+    a cannot tell says what would decide it (`seeds`: the fewer ok seeds of the sides)."""
     if math.isnan(diff):
         return "—"
     size = f"{100 * diff:+.2f} pts"
@@ -27,13 +28,12 @@ def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
         return (f"{size}: one seed a side, direction and size only" if seeds < 2
                 else f"{size}: no spread over the seeds, no test")
     interval = f" ({100 * ci[0]:+.2f} to {100 * ci[1]:+.2f})"
-    if verdict == "ties":
-        if math.isnan(needed) or needed > DECIDABLE:
-            bound = max(abs(ci[0]), abs(ci[1]))
-            many = "over 1000" if math.isinf(needed) else f"{needed:.0f}"
-            return (f"no difference seen, {size}{interval}: any is below {100 * bound:.2f} "
-                    f"pts; one this small needs {many} seeds a side")
-        return f"cannot tell yet, {size}{interval}: {needed:.0f} seeds a side would decide"
+    if verdict == "equivalent":
+        return f"equivalent within ±{100 * margin:g} pts, {size}{interval}"
+    if verdict == "cannot tell":
+        decide = "" if math.isnan(needed) else \
+            f": {seeds_wanted(needed)} seeds a side would decide"
+        return f"cannot tell, {size}{interval}{decide}"
     return f"{norm_word(treatment)} {verdict}, {size}{interval}"
 
 
@@ -45,14 +45,15 @@ def part_words(result: Result | None) -> str:
     seeds = min((len(xs) for xs in result.groups), default=0)
     verdict = "no test" if seeds < 2 or math.isnan(t.p_value) else \
         COMPARISON_WORDS[result.verdict]
-    return words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds)
+    return words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds,
+                 margin=t.margin)
 
 
 def row_words(row) -> str:
     """A verdicts.csv row in the answer's words."""
     return words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
                  row["seeds_needed"], min(row["n_treatment"], row["n_baseline"]),
-                 row["treatment"])
+                 row["treatment"], row.get("margin", math.nan))
 
 
 def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: str = "") -> str:
@@ -88,6 +89,14 @@ def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
     return markdown(rows)
 
 
+def tuned_words(tuned: list[Result]) -> str:
+    """C6's test in words: Welch over seeds (+ the test images' error where saved), Holm."""
+    images = all(r.test.test == IMAGES for r in tuned)
+    test = "Welch + the test images' sampling error" if images else "Welch over seeds only"
+    return (f"{test}, Holm over the {len(tuned)} C6 parts; *equivalent* by TOST within "
+            f"{margin_words({r.declared.terms[0].dataset: r.test.margin for r in tuned})}")
+
+
 def tuned_table(tuned: list[Result], small: dict | None = None) -> str:
     """A row per dataset × optimizer of a tuned sweep: the seeds, C6's verdict in words and,
     given `small` ((dataset, optim): words, `report.budget`), the answer after one trial."""
@@ -101,6 +110,24 @@ def tuned_table(tuned: list[Result], small: dict | None = None) -> str:
         "at each one's best": part_words(r)} for r in tuned])
 
 
+def margin_words(margins: dict) -> str:
+    """`±0.5 pts for MNIST, ±1 pts for CIFAR-10`."""
+    return ", ".join(f"±{100 * m:g} pts for {DATASET_LABELS.get(d, d)}"
+                     for d, m in margins.items() if not math.isnan(m)) or "none declared"
+
+
+def method_words(verdicts: pd.DataFrame) -> str:
+    """How the equal-epochs column decides: split, seeds, pairing, correction, margins."""
+    paired = (verdicts["test"] == PAIRED).sum()
+    pairing = ("paired t over the seeds both norms ran" if paired == len(verdicts) else
+               f"paired t over shared seeds in {paired} of {len(verdicts)} rows, Welch where "
+               "the seeds do not pair")
+    margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
+    return (f"validation split, final epoch; {pairing}; p Holm-adjusted over the "
+            f"{len(verdicts)} comparisons, p < 0.05; *equivalent* by TOST within "
+            f"{margin_words(margins)}")
+
+
 def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | None = None
                    ) -> str:
     """report.md's `## The answer`: the table, how to read it, the command that decides."""
@@ -109,18 +136,19 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
         return "\n".join(["## The answer", "",
                           "Is BatchNorm worth it at each one's best? Each norm's own tuned "
                           "setting, re-run over seeds, BN − no BN in test accuracy (95% interval; "
-                          "claim C6 below); at a small budget, the expected best validation "
-                          "accuracy after one trial of each search (C7).", "",
-                          tuned_table(tuned, small), ""])
+                          f"{tuned_words(tuned)}; claim C6 below); at a small budget, the "
+                          "expected best validation accuracy after one trial of each search "
+                          "(C7).", "", tuned_table(tuned, small), ""])
     if verdicts.empty:
         return ""
     text = ["## The answer", "",
             "Is BatchNorm worth it? BN − no BN in validation accuracy, per dataset × optimizer "
-            "(95% interval; Welch over seeds, p < 0.05): at equal epochs (the final epoch), at "
-            "equal training time (C5a: BN's epochs within the no-BN run's time, by the measured "
-            "cost of a step) and at each one's own tuned settings (C6, test split), where the "
-            "sweep has them. A tie says how small any difference must be; *cannot tell yet* "
-            "says how many seeds would decide.", "", answer_table(verdicts, results), ""]
+            f"(95% interval; {method_words(verdicts)}): at equal epochs, at equal training time "
+            "(C5a: the best val acc so far at the no-BN runs' full compute, BN's step charged "
+            "at the clock's costliest round; paired, Holm over the C5 parts) and at each one's "
+            "own tuned settings (C6, test split, Welch, Holm over the C6 parts), where the sweep "
+            "has them. *Cannot tell* "
+            "says how many seeds a side would decide.", "", answer_table(verdicts, results), ""]
     if (verdicts[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         text += ["One seed a side shows the direction and size of each difference, not whether "
                  "it is larger than the seed-to-seed spread. To decide, run 3 or more seeds "
@@ -145,9 +173,8 @@ def console_answer(sweep_dir) -> str:
     if table.empty:
         return ""
     study = set(zip(table["treatment"], table["baseline"], strict=True)) == {STUDY}
-    lines = ["Is BatchNorm worth it? BN − no BN in final validation accuracy (Welch, 95% "
-             "interval):" if study else "Each norm against its baseline in final validation "
-             "accuracy (Welch, 95% interval):"]
+    lines = [("Is BatchNorm worth it? BN − no BN" if study else "Each norm against its baseline")
+             + f" in final validation accuracy (95% interval; {method_words(table)}):"]
     for _, row in table.iterrows():
         place = ", ".join([DATASET_LABELS.get(row["dataset"], row["dataset"]),
                            OPTIM_LABELS.get(row["optim"], row["optim"]),

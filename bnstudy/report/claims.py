@@ -1,7 +1,8 @@
 """The claims registry: each part declared once as data (statement, the groups it contrasts as
 weighted `Term`s, the per-run quantity, claimed sign, source table, family); `verdicts`
-decides them by one rule, `render` tables them. C1–C4: curves; C5: equal training time; C6:
-tuned settings; P1–P3: pictures. Adding a claim: a `CLAIMS` line and its `Part`s in `declare`.
+decides them by one rule, Holm-adjusted within each family (`FAMILIES`); `render` tables
+them. C1–C4: curves; C5: equal training time; C6: tuned settings; P1–P3: pictures. Adding a
+claim: a `CLAIMS` line and its `Part`s in `declare`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pandas as pd
 
 from bnstudy.report.runs import OPTIM_LABELS, STUDY, norm_word, where
 
+FAMILIES = {"C1": "curves", "C2": "curves", "C3": "curves", "C4": "curves", "C5": "cost",
+            "C6": "tuned", "C7": "tuned", "P1": "pictures", "P2": "pictures", "P3": "pictures"}
 RECOGNISED = 0.8   # P3: at least this share of a run's class images read as their class
 BUDGETS = (1.0, 0.5)  # C5: shares of the baseline run's training time
 
@@ -45,7 +48,8 @@ class Term:
 class Part:
     """A claim's part: `statement` tested on `quantity`, a column of `source` (curves, time,
     tuned, pictures), through `terms`; `sign`: Σ weight × mean's claimed sign; or `rule`, a
-    test every seed must pass."""
+    test every seed must pass. `family`: the parts Holm adjusts together (default: the
+    claim's in `FAMILIES`, else the claim alone)."""
 
     claim: str
     part: str
@@ -58,6 +62,17 @@ class Part:
     fmt: str = "acc"   # acc: percentage points; loss: 3 decimals; else a format spec
     rule: Callable[[float], bool] | None = None
     rule_words: str = ""
+    family: str = ""
+
+    def __post_init__(self):
+        if not self.family:
+            object.__setattr__(self, "family", FAMILIES.get(self.claim, self.claim))
+
+    @property
+    def paired(self) -> bool:
+        """Same-seed runs of its terms pair (same settings but the contrasted ones); C6's tuned
+        runs do not (each norm at its own setting)."""
+        return self.source != "tuned"
 
 
 def pair(dataset: str, optim: str, treatment: str = STUDY[0],

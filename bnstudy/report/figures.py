@@ -310,7 +310,8 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> F
             color = f"C{i}"
             ax.errorbar(x, y, yerr=np.nan_to_num(np.vstack([y - low, high - y])), color=color,
                         marker="none", capsize=3, label=describe(rest))
-            significant = np.array([num(r["p_value"]) < alpha for r in points])
+            significant = np.array([num(r.get("p_holm", r["p_value"])) < alpha
+                                    for r in points])
             ax.plot(x[significant], y[significant], ls="none", marker="o", ms=6, color=color)
             ax.plot(x[~significant], y[~significant], ls="none", marker="o", ms=6,
                     mfc="white", color=color)

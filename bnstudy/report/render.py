@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnstudy.report.stats import POWER
-from bnstudy.report.verdicts import DECIDABLE, Result, claim_verdicts
+from bnstudy.report.stats import IMAGES, ONE, PAIRED, POWER, UNPAIRED
+from bnstudy.report.verdicts import Result, claim_verdicts
 
 
 def markdown(table: pd.DataFrame | list[dict], columns: list[str] | None = None) -> str:
@@ -68,26 +68,53 @@ def spread(xs: list[float], fmt: str, empty: str = "— (no ok run)") -> str:
     return f"{text} ({len(xs)})"
 
 
+def test_words(test: str, n_paired: int, sizes: list[int]) -> str:
+    """`paired t over 20 seeds`, `Welch over 20 vs 19 seeds`, and why Welch where seeds were
+    meant to pair."""
+    if test == PAIRED:
+        return f"paired t over {plural(n_paired, 'seed')}"
+    seeds = " vs ".join(str(n) for n in sizes)
+    if test == ONE:
+        return f"one-sample t over {plural(sizes[0], 'seed')}"
+    text = f"{'Welch' if test == UNPAIRED else test} over {seeds} seeds"
+    return text + (" (the seeds do not pair one to one)" if test == UNPAIRED else "")
+
+
+def seeds_wanted(needed: float) -> str:
+    return "over 1000" if math.isinf(needed) else f"{needed:.0f}"
+
+
 # --- claim parts ------------------------------------------------------------------------------
 
 
+def method(r: Result) -> str:
+    """The part's test in words; on test acc, whether the test images' error is in it."""
+    if r.declared.rule is not None:
+        return "every seed"
+    text = test_words(r.test.test, r.test.n_paired, [len(xs) for xs in r.groups])
+    if r.declared.quantity == "test_acc" and r.test.test != IMAGES:
+        text += " (seeds only: no run saved per-image test results)"
+    return text
+
+
 def note(r: Result) -> str:
-    """Why a part cannot be told, in words: too few seeds, or no difference seen (bounded)."""
-    if r.note or r.declared.rule is not None or r.verdict != "cannot tell" or \
-            math.isnan(r.test.estimate):
+    """Why a part is equivalent or cannot be told, in words: the margin, or the seeds that
+    would decide."""
+    if r.note or r.declared.rule is not None or r.verdict not in ("cannot tell", "equivalent") \
+            or math.isnan(r.test.estimate):
         return r.note
+    k, unit, fmt = scale(r.declared.fmt)
+    if r.verdict == "equivalent":
+        return (f"equivalent within ±{k * r.test.margin:{fmt}}{unit} (TOST p "
+                f"{r.test.p_tost:.2g}, Holm {r.test.p_tost_holm:.2g})")
     if math.isnan(r.test.p_value):
         return "no spread over the seeds: no test"
-    k, unit, fmt = scale(r.declared.fmt)
-    if r.seeds_needed <= DECIDABLE:
-        return (f"too few seeds: with {min(len(xs) for xs in r.groups)} seeds a side only "
-                f"|differences| ≥ {k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} "
-                f"power; {r.seeds_needed:.0f} seeds a side would decide a difference of the "
-                "size observed")
-    bound = max(abs(r.test.ci_low), abs(r.test.ci_high))
-    needed = "over 1000" if math.isinf(r.seeds_needed) else f"{r.seeds_needed:.0f}"
-    return (f"no difference seen: any is below {k * bound:{fmt}}{unit} (95% interval); one "
-            f"of the size observed needs {needed} seeds a side")
+    margin = "" if math.isnan(r.test.margin) else \
+        f"; not shown within ±{k * r.test.margin:{fmt}}{unit} either (TOST)"
+    return (f"with {min(len(xs) for xs in r.groups)} seeds a side only |differences| ≥ "
+            f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; "
+            f"{seeds_wanted(r.seeds_needed)} seeds a side would decide a difference of the size "
+            f"observed{margin}")
 
 
 def sides(r: Result) -> str:
@@ -131,7 +158,9 @@ def parts_table(results: list[Result]) -> str:
     return markdown([{
         "claim": f"{r.claim}{r.part}", "statement": r.declared.statement,
         "statistic": statistic(r), "mean ± std over ok seeds (n)": sides(r),
-        "estimate": estimate_text(r), "p": number(r.test.p_value, ".2g"),
+        "estimate": estimate_text(r), "test": method(r),
+        "p (Holm in family)": "—" if math.isnan(r.test.p_value) else
+        f"{r.test.p_value:.2g} ({r.test.p_holm:.2g})",
         f"detectable at {POWER:.0%} power; seeds a side to decide": power_text(r),
         "verdict": f"**{r.verdict}**" + (f" ({note(r)})" if note(r) else "")} for r in results])
 
@@ -149,7 +178,11 @@ def claim_rows(results: list[Result], setting: dict) -> list[dict]:
                      "unit": {"acc": "accuracy", "loss": "loss"}.get(part.fmt, part.quantity),
                      "claimed_sign": part.sign, "sides": sides(r),
                      "estimate": r.test.estimate, "ci_low": r.test.ci_low,
-                     "ci_high": r.test.ci_high, "p_value": r.test.p_value,
+                     "ci_high": r.test.ci_high,
+                     "test": "every seed" if part.rule is not None else r.test.test,
+                     "n_paired": r.test.n_paired, "family": part.family, "p_value": r.test.p_value,
+                     "p_holm": r.test.p_holm, "margin": r.test.margin,
+                     "p_tost": r.test.p_tost, "p_tost_holm": r.test.p_tost_holm,
                      "verdict": r.verdict, "claim_verdict": verdicts[r.claim],
                      "detectable_80": r.detectable, "seeds_needed": r.seeds_needed,
                      "note": note(r)})
@@ -157,12 +190,15 @@ def claim_rows(results: list[Result], setting: dict) -> list[dict]:
 
 
 def plain_words(results: list[Result]) -> list[str]:
-    """One sentence per part that does not hold or cannot be told."""
+    """One sentence per part that does not hold, is equivalent or cannot be told."""
     lines = []
     for r in results:
         if r.verdict == "does not hold":
             lines.append(f"- **{r.claim}{r.part} does not hold**: {r.declared.statement} — "
                          f"measured {sides(r)}.")
+        elif r.verdict == "equivalent":
+            lines.append(f"- **{r.claim}{r.part} does not hold, equivalent**: "
+                         f"{r.declared.statement} — {note(r)}; measured {sides(r)}.")
         elif r.verdict == "cannot tell":
             why = f"; {note(r)}" if note(r) else ""
             lines.append(f"- {r.claim}{r.part}: cannot tell ({r.declared.statement}) — "

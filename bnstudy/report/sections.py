@@ -14,7 +14,15 @@ import bnstudy.report.figures as F
 from bnstudy.report.budget import tuning_table
 from bnstudy.report.claims import CLAIMS, declare
 from bnstudy.report.cost import compute_curve, compute_to_reach
-from bnstudy.report.render import claim_rows, claims_block, markdown, number, pct, plural
+from bnstudy.report.render import (
+    claim_rows,
+    claims_block,
+    markdown,
+    number,
+    pct,
+    plural,
+    test_words,
+)
 from bnstudy.report.runs import (
     FIRST_KEYS,
     OUTCOMES,
@@ -50,30 +58,36 @@ from bnstudy.report.verdicts import (
 
 
 def verdict_text(row, loss: tuple[float, float]) -> str:
-    """A comparison's verdict in sentences: who wins on final val acc, by how much, beyond the
-    seed spread or not; then the first-epoch training losses."""
+    """A comparison's verdict in sentences: final val acc and its test; first-epoch losses."""
     t, b = row["treatment"], row["baseline"]
     if not row["n_treatment"] or not row["n_baseline"]:
         side = norm_label(t if not row["n_treatment"] else b)
         return f"No verdict: the {side} side has no finished (ok) run."
     other = "without it" if b == STUDY[1] else f"with {norm_label(b)}"
-    result = "wins" if row["diff"] > 0 else "loses" if row["diff"] < 0 else "ties"
+    d = 0 if row["verdict"] == "equivalent" else row["diff"]
+    result = "wins" if d > 0 else "loses" if d < 0 else "ties"
     n = (row["n_treatment"], row["n_baseline"])
     seeds = f"{plural(n[0], 'seed')} each" if n[0] == n[1] else f"{n[0]} vs {plural(n[1], 'seed')}"
     text = (f"{norm_label(t)} {result} on final validation accuracy: {row['treatment_mean']:.2%} "
             f"vs {row['baseline_mean']:.2%} {other} ({100 * row['diff']:+.2f} percentage points, "
             f"mean over {seeds}). ")
-    p = row["p_value"]
+    p, how = row["p_value"], test_words(row["test"], row["n_paired"], list(n))
+    held = f"p = {number(p, '.2g')}, Holm-adjusted over the report's comparisons " \
+        f"{number(row['p_holm'], '.2g')}"
+    margin = f"±{100 * row['margin']:g} percentage points"
     if min(n) < 2:
         text += "With one seed on a side, no significance can be claimed. "
     elif math.isnan(p):
-        text += "The seeds show no spread, so Welch's t-test is undefined. "
-    elif p < ALPHA:
-        text += (f"The difference is larger than the seed-to-seed spread "
-                 f"(Welch's t-test p = {p:.2g} < {ALPHA}). ")
+        text += "The seeds show no spread, so the t-test is undefined. "
+    elif row["verdict"] in ("wins", "loses"):
+        text += f"The difference is larger than the seed-to-seed spread ({how}: {held} < {ALPHA}). "
+    elif row["verdict"] == "equivalent":
+        text += (f"The two are equivalent within {margin} (TOST {how}: p = "
+                 f"{row['p_tost']:.2g}, Holm-adjusted {row['p_tost_holm']:.2g} < {ALPHA}). ")
     else:
-        text += (f"The difference is within the seed-to-seed spread "
-                 f"(Welch's t-test p = {p:.2g} ≥ {ALPHA}): not significant. ")
+        text += (f"Cannot tell: the difference is within the seed-to-seed spread ({how}: {held} "
+                 f"≥ {ALPHA}), not significant" + ("" if math.isnan(row["margin"]) else
+                                                   f", nor shown within {margin} (TOST)") + ". ")
     start = "lower" if loss[0] < loss[1] else "higher" if loss[0] > loss[1] else "the same"
     base = f"without {norm_label(t)}" if b == STUDY[1] else f"with {norm_label(b)}"
     return text + (f"Its first-epoch training loss is {start} "
@@ -201,10 +215,13 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
     """The section on treatment − baseline across `hparam`, its figure `regime_<hparam>`."""
     noun = SWEEPS[hparam][0]
     lines = [f"## Is BatchNorm worth it across the {noun}?", "",
-             f"BN − no BN in final validation accuracy against the {noun}: the difference of the "
-             "means over ok seeds with its 95% Welch interval; the verdict (in `verdicts.csv`) is "
-             f"*wins* or *loses* where Welch's p < {ALPHA}, *ties* where the difference is within "
-             "the seed spread, *no test* where a side has fewer than two ok seeds.", "",
+             f"BN − no BN in final validation accuracy against the {noun}: the mean difference "
+             "over ok seeds with its 95% interval (paired t over the seeds both sides ran, Welch "
+             "where they do not pair); the verdict (in `verdicts.csv`) is *wins* or *loses* "
+             f"where p, Holm-adjusted over the report's comparisons (one family), is < {ALPHA} "
+             "(a filled dot), *equivalent* where TOST puts the difference within the dataset's "
+             "margin, *cannot tell* otherwise, *no test* where a side has fewer than two ok "
+             "seeds.", "",
              f"![BN − no BN vs {noun}](regime_{hparam}.png)", ""]
     setting = [k for k in verdicts.columns if k not in VERDICT_COLUMNS]
     several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
@@ -218,10 +235,11 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
             numbers = (f"{100 * row['diff']:+.2f} pts, {pct(row['treatment_mean'])} vs "
                        f"{pct(row['baseline_mean'])}")
         against = f" against {norm_word(b)}" if several else ""
+        how = test_words(row["test"], row["n_paired"], [row["n_treatment"], row["n_baseline"]])
         lines.append(f"- {describe(tuple((k, row[k]) for k in setting))}: {norm_word(t)}"
                      f"{against} {row['verdict']} ({numbers}, p = "
-                     f"{number(row['p_value'], '.2g')}; {row['n_treatment']} vs "
-                     f"{row['n_baseline']} ok seeds)")
+                     f"{number(row['p_value'], '.2g')}, Holm {number(row['p_holm'], '.2g')}; "
+                     f"{how})")
     lines.append("")
     return "\n".join(lines), {f"regime_{hparam}": F.regime_figure(hparam, verdicts, ALPHA)}
 
@@ -266,17 +284,25 @@ def cost_table(runs: pd.DataFrame, measured: dict) -> str:
 
 INTRO = (
     "Every claim part is declared once (`bnstudy/report/claims.py`) and decided by one rule: "
-    f"fewer than {MIN_SEEDS} ok seeds in a group, and we **cannot tell**; a contrast **holds** "
-    "when its estimate lies on the claimed side of zero with Welch's two-sided "
-    f"p < {ALPHA}, **does not hold** when it lies on the other side with p < {ALPHA}, and "
-    "otherwise we **cannot tell**; a part every seed must meet holds when all do, does not "
-    "hold when none does. A claim holds when all its parts hold, does not hold when any does "
-    f"not. Accuracies are in percentage points (pts); the 95% CI is Welch's. *Detectable* is "
-    f"the smallest difference the seeds run find with {POWER:.0%} power; *seeds a side to "
-    "decide* is how many would find one of the size observed. A *cannot tell* says which it "
-    "is: too few seeds (and how many would decide), or no difference seen (bounded by its "
-    "interval, and the seeds a difference that small would need). "
-    "Also in `claims.csv`.")
+    f"fewer than {MIN_SEEDS} ok seeds in a group, and we **cannot tell**. Otherwise the "
+    "contrast is tested **paired** where the design pairs (same-seed runs of its groups "
+    "start from the same weights and see the same batches: a paired t over the seeds every "
+    "group ran; C1–C5 and the pictures) and with **Welch**'s t where it does not (C6: each "
+    "norm at its own tuned setting; or seeds that do not pair one to one); on test accuracy "
+    "the test images' own sampling error is added where the runs saved per-image results. "
+    "Each p is **Holm**-adjusted within the claim's family (curves C1–C4, cost C5, tuned C6, "
+    "pictures P1–P3), over the parts tested. A contrast **holds** when its estimate lies on "
+    f"the claimed side of zero with adjusted p < {ALPHA}, **does not hold** when on the other "
+    f"side with adjusted p < {ALPHA}; else it is **equivalent** when two one-sided tests "
+    "(TOST, Holm-adjusted the same way) put it within the dataset's margin "
+    "(`dataset.equivalence_margin`, accuracy only), and otherwise we **cannot tell**. A part "
+    "every seed must meet holds when all do, does not hold when none does. A claim holds when "
+    "all its parts hold; it does not hold when any part does not hold or is equivalent (a "
+    "claimed difference found within the margin). Accuracies are in percentage points (pts). "
+    f"*Detectable* is the smallest difference the seeds run find with {POWER:.0%} power, for "
+    "the test used (paired: the differences' spread); *seeds a side to decide* is how many "
+    "would find one of the size observed. Also in `claims.csv` (with `test`, `p_holm`, "
+    "`margin`, `p_tost`, `p_tost_holm`).")
 
 
 def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,

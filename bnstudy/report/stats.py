@@ -1,13 +1,17 @@
-"""The numbers over the table of runs: Welch's contrast and its power, THE decision rule, the
-summary and verdict tables, and the usable ranges of a robustness sweep."""
+"""The numbers over the table of runs: the contrast (paired t over shared seeds, else Welch;
+test images' sampling error on test accuracy), TOST against a margin, Holm within a family,
+power, THE decision rule, the summary and verdict tables, and a sweep's usable ranges."""
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 from scipy import optimize, stats
 
 from bnstudy.report.runs import OUTCOMES, curves, groups, ok, settings
@@ -17,44 +21,119 @@ POWER = 0.8  # the power a detectable difference and the seeds needed are stated
 SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun, section title)
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
-VERDICTS = ("holds", "does not hold", "cannot tell")  # the one vocabulary of the rule
+VERDICTS = ("holds", "does not hold", "equivalent", "cannot tell")  # the rule's one vocabulary
 # how a comparison (treatment − baseline, claimed sign +) words them; no p-value: "no test"
-COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "ties"), strict=True))
+COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot tell"),
+                            strict=True))
+PAIRED, WELCH, UNPAIRED, IMAGES, ONE = ("paired t", "Welch", "Welch, seeds unpaired",
+                                        "Welch + test images", "one-sample t")
 VERDICT_COLUMNS = ("treatment", "baseline", "n_treatment", "n_baseline", "treatment_mean",
-                   "baseline_mean", "diff", "p_value", "verdict", "diff_ci_low", "diff_ci_high",
+                   "baseline_mean", "diff", "test", "n_paired", "p_value", "p_holm", "verdict",
+                   "diff_ci_low", "diff_ci_high", "margin", "p_tost", "p_tost_holm",
                    "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed")
 
 
-# --- Welch's contrast and the one rule -----------------------------------------------------
+# --- the contrast, TOST, Holm and the one rule ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One variance component of a contrast: `var / n` with n − 1 df; `seeds`: it shrinks as
+    seeds are added (the test images' does not)."""
+
+    var: float
+    n: int
+    seeds: bool = True
 
 
 @dataclass(frozen=True)
 class Contrast:
-    """Σ weight × group mean, its 95% interval and two-sided p against 0, Welch's (each group
-    its own variance, Welch–Satterthwaite df); NaN where undefined (< 2 values, no spread)."""
+    """Σ weight × group mean, its 95% interval and two-sided p against 0 (`test`: paired t
+    over `n_paired` shared seeds, or Welch), TOST's p against ±`margin`, and both p adjusted by
+    Holm within the family (a family of one: unadjusted); NaN where undefined."""
 
     estimate: float
     ci_low: float
     ci_high: float
     p_value: float
+    test: str = WELCH
+    n_paired: int = 0
+    margin: float = math.nan
+    p_tost: float = math.nan
+    p_holm: float = math.nan
+    p_tost_holm: float = math.nan
+    spreads: tuple[Spread, ...] = ()
 
 
-def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA) -> Contrast:
-    """The contrast of `terms` [(weight, values), ...]; [(1, a), (-1, b)] is scipy's
-    `ttest_ind(a, b, equal_var=False)`."""
+def t_parts(spreads: tuple[Spread, ...], n: int | None = None) -> tuple[float, float]:
+    """(standard error, Welch–Satterthwaite df) of the components (`n`: seeds replacing each
+    seed component's); the df of the seeds' components alone where they vary, so that the test
+    images' component widens the interval and never buys df."""
+    parts = [(s.var / m, m, s.seeds) for s in spreads for m in [n if n and s.seeds else s.n]]
+    seeded = [(v, m) for v, m, by_seed in parts if by_seed and v > 0] or \
+        [(v, m) for v, m, _ in parts if v > 0]
+    var = sum(v for v, _, _ in parts)
+    df = sum(v for v, _ in seeded) ** 2 / sum(v * v / (m - 1) for v, m in seeded)
+    return math.sqrt(var), df
+
+
+def paired_sums(terms: list[tuple[float, list[float]]], seeds: list[list]) -> list[float] | None:
+    """Per seed that every term has once, Σ weight × value; None where a term repeats or lacks
+    a seed, or fewer than 2 seeds are shared."""
+    maps = []
+    for (_, xs), ss in zip(terms, seeds, strict=True):
+        if any(s is None for s in ss) or len(set(ss)) < len(ss):
+            return None
+        maps.append(dict(zip(ss, xs, strict=True)))
+    shared = [s for s in maps[0] if all(s in m for m in maps)]
+    if len(shared) < 2:
+        return None
+    return [sum(w * m[s] for (w, _), m in zip(terms, maps, strict=True)) for s in shared]
+
+
+def image_spread(images: list[tuple[float, list[np.ndarray]]]) -> Spread | None:
+    """The test images' sampling error of Σ weight × group mean test acc, from per-image
+    correctness (`images`: per term its weight and runs' bool arrays over the same images):
+    var_i(d_i) over n images, d_i = Σ weight × the term's mean correctness on image i."""
+    if not images or any(len(arrays) == 0 for _, arrays in images):
+        return None
+    d = sum(w * np.mean(np.stack(arrays).astype(float), axis=0) for w, arrays in images)
+    return Spread(float(np.var(d, ddof=1)), len(d), seeds=False)
+
+
+def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA,
+             seeds: list[list] | None = None, images: Spread | None = None,
+             margin: float = math.nan) -> Contrast:
+    """The contrast of `terms` [(weight, values), ...]: paired over the seeds the terms share
+    when `seeds` (per term, each value's seed) pair them, else Welch's ([(1, a), (-1, b)]:
+    scipy's `ttest_rel(a, b)` / `ttest_ind(a, b, equal_var=False)`); `images` adds the test
+    images' sampling error; TOST against ±`margin` when finite."""
+    sums = paired_sums(terms, seeds) if seeds is not None and len(terms) > 1 else None
+    test = PAIRED if sums else ONE if len(terms) == 1 else UNPAIRED if seeds else WELCH
     if any(len(values) == 0 for _, values in terms):
-        return Contrast(math.nan, math.nan, math.nan, math.nan)
-    estimate = float(sum(w * np.mean(values) for w, values in terms))
-    if untestable(terms):
-        return Contrast(estimate, math.nan, math.nan, math.nan)
-    parts = [w * w * float(np.var(values, ddof=1)) / len(values) for w, values in terms]
-    var = sum(parts)
-    df = var ** 2 / sum(p ** 2 / (len(values) - 1)
-                        for p, (_, values) in zip(parts, terms, strict=True))
-    se = math.sqrt(var)
+        return Contrast(math.nan, math.nan, math.nan, math.nan, test)
+    if sums:
+        estimate = float(np.mean(sums))
+        spreads = (Spread(float(np.var(sums, ddof=1)), len(sums)),)
+        flat = np.ptp(sums) == 0
+    else:
+        estimate = float(sum(w * np.mean(values) for w, values in terms))
+        spreads = tuple(Spread(w * w * float(np.var(xs, ddof=1)) if len(xs) > 1 else math.nan,
+                               len(xs)) for w, xs in terms)
+        flat = untestable(terms)
+    if images is not None:
+        test = IMAGES
+        spreads += (images,)
+    n_paired = len(sums) if sums else 0
+    if flat:
+        return Contrast(estimate, math.nan, math.nan, math.nan, test, n_paired, margin)
+    se, df = t_parts(spreads)
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     p = float(2 * stats.t.sf(abs(estimate) / se, df))
-    return Contrast(estimate, estimate - half, estimate + half, p)
+    tost = max(float(stats.t.sf((estimate + margin) / se, df)),
+               float(stats.t.cdf((estimate - margin) / se, df)))
+    return Contrast(estimate, estimate - half, estimate + half, p, test, n_paired, margin,
+                    tost, p, tost, spreads)
 
 
 def untestable(terms: list[tuple[float, list[float]]]) -> bool:
@@ -62,26 +141,45 @@ def untestable(terms: list[tuple[float, list[float]]]) -> bool:
     return any(len(v) < 2 for _, v in terms) or all(np.ptp(v) == 0 for _, v in terms)
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values; a NaN (no test) stays NaN and is not counted."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), math.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    running = 0.0
+    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (len(tested) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
+
+
+def holm_family(tests: list[Contrast]) -> list[Contrast]:
+    """The family's contrasts with Holm's adjustment: the difference tests' p among themselves,
+    the equivalence (TOST) p among themselves."""
+    return [replace(t, p_holm=a, p_tost_holm=b) for t, a, b in zip(
+        tests, holm([t.p_value for t in tests]), holm([t.p_tost for t in tests]), strict=True)]
+
+
 def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
-    """THE rule: p < alpha on the claimed side (`sign`) of 0 holds, on the other side does not
-    hold; else cannot tell."""
-    if math.isnan(test.p_value) or test.p_value >= alpha:
-        return "cannot tell"
-    return "holds" if np.sign(test.estimate) == sign else "does not hold"
+    """THE rule, on Holm-adjusted p: p < alpha on the claimed side (`sign`) of 0 holds, on the
+    other side does not hold; else TOST's p < alpha: equivalent (within ±margin); else cannot
+    tell."""
+    if test.p_holm < alpha:
+        return "holds" if np.sign(test.estimate) == sign else "does not hold"
+    return "equivalent" if test.p_tost_holm < alpha else "cannot tell"
 
 
 def comparison_word(verdict: str, p_value: float) -> str:
-    """A comparison's word for the rule's verdict: wins, loses, ties, or no test (no p)."""
+    """A comparison's word for the rule's verdict: wins, loses, equivalent, cannot tell, or no
+    test (no p)."""
     return "no test" if math.isnan(p_value) else COMPARISON_WORDS[verdict]
 
 
-def welch_power(delta: float, variances: list[float], sizes: list[int],
-                alpha: float = ALPHA) -> float:
-    """The power of Welch's two-sided test of a contrast of true value `delta`, its groups of
-    these (weight² × sample) variances and sizes: the noncentral t, Welch–Satterthwaite df."""
-    parts = [v / n for v, n in zip(variances, sizes, strict=True)]
-    se = math.sqrt(sum(parts))
-    df = sum(parts) ** 2 / sum(p * p / (n - 1) for p, n in zip(parts, sizes, strict=True))
+def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
+            alpha: float = ALPHA) -> float:
+    """The power of the two-sided t test of a contrast of true value `delta` with these
+    variance components (`n` seeds a side or pairs, if given): the noncentral t."""
+    se, df = t_parts(spreads, n)
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     ncp = abs(delta) / se
     power = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
@@ -90,30 +188,70 @@ def welch_power(delta: float, variances: list[float], sizes: list[int],
     return power
 
 
-def power_of(terms: list[tuple[float, list[float]]], power: float = POWER,
-             alpha: float = ALPHA, most: int = 1000) -> tuple[float, float]:
-    """(the smallest |contrast| detected with `power`, the seeds a side detecting one of the size
-    observed; inf above `most`); NaN, NaN where there is no test."""
-    if untestable(terms):
+def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
+             most: int = 1000) -> tuple[float, float]:
+    """For the test used (paired: the differences' sd; Welch: each group's): (the smallest
+    |contrast| detected with `power`, the seeds a side detecting one of the size observed; inf
+    above `most`); NaN, NaN where there is no test."""
+    spreads = test.spreads
+    if math.isnan(test.p_value) or not spreads:
         return math.nan, math.nan
-    variances = [w * w * float(np.var(values, ddof=1)) for w, values in terms]
-    sizes = [len(values) for _, values in terms]
-    high = math.sqrt(sum(v / n for v, n in zip(variances, sizes, strict=True)))
-    while welch_power(high, variances, sizes, alpha) < power:
+    high = t_parts(spreads)[0]
+    while t_power(high, spreads, alpha=alpha) < power:
         high *= 2
     detectable = float(optimize.brentq(
-        lambda d: welch_power(d, variances, sizes, alpha) - power, 0.0, high))
-    observed = abs(float(sum(w * np.mean(values) for w, values in terms)))
-    if observed == 0 or welch_power(observed, variances, [most] * len(sizes), alpha) < power:
+        lambda d: t_power(d, spreads, alpha=alpha) - power, 0.0, high))
+    observed = abs(test.estimate)
+    if observed == 0 or t_power(observed, spreads, most, alpha) < power:
         return detectable, math.inf
     low, high = 2, most  # the power grows with n: bisect for the first n that reaches it
     while low < high:
         mid = (low + high) // 2
-        if welch_power(observed, variances, [mid] * len(sizes), alpha) >= power:
+        if t_power(observed, spreads, mid, alpha) >= power:
             high = mid
         else:
             low = mid + 1
     return detectable, float(low)
+
+
+# --- the equivalence margin, per dataset -------------------------------------------------------
+
+
+def saved_margin(job: str) -> float:
+    """`dataset.equivalence_margin` of a job's saved `.hydra/config.yaml`; NaN without one."""
+    path = Path(job) / ".hydra" / "config.yaml"
+    return _margin_in(str(path), path.stat().st_mtime_ns) if path.is_file() else math.nan
+
+
+@functools.lru_cache(maxsize=4096)
+def _margin_in(path: str, _mtime: int) -> float:
+    value = OmegaConf.select(OmegaConf.load(path), "dataset.equivalence_margin", default=None)
+    return math.nan if value is None else float(value)
+
+
+@functools.lru_cache(maxsize=64)
+def declared_margin(dataset: str) -> float:
+    """The margin `conf/dataset/<dataset>.yaml` declares now (for runs saved before the key);
+    NaN for a dataset the config has not."""
+    from hydra.errors import HydraException
+
+    from bnstudy.config import group_defaults
+
+    try:
+        return float(group_defaults({"dataset": dataset}).dataset.equivalence_margin)
+    except (HydraException, AttributeError, ValueError, TypeError):
+        return math.nan
+
+
+def margins(runs: pd.DataFrame) -> dict[str, float]:
+    """Per dataset, the equivalence margin (accuracy, a fraction) its runs' saved configs
+    declare (the first that does), else the current config's."""
+    out = {}
+    for dataset in dict.fromkeys(runs["dataset"] if "dataset" in runs else ()):
+        paths = runs.loc[runs["dataset"] == dataset, "path"] if "path" in runs else []
+        saved = [m for m in (saved_margin(str(p)) for p in paths) if not math.isnan(m)]
+        out[dataset] = saved[0] if saved else declared_margin(str(dataset))
+    return out
 
 
 # --- the summary and verdict tables ----------------------------------------------------------
@@ -153,37 +291,54 @@ def summary(runs: pd.DataFrame, keys: list[str], targets: dict[str, float]) -> p
     return pd.DataFrame(rows)
 
 
-def values(runs: pd.DataFrame | None, quantity: str = "final_val_acc") -> list[float]:
-    """The ok runs' `quantity`, NaN left out, in seed order."""
+def seeded(runs: pd.DataFrame | None, quantity: str = "final_val_acc") -> list[tuple]:
+    """The ok runs' (seed, `quantity`), NaN left out, in seed order."""
     if runs is None:
         return []
-    return [float(x) for x in ok(runs)[quantity] if not math.isnan(x)]
+    good = ok(runs)
+    seeds = good["seed"] if "seed" in good else [None] * len(good)
+    return [(s, float(x)) for s, x in zip(seeds, good[quantity], strict=True)
+            if not math.isnan(x)]
+
+
+def values(runs: pd.DataFrame | None, quantity: str = "final_val_acc") -> list[float]:
+    """The ok runs' `quantity`, NaN left out, in seed order."""
+    return [x for _, x in seeded(runs, quantity)]
 
 
 def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
     """verdicts.csv: per comparison and compared pair, the ok seeds, mean final val accs,
-    treatment − baseline with Welch's p, 95% interval, verdict, power, diverged runs."""
-    rows = []
+    treatment − baseline paired over shared seeds (else Welch), its p raw and Holm-adjusted
+    over the table (one family), 95% interval, TOST against the dataset's margin, verdict,
+    power, diverged runs."""
+    rows, tests, margin = [], [], margins(runs)
     for ckey, by_norm in settings(runs):
         for treatment, baseline in pairs:
             if treatment not in by_norm and baseline not in by_norm:
                 continue
-            sides = [values(by_norm.get(n)) for n in (treatment, baseline)]
-            terms = [(1.0, sides[0]), (-1.0, sides[1])]
-            diff = contrast(terms)
-            detectable, needed = power_of(terms)
+            sides = [seeded(by_norm.get(n)) for n in (treatment, baseline)]
+            tests.append(contrast([(1.0, [x for _, x in sides[0]]),
+                                   (-1.0, [x for _, x in sides[1]])],
+                                  seeds=[[s for s, _ in side] for side in sides],
+                                  margin=margin.get(dict(ckey).get("dataset"), math.nan)))
             diverged = [0 if n not in by_norm else int((by_norm[n]["outcome"] == "diverged").sum())
                         for n in (treatment, baseline)]
             rows.append({**dict(ckey), "treatment": treatment, "baseline": baseline,
                          "n_treatment": len(sides[0]), "n_baseline": len(sides[1]),
-                         "treatment_mean": np.mean(sides[0]) if sides[0] else math.nan,
-                         "baseline_mean": np.mean(sides[1]) if sides[1] else math.nan,
-                         "diff": diff.estimate, "p_value": diff.p_value,
-                         "verdict": comparison_word(decide(diff), diff.p_value),
-                         "diff_ci_low": diff.ci_low, "diff_ci_high": diff.ci_high,
-                         "treatment_diverged": diverged[0], "baseline_diverged": diverged[1],
-                         "detectable_80": detectable, "seeds_needed": needed})
-    return pd.DataFrame(rows)
+                         "treatment_mean": np.mean([x for _, x in sides[0]]) if sides[0]
+                         else math.nan,
+                         "baseline_mean": np.mean([x for _, x in sides[1]]) if sides[1]
+                         else math.nan,
+                         "treatment_diverged": diverged[0], "baseline_diverged": diverged[1]})
+    for row, diff in zip(rows, holm_family(tests), strict=True):
+        row.update(diff=diff.estimate, test=diff.test, n_paired=diff.n_paired,
+                   p_value=diff.p_value, p_holm=diff.p_holm,
+                   verdict=comparison_word(decide(diff), diff.p_value),
+                   diff_ci_low=diff.ci_low, diff_ci_high=diff.ci_high, margin=diff.margin,
+                   p_tost=diff.p_tost, p_tost_holm=diff.p_tost_holm)
+        row.update(zip(("detectable_80", "seeds_needed"), power_of(diff), strict=True))
+    return pd.DataFrame(rows, columns=[*dict.fromkeys(
+        [k for r in rows for k in r if k not in VERDICT_COLUMNS]), *VERDICT_COLUMNS])
 
 
 # --- robustness sweeps (experiment=lr_sweep | batch_sweep) -----------------------------------

@@ -1,13 +1,14 @@
-"""The claim parts decided on the tables (groups, Welch contrast, `stats.decide`, power); C5's
-time table and C6's tuned runs. Below `MIN_SEEDS` ok runs a group cannot tell; a rule part
-holds when every seed meets it, not when none does; a claim holds when all its parts do."""
+"""The claim parts decided on the tables (groups; the contrast paired over shared seeds where
+the design pairs, Welch for C6; Holm within each family; `stats.decide`; power); C5's time
+table and C6's tuned runs. Below `MIN_SEEDS` ok runs a group cannot tell; a rule part holds
+when every seed meets it, not when none does; a claim holds when all its parts do."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +17,17 @@ from bnstudy.records import TUNING_FILE
 from bnstudy.report.claims import Part, Term, declare
 from bnstudy.report.cost import time_table
 from bnstudy.report.runs import study_order
-from bnstudy.report.stats import Contrast, contrast, decide, power_of
+from bnstudy.report.stats import (
+    Contrast,
+    contrast,
+    decide,
+    holm_family,
+    image_spread,
+    margins,
+    power_of,
+)
 
 MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
-DECIDABLE = 30     # a "cannot tell" needing more seeds a side than this is a practical tie
 
 
 @dataclass(frozen=True)
@@ -44,19 +52,43 @@ class Result:
         return self.declared.part
 
 
+def chosen(table: pd.DataFrame, term: Term, quantity: str) -> pd.DataFrame:
+    """The term's ok runs with a `quantity` (numeric, not NaN), in seed order."""
+    rows = table[term.selects(table)]
+    if "outcome" in rows:
+        rows = rows[rows["outcome"] == "ok"]
+    seed = pd.to_numeric(rows.get("seed", pd.Series(index=rows.index, dtype=float)),
+                         errors="coerce").fillna(math.inf)
+    rows = rows.assign(_seed=seed).sort_values(
+        ["_seed", "job"] if "job" in rows else "_seed", kind="stable")
+    if quantity not in rows:  # no run measured it (a sweep without pictures, say)
+        return rows.iloc[:0].assign(**{quantity: []})
+    xs = pd.to_numeric(rows[quantity], errors="coerce")
+    return rows[xs.notna()].assign(**{quantity: xs[xs.notna()].astype(float)})
+
+
 def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
     """The term's ok runs' `quantity`, NaN left out, in seed order."""
-    chosen = table[term.selects(table)]
-    if "outcome" in chosen:
-        chosen = chosen[chosen["outcome"] == "ok"]
-    seed = pd.to_numeric(chosen.get("seed", pd.Series(index=chosen.index, dtype=float)),
-                         errors="coerce").fillna(math.inf)
-    chosen = chosen.assign(_seed=seed).sort_values(
-        ["_seed", "job"] if "job" in chosen else "_seed", kind="stable")
-    if quantity not in chosen:  # no run measured it (a sweep without pictures, say)
-        return []
-    xs = pd.to_numeric(chosen[quantity], errors="coerce")
-    return [float(x) for x in xs if not math.isnan(x)]
+    return chosen(table, term, quantity)[quantity].tolist()
+
+
+def part_test(part: Part, table: pd.DataFrame) -> tuple[tuple[list[float], ...], Contrast]:
+    """The part's groups and contrast: paired over the seeds its terms share unless the design
+    does not pair (C6: each norm's own setting); on test acc with the test images' sampling
+    error where runs saved `test_correct`; TOST against the dataset's margin on accuracy."""
+    rows = [chosen(table, t, part.quantity) for t in part.terms]
+    groups = tuple(r[part.quantity].tolist() for r in rows)
+    terms = [(t.weight, xs) for t, xs in zip(part.terms, groups, strict=True)]
+    seeds = None if not part.paired else [
+        r["seed"].tolist() if "seed" in r else [None] * len(r) for r in rows]
+    images = None
+    if part.quantity == "test_acc" and "test_correct" in table:
+        images = image_spread([(t.weight, [a for a in r["test_correct"] if a is not None])
+                               for t, r in zip(part.terms, rows, strict=True)])
+    datasets = {t.dataset for t in part.terms}
+    margin = margins(table).get(datasets.pop(), math.nan) \
+        if part.fmt == "acc" and len(datasets) == 1 else math.nan
+    return groups, contrast(terms, seeds=seeds, images=images, margin=margin)
 
 
 def every_seed(flags: list[bool]) -> str:
@@ -69,10 +101,9 @@ def every_seed(flags: list[bool]) -> str:
 
 
 def run_part(part: Part, table: pd.DataFrame) -> Result:
-    """The part on the table: its groups' values, contrast, verdict and power."""
-    groups = tuple(values(table, t, part.quantity) for t in part.terms)
-    terms = [(t.weight, xs) for t, xs in zip(part.terms, groups, strict=True)]
-    test = contrast(terms)
+    """The part on the table alone (a family of one): its groups' values, contrast, verdict
+    and power."""
+    groups, test = part_test(part, table)
     if part.rule is not None:
         flags = [part.rule(x) for x in groups[0]]
         return Result(part, groups, test, every_seed(flags),
@@ -80,24 +111,42 @@ def run_part(part: Part, table: pd.DataFrame) -> Result:
     if any(len(xs) < MIN_SEEDS for xs in groups):
         return Result(part, groups, test, "cannot tell",
                       note=f"fewer than {MIN_SEEDS} ok seeds on a side")
-    return Result(part, groups, test, decide(test, part.sign), *power_of(terms))
+    return Result(part, groups, test, decide(test, part.sign), *power_of(test))
+
+
+def tested(result: Result) -> bool:
+    """Decided by the contrast's test (not a rule, not short of seeds)."""
+    return result.declared.rule is None and not result.note
+
+
+def adjust(results: list[Result]) -> list[Result]:
+    """The results with Holm's adjustment within each family (`Part.family`), over the parts
+    decided by a test, and their verdicts on the adjusted p."""
+    out = list(results)
+    for family in dict.fromkeys(r.declared.family for r in results):
+        members = [i for i, r in enumerate(results) if tested(r) and r.declared.family == family]
+        for i, test in zip(members, holm_family([results[i].test for i in members]), strict=True):
+            out[i] = replace(results[i], test=test, verdict=decide(test, results[i].declared.sign))
+    return out
 
 
 def evaluate(parts: list[Part], tables: dict[str, pd.DataFrame]) -> list[Result]:
-    """The parts whose every group has runs in their source table, tested."""
+    """The parts whose every group has runs in their source table, tested, Holm-adjusted
+    within each family."""
     results = []
     for part in parts:
         table = tables.get(part.source)
         if table is not None and len(table) and all(t.selects(table).any() for t in part.terms):
             results.append(run_part(part, table))
-    return results
+    return adjust(results)
 
 
 def combine(verdicts: list[str]) -> str:
-    """A claim's verdict from its parts'."""
+    """A claim's verdict from its parts': holds when all hold; does not hold when any does not
+    hold or is equivalent (within the margin: not the difference claimed); else cannot tell."""
     if all(v == "holds" for v in verdicts):
         return "holds"
-    return "does not hold" if "does not hold" in verdicts else "cannot tell"
+    return "does not hold" if {"does not hold", "equivalent"} & set(verdicts) else "cannot tell"
 
 
 def claim_verdicts(results: list[Result]) -> dict[str, str]:

@@ -48,8 +48,11 @@ def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sectio
         "the curves show the mean over seeds with a band of ± one such standard deviation "
         "(the seed-to-seed spread, not the standard error of the mean). Epochs to target: the "
         "first epoch (counted from 1) whose validation accuracy reaches the target, averaged "
-        "over the seeds that reach it. Verdicts compare final validation accuracy with Welch's "
-        f"t-test over seeds (p < {ALPHA}).", "", *([answer] if answer else []),
+        "over the seeds that reach it. Verdicts compare final validation accuracy over seeds: "
+        "a paired t-test over the seeds both norms ran (Welch's where the seeds do not pair), "
+        f"p Holm-adjusted over the report's comparisons (p < {ALPHA}); *equivalent* only where "
+        "two one-sided tests (TOST) put the difference within the dataset's "
+        "`equivalence_margin`, else *cannot tell*.", "", *([answer] if answer else []),
         "## Summary", "", summary_md, "", "Also in `summary.csv`.", "",
         *sections, "## Jobs not in the statistics", "", S.problems_table(runs, unstarted), "",
     ])

@@ -1,0 +1,116 @@
+"""The statistics of `bnstudy.report.stats` against scipy and statsmodels on hand-made
+numbers: the paired contrast, Holm's adjustment, TOST, the test images' variance, paired power."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from bnstudy.report import stats as S
+
+BN = [0.91, 0.93, 0.92, 0.95, 0.90]
+NONE = [0.90, 0.915, 0.91, 0.93, 0.895]
+
+
+def test_the_paired_contrast_is_scipys_ttest_rel_over_the_seeds_both_sides_ran():
+    # no BN's runs in another order, and a seed (7) BN lacks: left out of the pairs
+    seeds = [[0, 1, 2, 3, 4], [4, 2, 0, 1, 3, 7]]
+    none = [NONE[4], NONE[2], NONE[0], NONE[1], NONE[3], 0.5]
+    test = S.contrast([(1.0, BN), (-1.0, none)], seeds=seeds)
+    expected = sps.ttest_rel(BN, NONE)
+    assert (test.test, test.n_paired) == ("paired t", 5)
+    assert test.estimate == pytest.approx(np.mean(BN) - np.mean(NONE))
+    assert test.p_value == pytest.approx(expected.pvalue)
+    assert (test.ci_low, test.ci_high) == pytest.approx(tuple(expected.confidence_interval()))
+    welch = S.contrast([(1.0, BN), (-1.0, NONE)])
+    assert welch.test == "Welch" and welch.p_value == pytest.approx(
+        sps.ttest_ind(BN, NONE, equal_var=False).pvalue)
+    assert test.p_value < welch.p_value  # the shared seed's part of the spread cancels
+
+
+def test_seeds_that_do_not_pair_one_to_one_fall_back_to_welch_and_say_so():
+    repeated = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[[0, 0, 1, 2, 3], list(range(5))])
+    apart = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5)), list(range(5, 10))])
+    for test in (repeated, apart):
+        assert (test.test, test.n_paired) == ("Welch, seeds unpaired", 0)
+        assert test.p_value == pytest.approx(sps.ttest_ind(BN, NONE, equal_var=False).pvalue)
+
+
+def test_holm_is_statsmodels_multipletests_and_skips_what_has_no_test():
+    from statsmodels.stats.multitest import multipletests
+
+    ps = [0.01, 0.04, 0.03, 0.005, 0.2, 0.049]
+    assert S.holm(ps) == pytest.approx(list(multipletests(ps, method="holm")[1]))
+    with_nan = S.holm([0.01, math.nan, 0.04])
+    assert math.isnan(with_nan[1])
+    assert [with_nan[0], with_nan[2]] == pytest.approx(
+        list(multipletests([0.01, 0.04], method="holm")[1]))
+    assert S.holm([]) == []
+
+
+def test_tost_is_statsmodels_ttost_paired_and_ttost_ind_unequal():
+    from statsmodels.stats.weightstats import ttost_ind, ttost_paired
+
+    margin = 0.02
+    paired = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2, margin=margin)
+    assert paired.p_tost == pytest.approx(ttost_paired(
+        np.array(BN), np.array(NONE), -margin, margin)[0])
+    welch = S.contrast([(1.0, BN), (-1.0, NONE)], margin=margin)
+    assert welch.p_tost == pytest.approx(ttost_ind(
+        np.array(BN), np.array(NONE), -margin, margin, usevar="unequal")[0])
+    assert math.isnan(S.contrast([(1.0, BN), (-1.0, NONE)]).p_tost)  # no margin: no TOST
+
+
+def test_the_rule_reads_holms_p_and_says_equivalent_only_from_tost():
+    close = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2, margin=0.03)
+    assert S.decide(close) == "holds"  # p 0.004: the difference test decides first
+    (family_of_two, other) = S.holm_family([close, S.contrast(
+        [(1.0, [0.5, 0.6, 0.7]), (-1.0, [0.5, 0.6, 0.7])], seeds=[[0, 1, 2]] * 2)])
+    assert math.isnan(other.p_value) and family_of_two.p_holm == close.p_value  # no test: no m
+    level = S.contrast([(1.0, BN), (-1.0, [x + 0.0135 for x in NONE])], margin=0.01,
+                       seeds=[list(range(5))] * 2)
+    assert level.p_value > 0.05 and level.p_tost == pytest.approx(0.0145, abs=1e-4)
+    assert S.decide(level) == "equivalent"
+    assert S.decide(S.holm_family([level] * 4)[0]) == "cannot tell"  # TOST's p Holm'd too
+    assert S.comparison_word("equivalent", level.p_value) == "equivalent"
+    assert S.comparison_word("cannot tell", math.nan) == "no test"
+
+
+def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast():
+    rng = np.random.default_rng(0)
+    n = 200
+    runs = {w: [rng.random(n) < p for p in probs]
+            for w, probs in ((1.0, (0.62, 0.6, 0.64)), (-1.0, (0.55, 0.57, 0.56)))}
+    terms = [(w, [float(a.mean()) for a in arrays]) for w, arrays in runs.items()]
+    images = S.image_spread(list(runs.items()))
+    d = np.mean(runs[1.0], axis=0) - np.mean(runs[-1.0], axis=0)
+    assert (images.var, images.n) == (pytest.approx(np.var(d, ddof=1)), n)
+    seeds_only = S.contrast(terms)
+    both = S.contrast(terms, images=images)
+    se_seeds, se_both = S.t_parts(seeds_only.spreads)[0], S.t_parts(both.spreads)[0]
+    assert se_both ** 2 == pytest.approx(se_seeds ** 2 + np.var(d, ddof=1) / n)
+    _, df = S.t_parts(both.spreads)
+    half = sps.t.ppf(0.975, df) * se_both
+    assert (both.ci_low, both.ci_high) == pytest.approx((both.estimate - half,
+                                                         both.estimate + half))
+    assert both.ci_high - both.ci_low > seeds_only.ci_high - seeds_only.ci_low
+    assert both.test == "Welch + test images" and seeds_only.test == "Welch"
+    assert S.image_spread([(1.0, runs[1.0]), (-1.0, [])]) is None  # a side saved none
+
+
+def test_paired_power_is_the_one_sample_noncentral_t_of_the_differences():
+    from statsmodels.stats.power import TTestPower
+
+    test = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2)
+    sd = float(np.std(np.subtract(BN, NONE), ddof=1))
+    detectable, needed = S.power_of(test)
+    assert detectable / sd == pytest.approx(
+        TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8), rel=1e-4)
+    half = S.contrast([(1.0, BN), (-1.0, [x + test.estimate / 2 for x in NONE])],
+                      seeds=[list(range(5))] * 2)  # a difference half the size, same spread
+    _, needed = S.power_of(half)
+    assert needed == math.ceil(TTestPower().solve_power(
+        effect_size=abs(half.estimate) / sd, alpha=0.05, power=0.8))
