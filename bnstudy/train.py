@@ -19,6 +19,7 @@ from bnstudy.jobdir import RunExistsError, launcher_job
 from bnstudy.records import RunRecord
 from bnstudy.run import RunEnded, is_multirun, train
 from bnstudy.sweep import note_refusal, register_launchers
+from bnstudy.tune import study_dir
 
 log = logging.getLogger("bnstudy")
 
@@ -78,7 +79,7 @@ def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> R
 def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     """Says that the run stopped before its end, and how it goes on (its launcher's requeue,
     or resume=true)."""
-    where = (f"hydra.sweep.dir={HydraConfig.get().sweep.dir}" if is_multirun()
+    where = (f"hydra.sweep.dir={study_dir(HydraConfig.get().sweep.dir)}" if is_multirun()
              else f"hydra.run.dir={cfg.paths.output_dir}")
     how = f"run the same command with resume=true {where}"
     if gave_up:

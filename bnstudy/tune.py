@@ -42,6 +42,16 @@ from bnstudy.records import TUNING_FILE, RunRecord, write_json_atomic
 log = logging.getLogger("bnstudy")
 
 METRIC = "val/acc (final epoch)"
+SEARCH_DIR = "search"  # SWEEP/search/<cell>/: a cell's trials, a sweep of its own
+
+
+def study_dir(sweep_dir: str | Path) -> Path:
+    """The folder a user resumes: the tuned study's (SWEEP) for a cell's search folder
+    (SWEEP/search/<cell>), else `sweep_dir` itself."""
+    sweep_dir = Path(sweep_dir)
+    top = sweep_dir.parent.parent
+    tuned = sweep_dir.parent.name == SEARCH_DIR and (top / "multirun.yaml").is_file()
+    return top if tuned else sweep_dir
 
 
 def score(record: RunRecord) -> float | str:
@@ -216,7 +226,7 @@ class TunedSweeper(Sweeper):
         from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
         name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
-        search_dir = sweep_dir / "search" / name
+        search_dir = sweep_dir / SEARCH_DIR / name
         space = dict(self.search.get(cell["optim"]) or {})
         # the search's own sweep: its plan, its jobs, its optimization_results.yaml
         cell_config = self._save_plan(search_dir, space)

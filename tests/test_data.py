@@ -43,6 +43,19 @@ def test_split_is_fixed_and_disjoint(tiny_data):
     assert len(a.train_set) == 300 and a.test_set is None  # test split only for `test`
 
 
+def test_split_seed_null_draws_the_split_from_the_run_seed(tiny_data):
+    """`split_seed=None` (experiment=decisive, tuned): each seed its own validation split, the
+    same again on a rerun; the fixed default stays one split for every seed."""
+    def val_labels(**kw):
+        dm = MNISTDataModule(tiny_data, val_size=100, train_size=300, download=False, **kw)
+        dm.setup("fit")
+        return dm.val_set.y
+
+    assert torch.equal(val_labels(seed=1, split_seed=None), val_labels(seed=1, split_seed=1))
+    assert torch.equal(val_labels(seed=1, split_seed=None), val_labels(seed=1, split_seed=None))
+    assert not torch.equal(val_labels(seed=1, split_seed=None), val_labels(seed=2, split_seed=None))
+
+
 def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
     dm = MNISTDataModule(tiny_data, batch_size=50, seed=3, download=False)
     dm.setup("fit")

@@ -15,7 +15,15 @@ from omegaconf import OmegaConf
 
 from bnstudy.records import TUNING_FILE, RunRecord
 from bnstudy.report.cli import main as report
-from bnstudy.tune import ScoringLauncher, TunedSweeper, cell_seed, choose, objective
+from bnstudy.tune import (
+    SEARCH_DIR,
+    ScoringLauncher,
+    TunedSweeper,
+    cell_seed,
+    choose,
+    objective,
+    study_dir,
+)
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -284,3 +292,14 @@ def test_sweeping_a_searched_setting_is_refused_in_one_paragraph(tiny_data, tmp_
     assert "experiment=tuned searches its own space" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*/metrics.json"))
+
+
+def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
+    """A cell's trial runs in SWEEP/search/<cell>/, but the user resumes SWEEP: the job's own
+    "Interrupted" line must name it (resuming the cell's folder would run a plain sweep)."""
+    cell = tmp_path / SEARCH_DIR / "mnist-bn-sgd"
+    cell.mkdir(parents=True)
+    assert study_dir(cell) == cell  # no study plan above it: a folder that is merely named so
+    (tmp_path / "multirun.yaml").write_text("{}")
+    assert study_dir(cell) == tmp_path
+    assert study_dir(tmp_path) == tmp_path
