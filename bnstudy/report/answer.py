@@ -174,7 +174,8 @@ def console_answer(sweep_dir) -> str:
         return ""
     study = set(zip(table["treatment"], table["baseline"], strict=True)) == {STUDY}
     lines = [("Is BatchNorm worth it? BN − no BN" if study else "Each norm against its baseline")
-             + f" in final validation accuracy (95% interval; {method_words(table)}):"]
+             + f" in final validation accuracy (95% interval; {method_words(table)}):"
+             .replace("*", "")]  # the terminal shows no Markdown
     for _, row in table.iterrows():
         place = ", ".join([DATASET_LABELS.get(row["dataset"], row["dataset"]),
                            OPTIM_LABELS.get(row["optim"], row["optim"]),
