@@ -22,7 +22,7 @@ from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost, time_table, val_acc_at
 from bnstudy.report.runs import load_runs
-from bnstudy.report.stats import Spread, contrast, power_of, t_power
+from bnstudy.report.stats import IMAGES, PAIRED, Spread, contrast, power_of, t_power
 
 
 def cost(ratio: float) -> StepCost:
@@ -570,3 +570,13 @@ def test_the_answer_says_equivalent_only_from_tost_else_the_seeds_that_would_dec
     assert result.verdict == "equivalent" and result.test.margin == 0.005
     assert part_words(result).startswith("equivalent within ±0.5 pts, ")
     assert V.claim_verdicts([result]) == {"C5": "does not hold"}
+
+
+def test_a_difference_below_the_test_images_error_is_not_promised_to_more_seeds():
+    """With the test images' error in C6's interval, seeds alone may never decide: the words
+    say so instead of "over 1000 seeds"; a seeds-only test keeps the count."""
+    from bnstudy.report.render import deciding
+
+    assert deciding(math.inf, IMAGES).startswith("no number of seeds a side would decide")
+    assert deciding(math.inf, PAIRED) == "over 1000 seeds a side would decide"
+    assert deciding(40.0, IMAGES) == "40 seeds a side would decide"

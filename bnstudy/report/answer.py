@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from bnstudy.report.render import markdown, seeds_wanted
+from bnstudy.report.render import deciding, markdown
 from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word
 from bnstudy.report.stats import COMPARISON_WORDS, IMAGES, PAIRED, VERDICT_COLUMNS
 from bnstudy.report.verdicts import Result
@@ -18,7 +18,8 @@ DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel
 
 
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
-          seeds: int = 2, treatment: str = STUDY[0], margin: float = math.nan) -> str:
+          seeds: int = 2, treatment: str = STUDY[0], margin: float = math.nan,
+          test: str = "") -> str:
     """`BN wins, +4.21 pts (+2.66 to +5.76)`; `equivalent within ±0.5 pts, …` (TOST, `margin`);
     a cannot tell says what would decide it (`seeds`: the fewer ok seeds of the sides)."""
     if math.isnan(diff):
@@ -32,7 +33,7 @@ def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
         return f"equivalent within ±{100 * margin:g} pts, {size}{interval}"
     if verdict == "cannot tell":
         decide = "" if math.isnan(needed) else \
-            f": {seeds_wanted(needed)} seeds a side would decide"
+            f": {deciding(needed, test)}"
         return f"cannot tell, {size}{interval}{decide}"
     return f"{norm_word(treatment)} {verdict}, {size}{interval}"
 
@@ -46,7 +47,7 @@ def part_words(result: Result | None) -> str:
     verdict = "no test" if seeds < 2 or math.isnan(t.p_value) else \
         COMPARISON_WORDS[result.verdict]
     return words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds,
-                 margin=t.margin)
+                 margin=t.margin, test=t.test)
 
 
 def row_words(row) -> str:
