@@ -143,7 +143,8 @@ def test_the_verdict_names_the_winner_and_weighs_the_spread(tmp_path, case):
     bn_acc, none_acc = ([accs[-1] for accs in side.values()] for side in (bn, none))
     bn_loss0, none_loss0 = ([1 - accs[0] for accs in side.values()] for side in (bn, none))
     diff = 100 * (np.mean(bn_acc) - np.mean(none_acc))
-    result = {"bn": "wins", "none": "loses", "tie": "ties", "flat": "ties"}.get(case, "wins")
+    result = {"bn": "wins", "none": "loses", "tie": "ties", "flat": "ties"}.get(
+        case, "ends ahead")  # no win claimed where the test does not decide
     seeds = {"one seed": "1 seed each", "flat": "2 seeds each"}.get(case, "3 seeds each")
     assert (f"**Verdict.** BatchNorm {result} on final validation accuracy: "
             f"{np.mean(bn_acc):.2%} vs {np.mean(none_acc):.2%} without it "

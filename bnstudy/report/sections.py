@@ -64,8 +64,10 @@ def verdict_text(row, loss: tuple[float, float]) -> str:
         side = norm_label(t if not row["n_treatment"] else b)
         return f"No verdict: the {side} side has no finished (ok) run."
     other = "without it" if b == STUDY[1] else f"with {norm_label(b)}"
-    d = 0 if row["verdict"] == "equivalent" else row["diff"]
-    result = "wins" if d > 0 else "loses" if d < 0 else "ties"
+    d = row["diff"]  # a win or a loss only where the test says so; else ahead or behind
+    result = row["verdict"] if row["verdict"] in ("wins", "loses") else \
+        "ties" if row["verdict"] == "equivalent" or d == 0 else "ends ahead" if d > 0 else \
+        "ends behind"
     n = (row["n_treatment"], row["n_baseline"])
     seeds = f"{plural(n[0], 'seed')} each" if n[0] == n[1] else f"{n[0]} vs {plural(n[1], 'seed')}"
     text = (f"{norm_label(t)} {result} on final validation accuracy: {row['treatment_mean']:.2%} "
