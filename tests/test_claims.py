@@ -246,12 +246,19 @@ def test_compute_reading_keeps_the_best_so_far_and_is_monotone_in_the_budget():
 
 
 def test_tuned_runs_are_the_ones_tuning_json_lists(tmp_path):
-    runs = pd.DataFrame({"job": ["0_a", "1_b", "2_c"]})
+    """The kept settings' re-runs, their searched settings one value ("tuned"): BN at lr 0.01
+    and no BN at lr 0.1 are one comparison, not two with one norm each."""
+    runs = pd.DataFrame({"job": ["0_a", "1_b", "2_c"], "lr": [0.5, 0.01, 0.1],
+                         "optim.optimizer.momentum": [0.1, 0.9, 0.0], "seed": [0, 0, 0]})
     assert V.tuned_runs(tmp_path, runs)[0].empty  # no tuning.json: no C6
-    tuning = {"cells": [{"dataset": "cifar10"}, {"final_jobs": ["1_b", "2_c"]}]}
+    tuning = {"cells": [{"dataset": "cifar10"}, {
+        "final_jobs": ["1_b", "2_c"],
+        "best_params": {"optim.optimizer.lr": 0.01, "optim.optimizer.momentum": 0.9}}]}
     (tmp_path / TUNING_FILE).write_text(json.dumps(tuning))
     chosen, read = V.tuned_runs(tmp_path, runs)
     assert chosen["job"].tolist() == ["1_b", "2_c"] and read == tuning
+    assert set(chosen["lr"]) == set(chosen["optim.optimizer.momentum"]) == {"tuned"}
+    assert chosen["seed"].tolist() == [0, 0]
     (tmp_path / TUNING_FILE).write_text("{}")  # a search that wrote no cells yet
     assert V.tuned_runs(tmp_path, runs)[0].empty
 

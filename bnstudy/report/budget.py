@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter
 
 from bnstudy.records import TUNING_FILE
 from bnstudy.report.claims import CLAIMS
@@ -254,7 +254,7 @@ def figure(budget: Budget) -> Figure:
     by_s.set_xlabel("seconds of search (k × the cell's mean trial seconds)")
     for ax in (by_k, by_s):
         ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.grid(alpha=0.3)
     by_k.set_ylabel("expected best validation accuracy (%)")
     by_k.legend()

@@ -159,13 +159,18 @@ def claim_verdicts(results: list[Result]) -> dict[str, str]:
 
 
 def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """C6's runs (the re-runs `SWEEP/tuning.json` lists) and that record ({} without one)."""
+    """A tuned sweep's study, and its `SWEEP/tuning.json` ({} and no runs without one): the kept
+    settings' re-runs (`final_jobs`), each searched setting reading "tuned" (every norm has its
+    own), so that a dataset × optimizer is one comparison, not one per learning rate."""
     path = Path(sweep_dir) / TUNING_FILE
     if not path.is_file():
         return runs.iloc[:0], {}
     tuning = json.loads(path.read_text())
-    jobs = [job for cell in tuning.get("cells", []) for job in cell.get("final_jobs", [])]
-    return runs[runs["job"].isin(jobs)], tuning
+    cells = tuning.get("cells", [])
+    jobs = [job for cell in cells for job in cell.get("final_jobs", [])]
+    searched = {key for cell in cells for key in cell.get("best_params", {})}
+    columns = {c for key in searched for c in (key, key.rsplit(".", 1)[-1]) if c in runs}
+    return runs[runs["job"].isin(jobs)].assign(**dict.fromkeys(columns, "tuned")), tuning
 
 
 def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]

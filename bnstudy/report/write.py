@@ -28,13 +28,14 @@ from bnstudy.report.runs import (
     settings,
 )
 from bnstudy.report.stats import ALPHA, SWEEPS, summary, verdicts
+from bnstudy.report.verdicts import tuned_runs
 
 REPORT_DIR = "report"
 FIGURE_DPI = 100
 
 
 def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sections: list[str],
-                    unstarted: list[str], answer: str = "") -> str:
+                    unstarted: list[str], answer: str = "", used: int | None = None) -> str:
     """The whole report.md: the header, the answer, the summary, the sections, and the jobs
     left out."""
     counts = runs["outcome"].value_counts()
@@ -43,8 +44,11 @@ def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sectio
         jobs += f", {len(unstarted)} never started"
     return "\n".join([
         f"# BatchNorm vs No BatchNorm — report of `{sweep_dir}`", "",
-        f"{len(runs)} job directories: {jobs}. Statistics are over the ok runs, grouped by every "
-        "hparam except the seed. ± is the sample standard deviation (ddof=1) across seeds; "
+        f"{len(runs)} job directories: {jobs}. Statistics are over the ok runs"
+        + ("" if used is None else f" of the {used} re-runs of each cell's kept setting (the "
+           "other candidates' re-runs are in the search table and `tuning.json`)")
+        + ", grouped by every hparam except the seed. ± is the sample standard deviation "
+        "(ddof=1) across seeds; "
         "the curves show the mean over seeds with a band of ± one such standard deviation "
         "(the seed-to-seed spread, not the standard error of the mean). Epochs to target: the "
         "first epoch (counted from 1) whose validation accuracy reaches the target, averaged "
@@ -103,7 +107,9 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if costs is None:
         from bnstudy.report.cost import pair_costs as costs
     sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
+    everything = load_runs(sweep_dir)
+    tuned = tuned_runs(sweep_dir, everything)[0]  # a tuned sweep: the kept settings' re-runs
+    runs = tuned if len(tuned) else everything
     out = sweep_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     keys = group_keys(runs)
@@ -139,8 +145,8 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         sections.append(picture_text)
         figures.update(picture_figs)
     answer = answer_section(verdict_table, results, budget.small)
-    markdown = report_markdown(sweep_dir, runs, S.summary_table(table, keys), sections,
-                               never_started(sweep_dir), answer)
+    markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys), sections,
+                               never_started(sweep_dir), answer, len(tuned) or None)
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, budget.scalars)
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs  # here: imports lightning
