@@ -80,13 +80,14 @@ def test_words(test: str, n_paired: int, sizes: list[int]) -> str:
     return text + (" (the seeds do not pair one to one)" if test == UNPAIRED else "")
 
 
-def deciding(needed: float, test: str = "") -> str:
-    """`40 seeds a side would decide`; on test acc, when the test images' own error is larger
-    than the difference at any number of seeds, that."""
+def deciding(needed: float, test: str = "", what: str = "") -> str:
+    """`40 seeds a side would decide` (`what`); on test acc, when the test images' own error
+    is larger than the difference at any number of seeds, that."""
     if math.isinf(needed) and test == IMAGES:
-        return ("no number of seeds a side would decide: the test images' own sampling error "
-                "is too large (a larger test split would)")
-    return f"{'over 1000' if math.isinf(needed) else f'{needed:.0f}'} seeds a side would decide"
+        return (f"no number of seeds a side would decide{what}: the test images' own sampling "
+                "error is too large (a larger test split would)")
+    many = "over 1000" if math.isinf(needed) else f"{needed:.0f}"
+    return f"{many} seeds a side would decide{what}"
 
 
 # --- claim parts ------------------------------------------------------------------------------
@@ -118,7 +119,8 @@ def note(r: Result) -> str:
         f"; not shown within ±{k * r.test.margin:{fmt}}{unit} either (TOST)"
     return (f"with {min(len(xs) for xs in r.groups)} seeds a side only |differences| ≥ "
             f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; "
-            f"{deciding(r.seeds_needed, r.test.test)} a difference of the size observed{margin}")
+            f"{deciding(r.seeds_needed, r.test.test, ' a difference of the size observed')}"
+            f"{margin}")
 
 
 def sides(r: Result) -> str:
