@@ -137,3 +137,29 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
                                                        (2, pytest.approx(87.0))]
     write_tuned_sweep(tmp_path, [])  # a report without a search: no budget.csv left behind
     assert report([str(tmp_path)]) == 0 and not (out / BUDGET_FILE).exists()
+
+
+def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
+    """Each part's p is twice the resampled differences' smaller side share ((count + 1) /
+    (B + 1)); the verdicts use Holm over C7's parts (statsmodels' multipletests), not the raw
+    band: a part whose band alone excludes 0 may still cannot tell among several."""
+    from statsmodels.stats.multitest import multipletests
+
+    from bnstudy.report.budget import claim_rows
+
+    rng = np.random.default_rng(3)
+    tuning = {"cells": [c for d, shift in (("mnist", 0.0), ("cifar10", 0.02))
+                        for c in (cell("bn", rng.normal(0.6 + shift, 0.05, 12), 1.0, dataset=d),
+                                  cell("none", rng.normal(0.6, 0.05, 12), 1.0, dataset=d))]}
+    found = budgets(tuning, [("bn", "none")])
+    rows = claim_rows(found)
+    for row, budget in zip(rows, [b for b in found for _ in (1, 2)], strict=True):
+        k = int(row["part"].rsplit("k=", 1)[1].rstrip(")"))
+        d = budget.treatment.boots[:, k - 1] - budget.baseline.boots[:, k - 1]
+        side = min((d <= 0).sum(), (d >= 0).sum())
+        assert row["p_value"] == pytest.approx(min(1.0, 2 * (side + 1) / (len(d) + 1)))
+    expected = multipletests([r["p_value"] for r in rows], method="holm")[1]
+    assert [r["p_holm"] for r in rows] == pytest.approx(list(expected))
+    for r in rows:
+        assert r["verdict"] == ("cannot tell" if r["p_holm"] >= 0.05 else
+                                "holds" if r["estimate"] > 0 else "does not hold")

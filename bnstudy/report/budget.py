@@ -1,5 +1,4 @@
-"""Claim C7, the budget curve of a tuned sweep (`SWEEP/tuning.json`, `bnstudy.tune`): is BN
-worth it at a small tuning budget?
+"""Claim C7, the budget curve of a tuned sweep (`SWEEP/tuning.json`): is BN worth it at a budget?
 
 Per dataset × optimizer × norm cell, the *expected best validation accuracy after k trials*
 (k = 1..n) of its independent random search: the mean, over every k-subset of the n trials
@@ -13,8 +12,8 @@ Bands: a percentile bootstrap (`BOOT` resamples of each cell's trials with repla
 fixed seed, 95 %), each arm resampled on its own (the searches are independent), the
 difference treatment − baseline from the paired resamples' differences; the seconds axis holds
 each cell's mean trial time fixed (the band covers the accuracies, not the clock).
-C7 at k = 1 and 2 (`SMALL`): holds when the difference's band lies above 0, does not hold when
-below, else cannot tell.
+C7 at k = 1 and 2 (`SMALL`): each part's bootstrap p, Holm-adjusted over C7's parts, < 0.05:
+holds above 0, does not hold below; else cannot tell.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
 from bnstudy.report.runs import norm_label, norm_word, study_order, where
+from bnstudy.report.stats import ALPHA, holm
 
 BOOT = 1000          # bootstrap resamples of each cell's trials
 BOOT_SEED = 0        # the bootstrap's numpy seed: the same report from the same trials
@@ -117,6 +117,13 @@ class Budget:
         t, b = self.treatment, self.baseline
         return (float(t.curve[kt - 1] - b.curve[kb - 1]),
                 *band(t.boots[:, kt - 1] - b.boots[:, kb - 1]))
+
+    def p_value(self, k: int) -> float:
+        """The bootstrap's two-sided p of E treatment − E baseline at k trials against 0:
+        twice the smaller share of resampled differences on either side ((count + 1) / (B + 1))."""
+        d = self.treatment.boots[:, k - 1] - self.baseline.boots[:, k - 1]
+        side = min((d <= 0).sum(), (d >= 0).sum())
+        return min(1.0, 2 * (side + 1) / (len(d) + 1))
 
     def seconds_grid(self) -> list[float]:
         """The budgets in seconds at which either arm's k(s) steps up, from the first that
@@ -204,13 +211,11 @@ def words(budget: Budget) -> str:
             f"{stop['k']:.0f} trials the difference {how}{after}.")
 
 
-def verdict(low: float, high: float) -> str:
-    return "holds" if low > 0 else "does not hold" if high < 0 else "cannot tell"
-
-
 def claim_rows(found: list[Budget]) -> list[dict]:
-    """C7's parts (a dataset × optimizer × k in `SMALL`) as claims.csv rows, then the claim's
-    verdict on each: holds when all parts hold, does not hold when any does not."""
+    """C7's parts (a dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on their
+    bootstrap p, Holm-adjusted over C7's parts (p < 0.05: holds above 0, does not hold below;
+    else cannot tell), then the claim's verdict: holds when all parts hold, does not hold when
+    any does not."""
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
@@ -226,10 +231,14 @@ def claim_rows(found: list[Budget]) -> list[dict]:
                 "unit": "accuracy", "claimed_sign": 1,
                 "sides": f"{norm_word(t.norm)} {100 * t.curve[k - 1]:.2f}% ({t.n} trials); "
                          f"{norm_word(b.norm)} {100 * b.curve[k - 1]:.2f}% ({b.n} trials)",
-                "estimate": diff, "ci_low": low, "ci_high": high, "p_value": math.nan,
-                "verdict": verdict(low, high), "claim_verdict": "",
+                "estimate": diff, "ci_low": low, "ci_high": high, "test": "bootstrap",
+                "p_value": budget.p_value(k), "claim_verdict": "",
                 "detectable_80": math.nan, "seeds_needed": math.nan,
                 "note": f"{LEVEL:.0%} bootstrap band ({BOOT} resamples of each search)"})
+    for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
+        row["p_holm"] = adjusted
+        row["verdict"] = "cannot tell" if adjusted >= ALPHA else \
+            "holds" if row["estimate"] > 0 else "does not hold"
     verdicts = {r["verdict"] for r in rows}
     overall = "does not hold" if "does not hold" in verdicts else \
         "holds" if verdicts == {"holds"} else "cannot tell"
@@ -290,7 +299,8 @@ def table(budget: Budget) -> str:
              f"{t}, %": fmt(r["treatment_best"], r["treatment_low"], r["treatment_high"]),
              f"{b}, %": fmt(r["baseline_best"], r["baseline_low"], r["baseline_high"]),
              f"{t} − {b}, pts": fmt_d(r["diff"], r["diff_low"], r["diff_high"]),
-             "verdict": verdict(r["diff_low"], r["diff_high"])}
+             "band": "above 0" if r["diff_low"] > 0 else "below 0" if r["diff_high"] < 0
+             else "includes 0"}
             for r in budget.rows() if r["budget"] == "trials" and
             (r["k"] in SHOWN or r["k"] == min(budget.treatment.n, budget.baseline.n))]
     return markdown(rows)
@@ -374,8 +384,10 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> 
              "fit, each cell at its own trial time. Bands: "
              f"{LEVEL:.0%} percentile bootstrap, {BOOT} resamples of each search's trials "
              f"(numpy seed {BOOT_SEED}), the two searches resampled independently. C7 is "
-             f"decided at k = {', '.join(map(str, SMALL))}: holds when the difference's band "
-             "lies above 0, does not hold when below, else cannot tell. All budgets: "
+             f"decided at k = {', '.join(map(str, SMALL))}: each part's two-sided bootstrap p "
+             "(twice the share of resampled differences on the far side of 0), Holm-adjusted "
+             "over C7's parts, < 0.05: holds above 0, does not hold below, else cannot tell. "
+             "The table's band column is the 95% band alone, uncorrected. All budgets: "
              f"`{BUDGET_FILE}`.", "",
              f"Verdict: **C7 {rows[0]['claim_verdict'] if rows else 'cannot tell'}**.", ""]
     figures = {}
