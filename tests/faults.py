@@ -62,9 +62,13 @@ class SignalAtEpoch(Callback):
         import signal
         from pathlib import Path
 
-        if trainer.current_epoch == self.epoch and not Path(self.marker).exists():
-            Path(self.marker).touch()
-            os.kill(os.getpid(), getattr(signal, self.signal))
+        if trainer.current_epoch != self.epoch:
+            return
+        try:
+            Path(self.marker).open("x").close()  # atomic: of two jobs at this epoch, one only
+        except FileExistsError:
+            return
+        os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 class PauseAtEpoch(Callback):

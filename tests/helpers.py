@@ -153,9 +153,11 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> N
 def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str, fresh: bool = False
               ) -> subprocess.CompletedProcess:
     """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`; `fresh`:
-    one seed, in a fresh interpreter (a launcher starting processes of its own)."""
-    args = ("-m", *FAST, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}", *overrides)
-    return fresh_train(*args, "seed=0") if fresh else run_train(*args)
+    one seed unless `overrides` sweep it, in a fresh interpreter (a launcher starting processes
+    of its own)."""
+    args = ("-m", *FAST, *(["seed=0"] if fresh else []), f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep_dir}", *overrides)  # the test's own seed=... last: it wins
+    return fresh_train(*args) if fresh else run_train(*args)
 
 
 def train_run(data_dir: Path, out: Path, *overrides: str):
