@@ -125,7 +125,8 @@ def method_words(verdicts: pd.DataFrame) -> str:
                "the seeds do not pair")
     margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
     return (f"validation split, final epoch; {pairing}; p Holm-adjusted over the "
-            f"{len(verdicts)} comparisons, p < 0.05; *equivalent* by TOST within "
+            f"{len(verdicts)} comparisons (the intervals are not), p < 0.05; *equivalent* by "
+            "TOST within "
             f"{margin_words(margins)}")
 
 
