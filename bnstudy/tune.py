@@ -168,6 +168,9 @@ class TunedSweeper(Sweeper):
         try:
             unsearched = self._sweep(arguments)
         except ConfigError as err:
+            folder = Path(self.config.hydra.sweep.dir)
+            if folder.is_dir() and not any(folder.iterdir()):  # refused before anything ran
+                folder.rmdir()
             sys.exit(str(err))
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
             sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder

@@ -287,11 +287,12 @@ def test_a_cell_whose_trials_all_fail_ends_the_sweep_in_a_paragraph(tmp_path):
 
 @pytest.mark.slow
 def test_sweeping_a_searched_setting_is_refused_in_one_paragraph(tiny_data, tmp_path):
-    proc = run_sweep(tmp_path, tiny_data, "experiment=tuned", "optim.optimizer.lr=0.1,0.2")
+    sweep = tmp_path / "sweep"
+    proc = run_sweep(sweep, tiny_data, "experiment=tuned", "optim.optimizer.lr=0.1,0.2")
     assert proc.returncode != 0
     assert "experiment=tuned searches its own space" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list(tmp_path.glob("*/metrics.json"))
+    assert not sweep.exists()  # refused before anything ran: no empty sweep folder left
 
 
 def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
