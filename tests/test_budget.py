@@ -163,3 +163,13 @@ def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
     for r in rows:
         assert r["verdict"] == ("cannot tell" if r["p_holm"] >= 0.05 else
                                 "holds" if r["estimate"] > 0 else "does not hold")
+
+
+def test_the_answers_small_budget_words_follow_c7s_adjusted_verdict():
+    """A band above 0 whose Holm-adjusted part cannot tell is said as "cannot tell", as C7."""
+    from bnstudy.report.budget import small_words
+
+    (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
+    assert budget.diff(1, 1)[1] > 0  # the band alone: BN ahead
+    assert small_words(budget, "holds").startswith("BN ahead, +")
+    assert small_words(budget, "cannot tell").startswith("cannot tell, +")

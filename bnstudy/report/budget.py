@@ -178,10 +178,6 @@ def budgets(tuning: dict, pairs: list[tuple[str, str]]) -> list[Budget]:
     return found
 
 
-def _first(rows: list[dict], test) -> dict | None:
-    return next((r for r in rows if test(r)), None)
-
-
 def words(budget: Budget) -> str:
     """The pair's budget in words: below which budget the treatment is ahead (its band above
     0), where the difference vanishes (band includes 0) or reverses (band below 0)."""
@@ -192,7 +188,7 @@ def words(budget: Budget) -> str:
     ahead = lambda r: r["diff_low"] > 0  # noqa: E731
     behind = lambda r: r["diff_high"] < 0  # noqa: E731
     n = len(trials)
-    reverses = _first(trials, behind)
+    reverses = next(filter(behind, trials), None)
     after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
     if not any(map(ahead, trials)):
         return f"{t} is never ahead (up to {n} trials){after}."
@@ -201,10 +197,11 @@ def words(budget: Budget) -> str:
             else ""
         return f"{t} is ahead at every budget up to {n} trials{up_to}."
     if not ahead(trials[0]):
-        start = _first(trials, ahead)
+        start = next(filter(ahead, trials), None)
         return f"{t} is not ahead at a small budget; it is ahead at {start['k']:.0f} trials."
-    stop = _first(trials, lambda r: not ahead(r))
-    stop_s = _first(seconds, lambda r: not ahead(r)) if seconds and ahead(seconds[0]) else None
+    stop = next(r for r in trials if not ahead(r))
+    stop_s = next((r for r in seconds if not ahead(r)), None) \
+        if seconds and ahead(seconds[0]) else None
     how = "reverses" if behind(stop) else "vanishes"
     per_second = f" / {stop_s['seconds']:.0f} s of search" if stop_s else ""
     return (f"{t} is worth it below {stop['k']:.0f} trials{per_second} here: at "
@@ -280,8 +277,7 @@ def scalars(found: list[Budget]) -> dict[str, list[tuple[int, float]]]:
     for budget in found:
         root = f"budget/{budget.dataset}-{budget.optim}"
         for a in (budget.treatment, budget.baseline):
-            charts[f"{root}/{a.norm}"] = [(k, 100 * float(v)) for k, v in
-                                          enumerate(a.curve, 1)]
+            charts[f"{root}/{a.norm}"] = [(k, 100 * float(v)) for k, v in enumerate(a.curve, 1)]
         n = min(budget.treatment.n, budget.baseline.n)
         charts[f"{root}/{budget.treatment.norm}-{budget.baseline.norm}"] = [
             (k, 100 * budget.diff(k, k)[0]) for k in range(1, n + 1)]
@@ -291,14 +287,13 @@ def scalars(found: list[Budget]) -> dict[str, list[tuple[int, float]]]:
 def table(budget: Budget) -> str:
     """The pair's curve at a few k, in %, with bands."""
     t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
-    fmt = lambda e, lo, hi: f"{100 * e:.2f} ({100 * lo:.2f} to {100 * hi:.2f})"  # noqa: E731
-    fmt_d = lambda e, lo, hi: f"{100 * e:+.2f} ({100 * lo:+.2f} to {100 * hi:+.2f})"  # noqa: E731
+    fmt = lambda e, lo, hi, s="": f"{100 * e:{s}.2f} ({100 * lo:{s}.2f} to {100 * hi:{s}.2f})"  # noqa: E731
     rows = [{"trials (k)": f"{r['k']:.0f}",
              "seconds (" + t + " / " + b + ")":
                  f"{r['treatment_seconds']:.0f} / {r['baseline_seconds']:.0f}",
              f"{t}, %": fmt(r["treatment_best"], r["treatment_low"], r["treatment_high"]),
              f"{b}, %": fmt(r["baseline_best"], r["baseline_low"], r["baseline_high"]),
-             f"{t} − {b}, pts": fmt_d(r["diff"], r["diff_low"], r["diff_high"]),
+             f"{t} − {b}, pts": fmt(r["diff"], r["diff_low"], r["diff_high"], "+"),
              "band": "above 0" if r["diff_low"] > 0 else "below 0" if r["diff_high"] < 0
              else "includes 0"}
             for r in budget.rows() if r["budget"] == "trials" and
@@ -356,11 +351,12 @@ class Section:
     small: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-def small_words(budget: Budget) -> str:
-    """The difference after one trial of each search, in the answer's words."""
+def small_words(budget: Budget, verdict: str) -> str:
+    """The difference after one trial of each search, in the answer's words: its C7 part's
+    `verdict` (Holm-adjusted), its 95% band."""
     diff, low, high = budget.diff(1, 1)
     t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
-    who = f"{t} ahead" if low > 0 else f"{b} ahead" if high < 0 else "cannot tell"
+    who = {"holds": f"{t} ahead", "does not hold": f"{b} ahead"}.get(verdict, "cannot tell")
     return f"{who}, {100 * diff:+.2f} pts ({100 * low:+.2f} to {100 * high:+.2f})"
 
 
@@ -396,5 +392,8 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> 
         figures[name] = figure(budget)
         lines += [f"**{where(budget.dataset, budget.optim)}**: {words(budget)}", "",
                   f"![expected best against the budget]({name}.png)", "", table(budget), ""]
-    small = {(b.dataset, b.optim): small_words(b) for b in reversed(found)}  # the first pair's
+    at_one = iter(r["verdict"] for r in rows if r["part"].endswith("k=1)"))  # one per pair
+    small: dict[tuple[str, str], str] = {}
+    for budget in found:  # per (dataset, optim), its first pair's
+        small.setdefault((budget.dataset, budget.optim), small_words(budget, next(at_one)))
     return Section("\n".join(lines), figures, rows, scalars(found), small)
