@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,12 @@ from typing import NamedTuple
 
 import pytest
 from helpers import FAST, REPO, read_record, write_cifar10, write_mnist
+
+# `tests.faults.*`, the fault tests' Hydra targets, from any runner: mutmut's in-process pytest
+# has no cwd on the path, and its PYTHONPATH folder (mutants/) may not have existed at start-up
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+importlib.invalidate_caches()
 
 
 def pytest_collection_finish(session) -> None:
