@@ -114,3 +114,27 @@ def test_paired_power_is_the_one_sample_noncentral_t_of_the_differences():
     _, needed = S.power_of(half)
     assert needed == math.ceil(TTestPower().solve_power(
         effect_size=abs(half.estimate) / sd, alpha=0.05, power=0.8))
+
+
+def test_verdicts_row_a_comparison_missing_one_norm_and_skip_one_missing_both(tmp_path):
+    """Per comparison and pair: a side with no run gives a row (0 runs, 0 diverged, NaN mean,
+    no test), a pair neither of whose norms ran gives none, and later comparisons still come."""
+    from helpers import write_job
+
+    from bnstudy.report.runs import load_runs
+
+    for seed in (0, 1):  # Adam: BN only; SGD: both norms, one BN seed diverged
+        write_job(tmp_path, [0.6, 0.7 + seed / 100], optim="adam", seed=seed)
+        write_job(tmp_path, [0.5, 0.8 + seed / 50], optim="sgd", seed=seed)
+        write_job(tmp_path, [0.5, 0.6 + seed / 20], optim="sgd", norm="none", seed=seed)
+    write_job(tmp_path, [0.5, 0.1], "diverged", optim="sgd", seed=2)
+    table = S.verdicts(load_runs(tmp_path), [("layer", "none"), ("bn", "none")])
+    rows = {(r.optim, r.treatment): r for r in table.itertuples()}
+    assert set(rows) == {("adam", "bn"), ("sgd", "layer"), ("sgd", "bn")}  # Adam: no layer, none
+    adam, sgd = rows["adam", "bn"], rows["sgd", "bn"]
+    assert (adam.n_treatment, adam.n_baseline, adam.baseline_diverged) == (2, 0, 0)
+    assert math.isnan(adam.baseline_mean) and math.isnan(adam.p_value)
+    assert adam.treatment_mean == pytest.approx(0.705)
+    assert (sgd.n_treatment, sgd.n_baseline, sgd.treatment_diverged) == (2, 2, 1)
+    assert sgd.test == S.PAIRED and sgd.p_holm == sgd.p_value  # the only test: rows without one
+    assert rows["sgd", "layer"].n_treatment == 0  # are not counted in Holm's family
