@@ -131,6 +131,12 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert "Verdict: **C7 does not hold**" in text
     assert "| MNIST | SGD | 2, 2 | BN ahead, +12.12 pts (+10.22 to +14.14) |" in text
     assert "at a small budget (k=1)" in text
+    from bnstudy.report.answer import console_answer  # what the tuned sweep prints as it ends
+
+    printed = console_answer(tmp_path).splitlines()
+    assert printed[0].startswith("Is BatchNorm worth it at your tuning budget?")
+    assert printed[1].startswith("  MNIST, SGD: after one trial BN ahead, +12.12 pts (+10.22 to")
+    assert printed[2].startswith("  MNIST, Adam: after one trial no BN ahead, ")
     assert {"budget/mnist-sgd/bn", "budget/mnist-sgd/none", "budget/mnist-sgd/bn-none"} <= \
         scalar_tags(out)
     assert scalars(out, "budget/mnist-sgd/bn")[:2] == [(1, pytest.approx(87.0)),

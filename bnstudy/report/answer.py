@@ -168,7 +168,7 @@ def console_answer(sweep_dir) -> str:
     from bnstudy.report.stats import verdicts
 
     if (Path(sweep_dir) / TUNING_FILE).is_file():
-        return ""  # a tuned sweep's answer (C6) is the report's
+        return tuned_console(Path(sweep_dir))
     runs = load_runs(Path(sweep_dir))
     table = verdicts(runs, compared(runs))
     table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)] if len(table) else table
@@ -189,4 +189,30 @@ def console_answer(sweep_dir) -> str:
                      f"{row_words(row)}")
     if (table[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         lines.append(f"One seed a side shows direction and size only; to decide: {DECIDE}")
+    return "\n".join(lines)
+
+
+def tuned_console(sweep_dir) -> str:
+    """A tuned sweep's answer as it prints it: per dataset × optimizer, BN − no BN after one
+    trial of each search (C7) and at each one's best (C6); "" without both."""
+    from bnstudy.report.budget import budgets, claim_rows, small_answers
+    from bnstudy.report.claims import declare
+    from bnstudy.report.runs import load_runs, study_order
+    from bnstudy.report.verdicts import evaluate, tuned_runs
+
+    tuned, tuning = tuned_runs(sweep_dir, load_runs(sweep_dir))
+    found = budgets(tuning, [STUDY])
+    small = small_answers(found, claim_rows(found))
+    best = {(r.declared.terms[0].dataset, r.declared.terms[0].optim): part_words(r)
+            for r in evaluate(declare(study_order(set(tuned["dataset"]))), {"tuned": tuned})
+            if r.claim == "C6"} if len(tuned) else {}
+    if not small and not best:
+        return ""
+    lines = ["Is BatchNorm worth it at your tuning budget? BN − no BN in the expected best val "
+             "acc after one trial of each search (C7, bootstrap, Holm), and in test acc at each "
+             "one's best (C6, Welch + the test images' error, Holm):"]
+    for key in dict.fromkeys([*small, *best]):
+        place = f"{DATASET_LABELS.get(key[0], key[0])}, {OPTIM_LABELS.get(key[1], key[1])}"
+        lines.append(f"  {place}: after one trial {small.get(key, '—')}; at each one's best "
+                     f"{best.get(key, '—')}")
     return "\n".join(lines)

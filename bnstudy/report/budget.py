@@ -135,15 +135,12 @@ class Budget:
         steps = {j * a.seconds for a in (t, b) for j in range(1, a.n + 1)}
         return sorted(s for s in steps if lo - 1e-9 <= s <= hi + 1e-9)
 
-    def k_at(self, arm: Arm, seconds: float) -> int:
-        return int(math.floor(seconds / arm.seconds + 1e-9))
-
     def rows(self) -> list[dict]:
         """budget.csv's rows: per k (both arms at k trials), then per budget in seconds."""
         t, b = self.treatment, self.baseline
         points = [("trials", k, None, k, k) for k in range(1, min(t.n, b.n) + 1)]
-        points += [("seconds", None, s, self.k_at(t, s), self.k_at(b, s))
-                   for s in self.seconds_grid()]
+        points += [("seconds", None, s, *(int(math.floor(s / a.seconds + 1e-9)) for a in (t, b)))
+                   for s in self.seconds_grid()]  # k(s): the trials that fit in s seconds
         rows = []
         for axis, k, seconds, kt, kb in points:
             (te, tl, th), (be, bl, bh) = t.at(kt), b.at(kb)
@@ -352,8 +349,7 @@ class Section:
 
 
 def small_words(budget: Budget, verdict: str) -> str:
-    """The difference after one trial of each search, in the answer's words: its C7 part's
-    `verdict` (Holm-adjusted), its 95% band."""
+    """After one trial of each search, in the answer's words: C7's `verdict`, the 95% band."""
     diff, low, high = budget.diff(1, 1)
     t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
     who = {"holds": f"{t} ahead", "does not hold": f"{b} ahead"}.get(verdict, "cannot tell")
@@ -392,8 +388,13 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> 
         figures[name] = figure(budget)
         lines += [f"**{where(budget.dataset, budget.optim)}**: {words(budget)}", "",
                   f"![expected best against the budget]({name}.png)", "", table(budget), ""]
+    return Section("\n".join(lines), figures, rows, scalars(found), small_answers(found, rows))
+
+
+def small_answers(found: list[Budget], rows: list[dict]) -> dict[tuple[str, str], str]:
+    """Per (dataset, optim), its first pair's answer after one trial (C7's `rows` at k = 1)."""
     at_one = iter(r["verdict"] for r in rows if r["part"].endswith("k=1)"))  # one per pair
     small: dict[tuple[str, str], str] = {}
-    for budget in found:  # per (dataset, optim), its first pair's
+    for budget in found:
         small.setdefault((budget.dataset, budget.optim), small_words(budget, next(at_one)))
-    return Section("\n".join(lines), figures, rows, scalars(found), small)
+    return small
