@@ -34,7 +34,8 @@ from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
 from bnstudy.report.runs import norm_label, norm_word, study_order, where
-from bnstudy.report.stats import ALPHA, holm
+from bnstudy.report.stats import Contrast, decide, holm
+from bnstudy.report.verdicts import combine
 
 BOOT = 1000          # bootstrap resamples of each cell's trials
 BOOT_SEED = 0        # the bootstrap's numpy seed: the same report from the same trials
@@ -79,10 +80,11 @@ class Arm:
         return float(self.curve[k - 1]), low, high
 
 
-def band(samples: np.ndarray) -> tuple[float, float]:
+def band(samples: np.ndarray, axis: int | None = None) -> tuple:
+    """The `LEVEL` percentile band of `samples` (along `axis`: one band per column)."""
     tail = 100 * (1 - LEVEL) / 2
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return float(low), float(high)
+    low, high = np.percentile(samples, [tail, 100 - tail], axis=axis)
+    return low, high
 
 
 def arm(cell: dict, rng: np.random.Generator) -> Arm | None:
@@ -231,11 +233,9 @@ def claim_rows(found: list[Budget]) -> list[dict]:
                 "note": f"{LEVEL:.0%} bootstrap band ({BOOT} resamples of each search)"})
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_holm"] = adjusted
-        row["verdict"] = "cannot tell" if adjusted >= ALPHA else \
-            "holds" if row["estimate"] > 0 else "does not hold"
-    verdicts = {r["verdict"] for r in rows}
-    overall = "does not hold" if "does not hold" in verdicts else \
-        "holds" if verdicts == {"holds"} else "cannot tell"
+        row["verdict"] = decide(Contrast(row["estimate"], row["ci_low"], row["ci_high"],
+                                         row["p_value"], test="bootstrap", p_holm=adjusted))
+    overall = combine([r["verdict"] for r in rows])
     return [{**r, "claim_verdict": overall} for r in rows]
 
 
@@ -246,7 +246,7 @@ def figure(budget: Budget) -> Figure:
     by_k, by_s = fig.subplots(1, 2)
     for a in (budget.treatment, budget.baseline):
         color, ks = norm_color(a.norm), np.arange(1, a.n + 1)
-        low, high = np.percentile(a.boots, [50 * (1 - LEVEL), 50 * (1 + LEVEL)], axis=0)
+        low, high = band(a.boots, axis=0)
         for ax, x in ((by_k, ks), (by_s, ks * a.seconds)):
             if np.isnan(x).any():
                 continue
