@@ -196,16 +196,14 @@ def tuned_console(sweep_dir) -> str:
     """A tuned sweep's answer as it prints it: per dataset × optimizer, BN − no BN after one
     trial of each search (C7) and at each one's best (C6); "" without both."""
     from bnstudy.report.budget import budgets, claim_rows, small_answers
-    from bnstudy.report.claims import declare
-    from bnstudy.report.runs import load_runs, study_order
-    from bnstudy.report.verdicts import evaluate, tuned_runs
+    from bnstudy.report.runs import load_runs
+    from bnstudy.report.verdicts import tuned_results, tuned_runs
 
     tuned, tuning = tuned_runs(sweep_dir, load_runs(sweep_dir))
     found = budgets(tuning, [STUDY])
     small = small_answers(found, claim_rows(found))
     best = {(r.declared.terms[0].dataset, r.declared.terms[0].optim): part_words(r)
-            for r in evaluate(declare(study_order(set(tuned["dataset"]))), {"tuned": tuned})
-            if r.claim == "C6"} if len(tuned) else {}
+            for r in tuned_results(tuned) if r.claim == "C6"} if len(tuned) else {}
     if not small and not best:
         return ""
     lines = ["Is BatchNorm worth it at your tuning budget? BN − no BN in the expected best val "

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 import bnstudy.report.figures as F
 from bnstudy.report.budget import tuning_table
-from bnstudy.report.claims import CLAIMS, declare
+from bnstudy.report.claims import CLAIMS
 from bnstudy.report.cost import compute_curve, compute_to_reach
 from bnstudy.report.render import (
     claim_rows,
@@ -35,7 +35,6 @@ from bnstudy.report.runs import (
     norm_word,
     ok,
     slug,
-    study_order,
     where,
 )
 from bnstudy.report.stats import (
@@ -51,8 +50,8 @@ from bnstudy.report.stats import (
 from bnstudy.report.verdicts import (
     MIN_SEEDS,
     claim_verdicts,
-    evaluate,
     setting_results,
+    tuned_results,
     tuned_runs,
 )
 
@@ -314,9 +313,7 @@ def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,
     tuned, tuning = tuned_runs(sweep_dir, runs)
     extra = [k for k in keys if k not in FIRST_KEYS]
     if len(tuned):
-        datasets = study_order(set(tuned["dataset"]))
-        found = {(("tuned", "each norm at its best"),):
-                 (evaluate(declare(datasets), {"tuned": tuned}), {}, tuned)}
+        found = {(("tuned", "each norm at its best"),): (tuned_results(tuned), {}, tuned)}
     else:
         split = groups(runs, extra) if extra else [((), runs)]
         split = sorted(split, key=lambda item: [_sort_value(v) for _, v in item[0]])

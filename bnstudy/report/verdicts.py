@@ -173,6 +173,11 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     return runs[runs["job"].isin(jobs)].assign(**dict.fromkeys(columns, "tuned")), tuning
 
 
+def tuned_results(tuned: pd.DataFrame) -> list[Result]:
+    """A tuned sweep's claims (C6) decided on its kept re-runs (`tuned_runs`)."""
+    return evaluate(declare(study_order(set(tuned["dataset"]))), {"tuned": tuned})
+
+
 def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]
                     ) -> tuple[list[Result], dict]:
     """One setting's curve and time claims, and its step costs; the time parts read at each
