@@ -1,5 +1,6 @@
-"""The study's Lightning callbacks: the per-epoch record, the divergence guard, and pictures of
-the first layer's weights and of one hallucinated input per class (`bnstudy.pictures`)."""
+"""The study's Lightning callbacks: the per-epoch record, the divergence guard, the comparison
+curves (`bnstudy.dashboard`), and pictures of the first layer's weights and of one hallucinated
+input per class (`bnstudy.pictures`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch.utils.tensorboard import SummaryWriter
 
-from bnstudy.dashboard import tensorboard_writer
+from bnstudy.dashboard import COMPARED, compare_tag, comparison_layout, pair_name
 from bnstudy.nets import first_layer
 from bnstudy.pictures.drawing import Hallucinator, Log, all_finite, draw_weights, save_weights
 from bnstudy.records import RunRecord
@@ -71,6 +73,46 @@ class DivergenceGuard(Callback):
         self.diverged_at = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                             "loss": str(float(loss))}
         trainer.should_stop = True
+
+
+def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
+    """The SummaryWriter of the trainer's TensorBoard logger, if it has one."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+class ComparisonCurves(Callback):
+    """On rank 0: the pair's layout at fit start; the train curve after each training epoch,
+    the val curves after each validation (the points of Lightning's `val/*`, no stale copy)."""
+
+    def __init__(self, dataset: str, optim: str) -> None:
+        self.pair = pair_name(dataset, optim)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is not None and trainer.is_global_zero:
+            writer.add_custom_scalars(comparison_layout([self.pair]))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, [m for m in COMPARED if m.startswith("train/")])
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write(trainer, [m for m in COMPARED if m.startswith("val/")])
+
+    def _write(self, trainer: L.Trainer, compared: list[str]) -> None:
+        writer = tensorboard_writer(trainer)
+        if writer is None or not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        for metric in compared:
+            if metric in metrics:  # at the step Lightning logs them (that of the last batch)
+                writer.add_scalar(compare_tag(self.pair, metric), float(metrics[metric]),
+                                  trainer.global_step - 1)
 
 
 # -- pictures of what the network learned ---------------------------------------------------

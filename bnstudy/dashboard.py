@@ -1,7 +1,9 @@
-"""What TensorBoard shows beyond Lightning's logging: the study's comparison at a glance.
+"""What TensorBoard shows beyond Lightning's logging: the study's comparison at a glance. It
+imports neither Lightning nor torch (a sweep's main process and the report use it).
 
-- `ComparisonCurves`: per epoch `compare/<dataset>-<optim>/{train_loss,val_loss,val_acc}`, and a
-  Custom Scalars category per pair charting exactly that pair's runs (every norm, all seeds).
+- The comparison curves' tags and Custom Scalars layout (`bnstudy.callbacks.ComparisonCurves`
+  writes them): per epoch `compare/<dataset>-<optim>/{train_loss,val_loss,val_acc}`, a
+  category per pair charting exactly that pair's runs (every norm, all seeds).
 - The sweep's view over seeds: `SWEEP/+mean/<norm>` runs, each pair's mean ± std over the seeds
   finished so far as margin charts; `BROWSE_URL` opens them at any number of runs.
 - HParams: a session per run (its settings), an experiment per sweep (what varies, marked
@@ -17,15 +19,19 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
-from lightning.pytorch.callbacks import Callback
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.hparams import summary_v2 as hp
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from bnstudy.norms import NORMS
 from bnstudy.records import RECORD_NAME, RunRecord, job_order
+
+if TYPE_CHECKING:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from torch.utils.tensorboard import SummaryWriter
 
 COMPARED = ("train/loss", "val/loss", "val/acc")
 # The sweep's first page: Custom Scalars, smoothing off (10-point epoch curves), the run list
@@ -53,46 +59,6 @@ def comparison_layout(pairs: Iterable[str]) -> dict:
         for metric in COMPARED} for pair in pairs}
 
 
-def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
-    """The SummaryWriter of the trainer's TensorBoard logger, if it has one."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
-class ComparisonCurves(Callback):
-    """On rank 0: the pair's layout at fit start; the train curve after each training epoch,
-    the val curves after each validation (the points of Lightning's `val/*`, no stale copy)."""
-
-    def __init__(self, dataset: str, optim: str) -> None:
-        self.pair = pair_name(dataset, optim)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is not None and trainer.is_global_zero:
-            writer.add_custom_scalars(comparison_layout([self.pair]))
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, [m for m in COMPARED if m.startswith("train/")])
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._write(trainer, [m for m in COMPARED if m.startswith("val/")])
-
-    def _write(self, trainer: L.Trainer, compared: list[str]) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        for metric in compared:
-            if metric in metrics:  # at the step Lightning logs them (that of the last batch)
-                writer.add_scalar(compare_tag(self.pair, metric), float(metrics[metric]),
-                                  trainer.global_step - 1)
-
-
 def tb_value(value):
     """An hparam value for HParams: numbers as floats (one type a domain, sorted by value),
     booleans and strings as they are, anything else (lists, None) as text."""
@@ -116,7 +82,7 @@ def _ordered(values: set) -> list:
     return sorted(values)
 
 
-def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
+def experiment_summary(runs_settings: list[dict]) -> Summary:
     """The HParams experiment: the settings that vary (or some runs lack), marked `differs`,
     then the fixed study choices (dataset, norm, optim, seed), discrete; the study's metrics."""
     values: dict[str, set] = {}
@@ -138,13 +104,15 @@ def write_experiment(writer: SummaryWriter, runs_settings: list[dict]) -> None:
         del info.domain_discrete.values[:]
         info.domain_discrete.extend(_ordered(values[info.name]))
     plugin_data.content = data.SerializeToString()
-    writer.file_writer.add_summary(summary)
+    return summary
 
 
 def write_sweep_experiment(job_dir: Path, runs_settings: list[dict]) -> None:
     """The sweep's HParams experiment, in a job's directory (at the root: an empty run ".")."""
-    with SummaryWriter(str(job_dir)) as writer:
-        write_experiment(writer, runs_settings)
+    writer = EventFileWriter(str(job_dir))
+    writer.add_event(event_pb2.Event(wall_time=time.time(),
+                                     summary=experiment_summary(runs_settings)))
+    writer.close()
 
 
 # -- the sweep's view over seeds ---------------------------------------------------------------

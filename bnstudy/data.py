@@ -31,9 +31,9 @@ from bnstudy.datafiles import (
 from bnstudy.errors import DataError
 
 log = logging.getLogger(__name__)
-KEEP = 4  # splits kept per process (the study: 2 datasets x their training and test files)
+KEEP = 4  # files kept per process (the study: 2 datasets x their training and test files)
 _prepared: OrderedDict[tuple, tuple[torch.Tensor, ...]] = OrderedDict()
-counts = {"read": 0, "reused": 0}  # splits this process read and reused
+counts = {"read": 0, "reused": 0}  # files this process read and reused
 
 
 def _stamp(path: Path) -> tuple:
@@ -256,34 +256,33 @@ class TensorDataModule(L.LightningDataModule):
 
     def prepared(self, train: bool) -> tuple[torch.Tensor, ...]:
         """Normalised `(x, y)` of the test files, or `(x, y, x_val, y_val)` split from the
-        training files: kept for the process (the last `KEEP`), keyed by the dataset, the
-        split's settings and each file's `_stamp`; a copy each call (a job may change its
-        tensors). A missing file or an error is never kept: reading reports it."""
-        settings = (self.val_size, self.train_size, self.split_seed) if train else ()
+        training files. The normalised files are kept for the process (the last `KEEP`), keyed
+        by the dataset and each file's `_stamp`; the split is drawn at each call (a seed may draw
+        it), and each call gets its own tensors (a job may change them). A missing file or an
+        error is never kept: reading reports it."""
         try:
             key = (type(self).__name__, train, getattr(self, "verify_checksums", None),
-                   *settings, *map(_stamp, self.files(train)))
+                   *map(_stamp, self.files(train)))
         except OSError:
             key = None
         if key in _prepared:
             _prepared.move_to_end(key)
             counts["reused"] += 1
+            x, y = _prepared[key]
         else:
-            x, y = self.read_split(train)
-            tensors = (self.normalise(x), y)
-            if train:
-                n_train, n_val = self.split_sizes(len(y))
-                gen = torch.Generator().manual_seed(self.split_seed)
-                order = torch.randperm(len(y), generator=gen)
-                val, rest = order[:n_val], order[n_val : n_val + n_train]
-                tensors = (tensors[0][rest], y[rest], tensors[0][val], y[val])
+            images, y = self.read_split(train)
+            x = self.normalise(images)
             counts["read"] += 1
-            if key is None:
-                return tensors
-            _prepared[key] = tensors
-            while len(_prepared) > KEEP:
-                _prepared.popitem(last=False)
-        return tuple(t.clone() for t in _prepared[key])
+            if key is not None:
+                _prepared[key] = (x, y)
+                while len(_prepared) > KEEP:
+                    _prepared.popitem(last=False)
+        if not train:
+            return x.clone(), y.clone()
+        n_train, n_val = self.split_sizes(len(y))
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.split_seed))
+        val, rest = order[:n_val], order[n_val : n_val + n_train]
+        return x[rest], y[rest], x[val], y[val]
 
     def _loader(self, data: TensorPairs, train: bool) -> DataLoader:
         trainer = getattr(self, "trainer", None)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.utils import get_total_norm
 
-from bnstudy.dashboard import tensorboard_writer
+from bnstudy.callbacks import tensorboard_writer
 
 
 class Probe(Callback):

@@ -93,9 +93,9 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     import lightning as L
     import torch
 
-    from bnstudy.callbacks import DivergenceGuard, MetricsHistory
+    from bnstudy.callbacks import DivergenceGuard, MetricsHistory, tensorboard_writer
     from bnstudy.checkpoints import resume_checkpoint
-    from bnstudy.dashboard import tensorboard_writer, write_experiment, write_session
+    from bnstudy.dashboard import experiment_summary, write_session
     from bnstudy.trackers import log_settings, tracker_runs
 
     quiet_console()
@@ -124,7 +124,7 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
         if (writer := tensorboard_writer(trainer)) is not None:
             write_session(writer, settings)
             if not is_multirun():  # a sweep writes its experiment once, when it ends
-                write_experiment(writer, [settings])
+                writer.file_writer.add_summary(experiment_summary([settings]))
         log_settings(trainer.loggers, settings)  # the other trackers' hyperparameters
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 

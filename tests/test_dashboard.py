@@ -90,11 +90,10 @@ def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
     assert info.hparams["seed"].number_value == 1 and info.hparams["batch_size"].number_value == 64
 
 
-def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_choices(tmp_path):
+def test_the_experiment_lists_what_varies_first_marked_then_the_fixed_study_choices(tmp_path):
     from tensorboard.plugins.hparams import api_pb2
-    from torch.utils.tensorboard import SummaryWriter
 
-    from bnstudy.dashboard import METRICS, write_experiment
+    from bnstudy.dashboard import METRICS, write_sweep_experiment
 
     base = {"dataset": "mnist", "model": "mlp", "depth": 1, "norm": "bn", "optim": "sgd",
             "seed": 0, "lr": 0.01, "batch_size": 64, "hidden_dim": 256, "max_epochs": 3,
@@ -103,8 +102,7 @@ def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_ch
             for norm in ("bn", "none") for bs in (8, 128, 32) for lr, clip in
             ((0.01, None), (0.1, 1.0))]
     runs.append(base | {"norm": "none", "optim.optimizer.momentum": 0.9})  # only in one run
-    with SummaryWriter(str(tmp_path)) as writer:
-        write_experiment(writer, runs)
+    write_sweep_experiment(tmp_path, runs)  # (tensorboard's own writer: no torch)
     exp = experiment_in(tmp_path)
     infos = {i.name: i for i in exp.hparam_infos}
     varying = ["norm", "lr", "batch_size", "trainer.gradient_clip_val",
@@ -119,9 +117,9 @@ def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_ch
     assert domain(infos["seed"]) == [0] and domain(infos["dataset"]) == ["mnist"]
     assert [m.name.tag for m in exp.metric_infos] == list(METRICS) == \
         ["val/acc", "val/loss", "test/acc", "test/loss"]
-    with SummaryWriter(str(tmp_path / "single")) as writer:  # a single run: the study choices
-        write_experiment(writer, [{"dataset": "cifar10", "norm": "none", "optim": "adam",
-                                   "seed": 3, "lr": 0.001, "depth": 2}])
+    write_sweep_experiment(tmp_path / "single", [{  # a single run: the study choices
+        "dataset": "cifar10", "norm": "none", "optim": "adam", "seed": 3, "lr": 0.001,
+        "depth": 2}])
     assert [(i.name, i.differs, domain(i)) for i in experiment_in(tmp_path / "single")
             .hparam_infos] == [("dataset", False, ["cifar10"]), ("norm", False, ["none"]),
                                ("optim", False, ["adam"]), ("seed", False, [3])]
@@ -131,7 +129,8 @@ def test_write_experiment_lists_what_varies_first_marked_then_the_fixed_study_ch
 def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_path):
     """Validating every other epoch, twice an epoch: the compared curves hold exactly the
     points of Lightning's own `train/loss`, `val/loss`, `val/acc` (no stale copies)."""
-    from bnstudy.dashboard import COMPARED, ComparisonCurves, compare_tag
+    from bnstudy.callbacks import ComparisonCurves
+    from bnstudy.dashboard import COMPARED, compare_tag
 
     tiny_fit(tiny_data, tmp_path, callbacks=[ComparisonCurves("mnist", "sgd")], max_epochs=4,
              check_val_every_n_epoch=2, val_check_interval=0.5)

@@ -249,10 +249,10 @@ def test_fashion_mnist_reads_its_own_folder(tmp_path):
         MNISTDataModule(tmp_path, download=False).prepare_data()  # not MNIST's folder
 
 
-# -- each split read once per process (TensorDataModule.prepared) --------------------------
+# -- each file read once per process, the split drawn per job (TensorDataModule.prepared) ----
 
 def reads(dm) -> tuple[int, int]:
-    """The splits `dm.setup()` read from files and took from the process's cache."""
+    """The files `dm.setup()` read and took from the process's cache."""
     from bnstudy import data
 
     before = dict(data.counts)
@@ -274,8 +274,11 @@ def test_a_later_job_reuses_the_split_and_gets_its_own_copy(tmp_path):
         third = make()
         reads(third)
         assert torch.equal(third.test_set.y, first.test_set.y) and third.test_set.y.any()
-    other = MNISTDataModule(tmp_path, val_size=0.2, download=False)  # another split: read
-    assert reads(other) == (1, 1) and len(other.val_set) == 120
+    splits = [MNISTDataModule(tmp_path, val_size=0.2, split_seed=s, download=False)
+              for s in (0, 1, 1)]  # other splits of the same files: drawn, not read
+    assert [reads(dm) for dm in splits] == [(0, 2)] * 3 and len(splits[0].val_set) == 120
+    assert not torch.equal(splits[0].val_set.x, splits[1].val_set.x)
+    assert torch.equal(splits[1].val_set.x, splits[2].val_set.x)
 
 
 def test_a_changed_file_is_read_again(tmp_path):

@@ -47,7 +47,7 @@ PHASES = [
      "epoch"),
     ("bnstudy.callbacks", "Hallucinations", "on_train_epoch_end",
      "epoch end: hallucinations", "epoch"),
-    ("bnstudy.dashboard", "ComparisonCurves", "_write", "comparison curves", "epoch"),
+    ("bnstudy.callbacks", "ComparisonCurves", "_write", "comparison curves", "epoch"),
     ("lightning.pytorch.loggers", "TensorBoardLogger", "log_metrics",
      "TensorBoard scalars", "epoch"),
     ("bnstudy.callbacks", "DivergenceGuard", "on_train_batch_end",
@@ -97,10 +97,13 @@ class Timers:
                     self.seconds[job][label] += seconds
 
         setattr(owner, attribute, timed)
+        for module in list(sys.modules.values()):  # `from x import f` copies made before
+            if getattr(module, attribute, None) is original:
+                setattr(module, attribute, timed)
 
     def install(self) -> list[str]:
-        """Wraps every phase that exists (before Hydra imports its launcher, which takes its
-        own reference to `run_job`); returns those that do not (a library changed)."""
+        """Wraps every phase that exists (and the references modules imported before, as
+        Hydra's launchers import `run_job`); returns those that do not (a library changed)."""
         missing = []
         for module, owner, attribute, label, _ in PHASES:
             try:

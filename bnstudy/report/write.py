@@ -149,7 +149,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
                                never_started(sweep_dir), answer, len(tuned) or None)
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, budget.scalars)
-    from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs  # here: imports lightning
+    from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs
 
     refresh_mean_runs(sweep_dir, root=out / MEAN_DIR)  # margin charts: mean ± std over seeds
     return out / "report.md"
