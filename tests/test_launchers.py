@@ -75,6 +75,7 @@ def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeyp
     """Hydra's sweeper composes all 160 of the decisive study's configs before the first job;
     ours a job per new value (every value still checked: a misspelt one stops the sweep)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
     from hydra_plugins.bnstudy_sweeper import GridSweeper
 
     composed = []

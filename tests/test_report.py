@@ -20,7 +20,7 @@ from PIL import Image
 from scipy import stats as sps
 from test_report_tensorboard import assert_images_are_the_png_files
 
-from bnstudy.report import main
+from bnstudy.report.cli import main
 from bnstudy.report.figures import PROBE_FIGURES, curves_figure, norm_color
 from bnstudy.report.runs import (
     PROBE_SERIES,

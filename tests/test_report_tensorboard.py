@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_dashboard import read_mean_run
 
-from bnstudy.report import main
+from bnstudy.report.cli import main
 from bnstudy.report.write import write_figures
 
 ACCS = {("bn", 0): [0.5, 0.7], ("bn", 1): [0.6, 0.9], ("none", 0): [0.4, 0.5],

@@ -16,7 +16,7 @@ from helpers import FAST, compose_config, run_train, sweep_jobs, write_job
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
 
-from bnstudy.report import main
+from bnstudy.report.cli import main
 from bnstudy.report.figures import regime_figure, robustness_figure
 from bnstudy.report.runs import compared, group_keys, load_runs, never_started
 from bnstudy.report.sections import regime_section, robustness_section, robustness_text

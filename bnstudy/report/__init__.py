@@ -1,9 +1,5 @@
 """`python -m bnstudy.report SWEEP_DIR`: a finished multirun's report, in three stages: the
 table of runs (`runs`), decisions over it (`stats`, `claims`, `verdicts`), renderers that only
 format (`render`, `sections`, `answer`, `figures`, `picture_section`, `write`). Statistics use
-the ok runs; the others are counted and listed, never dropped silently."""
-
-from bnstudy.report.cli import main
-from bnstudy.report.write import write_report
-
-__all__ = ["main", "write_report"]
+the ok runs; the others are counted and listed, never dropped silently. The package imports
+nothing itself: a sweep's closing answer (`answer`) loads no figures."""
