@@ -99,7 +99,7 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
     experiment = hydra_cfg.runtime.choices.get("experiment")
     params = dict(hydra_cfg.sweeper.get("params") or {})
     varies = bool(set(params) - {"seed"}) or params.get("seed") != "0,1,2"  # beyond the default
-    own_sweeper = not hydra_cfg.sweeper._target_.startswith("hydra._internal.")  # tuned
+    own_sweeper = hydra_cfg.runtime.choices.get("hydra/sweeper") not in ("basic", "grid")
     if experiment is None or not (varies or own_sweeper):
         return None
     return (f"experiment={experiment} is a sweep, but without -m Hydra runs one job with the "

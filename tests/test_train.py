@@ -171,6 +171,16 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
     assert text.index("## The answer") < text.index("## Claims")
 
 
+@pytest.mark.parametrize("experiment, warned", [("lr_sweep", True), ("tuned", True),
+                                                ("lr0.01", False), (None, False)])
+def test_which_experiments_are_sweeps_a_single_run_warns_about(experiment, warned):
+    from bnstudy.config import compose
+    from bnstudy.train import single_run_of_a_sweep
+
+    cfg = compose([f"experiment={experiment}"] if experiment else [])
+    assert (single_run_of_a_sweep(cfg.hydra) is not None) == warned
+
+
 @pytest.mark.slow
 def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
     for experiment, warned in (("lr_sweep", True), ("lr0.01", False)):
