@@ -151,25 +151,43 @@ def unknown_override(args: list[str]) -> str | None:
     groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
     known = {f.name for f in fields(StudySchema)} | groups
     chosen = [a for a in args if a.split("=", 1)[0] in groups]  # group choices, e.g. optim=adam
-    names = None
+    names = hydra_names = None
     for arg in args:
         key = arg.split("=", 1)[0]
-        if arg.startswith(("-", "+", "~")) or "=" not in arg or key.startswith("hydra") or \
-                key in known:
+        ours = not key.startswith("hydra")
+        if arg.startswith(("-", "+", "~")) or "=" not in arg or key in known or not (
+                ours or key.startswith(("hydra.sweeper.", "hydra.launcher."))):
             continue
-        if "." in key and key.split(".")[0] in known:  # `trainer.max_epoch`: is it a setting?
+        if ours and "." in key and key.split(".")[0] in known:  # `trainer.max_epoch`?
             names = names or _setting_names(chosen)
-            if any(n == key or n.startswith(f"{key}.") for n in names):
-                continue
-        scored = {name: _likeness(key, name) for name in names or _setting_names(chosen)}
+        elif not ours:  # `hydra.sweeper.n_trial`: the keys of the chosen sweeper and launcher
+            hydra_names = hydra_names or _hydra_names(
+                [a for a in args if a.startswith(("experiment=", "hydra/"))])
+        candidates = names if ours else hydra_names
+        if candidates and any(n == key or n.startswith(f"{key}.") for n in candidates):
+            continue
+        scored = {name: _likeness(key, name) for name in candidates or _setting_names(chosen)}
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.count(".")))
         value = arg.split("=", 1)[1]
         hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
                 if near else "")
-        return (f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the "
-                "groups and `python -m bnstudy.train --cfg job` every setting.")
+        listed = "groups and `python -m bnstudy.train --cfg job` every setting" if ours else \
+            "groups and `python -m bnstudy.train --cfg hydra` Hydra's settings"
+        return f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the {listed}."
     return None
+
+
+def _hydra_names(choices: list[str]) -> list[str]:
+    """Every key of Hydra's own settings (`hydra.sweeper.n_trials`, ...) with these choices."""
+    from hydra.errors import HydraException
+
+    try:
+        cfg = _compose(choices, return_hydra_config=True)
+    except HydraException:  # an option that does not exist: Hydra says so after this
+        cfg = _compose([], return_hydra_config=True)
+    return sorted(f"hydra.{k}" for k in _walk(OmegaConf.to_container(cfg.hydra))
+                  if not k.rsplit(".", 1)[-1].startswith("_"))  # not _target_ and the like
 
 
 def _likeness(key: str, name: str) -> float:

@@ -169,3 +169,7 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
     assert unknown_override(["model=cnn", "model.net.channels=[8]"]) is None  # cnn's own key
     assert unknown_override(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) is None
     assert unknown_override(["optim=adm", "trainer.max_epochs=3"]) is None  # Hydra names adm
+    assert unknown_override(["-m", "experiment=tuned", "hydra.sweeper.n_trial=4"]).startswith(
+        "hydra.sweeper.n_trial: no such setting. Did you mean hydra.sweeper.n_trials")
+    assert unknown_override(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=1",
+                             "hydra.sweep.dir=x", "hydra.sweeper.params.seed=0,1"]) is None
