@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.records import RECORD_NAME, RunRecord, job_order
+from bnstudy.records import RECORD_NAME, RunRecord, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -37,10 +37,6 @@ def parse_setting(item: str, how: str) -> tuple[str, object]:
         raise UsageError(f"{item!r} is not a setting ({err}){how}") from err
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").is_file() or (path / RECORD_NAME).is_file()
-
-
 def run_dirs(path: Path) -> list[Path]:
     """The runs `path` names: a run's directory, or a sweep's jobs (by job number)."""
     if not path.exists():
@@ -50,15 +46,14 @@ def run_dirs(path: Path) -> list[Path]:
     if not path.is_dir():
         raise RunError(f"{path} is a file, not a run's or a sweep's directory. Pass the "
                        "directory a run or sweep of `python -m bnstudy.train` wrote.")
-    if is_run_dir(path):
+    if is_job_dir(path):
         return [path]
-    jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
-    if not jobs:
+    if not (jobs := job_dirs(path)):
         raise RunError(f"{path} holds no runs: neither it nor any folder in it has a "
                        f".hydra/config.yaml or a {RECORD_NAME}. Pass the directory a run or "
                        "sweep of `python -m bnstudy.train` wrote (hydra.run.dir or "
                        "hydra.sweep.dir).")
-    return sorted(jobs, key=job_order)
+    return jobs
 
 
 @dataclass
