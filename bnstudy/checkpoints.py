@@ -43,6 +43,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         previous_path(path).unlink(missing_ok=True)
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint loaded weights-only on the CPU; ValueError if it is not one."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError("not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
 def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
     """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads, else
     None (start over), and a one-paragraph note when it is not simply `last`. A file that does
@@ -55,9 +63,7 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
         problems.append(f"{last} is missing (a save was cut off before it finished).")
     for candidate in (c for c in (last, previous) if c.exists()):
         try:  # as Lightning's resume loads it
-            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True)
-            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-                raise ValueError("not a Lightning checkpoint (no state_dict)")
+            checkpoint = read_checkpoint(candidate)
         except Exception as err:  # whatever torch.load raises, the file is unusable
             aside, n = candidate.with_name(candidate.name + ".corrupt"), 0
             while aside.exists():

@@ -54,9 +54,7 @@ def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCac
     """Tests the checkpoint on the run's test split; returns what `eval.json` holds."""
     from hydra.utils import instantiate
 
-    checkpoint = rebuild.load_checkpoint(run, checkpoint_path)
-    datamodule = data.get(run, "test")
-    model = rebuild.load_model(run, checkpoint, datamodule, checkpoint_path)
+    checkpoint, datamodule, model = rebuild.restore(run, data, "test", checkpoint_path)
     kept = ("_target_", "accelerator", "precision", "limit_test_batches", "inference_mode",
             "deterministic", "benchmark", "fast_dev_run")  # what changes a test's numbers
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(run.cfg.trainer).items()

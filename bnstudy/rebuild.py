@@ -134,9 +134,12 @@ class DataCache:
         return self._built[key]
 
 
-def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
-    """The run's checkpoint (default `checkpoints/last.ckpt`), loaded weights-only."""
-    import torch
+def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None):
+    """The run's checkpoint (`path`, default `checkpoints/last.ckpt`, loaded weights-only), its
+    datamodule set up for `stage`, and its LightningModule (`run.build_model`) with the
+    checkpoint's weights, in eval mode."""
+    from bnstudy.checkpoints import read_checkpoint
+    from bnstudy.run import build_model
 
     path = path or run.checkpoint
     if not path.is_file():
@@ -146,27 +149,18 @@ def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
             "(~callbacks.checkpoint) or the file was removed; train it again to get one "
             "(the same command with overwrite=true).")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path)
     except Exception as err:  # whatever torch.load raises, the file is unusable
         first = (str(err).strip().splitlines() or [""])[0]
         raise RunError(f"{run.name}: {path} does not load ({type(err).__name__}: {first}); "
                        "the file is damaged. Its previous version, if any, is "
                        "checkpoints/last.ckpt.prev.") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise RunError(f"{run.name}: {path} is not a Lightning checkpoint (no state_dict).")
-    return checkpoint
-
-
-def load_model(run: SavedRun, checkpoint: dict, data, path: Path | None = None):
-    """The run's LightningModule (`run.build_model`) with the weights of `checkpoint` (from
-    `path`), in eval mode."""
-    from bnstudy.run import build_model
-
-    model = build_model(run.cfg, data.input_shape, data.num_classes)
+    datamodule = data.get(run, stage)
+    model = build_model(run.cfg, datamodule.input_shape, datamodule.num_classes)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         first = (str(err).strip().splitlines() or [""])[0]
-        raise RunError(f"{run.name}: {path or run.checkpoint} does not fit the network of its "
+        raise RunError(f"{run.name}: {path} does not fit the network of its "
                        f".hydra/config.yaml ({type(err).__name__}: {first}).") from err
-    return model.eval()
+    return checkpoint, datamodule, model.eval()
