@@ -26,12 +26,6 @@ def digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture
-def sweep(tiny_sweep, tmp_path) -> Path:
-    """A copy of the session's tiny sweep (2 epochs, hallucinations of 5 steps)."""
-    return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))
-
-
 def final_pictures(job: Path, folder: str = "") -> tuple[dict, dict]:
     """The hallucinations' and the weights' saved tensors."""
     return tuple(torch.load(job / "images" / folder / f"{kind}_final.pt", weights_only=True)

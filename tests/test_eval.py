@@ -4,8 +4,6 @@ from the run's stored config; the same numbers as the run recorded."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 from helpers import read_record, run_module
@@ -13,12 +11,6 @@ from omegaconf import OmegaConf
 
 from bnstudy import eval as evaluate
 from bnstudy.rebuild import CHECKPOINT
-
-
-@pytest.fixture
-def sweep(tiny_sweep, tmp_path) -> Path:
-    """A copy of the session's tiny sweep (8 runs of 2 epochs)."""
-    return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))
 
 
 def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_a_run_it_cannot(sweep,
