@@ -370,18 +370,6 @@ def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp
     CIFAR10DataModule(data_dir, download=True).prepare_data()
 
 
-def test_a_padded_cifar_batch_is_refused_as_corrupt(tmp_path):
-    from bnstudy.datafiles import load_cifar_batch
-    from bnstudy.errors import DataError
-
-    write_cifar10(tmp_path, per_batch=4, n_test=4)
-    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
-    batch.write_bytes(batch.read_bytes() + b"\0" * 64)
-    with pytest.raises(DataError, match="data_batch_2 is not a valid CIFAR-10 batch .*64 bytes "
-                                        "follow the batch.*corrupt"):
-        load_cifar_batch(batch)
-
-
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     from bnstudy.data import MNISTDataModule
     from bnstudy.errors import DataError
