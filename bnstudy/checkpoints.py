@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from bnstudy.errors import first_line
 from bnstudy.records import replace_file
 
 log = logging.getLogger("bnstudy")
@@ -70,8 +71,7 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
                 n += 1
                 aside = candidate.with_name(f"{candidate.name}.corrupt.{n}")
             candidate.rename(aside)
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            problems.append(f"{candidate} did not load ({type(err).__name__}: {first_line}); "
+            problems.append(f"{candidate} did not load ({first_line(err)}); "
                             f"set aside as {aside}.")
             continue
         if not problems:

@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bnstudy.errors import first_line
 from bnstudy.records import RECORD_NAME, RunRecord, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -151,8 +152,7 @@ def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None
     try:
         checkpoint = read_checkpoint(path)
     except Exception as err:  # whatever torch.load raises, the file is unusable
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise RunError(f"{run.name}: {path} does not load ({type(err).__name__}: {first}); "
+        raise RunError(f"{run.name}: {path} does not load ({first_line(err)}); "
                        "the file is damaged. Its previous version, if any, is "
                        "checkpoints/last.ckpt.prev.") from err
     datamodule = data.get(run, stage)
@@ -160,7 +160,6 @@ def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        first = (str(err).strip().splitlines() or [""])[0]
         raise RunError(f"{run.name}: {path} does not fit the network of its "
-                       f".hydra/config.yaml ({type(err).__name__}: {first}).") from err
+                       f".hydra/config.yaml ({first_line(err)}).") from err
     return checkpoint, datamodule, model.eval()

@@ -4,6 +4,7 @@ from the run's stored config; the same numbers as the run recorded."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import read_record, run_module
@@ -13,15 +14,22 @@ from bnstudy import eval as evaluate
 from bnstudy.rebuild import CHECKPOINT
 
 
-def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_a_run_it_cannot(sweep,
-                                                                                  capsys):
+def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_cannot(sweep,
+                                                                                    capsys):
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     records = {job: (job / "metrics.json").read_bytes() for job in jobs}
-    broken = jobs.pop(2)
-    (broken / "checkpoints" / "last.ckpt").unlink()
+    missing, damaged, misfit = jobs.pop(2), jobs.pop(2), jobs.pop(2)
+    (missing / "checkpoints" / "last.ckpt").unlink()
+    (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    config = misfit / ".hydra" / "config.yaml"
+    config.write_text(re.sub(r"hidden_dim: \d+", "hidden_dim: 7", config.read_text()))
     assert evaluate.main([str(sweep)]) == 1
     out, err = capsys.readouterr()
-    assert f"{broken.name}: no checkpoint" in err and not (broken / "eval.json").exists()
+    assert f"{missing.name}: no checkpoint" in err
+    assert f"{damaged.name}/checkpoints/last.ckpt does not load (" in err
+    assert f"{misfit.name}/checkpoints/last.ckpt does not fit the network of its " \
+        ".hydra/config.yaml (RuntimeError: " in err
+    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit))
     for job in jobs:
         result = json.loads((job / "eval.json").read_text())
         recorded = read_record(job)["test"]
@@ -31,8 +39,9 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_a_run_it_canno
         assert result["recorded_test"] == recorded
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
-    assert out.count("(as recorded)") == 7
-    assert f"Evaluated 7 of 8 run(s); not evaluated: {broken.name}." in out
+    assert out.count("(as recorded)") == 5
+    assert f"Evaluated 5 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
+        f"{misfit.name}." in out
 
 
 def test_another_checkpoint_of_a_run_scores_its_own_weights(sweep, capsys):
