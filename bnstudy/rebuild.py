@@ -108,7 +108,8 @@ class SavedRun:
 
 @dataclass
 class DataCache:
-    """Datamodules set up once per distinct dataset and split (a sweep's runs share them)."""
+    """Datamodules set up once per distinct dataset and split (a sweep's runs share them; with
+    `split_seed` null each seed draws its own)."""
 
     data_dir: str | None = None  # paths.data_dir=... from the command line
     _built: dict = field(default_factory=dict)
@@ -122,8 +123,9 @@ class DataCache:
         try:
             plain = OmegaConf.to_container(node, resolve=False)
             plain = {k: v for k, v in plain.items() if k not in ("data_dir", "seed", "batch_size")}
+            drawn_by = run.cfg.get("seed") if plain.get("split_seed") is None else None
             key = json.dumps([plain, str(where), OmegaConf.select(run.cfg, "dataset.val_size"),
-                              OmegaConf.select(run.cfg, "dataset.train_size"), stage],
+                              OmegaConf.select(run.cfg, "dataset.train_size"), stage, drawn_by],
                              sort_keys=True, default=str)
             if key not in self._built:
                 data = instantiate(node, data_dir=str(where), download=False)

@@ -93,3 +93,17 @@ def test_the_entry_point_prints_the_result(sweep):
     acc = read_record(job)["test"]["acc"]
     assert f"test acc {100 * acc:.2f} % (as recorded) -> {job.name}/eval.json" in proc.stdout
     assert "GPU available" not in proc.stderr and "Tip" not in proc.stderr
+
+
+def test_runs_whose_split_follows_their_seed_get_their_own_datamodule(sweep):
+    """`split_seed=null` (experiment=decisive, tuned): a run's validation split is its seed's."""
+    import torch
+
+    from bnstudy.rebuild import DataCache, SavedRun
+
+    runs = [SavedRun.open(next(sweep.glob("0_*"))) for _ in range(3)]
+    for run, seed in zip(runs, (1, 2, 1), strict=True):
+        run.cfg.seed, run.cfg.dataset.datamodule.split_seed = seed, None
+    cache = DataCache()
+    one, two, again = (cache.get(run, "fit") for run in runs)
+    assert one is again and not torch.equal(one.val_set.y, two.val_set.y)
