@@ -11,7 +11,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from helpers import run_module
@@ -84,10 +83,8 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
         new = final_pictures(job)[0]
         assert new["settings"]["steps"] == 12 and new["settings"]["objective"] == "logit"
         assert not torch.equal(new["images"], earlier[job]["images"])
-        mean, std = (torch.tensor(new[k]).view(-1, 1, 1) for k in ("mean", "std"))
-        with np.load(job / "images" / "hallucinations_final.npz") as arrays:
-            assert np.allclose(arrays[new["classes"][0]], (new["images"][0] * std + mean).clamp(
-                0, 1).permute(1, 2, 0).squeeze(-1).numpy())
+        npz = "images/hallucinations_final.npz"  # its content: test_visuals (the same writer)
+        assert after[npz] != before[job][npz]
         # TensorBoard: the new drawings after the training's, the same PNG bytes as the files.
         step = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         tb = EventAccumulator(str(job), size_guidance={"images": 0}).Reload()
