@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from bnstudy.errors import first_line
 from bnstudy.records import replace_file
 
 log = logging.getLogger("bnstudy")
@@ -43,6 +44,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         previous_path(path).unlink(missing_ok=True)
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint loaded weights-only on the CPU; ValueError if it is not one."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError("not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
 def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
     """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads, else
     None (start over), and a one-paragraph note when it is not simply `last`. A file that does
@@ -55,17 +64,14 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
         problems.append(f"{last} is missing (a save was cut off before it finished).")
     for candidate in (c for c in (last, previous) if c.exists()):
         try:  # as Lightning's resume loads it
-            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True)
-            if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-                raise ValueError("not a Lightning checkpoint (no state_dict)")
+            checkpoint = read_checkpoint(candidate)
         except Exception as err:  # whatever torch.load raises, the file is unusable
             aside, n = candidate.with_name(candidate.name + ".corrupt"), 0
             while aside.exists():
                 n += 1
                 aside = candidate.with_name(f"{candidate.name}.corrupt.{n}")
             candidate.rename(aside)
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            problems.append(f"{candidate} did not load ({type(err).__name__}: {first_line}); "
+            problems.append(f"{candidate} did not load ({first_line(err)}); "
                             f"set aside as {aside}.")
             continue
         if not problems:

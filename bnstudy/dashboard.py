@@ -27,7 +27,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RECORD_NAME, RunRecord, job_order
+from bnstudy.records import RunRecord, sweep_records
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -210,8 +210,7 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
     root = root or sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
-        jobs = sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
-        found = [r for r in map(RunRecord.read, jobs) if r is not None and r.hparams]
+        found = [r for _, r in sweep_records(sweep_dir) if r.hparams]
         pairs = dict.fromkeys(pair_name(r.hparams["dataset"], r.hparams["optim"])
                               for r in found)  # in the sweep's order
         curves = mean_curves(found)

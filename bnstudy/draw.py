@@ -101,9 +101,7 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
     trained = run_recipe(run, defaults)
     recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
     hallucinator = drawing.Hallucinator(**recipe["hallucinations"])
-    checkpoint = rebuild.load_checkpoint(run)
-    datamodule = data.get(run, "fit")
-    model = rebuild.load_model(run, checkpoint, datamodule)
+    checkpoint, datamodule, model = rebuild.restore(run, data, "fit")
     if not drawing.all_finite(model):
         return f"{run.name}: its parameters are not finite: no pictures"
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()

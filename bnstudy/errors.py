@@ -12,3 +12,8 @@ class DataError(RuntimeError):
 
 class RunFileError(OSError):
     """A run's file (checkpoint, metrics.json, image) could not be written."""
+
+
+def first_line(err: BaseException) -> str:
+    """`Type: the first line of its message`, as a one-paragraph refusal quotes an error."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"

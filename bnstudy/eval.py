@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
-from bnstudy.records import write_json_atomic
+from bnstudy.records import is_job_dir, write_json_atomic
 
 
 def parse_settings(items: list[str]) -> tuple[str | None, dict]:
@@ -41,7 +41,7 @@ def targets(path: Path) -> list[tuple[Path, Path]]:
     """(run directory, checkpoint) pairs of a checkpoint file, a run's or a sweep's directory."""
     if path.is_file():
         run = path.parent.parent
-        if path.parent.name != "checkpoints" or not rebuild.is_run_dir(run):
+        if path.parent.name != "checkpoints" or not is_job_dir(run):
             raise rebuild.RunError(f"{path} is not in a run's checkpoints/ folder, so its run's "
                                    "dataset and test split are unknown. Pass a checkpoint "
                                    "inside <run>/checkpoints/, or the run's directory.")
@@ -54,9 +54,7 @@ def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCac
     """Tests the checkpoint on the run's test split; returns what `eval.json` holds."""
     from hydra.utils import instantiate
 
-    checkpoint = rebuild.load_checkpoint(run, checkpoint_path)
-    datamodule = data.get(run, "test")
-    model = rebuild.load_model(run, checkpoint, datamodule, checkpoint_path)
+    checkpoint, datamodule, model = rebuild.restore(run, data, "test", checkpoint_path)
     kept = ("_target_", "accelerator", "precision", "limit_test_batches", "inference_mode",
             "deterministic", "benchmark", "fast_dev_run")  # what changes a test's numbers
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(run.cfg.trainer).items()

@@ -11,7 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.records import RECORD_NAME, RunRecord, job_order
+from bnstudy.errors import first_line
+from bnstudy.records import RECORD_NAME, RunRecord, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -37,10 +38,6 @@ def parse_setting(item: str, how: str) -> tuple[str, object]:
         raise UsageError(f"{item!r} is not a setting ({err}){how}") from err
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").is_file() or (path / RECORD_NAME).is_file()
-
-
 def run_dirs(path: Path) -> list[Path]:
     """The runs `path` names: a run's directory, or a sweep's jobs (by job number)."""
     if not path.exists():
@@ -50,15 +47,14 @@ def run_dirs(path: Path) -> list[Path]:
     if not path.is_dir():
         raise RunError(f"{path} is a file, not a run's or a sweep's directory. Pass the "
                        "directory a run or sweep of `python -m bnstudy.train` wrote.")
-    if is_run_dir(path):
+    if is_job_dir(path):
         return [path]
-    jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
-    if not jobs:
+    if not (jobs := job_dirs(path)):
         raise RunError(f"{path} holds no runs: neither it nor any folder in it has a "
                        f".hydra/config.yaml or a {RECORD_NAME}. Pass the directory a run or "
                        "sweep of `python -m bnstudy.train` wrote (hydra.run.dir or "
                        "hydra.sweep.dir).")
-    return sorted(jobs, key=job_order)
+    return jobs
 
 
 @dataclass
@@ -112,7 +108,8 @@ class SavedRun:
 
 @dataclass
 class DataCache:
-    """Datamodules set up once per distinct dataset and split (a sweep's runs share them)."""
+    """Datamodules set up once per distinct dataset and split (a sweep's runs share them; with
+    `split_seed` null each seed draws its own)."""
 
     data_dir: str | None = None  # paths.data_dir=... from the command line
     _built: dict = field(default_factory=dict)
@@ -126,8 +123,9 @@ class DataCache:
         try:
             plain = OmegaConf.to_container(node, resolve=False)
             plain = {k: v for k, v in plain.items() if k not in ("data_dir", "seed", "batch_size")}
+            drawn_by = run.cfg.get("seed") if plain.get("split_seed") is None else None
             key = json.dumps([plain, str(where), OmegaConf.select(run.cfg, "dataset.val_size"),
-                              OmegaConf.select(run.cfg, "dataset.train_size"), stage],
+                              OmegaConf.select(run.cfg, "dataset.train_size"), stage, drawn_by],
                              sort_keys=True, default=str)
             if key not in self._built:
                 data = instantiate(node, data_dir=str(where), download=False)
@@ -139,9 +137,12 @@ class DataCache:
         return self._built[key]
 
 
-def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
-    """The run's checkpoint (default `checkpoints/last.ckpt`), loaded weights-only."""
-    import torch
+def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None):
+    """The run's checkpoint (`path`, default `checkpoints/last.ckpt`, loaded weights-only), its
+    datamodule set up for `stage`, and its LightningModule (`run.build_model`) with the
+    checkpoint's weights, in eval mode."""
+    from bnstudy.checkpoints import read_checkpoint
+    from bnstudy.run import build_model
 
     path = path or run.checkpoint
     if not path.is_file():
@@ -151,27 +152,16 @@ def load_checkpoint(run: SavedRun, path: Path | None = None) -> dict:
             "(~callbacks.checkpoint) or the file was removed; train it again to get one "
             "(the same command with overwrite=true).")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path)
     except Exception as err:  # whatever torch.load raises, the file is unusable
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise RunError(f"{run.name}: {path} does not load ({type(err).__name__}: {first}); "
+        raise RunError(f"{run.name}: {path} does not load ({first_line(err)}); "
                        "the file is damaged. Its previous version, if any, is "
                        "checkpoints/last.ckpt.prev.") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise RunError(f"{run.name}: {path} is not a Lightning checkpoint (no state_dict).")
-    return checkpoint
-
-
-def load_model(run: SavedRun, checkpoint: dict, data, path: Path | None = None):
-    """The run's LightningModule (`run.build_model`) with the weights of `checkpoint` (from
-    `path`), in eval mode."""
-    from bnstudy.run import build_model
-
-    model = build_model(run.cfg, data.input_shape, data.num_classes)
+    datamodule = data.get(run, stage)
+    model = build_model(run.cfg, datamodule.input_shape, datamodule.num_classes)
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise RunError(f"{run.name}: {path or run.checkpoint} does not fit the network of its "
-                       f".hydra/config.yaml ({type(err).__name__}: {first}).") from err
-    return model.eval()
+        raise RunError(f"{run.name}: {path} does not fit the network of its "
+                       f".hydra/config.yaml ({first_line(err)}).") from err
+    return checkpoint, datamodule, model.eval()

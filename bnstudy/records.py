@@ -59,6 +59,23 @@ def job_order(job: str | os.PathLike) -> tuple[int, str]:
     return (int(head) if head.isdigit() else -1, Path(job).name)
 
 
+def is_job_dir(path: Path) -> bool:
+    """Whether `path` is a run's directory: it holds `.hydra/config.yaml` or a record."""
+    return (path / ".hydra" / "config.yaml").is_file() or (path / RECORD_NAME).is_file()
+
+
+def job_dirs(folder: str | os.PathLike) -> list[Path]:
+    """The run directories (`is_job_dir`) in a sweep's `folder`, in job order."""
+    return sorted((d for d in Path(folder).iterdir() if d.is_dir() and is_job_dir(d)),
+                  key=job_order)
+
+
+def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:
+    """The sweep's jobs that have a record, each with its record, in job order."""
+    jobs = sorted((p.parent for p in Path(sweep_dir).glob(f"*/{RECORD_NAME}")), key=job_order)
+    return [(job, record) for job in jobs if (record := RunRecord.read(job)) is not None]
+
+
 def replace_file(path: str | Path, data: bytes | memoryview, previous: Path | None = None) -> None:
     """Puts `data` at `path` so that a reader, or a kill at any moment, finds the old file or the
     new one, never half of one; with `previous`, the old file is kept there. An OSError is

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from bnstudy.errors import RunFileError
 from bnstudy.jobdir import describe_holder, holder
-from bnstudy.records import RECORD_NAME, REMEDIES, RunRecord, job_order, replace_file
+from bnstudy.records import REMEDIES, RunRecord, job_order, replace_file, sweep_records
 from bnstudy.run import remove_empty_folder
 from bnstudy.trackers import uses_tensorboard
 
@@ -90,9 +90,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        found = [(job.parent, RunRecord.read(job)) for job in sorted(
-            sweep_dir.glob(f"*/{RECORD_NAME}"), key=lambda p: job_order(p.parent))]
-        if records := [r for _, r in found if r is not None]:
+        found = sweep_records(sweep_dir)
+        if records := [r for _, r in found]:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
             from bnstudy.report.answer import console_answer
 
@@ -106,7 +105,7 @@ class SweepSummary(Callback):
                      f"{answer}\n" if answer else "", sweep_dir, BROWSE_URL, sweep_dir)
         unfinished = _collect_refusals()
         for job, record in found:
-            if record is not None and not record.finished and job.name not in unfinished:
+            if not record.finished and job.name not in unfinished:
                 unfinished[job.name] = unfinished_reason(job, record)
         if not unfinished:
             return

@@ -164,3 +164,12 @@ def tiny_sweep() -> FinishedSweep:
     fresh `python -m bnstudy.train -m`, the default callbacks: weight grids every epoch,
     hallucinations of 5 steps at the end). Shared: don't change it; copy it first."""
     return TinySweepRun.finished()
+
+
+@pytest.fixture
+def sweep(tiny_sweep, tmp_path) -> Path:
+    """A copy of the session's tiny sweep (8 runs of 2 epochs, hallucinations of 5 steps), to
+    change."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))

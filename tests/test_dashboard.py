@@ -389,16 +389,6 @@ JOBS = 8
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]")
 
 
-@pytest.fixture(scope="module")
-def sweep(tiny_sweep):
-    """The session's finished 8-job sweep (conftest's `tiny_sweep`: mnist, cifar10 × bn, none
-    × sgd, adam; 2 epochs): its dir, its records by job directory name and its console
-    (stderr and stdout as one stream, as a terminal shows them; no PYTHONWARNINGS, as a user
-    runs it). Read only."""
-    assert len(tiny_sweep.records) == JOBS
-    return tiny_sweep
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -453,10 +443,10 @@ def wait_for(condition, seconds: float, why) -> None:
 
 
 @pytest.fixture(scope="module")
-def tensorboard(sweep, tmp_path_factory):
+def tensorboard(tiny_sweep, tmp_path_factory):
     """The URL of a `tensorboard --logdir <sweep>` server, once it has read all the runs (the
     `+mean` ones too) and the sweep's HParams experiment."""
-    sweep_dir, records, _ = sweep
+    sweep_dir, records, _ = tiny_sweep
 
     def ready(url: str) -> bool:
         tags = get_json(f"{url}/data/plugin/scalars/tags", timeout=5)
@@ -475,8 +465,8 @@ def tensorboard(sweep, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(sweep, tensorboard):
-    _, records, _ = sweep
+def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(tiny_sweep, tensorboard):
+    _, records, _ = tiny_sweep
     layout = get_json(f"{tensorboard}/data/plugin/custom_scalars/layout")
     tags = get_json(f"{tensorboard}/data/plugin/scalars/tags")
     categories = {c["title"]: c["chart"] for c in layout["category"]}
@@ -507,8 +497,8 @@ def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(sweep, tensorbo
 
 @pytest.mark.slow
 def test_hparams_has_discrete_study_columns_a_row_per_run_and_no_duplicate_scalars(
-        sweep, tensorboard):
-    _, records, _ = sweep
+        tiny_sweep, tensorboard):
+    _, records, _ = tiny_sweep
     experiment = get_json(f"{tensorboard}/data/plugin/hparams/experiment",
                           {"experimentName": ""})
     infos = {i["name"]: i for i in experiment["hparamInfos"]}
@@ -554,10 +544,10 @@ def result_line_pattern(name: str, record: dict) -> str:
 
 
 @pytest.mark.slow
-def test_console_has_a_result_line_per_job_and_a_summary(sweep):
+def test_console_has_a_result_line_per_job_and_a_summary(tiny_sweep):
     from bnstudy.dashboard import BROWSE_URL
 
-    sweep_dir, records, console = sweep
+    sweep_dir, records, console = tiny_sweep
     for record in records.values():
         line = result_line_pattern(record["run_name"], record)
         assert len(re.findall(rf"^{STAMP.pattern[1:]}\[bnstudy\]\[INFO\] - {line}$", console,
@@ -583,10 +573,10 @@ def console_lines(console: str) -> tuple[list[str], list[int]]:
 
 
 @pytest.mark.slow
-def test_console_says_each_job_line_and_each_warning_once_without_advertisement(sweep):
+def test_console_says_each_job_line_and_each_warning_once_without_advertisement(tiny_sweep):
     """Each job's lines once (Lightning's too, not again in its own format), a handful a job;
     what is not a job's own INFO line (warnings, a library's messages) once a sweep."""
-    _, _, console = sweep
+    _, _, console = tiny_sweep
     assert "Tip" not in console and "LeafSpec" not in console and "litlogger" not in console
     lines, starts = console_lines(console)
     for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):

@@ -147,22 +147,16 @@ def test_batches_on_the_device_are_handed_on_and_others_moved(tiny_data):
     assert [t.shape for t in moved] == [t.shape for t in batch]
 
 
-def test_cifar10_is_standardised_with_its_channel_statistics(tmp_path):
-    write_cifar10(tmp_path, per_batch=4, n_test=4)
-    dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
-    raw, _ = dm.read_split(train=True)
-    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
-    assert torch.allclose(dm.normalise(raw), (raw / 255 - mean) / std, atol=1e-6)
-
-
-def test_cifar10_pixels_keep_channel_layout(tmp_path):
+def test_cifar10_keeps_the_batches_pixels_and_standardises_with_its_channel_statistics(
+        tmp_path):
     write_cifar10(tmp_path, per_batch=4, n_test=4)
     raw = load_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1")["data"]
     dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
     x, _ = dm.read_split(train=True)
-    assert torch.equal(x[:4], torch.from_numpy(raw))
-    assert x.shape == (20, 3, 32, 32)
+    assert torch.equal(x[:4], torch.from_numpy(raw)) and x.shape == (20, 3, 32, 32)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    assert torch.allclose(dm.normalise(x), (x / 255 - mean) / std, atol=1e-6)
 
 
 def test_sizes_larger_than_the_data_are_refused(tiny_data):
@@ -178,32 +172,23 @@ def test_missing_files_with_download_disabled(tmp_path):
     assert "train-images-idx3-ubyte" in str(err.value) and "paths.data_dir" in str(err.value)
 
 
-def test_truncated_idx_file_names_the_file(tmp_path):
+@pytest.mark.parametrize("damaged", ["MNIST/raw/train-images-idx3-ubyte",
+                                     "cifar-10-batches-py/data_batch_3"])
+def test_a_damaged_file_is_named(tmp_path, damaged):
+    """A truncated IDX file, a CIFAR-10 batch that is not a pickle."""
     write_mnist(tmp_path, n_train=20, n_test=10)
-    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:-100])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
-        MNISTDataModule(tmp_path, download=False).setup("fit")
-
-
-def test_cifar_batch_that_is_not_a_pickle_names_the_file(tmp_path):
     write_cifar10(tmp_path, per_batch=4, n_test=4)
-    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
-    dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
-    with pytest.raises(DataError, match="data_batch_3"):
+    path = tmp_path / damaged
+    path.write_bytes(path.read_bytes()[:-100] if "MNIST" in damaged else b"not a pickle")
+    dm = (MNISTDataModule if "MNIST" in damaged else CIFAR10DataModule)(tmp_path, val_size=1,
+                                                                       download=False)
+    with pytest.raises(DataError, match=path.name):
         dm.setup("fit")
 
 
 class Exploit:
     def __reduce__(self):
         return (print, ("pwned",))
-
-
-def test_cifar_unpickler_refuses_code(tmp_path):
-    path = tmp_path / "data_batch_1"
-    path.write_bytes(pickle.dumps({"data": Exploit(), "labels": []}))
-    with pytest.raises(DataError, match="refusing to load builtins.print"):
-        load_cifar_batch(path)
 
 
 class WritesAFile:
@@ -218,10 +203,13 @@ class WritesAFile:
         return (np.save, (str(self.path), np.zeros(1)))
 
 
-def test_cifar_unpickler_refuses_numpy_callables_beyond_arrays(tmp_path):
+@pytest.mark.parametrize("payload, refused", [(lambda _: Exploit(), "builtins.print"),
+                                              (WritesAFile, "numpy")], ids=["code", "numpy"])
+def test_the_cifar_unpickler_refuses_code_and_numpy_callables_beyond_arrays(tmp_path, payload,
+                                                                           refused):
     path, target = tmp_path / "data_batch_1", tmp_path / "written.npy"
-    path.write_bytes(pickle.dumps({"data": WritesAFile(target), "labels": []}))
-    with pytest.raises(DataError, match="refusing to load numpy"):
+    path.write_bytes(pickle.dumps({"data": payload(target), "labels": []}))
+    with pytest.raises(DataError, match=f"refusing to load {refused}"):
         load_cifar_batch(path)
     assert not target.exists()
 
@@ -297,5 +285,6 @@ def test_a_changed_file_is_read_again(tmp_path):
     CIFAR10DataModule(tmp_path, download=False).setup()
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes() + b"x")  # corrupt now: refused, not served from memory
-    with pytest.raises(DataError, match="1 bytes follow the batch"):
+    with pytest.raises(DataError, match="data_batch_1 is not a valid CIFAR-10 batch .*1 bytes "
+                                        "follow the batch.*corrupt"):
         CIFAR10DataModule(tmp_path, download=False).setup()

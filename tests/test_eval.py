@@ -4,8 +4,7 @@ from the run's stored config; the same numbers as the run recorded."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
+import re
 
 import pytest
 from helpers import read_record, run_module
@@ -15,21 +14,22 @@ from bnstudy import eval as evaluate
 from bnstudy.rebuild import CHECKPOINT
 
 
-@pytest.fixture
-def sweep(tiny_sweep, tmp_path) -> Path:
-    """A copy of the session's tiny sweep (8 runs of 2 epochs)."""
-    return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))
-
-
-def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_a_run_it_cannot(sweep,
-                                                                                  capsys):
+def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_cannot(sweep,
+                                                                                    capsys):
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     records = {job: (job / "metrics.json").read_bytes() for job in jobs}
-    broken = jobs.pop(2)
-    (broken / "checkpoints" / "last.ckpt").unlink()
+    missing, damaged, misfit = jobs.pop(2), jobs.pop(2), jobs.pop(2)
+    (missing / "checkpoints" / "last.ckpt").unlink()
+    (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    config = misfit / ".hydra" / "config.yaml"
+    config.write_text(re.sub(r"hidden_dim: \d+", "hidden_dim: 7", config.read_text()))
     assert evaluate.main([str(sweep)]) == 1
     out, err = capsys.readouterr()
-    assert f"{broken.name}: no checkpoint" in err and not (broken / "eval.json").exists()
+    assert f"{missing.name}: no checkpoint" in err
+    assert f"{damaged.name}/checkpoints/last.ckpt does not load (" in err
+    assert f"{misfit.name}/checkpoints/last.ckpt does not fit the network of its " \
+        ".hydra/config.yaml (RuntimeError: " in err
+    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit))
     for job in jobs:
         result = json.loads((job / "eval.json").read_text())
         recorded = read_record(job)["test"]
@@ -39,8 +39,9 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_a_run_it_canno
         assert result["recorded_test"] == recorded
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
-    assert out.count("(as recorded)") == 7
-    assert f"Evaluated 7 of 8 run(s); not evaluated: {broken.name}." in out
+    assert out.count("(as recorded)") == 5
+    assert f"Evaluated 5 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
+        f"{misfit.name}." in out
 
 
 def test_another_checkpoint_of_a_run_scores_its_own_weights(sweep, capsys):
@@ -92,3 +93,17 @@ def test_the_entry_point_prints_the_result(sweep):
     acc = read_record(job)["test"]["acc"]
     assert f"test acc {100 * acc:.2f} % (as recorded) -> {job.name}/eval.json" in proc.stdout
     assert "GPU available" not in proc.stderr and "Tip" not in proc.stderr
+
+
+def test_runs_whose_split_follows_their_seed_get_their_own_datamodule(sweep):
+    """`split_seed=null` (experiment=decisive, tuned): a run's validation split is its seed's."""
+    import torch
+
+    from bnstudy.rebuild import DataCache, SavedRun
+
+    runs = [SavedRun.open(next(sweep.glob("0_*"))) for _ in range(3)]
+    for run, seed in zip(runs, (1, 2, 1), strict=True):
+        run.cfg.seed, run.cfg.dataset.datamodule.split_seed = seed, None
+    cache = DataCache()
+    one, two, again = (cache.get(run, "fit") for run in runs)
+    assert one is again and not torch.equal(one.val_set.y, two.val_set.y)

@@ -20,7 +20,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
-from helpers import read_record, run_train, write_cifar10, write_mnist
+from helpers import read_record, write_cifar10, write_mnist
 
 # -- sweeps through launchers -------------------------------------------------------------
 run_sweep = functools.partial(helpers.run_sweep, fresh=True)  # launchers start processes
@@ -88,40 +88,29 @@ def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeyp
     assert len(composed) == 22 and composed[20] == ["dataset=mnist", "norm=nne", "seed=0"]
 
 
-def test_slurm_launcher_config_composes():
-    proc = run_train(
-        "hydra/launcher=slurm",
-        "hydra.launcher.partition=gpu",
-        "hydra.launcher.timeout_min=120",
-        "trainer=gpu",
-        "--cfg",
-        "hydra",
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "_target_: hydra_plugins.bnstudy_launchers.SlurmLauncher" in proc.stdout
-    assert "partition: gpu" in proc.stdout and "timeout_min: 120" in proc.stdout
-    assert "gpus_per_node: 1" in proc.stdout
-    assert "max_num_timeout: 10" in proc.stdout and "signal_delay_s: 120" in proc.stdout
-
-
 def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):
-    """What `hydra/launcher=slurm` puts in the sbatch file, through submitit's own executor
-    given the launcher's settings as Hydra's SlurmLauncher hands them over: USR2 two minutes
-    before the time limit, requeue allowed, 10 requeues after a time limit."""
+    """What the README's `hydra/launcher=slurm hydra.launcher.partition=gpu
+    hydra.launcher.timeout_min=120 trainer=gpu` puts in the sbatch file, through submitit's own
+    executor given the launcher's settings as Hydra's SlurmLauncher hands them over: bnstudy's
+    launcher, a GPU, USR2 two minutes before the time limit, requeue allowed, 10 requeues after
+    a time limit."""
     import submitit
     from helpers import compose_config
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
+
+    from bnstudy.sweep import register_launchers
 
     srun = tmp_path / "bin" / "srun"  # submitit looks for it; nothing is submitted
     srun.parent.mkdir()
     srun.write_text("#!/bin/sh\nexit 1\n")
     srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
-    launcher = OmegaConf.to_container(
-        compose_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher,
-        resolve=False)
-    launcher.pop("_target_")
+    register_launchers()  # as the entry point does
+    launcher = OmegaConf.to_container(compose_config(
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=120",
+        "trainer=gpu").hydra.launcher, resolve=False)
+    assert launcher.pop("_target_") == "hydra_plugins.bnstudy_launchers.SlurmLauncher"
     launcher.pop("submitit_folder")
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm",
                                      slurm_max_num_timeout=launcher.pop("max_num_timeout"))
@@ -131,7 +120,8 @@ def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch
                                   for k, v in launcher.items()})
     sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
     assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --requeue" in sbatch
-    assert "#SBATCH --time=60" in sbatch and "#SBATCH --partition=gpu" in sbatch
+    assert "#SBATCH --time=120" in sbatch and "#SBATCH --partition=gpu" in sbatch
+    assert "#SBATCH --gpus-per-node=1" in sbatch
     assert executor._executor.max_num_timeout == 10
 
 
@@ -368,18 +358,6 @@ def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp
     assert len(dm.train_set) + len(dm.val_set) == 150
     shutil.rmtree(served)  # present now: a second prepare_data fetches nothing
     CIFAR10DataModule(data_dir, download=True).prepare_data()
-
-
-def test_a_padded_cifar_batch_is_refused_as_corrupt(tmp_path):
-    from bnstudy.datafiles import load_cifar_batch
-    from bnstudy.errors import DataError
-
-    write_cifar10(tmp_path, per_batch=4, n_test=4)
-    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
-    batch.write_bytes(batch.read_bytes() + b"\0" * 64)
-    with pytest.raises(DataError, match="data_batch_2 is not a valid CIFAR-10 batch .*64 bytes "
-                                        "follow the batch.*corrupt"):
-        load_cifar_batch(batch)
 
 
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):

@@ -179,30 +179,25 @@ def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
 
 
 @pytest.mark.slow
-def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_data, tmp_path):
+def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_sweep):
     """`Classifier.load_from_checkpoint(path)` with no other argument rebuilds the run's net;
     on the run's test split it scores the accuracy the run recorded."""
-    import json
-
-    from helpers import FAST, run_train
     from omegaconf import OmegaConf
 
     from bnstudy.model import Classifier
 
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=1", "norm=none",
-                     "model.net.hidden_dim=32", f"hydra.run.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    model = Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
-    assert model.hparams.net["norm"] == "none" and model.hparams.net["hidden_dim"] == 32
-    cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")  # the run's config, no Hydra
-    data = MNISTDataModule(data_dir=tiny_data, batch_size=64, val_size=cfg.dataset.val_size)
+    (job,) = tiny_sweep.dir.glob("*_mnist-none-sgd-seed0")
+    model = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt")
+    cfg = OmegaConf.load(job / ".hydra" / "config.yaml")  # the run's config, no Hydra
+    assert model.hparams.net["norm"] == "none"
+    assert model.hparams.net["hidden_dim"] == cfg.model.net.hidden_dim
+    data = MNISTDataModule(data_dir=cfg.paths.data_dir, val_size=cfg.dataset.val_size)
     data.setup("test")
     model.eval()
     with torch.no_grad():
         x, y = data.test_set.x, data.test_set.y
         acc = (model(x).argmax(-1) == y).float().mean().item()
-    recorded = json.loads((tmp_path / "metrics.json").read_text())["test"]["acc"]
-    assert acc == pytest.approx(recorded, abs=1e-6)
+    assert acc == pytest.approx(tiny_sweep.records[job.name]["test"]["acc"], abs=1e-6)
 
 
 def k_classifier(k: int):

@@ -11,8 +11,8 @@ from bnstudy.nets import CNN, MLP, first_layer
 from bnstudy.norms import NORMS, make_norm
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
-NORM_1D = {"bn": nn.BatchNorm1d, "layer": nn.LayerNorm, "none": nn.Identity}
-NORM_2D = {"bn": nn.BatchNorm2d, "layer": nn.GroupNorm, "none": nn.Identity}
+NORM_1D = {"bn": nn.BatchNorm1d, "layer": nn.LayerNorm, "none": nn.Identity, "group": nn.GroupNorm}
+NORM_2D = {"bn": nn.BatchNorm2d, "layer": nn.GroupNorm, "none": nn.Identity, "group": nn.GroupNorm}
 
 
 def make(norm: str, input_shape=(1, 28, 28), hidden_dim=32, depth=1) -> MLP:
@@ -142,11 +142,9 @@ def test_unknown_norm_is_refused(build):
 def test_the_norm_registry_builds_every_named_layer():
     """One table names the norms for model, config check and report; GroupNorm takes up to
     32 groups of 2 units or more."""
-    assert list(NORMS) == ["bn", "layer", "none", "group"]
-    for name, (flat, spatial) in {"bn": (nn.BatchNorm1d, nn.BatchNorm2d),
-                                  "layer": (nn.LayerNorm, nn.GroupNorm),
-                                  "none": (nn.Identity, nn.Identity),
-                                  "group": (nn.GroupNorm, nn.GroupNorm)}.items():
-        assert type(make_norm(name, 4)) is flat and type(make_norm(name, 4, True)) is spatial
+    assert list(NORMS) == list(NORM_1D) == ["bn", "layer", "none", "group"]
+    for name in NORMS:
+        assert type(make_norm(name, 4)) is NORM_1D[name]
+        assert type(make_norm(name, 4, spatial=True)) is NORM_2D[name]
     assert make_norm("group", 256).num_groups == 32 and make_norm("group", 48).num_groups == 8
     assert make_norm("layer", 64, spatial=True).num_groups == 1

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose_config, make_classifier, read_record, tiny_fit
+from helpers import compose_config, make_classifier, read_record, scalars, tiny_fit
 from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -48,11 +48,6 @@ def fit(model: Classifier, data_dir: Path, out: Path, callbacks, epochs: int = 1
     logging to TensorBoard in `out`."""
     return tiny_fit(data_dir, out, model, callbacks,
                     **({"max_epochs": epochs, "limit_val_batches": 0} | trainer_args))[2]
-
-
-def scalars(out: Path, tag: str) -> tuple[list[int], list[float]]:
-    found = EventAccumulator(str(out), size_guidance={"scalars": 0}).Reload().Scalars(tag)
-    return [e.step for e in found], [e.value for e in found]
 
 
 def test_probes_config_adds_both_to_the_default_callbacks():
@@ -92,9 +87,9 @@ def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data,
         assert not torch.allclose(recorded, torch.quantile(last[units], q, dim=1).T, atol=1e-3)
     for j, unit in enumerate(units):
         for k, p in enumerate(PERCENTILES):
-            steps, values = scalars(tmp_path, f"activations/unit{unit}/p{p}")
-            assert steps == record["steps"]
-            assert np.allclose(values, [row[j][k] for row in record["values"]], atol=1e-6)
+            assert scalars(tmp_path, f"activations/unit{unit}/p{p}") == [
+                (s, pytest.approx(row[j][k], abs=1e-6))
+                for s, row in zip(record["steps"], record["values"], strict=True)]
     events = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0}).Reload()
     histograms = events.Histograms("activations/layer0")
     assert [h.step for h in histograms] == record["steps"]
@@ -175,8 +170,8 @@ def test_gradient_probe_equals_direct_computation(tiny_data, tmp_path, norm):
     assert set(record["norms"]) == layers and (norm == "bn") == any("norm" in n for n in layers)
     for layer, values in record["norms"].items():
         assert np.allclose(values, [direct.norms[s][layer] for s in record["steps"]], rtol=1e-5)
-        steps, logged = scalars(tmp_path, f"gradients/norm/{layer}")
-        assert steps == record["steps"] and np.allclose(logged, values, rtol=1e-5)
+        assert scalars(tmp_path, f"gradients/norm/{layer}") == [
+            (s, pytest.approx(v, rel=1e-5)) for s, v in zip(record["steps"], values, strict=True)]
     land = record["landscape"]
     assert land["etas"] == list(ETAS) and land["steps"] == [0, 4, 8]
     for i, step in enumerate(land["steps"]):
@@ -190,8 +185,8 @@ def test_gradient_probe_equals_direct_computation(tiny_data, tmp_path, norm):
         beta = max(c / (eta * g) for c, eta in zip(changes, ETAS, strict=True))
         assert math.isclose(land["beta_smoothness"][i], beta, rel_tol=1e-4)
     for key in ("loss_range", "grad_change_max", "beta_smoothness"):
-        steps, logged = scalars(tmp_path, f"landscape/{key}")
-        assert steps == land["steps"] and np.allclose(logged, land[key], rtol=1e-5)
+        assert scalars(tmp_path, f"landscape/{key}") == [
+            (s, pytest.approx(v, rel=1e-5)) for s, v in zip(land["steps"], land[key], strict=True)]
 
 
 def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):

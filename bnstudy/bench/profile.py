@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
 T0 = time.perf_counter()
 
@@ -142,10 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         if exit_.code:
             raise
     total_s = time.perf_counter() - started
-    from bnstudy.records import RunRecord
+    from bnstudy.records import sweep_records
 
-    epochs = statistics.median(len(RunRecord.read(p).history) or 1
-                               for p in Path(out).glob("*/metrics.json"))
+    epochs = statistics.median(len(r.history) or 1 for _, r in sweep_records(out))
     jobs = sorted(timers.seconds)
     print(f"{len(jobs)} job(s) of {epochs} epoch(s) in {total_s:.1f} s ({out}); imports: the "
           f"entry point {entry_s:.2f} s, then Lightning, torch, TensorBoard and the callbacks "

@@ -88,12 +88,6 @@ def unlike_plain(trainer) -> list[str]:
             if not same(key, trainer.get(key), plain)]
 
 
-def jobs(sweep_dir: Path) -> list[Path]:
-    from bnstudy.records import RECORD_NAME, job_order
-
-    return sorted((p.parent for p in sweep_dir.glob(f"*/{RECORD_NAME}")), key=job_order)
-
-
 def plain_runs(sweep_dir: Path) -> list[dict]:
     """What the plain process needs of each job of a finished sweep (see `bench.plain`), from
     the job's composed config (`.hydra/config.yaml`) and its datamodule."""
@@ -102,11 +96,11 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
 
     from bnstudy.config import register
     from bnstudy.data import CIFAR10DataModule
-    from bnstudy.records import RunRecord
+    from bnstudy.records import sweep_records
 
     register()
     runs = []
-    for job in jobs(sweep_dir):
+    for job, record in sweep_records(sweep_dir):
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         if different := unlike_plain(cfg.trainer):
             raise BenchError(
@@ -125,7 +119,7 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
                             "torchvision_class": dm.torchvision_class.__name__})
         model = OmegaConf.to_container(cfg.model, resolve=True)
         runs.append({
-            "name": RunRecord.read(job).run_name or job.name, "data": data, "seed": cfg.seed,
+            "name": record.run_name or job.name, "data": data, "seed": cfg.seed,
             "net": {**model["net"], "input_shape": list(dm.input_shape),
                     "num_classes": dm.num_classes},
             "optimizer": OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
@@ -138,7 +132,9 @@ def workers(sweep_dir: Path) -> int:
     """The launcher's parallel jobs in a sweep (`n_jobs`; 1 for Hydra's basic launcher)."""
     from omegaconf import OmegaConf
 
-    hydra = OmegaConf.load(jobs(sweep_dir)[0] / ".hydra" / "hydra.yaml").hydra
+    from bnstudy.records import sweep_records
+
+    hydra = OmegaConf.load(sweep_records(sweep_dir)[0][0] / ".hydra" / "hydra.yaml").hydra
     return max(1, int(hydra.launcher.get("n_jobs") or 1))
 
 
@@ -157,9 +153,9 @@ def plain_results(results: Path, processes: int) -> list[dict]:
 def largest_difference(sweep_dir: Path, plain: list[dict]) -> float:
     """The largest difference, in points, between each run's final validation accuracy in the
     study and in the plain process (the same runs, in the same order)."""
-    from bnstudy.records import RunRecord
+    from bnstudy.records import sweep_records
 
-    study = [RunRecord.read(job).final_val_acc for job in jobs(sweep_dir)]
+    study = [record.final_val_acc for _, record in sweep_records(sweep_dir)]
     return max(abs(s - p["history"][-1]["val/acc"]) * 100
                for s, p in zip(study, plain, strict=True))
 

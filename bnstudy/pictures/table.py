@@ -98,9 +98,10 @@ def load_picture_runs(runs: pd.DataFrame) -> list[PictureRun]:
 def load_net(run: pd.Series, input_shape, num_classes: int):
     """The run's final network (`.hydra/config.yaml`, `checkpoints/last.ckpt`); None if either
     is missing or does not fit."""
-    import torch
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from bnstudy.checkpoints import read_checkpoint
 
     path = Path(run["path"])
     config, ckpt = path / ".hydra" / "config.yaml", path / "checkpoints" / "last.ckpt"
@@ -109,7 +110,7 @@ def load_net(run: pd.Series, input_shape, num_classes: int):
     try:
         cfg = OmegaConf.load(config)
         net = instantiate(cfg.model.net, input_shape=tuple(input_shape), num_classes=num_classes)
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        state = read_checkpoint(ckpt)["state_dict"]
         net.load_state_dict({k[len("net."):]: v for k, v in state.items()
                              if k.startswith("net.")})
         return net.eval()

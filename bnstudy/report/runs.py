@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RECORD_NAME, RunRecord, job_order, read_test_correct
+from bnstudy.records import RECORD_NAME, RunRecord, job_dirs, read_test_correct
 
 FIRST_KEYS = ("dataset", "optim", "norm")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
@@ -37,7 +37,7 @@ class ReportError(Exception):
     """The sweep directory cannot be reported on (absent, or no jobs in it)."""
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
+def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories (with `.hydra/config.yaml` or a record), by number."""
     if not sweep_dir.is_dir():
         raise ReportError(
@@ -45,15 +45,13 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
             "of `python -m bnstudy.train -m ...` (its hydra.sweep.dir, by default "
             "outputs/multirun/<date>_<time>), which holds one sub-directory per job."
         )
-    dirs = [d for d in sweep_dir.iterdir()
-            if (d / ".hydra" / "config.yaml").is_file() or (d / RECORD_NAME).is_file()]
-    if not dirs:
+    if not (dirs := job_dirs(sweep_dir)):
         raise ReportError(
             f"{sweep_dir} holds no jobs: none of its sub-directories has a .hydra/config.yaml "
             f"or a {RECORD_NAME}. Pass the directory of a multirun of `python -m bnstudy.train "
             "-m ...` (its hydra.sweep.dir), not a single run's directory or its parent."
         )
-    return sorted(dirs, key=job_order)
+    return dirs
 
 
 def hparams_from_config(job: Path) -> dict:
@@ -122,7 +120,7 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
     """A row per job, in sweep order: `RUN_COLUMNS` (outcome: ok, diverged, failed or
     unfinished; test_correct: `test_correct.npy`'s bool per test image, or None), then its
     hparams (None where a job lacks one)."""
-    runs = pd.DataFrame([load_run(job) for job in job_dirs(Path(sweep_dir))], dtype=object)
+    runs = pd.DataFrame([load_run(job) for job in sweep_jobs(Path(sweep_dir))], dtype=object)
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)
     return runs.astype({c: float for c in QUANTITIES})
