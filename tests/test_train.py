@@ -48,6 +48,11 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
     proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 1 and message in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+    if override == "dataset=imagenet":  # a sweep's misspelt value: before any job, no folder
+        proc = run_train("-m", "dataset=mnist,imagenet", "paths.data_dir=/nonexistent",
+                         "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
+        assert proc.returncode == 1 and message in proc.stderr
+        assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
     if override == "dataset=imagenet":
         assert "Available options in 'dataset'" in proc.stderr and "cifar10" in proc.stderr
 

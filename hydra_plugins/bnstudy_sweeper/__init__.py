@@ -2,14 +2,18 @@
 swept values), except that before the first job it composes only as many jobs' configs as it
 takes to meet every swept value once. Hydra's own composes every job's, one after another while
 no job runs (0.1 s each: 16 s of the decisive study's 160 jobs); each job still composes its own,
-so a combination that cannot be composed fails that job. Hydra instantiates sweepers only from
-the `hydra_plugins` namespace."""
+so a combination that cannot be composed fails that job. A value that cannot be composed ends
+the sweep before any job and leaves no sweep folder (Hydra's keeps one with its multirun.yaml).
+Hydra instantiates sweepers only from the `hydra_plugins` namespace."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+from bnstudy.sweep import discard_empty_sweep
 
 
 class GridSweeper(BasicSweeper):
@@ -20,4 +24,8 @@ class GridSweeper(BasicSweeper):
             if not seen.issuperset(overrides):
                 seen.update(overrides)
                 covering.append(overrides)
-        super().validate_batch_is_legal(covering)
+        try:
+            super().validate_batch_is_legal(covering)
+        except Exception:  # nothing was launched: nothing is kept (a job's folder would be)
+            discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
+            raise
