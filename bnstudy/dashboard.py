@@ -13,6 +13,7 @@ imports neither Lightning nor torch (a sweep's main process and the report use i
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RunRecord, sweep_records
+from bnstudy.records import TUNING_FILE, RunRecord, sweep_records
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -139,12 +140,13 @@ def mean_group(record: RunRecord) -> str:
     return f"{hp['norm']}{swept}".replace("/", "_")
 
 
-def mean_curves(records: list[RunRecord]) -> dict[str, dict[str, dict[str, list[tuple]]]]:
+def mean_curves(records: list[RunRecord], group=mean_group
+                ) -> dict[str, dict[str, dict[str, list[tuple]]]]:
     """`curves[group][pair][metric]` = [(step, mean, std, n)] per epoch over the ok runs that
     reached it, at the epoch's last step; sample std (0 for one run)."""
     import pandas as pd  # here: the callbacks import this module at every run's start
 
-    rows = [(mean_group(r), pair_name(r.hparams["dataset"], r.hparams["optim"]), metric, epoch,
+    rows = [(group(r), pair_name(r.hparams["dataset"], r.hparams["optim"]), metric, epoch,
              row["step"] - 1, row.get(metric)) for r in records if r.status == "ok" and r.hparams
             for epoch, row in enumerate(r.history) for metric in COMPARED]
     table = pd.DataFrame(rows, columns=["group", "pair", "metric", "epoch", "step", "value"])
@@ -210,10 +212,14 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
     root = root or sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
-        found = [r for _, r in sweep_records(sweep_dir) if r.hparams]
+        kept, group = tuned_reruns(sweep_dir), mean_group
+        found = [r for job, r in sweep_records(sweep_dir)
+                 if r.hparams and (kept is None or job.name in kept)]
+        if kept is not None:  # a tuned sweep: each norm's kept setting's re-runs, no trial
+            group = lambda record: record.hparams["norm"]  # noqa: E731 (the setting is tuned)
         pairs = dict.fromkeys(pair_name(r.hparams["dataset"], r.hparams["optim"])
                               for r in found)  # in the sweep's order
-        curves = mean_curves(found)
+        curves = mean_curves(found, group)
         layout = mean_layout(pairs, curves)
         versions = [int(p.name.split(".")[3]) for p in root.glob("*/events.out.tfevents.*.mean")]
         version = max(versions, default=0) + 1
@@ -227,6 +233,16 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
             partial.write_bytes(mean_events(by_pair, layout, started))
             os.replace(partial, run / f"events.out.tfevents.{version:010d}.mean")
     return [f"{MEAN_DIR}/{group}" for group in curves]
+
+
+def tuned_reruns(sweep_dir: Path) -> set[str] | None:
+    """The job folders of a tuned sweep's kept re-runs (`tuning.json`'s `final_jobs`; none while
+    it searches); None for any other sweep."""
+    path = sweep_dir / TUNING_FILE
+    if not path.is_file():
+        return None
+    cells = json.loads(path.read_text()).get("cells", [])
+    return {job for cell in cells for job in cell.get("final_jobs", [])}
 
 
 def refresh_sweep_view(sweep_dir: str | Path) -> None:

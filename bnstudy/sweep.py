@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from bnstudy.errors import RunFileError
 from bnstudy.jobdir import describe_holder, holder
-from bnstudy.records import REMEDIES, RunRecord, job_order, replace_file, sweep_records
+from bnstudy.records import REMEDIES, TUNING_FILE, RunRecord, job_order, replace_file, sweep_records
 from bnstudy.run import remove_empty_folder
 from bnstudy.trackers import uses_tensorboard
 
@@ -90,6 +90,10 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if (sweep_dir / TUNING_FILE).is_file() and uses_tensorboard(config.get("logger")):
+            from bnstudy.dashboard import refresh_sweep_view  # its kept settings chosen at last
+
+            refresh_sweep_view(sweep_dir)
         found = sweep_records(sweep_dir)
         if records := [r for _, r in found]:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment

@@ -262,6 +262,26 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
     assert {e.wall_time for e in EventFileLoader(str(newest)).Load()} == {1_700_000_000}
 
 
+def test_a_tuned_sweeps_mean_runs_are_each_norms_kept_reruns(tmp_path):
+    """Not a `+mean` run per candidate setting: each norm's kept setting's re-runs, over seeds
+    (each pair its own setting); nothing while the sweep still searches."""
+    from bnstudy.dashboard import mean_tag, refresh_mean_runs
+
+    jobs = {(norm, lr, seed): mean_job(tmp_path, "mnist", norm, "sgd", seed, [acc, acc + d],
+                                       swept=f"-lr={lr}")
+            for norm, lr, acc in (("bn", 0.1, 0.8), ("bn", 0.3, 0.2), ("none", 0.05, 0.6))
+            for seed, d in ((0, 0.1), (1, 0.0))}
+    tuning = tmp_path / "tuning.json"
+    tuning.write_text(json.dumps({"cells": [{"candidates": []}]}))  # searching
+    assert refresh_mean_runs(tmp_path) == []
+    kept = [[jobs[norm, lr, s].name for s in (0, 1)] for norm, lr in (("bn", 0.1), ("none", 0.05))]
+    tuning.write_text(json.dumps({"cells": [{"final_jobs": k} for k in kept]}))
+    assert refresh_mean_runs(tmp_path) == ["+mean/bn", "+mean/none"]
+    scalars, _ = read_mean_run(tmp_path / "+mean" / "bn")
+    assert np.allclose([v for _, v in scalars[mean_tag("mnist-sgd", "val/acc", "mean")]],
+                       [0.8, 0.85])  # lr=0.1's seeds alone
+
+
 def test_a_refresh_waits_for_the_one_in_progress(tmp_path):
     from filelock import FileLock, Timeout
 
