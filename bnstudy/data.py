@@ -226,8 +226,9 @@ class TensorDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """Lightning's hook. A minibatch is a slice of tensors `setup` already put on the
         device: handed on as it is, without the generic walk through the batch (about 35 µs a
-        step on a CPU, 2-3 % of a small MLP's step); anything else is moved as usual."""
-        pairs = batch if isinstance(batch, list) else [batch]
+        step on a CPU, 2-3 % of a small MLP's step); anything else is moved as usual. A
+        minibatch comes as `[x, y]`, K of them as a list of such lists."""
+        pairs = batch if batch and isinstance(batch[0], list | tuple) else [batch]
         if all(isinstance(t, torch.Tensor) and t.device == device for p in pairs for t in p):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -137,11 +137,15 @@ def test_each_split_loader_serves_its_own_split(tiny_data):
     assert torch.equal(served["val"], dm.val_set.y)
 
 
-def test_batches_on_the_device_are_handed_on_and_others_moved(tiny_data):
+def test_batches_on_the_device_are_handed_on_and_others_moved(tiny_data, monkeypatch):
     dm = MNISTDataModule(tiny_data, download=False)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch  # no walk, no copy
+    bundle = [[x, y] for x, y in [batch] * 3]  # (K minibatches per training_step)
+    monkeypatch.setattr(torch.Tensor, "__iter__", lambda t: pytest.fail("walked a tensor's rows"))
+    for handed in (batch, bundle):  # no walk, no copy
+        assert dm.transfer_batch_to_device(handed, torch.device("cpu"), 0) is handed
+    monkeypatch.undo()
     moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
     assert [t.device.type for t in moved] == ["meta", "meta"]
     assert [t.shape for t in moved] == [t.shape for t in batch]
