@@ -24,7 +24,15 @@ from omegaconf import DictConfig
 
 from bnstudy.errors import RunFileError
 from bnstudy.jobdir import describe_holder, holder
-from bnstudy.records import REMEDIES, TUNING_FILE, RunRecord, job_order, replace_file, sweep_records
+from bnstudy.records import (
+    RECORD_NAME,
+    REMEDIES,
+    TUNING_FILE,
+    RunRecord,
+    job_order,
+    replace_file,
+    sweep_records,
+)
 from bnstudy.run import remove_empty_folder
 from bnstudy.trackers import uses_tensorboard
 
@@ -68,9 +76,13 @@ class SweepSummary(Callback):
     """At the end of a multirun: a line per job, the sweep's HParams experiment, the answer and
     the report command; then every job that did not finish (its record says why, or the
     refusals' folder for a refused or discarded one, whichever process ran it) with the resume
-    command, and exit 1. Ok and diverged jobs are results."""
+    command, and exit 1. Ok and diverged jobs are results, also those a second launch of the
+    sweep trained while this one refused them (named, not counted as unfinished)."""
+
+    started = 0.0  # when this sweep began (the clock of the records' files)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time()
         if note := local_requeue_limit(config.hydra.get("launcher") or {}):
             log.warning(note)
         # In the environment every launcher hands its jobs (a process of its own or not).
@@ -107,10 +119,17 @@ class SweepSummary(Callback):
                      "Report (per second of compute, tuning, pictures, every claim): "
                      "python -m bnstudy.report %s", sweep_dir, len(records), lines,
                      f"{answer}\n" if answer else "", sweep_dir, BROWSE_URL, sweep_dir)
-        unfinished = _collect_refusals()
+        unfinished, elsewhere = _collect_refusals(), []
         for job, record in found:
-            if not record.finished and job.name not in unfinished:
+            if record.finished and job.name in unfinished and \
+                    (job / RECORD_NAME).stat().st_mtime >= self.started:
+                elsewhere.append(job.name)  # refused here, trained meanwhile by another launch
+                del unfinished[job.name]
+            elif not record.finished and job.name not in unfinished:
                 unfinished[job.name] = unfinished_reason(job, record)
+        if elsewhere:
+            log.info("%d job(s) were in use here and finished by another launch of this sweep "
+                     "meanwhile: %s", len(elsewhere), ", ".join(elsewhere))
         if not unfinished:
             return
         lines = "\n".join(f"  {name}: {reason}" for name, reason in

@@ -34,8 +34,9 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, s
     done = write_job(tmp_path, [0.5, 0.6])
     job = write_job(tmp_path, [0.4, 0.5], status="ok" if status == "refused" else status,
                     error="ValueError: boom" if status == "failed" else None, seed=1)
-    if status == "refused":
+    if status == "refused":  # a run from before this sweep (say, without resume=true)
         note_refusal(job, "it was in use")
+        os.utime(job / "metrics.json", (sweep_summary.started - 60,) * 2)
     if reason is None:
         sweep_summary.on_multirun_end(config)  # returns: exit status 0
         return
@@ -46,6 +47,23 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, s
     assert f"\n  {job.name}: {reason}" in message and done.name not in message
     assert f"resume=true hydra.sweep.dir={tmp_path}" in message
     assert not (tmp_path / ".refused").exists()  # the refusals' notes are read and removed
+
+
+def test_jobs_a_second_launch_finished_meanwhile_are_results(tmp_path, sweep_summary, caplog):
+    """The sweep launched twice: each refuses the jobs the other holds, which the other then
+    finishes; neither counts those as unfinished (a job still in use does count)."""
+    caplog.set_level("INFO", logger="bnstudy")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_summary.on_multirun_start(config)
+    finished = write_job(tmp_path, [0.5, 0.6])
+    running = write_job(tmp_path, [0.4], status="running", seed=1)
+    for job in (finished, running):
+        note_refusal(job, f"{job} is in use")
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    assert str(ended.value.code).startswith(f"1 job(s) of {tmp_path} did not finish")
+    assert f"\n  {running.name}: refused: " in str(ended.value.code)
+    assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
 
 
 def read_only_folder(tmp_path: Path) -> Path:
