@@ -680,3 +680,24 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "size only",
         "One seed a side shows direction and size only; to decide: python -m bnstudy.train -m "
         "experiment=decisive hydra/launcher=parallel"]
+
+
+def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_small_budget():
+    from dataclasses import replace
+
+    from bnstudy.report.answer import margin_words, part_words, tuned_table, tuned_words, words
+
+    assert words("no test", 0.01, (math.nan,) * 2, math.nan, 3) == \
+        "+1.00 pts: no spread over the seeds, no test"
+    assert words("wins", math.nan, (0, 1), 2.0) == part_words(None) == "—"
+    assert margin_words({"mnist": math.nan}) == "none declared"
+    assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
+        "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
+    _, c6 = cannot_tell_parts()
+    seen = replace(c6, test=replace(c6.test, test=IMAGES))
+    assert tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
+                                   "parts; *equivalent* by TOST within ±0.5 pts for MNIST")
+    assert squeezed(tuned_table([seen], {("mnist", "sgd"): "BN ahead"})).splitlines()[::2] == [
+        "| dataset | optimizer | seeds (BN, no BN) | at a small budget (k=1) | at each one's "
+        "best |", "| MNIST | SGD | 3, 3 | BN ahead | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
+        "seeds a side would decide |"]
