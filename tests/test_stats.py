@@ -205,9 +205,11 @@ def test_power_at_another_alpha_is_statsmodels_and_seeds_needed_stop_at_1000():
     assert needed == math.ceil(TTestPower().solve_power(
         effect_size=abs(test.estimate) / sd, alpha=0.01, power=0.8))
     spreads = (S.Spread(1.0, 5),)
-    edge = brentq(lambda d: S.t_power(d, spreads, 1000.5) - 0.8, 0.01, 1.0)  # 1001 seeds
-    assert S.power_of(S.Contrast(edge, 0, 0, 0.5, spreads=spreads))[1] == math.inf
-    assert S.power_of(S.Contrast(edge, 0, 0, 0.5, spreads=spreads), most=1001)[1] == 1001
+    for alpha in (0.05, 0.01):  # a difference 1001 seeds a side would decide
+        delta = brentq(lambda d, a=alpha: S.t_power(d, spreads, 1000.5, a) - 0.8, 0.01, 1)
+        edge = S.Contrast(delta, 0, 0, 0.5, spreads=spreads)
+        assert S.power_of(edge, alpha=alpha)[1] == math.inf
+        assert S.power_of(edge, alpha=alpha, most=1001)[1] == 1001
     big = S.Contrast(1.0, 0.9, 1.1, 1e-6, spreads=(S.Spread(1e-4, 5),))
     assert S.power_of(big)[1] == 2  # the fewest seeds a side a test can have
 
