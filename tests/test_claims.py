@@ -665,8 +665,8 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         write_job(tmp_path, [0.5, 0.8 + seed / 100], norm="bn", seed=seed)
         write_job(tmp_path, [0.5, 0.7 + seed / 50], norm="none", seed=seed)
         write_job(tmp_path, [0.5, 0.75], norm="layer", seed=seed)
-    write_job(tmp_path, [0.5, 0.8], norm="bn", seed=0, optim="adam")
-    write_job(tmp_path, [0.5, 0.7], norm="none", seed=0, optim="adam")
+    for norm, acc in (("bn", 0.8), ("none", 0.7)):  # a dataset and optimizer without labels
+        write_job(tmp_path, [0.5, acc], norm=norm, seed=0, dataset="svhn", optim="rmsprop")
     assert console_answer(tmp_path).splitlines() == [
         "Each norm against its baseline in final validation accuracy (95% interval; validation "
         "split, final epoch; paired t over shared seeds in 2 of 3 rows, Welch where the seeds do "
@@ -676,7 +676,7 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "seeds a side would decide",
         "  MNIST, SGD, LayerNorm − no BN (2 vs 2 seeds): cannot tell, +4.00 pts (-8.71 to "
         "+16.71): 4 seeds a side would decide",
-        "  MNIST, Adam, BN − no BN (1 vs 1 seeds): +10.00 pts: one seed a side, direction and "
+        "  svhn, rmsprop, BN − no BN (1 vs 1 seeds): +10.00 pts: one seed a side, direction and "
         "size only",
         "One seed a side shows direction and size only; to decide: python -m bnstudy.train -m "
         "experiment=decisive hydra/launcher=parallel"]
@@ -694,10 +694,11 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
         "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
     _, c6 = cannot_tell_parts()
-    seen = replace(c6, test=replace(c6.test, test=IMAGES))
+    seen = replace(c6, test=replace(c6.test, test=IMAGES),  # no labels for svhn, rmsprop
+                   declared=replace(c6.declared, terms=C.pair("svhn", "rmsprop")))
     assert tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
-                                   "parts; *equivalent* by TOST within ±0.5 pts for MNIST")
+                                   "parts; *equivalent* by TOST within ±0.5 pts for svhn")
     assert squeezed(tuned_table([seen], {("mnist", "sgd"): "BN ahead"})).splitlines()[::2] == [
         "| dataset | optimizer | seeds (BN, no BN) | at a small budget (k=1) | at each one's "
-        "best |", "| MNIST | SGD | 3, 3 | BN ahead | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
+        "best |", "| svhn | rmsprop | 3, 3 | — | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
         "seeds a side would decide |"]
