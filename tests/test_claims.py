@@ -693,7 +693,15 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     assert margin_words({"mnist": math.nan}) == "none declared"
     assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
         "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
+    (c5a,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C5a (MNIST, SGD)"]
+    two = V.run_part(c5a, paired_table("val_acc_at_1", [0.9, 0.92], [0.8, 0.81]))
+    assert part_words(two).startswith("BN wins, +10.50 pts (")  # two seeds a side: a test
+    one = V.run_part(c5a, paired_table("val_acc_at_1", [0.9], [0.8]))
+    assert part_words(one) == "+10.00 pts: one seed a side, direction and size only"
     _, c6 = cannot_tell_parts()
+    assert part_words(replace(c6, test=replace(c6.test, test=IMAGES), seeds_needed=math.inf)) \
+        .endswith("no number of seeds a side would decide: the test images' own sampling error "
+                  "is too large (a larger test split would)")
     seen = replace(c6, test=replace(c6.test, test=IMAGES),  # no labels for svhn, rmsprop
                    declared=replace(c6.declared, terms=C.pair("svhn", "rmsprop")))
     assert tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
