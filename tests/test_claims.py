@@ -710,3 +710,29 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
         "| dataset | optimizer | seeds (BN, no BN) | at a small budget (k=1) | at each one's "
         "best |", "| svhn | rmsprop | 3, 3 | — | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
         "seeds a side would decide |"]
+
+
+def test_the_answer_table_with_two_pairs_an_extra_key_and_labels_it_has_none_for():
+    """A column for the compared pair and each other key; C5a (not C5b) and C6 on the study's
+    pair only; a dataset and optimizer without labels under their own names."""
+    from dataclasses import replace
+
+    from bnstudy.report.answer import answer_table
+
+    def moved(result: V.Result, **change) -> V.Result:
+        declared = replace(result.declared, terms=C.pair("svhn", "rmsprop"))
+        return replace(result, declared=replace(declared, **change))
+
+    c5a, c6 = cannot_tell_parts()
+    c5b = replace(moved(c5a, part="b (svhn)"), seeds_needed=99.0)
+    rows = [{**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1},
+            {**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1, "treatment": "layer"}]
+    table = squeezed(answer_table(pd.DataFrame(rows), [c5b, moved(c5a), moved(c6)]))
+    cannot = "cannot tell, +0.67 pts ({}): {} seeds a side would decide"
+    assert table.splitlines()[::2] == [
+        "| dataset | optimizer | lr | compared | seeds (treatment, baseline) | at equal epochs | "
+        "at equal training time | at each one's best |",
+        "| svhn | rmsprop | 0.1 | BN − no BN | 3, 3 | BN wins, +5.00 pts (+2.00 to +8.00) | "
+        f"{cannot.format('-1.92 to +3.25', 22)} | {cannot.format('-1.96 to +3.30', 47)} |"]
+    assert table.splitlines()[3] == ("| svhn | rmsprop | 0.1 | LayerNorm − no BN | 3, 3 | "
+                                     "LayerNorm wins, +5.00 pts (+2.00 to +8.00) | — | — |")
