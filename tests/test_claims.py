@@ -656,6 +656,8 @@ def test_the_answer_section_word_for_word():
     assert squeezed(answer_section(table, [c5a])) == ANSWER
     assert squeezed(answer_section(table, [c6])) == TUNED_ANSWER
     assert answer_section(table.iloc[:0], []) == ""
+    missing = {**WIN, "n_baseline": 0, "diff": math.nan}  # a pair one norm never ran
+    assert "One seed a side" in answer_section(pd.DataFrame([missing, ONE_SEED]), [])
 
 
 def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_path):
@@ -690,6 +692,8 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     assert words("no test", 0.01, (math.nan,) * 2, math.nan, 3) == \
         "+1.00 pts: no spread over the seeds, no test"
     assert words("wins", math.nan, (0, 1), 2.0) == part_words(None) == "—"
+    assert words("cannot tell", 0.01, (-0.01, 0.03), math.nan) == \
+        "cannot tell, +1.00 pts (-1.00 to +3.00)"  # no power computed: no seeds promised
     assert margin_words({"mnist": math.nan}) == "none declared"
     assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
         "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
