@@ -179,3 +179,26 @@ def test_the_answers_small_budget_words_follow_c7s_adjusted_verdict():
     assert budget.diff(1, 1)[1] > 0  # the band alone: BN ahead
     assert small_words(budget, "holds").startswith("BN ahead, +")
     assert small_words(budget, "cannot tell").startswith("cannot tell, +")
+
+
+def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
+    """Per dataset × optimizer, after one trial (C7) and at each one's best (C6); a dash for a
+    cell without a search or without C6 (svhn, rmsprop: nor labels); nothing with neither."""
+    from bnstudy.report.answer import console_answer
+
+    write_job(tmp_path, [0.5])
+    write_tuned_sweep(tmp_path, [])
+    assert console_answer(tmp_path) == ""
+    write_tuned_sweep(tmp_path, crossover(dataset="svhn", optim="rmsprop"))
+    ahead, same = "BN ahead, +12.12 pts (+10.22 to +14.14)", \
+        "+0.00 pts: no spread over the seeds, no test"  # the re-runs: 0.9 each
+    assert console_answer(tmp_path).splitlines() == [
+        "Is BatchNorm worth it at your tuning budget? BN − no BN in the expected best val acc "
+        "after one trial of each search (C7, bootstrap, Holm), and in test acc at each one's best "
+        "(C6, Welch + the test images' error, Holm):",
+        f"  svhn, rmsprop: after one trial {ahead}; at each one's best —"]
+    write_tuned_sweep(tmp_path, crossover() + [cell(n, [], 1.0, optim="adam", failed=2)
+                                               for n in ("bn", "none")])
+    assert console_answer(tmp_path).splitlines()[1:] == [
+        f"  MNIST, SGD: after one trial {ahead}; at each one's best {same}",
+        f"  MNIST, Adam: after one trial —; at each one's best {same}"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -323,7 +324,11 @@ def test_the_sweeps_answer_names_only_pairs_with_both_norms(tmp_path):
     assert console_answer(tmp_path) == ""  # BN alone answers nothing
     for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.7 + seed / 100], norm="none", seed=seed)
-    assert console_answer(tmp_path).splitlines()[1].startswith("  MNIST, SGD (2 vs 2 seeds): ")
+    head, line = console_answer(tmp_path).splitlines()
+    assert head.startswith("Is BatchNorm worth it? BN − no BN in final validation accuracy (95% "
+                           "interval; validation split, final epoch; paired t over the seeds "
+                           "both norms ran; p Holm-adjusted over the 1 comparisons")
+    assert line.startswith("  MNIST, SGD (2 vs 2 seeds): ")
 
 
 # --- C1–C4 on hand-made records -------------------------------------------------------------
@@ -452,25 +457,31 @@ def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path, figures
     assert {r["claim_verdict"] for r in rows if r["claim"] == "C2"} == {"does not hold"}
 
 
-def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
-    """Issue #36: C5a ("at equal training time") and C6 ("at each one's best") parts that
-    cannot be told, rendered by the answer table: a tie's words, never "wins"."""
-    import pandas as pd
-
-    from bnstudy.report.answer import answer_table
-
+def cannot_tell_parts() -> list[V.Result]:
+    """C5a and C6 (MNIST, SGD) on three seeds a side within the seed spread: cannot tell."""
     parts = [p for p in C.declare(["mnist"]) if p.claim + p.part in (
         "C5a (MNIST, SGD)", "C6 (MNIST, SGD)")]
-    close = ([0.90, 0.91, 0.92], [0.89, 0.915, 0.905])  # within the seed spread
-    results = [V.run_part(p, pd.DataFrame([
+    close = ([0.90, 0.91, 0.92], [0.89, 0.915, 0.905])
+    return [V.run_part(p, pd.DataFrame([
         {"dataset": "mnist", "optim": "sgd", "norm": n, "seed": s, "job": f"{n}{s}",
          p.quantity: acc} for n, accs in zip(("bn", "none"), close, strict=True)
         for s, acc in enumerate(accs)])) for p in parts]
+
+
+WIN = {"dataset": "mnist", "optim": "sgd", "treatment": "bn", "baseline": "none",
+       "n_treatment": 3, "n_baseline": 3, "diff": 0.05, "test": PAIRED, "p_value": 0.01,
+       "verdict": "wins", "diff_ci_low": 0.02, "diff_ci_high": 0.08, "margin": 0.005,
+       "seeds_needed": 3.0}
+
+
+def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
+    """Issue #36: C5a ("at equal training time") and C6 ("at each one's best") parts that
+    cannot be told, rendered by the answer table: a tie's words, never "wins"."""
+    from bnstudy.report.answer import answer_table
+
+    results = cannot_tell_parts()
     assert [r.verdict for r in results] == ["cannot tell", "cannot tell"]
-    row = {"dataset": "mnist", "optim": "sgd", "treatment": "bn", "baseline": "none",
-           "n_treatment": 3, "n_baseline": 3, "diff": 0.05, "p_value": 0.01,
-           "verdict": "wins", "diff_ci_low": 0.02, "diff_ci_high": 0.08, "seeds_needed": 3.0}
-    line = answer_table(pd.DataFrame([row]), results).splitlines()[-1]
+    line = answer_table(pd.DataFrame([WIN]), results).splitlines()[-1]
     equal_epochs, equal_time, best = [c.strip() for c in line.strip("|").split("|")][-3:]
     assert equal_epochs.startswith("BN wins, +5.00 pts")
     for cell in (equal_time, best):
@@ -587,3 +598,145 @@ def test_a_difference_below_the_test_images_error_is_not_promised_to_more_seeds(
     assert deciding(math.inf, IMAGES).startswith("no number of seeds a side would decide")
     assert deciding(math.inf, PAIRED) == "over 1000 seeds a side would decide"
     assert deciding(40.0, IMAGES) == "40 seeds a side would decide"
+
+
+ONE_SEED = {**WIN, "optim": "adam", "n_treatment": 1, "n_baseline": 2, "diff": -0.01,
+            "test": "Welch", "p_value": math.nan, "verdict": "no test", "diff_ci_low": math.nan,
+            "diff_ci_high": math.nan, "seeds_needed": math.nan}
+ANSWER = """## The answer
+
+Is BatchNorm worth it? BN − no BN in validation accuracy, per dataset × optimizer (95% interval; \
+validation split, final epoch; paired t over shared seeds in 1 of 2 rows, Welch where the seeds \
+do not pair; p Holm-adjusted over the 2 comparisons (the intervals are not), p < 0.05; \
+*equivalent* by TOST within ±0.5 pts for MNIST): at equal epochs, at equal training time (C5a: \
+the best val acc so far at the no-BN runs' full compute, BN's step charged at the clock's \
+costliest round; paired, Holm over the C5 parts) and at each one's own tuned settings (C6, test \
+split, Welch, Holm over the C6 parts), where the sweep has them. *Cannot tell* says how many \
+seeds a side would decide.
+
+| dataset | optimizer | seeds (BN, no BN) | at equal epochs | at equal training time |
+|:-|:-|:-|:-|:-|
+| MNIST | SGD | 3, 3 | BN wins, +5.00 pts (+2.00 to +8.00) | cannot tell, +0.67 pts (-1.92 to \
++3.25): 22 seeds a side would decide |
+| MNIST | Adam | 1, 2 | -1.00 pts: one seed a side, direction and size only | — |
+
+One seed a side shows the direction and size of each difference, not whether it is larger than \
+the seed-to-seed spread. To decide, run 3 or more seeds (`seed=0,1,2`), or the study at 20 seeds \
+a side:
+
+    python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel
+"""
+TUNED_ANSWER = """## The answer
+
+Is BatchNorm worth it at each one's best? Each norm's own tuned setting, re-run over seeds, BN \
+− no BN in test accuracy (95% interval; Welch over seeds only, Holm over the 1 C6 parts; \
+*equivalent* by TOST within ±0.5 pts for MNIST; claim C6 below); at a small budget, the \
+expected best validation accuracy after one trial of each search (C7).
+
+| dataset | optimizer | seeds (BN, no BN) | at each one's best |
+|:-|:-|:-|:-|
+| MNIST | SGD | 3, 3 | cannot tell, +0.67 pts (-1.96 to +3.30): 47 seeds a side would decide |
+"""
+
+
+def squeezed(markdown: str) -> str:
+    """A Markdown table without its padding."""
+    return re.sub(r"\|:-+", "|:-", re.sub(r" +\|", " |", markdown))
+
+
+def test_the_answer_section_word_for_word():
+    """The answer as report.md opens: at equal epochs and time (a one-seed row adds how to
+    decide), or a tuned sweep's at each one's best; nothing without comparisons."""
+    from bnstudy.report.answer import answer_section
+
+    c5a, c6 = cannot_tell_parts()  # the intervals: scipy's ttest_rel and Welch's
+    assert (c5a.test.ci_low, c5a.test.ci_high) == pytest.approx(sps.ttest_rel(
+        [0.90, 0.91, 0.92], [0.89, 0.915, 0.905]).confidence_interval(), abs=1e-9)
+    table = pd.DataFrame([WIN, ONE_SEED])
+    assert squeezed(answer_section(table, [c5a])) == ANSWER
+    assert squeezed(answer_section(table, [c6])) == TUNED_ANSWER
+    assert answer_section(table.iloc[:0], []) == ""
+    missing = {**WIN, "n_baseline": 0, "diff": math.nan}  # a pair one norm never ran
+    assert "One seed a side" in answer_section(pd.DataFrame([missing, ONE_SEED]), [])
+
+
+def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_path):
+    from bnstudy.report.answer import console_answer
+
+    for seed in (0, 1):
+        write_job(tmp_path, [0.5, 0.8 + seed / 100], norm="bn", seed=seed)
+        write_job(tmp_path, [0.5, 0.7 + seed / 50], norm="none", seed=seed)
+        write_job(tmp_path, [0.5, 0.75], norm="layer", seed=seed)
+    for norm, acc in (("bn", 0.8), ("none", 0.7)):  # a dataset and optimizer without labels
+        write_job(tmp_path, [0.5, acc], norm=norm, seed=0, dataset="svhn", optim="rmsprop")
+    assert console_answer(tmp_path).splitlines() == [
+        "Each norm against its baseline in final validation accuracy (95% interval; validation "
+        "split, final epoch; paired t over shared seeds in 2 of 3 rows, Welch where the seeds do "
+        "not pair; p Holm-adjusted over the 3 comparisons (the intervals are not), p < 0.05; "
+        "equivalent by TOST within ±0.5 pts for MNIST):",
+        "  MNIST, SGD, BN − no BN (2 vs 2 seeds): cannot tell, +9.50 pts (+3.15 to +15.85): 2 "
+        "seeds a side would decide",
+        "  MNIST, SGD, LayerNorm − no BN (2 vs 2 seeds): cannot tell, +4.00 pts (-8.71 to "
+        "+16.71): 4 seeds a side would decide",
+        "  svhn, rmsprop, BN − no BN (1 vs 1 seeds): +10.00 pts: one seed a side, direction and "
+        "size only",
+        "One seed a side shows direction and size only; to decide: python -m bnstudy.train -m "
+        "experiment=decisive hydra/launcher=parallel"]
+
+
+def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_small_budget():
+    from dataclasses import replace
+
+    from bnstudy.report.answer import margin_words, part_words, tuned_table, tuned_words, words
+
+    assert words("no test", 0.01, (math.nan,) * 2, math.nan, 3) == \
+        "+1.00 pts: no spread over the seeds, no test"
+    assert words("wins", math.nan, (0, 1), 2.0) == part_words(None) == "—"
+    assert words("cannot tell", 0.01, (-0.01, 0.03), math.nan) == \
+        "cannot tell, +1.00 pts (-1.00 to +3.00)"  # no power computed: no seeds promised
+    assert margin_words({"mnist": math.nan}) == "none declared"
+    assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
+        "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
+    (c5a,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C5a (MNIST, SGD)"]
+    two = V.run_part(c5a, paired_table("val_acc_at_1", [0.9, 0.92], [0.8, 0.81]))
+    assert part_words(two).startswith("BN wins, +10.50 pts (")  # two seeds a side: a test
+    one = V.run_part(c5a, paired_table("val_acc_at_1", [0.9], [0.8]))
+    assert part_words(one) == "+10.00 pts: one seed a side, direction and size only"
+    _, c6 = cannot_tell_parts()
+    assert part_words(replace(c6, test=replace(c6.test, test=IMAGES), seeds_needed=math.inf)) \
+        .endswith("no number of seeds a side would decide: the test images' own sampling error "
+                  "is too large (a larger test split would)")
+    seen = replace(c6, test=replace(c6.test, test=IMAGES),  # no labels for svhn, rmsprop
+                   declared=replace(c6.declared, terms=C.pair("svhn", "rmsprop")))
+    assert tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
+                                   "parts; *equivalent* by TOST within ±0.5 pts for svhn")
+    assert squeezed(tuned_table([seen], {("mnist", "sgd"): "BN ahead"})).splitlines()[::2] == [
+        "| dataset | optimizer | seeds (BN, no BN) | at a small budget (k=1) | at each one's "
+        "best |", "| svhn | rmsprop | 3, 3 | — | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
+        "seeds a side would decide |"]
+
+
+def test_the_answer_table_with_two_pairs_an_extra_key_and_labels_it_has_none_for():
+    """A column for the compared pair and each other key; C5a (not C5b) and C6 on the study's
+    pair only; a dataset and optimizer without labels under their own names."""
+    from dataclasses import replace
+
+    from bnstudy.report.answer import answer_table
+
+    def moved(result: V.Result, **change) -> V.Result:
+        declared = replace(result.declared, terms=C.pair("svhn", "rmsprop"))
+        return replace(result, declared=replace(declared, **change))
+
+    c5a, c6 = cannot_tell_parts()
+    c5b = replace(moved(c5a, part="b (svhn)"), seeds_needed=99.0)
+    rows = [{**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1},
+            {**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1, "treatment": "layer"}]
+    table = squeezed(answer_table(pd.DataFrame(rows), [c5b, moved(c5a), moved(c6)]))
+    cannot = "cannot tell, +0.67 pts ({}): {} seeds a side would decide"
+    assert table.splitlines()[::2] == [
+        "| dataset | optimizer | lr | compared | seeds (treatment, baseline) | at equal epochs | "
+        "at equal training time | at each one's best |",
+        "| svhn | rmsprop | 0.1 | BN − no BN | 3, 3 | BN wins, +5.00 pts (+2.00 to +8.00) | "
+        f"{cannot.format('-1.92 to +3.25', 22)} | {cannot.format('-1.96 to +3.30', 47)} |"]
+    assert table.splitlines()[3] == ("| svhn | rmsprop | 0.1 | LayerNorm − no BN | 3, 3 | "
+                                     "LayerNorm wins, +5.00 pts (+2.00 to +8.00) | — | — |")

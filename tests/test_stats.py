@@ -138,3 +138,169 @@ def test_verdicts_row_a_comparison_missing_one_norm_and_skip_one_missing_both(tm
     assert (sgd.n_treatment, sgd.n_baseline, sgd.treatment_diverged) == (2, 2, 1)
     assert sgd.test == S.PAIRED and sgd.p_holm == sgd.p_value  # the only test: rows without one
     assert rows["sgd", "layer"].n_treatment == 0  # are not counted in Holm's family
+
+
+# --- issue #36: the guards mutation testing found untested (docs/mutation.md) ----------------
+
+
+def test_the_df_comes_from_the_seeds_that_vary_else_from_the_test_images():
+    images = S.Spread(0.04, 100, seeds=False)
+    assert S.t_parts((S.Spread(0.0, 5), images)) == pytest.approx((0.02, 99))
+    welch = (S.Spread(0.01, 4), S.Spread(0.02, 6))  # Welch–Satterthwaite of the seeds alone
+    df = (0.01 / 4 + 0.02 / 6) ** 2 / ((0.01 / 4) ** 2 / 3 + (0.02 / 6) ** 2 / 5)
+    assert S.t_parts((*welch, images))[1] == pytest.approx(df)
+
+
+def test_pairs_need_two_shared_seeds_and_seeds_that_match_the_values():
+    two = S.contrast([(1.0, [0.9, 0.95]), (-1.0, [0.8, 0.9])], seeds=[[0, 1], [1, 0]])
+    assert (two.test, two.n_paired) == (S.PAIRED, 2)
+    assert two.p_value == pytest.approx(sps.ttest_rel([0.9, 0.95], [0.9, 0.8]).pvalue)
+    for seeds in ([list(range(5))], [list(range(4)), list(range(5))]):  # a caller's mistake
+        with pytest.raises(ValueError):
+            S.contrast([(1.0, BN), (-1.0, NONE)], seeds=seeds)
+
+
+def test_one_group_is_a_one_sample_t_and_weights_scale_the_spread():
+    one = S.contrast([(1.0, BN)])
+    assert one.test == S.contrast([(1.0, BN)], seeds=[list(range(5))]).test == S.ONE
+    assert one.p_value == pytest.approx(sps.ttest_1samp(BN, 0).pvalue)
+    full = S.contrast([(1.0, BN), (-1.0, NONE)])
+    half = S.contrast([(0.5, BN), (-0.5, NONE)])
+    assert (half.estimate, half.ci_high - half.ci_low) == pytest.approx(
+        (full.estimate / 2, (full.ci_high - full.ci_low) / 2))
+    assert half.p_value == pytest.approx(full.p_value)
+    pairs = [0.9, 0.94], [0.8, 0.83]  # two runs a side are enough for Welch
+    assert S.contrast([(1.0, pairs[0]), (-1.0, pairs[1])]).p_value == pytest.approx(
+        sps.ttest_ind(*pairs, equal_var=False).pvalue)
+
+
+def test_a_contrast_without_a_test_keeps_its_estimate_test_seeds_and_margin():
+    empty = S.contrast([(1.0, BN), (-1.0, [])], seeds=[list(range(5)), []], margin=0.01)
+    assert empty.test == S.UNPAIRED
+    assert all(math.isnan(x) for x in (empty.estimate, empty.ci_low, empty.ci_high,
+                                       empty.p_value))
+    flat = S.contrast([(1.0, [0.5, 0.75, 1.0]), (-1.0, [0.25, 0.5, 0.75])],
+                      seeds=[[0, 1, 2]] * 2, margin=0.01)  # every pair differs by 0.25
+    assert (flat.estimate, flat.test, flat.n_paired, flat.margin) == (0.25, S.PAIRED, 3, 0.01)
+    assert all(math.isnan(x) for x in (flat.ci_low, flat.ci_high, flat.p_value, flat.p_tost))
+    for test in (flat, S.Contrast(0.1, 0.0, 0.2, 0.03)):  # no spreads (a bootstrap's p, say)
+        assert all(math.isnan(x) for x in S.power_of(test))
+
+
+def test_p_exactly_alpha_decides_nothing_and_a_null_difference_has_power_alpha():
+    at = S.Contrast(0.01, 0.0, 0.02, 0.05, p_holm=0.05, p_tost_holm=0.05)
+    assert S.decide(at) == "cannot tell"
+    assert S.t_power(0.0, (S.Spread(0.01, 5),)) == pytest.approx(0.05)
+
+
+def test_power_at_another_alpha_is_statsmodels_and_seeds_needed_stop_at_1000():
+    from scipy.optimize import brentq
+    from statsmodels.stats.power import TTestPower
+
+    test = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2)
+    sd = float(np.std(np.subtract(BN, NONE), ddof=1))
+    detectable, needed = S.power_of(test, alpha=0.01)
+    assert detectable / sd == pytest.approx(
+        TTestPower().solve_power(nobs=5, alpha=0.01, power=0.8), rel=1e-4)
+    assert needed == math.ceil(TTestPower().solve_power(
+        effect_size=abs(test.estimate) / sd, alpha=0.01, power=0.8))
+    spreads = (S.Spread(1.0, 5),)
+    for alpha in (0.05, 0.01):  # a difference 1001 seeds a side would decide
+        delta = brentq(lambda d, a=alpha: S.t_power(d, spreads, 1000.5, a) - 0.8, 0.01, 1)
+        edge = S.Contrast(delta, 0, 0, 0.5, spreads=spreads)
+        assert S.power_of(edge, alpha=alpha)[1] == math.inf
+        assert S.power_of(edge, alpha=alpha, most=1001)[1] == 1001
+    big = S.Contrast(1.0, 0.9, 1.1, 1e-6, spreads=(S.Spread(1e-4, 5),))
+    assert S.power_of(big)[1] == 2  # the fewest seeds a side a test can have
+
+
+def test_a_runs_saved_margin_is_read_again_when_its_config_changes_and_the_first_counts(
+        tmp_path):
+    import os
+
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    for job, margin in (("a", 0.02), ("b", 0.03)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        OmegaConf.save({"dataset": {"equivalence_margin": margin}},
+                       tmp_path / job / ".hydra" / "config.yaml")
+    runs = pd.DataFrame({"dataset": ["cifar10", "mnist", "mnist"],
+                         "path": [tmp_path / "none", tmp_path / "a", tmp_path / "b"]})
+    assert S.margins(runs) == {"cifar10": 0.01, "mnist": 0.02}  # cifar10: conf/dataset's
+    path = tmp_path / "a" / ".hydra" / "config.yaml"
+    OmegaConf.save({"dataset": {"equivalence_margin": 0.04}}, path)
+    os.utime(path, ns=(1, 1))  # a new mtime, however coarse the clock
+    assert S.saved_margin(str(tmp_path / "a")) == 0.04
+
+
+def test_summary_reads_the_star_target_and_a_missing_number_is_not_averaged_away(tmp_path):
+    from helpers import write_job
+
+    from bnstudy.report.runs import load_runs
+
+    for seed, curve in enumerate(([0.5, 0.8, 0.9], [0.5, 0.6, 0.7], [0.5, 0.6, 0.8])):
+        write_job(tmp_path, curve, seed=seed)
+    runs = load_runs(tmp_path)
+    keys = ["dataset", "optim", "norm"]
+    (row,) = S.summary(runs, keys, {"*": 0.75}).to_dict("records")
+    assert (row["target_val_acc"], row["epochs_to_target_mean"], row["n_reached_target"]) == \
+        (0.75, 2.5, 2)
+    assert S.values(runs, "test_acc") == pytest.approx([0.89, 0.69, 0.79])
+    runs.loc[2, ["test_acc", "wall_time_s"]] = math.nan  # an ok run without them
+    (row,) = S.summary(runs.drop(columns="seed"), keys, {}).to_dict("records")
+    assert row["n_missing"] == 0 and math.isnan(row["target_val_acc"])
+    assert all(math.isnan(row[k]) for k in ("test_acc_mean", "test_acc_std", "wall_time_s_mean"))
+    assert S.seeded(runs.drop(columns="seed")) == [(None, 0.9), (None, 0.7), (None, 0.8)]
+
+
+def test_verdicts_holm_the_tost_p_over_the_table_and_a_table_without_dataset_has_no_margin(
+        tmp_path):
+    from helpers import write_job
+
+    from bnstudy.report.runs import load_runs
+
+    for seed, d in enumerate((0.004, -0.002, 0.003, -0.001)):
+        for optim in ("sgd", "adam"):
+            write_job(tmp_path, [0.5, 0.9 + d], optim=optim, seed=seed)
+            write_job(tmp_path, [0.5, 0.9 - d / 2], norm="none", optim=optim, seed=seed)
+    runs = load_runs(tmp_path)
+    table = S.verdicts(runs, [("bn", "none")])
+    assert list(table["p_tost_holm"]) == pytest.approx(S.holm(list(table["p_tost"])))
+    assert list(table["margin"]) == [0.005, 0.005] and table["p_tost"].notna().all()
+    bare = S.verdicts(runs.drop(columns="dataset"), [("bn", "none")])
+    assert bare["margin"].isna().all() and bare["p_tost"].isna().all()
+
+
+def test_sweep_panels_keep_the_sweeps_dataset_order_and_a_value_5_points_below_is_usable(
+        tmp_path):
+    import pandas as pd
+    from helpers import write_job
+
+    from bnstudy.report.runs import group_keys, load_runs
+
+    for dataset in ("mnist", "cifar10"):
+        for lr in (0.1, 0.01):
+            write_job(tmp_path, [0.9], dataset=dataset, lr=lr)
+    runs = load_runs(tmp_path)
+    panels = S.sweep_panels(runs, group_keys(runs), "lr")
+    assert list(panels) == ["mnist", "cifar10"]
+    assert [list(p["bn"]) for p in panels["mnist"].values()] == [[0.01, 0.1]]
+
+    def point(acc: float) -> pd.DataFrame:
+        return pd.DataFrame({"outcome": ["ok"], "history": [[{}]], "final_val_acc": [acc]})
+
+    by_norm = {"bn": {0.1: point(0.90), 1.0: point(0.85), 3.0: point(0.849)}}
+    assert S.usable_values(by_norm) == (0.90, {"bn": [0.1, 1.0]})
+
+
+def test_power_keeps_its_side_where_scipy_gives_up_on_the_other_and_is_1_far_out():
+    """scipy's nct.cdf(-crit) is NaN at some ncp where it is ~1e-16 (here 2 seeds paired, ncp
+    7.48); the power is then the near side's, checked by integrating over the chi-square."""
+    from scipy.integrate import quad
+
+    crit, ncp = sps.t.ppf(0.975, 1), 7.4836042932357225
+    near = quad(lambda v: sps.norm.sf(crit * math.sqrt(v) - ncp) * sps.chi2.pdf(v, 1),
+                0, math.inf)[0]
+    assert S.t_power(ncp, (S.Spread(2.0, 2),)) == pytest.approx(near, rel=1e-6)  # se 1, df 1
+    assert S.t_power(1.0, (S.Spread(1e-20, 5),)) == 1.0  # ncp 2e10: scipy's NaN on both sides

@@ -182,10 +182,11 @@ def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
     se, df = t_parts(spreads, n)
     crit = float(stats.t.ppf(1 - alpha / 2, df))
     ncp = abs(delta) / se
-    power = float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
-    if math.isnan(power):  # scipy's nct gives up far in the tail: all or nothing there
+    power = float(stats.nct.sf(crit, df, ncp))
+    if math.isnan(power):  # scipy's nct gives up far in the tail (ncp ~1e9): all or nothing
         return 1.0 if ncp > crit else 0.0
-    return power
+    below = float(stats.nct.cdf(-crit, df, ncp))  # the wrong side: NaN at times where ~1e-16
+    return power if math.isnan(below) else power + below
 
 
 def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
