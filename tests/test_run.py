@@ -3,6 +3,7 @@ checks, the discard of an untrained run, failures in one paragraph, divergence."
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config, scalars, train_run
+from helpers import FAST, compose_config, scalars, train_run
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.jobdir import RunExistsError
@@ -274,3 +275,212 @@ def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, 
                          "callbacks.progress_bar.refresh_rate=7")
     bar = build(cfg)[2].progress_bar_callback
     assert (bar.refresh_rate == 7) if shown else bar is None
+
+
+def test_a_rerun_refused_and_a_changed_resume_are_said_in_full(stored_job, caplog):
+    """The two refusals word for word; a resume without a stored config is not compared; a
+    requeue says so in the log."""
+    with pytest.raises(RunExistsError) as refused:
+        check_job_dir(job_cfg(stored_job), stored_job)
+    assert str(refused.value) == (
+        f"{stored_job} already holds a run (status interrupted); nothing was changed. Add "
+        "resume=true to continue an unfinished run and skip finished ones, overwrite=true to "
+        "train it again from scratch (its results are replaced), or choose another "
+        "hydra.run.dir / hydra.sweep.dir.")
+    with pytest.raises(RunExistsError) as refused:
+        check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job)
+    assert str(refused.value) == (
+        f"resume=true, but {stored_job} was run with other settings: seed: 0 -> 1. Resume with "
+        "the original command (plus resume=true), or start a new run in another directory "
+        "(hydra.run.dir=... or hydra.sweep.dir=...).")
+    (stored_job / ".hydra" / "config.yaml").unlink()
+    assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
+
+
+def slurm_job(monkeypatch, restarts: int | None) -> None:
+    """The environment of SLURM's array task 1000_3 (job 1001), restarted `restarts` times."""
+    for name in SLURM_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (("SLURM_JOB_ID", "1001"), ("SLURM_ARRAY_JOB_ID", "1000"),
+                        ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_RESTART_COUNT", restarts)):
+        if value is not None:
+            monkeypatch.setenv(name, str(value))
+
+
+def test_a_requeue_is_logged_and_overwrite_clears_a_run_that_saved_nothing(stored_job,
+                                                                          monkeypatch, caplog):
+    import logging
+
+    RunRecord.update(stored_job / "metrics.json", job={"id": "slurm:1000_3", "restarts": 0})
+    slurm_job(monkeypatch, 1)
+    with caplog.at_level(logging.INFO, logger="bnstudy"):
+        assert check_job_dir(job_cfg(stored_job), stored_job) is True
+    assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
+           "interrupted): resuming" in caplog.messages
+    for name in ("checkpoints", "images"):
+        shutil.rmtree(stored_job / name)  # none to clear: not an error
+    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
+    assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
+
+
+def test_only_rank_0_writes_the_runs_files(monkeypatch):
+    from bnstudy.run import is_primary
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_primary()
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(name, "1")
+        assert not is_primary(), name
+        monkeypatch.setenv(name, "0")
+    assert is_primary()
+
+
+class FakeHydra:
+    """`HydraConfig` of a job run by a launcher of these settings (None: no Hydra job)."""
+
+    def __init__(self, launcher: dict | None) -> None:
+        self.launcher = launcher
+
+    def initialized(self) -> bool:
+        return self.launcher is not None
+
+    def get(self):
+        return self
+
+
+def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
+    import os
+
+    from bnstudy import run
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cases = [({"n_jobs": 3}, 2), ({"n_jobs": 16}, 1), ({"n_jobs": -1}, 1),
+             ({"cpus_per_task": 4}, 4), ({}, None),
+             ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+                           "LocalLauncher"}, 1),
+             ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None)]
+    for launcher, threads in cases:
+        monkeypatch.setattr(run, "HydraConfig", FakeHydra(launcher))
+        assert run.torch_threads("auto") == threads, launcher
+        assert run.torch_threads(3) == 3
+    monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))
+    assert run.torch_threads("auto") is None
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one core
+    monkeypatch.setattr(run, "HydraConfig", FakeHydra({"n_jobs": 1}))
+    assert run.torch_threads("auto") == 1
+
+
+def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_in_full(monkeypatch):
+    from bnstudy import run
+    from bnstudy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        run.check_devices(compose_config("trainer.use_distributed_sampler=true"))
+    assert str(refused.value) == (
+        "trainer.use_distributed_sampler=true would shard batches a second time: the datamodule "
+        "already gives each process its own share. Leave it false.")
+    monkeypatch.setattr(run, "is_multirun", lambda: True)
+    with pytest.raises(ConfigError) as refused:
+        run.check_devices(compose_config("trainer.devices=2", "trainer.strategy=ddp"))
+    assert str(refused.value) == (
+        "trainer.devices=2 with trainer.strategy=ddp in a sweep (-m): Lightning's ddp restarts "
+        "the script, which would start the sweep again in every process. In a sweep use "
+        "trainer.strategy=ddp_spawn; for a single run either works.")
+    for fine in (("trainer.devices=2", "trainer.strategy=ddp_spawn"),
+                 ("trainer.devices=1", "trainer.strategy=ddp"),
+                 ("trainer.devices='1'", "trainer.strategy=ddp")):
+        run.check_devices(compose_config(*fine))
+
+
+def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(tmp_path):
+    from bnstudy.run import resume_command
+
+    cfg = compose_config(f"paths.output_dir={tmp_path}", "seed=3", "resume=false", "norm=none")
+    assert resume_command(cfg) == (f"python -m bnstudy.train paths.output_dir={tmp_path} seed=3 "
+                                   f"norm=none resume=true hydra.run.dir={tmp_path}")
+
+
+def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    from bnstudy.run import _ended
+
+    RunRecord(status="running").write(tmp_path / "metrics.json")
+    ended = _ended(job_cfg(tmp_path), tmp_path,
+                   UncompletedJobError("Job 12 has timed out too many times."))
+    assert (ended.status, str(ended), ended.trace) == \
+        ("interrupted", "Job 12 has timed out too many times", None)
+    record = RunRecord.read(tmp_path)
+    assert (record.status, record.error) == \
+        ("interrupted", "its launcher will not requeue it (Job 12 has timed out too many times)")
+
+
+def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
+    """Nothing to read, an unreadable record, an epoch trained: kept; a linked folder is
+    unlinked, not emptied; only the empty folders inside the working directory go."""
+    from bnstudy.run import remove_empty_folder
+
+    assert not discard_untrained(tmp_path / "absent")
+    job = tmp_path / "work" / "runs" / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "metrics.json").write_text("{")
+    assert not discard_untrained(job)
+    RunRecord(status="failed", history=[{"epoch": 0}]).write(job / "metrics.json")
+    assert not discard_untrained(job) and (job / "metrics.json").is_file()
+    RunRecord(status="failed").write(job / "metrics.json")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "kept.png").write_bytes(b"png")
+    (job / "images").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "work" / "runs" / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert discard_untrained(job) and not job.exists()
+    assert (tmp_path / "elsewhere" / "kept.png").is_file()
+    assert (tmp_path / "work" / "runs" / "other").is_dir()  # not empty: stays, and those above
+    (tmp_path / "out" / "a" / "b").mkdir(parents=True)  # outside the working directory
+    assert remove_empty_folder(tmp_path / "out" / "a" / "b")
+    assert (tmp_path / "out" / "a").is_dir()
+    assert not remove_empty_folder(tmp_path / "work")  # not empty
+
+
+def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeypatch):
+    """A DDP rank but 0 takes no lock and writes nothing: it resumes (here: skips the finished
+    run) with resume=true, or when its launcher job is the record's."""
+    from bnstudy.run import train
+
+    RunRecord.update(stored_job / "metrics.json", status="ok",
+                     job={"id": "slurm:1000_3", "restarts": 0})
+    before = {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()}
+    slurm_job(monkeypatch, 1)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    unusable = (f"paths.data_dir={stored_job / 'no-data'}", "dataset.datamodule.download=false")
+    assert train(job_cfg(stored_job, *unusable)).status == "ok"  # its job, requeued
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # another job
+    assert train(job_cfg(stored_job, *unusable, "resume=true")).status == "ok"
+    assert {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()} == before
+
+
+def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, tmp_path,
+                                                                    monkeypatch):
+    """SLURM requeued the job: it trains on without resume=true, its record names the new
+    attempt's job and counts the requeue, and the warnings the earlier attempt showed (its
+    train.log) are not shown again."""
+    from omegaconf import OmegaConf
+
+    from bnstudy.console import StudyLines
+
+    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
+                         "trainer.max_epochs=1", "~callbacks.hallucinations", *FAST)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    RunRecord(status="interrupted", job={"id": "slurm:1000_3", "restarts": 0}, requeues=1,
+              error="boom", traceback="Traceback ...", diverged_at={"epoch": 0}
+              ).write(tmp_path / "metrics.json")
+    (tmp_path / "train.log").write_text("[2026-12-05 04:00:00,000][x][WARNING] - seen before\n")
+    monkeypatch.setattr(StudyLines, "earlier", set())
+    slurm_job(monkeypatch, 1)
+    record = train_run(tiny_data, tmp_path)
+    assert record.status == "ok" and record.requeues == 2
+    assert record.job == {"id": "slurm:1000_3", "restarts": 1}
+    assert (record.error, record.traceback, record.diverged_at) == (None, None, None)
+    assert StudyLines.earlier == {"seen before"}
