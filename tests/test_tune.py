@@ -304,3 +304,79 @@ def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
     (tmp_path / "multirun.yaml").write_text("{}")
     assert study_dir(cell) == tmp_path
     assert study_dir(tmp_path) == tmp_path
+
+
+def fake_train(cfg):
+    """`bnstudy.run.train` without training: a record whose final val acc comes from the lr
+    (best at 0.01) and the seed; a CIFAR-10 run fails as one without its data would."""
+    from pathlib import Path
+
+    from bnstudy.run import RunEnded
+
+    if cfg.dataset.name == "cifar10":
+        raise RunEnded("failed", "no CIFAR-10 here")
+    acc = fake_train_acc(cfg.optim.optimizer.lr, cfg.seed)
+    record = RunRecord("ok", run_name=cfg.run_name, wall_time_s=1.5,
+                       history=[{"val/acc": 0.99}, {"val/acc": acc}])  # the final one counts
+    record.write(Path(cfg.paths.output_dir))
+    return record
+
+
+def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_path,
+                                                                         monkeypatch):
+    """The tuned sweep's own code end to end, each job a hand-made record (`fake_train`): the
+    cells searched with their seeded samplers, each trial's score the final val acc, the top 2
+    re-run over the seeds and the best mean chosen; a cell whose every trial failed is said,
+    exit 1, and the other is tuned all the same."""
+    import bnstudy.run
+    from bnstudy.tune import METRIC
+
+    monkeypatch.setattr(bnstudy.run, "train", fake_train)
+    proc = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam", "norm=bn",
+                     "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2",
+                     f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    tuning = json.loads((tmp_path / TUNING_FILE).read_text())
+    base = tuning["sampler_seed"]
+    assert {k: tuning[k] for k in ("sampler", "n_trials", "rerun_top", "seeds", "metric")} == \
+        {"sampler": "RandomSampler", "n_trials": 3, "rerun_top": 2, "seeds": [0, 1],
+         "metric": METRIC}
+    assert isinstance(base, int) and set(tuning["time_s"]) == {"search", "final"}
+    mnist, cifar = tuning["cells"]
+    assert {k: mnist[k] for k in ("dataset", "optim", "norm")} == \
+        {"dataset": "mnist", "optim": "adam", "norm": "bn"}
+    assert mnist["sampler_seed"] == cell_seed(base, "mnist-bn-adam")
+    for n, trial in enumerate(mnist["trials"]):
+        lr = trial["params"]["optim.optimizer.lr"]
+        assert trial["value"] == pytest.approx(fake_train_acc(lr, 0))
+        assert trial["state"] == "COMPLETE" and trial["seconds"] == 1.5
+        assert trial["job"].startswith(f"search/mnist-bn-adam/{n}_")
+    ranked = sorted(mnist["trials"], key=lambda t: -t["value"])[:2]
+    assert [c["params"] for c in mnist["candidates"]] == [t["params"] for t in ranked]
+    for candidate in mnist["candidates"]:
+        lr = candidate["params"]["optim.optimizer.lr"]
+        assert candidate["val_acc"] == pytest.approx([fake_train_acc(lr, s) for s in (0, 1)])
+        assert len(candidate["jobs"]) == 2 and candidate["jobs"][1].endswith("seed1")
+    chosen = choose(mnist["candidates"])
+    assert mnist["best_params"] == chosen["params"] and mnist["final_jobs"] == chosen["jobs"]
+    assert [t["state"] for t in cifar["trials"]] == ["FAIL"] * 3
+    assert cifar["best_params"] == {} and cifar["best_value"] is None
+    assert cifar["candidates"] == [] and cifar["final_jobs"] == []
+    said = " ".join(proc.stderr.split())
+    assert "Tuning mnist-bn-adam: 3 trials" in said
+    best = max(mnist["trials"], key=lambda t: t["value"])
+    assert (f"Tuned mnist-bn-adam: best val acc {100 * best['value']:.2f} % (trial "
+            f"{mnist['trials'].index(best)} of 3) at optim.optimizer.lr="
+            f"{best['params']['optim.optimizer.lr']:.3g}") in said
+    assert f"1 cell(s) of {tmp_path} found no setting" in said
+    assert "cifar10-bn-adam: every trial failed, e.g. " in said and "no CIFAR-10 here" in said
+    plan = OmegaConf.load(tmp_path / "multirun.yaml").hydra.sweeper.params
+    assert plan.seed == "0,1" and "optim.optimizer.lr" in plan
+    assert "optim.optimizer.lr" in OmegaConf.load(
+        tmp_path / SEARCH_DIR / "mnist-bn-adam" / "multirun.yaml").hydra.sweeper.params
+
+
+def fake_train_acc(lr: float, seed: int) -> float:
+    import math
+
+    return 0.9 - abs(math.log10(lr) + 2) / 10 + seed / 100
