@@ -28,12 +28,18 @@ def without_time(record: RunRecord) -> tuple[list, dict]:
 
 
 def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(tiny_data,
-                                                                               tmp_path):
+                                                                               tmp_path, caplog):
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
-    record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
+    with caplog.at_level(logging.INFO):
+        record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
+    assert f"mnist-bn-sgd-seed2: training 1 epochs into {tmp_path}" in caplog.messages
+    assert "Seed set to" not in caplog.text  # Lightning's line, not the study's
     assert record == RunRecord.read(tmp_path) and record.status == "ok"
+    assert record.test["loss"] > 0 and record.test["acc"] == record.test_acc
     (row,) = record.history
     for key in CURVES:
         assert [v for _, v in scalars(tmp_path, key)] == [pytest.approx(row[key])], key
@@ -49,6 +55,7 @@ def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(
     assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
     assert {hparams[k].WhichOneof("kind") for k in ("dataset", "norm", "optim")} == \
         {"string_value"}
+    assert metadata.EXPERIMENT_TAG in content  # a single run writes its experiment itself
 
 
 def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tmp_path):
@@ -76,8 +83,10 @@ def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tm
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
-    """Even from the checkpoint before a cut-short `last.ckpt` (set aside, and said)."""
-    common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7")
+    """Even from the checkpoint before a cut-short `last.ckpt` (set aside, and said), and in
+    the same tracker run (the CSV log's version)."""
+    common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7",
+              "logger=[tensorboard,csv]")
     straight = train_run(tiny_data, tmp_path / "a", *common)
     job = tmp_path / "b"
     with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C in sys.exit(1)
@@ -94,6 +103,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
     assert (job / "checkpoints" / "last.ckpt.corrupt").is_file()  # set aside, not deleted
     assert resumed.history[:1] == before.history[:1]  # from the checkpoint, not trained again
     assert without_time(resumed) == without_time(straight)
+    assert resumed.trackers == {"CSVLogger": 0}
+    assert [p.name for p in (job / "csv").iterdir()] == ["version_0"]
     # its time counts the epochs of both attempts, not the second attempt's alone
     assert resumed.wall_time_s > resumed.history[-1]["time_s"] > before.history[0]["time_s"] > 0.5
     assert train_run(tiny_data, job, *common, "resume=true") == resumed  # finished: skipped
