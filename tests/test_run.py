@@ -495,3 +495,20 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
     assert record.job == {"id": "slurm:1000_3", "restarts": 1}
     assert (record.error, record.traceback, record.diverged_at) == (None, None, None)
     assert StudyLines.earlier == {"seen before"}
+
+
+def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatch):
+    """A record that cannot be written (no folder: a file is in the way) or read (not JSON)
+    raises nothing more; another rank writes none."""
+    from bnstudy.run import _record_quietly
+
+    (tmp_path / "file").write_text("")
+    _record_quietly(tmp_path / "file", status="failed")
+    (tmp_path / "metrics.json").write_text("{")
+    _record_quietly(tmp_path, status="failed")
+    monkeypatch.setenv("RANK", "1")
+    _record_quietly(tmp_path / "rank1", status="failed")
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setenv("RANK", "0")
+    _record_quietly(tmp_path / "rank0", status="failed")
+    assert RunRecord.read(tmp_path / "rank0").status == "failed"

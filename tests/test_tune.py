@@ -380,3 +380,83 @@ def fake_train_acc(lr: float, seed: int) -> float:
     import math
 
     return 0.9 - abs(math.log10(lr) + 2) / 10 + seed / 100
+
+
+def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_not_swept():
+    from bnstudy.errors import ConfigError
+
+    tuner = sweeper()
+    cells, rest = tuner._cells(["dataset=mnist", "norm=bn,none", "seed=3,4",
+                                "trainer.max_epochs=2"])
+    assert cells == [{"dataset": "mnist", "optim": o, "norm": n}
+                     for o in ("sgd", "adam") for n in ("bn", "none")]
+    assert rest == ["trainer.max_epochs=2"] and tuner.seeds == [3, 4]
+    with pytest.raises(ConfigError) as refused:
+        tuner._cells(["optim.optimizer.lr=0.1,0.2"])
+    assert str(refused.value) == (
+        "experiment=tuned searches its own space, so optim.optimizer.lr cannot be swept "
+        "(optim.optimizer.lr=0.1,0.2). Set one value (optim.optimizer.lr=...), or change the "
+        "search space in hydra.sweeper.search.")
+
+
+def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how_to_go_on(
+        tmp_path, caplog):
+    tuner = sweeper("hydra.sweeper.rerun_top=0")
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    (tmp_path / "sweep").mkdir()
+    with pytest.raises(SystemExit) as refused:
+        tuner.sweep([])
+    assert str(refused.value.code).startswith("hydra.sweeper.rerun_top=0: the number of each")
+    assert not (tmp_path / "sweep").exists()  # refused before anything ran
+    (tmp_path / "sweep" / "search").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        tuner.sweep([])
+    assert (tmp_path / "sweep" / "search").is_dir()  # something ran: kept
+
+    def interrupted(arguments):
+        raise KeyboardInterrupt
+
+    tuner._sweep = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        tuner.sweep([])
+    sweep = tmp_path / "sweep"
+    assert caplog.messages == [
+        f"Interrupted: {sweep} keeps its finished trials and runs. To go on (the same trials, "
+        f"then the re-runs), run the same command with resume=true hydra.sweep.dir={sweep}"]
+
+
+def test_the_cells_batches_run_in_turn_here_and_at_once_on_a_cluster():
+    """In this process each batch runs in the main thread (signals, Ctrl-C); on a cluster the
+    cells' batches are in flight together (each waits for the other here). A launch's error
+    reaches its search, and a search's error the sweep."""
+    import threading
+
+    from bnstudy.tune import Cells
+
+    def searches(together: Cells, real) -> list:
+        return [lambda n=n: together.launcher(real).launch([n], initial_job_idx=n) for n in (1, 2)]
+
+    class InTurn:
+        def launch(self, job_overrides, initial_job_idx):
+            assert threading.current_thread() is threading.main_thread()
+            return job_overrides * initial_job_idx
+
+    together = Cells(concurrent=False)
+    assert together.search(searches(together, InTurn())) == [[1], [2, 2]]
+    barrier = threading.Barrier(2, timeout=20)
+
+    class AtOnce:
+        def launch(self, job_overrides, initial_job_idx):
+            barrier.wait()
+            return job_overrides
+
+    together = Cells(concurrent=True)
+    assert together.search(searches(together, AtOnce())) == [[1], [2]]
+
+    class Fails:
+        def launch(self, job_overrides, initial_job_idx):
+            raise OSError("no launcher")
+
+    together = Cells(concurrent=False)
+    with pytest.raises(OSError, match="no launcher"):
+        together.search(searches(together, Fails()))
