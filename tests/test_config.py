@@ -169,3 +169,30 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
     assert unknown_override(["model=cnn", "model.net.channels=[8]"]) is None  # cnn's own key
     assert unknown_override(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) is None
     assert unknown_override(["optim=adm", "trainer.max_epochs=3"]) is None  # Hydra names adm
+
+
+def test_the_edges_of_each_range():
+    """Each range's edge values: in or out, as its message says (a bool is no number)."""
+    cfg = compose_config("norm=none")
+    accepted = [("dataset.val_size", 1), ("dataset.val_size", 5000.0), ("dataset.train_size", 1),
+                ("dataset.equivalence_margin", 0.99), ("threads", "auto"), ("threads", 1),
+                ("dataset.batch_size", 1), ("optim.optimizer.lr", 1e-9)]
+    refused = [("dataset.lr", 0.0), ("optim.optimizer.lr", True), ("dataset.val_size", 0.0),
+               ("dataset.val_size", 1.0000001), ("dataset.equivalence_margin", 0.0),
+               ("dataset.equivalence_margin", 1.0), ("dataset.train_size", 0), ("threads", True),
+               ("threads", "many"), ("trainer.max_epochs", True)]
+    for key, value in accepted:
+        ok = cfg.copy()
+        OmegaConf.update(ok, key, value)
+        validate(ok)
+    for key, value in refused:
+        bad = cfg.copy()
+        OmegaConf.update(bad, key, value)
+        with pytest.raises(ConfigError, match=f"^{key}=.* is out of range"):
+            validate(bad)
+
+
+def test_overridden_keys_drop_the_add_and_delete_marks():
+    from bnstudy.config import overridden_keys
+
+    assert overridden_keys(["+a.b=1", "~c", "d=x=y", "++e=2"]) == ("a.b", "c", "d", "e")

@@ -424,3 +424,16 @@ def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(
     trackers.prepare_mlflow_store(other)  # no experiment named: Lightning's default
     assert MlflowClient(other.tracking_uri).get_experiment_by_name("lightning_logs")
     trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": "http://127.0.0.1:9"}))
+
+
+def test_a_trackers_own_run_name_and_id_are_kept_and_a_null_tracker_is_skipped(tmp_path):
+    from omegaconf import OmegaConf
+
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path}",
+                         "logger.csv.version=5")
+    nodes = OmegaConf.to_container(cfg.logger, resolve=True)
+    off_first = OmegaConf.create({"tensorboard": None, "csv": nodes["csv"]})
+    (csv_log,) = trackers.make_loggers(off_first, "job", {"CSVLogger": 0})
+    assert csv_log.version == 5  # set in the config: not the stored one
