@@ -104,6 +104,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
     assert resumed.history[:1] == before.history[:1]  # from the checkpoint, not trained again
     assert without_time(resumed) == without_time(straight)
     assert resumed.trackers == {"CSVLogger": 0}
+    assert resumed.hparams["trainer.limit_train_batches"] == 2  # beyond the study's settings
     assert [p.name for p in (job / "csv").iterdir()] == ["version_0"]
     # its time counts the epochs of both attempts, not the second attempt's alone
     assert resumed.wall_time_s > resumed.history[-1]["time_s"] > before.history[0]["time_s"] > 0.5
