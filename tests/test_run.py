@@ -36,7 +36,8 @@ def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(
 
     with caplog.at_level(logging.INFO):
         record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
-    assert f"mnist-bn-sgd-seed2: training 1 epochs into {tmp_path}" in caplog.messages
+    assert record.run_name == "mnist-bn-sgd-seed2-lr=0.1-max_epochs=1"
+    assert f"{record.run_name}: training 1 epochs into {tmp_path}" in caplog.messages
     assert "Seed set to" not in caplog.text  # Lightning's line, not the study's
     assert record == RunRecord.read(tmp_path) and record.status == "ok"
     assert record.test["loss"] > 0 and record.test["acc"] == record.test_acc
@@ -302,7 +303,8 @@ def test_a_rerun_refused_and_a_changed_resume_are_said_in_full(stored_job, caplo
     with pytest.raises(RunExistsError) as refused:
         check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job)
     assert str(refused.value) == (
-        f"resume=true, but {stored_job} was run with other settings: seed: 0 -> 1. Resume with "
+        f"resume=true, but {stored_job} was run with other settings: dataset.datamodule.seed: "
+        "0 -> 1; seed: 0 -> 1. Resume with "
         "the original command (plus resume=true), or start a new run in another directory "
         "(hydra.run.dir=... or hydra.sweep.dir=...).")
     (stored_job / ".hydra" / "config.yaml").unlink()
@@ -329,6 +331,7 @@ def test_a_requeue_is_logged_and_overwrite_clears_a_run_that_saved_nothing(store
         assert check_job_dir(job_cfg(stored_job), stored_job) is True
     assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
            "interrupted): resuming" in caplog.messages
+    slurm_job(monkeypatch, None)  # the record's own start again: not a requeue
     for name in ("checkpoints", "images"):
         shutil.rmtree(stored_job / name)  # none to clear: not an error
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
@@ -499,12 +502,11 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
 
 
 def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatch):
-    """A record that cannot be written (no folder: a file is in the way) or read (not JSON)
-    raises nothing more; another rank writes none."""
+    """A record that cannot be read (not JSON) or written (a full disk) raises nothing more;
+    another rank writes none."""
+    from bnstudy.errors import RunFileError
     from bnstudy.run import _record_quietly
 
-    (tmp_path / "file").write_text("")
-    _record_quietly(tmp_path / "file", status="failed")
     (tmp_path / "metrics.json").write_text("{")
     _record_quietly(tmp_path, status="failed")
     monkeypatch.setenv("RANK", "1")
@@ -513,3 +515,9 @@ def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatc
     monkeypatch.setenv("RANK", "0")
     _record_quietly(tmp_path / "rank0", status="failed")
     assert RunRecord.read(tmp_path / "rank0").status == "failed"
+
+    def disk_full(*args, **changes):
+        raise RunFileError("Could not write metrics.json: No space left on device.")
+
+    monkeypatch.setattr(RunRecord, "update", disk_full)
+    _record_quietly(tmp_path / "rank0", status="interrupted")

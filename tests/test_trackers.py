@@ -435,7 +435,7 @@ def test_a_trackers_own_run_name_and_id_are_kept_and_a_null_tracker_is_skipped(t
     from bnstudy import trackers
 
     cfg = compose_config("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path}",
-                         "logger.csv.version=5")
+                         "+logger.csv.version=5")
     nodes = OmegaConf.to_container(cfg.logger, resolve=True)
     off_first = OmegaConf.create({"tensorboard": None, "csv": nodes["csv"]})
     (csv_log,) = trackers.make_loggers(off_first, "job", {"CSVLogger": 0})
