@@ -160,6 +160,7 @@ def test_the_refusal_and_the_lock_file_say_who_holds_it_in_full(tmp_path):
     assert describe_holder({}) == \
         "another process (it has not written its name into the lock file yet)"
     assert describe_holder({"pid": 7}) == "? in process 7 on ? since ?"
+    assert describe_holder({"run": "r"}) == "r in process ? on ? since ?"
 
 
 def test_a_lock_error_without_an_errno_is_named_and_no_lock_is_seen(tmp_path, monkeypatch,
@@ -190,19 +191,24 @@ def test_a_plain_slurm_job_and_a_second_srun_after_a_requeue(launcher_env):
     assert launcher_job()["id"] == "slurm:1000_"
 
 
-def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env):
+def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path):
     """Its controller's start in ticks since boot (a later process given its pid is another
     job), later for a process started later; a pid that is not running: '?'."""
+    import shutil
     import subprocess
 
     from bnstudy.jobdir import _started
 
-    child = subprocess.Popen(["sleep", "30"])
+    odd = tmp_path / "x) y"  # a program name holding ") ": /proc's stat shows it as it is
+    odd.symlink_to(shutil.which("sleep"))
+    children = [subprocess.Popen([str(odd), "30"]), subprocess.Popen(["sleep", "30"])]
     try:  # (a small process: its memory size, the next field, is less than this one's)
-        assert int(_started(str(os.getpid()))) <= int(_started(str(child.pid)))
+        named, plain = (int(_started(str(child.pid))) for child in children)
+        assert int(_started(str(os.getpid()))) <= plain and abs(named - plain) < 200
     finally:
-        child.kill()
-        child.wait()
+        for child in children:
+            child.kill()
+            child.wait()
     launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
     launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", "999999999")
     assert launcher_job()["id"] == f"submitit-local:{socket.gethostname()}:999999999:?"
