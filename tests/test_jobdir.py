@@ -113,7 +113,7 @@ def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch,
     monkeypatch.setattr(fcntl, "flock", no_locks)  # as on Lustre mounted without -o flock
     with JobDirLock(tmp_path) as lock:
         lock.acquire("mnist-bn-sgd-seed0")
-    assert f"Could not lock {tmp_path / LOCK_NAME}" in caplog.text
+    assert f"Could not lock {tmp_path / LOCK_NAME} (No locks available): " in caplog.text
     assert "nothing stops a second process" in caplog.text
     assert holder(tmp_path) == {}
 
