@@ -101,6 +101,8 @@ def test_a_submitit_local_requeue_is_the_same_controller(launcher_env):
     assert is_requeue(job, launcher_job())
     launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
     assert not is_requeue(job, launcher_job())
+    launcher_env.setenv("SUBMITIT_EXECUTOR", "slurm")  # not its local executor: no launcher job
+    assert launcher_job() is None
 
 
 def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch, caplog):
