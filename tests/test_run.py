@@ -521,3 +521,28 @@ def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatc
 
     monkeypatch.setattr(RunRecord, "update", disk_full)
     _record_quietly(tmp_path / "rank0", status="interrupted")
+
+
+def test_discarding_goes_on_past_a_file_gone_or_one_that_cannot_go(tmp_path, monkeypatch):
+    """A file another process removed meanwhile is not an error; one that cannot be removed
+    keeps the job (nothing raised: the run's own error is what the user must see)."""
+    import os
+    from pathlib import Path
+
+    job = tmp_path / "job"
+    (job / "images").mkdir(parents=True)
+    (job / "images" / "stuck.png").write_bytes(b"png")
+    RunRecord(status="failed").write(job / "metrics.json")
+    listed = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: [*listed(self), self / "train.log"])
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith("stuck.png"):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert not discard_untrained(job) and (job / "images" / "stuck.png").is_file()
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert discard_untrained(job) and not job.exists()  # train.log: listed, already gone
