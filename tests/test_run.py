@@ -423,12 +423,13 @@ def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
 
     RunRecord(status="running").write(tmp_path / "metrics.json")
     ended = _ended(job_cfg(tmp_path), tmp_path,
-                   UncompletedJobError("Job 12 has timed out too many times."))
+                   UncompletedJobError("Job 12 timed out too often on node gpuX."))
     assert (ended.status, str(ended), ended.trace) == \
-        ("interrupted", "Job 12 has timed out too many times", None)
+        ("interrupted", "Job 12 timed out too often on node gpuX", None)
     record = RunRecord.read(tmp_path)
     assert (record.status, record.error) == \
-        ("interrupted", "its launcher will not requeue it (Job 12 has timed out too many times)")
+        ("interrupted", "its launcher will not requeue it (Job 12 timed out too often on node "
+                        "gpuX)")
 
 
 def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
