@@ -547,3 +547,18 @@ def test_discarding_goes_on_past_a_file_gone_or_one_that_cannot_go(tmp_path, mon
     assert not discard_untrained(job) and (job / "images" / "stuck.png").is_file()
     monkeypatch.setattr(os, "unlink", real_unlink)
     assert discard_untrained(job) and not job.exists()  # train.log: listed, already gone
+
+
+def test_a_bug_before_the_record_is_recorded_under_the_runs_name(tmp_path):
+    """A failure before the run wrote its record (a bug: kept, with its traceback) still names
+    the run in the record the summary reads."""
+    from bnstudy.run import _ended
+
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as err:
+        ended = _ended(job_cfg(tmp_path), tmp_path, err)
+    record = RunRecord.read(tmp_path)
+    assert ended.status == record.status == "failed" and record.run_name == "mnist-bn-sgd-seed0"
+    assert record.error.startswith("RuntimeError: a bug Resume with: python -m bnstudy.train ")
+    assert record.traceback == ended.trace and "raise RuntimeError" in record.traceback

@@ -168,16 +168,17 @@ def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path
         def launch(self, job_overrides, initial_job_idx):
             return [done(0, JobReturn(status=JobStatus.FAILED,
                                       _return_value=RuntimeError("boom"))),
-                    done(1, job("ok", [0.5], seconds=12.5))]
+                    done(1, job("ok", [0.5], seconds=12.5)),
+                    JobReturn(status=JobStatus.FAILED, _return_value=OSError("no job dir"))]
 
     scoring = ScoringLauncher(Inner(), tmp_path)
-    failed, ok = scoring.launch([(), ()], initial_job_idx=0)
+    failed, ok, early = scoring.launch([(), (), ()], initial_job_idx=0)
     with pytest.raises(ValueError):
         float(failed.return_value)
     assert float(ok.return_value) == 0.5
-    assert scoring.jobs == ["search/c/0_x", "search/c/1_x"]
-    assert scoring.errors == ["0_x: failed: RuntimeError: boom"]
-    assert scoring.seconds == [None, 12.5]  # each trial's compute, for the budget curve
+    assert scoring.jobs == ["search/c/0_x", "search/c/1_x", None]  # failed before its job dir
+    assert scoring.errors == ["0_x: failed: RuntimeError: boom", "?: failed: OSError: no job dir"]
+    assert scoring.seconds == [None, 12.5, None]  # each trial's compute, for the budget curve
 
 
 @pytest.mark.slow
