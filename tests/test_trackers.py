@@ -440,3 +440,17 @@ def test_a_trackers_own_run_name_and_id_are_kept_and_a_null_tracker_is_skipped(t
     off_first = OmegaConf.create({"tensorboard": None, "csv": nodes["csv"]})
     (csv_log,) = trackers.make_loggers(off_first, "job", {"CSVLogger": 0})
     assert csv_log.version == 5  # set in the config: not the stored one
+
+
+def test_a_resume_before_the_first_csv_row_starts_the_file_with_its_header(tmp_path):
+    """Interrupted before Lightning saved a row: the resumed log is a new file, header first."""
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
+    (resumed,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
+    metrics = Path(resumed.log_dir) / "metrics.csv"
+    assert not metrics.exists() and resumed.experiment.metrics_keys == []
+    resumed.log_metrics({"val/acc": 0.75}, step=19)
+    resumed.save()
+    with open(metrics) as f:
+        assert list(csv.DictReader(f)) == [{"val/acc": "0.75", "step": "19"}]

@@ -90,6 +90,7 @@ def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
     assert choose([lucky, steady, diverges]) is steady
     assert choose([lucky, {**steady, "val_acc": [0.7, 0.7]}]) is lucky  # 0.70 each: the first
     assert choose([{"val_acc": [None]}, {"val_acc": []}]) == {"val_acc": [None]}
+    assert choose([{"val_acc": [None]}, {"val_acc": [0.1]}]) == {"val_acc": [0.1]}  # scored
     assert choose([]) is None
 
 
@@ -153,6 +154,7 @@ def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
         with pytest.raises(ValueError):
             float(failed)  # not a number: Optuna records the trial as failed
     assert "RuntimeError: out of memory" in objective(raised)  # the reason, in Optuna's warning
+    assert objective(JobReturn(status=JobStatus.COMPLETED)) == "no result (?: no history)"
 
 
 def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path):
