@@ -77,6 +77,9 @@ def test_each_cell_searches_independently_and_repeats_itself():
     assert len({cell_seed(0, f"{d}-{n}-{o}") for d in ("mnist", "cifar10")
                 for n in ("bn", "none") for o in ("sgd", "adam")}) == 8
     assert cell_seed(1, "mnist-bn-sgd") != cell_seed(0, "mnist-bn-sgd")
+    # fixed values, within 31 bits: a later version's rerun draws the same settings too
+    assert (cell_seed(0, "mnist-bn-sgd"), cell_seed(0, "cifar10-bn-adam")) == \
+        (369815432, 1619330633)
     tpe = sweeper("hydra.sweeper.sampler._target_=optuna.samplers.TPESampler")
     assert type(tpe.cell_sampler("mnist-bn-sgd")[0]).__name__ == "TPESampler"
 
@@ -155,6 +158,11 @@ def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
             float(failed)  # not a number: Optuna records the trial as failed
     assert "RuntimeError: out of memory" in objective(raised)  # the reason, in Optuna's warning
     assert objective(JobReturn(status=JobStatus.COMPLETED)) == "no result (?: no history)"
+    from bnstudy.tune import score
+
+    assert score(RunRecord("failed", history=[{"val/acc": 0.5}], error="boom")) == \
+        "no result (failed: boom)"  # what it reached before failing is no result
+    assert score(RunRecord("ok")) == "no result (ok: no history)"
 
 
 def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path):
