@@ -22,6 +22,7 @@ from bnstudy.tune import (
     cell_seed,
     choose,
     objective,
+    score,
     study_dir,
 )
 
@@ -158,8 +159,6 @@ def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
             float(failed)  # not a number: Optuna records the trial as failed
     assert "RuntimeError: out of memory" in objective(raised)  # the reason, in Optuna's warning
     assert objective(JobReturn(status=JobStatus.COMPLETED)) == "no result (?: no history)"
-    from bnstudy.tune import score
-
     assert score(RunRecord("failed", history=[{"val/acc": 0.5}], error="boom")) == \
         "no result (failed: boom)"  # what it reached before failing is no result
     assert score(RunRecord("ok")) == "no result (ok: no history)"
