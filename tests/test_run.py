@@ -562,3 +562,12 @@ def test_a_bug_before_the_record_is_recorded_under_the_runs_name(tmp_path):
     assert ended.status == record.status == "failed" and record.run_name == "mnist-bn-sgd-seed0"
     assert record.error.startswith("RuntimeError: a bug Resume with: python -m bnstudy.train ")
     assert record.traceback == ended.trace and "raise RuntimeError" in record.traceback
+
+
+def test_a_run_names_itself_in_its_lock_while_it_trains(tmp_path, monkeypatch):
+    from bnstudy import run
+    from bnstudy.jobdir import holder
+
+    monkeypatch.setattr(run, "_train", lambda cfg, out: holder(out))  # what another process sees
+    assert run.train(job_cfg(tmp_path))["run"] == "mnist-bn-sgd-seed0"
+    assert holder(tmp_path) == {}  # released when it ends
