@@ -195,7 +195,8 @@ def test_the_edges_of_each_range():
 def test_overridden_keys_drop_the_add_and_delete_marks():
     from bnstudy.config import overridden_keys
 
-    assert overridden_keys(["+a.b=1", "~c", "d=x=y", "++e=2"]) == ("a.b", "c", "d", "e")
+    assert overridden_keys(["+a.b=1", "~c", "d=x=y", "++e=2", "+Xf=3"]) == \
+        ("a.b", "c", "d", "e", "Xf")
 
 
 def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeeping():
