@@ -370,7 +370,7 @@ def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
     from bnstudy import run
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    cases = [({"n_jobs": 3}, 2), ({"n_jobs": 16}, 1), ({"n_jobs": -1}, 1),
+    cases = [({"n_jobs": 3}, 2), ({"n_jobs": 1}, 8), ({"n_jobs": 16}, 1), ({"n_jobs": -1}, 1),
              ({"cpus_per_task": 4}, 4), ({}, None),
              ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
                            "LocalLauncher"}, 1),
@@ -408,12 +408,16 @@ def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_in_full(monkeypatch)
         run.check_devices(compose_config(*fine))
 
 
-def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(tmp_path):
+def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(tmp_path,
+                                                                               monkeypatch):
+    from bnstudy import run
     from bnstudy.run import resume_command
 
     cfg = compose_config(f"paths.output_dir={tmp_path}", "seed=3", "resume=false", "norm=none")
     assert resume_command(cfg) == (f"python -m bnstudy.train paths.output_dir={tmp_path} seed=3 "
                                    f"norm=none resume=true hydra.run.dir={tmp_path}")
+    monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))  # train(cfg) outside a Hydra job
+    assert resume_command(cfg) == f"python -m bnstudy.train resume=true hydra.run.dir={tmp_path}"
 
 
 def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
