@@ -173,3 +173,77 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
         "hydra.sweeper.n_trial: no such setting. Did you mean hydra.sweeper.n_trials")
     assert unknown_override(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=1",
                              "hydra.sweep.dir=x", "hydra.sweeper.params.seed=0,1"]) is None
+
+
+def test_the_edges_of_each_range():
+    """Each range's edge values: in or out, as its message says (a bool is no number)."""
+    cfg = compose_config("norm=none")
+    accepted = [("dataset.val_size", 1), ("dataset.val_size", 5000.0), ("dataset.train_size", 1),
+                ("dataset.equivalence_margin", 0.99), ("threads", "auto"), ("threads", 1),
+                ("dataset.batch_size", 1), ("optim.optimizer.lr", 1e-9)]
+    refused = [("dataset.lr", 0.0), ("optim.optimizer.lr", True), ("dataset.val_size", 0.0),
+               ("dataset.val_size", 1.0000001), ("dataset.equivalence_margin", 0.0),
+               ("dataset.equivalence_margin", 1.0), ("dataset.train_size", 0), ("threads", True),
+               ("threads", "many"), ("trainer.max_epochs", True)]
+    for key, value in accepted:
+        ok = cfg.copy()
+        OmegaConf.update(ok, key, value)
+        validate(ok)
+    for key, value in refused:
+        bad = cfg.copy()
+        OmegaConf.update(bad, key, value)
+        with pytest.raises(ConfigError, match=f"^{key}=.* is out of range"):
+            validate(bad)
+
+
+def test_overridden_keys_drop_the_add_and_delete_marks():
+    from bnstudy.config import overridden_keys
+
+    assert overridden_keys(["+a.b=1", "~c", "d=x=y", "++e=2", "+Xf=3"]) == \
+        ("a.b", "c", "d", "e", "Xf")
+
+
+def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeeping():
+    from bnstudy.config import changed_settings
+
+    mlp = compose_config()
+    cnn = compose_config("model=cnn", "seed=2", "threads=1", "logger=csv",
+                         "callbacks.weight_grid.every_n_epochs=3")
+    assert changed_settings(mlp, cnn) == [
+        "dataset.datamodule.seed: 0 -> 2", "model.net._target_: bnstudy.nets.MLP -> "
+        "bnstudy.nets.CNN", "model.net.channels: (absent) -> (32, 64)", "seed: 0 -> 2"]
+    assert changed_settings(cnn, mlp)[2] == "model.net.channels: (32, 64) -> (absent)"
+    assert changed_settings(mlp, compose_config("model.steps_per_call=4")) == []
+
+
+def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
+    """Beyond the study's own: those that differ from the group choices' defaults, or were
+    typed (even at their default), never bookkeeping (threads) or `model.steps_per_call`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from bnstudy.config import group_defaults, overridden_keys
+
+    typed = ["trainer.gradient_clip_val=1.0", "trainer.precision=32-true", "threads=2",
+             "model.steps_per_call=2", "model=cnn", "model.net.channels=[8,16]", "dataset.lr=0.1"]
+    cfg = compose_config(*typed)
+    assert hparams(cfg, group_defaults(HydraConfig.get().runtime.choices),
+                   overridden_keys(typed)) == {
+        "dataset": "mnist", "model": "cnn", "depth": 1, "norm": "bn", "optim": "sgd", "seed": 0,
+        "lr": 0.1, "batch_size": 64, "hidden_dim": 256, "max_epochs": 10,
+        "model.net.channels": [8, 16], "trainer.precision": "32-true",
+        "trainer.gradient_clip_val": 1.0}
+
+
+def test_a_mistyped_setting_is_named_with_the_closest_ones():
+    from bnstudy.config import unknown_override
+
+    tail = ("`python -m bnstudy.train --help` lists the groups and `python -m bnstudy.train "
+            "--cfg job` every setting.")
+    assert unknown_override(["seed=1", "seeds=3"]) == (
+        "seeds: no such setting. Did you mean seed or callbacks.hallucinations.seeds or "
+        f"callbacks.hallucinations.seed? Type e.g. seed=3. {tail}")  # a top-level one first
+    assert unknown_override(["model.net.hidden=3"]) == (
+        "model.net.hidden: no such setting. Did you mean model.net.hidden_dim or "
+        f"model.net.depth? Type e.g. model.net.hidden_dim=3. {tail}")
+    assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
+    assert unknown_override(["+lr=0.1", "~x", "-m", "hydra.run.dir=x", "trainer"]) is None

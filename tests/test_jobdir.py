@@ -101,6 +101,8 @@ def test_a_submitit_local_requeue_is_the_same_controller(launcher_env):
     assert is_requeue(job, launcher_job())
     launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
     assert not is_requeue(job, launcher_job())
+    launcher_env.setenv("SUBMITIT_EXECUTOR", "slurm")  # not its local executor: no launcher job
+    assert launcher_job() is None
 
 
 def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch, caplog):
@@ -113,7 +115,7 @@ def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch,
     monkeypatch.setattr(fcntl, "flock", no_locks)  # as on Lustre mounted without -o flock
     with JobDirLock(tmp_path) as lock:
         lock.acquire("mnist-bn-sgd-seed0")
-    assert f"Could not lock {tmp_path / LOCK_NAME}" in caplog.text
+    assert f"Could not lock {tmp_path / LOCK_NAME} (No locks available): " in caplog.text
     assert "nothing stops a second process" in caplog.text
     assert holder(tmp_path) == {}
 
@@ -131,3 +133,84 @@ def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path
     with JobDirLock(tmp_path) as lock:
         lock.acquire("mnist-bn-sgd-seed0")
         assert config_subdir(str(tmp_path), True) is None
+
+
+def test_the_refusal_and_the_lock_file_say_who_holds_it_in_full(tmp_path):
+    """The refusal's paragraph word for word; the lock file, made with its folders, names its
+    holder with a time to the second (and is no program: not executable)."""
+    import re
+    import stat
+
+    from bnstudy.jobdir import describe_holder
+
+    job = tmp_path / "sweep" / "0_mnist"  # not there yet
+    with JobDirLock(job) as first:
+        first.acquire("mnist-bn-sgd-seed0")
+        owner = holder(job)
+        with pytest.raises(JobDirBusyError) as refused:
+            JobDirLock(job).acquire("other")
+    assert str(refused.value) == (
+        f"{job} is in use: mnist-bn-sgd-seed0 in process {os.getpid()} on "
+        f"{socket.gethostname()} since {owner['since']} holds its lock ({job / LOCK_NAME}). "
+        "One process at a time trains or rewrites a job directory, so nothing was changed. Wait "
+        "until that run ends (or stop it), then run this command again, with resume=true to "
+        "continue it; to train beside it, choose another hydra.run.dir / hydra.sweep.dir.")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", owner["since"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((job / LOCK_NAME).stat().st_mode) == 0o666 & ~umask
+    assert describe_holder({}) == \
+        "another process (it has not written its name into the lock file yet)"
+    assert describe_holder({"pid": 7}) == "? in process 7 on ? since ?"
+    assert describe_holder({"run": "r"}) == "r in process ? on ? since ?"
+
+
+def test_a_lock_error_without_an_errno_is_named_and_no_lock_is_seen(tmp_path, monkeypatch,
+                                                                    caplog):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError("locks are off here")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    JobDirLock(tmp_path).acquire("mnist-bn-sgd-seed0")
+    assert caplog.messages == [
+        f"Could not lock {tmp_path / LOCK_NAME} (locks are off here): this filesystem has no "
+        f"flock, so nothing stops a second process from writing {tmp_path} at the same time."]
+    assert not is_locked(tmp_path)  # the lock file is there, but cannot be tried
+
+
+def test_a_plain_slurm_job_and_a_second_srun_after_a_requeue(launcher_env):
+    launcher_env.setenv("SLURM_JOB_ID", "1001")
+    assert launcher_job() == {"id": "slurm:1001", "restarts": 0}  # not an array job
+    launcher_env.setenv("SLURM_RESTART_COUNT", "1")
+    requeued = launcher_job()
+    assert not is_requeue(requeued, launcher_job())  # a second srun after the requeue
+    launcher_env.setenv("SLURM_RESTART_COUNT", "2")
+    assert is_requeue(requeued, launcher_job())  # requeued again
+    assert not same_job(requeued, None) and not same_job(None, requeued)
+    launcher_env.setenv("SLURM_ARRAY_JOB_ID", "1000")  # an array job without its task's id
+    assert launcher_job()["id"] == "slurm:1000_"
+
+
+def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path):
+    """Its controller's start in ticks since boot (a later process given its pid is another
+    job), later for a process started later; a pid that is not running: '?'."""
+    import shutil
+    import subprocess
+
+    from bnstudy.jobdir import _started
+
+    odd = tmp_path / "x) y"  # a program name holding ") ": /proc's stat shows it as it is
+    odd.symlink_to(shutil.which("sleep"))
+    children = [subprocess.Popen([str(odd), "30"]), subprocess.Popen(["sleep", "30"])]
+    try:  # (a small process: its memory size, the next field, is less than this one's)
+        named, plain = (int(_started(str(child.pid))) for child in children)
+        assert int(_started(str(os.getpid()))) <= plain and abs(named - plain) < 200
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
+    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", "999999999")
+    assert launcher_job()["id"] == f"submitit-local:{socket.gethostname()}:999999999:?"

@@ -3,6 +3,7 @@ checks, the discard of an untrained run, failures in one paragraph, divergence."
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import compose_config, scalars, train_run
+from helpers import FAST, compose_config, scalars, train_run
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.jobdir import RunExistsError
@@ -27,12 +28,19 @@ def without_time(record: RunRecord) -> tuple[list, dict]:
 
 
 def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(tiny_data,
-                                                                               tmp_path):
+                                                                               tmp_path, caplog):
+    import logging
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
-    record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
+    with caplog.at_level(logging.INFO):
+        record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
+    assert record.run_name == "mnist-bn-sgd-seed2-lr=0.1-max_epochs=1"
+    assert f"{record.run_name}: training 1 epochs into {tmp_path}" in caplog.messages
+    assert "Seed set to" not in caplog.text  # Lightning's line, not the study's
     assert record == RunRecord.read(tmp_path) and record.status == "ok"
+    assert record.test["loss"] > 0 and record.test["acc"] == record.test_acc
     (row,) = record.history
     for key in CURVES:
         assert [v for _, v in scalars(tmp_path, key)] == [pytest.approx(row[key])], key
@@ -48,6 +56,7 @@ def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(
     assert (hparams["seed"].number_value, hparams["max_epochs"].number_value) == (2, 1)
     assert {hparams[k].WhichOneof("kind") for k in ("dataset", "norm", "optim")} == \
         {"string_value"}
+    assert metadata.EXPERIMENT_TAG in content  # a single run writes its experiment itself
 
 
 def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tmp_path):
@@ -75,8 +84,10 @@ def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tm
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
-    """Even from the checkpoint before a cut-short `last.ckpt` (set aside, and said)."""
-    common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7")
+    """Even from the checkpoint before a cut-short `last.ckpt` (set aside, and said), and in
+    the same tracker run (the CSV log's version)."""
+    common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7",
+              "logger=[tensorboard,csv]")
     straight = train_run(tiny_data, tmp_path / "a", *common)
     job = tmp_path / "b"
     with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C in sys.exit(1)
@@ -93,6 +104,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
     assert (job / "checkpoints" / "last.ckpt.corrupt").is_file()  # set aside, not deleted
     assert resumed.history[:1] == before.history[:1]  # from the checkpoint, not trained again
     assert without_time(resumed) == without_time(straight)
+    assert resumed.trackers == {"CSVLogger": 0}
+    assert resumed.hparams["trainer.limit_train_batches"] == 2  # beyond the study's settings
+    assert [p.name for p in (job / "csv").iterdir()] == ["version_0"]
     # its time counts the epochs of both attempts, not the second attempt's alone
     assert resumed.wall_time_s > resumed.history[-1]["time_s"] > before.history[0]["time_s"] > 0.5
     assert train_run(tiny_data, job, *common, "resume=true") == resumed  # finished: skipped
@@ -274,3 +288,290 @@ def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, 
                          "callbacks.progress_bar.refresh_rate=7")
     bar = build(cfg)[2].progress_bar_callback
     assert (bar.refresh_rate == 7) if shown else bar is None
+
+
+def test_a_rerun_refused_and_a_changed_resume_are_said_in_full(stored_job, caplog):
+    """The two refusals word for word; a resume without a stored config is not compared; a
+    requeue says so in the log."""
+    with pytest.raises(RunExistsError) as refused:
+        check_job_dir(job_cfg(stored_job), stored_job)
+    assert str(refused.value) == (
+        f"{stored_job} already holds a run (status interrupted); nothing was changed. Add "
+        "resume=true to continue an unfinished run and skip finished ones, overwrite=true to "
+        "train it again from scratch (its results are replaced), or choose another "
+        "hydra.run.dir / hydra.sweep.dir.")
+    with pytest.raises(RunExistsError) as refused:
+        check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job)
+    assert str(refused.value) == (
+        f"resume=true, but {stored_job} was run with other settings: dataset.datamodule.seed: "
+        "0 -> 1; seed: 0 -> 1. Resume with "
+        "the original command (plus resume=true), or start a new run in another directory "
+        "(hydra.run.dir=... or hydra.sweep.dir=...).")
+    (stored_job / ".hydra" / "config.yaml").unlink()
+    assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
+
+
+def slurm_job(monkeypatch, restarts: int | None) -> None:
+    """The environment of SLURM's array task 1000_3 (job 1001), restarted `restarts` times."""
+    for name in SLURM_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (("SLURM_JOB_ID", "1001"), ("SLURM_ARRAY_JOB_ID", "1000"),
+                        ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_RESTART_COUNT", restarts)):
+        if value is not None:
+            monkeypatch.setenv(name, str(value))
+
+
+def test_a_requeue_is_logged_and_overwrite_clears_a_run_that_saved_nothing(stored_job,
+                                                                          monkeypatch, caplog):
+    import logging
+
+    RunRecord.update(stored_job / "metrics.json", job={"id": "slurm:1000_3", "restarts": 0})
+    slurm_job(monkeypatch, 1)
+    with caplog.at_level(logging.INFO, logger="bnstudy"):
+        assert check_job_dir(job_cfg(stored_job), stored_job) is True
+    assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
+           "interrupted): resuming" in caplog.messages
+    slurm_job(monkeypatch, None)  # the record's own start again: not a requeue
+    for name in ("checkpoints", "images"):
+        shutil.rmtree(stored_job / name)  # none to clear: not an error
+    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
+    assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
+
+
+def test_only_rank_0_writes_the_runs_files(monkeypatch):
+    from bnstudy.run import is_primary
+
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_primary()
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(name, "1")
+        assert not is_primary(), name
+        monkeypatch.setenv(name, "0")
+    assert is_primary()
+
+
+class FakeHydra:
+    """`HydraConfig` of a job run by a launcher of these settings (None: no Hydra job)."""
+
+    def __init__(self, launcher: dict | None) -> None:
+        self.launcher = launcher
+
+    def initialized(self) -> bool:
+        return self.launcher is not None
+
+    def get(self):
+        return self
+
+
+def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
+    import os
+
+    from bnstudy import run
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cases = [({"n_jobs": 3}, 2), ({"n_jobs": 1}, 8), ({"n_jobs": 16}, 1), ({"n_jobs": -1}, 1),
+             ({"cpus_per_task": 4}, 4), ({}, None),
+             ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+                           "LocalLauncher"}, 1),
+             ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None)]
+    for launcher, threads in cases:
+        monkeypatch.setattr(run, "HydraConfig", FakeHydra(launcher))
+        assert run.torch_threads("auto") == threads, launcher
+        assert run.torch_threads(3) == 3
+    monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))
+    assert run.torch_threads("auto") is None
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one core
+    monkeypatch.setattr(run, "HydraConfig", FakeHydra({"n_jobs": 1}))
+    assert run.torch_threads("auto") == 1
+
+
+def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_in_full(monkeypatch):
+    from bnstudy import run
+    from bnstudy.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        run.check_devices(compose_config("trainer.use_distributed_sampler=true"))
+    assert str(refused.value) == (
+        "trainer.use_distributed_sampler=true would shard batches a second time: the datamodule "
+        "already gives each process its own share. Leave it false.")
+    monkeypatch.setattr(run, "is_multirun", lambda: True)
+    with pytest.raises(ConfigError) as refused:
+        run.check_devices(compose_config("trainer.devices=2", "trainer.strategy=ddp"))
+    assert str(refused.value) == (
+        "trainer.devices=2 with trainer.strategy=ddp in a sweep (-m): Lightning's ddp restarts "
+        "the script, which would start the sweep again in every process. In a sweep use "
+        "trainer.strategy=ddp_spawn; for a single run either works.")
+    for fine in (("trainer.devices=2", "trainer.strategy=ddp_spawn"),
+                 ("trainer.devices=1", "trainer.strategy=ddp"),
+                 ("trainer.devices='1'", "trainer.strategy=ddp")):
+        run.check_devices(compose_config(*fine))
+
+
+def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(tmp_path,
+                                                                               monkeypatch):
+    from bnstudy import run
+    from bnstudy.run import resume_command
+
+    cfg = compose_config(f"paths.output_dir={tmp_path}", "seed=3", "resume=false", "norm=none")
+    assert resume_command(cfg) == (f"python -m bnstudy.train paths.output_dir={tmp_path} seed=3 "
+                                   f"norm=none resume=true hydra.run.dir={tmp_path}")
+    monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))  # train(cfg) outside a Hydra job
+    assert resume_command(cfg) == f"python -m bnstudy.train resume=true hydra.run.dir={tmp_path}"
+
+
+def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    from bnstudy.run import _ended
+
+    RunRecord(status="running").write(tmp_path / "metrics.json")
+    ended = _ended(job_cfg(tmp_path), tmp_path,
+                   UncompletedJobError("Job 12 timed out too often on node gpuX."))
+    assert (ended.status, str(ended), ended.trace) == \
+        ("interrupted", "Job 12 timed out too often on node gpuX", None)
+    record = RunRecord.read(tmp_path)
+    assert (record.status, record.error) == \
+        ("interrupted", "its launcher will not requeue it (Job 12 timed out too often on node "
+                        "gpuX)")
+
+
+def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
+    """Nothing to read, an unreadable record, an epoch trained: kept; a linked folder is
+    unlinked, not emptied; only the empty folders inside the working directory go."""
+    from bnstudy.run import remove_empty_folder
+
+    assert not discard_untrained(tmp_path / "absent")
+    job = tmp_path / "work" / "runs" / "job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "metrics.json").write_text("{")
+    assert not discard_untrained(job)
+    RunRecord(status="failed", history=[{"epoch": 0}]).write(job / "metrics.json")
+    assert not discard_untrained(job) and (job / "metrics.json").is_file()
+    RunRecord(status="failed").write(job / "metrics.json")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "kept.png").write_bytes(b"png")
+    (job / "images").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "work" / "runs" / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert discard_untrained(job) and not job.exists()
+    assert (tmp_path / "elsewhere" / "kept.png").is_file()
+    assert (tmp_path / "work" / "runs" / "other").is_dir()  # not empty: stays, and those above
+    (tmp_path / "out" / "a" / "b").mkdir(parents=True)  # outside the working directory
+    assert remove_empty_folder(tmp_path / "out" / "a" / "b")
+    assert (tmp_path / "out" / "a").is_dir()
+    assert not remove_empty_folder(tmp_path / "work")  # not empty
+
+
+def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeypatch):
+    """A DDP rank but 0 takes no lock and writes nothing: it resumes (here: skips the finished
+    run) with resume=true, or when its launcher job is the record's."""
+    from bnstudy.run import train
+
+    RunRecord.update(stored_job / "metrics.json", status="ok",
+                     job={"id": "slurm:1000_3", "restarts": 0})
+    before = {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()}
+    slurm_job(monkeypatch, 1)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    unusable = (f"paths.data_dir={stored_job / 'no-data'}", "dataset.datamodule.download=false")
+    assert train(job_cfg(stored_job, *unusable)).status == "ok"  # its job, requeued
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # another job
+    assert train(job_cfg(stored_job, *unusable, "resume=true")).status == "ok"
+    assert {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()} == before
+
+
+def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, tmp_path,
+                                                                    monkeypatch):
+    """SLURM requeued the job: it trains on without resume=true, its record names the new
+    attempt's job and counts the requeue, and the warnings the earlier attempt showed (its
+    train.log) are not shown again."""
+    from omegaconf import OmegaConf
+
+    from bnstudy.console import StudyLines
+
+    cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
+                         "trainer.max_epochs=1", "~callbacks.hallucinations", *FAST)
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    RunRecord(status="interrupted", job={"id": "slurm:1000_3", "restarts": 0}, requeues=1,
+              error="boom", traceback="Traceback ...", diverged_at={"epoch": 0}
+              ).write(tmp_path / "metrics.json")
+    (tmp_path / "train.log").write_text("[2026-12-05 04:00:00,000][x][WARNING] - seen before\n")
+    monkeypatch.setattr(StudyLines, "earlier", set())
+    slurm_job(monkeypatch, 1)
+    record = train_run(tiny_data, tmp_path)
+    assert record.status == "ok" and record.requeues == 2
+    assert record.job == {"id": "slurm:1000_3", "restarts": 1}
+    assert (record.error, record.traceback, record.diverged_at) == (None, None, None)
+    assert StudyLines.earlier == {"seen before"}
+
+
+def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatch):
+    """A record that cannot be read (not JSON) or written (a full disk) raises nothing more;
+    another rank writes none."""
+    from bnstudy.errors import RunFileError
+    from bnstudy.run import _record_quietly
+
+    (tmp_path / "metrics.json").write_text("{")
+    _record_quietly(tmp_path, status="failed")
+    monkeypatch.setenv("RANK", "1")
+    _record_quietly(tmp_path / "rank1", status="failed")
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setenv("RANK", "0")
+    _record_quietly(tmp_path / "rank0", status="failed")
+    assert RunRecord.read(tmp_path / "rank0").status == "failed"
+
+    def disk_full(*args, **changes):
+        raise RunFileError("Could not write metrics.json: No space left on device.")
+
+    monkeypatch.setattr(RunRecord, "update", disk_full)
+    _record_quietly(tmp_path / "rank0", status="interrupted")
+
+
+def test_discarding_goes_on_past_a_file_gone_or_one_that_cannot_go(tmp_path, monkeypatch):
+    """A file another process removed meanwhile is not an error; one that cannot be removed
+    keeps the job (nothing raised: the run's own error is what the user must see)."""
+    import os
+    from pathlib import Path
+
+    job = tmp_path / "job"
+    (job / "images").mkdir(parents=True)
+    (job / "images" / "stuck.png").write_bytes(b"png")
+    RunRecord(status="failed").write(job / "metrics.json")
+    listed = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: [*listed(self), self / "train.log"])
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith("stuck.png"):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert not discard_untrained(job) and (job / "images" / "stuck.png").is_file()
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert discard_untrained(job) and not job.exists()  # train.log: listed, already gone
+
+
+def test_a_bug_before_the_record_is_recorded_under_the_runs_name(tmp_path):
+    """A failure before the run wrote its record (a bug: kept, with its traceback) still names
+    the run in the record the summary reads."""
+    from bnstudy.run import _ended
+
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as err:
+        ended = _ended(job_cfg(tmp_path), tmp_path, err)
+    record = RunRecord.read(tmp_path)
+    assert ended.status == record.status == "failed" and record.run_name == "mnist-bn-sgd-seed0"
+    assert record.error.startswith("RuntimeError: a bug Resume with: python -m bnstudy.train ")
+    assert record.traceback == ended.trace and "raise RuntimeError" in record.traceback
+
+
+def test_a_run_names_itself_in_its_lock_while_it_trains(tmp_path, monkeypatch):
+    from bnstudy import run
+    from bnstudy.jobdir import holder
+
+    monkeypatch.setattr(run, "_train", lambda cfg, out: holder(out))  # what another process sees
+    assert run.train(job_cfg(tmp_path))["run"] == "mnist-bn-sgd-seed0"
+    assert holder(tmp_path) == {}  # released when it ends

@@ -85,9 +85,12 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlflow" else real(name, *a))
     cfg = compose_config("logger=[tensorboard,mlflow]", "paths.output_dir=/unused")
-    with pytest.raises(ConfigError, match=r"logger=mlflow needs the mlflow package.*"
-                                          r"pip install 'bnstudy\[mlflow\]'"):
+    with pytest.raises(ConfigError) as refused:
         trackers.make_loggers(cfg.logger, "run")
+    assert str(refused.value) == (
+        "logger=mlflow needs the mlflow package, which is not installed. Install it with pip "
+        "install 'bnstudy[mlflow]' (or pip install mlflow), or choose another tracker "
+        "(logger=tensorboard, logger=csv).")
 
 
 def test_a_resumed_run_builds_its_mlflow_logger_with_the_stored_run_id():
@@ -345,3 +348,109 @@ def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path,
                     for rec in wandb_records(files) if rec.WhichOneof("record_type") == "history"]
     assert same_curve([(h["trainer/global_step"], h["val/acc"]) for h in history
                        if "val/acc" in h], curve(record))
+
+
+def test_which_tracker_configs_hold_tensorboard():
+    from omegaconf import OmegaConf
+
+    from bnstudy.trackers import uses_tensorboard
+
+    assert uses_tensorboard(compose_config().logger)
+    assert uses_tensorboard(compose_config("logger=[csv,tensorboard]").logger)
+    assert not uses_tensorboard(compose_config("logger=csv").logger)
+    assert not uses_tensorboard(None) and not uses_tensorboard(OmegaConf.create({"x": None}))
+
+
+def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
+    """Issue #34: Lightning's CSV writer clears metrics.csv when it starts; a resumed run's
+    logger puts the earlier rows back and appends to them."""
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
+    (first,) = trackers.make_loggers(cfg.logger, "job")
+    first.log_metrics({"val/acc": 0.5, "epoch": 0}, step=9)
+    first.save()
+    metrics = Path(first.log_dir) / "metrics.csv"
+    kept = metrics.read_text()
+    (resumed,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
+    assert resumed.log_dir == first.log_dir and metrics.read_text() == kept
+    resumed.log_metrics({"val/acc": 0.75, "epoch": 1}, step=19)
+    resumed.save()
+    with open(metrics) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["val/acc"]) for r in rows] == [("9", "0.5"), ("19", "0.75")]
+    assert metrics.read_text().partition("\n")[0] == kept.partition("\n")[0]
+
+
+def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch):
+    needs("wandb")
+    import wandb
+
+    from bnstudy.trackers import finish_open_wandb_run
+
+    finished = []
+    monkeypatch.setattr(wandb, "finish", lambda: finished.append(wandb.run))
+    monkeypatch.setattr(wandb, "run", None)
+    finish_open_wandb_run()
+    assert finished == []
+    monkeypatch.setattr(wandb, "run", "the previous job's run")
+    finish_open_wandb_run()
+    assert finished == ["the previous job's run"]
+
+
+def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(tmp_path):
+    """The store and its experiment (artifacts at an absolute path) are made before the logger
+    starts; a second job finds them; a resumed run's settings keep their first values (MLflow
+    refuses to change one) and gain the new ones."""
+    needs("mlflow")
+    from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
+
+    from bnstudy import trackers
+
+    store = tmp_path / "sweep" / "mlflow.db"
+    cfg = compose_config("logger=mlflow", f"paths.output_dir={tmp_path / 'sweep' / '0_job'}")
+    trackers.prepare_mlflow_store(cfg.logger.mlflow)
+    trackers.prepare_mlflow_store(cfg.logger.mlflow)  # the next job: found, not made again
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("bnstudy")
+    assert experiment.artifact_location == str(tmp_path / "sweep" / "mlartifacts")
+    (logger,) = trackers.make_loggers(cfg.logger, "0_job")
+    trackers.log_settings([logger], {"seed": 0, "lr": 0.1})
+    run_id = trackers.tracker_runs([logger])["MLFlowLogger"]
+    (resumed,) = trackers.make_loggers(cfg.logger, "0_job", {"MLFlowLogger": run_id})
+    trackers.log_settings([resumed], {"seed": 0, "lr": 0.2, "threads": 1})
+    run = client.get_run(run_id)
+    assert run.info.run_name == "0_job"
+    assert run.data.params == {"seed": "0", "lr": "0.1", "threads": "1"}
+    other = OmegaConf.create({"tracking_uri": f"sqlite:///{tmp_path / 'other.db'}"})
+    trackers.prepare_mlflow_store(other)  # no experiment named: Lightning's default
+    assert MlflowClient(other.tracking_uri).get_experiment_by_name("lightning_logs")
+    trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": "http://127.0.0.1:9"}))
+
+
+def test_a_trackers_own_run_name_and_id_are_kept_and_a_null_tracker_is_skipped(tmp_path):
+    from omegaconf import OmegaConf
+
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path}",
+                         "+logger.csv.version=5")
+    nodes = OmegaConf.to_container(cfg.logger, resolve=True)
+    off_first = OmegaConf.create({"tensorboard": None, "csv": nodes["csv"]})
+    (csv_log,) = trackers.make_loggers(off_first, "job", {"CSVLogger": 0})
+    assert csv_log.version == 5  # set in the config: not the stored one
+
+
+def test_a_resume_before_the_first_csv_row_starts_the_file_with_its_header(tmp_path):
+    """Interrupted before Lightning saved a row: the resumed log is a new file, header first."""
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
+    (resumed,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
+    metrics = Path(resumed.log_dir) / "metrics.csv"
+    assert not metrics.exists() and resumed.experiment.metrics_keys == []
+    resumed.log_metrics({"val/acc": 0.75}, step=19)
+    resumed.save()
+    with open(metrics) as f:
+        assert list(csv.DictReader(f)) == [{"val/acc": "0.75", "step": "19"}]

@@ -22,6 +22,7 @@ from bnstudy.tune import (
     cell_seed,
     choose,
     objective,
+    score,
     study_dir,
 )
 
@@ -77,6 +78,9 @@ def test_each_cell_searches_independently_and_repeats_itself():
     assert len({cell_seed(0, f"{d}-{n}-{o}") for d in ("mnist", "cifar10")
                 for n in ("bn", "none") for o in ("sgd", "adam")}) == 8
     assert cell_seed(1, "mnist-bn-sgd") != cell_seed(0, "mnist-bn-sgd")
+    # fixed values, within 31 bits: a later version's rerun draws the same settings too
+    assert (cell_seed(0, "mnist-bn-sgd"), cell_seed(0, "cifar10-bn-adam")) == \
+        (369815432, 1619330633)
     tpe = sweeper("hydra.sweeper.sampler._target_=optuna.samplers.TPESampler")
     assert type(tpe.cell_sampler("mnist-bn-sgd")[0]).__name__ == "TPESampler"
 
@@ -90,6 +94,7 @@ def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
     assert choose([lucky, steady, diverges]) is steady
     assert choose([lucky, {**steady, "val_acc": [0.7, 0.7]}]) is lucky  # 0.70 each: the first
     assert choose([{"val_acc": [None]}, {"val_acc": []}]) == {"val_acc": [None]}
+    assert choose([{"val_acc": [None]}, {"val_acc": [0.1]}]) == {"val_acc": [0.1]}  # scored
     assert choose([]) is None
 
 
@@ -153,6 +158,10 @@ def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
         with pytest.raises(ValueError):
             float(failed)  # not a number: Optuna records the trial as failed
     assert "RuntimeError: out of memory" in objective(raised)  # the reason, in Optuna's warning
+    assert objective(JobReturn(status=JobStatus.COMPLETED)) == "no result (?: no history)"
+    assert score(RunRecord("failed", history=[{"val/acc": 0.5}], error="boom")) == \
+        "no result (failed: boom)"  # what it reached before failing is no result
+    assert score(RunRecord("ok")) == "no result (ok: no history)"
 
 
 def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path):
@@ -168,16 +177,17 @@ def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path
         def launch(self, job_overrides, initial_job_idx):
             return [done(0, JobReturn(status=JobStatus.FAILED,
                                       _return_value=RuntimeError("boom"))),
-                    done(1, job("ok", [0.5], seconds=12.5))]
+                    done(1, job("ok", [0.5], seconds=12.5)),
+                    JobReturn(status=JobStatus.FAILED, _return_value=OSError("no job dir"))]
 
     scoring = ScoringLauncher(Inner(), tmp_path)
-    failed, ok = scoring.launch([(), ()], initial_job_idx=0)
+    failed, ok, early = scoring.launch([(), (), ()], initial_job_idx=0)
     with pytest.raises(ValueError):
         float(failed.return_value)
     assert float(ok.return_value) == 0.5
-    assert scoring.jobs == ["search/c/0_x", "search/c/1_x"]
-    assert scoring.errors == ["0_x: failed: RuntimeError: boom"]
-    assert scoring.seconds == [None, 12.5]  # each trial's compute, for the budget curve
+    assert scoring.jobs == ["search/c/0_x", "search/c/1_x", None]  # failed before its job dir
+    assert scoring.errors == ["0_x: failed: RuntimeError: boom", "?: failed: OSError: no job dir"]
+    assert scoring.seconds == [None, 12.5, None]  # each trial's compute, for the budget curve
 
 
 @pytest.mark.slow
@@ -304,3 +314,159 @@ def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
     (tmp_path / "multirun.yaml").write_text("{}")
     assert study_dir(cell) == tmp_path
     assert study_dir(tmp_path) == tmp_path
+
+
+def fake_train(cfg):
+    """`bnstudy.run.train` without training: a record whose final val acc comes from the lr
+    (best at 0.01) and the seed; a CIFAR-10 run fails as one without its data would."""
+    from pathlib import Path
+
+    from bnstudy.run import RunEnded
+
+    if cfg.dataset.name == "cifar10":
+        raise RunEnded("failed", "no CIFAR-10 here")
+    acc = fake_train_acc(cfg.optim.optimizer.lr, cfg.seed)
+    record = RunRecord("ok", run_name=cfg.run_name, wall_time_s=1.5,
+                       history=[{"val/acc": 0.99}, {"val/acc": acc}])  # the final one counts
+    record.write(Path(cfg.paths.output_dir))
+    return record
+
+
+def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_path,
+                                                                         monkeypatch):
+    """The tuned sweep's own code end to end, each job a hand-made record (`fake_train`): the
+    cells searched with their seeded samplers, each trial's score the final val acc, the top 2
+    re-run over the seeds and the best mean chosen; a cell whose every trial failed is said,
+    exit 1, and the other is tuned all the same."""
+    import bnstudy.run
+    from bnstudy.tune import METRIC
+
+    monkeypatch.setattr(bnstudy.run, "train", fake_train)
+    proc = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam", "norm=bn",
+                     "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2",
+                     f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    tuning = json.loads((tmp_path / TUNING_FILE).read_text())
+    base = tuning["sampler_seed"]
+    assert {k: tuning[k] for k in ("sampler", "n_trials", "rerun_top", "seeds", "metric")} == \
+        {"sampler": "RandomSampler", "n_trials": 3, "rerun_top": 2, "seeds": [0, 1],
+         "metric": METRIC}
+    assert isinstance(base, int) and set(tuning["time_s"]) == {"search", "final"}
+    mnist, cifar = tuning["cells"]
+    assert {k: mnist[k] for k in ("dataset", "optim", "norm")} == \
+        {"dataset": "mnist", "optim": "adam", "norm": "bn"}
+    assert mnist["sampler_seed"] == cell_seed(base, "mnist-bn-adam")
+    for n, trial in enumerate(mnist["trials"]):
+        lr = trial["params"]["optim.optimizer.lr"]
+        assert trial["value"] == pytest.approx(fake_train_acc(lr, 0))
+        assert trial["state"] == "COMPLETE" and trial["seconds"] == 1.5
+        assert trial["job"].startswith(f"search/mnist-bn-adam/{n}_")
+    ranked = sorted(mnist["trials"], key=lambda t: -t["value"])[:2]
+    assert [c["params"] for c in mnist["candidates"]] == [t["params"] for t in ranked]
+    for candidate in mnist["candidates"]:
+        lr = candidate["params"]["optim.optimizer.lr"]
+        assert candidate["val_acc"] == pytest.approx([fake_train_acc(lr, s) for s in (0, 1)])
+        assert len(candidate["jobs"]) == 2 and "-seed1-" in candidate["jobs"][1]
+    chosen = choose(mnist["candidates"])
+    assert mnist["best_params"] == chosen["params"] and mnist["final_jobs"] == chosen["jobs"]
+    assert [t["state"] for t in cifar["trials"]] == ["FAIL"] * 3
+    assert cifar["best_params"] == {} and cifar["best_value"] is None
+    assert cifar["candidates"] == [] and cifar["final_jobs"] == []
+    said = " ".join((proc.stdout + proc.stderr).split())  # the Tuning lines: on stdout
+    assert "Tuning mnist-bn-adam: 3 trials" in said
+    best = max(mnist["trials"], key=lambda t: t["value"])
+    assert (f"Tuned mnist-bn-adam: best val acc {100 * best['value']:.2f} % (trial "
+            f"{mnist['trials'].index(best)} of 3) at optim.optimizer.lr="
+            f"{best['params']['optim.optimizer.lr']:.3g}") in said
+    assert f"1 cell(s) of {tmp_path} found no setting" in said
+    assert "cifar10-bn-adam: every trial failed, e.g. " in said and "no CIFAR-10 here" in said
+    plan = OmegaConf.load(tmp_path / "multirun.yaml").hydra.sweeper.params
+    assert plan.seed == "0,1" and "optim.optimizer.lr" in plan
+    assert "optim.optimizer.lr" in OmegaConf.load(
+        tmp_path / SEARCH_DIR / "mnist-bn-adam" / "multirun.yaml").hydra.sweeper.params
+
+
+def fake_train_acc(lr: float, seed: int) -> float:
+    import math
+
+    return 0.9 - abs(math.log10(lr) + 2) / 10 + seed / 100
+
+
+def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_not_swept():
+    from bnstudy.errors import ConfigError
+
+    tuner = sweeper()
+    cells, rest = tuner._cells(["dataset=mnist", "norm=bn,none", "seed=3,4",
+                                "trainer.max_epochs=2"])
+    assert cells == [{"dataset": "mnist", "optim": o, "norm": n}
+                     for o in ("sgd", "adam") for n in ("bn", "none")]
+    assert rest == ["trainer.max_epochs=2"] and tuner.seeds == [3, 4]
+    with pytest.raises(ConfigError) as refused:
+        tuner._cells(["optim.optimizer.lr=0.1,0.2"])
+    assert str(refused.value) == (
+        "experiment=tuned searches its own space, so optim.optimizer.lr cannot be swept "
+        "(optim.optimizer.lr=0.1,0.2). Set one value (optim.optimizer.lr=...), or change the "
+        "search space in hydra.sweeper.search.")
+
+
+def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how_to_go_on(
+        tmp_path, caplog):
+    tuner = sweeper("hydra.sweeper.rerun_top=0")
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    (tmp_path / "sweep").mkdir()
+    with pytest.raises(SystemExit) as refused:
+        tuner.sweep([])
+    assert str(refused.value.code).startswith("hydra.sweeper.rerun_top=0: the number of each")
+    assert not (tmp_path / "sweep").exists()  # refused before anything ran
+    (tmp_path / "sweep" / "search").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        tuner.sweep([])
+    assert (tmp_path / "sweep" / "search").is_dir()  # something ran: kept
+
+    def interrupted(arguments):
+        raise KeyboardInterrupt
+
+    tuner._sweep = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        tuner.sweep([])
+    sweep = tmp_path / "sweep"
+    assert caplog.messages == [
+        f"Interrupted: {sweep} keeps its finished trials and runs. To go on (the same trials, "
+        f"then the re-runs), run the same command with resume=true hydra.sweep.dir={sweep}"]
+
+
+def test_the_cells_batches_run_in_turn_here_and_at_once_on_a_cluster():
+    """In this process each batch runs in the main thread (signals, Ctrl-C); on a cluster the
+    cells' batches are in flight together (each waits for the other here). A launch's error
+    reaches its search, and a search's error the sweep."""
+    import threading
+
+    from bnstudy.tune import Cells
+
+    def searches(together: Cells, real) -> list:
+        return [lambda n=n: together.launcher(real).launch([n], initial_job_idx=n) for n in (1, 2)]
+
+    class InTurn:
+        def launch(self, job_overrides, initial_job_idx):
+            assert threading.current_thread() is threading.main_thread()
+            return job_overrides * initial_job_idx
+
+    together = Cells(concurrent=False)
+    assert together.search(searches(together, InTurn())) == [[1], [2, 2]]
+    barrier = threading.Barrier(2, timeout=20)
+
+    class AtOnce:
+        def launch(self, job_overrides, initial_job_idx):
+            barrier.wait()
+            return job_overrides
+
+    together = Cells(concurrent=True)
+    assert together.search(searches(together, AtOnce())) == [[1], [2]]
+
+    class Fails:
+        def launch(self, job_overrides, initial_job_idx):
+            raise OSError("no launcher")
+
+    together = Cells(concurrent=False)
+    with pytest.raises(OSError, match="no launcher"):
+        together.search(searches(together, Fails()))
