@@ -3,6 +3,7 @@ atomically (a temporary file, fsync, rename), with the umask's mode, one paragra
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -92,7 +93,8 @@ def replace_file(path: str | Path, data: bytes | memoryview, previous: Path | No
             os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (no folder to remove it from: a file stands there)
+            tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise RunFileError(describe_write_error(err, path)) from err
         raise

@@ -65,6 +65,12 @@ def test_a_failed_write_keeps_the_old_record_and_says_what_to_do(tmp_path, monke
     assert "run the same command with resume=true" in message and "\n" not in message
 
 
+def test_a_file_where_the_runs_folder_should_be_is_the_write_errors_paragraph(tmp_path):
+    (tmp_path / "job").write_text("")  # not a folder
+    with pytest.raises(RunFileError, match=r"^Could not write .*job/metrics.json: "):
+        RunRecord().write(tmp_path / "job" / "metrics.json")
+
+
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
 def test_run_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
     from bnstudy.checkpoints import AtomicCheckpointIO
