@@ -363,7 +363,7 @@ def changed_settings(stored: DictConfig, current: DictConfig) -> list[str]:
     """The settings (dotted keys, both values) in which two configs of a job differ, but
     bookkeeping and observers (callbacks, logger): a resume may draw other pictures."""
     old, new = flat(stored), flat(current)
-    ignored = (*NOT_SETTINGS, "callbacks.", "logger.")
+    ignored = (*NOT_SETTINGS, "callbacks.")
     keys = sorted(k for k in old.keys() | new.keys()
                   if not k.startswith(ignored) and old.get(k) != new.get(k))
     return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys]

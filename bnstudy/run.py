@@ -267,8 +267,8 @@ def is_primary() -> bool:
 
 def resume_command(cfg: DictConfig) -> str:
     """The command that goes on with this single run."""
-    task = [o for o in HydraConfig.get().overrides.task
-            if not o.startswith(("resume=", "hydra.run.dir="))] if HydraConfig.initialized() else []
+    task = [o for o in HydraConfig.get().overrides.task  # (Hydra keeps hydra.* out of it)
+            if not o.startswith("resume=")] if HydraConfig.initialized() else []
     return shlex.join(["python", "-m", "bnstudy.train", *task, "resume=true",
                        f"hydra.run.dir={cfg.paths.output_dir}"])
 
