@@ -13,7 +13,6 @@ imports neither Lightning nor torch (a sweep's main process and the report use i
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os
@@ -28,7 +27,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from bnstudy.norms import NORMS
-from bnstudy.records import TUNING_FILE, RunRecord, sweep_records
+from bnstudy.records import RunRecord, final_jobs, read_tuning, sweep_records
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -238,11 +237,8 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
 def tuned_reruns(sweep_dir: Path) -> set[str] | None:
     """The job folders of a tuned sweep's kept re-runs (`tuning.json`'s `final_jobs`; none while
     it searches); None for any other sweep."""
-    path = sweep_dir / TUNING_FILE
-    if not path.is_file():
-        return None
-    cells = json.loads(path.read_text()).get("cells", [])
-    return {job for cell in cells for job in cell.get("final_jobs", [])}
+    tuning = read_tuning(sweep_dir)
+    return None if tuning is None else set(final_jobs(tuning))
 
 
 def refresh_sweep_view(sweep_dir: str | Path) -> None:

@@ -77,6 +77,18 @@ def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:
     return [(job, record) for job in jobs if (record := RunRecord.read(job)) is not None]
 
 
+def read_tuning(sweep_dir: str | os.PathLike) -> dict | None:
+    """A tuned sweep's `tuning.json` (`bnstudy.tune`: its cells' searches, each with its kept
+    re-runs' `final_jobs`); None for any other sweep."""
+    path = Path(sweep_dir) / TUNING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def final_jobs(tuning: dict) -> list[str]:
+    """The job folders of a tuned sweep's kept re-runs, cell by cell (none while it searches)."""
+    return [job for cell in tuning.get("cells", []) for job in cell.get("final_jobs", [])]
+
+
 def replace_file(path: str | Path, data: bytes | memoryview, previous: Path | None = None) -> None:
     """Puts `data` at `path` so that a reader, or a kill at any moment, finds the old file or the
     new one, never half of one; with `previous`, the old file is kept there. An OSError is

@@ -19,7 +19,6 @@ holds above 0, does not hold below; else cannot tell.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from bnstudy.records import TUNING_FILE
+from bnstudy.records import read_tuning
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
@@ -361,8 +360,8 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> 
     writes `out/budget.csv` (removes an old one). Empty without `tuning.json` or a pair both
     of whose norms were searched."""
     (out / BUDGET_FILE).unlink(missing_ok=True)
-    path = Path(sweep_dir) / TUNING_FILE
-    found = budgets(json.loads(path.read_text()), pairs) if path.is_file() else []
+    tuning = read_tuning(sweep_dir)
+    found = [] if tuning is None else budgets(tuning, pairs)
     if not found:
         return Section()
     csv = pd.DataFrame([r for b in found for r in b.rows()]).astype({"k": "Int64"})

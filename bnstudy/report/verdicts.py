@@ -5,7 +5,6 @@ when every seed meets it, not when none does; a claim holds when all its parts d
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnstudy.records import TUNING_FILE
+from bnstudy.records import final_jobs, read_tuning
 from bnstudy.report.claims import Part, Term, declare
 from bnstudy.report.cost import time_table
 from bnstudy.report.runs import study_order
@@ -162,12 +161,11 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     """A tuned sweep's study, and its `SWEEP/tuning.json` ({} and no runs without one): the kept
     settings' re-runs (`final_jobs`), each searched setting reading "tuned" (every norm has its
     own), so that a dataset × optimizer is one comparison, not one per learning rate."""
-    path = Path(sweep_dir) / TUNING_FILE
-    if not path.is_file():
+    tuning = read_tuning(sweep_dir)
+    if tuning is None:
         return runs.iloc[:0], {}
-    tuning = json.loads(path.read_text())
     cells = tuning.get("cells", [])
-    jobs = [job for cell in cells for job in cell.get("final_jobs", [])]
+    jobs = final_jobs(tuning)
     searched = {key for cell in cells for key in cell.get("best_params", {})}
     columns = {c for key in searched for c in (key, key.rsplit(".", 1)[-1]) if c in runs}
     return runs[runs["job"].isin(jobs)].assign(**dict.fromkeys(columns, "tuned")), tuning
