@@ -124,10 +124,10 @@ def method_words(verdicts: pd.DataFrame) -> str:
                f"paired t over shared seeds in {paired} of {len(verdicts)} rows, Welch where "
                "the seeds do not pair")
     margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
+    tested = int(verdicts["p_value"].notna().sum())  # a row without a test is not counted
     return (f"validation split, final epoch; {pairing}; p Holm-adjusted over the "
-            f"{len(verdicts)} comparisons (the intervals are not), p < 0.05; *equivalent* by "
-            "TOST within "
-            f"{margin_words(margins)}")
+            f"{tested} comparison{'s' * (tested != 1)} tested (the intervals are not), p < 0.05; "
+            f"*equivalent* by TOST within {margin_words(margins)}")
 
 
 def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | None = None
@@ -147,10 +147,10 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
             "Is BatchNorm worth it? BN − no BN in validation accuracy, per dataset × optimizer "
             f"(95% interval; {method_words(verdicts)}): at equal epochs, at equal training time "
             "(C5a: the best val acc so far at the no-BN runs' full compute, BN's step charged "
-            "at the clock's costliest round; paired, Holm over the C5 parts) and at each one's "
-            "own tuned settings (C6, test split, Welch, Holm over the C6 parts), where the sweep "
-            "has them. *Cannot tell* "
-            "says how many seeds a side would decide.", "", answer_table(verdicts, results), ""]
+            "the 95% upper bound of the clock's median round; paired, Holm over the C5 parts) "
+            "and at each one's own tuned settings (C6, test split, Welch, Holm over the C6 "
+            "parts), where the sweep has them. *Cannot tell* says how many seeds a side would "
+            "decide.", "", answer_table(verdicts, results), ""]
     if (verdicts[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         text += ["One seed a side shows the direction and size of each difference, not whether "
                  "it is larger than the seed-to-seed spread. To decide, run 3 or more seeds "

@@ -3,8 +3,10 @@
 The clock: the CPU seconds of a training step with the treatment norm and with the baseline
 (`pair`), measured paired in one process at one torch thread (`time.thread_time`), the two
 alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
-block (timeit's rule); the per-round ratios show the spread, and C5 charges the treatment the
-costliest round's ratio (`StepCost.charged`), the conservative end of it.
+block (timeit's rule). Each round's ratio pairs two adjacent blocks, so a drift of the machine's
+speed cancels; C5 charges the treatment a distribution-free 95 % upper bound of the median round
+ratio (`StepCost.charged`, an order statistic): conservative, yet one freak block (a 14× round
+was seen here) does not move it, so a second report on the same runs decides the same.
 
 The reading: a run's epoch e ends at compute e × its step-cost ratio (the baseline's = 1), in
 baseline epochs; at each epoch end it has the best validation accuracy so far (what
@@ -26,7 +28,7 @@ import pandas as pd
 from bnstudy.report.claims import BUDGETS
 from bnstudy.report.runs import STUDY, num
 
-ROUNDS = 15    # alternating blocks per side
+ROUNDS = 31    # alternating blocks per side: the median's upper bound is the 21st ratio of 31
 STEPS = 20     # training steps per block (after WARMUP)
 WARMUP = 5
 
@@ -34,20 +36,30 @@ WARMUP = 5
 @dataclass(frozen=True)
 class StepCost:
     """Seconds a step of each side (fastest block), their ratio treatment / baseline, and the
-    per-round ratios' spread, whose upper end C5 charges (`charged`)."""
+    per-round ratios: their spread, median and the median's 95 % upper bound, which C5 charges."""
 
     treatment_s: float
     baseline_s: float
     ratio: float
     ratio_min: float
     ratio_median: float
+    ratio_upper: float
     ratio_max: float
     rounds: int
 
     @property
     def charged(self) -> float:
-        """The ratio C5 charges the treatment's step: the costliest round's (conservative)."""
-        return self.ratio_max
+        """The ratio C5 charges the treatment's step: the median round's 95 % upper bound."""
+        return self.ratio_upper
+
+
+def median_upper(values: list[float], level: float = 0.95) -> float:
+    """A distribution-free upper confidence bound of the median: the smallest order statistic
+    at or above the median with probability `level` (binomial; the largest value when too few)."""
+    from scipy import stats
+
+    k = int(stats.binom.ppf(level, len(values), 0.5))  # P(#values below the median ≤ k) ≥ level
+    return sorted(values)[min(k, len(values) - 1)]
 
 
 def _step_fn(cfg, norm: str):
@@ -100,7 +112,8 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
         torch.set_num_threads(threads)
     ratios = [t / b for t, b in zip(times[pair[0]], times[pair[1]], strict=True)]
     t, b = min(times[pair[0]]), min(times[pair[1]])
-    return StepCost(t, b, t / b, min(ratios), statistics.median(ratios), max(ratios), rounds)
+    return StepCost(t, b, t / b, min(ratios), statistics.median(ratios), median_upper(ratios),
+                    max(ratios), rounds)
 
 
 def pair_costs(runs) -> dict[tuple[str, str], StepCost]:

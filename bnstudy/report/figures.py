@@ -384,7 +384,7 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
     axes[0].set_ylabel("best validation accuracy so far (%)")
     axes[0].legend()
     fitted_title(fig, "Is BatchNorm worth it per unit of compute? Best validation accuracy so "
-                      "far against compute\n(BN charged its costliest measured step; mean over "
-                      "seeds, band ± 1 std; dotted: C5's budgets)")
+                      "far against compute\n(BN's step charged the median round's 95% upper "
+                      "bound; mean over seeds, band ± 1 std; dotted: C5's budgets)")
     fig.tight_layout()
     return fig

@@ -267,15 +267,17 @@ def cost_table(runs: pd.DataFrame, measured: dict) -> str:
         ratio = own[STUDY[0]] / own[STUDY[1]] if own[STUDY[1]] else math.nan
         rows.append({"pair": where(dataset, optim), "step, BN": f"{1e6 * c.treatment_s:.0f} µs",
                      "step, no BN": f"{1e6 * c.baseline_s:.0f} µs",
-                     "BN / no BN charged (fastest blocks; rounds' range)":
-                         f"**{c.charged:.2f}** ({c.ratio:.2f}; {c.ratio_min:.2f} to "
-                         f"{c.ratio_max:.2f})",
+                     "BN / no BN charged (fastest blocks; median round; rounds' range)":
+                         f"**{c.charged:.2f}** ({c.ratio:.2f}; {c.ratio_median:.2f}; "
+                         f"{c.ratio_min:.2f} to {c.ratio_max:.2f})",
                      "runs' own epoch ratio": number(ratio, ".2f"),
                      "BN reaches": reach[STUDY[0]], "no BN reaches": reach[STUDY[1]]})
     return ("C5's clock (`bnstudy.report.cost`): CPU seconds per training step measured paired "
             "in one process at one torch thread, the two norms alternating in blocks; each "
-            "side's step is its fastest block (noise only adds time), and C5 charges BN the "
-            "costliest round's ratio, the upper end of the spread. A run's epoch e ends at "
+            "side's step is its fastest block (noise only adds time); a round's ratio pairs two "
+            "adjacent blocks, and C5 charges BN the median round ratio's 95% upper bound (of "
+            f"{next(iter(measured.values())).rounds if measured else 0} rounds: an order "
+            "statistic, conservative, yet not moved by one freak block). A run's epoch e ends at "
             "e × its ratio no-BN epochs of compute; its value there is the best validation "
             "accuracy so far, linear between epoch ends. The runs' own epoch seconds "
             "(`time_s`, shared machine) are shown as a cross-check only. *Reaches*: the compute "
@@ -301,9 +303,10 @@ INTRO = (
     "all its parts hold; it does not hold when any part does not hold or is equivalent (a "
     "claimed difference found within the margin). Accuracies are in percentage points (pts). "
     f"*Detectable* is the smallest difference the seeds run find with {POWER:.0%} power, for "
-    "the test used (paired: the differences' spread); *seeds a side to decide* is how many "
-    "would find one of the size observed. Also in `claims.csv` (with `test`, `p_holm`, "
-    "`margin`, `p_tost`, `p_tost_holm`).")
+    "the test used (paired: the differences' spread), at the family's strictest Holm level "
+    f"({ALPHA} / the parts tested: a p below it decides whatever the others' p); *seeds a "
+    "side to decide* is how many would find one of the size observed at that level. Also in "
+    "`claims.csv` (with `test`, `p_holm`, `margin`, `p_tost`, `p_tost_holm`).")
 
 
 def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,

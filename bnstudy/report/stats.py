@@ -160,6 +160,12 @@ def holm_family(tests: list[Contrast]) -> list[Contrast]:
         tests, holm([t.p_value for t in tests]), holm([t.p_tost for t in tests]), strict=True)]
 
 
+def strictest_level(tests: list[Contrast], alpha: float = ALPHA) -> float:
+    """Holm's strictest step in a family, alpha / the contrasts tested: a p below it is decided
+    whatever the others' p, so power and the seeds that would decide are stated at it."""
+    return alpha / max(1, sum(not math.isnan(t.p_value) for t in tests))
+
+
 def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
     """THE rule, on Holm-adjusted p: p < alpha on the claimed side (`sign`) of 0 holds, on the
     other side does not hold; else TOST's p < alpha: equivalent (within ±margin); else cannot
@@ -337,7 +343,8 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
                    verdict=comparison_word(decide(diff), diff.p_value),
                    diff_ci_low=diff.ci_low, diff_ci_high=diff.ci_high, margin=diff.margin,
                    p_tost=diff.p_tost, p_tost_holm=diff.p_tost_holm)
-        row.update(zip(("detectable_80", "seeds_needed"), power_of(diff), strict=True))
+        row.update(zip(("detectable_80", "seeds_needed"),
+                       power_of(diff, alpha=strictest_level(tests)), strict=True))
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [k for r in rows for k in r if k not in VERDICT_COLUMNS]), *VERDICT_COLUMNS])
 

@@ -24,6 +24,7 @@ from bnstudy.report.stats import (
     image_spread,
     margins,
     power_of,
+    strictest_level,
 )
 
 MIN_SEEDS = 2      # fewer ok runs in a group than this: cannot tell (curves and pictures alike)
@@ -124,8 +125,11 @@ def adjust(results: list[Result]) -> list[Result]:
     out = list(results)
     for family in dict.fromkeys(r.declared.family for r in results):
         members = [i for i, r in enumerate(results) if tested(r) and r.declared.family == family]
+        level = strictest_level([results[i].test for i in members])
         for i, test in zip(members, holm_family([results[i].test for i in members]), strict=True):
-            out[i] = replace(results[i], test=test, verdict=decide(test, results[i].declared.sign))
+            out[i] = replace(results[i], test=test, verdict=decide(test, results[i].declared.sign),
+                             **dict(zip(("detectable", "seeds_needed"),
+                                        power_of(test, alpha=level), strict=True)))
     return out
 
 
@@ -179,7 +183,7 @@ def tuned_results(tuned: pd.DataFrame) -> list[Result]:
 def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]
                     ) -> tuple[list[Result], dict]:
     """One setting's curve and time claims, and its step costs; the time parts read at each
-    pair's charged ratio (`StepCost.charged`, the costliest round's)."""
+    pair's charged ratio (`StepCost.charged`, the median round's upper bound)."""
     parts = declare(study_order(set(runs["dataset"])))
     measured = costs(runs) if any(p.source == "time" for p in parts) else {}
     ratios = {pair: c.charged for pair, c in measured.items()}
