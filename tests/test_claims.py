@@ -26,14 +26,14 @@ from bnstudy.report.runs import load_runs
 from bnstudy.report.stats import IMAGES, PAIRED, Spread, contrast, power_of, t_power
 
 
-def cost(ratio: float) -> StepCost:
+def cost_of(ratio: float) -> StepCost:
     return StepCost(ratio * 1e-3, 1e-3, ratio, ratio, ratio, ratio, ratio, 9)
 
 
 def results_of(sweep_dir, ratio: float | None = None) -> dict[str, V.Result]:
     """The sweep's curve and time claims, the step of BN costing `ratio` no-BN steps (None:
     no clock, no time claims)."""
-    clock = {} if ratio is None else {("mnist", "sgd"): cost(ratio)}
+    clock = {} if ratio is None else {("mnist", "sgd"): cost_of(ratio)}
     results, _ = V.setting_results(load_runs(sweep_dir), costs=lambda runs: clock)
     return {f"{r.claim}{r.part}": r for r in results}
 
@@ -190,6 +190,30 @@ def test_the_clock_takes_each_sides_fastest_block(monkeypatch):
     assert measured.treatment_s == pytest.approx(0.002, rel=0.3)
 
 
+def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monkeypatch):
+    """A second report on the same runs reads the kept clock (the same verdicts); a pair not in
+    it, or kept by an older clock (other fields), is measured."""
+    from bnstudy.report import cost
+
+    measured = []
+    monkeypatch.setattr(cost, "measure", lambda cfg: measured.append(cfg.tag) or cost_of(2.0))
+    rows = []
+    for optim in ("sgd", "adam"):
+        for norm in ("bn", "none"):
+            job = tmp_path / f"{optim}-{norm}"
+            (job / ".hydra").mkdir(parents=True)
+            (job / ".hydra" / "config.yaml").write_text(f"tag: {optim}\n")
+            rows.append({"dataset": "mnist", "optim": optim, "norm": norm, "path": str(job)})
+    runs, kept = pd.DataFrame(rows), tmp_path / "clock.json"
+    kept.write_text(json.dumps({"mnist/adam": {"ratio": 1.5}}))  # an older clock's fields
+    first = cost.pair_costs(runs, kept)
+    assert measured == ["sgd", "adam"] and first[("mnist", "sgd")] == cost_of(2.0)
+    assert cost.pair_costs(runs, kept) == first and measured == ["sgd", "adam"]  # none again
+    assert json.loads(kept.read_text())["mnist/sgd"]["ratio_upper"] == 2.0
+    cost.pair_costs(runs)  # no file to keep it in: measured
+    assert measured == ["sgd", "adam", "sgd", "adam"]
+
+
 def test_the_clock_charges_the_median_rounds_upper_bound_not_a_freak_round():
     """A distribution-free 95 % bound: the 12th of 15 sorted ratios, the 21st of 31; one
     freak round (14×, seen here) moves neither it nor the verdict."""
@@ -318,7 +342,7 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
     from bnstudy.report.write import write_report
 
     write_pair(tmp_path, *FAST_EARLY)
-    report = write_report(tmp_path, {}, costs=lambda runs: {("mnist", "sgd"): cost(2.0)})
+    report = write_report(tmp_path, {}, costs=lambda runs: {("mnist", "sgd"): cost_of(2.0)})
     text = " ".join(report.read_text().split())
     assert "![accuracy against compute](time_compute.png)" in text
     assert (report.parent / "time_compute.png").is_file()

@@ -16,10 +16,11 @@ Past the run's last epoch end its best stays (the run stopped there)."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from bnstudy.report.runs import STUDY, num
 ROUNDS = 31    # alternating blocks per side: the median's upper bound is the 21st ratio of 31
 STEPS = 20     # training steps per block (after WARMUP)
 WARMUP = 5
+CLOCK_FILE = "clock.json"  # in the report folder: each pair's measured clock, reused
 
 
 @dataclass(frozen=True)
@@ -116,17 +118,27 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
                     max(ratios), rounds)
 
 
-def pair_costs(runs) -> dict[tuple[str, str], StepCost]:
+def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost]:
     """The step cost of each (dataset, optim) with runs of both norms, on its first run's
-    `.hydra/config.yaml`."""
+    `.hydra/config.yaml`; measured once: `kept` (the report's `clock.json`) holds each pair's,
+    so a second report on the same runs decides the same (delete it to measure again)."""
     from omegaconf import OmegaConf
 
+    from bnstudy.records import write_json_atomic
+
+    stored = json.loads(kept.read_text()) if kept is not None and kept.is_file() else {}
     out = {}
     for (dataset, optim), pair in runs.groupby(["dataset", "optim"], sort=False):
         configs = [Path(p) / ".hydra" / "config.yaml" for p in pair["path"]]
         found = [c for c in configs if c.is_file()]
         if found and set(STUDY) <= set(pair["norm"]):
-            out[dataset, optim] = measure(OmegaConf.load(found[0]))
+            try:
+                out[dataset, optim] = StepCost(**stored[f"{dataset}/{optim}"])
+            except (KeyError, TypeError):  # not measured yet, or by an older clock
+                out[dataset, optim] = measure(OmegaConf.load(found[0]))
+    fresh = {f"{d}/{o}": asdict(c) for (d, o), c in out.items()}
+    if kept is not None and any(stored.get(k) != v for k, v in fresh.items()):
+        write_json_atomic(kept, {**stored, **fresh})
     return out
 
 

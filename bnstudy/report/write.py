@@ -4,6 +4,7 @@ TensorBoard events of `SWEEP_DIR/report/`."""
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from pathlib import Path
@@ -104,9 +105,11 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     """Loads the table of runs, decides, and writes `sweep_dir/report/`; returns report.md's
     path. `costs` measures C5's step costs (default: `bnstudy.report.cost.pair_costs`);
     `pairs`: the (treatment, baseline) norms compared (default: `runs.compared`'s)."""
-    if costs is None:
-        from bnstudy.report.cost import pair_costs as costs
     sweep_dir = Path(sweep_dir)
+    if costs is None:
+        from bnstudy.report.cost import CLOCK_FILE, pair_costs
+
+        costs = functools.partial(pair_costs, kept=sweep_dir / REPORT_DIR / CLOCK_FILE)
     everything = load_runs(sweep_dir)
     tuned = tuned_runs(sweep_dir, everything)[0]  # a tuned sweep: the kept settings' re-runs
     runs = tuned if len(tuned) else everything
