@@ -3,10 +3,12 @@
 The clock: the CPU seconds of a training step with the treatment norm and with the baseline
 (`pair`), measured paired in one process at one torch thread (`time.thread_time`), the two
 alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
-block (timeit's rule). Each round's ratio pairs two adjacent blocks, so a drift of the machine's
-speed cancels; C5 charges the treatment a distribution-free 95 % upper bound of the median round
-ratio (`StepCost.charged`, an order statistic): conservative, yet one freak block (a 14× round
-was seen here) does not move it, so a second report on the same runs decides the same.
+block (timeit's rule). Each block builds its net anew (the memory a net lands in can slow it for
+as long as it lives: one whole measurement here read BN at 0.84×), and a round's ratio pairs
+two adjacent blocks, so a drift of the machine's speed cancels. C5 charges the treatment a
+distribution-free 95 % upper bound of the median round's ratio (`StepCost.charged`, an order
+statistic): conservative, yet one freak block (14× was seen) does not move it. The report
+measures it once per sweep and keeps it (`pair_costs`), so a second report decides the same.
 
 The reading: a run's epoch e ends at compute e × its step-cost ratio (the baseline's = 1), in
 baseline epochs; at each epoch end it has the best validation accuracy so far (what
@@ -103,13 +105,12 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sides = {norm: _step_fn(cfg, norm) for norm in pair}
-        for step in sides.values():
-            _seconds(step, WARMUP)
         times: dict[str, list[float]] = {norm: [] for norm in pair}
         for i in range(rounds):
             for norm in (pair if i % 2 == 0 else pair[::-1]):
-                times[norm].append(_seconds(sides[norm], steps))
+                step = _step_fn(cfg, norm)  # new tensors each block: no allocation's luck lasts
+                _seconds(step, WARMUP)
+                times[norm].append(_seconds(step, steps))
     finally:
         torch.set_num_threads(threads)
     ratios = [t / b for t, b in zip(times[pair[0]], times[pair[1]], strict=True)]
