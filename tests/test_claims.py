@@ -200,7 +200,8 @@ def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monke
     from bnstudy.report import cost
 
     measured = []
-    monkeypatch.setattr(cost, "measure", lambda cfg: measured.append(cfg.tag) or cost_of(2.0))
+    monkeypatch.setattr(cost, "measure_apart", lambda configs: [
+        measured.append(c.read_text().split()[1]) or cost_of(2.0) for c in configs])
     rows = []
     for optim in ("sgd", "adam"):
         for norm in ("bn", "none"):
@@ -216,6 +217,20 @@ def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monke
     assert json.loads(kept.read_text())["mnist/sgd"]["ratio_upper"] == 2.0
     cost.pair_costs(runs)  # no file to keep it in: measured
     assert measured == ["sgd", "adam", "sgd", "adam"]
+
+
+def test_the_clock_runs_in_a_fresh_process_and_says_why_it_failed(tmp_path):
+    from bnstudy.report.cost import measure_apart
+
+    (config := tmp_path / "config.yaml").write_text(
+        "dataset: {datamodule: {_target_: bnstudy.data.MNISTDataModule}, batch_size: 8}\n"
+        "model: {net: {_target_: bnstudy.nets.MLP, hidden_dim: 4}}\n"
+        "optim: {optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.1}}\n")
+    (clock,) = measure_apart([config], rounds=3)
+    assert clock.rounds == 3 and clock.treatment_s > 0 and clock.baseline_s > 0
+    assert clock.ratio_min <= clock.ratio_median <= clock.ratio_upper == clock.ratio_max
+    with pytest.raises(RuntimeError, match="(?s)C5.s clock failed: .*nowhere"):
+        measure_apart([tmp_path / "nowhere.yaml"], rounds=3)
 
 
 def test_the_clock_charges_the_median_rounds_upper_bound_not_a_freak_round():

@@ -5,7 +5,8 @@ The clock: the CPU seconds of a training step with the treatment norm and with t
 alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
 block (timeit's rule). Each block builds its net anew (the memory a net lands in can slow it for
 as long as it lives: one whole measurement here read BN at 0.84×), and a round's ratio pairs
-two adjacent blocks, so a drift of the machine's speed cancels. C5 charges the treatment a
+two adjacent blocks, so a drift of the machine's speed cancels; it runs in a process of its own
+(`measure_apart`). C5 charges the treatment a
 distribution-free 95 % upper bound of the median round's ratio (`StepCost.charged`, an order
 statistic): conservative, yet one freak block (14× was seen) does not move it. The report
 measures it once per sweep and keeps it (`pair_costs`), so a second report decides the same.
@@ -21,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,16 +122,28 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
                     max(ratios), rounds)
 
 
+def measure_apart(configs: list[Path], rounds: int = ROUNDS) -> list[StepCost]:
+    """`measure` for each run config file, in a fresh Python process: a long-lived process's
+    memory history moves a step's cost (inside the report, CIFAR-10/Adam's rounds read
+    0.59–1.82×; in a fresh process 0.9–1.2×)."""
+    code = ("import json, sys; from dataclasses import asdict; from omegaconf import OmegaConf; "
+            "from bnstudy.report.cost import measure; print(json.dumps([asdict(measure("
+            "OmegaConf.load(p), rounds=int(sys.argv[1]))) for p in sys.argv[2:]]))")
+    done = subprocess.run([sys.executable, "-c", code, str(rounds), *map(str, configs)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"C5's clock failed: {done.stderr.strip()[-2000:]}")
+    return [StepCost(**c) for c in json.loads(done.stdout.splitlines()[-1])]
+
+
 def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost]:
     """The step cost of each (dataset, optim) with runs of both norms, on its first run's
     `.hydra/config.yaml`; measured once: `kept` (the report's `clock.json`) holds each pair's,
     so a second report on the same runs decides the same (delete it to measure again)."""
-    from omegaconf import OmegaConf
-
     from bnstudy.records import write_json_atomic
 
     stored = json.loads(kept.read_text()) if kept is not None and kept.is_file() else {}
-    out = {}
+    out, new = {}, {}
     for (dataset, optim), pair in runs.groupby(["dataset", "optim"], sort=False):
         configs = [Path(p) / ".hydra" / "config.yaml" for p in pair["path"]]
         found = [c for c in configs if c.is_file()]
@@ -136,7 +151,8 @@ def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost
             try:
                 out[dataset, optim] = StepCost(**stored[f"{dataset}/{optim}"])
             except (KeyError, TypeError):  # not measured yet, or by an older clock
-                out[dataset, optim] = measure(OmegaConf.load(found[0]))
+                new[dataset, optim] = found[0]
+    out.update(zip(new, measure_apart(list(new.values())), strict=True) if new else ())
     fresh = {f"{d}/{o}": asdict(c) for (d, o), c in out.items()}
     if kept is not None and any(stored.get(k) != v for k, v in fresh.items()):
         write_json_atomic(kept, {**stored, **fresh})
