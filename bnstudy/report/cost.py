@@ -3,13 +3,14 @@
 The clock: the CPU seconds of a training step with the treatment norm and with the baseline
 (`pair`), measured paired in one process at one torch thread (`time.thread_time`), the two
 alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
-block (timeit's rule). Each block builds its net anew (the memory a net lands in can slow it for
-as long as it lives: one whole measurement here read BN at 0.84×), and a round's ratio pairs
-two adjacent blocks, so a drift of the machine's speed cancels; it runs in a process of its own
-(`measure_apart`). C5 charges the treatment a
-distribution-free 95 % upper bound of the median round's ratio (`StepCost.charged`, an order
-statistic): conservative, yet one freak block (14× was seen) does not move it. The report
-measures it once per sweep and keeps it (`pair_costs`), so a second report decides the same.
+block (timeit's rule). A round's ratio pairs two adjacent blocks, so a drift of the machine's
+speed cancels. It runs in a fresh process (`measure_apart`): inside the long-lived report, or
+with each block's net built anew, the memory's history spread CIFAR-10/Adam's rounds over
+0.6–1.8× (BN's step read 0.84× once); in a fresh process, built once, 0.8–1.2×. C5 charges
+the treatment a distribution-free 95 % upper bound of the median round's ratio
+(`StepCost.charged`, an order statistic): conservative, yet one freak block (14× was seen) does
+not move it. The report measures it once per sweep and keeps it (`pair_costs`), so a second
+report decides the same.
 
 The reading: a run's epoch e ends at compute e × its step-cost ratio (the baseline's = 1), in
 baseline epochs; at each epoch end it has the best validation accuracy so far (what
@@ -108,12 +109,13 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        sides = {norm: _step_fn(cfg, norm) for norm in pair}
+        for step in sides.values():
+            _seconds(step, WARMUP)
         times: dict[str, list[float]] = {norm: [] for norm in pair}
         for i in range(rounds):
             for norm in (pair if i % 2 == 0 else pair[::-1]):
-                step = _step_fn(cfg, norm)  # new tensors each block: no allocation's luck lasts
-                _seconds(step, WARMUP)
-                times[norm].append(_seconds(step, steps))
+                times[norm].append(_seconds(sides[norm], steps))
     finally:
         torch.set_num_threads(threads)
     ratios = [t / b for t, b in zip(times[pair[0]], times[pair[1]], strict=True)]
@@ -125,7 +127,7 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
 def measure_apart(configs: list[Path], rounds: int = ROUNDS) -> list[StepCost]:
     """`measure` for each run config file, in a fresh Python process: a long-lived process's
     memory history moves a step's cost (inside the report, CIFAR-10/Adam's rounds read
-    0.59–1.82×; in a fresh process 0.9–1.2×)."""
+    0.59–1.82×)."""
     code = ("import json, sys; from dataclasses import asdict; from omegaconf import OmegaConf; "
             "from bnstudy.report.cost import measure; print(json.dumps([asdict(measure("
             "OmegaConf.load(p), rounds=int(sys.argv[1]))) for p in sys.argv[2:]]))")
