@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -507,6 +509,41 @@ def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path, figures
         assert float(row["p_value"]) == pytest.approx(part.test.p_value, abs=1e-6)
         assert row["verdict"] == part.verdict
     assert {r["claim_verdict"] for r in rows if r["claim"] == "C2"} == {"does not hold"}
+
+
+REGISTRY = Path(__file__).with_name("claims_registry.txt")
+
+
+def registry_lines() -> list[str]:
+    """Every claim and every declared part as a line: what a reader of claims.csv sees and what
+    decides it (terms, quantity, sign, source, format, family, a rule at sample values)."""
+    def term(t: C.Term) -> str:
+        return f"{t.weight:+g} {t.dataset}/{t.optim}/{t.norm}"
+
+    lines = [f"{claim}: {text}" for claim, text in C.CLAIMS.items()]
+    for p in C.declare(["mnist", "cifar10"]):
+        rule = "" if p.rule is None else f" | rule {p.rule_words!r} at 0/.49/.5/.79/.8: " + \
+            "".join("1" if p.rule(x) else "0" for x in (0, 0.49, 0.5, 0.79, 0.8))
+        lines.append(f"{p.claim}{p.part} | {p.statement} | {p.statistic} | {p.quantity} | "
+                     f"{', '.join(map(term, p.terms))} | sign {p.sign}, {p.source}, {p.fmt}, "
+                     f"{p.family}, paired {p.paired}{rule}")
+    return lines
+
+
+def test_every_claim_reads_as_pinned_in_the_registry_file():
+    """A changed statement, contrast, sign, format, family or rule is a deliberate edit of
+    tests/claims_registry.txt (`BNSTUDY_PIN_CLAIMS=1 pytest -k registry` rewrites it after a
+    claim is added or reworded), never a slip in `declare`."""
+    if os.environ.get("BNSTUDY_PIN_CLAIMS"):
+        REGISTRY.write_text("\n".join(registry_lines()) + "\n")
+    assert registry_lines() == REGISTRY.read_text().splitlines()
+
+
+def test_a_terms_label_names_its_norm_and_optimizer():
+    assert C.Term(1.0, "mnist", "sgd", "bn").label() == "BN + SGD"
+    assert C.Term(-1.0, "mnist", "adam", "none").label(with_optim=False) == "no BN"
+    assert C.Term(1.0, optim="rmsprop", norm="layer").label() == "LayerNorm + rmsprop"
+    assert C.Term(1.0, optim="adam").label() == "Adam" and C.Term(1.0).label() == "all"
 
 
 def cannot_tell_parts() -> list[V.Result]:
