@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -539,6 +540,15 @@ def test_every_claim_reads_as_pinned_in_the_registry_file():
     assert registry_lines() == REGISTRY.read_text().splitlines()
 
 
+def test_a_term_selects_nothing_on_a_key_the_table_lacks_and_a_new_claim_is_its_own_family():
+    table = pd.DataFrame({"norm": ["bn", "none"], "optim": ["sgd", "sgd"]})
+    assert C.Term(1.0, optim="sgd", norm="bn").selects(table).tolist() == [True, False]
+    assert C.Term(1.0, dataset="mnist", norm="bn").selects(table).tolist() == [False, False]
+    part = C.Part("X1", "", "", "", "acc", (C.Term(1.0),))
+    assert (part.family, C.Part("C3", "", "", "", "acc", (C.Term(1.0),)).family) == (
+        "X1", "curves")
+
+
 def test_a_terms_label_names_its_norm_and_optimizer():
     assert C.Term(1.0, "mnist", "sgd", "bn").label() == "BN + SGD"
     assert C.Term(-1.0, "mnist", "adam", "none").label(with_optim=False) == "no BN"
@@ -630,6 +640,40 @@ def test_the_seeds_that_would_decide_are_counted_at_the_familys_holm_level():
         assert power_of(r.test)[1] <= 4  # the unadjusted count: the seeds already run
         assert (r.detectable, r.seeds_needed) == power_of(r.test, alpha=0.05 / 4)
         assert r.seeds_needed > 4
+
+
+def test_a_part_alone_decides_on_its_sign_and_a_margin_only_on_one_datasets_accuracy():
+    lower = C.Part("L", "", "BN lower", "diff", "loss", (C.Term(1.0, "mnist", norm="bn"),
+                                                         C.Term(-1.0, "mnist", norm="none")),
+                   sign=-1, fmt="loss")
+    table = pd.DataFrame({"dataset": "mnist", "norm": ["bn"] * 3 + ["none"] * 3,
+                          "seed": [0, 1, 2] * 2, "loss": [.1, .12, .11, .5, .52, .49]})
+    assert V.run_part(lower, table).verdict == "holds"
+    assert math.isnan(V.run_part(lower, table).test.margin)  # a loss has no margin
+    acc = replace(lower, quantity="loss", fmt="acc", sign=1)
+    assert V.run_part(acc, table).test.margin == 0.005  # MNIST's default, on accuracy
+    both = replace(acc, terms=(C.Term(1.0, "mnist", norm="bn"), C.Term(-1.0, "svhn", norm="none")))
+    assert math.isnan(V.part_test(both, table.assign(
+        dataset=["mnist"] * 3 + ["svhn"] * 3))[1].margin)  # two datasets: no one margin
+    unseeded = V.run_part(acc, table.drop(columns="seed"))
+    assert unseeded.test.test.startswith("Welch") and unseeded.test.n_paired == 0  # no seeds
+
+
+def test_holm_leaves_a_rule_part_and_one_short_of_seeds_as_they_were_decided():
+    """A part every seed must meet, or one with a side under 2 seeds, is not one of the
+    family's tested contrasts: Holm neither counts it nor re-decides it."""
+    rule = C.Part("R", "", "above a half", "rule", "acc", (C.Term(1.0, norm="bn"),),
+                  rule=lambda x: x > 0.5, family="F")
+    pair = C.Part("Q", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
+                                                        C.Term(-1.0, norm="none")), family="F")
+    table = pd.DataFrame({"norm": ["bn"] * 3 + ["none"] * 3, "seed": [0, 1, 2] * 2,
+                          "acc": [.9, .1, .8, .5, -.28, .41]})  # BN − no BN: .4, .38, .39
+    short = V.run_part(pair, table[table["seed"] == 0])
+    met, tested, short = V.adjust([V.run_part(rule, table), V.run_part(pair, table), short])
+    assert (met.verdict, met.extra) == ("cannot tell", {"met": 2, "of": 3})
+    assert met.test.p_value > tested.test.p_value  # counted, the rule would double tested's p
+    assert tested.test.p_holm == tested.test.p_value  # the only tested part of its family
+    assert (short.verdict, short.note) == ("cannot tell", "fewer than 2 ok seeds on a side")
 
 
 def paired_table(quantity: str, bn: list[float], none: list[float]) -> pd.DataFrame:

@@ -57,9 +57,8 @@ def chosen(table: pd.DataFrame, term: Term, quantity: str) -> pd.DataFrame:
     rows = table[term.selects(table)]
     if "outcome" in rows:
         rows = rows[rows["outcome"] == "ok"]
-    seed = pd.to_numeric(rows.get("seed", pd.Series(index=rows.index, dtype=float)),
-                         errors="coerce").fillna(math.inf)
-    rows = rows.assign(_seed=seed).sort_values(
+    seed = pd.to_numeric(rows["seed"], errors="coerce") if "seed" in rows else math.nan
+    rows = rows.assign(_seed=seed).sort_values(  # a seed that is no number last
         ["_seed", "job"] if "job" in rows else "_seed", kind="stable")
     if quantity not in rows:  # no run measured it (a sweep without pictures, say)
         return rows.iloc[:0].assign(**{quantity: []})
@@ -171,7 +170,7 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     cells = tuning.get("cells", [])
     jobs = final_jobs(tuning)
     searched = {key for cell in cells for key in cell.get("best_params", {})}
-    columns = {c for key in searched for c in (key, key.rsplit(".", 1)[-1]) if c in runs}
+    columns = {c for key in searched for c in (key, key.split(".")[-1]) if c in runs}
     return runs[runs["job"].isin(jobs)].assign(**dict.fromkeys(columns, "tuned")), tuning
 
 
