@@ -219,6 +219,7 @@ def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monke
     assert measured == ["sgd", "adam", "sgd", "adam"]
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch: 6 s
 def test_the_clock_runs_in_a_fresh_process_and_says_why_it_failed(tmp_path):
     from bnstudy.report.cost import measure_apart
 
