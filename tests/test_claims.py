@@ -191,7 +191,28 @@ def test_the_clock_takes_each_sides_fastest_block(monkeypatch):
     assert measured.ratio == pytest.approx(2.0, rel=0.15)
     assert measured.ratio_max > 2.5 and measured.ratio_min < 1  # the slowed blocks' rounds
     assert measured.ratio_median == pytest.approx(2.0, rel=0.15)
+    assert measured.ratio_upper == measured.ratio_max and measured.rounds == 5  # 5: too few
     assert measured.treatment_s == pytest.approx(0.002, rel=0.3)
+    assert measured.baseline_s == pytest.approx(0.001, rel=0.3)
+
+
+def test_the_clock_alternates_the_sides_at_one_thread_on_the_runs_config(monkeypatch):
+    """Blocks BN, no BN, then no BN, BN (a drift is paired out), at one torch thread, each net
+    built once from the config given; the threads restored after."""
+    import torch
+
+    from bnstudy.report import cost
+
+    order, threads, config = [], torch.get_num_threads(), object()
+
+    def fake_step(cfg, norm):
+        assert cfg is config
+        return lambda: order.append((norm, torch.get_num_threads()))
+
+    monkeypatch.setattr(cost, "_step_fn", fake_step)
+    cost.measure(config, rounds=3, steps=1)
+    assert order[2 * cost.WARMUP:] == [(n, 1) for n in ("bn", "none", "none", "bn", "bn", "none")]
+    assert torch.get_num_threads() == threads
 
 
 def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monkeypatch):
@@ -199,24 +220,30 @@ def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monke
     it, or kept by an older clock (other fields), is measured."""
     from bnstudy.report import cost
 
-    measured = []
-    monkeypatch.setattr(cost, "measure_apart", lambda configs: [
-        measured.append(c.read_text().split()[1]) or cost_of(2.0) for c in configs])
+    measured, calls = [], []
+
+    def measure_apart(configs):
+        calls.append(len(configs))
+        return [measured.append(c.read_text().split()[1]) or cost_of(2.0) for c in configs]
+
+    monkeypatch.setattr(cost, "measure_apart", measure_apart)
     rows = []
     for optim in ("sgd", "adam"):
         for norm in ("bn", "none"):
             job = tmp_path / f"{optim}-{norm}"
             (job / ".hydra").mkdir(parents=True)
-            (job / ".hydra" / "config.yaml").write_text(f"tag: {optim}\n")
+            (job / ".hydra" / "config.yaml").write_text(f"tag: {optim}-{norm}\n")
             rows.append({"dataset": "mnist", "optim": optim, "norm": norm, "path": str(job)})
     runs, kept = pd.DataFrame(rows), tmp_path / "clock.json"
     kept.write_text(json.dumps({"mnist/adam": {"ratio": 1.5}}))  # an older clock's fields
     first = cost.pair_costs(runs, kept)
-    assert measured == ["sgd", "adam"] and first[("mnist", "sgd")] == cost_of(2.0)
-    assert cost.pair_costs(runs, kept) == first and measured == ["sgd", "adam"]  # none again
+    assert measured == ["sgd-bn", "adam-bn"] and first[("mnist", "sgd")] == cost_of(2.0)
+    written = kept.stat().st_mtime_ns
+    assert cost.pair_costs(runs, kept) == first and calls == [2]  # none again, none for nothing
     assert json.loads(kept.read_text())["mnist/sgd"]["ratio_upper"] == 2.0
+    assert kept.stat().st_mtime_ns == written  # nothing new: not written again
     cost.pair_costs(runs)  # no file to keep it in: measured
-    assert measured == ["sgd", "adam", "sgd", "adam"]
+    assert measured == ["sgd-bn", "adam-bn", "sgd-bn", "adam-bn"]
 
 
 @pytest.mark.slow  # two fresh Python processes importing torch: 6 s
