@@ -660,8 +660,7 @@ def test_the_seeds_that_would_decide_are_counted_at_the_familys_holm_level():
 
     parts = [C.Part(f"X{i}", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
                     C.Term(-1.0, norm="none")), family="X") for i in range(4)]
-    table = pd.DataFrame({"norm": ["bn"] * 4 + ["none"] * 4, "seed": [0, 1, 2, 3] * 2,
-                          "acc": [.80, .82, .81, .83, .78, .79, .80, .805]})
+    table = paired_table("acc", [.80, .82, .81, .83], [.78, .79, .80, .805])
     results = V.adjust([V.run_part(p, table) for p in parts])
     for r in results:
         assert 0.05 / 4 < r.test.p_value < 0.05 and r.verdict == "cannot tell"
@@ -674,8 +673,7 @@ def test_a_part_alone_decides_on_its_sign_and_a_margin_only_on_one_datasets_accu
     lower = C.Part("L", "", "BN lower", "diff", "loss", (C.Term(1.0, "mnist", norm="bn"),
                                                          C.Term(-1.0, "mnist", norm="none")),
                    sign=-1, fmt="loss")
-    table = pd.DataFrame({"dataset": "mnist", "norm": ["bn"] * 3 + ["none"] * 3,
-                          "seed": [0, 1, 2] * 2, "loss": [.1, .12, .11, .5, .52, .49]})
+    table = paired_table("loss", [.1, .12, .11], [.5, .52, .49])
     assert V.run_part(lower, table).verdict == "holds"
     assert math.isnan(V.run_part(lower, table).test.margin)  # a loss has no margin
     acc = replace(lower, quantity="loss", fmt="acc", sign=1)
@@ -694,8 +692,7 @@ def test_holm_leaves_a_rule_part_and_one_short_of_seeds_as_they_were_decided():
                   rule=lambda x: x > 0.5, family="F")
     pair = C.Part("Q", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
                                                         C.Term(-1.0, norm="none")), family="F")
-    table = pd.DataFrame({"norm": ["bn"] * 3 + ["none"] * 3, "seed": [0, 1, 2] * 2,
-                          "acc": [.9, .1, .8, .5, -.28, .41]})  # BN − no BN: .4, .38, .39
+    table = paired_table("acc", [.9, .1, .8], [.5, -.28, .41])  # BN − no BN: .4, .38, .39
     short = V.run_part(pair, table[table["seed"] == 0])
     met, tested, short = V.adjust([V.run_part(rule, table), V.run_part(pair, table), short])
     assert (met.verdict, met.extra) == ("cannot tell", {"met": 2, "of": 3})

@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from bnstudy.report.render import deciding, markdown
+from bnstudy.report.render import deciding, markdown, plural
 from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word
 from bnstudy.report.stats import COMPARISON_WORDS, IMAGES, PAIRED, VERDICT_COLUMNS
 from bnstudy.report.verdicts import Result
@@ -126,7 +126,7 @@ def method_words(verdicts: pd.DataFrame) -> str:
     margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
     tested = int(verdicts["p_value"].notna().sum())  # a row without a test is not counted
     return (f"validation split, final epoch; {pairing}; p Holm-adjusted over the "
-            f"{tested} comparison{'s' * (tested != 1)} tested (the intervals are not), p < 0.05; "
+            f"{plural(tested, 'comparison')} tested (the intervals are not), p < 0.05; "
             f"*equivalent* by TOST within {margin_words(margins)}")
 
 

@@ -276,7 +276,7 @@ def cost_table(runs: pd.DataFrame, measured: dict) -> str:
             "in one process at one torch thread, the two norms alternating in blocks; each "
             "side's step is its fastest block (noise only adds time); a round's ratio pairs two "
             "adjacent blocks, and C5 charges BN the median round ratio's 95% upper bound (of "
-            f"{next(iter(measured.values())).rounds if measured else 0} rounds: an order "
+            f"{next(iter(measured.values())).rounds} rounds: an order "
             "statistic, conservative, yet not moved by one freak block). A run's epoch e ends at "
             "e × its ratio no-BN epochs of compute; its value there is the best validation "
             "accuracy so far, linear between epoch ends. The runs' own epoch seconds "
