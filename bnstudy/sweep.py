@@ -72,6 +72,16 @@ def _make_output_folder(folder: Path, what: str, key: str) -> None:
                  "launch from a folder you can write to (outputs/ is made where you launch).")
 
 
+def announce(config: DictConfig) -> None:
+    """Where to browse as jobs finish: said by the sweepers once the jobs compose (a misspelt
+    value ends the sweep before it, with no folder to browse)."""
+    if uses_tensorboard(config.get("logger")):
+        from bnstudy.dashboard import BROWSE_URL
+
+        log.info("Browse as jobs finish: tensorboard --logdir %s, then open %s",
+                 config.hydra.sweep.dir, BROWSE_URL)
+
+
 class SweepSummary(Callback):
     """At the end of a multirun: a line per job, the sweep's HParams experiment, the answer and
     the report command; then every job that did not finish (its record says why, or the
@@ -88,11 +98,6 @@ class SweepSummary(Callback):
         # In the environment every launcher hands its jobs (a process of its own or not).
         os.environ[REFUSALS_ENV] = str(Path(config.hydra.sweep.dir).absolute() / ".refused" /
                                        f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
-        if uses_tensorboard(config.get("logger")):
-            from bnstudy.dashboard import BROWSE_URL
-
-            log.info("Browse as jobs finish: tensorboard --logdir %s, then open %s",
-                     config.hydra.sweep.dir, BROWSE_URL)
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if config.hydra.mode == RunMode.MULTIRUN and uses_tensorboard(config.get("logger")):

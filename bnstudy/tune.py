@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.errors import ConfigError
 from bnstudy.records import TUNING_FILE, RunRecord, write_json_atomic
+from bnstudy.sweep import announce
 
 log = logging.getLogger("bnstudy")
 
@@ -198,6 +199,7 @@ class TunedSweeper(Sweeper):
                               "hydra.sweeper.rerun_top=3 (the default), or 1 for the best only.")
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # jobs' dirs are absolute
         cells, rest = self._cells(arguments)
+        announce(self.config)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,
                         "rerun_top": self.rerun_top, "seeds": self.seeds, "metric": METRIC,

@@ -53,6 +53,7 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
                          "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
         assert proc.returncode == 1 and message in proc.stderr
         assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+        assert "Browse" not in proc.stdout + proc.stderr  # no folder to browse
     if override == "dataset=imagenet":
         assert "Available options in 'dataset'" in proc.stderr and "cifar10" in proc.stderr
 

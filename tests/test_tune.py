@@ -374,6 +374,8 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
     assert cifar["candidates"] == [] and cifar["final_jobs"] == []
     said = " ".join((proc.stdout + proc.stderr).split())  # the Tuning lines: on stdout
     assert "Tuning mnist-bn-adam: 3 trials" in said
+    assert said.index(f"Browse as jobs finish: tensorboard --logdir {tmp_path}") < \
+        said.index("Tuning mnist-bn-adam")  # said once the cells are known
     best = max(mnist["trials"], key=lambda t: t["value"])
     assert (f"Tuned mnist-bn-adam: best val acc {100 * best['value']:.2f} % (trial "
             f"{mnist['trials'].index(best)} of 3) at optim.optimizer.lr="

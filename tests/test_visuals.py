@@ -269,6 +269,9 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
     expected = (data.denormalise(saved["images"][:1])[0, 0] * 255).byte().numpy()
     assert np.array_equal(tile0, expected)
     assert torch.allclose(saved["own_probabilities"], P.predict(model, saved["images"]))
+    pixels, labels = data.denormalise(data.train_set.x), data.train_set.y  # each class's mean
+    assert torch.allclose(saved["real_means"], torch.stack(
+        [pixels[labels == k].mean(0) for k in range(10)]), atol=1e-6)
 
 
 def test_epoch_drawings_take_epoch_steps_and_the_final_one_all_steps(tiny_data, tmp_path):

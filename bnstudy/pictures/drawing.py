@@ -146,8 +146,8 @@ class Hallucinator:
         save_bytes(dirpath / "hallucinations_final.npz", lambda arrays, f: np.savez(f, **arrays),
                    {name: image.permute(1, 2, 0).squeeze(-1).numpy().astype(np.float32)
                     for name, image in zip(data.classes, pixels, strict=True)})
-        real = class_means(data.denormalise(data.train_set.x), data.train_set.y,
-                           len(data.classes))
+        real = data.denormalise(class_means(data.train_set.x, data.train_set.y,
+                                            len(data.classes)))  # affine: the means' pixels
         save_bytes(dirpath / "hallucinations_final.pt", torch.save, {
             "images": images.cpu(), "noise": self.run(model, data, lr=0.0).cpu(),
             "base": self.run(model, data, steps=0, noise_std=0.0).cpu(),

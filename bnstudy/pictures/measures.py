@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 from torch import nn
@@ -56,7 +56,8 @@ class ImageStats:
     @classmethod
     def of(cls, x: torch.Tensor, colour_images: int = 1000) -> ImageStats:
         """Of images `x` (N, C, H, W); the colour from the first `colour_images`."""
-        mean, std = x.mean(0), x.std(0)
+        mean = x.mean(0)  # std as torch.std's, in two passes (4x faster over dim 0 on a CPU)
+        std = (x - mean).square_().sum(0).div_(len(x) - 1).sqrt_()
         u = (x[:colour_images] - mean) / std.where(std > 0, 1.0)
         u = u.transpose(0, 1).flatten(1).double()
         values, vectors = torch.linalg.eigh((u @ u.T) / u.shape[1])
@@ -69,8 +70,15 @@ class ImageStats:
 
     def deviation(self, images: torch.Tensor) -> torch.Tensor:
         """The inverse of `images` (pixels the data never varies in give 0)."""
-        mixed = (images - self.mean) / self.std.where(self.std > 0, 1.0)
-        return torch.einsum("cd,ndhw->nchw", torch.linalg.pinv(self.colour), mixed)
+        return torch.einsum("cd,ndhw->nchw", self._unmix, (images - self.mean) / self._scale)
+
+    @cached_property
+    def _unmix(self) -> torch.Tensor:  # once, not at each of a hallucination's steps
+        return torch.linalg.pinv(self.colour)
+
+    @cached_property
+    def _scale(self) -> torch.Tensor:
+        return self.std.where(self.std > 0, 1.0)
 
 
 def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:

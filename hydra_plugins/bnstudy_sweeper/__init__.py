@@ -13,10 +13,12 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-from bnstudy.sweep import discard_empty_sweep
+from bnstudy.sweep import announce, discard_empty_sweep
 
 
 class GridSweeper(BasicSweeper):
+    announced = False
+
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         seen: set[str] = set()
         covering = []
@@ -29,3 +31,6 @@ class GridSweeper(BasicSweeper):
         except Exception:  # nothing was launched: nothing is kept (a job's folder would be)
             discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
             raise
+        if not self.announced:
+            announce(self.config)
+            self.announced = True
