@@ -248,6 +248,30 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
         assert same, path
 
 
+class StepHooks(L.Callback):
+    def __init__(self) -> None:
+        self.calls = []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self.calls.append("backward")
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.calls.append("step")
+
+
+def test_k_minibatches_call_lightnings_step_hooks_where_one_is_overridden(tiny_data):
+    """Without a hook around backward or the optimizer step, the K-loop calls torch's own (the
+    default); a callback's hook makes it go through Lightning's, once per minibatch. The same
+    weights either way."""
+    _, direct, trainer = tiny_fit(tiny_data, model=k_classifier(4))
+    hooks = StepHooks()
+    _, hooked, _ = tiny_fit(tiny_data, model=k_classifier(4), callbacks=[hooks])
+    assert direct._plan[3] and not hooked._plan[3]
+    assert hooks.calls == ["backward", "step"] * trainer.global_step == ["backward", "step"] * 11
+    for name, value in direct.state_dict().items():
+        assert torch.equal(hooked.state_dict()[name], value), name
+
+
 @pytest.mark.parametrize("first,then", [(1, 4), (4, 1)])
 def test_a_run_resumes_exactly_with_another_k(tiny_data, tmp_path, first, then):
     """A checkpoint of K = 1 resumes with K = 4 and the other way round: the uninterrupted
