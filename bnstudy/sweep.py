@@ -135,7 +135,15 @@ class SweepSummary(Callback):
         if elsewhere:
             log.info("%d job(s) were in use here and finished by another launch of this sweep "
                      "meanwhile: %s", len(elsewhere), ", ".join(elsewhere))
+        held = sorted((job.name for job, record in found  # refused: finished before this launch
+                       if record.finished and job.name in unfinished), key=job_order)
+        for name in held:
+            del unfinished[name]
+        kept = f"{len(held)} job(s) already held a finished run and were left as they are " \
+            f"({', '.join(held)}); overwrite=true trains them again." if held else ""
         if not unfinished:
+            if held:  # this launch trained none of them: not a success
+                sys.exit(f"{kept} Their results stand: python -m bnstudy.report {sweep_dir}")
             return
         lines = "\n".join(f"  {name}: {reason}" for name, reason in
                           sorted(unfinished.items(), key=lambda item: job_order(item[0])))
@@ -145,7 +153,8 @@ class SweepSummary(Callback):
                      "again.")
         sys.exit(f"{len(unfinished)} job(s) of {sweep_dir} did not finish; the others kept their "
                  f"results:\n{lines}\nFix the cause, then re-run the same command with "
-                 f"resume=true hydra.sweep.dir={sweep_dir} to run only what is unfinished.")
+                 f"resume=true hydra.sweep.dir={sweep_dir} to run only what is unfinished."
+                 + (f"\n{kept}" if kept else ""))
 
 
 def discard_empty_sweep(sweep_dir: Path) -> bool:

@@ -32,11 +32,10 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, s
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     sweep_summary.on_multirun_start(config)
     done = write_job(tmp_path, [0.5, 0.6])
-    job = write_job(tmp_path, [0.4, 0.5], status="ok" if status == "refused" else status,
+    job = write_job(tmp_path, [0.4, 0.5], status="running" if status == "refused" else status,
                     error="ValueError: boom" if status == "failed" else None, seed=1)
-    if status == "refused":  # a run from before this sweep (say, without resume=true)
+    if status == "refused":  # an unfinished run in use by another process
         note_refusal(job, "it was in use")
-        os.utime(job / "metrics.json", (sweep_summary.started - 60,) * 2)
     if reason is None:
         sweep_summary.on_multirun_end(config)  # returns: exit status 0
         return
@@ -47,6 +46,30 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, s
     assert f"\n  {job.name}: {reason}" in message and done.name not in message
     assert f"resume=true hydra.sweep.dir={tmp_path}" in message
     assert not (tmp_path / ".refused").exists()  # the refusals' notes are read and removed
+
+
+@pytest.mark.parametrize("also_unfinished", [False, True])
+def test_a_finished_run_refused_again_is_kept_and_named_as_such(also_unfinished, tmp_path,
+                                                                sweep_summary):
+    """The same sweep launched again without resume=true: a job that already held a finished
+    run is refused, said to be kept (not "did not finish"), and the exit status is 1."""
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_summary.on_multirun_start(config)
+    held = write_job(tmp_path, [0.5, 0.6])
+    note_refusal(held, "it already holds a run (status ok)")
+    os.utime(held / "metrics.json", (sweep_summary.started - 60,) * 2)  # from before
+    if also_unfinished:
+        stopped = write_job(tmp_path, [0.4], status="interrupted", seed=1)
+    with pytest.raises(SystemExit) as ended:
+        sweep_summary.on_multirun_end(config)
+    message = str(ended.value.code)
+    kept = f"1 job(s) already held a finished run and were left as they are ({held.name}); " \
+        "overwrite=true trains them again."
+    if also_unfinished:
+        assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
+        assert f"\n  {stopped.name}: interrupted" in message and message.endswith(f"\n{kept}")
+    else:
+        assert message == f"{kept} Their results stand: python -m bnstudy.report {tmp_path}"
 
 
 def test_jobs_a_second_launch_finished_meanwhile_are_results(tmp_path, sweep_summary, caplog):
