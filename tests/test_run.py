@@ -61,7 +61,7 @@ def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(
 
 def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tmp_path):
     """`test_correct.npy`: whether the final model classifies each test image correctly, in the
-    test set's order (a model of steps_per_call 8), its mean the record's test acc; `load_runs`
+    test set's order (a model of steps_per_call 16), its mean the record's test acc; `load_runs`
     gives it as the column `test_correct`, None for a job without the file."""
     from bnstudy.data import MNISTDataModule
     from bnstudy.model import Classifier
