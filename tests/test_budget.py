@@ -202,3 +202,87 @@ def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
     assert console_answer(tmp_path).splitlines()[1:] == [
         f"  MNIST, SGD: after one trial {ahead}; at each one's best {same}",
         f"  MNIST, Adam: after one trial —; at each one's best {same}"]
+
+
+def test_a_cell_counts_its_finished_trials_only_and_a_pair_needs_both_arms():
+    """A trial counts when it has a value and did not fail (no state: finished); a pair whose
+    arm is missing, or has no finished trial, is left out without ending the others."""
+    from bnstudy.report.budget import arm
+
+    rng = np.random.default_rng(0)
+    scored_but_failed = {"value": 0.99, "state": "FAIL"}
+    no_state = {"value": 0.4, "seconds": 2.0}
+    one = arm({"norm": "bn", "trials": [scored_but_failed, no_state]}, rng)
+    assert list(one.values) == [0.4] and one.seconds == 2.0
+    assert arm({"norm": "bn"}, rng) is None
+    assert budgets({}, [("bn", "none")]) == []
+    lonely = [cell("bn", [0.5, 0.6], 1.0), cell("none", [], 1.0, failed=2),
+              cell("layer", [0.5], 1.0, optim="adam")]
+    assert budgets({"cells": lonely}, [("bn", "none"), ("layer", "none")]) == []
+    pairs = budgets({"cells": crossover()}, [("layer", "none"), ("bn", "none")])
+    assert [b.name for b in pairs] == ["mnist-sgd-bn-none"]  # the missing pair skipped, not all
+
+
+def test_the_difference_at_kt_and_kb_trials_and_its_bootstrap_p():
+    """diff(kt, kb) takes each arm's curve at its own k; identical searches give p = 1 (every
+    resampled difference is a tie, on both sides); the seconds columns are k × trial seconds."""
+    from bnstudy.report.budget import band
+
+    (budget,) = budgets({"cells": [cell("bn", [0.2, 0.9, 0.5], 3.0),
+                                   cell("none", [0.3, 0.4, 0.8], 2.0)]}, [("bn", "none")])
+    t, b = budget.treatment.curve, budget.baseline.curve
+    assert budget.diff(2, 1)[0] == pytest.approx(t[1] - b[0])
+    boots = budget.treatment.boots[:, 1] - budget.baseline.boots[:, 0]
+    assert budget.diff(2, 1)[1:] == pytest.approx(band(boots))  # the band at the same ks
+    assert budget.diff(1, 3)[0] == pytest.approx(t[0] - b[2])
+    row = budget.rows()[1]  # k = 2
+    assert (row["treatment_seconds"], row["baseline_seconds"]) == (6.0, 4.0)
+    (same,) = budgets({"cells": [cell("bn", [0.2, 0.9], 1.0), cell("none", [0.2, 0.9], 1.0)]},
+                      [("bn", "none")])
+    assert same.p_value(1) == 1.0
+    columns = np.arange(12.0).reshape(4, 3)
+    low, high = band(columns, axis=0)  # one band per column
+    assert low.shape == high.shape == (3,) and list(low) < list(high)
+
+
+@pytest.mark.parametrize("seconds,grid", [
+    ((2.5, 2.0), [2.5, 4.0, 5.0]),  # from the first both afford (not 2 s) to the first end
+    ((0.5, 0.4), [0.5, 0.8, 1.0]),  # under a second a trial
+    ((float("nan"), 2.0), []), ((2.0, float("nan")), []),  # a search without times
+    ((0.0, 0.0), []),
+])
+def test_the_seconds_grid_runs_from_one_trial_each_to_the_shorter_search(seconds, grid):
+    (budget,) = budgets({"cells": [cell("bn", [0.5, 0.6], seconds[0]),
+                                   cell("none", [0.5, 0.6, 0.7], seconds[1])]}, [("bn", "none")])
+    assert budget.seconds_grid() == pytest.approx(grid)
+
+
+def test_a_c7_part_and_its_chart_in_full():
+    """Every field of C7's claims.csv rows, from a 3-trial and a 2-trial search (k = 2 is the
+    last k both reached), and the TensorBoard difference chart at each such k."""
+    from bnstudy.report.budget import claim_rows, scalars
+
+    (budget,) = budgets({"cells": [cell("bn", [0.2, 0.9, 0.5], 3.0),
+                                   cell("none", [0.3, 0.8], 2.0)]}, [("bn", "none")])
+    rows = claim_rows([budget])
+    sides = ["BN 53.33% (3 trials); no BN 55.00% (2 trials)",
+             "BN 76.67% (3 trials); no BN 80.00% (2 trials)"]
+    for k, row, said in zip((1, 2), rows, sides, strict=True):
+        diff, low, high = budget.diff(k, k)
+        trials = "1 trial" if k == 1 else "2 trials"
+        assert row == {
+            "claim": "C7", "part": f" (MNIST, SGD, k={k})", "family": "tuned",
+            "dataset": "mnist", "statement": f"MNIST, SGD: after {trials} of search BN is ahead",
+            "statistic": f"expected best val acc after {trials} (Tang et al.), BN − no BN",
+            "unit": "accuracy", "claimed_sign": 1, "sides": said, "estimate": diff,
+            "ci_low": low, "ci_high": high, "test": "bootstrap", "p_value": budget.p_value(k),
+            "claim_verdict": "cannot tell", "detectable_80": pytest.approx(np.nan, nan_ok=True),
+            "seeds_needed": pytest.approx(np.nan, nan_ok=True), "p_holm": 1.0,
+            "note": "95% bootstrap band (1000 resamples of each search)", "verdict": "cannot tell"}
+    from bnstudy.report.budget import small_words  # the answer's words: after one trial each
+
+    one = [100 * v for v in budget.diff(1, 1)]
+    assert small_words(budget, "does not hold") == \
+        "no BN ahead, {:+.2f} pts ({:+.2f} to {:+.2f})".format(*one)
+    chart = scalars([budget])["budget/mnist-sgd/bn-none"]
+    assert chart == [(k, pytest.approx(100 * budget.diff(k, k)[0])) for k in (1, 2)]

@@ -219,9 +219,9 @@ def claim_rows(found: list[Budget]) -> list[dict]:
             rows.append({
                 "claim": "C7", "part": f" ({where(budget.dataset, budget.optim)}, k={k})",
                 "family": "tuned", "dataset": budget.dataset,
-                "statement": f"{where(budget.dataset, budget.optim)}: after {k} trials of "
-                             f"search {norm_word(t.norm)} is ahead",
-                "statistic": f"expected best val acc after {k} trials (Tang et al.), "
+                "statement": f"{where(budget.dataset, budget.optim)}: after "
+                             f"{plural(k, 'trial')} of search {norm_word(t.norm)} is ahead",
+                "statistic": f"expected best val acc after {plural(k, 'trial')} (Tang et al.), "
                              f"{norm_word(t.norm)} − {norm_word(b.norm)}",
                 "unit": "accuracy", "claimed_sign": 1,
                 "sides": f"{norm_word(t.norm)} {100 * t.curve[k - 1]:.2f}% ({t.n} trials); "
