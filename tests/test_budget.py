@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -68,13 +69,30 @@ def test_the_band_holds_the_estimate_and_repeats_itself():
 
 def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
     (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
-    text = words(budget)
-    assert text.startswith("BN is worth it below 3 trials / ")
-    assert "at 3 trials the difference vanishes; no BN is ahead from 4 trials" in text
+    assert words(budget) == "BN is worth it below 3 trials / 24 s of search here: at 3 trials " \
+        "the difference vanishes; no BN is ahead from 4 trials."  # 24 s: 2 BN, 3 no-BN trials
     (ahead,) = budgets({"cells": crossover(0.999)}, [("bn", "none")])
-    assert words(ahead).startswith(f"BN is ahead at every budget up to {N} trials")
+    assert words(ahead) == f"BN is ahead at every budget up to {N} trials / {8 * N} s."
     (behind,) = budgets({"cells": crossover(0.6)}, [("bn", "none")])
     assert words(behind) == f"BN is never ahead (up to {N} trials); no BN is ahead from 1 trial."
+    untimed = [cell(c["norm"], [t["value"] for t in c["trials"] if t["value"]], math.nan)
+               for c in crossover(0.999) + crossover()]  # no trial seconds: trials only
+    assert [words(b) for b in budgets({"cells": untimed[:2]}, [("bn", "none")])
+            + budgets({"cells": untimed[2:]}, [("bn", "none")])] == [
+        f"BN is ahead at every budget up to {N} trials.", "BN is worth it below 3 trials here: "
+        "at 3 trials the difference vanishes; no BN is ahead from 4 trials."]
+    flips = [cell("bn", [0.6] * N, 10.0), cell("none", [0.0, 1.0] * (N // 2), 10.0)]
+    (flipped,) = budgets({"cells": flips}, [("bn", "none")])  # 0.5, then 0.75: behind at 2
+    assert words(flipped) == "BN is worth it below 2 trials / 20 s of search here: at 2 " \
+        "trials the difference reverses; no BN is ahead from 2 trials."
+    caught_up = [cell("bn", [0.8] * N, 10.0),
+                 cell("none", 0.5 + 0.3 * np.arange(N) / (N - 1), 10.0)]
+    (level,) = budgets({"cells": caught_up}, [("bn", "none")])  # no BN's best is BN's: no reversal
+    assert words(level) == "BN is worth it below 198 trials / 1980 s of search here: at 198 " \
+        "trials the difference vanishes."
+    late = [cell("bn", 0.5 + 0.5 * np.arange(N) / N, 8.0), cell("none", [0.8] * N, 10.0)]
+    (later,) = budgets({"cells": late}, [("bn", "none")])  # a wide search wins given trials
+    assert words(later) == "BN is not ahead at a small budget; it is ahead at 2 trials."
 
 
 def test_the_seconds_axis_charges_each_norm_its_own_trial_time():
@@ -286,3 +304,39 @@ def test_a_c7_part_and_its_chart_in_full():
         "no BN ahead, {:+.2f} pts ({:+.2f} to {:+.2f})".format(*one)
     chart = scalars([budget])["budget/mnist-sgd/bn-none"]
     assert chart == [(k, pytest.approx(100 * budget.diff(k, k)[0])) for k in (1, 2)]
+
+
+def test_the_search_table_says_each_cells_search_and_choice():
+    """report.md's search table: the sampler, then per cell its trials, mean trial seconds,
+    the chosen setting (floats to 3 digits), its rank among the re-run candidates, and its
+    validation accuracy in the search and over the re-runs (a dash for what is unknown)."""
+    from bnstudy.report.budget import tuning_table
+
+    chosen = {"optim.optimizer.lr": 0.01234, "model.net.depth": 2}
+    tuning = {"sampler": "RandomSampler", "sampler_seed": 7, "n_trials": 3, "rerun_top": 2,
+              "seeds": [0, 1], "cells": [
+                  {"dataset": "mnist", "optim": "sgd", "norm": "bn", "best_params": chosen,
+                   "trials": [{"seconds": 2.0}, {"seconds": 4.0}, {"seconds": None}],
+                   "best_value": 0.9512, "candidates": [
+                       {"params": {"optim.optimizer.lr": 0.1}, "val_acc": [0.9, 0.91]},
+                       {"params": chosen, "val_acc": [0.95, None, 0.93]}]},
+                  {"dataset": "cifar10", "optim": "adam", "norm": "none", "trials": [{}]}]}
+    head, rows = tuning_table(tuning).split("\n\n")
+    assert head == (
+        "Search: Optuna RandomSampler, a search per cell (base sampler seed 7, each cell's seed "
+        "drawn from it and the cell's name), 3 trials per cell on one validation split; the 2 "
+        "best setting(s) of each re-run with seeds [0, 1], the one with the best mean validation "
+        "accuracy over them chosen, and its re-runs compared on the test split, which the search "
+        "never saw.")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in rows.splitlines()]
+    assert cells[0] == ["dataset", "optimizer", "norm", "trials", "chosen setting",
+                        "rank in search", "val acc (search)", "mean val acc (re-runs)",
+                        "mean trial s"]
+    assert cells[2:] == [
+        ["mnist", "sgd", "BN", "3", "lr=0.0123, model.net.depth=2", "2", "95.12 %", "94.00 %",
+         "3.0"],
+        ["cifar10", "adam", "no BN", "1", "", "1", "—", "—", "—"]]
+    older = tuning_table({"n_trials": 1, "seeds": [0]})  # a tuning.json of an earlier version
+    assert older.startswith("Search: Optuna TPE, a search per cell (base sampler seed None, the "
+                            "same in every cell), 1 trial per cell on one validation split; the 1 "
+                            "best setting(s) of each re-run with seeds [0],")

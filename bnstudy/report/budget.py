@@ -329,7 +329,7 @@ def tuning_table(tuning: dict) -> str:
             f"seed {tuning.get('sampler_seed')}"
             + (", each cell's seed drawn from it and the cell's name" if "rerun_top" in tuning
                else ", the same in every cell")
-            + f"), {tuning.get('n_trials')} trials per cell on one validation split; the "
+            + f"), {plural(tuning.get('n_trials'), 'trial')} per cell on one validation split; the "
             f"{top} best setting(s) of each re-run with seeds {tuning.get('seeds')}, the one "
             "with the best mean validation accuracy over them chosen, and its re-runs compared "
             "on the test split, which the search never saw.\n\n" + markdown(rows))
