@@ -199,6 +199,13 @@ class TunedSweeper(Sweeper):
                               "hydra.sweeper.rerun_top=3 (the default), or 1 for the best only.")
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # jobs' dirs are absolute
         cells, rest = self._cells(arguments)
+        if (sweep_dir / TUNING_FILE).is_file() and not (self.config.get("resume")
+                                                        or self.config.get("overwrite")):
+            raise ConfigError(  # its trials would be refused and the record of its search lost
+                f"{sweep_dir} already holds a tuned study ({TUNING_FILE}); nothing was changed. "
+                "Add resume=true to go on (finished trials and runs are kept, the rest run), "
+                "overwrite=true to search and re-run again from scratch, or choose another "
+                "hydra.sweep.dir.")
         announce(self.config)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,

@@ -384,6 +384,13 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
     assert "cifar10-bn-adam: every trial failed, e.g. " in said and "no CIFAR-10 here" in said
     plan = OmegaConf.load(tmp_path / "multirun.yaml").hydra.sweeper.params
     assert plan.seed == "0,1" and "optim.optimizer.lr" in plan
+    record = (tmp_path / TUNING_FILE).read_bytes()  # launched again without resume=true:
+    again = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam",
+                      "norm=bn", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"{tmp_path} already holds a tuned study ({TUNING_FILE}); nothing was changed. Add " \
+        "resume=true" in " ".join(again.stderr.split())
+    assert (tmp_path / TUNING_FILE).read_bytes() == record  # its search's record kept
     assert "optim.optimizer.lr" in OmegaConf.load(
         tmp_path / SEARCH_DIR / "mnist-bn-adam" / "multirun.yaml").hydra.sweeper.params
 
