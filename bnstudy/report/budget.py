@@ -189,11 +189,11 @@ def words(budget: Budget) -> str:
     reverses = next(filter(behind, trials), None)
     after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
     if not any(map(ahead, trials)):
-        return f"{t} is never ahead (up to {n} trials){after}."
+        return f"{t} is never ahead (up to {plural(n, 'trial')}){after}."
     if all(map(ahead, trials)):
         up_to = f" / {seconds[-1]['seconds']:.0f} s" if seconds and all(map(ahead, seconds)) \
             else ""
-        return f"{t} is ahead at every budget up to {n} trials{up_to}."
+        return f"{t} is ahead at every budget up to {plural(n, 'trial')}{up_to}."
     if not ahead(trials[0]):
         start = next(filter(ahead, trials), None)
         return f"{t} is not ahead at a small budget; it is ahead at {start['k']:.0f} trials."
@@ -224,8 +224,8 @@ def claim_rows(found: list[Budget]) -> list[dict]:
                 "statistic": f"expected best val acc after {plural(k, 'trial')} (Tang et al.), "
                              f"{norm_word(t.norm)} − {norm_word(b.norm)}",
                 "unit": "accuracy", "claimed_sign": 1,
-                "sides": f"{norm_word(t.norm)} {100 * t.curve[k - 1]:.2f}% ({t.n} trials); "
-                         f"{norm_word(b.norm)} {100 * b.curve[k - 1]:.2f}% ({b.n} trials)",
+                "sides": "; ".join(f"{norm_word(a.norm)} {100 * a.curve[k - 1]:.2f}% "
+                                   f"({plural(a.n, 'trial')})" for a in (t, b)),
                 "estimate": diff, "ci_low": low, "ci_high": high, "test": "bootstrap",
                 "p_value": budget.p_value(k), "claim_verdict": "",
                 "detectable_80": math.nan, "seeds_needed": math.nan,
@@ -250,7 +250,7 @@ def figure(budget: Budget) -> Figure:
             if np.isnan(x).any():
                 continue
             ax.plot(x, 100 * a.curve, color=color, marker="o", ms=3,
-                    label=f"{norm_label(a.norm)} ({a.n} trials)")
+                    label=f"{norm_label(a.norm)} ({plural(a.n, 'trial')})")
             ax.fill_between(x, 100 * low, 100 * high, color=color, alpha=0.2, lw=0)
     by_k.set_xlabel("trials of random search (k)")
     by_s.set_xlabel("seconds of search (k × the cell's mean trial seconds)")
