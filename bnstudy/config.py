@@ -3,9 +3,11 @@ run records of its config (`hparams`). Free of Lightning: config errors answer i
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import itertools
+import os
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -335,13 +337,21 @@ def group_defaults(choices: dict) -> DictConfig:
     return _compose(overrides)
 
 
-def _compose(overrides, **kwargs) -> DictConfig:
+def _compose(overrides, return_hydra_config: bool = False) -> DictConfig:
+    """Hydra's compose of the project's config, a copy of the one made before for the same
+    overrides (and, with Hydra's node, the same working directory: `hydra.runtime.cwd`)."""
+    return copy.deepcopy(_composed(tuple(overrides), return_hydra_config, os.getcwd()))
+
+
+@functools.lru_cache(maxsize=64)
+def _composed(overrides: tuple[str, ...], return_hydra_config: bool, cwd: str) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), **kwargs)
+        return hydra_compose("config", overrides=list(overrides),
+                             return_hydra_config=return_hydra_config)
 
 
 def compose(overrides=()) -> DictConfig:
