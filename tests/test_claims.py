@@ -26,17 +26,18 @@ from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost, time_table, val_acc_at
 from bnstudy.report.runs import load_runs
-from bnstudy.report.stats import IMAGES, PAIRED, Spread, contrast, power_of, t_power
+from bnstudy.report.stats import IMAGES, PAIRED, power_of
 
 
 def cost_of(ratio: float) -> StepCost:
     return StepCost(ratio * 1e-3, 1e-3, ratio, ratio, ratio, ratio, ratio, 9)
 
 
-def results_of(sweep_dir, ratio: float | None = None) -> dict[str, V.Result]:
-    """The sweep's curve and time claims, the step of BN costing `ratio` no-BN steps (None:
-    no clock, no time claims)."""
-    clock = {} if ratio is None else {("mnist", "sgd"): cost_of(ratio)}
+def results_of(sweep_dir, cost: float | StepCost | None = None) -> dict[str, V.Result]:
+    """The sweep's curve and time claims, the step of BN costing `cost` (a ratio, or a clock's
+    `StepCost`) no-BN steps (None: no clock, no time claims)."""
+    clock = {} if cost is None else {
+        ("mnist", "sgd"): cost if isinstance(cost, StepCost) else cost_of(cost)}
     results, _ = V.setting_results(load_runs(sweep_dir), costs=lambda runs: clock)
     return {f"{r.claim}{r.part}": r for r in results}
 
@@ -59,39 +60,21 @@ FAST_LATE = ([0.50, 0.60, 0.85, 0.95], [0.60, 0.70, 0.80, 0.90])   # ahead only 
 
 def test_c5_holds_when_bn_is_ahead_at_equal_time_not_when_only_per_epoch(tmp_path):
     write_pair(tmp_path / "early", *FAST_EARLY)
-    parts = results_of(tmp_path / "early", ratio=2.0)
+    parts = results_of(tmp_path / "early", 2.0)
     full, half = parts["C5a (MNIST, SGD)"], parts["C5b (MNIST, SGD)"]
     # the no-BN runs' 4 epochs buy BN 2: 0.90 against 0.80; half of it, 1 against 2
     assert full.test.estimate == pytest.approx(0.90 - 0.80)
     assert half.test.estimate == pytest.approx(0.80 - 0.60)
     assert full.verdict == half.verdict == "holds"
     assert V.claim_verdicts(list(parts.values()))["C5"] == "holds"
-    half = results_of(tmp_path / "early", ratio=3.0)["C5b (MNIST, SGD)"]  # buys BN no epoch
+    half = results_of(tmp_path / "early", 3.0)["C5b (MNIST, SGD)"]  # buys BN no epoch
     assert math.isnan(half.test.estimate) and half.verdict == "cannot tell"
     write_pair(tmp_path / "late", *FAST_LATE)
-    late = results_of(tmp_path / "late", ratio=2.0)["C5a (MNIST, SGD)"]
+    noisy = StepCost(1e-3, 1e-3, 1.0, 0.9, 1.0, 2.0, 9.0, 9)  # charged: the bound 2.0, not 1.0
+    late = results_of(tmp_path / "late", noisy)["C5a (MNIST, SGD)"]
     assert late.test.estimate == pytest.approx(0.60 - 0.90) and late.verdict == "does not hold"
     # at equal epochs BN ends ahead: the clock, not the curves, decides C5
-    assert results_of(tmp_path / "late", ratio=1.0)["C5a (MNIST, SGD)"].verdict == "holds"
-
-
-def test_power_matches_statsmodels_and_the_closed_form_for_many_seeds():
-    from statsmodels.stats.power import TTestIndPower
-
-    a, b = [0.0, 1.0, 2.0, 3.0], [0.5, 1.5, 2.5, 3.5]  # equal spread: Welch's df = pooled df
-    sd = float(np.std(a, ddof=1))
-    detectable, needed = power_of(contrast([(1.0, a), (-1.0, b)]))
-    effect = TTestIndPower().solve_power(nobs1=4, ratio=1.0, alpha=0.05, power=0.8)
-    assert detectable / sd == pytest.approx(effect, rel=1e-4)
-    n = TTestIndPower().solve_power(effect_size=0.5 / sd, ratio=1.0, alpha=0.05, power=0.8)
-    assert needed == math.ceil(n)
-    # and the power function itself, at a known point
-    assert t_power(detectable, (Spread(sd**2, 4), Spread(sd**2, 4))) == pytest.approx(
-        0.8, abs=1e-6)
-    xs = [float(i % 7) for i in range(200)]  # one sample, large n: nearly the z test
-    detectable, _ = power_of(contrast([(1.0, xs)]))
-    z = sps.norm.ppf(0.975) + sps.norm.ppf(0.8)
-    assert detectable == pytest.approx(z * np.std(xs, ddof=1) / math.sqrt(200), rel=0.01)
+    assert results_of(tmp_path / "late", 1.0)["C5a (MNIST, SGD)"].verdict == "holds"
 
 
 def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(tmp_path):
@@ -107,36 +90,6 @@ def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(
     for part in (few, tie):  # wide: neither a difference nor equivalence within ±0.5 pts
         assert "not shown within ±0.50 pts either (TOST)" in note(part)
         assert "no difference" not in note(part)
-
-
-def test_one_seed_cannot_tell_for_curve_and_rule_parts_alike(tmp_path):
-    write_pair(tmp_path, *FAST_EARLY, seeds=(1,))
-    assert {r.verdict for r in results_of(tmp_path, 2.0).values()} == {"cannot tell"}
-    rows = pd.DataFrame([{"dataset": "mnist", "norm": "bn", "optim": "adam", "seed": 0,
-                          "job": "0", "noise_units": 0.1}])
-    (p1c,) = V.evaluate([p for p in C.declare(["mnist"]) if p.claim + p.part == "P1c"],
-                        {"pictures": rows})
-    assert p1c.verdict == "cannot tell"  # a rule met by its only seed is not yet a verdict
-
-
-def test_a_claim_declared_in_a_test_appears_in_claims_csv(tmp_path, monkeypatch,
-                                                          figures_not_rendered):
-    write_pair(tmp_path, *FAST_EARLY)
-    declared = C.declare
-
-    def with_c9(datasets):
-        return [*declared(datasets), C.Part(
-            "C9", "", "MNIST, SGD: BN's last epoch beats no BN's by more than nothing",
-            "final val acc, BN − no BN", "final_val_acc", C.pair("mnist", "sgd"))]
-
-    monkeypatch.setattr(V, "declare", with_c9)
-    assert main([str(tmp_path)]) == 0
-    with open(tmp_path / "report" / "claims.csv") as f:
-        rows = {r["claim"] + r["part"]: r for r in csv.DictReader(f)}
-    assert rows["C9"]["verdict"] == "holds" and rows["C9"]["claim_verdict"] == "holds"
-    assert float(rows["C9"]["estimate"]) == pytest.approx(0.93 - 0.80, abs=1e-6)
-    assert float(rows["C9"]["detectable_80"]) > 0 and rows["C9"]["seeds_needed"]
-    assert "**C9 holds**" in (tmp_path / "report" / "report.md").read_text()
 
 
 def write_tuned(sweep_dir, bn_test: list[float], none_test: list[float]) -> None:
@@ -170,49 +123,40 @@ def test_c6_compares_each_norms_tuned_reruns_on_the_test_split(tmp_path, bn, non
     assert "| mnist | sgd | BN | 4 | lr=0.1 |" in text
 
 
-def test_the_clock_takes_each_sides_fastest_block(monkeypatch):
-    """BN's step burns 2 ms of CPU, no BN's 1 ms, and one block of each is slowed by 'noise'."""
-    from bnstudy.report import cost
-
-    slow = {"bn": iter([0.0] * 11 + [0.004] + [0.0] * 100),  # after the warm-up steps
-            "none": iter([0.0] * 14 + [0.004] + [0.0] * 100)}
-
-    def fake_step(cfg, norm):
-        base = 0.002 if norm == "bn" else 0.001
-
-        def step():
-            end = time.thread_time() + base + next(slow[norm])
-            while time.thread_time() < end:
-                pass
-        return step
-
-    monkeypatch.setattr(cost, "_step_fn", fake_step)
-    measured = cost.measure(None, rounds=5, steps=3)
-    assert measured.ratio == pytest.approx(2.0, rel=0.15)
-    assert measured.ratio_max > 2.5 and measured.ratio_min < 1  # the slowed blocks' rounds
-    assert measured.ratio_median == pytest.approx(2.0, rel=0.15)
-    assert measured.ratio_upper == measured.ratio_max and measured.rounds == 5  # 5: too few
-    assert measured.treatment_s == pytest.approx(0.002, rel=0.3)
-    assert measured.baseline_s == pytest.approx(0.001, rel=0.3)
-
-
-def test_the_clock_alternates_the_sides_at_one_thread_on_the_runs_config(monkeypatch):
-    """Blocks BN, no BN, then no BN, BN (a drift is paired out), at one torch thread, each net
+def test_the_clock_alternates_the_sides_at_one_thread_and_takes_each_sides_fastest_block(
+        monkeypatch):
+    """BN's step burns 2 ms of CPU, no BN's 1 ms, and one block of each is slowed by 'noise';
+    blocks BN, no BN, then no BN, BN (a drift is paired out), at one torch thread, each net
     built once from the config given; the threads restored after."""
     import torch
 
     from bnstudy.report import cost
 
     order, threads, config = [], torch.get_num_threads(), object()
+    slow = {"bn": iter([0.0] * 11 + [0.004] + [0.0] * 100),  # after the warm-up steps
+            "none": iter([0.0] * 14 + [0.004] + [0.0] * 100)}
 
     def fake_step(cfg, norm):
         assert cfg is config
-        return lambda: order.append((norm, torch.get_num_threads()))
+
+        def step():
+            order.append((norm, torch.get_num_threads()))
+            end = time.thread_time() + (0.002 if norm == "bn" else 0.001) + next(slow[norm])
+            while time.thread_time() < end:
+                pass
+        return step
 
     monkeypatch.setattr(cost, "_step_fn", fake_step)
-    cost.measure(config, rounds=3, steps=1)
-    assert order[2 * cost.WARMUP:] == [(n, 1) for n in ("bn", "none", "none", "bn", "bn", "none")]
+    measured = cost.measure(config, rounds=5, steps=3)
+    blocks = ("bn", "none", "none", "bn") * 2 + ("bn", "none")
+    assert order[2 * cost.WARMUP:] == [(n, 1) for n in blocks for _ in range(3)]
     assert torch.get_num_threads() == threads
+    assert measured.ratio == pytest.approx(2.0, rel=0.15)
+    assert measured.ratio_max > 2.5 and measured.ratio_min < 1  # the slowed blocks' rounds
+    assert measured.ratio_median == pytest.approx(2.0, rel=0.15)
+    assert measured.ratio_upper == measured.ratio_max and measured.rounds == 5  # 5: too few
+    assert measured.treatment_s == pytest.approx(0.002, rel=0.3)
+    assert measured.baseline_s == pytest.approx(0.001, rel=0.3)
 
 
 def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monkeypatch):
@@ -273,20 +217,6 @@ def test_the_clock_charges_the_median_rounds_upper_bound_not_a_freak_round():
     assert median_upper([*rounds, 14.0]) == median_upper([*rounds, 1.13]) == pytest.approx(1.12)
 
 
-def test_the_time_verdict_charges_bn_the_median_rounds_upper_bound(tmp_path):
-    write_pair(tmp_path, *FAST_LATE)  # BN ahead at equal epochs, behind at twice the cost
-    noisy = StepCost(1e-3, 1e-3, 1.0, 0.9, 1.0, 2.0, 9.0, 9)  # fastest 1.0, the bound 2.0
-    results, _ = V.setting_results(load_runs(tmp_path),
-                                   costs=lambda runs: {("mnist", "sgd"): noisy})
-    full = {f"{r.claim}{r.part}": r for r in results}["C5a (MNIST, SGD)"]
-    assert full.test.estimate == pytest.approx(0.60 - 0.90) and full.verdict == "does not hold"
-
-
-def test_a_part_every_seed_must_meet_holds_when_all_do_and_fails_when_none_does():
-    verdicts = [V.every_seed(f) for f in ([True], [True, True], [False, False], [True, False])]
-    assert verdicts == ["cannot tell", "holds", "does not hold", "cannot tell"]
-
-
 def test_the_time_table_reads_each_pair_against_its_own_baseline():
     """C5's table: best val acc so far at a share of the no-BN runs' epochs, a BN epoch costing
     the pair's ratio, linear between epoch ends; a pair without a ratio is left out, one
@@ -309,7 +239,7 @@ def accs(*xs: float) -> list[dict]:
     return [{"val/acc": x} for x in xs]
 
 
-def test_compute_is_charged_exactly_and_read_between_epoch_ends():
+def test_compute_is_charged_exactly_read_between_epoch_ends_and_keeps_the_best_so_far():
     """At 10 no-BN epochs a BN step costing 1.14 buys 10 / 1.14 = 8.77 BN epochs: 77 % of the
     way from epoch 8's value to epoch 9's, not epoch 8 (whole epochs) nor 10 (nothing)."""
     history = accs(*[i / 100 for i in range(1, 11)])  # epoch e: e % (already best so far)
@@ -318,11 +248,7 @@ def test_compute_is_charged_exactly_and_read_between_epoch_ends():
     assert val_acc_at(history, 2.0, 5) == pytest.approx(0.025)  # between epochs 2 and 3
     assert math.isnan(val_acc_at(history, 2.0, 1.9))  # before the first epoch end: nothing yet
     assert val_acc_at(history, 0.5, 10) == pytest.approx(0.10)  # past the end: its last best
-
-
-def test_compute_reading_keeps_the_best_so_far_and_is_monotone_in_the_budget():
-    """A curve that drops at the end: the dropped value never lowers a larger budget's."""
-    history = accs(0.5, 0.8, 0.6, 0.4)
+    history = accs(0.5, 0.8, 0.6, 0.4)  # a drop at the end never lowers a larger budget's
     values = [val_acc_at(history, 1.0, b) for b in np.linspace(1, 6, 51)]
     assert all(b >= a for a, b in zip(values, values[1:], strict=False))
     assert val_acc_at(history, 1.0, 4) == val_acc_at(history, 1.0, 2) == pytest.approx(0.8)
@@ -347,9 +273,18 @@ def test_tuned_runs_are_the_ones_tuning_json_lists(tmp_path):
     assert V.tuned_runs(tmp_path, runs)[0].empty
 
 
-def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_not_rendered):
+def test_the_answer_opens_the_report_and_a_claim_declared_in_a_test_is_in_claims_csv(
+        tmp_path, monkeypatch, figures_not_rendered):
     from bnstudy.report.answer import DECIDE
 
+    declared = C.declare
+
+    def with_c9(datasets):
+        return [*declared(datasets), C.Part(
+            "C9", "", "MNIST, SGD: BN's last epoch beats no BN's by more than nothing",
+            "final val acc, BN − no BN", "final_val_acc", C.pair("mnist", "sgd"))]
+
+    monkeypatch.setattr(V, "declare", with_c9)
     write_pair(tmp_path / "three", *FAST_EARLY)
     write_pair(tmp_path / "one", *FAST_EARLY, seeds=(1,))
     for sweep in ("three", "one"):
@@ -360,6 +295,12 @@ def test_the_answer_opens_the_report_and_says_what_decides_it(tmp_path, figures_
     assert "| MNIST | SGD | 3, 3 | BN wins, +13.00 pts (" in three
     assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
     assert DECIDE in one and DECIDE not in three
+    with open(tmp_path / "three" / "report" / "claims.csv") as f:
+        rows = {r["claim"] + r["part"]: r for r in csv.DictReader(f)}
+    assert rows["C9"]["verdict"] == "holds" and rows["C9"]["claim_verdict"] == "holds"
+    assert float(rows["C9"]["estimate"]) == pytest.approx(0.93 - 0.80, abs=1e-6)
+    assert float(rows["C9"]["detectable_80"]) > 0 and rows["C9"]["seeds_needed"]
+    assert "**C9 holds**" in three
 
 
 def test_the_compute_that_reaches_a_target_is_read_between_points():
@@ -397,21 +338,6 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
     assert "| MNIST, SGD | 2000 µs | 1000 µs | **2.00** (2.00; 2.00; 2.00 to 2.00) | 1.00 | 2.0 " \
            "| 4.0 |" in text
     assert "C5 charges BN the median round ratio's 95% upper bound (of 9 rounds" in text
-
-
-def test_the_sweeps_answer_names_only_pairs_with_both_norms(tmp_path):
-    from bnstudy.report.answer import console_answer
-
-    for seed in (0, 1):
-        write_job(tmp_path, [0.5, 0.8 + seed / 100], norm="bn", seed=seed)
-    assert console_answer(tmp_path) == ""  # BN alone answers nothing
-    for seed in (0, 1):
-        write_job(tmp_path, [0.5, 0.7 + seed / 50], norm="none", seed=seed)
-    head, line = console_answer(tmp_path).splitlines()
-    assert head.startswith("Is BatchNorm worth it? BN − no BN in final validation accuracy (95% "
-                           "interval; validation split, final epoch; paired t over the seeds "
-                           "both norms ran; p Holm-adjusted over the 1 comparison tested")
-    assert line.startswith("  MNIST, SGD (2 vs 2 seeds): ")
 
 
 # --- C1–C4 on hand-made records -------------------------------------------------------------
@@ -569,51 +495,35 @@ def test_every_claim_reads_as_pinned_in_the_registry_file():
 
 
 def test_a_term_selects_nothing_on_a_key_the_table_lacks_and_a_new_claim_is_its_own_family():
+    """And a term's label names its norm and optimizer."""
     table = pd.DataFrame({"norm": ["bn", "none"], "optim": ["sgd", "sgd"]})
     assert C.Term(1.0, optim="sgd", norm="bn").selects(table).tolist() == [True, False]
     assert C.Term(1.0, dataset="mnist", norm="bn").selects(table).tolist() == [False, False]
     part = C.Part("X1", "", "", "", "acc", (C.Term(1.0),))
     assert (part.family, C.Part("C3", "", "", "", "acc", (C.Term(1.0),)).family) == (
         "X1", "curves")
-
-
-def test_a_terms_label_names_its_norm_and_optimizer():
     assert C.Term(1.0, "mnist", "sgd", "bn").label() == "BN + SGD"
     assert C.Term(-1.0, "mnist", "adam", "none").label(with_optim=False) == "no BN"
     assert C.Term(1.0, optim="rmsprop", norm="layer").label() == "LayerNorm + rmsprop"
     assert C.Term(1.0, optim="adam").label() == "Adam" and C.Term(1.0).label() == "all"
 
 
+def declared(name: str) -> C.Part:
+    """The MNIST part of this claim and part name."""
+    (part,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == name]
+    return part
+
+
 def cannot_tell_parts() -> list[V.Result]:
     """C5a and C6 (MNIST, SGD) on three seeds a side within the seed spread: cannot tell."""
-    parts = [p for p in C.declare(["mnist"]) if p.claim + p.part in (
-        "C5a (MNIST, SGD)", "C6 (MNIST, SGD)")]
-    close = ([0.90, 0.91, 0.92], [0.89, 0.915, 0.905])
-    return [V.run_part(p, pd.DataFrame([
-        {"dataset": "mnist", "optim": "sgd", "norm": n, "seed": s, "job": f"{n}{s}",
-         p.quantity: acc} for n, accs in zip(("bn", "none"), close, strict=True)
-        for s, acc in enumerate(accs)])) for p in parts]
+    return [V.run_part(p, paired_table(p.quantity, [0.90, 0.91, 0.92], [0.89, 0.915, 0.905]))
+            for p in map(declared, ("C5a (MNIST, SGD)", "C6 (MNIST, SGD)"))]
 
 
 WIN = {"dataset": "mnist", "optim": "sgd", "treatment": "bn", "baseline": "none",
        "n_treatment": 3, "n_baseline": 3, "diff": 0.05, "test": PAIRED, "p_value": 0.01,
        "verdict": "wins", "diff_ci_low": 0.02, "diff_ci_high": 0.08, "margin": 0.005,
        "seeds_needed": 3.0}
-
-
-def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
-    """Issue #36: C5a ("at equal training time") and C6 ("at each one's best") parts that
-    cannot be told, rendered by the answer table: a tie's words, never "wins"."""
-    from bnstudy.report.answer import answer_table
-
-    results = cannot_tell_parts()
-    assert [r.verdict for r in results] == ["cannot tell", "cannot tell"]
-    line = answer_table(pd.DataFrame([WIN]), results).splitlines()[-1]
-    equal_epochs, equal_time, best = [c.strip() for c in line.strip("|").split("|")][-3:]
-    assert equal_epochs.startswith("BN wins, +5.00 pts")
-    for cell in (equal_time, best):
-        assert "wins" not in cell and "loses" not in cell
-        assert cell.startswith("cannot tell, "), cell
 
 
 def test_a_groups_values_are_its_ok_runs_in_seed_then_job_order():
@@ -633,42 +543,6 @@ def test_a_groups_values_are_its_ok_runs_in_seed_then_job_order():
         "acc"].tolist()
 
 
-def test_a_rule_part_counts_the_seeds_that_meet_it_and_two_seeds_a_side_decide():
-    rule = C.Part("P", "", "above a half", "rule", "acc", (C.Term(1.0, norm="bn"),),
-                  rule=lambda x: x > 0.5)
-    table = pd.DataFrame({"norm": ["bn", "bn", "bn"], "seed": [0, 1, 2], "acc": [.6, .7, .4]})
-    met = V.run_part(rule, table)
-    assert (met.part, met.verdict, met.extra) == ("", "cannot tell", {"met": 2, "of": 3})
-    assert met.groups == ([.6, .7, .4],) and not math.isnan(met.test.estimate)
-    pair = C.Part("Q", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
-                                                        C.Term(-1.0, norm="none")))
-    two = pd.DataFrame({"norm": ["bn", "bn", "none", "none"], "seed": [0, 1, 0, 1],
-                        "acc": [.9, .91, .5, .52]})
-    assert V.run_part(pair, two).verdict == "holds"
-    one = V.run_part(pair, two.iloc[1:])
-    assert (one.verdict, one.note) == ("cannot tell", "fewer than 2 ok seeds on a side")
-    assert V.combine(["holds", "cannot tell"]) == "cannot tell"
-    assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
-    assert V.combine(["holds", "equivalent"]) == "does not hold"  # within the margin: not ahead
-
-
-def test_the_seeds_that_would_decide_are_counted_at_the_familys_holm_level():
-    """Four parts in one family, each p between 0.05 / 4 and 0.05: Holm says cannot tell, and
-    the seeds a side that would decide are counted at 0.05 / 4, more than were run (at 0.05
-    they would read as fewer: a "cannot tell" that says its own seeds decide it)."""
-    from bnstudy.report.stats import power_of
-
-    parts = [C.Part(f"X{i}", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
-                    C.Term(-1.0, norm="none")), family="X") for i in range(4)]
-    table = paired_table("acc", [.80, .82, .81, .83], [.78, .79, .80, .805])
-    results = V.adjust([V.run_part(p, table) for p in parts])
-    for r in results:
-        assert 0.05 / 4 < r.test.p_value < 0.05 and r.verdict == "cannot tell"
-        assert power_of(r.test)[1] <= 4  # the unadjusted count: the seeds already run
-        assert (r.detectable, r.seeds_needed) == power_of(r.test, alpha=0.05 / 4)
-        assert r.seeds_needed > 4
-
-
 def test_a_part_alone_decides_on_its_sign_and_a_margin_only_on_one_datasets_accuracy():
     lower = C.Part("L", "", "BN lower", "diff", "loss", (C.Term(1.0, "mnist", norm="bn"),
                                                          C.Term(-1.0, "mnist", norm="none")),
@@ -686,19 +560,28 @@ def test_a_part_alone_decides_on_its_sign_and_a_margin_only_on_one_datasets_accu
 
 
 def test_holm_leaves_a_rule_part_and_one_short_of_seeds_as_they_were_decided():
-    """A part every seed must meet, or one with a side under 2 seeds, is not one of the
-    family's tested contrasts: Holm neither counts it nor re-decides it."""
+    """A part every seed must meet holds when all do, fails when none does, counts the seeds
+    that meet it; two seeds a side decide a contrast, one cannot tell. Neither a rule part nor
+    one with a side under 2 seeds is one of the family's tested contrasts: Holm neither counts
+    nor re-decides them. A claim holds when all its parts do."""
+    verdicts = [V.every_seed(f) for f in ([True], [True, True], [False, False], [True, False])]
+    assert verdicts == ["cannot tell", "holds", "does not hold", "cannot tell"]
     rule = C.Part("R", "", "above a half", "rule", "acc", (C.Term(1.0, norm="bn"),),
                   rule=lambda x: x > 0.5, family="F")
     pair = C.Part("Q", "", "BN ahead", "diff", "acc", (C.Term(1.0, norm="bn"),
                                                         C.Term(-1.0, norm="none")), family="F")
     table = paired_table("acc", [.9, .1, .8], [.5, -.28, .41])  # BN − no BN: .4, .38, .39
+    assert V.run_part(pair, table[table["seed"] < 2]).verdict == "holds"
     short = V.run_part(pair, table[table["seed"] == 0])
     met, tested, short = V.adjust([V.run_part(rule, table), V.run_part(pair, table), short])
-    assert (met.verdict, met.extra) == ("cannot tell", {"met": 2, "of": 3})
+    assert (met.part, met.verdict, met.extra) == ("", "cannot tell", {"met": 2, "of": 3})
+    assert met.groups == ([.9, .1, .8],) and not math.isnan(met.test.estimate)
     assert met.test.p_value > tested.test.p_value  # counted, the rule would double tested's p
     assert tested.test.p_holm == tested.test.p_value  # the only tested part of its family
     assert (short.verdict, short.note) == ("cannot tell", "fewer than 2 ok seeds on a side")
+    assert V.combine(["holds", "cannot tell"]) == "cannot tell"
+    assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
+    assert V.combine(["holds", "equivalent"]) == "does not hold"  # within the margin: not ahead
 
 
 def paired_table(quantity: str, bn: list[float], none: list[float]) -> pd.DataFrame:
@@ -709,6 +592,9 @@ def paired_table(quantity: str, bn: list[float], none: list[float]) -> pd.DataFr
 
 
 def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
+    """Four parts in one family, each p between 0.05 / 4 and 0.05: Holm says cannot tell, and
+    the seeds a side that would decide are counted at 0.05 / 4, more than were run (at 0.05
+    they would read as fewer: a "cannot tell" that says its own seeds decide it)."""
     table = paired_table("final_val_acc", [0.90, 0.91, 0.93, 0.92], [0.88, 0.90, 0.90, 0.90])
     part = C.Part("Q", "", "BN ahead", "final val acc", "final_val_acc", C.pair("mnist", "sgd"),
                   family="f")
@@ -717,6 +603,10 @@ def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
     family = V.evaluate([part] * 4, {"curves": table})
     assert {r.verdict for r in family} == {"cannot tell"}
     assert family[0].test.p_holm == pytest.approx(4 * alone.test.p_value)
+    assert power_of(alone.test)[1] <= 4  # the unadjusted count: the seeds already run
+    for r in family:
+        assert (r.detectable, r.seeds_needed) == power_of(r.test, alpha=0.05 / 4)
+        assert r.seeds_needed > 4
     apart = [part, *(C.Part("R", str(i), "", "", "final_val_acc", C.pair("mnist", "sgd"))
                      for i in range(3))]  # other families leave Q's adjustment alone
     assert V.evaluate(apart, {"curves": table})[0].verdict == "holds"
@@ -728,7 +618,7 @@ def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
 def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_where_not():
     from bnstudy.report.render import method
 
-    (c6,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C6 (MNIST, SGD)"]
+    c6 = declared("C6 (MNIST, SGD)")
     rng = np.random.default_rng(1)
     correct = {(n, s): rng.random(100) < (0.9 if n == "bn" else 0.85)
                for n in ("bn", "none") for s in range(3)}
@@ -744,36 +634,6 @@ def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_w
     assert method(with_images) == "Welch + test images over 3 vs 3 seeds"
     assert with_images.test.ci_high - with_images.test.ci_low > \
         seeds_only.test.ci_high - seeds_only.test.ci_low
-
-
-def test_the_answer_says_equivalent_only_from_tost_else_the_seeds_that_would_decide():
-    from bnstudy.report.answer import part_words, words
-
-    ci = (-0.0033, 0.0002)
-    assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
-        "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
-    assert words("cannot tell", -0.0016, ci, 40.0, 20, margin=0.005) == \
-        "cannot tell, -0.16 pts (-0.33 to +0.02): 40 seeds a side would decide"
-    assert words("cannot tell", 0.0, ci, math.inf, 20).endswith(
-        "over 1000 seeds a side would decide")
-    (c5a,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C5a (MNIST, SGD)"]
-    level = [0.970, 0.972, 0.968, 0.971, 0.969, 0.970]
-    table = paired_table("val_acc_at_1", level, [x + 0.0004 * (-1) ** i
-                                                 for i, x in enumerate(level)])
-    (result,) = V.evaluate([c5a], {"time": table})  # the margin: conf/dataset's 0.005
-    assert result.verdict == "equivalent" and result.test.margin == 0.005
-    assert part_words(result).startswith("equivalent within ±0.5 pts, ")
-    assert V.claim_verdicts([result]) == {"C5": "does not hold"}
-
-
-def test_a_difference_below_the_test_images_error_is_not_promised_to_more_seeds():
-    """With the test images' error in C6's interval, seeds alone may never decide: the words
-    say so instead of "over 1000 seeds"; a seeds-only test keeps the count."""
-    from bnstudy.report.render import deciding
-
-    assert deciding(math.inf, IMAGES).startswith("no number of seeds a side would decide")
-    assert deciding(math.inf, PAIRED) == "over 1000 seeds a side would decide"
-    assert deciding(40.0, IMAGES) == "40 seeds a side would decide"
 
 
 ONE_SEED = {**WIN, "optim": "adam", "n_treatment": 1, "n_baseline": 2, "diff": -0.01,
@@ -837,11 +697,21 @@ def test_the_answer_section_word_for_word():
 
 
 def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_path):
+    """Nothing for BN alone; the study's header for BN and no BN; word for word with a
+    LayerNorm pair and a one-seed pair."""
     from bnstudy.report.answer import console_answer
 
     for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.8 + seed / 100], norm="bn", seed=seed)
+    assert console_answer(tmp_path) == ""  # BN alone answers nothing
+    for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.7 + seed / 50], norm="none", seed=seed)
+    head, line = console_answer(tmp_path).splitlines()
+    assert head.startswith("Is BatchNorm worth it? BN − no BN in final validation accuracy (95% "
+                           "interval; validation split, final epoch; paired t over the seeds "
+                           "both norms ran; p Holm-adjusted over the 1 comparison tested")
+    assert line.startswith("  MNIST, SGD (2 vs 2 seeds): ")
+    for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.75], norm="layer", seed=seed)
     for norm, acc in (("bn", 0.8), ("none", 0.7)):  # a dataset and optimizer without labels
         write_job(tmp_path, [0.5, acc], norm=norm, seed=0, dataset="svhn", optim="rmsprop")
@@ -861,10 +731,20 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
 
 
 def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_small_budget():
-    from dataclasses import replace
-
+    """Equivalent only from TOST, else the seeds that would decide; with the test images' error
+    in C6's interval seeds alone may never decide, and the words say so instead of "over 1000
+    seeds" (a seeds-only test keeps the count)."""
     from bnstudy.report.answer import margin_words, part_words, tuned_table, tuned_words, words
+    from bnstudy.report.render import deciding
 
+    ci = (-0.0033, 0.0002)
+    assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
+        "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
+    assert words("cannot tell", -0.0016, ci, 40.0, 20, margin=0.005) == \
+        "cannot tell, -0.16 pts (-0.33 to +0.02): 40 seeds a side would decide"
+    assert words("cannot tell", 0.0, ci, math.inf, 20).endswith(
+        "over 1000 seeds a side would decide")
+    assert deciding(40.0, IMAGES) == "40 seeds a side would decide"
     assert words("no test", 0.01, (math.nan,) * 2, math.nan, 3) == \
         "+1.00 pts: no spread over the seeds, no test"
     assert words("wins", math.nan, (0, 1), 2.0) == part_words(None) == "—"
@@ -873,7 +753,14 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     assert margin_words({"mnist": math.nan}) == "none declared"
     assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
         "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
-    (c5a,) = [p for p in C.declare(["mnist"]) if p.claim + p.part == "C5a (MNIST, SGD)"]
+    c5a = declared("C5a (MNIST, SGD)")
+    level = [0.970, 0.972, 0.968, 0.971, 0.969, 0.970]
+    table = paired_table("val_acc_at_1", level, [x + 0.0004 * (-1) ** i
+                                                 for i, x in enumerate(level)])
+    (result,) = V.evaluate([c5a], {"time": table})  # the margin: conf/dataset's 0.005
+    assert result.verdict == "equivalent" and result.test.margin == 0.005
+    assert part_words(result).startswith("equivalent within ±0.5 pts, ")
+    assert V.claim_verdicts([result]) == {"C5": "does not hold"}
     two = V.run_part(c5a, paired_table("val_acc_at_1", [0.9, 0.92], [0.8, 0.81]))
     assert part_words(two).startswith("BN wins, +10.50 pts (")  # two seeds a side: a test
     one = V.run_part(c5a, paired_table("val_acc_at_1", [0.9], [0.8]))
@@ -892,11 +779,11 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
         "seeds a side would decide |"]
 
 
-def test_the_answer_table_with_two_pairs_an_extra_key_and_labels_it_has_none_for():
-    """A column for the compared pair and each other key; C5a (not C5b) and C6 on the study's
-    pair only; a dataset and optimizer without labels under their own names."""
-    from dataclasses import replace
-
+def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
+    """Issue #36: C5a ("at equal training time") and C6 ("at each one's best") parts that
+    cannot be told: a tie's words, never "wins". A column for the compared pair and each other
+    key; C5a (not C5b) and C6 on the study's pair only; a dataset and optimizer without labels
+    under their own names."""
     from bnstudy.report.answer import answer_table
 
     def moved(result: V.Result, **change) -> V.Result:
@@ -904,6 +791,7 @@ def test_the_answer_table_with_two_pairs_an_extra_key_and_labels_it_has_none_for
         return replace(result, declared=replace(declared, **change))
 
     c5a, c6 = cannot_tell_parts()
+    assert [r.verdict for r in (c5a, c6)] == ["cannot tell", "cannot tell"]
     c5b = replace(moved(c5a, part="b (svhn)"), seeds_needed=99.0)
     rows = [{**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1},
             {**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1, "treatment": "layer"}]

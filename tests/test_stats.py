@@ -4,12 +4,17 @@ numbers: the paired contrast, Holm's adjustment, TOST, the test images' variance
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
+import pandas as pd
 import pytest
+from helpers import write_job
+from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from bnstudy.report import stats as S
+from bnstudy.report.runs import group_keys, load_runs
 
 BN = [0.91, 0.93, 0.92, 0.95, 0.90]
 NONE = [0.90, 0.915, 0.91, 0.93, 0.895]
@@ -32,6 +37,14 @@ def test_the_paired_contrast_is_scipys_ttest_rel_over_the_seeds_both_sides_ran()
 
 
 def test_seeds_that_do_not_pair_one_to_one_fall_back_to_welch_and_say_so():
+    """Two shared seeds are enough to pair; seeds that do not match the values are a caller's
+    mistake."""
+    two = S.contrast([(1.0, [0.9, 0.95]), (-1.0, [0.8, 0.9])], seeds=[[0, 1], [1, 0]])
+    assert (two.test, two.n_paired) == (S.PAIRED, 2)
+    assert two.p_value == pytest.approx(sps.ttest_rel([0.9, 0.95], [0.9, 0.8]).pvalue)
+    for seeds in ([list(range(5))], [list(range(4)), list(range(5))]):
+        with pytest.raises(ValueError):
+            S.contrast([(1.0, BN), (-1.0, NONE)], seeds=seeds)
     repeated = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[[0, 0, 1, 2, 3], list(range(5))])
     apart = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5)), list(range(5, 10))])
     for test in (repeated, apart):
@@ -77,6 +90,9 @@ def test_the_rule_reads_holms_p_and_says_equivalent_only_from_tost():
     assert S.decide(S.holm_family([level] * 4)[0]) == "cannot tell"  # TOST's p Holm'd too
     assert S.comparison_word("equivalent", level.p_value) == "equivalent"
     assert S.comparison_word("cannot tell", math.nan) == "no test"
+    at = S.Contrast(0.01, 0.0, 0.02, 0.05, p_holm=0.05, p_tost_holm=0.05)
+    assert S.decide(at) == "cannot tell"  # p exactly alpha decides nothing
+    assert S.t_power(0.0, (S.Spread(0.01, 5),)) == pytest.approx(0.05)  # a null: power alpha
 
 
 def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast():
@@ -101,28 +117,38 @@ def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast():
     assert S.image_spread([(1.0, runs[1.0]), (-1.0, [])]) is None  # a side saved none
 
 
-def test_paired_power_is_the_one_sample_noncentral_t_of_the_differences():
-    from statsmodels.stats.power import TTestPower
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_power_is_statsmodels_paired_and_welch_and_nearly_the_z_test_for_many_seeds(alpha):
+    """Paired: the one-sample noncentral t of the differences; Welch on equal spreads: the
+    pooled two-sample one; at the alpha given."""
+    from statsmodels.stats.power import TTestIndPower, TTestPower
 
-    test = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2)
+    paired = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2)
     sd = float(np.std(np.subtract(BN, NONE), ddof=1))
-    detectable, needed = S.power_of(test)
-    assert detectable / sd == pytest.approx(
-        TTestPower().solve_power(nobs=5, alpha=0.05, power=0.8), rel=1e-4)
-    half = S.contrast([(1.0, BN), (-1.0, [x + test.estimate / 2 for x in NONE])],
+    assert S.power_of(paired, alpha=alpha)[0] / sd == pytest.approx(
+        TTestPower().solve_power(nobs=5, alpha=alpha, power=0.8), rel=1e-4)
+    half = S.contrast([(1.0, BN), (-1.0, [x + paired.estimate / 2 for x in NONE])],
                       seeds=[list(range(5))] * 2)  # a difference half the size, same spread
-    _, needed = S.power_of(half)
-    assert needed == math.ceil(TTestPower().solve_power(
-        effect_size=abs(half.estimate) / sd, alpha=0.05, power=0.8))
+    assert S.power_of(half, alpha=alpha)[1] == math.ceil(TTestPower().solve_power(
+        effect_size=abs(half.estimate) / sd, alpha=alpha, power=0.8))
+    a, b = [0.0, 1.0, 2.0, 3.0], [0.5, 1.5, 2.5, 3.5]  # equal spread: Welch's df = pooled df
+    sd = float(np.std(a, ddof=1))
+    detectable, needed = S.power_of(S.contrast([(1.0, a), (-1.0, b)]), alpha=alpha)
+    assert detectable / sd == pytest.approx(TTestIndPower().solve_power(
+        nobs1=4, ratio=1.0, alpha=alpha, power=0.8), rel=1e-4)
+    assert needed == math.ceil(TTestIndPower().solve_power(
+        effect_size=0.5 / sd, ratio=1.0, alpha=alpha, power=0.8))
+    assert S.t_power(detectable, (S.Spread(sd**2, 4),) * 2, alpha=alpha) == pytest.approx(
+        0.8, abs=1e-6)
+    xs = [float(i % 7) for i in range(200)]  # one sample, large n: nearly the z test
+    z = sps.norm.ppf(1 - alpha / 2) + sps.norm.ppf(0.8)
+    assert S.power_of(S.contrast([(1.0, xs)]), alpha=alpha)[0] == pytest.approx(
+        z * np.std(xs, ddof=1) / math.sqrt(200), rel=0.01)
 
 
 def test_verdicts_row_a_comparison_missing_one_norm_and_skip_one_missing_both(tmp_path):
     """Per comparison and pair: a side with no run gives a row (0 runs, 0 diverged, NaN mean,
     no test), a pair neither of whose norms ran gives none, and later comparisons still come."""
-    from helpers import write_job
-
-    from bnstudy.report.runs import load_runs
-
     for seed in (0, 1):  # Adam: BN only; SGD: both norms, one BN seed diverged
         write_job(tmp_path, [0.6, 0.7 + seed / 100], optim="adam", seed=seed)
         write_job(tmp_path, [0.5, 0.8 + seed / 50], optim="sgd", seed=seed)
@@ -149,15 +175,6 @@ def test_the_df_comes_from_the_seeds_that_vary_else_from_the_test_images():
     welch = (S.Spread(0.01, 4), S.Spread(0.02, 6))  # Welch–Satterthwaite of the seeds alone
     df = (0.01 / 4 + 0.02 / 6) ** 2 / ((0.01 / 4) ** 2 / 3 + (0.02 / 6) ** 2 / 5)
     assert S.t_parts((*welch, images))[1] == pytest.approx(df)
-
-
-def test_pairs_need_two_shared_seeds_and_seeds_that_match_the_values():
-    two = S.contrast([(1.0, [0.9, 0.95]), (-1.0, [0.8, 0.9])], seeds=[[0, 1], [1, 0]])
-    assert (two.test, two.n_paired) == (S.PAIRED, 2)
-    assert two.p_value == pytest.approx(sps.ttest_rel([0.9, 0.95], [0.9, 0.8]).pvalue)
-    for seeds in ([list(range(5))], [list(range(4)), list(range(5))]):  # a caller's mistake
-        with pytest.raises(ValueError):
-            S.contrast([(1.0, BN), (-1.0, NONE)], seeds=seeds)
 
 
 def test_one_group_is_a_one_sample_t_and_weights_scale_the_spread():
@@ -187,23 +204,9 @@ def test_a_contrast_without_a_test_keeps_its_estimate_test_seeds_and_margin():
         assert all(math.isnan(x) for x in S.power_of(test))
 
 
-def test_p_exactly_alpha_decides_nothing_and_a_null_difference_has_power_alpha():
-    at = S.Contrast(0.01, 0.0, 0.02, 0.05, p_holm=0.05, p_tost_holm=0.05)
-    assert S.decide(at) == "cannot tell"
-    assert S.t_power(0.0, (S.Spread(0.01, 5),)) == pytest.approx(0.05)
-
-
-def test_power_at_another_alpha_is_statsmodels_and_seeds_needed_stop_at_1000():
+def test_seeds_needed_stop_at_1000_and_start_at_2():
     from scipy.optimize import brentq
-    from statsmodels.stats.power import TTestPower
 
-    test = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5))] * 2)
-    sd = float(np.std(np.subtract(BN, NONE), ddof=1))
-    detectable, needed = S.power_of(test, alpha=0.01)
-    assert detectable / sd == pytest.approx(
-        TTestPower().solve_power(nobs=5, alpha=0.01, power=0.8), rel=1e-4)
-    assert needed == math.ceil(TTestPower().solve_power(
-        effect_size=abs(test.estimate) / sd, alpha=0.01, power=0.8))
     spreads = (S.Spread(1.0, 5),)
     for alpha in (0.05, 0.01):  # a difference 1001 seeds a side would decide
         delta = brentq(lambda d, a=alpha: S.t_power(d, spreads, 1000.5, a) - 0.8, 0.01, 1)
@@ -216,10 +219,6 @@ def test_power_at_another_alpha_is_statsmodels_and_seeds_needed_stop_at_1000():
 
 def test_a_runs_saved_margin_is_read_again_when_its_config_changes_and_the_first_counts(
         tmp_path):
-    import os
-
-    import pandas as pd
-    from omegaconf import OmegaConf
 
     for job, margin in (("a", 0.02), ("b", 0.03)):
         (tmp_path / job / ".hydra").mkdir(parents=True)
@@ -235,10 +234,6 @@ def test_a_runs_saved_margin_is_read_again_when_its_config_changes_and_the_first
 
 
 def test_summary_reads_the_star_target_and_a_missing_number_is_not_averaged_away(tmp_path):
-    from helpers import write_job
-
-    from bnstudy.report.runs import load_runs
-
     for seed, curve in enumerate(([0.5, 0.8, 0.9], [0.5, 0.6, 0.7], [0.5, 0.6, 0.8])):
         write_job(tmp_path, curve, seed=seed)
     runs = load_runs(tmp_path)
@@ -256,10 +251,6 @@ def test_summary_reads_the_star_target_and_a_missing_number_is_not_averaged_away
 
 def test_verdicts_holm_the_tost_p_over_the_table_and_a_table_without_dataset_has_no_margin(
         tmp_path):
-    from helpers import write_job
-
-    from bnstudy.report.runs import load_runs
-
     for seed, d in enumerate((0.004, -0.002, 0.003, -0.001)):
         for optim in ("sgd", "adam"):
             write_job(tmp_path, [0.5, 0.9 + d], optim=optim, seed=seed)
@@ -274,11 +265,6 @@ def test_verdicts_holm_the_tost_p_over_the_table_and_a_table_without_dataset_has
 
 def test_sweep_panels_keep_the_sweeps_dataset_order_and_a_value_5_points_below_is_usable(
         tmp_path):
-    import pandas as pd
-    from helpers import write_job
-
-    from bnstudy.report.runs import group_keys, load_runs
-
     for dataset in ("mnist", "cifar10"):
         for lr in (0.1, 0.01):
             write_job(tmp_path, [0.9], dataset=dataset, lr=lr)

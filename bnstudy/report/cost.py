@@ -164,16 +164,10 @@ def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost
 # --- the reading: best val acc so far against compute ------------------------------------------
 
 
-def best_so_far(history: list[dict]) -> np.ndarray:
-    """Each epoch end's best val acc so far (NaN until the first number)."""
-    acc = np.array([num(row.get("val/acc")) for row in history], dtype=float)
-    return np.fmax.accumulate(acc) if len(acc) else acc
-
-
 def val_acc_at(history: list[dict], epoch_cost: float, budget: float) -> float:
     """The run's best val acc so far at `budget` of compute (baseline epochs), its epoch e
     ending at e × `epoch_cost`: linear between the epoch ends around it, NaN before the first."""
-    best = best_so_far(history)
+    best = np.fmax.accumulate([num(row.get("val/acc")) for row in history], dtype=float)
     ends = epoch_cost * np.arange(1, len(best) + 1)
     if not len(best) or budget < ends[0] - 1e-9:
         return math.nan

@@ -126,10 +126,6 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
     return runs.astype({c: float for c in QUANTITIES})
 
 
-def hparam_names(runs: pd.DataFrame) -> list[str]:
-    return [c for c in runs.columns if c not in RUN_COLUMNS]
-
-
 def ok(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs that finished ok with a history: the ones statistics use."""
     return runs[(runs["outcome"] == "ok") & runs["history"].map(bool)]
@@ -171,7 +167,7 @@ def never_started(sweep_dir: Path) -> list[str]:
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
     """dataset, optim, norm, then every other hparam that varies across the sweep; never seed."""
-    varying = [k for k in hparam_names(runs) if k not in (*FIRST_KEYS, "seed")
+    varying = [k for k in runs.columns if k not in (*RUN_COLUMNS, *FIRST_KEYS, "seed")
                and runs[k].map(str).nunique() > 1]
     return [*FIRST_KEYS, *varying]
 

@@ -146,10 +146,9 @@ def holm(p_values: list[float]) -> list[float]:
     p = np.asarray(p_values, dtype=float)
     out = np.full(len(p), math.nan)
     tested = np.flatnonzero(~np.isnan(p))
-    running = 0.0
-    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
-        running = max(running, min(1.0, (len(tested) - rank) * p[i]))
-        out[i] = running
+    order = tested[np.argsort(p[tested], kind="stable")]
+    out[order] = np.maximum.accumulate(np.minimum(1.0, (len(order) - np.arange(len(order)))
+                                                  * p[order]))
     return out.tolist()
 
 
@@ -324,18 +323,16 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
             if treatment not in by_norm and baseline not in by_norm:
                 continue
             sides = [seeded(by_norm.get(n)) for n in (treatment, baseline)]
-            tests.append(contrast([(1.0, [x for _, x in sides[0]]),
-                                   (-1.0, [x for _, x in sides[1]])],
+            xs = [[x for _, x in side] for side in sides]
+            tests.append(contrast([(1.0, xs[0]), (-1.0, xs[1])],
                                   seeds=[[s for s, _ in side] for side in sides],
                                   margin=margin.get(dict(ckey).get("dataset"), math.nan)))
             diverged = [0 if n not in by_norm else int((by_norm[n]["outcome"] == "diverged").sum())
                         for n in (treatment, baseline)]
             rows.append({**dict(ckey), "treatment": treatment, "baseline": baseline,
-                         "n_treatment": len(sides[0]), "n_baseline": len(sides[1]),
-                         "treatment_mean": np.mean([x for _, x in sides[0]]) if sides[0]
-                         else math.nan,
-                         "baseline_mean": np.mean([x for _, x in sides[1]]) if sides[1]
-                         else math.nan,
+                         "n_treatment": len(xs[0]), "n_baseline": len(xs[1]),
+                         "treatment_mean": np.mean(xs[0]) if xs[0] else math.nan,
+                         "baseline_mean": np.mean(xs[1]) if xs[1] else math.nan,
                          "treatment_diverged": diverged[0], "baseline_diverged": diverged[1]})
     for row, diff in zip(rows, holm_family(tests), strict=True):
         row.update(diff=diff.estimate, test=diff.test, n_paired=diff.n_paired,
