@@ -62,14 +62,13 @@ def figures_not_rendered(monkeypatch):
     """A report's figures built but not rendered (most of its time): each PNG one white pixel."""
     import io
 
-    import matplotlib.pyplot as plt
     from PIL import Image
 
     from bnstudy.report import write
 
     buffer = io.BytesIO()
     Image.new("RGBA", (1, 1), "white").save(buffer, format="PNG")
-    monkeypatch.setattr(write, "figure_png", lambda fig: plt.close(fig) or buffer.getvalue())
+    monkeypatch.setattr(write, "figure_png", lambda fig: buffer.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -13,40 +13,33 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_dashboard import read_mean_run
 
 from bnstudy.report.cli import main
-from bnstudy.report.write import write_figures
 
 ACCS = {("bn", 0): [0.5, 0.7], ("bn", 1): [0.6, 0.9], ("none", 0): [0.4, 0.5],
         ("none", 1): [0.3, 0.6]}
 
 
-@pytest.fixture
-def sweep(tmp_path):
+def test_margin_charts_images_and_text_of_a_reports_events(tmp_path):
+    """Each norm's margin charts hold its mean and std over the ok seeds (the diverged run left
+    out); each figure is its PNG's pixels; the text names the figures, embeds none."""
     for (norm, seed), accs in ACCS.items():
         write_job(tmp_path, accs, norm=norm, seed=seed)
     write_job(tmp_path, [0.1, float("nan")], status="diverged", norm="bn", seed=2)
-    return tmp_path
-
-
-def test_margin_charts_hold_each_norms_mean_and_std_over_ok_seeds(sweep):
-    assert main([str(sweep)]) == 0
+    assert main([str(tmp_path)]) == 0
     for norm in ("bn", "none"):
-        seeds = np.array([ACCS[norm, 0], ACCS[norm, 1]])  # the diverged run is left out
+        seeds = np.array([ACCS[norm, 0], ACCS[norm, 1]])
         mean, std = seeds.mean(0), seeds.std(0, ddof=1)
-        scalars, layout = read_mean_run(sweep / "report" / "+mean" / norm)
+        scalars, layout = read_mean_run(tmp_path / "report" / "+mean" / norm)
         for part, expected in (("mean", mean), ("lower", mean - std), ("upper", mean + std)):
             got = scalars[f"seeds/mnist-sgd/val_acc/{part}"]
             assert [s for s, _ in got] == [9, 19]  # each epoch's last step
             assert [v for _, v in got] == pytest.approx(expected.tolist(), abs=1e-6)
         assert [c.title for c in layout] == ["mnist · sgd · mean ± std over 2 seed(s) each"]
-
-
-def test_the_report_text_in_tensorboard_embeds_no_image(tmp_path):
-    markdown = "# Report\n\n![curves mnist, sgd](curves_mnist_sgd.png)\n\ntext stays\n"
-    write_figures({}, markdown, tmp_path)
-    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0}).Reload()
+    assert assert_images_are_the_png_files(tmp_path / "report") == {"curves/mnist_sgd"}
+    events = EventAccumulator(str(tmp_path / "report"), size_guidance={"tensors": 0}).Reload()
     (text,) = events.Tensors("report/text_summary")
     shown = text.tensor_proto.string_val[0].decode()
-    assert "![" not in shown and "curves_mnist_sgd" in shown and "text stays" in shown
+    assert "![" not in shown and "## Summary" in shown
+    assert "*(figure `curves_mnist_sgd`: see the Images tab)*" in shown
 
 
 def decoded(png: bytes | Path) -> np.ndarray:
@@ -68,8 +61,3 @@ def assert_images_are_the_png_files(out: Path) -> set[str]:
         assert (event.height, event.width) == saved.shape[:2], tag
         assert logged.shape == saved.shape and np.array_equal(logged, saved), tag
     return set(files)
-
-
-def test_each_figure_in_tensorboard_has_its_png_files_pixels(sweep):
-    assert main([str(sweep)]) == 0
-    assert assert_images_are_the_png_files(sweep / "report") == {"curves/mnist_sgd"}

@@ -1,22 +1,19 @@
 """Every figure of the report as a matplotlib Figure: curves, saved images, probe series, the
 sweeps' accuracy and verdict against the swept hparam, accuracy against compute."""
 
-# ruff: noqa: E402  (the backend is chosen before pyplot is imported)
 from __future__ import annotations
 
 import math
 import textwrap
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import rcParams
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
+from matplotlib.image import imread
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bnstudy.norms import NORMS
@@ -34,7 +31,14 @@ from bnstudy.report.runs import (
     ok,
     where,
 )
-from bnstudy.report.stats import SWEEPS, USABLE_WITHIN, VERDICT_COLUMNS, usable_values, values
+from bnstudy.report.stats import (
+    ALPHA,
+    SWEEPS,
+    USABLE_WITHIN,
+    VERDICT_COLUMNS,
+    usable_values,
+    values,
+)
 
 CURVE_PANELS = (("train/loss", "Training loss"), ("val/loss", "Validation loss"),
                 ("train/acc", "Training accuracy"), ("val/acc", "Validation accuracy"))
@@ -57,8 +61,8 @@ def panel_grid(n: int, width: float, height: float, columns: int = MAX_COLUMNS, 
     row, the unused cells hidden; the figure and its `n` panels, row by row."""
     cols = max(1, min(n, columns))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False,
-                             figsize=(width * cols, height * rows + extra), **subplots)
+    fig = Figure(figsize=(width * cols, height * rows + extra))
+    axes = fig.subplots(rows, cols, squeeze=False, **subplots)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -66,7 +70,7 @@ def panel_grid(n: int, width: float, height: float, columns: int = MAX_COLUMNS, 
 
 def fitted_title(fig: Figure, text: str) -> None:
     """`fig`'s suptitle, each line wrapped to the figure's width (about 0.55 em a character)."""
-    points = FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points()
+    points = FontProperties(size=rcParams["figure.titlesize"]).get_size_in_points()
     chars = max(24, int(fig.get_figwidth() * 72 / (0.55 * points)))
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
 
@@ -87,8 +91,8 @@ def mean_curve(runs: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray,
 
 def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
     """2 × 2 panels (train/val × loss/accuracy): mean over seeds ± one std band, per norm."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
-    for ax, (metric, title) in zip(axes.flat, CURVE_PANELS, strict=True):
+    fig, axes = panel_grid(4, 5.5, 3.75, columns=2, sharex=True)
+    for ax, (metric, title) in zip(axes, CURVE_PANELS, strict=True):
         for norm in norm_order(by_norm):
             runs = ok(by_norm[norm])
             if runs.empty:
@@ -102,9 +106,9 @@ def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
         ax.set_title(title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
+    for ax in axes[2:]:
         ax.set_xlabel("epoch")
-    axes[0, 0].legend()
+    axes[0].legend()
     fitted_title(fig, f"BatchNorm vs No BatchNorm — Training Curves ({label})\n"
                       "mean over seeds, band ± 1 std across seeds")
     fig.tight_layout()
@@ -122,7 +126,7 @@ def first_image(runs: pd.DataFrame, kind: str) -> tuple[object, Path] | None:
 
 def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
     """The PNGs side by side, each under its title; the figure takes the first one's aspect."""
-    images = [plt.imread(path) for _, path in panels]
+    images = [imread(path) for _, path in panels]
     height, width = images[0].shape[:2]
     fig, axes = panel_grid(len(panels), 5.5, 5.5 * height / width + 0.9)
     for ax, (panel_title, _), image in zip(axes, panels, images, strict=True):
@@ -144,8 +148,8 @@ def activations_figure(label: str, found: dict[str, pd.Series]) -> Figure:
     """A unit per row, a norm per column: its pre-activation percentiles vs training step."""
     series = {norm: run["probes"]["activations"] for norm, run in found.items()}
     rows = max(len(data["units"]) for data in series.values())
-    fig, axes = plt.subplots(rows, len(series), squeeze=False, sharex=True, sharey="row",
-                             figsize=(5.5 * len(series), 2.4 * rows + 1.2))
+    fig = Figure(figsize=(5.5 * len(series), 2.4 * rows + 1.2))
+    axes = fig.subplots(rows, len(series), squeeze=False, sharex=True, sharey="row")
     for col, (norm, data) in enumerate(series.items()):
         values = np.array(data["values"], dtype=float).reshape(
             len(data["steps"]), len(data["units"]), len(data["percentiles"]))
@@ -170,31 +174,31 @@ def activations_figure(label: str, found: dict[str, pd.Series]) -> Figure:
 def gradients_figure(label: str, found: dict[str, pd.Series]) -> Figure:
     """Gradient norms per layer; along the gradient the loss and gradient change (band: the
     step sizes η) and the β-smoothness; vs training step, norms overlaid."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    fig, axes = panel_grid(4, 5.5, 3.75, columns=2, sharex=True)
     styles = ("-", "--", ":", "-.")
     for norm, run in found.items():
         data, color = run["probes"]["gradients"], norm_color(norm)
         for i, (layer, norms) in enumerate(data["norms"].items()):
-            axes[0, 0].plot(data["steps"], norms, color=color,
-                            ls=styles[i % len(styles)], label=f"{norm_label(norm)}: {layer}")
+            axes[0].plot(data["steps"], norms, color=color,
+                         ls=styles[i % len(styles)], label=f"{norm_label(norm)}: {layer}")
         land = data["landscape"]
-        for ax, key in ((axes[0, 1], "loss"), (axes[1, 0], "grad_change")):
+        for ax, key in ((axes[1], "loss"), (axes[2], "grad_change")):
             values = np.array(land[key], dtype=float).reshape(len(land["steps"]), -1)
             ax.fill_between(land["steps"], values.min(1), values.max(1), color=color, alpha=0.3,
                             lw=0, label=_seed_label(norm, run))
-        axes[1, 1].plot(land["steps"], np.array(land["beta_smoothness"], dtype=float),
-                        color=color, marker="o", ms=3, label=_seed_label(norm, run))
+        axes[3].plot(land["steps"], np.array(land["beta_smoothness"], dtype=float),
+                     color=color, marker="o", ms=3, label=_seed_label(norm, run))
     etas = next(iter(found.values()))["probes"]["gradients"]["landscape"]["etas"]
     span = f"η from {min(etas):g} to {max(etas):g}"
     titles = ("Gradient norm per layer", f"Loss landscape: L(θ − ηg), {span}",
               f"Gradient predictiveness: ‖∇L(θ − ηg) − ∇L(θ)‖, {span}",
               "β-smoothness: max over η of ‖Δ∇L‖ / ‖ηg‖")
-    for ax, title in zip(axes.flat, titles, strict=True):
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0, 0].set_yscale("log")
-    for ax in axes[1]:
+    axes[0].set_yscale("log")
+    for ax in axes[2:]:
         ax.set_xlabel("training step")
     fitted_title(fig, f"Gradient behaviour along training ({label})")
     fig.tight_layout()
@@ -229,11 +233,10 @@ def log_axis(ax: Axes, hparam: str, grid: list[float], title: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
-                      within: float = USABLE_WITHIN) -> Figure:
+def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> Figure:
     """A panel per optimizer: final val acc vs `hparam` (log axis), mean ± std over seeds a
     line per norm; × at 0 a diverged run; failed/unfinished counted in the corner; dotted:
-    where usable values end (`within` below the panel's best)."""
+    where usable values end (`USABLE_WITHIN` below the panel's best)."""
     noun, title = SWEEPS[hparam]
     fig, axes = panel_grid(len(panels), 5.5, 4.8, sharey=True)
     epochs = {e for p in panels.values() for by_value in p.values()
@@ -260,10 +263,10 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
             if any(left_out.values()):
                 counts = ", ".join(f"{n} {o}" for o, n in left_out.items() if n)
                 notes.append(f"{norm_label(norm)}: {counts} (not drawn)")
-        best = usable_values(by_norm, within)[0]
+        best = usable_values(by_norm)[0]
         if not math.isnan(best):
-            ax.axhline(best - within, color="grey", ls=":", lw=1,
-                       label=f"usable: ≥ best − {100 * within:g} points")
+            ax.axhline(best - USABLE_WITHIN, color="grey", ls=":", lw=1,
+                       label=f"usable: ≥ best − {100 * USABLE_WITHIN:g} points")
         if notes:
             ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=8)
         log_axis(ax, hparam, [float(v) for v in grid], describe(panel) if panel else dataset)
@@ -281,10 +284,10 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict],
 # --- the verdict across a swept hparam (verdicts.csv) --------------------------------------
 
 
-def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> Figure:
+def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
     """A panel per dataset: treatment − baseline (verdicts.csv) in final val acc (points) vs
     `hparam` (log axis), a line per optimizer and other setting, with its 95% Welch interval;
-    filled where p < `alpha`; points with no test listed in the corner."""
+    filled where the Holm-adjusted p < `ALPHA`; points with no test listed in the corner."""
     noun = SWEEPS[hparam][0]
     rows = verdicts.to_dict("records")
     several = len({(r["treatment"], r["baseline"]) for r in rows}) > 1
@@ -310,7 +313,7 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> F
             color = f"C{i}"
             ax.errorbar(x, y, yerr=np.nan_to_num(np.vstack([y - low, high - y])), color=color,
                         marker="none", capsize=3, label=describe(rest))
-            significant = np.array([num(r.get("p_holm", r["p_value"])) < alpha
+            significant = np.array([num(r.get("p_holm", r["p_value"])) < ALPHA
                                     for r in points])
             ax.plot(x[significant], y[significant], ls="none", marker="o", ms=6, color=color)
             ax.plot(x[~significant], y[~significant], ls="none", marker="o", ms=6,
@@ -335,7 +338,7 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame, alpha: float = 0.05) -> F
     for ax in axes[::MAX_COLUMNS]:
         ax.set_ylabel("BN − no BN, final val acc (points)")
     fitted_title(fig, f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
-                      f"mean over seeds, bar: 95% Welch interval; filled: p < {alpha:g}, "
+                      f"mean over seeds, bar: 95% Welch interval; filled: p < {ALPHA:g}, "
                       "hollow: within the seed spread")
     fig.tight_layout()
     return fig

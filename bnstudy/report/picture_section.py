@@ -76,15 +76,13 @@ def hallucinations_figure(title: str, picture_runs: list[PictureRun],
     """A row per configuration (first seed) and a top reference row of the real training
     images' class means; a column per class, its name on top. Under each tile, the
     independent judge's reading and its probability (green: the tile's class)."""
-    import matplotlib.pyplot as plt
-
     classes = ref.classes
     rows = [("real class means", ref.real_means, None)]
     for (norm, optim), p in first_seeds(picture_runs, "hallucinations"):
         rows.append((f"{config_label(norm, optim)}\n(seed {p.hp.get('seed')})",
                      to_pixels(p.hallucinations), p.hallucinations["images"].float()))
-    fig, axes = plt.subplots(len(rows), len(classes), squeeze=False,
-                             figsize=(1.25 * len(classes) + 1.6, 1.55 * len(rows) + 0.9))
+    fig = Figure(figsize=(1.25 * len(classes) + 1.6, 1.55 * len(rows) + 0.9))
+    axes = fig.subplots(len(rows), len(classes), squeeze=False)
     for r, (label, pixels, normalised) in enumerate(rows):
         readings = None
         if normalised is not None and ref.referee is not None:
@@ -117,7 +115,6 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
     change (final − initial), the first `num_units` units, each tile scaled on its own
     (mid-grey 0); a top reference row of the training images' top principal components and
     class means."""
-    import matplotlib.pyplot as plt
     import torch
     from torchvision.utils import make_grid
 
@@ -144,8 +141,8 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                        weight_grid(final, shape, num_units), f"final weights: {note}",
                        weight_grid(final - initial, shape, num_units),
                        f"learned change: {change}"))
-    fig, axes = plt.subplots(len(panels), 2, squeeze=False,
-                             figsize=(10, 4.6 * len(panels) + 0.6))
+    fig = Figure(figsize=(10, 4.6 * len(panels) + 0.6))
+    axes = fig.subplots(len(panels), 2, squeeze=False)
     for r, (label, left, left_title, right, right_title) in enumerate(panels):
         for ax, image, sub in ((axes[r, 0], left, left_title), (axes[r, 1], right, right_title)):
             if image is None:
@@ -247,8 +244,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
              "change (final − initial). The figures show each configuration's first seed; the "
              "table and the verdicts use every ok seed (mean ± sample std, n). Every number is "
              "in `pictures.csv`, one row per run.", ""]
-    lines += [f"- `{c}`: {what}" for c, (what, _) in COLUMNS.items()]
-    lines += [""]
+    lines += [*(f"- `{c}`: {what}" for c, (what, _) in COLUMNS.items()), ""]
     for ref in refs.values():
         lines += [f"_{note}._" for note in ref.notes]
     figures: dict[str, Figure] = {}

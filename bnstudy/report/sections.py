@@ -156,11 +156,10 @@ def value_range(noun: str, usable: list, grid: list) -> str:
     return f"{', '.join(f'{v:g}' for v in usable)} ({count}, not adjacent in the grid)"
 
 
-def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
-                    within: float = USABLE_WITHIN) -> str:
+def robustness_text(hparam: str, label: str, by_norm: dict[str, dict]) -> str:
     """One panel's line: the best run, each norm's usable range, which is wider."""
     noun = SWEEPS[hparam][0]
-    best, usable = usable_values(by_norm, within)
+    best, usable = usable_values(by_norm)
     if math.isnan(best):
         return f"**{label}**: no {noun} has all its runs finished ok, so none is usable."
     order, means = norm_order(by_norm), point_means(by_norm)
@@ -190,8 +189,8 @@ def robustness_text(hparam: str, label: str, by_norm: dict[str, dict],
             f"Usable {noun}: {'; '.join(parts)}.{wider}")
 
 
-def robustness_section(hparam: str, runs: pd.DataFrame, keys: list[str],
-                       within: float = USABLE_WITHIN) -> tuple[str, dict[str, Figure]]:
+def robustness_section(hparam: str, runs: pd.DataFrame,
+                       keys: list[str]) -> tuple[str, dict[str, Figure]]:
     """The section of a sweep over `hparam`, its figures `<hparam>_<dataset>`."""
     noun, title = SWEEPS[hparam]
     lines, figures = [f"## {title}", "",
@@ -199,14 +198,14 @@ def robustness_section(hparam: str, runs: pd.DataFrame, keys: list[str],
                       "seeds ± one sample standard deviation; × marks a diverged run. A "
                       f"{noun} is *usable* for a norm when every run there finished ok (none "
                       "diverged, failed or unfinished) and their mean final validation accuracy "
-                      f"is at most {100 * within:g} percentage points below the best such mean "
-                      "in the same panel (same dataset and optimizer, either norm). The wider "
-                      "usable range is the one with more usable grid values.", ""], {}
+                      f"is at most {100 * USABLE_WITHIN:g} percentage points below the best such "
+                      "mean in the same panel (same dataset and optimizer, either norm). The "
+                      "wider usable range is the one with more usable grid values.", ""], {}
     for dataset, panels in sweep_panels(runs, keys, hparam).items():
         name = f"{hparam}_{dataset}"
-        figures[name] = F.robustness_figure(hparam, dataset, panels, within)
+        figures[name] = F.robustness_figure(hparam, dataset, panels)
         lines += [f"![{noun} {dataset}]({name}.png)", ""]
-        lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm, within)}"
+        lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm)}"
                   for panel, by_norm in panels.items()]
         lines.append("")
     return "\n".join(lines), figures
@@ -242,7 +241,7 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
                      f"{number(row['p_value'], '.2g')}, Holm {number(row['p_holm'], '.2g')}; "
                      f"{how})")
     lines.append("")
-    return "\n".join(lines), {f"regime_{hparam}": F.regime_figure(hparam, verdicts, ALPHA)}
+    return "\n".join(lines), {f"regime_{hparam}": F.regime_figure(hparam, verdicts)}
 
 
 # --- the claims (C5's clock, C6's search) -----------------------------------------------------

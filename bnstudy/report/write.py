@@ -64,12 +64,9 @@ def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sectio
 
 
 def figure_png(fig: Figure) -> bytes:
-    """`fig` rendered once, as PNG bytes at `FIGURE_DPI`; the figure is closed."""
-    import matplotlib.pyplot as plt  # here: `bnstudy.report.figures` picks the Agg backend
-
+    """`fig` rendered once, as PNG bytes at `FIGURE_DPI`."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -77,7 +74,7 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
                   scalars: dict[str, list[tuple[int, float]]] | None = None) -> None:
     """Each figure as `out/<name>.png` and, as the very pixels of that PNG, a TensorBoard image;
     the report text (images named, not embedded) and `scalars` (tag: (step, value)s) too. An
-    earlier report's figures and events go first; the figures are closed."""
+    earlier report's figures and events go first."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
     stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time_*.png",
