@@ -79,10 +79,8 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
     """The SummaryWriter of the trainer's TensorBoard logger, if it has one."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
+    return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)),
+                None)
 
 
 class ComparisonCurves(Callback):

@@ -146,11 +146,10 @@ def mean_curves(records: list[RunRecord], group=mean_group
     import pandas as pd  # here: the callbacks import this module at every run's start
 
     rows = [(group(r), pair_name(r.hparams["dataset"], r.hparams["optim"]), metric, epoch,
-             row["step"] - 1, row.get(metric)) for r in records if r.status == "ok" and r.hparams
-            for epoch, row in enumerate(r.history) for metric in COMPARED]
+             row["step"] - 1, value) for r in records if r.status == "ok" and r.hparams
+            for epoch, row in enumerate(r.history) for metric in COMPARED
+            if (value := row.get(metric)) is not None and math.isfinite(value)]
     table = pd.DataFrame(rows, columns=["group", "pair", "metric", "epoch", "step", "value"])
-    finite = table["value"].map(lambda v: v is not None and math.isfinite(v)).astype(bool)
-    table = table[finite]  # (an empty object-typed mask would select columns instead)
     stats = table.astype({"value": float}).groupby(["group", "pair", "metric", "epoch"]).agg(
         step=("step", "min"), mean=("value", "mean"), std=("value", "std"), n=("value", "size"))
     curves: dict = {}
@@ -211,14 +210,15 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
     root = root or sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
     with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
-        kept, group = tuned_reruns(sweep_dir), mean_group
+        # a tuned sweep: each norm's kept setting's re-runs (`final_jobs`; none while it
+        # searches), grouped by norm alone (the setting is tuned)
+        tuning = read_tuning(sweep_dir)
+        kept = None if tuning is None else set(final_jobs(tuning))
         found = [r for job, r in sweep_records(sweep_dir)
                  if r.hparams and (kept is None or job.name in kept)]
-        if kept is not None:  # a tuned sweep: each norm's kept setting's re-runs, no trial
-            group = lambda record: record.hparams["norm"]  # noqa: E731 (the setting is tuned)
         pairs = dict.fromkeys(pair_name(r.hparams["dataset"], r.hparams["optim"])
                               for r in found)  # in the sweep's order
-        curves = mean_curves(found, group)
+        curves = mean_curves(found, mean_group if kept is None else lambda r: r.hparams["norm"])
         layout = mean_layout(pairs, curves)
         versions = [int(p.name.split(".")[3]) for p in root.glob("*/events.out.tfevents.*.mean")]
         version = max(versions, default=0) + 1
@@ -232,13 +232,6 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
             partial.write_bytes(mean_events(by_pair, layout, started))
             os.replace(partial, run / f"events.out.tfevents.{version:010d}.mean")
     return [f"{MEAN_DIR}/{group}" for group in curves]
-
-
-def tuned_reruns(sweep_dir: Path) -> set[str] | None:
-    """The job folders of a tuned sweep's kept re-runs (`tuning.json`'s `final_jobs`; none while
-    it searches); None for any other sweep."""
-    tuning = read_tuning(sweep_dir)
-    return None if tuning is None else set(final_jobs(tuning))
 
 
 def refresh_sweep_view(sweep_dir: str | Path) -> None:

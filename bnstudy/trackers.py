@@ -23,8 +23,7 @@ from bnstudy.errors import ConfigError
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
-# The package each tracker needs, and the extra that installs it
-NEEDS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb")}
+NEEDS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # the package (and extra) it needs
 
 
 def _kind(node: DictConfig) -> str:
@@ -52,11 +51,10 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
         if node is None:
             continue
         kind = _kind(node)
-        if kind in NEEDS and importlib.util.find_spec(NEEDS[kind][0]) is None:
-            package, extra = NEEDS[kind]
+        if kind in NEEDS and importlib.util.find_spec(package := NEEDS[kind]) is None:
             raise ConfigError(
                 f"logger={name} needs the {package} package, which is not installed. Install "
-                f"it with pip install 'bnstudy[{extra}]' (or pip install {package}), or choose "
+                f"it with pip install 'bnstudy[{package}]' (or pip install {package}), or choose "
                 "another tracker (logger=tensorboard, logger=csv).")
         if kind == "MLFlowLogger":
             prepare_mlflow_store(node)

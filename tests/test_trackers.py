@@ -57,14 +57,18 @@ def job_dirs(sweep: Path) -> list[Path]:
     return sorted(p.parent for p in sweep.glob("*/metrics.json"))
 
 
+def csv_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def test_csv(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = run_train(*FAST, *TINY, f"paths.data_dir={tiny_data}", "logger=csv",
                      f"hydra.run.dir={run}")
     assert proc.returncode == 0, proc.stderr
     record = read_record(run)
-    with open(run / "csv" / "version_0" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(run / "csv" / "version_0" / "metrics.csv")
     assert same_curve([(int(r["step"]), float(r["val/acc"])) for r in rows if r["val/acc"]],
                       curve(record))
     assert [float(r["train/loss"]) for r in rows if r["train/loss"]] == \
@@ -140,15 +144,17 @@ def test_the_tracker_choice_is_bookkeeping_not_a_setting():
 
 
 def mlflow_runs(store: Path) -> dict:
-    """The store's runs of the `bnstudy` experiment by name, read back with MLflow's client."""
+    """The store's runs of the `bnstudy` experiment by name (each name once), read back with
+    MLflow's client, with their `val/acc` and `test/acc` as [(step, value)]."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("bnstudy")
-    runs = client.search_runs([experiment.experiment_id])
-    return {run.info.run_name: (run, {key: [(m.step, m.value) for m in
-                                            client.get_metric_history(run.info.run_id, key)]
-                                      for key in ("val/acc", "test/acc")}) for run in runs}
+    runs = client.search_runs([client.get_experiment_by_name("bnstudy").experiment_id])
+    by_name = {run.info.run_name: (run, {key: [(m.step, m.value) for m in
+                                               client.get_metric_history(run.info.run_id, key)]
+                                         for key in ("val/acc", "test/acc")}) for run in runs}
+    assert len(by_name) == len(runs), [run.info.run_name for run in runs]
+    return by_name
 
 
 @pytest.mark.slow
@@ -174,15 +180,15 @@ def test_mlflow_local_store_holds_each_job_of_a_sweep(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_goes_on_in_its_mlflow_run(tiny_data, tmp_path):
+def test_a_resumed_run_goes_on_in_its_mlflow_run_beside_tensorboard(tiny_data, tmp_path):
     """Interrupted after one epoch, then resumed with an observer's setting changed (allowed on
     resume): one MLflow run holds both attempts' epochs, finished, with the first value of the
-    changed setting (MLflow refuses to change a logged parameter)."""
+    changed setting (MLflow refuses to change a logged parameter). TensorBoard, logged to at
+    once, keeps its own views (the comparison curves), which MLflow does not get."""
     needs("mlflow")
-    from mlflow.tracking import MlflowClient
-
     job = tmp_path / "job"
-    common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=mlflow", f"hydra.run.dir={job}")
+    common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=[tensorboard,mlflow]",
+              f"hydra.run.dir={job}")
     first = run_train(*common, "callbacks.weight_grid.every_n_epochs=1",
                       "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
                       "+callbacks.interrupt.epoch=1")
@@ -190,13 +196,13 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(tiny_data, tmp_path):
     resumed = run_train(*common, "callbacks.weight_grid.every_n_epochs=2", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = read_record(job)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("bnstudy").experiment_id])
+    (run, metrics), = mlflow_runs(tmp_path / "mlflow.db").values()  # beside the job
     assert record["trackers"] == {"MLFlowLogger": run.info.run_id}
     assert run.info.run_name == "job" and run.info.status == "FINISHED"
-    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc")]
-    assert len(record["history"]) == 2 and same_curve(history, curve(record))
+    assert len(record["history"]) == 2 and same_curve(metrics["val/acc"], curve(record))
     assert run.data.params["callbacks.weight_grid.every_n_epochs"] == "1"
+    assert {"val/acc", "test/acc", "compare/mnist-sgd/val_acc"} <= scalar_tags(job)
+    assert "compare/mnist-sgd/val_acc" not in run.data.metrics  # TensorBoard's alone
 
 
 MLFLOW_JOB = """
@@ -228,22 +234,6 @@ def test_mlflow_jobs_starting_together_share_a_new_store(tmp_path):
     assert sorted(mlflow_runs(store)) == ["job0", "job1", "job2"]
 
 
-@pytest.mark.slow
-def test_tensorboard_and_mlflow_at_once(tiny_data, tmp_path):
-    needs("mlflow")
-    run = tmp_path / "runs" / "one"
-    proc = run_train(*FAST, *TINY, f"paths.data_dir={tiny_data}",
-                     "logger=[tensorboard,mlflow]", f"hydra.run.dir={run}")
-    assert proc.returncode == 0, proc.stderr
-    record = read_record(run)
-    tags = scalar_tags(run)
-    assert {"val/acc", "test/acc", "compare/mnist-sgd/val_acc"} <= tags  # TensorBoard's views
-    (mlflow_run, metrics), = mlflow_runs(tmp_path / "runs" / "mlflow.db").values()
-    assert mlflow_run.info.run_name == "one"
-    assert same_curve(metrics["val/acc"], curve(record))
-    assert "compare/mnist-sgd/val_acc" not in mlflow_run.data.metrics  # TensorBoard's alone
-
-
 # --- Weights & Biases -----------------------------------------------------------------------
 
 
@@ -273,17 +263,35 @@ def wandb_records(path: Path):
             parts = b""
 
 
-def key(item) -> str:
-    """A W&B record item's key (`val/acc` may be stored as the nested key val, acc)."""
-    return item.key or "/".join(item.nested_key)
+def wandb_run(path: Path) -> dict[str, list]:
+    """A W&B offline run file's records by type (`run`, `history`, `config`, `exit`, ...); a
+    history or config record as {key: value} (`val/acc` may be stored as the nested key val,
+    acc)."""
+    found: dict[str, list] = {}
+    for rec in wandb_records(path):
+        kind = rec.WhichOneof("record_type")
+        items = {"history": rec.history.item, "config": rec.config.update}.get(kind)
+        found.setdefault(kind, []).append(rec if items is None else {
+            item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    return found
+
+
+def wandb_curve(history: list[dict]) -> list[tuple[int, float]]:
+    return [(h["trainer/global_step"], h["val/acc"]) for h in history if "val/acc" in h]
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch) -> None:
+    """W&B offline (and no network: W&B's own switch as well), its folders in `tmp_path`."""
+    needs("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
 
 
 @pytest.mark.slow
-def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path, monkeypatch):
-    needs("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")  # and no network: W&B's own switch as well
-    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
+@pytest.mark.usefixtures("wandb_offline")
+def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path):
     sweep = tmp_path / "sweep"
     # Hydra's basic launcher runs the jobs in one process (a fresh one: W&B's state is global),
     # and each must get a W&B run of its own.
@@ -294,35 +302,21 @@ def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path, monkeypatch):
     for job in job_dirs(sweep):
         record = read_record(job)
         (files,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
-        history, config, names, exits = [], {}, [], 0
-        for rec in wandb_records(files):
-            kind = rec.WhichOneof("record_type")
-            if kind == "run":
-                names.append(rec.run.display_name)
-            elif kind == "history":
-                history.append({key(item): json.loads(item.value_json)
-                                for item in rec.history.item})
-            elif kind == "config":
-                config.update({key(item): json.loads(item.value_json)
-                               for item in rec.config.update})
-            elif kind == "exit":
-                exits += 1
-        assert names == [job.name] and exits == 1  # its own run, finished
-        assert same_curve([(h["trainer/global_step"], h["val/acc"]) for h in history
-                           if "val/acc" in h], curve(record))
+        run = wandb_run(files)
+        assert [r.run.display_name for r in run["run"]] == [job.name]  # its own run,
+        assert len(run.get("exit", [])) == 1  # finished
+        assert same_curve(wandb_curve(run["history"]), curve(record))
+        config = {k: v for update in run["config"] for k, v in update.items()}
         assert {k: v for k, v in config.items() if not k.startswith("_")} == record["hparams"]
     assert not list(sweep.rglob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
-def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("wandb_offline")
+def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path):
     """Issue #34: interrupted after one epoch, then resumed: one CSV file holds both attempts'
     epochs, and both attempts' W&B offline runs carry the one run id, resumed, together
     holding the run's curve (one W&B run once synced)."""
-    needs("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     job = tmp_path / "job"
     common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=[csv,wandb]",
               f"hydra.run.dir={job}")
@@ -334,8 +328,7 @@ def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path,
     record = read_record(job)
     assert len(record["history"]) == 2
     (version,) = (job / "csv").iterdir()
-    with open(version / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = csv_rows(version / "metrics.csv")
     assert same_curve([(int(r["step"]), float(r["val/acc"])) for r in rows if r["val/acc"]],
                       curve(record))
     run_id = record["trackers"]["WandbLogger"]
@@ -344,10 +337,8 @@ def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path,
     history = []
     for attempt in attempts:
         (files,) = attempt.glob(f"run-{run_id}.wandb")
-        history += [{key(item): json.loads(item.value_json) for item in rec.history.item}
-                    for rec in wandb_records(files) if rec.WhichOneof("record_type") == "history"]
-    assert same_curve([(h["trainer/global_step"], h["val/acc"]) for h in history
-                       if "val/acc" in h], curve(record))
+        history += wandb_run(files)["history"]
+    assert same_curve(wandb_curve(history), curve(record))
 
 
 def test_which_tracker_configs_hold_tensorboard():
@@ -363,22 +354,24 @@ def test_which_tracker_configs_hold_tensorboard():
 
 def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     """Issue #34: Lightning's CSV writer clears metrics.csv when it starts; a resumed run's
-    logger puts the earlier rows back and appends to them."""
+    logger puts the earlier rows back and appends to them. Resumed before Lightning saved a
+    row, the log is a new file, header first."""
     from bnstudy import trackers
 
     cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
-    (first,) = trackers.make_loggers(cfg.logger, "job")
+    (first,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})  # no row saved yet
+    metrics = Path(first.log_dir) / "metrics.csv"
+    assert not metrics.exists() and first.experiment.metrics_keys == []
     first.log_metrics({"val/acc": 0.5, "epoch": 0}, step=9)
     first.save()
-    metrics = Path(first.log_dir) / "metrics.csv"
+    assert csv_rows(metrics) == [{"val/acc": "0.5", "epoch": "0", "step": "9"}]
     kept = metrics.read_text()
     (resumed,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
     assert resumed.log_dir == first.log_dir and metrics.read_text() == kept
     resumed.log_metrics({"val/acc": 0.75, "epoch": 1}, step=19)
     resumed.save()
-    with open(metrics) as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["step"], r["val/acc"]) for r in rows] == [("9", "0.5"), ("19", "0.75")]
+    rows = [(r["step"], r["val/acc"]) for r in csv_rows(metrics)]
+    assert rows == [("9", "0.5"), ("19", "0.75")]
     assert metrics.read_text().partition("\n")[0] == kept.partition("\n")[0]
 
 
@@ -423,34 +416,15 @@ def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(
     run = client.get_run(run_id)
     assert run.info.run_name == "0_job"
     assert run.data.params == {"seed": "0", "lr": "0.1", "threads": "1"}
-    other = OmegaConf.create({"tracking_uri": f"sqlite:///{tmp_path / 'other.db'}"})
-    trackers.prepare_mlflow_store(other)  # no experiment named: Lightning's default
-    assert MlflowClient(other.tracking_uri).get_experiment_by_name("lightning_logs")
+    trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": f"sqlite:///{store}"}))
+    assert client.get_experiment_by_name("lightning_logs")  # none named: Lightning's default
     trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": "http://127.0.0.1:9"}))
 
 
-def test_a_trackers_own_run_name_and_id_are_kept_and_a_null_tracker_is_skipped(tmp_path):
-    from omegaconf import OmegaConf
-
+def test_a_trackers_own_run_id_is_kept_and_a_null_tracker_is_skipped(tmp_path):
     from bnstudy import trackers
 
-    cfg = compose_config("logger=[tensorboard,csv]", f"paths.output_dir={tmp_path}",
-                         "+logger.csv.version=5")
-    nodes = OmegaConf.to_container(cfg.logger, resolve=True)
-    off_first = OmegaConf.create({"tensorboard": None, "csv": nodes["csv"]})
-    (csv_log,) = trackers.make_loggers(off_first, "job", {"CSVLogger": 0})
+    cfg = compose_config("logger=[tensorboard,csv]", "logger.tensorboard=null",
+                         f"paths.output_dir={tmp_path}", "+logger.csv.version=5")
+    (csv_log,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
     assert csv_log.version == 5  # set in the config: not the stored one
-
-
-def test_a_resume_before_the_first_csv_row_starts_the_file_with_its_header(tmp_path):
-    """Interrupted before Lightning saved a row: the resumed log is a new file, header first."""
-    from bnstudy import trackers
-
-    cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
-    (resumed,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
-    metrics = Path(resumed.log_dir) / "metrics.csv"
-    assert not metrics.exists() and resumed.experiment.metrics_keys == []
-    resumed.log_metrics({"val/acc": 0.75}, step=19)
-    resumed.save()
-    with open(metrics) as f:
-        assert list(csv.DictReader(f)) == [{"val/acc": "0.75", "step": "19"}]
