@@ -59,7 +59,7 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
     last = Path(last)
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
-    previous, problems = previous_path(last), []
+    previous, problems, chosen = previous_path(last), [], None
     if not last.exists() and previous.exists():
         problems.append(f"{last} is missing (a save was cut off before it finished).")
     for candidate in (c for c in (last, previous) if c.exists()):
@@ -74,17 +74,16 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
             problems.append(f"{candidate} did not load ({first_line(err)}); "
                             f"set aside as {aside}.")
             continue
-        if not problems:
-            return candidate, None
-        note = " ".join([*problems, f"Resumed from the previous checkpoint {candidate} (epoch "
-                         f"{checkpoint.get('epoch', -1)}, global step "
-                         f"{checkpoint.get('global_step', -1)})."])
-        log.warning(note)
-        return candidate, note
+        chosen = candidate
+        break
     if not problems:
-        return None, None
-    log.warning(note := " ".join([*problems, "No checkpoint loads: started over."]))
-    return None, note
+        return chosen, None
+    problems.append("No checkpoint loads: started over." if chosen is None else
+                    f"Resumed from the previous checkpoint {chosen} (epoch "
+                    f"{checkpoint.get('epoch', -1)}, global step "
+                    f"{checkpoint.get('global_step', -1)}).")
+    log.warning(note := " ".join(problems))
+    return chosen, note
 
 
 class StudyCheckpoint(ModelCheckpoint):

@@ -53,11 +53,9 @@ def shown_before(train_log: Path) -> None:
     StudyLines.earlier.update(re.findall(r"\]\[WARNING\] - (.*)", text))
 
 
-class _NoAdverts(logging.Filter):
+def _no_adverts(record: logging.LogRecord) -> bool:
     """Drops Lightning's advertisement for its cloud logger."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip" not in record.getMessage()
+    return "💡 Tip" not in record.getMessage()
 
 
 def quiet_console() -> None:
@@ -67,9 +65,9 @@ def quiet_console() -> None:
     import lightning  # noqa: F401  (its loggers exist once it is imported)
 
     adverts = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if any(isinstance(f, _NoAdverts) for f in adverts.filters):
+    if _no_adverts in adverts.filters:
         return  # once per process: each filterwarnings call resets the "once" registry
-    adverts.addFilter(_NoAdverts())
+    adverts.addFilter(_no_adverts)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:

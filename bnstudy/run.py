@@ -77,11 +77,9 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     validate(cfg)
     check_devices(cfg)
     primary, job, record_path = is_primary(), launcher_job(), out / RECORD_NAME
-    if primary:
-        resume = check_job_dir(cfg, out)
-        previous = RunRecord.read(record_path)
-    else:  # as rank 0 decides: a requeued job's other ranks resume with it
-        previous = RunRecord.read(record_path)
+    resume = check_job_dir(cfg, out) if primary else False
+    previous = RunRecord.read(record_path)
+    if not primary:  # as rank 0 decides: a requeued job's other ranks resume with it
         resume = cfg.resume or (previous is not None and same_job(previous.job, job))
     if resume and previous is not None and previous.finished:
         log.info("%s already finished: skipped", cfg.run_name)
@@ -212,19 +210,27 @@ def discard_untrained(job_dir: Path) -> bool:
     checkpoint), and the empty folders above it; whether it is gone."""
     try:
         record = RunRecord.read(job_dir / RECORD_NAME)
-        entries = list(job_dir.iterdir())
     except (OSError, ValueError):
         return False
-    if (record is not None and record.history) or \
-            any((job_dir / "checkpoints").glob("last.ckpt*")) or \
-            not all(any(entry.match(pattern) for pattern in RUN_FILES) for entry in entries):
+    trained = record is not None and record.history
+    return not trained and not any((job_dir / "checkpoints").glob("last.ckpt*")) and \
+        discard_folder(job_dir, RUN_FILES)
+
+
+def discard_folder(folder: Path, own: tuple[str, ...]) -> bool:
+    """Removes `folder` if its entries all match patterns of `own` (`remove_empty_folder`)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    if not all(any(entry.match(pattern) for pattern in own) for entry in entries):
         return False
     for entry in entries:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-    return remove_empty_folder(job_dir)
+    return remove_empty_folder(folder)
 
 
 def remove_empty_folder(folder: Path) -> bool:

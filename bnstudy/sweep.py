@@ -33,7 +33,7 @@ from bnstudy.records import (
     replace_file,
     sweep_records,
 )
-from bnstudy.run import remove_empty_folder
+from bnstudy.run import discard_folder
 from bnstudy.trackers import uses_tensorboard
 
 log = logging.getLogger("bnstudy")
@@ -124,21 +124,17 @@ class SweepSummary(Callback):
                      "Report (per second of compute, tuning, pictures, every claim): "
                      "python -m bnstudy.report %s", sweep_dir, len(records), lines,
                      f"{answer}\n" if answer else "", sweep_dir, BROWSE_URL, sweep_dir)
-        unfinished, elsewhere = _collect_refusals(), []
+        unfinished, elsewhere, held = _collect_refusals(), [], []
         for job, record in found:
-            if record.finished and job.name in unfinished and \
-                    (job / RECORD_NAME).stat().st_mtime >= self.started:
-                elsewhere.append(job.name)  # refused here, trained meanwhile by another launch
+            if record.finished and job.name in unfinished:  # refused here, yet a result:
+                trained_meanwhile = (job / RECORD_NAME).stat().st_mtime >= self.started
+                (elsewhere if trained_meanwhile else held).append(job.name)  # or before
                 del unfinished[job.name]
             elif not record.finished and job.name not in unfinished:
                 unfinished[job.name] = unfinished_reason(job, record)
         if elsewhere:
             log.info("%d job(s) were in use here and finished by another launch of this sweep "
                      "meanwhile: %s", len(elsewhere), ", ".join(elsewhere))
-        held = sorted((job.name for job, record in found  # refused: finished before this launch
-                       if record.finished and job.name in unfinished), key=job_order)
-        for name in held:
-            del unfinished[name]
         kept = f"{len(held)} job(s) already held a finished run and were left as they are " \
             f"({', '.join(held)}); overwrite=true trains them again." if held else ""
         if not unfinished:
@@ -160,18 +156,7 @@ class SweepSummary(Callback):
 def discard_empty_sweep(sweep_dir: Path) -> bool:
     """Removes a sweep directory no job left a folder in (its own files too: multirun.yaml,
     `+mean/`) and the empty folders above it; anything else keeps it. Whether it is gone."""
-    if not sweep_dir.is_dir():
-        return False
-    entries = list(sweep_dir.iterdir())
-    own = [p for p in entries if p.name == "multirun.yaml" or p.name.startswith(("+", "."))]
-    if len(own) < len(entries):  # a job's folder (or someone else's file)
-        return False
-    for entry in own:
-        if entry.is_dir():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    return remove_empty_folder(sweep_dir)
+    return discard_folder(sweep_dir, ("multirun.yaml", "+*", ".*"))
 
 
 def note_refusal(job_dir: str | Path, message: str, why: str = "refused") -> None:

@@ -1,38 +1,51 @@
-"""Faults injected into real runs by the tests (loaded through Hydra overrides)."""
+"""Faults injected into real runs by the tests (loaded through Hydra overrides), each when
+training's epoch `epoch` starts."""
 
+import errno
+import os
+import signal
 import time
+from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
 
-class InterruptAtEpoch(Callback):
-    """Raises KeyboardInterrupt (as Ctrl-C does) when `epoch` starts; each epoch before it
-    lasts `seconds` longer."""
+class AtEpoch(Callback):
+    """Does `act(trainer)` when `epoch` starts."""
 
-    def __init__(self, epoch: int, seconds: float = 0.0) -> None:
-        self.epoch, self.seconds = epoch, seconds
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
-            raise KeyboardInterrupt
-        time.sleep(self.seconds)
+            self.act(trainer)
 
 
-class DiskFullAtEpoch(Callback):
-    """From the start of `epoch`, writing a run file whose name contains `name` fails with
-    ENOSPC (as on a full disk); the disk is "freed" when the fit ends, so the entry point
-    can record the failure and a sweep's next job runs."""
+class InterruptAtEpoch(AtEpoch):
+    """Raises KeyboardInterrupt (as Ctrl-C does); each epoch before lasts `seconds` longer."""
 
-    def __init__(self, epoch: int, name: str) -> None:
-        self.epoch, self.name = epoch, name
-        self._open = None
+    def __init__(self, epoch: int, seconds: float = 0.0) -> None:
+        super().__init__(epoch)
+        self.seconds = seconds
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        import errno
-        import os
+        super().on_train_epoch_start(trainer, pl_module)
+        time.sleep(self.seconds)
 
-        if trainer.current_epoch != self.epoch or self._open is not None:
-            return
+    def act(self, trainer) -> None:
+        raise KeyboardInterrupt
+
+
+class DiskFullAtEpoch(AtEpoch):
+    """From then on, writing a run file whose name contains `name` fails with ENOSPC (as on a
+    full disk); the disk is "freed" when the fit ends, so the entry point can record the
+    failure and a sweep's next job runs."""
+
+    def __init__(self, epoch: int, name: str) -> None:
+        super().__init__(epoch)
+        self.name, self._open = name, None
+
+    def act(self, trainer) -> None:
         self._open = real_open = os.open
 
         def full_disk(path, *args, **kwargs):
@@ -43,27 +56,33 @@ class DiskFullAtEpoch(Callback):
         os.open = full_disk
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        import os
-
         if self._open is not None:
             os.open, self._open = self._open, None
 
 
-class SignalAtEpoch(Callback):
+class WriteFailsAtEpoch(AtEpoch):
+    """Raises the OSError a library's own write of `<job dir>/<name>` raises on a full disk
+    (ENOSPC), as Lightning's hparams.yaml or TensorBoard's events would."""
+
+    def __init__(self, epoch: int, name: str) -> None:
+        super().__init__(epoch)
+        self.name = name
+
+    def act(self, trainer) -> None:
+        path = os.path.join(trainer.default_root_dir, self.name)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+class SignalAtEpoch(AtEpoch):
     """Sends this process `signal` (default USR2: what submitit's controller sends at a time
-    limit) when `epoch` starts, once: only if `marker` does not exist yet, which it creates,
-    so a requeued job that resumes into `epoch` again trains on."""
+    limit), once: only if `marker` does not exist yet, which it creates, so a requeued job that
+    resumes into `epoch` again trains on."""
 
     def __init__(self, epoch: int, marker: str, signal: str = "SIGUSR2") -> None:
-        self.epoch, self.marker, self.signal = epoch, marker, signal
+        super().__init__(epoch)
+        self.marker, self.signal = marker, signal
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        import os
-        import signal
-        from pathlib import Path
-
-        if trainer.current_epoch != self.epoch:
-            return
+    def act(self, trainer) -> None:
         try:
             Path(self.marker).open("x").close()  # atomic: of two jobs at this epoch, one only
         except FileExistsError:
@@ -71,47 +90,16 @@ class SignalAtEpoch(Callback):
         os.kill(os.getpid(), getattr(signal, self.signal))
 
 
-class PauseAtEpoch(Callback):
-    """When `epoch` starts, creates `<until>.paused` and waits (up to `timeout` s) until the
-    file `until` exists: the test acts on the run at a known point (a second process, a kill)."""
+class PauseAtEpoch(AtEpoch):
+    """Creates `<until>.paused` and waits (up to `timeout` s) until the file `until` exists:
+    the test acts on the run at a known point (a second process, a kill)."""
 
     def __init__(self, epoch: int, until: str, timeout: float = 120) -> None:
-        self.epoch, self.until, self.timeout = epoch, until, timeout
+        super().__init__(epoch)
+        self.until, self.timeout = until, timeout
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        import time
-        from pathlib import Path
-
-        if trainer.current_epoch != self.epoch:
-            return
+    def act(self, trainer) -> None:
         Path(f"{self.until}.paused").touch()
         deadline = time.monotonic() + self.timeout
         while not Path(self.until).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-
-
-class WriteFailsAtEpoch(Callback):
-    """When `epoch` starts, raises the OSError a library's own write of `<job dir>/<name>`
-    raises on a full disk (ENOSPC), as Lightning's hparams.yaml or TensorBoard's events would."""
-
-    def __init__(self, epoch: int, name: str) -> None:
-        self.epoch, self.name = epoch, name
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        import errno
-        import os
-
-        if trainer.current_epoch == self.epoch:
-            path = os.path.join(trainer.default_root_dir, self.name)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-
-
-class BugAtEpoch(Callback):
-    """Raises a RuntimeError (as a bug would) when `epoch` starts."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("a bug")

@@ -130,19 +130,6 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ckpts):
     assert "\n" not in note
 
 
-def test_both_checkpoints_truncated_starts_over_and_keeps_them(ckpts):
-    last, previous = ckpts / "last.ckpt", ckpts / "last.ckpt.prev"
-    (ckpts / "last.ckpt.corrupt").write_bytes(b"set aside by an earlier resume")
-    truncate(last)
-    truncate(previous)
-    chosen, note = resume_checkpoint(last)
-    assert chosen is None and "started over" in note
-    assert (ckpts / "last.ckpt.corrupt").read_bytes() == b"set aside by an earlier resume"
-    assert (ckpts / "last.ckpt.corrupt.1").is_file()
-    assert (ckpts / "last.ckpt.prev.corrupt").is_file()
-    assert f"{last} did not load" in note and f"{previous} did not load" in note
-
-
 def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_path):
     from bnstudy.checkpoints import StudyCheckpoint
 
@@ -172,18 +159,22 @@ class NotAWeight:
 
 def test_a_file_that_is_not_a_lightning_checkpoint_is_set_aside_in_words(tmp_path, caplog):
     """Issue #36 (mutation testing): the exact note, each refusal in one line, logged; a pickle
-    holding code is refused (weights only), and a third file set aside gets `.corrupt.2`."""
+    holding code is refused (weights only); neither loads: started over, and a third file set
+    aside gets `.corrupt.2`, the earlier ones kept."""
     last, previous = tmp_path / "last.ckpt", tmp_path / "last.ckpt.prev"
     torch.save({"epoch": 3}, last)  # no state_dict
     torch.save({"state_dict": {}, "code": NotAWeight()}, previous)
-    for n in ("last.ckpt.corrupt", "last.ckpt.corrupt.1"):
+    for n in ("last.ckpt.corrupt", "last.ckpt.corrupt.1", "last.ckpt.prev.corrupt"):
         (tmp_path / n).write_bytes(b"earlier")
     chosen, note = resume_checkpoint(last)
     assert chosen is None and (tmp_path / "last.ckpt.corrupt.2").is_file()
+    assert {p.name for p in tmp_path.iterdir() if p.read_bytes() == b"earlier"} == \
+        {"last.ckpt.corrupt", "last.ckpt.corrupt.1", "last.ckpt.prev.corrupt"}  # kept as they were
     assert note.startswith(f"{last} did not load (ValueError: not a Lightning checkpoint (no "
                            f"state_dict)); set aside as {tmp_path / 'last.ckpt.corrupt.2'}. "
                            f"{previous} did not load (UnpicklingError: Weights only load failed")
-    assert note.endswith(f"; set aside as {previous}.corrupt. No checkpoint loads: started over.")
+    assert note.endswith(f"; set aside as {previous}.corrupt.1. No checkpoint loads: started "
+                         "over.")
     assert caplog.records[-1].getMessage() == note
 
 

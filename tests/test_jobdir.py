@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from bnstudy.jobdir import (
     LOCK_NAME,
     JobDirBusyError,
     JobDirLock,
+    describe_holder,
     holder,
     is_locked,
     is_requeue,
@@ -21,24 +23,39 @@ from bnstudy.jobdir import (
 )
 
 
-def test_a_second_holder_is_refused_naming_the_first(tmp_path):
-    with JobDirLock(tmp_path) as first:
+def test_a_second_holder_is_refused_naming_the_first_in_full(tmp_path):
+    """The refusal's paragraph word for word; the lock file, made with its folders, names its
+    holder with a time to the second (and is no program: not executable); released, it stays,
+    empty (a process may be opening it), and the lock is free."""
+    import re
+    import stat
+
+    job = tmp_path / "sweep" / "0_mnist"  # not there yet
+    with JobDirLock(job) as first:
         first.acquire("mnist-bn-sgd-seed0")
-        owner = json.loads((tmp_path / LOCK_NAME).read_text())
-        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-        assert owner["run"] == "mnist-bn-sgd-seed0" and owner["since"][:2] == "20"
+        owner = json.loads((job / LOCK_NAME).read_text())
+        assert owner["pid"] == os.getpid() and owner["run"] == "mnist-bn-sgd-seed0"
         with pytest.raises(JobDirBusyError) as refused:  # another open file: another writer
-            JobDirLock(tmp_path).acquire("mnist-bn-sgd-seed0")
-        message = str(refused.value)
-        assert f"{tmp_path} is in use: mnist-bn-sgd-seed0 in process {os.getpid()} on " \
-               f"{socket.gethostname()} since {owner['since']}" in message
-        assert "nothing was changed" in message and "\n" not in message
-        assert holder(tmp_path) == owner and is_locked(tmp_path)
-    # released: the file stays (a process may be opening it), empty, and the lock is free
-    assert (tmp_path / LOCK_NAME).read_bytes() == b"" and holder(tmp_path) == {}
-    assert not is_locked(tmp_path) and not is_locked(tmp_path / "absent")
-    with JobDirLock(tmp_path) as again:
+            JobDirLock(job).acquire("other")
+        assert holder(job) == owner and is_locked(job)
+    assert str(refused.value) == (
+        f"{job} is in use: mnist-bn-sgd-seed0 in process {os.getpid()} on "
+        f"{socket.gethostname()} since {owner['since']} holds its lock ({job / LOCK_NAME}). "
+        "One process at a time trains or rewrites a job directory, so nothing was changed. Wait "
+        "until that run ends (or stop it), then run this command again, with resume=true to "
+        "continue it; to train beside it, choose another hydra.run.dir / hydra.sweep.dir.")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", owner["since"])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((job / LOCK_NAME).stat().st_mode) == 0o666 & ~umask
+    assert (job / LOCK_NAME).read_bytes() == b"" and holder(job) == {}
+    assert not is_locked(job) and not is_locked(tmp_path / "absent")
+    with JobDirLock(job) as again:
         again.acquire("mnist-bn-sgd-seed0")
+    assert describe_holder({}) == \
+        "another process (it has not written its name into the lock file yet)"
+    assert describe_holder({"pid": 7}) == "? in process 7 on ? since ?"
+    assert describe_holder({"run": "r"}) == "r in process ? on ? since ?"
 
 
 def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
@@ -80,44 +97,43 @@ def launcher_env(monkeypatch):
 def test_a_slurm_requeue_keeps_the_job_id_and_counts_a_restart(launcher_env):
     assert launcher_job() is None  # no launcher: never a requeue
     launcher_env.setenv("SLURM_JOB_ID", "1001")
-    launcher_env.setenv("SLURM_ARRAY_JOB_ID", "1000")
+    assert launcher_job() == {"id": "slurm:1001", "restarts": 0}  # not an array job
+    launcher_env.setenv("SLURM_ARRAY_JOB_ID", "1000")  # an array job without its task's id
+    assert launcher_job()["id"] == "slurm:1000_"
     launcher_env.setenv("SLURM_ARRAY_TASK_ID", "3")
     first = launcher_job()
     assert first == {"id": "slurm:1000_3", "restarts": 0}
     assert not is_requeue(first, launcher_job())  # a second srun in the same allocation
     launcher_env.setenv("SLURM_RESTART_COUNT", "1")  # scontrol requeue: the same job again
-    assert is_requeue(first, launcher_job()) and same_job(first, launcher_job())
+    requeued = launcher_job()
+    assert is_requeue(first, requeued) and same_job(first, requeued)
+    assert not is_requeue(requeued, launcher_job())  # a second srun after the requeue
+    launcher_env.setenv("SLURM_RESTART_COUNT", "2")
+    assert is_requeue(requeued, launcher_job())  # requeued again
     launcher_env.setenv("SLURM_ARRAY_TASK_ID", "4")  # another task of the array
     assert not is_requeue(first, launcher_job()) and not same_job(first, launcher_job())
     assert not is_requeue(None, launcher_job())
+    assert not same_job(requeued, None) and not same_job(None, requeued)
 
 
-def test_a_submitit_local_requeue_is_the_same_controller(launcher_env):
-    launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
-    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))  # a live process: its start
-    job = launcher_job()
-    assert job["id"].startswith(f"submitit-local:{socket.gethostname()}:{os.getpid()}:")
-    assert not job["id"].endswith(":?")
-    assert is_requeue(job, launcher_job())
-    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
-    assert not is_requeue(job, launcher_job())
-    launcher_env.setenv("SUBMITIT_EXECUTOR", "slurm")  # not its local executor: no launcher job
-    assert launcher_job() is None
-
-
-def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch, caplog):
-    import errno
+@pytest.mark.parametrize("error, reason", [
+    (OSError(errno.ENOLCK, os.strerror(errno.ENOLCK)), "No locks available"),  # Lustre, no flock
+    (OSError("locks are off here"), "locks are off here"),  # no errno: its own words
+])
+def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch, caplog, error,
+                                                          reason):
     import fcntl
 
     def no_locks(fd, operation):
-        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        raise error
 
-    monkeypatch.setattr(fcntl, "flock", no_locks)  # as on Lustre mounted without -o flock
+    monkeypatch.setattr(fcntl, "flock", no_locks)
     with JobDirLock(tmp_path) as lock:
         lock.acquire("mnist-bn-sgd-seed0")
-    assert f"Could not lock {tmp_path / LOCK_NAME} (No locks available): " in caplog.text
-    assert "nothing stops a second process" in caplog.text
-    assert holder(tmp_path) == {}
+    assert caplog.messages == [
+        f"Could not lock {tmp_path / LOCK_NAME} ({reason}): this filesystem has no "
+        f"flock, so nothing stops a second process from writing {tmp_path} at the same time."]
+    assert holder(tmp_path) == {} and not is_locked(tmp_path)  # the file is there, untried
 
 
 def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path):
@@ -135,72 +151,27 @@ def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path
         assert config_subdir(str(tmp_path), True) is None
 
 
-def test_the_refusal_and_the_lock_file_say_who_holds_it_in_full(tmp_path):
-    """The refusal's paragraph word for word; the lock file, made with its folders, names its
-    holder with a time to the second (and is no program: not executable)."""
-    import re
-    import stat
-
-    from bnstudy.jobdir import describe_holder
-
-    job = tmp_path / "sweep" / "0_mnist"  # not there yet
-    with JobDirLock(job) as first:
-        first.acquire("mnist-bn-sgd-seed0")
-        owner = holder(job)
-        with pytest.raises(JobDirBusyError) as refused:
-            JobDirLock(job).acquire("other")
-    assert str(refused.value) == (
-        f"{job} is in use: mnist-bn-sgd-seed0 in process {os.getpid()} on "
-        f"{socket.gethostname()} since {owner['since']} holds its lock ({job / LOCK_NAME}). "
-        "One process at a time trains or rewrites a job directory, so nothing was changed. Wait "
-        "until that run ends (or stop it), then run this command again, with resume=true to "
-        "continue it; to train beside it, choose another hydra.run.dir / hydra.sweep.dir.")
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", owner["since"])
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE((job / LOCK_NAME).stat().st_mode) == 0o666 & ~umask
-    assert describe_holder({}) == \
-        "another process (it has not written its name into the lock file yet)"
-    assert describe_holder({"pid": 7}) == "? in process 7 on ? since ?"
-    assert describe_holder({"run": "r"}) == "r in process ? on ? since ?"
-
-
-def test_a_lock_error_without_an_errno_is_named_and_no_lock_is_seen(tmp_path, monkeypatch,
-                                                                    caplog):
-    import fcntl
-
-    def no_locks(fd, operation):
-        raise OSError("locks are off here")
-
-    monkeypatch.setattr(fcntl, "flock", no_locks)
-    JobDirLock(tmp_path).acquire("mnist-bn-sgd-seed0")
-    assert caplog.messages == [
-        f"Could not lock {tmp_path / LOCK_NAME} (locks are off here): this filesystem has no "
-        f"flock, so nothing stops a second process from writing {tmp_path} at the same time."]
-    assert not is_locked(tmp_path)  # the lock file is there, but cannot be tried
-
-
-def test_a_plain_slurm_job_and_a_second_srun_after_a_requeue(launcher_env):
-    launcher_env.setenv("SLURM_JOB_ID", "1001")
-    assert launcher_job() == {"id": "slurm:1001", "restarts": 0}  # not an array job
-    launcher_env.setenv("SLURM_RESTART_COUNT", "1")
-    requeued = launcher_job()
-    assert not is_requeue(requeued, launcher_job())  # a second srun after the requeue
-    launcher_env.setenv("SLURM_RESTART_COUNT", "2")
-    assert is_requeue(requeued, launcher_job())  # requeued again
-    assert not same_job(requeued, None) and not same_job(None, requeued)
-    launcher_env.setenv("SLURM_ARRAY_JOB_ID", "1000")  # an array job without its task's id
-    assert launcher_job()["id"] == "slurm:1000_"
-
-
 def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path):
-    """Its controller's start in ticks since boot (a later process given its pid is another
-    job), later for a process started later; a pid that is not running: '?'."""
+    """A submitit local requeue is the same controller, named by its start in ticks since boot
+    (a later process given its pid is another job), later for a process started later; a pid
+    that is not running: '?'."""
     import shutil
     import subprocess
 
     from bnstudy.jobdir import _started
 
+    launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
+    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))  # a live process: its start
+    job = launcher_job()
+    assert job["id"] == f"submitit-local:{socket.gethostname()}:{os.getpid()}:" \
+        f"{_started(str(os.getpid()))}" and not job["id"].endswith(":?")
+    assert is_requeue(job, launcher_job())
+    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
+    assert not is_requeue(job, launcher_job())
+    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", "999999999")
+    assert launcher_job()["id"] == f"submitit-local:{socket.gethostname()}:999999999:?"
+    launcher_env.setenv("SUBMITIT_EXECUTOR", "slurm")  # not its local executor: no launcher job
+    assert launcher_job() is None
     odd = tmp_path / "x) y"  # a program name holding ") ": /proc's stat shows it as it is
     odd.symlink_to(shutil.which("sleep"))
     children = [subprocess.Popen([str(odd), "30"]), subprocess.Popen(["sleep", "30"])]
@@ -211,6 +182,3 @@ def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path
         for child in children:
             child.kill()
             child.wait()
-    launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
-    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", "999999999")
-    assert launcher_job()["id"] == f"submitit-local:{socket.gethostname()}:999999999:?"

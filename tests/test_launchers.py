@@ -395,30 +395,3 @@ def test_a_job_killed_without_a_result_is_named_in_the_summary(tiny_data, tmp_pa
         "no result after 1 epoch(s), its record says running\n" in proc.stderr
     assert kept not in proc.stderr.split("did not finish")[1]
     assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr.splitlines()[-1]
-
-
-def test_a_requeued_job_shows_a_warning_once_and_lightnings_srun_notice_not_at_all(tmp_path,
-                                                                                  monkeypatch):
-    """Issue #34, quiet on a cluster: a warning that an earlier attempt of a requeued job wrote
-    to its train.log (the subset's checksum warning) is not shown again, and Lightning's srun
-    notice (a submitit_local sweep on a machine with SLURM) goes to train.log only."""
-    import logging
-
-    from bnstudy.console import StudyLines, shown_before
-
-    monkeypatch.setattr(StudyLines, "shown", set())
-    monkeypatch.setattr(StudyLines, "earlier", set())
-
-    def shows(message: str) -> bool:
-        return StudyLines().filter(logging.LogRecord("py.warnings", logging.WARNING, __file__, 1,
-                                                     message, None, None))
-
-    assert not shows("slurm.py:204: PossibleUserWarning: The `srun` command is available on "
-                     "your system but is not used. HINT: If your intention is to run Lightning")
-    checksums = "data/cifar-10-batches-py does not match the official checksums: a subset"
-    (tmp_path / "train.log").write_text(
-        f"[2026-12-04 23:00:00,000][bnstudy][INFO] - cifar10-bn: training\n"
-        f"[2026-12-04 23:00:01,000][bnstudy][WARNING] - {checksums}\n")
-    shown_before(tmp_path / "train.log")
-    assert not shows(checksums)
-    assert shows("another warning") and not shows("another warning")  # once per process

@@ -63,12 +63,8 @@ def test_a_failed_write_keeps_the_old_record_and_says_what_to_do(tmp_path, monke
     assert message.startswith(f"Could not write {path}: No space left on device.")
     assert "free space, or point hydra.run.dir / hydra.sweep.dir at another disk" in message
     assert "run the same command with resume=true" in message and "\n" not in message
-
-
-def test_a_file_where_the_runs_folder_should_be_is_the_write_errors_paragraph(tmp_path):
-    (tmp_path / "job").write_text("")  # not a folder
     with pytest.raises(RunFileError, match=r"^Could not write .*job/metrics.json: "):
-        RunRecord().write(tmp_path / "job" / "metrics.json")
+        RunRecord().write(tmp_path / "metrics.json" / "job" / "metrics.json")  # a file: no folder
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
@@ -87,7 +83,8 @@ def test_run_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
 
 def test_a_write_error_names_the_file_whatever_the_library_gave():
     """TensorBoard's event writer names its file in bytes; a data file that cannot be read
-    (outside the job directory, no permission) is not a write error."""
+    (outside the job directory, no permission) is not a write error; an error without an
+    errno is said in its own words."""
     events = b"/runs/job/events.out.tfevents.1.vm.2.0"
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), events)
     assert write_error(full, "/runs/job").startswith(
@@ -98,9 +95,6 @@ def test_a_write_error_names_the_file_whatever_the_library_gave():
     assert write_error(ValueError("not an OSError"), "/runs/job") is None
     unnamed = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no file named: the job's
     assert write_error(unnamed, "/runs/job").startswith("Could not write /runs/job: No space")
-
-
-def test_a_write_error_without_an_errno_is_said_in_its_own_words():
     assert describe_write_error(OSError("the disk said no"), "job/metrics.json") == (
         "Could not write job/metrics.json: the disk said no. A run file is replaced only once "
         "its new version is complete, so the run's previous checkpoint and metrics.json are "

@@ -27,27 +27,35 @@ def without_time(record: RunRecord) -> tuple[list, dict]:
     return [{k: v for k, v in row.items() if k != "time_s"} for row in record.history], record.test
 
 
-def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(tiny_data,
-                                                                               tmp_path, caplog):
+def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
+        tiny_data, tmp_path, caplog):
+    """The record, the curves and the settings as TensorBoard types, and `test_correct.npy`:
+    whether the final model classifies each test image correctly, in the test set's order, its
+    mean the record's test acc; `load_runs` gives it as the column `test_correct`, None for a
+    job without the file."""
     import logging
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
+    from bnstudy.data import MNISTDataModule
+    from bnstudy.model import Classifier
+    from bnstudy.report.runs import load_runs
+
+    job = tmp_path / "0_tested"
     with caplog.at_level(logging.INFO):
-        record = train_run(tiny_data, tmp_path, "dataset.lr=0.1", "seed=2")
-    assert record.run_name == "mnist-bn-sgd-seed2-lr=0.1-max_epochs=1"
-    assert f"{record.run_name}: training 1 epochs into {tmp_path}" in caplog.messages
+        record = train_run(tiny_data, job, "dataset.lr=0.002", "seed=2")
+    assert record.run_name == "mnist-bn-sgd-seed2-lr=0.002-max_epochs=1"
+    assert f"{record.run_name}: training 1 epochs into {job}" in caplog.messages
     assert "Seed set to" not in caplog.text  # Lightning's line, not the study's
-    assert record == RunRecord.read(tmp_path) and record.status == "ok"
+    assert record == RunRecord.read(job) and record.status == "ok"
     assert record.test["loss"] > 0 and record.test["acc"] == record.test_acc
     (row,) = record.history
     for key in CURVES:
-        assert [v for _, v in scalars(tmp_path, key)] == [pytest.approx(row[key])], key
-    assert row["train/acc"] != row["val/acc"] and 0 <= record.test_acc <= 1
+        assert [v for _, v in scalars(job, key)] == [pytest.approx(row[key])], key
+    assert row["train/acc"] != row["val/acc"]
     assert record.epochs_trained == 1 and record.wall_time_s > 0 and record.torch_threads == 1
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    content = EventAccumulator(str(tmp_path)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
+    content = EventAccumulator(str(job)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
     hparams = metadata.parse_session_start_info_plugin_data(
         content[metadata.SESSION_START_INFO_TAG]).hparams
     numbers = ("seed", "max_epochs", "lr", "batch_size", "hidden_dim", "depth")
@@ -57,22 +65,11 @@ def test_a_run_records_each_splits_values_and_its_settings_as_tensorboard_types(
     assert {hparams[k].WhichOneof("kind") for k in ("dataset", "norm", "optim")} == \
         {"string_value"}
     assert metadata.EXPERIMENT_TAG in content  # a single run writes its experiment itself
-
-
-def test_a_tested_run_keeps_each_test_images_hit_beside_its_record(tiny_data, tmp_path):
-    """`test_correct.npy`: whether the final model classifies each test image correctly, in the
-    test set's order (a model of steps_per_call 16), its mean the record's test acc; `load_runs`
-    gives it as the column `test_correct`, None for a job without the file."""
-    from bnstudy.data import MNISTDataModule
-    from bnstudy.model import Classifier
-    from bnstudy.report.runs import load_runs
-
-    record = train_run(tiny_data, tmp_path / "0_tested", "dataset.lr=1e-4")
-    correct = np.load(tmp_path / "0_tested" / "test_correct.npy")
+    correct = np.load(job / "test_correct.npy")
     assert correct.dtype == bool and correct.shape == (200,)  # tiny MNIST's test images
     assert 0.2 < correct.mean() < 0.8  # hits and misses both: their order is checked below
     assert correct.mean() == pytest.approx(record.test_acc, abs=1e-6)
-    model = Classifier.load_from_checkpoint(tmp_path / "0_tested" / "checkpoints" / "last.ckpt")
+    model = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt")
     data = MNISTDataModule(tiny_data, download=False)
     data.setup("test")
     with torch.no_grad():
@@ -148,36 +145,6 @@ def test_a_full_disk_fails_the_run_in_one_paragraph_and_its_command_resumes(
     assert resumed.status == "ok" and len(resumed.history) == 2
 
 
-def test_a_mistake_found_before_training_leaves_no_folder_but_a_bug_keeps_its_traceback(
-        tiny_data, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(RunEnded, match="dataset.batch_size=0 is out of range") as ended:
-        train_run(tiny_data, Path("outputs/runs/now"), "dataset.batch_size=0")
-    assert ended.value.status == "discarded"
-    assert list(tmp_path.iterdir()) == []  # the run folder and its empty parents are gone
-    with pytest.raises(RunEnded, match="RuntimeError: a bug") as ended:  # a bug: kept, to debug
-        train_run(tiny_data, Path("outputs/runs/now"), "+callbacks.bug.epoch=0",
-                  "+callbacks.bug._target_=tests.faults.BugAtEpoch")
-    record = RunRecord.read("outputs/runs/now")
-    assert ended.value.status == record.status == "failed" and ended.value.trace
-    assert "Traceback" in record.traceback and "Resume with: " in record.error
-
-
-def test_a_failed_run_that_saved_a_checkpoint_is_kept(tmp_path):
-    """Issue #36: a run that failed after `last.ckpt` was saved keeps it to resume from."""
-    for job in (tmp_path / "saved", tmp_path / "untrained"):
-        (job / ".hydra").mkdir(parents=True)
-        RunRecord(status="failed", error="boom").write(job / "metrics.json")
-    (tmp_path / "saved" / "checkpoints").mkdir()
-    (tmp_path / "saved" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
-    assert not discard_untrained(tmp_path / "saved")
-    assert (tmp_path / "saved" / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
-    (tmp_path / "untrained" / "notes.txt").write_text("not a run's file")
-    assert not discard_untrained(tmp_path / "untrained")  # someone else's file: kept
-    (tmp_path / "untrained" / "notes.txt").unlink()
-    assert discard_untrained(tmp_path / "untrained") and not (tmp_path / "untrained").exists()
-
-
 def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
     record = train_run(tiny_data, tmp_path, "norm=none", "dataset.lr=1e12",
                        "trainer.max_epochs=3")
@@ -228,12 +195,26 @@ def test_a_job_directory_in_use_is_refused_and_left_as_it_was(tiny_data, stored_
 
 def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_the_run(
         stored_job):
-    with pytest.raises(RunExistsError, match="already holds a run .status interrupted.; nothing "
-                                             "was changed. Add resume=true"):
+    """The two refusals word for word; a resume without a stored config is not compared."""
+    with pytest.raises(RunExistsError) as refused:
         check_job_dir(job_cfg(stored_job), stored_job)
+    assert str(refused.value) == (
+        f"{stored_job} already holds a run (status interrupted); nothing was changed. Add "
+        "resume=true to continue an unfinished run and skip finished ones, overwrite=true to "
+        "train it again from scratch (its results are replaced), or choose another "
+        "hydra.run.dir / hydra.sweep.dir.")
     assert check_job_dir(job_cfg(stored_job, "resume=true", "threads=1", "logger=csv",
                                  "~callbacks.hallucinations", "trainer.enable_progress_bar=false"),
                          stored_job) is True  # other bookkeeping and observers: goes on
+    with pytest.raises(RunExistsError) as refused:
+        check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job)
+    assert str(refused.value) == (
+        f"resume=true, but {stored_job} was run with other settings: dataset.datamodule.seed: "
+        "0 -> 1; seed: 0 -> 1. Resume with "
+        "the original command (plus resume=true), or start a new run in another directory "
+        "(hydra.run.dir=... or hydra.sweep.dir=...).")
+    (stored_job / ".hydra" / "config.yaml").unlink()
+    assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
     assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
 
@@ -263,20 +244,37 @@ SLURM_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM
              "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID")
 
 
-def test_a_slurm_requeue_resumes_untold_and_a_second_srun_is_refused(stored_job, monkeypatch):
-    """Issue #36: the record names SLURM job 1000_3 before any restart; SLURM requeued it
-    (SLURM_RESTART_COUNT=1): it resumes without resume=true."""
+def slurm_job(monkeypatch, restarts: int | None) -> None:
+    """The environment of SLURM's array task 1000_3 (job 1001), restarted `restarts` times."""
     for name in SLURM_ENV:
         monkeypatch.delenv(name, raising=False)
+    for name, value in (("SLURM_JOB_ID", "1001"), ("SLURM_ARRAY_JOB_ID", "1000"),
+                        ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_RESTART_COUNT", restarts)):
+        if value is not None:
+            monkeypatch.setenv(name, str(value))
+
+
+def test_a_slurm_requeue_resumes_untold_and_a_second_srun_is_refused(stored_job, monkeypatch,
+                                                                     caplog):
+    """Issue #36: the record names SLURM job 1000_3 before any restart; SLURM requeued it
+    (SLURM_RESTART_COUNT=1): it resumes without resume=true, and says so in the log."""
+    import logging
+
     RunRecord.update(stored_job / "metrics.json", job={"id": "slurm:1000_3", "restarts": 0})
-    monkeypatch.setenv("SLURM_JOB_ID", "1001")
-    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1000")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    slurm_job(monkeypatch, None)
     with pytest.raises(RunExistsError, match="already holds a run"):  # the same start again
         check_job_dir(job_cfg(stored_job), stored_job)
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert check_job_dir(job_cfg(stored_job), stored_job) is True
+    slurm_job(monkeypatch, 1)
+    with caplog.at_level(logging.INFO, logger="bnstudy"):
+        assert check_job_dir(job_cfg(stored_job), stored_job) is True
+    assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
+           "interrupted): resuming" in caplog.messages
     assert (stored_job / "checkpoints" / "last.ckpt").is_file()
+    slurm_job(monkeypatch, None)
+    for name in ("checkpoints", "images"):
+        shutil.rmtree(stored_job / name)  # none to clear: not an error
+    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
+    assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
 
 
 @pytest.mark.parametrize("shown", [True, False])
@@ -288,54 +286,6 @@ def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, 
                          "callbacks.progress_bar.refresh_rate=7")
     bar = build(cfg)[2].progress_bar_callback
     assert (bar.refresh_rate == 7) if shown else bar is None
-
-
-def test_a_rerun_refused_and_a_changed_resume_are_said_in_full(stored_job, caplog):
-    """The two refusals word for word; a resume without a stored config is not compared; a
-    requeue says so in the log."""
-    with pytest.raises(RunExistsError) as refused:
-        check_job_dir(job_cfg(stored_job), stored_job)
-    assert str(refused.value) == (
-        f"{stored_job} already holds a run (status interrupted); nothing was changed. Add "
-        "resume=true to continue an unfinished run and skip finished ones, overwrite=true to "
-        "train it again from scratch (its results are replaced), or choose another "
-        "hydra.run.dir / hydra.sweep.dir.")
-    with pytest.raises(RunExistsError) as refused:
-        check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job)
-    assert str(refused.value) == (
-        f"resume=true, but {stored_job} was run with other settings: dataset.datamodule.seed: "
-        "0 -> 1; seed: 0 -> 1. Resume with "
-        "the original command (plus resume=true), or start a new run in another directory "
-        "(hydra.run.dir=... or hydra.sweep.dir=...).")
-    (stored_job / ".hydra" / "config.yaml").unlink()
-    assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
-
-
-def slurm_job(monkeypatch, restarts: int | None) -> None:
-    """The environment of SLURM's array task 1000_3 (job 1001), restarted `restarts` times."""
-    for name in SLURM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in (("SLURM_JOB_ID", "1001"), ("SLURM_ARRAY_JOB_ID", "1000"),
-                        ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_RESTART_COUNT", restarts)):
-        if value is not None:
-            monkeypatch.setenv(name, str(value))
-
-
-def test_a_requeue_is_logged_and_overwrite_clears_a_run_that_saved_nothing(stored_job,
-                                                                          monkeypatch, caplog):
-    import logging
-
-    RunRecord.update(stored_job / "metrics.json", job={"id": "slurm:1000_3", "restarts": 0})
-    slurm_job(monkeypatch, 1)
-    with caplog.at_level(logging.INFO, logger="bnstudy"):
-        assert check_job_dir(job_cfg(stored_job), stored_job) is True
-    assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
-           "interrupted): resuming" in caplog.messages
-    slurm_job(monkeypatch, None)  # the record's own start again: not a requeue
-    for name in ("checkpoints", "images"):
-        shutil.rmtree(stored_job / name)  # none to clear: not an error
-    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
-    assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
 
 
 def test_only_rank_0_writes_the_runs_files(monkeypatch):
@@ -437,18 +387,23 @@ def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
 
 
 def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
-    """Nothing to read, an unreadable record, an epoch trained: kept; a linked folder is
-    unlinked, not emptied; only the empty folders inside the working directory go."""
+    """Nothing to read, an unreadable record, an epoch trained, a checkpoint saved (issue #36:
+    to resume from), someone else's file: kept; a linked folder is unlinked, not emptied; only
+    the empty folders inside the working directory go."""
     from bnstudy.run import remove_empty_folder
 
     assert not discard_untrained(tmp_path / "absent")
     job = tmp_path / "work" / "runs" / "job"
-    (job / ".hydra").mkdir(parents=True)
+    (job / "checkpoints").mkdir(parents=True)
     (job / "metrics.json").write_text("{")
     assert not discard_untrained(job)
     RunRecord(status="failed", history=[{"epoch": 0}]).write(job / "metrics.json")
     assert not discard_untrained(job) and (job / "metrics.json").is_file()
     RunRecord(status="failed").write(job / "metrics.json")
+    for kept in ("checkpoints/last.ckpt", "notes.txt"):  # a checkpoint; not a run's file
+        (job / kept).write_bytes(b"kept")
+        assert not discard_untrained(job) and (job / kept).read_bytes() == b"kept"
+        (job / kept).unlink()
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "kept.png").write_bytes(b"png")
     (job / "images").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
@@ -553,9 +508,9 @@ def test_discarding_goes_on_past_a_file_gone_or_one_that_cannot_go(tmp_path, mon
     assert discard_untrained(job) and not job.exists()  # train.log: listed, already gone
 
 
-def test_a_bug_before_the_record_is_recorded_under_the_runs_name(tmp_path):
-    """A failure before the run wrote its record (a bug: kept, with its traceback) still names
-    the run in the record the summary reads."""
+def test_a_bug_keeps_its_folder_and_traceback_under_the_runs_name(tmp_path):
+    """A bug (not a mistake the user can fix) fails the run, its folder kept to debug, its
+    record, even one not written yet, naming the run for the summary."""
     from bnstudy.run import _ended
 
     try:
@@ -565,7 +520,8 @@ def test_a_bug_before_the_record_is_recorded_under_the_runs_name(tmp_path):
     record = RunRecord.read(tmp_path)
     assert ended.status == record.status == "failed" and record.run_name == "mnist-bn-sgd-seed0"
     assert record.error.startswith("RuntimeError: a bug Resume with: python -m bnstudy.train ")
-    assert record.traceback == ended.trace and "raise RuntimeError" in record.traceback
+    assert record.traceback == ended.trace and "Traceback" in record.traceback
+    assert "raise RuntimeError" in record.traceback
 
 
 def test_a_run_names_itself_in_its_lock_while_it_trains(tmp_path, monkeypatch):

@@ -14,9 +14,22 @@ from bnstudy.sweep import REFUSALS_ENV, SweepSummary, local_requeue_limit, note_
 
 
 @pytest.fixture
-def sweep_summary():
-    """The sweep's summary callback as Hydra calls it (start, then end), in this process."""
-    yield SweepSummary()
+def sweep_summary(tmp_path):
+    """The sweep's summary callback of a sweep in tmp_path, in this process, as Hydra calls it:
+    started; its `end()` returns the message it exits with (None: it returns, exit status 0)."""
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+
+    def end() -> str | None:
+        try:
+            summary.on_multirun_end(config)
+        except SystemExit as exit_:
+            return str(exit_.code)
+        return None
+
+    summary.end = end
+    yield summary
     os.environ.pop(REFUSALS_ENV, None)
 
 
@@ -29,19 +42,15 @@ def sweep_summary():
     ("refused", "refused: it was in use"),  # told by the job's process, wherever it ran
 ])
 def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, sweep_summary):
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    sweep_summary.on_multirun_start(config)
     done = write_job(tmp_path, [0.5, 0.6])
     job = write_job(tmp_path, [0.4, 0.5], status="running" if status == "refused" else status,
                     error="ValueError: boom" if status == "failed" else None, seed=1)
     if status == "refused":  # an unfinished run in use by another process
         note_refusal(job, "it was in use")
+    message = sweep_summary.end()
     if reason is None:
-        sweep_summary.on_multirun_end(config)  # returns: exit status 0
+        assert message is None  # exit status 0
         return
-    with pytest.raises(SystemExit) as ended:
-        sweep_summary.on_multirun_end(config)
-    message = str(ended.value.code)
     assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
     assert f"\n  {job.name}: {reason}" in message and done.name not in message
     assert f"resume=true hydra.sweep.dir={tmp_path}" in message
@@ -53,16 +62,12 @@ def test_a_finished_run_refused_again_is_kept_and_named_as_such(also_unfinished,
                                                                 sweep_summary):
     """The same sweep launched again without resume=true: a job that already held a finished
     run is refused, said to be kept (not "did not finish"), and the exit status is 1."""
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    sweep_summary.on_multirun_start(config)
     held = write_job(tmp_path, [0.5, 0.6])
     note_refusal(held, "it already holds a run (status ok)")
     os.utime(held / "metrics.json", (sweep_summary.started - 60,) * 2)  # from before
     if also_unfinished:
         stopped = write_job(tmp_path, [0.4], status="interrupted", seed=1)
-    with pytest.raises(SystemExit) as ended:
-        sweep_summary.on_multirun_end(config)
-    message = str(ended.value.code)
+    message = sweep_summary.end()
     kept = f"1 job(s) already held a finished run and were left as they are ({held.name}); " \
         "overwrite=true trains them again."
     if also_unfinished:
@@ -76,16 +81,13 @@ def test_jobs_a_second_launch_finished_meanwhile_are_results(tmp_path, sweep_sum
     """The sweep launched twice: each refuses the jobs the other holds, which the other then
     finishes; neither counts those as unfinished (a job still in use does count)."""
     caplog.set_level("INFO", logger="bnstudy")
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    sweep_summary.on_multirun_start(config)
     finished = write_job(tmp_path, [0.5, 0.6])
     running = write_job(tmp_path, [0.4], status="running", seed=1)
     for job in (finished, running):
         note_refusal(job, f"{job} is in use")
-    with pytest.raises(SystemExit) as ended:
-        sweep_summary.on_multirun_end(config)
-    assert str(ended.value.code).startswith(f"1 job(s) of {tmp_path} did not finish")
-    assert f"\n  {running.name}: refused: " in str(ended.value.code)
+    message = sweep_summary.end()
+    assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
+    assert f"\n  {running.name}: refused: " in message
     assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
 
 
@@ -149,8 +151,6 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
     pytest.importorskip("submitit")
     from bnstudy.sweep import collect_jobs
 
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
-    sweep_summary.on_multirun_start(config)
     done = write_job(tmp_path, [0.5, 0.6])
     cancelled = write_job(tmp_path, [0.4, 0.5], status="interrupted", seed=1)
     never = tmp_path / "2_mnist-bn-sgd-seed2"  # cancelled before it started: no folder
@@ -161,9 +161,7 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
                            names.__getitem__, tmp_path, poll_s=0)
     assert returns[0] == "its record"
     assert {r.return_value.status for r in returns[1:]} == {"interrupted"}
-    with pytest.raises(SystemExit) as ended:
-        sweep_summary.on_multirun_end(config)
-    message = str(ended.value.code)
+    message = sweep_summary.end()
     assert message.startswith(f"3 job(s) of {tmp_path} did not finish")
     assert "\n  3_mnist-bn-sgd-seed3: failed in its process: ValueError: boom: no result " \
         "before its run started\n" in message
@@ -194,6 +192,7 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
     pytest.importorskip("submitit")
     from bnstudy import sweep
 
+    done = write_job(tmp_path, [0.5, 0.6])
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool, script in (("sacct", "echo 'Slurm accounting storage is disabled' >&2; exit 1"),
@@ -202,16 +201,10 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
-    sweep_summary.on_multirun_start(config)
-    done = write_job(tmp_path / "sweep", [0.5, 0.6])
     sweep.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
-                       [done.name, "1_mnist-bn-sgd-seed1"].__getitem__, tmp_path / "sweep",
-                       poll_s=0)
+                       [done.name, "1_mnist-bn-sgd-seed1"].__getitem__, tmp_path, poll_s=0)
     notes = [r.getMessage() for r in caplog.records if "no job accounting" in r.getMessage()]
     assert notes == ["This cluster has no job accounting (sacct does not answer): job states "
                      "come from result files and squeue only."]
-    with pytest.raises(SystemExit) as ended:
-        sweep_summary.on_multirun_end(config)
     assert "\n  1_mnist-bn-sgd-seed1: left the queue (state unknown without sacct): no result " \
-        "before its run started\n" in str(ended.value.code)
+        "before its run started\n" in sweep_summary.end()

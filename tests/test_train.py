@@ -54,7 +54,6 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
         assert proc.returncode == 1 and message in proc.stderr
         assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
         assert "Browse" not in proc.stdout + proc.stderr  # no folder to browse
-    if override == "dataset=imagenet":
         assert "Available options in 'dataset'" in proc.stderr and "cifar10" in proc.stderr
 
 
@@ -125,13 +124,11 @@ def test_a_sweep_whose_every_job_fails_keeps_nothing_and_names_no_resume(tiny_da
 @pytest.mark.slow
 def test_pythons_warnings_go_to_the_log_and_routine_ones_stay_off_the_console(tiny_data,
                                                                                tmp_path):
-    """In a fresh interpreter (pytest records warnings itself): Lightning warns that a resumed
-    run's checkpoints/ exists; train.log keeps it, the console does not show it."""
-    common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-              f"hydra.run.dir={tmp_path}")
-    run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
-              "+callbacks.stop.epoch=1")
-    proc = fresh_train(*common, "resume=true")
+    """In a fresh interpreter (pytest records warnings itself): Lightning warns that the run's
+    checkpoints/ exists (as on a resume); train.log keeps it, the console does not show it."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "notes.txt").write_text("not empty")
+    proc = fresh_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "exists and is not empty" not in proc.stdout + proc.stderr
     assert "exists and is not empty" in (tmp_path / "train.log").read_text()
@@ -147,12 +144,10 @@ def test_an_interrupted_sweep_resumes_skipping_finished_jobs_and_diverged_is_a_r
     assert interrupted.returncode != 0
     (first,) = sweep_jobs(tmp_path)
     assert read_record(first)["status"] == "interrupted"
-    epoch0 = read_record(first)["history"]
     resumed = run_train(*common, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]  # diverged jobs are results
     records = [read_record(job) for job in sweep_jobs(tmp_path)]
     assert sorted(r["status"] for r in records) == ["diverged", "diverged", "ok", "ok"]
-    assert records[0]["history"][:1] == epoch0  # continued from the checkpoint, not redone
     again = run_train(*common, "resume=true")
     assert again.returncode == 0 and again.stderr.count("already finished") == 4
 
@@ -189,11 +184,10 @@ def test_which_experiments_are_sweeps_a_single_run_warns_about(experiment, warne
 
 @pytest.mark.slow
 def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
-    for experiment, warned in (("lr_sweep", True), ("lr0.01", False)):
-        proc = run_train(*FAST, f"paths.data_dir={tiny_data}", f"experiment={experiment}",
-                         "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path / experiment}")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert ("is a sweep, but without -m" in proc.stderr) == warned
+    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "experiment=lr_sweep",
+                     "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "experiment=lr_sweep is a sweep, but without -m" in proc.stderr
 
 
 @pytest.mark.slow
@@ -225,27 +219,6 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     assert (tmp_path / "images" / "weights_final.png").is_file()
 
 
-@pytest.fixture
-def paused(tiny_data, tmp_path):
-    """(job, go, process): a run in a process of its own, paused when its epoch 1 starts until
-    `go` exists (killed at the end if still running)."""
-    from pathlib import Path
-
-    job, go = tmp_path / "job", tmp_path / "go"
-    proc = start_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
-                       "trainer.limit_train_batches=2", "~callbacks.hallucinations",
-                       f"hydra.run.dir={job}", f"+callbacks.pause.until={go}",
-                       "+callbacks.pause._target_=tests.faults.PauseAtEpoch",
-                       "+callbacks.pause.epoch=1")
-    try:
-        wait_for_file(Path(f"{go}.paused"), proc)
-        yield job, go, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=60)
-
-
 def snapshot(job) -> dict[str, bytes]:
     """Every file of a job directory by relative path, but the events."""
     return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
@@ -253,35 +226,43 @@ def snapshot(job) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_a_second_process_is_refused_and_the_first_trains_on_alone(paused, tiny_data):
-    import socket
-
-    job, go, first = paused
-    before = snapshot(job)
-    for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
-        second = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
-                           f"hydra.run.dir={job}", how)
-        assert second.returncode == 1 and f"{job} is in use: " in second.stderr
-        assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
-    assert snapshot(job) == before
-    go.touch()
-    _, stderr = first.communicate(timeout=300)
-    assert first.returncode == 0, stderr[-2000:]
-    assert {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")} == {str(first.pid)}
-
-
-@pytest.mark.slow
-def test_a_killed_run_leaves_no_lock_in_the_way_of_its_resume(paused, tiny_data):
+def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(tiny_data,
+                                                                              tmp_path):
+    """A run in a process of its own, paused as epoch 1 starts: a second process (resume,
+    rewrite, rerun) is refused naming it and changes nothing, and the first trains on alone;
+    killed as epoch 2 starts (SIGKILL: no handler runs), its lock does not stop the resume."""
     import signal
+    import socket
 
     from bnstudy.jobdir import holder
 
-    job, _, killed = paused
-    killed.send_signal(signal.SIGKILL)  # no handler runs: the record still says running
-    killed.communicate(timeout=60)
-    assert read_record(job)["status"] == "running" and holder(job)["pid"] == killed.pid
-    resumed = run_train(*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3",
-                        f"hydra.run.dir={job}", "resume=true")
+    job = tmp_path / "job"
+    common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3", f"hydra.run.dir={job}")
+    pauses = []  # as epoch 1 starts until `go` exists, as epoch 2 starts until killed
+    for name, epoch in (("go", 1), ("kill", 2)):
+        pauses += [f"+callbacks.{name}._target_=tests.faults.PauseAtEpoch",
+                   f"+callbacks.{name}.epoch={epoch}", f"+callbacks.{name}.until={tmp_path / name}"]
+    first = start_train(*common, *pauses)
+    try:
+        wait_for_file(tmp_path / "go.paused", first)
+        before = snapshot(job)
+        for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
+            second = run_train(*common, how)
+            assert second.returncode == 1 and f"{job} is in use: " in second.stderr
+            assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
+        assert snapshot(job) == before
+        (tmp_path / "go").touch()
+        wait_for_file(tmp_path / "kill.paused", first)
+        pids = {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")}
+        assert pids == {str(first.pid)} and len(read_record(job)["history"]) == 2
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=60)
+    assert read_record(job)["status"] == "running" and holder(job)["pid"] == first.pid
+    resumed = run_train(*common, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
 
@@ -305,22 +286,36 @@ def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog
     assert "ValueError: a bug" in capsys.readouterr().err
 
 
-def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once():
+def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(tmp_path,
+                                                                              monkeypatch):
+    """Issue #34, quiet on a cluster too: a warning that an earlier attempt of a requeued job
+    wrote to its train.log (`shown_before`) is not shown again, and Lightning's srun notice (a
+    submitit_local sweep on a machine with SLURM) goes to train.log only."""
     import logging
 
-    from bnstudy.console import StudyLines
+    from bnstudy.console import StudyLines, shown_before
+
+    monkeypatch.setattr(StudyLines, "shown", set())
+    monkeypatch.setattr(StudyLines, "earlier", set())
 
     def shown(name: str, level: int, message: str) -> bool:
         return StudyLines().filter(logging.LogRecord(name, level, __file__, 1, message, (), None))
 
-    StudyLines.shown.clear()
     assert shown("bnstudy", logging.INFO, "mnist-bn-sgd-seed0: training 1 epochs into x")
     assert not shown("lightning.pytorch.utilities.rank_zero", logging.INFO, "GPU available: …")
     subset = "cifar-10-batches-py: data_batch_1 do(es) not match the official CIFAR-10 checksums"
     assert shown("bnstudy.data", logging.WARNING, subset)
     assert not shown("bnstudy.data", logging.WARNING, subset)  # a sweep's next job: not again
     assert shown("py.warnings", logging.WARNING, "UserWarning: something real")
-    assert not shown("py.warnings", logging.WARNING, "…: Checkpoint directory /x exists and is "
-                     "not empty.")
+    for routine in ("…: Checkpoint directory /x exists and is not empty.",
+                    "slurm.py:204: PossibleUserWarning: The `srun` command is available on your "
+                    "system but is not used. HINT: If your intention is to run Lightning"):
+        assert not shown("py.warnings", logging.WARNING, routine)
     assert shown("bnstudy", logging.ERROR, "x failed: …") and \
         shown("bnstudy", logging.ERROR, "x failed: …")  # errors every time
+    checksums = "data/cifar-10-batches-py does not match the official checksums: a subset"
+    (tmp_path / "train.log").write_text(
+        f"[2026-12-04 23:00:00,000][bnstudy][INFO] - cifar10-bn: training\n"
+        f"[2026-12-04 23:00:01,000][bnstudy][WARNING] - {checksums}\n")
+    shown_before(tmp_path / "train.log")
+    assert not shown("bnstudy.data", logging.WARNING, checksums)
