@@ -30,8 +30,7 @@ from bnstudy.records import write_json_atomic
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
 TRAINING_ONLY = ("_target_", "dirpath", "every_n_epochs", "epoch_steps")  # not a drawing's
 RECIPE_FILE = "recipe.json"
-TYPE_NAMES = {int: "a whole number", float: "a number", str: "a word", type(None): "null",
-              bool: "true or false"}
+TYPE_NAMES = {int: "a whole number", float: "a number", str: "a word", type(None): "null"}
 
 
 def default_recipe() -> dict[str, dict]:
@@ -45,10 +44,9 @@ def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
     """The picture settings given, `{callback: {key: value}}` (type-checked; a key is
     `callbacks.<callback>.<key>`, `<callback>.<key>` or a bare unique `<key>`), and
     `paths.data_dir` (or None)."""
-    from bnstudy.pictures.drawing import Hallucinator, draw_weights
+    from bnstudy.pictures.drawing import Hallucinator
 
-    types = {"weight_grid": {"num_units": typing.get_type_hints(draw_weights)["num_units"]},
-             "hallucinations": Hallucinator.knobs()}
+    types = {"weight_grid": {"num_units": int}, "hallucinations": Hallucinator.knobs()}
     given: dict[str, dict] = {name: {} for name in PICTURE_CALLBACKS}
     data_dir = None
     valid = ", ".join(f"{name}.{key}" for name, keys in types.items() for key in keys)
@@ -109,7 +107,7 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
     images = run.path / "images"
     drawn = (json.loads((images / RECIPE_FILE).read_text())  # by this command before
              if (images / RECIPE_FILE).is_file() else {"step": None, **trained})
-    earlier = recipe_name({name: drawn[name] for name in PICTURE_CALLBACKS}, defaults)
+    earlier = recipe_name(drawn, defaults)
     step = max(checkpoint.get("global_step", 0), drawn["step"] or 0) + 1
 
     fresh, summaries, kept = images / f".drawing-{os.getpid()}", [], None

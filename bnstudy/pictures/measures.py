@@ -104,8 +104,7 @@ def stuck(images: torch.Tensor, noise: torch.Tensor, base: torch.Tensor,
           threshold: float = 0.9) -> torch.Tensor:
     """Per image (K, bool): `noise_correlation` above `threshold`, or nothing grew (its RMS
     beyond `base` under half the noise's or half the run's median: a faded tile)."""
-    rms = (images - base).flatten(1).pow(2).mean(1).sqrt()
-    noise_rms = (noise - base).flatten(1).pow(2).mean(1).sqrt()
+    rms, noise_rms = ((x - base).flatten(1).pow(2).mean(1).sqrt() for x in (images, noise))
     weak = rms < 0.5 * torch.maximum(noise_rms, rms.median())
     return (noise_correlation(images, noise, base) > threshold) | weak
 

@@ -157,11 +157,10 @@ def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> 
 
     sources = [f for p in picture_runs for f in (p.hallucinations, p.weights) if f]
     first = sources[0]
-    ref = Reference(dataset, list(first.get("classes", [])), list(first.get("input_shape") or
-                                                                   first["images"].shape[1:]))
-    hall = next((p.hallucinations for p in picture_runs if p.hallucinations), None)
-    if hall is not None:
-        ref.real_means = hall["real_means"]
+    ref = Reference(dataset, list(first.get("classes", [])),
+                    list(first.get("input_shape") or first["images"].shape[1:]),
+                    next((p.hallucinations["real_means"] for p in picture_runs
+                          if p.hallucinations), None))
     try:
         data = open_datamodule(first)
     except Exception as err:
@@ -204,14 +203,12 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
     images = h["images"].float()
     pixels, noise_pixels = to_pixels(h), to_pixels(h, "noise")
     classes = list(h.get("classes") or ref.classes)
-    own = torch.arange(len(images))
     row = dict.fromkeys(HALLUCINATION_COLUMNS, math.nan)
-    row["own_conf"] = float(h["own_probabilities"][own, own].mean())
+    row["own_conf"] = float(h["own_probabilities"].diagonal().mean())
     if ref.referee is not None:
         ok, conf = P.recognised(ref.referee.probabilities(images))
         row["referee_acc"], row["referee_conf"] = float(ok.float().mean()), float(conf.mean())
-    probs = [P.predict(net, images)[own, own].mean() for net in others]
-    if probs:
+    if probs := [P.predict(net, images).diagonal().mean() for net in others]:
         row["cross_conf"] = float(torch.stack(probs).mean())
     real = h["real_means"].float()
     row["nearest_mean_acc"] = float(P.nearest_mean(pixels, real).float().mean())
@@ -221,13 +218,13 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
     row["sharpness"] = float(P.sharpness(pixels).mean())
     row["noise_sharpness"] = float(P.sharpness(noise_pixels).mean())
     row["distinctness"] = P.distinctness(pixels)
-    row["colour_fidelity"] = P.colour_fidelity(pixels, real) if pixels.shape[1] == 3 \
-        else math.nan
-    for column, measure, name in (("blueness_airplane", P.blueness, "airplane"),
-                                  ("greenness_dog", P.greenness, "dog"),
-                                  ("greenness_frog", P.greenness, "frog")):
-        if name in classes and pixels.shape[1] == 3:
-            row[column] = float(measure(pixels)[classes.index(name)])
+    if pixels.shape[1] == 3:  # the colour columns: RGB images only
+        row["colour_fidelity"] = P.colour_fidelity(pixels, real)
+        for column, measure, name in (("blueness_airplane", P.blueness, "airplane"),
+                                      ("greenness_dog", P.greenness, "dog"),
+                                      ("greenness_frog", P.greenness, "frog")):
+            if name in classes:
+                row[column] = float(measure(pixels)[classes.index(name)])
     row["seconds"] = float(h.get("seconds", math.nan))
     return row
 
@@ -260,15 +257,13 @@ def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
     for p in picture_runs:
         dataset = p.hp.get("dataset")
         ref = refs[dataset]
-        row = {k: p.hp.get(k) for k in keys}
-        row.update(seed=p.hp.get("seed"), job=p.run["job"])
+        row = {**{k: p.hp.get(k) for k in keys}, "seed": p.hp.get("seed"), "job": p.run["job"],
+               **dict.fromkeys(COLUMNS, math.nan)}
         if p.hallucinations is not None:
             others = [q.net for q in picture_runs
                       if q is not p and q.net is not None and q.hp.get("dataset") == dataset]
             row.update(hallucination_measures(p.hallucinations, ref, others))
-        else:
-            row.update(dict.fromkeys(HALLUCINATION_COLUMNS, math.nan))
-        row.update(weight_measures(p.weights, ref) if p.weights is not None
-                   else dict.fromkeys(WEIGHT_COLUMNS, math.nan))
+        if p.weights is not None:
+            row.update(weight_measures(p.weights, ref))
         rows.append(row)
     return rows
