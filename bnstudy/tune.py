@@ -224,7 +224,8 @@ class TunedSweeper(Sweeper):
         self._rerun_top(record, rest, sweep_dir)
         if unsearched:
             return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have "
-                    "no re-runs; the other cells were tuned and re-run:\n" + "\n".join(unsearched)
+                    "no re-runs; the other cells were tuned and re-run:\n"
+                    + "\n".join(f"  {problem}" for problem in unsearched)
                     + f"\nSee the trials' train.log under {sweep_dir / 'search'}. Fix the cause, "
                     f"then run the same command with resume=true hydra.sweep.dir={sweep_dir}: "
                     "finished trials and runs are kept, the failed ones run again.")
@@ -261,20 +262,18 @@ class TunedSweeper(Sweeper):
         except ValueError as err:  # its summary of a search in which no trial finished
             summary_failed = err
         study = optuna.load_study(study_name=name, storage=storage)
-        finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        if summary_failed is not None and finished:
+        done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
+                      key=lambda t: -t.value)  # stable: the earlier trial first on a tie
+        if summary_failed is not None and done:
             raise summary_failed
-        best = study.best_trial if finished else None
-        problem = None
-        if best is None:
-            log.error("Tuned %s: every trial failed, e.g. %s", name, trials.errors[0])
-            problem = f"  {name}: every trial failed, e.g. {trials.errors[0]}"
+        best = study.best_trial if done else None
+        problem = None if done else f"{name}: every trial failed, e.g. {trials.errors[0]}"
+        if problem:
+            log.error("Tuned %s", problem)
         else:
             log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
                      100 * best.value, best.number, len(study.trials),
                      ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
-        done = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
-                      key=lambda t: -t.value)  # stable: the earlier trial first on a tie
         return {**cell, "sampler_seed": seed,
                 "trials": [{"params": t.params, "value": t.value, "state": t.state.name,
                             "job": trials.jobs[t.number], "seconds": trials.seconds[t.number]}

@@ -21,7 +21,6 @@ T0 = time.perf_counter()
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.bench.plain import evaluate, minibatches, train_epoch  # noqa: E402
@@ -34,12 +33,12 @@ IMPORT_S = time.perf_counter() - T0
 
 class PlainLoop:
     """The plain PyTorch loop (`bnstudy.bench.plain`) over the datamodule's tensors, with a
-    fresh copy of the config's model and its optimizer."""
+    fresh copy of the config's network and its optimizer."""
 
     def __init__(self, cfg, datamodule) -> None:
-        _, model, _ = build(cfg)
-        self.net = model.net.to(datamodule.train_set.x.device)
-        self.optimizer = instantiate(cfg.optim.optimizer)(self.net.parameters())
+        study = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+        self.net = study.net.to(datamodule.train_set.x.device)
+        self.optimizer = study.optimizer_factory(self.net.parameters())
         self.cfg, self.data = cfg, datamodule
 
     @torch.enable_grad()

@@ -18,30 +18,22 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import time
+from pathlib import Path
+from pydoc import locate
 
 import torch
 import torch.nn.functional as F
 
+from bnstudy import datafiles
 from bnstudy.datafiles import normalised
-
-
-def target(path: str):
-    """The class a `_target_` names."""
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 @functools.lru_cache(maxsize=4)
 def read(source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images and labels of a split (once per process): `source` is JSON, {"idx": root,
     "torchvision_class": ..., "train": ...} (MNIST's files) or {"cifar": [batch files]}."""
-    from pathlib import Path
-
-    from bnstudy import datafiles
-
     source = json.loads(source)
     if "cifar" in source:
         return datafiles.read_cifar_batches([Path(p) for p in source["cifar"]])
@@ -102,9 +94,9 @@ def train(run: dict) -> dict:
     x_test = normalised(images, data["mean"], data["std"])
 
     torch.manual_seed(run["seed"])
-    net = target(run["net"]["_target_"])(**{k: v for k, v in run["net"].items()
+    net = locate(run["net"]["_target_"])(**{k: v for k, v in run["net"].items()
                                             if k != "_target_"})
-    optimizer = target(run["optimizer"]["_target_"])(
+    optimizer = locate(run["optimizer"]["_target_"])(
         net.parameters(), **{k: v for k, v in run["optimizer"].items()
                              if k not in ("_target_", "_partial_")})
     history = []

@@ -28,6 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from bnstudy.records import sweep_records
+
 DEFAULT_STUDY = ("hydra/launcher=parallel", "dataset=mnist,cifar10", "norm=bn,none",
                  "optim=sgd,adam")
 NO_HALLUCINATIONS = "~callbacks.hallucinations"
@@ -92,11 +96,9 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
     """What the plain process needs of each job of a finished sweep (see `bench.plain`), from
     the job's composed config (`.hydra/config.yaml`) and its datamodule."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from bnstudy.config import register
     from bnstudy.data import CIFAR10DataModule
-    from bnstudy.records import sweep_records
 
     register()
     runs = []
@@ -130,10 +132,6 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
 
 def workers(sweep_dir: Path) -> int:
     """The launcher's parallel jobs in a sweep (`n_jobs`; 1 for Hydra's basic launcher)."""
-    from omegaconf import OmegaConf
-
-    from bnstudy.records import sweep_records
-
     hydra = OmegaConf.load(sweep_records(sweep_dir)[0][0] / ".hydra" / "hydra.yaml").hydra
     return max(1, int(hydra.launcher.get("n_jobs") or 1))
 
@@ -153,8 +151,6 @@ def plain_results(results: Path, processes: int) -> list[dict]:
 def largest_difference(sweep_dir: Path, plain: list[dict]) -> float:
     """The largest difference, in points, between each run's final validation accuracy in the
     study and in the plain process (the same runs, in the same order)."""
-    from bnstudy.records import sweep_records
-
     study = [record.final_val_acc for _, record in sweep_records(sweep_dir)]
     return max(abs(s - p["history"][-1]["val/acc"]) * 100
                for s, p in zip(study, plain, strict=True))
@@ -179,24 +175,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"study: python -m bnstudy.train -m {' '.join(overrides)}")
         print(f"machine: {machine()}")
         study = [sys.executable, "-m", "bnstudy.train", "-m", *overrides]
-        times: dict[str, list[tuple[float, float]]] = {"study": []}  # (wall, CPU) seconds
+
+        def run_study(round_: int) -> tuple[float, float]:
+            return timed([[*study, f"hydra.sweep.dir={work}/study{round_}"]], work / "log")
+
+        times = {"study": [run_study(0)]}  # (wall, CPU) seconds
+        runs.write_text(json.dumps(plain_runs(first)))  # the first study tells the runs
+        n = workers(first)  # and the launcher's workers
+        plain = {f"plain {n}x1": (results, n, 1, f"{n} plain process(es), 1 thread each")}
+        if not args.no_former:
+            plain[f"plain 1x{cores}"] = (work / "old", 1, cores,
+                                         f"1 plain process, {cores} threads (former baseline)")
+        sides = ["study", *plain]
+        times |= {side: [] for side in plain}
         for round_ in range(args.repeats):
-            if round_ == 0:  # the first study tells the runs and the launcher's workers
-                times["study"].append(timed([[*study, f"hydra.sweep.dir={first}"]], work / "log"))
-                runs.write_text(json.dumps(plain_runs(first)))
-                n = workers(first)
-                sides = {"study": None, f"plain {n}x1": (n, 1), f"plain 1x{cores}": (1, cores)}
-                sides = dict(list(sides.items())[:2 if args.no_former else 3])
-                label = {f"plain {n}x1": f"{n} plain process(es), 1 thread each",
-                         f"plain 1x{cores}": f"1 plain process, {cores} threads (former baseline)"}
-                times |= {side: [] for side in [*sides][1:]}
-            order = [*sides][round_ % len(sides):] + [*sides][:round_ % len(sides)]
-            for side in order[1:] if round_ == 0 else order:
-                commands = ([[*study, f"hydra.sweep.dir={work}/study{round_}"]]
-                            if side == "study" else
-                            plain_commands(runs, results if side != f"plain 1x{cores}"
-                                           else work / "old", *sides[side]))
-                times[side].append(timed(commands, work / "log"))
+            order = sides[round_ % len(sides):] + sides[:round_ % len(sides)]
+            for side in order[1:] if round_ == 0 else order:  # round 1's study: above
+                times[side].append(run_study(round_) if side == "study" else
+                                   timed(plain_commands(runs, *plain[side][:3]), work / "log"))
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{side} {t[-1][0]:.1f} s (CPU {t[-1][1]:.1f} s)" for side, t in times.items())
                   + f" (load {os.getloadavg()[0]:.1f}; order: {' > '.join(order)})", flush=True)
@@ -206,10 +202,10 @@ def main(argv: list[str] | None = None) -> None:
                    for side in sides}
         print(f"  {'the study (' + str(n) + ' jobs at a time)':52s} "
               f"{medians['study'][0]:6.1f} s; CPU {medians['study'][1]:6.1f} s")
-        for side in [*sides][1:]:
+        for side, (*_, label) in plain.items():
             ratios = [[s[i] / p[i] for s, p in zip(times["study"], times[side], strict=True)]
                       for i in (0, 1)]
-            print(f"  {label[side]:52s} {medians[side][0]:6.1f} s; CPU {medians[side][1]:6.1f} s"
+            print(f"  {label:52s} {medians[side][0]:6.1f} s; CPU {medians[side][1]:6.1f} s"
                   "   study / it " + "; CPU ".join(
                       f"{statistics.median(r):.2f} (range {min(r):.2f}-{max(r):.2f})"
                       for r in ratios))

@@ -285,7 +285,7 @@ def table(budget: Budget) -> str:
     t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
     fmt = lambda e, lo, hi, s="": f"{100 * e:{s}.2f} ({100 * lo:{s}.2f} to {100 * hi:{s}.2f})"  # noqa: E731
     rows = [{"trials (k)": f"{r['k']:.0f}",
-             "seconds (" + t + " / " + b + ")":
+             f"seconds ({t} / {b})":
                  f"{r['treatment_seconds']:.0f} / {r['baseline_seconds']:.0f}",
              f"{t}, %": fmt(r["treatment_best"], r["treatment_low"], r["treatment_high"]),
              f"{b}, %": fmt(r["baseline_best"], r["baseline_low"], r["baseline_high"]),
@@ -301,8 +301,7 @@ def tuning_table(tuning: dict) -> str:
     """C6's search: the sampler's settings, then per cell the trials, its mean trial time, the
     setting chosen (its rank in the search) and its validation accuracy in the search and re-run
     over the seeds."""
-    def chosen(cell: dict) -> tuple[str, str]:
-        """(search rank, mean val acc over the seeds) of the cell's chosen setting."""
+    def chosen(cell: dict) -> tuple[str, str]:  # (rank in the search, mean val acc)
         for rank, c in enumerate(cell.get("candidates", []), 1):
             if c.get("params") == cell.get("best_params"):
                 scores = [v for v in c.get("val_acc", []) if v is not None]
