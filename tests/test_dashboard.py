@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import scalars, tiny_fit
+from helpers import REPO, scalars, tiny_fit
 
 # -- fast: the dashboard's pieces ----------------------------------------------------------
 
@@ -199,6 +199,12 @@ def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
         assert [(step, n) for step, _, _, n in got] == [(9, 3), (19, 3)]  # the curves' steps
         assert np.allclose([m for _, m, _, _ in got], values.mean(0))
         assert np.allclose([s for _, _, s, _ in got], values.std(0, ddof=1))
+    # an epoch's missing or non-finite value in an ok run (no validation, an overflow) is left out
+    gaps = [mean_record("mnist", "bn", "sgd", seed, [0.5, value]) for seed, value in
+            enumerate([0.7, float("inf"), 0.7])]
+    gaps[2]["history"][1]["val/acc"] = None
+    got = mean_curves([RunRecord(**r) for r in gaps])["bn"]["mnist-sgd"]["val/acc"]
+    assert [(step, mean, n) for step, mean, _, n in got] == [(9, 0.5, 3), (19, 0.7, 1)]
     # a sweep with no finished run yet (every trial of a tuned cell failed) has no curves
     assert mean_curves([RunRecord(**mean_record("mnist", "bn", "sgd", 0, [0.5], "failed"))]) == {}
     assert curves["none"]["mnist-sgd"]["val/acc"] == [
@@ -322,6 +328,7 @@ def test_browse_url_opens_custom_scalars_on_the_mean_runs_alone():
         "runColorGroup"][0].removeprefix("regex:"))
     assert [group.search(run).groups() for run in runs[:5]] == \
         [("bn",), ("none",), ("bn",), ("bn",), ("none",)]
+    assert f"<{TIMESERIES_URL}>" in (REPO / "README.md").read_text()  # the URL the README gives
 
 
 @pytest.mark.slow

@@ -208,3 +208,18 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
                      "come from result files and squeue only."]
     assert "\n  1_mnist-bn-sgd-seed1: left the queue (state unknown without sacct): no result " \
         "before its run started\n" in sweep_summary.end()
+
+
+def test_a_sweep_folder_without_a_job_goes_with_its_own_files_and_a_job_keeps_it(tmp_path,
+                                                                                monkeypatch):
+    from bnstudy.sweep import discard_empty_sweep
+
+    sweep = tmp_path / "multirun" / "sweep"
+    (sweep / "+mean" / "bn").mkdir(parents=True)
+    for own in ("multirun.yaml", ".lock"):
+        (sweep / own).write_text("")
+    (sweep / "0_mnist-bn-sgd-seed0").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert not discard_empty_sweep(sweep) and (sweep / "multirun.yaml").is_file()
+    (sweep / "0_mnist-bn-sgd-seed0").rmdir()
+    assert discard_empty_sweep(sweep) and not (tmp_path / "multirun").exists()

@@ -319,3 +319,16 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(t
         f"[2026-12-04 23:00:01,000][bnstudy][WARNING] - {checksums}\n")
     shown_before(tmp_path / "train.log")
     assert not shown("bnstudy.data", logging.WARNING, checksums)
+
+
+def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
+    import logging
+
+    from bnstudy.console import quiet_console
+
+    quiet_console()
+    adverts = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO):
+        adverts.info("💡 Tip: For seamless cloud logging and experiment tracking, try …")
+        adverts.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
