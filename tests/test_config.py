@@ -247,3 +247,13 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         f"model.net.depth? Type e.g. model.net.hidden_dim=3. {tail}")
     assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
     assert unknown_override(["+lr=0.1", "~x", "-m", "hydra.run.dir=x", "trainer"]) is None
+
+
+def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
+    from bnstudy.config import compose
+
+    first = compose(["seed=3"])
+    first.seed = 4  # a caller changing its config changes no later one
+    assert compose(["seed=3"]).seed == 3
+    monkeypatch.chdir(tmp_path)
+    assert compose(["seed=3"]).hydra.runtime.cwd == str(tmp_path)
