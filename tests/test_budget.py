@@ -324,3 +324,64 @@ def test_the_search_table_says_each_cells_search_and_choice():
     assert older.startswith("Search: Optuna TPE, a search per cell (base sampler seed None, the "
                             "same in every cell), 1 trial per cell on one validation split; the 1 "
                             "best setting(s) of each re-run with seeds [0],")
+
+
+def test_the_budget_table_shows_a_few_ks_and_the_last_with_each_sides_band():
+    """report.md's table per pair: k at the `SHOWN` steps and the last k both searches reached,
+    each side's seconds and expected best in % with its band, the difference signed, and where
+    its band lies."""
+    from bnstudy.report.budget import table
+
+    shorter = [cell("bn", [0.87] * (N - 10), 10.0), crossover()[1]]  # BN's search: 190 trials
+    (budget,) = budgets({"cells": shorter}, [("bn", "none")])
+    lines = table(budget).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+    assert cells[0] == ["trials (k)", "seconds (BN / no BN)", "BN, %", "no BN, %",
+                        "BN − no BN, pts", "band"]
+    assert [int(c[0]) for c in cells[1:]] == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, N - 10]
+    assert cells[1] == ["1", "10 / 8", "87.00 (87.00 to 87.00)", "74.88 (72.86 to 76.78)",
+                        "+12.12 (+10.22 to +14.14)", "above 0"]
+    rows = {r["k"]: r for r in budget.rows() if r["budget"] == "trials"}
+    for k, *_, diff, band in cells[1:]:
+        r = rows[int(k)]
+        assert diff == "{:+.2f} ({:+.2f} to {:+.2f})".format(
+            *(100 * r[c] for c in ("diff", "diff_low", "diff_high")))
+        assert band == ("above 0" if r["diff_low"] > 0 else "below 0" if r["diff_high"] < 0
+                        else "includes 0")
+    assert [c[5] for c in cells[3:5]] == ["includes 0", "below 0"]  # the crossover at 3 trials
+
+
+def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_band():
+    """Both arms' expected best (%) against k and against k × their trial seconds (an arm
+    without trial times only against k), a band each, on log-2 axes with plain tick numbers."""
+    from matplotlib.colors import to_rgba
+
+    from bnstudy.report.budget import band, figure
+    from bnstudy.report.figures import norm_color
+
+    bn, none = cell("bn", [0.2, 0.9, 0.5], 3.0), cell("none", [0.3, 0.8], 2.0)
+    for trial in none["trials"]:
+        trial["seconds"] = None  # no BN's times unknown: no seconds curve for it
+    (budget,) = budgets({"cells": [bn, none]}, [("bn", "none")])
+    fig = figure(budget)
+    by_k, by_s = fig.axes
+    assert [(line.get_label(), list(line.get_xdata()), line.get_color()) for line in by_k.lines] \
+        == [("BatchNorm (3 trials)", [1, 2, 3], norm_color("bn")),
+            ("No BatchNorm (2 trials)", [1, 2], norm_color("none"))]
+    assert list(by_s.lines[0].get_xdata()) == [3.0, 6.0, 9.0] and len(by_s.lines) == 1
+    for line, arm in zip(by_k.lines, (budget.treatment, budget.baseline), strict=True):
+        assert np.allclose(line.get_ydata(), 100 * arm.curve)
+    low, high = band(budget.treatment.boots, axis=0)
+    (fill, _), (fill_s,) = by_k.collections, by_s.collections
+    ys = fill.get_paths()[0].vertices[:, 1]
+    assert np.isclose(ys.min(), 100 * low.min()) and np.isclose(ys.max(), 100 * high.max())
+    assert tuple(fill_s.get_facecolor()[0]) == to_rgba(norm_color("bn"), 0.2)
+    assert [t.get_text() for t in by_k.get_legend().get_texts()] == [
+        "BatchNorm (3 trials)", "No BatchNorm (2 trials)"]
+    assert [ax.xaxis.get_transform().base for ax in (by_k, by_s)] == [2, 2]
+    assert by_k.xaxis.get_major_formatter()(4.0, 0) == "4"
+    assert (by_k.get_xlabel(), by_s.get_xlabel(), by_k.get_ylabel()) == (
+        "trials of random search (k)", "seconds of search (k × the cell's mean trial seconds)",
+        "expected best validation accuracy (%)")
+    assert fig._suptitle.get_text() == \
+        "MNIST, SGD: is BatchNorm worth it at your tuning budget? (band: 95% bootstrap)"
