@@ -527,19 +527,22 @@ WIN = {"dataset": "mnist", "optim": "sgd", "treatment": "bn", "baseline": "none"
 
 
 def test_a_groups_values_are_its_ok_runs_in_seed_then_job_order():
+    def values(table, term, quantity):
+        return V.chosen(table, term, quantity)[quantity].tolist()
+
     table = pd.DataFrame({"norm": ["bn"] * 5 + ["none"], "seed": [2, "x", 0, 0, 1, 0],
                           "job": ["a", "b", "d", "c", "e", "f"],
                           "outcome": ["ok", "ok", "ok", "ok", "diverged", "ok"],
                           "acc": [0.2, 0.9, 0.4, 0.3, 0.1, 0.5]})
-    assert V.values(table, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.2, 0.9]
+    assert values(table, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.2, 0.9]
     bare = table.drop(columns=["outcome", "job"]).iloc[::-1]  # no outcome, no job: seed alone
-    assert V.values(bare, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.1, 0.2, 0.9]
-    assert V.values(table.drop(columns="seed"), C.Term(1.0, norm="none"), "acc") == [0.5]
-    assert V.values(pd.DataFrame({"acc": [0.5, "n/a"]}), C.Term(1.0), "acc") == [0.5]
-    assert V.values(table, C.Term(1.0, norm="bn"), "sharpness") == []  # a column no run has
+    assert values(bare, C.Term(1.0, norm="bn"), "acc") == [0.3, 0.4, 0.1, 0.2, 0.9]
+    assert values(table.drop(columns="seed"), C.Term(1.0, norm="none"), "acc") == [0.5]
+    assert values(pd.DataFrame({"acc": [0.5, "n/a"]}), C.Term(1.0), "acc") == [0.5]
+    assert values(table, C.Term(1.0, norm="bn"), "sharpness") == []  # a column no run has
     many = pd.DataFrame({"seed": np.random.default_rng(0).integers(0, 3, 200),
                          "acc": np.arange(200) / 200})  # ties kept in table order (stable)
-    assert V.values(many, C.Term(1.0), "acc") == many.sort_values("seed", kind="stable")[
+    assert values(many, C.Term(1.0), "acc") == many.sort_values("seed", kind="stable")[
         "acc"].tolist()
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from helpers import write_job
@@ -12,12 +13,11 @@ from bnstudy.pictures import measures as P
 from bnstudy.pictures.table import Reference, load_picture_runs
 from bnstudy.report.picture_section import (
     hallucinations_figure,
-    picture_results,
     pictures_section,
     weights_figure,
 )
 from bnstudy.report.runs import load_runs
-from bnstudy.report.verdicts import claim_verdicts
+from bnstudy.report.verdicts import claim_verdicts, decided
 
 CONFIGS = [("none", "sgd"), ("none", "adam"), ("bn", "sgd"), ("bn", "adam")]
 MNIST_SHAPE = (1, 28, 28)
@@ -159,7 +159,7 @@ def test_claim_parts_on_hand_made_rows():
                          "sharpness": (0.08 if bn else 0.05) + 0.001 * seed * (1 + bn),
                          "distinctness": (1.0 if bn and adam else 0.8)
                          + 0.01 * seed * (1 + (bn and adam))})
-    parts = {p.claim + p.part: p for p in picture_results(rows)}
+    parts = {p.claim + p.part: p for p in decided("pictures", pd.DataFrame(rows))}
     for optim in ("SGD", "Adam"):
         assert parts[f"P2a1 ({optim})"].verdict == parts[f"P2a2 ({optim})"].verdict == "holds"
         assert parts[f"P2a3 ({optim})"].verdict == "does not hold"

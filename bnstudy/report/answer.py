@@ -10,8 +10,8 @@ import math
 import pandas as pd
 
 from bnstudy.report.render import deciding, markdown, plural
-from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word
-from bnstudy.report.stats import COMPARISON_WORDS, IMAGES, PAIRED, VERDICT_COLUMNS
+from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word, where
+from bnstudy.report.stats import ALPHA, IMAGES, PAIRED, VERDICT_COLUMNS, comparison_word
 from bnstudy.report.verdicts import Result
 
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
@@ -44,10 +44,8 @@ def part_words(result: Result | None) -> str:
         return "—"
     t = result.test
     seeds = min((len(xs) for xs in result.groups), default=0)
-    verdict = "no test" if seeds < 2 or math.isnan(t.p_value) else \
-        COMPARISON_WORDS[result.verdict]
-    return words(verdict, t.estimate, (t.ci_low, t.ci_high), result.seeds_needed, seeds,
-                 margin=t.margin, test=t.test)
+    return words(comparison_word(result.verdict, t.p_value), t.estimate, (t.ci_low, t.ci_high),
+                 result.seeds_needed, seeds, margin=t.margin, test=t.test)
 
 
 def row_words(row) -> str:
@@ -55,6 +53,22 @@ def row_words(row) -> str:
     return words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
                  row["seeds_needed"], min(row["n_treatment"], row["n_baseline"]),
                  row["treatment"], row.get("margin", math.nan))
+
+
+def _where(r: Result) -> tuple[str, str]:
+    """A C5 or C6 part's dataset and optimizer (its first term's)."""
+    return r.declared.terms[0].dataset, r.declared.terms[0].optim
+
+
+def _labels(dataset: str, optim: str) -> dict[str, str]:
+    """The answer tables' `dataset` and `optimizer` cells."""
+    return {"dataset": DATASET_LABELS.get(dataset, dataset),
+            "optimizer": OPTIM_LABELS.get(optim, optim)}
+
+
+def _extra(verdicts: pd.DataFrame) -> list[str]:
+    """verdicts.csv's setting columns but dataset and optim: the other varying hparams."""
+    return [k for k in verdicts.columns if k not in ("dataset", "optim", *VERDICT_COLUMNS)]
 
 
 def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: str = "") -> str:
@@ -65,16 +79,14 @@ def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: st
 
 def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
     """The answer table from verdicts.csv's rows and the claims' C5a and C6 (study pair)."""
-    extra = [k for k in verdicts.columns if k not in ("dataset", "optim", *VERDICT_COLUMNS)]
+    extra = _extra(verdicts)
     pairs = verdicts[["treatment", "baseline"]].drop_duplicates()
     timed, tuned = (any(r.claim == c for r in results) for c in ("C5", "C6"))
     rows = []
     for _, row in verdicts.iterrows():
         study = (row["treatment"], row["baseline"]) == STUDY
         names = (norm_word(row["treatment"]), norm_word(row["baseline"]))
-        cells = {"dataset": DATASET_LABELS.get(row["dataset"], row["dataset"]),
-                 "optimizer": OPTIM_LABELS.get(row["optim"], row["optim"]),
-                 **{k: str(row[k]) for k in extra}}
+        cells = {**_labels(row["dataset"], row["optim"]), **{k: str(row[k]) for k in extra}}
         if len(pairs) > 1:
             cells["compared"] = " − ".join(names)
         cells["seeds (treatment, baseline)" if len(pairs) > 1 else
@@ -95,19 +107,15 @@ def tuned_words(tuned: list[Result]) -> str:
     images = all(r.test.test == IMAGES for r in tuned)
     test = "Welch + the test images' sampling error" if images else "Welch over seeds only"
     return (f"{test}, Holm over the {len(tuned)} C6 parts; *equivalent* by TOST within "
-            f"{margin_words({r.declared.terms[0].dataset: r.test.margin for r in tuned})}")
+            f"{margin_words({_where(r)[0]: r.test.margin for r in tuned})}")
 
 
 def tuned_table(tuned: list[Result], small: dict | None = None) -> str:
     """A row per dataset × optimizer of a tuned sweep: the seeds, C6's verdict in words and,
     given `small` ((dataset, optim): words, `report.budget`), the answer after one trial."""
     return markdown([{
-        "dataset": DATASET_LABELS.get(r.declared.terms[0].dataset, r.declared.terms[0].dataset),
-        "optimizer": OPTIM_LABELS.get(r.declared.terms[0].optim, r.declared.terms[0].optim),
-        "seeds (BN, no BN)": ", ".join(str(len(xs)) for xs in r.groups),
-        **({"at a small budget (k=1)": small.get((r.declared.terms[0].dataset,
-                                                  r.declared.terms[0].optim), "—")}
-           if small else {}),
+        **_labels(*_where(r)), "seeds (BN, no BN)": ", ".join(str(len(xs)) for xs in r.groups),
+        **({"at a small budget (k=1)": small.get(_where(r), "—")} if small else {}),
         "at each one's best": part_words(r)} for r in tuned])
 
 
@@ -126,7 +134,7 @@ def method_words(verdicts: pd.DataFrame) -> str:
     margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
     tested = int(verdicts["p_value"].notna().sum())  # a row without a test is not counted
     return (f"validation split, final epoch; {pairing}; p Holm-adjusted over the "
-            f"{plural(tested, 'comparison')} tested (the intervals are not), p < 0.05; "
+            f"{plural(tested, 'comparison')} tested (the intervals are not), p < {ALPHA}; "
             f"*equivalent* by TOST within {margin_words(margins)}")
 
 
@@ -179,10 +187,8 @@ def console_answer(sweep_dir) -> str:
              + f" in final validation accuracy (95% interval; {method_words(table)}):"
              .replace("*", "")]  # the terminal shows no Markdown
     for _, row in table.iterrows():
-        place = ", ".join([DATASET_LABELS.get(row["dataset"], row["dataset"]),
-                           OPTIM_LABELS.get(row["optim"], row["optim"]),
-                           *(f"{k}={row[k]}" for k in table.columns
-                             if k not in ("dataset", "optim", *VERDICT_COLUMNS))])
+        place = ", ".join([where(row["dataset"], row["optim"]),
+                           *(f"{k}={row[k]}" for k in _extra(table))])
         if not study:
             place += f", {norm_word(row['treatment'])} − {norm_word(row['baseline'])}"
         lines.append(f"  {place} ({row['n_treatment']} vs {row['n_baseline']} seeds): "
@@ -197,20 +203,19 @@ def tuned_console(sweep_dir) -> str:
     trial of each search (C7) and at each one's best (C6); "" without both."""
     from bnstudy.report.budget import budgets, claim_rows, small_answers
     from bnstudy.report.runs import load_runs
-    from bnstudy.report.verdicts import tuned_results, tuned_runs
+    from bnstudy.report.verdicts import decided, tuned_runs
 
     tuned, tuning = tuned_runs(sweep_dir, load_runs(sweep_dir))
     found = budgets(tuning, [STUDY])
     small = small_answers(found, claim_rows(found))
-    best = {(r.declared.terms[0].dataset, r.declared.terms[0].optim): part_words(r)
-            for r in tuned_results(tuned) if r.claim == "C6"} if len(tuned) else {}
+    best = {_where(r): part_words(r) for r in decided("tuned", tuned)
+            if r.claim == "C6"} if len(tuned) else {}
     if not small and not best:
         return ""
     lines = ["Is BatchNorm worth it at your tuning budget? BN − no BN in the expected best val "
              "acc after one trial of each search (C7, bootstrap, Holm), and in test acc at each "
              "one's best (C6, Welch + the test images' error, Holm):"]
     for key in dict.fromkeys([*small, *best]):
-        place = f"{DATASET_LABELS.get(key[0], key[0])}, {OPTIM_LABELS.get(key[1], key[1])}"
-        lines.append(f"  {place}: after one trial {small.get(key, '—')}; at each one's best "
+        lines.append(f"  {where(*key)}: after one trial {small.get(key, '—')}; at each one's best "
                      f"{best.get(key, '—')}")
     return "\n".join(lines)

@@ -186,6 +186,13 @@ def compute_curve(histories: list[list[dict]], epoch_cost: float
     return grid, acc.mean(axis=0), std
 
 
+def study_curves(runs: pd.DataFrame, charged: float) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per norm of the study pair, its runs' `compute_curve`, a treatment step costing
+    `charged` baseline steps."""
+    return {n: compute_curve(list(runs.loc[runs["norm"] == n, "history"]),
+                             charged if n == STUDY[0] else 1.0) for n in STUDY}
+
+
 def compute_to_reach(compute: np.ndarray, acc: np.ndarray, target: float) -> float:
     """Where the monotone curve (`compute`, `acc`) first reaches `target`, linear between its
     points; NaN if it never does."""

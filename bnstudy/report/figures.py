@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 
 from bnstudy.norms import NORMS
 from bnstudy.report.claims import BUDGETS
-from bnstudy.report.cost import compute_curve, full_compute
+from bnstudy.report.cost import full_compute, study_curves
 from bnstudy.report.render import plural
 from bnstudy.report.runs import (
     STUDY,
@@ -36,6 +36,7 @@ from bnstudy.report.stats import (
     SWEEPS,
     USABLE_WITHIN,
     VERDICT_COLUMNS,
+    mean_std,
     usable_values,
     values,
 )
@@ -73,13 +74,6 @@ def fitted_title(fig: Figure, text: str) -> None:
     points = FontProperties(size=rcParams["figure.titlesize"]).get_size_in_points()
     chars = max(24, int(fig.get_figwidth() * 72 / (0.55 * points)))
     fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
-
-
-def mean_std(xs) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
-    xs = list(xs)
-    return (float(np.mean(xs)) if xs else math.nan,
-            float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan)
 
 
 def mean_curve(runs: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -366,16 +360,13 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
     for ax, (dataset, optim) in zip(axes, pairs, strict=True):
         cost = measured[dataset, optim]
         mine = ok(runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)])
-        for norm in norm_order(set(mine["norm"])):
-            side = mine[mine["norm"] == norm]
-            ratio = {STUDY[0]: cost.charged, STUDY[1]: 1.0}.get(norm)
-            if side.empty or ratio is None:
-                continue
-            x, mean, std = compute_curve(list(side["history"]), ratio)
+        sides = study_curves(mine, cost.charged)
+        for norm in norm_order(set(mine["norm"]) & set(STUDY)):
+            (x, mean, std), seeds = sides[norm], int((mine["norm"] == norm).sum())
             color = norm_color(norm)
             ax.plot(x, 100 * mean, marker="o", ms=3, color=color,
-                    label=f"{norm_label(norm)} ({plural(len(side), 'seed')})")
-            if len(side) > 1:
+                    label=f"{norm_label(norm)} ({plural(seeds, 'seed')})")
+            if seeds > 1:
                 ax.fill_between(x, 100 * (mean - std), 100 * (mean + std), color=color,
                                 alpha=0.2, lw=0)
         for share in BUDGETS:

@@ -21,7 +21,6 @@ from bnstudy.pictures.table import (
     reference,
     to_pixels,
 )
-from bnstudy.report.claims import declare
 from bnstudy.report.render import claims_block, markdown, number, plain_words, spread, write_csv
 from bnstudy.report.runs import (
     FIRST_KEYS,
@@ -30,9 +29,9 @@ from bnstudy.report.runs import (
     group_keys,
     norm_label,
     norm_order,
-    study_order,
+    suffix,
 )
-from bnstudy.report.verdicts import Result, evaluate
+from bnstudy.report.verdicts import Result, decided
 
 
 def config_label(norm: str, optim: str) -> str:
@@ -250,7 +249,6 @@ def pictures_section(runs: pd.DataFrame, out: Path
     figures: dict[str, Figure] = {}
     found: list[tuple[dict, list[Result]]] = []
     for setting, members in settings.items():
-        suffix = "".join(f"_{k}{v}" for k, v in setting)
         if setting:
             lines += [f"### {describe(setting)}", ""]
         setting_rows = table[table["job"].isin([p.run["job"] for p in members])]
@@ -263,8 +261,9 @@ def pictures_section(runs: pd.DataFrame, out: Path
             for kind, draw in (("hallucinations", hallucinations_figure),
                                ("weights", partial(weights_figure, rows_by_job=by_job))):
                 if any(getattr(p, kind) is not None for p in mine):
-                    figures[f"{kind}_{dataset}{suffix}"] = draw(head, mine, ref)
-                    lines += [f"![{kind} {head}]({kind}_{dataset}{suffix}.png)", ""]
+                    name = f"{kind}_{dataset}{suffix(setting)}"
+                    figures[name] = draw(head, mine, ref)
+                    lines += [f"![{kind} {head}]({name}.png)", ""]
             lines += [measures_table(setting_rows, dataset), "", reference_line(ref), ""]
         notes = weight_notes(setting_rows)
         if notes:
@@ -272,17 +271,9 @@ def pictures_section(runs: pd.DataFrame, out: Path
                       "layer barely moves, so its grid shows the random initialisation; the "
                       "learned change shows what training added (its alignment: the share of "
                       "its energy in the data's top principal components).", "", *notes, ""]
-        results = picture_results(setting_rows)
+        results = decided("pictures", setting_rows)
         if results:
             lines += ["### Picture claims" if not setting else "#### Picture claims", "",
                       *claims_block(results), *([] if plain_words(results) else [""])]
         found.append((dict(setting), results))
     return "\n".join(lines), figures, found
-
-
-def picture_results(rows: pd.DataFrame) -> list[Result]:
-    """The picture claims' parts (P1–P3) that the pictures.csv rows allow, tested."""
-    rows = pd.DataFrame(rows)
-    datasets = study_order(set(rows["dataset"]))
-    return evaluate([p for p in declare(datasets) if p.source == "pictures"],
-                    {"pictures": rows})

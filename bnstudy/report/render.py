@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from bnstudy.report.stats import IMAGES, ONE, PAIRED, POWER, UNPAIRED
+from bnstudy.report.stats import IMAGES, ONE, PAIRED, POWER, UNPAIRED, mean_std
 from bnstudy.report.verdicts import Result, claim_verdicts
 
 
@@ -57,8 +56,7 @@ def spread(xs: list[float], fmt: str, empty: str = "— (no ok run)") -> str:
     """`mean ± std (n)` in `fmt` (acc, loss, `d`: a count, or a format spec; shares in %)."""
     if not xs:
         return empty
-    mean = float(np.mean(xs))
-    std = float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan
+    mean, std = mean_std(xs)
     if fmt == "acc" or fmt.endswith("%"):
         digits = ".2f" if fmt == "acc" else f".{fmt[1:-1] or '0'}f"
         text = f"{100 * mean:{digits}}%" + ("" if math.isnan(std) else f" ± {100 * std:{digits}}")

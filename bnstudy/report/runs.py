@@ -207,11 +207,15 @@ def compared(runs: pd.DataFrame, pairs: list[tuple[str, str]] | None = None
     return [(n, BASELINE) for n in norms if n != BASELINE] or [STUDY]
 
 
+def suffix(setting: tuple) -> str:
+    """A figure name's `_<hparam><value>` for each hparam of `setting` but dataset, optim, norm."""
+    return "".join(f"_{k}{v}" for k, v in setting if k not in FIRST_KEYS)
+
+
 def slug(ckey: tuple) -> str:
     """`mnist_sgd`, plus `_<hparam><value>` for each other varying hparam."""
     values = dict(ckey)
-    extras = [f"{k}{v}" for k, v in ckey if k not in FIRST_KEYS]
-    return "_".join([str(values["dataset"]), str(values["optim"]), *extras])
+    return f"{values['dataset']}_{values['optim']}{suffix(ckey)}"
 
 
 def describe(ckey: tuple) -> str:

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 import bnstudy.report.figures as F
 from bnstudy.report.budget import tuning_table
 from bnstudy.report.claims import CLAIMS
-from bnstudy.report.cost import compute_curve, compute_to_reach
+from bnstudy.report.cost import compute_to_reach, study_curves
 from bnstudy.report.render import (
     claim_rows,
     claims_block,
@@ -35,6 +35,7 @@ from bnstudy.report.runs import (
     norm_word,
     ok,
     slug,
+    suffix,
     where,
 )
 from bnstudy.report.stats import (
@@ -50,8 +51,8 @@ from bnstudy.report.stats import (
 from bnstudy.report.verdicts import (
     MIN_SEEDS,
     claim_verdicts,
+    decided,
     setting_results,
-    tuned_results,
     tuned_runs,
 )
 
@@ -258,10 +259,9 @@ def cost_table(runs: pd.DataFrame, measured: dict) -> str:
         mine = ok(runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)])
         own = {n: table.loc[table["job"].isin(mine.loc[mine["norm"] == n, "job"]),
                             "epoch_s"].median() for n in STUDY}
-        means = {n: compute_curve(list(mine.loc[mine["norm"] == n, "history"]),
-                                  c.charged if n == STUDY[0] else 1.0)[:2] for n in STUDY}
+        means = study_curves(mine, c.charged)
         target = means[STUDY[1]][1][-1] if len(means[STUDY[1]][1]) else math.nan
-        reach = {n: compute_to_reach(*means[n], target) for n in STUDY}
+        reach = {n: compute_to_reach(*means[n][:2], target) for n in STUDY}
         reach = {n: "never" if math.isnan(x) else f"{x:.1f}" for n, x in reach.items()}
         ratio = own[STUDY[0]] / own[STUDY[1]] if own[STUDY[1]] else math.nan
         rows.append({"pair": where(dataset, optim), "step, BN": f"{1e6 * c.treatment_s:.0f} µs",
@@ -315,7 +315,7 @@ def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,
     tuned, tuning = tuned_runs(sweep_dir, runs)
     extra = [k for k in keys if k not in FIRST_KEYS]
     if len(tuned):
-        found = {(("tuned", "each norm at its best"),): (tuned_results(tuned), {}, tuned)}
+        found = {(("tuned", "each norm at its best"),): (decided("tuned", tuned), {}, tuned)}
     else:
         split = groups(runs, extra) if extra else [((), runs)]
         split = sorted(split, key=lambda item: [_sort_value(v) for _, v in item[0]])
@@ -337,7 +337,7 @@ def claims_section(runs: pd.DataFrame, keys: list[str], sweep_dir: Path,
             lines += [f"### {describe(setting)}", ""]
         lines += claims_block(results)
         if measured:
-            name = "time_compute" + "".join(f"_{k}{v}" for k, v in setting)
+            name = f"time_compute{suffix(setting)}"
             figures[name] = F.time_figure(members, measured)
             lines += [f"![accuracy against compute]({name}.png)", "",
                       cost_table(members, measured), ""]

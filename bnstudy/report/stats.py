@@ -22,9 +22,6 @@ SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun,
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
 VERDICTS = ("holds", "does not hold", "equivalent", "cannot tell")  # the rule's one vocabulary
-# how a comparison (treatment − baseline, claimed sign +) words them; no p-value: "no test"
-COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot tell"),
-                            strict=True))
 PAIRED, WELCH, UNPAIRED, IMAGES, ONE = ("paired t", "Welch", "Welch, seeds unpaired",
                                         "Welch + test images", "one-sample t")
 VERDICT_COLUMNS = ("treatment", "baseline", "n_treatment", "n_baseline", "treatment_mean",
@@ -175,9 +172,10 @@ def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
 
 
 def comparison_word(verdict: str, p_value: float) -> str:
-    """A comparison's word for the rule's verdict: wins, loses, equivalent, cannot tell, or no
-    test (no p)."""
-    return "no test" if math.isnan(p_value) else COMPARISON_WORDS[verdict]
+    """A comparison's (treatment − baseline, claimed sign +) word for the rule's verdict: wins,
+    loses, equivalent, cannot tell, or no test (no p)."""
+    words = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot tell"), strict=True))
+    return "no test" if math.isnan(p_value) else words[verdict]
 
 
 def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
@@ -312,6 +310,13 @@ def values(runs: pd.DataFrame | None, quantity: str = "final_val_acc") -> list[f
     return [x for _, x in seeded(runs, quantity)]
 
 
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; NaN for fewer than two values)."""
+    xs = list(xs)
+    return (float(np.mean(xs)) if xs else math.nan,
+            float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan)
+
+
 def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
     """verdicts.csv: per comparison and compared pair, the ok seeds, mean final val accs,
     treatment − baseline paired over shared seeds (else Welch), its p raw and Holm-adjusted
@@ -364,9 +369,8 @@ def sweep_panels(runs: pd.DataFrame, keys: list[str], hparam: str
 
 def point_means(by_norm: dict[str, dict]) -> dict[str, dict]:
     """Per norm and swept value whose runs all finished ok, their mean final val acc."""
-    return {norm: {value: float(np.mean(values(g))) if values(g) else math.nan
-                   for value, g in by_value.items() if (g["outcome"] == "ok").all()}
-            for norm, by_value in by_norm.items()}
+    return {norm: {value: mean_std(values(g))[0] for value, g in by_value.items()
+                   if (g["outcome"] == "ok").all()} for norm, by_value in by_norm.items()}
 
 
 def usable_values(by_norm: dict[str, dict],

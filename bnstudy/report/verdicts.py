@@ -66,11 +66,6 @@ def chosen(table: pd.DataFrame, term: Term, quantity: str) -> pd.DataFrame:
     return rows[xs.notna()].assign(**{quantity: xs[xs.notna()].astype(float)})
 
 
-def values(table: pd.DataFrame, term: Term, quantity: str) -> list[float]:
-    """The term's ok runs' `quantity`, NaN left out, in seed order."""
-    return chosen(table, term, quantity)[quantity].tolist()
-
-
 def part_test(part: Part, table: pd.DataFrame) -> tuple[tuple[list[float], ...], Contrast]:
     """The part's groups and contrast: paired over the seeds its terms share unless the design
     does not pair (C6: each norm's own setting); on test acc with the test images' sampling
@@ -174,9 +169,10 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     return runs[runs["job"].isin(jobs)].assign(**dict.fromkeys(columns, "tuned")), tuning
 
 
-def tuned_results(tuned: pd.DataFrame) -> list[Result]:
-    """A tuned sweep's claims (C6) decided on its kept re-runs (`tuned_runs`)."""
-    return evaluate(declare(study_order(set(tuned["dataset"]))), {"tuned": tuned})
+def decided(source: str, table: pd.DataFrame) -> list[Result]:
+    """The claim parts on `source` decided on `table`: a tuned sweep's C6 on its kept re-runs
+    (`tuned_runs`), P1–P3 on pictures.csv's rows."""
+    return evaluate(declare(study_order(set(table["dataset"]))), {source: table})
 
 
 def setting_results(runs: pd.DataFrame, costs: Callable[[pd.DataFrame], dict]
