@@ -91,3 +91,14 @@ def test_profile_and_epoch_benchmarks_time_every_phase(tiny_data):
     for short in ("bnstudy", "bare"):
         assert re.search(rf"^ratio {short} / plain \(median of 2 paired epochs\): [\d.]+",
                          epochs.stdout, re.M), epochs.stdout
+
+
+@pytest.mark.parametrize("module", ["epochs", "study"])
+def test_no_round_to_time_is_refused_in_one_line(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"bnstudy.bench.{module}").main(["--repeats", "0"])
+    assert exit_.value.code == 2
+    said = capsys.readouterr().err
+    assert "error: --repeats 0: it times 1 round or more, e.g. --repeats 2" in said

@@ -121,12 +121,15 @@ def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bnstudy.bench",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="fits to time (default 3)")
     parser.add_argument("--floor", action="store_true",
                         help="also time a bare Lightning loop (no logger, no callbacks)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_epochs=2")
     args = parser.parse_intermixed_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: it times 1 round or more, e.g. --repeats 2")
     quiet_console()  # the benchmark's lines only, not Lightning's notices at each fit
 
     t = time.perf_counter()

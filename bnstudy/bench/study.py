@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides added to the default study, e.g. seed=0,1")
     args = parser.parse_intermixed_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: it times 1 round or more, e.g. --repeats 2")
     overrides = study_overrides(args.overrides, args.hallucinations)
     work = Path(tempfile.mkdtemp(prefix="bnstudy-bench-study-"))
     cores = os.cpu_count() or 1
