@@ -22,6 +22,8 @@ SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun,
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
 VERDICTS = ("holds", "does not hold", "equivalent", "cannot tell")  # the rule's one vocabulary
+_COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot tell"),
+                             strict=True))  # treatment − baseline, claimed sign +
 PAIRED, WELCH, UNPAIRED, IMAGES, ONE = ("paired t", "Welch", "Welch, seeds unpaired",
                                         "Welch + test images", "one-sample t")
 VERDICT_COLUMNS = ("treatment", "baseline", "n_treatment", "n_baseline", "treatment_mean",
@@ -174,8 +176,7 @@ def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
 def comparison_word(verdict: str, p_value: float) -> str:
     """A comparison's (treatment − baseline, claimed sign +) word for the rule's verdict: wins,
     loses, equivalent, cannot tell, or no test (no p)."""
-    words = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot tell"), strict=True))
-    return "no test" if math.isnan(p_value) else words[verdict]
+    return "no test" if math.isnan(p_value) else _COMPARISON_WORDS[verdict]
 
 
 def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
@@ -336,8 +337,7 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
                         for n in (treatment, baseline)]
             rows.append({**dict(ckey), "treatment": treatment, "baseline": baseline,
                          "n_treatment": len(xs[0]), "n_baseline": len(xs[1]),
-                         "treatment_mean": np.mean(xs[0]) if xs[0] else math.nan,
-                         "baseline_mean": np.mean(xs[1]) if xs[1] else math.nan,
+                         "treatment_mean": mean_std(xs[0])[0], "baseline_mean": mean_std(xs[1])[0],
                          "treatment_diverged": diverged[0], "baseline_diverged": diverged[1]})
     for row, diff in zip(rows, holm_family(tests), strict=True):
         row.update(diff=diff.estimate, test=diff.test, n_paired=diff.n_paired,
