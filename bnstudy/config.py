@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.errors import ConfigError
 from bnstudy.norms import NORMS
+from bnstudy.records import HOW_IT_RUNS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -98,8 +99,7 @@ def register() -> None:
 
 
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
-BOOKKEEPING = ("paths.", "hydra.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
-               "experiment", "logger", "+", "~")  # logger: logger=csv and logger.x.y=...
+BOOKKEEPING = (*HOW_IT_RUNS, "hydra.", "experiment")
 
 
 def swept_suffix(override_dirname: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import itertools
 import json
 import os
 import secrets
@@ -20,6 +21,9 @@ from bnstudy.errors import RunFileError
 RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
 TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
+# override keys (prefixes) of how a job runs and is kept, not of which job it is
+HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
+               "logger", "+", "~")  # logger: logger=csv and logger.x.y=...
 
 _OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
 _WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"
@@ -69,6 +73,26 @@ def job_dirs(folder: str | os.PathLike) -> list[Path]:
     """The run directories (`is_job_dir`) in a sweep's `folder`, in job order."""
     return sorted((d for d in Path(folder).iterdir() if d.is_dir() and is_job_dir(d)),
                   key=job_order)
+
+
+def planned_jobs(hydra: Any) -> list[dict[str, str]] | None:
+    """The jobs a multirun's Hydra node (`multirun.yaml`'s `hydra`) plans, in the order Hydra's
+    basic sweeper numbers them: the product of comma-separated values, `sweeper.params` first,
+    a key's last value winning; each `{key: value}` as typed, without the keys of how a job
+    runs (`HOW_IT_RUNS`). None when a value is a range or interval (another sweeper's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(hydra, "sweeper.params") or {}).items()]
+    task = OmegaConf.to_container(hydra.overrides.task, resolve=False)  # run_name=${...} as typed
+    parsed = {o.get_key_element(): o for o in
+              OverridesParser.create().parse_overrides([*params, *task])}
+    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed.values()):
+        return None
+    choices = [[(key, value) for value in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [(key, o.get_value_element_as_str())]
+               for key, o in parsed.items() if not key.startswith(HOW_IT_RUNS)]
+    return [dict(job) for job in itertools.product(*choices)]
 
 
 def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:

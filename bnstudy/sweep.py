@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.errors import RunFileError
 from bnstudy.jobdir import describe_holder, holder
@@ -29,7 +30,9 @@ from bnstudy.records import (
     REMEDIES,
     TUNING_FILE,
     RunRecord,
+    job_dirs,
     job_order,
+    planned_jobs,
     replace_file,
     sweep_records,
 )
@@ -80,6 +83,39 @@ def announce(config: DictConfig) -> None:
 
         log.info("Browse as jobs finish: tensorboard --logdir %s, then open %s",
                  config.hydra.sweep.dir, BROWSE_URL)
+
+
+def check_plan(config: DictConfig) -> None:
+    """Refuses a sweep into a folder whose jobs another sweep numbered otherwise (Hydra numbers
+    every sweep's jobs from 0, so one setting would train twice, under two numbers, and the
+    report count its seeds twice). The same sweep launched again, resumed, or with more seeds
+    (numbers after the folder's last) goes on: the plans agree on every number both have."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file() or not job_dirs(sweep_dir):
+        return
+    held = OmegaConf.load(saved).hydra
+    there, here = planned_jobs(held) or [], planned_jobs(config.hydra) or []
+    clash = next((i for i, (a, b) in enumerate(zip(there, here, strict=False)) if a != b), None)
+    if clash is None:
+        return
+    a, b = there[clash], here[clash]  # each by what varies in a plan or between the two
+    varies = {key for plan in (there, here) for key in plan[0]
+              if len({job.get(key) for job in plan}) > 1} | {k for k, _ in a.items() ^ b.items()}
+    there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in varies)
+                           for job in (a, b))
+    elsewhere = f" (job {there.index(b)} there)" if b in there else ""
+    command = shlex.join(["python", "-m", "bnstudy.train", "-m", *(
+        o for o in OmegaConf.to_container(held.overrides.task, resolve=False)
+        if not o.startswith(("resume=", "overwrite=")))])
+    sys.exit(
+        f"{sweep_dir} holds the jobs of another sweep, numbered otherwise: its job {clash} is "
+        f"{there_job}, this sweep's would be {here_job}{elsewhere}. In one folder the two would "
+        "train a setting twice, or two settings under one number, so nothing was run. To go on "
+        f"with that sweep, run its command with resume=true: {command} resume=true "
+        f"hydra.sweep.dir={sweep_dir}; to run this one, give it a folder of its own "
+        "(hydra.sweep.dir=<another folder>). More seeds (seed=0,1,2,3,4 after seed=0,1,2, with "
+        "resume=true) keep the numbers and may share the folder.")
 
 
 class SweepSummary(Callback):

@@ -223,3 +223,50 @@ def test_a_sweep_folder_without_a_job_goes_with_its_own_files_and_a_job_keeps_it
     assert not discard_empty_sweep(sweep) and (sweep / "multirun.yaml").is_file()
     (sweep / "0_mnist-bn-sgd-seed0").rmdir()
     assert discard_empty_sweep(sweep) and not (tmp_path / "multirun").exists()
+
+
+def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
+    """Hydra numbers each sweep's jobs from 0: another sweep in the folder would train a
+    setting twice under two numbers. The same sweep again (resumed, with other run-only keys),
+    with more seeds or fewer goes on."""
+    from bnstudy.sweep import check_plan
+
+    def hydra(*task: str):  # the config a multirun of `task` hands its sweeper
+        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {
+            "task": ["dataset=mnist", *task]}, "sweeper": {"params": {"seed": "0,1,2"}}}})
+
+    grid = ("norm=bn,none", "optim=sgd,adam")
+    OmegaConf.save(hydra(*grid), tmp_path / "multirun.yaml")
+    check_plan(hydra("optim=adam"))  # no job in the folder yet: Hydra's plan replaces its own
+    write_job(tmp_path, [0.5])
+    for same in ([], ["resume=true", "threads=2", "+callbacks.x=1"], ["seed=0,1,2,3"], ["seed=0"]):
+        check_plan(hydra(*grid, *same))
+    for other, job in ((["norm=bn,none", "optim=sgd"], "seed=0 norm=none optim=sgd (job 2 there)"),
+                       (["norm=none,bn", "optim=sgd,adam"], "seed=0 norm=none optim=sgd (job 2 "
+                                                            "there)"),
+                       (["norm=bn", "optim=sgd,adam", "seed=0,1"], "seed=1 norm=bn optim=sgd "
+                                                                   "(job 4 there)"),
+                       ([*grid, "dataset.lr=0.1"], "seed=0 norm=bn optim=sgd dataset.lr=0.1")):
+        with pytest.raises(SystemExit) as refused:
+            check_plan(hydra(*other))
+        said = str(refused.value.code)
+        assert said.startswith(f"{tmp_path} holds the jobs of another sweep, numbered otherwise: ")
+        assert f"this sweep's would be {job}. " in said and "nothing was run" in said
+        assert ("To go on with that sweep, run its command with resume=true: python -m "
+                "bnstudy.train -m dataset=mnist norm=bn,none optim=sgd,adam resume=true "
+                f"hydra.sweep.dir={tmp_path}; ") in said
+
+
+def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):
+    from helpers import run_sweep, sweep_jobs
+
+    plan, jobs = (sweep / "multirun.yaml").read_bytes(), sweep_jobs(sweep)
+    proc = run_sweep(sweep, tiny_data, "dataset=mnist", "norm=bn,none", "optim=sgd", "seed=0",
+                     "trainer.max_epochs=2", "callbacks.weight_grid.every_n_epochs=1",
+                     "callbacks.hallucinations.every_n_epochs=0",
+                     "callbacks.hallucinations.steps=5")  # the tiny sweep's, but its grid
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{sweep} holds the jobs of another sweep, numbered otherwise: its job 1 is " \
+        "dataset=mnist norm=bn optim=adam, this sweep's would be dataset=mnist norm=none " \
+        "optim=sgd (job 2 there)." in " ".join(proc.stderr.split())
+    assert (sweep / "multirun.yaml").read_bytes() == plan and sweep_jobs(sweep) == jobs

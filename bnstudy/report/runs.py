@@ -3,19 +3,24 @@ never started, the groups (every hparam but the seed), the compared pairs, the l
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RECORD_NAME, RunRecord, job_dirs, read_test_correct
+from bnstudy.records import (
+    HOW_IT_RUNS,
+    RECORD_NAME,
+    RunRecord,
+    job_dirs,
+    planned_jobs,
+    read_test_correct,
+)
 
 FIRST_KEYS = ("dataset", "optim", "norm")
 OUTCOMES = ("ok", "diverged", "failed", "unfinished")
@@ -141,25 +146,18 @@ def curves(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def never_started(sweep_dir: Path) -> list[str]:
-    """The jobs `multirun.yaml` plans (the basic sweeper's product of comma-separated values,
-    the command line winning over `hydra.sweeper.params`) without a directory; else none."""
+    """The jobs `multirun.yaml` plans (`planned_jobs`) without a directory, each by the values
+    that vary; else none."""
     plan_file = sweep_dir / "multirun.yaml"
-    if not plan_file.is_file():
+    plan = planned_jobs(OmegaConf.load(plan_file).hydra) if plan_file.is_file() else None
+    if not plan:
         return []
-    plan = OmegaConf.load(plan_file).hydra
-    params = [f"{k}={v}" for k, v in (OmegaConf.select(plan, "sweeper.params") or {}).items()]
-    task = OmegaConf.to_container(plan.overrides.task, resolve=False)  # run_name=${...} as typed
-    overrides = OverridesParser.create().parse_overrides([*params, *task])
-    parsed = list({o.get_key_element(): o for o in overrides}.values())  # the last of a key wins
-    if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
-        return []
-    choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
-               if o.is_sweep_override()
-               else [f"{o.get_key_element()}={o.get_value_element_as_str()}"] for o in parsed]
-    started = {frozenset(OmegaConf.load(f)) for f in sweep_dir.glob("*/.hydra/overrides.yaml")}
-    swept = [i for i, o in enumerate(parsed) if o.is_sweep_override()]
-    return [" ".join(job[i] for i in swept) for job in itertools.product(*choices)
-            if frozenset(job) not in started]
+    shown = [key for key in plan[0] if len({job[key] for job in plan}) > 1] or list(plan[0])
+    started = [OmegaConf.load(f) for f in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    started = {frozenset(o for o in overrides if not o.startswith(HOW_IT_RUNS))
+               for overrides in started}
+    return [" ".join(f"{key}={job[key]}" for key in shown) for job in plan
+            if frozenset(f"{key}={value}" for key, value in job.items()) not in started]
 
 
 # --- groups and compared pairs --------------------------------------------------------------

@@ -13,11 +13,15 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-from bnstudy.sweep import announce, discard_empty_sweep
+from bnstudy.sweep import announce, check_plan, discard_empty_sweep
 
 
 class GridSweeper(BasicSweeper):
     announced = False
+
+    def sweep(self, arguments: list[str]):
+        check_plan(self.config)  # before Hydra saves this sweep's plan over the folder's
+        return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         seen: set[str] = set()
