@@ -151,11 +151,15 @@ class SweepSummary(Callback):
         if records := [r for _, r in found]:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
             from bnstudy.report.answer import console_answer
+            from bnstudy.report.runs import ReportError
 
             if uses_tensorboard(config.get("logger")):
                 write_sweep_experiment(found[0][0], [r.hparams for r in records if r.hparams])
             lines = "\n".join(f"  {r.line()}" for r in records)
-            answer = console_answer(sweep_dir)
+            try:
+                answer = console_answer(sweep_dir)
+            except ReportError as err:  # the folder's results cannot be compared
+                answer = str(err)
             log.info("Sweep %s: %d job(s)\n%s\n%sBrowse: tensorboard --logdir %s, then open %s\n"
                      "Report (per second of compute, tuning, pictures, every claim): "
                      "python -m bnstudy.report %s", sweep_dir, len(records), lines,

@@ -206,6 +206,29 @@ def test_another_varying_hparam_splits_groups_and_names_figures(tmp_path):
     assert all(len(g) == 2 for _, by_norm in found for g in by_norm.values())
 
 
+def test_two_results_of_one_setting_and_seed_are_refused_not_counted_twice(tmp_path, capsys,
+                                                                          caplog):
+    from omegaconf import OmegaConf
+
+    from bnstudy.sweep import SweepSummary
+
+    for norm, seed in (("bn", 0), ("none", 0), ("bn", 1), ("none", 1)):
+        write_job(tmp_path, [0.9], norm=norm, seed=seed)
+    write_job(tmp_path, [0.5], status="failed", norm="none", seed=0)  # no result: no matter
+    load_runs(tmp_path)
+    write_job(tmp_path, [0.8], norm="none", seed=0)  # numbered 5: no BN's seed 0 again
+    assert main([str(tmp_path)]) == 2
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{tmp_path} holds two results of one setting and seed: 1_mnist-none-sgd-seed0, " \
+        "5_mnist-none-sgd-seed0. Each would count twice among the seeds, so nothing was " \
+        "reported." in said and not (tmp_path / "report").exists()
+    caplog.set_level("INFO", logger="bnstudy")  # the sweep's summary says it for the answer
+    with pytest.raises(SystemExit):  # (for the failed job)
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {
+            "dir": str(tmp_path)}}}))
+    assert "holds two results of one setting and seed" in caplog.text
+
+
 def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["python -m bnstudy.report", str(tmp_path / "nope")])
     with pytest.raises(SystemExit) as exit_:

@@ -16,6 +16,7 @@ from bnstudy.norms import NORMS
 from bnstudy.records import (
     HOW_IT_RUNS,
     RECORD_NAME,
+    TUNING_FILE,
     RunRecord,
     job_dirs,
     planned_jobs,
@@ -128,6 +129,15 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
     runs = pd.DataFrame([load_run(job) for job in sweep_jobs(Path(sweep_dir))], dtype=object)
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)
+    results = runs[runs["outcome"].isin(("ok", "diverged"))]
+    twice = results[results.drop(columns=list(RUN_COLUMNS)).astype(str).duplicated(keep=False)]
+    tuned = (Path(sweep_dir) / TUNING_FILE).is_file()  # its kept re-runs are named in tuning.json
+    if len(twice) and not tuned:  # e.g. two launches of `hydra/sweeper=basic`, numbered otherwise
+        raise ReportError(
+            f"{sweep_dir} holds two results of one setting and seed: {', '.join(twice['job'])}. "
+            "Each would count twice among the seeds, so nothing was reported. Move all but one "
+            "of each out of the folder (two sweeps launched into it numbered their jobs "
+            "otherwise), then run the report again.")
     return runs.astype({c: float for c in QUANTITIES})
 
 
