@@ -36,6 +36,17 @@ class InterruptAtEpoch(AtEpoch):
         raise KeyboardInterrupt
 
 
+class SlowEpochs(Callback):
+    """Each training epoch lasts `seconds` longer: a run that outlasts a time limit however fast
+    the machine."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        time.sleep(self.seconds)
+
+
 class DiskFullAtEpoch(AtEpoch):
     """From then on, writing a run file whose name contains `name` fails with ENOSPC (as on a
     full disk); the disk is "freed" when the fit ends, so the entry point can record the

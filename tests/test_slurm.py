@@ -87,8 +87,12 @@ def test_a_time_limit_requeue_ends_ok_as_an_uninterrupted_run(shared_data, tmp_p
     data's warning once."""
     limited, whole = tmp_path / "limited", tmp_path / "whole"
     overrides = ("norm=none", "trainer.max_epochs=100")
+    # signalled at 45 s: 0.3 s more per epoch outlasts that on any machine (100 epochs took
+    # 22 s on a 2-core Xeon, and no time limit was reached)
     proc = start_sweep(limited, shared_data, *overrides, "hydra.launcher.timeout_min=1",
-                       "hydra.launcher.signal_delay_s=15")
+                       "hydra.launcher.signal_delay_s=15",
+                       "+callbacks.slow._target_=tests.faults.SlowEpochs",
+                       "+callbacks.slow.seconds=0.3")
     _, stderr = proc.communicate(timeout=1500)
     assert proc.returncode == 0, stderr[-3000:]
     ran = run_sweep(whole, shared_data, *RUN, *overrides)
