@@ -105,9 +105,10 @@ def check_plan(config: DictConfig) -> None:
     there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in varies)
                            for job in (a, b))
     elsewhere = f" (job {there.index(b)} there)" if b in there else ""
+    typed = OmegaConf.to_container(held.overrides, resolve=False)  # its launcher's too
     command = shlex.join(["python", "-m", "bnstudy.train", "-m", *(
-        o for o in OmegaConf.to_container(held.overrides.task, resolve=False)
-        if not o.startswith(("resume=", "overwrite=")))])
+        o for o in [*typed.get("hydra", []), *typed["task"]]
+        if not o.startswith(("resume=", "overwrite=", "hydra.mode=", "hydra.sweep.dir=")))])
     sys.exit(
         f"{sweep_dir} holds the jobs of another sweep, numbered otherwise: its job {clash} is "
         f"{there_job}, this sweep's would be {here_job}{elsewhere}. In one folder the two would "

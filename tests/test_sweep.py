@@ -232,8 +232,10 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
     from bnstudy.sweep import check_plan
 
     def hydra(*task: str):  # the config a multirun of `task` hands its sweeper
-        return OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {
-            "task": ["dataset=mnist", *task]}, "sweeper": {"params": {"seed": "0,1,2"}}}})
+        launch = ["hydra/launcher=slurm", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}"]
+        return OmegaConf.create({"hydra": {
+            "sweep": {"dir": str(tmp_path)}, "sweeper": {"params": {"seed": "0,1,2"}},
+            "overrides": {"task": ["dataset=mnist", *task], "hydra": launch}}})
 
     grid = ("norm=bn,none", "optim=sgd,adam")
     OmegaConf.save(hydra(*grid), tmp_path / "multirun.yaml")
@@ -253,7 +255,8 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
         assert said.startswith(f"{tmp_path} holds the jobs of another sweep, numbered otherwise: ")
         assert f"this sweep's would be {job}. " in said and "nothing was run" in said
         assert ("To go on with that sweep, run its command with resume=true: python -m "
-                "bnstudy.train -m dataset=mnist norm=bn,none optim=sgd,adam resume=true "
+                "bnstudy.train -m hydra/launcher=slurm dataset=mnist norm=bn,none optim=sgd,adam "
+                "resume=true "
                 f"hydra.sweep.dir={tmp_path}; ") in said
 
 
