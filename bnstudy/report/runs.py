@@ -134,10 +134,11 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
     tuned = (Path(sweep_dir) / TUNING_FILE).is_file()  # its kept re-runs are named in tuning.json
     if len(twice) and not tuned:  # e.g. two launches of `hydra/sweeper=basic`, numbered otherwise
         raise ReportError(
-            f"{sweep_dir} holds two results of one setting and seed: {', '.join(twice['job'])}. "
-            "Each would count twice among the seeds, so nothing was reported. Move all but one "
-            "of each out of the folder (two sweeps launched into it numbered their jobs "
-            "otherwise), then run the report again.")
+            f"{sweep_dir} holds two results of one setting and seed: {', '.join(twice['job'])} "
+            "(their recorded settings are the same: two sweeps launched into the folder, or a "
+            "swept key no run records, such as threads). Each would count twice among the "
+            "seeds, so nothing was reported. Move all but one of each out of the folder, then "
+            "run the report again.")
     return runs.astype({c: float for c in QUANTITIES})
 
 
