@@ -135,6 +135,9 @@ def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:  # ~40 ms, sever
     return frozenset(o.key_or_group for o in overrides if o.is_sweep_override())
 
 
+NO_JOB_DIR = "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
+
+
 def job_dir() -> str:
     """`paths.output_dir`: Hydra's `runtime.output_dir`, or where no job runs (`--cfg job`)
     where it would be."""
@@ -144,7 +147,7 @@ def job_dir() -> str:
         runtime = HydraConfig.get().runtime
         if not OmegaConf.is_missing(runtime, "output_dir") and runtime.output_dir:
             return runtime.output_dir
-    return "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
+    return NO_JOB_DIR
 
 
 def unknown_override(args: list[str]) -> str | None:

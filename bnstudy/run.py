@@ -23,7 +23,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy.config import changed_settings, group_defaults, hparams, overridden_keys, validate
+from bnstudy.config import (
+    NO_JOB_DIR,
+    changed_settings,
+    group_defaults,
+    hparams,
+    overridden_keys,
+    validate,
+)
 from bnstudy.console import quiet_console, shown_before
 from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.jobdir import JobDirLock, RunExistsError, is_requeue, launcher_job, same_job
@@ -55,6 +62,11 @@ class RunEnded(Exception):
 
 def train(cfg: DictConfig) -> RunRecord:
     """Fits and tests one configuration in `paths.output_dir`; returns its record."""
+    if cfg.paths.output_dir == NO_JOB_DIR:  # composed outside a job, no folder given
+        raise ConfigError(
+            "paths.output_dir is not set: a config composed outside a Hydra job has no job "
+            "directory, so nothing was run. Name one, e.g. compose([\"norm=none\", "
+            "\"paths.output_dir=outputs/runs/mine\"]).")
     out = Path(cfg.paths.output_dir)
     lock = JobDirLock(out) if is_primary() else None
     try:

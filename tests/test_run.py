@@ -531,3 +531,17 @@ def test_a_run_names_itself_in_its_lock_while_it_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "_train", lambda cfg, out: holder(out))  # what another process sees
     assert run.train(job_cfg(tmp_path))["run"] == "mnist-bn-sgd-seed0"
     assert holder(tmp_path) == {}  # released when it ends
+
+
+def test_a_config_composed_without_a_job_directory_is_refused(tmp_path, monkeypatch):
+    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder: a run there
+    would make a folder named after it in the working directory."""
+    from bnstudy.config import compose
+    from bnstudy.errors import ConfigError
+    from bnstudy.run import train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^paths.output_dir is not set: .* nothing was run\. "
+                                          r"Name one, e\.g\. compose\(\["):
+        train(compose(["norm=none"]))
+    assert list(tmp_path.iterdir()) == []
