@@ -88,35 +88,46 @@ def announce(config: DictConfig) -> None:
 def check_plan(config: DictConfig) -> None:
     """Refuses a sweep into a folder whose jobs another sweep numbered otherwise (Hydra numbers
     every sweep's jobs from 0, so one setting would train twice, under two numbers, and the
-    report count its seeds twice). The same sweep launched again, resumed, or with more seeds
-    (numbers after the folder's last) goes on: the plans agree on every number both have."""
+    report count its seeds twice), or planned as no grid (a tuned study). The same sweep
+    launched again, resumed, or with more seeds (numbers after the folder's last) goes on: the
+    plans agree on every number both have."""
     sweep_dir = Path(config.hydra.sweep.dir)
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file() or not job_dirs(sweep_dir):
         return
     held = OmegaConf.load(saved).hydra
-    there, here = planned_jobs(held) or [], planned_jobs(config.hydra) or []
+    if (clash := plan_clash(planned_jobs(held), planned_jobs(config.hydra) or [])) is None:
+        return
+    typed = OmegaConf.to_container(held.overrides, resolve=False)  # its launcher's too
+    command = shlex.join(["python", "-m", "bnstudy.train", "-m", *(
+        o for o in [*typed.get("hydra", []), *typed["task"]]
+        if not o.startswith(("resume=", "overwrite=", "hydra.mode=", "hydra.sweep.dir=")))])
+    sys.exit(
+        f"{sweep_dir} holds the jobs of another {clash} so nothing was run. To go on with that "
+        f"sweep, run its command with resume=true: {command} resume=true "
+        f"hydra.sweep.dir={sweep_dir}; to run this one, give it a folder of its own "
+        "(hydra.sweep.dir=<another folder>). More seeds (seed=0,1,2,3,4 after seed=0,1,2, with "
+        "resume=true) keep the numbers and may share the folder.")
+
+
+def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
+    """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ on a
+    number both have, as `check_plan` says it; None where they agree."""
+    if there is None:
+        return "kind of sweep, not a grid of values (a tuned study's searches?): in one " \
+            "folder the report would read the two as one study,"
     clash = next((i for i, (a, b) in enumerate(zip(there, here, strict=False)) if a != b), None)
     if clash is None:
-        return
+        return None
     a, b = there[clash], here[clash]  # each by what varies in a plan or between the two
     varies = {key for plan in (there, here) for key in plan[0]
               if len({job.get(key) for job in plan}) > 1} | {k for k, _ in a.items() ^ b.items()}
     there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in varies)
                            for job in (a, b))
     elsewhere = f" (job {there.index(b)} there)" if b in there else ""
-    typed = OmegaConf.to_container(held.overrides, resolve=False)  # its launcher's too
-    command = shlex.join(["python", "-m", "bnstudy.train", "-m", *(
-        o for o in [*typed.get("hydra", []), *typed["task"]]
-        if not o.startswith(("resume=", "overwrite=", "hydra.mode=", "hydra.sweep.dir=")))])
-    sys.exit(
-        f"{sweep_dir} holds the jobs of another sweep, numbered otherwise: its job {clash} is "
-        f"{there_job}, this sweep's would be {here_job}{elsewhere}. In one folder the two would "
-        "train a setting twice, or two settings under one number, so nothing was run. To go on "
-        f"with that sweep, run its command with resume=true: {command} resume=true "
-        f"hydra.sweep.dir={sweep_dir}; to run this one, give it a folder of its own "
-        "(hydra.sweep.dir=<another folder>). More seeds (seed=0,1,2,3,4 after seed=0,1,2, with "
-        "resume=true) keep the numbers and may share the folder.")
+    return (f"sweep, numbered otherwise: its job {clash} is {there_job}, this sweep's would be "
+            f"{here_job}{elsewhere}. In one folder the two would train a setting twice, or two "
+            "settings under one number,")
 
 
 class SweepSummary(Callback):

@@ -258,6 +258,14 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
                 "bnstudy.train -m hydra/launcher=slurm dataset=mnist norm=bn,none optim=sgd,adam "
                 "resume=true "
                 f"hydra.sweep.dir={tmp_path}; ") in said
+    tuned = hydra(*grid)  # a tuned study's plan: its searched setting an interval
+    tuned.hydra.sweeper.params["optim.optimizer.lr"] = "tag(log, interval(0.0001, 1.0))"
+    OmegaConf.save(tuned, tmp_path / "multirun.yaml")
+    with pytest.raises(SystemExit) as refused:
+        check_plan(hydra(*grid))
+    assert "holds the jobs of another kind of sweep, not a grid of values (a tuned study's " \
+        "searches?): in one folder the report would read the two as one study, so nothing " \
+        "was run." in str(refused.value.code)
 
 
 def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):

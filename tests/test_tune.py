@@ -346,6 +346,11 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
     assert f"{tmp_path} already holds a tuned study ({TUNING_FILE}); nothing was changed. Add " \
         "resume=true" in " ".join(again.stderr.split())
     assert (tmp_path / TUNING_FILE).read_bytes() == record  # its search's record kept
+    grid = run_train("-m", "dataset=mnist", "optim=adam", "norm=bn,none",  # a grid into it:
+                     f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")  # refused
+    assert grid.returncode == 1 and f"{tmp_path} holds the jobs of another kind of sweep, " \
+        "not a grid of values" in grid.stderr and "Traceback" not in grid.stderr
+    assert "optim.optimizer.lr" in OmegaConf.load(tmp_path / "multirun.yaml").hydra.sweeper.params
     assert "optim.optimizer.lr" in OmegaConf.load(
         tmp_path / SEARCH_DIR / "mnist-bn-adam" / "multirun.yaml").hydra.sweeper.params
     sweep = tmp_path / "refused"  # a searched setting swept: refused before anything ran
