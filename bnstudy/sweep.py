@@ -100,7 +100,7 @@ def check_plan(config: DictConfig) -> None:
         return
     typed = OmegaConf.to_container(held.overrides, resolve=False)  # its launcher's too
     command = shlex.join(["python", "-m", "bnstudy.train", "-m", *(
-        o for o in [*typed.get("hydra", []), *typed["task"]]
+        o for o in [*typed["hydra"], *typed["task"]]
         if not o.startswith(("resume=", "overwrite=", "hydra.mode=", "hydra.sweep.dir=")))])
     sys.exit(
         f"{sweep_dir} holds the jobs of another {clash} so nothing was run. To go on with that "

@@ -235,15 +235,19 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
         launch = ["hydra/launcher=slurm", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}"]
         return OmegaConf.create({"hydra": {
             "sweep": {"dir": str(tmp_path)}, "sweeper": {"params": {"seed": "0,1,2"}},
-            "overrides": {"task": ["dataset=mnist", *task], "hydra": launch}}})
+            "overrides": {"task": ["dataset=mnist", "run_name=${dataset.name}-x", *task],
+                          "hydra": launch}}})  # a run name typed: read as typed
 
     grid = ("norm=bn,none", "optim=sgd,adam")
-    OmegaConf.save(hydra(*grid), tmp_path / "multirun.yaml")
+    OmegaConf.save(hydra(*grid, "resume=true", "overwrite=false"),  # saved by a resume of it
+                   tmp_path / "multirun.yaml")
     check_plan(hydra("optim=adam"))  # no job in the folder yet: Hydra's plan replaces its own
     write_job(tmp_path, [0.5])
     for same in ([], ["resume=true", "threads=2", "+callbacks.x=1"], ["seed=0,1,2,3"], ["seed=0"]):
         check_plan(hydra(*grid, *same))
     for other, job in ((["norm=bn,none", "optim=sgd"], "seed=0 norm=none optim=sgd (job 2 there)"),
+                       (["norm=none", "optim=sgd", "seed=0"], "seed=0 norm=none optim=sgd (job 2 "
+                                                              "there)"),  # a single job
                        (["norm=none,bn", "optim=sgd,adam"], "seed=0 norm=none optim=sgd (job 2 "
                                                             "there)"),
                        (["norm=bn", "optim=sgd,adam", "seed=0,1"], "seed=1 norm=bn optim=sgd "
@@ -253,11 +257,14 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
             check_plan(hydra(*other))
         said = str(refused.value.code)
         assert said.startswith(f"{tmp_path} holds the jobs of another sweep, numbered otherwise: ")
-        assert f"this sweep's would be {job}. " in said and "nothing was run" in said
+        assert f"this sweep's would be {job}. In one folder the two would train a setting " \
+            "twice, or two settings under one number, so nothing was run. " in said
         assert ("To go on with that sweep, run its command with resume=true: python -m "
-                "bnstudy.train -m hydra/launcher=slurm dataset=mnist norm=bn,none optim=sgd,adam "
-                "resume=true "
-                f"hydra.sweep.dir={tmp_path}; ") in said
+                "bnstudy.train -m hydra/launcher=slurm dataset=mnist 'run_name=${dataset.name}-x' "
+                f"norm=bn,none optim=sgd,adam resume=true hydra.sweep.dir={tmp_path}; to run "
+                "this one, give it a folder of its own (hydra.sweep.dir=<another folder>). More "
+                "seeds (seed=0,1,2,3,4 after seed=0,1,2, with resume=true) keep the numbers and "
+                "may share the folder.") in said
     tuned = hydra(*grid)  # a tuned study's plan: its searched setting an interval
     tuned.hydra.sweeper.params["optim.optimizer.lr"] = "tag(log, interval(0.0001, 1.0))"
     OmegaConf.save(tuned, tmp_path / "multirun.yaml")
