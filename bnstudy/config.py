@@ -18,7 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.errors import ConfigError
 from bnstudy.norms import NORMS
-from bnstudy.records import HOW_IT_RUNS
+from bnstudy.records import HOW_IT_RUNS, plan_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -99,7 +99,7 @@ def register() -> None:
 
 
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
-BOOKKEEPING = (*HOW_IT_RUNS, "hydra.", "experiment")
+BOOKKEEPING = (*HOW_IT_RUNS, "hydra.", "experiment")  # in no run's name
 
 
 def swept_suffix(override_dirname: str) -> str:
@@ -127,12 +127,8 @@ def swept_keys() -> set[str] | None:
 
 @functools.lru_cache(maxsize=8)
 def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:  # ~40 ms, several times a job
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    sweep = OmegaConf.load(path).hydra
-    params = [f"{key}={value}" for key, value in (sweep.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides([*params, *sweep.overrides.task])
-    return frozenset(o.key_or_group for o in overrides if o.is_sweep_override())
+    return frozenset(o.key_or_group for o in plan_overrides(OmegaConf.load(path).hydra)
+                     if o.is_sweep_override())
 
 
 NO_JOB_DIR = "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"

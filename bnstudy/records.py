@@ -12,11 +12,12 @@ import os
 import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from bnstudy.errors import RunFileError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
@@ -75,18 +76,23 @@ def job_dirs(folder: str | os.PathLike) -> list[Path]:
                   key=job_order)
 
 
-def planned_jobs(hydra: Any) -> list[dict[str, str]] | None:
-    """The jobs a multirun's Hydra node (`multirun.yaml`'s `hydra`) plans, in the order Hydra's
-    basic sweeper numbers them: the product of comma-separated values, `sweeper.params` first,
-    a key's last value winning; each `{key: value}` as typed, without the keys of how a job
-    runs (`HOW_IT_RUNS`). None when a value is a range or interval (another sweeper's)."""
+def plan_overrides(hydra: Any) -> list:
+    """A multirun's overrides (`multirun.yaml`'s `hydra`), parsed in the order Hydra's basic
+    sweeper reads them: `sweeper.params` first, then the command line's as typed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     params = [f"{k}={v}" for k, v in (OmegaConf.select(hydra, "sweeper.params") or {}).items()]
     task = OmegaConf.to_container(hydra.overrides.task, resolve=False)  # run_name=${...} as typed
-    parsed = {o.get_key_element(): o for o in
-              OverridesParser.create().parse_overrides([*params, *task])}
+    return OverridesParser.create().parse_overrides([*params, *task])
+
+
+def planned_jobs(hydra: Any) -> list[dict[str, str]] | None:
+    """The jobs a multirun's Hydra node plans, in the order Hydra's basic sweeper numbers them:
+    the product of `plan_overrides`' comma-separated values, a key's last value winning; each
+    `{key: value}` as typed, without the keys of how a job runs (`HOW_IT_RUNS`). None when a
+    value is a range or interval (another sweeper's)."""
+    parsed = {o.get_key_element(): o for o in plan_overrides(hydra)}
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed.values()):
         return None
     choices = [[(key, value) for value in o.sweep_string_iterator()] if o.is_sweep_override()
@@ -144,6 +150,8 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 def write_test_correct(job_dir: str | Path, correct) -> None:
     """The job's `test_correct.npy`: a numpy bool per test image, written atomically."""
+    import numpy as np  # here: numpy is no cost to what reads a config or a record
+
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(correct, dtype=bool), allow_pickle=False)
     replace_file(Path(job_dir) / TEST_CORRECT_FILE, buffer.getbuffer())
@@ -151,6 +159,8 @@ def write_test_correct(job_dir: str | Path, correct) -> None:
 
 def read_test_correct(job_dir: str | Path) -> np.ndarray | None:
     """The job's `test_correct.npy` (None if absent or unreadable)."""
+    import numpy as np
+
     path = Path(job_dir) / TEST_CORRECT_FILE
     try:
         return np.load(path, allow_pickle=False) if path.is_file() else None

@@ -164,9 +164,8 @@ def never_started(sweep_dir: Path) -> list[str]:
     if not plan:
         return []
     shown = [key for key in plan[0] if len({job[key] for job in plan}) > 1] or list(plan[0])
-    started = [OmegaConf.load(f) for f in sweep_dir.glob("*/.hydra/overrides.yaml")]
-    started = {frozenset(o for o in overrides if not o.startswith(HOW_IT_RUNS))
-               for overrides in started}
+    started = {frozenset(o for o in OmegaConf.load(f) if not o.startswith(HOW_IT_RUNS))
+               for f in sweep_dir.glob("*/.hydra/overrides.yaml")}
     return [" ".join(f"{key}={job[key]}" for key in shown) for job in plan
             if frozenset(f"{key}={value}" for key, value in job.items()) not in started]
 
