@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from helpers import FAST, REPO, read_record, write_cifar10, write_mnist
+from helpers import FAST, REPO, TINY_SETTINGS, read_record, write_cifar10, write_mnist
 
 # `tests.faults.*`, the fault tests' Hydra targets, from any runner: mutmut's in-process pytest
 # has no cwd on the path, and its PYTHONPATH folder (mutants/) may not have existed at start-up
@@ -124,10 +124,8 @@ class TinySweepRun:
         with open(root / "console.txt", "w") as console:
             cls.proc = subprocess.Popen(
                 [sys.executable, "-m", "bnstudy.train", "-m", *TINY_SWEEP, *FAST,
-                 f"paths.data_dir={root / 'data'}", "trainer.max_epochs=2",
-                 "callbacks.weight_grid.every_n_epochs=1",
-                 "callbacks.hallucinations.every_n_epochs=0",
-                 "callbacks.hallucinations.steps=5", f"hydra.sweep.dir={root / 'sweep'}"],
+                 f"paths.data_dir={root / 'data'}", *TINY_SETTINGS,
+                 f"hydra.sweep.dir={root / 'sweep'}"],
                 cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT)
 
     @classmethod

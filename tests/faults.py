@@ -22,15 +22,7 @@ class AtEpoch(Callback):
 
 
 class InterruptAtEpoch(AtEpoch):
-    """Raises KeyboardInterrupt (as Ctrl-C does); each epoch before lasts `seconds` longer."""
-
-    def __init__(self, epoch: int, seconds: float = 0.0) -> None:
-        super().__init__(epoch)
-        self.seconds = seconds
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        super().on_train_epoch_start(trainer, pl_module)
-        time.sleep(self.seconds)
+    """Raises KeyboardInterrupt (as Ctrl-C does)."""
 
     def act(self, trainer) -> None:
         raise KeyboardInterrupt

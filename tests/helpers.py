@@ -72,6 +72,10 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "threads=1",  # tiny models: torch's thread pool costs more than it gives on a small machine
 ]
+# The session's tiny sweep (`conftest.tiny_sweep`) beyond its grid and data: 2 epochs, weight
+# grids every epoch, hallucinations of 5 steps at the end only.
+TINY_SETTINGS = ("trainer.max_epochs=2", "callbacks.weight_grid.every_n_epochs=1",
+                 "callbacks.hallucinations.every_n_epochs=0", "callbacks.hallucinations.steps=5")
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

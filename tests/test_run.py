@@ -88,7 +88,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
     straight = train_run(tiny_data, tmp_path / "a", *common)
     job = tmp_path / "b"
     with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C in sys.exit(1)
-        train_run(tiny_data, job, *common, *INTERRUPT, "+callbacks.stop.seconds=0.5")
+        train_run(tiny_data, job, *common, *INTERRUPT,  # each epoch 0.5 s longer
+                  "+callbacks.slow._target_=tests.faults.SlowEpochs", "+callbacks.slow.seconds=0.5")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     before = RunRecord.read(job)
     assert before.status == "interrupted" and len(before.history) == 2

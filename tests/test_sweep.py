@@ -276,13 +276,11 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
 
 
 def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):
-    from helpers import run_sweep, sweep_jobs
+    from helpers import TINY_SETTINGS, run_sweep, sweep_jobs
 
     plan, jobs = (sweep / "multirun.yaml").read_bytes(), sweep_jobs(sweep)
     proc = run_sweep(sweep, tiny_data, "dataset=mnist", "norm=bn,none", "optim=sgd", "seed=0",
-                     "trainer.max_epochs=2", "callbacks.weight_grid.every_n_epochs=1",
-                     "callbacks.hallucinations.every_n_epochs=0",
-                     "callbacks.hallucinations.steps=5")  # the tiny sweep's, but its grid
+                     *TINY_SETTINGS)  # the tiny sweep's settings, another grid
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{sweep} holds the jobs of another sweep, numbered otherwise: its job 1 is " \
         "dataset=mnist norm=bn optim=adam, this sweep's would be dataset=mnist norm=none " \
