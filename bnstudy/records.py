@@ -101,6 +101,11 @@ def planned_jobs(hydra: Any) -> list[dict[str, str]] | None:
     return [dict(job) for job in itertools.product(*choices)]
 
 
+def varying(plan: list[dict[str, str]]) -> list[str]:
+    """The keys whose value differs between a plan's jobs (`planned_jobs`)."""
+    return [key for key in plan[0] if len({job.get(key) for job in plan}) > 1] if plan else []
+
+
 def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:
     """The sweep's jobs that have a record, each with its record, in job order."""
     jobs = sorted((p.parent for p in Path(sweep_dir).glob(f"*/{RECORD_NAME}")), key=job_order)

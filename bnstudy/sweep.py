@@ -35,6 +35,7 @@ from bnstudy.records import (
     planned_jobs,
     replace_file,
     sweep_records,
+    varying,
 )
 from bnstudy.run import discard_folder
 from bnstudy.trackers import uses_tensorboard
@@ -120,8 +121,7 @@ def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
     if clash is None:
         return None
     a, b = there[clash], here[clash]  # each by what varies in a plan or between the two
-    varies = {key for plan in (there, here) for key in plan[0]
-              if len({job.get(key) for job in plan}) > 1} | {k for k, _ in a.items() ^ b.items()}
+    varies = {*varying(there), *varying(here)} | {k for k, _ in a.items() ^ b.items()}
     there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in varies)
                            for job in (a, b))
     elsewhere = f" (job {there.index(b)} there)" if b in there else ""

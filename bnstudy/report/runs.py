@@ -21,6 +21,7 @@ from bnstudy.records import (
     job_dirs,
     planned_jobs,
     read_test_correct,
+    varying,
 )
 
 FIRST_KEYS = ("dataset", "optim", "norm")
@@ -163,7 +164,7 @@ def never_started(sweep_dir: Path) -> list[str]:
     plan = planned_jobs(OmegaConf.load(plan_file).hydra) if plan_file.is_file() else None
     if not plan:
         return []
-    shown = [key for key in plan[0] if len({job[key] for job in plan}) > 1] or list(plan[0])
+    shown = varying(plan) or list(plan[0])
     started = {frozenset(o for o in OmegaConf.load(f) if not o.startswith(HOW_IT_RUNS))
                for f in sweep_dir.glob("*/.hydra/overrides.yaml")}
     return [" ".join(f"{key}={job[key]}" for key in shown) for job in plan
@@ -175,9 +176,9 @@ def never_started(sweep_dir: Path) -> list[str]:
 
 def group_keys(runs: pd.DataFrame) -> list[str]:
     """dataset, optim, norm, then every other hparam that varies across the sweep; never seed."""
-    varying = [k for k in runs.columns if k not in (*RUN_COLUMNS, *FIRST_KEYS, "seed")
-               and runs[k].map(str).nunique() > 1]
-    return [*FIRST_KEYS, *varying]
+    others = [k for k in runs.columns if k not in (*RUN_COLUMNS, *FIRST_KEYS, "seed")
+              and runs[k].map(str).nunique() > 1]
+    return [*FIRST_KEYS, *others]
 
 
 def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFrame]]:
