@@ -6,11 +6,15 @@ logging, so train.log has them too)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import threading
 import warnings
 from pathlib import Path
+
+from bnstudy.jobdir import is_primary
 
 ROUTINE = (  # warnings that say nothing a run of the study needs to act on
     "exists and is not empty",  # Lightning: a resumed run's checkpoints/ already holds files
@@ -23,14 +27,17 @@ IGNORED = (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
 
 class StudyLines(logging.Filter):
     """Passes the `bnstudy` loggers' records and any other logger's warnings and errors, except
-    the `ROUTINE` warnings; a warning already shown in this process is not shown again (a
-    sweep's jobs repeat them; each job's train.log keeps its own), nor one that an earlier
-    attempt of a requeued job showed (`shown_before`)."""
+    the `ROUTINE` warnings (from a DDP run's other ranks, `is_primary`, errors only); a warning
+    already shown in this process is not shown again (a sweep's jobs repeat them; each job's
+    train.log keeps its own), nor one that an earlier attempt of a requeued job showed
+    (`shown_before`)."""
 
     shown: set[str] = set()  # of the process: Hydra builds a new filter for each job
     earlier: set[str] = set()  # first lines of the warnings of this job's earlier attempts
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not is_primary():  # rank 0 says what the run does; each rank keeps its own log
+            return record.levelno > logging.WARNING
         if record.levelno < logging.WARNING:
             return record.name.split(".")[0] == "bnstudy"
         message = record.getMessage()
@@ -88,3 +95,30 @@ def thread_exception(args: threading.ExceptHookArgs) -> None:
                                              args.exc_value, getattr(args.thread, "name", "?"))
     else:
         threading.__excepthook__(args)
+
+
+WORKER_LOG = "BNSTUDY_WORKER_LOG"  # while a run fits or tests: the train.log of its workers
+
+
+@contextlib.contextmanager
+def workers_log_to(train_log: Path):
+    """Processes the run starts meanwhile (ddp_spawn's workers) log to `train_log`."""
+    os.environ[WORKER_LOG] = str(train_log)
+    try:
+        yield
+    finally:
+        os.environ.pop(WORKER_LOG, None)
+
+
+def _log_as_worker() -> None:
+    """In a worker a run spawned (`workers_log_to`), every notice goes to the run's train.log,
+    as the run's own do: the worker has no console of its own (its errors reach the run)."""
+    if path := os.environ.get(WORKER_LOG):  # set by the run: this process is one it started
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - "
+                                               "%(message)s"))
+        logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+        quiet_console()
+
+
+_log_as_worker()  # on import: a spawned worker imports the run's modules before it trains

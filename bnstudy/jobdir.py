@@ -130,6 +130,11 @@ def describe_holder(holder: dict) -> str:
             f"{holder.get('host', '?')} since {holder.get('since', '?')}")
 
 
+def is_primary() -> bool:
+    """Whether this process writes the run's files: rank 0 of a multi-process (DDP) run."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def launcher_job() -> dict | None:
     """The launcher's job this process runs in, which a requeue keeps: `{"id": "slurm:123_4",
     "restarts": 0}` under SLURM (array job and task, or job id; SLURM_RESTART_COUNT), `{"id":

@@ -263,6 +263,8 @@ class Classifier(L.LightningModule):
             hits = self.all_gather(padded).reshape(world, most).T.reshape(-1)
             hits = hits[hits >= 0]
         self.test_correct = hits.bool().cpu()
+        # ddp_spawn hands the main process the trainer's callback_metrics, not this attribute
+        self.trainer.callback_metrics["test/correct"] = self.test_correct
         self.test_hits = []
 
     # -- optimizer --------------------------------------------------------------------------

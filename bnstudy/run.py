@@ -31,9 +31,16 @@ from bnstudy.config import (
     overridden_keys,
     validate,
 )
-from bnstudy.console import quiet_console, shown_before
+from bnstudy.console import quiet_console, shown_before, workers_log_to
 from bnstudy.errors import ConfigError, DataError, RunFileError
-from bnstudy.jobdir import JobDirLock, RunExistsError, is_requeue, launcher_job, same_job
+from bnstudy.jobdir import (
+    JobDirLock,
+    RunExistsError,
+    is_primary,
+    is_requeue,
+    launcher_job,
+    same_job,
+)
 from bnstudy.records import (
     RECORD_NAME,
     TEST_CORRECT_FILE,
@@ -136,7 +143,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
             if not is_multirun():  # a sweep writes its experiment once, when it ends
                 writer.file_writer.add_summary(experiment_summary([settings]))
         log_settings(trainer.loggers, settings)  # the other trackers' hyperparameters
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    with workers_log_to(out / "train.log"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
 
     callbacks = {type(c): c for c in trainer.callbacks}
     guard, history = callbacks.get(DivergenceGuard), callbacks.get(MetricsHistory)
@@ -146,10 +154,11 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
         log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
         result.update(status="diverged", diverged_at=guard.diverged_at, test=None)
     else:
-        tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+        with workers_log_to(out / "train.log"):
+            tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
         result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
         if primary:
-            write_test_correct(out, model.test_correct.numpy())
+            write_test_correct(out, trainer.callback_metrics["test/correct"].numpy())
     for logger in trainer.loggers:
         logger.finalize("success")
     before = history.elapsed_before if history is not None else 0.0  # a resume's earlier epochs
@@ -276,11 +285,6 @@ def _defaults(choices: tuple) -> DictConfig:
 
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def is_primary() -> bool:
-    """Whether this process writes the run's files: rank 0 of a multi-process (DDP) run."""
-    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
 def resume_command(cfg: DictConfig) -> str:

@@ -289,19 +289,6 @@ def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, 
     assert (bar.refresh_rate == 7) if shown else bar is None
 
 
-def test_only_rank_0_writes_the_runs_files(monkeypatch):
-    from bnstudy.run import is_primary
-
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
-    assert is_primary()
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        monkeypatch.setenv(name, "1")
-        assert not is_primary(), name
-        monkeypatch.setenv(name, "0")
-    assert is_primary()
-
-
 class FakeHydra:
     """`HydraConfig` of a job run by a launcher of these settings (None: no Hydra job)."""
 

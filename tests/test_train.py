@@ -191,9 +191,11 @@ def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path):
-    """Lightning's ddp restarts the script for rank 1 (gloo on CPU); rank 0 alone writes, the
-    per-image test hits of both ranks' shares in the test set's order."""
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path, strategy):
+    """Lightning's ddp restarts the script for rank 1, ddp_spawn starts two workers (gloo on
+    CPU); rank 0 alone writes and speaks (the workers' notices go to train.log), the per-image
+    test hits of both ranks' shares in the test set's order."""
     import numpy as np
     import torch
 
@@ -201,10 +203,12 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     from bnstudy.model import Classifier
 
     proc = fresh_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-                       "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                       "dataset.lr=1e-4", "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}",
-                       timeout=300)
+                       "trainer.accelerator=cpu", "trainer.devices=2",
+                       f"trainer.strategy={strategy}", "dataset.lr=1e-4",
+                       "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count(": ok, val acc") == 1 and "Initializing distributed" not in \
+        proc.stderr, proc.stderr[-3000:]
     record = read_record(tmp_path)
     model = Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     data = MNISTDataModule(tiny_data, download=False)
