@@ -8,6 +8,7 @@ import difflib
 import functools
 import itertools
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -106,7 +107,8 @@ def swept_suffix(override_dirname: str) -> str:
     """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond the run
     name and bookkeeping; in a multirun only those it varies (`swept_keys`)."""
     swept = swept_keys()
-    parts = [item.split("=", 1) for item in override_dirname.split(",") if "=" in item]
+    items = re.split(r",(?=[+~]*[\w./@-]+=)", override_dirname)  # not a list value's commas
+    parts = [item.split("=", 1) for item in items if "=" in item]
     kept = [(key, value) for key, value in parts
             if key not in SHOWN and not key.startswith(BOOKKEEPING)
             and (swept is None or key in swept)]

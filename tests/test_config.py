@@ -216,6 +216,12 @@ def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeep
     assert changed_settings(mlp, compose_config("model.steps_per_call=4")) == []
 
 
+def test_a_list_value_is_named_whole():
+    """Hydra joins a job's overrides with commas: a list value's own commas do not split it."""
+    cfg = compose_config("model=cnn", "model.net.channels=[16,32]", "norm=layer")
+    assert cfg.run_name == "mnist-layer-sgd-seed0-channels=[16,32]-model=cnn"
+
+
 def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
     """Beyond the study's own: those that differ from the group choices' defaults, or were
     typed (even at their default), never bookkeeping (threads) or `model.steps_per_call`."""
