@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from bnstudy.config import SHOWN
 from bnstudy.errors import RunFileError
 from bnstudy.jobdir import describe_holder, holder
 from bnstudy.records import (
@@ -112,19 +113,30 @@ def check_plan(config: DictConfig) -> None:
 
 
 def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
-    """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ on a
-    number both have, as `check_plan` says it; None where they agree."""
+    """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ, as
+    `check_plan` says it; None where they agree. Jobs are told apart by the keys their folders
+    are named by (the study's four, and every key a plan varies), on each number both have;
+    the jobs the same, a setting all of them share otherwise may differ: other settings."""
     if there is None:
         return "kind of sweep, not a grid of values (a tuned study's searches?): in one " \
             "folder the report would read the two as one study,"
-    clash = next((i for i, (a, b) in enumerate(zip(there, here, strict=False)) if a != b), None)
-    if clash is None:
-        return None
-    a, b = there[clash], here[clash]  # each by what varies in a plan or between the two
-    varies = {*varying(there), *varying(here)} | {k for k, _ in a.items() ^ b.items()}
-    there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in varies)
+    varies = {*varying(there), *varying(here)}
+    theirs, ours = ([{k: v for k, v in job.items() if k in varies or k in SHOWN} for job in plan]
+                    for plan in (there, here))
+    differ = [i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b]
+    if not differ:
+        changed = [f"{k}: {there[0].get(k, '(default)')} -> {here[0].get(k, '(default)')}"
+                   for k in dict.fromkeys([*there[0], *here[0]])
+                   if there[0].get(k) != here[0].get(k)]
+        return f"sweep, run with other settings ({'; '.join(changed)})," if changed else None
+    clash = next((i for i in differ if any(theirs[i][k] != ours[i][k]
+                                           for k in theirs[i].keys() & ours[i].keys())),
+                 differ[0])  # a value both plans give, if any, over a key one of them adds
+    a, b = theirs[clash], ours[clash]
+    keys = varies | {k for k, _ in a.items() ^ b.items()}
+    there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in keys)
                            for job in (a, b))
-    elsewhere = f" (job {there.index(b)} there)" if b in there else ""
+    elsewhere = f" (job {theirs.index(b)} there)" if b in theirs else ""
     return (f"sweep, numbered otherwise: its job {clash} is {there_job}, this sweep's would be "
             f"{here_job}{elsewhere}. In one folder the two would train a setting twice, or two "
             "settings under one number,")

@@ -252,7 +252,11 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
                                                             "there)"),
                        (["norm=bn", "optim=sgd,adam", "seed=0,1"], "seed=1 norm=bn optim=sgd "
                                                                    "(job 4 there)"),
-                       ([*grid, "dataset.lr=0.1"], "seed=0 norm=bn optim=sgd dataset.lr=0.1")):
+                       (["norm=bn,none", "optim=sgd,adam", "dataset=mnist,cifar10"],
+                        "seed=0 dataset=cifar10 norm=bn optim=sgd"),
+                       ([*grid, "dataset=cifar10"], "seed=0 dataset=cifar10 norm=bn optim=sgd"),
+                       ([*grid, "model.net.depth=1,2"],  # job 0 only adds a key: job 1 differs
+                        "seed=0 norm=bn optim=sgd model.net.depth=2")):
         with pytest.raises(SystemExit) as refused:
             check_plan(hydra(*other))
         said = str(refused.value.code)
@@ -265,6 +269,12 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
                 "this one, give it a folder of its own (hydra.sweep.dir=<another folder>). More "
                 "seeds (seed=0,1,2,3,4 after seed=0,1,2, with resume=true) keep the numbers and "
                 "may share the folder.") in said
+    with pytest.raises(SystemExit) as refused:  # the same jobs, other settings
+        check_plan(hydra(*grid, "dataset.lr=0.1", "trainer.max_epochs=5", "resume=true"))
+    assert str(refused.value.code).startswith(
+        f"{tmp_path} holds the jobs of another sweep, run with other settings (dataset.lr: "
+        "(default) -> 0.1; trainer.max_epochs: (default) -> 5), so nothing was run. To go on "
+        "with that sweep, run its command with resume=true: ")
     tuned = hydra(*grid)  # a tuned study's plan: its searched setting an interval
     tuned.hydra.sweeper.params["optim.optimizer.lr"] = "tag(log, interval(0.0001, 1.0))"
     OmegaConf.save(tuned, tmp_path / "multirun.yaml")
