@@ -725,7 +725,7 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "p < 0.05; equivalent by TOST within ±0.5 pts for MNIST):",
         "  MNIST, SGD, BN − no BN (2 vs 2 seeds): cannot tell, +9.50 pts (+3.15 to +15.85): 3 "
         "seeds a side would decide",
-        "  MNIST, SGD, LayerNorm − no BN (2 vs 2 seeds): cannot tell, +4.00 pts (-8.71 to "
+        "  MNIST, SGD, LayerNorm − no norm (2 vs 2 seeds): cannot tell, +4.00 pts (-8.71 to "
         "+16.71): 4 seeds a side would decide",
         "  svhn, rmsprop, BN − no BN (1 vs 1 seeds): +10.00 pts: one seed a side, direction and "
         "size only",
@@ -805,5 +805,5 @@ def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
         "at equal training time | at each one's best |",
         "| svhn | rmsprop | 0.1 | BN − no BN | 3, 3 | BN wins, +5.00 pts (+2.00 to +8.00) | "
         f"{cannot.format('-1.92 to +3.25', 22)} | {cannot.format('-1.96 to +3.30', 47)} |"]
-    assert table.splitlines()[3] == ("| svhn | rmsprop | 0.1 | LayerNorm − no BN | 3, 3 | "
+    assert table.splitlines()[3] == ("| svhn | rmsprop | 0.1 | LayerNorm − no norm | 3, 3 | "
                                      "LayerNorm wins, +5.00 pts (+2.00 to +8.00) | — | — |")

@@ -316,14 +316,24 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
         assert float(row["diff"]) == pytest.approx(np.mean(t) - np.mean(b), abs=1e-6)
     text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| MNIST | SGD | BN − no BN | 3, 3 | BN wins, +5.17 pts (" in text
-    assert "| MNIST | SGD | LayerNorm − no BN | 3, 3 | LayerNorm wins, +3.17 pts (" in text
+    assert "| MNIST | SGD | LayerNorm − no norm | 3, 3 | LayerNorm wins, +3.17 pts (" in text
     assert "**Verdict.** LayerNorm wins on final validation accuracy: 93.50% vs 90.33% " \
            "without it" in text
     assert "**Verdict.** BatchNorm wins on final validation accuracy: 95.50% vs 93.50% " \
            "with LayerNorm" in text
+    assert text.startswith("# BatchNorm vs LayerNorm vs No BatchNorm — report of ")
+    assert "## The answer Each norm against its baseline: treatment − baseline in validation " \
+        "accuracy" in text and "Is BatchNorm worth it?" not in text
     printed = console_answer(tmp_path)
-    assert "MNIST, SGD, LayerNorm − no BN (3 vs 3 seeds): LayerNorm wins, +3.17 pts" in printed
+    assert "MNIST, SGD, LayerNorm − no norm (3 vs 3 seeds): LayerNorm wins, +3.17 pts" in printed
     assert main([str(tmp_path)]) == 0 and len(read_csv(tmp_path / "report" / "verdicts.csv")) == 2
+    shutil.rmtree(tmp_path / "report")
+    capsys.readouterr()
+    assert main([str(tmp_path), "--compare", "bn:none", "--compare", "bn:batch"]) == 2
+    assert capsys.readouterr().err == (
+        "bnstudy.report: error: --compare bn:batch: the sweep has no runs of norm=batch, nothing "
+        "was written. Its norms: none, bn, layer; compare two of them, e.g. --compare bn:none.\n")
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_job_without_record_gets_the_hparams_its_record_would_hold(tiny_sweep, tmp_path):

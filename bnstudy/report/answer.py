@@ -10,7 +10,14 @@ import math
 import pandas as pd
 
 from bnstudy.report.render import deciding, markdown, plural
-from bnstudy.report.runs import DATASET_LABELS, OPTIM_LABELS, STUDY, norm_word, where
+from bnstudy.report.runs import (
+    DATASET_LABELS,
+    OPTIM_LABELS,
+    STUDY,
+    norm_word,
+    pair_words,
+    where,
+)
 from bnstudy.report.stats import ALPHA, IMAGES, PAIRED, VERDICT_COLUMNS, comparison_word
 from bnstudy.report.verdicts import Result
 
@@ -85,7 +92,7 @@ def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
     rows = []
     for _, row in verdicts.iterrows():
         study = (row["treatment"], row["baseline"]) == STUDY
-        names = (norm_word(row["treatment"]), norm_word(row["baseline"]))
+        names = pair_words(row["treatment"], row["baseline"])
         cells = {**_labels(row["dataset"], row["optim"]), **{k: str(row[k]) for k in extra}}
         if len(pairs) > 1:
             cells["compared"] = " − ".join(names)
@@ -151,13 +158,20 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
                           "(C7).", "", tuned_table(tuned, small), ""])
     if verdicts.empty:
         return ""
-    text = ["## The answer", "",
+    if set(zip(verdicts["treatment"], verdicts["baseline"], strict=True)) != {STUDY}:
+        question = ("Each norm against its baseline: treatment − baseline in validation accuracy, "
+                    f"per dataset × optimizer (95% interval; {method_words(verdicts)}), at "
+                    "equal epochs; equal training time (C5a) and each one's own tuned settings "
+                    "(C6), where the sweep has them, compare BN with no BN only.")
+    else:
+        question = (
             "Is BatchNorm worth it? BN − no BN in validation accuracy, per dataset × optimizer "
             f"(95% interval; {method_words(verdicts)}): at equal epochs, at equal training time "
             "(C5a: the best val acc so far at the no-BN runs' full compute, BN's step charged "
             "the 95% upper bound of the clock's median round; paired, Holm over the C5 parts) "
             "and at each one's own tuned settings (C6, test split, Welch, Holm over the C6 "
-            "parts), where the sweep has them. *Cannot tell* says how many seeds a side would "
+            "parts), where the sweep has them.")
+    text = ["## The answer", "", f"{question} *Cannot tell* says how many seeds a side would "
             "decide.", "", answer_table(verdicts, results), ""]
     if (verdicts[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         text += ["One seed a side shows the direction and size of each difference, not whether "
@@ -190,7 +204,7 @@ def console_answer(sweep_dir) -> str:
         place = ", ".join([where(row["dataset"], row["optim"]),
                            *(f"{k}={row[k]}" for k in _extra(table))])
         if not study:
-            place += f", {norm_word(row['treatment'])} − {norm_word(row['baseline'])}"
+            place += f", {' − '.join(pair_words(row['treatment'], row['baseline']))}"
         lines.append(f"  {place} ({row['n_treatment']} vs {row['n_baseline']} seeds): "
                      f"{row_words(row)}")
     if (table[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():

@@ -32,7 +32,7 @@ from bnstudy.records import read_tuning
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
-from bnstudy.report.runs import norm_label, norm_word, study_order, where
+from bnstudy.report.runs import norm_label, norm_word, pair_words, study_order, where
 from bnstudy.report.stats import Contrast, decide, holm
 from bnstudy.report.verdicts import combine
 
@@ -182,7 +182,7 @@ def words(budget: Budget) -> str:
     rows = budget.rows()
     trials = [r for r in rows if r["budget"] == "trials"]
     seconds = [r for r in rows if r["budget"] == "seconds"]
-    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    t, b = pair_words(budget.treatment.norm, budget.baseline.norm)
     ahead = lambda r: r["diff_low"] > 0  # noqa: E731
     behind = lambda r: r["diff_high"] < 0  # noqa: E731
     n = len(trials)
@@ -214,18 +214,20 @@ def claim_rows(found: list[Budget]) -> list[dict]:
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
+        words = pair_words(t.norm, b.norm)
         for k in (k for k in SMALL if k <= min(t.n, b.n)):
             diff, low, high = budget.diff(k, k)
             rows.append({
                 "claim": "C7", "part": f" ({where(budget.dataset, budget.optim)}, k={k})",
                 "family": "tuned", "dataset": budget.dataset,
                 "statement": f"{where(budget.dataset, budget.optim)}: after "
-                             f"{plural(k, 'trial')} of search {norm_word(t.norm)} is ahead",
+                             f"{plural(k, 'trial')} of search {words[0]} is ahead",
                 "statistic": f"expected best val acc after {plural(k, 'trial')} (Tang et al.), "
-                             f"{norm_word(t.norm)} − {norm_word(b.norm)}",
+                             f"{' − '.join(words)}",
                 "unit": "accuracy", "claimed_sign": 1,
-                "sides": "; ".join(f"{norm_word(a.norm)} {100 * a.curve[k - 1]:.2f}% "
-                                   f"({plural(a.n, 'trial')})" for a in (t, b)),
+                "sides": "; ".join(f"{word} {100 * a.curve[k - 1]:.2f}% "
+                                   f"({plural(a.n, 'trial')})"
+                                   for a, word in zip((t, b), words, strict=True)),
                 "estimate": diff, "ci_low": low, "ci_high": high, "test": "bootstrap",
                 "p_value": budget.p_value(k), "claim_verdict": "",
                 "detectable_80": math.nan, "seeds_needed": math.nan,
@@ -282,7 +284,7 @@ def scalars(found: list[Budget]) -> dict[str, list[tuple[int, float]]]:
 
 def table(budget: Budget) -> str:
     """The pair's curve at a few k, in %, with bands."""
-    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    t, b = pair_words(budget.treatment.norm, budget.baseline.norm)
     fmt = lambda e, lo, hi, s="": f"{100 * e:{s}.2f} ({100 * lo:{s}.2f} to {100 * hi:{s}.2f})"  # noqa: E731
     rows = [{"trials (k)": f"{r['k']:.0f}",
              f"seconds ({t} / {b})":
@@ -349,7 +351,7 @@ class Section:
 def small_words(budget: Budget, verdict: str) -> str:
     """After one trial of each search, in the answer's words: C7's `verdict`, the 95% band."""
     diff, low, high = budget.diff(1, 1)
-    t, b = norm_word(budget.treatment.norm), norm_word(budget.baseline.norm)
+    t, b = pair_words(budget.treatment.norm, budget.baseline.norm)
     who = {"holds": f"{t} ahead", "does not hold": f"{b} ahead"}.get(verdict, "cannot tell")
     return f"{who}, {100 * diff:+.2f} pts ({100 * low:+.2f} to {100 * high:+.2f})"
 

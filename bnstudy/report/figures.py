@@ -26,9 +26,10 @@ from bnstudy.report.runs import (
     describe,
     norm_label,
     norm_order,
-    norm_word,
+    norms_title,
     num,
     ok,
+    pair_words,
     where,
 )
 from bnstudy.report.stats import (
@@ -103,7 +104,7 @@ def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
     for ax in axes[2:]:
         ax.set_xlabel("epoch")
     axes[0].legend()
-    fitted_title(fig, f"BatchNorm vs No BatchNorm — Training Curves ({label})\n"
+    fitted_title(fig, f"{norms_title(by_norm)} — Training Curves ({label})\n"
                       "mean over seeds, band ± 1 std across seeds")
     fig.tight_layout()
     return fig
@@ -341,7 +342,9 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
 def _untested(row: dict) -> str:
     """Why a verdicts.csv row has no test: the side(s) short of two ok seeds, and their
     diverged runs."""
-    short = [f"{row[f'n_{side}']} ok {norm_word(row[side])}"
+    words = dict(zip(("treatment", "baseline"), pair_words(row["treatment"], row["baseline"]),
+                     strict=True))
+    short = [f"{row[f'n_{side}']} ok {words[side]}"
              + (f", {row[f'{side}_diverged']} diverged" if row[f"{side}_diverged"] else "")
              for side in ("treatment", "baseline") if row[f"n_{side}"] < 2]
     return "; ".join(short) or "no spread"

@@ -209,10 +209,17 @@ def parse_compare(text: str) -> tuple[str, str]:
 
 def compared(runs: pd.DataFrame, pairs: list[tuple[str, str]] | None = None
              ) -> list[tuple[str, str]]:
-    """The (treatment, baseline) pairs compared: `pairs`, else each norm against `BASELINE`."""
+    """The (treatment, baseline) pairs compared: `pairs`, else each norm against `BASELINE`.
+    A pair naming a norm the sweep did not run is a ReportError."""
+    norms = norm_order(set(runs["norm"].dropna()) if "norm" in runs else set())
+    if absent := [n for pair in pairs or () for n in pair if n not in norms]:
+        raise ReportError(
+            f"--compare {':'.join(next(p for p in pairs if absent[0] in p))}: the sweep has no "
+            f"runs of norm={absent[0]}, nothing was written. Its norms: {', '.join(norms)}"
+            + (f"; compare two of them, e.g. --compare {norms[1]}:{norms[0]}." if len(norms) > 1
+               else "."))
     if pairs:
         return list(pairs)
-    norms = norm_order(set(runs["norm"].dropna()) if "norm" in runs else set())
     return [(n, BASELINE) for n in norms if n != BASELINE] or [STUDY]
 
 
@@ -244,9 +251,23 @@ def norm_label(norm: str) -> str:
     return NORMS[norm].label if norm in NORMS else str(norm)
 
 
-def norm_word(norm: str) -> str:
-    """`BN`, `no BN`, else the registry's label."""
+def norms_title(norms) -> str:
+    """`BatchNorm vs No BatchNorm`: the norms' labels, each norm first, no norm last."""
+    order = norm_order(norms)
+    return " vs ".join(norm_label(n) for n in [*order[1:], *order[:1]] if n in norms) \
+        if BASELINE in norms else " vs ".join(norm_label(n) for n in order)
+
+
+def norm_word(norm: str, other: str = STUDY[0]) -> str:
+    """`BN`, `no BN` (`no norm` against another norm than BN), else the registry's label."""
+    if norm == BASELINE and other != STUDY[0]:
+        return "no norm"
     return NORM_WORDS.get(norm, norm_label(norm))
+
+
+def pair_words(treatment: str, baseline: str) -> tuple[str, str]:
+    """A compared pair's words: `BN`, `no BN`; `LayerNorm`, `no norm`; `BN`, `LayerNorm`."""
+    return norm_word(treatment, baseline), norm_word(baseline, treatment)
 
 
 def where(dataset: str, optim: str) -> str:

@@ -32,8 +32,8 @@ from bnstudy.report.runs import (
     groups,
     norm_label,
     norm_order,
-    norm_word,
     ok,
+    pair_words,
     slug,
     suffix,
     where,
@@ -227,17 +227,17 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
     setting = [k for k in verdicts.columns if k not in VERDICT_COLUMNS]
     several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
     for _, row in verdicts[verdicts[hparam].notna()].iterrows():
-        t, b = row["treatment"], row["baseline"]
+        t, b = pair_words(row["treatment"], row["baseline"])
         if math.isnan(row["diff"]):
-            numbers = (f"a side has no ok run: {norm_word(t)} {row['n_treatment']} ok, "
-                       f"{row['treatment_diverged']} diverged; {norm_word(b)} "
+            numbers = (f"a side has no ok run: {t} {row['n_treatment']} ok, "
+                       f"{row['treatment_diverged']} diverged; {b} "
                        f"{row['n_baseline']} ok, {row['baseline_diverged']} diverged")
         else:
             numbers = (f"{100 * row['diff']:+.2f} pts, {pct(row['treatment_mean'])} vs "
                        f"{pct(row['baseline_mean'])}")
-        against = f" against {norm_word(b)}" if several else ""
+        against = f" against {b}" if several else ""
         how = test_words(row["test"], row["n_paired"], [row["n_treatment"], row["n_baseline"]])
-        lines.append(f"- {describe(tuple((k, row[k]) for k in setting))}: {norm_word(t)}"
+        lines.append(f"- {describe(tuple((k, row[k]) for k in setting))}: {t}"
                      f"{against} {row['verdict']} ({numbers}, p = "
                      f"{number(row['p_value'], '.2g')}, Holm {number(row['p_holm'], '.2g')}; "
                      f"{how})")

@@ -22,10 +22,12 @@ from bnstudy.report.picture_section import pictures_section
 from bnstudy.report.render import claim_rows, write_csv
 from bnstudy.report.runs import (
     OUTCOMES,
+    STUDY,
     compared,
     group_keys,
     load_runs,
     never_started,
+    norms_title,
     settings,
 )
 from bnstudy.report.stats import ALPHA, SWEEPS, summary, verdicts
@@ -44,7 +46,9 @@ def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sectio
     if unstarted:
         jobs += f", {len(unstarted)} never started"
     return "\n".join([
-        f"# BatchNorm vs No BatchNorm — report of `{sweep_dir}`", "",
+        f"# {norms_title(set(runs.get('norm', pd.Series()).dropna()) or set(STUDY))} — report "
+        f"of `{sweep_dir}`",
+        "",
         f"{len(runs)} job directories: {jobs}. Statistics are over the ok runs"
         + ("" if used is None else f" of the {used} re-runs of each cell's kept setting (the "
            "other candidates' re-runs are in the search table and `tuning.json`)")
@@ -110,14 +114,15 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     everything = load_runs(sweep_dir)
     tuned = tuned_runs(sweep_dir, everything)[0]  # a tuned sweep: the kept settings' re-runs
     runs = tuned if len(tuned) else everything
+    pairs = compared(runs, pairs)
     out = sweep_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     keys = group_keys(runs)
     table = summary(runs, keys, targets)
     write_csv(table, out / "summary.csv")
-    verdict_table = verdicts(runs, compared(runs, pairs))
+    verdict_table = verdicts(runs, pairs)
     claims, claim_table, results, figures = S.claims_section(runs, keys, sweep_dir, costs)
-    budget = budget_section(sweep_dir, compared(runs, pairs), out)
+    budget = budget_section(sweep_dir, pairs, out)
     claim_table += budget.rows
     figures.update(budget.figures)
     (out / "pictures.csv").unlink(missing_ok=True)
