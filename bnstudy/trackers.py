@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,7 +109,9 @@ def log_settings(loggers: list[Logger], settings: dict) -> None:
 
 def prepare_mlflow_store(node: DictConfig) -> None:
     """Creates a local SQLite store and its experiment if not there yet, under a lock beside the
-    store (jobs starting together would race MLflow's set-up); other stores are MLflow's."""
+    store (jobs starting together would race MLflow's set-up), whole or not at all: a new store
+    is made aside and renamed into place (a Ctrl-C during MLflow's set-up left half its tables,
+    which no later run could use). Other stores are MLflow's."""
     uri = str(node.get("tracking_uri") or "")
     if not uri.startswith("sqlite:///"):
         return
@@ -118,15 +121,28 @@ def prepare_mlflow_store(node: DictConfig) -> None:
     from filelock import FileLock
 
     with FileLock(database.with_name(database.name + ".lock")):
-        from mlflow.tracking import MlflowClient
+        if database.exists():
+            _experiment(database, node)
+            return
+        partial = database.with_name(f".{database.name}.{secrets.token_hex(4)}.new")
+        try:
+            _experiment(partial, node)
+            os.replace(partial, database)
+        finally:
+            partial.unlink(missing_ok=True)
 
-        client = MlflowClient(f"sqlite:///{database}")  # creates the tables
-        name = node.get("experiment_name") or "lightning_logs"
-        if client.get_experiment_by_name(name) is None:
-            location = node.get("artifact_location")
-            if location and "://" not in str(location):  # a plain path
-                location = str(Path(location).resolve())
-            client.create_experiment(name, artifact_location=location)
+
+def _experiment(database: Path, node: DictConfig) -> None:
+    """The store's experiment `node.experiment_name`, made if not there (with its tables)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{database}")  # creates the tables
+    name = node.get("experiment_name") or "lightning_logs"
+    if client.get_experiment_by_name(name) is None:
+        location = node.get("artifact_location")
+        if location and "://" not in str(location):  # a plain path
+            location = str(Path(location).resolve())
+        client.create_experiment(name, artifact_location=location)
 
 
 def finish_open_wandb_run() -> None:

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -403,6 +404,10 @@ def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(
 
     store = tmp_path / "sweep" / "mlflow.db"
     cfg = compose_config("logger=mlflow", f"paths.output_dir={tmp_path / 'sweep' / '0_job'}")
+    with mock.patch.object(MlflowClient, "create_experiment", side_effect=KeyboardInterrupt), \
+            pytest.raises(KeyboardInterrupt):  # Ctrl-C during the set-up: no half store left
+        trackers.prepare_mlflow_store(cfg.logger.mlflow)
+    assert [p.name for p in store.parent.iterdir()] == ["mlflow.db.lock"]
     trackers.prepare_mlflow_store(cfg.logger.mlflow)
     trackers.prepare_mlflow_store(cfg.logger.mlflow)  # the next job: found, not made again
     client = MlflowClient(f"sqlite:///{store}")
