@@ -50,7 +50,10 @@ def main(cfg: DictConfig) -> RunRecord:
         if is_multirun():
             return RunRecord(status=err.status, run_name=cfg.run_name, error=str(err))
         sys.exit(1)
-    except BaseException:  # Ctrl-C, a kill, a time limit: the record says interrupted
+    except KeyboardInterrupt:  # Ctrl-C outside the fit (Lightning's own handling exits 1)
+        _say_interrupted(cfg)
+        sys.exit(1)
+    except BaseException:  # a kill, a time limit: the record says interrupted
         _say_interrupted(cfg)
         raise
     log.info("%s", record.line())

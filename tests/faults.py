@@ -1,4 +1,4 @@
-"""Faults injected into real runs by the tests (loaded through Hydra overrides), each when
+"""Faults injected into real runs by the tests (loaded through Hydra overrides), most when
 training's epoch `epoch` starts."""
 
 import errno
@@ -25,6 +25,13 @@ class InterruptAtEpoch(AtEpoch):
     """Raises KeyboardInterrupt (as Ctrl-C does)."""
 
     def act(self, trainer) -> None:
+        raise KeyboardInterrupt
+
+
+class InterruptWhenBuilt(Callback):
+    """Raises KeyboardInterrupt as the run builds its trainer: Ctrl-C before training starts."""
+
+    def __init__(self) -> None:
         raise KeyboardInterrupt
 
 

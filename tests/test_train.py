@@ -82,6 +82,10 @@ def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_li
     refused = run_train(*common)
     assert refused.returncode == 1 and "already holds a run (status interrupted)" in \
         refused.stderr and "Traceback" not in refused.stderr
+    early = run_train(*common, "resume=true", "+callbacks.stop._target_=tests.faults."
+                      "InterruptWhenBuilt")  # Ctrl-C before Lightning's own handling
+    assert early.returncode == 1 and "Traceback" not in early.stderr and \
+        f"To go on, run the same command with resume=true hydra.run.dir={tmp_path}" in early.stderr
     proc = run_train(*common, "resume=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     console, log = proc.stdout + proc.stderr, (tmp_path / "train.log").read_text()
