@@ -262,11 +262,32 @@ def validate(cfg: DictConfig) -> None:
     for key, value, ok, allowed in checks:
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}.")
+    for name in ("weight_grid", "hallucinations"):
+        for key, value in (cfg.callbacks.get(name) or {}).items():
+            if need := picture_range(key, value):
+                raise ConfigError(f"callbacks.{name}.{key}={value!r} is out of range; it must "
+                                  f"be {need}.")
     if cfg.dataset.batch_size == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):
         raise ConfigError(
             f"dataset.batch_size=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
             "the batch, which one image cannot give. Use dataset.batch_size=2 or more, or "
             "norm=none / norm=layer.")
+
+
+LEAST = {"steps": 0, "epoch_steps": 0, "seeds": 1, "jitter": 0, "blur_every": 0, "nrow": 1,
+         "num_units": 1, "every_n_epochs": 0, "l2": 0, "tv": 0, "blur_sigma": 0,
+         "noise_std": 0}  # the picture settings' least values
+ABOVE = {"lr": 0, "size": 0}  # the picture settings that must be above this
+
+
+def picture_range(key: str, value) -> str | None:
+    """What a picture setting (a key of `conf/callbacks/default.yaml`'s weight grid or
+    hallucinations) must be, where `value` is not; None when in range (or null)."""
+    if not _number(value):
+        return None  # null, or another type: refused by its type where it is used
+    if key in LEAST and value < LEAST[key]:
+        return f">= {LEAST[key]}"
+    return f"> {ABOVE[key]}" if key in ABOVE and value <= ABOVE[key] else None
 
 
 def _number(value) -> bool:

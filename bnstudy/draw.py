@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bnstudy import rebuild
-from bnstudy.config import CONFIG_DIR
+from bnstudy.config import CONFIG_DIR, picture_range
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
 from bnstudy.records import write_json_atomic
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         defaults = default_recipe()
         given, data_dir = parse_overrides(args.settings)
         Hallucinator(**{**defaults["hallucinations"], **given["hallucinations"]})
+        if need := picture_range("num_units", units := given["weight_grid"].get("num_units")):
+            raise ValueError(f"weight_grid.num_units={units} is out of range; it must be {need}")
         paths = rebuild.run_dirs(args.path)
     except (rebuild.UsageError, rebuild.RunError, ValueError) as err:  # ValueError: a recipe
         more = "" if not isinstance(err, ValueError) else (  # the callbacks would refuse too

@@ -153,6 +153,11 @@ def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_other
     (["size=big"], "size takes a number or null"),
     (["objective=softmax"], "objective='softmax' is not one of margin, logit"),
     (["seeds=0"], "seeds=0 is out of range"),
+    (["lr=-5"], "lr=-5 is out of range; it must be > 0"),
+    (["size=0"], "size=0 is out of range; it must be > 0"),
+    (["noise_std=-1"], "noise_std=-1 is out of range; it must be >= 0"),
+    (["nrow=0"], "nrow=0 is out of range; it must be >= 1"),
+    (["weight_grid.num_units=0"], "weight_grid.num_units=0 is out of range; it must be >= 1"),
     (["every_n_epochs=2"], "only matters while a run trains"),
     (["lr"], "is not a setting"),
 ])

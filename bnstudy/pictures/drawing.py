@@ -104,8 +104,9 @@ class Hallucinator:
     _stats: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check(self.objective, self.parametrisation, steps=self.steps, seeds=self.seeds,
-              nrow=self.nrow, jitter=self.jitter, blur_every=self.blur_every)
+        check(self.objective, self.parametrisation, **{
+            f.name: getattr(self, f.name) for f in fields(self)
+            if f.name not in ("objective", "parametrisation", "_stats")})
 
     @property
     def settings(self) -> dict:  # `hallucinate`'s keyword arguments

@@ -8,22 +8,23 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from bnstudy.config import picture_range
 from bnstudy.pictures.measures import ImageStats, frozen, gaussian_blur
 
 OBJECTIVES = ("margin", "logit", "contrast", "log_softmax")
 PARAMETRISATIONS = ("data", "data_colour", "pixel", "fourier")
-LEAST = {"steps": 0, "seeds": 1, "jitter": 0, "blur_every": 0, "nrow": 1}  # counts' minimum
 
 
-def check(objective: str, parametrisation: str, **counts: int) -> None:
-    """A ValueError naming an unknown objective or parametrisation, or a count below `LEAST`."""
+def check(objective: str, parametrisation: str, **values: float | None) -> None:
+    """A ValueError naming an unknown objective or parametrisation, or a value out of its range
+    (`config.picture_range`)."""
     for key, value, known in (("objective", objective, OBJECTIVES),
                               ("parametrisation", parametrisation, PARAMETRISATIONS)):
         if value not in known:
             raise ValueError(f"{key}={value!r} is not one of {', '.join(known)}")
-    for key, value in counts.items():
-        if value < LEAST[key]:
-            raise ValueError(f"{key}={value} is out of range; it must be >= {LEAST[key]}")
+    for key, value in values.items():
+        if need := picture_range(key, value):
+            raise ValueError(f"{key}={value} is out of range; it must be {need}")
 
 
 def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> torch.Tensor:
