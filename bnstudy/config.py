@@ -275,9 +275,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 LEAST = {"steps": 0, "epoch_steps": 0, "seeds": 1, "jitter": 0, "blur_every": 0, "nrow": 1,
-         "num_units": 1, "every_n_epochs": 0, "l2": 0, "tv": 0, "blur_sigma": 0,
-         "noise_std": 0}  # the picture settings' least values
-ABOVE = {"lr": 0, "size": 0}  # the picture settings that must be above this
+         "num_units": 1, "every_n_epochs": 0, "l2": 0, "tv": 0, "blur_sigma": 0, "noise_std": 0}
+ABOVE = {"lr": 0, "size": 0}  # LEAST: the picture settings' least values; ABOVE: bounds above
 
 
 def picture_range(key: str, value) -> str | None:
