@@ -160,7 +160,10 @@ class SweepSummary(Callback):
                                        f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        if config.hydra.mode == RunMode.MULTIRUN and uses_tensorboard(config.get("logger")):
+        refused = job_return.status == JobStatus.COMPLETED and \
+            getattr(job_return.return_value, "status", None) == "refused"  # nothing new
+        if config.hydra.mode == RunMode.MULTIRUN and uses_tensorboard(config.get("logger")) \
+                and not refused:
             from bnstudy.dashboard import refresh_sweep_view
 
             refresh_sweep_view(config.hydra.sweep.dir)
@@ -177,17 +180,19 @@ class SweepSummary(Callback):
             from bnstudy.report.answer import console_answer
             from bnstudy.report.runs import ReportError
 
-            if uses_tensorboard(config.get("logger")):
+            if uses_tensorboard(config.get("logger")) and any(  # a job trained: the table anew
+                    (job / RECORD_NAME).stat().st_mtime >= self.started for job, _ in found):
                 write_sweep_experiment(found[0][0], [r.hparams for r in records if r.hparams])
             lines = "\n".join(f"  {r.line()}" for r in records)
             try:
                 answer = console_answer(sweep_dir)
             except ReportError as err:  # the folder's results cannot be compared
                 answer = str(err)
-            log.info("Sweep %s: %d job(s)\n%s\n%sBrowse: tensorboard --logdir %s, then open %s\n"
-                     "Report (per second of compute, tuning, pictures, every claim): "
-                     "python -m bnstudy.report %s", sweep_dir, len(records), lines,
-                     f"{answer}\n" if answer else "", sweep_dir, BROWSE_URL, sweep_dir)
+            browse = f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}\n" \
+                if uses_tensorboard(config.get("logger")) else ""
+            log.info("Sweep %s: %d job(s)\n%s\n%s%sReport (per second of compute, tuning, "
+                     "pictures, every claim): python -m bnstudy.report %s", sweep_dir,
+                     len(records), lines, f"{answer}\n" if answer else "", browse, sweep_dir)
         unfinished, elsewhere, held = _collect_refusals(), [], []
         for job, record in found:
             if record.finished and job.name in unfinished:  # refused here, yet a result:

@@ -19,6 +19,7 @@ from bnstudy.jobdir import RunExistsError, launcher_job
 from bnstudy.records import RunRecord
 from bnstudy.run import RunEnded, is_multirun, train
 from bnstudy.sweep import note_refusal, register_launchers
+from bnstudy.trackers import uses_tensorboard
 from bnstudy.tune import study_dir
 
 log = logging.getLogger("bnstudy")
@@ -58,8 +59,8 @@ def main(cfg: DictConfig) -> RunRecord:
         raise
     log.info("%s", record.line())
     if not is_multirun():  # a sweep's summary says where its jobs are
-        log.info("Files: %s (metrics.json, checkpoints/, images/; browse: tensorboard --logdir "
-                 "%s)", out, out)
+        browse = f"; browse: tensorboard --logdir {out}" if uses_tensorboard(cfg.logger) else ""
+        log.info("Files: %s (metrics.json, checkpoints/, images/%s)", out, browse)
     return record
 
 

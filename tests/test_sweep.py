@@ -77,6 +77,33 @@ def test_a_finished_run_refused_again_is_kept_and_named_as_such(also_unfinished,
         assert message == f"{kept} Their results stand: python -m bnstudy.report {tmp_path}"
 
 
+def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
+    """The sweep's HParams experiment goes into its first job's folder when a job of this launch
+    trained, not when every job was refused or skipped (the folders left as they were)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from bnstudy.records import RunRecord
+
+    monkeypatch.setenv(REFUSALS_ENV, "")  # set by the summary: put back after the test
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                         "mode": RunMode.MULTIRUN},
+                               "logger": {"tensorboard": {"_target_": "lightning.pytorch."
+                                                                     "loggers.TensorBoardLogger"}}})
+    summary = SweepSummary()
+    held = write_job(tmp_path, [0.5, 0.6])
+    os.utime(held / "metrics.json", (held.stat().st_mtime - 60,) * 2)  # finished earlier
+    summary.on_multirun_start(config)
+    before = sorted(tmp_path.rglob("*"))
+    summary.on_job_end(config, JobReturn(status=JobStatus.COMPLETED,
+                                         _return_value=RunRecord(status="refused")))
+    summary.on_multirun_end(config)
+    assert sorted(tmp_path.rglob("*")) == before
+    os.utime(held / "metrics.json")  # trained by this launch
+    summary.on_multirun_end(config)
+    assert len(list(held.glob("events.out.tfevents.*"))) == 1
+
+
 def test_jobs_a_second_launch_finished_meanwhile_are_results(tmp_path, sweep_summary, caplog):
     """The sweep launched twice: each refuses the jobs the other holds, which the other then
     finishes; neither counts those as unfinished (a job still in use does count)."""

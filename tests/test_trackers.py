@@ -79,6 +79,7 @@ def test_csv(tiny_data, tmp_path):
     hparams = yaml.safe_load((run / "csv" / "version_0" / "hparams.yaml").read_text())
     assert hparams == record["hparams"]
     assert not list(run.glob("events.out.tfevents.*"))  # no TensorBoard: none of its views
+    assert f"Files: {run} (metrics.json, checkpoints/, images/)" in proc.stderr  # nor its link
 
 
 def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
@@ -178,6 +179,7 @@ def test_mlflow_local_store_holds_each_job_of_a_sweep(tiny_data, tmp_path):
     # No TensorBoard: no events anywhere, not even the sweep's HParams experiment.
     assert not list(sweep.rglob("events.out.tfevents.*"))
     assert "mlflow.store" not in proc.stderr and "Creating initial" not in proc.stderr
+    assert "tensorboard --logdir" not in proc.stdout + proc.stderr  # nor a link to it
 
 
 @pytest.mark.slow
