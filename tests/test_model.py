@@ -248,6 +248,28 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
         assert same, path
 
 
+def test_a_fallback_names_the_flag_that_asks_for_it(caplog):
+    """The first setting that needs one minibatch a step, not one it implies (fast_dev_run and
+    overfit_batches set the limits; a fraction is no integer)."""
+    from types import SimpleNamespace
+
+    plain = dict(fast_dev_run=False, overfit_batches=0, accumulate_grad_batches=1,
+                 limit_train_batches=1.0, val_check_interval=1.0, precision="32-true",
+                 world_size=1, callbacks=[], gradient_clip_val=None)
+    model = make_classifier("bn")
+    model.steps_per_call = 4
+    for flags, said in (({"fast_dev_run": True, "limit_train_batches": 1}, "fast_dev_run"),
+                        ({"overfit_batches": 2, "limit_train_batches": 2}, "overfit_batches"),
+                        ({"limit_train_batches": 0.5}, "limit_train_batches other than 1.0"),
+                        ({}, None)):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="bnstudy.model"):
+            k = model._choose(SimpleNamespace(**{**plain, **flags}))[0]
+        assert k == (4 if said is None else 1)
+        assert caplog.text.endswith(f"per training_step, for trainer.{said}\n") if said else \
+            not caplog.text
+
+
 class StepHooks(L.Callback):
     def __init__(self) -> None:
         self.calls = []
