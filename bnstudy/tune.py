@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.errors import ConfigError
 from bnstudy.records import TUNING_FILE, RunRecord, write_json_atomic
-from bnstudy.sweep import announce
+from bnstudy.sweep import announce, discard_empty_sweep
 
 log = logging.getLogger("bnstudy")
 
@@ -168,10 +168,8 @@ class TunedSweeper(Sweeper):
         """The searches, then the re-runs; a user's mistake ends in its paragraph, exit 1."""
         try:
             unsearched = self._sweep(arguments)
-        except ConfigError as err:
-            folder = Path(self.config.hydra.sweep.dir)
-            if folder.is_dir() and not any(folder.iterdir()):  # refused before anything ran
-                folder.rmdir()
+        except ConfigError as err:  # refused before anything ran: no empty folders left
+            discard_empty_sweep(Path(self.config.hydra.sweep.dir))
             sys.exit(str(err))
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
             sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder

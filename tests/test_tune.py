@@ -382,15 +382,17 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
 
 
 def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how_to_go_on(
-        tmp_path, caplog):
+        tmp_path, caplog, monkeypatch):
     tuner = sweeper("hydra.sweeper.rerun_top=0")
-    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
-    (tmp_path / "sweep").mkdir()
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": "outputs/multirun/x"}}})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "multirun" / "x").mkdir(parents=True)  # as Hydra makes it
     with pytest.raises(SystemExit) as refused:
         tuner.sweep([])
     assert re.match(r"hydra.sweeper.rerun_top=0: the number of each .* Type "
                     r"hydra.sweeper.rerun_top=3", refused.value.code)
-    assert not (tmp_path / "sweep").exists()  # refused before anything ran
+    assert not list(tmp_path.iterdir())  # refused before anything ran: no empty outputs/
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
     (tmp_path / "sweep" / "search").mkdir(parents=True)
     with pytest.raises(SystemExit):
         tuner.sweep([])
