@@ -217,10 +217,11 @@ def test_two_results_of_one_setting_and_seed_are_refused_not_counted_twice(tmp_p
     write_job(tmp_path, [0.5], status="failed", norm="none", seed=0)  # no result: no matter
     load_runs(tmp_path)
     write_job(tmp_path, [0.8], norm="none", seed=0)  # numbered 5: no BN's seed 0 again
+    write_job(tmp_path, [0.8], norm="bn", seed=1)  # and 6: BN's seed 1
     assert main([str(tmp_path)]) == 2
     said = " ".join(capsys.readouterr().err.split())
     assert f"{tmp_path} holds two results of one setting and seed: 1_mnist-none-sgd-seed0, " \
-        "5_mnist-none-sgd-seed0 (their recorded settings" in said
+        "5_mnist-none-sgd-seed0 (and 1 more such) (their recorded settings" in said
     assert "Each would count twice among the seeds, so nothing was reported." in said
     assert not (tmp_path / "report").exists()
     caplog.set_level("INFO", logger="bnstudy")  # the sweep's summary says it for the answer

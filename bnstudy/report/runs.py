@@ -131,15 +131,17 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)
     results = runs[runs["outcome"].isin(("ok", "diverged"))]
-    twice = results[results.drop(columns=list(RUN_COLUMNS)).astype(str).duplicated(keep=False)]
+    setting = results.drop(columns=list(RUN_COLUMNS)).astype(str).agg("\x1f".join, axis=1)
+    twins = [list(jobs) for _, jobs in results["job"].groupby(setting, sort=False) if len(jobs) > 1]
     tuned = (Path(sweep_dir) / TUNING_FILE).is_file()  # its kept re-runs are named in tuning.json
-    if len(twice) and not tuned:  # e.g. two launches of `hydra/sweeper=basic`, numbered otherwise
+    if twins and not tuned:  # e.g. two launches of `hydra/sweeper=basic`, numbered otherwise
+        more = f" (and {len(twins) - 1} more such)" if len(twins) > 1 else ""
         raise ReportError(
-            f"{sweep_dir} holds two results of one setting and seed: {', '.join(twice['job'])} "
+            f"{sweep_dir} holds two results of one setting and seed: {', '.join(twins[0])}{more} "
             "(their recorded settings are the same: two sweeps launched into the folder, or a "
-            "swept key no run records, such as threads). Each would count twice among the "
-            "seeds, so nothing was reported. Move all but one of each out of the folder, then "
-            "run the report again.")
+            "swept key no run records, such as threads or model.steps_per_call, which trains "
+            "the same run). Each would count twice among the seeds, so nothing was reported. "
+            "Move all but one of each out of the folder, then run the report again.")
     return runs.astype({c: float for c in QUANTITIES})
 
 
