@@ -69,6 +69,8 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
             if kind == "WandbLogger":  # its id known before it starts, for a resume to reuse
                 named.update(id=resumed.get(kind) or secrets.token_hex(4), resume="allow")
         loggers.append(instantiate(node, **named))
+        if kind == "WandbLogger":  # Lightning's `anonymous=None` makes wandb.init warn, each run
+            loggers[-1]._wandb_init.pop("anonymous", None)
         if kind == "CSVLogger" and resumed.get(kind) is not None:
             continue_csv(loggers[-1])
     return loggers
