@@ -16,19 +16,33 @@ from omegaconf import OmegaConf
 
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
-from bnstudy.errors import DataError, RunFileError
+from bnstudy.errors import DataError, RunFileError, first_line
+from bnstudy.jobdir import describe_holder, holder, is_locked
 from bnstudy.records import is_job_dir, write_json_atomic
 
 
 def parse_settings(items: list[str]) -> tuple[str | None, dict]:
-    """`paths.data_dir` and the `trainer.*` flags given, values parsed as Hydra does."""
+    """`paths.data_dir` and the `trainer.*` flags given (a Trainer's), values parsed as Hydra
+    does."""
+    import difflib
+    import inspect
+
+    from lightning.pytorch import Trainer
+
+    flags = list(inspect.signature(Trainer.__init__).parameters)[1:]
     data_dir, trainer = None, {}
     for item in items:
         key, value = rebuild.parse_setting(item, "; give KEY=VALUE.")
         if key == "paths.data_dir":
             data_dir = str(value)
         elif key.startswith("trainer.") and key.count(".") == 1:
-            trainer[key.split(".", 1)[1]] = value
+            if (flag := key.split(".", 1)[1]) not in flags:
+                near = difflib.get_close_matches(flag, flags, n=1)
+                raise rebuild.UsageError(
+                    f"{key}: the Trainer has no such flag"
+                    + (f"; did you mean trainer.{near[0]}?" if near else
+                       ": give Lightning Trainer arguments, e.g. trainer.precision=bf16-mixed."))
+            trainer[flag] = value
         else:
             raise rebuild.UsageError(
                 f"{key}: eval takes paths.data_dir=DIR (where the data is now) and trainer "
@@ -59,12 +73,22 @@ def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCac
             "deterministic", "benchmark", "fast_dev_run")  # what changes a test's numbers
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(run.cfg.trainer).items()
                    if k in kept} | flags
-    trainer = instantiate(
-        trainer_cfg, devices=1, strategy="auto", num_nodes=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, callbacks=[],
-        enable_progress_bar=sys.stderr.isatty(), default_root_dir=str(run.path))
-    started = time.perf_counter()
-    tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        trainer = instantiate(
+            trainer_cfg, devices=1, strategy="auto", num_nodes=1, logger=False,
+            enable_checkpointing=False, enable_model_summary=False, callbacks=[],
+            enable_progress_bar=sys.stderr.isatty(), default_root_dir=str(run.path))
+        started = time.perf_counter()
+        tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
+    except (InstantiationException, MisconfigurationException) as err:  # a flag given
+        given = ", ".join(f"trainer.{k}={v}" for k, v in flags.items()) or "none"
+        raise rebuild.RunError(
+            f"{run.name}: not evaluated, Lightning's Trainer refused the settings "
+            f"({first_line(err.__cause__ or err)}). The flags given: {given}; the others are "
+            "the run's own.") from None
     recorded = run.record.test if run.record else None
     return {"checkpoint": str(checkpoint_path.relative_to(run.path)),
             "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
@@ -105,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     data, problems, done = rebuild.DataCache(data_dir), [], 0
     for run_path, checkpoint in pairs:
         try:
+            if is_locked(run_path):  # one writer per job directory: its training process
+                raise rebuild.RunError(f"{run_path.name}: not evaluated, it is in use: "
+                                       f"{describe_holder(holder(run_path))}. Evaluate it when "
+                                       "that process has ended.")
             run = rebuild.SavedRun.open(run_path)
             result = evaluate(run, checkpoint, data, flags)
             name = "eval.json" if checkpoint == run.checkpoint else f"eval-{checkpoint.name}.json"

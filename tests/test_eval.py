@@ -11,6 +11,7 @@ from helpers import read_record, run_module
 from omegaconf import OmegaConf
 
 from bnstudy import eval as evaluate
+from bnstudy.jobdir import JobDirLock
 from bnstudy.rebuild import CHECKPOINT
 
 
@@ -18,7 +19,9 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
                                                                                     capsys):
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     records = {job: (job / "metrics.json").read_bytes() for job in jobs}
-    missing, damaged, misfit = jobs.pop(2), jobs.pop(2), jobs.pop(2)
+    missing, damaged, misfit, held = jobs.pop(2), jobs.pop(2), jobs.pop(2), jobs.pop(2)
+    lock = JobDirLock(held)
+    lock.acquire("its training")  # one writer per job directory
     (missing / "checkpoints" / "last.ckpt").unlink()
     (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     config = misfit / ".hydra" / "config.yaml"
@@ -29,7 +32,8 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     assert f"{damaged.name}/checkpoints/last.ckpt does not load (" in err
     assert f"{misfit.name}/checkpoints/last.ckpt does not fit the network of its " \
         ".hydra/config.yaml (RuntimeError: " in err
-    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit))
+    assert f"{held.name}: not evaluated, it is in use: its training in process " in err
+    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit, held))
     for job in jobs:
         result = json.loads((job / "eval.json").read_text())
         recorded = read_record(job)["test"]
@@ -39,9 +43,10 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert result["recorded_test"] == recorded
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
-    assert out.count("(as recorded)") == 5
-    assert f"Evaluated 5 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
-        f"{misfit.name}." in out
+    assert out.count("(as recorded)") == 4
+    assert f"Evaluated 4 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
+        f"{misfit.name}, {held.name}." in out
+    lock.release()
 
 
 def test_another_checkpoint_of_a_run_scores_its_own_weights(sweep, capsys):
@@ -73,17 +78,29 @@ def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     ("empty", "holds no runs"),
     ("record", "is not in a run's checkpoints/ folder"),
     ("setting", "eval takes paths.data_dir=DIR"),
+    ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
 ])
 def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
     (tmp_path / "empty").mkdir()
     job = next(sweep.glob("0_*"))
     args = {"missing": [str(tmp_path / "missing")], "empty": [str(tmp_path / "empty")],
             "record": [str(job / "metrics.json")],
-            "setting": [str(job), "model.net.hidden_dim=3"]}[case]
+            "setting": [str(job), "model.net.hidden_dim=3"],
+            "flag": [str(job), "trainer.max_epoch=3"]}[case]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("bnstudy.eval: ") and message in err and err.count("\n") == 1
     assert not list(sweep.glob("*/eval*.json"))
+
+
+def test_a_flag_the_trainer_refuses_is_named_in_one_paragraph(sweep, capsys):
+    job = next(sweep.glob("0_*"))
+    assert evaluate.main([str(job), "trainer.limit_test_batches=0.001"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{job.name}: not evaluated, Lightning's Trainer refused the settings "
+                          "(MisconfigurationException: ") and "Traceback" not in err
+    assert "The flags given: trainer.limit_test_batches=0.001; the others are the run's own." \
+        in err and not (job / "eval.json").exists()
 
 
 def test_the_entry_point_prints_the_result(sweep):
