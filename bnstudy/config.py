@@ -263,8 +263,9 @@ def validate(cfg: DictConfig) -> None:
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is out of range; it must be {allowed}.")
     for name in ("weight_grid", "hallucinations"):
-        for key, value in (cfg.callbacks.get(name) or {}).items():
-            if need := picture_range(key, value):
+        for key in (cfg.callbacks.get(name) or {}):  # (only these resolve outside a job)
+            if (key in LEAST or key in ABOVE) and (
+                    need := picture_range(key, value := cfg.callbacks[name][key])):
                 raise ConfigError(f"callbacks.{name}.{key}={value!r} is out of range; it must "
                                   f"be {need}.")
     if cfg.dataset.batch_size == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):

@@ -99,30 +99,40 @@ def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_li
 def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_data, tmp_path):
     from bnstudy.report.runs import load_runs, never_started
 
-    proc = run_sweep(tmp_path, tiny_data, "dataset.batch_size=0,32", *QUICK)
+    proc = run_sweep(tmp_path, tiny_data, "dataset.train_size=9999,400", *QUICK)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (good,) = sweep_jobs(tmp_path)  # the failing job never trained: it left no directory
-    assert good.name == "1_mnist-bn-sgd-seed0-batch_size=32"  # named by what the sweep varies
+    assert good.name == "1_mnist-bn-sgd-seed0-train_size=400"  # named by what the sweep varies
     console = proc.stdout + proc.stderr  # the summary: on Hydra's own console, stdout
     assert read_record(good)["status"] == "ok" and f"Sweep {tmp_path}: 1 job(s)" in console
     assert f"  {good.name[2:]}: ok, val acc " in console
-    assert "  0_mnist-bn-sgd-seed0-batch_size=0: failed before training, nothing kept: " \
-           "dataset.batch_size=0 is out of range" in proc.stderr
+    assert "  0_mnist-bn-sgd-seed0-train_size=9999: failed before training, nothing kept: " \
+           "mnist: train_size=9999 and val_size=" in proc.stderr
     assert f"resume=true hydra.sweep.dir={tmp_path}" in proc.stderr and "?" not in proc.stderr
     assert list(load_runs(tmp_path)["outcome"]) == ["ok"]
-    assert never_started(tmp_path) == ["dataset.batch_size=0"]  # counted as missing
+    assert never_started(tmp_path) == ["dataset.train_size=9999"]  # counted as missing
 
 
 def test_a_sweep_whose_every_job_fails_keeps_nothing_and_names_no_resume(tiny_data, tmp_path):
-    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.batch_size=0",
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.train_size=9999",
                      "norm=bn,none", "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "2 job(s) failed before training, so nothing was kept" in proc.stderr
     for job in ("0_mnist-bn-sgd-seed0", "1_mnist-none-sgd-seed0"):
-        assert f"  {job}: failed before training, nothing kept: dataset.batch_size=0 is out " \
-            "of range" in proc.stderr
+        assert f"  {job}: failed before training, nothing kept: mnist: train_size=9999 and " \
+            "val_size=" in proc.stderr
     assert "Fix the cause, then run the command again." in proc.stderr
     assert "resume=true" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_value_out_of_range_in_a_sweep_stops_it_before_any_job(tiny_data, tmp_path):
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.batch_size=64,0",
+                     "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("dataset.batch_size=0 is out of range; it must be an integer "
+                                  ">= 1. (The sweep's job seed=0 ")
+    assert proc.stderr.endswith("dataset.batch_size=0; nothing was run.)\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -8,11 +8,14 @@ Hydra instantiates sweepers only from the `hydra_plugins` namespace."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
+from bnstudy.config import validate
+from bnstudy.errors import ConfigError
 from bnstudy.sweep import announce, check_plan, discard_empty_sweep
 
 
@@ -30,8 +33,14 @@ class GridSweeper(BasicSweeper):
             if not seen.issuperset(overrides):
                 seen.update(overrides)
                 covering.append(overrides)
+        job: Sequence[str] = ()
         try:
-            super().validate_batch_is_legal(covering)
+            for job in covering:  # each composed, as Hydra's does, and range-checked
+                validate(self.hydra_context.config_loader.load_sweep_config(
+                    master_config=self.config, sweep_overrides=list(job)))
+        except ConfigError as err:  # a value out of range: one paragraph
+            discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
+            sys.exit(f"{err} (The sweep's job {' '.join(job)}; nothing was run.)")
         except Exception:  # nothing was launched: nothing is kept (a job's folder would be)
             discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
             raise
