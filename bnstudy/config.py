@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.errors import ConfigError
 from bnstudy.norms import NORMS
-from bnstudy.records import HOW_IT_RUNS, plan_overrides
+from bnstudy.records import HOW_IT_RUNS, SHOWN, plan_overrides
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -99,7 +99,6 @@ def register() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
-SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
 BOOKKEEPING = (*HOW_IT_RUNS, "hydra.", "experiment")  # in no run's name
 
 
@@ -107,7 +106,7 @@ def swept_suffix(override_dirname: str) -> str:
     """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond the run
     name and bookkeeping; in a multirun only those it varies (`swept_keys`)."""
     swept = swept_keys()
-    items = re.split(r",(?=[+~]*[\w./@-]+=)", override_dirname)  # not a list value's commas
+    items = re.split(r",(?=[+~]|[\w./@-]+=)", override_dirname)  # not a list value's commas
     parts = [item.split("=", 1) for item in items if "=" in item]
     kept = [(key, value) for key, value in parts
             if key not in SHOWN and not key.startswith(BOOKKEEPING)

@@ -23,6 +23,7 @@ RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
 TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
 # override keys (prefixes) of how a job runs and is kept, not of which job it is
+SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
 HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
                "logger", "+", "~")  # logger: logger=csv and logger.x.y=...
 
@@ -104,6 +105,36 @@ def planned_jobs(hydra: Any) -> list[dict[str, str]] | None:
 def varying(plan: list[dict[str, str]]) -> list[str]:
     """The keys whose value differs between a plan's jobs (`planned_jobs`)."""
     return [key for key in plan[0] if len({job.get(key) for job in plan}) > 1] if plan else []
+
+
+def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
+    """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ, as
+    `sweep.check_plan` says it; None where they agree. Jobs are told apart by the keys their folders
+    are named by (the study's four, and every key a plan varies), on each number both have;
+    the jobs the same, a setting all of them share otherwise may differ: other settings."""
+    if there is None:
+        return "kind of sweep, not a grid of values (a tuned study's searches?): in one " \
+            "folder the report would read the two as one study,"
+    varies = {*varying(there), *varying(here)}
+    theirs, ours = ([{k: v for k, v in job.items() if k in varies or k in SHOWN} for job in plan]
+                    for plan in (there, here))
+    differ = [i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b]
+    if not differ:
+        changed = [f"{k}: {there[0].get(k, '(default)')} -> {here[0].get(k, '(default)')}"
+                   for k in dict.fromkeys([*there[0], *here[0]])
+                   if there[0].get(k) != here[0].get(k)]
+        return f"sweep, run with other settings ({'; '.join(changed)})," if changed else None
+    clash = next((i for i in differ if any(theirs[i][k] != ours[i][k]
+                                           for k in theirs[i].keys() & ours[i].keys())),
+                 differ[0])  # a value both plans give, if any, over a key one of them adds
+    a, b = theirs[clash], ours[clash]
+    keys = varies | {k for k, _ in a.items() ^ b.items()}
+    there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in keys)
+                           for job in (a, b))
+    elsewhere = f" (job {theirs.index(b)} there)" if b in theirs else ""
+    return (f"sweep, numbered otherwise: its job {clash} is {there_job}, this sweep's would be "
+            f"{here_job}{elsewhere}. In one folder the two would train a setting twice, or two "
+            "settings under one number,")
 
 
 def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:

@@ -23,7 +23,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from bnstudy.config import SHOWN
 from bnstudy.errors import RunFileError
 from bnstudy.jobdir import describe_holder, holder
 from bnstudy.records import (
@@ -33,10 +32,10 @@ from bnstudy.records import (
     RunRecord,
     job_dirs,
     job_order,
+    plan_clash,
     planned_jobs,
     replace_file,
     sweep_records,
-    varying,
 )
 from bnstudy.run import discard_folder
 from bnstudy.trackers import uses_tensorboard
@@ -110,36 +109,6 @@ def check_plan(config: DictConfig) -> None:
         f"hydra.sweep.dir={sweep_dir}; to run this one, give it a folder of its own "
         "(hydra.sweep.dir=<another folder>). More seeds (seed=0,1,2,3,4 after seed=0,1,2, with "
         "resume=true) keep the numbers and may share the folder.")
-
-
-def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
-    """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ, as
-    `check_plan` says it; None where they agree. Jobs are told apart by the keys their folders
-    are named by (the study's four, and every key a plan varies), on each number both have;
-    the jobs the same, a setting all of them share otherwise may differ: other settings."""
-    if there is None:
-        return "kind of sweep, not a grid of values (a tuned study's searches?): in one " \
-            "folder the report would read the two as one study,"
-    varies = {*varying(there), *varying(here)}
-    theirs, ours = ([{k: v for k, v in job.items() if k in varies or k in SHOWN} for job in plan]
-                    for plan in (there, here))
-    differ = [i for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b]
-    if not differ:
-        changed = [f"{k}: {there[0].get(k, '(default)')} -> {here[0].get(k, '(default)')}"
-                   for k in dict.fromkeys([*there[0], *here[0]])
-                   if there[0].get(k) != here[0].get(k)]
-        return f"sweep, run with other settings ({'; '.join(changed)})," if changed else None
-    clash = next((i for i in differ if any(theirs[i][k] != ours[i][k]
-                                           for k in theirs[i].keys() & ours[i].keys())),
-                 differ[0])  # a value both plans give, if any, over a key one of them adds
-    a, b = theirs[clash], ours[clash]
-    keys = varies | {k for k, _ in a.items() ^ b.items()}
-    there_job, here_job = (" ".join(f"{k}={v}" for k, v in job.items() if k in keys)
-                           for job in (a, b))
-    elsewhere = f" (job {theirs.index(b)} there)" if b in theirs else ""
-    return (f"sweep, numbered otherwise: its job {clash} is {there_job}, this sweep's would be "
-            f"{here_job}{elsewhere}. In one folder the two would train a setting twice, or two "
-            "settings under one number,")
 
 
 class SweepSummary(Callback):

@@ -74,21 +74,25 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
 def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeypatch):
     """Hydra's sweeper composes all 160 of the decisive study's configs before the first job;
     ours a job per new value (every value still checked: a misspelt one stops the sweep)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from types import SimpleNamespace
+
     from omegaconf import OmegaConf
 
-    from hydra_plugins.bnstudy_sweeper import GridSweeper
+    import hydra_plugins.bnstudy_sweeper as grid
 
-    composed = []
-    monkeypatch.setattr(BasicSweeper, "validate_batch_is_legal",
-                        lambda self, batch: composed.extend(batch))
+    composed, checked = [], []
+    loader = SimpleNamespace(load_sweep_config=lambda master_config, sweep_overrides:
+                             composed.append(sweep_overrides) or sweep_overrides)
+    monkeypatch.setattr(grid, "validate", checked.append)  # each composed config range-checked
     batch = [[f"dataset={d}", f"norm={n}", f"seed={s}"]
              for d in ("mnist", "cifar10") for n in ("bn", "nne") for s in range(20)]
-    sweeper = GridSweeper(max_batch_size=None)
+    sweeper = grid.GridSweeper(max_batch_size=None)
+    sweeper.hydra_context = SimpleNamespace(config_loader=loader)
     sweeper.config = OmegaConf.create({"logger": {}})  # no TensorBoard: nothing to announce
     sweeper.validate_batch_is_legal(batch)
     assert {o for job in composed for o in job} == {o for job in batch for o in job}
     assert len(composed) == 22 and composed[20] == ["dataset=mnist", "norm=nne", "seed=0"]
+    assert checked == composed
 
 
 def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):

@@ -131,7 +131,8 @@ def load_runs(sweep_dir: Path) -> pd.DataFrame:
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)
     results = runs[runs["outcome"].isin(("ok", "diverged"))]
-    setting = results.drop(columns=list(RUN_COLUMNS)).astype(str).agg("\x1f".join, axis=1)
+    setting = ["\x1f".join(map(str, row))
+               for row in results.drop(columns=list(RUN_COLUMNS)).itertuples(index=False)]
     twins = [list(jobs) for _, jobs in results["job"].groupby(setting, sort=False) if len(jobs) > 1]
     tuned = (Path(sweep_dir) / TUNING_FILE).is_file()  # its kept re-runs are named in tuning.json
     if twins and not tuned:  # e.g. two launches of `hydra/sweeper=basic`, numbered otherwise
