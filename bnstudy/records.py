@@ -137,6 +137,16 @@ def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
             "settings under one number,")
 
 
+def save_composed(cfg: Any, job_dir: Path) -> None:
+    """A config composed in Python (`config.compose`, Hydra's node in it) saved as Hydra saves
+    a job's, `.hydra/config.yaml` and `hydra.yaml`: draw, eval and a resume read it."""
+    from omegaconf import OmegaConf
+
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    for name, node in (("config.yaml", task), ("hydra.yaml", {"hydra": cfg.hydra})):
+        replace_file(job_dir / ".hydra" / name, OmegaConf.to_yaml(node).encode())
+
+
 def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:
     """The sweep's jobs that have a record, each with its record, in job order."""
     jobs = sorted((p.parent for p in Path(sweep_dir).glob(f"*/{RECORD_NAME}")), key=job_order)

@@ -45,6 +45,7 @@ from bnstudy.records import (
     RECORD_NAME,
     TEST_CORRECT_FILE,
     RunRecord,
+    save_composed,
     write_error,
     write_test_correct,
 )
@@ -97,6 +98,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     check_devices(cfg)
     primary, job, record_path = is_primary(), launcher_job(), out / RECORD_NAME
     resume = check_job_dir(cfg, out) if primary else False
+    if primary and "hydra" in cfg and (cfg.overwrite or not (out / ".hydra").exists()):
+        save_composed(cfg, out)  # composed in Python: its config kept as a command line's is
     previous = RunRecord.read(record_path)
     if not primary:  # as rank 0 decides: a requeued job's other ranks resume with it
         resume = cfg.resume or (previous is not None and same_job(previous.job, job))

@@ -22,6 +22,23 @@ CURVES = ("train/loss", "train/acc", "val/loss", "val/acc")
 INTERRUPT = ("+callbacks.stop._target_=tests.faults.InterruptAtEpoch", "+callbacks.stop.epoch=2")
 
 
+def test_a_run_from_python_keeps_its_config_as_a_command_line_run_does(tiny_data, tmp_path,
+                                                                       capsys):
+    """Its `.hydra/` as Hydra writes a job's: eval rebuilds the run, and a resume with other
+    settings is refused."""
+    import json
+
+    from bnstudy import eval as evaluate
+
+    job = tmp_path / "mine"
+    record = train_run(tiny_data, job)
+    assert evaluate.main([str(job)]) == 0, capsys.readouterr().err
+    assert json.loads((job / "eval.json").read_text())["test"]["acc"] == \
+        pytest.approx(record.test_acc, abs=1e-7)
+    with pytest.raises(RunExistsError, match="was run with other settings: dataset.lr: "):
+        train_run(tiny_data, job, "resume=true", "dataset.lr=0.5")
+
+
 def without_time(record: RunRecord) -> tuple[list, dict]:
     """A record's history (without the clock) and test metrics: what must match exactly."""
     return [{k: v for k, v in row.items() if k != "time_s"} for row in record.history], record.test
