@@ -5,8 +5,7 @@ torchvision when missing and `download` is true. Each split is decoded and norma
 one tensor once per process (`prepared`: the jobs a worker runs one after another share it;
 a changed file is read again); batches are slices of it, in an order that depends only on
 `seed` and the epoch; under DDP each process serves its own share (Lightning's
-`use_distributed_sampler` is off: see `EpochBatchSampler`).
-"""
+`use_distributed_sampler` is off: see `EpochBatchSampler`)."""
 
 from __future__ import annotations
 
@@ -151,7 +150,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def __init__(self, data_dir: str | Path, batch_size: int = 64, val_size: float | int = 0.1,
                  train_size: int | None = None, eval_batch_size: int = 1000,
-                 split_seed: int | None = 0, seed: int = 0, download: bool = True) -> None:
+                 split_seed: int | None = 0, seed: int = 0, download: bool | None = True) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -185,10 +184,11 @@ class TensorDataModule(L.LightningDataModule):
         where = ", ".join(str(p) for p in missing)
         fix = ("Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder "
                f"that holds {self.folder}/")
-        if not self.download:
-            raise DataError(f"{self.name}: files not found: {where}; download is disabled "
-                            f"(dataset.datamodule.download=false). {fix}, or allow the download "
-                            "with dataset.datamodule.download=true.")
+        if not self.download:  # None: a finished run rebuilt (draw, eval), never downloaded
+            raise DataError(f"{self.name}: files not found: {where}" + (
+                f". {fix} (paths.data_dir=DIR)." if self.download is None else "; download is "
+                f"disabled (dataset.datamodule.download=false). {fix}, or allow the download with "
+                "dataset.datamodule.download=true."))
         existed = {p for p in [self.data_dir, *self.data_dir.rglob("*")] if p.is_dir()} \
             if self.data_dir.is_dir() else set()
         try:
@@ -342,8 +342,7 @@ class CIFAR10DataModule(TensorDataModule):
 
     `verify_checksums` compares each batch with the official md5: "strict" refuses a
     mismatch, "warn" (default) loads it with a warning (subsets such as the shared
-    fixtures differ), "off" skips the check. Batches are read with a restricted unpickler.
-    """
+    fixtures differ), "off" skips the check. Batches are read with a restricted unpickler."""
 
     name = "cifar10"
     folder = CIFAR10.base_folder

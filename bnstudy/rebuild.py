@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.errors import first_line
+from bnstudy.errors import DataError, first_line
 from bnstudy.records import RECORD_NAME, RunRecord, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -128,12 +128,17 @@ class DataCache:
                               OmegaConf.select(run.cfg, "dataset.train_size"), stage, drawn_by],
                              sort_keys=True, default=str)
             if key not in self._built:
-                data = instantiate(node, data_dir=str(where), download=False)
+                data = instantiate(node, data_dir=str(where), download=None)  # never downloads
                 data.prepare_data()
                 data.setup(stage)
                 self._built[key] = data
         except (OmegaConfBaseException, ImportError) as err:
             raise RunError(f"{run.name}: its dataset config does not build ({err}).") from err
+        except DataError:
+            self._built[key] = None  # said once: the runs of the same data after it, shortly
+            raise
+        if self._built[key] is None:
+            raise DataError(f"{run.name}: its data is not there either (see above).")
         return self._built[key]
 
 

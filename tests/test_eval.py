@@ -61,13 +61,16 @@ def test_another_checkpoint_of_a_run_scores_its_own_weights(sweep, capsys):
 
 
 def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
-    job = next(sweep.glob("1_*"))
-    config = job / ".hydra" / "config.yaml"
-    data_dir = OmegaConf.load(config).paths.data_dir
-    config.write_text(config.read_text().replace(f"data_dir: {data_dir}", "data_dir: /nowhere"))
-    assert evaluate.main([str(job)]) == 1
+    job, other = sorted(sweep.glob("*_mnist-*"))[:2]
+    for each in (job, other):
+        config = each / ".hydra" / "config.yaml"
+        data_dir = OmegaConf.load(config).paths.data_dir
+        config.write_text(config.read_text().replace(f"data_dir: {data_dir}", "data_dir: /nowhere"))
+    assert evaluate.main([str(sweep)]) == 1
     err = capsys.readouterr().err
-    assert "files not found" in err and "paths.data_dir" in err and "Traceback" not in err
+    assert err.count("files not found") == 1 and "paths.data_dir=DIR" in err  # said once,
+    assert f"{other.name}: its data is not there either (see above)." in err  # then shortly
+    assert "download" not in err and "Traceback" not in err  # eval never downloads
     assert not (job / "eval.json").exists()
     assert evaluate.main([str(job), f"paths.data_dir={data_dir}"]) == 0
     assert "(as recorded)" in capsys.readouterr().out
