@@ -126,7 +126,7 @@ def sides(r: Result) -> str:
     terms = r.declared.terms
     optims = len({t.optim for t in terms}) > 1 or (len(terms) == 1 and r.declared.source
                                                    == "pictures")
-    text = "; ".join(f"{t.label(optims)} {spread(xs, r.declared.fmt)}"
+    text = "; ".join(f"{t.label(optims)} {spread(xs, r.declared.fmt, '— (no value)')}"
                      for t, xs in zip(terms, r.groups, strict=True))
     if r.declared.rule is not None:
         text += f"; {r.extra['met']} of {r.extra['of']} seeds meet it"
