@@ -122,7 +122,10 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     started = time.perf_counter()
     record = previous or RunRecord()
     if primary:
-        log.info("%s: training %s epochs into %s", cfg.run_name, cfg.trainer.max_epochs, out)
+        epochs = cfg.trainer.max_epochs
+        what = "a fast_dev_run (a batch of each loop)" if cfg.trainer.fast_dev_run else \
+            f"{epochs} epoch{'' if epochs == 1 else 's'}"
+        log.info("%s: training %s into %s", cfg.run_name, what, out)
         requeued = previous is not None and is_requeue(previous.job, job)
         if requeued:  # its earlier attempts' warnings were shown: not again
             shown_before(out / "train.log")

@@ -63,7 +63,7 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     with caplog.at_level(logging.INFO):
         record = train_run(tiny_data, job, "dataset.lr=0.002", "seed=2")
     assert record.run_name == "mnist-bn-sgd-seed2-lr=0.002-max_epochs=1"
-    assert f"{record.run_name}: training 1 epochs into {job}" in caplog.messages
+    assert f"{record.run_name}: training 1 epoch into {job}" in caplog.messages
     assert "Seed set to" not in caplog.text  # Lightning's line, not the study's
     assert record == RunRecord.read(job) and record.status == "ok"
     assert record.test["loss"] > 0 and record.test["acc"] == record.test_acc

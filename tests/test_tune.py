@@ -217,7 +217,7 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
         assert results.best_value == pytest.approx(cell["candidates"][0]["value"])
     assert not (tmp_path / "optimization_results.yaml").exists()
     # the cells are searched together: their trials run in rounds, each cell's in its order
-    started = re.findall(r"training \d+ epochs into \S+/search/(\S+?)/(\d+)_", proc.stderr)
+    started = re.findall(r"training \d+ epochs? into \S+/search/(\S+?)/(\d+)_", proc.stderr)
     assert [int(number) for _, number in started] == [0, 0, 1, 1, 2, 2], started
     assert report([str(tmp_path)]) == 0
     with open(tmp_path / "report" / "claims.csv") as f:
