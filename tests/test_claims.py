@@ -646,8 +646,8 @@ ONE_SEED = {**WIN, "optim": "adam", "n_treatment": 1, "n_baseline": 2, "diff": -
 ANSWER = """## The answer
 
 Is BatchNorm worth it? BN − no BN in validation accuracy, per dataset × optimizer (95% interval; \
-validation split, final epoch; paired t over shared seeds in 1 of 2 rows, Welch where the seeds \
-do not pair; p Holm-adjusted over the 1 comparison tested (the intervals are not), p < 0.05; \
+validation split, final epoch; paired t over the seeds both norms ran; p Holm-adjusted over the \
+1 comparison tested (the intervals are not), p < 0.05; \
 *equivalent* by TOST within ±0.5 pts for MNIST): at equal epochs, at equal training time (C5a: \
 the best val acc so far at the no-BN runs' full compute, BN's step charged the 95% upper bound \
 of the clock's median round; paired, Holm over the C5 parts) and at each one's own tuned \
@@ -698,6 +698,8 @@ def test_the_answer_section_word_for_word():
     assert answer_section(table.iloc[:0], []) == ""
     missing = {**WIN, "n_baseline": 0, "diff": math.nan}  # a pair one norm never ran
     assert "One seed a side" in answer_section(pd.DataFrame([missing, ONE_SEED]), [])
+    assert "final epoch; no test: fewer than 2 seeds a side; p Holm-adjusted over the 0 " \
+        "comparisons" in " ".join(answer_section(pd.DataFrame([ONE_SEED]), []).split())
 
 
 def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_path):
@@ -721,8 +723,8 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         write_job(tmp_path, [0.5, acc], norm=norm, seed=0, dataset="svhn", optim="rmsprop")
     assert console_answer(tmp_path).splitlines() == [
         "Each norm against its baseline in final validation accuracy (95% interval; validation "
-        "split, final epoch; paired t over shared seeds in 2 of 3 rows, Welch where the seeds do "
-        "not pair; p Holm-adjusted over the 2 comparisons tested (the intervals are not), "
+        "split, final epoch; paired t over the seeds both norms ran; p Holm-adjusted over the 2 "
+        "comparisons tested (the intervals are not), "
         "p < 0.05; equivalent by TOST within ±0.5 pts for MNIST):",
         "  MNIST, SGD, BN − no BN (2 vs 2 seeds): cannot tell, +9.50 pts (+3.15 to +15.85): 3 "
         "seeds a side would decide",

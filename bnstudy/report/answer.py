@@ -134,12 +134,13 @@ def margin_words(margins: dict) -> str:
 
 def method_words(verdicts: pd.DataFrame) -> str:
     """How the equal-epochs column decides: split, seeds, pairing, correction, margins."""
-    paired = (verdicts["test"] == PAIRED).sum()
-    pairing = ("paired t over the seeds both norms ran" if paired == len(verdicts) else
-               f"paired t over shared seeds in {paired} of {len(verdicts)} rows, Welch where "
+    tested = int(verdicts["p_value"].notna().sum())  # a row without a test is not counted
+    paired = int((verdicts["test"][verdicts["p_value"].notna()] == PAIRED).sum())
+    pairing = ("no test: fewer than 2 seeds a side" if not tested else
+               "paired t over the seeds both norms ran" if paired == tested else
+               f"paired t over shared seeds in {paired} of {tested} rows tested, Welch where "
                "the seeds do not pair")
     margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
-    tested = int(verdicts["p_value"].notna().sum())  # a row without a test is not counted
     return (f"validation split, final epoch; {pairing}; p Holm-adjusted over the "
             f"{plural(tested, 'comparison')} tested (the intervals are not), p < {ALPHA}; "
             f"*equivalent* by TOST within {margin_words(margins)}")
