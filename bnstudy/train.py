@@ -114,4 +114,8 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
 if __name__ == "__main__":
     if problem := unknown_override(sys.argv[1:]):  # before Hydra, whose hint would be `+key`
         sys.exit(problem)
+    if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):
+        sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "
+                 "traceback). Drop -m to see a job's config: python -m bnstudy.train --cfg job "
+                 "<your overrides, one value each>.")
     main()

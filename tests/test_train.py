@@ -57,6 +57,12 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
         assert "Available options in 'dataset'" in proc.stderr and "cifar10" in proc.stderr
 
 
+def test_cfg_with_a_sweep_is_one_paragraph():
+    proc = run_train("-m", "--cfg", "job", "norm=bn,none")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("--cfg prints one job's config, so it does not go with -m")
+
+
 def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_path):
     text = run_train("--help").stdout
     assert text.startswith("python -m bnstudy.train [-m]") and "dataset.lr=0.001" in text
