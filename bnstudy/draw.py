@@ -26,6 +26,7 @@ from bnstudy.config import CONFIG_DIR, picture_range
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
 from bnstudy.records import write_json_atomic
+from bnstudy.trackers import uses_tensorboard
 
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
 TRAINING_ONLY = ("_target_", "dirpath", "every_n_epochs", "epoch_steps")  # not a drawing's
@@ -139,13 +140,16 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
     write_json_atomic(images / RECIPE_FILE, {
         "name": recipe_name(recipe, defaults), **recipe, "step": step,
         "drawn_by": "python -m bnstudy.draw", "seconds": time.perf_counter() - started})
-    with SummaryWriter(str(run.path)) as writer:
-        for summary in summaries:
-            writer.file_writer.add_summary(summary, step)
+    board = uses_tensorboard(run.cfg.get("logger"))  # a run logged elsewhere gets no events
+    if board:
+        with SummaryWriter(str(run.path)) as writer:
+            for summary in summaries:
+                writer.file_writer.add_summary(summary, step)
     where = (f"the earlier ones ({earlier}) are in images/{kept.name}/" if kept
              else "the earlier ones were replaced" if old else "none before")
     return (f"{run.name}: drawn ({recipe_name(recipe, defaults)}) in "
-            f"{time.perf_counter() - started:.1f} s, TensorBoard step {step}; {where}")
+            f"{time.perf_counter() - started:.1f} s{f', TensorBoard step {step}' if board else ''}"
+            f"; {where}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_module
+from omegaconf import OmegaConf
 
 from bnstudy import draw
 from bnstudy.pictures.drawing import FINAL_FILES
@@ -168,6 +169,19 @@ def test_bad_settings_are_refused_in_one_paragraph_before_anything_is_drawn(swee
     err = capsys.readouterr().err
     assert message in err and err.startswith("bnstudy.draw: ") and err.count("\n") == 1
     assert digests(sweep) == before
+
+
+def test_a_run_logged_without_tensorboard_gets_no_events(sweep, capsys):
+    job = next(sweep.glob("0_*"))
+    config = job / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    cfg.logger = {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": "x"}}
+    OmegaConf.save(cfg, config)
+    events = sorted(job.glob("events.out.tfevents.*"))
+    assert draw.main([str(job), "steps=3"]) == 0
+    assert sorted(job.glob("events.out.tfevents.*")) == events
+    assert f"{job.name}: drawn (steps=3) in " in (out := capsys.readouterr().out)
+    assert "TensorBoard step" not in out
 
 
 def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
