@@ -25,12 +25,11 @@ from bnstudy import rebuild
 from bnstudy.config import CONFIG_DIR, picture_range
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError
-from bnstudy.records import write_json_atomic
+from bnstudy.records import RECIPE_FILE, write_json_atomic
 from bnstudy.trackers import uses_tensorboard
 
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
 TRAINING_ONLY = ("_target_", "dirpath", "every_n_epochs", "epoch_steps")  # not a drawing's
-RECIPE_FILE = "recipe.json"
 TYPE_NAMES = {int: "a whole number", float: "a number", str: "a word", type(None): "null"}
 
 

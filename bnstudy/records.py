@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
+RECIPE_FILE = "recipe.json"  # images/: the recipe `python -m bnstudy.draw` drew them with
 TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
 # override keys (prefixes) of how a job runs and is kept, not of which job it is
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already

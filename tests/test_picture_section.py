@@ -169,3 +169,20 @@ def test_claim_parts_on_hand_made_rows():
                for c in ("BN + SGD", "no BN + SGD", "no BN + Adam"))
     assert claim_verdicts(list(parts.values())) == {"P2": "does not hold"}
     assert parts["P2b (SGD)"].test.estimate == pytest.approx(0.03 + 0.001)  # BN: + seed/1000
+
+
+def test_the_section_names_the_recipe_that_drew_the_pictures(tmp_path):
+    """The training's, or those `python -m bnstudy.draw` left in `images/recipe.json`."""
+    import json
+    from types import SimpleNamespace
+
+    from bnstudy.report.picture_section import recipe_words
+
+    runs = [SimpleNamespace(run={"path": tmp_path / f"{n}_job"}) for n in range(3)]
+    assert recipe_words(runs).startswith("each run's training settings (")
+    for run in runs[:2]:
+        (run.run["path"] / "images").mkdir(parents=True)
+        (run.run["path"] / "images" / "recipe.json").write_text(json.dumps({"name": "steps=400"}))
+    assert recipe_words(runs) == (
+        "redrawn by `python -m bnstudy.draw` as `steps=400` (2 runs); the training's (1 run; "
+        "`conf/callbacks/default.yaml` unless set)")

@@ -4,7 +4,9 @@ row per norm × optim under a row of the real data), the measures (`bnstudy.pict
 
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +23,16 @@ from bnstudy.pictures.table import (
     reference,
     to_pixels,
 )
-from bnstudy.report.render import claims_block, markdown, number, plain_words, spread, write_csv
+from bnstudy.records import RECIPE_FILE
+from bnstudy.report.render import (
+    claims_block,
+    markdown,
+    number,
+    plain_words,
+    plural,
+    spread,
+    write_csv,
+)
 from bnstudy.report.runs import (
     FIRST_KEYS,
     OPTIM_LABELS,
@@ -211,6 +222,21 @@ def weight_notes(rows: pd.DataFrame) -> list[str]:
     return lines
 
 
+def recipe_words(picture_runs: list[PictureRun]) -> str:
+    """The recipes the runs' final hallucinations were drawn with: the training's, or those
+    `python -m bnstudy.draw` named in `images/recipe.json`."""
+    names = Counter(json.loads(path.read_text()).get("name", "?") if (
+        path := Path(p.run["path"]) / "images" / RECIPE_FILE).is_file() else None
+        for p in picture_runs)
+    trained = names.pop(None, 0)
+    said = [f"`{name}` ({plural(n, 'run')})" for name, n in names.items()]
+    if trained:
+        said.append(f"the training's ({plural(trained, 'run')}; `conf/callbacks/default.yaml`"
+                    " unless set)" if said else "each run's training settings "
+                    "(`callbacks.hallucinations` in `conf/callbacks/default.yaml` unless set)")
+    return ("redrawn by `python -m bnstudy.draw` as " if names else "") + "; ".join(said)
+
+
 def pictures_section(runs: pd.DataFrame, out: Path
                      ) -> tuple[str, dict[str, Figure], list[tuple[dict, list[Result]]]]:
     """The report.md section `## Pictures`, its figures (`hallucinations_<dataset>`,
@@ -238,8 +264,8 @@ def pictures_section(runs: pd.DataFrame, out: Path
         settings.setdefault(tuple((k, p.hp.get(k)) for k in extra), []).append(p)
     lines = ["## Pictures", "",
              "Final pictures of each run, measured (`bnstudy.pictures`): the hallucinations "
-             "(one input per class optimised through the frozen network; recipe in "
-             "`conf/callbacks/default.yaml`) and the first-layer weights with their learned "
+             "(one input per class optimised through the frozen network; recipe: "
+             f"{recipe_words(picture_runs)}) and the first-layer weights with their learned "
              "change (final − initial). The figures show each configuration's first seed; the "
              "table and the verdicts use every ok seed (mean ± sample std, n). Every number is "
              "in `pictures.csv`, one row per run.", ""]
