@@ -114,7 +114,7 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     import torch
 
     from bnstudy.callbacks import DivergenceGuard, MetricsHistory, tensorboard_writer
-    from bnstudy.checkpoints import resume_checkpoint
+    from bnstudy.checkpoints import read_checkpoint, resume_checkpoint
     from bnstudy.dashboard import experiment_summary, write_session
     from bnstudy.trackers import log_settings, tracker_runs
 
@@ -137,9 +137,10 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
 
-    datamodule, model, trainer = build(cfg, record.trackers if resume else None)
     resume_from, note = resume_checkpoint(out / "checkpoints" / "last.ckpt") if resume \
         else (None, None)
+    step = read_checkpoint(resume_from).get("global_step") if resume_from else None
+    datamodule, model, trainer = build(cfg, record.trackers if resume else None, step)
     if primary:
         found = {"resume_note": note, "trackers": tracker_runs(trainer.loggers)}
         if changes := {key: value for key, value in found.items() if value}:
@@ -341,9 +342,10 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
                        optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
 
 
-def build(cfg: DictConfig, trackers: dict | None = None
+def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
           ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """The datamodule, model and trainer of a config; `trackers`: a resume's tracker runs."""
+    """The datamodule, model and trainer of a config; `trackers`: a resume's tracker runs,
+    `step`: the global step it resumes at."""
     from lightning.pytorch.callbacks import ProgressBar
 
     from bnstudy.checkpoints import AtomicCheckpointIO
@@ -354,6 +356,6 @@ def build(cfg: DictConfig, trackers: dict | None = None
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers)
+    loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers, step)
     return datamodule, model, instantiate(cfg.trainer, logger=loggers or False,
                                           callbacks=callbacks, plugins=[AtomicCheckpointIO()])

@@ -42,11 +42,13 @@ NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name 
 RUN_KEYS = {"MLFlowLogger": "run_id", "CSVLogger": "version", "WandbLogger": "id"}  # its run
 
 
-def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None
-                 ) -> list[Logger]:
+def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None,
+                 step: int | None = None) -> list[Logger]:
     """The loggers of the `logger` group; a tracker's run without a name of its own is named
     `run` (the job directory's, as its TensorBoard run). `resumed`: the tracker runs a resumed
-    run goes on logging to (`tracker_runs`)."""
+    run goes on logging to (`tracker_runs`), from global step `step` on: what the earlier
+    attempt logged there (an epoch after its checkpoint) is dropped, in TensorBoard (a purge at
+    that step) and in the CSV file."""
     loggers, resumed = [], resumed or {}
     for name, node in (logger_cfg or {}).items():
         if node is None:
@@ -63,6 +65,8 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
             finish_open_wandb_run()
         named = {NAME_KEYS[kind]: run} if kind in NAME_KEYS and not node.get(NAME_KEYS[kind]) \
             else {}
+        if kind == "TensorBoardLogger" and step is not None:
+            named["purge_step"] = step  # SummaryWriter's: later events of earlier files go
         if kind in RUN_KEYS and node.get(RUN_KEYS[kind]) is None:
             if resumed.get(kind) is not None:
                 named[RUN_KEYS[kind]] = resumed[kind]
@@ -72,7 +76,7 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
         if kind == "WandbLogger":  # Lightning's `anonymous=None` makes wandb.init warn, each run
             loggers[-1]._wandb_init.pop("anonymous", None)
         if kind == "CSVLogger" and resumed.get(kind) is not None:
-            continue_csv(loggers[-1])
+            continue_csv(loggers[-1], step)
     return loggers
 
 
@@ -85,15 +89,20 @@ def tracker_runs(loggers: list[Logger]) -> dict[str, str | int]:
             for lg in loggers if isinstance(lg, MLFlowLogger | CSVLogger | WandbLogger)}
 
 
-def continue_csv(logger) -> None:
-    """Keeps the rows of a resumed run's `metrics.csv`, which Lightning's CSV writer clears
-    when it starts: the resumed run appends to them (under the same header)."""
+def continue_csv(logger, step: int | None = None) -> None:
+    """Keeps the rows of a resumed run's `metrics.csv` (those before `step`), which Lightning's
+    CSV writer clears when it starts: the resumed run appends to them (under the same header)."""
     metrics = Path(logger.log_dir) / "metrics.csv"
     kept = metrics.read_text() if metrics.is_file() else ""
     writer = logger.experiment  # clears the file
     if kept and hasattr(writer, "metrics_keys"):  # rank 0's writer
-        metrics.write_text(kept)
-        writer.metrics_keys = next(csv.reader([kept.partition("\n")[0]]))
+        header, *rows = kept.splitlines(keepends=True)
+        keys = next(csv.reader([header]))
+        at = keys.index("step") if "step" in keys else None
+        metrics.write_text(header + "".join(
+            row for row in rows if step is None or at is None
+            or int(float(next(csv.reader([row]))[at] or 0)) < step))
+        writer.metrics_keys = keys
 
 
 def log_settings(loggers: list[Logger], settings: dict) -> None:

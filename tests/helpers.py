@@ -241,6 +241,14 @@ def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events(log_dir).Scalars(tag)]
 
 
+def csv_rows(path: Path) -> list[dict]:
+    """A CSV logger's `metrics.csv`, a dict per row."""
+    import csv
+
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def scalar_tags(log_dir: Path) -> set[str]:
     return set(events(log_dir).Tags()["scalars"])
 

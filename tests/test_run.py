@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, compose_config, scalars, train_run
+from helpers import FAST, compose_config, csv_rows, scalars, train_run
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.jobdir import RunExistsError
@@ -122,6 +122,13 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
     assert resumed.trackers == {"CSVLogger": 0}
     assert resumed.hparams["trainer.limit_train_batches"] == 2  # beyond the study's settings
     assert [p.name for p in (job / "csv").iterdir()] == ["version_0"]
+    # each tracker's curves as the straight run's: the epoch after the checkpoint, logged by the
+    # first attempt, is dropped (TensorBoard: a purge at its step; CSV: its rows), not repeated
+    for tag in ("val/acc", "train/loss"):
+        assert scalars(job, tag) == scalars(tmp_path / "a", tag), tag
+    rows = [csv_rows(run / "csv" / "version_0" / "metrics.csv") for run in (job, tmp_path / "a")]
+    assert [[(r["step"], r["val/acc"]) for r in logged if r["val/acc"]] for logged in rows] == \
+        [[(r["step"], r["val/acc"]) for r in rows[1] if r["val/acc"]]] * 2
     # its time counts the epochs of both attempts, not the second attempt's alone
     assert resumed.wall_time_s > resumed.history[-1]["time_s"] > before.history[0]["time_s"] > 0.5
     assert train_run(tiny_data, job, *common, "resume=true") == resumed  # finished: skipped

@@ -4,7 +4,6 @@ the study's scalars and settings reach each; TensorBoard's own views only where 
 
 from __future__ import annotations
 
-import csv
 import json
 import struct
 import subprocess
@@ -18,6 +17,7 @@ from helpers import (
     FAST,
     REPO,
     compose_config,
+    csv_rows,
     fresh_train,
     read_record,
     run_sweep,
@@ -56,11 +56,6 @@ def same_curve(got: list, want: list) -> bool:
 
 def job_dirs(sweep: Path) -> list[Path]:
     return sorted(p.parent for p in sweep.glob("*/metrics.json"))
-
-
-def csv_rows(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_csv(tiny_data, tmp_path):
