@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="e.g. python -m bnstudy.draw outputs/multirun/2026-01-01_10-00-00 "
                "hallucinations.steps=400 objective=logit")
     parser.add_argument("path", type=Path, help="a sweep's or a run's directory")
-    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("settings", nargs="*", default=[], metavar="KEY=VALUE",
                         help="picture settings (conf/callbacks/default.yaml), paths.data_dir")
     parser.add_argument("--replace", action="store_true",
                         help="replace the earlier final drawings instead of keeping them")

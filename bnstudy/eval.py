@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="e.g. python -m bnstudy.eval outputs/multirun/2026-01-01_10-00-00")
     parser.add_argument("path", type=Path,
                         help="a run's directory, a sweep's directory, or a checkpoint file")
-    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("settings", nargs="*", default=[], metavar="KEY=VALUE",
                         help="paths.data_dir=DIR, trainer.FLAG=VALUE")
     args = parser.parse_args(argv)
     try:

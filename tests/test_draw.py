@@ -190,6 +190,9 @@ def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("bnstudy.draw: ") and proc.stderr.count("\n") == 1
     assert "does not exist" in proc.stderr and list(tmp_path.iterdir()) == []
+    for module in ("bnstudy.draw", "bnstudy.eval"):  # the settings are optional, the path not
+        proc = run_module(module, cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.endswith("arguments are required: path\n")
 
 
 def test_a_terminal_gets_a_progress_bar(sweep, capsys, monkeypatch):
