@@ -698,8 +698,8 @@ def test_the_answer_section_word_for_word():
     assert answer_section(table.iloc[:0], []) == ""
     missing = {**WIN, "n_baseline": 0, "diff": math.nan}  # a pair one norm never ran
     assert "One seed a side" in answer_section(pd.DataFrame([missing, ONE_SEED]), [])
-    assert "final epoch; no test: fewer than 2 seeds a side; p Holm-adjusted over the 0 " \
-        "comparisons" in " ".join(answer_section(pd.DataFrame([ONE_SEED]), []).split())
+    assert "(95% interval; validation split, final epoch; no test: fewer than 2 seeds a side): " \
+        in " ".join(answer_section(pd.DataFrame([ONE_SEED]), []).split())
 
 
 def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_path):

@@ -135,9 +135,10 @@ def margin_words(margins: dict) -> str:
 def method_words(verdicts: pd.DataFrame) -> str:
     """How the equal-epochs column decides: split, seeds, pairing, correction, margins."""
     tested = int(verdicts["p_value"].notna().sum())  # a row without a test is not counted
+    if not tested:
+        return "validation split, final epoch; no test: fewer than 2 seeds a side"
     paired = int((verdicts["test"][verdicts["p_value"].notna()] == PAIRED).sum())
-    pairing = ("no test: fewer than 2 seeds a side" if not tested else
-               "paired t over the seeds both norms ran" if paired == tested else
+    pairing = ("paired t over the seeds both norms ran" if paired == tested else
                f"paired t over shared seeds in {paired} of {tested} rows tested, Welch where "
                "the seeds do not pair")
     margins = dict(zip(verdicts["dataset"], verdicts["margin"], strict=True))
