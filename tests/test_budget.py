@@ -112,6 +112,7 @@ def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
          "seeds": [0, 1], "cells": cells}))
 
 
+@pytest.mark.slow
 def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rendered):
     """budget.csv's columns, a figure and a TensorBoard chart per pair, C7's parts in
     claims.csv (k = 1 and 2 per dataset × optimizer) and its words in report.md."""

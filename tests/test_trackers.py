@@ -58,6 +58,7 @@ def job_dirs(sweep: Path) -> list[Path]:
     return sorted(p.parent for p in sweep.glob("*/metrics.json"))
 
 
+@pytest.mark.slow
 def test_csv(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = run_train(*FAST, *TINY, f"paths.data_dir={tiny_data}", "logger=csv",
@@ -94,6 +95,7 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
         "(logger=tensorboard, logger=csv).")
 
 
+@pytest.mark.slow
 def test_a_resumed_run_builds_its_mlflow_logger_with_the_stored_run_id():
     """Issue #36: the run id `tracker_runs` stored goes to the logger of the resumed run, and
     MLflow is not asked to start a run (a server that does not answer is never contacted)."""
@@ -108,6 +110,7 @@ def test_a_resumed_run_builds_its_mlflow_logger_with_the_stored_run_id():
     assert fresh._run_name == "job"  # named as the job's TensorBoard run
 
 
+@pytest.mark.slow
 def test_a_resumed_run_builds_its_csv_and_wandb_loggers_with_the_stored_runs(tmp_path):
     """Issue #34: a resumed run's CSV log keeps its version and its W&B run its id (resumed
     with resume="allow"); a fresh W&B run has its id before it starts, for `tracker_runs`."""
@@ -389,6 +392,7 @@ def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch
     assert finished == ["the previous job's run"]
 
 
+@pytest.mark.slow
 def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(tmp_path):
     """The store and its experiment (artifacts at an absolute path) are made before the logger
     starts; a second job finds them; a resumed run's settings keep their first values (MLflow

@@ -63,6 +63,7 @@ def test_cfg_with_a_sweep_is_one_paragraph():
     assert proc.stderr.startswith("--cfg prints one job's config, so it does not go with -m")
 
 
+@pytest.mark.slow
 def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_path):
     text = run_train("--help").stdout
     assert text.startswith("python -m bnstudy.train [-m]") and "dataset.lr=0.001" in text
@@ -76,6 +77,7 @@ def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_p
     assert "output_dir: '<the job''s directory" in proc.stdout and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_lines(
         tiny_data, tmp_path):
     common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
@@ -102,6 +104,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_li
     assert proc.stderr.count("already holds a run") == 0 and refused.stderr not in log
 
 
+@pytest.mark.slow
 def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_data, tmp_path):
     from bnstudy.report.runs import load_runs, never_started
 
@@ -119,6 +122,7 @@ def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_d
     assert never_started(tmp_path) == ["dataset.train_size=9999"]  # counted as missing
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_every_job_fails_keeps_nothing_and_names_no_resume(tiny_data, tmp_path):
     proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.train_size=9999",
                      "norm=bn,none", "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)

@@ -284,6 +284,7 @@ def fake_train(cfg):
     return record
 
 
+@pytest.mark.slow
 def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_path,
                                                                          monkeypatch):
     """The tuned sweep's own code end to end, each job a hand-made record (`fake_train`): the
