@@ -330,6 +330,10 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
     assert main([str(tmp_path)]) == 0 and len(read_csv(tmp_path / "report" / "verdicts.csv")) == 2
     shutil.rmtree(tmp_path / "report")
     capsys.readouterr()
+    assert main([str(tmp_path), "--target-acc", "mnst=0.9"]) == 2  # a dataset misspelt
+    assert capsys.readouterr().err == (
+        "bnstudy.report: error: --target-acc mnst=...: the sweep has no dataset mnst, nothing "
+        "was written. Its datasets: mnist.\n")
     assert main([str(tmp_path), "--compare", "bn:none", "--compare", "bn:batch"]) == 2
     assert capsys.readouterr().err == (
         "bnstudy.report: error: --compare bn:batch: the sweep has no runs of norm=batch, nothing "

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     given = dict(args.target_acc)
     targets = given if "*" in given else {**DEFAULT_TARGETS, **given}
     try:
-        path = write_report(args.sweep_dir, targets, pairs=args.compare or None)
+        path = write_report(args.sweep_dir, targets, pairs=args.compare or None,
+                            named=[d for d in given if d != "*"])
     except ReportError as err:
         print(f"bnstudy.report: error: {err}", file=sys.stderr)
         return 2

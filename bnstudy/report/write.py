@@ -23,6 +23,7 @@ from bnstudy.report.render import claim_rows, write_csv
 from bnstudy.report.runs import (
     OUTCOMES,
     STUDY,
+    ReportError,
     compared,
     group_keys,
     load_runs,
@@ -102,10 +103,11 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
 
 
 def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
-                 pairs: list[tuple[str, str]] | None = None) -> Path:
+                 pairs: list[tuple[str, str]] | None = None, named: list[str] = ()) -> Path:
     """Loads the table of runs, decides, and writes `sweep_dir/report/`; returns report.md's
     path. `costs` measures C5's step costs (default: `bnstudy.report.cost.pair_costs`);
-    `pairs`: the (treatment, baseline) norms compared (default: `runs.compared`'s)."""
+    `pairs`: the (treatment, baseline) norms compared (default: `runs.compared`'s); `named`:
+    the datasets the user gave targets for (one the sweep lacks is a ReportError)."""
     sweep_dir = Path(sweep_dir)
     if costs is None:
         from bnstudy.report.cost import CLOCK_FILE, pair_costs
@@ -115,6 +117,10 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     tuned = tuned_runs(sweep_dir, everything)[0]  # a tuned sweep: the kept settings' re-runs
     runs = tuned if len(tuned) else everything
     pairs = compared(runs, pairs)
+    datasets = set(runs.get("dataset", pd.Series()).dropna())
+    if absent := [d for d in named if d not in datasets]:  # `--target-acc mnst=0.9`
+        raise ReportError(f"--target-acc {absent[0]}=...: the sweep has no dataset {absent[0]}, "
+                          f"nothing was written. Its datasets: {', '.join(sorted(datasets))}.")
     out = sweep_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
     keys = group_keys(runs)
