@@ -171,9 +171,11 @@ def unknown_override(args: list[str]) -> str | None:
         scored = {name: _likeness(key, name) for name in candidates or _setting_names(chosen)}
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.count(".")))
-        value = arg.split("=", 1)[1]
+        value, (group, _, option) = arg.split("=", 1)[1], key.partition(".")
         hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
                 if near else "")
+        if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
+            hint = f"It comes with {group}={option} (several: '{group}=[...,{option}]'). " + hint
         listed = "groups and `python -m bnstudy.train --cfg job` every setting" if ours else \
             "groups and `python -m bnstudy.train --cfg hydra` Hydra's settings"
         return f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the {listed}."
@@ -193,8 +195,7 @@ def _hydra_names(choices: list[str]) -> list[str]:
 
 
 def _likeness(key: str, name: str) -> float:
-    """How much a setting's name (whole, or last part) looks like a mistyped key, to one
-    decimal; a top-level one first for a key without dots (`seeds` → `seed`)."""
+    """How a setting's name (whole, or last part) looks like a mistyped key; top-level first."""
     whole = difflib.SequenceMatcher(None, key, name).ratio()
     last = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1], name.rsplit(".", 1)[-1]).ratio()
     top = 0.2 if "." not in key and "." not in name and whole >= 0.75 else 0.0
@@ -224,14 +225,12 @@ def check_known_keys(cfg: DictConfig) -> None:
              "model.net.": (cfg.model.net, CNNSchema if "channels" in cfg.model.net else MLPSchema)}
     for prefix, (node, schema) in nodes.items():
         valid = {f.name for f in fields(schema)} | ({"hydra"} if not prefix else set())
-        unknown = sorted(set(node) - valid)
-        if unknown:
+        if unknown := sorted(set(node) - valid):
             where = f" under {prefix[:-1]}" if prefix else " at the top level"
             raise ConfigError(
                 f"{', '.join(prefix + k for k in unknown)}: no such setting. Valid keys{where}: "
                 f"{', '.join(sorted(valid - {'hydra'}))} (e.g. dataset.lr=0.1; "
-                "`python -m bnstudy.train --cfg job` shows them all)."
-            )
+                "`python -m bnstudy.train --cfg job` shows them all).")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -257,6 +257,10 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         "model.net.hidden: no such setting. Did you mean model.net.hidden_dim or "
         f"model.net.depth? Type e.g. model.net.hidden_dim=3. {tail}")
     assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
+    assert unknown_override(["logger.mlflow.experiment_name=mine"]) == (  # its option not chosen
+        "logger.mlflow.experiment_name: no such setting. It comes with logger=mlflow (several: "
+        f"'logger=[...,mlflow]'). {tail}")
+    assert unknown_override(["logger=mlflow", "logger.mlflow.experiment_name=mine"]) is None
     assert unknown_override(["+lr=0.1", "~x", "-m", "hydra.run.dir=x", "trainer"]) is None
 
 
