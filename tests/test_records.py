@@ -14,6 +14,7 @@ from bnstudy.records import (
     RunRecord,
     describe_write_error,
     job_order,
+    plan_clash,
     read_test_correct,
     write_error,
     write_json_atomic,
@@ -106,3 +107,22 @@ def test_an_unfinished_record_is_one_line_of_dashes_and_jobs_sort_by_number():
     assert sorted(["10_lr=0.1", "9_a_b", "notes", "2", "0_a"], key=job_order) == [
         "notes", "0_a", "2", "9_a_b", "10_lr=0.1"]  # a name without a number first
     assert job_order("10_lr=0.1") == (10, "10_lr=0.1")
+
+
+def test_two_plans_are_told_apart_by_their_folders_names_then_by_shared_settings():
+    """(Through the entry point and `check_plan`: test_sweep.) The same jobs with other shared
+    settings, each side's value or `(default)`; a one-job plan; jobs that differ only by a key
+    one plan adds are named at the first of them."""
+    there = [{"seed": "0", "norm": n, "dataset.lr": "0.05", "trainer.max_epochs": "4"}
+             for n in ("bn", "none")]
+    assert plan_clash(there, there) is None
+    here = [{"seed": "0", "norm": n, "dataset.lr": "0.1"} for n in ("bn", "none")]
+    assert plan_clash(there, here) == "sweep, run with other settings (dataset.lr: 0.05 -> 0.1; " \
+        "trainer.max_epochs: 4 -> (default)),"
+    assert plan_clash(there[:1], [{**there[0], "dataset.lr": "0.1"}]) == \
+        "sweep, run with other settings (dataset.lr: 0.05 -> 0.1),"
+    plain = [{"norm": n} for n in ("bn", "none")]
+    assert plan_clash(plain, [{**job, "optim": "sgd"} for job in plain]).startswith(
+        "sweep, numbered otherwise: its job 0 is norm=bn, this sweep's would be norm=bn "
+        "optim=sgd. ")
+
