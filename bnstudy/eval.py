@@ -27,15 +27,16 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
     import difflib
     import inspect
 
-    from lightning.pytorch import Trainer
-
-    flags = list(inspect.signature(Trainer.__init__).parameters)[1:]
-    data_dir, trainer = None, {}
+    data_dir, trainer, flags = None, {}, None
     for item in items:
         key, value = rebuild.parse_setting(item, "; give KEY=VALUE.")
         if key == "paths.data_dir":
             data_dir = str(value)
         elif key.startswith("trainer.") and key.count(".") == 1:
+            if flags is None:  # Lightning takes seconds to import: only for a flag given
+                from lightning.pytorch import Trainer
+
+                flags = list(inspect.signature(Trainer.__init__).parameters)[1:]
             if (flag := key.split(".", 1)[1]) not in flags:
                 near = difflib.get_close_matches(flag, flags, n=1)
                 raise rebuild.UsageError(
