@@ -52,10 +52,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
+def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | None]:
     """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads, else
-    None (start over), and a one-paragraph note when it is not simply `last`. A file that does
-    not load is set aside as `<name>.corrupt[.N]`; a killed save's temporary files are removed."""
+    None (start over), a one-paragraph note when it is not simply `last`, and its global step.
+    A file that does not load is set aside as `<name>.corrupt[.N]`; a killed save's temporary
+    files are removed."""
     last = Path(last)
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
@@ -76,14 +77,15 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None]:
             continue
         chosen = candidate
         break
+    step = checkpoint.get("global_step") if chosen else None
     if not problems:
-        return chosen, None
+        return chosen, None, step
     problems.append("No checkpoint loads: started over." if chosen is None else
                     f"Resumed from the previous checkpoint {chosen} (epoch "
                     f"{checkpoint.get('epoch', -1)}, global step "
                     f"{checkpoint.get('global_step', -1)}).")
     log.warning(note := " ".join(problems))
-    return chosen, note
+    return chosen, note, step
 
 
 class StudyCheckpoint(ModelCheckpoint):

@@ -114,7 +114,7 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     import torch
 
     from bnstudy.callbacks import DivergenceGuard, MetricsHistory, tensorboard_writer
-    from bnstudy.checkpoints import read_checkpoint, resume_checkpoint
+    from bnstudy.checkpoints import resume_checkpoint
     from bnstudy.dashboard import experiment_summary, write_session
     from bnstudy.trackers import log_settings, tracker_runs
 
@@ -137,9 +137,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
 
-    resume_from, note = resume_checkpoint(out / "checkpoints" / "last.ckpt") if resume \
-        else (None, None)
-    step = read_checkpoint(resume_from).get("global_step") if resume_from else None
+    resume_from, note, step = resume_checkpoint(out / "checkpoints" / "last.ckpt") if resume \
+        else (None, None, None)
     datamodule, model, trainer = build(cfg, record.trackers if resume else None, step)
     if primary:
         found = {"resume_note": note, "trackers": tracker_runs(trainer.loggers)}

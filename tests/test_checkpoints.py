@@ -83,10 +83,11 @@ def ckpts(trained, tmp_path) -> Path:
 def test_a_fit_keeps_the_previous_checkpoint_and_both_load_weights_only(ckpts):
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
     assert (epoch_of(ckpts / "last.ckpt"), epoch_of(ckpts / "last.ckpt.prev")) == (1, 0)
-    assert resume_checkpoint(ckpts / "absent.ckpt") == (None, None)
+    assert resume_checkpoint(ckpts / "absent.ckpt") == (None, None, None)
     stale = ckpts / ".last.ckpt.0badcafe.tmp"  # what a SIGKILL mid-write leaves: removed
     stale.write_bytes(b"partial")
-    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None)
+    step = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None, step)
     assert not stale.exists()
 
 
@@ -112,7 +113,7 @@ def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(ckpts, monkeypatch, m
     assert list(ckpts.glob(".*.tmp")) == []
     if moment == "while writing":
         assert epoch_of(last) == 1  # last.ckpt is still the one saved before
-    chosen, note = resume_checkpoint(last)
+    chosen, note, _ = resume_checkpoint(last)
     assert epoch_of(chosen) == 1
     assert note is None if moment == "while writing" else f"{last} is missing" in note
 
@@ -121,7 +122,7 @@ def test_a_truncated_last_checkpoint_resumes_from_the_previous_one(ckpts):
     last = ckpts / "last.ckpt"
     truncate(last)
     size = last.stat().st_size
-    chosen, note = resume_checkpoint(last)
+    chosen, note, _ = resume_checkpoint(last)
     assert chosen == ckpts / "last.ckpt.prev" and epoch_of(chosen) == 0
     aside = ckpts / "last.ckpt.corrupt"
     assert aside.stat().st_size == size and not last.exists()  # set aside, not deleted
@@ -166,7 +167,7 @@ def test_a_file_that_is_not_a_lightning_checkpoint_is_set_aside_in_words(tmp_pat
     torch.save({"state_dict": {}, "code": NotAWeight()}, previous)
     for n in ("last.ckpt.corrupt", "last.ckpt.corrupt.1", "last.ckpt.prev.corrupt"):
         (tmp_path / n).write_bytes(b"earlier")
-    chosen, note = resume_checkpoint(last)
+    chosen, note, _ = resume_checkpoint(last)
     assert chosen is None and (tmp_path / "last.ckpt.corrupt.2").is_file()
     assert {p.name for p in tmp_path.iterdir() if p.read_bytes() == b"earlier"} == \
         {"last.ckpt.corrupt", "last.ckpt.corrupt.1", "last.ckpt.prev.corrupt"}  # kept as they were
@@ -185,7 +186,7 @@ def test_a_missing_last_checkpoint_resumes_from_the_previous_one_and_says_which(
         tmp_path, caplog, saved, said):
     last, previous = tmp_path / "last.ckpt", tmp_path / "last.ckpt.prev"
     torch.save({"state_dict": {}, **saved}, previous)
-    chosen, note = resume_checkpoint(last)
+    chosen, note, _ = resume_checkpoint(last)
     assert chosen == previous and note == (
         f"{last} is missing (a save was cut off before it finished). Resumed from the previous "
         f"checkpoint {previous} ({said}).")
@@ -210,5 +211,5 @@ def test_an_error_without_words_is_still_named(tmp_path, monkeypatch):
 
     torch.save({"state_dict": {}}, tmp_path / "last.ckpt")
     monkeypatch.setattr(torch, "load", load)
-    _, note = resume_checkpoint(tmp_path / "last.ckpt")
+    _, note, _ = resume_checkpoint(tmp_path / "last.ckpt")
     assert "last.ckpt did not load (EOFError: ); set aside as" in note
