@@ -23,8 +23,8 @@ RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
 RECIPE_FILE = "recipe.json"  # images/: the recipe `python -m bnstudy.draw` drew them with
 TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
-# override keys (prefixes) of how a job runs and is kept, not of which job it is
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
+# override keys (prefixes) of how a job runs and is kept, not of which job it is
 HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
                "logger", "+", "~")  # logger: logger=csv and logger.x.y=...
 
@@ -110,9 +110,9 @@ def varying(plan: list[dict[str, str]]) -> list[str]:
 
 def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
     """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ, as
-    `sweep.check_plan` says it; None where they agree. Jobs are told apart by the keys their folders
-    are named by (the study's four, and every key a plan varies), on each number both have;
-    the jobs the same, a setting all of them share otherwise may differ: other settings."""
+    `sweep.check_plan` says it; None where they agree. Jobs are told apart by the keys their
+    folders are named by (the study's four, and every key a plan varies), on each number both
+    have; the jobs the same, a setting all of them share otherwise may differ: other settings."""
     if there is None:
         return "kind of sweep, not a grid of values (a tuned study's searches?): in one " \
             "folder the report would read the two as one study,"

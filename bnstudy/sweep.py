@@ -138,8 +138,8 @@ class SweepSummary(Callback):
             refresh_sweep_view(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if (sweep_dir / TUNING_FILE).is_file() and uses_tensorboard(config.get("logger")):
+        sweep_dir, board = Path(config.hydra.sweep.dir), uses_tensorboard(config.get("logger"))
+        if (sweep_dir / TUNING_FILE).is_file() and board:
             from bnstudy.dashboard import refresh_sweep_view  # its kept settings chosen at last
 
             refresh_sweep_view(sweep_dir)
@@ -149,7 +149,7 @@ class SweepSummary(Callback):
             from bnstudy.report.answer import console_answer
             from bnstudy.report.runs import ReportError
 
-            if uses_tensorboard(config.get("logger")) and any(  # a job trained: the table anew
+            if board and any(  # a job of this launch trained: the experiment's table anew
                     (job / RECORD_NAME).stat().st_mtime >= self.started for job, _ in found):
                 write_sweep_experiment(found[0][0], [r.hparams for r in records if r.hparams])
             lines = "\n".join(f"  {r.line()}" for r in records)
@@ -158,7 +158,7 @@ class SweepSummary(Callback):
             except ReportError as err:  # the folder's results cannot be compared
                 answer = str(err)
             browse = f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}\n" \
-                if uses_tensorboard(config.get("logger")) else ""
+                if board else ""
             log.info("Sweep %s: %d job(s)\n%s\n%s%sReport (per second of compute, tuning, "
                      "pictures, every claim): python -m bnstudy.report %s", sweep_dir,
                      len(records), lines, f"{answer}\n" if answer else "", browse, sweep_dir)

@@ -256,9 +256,8 @@ def norm_label(norm: str) -> str:
 
 def norms_title(norms) -> str:
     """`BatchNorm vs No BatchNorm`: the norms' labels, each norm first, no norm last."""
-    order = norm_order(norms)
-    return " vs ".join(norm_label(n) for n in [*order[1:], *order[:1]] if n in norms) \
-        if BASELINE in norms else " vs ".join(norm_label(n) for n in order)
+    order = norm_order(norms)  # no norm first, where it is there
+    return " vs ".join(map(norm_label, [*order[1:], BASELINE] if BASELINE in norms else order))
 
 
 def norm_word(norm: str, other: str = STUDY[0]) -> str:

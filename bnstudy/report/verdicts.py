@@ -103,9 +103,8 @@ def run_part(part: Part, table: pd.DataFrame) -> Result:
         return Result(part, groups, test, every_seed(flags),
                       extra={"met": sum(flags), "of": len(flags)})
     if any(len(xs) < MIN_SEEDS for xs in groups):
-        ok = [table[t.selects(table)] for t in part.terms]
         ok = [int((rows["outcome"] == "ok").sum()) if "outcome" in rows else len(rows)
-              for rows in ok]
+              for rows in (table[t.selects(table)] for t in part.terms)]
         unmeasured = any(n >= MIN_SEEDS > len(xs) for n, xs in zip(ok, groups, strict=True))
         return Result(part, groups, test, "cannot tell", note=(
             f"a side's ok runs have no {part.quantity} (at a share of compute: no epoch of "
