@@ -46,9 +46,9 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
                  step: int | None = None) -> list[Logger]:
     """The loggers of the `logger` group; a tracker's run without a name of its own is named
     `run` (the job directory's, as its TensorBoard run). `resumed`: the tracker runs a resumed
-    run goes on logging to (`tracker_runs`), from global step `step` on: what the earlier
-    attempt logged there (an epoch after its checkpoint) is dropped, in TensorBoard (a purge at
-    that step) and in the CSV file."""
+    run goes on logging to (`tracker_runs`), after global step `step` (its checkpoint's): what
+    the earlier attempt logged after it (part of an epoch) is dropped, in TensorBoard (a purge)
+    and in the CSV file; what it logged at that step (the epoch end's pictures) stays."""
     loggers, resumed = [], resumed or {}
     for name, node in (logger_cfg or {}).items():
         if node is None:
@@ -66,7 +66,7 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
         named = {NAME_KEYS[kind]: run} if kind in NAME_KEYS and not node.get(NAME_KEYS[kind]) \
             else {}
         if kind == "TensorBoardLogger" and step is not None:
-            named["purge_step"] = step  # SummaryWriter's: later events of earlier files go
+            named["purge_step"] = step + 1  # SummaryWriter's: earlier files' events from it go
         if kind in RUN_KEYS and node.get(RUN_KEYS[kind]) is None:
             if resumed.get(kind) is not None:
                 named[RUN_KEYS[kind]] = resumed[kind]
@@ -90,7 +90,7 @@ def tracker_runs(loggers: list[Logger]) -> dict[str, str | int]:
 
 
 def continue_csv(logger, step: int | None = None) -> None:
-    """Keeps the rows of a resumed run's `metrics.csv` (those before `step`), which Lightning's
+    """Keeps the rows of a resumed run's `metrics.csv` (those up to `step`), which Lightning's
     CSV writer clears when it starts: the resumed run appends to them (under the same header)."""
     metrics = Path(logger.log_dir) / "metrics.csv"
     kept = metrics.read_text() if metrics.is_file() else ""
@@ -101,7 +101,7 @@ def continue_csv(logger, step: int | None = None) -> None:
         at = keys.index("step") if "step" in keys else None
         metrics.write_text(header + "".join(
             row for row in rows if step is None or at is None
-            or int(float(next(csv.reader([row]))[at] or 0)) < step))
+            or int(float(next(csv.reader([row]))[at] or 0)) <= step))
         writer.metrics_keys = keys
 
 

@@ -374,6 +374,12 @@ def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     rows = [(r["step"], r["val/acc"], r["epoch"]) for r in csv_rows(metrics)]
     assert rows == [("9", "0.5", "0"), ("19", "0.75", "")]
     assert metrics.read_text().partition("\n")[0] == kept.partition("\n")[0]
+    # resumed from the checkpoint at step 9: what was logged at it stays, what after it goes
+    (again,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0}, step=9)
+    assert [r["step"] for r in csv_rows(metrics)] == ["9"] and again.log_dir == first.log_dir
+    (board,) = trackers.make_loggers(compose_config(f"paths.output_dir={tmp_path}").logger, "job",
+                                     {}, step=9)
+    assert board._kwargs["purge_step"] == 10  # TensorBoard drops the earlier steps 10 and on
 
 
 def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch):
