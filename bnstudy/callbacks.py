@@ -133,13 +133,22 @@ class ImageCallback(Callback):
         self.dirpath = Path(dirpath)
         self.every_n_epochs = every_n_epochs
         self._last: tuple[int, str] | None = None  # (global step, suffix) of the last pictures
+        self._ended = False  # whether this fit's training ended (and drew the final pictures)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         if self.every_n_epochs > 0 and (epoch + 1) % self.every_n_epochs == 0:
             self._draw(trainer, pl_module, f"epoch{epoch}")
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ended = False
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._ended:  # a resume with nothing left to train (cut during its final
+            self.on_train_end(trainer, pl_module)  # drawing) ends no training: draw it now
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ended = True
         if self._last is not None and self._last[0] == trainer.global_step \
                 and self.epoch_is_final:
             for prefix in self.prefixes:

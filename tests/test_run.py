@@ -135,6 +135,21 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
 
 
 @pytest.mark.slow
+def test_a_run_cut_while_drawing_its_final_pictures_draws_them_on_resume(tiny_data, tmp_path):
+    """Killed after its last checkpoint, during the final drawing: nothing is left to train,
+    but the final pictures (and what the report measures from them) are drawn on resume."""
+    common = ("trainer.max_epochs=2", "trainer.limit_train_batches=2")
+    train_run(tiny_data, tmp_path, *common)
+    images = tmp_path / "images"
+    finals = sorted(p.name for p in images.glob("*_final.*"))
+    assert "weights_final.png" in finals and "weights_final.pt" in finals
+    for name in finals:
+        (images / name).unlink()
+    RunRecord.update(tmp_path / "metrics.json", status="interrupted")
+    assert train_run(tiny_data, tmp_path, *common, "resume=true").status == "ok"
+    assert sorted(p.name for p in images.glob("*_final.*")) == finals
+
+
 def test_the_seed_sets_the_initial_weights(tiny_data, tmp_path):
     def initial(name: str, seed: int):
         train_run(tiny_data, tmp_path / name, f"seed={seed}", "dataset.lr=1e-12",
