@@ -106,15 +106,18 @@ def continue_csv(logger, step: int | None = None) -> None:
 
 
 def log_settings(loggers: list[Logger], settings: dict) -> None:
-    """The run's settings as the hyperparameters of every tracker but TensorBoard; an MLflow
-    run that a resume goes on with keeps the values it has (MLflow refuses to change one)."""
+    """The run's settings as every tracker's hyperparameters (TensorBoard: its `hparams.yaml`
+    alone, the HParams session being the study's own); an MLflow run that a resume goes on
+    with keeps the values it has (MLflow refuses to change one)."""
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
             kept = logger.experiment.get_run(logger.run_id).data.params
             logger.log_hyperparams({k: v for k, v in settings.items() if k not in kept})
-        elif not isinstance(logger, TensorBoardLogger):
+        elif isinstance(logger, TensorBoardLogger):
+            logger.hparams.update(settings)  # what its hparams.yaml holds
+        else:
             logger.log_hyperparams(settings)
 
 

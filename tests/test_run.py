@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import FAST, compose_config, csv_rows, scalars, train_run
 
 from bnstudy.callbacks import DivergenceGuard
@@ -82,6 +83,7 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     assert {hparams[k].WhichOneof("kind") for k in ("dataset", "norm", "optim")} == \
         {"string_value"}
     assert metadata.EXPERIMENT_TAG in content  # a single run writes its experiment itself
+    assert yaml.safe_load((job / "hparams.yaml").read_text()) == record.hparams  # Lightning's
     correct = np.load(job / "test_correct.npy")
     assert correct.dtype == bool and correct.shape == (200,)  # tiny MNIST's test images
     assert 0.2 < correct.mean() < 0.8  # hits and misses both: their order is checked below
