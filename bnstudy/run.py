@@ -198,9 +198,9 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
             "hydra.run.dir / hydra.sweep.dir.")
     if record is not None:
         for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*"),
-                    *out.glob(TEST_CORRECT_FILE)]:
+                    *out.glob(TEST_CORRECT_FILE), *out.glob("hparams.yaml")]:
             old.unlink()
-        for folder in ("checkpoints", "images"):
+        for folder in ("checkpoints", "images", "csv"):
             shutil.rmtree(out / folder, ignore_errors=True)
     return False
 

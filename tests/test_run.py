@@ -206,7 +206,7 @@ def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
 @pytest.fixture
 def stored_job(tmp_path):
     """A job directory holding an interrupted run of the default config: `.hydra/`, a
-    checkpoint, pictures, TensorBoard events."""
+    checkpoint, pictures, TensorBoard events and settings, a CSV log."""
     from omegaconf import OmegaConf
 
     (tmp_path / ".hydra").mkdir()
@@ -214,8 +214,8 @@ def stored_job(tmp_path):
                    tmp_path / ".hydra" / "config.yaml")
     RunRecord(status="interrupted", history=[{"epoch": 0}]).write(tmp_path / "metrics.json")
     for name in ("checkpoints/last.ckpt", "images/weights_final.png", "events.out.tfevents.1",
-                 "test_correct.npy"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+                 "test_correct.npy", "hparams.yaml", "csv/version_0/metrics.csv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     return tmp_path
 
