@@ -122,7 +122,11 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.time()
-        if note := local_requeue_limit(config.hydra.get("launcher") or {}):
+        launcher = config.hydra.get("launcher") or {}
+        if problem := signal_after_limit(launcher):
+            discard_empty_sweep(Path(config.hydra.sweep.dir))
+            sys.exit(problem)
+        if note := local_requeue_limit(launcher):
             log.warning(note)
         # In the environment every launcher hands its jobs (a process of its own or not).
         os.environ[REFUSALS_ENV] = str(Path(config.hydra.sweep.dir).absolute() / ".refused" /
@@ -143,14 +147,15 @@ class SweepSummary(Callback):
             from bnstudy.dashboard import refresh_sweep_view  # its kept settings chosen at last
 
             refresh_sweep_view(sweep_dir)
-        found = sweep_records(sweep_dir)
+        found, unfinished = sweep_records(sweep_dir), _collect_refusals()
         if records := [r for _, r in found]:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
             from bnstudy.report.answer import console_answer
             from bnstudy.report.runs import ReportError
 
             if board and any(  # a job of this launch trained: the experiment's table anew
-                    (job / RECORD_NAME).stat().st_mtime >= self.started for job, _ in found):
+                    (job / RECORD_NAME).stat().st_mtime >= self.started
+                    and job.name not in unfinished for job, _ in found):  # (not one refused)
                 write_sweep_experiment(found[0][0], [r.hparams for r in records if r.hparams])
             lines = "\n".join(f"  {r.line()}" for r in records)
             try:
@@ -162,7 +167,7 @@ class SweepSummary(Callback):
             log.info("Sweep %s: %d job(s)\n%s\n%s%sReport (per second of compute, tuning, "
                      "pictures, every claim): python -m bnstudy.report %s", sweep_dir,
                      len(records), lines, f"{answer}\n" if answer else "", browse, sweep_dir)
-        unfinished, elsewhere, held = _collect_refusals(), [], []
+        elsewhere, held = [], []
         for job, record in found:
             if record.finished and job.name in unfinished:  # refused here, yet a result:
                 trained_meanwhile = (job / RECORD_NAME).stat().st_mtime >= self.started
@@ -217,6 +222,13 @@ def _collect_refusals() -> dict[str, str]:
     return refused
 
 
+def stop_sweep() -> Path | None:
+    """The sweep this process runs (None outside one), stopped by a Ctrl-C: its notes removed."""
+    folder = os.environ.get(REFUSALS_ENV)
+    _collect_refusals()
+    return Path(folder).parent.parent if folder else None
+
+
 def unfinished_reason(job: Path, record: RunRecord) -> str:
     """Why a job's record is not a result: failed (its error), interrupted, still running."""
     epochs = len(record.history)
@@ -244,6 +256,19 @@ def local_requeue_limit(launcher_cfg) -> str | None:
             "(the sweep's summary names it; resume=true goes on). "
             "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
             "max_num_timeout.")
+
+
+def signal_after_limit(launcher_cfg) -> str | None:
+    """Why a SLURM time limit leaves no time to train: the stop signal, `signal_delay_s` before
+    the limit, would come as each job starts (and each requeue)."""
+    delay, minutes = launcher_cfg.get("signal_delay_s"), launcher_cfg.get("timeout_min")
+    if not isinstance(delay, int) or not isinstance(minutes, int) or delay < 60 * minutes:
+        return None
+    return (f"hydra.launcher.signal_delay_s={delay} is not shorter than "
+            f"hydra.launcher.timeout_min={minutes} ({60 * minutes} s): SLURM would signal each "
+            "job to stop as it starts, and requeue it without training, so nothing was run. "
+            f"Give each job more time (hydra.launcher.timeout_min={delay // 60 + 10}) or the "
+            f"signal less head start (hydra.launcher.signal_delay_s={60 * minutes // 4}).")
 
 
 def register_launchers() -> None:

@@ -18,7 +18,7 @@ from bnstudy.config import CONFIG_DIR, register, unknown_override
 from bnstudy.jobdir import RunExistsError, launcher_job
 from bnstudy.records import RunRecord
 from bnstudy.run import RunEnded, is_multirun, train
-from bnstudy.sweep import note_refusal, register_launchers
+from bnstudy.sweep import note_refusal, register_launchers, stop_sweep
 from bnstudy.trackers import uses_tensorboard
 from bnstudy.tune import study_dir
 
@@ -97,6 +97,16 @@ def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     log.error("Interrupted: %s keeps what it trained so far. %s", cfg.run_name, how)
 
 
+def sweep_interrupted() -> str:
+    """What a Ctrl-C on a sweep's process says: what it keeps and how it goes on."""
+    if (sweep := stop_sweep()) is None:
+        return "Interrupted before anything was trained."
+    sweep = study_dir(sweep)
+    return (f"Interrupted: the sweep {sweep} stopped. Its finished jobs keep their results "
+            f"(python -m bnstudy.report {sweep}); to go on, run the same command with "
+            f"resume=true hydra.sweep.dir={sweep}: only what is unfinished runs.")
+
+
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
     """A warning when an experiment that is a sweep (`lr_sweep`, `decisive`, `tuned`) runs
     without `-m` (Hydra then runs one job with the config's own values)."""
@@ -118,4 +128,7 @@ if __name__ == "__main__":
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "
                  "traceback). Drop -m to see a job's config: python -m bnstudy.train --cfg job "
                  "<your overrides, one value each>.")
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # a sweep's own process (a job's Ctrl-C is said by the job)
+        sys.exit(sweep_interrupted())

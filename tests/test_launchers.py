@@ -141,6 +141,33 @@ def small_sweep(tiny_data, sweep: Path, *overrides: str, submitit: bool = True):
                      "trainer.limit_train_batches=2", "~callbacks.hallucinations", *overrides)
 
 
+@pytest.mark.parametrize("slurm,overrides,said", [
+    ("none", (), "hydra/launcher=slurm submits the jobs to SLURM, but this machine has none "
+                 "(no srun on its PATH), so nothing was run ("),
+    ("refuses", (), "SLURM refused the sweep's jobs (sbatch: error: invalid partition specified: "
+                    "debg), so nothing was run ("),
+    ("refuses", ("hydra.launcher.timeout_min=1",), "hydra.launcher.signal_delay_s=120 is not "
+     "shorter than hydra.launcher.timeout_min=1 (60 s): SLURM would signal each job to stop as "
+     "it starts")])
+def test_a_sweep_slurm_cannot_take_is_one_paragraph_and_leaves_no_folder(
+        slurm, overrides, said, tiny_data, tmp_path, monkeypatch):
+    """No SLURM on the machine, sbatch refusing the jobs (a misspelt partition, GPUs or memory
+    a node lacks), a time limit shorter than the stop signal's head start."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if slurm == "refuses":
+        refusal = "echo 'sbatch: error: invalid partition specified: debg' >&2; exit 1"
+        for name, script in (("srun", "exit 1"), ("sbatch", refusal)):
+            (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+            (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    sweep = tmp_path / "sweep"
+    proc = helpers.run_sweep(sweep, tiny_data, "hydra/launcher=slurm",
+                             "hydra.launcher.partition=debg", *overrides)
+    assert proc.returncode == 1 and said in proc.stderr and "Traceback" not in proc.stderr
+    assert not sweep.exists()
+
+
 def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
     """Overrides that send the job submitit's time-limit signal when `epoch` starts, once."""
     return ["+callbacks.limit._target_=tests.faults.SignalAtEpoch",

@@ -79,7 +79,8 @@ def test_a_finished_run_refused_again_is_kept_and_named_as_such(also_unfinished,
 
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
     """The sweep's HParams experiment goes into its first job's folder when a job of this launch
-    trained, not when every job was refused or skipped (the folders left as they were)."""
+    trained, not when every job was refused or skipped (the folders left as they were), nor
+    when a job refused here was trained meanwhile by another launch of the sweep."""
     from hydra.core.utils import JobReturn, JobStatus
     from hydra.types import RunMode
 
@@ -99,7 +100,13 @@ def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch)
                                          _return_value=RunRecord(status="refused")))
     summary.on_multirun_end(config)
     assert sorted(tmp_path.rglob("*")) == before
-    os.utime(held / "metrics.json")  # trained by this launch
+    summary.on_multirun_start(config)  # refused here, trained meanwhile by another launch
+    note_refusal(held, f"{held} is in use")
+    os.utime(held / "metrics.json", (summary.started + 1,) * 2)
+    summary.on_multirun_end(config)
+    assert sorted(tmp_path.rglob("*")) == before
+    summary.on_multirun_start(config)
+    os.utime(held / "metrics.json", (summary.started + 1,) * 2)  # trained by this launch
     summary.on_multirun_end(config)
     assert len(list(held.glob("events.out.tfevents.*"))) == 1
 

@@ -105,6 +105,34 @@ def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_li
 
 
 @pytest.mark.slow
+def test_ctrl_c_on_a_sweeps_process_is_one_paragraph_with_the_resume_command(tiny_data, tmp_path):
+    """The sweep's own process (waiting for a parallel job: n_jobs=1 would run it in that
+    process) stopped by Ctrl-C."""
+    import signal
+
+    sweep, go = tmp_path / "sweep", tmp_path / "go"
+    proc = start_train("-m", *QUICK, "seed=0", f"paths.data_dir={tiny_data}",
+                       "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                       "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}",
+                       "+callbacks.go._target_=tests.faults.PauseAtEpoch",
+                       "+callbacks.go.epoch=1", f"+callbacks.go.until={go}")
+    try:
+        wait_for_file(tmp_path / "go.paused", proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert (  # (a job's own "Interrupted" line may come before or after it)
+        f"Interrupted: the sweep {sweep} stopped. Its finished jobs keep their results (python "
+        f"-m bnstudy.report {sweep}); to go on, run the same command with resume=true "
+        f"hydra.sweep.dir={sweep}: only what is unfinished runs.") in err.splitlines()
+    assert not (sweep / ".refused").exists()
+
+
+@pytest.mark.slow
 def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_data, tmp_path):
     from bnstudy.report.runs import load_runs, never_started
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -15,7 +16,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from bnstudy.sweep import collect_jobs
+from bnstudy.sweep import collect_jobs, discard_empty_sweep
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -32,14 +33,20 @@ class _Collecting:
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
         params = dict(self.params)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         init = {"folder": params.pop("submitit_folder")}
         if "max_num_timeout" in params:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        try:
+            executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+        except RuntimeError:  # submitit found no srun
+            _refuse(sweep_dir, "hydra/launcher=slurm submits the jobs to SLURM, but this "
+                    "machine has none (no srun on its PATH), so nothing was run. Launch from a "
+                    "login node of your cluster, or run the sweep here: hydra/launcher=parallel "
+                    "(jobs side by side) or hydra/launcher=submitit_local.")
         shared = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
                                       for key, value in params.items()})
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
@@ -48,12 +55,27 @@ class _Collecting:
         for idx, overrides in zip(numbers, job_overrides, strict=True):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
-        jobs = executor.map_array(self, [list(o) for o in job_overrides],
-                                  ["hydra.sweep.dir"] * len(numbers), list(numbers),
-                                  [f"job_id_for_{idx}" for idx in numbers],
-                                  [state] * len(numbers))
-        return collect_jobs(jobs, job_overrides,
-                            lambda i: self._job_dir_name(job_overrides[i], numbers[i]), sweep_dir)
+        try:
+            jobs = executor.map_array(self, [list(o) for o in job_overrides],
+                                      ["hydra.sweep.dir"] * len(numbers), list(numbers),
+                                      [f"job_id_for_{idx}" for idx in numbers],
+                                      [state] * len(numbers))
+        except submitit.core.utils.FailedJobError as err:  # sbatch refused them
+            said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            _refuse(sweep_dir, f"SLURM refused the sweep's jobs ({said}), so nothing was run. "
+                    "Check the launcher's settings against your cluster (sinfo lists its "
+                    "partitions, their nodes and time limits): hydra.launcher.partition=<one "
+                    "of them>, hydra.launcher.gpus_per_node=0 where nodes have no GPU, mem_gb "
+                    "and cpus_per_task within a node's, timeout_min within the partition's limit.")
+        try:
+            return collect_jobs(jobs, job_overrides, lambda i: self._job_dir_name(
+                job_overrides[i], numbers[i]), sweep_dir)
+        except KeyboardInterrupt:
+            if self._EXECUTOR == "slurm":
+                ids = sorted({job.job_id.split("_")[0] for job in jobs})
+                log.error("The sweep's SLURM jobs go on without it: squeue --me lists them, "
+                          "scancel %s stops them.", " ".join(ids))
+            raise
 
     def _job_dir_name(self, overrides, idx: int) -> str:
         """The folder a job has (or would have had) in the sweep: `hydra.sweep.subdir`."""
@@ -62,6 +84,13 @@ class _Collecting:
             cfg.hydra.job.num = idx
         HydraConfig.instance().set_config(cfg)
         return str(cfg.hydra.sweep.subdir)
+
+
+def _refuse(sweep_dir: Path, message: str) -> None:
+    """Ends the sweep before any job with `message`, its folder removed if no job is in it."""
+    if discard_empty_sweep(sweep_dir):
+        message = message.replace("nothing was run.", f"nothing was run ({sweep_dir} removed).")
+    sys.exit(message)
 
 
 if submitit_launcher is not None:
