@@ -36,6 +36,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from bnstudy.config import changed_settings
 from bnstudy.errors import ConfigError
 from bnstudy.records import TUNING_FILE, RunRecord, write_json_atomic
 from bnstudy.sweep import announce, discard_empty_sweep
@@ -204,6 +205,13 @@ class TunedSweeper(Sweeper):
                 "Add resume=true to go on (finished trials and runs are kept, the rest run), "
                 "overwrite=true to search and re-run again from scratch, or choose another "
                 "hydra.sweep.dir.")
+        stored = sweep_dir / "multirun.yaml"
+        if self.config.get("resume") and stored.is_file() and \
+                (changed := changed_settings(OmegaConf.load(stored), self.config)):
+            raise ConfigError(  # each trial and re-run would be refused, the search's record lost
+                f"{sweep_dir} holds a tuned study run with other settings ({'; '.join(changed)})"
+                ", so nothing was run. To go on with it, run its command with resume=true; to "
+                "run this one, give it a folder of its own (hydra.sweep.dir=<another folder>).")
         announce(self.config)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,

@@ -347,6 +347,18 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
     assert f"{tmp_path} already holds a tuned study ({TUNING_FILE}); nothing was changed. Add " \
         "resume=true" in " ".join(again.stderr.split())
     assert (tmp_path / TUNING_FILE).read_bytes() == record  # its search's record kept
+    plan = (tmp_path / "multirun.yaml").read_bytes()  # resumed with another setting: refused
+    other = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam", "norm=bn",
+                      "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2",
+                      "dataset.batch_size=32", "resume=true", f"hydra.sweep.dir={tmp_path}",
+                      f"paths.data_dir={tmp_path}")
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert f"{tmp_path} holds a tuned study run with other settings (dataset.batch_size: 64 -> " \
+        "32; dataset.datamodule.batch_size: 64 -> 32), so nothing was run." in \
+        " ".join(other.stderr.split())
+    assert (tmp_path / TUNING_FILE).read_bytes() == record
+    assert (tmp_path / "multirun.yaml").read_bytes() == plan
+    assert not (tmp_path / ".refused").exists()
     grid = run_train("-m", "dataset=mnist", "optim=adam", "norm=bn,none",  # a grid into it:
                      f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")  # refused
     assert grid.returncode == 1 and f"{tmp_path} holds the jobs of another kind of sweep, " \
