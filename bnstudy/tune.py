@@ -192,10 +192,16 @@ class TunedSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger(OptunaSweeperImpl.__module__).setLevel(logging.WARNING)
 
-        if self.rerun_top < 1:
-            raise ConfigError(f"hydra.sweeper.rerun_top={self.rerun_top}: the number of each "
-                              "cell's best settings re-run over the seeds must be 1 or more. Type "
-                              "hydra.sweeper.rerun_top=3 (the default), or 1 for the best only.")
+        for key, what, typical in (
+                ("n_trials", "trials each cell's search runs", "32 (the default), or 4 for a "
+                 "quick look"),
+                ("n_jobs", "trials a search launches at once", "1 (the default), or 2 with "
+                 "hydra/launcher=parallel"),
+                ("rerun_top", "each cell's best settings re-run over the seeds", "3 (the "
+                 "default), or 1 for the best only")):
+            if type(value := getattr(self, key)) is not int or value < 1:
+                raise ConfigError(f"hydra.sweeper.{key}={value}: the number of {what} must be a "
+                                  f"whole number, 1 or more. Type hydra.sweeper.{key}={typical}.")
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # jobs' dirs are absolute
         cells, rest = self._cells(arguments)
         if (sweep_dir / TUNING_FILE).is_file() and not (self.config.get("resume")

@@ -394,6 +394,18 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
         "search space in hydra.sweeper.search.")
 
 
+@pytest.mark.parametrize("override", ["n_trials=0", "n_trials=-1", "n_trials=abc", "n_jobs=0",
+                                      "rerun_top=1.5"])
+def test_a_sweeper_count_that_is_no_whole_number_from_1_is_one_paragraph(override, tmp_path):
+    tuner = sweeper(f"hydra.sweeper.{override}")
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    with pytest.raises(SystemExit) as refused:
+        tuner.sweep([])
+    key = override.split("=")[0]
+    assert refused.value.code.startswith(f"hydra.sweeper.{override}: the number of ")
+    assert f"must be a whole number, 1 or more. Type hydra.sweeper.{key}=" in refused.value.code
+
+
 def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how_to_go_on(
         tmp_path, caplog, monkeypatch):
     tuner = sweeper("hydra.sweeper.rerun_top=0")
