@@ -122,6 +122,12 @@ def test_c6_compares_each_norms_tuned_reruns_on_the_test_split(tmp_path, bn, non
     assert float(row["estimate"]) == pytest.approx(sum(bn) / 3 - sum(none) / 3, abs=1e-6)
     text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| mnist | sgd | BN | 4 | lr=0.1 |" in text
+    with open(tmp_path / "report" / "verdicts.csv") as f:  # the section's verdict: as C6's,
+        (row,) = list(csv.DictReader(f))  # not on the val accs the settings were chosen on
+    assert (row["quantity"], row["test"], row["verdict"]) == ("test_acc", "Welch", {
+        "holds": "wins", "does not hold": "loses"}.get(verdict, "cannot tell"))
+    assert float(row["treatment_mean"]) == pytest.approx(sum(bn) / 3, abs=1e-6)
+    assert " on test accuracy (Welch: its own tuned setting a side): " in text
 
 
 def test_the_clock_alternates_the_sides_at_one_thread_and_takes_each_sides_fastest_block(

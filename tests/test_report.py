@@ -265,7 +265,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
     assert main([str(tmp_path)]) == 0
     rows = read_csv(tmp_path / "report" / "verdicts.csv")
     assert list(rows[0]) == [
-        "dataset", "optim", "lr", "treatment", "baseline", "n_treatment", "n_baseline",
+        "dataset", "optim", "lr", "treatment", "baseline", "quantity", "n_treatment", "n_baseline",
         "treatment_mean", "baseline_mean", "diff", "test", "n_paired", "p_value", "p_holm",
         "verdict", "diff_ci_low", "diff_ci_high", "margin", "p_tost", "p_tost_holm",
         "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed"]

@@ -70,7 +70,9 @@ def verdict_text(row, loss: tuple[float, float]) -> str:
         "ends behind"
     n = (row["n_treatment"], row["n_baseline"])
     seeds = f"{plural(n[0], 'seed')} each" if n[0] == n[1] else f"{n[0]} vs {plural(n[1], 'seed')}"
-    text = (f"{norm_label(t)} {result} on final validation accuracy: {row['treatment_mean']:.2%} "
+    on = "test accuracy (Welch: its own tuned setting a side)" \
+        if row["quantity"] == "test_acc" else "final validation accuracy"
+    text = (f"{norm_label(t)} {result} on {on}: {row['treatment_mean']:.2%} "
             f"vs {row['baseline_mean']:.2%} {other} ({100 * row['diff']:+.2f} percentage points, "
             f"mean over {seeds}). ")
     p, how = row["p_value"], test_words(row["test"], row["n_paired"], list(n))

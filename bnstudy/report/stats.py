@@ -26,10 +26,11 @@ _COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot t
                              strict=True))  # treatment − baseline, claimed sign +
 PAIRED, WELCH, UNPAIRED, IMAGES, ONE = ("paired t", "Welch", "Welch, seeds unpaired",
                                         "Welch + test images", "one-sample t")
-VERDICT_COLUMNS = ("treatment", "baseline", "n_treatment", "n_baseline", "treatment_mean",
-                   "baseline_mean", "diff", "test", "n_paired", "p_value", "p_holm", "verdict",
-                   "diff_ci_low", "diff_ci_high", "margin", "p_tost", "p_tost_holm",
-                   "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed")
+VERDICT_COLUMNS = ("treatment", "baseline", "quantity", "n_treatment", "n_baseline",
+                   "treatment_mean", "baseline_mean", "diff", "test", "n_paired", "p_value",
+                   "p_holm", "verdict", "diff_ci_low", "diff_ci_high", "margin", "p_tost",
+                   "p_tost_holm", "treatment_diverged", "baseline_diverged", "detectable_80",
+                   "seeds_needed")
 
 
 # --- the contrast, TOST, Holm and the one rule ------------------------------------------------
@@ -318,25 +319,28 @@ def mean_std(xs) -> tuple[float, float]:
             float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan)
 
 
-def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]], tuned: bool = False
+             ) -> pd.DataFrame:
     """verdicts.csv: per comparison and compared pair, the ok seeds, mean final val accs,
     treatment − baseline paired over shared seeds (else Welch), its p raw and Holm-adjusted
     over the table (one family), 95% interval, TOST against the dataset's margin, verdict,
-    power, diverged runs."""
+    power, diverged runs. `tuned` (each norm at its own tuned setting, chosen on val acc):
+    test accs, Welch, as C6 compares them."""
     rows, tests, margin = [], [], margins(runs)
+    quantity = "test_acc" if tuned else "final_val_acc"
     for ckey, by_norm in settings(runs):
         for treatment, baseline in pairs:
             if treatment not in by_norm and baseline not in by_norm:
                 continue
-            sides = [seeded(by_norm.get(n)) for n in (treatment, baseline)]
+            sides = [seeded(by_norm.get(n), quantity) for n in (treatment, baseline)]
             xs = [[x for _, x in side] for side in sides]
-            tests.append(contrast([(1.0, xs[0]), (-1.0, xs[1])],
-                                  seeds=[[s for s, _ in side] for side in sides],
+            tests.append(contrast([(1.0, xs[0]), (-1.0, xs[1])], seeds=None if tuned else
+                                  [[s for s, _ in side] for side in sides],
                                   margin=margin.get(dict(ckey).get("dataset"), math.nan)))
             diverged = [0 if n not in by_norm else int((by_norm[n]["outcome"] == "diverged").sum())
                         for n in (treatment, baseline)]
             rows.append({**dict(ckey), "treatment": treatment, "baseline": baseline,
-                         "n_treatment": len(xs[0]), "n_baseline": len(xs[1]),
+                         "quantity": quantity, "n_treatment": len(xs[0]), "n_baseline": len(xs[1]),
                          "treatment_mean": mean_std(xs[0])[0], "baseline_mean": mean_std(xs[1])[0],
                          "treatment_diverged": diverged[0], "baseline_diverged": diverged[1]})
     for row, diff in zip(rows, holm_family(tests), strict=True):

@@ -126,7 +126,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     keys = group_keys(runs)
     table = summary(runs, keys, targets)
     write_csv(table, out / "summary.csv")
-    verdict_table = verdicts(runs, pairs)
+    verdict_table = verdicts(runs, pairs, tuned=bool(len(tuned)))
     claims, claim_table, results, figures = S.claims_section(runs, keys, sweep_dir, costs)
     budget = budget_section(sweep_dir, pairs, out)
     claim_table += budget.rows
