@@ -28,6 +28,7 @@ import time
 import zlib
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
@@ -36,9 +37,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from bnstudy.config import changed_settings
+from bnstudy.config import changed_settings, validate
 from bnstudy.errors import ConfigError
-from bnstudy.records import TUNING_FILE, RunRecord, write_json_atomic
+from bnstudy.records import TUNING_FILE, RunRecord, job_dirs, write_json_atomic
 from bnstudy.sweep import announce, discard_empty_sweep
 
 log = logging.getLogger("bnstudy")
@@ -126,6 +127,28 @@ def _values(override: str) -> list:
     return [parsed.get_value_element_as_str()]
 
 
+def check_folder(config: DictConfig, sweep_dir: Path) -> None:
+    """Refuses a grid sweep's folder, and a tuned study's unless resumed as run or overwritten."""
+    tuned, started = (sweep_dir / TUNING_FILE).is_file(), (sweep_dir / SEARCH_DIR).is_dir()
+    if not (tuned or started) and job_dirs(sweep_dir):
+        raise ConfigError(f"{sweep_dir} holds the jobs of another kind of sweep (a grid of "
+                          "values), so nothing was run. Give the tuned study a folder of its own "
+                          "(hydra.sweep.dir=<another folder>).")
+    if (tuned or started) and not (config.get("resume") or config.get("overwrite")):
+        raise ConfigError(  # its trials would be refused and the record of its search lost
+            f"{sweep_dir} already holds a tuned study ({TUNING_FILE if tuned else 'search/'}); "
+            "nothing was changed. Add resume=true to go on (finished trials and runs are kept, "
+            "the rest run), overwrite=true to search and re-run again from scratch, or choose "
+            "another hydra.sweep.dir.")
+    stored = sweep_dir / "multirun.yaml"
+    if config.get("resume") and stored.is_file() and \
+            (changed := changed_settings(OmegaConf.load(stored), config)):
+        raise ConfigError(  # each trial and re-run would be refused, the search's record lost
+            f"{sweep_dir} holds a tuned study run with other settings ({'; '.join(changed)}), "
+            "so nothing was run. To go on with it, run its command with resume=true; to run "
+            "this one, give it a folder of its own (hydra.sweep.dir=<another folder>).")
+
+
 class TunedSweeper(Sweeper):
     """A search per cell with the Optuna sweeper, then its top settings over seeds."""
 
@@ -172,6 +195,9 @@ class TunedSweeper(Sweeper):
         except ConfigError as err:  # refused before anything ran: no empty folders left
             discard_empty_sweep(Path(self.config.hydra.sweep.dir))
             sys.exit(str(err))
+        except Exception:  # e.g. Hydra's own paragraph: Could not find 'dataset/mnst'
+            discard_empty_sweep(Path(self.config.hydra.sweep.dir))
+            raise
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
             sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder
             log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
@@ -192,32 +218,19 @@ class TunedSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger(OptunaSweeperImpl.__module__).setLevel(logging.WARNING)
 
-        for key, what, typical in (
-                ("n_trials", "trials each cell's search runs", "32 (the default), or 4 for a "
-                 "quick look"),
-                ("n_jobs", "trials a search launches at once", "1 (the default), or 2 with "
-                 "hydra/launcher=parallel"),
-                ("rerun_top", "each cell's best settings re-run over the seeds", "3 (the "
-                 "default), or 1 for the best only")):
+        for key, what, default in (("n_trials", "trials each cell's search runs", 32),
+                                   ("n_jobs", "trials a search launches at once", 1),
+                                   ("rerun_top", "each cell's best settings re-run", 3)):
             if type(value := getattr(self, key)) is not int or value < 1:
                 raise ConfigError(f"hydra.sweeper.{key}={value}: the number of {what} must be a "
-                                  f"whole number, 1 or more. Type hydra.sweeper.{key}={typical}.")
+                                  f"whole number, 1 or more, e.g. hydra.sweeper.{key}={default} "
+                                  "(the default).")
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()  # jobs' dirs are absolute
         cells, rest = self._cells(arguments)
-        if (sweep_dir / TUNING_FILE).is_file() and not (self.config.get("resume")
-                                                        or self.config.get("overwrite")):
-            raise ConfigError(  # its trials would be refused and the record of its search lost
-                f"{sweep_dir} already holds a tuned study ({TUNING_FILE}); nothing was changed. "
-                "Add resume=true to go on (finished trials and runs are kept, the rest run), "
-                "overwrite=true to search and re-run again from scratch, or choose another "
-                "hydra.sweep.dir.")
-        stored = sweep_dir / "multirun.yaml"
-        if self.config.get("resume") and stored.is_file() and \
-                (changed := changed_settings(OmegaConf.load(stored), self.config)):
-            raise ConfigError(  # each trial and re-run would be refused, the search's record lost
-                f"{sweep_dir} holds a tuned study run with other settings ({'; '.join(changed)})"
-                ", so nothing was run. To go on with it, run its command with resume=true; to "
-                "run this one, give it a folder of its own (hydra.sweep.dir=<another folder>).")
+        check_folder(self.config, sweep_dir)
+        for cell in cells:  # each composes: a misspelt value ends the study before any trial
+            validate(self.hydra_context.config_loader.load_sweep_config(
+                self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
         announce(self.config)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,
@@ -234,14 +247,13 @@ class TunedSweeper(Sweeper):
         record["time_s"]["search"] = time.perf_counter() - started
         write_json_atomic(sweep_dir / TUNING_FILE, record)
         self._rerun_top(record, rest, sweep_dir)
-        if unsearched:
-            return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have "
-                    "no re-runs; the other cells were tuned and re-run:\n"
-                    + "\n".join(f"  {problem}" for problem in unsearched)
-                    + f"\nSee the trials' train.log under {sweep_dir / 'search'}. Fix the cause, "
-                    f"then run the same command with resume=true hydra.sweep.dir={sweep_dir}: "
-                    "finished trials and runs are kept, the failed ones run again.")
-        return None
+        others = "; the other cells were tuned and re-run" * (len(unsearched) < len(cells))
+        return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have no "
+                f"re-runs{others}:\n" + "\n".join(f"  {problem}" for problem in unsearched)
+                + "\nFix the cause (each trial's error is above, and in its train.log if it "
+                f"started), then run the same command with resume=true hydra.sweep.dir="
+                f"{sweep_dir}: finished trials and runs are kept, the failed ones run again."
+                ) if unsearched else None
 
     def _search(self, cell: dict, rest: list[str], sweep_dir: Path, together: Cells
                 ) -> tuple[dict, str | None]:
@@ -348,17 +360,14 @@ class Cells:
     def __init__(self, concurrent: bool) -> None:
         self.concurrent, self.requests = concurrent, queue.Queue()
 
-    def launcher(self, real):
+    def launcher(self, real) -> SimpleNamespace:
         """`real`, its `launch` handed to the main thread (`search`)."""
-        requests = self.requests
+        def launch(job_overrides, initial_job_idx: int):
+            done: Future = Future()
+            self.requests.put((real, job_overrides, initial_job_idx, done))
+            return done.result()
 
-        class Handed:
-            def launch(self, job_overrides, initial_job_idx: int):
-                done: Future = Future()
-                requests.put((real, job_overrides, initial_job_idx, done))
-                return done.result()
-
-        return Handed()
+        return SimpleNamespace(launch=launch)
 
     def search(self, searches: list) -> list:
         """Each search's return value, in order; the first one's error is raised."""

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import compose_config, run_sweep, run_train
+from helpers import compose_config, run_sweep, run_train, write_job
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -373,6 +373,33 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
     assert "experiment=tuned searches its own space" in proc.stderr and not sweep.exists()
 
 
+def test_a_tuned_study_refuses_a_misspelt_cell_a_grids_folder_and_an_unfinished_search(
+        tmp_path, monkeypatch):
+    """Each before any trial, nothing changed: a value that does not compose (it failed only
+    after the other cells' searches), a folder holding a grid sweep, and a search that a Ctrl-C
+    stopped before `tuning.json` (launched again without resume=true, its trials were refused
+    one by one and counted as failed)."""
+    import bnstudy.run
+
+    monkeypatch.setattr(bnstudy.run, "train", fake_train)
+    common = ("-m", "experiment=tuned", "optim=adam", "norm=bn", "seed=0",
+              "hydra.sweeper.n_trials=2", f"paths.data_dir={tmp_path}")
+    typo = run_train(*common, "dataset=mnist,mnst", f"hydra.sweep.dir={tmp_path / 'typo'}")
+    assert typo.returncode == 1 and "Could not find 'dataset/mnst'" in typo.stderr
+    assert "Tuning" not in typo.stdout + typo.stderr and not (tmp_path / "typo").exists()
+    grid = write_job(tmp_path / "grid", [0.5, 0.6]).parent
+    for how in ((), ("resume=true",)):
+        into = run_train(*common, "dataset=mnist", f"hydra.sweep.dir={grid}", *how)
+        assert into.returncode == 1 and f"{grid} holds the jobs of another kind of sweep (a " \
+            "grid of values), so nothing was run." in " ".join(into.stderr.split())
+    assert sorted(p.name for p in grid.iterdir()) == ["0_mnist-bn-sgd-seed0"]
+    (study := tmp_path / "study" / SEARCH_DIR / "mnist-bn-adam").mkdir(parents=True)
+    again = run_train(*common, "dataset=mnist", f"hydra.sweep.dir={study.parents[1]}")
+    assert again.returncode == 1 and f"{study.parents[1]} already holds a tuned study (search/)" \
+        "; nothing was changed. Add resume=true" in " ".join(again.stderr.split())
+    assert not any(study.iterdir())
+
+
 def fake_train_acc(lr: float, seed: int) -> float:
     return 0.9 - abs(math.log10(lr) + 2) / 10 + seed / 100
 
@@ -403,7 +430,7 @@ def test_a_sweeper_count_that_is_no_whole_number_from_1_is_one_paragraph(overrid
         tuner.sweep([])
     key = override.split("=")[0]
     assert refused.value.code.startswith(f"hydra.sweeper.{override}: the number of ")
-    assert f"must be a whole number, 1 or more. Type hydra.sweeper.{key}=" in refused.value.code
+    assert f"must be a whole number, 1 or more, e.g. hydra.sweeper.{key}=" in refused.value.code
 
 
 def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how_to_go_on(
@@ -414,7 +441,7 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     (tmp_path / "outputs" / "multirun" / "x").mkdir(parents=True)  # as Hydra makes it
     with pytest.raises(SystemExit) as refused:
         tuner.sweep([])
-    assert re.match(r"hydra.sweeper.rerun_top=0: the number of each .* Type "
+    assert re.match(r"hydra.sweeper.rerun_top=0: the number of each .* "
                     r"hydra.sweeper.rerun_top=3", refused.value.code)
     assert not list(tmp_path.iterdir())  # refused before anything ran: no empty outputs/
     tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
