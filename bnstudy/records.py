@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 RECORD_NAME = "metrics.json"
 TUNING_FILE = "tuning.json"  # a tuned sweep's searches (bnstudy.tune), in its sweep directory
+SEARCH_DIR = "search"  # SWEEP/search/<cell>/: a tuned sweep cell's trials, a sweep of its own
 RECIPE_FILE = "recipe.json"  # images/: the recipe `python -m bnstudy.draw` drew them with
 TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
@@ -76,6 +77,15 @@ def job_dirs(folder: str | os.PathLike) -> list[Path]:
     """The run directories (`is_job_dir`) in a sweep's `folder`, in job order."""
     return sorted((d for d in Path(folder).iterdir() if d.is_dir() and is_job_dir(d)),
                   key=job_order)
+
+
+def study_dir(sweep_dir: str | Path) -> Path:
+    """The folder a user resumes: the tuned study's (SWEEP) for a cell's search folder
+    (SWEEP/search/<cell>), else `sweep_dir` itself."""
+    sweep_dir = Path(sweep_dir)
+    top = sweep_dir.parent.parent
+    tuned = sweep_dir.parent.name == SEARCH_DIR and (top / "multirun.yaml").is_file()
+    return top if tuned else sweep_dir
 
 
 def plan_overrides(hydra: Any) -> list:

@@ -16,11 +16,10 @@ from omegaconf import DictConfig
 
 from bnstudy.config import CONFIG_DIR, register, unknown_override
 from bnstudy.jobdir import RunExistsError, launcher_job
-from bnstudy.records import RunRecord
+from bnstudy.records import RunRecord, study_dir
 from bnstudy.run import RunEnded, is_multirun, train
 from bnstudy.sweep import note_refusal, register_launchers, stop_sweep
 from bnstudy.trackers import uses_tensorboard
-from bnstudy.tune import study_dir
 
 log = logging.getLogger("bnstudy")
 

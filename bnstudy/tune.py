@@ -39,22 +39,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.config import changed_settings, validate
 from bnstudy.errors import ConfigError
-from bnstudy.records import TUNING_FILE, RunRecord, job_dirs, write_json_atomic
+from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord, job_dirs, write_json_atomic
 from bnstudy.sweep import announce, discard_empty_sweep
 
 log = logging.getLogger("bnstudy")
 
 METRIC = "val/acc (final epoch)"
-SEARCH_DIR = "search"  # SWEEP/search/<cell>/: a cell's trials, a sweep of its own
-
-
-def study_dir(sweep_dir: str | Path) -> Path:
-    """The folder a user resumes: the tuned study's (SWEEP) for a cell's search folder
-    (SWEEP/search/<cell>), else `sweep_dir` itself."""
-    sweep_dir = Path(sweep_dir)
-    top = sweep_dir.parent.parent
-    tuned = sweep_dir.parent.name == SEARCH_DIR and (top / "multirun.yaml").is_file()
-    return top if tuned else sweep_dir
 
 
 def score(record: RunRecord) -> float | str:

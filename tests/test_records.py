@@ -11,11 +11,13 @@ from helpers import fail_fsync
 
 from bnstudy.errors import RunFileError
 from bnstudy.records import (
+    SEARCH_DIR,
     RunRecord,
     describe_write_error,
     job_order,
     plan_clash,
     read_test_correct,
+    study_dir,
     write_error,
     write_json_atomic,
     write_test_correct,
@@ -126,3 +128,13 @@ def test_two_plans_are_told_apart_by_their_folders_names_then_by_shared_settings
         "sweep, numbered otherwise: its job 0 is norm=bn, this sweep's would be norm=bn "
         "optim=sgd. ")
 
+
+def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
+    """A cell's trial runs in SWEEP/search/<cell>/, but the user resumes SWEEP: the job's own
+    "Interrupted" line must name it (resuming the cell's folder would run a plain sweep)."""
+    cell = tmp_path / SEARCH_DIR / "mnist-bn-sgd"
+    cell.mkdir(parents=True)
+    assert study_dir(cell) == cell  # no study plan above it: a folder that is merely named so
+    (tmp_path / "multirun.yaml").write_text("{}")
+    assert study_dir(cell) == tmp_path
+    assert study_dir(tmp_path) == tmp_path

@@ -15,18 +15,9 @@ from helpers import compose_config, run_sweep, run_train, write_job
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from bnstudy.records import TUNING_FILE, RunRecord
+from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord
 from bnstudy.report.cli import main as report
-from bnstudy.tune import (
-    SEARCH_DIR,
-    ScoringLauncher,
-    TunedSweeper,
-    cell_seed,
-    choose,
-    objective,
-    score,
-    study_dir,
-)
+from bnstudy.tune import ScoringLauncher, TunedSweeper, cell_seed, choose, objective, score
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -257,17 +248,6 @@ def test_the_sampler_seed_makes_a_search_repeat_itself(tmp_path, monkeypatch):
     first = search("first", 0)
     assert search("again", 0) == first
     assert [p for p, _ in search("other", 1)] != [p for p, _ in first]
-
-
-def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
-    """A cell's trial runs in SWEEP/search/<cell>/, but the user resumes SWEEP: the job's own
-    "Interrupted" line must name it (resuming the cell's folder would run a plain sweep)."""
-    cell = tmp_path / SEARCH_DIR / "mnist-bn-sgd"
-    cell.mkdir(parents=True)
-    assert study_dir(cell) == cell  # no study plan above it: a folder that is merely named so
-    (tmp_path / "multirun.yaml").write_text("{}")
-    assert study_dir(cell) == tmp_path
-    assert study_dir(tmp_path) == tmp_path
 
 
 def fake_train(cfg):
