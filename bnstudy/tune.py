@@ -174,6 +174,13 @@ class TunedSweeper(Sweeper):
                     f"space in hydra.sweeper.search.")
             else:
                 rest.append(override.input_line)
+        fixed = {o.split("=", 1)[0].lstrip("+~") for o in rest}
+        for optim in cells.get("optim", []):
+            if (space := set(self.search.get(optim) or {})) and space <= fixed:
+                raise ConfigError(
+                    f"{', '.join(sorted(space))} given a value fixes all that experiment=tuned "
+                    f"searches for optim={optim}, so its trials would all be one run. Drop it to "
+                    "search it; to train one setting, run without experiment=tuned.")
         names = list(cells)
         return [dict(zip(names, values, strict=True))
                 for values in itertools.product(*(cells[n] for n in names))], rest

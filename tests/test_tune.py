@@ -399,6 +399,11 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
         "experiment=tuned searches its own space, so optim.optimizer.lr cannot be swept "
         "(optim.optimizer.lr=0.1,0.2). Set one value (optim.optimizer.lr=...), or change the "
         "search space in hydra.sweeper.search.")
+    assert tuner._cells(["optim=sgd", "optim.optimizer.lr=0.1"])[1] == ["optim.optimizer.lr=0.1"]
+    with pytest.raises(ConfigError) as refused:  # SGD still searches its momentum; Adam nothing
+        tuner._cells(["optim=sgd,adam", "optim.optimizer.lr=0.1"])
+    assert str(refused.value).startswith("optim.optimizer.lr given a value fixes all that "
+                                         "experiment=tuned searches for optim=adam, so its ")
 
 
 @pytest.mark.parametrize("override", ["n_trials=0", "n_trials=-1", "n_trials=abc", "n_jobs=0",
