@@ -484,3 +484,32 @@ def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, save
     else:
         assert row["p_tost"] < 0.01 and row["verdict"] == "equivalent"
         assert row_words(row).startswith("equivalent within ±2 pts, +0.03 pts (")
+
+
+def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_leaves_nothing(
+        tmp_path, capsys, monkeypatch):
+    """Each writes nothing: one cell's search folder of a tuned study (its report would be the
+    study's part), a `tuning.json` that is not JSON (cut short, edited), and a Ctrl-C while a
+    first report is written (a second one says the old report is now incomplete)."""
+    import bnstudy.report.write
+
+    cell = tmp_path / "search" / "mnist-bn-sgd"
+    write_job(cell, [0.5, 0.6])
+    (tmp_path / "multirun.yaml").write_text("{}")
+    assert main([str(cell)]) == 2 and not (cell / "report").exists()
+    assert f"{cell} is one cell's search in the tuned study {tmp_path}, so nothing was written." \
+        in capsys.readouterr().err
+    (tmp_path / "tuning.json").write_text('{"cells": [')
+    assert main([str(tmp_path)]) == 2 and not (tmp_path / "report").exists()
+    assert f"{tmp_path / 'tuning.json'} cannot be read (" in capsys.readouterr().err
+    sweep = write_job(tmp_path / "grid", [0.5, 0.6]).parent
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bnstudy.report.write, "verdicts", interrupted)
+    assert main([str(sweep)]) == 1 and not (sweep / "report").exists()
+    assert capsys.readouterr().err == "bnstudy.report: interrupted; nothing was written.\n"
+    (sweep / "report").mkdir()
+    assert main([str(sweep)]) == 1 and (sweep / "report").is_dir()
+    assert f"{sweep / 'report'} is incomplete: run the command again" in capsys.readouterr().err

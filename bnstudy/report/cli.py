@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 from pathlib import Path
 
 from bnstudy.report.runs import ReportError, parse_compare
-from bnstudy.report.write import write_report
+from bnstudy.report.write import REPORT_DIR, write_report
 
 DEFAULT_TARGETS = {"mnist": 0.9, "cifar10": 0.4}
 
@@ -51,11 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = dict(args.target_acc)
     targets = given if "*" in given else {**DEFAULT_TARGETS, **given}
+    out, existed = args.sweep_dir / REPORT_DIR, (args.sweep_dir / REPORT_DIR).is_dir()
     try:
         path = write_report(args.sweep_dir, targets, pairs=args.compare or None,
                             named=[d for d in given if d != "*"])
     except ReportError as err:
         print(f"bnstudy.report: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        print("bnstudy.report: interrupted; " + (f"{out} is incomplete: run the command again "
+              "to write it whole." if existed else "nothing was written."), file=sys.stderr)
+        return 1
     print(f"Report written to {path} (figures, summary.csv and TensorBoard events beside it).")
     return 0

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import bnstudy.report.sections as S
+from bnstudy.records import TUNING_FILE, read_tuning, study_dir
 from bnstudy.report.answer import answer_section
 from bnstudy.report.budget import budget_section
 from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
@@ -109,6 +110,17 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     `pairs`: the (treatment, baseline) norms compared (default: `runs.compared`'s); `named`:
     the datasets the user gave targets for (one the sweep lacks is a ReportError)."""
     sweep_dir = Path(sweep_dir)
+    if (study := study_dir(sweep_dir)) != sweep_dir:
+        raise ReportError(f"{sweep_dir} is one cell's search in the tuned study {study}, so "
+                          "nothing was written. Report the study, which covers every cell: "
+                          f"python -m bnstudy.report {study}")
+    try:
+        read_tuning(sweep_dir)
+    except ValueError as err:  # not JSON: cut short or edited by hand
+        raise ReportError(f"{sweep_dir / TUNING_FILE} cannot be read ({err}), so nothing was "
+                          "written. The study's command with resume=true hydra.sweep.dir="
+                          f"{sweep_dir} writes it again from its finished trials and runs.") \
+            from None
     if costs is None:
         from bnstudy.report.cost import CLOCK_FILE, pair_costs
 
