@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.errors import ConfigError
@@ -162,13 +163,14 @@ def unknown_override(args: list[str]) -> str | None:
             continue
         if ours and "." in key and key.split(".")[0] in known:  # `trainer.max_epoch`?
             names = names or _setting_names(chosen)
-        elif not ours:  # `hydra.sweeper.n_trial`: the keys of the chosen sweeper and launcher
-            hydra_names = hydra_names or _hydra_names(
-                [a for a in args if a.startswith(("experiment=", "hydra/"))])
+        elif not ours and not (hydra_names := hydra_names or _hydra_names(  # the chosen sweeper
+                [a for a in args if a.startswith(("experiment=", "hydra/"))])):  # and launcher's
+            return None  # an option that does not exist: Hydra says so
         candidates = names if ours else hydra_names
         if candidates and any(n == key or n.startswith(f"{key}.") for n in candidates):
             continue
-        scored = {name: _likeness(key, name) for name in candidates or _setting_names(chosen)}
+        scored = {name: _likeness(key, name) for name in candidates or _setting_names(chosen)
+                  if not name.rsplit(".", 1)[-1].startswith("_")}  # not _target_ and the like
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.count(".")))
         value, (group, _, option) = arg.split("=", 1)[1], key.partition(".")
@@ -176,6 +178,10 @@ def unknown_override(args: list[str]) -> str | None:
                 if near else "")
         if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
             hint = f"It comes with {group}={option} (several: '{group}=[...,{option}]'). " + hint
+        elif key.startswith("hydra.launcher.") and (launcher := next((o for o in (
+                "slurm", "submitit_local", "parallel") if key in _hydra_names(
+                [f"hydra/launcher={o}"])), None)):
+            hint = f"It comes with hydra/launcher={launcher} (to add it to another: +{arg}). "
         listed = "groups and `python -m bnstudy.train --cfg job` every setting" if ours else \
             "groups and `python -m bnstudy.train --cfg hydra` Hydra's settings"
         return f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the {listed}."
@@ -184,14 +190,11 @@ def unknown_override(args: list[str]) -> str | None:
 
 def _hydra_names(choices: list[str]) -> list[str]:
     """Every key of Hydra's own settings (`hydra.sweeper.n_trials`, ...) with these choices."""
-    from hydra.errors import HydraException
-
     try:
         cfg = _compose(choices, return_hydra_config=True)
-    except HydraException:  # an option that does not exist: Hydra says so after this
-        cfg = _compose([], return_hydra_config=True)
-    return sorted(f"hydra.{k}" for k in _walk(OmegaConf.to_container(cfg.hydra))
-                  if not k.rsplit(".", 1)[-1].startswith("_"))  # not _target_ and the like
+    except HydraException:  # an option that does not exist: none
+        return []
+    return sorted(f"hydra.{k}" for k in _walk(OmegaConf.to_container(cfg.hydra)))
 
 
 def _likeness(key: str, name: str) -> float:
@@ -204,8 +207,6 @@ def _likeness(key: str, name: str) -> float:
 
 def _setting_names(choices: list[str] = ()) -> list[str]:
     """Every setting of the config with these group choices (a swept one: each of its options)."""
-    from hydra.errors import HydraException
-
     options = [[(c.split("=")[0], o) for o in c.split("=", 1)[1].split(",")] for c in choices]
     names = {"paths.data_dir", "paths.output_dir", "run_name"}
     for combination in itertools.product(*options):

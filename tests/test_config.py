@@ -178,6 +178,14 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
         "hydra.sweeper.n_trial: no such setting. Did you mean hydra.sweeper.n_trials")
     assert unknown_override(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=1",
                              "hydra.sweep.dir=x", "hydra.sweeper.params.seed=0,1"]) is None
+    assert unknown_override(["-m", "experiment=tuned",  # a sampler's own keys: the README's TPE
+                             "hydra.sweeper.sampler._target_=optuna.samplers.TPESampler"]) is None
+    assert unknown_override(["-m", "hydra/launcher=slrum", "hydra.launcher.partition=x"]) is None
+    for typed, launcher in ((["hydra.launcher.partition=gpu"], "slurm"),  # the launcher forgotten
+                            (["hydra/launcher=submitit_local", "hydra.launcher.max_num_timeout=3"],
+                             "slurm")):  # a key of another launcher
+        assert f"no such setting. It comes with hydra/launcher={launcher} (to add it to " \
+            f"another: +{typed[-1]}). " in unknown_override(["-m", *typed])
 
 
 def test_the_edges_of_each_range():
