@@ -168,6 +168,26 @@ def test_a_sweep_slurm_cannot_take_is_one_paragraph_and_leaves_no_folder(
     assert not sweep.exists()
 
 
+@pytest.mark.parametrize("status,fails", [("ok", False), ("diverged", False), ("failed", True),
+                                          ("interrupted", True), ("refused", True), (None, True)])
+def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
+    """So that SLURM says FAILED (sacct, seff, mail on failure), once submitit has kept the job's
+    return value for the sweep (None: the job's code raised, Hydra's status FAILED)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+    import hydra_plugins.bnstudy_launchers as plugin
+    from bnstudy.records import RunRecord
+
+    job = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bug")) if status is None \
+        else JobReturn(status=JobStatus.COMPLETED, _return_value=RunRecord(status=status))
+    monkeypatch.setattr(submitit_launcher.BaseSubmititLauncher, "__call__", lambda *args: job)
+    at_exit = []
+    monkeypatch.setattr(plugin.atexit, "register", at_exit.append)
+    assert object.__new__(plugin.SlurmLauncher)(["seed=0"], "hydra.sweep.dir", 0, "id", {}) is job
+    assert at_exit == ([plugin._exit_failed] if fails else [])
+
+
 def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
     """Overrides that send the job submitit's time-limit signal when `epoch` starts, once."""
     return ["+callbacks.limit._target_=tests.faults.SignalAtEpoch",

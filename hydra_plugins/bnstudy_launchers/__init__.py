@@ -6,6 +6,9 @@ sweep. Hydra instantiates launchers only from the `hydra_plugins` namespace."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import filter_overrides
+from hydra.core.utils import JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
 from bnstudy.sweep import collect_jobs, discard_empty_sweep
@@ -27,6 +30,15 @@ log = logging.getLogger(__name__)
 
 
 class _Collecting:
+    def __call__(self, *args, **kwargs):
+        """One job, in its own process (Hydra's); a job that ends without a result (failed,
+        interrupted, refused) then exits 1 once submitit has kept its return value, so that
+        SLURM says FAILED (sacct, seff, mail on failure), not COMPLETED."""
+        job = super().__call__(*args, **kwargs)
+        if job.status != JobStatus.COMPLETED or not getattr(job._return_value, "finished", False):
+            atexit.register(_exit_failed)
+        return job
+
     def launch(self, job_overrides, initial_job_idx):
         """Hydra's submitit launch (`BaseSubmititLauncher.launch`), collecting per job."""
         import submitit
@@ -55,11 +67,12 @@ class _Collecting:
         for idx, overrides in zip(numbers, job_overrides, strict=True):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
-        try:
-            jobs = executor.map_array(self, [list(o) for o in job_overrides],
-                                      ["hydra.sweep.dir"] * len(numbers), list(numbers),
-                                      [f"job_id_for_{idx}" for idx in numbers],
-                                      [state] * len(numbers))
+        try:  # sbatch's own lines (submitit copies them to stderr) said once, in the paragraph
+            with contextlib.redirect_stderr(io.StringIO()):
+                jobs = executor.map_array(self, [list(o) for o in job_overrides],
+                                          ["hydra.sweep.dir"] * len(numbers), list(numbers),
+                                          [f"job_id_for_{idx}" for idx in numbers],
+                                          [state] * len(numbers))
         except submitit.core.utils.FailedJobError as err:  # sbatch refused them
             said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             _refuse(sweep_dir, f"SLURM refused the sweep's jobs ({said}), so nothing was run. "
@@ -84,6 +97,12 @@ class _Collecting:
             cfg.hydra.job.num = idx
         HydraConfig.instance().set_config(cfg)
         return str(cfg.hydra.sweep.subdir)
+
+
+def _exit_failed() -> None:
+    """The job process's exit status 1, at its very end (its logs flushed first)."""
+    logging.shutdown()
+    os._exit(1)
 
 
 def _refuse(sweep_dir: Path, message: str) -> None:
