@@ -3,15 +3,15 @@
 For each dataset × optimizer × norm cell, Hydra's Optuna sweeper (`OptunaSweeperImpl`) searches
 `search.<optim>` independently: its own sampler (i.i.d. random search by default) with a seed of
 its own (`cell_seed`: the base seed and the cell's name), for the same number of trials,
-maximising the final validation accuracy (`objective`); each trial's settings, score and compute
-seconds go to `tuning.json`. The `rerun_top` best settings of each cell are then trained with
-each seed of the sweep, the one with the best mean validation accuracy over the seeds is chosen
-(`choose`), and only its re-runs (`final_jobs`) are reported (on the test split).
-The cells are searched at once (`Cells`), each with its own sampler, so that `n_jobs` trials
-of every cell are in flight together on a cluster. Trials go to `SWEEP/search/<cell>/` (a sweep
-of its own), the re-runs to `SWEEP/`, and `SWEEP/tuning.json` records the search.
-`resume=true` repeats it: the finished trials are read again, and the seeded sampler proposes
-the same settings.
+maximising the final validation accuracy (`bnstudy.trials.objective`); each trial's settings,
+score and compute seconds go to `tuning.json`. The `rerun_top` best settings of each cell are
+then trained with each seed of the sweep, the one with the best mean validation accuracy over
+the seeds is chosen (`choose`), and only its re-runs (`final_jobs`) are reported (on the test
+split). The cells are searched at once (`bnstudy.trials.Cells`), each with its own sampler, so
+that `n_jobs` trials of every cell are in flight together on a cluster. Trials go to
+`SWEEP/search/<cell>/` (a sweep of its own), the re-runs to `SWEEP/`, and `SWEEP/tuning.json`
+records the search. `resume=true` repeats it: the finished trials are read again, and the
+seeded sampler proposes the same settings.
 """
 
 from __future__ import annotations
@@ -20,50 +20,28 @@ import copy
 import itertools
 import logging
 import math
-import os
-import queue
+import shutil
 import sys
-import threading
 import time
 import zlib
-from concurrent.futures import Future
 from pathlib import Path
-from types import SimpleNamespace
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.config import changed_settings, validate
 from bnstudy.errors import ConfigError
+from bnstudy.jobdir import is_locked
 from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord, job_dirs, write_json_atomic
 from bnstudy.sweep import announce, discard_empty_sweep
+from bnstudy.trials import Cells, ScoringLauncher, score
 
 log = logging.getLogger("bnstudy")
 
 METRIC = "val/acc (final epoch)"
-
-
-def score(record: RunRecord) -> float | str:
-    """A run's score: its final epoch's validation accuracy, 0 for a diverged run; for a failed
-    or refused run the reason (not a number)."""
-    if record.status == "diverged":
-        return 0.0
-    if record.status != "ok" or record.final_val_acc is None:
-        return f"no result ({record.status}: {record.error or 'no history'})"
-    return float(record.final_val_acc)
-
-
-def objective(job: JobReturn) -> float | str:
-    """What Optuna maximises for a trial: its run's `score`; for a job that raised the reason,
-    which Optuna cannot cast to a number and so records as a failed trial (never the best)."""
-    if job.status != JobStatus.COMPLETED:
-        err = job._return_value  # the job's exception (the `return_value` property raises it)
-        return f"failed: {type(err).__name__}: {err}"
-    return score(job.return_value if isinstance(job.return_value, RunRecord) else RunRecord("?"))
 
 
 def cell_seed(base: int, cell: str) -> int:
@@ -82,31 +60,6 @@ def choose(candidates: list[dict]) -> dict | None:
         return sum(scores) / len(scores) if scores else -math.inf
 
     return max(candidates, key=mean, default=None)
-
-
-class ScoringLauncher:
-    """The sweep's launcher, each job's return value turned into `objective`'s score (which the
-    Optuna sweeper casts to float); keeps each trial's job directory (relative to `root`, trial
-    number = job number), its compute seconds (the run's `wall_time_s`) and why trials failed."""
-
-    def __init__(self, launcher, root: Path) -> None:
-        self.launcher, self.root = launcher, root
-        self.jobs: list[str | None] = []
-        self.seconds: list[float | None] = []
-        self.errors: list[str] = []
-
-    def launch(self, job_overrides, initial_job_idx: int):
-        jobs = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
-        for job in jobs:
-            out = job.hydra_cfg.hydra.runtime.output_dir if job.hydra_cfg else None
-            self.jobs.append(out and Path(os.path.relpath(out, self.root)).as_posix())
-            record = job._return_value
-            self.seconds.append(record.wall_time_s if isinstance(record, RunRecord) else None)
-            value = objective(job)
-            job.status, job.return_value = JobStatus.COMPLETED, value  # scored, even a failure
-            if isinstance(value, str):
-                self.errors.append(f"{Path(out or '?').name}: {value}")
-        return jobs
 
 
 def _values(override: str) -> list:
@@ -130,6 +83,15 @@ def check_folder(config: DictConfig, sweep_dir: Path) -> None:
             "nothing was changed. Add resume=true to go on (finished trials and runs are kept, "
             "the rest run), overwrite=true to search and re-run again from scratch, or choose "
             "another hydra.sweep.dir.")
+    if (tuned or started) and config.get("overwrite"):  # from scratch: none of its jobs stay
+        old = [*job_dirs(sweep_dir), *(j for c in (sweep_dir / SEARCH_DIR).glob("*/")
+                                       for j in job_dirs(c))]
+        if busy := [job.name for job in old if is_locked(job)]:
+            raise ConfigError(f"overwrite=true, but the tuned study in {sweep_dir} is running "
+                              f"({', '.join(busy[:3])} in use), so nothing was changed. Wait "
+                              "until it ends (or stop it), then run this command again.")
+        for job in [*old, sweep_dir / SEARCH_DIR, sweep_dir / TUNING_FILE]:
+            shutil.rmtree(job) if job.is_dir() else job.unlink(missing_ok=True)
     stored = sweep_dir / "multirun.yaml"
     if config.get("resume") and stored.is_file() and \
             (changed := changed_settings(OmegaConf.load(stored), config)):
@@ -346,52 +308,3 @@ class TunedSweeper(Sweeper):
                             final_jobs=chosen["jobs"])
         record["time_s"]["final"] = time.perf_counter() - started
         write_json_atomic(sweep_dir / TUNING_FILE, record)
-
-
-class Cells:
-    """The cells' searches at once: each cell's Optuna loop in a thread of its own, its batches
-    of trials handed to the main thread, which launches them in turn (the cells' rounds
-    interleave; a job run in this process keeps Ctrl-C and signals in the main thread), or, on
-    a cluster (`concurrent`), each batch at once: `n_jobs` trials of every cell in flight."""
-
-    def __init__(self, concurrent: bool) -> None:
-        self.concurrent, self.requests = concurrent, queue.Queue()
-
-    def launcher(self, real) -> SimpleNamespace:
-        """`real`, its `launch` handed to the main thread (`search`)."""
-        def launch(job_overrides, initial_job_idx: int):
-            done: Future = Future()
-            self.requests.put((real, job_overrides, initial_job_idx, done))
-            return done.result()
-
-        return SimpleNamespace(launch=launch)
-
-    def search(self, searches: list) -> list:
-        """Each search's return value, in order; the first one's error is raised."""
-        outcomes: list[Future] = [Future() for _ in searches]
-
-        def run(search, outcome: Future) -> None:
-            try:
-                outcome.set_result(search())
-            except BaseException as err:  # raised in the main thread
-                outcome.set_exception(err)
-
-        for pair in zip(searches, outcomes, strict=True):  # daemons: Ctrl-C ends the sweep
-            threading.Thread(target=run, args=pair, daemon=True).start()
-        while not all(outcome.done() for outcome in outcomes):
-            try:
-                request = self.requests.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if self.concurrent:
-                threading.Thread(target=_launch, args=request, daemon=True).start()
-            else:
-                _launch(*request)
-        return [outcome.result() for outcome in outcomes]
-
-
-def _launch(real, overrides, first: int, done: Future) -> None:
-    try:
-        done.set_result(real.launch(overrides, initial_job_idx=first))
-    except Exception as err:
-        done.set_exception(err)

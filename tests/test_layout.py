@@ -16,7 +16,7 @@ MAX_LINES = 400
 # below it. Names are relative to `bnstudy.`; the first pattern (in this order) that matches a
 # module gives its layer.
 LAYERS = [
-    ("entry points", ["train", "sweep", "tune", "eval", "draw", "rebuild", "report.cli",
+    ("entry points", ["train", "sweep", "tune", "trials", "eval", "draw", "rebuild", "report.cli",
                       "report.__main__", "report", "bench", "bench.*"]),
     ("run", ["run"]),
     ("pieces", ["model", "data", "datafiles", "nets", "callbacks", "probes", "pictures",
