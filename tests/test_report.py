@@ -489,8 +489,9 @@ def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, save
 def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_leaves_nothing(
         tmp_path, capsys, monkeypatch):
     """Each writes nothing: one cell's search folder of a tuned study (its report would be the
-    study's part), a `tuning.json` that is not JSON (cut short, edited), and a Ctrl-C while a
-    first report is written (a second one says the old report is now incomplete)."""
+    study's part), a study still searching, a `tuning.json` that is not JSON (cut short,
+    edited), and a Ctrl-C while a first report is written (a second one says the old report
+    is now incomplete)."""
     import bnstudy.report.write
 
     cell = tmp_path / "search" / "mnist-bn-sgd"
@@ -498,6 +499,9 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
     (tmp_path / "multirun.yaml").write_text("{}")
     assert main([str(cell)]) == 2 and not (cell / "report").exists()
     assert f"{cell} is one cell's search in the tuned study {tmp_path}, so nothing was written." \
+        in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2 and not (tmp_path / "report").exists()  # searching
+    assert f"{tmp_path} holds a tuned study whose searches did not finish (no tuning.json yet)" \
         in capsys.readouterr().err
     (tmp_path / "tuning.json").write_text('{"cells": [')
     assert main([str(tmp_path)]) == 2 and not (tmp_path / "report").exists()

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import bnstudy.report.sections as S
-from bnstudy.records import TUNING_FILE, read_tuning, study_dir
+from bnstudy.records import SEARCH_DIR, TUNING_FILE, read_tuning, study_dir
 from bnstudy.report.answer import answer_section
 from bnstudy.report.budget import budget_section
 from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
@@ -114,6 +114,10 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         raise ReportError(f"{sweep_dir} is one cell's search in the tuned study {study}, so "
                           "nothing was written. Report the study, which covers every cell: "
                           f"python -m bnstudy.report {study}")
+    if (sweep_dir / SEARCH_DIR).is_dir() and not (sweep_dir / TUNING_FILE).is_file():
+        raise ReportError(f"{sweep_dir} holds a tuned study whose searches did not finish (no "
+                          f"{TUNING_FILE} yet), so there is nothing to report. To finish them: "
+                          f"its command with resume=true hydra.sweep.dir={sweep_dir}")
     try:
         read_tuning(sweep_dir)
     except ValueError as err:  # not JSON: cut short or edited by hand
