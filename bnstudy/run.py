@@ -124,7 +124,9 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if primary:
         epochs = cfg.trainer.max_epochs
         what = "a fast_dev_run (a batch of each loop)" if cfg.trainer.fast_dev_run else \
-            f"{epochs} epoch{'' if epochs == 1 else 's'}"
+            f"{epochs} epoch{'' if epochs == 1 else 's'}" + (
+                f" (resuming after epoch {len(record.history)})" if resume and record.history
+                else "")
         log.info("%s: training %s into %s", cfg.run_name, what, out)
         requeued = previous is not None and is_requeue(previous.job, job)
         if requeued:  # its earlier attempts' warnings were shown: not again

@@ -99,7 +99,8 @@ def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_li
     console, log = proc.stdout + proc.stderr, (tmp_path / "train.log").read_text()
     for routine in ("GPU available", "`Trainer.fit` stopped"):
         assert routine not in console and routine in log  # kept, in the log file
-    assert f"training 2 epochs into {tmp_path}" in console and ": ok, val acc " in console
+    assert f"training 2 epochs (resuming after epoch 1) into {tmp_path}" in console
+    assert ": ok, val acc " in console
     assert f"Files: {tmp_path} (" in console
     assert proc.stderr.count("already holds a run") == 0 and refused.stderr not in log
 
