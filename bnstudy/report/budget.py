@@ -189,14 +189,14 @@ def words(budget: Budget) -> str:
     reverses = next(filter(behind, trials), None)
     after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
     if not any(map(ahead, trials)):
-        return f"{t} is never ahead (up to {plural(n, 'trial')}){after}."
+        return f"{t} is not shown ahead at any budget up to {plural(n, 'trial')}{after}."
     if all(map(ahead, trials)):
         up_to = f" / {seconds[-1]['seconds']:.0f} s" if seconds and all(map(ahead, seconds)) \
             else ""
         return f"{t} is ahead at every budget up to {plural(n, 'trial')}{up_to}."
     if not ahead(trials[0]):
         start = next(filter(ahead, trials), None)
-        return f"{t} is not ahead at a small budget; it is ahead at {start['k']:.0f} trials."
+        return f"{t} is not shown ahead at a small budget; it is ahead at {start['k']:.0f} trials."
     stop = next(r for r in trials if not ahead(r))
     stop_s = next((r for r in seconds if not ahead(r)), None) \
         if seconds and ahead(seconds[0]) else None
