@@ -240,10 +240,13 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
     assert "does not exist" in err and "hydra.sweep.dir" in err and "Traceback" not in err
     assert main([str(tmp_path)]) == 2
     assert "holds no jobs" in capsys.readouterr().err
-    for bad in ("bn", "bn:bn", ":none"):
+    for bad in ("bn", "bn:bn", ":none", "bn:none:x"):
         with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path), "--compare", bad])
         assert exit_.value.code == 2 and "TREATMENT:BASELINE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a percentage for a fraction
+        main([str(tmp_path), "--target-acc", "mnist=90"])
+    assert exit_.value.code == 2 and "(a fraction: 0.9 for 90 %)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())

@@ -25,7 +25,8 @@ def parse_target(text: str) -> tuple[str, float]:
     except ValueError:
         acc = math.nan
     if not 0 < acc <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected ACC or DATASET=ACC, 0 < ACC <= 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ACC or DATASET=ACC, 0 < ACC <= 1 "
+                                         "(a fraction: 0.9 for 90 %)")
     return dataset or "*", acc
 
 

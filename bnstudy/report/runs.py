@@ -204,7 +204,7 @@ def settings(runs: pd.DataFrame) -> list[tuple[tuple, dict[str, pd.DataFrame]]]:
 def parse_compare(text: str) -> tuple[str, str]:
     """`TREATMENT:BASELINE` (norm names) → (treatment, baseline)."""
     treatment, colon, baseline = text.partition(":")
-    if not colon or not treatment or not baseline or treatment == baseline:
+    if not colon or not treatment or not baseline or treatment == baseline or ":" in baseline:
         raise ValueError(f"{text!r}: expected TREATMENT:BASELINE, two different norms "
                          "(e.g. bn:none or bn:layer)")
     return treatment, baseline
