@@ -675,9 +675,9 @@ a side:
 TUNED_ANSWER = """## The answer
 
 Is BatchNorm worth it at each one's best? Each norm's own tuned setting, re-run over seeds, BN \
-− no BN in test accuracy (95% interval; Welch over seeds only, Holm over the 1 C6 parts; \
-*equivalent* by TOST within ±0.5 pts for MNIST; claim C6 below); at a small budget, the \
-expected best validation accuracy after one trial of each search (C7).
+− no BN in test accuracy (95% interval, not Holm-adjusted; Welch over seeds only, Holm over \
+the 1 C6 parts; *equivalent* by TOST within ±0.5 pts for MNIST; claim C6 below); at a small \
+budget, the expected best validation accuracy after one trial of each search (C7).
 
 | dataset | optimizer | seeds (BN, no BN) | at each one's best |
 |:-|:-|:-|:-|

@@ -154,10 +154,11 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
     if tuned:
         return "\n".join(["## The answer", "",
                           "Is BatchNorm worth it at each one's best? Each norm's own tuned "
-                          "setting, re-run over seeds, BN − no BN in test accuracy (95% interval; "
-                          f"{tuned_words(tuned)}; claim C6 below); at a small budget, the "
-                          "expected best validation accuracy after one trial of each search "
-                          "(C7).", "", tuned_table(tuned, small), ""])
+                          "setting, re-run over seeds, BN − no BN in test accuracy (95% "
+                          f"interval, not Holm-adjusted; {tuned_words(tuned)}; claim C6 "
+                          "below); at a small budget, the expected best validation accuracy "
+                          "after one trial of each search (C7).", "", tuned_table(tuned, small),
+                          ""])
     if verdicts.empty:
         return ""
     if set(zip(verdicts["treatment"], verdicts["baseline"], strict=True)) != {STUDY}:
