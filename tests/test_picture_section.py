@@ -90,6 +90,7 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     assert float(none["change_share"]) > 0.9 and float(noisy["change_share"]) < 0.2
     assert none["colour_fidelity"] == "" and none["blueness_airplane"] == ""  # grey digits
     assert none["cross_conf"] == ""  # no checkpoints in hand-made jobs
+    assert "- `pc_alignment`: " in section and "- `colour_fidelity`: " not in section  # (MNIST)
     # No BN's weights are the data's directions, BN's noise: P1a (more aligned) and P1b (no
     # BN structured) hold for both optimizers, P1c (BN + Adam mostly structured) and P1d
     # (some no-BN units noise) do not. BN + Adam's hallucinations are noise: P3 fails there

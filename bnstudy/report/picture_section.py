@@ -269,7 +269,8 @@ def pictures_section(runs: pd.DataFrame, out: Path
              "change (final − initial). The figures show each configuration's first seed; the "
              "table and the verdicts use every ok seed (mean ± sample std, n). Every number is "
              "in `pictures.csv`, one row per run.", ""]
-    lines += [*(f"- `{c}`: {what}" for c, (what, _) in COLUMNS.items()), ""]
+    lines += [*(f"- `{c}`: {what}" for c, (what, _) in COLUMNS.items()
+                if c in table and table[c].notna().any()), ""]  # measured here
     for ref in refs.values():
         lines += [f"_{note}._" for note in ref.notes]
     figures: dict[str, Figure] = {}
