@@ -174,14 +174,15 @@ def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
     """So that SLURM says FAILED (sacct, seff, mail on failure), once submitit has kept the job's
     return value for the sweep (None: the job's code raised, Hydra's status FAILED)."""
     from hydra.core.utils import JobReturn, JobStatus
-    from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
     import hydra_plugins.bnstudy_launchers as plugin
     from bnstudy.records import RunRecord
 
     job = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bug")) if status is None \
         else JobReturn(status=JobStatus.COMPLETED, _return_value=RunRecord(status=status))
-    monkeypatch.setattr(submitit_launcher.BaseSubmititLauncher, "__call__", lambda *args: job)
+    # the launcher's own base class (Hydra's plugin scan may import submitit's module again)
+    base = next(c for c in plugin.SlurmLauncher.__mro__ if c.__name__ == "BaseSubmititLauncher")
+    monkeypatch.setattr(base, "__call__", lambda *args: job)
     at_exit = []
     monkeypatch.setattr(plugin.atexit, "register", at_exit.append)
     assert object.__new__(plugin.SlurmLauncher)(["seed=0"], "hydra.sweep.dir", 0, "id", {}) is job
