@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 from datetime import datetime
 from pathlib import Path
@@ -171,3 +172,10 @@ def is_requeue(recorded: dict | None, current: dict | None) -> bool:
     submitit local job is restarted by its own controller only)."""
     return same_job(recorded, current) and \
         current.get("restarts", 1) > recorded.get("restarts", 0)
+
+
+def dir_override(key: str, folder: str | Path) -> str:
+    """`key=folder` as Hydra reads it back: the folder quoted where its name has characters
+    Hydra's grammar takes for syntax (a run named by its overrides has `=`)."""
+    text = str(folder)
+    return f'{key}="{text}"' if re.search(r"""[=,\s()\[\]{}'"\\]""", text) else f"{key}={text}"

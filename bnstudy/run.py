@@ -36,6 +36,7 @@ from bnstudy.errors import ConfigError, DataError, RunFileError
 from bnstudy.jobdir import (
     JobDirLock,
     RunExistsError,
+    dir_override,
     is_primary,
     is_requeue,
     launcher_job,
@@ -300,7 +301,7 @@ def resume_command(cfg: DictConfig) -> str:
     task = [o for o in HydraConfig.get().overrides.task  # (Hydra keeps hydra.* out of it)
             if not o.startswith("resume=")] if HydraConfig.initialized() else []
     return shlex.join(["python", "-m", "bnstudy.train", *task, "resume=true",
-                       f"hydra.run.dir={cfg.paths.output_dir}"])
+                       dir_override("hydra.run.dir", cfg.paths.output_dir)])
 
 
 def check_devices(cfg: DictConfig) -> None:

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from bnstudy.config import CONFIG_DIR, register, unknown_override
-from bnstudy.jobdir import RunExistsError, launcher_job
+from bnstudy.jobdir import RunExistsError, dir_override, launcher_job
 from bnstudy.records import RunRecord, study_dir
 from bnstudy.run import RunEnded, is_multirun, train
 from bnstudy.sweep import note_refusal, register_launchers, stop_sweep
@@ -82,8 +82,8 @@ def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> R
 def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     """Says that the run stopped before its end, and how it goes on (its launcher's requeue,
     or resume=true)."""
-    where = (f"hydra.sweep.dir={study_dir(HydraConfig.get().sweep.dir)}" if is_multirun()
-             else f"hydra.run.dir={cfg.paths.output_dir}")
+    where = dir_override(*(("hydra.sweep.dir", study_dir(HydraConfig.get().sweep.dir))
+                           if is_multirun() else ("hydra.run.dir", cfg.paths.output_dir)))
     how = f"run the same command with resume=true {where}"
     if gave_up:
         how = (f"Its launcher will not requeue it ({gave_up}). To go on, {how} (and a larger "

@@ -397,6 +397,14 @@ def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(
                                    f"norm=none resume=true hydra.run.dir={tmp_path}")
     monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))  # train(cfg) outside a Hydra job
     assert resume_command(cfg) == f"python -m bnstudy.train resume=true hydra.run.dir={tmp_path}"
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    named = tmp_path / "2026-12-05_21-28-26_mnist-bn-sgd-seed0-max_epochs=1,lr=[0.1]"  # as typed
+    cfg = compose_config(f"paths.output_dir='{named}'")  # back through the shell and Hydra:
+    (*_, last) = OverridesParser.create().parse_overrides(shlex.split(resume_command(cfg))[3:])
+    assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
 
 
 def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
