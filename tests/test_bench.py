@@ -102,3 +102,26 @@ def test_no_round_to_time_is_refused_in_one_line(module, capsys):
     assert exit_.value.code == 2
     said = capsys.readouterr().err
     assert "error: --repeats 0: it times 1 round or more, e.g. --repeats 2" in said
+
+
+@pytest.mark.parametrize("args,said", [
+    (["stduy"], "'stduy' is no benchmark (study, profile) and no override KEY=VALUE"),
+    (["foo=1"], "foo: no such setting."),
+    (["dataset=imagenet"], "Could not find 'dataset/imagenet'"),
+    (["paths.data_dir=nowhere", "dataset.datamodule.download=false"], "files not found"),
+    (["profile", "--jobs", "0"], "--jobs 0: it profiles 1 job or more"),
+    (["profile", "foo=1"], "foo: no such setting."),
+    (["profile", "dataset=imagenet"], "Could not find 'dataset/imagenet'"),  # Hydra's: exit 1
+])
+def test_a_benchmark_given_a_mistake_says_it_in_one_paragraph(args, said, tmp_path):
+    """Each before anything is timed: argparse's usage and one line (exit 2) or Hydra's
+    paragraph, no traceback, and no profile folder left in the temporary directory."""
+    from helpers import run_module
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "bnstudy.bench", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300) \
+        if args[0] == "profile" else run_module("bnstudy.bench", *args, cwd=tmp_path)
+    assert proc.returncode == (1 if "imagenet" in args[-1] and args[0] == "profile" else 2)
+    assert said in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("bnstudy-profile-*"))

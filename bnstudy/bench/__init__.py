@@ -7,3 +7,14 @@
 `plain` is the plain PyTorch loop; the study benchmark starts it as processes (`python -m
 bnstudy.bench plain RUNS RESULTS --share I/N`): they import neither Lightning nor Hydra.
 """
+
+
+def check_overrides(overrides: list[str]) -> str | None:
+    """What is wrong with a benchmark's overrides before anything runs: a word that is no
+    KEY=VALUE (a misspelt benchmark), or a setting no config has."""
+    if word := next((o for o in overrides if "=" not in o and not o.startswith("~")), None):
+        return (f"{word!r} is no benchmark (study, profile) and no override KEY=VALUE, e.g. "
+                "python -m bnstudy.bench study, or python -m bnstudy.bench dataset=cifar10.")
+    from bnstudy.config import unknown_override  # (light: no Lightning)
+
+    return unknown_override(overrides)

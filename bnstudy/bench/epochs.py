@@ -21,11 +21,14 @@ T0 = time.perf_counter()
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 
+from bnstudy.bench import check_overrides  # noqa: E402
 from bnstudy.bench.plain import evaluate, minibatches, train_epoch  # noqa: E402
 from bnstudy.config import compose  # noqa: E402
 from bnstudy.console import quiet_console  # noqa: E402
+from bnstudy.errors import ConfigError, DataError  # noqa: E402
 from bnstudy.run import build, build_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
@@ -122,7 +125,9 @@ def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bnstudy.bench",
-                                     description=__doc__.splitlines()[0])
+                                     description=__doc__.splitlines()[0],
+                                     epilog="The others: python -m bnstudy.bench study --help "
+                                     "(a whole study), python -m bnstudy.bench profile --help.")
     parser.add_argument("--repeats", type=int, default=3, help="fits to time (default 3)")
     parser.add_argument("--floor", action="store_true",
                         help="also time a bare Lightning loop (no logger, no callbacks)")
@@ -130,16 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: it times 1 round or more, e.g. --repeats 2")
+    if problem := check_overrides(args.overrides):
+        parser.error(problem)
     quiet_console()  # the benchmark's lines only, not Lightning's notices at each fit
 
     t = time.perf_counter()
-    cfg = compose(["trainer.max_epochs=5", "trainer.enable_progress_bar=false",
-                   f"paths.output_dir={tempfile.gettempdir()}/bnstudy-bench", *args.overrides])
-    compose_s = time.perf_counter() - t
-    t = time.perf_counter()
-    datamodule, _, _ = build(cfg)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    try:
+        cfg = compose(["trainer.max_epochs=5", "trainer.enable_progress_bar=false",
+                       f"paths.output_dir={tempfile.gettempdir()}/bnstudy-bench",
+                       *args.overrides])
+        compose_s, t = time.perf_counter() - t, time.perf_counter()
+        datamodule, _, _ = build(cfg)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except (HydraException, ConfigError, DataError) as err:  # Hydra's, or the study's paragraph
+        parser.error(str(err))
     load_s = time.perf_counter() - t
 
     n = len(datamodule.train_set)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -120,6 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=3, help="jobs (seeds) to run (default 3)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=cifar10")
     args = parser.parse_intermixed_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: it profiles 1 job or more, e.g. --jobs 3")
+    from bnstudy.bench import check_overrides
+
+    if problem := check_overrides(args.overrides):
+        parser.error(problem)
 
     import bnstudy.train  # noqa: F401  (the entry point; Hydra and the config only)
     entry_s, start = time.perf_counter() - T0, time.perf_counter()
@@ -140,12 +147,15 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as exit_:
         if exit_.code:
             raise
-    total_s = time.perf_counter() - started
-    from bnstudy.records import sweep_records
+    finally:
+        total_s = time.perf_counter() - started
+        from bnstudy.records import sweep_records
 
-    epochs = statistics.median(len(r.history) or 1 for _, r in sweep_records(out))
+        found = sweep_records(out)
+        shutil.rmtree(out, ignore_errors=True)  # its jobs' files: only their times are kept
+    epochs = statistics.median(len(r.history) or 1 for _, r in found)
     jobs = sorted(timers.seconds)
-    print(f"{len(jobs)} job(s) of {epochs} epoch(s) in {total_s:.1f} s ({out}); imports: the "
+    print(f"{len(jobs)} job(s) of {epochs} epoch(s) in {total_s:.1f} s; imports: the "
           f"entry point {entry_s:.2f} s, then Lightning, torch, TensorBoard and the callbacks "
           f"{libraries_s:.2f} s (once per process)")
     print(f"{'phase':48s} {'s/job':>8s} {'ms/epoch':>9s} {'first job s':>12s}")
