@@ -44,7 +44,6 @@ log = logging.getLogger("bnstudy")
 
 REFUSALS_ENV = "BNSTUDY_SWEEP_REFUSALS"  # where a sweep's refused jobs leave their message
 PLUGIN = "hydra_plugins.bnstudy_launchers"  # the submitit launchers collecting job by job
-LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (`max_retry`)
 
 
 class OutputFolder(Callback):
@@ -122,12 +121,6 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.started = time.time()
-        launcher = config.hydra.get("launcher") or {}
-        if problem := signal_after_limit(launcher):
-            discard_empty_sweep(Path(config.hydra.sweep.dir))
-            sys.exit(problem)
-        if note := local_requeue_limit(launcher):
-            log.warning(note)
         # In the environment every launcher hands its jobs (a process of its own or not).
         os.environ[REFUSALS_ENV] = str(Path(config.hydra.sweep.dir).absolute() / ".refused" /
                                        f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}")
@@ -184,8 +177,12 @@ class SweepSummary(Callback):
             if held:  # this launch trained none of them: not a success
                 sys.exit(f"{kept} Their results stand: python -m bnstudy.report {sweep_dir}")
             return
-        lines = "\n".join(f"  {name}: {reason}" for name, reason in
-                          sorted(unfinished.items(), key=lambda item: job_order(item[0])))
+        alike: dict[str, list[str]] = {}  # jobs that ended alike (missing data): one line
+        for name in sorted(unfinished, key=job_order):
+            alike.setdefault(unfinished[name], []).append(name)
+        lines = "\n".join(f"  {names[0]}: {reason}" if len(names) == 1 else
+                          f"  {len(names)} jobs ({', '.join(names[:2])}{', …' * (len(names) > 2)}"
+                          f"): {reason}" for reason, names in alike.items())
         if discard_empty_sweep(sweep_dir):  # every job failed before training
             sys.exit(f"{len(unfinished)} job(s) failed before training, so nothing was kept "
                      f"({sweep_dir} removed):\n{lines}\nFix the cause, then run the command "
@@ -242,33 +239,6 @@ def unfinished_reason(job: Path, record: RunRecord) -> str:
         return (f"no result after {epochs} epoch(s): still running in "
                 f"{describe_holder(holder(job))}, or killed")
     return f"status {record.status}"
-
-
-def local_requeue_limit(launcher_cfg) -> str | None:
-    """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
-    it makes: past its limit a job ends without a result."""
-    wanted = launcher_cfg.get("max_num_timeout")
-    if not str(launcher_cfg.get("_target_", "")).endswith("LocalLauncher") or \
-            not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
-        return None
-    return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
-            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends without a result "
-            "(the sweep's summary names it; resume=true goes on). "
-            "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
-            "max_num_timeout.")
-
-
-def signal_after_limit(launcher_cfg) -> str | None:
-    """Why a SLURM time limit leaves no time to train: the stop signal, `signal_delay_s` before
-    the limit, would come as each job starts (and each requeue)."""
-    delay, minutes = launcher_cfg.get("signal_delay_s"), launcher_cfg.get("timeout_min")
-    if not isinstance(delay, int) or not isinstance(minutes, int) or delay < 60 * minutes:
-        return None
-    return (f"hydra.launcher.signal_delay_s={delay} is not shorter than "
-            f"hydra.launcher.timeout_min={minutes} ({60 * minutes} s): SLURM would signal each "
-            "job to stop as it starts, and requeue it without training, so nothing was run. "
-            f"Give each job more time (hydra.launcher.timeout_min={delay // 60 + 10}) or the "
-            f"signal less head start (hydra.launcher.signal_delay_s={60 * minutes // 4}).")
 
 
 def register_launchers() -> None:

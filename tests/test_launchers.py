@@ -189,6 +189,16 @@ def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
     assert at_exit == ([plugin._exit_failed] if fails else [])
 
 
+def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
+    from hydra_plugins.bnstudy_launchers import local_requeue_limit
+
+    note = local_requeue_limit({"max_num_timeout": 10})
+    assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
+                           "restarts a job at most 5 times")
+    for fine in ({"max_num_timeout": 5}, {}):
+        assert local_requeue_limit(fine) is None, fine
+
+
 def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
     """Overrides that send the job submitit's time-limit signal when `epoch` starts, once."""
     return ["+callbacks.limit._target_=tests.faults.SignalAtEpoch",

@@ -10,7 +10,7 @@ import pytest
 from helpers import run_train, write_job
 from omegaconf import OmegaConf
 
-from bnstudy.sweep import REFUSALS_ENV, SweepSummary, local_requeue_limit, note_refusal
+from bnstudy.sweep import REFUSALS_ENV, SweepSummary, note_refusal
 
 
 @pytest.fixture
@@ -55,6 +55,18 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, s
     assert f"\n  {job.name}: {reason}" in message and done.name not in message
     assert f"resume=true hydra.sweep.dir={tmp_path}" in message
     assert not (tmp_path / ".refused").exists()  # the refusals' notes are read and removed
+
+
+def test_jobs_that_ended_alike_are_one_line_of_the_summary(tmp_path, sweep_summary):
+    """Missing data fails every job of a dataset with the same paragraph: said once."""
+    missing = "failed: DataError: mnist: files not found: /typo/MNIST/raw/..."
+    jobs = [write_job(tmp_path, [0.4], status="failed", error=missing[8:], seed=s)
+            for s in range(3)]
+    other = write_job(tmp_path, [0.4], status="failed", error="ValueError: boom", seed=3)
+    message = sweep_summary.end()
+    assert message.startswith(f"4 job(s) of {tmp_path} did not finish")
+    assert f"\n  3 jobs ({jobs[0].name}, {jobs[1].name}, …): {missing}\n" in message
+    assert f"\n  {other.name}: failed: ValueError: boom\n" in message
 
 
 @pytest.mark.parametrize("also_unfinished", [False, True])
@@ -144,16 +156,6 @@ def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
     assert f"Could not write the {what} folder, {where}: " in proc.stderr
     assert "Nothing was run." in proc.stderr and f"point {key} at a" in proc.stderr
     assert not where.exists()
-
-
-def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
-    local, slurm = (f"hydra_plugins.bnstudy_launchers.{k}Launcher" for k in ("Local", "Slurm"))
-    note = local_requeue_limit(OmegaConf.create({"_target_": local, "max_num_timeout": 10}))
-    assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
-                           "restarts a job at most 5 times")
-    for fine in ({"_target_": local, "max_num_timeout": 5}, {"_target_": local},
-                 {"_target_": slurm, "max_num_timeout": 10}):
-        assert local_requeue_limit(OmegaConf.create(fine)) is None, fine
 
 
 class FakeJob:
@@ -320,6 +322,7 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
 
 
 def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):
+    from conftest import TINY_SWEEP
     from helpers import TINY_SETTINGS, run_sweep, sweep_jobs
 
     plan, jobs = (sweep / "multirun.yaml").read_bytes(), sweep_jobs(sweep)
@@ -330,3 +333,6 @@ def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny
         "dataset=mnist norm=bn optim=adam, this sweep's would be dataset=mnist norm=none " \
         "optim=sgd (job 2 there)." in " ".join(proc.stderr.split())
     assert (sweep / "multirun.yaml").read_bytes() == plan and sweep_jobs(sweep) == jobs
+    again = run_sweep(sweep, tiny_data, *TINY_SWEEP, *TINY_SETTINGS)  # itself, without resume
+    assert again.returncode == 1 and "8 job(s) already held a finished run" in again.stderr
+    assert (sweep / "multirun.yaml").read_bytes() == plan  # Hydra's own save, put back

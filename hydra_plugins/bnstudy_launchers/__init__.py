@@ -27,6 +27,7 @@ except ImportError:  # without the `launchers` extra there is nothing to extend
     submitit_launcher = None
 
 log = logging.getLogger(__name__)
+LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (`max_retry`)
 
 
 class _Collecting:
@@ -46,6 +47,10 @@ class _Collecting:
 
         params = dict(self.params)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        if problem := signal_after_limit(params):
+            _refuse(sweep_dir, problem)
+        if self._EXECUTOR == "local" and (note := local_requeue_limit(params)):
+            log.warning(note)
         init = {"folder": params.pop("submitit_folder")}
         if "max_num_timeout" in params:
             init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
@@ -97,6 +102,32 @@ class _Collecting:
             cfg.hydra.job.num = idx
         HydraConfig.instance().set_config(cfg)
         return str(cfg.hydra.sweep.subdir)
+
+
+def local_requeue_limit(launcher_cfg) -> str | None:
+    """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
+    it makes: past its limit a job ends without a result."""
+    wanted = launcher_cfg.get("max_num_timeout")
+    if not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
+        return None
+    return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
+            f"at most {LOCAL_RESTARTS} times, so a job that needs more ends without a result "
+            "(the sweep's summary names it; resume=true goes on). "
+            "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
+            "max_num_timeout.")
+
+
+def signal_after_limit(launcher_cfg) -> str | None:
+    """Why a SLURM time limit leaves no time to train: the stop signal, `signal_delay_s` before
+    the limit, would come as each job starts (and each requeue)."""
+    delay, minutes = launcher_cfg.get("signal_delay_s"), launcher_cfg.get("timeout_min")
+    if not isinstance(delay, int) or not isinstance(minutes, int) or delay < 60 * minutes:
+        return None
+    return (f"hydra.launcher.signal_delay_s={delay} is not shorter than "
+            f"hydra.launcher.timeout_min={minutes} ({60 * minutes} s): SLURM would signal each "
+            "job to stop as it starts, and requeue it without training, so nothing was run. "
+            f"Give each job more time (hydra.launcher.timeout_min={delay // 60 + 10}) or the "
+            f"signal less head start (hydra.launcher.signal_delay_s={60 * minutes // 4}).")
 
 
 def _exit_failed() -> None:

@@ -24,7 +24,13 @@ class GridSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]):
         check_plan(self.config)  # before Hydra saves this sweep's plan over the folder's
-        return super().sweep(arguments)
+        saved = Path(str(self.config.hydra.sweep.dir)) / "multirun.yaml"
+        kept = saved.read_bytes() if saved.is_file() else None
+        returns = super().sweep(arguments)
+        if kept is not None and all(getattr(job._return_value, "status", None) == "refused"
+                                    for batch in returns for job in batch):
+            saved.write_bytes(kept)  # a launch that trained nothing changes nothing
+        return returns
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         seen: set[str] = set()
