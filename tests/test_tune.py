@@ -331,6 +331,7 @@ def test_a_tuned_study_refuses_a_misspelt_cell_a_grids_folder_and_an_unfinished_
     assert not any(study.iterdir())
 
 
+@pytest.mark.slow  # two tuned studies through the entry point: 4 s
 def test_a_tuned_study_overwritten_keeps_none_of_the_old_ones_jobs(tmp_path, monkeypatch):
     """overwrite=true searches and re-runs from scratch: the old study's re-runs and trials go
     (a study with fewer seeds kept the others beside its own); not while one is in use."""
