@@ -322,7 +322,6 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
 
 
 def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):
-    from conftest import TINY_SWEEP
     from helpers import TINY_SETTINGS, run_sweep, sweep_jobs
 
     plan, jobs = (sweep / "multirun.yaml").read_bytes(), sweep_jobs(sweep)
@@ -333,6 +332,14 @@ def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny
         "dataset=mnist norm=bn optim=adam, this sweep's would be dataset=mnist norm=none " \
         "optim=sgd (job 2 there)." in " ".join(proc.stderr.split())
     assert (sweep / "multirun.yaml").read_bytes() == plan and sweep_jobs(sweep) == jobs
-    again = run_sweep(sweep, tiny_data, *TINY_SWEEP, *TINY_SETTINGS)  # itself, without resume
+
+
+@pytest.mark.slow  # 8 jobs refused: 3 s
+def test_the_same_sweep_launched_again_without_resume_changes_nothing(sweep, tiny_data):
+    from conftest import TINY_SWEEP
+    from helpers import TINY_SETTINGS, run_sweep
+
+    plan = (sweep / "multirun.yaml").read_bytes()
+    again = run_sweep(sweep, tiny_data, *TINY_SWEEP, *TINY_SETTINGS)
     assert again.returncode == 1 and "8 job(s) already held a finished run" in again.stderr
     assert (sweep / "multirun.yaml").read_bytes() == plan  # Hydra's own save, put back
