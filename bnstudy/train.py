@@ -7,6 +7,7 @@ value (whose summary exits: `bnstudy.sweep.SweepSummary`)."""
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -82,8 +83,9 @@ def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> R
 def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     """Says that the run stopped before its end, and how it goes on (its launcher's requeue,
     or resume=true)."""
-    where = dir_override(*(("hydra.sweep.dir", study_dir(HydraConfig.get().sweep.dir))
-                           if is_multirun() else ("hydra.run.dir", cfg.paths.output_dir)))
+    key, folder = ("hydra.sweep.dir", study_dir(HydraConfig.get().sweep.dir)) if is_multirun() \
+        else ("hydra.run.dir", cfg.paths.output_dir)
+    where = shlex.quote(dir_override(key, folder))  # as typed in a shell, then read by Hydra
     how = f"run the same command with resume=true {where}"
     if gave_up:
         how = (f"Its launcher will not requeue it ({gave_up}). To go on, {how} (and a larger "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers import (
     FAST,
+    compose_config,
     fresh_train,
     read_record,
     run_sweep,
@@ -388,3 +389,20 @@ def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
         adverts.info("💡 Tip: For seamless cloud logging and experiment tracking, try …")
         adverts.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_the_interrupted_lines_command_pastes_into_a_shell_for_hydra(tmp_path, caplog):
+    """A run folder named by its overrides has `=`: quoted for the shell and for Hydra."""
+    import logging
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bnstudy.train import _say_interrupted
+
+    named = tmp_path / "2026-12-05_22-22-22_cifar10-bn-sgd-seed0-max_epochs=1000"
+    with caplog.at_level(logging.ERROR, logger="bnstudy"):
+        _say_interrupted(compose_config(f"paths.output_dir='{named}'"))
+    typed = caplog.messages[-1].split("run the same command with ", 1)[1].rstrip(".")
+    (*_, last) = OverridesParser.create().parse_overrides(shlex.split(typed))
+    assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
