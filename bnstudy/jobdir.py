@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 from datetime import datetime
 from pathlib import Path
@@ -175,7 +176,9 @@ def is_requeue(recorded: dict | None, current: dict | None) -> bool:
 
 
 def dir_override(key: str, folder: str | Path) -> str:
-    """`key=folder` as Hydra reads it back: the folder quoted where its name has characters
-    Hydra's grammar takes for syntax (a run named by its overrides has `=`)."""
+    """`key=folder` as typed in a shell and read back by Hydra: the folder in Hydra's quotes
+    where its name has characters Hydra's grammar takes for syntax (a run named by its
+    overrides has `=`), the whole in the shell's where it needs them."""
     text = str(folder)
-    return f'{key}="{text}"' if re.search(r"""[=,\s()\[\]{}'"\\]""", text) else f"{key}={text}"
+    hydra = re.search(r"""[=,\s()\[\]{}'"\\]""", text)
+    return shlex.quote(f'{key}="{text}"' if hydra else f"{key}={text}")

@@ -300,8 +300,8 @@ def resume_command(cfg: DictConfig) -> str:
     """The command that goes on with this single run."""
     task = [o for o in HydraConfig.get().overrides.task  # (Hydra keeps hydra.* out of it)
             if not o.startswith("resume=")] if HydraConfig.initialized() else []
-    return shlex.join(["python", "-m", "bnstudy.train", *task, "resume=true",
-                       dir_override("hydra.run.dir", cfg.paths.output_dir)])
+    return f"{shlex.join(['python', '-m', 'bnstudy.train', *task, 'resume=true'])} " \
+        f"{dir_override('hydra.run.dir', cfg.paths.output_dir)}"
 
 
 def check_devices(cfg: DictConfig) -> None:

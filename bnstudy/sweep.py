@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.errors import RunFileError
-from bnstudy.jobdir import describe_holder, holder
+from bnstudy.jobdir import describe_holder, dir_override, holder
 from bnstudy.records import (
     RECORD_NAME,
     REMEDIES,
@@ -105,9 +105,9 @@ def check_plan(config: DictConfig) -> None:
     sys.exit(
         f"{sweep_dir} holds the jobs of another {clash} so nothing was run. To go on with that "
         f"sweep, run its command with resume=true: {command} resume=true "
-        f"hydra.sweep.dir={sweep_dir}; to run this one, give it a folder of its own "
-        "(hydra.sweep.dir=<another folder>). More seeds (seed=0,1,2,3,4 after seed=0,1,2, with "
-        "resume=true) keep the numbers and may share the folder.")
+        f"{dir_override('hydra.sweep.dir', sweep_dir)}; to run this one, give it a folder of "
+        "its own (hydra.sweep.dir=<another folder>). More seeds (seed=0,1,2,3,4 after "
+        "seed=0,1,2, with resume=true) keep the numbers and may share the folder.")
 
 
 class SweepSummary(Callback):
@@ -189,7 +189,8 @@ class SweepSummary(Callback):
                      "again.")
         sys.exit(f"{len(unfinished)} job(s) of {sweep_dir} did not finish; the others kept their "
                  f"results:\n{lines}\nFix the cause, then re-run the same command with "
-                 f"resume=true hydra.sweep.dir={sweep_dir} to run only what is unfinished."
+                 f"resume=true {dir_override('hydra.sweep.dir', sweep_dir)} to run only what is "
+                 "unfinished."
                  + (f"\n{kept}" if kept else ""))
 
 

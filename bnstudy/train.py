@@ -7,7 +7,6 @@ value (whose summary exits: `bnstudy.sweep.SweepSummary`)."""
 from __future__ import annotations
 
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -85,7 +84,7 @@ def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     or resume=true)."""
     key, folder = ("hydra.sweep.dir", study_dir(HydraConfig.get().sweep.dir)) if is_multirun() \
         else ("hydra.run.dir", cfg.paths.output_dir)
-    where = shlex.quote(dir_override(key, folder))  # as typed in a shell, then read by Hydra
+    where = dir_override(key, folder)
     how = f"run the same command with resume=true {where}"
     if gave_up:
         how = (f"Its launcher will not requeue it ({gave_up}). To go on, {how} (and a larger "
@@ -105,7 +104,8 @@ def sweep_interrupted() -> str:
     sweep = study_dir(sweep)
     return (f"Interrupted: the sweep {sweep} stopped. Its finished jobs keep their results "
             f"(python -m bnstudy.report {sweep}); to go on, run the same command with "
-            f"resume=true hydra.sweep.dir={sweep}: only what is unfinished runs.")
+            f"resume=true {dir_override('hydra.sweep.dir', sweep)}: only what is unfinished "
+            "runs.")
 
 
 def single_run_of_a_sweep(hydra_cfg) -> str | None:

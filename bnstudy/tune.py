@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.config import changed_settings, validate
 from bnstudy.errors import ConfigError
-from bnstudy.jobdir import is_locked
+from bnstudy.jobdir import dir_override, is_locked
 from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord, job_dirs, write_json_atomic
 from bnstudy.sweep import announce, discard_empty_sweep
 from bnstudy.trials import Cells, ScoringLauncher, score
@@ -72,26 +72,28 @@ def _values(override: str) -> list:
 
 def check_folder(config: DictConfig, sweep_dir: Path) -> None:
     """Refuses a grid sweep's folder, and a tuned study's unless resumed as run or overwritten."""
-    tuned, started = (sweep_dir / TUNING_FILE).is_file(), (sweep_dir / SEARCH_DIR).is_dir()
-    if not (tuned or started) and job_dirs(sweep_dir):
-        raise ConfigError(f"{sweep_dir} holds the jobs of another kind of sweep (a grid of "
-                          "values), so nothing was run. Give the tuned study a folder of its own "
-                          "(hydra.sweep.dir=<another folder>).")
-    if (tuned or started) and not (config.get("resume") or config.get("overwrite")):
+    tuned, search = (sweep_dir / TUNING_FILE).is_file(), sweep_dir / SEARCH_DIR
+    if not (tuned or search.is_dir()):
+        if job_dirs(sweep_dir):
+            raise ConfigError(f"{sweep_dir} holds the jobs of another kind of sweep (a grid of "
+                              "values), so nothing was run. Give the tuned study a folder of its "
+                              "own (hydra.sweep.dir=<another folder>).")
+    elif not (config.get("resume") or config.get("overwrite")):
         raise ConfigError(  # its trials would be refused and the record of its search lost
             f"{sweep_dir} already holds a tuned study ({TUNING_FILE if tuned else 'search/'}); "
             "nothing was changed. Add resume=true to go on (finished trials and runs are kept, "
             "the rest run), overwrite=true to search and re-run again from scratch, or choose "
             "another hydra.sweep.dir.")
-    if (tuned or started) and config.get("overwrite"):  # from scratch: none of its jobs stay
-        old = [*job_dirs(sweep_dir), *(j for c in (sweep_dir / SEARCH_DIR).glob("*/")
-                                       for j in job_dirs(c))]
-        if busy := [job.name for job in old if is_locked(job)]:
+    elif config.get("overwrite"):  # from scratch: none of its jobs stay
+        reruns = job_dirs(sweep_dir)
+        trials = [job for cell in search.glob("*/") for job in job_dirs(cell)]
+        if busy := [job.name for job in reruns + trials if is_locked(job)]:
             raise ConfigError(f"overwrite=true, but the tuned study in {sweep_dir} is running "
                               f"({', '.join(busy[:3])} in use), so nothing was changed. Wait "
                               "until it ends (or stop it), then run this command again.")
-        for job in [*old, sweep_dir / SEARCH_DIR, sweep_dir / TUNING_FILE]:
-            shutil.rmtree(job) if job.is_dir() else job.unlink(missing_ok=True)
+        for folder in [*reruns, search]:  # (the trials go with search/)
+            shutil.rmtree(folder, ignore_errors=True)
+        (sweep_dir / TUNING_FILE).unlink(missing_ok=True)
     stored = sweep_dir / "multirun.yaml"
     if config.get("resume") and stored.is_file() and \
             (changed := changed_settings(OmegaConf.load(stored), config)):
@@ -160,8 +162,8 @@ class TunedSweeper(Sweeper):
         except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
             sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder
             log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
-                      "trials, then the re-runs), run the same command with resume=true "
-                      "hydra.sweep.dir=%s", sweep_dir, sweep_dir)
+                      "trials, then the re-runs), run the same command with resume=true %s",
+                      sweep_dir, dir_override("hydra.sweep.dir", sweep_dir))
             raise
         if unsearched:
             sys.exit(unsearched)
@@ -210,8 +212,9 @@ class TunedSweeper(Sweeper):
         return (f"{len(unsearched)} cell(s) of {sweep_dir} found no setting, so they have no "
                 f"re-runs{others}:\n" + "\n".join(f"  {problem}" for problem in unsearched)
                 + "\nFix the cause (each trial's error is above, and in its train.log if it "
-                f"started), then run the same command with resume=true hydra.sweep.dir="
-                f"{sweep_dir}: finished trials and runs are kept, the failed ones run again."
+                f"started), then run the same command with resume=true "
+                f"{dir_override('hydra.sweep.dir', sweep_dir)}: finished trials and runs are "
+                "kept, the failed ones run again."
                 ) if unsearched else None
 
     def _search(self, cell: dict, rest: list[str], sweep_dir: Path, together: Cells

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 import bnstudy.report.sections as S
+from bnstudy.jobdir import dir_override
 from bnstudy.records import SEARCH_DIR, TUNING_FILE, read_tuning, study_dir
 from bnstudy.report.answer import answer_section
 from bnstudy.report.budget import budget_section
@@ -119,13 +120,15 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if (sweep_dir / SEARCH_DIR).is_dir() and not (sweep_dir / TUNING_FILE).is_file():
         raise ReportError(f"{sweep_dir} holds a tuned study whose searches did not finish (no "
                           f"{TUNING_FILE} yet), so there is nothing to report. To finish them: "
-                          f"its command with resume=true hydra.sweep.dir={sweep_dir}")
+                          "its command with resume=true "
+                          f"{dir_override('hydra.sweep.dir', sweep_dir)}")
     try:
         read_tuning(sweep_dir)
     except ValueError as err:  # not JSON: cut short or edited by hand
         raise ReportError(f"{sweep_dir / TUNING_FILE} cannot be read ({err}), so nothing was "
-                          "written. The study's command with resume=true hydra.sweep.dir="
-                          f"{sweep_dir} writes it again from its finished trials and runs.") \
+                          "written. The study's command with resume=true "
+                          f"{dir_override('hydra.sweep.dir', sweep_dir)} writes it again from its "
+                          "finished trials and runs.") \
             from None
     if costs is None:
         from bnstudy.report.cost import CLOCK_FILE, pair_costs
