@@ -40,7 +40,7 @@ def test_split_is_fixed_and_disjoint(tiny_data):
     assert torch.equal(a.val_set.x, b.val_set.x)  # same val images whatever the run's seed
     train_rows = {tuple(r.tolist()) for r in a.train_set.x.flatten(1)[:, ::7]}
     assert not any(tuple(r.tolist()) in train_rows for r in a.val_set.x.flatten(1)[:, ::7])
-    assert len(a.train_set) == 300 and a.test_set is None  # test split only for `test`
+    assert len(a.train_set) == 300 and a.test_set is not None  # a fit ends in a test
 
 
 def test_split_seed_null_draws_the_split_from_the_run_seed(tiny_data):
@@ -177,9 +177,12 @@ def test_missing_files_with_download_disabled(tmp_path):
 
 
 @pytest.mark.parametrize("damaged", ["MNIST/raw/train-images-idx3-ubyte",
-                                     "cifar-10-batches-py/data_batch_3"])
-def test_a_damaged_file_is_named(tmp_path, damaged):
-    """A truncated IDX file, a CIFAR-10 batch that is not a pickle."""
+                                     "MNIST/raw/t10k-labels-idx1-ubyte",
+                                     "cifar-10-batches-py/data_batch_3",
+                                     "cifar-10-batches-py/test_batch"])
+def test_a_damaged_file_is_named_before_training(tmp_path, damaged):
+    """A truncated IDX file, a CIFAR-10 batch that is not a pickle; a test file too, since a
+    fit ends in a test."""
     write_mnist(tmp_path, n_train=20, n_test=10)
     write_cifar10(tmp_path, per_batch=4, n_test=4)
     path = tmp_path / damaged
