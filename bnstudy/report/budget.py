@@ -1,20 +1,10 @@
 """Claim C7, the budget curve of a tuned sweep (`SWEEP/tuning.json`): is BN worth it at a budget?
 
-Per dataset × optimizer × norm cell, the *expected best validation accuracy after k trials*
-(k = 1..n) of its independent random search: the mean, over every k-subset of the n trials
-run, of the subset's best (Tang et al. 2020's unbiased estimator, Dodge et al. 2019's curve
-without replacement): E_k = Σ_i v_(i) C(i−1, k−1) / C(n, k), v sorted ascending. A diverged
-trial scores 0 (as `tune.objective` does); a failed trial is left out. *After s seconds*: the
-expected best of the k(s) = ⌊s / m⌋ trials that fit in s seconds, m the cell's mean trial
-seconds (its runs' `wall_time_s`), so the seconds axis charges BN its own cost per trial.
-
-Bands: a percentile bootstrap (`BOOT` resamples of each cell's trials with replacement, a
-fixed seed, 95 %), each arm resampled on its own (the searches are independent), the
-difference treatment − baseline from the paired resamples' differences; the seconds axis holds
-each cell's mean trial time fixed (the band covers the accuracies, not the clock).
-C7 at k = 1 and 2 (`SMALL`): each part's bootstrap p, Holm-adjusted over C7's parts, < 0.05:
-holds above 0, does not hold below; else cannot tell.
-"""
+Per cell, the expected best validation accuracy after k trials of its random search (Tang et
+al. 2020's unbiased estimator: E_k = Σ_i v_(i) C(i−1, k−1) / C(n, k), v ascending; a diverged
+trial scores 0, a failed one is left out), and after s seconds (the ⌊s / mean trial seconds⌋
+trials that fit). Bands: a percentile bootstrap of each arm's trials. C7 at k in `SMALL`: the
+bootstrap p, Holm-adjusted over C7's parts."""
 
 from __future__ import annotations
 

@@ -1,22 +1,11 @@
 """C5: accuracy as a function of compute, and its clock.
 
-The clock: the CPU seconds of a training step with the treatment norm and with the baseline
-(`pair`), measured paired in one process at one torch thread (`time.thread_time`), the two
-alternating in blocks `ROUNDS` times. Noise only adds time, so each side's cost is its fastest
-block (timeit's rule). A round's ratio pairs two adjacent blocks, so a drift of the machine's
-speed cancels. It runs in a fresh process (`measure_apart`): inside the long-lived report, or
-with each block's net built anew, the memory's history spread CIFAR-10/Adam's rounds over
-0.6–1.8× (BN's step read 0.84× once); in a fresh process, built once, 0.8–1.2×. C5 charges
-the treatment a distribution-free 95 % upper bound of the median round's ratio
-(`StepCost.charged`, an order statistic): conservative, yet one freak block (14× was seen) does
-not move it. The report measures it once per sweep and keeps it (`pair_costs`), so a second
-report decides the same.
-
-The reading: a run's epoch e ends at compute e × its step-cost ratio (the baseline's = 1), in
-baseline epochs; at each epoch end it has the best validation accuracy so far (what
-checkpointing on val acc keeps), and between two epoch ends the value is interpolated linearly,
-so it is monotone in the budget. Before the first epoch end no model has been validated: NaN.
-Past the run's last epoch end its best stays (the run stopped there)."""
+The clock (`measure`, in a fresh process: `measure_apart`): CPU seconds of a training step of
+each norm, paired in one process at one torch thread, alternating blocks `ROUNDS` times; each
+side's cost is its fastest block, and C5 charges the treatment a distribution-free 95 % upper
+bound of the median round's ratio (`StepCost.charged`), kept per sweep (`pair_costs`).
+The reading: a run's epoch e ends at e × its step-cost ratio (baseline epochs); the value is
+the best validation accuracy so far, linear between epoch ends, NaN before the first."""
 
 from __future__ import annotations
 
