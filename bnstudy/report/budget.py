@@ -197,10 +197,8 @@ def words(budget: Budget) -> str:
 
 
 def claim_rows(found: list[Budget]) -> list[dict]:
-    """C7's parts (a dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on their
-    bootstrap p, Holm-adjusted over C7's parts (p < 0.05: holds above 0, does not hold below;
-    else cannot tell), then the claim's verdict: holds when all parts hold, does not hold when
-    any does not."""
+    """C7's parts (dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on their
+    bootstrap p Holm-adjusted over C7's parts, with the claim's verdict."""
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
@@ -290,9 +288,8 @@ def table(budget: Budget) -> str:
 
 
 def tuning_table(tuning: dict) -> str:
-    """C6's search: the sampler's settings, then per cell the trials, its mean trial time, the
-    setting chosen (its rank in the search) and its validation accuracy in the search and re-run
-    over the seeds."""
+    """C6's search: the sampler's settings, then per cell its trials, the setting chosen and
+    its validation accuracy."""
     def chosen(cell: dict) -> tuple[str, str]:  # (rank in the search, mean val acc)
         for rank, c in enumerate(cell.get("candidates", []), 1):
             if c.get("params") == cell.get("best_params"):
@@ -347,9 +344,8 @@ def small_words(budget: Budget, verdict: str) -> str:
 
 
 def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> Section:
-    """The tuning budget's `Section` (C7) of a tuned sweep, its figures named `budget_<pair>`;
-    writes `out/budget.csv` (removes an old one). Empty without `tuning.json` or a pair both
-    of whose norms were searched."""
+    """A tuned sweep's `Section` (C7), its figures `budget_<pair>`, and `out/budget.csv`;
+    empty without `tuning.json` or a pair both of whose norms were searched."""
     (out / BUDGET_FILE).unlink(missing_ok=True)
     tuning = read_tuning(sweep_dir)
     found = [] if tuning is None else budgets(tuning, pairs)

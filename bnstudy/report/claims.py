@@ -46,10 +46,8 @@ class Term:
 
 @dataclass(frozen=True)
 class Part:
-    """A claim's part: `statement` tested on `quantity`, a column of `source` (curves, time,
-    tuned, pictures), through `terms`; `sign`: Σ weight × mean's claimed sign; or `rule`, a
-    test every seed must pass. `family`: the parts Holm adjusts together (default: the
-    claim's in `FAMILIES`, else the claim alone)."""
+    """A claim's part: `statement` tested on `quantity` of `source` through `terms` (`sign`:
+    the claimed sign), or `rule`, met by every seed; `family`: Holm's (`FAMILIES`)."""
 
     claim: str
     part: str

@@ -114,9 +114,8 @@ def measure(cfg, rounds: int = ROUNDS, steps: int = STEPS, pair=STUDY) -> StepCo
 
 
 def measure_apart(configs: list[Path], rounds: int = ROUNDS) -> list[StepCost]:
-    """`measure` for each run config file, in a fresh Python process: a long-lived process's
-    memory history moves a step's cost (inside the report, CIFAR-10/Adam's rounds read
-    0.59–1.82×)."""
+    """`measure` for each run config file, in a fresh Python process (a long-lived one's
+    memory history moves a step's cost)."""
     code = ("import json, sys; from dataclasses import asdict; from omegaconf import OmegaConf; "
             "from bnstudy.report.cost import measure; print(json.dumps([asdict(measure("
             "OmegaConf.load(p), rounds=int(sys.argv[1]))) for p in sys.argv[2:]]))")
@@ -129,8 +128,7 @@ def measure_apart(configs: list[Path], rounds: int = ROUNDS) -> list[StepCost]:
 
 def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost]:
     """The step cost of each (dataset, optim) with runs of both norms, on its first run's
-    `.hydra/config.yaml`; measured once: `kept` (the report's `clock.json`) holds each pair's,
-    so a second report on the same runs decides the same (delete it to measure again)."""
+    config; measured once and kept in `kept` (the report's `clock.json`)."""
     from bnstudy.records import write_json_atomic
 
     stored = json.loads(kept.read_text()) if kept is not None and kept.is_file() else {}
@@ -201,9 +199,8 @@ def full_compute(runs: pd.DataFrame) -> int:
 
 
 def time_table(runs: pd.DataFrame, ratios: dict[tuple[str, str], float]) -> pd.DataFrame:
-    """The runs with C5's `val_acc_at_<share>`: `val_acc_at` a share of the baseline runs' full
-    compute, a treatment step costing `ratios[dataset, optim]` baseline steps (pairs without
-    one left out)."""
+    """The runs of the pairs in `ratios` with C5's `val_acc_at_<share>` of the baseline runs'
+    full compute, a treatment step costing `ratios[dataset, optim]`."""
     parts = []
     for (dataset, optim), ratio in ratios.items():
         mine = runs[(runs["dataset"] == dataset) & (runs["optim"] == optim)]

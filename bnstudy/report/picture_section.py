@@ -121,10 +121,8 @@ def hallucinations_figure(title: str, picture_runs: list[PictureRun],
 
 def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                    rows_by_job: dict[str, dict], num_units: int = 64) -> Figure:
-    """A row per configuration (first seed): its final first-layer weights and the learned
-    change (final − initial), the first `num_units` units, each tile scaled on its own
-    (mid-grey 0); a top reference row of the training images' top principal components and
-    class means."""
+    """A row per configuration (first seed): final first-layer weights and learned change,
+    under a reference row (top principal components, class means)."""
     import torch
     from torchvision.utils import make_grid
 
@@ -239,10 +237,8 @@ def recipe_words(picture_runs: list[PictureRun]) -> str:
 
 def pictures_section(runs: pd.DataFrame, out: Path
                      ) -> tuple[str, dict[str, Figure], list[tuple[dict, list[Result]]]]:
-    """The report.md section `## Pictures`, its figures (`hallucinations_<dataset>`,
-    `weights_<dataset>`, a `_<setting>` suffix when other hparams vary), `out/pictures.csv` and
-    the picture claims' results per setting (for claims.csv); ("", {}, []) when no ok run saved
-    picture files."""
+    """`## Pictures`, its figures, `out/pictures.csv` and P1–P3's results per setting; ("",
+    {}, []) when no ok run saved picture files."""
     picture_runs = load_picture_runs(runs)
     if not picture_runs:
         return "", {}, []

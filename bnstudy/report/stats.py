@@ -38,8 +38,8 @@ VERDICT_COLUMNS = ("treatment", "baseline", "quantity", "n_treatment", "n_baseli
 
 @dataclass(frozen=True)
 class Spread:
-    """One variance component of a contrast: `var / n` with n − 1 df; `seeds`: it shrinks as
-    seeds are added (the test images' does not)."""
+    """One variance component of a contrast, `var / n` with n − 1 df (`seeds`: shrinks with
+    more seeds; the test images' does not)."""
 
     var: float
     n: int
@@ -78,8 +78,7 @@ def t_parts(spreads: tuple[Spread, ...], n: int | None = None) -> tuple[float, f
 
 
 def paired_sums(terms: list[tuple[float, list[float]]], seeds: list[list]) -> list[float] | None:
-    """Per seed that every term has once, Σ weight × value; None where a term repeats or lacks
-    a seed, or fewer than 2 seeds are shared."""
+    """Per seed every term has once, Σ weight × value; None with fewer than 2 such seeds."""
     maps = []
     for (_, xs), ss in zip(terms, seeds, strict=True):
         if any(s is None for s in ss) or len(set(ss)) < len(ss):
@@ -104,10 +103,8 @@ def image_spread(images: list[tuple[float, list[np.ndarray]]]) -> Spread | None:
 def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA,
              seeds: list[list] | None = None, images: Spread | None = None,
              margin: float = math.nan) -> Contrast:
-    """The contrast of `terms` [(weight, values), ...]: paired over the seeds the terms share
-    when `seeds` (per term, each value's seed) pair them, else Welch's ([(1, a), (-1, b)]:
-    scipy's `ttest_rel(a, b)` / `ttest_ind(a, b, equal_var=False)`); `images` adds the test
-    images' sampling error; TOST against ±`margin` when finite."""
+    """The contrast of `terms` [(weight, values), ...]: paired over the seeds they share when
+    `seeds` pair them, else Welch's; `images`: the test images' error; TOST against ±`margin`."""
     sums = paired_sums(terms, seeds) if seeds is not None and len(terms) > 1 else None
     test = PAIRED if sums else ONE if len(terms) == 1 else UNPAIRED if seeds else WELCH
     if any(len(values) == 0 for _, values in terms):
@@ -120,7 +117,7 @@ def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA,
         estimate = float(sum(w * np.mean(values) for w, values in terms))
         spreads = tuple(Spread(w * w * float(np.var(xs, ddof=1)) if len(xs) > 1 else math.nan,
                                len(xs)) for w, xs in terms)
-        flat = untestable(terms)
+        flat = any(len(v) < 2 for _, v in terms) or all(np.ptp(v) == 0 for _, v in terms)
     if images is not None:
         test = IMAGES
         spreads += (images,)
@@ -134,11 +131,6 @@ def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA,
                float(stats.t.cdf((estimate - margin) / se, df)))
     return Contrast(estimate, estimate - half, estimate + half, p, test, n_paired, margin,
                     tost, p, tost, spreads)
-
-
-def untestable(terms: list[tuple[float, list[float]]]) -> bool:
-    """A group with < 2 values, or no spread at all (not a rounding residue's variance)."""
-    return any(len(v) < 2 for _, v in terms) or all(np.ptp(v) == 0 for _, v in terms)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -321,11 +313,8 @@ def mean_std(xs) -> tuple[float, float]:
 
 def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]], tuned: bool = False
              ) -> pd.DataFrame:
-    """verdicts.csv: per comparison and compared pair, the ok seeds, mean final val accs,
-    treatment − baseline paired over shared seeds (else Welch), its p raw and Holm-adjusted
-    over the table (one family), 95% interval, TOST against the dataset's margin, verdict,
-    power, diverged runs. `tuned` (each norm at its own tuned setting, chosen on val acc):
-    test accs, Welch, as C6 compares them."""
+    """verdicts.csv: per comparison and pair, treatment − baseline in final val acc (`tuned`:
+    test acc, Welch, as C6), Holm-adjusted over the table, TOST, verdict, power."""
     rows, tests, margin = [], [], margins(runs)
     quantity = "test_acc" if tuned else "final_val_acc"
     for ckey, by_norm in settings(runs):

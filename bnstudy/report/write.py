@@ -108,10 +108,8 @@ def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
 
 def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
                  pairs: list[tuple[str, str]] | None = None, named: list[str] = ()) -> Path:
-    """Loads the table of runs, decides, and writes `sweep_dir/report/`; returns report.md's
-    path. `costs` measures C5's step costs (default: `bnstudy.report.cost.pair_costs`);
-    `pairs`: the (treatment, baseline) norms compared (default: `runs.compared`'s); `named`:
-    the datasets the user gave targets for (one the sweep lacks is a ReportError)."""
+    """Writes `sweep_dir/report/`, returns report.md's path. `costs`: C5's clock (default
+    `cost.pair_costs`); `named`: the datasets given targets (one absent is a ReportError)."""
     sweep_dir = Path(sweep_dir)
     if (study := study_dir(sweep_dir)) != sweep_dir:
         raise ReportError(f"{sweep_dir} is one cell's search in the tuned study {study}, so "
