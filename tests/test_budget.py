@@ -3,7 +3,6 @@ brute force, the seeded bootstrap band, the words on a crossover, budget.csv and
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -11,6 +10,7 @@ import math
 import numpy as np
 import pytest
 from helpers import scalar_tags, scalars, write_job
+from test_report import read_csv
 
 from bnstudy.records import TUNING_FILE
 from bnstudy.report.budget import BUDGET_FILE, budgets, expected_best, words
@@ -47,7 +47,7 @@ def crossover(bn_value: float = 0.87, **where) -> list[dict]:
             cell("none", 0.5 + 0.5 * np.arange(N) / N, 8.0, failed=3, **where)]
 
 
-def test_the_band_holds_the_estimate_and_repeats_itself():
+def test_the_band_holds_the_estimate_and_repeats_itself_and_seconds_charge_each_norms_time():
     tuning = {"cells": crossover()}
     (first,) = budgets(tuning, [("bn", "none")])
     (again,) = budgets(tuning, [("bn", "none")])
@@ -61,6 +61,11 @@ def test_the_band_holds_the_estimate_and_repeats_itself():
     k1 = first.rows()[0]
     assert k1["baseline_high"] - k1["baseline_low"] > 0.01  # a band, not a point
     assert k1["diff"] == pytest.approx(0.87 - np.mean(0.5 + 0.5 * np.arange(N) / N))
+    seconds = [r for r in first.rows() if r["budget"] == "seconds"]
+    assert seconds[0]["seconds"] == 10.0  # the first budget both afford a trial
+    at = {r["seconds"]: (r["treatment_k"], r["baseline_k"]) for r in seconds}
+    assert at[40.0] == (4, 5) and at[24.0] == (2, 3)
+    assert seconds[-1]["seconds"] == N * 8.0  # no BN's search ends first
 
 
 def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
@@ -92,15 +97,6 @@ def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
     assert words(later) == "BN is not shown ahead at a small budget; it is ahead at 2 trials."
 
 
-def test_the_seconds_axis_charges_each_norm_its_own_trial_time():
-    (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
-    seconds = [r for r in budget.rows() if r["budget"] == "seconds"]
-    assert seconds[0]["seconds"] == 10.0  # the first budget both afford a trial
-    at = {r["seconds"]: (r["treatment_k"], r["baseline_k"]) for r in seconds}
-    assert at[40.0] == (4, 5) and at[24.0] == (2, 3)
-    assert seconds[-1]["seconds"] == N * 8.0  # no BN's search ends first
-
-
 def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
     """A tuned sweep: the cells' searches in tuning.json and two re-runs per cell."""
     for c in cells:
@@ -120,8 +116,7 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     write_tuned_sweep(tmp_path, crossover() + crossover(0.6, optim="adam"))
     assert report([str(tmp_path)]) == 0
     out = tmp_path / "report"
-    with open(out / BUDGET_FILE) as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(out / BUDGET_FILE)
     assert list(rows[0]) == [
         "dataset", "optim", "treatment", "baseline", "budget", "k", "seconds", "treatment_k",
         "baseline_k", "treatment_seconds", "baseline_seconds", "treatment_best",
@@ -134,8 +129,7 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert {r["k"] for r in rows if r["budget"] == "seconds"} == {""}
     for name in ("budget_mnist-sgd-bn-none", "budget_mnist-adam-bn-none"):
         assert (out / f"{name}.png").is_file()
-    with open(out / "claims.csv") as f:
-        c7 = {r["part"]: r for r in csv.DictReader(f) if r["claim"] == "C7"}
+    c7 = {r["part"]: r for r in read_csv(out / "claims.csv") if r["claim"] == "C7"}
     assert {p: r["verdict"] for p, r in c7.items()} == {
         " (MNIST, SGD, k=1)": "holds", " (MNIST, SGD, k=2)": "holds",
         " (MNIST, Adam, k=1)": "does not hold", " (MNIST, Adam, k=2)": "does not hold"}

@@ -158,24 +158,20 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         (out / f"{name}.csv").unlink(missing_ok=True)
         if len(rows):
             write_csv(rows, out / f"{name}.csv")
-    sections = [text for text in (claims, budget.text) if text]
+    made = [(text, {}) for text in (claims, budget.text) if text]
     for hparam in [h for h in SWEEPS if h in keys]:
-        for section, figs in (S.robustness_section(hparam, runs, keys),
-                              S.regime_section(hparam, verdict_table)):
-            sections.append(section)
-            figures.update(figs)
+        made += [S.robustness_section(hparam, runs, keys), S.regime_section(hparam, verdict_table)]
     for ckey, by_norm in settings(runs):
         mine = verdict_table
         for k, v in ckey if len(mine) else ():
             mine = mine[mine[k].map(str) == str(v)]
-        section, figs = S.comparison(ckey, by_norm, mine)
-        sections.append(section)
+        made.append(S.comparison(ckey, by_norm, mine))
+    made += [(picture_text, picture_figs)] if picture_text else []  # labelled figures, P1–P3
+    for _, figs in made:
         figures.update(figs)
-    if picture_text:  # labelled figures, P1–P3
-        sections.append(picture_text)
-        figures.update(picture_figs)
     answer = answer_section(verdict_table, results, budget.small)
-    markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys), sections,
+    markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys),
+                               [text for text, _ in made],
                                never_started(sweep_dir), answer, len(tuned) or None)
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, budget.scalars)
