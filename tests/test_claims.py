@@ -616,9 +616,6 @@ def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
     apart = [part, *(C.Part("R", str(i), "", "", "final_val_acc", C.pair("mnist", "sgd"))
                      for i in range(3))]  # other families leave Q's adjustment alone
     assert V.evaluate(apart, {"curves": table})[0].verdict == "holds"
-    families = {p.claim: p.family for p in C.declare(["mnist", "cifar10"])}
-    assert families == {**dict.fromkeys(("C1", "C2", "C3", "C4"), "curves"), "C5": "cost",
-                        "C6": "tuned", **dict.fromkeys(("P1", "P2", "P3"), "pictures")}
 
 
 def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_where_not():
@@ -691,9 +688,7 @@ def test_the_answer_section_word_for_word():
     decide), or a tuned sweep's at each one's best; nothing without comparisons."""
     from bnstudy.report.answer import answer_section
 
-    c5a, c6 = cannot_tell_parts()  # the intervals: scipy's ttest_rel and Welch's
-    assert (c5a.test.ci_low, c5a.test.ci_high) == pytest.approx(sps.ttest_rel(
-        [0.90, 0.91, 0.92], [0.89, 0.915, 0.905]).confidence_interval(), abs=1e-9)
+    c5a, c6 = cannot_tell_parts()
     table = pd.DataFrame([WIN, ONE_SEED])
     assert squeezed(answer_section(table, [c5a])) == ANSWER
     assert squeezed(answer_section(table, [c6])) == TUNED_ANSWER

@@ -253,11 +253,9 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
                 ax.plot(np.array(diverged) * shift, np.zeros(len(diverged)), ls="none",
                         marker="x", ms=9, mew=2, color=color, clip_on=False,
                         label=f"{norm_label(norm)}: diverged ({len(diverged)})")
-            left_out = {o: sum(int((g["outcome"] == o).sum()) for g in by_value.values())
-                        for o in ("failed", "unfinished")}
-            if any(left_out.values()):
-                counts = ", ".join(f"{n} {o}" for o, n in left_out.items() if n)
-                notes.append(f"{norm_label(norm)}: {counts} (not drawn)")
+            found = pd.concat(by_value.values())["outcome"].value_counts()
+            if left_out := [f"{found[o]} {o}" for o in ("failed", "unfinished") if o in found]:
+                notes.append(f"{norm_label(norm)}: {', '.join(left_out)} (not drawn)")
         best = usable_values(by_norm)[0]
         if not math.isnan(best):
             ax.axhline(best - USABLE_WITHIN, color="grey", ls=":", lw=1,

@@ -21,9 +21,8 @@ POWER = 0.8  # the power a detectable difference and the seeds needed are stated
 SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun, section title)
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
-VERDICTS = ("holds", "does not hold", "equivalent", "cannot tell")  # the rule's one vocabulary
-_COMPARISON_WORDS = dict(zip(VERDICTS, ("wins", "loses", "equivalent", "cannot tell"),
-                             strict=True))  # treatment − baseline, claimed sign +
+_COMPARISON_WORDS = {"holds": "wins", "does not hold": "loses", "equivalent": "equivalent",
+                     "cannot tell": "cannot tell"}  # the rule's verdicts, treatment − baseline
 PAIRED, WELCH, UNPAIRED, IMAGES, ONE = ("paired t", "Welch", "Welch, seeds unpaired",
                                         "Welch + test images", "one-sample t")
 VERDICT_COLUMNS = ("treatment", "baseline", "quantity", "n_treatment", "n_baseline",
