@@ -731,6 +731,11 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "size only",
         "One seed a side shows direction and size only; to decide: python -m bnstudy.train -m "
         "experiment=decisive hydra/launcher=parallel"]
+    # a sweep that ran on SLURM is told to decide there
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      hydra/launcher: slurm\n")
+    assert console_answer(tmp_path).splitlines()[-1].endswith(
+        "experiment=decisive hydra/launcher=slurm")
 
 
 def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_small_budget():

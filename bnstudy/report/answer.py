@@ -24,6 +24,19 @@ from bnstudy.report.verdicts import Result
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
 
 
+def decide_command(sweep_dir) -> str:
+    """`DECIDE`, on SLURM where the sweep ran there (its `multirun.yaml`'s launcher choice)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    plan = Path(sweep_dir) / "multirun.yaml"
+    launcher = OmegaConf.select(OmegaConf.load(plan), "hydra.runtime.choices") \
+        if plan.is_file() else None
+    slurm = launcher is not None and launcher.get("hydra/launcher") == "slurm"
+    return DECIDE.replace("=parallel", "=slurm") if slurm else DECIDE
+
+
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
           seeds: int = 2, treatment: str = STUDY[0], margin: float = math.nan,
           test: str = "") -> str:
@@ -147,8 +160,8 @@ def method_words(verdicts: pd.DataFrame) -> str:
             f"*equivalent* by TOST within {margin_words(margins)}")
 
 
-def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | None = None
-                   ) -> str:
+def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | None = None,
+                   decide: str = DECIDE) -> str:
     """report.md's `## The answer`: the table, how to read it, the command that decides."""
     tuned = [r for r in results if r.claim == "C6"]
     if tuned:
@@ -179,7 +192,7 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
     if (verdicts[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
         text += ["One seed a side shows the direction and size of each difference, not whether "
                  "it is larger than the seed-to-seed spread. To decide, run 3 or more seeds "
-                 "(`seed=0,1,2`), or the study at 20 seeds a side:", "", f"    {DECIDE}", ""]
+                 "(`seed=0,1,2`), or the study at 20 seeds a side:", "", f"    {decide}", ""]
     return "\n".join(text)
 
 
@@ -211,7 +224,8 @@ def console_answer(sweep_dir) -> str:
         lines.append(f"  {place} ({row['n_treatment']} vs {row['n_baseline']} seeds): "
                      f"{row_words(row)}")
     if (table[["n_treatment", "n_baseline"]].min(axis=1) == 1).any():
-        lines.append(f"One seed a side shows direction and size only; to decide: {DECIDE}")
+        lines.append("One seed a side shows direction and size only; to decide: "
+                     + decide_command(sweep_dir))
     return "\n".join(lines)
 
 

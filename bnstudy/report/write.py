@@ -17,7 +17,7 @@ from PIL import Image
 import bnstudy.report.sections as S
 from bnstudy.jobdir import dir_override
 from bnstudy.records import SEARCH_DIR, TUNING_FILE, read_tuning, study_dir
-from bnstudy.report.answer import answer_section
+from bnstudy.report.answer import answer_section, decide_command
 from bnstudy.report.budget import budget_section
 from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
 from bnstudy.report.picture_section import pictures_section
@@ -169,7 +169,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     made += [(picture_text, picture_figs)] if picture_text else []  # labelled figures, P1–P3
     for _, figs in made:
         figures.update(figs)
-    answer = answer_section(verdict_table, results, budget.small)
+    answer = answer_section(verdict_table, results, budget.small, decide_command(sweep_dir))
     markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys),
                                [text for text, _ in made],
                                never_started(sweep_dir), answer, len(tuned) or None)
