@@ -26,16 +26,14 @@ CURVE_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
 
 class MetricsHistory(Callback):
-    """The one writer of `metrics.json` while a run trains: after each epoch, the epoch's
-    train/val loss and accuracy appended to `history`, with the series of every callback that
-    has a `record_key` and `series()` (the probes). The history is in the checkpoint: a resume
-    continues it, its clock (`time_s`) going on from `elapsed_before`."""
+    """The one writer of `metrics.json` while a run trains: each epoch's losses and accuracies
+    appended to `history` (kept in the checkpoint; `time_s` goes on from `elapsed_before`), with
+    the `series()` of every callback that has a `record_key` (the probes)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.history: list[dict] = []
-        self._fit_start = 0.0
-        self.elapsed_before = 0.0
+        self._fit_start = self.elapsed_before = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -43,8 +41,8 @@ class MetricsHistory(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        row.update({key: float(metrics[key]) for key in CURVE_KEYS if key in metrics})
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               **{key: float(metrics[key]) for key in CURVE_KEYS if key in metrics}}
         row["time_s"] = self.elapsed_before + time.perf_counter() - self._fit_start
         self.history.append(row)
         if trainer.is_global_zero:
@@ -60,8 +58,8 @@ class MetricsHistory(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops training at the first NaN or infinite training loss: `diverged_at = {"epoch",
-    "step" (steps taken, the bad one included), "loss"}`, recorded as `status: diverged`."""
+    """Stops training at the first non-finite training loss: `diverged_at = {"epoch", "step"
+    (the bad one included), "loss"}`, recorded as `status: diverged`."""
 
     def __init__(self) -> None:
         self.diverged_at: dict | None = None
@@ -84,8 +82,8 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
 
 
 class ComparisonCurves(Callback):
-    """On rank 0: the pair's layout at fit start; the train curve after each training epoch,
-    the val curves after each validation (the points of Lightning's `val/*`, no stale copy)."""
+    """On rank 0: the pair's layout at fit start, the train curve after each training epoch,
+    the val curves after each validation (Lightning's `val/*` points, no stale copy)."""
 
     def __init__(self, dataset: str, optim: str) -> None:
         self.pair = pair_name(dataset, optim)
@@ -103,12 +101,9 @@ class ComparisonCurves(Callback):
             self._write(trainer, [m for m in COMPARED if m.startswith("val/")])
 
     def _write(self, trainer: L.Trainer, compared: list[str]) -> None:
-        writer = tensorboard_writer(trainer)
-        if writer is None or not trainer.is_global_zero:
-            return
-        metrics = trainer.callback_metrics
-        for metric in compared:
-            if metric in metrics:  # at the step Lightning logs them (that of the last batch)
+        writer, metrics = tensorboard_writer(trainer), trainer.callback_metrics
+        for metric in compared:  # at the step Lightning logs them (that of the last batch)
+            if writer is not None and trainer.is_global_zero and metric in metrics:
                 writer.add_scalar(compare_tag(self.pair, metric), float(metrics[metric]),
                                   trainer.global_step - 1)
 
@@ -122,9 +117,9 @@ def tensorboard_log(trainer: L.Trainer) -> Log | None:
 
 
 class ImageCallback(Callback):
-    """Base: `draw`s `<prefix>_<suffix>.png` per prefix after every `every_n_epochs`-th epoch
-    (0: never) and when training ends (the last epoch's copied if at the same step and
-    `epoch_is_final`), then `finish`es (what the report measures); not for a diverged run."""
+    """Base: `draw`s `<prefix>_<suffix>.png` after every `every_n_epochs`-th epoch (0: never)
+    and when training ends (the last epoch's copied if at the same step and `epoch_is_final`),
+    then `finish`es (what the report measures); nothing for a diverged run."""
 
     epoch_is_final = True
     prefixes: tuple[str, ...]
@@ -133,7 +128,7 @@ class ImageCallback(Callback):
         self.dirpath = Path(dirpath)
         self.every_n_epochs = every_n_epochs
         self._last: tuple[int, str] | None = None  # (global step, suffix) of the last pictures
-        self._ended = False  # whether this fit's training ended (and drew the final pictures)
+        self._ended = False  # whether this fit's training ended (final pictures drawn)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -173,10 +168,9 @@ class ImageCallback(Callback):
 
 class WeightGrid(ImageCallback):
     """The first layer's weights (a tile per unit or filter) and their learned change, final −
-    initial (with SGD a few per cent of a unit's energy: the weights alone show mostly the
-    initialisation); the initial weights are kept in the checkpoint. TensorBoard
-    `weights/first_layer[_change]`; `weights[_change]_epoch{E}.png`, `..._final.png` and
-    `weights_final.pt` (for the report) in `dirpath`."""
+    initial (the initial weights kept in the checkpoint): TensorBoard
+    `weights/first_layer[_change]`, `weights[_change]_{epoch<E>,final}.png` and
+    `weights_final.pt` in `dirpath`."""
 
     prefixes = ("weights", "weights_change")
 
@@ -205,9 +199,9 @@ class WeightGrid(ImageCallback):
 
 
 class Hallucinations(ImageCallback):
-    """One input per class the model finds most typical of it (`Hallucinator`'s recipe: the
-    keyword arguments); an epoch's drawing takes `epoch_steps` (None: `steps`). TensorBoard
-    `hallucination/all`; `hallucinations_epoch{E}.png`, `_final.png`, `.npz`, `.pt` in `dirpath`."""
+    """One input per class the model finds most typical of it (`Hallucinator`'s recipe); an
+    epoch's drawing takes `epoch_steps` (None: `steps`). TensorBoard `hallucination/all`;
+    `hallucinations_{epoch<E>,final}.png`, `_final.npz`, `_final.pt` in `dirpath`."""
 
     prefixes = ("hallucinations",)
 
@@ -218,12 +212,12 @@ class Hallucinations(ImageCallback):
         steps = self.recipe.settings["steps"]
         self.epoch_steps = steps if epoch_steps is None else epoch_steps
         self.epoch_is_final = self.epoch_steps == steps
-        self.seconds = math.nan  # of the last drawing
-        self._images: torch.Tensor | None = None  # the last drawing's normalised images
+        self.seconds = math.nan  # of the last drawing, and its normalised images:
+        self._images: torch.Tensor | None = None
 
     @property
-    def settings(self) -> dict:
-        return self.recipe.settings  # `hallucinate`'s keyword arguments
+    def settings(self) -> dict:  # `hallucinate`'s keyword arguments
+        return self.recipe.settings
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs > 0

@@ -1,14 +1,7 @@
-"""What TensorBoard shows beyond Lightning's logging: the study's comparison at a glance. It
-imports neither Lightning nor torch (a sweep's main process and the report use it).
-
-- The comparison curves' tags and Custom Scalars layout (`bnstudy.callbacks.ComparisonCurves`
-  writes them): per epoch `compare/<dataset>-<optim>/{train_loss,val_loss,val_acc}`, a
-  category per pair charting exactly that pair's runs (every norm, all seeds).
-- The sweep's view over seeds: `SWEEP/+mean/<norm>` runs, each pair's mean ± std over the seeds
-  finished so far as margin charts; `BROWSE_URL` opens them at any number of runs.
-- HParams: a session per run (its settings), an experiment per sweep (what varies, marked
-  `differs` so TensorBoard lists it first, then dataset, norm, optim, seed; the metrics).
-"""
+"""What TensorBoard shows beyond Lightning's logging (no Lightning or torch import at the top:
+a sweep's main process and the report use it): the comparison curves `compare/<pair>/*` and
+their Custom Scalars layout, a category per dataset-optim pair; the sweep's `+mean/<norm>` runs
+(mean ± std over seeds, opened by `BROWSE_URL`); HParams sessions and the sweep's experiment."""
 
 from __future__ import annotations
 
@@ -52,16 +45,22 @@ def compare_tag(pair: str, metric: str) -> str:
     return f"compare/{pair}/{metric.replace('/', '_')}"
 
 
+def custom_layout(pairs: Iterable[str], title, kind: str, tags) -> dict:
+    """A Custom Scalars layout: a category per pair (`title(pair)`), a `kind` chart per compared
+    metric of `tags(pair, metric)`."""
+    return {title(pair): {f"{pair.replace('-', ' · ')} · {metric}": [kind, tags(pair, metric)]
+                          for metric in COMPARED} for pair in pairs}
+
+
 def comparison_layout(pairs: Iterable[str]) -> dict:
-    """A Custom Scalars layout: a category per pair, a multiline chart per compared metric."""
-    return {pair.replace("-", " · "): {
-        f"{pair.replace('-', ' · ')} · {metric}": ["Multiline", [f"^{compare_tag(pair, metric)}$"]]
-        for metric in COMPARED} for pair in pairs}
+    """The runs' layout: a multiline chart per compared metric of exactly the pair's runs."""
+    return custom_layout(pairs, lambda pair: pair.replace("-", " · "), "Multiline",
+                         lambda pair, metric: [f"^{compare_tag(pair, metric)}$"])
 
 
 def tb_value(value):
-    """An hparam value for HParams: numbers as floats (one type a domain, sorted by value),
-    booleans and strings as they are, anything else (lists, None) as text."""
+    """An hparam value: numbers as floats (one type a domain), booleans and strings as they
+    are, anything else (lists, None) as text."""
     if isinstance(value, bool | str):
         return value
     return float(value) if isinstance(value, int | float) else str(value)
@@ -84,7 +83,7 @@ def _ordered(values: set) -> list:
 
 def experiment_summary(runs_settings: list[dict]) -> Summary:
     """The HParams experiment: the settings that vary (or some runs lack), marked `differs`,
-    then the fixed study choices (dataset, norm, optim, seed), discrete; the study's metrics."""
+    then the fixed study choices (dataset, norm, optim, seed), discrete; the metrics."""
     values: dict[str, set] = {}
     for settings in runs_settings:
         for key, value in settings.items():
@@ -115,13 +114,11 @@ def write_sweep_experiment(job_dir: Path, runs_settings: list[dict]) -> None:
     writer.close()
 
 
-# -- the sweep's view over seeds ---------------------------------------------------------------
-# Each finished job rewrites `SWEEP/+mean/<group>` (a run per norm and other swept setting):
-# scalars `seeds/<pair>/<metric>/{mean,lower,upper}` at the step each epoch ends, and a margin
-# chart per pair and metric. `+` sorts first. A refresh writes a new events file (versions
-# counting up) opening with a SessionLog START, so TensorBoard replaces the earlier points
-# (older files are kept: the Python loader stops at a file deleted under it); it holds
-# `+mean/.lock`, and writes each file beside its final name, then renames it.
+# -- the sweep's view over seeds: each finished job rewrites `SWEEP/+mean/<group>` (a run per
+# norm and other swept setting; `+` sorts first). A refresh writes a new events file (versions
+# counting up, under `+mean/.lock`, renamed into place) opening with a SessionLog START, so
+# TensorBoard replaces the earlier points (older files are kept: the Python loader stops at a
+# file deleted under it).
 
 MEAN_DIR = "+mean"
 
@@ -160,8 +157,8 @@ def mean_curves(records: list[RunRecord], group=mean_group
 
 
 def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
-    """The `+mean` runs' Custom Scalars layout: a category per pair titled with its seeds so
-    far, a margin chart per compared metric."""
+    """The `+mean` runs' layout: a category per pair titled with its seeds so far, a margin
+    chart per compared metric."""
     def seeds(pair: str) -> str:
         counts = {group: by_pair[pair]["val/acc"][0][3] for group, by_pair in (curves or {}).items()
                   if by_pair.get(pair, {}).get("val/acc")}
@@ -171,32 +168,30 @@ def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
             return f"{next(iter(counts.values()))} seed(s) each"
         return "seeds (" + ", ".join(f"{group} {n}" for group, n in counts.items()) + ")"
 
-    return {f"{pair.replace('-', ' · ')} · mean ± std over {seeds(pair)}": {
-        f"{pair.replace('-', ' · ')} · {metric}":
-            ["Margin", [mean_tag(pair, metric, part) for part in ("mean", "lower", "upper")]]
-        for metric in COMPARED} for pair in pairs}
+    return custom_layout(
+        pairs, lambda pair: f"{pair.replace('-', ' · ')} · mean ± std over {seeds(pair)}",
+        "Margin", lambda pair, metric: [mean_tag(pair, metric, part)
+                                        for part in ("mean", "lower", "upper")])
 
 
 def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict,
                 now: float | None = None) -> bytes:
     """One `+mean` run's events file: version, SessionLog START, layout, then its curves, all
     at wall time `now` (default: the clock's)."""
-    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
     from tensorboard.summary.writer.record_writer import RecordWriter
     from torch.utils.tensorboard.summary import custom_scalars, scalar
 
     now, buffer = time.time() if now is None else now, io.BytesIO()
     records = RecordWriter(buffer)
-    for event in (Event(wall_time=now, file_version="brain.Event:2"),
-                  Event(wall_time=now, step=0, session_log=SessionLog(status=SessionLog.START)),
-                  Event(wall_time=now, step=0, summary=custom_scalars(layout))):
-        records.write(event.SerializeToString())
-    for pair, by_metric in curves.items():
-        for metric, curve in by_metric.items():
-            for step, mean, std, _ in curve:
-                for part, value in (("mean", mean), ("lower", mean - std), ("upper", mean + std)):
-                    records.write(Event(wall_time=now, step=step, summary=scalar(
-                        mean_tag(pair, metric, part), value)).SerializeToString())
+    start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+    events = [{"file_version": "brain.Event:2"}, {"step": 0, "session_log": start},
+              {"step": 0, "summary": custom_scalars(layout)}]
+    events += [{"step": step, "summary": scalar(mean_tag(pair, metric, part), value)}
+               for pair, by_metric in curves.items() for metric, curve in by_metric.items()
+               for step, mean, std, _ in curve
+               for part, value in (("mean", mean), ("lower", mean - std), ("upper", mean + std))]
+    for event in events:
+        records.write(event_pb2.Event(wall_time=now, **event).SerializeToString())
     return buffer.getvalue()
 
 
@@ -209,9 +204,8 @@ def refresh_mean_runs(sweep_dir: str | Path, timeout: float = 60,
     sweep_dir = Path(sweep_dir)
     root = root or sweep_dir / MEAN_DIR
     root.mkdir(exist_ok=True)
-    with FileLock(root / ".lock", timeout=timeout):  # the records as they are now, read
-        # a tuned sweep: each norm's kept setting's re-runs (`final_jobs`; none while it
-        # searches), grouped by norm alone (the setting is tuned)
+    with FileLock(root / ".lock", timeout=timeout):  # a tuned sweep: each norm's kept
+        # setting's re-runs (`final_jobs`; none while it searches), grouped by norm alone
         tuning = read_tuning(sweep_dir)
         kept = None if tuning is None else set(final_jobs(tuning))
         found = [r for job, r in sweep_records(sweep_dir)
