@@ -1,7 +1,6 @@
-"""Opt-in probes (`callbacks=probes`) of what BatchNorm does to activations
-(`ActivationPercentiles`, Ioffe & Szegedy 2015, Fig. 1) and gradients (`GradientBehaviour`,
-Santurkar et al. 2018): logged at the optimizer step they measure, their series kept in the
-checkpoint and (through `MetricsHistory`) in `metrics.json` under `record_key`."""
+"""Opt-in probes (`callbacks=probes`) of what BatchNorm does to activations (Ioffe & Szegedy
+2015, Fig. 1) and gradients (Santurkar et al. 2018), logged at the optimizer step they measure;
+their series are kept in the checkpoint and in `metrics.json` under `record_key`."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from bnstudy.callbacks import tensorboard_writer
 
 
 class Probe(Callback):
-    """Base: the series live in the attributes named in `kept`, which the checkpoint keeps."""
+    """Base: the series live in the attributes named in `kept`, kept in the checkpoint."""
 
     record_key: str
     kept: tuple[str, ...]
@@ -41,11 +40,9 @@ class Probe(Callback):
 
 class ActivationPercentiles(Probe):
     """Percentiles (in %) of a few units' (features' or channels') pre-activations over the
-    minibatch and positions, every `every_n_steps`-th step from 0: a pre-hook on the
-    `layer`-th `nn.ReLU` takes the step's first training-mode input (not the probes' or
-    pictures' extra forwards). TensorBoard `activations/unit{u}/p{q}`, histogram
-    `activations/layer{layer}`; `activations`: `{"module", "layer", "units", "percentiles",
-    "steps": [S], "values": S × units × q}`."""
+    minibatch and positions, every `every_n_steps`-th step: the step's first training-mode
+    input of the `layer`-th `nn.ReLU`. TensorBoard `activations/unit{u}/p{q}`, histogram
+    `activations/layer{layer}`; `values`: steps × units × percentiles."""
 
     record_key, kept = "activations", ("steps", "values")
 
@@ -60,7 +57,7 @@ class ActivationPercentiles(Probe):
                 raise ValueError(f"ActivationPercentiles: {why}.")
         self.layer, self.units, self.percentiles = layer, list(units), list(percentiles)
         self.every_n_steps, self.module_name = every_n_steps, ""
-        self.steps, self.values = [], []  # values: steps × units × percentiles
+        self.steps, self.values = [], []
         self._hook = self._trainer = self._last_taken = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -112,10 +109,9 @@ def layer_grad_norms(model: nn.Module) -> dict[str, float]:
 
 
 def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[str, list[float]]:
-    """Along the current gradient g on `batch = (x, y)`, per η: `loss` = L(θ − η g)
-    (cross-entropy), `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||; in the
-    model's current mode, by `functional_call` on detached parameters and cloned buffers under
-    one forked RNG: parameters, buffers, grads and RNG untouched."""
+    """Along the current gradient g on `batch = (x, y)`, per η: `loss` = L(θ − η g),
+    `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||; by `functional_call` on
+    detached parameters and cloned buffers under a forked RNG: the model left untouched."""
     (x, y), devices = batch, [] if batch[0].device.index is None else [batch[0].device.index]
     params = {name: p.detach() for name, p in model.named_parameters()}
     grads = {name: p.grad.detach() for name, p in model.named_parameters() if p.grad is not None}
@@ -142,13 +138,11 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
 
 
 class GradientBehaviour(Probe):
-    """After the backward pass, before the update (training unchanged), on the step's batch:
-    every `every_n_steps`-th step `layer_grad_norms` (TensorBoard `gradients/norm/<module>`);
-    every `landscape_every_n_steps`-th a `gradient_landscape` over `etas`, TensorBoard
-    `landscape/loss_range` (max − min over η of L(θ − η g)), `grad_change_max` and
-    `beta_smoothness` (max of grad_change / ||η g||). `gradients`: `{"steps": [S], "norms":
-    {module: [S]}, "landscape": {"etas": [E], "steps": [T], "loss", "grad_change": T × E,
-    "loss_range", "grad_change_max", "beta_smoothness": [T]}}`."""
+    """Before each update, on the step's batch: every `every_n_steps`-th step
+    `layer_grad_norms` (TensorBoard `gradients/norm/<module>`); every
+    `landscape_every_n_steps`-th a `gradient_landscape` over `etas` and its summary
+    `landscape/loss_range` (max − min of the losses), `grad_change_max` and `beta_smoothness`
+    (max of grad_change / ||η g||)."""
 
     record_key, kept = "gradients", ("steps", "norms", "landscape")
 

@@ -1,10 +1,7 @@
-"""The trackers a run logs to: Lightning's loggers, one file each in `conf/logger/` (several
-at once: `'logger=[tensorboard,mlflow]'`), built by Hydra. The study adds a local MLflow store
-made once under a lock (a parallel sweep's jobs would race MLflow's set-up), a W&B run left
-open by the previous job of the process finished first, a resumed or requeued run continued
-in its tracker run (TensorBoard's events, MLflow's run, CSV's version, W&B's run id), and the
-run's settings as every tracker's hyperparameters (TensorBoard gets the study's own HParams
-session and views, `bnstudy.dashboard`, only when it is among the trackers)."""
+"""The trackers a run logs to: Lightning's loggers of `conf/logger/` (several at once:
+`'logger=[tensorboard,mlflow]'`), built by Hydra, plus a local MLflow store made once under a
+lock, a W&B run left open by the process's previous job finished first, a resumed run continued
+in its tracker runs, and the run's settings as every tracker's hyperparameters."""
 
 from __future__ import annotations
 
@@ -25,6 +22,8 @@ if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
 NEEDS = {"MLFlowLogger": "mlflow", "WandbLogger": "wandb"}  # the package (and extra) it needs
+NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name in the tracker
+RUN_KEYS = {"MLFlowLogger": "run_id", "CSVLogger": "version", "WandbLogger": "id"}  # its run
 
 
 def _kind(node: DictConfig) -> str:
@@ -38,17 +37,11 @@ def uses_tensorboard(logger_cfg: DictConfig | None) -> bool:
                if node is not None)
 
 
-NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name in the tracker
-RUN_KEYS = {"MLFlowLogger": "run_id", "CSVLogger": "version", "WandbLogger": "id"}  # its run
-
-
 def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None,
                  step: int | None = None) -> list[Logger]:
-    """The loggers of the `logger` group; a tracker's run without a name of its own is named
-    `run` (the job directory's, as its TensorBoard run). `resumed`: the tracker runs a resumed
-    run goes on logging to (`tracker_runs`), after global step `step` (its checkpoint's): what
-    the earlier attempt logged after it (part of an epoch) is dropped, in TensorBoard (a purge)
-    and in the CSV file; what it logged at that step (the epoch end's pictures) stays."""
+    """The loggers of the `logger` group, a run without a name of its own named `run`.
+    `resumed`: the tracker runs (`tracker_runs`) a resumed run goes on in after its checkpoint's
+    global `step`; what was logged after that step goes (TensorBoard's purge, the CSV rows)."""
     loggers, resumed = [], resumed or {}
     for name, node in (logger_cfg or {}).items():
         if node is None:
@@ -81,8 +74,8 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
 
 
 def tracker_runs(loggers: list[Logger]) -> dict[str, str | int]:
-    """The tracker runs a resume goes on logging to, by logger class: MLflow's run id, the CSV
-    log's version, W&B's run id."""
+    """The tracker runs a resume goes on logging to, by logger class: MLflow's and W&B's run
+    id, the CSV log's version."""
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
     return {type(lg).__name__: lg.run_id if isinstance(lg, MLFlowLogger) else lg.version
@@ -90,8 +83,8 @@ def tracker_runs(loggers: list[Logger]) -> dict[str, str | int]:
 
 
 def continue_csv(logger, step: int | None = None) -> None:
-    """Keeps the rows of a resumed run's `metrics.csv` (those up to `step`), which Lightning's
-    CSV writer clears when it starts: the resumed run appends to them (under the same header)."""
+    """Keeps the rows up to `step` of a resumed run's `metrics.csv`, which Lightning's CSV
+    writer clears when it starts, for the run to append to under the same header."""
     metrics = Path(logger.log_dir) / "metrics.csv"
     kept = metrics.read_text() if metrics.is_file() else ""
     writer = logger.experiment  # clears the file
@@ -106,9 +99,8 @@ def continue_csv(logger, step: int | None = None) -> None:
 
 
 def log_settings(loggers: list[Logger], settings: dict) -> None:
-    """The run's settings as every tracker's hyperparameters (TensorBoard: its `hparams.yaml`
-    alone, the HParams session being the study's own); an MLflow run that a resume goes on
-    with keeps the values it has (MLflow refuses to change one)."""
+    """The run's settings as every tracker's hyperparameters (TensorBoard: `hparams.yaml`
+    alone); a resumed MLflow run keeps the values it has (MLflow refuses to change one)."""
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
     for logger in loggers:
@@ -122,10 +114,9 @@ def log_settings(loggers: list[Logger], settings: dict) -> None:
 
 
 def prepare_mlflow_store(node: DictConfig) -> None:
-    """Creates a local SQLite store and its experiment if not there yet, under a lock beside the
-    store (jobs starting together would race MLflow's set-up), whole or not at all: a new store
-    is made aside and renamed into place (a Ctrl-C during MLflow's set-up left half its tables,
-    which no later run could use). Other stores are MLflow's."""
+    """Creates a local SQLite store and its experiment if not there yet, under a lock (jobs
+    starting together race MLflow's set-up), whole or not at all: made aside, then renamed (a
+    Ctrl-C during the set-up left half its tables). Other stores are MLflow's."""
     uri = str(node.get("tracking_uri") or "")
     if not uri.startswith("sqlite:///"):
         return
@@ -160,8 +151,8 @@ def _experiment(database: Path, node: DictConfig) -> None:
 
 
 def finish_open_wandb_run() -> None:
-    """Finishes a W&B run still open in this process (the previous job of a sweep that runs
-    its jobs in one process), so that this job gets a run of its own."""
+    """Finishes a W&B run still open in this process (a sweep's previous job), so that this
+    job gets a run of its own."""
     import wandb
 
     if wandb.run is not None:

@@ -1,6 +1,6 @@
 """A network's pictures drawn into a run's `images/` and TensorBoard (by the picture callbacks
-and `python -m bnstudy.draw`) with, beside the final ones, the files the report measures. Each
-PNG is encoded once: the same bytes go to the file and, through `log`, to TensorBoard."""
+and `python -m bnstudy.draw`), with the files the report measures beside the final ones; each
+PNG is encoded once, the same bytes going to the file and TensorBoard."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ NOT_RECIPE = ("nrow", "_stats")  # Hallucinator's fields that are not `hallucina
 
 
 def save_image(path: Path, tag: str, image: torch.Tensor, log: Log | None = None) -> None:
-    """A (C, H, W) image in [0, 1] as PNG (× 255, truncated), written atomically, and the same
-    summary (tag `tag`) handed to `log`, if given."""
+    """A (C, H, W) image in [0, 1] as PNG (× 255, truncated), written atomically; its summary
+    (tag `tag`) handed to `log`, if given."""
     summary = image_summary(tag, image.detach().cpu(), dataformats="CHW")
     replace_file(path, summary.value[0].image.encoded_image_string)
     if log is not None:
@@ -47,8 +47,8 @@ def save_bytes(path: Path, save: Callable, content) -> None:
 
 
 def data_source(data) -> dict:
-    """What the report needs to load the run's dataset again: the datamodule's class, its
-    absolute data directory and the class names."""
+    """What the report needs to load the run's dataset again: datamodule class, absolute data
+    directory, class names."""
     return {"datamodule": f"{type(data).__module__}.{type(data).__qualname__}",
             "data_dir": str(Path(data.data_dir).resolve()), "classes": list(data.classes)}
 
@@ -62,7 +62,7 @@ def draw_weights(model: nn.Module, input_shape: Sequence[int], dirpath: Path, su
                  initial: torch.Tensor | None = None, num_units: int = 64,
                  log: Log | None = None) -> None:
     """The first layer's `weight_grid`, `weights_<suffix>.png` (`weights/first_layer`), and
-    with fitting `initial` weights the change, `weights_change_<suffix>.png` (`..._change`)."""
+    with fitting `initial` weights the change's, `weights_change_<suffix>.png`."""
     weight = first_layer(model).weight.detach().cpu()
     save_image(dirpath / f"weights_{suffix}.png", "weights/first_layer",
                weight_grid(weight, input_shape, num_units), log)
@@ -72,8 +72,8 @@ def draw_weights(model: nn.Module, input_shape: Sequence[int], dirpath: Path, su
 
 
 def save_weights(model: nn.Module, data, initial: torch.Tensor | None, dirpath: Path) -> None:
-    """`weights_final.pt` for the report: the initial and final weights (half precision), the
-    input shape and `data_source`; nothing without fitting initial weights."""
+    """`weights_final.pt` for the report: initial and final weights (half precision), input
+    shape and `data_source`; nothing without fitting initial weights."""
     weight = first_layer(model).weight.detach().cpu()
     if initial is not None and initial.shape == weight.shape:
         save_bytes(dirpath / "weights_final.pt", torch.save, {
@@ -83,9 +83,8 @@ def save_weights(model: nn.Module, data, initial: torch.Tensor | None, dirpath: 
 
 @dataclass
 class Hallucinator:
-    """The hallucination recipe (`hallucinate`'s keyword arguments, checked here; `nrow`: tiles
-    per grid row) applied to a model with its datamodule (classes, shape, valid range and the
-    training images' `ImageStats`, computed once per datamodule)."""
+    """The hallucination recipe (`hallucinate`'s keyword arguments, checked; `nrow`: tiles a
+    grid row) applied to a model with its datamodule (its `ImageStats` computed once)."""
 
     steps: int = 200
     lr: float = 0.1
@@ -104,9 +103,8 @@ class Hallucinator:
     _stats: tuple = field(default=(None, None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check(self.objective, self.parametrisation, **{
-            f.name: getattr(self, f.name) for f in fields(self)
-            if f.name not in ("objective", "parametrisation", "_stats")})
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_stats"}
+        check(values.pop("objective"), values.pop("parametrisation"), **values)
 
     @property
     def settings(self) -> dict:  # `hallucinate`'s keyword arguments
@@ -128,8 +126,8 @@ class Hallucinator:
 
     def draw(self, model: nn.Module, data, dirpath: Path, suffix: str,
              steps: int | None = None, log: Log | None = None) -> tuple[torch.Tensor, float]:
-        """`hallucinations_<suffix>.png` (`labelled_grid`; TensorBoard `hallucination/all`)
-        drawn with `steps` (None: the recipe's); returns the normalised images and seconds."""
+        """`hallucinations_<suffix>.png` (TensorBoard `hallucination/all`) drawn with `steps`
+        (None: the recipe's); returns the normalised images and seconds."""
         started = time.perf_counter()
         images = self.run(model, data, steps=self.steps if steps is None else steps)
         seconds = time.perf_counter() - started
@@ -139,10 +137,9 @@ class Hallucinator:
 
     def save(self, model: nn.Module, data, images: torch.Tensor, seconds: float,
              dirpath: Path) -> None:
-        """Beside the final `images`: `hallucinations_final.npz` (pixels in [0, 1], an array
-        per class name as `imshow` takes it) and `.pt` for the report: `images`, `noise` (`lr=0`),
-        `base` (the noiseless start), own class probabilities, real class means (pixels), the
-        recipe and `seconds`."""
+        """Beside the final `images`: `hallucinations_final.npz` (an `imshow` array in [0, 1]
+        per class name) and `.pt` for the report: `images`, `noise` (`lr=0`), `base` (the
+        noiseless start), own class probabilities, real class means, the recipe, `seconds`."""
         pixels = data.denormalise(images).cpu()
         save_bytes(dirpath / "hallucinations_final.npz", lambda arrays, f: np.savez(f, **arrays),
                    {name: image.permute(1, 2, 0).squeeze(-1).numpy().astype(np.float32)

@@ -19,16 +19,16 @@ HIGH_FREQUENCY = 0.25  # cycles per pixel: half the Nyquist frequency
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Images (N, C, H, W) blurred with a Gaussian of std `sigma` px (kernel 2 ceil(2 sigma) + 1
-    wide, reflected borders); `sigma` <= 0 returns `x`."""
+    """Images (N, C, H, W) blurred with a Gaussian of std `sigma` px (reflected borders);
+    `sigma` <= 0 returns `x`."""
     size = 2 * max(1, math.ceil(2 * sigma)) + 1
     return _blur(x, [size, size], [sigma, sigma]) if sigma > 0 else x
 
 
 @contextmanager
 def frozen(model: nn.Module, threads: int | None = None):
-    """`model` in eval mode without gradients, on `threads` torch threads (None: as set); modes,
-    flags and thread count restored after."""
+    """`model` in eval mode without gradients, on `threads` torch threads (None: as set), all
+    restored after."""
     modes = [(module, module.training) for module in model.modules()]
     flags = [(param, param.requires_grad) for param in model.parameters()]
     was = torch.get_num_threads()
@@ -46,8 +46,7 @@ def frozen(model: nn.Module, threads: int | None = None):
 @dataclass(frozen=True)
 class ImageStats:
     """Normalised training images' per-pixel mean and std (C, H, W) and the square root (C, C)
-    of their channel correlation: `images(d)` = mean + std ⊙ (colour · d) varies where and as
-    the data does."""
+    of their channel correlation: `images(d)` = mean + std ⊙ (colour · d)."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -56,7 +55,7 @@ class ImageStats:
     @classmethod
     def of(cls, x: torch.Tensor, colour_images: int = 1000) -> ImageStats:
         """Of images `x` (N, C, H, W); the colour from the first `colour_images`."""
-        mean = x.mean(0)  # std as torch.std's, in two passes (4x faster over dim 0 on a CPU)
+        mean = x.mean(0)  # torch.std's, in two passes (4x faster over dim 0 on a CPU)
         std = (x - mean).square_().sum(0).div_(len(x) - 1).sqrt_()
         u = (x[:colour_images] - mean) / std.where(std > 0, 1.0)
         u = u.transpose(0, 1).flatten(1).double()
@@ -65,7 +64,7 @@ class ImageStats:
         return cls(mean.float(), std.float(), colour.float())
 
     def images(self, deviation: torch.Tensor) -> torch.Tensor:
-        """Normalised images (N, C, H, W) of deviations d: mean + std ⊙ (colour · d)."""
+        """Normalised images (N, C, H, W) of deviations d."""
         return self.mean + self.std * torch.einsum("cd,ndhw->nchw", self.colour, deviation)
 
     def deviation(self, images: torch.Tensor) -> torch.Tensor:
@@ -87,8 +86,8 @@ def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Ten
 
 
 def pairwise_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of each image of `a` with each of `b` over all pixels and channels,
-    (len(a), len(b)); an image without contrast correlates 0 with everything."""
+    """Pearson correlation (len(a), len(b)) of each image of `a` with each of `b`; an image
+    without contrast correlates 0 with everything."""
     flat = torch.cat([a.flatten(1), b.flatten(1)]).double()
     return torch.corrcoef(flat)[: len(a), len(a) :].nan_to_num(0.0).float()
 
@@ -96,14 +95,14 @@ def pairwise_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def noise_correlation(images: torch.Tensor, noise: torch.Tensor,
                       base: torch.Tensor) -> torch.Tensor:
     """Per image (K,), the correlation of `images − base` (the noiseless start) with `noise −
-    base` (`noise`: the recipe without the model, `lr=0`): the start still left."""
+    base` (the recipe without the model, `lr=0`)."""
     return pairwise_correlation(images - base, noise - base).diagonal()
 
 
 def stuck(images: torch.Tensor, noise: torch.Tensor, base: torch.Tensor,
           threshold: float = 0.9) -> torch.Tensor:
-    """Per image (K, bool): `noise_correlation` above `threshold`, or nothing grew (its RMS
-    beyond `base` under half the noise's or half the run's median: a faded tile)."""
+    """Per image (K, bool): `noise_correlation` above `threshold`, or faded (its RMS beyond
+    `base` under half the noise's or half the run's median)."""
     rms, noise_rms = ((x - base).flatten(1).pow(2).mean(1).sqrt() for x in (images, noise))
     weak = rms < 0.5 * torch.maximum(noise_rms, rms.median())
     return (noise_correlation(images, noise, base) > threshold) | weak
@@ -115,8 +114,7 @@ def nearest_mean(images: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
 
 
 def distinctness(images: torch.Tensor) -> float:
-    """1 − the mean correlation between different class images: 0 when identical (up to
-    brightness and contrast), ≈ 1 when unrelated, at most 2."""
+    """1 − the mean correlation between different class images: 0 identical, ≈ 1 unrelated."""
     corr, k = pairwise_correlation(images, images), len(images)
     return float(1 - (corr.sum() - corr.diagonal().sum()) / (k * (k - 1)))
 
@@ -134,8 +132,7 @@ blueness, greenness = partial(tint, channel=2), partial(tint, channel=1)  # B �
 
 def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
     """Pearson correlation over classes × channels of the images' mean colours with the real
-    class means', each channel's class average taken out (not the overall tint); NaN when a
-    side has no variation."""
+    class means', each channel's class average taken out; NaN when a side does not vary."""
     own, real = pixels.mean(dim=(2, 3)).double(), real_means.mean(dim=(2, 3)).double()
     own, real = (own - own.mean(0)).flatten(), (real - real.mean(0)).flatten()
     denom = float(own.norm() * real.norm())
@@ -143,8 +140,8 @@ def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
 
 
 def sharpness(pixels: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """Edge strength of shapes (K,): mean gradient magnitude (pixel units per px, channels
-    averaged) after a blur of std `sigma` px; 0 for a constant image."""
+    """Edge strength (K,): mean gradient magnitude (pixel units per px) after a blur of std
+    `sigma` px."""
     smooth = gaussian_blur(pixels.float(), sigma)
     dy = smooth[..., 1:, :-1] - smooth[..., :-1, :-1]
     dx = smooth[..., :-1, 1:] - smooth[..., :-1, :-1]
@@ -159,8 +156,8 @@ def change_share(final: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
 
 def high_frequency_share(rows: torch.Tensor, shape: Sequence[int],
                          cutoff: float = HIGH_FREQUENCY) -> torch.Tensor:
-    """Per unit, the share of its spatial power (2-D FFT, channels summed) above `cutoff`
-    cycles per px: white noise ≈ 0.80 for 0.25, strokes and blobs much less."""
+    """Per unit, the share of its spatial power (2-D FFT) above `cutoff` cycles per px: white
+    noise ≈ 0.80 for 0.25."""
     power = torch.fft.fft2(rows.reshape(len(rows), *shape).double()).abs().pow(2).sum(1)
     fy = torch.fft.fftfreq(shape[-2], dtype=torch.float64)[:, None]
     fx = torch.fft.fftfreq(shape[-1], dtype=torch.float64)[None, :]
@@ -170,7 +167,7 @@ def high_frequency_share(rows: torch.Tensor, shape: Sequence[int],
 
 def principal_components(x: torch.Tensor, k: int = PC_COUNT, seed: int = 0) -> torch.Tensor:
     """The top-`k` principal directions (k, D) of the centred inputs `x` (N, ...); above 1024
-    inputs by a seeded randomised SVD (torch's global random state left alone)."""
+    inputs by a seeded randomised SVD (the global RNG left alone)."""
     flat = x.flatten(1).double()
     flat = flat - flat.mean(0)
     if flat.shape[1] <= 1024:
@@ -181,8 +178,8 @@ def principal_components(x: torch.Tensor, k: int = PC_COUNT, seed: int = 0) -> t
 
 
 def pc_alignment(rows: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
-    """Per unit, the share of its energy in the span of `components` (orthonormal rows):
-    1 for a direction the data varies in, k / D on average for a random one."""
+    """Per unit, the share of its energy in the span of `components` (orthonormal rows); k / D
+    on average for a random direction."""
     rows = rows.flatten(1).double()
     inside = (rows @ components.double().T).pow(2).sum(1)
     return (inside / rows.pow(2).sum(1).clamp_min(1e-30)).float()
@@ -201,16 +198,16 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tenso
 
 
 def recognised(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For class images in class order and a judge's probabilities (K, K): whether each is
-    read as its class, and the probability the judge gives its class."""
+    """From a judge's probabilities (K, K) of class images in class order: whether each is read
+    as its class, and the probability of its class."""
     own = torch.arange(len(probabilities))
     return probabilities.argmax(1) == own, probabilities[own, own]
 
 
 class Referee:
-    """A small CNN trained on a dataset's training split, independently of every run, judging
-    whether a hallucination looks like its class: seeded, one thread, `epochs` of Adam, each
-    batch shifted by up to ±2 px. `accuracy`: on the `check` images given to `fit`."""
+    """A small CNN trained on a dataset's training split (seeded, one thread, `epochs` of Adam,
+    batches shifted by up to ±2 px), judging whether a hallucination looks like its class;
+    `accuracy`: on the `check` images given to `fit`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels=(16, 32),
                  hidden_dim: int = 64, epochs: int = 3, lr: float = 2e-3,

@@ -16,8 +16,7 @@ PARAMETRISATIONS = ("data", "data_colour", "pixel", "fourier")
 
 
 def check(objective: str, parametrisation: str, **values: float | None) -> None:
-    """A ValueError naming an unknown objective or parametrisation, or a value out of its range
-    (`config.picture_range`)."""
+    """A ValueError naming an unknown objective or parametrisation or a value out of range."""
     for key, value, known in (("objective", objective, OBJECTIVES),
                               ("parametrisation", parametrisation, PARAMETRISATIONS)):
         if value not in known:
@@ -28,9 +27,8 @@ def check(objective: str, parametrisation: str, **values: float | None) -> None:
 
 
 def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> torch.Tensor:
-    """Per image, what a hallucination maximises, from the logits z and its class c: `margin`
-    z_c − logsumexp(others) (never saturates); `logit` z_c (may rise with every logit);
-    `contrast` z_c − mean(others); `log_softmax` log p_c (saturates once the class wins)."""
+    """Per image, what a hallucination maximises of the logits z for its class c: `margin`
+    z_c − logsumexp(others), `logit` z_c, `contrast` z_c − mean(others), `log_softmax` log p_c."""
     check(objective, "pixel")
     own = logits.gather(1, targets[:, None])[:, 0]
     if objective == "margin":
@@ -43,7 +41,7 @@ def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> 
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation (sum of absolute neighbour differences) of each image."""
+    """Each image's sum of absolute neighbour differences."""
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(dim=(1, 2, 3))
     dx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(dim=(1, 2, 3))
     return dx + dy
@@ -64,20 +62,14 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
                 blur_sigma: float = 0.5, seeds: int = 1, parametrisation: str = "pixel",
                 stats: ImageStats | None = None, noise_std: float = 0.1,
                 seed: int = 0) -> torch.Tensor:
-    """One normalised input per class (K, *input_shape), row c class c's, that the model finds
-    most typical of that class.
-
-    Per class, `seeds` starts of seeded noise (std `noise_std`) in the deviation d of
-    `parametrisation` get `steps` Adam steps (`lr`) on −`class_score` + l2 ||x||² + tv TV(x).
-    d is the normalised image (`pixel`); the deviation from the training images' per-pixel
-    mean in their per-pixel std (`data`, from `stats`; `data_colour`: channels mixed as real
-    colours are); or the image through its 2-D spectrum scaled by 1/|f| (`fourier`).
-    Each step the model sees the images rolled by up to ±`jitter` px; every `blur_every`-th
-    (0: never) d is blurred (`blur_sigma` px); then d is held to an RMS of `size` (None: free)
-    and the image clamped to [low, high] per channel. A class's image is its seeds' mean d.
-    `steps=0`: the start (`noise_std=0` too: the noiseless one); `lr=0`: the recipe without
-    the model. The model runs `frozen`, untouched; torch's global RNG is not used.
-    """
+    """One normalised input per class (K, *input_shape) that the model finds most typical of
+    it: per class, `seeds` starts of seeded noise (std `noise_std`) in the deviation d of
+    `parametrisation` (`pixel`: the image; `data[_colour]`: in the training images' per-pixel
+    std, from `stats`; `fourier`: its spectrum scaled by 1/|f|) take `steps` Adam steps on
+    −`class_score` + l2 ||x||² + tv TV(x), the model seeing them rolled by up to ±`jitter` px;
+    every `blur_every`-th step d is blurred, then held to an RMS of `size` and the image clamped
+    to [low, high]. `steps=0`: the start; `lr=0`: without the model. The model and torch's
+    global RNG are left alone (docs/pictures.md)."""
     check(objective, parametrisation, steps=steps, seeds=seeds, jitter=jitter,
           blur_every=blur_every)
     device = next(model.parameters()).device
