@@ -1,12 +1,9 @@
 """`python -m bnstudy.draw SWEEP_OR_RUN_DIR [KEY=VALUE ...] [--replace]`: draws the final
 pictures of finished runs again, from their checkpoints, with another recipe, no training.
 
-Each ok run's final pictures are drawn as the callbacks draw them, the run's picture settings
-updated by the KEY=VALUE ones (`callbacks.hallucinations.steps=400`, `hallucinations.steps=400`
-or `steps=400`; `paths.data_dir=DIR` if the data moved), into `images/` and a new TensorBoard
-events file (the step after the last drawing). The drawings replaced are kept in
-`images/<their recipe>/` unless `--replace`; `images/recipe.json` names the current recipe.
-"""
+Drawn as the callbacks draw them with the run's picture settings updated by the KEY=VALUE ones,
+into `images/` (the replaced ones kept in `images/<their recipe>/` unless `--replace`) and a new
+TensorBoard events file."""
 
 from __future__ import annotations
 
@@ -41,7 +38,7 @@ def default_recipe() -> dict[str, dict]:
 
 
 def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
-    """The picture settings given, `{callback: {key: value}}` (type-checked; a key is
+    """The picture settings given, `{callback: {key: value}}` (type-checked; keys as
     `callbacks.<callback>.<key>`, `<callback>.<key>` or a bare unique `<key>`), and
     `paths.data_dir` (or None)."""
     from bnstudy.pictures.drawing import Hallucinator

@@ -22,8 +22,7 @@ from bnstudy.records import is_job_dir, write_json_atomic
 
 
 def parse_settings(items: list[str]) -> tuple[str | None, dict]:
-    """`paths.data_dir` and the `trainer.*` flags given (a Trainer's), values parsed as Hydra
-    does."""
+    """`paths.data_dir` and the Trainer flags given (`trainer.*`), parsed as Hydra does."""
     import difflib
     import inspect
 
@@ -67,16 +66,15 @@ def targets(path: Path) -> list[tuple[Path, Path]]:
 def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCache,
              flags: dict) -> dict:
     """Tests the checkpoint on the run's test split; returns what `eval.json` holds."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     checkpoint, datamodule, model = rebuild.restore(run, data, "test", checkpoint_path)
     kept = ("_target_", "accelerator", "precision", "limit_test_batches", "inference_mode",
             "deterministic", "benchmark", "fast_dev_run")  # what changes a test's numbers
     trainer_cfg = {k: v for k, v in OmegaConf.to_container(run.cfg.trainer).items()
                    if k in kept} | flags
-    from hydra.errors import InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     try:
         trainer = instantiate(
             trainer_cfg, devices=1, strategy="auto", num_nodes=1, logger=False,

@@ -1,6 +1,5 @@
-"""A finished run rebuilt from its directory for `bnstudy.draw` and `bnstudy.eval`: the runs a
-path names, each one's stored config, datamodule (the same splits from the same files, never
-downloaded; `paths.data_dir=DIR` if the data moved) and model from `checkpoints/last.ckpt`."""
+"""A finished run rebuilt from its directory for `bnstudy.draw` and `bnstudy.eval`: its stored
+config, datamodule (the same splits from the same files, never downloaded) and model."""
 
 from __future__ import annotations
 
@@ -26,8 +25,8 @@ class UsageError(Exception):
 
 
 def parse_setting(item: str, how: str) -> tuple[str, object]:
-    """The key and value of a KEY=VALUE setting, parsed as Hydra parses overrides; `how` ends
-    the paragraph for one that does not parse."""
+    """The key and value of a KEY=VALUE setting, parsed as a Hydra override; `how` ends the
+    paragraph for one that does not parse."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -89,8 +88,8 @@ class SavedRun:
         return cls(path, record, cfg, Path(cwd) if cwd else None)
 
     def data_dir(self, override: str | None = None) -> Path:
-        """Where the run's data is: `override` (given now), else the run's own setting, a
-        relative one taken from where the run was launched."""
+        """Where the run's data is: `override`, else the run's own setting (relative to where
+        the run was launched)."""
         if override:
             return Path(override).expanduser().resolve()
         try:
@@ -108,8 +107,8 @@ class SavedRun:
 
 @dataclass
 class DataCache:
-    """Datamodules set up once per distinct dataset and split (a sweep's runs share them; with
-    `split_seed` null each seed draws its own)."""
+    """Datamodules set up once per distinct dataset and split (with `split_seed` null each seed
+    draws its own)."""
 
     data_dir: str | None = None  # paths.data_dir=... from the command line
     _built: dict = field(default_factory=dict)
@@ -143,9 +142,8 @@ class DataCache:
 
 
 def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None):
-    """The run's checkpoint (`path`, default `checkpoints/last.ckpt`, loaded weights-only), its
-    datamodule set up for `stage`, and its LightningModule (`run.build_model`) with the
-    checkpoint's weights, in eval mode."""
+    """The run's checkpoint (`path`, default `checkpoints/last.ckpt`), its datamodule set up
+    for `stage`, and its LightningModule with the checkpoint's weights, in eval mode."""
     from bnstudy.checkpoints import read_checkpoint
     from bnstudy.run import build_model
 

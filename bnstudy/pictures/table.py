@@ -1,7 +1,6 @@
-"""The report's picture measures: one `pictures.csv` row per ok run from its saved
-`images/{hallucinations,weights}_final.pt`, against its dataset's references (reloaded from
-the recorded data directory: the independent judge, cached, and the principal components);
-other runs' `checkpoints/last.ckpt` give the cross-model confidence."""
+"""The report's picture measures: a `pictures.csv` row per ok run from its saved
+`images/*_final.pt`, against its dataset's references (the independent judge, cached, and the
+principal components) and the other runs' networks (the cross-model confidence)."""
 
 from __future__ import annotations
 
@@ -96,8 +95,7 @@ def load_picture_runs(runs: pd.DataFrame) -> list[PictureRun]:
 
 
 def load_net(run: pd.Series, input_shape, num_classes: int):
-    """The run's final network (`.hydra/config.yaml`, `checkpoints/last.ckpt`); None if either
-    is missing or does not fit."""
+    """The run's final network; None if its config or checkpoint is missing or does not fit."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -149,7 +147,7 @@ def open_datamodule(source: dict):
 
 
 def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> Reference:
-    """The dataset's references from the first run's recorded data; the judge cached as
+    """The dataset's references from the first run's recorded data; the judge cached in
     `cache_dir/referee_<dataset>.pt` while data directory, size and settings are the same."""
     import torch
 
@@ -189,8 +187,7 @@ def to_pixels(h: dict, key: str = "images"):
     """The hallucination file's normalised `h[key]` back in pixels, clamped to [0, 1]."""
     import torch
 
-    mean = torch.tensor(h["mean"]).view(-1, 1, 1)
-    std = torch.tensor(h["std"]).view(-1, 1, 1)
+    mean, std = (torch.tensor(h[k]).view(-1, 1, 1) for k in ("mean", "std"))
     return (h[key].float() * std + mean).clamp(0, 1)
 
 
@@ -230,8 +227,8 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
 
 
 def weight_measures(w: dict, ref: Reference) -> dict[str, float]:
-    """The weight columns of one run (frequency and alignment need a Linear first layer and,
-    alignment, the data's components; else NaN)."""
+    """The weight columns of one run (NaN where a Linear first layer or the data's components
+    are needed and missing)."""
     from bnstudy.pictures import measures as P
 
     final, initial = w["final"].float(), w["initial"].float()
