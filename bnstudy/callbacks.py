@@ -58,8 +58,7 @@ class MetricsHistory(Callback):
 
 
 class DivergenceGuard(Callback):
-    """Stops training at the first non-finite training loss: `diverged_at = {"epoch", "step"
-    (the bad one included), "loss"}`, recorded as `status: diverged`."""
+    """Stops training at the first non-finite training loss (`diverged_at`)."""
 
     def __init__(self) -> None:
         self.diverged_at: dict | None = None
@@ -82,8 +81,7 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
 
 
 class ComparisonCurves(Callback):
-    """On rank 0: the pair's layout at fit start, the train curve after each training epoch,
-    the val curves after each validation (Lightning's `val/*` points, no stale copy)."""
+    """On rank 0: the pair's layout at fit start and its curves after each epoch."""
 
     def __init__(self, dataset: str, optim: str) -> None:
         self.pair = pair_name(dataset, optim)
@@ -167,9 +165,8 @@ class ImageCallback(Callback):
 
 
 class WeightGrid(ImageCallback):
-    """The first layer's weights (a tile per unit or filter) and their learned change, final −
-    initial (the initial weights kept in the checkpoint): TensorBoard
-    `weights/first_layer[_change]`, `weights[_change]_{epoch<E>,final}.png` and
+    """The first layer's weights and their learned change, final − initial (the initial weights
+    kept in the checkpoint): TensorBoard `weights/first_layer[_change]`, `weights*.png` and
     `weights_final.pt` in `dirpath`."""
 
     prefixes = ("weights", "weights_change")

@@ -59,8 +59,7 @@ def comparison_layout(pairs: Iterable[str]) -> dict:
 
 
 def tb_value(value):
-    """An hparam value: numbers as floats (one type a domain), booleans and strings as they
-    are, anything else (lists, None) as text."""
+    """An hparam value: numbers as floats, booleans and strings as they are, else as text."""
     if isinstance(value, bool | str):
         return value
     return float(value) if isinstance(value, int | float) else str(value)
@@ -138,8 +137,7 @@ def mean_group(record: RunRecord) -> str:
 
 def mean_curves(records: list[RunRecord], group=mean_group
                 ) -> dict[str, dict[str, dict[str, list[tuple]]]]:
-    """`curves[group][pair][metric]` = [(step, mean, std, n)] per epoch over the ok runs that
-    reached it, at the epoch's last step; sample std (0 for one run)."""
+    """`curves[group][pair][metric]` = [(step, mean, sample std, n)] per epoch over the ok runs."""
     import pandas as pd  # here: the callbacks import this module at every run's start
 
     rows = [(group(r), pair_name(r.hparams["dataset"], r.hparams["optim"]), metric, epoch,
@@ -176,8 +174,7 @@ def mean_layout(pairs: Iterable[str], curves: dict | None = None) -> dict:
 
 def mean_events(curves: dict[str, dict[str, list[tuple]]], layout: dict,
                 now: float | None = None) -> bytes:
-    """One `+mean` run's events file: version, SessionLog START, layout, then its curves, all
-    at wall time `now` (default: the clock's)."""
+    """One `+mean` run's events file, all at wall time `now` (default: the clock's)."""
     from tensorboard.summary.writer.record_writer import RecordWriter
     from torch.utils.tensorboard.summary import custom_scalars, scalar
 

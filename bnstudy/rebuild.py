@@ -25,8 +25,7 @@ class UsageError(Exception):
 
 
 def parse_setting(item: str, how: str) -> tuple[str, object]:
-    """The key and value of a KEY=VALUE setting, parsed as a Hydra override; `how` ends the
-    paragraph for one that does not parse."""
+    """A KEY=VALUE setting parsed as a Hydra override; `how` ends the refusal."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -107,8 +106,7 @@ class SavedRun:
 
 @dataclass
 class DataCache:
-    """Datamodules set up once per distinct dataset and split (with `split_seed` null each seed
-    draws its own)."""
+    """Datamodules set up once per distinct dataset and split."""
 
     data_dir: str | None = None  # paths.data_dir=... from the command line
     _built: dict = field(default_factory=dict)

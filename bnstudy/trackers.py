@@ -74,8 +74,7 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
 
 
 def tracker_runs(loggers: list[Logger]) -> dict[str, str | int]:
-    """The tracker runs a resume goes on logging to, by logger class: MLflow's and W&B's run
-    id, the CSV log's version."""
+    """The tracker runs a resume goes on logging to, by logger class."""
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
 
     return {type(lg).__name__: lg.run_id if isinstance(lg, MLFlowLogger) else lg.version
@@ -151,8 +150,7 @@ def _experiment(database: Path, node: DictConfig) -> None:
 
 
 def finish_open_wandb_run() -> None:
-    """Finishes a W&B run still open in this process (a sweep's previous job), so that this
-    job gets a run of its own."""
+    """Finishes a W&B run still open in this process (a sweep's previous job's)."""
     import wandb
 
     if wandb.run is not None:

@@ -47,8 +47,7 @@ def save_bytes(path: Path, save: Callable, content) -> None:
 
 
 def data_source(data) -> dict:
-    """What the report needs to load the run's dataset again: datamodule class, absolute data
-    directory, class names."""
+    """What the report needs to load the run's dataset again."""
     return {"datamodule": f"{type(data).__module__}.{type(data).__qualname__}",
             "data_dir": str(Path(data.data_dir).resolve()), "classes": list(data.classes)}
 
@@ -72,8 +71,7 @@ def draw_weights(model: nn.Module, input_shape: Sequence[int], dirpath: Path, su
 
 
 def save_weights(model: nn.Module, data, initial: torch.Tensor | None, dirpath: Path) -> None:
-    """`weights_final.pt` for the report: initial and final weights (half precision), input
-    shape and `data_source`; nothing without fitting initial weights."""
+    """`weights_final.pt` for the report (none without fitting initial weights)."""
     weight = first_layer(model).weight.detach().cpu()
     if initial is not None and initial.shape == weight.shape:
         save_bytes(dirpath / "weights_final.pt", torch.save, {
@@ -83,8 +81,7 @@ def save_weights(model: nn.Module, data, initial: torch.Tensor | None, dirpath: 
 
 @dataclass
 class Hallucinator:
-    """The hallucination recipe (`hallucinate`'s keyword arguments, checked; `nrow`: tiles a
-    grid row) applied to a model with its datamodule (its `ImageStats` computed once)."""
+    """The hallucination recipe (`hallucinate`'s arguments, checked; `nrow`: tiles a row)."""
 
     steps: int = 200
     lr: float = 0.1

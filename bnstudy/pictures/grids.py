@@ -35,8 +35,7 @@ def name_strip(name: str, width: int) -> torch.Tensor:
 
 def labelled_grid(images: torch.Tensor, names: Sequence[str], nrow: int,
                   padding: int = 2) -> torch.Tensor:
-    """Images (N, C, H, W) in [0, 1] as one (3, H', W') grid, `nrow` a row, each enlarged by a
-    whole factor to at least MIN_TILE_WIDTH px wide, under its `name_strip`."""
+    """Images (N, C, H, W) in [0, 1] as one grid, each enlarged under its `name_strip`."""
     scale = max(1, math.ceil(MIN_TILE_WIDTH / images.shape[-1]))
     big = images.detach().cpu().repeat_interleave(scale, -2).repeat_interleave(scale, -1)
     big = big.expand(-1, 3, -1, -1)

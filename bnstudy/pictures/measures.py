@@ -19,16 +19,14 @@ HIGH_FREQUENCY = 0.25  # cycles per pixel: half the Nyquist frequency
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Images (N, C, H, W) blurred with a Gaussian of std `sigma` px (reflected borders);
-    `sigma` <= 0 returns `x`."""
+    """Images (N, C, H, W) blurred with a Gaussian of std `sigma` px (<= 0: unchanged)."""
     size = 2 * max(1, math.ceil(2 * sigma)) + 1
     return _blur(x, [size, size], [sigma, sigma]) if sigma > 0 else x
 
 
 @contextmanager
 def frozen(model: nn.Module, threads: int | None = None):
-    """`model` in eval mode without gradients, on `threads` torch threads (None: as set), all
-    restored after."""
+    """`model` in eval mode without gradients, on `threads` torch threads, all restored after."""
     modes = [(module, module.training) for module in model.modules()]
     flags = [(param, param.requires_grad) for param in model.parameters()]
     was = torch.get_num_threads()
@@ -86,16 +84,14 @@ def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Ten
 
 
 def pairwise_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation (len(a), len(b)) of each image of `a` with each of `b`; an image
-    without contrast correlates 0 with everything."""
+    """Pearson correlation (len(a), len(b)) of images; 0 for one without contrast."""
     flat = torch.cat([a.flatten(1), b.flatten(1)]).double()
     return torch.corrcoef(flat)[: len(a), len(a) :].nan_to_num(0.0).float()
 
 
 def noise_correlation(images: torch.Tensor, noise: torch.Tensor,
                       base: torch.Tensor) -> torch.Tensor:
-    """Per image (K,), the correlation of `images − base` (the noiseless start) with `noise −
-    base` (the recipe without the model, `lr=0`)."""
+    """Per image (K,), the correlation of `images − base` with `noise − base` (lr=0)."""
     return pairwise_correlation(images - base, noise - base).diagonal()
 
 
@@ -140,8 +136,7 @@ def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
 
 
 def sharpness(pixels: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """Edge strength (K,): mean gradient magnitude (pixel units per px) after a blur of std
-    `sigma` px."""
+    """Edge strength (K,): mean gradient magnitude (per px) after a blur of std `sigma` px."""
     smooth = gaussian_blur(pixels.float(), sigma)
     dy = smooth[..., 1:, :-1] - smooth[..., :-1, :-1]
     dx = smooth[..., :-1, 1:] - smooth[..., :-1, :-1]
@@ -156,8 +151,7 @@ def change_share(final: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
 
 def high_frequency_share(rows: torch.Tensor, shape: Sequence[int],
                          cutoff: float = HIGH_FREQUENCY) -> torch.Tensor:
-    """Per unit, the share of its spatial power (2-D FFT) above `cutoff` cycles per px: white
-    noise ≈ 0.80 for 0.25."""
+    """Per unit, the share of its power above `cutoff` cycles per px (white noise: 0.8)."""
     power = torch.fft.fft2(rows.reshape(len(rows), *shape).double()).abs().pow(2).sum(1)
     fy = torch.fft.fftfreq(shape[-2], dtype=torch.float64)[:, None]
     fx = torch.fft.fftfreq(shape[-1], dtype=torch.float64)[None, :]
@@ -178,8 +172,7 @@ def principal_components(x: torch.Tensor, k: int = PC_COUNT, seed: int = 0) -> t
 
 
 def pc_alignment(rows: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
-    """Per unit, the share of its energy in the span of `components` (orthonormal rows); k / D
-    on average for a random direction."""
+    """Per unit, the share of its energy in the span of `components` (random: k / D)."""
     rows = rows.flatten(1).double()
     inside = (rows @ components.double().T).pow(2).sum(1)
     return (inside / rows.pow(2).sum(1).clamp_min(1e-30)).float()
@@ -198,8 +191,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tenso
 
 
 def recognised(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """From a judge's probabilities (K, K) of class images in class order: whether each is read
-    as its class, and the probability of its class."""
+    """Whether a judge (K, K probabilities) reads each class image as its class, and how sure."""
     own = torch.arange(len(probabilities))
     return probabilities.argmax(1) == own, probabilities[own, own]
 
