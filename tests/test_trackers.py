@@ -96,21 +96,6 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_builds_its_mlflow_logger_with_the_stored_run_id():
-    """Issue #36: the run id `tracker_runs` stored goes to the logger of the resumed run, and
-    MLflow is not asked to start a run (a server that does not answer is never contacted)."""
-    needs("mlflow")
-    from bnstudy import trackers
-
-    cfg = compose_config("logger=[tensorboard,mlflow]", "paths.output_dir=/unused/job",
-                         "logger.mlflow.tracking_uri=http://127.0.0.1:9")
-    _, resumed = trackers.make_loggers(cfg.logger, "job", {"MLFlowLogger": "0123abcd"})
-    _, fresh = trackers.make_loggers(cfg.logger, "job")
-    assert resumed._run_id == "0123abcd" and fresh._run_id is None
-    assert fresh._run_name == "job"  # named as the job's TensorBoard run
-
-
-@pytest.mark.slow
 def test_a_resumed_run_builds_its_csv_and_wandb_loggers_with_the_stored_runs(tmp_path):
     """Issue #34: a resumed run's CSV log keeps its version and its W&B run its id (resumed
     with resume="allow"); a fresh W&B run has its id before it starts, for `tracker_runs`."""
@@ -382,27 +367,12 @@ def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     assert board._kwargs["purge_step"] == 10  # TensorBoard drops the earlier steps 10 and on
 
 
-def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch):
-    needs("wandb")
-    import wandb
-
-    from bnstudy.trackers import finish_open_wandb_run
-
-    finished = []
-    monkeypatch.setattr(wandb, "finish", lambda: finished.append(wandb.run))
-    monkeypatch.setattr(wandb, "run", None)
-    finish_open_wandb_run()
-    assert finished == []
-    monkeypatch.setattr(wandb, "run", "the previous job's run")
-    finish_open_wandb_run()
-    assert finished == ["the previous job's run"]
-
-
 @pytest.mark.slow
 def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(tmp_path):
     """The store and its experiment (artifacts at an absolute path) are made before the logger
     starts; a second job finds them; a resumed run's settings keep their first values (MLflow
-    refuses to change one) and gain the new ones."""
+    refuses to change one) and gain the new ones. Issue #36: the stored run id goes to the
+    resumed run's logger, and a server (that does not answer) is not contacted."""
     needs("mlflow")
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
@@ -430,7 +400,11 @@ def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(
     assert run.data.params == {"seed": "0", "lr": "0.1", "threads": "1"}
     trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": f"sqlite:///{store}"}))
     assert client.get_experiment_by_name("lightning_logs")  # none named: Lightning's default
-    trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": "http://127.0.0.1:9"}))
+    server = compose_config("logger=[tensorboard,mlflow]", "paths.output_dir=/unused/job",
+                            "logger.mlflow.tracking_uri=http://127.0.0.1:9").logger
+    _, resumed = trackers.make_loggers(server, "job", {"MLFlowLogger": "0123abcd"})
+    _, fresh = trackers.make_loggers(server, "job")
+    assert resumed._run_id == "0123abcd" and fresh._run_id is None and fresh._run_name == "job"
 
 
 def test_a_trackers_own_run_id_is_kept_and_a_null_tracker_is_skipped(tmp_path):
