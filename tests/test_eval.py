@@ -42,6 +42,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert result["checkpoint"] == str(CHECKPOINT) and result["epoch"] == 1
         assert result["recorded_test"] == recorded
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
+        assert f"% (as recorded) -> {job.name}/eval.json\n" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
     assert out.count("(as recorded)") == 4
     assert f"Evaluated 4 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
@@ -49,14 +50,19 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     lock.release()
 
 
-def test_another_checkpoint_of_a_run_scores_its_own_weights(sweep, capsys):
-    job = next(sweep.glob("0_*"))
+def test_the_entry_point_scores_another_checkpoint_of_a_run_with_its_own_weights(sweep):
+    job = next(sweep.glob("4_*"))
     previous = job / "checkpoints" / "last.ckpt.prev"  # the epoch before the last
-    assert evaluate.main([str(previous)]) == 0
+    proc = run_module("bnstudy.eval", str(previous), cwd=sweep)
+    assert proc.returncode == 0, proc.stderr
     result = json.loads((job / "eval-last.ckpt.prev.json").read_text())
     assert result["checkpoint"] == "checkpoints/last.ckpt.prev" and result["epoch"] == 0
-    assert result["test"]["loss"] != pytest.approx(read_record(job)["test"]["loss"])
-    assert "recorded: loss" in capsys.readouterr().out
+    recorded = read_record(job)["test"]
+    assert result["test"]["loss"] != pytest.approx(recorded["loss"])
+    assert f"test acc {100 * result['test']['acc']:.2f} % (recorded: loss " \
+        f"{recorded['loss']:.4f}, acc {100 * recorded['acc']:.2f} %) -> " \
+        f"{job.name}/eval-last.ckpt.prev.json" in proc.stdout
+    assert "GPU available" not in proc.stderr and "Tip" not in proc.stderr
     assert not (job / "eval.json").exists()
 
 
@@ -104,15 +110,6 @@ def test_a_flag_the_trainer_refuses_is_named_in_one_paragraph(sweep, capsys):
                           "(MisconfigurationException: ") and "Traceback" not in err
     assert "The flags given: trainer.limit_test_batches=0.001; the others are the run's own." \
         in err and not (job / "eval.json").exists()
-
-
-def test_the_entry_point_prints_the_result(sweep):
-    job = next(sweep.glob("4_*"))
-    proc = run_module("bnstudy.eval", str(job), cwd=sweep)
-    assert proc.returncode == 0, proc.stderr
-    acc = read_record(job)["test"]["acc"]
-    assert f"test acc {100 * acc:.2f} % (as recorded) -> {job.name}/eval.json" in proc.stdout
-    assert "GPU available" not in proc.stderr and "Tip" not in proc.stderr
 
 
 def test_runs_whose_split_follows_their_seed_get_their_own_datamodule(sweep):
