@@ -125,7 +125,7 @@ def test_log_softmax_stalls_where_the_class_already_wins_and_margin_does_not():
     assert P.stuck(moved, noise, base).tolist() == [False, False, False]
 
 
-def test_class_score_objectives():
+def test_class_score_objectives_and_bad_recipes_are_refused():
     logits, target = torch.tensor([[3.0, 1.0, -1.0]]), torch.tensor([0])
     assert class_score(logits, target, "logit").item() == 3.0
     assert class_score(logits, target, "contrast").item() == 3.0
@@ -135,9 +135,6 @@ def test_class_score_objectives():
         float(logits.log_softmax(1)[0, 0]))
     with pytest.raises(ValueError, match="objective"):
         class_score(logits, target, "logits")
-
-
-def test_bad_recipes_are_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(ValueError, match="needs the training images' statistics"):
         hallucinate(model, (1, 8, 8), 3, [-1.0], [1.0], parametrisation="data")
