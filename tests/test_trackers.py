@@ -112,17 +112,23 @@ def test_a_resumed_run_builds_its_csv_and_wandb_loggers_with_the_stored_runs(tmp
     assert runs["CSVLogger"] == 0 and len(runs["WandbLogger"]) == 8
 
 
-def test_the_tracker_choice_is_bookkeeping_not_a_setting():
+def test_the_tracker_choice_is_bookkeeping_not_a_setting_and_says_whether_tensorboard_logs():
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from bnstudy.config import group_defaults, hparams, overridden_keys
+    from bnstudy.trackers import uses_tensorboard
 
-    for choice in ("logger=csv", "logger=[tensorboard,mlflow]"):
+    for choice, board in (("logger=csv", False), ("logger=[tensorboard,mlflow]", True),
+                          ("logger=[csv,tensorboard]", True)):
         cfg = compose_config(choice)
+        assert uses_tensorboard(cfg.logger) == board
         assert cfg.run_name == "mnist-bn-sgd-seed0"  # not named after the tracker
         settings = hparams(cfg, group_defaults(HydraConfig.get().runtime.choices),
                            overridden_keys([choice]))
         assert not [key for key in settings if key.startswith("logger")], settings
+    assert uses_tensorboard(compose_config().logger)
+    assert not uses_tensorboard(None) and not uses_tensorboard(OmegaConf.create({"x": None}))
 
 
 # --- MLflow ---------------------------------------------------------------------------------
@@ -325,17 +331,6 @@ def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path)
         (files,) = attempt.glob(f"run-{run_id}.wandb")
         history += wandb_run(files)["history"]
     assert same_curve(wandb_curve(history), curve(record))
-
-
-def test_which_tracker_configs_hold_tensorboard():
-    from omegaconf import OmegaConf
-
-    from bnstudy.trackers import uses_tensorboard
-
-    assert uses_tensorboard(compose_config().logger)
-    assert uses_tensorboard(compose_config("logger=[csv,tensorboard]").logger)
-    assert not uses_tensorboard(compose_config("logger=csv").logger)
-    assert not uses_tensorboard(None) and not uses_tensorboard(OmegaConf.create({"x": None}))
 
 
 def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
