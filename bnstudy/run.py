@@ -1,7 +1,6 @@
-"""One run of the study, `train(cfg) -> RunRecord` (for the entry point, the tuner, the tests):
-the job directory's lock, resume or requeue (`check_job_dir`), seeding, `build`, fit and test,
-the record. It raises: `RunExistsError` (the directory left as it was), `RunEnded` (failed, or
-`discarded`: nothing trained, nothing kept), or Ctrl-C's own after recording `interrupted`."""
+"""One run of the study, `train(cfg) -> RunRecord`: the job directory's lock, resume or requeue,
+fit and test, the record. Raises `RunExistsError` (directory untouched), `RunEnded`, or Ctrl-C's
+own after recording `interrupted`."""
 
 from __future__ import annotations
 
@@ -61,8 +60,8 @@ RUN_FILES = (".hydra", "train.log", "job.lock", RECORD_NAME, "hparams.yaml",
 
 
 class RunEnded(Exception):
-    """A run that ended without a result, `status` discarded (its folder is gone), failed or
-    interrupted; the message is one paragraph, `trace` an unforeseen error's traceback."""
+    """A run without a result: `status` discarded (folder gone), failed or interrupted; a
+    one-paragraph message, `trace` an unforeseen error's traceback."""
 
     def __init__(self, status: str, message: str, trace: str | None = None) -> None:
         super().__init__(message)
@@ -110,7 +109,7 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     settings = hparams(cfg, default_config(), overridden_keys(
         HydraConfig.get().overrides.task if HydraConfig.initialized() else ()))
 
-    # Imported here: Lightning takes seconds to import, and a config error should not wait.
+    # Lightning takes seconds to import: a config error does not wait for it
     import lightning as L
     import torch
 
@@ -178,8 +177,8 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
 
 
 def check_job_dir(cfg: DictConfig, out: Path) -> bool:
-    """Whether the run in `out` resumes (`resume=true`, or its launcher requeued the job, with
-    the stored config); else a directory holding a run is refused, unless `overwrite=true`."""
+    """Whether the run in `out` resumes (`resume=true`, or a requeue); else a directory holding
+    a run is refused, unless `overwrite=true` (which clears it)."""
     record, stored = RunRecord.read(out / RECORD_NAME), out / ".hydra" / "config.yaml"
     requeue = record is not None and is_requeue(record.job, launcher_job())
     if cfg.resume or requeue:

@@ -23,39 +23,25 @@ CURVES = ("train/loss", "train/acc", "val/loss", "val/acc")
 INTERRUPT = ("+callbacks.stop._target_=tests.faults.InterruptAtEpoch", "+callbacks.stop.epoch=2")
 
 
-def test_a_run_from_python_keeps_its_config_as_a_command_line_run_does(tiny_data, tmp_path,
-                                                                       capsys):
-    """Its `.hydra/` as Hydra writes a job's: eval rebuilds the run, and a resume with other
-    settings is refused."""
-    import json
-
-    from bnstudy import eval as evaluate
-
-    job = tmp_path / "mine"
-    record = train_run(tiny_data, job)
-    assert evaluate.main([str(job)]) == 0, capsys.readouterr().err
-    assert json.loads((job / "eval.json").read_text())["test"]["acc"] == \
-        pytest.approx(record.test_acc, abs=1e-7)
-    with pytest.raises(RunExistsError, match="was run with other settings: dataset.lr: "):
-        train_run(tiny_data, job, "resume=true", "dataset.lr=0.5")
-
-
 def without_time(record: RunRecord) -> tuple[list, dict]:
     """A record's history (without the clock) and test metrics: what must match exactly."""
     return [{k: v for k, v in row.items() if k != "time_s"} for row in record.history], record.test
 
 
 def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
-        tiny_data, tmp_path, caplog):
+        tiny_data, tmp_path, caplog, capsys):
     """The record, the curves and the settings as TensorBoard types, and `test_correct.npy`:
     whether the final model classifies each test image correctly, in the test set's order, its
     mean the record's test acc; `load_runs` gives it as the column `test_correct`, None for a
-    job without the file."""
+    job without the file. Run from Python, its `.hydra/` is as Hydra writes a job's: eval
+    rebuilds the run, and a resume with other settings is refused."""
+    import json
     import logging
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
+    from bnstudy import eval as evaluate
     from bnstudy.data import MNISTDataModule
     from bnstudy.model import Classifier
     from bnstudy.report.runs import load_runs
@@ -94,6 +80,11 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     with torch.no_grad():
         hits = model.eval()(data.test_set.x).argmax(-1) == data.test_set.y
     assert np.array_equal(correct, hits.numpy())
+    assert evaluate.main([str(job)]) == 0, capsys.readouterr().err
+    assert json.loads((job / "eval.json").read_text())["test"]["acc"] == \
+        pytest.approx(record.test_acc, abs=1e-7)
+    with pytest.raises(RunExistsError, match="was run with other settings: dataset.lr: "):
+        train_run(tiny_data, job, "resume=true", "dataset.lr=0.5", "seed=2")
     RunRecord(status="ok").write(tmp_path / "1_untested" / "metrics.json")
     tested, untested = load_runs(tmp_path)["test_correct"]
     assert np.array_equal(tested, correct) and untested is None
@@ -257,6 +248,7 @@ def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_t
         "(hydra.run.dir=... or hydra.sweep.dir=...).")
     (stored_job / ".hydra" / "config.yaml").unlink()
     assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
+    shutil.rmtree(stored_job / "images")  # none to clear: not an error
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
     assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
 
@@ -312,11 +304,6 @@ def test_a_slurm_requeue_resumes_untold_and_a_second_srun_is_refused(stored_job,
     assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
            "interrupted): resuming" in caplog.messages
     assert (stored_job / "checkpoints" / "last.ckpt").is_file()
-    slurm_job(monkeypatch, None)
-    for name in ("checkpoints", "images"):
-        shutil.rmtree(stored_job / name)  # none to clear: not an error
-    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
-    assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
 
 
 @pytest.mark.parametrize("shown", [True, False])
@@ -330,17 +317,11 @@ def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, 
     assert (bar.refresh_rate == 7) if shown else bar is None
 
 
-class FakeHydra:
+def fake_hydra(launcher: dict | None) -> SimpleNamespace:
     """`HydraConfig` of a job run by a launcher of these settings (None: no Hydra job)."""
-
-    def __init__(self, launcher: dict | None) -> None:
-        self.launcher = launcher
-
-    def initialized(self) -> bool:
-        return self.launcher is not None
-
-    def get(self):
-        return self
+    fake = SimpleNamespace(launcher=launcher, initialized=lambda: launcher is not None)
+    fake.get = lambda: fake
+    return fake
 
 
 def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
@@ -355,13 +336,13 @@ def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
                            "LocalLauncher"}, 1),
              ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None)]
     for launcher, threads in cases:
-        monkeypatch.setattr(run, "HydraConfig", FakeHydra(launcher))
+        monkeypatch.setattr(run, "HydraConfig", fake_hydra(launcher))
         assert run.torch_threads("auto") == threads, launcher
         assert run.torch_threads(3) == 3
-    monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))
+    monkeypatch.setattr(run, "HydraConfig", fake_hydra(None))
     assert run.torch_threads("auto") is None
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one core
-    monkeypatch.setattr(run, "HydraConfig", FakeHydra({"n_jobs": 1}))
+    monkeypatch.setattr(run, "HydraConfig", fake_hydra({"n_jobs": 1}))
     assert run.torch_threads("auto") == 1
 
 
@@ -395,7 +376,7 @@ def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(
     cfg = compose_config(f"paths.output_dir={tmp_path}", "seed=3", "resume=false", "norm=none")
     assert resume_command(cfg) == (f"python -m bnstudy.train paths.output_dir={tmp_path} seed=3 "
                                    f"norm=none resume=true hydra.run.dir={tmp_path}")
-    monkeypatch.setattr(run, "HydraConfig", FakeHydra(None))  # train(cfg) outside a Hydra job
+    monkeypatch.setattr(run, "HydraConfig", fake_hydra(None))  # train(cfg) outside a Hydra job
     assert resume_command(cfg) == f"python -m bnstudy.train resume=true hydra.run.dir={tmp_path}"
     import shlex
 
@@ -407,11 +388,23 @@ def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(
     assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
 
 
-def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
+def test_a_bug_keeps_its_folder_and_traceback_and_a_job_given_up_on_is_interrupted(tmp_path):
+    """A bug (not a mistake the user can fix) fails the run, its folder kept to debug, its
+    record, even one not written yet, naming the run for the summary; a job its launcher gave
+    up on is interrupted, not failed."""
     from submitit.core.utils import UncompletedJobError
 
     from bnstudy.run import _ended
 
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError as err:
+        ended = _ended(job_cfg(tmp_path), tmp_path, err)
+    record = RunRecord.read(tmp_path)
+    assert ended.status == record.status == "failed" and record.run_name == "mnist-bn-sgd-seed0"
+    assert record.error.startswith("RuntimeError: a bug Resume with: python -m bnstudy.train ")
+    assert record.traceback == ended.trace and "Traceback" in record.traceback
+    assert "raise RuntimeError" in record.traceback
     RunRecord(status="running").write(tmp_path / "metrics.json")
     ended = _ended(job_cfg(tmp_path), tmp_path,
                    UncompletedJobError("Job 12 timed out too often on node gpuX."))
@@ -425,8 +418,12 @@ def test_a_job_its_launcher_gave_up_on_is_interrupted_not_failed(tmp_path):
 
 def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
     """Nothing to read, an unreadable record, an epoch trained, a checkpoint saved (issue #36:
-    to resume from), someone else's file: kept; a linked folder is unlinked, not emptied; only
-    the empty folders inside the working directory go."""
+    to resume from), someone else's file, a file that cannot be removed: kept (nothing raised:
+    the run's own error is what the user must see); a linked folder is unlinked, not emptied;
+    a file another process removed meanwhile is no error; only the empty folders inside the
+    working directory go."""
+    import os
+
     from bnstudy.run import remove_empty_folder
 
     assert not discard_untrained(tmp_path / "absent")
@@ -444,9 +441,21 @@ def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "kept.png").write_bytes(b"png")
     (job / "images").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (job / "checkpoints" / "stuck.png").write_bytes(b"png")
     (tmp_path / "work" / "runs" / "other").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    assert discard_untrained(job) and not job.exists()
+    listed, real_unlink = Path.iterdir, os.unlink
+    monkeypatch.setattr(Path, "iterdir", lambda self: [*listed(self), self / "train.log"])
+
+    def unlink(path, *args, **kwargs):
+        if str(path).endswith("stuck.png"):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert not discard_untrained(job) and (job / "checkpoints" / "stuck.png").is_file()
+    monkeypatch.setattr(os, "unlink", real_unlink)
+    assert discard_untrained(job) and not job.exists()  # train.log: listed, already gone
     assert (tmp_path / "elsewhere" / "kept.png").is_file()
     assert (tmp_path / "work" / "runs" / "other").is_dir()  # not empty: stays, and those above
     (tmp_path / "out" / "a" / "b").mkdir(parents=True)  # outside the working directory
@@ -518,47 +527,6 @@ def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatc
 
     monkeypatch.setattr(RunRecord, "update", disk_full)
     _record_quietly(tmp_path / "rank0", status="interrupted")
-
-
-def test_discarding_goes_on_past_a_file_gone_or_one_that_cannot_go(tmp_path, monkeypatch):
-    """A file another process removed meanwhile is not an error; one that cannot be removed
-    keeps the job (nothing raised: the run's own error is what the user must see)."""
-    import os
-    from pathlib import Path
-
-    job = tmp_path / "job"
-    (job / "images").mkdir(parents=True)
-    (job / "images" / "stuck.png").write_bytes(b"png")
-    RunRecord(status="failed").write(job / "metrics.json")
-    listed = Path.iterdir
-    monkeypatch.setattr(Path, "iterdir", lambda self: [*listed(self), self / "train.log"])
-    real_unlink = os.unlink
-
-    def unlink(path, *args, **kwargs):
-        if str(path).endswith("stuck.png"):
-            raise PermissionError(1, "Operation not permitted", str(path))
-        return real_unlink(path, *args, **kwargs)
-
-    monkeypatch.setattr(os, "unlink", unlink)
-    assert not discard_untrained(job) and (job / "images" / "stuck.png").is_file()
-    monkeypatch.setattr(os, "unlink", real_unlink)
-    assert discard_untrained(job) and not job.exists()  # train.log: listed, already gone
-
-
-def test_a_bug_keeps_its_folder_and_traceback_under_the_runs_name(tmp_path):
-    """A bug (not a mistake the user can fix) fails the run, its folder kept to debug, its
-    record, even one not written yet, naming the run for the summary."""
-    from bnstudy.run import _ended
-
-    try:
-        raise RuntimeError("a bug")
-    except RuntimeError as err:
-        ended = _ended(job_cfg(tmp_path), tmp_path, err)
-    record = RunRecord.read(tmp_path)
-    assert ended.status == record.status == "failed" and record.run_name == "mnist-bn-sgd-seed0"
-    assert record.error.startswith("RuntimeError: a bug Resume with: python -m bnstudy.train ")
-    assert record.traceback == ended.trace and "Traceback" in record.traceback
-    assert "raise RuntimeError" in record.traceback
 
 
 def test_a_run_names_itself_in_its_lock_while_it_trains(tmp_path, monkeypatch):
