@@ -25,8 +25,7 @@ def previous_path(path: str | Path) -> Path:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves as Lightning does (`torch.save`), but atomically (`replace_file`: Lightning's fsspec
-    save copies across filesystems, which a kill can cut short), keeping the previous one as
+    """Saves as Lightning does, but atomically (`replace_file`), keeping the previous one as
     `<path>.prev`; local paths only. A failed write raises `RunFileError`."""
 
     def save_checkpoint(
@@ -53,10 +52,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | None]:
-    """The checkpoint to resume from: `last` if it loads, else its `.prev` if that loads, else
-    None (start over), a one-paragraph note when it is not simply `last`, and its global step.
-    A file that does not load is set aside as `<name>.corrupt[.N]`; a killed save's temporary
-    files are removed."""
+    """The checkpoint to resume from (`last`, else its `.prev`, else None), a note when it is
+    not simply `last`, and its global step; one that does not load is set aside as `.corrupt`."""
     last = Path(last)
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
@@ -89,9 +86,8 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | 
 
 
 class StudyCheckpoint(ModelCheckpoint):
-    """Lightning's `ModelCheckpoint` (a save every `every_n_epochs`-th epoch) plus a save when
-    training ends if its last step was not saved: `last.ckpt` always holds the final state. A
-    kill loses at most `every_n_epochs` - 1 epochs; the resume from any save is exact."""
+    """Lightning's `ModelCheckpoint` plus a save when training ends if its last step was not
+    saved: `last.ckpt` always holds the final state."""
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)

@@ -1,8 +1,6 @@
-"""What the terminal shows: the study's own lines (what runs, its result, where its files
-are) and every real warning, each once; the frameworks' routine notices ("GPU available",
-"`Trainer.fit` stopped", …) go to the job's `train.log` only (`conf/hydra/default.yaml` puts
-`StudyLines` on Hydra's console handler; `quiet_console` routes Python's warnings through
-logging, so train.log has them too)."""
+"""What the terminal shows: the study's own lines and every real warning, each once; the
+frameworks' routine notices go to the job's `train.log` only (`StudyLines` on Hydra's console
+handler; `quiet_console` routes Python's warnings through logging)."""
 
 from __future__ import annotations
 
@@ -26,11 +24,9 @@ IGNORED = (".*does not have many workers.*", ".*LeafSpec.*is deprecated.*",
 
 
 class StudyLines(logging.Filter):
-    """Passes the `bnstudy` loggers' records and any other logger's warnings and errors, except
-    the `ROUTINE` warnings (from a DDP run's other ranks, `is_primary`, errors only); a warning
-    already shown in this process is not shown again (a sweep's jobs repeat them; each job's
-    train.log keeps its own), nor one that an earlier attempt of a requeued job showed
-    (`shown_before`)."""
+    """Passes the `bnstudy` loggers' records and other loggers' warnings and errors, but
+    `ROUTINE` warnings (other DDP ranks: errors only); a warning is shown once per process, and
+    not at all if an earlier attempt of a requeued job showed it (`shown_before`)."""
 
     shown: set[str] = set()  # of the process: Hydra builds a new filter for each job
     earlier: set[str] = set()  # first lines of the warnings of this job's earlier attempts
@@ -51,8 +47,7 @@ class StudyLines(logging.Filter):
 
 
 def shown_before(train_log: Path) -> None:
-    """Counts the warnings in a requeued job's `train.log` (its earlier attempts') as shown,
-    so that each reaches the console once per job, not once per attempt."""
+    """Counts the warnings in a requeued job's `train.log` as shown: once per job, not attempt."""
     try:
         text = train_log.read_text(errors="replace")
     except OSError:
@@ -66,9 +61,8 @@ def _no_adverts(record: logging.LogRecord) -> bool:
 
 
 def quiet_console() -> None:
-    """Each message once: Lightning's lines go through Hydra's handlers only (Lightning adds a
-    console handler of its own), without its advertisement; `IGNORED` warnings are not shown,
-    the others go through logging; a writer thread's OSError goes to the log only."""
+    """Lightning's lines through Hydra's handlers only, without its advertisement; `IGNORED`
+    warnings dropped, the others through logging; a writer thread's OSError to the log only."""
     import lightning  # noqa: F401  (its loggers exist once it is imported)
 
     adverts = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -87,9 +81,8 @@ def quiet_console() -> None:
 
 
 def thread_exception(args: threading.ExceptHookArgs) -> None:
-    """An OSError in a writer's thread (TensorBoard's events on a full disk) goes to train.log
-    only: the writer raises it again in the run, which then ends in one paragraph. Any other
-    thread's exception is printed as Python prints it."""
+    """An OSError in a writer's thread (a full disk) goes to train.log only (the run reports it
+    in one paragraph); any other thread's exception is printed as Python prints it."""
     if isinstance(args.exc_value, OSError):
         logging.getLogger("py.threads").info("%s in thread %s (the run reports it)",
                                              args.exc_value, getattr(args.thread, "name", "?"))
@@ -111,8 +104,7 @@ def workers_log_to(train_log: Path):
 
 
 def _log_as_worker() -> None:
-    """In a worker a run spawned (`workers_log_to`), every notice goes to the run's train.log,
-    as the run's own do: the worker has no console of its own (its errors reach the run)."""
+    """In a worker a run spawned (`workers_log_to`), every notice goes to the run's train.log."""
     if path := os.environ.get(WORKER_LOG):  # set by the run: this process is one it started
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - "

@@ -1,8 +1,6 @@
 """Who may write a job directory: one process at a time (`JobDirLock`, an `fcntl.flock` on
-`<job>/job.lock` naming its holder; the kernel drops it however its process ends, so a lock
-left behind never blocks a resume; readers take none), and a requeued job resumes:
-`launcher_job` is the launcher's job this process runs in, which a requeue (SLURM, submitit's
-time-out or preemption) starts again and `is_requeue` tells apart from a user's rerun."""
+`<job>/job.lock` naming its holder, dropped by the kernel however its process ends), and
+whether this start is its launcher's requeue (`launcher_job`, `is_requeue`)."""
 
 from __future__ import annotations
 
@@ -32,8 +30,8 @@ class JobDirBusyError(RunExistsError):
 
 
 class JobDirLock:
-    """The lock on one job directory (`acquire`, `release`, or `with`): `JobDirBusyError` while
-    another holds it; where the filesystem has no `flock`, a warning, and no lock."""
+    """The lock on one job directory: `JobDirBusyError` while another holds it; without `flock`
+    on the filesystem, a warning and no lock."""
 
     def __init__(self, job_dir: str | Path) -> None:
         self.path = Path(job_dir) / LOCK_NAME
@@ -67,8 +65,7 @@ class JobDirLock:
         self._fd = fd
 
     def release(self) -> None:
-        """Empties the lock file and drops the lock (never deletes the file: another process may
-        be opening it)."""
+        """Empties the lock file (kept: another process may be opening it) and drops the lock."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -87,41 +84,28 @@ class JobDirLock:
 def is_locked(job_dir: str | Path) -> bool:
     """Whether a process holds the lock of `job_dir` now (a shared lock tried and dropped)."""
     try:
-        fd = os.open(Path(job_dir) / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        with open(Path(job_dir) / LOCK_NAME, "rb") as lock:  # closed: the lock is dropped
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
-    except OSError:  # no flock on this filesystem
+    except OSError:  # no lock file, or no flock on this filesystem
         return False
-    finally:
-        os.close(fd)
     return False
 
 
 def config_subdir(output_dir: str, overwrite: bool) -> str | None:
-    """Hydra's `output_subdir` (the `bnstudy.config_subdir` resolver): `.hydra`, unless the job
-    directory holds one already (a resume or a refused rerun leaves the original config as it
-    was; `overwrite=true` replaces it, unless another process holds the lock: it is refused)."""
+    """Hydra's `output_subdir`: `.hydra`, unless the job directory holds one already (kept by a
+    resume or a refused rerun; `overwrite=true` replaces it, unless another process holds it)."""
     exists = (Path(output_dir) / ".hydra" / "config.yaml").is_file()
     return None if exists and (not overwrite or is_locked(output_dir)) else ".hydra"
 
 
 def holder(job_dir: str | Path) -> dict:
-    """The holder the lock file of `job_dir` names ({} if none): the process holding the lock,
-    or one killed while holding it."""
+    """The holder the lock file of `job_dir` names ({} if none; maybe one killed holding it)."""
     try:
-        fd = os.open(Path(job_dir) / LOCK_NAME, os.O_RDONLY)
-    except OSError:
+        return json.loads((Path(job_dir) / LOCK_NAME).read_bytes())
+    except (OSError, ValueError):  # none, empty, or being written
         return {}
-    try:
-        return json.loads(os.pread(fd, 4096, 0).decode())
-    except ValueError:  # empty, or being written
-        return {}
-    finally:
-        os.close(fd)
 
 
 def describe_holder(holder: dict) -> str:
@@ -139,9 +123,8 @@ def is_primary() -> bool:
 
 def launcher_job() -> dict | None:
     """The launcher's job this process runs in, which a requeue keeps: `{"id": "slurm:123_4",
-    "restarts": 0}` under SLURM (array job and task, or job id; SLURM_RESTART_COUNT), `{"id":
-    "submitit-local:<host>:<pid>:<start>"}` under submitit's local executor (its controller
-    process, which restarts its job itself), None elsewhere."""
+    "restarts": 0}` under SLURM, `{"id": "submitit-local:<host>:<pid>:<start>"}` (its
+    controller process) under submitit's local executor, None elsewhere."""
     env = os.environ
     if env.get("SLURM_JOB_ID"):
         array = env.get("SLURM_ARRAY_JOB_ID")
@@ -154,8 +137,8 @@ def launcher_job() -> dict | None:
 
 
 def _started(pid: str) -> str:
-    """When process `pid` started (ticks since boot, from /proc; '?' where unknown): a later
-    process given the same pid is another job."""
+    """When process `pid` started (ticks since boot; '?' where unknown): a later process given
+    the same pid is another job."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -169,16 +152,14 @@ def same_job(recorded: dict | None, current: dict | None) -> bool:
 
 def is_requeue(recorded: dict | None, current: dict | None) -> bool:
     """Whether this start is a requeue of the job that wrote the record: the same job, started
-    again (SLURM counts its restarts, so a second `srun` in one allocation is not one; a
-    submitit local job is restarted by its own controller only)."""
+    again (SLURM counts restarts: a second `srun` in one allocation is not one)."""
     return same_job(recorded, current) and \
         current.get("restarts", 1) > recorded.get("restarts", 0)
 
 
 def dir_override(key: str, folder: str | Path) -> str:
-    """`key=folder` as typed in a shell and read back by Hydra: the folder in Hydra's quotes
-    where its name has characters Hydra's grammar takes for syntax (a run named by its
-    overrides has `=`), the whole in the shell's where it needs them."""
+    """`key=folder` as typed in a shell and read back by Hydra: quoted for Hydra where the name
+    has characters of its grammar (a run named by its overrides has `=`), then for the shell."""
     text = str(folder)
     hydra = re.search(r"""[=,\s()\[\]{}'"\\]""", text)
     return shlex.quote(f'{key}="{text}"' if hydra else f"{key}={text}")

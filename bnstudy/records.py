@@ -1,5 +1,5 @@
-"""`metrics.json`, the per-run record (`RunRecord`), and how every run file is written:
-atomically (a temporary file, fsync, rename), with the umask's mode, one paragraph if refused."""
+"""`metrics.json`, the per-run record (`RunRecord`), and every run file written atomically
+(a temporary file, fsync, rename), with the umask's mode, one paragraph if refused."""
 
 from __future__ import annotations
 
@@ -48,9 +48,8 @@ def describe_write_error(err: OSError, path: str | os.PathLike) -> str:
 
 
 def write_error(err: BaseException, job_dir: str | os.PathLike) -> str | None:
-    """`describe_write_error`'s paragraph for an OSError of a library writing its own run file
-    (hparams.yaml, TensorBoard's events): a full or read-only disk, or no permission under
-    `job_dir`; None for anything else (an unreadable data file)."""
+    """`describe_write_error`'s paragraph for a library's OSError writing its own run file: a
+    full or read-only disk, or no permission under `job_dir`; None for anything else."""
     if not isinstance(err, OSError) or isinstance(err, RunFileError):
         return None
     path = None if err.filename is None else os.fsdecode(err.filename)  # TensorBoard's: bytes
@@ -89,8 +88,8 @@ def study_dir(sweep_dir: str | Path) -> Path:
 
 
 def plan_overrides(hydra: Any) -> list:
-    """A multirun's overrides (`multirun.yaml`'s `hydra`), parsed in the order Hydra's basic
-    sweeper reads them: `sweeper.params` first, then the command line's as typed."""
+    """A multirun's overrides (`multirun.yaml`'s `hydra`), parsed in Hydra's basic sweeper's
+    order: `sweeper.params`, then the command line's as typed."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -100,10 +99,8 @@ def plan_overrides(hydra: Any) -> list:
 
 
 def planned_jobs(hydra: Any) -> list[dict[str, str]] | None:
-    """The jobs a multirun's Hydra node plans, in the order Hydra's basic sweeper numbers them:
-    the product of `plan_overrides`' comma-separated values, a key's last value winning; each
-    `{key: value}` as typed, without the keys of how a job runs (`HOW_IT_RUNS`). None when a
-    value is a range or interval (another sweeper's)."""
+    """The jobs a multirun's Hydra node plans, numbered as Hydra's basic sweeper does, each
+    `{key: value}` as typed, without `HOW_IT_RUNS` keys; None for a range or interval."""
     parsed = {o.get_key_element(): o for o in plan_overrides(hydra)}
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed.values()):
         return None
@@ -120,9 +117,8 @@ def varying(plan: list[dict[str, str]]) -> list[str]:
 
 def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
     """How the folder's planned jobs (`there`; None: no grid) and this sweep's differ, as
-    `sweep.check_plan` says it; None where they agree. Jobs are told apart by the keys their
-    folders are named by (the study's four, and every key a plan varies), on each number both
-    have; the jobs the same, a setting all of them share otherwise may differ: other settings."""
+    `sweep.check_plan` says it; None where they agree. Jobs are compared by the keys naming
+    their folders, on each number both have; then by the settings they share."""
     if there is None:
         return "kind of sweep, not a grid of values (a tuned study's searches?): in one " \
             "folder the report would read the two as one study,"
@@ -149,8 +145,8 @@ def plan_clash(there: list[dict] | None, here: list[dict]) -> str | None:
 
 
 def save_composed(cfg: Any, job_dir: Path) -> None:
-    """A config composed in Python (`config.compose`, Hydra's node in it) saved as Hydra saves
-    a job's, `.hydra/config.yaml` and `hydra.yaml`: draw, eval and a resume read it."""
+    """A config composed in Python saved as Hydra saves a job's (`.hydra/config.yaml`,
+    `hydra.yaml`): draw, eval and a resume read it."""
     from omegaconf import OmegaConf
 
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -165,8 +161,7 @@ def sweep_records(sweep_dir: str | os.PathLike) -> list[tuple[Path, RunRecord]]:
 
 
 def read_tuning(sweep_dir: str | os.PathLike) -> dict | None:
-    """A tuned sweep's `tuning.json` (`bnstudy.tune`: its cells' searches, each with its kept
-    re-runs' `final_jobs`); None for any other sweep."""
+    """A tuned sweep's `tuning.json` (`bnstudy.tune`); None for any other sweep."""
     path = Path(sweep_dir) / TUNING_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -177,9 +172,8 @@ def final_jobs(tuning: dict) -> list[str]:
 
 
 def replace_file(path: str | Path, data: bytes | memoryview, previous: Path | None = None) -> None:
-    """Puts `data` at `path` so that a reader, or a kill at any moment, finds the old file or the
-    new one, never half of one; with `previous`, the old file is kept there. An OSError is
-    raised as a RunFileError with `describe_write_error`'s paragraph."""
+    """Puts `data` at `path` atomically (a reader or a kill finds the old file or the new one);
+    with `previous`, the old file is kept there. An OSError is raised as a RunFileError."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -227,12 +221,9 @@ def read_test_correct(job_dir: str | Path) -> np.ndarray | None:
 
 @dataclass
 class RunRecord:
-    """A run's `metrics.json`: this class is its schema, written and read here only.
-    `status`: running | ok | diverged | failed | interrupted. `history`: a row per epoch
-    (`epoch`, `step`, `train/loss`, `train/acc`, `val/loss`, `val/acc`, `time_s`: seconds
-    trained so far); `test`: `{loss, acc}`; `job`: the launcher's job a requeue keeps
-    (`requeues` counts them); `trackers`: the tracker runs a resume goes on with; `activations`,
-    `gradients`: the probes' series; `resume_note`: a checkpoint a resume could not use."""
+    """A run's `metrics.json` (its schema). `status`: running | ok | diverged | failed |
+    interrupted; `history`: a row per epoch (`epoch`, `step`, the curves, `time_s` trained so
+    far); `job`: the launcher's job a requeue keeps; `trackers`: the runs a resume goes on with."""
 
     status: str = "running"
     run_name: str = ""
@@ -259,7 +250,7 @@ class RunRecord:
     @classmethod
     def read(cls, path: str | Path) -> RunRecord | None:
         """The record at `path` (a metrics.json or its job directory), None if absent; unknown
-        keys are ignored; a file that is not JSON raises ValueError."""
+        keys ignored; ValueError if not JSON."""
         if not (file := cls._file(path)).is_file():
             return None
         known = {f.name for f in fields(cls)}

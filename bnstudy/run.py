@@ -153,20 +153,18 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
         log_settings(trainer.loggers, settings)  # the other trackers' hyperparameters
     with workers_log_to(out / "train.log"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-
-    callbacks = {type(c): c for c in trainer.callbacks}
-    guard, history = callbacks.get(DivergenceGuard), callbacks.get(MetricsHistory)
-    result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch,
-                    "torch_threads": torch.get_num_threads()}
-    if guard is not None and guard.diverged_at is not None:
-        log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
-        result.update(status="diverged", diverged_at=guard.diverged_at, test=None)
-    else:
-        with workers_log_to(out / "train.log"):
+        callbacks = {type(c): c for c in trainer.callbacks}
+        guard, history = callbacks.get(DivergenceGuard), callbacks.get(MetricsHistory)
+        result: dict = {"status": "ok", "epochs_trained": trainer.current_epoch,
+                        "torch_threads": torch.get_num_threads()}
+        if guard is not None and guard.diverged_at is not None:
+            log.warning("%s diverged at %s: stopped early", cfg.run_name, guard.diverged_at)
+            result.update(status="diverged", diverged_at=guard.diverged_at, test=None)
+        else:
             tested = trainer.test(model, datamodule=datamodule, verbose=False)[0]
-        result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
-        if primary:
-            write_test_correct(out, trainer.callback_metrics["test/correct"].numpy())
+            result["test"] = {"loss": tested["test/loss"], "acc": tested["test/acc"]}
+            if primary:
+                write_test_correct(out, trainer.callback_metrics["test/correct"].numpy())
     for logger in trainer.loggers:
         logger.finalize("success")
     before = history.elapsed_before if history is not None else 0.0  # a resume's earlier epochs
@@ -235,7 +233,7 @@ def _record_quietly(out: Path, **changes) -> None:
 
 
 def discard_untrained(job_dir: Path) -> bool:
-    """Removes a job directory holding only `RUN_FILES` in which nothing trained (no epoch, no
+    """Removes a job directory of `RUN_FILES` only in which nothing trained (no epoch, no
     checkpoint), and the empty folders above it; whether it is gone."""
     try:
         record = RunRecord.read(job_dir / RECORD_NAME)
@@ -264,7 +262,7 @@ def discard_folder(folder: Path, own: tuple[str, ...]) -> bool:
 
 def remove_empty_folder(folder: Path) -> bool:
     """Removes `folder` if empty, then the folders above it this empties inside the working
-    directory (`outputs/runs/`); whether `folder` is gone."""
+    directory; whether `folder` is gone."""
     cwd = Path.cwd().resolve()  # before the removal: the job may run in its own folder
     try:
         folder.rmdir()
@@ -279,8 +277,7 @@ def remove_empty_folder(folder: Path) -> bool:
 
 
 def default_config() -> DictConfig | None:
-    """The config of this job's group choices alone (None outside a Hydra job), which
-    `hparams` compares with; composed once per set of choices."""
+    """The config of this job's group choices alone (None outside a Hydra job), cached."""
     if HydraConfig.initialized():
         return _defaults(tuple(sorted(HydraConfig.get().runtime.choices.items())))
     return None
@@ -319,9 +316,8 @@ def check_devices(cfg: DictConfig) -> None:
 
 
 def torch_threads(setting: int | str | None) -> int | None:
-    """Threads for this job: a count, or with `auto` the cores its launcher gives it: cores /
-    n_jobs (joblib), `cpus_per_task` (submitit), 1 under submitit's local launcher (every job
-    at once), else torch's default."""
+    """Threads for this job: a count, or with `auto` the cores its launcher gives it (cores /
+    n_jobs, `cpus_per_task`, 1 under submitit's local launcher), else torch's default."""
     if setting != "auto":
         return setting
     launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
@@ -335,8 +331,7 @@ def torch_threads(setting: int | str | None) -> int | None:
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
-    """The LightningModule of `cfg.model` (its `net` for the dataset's input shape and
-    classes) with the optimizer factory of `cfg.optim`."""
+    """The LightningModule of `cfg.model` for the data's shape, with `cfg.optim`'s optimizer."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
     return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net
@@ -345,8 +340,7 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
 
 def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
           ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """The datamodule, model and trainer of a config; `trackers`: a resume's tracker runs,
-    `step`: the global step it resumes at."""
+    """The datamodule, model and trainer of a config (`trackers`, `step`: a resume's)."""
     from lightning.pytorch.callbacks import ProgressBar
 
     from bnstudy.checkpoints import AtomicCheckpointIO

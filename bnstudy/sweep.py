@@ -1,7 +1,5 @@
-"""A sweep's edges (Hydra callbacks, `conf/hydra/default.yaml`): the output folder checked
-before anything runs (`OutputFolder`), the summary when a multirun ends (`SweepSummary`), and
-the submitit launchers' jobs collected one by one (`collect_jobs`: a job that ended without a
-result is a line in the summary)."""
+"""A sweep's edges: the output folder checked before anything runs (`OutputFolder`), the
+summary when a multirun ends (`SweepSummary`), submitit jobs collected one by one."""
 
 from __future__ import annotations
 
@@ -47,9 +45,8 @@ PLUGIN = "hydra_plugins.bnstudy_launchers"  # the submitit launchers collecting 
 
 
 class OutputFolder(Callback):
-    """Makes the run's or the sweep's folder before Hydra does, writing a file in it: a
-    read-only or full disk ends the command in one paragraph before anything runs (Hydra's own
-    attempt ends in a traceback)."""
+    """Makes the run's or sweep's folder before Hydra does (whose attempt ends in a traceback),
+    writing a file in it: a read-only or full disk is one paragraph before anything runs."""
 
     def on_run_start(self, config, **kwargs) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -76,8 +73,7 @@ def _make_output_folder(folder: Path, what: str, key: str) -> None:
 
 
 def announce(config: DictConfig) -> None:
-    """Where to browse as jobs finish: said by the sweepers once the jobs compose (a misspelt
-    value ends the sweep before it, with no folder to browse)."""
+    """Where to browse as jobs finish, said by the sweepers once the jobs compose."""
     if uses_tensorboard(config.get("logger")):
         from bnstudy.dashboard import BROWSE_URL
 
@@ -87,10 +83,8 @@ def announce(config: DictConfig) -> None:
 
 def check_plan(config: DictConfig) -> None:
     """Refuses a sweep into a folder whose jobs another sweep numbered otherwise (Hydra numbers
-    every sweep's jobs from 0, so one setting would train twice, under two numbers, and the
-    report count its seeds twice), or planned as no grid (a tuned study). The same sweep
-    launched again, resumed, or with more seeds (numbers after the folder's last) goes on: the
-    plans agree on every number both have."""
+    every sweep's jobs from 0) or planned as no grid (a tuned study). The same sweep again,
+    resumed, or with more seeds goes on: the plans agree on every number both have."""
     sweep_dir = Path(config.hydra.sweep.dir)
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file() or not job_dirs(sweep_dir):
@@ -111,11 +105,9 @@ def check_plan(config: DictConfig) -> None:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: a line per job, the sweep's HParams experiment, the answer and
-    the report command; then every job that did not finish (its record says why, or the
-    refusals' folder for a refused or discarded one, whichever process ran it) with the resume
-    command, and exit 1. Ok and diverged jobs are results, also those a second launch of the
-    sweep trained while this one refused them (named, not counted as unfinished)."""
+    """At the end of a multirun: a line per job, the HParams experiment, the answer and the
+    report command; then every job that did not finish (its record or refusal note says why)
+    with the resume command, and exit 1. Jobs a second launch finished meanwhile are results."""
 
     started = 0.0  # when this sweep began (the clock of the records' files)
 
@@ -141,14 +133,14 @@ class SweepSummary(Callback):
 
             refresh_sweep_view(sweep_dir)
         found, unfinished = sweep_records(sweep_dir), _collect_refusals()
+        fresh = {job.name for job, _ in found  # written by this launch, or another meanwhile
+                 if (job / RECORD_NAME).stat().st_mtime >= self.started}
         if records := [r for _, r in found]:
             from bnstudy.dashboard import BROWSE_URL, write_sweep_experiment
             from bnstudy.report.answer import console_answer
             from bnstudy.report.runs import ReportError
 
-            if board and any(  # a job of this launch trained: the experiment's table anew
-                    (job / RECORD_NAME).stat().st_mtime >= self.started
-                    and job.name not in unfinished for job, _ in found):  # (not one refused)
+            if board and fresh - set(unfinished):  # a job of this launch trained (not refused)
                 write_sweep_experiment(found[0][0], [r.hparams for r in records if r.hparams])
             lines = "\n".join(f"  {r.line()}" for r in records)
             try:
@@ -162,9 +154,8 @@ class SweepSummary(Callback):
                      len(records), lines, f"{answer}\n" if answer else "", browse, sweep_dir)
         elsewhere, held = [], []
         for job, record in found:
-            if record.finished and job.name in unfinished:  # refused here, yet a result:
-                trained_meanwhile = (job / RECORD_NAME).stat().st_mtime >= self.started
-                (elsewhere if trained_meanwhile else held).append(job.name)  # or before
+            if record.finished and job.name in unfinished:  # refused here, yet a result
+                (elsewhere if job.name in fresh else held).append(job.name)
                 del unfinished[job.name]
             elif not record.finished and job.name not in unfinished:
                 unfinished[job.name] = unfinished_reason(job, record)
@@ -196,13 +187,13 @@ class SweepSummary(Callback):
 
 def discard_empty_sweep(sweep_dir: Path) -> bool:
     """Removes a sweep directory no job left a folder in (its own files too: multirun.yaml,
-    `+mean/`) and the empty folders above it; anything else keeps it. Whether it is gone."""
+    `+mean/`) and the empty folders above it; whether it is gone."""
     return discard_folder(sweep_dir, ("multirun.yaml", "+*", ".*"))
 
 
 def note_refusal(job_dir: str | Path, message: str, why: str = "refused") -> None:
-    """Leaves a refused or discarded job's message (its directory cannot say it) for the
-    sweep's summary, which may run in another process (submitit, joblib)."""
+    """Leaves a refused or discarded job's message for the sweep's summary (which may run in
+    another process)."""
     if folder := os.environ.get(REFUSALS_ENV):
         with contextlib.suppress(RunFileError):  # the job's log has it anyway
             replace_file(Path(folder) / f"{Path(job_dir).name}.txt", f"{why}: {message}".encode())
@@ -243,10 +234,8 @@ def unfinished_reason(job: Path, record: RunRecord) -> str:
 
 
 def register_launchers() -> None:
-    """Makes `hydra/launcher=submitit_local` and `submitit_slurm` (under `slurm`) bnstudy's
-    launchers, `hydra_plugins.bnstudy_launchers` (the same keys; jobs collected one by one),
-    by storing them over the submitit plugin's configs once Hydra's plugin scan has stored
-    those. Without the `launchers` extra there is nothing to replace."""
+    """Stores bnstudy's launchers (`hydra_plugins.bnstudy_launchers`) over the submitit
+    plugin's `submitit_local` and `submitit_slurm` configs, once Hydra's plugin scan stored them."""
     if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
         return
     from hydra.core.config_store import ConfigStore
@@ -271,10 +260,9 @@ ENDINGS = {"CANCELLED": "cancelled", "TIMEOUT": "timed out, not requeued",
 
 def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0
                  ) -> list[JobReturn]:
-    """Each submitit job's return value, collected as the jobs end. A job that ends without
-    one (submitit's UncompletedJobError: cancelled, killed, lost, past its requeues) is noted
-    for the summary (`note_refusal`, under its directory's name `name_of(i)`) with its state,
-    and returns a record saying why, so that the other jobs' results are kept."""
+    """Each submitit job's return value, collected as the jobs end. A job that ends without one
+    (cancelled, killed, lost, past its requeues) is noted for the summary under its folder's
+    name `name_of(i)`, and returns a record saying why: the other jobs' results are kept."""
     from submitit.core.utils import UncompletedJobError
 
     queue = Queue(jobs)
@@ -306,8 +294,7 @@ def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0
 
 
 def job_ending(job, err: Exception) -> str:
-    """Why a submitit job left no result: `cancelled (SLURM state CANCELLED)`, or the last
-    line of the error its process raised."""
+    """Why a submitit job left no result: `cancelled (SLURM state CANCELLED)`, or its error."""
     from submitit.core.utils import FailedJobError
 
     if isinstance(err, FailedJobError):  # the job's own code raised outside the run
@@ -320,9 +307,8 @@ def job_ending(job, err: Exception) -> str:
 
 
 class Queue:
-    """Whether submitit jobs ended. SLURM jobs: from their result file and `sacct` (submitit's
-    own poll), or, on a cluster without accounting (said once), from their result file and
-    `squeue`: a job gone from the queue twice in a row without a result is `lost`."""
+    """Whether submitit jobs ended: submitit's poll (`sacct`), or without accounting their
+    result file and `squeue` (gone twice in a row without a result: `lost`)."""
 
     SQUEUE_EVERY_S = 15.0
 

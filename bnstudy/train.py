@@ -1,8 +1,5 @@
-"""Entry point: `python -m bnstudy.train [overrides]`, or `-m` to sweep (Hydra main).
-
-Each job is `bnstudy.run.train(cfg)`; this module adds what a command line needs: a paragraph
-on the console per way a run ends, and a single run's exit status or a sweep job's return
-value (whose summary exits: `bnstudy.sweep.SweepSummary`)."""
+"""Entry point: `python -m bnstudy.train [overrides]`, or `-m` to sweep. Each job is
+`bnstudy.run.train(cfg)`, plus a paragraph per way it ends and its exit status."""
 
 from __future__ import annotations
 
@@ -50,11 +47,10 @@ def main(cfg: DictConfig) -> RunRecord:
         if is_multirun():
             return RunRecord(status=err.status, run_name=cfg.run_name, error=str(err))
         sys.exit(1)
-    except KeyboardInterrupt:  # Ctrl-C outside the fit (Lightning's own handling exits 1)
+    except BaseException as err:  # Ctrl-C, a kill, a time limit: the record says interrupted
         _say_interrupted(cfg)
-        sys.exit(1)
-    except BaseException:  # a kill, a time limit: the record says interrupted
-        _say_interrupted(cfg)
+        if isinstance(err, KeyboardInterrupt):  # outside the fit (Lightning's own exits 1)
+            sys.exit(1)
         raise
     log.info("%s", record.line())
     if not is_multirun():  # a sweep's summary says where its jobs are
@@ -64,8 +60,7 @@ def main(cfg: DictConfig) -> RunRecord:
 
 
 def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> RunRecord:
-    """Says why the job left nothing (on the console only: no train.log), tells the sweep's
-    summary, or exits 1."""
+    """Says why the job left nothing (console only), tells the sweep's summary, or exits 1."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         if Path(handler.baseFilename).parent == out.resolve():  # Hydra's train.log
@@ -80,8 +75,7 @@ def _refused(cfg: DictConfig, out: Path, message: str, why: str, line: str) -> R
 
 
 def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
-    """Says that the run stopped before its end, and how it goes on (its launcher's requeue,
-    or resume=true)."""
+    """Says that the run stopped, and how it goes on (its launcher's requeue, or resume=true)."""
     key, folder = ("hydra.sweep.dir", study_dir(HydraConfig.get().sweep.dir)) if is_multirun() \
         else ("hydra.run.dir", cfg.paths.output_dir)
     where = dir_override(key, folder)
@@ -109,8 +103,7 @@ def sweep_interrupted() -> str:
 
 
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
-    """A warning when an experiment that is a sweep (`lr_sweep`, `decisive`, `tuned`) runs
-    without `-m` (Hydra then runs one job with the config's own values)."""
+    """A warning when an experiment that is a sweep (`lr_sweep`, `tuned`) runs without `-m`."""
     experiment = hydra_cfg.runtime.choices.get("experiment")
     params = dict(hydra_cfg.sweeper.get("params") or {})
     varies = bool(set(params) - {"seed"}) or params.get("seed") != "0,1,2"  # beyond the default

@@ -1,8 +1,6 @@
-"""`hydra/launcher=slurm` and `hydra/launcher=submitit_local`: Hydra's submitit launchers
-(the same executor, parameters and requeue), except that the jobs' outcomes are collected one
-by one (`bnstudy.sweep.collect_jobs`): a job that ends without a result (cancelled, killed,
-lost, past its requeues) is a line in the sweep's summary instead of a traceback that ends the
-sweep. Hydra instantiates launchers only from the `hydra_plugins` namespace."""
+"""`hydra/launcher=slurm` and `submitit_local`: Hydra's submitit launchers, except that jobs
+are collected one by one (`bnstudy.sweep.collect_jobs`): one without a result is a line in the
+summary, not a traceback ending the sweep. (Hydra finds launchers in `hydra_plugins` only.)"""
 
 from __future__ import annotations
 
@@ -32,9 +30,8 @@ LOCAL_RESTARTS = 5  # submitit's local controller starts a job at most 6 times (
 
 class _Collecting:
     def __call__(self, *args, **kwargs):
-        """One job, in its own process (Hydra's); a job that ends without a result (failed,
-        interrupted, refused) then exits 1 once submitit has kept its return value, so that
-        SLURM says FAILED (sacct, seff, mail on failure), not COMPLETED."""
+        """One job, in its own process; one without a result exits 1 once submitit kept its
+        return value, so that SLURM says FAILED, not COMPLETED."""
         job = super().__call__(*args, **kwargs)
         if job.status != JobStatus.COMPLETED or not getattr(job._return_value, "finished", False):
             atexit.register(_exit_failed)
@@ -106,7 +103,7 @@ class _Collecting:
 
 def local_requeue_limit(launcher_cfg) -> str | None:
     """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
-    it makes: past its limit a job ends without a result."""
+    it makes."""
     wanted = launcher_cfg.get("max_num_timeout")
     if not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
         return None
@@ -118,8 +115,7 @@ def local_requeue_limit(launcher_cfg) -> str | None:
 
 
 def signal_after_limit(launcher_cfg) -> str | None:
-    """Why a SLURM time limit leaves no time to train: the stop signal, `signal_delay_s` before
-    the limit, would come as each job starts (and each requeue)."""
+    """Why a SLURM time limit leaves no time to train (the stop signal comes as jobs start)."""
     delay, minutes = launcher_cfg.get("signal_delay_s"), launcher_cfg.get("timeout_min")
     if not isinstance(delay, int) or not isinstance(minutes, int) or delay < 60 * minutes:
         return None

@@ -1,10 +1,6 @@
-"""`hydra/sweeper=grid`, the study's default: Hydra's basic sweeper (every combination of the
-swept values), except that before the first job it composes only as many jobs' configs as it
-takes to meet every swept value once. Hydra's own composes every job's, one after another while
-no job runs (0.1 s each: 16 s of the decisive study's 160 jobs); each job still composes its own,
-so a combination that cannot be composed fails that job. A value that cannot be composed ends
-the sweep before any job and leaves no sweep folder (Hydra's keeps one with its multirun.yaml).
-Hydra instantiates sweepers only from the `hydra_plugins` namespace."""
+"""`hydra/sweeper=grid`, the default: Hydra's basic sweeper, except that before the first job it
+composes only the jobs that meet every swept value once (Hydra's composes all: 16 s for 160
+jobs). A value that cannot be composed ends the sweep before any job, leaving no folder."""
 
 from __future__ import annotations
 
