@@ -364,7 +364,9 @@ def test_mnist_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_p
     assert len(requests) == count
 
 
-def test_mnist_download_of_a_corrupt_file_fails_naming_it(mirror, tmp_path, monkeypatch):
+def test_a_failed_download_names_the_file_and_leaves_no_empty_folders(mirror, tmp_path,
+                                                                      monkeypatch):
+    """A corrupt file (its md5) is named; an offline machine leaves no folder it made."""
     from torchvision.datasets import MNIST
 
     from bnstudy.data import MNISTDataModule
@@ -378,6 +380,16 @@ def test_mnist_download_of_a_corrupt_file_fails_naming_it(mirror, tmp_path, monk
     with pytest.raises(DataError, match="the download failed") as err:
         MNISTDataModule(tmp_path / "data", download=True).prepare_data()
     assert "t10k-images-idx3-ubyte.gz" in str(err.value)
+
+    def offline(self):
+        (self.data_dir / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Name or service not known")
+
+    monkeypatch.setattr(MNISTDataModule, "fetch", offline)
+    target = tmp_path / "nowhere" / "data"
+    with pytest.raises(DataError, match="the download failed"):
+        MNISTDataModule(target, download=True).prepare_data()
+    assert not target.exists() and tmp_path.is_dir()
 
 
 def serve_cifar10(served: Path, tmp_path: Path) -> tuple[Path, str]:
@@ -423,21 +435,6 @@ def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp
     assert len(dm.train_set) + len(dm.val_set) == 150
     shutil.rmtree(served)  # present now: a second prepare_data fetches nothing
     CIFAR10DataModule(data_dir, download=True).prepare_data()
-
-
-def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
-    from bnstudy.data import MNISTDataModule
-    from bnstudy.errors import DataError
-
-    def offline(self):
-        (self.data_dir / "MNIST" / "raw").mkdir(parents=True)
-        raise RuntimeError("Name or service not known")
-
-    monkeypatch.setattr(MNISTDataModule, "fetch", offline)
-    target = tmp_path / "nowhere" / "data"
-    with pytest.raises(DataError, match="the download failed"):
-        MNISTDataModule(target, download=True).prepare_data()
-    assert not target.exists() and tmp_path.is_dir()
 
 
 @pytest.mark.slow

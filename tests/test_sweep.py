@@ -137,18 +137,12 @@ def test_jobs_a_second_launch_finished_meanwhile_are_results(tmp_path, sweep_sum
     assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
 
 
-def read_only_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot create anything in: a read-only one, or (as root, who
-    writes anywhere) one under /sys, which refuses even root."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    return folder if os.geteuid() != 0 else Path("/sys/bnstudy-test")
-
-
 @pytest.mark.parametrize("mode,key", [("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")])
 def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
-    where = read_only_folder(tmp_path) / "out"
+    """In a read-only folder, or (as root, who writes anywhere) under /sys, which refuses even
+    root."""
+    (tmp_path / "read-only").mkdir(mode=0o555)
+    where = (tmp_path / "read-only" if os.geteuid() != 0 else Path("/sys/bnstudy-test")) / "out"
     proc = run_train(*[m for m in [mode] if m], "paths.data_dir=/nonexistent", "seed=0",
                      f"{key}={where}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -391,18 +391,22 @@ def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
 
 
-def test_the_interrupted_lines_command_pastes_into_a_shell_for_hydra(tmp_path, caplog):
-    """A run folder named by its overrides has `=`: quoted for the shell and for Hydra."""
+def test_the_printed_resume_commands_paste_into_a_shell_for_hydra(tmp_path, caplog):
+    """A run folder named by its overrides has `=`: the "Interrupted" line's command and a
+    failed run's (`resume_command`) quote it for the shell and for Hydra."""
     import logging
     import shlex
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from bnstudy.run import resume_command
     from bnstudy.train import _say_interrupted
 
-    named = tmp_path / "2026-12-05_22-22-22_cifar10-bn-sgd-seed0-max_epochs=1000"
+    named = tmp_path / "2026-12-05_21-28-26_mnist-bn-sgd-seed0-max_epochs=1,lr=[0.1]"
+    cfg = compose_config(f"paths.output_dir='{named}'")
     with caplog.at_level(logging.ERROR, logger="bnstudy"):
-        _say_interrupted(compose_config(f"paths.output_dir='{named}'"))
-    typed = caplog.messages[-1].split("run the same command with ", 1)[1].rstrip(".")
-    (*_, last) = OverridesParser.create().parse_overrides(shlex.split(typed))
-    assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
+        _say_interrupted(cfg)
+    said = caplog.messages[-1].split("run the same command with ", 1)[1].rstrip(".")
+    for typed in (said, resume_command(cfg).removeprefix("python -m bnstudy.train ")):
+        (*_, last) = OverridesParser.create().parse_overrides(shlex.split(typed))
+        assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
