@@ -4,7 +4,6 @@ checks, the discard of an untrained run, failures in one paragraph, divergence."
 from __future__ import annotations
 
 import shutil
-import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import FAST, compose_config, csv_rows, scalars, train_run
+from helpers import FAST, compose_config, csv_rows, run_train, scalars, train_run
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.jobdir import RunExistsError
@@ -90,23 +89,44 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     assert np.array_equal(tested, correct) and untested is None
 
 
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_path):
-    """Even from the checkpoint before a cut-short `last.ckpt` (set aside, and said), and in
-    the same tracker run (the CSV log's version)."""
+def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_result(
+        tiny_data, tmp_path):
+    """Through the entry point: the "Interrupted" line names the resume command (also for a
+    Ctrl-C before Lightning's own handling), a rerun is refused; the resume shows the study's
+    lines (the frameworks' routine ones in train.log only) and gives the uninterrupted result,
+    even from the checkpoint before a cut-short `last.ckpt` (set aside, and said), in the same
+    tracker run (the CSV log's version)."""
     common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7",
               "logger=[tensorboard,csv]")
     straight = train_run(tiny_data, tmp_path / "a", *common)
     job = tmp_path / "b"
-    with pytest.raises(SystemExit):  # Lightning ends a Ctrl-C in sys.exit(1)
-        train_run(tiny_data, job, *common, *INTERRUPT,  # each epoch 0.5 s longer
-                  "+callbacks.slow._target_=tests.faults.SlowEpochs", "+callbacks.slow.seconds=0.5")
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    entry = (*FAST, *common, "~callbacks.hallucinations", f"paths.data_dir={tiny_data}",
+             f"hydra.run.dir={job}")
+    stopped = run_train(*entry, *INTERRUPT,  # each epoch 0.5 s longer
+                        "+callbacks.slow._target_=tests.faults.SlowEpochs",
+                        "+callbacks.slow.seconds=0.5")
+    go_on = f"To go on, run the same command with resume=true hydra.run.dir={job}."
+    assert stopped.returncode == 1 and "keeps what it trained so far. " + go_on in stopped.stderr
     before = RunRecord.read(job)
     assert before.status == "interrupted" and len(before.history) == 2
+    refused = run_train(*entry)
+    assert refused.returncode == 1 and "already holds a run (status interrupted)" in \
+        refused.stderr and "Traceback" not in refused.stderr
+    early = run_train(*entry, "resume=true", "+callbacks.stop._target_=tests.faults."
+                      "InterruptWhenBuilt")  # Ctrl-C before Lightning's own handling
+    assert early.returncode == 1 and "Traceback" not in early.stderr and go_on in early.stderr
     RunRecord.update(job / "metrics.json", error="boom", traceback="...")
     last = job / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100_000])  # as a kill during the save would leave it
-    resumed = train_run(tiny_data, job, *common, "resume=true")
+    proc = run_train(*entry, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console, log = proc.stdout + proc.stderr, (job / "train.log").read_text()
+    for routine in ("GPU available", "`Trainer.fit` stopped"):
+        assert routine not in console and routine in log  # kept, in the log file
+    assert f"training 3 epochs (resuming after epoch 2) into {job}" in console
+    assert ": ok, val acc " in console and f"Files: {job} (" in console
+    assert "already holds a run" not in proc.stderr and refused.stderr not in log
+    resumed = RunRecord.read(job)
     assert resumed.status == "ok" and resumed.error is None and resumed.traceback is None
     assert "last.ckpt" in resumed.resume_note and "Resumed from the previous" in resumed.resume_note
     assert (job / "checkpoints" / "last.ckpt.corrupt").is_file()  # set aside, not deleted
@@ -124,7 +144,9 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tiny_data, tmp_p
         [[(r["step"], r["val/acc"]) for r in rows[1] if r["val/acc"]]] * 2
     # its time counts the epochs of both attempts, not the second attempt's alone
     assert resumed.wall_time_s > resumed.history[-1]["time_s"] > before.history[0]["time_s"] > 0.5
-    assert train_run(tiny_data, job, *common, "resume=true") == resumed  # finished: skipped
+    again = run_train(*entry, "resume=true")  # finished: skipped
+    assert again.returncode == 0 and "already finished: skipped" in again.stderr
+    assert RunRecord.read(job) == resumed
 
 
 @pytest.mark.slow
@@ -275,24 +297,6 @@ def slurm_job(monkeypatch, restarts: int | None) -> None:
                         ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_RESTART_COUNT", restarts)):
         if value is not None:
             monkeypatch.setenv(name, str(value))
-
-
-def test_a_slurm_requeue_resumes_untold_and_a_second_srun_is_refused(stored_job, monkeypatch,
-                                                                     caplog):
-    """Issue #36: the record names SLURM job 1000_3 before any restart; SLURM requeued it
-    (SLURM_RESTART_COUNT=1): it resumes without resume=true, and says so in the log."""
-    import logging
-
-    RunRecord.update(stored_job / "metrics.json", job={"id": "slurm:1000_3", "restarts": 0})
-    slurm_job(monkeypatch, None)
-    with pytest.raises(RunExistsError, match="already holds a run"):  # the same start again
-        check_job_dir(job_cfg(stored_job), stored_job)
-    slurm_job(monkeypatch, 1)
-    with caplog.at_level(logging.INFO, logger="bnstudy"):
-        assert check_job_dir(job_cfg(stored_job), stored_job) is True
-    assert "mnist-bn-sgd-seed0: requeued by its launcher (job slurm:1000_3, status " \
-           "interrupted): resuming" in caplog.messages
-    assert (stored_job / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize("shown", [True, False])
@@ -464,10 +468,14 @@ def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeyp
 
 
 def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, tmp_path,
-                                                                    monkeypatch):
-    """SLURM requeued the job: it trains on without resume=true, its record names the new
-    attempt's job and counts the requeue, and the warnings the earlier attempt showed (its
-    train.log) are not shown again."""
+                                                                    monkeypatch, caplog):
+    """Issue #36: the record names SLURM job 1000_3 before any restart; started again in it
+    (a second srun) it is refused; requeued (SLURM_RESTART_COUNT=1) it trains on without
+    resume=true, says so, its folder not cleared, its record names the new attempt's job and
+    counts the requeue, and the warnings the earlier attempt showed (its train.log) are not
+    shown again."""
+    import logging
+
     from omegaconf import OmegaConf
 
     from bnstudy.console import StudyLines
@@ -480,9 +488,17 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
               error="boom", traceback="Traceback ...", diverged_at={"epoch": 0}
               ).write(tmp_path / "metrics.json")
     (tmp_path / "train.log").write_text("[2026-12-05 04:00:00,000][x][WARNING] - seen before\n")
+    (tmp_path / "csv").mkdir()  # an earlier attempt's log: what overwrite=true would clear
+    (tmp_path / "csv" / "metrics.csv").write_bytes(b"x")
     monkeypatch.setattr(StudyLines, "earlier", set())
+    slurm_job(monkeypatch, None)
+    with pytest.raises(RunExistsError, match="already holds a run"):  # the same start again
+        train_run(tiny_data, tmp_path)
     slurm_job(monkeypatch, 1)
-    record = train_run(tiny_data, tmp_path)
+    with caplog.at_level(logging.INFO, logger="bnstudy"):
+        record = train_run(tiny_data, tmp_path)
+    assert ": requeued by its launcher (job slurm:1000_3, status interrupted): resuming" in \
+        caplog.text and (tmp_path / "csv" / "metrics.csv").read_bytes() == b"x"
     assert record.status == "ok" and record.requeues == 2
     assert record.job == {"id": "slurm:1000_3", "restarts": 1}
     assert (record.error, record.traceback, record.diverged_at) == (None, None, None)

@@ -79,34 +79,6 @@ def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_p
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_says_how_to_go_on_and_its_resume_shows_the_studys_lines(
-        tiny_data, tmp_path):
-    common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-              f"hydra.run.dir={tmp_path}")
-    stopped = run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
-                        "+callbacks.stop.epoch=1")
-    assert stopped.returncode == 1 and read_record(tmp_path)["status"] == "interrupted"
-    assert "keeps what it trained so far. To go on, run the same command with resume=true " \
-           f"hydra.run.dir={tmp_path}" in stopped.stderr
-    refused = run_train(*common)
-    assert refused.returncode == 1 and "already holds a run (status interrupted)" in \
-        refused.stderr and "Traceback" not in refused.stderr
-    early = run_train(*common, "resume=true", "+callbacks.stop._target_=tests.faults."
-                      "InterruptWhenBuilt")  # Ctrl-C before Lightning's own handling
-    assert early.returncode == 1 and "Traceback" not in early.stderr and \
-        f"To go on, run the same command with resume=true hydra.run.dir={tmp_path}" in early.stderr
-    proc = run_train(*common, "resume=true")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    console, log = proc.stdout + proc.stderr, (tmp_path / "train.log").read_text()
-    for routine in ("GPU available", "`Trainer.fit` stopped"):
-        assert routine not in console and routine in log  # kept, in the log file
-    assert f"training 2 epochs (resuming after epoch 1) into {tmp_path}" in console
-    assert ": ok, val acc " in console
-    assert f"Files: {tmp_path} (" in console
-    assert proc.stderr.count("already holds a run") == 0 and refused.stderr not in log
-
-
-@pytest.mark.slow
 def test_ctrl_c_on_a_sweeps_process_is_one_paragraph_with_the_resume_command(tiny_data, tmp_path):
     """The sweep's own process (waiting for a parallel job: n_jobs=1 would run it in that
     process) stopped by Ctrl-C."""
