@@ -69,24 +69,31 @@ def test_jobs_that_ended_alike_are_one_line_of_the_summary(tmp_path, sweep_summa
     assert f"\n  {other.name}: failed: ValueError: boom\n" in message
 
 
-@pytest.mark.parametrize("also_unfinished", [False, True])
-def test_a_finished_run_refused_again_is_kept_and_named_as_such(also_unfinished, tmp_path,
-                                                                sweep_summary):
+@pytest.mark.parametrize("others", [False, True])
+def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(others, tmp_path,
+                                                                   sweep_summary, caplog):
     """The same sweep launched again without resume=true: a job that already held a finished
-    run is refused, said to be kept (not "did not finish"), and the exit status is 1."""
+    run is refused, said to be kept (not "did not finish"), and the exit status is 1. Launched
+    twice at once, each refuses the jobs the other holds, which the other then finishes: not
+    unfinished (a job still in use is)."""
+    caplog.set_level("INFO", logger="bnstudy")
     held = write_job(tmp_path, [0.5, 0.6])
     note_refusal(held, "it already holds a run (status ok)")
     os.utime(held / "metrics.json", (sweep_summary.started - 60,) * 2)  # from before
-    if also_unfinished:
-        stopped = write_job(tmp_path, [0.4], status="interrupted", seed=1)
-    message = sweep_summary.end()
     kept = f"1 job(s) already held a finished run and were left as they are ({held.name}); " \
         "overwrite=true trains them again."
-    if also_unfinished:
-        assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
-        assert f"\n  {stopped.name}: interrupted" in message and message.endswith(f"\n{kept}")
-    else:
-        assert message == f"{kept} Their results stand: python -m bnstudy.report {tmp_path}"
+    if not others:
+        assert sweep_summary.end() == \
+            f"{kept} Their results stand: python -m bnstudy.report {tmp_path}"
+        return
+    finished = write_job(tmp_path, [0.5, 0.6], seed=1)  # by the other launch, meanwhile
+    running = write_job(tmp_path, [0.4], status="running", seed=2)
+    for job in (finished, running):
+        note_refusal(job, f"{job} is in use")
+    message = sweep_summary.end()
+    assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
+    assert f"\n  {running.name}: refused: " in message and message.endswith(f"\n{kept}")
+    assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
 
 
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
@@ -121,20 +128,6 @@ def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch)
     os.utime(held / "metrics.json", (summary.started + 1,) * 2)  # trained by this launch
     summary.on_multirun_end(config)
     assert len(list(held.glob("events.out.tfevents.*"))) == 1
-
-
-def test_jobs_a_second_launch_finished_meanwhile_are_results(tmp_path, sweep_summary, caplog):
-    """The sweep launched twice: each refuses the jobs the other holds, which the other then
-    finishes; neither counts those as unfinished (a job still in use does count)."""
-    caplog.set_level("INFO", logger="bnstudy")
-    finished = write_job(tmp_path, [0.5, 0.6])
-    running = write_job(tmp_path, [0.4], status="running", seed=1)
-    for job in (finished, running):
-        note_refusal(job, f"{job} is in use")
-    message = sweep_summary.end()
-    assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
-    assert f"\n  {running.name}: refused: " in message
-    assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
 
 
 @pytest.mark.parametrize("mode,key", [("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")])
