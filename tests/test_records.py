@@ -40,6 +40,7 @@ def test_a_record_reads_back_as_written_and_ignores_unknown_keys(tmp_path):
     assert updated == RunRecord.read(tmp_path) == RunRecord(status="failed", error="boom")
     RunRecord().write(tmp_path / "new" / "job" / "metrics.json")  # the folders are made
     assert RunRecord.read(tmp_path / "new" / "job") == RunRecord()
+    assert RunRecord().line() == "?: running, val acc -, test acc -, -"  # unfinished: dashes
 
 
 def test_test_correct_reads_back_as_bools_and_is_none_when_absent_or_broken(tmp_path):
@@ -104,8 +105,7 @@ def test_a_write_error_names_the_file_whatever_the_library_gave():
         "still usable. To go on, fix the cause, then run the same command with resume=true.")
 
 
-def test_an_unfinished_record_is_one_line_of_dashes_and_jobs_sort_by_number():
-    assert RunRecord().line() == "?: running, val acc -, test acc -, -"
+def test_jobs_sort_by_number():
     assert sorted(["10_lr=0.1", "9_a_b", "notes", "2", "0_a"], key=job_order) == [
         "notes", "0_a", "2", "9_a_b", "10_lr=0.1"]  # a name without a number first
     assert job_order("10_lr=0.1") == (10, "10_lr=0.1")

@@ -527,24 +527,19 @@ def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatc
     _record_quietly(tmp_path / "rank0", status="interrupted")
 
 
-def test_a_run_names_itself_in_its_lock_while_it_trains(tmp_path, monkeypatch):
+def test_a_run_names_itself_in_its_lock_and_needs_a_job_directory(tmp_path, monkeypatch):
+    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder: a run there
+    would make a folder named after it in the working directory."""
     from bnstudy import run
+    from bnstudy.config import compose
+    from bnstudy.errors import ConfigError
     from bnstudy.jobdir import holder
 
     monkeypatch.setattr(run, "_train", lambda cfg, out: holder(out))  # what another process sees
-    assert run.train(job_cfg(tmp_path))["run"] == "mnist-bn-sgd-seed0"
-    assert holder(tmp_path) == {}  # released when it ends
-
-
-def test_a_config_composed_without_a_job_directory_is_refused(tmp_path, monkeypatch):
-    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder: a run there
-    would make a folder named after it in the working directory."""
-    from bnstudy.config import compose
-    from bnstudy.errors import ConfigError
-    from bnstudy.run import train
-
-    monkeypatch.chdir(tmp_path)
+    assert run.train(job_cfg(tmp_path / "job"))["run"] == "mnist-bn-sgd-seed0"
+    assert holder(tmp_path / "job") == {}  # released when it ends
+    monkeypatch.chdir(tmp_path / "job")
     with pytest.raises(ConfigError, match=r"^paths.output_dir is not set: .* nothing was run\. "
                                           r"Name one, e\.g\. compose\(\["):
-        train(compose(["norm=none"]))
-    assert list(tmp_path.iterdir()) == []
+        run.train(compose(["norm=none"]))
+    assert [p.name for p in (tmp_path / "job").iterdir()] == ["job.lock"]
