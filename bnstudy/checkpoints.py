@@ -86,8 +86,7 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | 
 
 
 class StudyCheckpoint(ModelCheckpoint):
-    """Lightning's `ModelCheckpoint` plus a save when training ends if its last step was not
-    saved: `last.ckpt` always holds the final state."""
+    """Lightning's `ModelCheckpoint` plus a final save if needed: `last.ckpt` is the final state."""
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)

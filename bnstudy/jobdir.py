@@ -137,8 +137,7 @@ def launcher_job() -> dict | None:
 
 
 def _started(pid: str) -> str:
-    """When process `pid` started (ticks since boot; '?' where unknown): a later process given
-    the same pid is another job."""
+    """When process `pid` started, in ticks since boot ('?' if unknown): a reused pid differs."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):

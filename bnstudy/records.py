@@ -249,8 +249,7 @@ class RunRecord:
 
     @classmethod
     def read(cls, path: str | Path) -> RunRecord | None:
-        """The record at `path` (a metrics.json or its job directory), None if absent; unknown
-        keys ignored; ValueError if not JSON."""
+        """The record at `path` (a metrics.json or its folder) or None; not JSON: ValueError."""
         if not (file := cls._file(path)).is_file():
             return None
         known = {f.name for f in fields(cls)}

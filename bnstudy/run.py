@@ -261,8 +261,7 @@ def discard_folder(folder: Path, own: tuple[str, ...]) -> bool:
 
 
 def remove_empty_folder(folder: Path) -> bool:
-    """Removes `folder` if empty, then the folders above it this empties inside the working
-    directory; whether `folder` is gone."""
+    """Whether `folder` is gone: removed if empty, then the emptied folders above it in the cwd."""
     cwd = Path.cwd().resolve()  # before the removal: the job may run in its own folder
     try:
         folder.rmdir()

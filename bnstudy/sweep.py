@@ -192,8 +192,7 @@ def discard_empty_sweep(sweep_dir: Path) -> bool:
 
 
 def note_refusal(job_dir: str | Path, message: str, why: str = "refused") -> None:
-    """Leaves a refused or discarded job's message for the sweep's summary (which may run in
-    another process)."""
+    """Leaves a refused or discarded job's message for the sweep's summary (another process)."""
     if folder := os.environ.get(REFUSALS_ENV):
         with contextlib.suppress(RunFileError):  # the job's log has it anyway
             replace_file(Path(folder) / f"{Path(job_dir).name}.txt", f"{why}: {message}".encode())

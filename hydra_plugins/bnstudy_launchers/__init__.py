@@ -102,8 +102,7 @@ class _Collecting:
 
 
 def local_requeue_limit(launcher_cfg) -> str | None:
-    """A warning when `max_num_timeout` asks submitit's local launcher for more requeues than
-    it makes."""
+    """A warning when `max_num_timeout` asks more requeues than submitit's local launcher makes."""
     wanted = launcher_cfg.get("max_num_timeout")
     if not isinstance(wanted, int) or wanted <= LOCAL_RESTARTS:
         return None
