@@ -16,7 +16,6 @@ from bnstudy.jobdir import (
     describe_holder,
     holder,
     is_locked,
-    is_primary,
     is_requeue,
     launcher_job,
     same_job,
@@ -157,24 +156,3 @@ def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path
         for child in children:
             child.kill()
             child.wait()
-
-
-def test_only_rank_0_writes_the_runs_files_and_speaks_on_the_console(monkeypatch):
-    """Rank 0 (of DDP, or of a SLURM job's tasks) writes and says what the run does; the
-    other ranks' console shows their errors only (each rank keeps its own log)."""
-    import logging
-
-    from bnstudy.console import StudyLines
-
-    def shown(level: int) -> bool:
-        return StudyLines().filter(logging.LogRecord("bnstudy", level, "", 0, "x", (), None))
-
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
-    assert is_primary() and shown(logging.INFO)
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        monkeypatch.setenv(name, "1")
-        assert not is_primary(), name
-        assert not shown(logging.INFO) and not shown(logging.WARNING) and shown(logging.ERROR)
-        monkeypatch.setenv(name, "0")
-    assert is_primary()

@@ -319,11 +319,17 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(t
                                                                               monkeypatch):
     """Issue #34, quiet on a cluster too: a warning that an earlier attempt of a requeued job
     wrote to its train.log (`shown_before`) is not shown again, and Lightning's srun notice (a
-    submitit_local sweep on a machine with SLURM) goes to train.log only."""
+    submitit_local sweep on a machine with SLURM) goes to train.log only. Rank 0 (of DDP, or
+    of a SLURM job's tasks) writes and says what the run does; the other ranks' console shows
+    their errors only (each rank keeps its own log)."""
     import logging
 
     from bnstudy.console import StudyLines, shown_before
+    from bnstudy.jobdir import is_primary
 
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_primary()
     monkeypatch.setattr(StudyLines, "shown", set())
     monkeypatch.setattr(StudyLines, "earlier", set())
 
@@ -348,6 +354,12 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(t
         f"[2026-12-04 23:00:01,000][bnstudy][WARNING] - {checksums}\n")
     shown_before(tmp_path / "train.log")
     assert not shown("bnstudy.data", logging.WARNING, checksums)
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(name, "1")
+        assert not is_primary() and shown("bnstudy", logging.ERROR, "x failed: …"), name
+        assert not shown("bnstudy", logging.INFO, "x") and not shown("x", logging.WARNING, "new")
+        monkeypatch.setenv(name, "0")
+    assert is_primary()
 
 
 def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
