@@ -302,3 +302,43 @@ def grid_tile(grid, k: int, nrow: int, shape):
     row, col = divmod(k, nrow)
     top, left = PAD + row * (shape[1] + PAD), PAD + col * (shape[2] + PAD)
     return grid[:, top : top + shape[1], left : left + shape[2]]
+
+
+LAUNCHER_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID")
+ARRAY_TASK = {"SLURM_JOB_ID": "1001", "SLURM_ARRAY_JOB_ID": "1000", "SLURM_ARRAY_TASK_ID": "3"}
+
+
+def launcher_env(monkeypatch, **values) -> None:
+    """No launcher's environment but `values` (e.g. `**ARRAY_TASK`: SLURM's array task 1000_3,
+    job 1001; a None value stays unset)."""
+    for name in LAUNCHER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        if value is not None:
+            monkeypatch.setenv(name, str(value))
+
+
+def fake_commands(monkeypatch, bin_dir: Path, only: bool = False, **scripts: str) -> None:
+    """Shell commands `name=script` (e.g. `srun="exit 1"`) in `bin_dir`, first on the PATH (with
+    `only`, the PATH itself: no other command is found)."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, script in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    path = str(bin_dir) if only else f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    monkeypatch.setenv("PATH", path)
+
+
+def checkpoint_hits(job: Path, data_dir: Path) -> np.ndarray:
+    """Whether the job's `last.ckpt` classifies each tiny MNIST test image correctly, in order."""
+    import torch
+
+    from bnstudy.data import MNISTDataModule
+    from bnstudy.model import Classifier
+
+    model = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt")
+    data = MNISTDataModule(data_dir, download=False)
+    data.setup("test")
+    with torch.no_grad():
+        return (model.eval()(data.test_set.x).argmax(-1) == data.test_set.y).numpy()

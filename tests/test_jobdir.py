@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from helpers import launcher_env
 
 from bnstudy.jobdir import (
     LOCK_NAME,
@@ -57,34 +58,24 @@ def test_a_second_holder_is_refused_naming_the_first_in_full(tmp_path):
     assert describe_holder({"run": "r"}) == "r in process ? on ? since ?"
 
 
-SLURM_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
-             "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID")
-
-
-@pytest.fixture
-def launcher_env(monkeypatch):
-    for name in SLURM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
-def test_a_slurm_requeue_keeps_the_job_id_and_counts_a_restart(launcher_env):
+def test_a_slurm_requeue_keeps_the_job_id_and_counts_a_restart(monkeypatch):
+    launcher_env(monkeypatch)
     assert launcher_job() is None  # no launcher: never a requeue
-    launcher_env.setenv("SLURM_JOB_ID", "1001")
+    monkeypatch.setenv("SLURM_JOB_ID", "1001")
     assert launcher_job() == {"id": "slurm:1001", "restarts": 0}  # not an array job
-    launcher_env.setenv("SLURM_ARRAY_JOB_ID", "1000")  # an array job without its task's id
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "1000")  # an array job without its task's id
     assert launcher_job()["id"] == "slurm:1000_"
-    launcher_env.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     first = launcher_job()
     assert first == {"id": "slurm:1000_3", "restarts": 0}
     assert not is_requeue(first, launcher_job())  # a second srun in the same allocation
-    launcher_env.setenv("SLURM_RESTART_COUNT", "1")  # scontrol requeue: the same job again
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # scontrol requeue: the same job again
     requeued = launcher_job()
     assert is_requeue(first, requeued) and same_job(first, requeued)
     assert not is_requeue(requeued, launcher_job())  # a second srun after the requeue
-    launcher_env.setenv("SLURM_RESTART_COUNT", "2")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert is_requeue(requeued, launcher_job())  # requeued again
-    launcher_env.setenv("SLURM_ARRAY_TASK_ID", "4")  # another task of the array
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")  # another task of the array
     assert not is_requeue(first, launcher_job()) and not same_job(first, launcher_job())
     assert not is_requeue(None, launcher_job())
     assert not same_job(requeued, None) and not same_job(None, requeued)
@@ -125,7 +116,7 @@ def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path
         assert config_subdir(str(tmp_path), True) is None
 
 
-def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path):
+def test_a_submitit_job_is_named_by_its_controllers_start(monkeypatch, tmp_path):
     """A submitit local requeue is the same controller, named by its start in ticks since boot
     (a later process given its pid is another job), later for a process started later; a pid
     that is not running: '?'."""
@@ -134,17 +125,18 @@ def test_a_submitit_job_is_named_by_its_controllers_start(launcher_env, tmp_path
 
     from bnstudy.jobdir import _started
 
-    launcher_env.setenv("SUBMITIT_EXECUTOR", "local")
-    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))  # a live process: its start
+    launcher_env(monkeypatch)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getpid()))  # a live process: its start
     job = launcher_job()
     assert job["id"] == f"submitit-local:{socket.gethostname()}:{os.getpid()}:" \
         f"{_started(str(os.getpid()))}" and not job["id"].endswith(":?")
     assert is_requeue(job, launcher_job())
-    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", str(os.getppid()))  # another job's controller
     assert not is_requeue(job, launcher_job())
-    launcher_env.setenv("SUBMITIT_LOCAL_JOB_ID", "999999999")
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "999999999")
     assert launcher_job()["id"] == f"submitit-local:{socket.gethostname()}:999999999:?"
-    launcher_env.setenv("SUBMITIT_EXECUTOR", "slurm")  # not its local executor: no launcher job
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # not its local executor: no launcher job
     assert launcher_job() is None
     odd = tmp_path / "x) y"  # a program name holding ") ": /proc's stat shows it as it is
     odd.symlink_to(shutil.which("sleep"))

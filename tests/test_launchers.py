@@ -20,7 +20,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
-from helpers import read_record, write_cifar10, write_mnist
+from helpers import fake_commands, read_record, write_cifar10, write_mnist
 
 # -- sweeps through launchers -------------------------------------------------------------
 run_sweep = functools.partial(helpers.run_sweep, fresh=True)  # launchers start processes
@@ -108,11 +108,7 @@ def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch
 
     from bnstudy.sweep import register_launchers
 
-    srun = tmp_path / "bin" / "srun"  # submitit looks for it; nothing is submitted
-    srun.parent.mkdir()
-    srun.write_text("#!/bin/sh\nexit 1\n")
-    srun.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
+    fake_commands(monkeypatch, tmp_path / "bin", srun="exit 1")  # submitit looks for it only
     register_launchers()  # as the entry point does
     launcher = OmegaConf.to_container(compose_config(
         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=120",
@@ -153,14 +149,9 @@ def test_a_sweep_slurm_cannot_take_is_one_paragraph_and_leaves_no_folder(
         slurm, overrides, said, tiny_data, tmp_path, monkeypatch):
     """No SLURM on the machine, sbatch refusing the jobs (a misspelt partition, GPUs or memory
     a node lacks), a time limit shorter than the stop signal's head start."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    if slurm == "refuses":
-        refusal = "echo 'sbatch: error: invalid partition specified: debg' >&2; exit 1"
-        for name, script in (("srun", "exit 1"), ("sbatch", refusal)):
-            (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
-            (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
+    refusal = "echo 'sbatch: error: invalid partition specified: debg' >&2; exit 1"
+    fake_commands(monkeypatch, tmp_path / "bin", only=True,
+                  **({"srun": "exit 1", "sbatch": refusal} if slurm == "refuses" else {}))
     sweep = tmp_path / "sweep"
     proc = helpers.run_sweep(sweep, tiny_data, "hydra/launcher=slurm",
                              "hydra.launcher.partition=debg", *overrides)

@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import FAST, compose_config, csv_rows, run_train, scalars, train_run
+from helpers import (
+    ARRAY_TASK,
+    FAST,
+    checkpoint_hits,
+    compose_config,
+    csv_rows,
+    launcher_env,
+    run_train,
+    scalars,
+    train_run,
+)
 
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.jobdir import RunExistsError
@@ -41,8 +51,6 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     from tensorboard.plugins.hparams import metadata
 
     from bnstudy import eval as evaluate
-    from bnstudy.data import MNISTDataModule
-    from bnstudy.model import Classifier
     from bnstudy.report.runs import load_runs
 
     job = tmp_path / "0_tested"
@@ -73,12 +81,7 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     assert correct.dtype == bool and correct.shape == (200,)  # tiny MNIST's test images
     assert 0.2 < correct.mean() < 0.8  # hits and misses both: their order is checked below
     assert correct.mean() == pytest.approx(record.test_acc, abs=1e-6)
-    model = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt")
-    data = MNISTDataModule(tiny_data, download=False)
-    data.setup("test")
-    with torch.no_grad():
-        hits = model.eval()(data.test_set.x).argmax(-1) == data.test_set.y
-    assert np.array_equal(correct, hits.numpy())
+    assert np.array_equal(correct, checkpoint_hits(job, tiny_data))
     assert evaluate.main([str(job)]) == 0, capsys.readouterr().err
     assert json.loads((job / "eval.json").read_text())["test"]["acc"] == \
         pytest.approx(record.test_acc, abs=1e-7)
@@ -285,20 +288,6 @@ def test_resume_with_another_training_setting_is_refused(override, named, stored
     assert named in listed.split("; ")
 
 
-SLURM_ENV = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
-             "SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID")
-
-
-def slurm_job(monkeypatch, restarts: int | None) -> None:
-    """The environment of SLURM's array task 1000_3 (job 1001), restarted `restarts` times."""
-    for name in SLURM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in (("SLURM_JOB_ID", "1001"), ("SLURM_ARRAY_JOB_ID", "1000"),
-                        ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_RESTART_COUNT", restarts)):
-        if value is not None:
-            monkeypatch.setenv(name, str(value))
-
-
 @pytest.mark.parametrize("shown", [True, False])
 def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
     """On a terminal the bar redraws every `refresh_rate` steps (not Lightning's every step);
@@ -458,7 +447,7 @@ def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeyp
     RunRecord.update(stored_job / "metrics.json", status="ok",
                      job={"id": "slurm:1000_3", "restarts": 0})
     before = {p: p.read_bytes() for p in stored_job.rglob("*") if p.is_file()}
-    slurm_job(monkeypatch, 1)
+    launcher_env(monkeypatch, **ARRAY_TASK, SLURM_RESTART_COUNT=1)
     monkeypatch.setenv("SLURM_PROCID", "1")
     unusable = (f"paths.data_dir={stored_job / 'no-data'}", "dataset.datamodule.download=false")
     assert train(job_cfg(stored_job, *unusable)).status == "ok"  # its job, requeued
@@ -491,10 +480,10 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
     (tmp_path / "csv").mkdir()  # an earlier attempt's log: what overwrite=true would clear
     (tmp_path / "csv" / "metrics.csv").write_bytes(b"x")
     monkeypatch.setattr(StudyLines, "earlier", set())
-    slurm_job(monkeypatch, None)
+    launcher_env(monkeypatch, **ARRAY_TASK)
     with pytest.raises(RunExistsError, match="already holds a run"):  # the same start again
         train_run(tiny_data, tmp_path)
-    slurm_job(monkeypatch, 1)
+    launcher_env(monkeypatch, **ARRAY_TASK, SLURM_RESTART_COUNT=1)
     with caplog.at_level(logging.INFO, logger="bnstudy"):
         record = train_run(tiny_data, tmp_path)
     assert ": requeued by its launcher (job slurm:1000_3, status interrupted): resuming" in \

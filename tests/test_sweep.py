@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import run_train, write_job
+from helpers import fake_commands, run_train, write_job
 from omegaconf import OmegaConf
 
 from bnstudy.sweep import REFUSALS_ENV, SweepSummary, note_refusal
@@ -216,13 +216,8 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
     from bnstudy import sweep
 
     done = write_job(tmp_path, [0.5, 0.6])
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool, script in (("sacct", "echo 'Slurm accounting storage is disabled' >&2; exit 1"),
-                         ("squeue", "exit 0")):  # the queue is empty
-        (bin_dir / tool).write_text(f"#!/bin/sh\n{script}\n")
-        (bin_dir / tool).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    fake_commands(monkeypatch, tmp_path / "bin", squeue="exit 0",  # the queue is empty
+                  sacct="echo 'Slurm accounting storage is disabled' >&2; exit 1")
     monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
     sweep.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
                        [done.name, "1_mnist-bn-sgd-seed1"].__getitem__, tmp_path, poll_s=0)

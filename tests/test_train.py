@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers import (
     FAST,
+    checkpoint_hits,
     compose_config,
     fresh_train,
     read_record,
@@ -222,10 +223,6 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     CPU); rank 0 alone writes and speaks (the workers' notices go to train.log), the per-image
     test hits of both ranks' shares in the test set's order."""
     import numpy as np
-    import torch
-
-    from bnstudy.data import MNISTDataModule
-    from bnstudy.model import Classifier
 
     proc = fresh_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
                        "trainer.accelerator=cpu", "trainer.devices=2",
@@ -235,11 +232,7 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     assert proc.stderr.count(": ok, val acc") == 1 and "Initializing distributed" not in \
         proc.stderr, proc.stderr[-3000:]
     record = read_record(tmp_path)
-    model = Classifier.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
-    data = MNISTDataModule(tiny_data, download=False)
-    data.setup("test")
-    with torch.no_grad():
-        hits = (model.eval()(data.test_set.x).argmax(-1) == data.test_set.y).numpy()
+    hits = checkpoint_hits(tmp_path, tiny_data)
     correct = np.load(tmp_path / "test_correct.npy")
     assert np.array_equal(correct, hits) and 0 < hits.mean() < 1
     assert correct.mean() == pytest.approx(record["test"]["acc"], abs=1e-6)
