@@ -14,8 +14,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bnstudy.errors import ConfigError
@@ -116,11 +121,8 @@ def swept_suffix(override_dirname: str) -> str:
 
 
 def swept_keys() -> set[str] | None:
-    """The keys the running multirun varies (command line and `hydra.sweeper.params`), from
-    the `multirun.yaml` Hydra saves first; None outside a multirun or without that file."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
+    """The keys the running multirun varies, from the `multirun.yaml` Hydra saves first; None
+    outside a multirun or without that file."""
     if not HydraConfig.initialized() or (hydra := HydraConfig.get()).mode != RunMode.MULTIRUN:
         return None
     saved = Path(hydra.runtime.cwd) / hydra.sweep.dir / "multirun.yaml"
@@ -139,8 +141,6 @@ NO_JOB_DIR = "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.swee
 def job_dir() -> str:
     """`paths.output_dir`: Hydra's `runtime.output_dir`, or where no job runs (`--cfg job`)
     where it would be."""
-    from hydra.core.hydra_config import HydraConfig
-
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime
         if not OmegaConf.is_missing(runtime, "output_dir") and runtime.output_dir:
@@ -169,7 +169,10 @@ def unknown_override(args: list[str]) -> str | None:
         candidates = names if ours else hydra_names
         if candidates and any(n == key or n.startswith(f"{key}.") for n in candidates):
             continue
-        scored = {name: _likeness(key, name) for name in candidates or _setting_names(chosen)
+        pool = candidates or _setting_names(chosen)
+        if ours and "." not in key:  # a misspelt group (`nrom=bn`) too
+            pool = [*pool, *sorted(groups - {"hydra"})]
+        scored = {name: _likeness(key, name) for name in pool
                   if not name.rsplit(".", 1)[-1].startswith("_")}  # not _target_ and the like
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.count(".")))
@@ -322,9 +325,8 @@ NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_pr
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
             overridden: tuple[str, ...] = ()) -> dict:
-    """The study's settings (dataset, model, depth, norm, optim, seed, lr, batch size, width,
-    epochs) and, by dotted key, every other one that differs from `defaults` (the config of the
-    same group choices) or was `overridden` on the command line."""
+    """The study's settings (dataset, model, depth, norm, optim, seed, lr, ...) and, by dotted key,
+    any other that differs from `defaults` (its group choices') or was `overridden`."""
     net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
     study = {"dataset": cfg.dataset.name,
              "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
@@ -348,9 +350,6 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
 
 def group_defaults(choices: dict) -> DictConfig:
     """The config the group `choices` (Hydra's `runtime.choices`) give without other overrides."""
-    from hydra import compose as hydra_compose
-    from hydra.core.global_hydra import GlobalHydra
-
     overrides = [f"{group}={choice}" for group, choice in choices.items()
                  if choice is not None and not group.startswith(("hydra", "schema"))]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
@@ -359,16 +358,13 @@ def group_defaults(choices: dict) -> DictConfig:
 
 
 def _compose(overrides, return_hydra_config: bool = False) -> DictConfig:
-    """Hydra's compose of the project's config, a copy of the one made before for the same
-    overrides (and, with Hydra's node, the same working directory: `hydra.runtime.cwd`)."""
+    """Hydra's compose of the project's config: a copy of one made before for the same overrides
+    and working directory (`hydra.runtime.cwd`)."""
     return copy.deepcopy(_composed(tuple(overrides), return_hydra_config, os.getcwd()))
 
 
 @functools.lru_cache(maxsize=64)
 def _composed(overrides: tuple[str, ...], return_hydra_config: bool, cwd: str) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     register()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides),
@@ -378,8 +374,6 @@ def _composed(overrides: tuple[str, ...], return_hydra_config: bool, cwd: str) -
 def compose(overrides=()) -> DictConfig:
     """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so
     `${hydra:...}`, the run's name, resolves): what `bnstudy.run.train(cfg)` takes from Python."""
-    from hydra.core.hydra_config import HydraConfig
-
     cfg = _compose(overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
