@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.errors import RunFileError
-from bnstudy.jobdir import describe_holder, dir_override, holder
+from bnstudy.jobdir import describe_holder, dir_override, holder, is_locked
 from bnstudy.records import (
     RECORD_NAME,
     REMEDIES,
@@ -164,9 +164,19 @@ class SweepSummary(Callback):
                      "meanwhile: %s", len(elsewhere), ", ".join(elsewhere))
         kept = f"{len(held)} job(s) already held a finished run and were left as they are " \
             f"({', '.join(held)}); overwrite=true trains them again." if held else ""
+        resume = f"resume=true {dir_override('hydra.sweep.dir', sweep_dir)}"
+        busy = sorted((n for n in unfinished if is_locked(sweep_dir / n)), key=job_order)
+        for name in busy:  # still trained by another launch: not this one's to fix
+            del unfinished[name]
+        notes = "\n".join(filter(None, [kept, busy and (
+            f"{len(busy)} job(s) are being trained by another launch of this sweep "
+            f"({', '.join(busy)}): its summary lists them when it ends; should it stop, {resume} "
+            "runs them here.")]))
         if not unfinished:
-            if held:  # this launch trained none of them: not a success
+            if held and not busy:  # this launch trained none of them: not a success
                 sys.exit(f"{kept} Their results stand: python -m bnstudy.report {sweep_dir}")
+            if busy:  # nor all of them
+                sys.exit(notes)
             return
         alike: dict[str, list[str]] = {}  # jobs that ended alike (missing data): one line
         for name in sorted(unfinished, key=job_order):
@@ -180,9 +190,7 @@ class SweepSummary(Callback):
                      "again.")
         sys.exit(f"{len(unfinished)} job(s) of {sweep_dir} did not finish; the others kept their "
                  f"results:\n{lines}\nFix the cause, then re-run the same command with "
-                 f"resume=true {dir_override('hydra.sweep.dir', sweep_dir)} to run only what is "
-                 "unfinished."
-                 + (f"\n{kept}" if kept else ""))
+                 f"{resume} to run only what is unfinished." + (f"\n{notes}" if notes else ""))
 
 
 def discard_empty_sweep(sweep_dir: Path) -> bool:
