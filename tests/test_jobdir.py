@@ -15,8 +15,10 @@ from bnstudy.jobdir import (
     JobDirBusyError,
     JobDirLock,
     describe_holder,
+    dir_override,
     holder,
     is_locked,
+    is_primary,
     is_requeue,
     launcher_job,
     same_job,
@@ -148,3 +150,31 @@ def test_a_submitit_job_is_named_by_its_controllers_start(monkeypatch, tmp_path)
         for child in children:
             child.kill()
             child.wait()
+
+
+def test_rank_0_alone_is_primary(monkeypatch):
+    """Rank 0 of DDP (RANK, LOCAL_RANK) or of a SLURM job's tasks (SLURM_PROCID) writes the
+    run's files and speaks (the console side: test_train)."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    assert is_primary()
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.setenv(name, "1")
+        assert not is_primary(), name
+        monkeypatch.setenv(name, "0")
+    assert is_primary()
+
+
+@pytest.mark.parametrize("folder", ["outputs/runs/plain", "out/mnist-seed0-max_epochs=1,lr=[0.1]",
+                                    "my runs/it's"])
+def test_a_folder_override_pastes_through_the_shell_and_hydra(folder):
+    """Quoted for Hydra where its grammar would read the name (`=`, `,`, brackets, a space),
+    then for the shell; a plain folder as it is."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    typed = dir_override("hydra.run.dir", folder)
+    (parsed,) = OverridesParser.create().parse_overrides(shlex.split(typed))
+    assert (parsed.key_or_group, parsed.value()) == ("hydra.run.dir", folder)
+    assert (typed == f"hydra.run.dir={folder}") == (folder == "outputs/runs/plain")
