@@ -3,7 +3,6 @@ checks, the discard of an untrained run, failures in one paragraph, divergence."
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,9 +261,10 @@ def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_t
         "(hydra.run.dir=... or hydra.sweep.dir=...).")
     (stored_job / ".hydra" / "config.yaml").unlink()
     assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
-    shutil.rmtree(stored_job / "images")  # none to clear: not an error
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
     assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
+    RunRecord(status="ok").write(stored_job / "metrics.json")  # no folder to clear: no error
+    assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
 
 
 # One setting of each group that trains, changed on resume: refused, naming it with both values.
@@ -486,8 +486,9 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
     launcher_env(monkeypatch, **ARRAY_TASK, SLURM_RESTART_COUNT=1)
     with caplog.at_level(logging.INFO, logger="bnstudy"):
         record = train_run(tiny_data, tmp_path)
-    assert ": requeued by its launcher (job slurm:1000_3, status interrupted): resuming" in \
-        caplog.text and (tmp_path / "csv" / "metrics.csv").read_bytes() == b"x"
+    assert f"{record.run_name}: requeued by its launcher (job slurm:1000_3, status " \
+        "interrupted): resuming" in caplog.messages
+    assert (tmp_path / "csv" / "metrics.csv").read_bytes() == b"x"  # its folder not cleared
     assert record.status == "ok" and record.requeues == 2
     assert record.job == {"id": "slurm:1000_3", "restarts": 1}
     assert (record.error, record.traceback, record.diverged_at) == (None, None, None)
