@@ -362,6 +362,24 @@ def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     assert board._kwargs["purge_step"] == 10  # TensorBoard drops the earlier steps 10 and on
 
 
+def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch):
+    """(Also in the slow `test_wandb_offline_writes_a_run_per_job`; here for the everyday loop
+    and mutmut, which runs the fast tests.)"""
+    needs("wandb")
+    import wandb
+
+    from bnstudy.trackers import finish_open_wandb_run
+
+    finished = []
+    monkeypatch.setattr(wandb, "finish", lambda: finished.append(wandb.run))
+    monkeypatch.setattr(wandb, "run", None)
+    finish_open_wandb_run()
+    assert finished == []
+    monkeypatch.setattr(wandb, "run", "the previous job's run")
+    finish_open_wandb_run()
+    assert finished == ["the previous job's run"]
+
+
 @pytest.mark.slow
 def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(tmp_path):
     """The store and its experiment (artifacts at an absolute path) are made before the logger
