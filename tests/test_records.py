@@ -14,10 +14,14 @@ from bnstudy.records import (
     SEARCH_DIR,
     RunRecord,
     describe_write_error,
+    job_dirs,
     job_order,
     plan_clash,
     read_test_correct,
+    save_composed,
     study_dir,
+    sweep_records,
+    varying,
     write_error,
     write_json_atomic,
     write_test_correct,
@@ -138,3 +142,28 @@ def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
     (tmp_path / "multirun.yaml").write_text("{}")
     assert study_dir(cell) == tmp_path
     assert study_dir(tmp_path) == tmp_path
+
+
+def test_a_sweeps_jobs_are_found_by_their_files_and_listed_by_number(tmp_path):
+    """A job directory holds `.hydra/config.yaml` or a record (an empty folder or `+mean/` is
+    none); jobs and their records come in job order (`10_` after `9_`, not by name)."""
+    (tmp_path / "+mean").mkdir()
+    (tmp_path / "3_configured" / ".hydra").mkdir(parents=True)
+    (tmp_path / "3_configured" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    for name in ("10_late", "9_early"):
+        RunRecord(status="ok").write(tmp_path / name / "metrics.json")
+    assert [p.name for p in job_dirs(tmp_path)] == ["3_configured", "9_early", "10_late"]
+    assert [job.name for job, _ in sweep_records(tmp_path)] == ["9_early", "10_late"]
+    assert varying([]) == [] and varying([{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]) == ["a"]
+
+
+def test_a_config_composed_in_python_is_saved_as_hydra_saves_a_jobs(tmp_path):
+    """`.hydra/config.yaml` without Hydra's node, `.hydra/hydra.yaml` with it alone."""
+    from helpers import compose_config
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("seed=3")
+    save_composed(cfg, tmp_path)
+    task = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    assert "hydra" not in task and task.seed == 3 and set(task) == set(cfg) - {"hydra"}
+    assert list(OmegaConf.load(tmp_path / ".hydra" / "hydra.yaml")) == ["hydra"]
