@@ -214,8 +214,8 @@ class TensorDataModule(L.LightningDataModule):
         if self.train_set is None:
             x, y, x_val, y_val = self.prepared(train=True)
             self.train_set, self.val_set = TensorPairs(x, y), TensorPairs(x_val, y_val)
-        if self.test_set is None and stage in (None, "fit", "test"):  # a fit ends in a test:
-            # a damaged test file is found before training, not after it
+        # a fit ends in a test: a damaged test file is found before training, not after it
+        if self.test_set is None and stage in (None, "fit", "test"):
             self.test_set = TensorPairs(*self.prepared(train=False))
         trainer = getattr(self, "trainer", None)
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")

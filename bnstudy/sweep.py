@@ -168,15 +168,15 @@ class SweepSummary(Callback):
         busy = sorted((n for n in unfinished if is_locked(sweep_dir / n)), key=job_order)
         for name in busy:  # still trained by another launch: not this one's to fix
             del unfinished[name]
-        notes = "\n".join(filter(None, [kept, busy and (
-            f"{len(busy)} job(s) are being trained by another launch of this sweep "
-            f"({', '.join(busy)}): its summary lists them when it ends; should it stop, {resume} "
-            "runs them here.")]))
+        running = f"{len(busy)} job(s) are being trained by another launch of this sweep " \
+            f"({', '.join(busy)}): its summary lists them when it ends; should it stop, {resume} " \
+            "runs them here." if busy else ""
+        notes = "\n".join(note for note in (kept, running) if note)
         if not unfinished:
-            if held and not busy:  # this launch trained none of them: not a success
-                sys.exit(f"{kept} Their results stand: python -m bnstudy.report {sweep_dir}")
-            if busy:  # nor all of them
+            if busy:  # not all of them finished: not a success
                 sys.exit(notes)
+            if held:  # this launch trained none of them: not a success
+                sys.exit(f"{kept} Their results stand: python -m bnstudy.report {sweep_dir}")
             return
         alike: dict[str, list[str]] = {}  # jobs that ended alike (missing data): one line
         for name in sorted(unfinished, key=job_order):

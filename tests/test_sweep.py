@@ -95,14 +95,13 @@ def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(others, tmp_p
     assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
     assert f"\n  {running.name}: refused: " in message and message.endswith(f"\n{kept}")
     assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
-    lock = JobDirLock(running)  # the other launch trains it still: nothing here to fix
-    lock.acquire("other launch")
-    note_refusal(running, f"{running} is in use")
-    assert sweep_summary.end() == (
-        f"1 job(s) are being trained by another launch of this sweep ({running.name}): its "
-        f"summary lists them when it ends; should it stop, resume=true hydra.sweep.dir={tmp_path} "
-        "runs them here.")
-    lock.release()
+    with JobDirLock(running) as lock:  # the other launch trains it still: nothing to fix here
+        lock.acquire("other launch")
+        note_refusal(running, f"{running} is in use")
+        assert sweep_summary.end() == (
+            f"1 job(s) are being trained by another launch of this sweep ({running.name}): its "
+            f"summary lists them when it ends; should it stop, resume=true "
+            f"hydra.sweep.dir={tmp_path} runs them here.")
 
 
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):

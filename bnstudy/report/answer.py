@@ -31,10 +31,9 @@ def decide_command(sweep_dir) -> str:
     from omegaconf import OmegaConf
 
     plan = Path(sweep_dir) / "multirun.yaml"
-    launcher = OmegaConf.select(OmegaConf.load(plan), "hydra.runtime.choices") \
-        if plan.is_file() else None
-    slurm = launcher is not None and launcher.get("hydra/launcher") == "slurm"
-    return DECIDE.replace("=parallel", "=slurm") if slurm else DECIDE
+    launcher = plan.is_file() and OmegaConf.select(OmegaConf.load(plan),
+                                                   "hydra.runtime.choices.hydra/launcher")
+    return DECIDE.replace("=parallel", "=slurm") if launcher == "slurm" else DECIDE
 
 
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
