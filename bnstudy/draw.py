@@ -96,7 +96,7 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
     trained = run_recipe(run, defaults)
     recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
     hallucinator = drawing.Hallucinator(**recipe["hallucinations"])
-    checkpoint, datamodule, model = rebuild.restore(run, data, "fit")
+    checkpoint, datamodule, model = rebuild.restore(run, data, "validate")
     if not drawing.all_finite(model):
         return f"{run.name}: its parameters are not finite: no pictures"
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()

@@ -36,11 +36,17 @@ def recipe(job: Path) -> dict:
     return json.loads((job / "images" / draw.RECIPE_FILE).read_text())
 
 
-def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, capsys):
+def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, capsys, monkeypatch):
     # No setting given: the run's own recipe (the tiny sweep's 5 steps), so the drawing
     # functions must give what the callbacks gave when training ended, to the byte.
-    job = next(sweep.glob("0_*"))
+    from bnstudy.data import TensorDataModule
+
+    job, read = next(sweep.glob("0_*")), []
+    prepared = TensorDataModule.prepared
+    monkeypatch.setattr(TensorDataModule, "prepared",
+                        lambda self, train: read.append(train) or prepared(self, train))
     assert draw.main([str(job)]) == 0
+    assert read == [True]  # the training images only: no picture needs the test split
     kept = job / "images" / "steps=5"  # named after the earlier recipe: steps differ from 200
     assert sorted(p.name for p in kept.iterdir()) == sorted(FINAL_FILES)
     for name in ("weights_final.png", "weights_change_final.png", "hallucinations_final.png",

@@ -134,7 +134,7 @@ class Reference:
 
 
 def open_datamodule(source: dict):
-    """The datamodule a run recorded (`bnstudy.data.*` only), set up for fitting."""
+    """The datamodule a run recorded (`bnstudy.data.*` only), its train and validation splits."""
     module, _, name = source["datamodule"].rpartition(".")
     if module != "bnstudy.data":
         raise ValueError(f"{source['datamodule']} is not one of the project's datamodules")
@@ -142,7 +142,7 @@ def open_datamodule(source: dict):
     extra = {"verify_checksums": "off"} if "verify_checksums" in inspect.signature(cls).parameters \
         else {}
     data = cls(source["data_dir"], download=False, **extra)
-    data.setup("fit")
+    data.setup("validate")
     return data
 
 
