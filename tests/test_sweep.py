@@ -3,6 +3,7 @@ output folder checked before anything runs."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import pytest
 from helpers import fake_commands, run_train, write_job
 from omegaconf import OmegaConf
 
-from bnstudy.jobdir import JobDirLock
+from bnstudy.jobdir import LOCK_NAME, JobDirLock
 from bnstudy.sweep import REFUSALS_ENV, SweepSummary, note_refusal
+
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
 @pytest.fixture
@@ -29,33 +32,61 @@ def sweep_summary(tmp_path):
             return str(exit_.code)
         return None
 
-    summary.end = end
+    summary.config, summary.end = config, end
     yield summary
     os.environ.pop(REFUSALS_ENV, None)
 
 
-@pytest.mark.parametrize("status,reason", [
-    ("ok", None),
-    ("diverged", None),  # a divergence is a result
-    ("failed", "failed: ValueError: boom"),
-    ("interrupted", "interrupted after 2 epoch(s)"),
-    ("running", "no result after 2 epoch(s): still running in"),  # or killed
-    ("refused", "refused: it was in use"),  # told by the job's process, wherever it ran
+@pytest.mark.parametrize("status,error,reason", [
+    ("ok", None, None),
+    ("diverged", None, None),  # a divergence is a result
+    ("failed", "ValueError: boom", "failed: ValueError: boom"),
+    ("failed", None, "failed: ?"),
+    ("interrupted", None, "interrupted after 2 epoch(s) (Ctrl-C, a kill, or a time limit or "
+                          "preemption its launcher did not requeue)"),
+    ("interrupted", "SIGTERM", "interrupted after 2 epoch(s) (SIGTERM)"),
+    ("running", None, "no result after 2 epoch(s): still running in x in process 7 on node1 "
+                      "since noon, or killed"),  # the lock file names its last holder
+    ("refused", None, "refused: it was in use"),  # told by the job's process, wherever it ran
 ])
-def test_the_sweep_exits_1_when_a_job_did_not_finish(status, reason, tmp_path, sweep_summary):
+def test_the_sweep_exits_1_when_a_job_did_not_finish(status, error, reason, tmp_path,
+                                                      sweep_summary):
     done = write_job(tmp_path, [0.5, 0.6])
     job = write_job(tmp_path, [0.4, 0.5], status="running" if status == "refused" else status,
-                    error="ValueError: boom" if status == "failed" else None, seed=1)
+                    error=error, seed=1)
     if status == "refused":  # an unfinished run in use by another process
         note_refusal(job, "it was in use")
+    (job / LOCK_NAME).write_text(json.dumps({"run": "x", "pid": 7, "host": "node1",
+                                             "since": "noon"}))  # no longer held
     message = sweep_summary.end()
     if reason is None:
         assert message is None  # exit status 0
         return
     assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
-    assert f"\n  {job.name}: {reason}" in message and done.name not in message
+    assert f"\n  {job.name}: {reason}\n" in message and done.name not in message
     assert f"resume=true hydra.sweep.dir={tmp_path}" in message
     assert not (tmp_path / ".refused").exists()  # the refusals' notes are read and removed
+
+
+@pytest.mark.parametrize("board,other_norm", [(False, "none"), (True, "bn")])
+def test_a_finished_sweeps_summary_is_a_line_per_job_the_answer_and_the_commands(
+        board, other_norm, tmp_path, sweep_summary, caplog):
+    from bnstudy.dashboard import BROWSE_URL
+    from bnstudy.report.answer import console_answer
+
+    caplog.set_level("INFO", logger="bnstudy")
+    if board:
+        sweep_summary.config.logger = {"tensorboard": {"_target_": TENSORBOARD}}
+    write_job(tmp_path, [0.5, 0.6])
+    write_job(tmp_path, [0.4, 0.5], norm=other_norm, seed=1)
+    answer = console_answer(tmp_path)  # none for a sweep of one norm
+    assert sweep_summary.end() is None and bool(answer) == (other_norm == "none")
+    assert caplog.messages[-1] == (
+        f"Sweep {tmp_path}: 2 job(s)\n  ?: ok, val acc 60.00 %, test acc 59.00 %, 10 s\n"
+        f"  ?: ok, val acc 50.00 %, test acc 49.00 %, 11 s\n" + (f"{answer}\n" if answer else "")
+        + (f"Browse: tensorboard --logdir {tmp_path}, then open {BROWSE_URL}\n" if board else "")
+        + f"Report (per second of compute, tuning, pictures, every claim): python -m "
+        f"bnstudy.report {tmp_path}")
 
 
 def test_jobs_that_ended_alike_are_one_line_of_the_summary(tmp_path, sweep_summary):
@@ -104,6 +135,72 @@ def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(others, tmp_p
             f"hydra.sweep.dir={tmp_path} runs them here.")
 
 
+@pytest.mark.parametrize("how", ["held before", "finished meanwhile", "still trained"])
+def test_the_summary_names_the_jobs_refused_here_in_job_order(how, tmp_path, sweep_summary,
+                                                               caplog):
+    """Jobs 9 and 10 (as text, 10_ sorts first), both refused here: kept from before, finished
+    by another launch meanwhile, or still trained by it."""
+    caplog.set_level("INFO", logger="bnstudy")
+    for n in range(9):  # numbers only: not job folders
+        (tmp_path / f"{n}_empty").mkdir()
+    jobs = [write_job(tmp_path, [0.4], status="running" if how == "still trained" else "ok",
+                      seed=seed) for seed in (9, 10)]
+    names = f"{jobs[0].name}, {jobs[1].name}"
+    assert names.startswith("9_")
+    with JobDirLock(jobs[0]) as first, JobDirLock(jobs[1]) as second:
+        for job, lock in zip(jobs, (first, second), strict=True):
+            note_refusal(job, f"{job} is in use")
+            if how == "held before":
+                os.utime(job / "metrics.json", (sweep_summary.started - 60,) * 2)
+            if how == "still trained":
+                lock.acquire("other launch")
+        message = sweep_summary.end()
+    if how == "held before":
+        assert message == (f"2 job(s) already held a finished run and were left as they are "
+                           f"({names}); overwrite=true trains them again. Their results stand: "
+                           f"python -m bnstudy.report {tmp_path}")
+    elif how == "finished meanwhile":
+        assert message is None and caplog.messages[-1] == (
+            f"2 job(s) were in use here and finished by another launch of this sweep meanwhile: "
+            f"{names}")
+    else:
+        assert message.startswith(f"2 job(s) are being trained by another launch of this sweep "
+                                  f"({names}): ")
+
+
+RULE = "-" * 22  # around the trace in submitit's FailedJobError
+
+
+class LocalJob:  # what job_ending reads of a submitit job: its class's name and its state
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+
+class SlurmJob(LocalJob):
+    pass
+
+
+@pytest.mark.parametrize("job, message, ending", [
+    (SlurmJob("FAILED"), f"Job (task=0) failed with trace:\n{RULE}\nTraceback (most recent "
+     f"call last):\n  File x\nValueError: boom\n\n{RULE}\nYou can check full logs",
+     "failed in its process: ValueError: boom"),
+    (SlurmJob("FAILED"), f"Job failed: no trace\n{RULE}\nafter one rule\n",
+     "failed in its process: Job failed: no trace"),  # not submitit's: the part before
+    (SlurmJob("FAILED"), f"Job failed\n{RULE}\n \n{RULE}\nlogs", "failed in its process: ?"),
+    (SlurmJob("CANCELLED by 1000"), None, "cancelled (SLURM state CANCELLED by 1000)"),
+    (LocalJob("INTERRUPTED"), None, "stopped by submitit's local controller (past its restarts) "
+                                    "(submitit local state INTERRUPTED)"),
+    (SlurmJob("Odd State"), None, "odd state (SLURM state Odd State)"),  # not in ENDINGS
+])
+def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending):
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from bnstudy.sweep import job_ending
+
+    err = FailedJobError(message) if message else UncompletedJobError("no result")
+    assert job_ending(job, err) == ending
+
+
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
     """The sweep's HParams experiment goes into its first job's folder when a job of this launch
     trained, not when every job was refused or skipped (the folders left as they were), nor
@@ -116,8 +213,7 @@ def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch)
     monkeypatch.setenv(REFUSALS_ENV, "")  # set by the summary: put back after the test
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
                                          "mode": RunMode.MULTIRUN},
-                               "logger": {"tensorboard": {"_target_": "lightning.pytorch."
-                                                                     "loggers.TensorBoardLogger"}}})
+                               "logger": {"tensorboard": {"_target_": TENSORBOARD}}})
     summary = SweepSummary()
     held = write_job(tmp_path, [0.5, 0.6])
     os.utime(held / "metrics.json", (held.stat().st_mtime - 60,) * 2)  # finished earlier
