@@ -56,6 +56,7 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, error, reason, tmp_
                     error=error, seed=1)
     if status == "refused":  # an unfinished run in use by another process
         note_refusal(job, "it was in use")
+        assert [p.parent for p in (tmp_path / ".refused").iterdir()] == [tmp_path / ".refused"]
     (job / LOCK_NAME).write_text(json.dumps({"run": "x", "pid": 7, "host": "node1",
                                              "since": "noon"}))  # no longer held
     message = sweep_summary.end()
@@ -199,6 +200,33 @@ def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending)
 
     err = FailedJobError(message) if message else UncompletedJobError("no result")
     assert job_ending(job, err) == ending
+
+
+@pytest.mark.parametrize("mode,status,value,board,refreshed", [
+    ("MULTIRUN", "COMPLETED", "ok", True, True),
+    ("MULTIRUN", "COMPLETED", None, True, True),  # a return without a status
+    ("MULTIRUN", "FAILED", ValueError("boom"), True, True),  # its curves so far are shown too
+    ("MULTIRUN", "COMPLETED", "refused", True, False),  # nothing new
+    ("MULTIRUN", "COMPLETED", "ok", False, False),  # no TensorBoard
+    ("RUN", "COMPLETED", "ok", True, False),  # a single run has no sweep view
+])
+def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
+        mode, status, value, board, refreshed, tmp_path, monkeypatch):
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra.types import RunMode
+
+    from bnstudy import dashboard
+    from bnstudy.records import RunRecord
+
+    calls = []
+    monkeypatch.setattr(dashboard, "refresh_sweep_view", calls.append)
+    logger = {"tensorboard": {"_target_": TENSORBOARD}} if board else {}
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+                                         "mode": getattr(RunMode, mode)}, "logger": logger})
+    value = RunRecord(status=value) if isinstance(value, str) else value
+    SweepSummary().on_job_end(config, JobReturn(status=getattr(JobStatus, status),
+                                                _return_value=value))
+    assert calls == ([str(tmp_path)] if refreshed else [])
 
 
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
