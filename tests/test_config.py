@@ -272,7 +272,11 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         "logger.mlflow.experiment_name: no such setting. It comes with logger=mlflow (several: "
         f"'logger=[...,mlflow]'). {tail}")
     assert unknown_override(["logger=mlflow", "logger.mlflow.experiment_name=mine"]) is None
+    assert unknown_override(["trainer.max_epochs=1", "paths.data_dirr=/a=b"]) == (  # after a
+        "paths.data_dirr: no such setting. Did you mean paths.data_dir or "  # known one; an = in
+        f"dataset.datamodule.data_dir? Type e.g. paths.data_dir=/a=b. {tail}")  # the value
     assert unknown_override(["+lr=0.1", "~x", "-m", "hydra.run.dir=x", "trainer"]) is None
+    assert unknown_override(["--config-dir=x", "~trainer.max_epoch=3"]) is None  # Hydra's own
 
 
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
