@@ -150,7 +150,7 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bnstudy.draw", description=__doc__.split("\n\n")[0],
+        prog="python -m bnstudy.draw", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         epilog="e.g. python -m bnstudy.draw outputs/multirun/2026-01-01_10-00-00 "
                "hallucinations.steps=400 objective=logit")
     parser.add_argument("path", type=Path, help="a sweep's or a run's directory")
@@ -182,19 +182,23 @@ def main(argv: list[str] | None = None) -> int:
                      leave=False):
         try:
             run = rebuild.SavedRun.open(path)
-            if run.status != "ok":
+            if run.status == "diverged":  # a result, without pictures
                 skipped.append(run.name)
-                why = ("diverged: no pictures" if run.status == "diverged"
-                       else f"not finished (status {run.status}): skipped")
-                tqdm.write(f"{run.name}: {why}", file=sys.stdout)
+                tqdm.write(f"{run.name}: diverged: no pictures", file=sys.stdout)
                 continue
-            tqdm.write(draw_run(run, given, defaults, data, args.replace), file=sys.stdout)
+            if run.status != "ok":
+                status = run.status if run.record is None else f"status {run.status}"
+                raise rebuild.RunError(f"{run.name}: not finished ({status}), so it has no final "
+                                       "pictures to draw again.")
+            with rebuild.writing(path, "draw", "drawn"):
+                line = draw_run(run, given, defaults, data, args.replace)
+            tqdm.write(line, file=sys.stdout)
             drawn += 1
         except (rebuild.RunError, DataError, RunFileError, ValueError) as err:
             problems.append(path.name)
             tqdm.write(f"{err}", file=sys.stderr)
     print(f"Drew {drawn} of {len(paths)} run(s)"
-          + (f"; {len(skipped)} skipped (not ok)" if skipped else "")
+          + (f"; {len(skipped)} diverged (no pictures)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")
           + (f". Report: python -m bnstudy.report {args.path}"
              if drawn and paths != [args.path] else "."))

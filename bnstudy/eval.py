@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError, first_line
-from bnstudy.jobdir import describe_holder, holder, is_locked
 from bnstudy.records import is_job_dir, write_json_atomic
 
 
@@ -92,12 +91,15 @@ def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCac
     return {"checkpoint": str(checkpoint_path.relative_to(run.path)),
             "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step"),
             "test": {"loss": tested["test/loss"], "acc": tested["test/acc"]},
-            "recorded_test": recorded, "seconds": time.perf_counter() - started}
+            "recorded_test": recorded, "trainer_flags": flags,
+            "seconds": time.perf_counter() - started}
 
 
 def result_line(run: rebuild.SavedRun, result: dict, written: Path) -> str:
     test, recorded = result["test"], result["recorded_test"] or {}
-    said = "no test result recorded"
+    status = run.record.status if run.record else None
+    said = "no test result recorded" + ("" if status in ("ok", "diverged") else
+                                        f": the run is not finished ({status or 'no record'})")
     if recorded.get("acc") is not None:
         same = abs(recorded["acc"] - test["acc"]) < 5e-7 and \
             abs(recorded["loss"] - test["loss"]) <= 1e-5 * max(1.0, abs(recorded["loss"]))
@@ -110,7 +112,7 @@ def result_line(run: rebuild.SavedRun, result: dict, written: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bnstudy.eval", description=__doc__.split("\n\n")[0],
+        prog="python -m bnstudy.eval", description=__doc__.split("\n\n")[0], allow_abbrev=False,
         epilog="e.g. python -m bnstudy.eval outputs/multirun/2026-01-01_10-00-00")
     parser.add_argument("path", type=Path,
                         help="a run's directory, a sweep's directory, or a checkpoint file")
@@ -128,14 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     data, problems, done = rebuild.DataCache(data_dir), [], 0
     for run_path, checkpoint in pairs:
         try:
-            if is_locked(run_path):  # one writer per job directory: its training process
-                raise rebuild.RunError(f"{run_path.name}: not evaluated, it is in use: "
-                                       f"{describe_holder(holder(run_path))}. Evaluate it when "
-                                       "that process has ended.")
-            run = rebuild.SavedRun.open(run_path)
-            result = evaluate(run, checkpoint, data, flags)
-            name = "eval.json" if checkpoint == run.checkpoint else f"eval-{checkpoint.name}.json"
-            write_json_atomic(run.path / name, result)
+            with rebuild.writing(run_path, "eval", "evaluated"):
+                run = rebuild.SavedRun.open(run_path)
+                result = evaluate(run, checkpoint, data, flags)
+                name = "eval.json" if checkpoint == run.checkpoint else \
+                    f"eval-{checkpoint.name}.json"
+                write_json_atomic(run.path / name, result)
             print(result_line(run, result, run.path / name))
             done += 1
         except (rebuild.RunError, DataError, RunFileError) as err:

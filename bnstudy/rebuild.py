@@ -3,6 +3,7 @@ config, datamodule (the same splits from the same files, never downloaded) and m
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.errors import DataError, first_line
+from bnstudy.jobdir import JobDirBusyError, JobDirLock, describe_holder, holder
 from bnstudy.records import RECORD_NAME, RunRecord, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -22,6 +24,23 @@ class RunError(Exception):
 
 class UsageError(Exception):
     """The command line is wrong; the message is one paragraph."""
+
+
+@contextlib.contextmanager
+def writing(run_path: Path, command: str, done: str):
+    """Holds the run's lock while `command` writes into it (one writer per job directory: its
+    training, a draw, an eval); `done` ("drawn", "evaluated") words the refusal."""
+    with JobDirLock(run_path) as lock:
+        try:
+            lock.acquire(f"python -m bnstudy.{command}")
+        except JobDirBusyError:
+            raise RunError(f"{run_path.name}: not {done}, it is in use: "
+                           f"{describe_holder(holder(run_path))}. Run this command again when "
+                           "that process has ended.") from None
+        except OSError as err:
+            raise RunError(f"{run_path.name}: not {done}, its folder cannot be written "
+                           f"({err.strerror or err}).") from None
+        yield
 
 
 def parse_setting(item: str, how: str) -> tuple[str, object]:

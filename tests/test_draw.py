@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from helpers import run_module
 from omegaconf import OmegaConf
 
 from bnstudy import draw
+from bnstudy.jobdir import JobDirLock
 from bnstudy.pictures.drawing import FINAL_FILES
 
 
@@ -138,20 +140,30 @@ def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_other
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))  # 4, a CIFAR-10 one among them
     broken, running, diverged, ok = [Path(shutil.copytree(job, tmp_path / "small" / job.name))
                                      for job in [*jobs[:3], jobs[-1]]]
+    held = Path(shutil.copytree(ok, tmp_path / "small" / f"9_{ok.name.split('_', 1)[1]}"))
     (broken / "checkpoints" / "last.ckpt").unlink()
     for job, status in ((running, "running"), (diverged, "diverged")):
         record = json.loads((job / "metrics.json").read_text())
         (job / "metrics.json").write_text(json.dumps({**record, "status": status}))
-    before = {job: digests(job) for job in (broken, running, diverged)}
-    assert draw.main([str(broken.parent), "steps=2"]) == 1
+    with JobDirLock(held) as lock:  # one writer per job directory: another draw, say
+        lock.acquire("another draw")
+        before = {job: digests(job) for job in (broken, running, diverged, held)}
+        assert draw.main([str(broken.parent), "steps=2"]) == 1
+        after = {job: digests(job) for job in before}
     out, err = capsys.readouterr()
     assert out.count(": drawn (steps=2)") == 1 and f"{ok.name}: drawn" in out
     assert f"{broken.name}: no checkpoint" in err
-    assert f"{running.name}: not finished (status running): skipped" in out
+    assert f"{running.name}: not finished (status running), so it has no final pictures to " \
+        "draw again.\n" in err
+    assert f"{held.name}: not drawn, it is in use: another draw in process {os.getpid()}" in err
     assert f"{diverged.name}: diverged: no pictures" in out
-    assert f"Drew 1 of 4 run(s); 2 skipped (not ok); 1 could not be drawn: {broken.name}" in out
-    assert {job: digests(job) for job in before} == before  # nothing written into them
+    assert f"Drew 1 of 5 run(s); 1 diverged (no pictures); 3 could not be drawn: {broken.name}, " \
+        f"{running.name}, {held.name}" in out
+    assert after == before  # nothing written into them
     assert not list((broken / "images").glob(".*"))  # no drawing folder left
+    (running / "metrics.json").unlink()  # one run named: exit 1 when it cannot be drawn
+    assert draw.main([str(running)]) == 1
+    assert f"{running.name}: not finished (no metrics.json)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -199,6 +211,8 @@ def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
     for module in ("bnstudy.draw", "bnstudy.eval"):  # the settings are optional, the path not
         proc = run_module(module, cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.endswith("arguments are required: path\n")
+    with pytest.raises(SystemExit, match="2"):  # a misspelt flag is not taken for another
+        draw.main([str(tmp_path), "--replac"])
 
 
 def test_a_terminal_gets_a_progress_bar(sweep, capsys, monkeypatch):

@@ -40,7 +40,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert result["test"]["acc"] == pytest.approx(recorded["acc"], abs=1e-7)
         assert result["test"]["loss"] == pytest.approx(recorded["loss"], rel=1e-6)
         assert result["checkpoint"] == str(CHECKPOINT) and result["epoch"] == 1
-        assert result["recorded_test"] == recorded
+        assert result["recorded_test"] == recorded and result["trainer_flags"] == {}
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
         assert f"% (as recorded) -> {job.name}/eval.json\n" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
@@ -80,6 +80,17 @@ def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     assert not (job / "eval.json").exists()
     assert evaluate.main([str(job), f"paths.data_dir={data_dir}"]) == 0
     assert "(as recorded)" in capsys.readouterr().out
+
+
+def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep, capsys):
+    job = next(sweep.glob("0_*"))
+    record = read_record(job)
+    (job / "metrics.json").write_text(json.dumps({**record, "status": "interrupted",
+                                                  "test": None}))
+    assert evaluate.main([str(job), "trainer.inference_mode=false"]) == 0
+    assert "(no test result recorded: the run is not finished (interrupted)) -> " in \
+        capsys.readouterr().out
+    assert json.loads((job / "eval.json").read_text())["trainer_flags"] == {"inference_mode": False}
 
 
 @pytest.mark.parametrize("case, message", [

@@ -39,7 +39,8 @@ def compare_pair(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bnstudy.report", description=__doc__.splitlines()[0])
+        prog="python -m bnstudy.report", description=__doc__.splitlines()[0],
+        allow_abbrev=False)  # `--compar` is a mistake, not `--compare`
     parser.add_argument("sweep_dir", type=Path, help="a multirun's directory (hydra.sweep.dir)")
     parser.add_argument(
         "--target-acc", type=parse_target, action="append", default=[], metavar="[DATASET=]ACC",
