@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnstudy.errors import ConfigError
+from bnstudy.errors import ConfigError, first_line
 from bnstudy.norms import NORMS
 from bnstudy.records import HOW_IT_RUNS, SHOWN, plan_overrides
 
@@ -373,8 +373,14 @@ def _composed(overrides: tuple[str, ...], return_hydra_config: bool, cwd: str) -
 
 def compose(overrides=()) -> DictConfig:
     """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so
-    `${hydra:...}`, the run's name, resolves): what `bnstudy.run.train(cfg)` takes from Python."""
-    cfg = _compose(overrides, return_hydra_config=True)
+    `${hydra:...}`, the run's name, resolves): what `bnstudy.run.train(cfg)` takes from Python.
+    A mistake is a `ConfigError` worded as the command line words it."""
+    try:
+        cfg = _compose(overrides, return_hydra_config=True)
+    except HydraException as err:
+        said = str(err).split("\nConfig search path:")[0].rstrip()  # the options, not the path
+        why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
+        raise ConfigError(unknown_override(list(overrides)) or f"{said}{why}") from None
     HydraConfig.instance().set_config(cfg)
     return cfg
 

@@ -287,3 +287,18 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
     assert compose(["seed=3"]).seed == 3
     monkeypatch.chdir(tmp_path)
     assert compose(["seed=3"]).hydra.runtime.cwd == str(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lr=0.1"], "lr: no such setting. Did you mean dataset.lr or "),  # not Hydra's `+lr=0.1`
+    (["seed=abc"], "Error merging override seed=abc (ValidationError: Value 'abc' of type 'str' "
+                   "could not be converted to Integer)"),
+    (["norm=bnn"], "In 'config': Could not find 'norm/bnn'\n\nAvailable options in 'norm':\n\tbn"),
+])
+def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_it(overrides,
+                                                                                  message):
+    from bnstudy.config import compose
+
+    with pytest.raises(ConfigError) as raised:
+        compose(overrides)
+    assert str(raised.value).startswith(message) and "search path" not in str(raised.value)
