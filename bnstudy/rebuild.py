@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bnstudy.errors import DataError, first_line
 from bnstudy.jobdir import JobDirBusyError, JobDirLock, describe_holder, holder
-from bnstudy.records import RECORD_NAME, RunRecord, is_job_dir, job_dirs
+from bnstudy.records import RECORD_NAME, RunRecord, folder_of_sweeps, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -67,10 +67,10 @@ def run_dirs(path: Path) -> list[Path]:
     if is_job_dir(path):
         return [path]
     if not (jobs := job_dirs(path)):
-        raise RunError(f"{path} holds no runs: neither it nor any folder in it has a "
-                       f".hydra/config.yaml or a {RECORD_NAME}. Pass the directory a run or "
-                       "sweep of `python -m bnstudy.train` wrote (hydra.run.dir or "
-                       "hydra.sweep.dir).")
+        raise RunError(folder_of_sweeps(path) or (
+            f"{path} holds no runs: neither it nor any folder in it has a .hydra/config.yaml or "
+            f"a {RECORD_NAME}. Pass the directory a run or sweep of `python -m bnstudy.train` "
+            "wrote (hydra.run.dir or hydra.sweep.dir)."))
     return jobs
 
 

@@ -78,6 +78,17 @@ def job_dirs(folder: str | os.PathLike) -> list[Path]:
                   key=job_order)
 
 
+def folder_of_sweeps(folder: str | os.PathLike) -> str | None:
+    """What to pass instead of a folder whose sub-directories are sweeps (`outputs/multirun`),
+    or None."""
+    sweeps = sorted(d for d in Path(folder).iterdir() if d.is_dir() and job_dirs(d))
+    if not sweeps:
+        return None
+    names = ("…, " if len(sweeps) > 3 else "") + ", ".join(d.name for d in sweeps[-3:])
+    return (f"{folder} holds sweeps, not runs ({len(sweeps)}: {names}). Pass one of them, e.g. "
+            f"{sweeps[-1]}.")
+
+
 def study_dir(sweep_dir: str | Path) -> Path:
     """The folder a user resumes: the tuned study's (SWEEP) for a cell's search folder
     (SWEEP/search/<cell>), else `sweep_dir` itself."""

@@ -96,6 +96,7 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("empty", "holds no runs"),
+    ("sweeps", "holds sweeps, not runs (1: sweep). Pass one of them, e.g. "),
     ("record", "is not in a run's checkpoints/ folder"),
     ("setting", "eval takes paths.data_dir=DIR"),
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
@@ -104,6 +105,7 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
     (tmp_path / "empty").mkdir()
     job = next(sweep.glob("0_*"))
     args = {"missing": [str(tmp_path / "missing")], "empty": [str(tmp_path / "empty")],
+            "sweeps": [str(tmp_path)],  # the folder of the sweep (and of empty/)
             "record": [str(job / "metrics.json")],
             "setting": [str(job), "model.net.hidden_dim=3"],
             "flag": [str(job), "trainer.max_epoch=3"]}[case]

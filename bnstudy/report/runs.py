@@ -18,6 +18,7 @@ from bnstudy.records import (
     RECORD_NAME,
     TUNING_FILE,
     RunRecord,
+    folder_of_sweeps,
     job_dirs,
     planned_jobs,
     read_test_correct,
@@ -53,11 +54,10 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
             "outputs/multirun/<date>_<time>), which holds one sub-directory per job."
         )
     if not (dirs := job_dirs(sweep_dir)):
-        raise ReportError(
+        raise ReportError(folder_of_sweeps(sweep_dir) or (
             f"{sweep_dir} holds no jobs: none of its sub-directories has a .hydra/config.yaml "
             f"or a {RECORD_NAME}. Pass the directory of a multirun of `python -m bnstudy.train "
-            "-m ...` (its hydra.sweep.dir), not a single run's directory or its parent."
-        )
+            "-m ...` (its hydra.sweep.dir), not a single run's directory or its parent."))
     return dirs
 
 
