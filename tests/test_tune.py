@@ -427,3 +427,51 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     assert caplog.messages == [
         f"Interrupted: {sweep} keeps its finished trials and runs. To go on (the same trials, "
         f"then the re-runs), run the same command with resume=true hydra.sweep.dir={sweep}"]
+
+
+@pytest.mark.parametrize("folder, settings, refusal", [
+    ("empty", {}, None),
+    ("grid", {}, "{d} holds the jobs of another kind of sweep (a grid of values), so nothing "
+                 "was run. Give the tuned study a folder of its own (hydra.sweep.dir=<another "
+                 "folder>)."),
+    ("tuned", {}, "{d} already holds a tuned study (tuning.json); nothing was changed. Add "
+                  "resume=true to go on"),
+    ("searching", {}, "{d} already holds a tuned study (search/); nothing was changed."),
+    ("tuned", {"resume": True}, None),  # the same settings: it goes on
+    ("tuned", {"resume": True, "seed": 1}, "{d} holds a tuned study run with other settings "
+                                           "(seed: 0 -> 1), so nothing was run. To go on"),
+    ("tuned", {"overwrite": True}, None),  # from scratch: its jobs and record removed
+    ("running", {"overwrite": True}, "overwrite=true, but the tuned study in {d} is running "
+                                     "(0_mnist-bn-sgd-seed0 in use), so nothing was changed."),
+])
+def test_a_tuned_studys_folder_is_checked_before_any_trial(folder, settings, refusal, tmp_path):
+    from bnstudy.errors import ConfigError
+    from bnstudy.jobdir import JobDirLock
+    from bnstudy.tune import check_folder
+
+    sweep = tmp_path / "study"
+    sweep.mkdir()
+    if folder == "grid":
+        write_job(sweep, [0.5])
+    if folder in ("tuned", "searching", "running"):
+        trial = write_job(sweep / SEARCH_DIR / "mnist-bn-sgd", [0.5])
+        write_job(sweep, [0.5])  # a re-run
+        OmegaConf.save(OmegaConf.create({"seed": 0, "resume": False}), sweep / "multirun.yaml")
+    if folder in ("tuned", "running"):
+        (sweep / TUNING_FILE).write_text("{}")
+    config = OmegaConf.create({"seed": 0, "resume": False, "overwrite": False, **settings})
+    with JobDirLock(trial if folder == "running" else tmp_path) as lock:
+        if folder == "running":
+            lock.acquire("a trial")
+        before = sorted(sweep.rglob("*"))
+        if refusal is None:
+            check_folder(config, sweep)
+        else:
+            with pytest.raises(ConfigError) as raised:
+                check_folder(config, sweep)
+            assert str(raised.value).startswith(refusal.format(d=sweep))
+            assert sorted(sweep.rglob("*")) == before  # nothing removed
+    if settings.get("overwrite") and refusal is None:  # the study's own files only
+        assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]
+    elif refusal is None:
+        assert sorted(sweep.rglob("*")) == before
