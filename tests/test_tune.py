@@ -76,6 +76,8 @@ def test_each_cell_searches_independently_and_repeats_itself():
         (369815432, 1619330633)
     tpe = sweeper("hydra.sweeper.sampler._target_=optuna.samplers.TPESampler")
     assert type(tpe.cell_sampler("mnist-bn-sgd")[0]).__name__ == "TPESampler"
+    unseeded, seed = sweeper("hydra.sweeper.sampler.seed=null").cell_sampler("mnist-bn-sgd")
+    assert type(unseeded).__name__ == "RandomSampler" and seed is None
 
 
 def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
@@ -94,17 +96,21 @@ def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
 def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
     """`_rerun_top`: each candidate over the seeds as the sweep's jobs (hand-made records that
     score lr × seed), the cell's best the one with the best mean, `final_jobs` its re-runs."""
-    acc = {("0.1", "0"): 0.9, ("0.1", "1"): 0.5, ("0.01", "0"): 0.7, ("0.01", "1"): 0.75}
+    import time
+
+    acc = {("0.1", "0"): 0.9, ("0.1", "1"): 0.5, ("0.01", "0"): 0.75, ("0.01", "1"): None}
 
     class Launcher:
         def launch(self, job_overrides, initial_job_idx):
+            assert job_overrides  # Hydra's launchers take no empty list
             returns = []
             for n, overrides in enumerate(job_overrides, initial_job_idx):
                 given = dict(o.split("=", 1) for o in overrides)
                 out = tmp_path / f"{n}_lr{given['optim.optimizer.lr']}_seed{given['seed']}"
                 out.mkdir()
                 key = (given["optim.optimizer.lr"], given["seed"])
-                RunRecord("ok", history=[{"val/acc": acc[key]}], wall_time_s=2.0).write(out)
+                status = "ok" if acc[key] is not None else "failed"  # no score: None
+                RunRecord(status, history=[{"val/acc": acc[key]}], wall_time_s=2.0).write(out)
                 ret = JobReturn(status=JobStatus.COMPLETED)
                 ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(out)}}})
                 returns.append(ret)
@@ -116,13 +122,16 @@ def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
             "best_params": {"optim.optimizer.lr": 0.1}, "best_value": 0.9, "final_jobs": [],
             "candidates": [{"params": {"optim.optimizer.lr": lr}, "value": v, "jobs": [],
                             "val_acc": []} for lr, v in ((0.1, 0.9), (0.01, 0.7))]}
-    record = {"cells": [cell], "time_s": {}}
+    record, started = {"cells": [cell], "time_s": {}}, time.perf_counter()
     tuner._rerun_top(record, [], tmp_path)
+    assert 0 < record["time_s"]["final"] <= time.perf_counter() - started
     assert cell["best_params"] == {"optim.optimizer.lr": 0.01} and cell["best_value"] == 0.7
     assert cell["final_jobs"] == ["2_lr0.01_seed0", "3_lr0.01_seed1"]
     assert cell["candidates"][0]["jobs"] == ["0_lr0.1_seed0", "1_lr0.1_seed1"]
     assert cell["candidates"][0]["val_acc"] == [0.9, 0.5]
-    assert json.loads((tmp_path / TUNING_FILE).read_text())["cells"][0] == cell
+    assert cell["candidates"][1]["val_acc"] == [0.75, None]  # a failed re-run: no score
+    assert json.loads((tmp_path / TUNING_FILE).read_text()) == record
+    tuner._rerun_top({"cells": [], "time_s": {}}, [], tmp_path)  # nothing to re-run: no launch
 
 
 @pytest.mark.slow
@@ -382,10 +391,14 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
         "(optim.optimizer.lr=0.1,0.2). Set one value (optim.optimizer.lr=...), or change the "
         "search space in hydra.sweeper.search.")
     assert tuner._cells(["optim=sgd", "optim.optimizer.lr=0.1"])[1] == ["optim.optimizer.lr=0.1"]
+    with pytest.raises(ConfigError, match="fixes all that experiment=tuned searches"):
+        tuner._cells(["optim=adam", "+optim.optimizer.lr=0.1"])  # given with a +: fixed too
     with pytest.raises(ConfigError) as refused:  # SGD still searches its momentum; Adam nothing
         tuner._cells(["optim=sgd,adam", "optim.optimizer.lr=0.1"])
     assert str(refused.value).startswith("optim.optimizer.lr given a value fixes all that "
                                          "experiment=tuned searches for optim=adam, so its ")
+    tuner.cells = {"dataset": ["mnist"], "norm": ["bn", "none"]}  # a space without optimizers
+    assert tuner._cells([])[0] == [{"dataset": "mnist", "norm": n} for n in ("bn", "none")]
 
 
 @pytest.mark.parametrize("override", ["n_trials=0", "n_trials=-1", "n_trials=abc", "n_jobs=0",
