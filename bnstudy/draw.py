@@ -102,9 +102,12 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()
                     if key.startswith("WeightGrid") and state.get("initial") is not None), None)
     images = run.path / "images"
-    drawn = (json.loads((images / RECIPE_FILE).read_text())  # by this command before
-             if (images / RECIPE_FILE).is_file() else {"step": None, **trained})
-    earlier = recipe_name(drawn, defaults)
+    redrawn = (images / RECIPE_FILE).is_file()  # by this command before
+    drawn = json.loads((images / RECIPE_FILE).read_text()) if redrawn else \
+        {"step": None, **trained}
+    untrained = [] if redrawn else [name for name in PICTURE_CALLBACKS  # trained without them
+                                    if OmegaConf.select(run.cfg, f"callbacks.{name}") is None]
+    earlier = f"without_{'+'.join(untrained)}" if untrained else recipe_name(drawn, defaults)
     step = max(checkpoint.get("global_step", 0), drawn["step"] or 0) + 1
 
     fresh, summaries, kept = images / f".drawing-{os.getpid()}", [], None

@@ -202,6 +202,20 @@ def test_a_run_logged_without_tensorboard_gets_no_events(sweep, capsys):
     assert "TensorBoard step" not in out
 
 
+def test_the_pictures_of_a_run_trained_without_hallucinations_are_kept_as_such(sweep, capsys):
+    job = next(sweep.glob("0_*"))
+    config = job / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    del cfg.callbacks.hallucinations  # trained with ~callbacks.hallucinations
+    OmegaConf.save(cfg, config)
+    for path in (job / "images").glob("hallucinations_final.*"):
+        path.unlink()
+    assert draw.main([str(job)]) == 0
+    assert "the earlier ones (without_hallucinations) are in images/without_hallucinations/" in \
+        capsys.readouterr().out
+    assert (job / "images" / "without_hallucinations" / "weights_final.png").is_file()
+
+
 def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
     """(A path that is no run, each way: test_eval's bad paths, through the same finder.)"""
     proc = run_module("bnstudy.draw", str(tmp_path / "missing"), cwd=tmp_path)
