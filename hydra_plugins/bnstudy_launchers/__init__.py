@@ -37,6 +37,12 @@ class _Collecting:
             atexit.register(_exit_failed)
         return job
 
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        """Hydra's; a time limit that leaves no time to train ends the sweep before any line."""
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if problem := signal_after_limit(self.params):
+            _refuse(Path(str(config.hydra.sweep.dir)), problem)
+
     def launch(self, job_overrides, initial_job_idx):
         """Hydra's submitit launch (`BaseSubmititLauncher.launch`), collecting per job."""
         import submitit
@@ -44,8 +50,6 @@ class _Collecting:
 
         params = dict(self.params)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        if problem := signal_after_limit(params):
-            _refuse(sweep_dir, problem)
         if self._EXECUTOR == "local" and (note := local_requeue_limit(params)):
             log.warning(note)
         init = {"folder": params.pop("submitit_folder")}
