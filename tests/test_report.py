@@ -515,9 +515,18 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    assert main([str(sweep)]) == 0
+    earlier = {p.name: p.read_bytes() for p in (sweep / "report").iterdir() if p.is_file()}
+    (sweep / "report" / "report.md").write_text("the earlier report")
+    earlier["report.md"] = b"the earlier report"
     monkeypatch.setattr(bnstudy.report.write, "verdicts", interrupted)
+    assert main([str(sweep)]) == 1  # a Ctrl-C while the report is written again
+    assert capsys.readouterr().err.endswith(
+        f"bnstudy.report: interrupted; nothing was written (the earlier report in "
+        f"{sweep / 'report'} is as it was).\n")
+    assert {p.name: p.read_bytes() for p in (sweep / "report").iterdir() if p.is_file()} == earlier
+    assert sorted(p.name for p in sweep.iterdir()) == ["0_mnist-bn-sgd-seed0", "report"]  # no
+    # half-written folder left beside it
+    shutil.rmtree(sweep / "report")
     assert main([str(sweep)]) == 1 and not (sweep / "report").exists()
     assert capsys.readouterr().err == "bnstudy.report: interrupted; nothing was written.\n"
-    (sweep / "report").mkdir()
-    assert main([str(sweep)]) == 1 and (sweep / "report").is_dir()
-    assert f"{sweep / 'report'} is incomplete: run the command again" in capsys.readouterr().err

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -54,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = dict(args.target_acc)
     targets = given if "*" in given else {**DEFAULT_TARGETS, **given}
-    out, existed = args.sweep_dir / REPORT_DIR, (args.sweep_dir / REPORT_DIR).is_dir()
     try:
         path = write_report(args.sweep_dir, targets, pairs=args.compare or None,
                             named=[d for d in given if d != "*"])
@@ -62,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnstudy.report: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        print("bnstudy.report: interrupted; " + (f"{out} is incomplete: run the command again "
-              "to write it whole." if existed else "nothing was written."), file=sys.stderr)
+        earlier = (args.sweep_dir / REPORT_DIR).is_dir()
+        print("bnstudy.report: interrupted; nothing was written" + (
+            f" (the earlier report in {args.sweep_dir / REPORT_DIR} is as it was)." if earlier
+            else "."), file=sys.stderr)
         return 1
     print(f"Report written to {path} (figures, summary.csv and TensorBoard events beside it).")
     return 0

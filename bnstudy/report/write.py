@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from bnstudy.jobdir import dir_override
 from bnstudy.records import SEARCH_DIR, TUNING_FILE, read_tuning, study_dir
 from bnstudy.report.answer import answer_section, decide_command
 from bnstudy.report.budget import budget_section
+from bnstudy.report.cost import CLOCK_FILE, pair_costs
 from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
 from bnstudy.report.picture_section import pictures_section
 from bnstudy.report.render import claim_rows, write_csv
@@ -128,10 +131,8 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
                           f"{dir_override('hydra.sweep.dir', sweep_dir)} writes it again from its "
                           "finished trials and runs.") \
             from None
-    if costs is None:
-        from bnstudy.report.cost import CLOCK_FILE, pair_costs
-
-        costs = functools.partial(pair_costs, kept=sweep_dir / REPORT_DIR / CLOCK_FILE)
+    final, out = sweep_dir / REPORT_DIR, sweep_dir / f".{REPORT_DIR}-{os.getpid()}"
+    costs = costs or functools.partial(pair_costs, kept=out / CLOCK_FILE)
     everything = load_runs(sweep_dir)
     tuned = tuned_runs(sweep_dir, everything)[0]  # a tuned sweep: the kept settings' re-runs
     runs = tuned if len(tuned) else everything
@@ -140,8 +141,25 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if absent := [d for d in named if d not in datasets]:  # `--target-acc mnst=0.9`
         raise ReportError(f"--target-acc {absent[0]}=...: the sweep has no dataset {absent[0]}, "
                           f"nothing was written. Its datasets: {', '.join(sorted(datasets))}.")
-    out = sweep_dir / REPORT_DIR
-    out.mkdir(exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # written whole, then swapped in: a Ctrl-C or an
+    out.mkdir()  # error leaves the earlier report as it was
+    for reused in [*final.glob(CLOCK_FILE), *final.glob("referee_*.pt")]:  # measured once
+        shutil.copy2(reused, out / reused.name)
+    try:
+        _write(sweep_dir, out, runs, everything, tuned, pairs, targets, costs)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.is_dir():
+        os.replace(final, old := sweep_dir / f".{REPORT_DIR}-old-{os.getpid()}")
+        shutil.rmtree(old)
+    os.replace(out, final)
+    return final / "report.md"
+
+
+def _write(sweep_dir: Path, out: Path, runs: pd.DataFrame, everything: pd.DataFrame,
+           tuned: pd.DataFrame, pairs, targets: dict[str, float], costs) -> None:
+    """The report's files into `out`."""
     keys = group_keys(runs)
     table = summary(runs, keys, targets)
     write_csv(table, out / "summary.csv")
@@ -150,12 +168,10 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     budget = budget_section(sweep_dir, pairs, out)
     claim_table += budget.rows
     figures.update(budget.figures)
-    (out / "pictures.csv").unlink(missing_ok=True)
     picture_text, picture_figs, picture_results = pictures_section(runs, out)
     claim_table += [row for setting, parts in picture_results
                     for row in claim_rows(parts, setting)]
     for name, rows in (("claims", claim_table), ("verdicts", verdict_table)):
-        (out / f"{name}.csv").unlink(missing_ok=True)
         if len(rows):
             write_csv(rows, out / f"{name}.csv")
     made = [(text, {}) for text in (claims, budget.text) if text]
@@ -178,4 +194,3 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs
 
     refresh_mean_runs(sweep_dir, root=out / MEAN_DIR)  # margin charts: mean ± std over seeds
-    return out / "report.md"
