@@ -265,6 +265,9 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         "model.net.hidden: no such setting. Did you mean model.net.hidden_dim or "
         f"model.net.depth? Type e.g. model.net.hidden_dim=3. {tail}")
     assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
+    assert unknown_override(["hydar=1"]) == f"hydar: no such setting. {tail}"  # not Hydra's own
+    assert unknown_override(["model._target=x"]) == f"model._target: no such setting. {tail}"  # a
+    # class's path is not a setting to suggest
     assert unknown_override(["nrom=bn"]) == (  # a misspelt group: the group, then settings
         "nrom: no such setting. Did you mean norm or callbacks.hallucinations.nrow or "
         f"model.net.norm? Type e.g. norm=bn. {tail}")
