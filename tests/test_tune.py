@@ -488,3 +488,59 @@ def test_a_tuned_studys_folder_is_checked_before_any_trial(folder, settings, ref
         assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]
     elif refusal is None:
         assert sorted(sweep.rglob("*")) == before
+
+
+@pytest.mark.parametrize("failing", [0, 1, 2])
+def test_the_studys_record_holds_its_searches_then_its_reruns(failing, tmp_path, monkeypatch,
+                                                               caplog):
+    """`_sweep` with each cell's search and the re-runs stubbed: tuning.json and multirun.yaml
+    as the report reads them, and the cells that found no setting named with the way on."""
+    from types import SimpleNamespace
+
+    from bnstudy.tune import METRIC
+
+    caplog.set_level("INFO", logger="bnstudy")
+    study = tmp_path / "study"
+    study.mkdir()  # by the sweep's OutputFolder callback
+    tuner = sweeper("hydra.sweeper.n_trials=4", "hydra.sweeper.rerun_top=2")
+    tuner.seeds = [0, 1]  # hydra.sweeper.params.seed
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(study)}, "sweeper": {}},
+                                     "logger": {"tensorboard": {"_target_": "lightning.pytorch."
+                                                                           "loggers.TensorBoardLogger"}}})
+    tuner.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(
+        load_sweep_config=lambda config, overrides: compose_config(*overrides)))
+    tuner.launcher, reran = object(), []
+    names = ["mnist-bn-sgd", "mnist-none-sgd"]
+
+    def search(cell, rest, sweep_dir, together):
+        name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
+        assert rest == ["trainer.max_epochs=2"] and sweep_dir == study
+        return {**cell, "best_value": 0.5}, f"{name}: no trial ran" if \
+            names.index(name) < failing else None
+
+    monkeypatch.setattr(tuner, "_search", search)
+    monkeypatch.setattr(tuner, "_rerun_top", lambda record, rest, sweep_dir: reran.append(
+        json.loads((sweep_dir / TUNING_FILE).read_text())))
+    said = tuner._sweep(["dataset=mnist", "optim=sgd", "trainer.max_epochs=2"])
+    searched = reran[0]  # tuning.json as the searches left it, before the re-runs
+    assert {k: v for k, v in searched.items() if k != "time_s"} == {
+        "sampler": "RandomSampler", "sampler_seed": tuner.sampler.seed, "n_trials": 4,
+        "rerun_top": 2, "seeds": [0, 1], "metric": METRIC,
+        "cells": [{"dataset": "mnist", "optim": "sgd", "norm": n, "best_value": 0.5}
+                  for n in ("bn", "none")]}
+    assert 0 < searched["time_s"]["search"] < 60
+    plan = OmegaConf.load(study / "multirun.yaml").hydra
+    assert plan.sweep.dir == str(study) and dict(plan.sweeper.params) == {
+        "seed": "0,1", **tuner.search.sgd}
+    assert any(m.startswith(f"Browse as jobs finish: tensorboard --logdir {study}")
+               for m in caplog.messages)
+    if not failing:
+        assert said is None
+        return
+    assert said == (
+        f"{failing} cell(s) of {study} found no setting, so they have no re-runs"
+        + "; the other cells were tuned and re-run" * (failing < 2) + ":\n"
+        + "\n".join(f"  {name}: no trial ran" for name in names[:failing])
+        + "\nFix the cause (each trial's error is above, and in its train.log if it started), "
+        f"then run the same command with resume=true hydra.sweep.dir={study}: finished trials "
+        "and runs are kept, the failed ones run again.")
