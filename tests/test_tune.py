@@ -4,6 +4,7 @@ them."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -534,13 +535,24 @@ def test_the_studys_record_holds_its_searches_then_its_reruns(failing, tmp_path,
         "seed": "0,1", **tuner.search.sgd}
     assert any(m.startswith(f"Browse as jobs finish: tensorboard --logdir {study}")
                for m in caplog.messages)
+    monkeypatch.setattr(tuner, "_sweep", lambda arguments: said)  # the paragraph, exit 1
+    with pytest.raises(SystemExit) if failing else contextlib.nullcontext() as ended:
+        tuner.sweep([])
     if not failing:
         assert said is None
         return
-    assert said == (
+    assert ended.value.code == said == (
         f"{failing} cell(s) of {study} found no setting, so they have no re-runs"
         + "; the other cells were tuned and re-run" * (failing < 2) + ":\n"
         + "\n".join(f"  {name}: no trial ran" for name in names[:failing])
         + "\nFix the cause (each trial's error is above, and in its train.log if it started), "
         f"then run the same command with resume=true hydra.sweep.dir={study}: finished trials "
         "and runs are kept, the failed ones run again.")
+
+
+def test_a_sweeper_built_in_python_reruns_seed_0_and_its_top_3():
+    cfg = compose_config("experiment=tuned").hydra.sweeper
+    tuner = TunedSweeper(cfg.cells, cfg.search, cfg.n_trials, cfg.sampler)
+    assert (tuner.seeds, tuner.n_jobs, tuner.rerun_top) == ([0], 1, 3)
+    assert TunedSweeper(cfg.cells, cfg.search, 2, cfg.sampler, params={"seed": "3,4"}).seeds == \
+        [3, 4]
