@@ -181,7 +181,13 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
     assert unknown_override(["-m", "experiment=tuned",  # a sampler's own keys: the README's TPE
                              "hydra.sweeper.sampler._target_=optuna.samplers.TPESampler"]) is None
     assert unknown_override(["-m", "hydra/launcher=slrum", "hydra.launcher.partition=x"]) is None
+    assert unknown_override(["-m", "hydra.launcher.zzz=1"]) == (  # no launcher has it
+        "hydra.launcher.zzz: no such setting. `python -m bnstudy.train --help` lists the groups "
+        "and `python -m bnstudy.train --cfg hydra` Hydra's settings.")
+    assert "It comes with logger=mlflow (several: " in unknown_override(
+        ["logger.mlflow.tags.team=x"])  # a key of a key of the option
     for typed, launcher in ((["hydra.launcher.partition=gpu"], "slurm"),  # the launcher forgotten
+                            (["hydra.launcher.n_jobs=2"], "parallel"),
                             (["hydra/launcher=submitit_local", "hydra.launcher.max_num_timeout=3"],
                              "slurm")):  # a key of another launcher
         assert f"no such setting. It comes with hydra/launcher={launcher} (to add it to " \
@@ -305,3 +311,14 @@ def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_
     with pytest.raises(ConfigError) as raised:
         compose(overrides)
     assert str(raised.value).startswith(message) and "search path" not in str(raised.value)
+
+
+@pytest.mark.parametrize("key", ["zzz", "dataset.zzz", "model.zzz", "optim.zzz", "paths.zzz",
+                                 "model.net.zzz"])
+def test_a_key_added_past_the_schema_is_named_with_its_nodes_valid_keys(key):
+    """`+key=value` passes Hydra's check; each node's schema refuses it by its full name."""
+    with pytest.raises(ConfigError) as refused:
+        validate(compose_config(f"+{key}=1"))
+    node = key.rpartition(".")[0]
+    assert str(refused.value).startswith(
+        f"{key}: no such setting. Valid keys {f'under {node}' if node else 'at the top level'}: ")
