@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 from pathlib import Path
@@ -102,6 +103,22 @@ def sweep_interrupted() -> str:
             "runs.")
 
 
+def unknown_option(args: list[str]) -> str | None:
+    """One paragraph for a list of options naming one its group lacks (`logger=[csv,mlfow]`:
+    Hydra's own message lists no options), None if there is none."""
+    for arg in args:
+        group, _, value = arg.partition("=")
+        if value.startswith("[") and (CONFIG_DIR / group).is_dir():
+            options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+            if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
+                           if o not in options]:
+                near = difflib.get_close_matches(missing[0], options, 1)
+                return (f"{arg}: {group} has no option {missing[0]}, so nothing was run. "
+                        + (f"Did you mean {near[0]}? " if near else "")
+                        + f"Its options: {', '.join(options)} (several: '{group}=[a,b]').")
+    return None
+
+
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
     """A warning when an experiment that is a sweep (`lr_sweep`, `tuned`) runs without `-m`."""
     experiment = hydra_cfg.runtime.choices.get("experiment")
@@ -116,7 +133,8 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
 
 
 if __name__ == "__main__":
-    if problem := unknown_override(sys.argv[1:]):  # before Hydra, whose hint would be `+key`
+    if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]):  # before
+        # Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
         sys.exit(problem)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "

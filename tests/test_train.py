@@ -45,6 +45,9 @@ def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
     ("lr=0.1", "lr: no such setting. Did you mean dataset.lr"),  # not Hydra's `+lr=0.1`
     ("seeds=3", "Type e.g. seed=3."),
     ("momentum=0.9", "Type e.g. optim.optimizer.momentum=0.9."),
+    ("logger=[tensorboard, mlfow]", "logger=[tensorboard, mlfow]: logger has no option mlfow, so "
+     "nothing was run. Did you mean mlflow? Its options: csv, mlflow, tensorboard, wandb "
+     "(several: 'logger=[a,b]')."),  # Hydra's would name no option
 ])
 def test_a_mistyped_command_is_refused_before_anything_runs(override, message, tmp_path):
     proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
