@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -394,6 +395,15 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
     assert tuner._cells(["optim=sgd", "optim.optimizer.lr=0.1"])[1] == ["optim.optimizer.lr=0.1"]
     with pytest.raises(ConfigError, match="fixes all that experiment=tuned searches"):
         tuner._cells(["optim=adam", "+optim.optimizer.lr=0.1"])  # given with a +: fixed too
+    with pytest.raises(ConfigError) as refused:
+        tuner._cells(["optim=sgd", "optim.optimizer.lr=0.1", "optim.optimizer.momentum=0.9"])
+    assert str(refused.value) == (
+        "optim.optimizer.lr, optim.optimizer.momentum given a value fixes all that "
+        "experiment=tuned searches for optim=sgd, so its trials would all be one run. Drop it to "
+        "search it; to train one setting, run without experiment=tuned.")
+    caplog.clear()
+    tuner._cells(["norm=none"])  # compared with BN, then
+    assert caplog.messages[-1].endswith("compares two norms at their best, e.g. norm=bn,none.")
     with pytest.raises(ConfigError) as refused:  # SGD still searches its momentum; Adam nothing
         tuner._cells(["optim=sgd,adam", "optim.optimizer.lr=0.1"])
     assert str(refused.value).startswith("optim.optimizer.lr given a value fixes all that "
@@ -449,14 +459,22 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
                  "was run. Give the tuned study a folder of its own (hydra.sweep.dir=<another "
                  "folder>)."),
     ("tuned", {}, "{d} already holds a tuned study (tuning.json); nothing was changed. Add "
-                  "resume=true to go on"),
-    ("searching", {}, "{d} already holds a tuned study (search/); nothing was changed."),
+                  "resume=true to go on (finished trials and runs are kept, the rest run), "
+                  "overwrite=true to search and re-run again from scratch, or choose another "
+                  "hydra.sweep.dir."),
+    ("searching", {}, "{d} already holds a tuned study (search/); nothing was changed. Add "),
     ("tuned", {"resume": True}, None),  # the same settings: it goes on
-    ("tuned", {"resume": True, "seed": 1}, "{d} holds a tuned study run with other settings "
-                                           "(seed: 0 -> 1), so nothing was run. To go on"),
+    ("tuned", {"resume": True, "seed": 1, "lr": 0.2}, "{d} holds a tuned study run with "
+     "other settings (lr: 0.1 -> 0.2; seed: 0 -> 1), so nothing was run. To go on with "
+     "it, run its command with resume=true; to run this one, give it a folder of its own "
+     "(hydra.sweep.dir=<another folder>)."),
     ("tuned", {"overwrite": True}, None),  # from scratch: its jobs and record removed
+    ("searching", {"overwrite": True}, None),  # no tuning.json yet
+    ("reran", {"overwrite": True}, None),  # no search/ left
     ("running", {"overwrite": True}, "overwrite=true, but the tuned study in {d} is running "
-                                     "(0_mnist-bn-sgd-seed0 in use), so nothing was changed."),
+                                     "(1_mnist-bn-sgd-seed0, 0_mnist-bn-sgd-seed0 in use), so "
+                                     "nothing was changed. Wait until it ends (or stop it), "
+                                     "then run this command again."),
 ])
 def test_a_tuned_studys_folder_is_checked_before_any_trial(folder, settings, refusal, tmp_path):
     from bnstudy.errors import ConfigError
@@ -467,16 +485,20 @@ def test_a_tuned_studys_folder_is_checked_before_any_trial(folder, settings, ref
     sweep.mkdir()
     if folder == "grid":
         write_job(sweep, [0.5])
-    if folder in ("tuned", "searching", "running"):
+    if folder in ("tuned", "searching", "running", "reran"):
         trial = write_job(sweep / SEARCH_DIR / "mnist-bn-sgd", [0.5])
-        write_job(sweep, [0.5])  # a re-run
-        OmegaConf.save(OmegaConf.create({"seed": 0, "resume": False}), sweep / "multirun.yaml")
-    if folder in ("tuned", "running"):
+        rerun = write_job(sweep, [0.5])
+        OmegaConf.save(OmegaConf.create({"seed": 0, "lr": 0.1, "resume": False,
+                                         "overwrite": False}), sweep / "multirun.yaml")
+    if folder in ("tuned", "running", "reran"):
         (sweep / TUNING_FILE).write_text("{}")
-    config = OmegaConf.create({"seed": 0, "resume": False, "overwrite": False, **settings})
-    with JobDirLock(trial if folder == "running" else tmp_path) as lock:
-        if folder == "running":
-            lock.acquire("a trial")
+    if folder == "reran":
+        shutil.rmtree(sweep / SEARCH_DIR)
+    config = OmegaConf.create({"seed": 0, "lr": 0.1, "resume": False, "overwrite": False,
+                               **settings})
+    with contextlib.ExitStack() as held:
+        for job in (trial, rerun) if folder == "running" else ():
+            held.enter_context(JobDirLock(job)).acquire("a trial")
         before = sorted(sweep.rglob("*"))
         if refusal is None:
             check_folder(config, sweep)
