@@ -530,3 +530,20 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
     shutil.rmtree(sweep / "report")
     assert main([str(sweep)]) == 1 and not (sweep / "report").exists()
     assert capsys.readouterr().err == "bnstudy.report: interrupted; nothing was written.\n"
+
+
+def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, capsys):
+    """`model.net.channels=[8],[8,8]`: a list is a cell of the table, written as typed."""
+    from bnstudy.report.answer import console_answer
+
+    for channels in ([8], [8, 8]):
+        for norm in ("bn", "none"):
+            for seed in (0, 1):
+                write_job(tmp_path, [0.5, 0.6 + 0.1 * (norm == "bn") + 0.01 * seed],
+                          norm=norm, seed=seed, channels=channels)
+    answer = console_answer(tmp_path)
+    assert "MNIST, SGD, channels=[8] (2 vs 2 seeds): " in answer
+    assert "MNIST, SGD, channels=[8,8] (2 vs 2 seeds): " in answer
+    assert main([str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "report" / "verdicts.csv").open()))
+    assert [row["channels"] for row in rows] == ["[8]", "[8,8]"]

@@ -3,6 +3,7 @@ never started, the groups (every hparam but the seed), the compared pairs, the l
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def load_run(job: Path) -> dict:
             "probes": {k: getattr(record, k) for k in PROBE_SERIES
                        if record is not None and getattr(record, k)},
             "test_correct": read_test_correct(job),
-            **{f"hp:{k}": v for k, v in hparams.items()}}
+            **{f"hp:{k}": json.dumps(v, separators=(",", ":")) if isinstance(v, list | dict)
+               else v for k, v in hparams.items()}}  # `[8,8]`, as typed: a table's cell
 
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
