@@ -547,3 +547,31 @@ def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     rows = list(csv.DictReader((tmp_path / "report" / "verdicts.csv").open()))
     assert [row["channels"] for row in rows] == ["[8]", "[8,8]"]
+
+
+def test_a_report_killed_outright_leaves_a_folder_the_next_removes(tmp_path, monkeypatch, capsys):
+    """A SIGTERM or a kill skips the clean-up of the hidden folder the report is written in: the
+    next report removes it (this machine's, of a process gone), not one still being written."""
+    import os
+    import pathlib
+    import socket
+
+    write_job(tmp_path, [0.5, 0.6])
+    hidden = f".report-{socket.gethostname()}-"
+    (tmp_path / f"{hidden}999999999").mkdir()  # no such process
+    (tmp_path / f"{hidden}1").mkdir()  # a process that runs (init)
+    (tmp_path / f"{hidden}{os.getpid()}").mkdir()  # this process's id, from another before it
+    assert main([str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [f"{hidden}1"]
+    mkdir = pathlib.Path.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if path.name.startswith(hidden):
+            raise OSError(30, "Read-only file system")
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    assert main([str(tmp_path)]) == 2  # one paragraph, not a traceback
+    assert capsys.readouterr().err.endswith(
+        f"{tmp_path} cannot be written (Read-only file system), so nothing was written. Copy the "
+        "sweep to a folder you can write to and report the copy.\n")

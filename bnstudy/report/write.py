@@ -9,6 +9,7 @@ import io
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,8 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
                           f"{dir_override('hydra.sweep.dir', sweep_dir)} writes it again from its "
                           "finished trials and runs.") \
             from None
-    final, out = sweep_dir / REPORT_DIR, sweep_dir / f".{REPORT_DIR}-{os.getpid()}"
+    hidden = f".{REPORT_DIR}-{socket.gethostname()}-"  # + pid: the report being written
+    final, out = sweep_dir / REPORT_DIR, sweep_dir / f"{hidden}{os.getpid()}"
     costs = costs or functools.partial(pair_costs, kept=out / CLOCK_FILE)
     everything = load_runs(sweep_dir)
     tuned = tuned_runs(sweep_dir, everything)[0]  # a tuned sweep: the kept settings' re-runs
@@ -141,8 +143,16 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if absent := [d for d in named if d not in datasets]:  # `--target-acc mnst=0.9`
         raise ReportError(f"--target-acc {absent[0]}=...: the sweep has no dataset {absent[0]}, "
                           f"nothing was written. Its datasets: {', '.join(sorted(datasets))}.")
-    shutil.rmtree(out, ignore_errors=True)  # written whole, then swapped in: a Ctrl-C or an
-    out.mkdir()  # error leaves the earlier report as it was
+    for stale in sweep_dir.glob(f"{hidden}*"):  # left by a report killed outright
+        if not _running(stale.name.removeprefix(hidden)):
+            shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)  # this process id's, left by another process
+    try:  # written whole, then swapped in: a Ctrl-C or an error leaves the earlier report
+        out.mkdir()
+    except OSError as err:
+        raise ReportError(f"{sweep_dir} cannot be written ({err.strerror or err}), so nothing "
+                          "was written. Copy the sweep to a folder you can write to and report "
+                          "the copy.") from None
     for reused in [*final.glob(CLOCK_FILE), *final.glob("referee_*.pt")]:  # measured once
         shutil.copy2(reused, out / reused.name)
     try:
@@ -151,10 +161,21 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         shutil.rmtree(out, ignore_errors=True)
         raise
     if final.is_dir():
-        os.replace(final, old := sweep_dir / f".{REPORT_DIR}-old-{os.getpid()}")
+        os.replace(final, old := sweep_dir / f"{hidden}{os.getpid()}-old")
         shutil.rmtree(old)
     os.replace(out, final)
     return final / "report.md"
+
+
+def _running(pid: str) -> bool:
+    """Whether a process of this machine with that id runs (a report writing its folder)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _write(sweep_dir: Path, out: Path, runs: pd.DataFrame, everything: pd.DataFrame,
