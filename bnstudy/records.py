@@ -79,12 +79,16 @@ def job_dirs(folder: str | os.PathLike) -> list[Path]:
 
 
 def folder_of_sweeps(folder: str | os.PathLike) -> str | None:
-    """What to pass instead of a folder whose sub-directories are sweeps (`outputs/multirun`),
-    or None."""
-    sweeps = sorted(d for d in Path(folder).iterdir() if d.is_dir() and job_dirs(d))
+    """What to pass instead of a folder that holds sweeps one or two levels down (`outputs`,
+    `outputs/multirun`: folders with a `multirun.yaml` and jobs), or None."""
+    folder = Path(folder)
+    sweeps = sorted((plan.parent for plan in [*folder.glob("*/multirun.yaml"),
+                                              *folder.glob("*/*/multirun.yaml")]
+                     if job_dirs(plan.parent)), key=lambda sweep: sweep.name)
     if not sweeps:
         return None
-    names = ("…, " if len(sweeps) > 3 else "") + ", ".join(d.name for d in sweeps[-3:])
+    names = ("…, " if len(sweeps) > 3 else "") + ", ".join(
+        str(sweep.relative_to(folder)) for sweep in sweeps[-3:])
     return (f"{folder} holds sweeps, not runs ({len(sweeps)}: {names}). Pass one of them, e.g. "
             f"{sweeps[-1]}.")
 

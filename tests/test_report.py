@@ -240,12 +240,14 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
     assert "does not exist" in err and "hydra.sweep.dir" in err and "Traceback" not in err
     assert main([str(tmp_path)]) == 2
     assert "holds no jobs" in capsys.readouterr().err
-    for n in range(5):  # a folder of sweeps (outputs/multirun): the latest named
-        write_job(tmp_path / f"2026-01-0{n + 1}_10-00-00", [0.5])
+    for n in range(5):  # the output root: its sweeps (the latest named), not its single runs
+        sweep = write_job(tmp_path / "multirun" / f"2026-01-0{n + 1}_10-00-00", [0.5]).parent
+        (sweep / "multirun.yaml").write_text("{}")
+    write_job(tmp_path / "runs", [0.5])
     assert main([str(tmp_path)]) == 2
-    assert f"{tmp_path} holds sweeps, not runs (5: …, 2026-01-03_10-00-00, 2026-01-04_10-00-00, " \
-        f"2026-01-05_10-00-00). Pass one of them, e.g. {tmp_path}/2026-01-05_10-00-00.\n" in \
-        capsys.readouterr().err
+    assert f"{tmp_path} holds sweeps, not runs (5: …, multirun/2026-01-03_10-00-00, multirun/" \
+        f"2026-01-04_10-00-00, multirun/2026-01-05_10-00-00). Pass one of them, e.g. " \
+        f"{tmp_path}/multirun/2026-01-05_10-00-00.\n" in capsys.readouterr().err
     for bad in ("bn", "bn:bn", ":none", "bn:none:x"):
         with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path), "--compare", bad])
