@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="picture settings (conf/callbacks/default.yaml), paths.data_dir")
     parser.add_argument("--replace", action="store_true",
                         help="replace the earlier final drawings instead of keeping them")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `RUN --replace steps=100` too
     try:
         from bnstudy.pictures.drawing import Hallucinator
 
@@ -184,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     for path in tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(),
                      leave=False):
         try:
-            run = rebuild.SavedRun.open(path)
-            if run.status == "diverged":  # a result, without pictures
-                skipped.append(run.name)
-                tqdm.write(f"{run.name}: diverged: no pictures", file=sys.stdout)
-                continue
-            if run.status != "ok":
-                status = run.status if run.record is None else f"status {run.status}"
-                raise rebuild.RunError(f"{run.name}: not finished ({status}), so it has no final "
-                                       "pictures to draw again.")
-            with rebuild.writing(path, "draw", "drawn"):
+            with rebuild.writing(path, "draw", "drawn"):  # a run in training: in use
+                run = rebuild.SavedRun.open(path)
+                if run.status == "diverged":  # a result, without pictures
+                    skipped.append(run.name)
+                    tqdm.write(f"{run.name}: diverged: no pictures", file=sys.stdout)
+                    continue
+                if run.status != "ok":
+                    status = run.status if run.record is None else f"status {run.status}"
+                    raise rebuild.RunError(
+                        f"{run.name}: not finished ({status}), so it has no final pictures to "
+                        "draw again. Finish its training first (its command with resume=true), "
+                        "then draw it.")
                 line = draw_run(run, given, defaults, data, args.replace)
             tqdm.write(line, file=sys.stdout)
             drawn += 1

@@ -55,8 +55,11 @@ def main(cfg: DictConfig) -> RunRecord:
         raise
     log.info("%s", record.line())
     if not is_multirun():  # a sweep's summary says where its jobs are
-        browse = f"; browse: tensorboard --logdir {out}" if uses_tensorboard(cfg.logger) else ""
-        log.info("Files: %s (metrics.json, checkpoints/, images/%s)", out, browse)
+        made = [name for name in ("metrics.json", "checkpoints/", "images/")
+                if (out / name).exists()]
+        browse = f"; browse: tensorboard --logdir {out}" if uses_tensorboard(cfg.logger) and \
+            any(out.glob("events.out.tfevents.*")) else ""  # not after a fast_dev_run
+        log.info("Files: %s (%s%s)", out, ", ".join(made), browse)
     return record
 
 

@@ -154,7 +154,8 @@ def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_other
     assert out.count(": drawn (steps=2)") == 1 and f"{ok.name}: drawn" in out
     assert f"{broken.name}: no checkpoint" in err
     assert f"{running.name}: not finished (status running), so it has no final pictures to " \
-        "draw again.\n" in err
+        "draw again. Finish its training first (its command with resume=true), then draw it.\n" \
+        in err
     assert f"{held.name}: not drawn, it is in use: another draw in process {os.getpid()}" in err
     assert f"{diverged.name}: diverged: no pictures" in out
     assert f"Drew 1 of 5 run(s); 1 diverged (no pictures); 3 could not be drawn: {broken.name}, " \
@@ -227,6 +228,8 @@ def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
         assert proc.returncode == 2 and proc.stderr.endswith("arguments are required: path\n")
     with pytest.raises(SystemExit, match="2"):  # a misspelt flag is not taken for another
         draw.main([str(tmp_path), "--replac"])
+    assert draw.main([str(tmp_path / "missing"), "--replace", "steps=100"]) == 2  # parsed (the
+    # flag between settings), refused for its path
 
 
 def test_a_terminal_gets_a_progress_bar(sweep, capsys, monkeypatch):

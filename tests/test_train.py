@@ -217,6 +217,8 @@ def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
                      "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "experiment=lr_sweep is a sweep, but without -m" in proc.stderr
+    assert f"Files: {tmp_path} (metrics.json, images/)\n" in proc.stderr  # a fast_dev_run: no
+    # checkpoint, no events to browse
 
 
 @pytest.mark.slow
