@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import traceback
+import typing
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -337,6 +338,26 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
                        optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
 
 
+def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
+    """The run's datamodule; a value of `dataset.datamodule` its class does not take is a
+    `ConfigError` (Hydra passes them untyped: `download=maybe` would be taken as true)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class
+
+    hints = typing.get_type_hints(get_class(node._target_).__init__)
+    for key, value in node.items():
+        allowed = typing.get_args(hints.get(key)) or (hints.get(key),)
+        if key in hints and not (type(value) in allowed or type(value) is int and float in allowed):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"dataset.datamodule.{key}={value!r}: it takes {names}.")
+    try:
+        return instantiate(node, data_dir=data_dir)
+    except InstantiationException as err:  # the class's own refusal, e.g. verify_checksums
+        if isinstance(err.__cause__, DataError | ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
 def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
           ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """The datamodule, model and trainer of a config (`trackers`, `step`: a resume's)."""
@@ -345,7 +366,7 @@ def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
     from bnstudy.checkpoints import AtomicCheckpointIO
     from bnstudy.trackers import make_loggers
 
-    datamodule = instantiate(cfg.dataset.datamodule, data_dir=to_absolute_path(cfg.paths.data_dir))
+    datamodule = build_datamodule(cfg.dataset.datamodule, to_absolute_path(cfg.paths.data_dir))
     model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then

@@ -29,6 +29,11 @@ QUICK = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                  "under dataset:", marks=pytest.mark.slow),
     pytest.param(["dataset.batch_size=1"], "dataset.batch_size=1 with norm=bn: BatchNorm "
                  "normalises over the batch, which one image cannot give", marks=pytest.mark.slow),
+    (["dataset.datamodule.download=maybe"], "dataset.datamodule.download='maybe': it takes bool "
+     "or null."),  # untyped by Hydra: checked against the datamodule's own arguments
+    pytest.param(["dataset=cifar10", "dataset.datamodule.verify_checksums=maybe"],
+                 "dataset.datamodule.verify_checksums='maybe' is not one of ('strict', 'warn', "
+                 "'off').", marks=pytest.mark.slow),  # the class's own refusal, unwrapped
 ])
 def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
         overrides, message, tiny_data, tmp_path):
