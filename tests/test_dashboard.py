@@ -584,7 +584,8 @@ def test_console_has_a_result_line_per_job_and_a_summary(tiny_sweep):
         summary[browse + 1].endswith(f"python -m bnstudy.report {sweep_dir}")
     assert re.search(r"^\[[^]]+\]\[HYDRA\] Browse as jobs finish: tensorboard "
                      rf"--logdir {re.escape(str(sweep_dir))}, then open {re.escape(BROWSE_URL)}$",
-                     console[:console.index("#0 : ")], re.M), console[:3000]  # before any job
+                     console[:console.index(": training ")], re.M), console[:3000]  # before any
+    assert "#0 : " not in console and "Launching" not in console  # job; not Hydra's notices
 
 
 @pytest.mark.slow
@@ -594,7 +595,8 @@ def test_console_says_each_job_line_and_each_warning_once_without_advertisement(
     _, _, console = tiny_sweep
     assert "Tip" not in console and "LeafSpec" not in console and "litlogger" not in console
     lines = [STAMP.sub("", line) for line in console.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if re.match(r"\[HYDRA\] \t#\d+ : ", line)]
+    starts = [i for i, line in enumerate(lines) if re.match(r"\[bnstudy\]\[INFO\] - \S+: training ",
+                                                             line)]  # each job's first line
     assert len(starts) == JOBS, console
     for start, end in zip(starts, [*starts[1:], len(lines)], strict=True):
         job = lines[start:end]
