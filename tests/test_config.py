@@ -213,6 +213,21 @@ def test_the_edges_of_each_range():
         OmegaConf.update(bad, key, value)
         with pytest.raises(ConfigError, match=f"^{key}=.* is out of range"):
             validate(bad)
+    for key, value, said in (  # whole paragraphs
+            ("dataset.train_size", 0, "dataset.train_size=0 is out of range; it must be null (all "
+                                      "remaining images) or an integer >= 1."),
+            ("callbacks.hallucinations.lr", 0, "callbacks.hallucinations.lr=0 is out of range; it "
+                                               "must be > 0."),
+            ("model.net.norm", "batch", "model.net.norm='batch' is not a known normalisation; use "
+                                        "one of bn, layer, none, group (e.g. norm=bn)."),
+            ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises "
+                                      "over the batch, which one image cannot give. Use "
+                                      "dataset.batch_size=2 or more, or norm=none / norm=layer.")):
+        bad = compose_config("norm=bn")
+        OmegaConf.update(bad, key, value)
+        with pytest.raises(ConfigError) as refused_:
+            validate(bad)
+        assert str(refused_.value) == said
 
 
 def test_overridden_keys_drop_the_add_and_delete_marks():
