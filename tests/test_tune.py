@@ -520,6 +520,7 @@ def test_the_studys_record_holds_its_searches_then_its_reruns(failing, tmp_path,
     as the report reads them, and the cells that found no setting named with the way on."""
     from types import SimpleNamespace
 
+    from bnstudy.trials import Cells
     from bnstudy.tune import METRIC
 
     caplog.set_level("INFO", logger="bnstudy")
@@ -532,20 +533,25 @@ def test_the_studys_record_holds_its_searches_then_its_reruns(failing, tmp_path,
                                                                            "loggers.TensorBoardLogger"}}})
     tuner.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(
         load_sweep_config=lambda config, overrides: compose_config(*overrides)))
-    tuner.launcher, reran = object(), []
+    class SlurmLauncher:  # its searches' trials in flight at once; other launchers' in turn
+        pass
+
+    tuner.launcher, reran = SlurmLauncher() if failing == 2 else object(), []
     names = ["mnist-bn-sgd", "mnist-none-sgd"]
 
     def search(cell, rest, sweep_dir, together):
         name = f"{cell['dataset']}-{cell['norm']}-{cell['optim']}"
         assert rest == ["trainer.max_epochs=2"] and sweep_dir == study
+        assert isinstance(together, Cells) and together.concurrent == (failing == 2)
         return {**cell, "best_value": 0.5}, f"{name}: no trial ran" if \
             names.index(name) < failing else None
 
     monkeypatch.setattr(tuner, "_search", search)
     monkeypatch.setattr(tuner, "_rerun_top", lambda record, rest, sweep_dir: reran.append(
-        json.loads((sweep_dir / TUNING_FILE).read_text())))
+        json.loads((sweep_dir / TUNING_FILE).read_text())) or reran.append((record, rest)))
     said = tuner._sweep(["dataset=mnist", "optim=sgd", "trainer.max_epochs=2"])
     searched = reran[0]  # tuning.json as the searches left it, before the re-runs
+    assert reran[1] == (searched, ["trainer.max_epochs=2"])  # the re-runs get the record
     assert {k: v for k, v in searched.items() if k != "time_s"} == {
         "sampler": "RandomSampler", "sampler_seed": tuner.sampler.seed, "n_trials": 4,
         "rerun_top": 2, "seeds": [0, 1], "metric": METRIC,
