@@ -344,7 +344,10 @@ def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
     from hydra.errors import InstantiationException
     from hydra.utils import get_class
 
-    hints = typing.get_type_hints(get_class(node._target_).__init__)
+    hints = {}  # each __init__'s of the class and the project's classes above it
+    for cls in reversed(get_class(node._target_).__mro__):
+        if cls.__module__.startswith("bnstudy.") and "__init__" in vars(cls):
+            hints.update(typing.get_type_hints(cls.__init__))
     for key, value in node.items():
         allowed = typing.get_args(hints.get(key)) or (hints.get(key),)
         if key in hints and not (type(value) in allowed or type(value) is int and float in allowed):
