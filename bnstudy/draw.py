@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import time
-import typing
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -21,7 +20,7 @@ from omegaconf import OmegaConf
 from bnstudy import rebuild
 from bnstudy.config import CONFIG_DIR, picture_range
 from bnstudy.console import quiet_console
-from bnstudy.errors import DataError, RunFileError
+from bnstudy.errors import DataError, RunFileError, types_refused
 from bnstudy.records import RECIPE_FILE, write_json_atomic
 from bnstudy.trackers import uses_tensorboard
 
@@ -63,8 +62,7 @@ def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
                 "also as callbacks.<name>.<key> or, where unique, the bare key), and "
                 "paths.data_dir=DIR.")
         name, knob = owners[0], parts[-1]
-        allowed = typing.get_args(types[name][knob]) or (types[name][knob],)
-        if not (type(value) in allowed or (type(value) is int and float in allowed)):
+        if allowed := types_refused(value, types[name][knob]):
             raise rebuild.UsageError(
                 f"{key}={value!r}: {knob} takes {' or '.join(TYPE_NAMES[t] for t in allowed)}, "
                 f"e.g. {name}.{knob}={default_recipe()[name].get(knob)}.")

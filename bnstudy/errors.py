@@ -1,6 +1,8 @@
 """Mistakes a user can fix, each message naming what was wrong and how to fix it (free of
 heavy imports: the entry point reports them without loading Lightning)."""
 
+import typing
+
 
 class ConfigError(ValueError):
     """A config value is outside its allowed range."""
@@ -17,3 +19,10 @@ class RunFileError(OSError):
 def first_line(err: BaseException) -> str:
     """`Type: the first line of its message`, as a one-paragraph refusal quotes an error."""
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+
+
+def types_refused(value, hint) -> tuple[type, ...]:
+    """The types `hint` (one, or a union) allows, if `value` is of none of them (a whole number
+    passes for a float, a bool for nothing but a bool); () if it is."""
+    allowed = typing.get_args(hint) or (hint,)
+    return () if type(value) in allowed or (type(value) is int and float in allowed) else allowed

@@ -32,7 +32,7 @@ from bnstudy.config import (
     validate,
 )
 from bnstudy.console import quiet_console, shown_before, workers_log_to
-from bnstudy.errors import ConfigError, DataError, RunFileError
+from bnstudy.errors import ConfigError, DataError, RunFileError, types_refused
 from bnstudy.jobdir import (
     JobDirLock,
     RunExistsError,
@@ -349,8 +349,7 @@ def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
         if cls.__module__.startswith("bnstudy.") and "__init__" in vars(cls):
             hints.update(typing.get_type_hints(cls.__init__))
     for key, value in node.items():
-        allowed = typing.get_args(hints.get(key)) or (hints.get(key),)
-        if key in hints and not (type(value) in allowed or type(value) is int and float in allowed):
+        if key in hints and (allowed := types_refused(value, hints[key])):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"dataset.datamodule.{key}={value!r}: it takes {names}.")
     try:
