@@ -92,10 +92,8 @@ class StudySchema:
 
 def register() -> None:
     """Puts the schemas in Hydra's ConfigStore and the config's resolvers in OmegaConf."""
-    cs = ConfigStore.instance()
-    cs.store(name="study_schema", node=StudySchema)
-    cs.store(group="schema/net", name="mlp", node=MLPSchema)
-    cs.store(group="schema/net", name="cnn", node=CNNSchema)
+    for name, node in {"study": StudySchema, "mlp": MLPSchema, "cnn": CNNSchema}.items():
+        ConfigStore.instance().store(name=f"{name}_schema", node=node)
     from bnstudy.jobdir import config_subdir
 
     resolvers = {"bnstudy.swept": swept_suffix, "bnstudy.tty": lambda: sys.stderr.isatty(),
@@ -349,9 +347,10 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
 
 
 def group_defaults(choices: dict) -> DictConfig:
-    """The config the group `choices` (Hydra's `runtime.choices`) give without other overrides."""
+    """The config the group `choices` (Hydra's `runtime.choices`, less the defaults a config
+    pulls in itself, `x@pkg`) give without other overrides."""
     overrides = [f"{group}={choice}" for group, choice in choices.items()
-                 if choice is not None and not group.startswith(("hydra", "schema"))]
+                 if choice is not None and "@" not in group and not group.startswith("hydra")]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
         return hydra_compose("config", overrides=overrides)
     return _compose(overrides)

@@ -49,7 +49,7 @@ class JobDirLock:
             raise JobDirBusyError(
                 f"{job} is in use: {describe_holder(holder(job))} holds its lock ({self.path}). "
                 "One process at a time trains or rewrites a job directory, so nothing was "
-                "changed. Wait until that run ends (or stop it), then run this command again, "
+                "changed. Wait until it ends (or stop it), then run this command again, "
                 "with resume=true to continue it; to train beside it, choose another "
                 "hydra.run.dir / hydra.sweep.dir.") from None
         except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem

@@ -274,6 +274,18 @@ def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed(
         "trainer.gradient_clip_val": 1.0}
 
 
+def test_the_defaults_of_a_runs_choices_leave_out_what_configs_pull_in_themselves():
+    """`runtime.choices` also names the defaults a config pulls in (`x@pkg`), under the names
+    they had when the run was made: the user's choices alone give its defaults."""
+    from bnstudy.config import group_defaults
+
+    older = {"dataset": "cifar10", "dataset/shared@dataset": "study", "model": "cnn",
+             "schema/net@model.net": "cnn", "hydra/launcher": "parallel", "experiment": None}
+    cfg = group_defaults(older)
+    assert (cfg.dataset.name, cfg.model.net.channels, cfg.dataset.lr) == ("cifar10", [32, 64],
+                                                                           0.001)
+
+
 def test_a_mistyped_setting_is_named_with_the_closest_ones():
     from bnstudy.config import unknown_override
 

@@ -44,7 +44,7 @@ def test_a_second_holder_is_refused_naming_the_first_in_full(tmp_path):
         f"{job} is in use: mnist-bn-sgd-seed0 in process {os.getpid()} on "
         f"{socket.gethostname()} since {owner['since']} holds its lock ({job / LOCK_NAME}). "
         "One process at a time trains or rewrites a job directory, so nothing was changed. Wait "
-        "until that run ends (or stop it), then run this command again, with resume=true to "
+        "until it ends (or stop it), then run this command again, with resume=true to "
         "continue it; to train beside it, choose another hydra.run.dir / hydra.sweep.dir.")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", owner["since"])
     umask = os.umask(0)

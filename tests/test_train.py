@@ -83,6 +83,10 @@ def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_p
                            "norm": "bn, group, layer, none", "optim": "adam, sgd",
                            "model": "cnn, mlp"}.items():
         assert f"{group}: {options}" in text
+    listed = text.split("Every group and its options:\n")[1].split("\n\n")[0]
+    assert [line.split(":")[0] for line in listed.splitlines()] == [  # none of conf/'s insides
+        "callbacks", "dataset", "experiment", "logger", "model", "norm", "optim", "paths",
+        "trainer"]
     proc = run_train("--cfg", "job", "--resolve", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 0 and "lr: 0.001" in proc.stdout
     assert "output_dir: '<the job''s directory" in proc.stdout and not (tmp_path / "run").exists()
