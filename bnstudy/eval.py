@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import typing
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
-from bnstudy.errors import DataError, RunFileError, first_line
+from bnstudy.errors import DataError, RunFileError, first_line, types_refused
 from bnstudy.records import is_job_dir, write_json_atomic
+
+SET_HERE = ("devices", "strategy", "num_nodes", "logger", "enable_checkpointing", "callbacks",
+            "enable_model_summary", "enable_progress_bar", "default_root_dir")
 
 
 def parse_settings(items: list[str]) -> tuple[str | None, dict]:
@@ -35,12 +39,20 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
                 from lightning.pytorch import Trainer
 
                 flags = list(inspect.signature(Trainer.__init__).parameters)[1:]
+                hints = typing.get_type_hints(Trainer.__init__)
             if (flag := key.split(".", 1)[1]) not in flags:
                 near = difflib.get_close_matches(flag, flags, n=1)
                 raise rebuild.UsageError(
                     f"{key}: the Trainer has no such flag"
                     + (f"; did you mean trainer.{near[0]}?" if near else
                        ": give Lightning Trainer arguments, e.g. trainer.precision=bf16-mixed."))
+            if flag in SET_HERE:
+                raise rebuild.UsageError(f"{key}: eval sets it itself (one device; no logger, "
+                                         "checkpoints or callbacks).")
+            allowed = types_refused(value, hints.get(flag, object))
+            if allowed and all(isinstance(t, type) and not typing.get_args(t) for t in allowed):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise rebuild.UsageError(f"{key}={value!r}: the Trainer takes {names}.")
             trainer[flag] = value
         else:
             raise rebuild.UsageError(

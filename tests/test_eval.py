@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from bnstudy import eval as evaluate
 from bnstudy.jobdir import JobDirLock
-from bnstudy.rebuild import CHECKPOINT
+from bnstudy.rebuild import CHECKPOINT, UsageError
 
 
 def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_cannot(sweep,
@@ -113,6 +113,17 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
     err = capsys.readouterr().err
     assert err.startswith("bnstudy.eval: ") and message in err and err.count("\n") == 1
     assert not list(sweep.glob("*/eval*.json"))
+
+
+def test_a_flag_of_another_type_or_one_eval_sets_itself_is_refused_before_any_run():
+    for flag, said in [("limit_test_batches=x", "='x': the Trainer takes int or float or null."),
+                       ("inference_mode=maybe", "='maybe': the Trainer takes bool."),
+                       ("devices=2", ": eval sets it itself (one device; no logger, ")]:
+        with pytest.raises(UsageError, match=re.escape(f"trainer.{flag.split('=')[0]}{said}")):
+            evaluate.parse_settings([f"trainer.{flag}"])
+    assert evaluate.parse_settings(["trainer.limit_test_batches=0.5", "trainer.fast_dev_run=true",
+                                    "trainer.precision=bf16-mixed"]) == (
+        None, {"limit_test_batches": 0.5, "fast_dev_run": True, "precision": "bf16-mixed"})
 
 
 def test_a_flag_the_trainer_refuses_is_named_in_one_paragraph(sweep, capsys):
