@@ -377,7 +377,8 @@ def compose(overrides=()) -> DictConfig:
     try:
         cfg = _compose(overrides, return_hydra_config=True)
     except HydraException as err:
-        said = str(err).split("\nConfig search path:")[0].rstrip()  # the options, not the path
+        said = str(err).split("\nConfig search path:")[0].rstrip().replace(  # options, no path
+            "add --multirun to your command line", "compose each value (or run train -m)")
         why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
         raise ConfigError(unknown_override(list(overrides)) or f"{said}{why}") from None
     HydraConfig.instance().set_config(cfg)

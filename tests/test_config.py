@@ -330,6 +330,10 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
     (["seed=abc"], "Error merging override seed=abc (ValidationError: Value 'abc' of type 'str' "
                    "could not be converted to Integer)"),
     (["norm=bnn"], "In 'config': Could not find 'norm/bnn'\n\nAvailable options in 'norm':\n\tbn"),
+    (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'\n1. To use it as a list, use "
+                   "key=[value1,value2]\n2. To use it as string, quote the value: "
+                   "key='value1,value2'\n3. To sweep over it, compose each value (or run "
+                   "train -m)"),
 ])
 def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_it(overrides,
                                                                                   message):
