@@ -65,7 +65,8 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
         assert f"{record['run_name']}: ok, val acc" in console
     # submitit ran them: one result per job, each from another process than the launcher
     results = sorted(tmp_path.glob(".submitit/*/*_result.pkl"))
-    assert len(results) == 2
+    assert len(results) == 2 and sorted(tmp_path.glob(".submitit/*")) == sorted(  # no `%j/`
+        {r.parent for r in results})
     pids = {p.name.split(".")[-2] for job in jobs for p in job.glob("events.out.tfevents.*")}
     # events files are named after the writing process: one a job, and the launcher's (the
     # sweep's HParams experiment, written into the first job when the sweep ends)

@@ -95,6 +95,9 @@ class _Collecting:
                 log.error("The sweep's SLURM jobs go on without it: squeue --me lists them, "
                           "scancel %s stops them.", " ".join(ids))
             raise
+        finally:  # the `.submitit/%j` that submitit made as it is written, left empty
+            with contextlib.suppress(OSError):
+                Path(init["folder"]).rmdir()
 
     def _job_dir_name(self, overrides, idx: int) -> str:
         """The folder a job has (or would have had) in the sweep: `hydra.sweep.subdir`."""
