@@ -198,7 +198,7 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
             "to train it again from scratch (its results are replaced), or choose another "
             "hydra.run.dir / hydra.sweep.dir.")
     if record is not None:
-        for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*"),
+        for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*"), *out.glob("eval*.json"),
                     *out.glob(TEST_CORRECT_FILE), *out.glob("hparams.yaml")]:
             old.unlink()
         for folder in ("checkpoints", "images", "csv"):

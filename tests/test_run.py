@@ -229,7 +229,8 @@ def stored_job(tmp_path):
                    tmp_path / ".hydra" / "config.yaml")
     RunRecord(status="interrupted", history=[{"epoch": 0}]).write(tmp_path / "metrics.json")
     for name in ("checkpoints/last.ckpt", "images/weights_final.png", "events.out.tfevents.1",
-                 "test_correct.npy", "hparams.yaml", "csv/version_0/metrics.csv"):
+                 "test_correct.npy", "hparams.yaml", "csv/version_0/metrics.csv", "eval.json",
+                 "eval-last.ckpt.prev.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     return tmp_path
