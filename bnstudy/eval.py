@@ -109,9 +109,8 @@ def evaluate(run: rebuild.SavedRun, checkpoint_path: Path, data: rebuild.DataCac
 
 def result_line(run: rebuild.SavedRun, result: dict, written: Path) -> str:
     test, recorded = result["test"], result["recorded_test"] or {}
-    status = run.record.status if run.record else None
-    said = "no test result recorded" + ("" if status in ("ok", "diverged") else
-                                        f": the run is not finished ({status or 'no record'})")
+    said = "no test result recorded" + ("" if run.status in ("ok", "diverged") else
+                                        f": the run is not finished ({run.status})")
     if recorded.get("acc") is not None:
         same = abs(recorded["acc"] - test["acc"]) < 5e-7 and \
             abs(recorded["loss"] - test["loss"]) <= 1e-5 * max(1.0, abs(recorded["loss"]))

@@ -115,6 +115,29 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
     assert not list(sweep.glob("*/eval*.json"))
 
 
+def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(tmp_path):
+    from bnstudy.rebuild import SavedRun
+    from bnstudy.records import RunRecord
+
+    def line(record, recorded=None) -> str:
+        run = SavedRun(tmp_path / "0_run", record, OmegaConf.create({}))
+        result = {"checkpoint": "checkpoints/last.ckpt", "epoch": 2,
+                  "test": {"loss": 0.5, "acc": 0.9}, "recorded_test": recorded}
+        said = evaluate.result_line(run, result, run.path / "eval.json")
+        head = "0_run (checkpoints/last.ckpt, epoch 2): test loss 0.5000, test acc 90.00 % ("
+        assert said.startswith(head) and said.endswith(") -> 0_run/eval.json"), said
+        return said[len(head):-len(") -> 0_run/eval.json")]
+
+    unfinished = "no test result recorded: the run is not finished"
+    assert line(None) == f"{unfinished} (no metrics.json)"
+    assert line(RunRecord("interrupted")) == f"{unfinished} (interrupted)"
+    assert line(RunRecord("ok")) == line(RunRecord("diverged")) == "no test result recorded"
+    ok = RunRecord("ok")
+    assert line(ok, {"loss": 0.5 + 4e-6, "acc": 0.9 + 4e-7}) == "as recorded"  # float noise
+    assert line(ok, {"loss": 0.5 + 2e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
+    assert line(ok, {"loss": 0.5, "acc": 0.8}) == "recorded: loss 0.5000, acc 80.00 %"
+
+
 def test_a_flag_of_another_type_or_one_eval_sets_itself_is_refused_before_any_run():
     for flag, said in [("limit_test_batches=x", "='x': the Trainer takes int or float or null."),
                        ("inference_mode=maybe", "='maybe': the Trainer takes bool."),
