@@ -128,6 +128,25 @@ def test_c6_compares_each_norms_tuned_reruns_on_the_test_split(tmp_path, bn, non
     assert " on test accuracy (Welch: its own tuned setting a side): " in text
 
 
+def test_a_tuned_studys_verdicts_csv_tests_as_c6_does_with_the_test_images(
+        tmp_path, figures_not_rendered):
+    """One comparison, one test: C6 and verdicts.csv's row add the test images' sampling error
+    where the runs saved per-image results, so they give one p-value and one interval."""
+    write_tuned(tmp_path, [0.90, 0.91, 0.93], [0.89, 0.90, 0.90])
+    rng = np.random.default_rng(0)
+    for record in tmp_path.glob("*/metrics.json"):
+        acc = json.loads(record.read_text())["test"]["acc"]
+        np.save(record.parent / "test_correct.npy", rng.random(400) < acc)
+    assert main([str(tmp_path)]) == 0
+    (c6,) = [r for r in read_csv(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
+    (row,) = read_csv(tmp_path / "report" / "verdicts.csv")
+    assert row["test"] == c6["test"] == "Welch + test images"
+    for column in ("estimate", "ci_low", "ci_high", "p_value"):
+        assert float(row[{"estimate": "diff", "ci_low": "diff_ci_low",
+                          "ci_high": "diff_ci_high"}.get(column, column)]) == pytest.approx(
+            float(c6[column]), rel=1e-9), column
+
+
 def test_the_clock_alternates_the_sides_at_one_thread_and_takes_each_sides_fastest_block(
         monkeypatch):
     """BN's step burns 2 ms of CPU, no BN's 1 ms, and one block of each is slowed by 'noise';

@@ -99,6 +99,14 @@ def image_spread(images: list[tuple[float, list[np.ndarray]]]) -> Spread | None:
     return Spread(float(np.var(d, ddof=1)), len(d), seeds=False)
 
 
+def images_of(terms: list[tuple[float, pd.DataFrame]]) -> Spread | None:
+    """`image_spread` of each term's runs (weight, rows), where they saved `test_correct`."""
+    if not all("test_correct" in rows for _, rows in terms):
+        return None
+    return image_spread([(w, [a for a in rows["test_correct"] if a is not None])
+                         for w, rows in terms])
+
+
 def contrast(terms: list[tuple[float, list[float]]], alpha: float = ALPHA,
              seeds: list[list] | None = None, images: Spread | None = None,
              margin: float = math.nan) -> Contrast:
@@ -322,8 +330,10 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]], tuned: bool = Fal
                 continue
             sides = [seeded(by_norm.get(n), quantity) for n in (treatment, baseline)]
             xs = [[x for _, x in side] for side in sides]
+            images = images_of([(1.0, ok(by_norm[treatment])), (-1.0, ok(by_norm[baseline]))]) \
+                if tuned and treatment in by_norm and baseline in by_norm else None  # as C6
             tests.append(contrast([(1.0, xs[0]), (-1.0, xs[1])], seeds=None if tuned else
-                                  [[s for s, _ in side] for side in sides],
+                                  [[s for s, _ in side] for side in sides], images=images,
                                   margin=margin.get(dict(ckey).get("dataset"), math.nan)))
             diverged = [0 if n not in by_norm else int((by_norm[n]["outcome"] == "diverged").sum())
                         for n in (treatment, baseline)]

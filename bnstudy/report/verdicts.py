@@ -21,7 +21,7 @@ from bnstudy.report.stats import (
     contrast,
     decide,
     holm_family,
-    image_spread,
+    images_of,
     margins,
     power_of,
     strictest_level,
@@ -75,10 +75,8 @@ def part_test(part: Part, table: pd.DataFrame) -> tuple[tuple[list[float], ...],
     terms = [(t.weight, xs) for t, xs in zip(part.terms, groups, strict=True)]
     seeds = None if not part.paired else [
         r["seed"].tolist() if "seed" in r else [None] * len(r) for r in rows]
-    images = None
-    if part.quantity == "test_acc" and "test_correct" in table:
-        images = image_spread([(t.weight, [a for a in r["test_correct"] if a is not None])
-                               for t, r in zip(part.terms, rows, strict=True)])
+    images = images_of([(t.weight, r) for t, r in zip(part.terms, rows, strict=True)]) \
+        if part.quantity == "test_acc" else None
     datasets = {t.dataset for t in part.terms}
     margin = margins(table).get(datasets.pop(), math.nan) \
         if part.fmt == "acc" and len(datasets) == 1 else math.nan
