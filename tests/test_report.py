@@ -32,6 +32,7 @@ from bnstudy.report.runs import (
     norm_label,
     settings,
     slug,
+    sweep_jobs,
 )
 from bnstudy.report.sections import comparison
 from bnstudy.report.stats import contrast, power_of, verdicts
@@ -248,6 +249,15 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
     assert f"{tmp_path} holds sweeps, not runs (5: …, multirun/2026-01-03_10-00-00, multirun/" \
         f"2026-01-04_10-00-00, multirun/2026-01-05_10-00-00). Pass one of them, e.g. " \
         f"{tmp_path}/multirun/2026-01-05_10-00-00.\n" in capsys.readouterr().err
+    write_job(tmp_path / "runs", [0.5], norm="none")  # single runs, each Hydra's RUN mode
+    for job in (tmp_path / "runs").iterdir():
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+    assert main([str(tmp_path / "runs")]) == 2
+    assert "runs holds single runs (`python -m bnstudy.train` without -m), not the jobs of a " \
+        "sweep" in capsys.readouterr().err
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")  # one a sweep's
+    assert len(sweep_jobs(tmp_path / "runs")) == 2
     for bad in ("bn", "bn:bn", ":none", "bn:none:x"):
         with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path), "--compare", bad])

@@ -59,7 +59,20 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
             f"{sweep_dir} holds no jobs: none of its sub-directories has a .hydra/config.yaml "
             f"or a {RECORD_NAME}. Pass the directory of a multirun of `python -m bnstudy.train "
             "-m ...` (its hydra.sweep.dir), not a single run's directory or its parent."))
+    if not (sweep_dir / "multirun.yaml").is_file() and all(_single(job) for job in dirs):
+        raise ReportError(
+            f"{sweep_dir} holds single runs (`python -m bnstudy.train` without -m), not the jobs "
+            "of a sweep, which is what the report compares. Run the comparison as a sweep, "
+            "e.g. python -m bnstudy.train -m norm=bn,none, and pass its folder.")
     return dirs
+
+
+def _single(job: Path) -> bool:
+    """Whether Hydra ran the job as a single run (`hydra.mode: RUN` in its `.hydra/`)."""
+    try:
+        return OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.mode == "RUN"
+    except (OSError, OmegaConfBaseException):  # a job without Hydra's files: not known as one
+        return False
 
 
 def hparams_from_config(job: Path) -> dict:

@@ -294,7 +294,7 @@ INTRO = (
     "group ran; C1–C5 and the pictures) and with **Welch**'s t where it does not (C6: each "
     "norm at its own tuned setting; or seeds that do not pair one to one); on test accuracy "
     "the test images' own sampling error is added where the runs saved per-image results. "
-    "Each p is **Holm**-adjusted within the claim's family (curves C1–C4, cost C5, tuned C6, "
+    "Each p is **Holm**-adjusted within the claim's family (curves C1–C4, cost C5, tuned C6–C7, "
     "pictures P1–P3), over the parts tested. A contrast **holds** when its estimate lies on "
     f"the claimed side of zero with adjusted p < {ALPHA}, **does not hold** when on the other "
     f"side with adjusted p < {ALPHA}; else it is **equivalent** when two one-sided tests "
