@@ -94,12 +94,13 @@ def folder_of_sweeps(folder: str | os.PathLike) -> str | None:
 
 
 def study_dir(sweep_dir: str | Path) -> Path:
-    """The folder a user resumes: the tuned study's (SWEEP) for a cell's search folder
-    (SWEEP/search/<cell>), else `sweep_dir` itself."""
+    """The folder a user resumes: the tuned study's (SWEEP) for its searches' folder
+    (SWEEP/search) or a cell's (SWEEP/search/<cell>), else `sweep_dir` itself."""
     sweep_dir = Path(sweep_dir)
-    top = sweep_dir.parent.parent
-    tuned = sweep_dir.parent.name == SEARCH_DIR and (top / "multirun.yaml").is_file()
-    return top if tuned else sweep_dir
+    for search in (sweep_dir, sweep_dir.parent):
+        if search.name == SEARCH_DIR and (search.parent / "multirun.yaml").is_file():
+            return search.parent
+    return sweep_dir
 
 
 def plan_overrides(hydra: Any) -> list:

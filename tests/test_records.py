@@ -142,6 +142,7 @@ def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
     (tmp_path / "multirun.yaml").write_text("{}")
     assert study_dir(cell) == tmp_path
     assert study_dir(tmp_path) == tmp_path
+    assert study_dir(cell.parent) == tmp_path  # the searches' folder
 
 
 def test_a_sweeps_jobs_are_found_by_their_files_and_listed_by_number(tmp_path):

@@ -516,6 +516,10 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
     assert main([str(cell)]) == 2 and not (cell / "report").exists()
     assert f"{cell} is one cell's search in the tuned study {tmp_path}, so nothing was written." \
         in capsys.readouterr().err
+    assert main([str(cell.parent)]) == 2 and not (cell.parent / "report").exists()
+    assert f"{cell.parent} is the searches' folder in the tuned study {tmp_path}, so nothing " \
+        f"was written. Report the study, which covers every cell: python -m bnstudy.report " \
+        f"{tmp_path}" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2 and not (tmp_path / "report").exists()  # searching
     assert f"{tmp_path} holds a tuned study whose searches did not finish (no tuning.json yet)" \
         in capsys.readouterr().err

@@ -116,7 +116,8 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     `cost.pair_costs`); `named`: the datasets given targets (one absent is a ReportError)."""
     sweep_dir = Path(sweep_dir)
     if (study := study_dir(sweep_dir)) != sweep_dir:
-        raise ReportError(f"{sweep_dir} is one cell's search in the tuned study {study}, so "
+        what = "the searches' folder" if sweep_dir.name == SEARCH_DIR else "one cell's search"
+        raise ReportError(f"{sweep_dir} is {what} in the tuned study {study}, so "
                           "nothing was written. Report the study, which covers every cell: "
                           f"python -m bnstudy.report {study}")
     if (sweep_dir / SEARCH_DIR).is_dir() and not (sweep_dir / TUNING_FILE).is_file():
