@@ -262,7 +262,7 @@ class TunedSweeper(Sweeper):
             log.error("Tuned %s", problem)
         else:
             log.info("Tuned %s: best val acc %.2f %% (trial %d of %d) at %s", name,
-                     100 * best.value, best.number, len(study.trials),
+                     100 * best.value, best.number + 1, len(study.trials),
                      ", ".join(f"{k}={v:.3g}" for k, v in best.params.items()))
         return {**cell, "sampler_seed": seed,
                 "trials": [{"params": t.params, "value": t.value, "state": t.state.name,

@@ -275,7 +275,7 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
         said.index("Tuning mnist-bn-adam")  # said once the cells are known
     best = max(mnist["trials"], key=lambda t: t["value"])
     assert (f"Tuned mnist-bn-adam: best val acc {100 * best['value']:.2f} % (trial "
-            f"{mnist['trials'].index(best)} of 3) at optim.optimizer.lr="
+            f"{mnist['trials'].index(best) + 1} of 3) at optim.optimizer.lr="
             f"{best['params']['optim.optimizer.lr']:.3g}") in said
     assert f"1 cell(s) of {tmp_path} found no setting" in said
     assert "cifar10-bn-adam: every trial failed, e.g. " in said and "no CIFAR-10 here" in said
