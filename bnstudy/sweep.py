@@ -33,6 +33,7 @@ from bnstudy.records import (
     plan_clash,
     planned_jobs,
     replace_file,
+    study_dir,
     sweep_records,
 )
 from bnstudy.run import discard_folder
@@ -120,11 +121,12 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         refused = job_return.status == JobStatus.COMPLETED and \
             getattr(job_return.return_value, "status", None) == "refused"  # nothing new
+        sweep_dir = Path(config.hydra.sweep.dir)  # in a tuned cell's search: no mean runs
         if config.hydra.mode == RunMode.MULTIRUN and uses_tensorboard(config.get("logger")) \
-                and not refused:
+                and not refused and study_dir(sweep_dir) == sweep_dir:
             from bnstudy.dashboard import refresh_sweep_view
 
-            refresh_sweep_view(config.hydra.sweep.dir)
+            refresh_sweep_view(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir, board = Path(config.hydra.sweep.dir), uses_tensorboard(config.get("logger"))

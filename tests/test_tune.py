@@ -160,6 +160,7 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
             assert record["hparams"]["lr"] == pytest.approx(lr)
         search = tmp_path / "search" / f"mnist-{cell['norm']}-sgd"
         assert len(list(search.glob("*/metrics.json"))) == 3  # the trials, apart from the jobs
+        assert not (search / "+mean").exists()  # TensorBoard's mean runs: the study's only
         for trial in cell["trials"]:  # each trial names the job that scored it
             record = json.loads((tmp_path / trial["job"] / "metrics.json").read_text())
             assert (tmp_path / trial["job"]).parent == search
