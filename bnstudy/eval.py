@@ -49,7 +49,7 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
             if flag in SET_HERE:
                 raise rebuild.UsageError(f"{key}: eval sets it itself (one device; no logger, "
                                          "checkpoints or callbacks).")
-            allowed = types_refused(value, hints.get(flag, object))
+            allowed = types_refused(value, hints[flag]) if flag in hints else ()
             if allowed and all(isinstance(t, type) and not typing.get_args(t) for t in allowed):
                 names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
                 raise rebuild.UsageError(f"{key}={value!r}: the Trainer takes {names}.")
