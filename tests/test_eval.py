@@ -119,12 +119,12 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     from bnstudy.rebuild import SavedRun
     from bnstudy.records import RunRecord
 
-    def line(record, recorded=None) -> str:
+    def line(record, recorded=None, loss=0.5) -> str:
         run = SavedRun(tmp_path / "0_run", record, OmegaConf.create({}))
         result = {"checkpoint": "checkpoints/last.ckpt", "epoch": 2,
-                  "test": {"loss": 0.5, "acc": 0.9}, "recorded_test": recorded}
+                  "test": {"loss": loss, "acc": 0.9}, "recorded_test": recorded}
         said = evaluate.result_line(run, result, run.path / "eval.json")
-        head = "0_run (checkpoints/last.ckpt, epoch 2): test loss 0.5000, test acc 90.00 % ("
+        head = f"0_run (checkpoints/last.ckpt, epoch 2): test loss {loss:.4f}, test acc 90.00 % ("
         assert said.startswith(head) and said.endswith(") -> 0_run/eval.json"), said
         return said[len(head):-len(") -> 0_run/eval.json")]
 
@@ -136,6 +136,7 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     assert line(ok, {"loss": 0.5 + 4e-6, "acc": 0.9 + 4e-7}) == "as recorded"  # float noise
     assert line(ok, {"loss": 0.5 + 2e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
     assert line(ok, {"loss": 0.5, "acc": 0.8}) == "recorded: loss 0.5000, acc 80.00 %"
+    assert line(ok, {"loss": 3.00002, "acc": 0.9}, loss=3.0) == "as recorded"  # relative
 
 
 def test_a_flag_of_another_type_or_one_eval_sets_itself_is_refused_before_any_run():
