@@ -134,7 +134,7 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     assert line(RunRecord("ok")) == line(RunRecord("diverged")) == "no test result recorded"
     ok = RunRecord("ok")
     assert line(ok, {"loss": 0.5 + 4e-6, "acc": 0.9 + 4e-7}) == "as recorded"  # float noise
-    assert line(ok, {"loss": 0.5 + 2e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
+    assert line(ok, {"loss": 0.5 + 1.5e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
     assert line(ok, {"loss": 0.5, "acc": 0.8}) == "recorded: loss 0.5000, acc 80.00 %"
     assert line(ok, {"loss": 3.00002, "acc": 0.9}, loss=3.0) == "as recorded"  # relative
 
