@@ -126,7 +126,7 @@ class SweepSummary(Callback):
                 and not refused and study_dir(sweep_dir) == sweep_dir:
             from bnstudy.dashboard import refresh_sweep_view
 
-            refresh_sweep_view(sweep_dir)
+            refresh_sweep_view(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir, board = Path(config.hydra.sweep.dir), uses_tensorboard(config.get("logger"))

@@ -202,16 +202,17 @@ def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending)
     assert job_ending(job, err) == ending
 
 
-@pytest.mark.parametrize("mode,status,value,board,refreshed", [
-    ("MULTIRUN", "COMPLETED", "ok", True, True),
-    ("MULTIRUN", "COMPLETED", None, True, True),  # a return without a status
-    ("MULTIRUN", "FAILED", ValueError("boom"), True, True),  # its curves so far are shown too
-    ("MULTIRUN", "COMPLETED", "refused", True, False),  # nothing new
-    ("MULTIRUN", "COMPLETED", "ok", False, False),  # no TensorBoard
-    ("RUN", "COMPLETED", "ok", True, False),  # a single run has no sweep view
+@pytest.mark.parametrize("mode,status,value,board,refreshed,sweep", [
+    ("MULTIRUN", "COMPLETED", "ok", True, True, ""),
+    ("MULTIRUN", "COMPLETED", None, True, True, ""),  # a return without a status
+    ("MULTIRUN", "FAILED", ValueError("boom"), True, True, ""),  # its curves so far are shown too
+    ("MULTIRUN", "COMPLETED", "refused", True, False, ""),  # nothing new
+    ("MULTIRUN", "COMPLETED", "ok", False, False, ""),  # no TensorBoard
+    ("RUN", "COMPLETED", "ok", True, False, ""),  # a single run has no sweep view
+    ("MULTIRUN", "COMPLETED", "ok", True, False, "search/mnist-bn-sgd"),  # a tuned cell's trial
 ])
 def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
-        mode, status, value, board, refreshed, tmp_path, monkeypatch):
+        mode, status, value, board, refreshed, sweep, tmp_path, monkeypatch):
     from hydra.core.utils import JobReturn, JobStatus
     from hydra.types import RunMode
 
@@ -221,12 +222,13 @@ def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
     calls = []
     monkeypatch.setattr(dashboard, "refresh_sweep_view", calls.append)
     logger = {"tensorboard": {"_target_": TENSORBOARD}} if board else {}
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
+    (tmp_path / "multirun.yaml").write_text("{}")  # the study's, above its searches
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / sweep)},
                                          "mode": getattr(RunMode, mode)}, "logger": logger})
     value = RunRecord(status=value) if isinstance(value, str) else value
     SweepSummary().on_job_end(config, JobReturn(status=getattr(JobStatus, status),
                                                 _return_value=value))
-    assert calls == ([str(tmp_path)] if refreshed else [])
+    assert calls == ([str(tmp_path / sweep)] if refreshed else [])
 
 
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
