@@ -97,6 +97,22 @@ def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
     assert words(later) == "BN is not shown ahead at a small budget; it is ahead at 2 trials."
 
 
+def test_one_trial_a_side_is_direction_and_size_only():
+    """A bootstrap of one trial has no spread: its p would 'decide' anything; no test."""
+    from bnstudy.report.budget import claim_rows
+
+    (single,) = budgets({"cells": [cell("bn", [0.80], 1.0), cell("none", [0.81], 1.0)]},
+                        [("bn", "none")])
+    (row,) = claim_rows([single])
+    assert math.isnan(row["p_value"]) and row["verdict"] == row["claim_verdict"] == "cannot tell"
+    assert row["note"].startswith("one trial on a side: a bootstrap of one has no spread")
+    assert words(single) == ("One trial on a side: BN − no BN -1.00 pts, direction and size only "
+                             "(a bootstrap of one trial has no spread).")
+    (two,) = budgets({"cells": [cell("bn", [0.8, 0.9], 1.0), cell("none", [0.5, 0.6], 1.0)]},
+                     [("bn", "none")])
+    assert all(r["p_value"] < 0.05 for r in claim_rows([two]))  # two trials a side: tested
+
+
 def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
     """A tuned sweep: the cells' searches in tuning.json and two re-runs per cell."""
     for c in cells:

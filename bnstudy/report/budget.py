@@ -176,6 +176,9 @@ def words(budget: Budget) -> str:
     ahead = lambda r: r["diff_low"] > 0  # noqa: E731
     behind = lambda r: r["diff_high"] < 0  # noqa: E731
     n = len(trials)
+    if min(budget.treatment.n, budget.baseline.n) < 2:
+        return (f"One trial on a side: {t} − {b} {100 * trials[0]['diff']:+.2f} pts, "
+                "direction and size only (a bootstrap of one trial has no spread).")
     reverses = next(filter(behind, trials), None)
     after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
     if not any(map(ahead, trials)):
@@ -202,7 +205,7 @@ def claim_rows(found: list[Budget]) -> list[dict]:
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
-        words = pair_words(t.norm, b.norm)
+        words, tested = pair_words(t.norm, b.norm), min(t.n, b.n) > 1
         for k in (k for k in SMALL if k <= min(t.n, b.n)):
             diff, low, high = budget.diff(k, k)
             rows.append({
@@ -217,9 +220,11 @@ def claim_rows(found: list[Budget]) -> list[dict]:
                                    f"({plural(a.n, 'trial')})"
                                    for a, word in zip((t, b), words, strict=True)),
                 "estimate": diff, "ci_low": low, "ci_high": high, "test": "bootstrap",
-                "p_value": budget.p_value(k), "claim_verdict": "",
+                "p_value": budget.p_value(k) if tested else math.nan, "claim_verdict": "",
                 "detectable_80": math.nan, "seeds_needed": math.nan,
-                "note": f"{LEVEL:.0%} bootstrap band ({BOOT} resamples of each search)"})
+                "note": f"{LEVEL:.0%} bootstrap band ({BOOT} resamples of each search)"
+                if tested else "one trial on a side: a bootstrap of one has no spread, so no "
+                "test (direction and size only)"})
     for row, adjusted in zip(rows, holm([r["p_value"] for r in rows]), strict=True):
         row["p_holm"] = adjusted
         row["verdict"] = decide(Contrast(row["estimate"], row["ci_low"], row["ci_high"],
