@@ -21,7 +21,7 @@ from bnstudy import rebuild
 from bnstudy.config import CONFIG_DIR, picture_range
 from bnstudy.console import quiet_console
 from bnstudy.errors import DataError, RunFileError, types_refused
-from bnstudy.records import RECIPE_FILE, write_json_atomic
+from bnstudy.records import RECIPE_FILE, study_dir, write_json_atomic
 from bnstudy.trackers import uses_tensorboard
 
 PICTURE_CALLBACKS = ("weight_grid", "hallucinations")
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Drew {drawn} of {len(paths)} run(s)"
           + (f"; {len(skipped)} diverged (no pictures)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")
-          + (f". Report: python -m bnstudy.report {args.path}"
+          + (f". Report: python -m bnstudy.report {study_dir(args.path)}"
              if drawn and paths != [args.path] else "."))
     return 1 if problems else 0
 

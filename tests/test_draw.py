@@ -74,7 +74,13 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
     assert draw.main([str(sweep), "hallucinations.steps=12", "objective=logit",
                       "callbacks.weight_grid.num_units=16"]) == 0
     out = capsys.readouterr().out
-    assert out.count(": drawn (") == 8 and "Drew 8 of 8 run(s)" in out
+    assert out.count(": drawn (") == 8 and f"Drew 8 of 8 run(s). Report: python -m " \
+        f"bnstudy.report {sweep}\n" in out
+    cell = sweep / "search" / "mnist-bn-sgd"  # a tuned study's cell: the study is reported
+    (sweep / "multirun.yaml").write_text("{}")
+    shutil.copytree(jobs[0], cell / jobs[0].name)
+    assert draw.main([str(cell)]) == 0 and capsys.readouterr().out.endswith(
+        f"Report: python -m bnstudy.report {sweep}\n")
 
     name = "num_units=16,steps=12,objective=logit"
     for job in jobs:

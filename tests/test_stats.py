@@ -290,3 +290,13 @@ def test_power_keeps_its_side_where_scipy_gives_up_on_the_other_and_is_1_far_out
                 0, math.inf)[0]
     assert S.t_power(ncp, (S.Spread(2.0, 2),)) == pytest.approx(near, rel=1e-6)  # se 1, df 1
     assert S.t_power(1.0, (S.Spread(1e-20, 5),)) == 1.0  # ncp 2e10: scipy's NaN on both sides
+
+
+def test_the_test_is_said_with_why_seeds_did_not_pair():
+    from bnstudy.report.render import test_words
+
+    assert test_words(S.PAIRED, 5, [5, 5]) == "paired t over 5 seeds"
+    assert test_words(S.UNPAIRED, 0, [3, 2]) == \
+        "Welch over 3 vs 2 seeds (the seeds do not pair one to one)"
+    assert test_words(S.UNPAIRED, 0, [1, 1]) == \
+        "Welch over 1 vs 1 seeds (one seed on a side: no test)"  # seed 0 both: one pair is none

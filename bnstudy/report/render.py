@@ -75,7 +75,8 @@ def test_words(test: str, n_paired: int, sizes: list[int]) -> str:
     if test == ONE:
         return f"one-sample t over {plural(sizes[0], 'seed')}"
     text = f"{'Welch' if test == UNPAIRED else test} over {seeds} seeds"
-    return text + (" (the seeds do not pair one to one)" if test == UNPAIRED else "")
+    why = "the seeds do not pair one to one" if min(sizes) > 1 else "one seed on a side: no test"
+    return text + (f" ({why})" if test == UNPAIRED else "")
 
 
 def deciding(needed: float, test: str = "", what: str = "") -> str:
