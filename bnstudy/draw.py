@@ -200,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         except (rebuild.RunError, DataError, RunFileError, ValueError) as err:
             problems.append(path.name)
             tqdm.write(f"{err}", file=sys.stderr)
+        except KeyboardInterrupt:  # a drawing is swapped in whole: the run keeps its pictures
+            print(f"bnstudy.draw: interrupted while drawing {path.name} (its pictures are as "
+                  f"they were); drew {drawn} of {len(paths)} run(s). The same command draws "
+                  "every run again (earlier pictures kept under their recipe's name); a run's "
+                  "directory draws that run alone.", file=sys.stderr)
+            return 1
     print(f"Drew {drawn} of {len(paths)} run(s)"
           + (f"; {len(skipped)} diverged (no pictures)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")

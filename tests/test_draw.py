@@ -196,6 +196,25 @@ def test_bad_settings_are_refused_in_one_paragraph_before_anything_is_drawn(swee
     assert digests(sweep) == before
 
 
+def test_ctrl_c_is_one_paragraph_naming_the_run_and_what_was_drawn(sweep, capsys,
+                                                                   monkeypatch):
+    calls = []
+
+    def interrupted(run, *args):
+        calls.append(run.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return f"{run.name}: drawn"
+
+    monkeypatch.setattr(draw, "draw_run", interrupted)
+    assert draw.main([str(sweep)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"bnstudy.draw: interrupted while drawing {calls[1]} (its pictures are as "
+                   "they were); drew 1 of 8 run(s). The same command draws every run again "
+                   "(earlier pictures kept under their recipe's name); a run's directory draws "
+                   "that run alone.\n")
+
+
 def test_a_run_logged_without_tensorboard_gets_no_events(sweep, capsys):
     job = next(sweep.glob("0_*"))
     config = job / ".hydra" / "config.yaml"
