@@ -418,6 +418,8 @@ def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, data
     inside = fig.bbox.padded(1)  # (pixels)
     title = fig._suptitle.get_window_extent()
     assert inside.x0 <= title.x0 and title.x1 <= inside.x1 and title.y1 <= inside.y1
+    assert "bar: 95% paired t interval;" in " ".join(fig._suptitle.get_text().split())  # as
+    # verdicts.csv's test: the seeds pair
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == datasets
     assert len({round(ax.get_position().y0, 3) for ax in panels}) == -(-len(datasets) // 3)

@@ -279,7 +279,7 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
 
 def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
     """A panel per dataset: treatment − baseline (verdicts.csv) in final val acc (points) vs
-    `hparam` (log axis), a line per optimizer and other setting, with its 95% Welch interval;
+    `hparam` (log axis), a line per optimizer and other setting, with its 95% interval;
     filled where the Holm-adjusted p < `ALPHA`; points with no test listed in the corner."""
     noun = SWEEPS[hparam][0]
     rows = verdicts.to_dict("records")
@@ -330,9 +330,10 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
         ax.legend(fontsize=8, loc="lower left")
     for ax in axes[::MAX_COLUMNS]:
         ax.set_ylabel("BN − no BN, final val acc (points)")
+    tests = {r["test"] for r in rows if isinstance(r.get("test"), str)}  # as verdicts.csv's
     fitted_title(fig, f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
-                      f"mean over seeds, bar: 95% Welch interval; filled: p < {ALPHA:g}, "
-                      "hollow: within the seed spread")
+                      f"mean over seeds, bar: 95% {tests.pop() + ' ' if len(tests) == 1 else ''}"
+                      f"interval; filled: p < {ALPHA:g}, hollow: within the seed spread")
     fig.tight_layout()
     return fig
 
