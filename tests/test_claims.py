@@ -755,6 +755,12 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "hydra:\n  runtime:\n    choices:\n      hydra/launcher: slurm\n")
     assert console_answer(tmp_path).splitlines()[-1].endswith(
         "experiment=decisive hydra/launcher=slurm")
+    (tmp_path / "multirun.yaml").write_text(  # a sweep of other settings: its own, at 20 seeds
+        "hydra:\n  overrides:\n    task: [experiment=lr_sweep, seed=0, hydra/launcher=slurm, "
+        f"'hydra.sweep.dir={tmp_path}']\n")
+    assert console_answer(tmp_path).splitlines()[-1].endswith(
+        "to decide: python -m bnstudy.train -m experiment=lr_sweep hydra/launcher=slurm "
+        "seed=range(0,20)")
 
 
 def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_small_budget():

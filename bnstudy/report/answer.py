@@ -22,17 +22,24 @@ from bnstudy.report.stats import ALPHA, IMAGES, PAIRED, VERDICT_COLUMNS, compari
 from bnstudy.report.verdicts import Result
 
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
+STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive", "hydra/launcher=",
+                 "hydra.launcher.", "threads=", "paths.")  # the overrides DECIDE answers for
 
 
 def decide_command(sweep_dir) -> str:
-    """`DECIDE`, on SLURM where the sweep ran there (its `multirun.yaml`'s launcher choice)."""
+    """`DECIDE`, on SLURM where the sweep ran there (its `multirun.yaml`'s launcher choice); a
+    sweep of other settings (`experiment=lr_sweep`, `momentum=0.0,0.9`): its own, at 20 seeds."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     plan = Path(sweep_dir) / "multirun.yaml"
-    launcher = plan.is_file() and OmegaConf.select(OmegaConf.load(plan),
-                                                   "hydra.runtime.choices.hydra/launcher")
+    saved = OmegaConf.load(plan) if plan.is_file() else OmegaConf.create()
+    launcher = OmegaConf.select(saved, "hydra.runtime.choices.hydra/launcher")
+    own = [o for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])
+           if not o.startswith(("seed=", "hydra.sweep.dir="))]
+    if any(not o.startswith(STUDY_CHOICES) for o in own):  # more than the study's choices
+        return "python -m bnstudy.train -m " + " ".join([*own, "seed=range(0,20)"])
     return DECIDE.replace("=parallel", "=slurm") if launcher == "slurm" else DECIDE
 
 
