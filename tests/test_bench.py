@@ -111,6 +111,8 @@ def test_no_round_to_time_is_refused_in_one_line(module, capsys):
     (["paths.data_dir=nowhere", "dataset.datamodule.download=false"], "files not found"),
     (["profile", "--jobs", "0"], "--jobs 0: it profiles 1 job or more"),
     (["profile", "foo=1"], "foo: no such setting."),
+    (["study", "foo=1"], "foo: no such setting."),
+    (["study", "outputs"], "'outputs' is no benchmark (study, profile) and no override"),
     pytest.param(["profile", "dataset=imagenet"], "Could not find 'dataset/imagenet'",
                  marks=pytest.mark.slow),  # Hydra's own paragraph, exit 1, in a fresh process
 ])

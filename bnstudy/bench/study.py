@@ -30,6 +30,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bnstudy.bench import check_overrides
 from bnstudy.records import sweep_records
 
 DEFAULT_STUDY = ("hydra/launcher=parallel", "dataset=mnist,cifar10", "norm=bn,none",
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: it times 1 round or more, e.g. --repeats 2")
+    if problem := check_overrides(args.overrides):
+        parser.error(problem)
     overrides = study_overrides(args.overrides, args.hallucinations)
     work = Path(tempfile.mkdtemp(prefix="bnstudy-bench-study-"))
     cores = os.cpu_count() or 1
