@@ -129,6 +129,12 @@ class TunedSweeper(Sweeper):
             key = override.get_key_element()
             if key in cells:
                 cells[key] = _values(override.input_line)
+            elif key == "dataset.lr" and any("optim.optimizer.lr" in (space or {})
+                                             for space in self.search.values()):
+                raise ConfigError(
+                    f"{override.input_line}: experiment=tuned searches the learning rate "
+                    "(optim.optimizer.lr), which then no longer reads dataset.lr. Drop it to "
+                    "search it, or fix it with optim.optimizer.lr=... (the rest is searched).")
             elif key == "seed":
                 self.seeds = [int(v) for v in _values(override.input_line)]
             elif override.is_sweep_override():

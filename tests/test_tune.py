@@ -394,6 +394,13 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
         "(optim.optimizer.lr=0.1,0.2). Set one value (optim.optimizer.lr=...), or change the "
         "search space in hydra.sweeper.search.")
     assert tuner._cells(["optim=sgd", "optim.optimizer.lr=0.1"])[1] == ["optim.optimizer.lr=0.1"]
+    for given in ("dataset.lr=0.1", "dataset.lr=0.1,0.2"):  # not read once the lr is searched
+        with pytest.raises(ConfigError) as refused:
+            tuner._cells([given])
+        assert str(refused.value) == (
+            f"{given}: experiment=tuned searches the learning rate (optim.optimizer.lr), which "
+            "then no longer reads dataset.lr. Drop it to search it, or fix it with "
+            "optim.optimizer.lr=... (the rest is searched).")
     with pytest.raises(ConfigError, match="fixes all that experiment=tuned searches"):
         tuner._cells(["optim=adam", "+optim.optimizer.lr=0.1"])  # given with a +: fixed too
     with pytest.raises(ConfigError) as refused:
