@@ -122,6 +122,19 @@ def unknown_option(args: list[str]) -> str | None:
     return None
 
 
+def sweeper_clash(args: list[str]) -> str | None:
+    """A sweeper chosen against the experiment's: another with experiment=tuned, or the tuned
+    one without it (whose cells, search space and re-runs come with the experiment)."""
+    sweeper = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/sweeper=")), None)
+    if sweeper is None or (sweeper == "tuned") == ("experiment=tuned" in args):
+        return None
+    if sweeper == "tuned":
+        return ("hydra/sweeper=tuned is experiment=tuned's sweeper, so nothing was run. Type "
+                "experiment=tuned instead (a tuned study), or drop hydra/sweeper=tuned.")
+    return (f"experiment=tuned searches with its own sweeper, so hydra/sweeper={sweeper} would "
+            "run one untuned job; nothing was run. Drop hydra/sweeper.")
+
+
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
     """A warning when an experiment that is a sweep (`lr_sweep`, `tuned`) runs without `-m`."""
     experiment = hydra_cfg.runtime.choices.get("experiment")
@@ -136,8 +149,9 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
 
 
 if __name__ == "__main__":
-    if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]):  # before
-        # Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
+    # before Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
+    if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]) \
+            or sweeper_clash(sys.argv[1:]):
         sys.exit(problem)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "

@@ -68,6 +68,20 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
         assert "Available options in 'dataset'" in proc.stderr and "cifar10" in proc.stderr
 
 
+def test_a_sweeper_against_the_experiments_is_refused():
+    from bnstudy.train import sweeper_clash
+
+    assert sweeper_clash(["-m", "experiment=tuned", "hydra/sweeper=grid"]).startswith(
+        "experiment=tuned searches with its own sweeper, so hydra/sweeper=grid would run one "
+        "untuned job; nothing was run.")
+    assert sweeper_clash(["-m", "experiment=lr_sweep", "hydra/sweeper=basic"]) is None
+    assert sweeper_clash(["-m", "experiment=tuned", "hydra/sweeper=tuned"]) is None
+    proc = run_train("-m", "experiment=lr_sweep", "hydra/sweeper=tuned")  # was a tuned study
+    assert proc.returncode == 1 and proc.stderr.startswith(
+        "hydra/sweeper=tuned is experiment=tuned's sweeper, so nothing was run. Type "
+        "experiment=tuned instead")
+
+
 def test_cfg_with_a_sweep_is_one_paragraph():
     proc = run_train("-m", "--cfg", "job", "norm=bn,none")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
