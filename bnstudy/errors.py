@@ -22,7 +22,15 @@ def first_line(err: BaseException) -> str:
 
 
 def types_refused(value, hint) -> tuple[type, ...]:
-    """The types `hint` (one, or a union) allows, if `value` is of none of them (a whole number
-    passes for a float, a bool for nothing but a bool); () if it is."""
+    """The types `hint` (one, or a union of classes) allows, if `value` is of none of them (a
+    whole number passes for a float, a bool for nothing but a bool); () if it is, or if `hint`
+    is not made of plain classes (a `Literal`, `list[int]`: not judged here)."""
     allowed = typing.get_args(hint) or (hint,)
+    if not all(isinstance(t, type) and not typing.get_args(t) for t in allowed):
+        return ()
     return () if type(value) in allowed or (type(value) is int and float in allowed) else allowed
+
+
+def type_names(types: tuple[type, ...]) -> str:
+    """`int or float or null`, as a refusal names the types a setting takes."""
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)

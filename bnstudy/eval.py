@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
-from bnstudy.errors import DataError, RunFileError, first_line, types_refused
+from bnstudy.errors import DataError, RunFileError, first_line, type_names, types_refused
 from bnstudy.records import is_job_dir, write_json_atomic
 
 SET_HERE = ("devices", "strategy", "num_nodes", "logger", "enable_checkpointing", "callbacks",
@@ -49,10 +49,9 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
             if flag in SET_HERE:
                 raise rebuild.UsageError(f"{key}: eval sets it itself (one device; no logger, "
                                          "checkpoints or callbacks).")
-            allowed = types_refused(value, hints[flag]) if flag in hints else ()
-            if allowed and all(isinstance(t, type) and not typing.get_args(t) for t in allowed):
-                names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-                raise rebuild.UsageError(f"{key}={value!r}: the Trainer takes {names}.")
+            if flag in hints and (allowed := types_refused(value, hints[flag])):
+                raise rebuild.UsageError(f"{key}={value!r}: the Trainer takes "
+                                         f"{type_names(allowed)}.")
             trainer[flag] = value
         else:
             raise rebuild.UsageError(

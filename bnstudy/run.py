@@ -32,7 +32,7 @@ from bnstudy.config import (
     validate,
 )
 from bnstudy.console import quiet_console, shown_before, workers_log_to
-from bnstudy.errors import ConfigError, DataError, RunFileError, types_refused
+from bnstudy.errors import ConfigError, DataError, RunFileError, type_names, types_refused
 from bnstudy.jobdir import (
     JobDirLock,
     RunExistsError,
@@ -350,8 +350,8 @@ def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
             hints.update(typing.get_type_hints(cls.__init__))
     for key, value in node.items():
         if key in hints and (allowed := types_refused(value, hints[key])):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-            raise ConfigError(f"dataset.datamodule.{key}={value!r}: it takes {names}.")
+            raise ConfigError(f"dataset.datamodule.{key}={value!r}: it takes "
+                              f"{type_names(allowed)}.")
     try:
         return instantiate(node, data_dir=data_dir)
     except InstantiationException as err:  # the class's own refusal, e.g. verify_checksums

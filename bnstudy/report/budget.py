@@ -100,6 +100,11 @@ class Budget:
     baseline: Arm
 
     @property
+    def tested(self) -> bool:
+        """Whether its bootstrap can test: a search of one trial has no spread to resample."""
+        return min(self.treatment.n, self.baseline.n) > 1
+
+    @property
     def name(self) -> str:
         return f"{self.dataset}-{self.optim}-{self.treatment.norm}-{self.baseline.norm}"
 
@@ -176,7 +181,7 @@ def words(budget: Budget) -> str:
     ahead = lambda r: r["diff_low"] > 0  # noqa: E731
     behind = lambda r: r["diff_high"] < 0  # noqa: E731
     n = len(trials)
-    if min(budget.treatment.n, budget.baseline.n) < 2:
+    if not budget.tested:
         return (f"One trial on a side: {t} − {b} {100 * trials[0]['diff']:+.2f} pts, "
                 "direction and size only (a bootstrap of one trial has no spread).")
     reverses = next(filter(behind, trials), None)
@@ -205,7 +210,7 @@ def claim_rows(found: list[Budget]) -> list[dict]:
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
-        words, tested = pair_words(t.norm, b.norm), min(t.n, b.n) > 1
+        words, tested = pair_words(t.norm, b.norm), budget.tested
         for k in (k for k in SMALL if k <= min(t.n, b.n)):
             diff, low, high = budget.diff(k, k)
             rows.append({
