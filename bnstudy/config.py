@@ -357,13 +357,12 @@ def group_defaults(choices: dict) -> DictConfig:
 
 
 def _compose(overrides, return_hydra_config: bool = False) -> DictConfig:
-    """Hydra's compose of the project's config: a copy of one made before for the same overrides
-    and working directory (`hydra.runtime.cwd`)."""
-    return copy.deepcopy(_composed(tuple(overrides), return_hydra_config, os.getcwd()))
+    """Hydra's compose of the project's config: a copy of one made before for the same overrides."""
+    return copy.deepcopy(_composed(tuple(overrides), return_hydra_config))
 
 
 @functools.lru_cache(maxsize=64)
-def _composed(overrides: tuple[str, ...], return_hydra_config: bool, cwd: str) -> DictConfig:
+def _composed(overrides: tuple[str, ...], return_hydra_config: bool) -> DictConfig:
     register()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides),
@@ -381,6 +380,7 @@ def compose(overrides=()) -> DictConfig:
             "add --multirun to your command line", "compose each value (or run train -m)")
         why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
         raise ConfigError(unknown_override(list(overrides)) or f"{said}{why}") from None
+    cfg.hydra.runtime.cwd = os.getcwd()  # not where the compose it copies was made
     HydraConfig.instance().set_config(cfg)
     return cfg
 

@@ -30,8 +30,14 @@ def pytest_collection_finish(session) -> None:
     gc.freeze()
 
 
+def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the run's first process: not a pytest-xdist worker
+        TinySweepRun.make_root()
+
+
 def pytest_unconfigure(config) -> None:
-    TinySweepRun.discard()
+    if not hasattr(config, "workerinput"):
+        TinySweepRun.discard()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -105,40 +111,50 @@ TINY_SWEEP = ("dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", "seed=0
 
 
 class TinySweepRun:
-    """The `tiny_sweep`'s process (a fresh interpreter), started once per session, in a
-    temporary folder removed when the session ends."""
+    """The `tiny_sweep`'s process (a fresh interpreter), started once per test run by the first
+    process that needs it (with `pytest -n`, one of the workers) in a temporary folder that the
+    run's first process (the controller) made and removes when the run ends."""
 
-    proc: subprocess.Popen | None = None
-    root: Path | None = None
+    ROOT = "BNSTUDY_TINY_SWEEP_ROOT"  # the folder, passed on to pytest-xdist's workers
+
+    @classmethod
+    def make_root(cls) -> None:
+        import tempfile
+
+        os.environ.setdefault(cls.ROOT, tempfile.mkdtemp(prefix="bnstudy-tiny-sweep-"))
 
     @classmethod
     def start(cls) -> None:
-        if cls.proc is not None:
+        root = Path(os.environ[cls.ROOT])
+        try:
+            (root / "data").mkdir()  # the first to make it starts the sweep
+        except FileExistsError:
             return
-        import tempfile
-
-        cls.root = root = Path(tempfile.mkdtemp(prefix="bnstudy-tiny-sweep-"))
         write_mnist(root / "data")  # as the `tiny_data` fixture's
         write_cifar10(root / "data")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-        with open(root / "console.txt", "w") as console:
-            cls.proc = subprocess.Popen(
-                [sys.executable, "-m", "bnstudy.train", "-m", *TINY_SWEEP, *FAST,
+        train = [sys.executable, "-m", "bnstudy.train", "-m", *TINY_SWEEP, *FAST,
                  f"paths.data_dir={root / 'data'}", *TINY_SETTINGS,
-                 f"hydra.sweep.dir={root / 'sweep'}"],
-                cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT)
+                 f"hydra.sweep.dir={root / 'sweep'}"]
+        script = 'out=$1; shift; "$@" > "$out/console.txt" 2>&1; echo $? > "$out/rc.part"; ' \
+                 'mv "$out/rc.part" "$out/rc"'  # its exit code, for every process that waits
+        proc = subprocess.Popen(["sh", "-c", script, "sh", str(root), *train], cwd=REPO, env=env,
+                                start_new_session=True)
+        (root / "pid").write_text(str(proc.pid))
 
     @classmethod
     def finished(cls, timeout: float = 900) -> FinishedSweep:
+        import time
+
         cls.start()
-        try:
-            cls.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            cls.proc.kill()
-            raise
-        console = (cls.root / "console.txt").read_text()
-        assert cls.proc.returncode == 0, console[-4000:]
-        out = cls.root / "sweep"
+        root = Path(os.environ[cls.ROOT])
+        deadline = time.monotonic() + timeout
+        while not (root / "rc").exists():
+            assert time.monotonic() < deadline, f"the tiny sweep ran past {timeout} s"
+            time.sleep(0.05)
+        console = (root / "console.txt").read_text()
+        assert (root / "rc").read_text().strip() == "0", console[-4000:]
+        out = root / "sweep"
         records = {path.parent.name: read_record(path.parent)  # jobs 0-7: in order by name
                    for path in sorted(out.glob("*/metrics.json"))}
         assert len(records) == 8 and all(r["status"] == "ok" for r in records.values()), records
@@ -146,13 +162,17 @@ class TinySweepRun:
 
     @classmethod
     def discard(cls) -> None:
+        """Stops the sweep if it still runs and removes the folder (the run's first process)."""
         import shutil
+        import signal
 
-        if cls.proc is not None and cls.proc.poll() is None:
-            cls.proc.kill()
-            cls.proc.wait()
-        if cls.root is not None:
-            shutil.rmtree(cls.root, ignore_errors=True)
+        root = Path(os.environ.pop(cls.ROOT))
+        if (root / "pid").exists() and not (root / "rc").exists():
+            try:
+                os.killpg(int((root / "pid").read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

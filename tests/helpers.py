@@ -231,10 +231,20 @@ def tiny_fit(data_dir: Path, out: Path | None = None, model=None, callbacks=(), 
 
 
 def events(log_dir: Path):
-    """What TensorBoard reads from `log_dir`, every scalar kept."""
+    """What TensorBoard reads from `log_dir`, every scalar kept, its event files in the order they
+    were written: TensorBoard sorts their names as text, so a writer numbered 10 (`...pid.10`)
+    opened in the same second as one numbered 9 comes first, and the steps it logged would
+    discard the other's as orphaned, depending only on how many writers the process opened."""
+    import tempfile
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    return EventAccumulator(str(log_dir), size_guidance={"scalars": 0}).Reload()
+    files = sorted(Path(log_dir).glob("events.out.tfevents.*"),
+                   key=lambda f: (int(f.name.split(".")[3]), int(f.name.rsplit(".", 1)[1])))
+    with tempfile.TemporaryDirectory() as ordered:
+        for i, file in enumerate(files):
+            os.symlink(file.resolve(), f"{ordered}/events.out.tfevents.{i:06d}")
+        return EventAccumulator(ordered, size_guidance={"scalars": 0}).Reload()
 
 
 def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
