@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import logging
 import shutil
 import statistics
 import sys
@@ -115,6 +116,14 @@ class Timers:
         return missing
 
 
+def _no_pointers(record: logging.LogRecord) -> bool:
+    """The sweep's console lines less those naming its folder to browse or report."""
+    lines = record.getMessage().splitlines()
+    record.msg, record.args = "\n".join(line for line in lines
+                                        if not line.startswith(("Browse", "Report ("))), ()
+    return bool(record.msg)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bnstudy.bench profile",
                                      description=__doc__.splitlines()[0])
@@ -139,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     libraries_s, timers = time.perf_counter() - start, Timers()
     missing = timers.install()
     out = tempfile.mkdtemp(prefix="bnstudy-profile-")
+    logging.getLogger("bnstudy").addFilter(_no_pointers)  # to `out`: it is removed below
     sys.argv = ["bnstudy.train", "-m", f"seed={','.join(map(str, range(args.jobs)))}",
                 "trainer.enable_progress_bar=false", f"hydra.sweep.dir={out}", *args.overrides]
     started = time.perf_counter()
