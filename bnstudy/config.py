@@ -133,17 +133,13 @@ def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:  # ~40 ms, sever
                      if o.is_sweep_override())
 
 
-NO_JOB_DIR = "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
-
-
 def job_dir() -> str:
-    """`paths.output_dir`: Hydra's `runtime.output_dir`, or where no job runs (`--cfg job`)
-    where it would be."""
+    """`paths.output_dir`: Hydra's `runtime.output_dir`, or where it would be (`--cfg job`)."""
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime
         if not OmegaConf.is_missing(runtime, "output_dir") and runtime.output_dir:
             return runtime.output_dir
-    return NO_JOB_DIR
+    return "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
 
 
 def unknown_override(args: list[str]) -> str | None:
@@ -179,14 +175,18 @@ def unknown_override(args: list[str]) -> str | None:
                 if near else "")
         if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
             hint = f"It comes with {group}={option} (several: '{group}=[...,{option}]'). " + hint
-        elif key.startswith("hydra.launcher.") and (launcher := next((o for o in (
-                "slurm", "submitit_local", "parallel") if key in _hydra_names(
-                [f"hydra/launcher={o}"])), None)):
-            hint = f"It comes with hydra/launcher={launcher} (to add it to another: +{arg}). "
+        elif group == "hydra" and (found := next((o for o in PLUGINS.get(option, ()) if key in
+                                                 _hydra_names([f"hydra/{option}={o}"])), None)):
+            also = f" (to add it to another: +{arg})" if option == "launcher" else \
+                ", which experiment=tuned sets"
+            hint = f"It comes with hydra/{option}={found}{also}. "
         listed = "groups and `python -m bnstudy.train --cfg job` every setting" if ours else \
             "groups and `python -m bnstudy.train --cfg hydra` Hydra's settings"
         return f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the {listed}."
     return None
+
+
+PLUGINS = {"launcher": ("slurm", "submitit_local", "parallel"), "sweeper": ("tuned",)}
 
 
 def _hydra_names(choices: list[str]) -> list[str]:

@@ -192,6 +192,8 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
                              "slurm")):  # a key of another launcher
         assert f"no such setting. It comes with hydra/launcher={launcher} (to add it to " \
             f"another: +{typed[-1]}). " in unknown_override(["-m", *typed])
+    assert "no such setting. It comes with hydra/sweeper=tuned, which experiment=tuned sets. " \
+        in unknown_override(["-m", "hydra.sweeper.n_trials=4"])  # the grid sweeper's study
 
 
 def test_the_edges_of_each_range():
