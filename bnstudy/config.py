@@ -119,8 +119,7 @@ def swept_suffix(override_dirname: str) -> str:
 
 
 def swept_keys() -> set[str] | None:
-    """The keys the running multirun varies, from the `multirun.yaml` Hydra saves first; None
-    outside a multirun or without that file."""
+    """The keys the running multirun varies (from Hydra's `multirun.yaml`); None elsewhere."""
     if not HydraConfig.initialized() or (hydra := HydraConfig.get()).mode != RunMode.MULTIRUN:
         return None
     saved = Path(hydra.runtime.cwd) / hydra.sweep.dir / "multirun.yaml"
@@ -133,13 +132,16 @@ def _sweep_keys_of(path: str, mtime_ns: int) -> frozenset[str]:  # ~40 ms, sever
                      if o.is_sweep_override())
 
 
+NO_JOB_DIR = "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
+
+
 def job_dir() -> str:
     """`paths.output_dir`: Hydra's `runtime.output_dir`, or where it would be (`--cfg job`)."""
     if HydraConfig.initialized():
         runtime = HydraConfig.get().runtime
         if not OmegaConf.is_missing(runtime, "output_dir") and runtime.output_dir:
             return runtime.output_dir
-    return "<the job's directory: hydra.run.dir, or hydra.sweep.dir/hydra.sweep.subdir>"
+    return NO_JOB_DIR
 
 
 def unknown_override(args: list[str]) -> str | None:
@@ -175,8 +177,9 @@ def unknown_override(args: list[str]) -> str | None:
                 if near else "")
         if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
             hint = f"It comes with {group}={option} (several: '{group}=[...,{option}]'). " + hint
-        elif group == "hydra" and (found := next((o for o in PLUGINS.get(option, ()) if key in
-                                                 _hydra_names([f"hydra/{option}={o}"])), None)):
+        elif group == "hydra" and (found := next((o for o in {  # a launcher's or sweeper's key
+                "launcher": ("slurm", "submitit_local", "parallel"), "sweeper": ("tuned",)}.get(
+                option, ()) if key in _hydra_names([f"hydra/{option}={o}"])), None)):
             also = f" (to add it to another: +{arg})" if option == "launcher" else \
                 ", which experiment=tuned sets"
             hint = f"It comes with hydra/{option}={found}{also}. "
@@ -184,9 +187,6 @@ def unknown_override(args: list[str]) -> str | None:
             "groups and `python -m bnstudy.train --cfg hydra` Hydra's settings"
         return f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the {listed}."
     return None
-
-
-PLUGINS = {"launcher": ("slurm", "submitit_local", "parallel"), "sweeper": ("tuned",)}
 
 
 def _hydra_names(choices: list[str]) -> list[str]:
