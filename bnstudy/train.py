@@ -107,11 +107,11 @@ def sweep_interrupted() -> str:
 
 
 def unknown_option(args: list[str]) -> str | None:
-    """One paragraph for a list of options naming one its group lacks (`logger=[csv,mlfow]`:
-    Hydra's own message lists no options), None if there is none."""
+    """One paragraph for a group option no file is (`logger=[csv,mlfow]`, where Hydra's own
+    message lists no options; `dataset=mnist,imagenet`), None if there is none."""
     for arg in args:
         group, _, value = arg.partition("=")
-        if value.startswith("[") and (CONFIG_DIR / group).is_dir():
+        if group.isidentifier() and (CONFIG_DIR / group).is_dir():
             options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
             if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
                            if o not in options]:
@@ -150,8 +150,8 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
 
 if __name__ == "__main__":
     # before Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
-    if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]) \
-            or sweeper_clash(sys.argv[1:]):
+    if problem := unknown_override(sys.argv[1:]) or sweeper_clash(sys.argv[1:]) or \
+            unknown_option([a for a in sys.argv[1:] if "=[" in a]):  # Hydra's lists no options
         sys.exit(problem)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "

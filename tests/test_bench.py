@@ -110,16 +110,17 @@ def test_no_round_to_time_is_refused_in_one_line(module, capsys):
 @pytest.mark.parametrize("args,said", [
     (["stduy"], "'stduy' is no benchmark (study, profile) and no override KEY=VALUE"),
     (["foo=1"], "foo: no such setting."),
-    (["dataset=imagenet"], "Could not find 'dataset/imagenet'"),
+    (["dataset=imagenet"], "dataset has no option imagenet, so nothing was run."),
     (["paths.data_dir=nowhere", "dataset.datamodule.download=false"], "files not found"),
     (["profile", "--jobs", "0"], "--jobs 0: it profiles 1 job or more"),
     (["profile", "foo=1"], "foo: no such setting."),
     (["study", "foo=1"], "foo: no such setting."),
     (["study", "outputs"], "'outputs' is no benchmark (study, profile) and no override"),
-    (["profile", "dataset=imagenet"], "Could not find 'dataset/imagenet'"),
-    (["study", "dataset=mnist,imagenet"], "Could not find 'dataset/imagenet'\n\nAvailable "
-                                          "options in 'dataset':\n\tcifar10\n"),
-    (["study", "logger=[csv,tensorbord]"], "Could not find 'logger/tensorbord'"),
+    (["profile", "dataset=imagenet"], "dataset=imagenet: dataset has no option imagenet, so "
+                                      "nothing was run. Its options: cifar10, fashion_mnist,"),
+    (["study", "dataset=mnist,imagenet"], "dataset has no option imagenet, so nothing was run."),
+    (["study", "logger=[csv,tensorbord]"], "logger has no option tensorbord, so nothing was run. "
+                                           "Did you mean tensorboard?"),
 ])
 def test_a_benchmark_given_a_mistake_says_it_in_one_paragraph(args, said, tmp_path, monkeypatch):
     """Each before anything is timed: argparse's usage and one line or paragraph (exit 2), no

@@ -11,17 +11,12 @@ bnstudy.bench plain RUNS RESULTS --share I/N`): they import neither Lightning no
 
 def check_overrides(overrides: list[str]) -> str | None:
     """What is wrong with a benchmark's overrides before anything runs: a word that is no
-    KEY=VALUE (a misspelt benchmark), a setting no config has, or a group's option no file is
-    (each of a sweep's, `dataset=mnist,imagenet`), in Hydra's words."""
+    KEY=VALUE (a misspelt benchmark), a setting no config has, or a group option no file is
+    (`dataset=imagenet`; each of a sweep's)."""
     if word := next((o for o in overrides if "=" not in o and not o.startswith("~")), None):
         return (f"{word!r} is no benchmark (study, profile) and no override KEY=VALUE, e.g. "
                 "python -m bnstudy.bench study, or python -m bnstudy.bench dataset=cifar10.")
-    from bnstudy.config import CONFIG_DIR, unknown_override  # (light: no Lightning)
+    from bnstudy.config import unknown_override  # (both light: no Lightning)
+    from bnstudy.train import unknown_option
 
-    for group, _, value in (o.partition("=") for o in overrides):
-        options = sorted(f.stem for f in (CONFIG_DIR / group).glob("*.yaml"))
-        if group.isidentifier() and options and (missing := [
-                v for v in value.strip("[]").split(",") if v.strip() not in options]):
-            return (f"In 'config': Could not find '{group}/{missing[0].strip()}'\n\nAvailable "
-                    f"options in '{group}':\n\t" + "\n\t".join(options))
-    return unknown_override(overrides)
+    return unknown_override(overrides) or unknown_option(overrides)
