@@ -135,6 +135,15 @@ def sweeper_clash(args: list[str]) -> str | None:
             "run one untuned job; nothing was run. Drop hydra/sweeper.")
 
 
+def hydra_paths_printable(argv: list[str]) -> None:
+    """Makes `--cfg hydra -p hydra.run.dir` `--cfg all`: Hydra's paths read the job's
+    ${run_name}, which `--cfg hydra` leaves out (a traceback); `all` prints the key the same."""
+    at = {arg: i + 1 for i, arg in enumerate(argv[:-1])}  # each flag: its value's index
+    cfg, package = at.get("-c", at.get("--cfg")), at.get("-p", at.get("--package"))
+    if cfg and package and argv[cfg] == "hydra" and argv[package].startswith("hydra"):
+        argv[cfg] = "all"
+
+
 def single_run_of_a_sweep(hydra_cfg) -> str | None:
     """A warning when an experiment that is a sweep (`lr_sweep`, `tuned`) runs without `-m`."""
     experiment = hydra_cfg.runtime.choices.get("experiment")
@@ -157,6 +166,7 @@ if __name__ == "__main__":
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "
                  "traceback). Drop -m to see a job's config: python -m bnstudy.train --cfg job "
                  "<your overrides, one value each>.")
+    hydra_paths_printable(sys.argv)
     try:
         main()
     except KeyboardInterrupt:  # a sweep's own process (a job's Ctrl-C is said by the job)
