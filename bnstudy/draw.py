@@ -84,6 +84,10 @@ def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
     return ",".join(parts).replace("/", "_") or "default"
 
 
+class AlreadyDrawn(Exception):
+    """A run whose final pictures this command drew with the same recipe before."""
+
+
 def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.DataCache,
              replace: bool) -> str:
     """Draws one ok run's final pictures with its recipe updated by `given`; returns its line."""
@@ -93,16 +97,19 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
 
     trained = run_recipe(run, defaults)
     recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
+    images = run.path / "images"
+    redrawn = (images / RECIPE_FILE).is_file()  # by this command before
+    drawn = json.loads((images / RECIPE_FILE).read_text()) if redrawn else \
+        {"step": None, **trained}
+    if redrawn and not replace and all(drawn.get(name) == recipe[name] for name in recipe):
+        raise AlreadyDrawn(f"{run.name}: already drawn with this recipe ({drawn['name']}); "
+                           "--replace draws it again")
     hallucinator = drawing.Hallucinator(**recipe["hallucinations"])
     checkpoint, datamodule, model = rebuild.restore(run, data, "validate")
     if not drawing.all_finite(model):
         return f"{run.name}: its parameters are not finite: no pictures"
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()
                     if key.startswith("WeightGrid") and state.get("initial") is not None), None)
-    images = run.path / "images"
-    redrawn = (images / RECIPE_FILE).is_file()  # by this command before
-    drawn = json.loads((images / RECIPE_FILE).read_text()) if redrawn else \
-        {"step": None, **trained}
     untrained = [] if redrawn else [name for name in PICTURE_CALLBACKS  # trained without them
                                     if OmegaConf.select(run.cfg, f"callbacks.{name}") is None]
     earlier = f"without_{'+'.join(untrained)}" if untrained else recipe_name(drawn, defaults)
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     quiet_console()
-    data, drawn, problems, skipped = rebuild.DataCache(data_dir), 0, [], []
+    data, drawn, problems, skipped, done = rebuild.DataCache(data_dir), 0, [], [], []
     for path in tqdm(paths, desc="drawing", unit="run", disable=not sys.stderr.isatty(),
                      leave=False):
         try:
@@ -197,20 +204,24 @@ def main(argv: list[str] | None = None) -> int:
                 line = draw_run(run, given, defaults, data, args.replace)
             tqdm.write(line, file=sys.stdout)
             drawn += 1
+        except AlreadyDrawn as already:  # (a Ctrl-C'd draw run again goes on where it stopped)
+            done.append(path.name)
+            tqdm.write(f"{already}", file=sys.stdout)
         except (rebuild.RunError, DataError, RunFileError, ValueError) as err:
             problems.append(path.name)
             tqdm.write(f"{err}", file=sys.stderr)
         except KeyboardInterrupt:  # a drawing is swapped in whole: the run keeps its pictures
             print(f"bnstudy.draw: interrupted while drawing {path.name} (its pictures are as "
                   f"they were); drew {drawn} of {len(paths)} run(s). The same command draws "
-                  "every run again (earlier pictures kept under their recipe's name); a run's "
-                  "directory draws that run alone.", file=sys.stderr)
+                  "the rest (a run drawn with this recipe is skipped); a run's directory draws "
+                  "that run alone.", file=sys.stderr)
             return 1
     print(f"Drew {drawn} of {len(paths)} run(s)"
+          + (f"; {len(done)} already drawn with this recipe" if done else "")
           + (f"; {len(skipped)} diverged (no pictures)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")
           + (f". Report: python -m bnstudy.report {study_dir(args.path)}"
-             if drawn and paths != [args.path] else "."))
+             if drawn + len(done) and paths != [args.path] else "."))
     return 1 if problems else 0
 
 

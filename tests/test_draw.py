@@ -114,6 +114,14 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
         side = 4 * ((28 if "mnist" in job.name else 32) + 2) + 2  # 16 units: 4 x 4 tiles
         assert (last.height, last.width) == (side, side)
 
+    # The same recipe again (a Ctrl-C'd draw run again): no run drawn twice, nothing changed.
+    kept = {job: digests(job) for job in jobs}
+    assert draw.main([str(sweep), "steps=12", "objective=logit", "num_units=16"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f": already drawn with this recipe ({name}); --replace draws it") == 8
+    assert "Drew 0 of 8 run(s); 8 already drawn with this recipe. Report:" in out
+    assert {job: digests(job) for job in jobs} == kept
+
     # Drawn again: the step moves on and the previous recipe is kept under its own name.
     first_step = recipe(jobs[0])["step"]
     assert draw.main([str(jobs[0]), "steps=3"]) == 0
@@ -210,9 +218,9 @@ def test_ctrl_c_is_one_paragraph_naming_the_run_and_what_was_drawn(sweep, capsys
     assert draw.main([str(sweep)]) == 1
     err = capsys.readouterr().err
     assert err == (f"bnstudy.draw: interrupted while drawing {calls[1]} (its pictures are as "
-                   "they were); drew 1 of 8 run(s). The same command draws every run again "
-                   "(earlier pictures kept under their recipe's name); a run's directory draws "
-                   "that run alone.\n")
+                   "they were); drew 1 of 8 run(s). The same command draws the rest (a run "
+                   "drawn with this recipe is skipped); a run's directory draws that run "
+                   "alone.\n")
 
 
 def test_a_run_logged_without_tensorboard_gets_no_events(sweep, capsys):
