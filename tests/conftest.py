@@ -121,7 +121,7 @@ class TinySweepRun:
     def make_root(cls) -> None:
         import tempfile
 
-        os.environ.setdefault(cls.ROOT, tempfile.mkdtemp(prefix="bnstudy-tiny-sweep-"))
+        os.environ[cls.ROOT] = tempfile.mkdtemp(prefix="bnstudy-tiny-sweep-")
 
     @classmethod
     def start(cls) -> None:
