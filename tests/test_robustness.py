@@ -401,6 +401,19 @@ def test_a_side_that_diverged_everywhere_is_marked_not_dropped(tmp_path):
             "no BN 0 ok, 2 diverged" in text)
 
 
+def test_the_regime_figure_at_one_seed_says_once_a_line_why_no_point_is_tested(tmp_path):
+    for optim in ("sgd", "adam"):
+        for lr in (0.0001, 0.001, 0.01, 0.1, 1.0):
+            write_job(tmp_path, [0.8], dataset="mnist", optim=optim, norm="bn", lr=lr, seed=0)
+            write_job(tmp_path, [0.75], dataset="mnist", optim=optim, norm="none", lr=lr, seed=0)
+    fig = regime_figure("lr", pd.DataFrame(verdict_rows(tmp_path)))
+    [note] = fig.axes[0].texts  # (each value's reason listed ran off the panel)
+    assert note.get_text() == "\n".join(f"{optim}: no test at any lr (1 ok BN; 1 ok no BN)"
+                                        for optim in ("sgd", "adam"))
+    assert note.get_window_extent().x1 <= fig.axes[0].get_window_extent().x1
+    assert "bar: 95% interval;" in " ".join(fig._suptitle.get_text().split())  # no test named
+
+
 @pytest.mark.parametrize("datasets", [["mnist"], ["mnist", "cifar10", "fashion_mnist", "a", "b"]])
 def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, datasets):
     """One dataset: the whole title inside the figure (it was clipped at one panel's width);
@@ -411,8 +424,8 @@ def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, data
                 for seed, acc in enumerate([0.80, 0.82, 0.81]):
                     write_job(tmp_path, [acc], dataset=dataset, optim=optim, norm="bn",
                               batch_size=batch_size, seed=seed)
-                    write_job(tmp_path, [acc - 0.05], dataset=dataset, optim=optim,
-                              norm="none", batch_size=batch_size, seed=seed)
+                    write_job(tmp_path, [acc - 0.05 + 0.01 * seed], dataset=dataset,
+                              optim=optim, norm="none", batch_size=batch_size, seed=seed)
     rows = verdict_rows(tmp_path)
     fig = regime_figure("batch_size", pd.DataFrame(rows))
     inside = fig.bbox.padded(1)  # (pixels)

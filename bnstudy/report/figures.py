@@ -311,10 +311,14 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
             ax.plot(x[significant], y[significant], ls="none", marker="o", ms=6, color=color)
             ax.plot(x[~significant], y[~significant], ls="none", marker="o", ms=6,
                     mfc="white", color=color)
-            untested = [f"{float(r[hparam]):g} ({_untested(r)})" for r in points
-                        if r["verdict"] == "no test"]
-            if untested:
-                notes.append(f"{describe(rest)}: no test at {hparam} {', '.join(untested)}")
+            untested: dict[str, list[str]] = {}  # why: at which values
+            for r in points:
+                if r["verdict"] == "no test":
+                    untested.setdefault(_untested(r), []).append(f"{float(r[hparam]):g}")
+            for why, at in untested.items():
+                at = f"any {hparam}" if len(at) == len(points) else f"{hparam} {', '.join(at)}"
+                notes.append(textwrap.fill(f"{describe(rest)}: no test at {at} ({why})", 60,
+                                           subsequent_indent="  "))
             for side, other, marker, y_edge in (("treatment", "baseline", "^", 0.97),
                                                 ("baseline", "treatment", "v", 0.03)):
                 alone = [float(r[hparam]) for r in points if r[f"n_{side}"] and not r[f"n_{other}"]]
@@ -330,7 +334,8 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
         ax.legend(fontsize=8, loc="lower left")
     for ax in axes[::MAX_COLUMNS]:
         ax.set_ylabel("BN − no BN, final val acc (points)")
-    tests = {r["test"] for r in rows if isinstance(r.get("test"), str)}  # as verdicts.csv's
+    tests = {r["test"] for r in rows  # as verdicts.csv's
+             if isinstance(r.get("test"), str) and r["verdict"] != "no test"}
     fitted_title(fig, f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
                       f"mean over seeds, bar: 95% {tests.pop() + ' ' if len(tests) == 1 else ''}"
                       f"interval; filled: p < {ALPHA:g}, hollow: within the seed spread")
