@@ -99,9 +99,10 @@ def test_layernorm_standardises_each_sample_over_its_units_in_train_and_eval(tra
 
 @pytest.mark.parametrize("norm", ["none", "layer", "group"])
 def test_without_bn_the_output_does_not_depend_on_the_batch(norm):
+    torch.manual_seed(0)
     model = make(norm).train()
-    x = torch.randn(8, 1, 28, 28)
-    assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-6)
+    x = torch.randn(8, 1, 28, 28)  # (BN's would differ by ~1; float32's matmul by up to ~1e-6)
+    assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
