@@ -213,7 +213,7 @@ def _setting_names(choices: list[str] = ()) -> list[str]:
     for combination in itertools.product(*options):
         try:
             cfg = group_defaults(dict(combination))
-        except HydraException:  # an option that does not exist: Hydra says so after this
+        except (HydraException, ValueError):  # no such option, `x=null`: Hydra says so later
             cfg = group_defaults({})
         names.update(flat(cfg))
     return sorted(names)

@@ -107,18 +107,22 @@ def sweep_interrupted() -> str:
 
 
 def unknown_option(args: list[str]) -> str | None:
-    """One paragraph for a group option no file is (`logger=[csv,mlfow]`, where Hydra's own
-    message lists no options; `dataset=mnist,imagenet`), None if there is none."""
+    """One paragraph for a group option no file is (`norm=batch`, `-m norm=bn,nnoe`,
+    `logger=[csv,mlfow]`), with the closest and the group's options (Hydra's adds its search
+    path, and lists none for a list), None if there is none."""
     for arg in args:
-        group, _, value = arg.partition("=")
-        if group.isidentifier() and (CONFIG_DIR / group).is_dir():
+        group, equals, value = arg.partition("=")
+        if equals and group.isidentifier() and group != "hydra" and "(" not in value and (
+                CONFIG_DIR / group).is_dir():
             options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
             if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
-                           if o not in options]:
+                           if o not in options]:  # (not a sweep's `choice(...)`; `[]`: "")
                 near = difflib.get_close_matches(missing[0], options, 1)
-                return (f"{arg}: {group} has no option {missing[0]}, so nothing was run. "
+                return (f"{arg}: {group} has no option {missing[0] or '(none given)'}, so "
+                        "nothing was run. "
                         + (f"Did you mean {near[0]}? " if near else "")
-                        + f"Its options: {', '.join(options)} (several: '{group}=[a,b]').")
+                        + f"Its options: {', '.join(options)}"
+                        + (f" (several: '{group}=[a,b]')." if value.startswith("[") else "."))
     return None
 
 
@@ -159,8 +163,8 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
 
 if __name__ == "__main__":
     # before Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
-    if problem := unknown_override(sys.argv[1:]) or sweeper_clash(sys.argv[1:]) or \
-            unknown_option([a for a in sys.argv[1:] if "=[" in a]):  # Hydra's lists no options
+    if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]) \
+            or sweeper_clash(sys.argv[1:]):
         sys.exit(problem)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "

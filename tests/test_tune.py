@@ -328,7 +328,8 @@ def test_a_tuned_study_refuses_a_misspelt_cell_a_grids_folder_and_an_unfinished_
     common = ("-m", "experiment=tuned", "optim=adam", "norm=bn", "seed=0",
               "hydra.sweeper.n_trials=2", f"paths.data_dir={tmp_path}")
     typo = run_train(*common, "dataset=mnist,mnst", f"hydra.sweep.dir={tmp_path / 'typo'}")
-    assert typo.returncode == 1 and "Could not find 'dataset/mnst'" in typo.stderr
+    assert typo.returncode == 1 and "dataset has no option mnst, so nothing was run. Did you " \
+        "mean mnist?" in typo.stderr
     assert "Tuning" not in typo.stdout + typo.stderr and not (tmp_path / "typo").exists()
     grid = write_job(tmp_path / "grid", [0.5, 0.6]).parent
     for how in ((), ("resume=true",)):
