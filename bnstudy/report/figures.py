@@ -315,8 +315,9 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
             for r in points:
                 if r["verdict"] == "no test":
                     untested.setdefault(_untested(r), []).append(f"{float(r[hparam]):g}")
-            for why, at in untested.items():
-                at = f"any {hparam}" if len(at) == len(points) else f"{hparam} {', '.join(at)}"
+            for why, shown in untested.items():
+                at = f"any {hparam}" if len(shown) == len(points) else \
+                    f"{hparam} {', '.join(shown)}"
                 notes.append(textwrap.fill(f"{describe(rest)}: no test at {at} ({why})", 60,
                                            subsequent_indent="  "))
             for side, other, marker, y_edge in (("treatment", "baseline", "^", 0.97),
