@@ -141,7 +141,10 @@ def sweeper_clash(args: list[str]) -> str | None:
 
 def hydra_paths_printable(argv: list[str]) -> None:
     """Makes `--cfg hydra -p hydra.run.dir` `--cfg all`: Hydra's paths read the job's
-    ${run_name}, which `--cfg hydra` leaves out (a traceback); `all` prints the key the same."""
+    ${run_name}, which `--cfg hydra` leaves out (a traceback); `all` prints the key the same.
+    `--cfg=hydra` and `--package=…` are split first, as Hydra's argparse reads them."""
+    argv[:] = [part for arg in argv for part in (
+        arg.split("=", 1) if arg.startswith(("--cfg=", "--package=")) else [arg])]
     at = {arg: i + 1 for i, arg in enumerate(argv[:-1])}  # each flag: its value's index
     cfg, package = at.get("-c", at.get("--cfg")), at.get("-p", at.get("--package"))
     if cfg and package and argv[cfg] == "hydra" and argv[package].startswith("hydra"):
@@ -166,11 +169,11 @@ if __name__ == "__main__":
     if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]) \
             or sweeper_clash(sys.argv[1:]):
         sys.exit(problem)
+    hydra_paths_printable(sys.argv)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):
         sys.exit("--cfg prints one job's config, so it does not go with -m (Hydra stops with a "
                  "traceback). Drop -m to see a job's config: python -m bnstudy.train --cfg job "
                  "<your overrides, one value each>.")
-    hydra_paths_printable(sys.argv)
     try:
         main()
     except KeyboardInterrupt:  # a sweep's own process (a job's Ctrl-C is said by the job)

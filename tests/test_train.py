@@ -86,10 +86,12 @@ def test_a_sweeper_against_the_experiments_is_refused():
 
 
 def test_cfg_with_a_sweep_is_one_paragraph():
-    proc = run_train("-m", "--cfg", "job", "norm=bn,none")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("--cfg prints one job's config, so it does not go with -m")
+    for cfg in (["--cfg", "job"], ["--cfg=job"]):
+        proc = run_train("-m", *cfg, "norm=bn,none")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("--cfg prints one job's config, so it does not go with -m")
     for args, said in ((["-c", "hydra", "-p", "hydra.run.dir"], "_mnist-bn-adam-seed0\n"),
+                       (["--cfg=hydra", "--package=hydra.run.dir"], "_mnist-bn-adam-seed0\n"),
                        (["--cfg", "hydra", "--package", "hydra.sweep"], "subdir: ${hydra.job.num}"),
                        (["--cfg", "hydra", "-p", "dataset"], "package 'dataset' not found")):
         proc = run_train(*args, "optim=adam")  # Hydra's run.dir reads the job's ${run_name}
