@@ -4,10 +4,7 @@ run records of its config (`hparams`). Free of Lightning: config errors answer i
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
-import itertools
-import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -19,11 +16,10 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnstudy.errors import ConfigError, first_line
+from bnstudy.errors import ConfigError
 from bnstudy.norms import NORMS
 from bnstudy.records import HOW_IT_RUNS, SHOWN, plan_overrides
 
@@ -144,81 +140,6 @@ def job_dir() -> str:
     return NO_JOB_DIR
 
 
-def unknown_override(args: list[str]) -> str | None:
-    """One paragraph for a command-line setting no config has (`lr=0.1`), naming those close
-    to it (Hydra's would suggest `+lr=0.1`); None if every key is known."""
-    groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
-    known = {f.name for f in fields(StudySchema)} | groups
-    chosen = [a for a in args if a.split("=", 1)[0] in groups]  # group choices, e.g. optim=adam
-    names = hydra_names = None
-    for arg in args:
-        key = arg.split("=", 1)[0]
-        ours = not key.startswith("hydra")
-        if arg.startswith(("-", "+", "~")) or "=" not in arg or key in known or not (
-                ours or key.startswith(("hydra.sweeper.", "hydra.launcher."))):
-            continue
-        if ours and "." in key and key.split(".")[0] in known:  # `trainer.max_epoch`?
-            names = names or _setting_names(chosen)
-        elif not ours and not (hydra_names := hydra_names or _hydra_names(  # the chosen sweeper
-                [a for a in args if a.startswith(("experiment=", "hydra/"))])):  # and launcher's
-            return None  # an option that does not exist: Hydra says so
-        candidates = names if ours else hydra_names
-        if candidates and any(n == key or n.startswith(f"{key}.") for n in candidates):
-            continue
-        pool = candidates or _setting_names(chosen)
-        if ours and "." not in key:  # a misspelt group (`nrom=bn`) too
-            pool = [*pool, *sorted(groups - {"hydra"})]
-        scored = {name: _likeness(key, name) for name in pool
-                  if not name.rsplit(".", 1)[-1].startswith("_")}  # not _target_ and the like
-        near = sorted((k for k, score in scored.items() if score >= 0.75),
-                      key=lambda k: (-scored[k], k.count(".")))
-        value, (group, _, option) = arg.split("=", 1)[1], key.partition(".")
-        hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
-                if near else "")
-        if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
-            hint = f"It comes with {group}={option} (several: '{group}=[...,{option}]'). " + hint
-        elif group == "hydra" and (found := next((o for o in {  # a launcher's or sweeper's key
-                "launcher": ("slurm", "submitit_local", "parallel"), "sweeper": ("tuned",)}.get(
-                option, ()) if key in _hydra_names([f"hydra/{option}={o}"])), None)):
-            also = f" (to add it to another: +{arg})" if option == "launcher" else \
-                ", which experiment=tuned sets"
-            hint = f"It comes with hydra/{option}={found}{also}. "
-        listed = "groups and `python -m bnstudy.train --cfg job` every setting" if ours else \
-            "groups and `python -m bnstudy.train --cfg hydra` Hydra's settings"
-        return f"{key}: no such setting. {hint}`python -m bnstudy.train --help` lists the {listed}."
-    return None
-
-
-def _hydra_names(choices: list[str]) -> list[str]:
-    """Every key of Hydra's own settings (`hydra.sweeper.n_trials`, ...) with these choices."""
-    try:
-        cfg = _compose(choices, return_hydra_config=True)
-    except HydraException:  # an option that does not exist: none
-        return []
-    return sorted(f"hydra.{k}" for k in _walk(OmegaConf.to_container(cfg.hydra)))
-
-
-def _likeness(key: str, name: str) -> float:
-    """How a setting's name (whole, or last part) looks like a mistyped key; top-level first."""
-    whole = difflib.SequenceMatcher(None, key, name).ratio()
-    last = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1], name.rsplit(".", 1)[-1]).ratio()
-    top = 0.2 if "." not in key and "." not in name and whole >= 0.75 else 0.0
-    return round(max(whole, last), 1) + top
-
-
-def _setting_names(choices: list[str] = ()) -> list[str]:
-    """Every setting of the config with these group choices (a swept one: each of its options)."""
-    options = [[(c.split("=")[0], o) for o in c.split("=", 1)[1].split(",")] for c in choices]
-    names = {"paths.data_dir", "paths.output_dir", "run_name"}
-    for combination in itertools.product(*options):
-        try:
-            cfg = group_defaults(dict(combination))
-        except (HydraException, ValueError):  # no such option, `x=null`: Hydra says so later
-            cfg = group_defaults({})
-        names.update(flat(cfg))
-    return sorted(names)
-
-
 def check_known_keys(cfg: DictConfig) -> None:
     """Refuses keys the schema lacks (`+key=value` adds them past the types), naming the valid."""
     nodes = {"": (cfg, StudySchema), "dataset.": (cfg.dataset, DatasetSchema),
@@ -306,13 +227,15 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
     plain.paths = {"data_dir": "", "output_dir": ""}
     container = OmegaConf.to_container(plain, resolve=True)
     del container["paths"]
-    return _walk(container)
+    return dotted(container)
 
 
-def _walk(node, prefix: str = "") -> dict[str, Any]:
+def dotted(node, prefix: str = "") -> dict[str, Any]:
+    """A nested container as `{dotted.key: value}` (lists as tuples)."""
     if not isinstance(node, dict):
         return {prefix[:-1]: tuple(node) if isinstance(node, list) else node}
-    return {k: v for key, value in node.items() for k, v in _walk(value, f"{prefix}{key}.").items()}
+    return {k: v for key, value in node.items()
+            for k, v in dotted(value, f"{prefix}{key}.").items()}
 
 
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
@@ -353,10 +276,10 @@ def group_defaults(choices: dict) -> DictConfig:
                  if choice is not None and "@" not in group and not group.startswith("hydra")]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
         return hydra_compose("config", overrides=overrides)
-    return _compose(overrides)
+    return compose_cached(overrides)
 
 
-def _compose(overrides, return_hydra_config: bool = False) -> DictConfig:
+def compose_cached(overrides, return_hydra_config: bool = False) -> DictConfig:
     """Hydra's compose of the project's config: a copy of one made before for the same overrides."""
     return copy.deepcopy(_composed(tuple(overrides), return_hydra_config))
 
@@ -367,22 +290,6 @@ def _composed(overrides: tuple[str, ...], return_hydra_config: bool) -> DictConf
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides),
                              return_hydra_config=return_hydra_config)
-
-
-def compose(overrides=()) -> DictConfig:
-    """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so
-    `${hydra:...}`, the run's name, resolves): what `bnstudy.run.train(cfg)` takes from Python.
-    A mistake is a `ConfigError` worded as the command line words it."""
-    try:
-        cfg = _compose(overrides, return_hydra_config=True)
-    except HydraException as err:
-        said = str(err).split("\nConfig search path:")[0].rstrip().replace(  # options, no path
-            "add --multirun to your command line", "compose each value (or run train -m)")
-        why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
-        raise ConfigError(unknown_override(list(overrides)) or f"{said}{why}") from None
-    cfg.hydra.runtime.cwd = os.getcwd()  # not where the compose it copies was made
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def overridden_keys(overrides) -> tuple[str, ...]:

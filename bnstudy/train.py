@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 from pathlib import Path
@@ -12,8 +11,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from bnstudy.config import CONFIG_DIR, register, unknown_override
+from bnstudy.config import CONFIG_DIR, register
 from bnstudy.jobdir import RunExistsError, dir_override, launcher_job
+from bnstudy.overrides import sweeper_clash, unknown_option, unknown_override
 from bnstudy.records import RunRecord, study_dir
 from bnstudy.run import RunEnded, is_multirun, train
 from bnstudy.sweep import note_refusal, register_launchers, stop_sweep
@@ -104,39 +104,6 @@ def sweep_interrupted() -> str:
             f"(python -m bnstudy.report {sweep}); to go on, run the same command with "
             f"resume=true {dir_override('hydra.sweep.dir', sweep)}: only what is unfinished "
             "runs.")
-
-
-def unknown_option(args: list[str]) -> str | None:
-    """One paragraph for a group option no file is (`norm=batch`, `-m norm=bn,nnoe`,
-    `logger=[csv,mlfow]`), with the closest and the group's options (Hydra's adds its search
-    path, and lists none for a list), None if there is none."""
-    for arg in args:
-        group, equals, value = arg.partition("=")
-        if equals and group.isidentifier() and group != "hydra" and "(" not in value and (
-                CONFIG_DIR / group).is_dir():
-            options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
-            if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
-                           if o not in options]:  # (not a sweep's `choice(...)`; `[]`: "")
-                near = difflib.get_close_matches(missing[0], options, 1)
-                return (f"{arg}: {group} has no option {missing[0] or '(none given)'}, so "
-                        "nothing was run. "
-                        + (f"Did you mean {near[0]}? " if near else "")
-                        + f"Its options: {', '.join(options)}"
-                        + (f" (several: '{group}=[a,b]')." if value.startswith("[") else "."))
-    return None
-
-
-def sweeper_clash(args: list[str]) -> str | None:
-    """A sweeper chosen against the experiment's: another with experiment=tuned, or the tuned
-    one without it (whose cells, search space and re-runs come with the experiment)."""
-    sweeper = next((a.split("=", 1)[1] for a in args if a.startswith("hydra/sweeper=")), None)
-    if sweeper is None or (sweeper == "tuned") == ("experiment=tuned" in args):
-        return None
-    if sweeper == "tuned":
-        return ("hydra/sweeper=tuned is experiment=tuned's sweeper, so nothing was run. Type "
-                "experiment=tuned instead (a tuned study), or drop hydra/sweeper=tuned.")
-    return (f"experiment=tuned searches with its own sweeper, so hydra/sweeper={sweeper} would "
-            "run one untuned job; nothing was run. Drop hydra/sweeper.")
 
 
 def hydra_paths_printable(argv: list[str]) -> None:

@@ -187,7 +187,7 @@ def fail_fsync(monkeypatch, error: BaseException) -> None:
 # -- building and training the project's pieces in-process ---------------------------------
 def compose_config(*overrides: str):
     """The project's Hydra config composed with `overrides`, as the entry point would."""
-    from bnstudy.config import compose
+    from bnstudy.overrides import compose
 
     return compose(overrides)
 

@@ -167,7 +167,7 @@ def test_hparams_of_configs_written_before_the_networks_moved():
 
 
 def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
-    from bnstudy.config import unknown_override
+    from bnstudy.overrides import unknown_override
 
     assert unknown_override(["trainer.max_epoch=3"]).startswith(
         "trainer.max_epoch: no such setting. Did you mean trainer.max_epochs")  # not `+key`
@@ -289,7 +289,7 @@ def test_the_defaults_of_a_runs_choices_leave_out_what_configs_pull_in_themselve
 
 
 def test_a_mistyped_setting_is_named_with_the_closest_ones():
-    from bnstudy.config import unknown_override
+    from bnstudy.overrides import unknown_override
 
     tail = ("`python -m bnstudy.train --help` lists the groups and `python -m bnstudy.train "
             "--cfg job` every setting.")
@@ -318,7 +318,7 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
 
 
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
-    from bnstudy.config import compose
+    from bnstudy.overrides import compose
 
     first = compose(["seed=3"])
     first.seed = 4  # a caller changing its config changes no later one
@@ -339,7 +339,7 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
 ])
 def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_it(overrides,
                                                                                   message):
-    from bnstudy.config import compose
+    from bnstudy.overrides import compose
 
     with pytest.raises(ConfigError) as raised:
         compose(overrides)

@@ -21,7 +21,7 @@ LAYERS = [
     ("run", ["run"]),
     ("pieces", ["model", "data", "datafiles", "nets", "callbacks", "probes", "pictures",
                 "pictures.*", "trackers", "checkpoints", "dashboard", "report.*"]),
-    ("records", ["records", "errors", "jobdir", "config", "console",
+    ("records", ["records", "errors", "jobdir", "config", "overrides", "console",
                  "norms"]),  # norms: the registry of names the config checks a run against
 ]
 

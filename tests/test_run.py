@@ -522,9 +522,9 @@ def test_a_run_names_itself_in_its_lock_and_needs_a_job_directory(tmp_path, monk
     """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder: a run there
     would make a folder named after it in the working directory."""
     from bnstudy import run
-    from bnstudy.config import compose
     from bnstudy.errors import ConfigError
     from bnstudy.jobdir import holder
+    from bnstudy.overrides import compose
 
     monkeypatch.setattr(run, "_train", lambda cfg, out: holder(out))  # what another process sees
     assert run.train(job_cfg(tmp_path / "job"))["run"] == "mnist-bn-sgd-seed0"

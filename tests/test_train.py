@@ -72,7 +72,7 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
 
 
 def test_a_sweeper_against_the_experiments_is_refused():
-    from bnstudy.train import sweeper_clash
+    from bnstudy.overrides import sweeper_clash
 
     assert sweeper_clash(["-m", "experiment=tuned", "hydra/sweeper=grid"]).startswith(
         "experiment=tuned searches with its own sweeper, so hydra/sweeper=grid would run one "
@@ -238,7 +238,7 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
 @pytest.mark.parametrize("experiment, warned", [("lr_sweep", True), ("tuned", True),
                                                 ("lr0.01", False), (None, False)])
 def test_which_experiments_are_sweeps_a_single_run_warns_about(experiment, warned):
-    from bnstudy.config import compose
+    from bnstudy.overrides import compose
     from bnstudy.train import single_run_of_a_sweep
 
     cfg = compose([f"experiment={experiment}"] if experiment else [])

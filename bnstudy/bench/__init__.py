@@ -16,7 +16,6 @@ def check_overrides(overrides: list[str]) -> str | None:
     if word := next((o for o in overrides if "=" not in o and not o.startswith("~")), None):
         return (f"{word!r} is no benchmark (study, profile) and no override KEY=VALUE, e.g. "
                 "python -m bnstudy.bench study, or python -m bnstudy.bench dataset=cifar10.")
-    from bnstudy.config import unknown_override  # (both light: no Lightning)
-    from bnstudy.train import unknown_option
+    from bnstudy.overrides import unknown_option, unknown_override  # (no Lightning)
 
     return unknown_override(overrides) or unknown_option(overrides)

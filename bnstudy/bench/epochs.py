@@ -26,9 +26,9 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 
 from bnstudy.bench import check_overrides  # noqa: E402
 from bnstudy.bench.plain import evaluate, minibatches, train_epoch  # noqa: E402
-from bnstudy.config import compose  # noqa: E402
 from bnstudy.console import quiet_console  # noqa: E402
 from bnstudy.errors import ConfigError, DataError  # noqa: E402
+from bnstudy.overrides import compose  # noqa: E402
 from bnstudy.run import build, build_model  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
