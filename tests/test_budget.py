@@ -292,7 +292,8 @@ def test_a_c7_part_and_its_chart_in_full():
             "unit": "accuracy", "claimed_sign": 1, "sides": said, "estimate": diff,
             "ci_low": low, "ci_high": high, "test": "bootstrap", "p_value": budget.p_value(k),
             "claim_verdict": "cannot tell", "detectable_80": pytest.approx(np.nan, nan_ok=True),
-            "seeds_needed": pytest.approx(np.nan, nan_ok=True), "p_holm": 1.0,
+            "seeds_needed": pytest.approx(np.nan, nan_ok=True), "seeds_would_show": "",
+            "p_holm": 1.0,
             "note": "95% bootstrap band (1000 resamples of each search)", "verdict": "cannot tell"}
     one = "{:+.2f} pts ({:+.2f} to {:+.2f})".format(*(100 * v for v in budget.diff(1, 1)))
     assert {v: small_words(budget, v) for v in ("holds", "does not hold", "cannot tell")} == {

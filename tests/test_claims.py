@@ -87,7 +87,8 @@ def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(
     tie = results_of(tmp_path / "none", 1.0)["C5a (MNIST, SGD)"]
     assert few.verdict == tie.verdict == "cannot tell"
     assert f"; {few.seeds_needed:.0f} seeds a side would decide" in note(few)
-    assert "over 1000 seeds a side would decide" in note(tie)  # a mean difference of 0
+    assert tie.would_show == "equivalence" and f"; {tie.seeds_needed:.0f} seeds a side would " \
+        "show equivalence;" in note(tie)  # a mean difference of 0: TOST, not a difference
     for part in (few, tie):  # wide: neither a difference nor equivalence within ±0.5 pts
         assert "not shown within ±0.50 pts either (TOST)" in note(part)
         assert "no difference" not in note(part)
@@ -630,7 +631,7 @@ def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
     assert family[0].test.p_holm == pytest.approx(4 * alone.test.p_value)
     assert power_of(alone.test)[1] <= 4  # the unadjusted count: the seeds already run
     for r in family:
-        assert (r.detectable, r.seeds_needed) == power_of(r.test, alpha=0.05 / 4)
+        assert (r.detectable, r.seeds_needed, r.would_show) == power_of(r.test, alpha=0.05 / 4)
         assert r.seeds_needed > 4
     apart = [part, *(C.Part("R", str(i), "", "", "final_val_acc", C.pair("mnist", "sgd"))
                      for i in range(3))]  # other families leave Q's adjustment alone

@@ -289,7 +289,8 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
         "dataset", "optim", "lr", "treatment", "baseline", "quantity", "n_treatment", "n_baseline",
         "treatment_mean", "baseline_mean", "diff", "test", "n_paired", "p_value", "p_holm",
         "verdict", "diff_ci_low", "diff_ci_high", "margin", "p_tost", "p_tost_holm",
-        "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed"]
+        "treatment_diverged", "baseline_diverged", "detectable_80", "seeds_needed",
+        "seeds_would_show"]
     assert [(r["optim"], float(r["lr"]), r["treatment"], r["baseline"]) for r in rows] == [
         ("sgd", lr, "bn", "none") for lr in cases]
     from statsmodels.stats.multitest import multipletests
@@ -301,8 +302,9 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
         bn, none = ([acc + float(row["lr"]) / 10 for acc in finals[n]] for n in ("bn", "none"))
         test = sps.ttest_rel(bn, none)  # the same seeds: paired (BN's diverged seed 3 left out)
         low, high = test.confidence_interval()
-        detectable, needed = power_of(contrast([(1.0, bn), (-1.0, none)], seeds=[[0, 1, 2]] * 2),
-                                      alpha=0.05 / 3)  # Holm's strictest step in a family of 3
+        detectable, needed, shows = power_of(contrast(
+            [(1.0, bn), (-1.0, none)], seeds=[[0, 1, 2]] * 2, margin=0.005),
+            alpha=0.05 / 3)  # Holm's strictest step in a family of 3
         expected = {"treatment_mean": np.mean(bn), "baseline_mean": np.mean(none),
                     "diff": np.mean(bn) - np.mean(none), "p_value": test.pvalue,
                     "diff_ci_low": low, "diff_ci_high": high, "detectable_80": detectable,
@@ -310,6 +312,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, abs=1e-6), key
         assert (row["n_treatment"], row["n_baseline"], row["verdict"]) == ("3", "3", verdict)
+        assert row["seeds_would_show"] == shows
         assert (row["test"], row["n_paired"], row["margin"]) == ("paired t", "3", "0.005")
         assert (row["treatment_diverged"], row["baseline_diverged"]) == (
             "1" if row["lr"] == "0.1" else "0", "0")

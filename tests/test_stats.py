@@ -133,7 +133,7 @@ def test_power_is_statsmodels_paired_and_welch_and_nearly_the_z_test_for_many_se
         effect_size=abs(half.estimate) / sd, alpha=alpha, power=0.8))
     a, b = [0.0, 1.0, 2.0, 3.0], [0.5, 1.5, 2.5, 3.5]  # equal spread: Welch's df = pooled df
     sd = float(np.std(a, ddof=1))
-    detectable, needed = S.power_of(S.contrast([(1.0, a), (-1.0, b)]), alpha=alpha)
+    detectable, needed, _ = S.power_of(S.contrast([(1.0, a), (-1.0, b)]), alpha=alpha)
     assert detectable / sd == pytest.approx(TTestIndPower().solve_power(
         nobs1=4, ratio=1.0, alpha=alpha, power=0.8), rel=1e-4)
     assert needed == math.ceil(TTestIndPower().solve_power(
@@ -201,7 +201,28 @@ def test_a_contrast_without_a_test_keeps_its_estimate_test_seeds_and_margin():
     assert (flat.estimate, flat.test, flat.n_paired, flat.margin) == (0.25, S.PAIRED, 3, 0.01)
     assert all(math.isnan(x) for x in (flat.ci_low, flat.ci_high, flat.p_value, flat.p_tost))
     for test in (flat, S.Contrast(0.1, 0.0, 0.2, 0.03)):  # no spreads (a bootstrap's p, say)
-        assert all(math.isnan(x) for x in S.power_of(test))
+        assert [math.isnan(x) for x in S.power_of(test)[:2]] == [True, True]
+        assert S.power_of(test)[2] == ""
+
+
+def test_tost_power_is_what_simulation_finds_and_a_tie_is_decided_by_equivalence_seeds():
+    rng = np.random.default_rng(0)
+    delta, sd, margin, n = 0.1, 1.0, 0.8, 12  # one-sample (paired) differences
+    shown = [S.contrast([(1.0, list(rng.normal(delta, sd, n)))], margin=margin).p_tost < 0.05
+             for _ in range(4000)]
+    assert np.mean(shown) == pytest.approx(
+        S.tost_power(delta, margin, (S.Spread(sd**2, n),)), abs=0.02)
+    xs = rng.normal(0, 1, 6)
+    xs = list(0.1 + (xs - xs.mean()) / xs.std(ddof=1))  # mean 0.1, sd 1: within ±0.8
+    tie = S.contrast([(1.0, xs)], margin=margin)
+    _, needed, shows = S.power_of(tie)
+    assert shows == "equivalence" and S.tost_power(0.1, margin, tie.spreads, needed) >= 0.8 > \
+        S.tost_power(0.1, margin, tie.spreads, needed - 1)
+    assert S.t_power(0.1, tie.spreads, needed) < 0.8  # a difference needs more
+    for outside in (0.9, -0.9):  # beyond the margin: only a difference can decide
+        apart = S.contrast([(1.0, [x - 0.1 + outside for x in xs])], margin=margin)
+        assert S.power_of(apart)[2] == "a difference"
+    assert S.power_of(S.contrast([(1.0, xs)]))[2] == "a difference"  # no margin: no TOST
 
 
 def test_seeds_needed_stop_at_1000_and_start_at_2():

@@ -45,7 +45,7 @@ def decide_command(sweep_dir) -> str:
 
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
           seeds: int = 2, treatment: str = STUDY[0], margin: float = math.nan,
-          test: str = "") -> str:
+          test: str = "", shows: str = "") -> str:
     """`BN wins, +4.21 pts (+2.66 to +5.76)`; `equivalent within ±0.5 pts, …` (TOST, `margin`);
     a cannot tell says what would decide it (`seeds`: the fewer ok seeds of the sides)."""
     if math.isnan(diff):
@@ -58,8 +58,7 @@ def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
     if verdict == "equivalent":
         return f"equivalent within ±{100 * margin:g} pts, {size}{interval}"
     if verdict == "cannot tell":
-        decide = "" if math.isnan(needed) else \
-            f": {deciding(needed, test)}"
+        decide = "" if math.isnan(needed) else f": {deciding(needed, test, shows)}"
         return f"cannot tell, {size}{interval}{decide}"
     return f"{norm_word(treatment)} {verdict}, {size}{interval}"
 
@@ -71,14 +70,15 @@ def part_words(result: Result | None) -> str:
     t = result.test
     seeds = min((len(xs) for xs in result.groups), default=0)
     return words(comparison_word(result.verdict, t.p_value), t.estimate, (t.ci_low, t.ci_high),
-                 result.seeds_needed, seeds, margin=t.margin, test=t.test)
+                 result.seeds_needed, seeds, margin=t.margin, test=t.test, shows=result.would_show)
 
 
 def row_words(row) -> str:
     """A verdicts.csv row in the answer's words."""
     return words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
                  row["seeds_needed"], min(row["n_treatment"], row["n_baseline"]),
-                 row["treatment"], row.get("margin", math.nan))
+                 row["treatment"], row.get("margin", math.nan),
+                 shows=row.get("seeds_would_show", ""))
 
 
 def _where(r: Result) -> tuple[str, str]:

@@ -226,7 +226,7 @@ def claim_rows(found: list[Budget]) -> list[dict]:
                                    for a, word in zip((t, b), words, strict=True)),
                 "estimate": diff, "ci_low": low, "ci_high": high, "test": "bootstrap",
                 "p_value": budget.p_value(k) if tested else math.nan, "claim_verdict": "",
-                "detectable_80": math.nan, "seeds_needed": math.nan,
+                "detectable_80": math.nan, "seeds_needed": math.nan, "seeds_would_show": "",
                 "note": f"{LEVEL:.0%} bootstrap band ({BOOT} resamples of each search)"
                 if tested else "one trial on a side: a bootstrap of one has no spread, so no "
                 "test (direction and size only)"})

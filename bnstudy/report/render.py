@@ -79,14 +79,16 @@ def test_words(test: str, n_paired: int, sizes: list[int]) -> str:
     return text + (f" ({why})" if test == UNPAIRED else "")
 
 
-def deciding(needed: float, test: str = "", what: str = "") -> str:
-    """`40 seeds a side would decide` (`what`); on test acc, when the test images' own error
-    is larger than the difference at any number of seeds, that."""
+def deciding(needed: float, test: str = "", shows: str = "", what: str = "") -> str:
+    """`40 seeds a side would decide` (`what`), or `… would show equivalence` (`shows`, as
+    `power_of` says); on test acc, when the test images' own error is larger than the
+    difference at any number of seeds, that."""
     if math.isinf(needed) and test == IMAGES:
         return (f"no number of seeds a side would decide{what}: the test images' own sampling "
                 "error is too large (a larger test split would)")
     many = "over 1000" if math.isinf(needed) else f"{needed:.0f}"
-    return f"{many} seeds a side would decide{what}"
+    return f"{many} seeds a side would " + ("show equivalence" if shows == "equivalence" else
+                                           f"decide{what}")
 
 
 # --- claim parts ------------------------------------------------------------------------------
@@ -116,9 +118,10 @@ def note(r: Result) -> str:
         return "no spread over the seeds: no test"
     margin = "" if math.isnan(r.test.margin) else \
         f"; not shown within ±{k * r.test.margin:{fmt}}{unit} either (TOST)"
+    decides = deciding(r.seeds_needed, r.test.test, r.would_show,
+                       " a difference of the size observed")
     return (f"with {min(len(xs) for xs in r.groups)} seeds a side only |differences| ≥ "
-            f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; "
-            f"{deciding(r.seeds_needed, r.test.test, ' a difference of the size observed')}"
+            f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; {decides}"
             f"{margin}")
 
 
@@ -190,6 +193,7 @@ def claim_rows(results: list[Result], setting: dict) -> list[dict]:
                      "p_tost": r.test.p_tost, "p_tost_holm": r.test.p_tost_holm,
                      "verdict": r.verdict, "claim_verdict": verdicts[r.claim],
                      "detectable_80": r.detectable, "seeds_needed": r.seeds_needed,
+                     "seeds_would_show": r.would_show,
                      "note": note(r)})
     return rows
 

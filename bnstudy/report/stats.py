@@ -29,7 +29,7 @@ VERDICT_COLUMNS = ("treatment", "baseline", "quantity", "n_treatment", "n_baseli
                    "treatment_mean", "baseline_mean", "diff", "test", "n_paired", "p_value",
                    "p_holm", "verdict", "diff_ci_low", "diff_ci_high", "margin", "p_tost",
                    "p_tost_holm", "treatment_diverged", "baseline_diverged", "detectable_80",
-                   "seeds_needed")
+                   "seeds_needed", "seeds_would_show")
 
 
 # --- the contrast, TOST, Holm and the one rule ------------------------------------------------
@@ -193,30 +193,56 @@ def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
     return power if math.isnan(below) else power + below
 
 
+def tost_power(delta: float, margin: float, spreads: tuple[Spread, ...], n: int | None = None,
+               alpha: float = ALPHA) -> float:
+    """The power of TOST against ±`margin` for a contrast of true value `delta`: 1 − the chance
+    each one-sided test misses (noncentral t; a lower bound, close where the power is high)."""
+    se, df = t_parts(spreads, n)
+    crit = float(stats.t.ppf(1 - alpha, df))
+    misses = [stats.nct.cdf(crit, df, (delta + margin) / se),
+              stats.nct.sf(-crit, df, (delta - margin) / se)]
+    miss = [float(stats.norm.cdf(crit - ncp)) if math.isnan(m) else float(m)  # far tails
+            for m, ncp in zip(misses, ((delta + margin) / se, (margin - delta) / se), strict=True)]
+    return max(0.0, 1.0 - sum(miss))
+
+
+def fewest_seeds(power_at, power: float, most: int) -> float:
+    """The fewest seeds a side n in [2, `most`] with `power_at(n)` ≥ `power` (it grows with n);
+    inf if none."""
+    if power_at(most) < power:
+        return math.inf
+    low, high = 2, most
+    while low < high:
+        mid = (low + high) // 2
+        if power_at(mid) >= power:
+            high = mid
+        else:
+            low = mid + 1
+    return float(low)
+
+
 def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
-             most: int = 1000) -> tuple[float, float]:
-    """For the test used (paired: the differences' sd; Welch: each group's): (the smallest
-    |contrast| detected with `power`, the seeds a side detecting one of the size observed; inf
-    above `most`); NaN, NaN where there is no test."""
+             most: int = 1000) -> tuple[float, float, str]:
+    """For the test used (paired: the differences' sd; Welch: each group's): the smallest
+    |contrast| detected with `power`; the seeds a side that decide, were the true contrast the
+    one observed: the fewer of those that detect it and those that show it equivalent within
+    the margin (TOST; only where it lies within); and which ("a difference", "equivalence").
+    Seeds inf above `most`; NaN, NaN, "" where there is no test."""
     spreads = test.spreads
     if math.isnan(test.p_value) or not spreads:
-        return math.nan, math.nan
+        return math.nan, math.nan, ""
     high = t_parts(spreads)[0]
     while t_power(high, spreads, alpha=alpha) < power:
         high *= 2
     detectable = float(optimize.brentq(
         lambda d: t_power(d, spreads, alpha=alpha) - power, 0.0, high))
     observed = abs(test.estimate)
-    if observed == 0 or t_power(observed, spreads, most, alpha) < power:
-        return detectable, math.inf
-    low, high = 2, most  # the power grows with n: bisect for the first n that reaches it
-    while low < high:
-        mid = (low + high) // 2
-        if t_power(observed, spreads, mid, alpha) >= power:
-            high = mid
-        else:
-            low = mid + 1
-    return detectable, float(low)
+    differ = math.inf if observed == 0 else fewest_seeds(
+        lambda n: t_power(observed, spreads, n, alpha), power, most)
+    same = math.inf if not observed < test.margin else fewest_seeds(  # (NaN margin: none)
+        lambda n: tost_power(observed, test.margin, spreads, n, alpha), power, most)
+    return (detectable, same, "equivalence") if same < differ else \
+        (detectable, differ, "a difference")
 
 
 # --- the equivalence margin, per dataset -------------------------------------------------------
@@ -347,7 +373,7 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]], tuned: bool = Fal
                    verdict=comparison_word(decide(diff), diff.p_value),
                    diff_ci_low=diff.ci_low, diff_ci_high=diff.ci_high, margin=diff.margin,
                    p_tost=diff.p_tost, p_tost_holm=diff.p_tost_holm)
-        row.update(zip(("detectable_80", "seeds_needed"),
+        row.update(zip(("detectable_80", "seeds_needed", "seeds_would_show"),
                        power_of(diff, alpha=strictest_level(tests)), strict=True))
     return pd.DataFrame(rows, columns=[*dict.fromkeys(
         [k for r in rows for k in r if k not in VERDICT_COLUMNS]), *VERDICT_COLUMNS])

@@ -39,7 +39,8 @@ class Result:
     test: Contrast
     verdict: str
     detectable: float = math.nan       # the smallest |difference| detected at 80 % power
-    seeds_needed: float = math.nan     # seeds a side that decide the observed difference
+    seeds_needed: float = math.nan     # seeds a side that decide, were the truth as observed
+    would_show: str = ""               # what they would show: a difference, or equivalence
     note: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -124,7 +125,7 @@ def adjust(results: list[Result]) -> list[Result]:
         level = strictest_level([results[i].test for i in members])
         for i, test in zip(members, holm_family([results[i].test for i in members]), strict=True):
             out[i] = replace(results[i], test=test, verdict=decide(test, results[i].declared.sign),
-                             **dict(zip(("detectable", "seeds_needed"),
+                             **dict(zip(("detectable", "seeds_needed", "would_show"),
                                         power_of(test, alpha=level), strict=True)))
     return out
 
