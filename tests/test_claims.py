@@ -89,6 +89,11 @@ def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(
     assert f"; {few.seeds_needed:.0f} seeds a side would decide" in note(few)
     assert tie.would_show == "equivalence" and f"; {tie.seeds_needed:.0f} seeds a side would " \
         "show equivalence;" in note(tie)  # a mean difference of 0: TOST, not a difference
+    never_few, never_tie = (note(replace(p, seeds_needed=math.inf, would_show="a difference"))
+                            for p in (few, tie))  # 1000 seeds short: TOST too, in the margin
+    assert "over 1000 seeds a side would decide a difference of the size observed or show it " \
+        "equivalent;" in never_tie
+    assert "would decide a difference of the size observed;" in never_few
     for part in (few, tie):  # wide: neither a difference nor equivalence within ±0.5 pts
         assert "not shown within ±0.50 pts either (TOST)" in note(part)
         assert "no difference" not in note(part)

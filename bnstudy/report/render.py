@@ -118,8 +118,9 @@ def note(r: Result) -> str:
         return "no spread over the seeds: no test"
     margin = "" if math.isnan(r.test.margin) else \
         f"; not shown within ±{k * r.test.margin:{fmt}}{unit} either (TOST)"
-    decides = deciding(r.seeds_needed, r.test.test, r.would_show,
-                       " a difference of the size observed")
+    neither = math.isinf(r.seeds_needed) and abs(r.test.estimate) < r.test.margin
+    decides = deciding(r.seeds_needed, r.test.test, r.would_show, " a difference of the size "
+                       f"observed{' or show it equivalent' if neither else ''}")
     return (f"with {min(len(xs) for xs in r.groups)} seeds a side only |differences| ≥ "
             f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; {decides}"
             f"{margin}")
