@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from bnstudy.report import stats as S
-from bnstudy.report.runs import group_keys, load_runs
+from bnstudy.report.runs import group_keys, load_runs, margins, saved_margin
 
 BN = [0.91, 0.93, 0.92, 0.95, 0.90]
 NONE = [0.90, 0.915, 0.91, 0.93, 0.895]
@@ -247,11 +247,11 @@ def test_a_runs_saved_margin_is_read_again_when_its_config_changes_and_the_first
                        tmp_path / job / ".hydra" / "config.yaml")
     runs = pd.DataFrame({"dataset": ["cifar10", "mnist", "mnist"],
                          "path": [tmp_path / "none", tmp_path / "a", tmp_path / "b"]})
-    assert S.margins(runs) == {"cifar10": 0.01, "mnist": 0.02}  # cifar10: conf/dataset's
+    assert margins(runs) == {"cifar10": 0.01, "mnist": 0.02}  # cifar10: conf/dataset's
     path = tmp_path / "a" / ".hydra" / "config.yaml"
     OmegaConf.save({"dataset": {"equivalence_margin": 0.04}}, path)
     os.utime(path, ns=(1, 1))  # a new mtime, however coarse the clock
-    assert S.saved_margin(str(tmp_path / "a")) == 0.04
+    assert saved_margin(str(tmp_path / "a")) == 0.04
 
 
 def test_summary_reads_the_star_target_and_a_missing_number_is_not_averaged_away(tmp_path):

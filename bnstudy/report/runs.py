@@ -1,8 +1,10 @@
 """The sweep as tables: `load_runs` (a row per job), `curves` (a row per job × epoch), the jobs
-never started, the groups (every hparam but the seed), the compared pairs, the labels."""
+never started, the groups (every hparam but the seed), the compared pairs, the labels, and each
+dataset's equivalence margin as its runs saved it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -296,3 +298,43 @@ def study_order(datasets) -> list[str]:
     """The study's datasets first, in its order, then any other, by name."""
     known = [d for d in DATASET_LABELS if d in datasets]
     return known + sorted((d for d in datasets if d not in DATASET_LABELS), key=str)
+
+
+# --- the equivalence margin, per dataset -------------------------------------------------------
+
+
+def saved_margin(job: str) -> float:
+    """`dataset.equivalence_margin` of a job's saved `.hydra/config.yaml`; NaN without one."""
+    path = Path(job) / ".hydra" / "config.yaml"
+    return _margin_in(str(path), path.stat().st_mtime_ns) if path.is_file() else math.nan
+
+
+@functools.lru_cache(maxsize=4096)
+def _margin_in(path: str, _mtime: int) -> float:
+    value = OmegaConf.select(OmegaConf.load(path), "dataset.equivalence_margin", default=None)
+    return math.nan if value is None else float(value)
+
+
+@functools.lru_cache(maxsize=64)
+def declared_margin(dataset: str) -> float:
+    """The margin `conf/dataset/<dataset>.yaml` declares now (for runs saved before the key);
+    NaN for a dataset the config has not."""
+    from hydra.errors import HydraException
+
+    from bnstudy.config import group_defaults
+
+    try:
+        return float(group_defaults({"dataset": dataset}).dataset.equivalence_margin)
+    except (HydraException, AttributeError, ValueError, TypeError):
+        return math.nan
+
+
+def margins(runs: pd.DataFrame) -> dict[str, float]:
+    """Per dataset, the equivalence margin (accuracy, a fraction) its runs' saved configs
+    declare (the first that does), else the current config's."""
+    out = {}
+    for dataset in dict.fromkeys(runs["dataset"] if "dataset" in runs else ()):
+        paths = runs.loc[runs["dataset"] == dataset, "path"] if "path" in runs else []
+        saved = [m for m in (saved_margin(str(p)) for p in paths) if not math.isnan(m)]
+        out[dataset] = saved[0] if saved else declared_margin(str(dataset))
+    return out

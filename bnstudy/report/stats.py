@@ -1,20 +1,18 @@
 """The numbers over the table of runs: the contrast (paired t over shared seeds, else Welch;
 test images' sampling error on test accuracy), TOST against a margin, Holm within a family,
-power, THE decision rule, the summary and verdict tables, and a sweep's usable ranges."""
+power (the seeds that would detect a difference or show equivalence), THE decision rule, the
+summary and verdict tables, and a sweep's usable ranges."""
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 from scipy import optimize, stats
 
-from bnstudy.report.runs import OUTCOMES, curves, groups, ok, settings
+from bnstudy.report.runs import OUTCOMES, curves, groups, margins, ok, settings
 
 ALPHA = 0.05
 POWER = 0.8  # the power a detectable difference and the seeds needed are stated at
@@ -243,46 +241,6 @@ def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
         lambda n: tost_power(observed, test.margin, spreads, n, alpha), power, most)
     return (detectable, same, "equivalence") if same < differ else \
         (detectable, differ, "a difference")
-
-
-# --- the equivalence margin, per dataset -------------------------------------------------------
-
-
-def saved_margin(job: str) -> float:
-    """`dataset.equivalence_margin` of a job's saved `.hydra/config.yaml`; NaN without one."""
-    path = Path(job) / ".hydra" / "config.yaml"
-    return _margin_in(str(path), path.stat().st_mtime_ns) if path.is_file() else math.nan
-
-
-@functools.lru_cache(maxsize=4096)
-def _margin_in(path: str, _mtime: int) -> float:
-    value = OmegaConf.select(OmegaConf.load(path), "dataset.equivalence_margin", default=None)
-    return math.nan if value is None else float(value)
-
-
-@functools.lru_cache(maxsize=64)
-def declared_margin(dataset: str) -> float:
-    """The margin `conf/dataset/<dataset>.yaml` declares now (for runs saved before the key);
-    NaN for a dataset the config has not."""
-    from hydra.errors import HydraException
-
-    from bnstudy.config import group_defaults
-
-    try:
-        return float(group_defaults({"dataset": dataset}).dataset.equivalence_margin)
-    except (HydraException, AttributeError, ValueError, TypeError):
-        return math.nan
-
-
-def margins(runs: pd.DataFrame) -> dict[str, float]:
-    """Per dataset, the equivalence margin (accuracy, a fraction) its runs' saved configs
-    declare (the first that does), else the current config's."""
-    out = {}
-    for dataset in dict.fromkeys(runs["dataset"] if "dataset" in runs else ()):
-        paths = runs.loc[runs["dataset"] == dataset, "path"] if "path" in runs else []
-        saved = [m for m in (saved_margin(str(p)) for p in paths) if not math.isnan(m)]
-        out[dataset] = saved[0] if saved else declared_margin(str(dataset))
-    return out
 
 
 # --- the summary and verdict tables ----------------------------------------------------------

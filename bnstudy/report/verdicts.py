@@ -15,14 +15,13 @@ import pandas as pd
 from bnstudy.records import final_jobs, read_tuning
 from bnstudy.report.claims import Part, Term, declare
 from bnstudy.report.cost import time_table
-from bnstudy.report.runs import study_order
+from bnstudy.report.runs import margins, study_order
 from bnstudy.report.stats import (
     Contrast,
     contrast,
     decide,
     holm_family,
     images_of,
-    margins,
     power_of,
     strictest_level,
 )
