@@ -208,10 +208,12 @@ def test_a_contrast_without_a_test_keeps_its_estimate_test_seeds_and_margin():
 def test_tost_power_is_what_simulation_finds_and_a_tie_is_decided_by_equivalence_seeds():
     rng = np.random.default_rng(0)
     delta, sd, margin, n = 0.1, 1.0, 0.8, 12  # one-sample (paired) differences
-    shown = [S.contrast([(1.0, list(rng.normal(delta, sd, n)))], margin=margin).p_tost < 0.05
-             for _ in range(4000)]
-    assert np.mean(shown) == pytest.approx(
-        S.tost_power(delta, margin, (S.Spread(sd**2, n),)), abs=0.02)
+    samples = rng.normal(delta, sd, (20000, n))
+    est, se = samples.mean(axis=1), samples.std(axis=1, ddof=1) / math.sqrt(n)
+    p_tost = np.maximum(sps.t.sf((est + margin) / se, n - 1), sps.t.cdf((est - margin) / se, n - 1))
+    assert S.contrast([(1.0, list(samples[0]))], margin=margin).p_tost == pytest.approx(p_tost[0])
+    assert np.mean(p_tost < 0.05) == pytest.approx(
+        S.tost_power(delta, margin, (S.Spread(sd**2, n),)), abs=0.01)
     xs = rng.normal(0, 1, 6)
     xs = list(0.1 + (xs - xs.mean()) / xs.std(ddof=1))  # mean 0.1, sd 1: within ±0.8
     tie = S.contrast([(1.0, xs)], margin=margin)
