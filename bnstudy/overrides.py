@@ -1,7 +1,7 @@
 """The command line's overrides: the config they compose (`compose`, what
 `python -m bnstudy.train <overrides>` runs), and the mistakes found before Hydra composes them
-(a key no config has, a group option no file is, a sweeper against the experiment's), each
-one paragraph. Free of Lightning, as `config`."""
+(a key no config has, a group option no file is, a value its type refuses, a sweeper against the
+experiment's), each one paragraph. Free of Lightning, as `config`."""
 
 from __future__ import annotations
 
@@ -12,9 +12,20 @@ from dataclasses import fields
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf
+from omegaconf.errors import ValidationError
 
-from bnstudy.config import CONFIG_DIR, StudySchema, compose_cached, dotted, flat, group_defaults
+from bnstudy.config import (
+    CONFIG_DIR,
+    DatasetSchema,
+    MLPSchema,
+    ModelSchema,
+    StudySchema,
+    compose_cached,
+    dotted,
+    flat,
+    group_defaults,
+)
 from bnstudy.errors import ConfigError, first_line
 
 
@@ -28,7 +39,8 @@ def compose(overrides=()) -> DictConfig:
         said = str(err).split("\nConfig search path:")[0].rstrip().replace(  # options, no path
             "add --multirun to your command line", "compose each value (or run train -m)")
         why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
-        raise ConfigError(unknown_override(list(overrides)) or f"{said}{why}") from None
+        raise ConfigError(unknown_override(list(overrides)) or wrong_type(list(overrides))
+                          or f"{said}{why}") from None
     cfg.hydra.runtime.cwd = os.getcwd()  # not where the compose it copies was made
     HydraConfig.instance().set_config(cfg)
     return cfg
@@ -113,11 +125,15 @@ def unknown_option(args: list[str]) -> str | None:
     """One paragraph for a group option no file is (`norm=batch`, `-m norm=bn,nnoe`,
     `logger=[csv,mlfow]`), with the closest and the group's options (Hydra's adds its search
     path, and lists none for a list), None if there is none."""
-    for arg in args:
+    for at, arg in enumerate(args):
         group, equals, value = arg.partition("=")
         if equals and group.isidentifier() and group != "hydra" and "(" not in value and (
                 CONFIG_DIR / group).is_dir():
             options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+            after = args[at + 1] if at + 1 < len(args) else "="
+            if value.endswith(",") and "=" not in after:  # `norm=bn, none`: two words
+                return (f"{arg} {after}: a space after a comma makes two words of one setting, "
+                        f"so nothing was run. Type the values without spaces: {arg}{after}.")
             if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
                            if o not in options]:  # (not a sweep's `choice(...)`; `[]`: "")
                 near = difflib.get_close_matches(missing[0], options, 1)
@@ -140,3 +156,60 @@ def sweeper_clash(args: list[str]) -> str | None:
                 "experiment=tuned instead (a tuned study), or drop hydra/sweeper=tuned.")
     return (f"experiment=tuned searches with its own sweeper, so hydra/sweeper={sweeper} would "
             "run one untuned job; nothing was run. Drop hydra/sweeper.")
+
+
+NODES = {"int": (IntegerNode, "an integer"), "float": (FloatNode, "a number"),
+         "bool": (BooleanNode, "true or false")}
+
+
+def typed_settings() -> dict[str, tuple[str, bool]]:
+    """The schema's int, float and bool settings by dotted key: (type, whether null is one)."""
+    found = {}
+    for prefix, schema in {"": StudySchema, "dataset.": DatasetSchema, "model.": ModelSchema,
+                           "model.net.": MLPSchema}.items():
+        for f in fields(schema):
+            kind, _, other = str(f.type).partition(" | ")
+            if kind in NODES:
+                found[prefix + f.name] = (kind, other == "None")
+    return found
+
+
+def wrong_type(args: list[str]) -> str | None:
+    """One paragraph for a value its setting's type refuses (`seed=0..3`, `dataset.lr=fast`,
+    `resume=maybe`, each of a sweep's), with what to type (Hydra's names the schema's class
+    and leaves that out); None if every value converts, as Hydra would convert it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    typed = typed_settings()
+    for arg in args:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([arg])
+        except HydraException:  # a flag, or Hydra's own syntax error: Hydra says so
+            continue
+        if override.key_or_group not in typed or override.is_add() or override.is_delete() or (
+                override.is_sweep_override() and not override.is_discrete_sweep()):
+            continue  # (an interval is the tuned sweeper's, checked there)
+        key, (kind, nullable) = override.key_or_group, typed[override.key_or_group]
+        values = override.sweep_iterator() if override.is_sweep_override() else \
+            [override.value()]
+        for value in values:
+            try:
+                NODES[kind][0](value=value, is_optional=nullable)
+            except ValidationError:
+                return (f"{arg}: {key} takes {NODES[kind][1]}{' or null' * nullable}, not "
+                        f"{value!r}, so nothing was run. {_typed_example(key, kind)}")
+    return None
+
+
+def _typed_example(key: str, kind: str) -> str:
+    """What to type for a setting of this type, from its default."""
+    if kind == "bool":
+        return f"Type {key}=true or {key}=false."
+    default = OmegaConf.select(group_defaults({}), key)
+    default = 1 if default is None else default
+    several = f"{key}={default},{2 * default or 1}" if kind == "int" else \
+        f"{key}={default},{default * 10:g}"
+    if key == "seed":
+        several += f" or -m 'seed=range({default},{default + 3})'"
+    return f"Type e.g. {key}={default}; several are a sweep: -m {several}."
+

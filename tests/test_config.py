@@ -317,6 +317,35 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
     assert unknown_override(["--config-dir=x", "~trainer.max_epoch=3"]) is None  # Hydra's own
 
 
+def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_sweeps():
+    from bnstudy.overrides import typed_settings, unknown_option, wrong_type
+
+    assert {k: v for k, v in typed_settings().items() if k in (
+        "seed", "resume", "dataset.lr", "dataset.train_size", "model.net.depth")} == {
+        "seed": ("int", False), "resume": ("bool", False), "dataset.lr": ("float", False),
+        "dataset.train_size": ("int", True), "model.net.depth": ("int", False)}
+    assert wrong_type(["-m", "seed=0..3"]) == (
+        "seed=0..3: seed takes an integer, not '0..3', so nothing was run. Type e.g. seed=0; "
+        "several are a sweep: -m seed=0,1 or -m 'seed=range(0,3)'.")
+    assert wrong_type(["-m", "dataset.lr=0.1,fast"]) == (  # a sweep's each value, Hydra's rules
+        "dataset.lr=0.1,fast: dataset.lr takes a number, not 'fast', so nothing was run. Type "
+        "e.g. dataset.lr=0.001; several are a sweep: -m dataset.lr=0.001,0.01.")
+    assert wrong_type(["model.net.hidden_dim=3.5"]).startswith(
+        "model.net.hidden_dim=3.5: model.net.hidden_dim takes an integer, not 3.5,")
+    assert "takes an integer or null, not 'x'" in wrong_type(["dataset.train_size=x"])
+    assert "seed takes an integer, not None," in wrong_type(["seed=null"])  # (not Optional)
+    assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
+    for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
+                 ["~seed", "+x=abc", "dataset.lr=interval(0.001,0.1)", "--cfg", "job"],
+                 ["optim.optimizer.lr=abc", "trainer.max_epochs=x"]):  # (not the schema's:
+        assert wrong_type(fine) is None  # validate's ranges say so)
+    assert unknown_option(["-m", "norm=bn,", "none", "optim=sgd"]) == (
+        "norm=bn, none: a space after a comma makes two words of one setting, so nothing was run. "
+        "Type the values without spaces: norm=bn,none.")
+    assert unknown_option(["norm=bn,", "optim=sgd"]).startswith(
+        "norm=bn,: norm has no option (none given)")
+
+
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
     from bnstudy.overrides import compose
 
@@ -329,8 +358,7 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
 
 @pytest.mark.parametrize("overrides, message", [
     (["lr=0.1"], "lr: no such setting. Did you mean dataset.lr or "),  # not Hydra's `+lr=0.1`
-    (["seed=abc"], "Error merging override seed=abc (ValidationError: Value 'abc' of type 'str' "
-                   "could not be converted to Integer)"),
+    (["seed=abc"], "seed=abc: seed takes an integer, not 'abc', so nothing was run."),
     (["norm=bnn"], "In 'config': Could not find 'norm/bnn'\n\nAvailable options in 'norm':\n\tbn"),
     (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'\n1. To use it as a list, use "
                    "key=[value1,value2]\n2. To use it as string, quote the value: "

@@ -50,7 +50,9 @@ def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
      "cifar10, fashion_mnist, mnist."),  # Hydra's adds its search path
     ("logger=[]", "logger has no option (none given), so nothing was run."),  # (a failed run)
     ("norm=null", "norm has no option null, so nothing was run."),  # (Hydra's traceback)
-    ("seed=abc", "Value 'abc' of type 'str' could not be converted to Integer"),  # the schema
+    ("seed=abc", "seed=abc: seed takes an integer, not 'abc', so nothing was run. Type e.g. "
+     "seed=0; several are a sweep: -m seed=0,1 or -m 'seed=range(0,3)'."),  # (Hydra's: its
+    ("resume=maybe", "resume takes true or false, not 'maybe'"),  # schema's class, no advice)
     ("lr=0.1", "lr: no such setting. Did you mean dataset.lr"),  # not Hydra's `+lr=0.1`
     ("seeds=3", "Type e.g. seed=3."),
     ("momentum=0.9", "Type e.g. optim.optimizer.momentum=0.9."),
