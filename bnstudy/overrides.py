@@ -1,7 +1,8 @@
 """The command line's overrides: the config they compose (`compose`, what
 `python -m bnstudy.train <overrides>` runs), and the mistakes found before Hydra composes them
-(a key no config has, a group option no file is, a value its type refuses, a sweeper against the
-experiment's), each one paragraph. Free of Lightning, as `config`."""
+(a key no config has, a group option no file is, a value its type refuses, a setting some options
+of a swept group lack, a sweeper against the experiment's), each one paragraph. Free of
+Lightning, as `config`."""
 
 from __future__ import annotations
 
@@ -143,6 +144,41 @@ def unknown_option(args: list[str]) -> str | None:
                         + f"Its options: {', '.join(options)}"
                         + (f" (several: '{group}=[a,b]')." if value.startswith("[") else "."))
     return None
+
+
+def lacking_option(args: list[str]) -> str | None:
+    """One paragraph for a setting of a swept group that some of its options lack
+    (`-m optim=sgd,adam optim.optimizer.momentum=0.9`: Adam has no momentum; Hydra's hint,
+    `+key`, would hand Adam an argument it refuses); None if every option has each."""
+    swept = {group: value.split(",") for group, _, value in (a.partition("=") for a in args)
+             if "," in value and "(" not in value and not value.startswith("[")
+             and (CONFIG_DIR / group).is_dir()}  # (not a list's `logger=[csv,mlflow]`)
+    for arg in args:
+        key = arg.partition("=")[0]
+        group = key.split(".")[0]
+        if arg.startswith(("-", "+", "~")) or "=" not in arg or "." not in key or \
+                group not in swept:
+            continue
+        configs = {o: _defaults_or_none(group, o) for o in swept[group]}
+        has = {o: _has(flat(cfg), key) for o, cfg in configs.items() if cfg is not None}
+        if (lack := [o for o, yes in has.items() if not yes]) and len(lack) < len(has):
+            take = ",".join(o for o, yes in has.items() if yes)
+            return (f"{arg}: {group}={lack[0]} has no such setting ({group}={take} has), so "
+                    f"nothing was run. Sweep the options that take it on their own: -m "
+                    f"{group}={take} {arg}, and the others without it: -m "
+                    f"{group}={','.join(lack)}.")
+    return None
+
+
+def _defaults_or_none(group: str, option: str) -> DictConfig | None:
+    try:
+        return group_defaults({group: option})
+    except (HydraException, ValueError):  # no such option: `unknown_option` says so
+        return None
+
+
+def _has(names: dict, key: str) -> bool:
+    return any(n == key or n.startswith(f"{key}.") for n in names)
 
 
 def sweeper_clash(args: list[str]) -> str | None:

@@ -346,6 +346,23 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
         "norm=bn,: norm has no option (none given)")
 
 
+def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
+    from bnstudy.overrides import lacking_option
+
+    assert lacking_option(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) == (
+        "optim.optimizer.momentum=0.9: optim=adam has no such setting (optim=sgd has), so "
+        "nothing was run. Sweep the options that take it on their own: -m optim=sgd "
+        "optim.optimizer.momentum=0.9, and the others without it: -m optim=adam.")
+    assert lacking_option(["-m", "logger=csv,mlflow", "logger.mlflow.experiment_name=x"]) \
+        .startswith("logger.mlflow.experiment_name=x: logger=csv has no such setting (")
+    for fine in (["-m", "optim=sgd,adam", "optim.optimizer.lr=0.1", "dataset.lr=0.1"],
+                 ["optim=sgd", "optim.optimizer.momentum=0.9"],  # (one option: no sweep)
+                 ["logger=[csv,mlflow]", "logger.mlflow.experiment_name=x"],  # a list
+                 ["-m", "optim=sgd,adam", "optim.optimizer.zzz=1"],  # none has it: and
+                 ["-m", "optim=sgd,adamx", "optim.optimizer.momentum=0.9"]):  # no such option:
+        assert lacking_option(fine) is None  # `unknown_override`'s, `unknown_option`'s
+
+
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
     from bnstudy.overrides import compose
 
