@@ -216,10 +216,10 @@ def wrong_type(args: list[str]) -> str | None:
     and leaves that out); None if every value converts, as Hydra would convert it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    typed = typed_settings()
+    typed, parser = typed_settings(), OverridesParser.create()
     for arg in args:
         try:
-            (override,) = OverridesParser.create().parse_overrides([arg])
+            (override,) = parser.parse_overrides([arg])
         except HydraException:  # a flag, or Hydra's own syntax error: Hydra says so
             continue
         if override.key_or_group not in typed or override.is_add() or override.is_delete() or (
