@@ -1,8 +1,8 @@
 """The command line's overrides: the config they compose (`compose`, what
 `python -m bnstudy.train <overrides>` runs), and the mistakes found before Hydra composes them
 (a key no config has, a group option no file is, a value its type refuses, a setting some options
-of a swept group lack, a sweeper against the experiment's), each one paragraph. Free of
-Lightning, as `config`."""
+of a swept group lack, a parallel launcher of no jobs, a sweeper against the experiment's), each
+one paragraph. Free of Lightning, as `config`."""
 
 from __future__ import annotations
 
@@ -179,6 +179,19 @@ def _defaults_or_none(group: str, option: str) -> DictConfig | None:
 
 def _has(names: dict, key: str) -> bool:
     return any(n == key or n.startswith(f"{key}.") for n in names)
+
+
+def no_parallel_jobs(args: list[str]) -> str | None:
+    """`hydra.launcher.n_jobs=0` (or no number): joblib's ValueError, a traceback once the
+    sweep's folder is made; None otherwise."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        number = value.lstrip("-").isdigit() and int(value)
+        if key.lstrip("+") == "hydra.launcher.n_jobs" and not number:  # (not a digit, or 0)
+            return (f"{arg}: the number of jobs the parallel launcher runs at once must be a "
+                    "whole number other than 0 (-1: as many as cores), so nothing was run. "
+                    "Type e.g. hydra.launcher.n_jobs=2.")
+    return None
 
 
 def sweeper_clash(args: list[str]) -> str | None:

@@ -15,6 +15,7 @@ from bnstudy.config import CONFIG_DIR, register
 from bnstudy.jobdir import RunExistsError, dir_override, launcher_job
 from bnstudy.overrides import (
     lacking_option,
+    no_parallel_jobs,
     sweeper_clash,
     unknown_option,
     unknown_override,
@@ -141,7 +142,7 @@ if __name__ == "__main__":
     # before Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
     if problem := unknown_override(sys.argv[1:]) or unknown_option(sys.argv[1:]) \
             or wrong_type(sys.argv[1:]) or lacking_option(sys.argv[1:]) \
-            or sweeper_clash(sys.argv[1:]):
+            or no_parallel_jobs(sys.argv[1:]) or sweeper_clash(sys.argv[1:]):
         sys.exit(problem)
     hydra_paths_printable(sys.argv)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):

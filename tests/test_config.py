@@ -363,6 +363,17 @@ def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
         assert lacking_option(fine) is None  # `unknown_override`'s, `unknown_option`'s
 
 
+def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
+    from bnstudy.overrides import no_parallel_jobs
+
+    for typed in (f"hydra.launcher.n_jobs={n}" for n in ("0", "two", "-0", "")):
+        assert no_parallel_jobs(["-m", "seed=0", typed]) == (
+            f"{typed}: the number of jobs the parallel launcher runs at once must be a whole "
+            "number other than 0 (-1: as many as cores), so nothing was run. Type e.g. "
+            "hydra.launcher.n_jobs=2.")
+    assert no_parallel_jobs(["-m", "seed=0", "hydra.launcher.n_jobs=-1", "threads=0"]) is None
+
+
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
     from bnstudy.overrides import compose
 

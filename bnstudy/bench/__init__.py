@@ -18,10 +18,11 @@ def check_overrides(overrides: list[str]) -> str | None:
                 "python -m bnstudy.bench study, or python -m bnstudy.bench dataset=cifar10.")
     from bnstudy.overrides import (  # (no Lightning)
         lacking_option,
+        no_parallel_jobs,
         unknown_option,
         unknown_override,
         wrong_type,
     )
 
     return unknown_override(overrides) or unknown_option(overrides) or wrong_type(overrides) \
-        or lacking_option(overrides)
+        or lacking_option(overrides) or no_parallel_jobs(overrides)
