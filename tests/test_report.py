@@ -265,6 +265,10 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
     with pytest.raises(SystemExit) as exit_:  # a percentage for a fraction
         main([str(tmp_path), "--target-acc", "mnist=90"])
     assert exit_.value.code == 2 and "(a fraction: 0.9 for 90 %)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # two datasets in one flag
+        main([str(tmp_path), "--target-acc", "mnist=0.9,cifar10=0.4"])
+    assert exit_.value.code == 2 and "'mnist=0.9,cifar10=0.4': one dataset a flag: --target-acc " \
+        "mnist=0.9 --target-acc cifar10=0.4" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())

@@ -18,6 +18,10 @@ DEFAULT_TARGETS = {"mnist": 0.9, "cifar10": 0.4}
 
 def parse_target(text: str) -> tuple[str, float]:
     """`0.95` (every dataset) or `mnist=0.95` → (dataset or "*", accuracy in (0, 1])."""
+    if "," in text:  # `mnist=0.9,cifar10=0.4`
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: one dataset a flag: --target-acc "
+            + " --target-acc ".join(t for t in text.split(",") if t))
     dataset, _, value = text.rpartition("=")
     try:
         acc = float(value)
