@@ -28,8 +28,13 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     config.write_text(re.sub(r"hidden_dim: \d+", "hidden_dim: 7", config.read_text()))
     assert evaluate.main([str(sweep)]) == 1
     out, err = capsys.readouterr()
-    assert f"{missing.name}: no checkpoint" in err
-    assert f"{damaged.name}/checkpoints/last.ckpt does not load (" in err
+    assert f"{missing.name}: no checkpoint ({missing}/checkpoints/last.ckpt is missing), so its " \
+        "network cannot be loaded. A run keeps checkpoints/last.ckpt unless it was trained " \
+        "without one (~callbacks.checkpoint) or the file was removed; train it again to get one " \
+        "(the same command with overwrite=true)." in " ".join(err.split())
+    assert re.search(rf"{damaged.name}/checkpoints/last.ckpt does not load \(\w+Error: [^)]+\); "
+                     r"the file is damaged\. Its previous version, if any, is "
+                     r"checkpoints/last\.ckpt\.prev\.", " ".join(err.split()))
     assert f"{misfit.name}/checkpoints/last.ckpt does not fit the network of its " \
         ".hydra/config.yaml (RuntimeError: " in err
     assert f"{held.name}: not evaluated, it is in use: its training in process " in err
