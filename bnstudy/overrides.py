@@ -40,7 +40,8 @@ def compose(overrides=()) -> DictConfig:
         said = str(err).split("\nConfig search path:")[0].rstrip().replace(  # options, no path
             "add --multirun to your command line", "compose each value (or run train -m)")
         why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
-        raise ConfigError(unknown_override(list(overrides)) or wrong_type(list(overrides))
+        typed = list(overrides)
+        raise ConfigError(unknown_override(typed) or unknown_option(typed) or wrong_type(typed)
                           or f"{said}{why}") from None
     cfg.hydra.runtime.cwd = os.getcwd()  # not where the compose it copies was made
     HydraConfig.instance().set_config(cfg)

@@ -1,0 +1,151 @@
+"""The command line's overrides (bnstudy.overrides): the config they compose, and each mistake
+found before Hydra, in one paragraph with what to type."""
+
+import pytest
+
+from bnstudy.errors import ConfigError
+
+
+def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
+    from bnstudy.overrides import unknown_override
+
+    assert unknown_override(["trainer.max_epoch=3"]).startswith(
+        "trainer.max_epoch: no such setting. Did you mean trainer.max_epochs")  # not `+key`
+    assert unknown_override(["model=cnn", "model.net.channels=[8]"]) is None  # cnn's own key
+    assert unknown_override(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) is None
+    assert unknown_override(["optim=adm", "trainer.max_epochs=3"]) is None  # Hydra names adm
+    assert unknown_override(["-m", "experiment=tuned", "hydra.sweeper.n_trial=4"]).startswith(
+        "hydra.sweeper.n_trial: no such setting. Did you mean hydra.sweeper.n_trials")
+    assert unknown_override(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=1",
+                             "hydra.sweep.dir=x", "hydra.sweeper.params.seed=0,1"]) is None
+    assert unknown_override(["-m", "experiment=tuned",  # a sampler's own keys: the README's TPE
+                             "hydra.sweeper.sampler._target_=optuna.samplers.TPESampler"]) is None
+    assert unknown_override(["-m", "hydra/launcher=slrum", "hydra.launcher.partition=x"]) is None
+    assert unknown_override(["-m", "hydra.launcher.zzz=1"]) == (  # no launcher has it
+        "hydra.launcher.zzz: no such setting. `python -m bnstudy.train --help` lists the groups "
+        "and `python -m bnstudy.train --cfg hydra` Hydra's settings.")
+    assert "It comes with logger=mlflow (several: " in unknown_override(
+        ["logger.mlflow.tags.team=x"])  # a key of a key of the option
+    for typed, launcher in ((["hydra.launcher.partition=gpu"], "slurm"),  # the launcher forgotten
+                            (["hydra.launcher.n_jobs=2"], "parallel"),
+                            (["hydra/launcher=submitit_local", "hydra.launcher.max_num_timeout=3"],
+                             "slurm")):  # a key of another launcher
+        assert f"no such setting. It comes with hydra/launcher={launcher} (to add it to " \
+            f"another: +{typed[-1]}). " in unknown_override(["-m", *typed])
+    assert "no such setting. It comes with hydra/sweeper=tuned, which experiment=tuned sets. " \
+        in unknown_override(["-m", "hydra.sweeper.n_trials=4"])  # the grid sweeper's study
+
+
+def test_a_mistyped_setting_is_named_with_the_closest_ones():
+    from bnstudy.overrides import unknown_override
+
+    tail = ("`python -m bnstudy.train --help` lists the groups and `python -m bnstudy.train "
+            "--cfg job` every setting.")
+    assert unknown_override(["seed=1", "seeds=3"]) == (
+        "seeds: no such setting. Did you mean seed or callbacks.hallucinations.seeds or "
+        f"callbacks.hallucinations.seed? Type e.g. seed=3. {tail}")  # a top-level one first
+    assert unknown_override(["model.net.hidden=3"]) == (
+        "model.net.hidden: no such setting. Did you mean model.net.hidden_dim or "
+        f"model.net.depth? Type e.g. model.net.hidden_dim=3. {tail}")
+    assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
+    assert unknown_override(["hydar=1"]) == f"hydar: no such setting. {tail}"  # not Hydra's own
+    assert unknown_override(["model._target=x"]) == f"model._target: no such setting. {tail}"  # a
+    # class's path is not a setting to suggest
+    assert unknown_override(["nrom=bn"]) == (  # a misspelt group: the group, then settings
+        "nrom: no such setting. Did you mean norm or callbacks.hallucinations.nrow or "
+        f"model.net.norm? Type e.g. norm=bn. {tail}")
+    assert unknown_override(["logger.mlflow.experiment_name=mine"]) == (  # its option not chosen
+        "logger.mlflow.experiment_name: no such setting. It comes with logger=mlflow (several: "
+        f"'logger=[...,mlflow]'). {tail}")
+    assert unknown_override(["logger=mlflow", "logger.mlflow.experiment_name=mine"]) is None
+    assert unknown_override(["trainer.max_epochs=1", "paths.data_dirr=/a=b"]) == (  # after a
+        "paths.data_dirr: no such setting. Did you mean paths.data_dir or "  # known one; an = in
+        f"dataset.datamodule.data_dir? Type e.g. paths.data_dir=/a=b. {tail}")  # the value
+    assert unknown_override(["+lr=0.1", "~x", "-m", "hydra.run.dir=x", "trainer"]) is None
+    assert unknown_override(["--config-dir=x", "~trainer.max_epoch=3"]) is None  # Hydra's own
+
+
+def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_sweeps():
+    from bnstudy.overrides import typed_settings, unknown_option, wrong_type
+
+    assert {k: v for k, v in typed_settings().items() if k in (
+        "seed", "resume", "dataset.lr", "dataset.train_size", "model.net.depth")} == {
+        "seed": ("int", False), "resume": ("bool", False), "dataset.lr": ("float", False),
+        "dataset.train_size": ("int", True), "model.net.depth": ("int", False)}
+    assert wrong_type(["-m", "seed=0..3"]) == (
+        "seed=0..3: seed takes an integer, not '0..3', so nothing was run. Type e.g. seed=0; "
+        "several are a sweep: -m seed=0,1 or -m 'seed=range(0,3)'.")
+    assert wrong_type(["-m", "dataset.lr=0.1,fast"]) == (  # a sweep's each value, Hydra's rules
+        "dataset.lr=0.1,fast: dataset.lr takes a number, not 'fast', so nothing was run. Type "
+        "e.g. dataset.lr=0.001; several are a sweep: -m dataset.lr=0.001,0.01.")
+    assert wrong_type(["model.net.hidden_dim=3.5"]).startswith(
+        "model.net.hidden_dim=3.5: model.net.hidden_dim takes an integer, not 3.5,")
+    assert "takes an integer or null, not 'x'" in wrong_type(["dataset.train_size=x"])
+    assert "seed takes an integer, not None," in wrong_type(["seed=null"])  # (not Optional)
+    assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
+    for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
+                 ["~seed", "+x=abc", "dataset.lr=interval(0.001,0.1)", "--cfg", "job"],
+                 ["optim.optimizer.lr=abc", "trainer.max_epochs=x"]):  # (not the schema's:
+        assert wrong_type(fine) is None  # validate's ranges say so)
+    assert unknown_option(["-m", "norm=bn,", "none", "optim=sgd"]) == (
+        "norm=bn, none: a space after a comma makes two words of one setting, so nothing was run. "
+        "Type the values without spaces: norm=bn,none.")
+    assert unknown_option(["norm=bn,", "optim=sgd"]).startswith(
+        "norm=bn,: norm has no option (none given)")
+
+
+def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
+    from bnstudy.overrides import lacking_option
+
+    assert lacking_option(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) == (
+        "optim.optimizer.momentum=0.9: optim=adam has no such setting (optim=sgd has), so "
+        "nothing was run. Sweep the options that take it on their own: -m optim=sgd "
+        "optim.optimizer.momentum=0.9, and the others without it: -m optim=adam.")
+    assert lacking_option(["-m", "logger=csv,mlflow", "logger.mlflow.experiment_name=x"]) \
+        .startswith("logger.mlflow.experiment_name=x: logger=csv has no such setting (")
+    for fine in (["-m", "optim=sgd,adam", "optim.optimizer.lr=0.1", "dataset.lr=0.1"],
+                 ["optim=sgd", "optim.optimizer.momentum=0.9"],  # (one option: no sweep)
+                 ["logger=[csv,mlflow]", "logger.mlflow.experiment_name=x"],  # a list
+                 ["-m", "optim=sgd,adam", "optim.optimizer.zzz=1"],  # none has it: and
+                 ["-m", "optim=sgd,adamx", "optim.optimizer.momentum=0.9"]):  # no such option:
+        assert lacking_option(fine) is None  # `unknown_override`'s, `unknown_option`'s
+
+
+def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
+    from bnstudy.overrides import no_parallel_jobs
+
+    for typed in (f"hydra.launcher.n_jobs={n}" for n in ("0", "two", "-0", "")):
+        assert no_parallel_jobs(["-m", "seed=0", typed]) == (
+            f"{typed}: the number of jobs the parallel launcher runs at once must be a whole "
+            "number other than 0 (-1: as many as cores), so nothing was run. Type e.g. "
+            "hydra.launcher.n_jobs=2.")
+    assert no_parallel_jobs(["-m", "seed=0", "hydra.launcher.n_jobs=-1", "threads=0"]) is None
+
+
+def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
+    from bnstudy.overrides import compose
+
+    first = compose(["seed=3"])
+    first.seed = 4  # a caller changing its config changes no later one
+    assert compose(["seed=3"]).seed == 3
+    monkeypatch.chdir(tmp_path)
+    assert compose(["seed=3"]).hydra.runtime.cwd == str(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lr=0.1"], "lr: no such setting. Did you mean dataset.lr or "),  # not Hydra's `+lr=0.1`
+    (["seed=abc"], "seed=abc: seed takes an integer, not 'abc', so nothing was run."),
+    (["norm=bnn"], "norm=bnn: norm has no option bnn, so nothing was run. Did you mean bn? Its "
+                   "options: bn, group, layer, none."),
+    (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'\n1. To use it as a list, use "
+                   "key=[value1,value2]\n2. To use it as string, quote the value: "
+                   "key='value1,value2'\n3. To sweep over it, compose each value (or run "
+                   "train -m)"),
+])
+def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_it(overrides,
+                                                                                  message):
+    from bnstudy.overrides import compose
+
+    with pytest.raises(ConfigError) as raised:
+        compose(overrides)
+    assert str(raised.value).startswith(message) and "search path" not in str(raised.value)
