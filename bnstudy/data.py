@@ -195,10 +195,9 @@ class TensorDataModule(L.LightningDataModule):
             self.fetch()
         except Exception as err:
             self._remove_empty_dirs(existed)
-            raise DataError(
-                f"{self.name}: files not found: {where}, and the download failed "
-                f"({type(err).__name__}: {err}). {fix}, or retry when online."
-            ) from err
+            raise DataError(f"{self.name}: files not found: {where}, and the download failed "
+                            f"({type(err).__name__}: {' '.join(str(err).split())}). {fix}, or "
+                            "retry when online.") from err
 
     def _remove_empty_dirs(self, keep: set[Path]) -> None:
         """Removes the empty folders a failed download left, deepest first (not `keep`)."""
