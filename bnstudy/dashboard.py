@@ -58,6 +58,24 @@ def comparison_layout(pairs: Iterable[str]) -> dict:
                          lambda pair, metric: [f"^{compare_tag(pair, metric)}$"])
 
 
+def comparison_summary(pairs: Iterable[str]) -> Summary:
+    """`comparison_layout` as a Custom Scalars summary, its categories closed: `BROWSE_URL`'s
+    `+mean/` filter leaves them no run (empty charts under the means); a click opens one."""
+    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    layout = layout_pb2.Layout(category=[layout_pb2.Category(
+        title=title, closed=True, chart=[layout_pb2.Chart(
+            title=chart, multiline=layout_pb2.MultilineChartContent(tag=tags))
+            for chart, (_, tags) in charts.items()])
+        for title, charts in comparison_layout(pairs).items()])
+    tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()],
+                                    tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+        tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor, metadata=summary_pb2.SummaryMetadata(
+            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME)))])
+
+
 def tb_value(value):
     """An hparam value: numbers as floats, booleans and strings as they are, else as text."""
     if isinstance(value, bool | str):

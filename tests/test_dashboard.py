@@ -47,7 +47,7 @@ def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_t
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
     from torch.utils.tensorboard import SummaryWriter
 
-    from bnstudy.dashboard import COMPARED, compare_tag, comparison_layout
+    from bnstudy.dashboard import COMPARED, compare_tag, comparison_layout, comparison_summary
 
     pairs = ["mnist-sgd", "mnist-adam", "cifar10-sgd", "fashion_mnist-sgd"]
     layout = comparison_layout(pairs)
@@ -61,11 +61,13 @@ def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_t
             assert [t for t in tags if any(re.match(r, t) for r in regexes)] == \
                 [compare_tag(pair, metric)]
     with SummaryWriter(str(tmp_path)) as writer:  # what the Custom Scalars plugin reads
-        writer.add_custom_scalars(comparison_layout(["cifar10-adam"]))
+        writer.file_writer.add_summary(comparison_summary(["cifar10-adam"]))
     tensor = EventAccumulator(str(tmp_path)).Reload().Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
     (category,) = layout_pb2.Layout.FromString(tensor.tensor_proto.string_val[0]).category
     assert category.title == "cifar10 · adam" and [list(c.multiline.tag) for c in category.chart] \
         == [[f"^compare/cifar10-adam/{m}$"] for m in ("train_loss", "val_loss", "val_acc")]
+    assert [c.title for c in category.chart] == list(comparison_layout(["cifar10-adam"])[
+        "cifar10 · adam"]) and category.closed  # closed: no run under BROWSE_URL's filter
 
 
 def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
@@ -162,7 +164,7 @@ def mean_job(sweep: Path, *args, events: bool = False, **kwargs) -> Path:
     TensorBoard events as a run writes them: the compared curves and its pair's layout."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from bnstudy.dashboard import COMPARED, compare_tag, comparison_layout, pair_name
+    from bnstudy.dashboard import COMPARED, compare_tag, comparison_summary, pair_name
 
     record = mean_record(*args, **kwargs)
     number = sum(p.name[0].isdigit() for p in sweep.iterdir()) if sweep.is_dir() else 0
@@ -171,7 +173,7 @@ def mean_job(sweep: Path, *args, events: bool = False, **kwargs) -> Path:
     if events:
         pair = pair_name(record["hparams"]["dataset"], record["hparams"]["optim"])
         with SummaryWriter(str(job)) as writer:
-            writer.add_custom_scalars(comparison_layout([pair]))
+            writer.file_writer.add_summary(comparison_summary([pair]))
             for row in record["history"]:
                 for metric in COMPARED:
                     writer.add_scalar(compare_tag(pair, metric), row[metric], row["step"] - 1)
@@ -260,6 +262,7 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
     assert [(s.value, s.lower, s.upper) for s in charts[2].margin.series] == [
         tuple(mean_tag("mnist-sgd", "val/acc", part) for part in ("mean", "lower", "upper"))]
     assert read_mean_run(tmp_path / "+mean" / "none")[1] == categories  # the same layout
+    assert not any(c.closed for c in categories)  # the first page's charts, open
 
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
