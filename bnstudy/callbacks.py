@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.tensorboard import SummaryWriter
 
+from bnstudy.config import is_multirun
 from bnstudy.dashboard import COMPARED, compare_tag, comparison_summary, pair_name
 from bnstudy.nets import first_layer
 from bnstudy.pictures.drawing import Hallucinator, Log, all_finite, draw_weights, save_weights
@@ -89,7 +90,7 @@ class ComparisonCurves(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
         if writer is not None and trainer.is_global_zero:
-            writer.file_writer.add_summary(comparison_summary([self.pair]))
+            writer.file_writer.add_summary(comparison_summary([self.pair], closed=is_multirun()))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, [m for m in COMPARED if m.startswith("train/")])

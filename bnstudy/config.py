@@ -114,6 +114,11 @@ def swept_suffix(override_dirname: str) -> str:
     return "".join(f"-{key.rsplit('.', 1)[-1]}={value}" for key, value in kept)
 
 
+def is_multirun() -> bool:
+    """Whether this process runs a job of a sweep (`-m`)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def swept_keys() -> set[str] | None:
     """The keys the running multirun varies (from Hydra's `multirun.yaml`); None elsewhere."""
     if not HydraConfig.initialized() or (hydra := HydraConfig.get()).mode != RunMode.MULTIRUN:

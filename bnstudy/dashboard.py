@@ -58,14 +58,15 @@ def comparison_layout(pairs: Iterable[str]) -> dict:
                          lambda pair, metric: [f"^{compare_tag(pair, metric)}$"])
 
 
-def comparison_summary(pairs: Iterable[str]) -> Summary:
-    """`comparison_layout` as a Custom Scalars summary, its categories closed: `BROWSE_URL`'s
-    `+mean/` filter leaves them no run (empty charts under the means); a click opens one."""
+def comparison_summary(pairs: Iterable[str], closed: bool = False) -> Summary:
+    """`comparison_layout` as a Custom Scalars summary; `closed` (a sweep's jobs): its
+    categories closed, since `BROWSE_URL`'s `+mean/` filter leaves them no run (empty charts
+    under the means) — a click opens one."""
     from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     layout = layout_pb2.Layout(category=[layout_pb2.Category(
-        title=title, closed=True, chart=[layout_pb2.Chart(
+        title=title, closed=closed, chart=[layout_pb2.Chart(
             title=chart, multiline=layout_pb2.MultilineChartContent(tag=tags))
             for chart, (_, tags) in charts.items()])
         for title, charts in comparison_layout(pairs).items()])

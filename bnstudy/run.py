@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +27,7 @@ from bnstudy.config import (
     changed_settings,
     group_defaults,
     hparams,
+    is_multirun,
     overridden_keys,
     validate,
 )
@@ -286,10 +286,6 @@ def default_config() -> DictConfig | None:
 @functools.cache
 def _defaults(choices: tuple) -> DictConfig:
     return group_defaults(dict(choices))
-
-
-def is_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def resume_command(cfg: DictConfig) -> str:

@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from bnstudy.config import CONFIG_DIR, register
+from bnstudy.config import CONFIG_DIR, is_multirun, register
 from bnstudy.jobdir import RunExistsError, dir_override, launcher_job
 from bnstudy.overrides import (
     lacking_option,
@@ -22,7 +22,7 @@ from bnstudy.overrides import (
     wrong_type,
 )
 from bnstudy.records import RunRecord, study_dir
-from bnstudy.run import RunEnded, is_multirun, train
+from bnstudy.run import RunEnded, train
 from bnstudy.sweep import note_refusal, register_launchers, stop_sweep
 from bnstudy.trackers import uses_tensorboard
 

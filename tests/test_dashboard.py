@@ -42,9 +42,17 @@ def domain(info) -> list:
             for v in info.domain_discrete.values]
 
 
-def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_tags(tmp_path):
+def experiment_layout(log_dir: Path) -> list:
+    """The Custom Scalars layout's categories written into the events of `log_dir`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+
+    tensor = EventAccumulator(str(log_dir)).Reload().Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
+    return list(layout_pb2.Layout.FromString(tensor.tensor_proto.string_val[0]).category)
+
+
+def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_tags(tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
     from torch.utils.tensorboard import SummaryWriter
 
     from bnstudy.dashboard import COMPARED, compare_tag, comparison_layout, comparison_summary
@@ -61,13 +69,14 @@ def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_t
             assert [t for t in tags if any(re.match(r, t) for r in regexes)] == \
                 [compare_tag(pair, metric)]
     with SummaryWriter(str(tmp_path)) as writer:  # what the Custom Scalars plugin reads
-        writer.file_writer.add_summary(comparison_summary(["cifar10-adam"]))
-    tensor = EventAccumulator(str(tmp_path)).Reload().Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
-    (category,) = layout_pb2.Layout.FromString(tensor.tensor_proto.string_val[0]).category
+        writer.file_writer.add_summary(comparison_summary(["cifar10-adam"], closed=True))
+    (category,) = experiment_layout(tmp_path)
     assert category.title == "cifar10 · adam" and [list(c.multiline.tag) for c in category.chart] \
         == [[f"^compare/cifar10-adam/{m}$"] for m in ("train_loss", "val_loss", "val_acc")]
     assert [c.title for c in category.chart] == list(comparison_layout(["cifar10-adam"])[
-        "cifar10 · adam"]) and category.closed  # closed: no run under BROWSE_URL's filter
+        "cifar10 · adam"]) and category.closed  # a sweep's: no run under BROWSE_URL's filter
+    assert not any(c.closed for c in layout_pb2.Layout.FromString(comparison_summary(
+        ["mnist-sgd"]).value[0].tensor.string_val[0]).category)  # a single run's: open
 
 
 def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
@@ -139,6 +148,8 @@ def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_
 
     tiny_fit(tiny_data, tmp_path, callbacks=[ComparisonCurves("mnist", "sgd")], max_epochs=3,
              check_val_every_n_epoch=2, val_check_interval=0.5)
+    (category,) = experiment_layout(tmp_path)  # a single run's: open
+    assert category.title == "mnist · sgd" and not category.closed
     for metric in COMPARED:
         ours, lightnings = scalars(tmp_path, compare_tag("mnist-sgd", metric)), \
             scalars(tmp_path, metric)
@@ -173,7 +184,7 @@ def mean_job(sweep: Path, *args, events: bool = False, **kwargs) -> Path:
     if events:
         pair = pair_name(record["hparams"]["dataset"], record["hparams"]["optim"])
         with SummaryWriter(str(job)) as writer:
-            writer.file_writer.add_summary(comparison_summary([pair]))
+            writer.file_writer.add_summary(comparison_summary([pair], closed=True))
             for row in record["history"]:
                 for metric in COMPARED:
                     writer.add_scalar(compare_tag(pair, metric), row[metric], row["step"] - 1)
@@ -497,7 +508,9 @@ def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(tiny_sweep, ten
     tags = get_json(f"{tensorboard}/data/plugin/scalars/tags")
     categories = {c["title"]: c["chart"] for c in layout["category"]}
     means = [title for title in categories if "mean ± std" in title]
-    assert list(categories)[:len(means)] == means  # the mean over seeds first
+    assert list(categories)[:len(means)] == means  # the mean over seeds first, open; the runs'
+    assert [bool(c.get("closed")) for c in layout["category"]] == [  # closed (the Browse
+        title not in means for title in categories]  # link's filter leaves them no run)
     categories = {title: charts for title, charts in categories.items() if title not in means}
     assert sorted(categories) == sorted(f"{d} · {o}" for d, o in PAIRS)
     for title, charts in categories.items():
