@@ -67,7 +67,7 @@ def unknown_override(args: list[str]) -> str | None:
                 [a for a in args if a.startswith(("experiment=", "hydra/"))])):  # and launcher's
             return None  # an option that does not exist: Hydra says so
         candidates = names if ours else hydra_names
-        if candidates and any(n == key or n.startswith(f"{key}.") for n in candidates):
+        if candidates and _has(candidates, key):
             continue
         pool = candidates or _setting_names(chosen)
         if ours and "." not in key:  # a misspelt group (`nrom=bn`) too
@@ -132,10 +132,11 @@ def unknown_option(args: list[str]) -> str | None:
         if equals and group.isidentifier() and group != "hydra" and "(" not in value and (
                 CONFIG_DIR / group).is_dir():
             options = sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
-            after = args[at + 1] if at + 1 < len(args) else "="
-            if value.endswith(",") and "=" not in after:  # `norm=bn, none`: two words
-                return (f"{arg} {after}: a space after a comma makes two words of one setting, "
-                        f"so nothing was run. Type the values without spaces: {arg}{after}.")
+            after = args[at + 1:at + 2]  # `norm=bn, none`: the shell's two words
+            if value.endswith(",") and after and "=" not in after[0]:
+                return (f"{arg} {after[0]}: a space after a comma makes two words of one "
+                        f"setting, so nothing was run. Type the values without spaces: "
+                        f"{arg}{after[0]}.")
             if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
                            if o not in options]:  # (not a sweep's `choice(...)`; `[]`: "")
                 near = difflib.get_close_matches(missing[0], options, 1)
@@ -178,7 +179,8 @@ def _defaults_or_none(group: str, option: str) -> DictConfig | None:
         return None
 
 
-def _has(names: dict, key: str) -> bool:
+def _has(names, key: str) -> bool:
+    """Whether `key` is one of the dotted `names` or a node above some."""
     return any(n == key or n.startswith(f"{key}.") for n in names)
 
 
@@ -187,8 +189,8 @@ def no_parallel_jobs(args: list[str]) -> str | None:
     sweep's folder is made; None otherwise."""
     for arg in args:
         key, _, value = arg.partition("=")
-        number = value.lstrip("-").isdigit() and int(value)
-        if key.lstrip("+") == "hydra.launcher.n_jobs" and not number:  # (not a digit, or 0)
+        if key.lstrip("+") == "hydra.launcher.n_jobs" and not (  # not a whole number, or 0
+                value.lstrip("-").isdigit() and int(value)):
             return (f"{arg}: the number of jobs the parallel launcher runs at once must be a "
                     "whole number other than 0 (-1: as many as cores), so nothing was run. "
                     "Type e.g. hydra.launcher.n_jobs=2.")
@@ -263,3 +265,9 @@ def _typed_example(key: str, kind: str) -> str:
         several += f" or -m 'seed=range({default},{default + 3})'"
     return f"Type e.g. {key}={default}; several are a sweep: -m {several}."
 
+
+def first_mistake(args: list[str]) -> str | None:
+    """The first mistake of those above that a command line's overrides hold, as its
+    paragraph (the entry point adds `sweeper_clash`); None if there is none."""
+    return unknown_override(args) or unknown_option(args) or wrong_type(args) \
+        or lacking_option(args) or no_parallel_jobs(args)

@@ -16,13 +16,6 @@ def check_overrides(overrides: list[str]) -> str | None:
     if word := next((o for o in overrides if "=" not in o and not o.startswith("~")), None):
         return (f"{word!r} is no benchmark (study, profile) and no override KEY=VALUE, e.g. "
                 "python -m bnstudy.bench study, or python -m bnstudy.bench dataset=cifar10.")
-    from bnstudy.overrides import (  # (no Lightning)
-        lacking_option,
-        no_parallel_jobs,
-        unknown_option,
-        unknown_override,
-        wrong_type,
-    )
+    from bnstudy.overrides import first_mistake  # (no Lightning)
 
-    return unknown_override(overrides) or unknown_option(overrides) or wrong_type(overrides) \
-        or lacking_option(overrides) or no_parallel_jobs(overrides)
+    return first_mistake(overrides)
