@@ -121,8 +121,9 @@ def is_multirun() -> bool:
 
 def swept_keys() -> set[str] | None:
     """The keys the running multirun varies (from Hydra's `multirun.yaml`); None elsewhere."""
-    if not HydraConfig.initialized() or (hydra := HydraConfig.get()).mode != RunMode.MULTIRUN:
+    if not is_multirun():
         return None
+    hydra = HydraConfig.get()
     saved = Path(hydra.runtime.cwd) / hydra.sweep.dir / "multirun.yaml"
     return set(_sweep_keys_of(str(saved), saved.stat().st_mtime_ns)) if saved.is_file() else None
 

@@ -62,19 +62,16 @@ def comparison_summary(pairs: Iterable[str], closed: bool = False) -> Summary:
     """`comparison_layout` as a Custom Scalars summary; `closed` (a sweep's jobs): its
     categories closed, since `BROWSE_URL`'s `+mean/` filter leaves them no run (empty charts
     under the means) — a click opens one."""
-    from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2
-    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from torch.utils.tensorboard.summary import custom_scalars
 
-    layout = layout_pb2.Layout(category=[layout_pb2.Category(
-        title=title, closed=closed, chart=[layout_pb2.Chart(
-            title=chart, multiline=layout_pb2.MultilineChartContent(tag=tags))
-            for chart, (_, tags) in charts.items()])
-        for title, charts in comparison_layout(pairs).items()])
-    tensor = tensor_pb2.TensorProto(dtype="DT_STRING", string_val=[layout.SerializeToString()],
-                                    tensor_shape=tensor_shape_pb2.TensorShapeProto())
-    return summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-        tag=metadata.CONFIG_SUMMARY_TAG, tensor=tensor, metadata=summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME)))])
+    summary = custom_scalars(comparison_layout(pairs))  # (its dict form has no `closed`)
+    tensor = summary.value[0].tensor
+    layout = layout_pb2.Layout.FromString(tensor.string_val[0])
+    for category in layout.category:
+        category.closed = closed
+    tensor.string_val[0] = layout.SerializeToString()
+    return summary
 
 
 def tb_value(value):
