@@ -42,15 +42,6 @@ def domain(info) -> list:
             for v in info.domain_discrete.values]
 
 
-def experiment_layout(log_dir: Path) -> list:
-    """The Custom Scalars layout's categories written into the events of `log_dir`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-
-    tensor = EventAccumulator(str(log_dir)).Reload().Tensors(metadata.CONFIG_SUMMARY_TAG)[0]
-    return list(layout_pb2.Layout.FromString(tensor.tensor_proto.string_val[0]).category)
-
-
 def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_tags(tmp_path):
     from tensorboard.plugins.custom_scalar import layout_pb2
     from torch.utils.tensorboard import SummaryWriter
@@ -70,7 +61,7 @@ def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_t
                 [compare_tag(pair, metric)]
     with SummaryWriter(str(tmp_path)) as writer:  # what the Custom Scalars plugin reads
         writer.file_writer.add_summary(comparison_summary(["cifar10-adam"], closed=True))
-    (category,) = experiment_layout(tmp_path)
+    (category,) = read_run(tmp_path)[1]
     assert category.title == "cifar10 · adam" and [list(c.multiline.tag) for c in category.chart] \
         == [[f"^compare/cifar10-adam/{m}$"] for m in ("train_loss", "val_loss", "val_acc")]
     assert [c.title for c in category.chart] == list(comparison_layout(["cifar10-adam"])[
@@ -148,7 +139,7 @@ def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_
 
     tiny_fit(tiny_data, tmp_path, callbacks=[ComparisonCurves("mnist", "sgd")], max_epochs=3,
              check_val_every_n_epoch=2, val_check_interval=0.5)
-    (category,) = experiment_layout(tmp_path)  # a single run's: open
+    (category,) = read_run(tmp_path)[1]  # a single run's: open
     assert category.title == "mnist · sgd" and not category.closed
     for metric in COMPARED:
         ours, lightnings = scalars(tmp_path, compare_tag("mnist-sgd", metric)), \
@@ -227,9 +218,10 @@ def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
     assert curves["bn-lr=0.1"]["mnist-sgd"]["val/acc"] == [(9, 0.2, 0.0, 1), (19, 0.3, 0.0, 1)]
 
 
-def read_mean_run(run: Path) -> tuple[dict, list]:
-    """What TensorBoard's Python loader (the server's `--load_fast=false`) reads of a `+mean`
-    run: its scalars by tag as (step, value) and its Custom Scalars layout's categories."""
+def read_run(run: Path) -> tuple[dict, list]:
+    """What TensorBoard's Python loader (the server's `--load_fast=false`) reads of a run (a
+    `+mean` one, a fit's): its scalars by tag as (step, value) and its Custom Scalars layout's
+    categories."""
     from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
     from tensorboard.util.tensor_util import make_ndarray
@@ -258,7 +250,7 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
     assert not (tmp_path / "multirun.yaml").exists()  # no sweep start known: dated now
     assert sorted(p.name for p in run.iterdir()) == [  # a new file each time, none half-written
         "events.out.tfevents.0000000001.mean", "events.out.tfevents.0000000002.mean"]
-    scalars, categories = read_mean_run(run)
+    scalars, categories = read_run(run)
     mean, std = np.mean([[0.5, 0.7], [0.6, 0.9]], 0), np.std([[0.5, 0.7], [0.6, 0.9]], 0, ddof=1)
     for part, values in (("mean", mean), ("lower", mean - std), ("upper", mean + std)):
         got = scalars[mean_tag("mnist-sgd", "val/acc", part)]  # the second refresh's points only
@@ -272,7 +264,7 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
                                          "mnist · sgd · val/acc"]
     assert [(s.value, s.lower, s.upper) for s in charts[2].margin.series] == [
         tuple(mean_tag("mnist-sgd", "val/acc", part) for part in ("mean", "lower", "upper"))]
-    assert read_mean_run(tmp_path / "+mean" / "none")[1] == categories  # the same layout
+    assert read_run(tmp_path / "+mean" / "none")[1] == categories  # the same layout
     assert not any(c.closed for c in categories)  # the first page's charts, open
 
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -300,7 +292,7 @@ def test_a_tuned_sweeps_mean_runs_are_each_norms_kept_reruns(tmp_path):
     kept = [[jobs[norm, lr, s].name for s in (0, 1)] for norm, lr in (("bn", 0.1), ("none", 0.05))]
     tuning.write_text(json.dumps({"cells": [{"final_jobs": k} for k in kept]}))
     assert refresh_mean_runs(tmp_path) == ["+mean/bn", "+mean/none"]
-    scalars, _ = read_mean_run(tmp_path / "+mean" / "bn")
+    scalars, _ = read_run(tmp_path / "+mean" / "bn")
     assert np.allclose([v for _, v in scalars[mean_tag("mnist-sgd", "val/acc", "mean")]],
                        [0.8, 0.85])  # lr=0.1's seeds alone
 
