@@ -352,3 +352,19 @@ def checkpoint_hits(job: Path, data_dir: Path) -> np.ndarray:
     data.setup("test")
     with torch.no_grad():
         return (model.eval()(data.test_set.x).argmax(-1) == data.test_set.y).numpy()
+
+
+def read_run(run: Path) -> tuple[dict, list]:
+    """What TensorBoard's Python loader (the server's `--load_fast=false`) reads of a run (a
+    `+mean` one, a fit's): its scalars by tag as (step, value) and its Custom Scalars layout's
+    categories."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
+    from tensorboard.util.tensor_util import make_ndarray
+
+    events = EventAccumulator(str(run), tensor_size_guidance={"": 0}).Reload()
+    tags = events.Tags()["tensors"]
+    scalars = {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+               for tag in tags if tag != metadata.CONFIG_SUMMARY_TAG}
+    (config,) = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
+    return scalars, layout_pb2.Layout.FromString(config.tensor_proto.string_val[0]).category

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, scalars, tiny_fit
+from helpers import REPO, read_run, scalars, tiny_fit
 
 # -- fast: the dashboard's pieces ----------------------------------------------------------
 
@@ -216,22 +216,6 @@ def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
         (9, pytest.approx(0.325), pytest.approx(np.std([0.3, 0.35], ddof=1)), 2),
         (19, 0.4, 0.0, 1)]  # at each epoch the runs that reached it; one run: no spread
     assert curves["bn-lr=0.1"]["mnist-sgd"]["val/acc"] == [(9, 0.2, 0.0, 1), (19, 0.3, 0.0, 1)]
-
-
-def read_run(run: Path) -> tuple[dict, list]:
-    """What TensorBoard's Python loader (the server's `--load_fast=false`) reads of a run (a
-    `+mean` one, a fit's): its scalars by tag as (step, value) and its Custom Scalars layout's
-    categories."""
-    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
-    from tensorboard.plugins.custom_scalar import layout_pb2, metadata
-    from tensorboard.util.tensor_util import make_ndarray
-
-    events = EventAccumulator(str(run), tensor_size_guidance={"": 0}).Reload()
-    tags = events.Tags()["tensors"]
-    scalars = {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-               for tag in tags if tag != metadata.CONFIG_SUMMARY_TAG}
-    (config,) = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
-    return scalars, layout_pb2.Layout.FromString(config.tensor_proto.string_val[0]).category
 
 
 def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path):

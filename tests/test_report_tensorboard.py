@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_job
+from helpers import read_run, write_job
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_dashboard import read_mean_run
 
 from bnstudy.report.cli import main
 
@@ -28,7 +27,7 @@ def test_margin_charts_images_and_text_of_a_reports_events(tmp_path):
     for norm in ("bn", "none"):
         seeds = np.array([ACCS[norm, 0], ACCS[norm, 1]])
         mean, std = seeds.mean(0), seeds.std(0, ddof=1)
-        scalars, layout = read_mean_run(tmp_path / "report" / "+mean" / norm)
+        scalars, layout = read_run(tmp_path / "report" / "+mean" / norm)
         for part, expected in (("mean", mean), ("lower", mean - std), ("upper", mean + std)):
             got = scalars[f"seeds/mnist-sgd/val_acc/{part}"]
             assert [s for s, _ in got] == [9, 19]  # each epoch's last step
