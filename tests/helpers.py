@@ -252,11 +252,38 @@ def scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def csv_rows(path: Path) -> list[dict]:
-    """A CSV logger's `metrics.csv`, a dict per row."""
+    """A CSV file (a CSV logger's `metrics.csv`, a report's tables), a dict per row."""
     import csv
 
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def decoded(png: bytes | Path) -> np.ndarray:
+    """A PNG's pixels, (H, W, C) uint8, from its bytes or its file."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png) if isinstance(png, bytes) else png) as image:
+        return np.asarray(image)
+
+
+def assert_images_are_the_png_files(out: Path) -> set[str]:
+    """Every image TensorBoard reads from report folder `out` is exactly one figure's file:
+    tag `<kind>/<rest>` is `<kind>_<rest>.png`, each once, pixel for pixel (channels too);
+    every figure file has its image. Returns the tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
+    files = {tag: out / f"{tag.replace('/', '_', 1)}.png" for tag in found.Tags()["images"]}
+    assert {f.name for f in files.values()} == {p.name for p in out.glob("*.png")}
+    for tag, file in files.items():
+        (event,) = found.Images(tag)
+        logged, saved = decoded(event.encoded_image_string), decoded(file)
+        assert (event.height, event.width) == saved.shape[:2], tag
+        assert logged.shape == saved.shape and np.array_equal(logged, saved), tag
+    return set(files)
 
 
 def scalar_tags(log_dir: Path) -> set[str]:

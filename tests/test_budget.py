@@ -9,8 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import scalar_tags, scalars, write_job
-from test_report import read_csv
+from helpers import csv_rows, scalar_tags, scalars, write_job
 
 from bnstudy.records import TUNING_FILE
 from bnstudy.report.budget import BUDGET_FILE, budgets, expected_best, words
@@ -132,7 +131,7 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     write_tuned_sweep(tmp_path, crossover() + crossover(0.6, optim="adam"))
     assert report([str(tmp_path)]) == 0
     out = tmp_path / "report"
-    rows = read_csv(out / BUDGET_FILE)
+    rows = csv_rows(out / BUDGET_FILE)
     assert list(rows[0]) == [
         "dataset", "optim", "treatment", "baseline", "budget", "k", "seconds", "treatment_k",
         "baseline_k", "treatment_seconds", "baseline_seconds", "treatment_best",
@@ -145,7 +144,7 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert {r["k"] for r in rows if r["budget"] == "seconds"} == {""}
     for name in ("budget_mnist-sgd-bn-none", "budget_mnist-adam-bn-none"):
         assert (out / f"{name}.png").is_file()
-    c7 = {r["part"]: r for r in read_csv(out / "claims.csv") if r["claim"] == "C7"}
+    c7 = {r["part"]: r for r in csv_rows(out / "claims.csv") if r["claim"] == "C7"}
     assert {p: r["verdict"] for p, r in c7.items()} == {
         " (MNIST, SGD, k=1)": "holds", " (MNIST, SGD, k=2)": "holds",
         " (MNIST, Adam, k=1)": "does not hold", " (MNIST, Adam, k=2)": "does not hold"}

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import read_record, write_job
+from helpers import csv_rows, read_record, write_job
 from scipy import stats as sps
-from test_report import read_csv
 
 from bnstudy.records import TUNING_FILE
 from bnstudy.report import claims as C
@@ -121,13 +120,13 @@ def test_c6_compares_each_norms_tuned_reruns_on_the_test_split(tmp_path, bn, non
                                                                figures_not_rendered):
     write_tuned(tmp_path, bn, none)
     assert main([str(tmp_path)]) == 0
-    (row,) = [r for r in read_csv(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
+    (row,) = [r for r in csv_rows(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
     assert row["verdict"] == verdict
     # test accuracy is val − 0.01 in write_job: the estimate is of the test split's numbers
     assert float(row["estimate"]) == pytest.approx(sum(bn) / 3 - sum(none) / 3, abs=1e-6)
     text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| mnist | sgd | BN | 4 | lr=0.1 |" in text
-    (row,) = read_csv(tmp_path / "report" / "verdicts.csv")  # as C6's: not on the val accs
+    (row,) = csv_rows(tmp_path / "report" / "verdicts.csv")  # as C6's: not on the val accs
     assert (row["quantity"], row["test"], row["verdict"]) == ("test_acc", "Welch", {
         "holds": "wins", "does not hold": "loses"}.get(verdict, "cannot tell"))
     assert float(row["treatment_mean"]) == pytest.approx(sum(bn) / 3, abs=1e-6)
@@ -144,8 +143,8 @@ def test_a_tuned_studys_verdicts_csv_tests_as_c6_does_with_the_test_images(
         acc = json.loads(record.read_text())["test"]["acc"]
         np.save(record.parent / "test_correct.npy", rng.random(400) < acc)
     assert main([str(tmp_path)]) == 0
-    (c6,) = [r for r in read_csv(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
-    (row,) = read_csv(tmp_path / "report" / "verdicts.csv")
+    (c6,) = [r for r in csv_rows(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
+    (row,) = csv_rows(tmp_path / "report" / "verdicts.csv")
     assert row["test"] == c6["test"] == "Welch + test images"
     for column in ("estimate", "ci_low", "ci_high", "p_value"):
         assert float(row[{"estimate": "diff", "ci_low": "diff_ci_low",
@@ -325,7 +324,7 @@ def test_the_answer_opens_the_report_and_a_claim_declared_in_a_test_is_in_claims
     assert "| MNIST | SGD | 3, 3 | BN wins, +13.00 pts (" in three
     assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
     assert DECIDE in one and DECIDE not in three
-    rows = {r["claim"] + r["part"]: r for r in read_csv(tmp_path / "three/report/claims.csv")}
+    rows = {r["claim"] + r["part"]: r for r in csv_rows(tmp_path / "three/report/claims.csv")}
     assert rows["C9"]["verdict"] == "holds" and rows["C9"]["claim_verdict"] == "holds"
     assert float(rows["C9"]["estimate"]) == pytest.approx(0.93 - 0.80, abs=1e-6)
     assert float(rows["C9"]["detectable_80"]) > 0 and rows["C9"]["seeds_needed"]
@@ -484,7 +483,7 @@ def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path, figures
     assert "| C1a | MNIST, SGD: BN starts at a lower loss | first-epoch val loss, BN − no BN " \
            f"| BN {np.mean(c1a.groups[0]):.3f} ± {np.std(c1a.groups[0], ddof=1):.3f} (3); " in text
     assert f"| {c1a.test.estimate:+.3f} (95% CI {c1a.test.ci_low:+.3f} to " in text
-    rows = read_csv(sweep_dir / "report" / "claims.csv")
+    rows = csv_rows(sweep_dir / "report" / "claims.csv")
     assert [r["claim"] + r["part"] for r in rows] == list(PARTS)
     for row in rows:
         part = parts[row["claim"] + row["part"]]

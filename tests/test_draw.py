@@ -4,7 +4,6 @@ report reading the new ones."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_module
+from helpers import csv_rows, run_module
 from omegaconf import OmegaConf
 
 from bnstudy import draw
@@ -138,8 +137,7 @@ def test_the_report_reads_the_redrawn_pictures(sweep, tmp_path):
     for job in (p.parent for p in sweep.glob("*/metrics.json")):
         assert [p.name for p in (job / "images").iterdir() if p.is_dir()] == []  # replaced
     pictures_section(load_runs(sweep), tmp_path)  # the report's `## Pictures`, pictures.csv
-    with open(tmp_path / "pictures.csv") as f:
-        rows = {row["job"]: row for row in csv.DictReader(f)}
+    rows = {row["job"]: row for row in csv_rows(tmp_path / "pictures.csv")}
     assert len(rows) == 8
     for job, row in rows.items():
         saved = final_pictures(sweep / job)[0]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from helpers import write_job
-from test_report import read_csv
+from helpers import csv_rows, write_job
 
 from bnstudy.pictures import measures as P
 from bnstudy.pictures.table import Reference, load_picture_runs
@@ -73,7 +72,7 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     out = picture_sweep / "report"
     out.mkdir()
     section, figures, _ = pictures_section(load_runs(picture_sweep), out)  # trains the judge
-    rows = read_csv(out / "pictures.csv")
+    rows = csv_rows(out / "pictures.csv")
     assert len(rows) == 12 and list(rows[0])[:5] == ["dataset", "optim", "norm", "seed", "job"]
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
     assert (out / "referee_mnist.pt").is_file()  # the judge, cached for the next report
@@ -120,7 +119,7 @@ def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
     assert "_the mnist data could not be loaded from " in section
     assert "no independent judge and no principal components" in section
-    rows = read_csv(sweep / "report" / "pictures.csv")
+    rows = csv_rows(sweep / "report" / "pictures.csv")
     assert len(rows) == 4
     assert all(r["referee_acc"] == "" and r["pc_alignment"] == "" for r in rows)
     assert all(r["nearest_mean_acc"] == "1.0" and r["change_share"] != "" for r in rows)

@@ -4,7 +4,6 @@ session's real sweep (`tiny_sweep`) for what only real runs hold (slow)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import runpy
@@ -14,11 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_classifier, read_record, tiny_fit, write_job
+from helpers import (
+    assert_images_are_the_png_files,
+    csv_rows,
+    make_classifier,
+    read_record,
+    tiny_fit,
+    write_job,
+)
 from matplotlib.colors import same_color
 from PIL import Image
 from scipy import stats as sps
-from test_report_tensorboard import assert_images_are_the_png_files
 
 from bnstudy.report.cli import main
 from bnstudy.report.figures import PROBE_FIGURES, curves_figure, norm_color
@@ -36,11 +41,6 @@ from bnstudy.report.runs import (
 )
 from bnstudy.report.sections import comparison
 from bnstudy.report.stats import contrast, power_of, verdicts
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def records(sweep_dir: Path, norm: str) -> list[dict]:
@@ -113,7 +113,7 @@ def hand_made(tmp_path_factory) -> Path:
 
 
 def test_summary_csv_is_recomputed_from_the_records_and_counts_the_rest(hand_made):
-    rows = {r["norm"]: r for r in read_csv(hand_made / "report" / "summary.csv")}
+    rows = {r["norm"]: r for r in csv_rows(hand_made / "report" / "summary.csv")}
     for norm, row in rows.items():
         check_summary(row, records(hand_made, norm), HAND_TARGET)
     assert cell(rows["none"], "epochs_to_target_mean") == 2.5  # seed 1 never reaches 0.85
@@ -288,7 +288,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
                 write_job(tmp_path, [0.5, acc + lr / 10], norm=norm, seed=seed, lr=lr)
     write_job(tmp_path, [0.5, 0.1], "diverged", norm="bn", seed=3, lr=0.1)  # not pooled
     assert main([str(tmp_path)]) == 0
-    rows = read_csv(tmp_path / "report" / "verdicts.csv")
+    rows = csv_rows(tmp_path / "report" / "verdicts.csv")
     assert list(rows[0]) == [
         "dataset", "optim", "lr", "treatment", "baseline", "quantity", "n_treatment", "n_baseline",
         "treatment_mean", "baseline_mean", "diff", "test", "n_paired", "p_value", "p_holm",
@@ -335,7 +335,7 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
     assert compared(runs) == [("bn", "none"), ("layer", "none")]
     assert main([str(tmp_path), "--compare", "bn:none", "--compare", "layer:none",
                  "--compare", "bn:layer"]) == 0
-    rows = read_csv(tmp_path / "report" / "verdicts.csv")
+    rows = csv_rows(tmp_path / "report" / "verdicts.csv")
     assert [(r["treatment"], r["baseline"], r["verdict"]) for r in rows] == [
         ("bn", "none", "wins"), ("layer", "none", "wins"), ("bn", "layer", "wins")]
     for row in rows:
@@ -351,7 +351,7 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
     assert text.startswith("# BatchNorm vs LayerNorm vs No BatchNorm — report of ")
     assert "## The answer Each norm against its baseline: treatment − baseline in validation " \
         "accuracy" in text and "Is BatchNorm worth it?" not in text
-    assert main([str(tmp_path)]) == 0 and len(read_csv(tmp_path / "report" / "verdicts.csv")) == 2
+    assert main([str(tmp_path)]) == 0 and len(csv_rows(tmp_path / "report" / "verdicts.csv")) == 2
     shutil.rmtree(tmp_path / "report")
     capsys.readouterr()
     assert main([str(tmp_path), "--target-acc", "mnst=0.9"]) == 2  # a dataset misspelt
@@ -399,7 +399,7 @@ def built(tiny_sweep, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_a_real_sweeps_report_holds_its_records_numbers_figures_and_left_out_jobs(built):
     out = built / "report"
-    rows = read_csv(out / "summary.csv")
+    rows = csv_rows(out / "summary.csv")
     assert "seed" not in rows[0] and len(rows) == 7  # the deleted job's group: none
     for row in rows:
         recs = [r for r in records(built, row["norm"])
@@ -568,7 +568,7 @@ def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, capsys):
     assert "MNIST, SGD, channels=[8] (2 vs 2 seeds): " in answer
     assert "MNIST, SGD, channels=[8,8] (2 vs 2 seeds): " in answer
     assert main([str(tmp_path)]) == 0
-    rows = list(csv.DictReader((tmp_path / "report" / "verdicts.csv").open()))
+    rows = csv_rows(tmp_path / "report" / "verdicts.csv")
     assert [row["channels"] for row in rows] == ["[8]", "[8,8]"]
 
 

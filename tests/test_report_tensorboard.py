@@ -2,13 +2,10 @@
 runs), the report text with its figures named, not embedded, and each figure as the very
 pixels of its PNG file."""
 
-import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import read_run, write_job
-from PIL import Image
+from helpers import assert_images_are_the_png_files, read_run, write_job
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnstudy.report.cli import main
@@ -39,24 +36,3 @@ def test_margin_charts_images_and_text_of_a_reports_events(tmp_path):
     shown = text.tensor_proto.string_val[0].decode()
     assert "![" not in shown and "## Summary" in shown
     assert "*(figure `curves_mnist_sgd`: see the Images tab)*" in shown
-
-
-def decoded(png: bytes | Path) -> np.ndarray:
-    """A PNG's pixels, (H, W, C) uint8, from its bytes or its file."""
-    with Image.open(io.BytesIO(png) if isinstance(png, bytes) else png) as image:
-        return np.asarray(image)
-
-
-def assert_images_are_the_png_files(out: Path) -> set[str]:
-    """Every image TensorBoard reads from report folder `out` is exactly one figure's file:
-    tag `<kind>/<rest>` is `<kind>_<rest>.png`, each once, pixel for pixel (channels too);
-    every figure file has its image. Returns the tags."""
-    events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
-    files = {tag: out / f"{tag.replace('/', '_', 1)}.png" for tag in events.Tags()["images"]}
-    assert {f.name for f in files.values()} == {p.name for p in out.glob("*.png")}
-    for tag, file in files.items():
-        (event,) = events.Images(tag)
-        logged, saved = decoded(event.encoded_image_string), decoded(file)
-        assert (event.height, event.width) == saved.shape[:2], tag
-        assert logged.shape == saved.shape and np.array_equal(logged, saved), tag
-    return set(files)

@@ -11,11 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FAST, compose_config, run_train, sweep_jobs, write_job
+from helpers import (
+    FAST,
+    assert_images_are_the_png_files,
+    compose_config,
+    csv_rows,
+    run_train,
+    sweep_jobs,
+    write_job,
+)
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
-from test_report import read_csv
-from test_report_tensorboard import assert_images_are_the_png_files
 
 from bnstudy.report.cli import main
 from bnstudy.report.figures import regime_figure, robustness_figure
@@ -339,7 +345,7 @@ def test_regime_verdicts_and_figure_from_a_real_lr_sweep(lr_sweep, lr_report):
             key = (record["hparams"]["norm"], record["hparams"]["lr"])
             finals.setdefault(key, []).append(record["history"][-1]["val/acc"])
     out = lr_report
-    rows = read_csv(out / "verdicts.csv")
+    rows = csv_rows(out / "verdicts.csv")
     assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
         ("mnist", "sgd", lr) for lr in TINY_LRS]
     for row in rows[:2]:  # at 1e9 no BN diverged: no test

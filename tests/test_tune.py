@@ -5,7 +5,6 @@ them."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import re
@@ -13,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import compose_config, run_sweep, run_train, write_job
+from helpers import compose_config, csv_rows, run_sweep, run_train, write_job
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -174,19 +173,17 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
     started = re.findall(r"training \d+ epochs? into \S+/search/(\S+?)/(\d+)_", proc.stderr)
     assert [int(number) for _, number in started] == [0, 0, 1, 1, 2, 2], started
     assert report([str(tmp_path)]) == 0
-    with open(tmp_path / "report" / "claims.csv") as f:
-        (c6,) = [r for r in csv.DictReader(f) if r["claim"] == "C6"]
+    claims = csv_rows(tmp_path / "report" / "claims.csv")
+    (c6,) = [r for r in claims if r["claim"] == "C6"]
     assert c6["verdict"] in ("holds", "does not hold", "cannot tell")
     text = " ".join((tmp_path / "report" / "report.md").read_text().split())
     assert "| mnist | sgd | BN | 3 |" in text
     # the budget curve of the searches (C7): its figure, budget.csv and the claim's parts
     assert (tmp_path / "report" / "budget_mnist-sgd-bn-none.png").is_file()
     assert "![expected best against the budget](budget_mnist-sgd-bn-none.png)" in text
-    with open(tmp_path / "report" / "budget.csv") as f:
-        trials = [r for r in csv.DictReader(f) if r["budget"] == "trials"]
+    trials = [r for r in csv_rows(tmp_path / "report" / "budget.csv") if r["budget"] == "trials"]
     assert [r["k"] for r in trials] == ["1", "2", "3"]
-    with open(tmp_path / "report" / "claims.csv") as f:
-        assert sum(r["claim"] == "C7" for r in csv.DictReader(f)) == 2  # k = 1, 2
+    assert sum(r["claim"] == "C7" for r in claims) == 2  # k = 1, 2
 
 
 @pytest.mark.slow
