@@ -303,7 +303,7 @@ def test_sweep_panels_keep_the_sweeps_dataset_order_and_a_value_5_points_below_i
     assert S.usable_values(by_norm) == (0.90, {"bn": [0.1, 1.0]})
 
 
-def test_power_keeps_its_side_where_scipy_gives_up_on_the_other_and_is_1_far_out():
+def test_power_keeps_its_side_where_scipy_gives_up_on_the_other_and_is_all_or_none_far_out():
     """scipy's nct.cdf(-crit) is NaN at some ncp where it is ~1e-16 (here 2 seeds paired, ncp
     7.48); the power is then the near side's, checked by integrating over the chi-square."""
     from scipy.integrate import quad
@@ -312,7 +312,9 @@ def test_power_keeps_its_side_where_scipy_gives_up_on_the_other_and_is_1_far_out
     near = quad(lambda v: sps.norm.sf(crit * math.sqrt(v) - ncp) * sps.chi2.pdf(v, 1),
                 0, math.inf)[0]
     assert S.t_power(ncp, (S.Spread(2.0, 2),)) == pytest.approx(near, rel=1e-6)  # se 1, df 1
-    assert S.t_power(1.0, (S.Spread(1e-20, 5),)) == 1.0  # ncp 2e10: scipy's NaN on both sides
+    tiny = (S.Spread(1e-20, 5),)  # ncp ~1e10: scipy's NaN on both sides, the normal's tails
+    assert S.t_power(1.0, tiny) == 1.0 and S.t_power(0.0, tiny) == pytest.approx(0.05)
+    assert S.tost_power(0.0, 0.5, tiny) == 1.0 and S.tost_power(0.6, 0.5, tiny) == 0.0
 
 
 def test_the_test_is_said_with_why_seeds_did_not_pair():

@@ -182,13 +182,8 @@ def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
     """The power of the two-sided t test of a contrast of true value `delta` with these
     variance components (`n` seeds a side or pairs, if given): the noncentral t."""
     se, df = t_parts(spreads, n)
-    crit = float(stats.t.ppf(1 - alpha / 2, df))
-    ncp = abs(delta) / se
-    power = float(stats.nct.sf(crit, df, ncp))
-    if math.isnan(power):  # scipy's nct gives up far in the tail (ncp ~1e9): all or nothing
-        return 1.0 if ncp > crit else 0.0
-    below = float(stats.nct.cdf(-crit, df, ncp))  # the wrong side: NaN at times where ~1e-16
-    return power if math.isnan(below) else power + below
+    crit, ncp = float(stats.t.ppf(1 - alpha / 2, df)), abs(delta) / se
+    return nct_tail(crit, df, ncp, upper=True) + nct_tail(-crit, df, ncp)
 
 
 def tost_power(delta: float, margin: float, spreads: tuple[Spread, ...], n: int | None = None,
@@ -197,11 +192,18 @@ def tost_power(delta: float, margin: float, spreads: tuple[Spread, ...], n: int 
     each one-sided test misses (noncentral t; a lower bound, close where the power is high)."""
     se, df = t_parts(spreads, n)
     crit = float(stats.t.ppf(1 - alpha, df))
-    misses = [stats.nct.cdf(crit, df, (delta + margin) / se),
-              stats.nct.sf(-crit, df, (delta - margin) / se)]
-    miss = [float(stats.norm.cdf(crit - ncp)) if math.isnan(m) else float(m)  # far tails
-            for m, ncp in zip(misses, ((delta + margin) / se, (margin - delta) / se), strict=True)]
-    return max(0.0, 1.0 - sum(miss))
+    miss = nct_tail(crit, df, (delta + margin) / se) + \
+        nct_tail(-crit, df, (delta - margin) / se, upper=True)
+    return max(0.0, 1.0 - miss)
+
+
+def nct_tail(x: float, df: float, ncp: float, upper: bool = False) -> float:
+    """The noncentral t's P(T ≤ x) (P(T > x) if `upper`); far in a tail, where scipy gives NaN,
+    the normal's."""
+    p = stats.nct.sf(x, df, ncp) if upper else stats.nct.cdf(x, df, ncp)
+    if math.isnan(p):
+        p = stats.norm.sf(x - ncp) if upper else stats.norm.cdf(x - ncp)
+    return float(p)
 
 
 def fewest_seeds(power_at, power: float, most: int) -> float:
