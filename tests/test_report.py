@@ -256,6 +256,15 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
     assert main([str(tmp_path / "runs")]) == 2
     assert "runs holds single runs (`python -m bnstudy.train` without -m), not the jobs of a " \
         "sweep" in capsys.readouterr().err
+    assert main([str(job)]) == 2  # one run's folder: its files named, and what to run
+    assert f"{job} is a single run's directory (`python -m bnstudy.train` without -m); the " \
+        "report compares the runs of a sweep. This run's results are in its metrics.json and " \
+        f"its TensorBoard events (tensorboard --logdir {job}). To compare, run a sweep, e.g. " \
+        "python -m bnstudy.train -m norm=bn,none, and pass its folder.\n" in capsys.readouterr().err
+    sweep = tmp_path / "multirun" / "2026-01-05_10-00-00"
+    assert main([str(sweep / "0_mnist-bn-sgd-seed0")]) == 2  # one job of a sweep: the sweep
+    assert f"is one job of the sweep {sweep}; the report compares the sweep's jobs. Pass the " \
+        f"sweep's folder: python -m bnstudy.report {sweep}\n" in capsys.readouterr().err
     (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")  # one a sweep's
     assert len(sweep_jobs(tmp_path / "runs")) == 2
     for bad in ("bn", "bn:bn", ":none", "bn:none:x"):

@@ -22,6 +22,7 @@ from bnstudy.records import (
     TUNING_FILE,
     RunRecord,
     folder_of_sweeps,
+    is_job_dir,
     job_dirs,
     planned_jobs,
     read_test_correct,
@@ -48,6 +49,18 @@ class ReportError(Exception):
     """The sweep directory cannot be reported on (absent, or no jobs in it)."""
 
 
+def one_run(run: Path) -> str:
+    """What to do with a run's directory given to the report, which compares a sweep's runs."""
+    sweep = run.parent
+    if (sweep / "multirun.yaml").is_file():
+        return (f"{run} is one job of the sweep {sweep}; the report compares the sweep's jobs. "
+                f"Pass the sweep's folder: python -m bnstudy.report {sweep}")
+    return (f"{run} is a single run's directory (`python -m bnstudy.train` without -m); the "
+            f"report compares the runs of a sweep. This run's results are in its {RECORD_NAME} "
+            f"and its TensorBoard events (tensorboard --logdir {run}). To compare, run a sweep, "
+            "e.g. python -m bnstudy.train -m norm=bn,none, and pass its folder.")
+
+
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories (with `.hydra/config.yaml` or a record), by number."""
     if not sweep_dir.is_dir():
@@ -56,6 +69,8 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
             "of `python -m bnstudy.train -m ...` (its hydra.sweep.dir, by default "
             "outputs/multirun/<date>_<time>), which holds one sub-directory per job."
         )
+    if is_job_dir(sweep_dir):
+        raise ReportError(one_run(sweep_dir))
     if not (dirs := job_dirs(sweep_dir)):
         raise ReportError(folder_of_sweeps(sweep_dir) or (
             f"{sweep_dir} holds no jobs: none of its sub-directories has a .hydra/config.yaml "
