@@ -248,7 +248,7 @@ def test_the_pictures_of_a_run_trained_without_hallucinations_are_kept_as_such(s
     assert (job / "images" / "without_hallucinations" / "weights_final.png").is_file()
 
 
-def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
+def test_the_entry_point_exits_2_with_one_paragraph(tmp_path, capsys):
     """(A path that is no run, each way: test_eval's bad paths, through the same finder.)"""
     proc = run_module("bnstudy.draw", str(tmp_path / "missing"), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -261,6 +261,12 @@ def test_the_entry_point_exits_2_with_one_paragraph(tmp_path):
         draw.main([str(tmp_path), "--replac"])
     assert draw.main([str(tmp_path / "missing"), "--replace", "steps=100"]) == 2  # parsed (the
     # flag between settings), refused for its path
+    (tmp_path / "metrics.json").write_text("{}")  # a file: draw takes folders only
+    capsys.readouterr()
+    assert draw.main([str(tmp_path / "metrics.json")]) == 2
+    assert capsys.readouterr().err == f"bnstudy.draw: {tmp_path}/metrics.json is a file, not a " \
+        "run's or a sweep's directory. Pass the directory a run or sweep of `python -m " \
+        "bnstudy.train` wrote.\n"
 
 
 def test_a_terminal_gets_a_progress_bar(sweep, capsys, monkeypatch):

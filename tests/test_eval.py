@@ -99,9 +99,13 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "does not exist"),
-    ("empty", "holds no runs"),
-    ("sweeps", "holds sweeps, not runs (1: sweep). Pass one of them, e.g. "),
+    ("missing", "{tmp}/missing does not exist. Pass a run's directory (outputs/runs/<time>_<name>), "
+     "a sweep's directory (outputs/multirun/<date>_<time>) or, for eval, a checkpoint "
+     "(<run>/checkpoints/last.ckpt).\n"),
+    ("empty", "{tmp}/empty holds no runs: neither it nor any folder in it has a "
+     ".hydra/config.yaml or a metrics.json. Pass the directory a run or sweep of `python -m "
+     "bnstudy.train` wrote (hydra.run.dir or hydra.sweep.dir).\n"),
+    ("sweeps", "{tmp} holds sweeps, not runs (1: sweep). Pass one of them, e.g. {tmp}/sweep.\n"),
     ("record", "is not in a run's checkpoints/ folder"),
     ("setting", "eval takes paths.data_dir=DIR"),
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
@@ -116,7 +120,8 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
             "flag": [str(job), "trainer.max_epoch=3"]}[case]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bnstudy.eval: ") and message in err and err.count("\n") == 1
+    assert err.startswith("bnstudy.eval: ") and message.format(tmp=tmp_path) in err
+    assert err.count("\n") == 1
     assert not list(sweep.glob("*/eval*.json"))
 
 
