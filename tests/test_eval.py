@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from helpers import read_record, run_module
@@ -99,28 +100,34 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "{tmp}/missing does not exist. Pass a run's directory (outputs/runs/<time>_<name>), "
-     "a sweep's directory (outputs/multirun/<date>_<time>) or, for eval, a checkpoint "
+    ("missing", "{tmp}/missing does not exist. Pass a run's directory (outputs/runs/<time>_"
+     "<name>), a sweep's directory (outputs/multirun/<date>_<time>) or, for eval, a checkpoint "
      "(<run>/checkpoints/last.ckpt).\n"),
     ("empty", "{tmp}/empty holds no runs: neither it nor any folder in it has a "
      ".hydra/config.yaml or a metrics.json. Pass the directory a run or sweep of `python -m "
      "bnstudy.train` wrote (hydra.run.dir or hydra.sweep.dir).\n"),
     ("sweeps", "{tmp} holds sweeps, not runs (1: sweep). Pass one of them, e.g. {tmp}/sweep.\n"),
-    ("record", "is not in a run's checkpoints/ folder"),
+    ("record", "{job}/metrics.json is not in a run's checkpoints/ folder, so its run's dataset "
+     "and test split are unknown. Pass a checkpoint inside <run>/checkpoints/, or the run's "
+     "directory.\n"),
+    ("stray", "{tmp}/checkpoints/last.ckpt is not in a run's checkpoints/ folder"),  # no run's
     ("setting", "eval takes paths.data_dir=DIR"),
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
 ])
 def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
     (tmp_path / "empty").mkdir()
     job = next(sweep.glob("0_*"))
+    (tmp_path / "checkpoints").mkdir()  # a checkpoint copied out of its run
+    shutil.copy(job / "checkpoints" / "last.ckpt", tmp_path / "checkpoints")
     args = {"missing": [str(tmp_path / "missing")], "empty": [str(tmp_path / "empty")],
             "sweeps": [str(tmp_path)],  # the folder of the sweep (and of empty/)
             "record": [str(job / "metrics.json")],
+            "stray": [str(tmp_path / "checkpoints" / "last.ckpt")],
             "setting": [str(job), "model.net.hidden_dim=3"],
             "flag": [str(job), "trainer.max_epoch=3"]}[case]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bnstudy.eval: ") and message.format(tmp=tmp_path) in err
+    assert err.startswith("bnstudy.eval: ") and message.format(tmp=tmp_path, job=job) in err
     assert err.count("\n") == 1
     assert not list(sweep.glob("*/eval*.json"))
 
