@@ -112,6 +112,7 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
      "directory.\n"),
     ("stray", "{tmp}/checkpoints/last.ckpt is not in a run's checkpoints/ folder"),  # no run's
     ("setting", "eval takes paths.data_dir=DIR"),
+    ("no value", "'steps' is not a setting (missing EQUAL at '<EOF>'); give KEY=VALUE.\n"),
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
 ])
 def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
@@ -124,6 +125,7 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
             "record": [str(job / "metrics.json")],
             "stray": [str(tmp_path / "checkpoints" / "last.ckpt")],
             "setting": [str(job), "model.net.hidden_dim=3"],
+            "no value": [str(job), "steps"],
             "flag": [str(job), "trainer.max_epoch=3"]}[case]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
