@@ -93,10 +93,11 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
     record = read_record(job)
     (job / "metrics.json").write_text(json.dumps({**record, "status": "interrupted",
                                                   "test": None}))
-    assert evaluate.main([str(job), "trainer.inference_mode=false"]) == 0
+    assert evaluate.main([str(job), "trainer.inference_mode=false", "trainer.accelerator=cpu"]) == 0
     assert "(no test result recorded: the run is not finished (interrupted)) -> " in \
         capsys.readouterr().out
-    assert json.loads((job / "eval.json").read_text())["trainer_flags"] == {"inference_mode": False}
+    assert json.loads((job / "eval.json").read_text())["trainer_flags"] == {
+        "inference_mode": False, "accelerator": "cpu"}  # the Trainer's first flag too
 
 
 @pytest.mark.parametrize("case, message", [
@@ -111,7 +112,10 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
      "and test split are unknown. Pass a checkpoint inside <run>/checkpoints/, or the run's "
      "directory.\n"),
     ("stray", "{tmp}/checkpoints/last.ckpt is not in a run's checkpoints/ folder"),  # no run's
-    ("setting", "eval takes paths.data_dir=DIR"),
+    ("setting", "model.net.hidden_dim: eval takes paths.data_dir=DIR (where the data is now) "
+     "and trainer flags (e.g. trainer.accelerator=cpu); the model, data and splits are the "
+     "run's own.\n"),
+    ("one dot", "dataset.lr: eval takes paths.data_dir=DIR"),  # not taken for a trainer flag
     ("no value", "'steps' is not a setting (missing EQUAL at '<EOF>'); give KEY=VALUE.\n"),
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
 ])
@@ -125,6 +129,7 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
             "record": [str(job / "metrics.json")],
             "stray": [str(tmp_path / "checkpoints" / "last.ckpt")],
             "setting": [str(job), "model.net.hidden_dim=3"],
+            "one dot": [str(job), "dataset.lr=0.1"],
             "no value": [str(job), "steps"],
             "flag": [str(job), "trainer.max_epoch=3"]}[case]
     assert evaluate.main(args) == 2
