@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from helpers import read_record, run_module
@@ -196,3 +197,25 @@ def test_runs_whose_split_follows_their_seed_get_their_own_datamodule(sweep):
     cache = DataCache()
     one, two, again = (cache.get(run, "fit") for run in runs)
     assert one is again and not torch.equal(one.val_set.y, two.val_set.y)
+
+
+def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_resolve_is_said(
+        tmp_path, monkeypatch):
+    from bnstudy.rebuild import RunError, SavedRun
+
+    def saved(data_dir: str, launched_in: Path | None = None) -> SavedRun:
+        cfg = OmegaConf.create({"paths": {"data_dir": data_dir}})
+        return SavedRun(tmp_path / "0_run", None, cfg, launched_in)
+
+    (launched := tmp_path / "launched").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert saved("data", launched).data_dir() == launched / "data"  # not the current folder
+    assert saved("data", tmp_path / "gone").data_dir() == tmp_path / "data"  # moved: here
+    assert saved(str(tmp_path / "abs"), launched).data_dir() == tmp_path / "abs"
+    assert saved("data", launched).data_dir("~/moved") == Path.home() / "moved"  # given: it
+    monkeypatch.delenv("BNSTUDY_NO_SUCH_VARIABLE", raising=False)
+    with pytest.raises(RunError) as refused:
+        saved("${oc.env:BNSTUDY_NO_SUCH_VARIABLE}").data_dir()
+    assert re.fullmatch(r"0_run: its paths\.data_dir does not resolve \(.*BNSTUDY_NO_SUCH_VARIABLE"
+                        r".*\); give the data's folder with paths\.data_dir=DIR\.",
+                        str(refused.value), re.S)
