@@ -219,3 +219,30 @@ def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_res
     assert re.fullmatch(r"0_run: its paths\.data_dir does not resolve \(.*BNSTUDY_NO_SUCH_VARIABLE"
                         r".*\); give the data's folder with paths\.data_dir=DIR\.",
                         str(refused.value), re.S)
+
+
+def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sweep, tmp_path):
+    """eval sets up each dataset once for the runs that read the same files into the same split
+    (seed and batch size aside, with the split fixed), and apart wherever they differ."""
+    from bnstudy.rebuild import DataCache, SavedRun
+
+    base = SavedRun.open(next(sweep.glob("0_*")))
+
+    def variant(**changes) -> SavedRun:
+        cfg = base.cfg.copy()
+        for key, value in changes.items():
+            OmegaConf.update(cfg, key, value)
+        return SavedRun(base.path, base.record, cfg, base.launched_in)
+
+    copied = shutil.copytree(base.data_dir(), tmp_path / "copied")
+    cache, drawn = DataCache(), {"dataset.datamodule.split_seed": None}
+    shared = cache.get(base, "test")
+    assert cache.get(variant(seed=1, **{"dataset.batch_size": 32}), "test") is shared
+    assert cache.get(variant(**{"dataset.datamodule.seed": 1,  # given, not interpolated; the
+                                "dataset.datamodule.batch_size": 32,  # files: paths.data_dir's
+                                "dataset.datamodule.data_dir": "/nowhere"}), "test") is shared
+    apart = [cache.get(variant(**changes), "test") for changes in (
+        drawn, {**drawn, "seed": 1},  # each seed draws its own split
+        {"dataset.val_size": 0.2}, {"dataset.train_size": 100}, {"paths.data_dir": str(copied)})]
+    assert len({id(data) for data in [shared, *apart]}) == 6
+    assert cache.get(variant(**drawn, **{"dataset.batch_size": 32}), "test") is apart[0]
