@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -94,15 +95,15 @@ class SavedRun:
             raise RunError(f"{path.name}: no .hydra/config.yaml, so its dataset and model "
                            "cannot be rebuilt. Only directories written by `python -m "
                            "bnstudy.train` can be used.")
+        hydra_file = path / ".hydra" / "hydra.yaml"
         try:
             cfg = OmegaConf.load(stored)
             record = RunRecord.read(path)
-        except (OSError, ValueError, OmegaConfBaseException) as err:
-            raise RunError(f"{path.name}: its .hydra/config.yaml or {RECORD_NAME} does not "
-                           f"read ({type(err).__name__}: {err}).") from err
-        hydra_file = path / ".hydra" / "hydra.yaml"
-        cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") \
-            if hydra_file.is_file() else None
+            cwd = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.cwd") \
+                if hydra_file.is_file() else None
+        except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as err:
+            raise RunError(f"{path.name}: its .hydra/ files or {RECORD_NAME} do not read "
+                           f"({type(err).__name__}: {' '.join(str(err).split())}).") from err
         return cls(path, record, cfg, Path(cwd) if cwd else None)
 
     def data_dir(self, override: str | None = None) -> Path:

@@ -119,6 +119,10 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
     ("one dot", "dataset.lr: eval takes paths.data_dir=DIR"),  # not taken for a trainer flag
     ("no value", "'steps' is not a setting (missing EQUAL at '<EOF>'); give KEY=VALUE.\n"),
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
+    ("no flag near", "trainer.zzzzzz: the Trainer has no such flag: give Lightning Trainer "
+     "arguments, e.g. trainer.precision=bf16-mixed.\n"),
+    ("set here", "trainer.devices: eval sets it itself (one device; no logger, checkpoints or "
+     "callbacks).\n"),
 ])
 def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
     (tmp_path / "empty").mkdir()
@@ -132,7 +136,9 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
             "setting": [str(job), "model.net.hidden_dim=3"],
             "one dot": [str(job), "dataset.lr=0.1"],
             "no value": [str(job), "steps"],
-            "flag": [str(job), "trainer.max_epoch=3"]}[case]
+            "flag": [str(job), "trainer.max_epoch=3"],
+            "no flag near": [str(job), "trainer.zzzzzz=1"],
+            "set here": [str(job), "trainer.devices=2"]}[case]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("bnstudy.eval: ") and message.format(tmp=tmp_path, job=job) in err
@@ -246,3 +252,26 @@ def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sw
         {"dataset.val_size": 0.2}, {"dataset.train_size": 100}, {"paths.data_dir": str(copied)})]
     assert len({id(data) for data in [shared, *apart]}) == 6
     assert cache.get(variant(**drawn, **{"dataset.batch_size": 32}), "test") is apart[0]
+
+
+def test_a_saved_run_opens_with_its_config_and_record_and_knows_where_it_was_launched(tmp_path):
+    from bnstudy.rebuild import RunError, SavedRun
+
+    run = tmp_path / "0_run"
+    (run / ".hydra").mkdir(parents=True)
+    with pytest.raises(RunError) as refused:
+        SavedRun.open(run)
+    assert str(refused.value) == "0_run: no .hydra/config.yaml, so its dataset and model cannot " \
+        "be rebuilt. Only directories written by `python -m bnstudy.train` can be used."
+    for damaged in ("config.yaml", "hydra.yaml"):  # YAML cut short: one line, no traceback
+        for name in ("config.yaml", "hydra.yaml"):
+            (run / ".hydra" / name).write_text("seed: [0" if name == damaged else "seed: 0")
+        with pytest.raises(RunError) as refused:
+            SavedRun.open(run)
+        assert re.fullmatch(r"0_run: its \.hydra/ files or metrics\.json do not read \(\w+Error: "
+                            rf"[^\n]+{damaged}[^\n]+\)\.", str(refused.value)), str(refused.value)
+    (run / ".hydra" / "hydra.yaml").unlink()
+    opened = SavedRun.open(run)
+    assert (opened.record, opened.launched_in, opened.status) == (None, None, "no metrics.json")
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {tmp_path}\n")
+    assert SavedRun.open(run).launched_in == tmp_path
