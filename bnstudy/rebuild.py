@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -149,8 +150,10 @@ class DataCache:
                 data.prepare_data()
                 data.setup(stage)
                 self._built[key] = data
-        except (OmegaConfBaseException, ImportError) as err:
-            raise RunError(f"{run.name}: its dataset config does not build ({err}).") from err
+        except (OmegaConfBaseException, HydraException, ImportError) as err:
+            # e.g. a class renamed since the run, or a setting it no longer takes
+            raise RunError(f"{run.name}: its dataset config does not build "
+                           f"({' '.join(str(err).split())}).") from err
         except DataError:
             self._built[key] = None  # said once: the runs of the same data after it, shortly
             raise
@@ -179,7 +182,11 @@ def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None
                        "the file is damaged. Its previous version, if any, is "
                        "checkpoints/last.ckpt.prev.") from err
     datamodule = data.get(run, stage)
-    model = build_model(run.cfg, datamodule.input_shape, datamodule.num_classes)
+    try:
+        model = build_model(run.cfg, datamodule.input_shape, datamodule.num_classes)
+    except (OmegaConfBaseException, HydraException, ImportError) as err:  # as the dataset's
+        raise RunError(f"{run.name}: its model config does not build "
+                       f"({' '.join(str(err).split())}).") from err
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

@@ -21,13 +21,15 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
                                                                                     capsys):
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     records = {job: (job / "metrics.json").read_bytes() for job in jobs}
-    missing, damaged, misfit, held = jobs.pop(2), jobs.pop(2), jobs.pop(2), jobs.pop(2)
+    missing, damaged, misfit, renamed, held = (jobs.pop(2) for _ in range(5))
     lock = JobDirLock(held)
     lock.acquire("its training")  # one writer per job directory
     (missing / "checkpoints" / "last.ckpt").unlink()
     (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     config = misfit / ".hydra" / "config.yaml"
     config.write_text(re.sub(r"hidden_dim: \d+", "hidden_dim: 7", config.read_text()))
+    config = renamed / ".hydra" / "config.yaml"  # a class the code no longer has
+    config.write_text(config.read_text().replace("bnstudy.model.Classifier", "bnstudy.model.Gone"))
     assert evaluate.main([str(sweep)]) == 1
     out, err = capsys.readouterr()
     assert f"{missing.name}: no checkpoint ({missing}/checkpoints/last.ckpt is missing), so its " \
@@ -39,8 +41,11 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
                      r"checkpoints/last\.ckpt\.prev\.", " ".join(err.split()))
     assert f"{misfit.name}/checkpoints/last.ckpt does not fit the network of its " \
         ".hydra/config.yaml (RuntimeError: " in err
+    assert f"{renamed.name}: its model config does not build (Error locating target " \
+        "'bnstudy.model.Gone'" in err
     assert f"{held.name}: not evaluated, it is in use: its training in process " in err
-    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit, held))
+    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit, renamed,
+                                                            held))
     for job in jobs:
         result = json.loads((job / "eval.json").read_text())
         recorded = read_record(job)["test"]
@@ -51,9 +56,9 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
         assert f"% (as recorded) -> {job.name}/eval.json\n" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
-    assert out.count("(as recorded)") == 4
-    assert f"Evaluated 4 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
-        f"{misfit.name}, {held.name}." in out
+    assert out.count("(as recorded)") == 3
+    assert f"Evaluated 3 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
+        f"{misfit.name}, {renamed.name}, {held.name}." in out
     lock.release()
 
 
@@ -230,7 +235,7 @@ def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_res
 def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sweep, tmp_path):
     """eval sets up each dataset once for the runs that read the same files into the same split
     (seed and batch size aside, with the split fixed), and apart wherever they differ."""
-    from bnstudy.rebuild import DataCache, SavedRun
+    from bnstudy.rebuild import DataCache, RunError, SavedRun
 
     base = SavedRun.open(next(sweep.glob("0_*")))
 
@@ -252,6 +257,11 @@ def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sw
         {"dataset.val_size": 0.2}, {"dataset.train_size": 100}, {"paths.data_dir": str(copied)})]
     assert len({id(data) for data in [shared, *apart]}) == 6
     assert cache.get(variant(**drawn, **{"dataset.batch_size": 32}), "test") is apart[0]
+    with pytest.raises(RunError) as refused:  # a setting its class no longer takes: one line
+        cache.get(variant(**{"dataset.datamodule.bogus": 1}), "test")
+    assert str(refused.value).startswith(f"{base.name}: its dataset config does not build (Error "
+                                         "in call to target 'bnstudy.data.MNISTDataModule': ")
+    assert "\n" not in str(refused.value) and "keyword argument 'bogus'" in str(refused.value)
 
 
 def test_a_saved_run_opens_with_its_config_and_record_and_knows_where_it_was_launched(tmp_path):
