@@ -30,6 +30,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     config.write_text(re.sub(r"hidden_dim: \d+", "hidden_dim: 7", config.read_text()))
     config = renamed / ".hydra" / "config.yaml"  # a class the code no longer has
     config.write_text(config.read_text().replace("bnstudy.model.Classifier", "bnstudy.model.Gone"))
+    files = {job: {p.relative_to(job) for p in job.rglob("*")} for job in jobs}
     assert evaluate.main([str(sweep)]) == 1
     out, err = capsys.readouterr()
     assert f"{missing.name}: no checkpoint ({missing}/checkpoints/last.ckpt is missing), so its " \
@@ -56,6 +57,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
         assert f"% (as recorded) -> {job.name}/eval.json\n" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
+        assert {p.relative_to(job) for p in job.rglob("*")} == files[job] | {Path("eval.json")}
     assert out.count("(as recorded)") == 3
     assert f"Evaluated 3 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
         f"{misfit.name}, {renamed.name}, {held.name}." in out
