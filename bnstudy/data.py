@@ -27,7 +27,7 @@ from bnstudy.datafiles import (
     read_mnist,
     unofficial_cifar_batches,
 )
-from bnstudy.errors import DataError
+from bnstudy.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
 KEEP = 4  # files kept per process (the study: 2 datasets x their training and test files)
@@ -196,7 +196,7 @@ class TensorDataModule(L.LightningDataModule):
         except Exception as err:
             self._remove_empty_dirs(existed)
             raise DataError(f"{self.name}: files not found: {where}, and the download failed "
-                            f"({type(err).__name__}: {' '.join(str(err).split())}). {fix}, or "
+                            f"({type(err).__name__}: {one_line(err)}). {fix}, or "
                             "retry when online.") from err
 
     def _remove_empty_dirs(self, keep: set[Path]) -> None:

@@ -21,6 +21,11 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
 
 
+def one_line(err: BaseException) -> str:
+    """An error's whole message on one line, as a one-line refusal quotes a multi-line one."""
+    return " ".join(str(err).split())
+
+
 def types_refused(value, hint) -> tuple[type, ...]:
     """The types `hint` (one, or a union of classes) allows, if `value` is of none of them (a
     whole number passes for a float, a bool for nothing but a bool); () if it is, or if `hint`

@@ -13,11 +13,16 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bnstudy.errors import DataError, first_line
+from bnstudy.errors import DataError, first_line, one_line
 from bnstudy.jobdir import JobDirBusyError, JobDirLock, describe_holder, holder
 from bnstudy.records import RECORD_NAME, RunRecord, folder_of_sweeps, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+# what a config that no longer builds raises: e.g. a class renamed since the run, or a setting
+# it no longer takes
+NOT_BUILT = (OmegaConfBaseException, HydraException, ImportError)
 
 
 class RunError(Exception):
@@ -104,7 +109,7 @@ class SavedRun:
                 if hydra_file.is_file() else None
         except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as err:
             raise RunError(f"{path.name}: its .hydra/ files or {RECORD_NAME} do not read "
-                           f"({type(err).__name__}: {' '.join(str(err).split())}).") from err
+                           f"({type(err).__name__}: {one_line(err)}).") from err
         return cls(path, record, cfg, Path(cwd) if cwd else None)
 
     def data_dir(self, override: str | None = None) -> Path:
@@ -150,10 +155,9 @@ class DataCache:
                 data.prepare_data()
                 data.setup(stage)
                 self._built[key] = data
-        except (OmegaConfBaseException, HydraException, ImportError) as err:
-            # e.g. a class renamed since the run, or a setting it no longer takes
+        except NOT_BUILT as err:
             raise RunError(f"{run.name}: its dataset config does not build "
-                           f"({' '.join(str(err).split())}).") from err
+                           f"({one_line(err)}).") from err
         except DataError:
             self._built[key] = None  # said once: the runs of the same data after it, shortly
             raise
@@ -184,9 +188,9 @@ def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None
     datamodule = data.get(run, stage)
     try:
         model = build_model(run.cfg, datamodule.input_shape, datamodule.num_classes)
-    except (OmegaConfBaseException, HydraException, ImportError) as err:  # as the dataset's
+    except NOT_BUILT as err:
         raise RunError(f"{run.name}: its model config does not build "
-                       f"({' '.join(str(err).split())}).") from err
+                       f"({one_line(err)}).") from err
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
