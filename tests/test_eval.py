@@ -198,20 +198,6 @@ def test_a_flag_the_trainer_refuses_is_named_in_one_paragraph(sweep, capsys):
         in err and not (job / "eval.json").exists()
 
 
-def test_runs_whose_split_follows_their_seed_get_their_own_datamodule(sweep):
-    """`split_seed=null` (experiment=decisive, tuned): a run's validation split is its seed's."""
-    import torch
-
-    from bnstudy.rebuild import DataCache, SavedRun
-
-    runs = [SavedRun.open(next(sweep.glob("0_*"))) for _ in range(3)]
-    for run, seed in zip(runs, (1, 2, 1), strict=True):
-        run.cfg.seed, run.cfg.dataset.datamodule.split_seed = seed, None
-    cache = DataCache()
-    one, two, again = (cache.get(run, "fit") for run in runs)
-    assert one is again and not torch.equal(one.val_set.y, two.val_set.y)
-
-
 def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_resolve_is_said(
         tmp_path, monkeypatch):
     from bnstudy.rebuild import RunError, SavedRun
@@ -236,7 +222,10 @@ def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_res
 
 def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sweep, tmp_path):
     """eval sets up each dataset once for the runs that read the same files into the same split
-    (seed and batch size aside, with the split fixed), and apart wherever they differ."""
+    (seed and batch size aside, with the split fixed), and apart wherever they differ: with
+    `split_seed=null` (experiment=decisive, tuned) a run's validation split is its seed's."""
+    import torch
+
     from bnstudy.rebuild import DataCache, RunError, SavedRun
 
     base = SavedRun.open(next(sweep.glob("0_*")))
@@ -258,6 +247,7 @@ def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sw
         drawn, {**drawn, "seed": 1},  # each seed draws its own split
         {"dataset.val_size": 0.2}, {"dataset.train_size": 100}, {"paths.data_dir": str(copied)})]
     assert len({id(data) for data in [shared, *apart]}) == 6
+    assert not torch.equal(apart[0].val_set.y, apart[1].val_set.y)  # seed 0's split, seed 1's
     assert cache.get(variant(**drawn, **{"dataset.batch_size": 32}), "test") is apart[0]
     with pytest.raises(RunError) as refused:  # a setting its class no longer takes: one line
         cache.get(variant(**{"dataset.datamodule.bogus": 1}), "test")
