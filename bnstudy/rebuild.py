@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,11 +75,23 @@ def run_dirs(path: Path) -> list[Path]:
     if is_job_dir(path):
         return [path]
     if not (jobs := job_dirs(path)):
-        raise RunError(folder_of_sweeps(path) or (
+        raise RunError(folder_of_sweeps(path) or runs_below(path) or (
             f"{path} holds no runs: neither it nor any folder in it has a .hydra/config.yaml or "
             f"a {RECORD_NAME}. Pass the directory a run or sweep of `python -m bnstudy.train` "
             "wrote (hydra.run.dir or hydra.sweep.dir)."))
     return jobs
+
+
+def runs_below(folder: Path) -> str | None:
+    """What to pass instead of a folder whose runs lie a level further down (`outputs`, whose
+    `runs/` holds the single runs), or None."""
+    runs = sorted(run for run in folder.glob("*/*") if run.is_dir() and is_job_dir(run))
+    if not runs:
+        return None
+    held = ", ".join(f"{where.name}/ holds {n}"
+                     for where, n in sorted(Counter(run.parent for run in runs).items()))
+    return (f"{folder} holds no runs itself ({held}). Pass such a folder for all its runs, e.g. "
+            f"{runs[-1].parent}, or one run, e.g. {runs[-1]}.")
 
 
 @dataclass

@@ -116,6 +116,8 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
      ".hydra/config.yaml or a metrics.json. Pass the directory a run or sweep of `python -m "
      "bnstudy.train` wrote (hydra.run.dir or hydra.sweep.dir).\n"),
     ("sweeps", "{tmp} holds sweeps, not runs (1: sweep). Pass one of them, e.g. {tmp}/sweep.\n"),
+    ("runs below", "{tmp}/outputs holds no runs itself (runs/ holds 2). Pass such a folder for "
+     "all its runs, e.g. {tmp}/outputs/runs, or one run, e.g. {tmp}/outputs/runs/b_run.\n"),
     ("record", "{job}/metrics.json is not in a run's checkpoints/ folder, so its run's dataset "
      "and test split are unknown. Pass a checkpoint inside <run>/checkpoints/, or the run's "
      "directory.\n"),
@@ -133,11 +135,15 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
 ])
 def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
     (tmp_path / "empty").mkdir()
+    for run in ("a_run", "b_run"):  # `outputs`, whose runs/ holds single runs
+        (tmp_path / "outputs" / "runs" / run / ".hydra").mkdir(parents=True)
+        (tmp_path / "outputs" / "runs" / run / ".hydra" / "config.yaml").touch()
     job = next(sweep.glob("0_*"))
     (tmp_path / "checkpoints").mkdir()  # a checkpoint copied out of its run
     shutil.copy(job / "checkpoints" / "last.ckpt", tmp_path / "checkpoints")
     args = {"missing": [str(tmp_path / "missing")], "empty": [str(tmp_path / "empty")],
             "sweeps": [str(tmp_path)],  # the folder of the sweep (and of empty/)
+            "runs below": [str(tmp_path / "outputs")],
             "record": [str(job / "metrics.json")],
             "stray": [str(tmp_path / "checkpoints" / "last.ckpt")],
             "setting": [str(job), "model.net.hidden_dim=3"],
