@@ -108,22 +108,41 @@ def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
     assert evaluation[-1] == 1 and sum(evaluation) == 449  # not shuffled: every image
 
 
-def test_cifar10_loads_with_checksum_check_off_or_warned(tiny_data, caplog):
+def test_cifar10_checksums_off_say_nothing_warn_once_a_folder_and_strict_refuses(
+        tiny_data, tmp_path, caplog):
+    def said(folder, split="train") -> str:
+        names = ", ".join(f"data_batch_{i}" for i in range(1, 6)) if split == "train" else \
+            "test_batch"
+        return (f"{folder / 'cifar-10-batches-py'}: {names} do(es) not match the official "
+                "CIFAR-10 checksums: a subset or a modified copy. Results on it are not "
+                "full-CIFAR-10 results.")
+
+    CIFAR10DataModule._warned.clear()
     dm = CIFAR10DataModule(tiny_data, val_size=50, download=False, verify_checksums="off")
     dm.setup()
     assert len(dm.train_set) == 450 and len(dm.test_set) == 200
-    assert dm.train_set.x.shape[1:] == (3, 32, 32)
-    CIFAR10DataModule._warned.clear()  # warned once per folder and process
-    warned = CIFAR10DataModule(tiny_data, val_size=50, download=False)
-    warned.setup("fit")
-    assert "official CIFAR-10 checksum" in caplog.text
+    assert dm.train_set.x.shape[1:] == (3, 32, 32) and not caplog.records
+    for _ in range(2):  # once per folder and process: its training batches named, not the test's
+        warned = CIFAR10DataModule(tiny_data, val_size=50, download=False)
+        warned.setup("fit")
     assert torch.equal(warned.train_set.x, dm.train_set.x)
+    write_cifar10(tmp_path, per_batch=4, n_test=4)
+    CIFAR10DataModule(tmp_path, download=False).read_split(train=False)  # another folder
+    assert [r.getMessage() for r in caplog.records] == [said(tiny_data), said(tmp_path, "test")]
+    strict = CIFAR10DataModule(tiny_data, download=False, verify_checksums="strict")
+    with pytest.raises(DataError) as refused:
+        strict.setup("fit")
+    assert str(refused.value) == said(tiny_data) + " Delete the files and download again, or " \
+        "load them anyway with dataset.datamodule.verify_checksums=warn (or off)."
 
 
-def test_cifar10_strict_checksum_refuses_a_subset(tiny_data):
-    dm = CIFAR10DataModule(tiny_data, download=False, verify_checksums="strict")
-    with pytest.raises(DataError, match="verify_checksums=warn"):
-        dm.setup("fit")
+def test_denormalise_inverts_normalise_per_channel_on_the_images_device_into_0_1(tmp_path):
+    dm = CIFAR10DataModule(tmp_path)  # a mean and std per channel
+    pixels = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    assert torch.allclose(dm.denormalise(dm.normalise(pixels)), pixels / 255, atol=1e-6)
+    beyond = dm.denormalise(torch.tensor([-100.0, 100.0]).view(1, 1, 2, 1).expand(1, 3, 2, 1))
+    assert beyond[0, :, 0].eq(0).all() and beyond[0, :, 1].eq(1).all()
+    assert dm.denormalise(torch.zeros(1, 3, 2, 2, device="meta")).device.type == "meta"
 
 
 def test_each_split_loader_serves_its_own_split(tiny_data):
