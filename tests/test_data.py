@@ -12,6 +12,7 @@ from bnstudy.data import (
     EpochBatchSampler,
     FashionMNISTDataModule,
     MNISTDataModule,
+    TensorPairs,
     batches,
 )
 from bnstudy.datafiles import load_cifar_batch
@@ -101,6 +102,18 @@ def test_each_process_serves_its_own_share(shuffle):
         assert torch.equal(shares[0], order[0:100:2]) and torch.equal(shares[1], order[1:100:2])
     else:
         assert sorted(torch.cat(shares).tolist()) == list(range(101))
+
+
+def test_k_minibatches_a_step_come_as_lists_of_k_of_this_processs_minibatches():
+    """`Classifier.steps_per_call` K: the loader yields the same minibatches, K to a list (the
+    last list shorter), of this rank's share."""
+    data = TensorPairs(torch.arange(101.0), torch.arange(101))
+    alone = [y for _, y in batches(data, 10, True, seed=1, num_replicas=2, rank=1)]
+    bundled = list(batches(data, 10, True, seed=1, num_replicas=2, rank=1, bundle=2))
+    assert [len(k) for k in bundled] == [2, 2, 1] and len(alone) == 5
+    assert all(torch.equal(a, y) for a, (_, y) in zip(alone, sum(bundled, []), strict=True))
+    share = EpochBatchSampler(101, 10, True, seed=1, num_replicas=2, rank=1)
+    assert all(torch.equal(a, b) for a, b in zip(alone, share, strict=True))
 
 
 def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
