@@ -1,7 +1,19 @@
-"""Datamodules on tiny files in torchvision's formats, and on the shared real subsets."""
+"""Datamodules on tiny files in torchvision's formats, and on the shared real subsets; torchvision's
+download from a mirror on 127.0.0.1 serving files in the official formats (no other address is
+contacted)."""
 
+import functools
+import gzip
+import hashlib
 import pickle
+import shutil
+import socket
+import tarfile
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import write_cifar10, write_mnist
@@ -343,3 +355,185 @@ def test_a_changed_file_is_read_again(tmp_path):
     with pytest.raises(DataError, match="data_batch_1 is not a valid CIFAR-10 batch .*1 bytes "
                                         "follow the batch.*corrupt"):
         CIFAR10DataModule(tmp_path, download=False).setup()
+
+
+# -- torchvision's download, from a mirror on 127.0.0.1 -----------------------------------
+
+LOCAL = "127.0.0.1"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    def log_request(self, code="-", size="-") -> None:
+        self.server.requests.append(f"{self.command} {self.path} {int(code)}")
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    requests: list[str]
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # torchvision's redirect probe drops the connection mid-answer (a broken pipe)
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 (a free port) serving `tmp_path/served`: (folder, base URL,
+    the requests it answered). While it runs, connecting anywhere but 127.0.0.1 fails."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local_only(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != LOCAL:
+            raise AssertionError(f"the test tried to reach {address}")
+        return connect(sock, address)
+
+    def resolve_local_only(host, *args, **kwargs):  # not even a DNS query for another host
+        if host != LOCAL:
+            raise AssertionError(f"the test tried to look up {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve_local_only)
+    server = _Server((LOCAL, 0), functools.partial(_Handler, directory=str(served)))
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://{LOCAL}:{server.server_port}/", server.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def idx_array(path: Path) -> np.ndarray:
+    """An uncompressed IDX file's array (MNIST's format: uint8, big-endian dims)."""
+    data = path.read_bytes()
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def serve_mnist(served: Path, tmp_path: Path) -> tuple[list[tuple[str, str]], Path]:
+    """Official MNIST names, gzipped IDX files, under `served/mnist/`: (resources with their
+    md5s, as `torchvision.datasets.MNIST.resources` lists them; the uncompressed originals)."""
+    raw = write_mnist(tmp_path / "original", n_train=120, n_test=40, seed=5) / "MNIST" / "raw"
+    (served / "mnist").mkdir()
+    resources = []
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        gz = served / "mnist" / f"{stem}.gz"
+        gz.write_bytes(gzip.compress((raw / stem).read_bytes(), mtime=0))
+        resources.append((gz.name, md5(gz)))
+    return resources, raw
+
+
+def test_mnist_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path,
+                                                                   monkeypatch):
+    from torchvision.datasets import MNIST
+
+    served, url, requests = mirror
+    resources, raw = serve_mnist(served, tmp_path)
+    # the first mirror lacks the files (404), as when a mirror is down: the next one serves
+    monkeypatch.setattr(MNIST, "mirrors", [f"{url}gone/", f"{url}mnist/"])
+    monkeypatch.setattr(MNIST, "resources", resources)
+    data_dir = tmp_path / "data"
+    dm = MNISTDataModule(data_dir, val_size=20, download=True)
+    dm.prepare_data()
+    assert {r for r in requests if r.startswith("GET /mnist/")} == \
+        {f"GET /mnist/{name} 200" for name, _ in resources}
+    assert {r for r in requests if r.startswith("GET /gone/")} == \
+        {f"GET /gone/{name} 404" for name, _ in resources}
+    for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        assert (data_dir / "MNIST" / "raw" / stem).read_bytes() == (raw / stem).read_bytes()
+    dm.setup()
+    images, labels = dm.read_split(train=True)
+    assert np.array_equal(images[:, 0].numpy(), idx_array(raw / "train-images-idx3-ubyte"))
+    assert np.array_equal(labels.numpy(), idx_array(raw / "train-labels-idx1-ubyte"))
+    assert len(dm.train_set) + len(dm.val_set) == 120
+    test_images = idx_array(raw / "t10k-images-idx3-ubyte")
+    assert np.allclose(dm.denormalise(dm.test_set.x).squeeze(1).numpy() * 255, test_images,
+                       atol=1e-3)
+    count = len(requests)
+    MNISTDataModule(data_dir, download=True).prepare_data()  # present: nothing fetched again
+    assert len(requests) == count
+
+
+def test_a_failed_download_names_the_file_and_leaves_no_empty_folders(mirror, tmp_path,
+                                                                      monkeypatch):
+    """A corrupt file (its md5) is named; an offline machine leaves no folder it made."""
+    from torchvision.datasets import MNIST
+
+    served, url, _ = mirror
+    resources, _ = serve_mnist(served, tmp_path)
+    resources[2] = (resources[2][0], "0" * 32)  # the test images are not what the md5 says
+    monkeypatch.setattr(MNIST, "mirrors", [f"{url}mnist/"])
+    monkeypatch.setattr(MNIST, "resources", resources)
+    with pytest.raises(DataError, match="the download failed") as err:
+        MNISTDataModule(tmp_path / "data", download=True).prepare_data()
+    assert "t10k-images-idx3-ubyte.gz" in str(err.value)
+
+    def offline(self):
+        (self.data_dir / "MNIST" / "raw").mkdir(parents=True)
+        raise RuntimeError("Error downloading x.gz:\nTried a, got:\n<urlopen error [Errno -2] "
+                           "Name or service not known>\n")  # torchvision's, a line a mirror
+
+    monkeypatch.setattr(MNISTDataModule, "fetch", offline)
+    target = tmp_path / "nowhere" / "data"
+    with pytest.raises(DataError, match="the download failed") as err:
+        MNISTDataModule(target, download=True).prepare_data()
+    assert "(RuntimeError: Error downloading x.gz: Tried a, got: <urlopen error [Errno -2] Name " \
+        "or service not known>). Point paths.data_dir" in str(err.value)  # one paragraph
+    assert not target.exists() and tmp_path.is_dir()
+
+
+def serve_cifar10(served: Path, tmp_path: Path) -> tuple[Path, str]:
+    """`served/cifar-10-python.tar.gz` holding `cifar-10-batches-py/` (as the official
+    archive); returns the original folder and the archive's md5."""
+    folder = write_cifar10(tmp_path / "original", per_batch=30, n_test=40, seed=7) \
+        / "cifar-10-batches-py"
+    archive = served / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return folder, md5(archive)
+
+
+def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path,
+                                                                     monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    served, url, requests = mirror
+    folder, archive_md5 = serve_cifar10(served, tmp_path)
+    monkeypatch.setattr(CIFAR10, "url", f"{url}cifar-10-python.tar.gz")
+    monkeypatch.setattr(CIFAR10, "tgz_md5", archive_md5)
+    # the served batches' own md5s, so that the strict check (as for the official files) passes
+    for attr in ("train_list", "test_list"):
+        monkeypatch.setattr(CIFAR10, attr, [[name, md5(folder / name)]
+                                            for name, _ in getattr(CIFAR10, attr)])
+    data_dir = tmp_path / "data"
+    dm = CIFAR10DataModule(data_dir, val_size=10, download=True, verify_checksums="strict")
+    dm.prepare_data()
+    assert "GET /cifar-10-python.tar.gz 200" in requests
+    dm.setup()
+    images, labels = dm.read_split(train=True)
+    batches = [pickle.loads((folder / f"data_batch_{i}").read_bytes()) for i in range(1, 6)]
+    expected = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+    assert np.array_equal(images.numpy(), expected)
+    assert labels.tolist() == [label for b in batches for label in b["labels"]]
+    test = pickle.loads((folder / "test_batch").read_bytes())
+    assert np.allclose(dm.denormalise(dm.test_set.x).numpy() * 255,
+                       test["data"].reshape(-1, 3, 32, 32), atol=1e-3)
+    assert len(dm.train_set) + len(dm.val_set) == 150
+    shutil.rmtree(served)  # present now: a second prepare_data fetches nothing
+    CIFAR10DataModule(data_dir, download=True).prepare_data()
