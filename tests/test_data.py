@@ -213,17 +213,56 @@ def test_cifar10_keeps_the_batches_pixels_and_standardises_with_its_channel_stat
     assert torch.allclose(dm.normalise(x), (x / 255 - mean) / std, atol=1e-6)
 
 
-def test_sizes_larger_than_the_data_are_refused(tiny_data):
-    dm = MNISTDataModule(tiny_data, val_size=100, train_size=10_000, download=False)
-    with pytest.raises(DataError, match="train_size=10000"):
-        dm.setup("fit")
+@pytest.mark.parametrize("val_size, train_size, sizes", [
+    (0.2494, None, (450, 150)), (1, None, (599, 1)), (0.999, None, (1, 599)), (100, 10, (10, 100)),
+    (100, 500, (500, 100)),
+    (0.0001, None, "ask for 600 training and 0 validation images"),
+    (100, 501, "ask for 501 training and 100 validation images"),
+    (100, 0, "ask for 0 training and 100 validation images")])
+def test_split_sizes_take_a_fraction_or_a_count_and_refuse_what_the_files_lack(
+        tmp_path, val_size, train_size, sizes):
+    dm = MNISTDataModule(tmp_path, val_size=val_size, train_size=train_size)
+    if isinstance(sizes, tuple):
+        assert dm.split_sizes(600) == sizes
+        return
+    with pytest.raises(DataError) as refused:
+        dm.split_sizes(600)
+    assert str(refused.value) == f"mnist: train_size={train_size} and val_size={val_size} " \
+        f"{sizes}, but the training files hold 600. Choose dataset.train_size + " \
+        "dataset.val_size <= 600 (val_size may be a fraction)."
 
 
-def test_missing_files_with_download_disabled(tmp_path):
-    dm = MNISTDataModule(tmp_path, download=False)
-    with pytest.raises(DataError, match="download is disabled") as err:
-        dm.prepare_data()
-    assert "train-images-idx3-ubyte" in str(err.value) and "paths.data_dir" in str(err.value)
+@pytest.mark.parametrize("download", [False, None])
+def test_missing_files_are_named_with_where_to_point_and_whether_to_download(tmp_path, download):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    raw = tmp_path / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    (raw / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError) as refused:
+        MNISTDataModule(tmp_path, download=download).prepare_data()
+    fix = "Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder that " \
+        "holds MNIST/raw/"
+    assert str(refused.value) == (
+        f"mnist: files not found: {raw}/train-images-idx3-ubyte, {raw}/t10k-labels-idx1-ubyte"
+        + (f"; download is disabled (dataset.datamodule.download=false). {fix}, or allow the "
+           "download with dataset.datamodule.download=true." if download is False else
+           f". {fix} (paths.data_dir=DIR)."))  # None: a finished run rebuilt, never downloaded
+
+
+def test_a_failed_download_removes_only_the_empty_folders_it_made(tmp_path, monkeypatch):
+    (tmp_path / "kept" / "empty").mkdir(parents=True)  # the user's, empty or not
+
+    def fails(self):
+        (self.data_dir / "MNIST" / "raw" / "deeper").mkdir(parents=True)
+        (self.data_dir / "partial").mkdir()
+        (self.data_dir / "partial" / "file.gz.part").write_bytes(b"x")
+        raise OSError("offline")
+
+    monkeypatch.setattr(MNISTDataModule, "fetch", fails)
+    with pytest.raises(DataError, match=r"the download failed \(OSError: offline\)"):
+        MNISTDataModule(tmp_path, download=True).prepare_data()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "kept", "kept/empty", "partial", "partial/file.gz.part"]
 
 
 @pytest.mark.parametrize("damaged", ["MNIST/raw/train-images-idx3-ubyte",
