@@ -128,6 +128,26 @@ def test_k_minibatches_a_step_come_as_lists_of_k_of_this_processs_minibatches():
     assert all(torch.equal(a, b) for a, b in zip(alone, share, strict=True))
 
 
+@pytest.mark.parametrize("overfit_batches", [0, 0.5])
+def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
+        tiny_data, overfit_batches):
+    """Under DDP (world size 2, rank 1 here): each split's loader takes this rank's share;
+    `overfit_batches`, a count or a fraction, serves training batches in order."""
+    from types import SimpleNamespace
+
+    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=100, seed=2, download=False)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, overfit_batches=overfit_batches,
+                                 lightning_module=SimpleNamespace(minibatches_per_step=3))
+    train = dm.train_dataloader().sampler
+    assert (train.num_replicas, train.rank, train.batch_size) == (2, 1, 32)
+    assert (train.shuffle, train.seed, train.bundle) == \
+        ((True, 2, 3) if not overfit_batches else (False, 0, 1))  # (K is 1 then: model.py)
+    for loader in (dm.val_dataloader(), dm.test_dataloader()):
+        assert (loader.sampler.num_replicas, loader.sampler.rank, loader.sampler.shuffle,
+                loader.sampler.batch_size) == (2, 1, False, 1000)
+
+
 def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
     """BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out."""
     dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False)
