@@ -95,6 +95,9 @@ def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
         sampler = EpochBatchSampler(1000, 8, True, seed=seed)
         sampler.set_epoch(epoch)
         assert next(iter(sampler)).tolist() == first
+    fresh, told = EpochBatchSampler(1000, 8, True, seed=3), EpochBatchSampler(1000, 8, True, seed=3)
+    told.set_epoch(0)
+    assert torch.equal(next(iter(fresh)), next(iter(told)))  # never told: epoch 0's order
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
@@ -279,8 +282,14 @@ def test_a_failed_download_removes_only_the_empty_folders_it_made(tmp_path, monk
         raise OSError("offline")
 
     monkeypatch.setattr(MNISTDataModule, "fetch", fails)
-    with pytest.raises(DataError, match=r"the download failed \(OSError: offline\)"):
+    with pytest.raises(DataError) as refused:
         MNISTDataModule(tmp_path, download=True).prepare_data()
+    raw = tmp_path / "MNIST" / "raw"
+    assert str(refused.value) == "mnist: files not found: " + ", ".join(
+        f"{raw}/{split}-{kind}" for split in ("train", "t10k")
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")) + ", and the download failed " \
+        "(OSError: offline). Point paths.data_dir (or the BNSTUDY_DATA_DIR environment " \
+        "variable) at a folder that holds MNIST/raw/, or retry when online."
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "kept", "kept/empty", "partial", "partial/file.gz.part"]
 
