@@ -151,6 +151,22 @@ def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
                 loader.sampler.batch_size) == (2, 1, False, 1000)
 
 
+def test_setup_puts_each_split_on_the_trainers_device_once(tiny_data, monkeypatch):
+    from types import SimpleNamespace
+
+    dm = MNISTDataModule(tiny_data, val_size=100, download=False)
+    dm.setup("fit")  # no trainer: on the CPU
+    on_cpu = {split: getattr(dm, split) for split in ("train_set", "val_set", "test_set")}
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    dm.setup("fit")
+    for split, data in on_cpu.items():
+        moved = getattr(dm, split)
+        assert (moved.x.device.type, moved.y.device.type) == ("meta", "meta")
+        assert moved.x.shape == data.x.shape and moved.y.shape == data.y.shape
+    monkeypatch.setattr(TensorPairs, "to", lambda *_: pytest.fail("moved again"))
+    dm.setup("test")  # already there
+
+
 def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
     """BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out."""
     dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False)
