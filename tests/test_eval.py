@@ -108,6 +108,35 @@ def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep
         "inference_mode": False, "accelerator": "cpu"}  # the Trainer's first flag too
 
 
+def test_the_trainer_keeps_the_runs_test_settings_and_leaves_its_training_ones(sweep,
+                                                                               monkeypatch):
+    """What changes a test's numbers (precision, `limit_test_batches`, …) is the run's own,
+    unless a flag is given; what only trains (epochs, train batches) is left out."""
+    from types import SimpleNamespace
+
+    import hydra.utils
+
+    job = next(sweep.glob("0_*"))
+    config = job / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(config)
+    own = {"accelerator": "cpu", "precision": "bf16-mixed", "limit_test_batches": 0.5,
+           "inference_mode": False, "deterministic": True, "benchmark": True,
+           "fast_dev_run": 2}
+    cfg.trainer.update(own | {"max_epochs": 99, "limit_train_batches": 3})
+    OmegaConf.save(cfg, config)
+    built, instantiate = {}, hydra.utils.instantiate
+
+    def trainer_or_other(node, *args, **kwargs):
+        if not str(node.get("_target_", "")).endswith("Trainer"):
+            return instantiate(node, *args, **kwargs)
+        built.update(node)
+        return SimpleNamespace(test=lambda *_, **__: [{"test/loss": 0.5, "test/acc": 0.9}])
+
+    monkeypatch.setattr(hydra.utils, "instantiate", trainer_or_other)
+    assert evaluate.main([str(job), "trainer.precision=32-true"]) == 0
+    assert built == {"_target_": cfg.trainer._target_, **own, "precision": "32-true"}
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "{tmp}/missing does not exist. Pass a run's directory (outputs/runs/<time>_"
      "<name>), a sweep's directory (outputs/multirun/<date>_<time>) or, for eval, a checkpoint "
