@@ -131,6 +131,16 @@ def test_k_minibatches_a_step_come_as_lists_of_k_of_this_processs_minibatches():
     assert all(torch.equal(a, b) for a, b in zip(alone, share, strict=True))
 
 
+def test_a_datamodule_made_in_python_has_the_studys_settings(tmp_path):
+    """`MNISTDataModule(folder)` splits and serves as `python -m bnstudy.train` (seed 0) does."""
+    from helpers import compose_config
+
+    node, made = compose_config().dataset.datamodule, MNISTDataModule(tmp_path)
+    for key in ("download", "batch_size", "val_size", "train_size", "eval_batch_size",
+                "split_seed", "seed"):
+        assert getattr(made, key) == node[key], key
+
+
 @pytest.mark.parametrize("overfit_batches", [0, 0.5])
 def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
         tiny_data, overfit_batches):
@@ -621,3 +631,9 @@ def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp
     assert len(dm.train_set) + len(dm.val_set) == 150
     shutil.rmtree(served)  # present now: a second prepare_data fetches nothing
     CIFAR10DataModule(data_dir, download=True).prepare_data()
+    monkeypatch.setattr(CIFAR10, "tgz_md5", "0" * 32)  # an archive that is not what it claims
+    served.mkdir()
+    serve_cifar10(served, tmp_path / "again")
+    with pytest.raises(DataError, match=r"test_batch, and the download failed \(RuntimeError: "
+                       r"File not found or corrupted\.\)"):
+        CIFAR10DataModule(tmp_path / "elsewhere", download=True).prepare_data()
