@@ -89,7 +89,7 @@ def load_cifar_batch(path: Path) -> dict:
             entry = RestrictedUnpickler(f, encoding="latin1").load()
             trailing = len(f.read())
         raw = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+        labels = np.asarray(entry["labels"], dtype=np.int64)
         if trailing:
             raise ValueError(f"{trailing} bytes follow the batch")
         if raw.ndim != 2 or raw.shape[1] != 3 * 32 * 32:

@@ -347,6 +347,35 @@ def test_a_damaged_file_is_named_before_training(tmp_path, damaged):
     assert str(refused.value).startswith(said) and str(refused.value).endswith(fix)
 
 
+@pytest.mark.parametrize("batch, why", [
+    ({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4},
+     "ValueError: its images are (4, 100), not (N, 3072) bytes"),
+    ({"data": np.zeros(3072, np.uint8), "labels": [0]},
+     "ValueError: its images are (3072,), not (N, 3072) bytes"),
+    ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3},
+     "ValueError: it holds 4 images but 3 labels"),
+    ({"data": np.zeros((4, 3072), np.uint8)}, "KeyError: 'labels'")])
+def test_a_cifar_batch_of_the_wrong_shape_or_without_labels_is_refused(tmp_path, batch, why):
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError) as refused:
+        load_cifar_batch(path)
+    assert str(refused.value) == f"{path} is not a valid CIFAR-10 batch ({why}): the file is " \
+        "corrupt. Delete it and download again (dataset.datamodule.download=true), or point " \
+        "paths.data_dir at a folder with intact files."
+
+
+def test_mnist_files_that_disagree_on_the_count_are_refused(tmp_path):
+    from helpers import write_idx
+
+    raw = write_mnist(tmp_path, n_train=20, n_test=10) / "MNIST" / "raw"
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(19, np.uint8))
+    with pytest.raises(DataError) as refused:
+        MNISTDataModule(tmp_path, download=False).read_split(train=True)
+    assert str(refused.value) == f"mnist: {raw}/train-images-idx3-ubyte holds 20 images but " \
+        f"{raw}/train-labels-idx1-ubyte holds 19 labels."
+
+
 class Exploit:
     def __reduce__(self):
         return (print, ("pwned",))
