@@ -12,11 +12,12 @@ import tarfile
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import write_cifar10, write_mnist
+from helpers import compose_config, write_cifar10, write_idx, write_mnist
 
 from bnstudy.data import (
     CIFAR10DataModule,
@@ -28,6 +29,12 @@ from bnstudy.data import (
     batches,
 )
 from bnstudy.datafiles import load_cifar_batch
+
+# the fixes the refusals end with: where MNIST's files should be; what to do with a bad CIFAR batch
+POINT_AT_MNIST = "Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a " \
+    "folder that holds MNIST/raw/"
+CIFAR_BATCH_FIX = "the file is corrupt. Delete it and download again " \
+    "(dataset.datamodule.download=true), or point paths.data_dir at a folder with intact files."
 
 
 def test_mnist_loads_normalises_and_splits(tiny_data):
@@ -133,8 +140,6 @@ def test_k_minibatches_a_step_come_as_lists_of_k_of_this_processs_minibatches():
 
 def test_a_datamodule_made_in_python_has_the_studys_settings(tmp_path):
     """`MNISTDataModule(folder)` splits and serves as `python -m bnstudy.train` (seed 0) does."""
-    from helpers import compose_config
-
     node, made = compose_config().dataset.datamodule, MNISTDataModule(tmp_path)
     for key in ("download", "batch_size", "val_size", "train_size", "eval_batch_size",
                 "split_seed", "seed"):
@@ -146,8 +151,6 @@ def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
         tiny_data, overfit_batches):
     """Under DDP (world size 2, rank 1 here): each split's loader takes this rank's share;
     `overfit_batches`, a count or a fraction, serves training batches in order."""
-    from types import SimpleNamespace
-
     dm = MNISTDataModule(tiny_data, batch_size=32, val_size=100, seed=2, download=False)
     dm.setup("fit")
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1, overfit_batches=overfit_batches,
@@ -162,8 +165,6 @@ def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
 
 
 def test_setup_puts_each_split_on_the_trainers_device_once(tiny_data, monkeypatch):
-    from types import SimpleNamespace
-
     dm = MNISTDataModule(tiny_data, val_size=100, download=False)
     dm.setup("fit")  # no trainer: on the CPU
     on_cpu = {split: getattr(dm, split) for split in ("train_set", "val_set", "test_set")}
@@ -289,8 +290,7 @@ def test_missing_files_are_named_with_where_to_point_and_whether_to_download(tmp
     (raw / "train-images-idx3-ubyte").unlink()
     with pytest.raises(DataError) as refused:
         MNISTDataModule(tmp_path, download=download).prepare_data()
-    fix = "Point paths.data_dir (or the BNSTUDY_DATA_DIR environment variable) at a folder that " \
-        "holds MNIST/raw/"
+    fix = POINT_AT_MNIST
     assert str(refused.value) == (
         f"mnist: files not found: {raw}/train-images-idx3-ubyte, {raw}/t10k-labels-idx1-ubyte"
         + (f"; download is disabled (dataset.datamodule.download=false). {fix}, or allow the "
@@ -314,8 +314,7 @@ def test_a_failed_download_removes_only_the_empty_folders_it_made(tmp_path, monk
     assert str(refused.value) == "mnist: files not found: " + ", ".join(
         f"{raw}/{split}-{kind}" for split in ("train", "t10k")
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")) + ", and the download failed " \
-        "(OSError: offline). Point paths.data_dir (or the BNSTUDY_DATA_DIR environment " \
-        "variable) at a folder that holds MNIST/raw/, or retry when online."
+        f"(OSError: offline). {POINT_AT_MNIST}, or retry when online."
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "kept", "kept/empty", "partial", "partial/file.gz.part"]
 
@@ -341,9 +340,7 @@ def test_a_damaged_file_is_named_before_training(tmp_path, damaged):
         fix = "The files are corrupt or truncated: delete them and download again, or point " \
             "paths.data_dir at intact files."
     else:
-        said, fix = f"{path} is not a valid CIFAR-10 batch (UnpicklingError: ", "the file is " \
-            "corrupt. Delete it and download again (dataset.datamodule.download=true), or " \
-            "point paths.data_dir at a folder with intact files."
+        said, fix = f"{path} is not a valid CIFAR-10 batch (UnpicklingError: ", CIFAR_BATCH_FIX
     assert str(refused.value).startswith(said) and str(refused.value).endswith(fix)
 
 
@@ -360,14 +357,10 @@ def test_a_cifar_batch_of_the_wrong_shape_or_without_labels_is_refused(tmp_path,
     path.write_bytes(pickle.dumps(batch))
     with pytest.raises(DataError) as refused:
         load_cifar_batch(path)
-    assert str(refused.value) == f"{path} is not a valid CIFAR-10 batch ({why}): the file is " \
-        "corrupt. Delete it and download again (dataset.datamodule.download=true), or point " \
-        "paths.data_dir at a folder with intact files."
+    assert str(refused.value) == f"{path} is not a valid CIFAR-10 batch ({why}): {CIFAR_BATCH_FIX}"
 
 
 def test_mnist_files_that_disagree_on_the_count_are_refused(tmp_path):
-    from helpers import write_idx
-
     raw = write_mnist(tmp_path, n_train=20, n_test=10) / "MNIST" / "raw"
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros(19, np.uint8))
     with pytest.raises(DataError) as refused:
