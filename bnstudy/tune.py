@@ -161,6 +161,8 @@ class TunedSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         """The searches, then the re-runs; a user's mistake ends in its paragraph, exit 1."""
+        with read_write(self.config):  # its `${now:...}` resolved once: once trials ran here,
+            self.config.hydra.sweep.dir = str(self.config.hydra.sweep.dir)  # it may re-resolve
         try:
             unsearched = self._sweep(arguments)
         except ConfigError as err:  # refused before anything ran: no empty folders left

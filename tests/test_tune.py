@@ -457,6 +457,20 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     assert caplog.messages == [
         f"Interrupted: {sweep} keeps its finished trials and runs. To go on (the same trials, "
         f"then the re-runs), run the same command with resume=true hydra.sweep.dir={sweep}"]
+    # Hydra's default folder, `${now:...}`, resolved once: after trials ran in this process it
+    # resolved again (its cache lost), and the re-runs' launcher made a second, empty folder of
+    # the later time (2 of 3 tuned studies here), which Ctrl-C would have named
+    tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": f"{sweep}-${{now:%H%M%S%f}}"}}})
+    first = tuner.config.hydra.sweep.dir
+
+    def trials_ran(arguments):
+        OmegaConf.clear_cache(tuner.config)
+        raise KeyboardInterrupt
+
+    tuner._sweep = trials_ran
+    with pytest.raises(KeyboardInterrupt):
+        tuner.sweep([])
+    assert tuner.config.hydra.sweep.dir == first and caplog.messages[-1].endswith(first)
 
 
 @pytest.mark.parametrize("folder, settings, refusal", [
