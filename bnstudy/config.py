@@ -104,14 +104,23 @@ BOOKKEEPING = (*HOW_IT_RUNS, "hydra.", "experiment")  # in no run's name
 
 def swept_suffix(override_dirname: str) -> str:
     """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond the run
-    name and bookkeeping; in a multirun only those it varies (`swept_keys`)."""
+    name and bookkeeping; in a multirun only those it varies (`swept_keys`). A tuned trial's
+    sampled values at 4 significant digits."""
     swept = swept_keys()
     items = re.split(r",(?=[+~]|[\w./@-]+=)", override_dirname)  # not a list value's commas
     parts = [item.split("=", 1) for item in items if "=" in item]
     kept = [(key, value) for key, value in parts
             if key not in SHOWN and not key.startswith(BOOKKEEPING)
             and (swept is None or key in swept)]
-    return "".join(f"-{key.rsplit('.', 1)[-1]}={value}" for key, value in kept)
+    return "".join(f"-{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in kept)
+
+
+def _short(value: str) -> str:
+    """A decimal of more than 6 significant digits (a sampled one: `0.009101544767565362`) at 4
+    (`0.009102`); anything else as typed."""
+    decimal = re.fullmatch(r"-?(\d*\.\d+)(e[-+]?\d+)?", value)
+    digits = decimal and decimal[1].replace(".", "").lstrip("0")
+    return f"{float(value):.4g}" if digits and len(digits) > 6 else value
 
 
 def is_multirun() -> bool:

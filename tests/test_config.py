@@ -228,6 +228,14 @@ def test_a_list_value_is_named_whole():
     assert cfg.run_name == "mnist-layer-sgd-seed0-channels=[16,32]-model=cnn"
 
 
+def test_a_sampled_value_is_named_at_4_significant_digits_and_a_typed_one_as_typed():
+    """A tuned trial's Optuna floats would make names of 100 characters."""
+    cfg = compose_config("optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
+                         "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03")
+    assert cfg.run_name == "mnist-bn-sgd-seed0-equivalence_margin=0.001235-lr=0.0000001-" \
+        "val_size=0.12345-lr=0.009102"
+
+
 def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
     """Beyond the study's own: those that differ from the group choices' defaults, or were
     typed (even at their default), never bookkeeping (threads) or `model.steps_per_call`."""
