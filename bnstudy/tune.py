@@ -171,12 +171,12 @@ class TunedSweeper(Sweeper):
         except Exception:  # e.g. Hydra's own paragraph: Could not find 'dataset/mnst'
             discard_empty_sweep(Path(self.config.hydra.sweep.dir))
             raise
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into an exit):
+        except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C (Lightning's an exit):
             sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder
             log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
                       "trials, then the re-runs), run the same command with resume=true %s",
                       sweep_dir, dir_override("hydra.sweep.dir", sweep_dir))
-            raise
+            raise SystemExit(1) from err  # said: not again by the entry point (a grid's words)
         if unsearched:
             sys.exit(unsearched)
 

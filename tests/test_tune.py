@@ -451,8 +451,9 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
         raise KeyboardInterrupt
 
     tuner._sweep = interrupted
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # said here, exit 1: not said again by train
         tuner.sweep([])
+    assert stopped.value.code == 1
     sweep = tmp_path / "sweep"
     assert caplog.messages == [
         f"Interrupted: {sweep} keeps its finished trials and runs. To go on (the same trials, "
@@ -468,9 +469,29 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
         raise KeyboardInterrupt
 
     tuner._sweep = trials_ran
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):
         tuner.sweep([])
     assert tuner.config.hydra.sweep.dir == first and caplog.messages[-1].endswith(first)
+
+
+def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
+    """Between trials (here: before the re-runs), in the study's own words, not the grid's too
+    ("Its finished jobs keep their results (python -m bnstudy.report …)": no report yet)."""
+    import bnstudy.run
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bnstudy.run, "train", fake_train)
+    monkeypatch.setattr(TunedSweeper, "_rerun_top", ctrl_c)
+    proc = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
+                     "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}",
+                     f"paths.data_dir={tmp_path}")
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in said
+    assert said.count("Interrupted") == 1 and f"Interrupted: {tmp_path} keeps its finished " \
+        f"trials and runs. To go on (the same trials, then the re-runs), run the same command " \
+        f"with resume=true hydra.sweep.dir={tmp_path}" in said
 
 
 @pytest.mark.parametrize("folder, settings, refusal", [
