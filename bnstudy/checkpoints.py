@@ -51,9 +51,10 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | None]:
+def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | None, int]:
     """The checkpoint to resume from (`last`, else its `.prev`, else None), a note when it is
-    not simply `last`, and its global step; one that does not load is set aside as `.corrupt`."""
+    not simply `last`, its global step and the epochs it holds (0 without one); one that does
+    not load is set aside as `.corrupt`."""
     last = Path(last)
     for stale in last.parent.glob(f".{last.name}.*.tmp"):
         stale.unlink()
@@ -75,14 +76,14 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | 
         chosen = candidate
         break
     step = checkpoint.get("global_step") if chosen else None
+    epochs = checkpoint.get("epoch", -1) + 1 if chosen else 0  # saved as each epoch ends
     if not problems:
-        return chosen, None, step
+        return chosen, None, step, epochs
     problems.append("No checkpoint loads: started over." if chosen is None else
-                    f"Resumed from the previous checkpoint {chosen} (epoch "
-                    f"{checkpoint.get('epoch', -1)}, global step "
-                    f"{checkpoint.get('global_step', -1)}).")
+                    f"Resumed from the previous checkpoint {chosen} (after epoch {epochs}, "
+                    f"global step {checkpoint.get('global_step', -1)}).")
     log.warning(note := " ".join(problems))
-    return chosen, note, step
+    return chosen, note, step, epochs
 
 
 class StudyCheckpoint(ModelCheckpoint):

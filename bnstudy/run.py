@@ -122,12 +122,14 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     quiet_console()
     started = time.perf_counter()
     record = previous or RunRecord()
+    resume_from, note, step, done = resume_checkpoint(out / "checkpoints" / "last.ckpt") \
+        if resume else (None, None, None, 0)
     if primary:
         epochs = cfg.trainer.max_epochs
         what = "a fast_dev_run (a batch of each loop)" if cfg.trainer.fast_dev_run else \
             f"{epochs} epoch{'' if epochs == 1 else 's'}" + (
-                f" (resuming after epoch {len(record.history)})" if resume and record.history
-                else "")
+                "" if not done else f" (resuming after epoch {done})" if done < epochs
+                else f" (all {done} trained: resuming at its test)")
         log.info("%s: training %s into %s", cfg.run_name, what, out)
         requeued = previous is not None and is_requeue(previous.job, job)
         if requeued:  # its earlier attempts' warnings were shown: not again
@@ -140,8 +142,6 @@ def _train(cfg: DictConfig, out: Path) -> RunRecord:
     if (threads := torch_threads(cfg.threads)) is not None:
         torch.set_num_threads(threads)
 
-    resume_from, note, step = resume_checkpoint(out / "checkpoints" / "last.ckpt") if resume \
-        else (None, None, None)
     datamodule, model, trainer = build(cfg, record.trackers if resume else None, step)
     if primary:
         found = {"resume_note": note, "trackers": tracker_runs(trainer.loggers)}

@@ -79,11 +79,11 @@ def ckpts(trained, tmp_path) -> Path:
 def test_a_fit_keeps_the_previous_checkpoint_and_both_load_weights_only(ckpts):
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "last.ckpt.prev"]
     assert (epoch_of(ckpts / "last.ckpt"), epoch_of(ckpts / "last.ckpt.prev")) == (1, 0)
-    assert resume_checkpoint(ckpts / "absent.ckpt") == (None, None, None)
+    assert resume_checkpoint(ckpts / "absent.ckpt") == (None, None, None, 0)
     stale = ckpts / ".last.ckpt.0badcafe.tmp"  # what a SIGKILL mid-write leaves: removed
     stale.write_bytes(b"partial")
     step = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
-    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None, step)
+    assert resume_checkpoint(ckpts / "last.ckpt") == (ckpts / "last.ckpt", None, step, 2)
     assert not stale.exists()
 
 
@@ -109,7 +109,7 @@ def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(ckpts, monkeypatch, m
     assert list(ckpts.glob(".*.tmp")) == []
     if moment == "while writing":
         assert epoch_of(last) == 1  # last.ckpt is still the one saved before
-    chosen, note, _ = resume_checkpoint(last)
+    chosen, note, *_ = resume_checkpoint(last)
     assert epoch_of(chosen) == 1
     assert note is None if moment == "while writing" else f"{last} is missing" in note
 
@@ -150,7 +150,7 @@ def test_a_file_that_is_not_a_lightning_checkpoint_is_set_aside_in_words(tmp_pat
     torch.save({"state_dict": {}, "code": NotAWeight()}, previous)
     for n in ("last.ckpt.corrupt", "last.ckpt.corrupt.1", "last.ckpt.prev.corrupt"):
         (tmp_path / n).write_bytes(b"earlier")
-    chosen, note, _ = resume_checkpoint(last)
+    chosen, note, *_ = resume_checkpoint(last)
     assert chosen is None and (tmp_path / "last.ckpt.corrupt.2").is_file()
     assert {p.name for p in tmp_path.iterdir() if p.read_bytes() == b"earlier"} == \
         {"last.ckpt.corrupt", "last.ckpt.corrupt.1", "last.ckpt.prev.corrupt"}  # kept as they were
@@ -162,14 +162,14 @@ def test_a_file_that_is_not_a_lightning_checkpoint_is_set_aside_in_words(tmp_pat
     assert caplog.records[-1].getMessage() == note
 
 
-@pytest.mark.parametrize(("saved", "said"), [({}, "epoch -1, global step -1"),
+@pytest.mark.parametrize(("saved", "said"), [({}, "after epoch 0, global step -1"),
                                              ({"epoch": 3, "global_step": 12},
-                                              "epoch 3, global step 12")])
+                                              "after epoch 4, global step 12")])
 def test_a_missing_last_checkpoint_resumes_from_the_previous_one_and_says_which(
         tmp_path, caplog, saved, said):
     last, previous = tmp_path / "last.ckpt", tmp_path / "last.ckpt.prev"
     torch.save({"state_dict": {}, **saved}, previous)
-    chosen, note, _ = resume_checkpoint(last)
+    chosen, note, *_ = resume_checkpoint(last)
     assert chosen == previous and note == (
         f"{last} is missing (a save was cut off before it finished). Resumed from the previous "
         f"checkpoint {previous} ({said}).")
@@ -194,5 +194,5 @@ def test_an_error_without_words_is_still_named(tmp_path, monkeypatch):
 
     torch.save({"state_dict": {}}, tmp_path / "last.ckpt")
     monkeypatch.setattr(torch, "load", load)
-    _, note, _ = resume_checkpoint(tmp_path / "last.ckpt")
+    _, note, *_ = resume_checkpoint(tmp_path / "last.ckpt")
     assert "last.ckpt did not load (EOFError: ); set aside as" in note

@@ -117,6 +117,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     early = run_train(*entry, "resume=true", "+callbacks.stop._target_=tests.faults."
                       "InterruptWhenBuilt")  # Ctrl-C before Lightning's own handling
     assert early.returncode == 1 and "Traceback" not in early.stderr and go_on in early.stderr
+    assert f"training 3 epochs (resuming after epoch 2) into {job}" in early.stderr
     RunRecord.update(job / "metrics.json", error="boom", traceback="...")
     last = job / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100_000])  # as a kill during the save would leave it
@@ -125,7 +126,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     console, log = proc.stdout + proc.stderr, (job / "train.log").read_text()
     for routine in ("GPU available", "`Trainer.fit` stopped"):
         assert routine not in console and routine in log  # kept, in the log file
-    assert f"training 3 epochs (resuming after epoch 2) into {job}" in console
+    assert f"training 3 epochs (resuming after epoch 1) into {job}" in console  # .prev's
     assert ": ok, val acc " in console and f"Files: {job} (" in console
     assert "already holds a run" not in proc.stderr and refused.stderr not in log
     resumed = RunRecord.read(job)
@@ -149,6 +150,10 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     again = run_train(*entry, "resume=true")  # finished: skipped
     assert again.returncode == 0 and "already finished: skipped" in again.stderr
     assert RunRecord.read(job) == resumed
+    RunRecord.update(job / "metrics.json", status="interrupted")  # stopped in its test
+    tested = run_train(*entry, "resume=true")
+    assert f"training 3 epochs (all 3 trained: resuming at its test) into {job}" in tested.stderr
+    assert without_time(RunRecord.read(job)) == without_time(straight)
 
 
 @pytest.mark.slow
