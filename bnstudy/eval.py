@@ -115,7 +115,9 @@ def result_line(run: rebuild.SavedRun, result: dict, written: Path) -> str:
             abs(recorded["loss"] - test["loss"]) <= 1e-5 * max(1.0, abs(recorded["loss"]))
         said = "as recorded" if same else \
             f"recorded: loss {recorded['loss']:.4f}, acc {100 * recorded['acc']:.2f} %"
-    return (f"{run.name} ({result['checkpoint']}, epoch {result['epoch']}): test loss "
+    epoch = result["epoch"]  # Lightning's index of the epoch it was saved at: said from 1
+    return (f"{run.name} ({result['checkpoint']}, "
+            f"{'epoch unknown' if epoch is None else f'after epoch {epoch + 1}'}): test loss "
             f"{test['loss']:.4f}, test acc {100 * test['acc']:.2f} % ({said}) -> "
             f"{written.relative_to(run.path.parent)}")
 

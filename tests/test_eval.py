@@ -54,7 +54,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert result["test"]["loss"] == pytest.approx(recorded["loss"], rel=1e-6)
         assert result["checkpoint"] == str(CHECKPOINT) and result["epoch"] == 1
         assert result["recorded_test"] == recorded and result["trainer_flags"] == {}
-        assert f"{job.name} (checkpoints/last.ckpt, epoch 1): test loss" in out
+        assert f"{job.name} (checkpoints/last.ckpt, after epoch 2): test loss" in out
         assert f"% (as recorded) -> {job.name}/eval.json\n" in out
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
         assert {p.relative_to(job) for p in job.rglob("*")} == files[job] | {Path("eval.json")}
@@ -192,12 +192,12 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     from bnstudy.rebuild import SavedRun
     from bnstudy.records import RunRecord
 
-    def line(record, recorded=None, loss=0.5) -> str:
+    def line(record, recorded=None, loss=0.5, epoch=2, when="after epoch 3") -> str:
         run = SavedRun(tmp_path / "0_run", record, OmegaConf.create({}))
-        result = {"checkpoint": "checkpoints/last.ckpt", "epoch": 2,
+        result = {"checkpoint": "checkpoints/last.ckpt", "epoch": epoch,  # Lightning's index
                   "test": {"loss": loss, "acc": 0.9}, "recorded_test": recorded}
         said = evaluate.result_line(run, result, run.path / "eval.json")
-        head = f"0_run (checkpoints/last.ckpt, epoch 2): test loss {loss:.4f}, test acc 90.00 % ("
+        head = f"0_run (checkpoints/last.ckpt, {when}): test loss {loss:.4f}, test acc 90.00 % ("
         assert said.startswith(head) and said.endswith(") -> 0_run/eval.json"), said
         return said[len(head):-len(") -> 0_run/eval.json")]
 
@@ -205,6 +205,7 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     assert line(None) == f"{unfinished} (no metrics.json)"
     assert line(RunRecord("interrupted")) == f"{unfinished} (interrupted)"
     assert line(RunRecord("ok")) == line(RunRecord("diverged")) == "no test result recorded"
+    assert line(RunRecord("ok"), epoch=None, when="epoch unknown") == "no test result recorded"
     ok = RunRecord("ok")
     assert line(ok, {"loss": 0.5 + 4e-6, "acc": 0.9 + 4e-7}) == "as recorded"  # float noise
     assert line(ok, {"loss": 0.5 + 1.5e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
