@@ -33,8 +33,8 @@ class JobDirLock:
     """The lock on one job directory: `JobDirBusyError` while another holds it; without `flock`
     on the filesystem, a warning and no lock."""
 
-    def __init__(self, job_dir: str | Path) -> None:
-        self.path = Path(job_dir) / LOCK_NAME
+    def __init__(self, job_dir: str | Path, name: str = LOCK_NAME) -> None:
+        self.path = Path(job_dir) / name
         self._fd: int | None = None
 
     def acquire(self, run_name: str) -> None:
@@ -47,7 +47,8 @@ class JobDirLock:
             os.close(fd)
             job = self.path.parent
             raise JobDirBusyError(
-                f"{job} is in use: {describe_holder(holder(job))} holds its lock ({self.path}). "
+                f"{job} is in use: {describe_holder(holder(job, self.path.name))} holds its lock "
+                f"({self.path}). "
                 "One process at a time trains or rewrites a job directory, so nothing was "
                 "changed. Wait until it ends (or stop it), then run this command again, "
                 "with resume=true to continue it; to train beside it, choose another "
@@ -100,10 +101,10 @@ def config_subdir(output_dir: str, overwrite: bool) -> str | None:
     return None if exists and (not overwrite or is_locked(output_dir)) else ".hydra"
 
 
-def holder(job_dir: str | Path) -> dict:
+def holder(job_dir: str | Path, name: str = LOCK_NAME) -> dict:
     """The holder the lock file of `job_dir` names ({} if none; maybe one killed holding it)."""
     try:
-        return json.loads((Path(job_dir) / LOCK_NAME).read_bytes())
+        return json.loads((Path(job_dir) / name).read_bytes())
     except (OSError, ValueError):  # none, empty, or being written
         return {}
 

@@ -34,7 +34,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.config import changed_settings, validate
 from bnstudy.errors import ConfigError
-from bnstudy.jobdir import dir_override, is_locked
+from bnstudy.jobdir import (
+    JobDirBusyError,
+    JobDirLock,
+    describe_holder,
+    dir_override,
+    holder,
+    is_locked,
+)
 from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord, job_dirs, write_json_atomic
 from bnstudy.sweep import announce, discard_empty_sweep
 from bnstudy.trials import Cells, ScoringLauncher, score
@@ -42,6 +49,7 @@ from bnstudy.trials import Cells, ScoringLauncher, score
 log = logging.getLogger("bnstudy")
 
 METRIC = "val/acc (final epoch)"
+STUDY_LOCK = ".tuning.lock"  # in the study's folder: held while its process runs
 
 
 def cell_seed(base: int, cell: str) -> int:
@@ -68,6 +76,21 @@ def _values(override: str) -> list:
     if parsed.is_sweep_override():
         return [str(v) for v in parsed.sweep_string_iterator()]
     return [parsed.get_value_element_as_str()]
+
+
+def _lock_study(lock: JobDirLock) -> None:
+    """One process per tuned study (its searches live in it): a second launch into its folder,
+    while it runs, is refused."""
+    try:
+        lock.acquire("the tuned study")
+    except JobDirBusyError:
+        study = lock.path.parent
+        raise ConfigError(
+            f"{study} is being tuned: {describe_holder(holder(study, STUDY_LOCK))} runs it. "
+            "A tuned study's searches live in one process, so nothing was run. Wait until it "
+            "ends (or stop it), then run the same command with resume=true "
+            f"{dir_override('hydra.sweep.dir', study)} to go on; to tune beside it, choose "
+            "another hydra.sweep.dir.") from None
 
 
 def check_folder(config: DictConfig, sweep_dir: Path) -> None:
@@ -163,13 +186,18 @@ class TunedSweeper(Sweeper):
         """The searches, then the re-runs; a user's mistake ends in its paragraph, exit 1."""
         with read_write(self.config):  # its `${now:...}` resolved once: once trials ran here,
             self.config.hydra.sweep.dir = str(self.config.hydra.sweep.dir)  # it may re-resolve
+        lock = JobDirLock(self.config.hydra.sweep.dir, STUDY_LOCK)
+        made = not lock.path.exists()
         try:
+            _lock_study(lock)
             unsearched = self._sweep(arguments)
-        except ConfigError as err:  # refused before anything ran: no empty folders left
+        except Exception as err:  # a mistake's paragraph, or Hydra's own (Could not find
+            lock.release()  # 'dataset/mnst'): refused before anything ran, nothing left
+            if made:
+                lock.path.unlink(missing_ok=True)
             discard_empty_sweep(Path(self.config.hydra.sweep.dir))
-            sys.exit(str(err))
-        except Exception:  # e.g. Hydra's own paragraph: Could not find 'dataset/mnst'
-            discard_empty_sweep(Path(self.config.hydra.sweep.dir))
+            if isinstance(err, ConfigError):
+                sys.exit(str(err))
             raise
         except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C (Lightning's an exit):
             sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder
@@ -177,6 +205,8 @@ class TunedSweeper(Sweeper):
                       "trials, then the re-runs), run the same command with resume=true %s",
                       sweep_dir, dir_override("hydra.sweep.dir", sweep_dir))
             raise SystemExit(1) from err  # said: not again by the entry point (a grid's words)
+        finally:
+            lock.release()
         if unsearched:
             sys.exit(unsearched)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -472,6 +473,28 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     with pytest.raises(SystemExit):
         tuner.sweep([])
     assert tuner.config.hydra.sweep.dir == first and caplog.messages[-1].endswith(first)
+
+
+def test_a_second_launch_of_a_running_tuned_study_is_refused_and_changes_nothing(tmp_path):
+    """Two processes would each search (the same seeded trials, skipping the other's) and
+    write tuning.json: launched with resume=true while the study ran, both did."""
+    from bnstudy.jobdir import JobDirLock
+    from bnstudy.tune import STUDY_LOCK
+
+    (tmp_path / SEARCH_DIR).mkdir()
+    with JobDirLock(tmp_path, STUDY_LOCK) as running:  # the first launch, still tuning
+        running.acquire("the tuned study")
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        second = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
+                           "resume=true", f"hydra.sweep.dir={tmp_path}",
+                           f"paths.data_dir={tmp_path}")
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    said = " ".join(second.stderr.split())
+    assert second.returncode == 1 and "Traceback" not in said
+    assert f"{tmp_path} is being tuned: the tuned study in process {os.getpid()} on " in said
+    assert "A tuned study's searches live in one process, so nothing was run. Wait until it " \
+        f"ends (or stop it), then run the same command with resume=true hydra.sweep.dir=" \
+        f"{tmp_path} to go on; to tune beside it, choose another hydra.sweep.dir." in said
 
 
 def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
