@@ -190,6 +190,9 @@ class TunedSweeper(Sweeper):
         made = not lock.path.exists()
         try:
             _lock_study(lock)
+        except ConfigError as err:  # another process's study: nothing of it touched
+            sys.exit(str(err))
+        try:
             unsearched = self._sweep(arguments)
         except Exception as err:  # a mistake's paragraph, or Hydra's own (Could not find
             lock.release()  # 'dataset/mnst'): refused before anything ran, nothing left

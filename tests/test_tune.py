@@ -477,11 +477,12 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
 
 def test_a_second_launch_of_a_running_tuned_study_is_refused_and_changes_nothing(tmp_path):
     """Two processes would each search (the same seeded trials, skipping the other's) and
-    write tuning.json: launched with resume=true while the study ran, both did."""
+    write tuning.json: launched with resume=true while the study ran, both did. Its refusal
+    leaves the running study's folder as it is (not removed as a folder no job wrote in)."""
     from bnstudy.jobdir import JobDirLock
     from bnstudy.tune import STUDY_LOCK
 
-    (tmp_path / SEARCH_DIR).mkdir()
+    (tmp_path / "multirun.yaml").write_text("{}")  # a study just started: no search/ yet
     with JobDirLock(tmp_path, STUDY_LOCK) as running:  # the first launch, still tuning
         running.acquire("the tuned study")
         before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
