@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import logging
 import os
 import shlex
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -265,6 +267,18 @@ ENDINGS = {"CANCELLED": "cancelled", "TIMEOUT": "timed out, not requeued",
            "BOOT_FAIL": "its node failed to start", "DEADLINE": "past its deadline",
            "INTERRUPTED": "stopped by submitit's local controller (past its restarts)",
            "FINISHED": "killed, or exited without a result", "COMPLETED": "exited without a result"}
+
+
+_STDERR = threading.Lock()
+
+
+@contextlib.contextmanager
+def stderr_muted():
+    """`sys.stderr` swapped for a stand-in, one thread at a time: it is one for all threads, so
+    two swapping at once (a tuned study's cells submitting) would each restore the other's
+    stand-in, and the process's last words would go nowhere."""
+    with _STDERR, contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0

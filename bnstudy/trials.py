@@ -104,5 +104,5 @@ class Cells:
 def _launch(real, overrides, first: int, done: Future) -> None:
     try:
         done.set_result(real.launch(overrides, initial_job_idx=first))
-    except Exception as err:
-        done.set_exception(err)
+    except BaseException as err:  # a launcher's refusal exits: in a thread, silently, and its
+        done.set_exception(err)  # search would wait for the jobs forever

@@ -16,10 +16,12 @@ seeded sampler proposes the same settings.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -194,22 +196,28 @@ class TunedSweeper(Sweeper):
             sys.exit(str(err))
         try:
             unsearched = self._sweep(arguments)
-        except Exception as err:  # a mistake's paragraph, or Hydra's own (Could not find
-            lock.release()  # 'dataset/mnst'): refused before anything ran, nothing left
-            if made:
-                lock.path.unlink(missing_ok=True)
-            discard_empty_sweep(Path(self.config.hydra.sweep.dir))
-            if isinstance(err, ConfigError):
-                sys.exit(str(err))
-            raise
-        except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C (Lightning's an exit):
-            sweep_dir = self.config.hydra.sweep.dir  # a trial's line names its search's folder
+        except BaseException as err:
+            lock.release()
+            # a mistake's paragraph, Hydra's own (Could not find 'dataset/mnst') or a
+            # launcher's exit (SLURM refused the jobs): refused before anything ran, nothing left
+            if isinstance(err, Exception) or isinstance(getattr(err, "code", None), str):
+                if made:
+                    lock.path.unlink(missing_ok=True)
+                study = Path(self.config.hydra.sweep.dir)
+                with contextlib.suppress(OSError):  # emptied by its cells' refusals, at once
+                    (study / SEARCH_DIR).rmdir()
+                if isinstance(err, ConfigError):
+                    discard_empty_sweep(study)
+                    sys.exit(str(err))
+                if discard_empty_sweep(study) and isinstance(err, SystemExit):  # not its search's
+                    sys.exit(re.sub(r"\([^()]* removed\)", f"({study} removed)", err.code))
+                raise
+            sweep_dir = self.config.hydra.sweep.dir  # Ctrl-C (Lightning's is an exit 1)
             log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
                       "trials, then the re-runs), run the same command with resume=true %s",
                       sweep_dir, dir_override("hydra.sweep.dir", sweep_dir))
             raise SystemExit(1) from err  # said: not again by the entry point (a grid's words)
-        finally:
-            lock.release()
+        lock.release()
         if unsearched:
             sys.exit(unsearched)
 

@@ -93,3 +93,19 @@ def test_the_cells_batches_run_in_turn_here_and_at_once_on_a_cluster():
     together = Cells(concurrent=False)
     with pytest.raises(OSError, match="no launcher"):
         together.search(searches(together, Fails()))
+
+    class Refuses:  # a launcher's refusal (SLURM refused the jobs) exits
+        def launch(self, job_overrides, initial_job_idx):
+            raise SystemExit("SLURM refused the sweep's jobs")
+
+    together, ended = Cells(concurrent=True), []
+
+    def sweep():
+        with pytest.raises(SystemExit, match="SLURM refused") as refused:
+            together.search(searches(together, Refuses()))
+        ended.append(refused.value)
+
+    thread = threading.Thread(target=sweep, daemon=True)  # (a search waiting forever: failed)
+    thread.start()
+    thread.join(timeout=20)
+    assert ended, "the searches still wait for jobs a refused launch never submitted"

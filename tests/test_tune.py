@@ -443,10 +443,10 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
                     r"hydra.sweeper.rerun_top=3", refused.value.code)
     assert not list(tmp_path.iterdir())  # refused before anything ran: no empty outputs/
     tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
-    (tmp_path / "sweep" / "search").mkdir(parents=True)
+    (tmp_path / "sweep" / "search" / "mnist-bn-sgd").mkdir(parents=True)
     with pytest.raises(SystemExit):
         tuner.sweep([])
-    assert (tmp_path / "sweep" / "search").is_dir()  # something ran: kept
+    assert (tmp_path / "sweep" / "search" / "mnist-bn-sgd").is_dir()  # something ran: kept
 
     def interrupted(arguments):
         raise KeyboardInterrupt

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import io
 import logging
 import os
 import sys
@@ -17,7 +16,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from bnstudy.sweep import collect_jobs, discard_empty_sweep
+from bnstudy.sweep import collect_jobs, discard_empty_sweep, stderr_muted
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -74,7 +73,7 @@ class _Collecting:
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         state = Singleton.get_state()
         try:  # sbatch's own lines (submitit copies them to stderr) said once, in the paragraph
-            with contextlib.redirect_stderr(io.StringIO()):
+            with stderr_muted():
                 jobs = executor.map_array(self, [list(o) for o in job_overrides],
                                           ["hydra.sweep.dir"] * len(numbers), list(numbers),
                                           [f"job_id_for_{idx}" for idx in numbers],
