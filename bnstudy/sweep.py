@@ -312,6 +312,7 @@ def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0
                                    _return_value=RunRecord(status="interrupted", run_name=name,
                                                            error=f"{ending}: no result"))
         if pending:
+            queue.say_held(sweep_dir)
             time.sleep(poll_s)
     return returns
 
@@ -334,12 +335,15 @@ class Queue:
     result file and `squeue` (gone twice in a row without a result: `lost`)."""
 
     SQUEUE_EVERY_S = 15.0
+    # why SLURM holds a job that will never start: it asks more than the partition's nodes have
+    NEVER = ("PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints")
 
     def __init__(self, jobs) -> None:
         self.slurm = [job for job in jobs if type(job).__name__ == "SlurmJob"]
         self.accounting = not self.slurm or has_accounting()
         self.absent: dict[str, int] = {}  # squeue answers in a row without the job
         self.asked = float("-inf")
+        self.held_asked: float | None = time.monotonic()  # None: said
         if not self.accounting:
             log.warning("This cluster has no job accounting (sacct does not answer): job states "
                         "come from result files and squeue only.")
@@ -353,6 +357,31 @@ class Queue:
         if time.monotonic() - self.asked > self.SQUEUE_EVERY_S:
             self._ask_squeue()
         return "lost" if self.absent.get(job.job_id, 0) >= 2 else False
+
+    def say_held(self, sweep_dir: Path) -> None:
+        """Warns once if SLURM holds jobs for a reason that does not pass (`NEVER`)."""
+        if not self.slurm or self.held_asked is None or \
+                time.monotonic() - self.held_asked < self.SQUEUE_EVERY_S:
+            return
+        self.held_asked = time.monotonic()
+        ids = sorted({job.job_id.split("_")[0] for job in self.slurm})
+        try:
+            out = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r", "-j",
+                                  ",".join(ids)], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        held = dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
+        if not (never := {job: why for job, why in held.items() if why.strip() in self.NEVER}):
+            return
+        self.held_asked = None
+        log.warning(
+            "SLURM holds %d of the sweep's jobs (%s: %s), which ask more than the partition "
+            "gives, so they will not start. Stop them (scancel %s) and launch again with "
+            "settings its nodes have (sinfo -o '%%P %%c %%m %%G %%l' lists each partition's "
+            "CPUs, memory, GPUs and time limit): hydra.launcher.cpus_per_task, mem_gb, "
+            "gpus_per_node, timeout_min, and resume=true %s.", len(never),
+            ", ".join(sorted(never)), ", ".join(sorted({w.strip() for w in never.values()})),
+            " ".join(ids), dir_override("hydra.sweep.dir", study_dir(sweep_dir)))
 
     def _ask_squeue(self) -> None:
         ids = sorted({job.job_id.split("_")[0] for job in self.slurm})

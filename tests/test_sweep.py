@@ -350,7 +350,8 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
     from bnstudy import sweep
 
     done = write_job(tmp_path, [0.5, 0.6])
-    fake_commands(monkeypatch, tmp_path / "bin", squeue="exit 0",  # the queue is empty
+    fake_commands(monkeypatch, tmp_path / "bin",  # the queue empty, but held while polled
+                  squeue='case "$*" in *"-t PD"*) echo "7_0 PartitionConfig";; esac',
                   sacct="echo 'Slurm accounting storage is disabled' >&2; exit 1")
     monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
     sweep.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
@@ -358,8 +359,34 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
     notes = [r.getMessage() for r in caplog.records if "no job accounting" in r.getMessage()]
     assert notes == ["This cluster has no job accounting (sacct does not answer): job states "
                      "come from result files and squeue only."]
+    assert any(r.getMessage().startswith("SLURM holds 1 of the sweep's jobs (7_0: Partition")
+               for r in caplog.records)  # asked as the sweep waits
     assert "\n  1_mnist-bn-sgd-seed1: left the queue (state unknown without sacct): no result " \
         "before its run started\n" in sweep_summary.end()
+
+
+def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monkeypatch, caplog):
+    """Asking more CPUs than a node has, SLURM takes the jobs and holds them (PartitionConfig)
+    forever: the sweep waited without a word. A reason that passes (Priority) is not said."""
+    pytest.importorskip("submitit")
+    from bnstudy import sweep
+
+    reason = tmp_path / "reason"
+    fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 0",
+                  squeue=f'echo "$@" > {tmp_path}/asked; echo "7_0 $(cat {reason})"')
+    monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
+    queue = sweep.Queue([SlurmJob(tmp_path)])
+    for why in ("Priority", "PartitionConfig", "PartitionConfig"):
+        reason.write_text(why)
+        queue.say_held(tmp_path / "multirun" / "s")
+    assert (tmp_path / "asked").read_text().split() == ["-h", "-r", "-t", "PD", "-o", "%i %r",
+                                                        "-j", "7"]
+    assert [r.getMessage() for r in caplog.records if "holds" in r.getMessage()] == [
+        "SLURM holds 1 of the sweep's jobs (7_0: PartitionConfig), which ask more than the "
+        "partition gives, so they will not start. Stop them (scancel 7) and launch again with "
+        "settings its nodes have (sinfo -o '%P %c %m %G %l' lists each partition's CPUs, "
+        "memory, GPUs and time limit): hydra.launcher.cpus_per_task, mem_gb, gpus_per_node, "
+        f"timeout_min, and resume=true hydra.sweep.dir={tmp_path}/multirun/s."]
 
 
 def test_a_sweep_folder_without_a_job_goes_with_its_own_files_and_a_job_keeps_it(tmp_path,
