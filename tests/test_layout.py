@@ -16,8 +16,8 @@ MAX_LINES = 400
 # below it. Names are relative to `bnstudy.`; the first pattern (in this order) that matches a
 # module gives its layer.
 LAYERS = [
-    ("entry points", ["train", "sweep", "tune", "trials", "eval", "draw", "rebuild", "report.cli",
-                      "report.__main__", "report", "bench", "bench.*"]),
+    ("entry points", ["train", "sweep", "cluster", "tune", "trials", "eval", "draw", "rebuild",
+                      "report.cli", "report.__main__", "report", "bench", "bench.*"]),
     ("run", ["run"]),
     ("pieces", ["model", "data", "datafiles", "nets", "callbacks", "probes", "pictures",
                 "pictures.*", "trackers", "checkpoints", "dashboard", "report.*"]),

@@ -196,7 +196,7 @@ class SlurmJob(LocalJob):
 def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending):
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from bnstudy.sweep import job_ending
+    from bnstudy.cluster import job_ending
 
     err = FailedJobError(message) if message else UncompletedJobError("no result")
     assert job_ending(job, err) == ending
@@ -306,7 +306,7 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
     """Issue #34: a cancelled job (UncompletedJobError from its `results()`) does not end the
     sweep; the summary names it with SLURM's state, keeps the finished job's result, exits 1."""
     pytest.importorskip("submitit")
-    from bnstudy.sweep import collect_jobs
+    from bnstudy.cluster import collect_jobs
 
     done = write_job(tmp_path, [0.5, 0.6])
     cancelled = write_job(tmp_path, [0.4, 0.5], status="interrupted", seed=1)
@@ -347,14 +347,14 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
     """Issue #34: on a cluster without accounting the sweep says so once and notices a job
     that left `squeue` without a result, instead of waiting for sacct forever."""
     pytest.importorskip("submitit")
-    from bnstudy import sweep
+    from bnstudy import cluster
 
     done = write_job(tmp_path, [0.5, 0.6])
     fake_commands(monkeypatch, tmp_path / "bin",  # the queue empty, but held while polled
                   squeue='case "$*" in *"-t PD"*) echo "7_0 PartitionConfig";; esac',
                   sacct="echo 'Slurm accounting storage is disabled' >&2; exit 1")
-    monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
-    sweep.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
+    monkeypatch.setattr(cluster.Queue, "SQUEUE_EVERY_S", 0)
+    cluster.collect_jobs([FakeJob("its record"), SlurmJob(tmp_path)], [[], []],
                        [done.name, "1_mnist-bn-sgd-seed1"].__getitem__, tmp_path, poll_s=0)
     notes = [r.getMessage() for r in caplog.records if "no job accounting" in r.getMessage()]
     assert notes == ["This cluster has no job accounting (sacct does not answer): job states "
@@ -369,18 +369,17 @@ def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monke
     """Asking more CPUs than a node has, SLURM takes the jobs and holds them (PartitionConfig)
     forever: the sweep waited without a word. A reason that passes (Priority) is not said."""
     pytest.importorskip("submitit")
-    from bnstudy import sweep
+    from bnstudy import cluster
 
     reason = tmp_path / "reason"
     fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 0",
                   squeue=f'echo "$@" > {tmp_path}/asked; echo "7_0 $(cat {reason})"')
-    monkeypatch.setattr(sweep.Queue, "SQUEUE_EVERY_S", 0)
-    queue = sweep.Queue([SlurmJob(tmp_path)])
+    monkeypatch.setattr(cluster.Queue, "SQUEUE_EVERY_S", 0)
+    queue = cluster.Queue([SlurmJob(tmp_path)])
     for why in ("Priority", "PartitionConfig", "PartitionConfig"):
         reason.write_text(why)
         queue.say_held(tmp_path / "multirun" / "s")
-    assert (tmp_path / "asked").read_text().split() == ["-h", "-r", "-t", "PD", "-o", "%i %r",
-                                                        "-j", "7"]
+    assert (tmp_path / "asked").read_text() == "-h -r -t PD -o %i %r -j 7\n"
     assert [r.getMessage() for r in caplog.records if "holds" in r.getMessage()] == [
         "SLURM holds 1 of the sweep's jobs (7_0: PartitionConfig), which ask more than the "
         "partition gives, so they will not start. Stop them (scancel 7) and launch again with "

@@ -1,5 +1,5 @@
 """`hydra/launcher=slurm` and `submitit_local`: Hydra's submitit launchers, except that jobs
-are collected one by one (`bnstudy.sweep.collect_jobs`): one without a result is a line in the
+are collected one by one (`bnstudy.cluster.collect_jobs`): one without a result is a line in the
 summary, not a traceback ending the sweep. (Hydra finds launchers in `hydra_plugins` only.)"""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from bnstudy.sweep import collect_jobs, discard_empty_sweep, stderr_muted
+from bnstudy.cluster import collect_jobs, stderr_muted
+from bnstudy.sweep import discard_empty_sweep
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
