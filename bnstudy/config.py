@@ -119,7 +119,7 @@ def _short(value: str) -> str:
     """A decimal of more than 6 significant digits (a sampled one: `0.009101544767565362`) at 4
     (`0.009102`); anything else as typed."""
     decimal = re.fullmatch(r"-?(\d*\.\d+)(e[-+]?\d+)?", value)
-    digits = decimal and decimal[1].replace(".", "").lstrip("0")
+    digits = decimal and decimal[1].replace(".", "").strip("0")
     return f"{float(value):.4g}" if digits and len(digits) > 6 else value
 
 

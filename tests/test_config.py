@@ -231,9 +231,10 @@ def test_a_list_value_is_named_whole():
 def test_a_sampled_value_is_named_at_4_significant_digits_and_a_typed_one_as_typed():
     """A tuned trial's Optuna floats would make names of 100 characters."""
     cfg = compose_config("optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
-                         "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03")
-    assert cfg.run_name == "mnist-bn-sgd-seed0-equivalence_margin=0.001235-lr=0.0000001-" \
-        "val_size=0.12345-lr=0.009102"
+                         "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03",
+                         "callbacks.hallucinations.lr=1000000000.0")  # (1e9, as Hydra writes it)
+    assert cfg.run_name == "mnist-bn-sgd-seed0-lr=1000000000.0-equivalence_margin=0.001235-" \
+        "lr=0.0000001-val_size=0.12345-lr=0.009102"
 
 
 def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
