@@ -213,6 +213,9 @@ class TunedSweeper(Sweeper):
                     sys.exit(re.sub(r"\([^()]* removed\)", f"({study} removed)", err.code))
                 raise
             sweep_dir = self.config.hydra.sweep.dir  # Ctrl-C (Lightning's is an exit 1)
+            if getattr(self, "in_flight", False):  # not said by the launcher (in threads)
+                log.error("The study's SLURM jobs go on without it: squeue --me lists them, "
+                          "scancel <job id> stops them.")
             log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
                       "trials, then the re-runs), run the same command with resume=true %s",
                       sweep_dir, dir_override("hydra.sweep.dir", sweep_dir))
@@ -254,8 +257,10 @@ class TunedSweeper(Sweeper):
         self._save_plan(sweep_dir, {"seed": ",".join(map(str, self.seeds)), **searched})
         started = time.perf_counter()
         together = Cells(concurrent=type(self.launcher).__name__ == "SlurmLauncher")
+        self.in_flight = together.concurrent  # a Ctrl-C now leaves the cells' SLURM jobs queued
         outcomes = together.search(
             [lambda cell=cell: self._search(cell, rest, sweep_dir, together) for cell in cells])
+        self.in_flight = False
         record["cells"] = [cell for cell, _ in outcomes]
         unsearched = [problem for _, problem in outcomes if problem]
         record["time_s"]["search"] = time.perf_counter() - started

@@ -459,6 +459,11 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     assert caplog.messages == [
         f"Interrupted: {sweep} keeps its finished trials and runs. To go on (the same trials, "
         f"then the re-runs), run the same command with resume=true hydra.sweep.dir={sweep}"]
+    tuner.in_flight = True  # its cells' SLURM jobs queued on, from threads: said here
+    with pytest.raises(SystemExit):
+        tuner.sweep([])
+    assert caplog.messages[1:] == ["The study's SLURM jobs go on without it: squeue --me lists "
+                                   "them, scancel <job id> stops them.", caplog.messages[0]]
     # Hydra's default folder, `${now:...}`, resolved once: after trials ran in this process it
     # resolved again (its cache lost), and the re-runs' launcher made a second, empty folder of
     # the later time (2 of 3 tuned studies here), which Ctrl-C would have named
