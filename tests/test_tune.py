@@ -505,8 +505,10 @@ def test_a_second_launch_of_a_running_tuned_study_is_refused_and_changes_nothing
 
 def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
     """Between trials (here: before the re-runs), in the study's own words, not the grid's too
-    ("Its finished jobs keep their results (python -m bnstudy.report …)": no report yet)."""
+    ("Its finished jobs keep their results (python -m bnstudy.report …)": no report yet); its
+    searches' SLURM jobs, which no launcher said, said to go on."""
     import bnstudy.run
+    import bnstudy.tune
 
     def ctrl_c(*args):
         raise KeyboardInterrupt
@@ -521,6 +523,23 @@ def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
     assert said.count("Interrupted") == 1 and f"Interrupted: {tmp_path} keeps its finished " \
         f"trials and runs. To go on (the same trials, then the re-runs), run the same command " \
         f"with resume=true hydra.sweep.dir={tmp_path}" in said
+    assert "SLURM" not in said  # no cells' jobs were in flight on a cluster
+
+    class OnCluster(bnstudy.tune.Cells):  # the cells' trials in flight on SLURM, from threads
+        def __init__(self, concurrent: bool) -> None:
+            super().__init__(concurrent=True)
+
+        def search(self, searches):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bnstudy.tune, "Cells", OnCluster)
+    shutil.rmtree(tmp_path / SEARCH_DIR, ignore_errors=True)
+    proc = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
+                     "resume=true", "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}",
+                     f"paths.data_dir={tmp_path}")
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and said.count("The study's SLURM jobs go on without it: squeue "
+                                               "--me lists them, scancel <job id> stops them.") == 1
 
 
 @pytest.mark.parametrize("folder, settings, refusal", [
