@@ -102,6 +102,7 @@ class Queue:
 
     def __init__(self, jobs) -> None:
         self.slurm = [job for job in jobs if type(job).__name__ == "SlurmJob"]
+        self.ids = sorted({job.job_id.split("_")[0] for job in self.slurm})  # their arrays
         self.accounting = not self.slurm or has_accounting()
         self.absent: dict[str, int] = {}  # squeue answers in a row without the job
         self.asked = float("-inf")
@@ -126,11 +127,7 @@ class Queue:
                 time.monotonic() - self.held_asked < self.SQUEUE_EVERY_S:
             return
         self.held_asked = time.monotonic()
-        ids = sorted({job.job_id.split("_")[0] for job in self.slurm})
-        try:
-            out = subprocess.run(["squeue", "-h", "-r", "-t", "PD", "-o", "%i %r", "-j",
-                                  ",".join(ids)], capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
+        if (out := self._squeue("-t", "PD", "-o", "%i %r")) is None:
             return
         held = dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
         if not (never := {job: why for job, why in held.items() if why.strip() in self.NEVER}):
@@ -143,17 +140,20 @@ class Queue:
             "CPUs, memory, GPUs and time limit): hydra.launcher.cpus_per_task, mem_gb, "
             "gpus_per_node, timeout_min, and resume=true %s.", len(never),
             ", ".join(sorted(never)), ", ".join(sorted({w.strip() for w in never.values()})),
-            " ".join(ids), dir_override("hydra.sweep.dir", study_dir(sweep_dir)))
+            " ".join(self.ids), dir_override("hydra.sweep.dir", study_dir(sweep_dir)))
+
+    def _squeue(self, *options: str) -> subprocess.CompletedProcess | None:
+        """`squeue` of this sweep's jobs, one line each (array tasks apart); None: no answer."""
+        try:
+            return subprocess.run(["squeue", "-h", "-r", *options, "-j", ",".join(self.ids)],
+                                  capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
 
     def _ask_squeue(self) -> None:
-        ids = sorted({job.job_id.split("_")[0] for job in self.slurm})
-        try:
-            out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(ids)],
-                                 capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
+        out = self._squeue("-o", "%i")
+        if out is None or out.returncode != 0 and "Invalid job id" not in out.stderr:
             return  # no answer: nothing is known to have left
-        if out.returncode != 0 and "Invalid job id" not in out.stderr:
-            return
         self.asked, queued = time.monotonic(), set(out.stdout.split())
         for job in self.slurm:
             gone = job.job_id not in queued

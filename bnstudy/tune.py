@@ -140,6 +140,7 @@ class TunedSweeper(Sweeper):
         # the re-runs' seeds: those every sweep runs (`hydra.sweeper.params.seed`), or `seed=…`
         seeds = (params or {}).get("seed", "0")
         self.seeds = [int(v) for v in _values(f"seed={seeds}")]
+        self.in_flight = False  # the cells' trials on a cluster, submitted from threads
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -206,14 +207,14 @@ class TunedSweeper(Sweeper):
                 study = Path(self.config.hydra.sweep.dir)
                 with contextlib.suppress(OSError):  # emptied by its cells' refusals, at once
                     (study / SEARCH_DIR).rmdir()
+                removed = discard_empty_sweep(study)
                 if isinstance(err, ConfigError):
-                    discard_empty_sweep(study)
                     sys.exit(str(err))
-                if discard_empty_sweep(study) and isinstance(err, SystemExit):  # not its search's
+                if removed and isinstance(err, SystemExit):  # the study's folder, not its search's
                     sys.exit(re.sub(r"\([^()]* removed\)", f"({study} removed)", err.code))
                 raise
             sweep_dir = self.config.hydra.sweep.dir  # Ctrl-C (Lightning's is an exit 1)
-            if getattr(self, "in_flight", False):  # not said by the launcher (in threads)
+            if self.in_flight:  # not said by the launcher (its jobs wait in threads)
                 log.error("The study's SLURM jobs go on without it: squeue --me lists them, "
                           "scancel <job id> stops them.")
             log.error("Interrupted: %s keeps its finished trials and runs. To go on (the same "
