@@ -188,10 +188,12 @@ def test_norm_labels_colours_and_order_come_from_the_registry(tmp_path):
     _, by_norm = the_comparison(tmp_path)
     lines = curves_figure("mnist, sgd", by_norm).axes[0].get_lines()
     assert [line.get_label() for line in lines] == [
-        "No BatchNorm (1 seed)", "BatchNorm (1 seed)", "LayerNorm (1 seed)", "weird (1 seed)"]
+        "No norm (1 seed)", "BatchNorm (1 seed)", "LayerNorm (1 seed)", "weird (1 seed)"]
     assert [same_color(line.get_color(), c) for line, c in zip(
         lines[:3], ("tab:orange", "tab:blue", "tab:green"), strict=True)] == [True] * 3
     assert (norm_label("weird"), norm_color("weird")) == ("weird", None)  # matplotlib's cycle
+    assert [norm_label("none", among) for among in (("bn", "none"), ("layer", "none"))] == [
+        "No BatchNorm", "No norm"]  # beside BN alone, no norm is no BatchNorm
     assert set(PROBE_FIGURES) == set(PROBE_SERIES)  # every recorded probe series is drawn
 
 
@@ -357,7 +359,7 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
            "without it" in text
     assert "**Verdict.** BatchNorm wins on final validation accuracy: 95.50% vs 93.50% " \
            "with LayerNorm" in text
-    assert text.startswith("# BatchNorm vs LayerNorm vs No BatchNorm — report of ")
+    assert text.startswith("# BatchNorm vs LayerNorm vs No norm — report of ")
     assert "## The answer Each norm against its baseline: treatment − baseline in validation " \
         "accuracy" in text and "Is BatchNorm worth it?" not in text
     assert main([str(tmp_path)]) == 0 and len(csv_rows(tmp_path / "report" / "verdicts.csv")) == 2

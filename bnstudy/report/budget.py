@@ -243,6 +243,7 @@ def figure(budget: Budget) -> Figure:
     bands."""
     fig = Figure(figsize=(11, 4))
     by_k, by_s = fig.subplots(1, 2)
+    among = (budget.treatment.norm, budget.baseline.norm)
     for a in (budget.treatment, budget.baseline):
         color, ks = norm_color(a.norm), np.arange(1, a.n + 1)
         low, high = band(a.boots, axis=0)
@@ -250,7 +251,7 @@ def figure(budget: Budget) -> Figure:
             if np.isnan(x).any():
                 continue
             ax.plot(x, 100 * a.curve, color=color, marker="o", ms=3,
-                    label=f"{norm_label(a.norm)} ({plural(a.n, 'trial')})")
+                    label=f"{norm_label(a.norm, among)} ({plural(a.n, 'trial')})")
             ax.fill_between(x, 100 * low, 100 * high, color=color, alpha=0.2, lw=0)
     by_k.set_xlabel("trials of random search (k)")
     by_s.set_xlabel("seconds of search (k × the cell's mean trial seconds)")

@@ -53,8 +53,8 @@ def norm_color(norm: str) -> str | None:
     return NORMS[norm].color if norm in NORMS else None
 
 
-def _seed_label(norm: str, run: pd.Series) -> str:
-    return f"{norm_label(norm)} (seed {run.get('seed')})"
+def _seed_label(norm: str, run: pd.Series, among) -> str:
+    return f"{norm_label(norm, among)} (seed {run.get('seed')})"
 
 
 def panel_grid(n: int, width: float, height: float, columns: int = MAX_COLUMNS, extra: float = 0,
@@ -95,7 +95,7 @@ def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
             epochs, mean, std = mean_curve(runs, metric)
             color = norm_color(norm)
             ax.plot(epochs, mean, marker="o", ms=3, color=color,
-                    label=f"{norm_label(norm)} ({plural(len(runs), 'seed')})")
+                    label=f"{norm_label(norm, by_norm)} ({plural(len(runs), 'seed')})")
             if len(runs) > 1:
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
         ax.set_title(title)
@@ -155,7 +155,7 @@ def activations_figure(label: str, found: dict[str, pd.Series]) -> Figure:
                 ax.plot(data["steps"], values[:, row, k], color=norm_color(norm),
                         lw=1.8 if k == median else 1, ls="-" if k == median else "--",
                         label=f"{percentile:g}th percentile")
-            ax.set_title(f"{_seed_label(norm, found[norm])}: unit {unit}", fontsize=10)
+            ax.set_title(f"{_seed_label(norm, found[norm], found)}: unit {unit}", fontsize=10)
             ax.grid(alpha=0.3)
         axes[0, col].legend(fontsize=8)
         axes[-1, col].set_xlabel("training step")
@@ -175,14 +175,14 @@ def gradients_figure(label: str, found: dict[str, pd.Series]) -> Figure:
         data, color = run["probes"]["gradients"], norm_color(norm)
         for i, (layer, norms) in enumerate(data["norms"].items()):
             axes[0].plot(data["steps"], norms, color=color,
-                         ls=styles[i % len(styles)], label=f"{norm_label(norm)}: {layer}")
+                         ls=styles[i % len(styles)], label=f"{norm_label(norm, found)}: {layer}")
         land = data["landscape"]
         for ax, key in ((axes[1], "loss"), (axes[2], "grad_change")):
             values = np.array(land[key], dtype=float).reshape(len(land["steps"]), -1)
             ax.fill_between(land["steps"], values.min(1), values.max(1), color=color, alpha=0.3,
-                            lw=0, label=_seed_label(norm, run))
+                            lw=0, label=_seed_label(norm, run, found))
         axes[3].plot(land["steps"], np.array(land["beta_smoothness"], dtype=float),
-                     color=color, marker="o", ms=3, label=_seed_label(norm, run))
+                     color=color, marker="o", ms=3, label=_seed_label(norm, run, found))
     etas = next(iter(found.values()))["probes"]["gradients"]["landscape"]["etas"]
     span = f"η from {min(etas):g} to {max(etas):g}"
     titles = ("Gradient norm per layer", f"Loss landscape: L(θ − ηg), {span}",
@@ -210,7 +210,7 @@ def landscape_medians(found: dict[str, pd.Series]) -> str:
         land = run["probes"]["gradients"]["landscape"]
         medians = [float(np.nanmedian(np.array(land[key], dtype=float)))
                    for key in ("loss_range", "grad_change_max", "beta_smoothness")]
-        parts.append(f"{norm_label(norm)} " + ", ".join(f"{m:.3g}" for m in medians))
+        parts.append(f"{norm_label(norm, found)} " + ", ".join(f"{m:.3g}" for m in medians))
     return ("Median over the measured steps of the loss range, the largest gradient change "
             "and the β-smoothness: " + "; ".join(parts) + ".")
 
@@ -245,17 +245,17 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
             moments = np.array([mean_std(values(by_value[v]))
                                 for v in grid_values]).reshape(-1, 2)
             ax.errorbar(grid_values, moments[:, 0], yerr=np.nan_to_num(moments[:, 1]),
-                        color=color, marker="o", ms=4, capsize=3, label=norm_label(norm))
+                        color=color, marker="o", ms=4, capsize=3, label=norm_label(norm, order))
             diverged = [float(v) for v in grid_values
                         for o in by_value[v]["outcome"] if o == "diverged"]
             if diverged:  # side by side when both norms diverge at one value
                 shift = 1.06 ** (i - (len(order) - 1) / 2)
                 ax.plot(np.array(diverged) * shift, np.zeros(len(diverged)), ls="none",
                         marker="x", ms=9, mew=2, color=color, clip_on=False,
-                        label=f"{norm_label(norm)}: diverged ({len(diverged)})")
+                        label=f"{norm_label(norm, order)}: diverged ({len(diverged)})")
             found = pd.concat(by_value.values())["outcome"].value_counts()
             if left_out := [f"{found[o]} {o}" for o in ("failed", "unfinished") if o in found]:
-                notes.append(f"{norm_label(norm)}: {', '.join(left_out)} (not drawn)")
+                notes.append(f"{norm_label(norm, order)}: {', '.join(left_out)} (not drawn)")
         best = usable_values(by_norm)[0]
         if not math.isnan(best):
             ax.axhline(best - USABLE_WITHIN, color="grey", ls=":", lw=1,
@@ -320,13 +320,14 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
                     f"{hparam} {', '.join(shown)}"
                 notes.append(textwrap.fill(f"{describe(rest)}: no test at {at} ({why})", 60,
                                            subsequent_indent="  "))
+            pair = (points[0]["treatment"], points[0]["baseline"])
             for side, other, marker, y_edge in (("treatment", "baseline", "^", 0.97),
                                                 ("baseline", "treatment", "v", 0.03)):
                 alone = [float(r[hparam]) for r in points if r[f"n_{side}"] and not r[f"n_{other}"]]
                 if alone:  # only one side finished ok: an arrow at the panel's edge, its side
                     ax.plot(alone, [y_edge] * len(alone), ls="none", marker=marker, ms=8,
                             color=color, transform=ax.get_xaxis_transform(),
-                            label=f"{describe(rest)}: only {norm_label(points[0][side])} "
+                            label=f"{describe(rest)}: only {norm_label(points[0][side], pair)} "
                                   "finished ok")
         ax.axhline(0, color="grey", lw=1)
         if notes:

@@ -45,9 +45,9 @@ from bnstudy.report.runs import (
 from bnstudy.report.verdicts import Result, decided
 
 
-def config_label(norm: str, optim: str) -> str:
-    """`No BatchNorm + SGD`."""
-    return f"{norm_label(norm)} + {OPTIM_LABELS.get(optim, optim)}"
+def config_label(norm: str, optim: str, among) -> str:
+    """`No BatchNorm + SGD` (among `among`'s norms: see `norm_label`)."""
+    return f"{norm_label(norm, among)} + {OPTIM_LABELS.get(optim, optim)}"
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -88,8 +88,10 @@ def hallucinations_figure(title: str, picture_runs: list[PictureRun],
     independent judge's reading and its probability (green: the tile's class)."""
     classes = ref.classes
     rows = [("real class means", ref.real_means, None)]
-    for (norm, optim), p in first_seeds(picture_runs, "hallucinations"):
-        rows.append((f"{config_label(norm, optim)}\n(seed {p.hp.get('seed')})",
+    seeds = first_seeds(picture_runs, "hallucinations")
+    norms = [n for (n, _), _ in seeds]
+    for (norm, optim), p in seeds:
+        rows.append((f"{config_label(norm, optim, norms)}\n(seed {p.hp.get('seed')})",
                      to_pixels(p.hallucinations), p.hallucinations["images"].float()))
     fig = Figure(figsize=(1.25 * len(classes) + 1.6, 1.55 * len(rows) + 0.9))
     axes = fig.subplots(len(rows), len(classes), squeeze=False)
@@ -137,14 +139,16 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                  if ref.real_means is not None else None)
         panels.append(("reference", left, "top principal components of the training images",
                        right, "real class means"))
-    for (norm, optim), p in first_seeds(picture_runs, "weights"):
+    seeds = first_seeds(picture_runs, "weights")
+    norms = [n for (n, _), _ in seeds]
+    for (norm, optim), p in seeds:
         final, initial = p.weights["final"].float(), p.weights["initial"].float()
         row = rows_by_job.get(p.run["job"], {})
         note = (f"noise-like {number(row.get('noise_units', math.nan), '.0%')}, "
                 f"alignment {number(row.get('pc_alignment', math.nan), '.3f')}")
         change = (f"change {number(row.get('change_share', math.nan), '.1%')} of the energy, "
                   f"alignment {number(row.get('change_pc_alignment', math.nan), '.3f')}")
-        panels.append((f"{norm_label(norm)}\n+ {OPTIM_LABELS.get(optim, optim)}\n"
+        panels.append((f"{norm_label(norm, norms)}\n+ {OPTIM_LABELS.get(optim, optim)}\n"
                        f"(seed {p.hp.get('seed')})",
                        weight_grid(final, shape, num_units), f"final weights: {note}",
                        weight_grid(final - initial, shape, num_units),
@@ -173,7 +177,7 @@ def measures_table(rows: pd.DataFrame, dataset: str) -> str:
     """Mean ± std over seeds of each measure, a row per configuration."""
     mine = rows[rows["dataset"] == dataset]
     columns = [c for c in COLUMNS if mine[c].notna().any()]
-    table = [{"configuration": config_label(norm, optim),
+    table = [{"configuration": config_label(norm, optim, set(mine["norm"])),
               **{c: spread(list(g[c].dropna()), COLUMNS[c][1], "— (0)") for c in columns}}
              for norm, optim in ordered(set(zip(mine["norm"], mine["optim"], strict=True)))
              for g in [mine[(mine["norm"] == norm) & (mine["optim"] == optim)]]]
@@ -206,11 +210,11 @@ def weight_notes(rows: pd.DataFrame) -> list[str]:
     changed, and how data-like that change is, with and without BN."""
     means = rows.groupby(["dataset", "optim", "norm"])[
         ["change_share", "change_pc_alignment"]].mean().dropna()  # over the runs that have them
-    lines = []
+    lines, norms = [], norm_order(set(rows["norm"]))
     for dataset in sorted(set(rows["dataset"])):
         for optim in OPTIM_LABELS:
-            sides = [f"{norm_label(norm)}: {m['change_share']:.1%} of the energy, alignment "
-                     f"{m['change_pc_alignment']:.3f}" for norm in norm_order(set(rows["norm"]))
+            sides = [f"{norm_label(norm, norms)}: {m['change_share']:.1%} of the energy, alignment "
+                     f"{m['change_pc_alignment']:.3f}" for norm in norms
                      if (dataset, optim, norm) in means.index
                      for m in [means.loc[(dataset, optim, norm)]]]
             if sides:

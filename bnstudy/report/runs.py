@@ -281,15 +281,19 @@ def norm_order(norms) -> list[str]:
     return sorted(set(norms), key=lambda n: (rank.get(n, len(rank)), str(n)))
 
 
-def norm_label(norm: str) -> str:
-    """The registry's label for `norm` (`BatchNorm`, ...); an unknown norm's own name."""
+def norm_label(norm: str, among=STUDY) -> str:
+    """The registry's label for `norm` (`BatchNorm`, ...); an unknown norm's own name. Shown
+    among another norm than BN, no norm is `No norm` (`No BatchNorm` beside BN alone)."""
+    if norm == BASELINE and set(among) - set(STUDY):
+        return "No norm"
     return NORMS[norm].label if norm in NORMS else str(norm)
 
 
 def norms_title(norms) -> str:
     """`BatchNorm vs No BatchNorm`: the norms' labels, each norm first, no norm last."""
     order = norm_order(norms)  # no norm first, where it is there
-    return " vs ".join(map(norm_label, [*order[1:], BASELINE] if BASELINE in norms else order))
+    shown = [*order[1:], BASELINE] if BASELINE in norms else order
+    return " vs ".join(norm_label(n, norms) for n in shown)
 
 
 def norm_word(norm: str, other: str = STUDY[0]) -> str:

@@ -61,7 +61,7 @@ def verdict_text(row, loss: tuple[float, float]) -> str:
     """A comparison's verdict in sentences: final val acc and its test; first-epoch losses."""
     t, b = row["treatment"], row["baseline"]
     if not row["n_treatment"] or not row["n_baseline"]:
-        side = norm_label(t if not row["n_treatment"] else b)
+        side = norm_label(t if not row["n_treatment"] else b, (t, b))
         return f"No verdict: the {side} side has no finished (ok) run."
     other = "without it" if b == STUDY[1] else f"with {norm_label(b)}"
     d = row["diff"]  # a win or a loss only where the test says so; else ahead or behind
@@ -72,7 +72,7 @@ def verdict_text(row, loss: tuple[float, float]) -> str:
     seeds = f"{plural(n[0], 'seed')} each" if n[0] == n[1] else f"{n[0]} vs {plural(n[1], 'seed')}"
     on = "test accuracy (Welch: its own tuned setting a side)" \
         if row["quantity"] == "test_acc" else "final validation accuracy"
-    text = (f"{norm_label(t)} {result} on {on}: {row['treatment_mean']:.2%} "
+    text = (f"{norm_label(t, (t, b))} {result} on {on}: {row['treatment_mean']:.2%} "
             f"vs {row['baseline_mean']:.2%} {other} ({100 * row['diff']:+.2f} percentage points, "
             f"mean over {seeds}). ")
     p, how = row["p_value"], test_words(row["test"], row["n_paired"], list(n))
@@ -119,19 +119,20 @@ def comparison(ckey: tuple, by_norm: dict[str, pd.DataFrame],
         lines += ["_Curves figure skipped: no job here finished ok._", ""]
     for kind, title in F.IMAGE_KINDS.items():
         found = {norm: F.first_image(by_norm[norm], kind) for norm in norm_order(by_norm)}
-        missing = [norm_label(n) for n, hit in found.items() if hit is None]
+        missing = [norm_label(n, found) for n, hit in found.items() if hit is None]
         if missing:
             lines += [f"_{title} figure skipped: no ok job has images/{kind}_final.png "
                       f"on the {' and '.join(missing)} side._", ""]
             continue
-        panels = [(f"{norm_label(n)} (seed {seed})", path) for n, (seed, path) in found.items()]
+        panels = [(f"{norm_label(n, found)} (seed {seed})", path)
+                  for n, (seed, path) in found.items()]
         figures[f"{kind}_{name}"] = F.images_figure(f"{title} ({label})", panels)
         lines += [f"![{kind} {label}]({kind}_{name}.png)", ""]
     for kind, draw in F.PROBE_FIGURES.items():
         found = {norm: F.first_series(by_norm[norm], kind) for norm in norm_order(by_norm)}
         if not any(run is not None for run in found.values()):
             continue  # recorded only with callbacks=probes
-        missing = [norm_label(n) for n, run in found.items() if run is None]
+        missing = [norm_label(n, found) for n, run in found.items() if run is None]
         if missing:
             lines += [f"_{kind.capitalize()} figure skipped: no ok job recorded `{kind}` on the "
                       f"{' and '.join(missing)} side._", ""]
@@ -170,7 +171,7 @@ def robustness_text(hparam: str, label: str, by_norm: dict[str, dict]) -> str:
     parts = []
     for norm in order:
         grid = sorted(by_norm[norm], key=float)
-        text = f"{norm_label(norm)} {value_range(noun, usable[norm], grid)}"
+        text = f"{norm_label(norm, order)} {value_range(noun, usable[norm], grid)}"
         for outcome in OUTCOMES[1:]:
             hit = [f"{v:g}" for v in grid if (by_norm[norm][v]["outcome"] == outcome).any()]
             if hit:
@@ -183,12 +184,12 @@ def robustness_text(hparam: str, label: str, by_norm: dict[str, dict]) -> str:
     elif len(widest) == len(order):
         wider = f" The usable ranges are equally wide ({plural(sizes[order[0]], 'value')} each)."
     else:
-        names = " and ".join(map(norm_label, widest))
+        names = " and ".join(norm_label(n, order) for n in widest)
         degree = "wider" if len(order) == 2 else "widest"
         counts = " vs ".join(str(n) for n in sorted(sizes.values(), reverse=True))
         wider = (f" {names} {'has' if len(widest) == 1 else 'have'} the {degree} usable range "
                  f"({counts} values).")
-    return (f"**{label}** (best {best:.2%}: {norm_label(at[0])} at {hparam}={at[1]:g}). "
+    return (f"**{label}** (best {best:.2%}: {norm_label(at[0], order)} at {hparam}={at[1]:g}). "
             f"Usable {noun}: {'; '.join(parts)}.{wider}")
 
 
