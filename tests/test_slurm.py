@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import FAST, REPO, read_record, run_sweep
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]  # real queueing
 
 SLURM = ("hydra/launcher=slurm", "hydra.launcher.partition=debug",
          "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",

@@ -332,11 +332,10 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
 class SlurmJob(FakeJob):
     """A SLURM job (named as submitit's class) that left the queue without a result."""
 
-    job_id = "7_0"
-
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, job_id: str = "7_0") -> None:
         super().__init__()
-        self.paths = type("Paths", (), {"result_pickle": tmp_path / "7_0_result.pkl"})
+        self.job_id = job_id
+        self.paths = type("Paths", (), {"result_pickle": tmp_path / f"{job_id}_result.pkl"})
 
     def done(self) -> bool:
         raise AssertionError("without accounting, submitit's sacct poll is not used")
@@ -365,6 +364,36 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
         "before its run started\n" in sweep_summary.end()
 
 
+@pytest.mark.parametrize(("sacct", "answers"), [
+    ("exit 0", True), ("echo 'sacct: error: Slurm accounting storage is disabled' >&2", False),
+    ("echo 'Slurm accounting storage is disabled' >&2; exit 1", False), (None, False)])
+def test_accounting_is_there_where_sacct_answers(tmp_path, monkeypatch, sacct, answers):
+    """sacct without accounting storage says so, exit 0 or 1 by version; no sacct at all."""
+    from bnstudy.cluster import has_accounting
+
+    fake_commands(monkeypatch, tmp_path / "bin", only=sacct is None,
+                  **{} if sacct is None else {"sacct": sacct})
+    assert has_accounting() is answers
+
+
+def test_without_sacct_a_job_squeue_no_longer_knows_is_lost_and_no_answer_is_not(
+        tmp_path, monkeypatch):
+    """squeue asked for jobs that all left refuses them (`Invalid job id`, exit 1): gone, lost
+    at the second asking; squeue failing otherwise (its controller down) tells nothing."""
+    pytest.importorskip("submitit")
+    from bnstudy import cluster
+
+    said = tmp_path / "said"
+    fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 1",
+                  squeue=f'cat {said} >&2; exit 1')
+    monkeypatch.setattr(cluster.Queue, "SQUEUE_EVERY_S", 0)
+    for error, ending in (("slurm_load_jobs error: Unable to contact slurm controller", False),
+                          ("slurm_load_jobs error: Invalid job id specified", "lost")):
+        said.write_text(error)
+        queue, job = cluster.Queue([SlurmJob(tmp_path)]), SlurmJob(tmp_path)
+        assert [queue.ended(job), queue.ended(job)] == [False, ending]
+
+
 def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monkeypatch, caplog):
     """Asking more CPUs than a node has, SLURM takes the jobs and holds them (PartitionConfig)
     forever: the sweep waited without a word. A reason that passes (Priority) is not said."""
@@ -373,16 +402,17 @@ def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monke
 
     reason = tmp_path / "reason"
     fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 0",
-                  squeue=f'echo "$@" > {tmp_path}/asked; echo "7_0 $(cat {reason})"')
+                  squeue=f'echo "$@" > {tmp_path}/asked; echo "7_0 $(cat {reason})"; '
+                  'echo "12_0 Priority"')
     monkeypatch.setattr(cluster.Queue, "SQUEUE_EVERY_S", 0)
-    queue = cluster.Queue([SlurmJob(tmp_path)])
+    queue = cluster.Queue([SlurmJob(tmp_path, job_id) for job_id in ("7_0", "7_1", "12_0")])
     for why in ("Priority", "PartitionConfig", "PartitionConfig"):
         reason.write_text(why)
         queue.say_held(tmp_path / "multirun" / "s")
-    assert (tmp_path / "asked").read_text() == "-h -r -t PD -o %i %r -j 7\n"
+    assert (tmp_path / "asked").read_text() == "-h -r -t PD -o %i %r -j 12,7\n"  # 2 arrays
     assert [r.getMessage() for r in caplog.records if "holds" in r.getMessage()] == [
         "SLURM holds 1 of the sweep's jobs (7_0: PartitionConfig), which ask more than the "
-        "partition gives, so they will not start. Stop them (scancel 7) and launch again with "
+        "partition gives, so they will not start. Stop them (scancel 12 7) and launch again with "
         "settings its nodes have (sinfo -o '%P %c %m %G %l' lists each partition's CPUs, "
         "memory, GPUs and time limit): hydra.launcher.cpus_per_task, mem_gb, gpus_per_node, "
         f"timeout_min, and resume=true hydra.sweep.dir={tmp_path}/multirun/s."]
