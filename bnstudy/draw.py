@@ -81,7 +81,7 @@ def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
     """A folder name for a recipe: its `key=value`s that differ from the defaults, or `default`."""
     parts = [f"{k}={'null' if v is None else v}" for name, base in defaults.items()
              for k, v in recipe[name].items() if v != base.get(k)]
-    return ",".join(parts).replace("/", "_") or "default"
+    return ",".join(parts) or "default"
 
 
 class AlreadyDrawn(Exception):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -61,6 +62,48 @@ def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, caps
     assert torch.equal(old_w["final"], new_w["final"])
     out, err = capsys.readouterr()  # stderr captured: not a terminal, so no progress bar
     assert f"{job.name}: drawn (steps=5)" in out and "drawing:" not in err
+    assert out.endswith("Drew 1 of 1 run(s).\n")  # a run named: no report to point at
+
+
+def test_a_recipe_is_drawn_once_unless_replaced_and_each_earlier_one_kept(sweep, capsys):
+    """Drawn with a recipe before: skipped, unless `--replace`; a recipe that differs in one
+    picture only (the weight grid) is drawn; an earlier recipe's folder name taken: `-2`."""
+    job = next(sweep.glob("0_*"))
+    for args, said in ((["steps=3"], "drawn (steps=3)"),
+                       (["steps=3"], "already drawn with this recipe (steps=3)"),
+                       (["steps=3", "--replace"], "drawn (steps=3)"),
+                       (["steps=3", "num_units=16"], "drawn (num_units=16,steps=3)"),
+                       (["steps=3"], "drawn (steps=3)"),
+                       (["steps=3", "num_units=16"], "drawn (num_units=16,steps=3)")):
+        assert draw.main([str(job), *args]) == 0
+        assert f"{job.name}: {said}" in capsys.readouterr().out, args
+    assert sorted(p.name for p in (job / "images").iterdir() if p.is_dir()) == [
+        "num_units=16,steps=3", "steps=3", "steps=3-2", "steps=5"]  # (--replace kept none)
+
+
+def test_a_checkpoint_without_initial_weights_or_finite_ones(sweep, capsys):
+    """Without the initial weights (a checkpoint of an older run) there is no change picture:
+    the earlier one is kept aside, not left as current; a network that is not finite gets no
+    pictures; `paths.data_dir` points the drawing at the images."""
+    job = next(sweep.glob("0_*"))
+    path = job / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["callbacks"] = {k: {**state, "initial": None} if k.startswith("WeightGrid")
+                               else state for k, state in checkpoint["callbacks"].items()}
+    torch.save(checkpoint, path)
+    assert draw.main([str(job), "steps=3"]) == 0
+    images = job / "images"
+    assert not (images / "weights_change_final.png").exists()
+    assert (images / "steps=5" / "weights_change_final.png").is_file()
+    name = next(iter(checkpoint["state_dict"]))
+    checkpoint["state_dict"][name] = torch.full_like(checkpoint["state_dict"][name], math.nan)
+    torch.save(checkpoint, path)
+    before = digests(images)
+    assert draw.main([str(job), "steps=4"]) == 0
+    assert f"{job.name}: its parameters are not finite: no pictures" in capsys.readouterr().out
+    assert digests(images) == before
+    assert draw.main([str(job), "steps=4", f"paths.data_dir={sweep / 'nowhere'}"]) == 1
+    assert f"{sweep / 'nowhere'}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
