@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import read_record, run_module
 from omegaconf import OmegaConf
 
@@ -53,6 +54,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert result["test"]["acc"] == pytest.approx(recorded["acc"], abs=1e-7)
         assert result["test"]["loss"] == pytest.approx(recorded["loss"], rel=1e-6)
         assert result["checkpoint"] == str(CHECKPOINT) and result["epoch"] == 1
+        assert result["global_step"] == torch.load(job / CHECKPOINT)["global_step"] > 0
         assert result["recorded_test"] == recorded and result["trainer_flags"] == {}
         assert f"{job.name} (checkpoints/last.ckpt, after epoch 2): test loss" in out
         assert f"% (as recorded) -> {job.name}/eval.json\n" in out
@@ -92,6 +94,8 @@ def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     assert f"{other.name}: its data is not there either (see above)." in err  # then shortly
     assert "download" not in err and "Traceback" not in err  # eval never downloads
     assert not (job / "eval.json").exists()
+    assert evaluate.main([str(job)]) == 1  # one run: the count is said where it failed
+    assert capsys.readouterr().out == f"Evaluated 0 of 1 run(s); not evaluated: {job.name}.\n"
     assert evaluate.main([str(job), f"paths.data_dir={data_dir}"]) == 0
     assert "(as recorded)" in capsys.readouterr().out
 
@@ -210,6 +214,8 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     assert line(ok, {"loss": 0.5 + 4e-6, "acc": 0.9 + 4e-7}) == "as recorded"  # float noise
     assert line(ok, {"loss": 0.5 + 1.5e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
     assert line(ok, {"loss": 0.5, "acc": 0.8}) == "recorded: loss 0.5000, acc 80.00 %"
+    assert line(ok, {"loss": 0.5, "acc": 0.9 - 1e-4}) == "recorded: loss 0.5000, acc 89.99 %"  # an
+    # image of 10,000 told otherwise, at the same loss
     assert line(ok, {"loss": 3.00002, "acc": 0.9}, loss=3.0) == "as recorded"  # relative
 
 
