@@ -133,12 +133,12 @@ def test_the_experiment_lists_what_varies_first_marked_then_the_fixed_study_choi
 def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_path):
     """Validating every other epoch, twice an epoch: the compared curves hold exactly the
     points of Lightning's own `train/loss`, `val/loss`, `val/acc` (no stale copies in the
-    epoch after a validated one)."""
+    epoch after a validated one, none from the sanity check)."""
     from bnstudy.callbacks import ComparisonCurves
     from bnstudy.dashboard import COMPARED, compare_tag
 
     tiny_fit(tiny_data, tmp_path, callbacks=[ComparisonCurves("mnist", "sgd")], max_epochs=3,
-             check_val_every_n_epoch=2, val_check_interval=0.5)
+             check_val_every_n_epoch=2, val_check_interval=0.5, num_sanity_val_steps=2)
     (category,) = read_run(tmp_path)[1]  # a single run's: open
     assert category.title == "mnist · sgd" and not category.closed
     for metric in COMPARED:

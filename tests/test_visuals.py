@@ -291,6 +291,45 @@ def test_epoch_drawings_take_epoch_steps_and_the_final_one_all_steps(tiny_data, 
     assert not torch.allclose(saved["images"], run(**{**callback.settings, "steps": 3}))
 
 
+def test_a_stop_within_an_epoch_leaves_that_epoch_to_the_final_drawing(tiny_data, tmp_path):
+    """A stop set during an epoch (`max_time`'s Timer, a divergence): that epoch is the last,
+    so its cheaper epoch drawing is left to the final one at the same step. Ended by
+    `max_steps` at an epoch's end (not known as the last), the epoch's drawing is not final."""
+    stop = LambdaCallback(on_train_batch_end=lambda t, *_: setattr(t, "should_stop", True))
+    callbacks = [stop, Hallucinations(tmp_path, every_n_epochs=1, steps=3, epoch_steps=1)]
+    tiny_fit(tiny_data, model=make_classifier(lr=0.05), callbacks=callbacks, max_epochs=5,
+             limit_val_batches=0)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["hallucinations_final.png"]
+    out = tmp_path / "steps"
+    tiny_fit(tiny_data, model=make_classifier(lr=0.05), max_epochs=-1, max_steps=11,
+             callbacks=[Hallucinations(out, every_n_epochs=1, steps=3, epoch_steps=1)],
+             limit_val_batches=0)  # 11 steps: one epoch
+    assert (out / "hallucinations_epoch0.png").read_bytes() != \
+        (out / "hallucinations_final.png").read_bytes()
+    assert torch.load(out / "hallucinations_final.pt", weights_only=True)["settings"]["steps"] == 3
+
+
+def test_only_rank_0_writes_and_the_initial_weights_are_the_first_fits(tmp_path):
+    """In a multi-process run the other ranks draw and record nothing; a second fit with the
+    same callback (or a resume's setup) keeps the first fit's initial weights."""
+    from types import SimpleNamespace
+
+    from bnstudy.callbacks import MetricsHistory
+
+    rank_1 = SimpleNamespace(is_global_zero=False, current_epoch=0, global_step=11,
+                             callback_metrics={"train/loss": torch.tensor(1.0)}, callbacks=[])
+    history = MetricsHistory(tmp_path / "metrics.json")
+    history.on_fit_start(rank_1, None)
+    history.on_train_epoch_end(rank_1, None)
+    assert history.history[0]["train/loss"] == 1.0 and not (tmp_path / "metrics.json").exists()
+    grid, first, second = WeightGrid(tmp_path / "images"), make_classifier(), make_classifier()
+    grid._draw(rank_1, first, "final")
+    assert not (tmp_path / "images").exists()
+    grid.setup(rank_1, first, "fit")
+    grid.setup(rank_1, second, "fit")
+    assert torch.equal(grid.initial, first_layer(first).weight)
+
+
 def test_diverged_model_gets_no_pictures_and_no_data(tiny_data, tmp_path):
     broken = LambdaCallback(on_train_end=lambda t, m: first_layer(m).weight.data.fill_(math.nan))
     callbacks = [broken, WeightGrid(tmp_path, every_n_epochs=0),
