@@ -109,6 +109,9 @@ def test_val_check_interval_validates_the_weights_of_that_step(tiny_data, tmp_pa
     with torch.no_grad():
         acc = float((net(x).argmax(-1) == y).float().mean())
     assert scalars(tmp_path, "val/acc")[-1][1] == pytest.approx(acc)
+    with torch.no_grad():  # the mean over the validation images
+        loss = float(F.cross_entropy(net(x), y))
+    assert scalars(tmp_path, "val/loss")[-1][1] == pytest.approx(loss)
 
 
 def test_logged_training_values_are_the_epochs_means_and_the_steps_loss(tiny_data, tmp_path):
@@ -230,9 +233,10 @@ def k_fit(tiny_data, out, k: int, **flags) -> dict:
 
 @pytest.mark.parametrize("flags,bundled", [
     ({"gradient_clip_val": 0.05}, True),
+    ({"gradient_clip_val": 0.002, "gradient_clip_algorithm": "value"}, True),
     ({"max_steps": 6}, True),  # stops inside the second call of 4
     ({"accumulate_grad_batches": 3}, False),  # falls back to K = 1, and says so
-], ids=["gradient_clip_val", "max_steps", "accumulate_grad_batches"])
+], ids=["gradient_clip_val", "clip_by_value", "max_steps", "accumulate_grad_batches"])
 def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, caplog, flags,
                                                            bundled):
     one = k_fit(tiny_data, tmp_path / "k1", 1, **flags)
@@ -248,26 +252,53 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
         assert same, path
 
 
+@pytest.mark.parametrize("lr", [30.0, 1e4])
+def test_k_minibatches_stop_at_the_step_the_loss_diverges(tiny_data, lr):
+    """The divergence guard stops a run at its first non-finite loss; with K = 4 the K-loop
+    stops at that minibatch too, not at the end of the call."""
+    from bnstudy.callbacks import DivergenceGuard
+
+    stops = []
+    for k in (1, 4):
+        L.seed_everything(0, verbose=False)
+        model, guard = make_classifier("none", lr=lr), DivergenceGuard()
+        model.steps_per_call = k
+        _, _, trainer = tiny_fit(tiny_data, model=model, callbacks=[guard], max_epochs=2,
+                                 limit_val_batches=0)
+        stops.append((trainer.global_step, guard.diverged_at))
+    assert stops[0] == stops[1] and stops[0][1] is not None, stops
+
+
 def test_a_fallback_names_the_flag_that_asks_for_it(caplog):
     """The first setting that needs one minibatch a step, not one it implies (fast_dev_run and
-    overfit_batches set the limits; a fraction is no integer)."""
+    overfit_batches set the limits; a fraction is no integer, and an integer 1 is one batch)."""
     from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 
     plain = dict(fast_dev_run=False, overfit_batches=0, accumulate_grad_batches=1,
                  limit_train_batches=1.0, val_check_interval=1.0, precision="32-true",
                  world_size=1, callbacks=[], gradient_clip_val=None)
     model = make_classifier("bn")
     model.steps_per_call = 4
+    each = "a callback that looks at each minibatch"
     for flags, said in (({"fast_dev_run": True, "limit_train_batches": 1}, "fast_dev_run"),
                         ({"overfit_batches": 2, "limit_train_batches": 2}, "overfit_batches"),
                         ({"limit_train_batches": 0.5}, "limit_train_batches other than 1.0"),
+                        ({"limit_train_batches": 1}, "limit_train_batches other than 1.0"),
+                        ({"precision": "bf16-mixed"}, "precision"),
+                        ({"world_size": 2}, "devices"),
+                        ({"callbacks": [Timer("00:00:01:00")]}, each),
+                        ({"callbacks": [ModelCheckpoint(every_n_train_steps=5)]}, each),
+                        ({"callbacks": [ModelCheckpoint()]}, None),
                         ({}, None)):
         caplog.clear()
         with caplog.at_level("INFO", logger="bnstudy.model"):
             k = model._choose(SimpleNamespace(**{**plain, **flags}))[0]
         assert k == (4 if said is None else 1)
-        assert caplog.text.endswith(f"per training_step, for trainer.{said}\n") if said else \
-            not caplog.text
+        said = said if said in (None, each) else f"trainer.{said}"
+        assert caplog.text.endswith(f"per training_step, for {said}\n") if said else \
+            not caplog.text, flags
 
 
 class StepHooks(L.Callback):
