@@ -94,12 +94,12 @@ def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch
     executor given the launcher's settings as Hydra's SlurmLauncher hands them over: bnstudy's
     launcher, a GPU, USR2 two minutes before the time limit, requeue allowed, 10 requeues after
     a time limit."""
-    import submitit
+    pytest.importorskip("submitit")
     from helpers import compose_config
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
     from bnstudy.sweep import register_launchers
+    from hydra_plugins.bnstudy_launchers import submitit_executor
 
     fake_commands(monkeypatch, tmp_path / "bin", srun="exit 1")  # submitit looks for it only
     register_launchers()  # as the entry point does
@@ -107,13 +107,8 @@ def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch
         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=120",
         "trainer=gpu").hydra.launcher, resolve=False)
     assert launcher.pop("_target_") == "hydra_plugins.bnstudy_launchers.SlurmLauncher"
-    launcher.pop("submitit_folder")
-    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm",
-                                     slurm_max_num_timeout=launcher.pop("max_num_timeout"))
-    base = set(OmegaConf.structured(BaseQueueConf).keys())
-    launcher["name"] = "job"
-    executor.update_parameters(**{k if k in base else f"slurm_{k}": v
-                                  for k, v in launcher.items()})
+    executor = submitit_executor("slurm", {**launcher, "submitit_folder": tmp_path,
+                                           "name": "job"})  # as Hydra's launcher has them
     sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
     assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --requeue" in sbatch
     assert "#SBATCH --time=120" in sbatch and "#SBATCH --partition=gpu" in sbatch
@@ -155,6 +150,18 @@ def test_a_sweep_slurm_cannot_take_is_one_paragraph_and_leaves_no_folder(
                              "hydra.launcher.partition=debg", *overrides)
     assert proc.returncode == 1 and said.format(sweep=sweep) in proc.stderr
     assert "Traceback" not in proc.stderr and not sweep.exists()
+    assert proc.stderr.count("invalid partition") == (said.startswith("SLURM refused"))  # once
+
+
+def test_a_stop_signal_as_early_as_the_time_limit_is_refused_and_one_second_later_not():
+    from hydra_plugins.bnstudy_launchers import signal_after_limit
+
+    said = signal_after_limit({"signal_delay_s": 300, "timeout_min": 5})
+    assert said.startswith("hydra.launcher.signal_delay_s=300 is not shorter than "
+                           "hydra.launcher.timeout_min=5 (300 s)")
+    assert said.endswith("Give each job more time (hydra.launcher.timeout_min=15) or the signal "
+                         "less head start (hydra.launcher.signal_delay_s=75).")
+    assert signal_after_limit({"signal_delay_s": 299, "timeout_min": 5}) is None
 
 
 @pytest.mark.parametrize("status,fails", [("ok", False), ("diverged", False), ("failed", True),

@@ -46,25 +46,17 @@ class _Collecting:
     def launch(self, job_overrides, initial_job_idx):
         """Hydra's submitit launch (`BaseSubmititLauncher.launch`), collecting per job."""
         import submitit
-        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-        params = dict(self.params)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        if self._EXECUTOR == "local" and (note := local_requeue_limit(params)):
+        if self._EXECUTOR == "local" and (note := local_requeue_limit(self.params)):
             log.warning(note)
-        init = {"folder": params.pop("submitit_folder")}
-        if "max_num_timeout" in params:
-            init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
         try:
-            executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
+            executor = submitit_executor(self._EXECUTOR, self.params)
         except RuntimeError:  # submitit found no srun
             _refuse(sweep_dir, "hydra/launcher=slurm submits the jobs to SLURM, but this "
                     "machine has none (no srun on its PATH), so nothing was run. Launch from a "
                     "login node of your cluster, or run the sweep here: hydra/launcher=parallel "
                     "(jobs side by side) or hydra/launcher=submitit_local.")
-        shared = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{key if key in shared else f"{self._EXECUTOR}_{key}": value
-                                      for key, value in params.items()})
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
@@ -97,7 +89,7 @@ class _Collecting:
             raise
         finally:  # the `.submitit/%j` that submitit made as it is written, left empty
             with contextlib.suppress(OSError):
-                Path(init["folder"]).rmdir()
+                Path(self.params["submitit_folder"]).rmdir()
 
     def _job_dir_name(self, overrides, idx: int) -> str:
         """The folder a job has (or would have had) in the sweep: `hydra.sweep.subdir`."""
@@ -106,6 +98,24 @@ class _Collecting:
             cfg.hydra.job.num = idx
         HydraConfig.instance().set_config(cfg)
         return str(cfg.hydra.sweep.subdir)
+
+
+def submitit_executor(kind: str, params):
+    """submitit's executor (`kind`: slurm or local) with the launcher's settings, as Hydra's
+    launcher maps them: the queue-wide keys as they are, the others prefixed with `kind`.
+    Raises RuntimeError where submitit finds no srun."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = dict(params)
+    init = {"folder": params.pop("submitit_folder")}
+    if "max_num_timeout" in params:
+        init[f"{kind}_max_num_timeout"] = params.pop("max_num_timeout")
+    executor = submitit.AutoExecutor(cluster=kind, **init)
+    shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{key if key in shared else f"{kind}_{key}": value
+                                  for key, value in params.items()})
+    return executor
 
 
 def local_requeue_limit(launcher_cfg) -> str | None:
