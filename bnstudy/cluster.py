@@ -102,7 +102,7 @@ class Queue:
 
     def __init__(self, jobs) -> None:
         self.slurm = [job for job in jobs if type(job).__name__ == "SlurmJob"]
-        self.ids = sorted({job.job_id.split("_")[0] for job in self.slurm})  # their arrays
+        self.ids = array_ids(self.slurm)
         self.accounting = not self.slurm or has_accounting()
         self.absent: dict[str, int] = {}  # squeue answers in a row without the job
         self.asked = float("-inf")
@@ -158,6 +158,11 @@ class Queue:
         for job in self.slurm:
             gone = job.job_id not in queued
             self.absent[job.job_id] = self.absent.get(job.job_id, 0) + 1 if gone else 0
+
+
+def array_ids(jobs) -> list[str]:
+    """The SLURM job arrays of submitit jobs (`7` of tasks `7_0`, `7_1`), what scancel takes."""
+    return sorted({job.job_id.split("_")[0] for job in jobs})
 
 
 def has_accounting() -> bool:

@@ -16,7 +16,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from bnstudy.cluster import collect_jobs, stderr_muted
+from bnstudy.cluster import array_ids, collect_jobs, stderr_muted
 from bnstudy.sweep import discard_empty_sweep
 
 try:
@@ -83,9 +83,8 @@ class _Collecting:
                 job_overrides[i], numbers[i]), sweep_dir)
         except KeyboardInterrupt:
             if self._EXECUTOR == "slurm":
-                ids = sorted({job.job_id.split("_")[0] for job in jobs})
                 log.error("The sweep's SLURM jobs go on without it: squeue --me lists them, "
-                          "scancel %s stops them.", " ".join(ids))
+                          "scancel %s stops them.", " ".join(array_ids(jobs)))
             raise
         finally:  # the `.submitit/%j` that submitit made as it is written, left empty
             with contextlib.suppress(OSError):
