@@ -9,6 +9,7 @@ import json
 import math
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -64,6 +65,7 @@ def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data,
     probes = [ActivationPercentiles(units=units, every_n_steps=3),
               GradientBehaviour(landscape_every_n_steps=3, etas=ETAS)]
     fit(model, tiny_data, tmp_path, probes)
+    assert len(relu._forward_pre_hooks) == 1  # the probe's own hook removed after the fit
 
     record = probes[0].series()
     assert record["module"] == relu_name and record["layer"] == 0
@@ -100,12 +102,15 @@ def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
         GradientBehaviour(etas=[])
     with pytest.raises(ValueError, match=r"percentiles=\[50, 150\]; each must be within 0..100"):
         ActivationPercentiles(percentiles=[50, 150])
-    with pytest.raises(ValueError, match=r"units=\[-1\]"):
-        ActivationPercentiles(units=[-1])
+    for units in ([-1], []):
+        with pytest.raises(ValueError, match=rf"units={units}; give unit indices >= 0".replace(
+                "[", r"\[").replace("]", r"\]")):
+            ActivationPercentiles(units=units)
     model = make_model()
     relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    with pytest.raises(ValueError, match=rf"layer=5, but the model has {len(relus)} nn.ReLU"):
-        fit(model, tiny_data, tmp_path, [ActivationPercentiles(5)])
+    for layer in (len(relus), -1):
+        with pytest.raises(ValueError, match=rf"layer={layer}, but the model has {len(relus)} "):
+            fit(model, tiny_data, tmp_path, [ActivationPercentiles(layer)])
     width = model.net.fc1.out_features
     with pytest.raises(ValueError, match=rf"units=\[0, {width}\], but .* has {width} units"):
         fit(make_model(), tiny_data, tmp_path, [ActivationPercentiles(units=[0, width])])
@@ -181,6 +186,18 @@ def test_gradient_probe_equals_direct_computation(tiny_data, tmp_path, norm):
     for key in ("loss_range", "grad_change_max", "beta_smoothness"):
         assert scalars(tmp_path, f"landscape/{key}") == [
             (s, pytest.approx(v, rel=1e-5)) for s, v in zip(land["steps"], land[key], strict=True)]
+
+
+def test_a_zero_gradient_has_no_smoothness_and_a_flat_landscape():
+    model, x, y = make_model("none"), torch.randn(8, 1, 28, 28), torch.arange(8)
+    F.cross_entropy(model(x), y).backward()
+    for p in model.parameters():
+        p.grad.zero_()
+    probe = GradientBehaviour(every_n_steps=1, landscape_every_n_steps=1, etas=ETAS)
+    probe.on_train_batch_start(None, model, (x, y), 0)
+    probe.on_before_optimizer_step(SimpleNamespace(global_step=0, loggers=[]), model, None)
+    assert math.isnan(probe.landscape["beta_smoothness"][0])
+    assert probe.landscape["loss_range"] == [0.0] and probe.norms["net.fc1"] == [0.0]
 
 
 def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):
