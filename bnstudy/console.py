@@ -74,10 +74,15 @@ def quiet_console() -> None:
         for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
             logger.removeHandler(handler)
         logger.propagate = True
-    for message in IGNORED:
-        warnings.filterwarnings("ignore", message)
+    ignore_known_warnings()
     logging.captureWarnings(True)
     threading.excepthook = thread_exception
+
+
+def ignore_known_warnings() -> None:
+    """Python's warnings filters drop the `IGNORED` warnings."""
+    for message in IGNORED:
+        warnings.filterwarnings("ignore", message)
 
 
 def thread_exception(args: threading.ExceptHookArgs) -> None:

@@ -85,6 +85,10 @@ def test_sharpness_is_zero_for_a_constant_image_and_grows_with_edges():
     edge = P.sharpness(step_edge()).item()
     assert edge > 0.05
     assert P.sharpness(step_edge(contrast=0.5)).item() == pytest.approx(edge / 2)
+    assert P.sharpness(step_edge().transpose(-1, -2)).item() == pytest.approx(edge)
+    delta = torch.zeros(1, 1, 9, 9)
+    delta[..., 4, 4] = 1
+    assert P.gaussian_blur(delta, 1.0)[..., 4, 6] > 0.01  # the kernel reaches 2 σ
     # The blur keeps constants and takes most of pixel noise's gradient away, little of an edge's.
     noise = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.equal(P.gaussian_blur(noise, 0), noise)
@@ -134,6 +138,7 @@ def test_recognised_and_predict():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     out = P.predict(net.train(), torch.randn(5, 1, 2, 2))
     assert net[2].training and out.shape == (5, 3)  # eval inside, the modes restored
+    assert all(p.requires_grad for p in net.parameters())  # and the parameters' flags
     assert torch.allclose(out.sum(1), torch.ones(5))
     assert int(net[2].num_batches_tracked) == 0  # running statistics untouched
 
@@ -147,6 +152,10 @@ def test_image_stats_round_trip_colour_and_constant_pixels():
     assert torch.allclose(stats.mean, x.mean(0), atol=1e-6)
     assert torch.allclose(stats.std, x.std(0), atol=1e-6)
     assert stats.colour[~torch.eye(3, dtype=torch.bool)].min() > 0.3  # channels vary together
+    x[:, 2] *= 5  # the colour is the square root of the channels' correlation, not covariance
+    colour, rho = P.ImageStats.of(x).colour, 1 / 1.09  # shared pattern + own noise of std 0.3
+    expected = (torch.full((3, 3), rho) + (1 - rho) * torch.eye(3)) * 35 / 36  # (0, 0) is fixed
+    assert torch.allclose(colour @ colour, expected, atol=0.03)
     d = torch.randn(4, 3, 6, 6)
     d[:, :, 0, 0] = 0
     assert torch.allclose(stats.deviation(stats.images(d)), d, atol=1e-4)
@@ -172,6 +181,8 @@ def test_change_share_and_high_frequency_share():
     y, x = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
     mixed = 3 * torch.cos(2 * math.pi * x / 16) + checker
     assert P.high_frequency_share(mixed.view(1, -1), shape).item() == pytest.approx(2 / 11)
+    at_cutoff = torch.cos(2 * math.pi * x * 4 / 16)  # 0.25 cycles per px: not above it
+    assert P.high_frequency_share(at_cutoff.view(1, -1), shape).item() == pytest.approx(0)
     blob = torch.exp(-((y - 7.5) ** 2 + (x - 7.5) ** 2) / 18).view(1, -1)
     assert P.high_frequency_share(blob, shape).item() < 0.01
 
@@ -182,9 +193,12 @@ def test_principal_components_alignment_and_noise_like_units(dim):
     k = 8
     basis = torch.linalg.qr(torch.randn(dim, k))[0].T  # k orthonormal directions
     data = (torch.randn(2000, k) * torch.linspace(5, 2, k)) @ basis + 0.01 * torch.randn(2000, dim)
+    data += 3 * torch.randn(dim)  # an offset: the directions are those of the centred data
     state = torch.random.get_rng_state()
     components = P.principal_components(data, k)
     assert torch.equal(torch.random.get_rng_state(), state)  # the randomised SVD's own seed
+    torch.manual_seed(1)  # another global RNG state: the same components
+    assert torch.equal(P.principal_components(data, k), components)
     assert components.shape == (k, dim)
     assert P.pc_alignment(basis, components).min() > 0.99
     random_rows = torch.randn(300, dim)
@@ -200,6 +214,8 @@ def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
 
     data = MNISTDataModule(tiny_data, download=False)
     data.setup("fit")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # not the one thread the referee trains on
     state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     first = P.Referee(data.input_shape, 10, epochs=2).fit(
         data.train_set.x, data.train_set.y, (data.val_set.x, data.val_set.y))
@@ -213,4 +229,6 @@ def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
     loaded = P.Referee(data.input_shape, 10, epochs=2)
     loaded.load_state_dict(first.state_dict())
     assert torch.equal(loaded.probabilities(data.val_set.x), first.probabilities(data.val_set.x))
+    assert loaded.accuracy == first.accuracy
+    torch.set_num_threads(threads - 1)
 

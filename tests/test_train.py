@@ -15,6 +15,7 @@ from helpers import (
     run_train,
     start_train,
     sweep_jobs,
+    tiny_fit,
     wait_for_file,
 )
 
@@ -376,7 +377,9 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(t
     assert shown("py.warnings", logging.WARNING, "UserWarning: something real")
     for routine in ("…: Checkpoint directory /x exists and is not empty.",
                     "slurm.py:204: PossibleUserWarning: The `srun` command is available on your "
-                    "system but is not used. HINT: If your intention is to run Lightning"):
+                    "system but is not used. HINT: If your intention is to run Lightning",
+                    "fit_loop.py:321: The number of training batches (11) is smaller than the "
+                    "logging interval Trainer(log_every_n_steps=50). Set a lower value"):
         assert not shown("py.warnings", logging.WARNING, routine)
     assert shown("bnstudy", logging.ERROR, "x failed: …") and \
         shown("bnstudy", logging.ERROR, "x failed: …")  # errors every time
@@ -386,6 +389,7 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(t
         f"[2026-12-04 23:00:01,000][bnstudy][WARNING] - {checksums}\n")
     shown_before(tmp_path / "train.log")
     assert not shown("bnstudy.data", logging.WARNING, checksums)
+    assert not shown("bnstudy.data", logging.WARNING, f"{checksums}\nits second line")
     for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
         monkeypatch.setenv(name, "1")
         assert shown("bnstudy", logging.ERROR, "x failed: …"), name
@@ -405,6 +409,27 @@ def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
         adverts.info("💡 Tip: For seamless cloud logging and experiment tracking, try …")
         adverts.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_lightnings_workers_warning_is_dropped_as_known(tiny_data, monkeypatch):
+    """On a machine of many cores Lightning says a DataLoader without workers "does not have
+    many workers"; the study's tensors in memory need none (`IGNORED`)."""
+    import warnings
+
+    from lightning.pytorch.trainer.connectors import data_connector
+
+    from bnstudy.console import ignore_known_warnings
+
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 15)
+    said = {}
+    for ignored in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if ignored:
+                ignore_known_warnings()
+            tiny_fit(tiny_data, limit_train_batches=1, limit_val_batches=1)
+        said[ignored] = [w for w in caught if "does not have many workers" in str(w.message)]
+    assert said[False] and not said[True]
 
 
 def test_the_printed_resume_commands_paste_into_a_shell_for_hydra(tmp_path, caplog):
