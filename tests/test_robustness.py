@@ -445,3 +445,26 @@ def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, data
     for ax in panels:
         box = ax.get_tightbbox()
         assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0
+
+
+def test_the_regime_figure_and_section_name_the_pairs_compared(tmp_path):
+    """LayerNorm against no norm reads as such (it read "BN − no BN" whatever the pair); two
+    pairs read as treatment − baseline."""
+    for lr in (0.01, 0.1):
+        for seed, acc in enumerate([0.80, 0.82, 0.81]):
+            for norm, shift in (("layer", 0.0), ("bn", 0.02), ("none", -0.05)):
+                write_job(tmp_path, [acc + shift + 0.01 * seed * (norm == "none")],
+                          norm=norm, lr=lr, seed=seed)
+    runs = load_runs(tmp_path)
+    for pairs, question, difference in (
+            ([("layer", "none")], "Is LayerNorm worth it", "LayerNorm − no norm"),
+            ([("bn", "none")], "Is BatchNorm worth it", "BN − no BN"),
+            (compared(runs), "Is each norm worth it", "treatment − baseline")):
+        rows = verdicts(runs, pairs)
+        (ax,) = regime_figure("lr", rows).axes
+        assert ax.get_ylabel() == f"{difference}, final val acc (points)"
+        title = " ".join(ax.figure._suptitle.get_text().split())
+        assert title.startswith(f"{question}? {difference} vs learning rate")
+        text = regime_section("lr", rows)[0]
+        assert text.startswith(f"## {question} across the learning rate?\n\n{difference} in ")
+        assert f"![{difference} vs learning rate](regime_lr.png)" in text

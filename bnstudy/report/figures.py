@@ -22,6 +22,7 @@ from bnstudy.report.cost import full_compute, study_curves
 from bnstudy.report.render import plural
 from bnstudy.report.runs import (
     STUDY,
+    contrast_words,
     curves,
     describe,
     norm_label,
@@ -283,7 +284,8 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
     filled where the Holm-adjusted p < `ALPHA`; points with no test listed in the corner."""
     noun = SWEEPS[hparam][0]
     rows = verdicts.to_dict("records")
-    several = len({(r["treatment"], r["baseline"]) for r in rows}) > 1
+    pairs = {(r["treatment"], r["baseline"]): None for r in rows}
+    several, (question, difference) = len(pairs) > 1, contrast_words(pairs)
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     fig, axes = panel_grid(len(datasets), 5.8, 4.8)
     for ax, dataset in zip(axes, datasets, strict=True):
@@ -335,10 +337,10 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
         log_axis(ax, hparam, sorted(grid), dataset)
         ax.legend(fontsize=8, loc="lower left")
     for ax in axes[::MAX_COLUMNS]:
-        ax.set_ylabel("BN − no BN, final val acc (points)")
+        ax.set_ylabel(f"{difference}, final val acc (points)")
     tests = {r["test"] for r in rows  # as verdicts.csv's
              if isinstance(r.get("test"), str) and r["verdict"] != "no test"}
-    fitted_title(fig, f"Is BatchNorm worth it? BN − no BN vs {noun}\n"
+    fitted_title(fig, f"{question}? {difference} vs {noun}\n"
                       f"mean over seeds, bar: 95% {tests.pop() + ' ' if len(tests) == 1 else ''}"
                       f"interval; filled: p < {ALPHA:g}, hollow: within the seed spread")
     fig.tight_layout()

@@ -308,6 +308,15 @@ def pair_words(treatment: str, baseline: str) -> tuple[str, str]:
     return norm_word(treatment, baseline), norm_word(baseline, treatment)
 
 
+def contrast_words(pairs) -> tuple[str, str]:
+    """The question and the difference of the compared pairs: `Is BatchNorm worth it`,
+    `BN − no BN` for one pair; `Is each norm worth it`, `treatment − baseline` for several."""
+    pairs = list(dict.fromkeys(pairs))
+    if len(pairs) != 1:
+        return "Is each norm worth it", "treatment − baseline"
+    return f"Is {norm_label(*pairs[0])} worth it", " − ".join(pair_words(*pairs[0]))
+
+
 def where(dataset: str, optim: str) -> str:
     """`MNIST, SGD`."""
     return f"{DATASET_LABELS.get(dataset, dataset)}, {OPTIM_LABELS.get(optim, optim)}"

@@ -27,6 +27,7 @@ from bnstudy.report.runs import (
     FIRST_KEYS,
     OUTCOMES,
     STUDY,
+    contrast_words,
     curves,
     describe,
     groups,
@@ -218,15 +219,17 @@ def robustness_section(hparam: str, runs: pd.DataFrame,
 def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, Figure]]:
     """The section on treatment − baseline across `hparam`, its figure `regime_<hparam>`."""
     noun = SWEEPS[hparam][0]
-    lines = [f"## Is BatchNorm worth it across the {noun}?", "",
-             f"BN − no BN in final validation accuracy against the {noun}: the mean difference "
+    question, difference = contrast_words(zip(verdicts["treatment"], verdicts["baseline"],
+                                              strict=True))
+    lines = [f"## {question} across the {noun}?", "",
+             f"{difference} in final validation accuracy against the {noun}: the mean difference "
              "over ok seeds with its 95% interval (paired t over the seeds both sides ran, Welch "
              "where they do not pair); the verdict (in `verdicts.csv`) is *wins* or *loses* "
              f"where p, Holm-adjusted over the report's comparisons (one family), is < {ALPHA} "
              "(a filled dot), *equivalent* where TOST puts the difference within the dataset's "
              "margin, *cannot tell* otherwise, *no test* where a side has fewer than two ok "
              "seeds.", "",
-             f"![BN − no BN vs {noun}](regime_{hparam}.png)", ""]
+             f"![{difference} vs {noun}](regime_{hparam}.png)", ""]
     setting = [k for k in verdicts.columns if k not in VERDICT_COLUMNS]
     several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
     for _, row in verdicts[verdicts[hparam].notna()].iterrows():
