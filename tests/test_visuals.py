@@ -105,8 +105,9 @@ def test_size_holds_each_image_at_its_root_mean_square():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     wide = [-100.0], [100.0]  # nothing clamped
     for size in (0.5, 2.0):
-        images = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=size)
-        assert torch.allclose(images.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(size))
+        for seeds in (1, 3):  # the seeds' mean too
+            images = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=size, seeds=seeds)
+            assert torch.allclose(images.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(size))
     free = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=None, blur_every=0)
     assert not torch.allclose(free.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(1.0))
 
@@ -129,6 +130,7 @@ def test_class_score_objectives_and_bad_recipes_are_refused():
     logits, target = torch.tensor([[3.0, 1.0, -1.0]]), torch.tensor([0])
     assert class_score(logits, target, "logit").item() == 3.0
     assert class_score(logits, target, "contrast").item() == 3.0
+    assert class_score(torch.tensor([[3.0, 1.0, 2.0]]), target, "contrast").item() == 1.5
     assert class_score(logits, target, "margin").item() == pytest.approx(
         3.0 - math.log(math.exp(1) + math.exp(-1)))
     assert class_score(logits, target, "log_softmax").item() == pytest.approx(
@@ -142,6 +144,27 @@ def test_class_score_objectives_and_bad_recipes_are_refused():
         hallucinate(model, (1, 8, 8), 3, [-1.0], [1.0], seeds=0)
     with pytest.raises(ValueError, match="parametrisation='lucid'"):  # objective: test_draw
         Hallucinations("unused", parametrisation="lucid")
+
+
+def test_the_start_is_the_seeded_noise_and_each_knob_does_what_it_says():
+    """steps=0: the seeds' mean noise, whatever the parametrisation's space; lr=0: the noise
+    blurred at every `blur_every`-th step only; l2 pulls every pixel towards 0, TV flattens
+    rows and columns alike."""
+    zero = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    nn.init.zeros_(zero[1].weight)  # no class gradient: only the penalties move the images
+    run = partial(hallucinate, zero, (1, 8, 8), 3, [-100.0], [100.0], parametrisation="pixel",
+                  size=None, jitter=0)
+    noise = torch.randn((2 * 3, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 0.1
+    start = noise.view(2, 3, 1, 8, 8).mean(0)
+    assert torch.allclose(run(steps=0, seeds=2), start)
+    assert torch.allclose(run(steps=0, seeds=2, parametrisation="fourier"), start, atol=1e-6)
+    assert torch.allclose(run(lr=0.0, steps=3, blur_every=2), P.gaussian_blur(noise[:3], 0.5))
+    pulled = run(l2=1.0, lr=0.01, steps=20, blur_every=0)
+    assert pulled.pow(2).mean() < 0.5 * noise[:3].pow(2).mean()
+    assert pulled.mean().abs() < 0.01  # towards 0, not towards the lower bound
+    rows = run(tv=1.0, lr=0.01, steps=20, blur_every=0)
+    for dim in (-1, -2):  # both directions' differences shrink
+        assert rows.diff(dim=dim).abs().mean() < 0.5 * noise[:3].diff(dim=dim).abs().mean()
 
 
 @pytest.mark.slow
