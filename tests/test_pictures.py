@@ -4,12 +4,15 @@ independent judge."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from helpers import grid_size, grid_tile
 
 from bnstudy.pictures import measures as P
+from bnstudy.pictures.drawing import Hallucinator, all_finite, data_source, draw_weights
 from bnstudy.pictures.grids import LABEL_HEIGHT, labelled_grid, name_strip, weight_grid
 
 
@@ -232,3 +235,30 @@ def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
     assert loaded.accuracy == first.accuracy
     torch.set_num_threads(threads - 1)
 
+
+
+# --- drawing ----------------------------------------------------------------------------------
+
+
+def fake_data(shift: float = 0.0, data_dir: str = "data") -> SimpleNamespace:
+    """A datamodule's face for the pictures: 3 classes of 1 × 6 × 6 images, seeded."""
+    x = torch.randn(30, 1, 6, 6, generator=torch.Generator().manual_seed(0)) + shift
+    return SimpleNamespace(train_set=SimpleNamespace(x=x, y=torch.arange(30) % 3),
+                           input_shape=(1, 6, 6), classes=["a", "b", "c"], mean=(0.5,),
+                           std=(0.25,), data_dir=data_dir)
+
+
+def test_drawing_keeps_each_datamodules_statistics_and_only_finite_fitting_weights(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+    recipe = Hallucinator(steps=2)  # parametrisation "data": the training images' statistics
+    first, second = fake_data(), fake_data(shift=3.0)
+    recipe.run(net, first)
+    assert torch.equal(recipe.run(net, second), Hallucinator(steps=2).run(net, second))
+    assert data_source(fake_data(data_dir="rel"))["data_dir"] == str(Path.cwd() / "rel")
+    assert all_finite(net)
+    with torch.no_grad():
+        net[1].weight[0, 0] = math.nan  # one weight is enough
+    assert not all_finite(net)
+    net[1].weight.data.normal_()
+    draw_weights(net, (1, 6, 6), tmp_path, "final", initial=torch.zeros(3, 5))  # not this net's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights_final.png"]
