@@ -6,10 +6,20 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from helpers import csv_rows, write_job
+from helpers import compose_config, csv_rows, write_job
 
 from bnstudy.pictures import measures as P
-from bnstudy.pictures.table import Reference, load_picture_runs
+from bnstudy.pictures.table import (
+    PictureRun,
+    Reference,
+    hallucination_measures,
+    load_net,
+    load_picture_runs,
+    measure,
+    open_datamodule,
+    reference,
+    weight_measures,
+)
 from bnstudy.report.picture_section import (
     hallucinations_figure,
     pictures_section,
@@ -40,7 +50,8 @@ def write_pictures(job, data_dir, hallucinations: torch.Tensor, final: torch.Ten
     noise = 0.1 * torch.randn(10, *MNIST_SHAPE, generator=torch.Generator().manual_seed(1))
     means = (band_images() * 0.3081 + 0.1307).clamp(0, 1)
     torch.save({"images": hallucinations, "noise": noise, "base": torch.zeros(10, *MNIST_SHAPE),
-                "own_probabilities": torch.eye(10) * 0.9 + 0.01, "real_means": means,
+                "own_probabilities": torch.eye(10)[[1, *range(1, 10)]] * 0.9 + 0.01,  # 0 as 1
+                "real_means": means,
                 "settings": {"steps": 200}, "seconds": 0.5, "mean": [0.1307], "std": [0.3081],
                 **source}, job / "images" / "hallucinations_final.pt")
     torch.save({"initial": initial.half(), "final": final.half(), "input_shape": [1, 28, 28],
@@ -76,6 +87,12 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     assert len(rows) == 12 and list(rows[0])[:5] == ["dataset", "optim", "norm", "seed", "job"]
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
     assert (out / "referee_mnist.pt").is_file()  # the judge, cached for the next report
+    cache = torch.load(out / "referee_mnist.pt", weights_only=True)
+    cache["state"]["accuracy"] = 0.123
+    for key, cached in ((cache["key"], True), ({**cache["key"], "epochs": 99}, False)):
+        torch.save({**cache, "key": key}, out / "referee_mnist.pt")  # read only if it fits
+        judge = reference("mnist", load_picture_runs(load_runs(picture_sweep)), out).referee
+        assert (judge.accuracy == 0.123) == cached
     assert "## Pictures" in section
     assert "![hallucinations mnist](hallucinations_mnist.png)" in section
     by = {(r["norm"], r["optim"]): r for r in rows if r["seed"] == "0"}
@@ -85,7 +102,7 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     assert float(none["noise_units_initial"]) == 1  # random initial weights
     assert float(none["nearest_mean_acc"]) == 1 and float(none["stuck"]) == 0
     assert float(noisy["referee_acc"]) < 0.3 < 0.5 <= float(none["referee_acc"])
-    assert float(none["own_conf"]) == pytest.approx(0.91)
+    assert float(none["own_conf"]) == pytest.approx(0.82)  # the own class's, not the likeliest
     assert float(none["change_share"]) > 0.9 and float(noisy["change_share"]) < 0.2
     assert none["colour_fidelity"] == "" and none["blueness_airplane"] == ""  # grey digits
     assert none["cross_conf"] == ""  # no checkpoints in hand-made jobs
@@ -186,3 +203,82 @@ def test_the_section_names_the_recipe_that_drew_the_pictures(tmp_path):
     assert recipe_words(runs) == (
         "redrawn by `python -m bnstudy.draw` as `steps=400` (2 runs); the training's (1 run; "
         "`conf/callbacks/default.yaml` unless set)")
+
+
+def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplog):
+    """The cross-model confidence's network is the run's own trained one; an unreadable
+    picture file is missing (said in the log), a failed run's files are not measured, and
+    a recorded datamodule outside the project is not opened."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    job = write_job(tmp_path, [0.9])
+    cfg = compose_config()
+    (job / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
+    net = instantiate(cfg.model.net, input_shape=MNIST_SHAPE, num_classes=10)
+    (job / "checkpoints").mkdir()
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
+               job / "checkpoints" / "last.ckpt")
+    loaded = load_net(load_runs(tmp_path).iloc[0], MNIST_SHAPE, 10)
+    for mine, saved in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True):
+        assert torch.equal(mine, saved)
+
+    (job / "images").mkdir()
+    (job / "images" / "weights_final.pt").write_bytes(b"half-written")
+    assert load_picture_runs(load_runs(tmp_path)) == []
+    assert "cannot read" in caplog.text and "weights_final.pt" in caplog.text
+    failed = write_job(tmp_path, [0.9], "failed", seed=1)
+    write_pictures(failed, tmp_path, band_images(), torch.randn(8, 784), torch.randn(8, 784))
+    assert load_picture_runs(load_runs(tmp_path)) == []
+    judge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # reads "1"
+    with torch.no_grad():
+        judge[1].weight.zero_()
+        judge[1].bias.copy_(torch.eye(10)[1] * 5)
+    saved = torch.load(failed / "images" / "hallucinations_final.pt", weights_only=True)
+    row = hallucination_measures(saved, Reference("mnist", [], list(MNIST_SHAPE)), [judge])
+    assert row["cross_conf"] == pytest.approx(0.1)  # the mean of each class's own probability
+    noise = (saved["noise"] * 0.3081 + 0.1307).clamp(0, 1)  # the recipe's noise, in pixels
+    assert row["noise_sharpness"] == pytest.approx(float(P.sharpness(noise).mean()))
+    with pytest.raises(ValueError, match="not one of the project's datamodules"):
+        open_datamodule({"datamodule": "os.system", "data_dir": "."})
+
+
+def test_colour_change_and_cross_model_columns_read_the_right_image_unit_and_network():
+    """The colour columns read the named class's image, the change's alignment the learned
+    change (final − initial), the cross-model confidence the other runs' networks only."""
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    images = torch.full((10, 3, 4, 4), 0.5)
+    images[5] = torch.tensor([0.1, 0.9, 0.1]).view(3, 1, 1)  # a green dog, the rest grey
+    h = {"images": images, "noise": images, "base": torch.zeros_like(images),
+         "own_probabilities": torch.eye(10), "real_means": images, "mean": [0.0] * 3,
+         "std": [1.0] * 3, "classes": classes}
+    row = hallucination_measures(h, Reference("cifar10", classes, [3, 4, 4]), [])
+    assert row["greenness_dog"] == pytest.approx(0.8) and row["greenness_frog"] == 0
+
+    components = torch.eye(16)[:4]  # the data's directions: the first four pixels
+    initial = torch.zeros(8, 16)
+    initial[:, 8:] = torch.randn(8, 8)  # outside them
+    w = {"initial": initial, "final": initial + torch.randn(8, 16) * torch.eye(16)[:4].sum(0),
+         "input_shape": [1, 4, 4]}
+    row = weight_measures(w, Reference("mnist", [], [1, 4, 4], components=components))
+    assert row["change_pc_alignment"] == pytest.approx(1) and row["pc_alignment"] < 0.9
+
+    def net(reads_images: bool) -> torch.nn.Module:
+        """Reads each band image as its class (nearly sure), or every image as 0 and 1 alike."""
+        linear = torch.nn.Linear(784, 10)
+        with torch.no_grad():
+            linear.weight.copy_(band_images().flatten(1) * reads_images)
+            linear.bias.zero_()
+        return torch.nn.Sequential(torch.nn.Flatten(), linear)
+
+    base = {"noise": band_images(), "base": torch.zeros(10, *MNIST_SHAPE),
+            "own_probabilities": torch.eye(10), "real_means": band_images(), "mean": [0.0],
+            "std": [1.0], "images": band_images()}
+    runs = [PictureRun(pd.Series({"dataset": "mnist", "job": job, "seed": 0}), base, None,
+                       net(job == "sure")) for job in ("sure", "flat")]
+    refs = {"mnist": Reference("mnist", [], list(MNIST_SHAPE))}
+    rows = {r["job"]: r for r in measure(runs, refs, ["dataset"])}
+    assert rows["sure"]["cross_conf"] == pytest.approx(0.1)  # the flat network's, not its own
+    assert rows["flat"]["cross_conf"] > 0.9

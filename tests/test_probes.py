@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -287,3 +288,34 @@ def test_series_reach_metrics_json_each_epoch_through_history_and_survive_a_resu
     for key in ("loss", "grad_change", "loss_range", "grad_change_max", "beta_smoothness"):
         assert gradients["landscape"][key][:8] == first["gradients"]["landscape"][key]
         assert len(gradients["landscape"][key]) == 11
+
+
+def test_the_probe_figures_draw_each_series_where_it_belongs():
+    """Hand-made series: each unit's percentiles in its row (the median bold and solid), the
+    gradient norms on a log axis, the landscape bands from the smallest to the largest step
+    size, the medians under the figure."""
+    from bnstudy.report.figures import PROBE_FIGURES, landscape_medians
+
+    acts = {"module": "net.relu", "layer": 0, "units": [0, 5], "percentiles": [15, 50, 85],
+            "steps": [0, 2], "values": [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]]}
+    grads = {"steps": [0, 2], "norms": {"net.fc1": [1.0, 0.5], "net.fc2": [2.0, 1.0]},
+             "landscape": {"etas": [0.1, 1.0], "steps": [0, 2, 4],
+                           "loss": [[1.0, 3.0], [2.0, 5.0], [0.0, 1.0]],
+                           "grad_change": [[0.1, 0.4], [0.2, 0.6], [0.0, 0.1]],
+                           "loss_range": [2.0, 3.0, 10.0], "grad_change_max": [0.4, 0.6, 0.1],
+                           "beta_smoothness": [1.0, 0.6, 0.2]}}
+    found = {n: pd.Series({"seed": 0, "probes": {"activations": acts, "gradients": grads}})
+             for n in ("none", "bn")}
+    fig = PROBE_FIGURES["activations"]("mnist, sgd", found)
+    unit5 = fig.axes[2]  # row 1 (unit 5), column 0 (no BN)
+    assert [list(line.get_ydata()) for line in unit5.get_lines()] == [[4, 10], [5, 11], [6, 12]]
+    assert [(line.get_linewidth(), line.get_linestyle()) for line in unit5.get_lines()] == [
+        (1, "--"), (1.8, "-"), (1, "--")]
+    norms, loss, change, beta = PROBE_FIGURES["gradients"]("mnist, sgd", found).axes
+    assert norms.get_yscale() == "log"
+    assert [list(line.get_ydata()) for line in norms.get_lines()[:2]] == [[1.0, 0.5], [2.0, 1.0]]
+    for ax, low, high in ((loss, [1, 2, 0], [3, 5, 1]), (change, [0.1, 0.2, 0], [0.4, 0.6, 0.1])):
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]
+        assert set(np.round(band, 6)) == set(low) | set(high)
+    assert list(beta.get_lines()[0].get_ydata()) == [1.0, 0.6, 0.2]
+    assert "No BatchNorm 3, 0.4, 0.6; BatchNorm 3, 0.4, 0.6." in landscape_medians(found)

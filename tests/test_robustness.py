@@ -235,6 +235,11 @@ def test_diverged_failed_and_far_points_are_not_usable(tmp_path):
     assert usable_values(panel, within=0.08)[1]["bn"] == list(GRID)
     (ax,) = robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel}).axes
     assert [t.get_text() for t in ax.texts] == ["No BatchNorm: 1 failed (not drawn)"]
+    assert [line.get_label() for line in ax.get_lines() if line.get_marker() == "x"] == [
+        "No BatchNorm: diverged (1)"]  # the failed run is not marked as diverged
+    late = by_norm(tmp_path / "unfinished", accs, {("none", 1.0): "still running"})
+    (ax,) = robustness_figure("lr", "mnist", {(("optim", "sgd"),): late}).axes
+    assert [t.get_text() for t in ax.texts] == ["No BatchNorm: 1 unfinished (not drawn)"]
     nothing = by_norm(tmp_path / "all_diverged", {"bn": [0.9] * 4},
                       {("bn", lr): "diverged" for lr in GRID})
     assert "none is usable" in robustness_text("lr", "mnist, sgd", nothing)
@@ -441,6 +446,7 @@ def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, data
     # verdicts.csv's test: the seeds pair
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == datasets
+    assert panels[0].xaxis.get_transform().base == 2  # batch sizes: powers of two
     assert len({round(ax.get_position().y0, 3) for ax in panels}) == -(-len(datasets) // 3)
     for ax in panels:
         box = ax.get_tightbbox()
