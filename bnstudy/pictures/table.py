@@ -71,16 +71,12 @@ def load_tensors(path: Path) -> dict | None:
 
 @dataclass
 class PictureRun:
-    """An ok run (its `load_runs` row, `hp`) with what its picture callbacks saved."""
+    """An ok run (its `load_runs` row) with what its picture callbacks saved."""
 
     run: pd.Series
     hallucinations: dict | None
     weights: dict | None
     net: object | None = None  # its network, for the cross-model confidence
-
-    @property
-    def hp(self) -> pd.Series:
-        return self.run
 
 
 def load_picture_runs(runs: pd.DataFrame) -> list[PictureRun]:
@@ -252,13 +248,13 @@ def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
     """One pictures.csv row per run: its group keys, seed, job and measures."""
     rows = []
     for p in picture_runs:
-        dataset = p.hp.get("dataset")
+        dataset = p.run.get("dataset")
         ref = refs[dataset]
-        row = {**{k: p.hp.get(k) for k in keys}, "seed": p.hp.get("seed"), "job": p.run["job"],
+        row = {**{k: p.run.get(k) for k in keys}, "seed": p.run.get("seed"), "job": p.run["job"],
                **dict.fromkeys(COLUMNS, math.nan)}
         if p.hallucinations is not None:
             others = [q.net for q in picture_runs
-                      if q is not p and q.net is not None and q.hp.get("dataset") == dataset]
+                      if q is not p and q.net is not None and q.run.get("dataset") == dataset]
             row.update(hallucination_measures(p.hallucinations, ref, others))
         if p.weights is not None:
             row.update(weight_measures(p.weights, ref))

@@ -64,9 +64,9 @@ def ordered(pairs) -> list[tuple[str, str]]:
 def first_seeds(picture_runs: list[PictureRun], kind: str) -> list[tuple[tuple, PictureRun]]:
     """Per (norm, optim), in figure order, its run of lowest seed that saved `kind`."""
     found: dict[tuple, PictureRun] = {}
-    for p in sorted(picture_runs, key=lambda p: (p.hp.get("seed", 0), p.run["job"])):
+    for p in sorted(picture_runs, key=lambda p: (p.run.get("seed", 0), p.run["job"])):
         if getattr(p, kind) is not None:
-            found.setdefault((p.hp.get("norm"), p.hp.get("optim")), p)
+            found.setdefault((p.run.get("norm"), p.run.get("optim")), p)
     return [(c, found[c]) for c in ordered(found)]
 
 
@@ -91,7 +91,7 @@ def hallucinations_figure(title: str, picture_runs: list[PictureRun],
     seeds = first_seeds(picture_runs, "hallucinations")
     norms = [n for (n, _), _ in seeds]
     for (norm, optim), p in seeds:
-        rows.append((f"{config_label(norm, optim, norms)}\n(seed {p.hp.get('seed')})",
+        rows.append((f"{config_label(norm, optim, norms)}\n(seed {p.run.get('seed')})",
                      to_pixels(p.hallucinations), p.hallucinations["images"].float()))
     fig = Figure(figsize=(1.25 * len(classes) + 1.6, 1.55 * len(rows) + 0.9))
     axes = fig.subplots(len(rows), len(classes), squeeze=False)
@@ -149,7 +149,7 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
         change = (f"change {number(row.get('change_share', math.nan), '.1%')} of the energy, "
                   f"alignment {number(row.get('change_pc_alignment', math.nan), '.3f')}")
         panels.append((f"{norm_label(norm, norms)}\n+ {OPTIM_LABELS.get(optim, optim)}\n"
-                       f"(seed {p.hp.get('seed')})",
+                       f"(seed {p.run.get('seed')})",
                        weight_grid(final, shape, num_units), f"final weights: {note}",
                        weight_grid(final - initial, shape, num_units),
                        f"learned change: {change}"))
@@ -249,8 +249,8 @@ def pictures_section(runs: pd.DataFrame, out: Path
     keys = group_keys(runs)
     extra = [k for k in keys if k not in FIRST_KEYS]
     refs: dict[str, Reference] = {}
-    for dataset in sorted({p.hp.get("dataset") for p in picture_runs}, key=str):
-        same = [p for p in picture_runs if p.hp.get("dataset") == dataset]
+    for dataset in sorted({p.run.get("dataset") for p in picture_runs}, key=str):
+        same = [p for p in picture_runs if p.run.get("dataset") == dataset]
         refs[dataset] = reference(dataset, same, out)
         for p in same:
             if p.hallucinations is not None:
@@ -261,7 +261,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
     table = pd.DataFrame(rows)
     settings: dict[tuple, list[PictureRun]] = {}
     for p in picture_runs:
-        settings.setdefault(tuple((k, p.hp.get(k)) for k in extra), []).append(p)
+        settings.setdefault(tuple((k, p.run.get(k)) for k in extra), []).append(p)
     lines = ["## Pictures", "",
              "Final pictures of each run, measured (`bnstudy.pictures`): the hallucinations "
              "(one input per class optimised through the frozen network; recipe: "
@@ -280,7 +280,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
             lines += [f"### {describe(setting)}", ""]
         setting_rows = table[table["job"].isin([p.run["job"] for p in members])]
         for dataset, ref in refs.items():
-            mine = [p for p in members if p.hp.get("dataset") == dataset]
+            mine = [p for p in members if p.run.get("dataset") == dataset]
             if not mine:
                 continue
             head = f"{dataset}{', ' + describe(setting) if setting else ''}"
