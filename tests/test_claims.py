@@ -352,6 +352,9 @@ def test_accuracy_against_compute_is_the_best_so_far_at_the_charged_cost(tmp_pat
     assert np.allclose(lines["No BatchNorm"].get_xdata(), [1, 2, 3, 4])
     assert np.allclose(lines["BatchNorm"].get_ydata(), [80, 90, 90, 93])
     assert "×2.00" in fig.axes[0].get_title()
+    budgets = [line.get_xdata()[0] for line in fig.axes[0].get_lines()
+               if line.get_linestyle() == ":"]
+    assert budgets == [4, 2]  # C5's: no BN's full compute (4 epochs) and half of it
 
 
 def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not_rendered):

@@ -3,6 +3,7 @@ tiny lr sweep, and the report's usable-range and regime figures and sentences.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -240,6 +241,13 @@ def test_diverged_failed_and_far_points_are_not_usable(tmp_path):
     late = by_norm(tmp_path / "unfinished", accs, {("none", 1.0): "still running"})
     (ax,) = robustness_figure("lr", "mnist", {(("optim", "sgd"),): late}).axes
     assert [t.get_text() for t in ax.texts] == ["No BatchNorm: 1 unfinished (not drawn)"]
+    assert "accuracy after 3 epoch(s) vs" in " ".join(ax.figure._suptitle.get_text().split())
+    for optim, epochs in (("sgd", 3), ("adam", 5)):  # the title names no one run length
+        for norm, lr in itertools.product(("bn", "none"), (0.01, 0.1)):
+            write_job(tmp_path / "lengths", [0.9], norm=norm, optim=optim, lr=lr,
+                      max_epochs=epochs)
+    fig = robustness_figure("lr", "mnist", panels(tmp_path / "lengths", "lr")["mnist"])
+    assert "final validation accuracy vs" in " ".join(fig._suptitle.get_text().split())
     nothing = by_norm(tmp_path / "all_diverged", {"bn": [0.9] * 4},
                       {("bn", lr): "diverged" for lr in GRID})
     assert "none is usable" in robustness_text("lr", "mnist, sgd", nothing)
@@ -337,6 +345,11 @@ def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(t
               for x in line.get_xdata()}
     assert filled == {(0.01, True), (0.1, True), (0.01, False), (0.1, False)}
     assert [t.get_text() for t in ax.texts] == ["adam: no test at lr 0.1 (1 ok BN)"]
+    rows[0]["p_holm"] = 0.2  # p < 0.05 alone, not among the comparisons: hollow
+    (ax,) = regime_figure("lr", pd.DataFrame(rows)).axes
+    assert (0.01, True) not in {(float(x), line.get_markerfacecolor() != "white")
+                                for line in ax.get_lines() if line.get_marker() == "o"
+                                and line.get_color() == "C0" for x in line.get_xdata()}
 
 
 @pytest.mark.slow
@@ -398,15 +411,20 @@ def test_a_side_that_diverged_everywhere_is_marked_not_dropped(tmp_path):
         write_job(tmp_path, [0.8 + seed / 50], norm="none", seed=seed, lr=0.01)  # paired: spread
         write_job(tmp_path, [0.7 + seed / 100], norm="bn", seed=seed, lr=1.0)
         write_job(tmp_path, [0.1, 0.1], "diverged", norm="none", seed=seed, lr=1.0)
+        for norm in ("bn", "none"):  # both sides diverged: no arrow
+            write_job(tmp_path, [0.1, 0.1], "diverged", norm=norm, seed=seed, lr=10.0)
     rows = verdict_rows(tmp_path)
     assert [(r["lr"], r["n_treatment"], r["n_baseline"], r["baseline_diverged"], r["verdict"])
             for r in rows] == [
-        (0.01, 2, 2, 0, "wins"), (1.0, 2, 0, 2, "no test")]
+        (0.01, 2, 2, 0, "wins"), (1.0, 2, 0, 2, "no test"), (10.0, 0, 0, 2, "no test")]
     (ax,) = regime_figure("lr", pd.DataFrame(rows)).axes
     (arrow,) = [line for line in ax.get_lines() if line.get_marker() == "^"]
     assert list(arrow.get_xdata()) == [1.0] and arrow.get_label() == (
         "sgd: only BatchNorm finished ok")
-    assert [t.get_text() for t in ax.texts] == ["sgd: no test at lr 1 (0 ok no BN, 2 diverged)"]
+    assert [line.get_marker() for line in ax.get_lines()].count("v") == 0
+    assert [" ".join(t.get_text().split()) for t in ax.texts] == [
+        "sgd: no test at lr 1 (0 ok no BN, 2 diverged) sgd: no test at lr 10 (0 ok BN, 2 "
+        "diverged; 0 ok no BN, 2 diverged)"]
     text = regime_section("lr", pd.DataFrame(rows))[0]
     assert ("- mnist, sgd, lr=1.0: BN no test (a side has no ok run: BN 2 ok, 0 diverged; "
             "no BN 0 ok, 2 diverged" in text)
