@@ -96,6 +96,32 @@ def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(
     for part in (few, tie):  # wide: neither a difference nor equivalence within ±0.5 pts
         assert "not shown within ±0.50 pts either (TOST)" in note(part)
         assert "no difference" not in note(part)
+    assert "observed;" in note(replace(tie, would_show="a difference"))  # seeds would decide
+    assert note(replace(few, test=replace(few.test, p_value=math.nan))) == \
+        "no spread over the seeds: no test"
+
+
+def test_a_parts_estimate_and_claims_csv_row_are_written_in_its_units(tmp_path):
+    from bnstudy.report.claims import Term
+    from bnstudy.report.render import claim_rows, claims_block, estimate_text, note
+
+    write_pair(tmp_path, [0.5, 0.60], [0.5, 0.58], spread=0.02)
+    part = results_of(tmp_path, 1.0)["C5a (MNIST, SGD)"]
+    low, estimate, high = (100 * x for x in (part.test.ci_low, part.test.estimate,
+                                             part.test.ci_high))
+    assert estimate_text(part) == f"{estimate:+.2f} pts (95% CI {low:+.2f} to {high:+.2f})"
+    (row,) = claim_rows([part], {})
+    assert (row["dataset"], row["unit"], row["test"]) == ("mnist", "accuracy", part.test.test)
+    loss = replace(part, declared=replace(part.declared, fmt="loss", quantity="final_val_loss"))
+    assert claim_rows([loss], {})[0]["unit"] == "loss"
+    across = replace(part, declared=replace(part.declared, terms=(
+        Term(1.0, "mnist", "sgd", "bn"), Term(-1.0, "cifar10", "sgd", "bn"))))
+    assert claim_rows([across], {})[0]["dataset"] == ""  # a claim across datasets: none
+    same = replace(part, verdict="equivalent")
+    block = claims_block([part, same])
+    said = [line for line in block if line.startswith("- ")]
+    assert len(said) == 2 and said[0].endswith(f"{note(part)}.")
+    assert "does not hold, equivalent**" in said[1] and note(same) in said[1]
 
 
 def write_tuned(sweep_dir, bn_test: list[float], none_test: list[float]) -> None:
@@ -612,6 +638,9 @@ def test_holm_leaves_a_rule_part_and_one_short_of_seeds_as_they_were_decided():
     assert met.test.p_value > tested.test.p_value  # counted, the rule would double tested's p
     assert tested.test.p_holm == tested.test.p_value  # the only tested part of its family
     assert (short.verdict, short.note) == ("cannot tell", "fewer than 2 ok seeds on a side")
+    from bnstudy.report.render import claim_rows
+
+    assert [r["test"] for r in claim_rows([met, tested], {})] == ["every seed", tested.test.test]
     assert V.combine(["holds", "cannot tell"]) == "cannot tell"
     assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
     assert V.combine(["holds", "equivalent"]) == "does not hold"  # within the margin: not ahead

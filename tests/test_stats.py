@@ -325,3 +325,17 @@ def test_the_test_is_said_with_why_seeds_did_not_pair():
         "Welch over 3 vs 2 seeds (the seeds do not pair one to one)"
     assert test_words(S.UNPAIRED, 0, [1, 1]) == \
         "Welch over 1 vs 1 seeds (one seed on a side: no test)"  # seed 0 both: one pair is none
+
+
+def test_numbers_are_written_in_their_units(tmp_path):
+    """Accuracy in per cent with its std in points, shares at their own digits, counts and
+    losses at theirs; CSV floats to 6 decimals, as the csv module writes them."""
+    from bnstudy.report.render import pct, scale, spread, write_csv
+
+    assert pct(0.92424, 0.0044) == "92.42% ± 0.44" and pct(math.nan) == "—"
+    assert spread([0.9, 0.92], "acc") == "91.00% ± 1.41 (2)"
+    assert spread([0.1, 0.3], ".1%") == "20.0% ± 14.1 (2)"
+    assert spread([1, 2], "d") == "1.5 ± 0.7 (2)" and spread([0.5], "loss") == "0.500 (1)"
+    assert scale(".1%") == (100.0, " pts", ".1f")
+    write_csv([{"x": 1 / 3, "y": "a", "z": math.nan}], tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_bytes() == b"x,y,z\r\n0.333333,a,\r\n"
