@@ -5,6 +5,7 @@ words (`bnstudy.report.claims`, `verdicts`, `answer`, `cost`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -769,6 +770,13 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
     assert head.startswith("Is BatchNorm worth it? BN − no BN in final validation accuracy (95% "
                            "interval; validation split, final epoch; paired t over the seeds "
                            "both norms ran; p Holm-adjusted over the 1 comparison tested")
+    assert line.startswith("  MNIST, SGD (2 vs 2 seeds): ")
+    layer = tmp_path / "layer"  # one other pair: its own question, its rows as the study's
+    for norm, seed in itertools.product(("layer", "none"), (0, 1)):
+        write_job(layer, [0.5, 0.75 if norm == "layer" else 0.7 + seed / 50], norm=norm,
+                  seed=seed)
+    head, line = console_answer(layer).splitlines()
+    assert head.startswith("Is LayerNorm worth it? LayerNorm − no norm in final validation")
     assert line.startswith("  MNIST, SGD (2 vs 2 seeds): ")
     for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.75], norm="layer", seed=seed)

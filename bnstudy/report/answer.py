@@ -14,6 +14,7 @@ from bnstudy.report.runs import (
     DATASET_LABELS,
     OPTIM_LABELS,
     STUDY,
+    contrast_words,
     norm_word,
     pair_words,
     where,
@@ -218,14 +219,15 @@ def console_answer(sweep_dir) -> str:
     table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)] if len(table) else table
     if table.empty:
         return ""
-    study = set(zip(table["treatment"], table["baseline"], strict=True)) == {STUDY}
-    lines = [("Is BatchNorm worth it? BN − no BN" if study else "Each norm against its baseline")
-             + f" in final validation accuracy (95% interval; {method_words(table)}):"
-             .replace("*", "")]  # the terminal shows no Markdown
+    pairs = set(zip(table["treatment"], table["baseline"], strict=True))
+    question, difference = contrast_words(pairs)
+    lines = [(f"{question}? {difference}" if len(pairs) == 1 else "Each norm against its "
+              "baseline") + f" in final validation accuracy (95% interval; "
+             f"{method_words(table)}):".replace("*", "")]  # the terminal shows no Markdown
     for _, row in table.iterrows():
         place = ", ".join([where(row["dataset"], row["optim"]),
                            *(f"{k}={row[k]}" for k in _extra(table))])
-        if not study:
+        if len(pairs) > 1:
             place += f", {' − '.join(pair_words(row['treatment'], row['baseline']))}"
         lines.append(f"  {place} ({row['n_treatment']} vs {row['n_baseline']} seeds): "
                      f"{row_words(row)}")
