@@ -25,6 +25,7 @@ from bnstudy.report import claims as C
 from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost, time_table, val_acc_at
+from bnstudy.report.render import claim_rows, claims_block, deciding, estimate_text, method, note
 from bnstudy.report.runs import load_runs
 from bnstudy.report.stats import IMAGES, PAIRED, power_of
 
@@ -79,8 +80,6 @@ def test_c5_holds_when_bn_is_ahead_at_equal_time_not_when_only_per_epoch(tmp_pat
 
 
 def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(tmp_path):
-    from bnstudy.report.render import note
-
     write_pair(tmp_path / "few", [0.5, 0.60], [0.5, 0.58], spread=0.02)  # 2 pts apart
     write_pair(tmp_path / "none", [0.5, 0.60], [0.5, 0.60], spread=0.02)  # the same means
     few = results_of(tmp_path / "few", 1.0)["C5a (MNIST, SGD)"]
@@ -103,9 +102,6 @@ def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(
 
 
 def test_a_parts_estimate_and_claims_csv_row_are_written_in_its_units(tmp_path):
-    from bnstudy.report.claims import Term
-    from bnstudy.report.render import claim_rows, claims_block, estimate_text, note
-
     write_pair(tmp_path, [0.5, 0.60], [0.5, 0.58], spread=0.02)
     part = results_of(tmp_path, 1.0)["C5a (MNIST, SGD)"]
     low, estimate, high = (100 * x for x in (part.test.ci_low, part.test.estimate,
@@ -116,7 +112,7 @@ def test_a_parts_estimate_and_claims_csv_row_are_written_in_its_units(tmp_path):
     loss = replace(part, declared=replace(part.declared, fmt="loss", quantity="final_val_loss"))
     assert claim_rows([loss], {})[0]["unit"] == "loss"
     across = replace(part, declared=replace(part.declared, terms=(
-        Term(1.0, "mnist", "sgd", "bn"), Term(-1.0, "cifar10", "sgd", "bn"))))
+        C.Term(1.0, "mnist", "sgd", "bn"), C.Term(-1.0, "cifar10", "sgd", "bn"))))
     assert claim_rows([across], {})[0]["dataset"] == ""  # a claim across datasets: none
     same = replace(part, verdict="equivalent")
     block = claims_block([part, same])
@@ -639,8 +635,6 @@ def test_holm_leaves_a_rule_part_and_one_short_of_seeds_as_they_were_decided():
     assert met.test.p_value > tested.test.p_value  # counted, the rule would double tested's p
     assert tested.test.p_holm == tested.test.p_value  # the only tested part of its family
     assert (short.verdict, short.note) == ("cannot tell", "fewer than 2 ok seeds on a side")
-    from bnstudy.report.render import claim_rows
-
     assert [r["test"] for r in claim_rows([met, tested], {})] == ["every seed", tested.test.test]
     assert V.combine(["holds", "cannot tell"]) == "cannot tell"
     assert V.combine(["holds", "does not hold", "cannot tell"]) == "does not hold"
@@ -676,8 +670,6 @@ def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
 
 
 def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_where_not():
-    from bnstudy.report.render import method
-
     c6 = declared("C6 (MNIST, SGD)")
     rng = np.random.default_rng(1)
     correct = {(n, s): rng.random(100) < (0.9 if n == "bn" else 0.85)
@@ -813,8 +805,6 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     in C6's interval seeds alone may never decide, and the words say so instead of "over 1000
     seeds" (a seeds-only test keeps the count)."""
     from bnstudy.report.answer import margin_words, part_words, tuned_table, tuned_words, words
-    from bnstudy.report.render import deciding
-
     ci = (-0.0033, 0.0002)
     assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
         "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
