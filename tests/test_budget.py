@@ -195,8 +195,9 @@ def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
 
 
 def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
-    """Per dataset × optimizer, after one trial (C7) and at each one's best (C6); a dash for a
-    cell without a search or without C6 (svhn, rmsprop: nor labels); nothing with neither."""
+    """Per dataset × optimizer, after one trial (C7) and at each one's best (C6; where C6 is not
+    declared, svhn and rmsprop, nor labels, verdicts.csv's row); a dash for a cell without a
+    search; nothing with neither."""
     from bnstudy.report.answer import console_answer
 
     write_job(tmp_path, [0.5])
@@ -209,12 +210,46 @@ def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
         "Is BatchNorm worth it at your tuning budget? BN − no BN in the expected best val acc "
         "after one trial of each search (C7, bootstrap, Holm), and in test acc at each one's best "
         "(C6, Welch + the test images' error, Holm):",
-        f"  svhn, rmsprop: after one trial {ahead}; at each one's best —"]
+        f"  svhn, rmsprop: after one trial {ahead}; at each one's best {same}"]
     write_tuned_sweep(tmp_path, crossover() + [cell(n, [], 1.0, optim="adam", failed=2)
                                                for n in ("bn", "none")])
     assert console_answer(tmp_path).splitlines()[1:] == [
         f"  MNIST, SGD: after one trial {ahead}; at each one's best {same}",
         f"  MNIST, Adam: after one trial —; at each one's best {same}"]
+
+
+def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
+    """With `norm=bn,layer,none` only BN − no BN's parts are C7 (in claims.csv, its verdict);
+    LayerNorm − no norm is decided alike (Holm within its pair) for its words and answer.
+    A sweep of LayerNorm and no norm alone claims nothing, in the report and as it prints."""
+    from bnstudy.report.answer import console_answer
+    from bnstudy.report.budget import budget_section
+
+    layer = cell("layer", [0.6] * N, 10.0)  # behind no BN's search from the first trial
+    write_tuned_sweep(tmp_path, crossover() + [layer])
+    out = tmp_path / "out"
+    out.mkdir()
+    both = budget_section(tmp_path, [("bn", "none"), ("layer", "none")], out)
+    assert {r["claim"] for r in both.rows} == {"C7"}
+    assert [r["statement"] for r in both.rows] == [
+        "MNIST, SGD: after 1 trial of search BN is ahead",
+        "MNIST, SGD: after 2 trials of search BN is ahead"]
+    assert "Verdict: **C7 holds**." in both.text
+    assert "**MNIST, SGD, LayerNorm − no norm**: LayerNorm is not shown ahead" in both.text
+    assert both.small[("mnist", "sgd", "layer", "none")].startswith("no norm ahead, -14.87 pts")
+    assert both.small[("mnist", "sgd", "bn", "none")].startswith("BN ahead, +12.12")
+    alone = budget_section(tmp_path, [("layer", "none")], out)
+    assert alone.rows == [] and "C7" not in alone.text
+    assert alone.text.startswith("### The tuning budget\n")
+    write_tuned_sweep(tmp_path, [cell("none", 0.5 + 0.5 * np.arange(N) / N, 8.0), layer])
+    printed = console_answer(tmp_path).splitlines()
+    assert printed[0] == (
+        "Is LayerNorm worth it at your tuning budget? LayerNorm − no norm in the expected best "
+        "val acc after one trial of each search (bootstrap, Holm), and in test acc at each "
+        "one's best (Welch + the test images' error, Holm):")
+    assert printed[1:] == ["  MNIST, SGD: after one trial no norm ahead, -14.87 pts (-16.78 to "
+                           "-12.86); at each one's best +0.00 pts: no spread over the seeds, no "
+                           "test"]
 
 
 def test_a_cell_counts_its_finished_trials_only_and_a_pair_needs_both_arms():
@@ -306,7 +341,7 @@ def test_the_search_table_says_each_cells_search_and_choice():
     """report.md's search table: the sampler, then per cell its trials, mean trial seconds,
     the chosen setting (floats to 3 digits), its rank among the re-run candidates, and its
     validation accuracy in the search and over the re-runs (a dash for what is unknown)."""
-    from bnstudy.report.budget import tuning_table
+    from bnstudy.report.render import tuning_table
 
     chosen = {"optim.optimizer.lr": 0.01234, "model.net.depth": 2}
     tuning = {"sampler": "RandomSampler", "sampler_seed": 7, "n_trials": 3, "rerun_top": 2,

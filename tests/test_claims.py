@@ -574,7 +574,8 @@ def cannot_tell_parts() -> list[V.Result]:
 
 
 WIN = {"dataset": "mnist", "optim": "sgd", "treatment": "bn", "baseline": "none",
-       "n_treatment": 3, "n_baseline": 3, "diff": 0.05, "test": PAIRED, "p_value": 0.01,
+       "quantity": "final_val_acc", "n_treatment": 3, "n_baseline": 3, "diff": 0.05,
+       "test": PAIRED, "p_value": 0.01,
        "verdict": "wins", "diff_ci_low": 0.02, "diff_ci_high": 0.08, "margin": 0.005,
        "seeds_needed": 3.0}
 
@@ -734,13 +735,31 @@ def squeezed(markdown: str) -> str:
 
 def test_the_answer_section_word_for_word():
     """The answer as report.md opens: at equal epochs and time (a one-seed row adds how to
-    decide), or a tuned sweep's at each one's best; nothing without comparisons."""
+    decide), or a tuned sweep's at each one's best (C6 for BN − no BN, another pair's verdict
+    and its small budget's answer); nothing without comparisons."""
     from bnstudy.report.answer import answer_section
 
     c5a, c6 = cannot_tell_parts()
     table = pd.DataFrame([WIN, ONE_SEED])
     assert squeezed(answer_section(table, [c5a])) == ANSWER
-    assert squeezed(answer_section(table, [c6])) == TUNED_ANSWER
+    best = {**WIN, "quantity": "test_acc", "test": "Welch"}  # a tuned sweep's verdicts.csv row
+    assert squeezed(answer_section(pd.DataFrame([best]), [c6])) == TUNED_ANSWER
+    layer = squeezed(answer_section(pd.DataFrame([best, {**best, "treatment": "layer"}]), [c6],
+                                    {("mnist", "sgd", "layer", "none"): "LayerNorm ahead"}))
+    assert "Is each norm worth it at each one's best? " in layer
+    assert "; other pairs: Welch over seeds only, Holm over the report's 2 comparisons tested; " \
+        in layer
+    assert layer.splitlines()[-2:] == [
+        "| MNIST | SGD | BN − no BN | 3, 3 | — | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
+        "seeds a side would decide |",
+        "| MNIST | SGD | LayerNorm − no norm | 3, 3 | LayerNorm ahead | LayerNorm wins, +5.00 "
+        "pts (+2.00 to +8.00) |"]
+    alone = answer_section(pd.DataFrame([{**best, "treatment": "layer"}]), [])
+    assert alone.splitlines()[2].startswith(
+        "Is LayerNorm worth it at each one's best? Each norm's own tuned setting, re-run over "
+        "seeds, LayerNorm − no norm in test accuracy (95% interval, not Holm-adjusted; Welch "
+        "over seeds only, Holm over the report's 1 comparison tested; ")
+    assert "C6" not in alone and "C7" not in alone  # BN's claims
     assert answer_section(table.iloc[:0], []) == ""
     missing = {**WIN, "n_baseline": 0, "diff": math.nan}  # a pair one norm never ran
     assert "One seed a side" in answer_section(pd.DataFrame([missing, ONE_SEED]), [])
@@ -804,7 +823,14 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     """Equivalent only from TOST, else the seeds that would decide; with the test images' error
     in C6's interval seeds alone may never decide, and the words say so instead of "over 1000
     seeds" (a seeds-only test keeps the count)."""
-    from bnstudy.report.answer import margin_words, part_words, tuned_table, tuned_words, words
+    from bnstudy.report.answer import (
+        margin_words,
+        part_words,
+        row_words,
+        tuned_table,
+        tuned_words,
+        words,
+    )
     ci = (-0.0033, 0.0002)
     assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
         "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
@@ -834,14 +860,19 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     one = V.run_part(c5a, paired_table("val_acc_at_1", [0.9], [0.8]))
     assert part_words(one) == "+10.00 pts: one seed a side, direction and size only"
     _, c6 = cannot_tell_parts()
+    never = ("no number of seeds a side would decide: the test images' own sampling error is "
+             "too large (a larger test split would)")
     assert part_words(replace(c6, test=replace(c6.test, test=IMAGES), seeds_needed=math.inf)) \
-        .endswith("no number of seeds a side would decide: the test images' own sampling error "
-                  "is too large (a larger test split would)")
+        .endswith(never)
+    assert row_words({**WIN, "verdict": "cannot tell", "test": IMAGES,  # a tuned verdicts row
+                      "seeds_needed": math.inf}).endswith(never)
     seen = replace(c6, test=replace(c6.test, test=IMAGES),  # no labels for svhn, rmsprop
                    declared=replace(c6.declared, terms=C.pair("svhn", "rmsprop")))
     assert tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
                                    "parts; *equivalent* by TOST within ±0.5 pts for svhn")
-    assert squeezed(tuned_table([seen], {("mnist", "sgd"): "BN ahead"})).splitlines()[::2] == [
+    row = {**WIN, "dataset": "svhn", "optim": "rmsprop", "quantity": "test_acc"}
+    small = {("mnist", "sgd", "bn", "none"): "BN ahead"}
+    assert squeezed(tuned_table(pd.DataFrame([row]), [seen], small)).splitlines()[::2] == [
         "| dataset | optimizer | seeds (BN, no BN) | at a small budget (k=1) | at each one's "
         "best |", "| svhn | rmsprop | 3, 3 | — | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
         "seeds a side would decide |"]

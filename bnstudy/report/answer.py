@@ -78,7 +78,7 @@ def row_words(row) -> str:
     """A verdicts.csv row in the answer's words."""
     return words(row["verdict"], row["diff"], (row["diff_ci_low"], row["diff_ci_high"]),
                  row["seeds_needed"], min(row["n_treatment"], row["n_baseline"]),
-                 row["treatment"], row.get("margin", math.nan),
+                 row["treatment"], row.get("margin", math.nan), row.get("test", ""),
                  shows=row.get("seeds_would_show", ""))
 
 
@@ -137,13 +137,49 @@ def tuned_words(tuned: list[Result]) -> str:
             f"{margin_words({_where(r)[0]: r.test.margin for r in tuned})}")
 
 
-def tuned_table(tuned: list[Result], small: dict | None = None) -> str:
-    """A row per dataset × optimizer of a tuned sweep: the seeds, C6's verdict in words and,
-    given `small` ((dataset, optim): words, `report.budget`), the answer after one trial."""
-    return markdown([{
-        **_labels(*_where(r)), "seeds (BN, no BN)": ", ".join(str(len(xs)) for xs in r.groups),
-        **({"at a small budget (k=1)": small.get(_where(r), "—")} if small else {}),
-        "at each one's best": part_words(r)} for r in tuned])
+def _key(row) -> tuple[str, str, str, str]:
+    return row["dataset"], row["optim"], row["treatment"], row["baseline"]
+
+
+def at_best(verdicts: pd.DataFrame, tuned: list[Result]) -> dict[tuple, str]:
+    """Per (dataset, optim, treatment, baseline), at each one's best in words: C6 for BN − no BN,
+    the verdicts.csv row otherwise."""
+    c6 = {(*_where(r), *STUDY): r for r in tuned}
+    return {_key(row): part_words(c6[_key(row)]) if _key(row) in c6 else row_words(row)
+            for _, row in verdicts.iterrows()}
+
+
+def tuned_table(verdicts: pd.DataFrame, tuned: list[Result], small: dict | None = None) -> str:
+    """A row per dataset × optimizer (× pair) of a tuned sweep (verdicts.csv's rows): the seeds,
+    given `small` ((dataset, optim, treatment, baseline): words, `report.budget`) the answer
+    after one trial, and `at_best`."""
+    several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
+    best, rows = at_best(verdicts, tuned), []
+    for _, row in verdicts.iterrows():
+        names = pair_words(row["treatment"], row["baseline"])
+        rows.append({**_labels(row["dataset"], row["optim"]),
+                     **({"compared": " − ".join(names)} if several else {}),
+                     f"seeds ({'treatment, baseline' if several else ', '.join(names)})":
+                         f"{row['n_treatment']}, {row['n_baseline']}",
+                     **({"at a small budget (k=1)": small.get(_key(row), "—")} if small else {}),
+                     "at each one's best": best[_key(row)]})
+    return markdown(rows)
+
+
+def tuned_method(verdicts: pd.DataFrame, tuned: list[Result]) -> str:
+    """How a tuned sweep's answer decides: C6's test for BN − no BN, verdicts.csv's (Holm over
+    the report's comparisons) for any other pair."""
+    other = verdicts[[pair != STUDY for pair in zip(verdicts["treatment"], verdicts["baseline"],
+                                                     strict=True)]]
+    found = [("BN − no BN: " if len(other) else "") + tuned_words(tuned)] if tuned else []
+    if len(other):
+        test = "Welch + the test images' sampling error" if (other["test"] == IMAGES).all() \
+            else "Welch over seeds only"
+        tested = int(verdicts["p_value"].notna().sum())
+        found.append(f"{'other pairs: ' if tuned else ''}{test}, Holm over the report's "
+                     f"{plural(tested, 'comparison')} tested; *equivalent* by TOST within "
+                     + margin_words(dict(zip(other["dataset"], other["margin"], strict=True))))
+    return "; ".join(found)
 
 
 def margin_words(margins: dict) -> str:
@@ -171,14 +207,17 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
                    decide: str = DECIDE) -> str:
     """report.md's `## The answer`: the table, how to read it, the command that decides."""
     tuned = [r for r in results if r.claim == "C6"]
-    if tuned:
+    if len(verdicts) and (verdicts["quantity"] == "test_acc").all():  # a tuned sweep's
+        pairs = set(zip(verdicts["treatment"], verdicts["baseline"], strict=True))
+        question, difference = contrast_words(pairs)
         return "\n".join(["## The answer", "",
-                          "Is BatchNorm worth it at each one's best? Each norm's own tuned "
-                          "setting, re-run over seeds, BN − no BN in test accuracy (95% "
-                          f"interval, not Holm-adjusted; {tuned_words(tuned)}; claim C6 "
-                          "below); at a small budget, the expected best validation accuracy "
-                          "after one trial of each search (C7).", "", tuned_table(tuned, small),
-                          ""])
+                          f"{question} at each one's best? Each norm's own tuned setting, "
+                          f"re-run over seeds, {difference} in test accuracy (95% interval, "
+                          f"not Holm-adjusted; {tuned_method(verdicts, tuned)}"
+                          f"{'; claim C6 below' if tuned else ''}); at a small budget, the "
+                          "expected best validation accuracy after one trial of each search"
+                          f"{' (C7)' if STUDY in pairs else ''}.", "",
+                          tuned_table(verdicts, tuned, small), ""])
     if verdicts.empty:
         return ""
     if set(zip(verdicts["treatment"], verdicts["baseline"], strict=True)) != {STUDY}:
@@ -238,23 +277,34 @@ def console_answer(sweep_dir) -> str:
 
 
 def tuned_console(sweep_dir) -> str:
-    """A tuned sweep's answer as it prints it: per dataset × optimizer, BN − no BN after one
-    trial of each search (C7) and at each one's best (C6); "" without both."""
-    from bnstudy.report.budget import budgets, claim_rows, small_answers
-    from bnstudy.report.runs import load_runs
+    """A tuned sweep's answer as it prints it: per dataset × optimizer (× pair), after one trial
+    of each search and at each one's best (`at_best`); "" without either."""
+    from bnstudy.report.budget import budgets, pair_rows, small_answers
+    from bnstudy.report.runs import compared, load_runs
+    from bnstudy.report.stats import verdicts
     from bnstudy.report.verdicts import decided, tuned_runs
 
     tuned, tuning = tuned_runs(sweep_dir, load_runs(sweep_dir))
-    found = budgets(tuning, [STUDY])
-    small = small_answers(found, claim_rows(found))
-    best = {_where(r): part_words(r) for r in decided("tuned", tuned)
-            if r.claim == "C6"} if len(tuned) else {}
+    pairs = compared(pd.DataFrame({"norm": [c.get("norm") for c in tuning.get("cells", [])]}))
+    found = budgets(tuning, pairs)
+    small = small_answers(found, pair_rows(found))
+    table = verdicts(tuned, pairs, tuned=True) if len(tuned) else pd.DataFrame()
+    if len(table):
+        table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)]
+    best = at_best(table, [r for r in decided("tuned", tuned) if r.claim == "C6"]
+                   if len(tuned) else [])
+    best = {k: v for k, v in best.items() if k[2:] in pairs}
     if not small and not best:
         return ""
-    lines = ["Is BatchNorm worth it at your tuning budget? BN − no BN in the expected best val "
-             "acc after one trial of each search (C7, bootstrap, Holm), and in test acc at each "
-             "one's best (C6, Welch + the test images' error, Holm):"]
+    question, difference = contrast_words(k[2:] for k in [*small, *best])
+    study = all(k[2:] == STUDY for k in [*small, *best])
+    lines = [f"{question} at your tuning budget? {difference} in the expected best val acc after "
+             f"one trial of each search ({'C7, ' if study else ''}bootstrap, Holm), and in test "
+             f"acc at each one's best ({'C6, ' if study else ''}Welch + the test images' error, "
+             "Holm):"]
+    several = len({k[2:] for k in [*small, *best]}) > 1
     for key in dict.fromkeys([*small, *best]):
-        lines.append(f"  {where(*key)}: after one trial {small.get(key, '—')}; at each one's best "
+        place = where(*key[:2]) + (f", {' − '.join(pair_words(*key[2:]))}" if several else "")
+        lines.append(f"  {place}: after one trial {small.get(key, '—')}; at each one's best "
                      f"{best.get(key, '—')}")
     return "\n".join(lines)

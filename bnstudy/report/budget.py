@@ -3,8 +3,8 @@
 Per cell, the expected best validation accuracy after k trials of its random search (Tang et
 al. 2020's unbiased estimator: E_k = Σ_i v_(i) C(i−1, k−1) / C(n, k), v ascending; a diverged
 trial scores 0, a failed one is left out), and after s seconds (the ⌊s / mean trial seconds⌋
-trials that fit). Bands: a percentile bootstrap of each arm's trials. C7 at k in `SMALL`: the
-bootstrap p, Holm-adjusted over C7's parts."""
+trials that fit). Bands: a percentile bootstrap of each arm's trials. Each pair at k in `SMALL`:
+the bootstrap p, Holm-adjusted over the pair's parts; BN − no BN's parts are claim C7."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from bnstudy.records import read_tuning
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
-from bnstudy.report.runs import norm_label, norm_word, pair_words, study_order, where
+from bnstudy.report.runs import STUDY, norm_label, pair_words, study_order, where
 from bnstudy.report.stats import Contrast, decide, holm
 from bnstudy.report.verdicts import combine
 
@@ -105,8 +105,12 @@ class Budget:
         return min(self.treatment.n, self.baseline.n) > 1
 
     @property
+    def pair(self) -> tuple[str, str]:
+        return self.treatment.norm, self.baseline.norm
+
+    @property
     def name(self) -> str:
-        return f"{self.dataset}-{self.optim}-{self.treatment.norm}-{self.baseline.norm}"
+        return "-".join((self.dataset, self.optim, *self.pair))
 
     def diff(self, kt: int, kb: int) -> tuple[float, float, float]:
         """E treatment (kt trials) − E baseline (kb trials), with the band."""
@@ -205,8 +209,9 @@ def words(budget: Budget) -> str:
 
 
 def claim_rows(found: list[Budget]) -> list[dict]:
-    """C7's parts (dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on their
-    bootstrap p Holm-adjusted over C7's parts, with the claim's verdict."""
+    """One pair's parts (dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on
+    their bootstrap p Holm-adjusted over those parts, with the verdict of them all (C7's, for
+    BN − no BN)."""
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
@@ -298,52 +303,17 @@ def table(budget: Budget) -> str:
     return markdown(rows)
 
 
-def tuning_table(tuning: dict) -> str:
-    """C6's search: the sampler's settings, then per cell its trials, the setting chosen and
-    its validation accuracy."""
-    def chosen(cell: dict) -> tuple[str, str]:  # (rank in the search, mean val acc)
-        for rank, c in enumerate(cell.get("candidates", []), 1):
-            if c.get("params") == cell.get("best_params"):
-                scores = [v for v in c.get("val_acc", []) if v is not None]
-                return str(rank), (f"{100 * sum(scores) / len(scores):.2f} %" if scores
-                                   else "—")
-        return "1", "—"
-
-    rows = []
-    for cell in tuning.get("cells", []):
-        trials = cell.get("trials", [])
-        times = [t["seconds"] for t in trials if t.get("seconds") is not None]
-        rank, mean = chosen(cell)
-        rows.append({
-            "dataset": cell.get("dataset"), "optimizer": cell.get("optim"),
-            "norm": norm_word(cell.get("norm")), "trials": len(trials),
-            "chosen setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
-                                        else f"{k}={v}"
-                                        for k, v in cell.get("best_params", {}).items()),
-            "rank in search": rank, "val acc (search)": "—" if cell.get("best_value") is None
-            else f"{100 * cell['best_value']:.2f} %", "mean val acc (re-runs)": mean,
-            "mean trial s": f"{sum(times) / len(times):.1f}" if times else "—"})
-    top = tuning.get("rerun_top", 1)  # a tuning.json without it: one seed for every cell
-    return (f"Search: Optuna {tuning.get('sampler', 'TPE')}, a search per cell (base sampler "
-            f"seed {tuning.get('sampler_seed')}"
-            + (", each cell's seed drawn from it and the cell's name" if "rerun_top" in tuning
-               else ", the same in every cell")
-            + f"), {plural(tuning.get('n_trials'), 'trial')} per cell on one validation split; the "
-            f"{top} best setting(s) of each re-run with seeds {tuning.get('seeds')}, the one "
-            "with the best mean validation accuracy over them chosen, and its re-runs compared "
-            "on the test split, which the search never saw.\n\n" + markdown(rows))
-
-
 @dataclass
 class Section:
     """The tuning budget's part of the report: its text, figures, C7's claims.csv rows, the
-    TensorBoard scalars and, per (dataset, optim), the answer at a small budget (k = 1)."""
+    TensorBoard scalars and, per (dataset, optim, treatment, baseline), the answer at a small
+    budget (k = 1)."""
 
     text: str = ""
     figures: dict[str, Figure] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     scalars: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    small: dict[tuple[str, str], str] = field(default_factory=dict)
+    small: dict[tuple[str, str, str, str], str] = field(default_factory=dict)
 
 
 def small_words(budget: Budget, verdict: str) -> str:
@@ -364,34 +334,44 @@ def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> 
         return Section()
     csv = pd.DataFrame([r for b in found for r in b.rows()]).astype({"k": "Int64"})
     csv.round(6).to_csv(out / BUDGET_FILE, index=False, lineterminator="\r\n")  # as write_csv
-    rows = claim_rows(found)
-    lines = ["### The tuning budget (C7)", "", f"**C7**: {CLAIMS['C7']}.", "",
+    decided = pair_rows(found)
+    rows = decided.get(STUDY, [])  # C7 is BN's claim; another pair is decided alike, unclaimed
+    several, claimed = len(decided) > 1, " (C7's, for BN − no BN)" if rows else ""
+    lines = ["### The tuning budget" + (" (C7)" if rows else ""), "",
+             *([f"**C7**: {CLAIMS['C7']}.", ""] if rows else []),
              "*Expected best validation accuracy after k trials*: the mean, over every k-subset "
              "of a cell's independent random-search trials, of the subset's best (Tang et al. "
              "2020's unbiased estimator); a diverged trial scores 0, a failed one is left out. "
              "*After s seconds*: the expected best of the ⌊s / mean trial seconds⌋ trials that "
              "fit, each cell at its own trial time. Bands: "
              f"{LEVEL:.0%} percentile bootstrap, {BOOT} resamples of each search's trials "
-             f"(numpy seed {BOOT_SEED}), the two searches resampled independently. C7 is "
-             f"decided at k = {', '.join(map(str, SMALL))}: each part's two-sided bootstrap p "
+             f"(numpy seed {BOOT_SEED}), the two searches resampled independently. Each pair "
+             f"is decided at k = {', '.join(map(str, SMALL))}: each part's two-sided bootstrap p "
              "(twice the share of resampled differences on the far side of 0), Holm-adjusted "
-             "over C7's parts, < 0.05: holds above 0, does not hold below, else cannot tell. "
-             "The table's band column is the 95% band alone, uncorrected. All budgets: "
-             f"`{BUDGET_FILE}`.", "",
-             f"Verdict: **C7 {rows[0]['claim_verdict'] if rows else 'cannot tell'}**.", ""]
+             f"over the pair's parts{claimed}, < 0.05: holds above 0, does not hold below, else "
+             "cannot tell. The table's band column is the 95% band alone, uncorrected. All "
+             f"budgets: `{BUDGET_FILE}`.", "",
+             *([f"Verdict: **C7 {rows[0]['claim_verdict']}**.", ""] if rows else [])]
     figures = {}
     for budget in found:
         name = f"budget_{budget.name}"
         figures[name] = figure(budget)
-        lines += [f"**{where(budget.dataset, budget.optim)}**: {words(budget)}", "",
+        compared = f", {' − '.join(pair_words(*budget.pair))}" if several else ""
+        lines += [f"**{where(budget.dataset, budget.optim)}{compared}**: {words(budget)}", "",
                   f"![expected best against the budget]({name}.png)", "", table(budget), ""]
-    return Section("\n".join(lines), figures, rows, scalars(found), small_answers(found, rows))
+    return Section("\n".join(lines), figures, rows, scalars(found), small_answers(found, decided))
 
 
-def small_answers(found: list[Budget], rows: list[dict]) -> dict[tuple[str, str], str]:
-    """Per (dataset, optim), its first pair's answer after one trial (C7's `rows` at k = 1)."""
-    at_one = iter(r["verdict"] for r in rows if r["part"].endswith("k=1)"))  # one per pair
-    small: dict[tuple[str, str], str] = {}
-    for budget in found:
-        small.setdefault((budget.dataset, budget.optim), small_words(budget, next(at_one)))
-    return small
+def pair_rows(found: list[Budget]) -> dict[tuple[str, str], list[dict]]:
+    """Each pair's `claim_rows`, Holm within the pair: BN − no BN's are C7."""
+    pairs = dict.fromkeys(b.pair for b in found)
+    return {pair: claim_rows([b for b in found if b.pair == pair]) for pair in pairs}
+
+
+def small_answers(found: list[Budget], decided: dict[tuple[str, str], list[dict]]
+                  ) -> dict[tuple[str, str, str, str], str]:
+    """Per (dataset, optim, treatment, baseline), the answer after one trial (the pair's
+    `decided` rows at k = 1)."""
+    at_one = {pair: iter(r["verdict"] for r in rows if r["part"].endswith("k=1)"))
+              for pair, rows in decided.items()}  # in `found`'s order within each pair
+    return {(b.dataset, b.optim, *b.pair): small_words(b, next(at_one[b.pair])) for b in found}

@@ -1,5 +1,5 @@
 """Renderers that only format: numbers, Markdown tables and CSV files (pandas), the claim parts'
-table, sentences and claims.csv rows."""
+table, sentences and claims.csv rows, a tuned sweep's search table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bnstudy.report.runs import norm_word
 from bnstudy.report.stats import IMAGES, ONE, PAIRED, POWER, UNPAIRED, mean_std
 from bnstudy.report.verdicts import Result, claim_verdicts
 
@@ -222,3 +223,39 @@ def claims_block(results: list[Result]) -> list[str]:
     return ["Verdicts: " + "; ".join(f"**{c} {v}**" for c, v in
                                      claim_verdicts(results).items()) + ".", "",
             parts_table(results), "", *words, *([""] if words else [])]
+
+
+def tuning_table(tuning: dict) -> str:
+    """C6's search: the sampler's settings, then per cell its trials, the setting chosen and
+    its validation accuracy."""
+    def chosen(cell: dict) -> tuple[str, str]:  # (rank in the search, mean val acc)
+        for rank, c in enumerate(cell.get("candidates", []), 1):
+            if c.get("params") == cell.get("best_params"):
+                scores = [v for v in c.get("val_acc", []) if v is not None]
+                return str(rank), (f"{100 * sum(scores) / len(scores):.2f} %" if scores
+                                   else "—")
+        return "1", "—"
+
+    rows = []
+    for cell in tuning.get("cells", []):
+        trials = cell.get("trials", [])
+        times = [t["seconds"] for t in trials if t.get("seconds") is not None]
+        rank, mean = chosen(cell)
+        rows.append({
+            "dataset": cell.get("dataset"), "optimizer": cell.get("optim"),
+            "norm": norm_word(cell.get("norm")), "trials": len(trials),
+            "chosen setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
+                                        else f"{k}={v}"
+                                        for k, v in cell.get("best_params", {}).items()),
+            "rank in search": rank, "val acc (search)": "—" if cell.get("best_value") is None
+            else f"{100 * cell['best_value']:.2f} %", "mean val acc (re-runs)": mean,
+            "mean trial s": f"{sum(times) / len(times):.1f}" if times else "—"})
+    top = tuning.get("rerun_top", 1)  # a tuning.json without it: one seed for every cell
+    return (f"Search: Optuna {tuning.get('sampler', 'TPE')}, a search per cell (base sampler "
+            f"seed {tuning.get('sampler_seed')}"
+            + (", each cell's seed drawn from it and the cell's name" if "rerun_top" in tuning
+               else ", the same in every cell")
+            + f"), {plural(tuning.get('n_trials'), 'trial')} per cell on one validation split; the "
+            f"{top} best setting(s) of each re-run with seeds {tuning.get('seeds')}, the one "
+            "with the best mean validation accuracy over them chosen, and its re-runs compared "
+            "on the test split, which the search never saw.\n\n" + markdown(rows))

@@ -11,7 +11,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import bnstudy.report.figures as F
-from bnstudy.report.budget import tuning_table
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.cost import compute_to_reach, study_curves
 from bnstudy.report.render import (
@@ -22,6 +21,7 @@ from bnstudy.report.render import (
     pct,
     plural,
     test_words,
+    tuning_table,
 )
 from bnstudy.report.runs import (
     FIRST_KEYS,
