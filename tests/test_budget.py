@@ -241,6 +241,12 @@ def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
     alone = budget_section(tmp_path, [("layer", "none")], out)
     assert alone.rows == [] and "C7" not in alone.text
     assert alone.text.startswith("### The tuning budget\n")
+    assert console_answer(tmp_path).splitlines()[:2] == [
+        "Is each norm worth it at your tuning budget? treatment − baseline in the expected best "
+        "val acc after one trial of each search (C7 for BN − no BN, bootstrap, Holm), and in "
+        "test acc at each one's best (C6 for BN − no BN, Welch + the test images' error, Holm):",
+        "  MNIST, SGD, BN − no BN: after one trial BN ahead, +12.12 pts (+10.22 to +14.14); at "
+        "each one's best +0.00 pts: no spread over the seeds, no test"]
     write_tuned_sweep(tmp_path, [cell("none", 0.5 + 0.5 * np.arange(N) / N, 8.0), layer])
     printed = console_answer(tmp_path).splitlines()
     assert printed[0] == (
@@ -367,6 +373,9 @@ def test_the_search_table_says_each_cells_search_and_choice():
         ["mnist", "sgd", "BN", "3", "lr=0.0123, model.net.depth=2", "2", "95.12 %", "94.00 %",
          "3.0"],
         ["cifar10", "adam", "no BN", "1", "", "1", "—", "—", "—"]]
+    tuning["cells"].append({"dataset": "mnist", "optim": "sgd", "norm": "layer", "trials": []})
+    assert [line.split("|")[3].strip() for line in tuning_table(tuning).splitlines()[-3:]] == [
+        "BN", "no norm", "LayerNorm"]  # beside another norm than BN
     older = tuning_table({"n_trials": 1, "seeds": [0]})  # a tuning.json of an earlier version
     assert older.startswith("Search: Optuna TPE, a search per cell (base sampler seed None, the "
                             "same in every cell), 1 trial per cell on one validation split; the 1 "

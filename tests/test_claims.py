@@ -26,7 +26,7 @@ from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost, time_table, val_acc_at
 from bnstudy.report.render import claim_rows, claims_block, deciding, estimate_text, method, note
-from bnstudy.report.runs import load_runs
+from bnstudy.report.runs import group_keys, load_runs
 from bnstudy.report.stats import IMAGES, PAIRED, power_of
 
 
@@ -496,6 +496,27 @@ def test_a_claim_within_the_spread_with_one_seed_or_without_its_runs_cannot_be_t
     cifar = {k: v for k, v in HOLDS.items() if k[0] == "cifar10"}
     assert list(results_of(write_claims_sweep(tmp_path / "b", cifar))) == [
         "C3a", "C3b", "C4a", "C4b"]
+
+
+def test_the_claims_of_several_settings_in_numeric_order_and_none_where_none_apply(tmp_path):
+    """A setting each (lr 2 before 10: by number, not text), the verdicts' table over them and
+    the claims stated once; no setting's results taken as the answer's; nothing for a dataset
+    no claim names."""
+    from bnstudy.report.sections import claims_section
+
+    for lr, seed in itertools.product((10.0, 2.0), range(3)):
+        write_job(tmp_path / "lrs", [0.6 + seed / 100, 0.9], norm="bn", lr=lr, seed=seed)
+        write_job(tmp_path / "lrs", [0.5 + seed / 50, 0.8], norm="none", lr=lr, seed=seed)
+        write_job(tmp_path / "svhn", [0.5 + seed / 50, 0.8], dataset="svhn", seed=seed, lr=lr)
+    runs = load_runs(tmp_path / "lrs")
+    text, rows, first, _ = claims_section(runs, group_keys(runs), tmp_path, lambda r: {})
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    assert [line for line in lines if line.startswith(("###", "| lr", "- **"))] == [
+        f"- **C1**: {C.CLAIMS['C1']}", "| lr=2.0 | holds |", "| lr=10.0 | holds |",
+        "### lr=2.0", "### lr=10.0"]
+    assert first == [] and len(rows) == 4
+    svhn = load_runs(tmp_path / "svhn")
+    assert claims_section(svhn, group_keys(svhn), tmp_path, lambda r: {}) == ("", [], [], {})
 
 
 def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path, figures_not_rendered):

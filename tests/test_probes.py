@@ -290,21 +290,23 @@ def test_series_reach_metrics_json_each_epoch_through_history_and_survive_a_resu
         assert len(gradients["landscape"][key]) == 11
 
 
+ACTS = {"module": "net.relu", "layer": 0, "units": [0, 5], "percentiles": [15, 50, 85],
+        "steps": [0, 2], "values": [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]]}
+GRADS = {"steps": [0, 2], "norms": {"net.fc1": [1.0, 0.5], "net.fc2": [2.0, 1.0]},
+         "landscape": {"etas": [0.1, 1.0], "steps": [0, 2, 4],
+                       "loss": [[1.0, 3.0], [2.0, 5.0], [0.0, 1.0]],
+                       "grad_change": [[0.1, 0.4], [0.2, 0.6], [0.0, 0.1]],
+                       "loss_range": [2.0, 3.0, 10.0], "grad_change_max": [0.4, 0.6, 0.1],
+                       "beta_smoothness": [1.0, 0.6, 0.2]}}  # hand-made probe series
+
+
 def test_the_probe_figures_draw_each_series_where_it_belongs():
     """Hand-made series: each unit's percentiles in its row (the median bold and solid), the
     gradient norms on a log axis, the landscape bands from the smallest to the largest step
     size, the medians under the figure."""
     from bnstudy.report.figures import PROBE_FIGURES, landscape_medians
 
-    acts = {"module": "net.relu", "layer": 0, "units": [0, 5], "percentiles": [15, 50, 85],
-            "steps": [0, 2], "values": [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]]}
-    grads = {"steps": [0, 2], "norms": {"net.fc1": [1.0, 0.5], "net.fc2": [2.0, 1.0]},
-             "landscape": {"etas": [0.1, 1.0], "steps": [0, 2, 4],
-                           "loss": [[1.0, 3.0], [2.0, 5.0], [0.0, 1.0]],
-                           "grad_change": [[0.1, 0.4], [0.2, 0.6], [0.0, 0.1]],
-                           "loss_range": [2.0, 3.0, 10.0], "grad_change_max": [0.4, 0.6, 0.1],
-                           "beta_smoothness": [1.0, 0.6, 0.2]}}
-    found = {n: pd.Series({"seed": 0, "probes": {"activations": acts, "gradients": grads}})
+    found = {n: pd.Series({"seed": 0, "probes": {"activations": ACTS, "gradients": GRADS}})
              for n in ("none", "bn")}
     fig = PROBE_FIGURES["activations"]("mnist, sgd", found)
     unit5 = fig.axes[2]  # row 1 (unit 5), column 0 (no BN)
@@ -319,3 +321,27 @@ def test_the_probe_figures_draw_each_series_where_it_belongs():
         assert set(np.round(band, 6)) == set(low) | set(high)
     assert list(beta.get_lines()[0].get_ydata()) == [1.0, 0.6, 0.2]
     assert "No BatchNorm 3, 0.4, 0.6; BatchNorm 3, 0.4, 0.6." in landscape_medians(found)
+
+
+def test_a_comparison_draws_a_probe_figure_where_both_sides_recorded_it(tmp_path):
+    """A series on one side only: a line saying which side lacks it; on both: the figure, and
+    for gradients the landscape's medians under it; on neither: nothing said."""
+    from helpers import write_job
+
+    from bnstudy.report.runs import load_runs, settings
+    from bnstudy.report.sections import comparison
+
+    for norm in ("bn", "none"):
+        write_job(tmp_path, [0.5, 0.6], norm=norm)
+    ((ckey, by_norm),) = settings(load_runs(tmp_path))
+    text, figures = comparison(ckey, by_norm, pd.DataFrame())
+    assert "gradients" not in text and "gradients_mnist_sgd" not in figures
+    by_norm["bn"]["probes"] = [{"gradients": GRADS}]
+    text, figures = comparison(ckey, by_norm, pd.DataFrame())
+    assert "_Gradients figure skipped: no ok job recorded `gradients` on the No BatchNorm " \
+        "side._" in text and "gradients_mnist_sgd" not in figures
+    by_norm["none"]["probes"] = [{"gradients": GRADS}]
+    text, figures = comparison(ckey, by_norm, pd.DataFrame())
+    assert "![gradients mnist, sgd](gradients_mnist_sgd.png)" in text
+    assert "No BatchNorm 3, 0.4, 0.6; BatchNorm 3, 0.4, 0.6." in text
+    assert "gradients_mnist_sgd" in figures and "activations_mnist_sgd" not in figures

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import (
     assert_images_are_the_png_files,
@@ -39,7 +40,7 @@ from bnstudy.report.runs import (
     slug,
     sweep_jobs,
 )
-from bnstudy.report.sections import comparison
+from bnstudy.report.sections import comparison, verdict_text
 from bnstudy.report.stats import contrast, power_of, verdicts
 
 
@@ -157,6 +158,22 @@ def test_the_verdict_names_the_winner_and_weighs_the_spread(tmp_path, case):
         case, "the same")
     assert (f"Its first-epoch training loss is {start} "
             f"({np.mean(bn_loss0):.3f} vs {np.mean(none_loss0):.3f} without BatchNorm).") in text
+
+
+def test_a_verdict_names_uneven_seeds_another_baseline_and_a_side_without_runs(tmp_path):
+    row = {"treatment": "bn", "baseline": "layer", "n_treatment": 3, "n_baseline": 2,
+           "diff": 0.05, "verdict": "wins", "quantity": "final_val_acc", "treatment_mean": 0.95,
+           "baseline_mean": 0.9, "p_value": 0.001, "test": "Welch", "n_paired": 0,
+           "p_holm": 0.002, "margin": 0.005}
+    assert verdict_text(row, (0.5, 0.6)).startswith(
+        "BatchNorm wins on final validation accuracy: 95.00% vs 90.00% with LayerNorm (+5.00 "
+        "percentage points, mean over 3 vs 2 seeds).")
+    assert verdict_text({**row, "n_treatment": 0}, (0.5, 0.6)) == \
+        "No verdict: the BatchNorm side has no finished (ok) run."
+    for norm in ("bn", "none"):  # no job finished ok: no curves to draw
+        write_job(tmp_path, [0.2], "failed", "RuntimeError: boom", norm=norm)
+    text, figures = comparison(*the_comparison(tmp_path), pd.DataFrame())
+    assert "_Curves figure skipped: no job here finished ok._" in text and not figures
 
 
 def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):

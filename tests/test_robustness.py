@@ -253,6 +253,14 @@ def test_diverged_failed_and_far_points_are_not_usable(tmp_path):
     assert "none is usable" in robustness_text("lr", "mnist, sgd", nothing)
 
 
+def test_three_norms_name_the_widest_ranges(tmp_path):
+    """Two of three norms tied widest: both named, "have", "widest", the counts largest first."""
+    panel = by_norm(tmp_path, {"bn": [0.97] * 4, "layer": [0.97] * 4,
+                               "none": [0.5, 0.97, 0.5, 0.5]})
+    assert robustness_text("lr", "mnist, sgd", panel).endswith(
+        " BatchNorm and LayerNorm have the widest usable range (4 vs 4 vs 1 values).")
+
+
 def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point(tmp_path):
     for lr, seed, acc, status in ((0.1, 0, 0.96, "ok"), (0.1, 1, 0.90, "ok"),
                                   (1.0, 0, 0.97, "ok"), (1.0, 1, 0.0, "diverged"),
@@ -262,6 +270,8 @@ def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point(tmp_path):
     best, usable = usable_values(panel)
     assert best == pytest.approx(0.95)  # lr=1 has a diverged seed, so it is not a candidate
     assert usable == {"bn": [0.01, 0.1]}  # mean 0.93 at lr=0.1
+    assert "BatchNorm 0.01 to 0.1 (2 of 3 values), diverged at lr 1." in \
+        robustness_text("lr", "mnist, sgd", panel)  # one seed of two diverged there
     fig = robustness_figure("lr", "mnist", {(("optim", "sgd"),): panel})
     (container,) = fig.axes[0].containers
     assert np.allclose(container.lines[0].get_ydata(), [0.95, 0.93, 0.97])
@@ -492,3 +502,6 @@ def test_the_regime_figure_and_section_name_the_pairs_compared(tmp_path):
         text = regime_section("lr", rows)[0]
         assert text.startswith(f"## {question} across the learning rate?\n\n{difference} in ")
         assert f"![{difference} vs learning rate](regime_lr.png)" in text
+        line = "- mnist, sgd, lr=0.01: LayerNorm {}wins (+4.00 pts, 81.00% vs 77.00%, p = 0.02"
+        assert line.format("against no norm " if len(pairs) > 1 else "") in text \
+            or pairs == [("bn", "none")]

@@ -296,13 +296,14 @@ def tuned_console(sweep_dir) -> str:
     best = {k: v for k, v in best.items() if k[2:] in pairs}
     if not small and not best:
         return ""
-    question, difference = contrast_words(k[2:] for k in [*small, *best])
-    study = all(k[2:] == STUDY for k in [*small, *best])
+    shown = {k[2:] for k in [*small, *best]}
+    question, difference = contrast_words(shown)
+    several = len(shown) > 1
+    for_bn = " for BN − no BN" if several else ""
+    c7, c6 = (f"C7{for_bn}, ", f"C6{for_bn}, ") if STUDY in shown else ("", "")
     lines = [f"{question} at your tuning budget? {difference} in the expected best val acc after "
-             f"one trial of each search ({'C7, ' if study else ''}bootstrap, Holm), and in test "
-             f"acc at each one's best ({'C6, ' if study else ''}Welch + the test images' error, "
-             "Holm):"]
-    several = len({k[2:] for k in [*small, *best]}) > 1
+             f"one trial of each search ({c7}bootstrap, Holm), and in test acc at each one's best "
+             f"({c6}Welch + the test images' error, Holm):"]
     for key in dict.fromkeys([*small, *best]):
         place = where(*key[:2]) + (f", {' − '.join(pair_words(*key[2:]))}" if several else "")
         lines.append(f"  {place}: after one trial {small.get(key, '—')}; at each one's best "

@@ -236,6 +236,8 @@ def tuning_table(tuning: dict) -> str:
                                    else "—")
         return "1", "—"
 
+    norms = {cell.get("norm") for cell in tuning.get("cells", [])}
+    beside = "bn" if norms <= {"bn", "none"} else ""  # among another norm: `no norm`
     rows = []
     for cell in tuning.get("cells", []):
         trials = cell.get("trials", [])
@@ -243,7 +245,7 @@ def tuning_table(tuning: dict) -> str:
         rank, mean = chosen(cell)
         rows.append({
             "dataset": cell.get("dataset"), "optimizer": cell.get("optim"),
-            "norm": norm_word(cell.get("norm")), "trials": len(trials),
+            "norm": norm_word(cell.get("norm"), beside), "trials": len(trials),
             "chosen setting": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float)
                                         else f"{k}={v}"
                                         for k, v in cell.get("best_params", {}).items()),
