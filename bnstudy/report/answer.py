@@ -293,7 +293,6 @@ def tuned_console(sweep_dir) -> str:
         table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)]
     best = at_best(table, [r for r in decided("tuned", tuned) if r.claim == "C6"]
                    if len(tuned) else [])
-    best = {k: v for k, v in best.items() if k[2:] in pairs}
     if not small and not best:
         return ""
     shown = {k[2:] for k in [*small, *best]}
