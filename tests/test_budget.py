@@ -441,3 +441,7 @@ def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_ba
         "expected best validation accuracy (%)")
     assert fig._suptitle.get_text() == \
         "MNIST, SGD: is BatchNorm worth it at your tuning budget? (band: 95% bootstrap)"
+    (layer,) = budgets({"cells": [{**bn, "norm": "layer"}, none]}, [("layer", "none")])
+    assert figure(layer)._suptitle.get_text().startswith("MNIST, SGD: is LayerNorm worth it at ")
+    assert [line.get_label() for line in figure(layer).axes[0].lines] == [
+        "LayerNorm (3 trials)", "No norm (2 trials)"]

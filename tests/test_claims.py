@@ -394,6 +394,25 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
     assert "C5 charges BN the median round ratio's 95% upper bound (of 9 rounds" in text
 
 
+def test_the_clock_table_checks_the_runs_own_epoch_seconds_per_epoch(tmp_path):
+    """Each epoch's own seconds (the history's `time_s` is cumulative), BN's median over no BN's:
+    BN's epochs take 4, 2, 2 s, no BN's 1.5 each: 1.33 (the cumulative times' would be 2.00)."""
+    from bnstudy.report.sections import cost_table
+
+    for seed in (0, 1):
+        job = write_job(tmp_path, [0.8, 0.9, 0.95], norm="bn", seed=seed)
+        record = json.loads((job / "metrics.json").read_text())
+        for h, t in zip(record["history"], (4.0, 6.0, 8.0), strict=True):
+            h["time_s"] = t
+        (job / "metrics.json").write_text(json.dumps(record))
+        write_job(tmp_path, [0.6, 0.75, 0.85], norm="none", seed=seed)
+    clock = StepCost(0.002, 0.001, 2.0, 1.9, 2.05, 2.1, 2.3, 20)
+    row = cost_table(load_runs(tmp_path), {("mnist", "sgd"): clock}).splitlines()[-1]
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "MNIST, SGD", "2000 µs", "1000 µs", "**2.10** (2.00; 2.05; 1.90 to 2.30)", "1.33",
+        "3.1", "3.0"]  # BN reaches 0.85 halfway between 2.1 and 4.2
+
+
 # --- C1–C4 on hand-made records -------------------------------------------------------------
 
 # Validation accuracy per epoch of each (dataset, optim, norm) where every claim holds: BN starts

@@ -40,7 +40,7 @@ from bnstudy.report.runs import (
     slug,
     sweep_jobs,
 )
-from bnstudy.report.sections import comparison, verdict_text
+from bnstudy.report.sections import comparison, problems_table, summary_table, verdict_text
 from bnstudy.report.stats import contrast, power_of, verdicts
 
 
@@ -174,6 +174,21 @@ def test_a_verdict_names_uneven_seeds_another_baseline_and_a_side_without_runs(t
         write_job(tmp_path, [0.2], "failed", "RuntimeError: boom", norm=norm)
     text, figures = comparison(*the_comparison(tmp_path), pd.DataFrame())
     assert "_Curves figure skipped: no job here finished ok._" in text and not figures
+
+
+def test_the_summary_table_cells_and_a_sweep_without_problems():
+    row = {"dataset": "mnist", "optim": "sgd", "norm": "bn", "n_seeds": 3,
+           "final_val_acc_mean": 0.9, "final_val_acc_std": 0.01, "best_val_acc_mean": 0.92,
+           "best_val_acc_std": 0.02, "final_val_loss_mean": 0.3, "test_acc_mean": 0.89,
+           "test_acc_std": 0.005, "first_epoch_train_loss_mean": 0.7,
+           "epochs_to_target_mean": 2.5, "n_reached_target": 2, "target_val_acc": 0.85,
+           "wall_time_s_mean": 3.21, "n_diverged": 1, "n_failed": 0, "n_unfinished": 0,
+           "n_missing": 0}
+    line = summary_table(pd.DataFrame([row]), ["dataset", "optim", "norm"]).splitlines()[2]
+    assert [c.strip() for c in line.strip("|").split("|")] == [
+        "mnist", "sgd", "bn", "3", "90.00% ± 1.00", "92.00% ± 2.00", "0.300", "89.00% ± 0.50",
+        "0.700", "2.5 (2/3 ≥ 0.85)", "3.2", "1", "0", "0", "0"]
+    assert problems_table(pd.DataFrame({"outcome": ["ok"]}), []) == "Every job finished ok."
 
 
 def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):

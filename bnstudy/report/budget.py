@@ -22,7 +22,14 @@ from bnstudy.records import read_tuning
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
-from bnstudy.report.runs import STUDY, norm_label, pair_words, study_order, where
+from bnstudy.report.runs import (
+    STUDY,
+    contrast_words,
+    norm_label,
+    pair_words,
+    study_order,
+    where,
+)
 from bnstudy.report.stats import Contrast, decide, holm
 from bnstudy.report.verdicts import combine
 
@@ -266,8 +273,9 @@ def figure(budget: Budget) -> Figure:
         ax.grid(alpha=0.3)
     by_k.set_ylabel("expected best validation accuracy (%)")
     by_k.legend()
-    fig.suptitle(f"{where(budget.dataset, budget.optim)}: is BatchNorm worth it at your "
-                 f"tuning budget? (band: {LEVEL:.0%} bootstrap)")
+    question = contrast_words([budget.pair])[0]  # `Is BatchNorm worth it`
+    fig.suptitle(f"{where(budget.dataset, budget.optim)}: {question[0].lower()}{question[1:]} at "
+                 f"your tuning budget? (band: {LEVEL:.0%} bootstrap)")
     fig.tight_layout()
     return fig
 
