@@ -800,6 +800,9 @@ def test_the_answer_section_word_for_word():
         "seeds, LayerNorm − no norm in test accuracy (95% interval, not Holm-adjusted; Welch "
         "over seeds only, Holm over the report's 1 comparison tested; ")
     assert "C6" not in alone and "C7" not in alone  # BN's claims
+    asked = answer_section(pd.DataFrame([{**best, "baseline": "layer"},  # --compare bn:layer
+                                         {**best, "treatment": "layer"}]), [c6])
+    assert "no BN" not in asked and "C6" not in asked and "C7" not in asked
     assert answer_section(table.iloc[:0], []) == ""
     missing = {**WIN, "n_baseline": 0, "diff": math.nan}  # a pair one norm never ran
     assert "One seed a side" in answer_section(pd.DataFrame([missing, ONE_SEED]), [])

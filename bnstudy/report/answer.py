@@ -206,9 +206,9 @@ def method_words(verdicts: pd.DataFrame) -> str:
 def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | None = None,
                    decide: str = DECIDE) -> str:
     """report.md's `## The answer`: the table, how to read it, the command that decides."""
-    tuned = [r for r in results if r.claim == "C6"]
     if len(verdicts) and (verdicts["quantity"] == "test_acc").all():  # a tuned sweep's
         pairs = set(zip(verdicts["treatment"], verdicts["baseline"], strict=True))
+        tuned = [r for r in results if r.claim == "C6" and STUDY in pairs]
         question, difference = contrast_words(pairs)
         return "\n".join(["## The answer", "",
                           f"{question} at each one's best? Each norm's own tuned setting, "
