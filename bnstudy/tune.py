@@ -180,7 +180,7 @@ class TunedSweeper(Sweeper):
         if len(norms := cells.get("norm", [])) == 1:  # tuned, but compared with nothing
             pair = f"{norms[0]},none" if norms[0] != "none" else "bn,none"
             log.warning("Only norm=%s: each cell is tuned and re-run, but the report's answer "
-                        "(C6, C7) compares two norms at their best, e.g. norm=%s.", norms[0], pair)
+                        "compares two norms at their best, e.g. norm=%s.", norms[0], pair)
         names = list(cells)
         return [dict(zip(names, values, strict=True))
                 for values in itertools.product(*(cells[n] for n in names))], rest
