@@ -154,6 +154,7 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert "**MNIST, SGD**: BN is worth it below 3 trials" in text
     assert "![expected best against the budget](budget_mnist-sgd-bn-none.png)" in text
     assert "Verdict: **C7 does not hold**" in text
+    assert "### tuned=each norm at its best Verdicts: **C6 " in text  # C6's part, the re-runs
     assert "| MNIST | SGD | 2, 2 | BN ahead, +12.12 pts (+10.22 to +14.14) |" in text
     assert "at a small budget (k=1)" in text
     from bnstudy.report.answer import console_answer  # what the tuned sweep prints as it ends
