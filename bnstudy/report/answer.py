@@ -104,21 +104,24 @@ def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: st
     return part_words(found[0] if found else None)
 
 
+def _pair_cells(row, several: bool) -> dict[str, str]:
+    """An answer row's pair (`compared`, where the table has several) and its seeds."""
+    names = pair_words(row["treatment"], row["baseline"])
+    return {**({"compared": " − ".join(names)} if several else {}),
+            f"seeds ({'treatment, baseline' if several else ', '.join(names)})":
+                f"{row['n_treatment']}, {row['n_baseline']}"}
+
+
 def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
     """The answer table from verdicts.csv's rows and the claims' C5a and C6 (study pair)."""
     extra = _extra(verdicts)
-    pairs = verdicts[["treatment", "baseline"]].drop_duplicates()
+    several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
     timed, tuned = (any(r.claim == c for r in results) for c in ("C5", "C6"))
     rows = []
     for _, row in verdicts.iterrows():
         study = (row["treatment"], row["baseline"]) == STUDY
-        names = pair_words(row["treatment"], row["baseline"])
-        cells = {**_labels(row["dataset"], row["optim"]), **{k: str(row[k]) for k in extra}}
-        if len(pairs) > 1:
-            cells["compared"] = " − ".join(names)
-        cells["seeds (treatment, baseline)" if len(pairs) > 1 else
-              f"seeds ({', '.join(names)})"] = f"{row['n_treatment']}, {row['n_baseline']}"
-        cells["at equal epochs"] = row_words(row)
+        cells = {**_labels(row["dataset"], row["optim"]), **{k: str(row[k]) for k in extra},
+                 **_pair_cells(row, several), "at equal epochs": row_words(row)}
         if timed:
             cells["at equal training time"] = _cell(
                 results, "C5", row["dataset"], row["optim"], "a") if study else "—"
@@ -154,16 +157,10 @@ def tuned_table(verdicts: pd.DataFrame, tuned: list[Result], small: dict | None 
     given `small` ((dataset, optim, treatment, baseline): words, `report.budget`) the answer
     after one trial, and `at_best`."""
     several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
-    best, rows = at_best(verdicts, tuned), []
-    for _, row in verdicts.iterrows():
-        names = pair_words(row["treatment"], row["baseline"])
-        rows.append({**_labels(row["dataset"], row["optim"]),
-                     **({"compared": " − ".join(names)} if several else {}),
-                     f"seeds ({'treatment, baseline' if several else ', '.join(names)})":
-                         f"{row['n_treatment']}, {row['n_baseline']}",
-                     **({"at a small budget (k=1)": small.get(_key(row), "—")} if small else {}),
-                     "at each one's best": best[_key(row)]})
-    return markdown(rows)
+    best = at_best(verdicts, tuned)
+    return markdown([{**_labels(row["dataset"], row["optim"]), **_pair_cells(row, several),
+                      **({"at a small budget (k=1)": small.get(_key(row), "—")} if small else {}),
+                      "at each one's best": best[_key(row)]} for _, row in verdicts.iterrows()])
 
 
 def tuned_method(verdicts: pd.DataFrame, tuned: list[Result]) -> str:
