@@ -191,6 +191,22 @@ def test_the_summary_table_cells_and_a_sweep_without_problems():
     assert problems_table(pd.DataFrame({"outcome": ["ok"]}), []) == "Every job finished ok."
 
 
+def test_the_header_counts_never_started_jobs_and_says_what_a_tuned_sweep_compares():
+    from bnstudy.report.write import report_markdown
+
+    runs = pd.DataFrame({"outcome": ["ok", "ok", "diverged"], "norm": ["bn", "none", "bn"],
+                         "job": ["a", "b", "c"], "status": ["ok", "ok", "diverged"],
+                         "error": [None] * 3})
+    header = report_markdown(Path("S"), runs, "", [], ["norm=layer"]).splitlines()[2]
+    assert header.startswith("3 job directories: 2 ok, 1 diverged, 0 failed, 0 unfinished, 1 "
+                             "never started. Statistics are over the ok runs, grouped by ")
+    assert "Verdicts compare final validation accuracy over seeds: a paired t-test" in header
+    tuned = report_markdown(Path("S"), runs, "", [], [], used=4).splitlines()[2]
+    assert "over the ok runs of the 4 re-runs of the cells' kept settings (the other " in tuned
+    assert "Verdicts compare test accuracy over seeds (each norm's setting was chosen on its " \
+        "validation accuracy): Welch's t-test, p Holm-adjusted" in tuned
+
+
 def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):
     ckey, by_norm = the_comparison(hand_made)
     fig = curves_figure(describe(ckey), by_norm)

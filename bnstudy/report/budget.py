@@ -335,7 +335,6 @@ def small_words(budget: Budget, verdict: str) -> str:
 def budget_section(sweep_dir: Path, pairs: list[tuple[str, str]], out: Path) -> Section:
     """A tuned sweep's `Section` (C7), its figures `budget_<pair>`, and `out/budget.csv`;
     empty without `tuning.json` or a pair both of whose norms were searched."""
-    (out / BUDGET_FILE).unlink(missing_ok=True)
     tuning = read_tuning(sweep_dir)
     found = [] if tuning is None else budgets(tuning, pairs)
     if not found:

@@ -23,7 +23,6 @@ from bnstudy.records import SEARCH_DIR, TUNING_FILE, read_tuning, study_dir
 from bnstudy.report.answer import answer_section, decide_command
 from bnstudy.report.budget import budget_section
 from bnstudy.report.cost import CLOCK_FILE, pair_costs
-from bnstudy.report.figures import IMAGE_KINDS, PROBE_FIGURES
 from bnstudy.report.picture_section import pictures_section
 from bnstudy.report.render import claim_rows, write_csv
 from bnstudy.report.runs import (
@@ -85,16 +84,11 @@ def figure_png(fig: Figure) -> bytes:
 
 def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
                   scalars: dict[str, list[tuple[int, float]]] | None = None) -> None:
-    """Each figure as `out/<name>.png` and, as the very pixels of that PNG, a TensorBoard image;
-    the report text (images named, not embedded) and `scalars` (tag: (step, value)s) too. An
-    earlier report's figures and events go first."""
+    """Each figure as `out/<name>.png` (a new folder) and, as the very pixels of that PNG, a
+    TensorBoard image; the report text (images named, not embedded) and `scalars` (tag:
+    (step, value)s) too."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
-    stale = ("events.out.tfevents.*", "curves_*.png", "regime_*.png", "time_*.png",
-             "budget_*.png",
-             *(f"{k}_*.png" for k in (*IMAGE_KINDS, *PROBE_FIGURES, *SWEEPS)))
-    for old in (old for pattern in stale for old in out.glob(pattern)):
-        old.unlink()
     with SummaryWriter(log_dir=str(out)) as writer:
         for name, fig in figures.items():
             png = figure_png(fig)
