@@ -207,6 +207,33 @@ def test_the_header_counts_never_started_jobs_and_says_what_a_tuned_sweep_compar
         "validation accuracy): Welch's t-test, p Holm-adjusted" in tuned
 
 
+def test_a_new_report_keeps_the_measured_clock_and_referee_and_each_setting_its_verdicts(
+        tmp_path, monkeypatch):
+    """The clock and the referee, measured once, are carried into the new report; a section
+    per setting holds its own verdict; no claims.csv where no claim applies (svhn);
+    a process of another user counts as running (its report folder is left alone)."""
+    from bnstudy.report.cost import CLOCK_FILE
+    from bnstudy.report.write import _running, write_report
+
+    for lr, seed in ((0.01, 0), (0.01, 1), (0.1, 0), (0.1, 1)):
+        for norm, acc in (("bn", 0.9), ("none", 0.8)):
+            write_job(tmp_path, [0.5, acc + seed / 100], dataset="svhn", norm=norm, lr=lr,
+                      seed=seed)
+    (tmp_path / "report").mkdir()
+    for kept in (CLOCK_FILE, "referee_svhn.pt"):
+        (tmp_path / "report" / kept).write_text("measured")
+    report = write_report(tmp_path, {}, costs=lambda runs: {})
+    assert [(report.parent / k).read_text() for k in (CLOCK_FILE, "referee_svhn.pt")] == [
+        "measured"] * 2
+    assert not (report.parent / "claims.csv").exists()
+    sections = report.read_text().split("\n## ")
+    for lr in ("0.01", "0.1"):
+        (mine,) = [s for s in sections if s.startswith(f"svhn, sgd, lr={lr}")]
+        assert mine.count("**Verdict.**") == 1
+    monkeypatch.setattr("os.kill", lambda pid, signal: (_ for _ in ()).throw(PermissionError))
+    assert _running("12345")
+
+
 def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):
     ckey, by_norm = the_comparison(hand_made)
     fig = curves_figure(describe(ckey), by_norm)
@@ -479,6 +506,7 @@ def test_a_real_sweeps_report_holds_its_records_numbers_figures_and_left_out_job
             assert image.size[0] > 500 and image.size[1] > 300
     assert "_Final first-layer weights figure skipped: no ok job has images/weights_final.png " \
            "on the BatchNorm side._" in text  # mnist, adam: its bn job has no record
+    assert "## Pictures" in text
     ckey, by_norm = next((k, b) for k, b in settings(load_runs(built)) if slug(k) == "mnist_sgd")
     figure = comparison(ckey, by_norm, verdicts(load_runs(built), [("bn", "none")]))[1]
     assert [ax.get_title() for ax in figure["weights_mnist_sgd"].axes] == [
