@@ -689,6 +689,17 @@ def paired_table(quantity: str, bn: list[float], none: list[float]) -> pd.DataFr
                          for n, xs in (("bn", bn), ("none", none)) for s, x in enumerate(xs)])
 
 
+def test_a_part_whose_ok_runs_lack_its_quantity_says_so_and_why_only_for_the_clock():
+    """Two ok seeds a side without the value: not "fewer than 2 ok seeds"; "at a share of
+    compute" only where the clock's reading is missing (a time part), not for a picture's."""
+    nan = [math.nan, math.nan]
+    p1a = V.run_part(declared("P1a (SGD)"), paired_table("pc_alignment", nan, nan))
+    assert p1a.note == "a side's ok runs have no pc_alignment"
+    c5a = V.run_part(declared("C5a (MNIST, SGD)"), paired_table("val_acc_at_1", nan, nan))
+    assert c5a.note == ("a side's ok runs have no val_acc_at_1 (at a share of compute: no "
+                        "epoch of theirs had ended)")
+
+
 def test_a_part_that_holds_alone_cannot_be_told_in_a_larger_family():
     """Four parts in one family, each p between 0.05 / 4 and 0.05: Holm says cannot tell, and
     the seeds a side that would decide are counted at 0.05 / 4, more than were run (at 0.05

@@ -282,3 +282,72 @@ def test_colour_change_and_cross_model_columns_read_the_right_image_unit_and_net
     rows = {r["job"]: r for r in measure(runs, refs, ["dataset"])}
     assert rows["sure"]["cross_conf"] == pytest.approx(0.1)  # the flat network's, not its own
     assert rows["flat"]["cross_conf"] > 0.9
+
+
+def test_the_figures_take_each_configurations_lowest_seed_with_the_file_and_the_judges_reading(
+        tmp_path):
+    """Per configuration the lowest seed that saved the kind (seed 0's weights missing: seed 1's
+    drawn); LayerNorm beside no norm; grey digits in grey; the judge's reading under each tile,
+    green where right; the learned change drawn as final − initial; a kind no run saved, none."""
+    from types import SimpleNamespace
+
+    from bnstudy.pictures.grids import weight_grid
+    from bnstudy.report.picture_section import first_seeds
+
+    torch.manual_seed(0)
+    for seed in (1, 0):
+        for norm in ("layer", "none"):
+            job = write_job(tmp_path, [0.8, 0.9], norm=norm, seed=seed)
+            write_pictures(job, tmp_path, band_images(), torch.randn(32, 784),
+                           torch.randn(32, 784))
+            if (norm, seed) == ("none", 0):
+                (job / "images" / "weights_final.pt").unlink()
+    runs = load_picture_runs(load_runs(tmp_path))
+    assert [(c, p.run["seed"]) for c, p in first_seeds(runs, "weights")] == [
+        (("none", "sgd"), 1), (("layer", "sgd"), 0)]
+    assert [p.run["seed"] for _, p in first_seeds(runs, "hallucinations")] == [0, 0]
+    right = torch.eye(10)[[1, *range(1, 10)]]  # class 0 read as 1, the rest right
+    judge = SimpleNamespace(probabilities=lambda images: right, accuracy=0.97)
+    ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE), referee=judge)
+    axes = hallucinations_figure("mnist", runs, ref).axes
+    assert [axes[10 * r].get_ylabel() for r in (1, 2)] == ["No norm + SGD\n(seed 0)",
+                                                          "LayerNorm + SGD\n(seed 0)"]
+    assert axes[10].images[0].get_cmap().name == "gray"
+    assert [(ax.get_xlabel(), ax.xaxis.label.get_color()) for ax in axes[10:12]] == [
+        ("1 1.00", "tab:red"), ("1 1.00", "tab:green")]
+    axes = weights_figure("mnist", runs, ref, {}).axes  # no reference row: no data here
+    (p,) = [p for c, p in first_seeds(runs, "weights") if c == ("layer", "sgd")]
+    change = weight_grid(p.weights["final"].float() - p.weights["initial"].float(),
+                         MNIST_SHAPE, 64)
+    assert torch.allclose(torch.as_tensor(axes[3].images[0].get_array()),
+                          change.permute(1, 2, 0), atol=1e-6)
+    for job in tmp_path.glob("*/images/weights_final.pt"):
+        job.unlink()
+    (tmp_path / "report").mkdir()
+    assert set(pictures_section(load_runs(tmp_path), tmp_path / "report")[1]) == {
+        "hallucinations_mnist"}  # no weights saved: no weights figure
+
+
+def test_each_setting_has_its_own_figures_rows_and_picture_claims(tmp_path, tiny_data):
+    """Two learning rates: a heading, figure names and claims per setting, each decided on its
+    own runs (no BN's weights are the data's bands at 0.01, noise at 0.1)."""
+    bands = band_images().flatten(1)
+    for lr, seed, norm in ((lr, s, n) for lr in (0.01, 0.1) for s in (0, 1)
+                           for n in ("bn", "none")):
+        torch.manual_seed(seed)
+        initial = 0.05 * torch.randn(32, 784)
+        structured = norm == "none" and lr == 0.01
+        final = initial + (bands.repeat(4, 1)[:32] if structured else torch.randn(32, 784))
+        job = write_job(tmp_path, [0.8, 0.9], norm=norm, seed=seed, lr=lr)
+        write_pictures(job, tiny_data, band_images(), final, initial)
+    (tmp_path / "report").mkdir()
+    section, figures, found = pictures_section(load_runs(tmp_path), tmp_path / "report")
+    assert set(figures) == {f"{kind}_mnist_lr{lr}" for kind in ("hallucinations", "weights")
+                            for lr in (0.01, 0.1)}
+    heads = [line for line in section.splitlines() if line.startswith("#")]
+    assert heads == ["## Pictures", "### lr=0.01", "#### mnist", "#### Picture claims",
+                     "### lr=0.1", "#### mnist", "#### Picture claims"]
+    p1b = [{r.part: r.verdict for r in results if r.claim == "P1"}["b (SGD)"]
+           for _, results in found]
+    assert [setting for setting, _ in found] == [{"lr": 0.01}, {"lr": 0.1}]
+    assert p1b == ["holds", "does not hold"]

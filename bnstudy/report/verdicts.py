@@ -104,9 +104,11 @@ def run_part(part: Part, table: pd.DataFrame) -> Result:
         ok = [int((rows["outcome"] == "ok").sum()) if "outcome" in rows else len(rows)
               for rows in (table[t.selects(table)] for t in part.terms)]
         unmeasured = any(n >= MIN_SEEDS > len(xs) for n, xs in zip(ok, groups, strict=True))
+        why = " (at a share of compute: no epoch of theirs had ended)" \
+            if part.source == "time" else ""  # else not measured: pictures without the data
         return Result(part, groups, test, "cannot tell", note=(
-            f"a side's ok runs have no {part.quantity} (at a share of compute: no epoch of "
-            "theirs had ended)" if unmeasured else f"fewer than {MIN_SEEDS} ok seeds on a side"))
+            f"a side's ok runs have no {part.quantity}{why}" if unmeasured
+            else f"fewer than {MIN_SEEDS} ok seeds on a side"))
     return Result(part, groups, test, decide(test, part.sign), *power_of(test))
 
 
