@@ -351,3 +351,32 @@ def test_each_setting_has_its_own_figures_rows_and_picture_claims(tmp_path, tiny
            for _, results in found]
     assert [setting for setting, _ in found] == [{"lr": 0.01}, {"lr": 0.1}]
     assert p1b == ["holds", "does not hold"]
+
+
+def test_the_measures_table_reference_line_and_weight_notes_on_hand_made_rows():
+    """Only the dataset's rows and the measures it has; the real means' colour numbers for
+    CIFAR-10's classes; the learned change's mean over seeds, not their median."""
+    from bnstudy.pictures.table import COLUMNS
+    from bnstudy.report.picture_section import measures_table, reference_line, weight_notes
+
+    rows = pd.DataFrame([{**dict.fromkeys(COLUMNS), "dataset": d, "optim": "sgd",
+                          "norm": "none", "sharpness": s,
+                          "colour_fidelity": c, "change_share": share,
+                          "change_pc_alignment": 0.5}
+                         for d, s, c, share in (("mnist", 0.1, None, 0.1),
+                                                ("mnist", 0.3, None, 0.2),
+                                                ("mnist", 0.2, None, 0.6),
+                                                ("cifar10", 0.9, 0.7, 0.1))])
+    table = measures_table(rows, "mnist")
+    assert "colour_fidelity" not in table and "0.200 ± 0.100 (3)" in table
+    assert weight_notes(rows)[1] == ("- mnist, SGD: the learned change (final − initial) is No "
+                                     "BatchNorm: 30.0% of the energy, alignment 0.500 (medians "
+                                     "over units, mean over seeds).")
+    means = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]
+    line = reference_line(Reference("cifar10", classes, [3, 4, 4], real_means=means))
+    for name, colour in (("airplane blueness", P.blueness), ("dog greenness", P.greenness),
+                         ("frog greenness", P.greenness)):
+        value = float(colour(means)[classes.index(name.split()[0])])
+        assert f"{name} {value:+.3f}" in line
