@@ -30,6 +30,7 @@ from bnstudy.report.cli import main
 from bnstudy.report.figures import PROBE_FIGURES, curves_figure, norm_color
 from bnstudy.report.runs import (
     PROBE_SERIES,
+    ReportError,
     compared,
     describe,
     group_keys,
@@ -232,6 +233,33 @@ def test_a_new_report_keeps_the_measured_clock_and_referee_and_each_setting_its_
         assert mine.count("**Verdict.**") == 1
     monkeypatch.setattr("os.kill", lambda pid, signal: (_ for _ in ()).throw(PermissionError))
     assert _running("12345")
+
+
+def test_the_runs_table_quantities_groups_keys_twins_and_unstarted_jobs(tmp_path):
+    """A run's mean val acc is the mean over epochs; an ok run without a history is not used;
+    groups list runs by seed; a key some jobs lack still varies; two diverged runs of one
+    setting are twins; a job's bookkeeping overrides do not make it another planned job."""
+    from bnstudy.report.runs import groups, never_started, ok, quantities
+
+    history = [{"val/acc": a} for a in (0.1, 0.2, 0.6)]
+    assert quantities(history, None)["mean_val_acc"] == pytest.approx(0.3)
+    runs = pd.DataFrame({"outcome": ["ok", "ok"], "history": [[], history], "seed": [1, 0],
+                         "norm": ["bn", "bn"], "lr": [0.1, None]})
+    assert list(ok(runs)["seed"]) == [0]
+    ((_, group),) = groups(runs, ["norm"])
+    assert list(group["seed"]) == [0, 1]
+    assert "lr" in group_keys(runs)  # 0.1 and (none): two settings
+    for norm in ("bn", "none"):
+        job = write_job(tmp_path / "sweep", [0.5], norm=norm)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(f"- norm={norm}\n- threads=1\n")
+    (tmp_path / "sweep" / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      norm: bn,none\n  overrides:\n    task: []\n")
+    assert never_started(tmp_path / "sweep") == []
+    for _ in (0, 1):
+        write_job(tmp_path / "twins", [0.5, 0.1], "diverged")
+    with pytest.raises(ReportError, match="holds two results of one setting and seed"):
+        load_runs(tmp_path / "twins")
 
 
 def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):
