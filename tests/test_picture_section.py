@@ -380,3 +380,17 @@ def test_the_measures_table_reference_line_and_weight_notes_on_hand_made_rows():
                          ("frog greenness", P.greenness)):
         value = float(colour(means)[classes.index(name.split()[0])])
         assert f"{name} {value:+.3f}" in line
+
+
+def test_a_setting_without_a_datasets_runs_has_no_heading_for_it(tmp_path):
+    for dataset, lr in (("mnist", 0.01), ("mnist", 0.1), ("fashion_mnist", 0.01)):
+        job = write_job(tmp_path, [0.8, 0.9], dataset=dataset, lr=lr)
+        write_pictures(job, tmp_path / "moved-away", band_images(), torch.randn(32, 784),
+                       torch.randn(32, 784))
+    (tmp_path / "report").mkdir()
+    section, figures, _ = pictures_section(load_runs(tmp_path), tmp_path / "report")
+    heads = [line for line in section.splitlines() if line.startswith("###")
+             and not line.endswith("Picture claims")]
+    assert heads == ["### lr=0.01", "#### fashion_mnist", "#### mnist", "### lr=0.1",
+                     "#### mnist"]
+    assert "weights_fashion_mnist_lr0.1" not in figures
