@@ -239,6 +239,11 @@ def answer_section(verdicts: pd.DataFrame, results: list[Result], small: dict | 
     return "\n".join(text)
 
 
+def _both_sides(table: pd.DataFrame) -> pd.DataFrame:
+    """verdicts.csv's rows whose two sides both have ok runs: what a sweep prints."""
+    return table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)] if len(table) else table
+
+
 def console_answer(sweep_dir) -> str:
     """The answer at equal epochs as a sweep prints it, a line per comparison and pair; "" when
     no pair has ok runs of both norms."""
@@ -252,7 +257,7 @@ def console_answer(sweep_dir) -> str:
         return tuned_console(Path(sweep_dir))
     runs = load_runs(Path(sweep_dir))
     table = verdicts(runs, compared(runs))
-    table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)] if len(table) else table
+    table = _both_sides(table)
     if table.empty:
         return ""
     pairs = set(zip(table["treatment"], table["baseline"], strict=True))
@@ -285,9 +290,7 @@ def tuned_console(sweep_dir) -> str:
     pairs = compared(pd.DataFrame({"norm": [c.get("norm") for c in tuning.get("cells", [])]}))
     found = budgets(tuning, pairs)
     small = small_answers(found, pair_rows(found))
-    table = verdicts(tuned, pairs, tuned=True) if len(tuned) else pd.DataFrame()
-    if len(table):
-        table = table[(table["n_treatment"] > 0) & (table["n_baseline"] > 0)]
+    table = _both_sides(verdicts(tuned, pairs, tuned=True)) if len(tuned) else pd.DataFrame()
     best = at_best(table, [r for r in decided("tuned", tuned) if r.claim == "C6"]
                    if len(tuned) else [])
     if not small and not best:
