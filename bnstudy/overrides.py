@@ -74,9 +74,10 @@ def unknown_override(args: list[str]) -> str | None:
             pool = [*pool, *sorted(groups - {"hydra"})]
         scored = {name: _likeness(key, name) for name in pool
                   if not name.rsplit(".", 1)[-1].startswith("_")}  # not _target_ and the like
-        near = sorted((k for k, score in scored.items() if score >= 0.75),
-                      key=lambda k: (-scored[k], k.count(".")))
         value, (group, _, option) = arg.split("=", 1)[1], key.partition(".")
+        # the likest first; of those, the key's own group's (optim.optimizr.lr: optim.optimizer.lr)
+        near = sorted((k for k, score in scored.items() if score >= 0.75),
+                      key=lambda k: (-scored[k], k.partition(".")[0] != group, k.count(".")))
         hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
                 if near else "")
         if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():

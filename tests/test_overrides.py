@@ -47,6 +47,8 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
     assert unknown_override(["model.net.hidden=3"]) == (
         "model.net.hidden: no such setting. Did you mean model.net.hidden_dim or "
         f"model.net.depth? Type e.g. model.net.hidden_dim=3. {tail}")
+    assert unknown_override(["optim.optimizr.lr=0.1"]).startswith(  # its own group's first
+        "optim.optimizr.lr: no such setting. Did you mean optim.optimizer.lr or dataset.lr or ")
     assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
     assert unknown_override(["hydar=1"]) == f"hydar: no such setting. {tail}"  # not Hydra's own
     assert unknown_override(["model._target=x"]) == f"model._target: no such setting. {tail}"  # a
