@@ -61,7 +61,7 @@ def unknown_override(args: list[str]) -> str | None:
         if arg.startswith(("-", "+", "~")) or "=" not in arg or key in known or not (
                 ours or key.startswith(("hydra.sweeper.", "hydra.launcher."))):
             continue
-        if ours and "." in key and key.split(".")[0] in known:  # `trainer.max_epoch`?
+        if ours and "." in key:  # `trainer.max_epoch`?
             names = names or _setting_names(chosen)
         elif not ours and not (hydra_names := hydra_names or _hydra_names(  # the chosen sweeper
                 [a for a in args if a.startswith(("experiment=", "hydra/"))])):  # and launcher's
@@ -83,7 +83,7 @@ def unknown_override(args: list[str]) -> str | None:
         if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
             hint = f"It comes with {group}={option} (several: '{group}=[...,{option}]'). " + hint
         elif group == "hydra" and (found := next((o for o in {  # a launcher's or sweeper's key
-                "launcher": ("slurm", "submitit_local", "parallel"), "sweeper": ("tuned",)}.get(
+                "launcher": ("slurm", "parallel"), "sweeper": ("tuned",)}.get(
                 option, ()) if key in _hydra_names([f"hydra/{option}={o}"])), None)):
             also = f" (to add it to another: +{arg})" if option == "launcher" else \
                 ", which experiment=tuned sets"
@@ -127,7 +127,8 @@ def _setting_names(choices: list[str] = ()) -> list[str]:
 def unknown_option(args: list[str]) -> str | None:
     """One paragraph for a group option no file is (`norm=batch`, `-m norm=bn,nnoe`,
     `logger=[csv,mlfow]`), with the closest and the group's options (Hydra's adds its search
-    path, and lists none for a list), None if there is none."""
+    path, and lists none for a list), or a list of options that replace each other
+    (`norm=[bn,none]`, which Hydra runs as none); None if there is none."""
     for at, arg in enumerate(args):
         group, equals, value = arg.partition("=")
         if equals and group.isidentifier() and group != "hydra" and "(" not in value and (
@@ -138,14 +139,35 @@ def unknown_option(args: list[str]) -> str | None:
                 return (f"{arg} {after[0]}: a space after a comma makes two words of one "
                         f"setting, so nothing was run. Type the values without spaces: "
                         f"{arg}{after[0]}.")
-            if missing := [o for o in value.strip("[]").replace(" ", "").split(",")
-                           if o not in options]:  # (not a sweep's `choice(...)`; `[]`: "")
+            chosen = value.strip("[]").replace(" ", "").split(",")  # `[]`: [""]
+            if missing := [o for o in chosen if o not in options]:  # (not a `choice(...)`)
                 near = difflib.get_close_matches(missing[0], options, 1)
                 return (f"{arg}: {group} has no option {missing[0] or '(none given)'}, so "
                         "nothing was run. "
                         + (f"Did you mean {near[0]}? " if near else "")
                         + f"Its options: {', '.join(options)}"
                         + (f" (several: '{group}=[a,b]')." if value.startswith("[") else "."))
+            if value.startswith("[") and (clash := _replaced(group, chosen)):
+                return (f"{arg}: {group} takes one option at a time ({group}={clash[0]} and "
+                        f"{group}={clash[1]} both set {clash[2]}: a list keeps the last one's), "
+                        f"so nothing was run. To run each, sweep them: -m "
+                        f"{group}={','.join(chosen)}.")
+    return None
+
+
+def _replaced(group: str, options: list[str]) -> tuple[str, str, str] | None:
+    """Two of a group's options that set one key, and the key (a list of them keeps the last
+    one's: `norm=[bn,none]` is none); None where they add to each other (`logger=[csv,mlflow]`)."""
+    seen = {}
+    for option in options:
+        path = CONFIG_DIR / group / f"{option}.yaml"
+        package = path.read_text().partition("\n")[0].partition("# @package ")[2] or group
+        node = OmegaConf.to_container(OmegaConf.load(path) or OmegaConf.create())
+        node.pop("defaults", None)
+        keys = dotted(node, "" if package == "_global_" else f"{package}.")
+        if shared := sorted(set(seen) & set(keys), key=lambda k: ("._" in k, k.count("."), k)):
+            return seen[shared[0]], option, shared[0]
+        seen |= dict.fromkeys(keys, option)
     return None
 
 
@@ -154,8 +176,7 @@ def lacking_option(args: list[str]) -> str | None:
     (`-m optim=sgd,adam optim.optimizer.momentum=0.9`: Adam has no momentum; Hydra's hint,
     `+key`, would hand Adam an argument it refuses); None if every option has each."""
     swept = {group: value.split(",") for group, _, value in (a.partition("=") for a in args)
-             if "," in value and "(" not in value and not value.startswith("[")
-             and (CONFIG_DIR / group).is_dir()}  # (not a list's `logger=[csv,mlflow]`)
+             if "," in value and "(" not in value and (CONFIG_DIR / group).is_dir()}
     for arg in args:
         key = arg.partition("=")[0]
         group = key.split(".")[0]

@@ -96,6 +96,23 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
         "norm=bn,: norm has no option (none given)")
 
 
+def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_up_is_not():
+    from bnstudy.overrides import first_mistake
+
+    assert first_mistake(["norm=[bn,none]"]) == (  # Hydra would run norm=none alone
+        "norm=[bn,none]: norm takes one option at a time (norm=bn and norm=none both set "
+        "model.net.norm: a list keeps the last one's), so nothing was run. To run each, sweep "
+        "them: -m norm=bn,none.")
+    assert first_mistake(["-m", "dataset=[mnist, cifar10]"]).startswith(
+        "dataset=[mnist, cifar10]: dataset takes one option at a time (dataset=mnist and "
+        "dataset=cifar10 both set dataset.name: ")  # the plainest key they share
+    assert "(norm=layer and norm=group both set" in first_mistake(["norm=[layer,group,bn]"])
+    for fine in (["logger=[tensorboard,csv,mlflow,wandb]"], ["callbacks=[default,probes]"],
+                 ["norm=[bn]"], ["-m", "norm=choice(bn,none)", "seed=choice(0,1)"],
+                 ["callbacks.hallucinations=null"]):  # (a node, not a setting)
+        assert first_mistake(fine) is None, fine
+
+
 def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
     from bnstudy.overrides import lacking_option
 
@@ -114,7 +131,7 @@ def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
 
 
 def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
-    from bnstudy.overrides import no_parallel_jobs
+    from bnstudy.overrides import first_mistake, no_parallel_jobs
 
     for typed in (f"hydra.launcher.n_jobs={n}" for n in ("0", "two", "-0", "")):
         assert no_parallel_jobs(["-m", "seed=0", typed]) == (
@@ -122,6 +139,8 @@ def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
             "number other than 0 (-1: as many as cores), so nothing was run. Type e.g. "
             "hydra.launcher.n_jobs=2.")
     assert no_parallel_jobs(["-m", "seed=0", "hydra.launcher.n_jobs=-1", "threads=0"]) is None
+    assert first_mistake(["-m", "+hydra.launcher.n_jobs=0"]).startswith(
+        "+hydra.launcher.n_jobs=0: the number of jobs")  # added to another launcher
 
 
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
@@ -139,6 +158,7 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
     (["seed=abc"], "seed=abc: seed takes an integer, not 'abc', so nothing was run."),
     (["norm=bnn"], "norm=bnn: norm has no option bnn, so nothing was run. Did you mean bn? Its "
                    "options: bn, group, layer, none."),
+    (["model.net={a:1}"], "Could not override 'model.net'."),  # Hydra's, and why:
     (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'\n1. To use it as a list, use "
                    "key=[value1,value2]\n2. To use it as string, quote the value: "
                    "key='value1,value2'\n3. To sweep over it, compose each value (or run "
@@ -151,3 +171,5 @@ def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_
     with pytest.raises(ConfigError) as raised:
         compose(overrides)
     assert str(raised.value).startswith(message) and "search path" not in str(raised.value)
+    if "{" in overrides[0]:
+        assert str(raised.value).endswith(" (ConfigKeyError: Key 'a' not in 'MLPSchema')")
