@@ -148,26 +148,30 @@ def unknown_option(args: list[str]) -> str | None:
                         + f"Its options: {', '.join(options)}"
                         + (f" (several: '{group}=[a,b]')." if value.startswith("[") else "."))
             if value.startswith("[") and (clash := _replaced(group, chosen)):
-                return (f"{arg}: {group} takes one option at a time ({group}={clash[0]} and "
-                        f"{group}={clash[1]} both set {clash[2]}: a list keeps the last one's), "
-                        f"so nothing was run. To run each, sweep them: -m "
-                        f"{group}={','.join(chosen)}.")
+                (first, was), (then, now), key = clash
+                return (f"{arg}: these options replace each other ({group}={first} sets {key} "
+                        f"to {was}, {group}={then} to {now}; a list keeps the last one's), so "
+                        "nothing was run. " + ("Run one at a time." if group == "experiment"
+                                               else f"To run each, sweep them: -m {group}="
+                                               f"{','.join(chosen)}."))
     return None
 
 
-def _replaced(group: str, options: list[str]) -> tuple[str, str, str] | None:
-    """Two of a group's options that set one key, and the key (a list of them keeps the last
-    one's: `norm=[bn,none]` is none); None where they add to each other (`logger=[csv,mlflow]`)."""
-    seen = {}
+def _replaced(group: str, options: list[str]) -> tuple | None:
+    """Two of a group's options that set one key to different values, as ((option, value),
+    (option, value), key): a list of them keeps the last one's (`norm=[bn,none]` is none);
+    None where they add to each other (`logger=[csv,mlflow]`)."""
+    seen = {}  # key: (option, value)
     for option in options:
         path = CONFIG_DIR / group / f"{option}.yaml"
         package = path.read_text().partition("\n")[0].partition("# @package ")[2] or group
         node = OmegaConf.to_container(OmegaConf.load(path) or OmegaConf.create())
         node.pop("defaults", None)
         keys = dotted(node, "" if package == "_global_" else f"{package}.")
-        if shared := sorted(set(seen) & set(keys), key=lambda k: ("._" in k, k.count("."), k)):
-            return seen[shared[0]], option, shared[0]
-        seen |= dict.fromkeys(keys, option)
+        if clash := sorted((k for k in set(seen) & set(keys) if seen[k][1] != keys[k]),
+                           key=lambda k: ("._" in k, k.count("."), k)):
+            return seen[clash[0]], (option, keys[clash[0]]), clash[0]
+        seen |= {key: (option, value) for key, value in keys.items()}
     return None
 
 

@@ -100,16 +100,23 @@ def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_
     from bnstudy.overrides import first_mistake
 
     assert first_mistake(["norm=[bn,none]"]) == (  # Hydra would run norm=none alone
-        "norm=[bn,none]: norm takes one option at a time (norm=bn and norm=none both set "
-        "model.net.norm: a list keeps the last one's), so nothing was run. To run each, sweep "
+        "norm=[bn,none]: these options replace each other (norm=bn sets model.net.norm to bn, "
+        "norm=none to none; a list keeps the last one's), so nothing was run. To run each, sweep "
         "them: -m norm=bn,none.")
     assert first_mistake(["-m", "dataset=[mnist, cifar10]"]).startswith(
-        "dataset=[mnist, cifar10]: dataset takes one option at a time (dataset=mnist and "
-        "dataset=cifar10 both set dataset.name: ")  # the plainest key they share
-    assert "(norm=layer and norm=group both set" in first_mistake(["norm=[layer,group,bn]"])
+        "dataset=[mnist, cifar10]: these options replace each other (dataset=mnist sets "
+        "dataset.name to mnist, ")  # the plainest key they set differently
+    assert "(norm=layer sets model.net.norm to layer, norm=group to group;" in first_mistake(
+        ["norm=[layer,group,bn]"])
+    assert "(experiment=regime sets hydra.sweeper.params.seed to 0,1,2, experiment=decisive " \
+        "to range(0,20); a list keeps the last one's), so nothing was run. Run one at a " \
+        "time." in first_mistake(["-m", "experiment=[regime,decisive]"])  # (_global_ keys)
     for fine in (["logger=[tensorboard,csv,mlflow,wandb]"], ["callbacks=[default,probes]"],
                  ["norm=[bn]"], ["-m", "norm=choice(bn,none)", "seed=choice(0,1)"],
-                 ["callbacks.hallucinations=null"]):  # (a node, not a setting)
+                 ["callbacks.hallucinations=null"],  # (a node, not a setting)
+                 ["-m", "norm=bn,none", "dataset=mnist,cifar10"],  # a sweep, not a list
+                 ["logger=[csv,tensorboard,csv]"],  # the same option again: nothing replaced
+                 ["experiment=[lr_sweep,batch_sweep]"]):  # one key, one value: they add up
         assert first_mistake(fine) is None, fine
 
 
