@@ -110,7 +110,8 @@ def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_
         ["norm=[layer,group,bn]"])
     assert "(experiment=regime sets hydra.sweeper.params.seed to 0,1,2, experiment=decisive " \
         "to range(0,20); a list keeps the last one's), so nothing was run. Run one at a " \
-        "time." in first_mistake(["-m", "experiment=[regime,decisive]"])  # (_global_ keys)
+        "time." in first_mistake(["-m", "experiment=[regime,lr0.01,decisive]"])  # (_global_;
+    # lr0.01 sets no seeds)
     for fine in (["logger=[tensorboard,csv,mlflow,wandb]"], ["callbacks=[default,probes]"],
                  ["norm=[bn]"], ["-m", "norm=choice(bn,none)", "seed=choice(0,1)"],
                  ["callbacks.hallucinations=null"],  # (a node, not a setting)
