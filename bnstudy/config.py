@@ -180,6 +180,8 @@ def validate(cfg: DictConfig) -> None:
     integer, positive = "an integer >= 1", "a number > 0"
     checks = [
         ("dataset.batch_size", cfg.dataset.batch_size, _count, integer),
+        *((f"dataset.datamodule.{key}", cfg.dataset.datamodule.get(key, 1), _count, integer)
+          for key in ("batch_size", "eval_batch_size")),  # (set there, not by dataset.*)
         ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, positive),
         ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: _number(v) and v > 0, positive),
         ("trainer.max_epochs", cfg.trainer.max_epochs, _count, integer),

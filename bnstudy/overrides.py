@@ -141,7 +141,8 @@ def unknown_option(args: list[str]) -> str | None:
                         f"{arg}{after[0]}.")
             chosen = value.strip("[]").replace(" ", "").split(",")  # `[]`: [""]
             if missing := [o for o in chosen if o not in options]:  # (not a `choice(...)`)
-                near = difflib.get_close_matches(missing[0], options, 1)
+                near = [o for o in options if o.lower() == missing[0].lower()] or \
+                    difflib.get_close_matches(missing[0], options, 1)  # `norm=BN`, `norm=bnn`
                 return (f"{arg}: {group} has no option {missing[0] or '(none given)'}, so "
                         "nothing was run. "
                         + (f"Did you mean {near[0]}? " if near else "")

@@ -75,6 +75,9 @@ def test_model_options_compose_build_and_name_their_hparams(overrides, cls, dept
 
 RANGES = [  # (dotted key, value out of range, the message)
     ("dataset.batch_size", 0, "dataset.batch_size=0 is out of range; it must be an integer >= 1"),
+    ("dataset.datamodule.batch_size", 0, "dataset.datamodule.batch_size=0 is out of range; it "
+     "must be an integer >= 1"),  # typed where the datamodule reads it (a ZeroDivisionError)
+    ("dataset.datamodule.eval_batch_size", -3, "dataset.datamodule.eval_batch_size=-3 is out of"),
     ("dataset.lr", -0.1, "dataset.lr=-0.1 is out of range; it must be a number > 0"),
     ("optim.optimizer.lr", 0, "optim.optimizer.lr=0 is out of range; it must be a number > 0"),
     ("trainer.max_epochs", 2.5, "trainer.max_epochs=2.5 is out of range; it must be an integer"),

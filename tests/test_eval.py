@@ -171,6 +171,7 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
     for run in ("a_run", "b_run"):  # `outputs`, whose runs/ holds single runs
         (tmp_path / "outputs" / "runs" / run / ".hydra").mkdir(parents=True)
         (tmp_path / "outputs" / "runs" / run / ".hydra" / "config.yaml").touch()
+    (tmp_path / "outputs" / "notes" / "old").mkdir(parents=True)  # a folder of no runs
     job = next(sweep.glob("0_*"))
     (tmp_path / "checkpoints").mkdir()  # a checkpoint copied out of its run
     shutil.copy(job / "checkpoints" / "last.ckpt", tmp_path / "checkpoints")

@@ -166,6 +166,7 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
     (["seed=abc"], "seed=abc: seed takes an integer, not 'abc', so nothing was run."),
     (["norm=bnn"], "norm=bnn: norm has no option bnn, so nothing was run. Did you mean bn? Its "
                    "options: bn, group, layer, none."),
+    (["norm=BN"], "norm=BN: norm has no option BN, so nothing was run. Did you mean bn? "),
     (["model.net={a:1}"], "Could not override 'model.net'."),  # Hydra's, and why:
     (["seed=0,1"], "Ambiguous value for argument 'seed=0,1'\n1. To use it as a list, use "
                    "key=[value1,value2]\n2. To use it as string, quote the value: "
