@@ -23,7 +23,7 @@ CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 # what a config that no longer builds raises: e.g. a class renamed since the run, or a setting
 # it no longer takes
-NOT_BUILT = (OmegaConfBaseException, HydraException, ImportError)
+NOT_BUILT = (OmegaConfBaseException, HydraException)  # (a missing class: Hydra's, too)
 
 
 class RunError(Exception):

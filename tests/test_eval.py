@@ -28,7 +28,9 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     (missing / "checkpoints" / "last.ckpt").unlink()
     (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
     config = misfit / ".hydra" / "config.yaml"
-    config.write_text(re.sub(r"hidden_dim: \d+", "hidden_dim: 7", config.read_text()))
+    norms = ("norm: bn\n", "norm: none\n") if "norm: bn\n" in config.read_text() else \
+        ("norm: none\n", "norm: bn\n")  # the other norm: the same shapes, other modules
+    config.write_text(config.read_text().replace(*norms))
     config = renamed / ".hydra" / "config.yaml"  # a class the code no longer has
     config.write_text(config.read_text().replace("bnstudy.model.Classifier", "bnstudy.model.Gone"))
     files = {job: {p.relative_to(job) for p in job.rglob("*")} for job in jobs}
@@ -254,6 +256,7 @@ def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_res
     assert saved("data", launched).data_dir() == launched / "data"  # not the current folder
     assert saved("data", tmp_path / "gone").data_dir() == tmp_path / "data"  # moved: here
     assert saved(str(tmp_path / "abs"), launched).data_dir() == tmp_path / "abs"
+    assert saved("~/stored", launched).data_dir() == Path.home() / "stored"  # the run's own ~
     assert saved("data", launched).data_dir("~/moved") == Path.home() / "moved"  # given: it
     monkeypatch.delenv("BNSTUDY_NO_SUCH_VARIABLE", raising=False)
     with pytest.raises(RunError) as refused:
@@ -269,7 +272,7 @@ def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sw
     `split_seed=null` (experiment=decisive, tuned) a run's validation split is its seed's."""
     import torch
 
-    from bnstudy.rebuild import DataCache, RunError, SavedRun
+    from bnstudy.rebuild import DataCache, RunError, SavedRun, restore
 
     base = SavedRun.open(next(sweep.glob("0_*")))
 
@@ -292,6 +295,8 @@ def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sw
     assert len({id(data) for data in [shared, *apart]}) == 6
     assert not torch.equal(apart[0].val_set.y, apart[1].val_set.y)  # seed 0's split, seed 1's
     assert cache.get(variant(**drawn, **{"dataset.batch_size": 32}), "test") is apart[0]
+    assert cache.get(base, "validate") is not shared  # set up for another stage
+    assert not restore(base, cache, "test")[2].training  # BN with its running statistics
     with pytest.raises(RunError) as refused:  # a setting its class no longer takes: one line
         cache.get(variant(**{"dataset.datamodule.bogus": 1}), "test")
     assert str(refused.value).startswith(f"{base.name}: its dataset config does not build (Error "
