@@ -489,6 +489,8 @@ def test_the_regime_figure_and_section_name_the_pairs_compared(tmp_path):
             for norm, shift in (("layer", 0.0), ("bn", 0.02), ("none", -0.05)):
                 write_job(tmp_path, [acc + shift + 0.01 * seed * (norm == "none")],
                           norm=norm, lr=lr, seed=seed)
+                if lr == 0.1:  # and jobs that record no lr: no row of theirs here
+                    write_job(tmp_path, [0.5 + 0.01 * seed], norm=norm, seed=seed, lr=None)
     runs = load_runs(tmp_path)
     for pairs, question, difference in (
             ([("layer", "none")], "Is LayerNorm worth it", "LayerNorm − no norm"),
@@ -502,6 +504,7 @@ def test_the_regime_figure_and_section_name_the_pairs_compared(tmp_path):
         text = regime_section("lr", rows)[0]
         assert text.startswith(f"## {question} across the learning rate?\n\n{difference} in ")
         assert f"![{difference} vs learning rate](regime_lr.png)" in text
+        assert text.count("\n- ") == 2 * len(pairs)  # not the jobs without an lr
         line = "- mnist, sgd, lr=0.01: LayerNorm {}wins (+4.00 pts, 81.00% vs 77.00%, p = 0.02"
         assert line.format("against no norm " if len(pairs) > 1 else "") in text \
             or pairs == [("bn", "none")]
