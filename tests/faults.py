@@ -113,3 +113,10 @@ class PauseAtEpoch(AtEpoch):
         deadline = time.monotonic() + self.timeout
         while not Path(self.until).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+class BugAtEpoch(AtEpoch):
+    """Raises a RuntimeError: a bug, not a mistake the user can fix."""
+
+    def act(self, trainer) -> None:
+        raise RuntimeError("a bug")

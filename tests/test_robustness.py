@@ -98,7 +98,8 @@ def lr_sweep(tiny_data, tmp_path_factory) -> Path:
                      "~callbacks.weight_grid", "~callbacks.hallucinations",
                      *FAST, f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
-    return sweep_dir
+    assert "is a sweep, but without -m" not in done.stderr and "Files: " not in done.stderr
+    return sweep_dir  # (the jobs' own lines: their folders are in the summary)
 
 
 @pytest.fixture(scope="module")

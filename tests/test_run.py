@@ -117,6 +117,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     early = run_train(*entry, "resume=true", "+callbacks.stop._target_=tests.faults."
                       "InterruptWhenBuilt")  # Ctrl-C before Lightning's own handling
     assert early.returncode == 1 and "Traceback" not in early.stderr and go_on in early.stderr
+    assert "before anything was trained" not in early.stderr  # (a sweep's process's words)
     assert f"training 3 epochs (resuming after epoch 2) into {job}" in early.stderr
     RunRecord.update(job / "metrics.json", error="boom", traceback="...")
     last = job / "checkpoints" / "last.ckpt"

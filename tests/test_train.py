@@ -248,6 +248,15 @@ def test_which_experiments_are_sweeps_a_single_run_warns_about(experiment, warne
     assert (single_run_of_a_sweep(cfg.hydra) is not None) == warned
 
 
+def test_a_bug_fails_the_run_with_its_traceback_on_the_console_and_in_its_log(tiny_data,
+                                                                             tmp_path):
+    proc = run_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}",
+                     "+callbacks.bug._target_=tests.faults.BugAtEpoch", "+callbacks.bug.epoch=0")
+    assert proc.returncode == 1 and read_record(tmp_path)["status"] == "failed"  # kept to debug
+    for said in (proc.stderr, (tmp_path / "train.log").read_text()):
+        assert 'raise RuntimeError("a bug")' in said and " failed: RuntimeError: a bug" in said
+
+
 @pytest.mark.slow
 def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
     proc = run_train(*FAST, f"paths.data_dir={tiny_data}", "experiment=lr_sweep",
