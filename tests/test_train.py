@@ -238,6 +238,47 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
     assert text.index("## The answer") < text.index("## Claims")
 
 
+def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tmp_path,
+                                                                              monkeypatch, caplog):
+    """A single run: its run dir; a sweep's job: the sweep's, a tuned search's trial: the
+    study's (SWEEP, not SWEEP/search/<cell>); a launcher's job resumes by itself unless the
+    launcher gave up on it. The sweep's own process: the study's folder too."""
+    from types import SimpleNamespace
+
+    from bnstudy import train
+    from bnstudy.records import SEARCH_DIR
+
+    (tmp_path / "multirun.yaml").touch()  # a tuned study's folder
+    cell = tmp_path / SEARCH_DIR / "mnist-bn-sgd"
+    hydra = SimpleNamespace(sweep=SimpleNamespace(dir=str(cell)))
+    monkeypatch.setattr(train.HydraConfig, "get", lambda: hydra)
+    cfg = SimpleNamespace(run_name="x", paths=SimpleNamespace(output_dir="out/x"))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    said = []
+    for multirun, slurm, gave_up in ((False, None, None), (True, None, None), (True, "7", None),
+                                     (True, "7", "timed out")):
+        monkeypatch.setattr(train, "is_multirun", lambda multirun=multirun: multirun)
+        if slurm:
+            monkeypatch.setenv("SLURM_JOB_ID", slurm)
+        caplog.clear()
+        train._say_interrupted(cfg, gave_up)
+        said.append(caplog.messages[-1].removeprefix("Interrupted: x keeps what it trained so "
+                                                     "far. "))
+    again = f"run the same command with resume=true hydra.sweep.dir={tmp_path}"
+    assert said == [
+        "To go on, run the same command with resume=true hydra.run.dir=out/x.",
+        f"To go on, {again}.",
+        "If its launcher requeues the job (after a time limit or a preemption), it resumes by "
+        f"itself; else, to go on, {again}.",
+        f"Its launcher will not requeue it (timed out). To go on, {again} (and a larger "
+        "hydra.launcher.timeout_min or max_num_timeout if the time limit was too short)."]
+    for stopped, words in ((None, "Interrupted before anything was trained."),  # a sweep's
+                           (cell, f"Interrupted: the sweep {tmp_path} stopped. ")):  # process
+        monkeypatch.setattr(train, "stop_sweep", lambda stopped=stopped: stopped)
+        assert train.sweep_interrupted().startswith(words)
+
+
 @pytest.mark.parametrize("experiment, warned", [("lr_sweep", True), ("tuned", True),
                                                 ("lr0.01", False), (None, False)])
 def test_which_experiments_are_sweeps_a_single_run_warns_about(experiment, warned):
