@@ -89,8 +89,8 @@ def test_a_sweeper_against_the_experiments_is_refused():
 
 
 def test_cfg_with_a_sweep_is_one_paragraph():
-    for cfg in (["--cfg", "job"], ["--cfg=job"]):
-        proc = run_train("-m", *cfg, "norm=bn,none")
+    for flags in (["-m", "--cfg", "job"], ["-m", "--cfg=job"], ["--multirun", "-c", "job"]):
+        proc = run_train(*flags, "norm=bn,none")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.startswith("--cfg prints one job's config, so it does not go with -m")
     for args, said in ((["-c", "hydra", "-p", "hydra.run.dir"], "_mnist-bn-adam-seed0\n"),
