@@ -376,17 +376,37 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch)
         with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path), "--compare", bad])
         assert exit_.value.code == 2 and "TREATMENT:BASELINE" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:  # a percentage for a fraction
-        main([str(tmp_path), "--target-acc", "mnist=90"])
-    assert exit_.value.code == 2 and "(a fraction: 0.9 for 90 %)" in capsys.readouterr().err
+    for typed in ("mnist=90", "mnist=high"):  # a percentage for a fraction, not a number
+        with pytest.raises(SystemExit) as exit_:
+            main([str(tmp_path), "--target-acc", typed])
+        assert exit_.value.code == 2 and "(a fraction: 0.9 for 90 %)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:  # two datasets in one flag
-        main([str(tmp_path), "--target-acc", "mnist=0.9,cifar10=0.4"])
-    assert exit_.value.code == 2 and "'mnist=0.9,cifar10=0.4': one dataset a flag: --target-acc " \
-        "mnist=0.9 --target-acc cifar10=0.4" in capsys.readouterr().err
+        main([str(tmp_path), "--target-acc", "mnist=0.9,cifar10=0.4,"])
+    assert exit_.value.code == 2 and capsys.readouterr().err.endswith(
+        "'mnist=0.9,cifar10=0.4,': one dataset a flag: --target-acc mnist=0.9 --target-acc "
+        "cifar10=0.4\n")
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "SWEEP_DIR`: the report of a finished multirun, norm against norm." in help_text
+
+
+def test_the_command_line_hands_the_report_its_targets_and_pairs(tmp_path, monkeypatch, capsys):
+    from bnstudy.report import cli
+
+    asked = []
+    monkeypatch.setattr(cli, "write_report", lambda sweep, targets, pairs, named: asked.append(
+        (targets, pairs, named)) or sweep / "report")
+    for args in ([], ["--target-acc", "1"], ["--target-acc", "mnist=0.95", "--compare", "bn:layer",
+                                            "--compare", "layer:none"]):
+        assert cli.main([str(tmp_path), *args]) == 0
+    assert asked == [({"mnist": 0.9, "cifar10": 0.4}, None, []),  # the defaults; every norm
+                     ({"*": 1.0}, None, []),  # a bare ACC: every dataset's, reaching 100 % too
+                     ({"mnist": 0.95, "cifar10": 0.4}, [("bn", "layer"), ("layer", "none")],
+                      ["mnist"])]  # (a dataset named: one the sweep must have)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(tmp_path), "--compar", "bn:layer"])  # not taken for --compare
+    assert exit_.value.code == 2 and "unrecognized arguments: --compar" in capsys.readouterr().err
 
 
 def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not_rendered):
