@@ -58,9 +58,15 @@ def parse_setting(item: str, how: str) -> tuple[str, object]:
 
     try:
         override = OverridesParser.create().parse_override(item)
-        return override.key_or_group, override.value()
     except HydraException as err:
         raise UsageError(f"{item!r} is not a setting ({err}){how}") from err
+    if override.is_sweep_override():  # `steps=400,800`: Hydra's ChoiceSweep(...)
+        first = next(override.sweep_string_iterator(), None) if \
+            override.is_discrete_sweep() else None
+        raise UsageError(f"{item}: one value a setting (several are a sweep of `python -m "
+                         "bnstudy.train -m`); run this command once a value"
+                         + (f", e.g. {override.key_or_group}={first}." if first else "."))
+    return override.key_or_group, override.value()
 
 
 def run_dirs(path: Path) -> list[Path]:

@@ -162,6 +162,9 @@ def test_the_trainer_keeps_the_runs_test_settings_and_leaves_its_training_ones(s
      "run's own.\n"),
     ("one dot", "dataset.lr: eval takes paths.data_dir=DIR"),  # not taken for a trainer flag
     ("no value", "'steps' is not a setting (missing EQUAL at '<EOF>'); give KEY=VALUE.\n"),
+    ("several", "trainer.precision=32,bf16-mixed: one value a setting (several are a sweep of "
+     "`python -m bnstudy.train -m`); run this command once a value, e.g. trainer.precision=32."
+     "\n"),  # (not Hydra's ChoiceSweep(...))
     ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
     ("no flag near", "trainer.zzzzzz: the Trainer has no such flag: give Lightning Trainer "
      "arguments, e.g. trainer.precision=bf16-mixed.\n"),
@@ -187,7 +190,8 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
             "no value": [str(job), "steps"],
             "flag": [str(job), "trainer.max_epoch=3"],
             "no flag near": [str(job), "trainer.zzzzzz=1"],
-            "set here": [str(job), "trainer.devices=2"]}[case]
+            "set here": [str(job), "trainer.devices=2"],
+            "several": [str(job), "trainer.precision=32,bf16-mixed"]}[case]
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("bnstudy.eval: ") and message.format(tmp=tmp_path, job=job) in err
