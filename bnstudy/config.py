@@ -206,10 +206,12 @@ def validate(cfg: DictConfig) -> None:
                     need := picture_range(key, value := cfg.callbacks[name][key])):
                 raise ConfigError(f"callbacks.{name}.{key}={value!r} is out of range; it must "
                                   f"be {need}.")
-    if cfg.dataset.batch_size == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):
+    read = OmegaConf.select(cfg, "dataset.datamodule.batch_size", default=cfg.dataset.batch_size)
+    key = "dataset.batch_size" if cfg.dataset.batch_size == 1 else "dataset.datamodule.batch_size"
+    if read == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):
         raise ConfigError(
-            f"dataset.batch_size=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
-            "the batch, which one image cannot give. Use dataset.batch_size=2 or more, or "
+            f"{key}=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
+            f"the batch, which one image cannot give. Use {key}=2 or more, or "
             "norm=none / norm=layer.")
 
 

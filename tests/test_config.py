@@ -92,6 +92,8 @@ RANGES = [  # (dotted key, value out of range, the message)
     ("model.net.norm", "instance", "model.net.norm='instance' is not a known normalisation"),
     ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises over the "
      "batch, which one image cannot give"),
+    ("dataset.datamodule.batch_size", 1, "dataset.datamodule.batch_size=1 with norm=bn: "
+     "BatchNorm normalises over the batch"),  # (it was a ValueError in the first step)
     ("callbacks.weight_grid.num_units", 0, "callbacks.weight_grid.num_units=0 is out of range; "
      "it must be >= 1."),  # the picture settings: draw's own ranges (test_draw)
     ("callbacks.hallucinations.steps", -1, "callbacks.hallucinations.steps=-1 is out of range"),
