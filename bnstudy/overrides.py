@@ -181,7 +181,8 @@ def lacking_option(args: list[str]) -> str | None:
     (`-m optim=sgd,adam optim.optimizer.momentum=0.9`: Adam has no momentum; Hydra's hint,
     `+key`, would hand Adam an argument it refuses); None if every option has each."""
     swept = {group: value.split(",") for group, _, value in (a.partition("=") for a in args)
-             if "," in value and "(" not in value and (CONFIG_DIR / group).is_dir()}
+             if "," in value and "(" not in value and not value.startswith("[")
+             and (CONFIG_DIR / group).is_dir()}  # (not a list's `logger=[csv,mlflow]`)
     for arg in args:
         key = arg.partition("=")[0]
         group = key.split(".")[0]
