@@ -206,7 +206,7 @@ def validate(cfg: DictConfig) -> None:
                     need := picture_range(key, value := cfg.callbacks[name][key])):
                 raise ConfigError(f"callbacks.{name}.{key}={value!r} is out of range; it must "
                                   f"be {need}.")
-    read = OmegaConf.select(cfg, "dataset.datamodule.batch_size", default=cfg.dataset.batch_size)
+    read = cfg.dataset.datamodule.get("batch_size", cfg.dataset.batch_size)  # as checked above
     key = "dataset.batch_size" if cfg.dataset.batch_size == 1 else "dataset.datamodule.batch_size"
     if read == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):
         raise ConfigError(
