@@ -113,7 +113,8 @@ def _likeness(key: str, name: str) -> float:
 
 def _setting_names(choices: list[str] = ()) -> list[str]:
     """Every setting of the config with these group choices (a swept one: each of its options)."""
-    options = [[(c.split("=")[0], o) for o in c.split("=", 1)[1].split(",")] for c in choices]
+    options = [[(group, o) for o in ([value] if value.startswith("[") else value.split(","))]
+               for group, _, value in (c.partition("=") for c in choices)]  # a list: one choice
     names = {"paths.data_dir", "paths.output_dir", "run_name"}
     for combination in itertools.product(*options):
         try:

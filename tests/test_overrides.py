@@ -60,6 +60,9 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         "logger.mlflow.experiment_name: no such setting. It comes with logger=mlflow (several: "
         f"'logger=[...,mlflow]'). {tail}")
     assert unknown_override(["logger=mlflow", "logger.mlflow.experiment_name=mine"]) is None
+    assert unknown_override(["-m", "logger=[tensorboard,mlflow]", "norm=bn,none",  # a list's
+                             "logger.mlflow.experiment_name=mine"]) is None  # option (it was
+    # told to add the mlflow it had)
     assert unknown_override(["trainer.max_epochs=1", "paths.data_dirr=/a=b"]) == (  # after a
         "paths.data_dirr: no such setting. Did you mean paths.data_dir or "  # known one; an = in
         f"dataset.datamodule.data_dir? Type e.g. paths.data_dir=/a=b. {tail}")  # the value
