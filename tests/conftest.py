@@ -185,8 +185,8 @@ def tiny_sweep() -> FinishedSweep:
 
 @pytest.fixture
 def sweep(tiny_sweep, tmp_path) -> Path:
-    """A copy of the session's tiny sweep (8 runs of 2 epochs, hallucinations of 5 steps), to
-    change."""
+    """A copy of the session's tiny sweep (8 runs of 2 epochs, 64 hidden units, hallucinations
+    of 5 steps), to change."""
     import shutil
 
     return Path(shutil.copytree(tiny_sweep.dir, tmp_path / "sweep"))

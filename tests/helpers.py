@@ -73,9 +73,11 @@ FAST = [
     "threads=1",  # tiny models: torch's thread pool costs more than it gives on a small machine
 ]
 # The session's tiny sweep (`conftest.tiny_sweep`) beyond its grid and data: 2 epochs, weight
-# grids every epoch, hallucinations of 5 steps at the end only.
+# grids every epoch, hallucinations of 5 steps at the end only, 64 hidden units (the grid's 64;
+# 256 made each test's copy 121 MB of checkpoints, 0.4 s a copy on a busy disk).
 TINY_SETTINGS = ("trainer.max_epochs=2", "callbacks.weight_grid.every_n_epochs=1",
-                 "callbacks.hallucinations.every_n_epochs=0", "callbacks.hallucinations.steps=5")
+                 "callbacks.hallucinations.every_n_epochs=0", "callbacks.hallucinations.steps=5",
+                 "model.net.hidden_dim=64")
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
