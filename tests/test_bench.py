@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from helpers import REPO, compose_config
@@ -27,9 +28,147 @@ def test_study_overrides_add_to_the_default_study_replacing_its_keys():
 def test_the_plain_process_takes_only_studies_it_reproduces():
     assert unlike_plain(compose_config().trainer) == []
     cfg = compose_config("trainer.gradient_clip_val=1", "trainer.accumulate_grad_batches=2",
-                         "trainer.limit_train_batches=1.0")
+                         "trainer.limit_train_batches=1.0", "trainer.devices='1'")
     assert unlike_plain(cfg.trainer) == ["trainer.gradient_clip_val=1",
                                          "trainer.accumulate_grad_batches=2"]
+
+
+def test_the_plain_minibatches_are_the_studys_sampler_ones():
+    from bnstudy.bench.plain import minibatches
+    from bnstudy.data import EpochBatchSampler
+
+    for n in (101, 100, 1):  # a last minibatch of one sample is dropped, as the study drops it
+        for epoch in (0, 1):
+            sampler = EpochBatchSampler(n, 50, shuffle=True, seed=3)
+            sampler.set_epoch(epoch)
+            assert [b.tolist() for b in minibatches(n, 50, 3, epoch)] == \
+                [b.tolist() for b in sampler]
+    assert [len(b) for b in minibatches(101, 50, 3, 0)] == [50, 50]
+
+
+def test_timed_counts_its_commands_cpu_alone_and_a_failure_is_a_bench_error(tmp_path):
+    from bnstudy.bench.study import BenchError, timed
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    wall, cpu = timed([[sys.executable, "-c", burn]] * 2, tmp_path / "log")
+    assert cpu >= 0.6 and wall >= 0.3
+    wall, cpu = timed([[sys.executable, "-c", "pass"]], tmp_path / "log")
+    assert cpu < 0.5  # not the earlier commands' too
+    with pytest.raises(BenchError, match=r"failed \(exit 3\):\nsaid\n"):
+        timed([[sys.executable, "-c", "pass"],
+               [sys.executable, "-c", "print('said'); raise SystemExit(3)"]], tmp_path / "log")
+
+
+def test_the_study_benchmark_pairs_each_round_and_says_medians_ratios_and_the_difference(
+        tmp_path, monkeypatch, capsys):
+    """Its timing and arithmetic, each side's processes faked: the study's seconds, the plain
+    processes' commands (threads, shares) and their final accuracies."""
+    from types import SimpleNamespace
+
+    from bnstudy.bench import study
+
+    cores = os.cpu_count()
+    walls = {"study": [10.0, 14.0], "plain 2x1": [5.0, 6.0], f"plain 1x{cores}": [8.0, 9.0]}
+    names, commands = ["a", "b", "c"], []
+
+    def timed(cmds, log):
+        commands.append(cmds)
+        if "bnstudy.train" in cmds[0]:
+            side = "study"
+        else:
+            side = f"plain {len(cmds)}x{cmds[0][cmds[0].index('--threads') + 1]}"
+            for cmd in cmds:  # each process writes its share's runs
+                share, of = map(int, cmd[cmd.index("--share") + 1].split("/"))
+                runs = [{"history": [{"val/acc": {"a": 0.9, "b": 0.82, "c": 0.7}[name]}]}
+                        for name in names[share::of]]
+                Path(cmd[5]).write_text(json.dumps({"runs": runs}))
+        wall = walls[side].pop(0)
+        return wall, wall / 2
+
+    records = [(tmp_path / name, SimpleNamespace(final_val_acc=acc))
+               for name, acc in zip(names, (0.9, 0.8, 0.7), strict=True)]
+    monkeypatch.setattr(study, "timed", timed)
+    monkeypatch.setattr(study, "plain_runs", lambda sweep: [{"name": n} for n in names])
+    monkeypatch.setattr(study, "workers", lambda sweep: 2)
+    monkeypatch.setattr(study, "sweep_records", lambda sweep: records)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    study.main(["seed=0"])
+    out = capsys.readouterr().out
+    assert "round 1: study 10.0 s (CPU 5.0 s), plain 2x1 5.0 s (CPU 2.5 s), plain " \
+        f"1x{cores} 8.0 s (CPU 4.0 s) (load" in out
+    assert f"order: plain 2x1 > plain 1x{cores} > study)\n3 runs, medians of 2 rounds" in out
+    lines = [" ".join(line.split()) for line in out.splitlines()]  # columns as single spaces
+    assert "the study (2 jobs at a time) 12.0 s; CPU 6.0 s" in lines
+    assert "2 plain process(es), 1 thread each 5.5 s; CPU 2.8 s study / it 2.17 (range " \
+        "2.00-2.33); CPU 2.17 (range 2.00-2.33)" in lines
+    assert f"1 plain process, {cores} threads (former baseline) 8.5 s; CPU 4.2 s study / it " \
+        "1.40 (range 1.25-1.56); CPU 1.40 (range 1.25-1.56)" in lines
+    assert out.endswith("differ by at most 2.00 points\n")  # b: 80 % against 82 %
+    plain = [c for c in commands if "bnstudy.train" not in c[0]]
+    assert [[c[6:] for c in cmds] for cmds in plain[:2]] == [
+        [["--threads", "1", "--share", "0/2"], ["--threads", "1", "--share", "1/2"]],
+        [["--threads", str(cores), "--share", "0/1"]]]
+    assert not list(tmp_path.glob("bnstudy-bench-study-*"))  # its folder removed
+
+
+def test_the_epoch_benchmark_pairs_each_plain_epoch_with_the_fits_next(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from bnstudy.bench import epochs
+
+    clock = iter([0.0, 2.0, 3.0, 7.0, 8.0, 13.0])  # set-up 2 s, then epochs of 4 s and 5 s
+    monkeypatch.setattr(epochs.time, "perf_counter", lambda: next(clock))
+    timer = epochs.Alternate(SimpleNamespace(epoch=lambda epoch: 1.0 + epoch))
+    for epoch in (0, 1):
+        timer.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), None)
+    timer.end_project_epoch()
+    assert (timer.setup_s, timer.plain, timer.project) == (2.0, [1.0, 2.0], [4.0, 5.0])
+    other = SimpleNamespace(timed="Classifier, no logger", plain=[1.0], project=[3.0])
+    epochs.print_pairs([timer, other], "bnstudy (Lightning)", "bnstudy", 1000)
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "plain PyTorch loop     1.000 s/epoch       1000 samples/s  (epochs: 1.000, 2.000, 1.000)",
+        "bnstudy (Lightning)    4.000 s/epoch        250 samples/s  (epochs: 4.000, 5.000, 3.000)",
+        "ratio bnstudy / plain (median of 3 paired epochs): 3.00  (range 2.50-4.00)"]
+
+
+def test_the_profile_counts_a_jobs_compose_in_it_and_the_sweepers_apart(monkeypatch):
+    """A compose during the sweeper's check is the check's; one after it, the next job's."""
+    import types
+
+    from bnstudy.bench import profile
+
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: next(clock))
+
+    class Hydra:
+        def check(self):
+            self.compose()
+
+        def compose(self):
+            pass
+
+        def run_job(self):
+            self.fit()
+
+        def fit(self):
+            pass
+
+    timers, hydra = profile.Timers(), Hydra()
+    copy = types.ModuleType("copied")  # `from x import run_job`, made before
+    copy.run_job = Hydra.run_job
+    monkeypatch.setitem(sys.modules, "copied", copy)
+    for attribute, label in (("check", profile.CHECK), ("compose", profile.COMPOSE),
+                             ("run_job", "job"), ("fit", "fit")):
+        timers.wrap(Hydra, attribute, label)
+    assert copy.run_job is Hydra.run_job  # the copy timed too
+    hydra.check()  # 0-3: the check, 1-2 its compose
+    for _ in range(2):
+        hydra.compose()  # 4-5, then 10-11
+        hydra.run_job()  # 6-9, its fit 7-8
+    assert timers.sweep == 3.0
+    assert {job: dict(seconds) for job, seconds in timers.seconds.items()} == {
+        1: {profile.COMPOSE: 1.0, "job": 3.0, "fit": 1.0},
+        2: {profile.COMPOSE: 1.0, "job": 3.0, "fit": 1.0}}
 
 
 @pytest.mark.slow
@@ -90,6 +229,9 @@ def test_profile_and_epoch_benchmarks_time_every_phase(tiny_data):
     assert "ok, val acc" in console and "Browse" not in console and "Report (" not in console
     for *_, label, _ in PHASES[:-1]:
         assert re.search(rf"^{re.escape(label)}\s+[\d.]+", profile.stdout, re.M), label
+    epoch = re.search(r"^epoch: training steps and validation +([\d.]+) +([\d.]+) ",
+                      profile.stdout, re.M)
+    assert float(epoch[2]) == pytest.approx(1000 * float(epoch[1]) / 2, abs=0.5 + 1000 * 5e-4)
     assert "GPU available" not in epochs.stdout + epochs.stderr  # the benchmark's lines only
     for short in ("bnstudy", "bare"):
         assert re.search(rf"^ratio {short} / plain \(median of 2 paired epochs\): [\d.]+",
