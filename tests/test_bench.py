@@ -199,7 +199,8 @@ def test_the_plain_processes_train_exactly_the_runs_of_the_sweep(tiny_sweep, tmp
 def test_study_benchmark_times_a_tiny_study_against_its_plain_processes(tiny_data):
     proc = subprocess.run(
         [sys.executable, "-m", "bnstudy.bench", "study", "--repeats", "2", "--no-former",
-         "dataset=mnist", "optim=sgd", "seed=0", "trainer.max_epochs=2", f"paths.data_dir={tiny_data}"],
+         "dataset=mnist", "optim=sgd", "seed=0", "trainer.max_epochs=2",
+         f"paths.data_dir={tiny_data}"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     out, seconds = proc.stdout, r"[\d.]+ s \(CPU [\d.]+ s\)"
     assert proc.returncode == 0, proc.stderr[-3000:] + out[-3000:]
