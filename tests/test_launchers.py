@@ -12,6 +12,8 @@ import helpers
 import pytest
 from helpers import fake_commands, read_record
 
+from bnstudy.errors import ConfigError
+
 # -- sweeps through launchers -------------------------------------------------------------
 run_sweep = functools.partial(helpers.run_sweep, fresh=True)  # launchers start processes
 
@@ -82,10 +84,66 @@ def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeyp
     sweeper = grid.GridSweeper(max_batch_size=None)
     sweeper.hydra_context = SimpleNamespace(config_loader=loader)
     sweeper.config = OmegaConf.create({"logger": {}})  # no TensorBoard: nothing to announce
+    monkeypatch.setattr(grid, "announce", lambda config: announced.append(config))
+    announced = []
     sweeper.validate_batch_is_legal(batch)
     assert {o for job in composed for o in job} == {o for job in batch for o in job}
     assert len(composed) == 22 and composed[20] == ["dataset=mnist", "norm=nne", "seed=0"]
     assert checked == composed
+    sweeper.validate_batch_is_legal(batch[:2])  # a second batch (hydra.sweeper.max_batch_size)
+    assert len(announced) == 1  # where to browse: said once
+
+
+@pytest.mark.parametrize("error, said", [
+    (ConfigError("dataset.lr=-1 is out of range"), "dataset.lr=-1 is out of range (The sweep's "
+     "job dataset=mnist; nothing was run.)"),
+    (ValueError("a bug"), "a bug")])
+def test_a_job_that_cannot_be_composed_ends_the_sweep_and_leaves_no_folder(tmp_path, error, said):
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import hydra_plugins.bnstudy_sweeper as grid
+
+    def compose(master_config, sweep_overrides):
+        raise error
+
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "multirun.yaml").touch()  # the sweep's own file: no job's folder
+    sweeper = grid.GridSweeper(max_batch_size=None)
+    loader = SimpleNamespace(load_sweep_config=compose)
+    sweeper.hydra_context = SimpleNamespace(config_loader=loader)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    with pytest.raises((SystemExit, ValueError)) as ended:
+        sweeper.validate_batch_is_legal([["dataset=mnist"]])
+    assert str(ended.value.code if isinstance(ended.value, SystemExit) else ended.value) == said
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_trained(
+        tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from omegaconf import OmegaConf
+
+    import hydra_plugins.bnstudy_sweeper as grid
+
+    saved = tmp_path / "multirun.yaml"
+
+    def launch(self, arguments):
+        saved.write_text("this launch's plan")  # as Hydra's sweeper saves it
+        return [[SimpleNamespace(_return_value=SimpleNamespace(status=s)) for s in statuses]]
+
+    monkeypatch.setattr(BasicSweeper, "sweep", launch)
+    monkeypatch.setattr(grid, "check_plan", lambda config: None)
+    sweeper = grid.GridSweeper(max_batch_size=None)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    for statuses, plan in ((["refused", "refused"], "the folder's plan"),
+                           (["refused", "ok"], "this launch's plan")):  # more seeds, say
+        saved.write_text("the folder's plan")
+        sweeper.sweep([])
+        assert saved.read_text() == plan, statuses
 
 
 def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):
