@@ -71,6 +71,7 @@ def test_c5_holds_when_bn_is_ahead_at_equal_time_not_when_only_per_epoch(tmp_pat
     half = results_of(tmp_path / "early", 3.0)["C5b (MNIST, SGD)"]  # buys BN no epoch
     assert math.isnan(half.test.estimate) and half.verdict == "cannot tell"
     assert half.note.startswith("a side's ok runs have no ")  # not "fewer than 2 ok seeds"
+    assert estimate_text(half) == "— (a side without values)"  # (its runs are ok)
     write_pair(tmp_path / "late", *FAST_LATE)
     noisy = StepCost(1e-3, 1e-3, 1.0, 0.9, 1.0, 2.0, 9.0, 9)  # charged: the bound 2.0, not 1.0
     late = results_of(tmp_path / "late", noisy)["C5a (MNIST, SGD)"]

@@ -325,6 +325,8 @@ def test_the_test_is_said_with_why_seeds_did_not_pair():
         "Welch over 3 vs 2 seeds (the seeds do not pair one to one)"
     assert test_words(S.UNPAIRED, 0, [1, 1]) == \
         "Welch over 1 vs 1 seeds (one seed on a side: no test)"  # seed 0 both: one pair is none
+    assert test_words(S.UNPAIRED, 0, [0, 2]) == \
+        "Welch over 0 vs 2 seeds (a side without values: no test)"  # its runs ok, unmeasured
 
 
 def test_numbers_are_written_in_their_units(tmp_path):

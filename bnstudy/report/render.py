@@ -76,7 +76,8 @@ def test_words(test: str, n_paired: int, sizes: list[int]) -> str:
     if test == ONE:
         return f"one-sample t over {plural(sizes[0], 'seed')}"
     text = f"{'Welch' if test == UNPAIRED else test} over {seeds} seeds"
-    why = "the seeds do not pair one to one" if min(sizes) > 1 else "one seed on a side: no test"
+    why = ("the seeds do not pair one to one" if min(sizes) > 1 else
+           "one seed on a side: no test" if min(sizes) else "a side without values: no test")
     return text + (f" ({why})" if test == UNPAIRED else "")
 
 
@@ -143,7 +144,7 @@ def estimate_text(r: Result) -> str:
     if r.declared.rule is not None:
         return "—"
     if math.isnan(r.test.estimate):
-        return "— (a side has no ok run)"
+        return "— (a side without values)"
     k, unit, fmt = scale(r.declared.fmt)
     ci = ("no interval" if math.isnan(r.test.ci_low) else
           f"95% CI {k * r.test.ci_low:+{fmt}} to {k * r.test.ci_high:+{fmt}}")
