@@ -153,7 +153,9 @@ def test_picture_figures_have_reference_rows_and_a_row_per_configuration(picture
     assert [axes[10 * r].get_ylabel() for r in range(5)] == [
         "real class means", "No BatchNorm + SGD\n(seed 0)", "No BatchNorm + Adam\n(seed 0)",
         "BatchNorm + SGD\n(seed 0)", "BatchNorm + Adam\n(seed 0)"]
-    axes = weights_figure("mnist", runs, ref, {}).axes
+    fig = weights_figure("mnist", runs, ref, {})
+    assert fig.get_suptitle().startswith("mnist: first-layer weights, first 32 units (")  # of 64
+    axes = fig.axes
     assert len(axes) == 5 * 2 and axes[0].get_ylabel() == "reference"
     assert [" ".join(axes[2 * r].get_ylabel().split("\n")[:2]) for r in range(1, 5)] == [
         "No BatchNorm + SGD", "No BatchNorm + Adam", "BatchNorm + SGD", "BatchNorm + Adam"]

@@ -164,8 +164,9 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
             ax.set_title(sub, fontsize=9)
         axes[r, 0].set_ylabel(label, fontsize=10, rotation=0, ha="right", va="center",
                               labelpad=8)
-    fig.suptitle(f"{title}: first-layer weights, first {num_units} units (each tile scaled on "
-                 "its own, mid-grey = 0), a row per configuration", fontsize=10)
+    units = max((len(p.weights["final"]) for _, p in seeds), default=num_units)  # a CNN: 32
+    fig.suptitle(f"{title}: first-layer weights, first {min(num_units, units)} units (each tile "
+                 "scaled on its own, mid-grey = 0), a row per configuration", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     return fig
 
