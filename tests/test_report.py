@@ -563,6 +563,21 @@ def test_a_real_sweeps_report_holds_its_records_numbers_figures_and_left_out_job
         "No BatchNorm (1 seed)", "BatchNorm (1 seed)"]
     tags = assert_images_are_the_png_files(out)  # each figure in TensorBoard: its PNG's pixels
     assert {"curves", "weights", "hallucinations"} <= {t.split("/")[0] for t in tags}
+    # the cross-model confidence: the other ok MNIST runs' trained networks, from checkpoints
+    import torch
+
+    from bnstudy.pictures.measures import predict
+    from bnstudy.pictures.table import load_net
+
+    runs = load_runs(built).set_index("job", drop=False)
+    images = torch.load(built / "0_mnist-bn-sgd-seed0" / "images" / "hallucinations_final.pt",
+                        weights_only=True)["images"].float()
+    others = [load_net(runs.loc[job], (1, 28, 28), 10)  # (1_mnist-bn-adam: no record)
+              for job in ("2_mnist-none-sgd-seed0", "3_mnist-none-adam-seed0")]
+    (row,) = [r for r in csv_rows(out / "pictures.csv") if r["job"] == "0_mnist-bn-sgd-seed0"]
+    assert float(row["cross_conf"]) == pytest.approx(
+        float(np.mean([float(predict(net, images).diagonal().mean()) for net in others])),
+        abs=1e-6)  # (the CSV's 6 digits)
 
 
 def colour_share(image: np.ndarray, colour: str) -> float:
