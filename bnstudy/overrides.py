@@ -1,8 +1,8 @@
 """The command line's overrides: the config they compose (`compose`, what
 `python -m bnstudy.train <overrides>` runs), and the mistakes found before Hydra composes them
 (a key no config has, a group option no file is, a value its type refuses, a setting some options
-of a swept group lack, a parallel launcher of no jobs, a sweeper against the experiment's), each
-one paragraph. Free of Lightning, as `config`."""
+of a swept group lack, a parallel launcher of no jobs, a sweeper against the experiment's, a
+launcher without -m), each one paragraph. Free of Lightning, as `config`."""
 
 from __future__ import annotations
 
@@ -237,6 +237,19 @@ def sweeper_clash(args: list[str]) -> str | None:
                 "experiment=tuned instead (a tuned study), or drop hydra/sweeper=tuned.")
     return (f"experiment=tuned searches with its own sweeper, so hydra/sweeper={sweeper} would "
             "run one untuned job; nothing was run. Drop hydra/sweeper.")
+
+
+def launcher_without_sweep(args: list[str]) -> str | None:
+    """A launcher chosen for a single run (`hydra/launcher=slurm`, no -m): Hydra would train
+    it here, in this process (on a cluster's login node, say), not where the launcher runs."""
+    launcher = next((a for a in args if a.lstrip("+").startswith("hydra/launcher=")), None)
+    flags = {a.split("=", 1)[0] for a in args if a.startswith("-")}  # a sweep, or no job
+    if launcher is None or launcher.endswith("=basic") or "hydra.mode=MULTIRUN" in args or \
+            flags & {"-m", "--multirun", "-c", "--cfg", "-i", "--info", "-h", "--help"}:
+        return None
+    return (f"{launcher} launches the jobs of a sweep, so it takes -m: without it Hydra would "
+            "train this one run here, in this process. Nothing was run. To launch it: python -m "
+            f"bnstudy.train -m {' '.join(args)}")
 
 
 NODES = {"int": (IntegerNode, "an integer"), "float": (FloatNode, "a number"),

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from bnstudy.config import CONFIG_DIR, is_multirun, register
 from bnstudy.jobdir import RunExistsError, dir_override, launcher_job
-from bnstudy.overrides import first_mistake, sweeper_clash
+from bnstudy.overrides import first_mistake, launcher_without_sweep, sweeper_clash
 from bnstudy.records import RunRecord, study_dir
 from bnstudy.run import RunEnded, train
 from bnstudy.sweep import note_refusal, register_launchers, stop_sweep
@@ -133,7 +133,8 @@ def single_run_of_a_sweep(hydra_cfg) -> str | None:
 
 if __name__ == "__main__":
     # before Hydra, whose hint would be `+key`, and whose list of options a list of them lacks
-    if problem := first_mistake(sys.argv[1:]) or sweeper_clash(sys.argv[1:]):
+    if problem := (first_mistake(sys.argv[1:]) or sweeper_clash(sys.argv[1:])
+                   or launcher_without_sweep(sys.argv[1:])):
         sys.exit(problem)
     hydra_paths_printable(sys.argv)
     if {"-m", "--multirun"} & set(sys.argv) and {"-c", "--cfg"} & set(sys.argv):

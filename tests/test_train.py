@@ -88,6 +88,22 @@ def test_a_sweeper_against_the_experiments_is_refused():
         "experiment=tuned instead")
 
 
+def test_a_launcher_without_m_is_refused_not_run_here():
+    """Hydra launches only sweeps: `hydra/launcher=slurm` without -m would train the run in
+    this process (a cluster's login node)."""
+    from bnstudy.overrides import launcher_without_sweep
+
+    for args in (["-m", "hydra/launcher=slurm"], ["hydra/launcher=basic"], ["dataset=mnist"],
+                 ["hydra.mode=MULTIRUN", "hydra/launcher=slurm"], ["--cfg=hydra",
+                 "hydra/launcher=slurm"], ["-c", "job", "hydra/launcher=parallel"]):
+        assert launcher_without_sweep(args) is None, args
+    proc = run_train("hydra/launcher=parallel", "dataset=mnist")
+    assert proc.returncode == 1 and proc.stderr == (
+        "hydra/launcher=parallel launches the jobs of a sweep, so it takes -m: without it Hydra "
+        "would train this one run here, in this process. Nothing was run. To launch it: python "
+        "-m bnstudy.train -m hydra/launcher=parallel dataset=mnist\n")
+
+
 def test_cfg_with_a_sweep_is_one_paragraph():
     for flags in (["-m", "--cfg", "job"], ["-m", "--cfg=job"], ["--multirun", "-c", "job"]):
         proc = run_train(*flags, "norm=bn,none")
