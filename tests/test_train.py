@@ -95,8 +95,11 @@ def test_a_launcher_without_m_is_refused_not_run_here():
 
     for args in (["-m", "hydra/launcher=slurm"], ["hydra/launcher=basic"], ["dataset=mnist"],
                  ["hydra.mode=MULTIRUN", "hydra/launcher=slurm"], ["--cfg=hydra",
-                 "hydra/launcher=slurm"], ["-c", "job", "hydra/launcher=parallel"]):
+                 "hydra/launcher=slurm"], ["-c", "job", "hydra/launcher=parallel"],
+                 ["--help", "hydra/launcher=slurm"]):
         assert launcher_without_sweep(args) is None, args
+    assert launcher_without_sweep(["+hydra/launcher=slurm", "-p", "hydra"]).startswith(
+        "+hydra/launcher=slurm launches the jobs of a sweep, so it takes -m")
     proc = run_train("hydra/launcher=parallel", "dataset=mnist")
     assert proc.returncode == 1 and proc.stderr == (
         "hydra/launcher=parallel launches the jobs of a sweep, so it takes -m: without it Hydra "
