@@ -255,7 +255,7 @@ def test_the_runs_table_quantities_groups_keys_twins_and_unstarted_jobs(tmp_path
         (job / ".hydra" / "overrides.yaml").write_text(f"- norm={norm}\n- threads=1\n")
     (tmp_path / "sweep" / "multirun.yaml").write_text(
         "hydra:\n  sweeper:\n    params:\n      norm: bn,none\n  overrides:\n    task: []\n")
-    assert never_started(tmp_path / "sweep") == []
+    assert never_started(tmp_path / "sweep", load_runs(tmp_path / "sweep")) == []
     for _ in (0, 1):
         write_job(tmp_path / "twins", [0.5, 0.1], "diverged")
     with pytest.raises(ReportError, match="holds two results of one setting and seed"):

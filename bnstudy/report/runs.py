@@ -192,16 +192,17 @@ def curves(runs: pd.DataFrame) -> pd.DataFrame:
     return table.astype({c: float for c in table.columns if c not in ("job", "epoch")})
 
 
-def never_started(sweep_dir: Path) -> list[str]:
-    """The jobs `multirun.yaml` plans (`planned_jobs`) without a directory, each by the values
-    that vary; else none."""
+def never_started(sweep_dir: Path, runs: pd.DataFrame) -> list[str]:
+    """The jobs `multirun.yaml` plans (`planned_jobs`) that are not among `runs` (`load_runs`:
+    one snapshot of a sweep that may still be running), each by the values that vary."""
     plan_file = sweep_dir / "multirun.yaml"
     plan = planned_jobs(OmegaConf.load(plan_file).hydra) if plan_file.is_file() else None
     if not plan:
         return []
     shown = varying(plan) or list(plan[0])
+    files = (Path(job) / ".hydra" / "overrides.yaml" for job in runs["path"])
     started = {frozenset(o for o in OmegaConf.load(f) if not o.startswith(HOW_IT_RUNS))
-               for f in sweep_dir.glob("*/.hydra/overrides.yaml")}
+               for f in files if f.is_file()}
     return [" ".join(f"{key}={job[key]}" for key in shown) for job in plan
             if frozenset(f"{key}={value}" for key, value in job.items()) not in started]
 

@@ -204,7 +204,7 @@ def _write(sweep_dir: Path, out: Path, runs: pd.DataFrame, everything: pd.DataFr
     answer = answer_section(verdict_table, results, budget.small, decide_command(sweep_dir))
     markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys),
                                [text for text, _ in made],
-                               never_started(sweep_dir), answer, len(tuned) or None)
+                               never_started(sweep_dir, everything), answer, len(tuned) or None)
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, budget.scalars)
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs
