@@ -72,19 +72,17 @@ def test_words(test: str, n_paired: int, sizes: list[int]) -> str:
     meant to pair."""
     if test == PAIRED:
         return f"paired t over {plural(n_paired, 'seed')}"
-    seeds = " vs ".join(str(n) for n in sizes)
     if test == ONE:
         return f"one-sample t over {plural(sizes[0], 'seed')}"
-    text = f"{'Welch' if test == UNPAIRED else test} over {seeds} seeds"
+    text = f"{'Welch' if test == UNPAIRED else test} over {' vs '.join(map(str, sizes))} seeds"
     why = ("the seeds do not pair one to one" if min(sizes) > 1 else
            "one seed on a side: no test" if min(sizes) else "a side without values: no test")
     return text + (f" ({why})" if test == UNPAIRED else "")
 
 
 def deciding(needed: float, test: str = "", shows: str = "", what: str = "") -> str:
-    """`40 seeds a side would decide` (`what`), or `… would show equivalence` (`shows`, as
-    `power_of` says); on test acc, when the test images' own error is larger than the
-    difference at any number of seeds, that."""
+    """`40 seeds a side would decide` (`what`), or `… would show equivalence` (`shows`); on test
+    acc, where no number of seeds would beat the test images' own error, that."""
     if math.isinf(needed) and test == IMAGES:
         return (f"no number of seeds a side would decide{what}: the test images' own sampling "
                 "error is too large (a larger test split would)")
@@ -107,8 +105,7 @@ def method(r: Result) -> str:
 
 
 def note(r: Result) -> str:
-    """Why a part is equivalent or cannot be told, in words: the margin, or the seeds that
-    would decide."""
+    """Why a part is equivalent or cannot be told: the margin, or the seeds that would decide."""
     if r.note or r.declared.rule is not None or r.verdict not in ("cannot tell", "equivalent") \
             or math.isnan(r.test.estimate):
         return r.note
@@ -164,39 +161,25 @@ def statistic(r: Result) -> str:
     return f"{part.statistic}: {part.rule_words}" if part.rule is not None else part.statistic
 
 
-def parts_table(results: list[Result]) -> str:
-    """report.md's table of the parts."""
-    return markdown([{
-        "claim": f"{r.claim}{r.part}", "statement": r.declared.statement,
-        "statistic": statistic(r), "mean ± std over ok seeds (n)": sides(r),
-        "estimate": estimate_text(r), "test": method(r),
-        "p (Holm in family)": "—" if math.isnan(r.test.p_value) else
-        f"{r.test.p_value:.2g} ({r.test.p_holm:.2g})",
-        f"detectable at {POWER:.0%} power; seeds a side to decide": power_text(r),
-        "verdict": f"**{r.verdict}**" + (f" ({note(r)})" if note(r) else "")} for r in results])
-
-
 def claim_rows(results: list[Result], setting: dict) -> list[dict]:
     """claims.csv's rows."""
     verdicts = claim_verdicts(results)
     rows = []
     for r in results:
-        part = r.declared
-        dataset = {t.dataset for t in part.terms}
+        part, t = r.declared, r.test
+        dataset = {term.dataset for term in part.terms}
         rows.append({**setting, "claim": r.claim, "part": r.part,
                      "dataset": dataset.pop() if len(dataset) == 1 else "",
                      "statement": part.statement, "statistic": statistic(r),
                      "unit": {"acc": "accuracy", "loss": "loss"}.get(part.fmt, part.quantity),
-                     "claimed_sign": part.sign, "sides": sides(r),
-                     "estimate": r.test.estimate, "ci_low": r.test.ci_low,
-                     "ci_high": r.test.ci_high,
-                     "test": "every seed" if part.rule is not None else r.test.test,
-                     "n_paired": r.test.n_paired, "family": part.family, "p_value": r.test.p_value,
-                     "p_holm": r.test.p_holm, "margin": r.test.margin,
-                     "p_tost": r.test.p_tost, "p_tost_holm": r.test.p_tost_holm,
-                     "verdict": r.verdict, "claim_verdict": verdicts[r.claim],
-                     "detectable_80": r.detectable, "seeds_needed": r.seeds_needed,
-                     "seeds_would_show": r.would_show,
+                     "claimed_sign": part.sign, "sides": sides(r), "estimate": t.estimate,
+                     "ci_low": t.ci_low, "ci_high": t.ci_high,
+                     "test": "every seed" if part.rule is not None else t.test,
+                     "n_paired": t.n_paired, "family": part.family, "p_value": t.p_value,
+                     "p_holm": t.p_holm, "margin": t.margin, "p_tost": t.p_tost,
+                     "p_tost_holm": t.p_tost_holm, "verdict": r.verdict,
+                     "claim_verdict": verdicts[r.claim], "detectable_80": r.detectable,
+                     "seeds_needed": r.seeds_needed, "seeds_would_show": r.would_show,
                      "note": note(r)})
     return rows
 
@@ -221,9 +204,17 @@ def plain_words(results: list[Result]) -> list[str]:
 def claims_block(results: list[Result]) -> list[str]:
     """The verdict line, the parts' table and the sentences of the parts not holding."""
     words = plain_words(results)
+    table = markdown([{
+        "claim": f"{r.claim}{r.part}", "statement": r.declared.statement,
+        "statistic": statistic(r), "mean ± std over ok seeds (n)": sides(r),
+        "estimate": estimate_text(r), "test": method(r),
+        "p (Holm in family)": "—" if math.isnan(r.test.p_value) else
+        f"{r.test.p_value:.2g} ({r.test.p_holm:.2g})",
+        f"detectable at {POWER:.0%} power; seeds a side to decide": power_text(r),
+        "verdict": f"**{r.verdict}**" + (f" ({note(r)})" if note(r) else "")} for r in results])
     return ["Verdicts: " + "; ".join(f"**{c} {v}**" for c, v in
                                      claim_verdicts(results).items()) + ".", "",
-            parts_table(results), "", *words, *([""] if words else [])]
+            table, "", *words, *([""] if words else [])]
 
 
 def tuning_table(tuning: dict) -> str:
@@ -233,8 +224,7 @@ def tuning_table(tuning: dict) -> str:
         for rank, c in enumerate(cell.get("candidates", []), 1):
             if c.get("params") == cell.get("best_params"):
                 scores = [v for v in c.get("val_acc", []) if v is not None]
-                return str(rank), (f"{100 * sum(scores) / len(scores):.2f} %" if scores
-                                   else "—")
+                return str(rank), f"{100 * sum(scores) / len(scores):.2f} %" if scores else "—"
         return "1", "—"
 
     norms = {cell.get("norm") for cell in tuning.get("cells", [])}

@@ -1,6 +1,5 @@
-"""The sweep as tables: `load_runs` (a row per job), `curves` (a row per job × epoch), the jobs
-never started, the groups (every hparam but the seed), the compared pairs, the labels, and each
-dataset's equivalence margin as its runs saved it."""
+"""The sweep as tables: `load_runs` (a row per job), `curves` (per job × epoch), the jobs never
+started, the groups, the compared pairs, the labels, and each dataset's equivalence margin."""
 
 from __future__ import annotations
 
@@ -64,11 +63,10 @@ def one_run(run: Path) -> str:
 def sweep_jobs(sweep_dir: Path) -> list[Path]:
     """The sweep's job directories (with `.hydra/config.yaml` or a record), by number."""
     if not sweep_dir.is_dir():
-        raise ReportError(
-            f"{sweep_dir} does not exist or is not a directory. Pass the directory of a multirun "
-            "of `python -m bnstudy.train -m ...` (its hydra.sweep.dir, by default "
-            "outputs/multirun/<date>_<time>), which holds one sub-directory per job."
-        )
+        raise ReportError(f"{sweep_dir} does not exist or is not a directory. Pass the directory "
+                          "of a multirun of `python -m bnstudy.train -m ...` (its hydra.sweep.dir, "
+                          "by default outputs/multirun/<date>_<time>), which holds one "
+                          "sub-directory per job.")
     if is_job_dir(sweep_dir):
         raise ReportError(one_run(sweep_dir))
     if not (dirs := job_dirs(sweep_dir)):
@@ -115,41 +113,34 @@ def num(value) -> float:
 
 
 def quantities(history: list[dict], record: RunRecord | None) -> dict[str, float]:
-    """The per-run quantities: final/best val acc, final val loss, first epoch's train and val
-    loss, val loss drop from epoch ⌊E/2⌋ (from 1; the first below 4 epochs) to the last, mean
-    val acc over the epochs; test acc and wall time from the record."""
+    """The run's `QUANTITIES` (test acc and wall time from the record); late_val_loss_drop: from
+    epoch ⌊E/2⌋ (from 1; the first below 4 epochs) to the last."""
     out = dict.fromkeys(QUANTITIES, math.nan)
     if record is not None:
         out.update(test_acc=num(record.test_acc), wall_time_s=num(record.wall_time_s))
     if history:
         acc = [num(row.get("val/acc")) for row in history]
-        middle = history[max(len(history) // 2 - 1, 0)]
-        out.update(final_val_acc=acc[-1], best_val_acc=max(acc),
-                   final_val_loss=num(history[-1].get("val/loss")),
+        loss = [num(row.get("val/loss")) for row in history]
+        out.update(final_val_acc=acc[-1], best_val_acc=max(acc), final_val_loss=loss[-1],
                    first_epoch_train_loss=num(history[0].get("train/loss")),
-                   first_val_loss=num(history[0].get("val/loss")),
-                   late_val_loss_drop=num(middle.get("val/loss"))
-                   - num(history[-1].get("val/loss")),
-                   mean_val_acc=float(np.mean(acc)))
+                   first_val_loss=loss[0], mean_val_acc=float(np.mean(acc)),
+                   late_val_loss_drop=loss[max(len(loss) // 2 - 1, 0)] - loss[-1])
     return out
 
 
 def load_run(job: Path) -> dict:
     """The job's row; a missing or unreadable `metrics.json` gives an unfinished run."""
-    record, status, error = None, "no metrics.json", None
     try:
         record = RunRecord.read(job)
+        status, error = (record.status, record.error) if record else ("no metrics.json", None)
     except (OSError, ValueError) as err:
-        status, error = "unreadable metrics.json", str(err)
-    if record is not None:
-        status, error = record.status, record.error
-    history = (record.history if record else None) or []
-    hparams = (record.hparams if record else None) or hparams_from_config(job)
+        record, status, error = None, "unreadable metrics.json", str(err)
+    history = getattr(record, "history", None) or []
+    hparams = getattr(record, "hparams", None) or hparams_from_config(job)
     return {"job": job.name, "path": job, "status": status,
             "outcome": status if status in OUTCOMES else "unfinished", "error": error,
             "history": history, **quantities(history, record),
-            "probes": {k: getattr(record, k) for k in PROBE_SERIES
-                       if record is not None and getattr(record, k)},
+            "probes": {k: getattr(record, k) for k in PROBE_SERIES if getattr(record, k, None)},
             "test_correct": read_test_correct(job),
             **{f"hp:{k}": json.dumps(v, separators=(",", ":")) if isinstance(v, list | dict)
                else v for k, v in hparams.items()}}  # `[8,8]`, as typed: a table's cell
@@ -221,10 +212,9 @@ def groups(runs: pd.DataFrame, keys: list[str]) -> list[tuple[tuple, pd.DataFram
     """(key: ((hparam, value), ...), runs) per value of `keys`, in sweep order, runs by seed."""
     runs = runs.assign(**{k: runs[k] if k in runs else None for k in keys})
     by = runs.groupby(list(keys), sort=False, dropna=False)
-    return [(tuple(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)),
+    return [(tuple(zip(keys, key, strict=True)),  # (pandas ≥ 2: a key is a tuple)
              group.sort_values("seed", kind="stable", key=lambda c: c.map(lambda v: v or 0))
-             if "seed" in group else group)
-            for key, group in by]
+             if "seed" in group else group) for key, group in by]
 
 
 def settings(runs: pd.DataFrame) -> list[tuple[tuple, dict[str, pd.DataFrame]]]:
@@ -266,8 +256,7 @@ def suffix(setting: tuple) -> str:
 
 def slug(ckey: tuple) -> str:
     """`mnist_sgd`, plus `_<hparam><value>` for each other varying hparam."""
-    values = dict(ckey)
-    return f"{values['dataset']}_{values['optim']}{suffix(ckey)}"
+    return "{dataset}_{optim}".format_map(dict(ckey)) + suffix(ckey)
 
 
 def describe(ckey: tuple) -> str:
@@ -340,16 +329,12 @@ def saved_margin(job: str) -> float:
 
 @functools.lru_cache(maxsize=4096)
 def _margin_in(path: str, _mtime: int) -> float:
-    value = OmegaConf.select(OmegaConf.load(path), "dataset.equivalence_margin", default=None)
-    return math.nan if value is None else float(value)
+    return num(OmegaConf.select(OmegaConf.load(path), "dataset.equivalence_margin", default=None))
 
 
 @functools.lru_cache(maxsize=64)
 def declared_margin(dataset: str) -> float:
-    """The margin `conf/dataset/<dataset>.yaml` declares now (for runs saved before the key);
-    NaN for a dataset the config has not."""
-    from hydra.errors import HydraException
-
+    """The margin `conf/dataset/<dataset>.yaml` declares now (runs saved before the key), or NaN."""
     from bnstudy.config import group_defaults
 
     try:

@@ -1,10 +1,9 @@
-"""The numbers over the table of runs: the contrast (paired t over shared seeds, else Welch;
-test images' sampling error on test accuracy), TOST against a margin, Holm within a family,
-power (the seeds that would detect a difference or show equivalence), THE decision rule, the
-summary and verdict tables, and a sweep's usable ranges."""
+"""The numbers over the table of runs: contrasts (paired t, Welch, test images' error), TOST,
+Holm, power, THE decision rule, the summary and verdict tables, a sweep's usable ranges."""
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, replace
 
@@ -19,8 +18,7 @@ POWER = 0.8  # the power a detectable difference and the seeds needed are stated
 SWEEPS = {"lr": ("learning rate", "Learning-rate robustness"),  # hparam: (noun, section title)
           "batch_size": ("batch size", "Batch-size sensitivity")}
 USABLE_WITHIN = 0.05  # a swept value is usable within 5 accuracy points of its panel's best
-_COMPARISON_WORDS = {"holds": "wins", "does not hold": "loses", "equivalent": "equivalent",
-                     "cannot tell": "cannot tell"}  # the rule's verdicts, treatment − baseline
+_COMPARISON_WORDS = {"holds": "wins", "does not hold": "loses"}  # treatment − baseline
 PAIRED, WELCH, UNPAIRED, IMAGES, ONE = ("paired t", "Welch", "Welch, seeds unpaired",
                                         "Welch + test images", "one-sample t")
 VERDICT_COLUMNS = ("treatment", "baseline", "quantity", "n_treatment", "n_baseline",
@@ -69,18 +67,15 @@ def t_parts(spreads: tuple[Spread, ...], n: int | None = None) -> tuple[float, f
     parts = [(s.var / m, m, s.seeds) for s in spreads for m in [n if n and s.seeds else s.n]]
     seeded = [(v, m) for v, m, by_seed in parts if by_seed and v > 0] or \
         [(v, m) for v, m, _ in parts if v > 0]
-    var = sum(v for v, _, _ in parts)
     df = sum(v for v, _ in seeded) ** 2 / sum(v * v / (m - 1) for v, m in seeded)
-    return math.sqrt(var), df
+    return math.sqrt(sum(v for v, _, _ in parts)), df
 
 
 def paired_sums(terms: list[tuple[float, list[float]]], seeds: list[list]) -> list[float] | None:
     """Per seed every term has once, Σ weight × value; None with fewer than 2 such seeds."""
-    maps = []
-    for (_, xs), ss in zip(terms, seeds, strict=True):
-        if any(s is None for s in ss) or len(set(ss)) < len(ss):
-            return None
-        maps.append(dict(zip(ss, xs, strict=True)))
+    if any(None in ss or len(set(ss)) < len(ss) for ss in seeds):
+        return None
+    maps = [dict(zip(ss, xs, strict=True)) for (_, xs), ss in zip(terms, seeds, strict=True)]
     shared = [s for s in maps[0] if all(s in m for m in maps)]
     if len(shared) < 2:
         return None
@@ -150,8 +145,7 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def holm_family(tests: list[Contrast]) -> list[Contrast]:
-    """The family's contrasts with Holm's adjustment: the difference tests' p among themselves,
-    the equivalence (TOST) p among themselves."""
+    """The family's contrasts with Holm's adjustment of the p and, apart, of the TOST p."""
     return [replace(t, p_holm=a, p_tost_holm=b) for t, a, b in zip(
         tests, holm([t.p_value for t in tests]), holm([t.p_tost for t in tests]), strict=True)]
 
@@ -163,18 +157,16 @@ def strictest_level(tests: list[Contrast], alpha: float = ALPHA) -> float:
 
 
 def decide(test: Contrast, sign: int = 1, alpha: float = ALPHA) -> str:
-    """THE rule, on Holm-adjusted p: p < alpha on the claimed side (`sign`) of 0 holds, on the
-    other side does not hold; else TOST's p < alpha: equivalent (within ±margin); else cannot
-    tell."""
+    """THE rule, on Holm-adjusted p: p < alpha holds on the claimed side (`sign`) of 0, does not
+    hold on the other; else TOST's p < alpha: equivalent (within ±margin); else cannot tell."""
     if test.p_holm < alpha:
         return "holds" if np.sign(test.estimate) == sign else "does not hold"
     return "equivalent" if test.p_tost_holm < alpha else "cannot tell"
 
 
 def comparison_word(verdict: str, p_value: float) -> str:
-    """A comparison's (treatment − baseline, claimed sign +) word for the rule's verdict: wins,
-    loses, equivalent, cannot tell, or no test (no p)."""
-    return "no test" if math.isnan(p_value) else _COMPARISON_WORDS[verdict]
+    """A comparison's word for its verdict: wins, loses, equivalent, cannot tell, no test."""
+    return "no test" if math.isnan(p_value) else _COMPARISON_WORDS.get(verdict, verdict)
 
 
 def t_power(delta: float, spreads: tuple[Spread, ...], n: int | None = None,
@@ -198,8 +190,7 @@ def tost_power(delta: float, margin: float, spreads: tuple[Spread, ...], n: int 
 
 
 def nct_tail(x: float, df: float, ncp: float, upper: bool = False) -> float:
-    """The noncentral t's P(T ≤ x) (P(T > x) if `upper`); far in a tail, where scipy gives NaN,
-    the normal's."""
+    """The noncentral t's P(T ≤ x) (P(T > x) if `upper`); the normal's where scipy gives NaN."""
     p = stats.nct.sf(x, df, ncp) if upper else stats.nct.cdf(x, df, ncp)
     if math.isnan(p):
         p = stats.norm.sf(x - ncp) if upper else stats.norm.cdf(x - ncp)
@@ -207,27 +198,18 @@ def nct_tail(x: float, df: float, ncp: float, upper: bool = False) -> float:
 
 
 def fewest_seeds(power_at, power: float, most: int) -> float:
-    """The fewest seeds a side n in [2, `most`] with `power_at(n)` ≥ `power` (it grows with n);
-    inf if none."""
+    """The fewest seeds n in [2, `most`] with `power_at(n)` ≥ `power` (rising in n), else inf."""
     if power_at(most) < power:
         return math.inf
-    low, high = 2, most
-    while low < high:
-        mid = (low + high) // 2
-        if power_at(mid) >= power:
-            high = mid
-        else:
-            low = mid + 1
-    return float(low)
+    return float(2 + bisect.bisect_left(range(2, most), True, key=lambda n: power_at(n) >= power))
 
 
 def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
              most: int = 1000) -> tuple[float, float, str]:
-    """For the test used (paired: the differences' sd; Welch: each group's): the smallest
-    |contrast| detected with `power`; the seeds a side that decide, were the true contrast the
-    one observed: the fewer of those that detect it and those that show it equivalent within
-    the margin (TOST; only where it lies within); and which ("a difference", "equivalence").
-    Seeds inf above `most`; NaN, NaN, "" where there is no test."""
+    """The smallest |contrast| the test used detects with `power`; the fewest seeds a side that
+    would decide, were the observed contrast true: detect it, or show it equivalent (TOST, only
+    where it lies within the margin); and which ("a difference", "equivalence"). Seeds inf above
+    `most`; NaN, NaN, "" where there is no test."""
     spreads = test.spreads
     if math.isnan(test.p_value) or not spreads:
         return math.nan, math.nan, ""
@@ -248,14 +230,6 @@ def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
 # --- the summary and verdict tables ----------------------------------------------------------
 
 
-def epochs_to_target(runs: pd.DataFrame, target: float | None) -> pd.Series:
-    """Per run, the first epoch (from 1) whose val acc reaches `target`; NaN if none."""
-    table = curves(runs)
-    hit = table[table["val/acc"] >= (math.inf if target is None else target)]
-    first = hit.groupby("job", sort=False)["epoch"].min() + 1
-    return runs["job"].map(first).astype(float)
-
-
 def summary(runs: pd.DataFrame, keys: list[str], targets: dict[str, float]) -> pd.DataFrame:
     """summary.csv: per group, the ok runs' means (and stds, ddof=1), epochs to target, job
     counts by outcome, missing seeds."""
@@ -264,20 +238,21 @@ def summary(runs: pd.DataFrame, keys: list[str], targets: dict[str, float]) -> p
     for key, group in groups(runs, keys):
         target = targets.get(dict(key)["dataset"], targets.get("*"))
         good = ok(group)
-        reached = epochs_to_target(good, target).dropna()
+        table = curves(good)  # each run's first epoch (from 1) whose val acc reaches the target:
+        hit = table[table["val/acc"] >= (math.inf if target is None else target)]
+        first = hit.groupby("job", sort=False)["epoch"].min() + 1
+        reached = good["job"].map(first).astype(float).dropna()
         row = {**dict(key), "n_seeds": len(good)}
         for name in ("final_val_acc", "best_val_acc", "final_val_loss", "test_acc",
                      "first_epoch_train_loss"):
             row[f"{name}_mean"] = good[name].mean(skipna=False)
-            if name in ("final_val_acc", "best_val_acc", "test_acc"):
+            if name.endswith("acc"):
                 row[f"{name}_std"] = good[name].std(skipna=False)
         row.update(target_val_acc=math.nan if target is None else target,
                    epochs_to_target_mean=reached.mean(), n_reached_target=len(reached),
                    wall_time_s_mean=good["wall_time_s"].mean(skipna=False))
-        for outcome in OUTCOMES[1:]:
-            row[f"n_{outcome}"] = int((group["outcome"] == outcome).sum())
-        present = set(group["seed"]) if "seed" in group else {None}
-        row["n_missing"] = len(seeds - present)
+        row.update({f"n_{o}": int((group["outcome"] == o).sum()) for o in OUTCOMES[1:]})
+        row["n_missing"] = len(seeds - (set(group["seed"]) if "seed" in group else {None}))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -328,11 +303,9 @@ def verdicts(runs: pd.DataFrame, pairs: list[tuple[str, str]], tuned: bool = Fal
                          "treatment_mean": mean_std(xs[0])[0], "baseline_mean": mean_std(xs[1])[0],
                          "treatment_diverged": diverged[0], "baseline_diverged": diverged[1]})
     for row, diff in zip(rows, holm_family(tests), strict=True):
-        row.update(diff=diff.estimate, test=diff.test, n_paired=diff.n_paired,
-                   p_value=diff.p_value, p_holm=diff.p_holm,
-                   verdict=comparison_word(decide(diff), diff.p_value),
-                   diff_ci_low=diff.ci_low, diff_ci_high=diff.ci_high, margin=diff.margin,
-                   p_tost=diff.p_tost, p_tost_holm=diff.p_tost_holm)
+        row.update({k: getattr(diff, k) for k in VERDICT_COLUMNS if hasattr(diff, k)},  # same name
+                   diff=diff.estimate, diff_ci_low=diff.ci_low, diff_ci_high=diff.ci_high,
+                   verdict=comparison_word(decide(diff), diff.p_value))
         row.update(zip(("detectable_80", "seeds_needed", "seeds_would_show"),
                        power_of(diff, alpha=strictest_level(tests)), strict=True))
     return pd.DataFrame(rows, columns=[*dict.fromkeys(

@@ -109,6 +109,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     """Writes `sweep_dir/report/`, returns report.md's path. `costs`: C5's clock (default
     `cost.pair_costs`); `named`: the datasets given targets (one absent is a ReportError)."""
     sweep_dir = Path(sweep_dir)
+    resume = f"command with resume=true {dir_override('hydra.sweep.dir', sweep_dir)}"
     if (study := study_dir(sweep_dir)) != sweep_dir:
         what = "the searches' folder" if sweep_dir.name == SEARCH_DIR else "one cell's search"
         raise ReportError(f"{sweep_dir} is {what} in the tuned study {study}, so "
@@ -117,16 +118,13 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     if (sweep_dir / SEARCH_DIR).is_dir() and not (sweep_dir / TUNING_FILE).is_file():
         raise ReportError(f"{sweep_dir} holds a tuned study whose searches did not finish (no "
                           f"{TUNING_FILE} yet), so there is nothing to report. To finish them: "
-                          "its command with resume=true "
-                          f"{dir_override('hydra.sweep.dir', sweep_dir)}")
+                          f"its {resume}")
     try:
         read_tuning(sweep_dir)
     except ValueError as err:  # not JSON: cut short or edited by hand
         raise ReportError(f"{sweep_dir / TUNING_FILE} cannot be read ({err}), so nothing was "
-                          "written. The study's command with resume=true "
-                          f"{dir_override('hydra.sweep.dir', sweep_dir)} writes it again from its "
-                          "finished trials and runs.") \
-            from None
+                          f"written. The study's {resume} writes it again from its finished "
+                          "trials and runs.") from None
     hidden = f".{REPORT_DIR}-{socket.gethostname()}-"  # + pid: the report being written
     final, out = sweep_dir / REPORT_DIR, sweep_dir / f"{hidden}{os.getpid()}"
     costs = costs or functools.partial(pair_costs, kept=out / CLOCK_FILE)
