@@ -121,8 +121,7 @@ def note(r: Result) -> str:
     decides = deciding(r.seeds_needed, r.test.test, r.would_show, " a difference of the size "
                        f"observed{' or show it equivalent' if neither else ''}")
     return (f"with {min(len(xs) for xs in r.groups)} seeds a side only |differences| ≥ "
-            f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; {decides}"
-            f"{margin}")
+            f"{k * r.detectable:{fmt}}{unit} are detected at {POWER:.0%} power; {decides}{margin}")
 
 
 def sides(r: Result) -> str:
@@ -224,7 +223,7 @@ def tuning_table(tuning: dict) -> str:
         for rank, c in enumerate(cell.get("candidates", []), 1):
             if c.get("params") == cell.get("best_params"):
                 scores = [v for v in c.get("val_acc", []) if v is not None]
-                return str(rank), f"{100 * sum(scores) / len(scores):.2f} %" if scores else "—"
+                return str(rank), (f"{100 * sum(scores) / len(scores):.2f} %" if scores else "—")
         return "1", "—"
 
     norms = {cell.get("norm") for cell in tuning.get("cells", [])}

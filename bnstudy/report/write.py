@@ -45,25 +45,22 @@ FIGURE_DPI = 100
 
 def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sections: list[str],
                     unstarted: list[str], answer: str = "", used: int | None = None) -> str:
-    """The whole report.md: the header, the answer, the summary, the sections, and the jobs
-    left out."""
+    """The whole report.md: the header, the answer, the summary, the sections, the jobs left out."""
     counts = runs["outcome"].value_counts()
     jobs = ", ".join(f"{counts.get(o, 0)} {o}" for o in OUTCOMES)
     if unstarted:
         jobs += f", {len(unstarted)} never started"
     return "\n".join([
         f"# {norms_title(set(runs.get('norm', pd.Series()).dropna()) or set(STUDY))} — report "
-        f"of `{sweep_dir}`",
-        "",
+        f"of `{sweep_dir}`", "",
         f"{len(runs)} job directories: {jobs}. Statistics are over the ok runs"
         + ("" if used is None else f" of the {used} re-runs of the cells' kept settings (the "
            "other candidates' re-runs are in the search table and `tuning.json`)")
         + ", grouped by every hparam except the seed. ± is the sample standard deviation "
-        "(ddof=1) across seeds; "
-        "the curves show the mean over seeds with a band of ± one such standard deviation "
-        "(the seed-to-seed spread, not the standard error of the mean). Epochs to target: the "
-        "first epoch (counted from 1) whose validation accuracy reaches the target, averaged "
-        "over the seeds that reach it. Verdicts compare " + (
+        "(ddof=1) across seeds; the curves show the mean over seeds with a band of ± one such "
+        "standard deviation (the seed-to-seed spread, not the standard error of the mean). "
+        "Epochs to target: the first epoch (counted from 1) whose validation accuracy reaches the "
+        "target, averaged over the seeds that reach it. Verdicts compare " + (
             "final validation accuracy over seeds: a paired t-test over the seeds both norms ran "
             "(Welch's where the seeds do not pair), " if used is None else "test accuracy over "
             "seeds (each norm's setting was chosen on its validation accuracy): Welch's t-test, ")
@@ -71,8 +68,7 @@ def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sectio
         "two one-sided tests (TOST) put the difference within the dataset's "
         "`equivalence_margin`, else *cannot tell*.", "", *([answer] if answer else []),
         "## Summary", "", summary_md, "", "Also in `summary.csv`.", "",
-        *sections, "## Jobs not in the statistics", "", S.problems_table(runs, unstarted), "",
-    ])
+        *sections, "## Jobs not in the statistics", "", S.problems_table(runs, unstarted), ""])
 
 
 def figure_png(fig: Figure) -> bytes:
