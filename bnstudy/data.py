@@ -3,7 +3,8 @@
 Files in torchvision's layout are read by `bnstudy.datafiles` (downloaded when missing and
 `download` is true), decoded and normalised once per process (`prepared`: a worker's jobs share
 them; a changed file is read again). Batches are slices, in an order set by `seed` and the
-epoch alone; under DDP each process serves its share (see `EpochBatchSampler`)."""
+epoch alone; under DDP each process serves its share (Lightning's
+`use_distributed_sampler` is off: see `EpochBatchSampler`)."""
 
 from __future__ import annotations
 
