@@ -317,9 +317,7 @@ def torch_threads(setting: int | str | None) -> int | None:
         return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 0 else 1
     if cpus := launcher.get("cpus_per_task"):
         return cpus
-    if launcher.get("_target_", "").endswith("LocalLauncher"):
-        return 1
-    return None
+    return 1 if launcher.get("_target_", "").endswith("LocalLauncher") else None
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:
