@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,10 @@ NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name 
 RUN_KEYS = {"MLFlowLogger": "run_id", "CSVLogger": "version", "WandbLogger": "id"}  # its run
 
 
-def _nodes(logger_cfg: DictConfig | None) -> list[tuple[str, DictConfig, str]]:
+def _nodes(logger_cfg: DictConfig | None) -> Iterator[tuple[str, DictConfig, str]]:
     """The `logger` group's loggers (its nulls left out): name, node, class name (`CSVLogger`)."""
-    return [(name, node, str(node.get("_target_", "")).rsplit(".", 1)[-1])
-            for name, node in (logger_cfg or {}).items() if node is not None]
+    return ((name, node, str(node.get("_target_", "")).rsplit(".", 1)[-1])
+            for name, node in (logger_cfg or {}).items() if node is not None)
 
 
 def uses_tensorboard(logger_cfg: DictConfig | None) -> bool:
