@@ -42,10 +42,9 @@ class MetricsHistory(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-               **{key: float(metrics[key]) for key in CURVE_KEYS if key in metrics}}
-        row["time_s"] = self.elapsed_before + time.perf_counter() - self._fit_start
-        self.history.append(row)
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step,
+                             **{key: float(metrics[key]) for key in CURVE_KEYS if key in metrics},
+                             "time_s": self.elapsed_before + time.perf_counter() - self._fit_start})
         if trainer.is_global_zero:
             series = {c.record_key: c.series() for c in trainer.callbacks
                       if hasattr(c, "record_key")}
@@ -66,11 +65,10 @@ class DivergenceGuard(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if bool(torch.isfinite(loss)):
-            return
-        self.diverged_at = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                            "loss": str(float(loss))}
-        trainer.should_stop = True
+        if not bool(torch.isfinite(loss)):
+            self.diverged_at = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                                "loss": str(float(loss))}
+            trainer.should_stop = True
 
 
 def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
@@ -93,21 +91,20 @@ class ComparisonCurves(Callback):
             writer.file_writer.add_summary(comparison_summary([self.pair], closed=is_multirun()))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, [m for m in COMPARED if m.startswith("train/")])
+        self._write(trainer, "train/")
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._write(trainer, [m for m in COMPARED if m.startswith("val/")])
+            self._write(trainer, "val/")
 
-    def _write(self, trainer: L.Trainer, compared: list[str]) -> None:
+    def _write(self, trainer: L.Trainer, prefix: str) -> None:
         writer, metrics = tensorboard_writer(trainer), trainer.callback_metrics
-        for metric in compared:  # at the step Lightning logs them (that of the last batch)
-            if writer is not None and trainer.is_global_zero and metric in metrics:
+        if writer is not None and trainer.is_global_zero:
+            for metric in (m for m in COMPARED if m.startswith(prefix) and m in metrics):
                 writer.add_scalar(compare_tag(self.pair, metric), float(metrics[metric]),
-                                  trainer.global_step - 1)
+                                  trainer.global_step - 1)  # the step Lightning logs them at
 
 
-# -- pictures of what the network learned ---------------------------------------------------
 def tensorboard_log(trainer: L.Trainer) -> Log | None:
     """Writes a summary at the global step to the TensorBoard logger (None without one)."""
     if (writer := tensorboard_writer(trainer)) is not None:
@@ -126,7 +123,7 @@ class ImageCallback(Callback):
     def __init__(self, dirpath: str | Path, every_n_epochs: int = 1) -> None:
         self.dirpath = Path(dirpath)
         self.every_n_epochs = every_n_epochs
-        self._last: tuple[int, str] | None = None  # (global step, suffix) of the last pictures
+        self._last: tuple[int | None, str] = (None, "")  # (global step, suffix) last drawn
         self._ended = False  # whether this fit's training ended (final pictures drawn)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -143,15 +140,13 @@ class ImageCallback(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._ended = True
-        if self._last is not None and self._last[0] == trainer.global_step \
-                and self.epoch_is_final:
+        if self._last[0] == trainer.global_step and self.epoch_is_final:
             for prefix in self.prefixes:
-                drawn = self.dirpath / f"{prefix}_{self._last[1]}.png"
-                if drawn.is_file():
+                if (drawn := self.dirpath / f"{prefix}_{self._last[1]}.png").is_file():
                     shutil.copyfile(drawn, self.dirpath / f"{prefix}_final.png")
         else:
             self._draw(trainer, pl_module, "final")
-        if self._last is not None and self._last[0] == trainer.global_step:
+        if self._last[0] == trainer.global_step:
             self.finish(trainer, pl_module)
 
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
@@ -218,11 +213,9 @@ class Hallucinations(ImageCallback):
         return self.recipe.settings
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = trainer.should_stop or (trainer.max_epochs is not None and trainer.max_epochs > 0
-                                       and trainer.current_epoch + 1 >= trainer.max_epochs)
-        if last and not self.epoch_is_final:
-            return  # the final drawing follows at this very step: one picture per step
-        super().on_train_epoch_end(trainer, pl_module)
+        last = trainer.should_stop or 0 < (trainer.max_epochs or 0) <= trainer.current_epoch + 1
+        if self.epoch_is_final or not last:  # else the final drawing follows at this very step
+            super().on_train_epoch_end(trainer, pl_module)  # (one picture per step)
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, suffix: str) -> None:
         steps = None if suffix == "final" else self.epoch_steps

@@ -11,6 +11,7 @@ import logging
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -21,7 +22,6 @@ from bnstudy.sweep import note_refusal
 
 log = logging.getLogger("bnstudy")
 
-
 # A SLURM state (sacct's first word) or a submitit local job's, as the summary says it
 ENDINGS = {"CANCELLED": "cancelled", "TIMEOUT": "timed out, not requeued",
            "OUT_OF_MEMORY": "killed for memory", "NODE_FAIL": "lost with its node",
@@ -29,8 +29,6 @@ ENDINGS = {"CANCELLED": "cancelled", "TIMEOUT": "timed out, not requeued",
            "BOOT_FAIL": "its node failed to start", "DEADLINE": "past its deadline",
            "INTERRUPTED": "stopped by submitit's local controller (past its restarts)",
            "FINISHED": "killed, or exited without a result", "COMPLETED": "exited without a result"}
-
-
 _STDERR = threading.Lock()
 
 
@@ -104,7 +102,7 @@ class Queue:
         self.slurm = [job for job in jobs if type(job).__name__ == "SlurmJob"]
         self.ids = array_ids(self.slurm)
         self.accounting = not self.slurm or has_accounting()
-        self.absent: dict[str, int] = {}  # squeue answers in a row without the job
+        self.absent: Counter[str] = Counter()  # squeue answers in a row without the job
         self.asked = float("-inf")
         self.held_asked: float | None = time.monotonic()  # None: said
         if not self.accounting:
@@ -119,7 +117,7 @@ class Queue:
             return True
         if time.monotonic() - self.asked > self.SQUEUE_EVERY_S:
             self._ask_squeue()
-        return "lost" if self.absent.get(job.job_id, 0) >= 2 else False
+        return "lost" if self.absent[job.job_id] >= 2 else False
 
     def say_held(self, sweep_dir: Path) -> None:
         """Warns once if SLURM holds jobs for a reason that does not pass (`NEVER`)."""
@@ -156,8 +154,7 @@ class Queue:
             return  # no answer: nothing is known to have left
         self.asked, queued = time.monotonic(), set(out.stdout.split())
         for job in self.slurm:
-            gone = job.job_id not in queued
-            self.absent[job.job_id] = self.absent.get(job.job_id, 0) + 1 if gone else 0
+            self.absent[job.job_id] = self.absent[job.job_id] + 1 if job.job_id not in queued else 0
 
 
 def array_ids(jobs) -> list[str]:

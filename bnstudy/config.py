@@ -103,21 +103,18 @@ BOOKKEEPING = (*HOW_IT_RUNS, "hydra.", "experiment")  # in no run's name
 
 
 def swept_suffix(override_dirname: str) -> str:
-    """`-key=value` for each override of the job (Hydra's `override_dirname`) beyond the run
-    name and bookkeeping; in a multirun only those it varies (`swept_keys`). A tuned trial's
-    sampled values at 4 significant digits."""
+    """`-key=value` for each override of the job (Hydra's `override_dirname`) but the run's
+    name and bookkeeping; in a multirun only those it varies. Sampled values at 4 digits."""
     swept = swept_keys()
     items = re.split(r",(?=[+~]|[\w./@-]+=)", override_dirname)  # not a list value's commas
     parts = [item.split("=", 1) for item in items if "=" in item]
-    kept = [(key, value) for key, value in parts
-            if key not in SHOWN and not key.startswith(BOOKKEEPING)
-            and (swept is None or key in swept)]
-    return "".join(f"-{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in kept)
+    return "".join(f"-{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in parts
+                   if key not in SHOWN and not key.startswith(BOOKKEEPING)
+                   and (swept is None or key in swept))
 
 
 def _short(value: str) -> str:
-    """A decimal of more than 6 significant digits (a sampled one: `0.009101544767565362`) at 4
-    (`0.009102`); anything else as typed."""
+    """A decimal of over 6 significant digits (a sampled `0.009101544767565362`) at 4."""
     decimal = re.fullmatch(r"-?(\d*\.\d+)(e[-+]?\d+)?", value)
     digits = decimal and decimal[1].replace(".", "").strip("0")
     return f"{float(value):.4g}" if digits and len(digits) > 6 else value
@@ -177,17 +174,17 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.net.norm not in NORMS:
         raise ConfigError(f"model.net.norm={cfg.model.net.norm!r} is not a known normalisation; "
                           f"use one of {', '.join(NORMS)} (e.g. norm=bn).")
-    integer, positive = "an integer >= 1", "a number > 0"
+    count, positive = (_count, "an integer >= 1"), (lambda v: _number(v) and v > 0, "a number > 0")
     checks = [
-        ("dataset.batch_size", cfg.dataset.batch_size, _count, integer),
-        *((f"dataset.datamodule.{key}", cfg.dataset.datamodule.get(key, 1), _count, integer)
+        ("dataset.batch_size", cfg.dataset.batch_size, *count),
+        *((f"dataset.datamodule.{key}", cfg.dataset.datamodule.get(key, 1), *count)
           for key in ("batch_size", "eval_batch_size")),  # (set there, not by dataset.*)
-        ("dataset.lr", cfg.dataset.lr, lambda v: _number(v) and v > 0, positive),
-        ("optim.optimizer.lr", cfg.optim.optimizer.lr, lambda v: _number(v) and v > 0, positive),
-        ("trainer.max_epochs", cfg.trainer.max_epochs, _count, integer),
-        ("model.net.hidden_dim", cfg.model.net.hidden_dim, _count, integer),
-        ("model.net.depth", cfg.model.net.depth, _count, integer),
-        ("model.steps_per_call", cfg.model.steps_per_call, _count, integer),
+        ("dataset.lr", cfg.dataset.lr, *positive),
+        ("optim.optimizer.lr", cfg.optim.optimizer.lr, *positive),
+        ("trainer.max_epochs", cfg.trainer.max_epochs, *count),
+        ("model.net.hidden_dim", cfg.model.net.hidden_dim, *count),
+        ("model.net.depth", cfg.model.net.depth, *count),
+        ("model.steps_per_call", cfg.model.steps_per_call, *count),
         ("dataset.val_size", cfg.dataset.val_size,
          lambda v: _number(v) and (0 < v < 1 or (v >= 1 and float(v).is_integer())),
          "a fraction in (0, 1) or a whole count >= 1"),
@@ -209,20 +206,20 @@ def validate(cfg: DictConfig) -> None:
     read = cfg.dataset.datamodule.get("batch_size", cfg.dataset.batch_size)  # as checked above
     key = "dataset.batch_size" if cfg.dataset.batch_size == 1 else "dataset.datamodule.batch_size"
     if read == 1 and NORMS[cfg.model.net.norm].flat.startswith("BatchNorm"):
-        raise ConfigError(
-            f"{key}=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
-            f"the batch, which one image cannot give. Use {key}=2 or more, or "
-            "norm=none / norm=layer.")
+        raise ConfigError(f"{key}=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
+                          f"the batch, which one image cannot give. Use {key}=2 or more, or "
+                          "norm=none / norm=layer.")
 
 
+# The picture settings' least values (LEAST) and bounds they must exceed (ABOVE)
 LEAST = {"steps": 0, "epoch_steps": 0, "seeds": 1, "jitter": 0, "blur_every": 0, "nrow": 1,
          "num_units": 1, "every_n_epochs": 0, "l2": 0, "tv": 0, "blur_sigma": 0, "noise_std": 0}
-ABOVE = {"lr": 0, "size": 0}  # LEAST: the picture settings' least values; ABOVE: bounds above
+ABOVE = {"lr": 0, "size": 0}
 
 
 def picture_range(key: str, value) -> str | None:
-    """What a picture setting (a key of `conf/callbacks/default.yaml`'s weight grid or
-    hallucinations) must be, where `value` is not; None when in range (or null)."""
+    """What a picture setting (`callbacks.weight_grid` or `.hallucinations`) must be, where
+    `value` is not; None when in range (or null)."""
     if not _number(value):
         return None  # null, or another type: refused by its type where it is used
     if key in LEAST and value < LEAST[key]:
@@ -235,7 +232,7 @@ def _number(value) -> bool:
 
 
 def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return _number(value) and isinstance(value, int) and value >= 1
 
 
 def flat(cfg: DictConfig) -> dict[str, Any]:
@@ -265,8 +262,8 @@ NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_pr
 
 def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
             overridden: tuple[str, ...] = ()) -> dict:
-    """The study's settings (dataset, model, depth, norm, optim, seed, lr, ...) and, by dotted key,
-    any other that differs from `defaults` (its group choices') or was `overridden`."""
+    """The study's settings (dataset, model, norm, optim, seed, lr, ...) and, by dotted key, any
+    other that differs from `defaults` (its group choices') or was `overridden`."""
     net = cfg.model.get("net", cfg.model)  # (before nets.py, the model held the net's keys)
     study = {"dataset": cfg.dataset.name,
              "model": net._target_.rsplit(".", 1)[-1].lower().removesuffix("classifier"),
@@ -289,8 +286,8 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
 
 
 def group_defaults(choices: dict) -> DictConfig:
-    """The config the group `choices` (Hydra's `runtime.choices`, less the defaults a config
-    pulls in itself, `x@pkg`) give without other overrides."""
+    """The config the group `choices` (Hydra's `runtime.choices`, less a config's own `x@pkg`)
+    give without other overrides."""
     overrides = [f"{group}={choice}" for group, choice in choices.items()
                  if choice is not None and "@" not in group and not group.startswith("hydra")]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
@@ -320,7 +317,6 @@ def changed_settings(stored: DictConfig, current: DictConfig) -> list[str]:
     """The settings (dotted keys, both values) in which two configs of a job differ, but
     bookkeeping and observers (callbacks, logger): a resume may draw other pictures."""
     old, new = flat(stored), flat(current)
-    ignored = (*NOT_SETTINGS, "callbacks.")
     keys = sorted(k for k in old.keys() | new.keys()
-                  if not k.startswith(ignored) and old.get(k) != new.get(k))
+                  if not k.startswith((*NOT_SETTINGS, "callbacks.")) and old.get(k) != new.get(k))
     return [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in keys]

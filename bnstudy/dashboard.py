@@ -20,7 +20,7 @@ from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from bnstudy.norms import NORMS
-from bnstudy.records import RunRecord, final_jobs, read_tuning, sweep_records
+from bnstudy.records import SHOWN, RunRecord, final_jobs, read_tuning, sweep_records
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -99,17 +99,13 @@ def _ordered(values: set) -> list:
 def experiment_summary(runs_settings: list[dict]) -> Summary:
     """The HParams experiment: the settings that vary (or some runs lack), marked `differs`,
     then the fixed study choices (dataset, norm, optim, seed), discrete; the metrics."""
-    values: dict[str, set] = {}
-    for settings in runs_settings:
-        for key, value in settings.items():
-            values.setdefault(key, set()).add(tb_value(value))
+    keys = dict.fromkeys(key for settings in runs_settings for key in settings)  # in order
+    values = {k: {tb_value(s[k]) for s in runs_settings if k in s} for k in keys}
     differs = {k for k, v in values.items()
-               if len(v) > 1 or sum(k in s for s in runs_settings) < len(runs_settings)}
-    shown = [k for k in values if k in differs] + \
-        [k for k in ("dataset", "norm", "optim", "seed") if k in values and k not in differs]
-    hparams = [hp.HParam(key, hp.Discrete(_ordered(values[key]))) for key in shown]
-    metrics = [hp.Metric(tag, display_name=tag) for tag in METRICS]
-    summary = hp.hparams_config_pb(hparams, metrics)
+               if len(v) > 1 or not all(k in s for s in runs_settings)}
+    shown = [k for k in values if k in differs] + [k for k in SHOWN if k in values.keys() - differs]
+    summary = hp.hparams_config_pb([hp.HParam(k, hp.Discrete(_ordered(values[k]))) for k in shown],
+                                   [hp.Metric(tag, display_name=tag) for tag in METRICS])
     # `hp.HParam` cannot set `differs`, and sorts integers written as text as text: set both
     plugin_data = summary.value[0].metadata.plugin_data
     data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
@@ -134,7 +130,6 @@ def write_sweep_experiment(job_dir: Path, runs_settings: list[dict]) -> None:
 # counting up, under `+mean/.lock`, renamed into place) opening with a SessionLog START, so
 # TensorBoard replaces the earlier points (older files are kept: the Python loader stops at a
 # file deleted under it).
-
 MEAN_DIR = "+mean"
 
 

@@ -1,10 +1,9 @@
 """LightningDataModules for MNIST and CIFAR-10, held in memory as normalised tensors.
 
-Files in torchvision's on-disk layout are read by `bnstudy.datafiles` and downloaded with
-torchvision when missing and `download` is true. Each split is decoded and normalised into
-one tensor once per process (`prepared`: the jobs a worker runs one after another share it;
-a changed file is read again); batches are slices of it, in an order that depends only on
-`seed` and the epoch; under DDP each process serves its own share (Lightning's
+Files in torchvision's layout are read by `bnstudy.datafiles` (downloaded when missing and
+`download` is true), decoded and normalised once per process (`prepared`: a worker's jobs share
+them; a changed file is read again). Batches are slices, in an order set by `seed` and the
+epoch alone; under DDP each process serves its share (Lightning's
 `use_distributed_sampler` is off: see `EpochBatchSampler`)."""
 
 from __future__ import annotations
@@ -17,16 +16,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
-from torchvision.datasets.utils import download_and_extract_archive
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from bnstudy.datafiles import (
-    mnist_files,
-    mnist_folder,
-    normalised,
-    read_cifar_batches,
-    read_mnist,
-    unofficial_cifar_batches,
-)
+from bnstudy.datafiles import mnist_files, mnist_folder, normalised, read_cifar_batches, read_mnist
 from bnstudy.errors import DataError, one_line
 
 log = logging.getLogger(__name__)
@@ -36,10 +28,13 @@ counts = {"read": 0, "reused": 0}  # files this process read and reused
 
 
 def _stamp(path: Path) -> tuple:
-    """What tells a file from a changed one: its path, size, modification time and inode
-    (cheap where a checksum would read every byte in every job)."""
+    """What tells a file from a changed one (cheap where a checksum reads every byte)."""
     stat = path.stat()
     return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def _folders(root: Path) -> set[Path]:
+    return {p for p in [root, *root.rglob("*")] if p.is_dir()}
 
 
 class TensorPairs(Dataset):
@@ -64,14 +59,12 @@ class TensorPairs(Dataset):
 class EpochBatchSampler(Sampler):
     """Yields index tensors, one per minibatch, shuffled by `(seed, epoch)` alone.
 
-    Lightning calls `set_epoch` before each epoch, so the batch order of epoch e is the same in
-    a fresh run and in one resumed from a checkpoint. With `num_replicas` processes (DDP), the
-    process of rank r takes every `num_replicas`-th sample of the order from r on; when
-    shuffling, all take the same number (the remainder is left out this epoch), so they step
-    in lockstep. When shuffling, a last minibatch of a single sample is dropped (BatchNorm
-    cannot normalise over one sample). With `bundle` K > 1 it yields lists of K (the last may
-    be fewer): one Lightning batch for `Classifier.steps_per_call`.
-    """
+    Lightning calls `set_epoch` before each epoch, so epoch e's order is the same fresh and
+    resumed. Under DDP the process of rank r takes every `num_replicas`-th sample from r on;
+    when shuffling, all take the same number (the remainder is left out this epoch) so they
+    step in lockstep, and a last minibatch of one sample is dropped (BatchNorm cannot normalise
+    it). With `bundle` K > 1 it yields lists of K (the last may be fewer): one Lightning batch
+    for `Classifier.steps_per_call`."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, bundle: int = 1) -> None:
@@ -85,9 +78,8 @@ class EpochBatchSampler(Sampler):
     @property
     def num_samples(self) -> int:
         """Samples this process serves an epoch."""
-        if self.shuffle:
-            return self.n // self.num_replicas
-        return len(range(self.rank, self.n, self.num_replicas))
+        n, replicas = self.n, self.num_replicas
+        return n // replicas if self.shuffle else len(range(self.rank, n, replicas))
 
     @property
     def num_minibatches(self) -> int:
@@ -101,11 +93,8 @@ class EpochBatchSampler(Sampler):
     def __iter__(self):
         # A generator: the order is drawn at the first batch, not when the iterator is made,
         # because Lightning may make it before calling `set_epoch` (in a resumed fit).
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=gen)
-        else:
-            order = torch.arange(self.n)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
         mine = order[self.rank :: self.num_replicas][: self.num_samples]
         minibatches = mine.split(self.batch_size)[: self.num_minibatches]
         if self.bundle == 1:
@@ -135,11 +124,13 @@ def batches(data: TensorPairs, batch_size: int, shuffle: bool, seed: int = 0,
 class TensorDataModule(L.LightningDataModule):
     """Base for the image datamodules: decode once, normalise, split, serve in-memory batches.
 
-    Subclasses set the class attributes and implement `files`, `fetch` and `read_split`.
-    `val_size` is a count, or a fraction of the training files when below 1; `train_size` caps
-    the training split (None: the rest); `split_seed` draws the validation split (None: the
-    run's `seed`, so that seeds vary the split too). Loaders yield minibatches `(x, y)` sliced from
-    tensors on the trainer's device (lists of K of them for `Classifier.steps_per_call`)."""
+    Subclasses set the class attributes and implement `files(train)` (a split's files),
+    `fetch()` (download into `data_dir`) and `read_split(train)` (a split's uint8 images
+    (N, C, H, W) and int64 labels (N,)). `val_size` is a count, or a fraction of the training
+    files when below 1; `train_size` caps the training split (None: the rest); `split_seed` draws
+    the validation split (None: the run's `seed`, so that seeds vary the split too). Loaders
+    yield minibatches `(x, y)` sliced from tensors on the trainer's device (lists of K of them
+    for `Classifier.steps_per_call`)."""
 
     name: str
     folder: str
@@ -163,20 +154,6 @@ class TensorDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    # -- per-dataset pieces -------------------------------------------------------------
-    def files(self, train: bool) -> list[Path]:
-        """The files a split is read from."""
-        raise NotImplementedError
-
-    def fetch(self) -> None:
-        """Downloads the dataset into `data_dir` with torchvision."""
-        raise NotImplementedError
-
-    def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (N, C, H, W) and int64 labels (N,) of a split."""
-        raise NotImplementedError
-
-    # -- shared logic ---------------------------------------------------------------------
     def prepare_data(self) -> None:
         missing = [p for p in self.files(True) + self.files(False) if not p.is_file()]
         if not missing:
@@ -189,25 +166,17 @@ class TensorDataModule(L.LightningDataModule):
                 f". {fix} (paths.data_dir=DIR)." if self.download is None else "; download is "
                 f"disabled (dataset.datamodule.download=false). {fix}, or allow the download with "
                 "dataset.datamodule.download=true."))
-        existed = {p for p in [self.data_dir, *self.data_dir.rglob("*")] if p.is_dir()} \
-            if self.data_dir.is_dir() else set()
+        existed = _folders(self.data_dir)
         try:
             self.fetch()
-        except Exception as err:
-            self._remove_empty_dirs(existed)
+        except Exception as err:  # remove the empty folders it left, deepest first
+            made = _folders(self.data_dir) - existed
+            for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+                if not any(folder.iterdir()):
+                    folder.rmdir()
             raise DataError(f"{self.name}: files not found: {where}, and the download failed "
                             f"({type(err).__name__}: {one_line(err)}). {fix}, or "
                             "retry when online.") from err
-
-    def _remove_empty_dirs(self, keep: set[Path]) -> None:
-        """Removes the empty folders a failed download left, deepest first (not `keep`)."""
-        if not self.data_dir.is_dir():
-            return
-        made = [p for p in [self.data_dir, *self.data_dir.rglob("*")]
-                if p.is_dir() and p not in keep]
-        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
-            if not any(folder.iterdir()):
-                folder.rmdir()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -224,10 +193,9 @@ class TensorDataModule(L.LightningDataModule):
                 setattr(self, attr, data.to(device))
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """Lightning's hook. A minibatch is a slice of tensors `setup` already put on the
-        device: handed on as it is, without the generic walk through the batch (about 35 µs a
-        step on a CPU, 2-3 % of a small MLP's step); anything else is moved as usual. A
-        minibatch comes as `[x, y]`, K of them as a list of such lists."""
+        """Lightning's hook: a minibatch `[x, y]` (or a list of K) already on the device, as
+        `setup` put it, is handed on without Lightning's walk through it (~35 µs a CPU step,
+        2-3 % of a small MLP's); anything else is moved as usual."""
         pairs = batch if batch and isinstance(batch[0], list | tuple) else [batch]
         if all(isinstance(t, torch.Tensor) and t.device == device for p in pairs for t in p):
             return batch
@@ -257,10 +225,9 @@ class TensorDataModule(L.LightningDataModule):
 
     def prepared(self, train: bool) -> tuple[torch.Tensor, ...]:
         """Normalised `(x, y)` of the test files, or `(x, y, x_val, y_val)` split from the
-        training files. The normalised files are kept for the process (the last `KEEP`), keyed
-        by the dataset and each file's `_stamp`; the split is drawn at each call (a seed may draw
-        it), and each call gets its own tensors (a job may change them). A missing file or an
-        error is never kept: reading reports it."""
+        training files. The last `KEEP` files are kept per process, keyed by each file's
+        `_stamp`; each call draws the split anew and gets its own tensors (a job may change
+        them). A missing file or an error is never kept: reading reports it."""
         try:
             key = (type(self).__name__, train, getattr(self, "verify_checksums", None),
                    *map(_stamp, self.files(train)))
@@ -356,44 +323,38 @@ class CIFAR10DataModule(TensorDataModule):
     def __init__(self, *args, verify_checksums: str = "warn", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if verify_checksums not in self.VERIFY_MODES:
-            raise DataError(
-                f"dataset.datamodule.verify_checksums={verify_checksums!r} is not one of "
-                f"{self.VERIFY_MODES}."
-            )
+            raise DataError(f"dataset.datamodule.verify_checksums={verify_checksums!r} is not one "
+                            f"of {self.VERIFY_MODES}.")
         self.verify_checksums = verify_checksums
 
-    def _batch_list(self, train: bool) -> list[list[str]]:
+    def _batch_list(self, train: bool) -> list[list[str]]:  # [name, md5] pairs
         return CIFAR10.train_list if train else CIFAR10.test_list
 
     def files(self, train: bool) -> list[Path]:
         return [self.data_dir / self.folder / name for name, _ in self._batch_list(train)]
 
     def fetch(self) -> None:
-        download_and_extract_archive(
-            CIFAR10.url, str(self.data_dir), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
-        )
-
-    def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        batch_list = self._batch_list(train)
-        unofficial = ([] if self.verify_checksums == "off"
-                      else unofficial_cifar_batches(self.data_dir / self.folder, batch_list))
-        images, labels = read_cifar_batches(self.files(train))
-        if unofficial:
-            self._on_unofficial(unofficial)
-        return images, labels
+        download_and_extract_archive(CIFAR10.url, str(self.data_dir), filename=CIFAR10.filename,
+                                     md5=CIFAR10.tgz_md5)
 
     _warned: set[str] = set()  # folders already warned about, once per process
 
-    def _on_unofficial(self, names: list[str]) -> None:
-        """Batches that do not match the official checksums: refused ("strict") or one
-        warning per folder and process ("warn")."""
+    def read_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batches; those unlike the official md5s (or missing) are refused ("strict") or
+        loaded with one warning per folder and process ("warn")."""
         folder = self.data_dir / self.folder
-        message = (f"{folder}: {', '.join(names)} do(es) not match the official CIFAR-10 "
-                   "checksums: a subset or a modified copy. Results on it are not "
-                   "full-CIFAR-10 results.")
-        if self.verify_checksums == "strict":
-            raise DataError(f"{message} Delete the files and download again, or load them "
-                            "anyway with dataset.datamodule.verify_checksums=warn (or off).")
-        if str(folder) not in self._warned:
-            self._warned.add(str(folder))
-            log.warning(message)
+        unofficial = [] if self.verify_checksums == "off" else [
+            name for name, md5 in self._batch_list(train)
+            if not check_integrity(str(folder / name), md5)]
+        images, labels = read_cifar_batches(self.files(train))
+        if unofficial:
+            message = (f"{folder}: {', '.join(unofficial)} do(es) not match the official "
+                       "CIFAR-10 checksums: a subset or a modified copy. Results on it are not "
+                       "full-CIFAR-10 results.")
+            if self.verify_checksums == "strict":
+                raise DataError(f"{message} Delete the files and download again, or load them "
+                                "anyway with dataset.datamodule.verify_checksums=warn (or off).")
+            if str(folder) not in self._warned:
+                self._warned.add(str(folder))
+                log.warning(message)
+        return images, labels

@@ -1,8 +1,7 @@
 """Readers of torchvision's on-disk files: uint8 images (N, C, H, W) and int64 labels (N,).
 
 MNIST and Fashion-MNIST are IDX files in `<Class>/raw/`; CIFAR-10 is pickled batches in
-`cifar-10-batches-py/`, read with a restricted unpickler and compared with the official md5s.
-"""
+`cifar-10-batches-py/`, read with a restricted unpickler."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.datasets import MNIST
-from torchvision.datasets.utils import check_integrity
 
 from bnstudy.errors import DataError
 
@@ -44,41 +42,31 @@ def read_mnist(root: Path, dataset: type[MNIST], train: bool, name: str
         ds = dataset(root, train=train, download=False)
         images, labels = ds.data, ds.targets
     except Exception as err:
-        raise DataError(
-            f"{name}: could not read {' and '.join(map(str, files))} "
-            f"({type(err).__name__}: {err}). The files are corrupt or truncated: delete them "
-            "and download again, or point paths.data_dir at intact files."
-        ) from err
+        raise DataError(f"{name}: could not read {' and '.join(map(str, files))} "
+                        f"({type(err).__name__}: {err}). The files are corrupt or truncated: "
+                        "delete them and download again, or point paths.data_dir at intact "
+                        "files.") from err
     if len(images) != len(labels):
-        raise DataError(
-            f"{name}: {files[0]} holds {len(images)} images but {files[1]} holds {len(labels)} "
-            "labels."
-        )
+        raise DataError(f"{name}: {files[0]} holds {len(images)} images but {files[1]} holds "
+                        f"{len(labels)} labels.")
     return images.unsqueeze(1).contiguous(), labels.long()
 
 
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches: dicts, lists, strings, numbers and numpy arrays, nothing else."""
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("builtins", "bytearray"),
-        ("_codecs", "encode"),
+    ALLOWED = {  # (numpy 1's module, numpy 2's)
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytearray"), ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: a CIFAR batch holds only arrays, lists and strings"
-        )
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds "
+                                     "only arrays, lists and strings")
 
 
 def load_cifar_batch(path: Path) -> dict:
@@ -97,23 +85,15 @@ def load_cifar_batch(path: Path) -> dict:
         if len(raw) != len(labels):
             raise ValueError(f"it holds {len(raw)} images but {len(labels)} labels")
     except Exception as err:  # any failure here means the file is not a valid batch
-        raise DataError(
-            f"{path} is not a valid CIFAR-10 batch ({type(err).__name__}: {err}): the file is "
-            "corrupt. Delete it and download again (dataset.datamodule.download=true), or point "
-            "paths.data_dir at a folder with intact files."
-        ) from err
+        raise DataError(f"{path} is not a valid CIFAR-10 batch ({type(err).__name__}: {err}): "
+                        "the file is corrupt. Delete it and download again "
+                        "(dataset.datamodule.download=true), or point paths.data_dir at a "
+                        "folder with intact files.") from err
     return {"data": raw.reshape(-1, 3, 32, 32), "labels": labels}
 
 
 def read_cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, 32, 32) and labels of CIFAR batches, concatenated in the order given."""
     batches = [load_cifar_batch(path) for path in paths]
-    images = np.concatenate([batch["data"] for batch in batches])
-    labels = np.concatenate([batch["labels"] for batch in batches])
-    return torch.from_numpy(images), torch.from_numpy(labels)
-
-
-def unofficial_cifar_batches(folder: Path, batch_list: list[list[str]]) -> list[str]:
-    """The names of the batches of `batch_list` (`[name, md5]` pairs, as torchvision's) whose
-    file in `folder` is missing or does not match the official md5."""
-    return [name for name, md5 in batch_list if not check_integrity(str(folder / name), md5)]
+    return (torch.from_numpy(np.concatenate([b["data"] for b in batches])),
+            torch.from_numpy(np.concatenate([b["labels"] for b in batches])))

@@ -70,13 +70,6 @@ def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
     return given, data_dir
 
 
-def run_recipe(run: rebuild.SavedRun, defaults: dict[str, dict]) -> dict[str, dict]:
-    """The picture settings the run trained with (its config over the defaults)."""
-    stored = {name: OmegaConf.select(run.cfg, f"callbacks.{name}") or {} for name in defaults}
-    return {name: {k: stored[name].get(k, v) for k, v in base.items()}
-            for name, base in defaults.items()}
-
-
 def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:
     """A folder name for a recipe: its `key=value`s that differ from the defaults, or `default`."""
     parts = [f"{k}={'null' if v is None else v}" for name, base in defaults.items()
@@ -95,7 +88,9 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
 
     from bnstudy.pictures import drawing
 
-    trained = run_recipe(run, defaults)
+    stored = {name: OmegaConf.select(run.cfg, f"callbacks.{name}") for name in defaults}
+    trained = {name: {k: (stored[name] or {}).get(k, v) for k, v in base.items()}
+               for name, base in defaults.items()}  # the settings the run trained with
     recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
     images = run.path / "images"
     redrawn = (images / RECIPE_FILE).is_file()  # by this command before
@@ -110,8 +105,7 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
         return f"{run.name}: its parameters are not finite: no pictures"
     initial = next((state["initial"] for key, state in checkpoint.get("callbacks", {}).items()
                     if key.startswith("WeightGrid") and state.get("initial") is not None), None)
-    untrained = [] if redrawn else [name for name in PICTURE_CALLBACKS  # trained without them
-                                    if OmegaConf.select(run.cfg, f"callbacks.{name}") is None]
+    untrained = [] if redrawn else [name for name, node in stored.items() if node is None]
     earlier = f"without_{'+'.join(untrained)}" if untrained else recipe_name(drawn, defaults)
     step = max(checkpoint.get("global_step", 0), drawn["step"] or 0) + 1
 

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     quiet_console()
-    data, problems, done = rebuild.DataCache(data_dir), [], 0
+    data, problems = rebuild.DataCache(data_dir), []
     for run_path, checkpoint in pairs:
         try:
             with rebuild.writing(run_path, "eval", "evaluated"):
@@ -149,12 +149,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"eval-{checkpoint.name}.json"
                 write_json_atomic(run.path / name, result)
             print(result_line(run, result, run.path / name))
-            done += 1
         except (rebuild.RunError, DataError, RunFileError) as err:
             problems.append(run_path.name)
-            print(f"{err}", file=sys.stderr)
+            print(err, file=sys.stderr)
     if len(pairs) > 1 or problems:
-        print(f"Evaluated {done} of {len(pairs)} run(s)"
+        print(f"Evaluated {len(pairs) - len(problems)} of {len(pairs)} run(s)"
               + (f"; not evaluated: {', '.join(problems)}" if problems else "") + ".")
     return 1 if problems else 0
 

@@ -18,14 +18,18 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 log = logging.getLogger(__name__)
 
 
+def _overrides(obj, base: type, hooks: Iterable[str]) -> bool:
+    """Whether the class of `obj` overrides any of `base`'s `hooks`."""
+    return any(getattr(type(obj), hook) is not getattr(base, hook) for hook in hooks)
+
+
 def per_batch(callback: Callback) -> bool:
     """Whether a callback looks at each training minibatch (its `on_train_batch_start` or
     `on_before_zero_grad`), or acts every N Lightning batches (a checkpoint every N steps)."""
-    hooks = ("on_train_batch_start", "on_before_zero_grad")
-    return any(getattr(type(callback), hook) is not getattr(Callback, hook) for hook in hooks) \
+    return _overrides(callback, Callback, ("on_train_batch_start", "on_before_zero_grad")) \
         or bool(getattr(callback, "_every_n_train_steps", 0)) \
         or getattr(callback, "_train_time_interval", None) is not None \
-        or type(callback).__name__ == "Timer"
+        or type(callback).__name__ == "Timer"  # (max_time: it looks at each)
 
 
 class Classifier(L.LightningModule):
@@ -35,27 +39,17 @@ class Classifier(L.LightningModule):
     config saved in the checkpoint, so `Classifier.load_from_checkpoint(path)` needs nothing else.
 
     Logs per epoch `train/loss`, `train/acc`, `val/loss`, `val/acc`, `test/loss`, `test/acc`
-    and, at every `trainer.log_every_n_steps`-th step, `train/loss_step` (that step's loss);
-    after a test, `test_correct` holds whether each test image was classified correctly.
-    The x-axis of every value is the optimizer step (`trainer.global_step`).
+    and, every `trainer.log_every_n_steps` steps, `train/loss_step`, all against the optimizer
+    step; after a test, `test_correct` holds whether each test image was classified correctly.
 
-    `steps_per_call` (K, Keras' `steps_per_execution`): minibatches trained per
-    `training_step`, under manual optimization, so Lightning's per-batch hooks are paid once
-    per K optimizer steps; the same batches, order and updates as K = 1, bit for bit. Where
-    the Trainer asks for what K > 1 cannot honour (`NEEDS_ONE`), the fit takes K = 1 and says
-    so in the log. Other speed seams, for a small network's CPU step (about 1.5 ms):
-    - training loss and accuracy are summed on the device (`train_loss_sum`, `train_correct`;
-      samples in `train_count`) and logged at the epoch's last step: a `self.log` or
-      torchmetrics update every step costs 0.3-0.7 ms;
-    - with K > 1 the backward and the optimizer step are torch's own where Lightning's would
-      add only hooks nobody overrides (`_direct`: one device, full precision): ~0.1 ms a step;
-    - `__setattr__` writes Lightning's `_current_fx_name` (set ~44 times a step) as a plain
-      attribute: 0.4 µs instead of nn.Module's 3.3 µs.
-    """
+    `steps_per_call` (K, Keras' `steps_per_execution`): minibatches trained per `training_step`
+    under manual optimization, so Lightning's per-batch hooks are paid once per K optimizer
+    steps; the same updates as K = 1, bit for bit. Where the Trainer asks for what K > 1 cannot
+    honour (`NEEDS_ONE`), the fit takes K = 1 and says so in the log. Other speed seams, for a
+    small network's CPU step (about 1.5 ms), are noted where they are."""
 
-    # What makes a Lightning batch stay one minibatch: (what, ok(trainer)), the first said (the
-    # two flags first that set the limits); most count Lightning batches, the last one looks
-    # at each (Lightning's Timer: max_time too)
+    # What keeps a Lightning batch one minibatch: (what, ok(trainer)), the first said (the two
+    # that set the limits first); most count Lightning batches, the last looks at each
     NEEDS_ONE = (
         ("trainer.fast_dev_run", lambda t: not t.fast_dev_run),
         ("trainer.overfit_batches", lambda t: t.overfit_batches == 0),
@@ -84,7 +78,8 @@ class Classifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.steps_per_call = steps_per_call
         self._plan: tuple | None = None  # (trainer id, K, clipping, direct) of a fit
-        # this epoch's training steps: sum of losses × samples, correct predictions, samples
+        # this epoch's training sums (losses × samples, hits, samples), kept on the device and
+        # logged at its last step: a `self.log` or metric update every step costs 0.3-0.7 ms
         self.register_buffer("train_loss_sum", torch.zeros(()), persistent=False)
         self.register_buffer("train_correct", torch.zeros((), dtype=torch.long), persistent=False)
         self.train_count = 0
@@ -95,12 +90,12 @@ class Classifier(L.LightningModule):
         self.test_correct: torch.Tensor | None = None  # the last test's, in the test set's order
 
     def __setattr__(self, name: str, value) -> None:
-        if name == "_current_fx_name":  # a hook's name (str or None): never a tensor or module
+        # Lightning sets a hook's name (str or None) ~44 times a step: 0.4 µs, not nn.Module's 3.3
+        if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
 
-    # -- how many minibatches a training_step takes ------------------------------------------
     @property
     def minibatches_per_step(self) -> int:
         """K in effect for the attached trainer (1 without one), chosen when its fit starts
@@ -138,18 +133,16 @@ class Classifier(L.LightningModule):
 
     def _direct(self, trainer: L.Trainer) -> bool:
         """Whether Lightning's backward and optimizer step come to torch's alone (one device,
-        full precision, none of their hooks overridden by a callback or this module): the
-        K-loop then calls torch's itself, ~0.1 ms a minibatch less."""
+        full precision, none of their hooks overridden): the K-loop then calls torch's itself,
+        ~0.1 ms a minibatch less."""
         from lightning.pytorch.plugins.precision import Precision
         from lightning.pytorch.strategies import SingleDeviceStrategy
 
         hooks = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-        overridden = [getattr(type(c), h) is not getattr(Callback, h)
-                      for c in trainer.callbacks for h in hooks]
-        overridden += [getattr(type(self), h) is not getattr(L.LightningModule, h)
-                       for h in (*hooks, "backward")]
+        hooked = any(_overrides(c, Callback, hooks) for c in trainer.callbacks) or \
+            _overrides(self, L.LightningModule, (*hooks, "backward"))
         return type(trainer.strategy) is SingleDeviceStrategy and \
-            type(trainer.precision_plugin) is Precision and not any(overridden)
+            type(trainer.precision_plugin) is Precision and not hooked
 
     def teardown(self, stage: str) -> None:
         if stage == "fit" and self._plan is not None and self._plan[2] is not None:
@@ -168,7 +161,6 @@ class Classifier(L.LightningModule):
             manual.update(copy.deepcopy(taken))
             auto["optimizer"]["step"] = copy.deepcopy(taken)
 
-    # -- training ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -232,7 +224,6 @@ class Classifier(L.LightningModule):
         self.train_correct.zero_()
         self.train_count = 0
 
-    # -- validation and test ----------------------------------------------------------------
     def _eval_step(self, batch, loss: MeanMetric, acc: MulticlassAccuracy,
                    split: str) -> torch.Tensor:
         """Updates and logs the split's metrics; each image's hit (classified correctly)."""
@@ -252,10 +243,9 @@ class Classifier(L.LightningModule):
         self.test_hits.append(self._eval_step(batch, self.test_loss, self.test_acc, "test"))
 
     def on_test_epoch_end(self) -> None:
-        """`test_correct`: a bool per image tested, in the test set's order (CPU tensor, on every
-        process). Under DDP the processes' shares are gathered: rank r tested images r, r + W,
-        r + 2W, ... (the datamodule's unshuffled sharding), so image i is share i % W's
-        (i // W)-th."""
+        """`test_correct`: a bool per image tested, in the test set's order (CPU, on every
+        process). Under DDP rank r tested images r, r + W, ... (the datamodule's unshuffled
+        sharding), so image i is share i % W's (i // W)-th."""
         hits = torch.cat(self.test_hits).long() if self.test_hits else \
             torch.zeros(0, dtype=torch.long, device=self.device)
         if (world := self.trainer.world_size) > 1:
@@ -268,7 +258,6 @@ class Classifier(L.LightningModule):
         self.trainer.callback_metrics["test/correct"] = self.test_correct
         self.test_hits = []
 
-    # -- optimizer --------------------------------------------------------------------------
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
             raise ValueError("Classifier needs an optimizer factory (the `optim` config group).")

@@ -1,8 +1,7 @@
-"""The command line's overrides: the config they compose (`compose`, what
-`python -m bnstudy.train <overrides>` runs), and the mistakes found before Hydra composes them
-(a key no config has, a group option no file is, a value its type refuses, a setting some options
-of a swept group lack, a parallel launcher of no jobs, a sweeper against the experiment's, a
-launcher without -m), each one paragraph. Free of Lightning, as `config`."""
+"""The command line's overrides: the config they compose (`compose`), and the mistakes found
+before Hydra composes them (an unknown key or option, a value of the wrong type, a setting some
+options of a swept group lack, a parallel launcher of no jobs, a sweeper against the
+experiment's, a launcher without -m), each one paragraph. Free of Lightning, as `config`."""
 
 from __future__ import annotations
 
@@ -31,9 +30,9 @@ from bnstudy.errors import ConfigError, first_line
 
 
 def compose(overrides=()) -> DictConfig:
-    """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so
-    `${hydra:...}`, the run's name, resolves): what `bnstudy.run.train(cfg)` takes from Python.
-    A mistake is a `ConfigError` worded as the command line words it."""
+    """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so the
+    run's name resolves), for `bnstudy.run.train(cfg)`; a mistake is a `ConfigError` as the
+    command line words it."""
     try:
         cfg = compose_cached(overrides, return_hydra_config=True)
     except HydraException as err:
@@ -61,15 +60,15 @@ def unknown_override(args: list[str]) -> str | None:
         if arg.startswith(("-", "+", "~")) or "=" not in arg or key in known or not (
                 ours or key.startswith(("hydra.sweeper.", "hydra.launcher."))):
             continue
-        if ours and "." in key:  # `trainer.max_epoch`?
-            names = names or _setting_names(chosen)
-        elif not ours and not (hydra_names := hydra_names or _hydra_names(  # the chosen sweeper
-                [a for a in args if a.startswith(("experiment=", "hydra/"))])):  # and launcher's
-            return None  # an option that does not exist: Hydra says so
-        candidates = names if ours else hydra_names
-        if candidates and _has(candidates, key):
+        if ours:
+            pool = names = names or _setting_names(chosen)
+        else:  # the chosen sweeper's and launcher's
+            pool = hydra_names = hydra_names or _hydra_names(
+                [a for a in args if a.startswith(("experiment=", "hydra/"))])
+            if not pool:
+                return None  # an option that does not exist: Hydra says so
+        if _has(pool, key):
             continue
-        pool = candidates or _setting_names(chosen)
         if ours and "." not in key:  # a misspelt group (`nrom=bn`) too
             pool = [*pool, *sorted(groups - {"hydra"})]
         scored = {name: _likeness(key, name) for name in pool
@@ -126,10 +125,9 @@ def _setting_names(choices: list[str] = ()) -> list[str]:
 
 
 def unknown_option(args: list[str]) -> str | None:
-    """One paragraph for a group option no file is (`norm=batch`, `-m norm=bn,nnoe`,
-    `logger=[csv,mlfow]`), with the closest and the group's options (Hydra's adds its search
-    path, and lists none for a list), or a list of options that replace each other
-    (`norm=[bn,none]`, which Hydra runs as none); None if there is none."""
+    """One paragraph for a group option no file is (`norm=batch`, `-m norm=bn,nnoe`), with the
+    closest and the group's options (Hydra's adds its search path), or a list of options that
+    replace each other (`norm=[bn,none]`, which Hydra runs as none); None if there is none."""
     for at, arg in enumerate(args):
         group, equals, value = arg.partition("=")
         if equals and group.isidentifier() and group != "hydra" and "(" not in value and (
@@ -161,8 +159,7 @@ def unknown_option(args: list[str]) -> str | None:
 
 def _replaced(group: str, options: list[str]) -> tuple | None:
     """Two of a group's options that set one key to different values, as ((option, value),
-    (option, value), key): a list of them keeps the last one's (`norm=[bn,none]` is none);
-    None where they add to each other (`logger=[csv,mlflow]`)."""
+    (option, value), key); None where they add to each other (`logger=[csv,mlflow]`)."""
     seen = {}  # key: (option, value)
     for option in options:
         path = CONFIG_DIR / group / f"{option}.yaml"
@@ -190,8 +187,13 @@ def lacking_option(args: list[str]) -> str | None:
         if arg.startswith(("-", "+", "~")) or "=" not in arg or "." not in key or \
                 group not in swept:
             continue
-        configs = {o: _defaults_or_none(group, o) for o in swept[group]}
-        has = {o: _has(flat(cfg), key) for o, cfg in configs.items() if cfg is not None}
+        has = {}  # option: whether it has the key
+        for option in swept[group]:
+            try:
+                cfg = group_defaults({group: option})
+            except (HydraException, ValueError):  # no such option: `unknown_option` says so
+                continue
+            has[option] = _has(flat(cfg), key)
         if (lack := [o for o, yes in has.items() if not yes]) and len(lack) < len(has):
             take = ",".join(o for o, yes in has.items() if yes)
             return (f"{arg}: {group}={lack[0]} has no such setting ({group}={take} has), so "
@@ -199,13 +201,6 @@ def lacking_option(args: list[str]) -> str | None:
                     f"{group}={take} {arg}, and the others without it: -m "
                     f"{group}={','.join(lack)}.")
     return None
-
-
-def _defaults_or_none(group: str, option: str) -> DictConfig | None:
-    try:
-        return group_defaults({group: option})
-    except (HydraException, ValueError):  # no such option: `unknown_option` says so
-        return None
 
 
 def _has(names, key: str) -> bool:
@@ -270,8 +265,7 @@ def typed_settings() -> dict[str, tuple[str, bool]]:
 
 def wrong_type(args: list[str]) -> str | None:
     """One paragraph for a value its setting's type refuses (`seed=0..3`, `dataset.lr=fast`,
-    `resume=maybe`, each of a sweep's), with what to type (Hydra's names the schema's class
-    and leaves that out); None if every value converts, as Hydra would convert it."""
+    each of a sweep's), with what to type; None if every value converts as Hydra converts it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     typed, parser = typed_settings(), OverridesParser.create()
@@ -309,7 +303,7 @@ def _typed_example(key: str, kind: str) -> str:
 
 
 def first_mistake(args: list[str]) -> str | None:
-    """The first mistake of those above that a command line's overrides hold, as its
-    paragraph (the entry point adds `sweeper_clash`); None if there is none."""
+    """The paragraph of the first mistake above in a command line's overrides; None if none
+    (the entry point adds `sweeper_clash`)."""
     return unknown_override(args) or unknown_option(args) or wrong_type(args) \
         or lacking_option(args) or no_parallel_jobs(args)

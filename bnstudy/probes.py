@@ -101,13 +101,6 @@ class ActivationPercentiles(Probe):
                 "percentiles": self.percentiles, "steps": self.steps, "values": self.values}
 
 
-def layer_grad_norms(model: nn.Module) -> dict[str, float]:
-    """The ℓ2 norm of each module's own parameters' gradients, by module name (those with one)."""
-    grads = {name: [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
-             for name, module in model.named_modules()}
-    return {name: float(get_total_norm(found)) for name, found in grads.items() if found}
-
-
 def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[str, list[float]]:
     """Along the current gradient g on `batch = (x, y)`, per η: `loss` = L(θ − η g),
     `grad_change` = ||∇L(θ − η g) − ∇L(θ)||, `distance` = ||η g||; by `functional_call` on
@@ -125,21 +118,19 @@ def gradient_landscape(model: nn.Module, batch, etas: Sequence[float]) -> dict[s
         return float(loss.detach()), torch.autograd.grad(loss, [moved[name] for name in grads])
 
     grad_norm = float(get_total_norm(list(grads.values())))
-    out: dict[str, list[float]] = {"loss": [], "grad_change": [], "distance": []}
+    losses, changes = [], []
     with torch.enable_grad():
         base = loss_and_grads(0.0)[1]
         for eta in etas:
             loss, moved = loss_and_grads(eta)
-            out["loss"].append(loss)
-            out["grad_change"].append(float(get_total_norm(
-                [new - old for new, old in zip(moved, base, strict=True)])))
-            out["distance"].append(eta * grad_norm)
-    return out
+            losses.append(loss)
+            changes.append(float(get_total_norm([m - b for m, b in zip(moved, base, strict=True)])))
+    return {"loss": losses, "grad_change": changes, "distance": [eta * grad_norm for eta in etas]}
 
 
 class GradientBehaviour(Probe):
-    """Before each update, on the step's batch: every `every_n_steps`-th step
-    `layer_grad_norms` (TensorBoard `gradients/norm/<module>`); every
+    """Before each update, on the step's batch: every `every_n_steps`-th step the ℓ2 norm of
+    each module's own parameters' gradients (TensorBoard `gradients/norm/<module>`); every
     `landscape_every_n_steps`-th a `gradient_landscape` over `etas` and its summary
     `landscape/loss_range` (max − min of the losses), `grad_change_max` and `beta_smoothness`
     (max of grad_change / ||η g||)."""
@@ -166,7 +157,9 @@ class GradientBehaviour(Probe):
                                  optimizer: torch.optim.Optimizer) -> None:
         step = trainer.global_step
         if step % self.every_n_steps == 0:
-            norms = layer_grad_norms(pl_module)
+            grads = {name: [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+                     for name, module in pl_module.named_modules()}
+            norms = {name: float(get_total_norm(found)) for name, found in grads.items() if found}
             self.steps.append(step)
             for name, value in norms.items():
                 self.norms.setdefault(name, []).append(value)
@@ -174,12 +167,10 @@ class GradientBehaviour(Probe):
         if step % self.landscape_every_n_steps == 0:
             point = gradient_landscape(pl_module, self._batch, self.etas)
             changes, distances = point["grad_change"], point["distance"]
-            summary = {
-                "loss_range": max(point["loss"]) - min(point["loss"]),
-                "grad_change_max": max(changes),
-                "beta_smoothness": (max(c / d for c, d in zip(changes, distances, strict=True))
-                                    if min(distances) > 0 else float("nan")),  # g = 0: undefined
-            }
+            beta = (max(c / d for c, d in zip(changes, distances, strict=True))
+                    if min(distances) > 0 else float("nan"))  # g = 0: undefined
+            summary = {"loss_range": max(point["loss"]) - min(point["loss"]),
+                       "grad_change_max": max(changes), "beta_smoothness": beta}
             for key, value in {"steps": step, "loss": point["loss"], "grad_change": changes,
                                **summary}.items():
                 self.landscape[key].append(value)

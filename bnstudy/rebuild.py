@@ -19,11 +19,9 @@ from bnstudy.jobdir import JobDirBusyError, JobDirLock, describe_holder, holder
 from bnstudy.records import RECORD_NAME, RunRecord, folder_of_sweeps, is_job_dir, job_dirs
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
-
-
-# what a config that no longer builds raises: e.g. a class renamed since the run, or a setting
-# it no longer takes
-NOT_BUILT = (OmegaConfBaseException, HydraException)  # (a missing class: Hydra's, too)
+# what a config that no longer builds raises: e.g. a class renamed since the run (Hydra's), or
+# a setting it no longer takes
+NOT_BUILT = (OmegaConfBaseException, HydraException)
 
 
 class RunError(Exception):
@@ -54,7 +52,6 @@ def writing(run_path: Path, command: str, done: str):
 def parse_setting(item: str, how: str) -> tuple[str, object]:
     """A KEY=VALUE setting parsed as a Hydra override; `how` ends the refusal."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
 
     try:
         override = OverridesParser.create().parse_override(item)

@@ -74,8 +74,7 @@ def is_job_dir(path: Path) -> bool:
 
 def job_dirs(folder: str | os.PathLike) -> list[Path]:
     """The run directories (`is_job_dir`) in a sweep's `folder`, in job order."""
-    return sorted((d for d in Path(folder).iterdir() if d.is_dir() and is_job_dir(d)),
-                  key=job_order)
+    return sorted(filter(is_job_dir, Path(folder).iterdir()), key=job_order)
 
 
 def folder_of_sweeps(folder: str | os.PathLike) -> str | None:

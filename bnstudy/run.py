@@ -77,21 +77,18 @@ def train(cfg: DictConfig) -> RunRecord:
             "directory, so nothing was run. Name one, e.g. compose([\"norm=none\", "
             "\"paths.output_dir=outputs/runs/mine\"]).")
     out = Path(cfg.paths.output_dir)
-    lock = JobDirLock(out) if is_primary() else None
-    try:
-        if lock is not None:
-            lock.acquire(cfg.run_name)
-        return _train(cfg, out)
-    except RunExistsError:  # the directory's run stays as it was
-        raise
-    except Exception as err:
-        raise _ended(cfg, out, err) from err
-    except BaseException:  # Ctrl-C, a kill, a time limit: the run can be resumed
-        _record_quietly(out, status="interrupted")
-        raise
-    finally:
-        if lock is not None:
-            lock.release()
+    with JobDirLock(out) as lock:  # released after the handlers below recorded the end
+        try:
+            if is_primary():
+                lock.acquire(cfg.run_name)
+            return _train(cfg, out)
+        except RunExistsError:  # the directory's run stays as it was
+            raise
+        except Exception as err:
+            raise _ended(cfg, out, err) from err
+        except BaseException:  # Ctrl-C, a kill, a time limit: the run can be resumed
+            _record_quietly(out, status="interrupted")
+            raise
 
 
 def _train(cfg: DictConfig, out: Path) -> RunRecord:
@@ -181,8 +178,7 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
     record, stored = RunRecord.read(out / RECORD_NAME), out / ".hydra" / "config.yaml"
     requeue = record is not None and is_requeue(record.job, launcher_job())
     if cfg.resume or requeue:
-        changed = changed_settings(OmegaConf.load(stored), cfg) if stored.is_file() else []
-        if changed:
+        if stored.is_file() and (changed := changed_settings(OmegaConf.load(stored), cfg)):
             raise RunExistsError(
                 f"resume=true, but {out} was run with other settings: {'; '.join(changed)}. "
                 "Resume with the original command (plus resume=true), or start a new run in "
@@ -321,9 +317,7 @@ def torch_threads(setting: int | str | None) -> int | None:
         return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 0 else 1
     if cpus := launcher.get("cpus_per_task"):
         return cpus
-    if launcher.get("_target_", "").endswith("LocalLauncher"):
-        return 1
-    return None
+    return 1 if launcher.get("_target_", "").endswith("LocalLauncher") else None
 
 
 def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningModule:

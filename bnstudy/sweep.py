@@ -52,13 +52,14 @@ class OutputFolder(Callback):
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # the run's name resolves Hydra's overrides
-        _make_output_folder(Path(config.hydra.run.dir), "the run's folder", "hydra.run.dir")
+        _make_output_folder(config, "run")
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        _make_output_folder(Path(config.hydra.sweep.dir), "the sweep's folder", "hydra.sweep.dir")
+        _make_output_folder(config, "sweep")
 
 
-def _make_output_folder(folder: Path, what: str, key: str) -> None:
+def _make_output_folder(config: DictConfig, kind: str) -> None:
+    folder, key = Path(config.hydra[kind].dir), f"hydra.{kind}.dir"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -66,10 +67,10 @@ def _make_output_folder(folder: Path, what: str, key: str) -> None:
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
         remedy = REMEDIES.get(err.errno, f"point {key} at a folder you can write to")
-        sys.exit(f"Could not write {what}, {folder}: {reason}. Nothing was run. To go on, "
-                 f"{remedy.replace('hydra.run.dir / hydra.sweep.dir', key)} (e.g. "
-                 f"{key}=$HOME/bnstudy/{'run' if key == 'hydra.run.dir' else 'sweep'}1), or "
-                 "launch from a folder you can write to (outputs/ is made where you launch).")
+        sys.exit(f"Could not write the {kind}'s folder, {folder}: {reason}. Nothing was run. To "
+                 f"go on, {remedy.replace('hydra.run.dir / hydra.sweep.dir', key)} (e.g. "
+                 f"{key}=$HOME/bnstudy/{kind}1), or launch from a folder you can write to "
+                 "(outputs/ is made where you launch).")
 
 
 def announce(config: DictConfig) -> None:
@@ -167,8 +168,7 @@ class SweepSummary(Callback):
             f"({', '.join(held)}); overwrite=true trains them again." if held else ""
         resume = f"resume=true {dir_override('hydra.sweep.dir', sweep_dir)}"
         busy = sorted((n for n in unfinished if is_locked(sweep_dir / n)), key=job_order)
-        for name in busy:  # still trained by another launch: not this one's to fix
-            del unfinished[name]
+        unfinished = {n: why for n, why in unfinished.items() if n not in busy}  # theirs to fix
         running = f"{len(busy)} job(s) are being trained by another launch of this sweep " \
             f"({', '.join(busy)}): its summary lists them when it ends; should it stop, {resume} " \
             "runs them here." if busy else ""

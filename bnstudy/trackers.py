@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,15 +27,15 @@ NAME_KEYS = {"MLFlowLogger": "run_name", "WandbLogger": "name"}  # a run's name 
 RUN_KEYS = {"MLFlowLogger": "run_id", "CSVLogger": "version", "WandbLogger": "id"}  # its run
 
 
-def _kind(node: DictConfig) -> str:
-    """The logger class's name, e.g. `MLFlowLogger`."""
-    return str(node.get("_target_", "")).rsplit(".", 1)[-1]
+def _nodes(logger_cfg: DictConfig | None) -> Iterator[tuple[str, DictConfig, str]]:
+    """The `logger` group's loggers (its nulls left out): name, node, class name (`CSVLogger`)."""
+    return ((name, node, str(node.get("_target_", "")).rsplit(".", 1)[-1])
+            for name, node in (logger_cfg or {}).items() if node is not None)
 
 
 def uses_tensorboard(logger_cfg: DictConfig | None) -> bool:
     """Whether the `logger` group holds a TensorBoard logger."""
-    return any(_kind(node) == "TensorBoardLogger" for node in (logger_cfg or {}).values()
-               if node is not None)
+    return any(kind == "TensorBoardLogger" for _, _, kind in _nodes(logger_cfg))
 
 
 def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None = None,
@@ -43,10 +44,7 @@ def make_loggers(logger_cfg: DictConfig | None, run: str, resumed: dict | None =
     `resumed`: the tracker runs (`tracker_runs`) a resumed run goes on in after its checkpoint's
     global `step`; what was logged after that step goes (TensorBoard's purge, the CSV rows)."""
     loggers, resumed = [], resumed or {}
-    for name, node in (logger_cfg or {}).items():
-        if node is None:
-            continue
-        kind = _kind(node)
+    for name, node, kind in _nodes(logger_cfg):
         if kind in NEEDS and importlib.util.find_spec(package := NEEDS[kind]) is None:
             raise ConfigError(
                 f"logger={name} needs the {package} package, which is not installed. Install "

@@ -1,17 +1,14 @@
 """`experiment=tuned`: each norm at its own best settings, found with the same search budget.
 
-For each dataset × optimizer × norm cell, Hydra's Optuna sweeper (`OptunaSweeperImpl`) searches
-`search.<optim>` independently: its own sampler (i.i.d. random search by default) with a seed of
-its own (`cell_seed`: the base seed and the cell's name), for the same number of trials,
-maximising the final validation accuracy (`bnstudy.trials.objective`); each trial's settings,
-score and compute seconds go to `tuning.json`. The `rerun_top` best settings of each cell are
-then trained with each seed of the sweep, the one with the best mean validation accuracy over
-the seeds is chosen (`choose`), and only its re-runs (`final_jobs`) are reported (on the test
-split). The cells are searched at once (`bnstudy.trials.Cells`), each with its own sampler, so
-that `n_jobs` trials of every cell are in flight together on a cluster. Trials go to
-`SWEEP/search/<cell>/` (a sweep of its own), the re-runs to `SWEEP/`, and `SWEEP/tuning.json`
-records the search. `resume=true` repeats it: the finished trials are read again, and the
-seeded sampler proposes the same settings.
+Each dataset × optimizer × norm cell gets its own Optuna search (`OptunaSweeperImpl`) of
+`search.<optim>`: the same number of trials, its own sampler (i.i.d. random search by default)
+seeded by `cell_seed`, maximising the final validation accuracy (`bnstudy.trials.objective`).
+The cells search at once (`bnstudy.trials.Cells`: `n_jobs` trials of each in flight on a
+cluster), in `SWEEP/search/<cell>/`. Each cell's `rerun_top` best settings are re-run in `SWEEP/`
+with every seed; the best mean validation accuracy over the seeds (`choose`) is kept, and only
+its re-runs (`final_jobs`) are reported. `SWEEP/tuning.json` records each trial's settings,
+score and seconds; `resume=true` repeats it all (finished trials read again, the seeded sampler
+proposing the same settings).
 """
 
 from __future__ import annotations
@@ -61,10 +58,9 @@ def cell_seed(base: int, cell: str) -> int:
 
 
 def choose(candidates: list[dict]) -> dict | None:
-    """The candidate (a dict with `val_acc`: its re-runs' scores, None for a failed one) with
-    the best mean validation accuracy over its seeds (a diverged re-run counts 0, a failed one
-    is left out); the earlier (better in the search) on a tie; the first if none has a score
-    (its failed re-runs are then reported), None if there is no candidate."""
+    """The candidate (`val_acc`: its re-runs' scores; a diverged one counts 0, a failed one is
+    None, left out) with the best mean over its seeds; the earlier (better in the search) on a
+    tie, the first if none has a score (its failed re-runs are reported), None if none."""
     def mean(candidate: dict) -> float:
         scores = [v for v in candidate["val_acc"] if v is not None]
         return sum(scores) / len(scores) if scores else -math.inf
@@ -78,21 +74,6 @@ def _values(override: str) -> list:
     if parsed.is_sweep_override():
         return [str(v) for v in parsed.sweep_string_iterator()]
     return [parsed.get_value_element_as_str()]
-
-
-def _lock_study(lock: JobDirLock) -> None:
-    """One process per tuned study (its searches live in it): a second launch into its folder,
-    while it runs, is refused."""
-    try:
-        lock.acquire("the tuned study")
-    except JobDirBusyError:
-        study = lock.path.parent
-        raise ConfigError(
-            f"{study} is being tuned: {describe_holder(holder(study, STUDY_LOCK))} runs it. "
-            "A tuned study's searches live in one process, so nothing was run. Wait until it "
-            "ends (or stop it), then run the same command with resume=true "
-            f"{dir_override('hydra.sweep.dir', study)} to go on; to tune beside it, choose "
-            "another hydra.sweep.dir.") from None
 
 
 def check_folder(config: DictConfig, sweep_dir: Path) -> None:
@@ -181,20 +162,24 @@ class TunedSweeper(Sweeper):
             pair = f"{norms[0]},none" if norms[0] != "none" else "bn,none"
             log.warning("Only norm=%s: each cell is tuned and re-run, but the report's answer "
                         "compares two norms at their best, e.g. norm=%s.", norms[0], pair)
-        names = list(cells)
-        return [dict(zip(names, values, strict=True))
-                for values in itertools.product(*(cells[n] for n in names))], rest
+        return [dict(zip(cells, values, strict=True))
+                for values in itertools.product(*cells.values())], rest
 
     def sweep(self, arguments: list[str]) -> None:
         """The searches, then the re-runs; a user's mistake ends in its paragraph, exit 1."""
         with read_write(self.config):  # its `${now:...}` resolved once: once trials ran here,
             self.config.hydra.sweep.dir = str(self.config.hydra.sweep.dir)  # it may re-resolve
-        lock = JobDirLock(self.config.hydra.sweep.dir, STUDY_LOCK)
+        study = Path(self.config.hydra.sweep.dir)
+        lock = JobDirLock(study, STUDY_LOCK)
         made = not lock.path.exists()
-        try:
-            _lock_study(lock)
-        except ConfigError as err:  # another process's study: nothing of it touched
-            sys.exit(str(err))
+        try:  # one process per tuned study (its searches live in it)
+            lock.acquire("the tuned study")
+        except JobDirBusyError:  # another process's study: nothing of it touched
+            sys.exit(f"{study} is being tuned: {describe_holder(holder(study, STUDY_LOCK))} runs "
+                     "it. A tuned study's searches live in one process, so nothing was run. Wait "
+                     "until it ends (or stop it), then run the same command with resume=true "
+                     f"{dir_override('hydra.sweep.dir', study)} to go on; to tune beside it, "
+                     "choose another hydra.sweep.dir.")
         try:
             unsearched = self._sweep(arguments)
         except BaseException as err:
@@ -204,7 +189,6 @@ class TunedSweeper(Sweeper):
             if isinstance(err, Exception) or isinstance(getattr(err, "code", None), str):
                 if made:
                     lock.path.unlink(missing_ok=True)
-                study = Path(self.config.hydra.sweep.dir)
                 with contextlib.suppress(OSError):  # emptied by its cells' refusals, at once
                     (study / SEARCH_DIR).rmdir()
                 removed = discard_empty_sweep(study)
@@ -288,15 +272,13 @@ class TunedSweeper(Sweeper):
         space = dict(self.search.get(cell["optim"]) or {})
         # the search's own sweep: its plan, its jobs, its optimization_results.yaml
         cell_config = self._save_plan(search_dir, space)
-        fixed = [f"{k}={v}" for k, v in cell.items()] + rest + \
-            [f"hydra.sweep.dir={search_dir}"]
+        fixed = [*(f"{k}={v}" for k, v in cell.items()), *rest, f"hydra.sweep.dir={search_dir}"]
         storage = optuna.storages.InMemoryStorage()
         sampler, seed = self.cell_sampler(name)
-        impl = OptunaSweeperImpl(
-            sampler=sampler, direction="maximize", storage=storage,
-            study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
-            max_failure_rate=1.0, search_space=None, custom_search_space=None,
-            params=OmegaConf.create(space))
+        impl = OptunaSweeperImpl(sampler=sampler, direction="maximize", storage=storage,
+                                 study_name=name, n_trials=self.n_trials, n_jobs=self.n_jobs,
+                                 max_failure_rate=1.0, search_space=None,
+                                 custom_search_space=None, params=OmegaConf.create(space))
         impl.setup(hydra_context=self.hydra_context, task_function=self.task_function,
                    config=cell_config)
         impl.launcher = trials = ScoringLauncher(together.launcher(impl.launcher), sweep_dir)
@@ -338,9 +320,8 @@ class TunedSweeper(Sweeper):
         return instantiate(self.sampler, seed=seed), seed
 
     def _save_plan(self, sweep_dir: Path, params: dict) -> DictConfig:
-        """`sweep_dir/multirun.yaml`, as Hydra's sweepers save it, with `params` the settings
-        its jobs vary: what the run names show (`bnstudy.config.swept_keys`) and what the report
-        reads as the plan. Returns that config."""
+        """`sweep_dir/multirun.yaml` as Hydra's sweepers save it, `params` the settings its jobs
+        vary (what run names show, `config.swept_keys`, and the report's plan); returns it."""
         config = copy.deepcopy(self.config)
         with read_write(config), open_dict(config):
             config.hydra.sweep.dir = str(sweep_dir)

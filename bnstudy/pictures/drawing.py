@@ -8,7 +8,7 @@ import io
 import time
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,7 @@ from bnstudy.records import replace_file
 Log = Callable[[object], None]  # takes a TensorBoard Summary
 # What a final drawing leaves in images/ (the report reads these)
 FINAL_FILES = ("weights_final.png", "weights_change_final.png", "weights_final.pt",
-               "hallucinations_final.png", "hallucinations_final.npz",
-               "hallucinations_final.pt")
-NOT_RECIPE = ("nrow", "_stats")  # Hallucinator's fields that are not `hallucinate`'s
+               "hallucinations_final.png", "hallucinations_final.npz", "hallucinations_final.pt")
 
 
 def save_image(path: Path, tag: str, image: torch.Tensor, log: Log | None = None) -> None:
@@ -97,20 +95,19 @@ class Hallucinator:
     noise_std: float = 0.1
     seed: int = 0
     nrow: int = 5
-    _stats: tuple = field(default=(None, None), init=False, repr=False, compare=False)
+    _stats = (None, None)  # (data, its ImageStats), kept between runs: no field, no setting
 
     def __post_init__(self) -> None:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_stats"}
-        check(values.pop("objective"), values.pop("parametrisation"), **values)
+        check(**self.settings, nrow=self.nrow)
 
     @property
     def settings(self) -> dict:  # `hallucinate`'s keyword arguments
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in NOT_RECIPE}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "nrow"}
 
     @classmethod
     def knobs(cls) -> dict[str, object]:
         """Each setting's type (`int`, `float | None`, ...)."""
-        return {k: v for k, v in typing.get_type_hints(cls).items() if k != "_stats"}
+        return typing.get_type_hints(cls)
 
     def run(self, model: nn.Module, data, **override) -> torch.Tensor:
         """The recipe's normalised images (K, *input shape), any setting overridden."""

@@ -67,15 +67,12 @@ class ImageStats:
 
     def deviation(self, images: torch.Tensor) -> torch.Tensor:
         """The inverse of `images` (pixels the data never varies in give 0)."""
-        return torch.einsum("cd,ndhw->nchw", self._unmix, (images - self.mean) / self._scale)
+        scale = self.std.where(self.std > 0, 1.0)
+        return torch.einsum("cd,ndhw->nchw", self._unmix, (images - self.mean) / scale)
 
     @cached_property
     def _unmix(self) -> torch.Tensor:  # once, not at each of a hallucination's steps
         return torch.linalg.pinv(self.colour)
-
-    @cached_property
-    def _scale(self) -> torch.Tensor:
-        return self.std.where(self.std > 0, 1.0)
 
 
 def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -197,9 +194,8 @@ def recognised(probabilities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 
 class Referee:
-    """A small CNN trained on a dataset's training split (seeded, one thread, `epochs` of Adam,
-    batches shifted by up to ±2 px), judging whether a hallucination looks like its class;
-    `accuracy`: on the `check` images given to `fit`."""
+    """A small CNN judging whether a hallucination looks like its class: `fit` on a training
+    split (seeded, one thread, Adam, batches shifted by up to ±2 px); `accuracy` on `check`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, channels=(16, 32),
                  hidden_dim: int = 64, epochs: int = 3, lr: float = 2e-3,

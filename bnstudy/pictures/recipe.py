@@ -42,9 +42,7 @@ def class_score(logits: torch.Tensor, targets: torch.Tensor, objective: str) -> 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Each image's sum of absolute neighbour differences."""
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(dim=(1, 2, 3))
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(dim=(1, 2, 3))
-    return dx + dy
+    return x.diff(dim=-1).abs().sum(dim=(1, 2, 3)) + x.diff(dim=-2).abs().sum(dim=(1, 2, 3))
 
 
 def rescale(deviation: torch.Tensor, size: float | None) -> torch.Tensor:
@@ -63,12 +61,10 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
                 stats: ImageStats | None = None, noise_std: float = 0.1,
                 seed: int = 0) -> torch.Tensor:
     """One normalised input per class (K, *input_shape) that the model finds most typical of
-    it: per class, `seeds` starts of seeded noise (std `noise_std`) in the deviation d of
-    `parametrisation` (`pixel`: the image; `data[_colour]`: in the training images' per-pixel
-    std, from `stats`; `fourier`: its spectrum scaled by 1/|f|) take `steps` Adam steps on
-    −`class_score` + l2 ||x||² + tv TV(x), the model seeing them rolled by up to ±`jitter` px;
-    every `blur_every`-th step d is blurred, then held to an RMS of `size` and the image clamped
-    to [low, high]. `steps=0`: the start; `lr=0`: without the model. The model and torch's
+    it: `seeds` noise starts a class, in `parametrisation`'s deviation d (`data*`: needs
+    `stats`), take `steps` Adam steps on −`class_score` + l2 ||x||² + tv TV(x), rolled by up
+    to ±`jitter` px; every `blur_every`-th step d is blurred; d is held to an RMS of `size`, the
+    image clamped to [low, high]. `steps=0`: the start; `lr=0`: no model. The model and torch's
     global RNG are left alone (docs/pictures.md)."""
     check(objective, parametrisation, steps=steps, seeds=seeds, jitter=jitter,
           blur_every=blur_every)
@@ -98,8 +94,7 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
 
     def deviation() -> torch.Tensor:
         if parametrisation == "fourier":
-            spectrum = torch.view_as_complex(param) * scale
-            return torch.fft.irfft2(spectrum, s=shape, norm="ortho")
+            return torch.fft.irfft2(torch.view_as_complex(param) * scale, s=shape, norm="ortho")
         return param
 
     def images(d: torch.Tensor, budget: float | None) -> torch.Tensor:
@@ -130,9 +125,8 @@ def hallucinate(model: nn.Module, input_shape: Sequence[int], num_classes: int,
                     loss = loss + tv * total_variation(x).sum()
                 loss.backward()
                 optimizer.step()
-            with torch.no_grad():
-                d = deviation()
-                set_images(images(gaussian_blur(d, blur_sigma) if blur_every
-                                  and step % blur_every == 0 else d, size))
+            with torch.no_grad():  # (a sigma of 0 leaves d unblurred)
+                sigma = blur_sigma if blur_every and step % blur_every == 0 else 0.0
+                set_images(images(gaussian_blur(deviation(), sigma), size))
     with torch.no_grad():
         return images(deviation().view(seeds, num_classes, *input_shape).mean(0), size)

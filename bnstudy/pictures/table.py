@@ -51,9 +51,9 @@ WEIGHT_COLUMNS = {
     "noise_units_initial": ("the same at initialisation", ".0%"),
 }
 COLUMNS = {**HALLUCINATION_COLUMNS, **WEIGHT_COLUMNS}
-
-
-# --- loading --------------------------------------------------------------------------------
+# The colour columns (RGB only): column → (class, its channel against the two others' mean)
+TINTS = {"blueness_airplane": ("airplane", 2), "greenness_dog": ("dog", 1),
+         "greenness_frog": ("frog", 1)}
 
 
 def load_tensors(path: Path) -> dict | None:
@@ -81,13 +81,10 @@ class PictureRun:
 
 def load_picture_runs(runs: pd.DataFrame) -> list[PictureRun]:
     """The ok runs (rows of `load_runs`) that saved at least one picture file."""
-    found = []
-    for _, run in runs[runs["outcome"] == "ok"].iterrows():
-        files = {kind: load_tensors(Path(run["path"]) / "images" / name)
-                 for kind, name in PICTURE_FILES.items()}
-        if any(files.values()):
-            found.append(PictureRun(run, files["hallucinations"], files["weights"]))
-    return found
+    found = (PictureRun(run, **{kind: load_tensors(Path(run["path"]) / "images" / name)
+                                for kind, name in PICTURE_FILES.items()})
+             for _, run in runs[runs["outcome"] == "ok"].iterrows())
+    return [p for p in found if p.hallucinations or p.weights]
 
 
 def load_net(run: pd.Series, input_shape, num_classes: int):
@@ -111,9 +108,6 @@ def load_net(run: pd.Series, input_shape, num_classes: int):
     except Exception as err:  # an older layout or a foreign checkpoint: no cross-model number
         log.warning("%s: network not loaded for the cross-model confidence: %s", run["job"], err)
         return None
-
-
-# --- the dataset's references ---------------------------------------------------------------
 
 
 @dataclass
@@ -149,8 +143,7 @@ def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> 
 
     from bnstudy.pictures.measures import Referee, principal_components
 
-    sources = [f for p in picture_runs for f in (p.hallucinations, p.weights) if f]
-    first = sources[0]
+    first = next(f for p in picture_runs for f in (p.hallucinations, p.weights) if f)
     ref = Reference(dataset, list(first.get("classes", [])),
                     list(first.get("input_shape") or first["images"].shape[1:]),
                     next((p.hallucinations["real_means"] for p in picture_runs
@@ -176,9 +169,6 @@ def reference(dataset: str, picture_runs: list[PictureRun], cache_dir: Path) -> 
     return ref
 
 
-# --- measures -------------------------------------------------------------------------------
-
-
 def to_pixels(h: dict, key: str = "images"):
     """The hallucination file's normalised `h[key]` back in pixels, clamped to [0, 1]."""
     import torch
@@ -194,7 +184,7 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
     from bnstudy.pictures import measures as P
 
     images = h["images"].float()
-    pixels, noise_pixels = to_pixels(h), to_pixels(h, "noise")
+    pixels = to_pixels(h)
     classes = list(h.get("classes") or ref.classes)
     row = dict.fromkeys(HALLUCINATION_COLUMNS, math.nan)
     row["own_conf"] = float(h["own_probabilities"].diagonal().mean())
@@ -203,21 +193,18 @@ def hallucination_measures(h: dict, ref: Reference, others: list) -> dict[str, f
         row["referee_acc"], row["referee_conf"] = float(ok.float().mean()), float(conf.mean())
     if probs := [P.predict(net, images).diagonal().mean() for net in others]:
         row["cross_conf"] = float(torch.stack(probs).mean())
-    real = h["real_means"].float()
+    real, noise, base = (h[key].float() for key in ("real_means", "noise", "base"))
     row["nearest_mean_acc"] = float(P.nearest_mean(pixels, real).float().mean())
-    noise, base = h["noise"].float(), h["base"].float()
     row["stuck"] = int(P.stuck(images, noise, base).sum())
     row["noise_corr"] = float(P.noise_correlation(images, noise, base).mean())
     row["sharpness"] = float(P.sharpness(pixels).mean())
-    row["noise_sharpness"] = float(P.sharpness(noise_pixels).mean())
+    row["noise_sharpness"] = float(P.sharpness(to_pixels(h, "noise")).mean())
     row["distinctness"] = P.distinctness(pixels)
-    if pixels.shape[1] == 3:  # the colour columns: RGB images only
+    if pixels.shape[1] == 3:
         row["colour_fidelity"] = P.colour_fidelity(pixels, real)
-        for column, measure, name in (("blueness_airplane", P.blueness, "airplane"),
-                                      ("greenness_dog", P.greenness, "dog"),
-                                      ("greenness_frog", P.greenness, "frog")):
+        for column, (name, channel) in TINTS.items():
             if name in classes:
-                row[column] = float(measure(pixels)[classes.index(name)])
+                row[column] = float(P.tint(pixels, channel)[classes.index(name)])
     row["seconds"] = float(h.get("seconds", math.nan))
     return row
 
@@ -234,12 +221,11 @@ def weight_measures(w: dict, ref: Reference) -> dict[str, float]:
     if final.dim() != 2 or final.shape[1] != math.prod(shape):
         return row  # a conv layer's small filters: only the change share applies
     row["hf_share"] = float(P.high_frequency_share(final, shape).median())
-    if ref.components is not None:
-        row["pc_alignment"] = float(P.pc_alignment(final, ref.components).median())
-        row["change_pc_alignment"] = float(
-            P.pc_alignment(final - initial, ref.components).median())
-        row["noise_units"] = float(P.noise_like(final, ref.components).float().mean())
-        row["noise_units_initial"] = float(P.noise_like(initial, ref.components).float().mean())
+    if (pcs := ref.components) is not None:
+        row["pc_alignment"] = float(P.pc_alignment(final, pcs).median())
+        row["change_pc_alignment"] = float(P.pc_alignment(final - initial, pcs).median())
+        row["noise_units"] = float(P.noise_like(final, pcs).float().mean())
+        row["noise_units_initial"] = float(P.noise_like(initial, pcs).float().mean())
     return row
 
 
@@ -249,14 +235,13 @@ def measure(picture_runs: list[PictureRun], refs: dict[str, Reference],
     rows = []
     for p in picture_runs:
         dataset = p.run.get("dataset")
-        ref = refs[dataset]
         row = {**{k: p.run.get(k) for k in keys}, "seed": p.run.get("seed"), "job": p.run["job"],
                **dict.fromkeys(COLUMNS, math.nan)}
         if p.hallucinations is not None:
             others = [q.net for q in picture_runs
                       if q is not p and q.net is not None and q.run.get("dataset") == dataset]
-            row.update(hallucination_measures(p.hallucinations, ref, others))
+            row.update(hallucination_measures(p.hallucinations, refs[dataset], others))
         if p.weights is not None:
-            row.update(weight_measures(p.weights, ref))
+            row.update(weight_measures(p.weights, refs[dataset]))
         rows.append(row)
     return rows

@@ -6,21 +6,26 @@ sweep prints it as it ends (`console_answer`)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
+from bnstudy.records import TUNING_FILE
 from bnstudy.report.render import deciding, markdown, plural
 from bnstudy.report.runs import (
     DATASET_LABELS,
     OPTIM_LABELS,
     STUDY,
+    compared,
     contrast_words,
+    load_runs,
     norm_word,
     pair_words,
     where,
 )
 from bnstudy.report.stats import ALPHA, IMAGES, PAIRED, VERDICT_COLUMNS, comparison_word
-from bnstudy.report.verdicts import Result
+from bnstudy.report.verdicts import Result, decided, tuned_runs
 
 DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
 STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive", "hydra/launcher=",
@@ -30,10 +35,6 @@ STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive", "hydra/la
 def decide_command(sweep_dir) -> str:
     """`DECIDE`, on SLURM where the sweep ran there (its `multirun.yaml`'s launcher choice); a
     sweep of other settings (`experiment=lr_sweep`, `momentum=0.0,0.9`): its own, at 20 seeds."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
     plan = Path(sweep_dir) / "multirun.yaml"
     saved = OmegaConf.load(plan) if plan.is_file() else OmegaConf.create()
     launcher = OmegaConf.select(saved, "hydra.runtime.choices.hydra/launcher")
@@ -98,9 +99,11 @@ def _extra(verdicts: pd.DataFrame) -> list[str]:
     return [k for k in verdicts.columns if k not in ("dataset", "optim", *VERDICT_COLUMNS)]
 
 
-def _cell(results: list[Result], claim: str, dataset: str, optim: str, first: str = "") -> str:
+def _cell(results: list[Result], claim: str, row, first: str = "") -> str:
+    """The row's dataset × optimizer's part of `claim` (starting `first`) in words."""
+    place = {(row["dataset"], row["optim"])}
     found = [r for r in results if r.claim == claim and r.part.startswith(first)
-             and {(t.dataset, t.optim) for t in r.declared.terms} == {(dataset, optim)}]
+             and {(t.dataset, t.optim) for t in r.declared.terms} == place]
     return part_words(found[0] if found else None)
 
 
@@ -123,11 +126,9 @@ def answer_table(verdicts: pd.DataFrame, results: list[Result] = ()) -> str:
         cells = {**_labels(row["dataset"], row["optim"]), **{k: str(row[k]) for k in extra},
                  **_pair_cells(row, several), "at equal epochs": row_words(row)}
         if timed:
-            cells["at equal training time"] = _cell(
-                results, "C5", row["dataset"], row["optim"], "a") if study else "—"
+            cells["at equal training time"] = _cell(results, "C5", row, "a") if study else "—"
         if tuned:
-            cells["at each one's best"] = _cell(
-                results, "C6", row["dataset"], row["optim"]) if study else "—"
+            cells["at each one's best"] = _cell(results, "C6", row) if study else "—"
         rows.append(cells)
     return markdown(rows)
 
@@ -153,9 +154,8 @@ def at_best(verdicts: pd.DataFrame, tuned: list[Result]) -> dict[tuple, str]:
 
 
 def tuned_table(verdicts: pd.DataFrame, tuned: list[Result], small: dict | None = None) -> str:
-    """A row per dataset × optimizer (× pair) of a tuned sweep (verdicts.csv's rows): the seeds,
-    given `small` ((dataset, optim, treatment, baseline): words, `report.budget`) the answer
-    after one trial, and `at_best`."""
+    """A row per dataset × optimizer (× pair) of a tuned sweep: the seeds, the answer after one
+    trial (`small`, keyed as `at_best`, from `report.budget`) if given, and `at_best`."""
     several = len(verdicts[["treatment", "baseline"]].drop_duplicates()) > 1
     best = at_best(verdicts, tuned)
     return markdown([{**_labels(row["dataset"], row["optim"]), **_pair_cells(row, several),
@@ -247,17 +247,12 @@ def _both_sides(table: pd.DataFrame) -> pd.DataFrame:
 def console_answer(sweep_dir) -> str:
     """The answer at equal epochs as a sweep prints it, a line per comparison and pair; "" when
     no pair has ok runs of both norms."""
-    from pathlib import Path
-
-    from bnstudy.records import TUNING_FILE
-    from bnstudy.report.runs import compared, load_runs
-    from bnstudy.report.stats import verdicts
+    from bnstudy.report.stats import verdicts  # a local name: `verdicts` is a table elsewhere
 
     if (Path(sweep_dir) / TUNING_FILE).is_file():
         return tuned_console(Path(sweep_dir))
     runs = load_runs(Path(sweep_dir))
-    table = verdicts(runs, compared(runs))
-    table = _both_sides(table)
+    table = _both_sides(verdicts(runs, compared(runs)))
     if table.empty:
         return ""
     pairs = set(zip(table["treatment"], table["baseline"], strict=True))
@@ -281,10 +276,8 @@ def console_answer(sweep_dir) -> str:
 def tuned_console(sweep_dir) -> str:
     """A tuned sweep's answer as it prints it: per dataset × optimizer (× pair), after one trial
     of each search and at each one's best (`at_best`); "" without either."""
-    from bnstudy.report.budget import budgets, pair_rows, small_answers
-    from bnstudy.report.runs import compared, load_runs
+    from bnstudy.report.budget import budgets, pair_rows, small_answers  # draws: matplotlib
     from bnstudy.report.stats import verdicts
-    from bnstudy.report.verdicts import decided, tuned_runs
 
     tuned, tuning = tuned_runs(sweep_dir, load_runs(sweep_dir))
     pairs = compared(pd.DataFrame({"norm": [c.get("norm") for c in tuning.get("cells", [])]}))

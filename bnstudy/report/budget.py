@@ -1,14 +1,14 @@
 """Claim C7, the budget curve of a tuned sweep (`SWEEP/tuning.json`): is BN worth it at a budget?
 
 Per cell, the expected best validation accuracy after k trials of its random search (Tang et
-al. 2020's unbiased estimator: E_k = Σ_i v_(i) C(i−1, k−1) / C(n, k), v ascending; a diverged
-trial scores 0, a failed one is left out), and after s seconds (the ⌊s / mean trial seconds⌋
-trials that fit). Bands: a percentile bootstrap of each arm's trials. Each pair at k in `SMALL`:
-the bootstrap p, Holm-adjusted over the pair's parts; BN − no BN's parts are claim C7."""
+al. 2020's unbiased estimator: E_k = Σ_i v_(i) C(i−1, k−1) / C(n, k), v ascending), and after s
+seconds. Bands: a percentile bootstrap of each arm's trials. Each pair at k in `SMALL`: the
+bootstrap p, Holm-adjusted over the pair's parts; BN − no BN's parts are claim C7."""
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +22,7 @@ from bnstudy.records import read_tuning
 from bnstudy.report.claims import CLAIMS
 from bnstudy.report.figures import norm_color
 from bnstudy.report.render import markdown, plural
-from bnstudy.report.runs import (
-    STUDY,
-    contrast_words,
-    norm_label,
-    pair_words,
-    study_order,
-    where,
-)
+from bnstudy.report.runs import STUDY, contrast_words, norm_label, pair_words, study_order, where
 from bnstudy.report.stats import Contrast, decide, holm
 from bnstudy.report.verdicts import combine
 
@@ -49,38 +42,30 @@ def weights(n: int) -> np.ndarray:
 
 
 def expected_best(values) -> np.ndarray:
-    """The expected best of k trials drawn without replacement from `values` (…, n), for
-    k = 1..n along the last axis."""
+    """The expected best of k trials drawn without replacement from `values` (…, n), k = 1..n."""
     values = np.sort(np.asarray(values, dtype=float), axis=-1)
     return values @ weights(values.shape[-1]).T
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One cell's curve: its trials' scores and mean seconds, E_k, the band and the
-    bootstrap's curves (BOOT × n)."""
+    """One cell's curve: its trials' scores and mean seconds, E_k and the bootstrap's curves."""
 
     norm: str
     values: np.ndarray
     seconds: float          # mean trial seconds; NaN when the trials' times are unknown
     curve: np.ndarray
-    boots: np.ndarray
+    boots: np.ndarray       # BOOT × n
 
     @property
     def n(self) -> int:
         return len(self.values)
 
-    def at(self, k: int) -> tuple[float, float, float]:
-        """(E_k, band low, band high)."""
-        low, high = band(self.boots[:, k - 1])
-        return float(self.curve[k - 1]), low, high
-
 
 def band(samples: np.ndarray, axis: int | None = None) -> tuple:
     """The `LEVEL` percentile band of `samples` (along `axis`: one band per column)."""
     tail = 100 * (1 - LEVEL) / 2
-    low, high = np.percentile(samples, [tail, 100 - tail], axis=axis)
-    return low, high
+    return tuple(np.percentile(samples, [tail, 100 - tail], axis=axis))
 
 
 def arm(cell: dict, rng: np.random.Generator) -> Arm | None:
@@ -150,15 +135,15 @@ class Budget:
                    for s in self.seconds_grid()]  # k(s): the trials that fit in s seconds
         rows = []
         for axis, k, seconds, kt, kb in points:
-            (te, tl, th), (be, bl, bh) = t.at(kt), b.at(kb)
-            diff, low, high = self.diff(kt, kb)
-            rows.append({"dataset": self.dataset, "optim": self.optim, "treatment": t.norm,
-                         "baseline": b.norm, "budget": axis, "k": k, "seconds": seconds,
-                         "treatment_k": kt, "baseline_k": kb,
-                         "treatment_seconds": kt * t.seconds, "baseline_seconds": kb * b.seconds,
-                         "treatment_best": te, "treatment_low": tl, "treatment_high": th,
-                         "baseline_best": be, "baseline_low": bl, "baseline_high": bh,
-                         "diff": diff, "diff_low": low, "diff_high": high})
+            row = {"dataset": self.dataset, "optim": self.optim, "treatment": t.norm,
+                   "baseline": b.norm, "budget": axis, "k": k, "seconds": seconds,
+                   "treatment_k": kt, "baseline_k": kb,
+                   "treatment_seconds": kt * t.seconds, "baseline_seconds": kb * b.seconds}
+            for side, a, ka in (("treatment", t, kt), ("baseline", b, kb)):
+                row[f"{side}_best"] = float(a.curve[ka - 1])
+                row[f"{side}_low"], row[f"{side}_high"] = band(a.boots[:, ka - 1])
+            row["diff"], row["diff_low"], row["diff_high"] = self.diff(kt, kb)
+            rows.append(row)
         return rows
 
 
@@ -169,14 +154,11 @@ def budgets(tuning: dict, pairs: list[tuple[str, str]]) -> list[Budget]:
              for c in tuning.get("cells", [])}
     found = []
     for dataset in study_order({d for d, _, _ in cells}):
-        for optim in dict.fromkeys(o for d, o, _ in cells if d == dataset):
-            for treatment, baseline in pairs:
-                if (dataset, optim, treatment) not in cells or \
-                        (dataset, optim, baseline) not in cells:
-                    continue
+        optims = dict.fromkeys(o for d, o, _ in cells if d == dataset)
+        for optim, pair in itertools.product(optims, pairs):
+            if all((dataset, optim, norm) in cells for norm in pair):
                 rng = np.random.default_rng(BOOT_SEED)
-                t = arm(cells[dataset, optim, treatment], rng)
-                b = arm(cells[dataset, optim, baseline], rng)
+                t, b = (arm(cells[dataset, optim, norm], rng) for norm in pair)
                 if t is not None and b is not None:
                     found.append(Budget(dataset, optim, t, b))
     return found
@@ -186,23 +168,21 @@ def words(budget: Budget) -> str:
     """The pair's budget in words: below which budget the treatment is ahead (its band above
     0), where the difference vanishes (band includes 0) or reverses (band below 0)."""
     rows = budget.rows()
-    trials = [r for r in rows if r["budget"] == "trials"]
-    seconds = [r for r in rows if r["budget"] == "seconds"]
-    t, b = pair_words(budget.treatment.norm, budget.baseline.norm)
+    trials, seconds = ([r for r in rows if r["budget"] == axis] for axis in ("trials", "seconds"))
+    t, b = pair_words(*budget.pair)
     ahead = lambda r: r["diff_low"] > 0  # noqa: E731
     behind = lambda r: r["diff_high"] < 0  # noqa: E731
-    n = len(trials)
     if not budget.tested:
         return (f"One trial on a side: {t} − {b} {100 * trials[0]['diff']:+.2f} pts, "
                 "direction and size only (a bootstrap of one trial has no spread).")
     reverses = next(filter(behind, trials), None)
     after = f"; {b} is ahead from {plural(int(reverses['k']), 'trial')}" if reverses else ""
     if not any(map(ahead, trials)):
-        return f"{t} is not shown ahead at any budget up to {plural(n, 'trial')}{after}."
+        return f"{t} is not shown ahead at any budget up to {plural(len(trials), 'trial')}{after}."
     if all(map(ahead, trials)):
         up_to = f" / {seconds[-1]['seconds']:.0f} s" if seconds and all(map(ahead, seconds)) \
             else ""
-        return f"{t} is ahead at every budget up to {plural(n, 'trial')}{up_to}."
+        return f"{t} is ahead at every budget up to {plural(len(trials), 'trial')}{up_to}."
     if not ahead(trials[0]):
         start = next(filter(ahead, trials), None)
         return f"{t} is not shown ahead at a small budget; it is ahead at {start['k']:.0f} trials."
@@ -216,9 +196,8 @@ def words(budget: Budget) -> str:
 
 
 def claim_rows(found: list[Budget]) -> list[dict]:
-    """One pair's parts (dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on
-    their bootstrap p Holm-adjusted over those parts, with the verdict of them all (C7's, for
-    BN − no BN)."""
+    """One pair's parts (dataset × optimizer × k in `SMALL`) as claims.csv rows, decided on their
+    bootstrap p Holm-adjusted over those parts, with the verdict of them all (C7's for BN)."""
     rows = []
     for budget in found:
         t, b = budget.treatment, budget.baseline
@@ -233,8 +212,7 @@ def claim_rows(found: list[Budget]) -> list[dict]:
                 "statistic": f"expected best val acc after {plural(k, 'trial')} (Tang et al.), "
                              f"{' − '.join(words)}",
                 "unit": "accuracy", "claimed_sign": 1,
-                "sides": "; ".join(f"{word} {100 * a.curve[k - 1]:.2f}% "
-                                   f"({plural(a.n, 'trial')})"
+                "sides": "; ".join(f"{word} {100 * a.curve[k - 1]:.2f}% ({plural(a.n, 'trial')})"
                                    for a, word in zip((t, b), words, strict=True)),
                 "estimate": diff, "ci_low": low, "ci_high": high, "test": "bootstrap",
                 "p_value": budget.p_value(k) if tested else math.nan, "claim_verdict": "",
@@ -251,11 +229,9 @@ def claim_rows(found: list[Budget]) -> list[dict]:
 
 
 def figure(budget: Budget) -> Figure:
-    """Expected best val acc against the budget in trials and in seconds, both arms with their
-    bands."""
+    """Expected best val acc against the budget in trials and in seconds, both arms banded."""
     fig = Figure(figsize=(11, 4))
     by_k, by_s = fig.subplots(1, 2)
-    among = (budget.treatment.norm, budget.baseline.norm)
     for a in (budget.treatment, budget.baseline):
         color, ks = norm_color(a.norm), np.arange(1, a.n + 1)
         low, high = band(a.boots, axis=0)
@@ -263,11 +239,11 @@ def figure(budget: Budget) -> Figure:
             if np.isnan(x).any():
                 continue
             ax.plot(x, 100 * a.curve, color=color, marker="o", ms=3,
-                    label=f"{norm_label(a.norm, among)} ({plural(a.n, 'trial')})")
+                    label=f"{norm_label(a.norm, budget.pair)} ({plural(a.n, 'trial')})")
             ax.fill_between(x, 100 * low, 100 * high, color=color, alpha=0.2, lw=0)
-    by_k.set_xlabel("trials of random search (k)")
-    by_s.set_xlabel("seconds of search (k × the cell's mean trial seconds)")
-    for ax in (by_k, by_s):
+    for ax, label in ((by_k, "trials of random search (k)"),
+                      (by_s, "seconds of search (k × the cell's mean trial seconds)")):
+        ax.set_xlabel(label)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.grid(alpha=0.3)
@@ -281,41 +257,39 @@ def figure(budget: Budget) -> Figure:
 
 
 def scalars(found: list[Budget]) -> dict[str, list[tuple[int, float]]]:
-    """TensorBoard charts: `budget/<dataset>-<optim>/<norm>` (expected best val acc, %, at
-    step k) and `…/<treatment>-<baseline>` (their difference, pts)."""
+    """TensorBoard charts: `budget/<dataset>-<optim>/<norm>` (expected best val acc, %, at step
+    k) and `…/<treatment>-<baseline>` (their difference, pts)."""
     charts = {}
     for budget in found:
         root = f"budget/{budget.dataset}-{budget.optim}"
         for a in (budget.treatment, budget.baseline):
             charts[f"{root}/{a.norm}"] = [(k, 100 * float(v)) for k, v in enumerate(a.curve, 1)]
         n = min(budget.treatment.n, budget.baseline.n)
-        charts[f"{root}/{budget.treatment.norm}-{budget.baseline.norm}"] = [
-            (k, 100 * budget.diff(k, k)[0]) for k in range(1, n + 1)]
+        charts[f"{root}/{'-'.join(budget.pair)}"] = [(k, 100 * budget.diff(k, k)[0])
+                                                     for k in range(1, n + 1)]
     return charts
 
 
 def table(budget: Budget) -> str:
     """The pair's curve at a few k, in %, with bands."""
-    t, b = pair_words(budget.treatment.norm, budget.baseline.norm)
+    t, b = pair_words(*budget.pair)
     fmt = lambda e, lo, hi, s="": f"{100 * e:{s}.2f} ({100 * lo:{s}.2f} to {100 * hi:{s}.2f})"  # noqa: E731
-    rows = [{"trials (k)": f"{r['k']:.0f}",
-             f"seconds ({t} / {b})":
-                 f"{r['treatment_seconds']:.0f} / {r['baseline_seconds']:.0f}",
-             f"{t}, %": fmt(r["treatment_best"], r["treatment_low"], r["treatment_high"]),
-             f"{b}, %": fmt(r["baseline_best"], r["baseline_low"], r["baseline_high"]),
-             f"{t} − {b}, pts": fmt(r["diff"], r["diff_low"], r["diff_high"], "+"),
-             "band": "above 0" if r["diff_low"] > 0 else "below 0" if r["diff_high"] < 0
-             else "includes 0"}
-            for r in budget.rows() if r["budget"] == "trials" and
-            (r["k"] in SHOWN or r["k"] == min(budget.treatment.n, budget.baseline.n))]
-    return markdown(rows)
+    return markdown([
+        {"trials (k)": f"{r['k']:.0f}",
+         f"seconds ({t} / {b})": f"{r['treatment_seconds']:.0f} / {r['baseline_seconds']:.0f}",
+         f"{t}, %": fmt(r["treatment_best"], r["treatment_low"], r["treatment_high"]),
+         f"{b}, %": fmt(r["baseline_best"], r["baseline_low"], r["baseline_high"]),
+         f"{t} − {b}, pts": fmt(r["diff"], r["diff_low"], r["diff_high"], "+"),
+         "band": "above 0" if r["diff_low"] > 0 else "below 0" if r["diff_high"] < 0
+         else "includes 0"}
+        for r in budget.rows() if r["budget"] == "trials"
+        and (r["k"] in SHOWN or r["k"] == min(budget.treatment.n, budget.baseline.n))])
 
 
 @dataclass
 class Section:
-    """The tuning budget's part of the report: its text, figures, C7's claims.csv rows, the
-    TensorBoard scalars and, per (dataset, optim, treatment, baseline), the answer at a small
-    budget (k = 1)."""
+    """The tuning budget's part of the report: text, figures, C7's claims.csv rows, TensorBoard
+    scalars and, per (dataset, optim, treatment, baseline), the answer after one trial."""
 
     text: str = ""
     figures: dict[str, Figure] = field(default_factory=dict)
@@ -327,7 +301,7 @@ class Section:
 def small_words(budget: Budget, verdict: str) -> str:
     """After one trial of each search, in the answer's words: C7's `verdict`, the 95% band."""
     diff, low, high = budget.diff(1, 1)
-    t, b = pair_words(budget.treatment.norm, budget.baseline.norm)
+    t, b = pair_words(*budget.pair)
     who = {"holds": f"{t} ahead", "does not hold": f"{b} ahead"}.get(verdict, "cannot tell")
     return f"{who}, {100 * diff:+.2f} pts ({100 * low:+.2f} to {100 * high:+.2f})"
 
@@ -377,8 +351,7 @@ def pair_rows(found: list[Budget]) -> dict[tuple[str, str], list[dict]]:
 
 def small_answers(found: list[Budget], decided: dict[tuple[str, str], list[dict]]
                   ) -> dict[tuple[str, str, str, str], str]:
-    """Per (dataset, optim, treatment, baseline), the answer after one trial (the pair's
-    `decided` rows at k = 1)."""
+    """Per (dataset, optim, treatment, baseline), the answer after one trial (`decided` at k=1)."""
     at_one = {pair: iter(r["verdict"] for r in rows if r["part"].endswith("k=1)"))
               for pair, rows in decided.items()}  # in `found`'s order within each pair
     return {(b.dataset, b.optim, *b.pair): small_words(b, next(at_one[b.pair])) for b in found}

@@ -1,11 +1,9 @@
 """C5: accuracy as a function of compute, and its clock.
 
 The clock (`measure`, in a fresh process: `measure_apart`): CPU seconds of a training step of
-each norm, paired in one process at one torch thread, alternating blocks `ROUNDS` times; each
-side's cost is its fastest block, and C5 charges the treatment a distribution-free 95 % upper
-bound of the median round's ratio (`StepCost.charged`), kept per sweep (`pair_costs`).
-The reading: a run's epoch e ends at e × its step-cost ratio (baseline epochs); the value is
-the best validation accuracy so far, linear between epoch ends, NaN before the first."""
+each norm, paired in one process at one torch thread, alternating blocks `ROUNDS` times; C5
+charges the treatment `StepCost.charged`, kept per sweep (`pair_costs`). The reading
+(`val_acc_at`): a run's epoch e ends at e × its step-cost ratio, in baseline epochs."""
 
 from __future__ import annotations
 
@@ -134,8 +132,7 @@ def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost
     stored = json.loads(kept.read_text()) if kept is not None and kept.is_file() else {}
     out, new = {}, {}
     for (dataset, optim), pair in runs.groupby(["dataset", "optim"], sort=False):
-        configs = [Path(p) / ".hydra" / "config.yaml" for p in pair["path"]]
-        found = [c for c in configs if c.is_file()]
+        found = [c for p in pair["path"] if (c := Path(p) / ".hydra" / "config.yaml").is_file()]
         if found and set(STUDY) <= set(pair["norm"]):
             try:
                 out[dataset, optim] = StepCost(**stored[f"{dataset}/{optim}"])
@@ -146,9 +143,6 @@ def pair_costs(runs, kept: Path | None = None) -> dict[tuple[str, str], StepCost
     if kept is not None and any(stored.get(k) != v for k, v in fresh.items()):
         write_json_atomic(kept, {**stored, **fresh})
     return out
-
-
-# --- the reading: best val acc so far against compute ------------------------------------------
 
 
 def val_acc_at(history: list[dict], epoch_cost: float, budget: float) -> float:
@@ -174,8 +168,7 @@ def compute_curve(histories: list[list[dict]], epoch_cost: float
 
 
 def study_curves(runs: pd.DataFrame, charged: float) -> dict[str, tuple[np.ndarray, ...]]:
-    """Per norm of the study pair, its runs' `compute_curve`, a treatment step costing
-    `charged` baseline steps."""
+    """Per norm of the study pair, its runs' `compute_curve` (a treatment step: `charged`)."""
     return {n: compute_curve(list(runs.loc[runs["norm"] == n, "history"]),
                              charged if n == STUDY[0] else 1.0) for n in STUDY}
 

@@ -71,11 +71,13 @@ def panel_grid(n: int, width: float, height: float, columns: int = MAX_COLUMNS, 
     return fig, list(axes.flat[:n])
 
 
-def fitted_title(fig: Figure, text: str) -> None:
-    """`fig`'s suptitle, each line wrapped to the figure's width (about 0.55 em a character)."""
+def finished(fig: Figure, title: str) -> Figure:
+    """`fig` laid out under the suptitle `title`, its lines wrapped to the figure's width."""
     points = FontProperties(size=rcParams["figure.titlesize"]).get_size_in_points()
-    chars = max(24, int(fig.get_figwidth() * 72 / (0.55 * points)))
-    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in text.splitlines()))
+    chars = max(24, int(fig.get_figwidth() * 72 / (0.55 * points)))  # about 0.55 em a character
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in title.splitlines()))
+    fig.tight_layout()
+    return fig
 
 
 def mean_curve(runs: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,10 +107,8 @@ def curves_figure(label: str, by_norm: dict[str, pd.DataFrame]) -> Figure:
     for ax in axes[2:]:
         ax.set_xlabel("epoch")
     axes[0].legend()
-    fitted_title(fig, f"{norms_title(by_norm)} — Training Curves ({label})\n"
-                      "mean over seeds, band ± 1 std across seeds")
-    fig.tight_layout()
-    return fig
+    return finished(fig, f"{norms_title(by_norm)} — Training Curves ({label})\n"
+                         "mean over seeds, band ± 1 std across seeds")
 
 
 def first_image(runs: pd.DataFrame, kind: str) -> tuple[object, Path] | None:
@@ -129,9 +129,7 @@ def images_figure(title: str, panels: list[tuple[str, Path]]) -> Figure:
         ax.imshow(image, cmap="gray", interpolation="nearest")
         ax.set_title(panel_title)
         ax.axis("off")
-    fitted_title(fig, title)
-    fig.tight_layout()
-    return fig
+    return finished(fig, title)
 
 
 def first_series(runs: pd.DataFrame, key: str) -> pd.Series | None:
@@ -161,10 +159,8 @@ def activations_figure(label: str, found: dict[str, pd.Series]) -> Figure:
         axes[0, col].legend(fontsize=8)
         axes[-1, col].set_xlabel("training step")
     layer = next(iter(series.values()))
-    fitted_title(fig, f"Pre-activation percentiles at ReLU `{layer['module']}` ({label})\n"
-                      "each unit's values over the training batch, in training mode")
-    fig.tight_layout()
-    return fig
+    return finished(fig, f"Pre-activation percentiles at ReLU `{layer['module']}` ({label})\n"
+                         "each unit's values over the training batch, in training mode")
 
 
 def gradients_figure(label: str, found: dict[str, pd.Series]) -> Figure:
@@ -196,9 +192,7 @@ def gradients_figure(label: str, found: dict[str, pd.Series]) -> Figure:
     axes[0].set_yscale("log")
     for ax in axes[2:]:
         ax.set_xlabel("training step")
-    fitted_title(fig, f"Gradient behaviour along training ({label})")
-    fig.tight_layout()
-    return fig
+    return finished(fig, f"Gradient behaviour along training ({label})")
 
 
 PROBE_FIGURES = {"activations": activations_figure, "gradients": gradients_figure}
@@ -269,10 +263,8 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
     for ax in axes[::MAX_COLUMNS]:
         ax.set_ylabel("final validation accuracy")
     after = f" after {epochs.pop()} epoch(s)" if len(epochs) == 1 else ""
-    fitted_title(fig, f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
-                      "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
-    fig.tight_layout()
-    return fig
+    return finished(fig, f"{title} ({dataset}): final validation accuracy{after} vs {noun}\n"
+                         "mean over seeds ± 1 std across seeds; × a diverged run (drawn at 0)")
 
 
 # --- the verdict across a swept hparam (verdicts.csv) --------------------------------------
@@ -302,17 +294,15 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
             points = sorted(points, key=lambda r: float(r[hparam]))
             grid |= {float(r[hparam]) for r in points}
             x = np.array([float(r[hparam]) for r in points])
-            y = 100 * np.array([num(r["diff"]) for r in points])
-            low = 100 * np.array([num(r["diff_ci_low"]) for r in points])
-            high = 100 * np.array([num(r["diff_ci_high"]) for r in points])
+            y, low, high = (100 * np.array([num(r[key]) for r in points])
+                            for key in ("diff", "diff_ci_low", "diff_ci_high"))
             color = f"C{i}"
             ax.errorbar(x, y, yerr=np.nan_to_num(np.vstack([y - low, high - y])), color=color,
                         marker="none", capsize=3, label=describe(rest))
             significant = np.array([num(r.get("p_holm", r["p_value"])) < ALPHA
                                     for r in points])
-            ax.plot(x[significant], y[significant], ls="none", marker="o", ms=6, color=color)
-            ax.plot(x[~significant], y[~significant], ls="none", marker="o", ms=6,
-                    mfc="white", color=color)
+            for mask, face in ((significant, None), (~significant, "white")):
+                ax.plot(x[mask], y[mask], ls="none", marker="o", ms=6, mfc=face, color=color)
             untested: dict[str, list[str]] = {}  # why: at which values
             for r in points:
                 if r["verdict"] == "no test":
@@ -340,11 +330,9 @@ def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
         ax.set_ylabel(f"{difference}, final val acc (points)")
     tests = {r["test"] for r in rows  # as verdicts.csv's
              if isinstance(r.get("test"), str) and r["verdict"] != "no test"}
-    fitted_title(fig, f"{question}? {difference} vs {noun}\n"
-                      f"mean over seeds, bar: 95% {tests.pop() + ' ' if len(tests) == 1 else ''}"
-                      f"interval; filled: p < {ALPHA:g}, hollow: within the seed spread")
-    fig.tight_layout()
-    return fig
+    return finished(fig, f"{question}? {difference} vs {noun}\n"
+                         f"mean over seeds, bar: 95% {tests.pop() + ' ' if len(tests) == 1 else ''}"
+                         f"interval; filled: p < {ALPHA:g}, hollow: within the seed spread")
 
 
 def _untested(row: dict) -> str:
@@ -388,8 +376,6 @@ def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("best validation accuracy so far (%)")
     axes[0].legend()
-    fitted_title(fig, "Is BatchNorm worth it per unit of compute? Best validation accuracy so "
-                      "far against compute\n(BN's step charged the median round's 95% upper "
-                      "bound; mean over seeds, band ± 1 std; dotted: C5's budgets)")
-    fig.tight_layout()
-    return fig
+    return finished(fig, "Is BatchNorm worth it per unit of compute? Best validation accuracy so "
+                         "far against compute\n(BN's step charged the median round's 95% upper "
+                         "bound; mean over seeds, band ± 1 std; dotted: C5's budgets)")

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from bnstudy.pictures.table import (
     COLUMNS,
+    TINTS,
     PictureRun,
     Reference,
     load_net,
@@ -50,9 +51,6 @@ def config_label(norm: str, optim: str, among) -> str:
     return f"{norm_label(norm, among)} + {OPTIM_LABELS.get(optim, optim)}"
 
 
-# --- figures --------------------------------------------------------------------------------
-
-
 def ordered(pairs) -> list[tuple[str, str]]:
     """(norm, optim) pairs: no BN first, then BN, then other norms; SGD before Adam."""
     order = norm_order({n for n, _ in pairs})
@@ -71,7 +69,10 @@ def first_seeds(picture_runs: list[PictureRun], kind: str) -> list[tuple[tuple, 
 
 
 def _show(ax, image) -> None:
-    """A (C, H, W) image in [0, 1] on `ax`, grey for one channel."""
+    """A (C, H, W) image in [0, 1] on `ax`, grey for one channel; None: a blank `ax`."""
+    if image is None:
+        ax.axis("off")
+        return
     array = image.permute(1, 2, 0).numpy()
     if array.shape[2] == 1:
         ax.imshow(array[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -83,36 +84,30 @@ def _show(ax, image) -> None:
 
 def hallucinations_figure(title: str, picture_runs: list[PictureRun],
                           ref: Reference) -> Figure:
-    """A row per configuration (first seed) and a top reference row of the real training
-    images' class means; a column per class, its name on top. Under each tile, the
-    independent judge's reading and its probability (green: the tile's class)."""
+    """A row per configuration (first seed) under the real class means, a column per class;
+    under each tile the independent judge's reading and probability (green: the tile's class)."""
     classes = ref.classes
-    rows = [("real class means", ref.real_means, None)]
+    rows = [("real class means", ref.real_means, None)]  # (label, pixels, the judge's readings)
     seeds = first_seeds(picture_runs, "hallucinations")
     norms = [n for (n, _), _ in seeds]
     for (norm, optim), p in seeds:
+        readings = (None if ref.referee is None
+                    else ref.referee.probabilities(p.hallucinations["images"].float()))
         rows.append((f"{config_label(norm, optim, norms)}\n(seed {p.run.get('seed')})",
-                     to_pixels(p.hallucinations), p.hallucinations["images"].float()))
+                     to_pixels(p.hallucinations), readings))
     fig = Figure(figsize=(1.25 * len(classes) + 1.6, 1.55 * len(rows) + 0.9))
     axes = fig.subplots(len(rows), len(classes), squeeze=False)
-    for r, (label, pixels, normalised) in enumerate(rows):
-        readings = None
-        if normalised is not None and ref.referee is not None:
-            readings = ref.referee.probabilities(normalised)
+    for r, (label, pixels, readings) in enumerate(rows):
         for c, name in enumerate(classes):
             ax = axes[r, c]
-            if pixels is not None:
-                _show(ax, pixels[c])
-            else:
-                ax.axis("off")
+            _show(ax, None if pixels is None else pixels[c])
             if r == 0:
                 ax.set_title(name, fontsize=10)
             if readings is not None:
                 guess = int(readings[c].argmax())
                 ax.set_xlabel(f"{classes[guess]} {float(readings[c, guess]):.2f}", fontsize=7,
                               color="tab:green" if guess == c else "tab:red", labelpad=2)
-        axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center",
-                              labelpad=8)
+        axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
     judge = ("" if ref.referee is None else
              f"; under each tile the independent CNN's reading and probability (green: right; "
              f"{ref.referee.accuracy:.0%} on real validation images)")
@@ -125,7 +120,6 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
                    rows_by_job: dict[str, dict], num_units: int = 64) -> Figure:
     """A row per configuration (first seed): final first-layer weights and learned change,
     under a reference row (top principal components, class means)."""
-    import torch
     from torchvision.utils import make_grid
 
     from bnstudy.pictures.grids import weight_grid
@@ -157,13 +151,10 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
     axes = fig.subplots(len(panels), 2, squeeze=False)
     for r, (label, left, left_title, right, right_title) in enumerate(panels):
         for ax, image, sub in ((axes[r, 0], left, left_title), (axes[r, 1], right, right_title)):
-            if image is None:
-                ax.axis("off")
-                continue
-            _show(ax, torch.as_tensor(image))
-            ax.set_title(sub, fontsize=9)
-        axes[r, 0].set_ylabel(label, fontsize=10, rotation=0, ha="right", va="center",
-                              labelpad=8)
+            _show(ax, image)
+            if image is not None:
+                ax.set_title(sub, fontsize=9)
+        axes[r, 0].set_ylabel(label, fontsize=10, rotation=0, ha="right", va="center", labelpad=8)
     units = max((len(p.weights["final"]) for _, p in seeds), default=num_units)  # a CNN: 32
     fig.suptitle(f"{title}: first-layer weights, first {min(num_units, units)} units (each tile "
                  "scaled on its own, mid-grey = 0), a row per configuration", fontsize=10)
@@ -171,18 +162,14 @@ def weights_figure(title: str, picture_runs: list[PictureRun], ref: Reference,
     return fig
 
 
-# --- the section ----------------------------------------------------------------------------
-
-
 def measures_table(rows: pd.DataFrame, dataset: str) -> str:
     """Mean ± std over seeds of each measure, a row per configuration."""
     mine = rows[rows["dataset"] == dataset]
     columns = [c for c in COLUMNS if mine[c].notna().any()]
-    table = [{"configuration": config_label(norm, optim, set(mine["norm"])),
-              **{c: spread(list(g[c].dropna()), COLUMNS[c][1], "— (0)") for c in columns}}
-             for norm, optim in ordered(set(zip(mine["norm"], mine["optim"], strict=True)))
-             for g in [mine[(mine["norm"] == norm) & (mine["optim"] == optim)]]]
-    return markdown(table)
+    return markdown([{"configuration": config_label(norm, optim, set(mine["norm"])),
+                      **{c: spread(list(g[c].dropna()), COLUMNS[c][1], "— (0)") for c in columns}}
+                     for norm, optim in ordered(set(zip(mine["norm"], mine["optim"], strict=True)))
+                     for g in [mine[(mine["norm"] == norm) & (mine["optim"] == optim)]]])
 
 
 def reference_line(ref: Reference) -> str:
@@ -194,12 +181,10 @@ def reference_line(ref: Reference) -> str:
     means = ref.real_means.float()
     parts = [f"sharpness {float(P.sharpness(means).mean()):.3f}",
              f"distinctness {P.distinctness(means):.2f}"]
-    if means.shape[1] == 3:
-        for name, measure, what in (("airplane", P.blueness, "blueness"),
-                                    ("dog", P.greenness, "greenness"),
-                                    ("frog", P.greenness, "greenness")):
-            if name in ref.classes:
-                parts.append(f"{name} {what} {float(measure(means)[ref.classes.index(name)]):+.3f}")
+    parts += [f"{name} {column.split('_')[0]} "
+              f"{float(P.tint(means, channel)[ref.classes.index(name)]):+.3f}"
+              for column, (name, channel) in TINTS.items()
+              if means.shape[1] == 3 and name in ref.classes]
     judge = ("" if ref.referee is None else
              f" The independent CNN reads {ref.referee.accuracy:.1%} of the real validation "
              "images right.")
@@ -272,11 +257,11 @@ def pictures_section(runs: pd.DataFrame, out: Path
              "in `pictures.csv`, one row per run.", ""]
     lines += [*(f"- `{c}`: {what}" for c, (what, _) in COLUMNS.items()
                 if c in table and table[c].notna().any()), ""]  # measured here
-    for ref in refs.values():
-        lines += [f"_{note}._" for note in ref.notes]
+    lines += [f"_{note}._" for ref in refs.values() for note in ref.notes]
     figures: dict[str, Figure] = {}
     found: list[tuple[dict, list[Result]]] = []
     for setting, members in settings.items():
+        sub = "####" if setting else "###"  # under the setting's own heading
         if setting:
             lines += [f"### {describe(setting)}", ""]
         setting_rows = table[table["job"].isin([p.run["job"] for p in members])]
@@ -285,7 +270,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
             if not mine:
                 continue
             head = f"{dataset}{', ' + describe(setting) if setting else ''}"
-            lines += [f"### {dataset}", ""] if not setting else [f"#### {dataset}", ""]
+            lines += [f"{sub} {dataset}", ""]
             for kind, draw in (("hallucinations", hallucinations_figure),
                                ("weights", partial(weights_figure, rows_by_job=by_job))):
                 if any(getattr(p, kind) is not None for p in mine):
@@ -301,7 +286,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
                       "its energy in the data's top principal components).", "", *notes, ""]
         results = decided("pictures", setting_rows)
         if results:
-            lines += ["### Picture claims" if not setting else "#### Picture claims", "",
-                      *claims_block(results), *([] if plain_words(results) else [""])]
+            lines += [f"{sub} Picture claims", "", *claims_block(results),
+                      *([] if plain_words(results) else [""])]
         found.append((dict(setting), results))
     return "\n".join(lines), figures, found

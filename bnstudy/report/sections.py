@@ -49,13 +49,7 @@ from bnstudy.report.stats import (
     sweep_panels,
     usable_values,
 )
-from bnstudy.report.verdicts import (
-    MIN_SEEDS,
-    claim_verdicts,
-    decided,
-    setting_results,
-    tuned_runs,
-)
+from bnstudy.report.verdicts import MIN_SEEDS, claim_verdicts, decided, setting_results, tuned_runs
 
 
 def verdict_text(row, loss: tuple[float, float]) -> str:
@@ -256,8 +250,7 @@ def regime_section(hparam: str, verdicts: pd.DataFrame) -> tuple[str, dict[str, 
 
 def cost_table(runs: pd.DataFrame, measured: dict) -> str:
     """C5's clock per pair: step costs, the ratio charged and its rounds' spread, the runs' own
-    epoch-time ratio, and the compute at which each side's mean best val acc so far reaches no
-    BN's at its full compute."""
+    epoch-time ratio, and the compute at which each side reaches no BN's full-compute accuracy."""
     table = curves(ok(runs)).merge(runs[["job", "dataset", "optim", "norm"]], on="job")
     table["epoch_s"] = table.groupby("job")["time_s"].diff().fillna(table["time_s"])
     rows = []

@@ -134,12 +134,9 @@ def adjust(results: list[Result]) -> list[Result]:
 def evaluate(parts: list[Part], tables: dict[str, pd.DataFrame]) -> list[Result]:
     """The parts whose every group has runs in their source table, tested, Holm-adjusted
     within each family."""
-    results = []
-    for part in parts:
-        table = tables.get(part.source)
-        if table is not None and len(table) and all(t.selects(table).any() for t in part.terms):
-            results.append(run_part(part, table))
-    return adjust(results)
+    return adjust([run_part(part, table) for part in parts
+                   if (table := tables.get(part.source)) is not None and len(table)
+                   and all(t.selects(table).any() for t in part.terms)])
 
 
 def combine(verdicts: list[str]) -> str:
@@ -156,9 +153,6 @@ def claim_verdicts(results: list[Result]) -> dict[str, str]:
     return {c: combine([r.verdict for r in results if r.claim == c]) for c in names}
 
 
-# --- C5: at equal training time; C6: at each one's best -------------------------------------
-
-
 def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """A tuned sweep's study, and its `SWEEP/tuning.json` ({} and no runs without one): the kept
     settings' re-runs (`final_jobs`), each searched setting reading "tuned" (every norm has its
@@ -166,11 +160,10 @@ def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]
     tuning = read_tuning(sweep_dir)
     if tuning is None:
         return runs.iloc[:0], {}
-    cells = tuning.get("cells", [])
-    jobs = final_jobs(tuning)
-    searched = {key for cell in cells for key in cell.get("best_params", {})}
+    searched = {key for cell in tuning.get("cells", []) for key in cell.get("best_params", {})}
     columns = {c for key in searched for c in (key, key.split(".")[-1]) if c in runs}
-    return runs[runs["job"].isin(jobs)].assign(**dict.fromkeys(columns, "tuned")), tuning
+    tuned = runs[runs["job"].isin(final_jobs(tuning))]
+    return tuned.assign(**dict.fromkeys(columns, "tuned")), tuning
 
 
 def decided(source: str, table: pd.DataFrame) -> list[Result]:
