@@ -221,6 +221,27 @@ def no_parallel_jobs(args: list[str]) -> str | None:
     return None
 
 
+def interval_sweep(args: list[str]) -> str | None:
+    """An `interval(a,b)` outside a tuned study (whose sweeper words its own): the grid and
+    basic sweepers list values, and Hydra's refusal is a traceback after making the folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if "experiment=tuned" in args:
+        return None
+    for arg in args:
+        try:
+            (override,) = OverridesParser.create().parse_overrides([arg])
+        except HydraException:  # a flag, or Hydra's own syntax error: Hydra says so
+            continue
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            bounds = override.value()
+            return (f"{arg}: an interval is a range for a search to sample, but a sweep trains "
+                    "the values it lists, so nothing was run. List them, e.g. -m "
+                    f"{override.key_or_group}={bounds.start:g},{bounds.end:g}; to search a range, "
+                    "run a tuned study (experiment=tuned; its space is hydra.sweeper.search).")
+    return None
+
+
 def sweeper_clash(args: list[str]) -> str | None:
     """A sweeper chosen against the experiment's: another with experiment=tuned, or the tuned
     one without it (whose cells, search space and re-runs come with the experiment)."""
@@ -306,4 +327,4 @@ def first_mistake(args: list[str]) -> str | None:
     """The paragraph of the first mistake above in a command line's overrides; None if none
     (the entry point adds `sweeper_clash`)."""
     return unknown_override(args) or unknown_option(args) or wrong_type(args) \
-        or lacking_option(args) or no_parallel_jobs(args)
+        or lacking_option(args) or no_parallel_jobs(args) or interval_sweep(args)

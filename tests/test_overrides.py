@@ -154,6 +154,17 @@ def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
         "+hydra.launcher.n_jobs=0: the number of jobs")  # added to another launcher
 
 
+def test_an_interval_is_refused_outside_a_tuned_study():
+    from bnstudy.overrides import first_mistake, interval_sweep
+
+    assert first_mistake(["-m", "seed=interval(0,2)"]).startswith(
+        "seed=interval(0,2): an interval is a range for a search to sample")
+    assert "e.g. -m seed=0,2;" in interval_sweep(["-m", "seed=interval(0,2)"])
+    for args in (["-m", "seed=range(0,3)", "dataset.lr=0.1,1"], ["-m", "experiment=tuned",
+                 "seed=interval(0,2)"], ["-m", "dataset.lr=interval("]):  # (Hydra's error)
+        assert interval_sweep(args) is None, args
+
+
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
     from bnstudy.overrides import compose
 

@@ -60,6 +60,9 @@ def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
     ("logger=[tensorboard, mlfow]", "logger=[tensorboard, mlfow]: logger has no option mlfow, so "
      "nothing was run. Did you mean mlflow? Its options: csv, mlflow, tensorboard, wandb "
      "(several: 'logger=[a,b]')."),  # Hydra's would name no option
+    ("dataset.lr=interval(1e-3,0.1)", "dataset.lr=interval(1e-3,0.1): an interval is a range "
+     "for a search to sample, but a sweep trains the values it lists, so nothing was run. List "
+     "them, e.g. -m dataset.lr=0.001,0.1; to search"),  # with -m: Hydra's traceback, a folder
 ])
 def test_a_mistyped_command_is_refused_before_anything_runs(override, message, tmp_path):
     proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
