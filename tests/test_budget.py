@@ -1,5 +1,5 @@
-"""Claim C7, the budget curve (`bnstudy.report.budget`): the expected-best estimator against
-brute force, the seeded bootstrap band, the words on a crossover, budget.csv and the report."""
+"""Claim C7, the budget curve (`bnstudy.report.budget`): the expected-best estimator, the
+bootstrap band, the words on a crossover, budget.csv, the report and the printed answer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 from helpers import csv_rows, scalar_tags, scalars, write_job
 
 from bnstudy.records import TUNING_FILE
+from bnstudy.report import budget as B
+from bnstudy.report.answer import console_answer
 from bnstudy.report.budget import BUDGET_FILE, budgets, expected_best, words
 from bnstudy.report.cli import main as report
 
@@ -51,7 +53,6 @@ def test_the_band_holds_the_estimate_and_repeats_itself_and_seconds_charge_each_
     (first,) = budgets(tuning, [("bn", "none")])
     (again,) = budgets(tuning, [("bn", "none")])
     assert first.rows() == again.rows()  # a fixed numpy seed
-    assert first.baseline.n == N  # the failed trials are left out
     for row in first.rows():
         for low, estimate, high in (("treatment_low", "treatment_best", "treatment_high"),
                                     ("baseline_low", "baseline_best", "baseline_high"),
@@ -98,18 +99,16 @@ def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
 
 def test_one_trial_a_side_is_direction_and_size_only():
     """A bootstrap of one trial has no spread: its p would 'decide' anything; no test."""
-    from bnstudy.report.budget import claim_rows
-
     (single,) = budgets({"cells": [cell("bn", [0.80], 1.0), cell("none", [0.81], 1.0)]},
                         [("bn", "none")])
-    (row,) = claim_rows([single])
+    (row,) = B.claim_rows([single])
     assert math.isnan(row["p_value"]) and row["verdict"] == row["claim_verdict"] == "cannot tell"
     assert row["note"].startswith("one trial on a side: a bootstrap of one has no spread")
     assert words(single) == ("One trial on a side: BN − no BN -1.00 pts, direction and size only "
                              "(a bootstrap of one trial has no spread).")
     (two,) = budgets({"cells": [cell("bn", [0.8, 0.9], 1.0), cell("none", [0.5, 0.6], 1.0)]},
                      [("bn", "none")])
-    assert all(r["p_value"] < 0.05 for r in claim_rows([two]))  # two trials a side: tested
+    assert all(r["p_value"] < 0.05 for r in B.claim_rows([two]))  # two trials a side: tested
 
 
 def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
@@ -157,9 +156,7 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert "### tuned=each norm at its best Verdicts: **C6 " in text  # C6's part, the re-runs
     assert "| MNIST | SGD | 2, 2 | BN ahead, +12.12 pts (+10.22 to +14.14) |" in text
     assert "at a small budget (k=1)" in text
-    from bnstudy.report.answer import console_answer  # what the tuned sweep prints as it ends
-
-    printed = console_answer(tmp_path).splitlines()  # its other lines: the test word for word
+    printed = console_answer(tmp_path).splitlines()  # as it ends; word for word: a test below
     assert printed[2].startswith("  MNIST, Adam: after one trial no BN ahead, ")
     assert {"budget/mnist-sgd/bn", "budget/mnist-sgd/none", "budget/mnist-sgd/bn-none"} <= \
         scalar_tags(out)
@@ -170,19 +167,16 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
 
 
 def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
-    """Each part's p is twice the resampled differences' smaller side share ((count + 1) /
-    (B + 1)); the verdicts use Holm over C7's parts (statsmodels' multipletests), not the raw
-    band: a part whose band alone excludes 0 may still cannot tell among several."""
+    """Each part's p: twice the smaller side's share of resampled differences ((count + 1) /
+    (B + 1)); verdicts on Holm over C7's parts, not the band alone."""
     from statsmodels.stats.multitest import multipletests
-
-    from bnstudy.report.budget import claim_rows
 
     rng = np.random.default_rng(3)
     tuning = {"cells": [c for d, shift in (("mnist", 0.0), ("cifar10", 0.02))
                         for c in (cell("bn", rng.normal(0.6 + shift, 0.05, 12), 1.0, dataset=d),
                                   cell("none", rng.normal(0.6, 0.05, 12), 1.0, dataset=d))]}
     found = budgets(tuning, [("bn", "none")])
-    rows = claim_rows(found)
+    rows = B.claim_rows(found)
     for row, budget in zip(rows, [b for b in found for _ in (1, 2)], strict=True):
         k = int(row["part"].rsplit("k=", 1)[1].rstrip(")"))
         d = budget.treatment.boots[:, k - 1] - budget.baseline.boots[:, k - 1]
@@ -196,11 +190,8 @@ def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
 
 
 def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
-    """Per dataset × optimizer, after one trial (C7) and at each one's best (C6; where C6 is not
-    declared, svhn and rmsprop, nor labels, verdicts.csv's row); a dash for a cell without a
-    search; nothing with neither."""
-    from bnstudy.report.answer import console_answer
-
+    """Per dataset × optimizer, after one trial (C7) and at each one's best (C6, or where not
+    declared verdicts.csv's row); a dash for a cell without a search; nothing with neither."""
     write_job(tmp_path, [0.5])
     write_tuned_sweep(tmp_path, [])
     assert console_answer(tmp_path) == ""
@@ -220,17 +211,13 @@ def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
 
 
 def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
-    """With `norm=bn,layer,none` only BN − no BN's parts are C7 (in claims.csv, its verdict);
-    LayerNorm − no norm is decided alike (Holm within its pair) for its words and answer.
-    A sweep of LayerNorm and no norm alone claims nothing, in the report and as it prints."""
-    from bnstudy.report.answer import console_answer
-    from bnstudy.report.budget import budget_section
-
+    """Only BN − no BN's parts are C7; LayerNorm − no norm is decided alike (Holm within its
+    pair) for its words and answer; a sweep without BN claims nothing."""
     layer = cell("layer", [0.6] * N, 10.0)  # behind no BN's search from the first trial
     write_tuned_sweep(tmp_path, crossover() + [layer])
     out = tmp_path / "out"
     out.mkdir()
-    both = budget_section(tmp_path, [("bn", "none"), ("layer", "none")], out)
+    both = B.budget_section(tmp_path, [("bn", "none"), ("layer", "none")], out)
     assert {r["claim"] for r in both.rows} == {"C7"}
     assert [r["statement"] for r in both.rows] == [
         "MNIST, SGD: after 1 trial of search BN is ahead",
@@ -239,7 +226,7 @@ def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
     assert "**MNIST, SGD, LayerNorm − no norm**: LayerNorm is not shown ahead" in both.text
     assert both.small[("mnist", "sgd", "layer", "none")].startswith("no norm ahead, -14.87 pts")
     assert both.small[("mnist", "sgd", "bn", "none")].startswith("BN ahead, +12.12")
-    alone = budget_section(tmp_path, [("layer", "none")], out)
+    alone = B.budget_section(tmp_path, [("layer", "none")], out)
     assert alone.rows == [] and "C7" not in alone.text
     assert alone.text.startswith("### The tuning budget\n")
     assert console_answer(tmp_path).splitlines()[:2] == [
@@ -262,14 +249,12 @@ def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
 def test_a_cell_counts_its_finished_trials_only_and_a_pair_needs_both_arms():
     """A trial counts when it has a value and did not fail (no state: finished); a pair whose
     arm is missing, or has no finished trial, is left out without ending the others."""
-    from bnstudy.report.budget import arm
-
     rng = np.random.default_rng(0)
     scored_but_failed = {"value": 0.99, "state": "FAIL"}
     no_state = {"value": 0.4, "seconds": 2.0}
-    one = arm({"norm": "bn", "trials": [scored_but_failed, no_state]}, rng)
+    one = B.arm({"norm": "bn", "trials": [scored_but_failed, no_state]}, rng)
     assert list(one.values) == [0.4] and one.seconds == 2.0
-    assert arm({"norm": "bn"}, rng) is None
+    assert B.arm({"norm": "bn"}, rng) is None
     assert budgets({}, [("bn", "none")]) == []
     lonely = [cell("bn", [0.5, 0.6], 1.0), cell("none", [], 1.0, failed=2),
               cell("layer", [0.5], 1.0, optim="adam")]
@@ -281,14 +266,12 @@ def test_a_cell_counts_its_finished_trials_only_and_a_pair_needs_both_arms():
 def test_the_difference_at_kt_and_kb_trials_and_its_bootstrap_p():
     """diff(kt, kb) takes each arm's curve at its own k; identical searches give p = 1 (every
     resampled difference is a tie, on both sides); the seconds columns are k × trial seconds."""
-    from bnstudy.report.budget import band
-
     (budget,) = budgets({"cells": [cell("bn", [0.2, 0.9, 0.5], 3.0),
                                    cell("none", [0.3, 0.4, 0.8], 2.0)]}, [("bn", "none")])
     t, b = budget.treatment.curve, budget.baseline.curve
     assert budget.diff(2, 1)[0] == pytest.approx(t[1] - b[0])
     boots = budget.treatment.boots[:, 1] - budget.baseline.boots[:, 0]
-    assert budget.diff(2, 1)[1:] == pytest.approx(band(boots))  # the band at the same ks
+    assert budget.diff(2, 1)[1:] == pytest.approx(B.band(boots))  # the band at the same ks
     assert budget.diff(1, 3)[0] == pytest.approx(t[0] - b[2])
     row = budget.rows()[1]  # k = 2
     assert (row["treatment_seconds"], row["baseline_seconds"]) == (6.0, 4.0)
@@ -296,7 +279,7 @@ def test_the_difference_at_kt_and_kb_trials_and_its_bootstrap_p():
                       [("bn", "none")])
     assert same.p_value(1) == 1.0
     columns = np.arange(12.0).reshape(4, 3)
-    low, high = band(columns, axis=0)  # one band per column
+    low, high = B.band(columns, axis=0)  # one band per column
     assert low.shape == high.shape == (3,) and list(low) < list(high)
 
 
@@ -313,14 +296,11 @@ def test_the_seconds_grid_runs_from_one_trial_each_to_the_shorter_search(seconds
 
 
 def test_a_c7_part_and_its_chart_in_full():
-    """Every field of C7's claims.csv rows, from a 3-trial and a 2-trial search (k = 2 is the
-    last k both reached), the TensorBoard difference chart at each such k, and the answer's
-    words after one trial, which follow C7's Holm-adjusted verdict, not the band alone."""
-    from bnstudy.report.budget import claim_rows, scalars, small_words
-
+    """C7's claims.csv rows and chart at each k both searches reached (3 and 2 trials: k = 1,
+    2), and the answer's words after one trial, following C7's Holm-adjusted verdict."""
     (budget,) = budgets({"cells": [cell("bn", [0.2, 0.9, 0.5], 3.0),
                                    cell("none", [0.3, 0.8], 2.0)]}, [("bn", "none")])
-    rows = claim_rows([budget])
+    rows = B.claim_rows([budget])
     sides = ["BN 53.33% (3 trials); no BN 55.00% (2 trials)",
              "BN 76.67% (3 trials); no BN 80.00% (2 trials)"]
     for k, row, said in zip((1, 2), rows, sides, strict=True):
@@ -337,17 +317,16 @@ def test_a_c7_part_and_its_chart_in_full():
             "p_holm": 1.0,
             "note": "95% bootstrap band (1000 resamples of each search)", "verdict": "cannot tell"}
     one = "{:+.2f} pts ({:+.2f} to {:+.2f})".format(*(100 * v for v in budget.diff(1, 1)))
-    assert {v: small_words(budget, v) for v in ("holds", "does not hold", "cannot tell")} == {
+    assert {v: B.small_words(budget, v) for v in ("holds", "does not hold", "cannot tell")} == {
         "holds": f"BN ahead, {one}", "does not hold": f"no BN ahead, {one}",
         "cannot tell": f"cannot tell, {one}"}
-    chart = scalars([budget])["budget/mnist-sgd/bn-none"]
+    chart = B.scalars([budget])["budget/mnist-sgd/bn-none"]
     assert chart == [(k, pytest.approx(100 * budget.diff(k, k)[0])) for k in (1, 2)]
 
 
 def test_the_search_table_says_each_cells_search_and_choice():
-    """report.md's search table: the sampler, then per cell its trials, mean trial seconds,
-    the chosen setting (floats to 3 digits), its rank among the re-run candidates, and its
-    validation accuracy in the search and over the re-runs (a dash for what is unknown)."""
+    """report.md's search table: the sampler, then each cell's search and choice (a dash for
+    what is unknown)."""
     from bnstudy.report.render import tuning_table
 
     chosen = {"optim.optimizer.lr": 0.01234, "model.net.depth": 2}
@@ -384,14 +363,11 @@ def test_the_search_table_says_each_cells_search_and_choice():
 
 
 def test_the_budget_table_shows_a_few_ks_and_the_last_with_each_sides_band():
-    """report.md's table per pair: k at the `SHOWN` steps and the last k both searches reached,
-    each side's seconds and expected best in % with its band, the difference signed, and where
-    its band lies."""
-    from bnstudy.report.budget import table
-
+    """report.md's table per pair: k at the `SHOWN` steps and the last k both reached, each
+    side's band, and where the difference's band lies."""
     shorter = [cell("bn", [0.87] * (N - 10), 10.0), crossover()[1]]  # BN's search: 190 trials
     (budget,) = budgets({"cells": shorter}, [("bn", "none")])
-    lines = table(budget).splitlines()
+    lines = B.table(budget).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
     assert cells[0] == ["trials (k)", "seconds (BN / no BN)", "BN, %", "no BN, %",
                         "BN − no BN, pts", "band"]
@@ -413,14 +389,13 @@ def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_ba
     without trial times only against k), a band each, on log-2 axes with plain tick numbers."""
     from matplotlib.colors import to_rgba
 
-    from bnstudy.report.budget import band, figure
     from bnstudy.report.figures import norm_color
 
     bn, none = cell("bn", [0.2, 0.9, 0.5], 3.0), cell("none", [0.3, 0.8], 2.0)
     for trial in none["trials"]:
         trial["seconds"] = None  # no BN's times unknown: no seconds curve for it
     (budget,) = budgets({"cells": [bn, none]}, [("bn", "none")])
-    fig = figure(budget)
+    fig = B.figure(budget)
     by_k, by_s = fig.axes
     assert [(line.get_label(), list(line.get_xdata()), line.get_color()) for line in by_k.lines] \
         == [("BatchNorm (3 trials)", [1, 2, 3], norm_color("bn")),
@@ -428,7 +403,7 @@ def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_ba
     assert list(by_s.lines[0].get_xdata()) == [3.0, 6.0, 9.0] and len(by_s.lines) == 1
     for line, arm in zip(by_k.lines, (budget.treatment, budget.baseline), strict=True):
         assert np.allclose(line.get_ydata(), 100 * arm.curve)
-    low, high = band(budget.treatment.boots, axis=0)
+    low, high = B.band(budget.treatment.boots, axis=0)
     (fill, _), (fill_s,) = by_k.collections, by_s.collections
     ys = fill.get_paths()[0].vertices[:, 1]
     assert np.isclose(ys.min(), 100 * low.min()) and np.isclose(ys.max(), 100 * high.max())
@@ -443,6 +418,6 @@ def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_ba
     assert fig._suptitle.get_text() == \
         "MNIST, SGD: is BatchNorm worth it at your tuning budget? (band: 95% bootstrap)"
     (layer,) = budgets({"cells": [{**bn, "norm": "layer"}, none]}, [("layer", "none")])
-    assert figure(layer)._suptitle.get_text().startswith("MNIST, SGD: is LayerNorm worth it at ")
-    assert [line.get_label() for line in figure(layer).axes[0].lines] == [
+    assert B.figure(layer)._suptitle.get_text().startswith("MNIST, SGD: is LayerNorm worth it at ")
+    assert [line.get_label() for line in B.figure(layer).axes[0].lines] == [
         "LayerNorm (3 trials)", "No norm (2 trials)"]

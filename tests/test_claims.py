@@ -1,7 +1,5 @@
-"""The claims registry: C1–C4 on hand-made records (each holds, flips with its records, and
-its statistic is recomputed), C5 on records with known times and C5's clock, C6 from a tuning
-record, the power numbers against statsmodels, a claim declared in a test, and the answer's
-words (`bnstudy.report.claims`, `verdicts`, `answer`, `cost`)."""
+"""The claims (`bnstudy.report.claims`, `verdicts`, `answer`, `cost`): C1–C4 on hand-made
+records, C5 and its clock, C6 from a tuning record, a claim declared in a test, the answer."""
 
 from __future__ import annotations
 
@@ -21,24 +19,29 @@ from helpers import csv_rows, read_record, write_job
 from scipy import stats as sps
 
 from bnstudy.records import TUNING_FILE
+from bnstudy.report import answer as A
 from bnstudy.report import claims as C
+from bnstudy.report import cost
 from bnstudy.report import verdicts as V
 from bnstudy.report.cli import main
 from bnstudy.report.cost import StepCost, time_table, val_acc_at
+from bnstudy.report.figures import time_figure
 from bnstudy.report.render import claim_rows, claims_block, deciding, estimate_text, method, note
-from bnstudy.report.runs import group_keys, load_runs
+from bnstudy.report.runs import group_keys, load_runs, quantities
+from bnstudy.report.sections import claims_section, cost_table
 from bnstudy.report.stats import IMAGES, PAIRED, power_of
+from bnstudy.report.write import write_report
 
 
 def cost_of(ratio: float) -> StepCost:
     return StepCost(ratio * 1e-3, 1e-3, ratio, ratio, ratio, ratio, ratio, 9)
 
 
-def results_of(sweep_dir, cost: float | StepCost | None = None) -> dict[str, V.Result]:
-    """The sweep's curve and time claims, the step of BN costing `cost` (a ratio, or a clock's
+def results_of(sweep_dir, step: float | StepCost | None = None) -> dict[str, V.Result]:
+    """The sweep's curve and time claims, the step of BN costing `step` (a ratio, or a clock's
     `StepCost`) no-BN steps (None: no clock, no time claims)."""
-    clock = {} if cost is None else {
-        ("mnist", "sgd"): cost if isinstance(cost, StepCost) else cost_of(cost)}
+    clock = {} if step is None else {
+        ("mnist", "sgd"): step if isinstance(step, StepCost) else cost_of(step)}
     results, _ = V.setting_results(load_runs(sweep_dir), costs=lambda runs: clock)
     return {f"{r.claim}{r.part}": r for r in results}
 
@@ -80,7 +83,9 @@ def test_c5_holds_when_bn_is_ahead_at_equal_time_not_when_only_per_epoch(tmp_pat
     assert results_of(tmp_path / "late", 1.0)["C5a (MNIST, SGD)"].verdict == "holds"
 
 
-def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(tmp_path):
+def test_a_cannot_tell_row_says_how_many_seeds_would_decide_and_is_written_in_its_units(
+        tmp_path):
+    """Never "no difference"; the estimate and claims.csv row in the part's units."""
     write_pair(tmp_path / "few", [0.5, 0.60], [0.5, 0.58], spread=0.02)  # 2 pts apart
     write_pair(tmp_path / "none", [0.5, 0.60], [0.5, 0.60], spread=0.02)  # the same means
     few = results_of(tmp_path / "few", 1.0)["C5a (MNIST, SGD)"]
@@ -100,25 +105,20 @@ def test_a_cannot_tell_row_says_how_many_seeds_would_decide_never_no_difference(
     assert "observed;" in note(replace(tie, would_show="a difference"))  # seeds would decide
     assert note(replace(few, test=replace(few.test, p_value=math.nan))) == \
         "no spread over the seeds: no test"
-
-
-def test_a_parts_estimate_and_claims_csv_row_are_written_in_its_units(tmp_path):
-    write_pair(tmp_path, [0.5, 0.60], [0.5, 0.58], spread=0.02)
-    part = results_of(tmp_path, 1.0)["C5a (MNIST, SGD)"]
-    low, estimate, high = (100 * x for x in (part.test.ci_low, part.test.estimate,
-                                             part.test.ci_high))
-    assert estimate_text(part) == f"{estimate:+.2f} pts (95% CI {low:+.2f} to {high:+.2f})"
-    (row,) = claim_rows([part], {})
-    assert (row["dataset"], row["unit"], row["test"]) == ("mnist", "accuracy", part.test.test)
-    loss = replace(part, declared=replace(part.declared, fmt="loss", quantity="final_val_loss"))
+    low, estimate, high = (100 * x for x in (few.test.ci_low, few.test.estimate,
+                                             few.test.ci_high))
+    assert estimate_text(few) == f"{estimate:+.2f} pts (95% CI {low:+.2f} to {high:+.2f})"
+    (row,) = claim_rows([few], {})
+    assert (row["dataset"], row["unit"], row["test"]) == ("mnist", "accuracy", few.test.test)
+    loss = replace(few, declared=replace(few.declared, fmt="loss", quantity="final_val_loss"))
     assert claim_rows([loss], {})[0]["unit"] == "loss"
-    across = replace(part, declared=replace(part.declared, terms=(
+    across = replace(few, declared=replace(few.declared, terms=(
         C.Term(1.0, "mnist", "sgd", "bn"), C.Term(-1.0, "cifar10", "sgd", "bn"))))
     assert claim_rows([across], {})[0]["dataset"] == ""  # a claim across datasets: none
-    same = replace(part, verdict="equivalent")
-    block = claims_block([part, same])
+    same = replace(few, verdict="equivalent")
+    block = claims_block([few, same])
     said = [line for line in block if line.startswith("- ")]
-    assert len(said) == 2 and said[0].endswith(f"{note(part)}.")
+    assert len(said) == 2 and said[0].endswith(f"{note(few)}.")
     assert "does not hold, equivalent**" in said[1] and note(same) in said[1]
 
 
@@ -136,44 +136,35 @@ def write_tuned(sweep_dir, bn_test: list[float], none_test: list[float]) -> None
          "cells": cells}))
 
 
-@pytest.mark.parametrize(("bn", "none", "verdict"), [
-    ([0.95, 0.96, 0.955], [0.90, 0.91, 0.905], "holds"),
-    ([0.90, 0.91, 0.905], [0.95, 0.96, 0.955], "does not hold"),
-    ([0.93, 0.95, 0.94], [0.94, 0.93, 0.95], "cannot tell")])
+@pytest.mark.parametrize(("bn", "none", "verdict", "images"), [
+    ([0.95, 0.96, 0.955], [0.90, 0.91, 0.905], "holds", False),
+    ([0.90, 0.91, 0.905], [0.95, 0.96, 0.955], "does not hold", False),
+    ([0.93, 0.95, 0.94], [0.94, 0.93, 0.95], "cannot tell", True)])
 def test_c6_compares_each_norms_tuned_reruns_on_the_test_split(tmp_path, bn, none, verdict,
-                                                               figures_not_rendered):
+                                                               images, figures_not_rendered):
+    """verdicts.csv's row tests as C6 does (one p-value, one interval), both adding the test
+    images' sampling error where the runs saved per-image results."""
     write_tuned(tmp_path, bn, none)
-    assert main([str(tmp_path)]) == 0
-    (row,) = [r for r in csv_rows(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
-    assert row["verdict"] == verdict
-    # test accuracy is val − 0.01 in write_job: the estimate is of the test split's numbers
-    assert float(row["estimate"]) == pytest.approx(sum(bn) / 3 - sum(none) / 3, abs=1e-6)
-    text = " ".join((tmp_path / "report" / "report.md").read_text().split())
-    assert "| mnist | sgd | BN | 4 | lr=0.1 |" in text
-    (row,) = csv_rows(tmp_path / "report" / "verdicts.csv")  # as C6's: not on the val accs
-    assert (row["quantity"], row["test"], row["verdict"]) == ("test_acc", "Welch", {
-        "holds": "wins", "does not hold": "loses"}.get(verdict, "cannot tell"))
-    assert float(row["treatment_mean"]) == pytest.approx(sum(bn) / 3, abs=1e-6)
-    assert " on test accuracy (Welch: its own tuned setting a side): " in text
-
-
-def test_a_tuned_studys_verdicts_csv_tests_as_c6_does_with_the_test_images(
-        tmp_path, figures_not_rendered):
-    """One comparison, one test: C6 and verdicts.csv's row add the test images' sampling error
-    where the runs saved per-image results, so they give one p-value and one interval."""
-    write_tuned(tmp_path, [0.90, 0.91, 0.93], [0.89, 0.90, 0.90])
     rng = np.random.default_rng(0)
-    for record in tmp_path.glob("*/metrics.json"):
-        acc = json.loads(record.read_text())["test"]["acc"]
+    for record in tmp_path.glob("*/metrics.json") if images else ():
+        acc = read_record(record.parent)["test"]["acc"]
         np.save(record.parent / "test_correct.npy", rng.random(400) < acc)
     assert main([str(tmp_path)]) == 0
     (c6,) = [r for r in csv_rows(tmp_path / "report" / "claims.csv") if r["claim"] == "C6"]
-    (row,) = csv_rows(tmp_path / "report" / "verdicts.csv")
-    assert row["test"] == c6["test"] == "Welch + test images"
-    for column in ("estimate", "ci_low", "ci_high", "p_value"):
-        assert float(row[{"estimate": "diff", "ci_low": "diff_ci_low",
-                          "ci_high": "diff_ci_high"}.get(column, column)]) == pytest.approx(
-            float(c6[column]), rel=1e-9), column
+    assert c6["verdict"] == verdict
+    # test accuracy is val − 0.01 in write_job: the estimate is of the test split's numbers
+    assert float(c6["estimate"]) == pytest.approx(sum(bn) / 3 - sum(none) / 3, abs=1e-6)
+    text = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "| mnist | sgd | BN | 4 | lr=0.1 |" in text
+    (row,) = csv_rows(tmp_path / "report" / "verdicts.csv")  # as C6's: not on the val accs
+    test = "Welch + test images" if images else "Welch"
+    assert (row["quantity"], row["test"], c6["test"], row["verdict"]) == ("test_acc", test, test, {
+        "holds": "wins", "does not hold": "loses"}.get(verdict, "cannot tell"))
+    assert float(row["treatment_mean"]) == pytest.approx(sum(bn) / 3, abs=1e-6)
+    for column, of_row in (("estimate", "diff"), ("ci_low", "diff_ci_low"),
+                           ("ci_high", "diff_ci_high"), ("p_value", "p_value")):
+        assert float(row[of_row]) == pytest.approx(float(c6[column]), rel=1e-9), column
+    assert " on test accuracy (Welch: its own tuned setting a side): " in text
 
 
 def test_the_clock_alternates_the_sides_at_one_thread_and_takes_each_sides_fastest_block(
@@ -182,8 +173,6 @@ def test_the_clock_alternates_the_sides_at_one_thread_and_takes_each_sides_faste
     blocks BN, no BN, then no BN, BN (a drift is paired out), at one torch thread, each net
     built once from the config given; the threads restored after."""
     import torch
-
-    from bnstudy.report import cost
 
     order, threads, config = [], torch.get_num_threads(), object()
     slow = {"bn": iter([0.0] * 11 + [0.004] + [0.0] * 100),  # after the warm-up steps
@@ -215,8 +204,6 @@ def test_the_clock_alternates_the_sides_at_one_thread_and_takes_each_sides_faste
 def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monkeypatch):
     """A second report on the same runs reads the kept clock (the same verdicts); a pair not in
     it, or kept by an older clock (other fields), is measured."""
-    from bnstudy.report import cost
-
     measured, calls = [], []
 
     def measure_apart(configs):
@@ -245,34 +232,30 @@ def test_the_clock_is_measured_once_and_kept_for_the_next_report(tmp_path, monke
 
 @pytest.mark.slow  # two fresh Python processes importing torch: 6 s
 def test_the_clock_runs_in_a_fresh_process_and_says_why_it_failed(tmp_path):
-    from bnstudy.report.cost import measure_apart
-
     (config := tmp_path / "config.yaml").write_text(
         "dataset: {datamodule: {_target_: bnstudy.data.MNISTDataModule}, batch_size: 8}\n"
         "model: {net: {_target_: bnstudy.nets.MLP, hidden_dim: 4}}\n"
         "optim: {optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.1}}\n")
-    (clock,) = measure_apart([config], rounds=3)
+    (clock,) = cost.measure_apart([config], rounds=3)
     assert clock.rounds == 3 and clock.treatment_s > 0 and clock.baseline_s > 0
     assert clock.ratio_min <= clock.ratio_median <= clock.ratio_upper == clock.ratio_max
     with pytest.raises(RuntimeError, match="(?s)C5.s clock failed: .*nowhere"):
-        measure_apart([tmp_path / "nowhere.yaml"], rounds=3)
+        cost.measure_apart([tmp_path / "nowhere.yaml"], rounds=3)
 
 
 def test_the_clock_charges_the_median_rounds_upper_bound_not_a_freak_round():
     """A distribution-free 95 % bound: the 12th of 15 sorted ratios, the 21st of 31; one
     freak round (14×, seen here) moves neither it nor the verdict."""
-    from bnstudy.report.cost import median_upper
-
-    assert median_upper([float(x) for x in range(15, 0, -1)]) == 12.0
-    assert median_upper([float(x) for x in range(1, 32)]) == 21.0
-    assert median_upper([1.1, 1.2]) == 1.2  # too few for the level: the largest
+    upper = cost.median_upper
+    assert upper([float(x) for x in range(15, 0, -1)]) == 12.0
+    assert upper([float(x) for x in range(1, 32)]) == 21.0
+    assert upper([1.1, 1.2]) == 1.2  # too few for the level: the largest
     rounds = [1.10 + 0.001 * i for i in range(30)]
-    assert median_upper([*rounds, 14.0]) == median_upper([*rounds, 1.13]) == pytest.approx(1.12)
+    assert upper([*rounds, 14.0]) == upper([*rounds, 1.13]) == pytest.approx(1.12)
 
 
 def test_the_time_table_reads_each_pair_against_its_own_baseline():
-    """C5's table: best val acc so far at a share of the no-BN runs' epochs, a BN epoch costing
-    the pair's ratio, linear between epoch ends; a pair without a ratio is left out, one
+    """C5's table, a BN epoch costing the pair's ratio: a pair without a ratio is left out, one
     without a baseline has no values."""
     runs = pd.DataFrame({"dataset": ["mnist", "mnist", "mnist", "cifar10"],
                          "optim": ["sgd", "sgd", "adam", "sgd"],
@@ -326,47 +309,14 @@ def test_tuned_runs_are_the_ones_tuning_json_lists(tmp_path):
     assert V.tuned_runs(tmp_path, runs)[0].empty
 
 
-def test_the_answer_opens_the_report_and_a_claim_declared_in_a_test_is_in_claims_csv(
-        tmp_path, monkeypatch, figures_not_rendered):
-    from bnstudy.report.answer import DECIDE
-
-    declared = C.declare
-
-    def with_c9(datasets):
-        return [*declared(datasets), C.Part(
-            "C9", "", "MNIST, SGD: BN's last epoch beats no BN's by more than nothing",
-            "final val acc, BN − no BN", "final_val_acc", C.pair("mnist", "sgd"))]
-
-    monkeypatch.setattr(V, "declare", with_c9)
-    write_pair(tmp_path / "three", *FAST_EARLY)
-    write_pair(tmp_path / "one", *FAST_EARLY, seeds=(1,))
-    for sweep in ("three", "one"):
-        assert main([str(tmp_path / sweep)]) == 0
-    three, one = (" ".join((tmp_path / s / "report" / "report.md").read_text().split())
-                  for s in ("three", "one"))
-    assert three.index("## The answer") < three.index("## Summary")
-    assert "| MNIST | SGD | 3, 3 | BN wins, +13.00 pts (" in three
-    assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
-    assert DECIDE in one and DECIDE not in three
-    rows = {r["claim"] + r["part"]: r for r in csv_rows(tmp_path / "three/report/claims.csv")}
-    assert rows["C9"]["verdict"] == "holds" and rows["C9"]["claim_verdict"] == "holds"
-    assert float(rows["C9"]["estimate"]) == pytest.approx(0.93 - 0.80, abs=1e-6)
-    assert float(rows["C9"]["detectable_80"]) > 0 and rows["C9"]["seeds_needed"]
-    assert "**C9 holds**" in three
-
-
 def test_the_compute_that_reaches_a_target_is_read_between_points():
-    from bnstudy.report.cost import compute_to_reach
-
     compute, acc = np.array([2.0, 4.0, 6.0]), np.array([0.5, 0.7, 0.9])
-    assert compute_to_reach(compute, acc, 0.8) == pytest.approx(5.0)
-    assert compute_to_reach(compute, acc, 0.4) == 2.0  # reached at the first epoch end
-    assert math.isnan(compute_to_reach(compute, acc, 0.95))
+    assert cost.compute_to_reach(compute, acc, 0.8) == pytest.approx(5.0)
+    assert cost.compute_to_reach(compute, acc, 0.4) == 2.0  # reached at the first epoch end
+    assert math.isnan(cost.compute_to_reach(compute, acc, 0.95))
 
 
 def test_accuracy_against_compute_is_the_best_so_far_at_the_charged_cost(tmp_path):
-    from bnstudy.report.figures import time_figure
-
     write_pair(tmp_path, [0.80, 0.90, 0.85, 0.93], FAST_EARLY[1])  # BN drops at epoch 3
     fig = time_figure(load_runs(tmp_path),  # fastest blocks 1.5, the bound 2.0, max 2.5
                       {("mnist", "sgd"): StepCost(2e-3, 1e-3, 1.5, 1.2, 1.5, 2.0, 2.5, 9)})
@@ -382,8 +332,6 @@ def test_accuracy_against_compute_is_the_best_so_far_at_the_charged_cost(tmp_pat
 
 
 def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not_rendered):
-    from bnstudy.report.write import write_report
-
     write_pair(tmp_path, *FAST_EARLY)
     report = write_report(tmp_path, {}, costs=lambda runs: {("mnist", "sgd"): cost_of(2.0)})
     text = " ".join(report.read_text().split())
@@ -398,11 +346,9 @@ def test_the_report_shows_the_clock_beside_the_time_claims(tmp_path, figures_not
 def test_the_clock_table_checks_the_runs_own_epoch_seconds_per_epoch(tmp_path):
     """Each epoch's own seconds (the history's `time_s` is cumulative), BN's median over no BN's:
     BN's epochs take 4, 2, 2 s, no BN's 1.5 each: 1.33 (the cumulative times' would be 2.00)."""
-    from bnstudy.report.sections import cost_table
-
     for seed in (0, 1):
         job = write_job(tmp_path, [0.8, 0.9, 0.95], norm="bn", seed=seed)
-        record = json.loads((job / "metrics.json").read_text())
+        record = read_record(job)
         for h, t in zip(record["history"], (4.0, 6.0, 8.0), strict=True):
             h["time_s"] = t
         (job / "metrics.json").write_text(json.dumps(record))
@@ -497,8 +443,6 @@ def test_claim_statistics_are_recomputed_from_the_records(tmp_path):
         gap = {o: np.mean(get(dataset, o, "bn", final)) - np.mean(get(dataset, o, "none", final))
                for o in ("sgd", "adam")}
         assert parts[name].test.estimate == pytest.approx(gap["sgd"] - gap["adam"])
-    from bnstudy.report.runs import quantities
-
     ten = [{"val/loss": float(10 - e)} for e in range(10)]  # epochs 1..10: 10, 9, …, 1
     assert quantities(ten, None)["late_val_loss_drop"] == 6 - 1  # the middle is the fifth
 
@@ -519,11 +463,8 @@ def test_a_claim_within_the_spread_with_one_seed_or_without_its_runs_cannot_be_t
 
 
 def test_the_claims_of_several_settings_in_numeric_order_and_none_where_none_apply(tmp_path):
-    """A setting each (lr 2 before 10: by number, not text), the verdicts' table over them and
-    the claims stated once; no setting's results taken as the answer's; nothing for a dataset
-    no claim names."""
-    from bnstudy.report.sections import claims_section
-
+    """A setting each (lr 2 before 10: by number), the claims stated once, none taken as the
+    answer's; nothing for a dataset no claim names."""
     for lr, seed in itertools.product((10.0, 2.0), range(3)):
         write_job(tmp_path / "lrs", [0.6 + seed / 100, 0.9], norm="bn", lr=lr, seed=seed)
         write_job(tmp_path / "lrs", [0.5 + seed / 50, 0.8], norm="none", lr=lr, seed=seed)
@@ -539,25 +480,47 @@ def test_the_claims_of_several_settings_in_numeric_order_and_none_where_none_app
     assert claims_section(svhn, group_keys(svhn), tmp_path, lambda r: {}) == ("", [], [], {})
 
 
-def test_report_md_states_the_claims_and_claims_csv_holds_them(tmp_path, figures_not_rendered):
+def test_report_md_opens_with_the_answer_states_the_claims_and_claims_csv_holds_them(
+        tmp_path, monkeypatch, figures_not_rendered):
+    """A claim declared in a test (C9) too; a one-seed sweep's answer says how to decide."""
+    declared = C.declare
+
+    def with_c9(datasets):
+        return [*declared(datasets), C.Part(
+            "C9", "", "MNIST, SGD: BN's last epoch beats no BN's by more than nothing",
+            "final val acc, BN − no BN", "final_val_acc", C.pair("mnist", "sgd"))]
+
+    monkeypatch.setattr(V, "declare", with_c9)
     sweep_dir = write_claims_sweep(tmp_path / "sweep", {**HOLDS, **FLIPS["C2"][0]})
-    assert main([str(sweep_dir)]) == 0
-    text = " ".join((sweep_dir / "report" / "report.md").read_text().split())
+    write_pair(tmp_path / "one", *FAST_EARLY, seeds=(1,))
+    for sweep in (sweep_dir, tmp_path / "one"):
+        assert main([str(sweep)]) == 0
+    text, one = (" ".join((s / "report" / "report.md").read_text().split())
+                 for s in (sweep_dir, tmp_path / "one"))
+    assert text.index("## The answer") < text.index("## Summary")
     assert text.index("## Claims") < text.index("## mnist, sgd")
-    assert "Verdicts: **C1 holds**; **C2 does not hold**; **C3 holds**; **C4 holds**." in text
+    assert "| MNIST | SGD | 3, 3 | BN wins, +7.80 pts (" in text
+    assert "| MNIST | SGD | 1, 1 | +13.00 pts: one seed a side, direction and size only |" in one
+    assert A.DECIDE in one and A.DECIDE not in text
+    assert "Verdicts: **C1 holds**; **C2 does not hold**; **C3 holds**; **C4 holds**; " \
+           "**C9 holds**." in text
     parts = results_of(sweep_dir)
     c1a = parts["C1a"]
     assert "| C1a | MNIST, SGD: BN starts at a lower loss | first-epoch val loss, BN − no BN " \
            f"| BN {np.mean(c1a.groups[0]):.3f} ± {np.std(c1a.groups[0], ddof=1):.3f} (3); " in text
     assert f"| {c1a.test.estimate:+.3f} (95% CI {c1a.test.ci_low:+.3f} to " in text
     rows = csv_rows(sweep_dir / "report" / "claims.csv")
-    assert [r["claim"] + r["part"] for r in rows] == list(PARTS)
+    assert [r["claim"] + r["part"] for r in rows] == [*PARTS, "C9"]
     for row in rows:
         part = parts[row["claim"] + row["part"]]
         assert float(row["estimate"]) == pytest.approx(part.test.estimate, abs=1e-6)
         assert float(row["p_value"]) == pytest.approx(part.test.p_value, abs=1e-6)
         assert row["verdict"] == part.verdict
     assert {r["claim_verdict"] for r in rows if r["claim"] == "C2"} == {"does not hold"}
+    c9 = rows[-1]  # BN's final 0.96 against 0.90, each side's seeds ±0.009 on average
+    assert (c9["verdict"], c9["claim_verdict"]) == ("holds", "holds")
+    assert float(c9["estimate"]) == pytest.approx(0.96 - 0.90 + 0.018, abs=1e-6)
+    assert float(c9["detectable_80"]) > 0 and c9["seeds_needed"]
 
 
 REGISTRY = Path(__file__).with_name("claims_registry.txt")
@@ -658,10 +621,8 @@ def test_a_part_alone_decides_on_its_sign_and_a_margin_only_on_one_datasets_accu
 
 
 def test_holm_leaves_a_rule_part_and_one_short_of_seeds_as_they_were_decided():
-    """A part every seed must meet holds when all do, fails when none does, counts the seeds
-    that meet it; two seeds a side decide a contrast, one cannot tell. Neither a rule part nor
-    one with a side under 2 seeds is one of the family's tested contrasts: Holm neither counts
-    nor re-decides them. A claim holds when all its parts do."""
+    """A rule part (every seed must meet it) and one with a side under 2 seeds are not tested
+    contrasts of the family: Holm neither counts nor re-decides them."""
     verdicts = [V.every_seed(f) for f in ([True], [True, True], [False, False], [True, False])]
     assert verdicts == ["cannot tell", "holds", "does not hold", "cannot tell"]
     rule = C.Part("R", "", "above a half", "rule", "acc", (C.Term(1.0, norm="bn"),),
@@ -734,11 +695,7 @@ def test_c6_adds_the_test_images_error_where_runs_saved_it_and_says_seeds_only_w
     assert method(seeds_only).endswith("(seeds only: no run saved per-image test results)")
     table["test_correct"] = [correct[n, s] for n, s in zip(table["norm"], table["seed"],
                                                            strict=True)]
-    with_images = V.run_part(c6, table)
-    assert with_images.test.test == "Welch + test images"
-    assert method(with_images) == "Welch + test images over 3 vs 3 seeds"
-    assert with_images.test.ci_high - with_images.test.ci_low > \
-        seeds_only.test.ci_high - seeds_only.test.ci_low
+    assert method(V.run_part(c6, table)) == "Welch + test images over 3 vs 3 seeds"
 
 
 ONE_SEED = {**WIN, "optim": "adam", "n_treatment": 1, "n_baseline": 2, "diff": -0.01,
@@ -786,11 +743,9 @@ def squeezed(markdown: str) -> str:
 
 
 def test_the_answer_section_word_for_word():
-    """The answer as report.md opens: at equal epochs and time (a one-seed row adds how to
-    decide), or a tuned sweep's at each one's best (C6 for BN − no BN, another pair's verdict
-    and its small budget's answer); nothing without comparisons."""
-    from bnstudy.report.answer import answer_section
-
+    """report.md's answer: at equal epochs and time, or a tuned sweep's at each one's best;
+    nothing without comparisons."""
+    answer_section = A.answer_section
     c5a, c6 = cannot_tell_parts()
     table = pd.DataFrame([WIN, ONE_SEED])
     assert squeezed(answer_section(table, [c5a])) == ANSWER
@@ -825,8 +780,7 @@ def test_the_answer_section_word_for_word():
 def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_path):
     """Nothing for BN alone; the study's header for BN and no BN; word for word with a
     LayerNorm pair and a one-seed pair."""
-    from bnstudy.report.answer import console_answer
-
+    console_answer = A.console_answer
     for seed in (0, 1):
         write_job(tmp_path, [0.5, 0.8 + seed / 100], norm="bn", seed=seed)
     assert console_answer(tmp_path) == ""  # BN alone answers nothing
@@ -876,16 +830,8 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
 
 def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_small_budget():
     """Equivalent only from TOST, else the seeds that would decide; with the test images' error
-    in C6's interval seeds alone may never decide, and the words say so instead of "over 1000
-    seeds" (a seeds-only test keeps the count)."""
-    from bnstudy.report.answer import (
-        margin_words,
-        part_words,
-        row_words,
-        tuned_table,
-        tuned_words,
-        words,
-    )
+    seeds alone may never decide, and the words say so (not "over 1000 seeds")."""
+    words, part_words = A.words, A.part_words
     ci = (-0.0033, 0.0002)
     assert words("equivalent", -0.0016, ci, 40.0, 20, margin=0.005) == \
         "equivalent within ±0.5 pts, -0.16 pts (-0.33 to +0.02)"
@@ -899,8 +845,8 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
     assert words("wins", math.nan, (0, 1), 2.0) == part_words(None) == "—"
     assert words("cannot tell", 0.01, (-0.01, 0.03), math.nan) == \
         "cannot tell, +1.00 pts (-1.00 to +3.00)"  # no power computed: no seeds promised
-    assert margin_words({"mnist": math.nan}) == "none declared"
-    assert margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
+    assert A.margin_words({"mnist": math.nan}) == "none declared"
+    assert A.margin_words({"mnist": 0.005, "cifar10": 0.01}) == \
         "±0.5 pts for MNIST, ±1 pts for CIFAR-10"
     c5a = declared("C5a (MNIST, SGD)")
     level = [0.970, 0.972, 0.968, 0.971, 0.969, 0.970]
@@ -919,27 +865,23 @@ def test_the_answers_words_without_spread_margin_or_part_and_with_images_and_a_s
              "too large (a larger test split would)")
     assert part_words(replace(c6, test=replace(c6.test, test=IMAGES), seeds_needed=math.inf)) \
         .endswith(never)
-    assert row_words({**WIN, "verdict": "cannot tell", "test": IMAGES,  # a tuned verdicts row
+    assert A.row_words({**WIN, "verdict": "cannot tell", "test": IMAGES,  # a tuned verdicts row
                       "seeds_needed": math.inf}).endswith(never)
     seen = replace(c6, test=replace(c6.test, test=IMAGES),  # no labels for svhn, rmsprop
                    declared=replace(c6.declared, terms=C.pair("svhn", "rmsprop")))
-    assert tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
+    assert A.tuned_words([seen]) == ("Welch + the test images' sampling error, Holm over the 1 C6 "
                                    "parts; *equivalent* by TOST within ±0.5 pts for svhn")
     row = {**WIN, "dataset": "svhn", "optim": "rmsprop", "quantity": "test_acc"}
     small = {("mnist", "sgd", "bn", "none"): "BN ahead"}
-    assert squeezed(tuned_table(pd.DataFrame([row]), [seen], small)).splitlines()[::2] == [
+    assert squeezed(A.tuned_table(pd.DataFrame([row]), [seen], small)).splitlines()[::2] == [
         "| dataset | optimizer | seeds (BN, no BN) | at a small budget (k=1) | at each one's "
         "best |", "| svhn | rmsprop | 3, 3 | — | cannot tell, +0.67 pts (-1.96 to +3.30): 47 "
         "seeds a side would decide |"]
 
 
 def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
-    """Issue #36: C5a ("at equal training time") and C6 ("at each one's best") parts that
-    cannot be told: a tie's words, never "wins". A column for the compared pair and each other
-    key; C5a (not C5b) and C6 on the study's pair only; a dataset and optimizer without labels
-    under their own names."""
-    from bnstudy.report.answer import answer_table
-
+    """Issue #36: C5a and C6 parts that cannot be told: a tie's words, never "wins"; C5a (not
+    C5b) and C6 on the study's pair only; unlabelled datasets under their own names."""
     def moved(result: V.Result, **change) -> V.Result:
         declared = replace(result.declared, terms=C.pair("svhn", "rmsprop"))
         return replace(result, declared=replace(declared, **change))
@@ -949,7 +891,8 @@ def test_the_answer_words_a_time_or_tuned_cannot_tell_as_a_tie_never_a_win():
     c5b = replace(moved(c5a, part="b (svhn)"), seeds_needed=99.0)
     rows = [{**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1},
             {**WIN, "dataset": "svhn", "optim": "rmsprop", "lr": 0.1, "treatment": "layer"}]
-    table = squeezed(answer_table(pd.DataFrame(rows), [c5b, moved(c5a), moved(c6)]))
+    table = squeezed(A.answer_table(pd.DataFrame(rows),
+ [c5b, moved(c5a), moved(c6)]))
     cannot = "cannot tell, +0.67 pts ({}): {} seeds a side would decide"
     assert table.splitlines()[::2] == [
         "| dataset | optimizer | lr | compared | seeds (treatment, baseline) | at equal epochs | "

@@ -21,35 +21,28 @@ NONE = [0.90, 0.915, 0.91, 0.93, 0.895]
 
 
 def test_the_paired_contrast_is_scipys_ttest_rel_over_the_seeds_both_sides_ran():
+    """Two shared seeds are enough to pair; seeds that do not pair one to one fall back to
+    Welch and say so; seeds that do not match the values are a caller's mistake."""
     # no BN's runs in another order, and a seed (7) BN lacks: left out of the pairs
     seeds = [[0, 1, 2, 3, 4], [4, 2, 0, 1, 3, 7]]
     none = [NONE[4], NONE[2], NONE[0], NONE[1], NONE[3], 0.5]
     test = S.contrast([(1.0, BN), (-1.0, none)], seeds=seeds)
-    expected = sps.ttest_rel(BN, NONE)
+    expected, welch = sps.ttest_rel(BN, NONE), sps.ttest_ind(BN, NONE, equal_var=False)
     assert (test.test, test.n_paired) == ("paired t", 5)
     assert test.estimate == pytest.approx(np.mean(BN) - np.mean(NONE))
     assert test.p_value == pytest.approx(expected.pvalue)
     assert (test.ci_low, test.ci_high) == pytest.approx(tuple(expected.confidence_interval()))
-    welch = S.contrast([(1.0, BN), (-1.0, NONE)])
-    assert welch.test == "Welch" and welch.p_value == pytest.approx(
-        sps.ttest_ind(BN, NONE, equal_var=False).pvalue)
-    assert test.p_value < welch.p_value  # the shared seed's part of the spread cancels
-
-
-def test_seeds_that_do_not_pair_one_to_one_fall_back_to_welch_and_say_so():
-    """Two shared seeds are enough to pair; seeds that do not match the values are a caller's
-    mistake."""
+    assert test.p_value < welch.pvalue  # the shared seed's part of the spread cancels
     two = S.contrast([(1.0, [0.9, 0.95]), (-1.0, [0.8, 0.9])], seeds=[[0, 1], [1, 0]])
     assert (two.test, two.n_paired) == (S.PAIRED, 2)
     assert two.p_value == pytest.approx(sps.ttest_rel([0.9, 0.95], [0.9, 0.8]).pvalue)
     for seeds in ([list(range(5))], [list(range(4)), list(range(5))]):
         with pytest.raises(ValueError):
             S.contrast([(1.0, BN), (-1.0, NONE)], seeds=seeds)
-    repeated = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[[0, 0, 1, 2, 3], list(range(5))])
-    apart = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=[list(range(5)), list(range(5, 10))])
-    for test in (repeated, apart):
-        assert (test.test, test.n_paired) == ("Welch, seeds unpaired", 0)
-        assert test.p_value == pytest.approx(sps.ttest_ind(BN, NONE, equal_var=False).pvalue)
+    for seeds in ([[0, 0, 1, 2, 3], list(range(5))], [list(range(5)), list(range(5, 10))]):
+        unpaired = S.contrast([(1.0, BN), (-1.0, NONE)], seeds=seeds)  # repeated; apart
+        assert (unpaired.test, unpaired.n_paired) == ("Welch, seeds unpaired", 0)
+        assert unpaired.p_value == pytest.approx(welch.pvalue)
 
 
 def test_holm_is_statsmodels_multipletests_and_skips_what_has_no_test():
@@ -95,7 +88,7 @@ def test_the_rule_reads_holms_p_and_says_equivalent_only_from_tost():
     assert S.t_power(0.0, (S.Spread(0.01, 5),)) == pytest.approx(0.05)  # a null: power alpha
 
 
-def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast():
+def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast_never_df():
     rng = np.random.default_rng(0)
     n = 200
     runs = {w: [rng.random(n) < p for p in probs]
@@ -115,6 +108,12 @@ def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast():
     assert both.ci_high - both.ci_low > seeds_only.ci_high - seeds_only.ci_low
     assert both.test == "Welch + test images" and seeds_only.test == "Welch"
     assert S.image_spread([(1.0, runs[1.0]), (-1.0, [])]) is None  # a side saved none
+    # the df: the seeds' where they vary (Welch–Satterthwaite), else the images'
+    error = S.Spread(0.04, 100, seeds=False)
+    assert S.t_parts((S.Spread(0.0, 5), error)) == pytest.approx((0.02, 99))
+    welch = (S.Spread(0.01, 4), S.Spread(0.02, 6))  # Welch–Satterthwaite of the seeds alone
+    df = (0.01 / 4 + 0.02 / 6) ** 2 / ((0.01 / 4) ** 2 / 3 + (0.02 / 6) ** 2 / 5)
+    assert S.t_parts((*welch, error))[1] == pytest.approx(df)
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
@@ -167,14 +166,6 @@ def test_verdicts_row_a_comparison_missing_one_norm_and_skip_one_missing_both(tm
 
 
 # --- issue #36: the guards mutation testing found untested (docs/mutation.md) ----------------
-
-
-def test_the_df_comes_from_the_seeds_that_vary_else_from_the_test_images():
-    images = S.Spread(0.04, 100, seeds=False)
-    assert S.t_parts((S.Spread(0.0, 5), images)) == pytest.approx((0.02, 99))
-    welch = (S.Spread(0.01, 4), S.Spread(0.02, 6))  # Welch–Satterthwaite of the seeds alone
-    df = (0.01 / 4 + 0.02 / 6) ** 2 / ((0.01 / 4) ** 2 / 3 + (0.02 / 6) ** 2 / 5)
-    assert S.t_parts((*welch, images))[1] == pytest.approx(df)
 
 
 def test_one_group_is_a_one_sample_t_and_weights_scale_the_spread():
