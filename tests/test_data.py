@@ -38,42 +38,44 @@ CIFAR_BATCH_FIX = "the file is corrupt. Delete it and download again " \
 
 
 def test_mnist_loads_normalises_and_splits(tiny_data):
-    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=0.25, download=False)
+    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False)
     dm.prepare_data()
     dm.setup()
-    assert len(dm.train_set) == 450 and len(dm.val_set) == 150 and len(dm.test_set) == 200
+    assert len(dm.train_set) == 449 and len(dm.val_set) == 151 and len(dm.test_set) == 200
     assert dm.train_set.x.shape[1:] == (1, 28, 28) and dm.train_set.x.dtype == torch.float32
     raw_min = (0 - 0.1307) / 0.3081
     assert dm.train_set.x.min().item() == pytest.approx(raw_min, abs=1e-5)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 1, 28, 28) and y.dtype == torch.int64
-    assert len(dm.train_dataloader()) == 15  # ceil(450 / 32)
-    x, y = next(iter(dm.val_dataloader()))  # evaluation: plain (x, y) batches
-    assert x.shape == (150, 1, 28, 28)
+    # BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out
+    sizes = [len(y) for _, y in dm.train_dataloader()]
+    assert sizes == [32] * 14 and len(dm.train_dataloader()) == 14
+    evaluation = [len(y) for _, y in batches(dm.train_set, 32, shuffle=False)]
+    assert evaluation[-1] == 1 and sum(evaluation) == 449  # not shuffled: every image
+    # evaluation: plain (x, y) batches, validation from the held-out training images, test
+    # from the t10k files
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (151, 1, 28, 28) and torch.equal(y, dm.val_set.y)
+    served = torch.cat([y for _, y in dm.test_dataloader()])
+    assert torch.equal(served, dm.read_split(train=False)[1])
 
 
-def test_split_is_fixed_and_disjoint(tiny_data):
-    a = MNISTDataModule(tiny_data, val_size=100, train_size=300, seed=1, download=False)
-    b = MNISTDataModule(tiny_data, val_size=100, train_size=300, seed=2, download=False)
-    a.setup("fit")
-    b.setup("fit")
+def test_the_split_is_disjoint_fixed_by_default_and_drawn_from_the_run_seed_if_null(tiny_data):
+    """`split_seed=None` (experiment=decisive, tuned): each seed its own validation split; the
+    fixed default stays one split for every seed."""
+    def split(seed, **kw):
+        dm = MNISTDataModule(tiny_data, val_size=100, train_size=300, seed=seed, download=False,
+                             **kw)
+        dm.setup("fit")
+        return dm
+
+    a, b = split(1), split(2)
     assert torch.equal(a.val_set.x, b.val_set.x)  # same val images whatever the run's seed
     train_rows = {tuple(r.tolist()) for r in a.train_set.x.flatten(1)[:, ::7]}
     assert not any(tuple(r.tolist()) in train_rows for r in a.val_set.x.flatten(1)[:, ::7])
     assert len(a.train_set) == 300 and a.test_set is not None  # a fit ends in a test
-
-
-def test_split_seed_null_draws_the_split_from_the_run_seed(tiny_data):
-    """`split_seed=None` (experiment=decisive, tuned): each seed its own validation split, the
-    same again on a rerun; the fixed default stays one split for every seed."""
-    def val_labels(**kw):
-        dm = MNISTDataModule(tiny_data, val_size=100, train_size=300, download=False, **kw)
-        dm.setup("fit")
-        return dm.val_set.y
-
-    assert torch.equal(val_labels(seed=1, split_seed=None), val_labels(seed=1, split_seed=1))
-    assert torch.equal(val_labels(seed=1, split_seed=None), val_labels(seed=1, split_seed=None))
-    assert not torch.equal(val_labels(seed=1, split_seed=None), val_labels(seed=2, split_seed=None))
+    assert torch.equal(split(1, split_seed=None).val_set.y, split(1, split_seed=1).val_set.y)
+    assert not torch.equal(split(1, split_seed=None).val_set.y, split(2, split_seed=None).val_set.y)
 
 
 def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
@@ -91,9 +93,6 @@ def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
     made_early = iter(loader)  # as Lightning may make it, before `set_epoch` (on resume)
     loader.sampler.set_epoch(1)
     assert torch.equal(next(made_early)[1], first_labels(1))
-    other_seed = MNISTDataModule(tiny_data, batch_size=50, seed=4, download=False)
-    other_seed.setup("fit")
-    assert not torch.equal(next(iter(other_seed.train_dataloader()))[1], first_labels(0))
     epoch = torch.cat([y for _, y in dm.train_dataloader()])
     assert torch.equal(epoch.sort().values, dm.train_set.y.sort().values)  # a permutation
     # the published runs' orders: a change to how (seed, epoch) draws them changes every result
@@ -164,9 +163,19 @@ def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
                 loader.sampler.batch_size) == (2, 1, False, 1000)
 
 
-def test_setup_puts_each_split_on_the_trainers_device_once(tiny_data, monkeypatch):
+def test_batches_on_the_device_are_handed_on_and_each_split_is_put_there_once(tiny_data,
+                                                                              monkeypatch):
     dm = MNISTDataModule(tiny_data, val_size=100, download=False)
     dm.setup("fit")  # no trainer: on the CPU
+    batch = next(iter(dm.train_dataloader()))
+    bundle = [[x, y] for x, y in [batch] * 3]  # (K minibatches per training_step)
+    monkeypatch.setattr(torch.Tensor, "__iter__", lambda t: pytest.fail("walked a tensor's rows"))
+    for handed in (batch, bundle):  # no walk, no copy
+        assert dm.transfer_batch_to_device(handed, torch.device("cpu"), 0) is handed
+    monkeypatch.undo()
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert [t.device.type for t in moved] == ["meta", "meta"]
+    assert [t.shape for t in moved] == [t.shape for t in batch]
     on_cpu = {split: getattr(dm, split) for split in ("train_set", "val_set", "test_set")}
     dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
     dm.setup("fit")
@@ -176,17 +185,6 @@ def test_setup_puts_each_split_on_the_trainers_device_once(tiny_data, monkeypatc
         assert moved.x.shape == data.x.shape and moved.y.shape == data.y.shape
     monkeypatch.setattr(TensorPairs, "to", lambda *_: pytest.fail("moved again"))
     dm.setup("test")  # already there
-
-
-def test_a_last_training_minibatch_of_one_image_is_dropped(tiny_data):
-    """BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out."""
-    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=151, download=False)
-    dm.setup("fit")
-    sizes = [len(y) for _, y in dm.train_dataloader()]
-    assert len(dm.train_set) == 449 and sizes == [32] * 14
-    assert len(dm.train_dataloader()) == 14
-    evaluation = [len(y) for _, y in batches(dm.train_set, 32, shuffle=False)]
-    assert evaluation[-1] == 1 and sum(evaluation) == 449  # not shuffled: every image
 
 
 def test_cifar10_checksums_off_say_nothing_warn_once_a_folder_and_strict_refuses(
@@ -217,50 +215,17 @@ def test_cifar10_checksums_off_say_nothing_warn_once_a_folder_and_strict_refuses
         "load them anyway with dataset.datamodule.verify_checksums=warn (or off)."
 
 
-def test_denormalise_inverts_normalise_per_channel_on_the_images_device_into_0_1(tmp_path):
-    dm = CIFAR10DataModule(tmp_path)  # a mean and std per channel
+def test_cifar10_standardises_with_its_channel_statistics_and_denormalise_inverts_it(tmp_path):
+    """Per channel, on the images' device, into [0, 1]."""
+    dm = CIFAR10DataModule(tmp_path)
     pixels = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    assert torch.allclose(dm.normalise(pixels), (pixels / 255 - mean) / std, atol=1e-6)
     assert torch.allclose(dm.denormalise(dm.normalise(pixels)), pixels / 255, atol=1e-6)
     beyond = dm.denormalise(torch.tensor([-100.0, 100.0]).view(1, 1, 2, 1).expand(1, 3, 2, 1))
     assert beyond[0, :, 0].eq(0).all() and beyond[0, :, 1].eq(1).all()
     assert dm.denormalise(torch.zeros(1, 3, 2, 2, device="meta")).device.type == "meta"
-
-
-def test_each_split_loader_serves_its_own_split(tiny_data):
-    """Validation from the held-out training images, test from the t10k files."""
-    dm = MNISTDataModule(tiny_data, val_size=100, download=False)
-    dm.setup()
-    _, test_labels = dm.read_split(train=False)
-    served = {name: torch.cat([y for _, y in loader()]) for name, loader in (
-        ("val", dm.val_dataloader), ("test", dm.test_dataloader))}
-    assert torch.equal(served["test"], test_labels) and len(served["val"]) == 100
-    assert torch.equal(served["val"], dm.val_set.y)
-
-
-def test_batches_on_the_device_are_handed_on_and_others_moved(tiny_data, monkeypatch):
-    dm = MNISTDataModule(tiny_data, download=False)
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    bundle = [[x, y] for x, y in [batch] * 3]  # (K minibatches per training_step)
-    monkeypatch.setattr(torch.Tensor, "__iter__", lambda t: pytest.fail("walked a tensor's rows"))
-    for handed in (batch, bundle):  # no walk, no copy
-        assert dm.transfer_batch_to_device(handed, torch.device("cpu"), 0) is handed
-    monkeypatch.undo()
-    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
-    assert [t.device.type for t in moved] == ["meta", "meta"]
-    assert [t.shape for t in moved] == [t.shape for t in batch]
-
-
-def test_cifar10_keeps_the_batches_pixels_and_standardises_with_its_channel_statistics(
-        tmp_path):
-    write_cifar10(tmp_path, per_batch=4, n_test=4)
-    raw = load_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1")["data"]
-    dm = CIFAR10DataModule(tmp_path, val_size=1, download=False, verify_checksums="off")
-    x, _ = dm.read_split(train=True)
-    assert torch.equal(x[:4], torch.from_numpy(raw)) and x.shape == (20, 3, 32, 32)
-    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
-    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
-    assert torch.allclose(dm.normalise(x), (x / 255 - mean) / std, atol=1e-6)
 
 
 @pytest.mark.parametrize("val_size, train_size, sizes", [
@@ -290,22 +255,24 @@ def test_missing_files_are_named_with_where_to_point_and_whether_to_download(tmp
     (raw / "train-images-idx3-ubyte").unlink()
     with pytest.raises(DataError) as refused:
         MNISTDataModule(tmp_path, download=download).prepare_data()
-    fix = POINT_AT_MNIST
-    assert str(refused.value) == (
+    assert str(refused.value) == (  # None: a finished run rebuilt, never downloaded
         f"mnist: files not found: {raw}/train-images-idx3-ubyte, {raw}/t10k-labels-idx1-ubyte"
-        + (f"; download is disabled (dataset.datamodule.download=false). {fix}, or allow the "
-           "download with dataset.datamodule.download=true." if download is False else
-           f". {fix} (paths.data_dir=DIR)."))  # None: a finished run rebuilt, never downloaded
+        + (f"; download is disabled (dataset.datamodule.download=false). {POINT_AT_MNIST}, or "
+           "allow the download with dataset.datamodule.download=true." if download is False else
+           f". {POINT_AT_MNIST} (paths.data_dir=DIR)."))
 
 
-def test_a_failed_download_removes_only_the_empty_folders_it_made(tmp_path, monkeypatch):
+def test_a_failed_download_is_one_paragraph_and_removes_only_the_empty_folders_it_made(
+        tmp_path, monkeypatch):
     (tmp_path / "kept" / "empty").mkdir(parents=True)  # the user's, empty or not
 
     def fails(self):
         (self.data_dir / "MNIST" / "raw" / "deeper").mkdir(parents=True)
-        (self.data_dir / "partial").mkdir()
-        (self.data_dir / "partial" / "file.gz.part").write_bytes(b"x")
-        raise OSError("offline")
+        if self.data_dir == tmp_path:
+            (self.data_dir / "partial").mkdir()
+            (self.data_dir / "partial" / "file.gz.part").write_bytes(b"x")
+        raise RuntimeError("Error downloading x.gz:\nTried a, got:\n<urlopen error [Errno -2] "
+                           "Name or service not known>\n")  # torchvision's, a line a mirror
 
     monkeypatch.setattr(MNISTDataModule, "fetch", fails)
     with pytest.raises(DataError) as refused:
@@ -314,9 +281,13 @@ def test_a_failed_download_removes_only_the_empty_folders_it_made(tmp_path, monk
     assert str(refused.value) == "mnist: files not found: " + ", ".join(
         f"{raw}/{split}-{kind}" for split in ("train", "t10k")
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")) + ", and the download failed " \
-        f"(OSError: offline). {POINT_AT_MNIST}, or retry when online."
+        "(RuntimeError: Error downloading x.gz: Tried a, got: <urlopen error [Errno -2] Name or " \
+        f"service not known>). {POINT_AT_MNIST}, or retry when online."
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "kept", "kept/empty", "partial", "partial/file.gz.part"]
+    with pytest.raises(DataError):  # a data_dir the download made goes too
+        MNISTDataModule(tmp_path / "kept" / "data", download=True).prepare_data()
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["empty"]
 
 
 @pytest.mark.parametrize("damaged", ["MNIST/raw/train-images-idx3-ubyte",
@@ -381,8 +352,6 @@ class WritesAFile:
         self.path = path
 
     def __reduce__(self):
-        import numpy as np
-
         return (np.save, (str(self.path), np.zeros(1)))
 
 
@@ -555,8 +524,8 @@ def serve_mnist(served: Path, tmp_path: Path) -> tuple[list[tuple[str, str]], Pa
     return resources, raw
 
 
-def test_mnist_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path,
-                                                                   monkeypatch):
+def test_mnist_downloads_from_a_mirror_and_loads_the_served_images_or_names_a_corrupt_one(
+        mirror, tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 
     served, url, requests = mirror
@@ -584,34 +553,10 @@ def test_mnist_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_p
     count = len(requests)
     MNISTDataModule(data_dir, download=True).prepare_data()  # present: nothing fetched again
     assert len(requests) == count
-
-
-def test_a_failed_download_names_the_file_and_leaves_no_empty_folders(mirror, tmp_path,
-                                                                      monkeypatch):
-    """A corrupt file (its md5) is named; an offline machine leaves no folder it made."""
-    from torchvision.datasets import MNIST
-
-    served, url, _ = mirror
-    resources, _ = serve_mnist(served, tmp_path)
-    resources[2] = (resources[2][0], "0" * 32)  # the test images are not what the md5 says
-    monkeypatch.setattr(MNIST, "mirrors", [f"{url}mnist/"])
-    monkeypatch.setattr(MNIST, "resources", resources)
-    with pytest.raises(DataError, match="the download failed") as err:
-        MNISTDataModule(tmp_path / "data", download=True).prepare_data()
+    resources[2] = (resources[2][0], "0" * 32)  # test images that are not what the md5 says
+    with pytest.raises(DataError, match="the download failed") as err:  # named
+        MNISTDataModule(tmp_path / "elsewhere", download=True).prepare_data()
     assert "t10k-images-idx3-ubyte.gz" in str(err.value)
-
-    def offline(self):
-        (self.data_dir / "MNIST" / "raw").mkdir(parents=True)
-        raise RuntimeError("Error downloading x.gz:\nTried a, got:\n<urlopen error [Errno -2] "
-                           "Name or service not known>\n")  # torchvision's, a line a mirror
-
-    monkeypatch.setattr(MNISTDataModule, "fetch", offline)
-    target = tmp_path / "nowhere" / "data"
-    with pytest.raises(DataError, match="the download failed") as err:
-        MNISTDataModule(target, download=True).prepare_data()
-    assert "(RuntimeError: Error downloading x.gz: Tried a, got: <urlopen error [Errno -2] Name " \
-        "or service not known>). Point paths.data_dir" in str(err.value)  # one paragraph
-    assert not target.exists() and tmp_path.is_dir()
 
 
 def serve_cifar10(served: Path, tmp_path: Path) -> tuple[Path, str]:

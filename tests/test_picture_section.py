@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 import torch
 from helpers import compose_config, csv_rows, write_job
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from bnstudy.pictures import measures as P
+from bnstudy.pictures.grids import weight_grid
 from bnstudy.pictures.table import (
+    COLUMNS,
     PictureRun,
     Reference,
     hallucination_measures,
@@ -21,8 +28,13 @@ from bnstudy.pictures.table import (
     weight_measures,
 )
 from bnstudy.report.picture_section import (
+    first_seeds,
     hallucinations_figure,
+    measures_table,
     pictures_section,
+    recipe_words,
+    reference_line,
+    weight_notes,
     weights_figure,
 )
 from bnstudy.report.runs import load_runs
@@ -30,6 +42,7 @@ from bnstudy.report.verdicts import claim_verdicts, decided
 
 CONFIGS = [("none", "sgd"), ("none", "adam"), ("bn", "sgd"), ("bn", "adam")]
 MNIST_SHAPE = (1, 28, 28)
+CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 
 def band_images(num: int = 10) -> torch.Tensor:
@@ -41,9 +54,13 @@ def band_images(num: int = 10) -> torch.Tensor:
     return (pixels - 0.1307) / 0.3081
 
 
-def write_pictures(job, data_dir, hallucinations: torch.Tensor, final: torch.Tensor,
-                   initial: torch.Tensor) -> None:
-    """The two picture files a run's callbacks leave in `job/images/`."""
+def write_pictures(job, data_dir, hallucinations: torch.Tensor | None = None,
+                   final: torch.Tensor | None = None, initial: torch.Tensor | None = None) -> None:
+    """The two picture files a run's callbacks leave in `job/images/` (by default the class
+    bands and random weights)."""
+    hallucinations = band_images() if hallucinations is None else hallucinations
+    final = torch.randn(32, 784) if final is None else final
+    initial = torch.randn(32, 784) if initial is None else initial
     (job / "images").mkdir()
     source = {"datamodule": "bnstudy.data.MNISTDataModule", "data_dir": str(data_dir),
               "classes": [str(d) for d in range(10)]}
@@ -124,20 +141,28 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     assert "- **P1c does not hold**" in section  # said plainly
 
 
-def test_pictures_section_without_the_data_still_draws_and_says_why(tmp_path):
-    sweep = tmp_path / "sweep"
+def test_a_setting_without_a_datasets_runs_has_no_heading_for_it(tmp_path):
+    """And without the data (moved away) the section still draws the figures and says why it
+    has no judge's and no components' measures."""
     torch.manual_seed(0)
-    for norm, optim in CONFIGS:
-        job = write_job(sweep, [0.8, 0.9], norm=norm, optim=optim)
-        write_pictures(job, tmp_path / "moved-away", band_images(), torch.randn(32, 784),
-                       torch.randn(32, 784))
-    (sweep / "report").mkdir()
-    section, figures, _ = pictures_section(load_runs(sweep), sweep / "report")
-    assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
+    cells = (("mnist", 0.01, CONFIGS), ("mnist", 0.1, CONFIGS[:1]),
+             ("fashion_mnist", 0.01, CONFIGS[:1]))
+    for dataset, lr, configs in cells:
+        for norm, optim in configs:
+            job = write_job(tmp_path, [0.8, 0.9], dataset=dataset, lr=lr, norm=norm, optim=optim)
+            write_pictures(job, tmp_path / "moved-away")
+    (tmp_path / "report").mkdir()
+    section, figures, _ = pictures_section(load_runs(tmp_path), tmp_path / "report")
+    assert set(figures) == {f"{kind}_{dataset}_lr{lr}" for dataset, lr, _ in cells
+                            for kind in ("hallucinations", "weights")}
     assert "_the mnist data could not be loaded from " in section
     assert "no independent judge and no principal components" in section
-    rows = csv_rows(sweep / "report" / "pictures.csv")
-    assert len(rows) == 4
+    heads = [line for line in section.splitlines() if line.startswith("###")
+             and not line.endswith("Picture claims")]
+    assert heads == ["### lr=0.01", "#### fashion_mnist", "#### mnist", "### lr=0.1",
+                     "#### mnist"]
+    rows = csv_rows(tmp_path / "report" / "pictures.csv")
+    assert len(rows) == 6
     assert all(r["referee_acc"] == "" and r["pc_alignment"] == "" for r in rows)
     assert all(r["nearest_mean_acc"] == "1.0" and r["change_share"] != "" for r in rows)
 
@@ -192,11 +217,6 @@ def test_claim_parts_on_hand_made_rows():
 
 def test_the_section_names_the_recipe_that_drew_the_pictures(tmp_path):
     """The training's, or those `python -m bnstudy.draw` left in `images/recipe.json`."""
-    import json
-    from types import SimpleNamespace
-
-    from bnstudy.report.picture_section import recipe_words
-
     runs = [SimpleNamespace(run={"path": tmp_path / f"{n}_job"}) for n in range(3)]
     assert recipe_words(runs).startswith("each run's training settings (")
     for run in runs[:2]:
@@ -211,9 +231,6 @@ def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplo
     """The cross-model confidence's network is the run's own trained one; an unreadable
     picture file is missing (said in the log), a failed run's files are not measured, and
     a recorded datamodule outside the project is not opened."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     job = write_job(tmp_path, [0.9])
     cfg = compose_config()
     (job / ".hydra").mkdir(exist_ok=True)
@@ -231,7 +248,7 @@ def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplo
     assert load_picture_runs(load_runs(tmp_path)) == []
     assert "cannot read" in caplog.text and "weights_final.pt" in caplog.text
     failed = write_job(tmp_path, [0.9], "failed", seed=1)
-    write_pictures(failed, tmp_path, band_images(), torch.randn(8, 784), torch.randn(8, 784))
+    write_pictures(failed, tmp_path)
     assert load_picture_runs(load_runs(tmp_path)) == []
     judge = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # reads "1"
     with torch.no_grad():
@@ -249,14 +266,12 @@ def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplo
 def test_colour_change_and_cross_model_columns_read_the_right_image_unit_and_network():
     """The colour columns read the named class's image, the change's alignment the learned
     change (final − initial), the cross-model confidence the other runs' networks only."""
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-               "truck"]
     images = torch.full((10, 3, 4, 4), 0.5)
     images[5] = torch.tensor([0.1, 0.9, 0.1]).view(3, 1, 1)  # a green dog, the rest grey
     h = {"images": images, "noise": images, "base": torch.zeros_like(images),
          "own_probabilities": torch.eye(10), "real_means": images, "mean": [0.0] * 3,
-         "std": [1.0] * 3, "classes": classes}
-    row = hallucination_measures(h, Reference("cifar10", classes, [3, 4, 4]), [])
+         "std": [1.0] * 3, "classes": CIFAR_CLASSES}
+    row = hallucination_measures(h, Reference("cifar10", CIFAR_CLASSES, [3, 4, 4]), [])
     assert row["greenness_dog"] == pytest.approx(0.8) and row["greenness_frog"] == 0
 
     components = torch.eye(16)[:4]  # the data's directions: the first four pixels
@@ -291,17 +306,11 @@ def test_the_figures_take_each_configurations_lowest_seed_with_the_file_and_the_
     """Per configuration the lowest seed that saved the kind (seed 0's weights missing: seed 1's
     drawn); LayerNorm beside no norm; grey digits in grey; the judge's reading under each tile,
     green where right; the learned change drawn as final − initial; a kind no run saved, none."""
-    from types import SimpleNamespace
-
-    from bnstudy.pictures.grids import weight_grid
-    from bnstudy.report.picture_section import first_seeds
-
     torch.manual_seed(0)
     for seed in (1, 0):
         for norm in ("layer", "none"):
             job = write_job(tmp_path, [0.8, 0.9], norm=norm, seed=seed)
-            write_pictures(job, tmp_path, band_images(), torch.randn(32, 784),
-                           torch.randn(32, 784))
+            write_pictures(job, tmp_path)
             if (norm, seed) == ("none", 0):
                 (job / "images" / "weights_final.pt").unlink()
     runs = load_picture_runs(load_runs(tmp_path))
@@ -358,9 +367,6 @@ def test_each_setting_has_its_own_figures_rows_and_picture_claims(tmp_path, tiny
 def test_the_measures_table_reference_line_and_weight_notes_on_hand_made_rows():
     """Only the dataset's rows and the measures it has; the real means' colour numbers for
     CIFAR-10's classes; the learned change's mean over seeds, not their median."""
-    from bnstudy.pictures.table import COLUMNS
-    from bnstudy.report.picture_section import measures_table, reference_line, weight_notes
-
     rows = pd.DataFrame([{**dict.fromkeys(COLUMNS), "dataset": d, "optim": "sgd",
                           "norm": "none", "sharpness": s,
                           "colour_fidelity": c, "change_share": share,
@@ -375,24 +381,8 @@ def test_the_measures_table_reference_line_and_weight_notes_on_hand_made_rows():
                                      "BatchNorm: 30.0% of the energy, alignment 0.500 (medians "
                                      "over units, mean over seeds).")
     means = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-               "truck"]
-    line = reference_line(Reference("cifar10", classes, [3, 4, 4], real_means=means))
+    line = reference_line(Reference("cifar10", CIFAR_CLASSES, [3, 4, 4], real_means=means))
     for name, colour in (("airplane blueness", P.blueness), ("dog greenness", P.greenness),
                          ("frog greenness", P.greenness)):
-        value = float(colour(means)[classes.index(name.split()[0])])
+        value = float(colour(means)[CIFAR_CLASSES.index(name.split()[0])])
         assert f"{name} {value:+.3f}" in line
-
-
-def test_a_setting_without_a_datasets_runs_has_no_heading_for_it(tmp_path):
-    for dataset, lr in (("mnist", 0.01), ("mnist", 0.1), ("fashion_mnist", 0.01)):
-        job = write_job(tmp_path, [0.8, 0.9], dataset=dataset, lr=lr)
-        write_pictures(job, tmp_path / "moved-away", band_images(), torch.randn(32, 784),
-                       torch.randn(32, 784))
-    (tmp_path / "report").mkdir()
-    section, figures, _ = pictures_section(load_runs(tmp_path), tmp_path / "report")
-    heads = [line for line in section.splitlines() if line.startswith("###")
-             and not line.endswith("Picture claims")]
-    assert heads == ["### lr=0.01", "#### fashion_mnist", "#### mnist", "### lr=0.1",
-                     "#### mnist"]
-    assert "weights_fashion_mnist_lr0.1" not in figures

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import runpy
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -23,10 +25,14 @@ from helpers import (
     write_job,
 )
 from matplotlib.colors import same_color
+from omegaconf import OmegaConf
 from PIL import Image
 from scipy import stats as sps
 
+from bnstudy.report import cli, write
+from bnstudy.report.answer import console_answer, row_words
 from bnstudy.report.cli import main
+from bnstudy.report.cost import CLOCK_FILE
 from bnstudy.report.figures import PROBE_FIGURES, curves_figure, norm_color
 from bnstudy.report.runs import (
     PROBE_SERIES,
@@ -34,15 +40,21 @@ from bnstudy.report.runs import (
     compared,
     describe,
     group_keys,
+    groups,
     hparams_from_config,
     load_runs,
+    never_started,
     norm_label,
+    ok,
+    quantities,
     settings,
     slug,
     sweep_jobs,
 )
 from bnstudy.report.sections import comparison, problems_table, summary_table, verdict_text
 from bnstudy.report.stats import contrast, power_of, verdicts
+from bnstudy.report.write import _running, report_markdown, write_report
+from bnstudy.sweep import SweepSummary
 
 
 def records(sweep_dir: Path, norm: str) -> list[dict]:
@@ -87,6 +99,20 @@ def the_comparison(sweep_dir: Path) -> tuple[tuple, dict]:
     return ckey, by_norm
 
 
+@pytest.fixture
+def refused(capsys):
+    """`python -m bnstudy.report ARGS` refused: what it says on stderr as it exits with 2."""
+    def report(*args) -> str:
+        capsys.readouterr()
+        try:
+            code = main([str(arg) for arg in args])
+        except SystemExit as exit_:  # argparse's
+            code = exit_.code
+        assert code == 2
+        return capsys.readouterr().err
+    return report
+
+
 # Validation accuracy per epoch, by seed: BN clearly ahead, the seeds spread, and none seed 2
 # peaks before its last epoch (best ≠ final).
 BN = {0: [0.80, 0.90, 0.95], 1: [0.78, 0.88, 0.93], 2: [0.82, 0.91, 0.96]}
@@ -102,11 +128,11 @@ def write_sweep(sweep_dir: Path, **by_norm: dict) -> Path:
     return sweep_dir
 
 
-@pytest.fixture(scope="module")
-def hand_made(tmp_path_factory) -> Path:
+@pytest.fixture
+def hand_made(tmp_path, figures_not_rendered) -> Path:
     """BN and NONE, plus a diverged BN seed 3, a failed and an unfinished (still running) no-BN
-    job at seeds 3 and 4, whose numbers would drag the means down if pooled; reported once."""
-    sweep_dir = write_sweep(tmp_path_factory.mktemp("hand_made") / "multirun", bn=BN, none=NONE)
+    job at seeds 3 and 4, whose numbers would drag the means down if pooled; reported."""
+    sweep_dir = write_sweep(tmp_path / "multirun", bn=BN, none=NONE)
     write_job(sweep_dir, [0.70, 0.10], "diverged", norm="bn", seed=3)
     write_job(sweep_dir, [0.20], "failed", "RuntimeError: boom | bang\nmore", norm="none", seed=3)
     write_job(sweep_dir, [0.50], "running", norm="none", seed=4)
@@ -193,8 +219,6 @@ def test_the_summary_table_cells_and_a_sweep_without_problems():
 
 
 def test_the_header_counts_never_started_jobs_and_says_what_a_tuned_sweep_compares():
-    from bnstudy.report.write import report_markdown
-
     runs = pd.DataFrame({"outcome": ["ok", "ok", "diverged"], "norm": ["bn", "none", "bn"],
                          "job": ["a", "b", "c"], "status": ["ok", "ok", "diverged"],
                          "error": [None] * 3})
@@ -209,13 +233,10 @@ def test_the_header_counts_never_started_jobs_and_says_what_a_tuned_sweep_compar
 
 
 def test_a_new_report_keeps_the_measured_clock_and_referee_and_each_setting_its_verdicts(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, figures_not_rendered):
     """The clock and the referee, measured once, are carried into the new report; a section
     per setting holds its own verdict; no claims.csv where no claim applies (svhn);
     a process of another user counts as running (its report folder is left alone)."""
-    from bnstudy.report.cost import CLOCK_FILE
-    from bnstudy.report.write import _running, write_report
-
     for lr, seed in ((0.01, 0), (0.01, 1), (0.1, 0), (0.1, 1)):
         for norm, acc in (("bn", 0.9), ("none", 0.8)):
             write_job(tmp_path, [0.5, acc + seed / 100], dataset="svhn", norm=norm, lr=lr,
@@ -239,8 +260,6 @@ def test_the_runs_table_quantities_groups_keys_twins_and_unstarted_jobs(tmp_path
     """A run's mean val acc is the mean over epochs; an ok run without a history is not used;
     groups list runs by seed; a key some jobs lack still varies; two diverged runs of one
     setting are twins; a job's bookkeeping overrides do not make it another planned job."""
-    from bnstudy.report.runs import groups, never_started, ok, quantities
-
     history = [{"val/acc": a} for a in (0.1, 0.2, 0.6)]
     assert quantities(history, None)["mean_val_acc"] == pytest.approx(0.3)
     runs = pd.DataFrame({"outcome": ["ok", "ok"], "history": [[], history], "seed": [1, 0],
@@ -312,20 +331,15 @@ def test_another_varying_hparam_splits_groups_and_names_figures(tmp_path):
     assert all(len(g) == 2 for _, by_norm in found for g in by_norm.values())
 
 
-def test_two_results_of_one_setting_and_seed_are_refused_not_counted_twice(tmp_path, capsys,
+def test_two_results_of_one_setting_and_seed_are_refused_not_counted_twice(tmp_path, refused,
                                                                           caplog):
-    from omegaconf import OmegaConf
-
-    from bnstudy.sweep import SweepSummary
-
     for norm, seed in (("bn", 0), ("none", 0), ("bn", 1), ("none", 1)):
         write_job(tmp_path, [0.9], norm=norm, seed=seed)
     write_job(tmp_path, [0.5], status="failed", norm="none", seed=0)  # no result: no matter
     load_runs(tmp_path)
     write_job(tmp_path, [0.8], norm="none", seed=0)  # numbered 5: no BN's seed 0 again
     write_job(tmp_path, [0.8], norm="bn", seed=1)  # and 6: BN's seed 1
-    assert main([str(tmp_path)]) == 2
-    said = " ".join(capsys.readouterr().err.split())
+    said = " ".join(refused(tmp_path).split())
     assert f"{tmp_path} holds two results of one setting and seed: 1_mnist-none-sgd-seed0, " \
         "5_mnist-none-sgd-seed0 (and 1 more such) (their recorded settings" in said
     assert "Each would count twice among the seeds, so nothing was reported." in said
@@ -337,63 +351,53 @@ def test_two_results_of_one_setting_and_seed_are_refused_not_counted_twice(tmp_p
     assert "holds two results of one setting and seed" in caplog.text
 
 
-def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch):
+def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch, refused):
     monkeypatch.setattr(sys, "argv", ["python -m bnstudy.report", str(tmp_path / "nope")])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("bnstudy.report", run_name="__main__")  # as `python -m` runs it
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "hydra.sweep.dir" in err and "Traceback" not in err
-    assert main([str(tmp_path)]) == 2
-    assert "holds no jobs" in capsys.readouterr().err
+    assert "holds no jobs" in refused(tmp_path)
     for n in range(5):  # the output root: its sweeps (the latest named), not its single runs
         sweep = write_job(tmp_path / "multirun" / f"2026-01-0{n + 1}_10-00-00", [0.5]).parent
         (sweep / "multirun.yaml").write_text("{}")
     write_job(tmp_path / "runs", [0.5])
-    assert main([str(tmp_path)]) == 2
     assert f"{tmp_path} holds sweeps, not runs (5: …, multirun/2026-01-03_10-00-00, multirun/" \
         f"2026-01-04_10-00-00, multirun/2026-01-05_10-00-00). Pass one of them, e.g. " \
-        f"{tmp_path}/multirun/2026-01-05_10-00-00.\n" in capsys.readouterr().err
+        f"{tmp_path}/multirun/2026-01-05_10-00-00.\n" in refused(tmp_path)
     write_job(tmp_path / "runs", [0.5], norm="none")  # single runs, each Hydra's RUN mode
     for job in (tmp_path / "runs").iterdir():
         (job / ".hydra").mkdir()
         (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
-    assert main([str(tmp_path / "runs")]) == 2
     assert "runs holds single runs (`python -m bnstudy.train` without -m), not the jobs of a " \
-        "sweep" in capsys.readouterr().err
-    assert main([str(job)]) == 2  # one run's folder: its files named, and what to run
+        "sweep" in refused(tmp_path / "runs")
+    said = refused(job)  # one run's folder: its files named, and what to run
     assert f"{job} is a single run's directory (`python -m bnstudy.train` without -m); the " \
         "report compares the runs of a sweep. This run's results are in its metrics.json and " \
         f"its TensorBoard events (tensorboard --logdir {job}). To compare, run a sweep, e.g. " \
-        "python -m bnstudy.train -m norm=bn,none, and pass its folder.\n" in capsys.readouterr().err
+        "python -m bnstudy.train -m norm=bn,none, and pass its folder.\n" in said
     sweep = tmp_path / "multirun" / "2026-01-05_10-00-00"
-    assert main([str(sweep / "0_mnist-bn-sgd-seed0")]) == 2  # one job of a sweep: the sweep
+    said = refused(sweep / "0_mnist-bn-sgd-seed0")  # one job of a sweep: the sweep named
     assert f"is one job of the sweep {sweep}; the report compares the sweep's jobs. Pass the " \
-        f"sweep's folder: python -m bnstudy.report {sweep}\n" in capsys.readouterr().err
+        f"sweep's folder: python -m bnstudy.report {sweep}\n" in said
     (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")  # one a sweep's
     assert len(sweep_jobs(tmp_path / "runs")) == 2
     for bad in ("bn", "bn:bn", ":none", "bn:none:x"):
-        with pytest.raises(SystemExit) as exit_:
-            main([str(tmp_path), "--compare", bad])
-        assert exit_.value.code == 2 and "TREATMENT:BASELINE" in capsys.readouterr().err
+        assert "TREATMENT:BASELINE" in refused(tmp_path, "--compare", bad)
     for typed in ("mnist=90", "mnist=high"):  # a percentage for a fraction, not a number
-        with pytest.raises(SystemExit) as exit_:
-            main([str(tmp_path), "--target-acc", typed])
-        assert exit_.value.code == 2 and "(a fraction: 0.9 for 90 %)" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:  # two datasets in one flag
-        main([str(tmp_path), "--target-acc", "mnist=0.9,cifar10=0.4,"])
-    assert exit_.value.code == 2 and capsys.readouterr().err.endswith(
+        assert "(a fraction: 0.9 for 90 %)" in refused(tmp_path, "--target-acc", typed)
+    assert refused(tmp_path, "--target-acc", "mnist=0.9,cifar10=0.4,").endswith(  # two datasets
         "'mnist=0.9,cifar10=0.4,': one dataset a flag: --target-acc mnist=0.9 --target-acc "
         "cifar10=0.4\n")
+    assert "unrecognized arguments: --compar" in refused(tmp_path, "--compar", "bn")  # no prefix
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "SWEEP_DIR`: the report of a finished multirun, norm against norm." in help_text
 
 
-def test_the_command_line_hands_the_report_its_targets_and_pairs(tmp_path, monkeypatch, capsys):
-    from bnstudy.report import cli
-
+def test_the_command_line_hands_the_report_its_targets_and_pairs(tmp_path, monkeypatch):
     asked = []
     monkeypatch.setattr(cli, "write_report", lambda sweep, targets, pairs, named: asked.append(
         (targets, pairs, named)) or sweep / "report")
@@ -404,9 +408,6 @@ def test_the_command_line_hands_the_report_its_targets_and_pairs(tmp_path, monke
                      ({"*": 1.0}, None, []),  # a bare ACC: every dataset's, reaching 100 % too
                      ({"mnist": 0.95, "cifar10": 0.4}, [("bn", "layer"), ("layer", "none")],
                       ["mnist"])]  # (a dataset named: one the sweep must have)
-    with pytest.raises(SystemExit) as exit_:
-        cli.main([str(tmp_path), "--compar", "bn:layer"])  # not taken for --compare
-    assert exit_.value.code == 2 and "unrecognized arguments: --compar" in capsys.readouterr().err
 
 
 def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not_rendered):
@@ -457,7 +458,7 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
 
 
 def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_request(
-        tmp_path, figures_not_rendered, capsys):
+        tmp_path, figures_not_rendered, refused):
     """A `norm=bn,layer,none` sweep: by default BN and LayerNorm each against no norm, in
     verdicts.csv, the answer and the comparison's section; `--compare bn:layer` adds that pair
     (what the sweep prints: test_claims' console_answer test)."""
@@ -487,13 +488,10 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
         "accuracy" in text and "Is BatchNorm worth it?" not in text
     assert main([str(tmp_path)]) == 0 and len(csv_rows(tmp_path / "report" / "verdicts.csv")) == 2
     shutil.rmtree(tmp_path / "report")
-    capsys.readouterr()
-    assert main([str(tmp_path), "--target-acc", "mnst=0.9"]) == 2  # a dataset misspelt
-    assert capsys.readouterr().err == (
+    assert refused(tmp_path, "--target-acc", "mnst=0.9") == (  # a dataset misspelt
         "bnstudy.report: error: --target-acc mnst=...: the sweep has no dataset mnst, nothing "
         "was written. Its datasets: mnist.\n")
-    assert main([str(tmp_path), "--compare", "bn:none", "--compare", "bn:batch"]) == 2
-    assert capsys.readouterr().err == (
+    assert refused(tmp_path, "--compare", "bn:none", "--compare", "bn:batch") == (
         "bnstudy.report: error: --compare bn:batch: the sweep has no runs of norm=batch, nothing "
         "was written. Its norms: none, bn, layer; compare two of them, e.g. --compare bn:none.\n")
     assert not (tmp_path / "report").exists()
@@ -597,8 +595,7 @@ def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
                   GradientBehaviour(every_n_steps=2, landscape_every_n_steps=3)]
         tiny_fit(tiny_data, None, make_classifier(norm, hidden_dim=32, lr=0.1), probes,
                  max_epochs=1, limit_val_batches=0)
-        record = json.loads((job / "metrics.json").read_text())
-        record.update({p.record_key: p.series() for p in probes})
+        record = read_record(job) | {p.record_key: p.series() for p in probes}
         (job / "metrics.json").write_text(json.dumps(record))
     out = sweep / "report"
     out.mkdir()
@@ -614,32 +611,16 @@ def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
         assert pixels.shape[1::-1] == size
         assert colour_share(pixels, blue) > 5e-4 and colour_share(pixels, orange) > 5e-4
         assert f"![{kind} mnist, sgd]({kind}_mnist_sgd.png)" in markdown
-    records = {read_record(p.parent)["hparams"]["norm"]: read_record(p.parent)
-               for p in sweep.glob("*/metrics.json")}
-    medians = [f"{np.median(records[n]['gradients']['landscape']['loss_range']):.3g}"
+    medians = [f"{np.median(records(sweep, n)[0]['gradients']['landscape']['loss_range']):.3g}"
                for n in ("none", "bn")]
     assert f"No BatchNorm {medians[0]}, " in markdown and f"; BatchNorm {medians[1]}, " in markdown
     assert {"activations/mnist_sgd", "gradients/mnist_sgd"} <= assert_images_are_the_png_files(out)
-
-    bn_job = next(p for p in sweep.glob("*/metrics.json") if "-bn-" in p.parent.name)
-    record = json.loads(bn_job.read_text())
-    del record["gradients"]
-    bn_job.write_text(json.dumps(record))
-    assert main([str(sweep)]) == 0
-    assert not (out / "gradients_mnist_sgd.png").exists()
-    assert (out / "activations_mnist_sgd.png").exists()
-    assert ("_Gradients figure skipped: no ok job recorded `gradients` on the BatchNorm side._"
-            in (out / "report.md").read_text())
 
 
 @pytest.mark.parametrize("saved", [None, 0.02])
 def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, saved):
     """Level within ±0.4 pts a seed: not equivalent within MNIST's ±0.5 (conf/dataset, for
     runs without the key), equivalent within the ±2 pts the runs' own config declares."""
-    from omegaconf import OmegaConf
-
-    from bnstudy.report.answer import row_words
-
     diffs = [0.01, -0.01, 0.012, -0.008, 0.004, -0.006]
     for seed, d in enumerate(diffs):
         for norm, acc in (("bn", 0.9 + d), ("none", 0.9)):
@@ -660,29 +641,22 @@ def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, save
 
 
 def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_leaves_nothing(
-        tmp_path, capsys, monkeypatch):
-    """Each writes nothing: one cell's search folder of a tuned study (its report would be the
-    study's part), a study still searching, a `tuning.json` that is not JSON (cut short,
-    edited), and a Ctrl-C while a first report is written (a second one says the old report
-    is now incomplete)."""
-    import bnstudy.report.write
-
+        tmp_path, capsys, monkeypatch, refused):
+    """Each writes nothing: a tuned study's cell's search or the searches' folder, a study still
+    searching, a `tuning.json` that is not JSON, a Ctrl-C while a report is written."""
     cell = tmp_path / "search" / "mnist-bn-sgd"
     write_job(cell, [0.5, 0.6])
     (tmp_path / "multirun.yaml").write_text("{}")
-    assert main([str(cell)]) == 2 and not (cell / "report").exists()
     assert f"{cell} is one cell's search in the tuned study {tmp_path}, so nothing was written." \
-        in capsys.readouterr().err
-    assert main([str(cell.parent)]) == 2 and not (cell.parent / "report").exists()
+        in refused(cell)
     assert f"{cell.parent} is the searches' folder in the tuned study {tmp_path}, so nothing " \
         f"was written. Report the study, which covers every cell: python -m bnstudy.report " \
-        f"{tmp_path}" in capsys.readouterr().err
-    assert main([str(tmp_path)]) == 2 and not (tmp_path / "report").exists()  # searching
+        f"{tmp_path}" in refused(cell.parent)
     assert f"{tmp_path} holds a tuned study whose searches did not finish (no tuning.json yet)" \
-        in capsys.readouterr().err
+        in refused(tmp_path)
     (tmp_path / "tuning.json").write_text('{"cells": [')
-    assert main([str(tmp_path)]) == 2 and not (tmp_path / "report").exists()
-    assert f"{tmp_path / 'tuning.json'} cannot be read (" in capsys.readouterr().err
+    assert f"{tmp_path / 'tuning.json'} cannot be read (" in refused(tmp_path)
+    assert not [*tmp_path.rglob("report")]
     sweep = write_job(tmp_path / "grid", [0.5, 0.6]).parent
 
     def interrupted(*args, **kwargs):
@@ -692,7 +666,7 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
     earlier = {p.name: p.read_bytes() for p in (sweep / "report").iterdir() if p.is_file()}
     (sweep / "report" / "report.md").write_text("the earlier report")
     earlier["report.md"] = b"the earlier report"
-    monkeypatch.setattr(bnstudy.report.write, "verdicts", interrupted)
+    monkeypatch.setattr(write, "verdicts", interrupted)
     assert main([str(sweep)]) == 1  # a Ctrl-C while the report is written again
     assert capsys.readouterr().err.endswith(
         f"bnstudy.report: interrupted; nothing was written (the earlier report in "
@@ -705,10 +679,8 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
     assert capsys.readouterr().err == "bnstudy.report: interrupted; nothing was written.\n"
 
 
-def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, capsys):
+def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, figures_not_rendered):
     """`model.net.channels=[8],[8,8]`: a list is a cell of the table, written as typed."""
-    from bnstudy.report.answer import console_answer
-
     for channels in ([8], [8, 8]):
         for norm in ("bn", "none"):
             for seed in (0, 1):
@@ -722,13 +694,10 @@ def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, capsys):
     assert [row["channels"] for row in rows] == ["[8]", "[8,8]"]
 
 
-def test_a_report_killed_outright_leaves_a_folder_the_next_removes(tmp_path, monkeypatch, capsys):
+def test_a_report_killed_outright_leaves_a_folder_the_next_removes(tmp_path, monkeypatch,
+                                                                   refused):
     """A SIGTERM or a kill skips the clean-up of the hidden folder the report is written in: the
     next report removes it (this machine's, of a process gone), not one still being written."""
-    import os
-    import pathlib
-    import socket
-
     write_job(tmp_path, [0.5, 0.6])
     hidden = f".report-{socket.gethostname()}-"
     (tmp_path / f"{hidden}999999999").mkdir()  # no such process
@@ -736,15 +705,14 @@ def test_a_report_killed_outright_leaves_a_folder_the_next_removes(tmp_path, mon
     (tmp_path / f"{hidden}{os.getpid()}").mkdir()  # this process's id, from another before it
     assert main([str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [f"{hidden}1"]
-    mkdir = pathlib.Path.mkdir
+    mkdir = Path.mkdir
 
     def read_only(path, *args, **kwargs):
         if path.name.startswith(hidden):
             raise OSError(30, "Read-only file system")
         return mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
-    assert main([str(tmp_path)]) == 2  # one paragraph, not a traceback
-    assert capsys.readouterr().err.endswith(
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert refused(tmp_path).endswith(  # one paragraph, not a traceback
         f"{tmp_path} cannot be written (Read-only file system), so nothing was written. Copy the "
         "sweep to a folder you can write to and report the copy.\n")

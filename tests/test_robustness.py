@@ -35,7 +35,6 @@ TINY_LRS = (0.01, 3, 1e9)  # 1e9 makes plain SGD without BatchNorm diverge on th
 LR_NAMES = ("0.01", "3", "1000000000.0")  # as the run name shows them (the override's text)
 
 
-
 def panels(sweep_dir: Path, hparam: str = "lr") -> dict:
     runs = load_runs(sweep_dir)
     return sweep_panels(runs, group_keys(runs), hparam)
@@ -56,32 +55,40 @@ def swept(cfg, key: str) -> list[float]:
 # --- configs ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("experiment", ["lr_sweep", "batch_sweep"])
-def test_robustness_sweeps_sweep_their_hparam_by_norm_by_optim(experiment):
-    cfg = compose_config(f"experiment={experiment}")
+def half_decades(lrs: list[float], low: float, high: float) -> None:
+    """A log grid from `low` to `high` in half decades, holding the study's lr and the old one."""
+    assert lrs[0] == pytest.approx(low) and lrs[-1] == high
+    assert np.allclose(np.diff(np.log10(lrs)), 0.5, atol=0.03) and {1e-3, 1e-2} <= set(lrs)
+
+
+def test_the_experiments_sweep_their_grids_the_command_line_wins_and_lr0_01_is_the_old_lr():
+    sweeps = {name: compose_config(f"experiment={name}") for name in ("lr_sweep", "batch_sweep")}
+    for cfg in sweeps.values():  # their hparam by norm by optim, one seed, 3 epochs
+        params = cfg.hydra.sweeper.params
+        assert (params.norm, params.optim, str(params.seed)) == ("bn,none", "sgd,adam", "0")
+        assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("mnist", 3)
+        assert cfg.run_name == "mnist-bn-sgd-seed0"
+    assert swept(sweeps["batch_sweep"], "dataset.batch_size") == [8, 32, 128, 512]
+    half_decades(swept(sweeps["lr_sweep"], "dataset.lr"), 1e-4, 10)
+    cfg = compose_config("experiment=regime")  # both datasets, 3 seeds, the default epochs
     params = cfg.hydra.sweeper.params
-    assert (params.norm, params.optim, str(params.seed)) == ("bn,none", "sgd,adam", "0")
-    assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("mnist", 3)
-    assert cfg.run_name == "mnist-bn-sgd-seed0"
-    if experiment == "batch_sweep":
-        assert swept(cfg, "dataset.batch_size") == [8, 32, 128, 512]
-        return
-    lrs = swept(cfg, "dataset.lr")  # a wide log grid
-    assert lrs == sorted(lrs) and min(lrs) <= 1e-4 and max(lrs) >= 10
-    steps = np.diff(np.log10(lrs))
-    assert np.all((steps > 0.4) & (steps < 0.6)) and 1e-3 in lrs  # half decades, the study's lr
-
-
-def test_command_line_overrides_win_over_the_experiment():
+    assert (params.dataset, params.norm, params.optim, str(params.seed)) == (
+        "mnist,cifar10", "bn,none", "sgd,adam", "0,1,2")
+    half_decades(swept(cfg, "dataset.lr"), 1e-4, 1)
+    assert cfg.trainer.max_epochs == 10
     cfg = compose_config("experiment=lr_sweep", "dataset=cifar10", "dataset.max_epochs=5",
-                       "seed=2", "hydra.sweeper.params.seed='0,1,2'")
+                         "seed=2", "hydra.sweeper.params.seed='0,1,2'")
     assert cfg.hydra.sweeper.params.seed == "0,1,2"
     assert (cfg.dataset.name, cfg.trainer.max_epochs) == ("cifar10", 5)
     assert cfg.run_name == "cifar10-bn-sgd-seed2-max_epochs=5"
     plain = compose_config()
     assert dict(plain.hydra.sweeper.params) == {"seed": "0,1,2"}  # a sweep's default seeds
-    assert plain.run_name == "mnist-bn-sgd-seed0"
-    assert plain.trainer.max_epochs == 10
+    assert (plain.run_name, plain.trainer.max_epochs) == ("mnist-bn-sgd-seed0", 10)
+    for dataset in ("mnist", "cifar10"):  # the study's lr, the old default one override away
+        assert compose_config(f"dataset={dataset}").dataset.lr == 0.001
+        old = compose_config(f"dataset={dataset}", "experiment=lr0.01")
+        assert old.dataset.lr == 0.01 and dict(old.hydra.sweeper.params) == {"seed": "0,1,2"}
+        assert old.trainer.max_epochs == 10 and old.dataset.batch_size == 64
 
 
 # --- a real tiny lr sweep (slow) ----------------------------------------------------------
@@ -102,51 +109,47 @@ def lr_sweep(tiny_data, tmp_path_factory) -> Path:
     return sweep_dir  # (the jobs' own lines: their folders are in the summary)
 
 
-@pytest.fixture(scope="module")
-def lr_report(lr_sweep) -> Path:
-    assert main([str(lr_sweep)]) == 0
-    return lr_sweep / "report"
-
-
-def final_accs(sweep_dir: Path) -> dict[tuple[str, float], tuple[str, float]]:
-    """(norm, lr) → (statuses, mean final val acc over the ok seeds), from the metrics.json."""
+def finals(sweep_dir: Path) -> dict[tuple[str, float], list[tuple[str, float]]]:
+    """(norm, lr) → each seed's (status, final val acc, NaN if not ok), in job order."""
     found: dict[tuple, list] = {}
-    for path in sweep_dir.glob("*/metrics.json"):
+    for path in sorted(sweep_dir.glob("*/metrics.json")):
         record = json.loads(path.read_text())
         acc = record["history"][-1]["val/acc"] if record["status"] == "ok" else math.nan
         found.setdefault((record["hparams"]["norm"], record["hparams"]["lr"]), []).append(
             (record["status"], acc))
-    return {key: ("ok" if all(s == "ok" for s, _ in runs) else "diverged",
-                  float(np.mean([a for _, a in runs]))) for key, runs in found.items()}
+    return found
 
 
 @pytest.mark.slow
-def test_the_reduced_sweep_ran_the_command_lines_grid_and_knows_what_never_started(
+def test_a_real_lr_sweep_runs_its_grid_and_its_report_states_robustness_and_regime(
         lr_sweep, tmp_path):
+    """The command line's grid and what never started; the robustness and the regime figures
+    and report.md from the records' numbers, the figures in TensorBoard (one test: the sweep
+    is trained once per pytest worker)."""
+    from scipy import stats as sps
+
     jobs = [p.name for p in sweep_jobs(lr_sweep)]
     assert len(jobs) == 4 * len(TINY_LRS)
     assert {name.split("_", 1)[1] for name in jobs} == {
         f"mnist-{norm}-sgd-seed{seed}-lr={lr}" for norm in ("bn", "none")  # only what varies
         for lr in LR_NAMES for seed in (0, 1)}
-    records = [json.loads(p.read_text()) for p in lr_sweep.glob("*/metrics.json")]
-    assert {r["hparams"]["max_epochs"] for r in records} == {1}
-    assert final_accs(lr_sweep)["none", 1e9][0] == "diverged"
+    assert set(load_runs(lr_sweep)["max_epochs"]) == {1}
     assert never_started(lr_sweep, load_runs(lr_sweep)) == []  # the plan: the sweeper's params
-    copy = Path(shutil.copytree(lr_sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns(
-        "report", "checkpoints")))
+    copy = Path(shutil.copytree(lr_sweep, tmp_path / "sweep",
+                                ignore=shutil.ignore_patterns("checkpoints")))
     shutil.rmtree(next(copy.glob("*_mnist-none-sgd-seed0-lr=3")))
     assert never_started(copy, load_runs(copy)) == ["seed=0 dataset.lr=3 norm=none"]
 
-
-@pytest.mark.slow
-def test_report_draws_both_norms_marks_divergence_and_states_the_usable_ranges(
-        lr_sweep, lr_report):
-    """The figure and report.md from the numbers; the figures in TensorBoard, stale ones gone."""
-    with Image.open(lr_report / "lr_mnist.png") as image:
-        assert image.size[0] > 400 and image.size[1] > 300
-    truth = final_accs(lr_sweep)
-    fig = robustness_figure("lr", "mnist", panels(lr_sweep)["mnist"])
-    (ax,) = fig.axes
+    assert main([str(lr_sweep)]) == 0
+    out = lr_sweep / "report"
+    for name in ("lr_mnist", "regime_lr"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.size[0] > 400 and image.size[1] > 300
+    runs = finals(lr_sweep)
+    truth = {key: ("ok" if all(s == "ok" for s, _ in seeds) else "diverged",
+                   float(np.mean([a for _, a in seeds]))) for key, seeds in runs.items()}
+    assert truth["none", 1e9][0] == "diverged"
+    (ax,) = robustness_figure("lr", "mnist", panels(lr_sweep)["mnist"]).axes
     assert ax.get_title() == "sgd" and ax.get_xscale() == "log"
     lines = {c.get_label(): c.lines[0] for c in ax.containers}
     assert list(lines) == ["No BatchNorm", "BatchNorm"]
@@ -155,7 +158,6 @@ def test_report_draws_both_norms_marks_divergence_and_states_the_usable_ranges(
         expected = [truth[norm, lr][1] for lr in TINY_LRS]
         assert np.allclose(lines[label].get_ydata(), expected, equal_nan=True)
     marks = {line.get_label(): line for line in ax.get_lines() if line.get_marker() == "x"}
-    assert "No BatchNorm: diverged (2)" in marks
     x, y = marks["No BatchNorm: diverged (2)"].get_data()
     assert x[0] == pytest.approx(1e9, rel=0.1) and y[0] == 0
     (threshold,) = [line for line in ax.get_lines() if line.get_label().startswith("usable")]
@@ -163,9 +165,8 @@ def test_report_draws_both_norms_marks_divergence_and_states_the_usable_ranges(
     assert threshold.get_ydata()[0] == pytest.approx(best - 0.05)
     usable = {norm: [lr for lr in TINY_LRS if truth[norm, lr][0] == "ok"
                      and truth[norm, lr][1] >= best - 0.05 - 1e-9] for norm in ("bn", "none")}
-    assert usable_values(panels(lr_sweep)["mnist"][(("optim", "sgd"),)]) == (
-        pytest.approx(best), usable)
-    text = (lr_report / "report.md").read_text()
+    assert usable_values(one_panel(lr_sweep)) == (pytest.approx(best), usable)
+    text = (out / "report.md").read_text()
     assert "## Learning-rate robustness" in text and "![learning rate mnist](lr_mnist.png)" in text
     assert "at most 5 percentage points below the best" in text
     (line,) = [ln for ln in text.splitlines() if ln.startswith("- **mnist, sgd**")]
@@ -179,13 +180,30 @@ def test_report_draws_both_norms_marks_divergence_and_states_the_usable_ranges(
         wider = "BatchNorm" if counts["bn"] > counts["none"] else "No BatchNorm"
         assert f". {wider} has the wider usable range" in line
     assert "never started" not in text
-    assert {"lr/mnist", "regime/lr"} <= assert_images_are_the_png_files(lr_report)
-    (lr_report / "lr_cifar10.png").write_bytes(b"stale")
-    (lr_report / "batch_size_mnist.png").write_bytes(b"stale")
-    assert main([str(lr_sweep)]) == 0
-    assert not (lr_report / "lr_cifar10.png").exists()
-    assert not (lr_report / "batch_size_mnist.png").exists()
-    assert (lr_report / "lr_mnist.png").is_file()
+    assert {"lr/mnist", "regime/lr"} <= assert_images_are_the_png_files(out)
+
+    rows = csv_rows(out / "verdicts.csv")  # the regime: BN − no BN at each lr
+    assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
+        ("mnist", "sgd", lr) for lr in TINY_LRS]
+    for row in rows[:2]:  # at 1e9 no BN diverged: no test
+        bn, none = ([a for s, a in runs[norm, float(row["lr"])] if s == "ok"]
+                    for norm in ("bn", "none"))
+        assert float(row["diff"]) == pytest.approx(np.mean(bn) - np.mean(none), abs=1e-6)
+        if np.ptp(bn) or np.ptp(none):
+            p = (sps.ttest_rel(bn, none) if row["test"] == "paired t"  # same seeds, job order
+                 else sps.ttest_ind(bn, none, equal_var=False)).pvalue
+            assert float(row["p_value"]) == pytest.approx(p, abs=1e-6)
+    (ax,) = regime_figure("lr", pd.DataFrame(verdict_rows(lr_sweep))).axes
+    (bars,) = ax.containers
+    assert list(bars.lines[0].get_xdata()) == list(TINY_LRS)
+    assert np.allclose(bars.lines[0].get_ydata()[:2], [100 * float(r["diff"]) for r in rows[:2]],
+                       atol=1e-3)
+    assert "## Is BatchNorm worth it across the learning rate?" in text
+    assert "![BN − no BN vs learning rate](regime_lr.png)" in text
+    for row in rows:
+        assert f"- mnist, sgd, lr={row['lr']}: BN {row['verdict']} (" in text
+    assert "## Claims" in text and "### lr=0.01" in text and "### lr=3" in text
+    assert "| setting | C1 |" in " ".join(text.split())  # one claim per setting: MNIST/SGD
 
 
 # --- the usable range on hand-made runs ---------------------------------------------------
@@ -281,8 +299,6 @@ def test_seeds_are_averaged_and_a_diverged_seed_spoils_its_point(tmp_path):
 
 
 def test_batch_size_section_figure_and_tensorboard_tag(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     sweep_dir, out = tmp_path / "sweep", tmp_path / "report"
     for norm, accs in (("bn", (0.97, 0.96, 0.95, 0.90)), ("none", (0.90, 0.96, 0.93, 0.5))):
         for bs, acc in zip((8, 32, 128, 512), accs, strict=True):
@@ -297,32 +313,10 @@ def test_batch_size_section_figure_and_tensorboard_tag(tmp_path):
         "8", "32", "128", "512"]
     out.mkdir()
     write_figures(figures, text, out)
-    assert (out / "batch_size_mnist.png").is_file()
-    events = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
-    assert events.Tags()["images"] == ["batch_size/mnist"]
+    assert assert_images_are_the_png_files(out) == {"batch_size/mnist"}
 
 
-# --- defaults in the study's regime, and the verdict across it (experiment=regime) --------
-
-
-def test_the_study_runs_at_lr_0_001_and_the_old_default_is_one_override_away():
-    for dataset in ("mnist", "cifar10"):
-        assert compose_config(f"dataset={dataset}").dataset.lr == 0.001
-        old = compose_config(f"dataset={dataset}", "experiment=lr0.01")
-        assert old.dataset.lr == 0.01 and dict(old.hydra.sweeper.params) == {"seed": "0,1,2"}
-        assert old.trainer.max_epochs == 10 and old.dataset.batch_size == 64
-
-
-def test_regime_sweeps_both_datasets_lr_norm_optim_and_three_seeds_at_the_default_epochs():
-    cfg = compose_config("experiment=regime")
-    params = cfg.hydra.sweeper.params
-    assert (params.dataset, params.norm, params.optim, str(params.seed)) == (
-        "mnist,cifar10", "bn,none", "sgd,adam", "0,1,2")
-    lrs = swept(cfg, "dataset.lr")
-    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] == 1
-    assert np.allclose(np.diff(np.log10(lrs)), 0.5, atol=0.03)  # half decades
-    assert 1e-3 in lrs and 1e-2 in lrs  # the default and the old default
-    assert cfg.trainer.max_epochs == 10
+# --- the verdict across the study's regime (experiment=regime) ---------------------------
 
 
 def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(tmp_path):
@@ -349,8 +343,7 @@ def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(t
     assert np.allclose(bars["sgd"].lines[0].get_ydata(), [diff, -diff])
     (segments,) = [bars["sgd"].lines[2][0].get_segments()]
     low_ci, high_ci = (100 * rows[0][k] for k in ("diff_ci_low", "diff_ci_high"))
-    assert segments[0][0][1] == pytest.approx(low_ci) and segments[0][1][1] == pytest.approx(
-        high_ci)
+    assert (segments[0][0][1], segments[0][1][1]) == (pytest.approx(low_ci), pytest.approx(high_ci))
     dots = [line for line in ax.get_lines() if line.get_marker() == "o" and len(line.get_xdata())]
     filled = {(float(x), line.get_markerfacecolor() != "white") for line in dots
               for x in line.get_xdata()}
@@ -361,43 +354,6 @@ def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(t
     assert (0.01, True) not in {(float(x), line.get_markerfacecolor() != "white")
                                 for line in ax.get_lines() if line.get_marker() == "o"
                                 and line.get_color() == "C0" for x in line.get_xdata()}
-
-
-@pytest.mark.slow
-def test_regime_verdicts_and_figure_from_a_real_lr_sweep(lr_sweep, lr_report):
-    from scipy import stats as sps
-
-    finals: dict[tuple[str, float], list[float]] = {}
-    for path in sorted(lr_sweep.glob("*/metrics.json")):
-        record = json.loads(path.read_text())
-        if record["status"] == "ok":
-            key = (record["hparams"]["norm"], record["hparams"]["lr"])
-            finals.setdefault(key, []).append(record["history"][-1]["val/acc"])
-    out = lr_report
-    rows = csv_rows(out / "verdicts.csv")
-    assert [(r["dataset"], r["optim"], float(r["lr"])) for r in rows] == [
-        ("mnist", "sgd", lr) for lr in TINY_LRS]
-    for row in rows[:2]:  # at 1e9 no BN diverged: no test
-        bn, none = finals["bn", float(row["lr"])], finals["none", float(row["lr"])]
-        assert float(row["diff"]) == pytest.approx(np.mean(bn) - np.mean(none), abs=1e-6)
-        if np.ptp(bn) or np.ptp(none):
-            p = (sps.ttest_rel(bn, none) if row["test"] == "paired t"  # same seeds, job order
-                 else sps.ttest_ind(bn, none, equal_var=False)).pvalue
-            assert float(row["p_value"]) == pytest.approx(p, abs=1e-6)
-    with Image.open(out / "regime_lr.png") as image:
-        assert image.size[0] > 400 and image.size[1] > 300
-    (ax,) = regime_figure("lr", pd.DataFrame(verdict_rows(lr_sweep))).axes
-    (bars,) = ax.containers
-    assert list(bars.lines[0].get_xdata()) == list(TINY_LRS)
-    assert np.allclose(bars.lines[0].get_ydata()[:2], [100 * float(r["diff"]) for r in rows[:2]],
-                       atol=1e-3)
-    text = (out / "report.md").read_text()
-    assert "## Is BatchNorm worth it across the learning rate?" in text
-    assert "![BN − no BN vs learning rate](regime_lr.png)" in text
-    for row in rows:
-        assert f"- mnist, sgd, lr={row['lr']}: BN {row['verdict']} (" in text
-    assert "## Claims" in text and "### lr=0.01" in text and "### lr=3" in text
-    assert "| setting | C1 |" in " ".join(text.split())  # one claim per setting: MNIST/SGD
 
 
 def test_never_started_reads_an_interpolated_override_as_typed(tmp_path):

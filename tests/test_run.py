@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -38,11 +39,9 @@ def without_time(record: RunRecord) -> tuple[list, dict]:
 
 def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
         tiny_data, tmp_path, caplog, capsys):
-    """The record, the curves and the settings as TensorBoard types, and `test_correct.npy`:
-    whether the final model classifies each test image correctly, in the test set's order, its
-    mean the record's test acc; `load_runs` gives it as the column `test_correct`, None for a
-    job without the file. Run from Python, its `.hydra/` is as Hydra writes a job's: eval
-    rebuilds the run, and a resume with other settings is refused."""
+    """The record, the curves, the settings as TensorBoard types, `test_correct.npy` (each test
+    image's hit by the final model, in order; `load_runs`' column, None without the file). Run
+    from Python, its `.hydra/` is a job's: eval rebuilds the run, a changed resume is refused."""
     import json
     import logging
 
@@ -93,11 +92,11 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
 
 def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_result(
         tiny_data, tmp_path):
-    """Through the entry point: the "Interrupted" line names the resume command (also for a
-    Ctrl-C before Lightning's own handling), a rerun is refused; the resume shows the study's
-    lines (the frameworks' routine ones in train.log only) and gives the uninterrupted result,
-    even from the checkpoint before a cut-short `last.ckpt` (set aside, and said), in the same
-    tracker run (the CSV log's version)."""
+    """Through the entry point: the "Interrupted" line names the resume command (also before
+    Lightning's own Ctrl-C handling), a rerun is refused; the resume (the frameworks' routine
+    lines in train.log only) gives the uninterrupted result, even from the checkpoint before a
+    cut-short `last.ckpt` (set aside, and said), in the same tracker run; cut after its last
+    epoch, its test and final pictures are done on resume."""
     common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7",
               "logger=[tensorboard,csv]")
     straight = train_run(tiny_data, tmp_path / "a", *common)
@@ -151,26 +150,15 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     again = run_train(*entry, "resume=true")  # finished: skipped
     assert again.returncode == 0 and "already finished: skipped" in again.stderr
     assert RunRecord.read(job) == resumed
-    RunRecord.update(job / "metrics.json", status="interrupted")  # stopped in its test
+    RunRecord.update(job / "metrics.json", status="interrupted")  # cut after its last epoch:
+    finals = sorted(p.name for p in (job / "images").glob("*_final.*"))  # in its final drawing
+    assert "weights_final.png" in finals and "weights_final.pt" in finals
+    for name in finals:
+        (job / "images" / name).unlink()
     tested = run_train(*entry, "resume=true")
     assert f"training 3 epochs (all 3 trained: resuming at its test) into {job}" in tested.stderr
     assert without_time(RunRecord.read(job)) == without_time(straight)
-
-
-@pytest.mark.slow
-def test_a_run_cut_while_drawing_its_final_pictures_draws_them_on_resume(tiny_data, tmp_path):
-    """Killed after its last checkpoint, during the final drawing: nothing is left to train,
-    but the final pictures (and what the report measures from them) are drawn on resume."""
-    common = ("trainer.max_epochs=2", "trainer.limit_train_batches=2")
-    train_run(tiny_data, tmp_path, *common)
-    images = tmp_path / "images"
-    finals = sorted(p.name for p in images.glob("*_final.*"))
-    assert "weights_final.png" in finals and "weights_final.pt" in finals
-    for name in finals:
-        (images / name).unlink()
-    RunRecord.update(tmp_path / "metrics.json", status="interrupted")
-    assert train_run(tiny_data, tmp_path, *common, "resume=true").status == "ok"
-    assert sorted(p.name for p in images.glob("*_final.*")) == finals
+    assert sorted(p.name for p in (job / "images").glob("*_final.*")) == finals  # drawn again
 
 
 def test_the_seed_sets_the_initial_weights(tiny_data, tmp_path):
@@ -224,6 +212,10 @@ def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
 
 
 # -- check_job_dir: what a job directory that already holds a run allows ---------------------
+def job_cfg(job: Path, *overrides: str):
+    return compose_config(f"paths.output_dir={job}", *overrides)
+
+
 @pytest.fixture
 def stored_job(tmp_path):
     """A job directory holding an interrupted run of the default config: `.hydra/`, a
@@ -231,8 +223,7 @@ def stored_job(tmp_path):
     from omegaconf import OmegaConf
 
     (tmp_path / ".hydra").mkdir()
-    OmegaConf.save(compose_config(f"paths.output_dir={tmp_path}"),
-                   tmp_path / ".hydra" / "config.yaml")
+    OmegaConf.save(job_cfg(tmp_path), tmp_path / ".hydra" / "config.yaml")
     RunRecord(status="interrupted", history=[{"epoch": 0}]).write(tmp_path / "metrics.json")
     for name in ("checkpoints/last.ckpt", "images/weights_final.png", "events.out.tfevents.1",
                  "test_correct.npy", "hparams.yaml", "csv/version_0/metrics.csv", "eval.json",
@@ -240,10 +231,6 @@ def stored_job(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     return tmp_path
-
-
-def job_cfg(job: Path, *overrides: str):
-    return compose_config(f"paths.output_dir={job}", *overrides)
 
 
 def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_the_run(
@@ -297,8 +284,8 @@ def test_resume_with_another_training_setting_is_refused(override, named, stored
 
 @pytest.mark.parametrize("shown", [True, False])
 def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
-    """On a terminal the bar redraws every `refresh_rate` steps (not Lightning's every step);
-    with the bar off its callback is left out, which Lightning would otherwise refuse."""
+    """The bar redraws every `refresh_rate` steps; off, its callback is left out (else refused
+    by Lightning)."""
     cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
                          f"trainer.enable_progress_bar={shown}",
                          "callbacks.progress_bar.refresh_rate=7")
@@ -357,23 +344,37 @@ def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_in_full(monkeypatch)
         run.check_devices(compose_config(*fine))
 
 
-def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(tmp_path,
-                                                                               monkeypatch):
+def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(
+        tmp_path, monkeypatch, caplog):
+    """A run folder named by its overrides has `=`: the "Interrupted" line's and a failed
+    run's command quote it for the shell and for Hydra."""
+    import logging
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from bnstudy import run
     from bnstudy.run import resume_command
+    from bnstudy.train import _say_interrupted
 
+    named = tmp_path / "2026-12-05_21-28-26_mnist-bn-sgd-seed0-max_epochs=1,lr=[0.1]"
+    cfg = compose_config(f"paths.output_dir='{named}'")
+    with caplog.at_level(logging.ERROR, logger="bnstudy"):
+        _say_interrupted(cfg)
+    said = caplog.messages[-1].split("run the same command with ", 1)[1].rstrip(".")
+    for typed in (said, resume_command(cfg).removeprefix("python -m bnstudy.train ")):
+        (*_, last) = OverridesParser.create().parse_overrides(shlex.split(typed))
+        assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
     cfg = compose_config(f"paths.output_dir={tmp_path}", "seed=3", "resume=false", "norm=none")
     assert resume_command(cfg) == (f"python -m bnstudy.train paths.output_dir={tmp_path} seed=3 "
                                    f"norm=none resume=true hydra.run.dir={tmp_path}")
     monkeypatch.setattr(run, "HydraConfig", fake_hydra(None))  # train(cfg) outside a Hydra job
     assert resume_command(cfg) == f"python -m bnstudy.train resume=true hydra.run.dir={tmp_path}"
-    # (a folder named with `=` pastes back through the shell and Hydra: test_train)
 
 
 def test_a_bug_keeps_its_folder_and_traceback_and_a_job_given_up_on_is_interrupted(tmp_path):
-    """A bug (not a mistake the user can fix) fails the run, its folder kept to debug, its
-    record, even one not written yet, naming the run for the summary; a job its launcher gave
-    up on is interrupted, not failed."""
+    """A bug fails the run, its folder kept to debug, its record (even one not written yet)
+    naming the run; a job its launcher gave up on is interrupted, not failed."""
     from submitit.core.utils import UncompletedJobError
 
     from bnstudy.run import _ended
@@ -399,11 +400,10 @@ def test_a_bug_keeps_its_folder_and_traceback_and_a_job_given_up_on_is_interrupt
 
 
 def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
-    """Nothing to read, an unreadable record, an epoch trained, a checkpoint saved (issue #36:
-    to resume from), someone else's file, a file that cannot be removed: kept (nothing raised:
-    the run's own error is what the user must see); a linked folder is unlinked, not emptied;
-    a file another process removed meanwhile is no error; only the empty folders inside the
-    working directory go."""
+    """Kept, nothing raised (the run's own error is what the user must see): an unreadable
+    record, an epoch trained, a checkpoint (issue #36), someone else's file, one that cannot be
+    removed. A linked folder is unlinked, not emptied; a file gone meanwhile is no error; only
+    the empty folders inside the working directory go."""
     import os
 
     from bnstudy.run import remove_empty_folder
@@ -465,11 +465,9 @@ def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeyp
 
 def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, tmp_path,
                                                                     monkeypatch, caplog):
-    """Issue #36: the record names SLURM job 1000_3 before any restart; started again in it
-    (a second srun) it is refused; requeued (SLURM_RESTART_COUNT=1) it trains on without
-    resume=true, says so, its folder not cleared, its record names the new attempt's job and
-    counts the requeue, and the warnings the earlier attempt showed (its train.log) are not
-    shown again."""
+    """Issue #36: a run of SLURM job 1000_3 started again in it (a second srun) is refused;
+    requeued (SLURM_RESTART_COUNT=1) it trains on without resume=true, says so, keeps its
+    folder, records the new attempt and counts it, and does not repeat the earlier warnings."""
     import logging
 
     from omegaconf import OmegaConf
@@ -503,8 +501,7 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
 
 
 def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatch):
-    """A record that cannot be read (not JSON) or written (a full disk) raises nothing more;
-    another rank writes none."""
+    """A record that cannot be read or written raises nothing more; another rank writes none."""
     from bnstudy.errors import RunFileError
     from bnstudy.run import _record_quietly
 
@@ -516,17 +513,14 @@ def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatc
     monkeypatch.setenv("RANK", "0")
     _record_quietly(tmp_path / "rank0", status="failed")
     assert RunRecord.read(tmp_path / "rank0").status == "failed"
-
-    def disk_full(*args, **changes):
-        raise RunFileError("Could not write metrics.json: No space left on device.")
-
-    monkeypatch.setattr(RunRecord, "update", disk_full)
+    disk_full = RunFileError("Could not write metrics.json: No space left on device.")
+    monkeypatch.setattr(RunRecord, "update", mock.Mock(side_effect=disk_full))
     _record_quietly(tmp_path / "rank0", status="interrupted")
 
 
 def test_a_run_names_itself_in_its_lock_and_needs_a_job_directory(tmp_path, monkeypatch):
-    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder: a run there
-    would make a folder named after it in the working directory."""
+    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder (a run would make
+    a folder of that name)."""
     from bnstudy import run
     from bnstudy.errors import ConfigError
     from bnstudy.jobdir import holder

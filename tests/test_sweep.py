@@ -8,10 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import fake_commands, run_train, write_job
+from helpers import TINY_SETTINGS, fake_commands, run_sweep, run_train, sweep_jobs, write_job
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from bnstudy.jobdir import LOCK_NAME, JobDirLock
+from bnstudy.records import RunRecord
 from bnstudy.sweep import REFUSALS_ENV, SweepSummary, note_refusal
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -102,38 +105,24 @@ def test_jobs_that_ended_alike_are_one_line_of_the_summary(tmp_path, sweep_summa
     assert f"\n  {other.name}: failed: ValueError: boom\n" in message
 
 
-@pytest.mark.parametrize("others", [False, True])
-def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(others, tmp_path,
-                                                                   sweep_summary, caplog):
-    """The same sweep launched again without resume=true: a job that already held a finished
-    run is refused, said to be kept (not "did not finish"), and the exit status is 1. Launched
-    twice at once, each refuses the jobs the other holds, which the other then finishes: not
-    unfinished (a job still in use is)."""
+def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(tmp_path, sweep_summary,
+                                                                   caplog):
+    """Refused jobs (a launch without resume=true, or two at once): one finished before is
+    kept (not "did not finish"), one the other launch finished meanwhile is a result, one
+    still unfinished is not; exit 1. (Each kind alone: the test below.)"""
     caplog.set_level("INFO", logger="bnstudy")
     held = write_job(tmp_path, [0.5, 0.6])
-    note_refusal(held, "it already holds a run (status ok)")
     os.utime(held / "metrics.json", (sweep_summary.started - 60,) * 2)  # from before
-    kept = f"1 job(s) already held a finished run and were left as they are ({held.name}); " \
-        "overwrite=true trains them again."
-    if not others:
-        assert sweep_summary.end() == \
-            f"{kept} Their results stand: python -m bnstudy.report {tmp_path}"
-        return
     finished = write_job(tmp_path, [0.5, 0.6], seed=1)  # by the other launch, meanwhile
     running = write_job(tmp_path, [0.4], status="running", seed=2)
-    for job in (finished, running):
+    for job in (held, finished, running):
         note_refusal(job, f"{job} is in use")
     message = sweep_summary.end()
     assert message.startswith(f"1 job(s) of {tmp_path} did not finish")
-    assert f"\n  {running.name}: refused: " in message and message.endswith(f"\n{kept}")
+    assert f"\n  {running.name}: refused: " in message and message.endswith(
+        f"\n1 job(s) already held a finished run and were left as they are ({held.name}); "
+        "overwrite=true trains them again.")
     assert f"finished by another launch of this sweep meanwhile: {finished.name}" in caplog.text
-    with JobDirLock(running) as lock:  # the other launch trains it still: nothing to fix here
-        lock.acquire("other launch")
-        note_refusal(running, f"{running} is in use")
-        assert sweep_summary.end() == (
-            f"1 job(s) are being trained by another launch of this sweep ({running.name}): its "
-            f"summary lists them when it ends; should it stop, resume=true "
-            f"hydra.sweep.dir={tmp_path} runs them here.")
 
 
 @pytest.mark.parametrize("how", ["held before", "finished meanwhile", "still trained"])
@@ -164,34 +153,64 @@ def test_the_summary_names_the_jobs_refused_here_in_job_order(how, tmp_path, swe
         assert message is None and caplog.messages[-1] == (
             f"2 job(s) were in use here and finished by another launch of this sweep meanwhile: "
             f"{names}")
-    else:
-        assert message.startswith(f"2 job(s) are being trained by another launch of this sweep "
-                                  f"({names}): ")
+    else:  # the other launch trains them still: nothing to fix here
+        assert message == (f"2 job(s) are being trained by another launch of this sweep "
+                           f"({names}): its summary lists them when it ends; should it stop, "
+                           f"resume=true hydra.sweep.dir={tmp_path} runs them here.")
 
 
 RULE = "-" * 22  # around the trace in submitit's FailedJobError
 
 
-class LocalJob:  # what job_ending reads of a submitit job: its class's name and its state
-    def __init__(self, state: str) -> None:
-        self.state = state
+class FakeJob:
+    """A submitit job as `collect_jobs` sees it: ended, with a result or (`state` given)
+    submitit's UncompletedJobError, as for a job cancelled, killed or lost."""
+
+    def __init__(self, result=None, state: str | None = None, raised: str | None = None) -> None:
+        self.result, self.state, self.raised = result, state, raised
+
+    def done(self) -> bool:
+        return True
+
+    def results(self):
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        if self.raised is not None:  # submitit's message for a job whose code raised
+            raise FailedJobError(f"Job (task=0) failed during processing with trace:\n{RULE}\n"
+                                 f"Traceback (most recent call last):\n{self.raised}\n{RULE}\n"
+                                 "You can check full logs with 'job.stderr(0)'")
+        if self.state is not None:
+            raise UncompletedJobError(f"Job 6_1 has not produced any output (state: {self.state})")
+        return [self.result]
 
 
-class SlurmJob(LocalJob):
+class LocalJob(FakeJob):  # named as submitit's classes: job_ending and Queue read the name
     pass
 
 
-@pytest.mark.parametrize("job, message, ending", [
-    (SlurmJob("FAILED"), f"Job (task=0) failed with trace:\n{RULE}\nTraceback (most recent "
-     f"call last):\n  File x\nValueError: boom\n\n{RULE}\nYou can check full logs",
+class SlurmJob(FakeJob):
+    """A SLURM job that left the queue without a result."""
+
+    def __init__(self, folder: Path = Path(), job_id: str = "7_0", state: str | None = None):
+        super().__init__(state=state)
+        self.job_id = job_id
+        self.paths = type("Paths", (), {"result_pickle": folder / f"{job_id}_result.pkl"})
+
+    def done(self) -> bool:
+        raise AssertionError("without accounting, submitit's sacct poll is not used")
+
+
+@pytest.mark.parametrize("job, message, ending", [  # (a failed job's state is not read)
+    (SlurmJob(), f"Job (task=0) failed with trace:\n{RULE}\nTraceback (most recent call last):"
+     f"\n  File x\nValueError: boom\n\n{RULE}\nYou can check full logs",
      "failed in its process: ValueError: boom"),
-    (SlurmJob("FAILED"), f"Job failed: no trace\n{RULE}\nafter one rule\n",
+    (SlurmJob(), f"Job failed: no trace\n{RULE}\nafter one rule\n",
      "failed in its process: Job failed: no trace"),  # not submitit's: the part before
-    (SlurmJob("FAILED"), f"Job failed\n{RULE}\n \n{RULE}\nlogs", "failed in its process: ?"),
-    (SlurmJob("CANCELLED by 1000"), None, "cancelled (SLURM state CANCELLED by 1000)"),
-    (LocalJob("INTERRUPTED"), None, "stopped by submitit's local controller (past its restarts) "
-                                    "(submitit local state INTERRUPTED)"),
-    (SlurmJob("Odd State"), None, "odd state (SLURM state Odd State)"),  # not in ENDINGS
+    (SlurmJob(), f"Job failed\n{RULE}\n \n{RULE}\nlogs", "failed in its process: ?"),
+    (SlurmJob(state="CANCELLED by 1000"), None, "cancelled (SLURM state CANCELLED by 1000)"),
+    (LocalJob(state="INTERRUPTED"), None, "stopped by submitit's local controller (past its "
+                                          "restarts) (submitit local state INTERRUPTED)"),
+    (SlurmJob(state="Odd State"), None, "odd state (SLURM state Odd State)"),  # not in ENDINGS
 ])
 def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending):
     from submitit.core.utils import FailedJobError, UncompletedJobError
@@ -213,11 +232,7 @@ def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending)
 ])
 def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
         mode, status, value, board, refreshed, sweep, tmp_path, monkeypatch):
-    from hydra.core.utils import JobReturn, JobStatus
-    from hydra.types import RunMode
-
     from bnstudy import dashboard
-    from bnstudy.records import RunRecord
 
     calls = []
     monkeypatch.setattr(dashboard, "refresh_sweep_view", calls.append)
@@ -231,36 +246,25 @@ def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
     assert calls == ([str(tmp_path / sweep)] if refreshed else [])
 
 
-def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, monkeypatch):
+def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, sweep_summary):
     """The sweep's HParams experiment goes into its first job's folder when a job of this launch
     trained, not when every job was refused or skipped (the folders left as they were), nor
     when a job refused here was trained meanwhile by another launch of the sweep."""
-    from hydra.core.utils import JobReturn, JobStatus
-    from hydra.types import RunMode
-
-    from bnstudy.records import RunRecord
-
-    monkeypatch.setenv(REFUSALS_ENV, "")  # set by the summary: put back after the test
-    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
-                                         "mode": RunMode.MULTIRUN},
-                               "logger": {"tensorboard": {"_target_": TENSORBOARD}}})
-    summary = SweepSummary()
+    summary, config = sweep_summary, sweep_summary.config
+    config.hydra.mode, config.logger = RunMode.MULTIRUN, {"tensorboard": {"_target_": TENSORBOARD}}
     held = write_job(tmp_path, [0.5, 0.6])
-    os.utime(held / "metrics.json", (held.stat().st_mtime - 60,) * 2)  # finished earlier
-    summary.on_multirun_start(config)
+    os.utime(held / "metrics.json", (summary.started - 60,) * 2)  # finished earlier
     before = sorted(tmp_path.rglob("*"))
     summary.on_job_end(config, JobReturn(status=JobStatus.COMPLETED,
                                          _return_value=RunRecord(status="refused")))
-    summary.on_multirun_end(config)
-    assert sorted(tmp_path.rglob("*")) == before
+    assert summary.end() is None and sorted(tmp_path.rglob("*")) == before
     summary.on_multirun_start(config)  # refused here, trained meanwhile by another launch
     note_refusal(held, f"{held} is in use")
     os.utime(held / "metrics.json", (summary.started + 1,) * 2)
-    summary.on_multirun_end(config)
-    assert sorted(tmp_path.rglob("*")) == before
+    assert summary.end() is None and sorted(tmp_path.rglob("*")) == before
     summary.on_multirun_start(config)
     os.utime(held / "metrics.json", (summary.started + 1,) * 2)  # trained by this launch
-    summary.on_multirun_end(config)
+    summary.end()
     assert len(list(held.glob("events.out.tfevents.*"))) == 1
 
 
@@ -277,29 +281,6 @@ def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
     assert f"Could not write the {what} folder, {where}: " in proc.stderr
     assert "Nothing was run." in proc.stderr and f"point {key} at a" in proc.stderr
     assert not where.exists()
-
-
-class FakeJob:
-    """A submitit job as `collect_jobs` sees it: ended, with a result or (`state` given)
-    submitit's UncompletedJobError, as for a job cancelled, killed or lost."""
-
-    def __init__(self, result=None, state: str | None = None, raised: str | None = None) -> None:
-        self.result, self.state, self.raised = result, state, raised
-
-    def done(self) -> bool:
-        return True
-
-    def results(self):
-        from submitit.core.utils import FailedJobError, UncompletedJobError
-
-        if self.raised is not None:  # submitit's message for a job whose code raised
-            rule = "-" * 22
-            raise FailedJobError(f"Job (task=0) failed during processing with trace:\n{rule}\n"
-                                 f"Traceback (most recent call last):\n{self.raised}\n{rule}\n"
-                                 "You can check full logs with 'job.stderr(0)'")
-        if self.state is not None:
-            raise UncompletedJobError(f"Job 6_1 has not produced any output (state: {self.state})")
-        return [self.result]
 
 
 def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summary):
@@ -327,18 +308,6 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
     assert f"\n  {never.name}: lost with its node (SLURM state NODE_FAIL): no result before " \
         "its run started\n" in message
     assert done.name not in message and f"resume=true hydra.sweep.dir={tmp_path}" in message
-
-
-class SlurmJob(FakeJob):
-    """A SLURM job (named as submitit's class) that left the queue without a result."""
-
-    def __init__(self, tmp_path: Path, job_id: str = "7_0") -> None:
-        super().__init__()
-        self.job_id = job_id
-        self.paths = type("Paths", (), {"result_pickle": tmp_path / f"{job_id}_result.pkl"})
-
-    def done(self) -> bool:
-        raise AssertionError("without accounting, submitit's sacct poll is not used")
 
 
 def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summary,
@@ -453,13 +422,12 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
     write_job(tmp_path, [0.5])
     for same in ([], ["resume=true", "threads=2", "+callbacks.x=1"], ["seed=0,1,2,3"], ["seed=0"]):
         check_plan(hydra(*grid, *same))
-    for other, job in ((["norm=bn,none", "optim=sgd"], "seed=0 norm=none optim=sgd (job 2 there)"),
-                       (["norm=none", "optim=sgd", "seed=0"], "seed=0 norm=none optim=sgd (job 2 "
-                                                              "there)"),  # a single job
-                       (["norm=none,bn", "optim=sgd,adam"], "seed=0 norm=none optim=sgd (job 2 "
-                                                            "there)"),
-                       (["norm=bn", "optim=sgd,adam", "seed=0,1"], "seed=1 norm=bn optim=sgd "
-                                                                   "(job 4 there)"),
+    job_2 = "seed=0 norm=none optim=sgd (job 2 there)"
+    for other, job in ((["norm=bn,none", "optim=sgd"], job_2),
+                       (["norm=none", "optim=sgd", "seed=0"], job_2),  # a single job
+                       (["norm=none,bn", "optim=sgd,adam"], job_2),
+                       (["norm=bn", "optim=sgd,adam", "seed=0,1"],
+                        "seed=1 norm=bn optim=sgd (job 4 there)"),
                        (["norm=bn,none", "optim=sgd,adam", "dataset=mnist,cifar10"],
                         "seed=0 dataset=cifar10 norm=bn optim=sgd"),
                        ([*grid, "dataset=cifar10"], "seed=0 dataset=cifar10 norm=bn optim=sgd"),
@@ -494,8 +462,6 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
 
 
 def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):
-    from helpers import TINY_SETTINGS, run_sweep, sweep_jobs
-
     plan, jobs = (sweep / "multirun.yaml").read_bytes(), sweep_jobs(sweep)
     proc = run_sweep(sweep, tiny_data, "dataset=mnist", "norm=bn,none", "optim=sgd", "seed=0",
                      *TINY_SETTINGS)  # the tiny sweep's settings, another grid
@@ -509,7 +475,6 @@ def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny
 @pytest.mark.slow  # 8 jobs refused: 3 s
 def test_the_same_sweep_launched_again_without_resume_changes_nothing(sweep, tiny_data):
     from conftest import TINY_SWEEP
-    from helpers import TINY_SETTINGS, run_sweep
 
     plan = (sweep / "multirun.yaml").read_bytes()
     again = run_sweep(sweep, tiny_data, *TINY_SWEEP, *TINY_SETTINGS)

@@ -31,8 +31,7 @@ TINY = ("trainer.max_epochs=2", "callbacks.hallucinations.steps=2")
 
 
 def needs(package: str) -> None:
-    """Skips the test where the tracker's package is not installed (its extra:
-    `pip install -e '.[mlflow,wandb]'`); in CI (`CI=true`, which installs it) that fails."""
+    """Skips the test where the tracker's package (its extra) is not installed; fails in CI."""
     import importlib.util
     import os
 
@@ -93,23 +92,6 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
         "logger=mlflow needs the mlflow package, which is not installed. Install it with pip "
         "install 'bnstudy[mlflow]' (or pip install mlflow), or choose another tracker "
         "(logger=tensorboard, logger=csv).")
-
-
-@pytest.mark.slow
-def test_a_resumed_run_builds_its_csv_and_wandb_loggers_with_the_stored_runs(tmp_path):
-    """Issue #34: a resumed run's CSV log keeps its version and its W&B run its id (resumed
-    with resume="allow"); a fresh W&B run has its id before it starts, for `tracker_runs`."""
-    needs("wandb")
-    from bnstudy import trackers
-
-    cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'job'}")
-    stored = {"CSVLogger": 3, "WandbLogger": "run0123"}
-    csv_log, wandb_run = trackers.make_loggers(cfg.logger, "job", stored)
-    assert trackers.tracker_runs([csv_log, wandb_run]) == stored
-    assert wandb_run._wandb_init["resume"] == "allow"
-    cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'fresh'}")
-    runs = trackers.tracker_runs(trackers.make_loggers(cfg.logger, "fresh"))
-    assert runs["CSVLogger"] == 0 and len(runs["WandbLogger"]) == 8
 
 
 def test_the_tracker_choice_is_bookkeeping_not_a_setting_and_says_whether_tensorboard_logs():
@@ -173,10 +155,8 @@ def test_mlflow_local_store_holds_each_job_of_a_sweep(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_goes_on_in_its_mlflow_run_beside_tensorboard(tiny_data, tmp_path):
-    """Interrupted after one epoch, then resumed with an observer's setting changed (allowed on
-    resume): one MLflow run holds both attempts' epochs, finished, with the first value of the
-    changed setting (MLflow refuses to change a logged parameter). TensorBoard, logged to at
-    once, keeps its own views (the comparison curves), which MLflow does not get."""
+    """Resumed with an observer's setting changed: one finished MLflow run holds both attempts'
+    epochs and the setting's first value; TensorBoard beside it keeps its own views."""
     needs("mlflow")
     job = tmp_path / "job"
     common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=[tensorboard,mlflow]",
@@ -256,9 +236,8 @@ def wandb_records(path: Path):
 
 
 def wandb_run(path: Path) -> dict[str, list]:
-    """A W&B offline run file's records by type (`run`, `history`, `config`, `exit`, ...); a
-    history or config record as {key: value} (`val/acc` may be stored as the nested key val,
-    acc)."""
+    """A W&B offline run file's records by type; a history or config record as {key: value}
+    (`val/acc` may be stored as the nested key val, acc)."""
     found: dict[str, list] = {}
     for rec in wandb_records(path):
         kind = rec.WhichOneof("record_type")
@@ -283,60 +262,54 @@ def wandb_offline(tmp_path, monkeypatch) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("wandb_offline")
-def test_wandb_offline_writes_a_run_per_job(tiny_data, tmp_path):
+def test_wandb_offline_writes_a_run_per_job_and_a_resumed_job_goes_on_in_it(tiny_data, tmp_path):
+    """Issue #34: a sweep interrupted in its first job's second epoch, then resumed beside a CSV
+    log (whose resume test_run checks): each job gets a W&B run of its own, finished; the first
+    job's two attempts' offline runs carry its one run id, together holding its curve (one W&B
+    run once synced). Loggers built with a stored run's ids keep them (W&B's resumed with
+    resume="allow"); a fresh W&B run has its id before it starts."""
+    from bnstudy import trackers
+
+    cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'job'}")
+    stored = {"CSVLogger": 3, "WandbLogger": "run0123"}
+    csv_log, wandb_log = trackers.make_loggers(cfg.logger, "job", stored)
+    assert trackers.tracker_runs([csv_log, wandb_log]) == stored
+    assert wandb_log._wandb_init["resume"] == "allow"
+    cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'fresh'}")
+    runs = trackers.tracker_runs(trackers.make_loggers(cfg.logger, "fresh"))
+    assert runs["CSVLogger"] == 0 and len(runs["WandbLogger"]) == 8
     sweep = tmp_path / "sweep"
     # Hydra's basic launcher runs the jobs in one process (a fresh one: W&B's state is global),
     # and each must get a W&B run of its own.
-    proc = fresh_train("-m", *FAST, "seed=0", f"paths.data_dir={tiny_data}", *TINY,
-                       f"hydra.sweep.dir={sweep}", "logger=wandb", "norm=bn,none")
-    assert proc.returncode == 0, proc.stderr
-    assert "wandb:" not in proc.stderr + proc.stdout  # silent on the study's console
-    for job in job_dirs(sweep):
+    common = ("-m", *FAST, "seed=0", f"paths.data_dir={tiny_data}", *TINY, "norm=bn,none",
+              f"hydra.sweep.dir={sweep}", "logger=[csv,wandb]")
+    first = fresh_train(*common, "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
+                        "+callbacks.interrupt.epoch=1")  # Ctrl-C stops the whole sweep
+    assert first.returncode != 0 and [read_record(job)["status"] for job in job_dirs(sweep)] \
+        == ["interrupted"], first.stderr[-3000:]
+    proc = fresh_train(*common, "resume=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wandb:" not in first.stderr + proc.stderr + proc.stdout  # silent on the console
+    for job, attempts in zip(job_dirs(sweep), (2, 1), strict=True):
         record = read_record(job)
-        (files,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
-        run = wandb_run(files)
-        assert [r.run.display_name for r in run["run"]] == [job.name]  # its own run,
-        assert len(run.get("exit", [])) == 1  # finished
-        assert same_curve(wandb_curve(run["history"]), curve(record))
-        config = {k: v for update in run["config"] for k, v in update.items()}
+        assert len(record["history"]) == 2
+        run_id = record["trackers"]["WandbLogger"]
+        files = sorted((job / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+        assert len(files) == attempts == len(list((job / "wandb").glob("offline-run-*")))
+        run = [wandb_run(file) for file in files]
+        assert [r.run.display_name for a in run for r in a["run"]] == [job.name] * attempts
+        assert len(run[-1].get("exit", [])) == 1  # finished
+        assert same_curve(wandb_curve([h for a in run for h in a["history"]]), curve(record))
+        config = {k: v for update in run[-1]["config"] for k, v in update.items()}  # (the first
+        # attempt's settings have the interrupting callback too)
         assert {k: v for k, v in config.items() if not k.startswith("_")} == record["hparams"]
     assert not list(sweep.rglob("events.out.tfevents.*"))
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("wandb_offline")
-def test_a_resumed_run_goes_on_in_its_csv_log_and_wandb_run(tiny_data, tmp_path):
-    """Issue #34: interrupted after one epoch, then resumed: one CSV file holds both attempts'
-    epochs, and both attempts' W&B offline runs carry the one run id, resumed, together
-    holding the run's curve (one W&B run once synced)."""
-    job = tmp_path / "job"
-    common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=[csv,wandb]",
-              f"hydra.run.dir={job}")
-    first = fresh_train(*common, "+callbacks.interrupt._target_=tests.faults.InterruptAtEpoch",
-                        "+callbacks.interrupt.epoch=1")
-    assert first.returncode == 1 and read_record(job)["status"] == "interrupted", first.stderr
-    resumed = fresh_train(*common, "resume=true")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    record = read_record(job)
-    assert len(record["history"]) == 2
-    (version,) = (job / "csv").iterdir()
-    rows = csv_rows(version / "metrics.csv")
-    assert same_curve([(int(r["step"]), float(r["val/acc"])) for r in rows if r["val/acc"]],
-                      curve(record))
-    run_id = record["trackers"]["WandbLogger"]
-    attempts = sorted((job / "wandb").glob("offline-run-*"))
-    assert len(attempts) == 2 and all(a.name.endswith(f"-{run_id}") for a in attempts)
-    history = []
-    for attempt in attempts:
-        (files,) = attempt.glob(f"run-{run_id}.wandb")
-        history += wandb_run(files)["history"]
-    assert same_curve(wandb_curve(history), curve(record))
-
-
 def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     """Issue #34: Lightning's CSV writer clears metrics.csv when it starts; a resumed run's
-    logger puts the earlier rows back and appends to them. Resumed before Lightning saved a
-    row, the log is a new file, header first."""
+    logger puts the earlier rows back and appends to them (before any row: a new file). A
+    tracker's own run id in the config is kept, a null tracker skipped."""
     from bnstudy import trackers
 
     cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
@@ -360,11 +333,14 @@ def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     (board,) = trackers.make_loggers(compose_config(f"paths.output_dir={tmp_path}").logger, "job",
                                      {}, step=9)
     assert board._kwargs["purge_step"] == 10  # TensorBoard drops the earlier steps 10 and on
+    cfg = compose_config("logger=[tensorboard,csv]", "logger.tensorboard=null",  # skipped
+                         f"paths.output_dir={tmp_path}", "+logger.csv.version=5")
+    (csv_log,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
+    assert csv_log.version == 5  # set in the config: not the stored one
 
 
-def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch):
-    """(Also in the slow `test_wandb_offline_writes_a_run_per_job`; here for the everyday loop
-    and mutmut, which runs the fast tests.)"""
+def test_a_wandb_logleft_open_by_the_previous_job_is_finished_first(monkeypatch):
+    """(Also in the slow `test_wandb_offline_writes_a_run_per_job`; here for the fast tests.)"""
     needs("wandb")
     import wandb
 
@@ -382,10 +358,9 @@ def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch
 
 @pytest.mark.slow
 def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(tmp_path):
-    """The store and its experiment (artifacts at an absolute path) are made before the logger
-    starts; a second job finds them; a resumed run's settings keep their first values (MLflow
-    refuses to change one) and gain the new ones. Issue #36: the stored run id goes to the
-    resumed run's logger, and a server (that does not answer) is not contacted."""
+    """The store and its experiment (artifacts at an absolute path) are made once, before the
+    logger starts; a resumed run's settings keep their first values (MLflow refuses to change
+    one) and gain new ones. Issue #36: a stored run id goes to the logger, no server asked."""
     needs("mlflow")
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
@@ -418,12 +393,3 @@ def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(
     _, resumed = trackers.make_loggers(server, "job", {"MLFlowLogger": "0123abcd"})
     _, fresh = trackers.make_loggers(server, "job")
     assert resumed._run_id == "0123abcd" and fresh._run_id is None and fresh._run_name == "job"
-
-
-def test_a_trackers_own_run_id_is_kept_and_a_null_tracker_is_skipped(tmp_path):
-    from bnstudy import trackers
-
-    cfg = compose_config("logger=[tensorboard,csv]", "logger.tensorboard=null",
-                         f"paths.output_dir={tmp_path}", "+logger.csv.version=5")
-    (csv_log,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})
-    assert csv_log.version == 5  # set in the config: not the stored one

@@ -8,8 +8,8 @@ import pytest
 from helpers import (
     FAST,
     checkpoint_hits,
-    compose_config,
     fresh_train,
+    launcher_env,
     read_record,
     run_sweep,
     run_train,
@@ -68,13 +68,21 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
     proc = run_train(override, "paths.data_dir=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 1 and message in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
-    if override == "dataset=imagenet":  # a sweep's misspelt value: before any job, no folder
-        proc = run_train("-m", "dataset=mnist,imagenet", "paths.data_dir=/nonexistent",
-                         "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
-        assert proc.returncode == 1 and message in proc.stderr
-        assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
-        assert "Browse" not in proc.stdout + proc.stderr  # no folder to browse
-        assert proc.stderr.startswith("dataset=mnist,imagenet: dataset has no option imagenet")
+
+
+@pytest.mark.parametrize("values, starts, ends", [  # a sweep's misspelt or out-of-range value
+    ("dataset=mnist,imagenet", "dataset=mnist,imagenet: dataset has no option imagenet, so "
+     "nothing was run. ", "Its options: cifar10, fashion_mnist, mnist.\n"),
+    ("dataset.batch_size=64,0", "dataset.batch_size=0 is out of range; it must be an integer "
+     ">= 1. (The sweep's job seed=0 ", "dataset.batch_size=0; nothing was run.)\n"),
+])
+def test_a_bad_value_in_a_sweep_stops_it_before_any_job(values, starts, ends, tiny_data,
+                                                        tmp_path):
+    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", values,
+                     "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(starts) and proc.stderr.endswith(ends)
+    assert list(tmp_path.iterdir()) == [] and "Browse" not in proc.stdout + proc.stderr
 
 
 def test_a_sweeper_against_the_experiments_is_refused():
@@ -92,8 +100,7 @@ def test_a_sweeper_against_the_experiments_is_refused():
 
 
 def test_a_launcher_without_m_is_refused_not_run_here():
-    """Hydra launches only sweeps: `hydra/launcher=slurm` without -m would train the run in
-    this process (a cluster's login node)."""
+    """Without -m Hydra would train the run in this process (a cluster's login node)."""
     from bnstudy.overrides import launcher_without_sweep
 
     for args in (["-m", "hydra/launcher=slurm"], ["hydra/launcher=basic"], ["dataset=mnist"],
@@ -143,8 +150,7 @@ def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_p
 
 @pytest.mark.slow
 def test_ctrl_c_on_a_sweeps_process_is_one_paragraph_with_the_resume_command(tiny_data, tmp_path):
-    """The sweep's own process (waiting for a parallel job: n_jobs=1 would run it in that
-    process) stopped by Ctrl-C."""
+    """The sweep's own process (waiting for a parallel job) stopped by Ctrl-C."""
     import signal
 
     sweep, go = tmp_path / "sweep", tmp_path / "go"
@@ -199,21 +205,11 @@ def test_a_sweep_whose_every_job_fails_keeps_nothing_and_names_no_resume(tiny_da
     assert "resume=true" not in proc.stderr and list(tmp_path.iterdir()) == []
 
 
-def test_a_value_out_of_range_in_a_sweep_stops_it_before_any_job(tiny_data, tmp_path):
-    proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", "dataset.batch_size=64,0",
-                     "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("dataset.batch_size=0 is out of range; it must be an integer "
-                                  ">= 1. (The sweep's job seed=0 ")
-    assert proc.stderr.endswith("dataset.batch_size=0; nothing was run.)\n")
-    assert list(tmp_path.iterdir()) == []
-
-
 @pytest.mark.slow
 def test_pythons_warnings_go_to_the_log_and_routine_ones_stay_off_the_console(tiny_data,
                                                                                tmp_path):
-    """In a fresh interpreter (pytest records warnings itself): Lightning warns that the run's
-    checkpoints/ exists (as on a resume); train.log keeps it, the console does not show it."""
+    """In a fresh interpreter (pytest records warnings itself): Lightning's warning that
+    checkpoints/ exists is in train.log, not on the console."""
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "notes.txt").write_text("not empty")
     proc = fresh_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}")
@@ -242,8 +238,8 @@ def test_an_interrupted_sweep_resumes_skipping_finished_jobs_and_diverged_is_a_r
 
 @pytest.mark.slow
 def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
-    """The README's first command, as written (3 seeds by default), on the tiny fixtures: its
-    console ends with a verdict per dataset × optimizer, and so does its report."""
+    """The README's first command (3 seeds by default) on tiny data: a verdict per dataset ×
+    optimizer on its console and in its report."""
     from bnstudy.report.cli import main as report
 
     proc = run_train("-m", "dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", *FAST,
@@ -262,9 +258,9 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
 
 def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tmp_path,
                                                                               monkeypatch, caplog):
-    """A single run: its run dir; a sweep's job: the sweep's, a tuned search's trial: the
-    study's (SWEEP, not SWEEP/search/<cell>); a launcher's job resumes by itself unless the
-    launcher gave up on it. The sweep's own process: the study's folder too."""
+    """A sweep's job (a tuned search's trial too) and the sweep's own process: the study's
+    folder (not SWEEP/search/<cell>); a launcher's job resumes by itself unless the launcher
+    gave up on it. (A single run's: test_run.)"""
     from types import SimpleNamespace
 
     from bnstudy import train
@@ -274,22 +270,18 @@ def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tm
     cell = tmp_path / SEARCH_DIR / "mnist-bn-sgd"
     hydra = SimpleNamespace(sweep=SimpleNamespace(dir=str(cell)))
     monkeypatch.setattr(train.HydraConfig, "get", lambda: hydra)
-    cfg = SimpleNamespace(run_name="x", paths=SimpleNamespace(output_dir="out/x"))
-    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    monkeypatch.setattr(train, "is_multirun", lambda: True)
+    launcher_env(monkeypatch)
     said = []
-    for multirun, slurm, gave_up in ((False, None, None), (True, None, None), (True, "7", None),
-                                     (True, "7", "timed out")):
-        monkeypatch.setattr(train, "is_multirun", lambda multirun=multirun: multirun)
+    for slurm, gave_up in ((None, None), ("7", None), ("7", "timed out")):
         if slurm:
             monkeypatch.setenv("SLURM_JOB_ID", slurm)
         caplog.clear()
-        train._say_interrupted(cfg, gave_up)
+        train._say_interrupted(SimpleNamespace(run_name="x"), gave_up)
         said.append(caplog.messages[-1].removeprefix("Interrupted: x keeps what it trained so "
                                                      "far. "))
     again = f"run the same command with resume=true hydra.sweep.dir={tmp_path}"
     assert said == [
-        "To go on, run the same command with resume=true hydra.run.dir=out/x.",
         f"To go on, {again}.",
         "If its launcher requeues the job (after a time limit or a preemption), it resumes by "
         f"itself; else, to go on, {again}.",
@@ -333,9 +325,8 @@ def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path, strategy):
-    """Lightning's ddp restarts the script for rank 1, ddp_spawn starts two workers (gloo on
-    CPU); rank 0 alone writes and speaks (the workers' notices go to train.log), the per-image
-    test hits of both ranks' shares in the test set's order."""
+    """ddp restarts the script for rank 1, ddp_spawn starts two workers (gloo on CPU): rank 0
+    alone writes and speaks; the per-image test hits of both ranks in the test set's order."""
     import numpy as np
 
     proc = fresh_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
@@ -364,9 +355,9 @@ def snapshot(job) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(tiny_data,
                                                                               tmp_path):
-    """A run in a process of its own, paused as epoch 1 starts: a second process (resume,
-    rewrite, rerun) is refused naming it and changes nothing, and the first trains on alone;
-    killed as epoch 2 starts (SIGKILL: no handler runs), its lock does not stop the resume."""
+    """While a run's process pauses at epoch 1, a second process (resume, rewrite, rerun) is
+    refused naming it and changes nothing; SIGKILLed at epoch 2, its lock does not stop the
+    resume."""
     import signal
     import socket
 
@@ -404,8 +395,8 @@ def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(ti
 
 
 def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog):
-    """TensorBoard's event writer fails in its own thread on a full disk (and raises again in
-    the run, which reports it): Python's thread traceback stays off the console."""
+    """TensorBoard's event writer fails in its own thread on a full disk (the run reports it
+    again): Python's thread traceback stays off the console."""
     import errno
     import logging
     import threading
@@ -424,11 +415,9 @@ def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog
 
 def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(tmp_path,
                                                                               monkeypatch):
-    """Issue #34, quiet on a cluster too: a warning that an earlier attempt of a requeued job
-    wrote to its train.log (`shown_before`) is not shown again, and Lightning's srun notice (a
-    submitit_local sweep on a machine with SLURM) goes to train.log only. Rank 0 (of DDP, or
-    of a SLURM job's tasks) writes and says what the run does; the other ranks' console shows
-    their errors only (each rank keeps its own log)."""
+    """Issue #34, quiet on a cluster too: not again what a requeued job's earlier attempt wrote
+    to train.log (`shown_before`), Lightning's srun notice in train.log only; ranks but 0 (of
+    DDP, or of a SLURM job's tasks) show their errors only."""
     import logging
 
     from bnstudy.console import StudyLines, shown_before
@@ -484,8 +473,8 @@ def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
 
 
 def test_lightnings_workers_warning_is_dropped_as_known(tiny_data, monkeypatch):
-    """On a machine of many cores Lightning says a DataLoader without workers "does not have
-    many workers"; the study's tensors in memory need none (`IGNORED`)."""
+    """With many cores Lightning says a DataLoader "does not have many workers"; the study's
+    tensors in memory need none."""
     import warnings
 
     from lightning.pytorch.trainer.connectors import data_connector
@@ -502,24 +491,3 @@ def test_lightnings_workers_warning_is_dropped_as_known(tiny_data, monkeypatch):
             tiny_fit(tiny_data, limit_train_batches=1, limit_val_batches=1)
         said[ignored] = [w for w in caught if "does not have many workers" in str(w.message)]
     assert said[False] and not said[True]
-
-
-def test_the_printed_resume_commands_paste_into_a_shell_for_hydra(tmp_path, caplog):
-    """A run folder named by its overrides has `=`: the "Interrupted" line's command and a
-    failed run's (`resume_command`) quote it for the shell and for Hydra."""
-    import logging
-    import shlex
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from bnstudy.run import resume_command
-    from bnstudy.train import _say_interrupted
-
-    named = tmp_path / "2026-12-05_21-28-26_mnist-bn-sgd-seed0-max_epochs=1,lr=[0.1]"
-    cfg = compose_config(f"paths.output_dir='{named}'")
-    with caplog.at_level(logging.ERROR, logger="bnstudy"):
-        _say_interrupted(cfg)
-    said = caplog.messages[-1].split("run the same command with ", 1)[1].rstrip(".")
-    for typed in (said, resume_command(cfg).removeprefix("python -m bnstudy.train ")):
-        (*_, last) = OverridesParser.create().parse_overrides(shlex.split(typed))
-        assert (last.key_or_group, last.value()) == ("hydra.run.dir", str(named))
