@@ -88,7 +88,7 @@ def test_the_rule_reads_holms_p_and_says_equivalent_only_from_tost():
     assert S.t_power(0.0, (S.Spread(0.01, 5),)) == pytest.approx(0.05)  # a null: power alpha
 
 
-def test_the_test_images_add_their_sampling_error_to_a_test_acc_contrast_never_df():
+def test_the_test_images_add_their_sampling_error_and_the_df_comes_from_the_seeds_that_vary():
     rng = np.random.default_rng(0)
     n = 200
     runs = {w: [rng.random(n) < p for p in probs]

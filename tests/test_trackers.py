@@ -339,7 +339,7 @@ def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     assert csv_log.version == 5  # set in the config: not the stored one
 
 
-def test_a_wandb_logleft_open_by_the_previous_job_is_finished_first(monkeypatch):
+def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch):
     """(Also in the slow `test_wandb_offline_writes_a_run_per_job`; here for the fast tests.)"""
     needs("wandb")
     import wandb
