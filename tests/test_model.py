@@ -1,13 +1,19 @@
 """The LightningModule (bnstudy.model.Classifier): what it logs, and Trainer flags giving the
 same weights as the equivalent plain PyTorch loop."""
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_classifier, scalars, tiny_fit
+from helpers import checkpoint_hits, make_classifier, scalar_tags, scalars, tiny_fit
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from omegaconf import OmegaConf
 
+from bnstudy.callbacks import DivergenceGuard, MetricsHistory
 from bnstudy.data import MNISTDataModule, batches
+from bnstudy.model import Classifier
 
 
 def test_optimizer_comes_from_the_factory():
@@ -34,10 +40,17 @@ def test_hook_name_is_written_without_module_bookkeeping(monkeypatch):
     assert {"head.weight", "scale"} <= dict(model.named_parameters()).keys()
 
 
+def k_classifier(k: int = 1, norm: str = "bn", lr: float = 0.1):
+    """A classifier seeded at 0 (so every fit starts from the same weights), `k` per call."""
+    L.seed_everything(0, verbose=False)
+    model = make_classifier(norm, lr=lr)
+    model.steps_per_call = k
+    return model
+
+
 def epoch_batches(data_dir, epoch: int = 0, seed: int = 0,
                   shuffle: bool = True) -> list[tuple[torch.Tensor, ...]]:
-    """The training minibatches of an epoch, in the order a fit sees them (batch 50), or in
-    the data's order."""
+    """An epoch's training minibatches (of 50) in the order a fit sees them, or the data's."""
     data = MNISTDataModule(data_dir, batch_size=50, download=False, seed=seed)
     data.setup("fit")
     loader = data.train_dataloader() if shuffle else batches(data.train_set, 50, shuffle=False)
@@ -48,11 +61,9 @@ def epoch_batches(data_dir, epoch: int = 0, seed: int = 0,
 def plain_fit(data_dir, epochs: int = 2, lr: float = 0.1, norm: str = "bn", clip=None,
               accumulate: int = 1, limit: int | None = None, bf16: bool = False,
               overfit: int | None = None):
-    """The same training as `tiny_fit`, written as a researcher's plain loop: same seed, init,
-    batch order; gradient clipping, accumulation, a batch limit, bf16 autocast, or the first
-    `overfit` batches in the data's order every epoch, as asked."""
-    L.seed_everything(0, verbose=False)
-    net = make_classifier(norm, lr=lr).net.train()
+    """`tiny_fit`'s training as a researcher's plain loop (same seed, init, batch order), with
+    clipping, accumulation, a batch limit, bf16 autocast or `overfit` batches as asked."""
+    net = k_classifier(1, norm, lr).net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     for epoch in range(epochs):
         minibatches = (epoch_batches(data_dir, shuffle=False)[:overfit] if overfit
@@ -70,108 +81,90 @@ def plain_fit(data_dir, epochs: int = 2, lr: float = 0.1, norm: str = "bn", clip
     return net
 
 
-@pytest.mark.parametrize("flags,plain", [
-    ({}, {}),
-    ({"gradient_clip_val": 0.05}, {"clip": 0.05}),
-    ({"accumulate_grad_batches": 3}, {"accumulate": 3}),
-    ({"limit_train_batches": 4}, {"limit": 4}),
-    ({"precision": "bf16-mixed"}, {"bf16": True}),
-    ({"overfit_batches": 3}, {"overfit": 3}),
+@pytest.mark.parametrize("flags,plain,steps", [  # steps: in the 2 epochs
+    ({}, {}, 2 * 11),
+    ({"gradient_clip_val": 0.05}, {"clip": 0.05}, 2 * 11),
+    ({"accumulate_grad_batches": 3}, {"accumulate": 3}, 2 * 4),
+    ({"limit_train_batches": 4}, {"limit": 4}, 2 * 4),
+    ({"precision": "bf16-mixed"}, {"bf16": True}, 2 * 11),
+    ({"overfit_batches": 3}, {"overfit": 3}, 2 * 3),
 ], ids=["default", "gradient_clip_val", "accumulate_grad_batches", "limit_train_batches",
         "precision", "overfit_batches"])
-def test_trainer_flags_train_as_the_plain_loop_does(tiny_data, flags, plain):
+def test_trainer_flags_train_as_the_plain_loop_does(tiny_data, flags, plain, steps):
     _, model, trainer = tiny_fit(tiny_data, max_epochs=2, limit_val_batches=0, **flags)
     expected = plain_fit(tiny_data, epochs=2, **plain)
-    steps = {"accumulate_grad_batches": 2 * 4, "limit_train_batches": 2 * 4,
-             "overfit_batches": 2 * 3}
-    assert trainer.global_step == steps.get(next(iter(flags), ""), 2 * 11)
+    assert trainer.global_step == steps
     for name, value in expected.state_dict().items():
         assert torch.allclose(model.net.state_dict()[name], value, atol=1e-6), name
     control = plain_fit(tiny_data, epochs=2) if plain else plain_fit(tiny_data, epochs=2, lr=0.2)
     assert not torch.allclose(control.fc1.weight, expected.fc1.weight, atol=1e-6)  # flags matter
 
 
-def test_lightning_counts_optimizer_steps(tiny_data):
+def test_val_check_interval_validates_the_weights_of_that_step(tiny_data, tmp_path):
     """One Lightning batch is one minibatch and one step: the progress bar, limits and
     `val_check_interval` count what a user thinks they count."""
-    _, _, trainer = tiny_fit(tiny_data, max_epochs=2, enable_progress_bar=True)
-    assert trainer.num_training_batches == 11 and trainer.global_step == 22
+    _, _, trainer = tiny_fit(tiny_data, tmp_path, max_epochs=1, val_check_interval=5,
+                             enable_progress_bar=True)
+    assert trainer.num_training_batches == 11 and trainer.global_step == 11
     assert trainer.progress_bar_callback.train_progress_bar.total == 11
-
-
-def test_val_check_interval_validates_the_weights_of_that_step(tiny_data, tmp_path):
-    _, model, _ = tiny_fit(tiny_data, tmp_path, max_epochs=1, val_check_interval=5)
     assert [step for step, _ in scalars(tmp_path, "val/acc")] == [4, 9]  # after steps 5, 10
     net = plain_fit(tiny_data, epochs=1, limit=10).eval()
     data = MNISTDataModule(tiny_data, batch_size=50, download=False)
     data.setup("fit")
-    x, y = data.val_set.x, data.val_set.y
     with torch.no_grad():
-        acc = float((net(x).argmax(-1) == y).float().mean())
-    assert scalars(tmp_path, "val/acc")[-1][1] == pytest.approx(acc)
-    with torch.no_grad():  # the mean over the validation images
-        loss = float(F.cross_entropy(net(x), y))
-    assert scalars(tmp_path, "val/loss")[-1][1] == pytest.approx(loss)
+        logits, y = net(data.val_set.x), data.val_set.y
+    assert scalars(tmp_path, "val/acc")[-1][1] == pytest.approx(
+        float((logits.argmax(-1) == y).float().mean()))
+    assert scalars(tmp_path, "val/loss")[-1][1] == pytest.approx(  # the mean over the images
+        float(F.cross_entropy(logits, y)))
 
 
 def test_logged_training_values_are_the_epochs_means_and_the_steps_loss(tiny_data, tmp_path):
     """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch;
-    two epochs, so the sums must start anew in each."""
+    two epochs, so the sums must start anew in each; the second stopped by `max_steps` after 3
+    of its 11 steps: a run stopped mid-epoch reports the steps it took."""
     _, model, trainer = tiny_fit(tiny_data, tmp_path, model=make_classifier("bn", lr=0.0),
-                                 log_every_n_steps=4, limit_val_batches=0, max_epochs=2)
+                                 log_every_n_steps=4, limit_val_batches=0, max_epochs=2,
+                                 max_steps=14)
     means, accs, step_losses = [], [], []
-    for epoch in range(2):
+    for epoch, taken in ((0, 11), (1, 3)):
         losses, correct, counts = [], [], []
         with torch.no_grad():
-            for x, y in epoch_batches(tiny_data, epoch):  # BN on batch statistics
+            for x, y in epoch_batches(tiny_data, epoch)[:taken]:  # BN on batch statistics
                 logits = model.train()(x)
                 losses.append(float(F.cross_entropy(logits, y)))
                 correct.append(int((logits.argmax(-1) == y).sum()))
                 counts.append(len(y))
-        assert len(counts) == 11 and sum(counts) == 540
-        means.append(sum(loss * c for loss, c in zip(losses, counts, strict=True)) / 540)
-        accs.append(sum(correct) / 540)
+        means.append(sum(loss * c for loss, c in zip(losses, counts, strict=True)) / sum(counts))
+        accs.append(sum(correct) / sum(counts))
         step_losses += losses
-    assert trainer.global_step == 22
+    assert trainer.global_step == 14 and counts == [50] * 3
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(means[1], rel=1e-5)
     assert float(trainer.callback_metrics["train/acc"]) == pytest.approx(accs[1])
     assert scalars(tmp_path, "train/loss") == [(10, pytest.approx(means[0], rel=1e-5)),
-                                               (21, pytest.approx(means[1], rel=1e-5))]
+                                               (13, pytest.approx(means[1], rel=1e-5))]
     assert [v for _, v in scalars(tmp_path, "train/acc")] == pytest.approx(accs)
     steps = scalars(tmp_path, "train/loss_step")
-    assert [s for s, _ in steps] == [3, 7, 11, 15, 19]  # after steps 4, 8, ... (from 0)
+    assert [s for s, _ in steps] == [3, 7, 11]  # after steps 4, 8, 12 (from 0)
     assert [v for _, v in steps] == pytest.approx([step_losses[s] for s, _ in steps], rel=1e-5)
-
-
-def test_a_run_stopped_mid_epoch_reports_the_steps_it_took(tiny_data):
-    _, model, trainer = tiny_fit(tiny_data, model=make_classifier("none", lr=0.0), max_steps=3,
-                                 limit_val_batches=0)
-    assert trainer.global_step == 3
-    with torch.no_grad():
-        first = [(float(F.cross_entropy(model(x), y)), len(y))
-                 for x, y in epoch_batches(tiny_data)[:3]]
-    expected = sum(loss * n for loss, n in first) / sum(n for _, n in first)
-    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.slow
 def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
     """DDP on CPU (gloo): each rank its own half of each epoch's order; without BN the
     averaged gradient equals the plain loop's on the union of the two ranks' minibatches."""
-    L.seed_everything(0, verbose=False)
-    _, model, trainer = tiny_fit(tiny_data, model=make_classifier("none", lr=0.1),
-                                 batch_size=25, max_epochs=2, devices=2, strategy="ddp_spawn",
+    _, model, trainer = tiny_fit(tiny_data, model=k_classifier(1, "none"), batch_size=25,
+                                 max_epochs=2, devices=2, strategy="ddp_spawn",
                                  limit_val_batches=0)
-    L.seed_everything(0, verbose=False)
-    net = make_classifier("none", lr=0.1).net.train()
+    net = k_classifier(1, "none").net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     data = MNISTDataModule(tiny_data, batch_size=25, download=False)  # 2 × 25 a step
     data.setup("fit")
+    x, y = data.train_set.x, data.train_set.y
     for epoch in range(2):
         order = torch.randperm(540, generator=torch.Generator().manual_seed(epoch))
         shards = [order[rank::2][:270].split(25) for rank in (0, 1)]
         for a, b in zip(*shards, strict=True):
-            x, y = data.train_set.x, data.train_set.y
             losses = [F.cross_entropy(net(x[i]), y[i]) for i in (a, b)]
             optimizer.zero_grad()
             (sum(losses) / 2).backward()
@@ -185,37 +178,16 @@ def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
 def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_sweep):
     """`Classifier.load_from_checkpoint(path)` with no other argument rebuilds the run's net;
     on the run's test split it scores the accuracy the run recorded."""
-    from omegaconf import OmegaConf
-
-    from bnstudy.model import Classifier
-
     (job,) = tiny_sweep.dir.glob("*_mnist-none-sgd-seed0")
-    model = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt")
+    net = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt").hparams.net
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")  # the run's config, no Hydra
-    assert model.hparams.net["norm"] == "none"
-    assert model.hparams.net["hidden_dim"] == cfg.model.net.hidden_dim
-    data = MNISTDataModule(data_dir=cfg.paths.data_dir, val_size=cfg.dataset.val_size)
-    data.setup("test")
-    model.eval()
-    with torch.no_grad():
-        x, y = data.test_set.x, data.test_set.y
-        acc = (model(x).argmax(-1) == y).float().mean().item()
+    assert (net["norm"], net["hidden_dim"]) == ("none", cfg.model.net.hidden_dim)
+    acc = checkpoint_hits(job, cfg.paths.data_dir).mean()  # loads it the same way
     assert acc == pytest.approx(tiny_sweep.records[job.name]["test"]["acc"], abs=1e-6)
-
-
-def k_classifier(k: int):
-    L.seed_everything(0, verbose=False)
-    model = make_classifier("bn", lr=0.1)
-    model.steps_per_call = k
-    return model
 
 
 def k_fit(tiny_data, out, k: int, **flags) -> dict:
     """Everything a 2-epoch fit with `steps_per_call=k` leaves: history, scalars, test, ckpt."""
-    from helpers import scalar_tags
-
-    from bnstudy.callbacks import DivergenceGuard, MetricsHistory
-
     history = MetricsHistory(out / "metrics.json")
     data, model, trainer = tiny_fit(tiny_data, out, model=k_classifier(k), max_epochs=2,
                                     callbacks=[history, DivergenceGuard()], log_every_n_steps=3,
@@ -227,8 +199,7 @@ def k_fit(tiny_data, out, k: int, **flags) -> dict:
             "history": [{k: v for k, v in row.items() if k != "time_s"} for row in history.history],
             "scalars": {tag: scalars(out, tag) for tag in sorted(scalar_tags(out))},
             "test": test, "test_correct": model.test_correct, "weights": ckpt["state_dict"],
-            "optimizer": ckpt["optimizer_states"],
-            "clip": trainer.gradient_clip_val}
+            "optimizer": ckpt["optimizer_states"], "clip": trainer.gradient_clip_val}
 
 
 @pytest.mark.parametrize("flags,bundled", [
@@ -256,15 +227,11 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
 def test_k_minibatches_stop_at_the_step_the_loss_diverges(tiny_data, lr):
     """The divergence guard stops a run at its first non-finite loss; with K = 4 the K-loop
     stops at that minibatch too, not at the end of the call."""
-    from bnstudy.callbacks import DivergenceGuard
-
     stops = []
     for k in (1, 4):
-        L.seed_everything(0, verbose=False)
-        model, guard = make_classifier("none", lr=lr), DivergenceGuard()
-        model.steps_per_call = k
-        _, _, trainer = tiny_fit(tiny_data, model=model, callbacks=[guard], max_epochs=2,
-                                 limit_val_batches=0)
+        guard = DivergenceGuard()
+        _, _, trainer = tiny_fit(tiny_data, model=k_classifier(k, "none", lr), callbacks=[guard],
+                                 max_epochs=2, limit_val_batches=0)
         stops.append((trainer.global_step, guard.diverged_at))
     assert stops[0] == stops[1] and stops[0][1] is not None, stops
 
@@ -272,10 +239,6 @@ def test_k_minibatches_stop_at_the_step_the_loss_diverges(tiny_data, lr):
 def test_a_fallback_names_the_flag_that_asks_for_it(caplog):
     """The first setting that needs one minibatch a step, not one it implies (fast_dev_run and
     overfit_batches set the limits; a fraction is no integer, and an integer 1 is one batch)."""
-    from types import SimpleNamespace
-
-    from lightning.pytorch.callbacks import ModelCheckpoint, Timer
-
     plain = dict(fast_dev_run=False, overfit_batches=0, accumulate_grad_batches=1,
                  limit_train_batches=1.0, val_check_interval=1.0, precision="32-true",
                  world_size=1, callbacks=[], gradient_clip_val=None)

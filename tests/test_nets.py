@@ -38,18 +38,8 @@ def test_mlp_shapes_layers_and_norms(shape, norm, depth):
     widths = [model.get_submodule(f"fc{i}").in_features for i in range(2, depth + 1)]
     assert widths == [32] * (depth - 1)
     assert model.out.in_features == 32 and model.out.out_features == 10
-    for other in {"bn", "layer"} - {norm}:
-        assert not any(isinstance(m, NORM_1D[other]) for m in model.modules())
-
-
-@pytest.mark.parametrize(
-    "model,layers", [(make("bn", depth=4), 4), (make_cnn("layer"), 3)], ids=["mlp", "cnn"]
-)
-def test_every_hidden_layer_has_its_own_relu(model, layers):
-    """Hooks on ReLU inputs and per-module-name statistics need one instance per layer."""
-    relus = [name for name, m in model.named_modules(remove_duplicate=False)
-             if isinstance(m, nn.ReLU)]
-    assert len(relus) == layers and len({id(model.get_submodule(n)) for n in relus}) == layers
+    # each layer its own module: hooks on ReLU inputs and per-name statistics need one a layer
+    assert len({id(m) for m in model}) == len(model)
 
 
 def test_depth_one_is_the_studys_two_layer_net():
@@ -60,7 +50,6 @@ def test_depth_one_is_the_studys_two_layer_net():
                                     fc2=nn.Linear(256, 10)))
     torch.manual_seed(0)
     new = MLP((1, 28, 28), 10)
-    assert sum(p.numel() for p in new.parameters()) == 784 * 256 + 256 + 2 * 256 + 256 * 10 + 10
     assert [p.shape for p in new.parameters()] == [p.shape for p in old.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(new.parameters(), old.parameters(), strict=True))
     x = torch.randn(4, 1, 28, 28)
@@ -78,10 +67,7 @@ def test_batchnorm_uses_batch_statistics_in_train_and_running_ones_in_eval():
     assert torch.allclose(pre.std(0, unbiased=False), torch.ones(32), atol=1e-3)
     assert model.norm1.num_batches_tracked == 1
     model.eval()
-    single = model(x[:1])
-    assert torch.equal(single, model(x[:1]))  # no batch dependence in eval
-    batch_of_two = model(x[:2])[:1]
-    assert torch.allclose(single, batch_of_two, atol=1e-6)
+    assert torch.allclose(model(x[:1]), model(x[:2])[:1], atol=1e-6)  # no batch dependence
     assert model.norm1.num_batches_tracked == 1  # eval leaves running stats alone
 
 
@@ -118,6 +104,7 @@ def test_cnn_shapes_layers_and_norms(shape, norm):
     side = shape[1] // 4  # two poolings: 28 → 7, 32 → 8
     assert model.fc1.in_features == 8 * side * side
     assert type(model.norm1) is NORM_1D[norm]
+    assert len({id(m) for m in model}) == len(model)  # a ReLU per layer, as the MLP's
     if norm == "layer":  # GroupNorm with one group: LayerNorm over channels and positions
         assert model.conv_norm1.num_groups == 1 and model.conv_norm1.num_channels == 4
 
@@ -134,15 +121,12 @@ def test_cnn_norms_standardise_over_the_right_axes():
     assert torch.allclose(pre_gn.std((1, 2, 3), unbiased=False), torch.ones(16), atol=1e-3)
 
 
-@pytest.mark.parametrize("build", [make, make_cnn])
-def test_unknown_norm_is_refused(build):
-    with pytest.raises(ValueError, match="norm='instance'"):
-        build("instance")
-
-
-def test_the_norm_registry_builds_every_named_layer():
+def test_the_norm_registry_builds_every_named_layer_and_refuses_others():
     """One table names the norms for model, config check and report; GroupNorm takes up to
     32 groups of 2 units or more."""
+    for build in (make, make_cnn):
+        with pytest.raises(ValueError, match="norm='instance' is not a known normalisation"):
+            build("instance")
     assert list(NORMS) == list(NORM_1D) == ["bn", "layer", "none", "group"]
     for name in NORMS:
         assert type(make_norm(name, 4)) is NORM_1D[name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import compose_config, make_classifier, read_record, scalars, tiny_fit
+from helpers import compose_config, make_classifier, read_record, scalars, tiny_fit, write_job
 from lightning.pytorch.callbacks import Callback, LambdaCallback, ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -40,8 +41,7 @@ def make_model(norm: str = "bn", cnn: bool = False) -> Classifier:
 
 def fit(model: Classifier, data_dir: Path, out: Path, callbacks, epochs: int = 1,
         **trainer_args) -> L.Trainer:
-    """Trains on tiny MNIST (11 steps an epoch, no validation unless `limit_val_batches` given),
-    logging to TensorBoard in `out`."""
+    """`tiny_fit` (11 steps an epoch) logging to `out`, without validation unless asked."""
     return tiny_fit(data_dir, out, model, callbacks,
                     **({"max_epochs": epochs, "limit_val_batches": 0} | trainer_args))[2]
 
@@ -104,13 +104,11 @@ def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
     with pytest.raises(ValueError, match=r"percentiles=\[50, 150\]; each must be within 0..100"):
         ActivationPercentiles(percentiles=[50, 150])
     for units in ([-1], []):
-        with pytest.raises(ValueError, match=rf"units={units}; give unit indices >= 0".replace(
-                "[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ValueError, match=re.escape(f"units={units}; give unit indices >= 0")):
             ActivationPercentiles(units=units)
-    model = make_model()
-    relus = [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    for layer in (len(relus), -1):
-        with pytest.raises(ValueError, match=rf"layer={layer}, but the model has {len(relus)} "):
+    model = make_model()  # one ReLU, 32 units
+    for layer in (1, -1):
+        with pytest.raises(ValueError, match=rf"layer={layer}, but the model has 1 "):
             fit(model, tiny_data, tmp_path, [ActivationPercentiles(layer)])
     width = model.net.fc1.out_features
     with pytest.raises(ValueError, match=rf"units=\[0, {width}\], but .* has {width} units"):
@@ -217,8 +215,7 @@ def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_pa
         fit(model, tiny_data, tmp_path / name, callbacks, limit_val_batches=1.0)
         runs[name] = (model.state_dict(), torch.get_rng_state())
     (plain, plain_rng), (probed, probed_rng) = runs["plain"], runs["probed"]
-    assert torch.equal(plain_rng, probed_rng)
-    assert plain.keys() == probed.keys()
+    assert torch.equal(plain_rng, probed_rng) and plain.keys() == probed.keys()
     assert all(torch.equal(plain[k], probed[k]) for k in plain)  # running stats included
     activations, gradients = probes[0].series(), probes[1].series()
     assert activations["steps"] == gradients["landscape"]["steps"] == list(range(STEPS))
@@ -302,9 +299,8 @@ GRADS = {"steps": [0, 2], "norms": {"net.fc1": [1.0, 0.5], "net.fc2": [2.0, 1.0]
 
 def test_the_probe_figures_draw_each_series_where_it_belongs():
     """Hand-made series: each unit's percentiles in its row (the median bold and solid), the
-    gradient norms on a log axis, the landscape bands from the smallest to the largest step
-    size, the medians under the figure."""
-    from bnstudy.report.figures import PROBE_FIGURES, landscape_medians
+    gradient norms on a log axis, the landscape bands from the smallest to the largest step."""
+    from bnstudy.report.figures import PROBE_FIGURES
 
     found = {n: pd.Series({"seed": 0, "probes": {"activations": ACTS, "gradients": GRADS}})
              for n in ("none", "bn")}
@@ -319,15 +315,12 @@ def test_the_probe_figures_draw_each_series_where_it_belongs():
     for ax, low, high in ((loss, [1, 2, 0], [3, 5, 1]), (change, [0.1, 0.2, 0], [0.4, 0.6, 0.1])):
         band = ax.collections[0].get_paths()[0].vertices[:, 1]
         assert set(np.round(band, 6)) == set(low) | set(high)
-    assert list(beta.get_lines()[0].get_ydata()) == [1.0, 0.6, 0.2]
-    assert "No BatchNorm 3, 0.4, 0.6; BatchNorm 3, 0.4, 0.6." in landscape_medians(found)
+    assert list(beta.get_lines()[0].get_ydata()) == [1.0, 0.6, 0.2]  # medians: the next test
 
 
 def test_a_comparison_draws_a_probe_figure_where_both_sides_recorded_it(tmp_path):
     """A series on one side only: a line saying which side lacks it; on both: the figure, and
     for gradients the landscape's medians under it; on neither: nothing said."""
-    from helpers import write_job
-
     from bnstudy.report.runs import load_runs, settings
     from bnstudy.report.sections import comparison
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import PAD, grid_size, make_classifier, tiny_fit
+from helpers import PAD, decoded, grid_size, make_classifier, tiny_fit
 from lightning.pytorch.callbacks import LambdaCallback
-from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from bnstudy.callbacks import Hallucinations, WeightGrid
+from bnstudy.callbacks import Hallucinations, MetricsHistory, WeightGrid
 from bnstudy.data import CIFAR10DataModule, MNISTDataModule
 from bnstudy.nets import first_layer
 from bnstudy.pictures import measures as P
@@ -25,16 +25,6 @@ from bnstudy.pictures.recipe import class_score, hallucinate
 
 MNIST_MEAN, MNIST_STD = MNISTDataModule.mean[0], MNISTDataModule.std[0]
 LOW, HIGH = [-MNIST_MEAN / MNIST_STD], [(1 - MNIST_MEAN) / MNIST_STD]  # valid normalised range
-
-
-def png(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def as_png(grid: torch.Tensor) -> np.ndarray:
-    """A [0, 1] grid as TensorBoard encodes it: × 255, truncated."""
-    return (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
 # --- the recipe -------------------------------------------------------------------------------
@@ -188,8 +178,7 @@ def test_default_recipe_draws_digits_an_independent_classifier_reads(shared_data
 @pytest.mark.slow
 @pytest.mark.parametrize("datamodule", [MNISTDataModule, CIFAR10DataModule])
 def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
-    # A job of conftest's `tiny_sweep`: 2 epochs, weight grids every epoch, hallucinations
-    # (5 steps) drawn when training ends.
+    # A `tiny_sweep` job: 2 epochs, weight grids every epoch, hallucinations (5 steps) at the end
     (run_dir,) = tiny_sweep.dir.glob(f"*_{datamodule.name}-bn-sgd-seed0*")
     shape, classes, images = datamodule.input_shape, datamodule.classes, run_dir / "images"
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
@@ -199,22 +188,19 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
     steps = {tag: [e.step for e in found] for tag, found in drawn.items()}
     assert steps["weights/first_layer"] == steps["weights/first_layer_change"]
     assert len(steps) == 3 and steps["hallucination/all"] == steps["weights/first_layer"][1:]
-    # Encoded once: the files hold the very PNGs TensorBoard shows.
-    for tag, files in (("weights/first_layer", ("weights_epoch0", "weights_epoch1")),
-                       ("weights/first_layer_change", ("weights_change_epoch0",
-                                                       "weights_change_epoch1")),
-                       ("hallucination/all", ("hallucinations_final",))):
-        assert [(images / f"{f}.png").read_bytes() for f in files] == [
-            e.encoded_image_string for e in drawn[tag]]
+    # Encoded once: the files hold the very PNGs TensorBoard shows (the final: epoch 1's).
+    logged = {tag: [e.encoded_image_string for e in found] for tag, found in drawn.items()}
+    for tag, prefix in (("weights/first_layer", "weights"),
+                        ("weights/first_layer_change", "weights_change")):
+        assert [(images / f"{prefix}_{when}.png").read_bytes() for when in (
+            "epoch0", "epoch1", "final")] == [*logged[tag], logged[tag][-1]]
+    assert [(images / "hallucinations_final.png").read_bytes()] == logged["hallucination/all"]
     scale = math.ceil(96 / shape[2])  # a labelled tile: enlarged to >= 96 px, its name on top
     grid = grid_size(64, 8, shape)
     labelled = grid_size(10, 5, (3, LABEL_HEIGHT + scale * shape[1], scale * shape[2]))
     sizes = {"weights_final": grid, "weights_change_final": grid, "weights_epoch0": grid,
              "hallucinations_final": labelled}
-    assert all(png(images / f"{stem}.png").shape[:2] == size for stem, size in sizes.items())
-    for prefix in ("weights", "weights_change"):
-        final = (images / f"{prefix}_final.png").read_bytes()
-        assert final == (images / f"{prefix}_epoch1.png").read_bytes()
+    assert all(decoded(images / f"{stem}.png").shape[:2] == size for stem, size in sizes.items())
     assert sorted(p.name for p in images.iterdir()) == sorted(
         [f"{prefix}_{when}.png" for prefix in ("weights", "weights_change")
          for when in ("epoch0", "epoch1", "final")]
@@ -272,17 +258,18 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
         "hallucinations_final.npz", "hallucinations_final.png", "hallucinations_final.pt",
         "weights_change_final.png", "weights_final.png", "weights_final.pt"]
     # The grid of the network's first layer (the datamodule's input shape for an MLP's rows,
-    # a tile per filter for a CNN), as TensorBoard encodes it.
+    # a tile per filter for a CNN), as TensorBoard encodes it: × 255, truncated.
     weight = first_layer(model).weight
     for name, drawn in (("weights_final", weight), ("weights_change_final", weight - initial)):
         grid = weight_grid(drawn, MNISTDataModule.input_shape)
         assert grid.shape == ((3, *grid_size(4, 2, (1, 3, 3))) if cnn
                               else (3, *grid_size(32, 6, (1, 28, 28))))
-        assert np.array_equal(png(tmp_path / f"{name}.png"), as_png(grid))
+        as_png = (grid * 255).clamp(0, 255).byte().permute(1, 2, 0).numpy()
+        assert np.array_equal(decoded(tmp_path / f"{name}.png"), as_png)
     # The saved hallucinations are the drawn ones, with their start and the model's reading.
     saved = torch.load(tmp_path / "hallucinations_final.pt", weights_only=True)
     top = PAD + LABEL_HEIGHT  # first tile, under its name, enlarged 4×
-    tile0 = png(tmp_path / "hallucinations_final.png")[top : top + 112 : 4, PAD : PAD + 112 : 4, 0]
+    tile0 = decoded(tmp_path / "hallucinations_final.png")[top:top + 112:4, PAD:PAD + 112:4, 0]
     expected = (data.denormalise(saved["images"][:1])[0, 0] * 255).byte().numpy()
     assert np.array_equal(tile0, expected)
     assert torch.allclose(saved["own_probabilities"], P.predict(model, saved["images"]))
@@ -335,10 +322,6 @@ def test_a_stop_within_an_epoch_leaves_that_epoch_to_the_final_drawing(tiny_data
 def test_only_rank_0_writes_and_the_initial_weights_are_the_first_fits(tmp_path):
     """In a multi-process run the other ranks draw and record nothing; a second fit with the
     same callback (or a resume's setup) keeps the first fit's initial weights."""
-    from types import SimpleNamespace
-
-    from bnstudy.callbacks import MetricsHistory
-
     rank_1 = SimpleNamespace(is_global_zero=False, current_epoch=0, global_step=11,
                              callback_metrics={"train/loss": torch.tensor(1.0)}, callbacks=[])
     history = MetricsHistory(tmp_path / "metrics.json")
