@@ -28,9 +28,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves as Lightning does, but atomically (`replace_file`), keeping the previous one as
     `<path>.prev`; local paths only. A failed write raises `RunFileError`."""
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
-    ) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
+                        storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         buffer = io.BytesIO()

@@ -48,11 +48,9 @@ class StudyLines(logging.Filter):
 
 def shown_before(train_log: Path) -> None:
     """Counts the warnings in a requeued job's `train.log` as shown: once per job, not attempt."""
-    try:
+    with contextlib.suppress(OSError):
         text = train_log.read_text(errors="replace")
-    except OSError:
-        return
-    StudyLines.earlier.update(re.findall(r"\]\[WARNING\] - (.*)", text))
+        StudyLines.earlier.update(re.findall(r"\]\[WARNING\] - (.*)", text))
 
 
 def _no_adverts(record: logging.LogRecord) -> bool:

@@ -87,10 +87,8 @@ def is_locked(job_dir: str | Path) -> bool:
     try:
         with open(Path(job_dir) / LOCK_NAME, "rb") as lock:  # closed: the lock is dropped
             fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # no lock file, or no flock on this filesystem
-        return False
+    except OSError as err:  # held (BlockingIOError); no lock file, or no flock on this filesystem
+        return isinstance(err, BlockingIOError)
     return False
 
 

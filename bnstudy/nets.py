@@ -18,11 +18,8 @@ def mlp_layers(in_features: int, hidden_dim: int, depth: int, norm: str,
     `flatten, fc1, norm1, act1, fc2, …, out` (a ReLU per layer)."""
     layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
     for i in range(1, depth + 1):
-        layers += [
-            (f"fc{i}", nn.Linear(in_features if i == 1 else hidden_dim, hidden_dim)),
-            (f"norm{i}", make_norm(norm, hidden_dim)),
-            (f"act{i}", nn.ReLU()),
-        ]
+        layers += [(f"fc{i}", nn.Linear(in_features if i == 1 else hidden_dim, hidden_dim)),
+                   (f"norm{i}", make_norm(norm, hidden_dim)), (f"act{i}", nn.ReLU())]
     return [*layers, ("out", nn.Linear(hidden_dim, num_classes))]
 
 
@@ -37,12 +34,8 @@ class MLP(nn.Sequential):
 
 
 class CNN(nn.Sequential):
-    """`[Conv3×3 → norm → ReLU → MaxPool2] per entry of channels → Flatten →
-    [Linear → norm → ReLU] × depth → Linear(hidden, classes)`.
-
-    Layers `conv1, conv_norm1, conv_act1, pool1, …, flatten, fc1, norm1, act1, …, out`. The
-    convolutions keep the size (padding 1), each pooling halves it (rounding down).
-    """
+    """`[Conv3×3 (padding 1) → norm → ReLU → MaxPool2] per entry of channels`, named `conv1,
+    conv_norm1, conv_act1, pool1, …`, then `mlp_layers` on the flattened maps."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int,
                  channels: Sequence[int] = (32, 64), hidden_dim: int = 256, depth: int = 1,
@@ -50,13 +43,10 @@ class CNN(nn.Sequential):
         in_channels, height, width = input_shape
         layers = []
         for i, out_channels in enumerate(channels, 1):
-            layers += [
-                (f"conv{i}", nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)),
-                (f"conv_norm{i}", make_norm(norm, out_channels, spatial=True)),
-                (f"conv_act{i}", nn.ReLU()),
-                (f"pool{i}", nn.MaxPool2d(2)),
-            ]
-            in_channels, height, width = out_channels, height // 2, width // 2
+            layers += [(f"conv{i}", nn.Conv2d(in_channels, out_channels, 3, padding=1)),
+                       (f"conv_norm{i}", make_norm(norm, out_channels, spatial=True)),
+                       (f"conv_act{i}", nn.ReLU()), (f"pool{i}", nn.MaxPool2d(2))]
+            in_channels, height, width = out_channels, height // 2, width // 2  # pools round down
         super().__init__(OrderedDict(
             [*layers, *mlp_layers(in_channels * height * width, hidden_dim, depth, norm,
                                   num_classes)]))

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Norm:
-    """One normalisation: `flat` and `spatial` name the `torch.nn` layer placed between a
-    Linear (a Conv2d) and its ReLU, built as `layer(units)`, or for GroupNorm as
-    `GroupNorm(g, units)` (g: the largest common divisor of `groups` and units / 2, so a
-    group holds 2 units or more);
-    `label` and `color` are the report's."""
+    """One normalisation: `flat` (`spatial`) names the `torch.nn` layer between a Linear (a
+    Conv2d) and its ReLU; GroupNorm gets gcd(`groups`, units / 2) groups, each of 2 units or
+    more; `label` and `color` are the report's."""
 
     flat: str
     spatial: str

@@ -82,8 +82,7 @@ def _say_interrupted(cfg: DictConfig, gave_up: str | None = None) -> None:
     """Says that the run stopped, and how it goes on (its launcher's requeue, or resume=true)."""
     key, folder = ("hydra.sweep.dir", study_dir(HydraConfig.get().sweep.dir)) if is_multirun() \
         else ("hydra.run.dir", cfg.paths.output_dir)
-    where = dir_override(key, folder)
-    how = f"run the same command with resume=true {where}"
+    how = f"run the same command with resume=true {dir_override(key, folder)}"
     if gave_up:
         how = (f"Its launcher will not requeue it ({gave_up}). To go on, {how} (and a larger "
                "hydra.launcher.timeout_min or max_num_timeout if the time limit was too short).")

@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -72,7 +73,8 @@ class Cells:
         """`real`, its `launch` handed to the main thread (`search`)."""
         def launch(job_overrides, initial_job_idx: int):
             done: Future = Future()
-            self.requests.put((real, job_overrides, initial_job_idx, done))
+            self.requests.put((done, partial(real.launch, job_overrides,
+                                             initial_job_idx=initial_job_idx)))
             return done.result()
 
         return SimpleNamespace(launch=launch)
@@ -80,29 +82,24 @@ class Cells:
     def search(self, searches: list) -> list:
         """Each search's return value, in order; the first one's error is raised."""
         outcomes: list[Future] = [Future() for _ in searches]
-
-        def run(search, outcome: Future) -> None:
-            try:
-                outcome.set_result(search())
-            except BaseException as err:  # raised in the main thread
-                outcome.set_exception(err)
-
-        for pair in zip(searches, outcomes, strict=True):  # daemons: Ctrl-C ends the sweep
-            threading.Thread(target=run, args=pair, daemon=True).start()
+        for pair in zip(outcomes, searches, strict=True):  # daemons: Ctrl-C ends the sweep
+            threading.Thread(target=_settle, args=pair, daemon=True).start()
         while not all(outcome.done() for outcome in outcomes):
             try:
                 request = self.requests.get(timeout=0.1)
             except queue.Empty:
                 continue
             if self.concurrent:
-                threading.Thread(target=_launch, args=request, daemon=True).start()
+                threading.Thread(target=_settle, args=request, daemon=True).start()
             else:
-                _launch(*request)
+                _settle(*request)
         return [outcome.result() for outcome in outcomes]
 
 
-def _launch(real, overrides, first: int, done: Future) -> None:
+def _settle(done: Future, call) -> None:
+    """`done` holds what `call()` returns or raises, for the thread that waits on it (a
+    launcher's refusal exits: in a thread silently, and its search would wait forever)."""
     try:
-        done.set_result(real.launch(overrides, initial_job_idx=first))
-    except BaseException as err:  # a launcher's refusal exits: in a thread, silently, and its
-        done.set_exception(err)  # search would wait for the jobs forever
+        done.set_result(call())
+    except BaseException as err:
+        done.set_exception(err)

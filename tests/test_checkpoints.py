@@ -3,54 +3,28 @@ test_run.py), and the cadence of saves loses at most what it says."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from helpers import fail_fsync
+from helpers import fail_fsync, make_classifier, tiny_fit
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from bnstudy.checkpoints import AtomicCheckpointIO, resume_checkpoint
+from bnstudy.checkpoints import AtomicCheckpointIO, StudyCheckpoint, resume_checkpoint
 
 
-class Tiny(L.LightningModule):
-    """An MLP with BatchNorm (its running stats are in the checkpoint too), trained by Adam."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=0.01)
-
-    def train_dataloader(self):
-        generator = torch.Generator().manual_seed(1)
-        x = torch.randn(64, 8, generator=generator)
-        return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
-
-
-def fit(directory: Path, max_epochs: int, ckpt_path: Path | None = None, checkpoint=None,
-        io=None) -> Tiny:
-    """Trains `Tiny` (seeded) with checkpoints/last.ckpt in `directory`, as a run does."""
-    L.seed_everything(0, verbose=False)
-    model = Tiny()
+def fit(data_dir: Path, directory: Path, max_epochs: int, checkpoint=None, io=None):
+    """Fits a classifier with BatchNorm (its running stats in the checkpoint too) by Adam on tiny
+    MNIST (11 steps an epoch), with checkpoints/last.ckpt in `directory`, as a run does."""
     checkpoint = checkpoint or ModelCheckpoint(
         dirpath=directory / "checkpoints", filename="last", save_top_k=1,
         enable_version_counter=False, save_on_train_epoch_end=True)
-    trainer = L.Trainer(
-        plugins=[io or AtomicCheckpointIO()], callbacks=[checkpoint], max_epochs=max_epochs,
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, ckpt_path=ckpt_path, weights_only=True)
-    return model
+    model = make_classifier(optimizer=functools.partial(torch.optim.Adam, lr=0.01))
+    return tiny_fit(data_dir, model=model, callbacks=[checkpoint], max_epochs=max_epochs,
+                    plugins=[io or AtomicCheckpointIO()], enable_checkpointing=True)[1]
 
 
 def epoch_of(path: Path) -> int:
@@ -63,10 +37,10 @@ class Killed(BaseException):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tiny_data, tmp_path_factory) -> Path:
     """checkpoints/ after a 2-epoch fit: last.ckpt (epoch 1) and last.ckpt.prev (epoch 0)."""
     directory = tmp_path_factory.mktemp("trained")
-    fit(directory, max_epochs=2)
+    fit(tiny_data, directory, max_epochs=2)
     return directory / "checkpoints"
 
 
@@ -114,9 +88,12 @@ def test_a_kill_during_a_save_leaves_a_loadable_checkpoint(ckpts, monkeypatch, m
     assert note is None if moment == "while writing" else f"{last} is missing" in note
 
 
-def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_path):
-    from bnstudy.checkpoints import StudyCheckpoint
-
+@pytest.mark.parametrize("every, epochs, saves", [
+    (2, 5, [22, 44, 55]),  # 11 steps an epoch: after epochs 2 and 4, then the last
+    (1, 2, [11, 22]),  # the last epoch's save is the final state: not saved twice
+])
+def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(
+        tiny_data, tmp_path, every, epochs, saves):
     saved = []
 
     class Recording(AtomicCheckpointIO):
@@ -124,17 +101,13 @@ def test_a_sparser_cadence_saves_every_nth_epoch_and_always_the_final_state(tmp_
             saved.append(checkpoint["global_step"])
             super().save_checkpoint(checkpoint, path, storage_options)
 
-    model = fit(tmp_path, 5, io=Recording(), checkpoint=StudyCheckpoint(
+    model = fit(tiny_data, tmp_path, epochs, io=Recording(), checkpoint=StudyCheckpoint(
         dirpath=tmp_path, filename="last", save_top_k=1, enable_version_counter=False,
-        save_on_train_epoch_end=True, every_n_epochs=2))
-    assert saved == [8, 16, 20]  # 4 steps an epoch: after epochs 2 and 4, then the last
+        save_on_train_epoch_end=True, every_n_epochs=every))
+    assert saved == saves
     final = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
-    assert final["global_step"] == 20 and all(
+    assert final["global_step"] == saves[-1] and all(
         torch.equal(final["state_dict"][name], value) for name, value in model.state_dict().items())
-    saved.clear()
-    fit(tmp_path, 2, io=Recording(), checkpoint=StudyCheckpoint(
-        dirpath=tmp_path / "every", filename="last", every_n_epochs=1))
-    assert saved == [4, 8]  # the last epoch's save is the final state: not saved twice
 
 
 class NotAWeight:
@@ -142,9 +115,8 @@ class NotAWeight:
 
 
 def test_a_file_that_is_not_a_lightning_checkpoint_is_set_aside_in_words(tmp_path, caplog):
-    """Issue #36 (mutation testing): the exact note, each refusal in one line, logged; a pickle
-    holding code is refused (weights only); neither loads: started over, and a third file set
-    aside gets `.corrupt.2`, the earlier ones kept."""
+    """Issue #36: the exact note, logged; a pickle holding code refused (weights only); none
+    loads: started over; a third file set aside gets `.corrupt.2`, the earlier ones kept."""
     last, previous = tmp_path / "last.ckpt", tmp_path / "last.ckpt.prev"
     torch.save({"epoch": 3}, last)  # no state_dict
     torch.save({"state_dict": {}, "code": NotAWeight()}, previous)

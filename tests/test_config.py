@@ -73,7 +73,7 @@ def test_model_options_compose_build_and_name_their_hparams(overrides, cls, dept
     }
 
 
-RANGES = [  # (dotted key, value out of range, the message)
+RANGES = [  # (dotted key, value out of range, the message's start, or the whole one with a .)
     ("dataset.batch_size", 0, "dataset.batch_size=0 is out of range; it must be an integer >= 1"),
     ("dataset.datamodule.batch_size", 0, "dataset.datamodule.batch_size=0 is out of range; it "
      "must be an integer >= 1"),  # typed where the datamodule reads it (a ZeroDivisionError)
@@ -89,9 +89,13 @@ RANGES = [  # (dotted key, value out of range, the message)
     ("dataset.equivalence_margin", 0.5 * 100, "dataset.equivalence_margin=50.0 is out of range; "
      "it must be an accuracy fraction in (0, 1)"),  # points typed for a fraction
     ("threads", 0, "threads=0 is out of range; it must be auto or an integer >= 1"),
-    ("model.net.norm", "instance", "model.net.norm='instance' is not a known normalisation"),
+    ("dataset.train_size", 0, "dataset.train_size=0 is out of range; it must be null (all "
+     "remaining images) or an integer >= 1."),
+    ("model.net.norm", "batch", "model.net.norm='batch' is not a known normalisation; use one of "
+     "bn, layer, none, group (e.g. norm=bn)."),
     ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises over the "
-     "batch, which one image cannot give"),
+     "batch, which one image cannot give. Use dataset.batch_size=2 or more, or norm=none / "
+     "norm=layer."),
     ("dataset.datamodule.batch_size", 1, "dataset.datamodule.batch_size=1 with norm=bn: "
      "BatchNorm normalises over the batch"),  # (it was a ValueError in the first step)
     ("callbacks.weight_grid.num_units", 0, "callbacks.weight_grid.num_units=0 is out of range; "
@@ -104,20 +108,15 @@ RANGES = [  # (dotted key, value out of range, the message)
 
 @pytest.mark.parametrize("model", GROUPS["model"])
 def test_each_value_out_of_range_is_refused_naming_it(model):
-    import re
-
     cfg = compose_config(f"model={model}")
     validate(cfg)
     for key, value, message in RANGES:
         bad = cfg.copy()
         OmegaConf.update(bad, key, value, force_add=True)
-        with pytest.raises(ConfigError, match=re.escape(message)):
+        with pytest.raises(ConfigError) as refused:
             validate(bad)
-    bad = cfg.copy()
-    OmegaConf.update(bad, "dataset.momentum", 0.9, force_add=True)  # as `+dataset.momentum=`
-    with pytest.raises(ConfigError, match="dataset.momentum: no such setting. Valid keys under "
-                                          "dataset: batch_size, datamodule"):
-        validate(bad)
+        said = str(refused.value)
+        assert said == message if message.endswith(".") else said.startswith(message), said
 
 
 SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "enable_checkpointing", "barebones",
@@ -172,15 +171,15 @@ def test_hparams_of_configs_written_before_the_networks_moved():
 
 
 def test_the_edges_of_each_range():
-    """Each range's edge values: in or out, as its message says (a bool is no number)."""
+    """Each range's edge values: in or out (a bool is no number); whole messages: RANGES."""
     cfg = compose_config("norm=none")
     accepted = [("dataset.val_size", 1), ("dataset.val_size", 5000.0), ("dataset.train_size", 1),
                 ("dataset.equivalence_margin", 0.99), ("threads", "auto"), ("threads", 1),
                 ("dataset.batch_size", 1), ("optim.optimizer.lr", 1e-9)]
     refused = [("dataset.lr", 0.0), ("optim.optimizer.lr", True), ("dataset.val_size", 0.0),
                ("dataset.val_size", 1.0000001), ("dataset.equivalence_margin", 0.0),
-               ("dataset.equivalence_margin", 1.0), ("dataset.train_size", 0), ("threads", True),
-               ("threads", "many"), ("trainer.max_epochs", True)]
+               ("dataset.equivalence_margin", 1.0), ("callbacks.hallucinations.lr", 0),
+               ("threads", True), ("threads", "many"), ("trainer.max_epochs", True)]
     for key, value in accepted:
         ok = cfg.copy()
         OmegaConf.update(ok, key, value)
@@ -190,22 +189,6 @@ def test_the_edges_of_each_range():
         OmegaConf.update(bad, key, value)
         with pytest.raises(ConfigError, match=f"^{key}=.* is out of range"):
             validate(bad)
-    for key, value, said in (  # whole paragraphs
-            ("dataset.train_size", 0, "dataset.train_size=0 is out of range; it must be null (all "
-                                      "remaining images) or an integer >= 1."),
-            ("callbacks.hallucinations.lr", 0, "callbacks.hallucinations.lr=0 is out of range; it "
-                                               "must be > 0."),
-            ("model.net.norm", "batch", "model.net.norm='batch' is not a known normalisation; use "
-                                        "one of bn, layer, none, group (e.g. norm=bn)."),
-            ("dataset.batch_size", 1, "dataset.batch_size=1 with norm=bn: BatchNorm normalises "
-                                      "over the batch, which one image cannot give. Use "
-                                      "dataset.batch_size=2 or more, or norm=none / norm=layer.")):
-        bad = compose_config("norm=bn")
-        OmegaConf.update(bad, key, value)
-        with pytest.raises(ConfigError) as refused_:
-            validate(bad)
-        assert str(refused_.value) == said
-
 
 def test_overridden_keys_drop_the_add_and_delete_marks():
     from bnstudy.config import overridden_keys
@@ -227,19 +210,18 @@ def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeep
     assert changed_settings(mlp, compose_config("model.steps_per_call=4")) == []
 
 
-def test_a_list_value_is_named_whole():
-    """Hydra joins a job's overrides with commas: a list value's own commas do not split it."""
-    cfg = compose_config("model=cnn", "model.net.channels=[16,32]", "norm=layer")
-    assert cfg.run_name == "mnist-layer-sgd-seed0-channels=[16,32]-model=cnn"
-
-
-def test_a_sampled_value_is_named_at_4_significant_digits_and_a_typed_one_as_typed():
-    """A tuned trial's Optuna floats would make names of 100 characters."""
-    cfg = compose_config("optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
-                         "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03",
-                         "callbacks.hallucinations.lr=1000000000.0")  # (1e9, as Hydra writes it)
-    assert cfg.run_name == "mnist-bn-sgd-seed0-lr=1000000000.0-equivalence_margin=0.001235-" \
-        "lr=0.0000001-val_size=0.12345-lr=0.009102"
+@pytest.mark.parametrize("overrides, name", [
+    # Hydra joins a job's overrides with commas: a list value's own commas do not split it
+    (["model=cnn", "model.net.channels=[16,32]", "norm=layer"],
+     "mnist-layer-sgd-seed0-channels=[16,32]-model=cnn"),
+    # a sampled value at 4 significant digits (a tuned trial's Optuna floats would make names of
+    # 100 characters), a typed one as typed (1e9: as Hydra writes it)
+    (["optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
+      "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03",
+      "callbacks.hallucinations.lr=1000000000.0"], "mnist-bn-sgd-seed0-lr=1000000000.0-"
+     "equivalence_margin=0.001235-lr=0.0000001-val_size=0.12345-lr=0.009102")])
+def test_a_runs_name_holds_each_typed_value_whole_and_a_sampled_one_at_4_digits(overrides, name):
+    assert compose_config(*overrides).run_name == name
 
 
 def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
@@ -261,8 +243,8 @@ def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed(
 
 
 def test_the_defaults_of_a_runs_choices_leave_out_what_configs_pull_in_themselves():
-    """`runtime.choices` also names the defaults a config pulls in (`x@pkg`), under the names
-    they had when the run was made: the user's choices alone give its defaults."""
+    """`runtime.choices` also names the defaults a config pulls in (`x@pkg`), under their names
+    then: the user's choices alone give its defaults."""
     from bnstudy.config import group_defaults
 
     older = {"dataset": "cifar10", "dataset/shared@dataset": "study", "model": "cnn",
@@ -272,12 +254,14 @@ def test_the_defaults_of_a_runs_choices_leave_out_what_configs_pull_in_themselve
                                                                            0.001)
 
 
-@pytest.mark.parametrize("key", ["zzz", "dataset.zzz", "model.zzz", "optim.zzz", "paths.zzz",
-                                 "model.net.zzz"])
-def test_a_key_added_past_the_schema_is_named_with_its_nodes_valid_keys(key):
+@pytest.mark.parametrize("key, valid", [
+    ("zzz", "callbacks, dataset, logger"), ("dataset.zzz", "batch_size, datamodule, "),
+    ("model.zzz", "_target_, net, steps_per_call ("), ("optim.zzz", "name, optimizer ("),
+    ("paths.zzz", "data_dir, output_dir ("), ("model.net.zzz", "_target_, depth, hidden_dim, ")])
+def test_a_key_added_past_the_schema_is_named_with_its_nodes_valid_keys(key, valid):
     """`+key=value` passes Hydra's check; each node's schema refuses it by its full name."""
     with pytest.raises(ConfigError) as refused:
         validate(compose_config(f"+{key}=1"))
     node = key.rpartition(".")[0]
-    assert str(refused.value).startswith(
-        f"{key}: no such setting. Valid keys {f'under {node}' if node else 'at the top level'}: ")
+    where = f"under {node}" if node else "at the top level"
+    assert str(refused.value).startswith(f"{key}: no such setting. Valid keys {where}: {valid}")

@@ -18,6 +18,7 @@ from helpers import csv_rows, run_module
 from omegaconf import OmegaConf
 
 from bnstudy import draw
+from bnstudy.data import TensorDataModule
 from bnstudy.jobdir import JobDirLock
 from bnstudy.pictures.drawing import FINAL_FILES
 
@@ -41,8 +42,6 @@ def recipe(job: Path) -> dict:
 def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, capsys, monkeypatch):
     # No setting given: the run's own recipe (the tiny sweep's 5 steps), so the drawing
     # functions must give what the callbacks gave when training ended, to the byte.
-    from bnstudy.data import TensorDataModule
-
     job, read = next(sweep.glob("0_*")), []
     prepared = TensorDataModule.prepared
     monkeypatch.setattr(TensorDataModule, "prepared",
@@ -51,8 +50,7 @@ def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, caps
     assert read == [True]  # the training images only: no picture needs the test split
     kept = job / "images" / "steps=5"  # named after the earlier recipe: steps differ from 200
     assert sorted(p.name for p in kept.iterdir()) == sorted(FINAL_FILES)
-    for name in ("weights_final.png", "weights_change_final.png", "hallucinations_final.png",
-                 "hallucinations_final.npz"):
+    for name in (f for f in FINAL_FILES if not f.endswith(".pt")):  # (.pt: timings differ)
         assert (kept / name).read_bytes() == (job / "images" / name).read_bytes(), name
     (old, old_w), (new, new_w) = final_pictures(job, "steps=5"), final_pictures(job)
     for key in ("images", "noise", "base", "real_means"):
@@ -107,8 +105,11 @@ def test_a_checkpoint_without_initial_weights_or_finite_ones(sweep, capsys):
 
 
 @pytest.mark.slow
-def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
+def test_a_sweep_drawn_with_another_recipe_and_the_report_reading_it(sweep, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from bnstudy.report.picture_section import pictures_section
+    from bnstudy.report.runs import load_runs
 
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     before = {job: digests(job) for job in jobs}
@@ -118,6 +119,9 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
     out = capsys.readouterr().out
     assert out.count(": drawn (") == 8 and f"Drew 8 of 8 run(s). Report: python -m " \
         f"bnstudy.report {sweep}\n" in out
+    pictures_section(load_runs(sweep), tmp_path)  # the report's `## Pictures`, pictures.csv
+    rows = {row["job"]: row for row in csv_rows(tmp_path / "pictures.csv")}
+    assert sorted(rows) == [job.name for job in jobs]
     cell = sweep / "search" / "mnist-bn-sgd"  # a tuned study's cell: the study is reported
     (sweep / "multirun.yaml").write_text("{}")
     shutil.copytree(jobs[0], cell / jobs[0].name)
@@ -141,6 +145,9 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
         new = final_pictures(job)[0]
         assert new["settings"]["steps"] == 12 and new["settings"]["objective"] == "logit"
         assert not torch.equal(new["images"], earlier[job]["images"])
+        own = new["own_probabilities"].diagonal().mean().item()
+        assert float(rows[job.name]["own_conf"]) == pytest.approx(own, abs=1e-6)
+        assert float(rows[job.name]["seconds"]) == pytest.approx(new["seconds"], abs=1e-6)
         npz = "images/hallucinations_final.npz"  # its content: test_visuals (the same writer)
         assert after[npz] != before[job][npz]
         # TensorBoard: the new drawings after the training's, the same PNG bytes as the files.
@@ -169,25 +176,6 @@ def test_a_sweep_drawn_with_another_recipe(sweep, capsys):
     assert draw.main([str(jobs[0]), "steps=3"]) == 0
     assert (jobs[0] / "images" / name / "hallucinations_final.pt").is_file()
     assert recipe(jobs[0])["step"] == first_step + 1
-
-
-@pytest.mark.slow
-def test_the_report_reads_the_redrawn_pictures(sweep, tmp_path):
-    from bnstudy.report.picture_section import pictures_section
-    from bnstudy.report.runs import load_runs
-
-    assert draw.main([str(sweep), "steps=9", "--replace"]) == 0
-    for job in (p.parent for p in sweep.glob("*/metrics.json")):
-        assert [p.name for p in (job / "images").iterdir() if p.is_dir()] == []  # replaced
-    pictures_section(load_runs(sweep), tmp_path)  # the report's `## Pictures`, pictures.csv
-    rows = {row["job"]: row for row in csv_rows(tmp_path / "pictures.csv")}
-    assert len(rows) == 8
-    for job, row in rows.items():
-        saved = final_pictures(sweep / job)[0]
-        assert saved["settings"]["steps"] == 9
-        own = saved["own_probabilities"].diagonal().mean().item()
-        assert float(row["own_conf"]) == pytest.approx(own, abs=1e-6)
-        assert float(row["seconds"]) == pytest.approx(saved["seconds"], abs=1e-6)
 
 
 def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_others_drawn(
@@ -264,31 +252,29 @@ def test_ctrl_c_is_one_paragraph_naming_the_run_and_what_was_drawn(sweep, capsys
                    "alone.\n")
 
 
-def test_a_run_logged_without_tensorboard_gets_no_events(sweep, capsys):
+def test_a_run_drawn_on_a_terminal_without_tensorboard_or_hallucinations_in_its_config(
+        sweep, capsys, monkeypatch):
+    """A logger other than TensorBoard: no events; trained with ~callbacks.hallucinations: the
+    earlier pictures kept as such; a terminal gets a progress bar (a log file not: first test)."""
     job = next(sweep.glob("0_*"))
     config = job / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(config)
     cfg.logger = {"csv": {"_target_": "lightning.pytorch.loggers.CSVLogger", "save_dir": "x"}}
-    OmegaConf.save(cfg, config)
-    events = sorted(job.glob("events.out.tfevents.*"))
-    assert draw.main([str(job), "steps=3"]) == 0
-    assert sorted(job.glob("events.out.tfevents.*")) == events
-    assert f"{job.name}: drawn (steps=3) in " in (out := capsys.readouterr().out)
-    assert "TensorBoard step" not in out
-
-
-def test_the_pictures_of_a_run_trained_without_hallucinations_are_kept_as_such(sweep, capsys):
-    job = next(sweep.glob("0_*"))
-    config = job / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(config)
-    del cfg.callbacks.hallucinations  # trained with ~callbacks.hallucinations
+    del cfg.callbacks.hallucinations
     OmegaConf.save(cfg, config)
     for path in (job / "images").glob("hallucinations_final.*"):
         path.unlink()
-    assert draw.main([str(job)]) == 0
-    assert "the earlier ones (without_hallucinations) are in images/without_hallucinations/" in \
-        capsys.readouterr().out
+    events = sorted(job.glob("events.out.tfevents.*"))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert draw.main([str(job), "steps=3"]) == 0
+    assert sorted(job.glob("events.out.tfevents.*")) == events
+    out, err = capsys.readouterr()
+    assert f"{job.name}: drawn (steps=3) in " in out and "TensorBoard step" not in out
+    assert "the earlier ones (without_hallucinations) are in images/without_hallucinations/" in out
     assert (job / "images" / "without_hallucinations" / "weights_final.png").is_file()
+    assert "drawing:" in err and "0/1 [" in err  # the bar, on the terminal (its 1/1 only
+    # where the drawing outlasts tqdm's 0.1 s between refreshes)
+    assert "drawing:" not in out and "\r" not in out  # the lines: plain
 
 
 def test_the_entry_point_exits_2_with_one_paragraph(tmp_path, capsys):
@@ -310,15 +296,3 @@ def test_the_entry_point_exits_2_with_one_paragraph(tmp_path, capsys):
     assert capsys.readouterr().err == f"bnstudy.draw: {tmp_path}/metrics.json is a file, not a " \
         "run's or a sweep's directory. Pass the directory a run or sweep of `python -m " \
         "bnstudy.train` wrote.\n"
-
-
-def test_a_terminal_gets_a_progress_bar(sweep, capsys, monkeypatch):
-    """(A log file does not: the first test.)"""
-    job = next(sweep.glob("0_*"))
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert draw.main([str(job), "steps=3"]) == 0
-    shown = capsys.readouterr()
-    assert "drawing:" in shown.err and "0/1 [" in shown.err  # the bar, on the terminal (its
-    # 1/1 only where the drawing outlasts tqdm's 0.1 s between refreshes)
-    assert "drawing:" not in shown.out and "\r" not in shown.out  # the lines: plain
-    assert f"{job.name}: drawn (steps=3)" in shown.out

@@ -7,7 +7,9 @@ import json
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import hydra.utils
 import pytest
 import torch
 from helpers import read_record, run_module
@@ -15,7 +17,8 @@ from omegaconf import OmegaConf
 
 from bnstudy import eval as evaluate
 from bnstudy.jobdir import JobDirLock
-from bnstudy.rebuild import CHECKPOINT, UsageError
+from bnstudy.rebuild import CHECKPOINT, DataCache, RunError, SavedRun, UsageError, restore
+from bnstudy.records import RunRecord
 
 
 def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_cannot(sweep,
@@ -27,10 +30,8 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     lock.acquire("its training")  # one writer per job directory
     (missing / "checkpoints" / "last.ckpt").unlink()
     (damaged / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-    config = misfit / ".hydra" / "config.yaml"
-    norms = ("norm: bn\n", "norm: none\n") if "norm: bn\n" in config.read_text() else \
-        ("norm: none\n", "norm: bn\n")  # the other norm: the same shapes, other modules
-    config.write_text(config.read_text().replace(*norms))
+    config = misfit / ".hydra" / "config.yaml"  # job 4 (bn): no norm, the same shapes, other
+    config.write_text(config.read_text().replace("norm: bn\n", "norm: none\n"))  # modules
     config = renamed / ".hydra" / "config.yaml"  # a class the code no longer has
     config.write_text(config.read_text().replace("bnstudy.model.Classifier", "bnstudy.model.Gone"))
     files = {job: {p.relative_to(job) for p in job.rglob("*")} for job in jobs}
@@ -86,6 +87,8 @@ def test_the_entry_point_scores_another_checkpoint_of_a_run_with_its_own_weights
 
 def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     job, other = sorted(sweep.glob("*_mnist-*"))[:2]
+    for extra in {p for p in sweep.iterdir() if p.is_dir()} - {job, other}:
+        shutil.rmtree(extra)  # (the others evaluated: the first test)
     for each in (job, other):
         config = each / ".hydra" / "config.yaml"
         data_dir = OmegaConf.load(config).paths.data_dir
@@ -102,8 +105,15 @@ def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     assert "(as recorded)" in capsys.readouterr().out
 
 
-def test_an_unfinished_run_is_evaluated_said_unfinished_and_the_flags_kept(sweep, capsys):
+def test_an_unfinished_run_is_evaluated_with_the_flags_kept_and_one_refused_is_named(sweep,
+                                                                                    capsys):
     job = next(sweep.glob("0_*"))
+    assert evaluate.main([str(job), "trainer.limit_test_batches=0.001"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{job.name}: not evaluated, Lightning's Trainer refused the settings "
+                          "(MisconfigurationException: ") and "Traceback" not in err
+    assert "The flags given: trainer.limit_test_batches=0.001; the others are the run's own." \
+        in err and not (job / "eval.json").exists()
     record = read_record(job)
     (job / "metrics.json").write_text(json.dumps({**record, "status": "interrupted",
                                                   "test": None}))
@@ -118,10 +128,6 @@ def test_the_trainer_keeps_the_runs_test_settings_and_leaves_its_training_ones(s
                                                                                monkeypatch):
     """What changes a test's numbers (precision, `limit_test_batches`, …) is the run's own,
     unless a flag is given; what only trains (epochs, train batches) is left out."""
-    from types import SimpleNamespace
-
-    import hydra.utils
-
     job = next(sweep.glob("0_*"))
     config = job / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(config)
@@ -143,35 +149,41 @@ def test_the_trainer_keeps_the_runs_test_settings_and_leaves_its_training_ones(s
     assert built == {"_target_": cfg.trainer._target_, **own, "precision": "32-true"}
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "{tmp}/missing does not exist. Pass a run's directory (outputs/runs/<time>_"
-     "<name>), a sweep's directory (outputs/multirun/<date>_<time>) or, for eval, a checkpoint "
-     "(<run>/checkpoints/last.ckpt).\n"),
-    ("empty", "{tmp}/empty holds no runs: neither it nor any folder in it has a "
-     ".hydra/config.yaml or a metrics.json. Pass the directory a run or sweep of `python -m "
+@pytest.mark.parametrize("case, args, message", [
+    ("missing", ["{tmp}/missing"], "{tmp}/missing does not exist. Pass a run's directory "
+     "(outputs/runs/<time>_<name>), a sweep's directory (outputs/multirun/<date>_<time>) or, for "
+     "eval, a checkpoint (<run>/checkpoints/last.ckpt).\n"),
+    ("empty", ["{tmp}/empty"], "{tmp}/empty holds no runs: neither it nor any folder in it has "
+     "a .hydra/config.yaml or a metrics.json. Pass the directory a run or sweep of `python -m "
      "bnstudy.train` wrote (hydra.run.dir or hydra.sweep.dir).\n"),
-    ("sweeps", "{tmp} holds sweeps, not runs (1: sweep). Pass one of them, e.g. {tmp}/sweep.\n"),
-    ("runs below", "{tmp}/outputs holds no runs itself (runs/ holds 2). Pass such a folder for "
-     "all its runs, e.g. {tmp}/outputs/runs, or one run, e.g. {tmp}/outputs/runs/b_run.\n"),
-    ("record", "{job}/metrics.json is not in a run's checkpoints/ folder, so its run's dataset "
-     "and test split are unknown. Pass a checkpoint inside <run>/checkpoints/, or the run's "
-     "directory.\n"),
-    ("stray", "{tmp}/checkpoints/last.ckpt is not in a run's checkpoints/ folder"),  # no run's
-    ("setting", "model.net.hidden_dim: eval takes paths.data_dir=DIR (where the data is now) "
-     "and trainer flags (e.g. trainer.accelerator=cpu); the model, data and splits are the "
-     "run's own.\n"),
-    ("one dot", "dataset.lr: eval takes paths.data_dir=DIR"),  # not taken for a trainer flag
-    ("no value", "'steps' is not a setting (missing EQUAL at '<EOF>'); give KEY=VALUE.\n"),
-    ("several", "trainer.precision=32,bf16-mixed: one value a setting (several are a sweep of "
-     "`python -m bnstudy.train -m`); run this command once a value, e.g. trainer.precision=32."
-     "\n"),  # (not Hydra's ChoiceSweep(...))
-    ("flag", "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
-    ("no flag near", "trainer.zzzzzz: the Trainer has no such flag: give Lightning Trainer "
-     "arguments, e.g. trainer.precision=bf16-mixed.\n"),
-    ("set here", "trainer.devices: eval sets it itself (one device; no logger, checkpoints or "
-     "callbacks).\n"),
+    ("sweeps", ["{tmp}"],  # the folder of the sweep (and of empty/)
+     "{tmp} holds sweeps, not runs (1: sweep). Pass one of them, e.g. {tmp}/sweep.\n"),
+    ("runs below", ["{tmp}/outputs"], "{tmp}/outputs holds no runs itself (runs/ holds 2). Pass "
+     "such a folder for all its runs, e.g. {tmp}/outputs/runs, or one run, e.g. "
+     "{tmp}/outputs/runs/b_run.\n"),
+    ("record", ["{job}/metrics.json"], "{job}/metrics.json is not in a run's checkpoints/ "
+     "folder, so its run's dataset and test split are unknown. Pass a checkpoint inside "
+     "<run>/checkpoints/, or the run's directory.\n"),
+    ("stray", ["{tmp}/checkpoints/last.ckpt"],  # no run's
+     "{tmp}/checkpoints/last.ckpt is not in a run's checkpoints/ folder"),
+    ("setting", ["{job}", "model.net.hidden_dim=3"], "model.net.hidden_dim: eval takes "
+     "paths.data_dir=DIR (where the data is now) and trainer flags (e.g. "
+     "trainer.accelerator=cpu); the model, data and splits are the run's own.\n"),
+    ("one dot", ["{job}", "dataset.lr=0.1"],  # not taken for a trainer flag
+     "dataset.lr: eval takes paths.data_dir=DIR"),
+    ("no value", ["{job}", "steps"],
+     "'steps' is not a setting (missing EQUAL at '<EOF>'); give KEY=VALUE.\n"),
+    ("several", ["{job}", "trainer.precision=32,bf16-mixed"], "trainer.precision=32,bf16-mixed: "
+     "one value a setting (several are a sweep of `python -m bnstudy.train -m`); run this "
+     "command once a value, e.g. trainer.precision=32.\n"),  # (not Hydra's ChoiceSweep(...))
+    ("flag", ["{job}", "trainer.max_epoch=3"],
+     "trainer.max_epoch: the Trainer has no such flag; did you mean trainer.max_epochs?"),
+    ("no flag near", ["{job}", "trainer.zzzzzz=1"], "trainer.zzzzzz: the Trainer has no such "
+     "flag: give Lightning Trainer arguments, e.g. trainer.precision=bf16-mixed.\n"),
+    ("set here", ["{job}", "trainer.devices=2"], "trainer.devices: eval sets it itself (one "
+     "device; no logger, checkpoints or callbacks).\n"),
 ])
-def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message, capsys):
+def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, args, message, capsys):
     (tmp_path / "empty").mkdir()
     for run in ("a_run", "b_run"):  # `outputs`, whose runs/ holds single runs
         (tmp_path / "outputs" / "runs" / run / ".hydra").mkdir(parents=True)
@@ -180,19 +192,7 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
     job = next(sweep.glob("0_*"))
     (tmp_path / "checkpoints").mkdir()  # a checkpoint copied out of its run
     shutil.copy(job / "checkpoints" / "last.ckpt", tmp_path / "checkpoints")
-    args = {"missing": [str(tmp_path / "missing")], "empty": [str(tmp_path / "empty")],
-            "sweeps": [str(tmp_path)],  # the folder of the sweep (and of empty/)
-            "runs below": [str(tmp_path / "outputs")],
-            "record": [str(job / "metrics.json")],
-            "stray": [str(tmp_path / "checkpoints" / "last.ckpt")],
-            "setting": [str(job), "model.net.hidden_dim=3"],
-            "one dot": [str(job), "dataset.lr=0.1"],
-            "no value": [str(job), "steps"],
-            "flag": [str(job), "trainer.max_epoch=3"],
-            "no flag near": [str(job), "trainer.zzzzzz=1"],
-            "set here": [str(job), "trainer.devices=2"],
-            "several": [str(job), "trainer.precision=32,bf16-mixed"]}[case]
-    assert evaluate.main(args) == 2
+    assert evaluate.main([arg.format(tmp=tmp_path, job=job) for arg in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bnstudy.eval: ") and message.format(tmp=tmp_path, job=job) in err
     assert err.count("\n") == 1
@@ -200,9 +200,6 @@ def test_bad_paths_and_settings_get_one_paragraph(sweep, tmp_path, case, message
 
 
 def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(tmp_path):
-    from bnstudy.rebuild import SavedRun
-    from bnstudy.records import RunRecord
-
     def line(record, recorded=None, loss=0.5, epoch=2, when="after epoch 3") -> str:
         run = SavedRun(tmp_path / "0_run", record, OmegaConf.create({}))
         result = {"checkpoint": "checkpoints/last.ckpt", "epoch": epoch,  # Lightning's index
@@ -212,12 +209,11 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
         assert said.startswith(head) and said.endswith(") -> 0_run/eval.json"), said
         return said[len(head):-len(") -> 0_run/eval.json")]
 
-    unfinished = "no test result recorded: the run is not finished"
+    unfinished, ok = "no test result recorded: the run is not finished", RunRecord("ok")
     assert line(None) == f"{unfinished} (no metrics.json)"
     assert line(RunRecord("interrupted")) == f"{unfinished} (interrupted)"
-    assert line(RunRecord("ok")) == line(RunRecord("diverged")) == "no test result recorded"
-    assert line(RunRecord("ok"), epoch=None, when="epoch unknown") == "no test result recorded"
-    ok = RunRecord("ok")
+    assert line(ok) == line(RunRecord("diverged")) == "no test result recorded"
+    assert line(ok, epoch=None, when="epoch unknown") == "no test result recorded"
     assert line(ok, {"loss": 0.5 + 4e-6, "acc": 0.9 + 4e-7}) == "as recorded"  # float noise
     assert line(ok, {"loss": 0.5 + 1.5e-5, "acc": 0.9}) == "recorded: loss 0.5000, acc 90.00 %"
     assert line(ok, {"loss": 0.5, "acc": 0.8}) == "recorded: loss 0.5000, acc 80.00 %"
@@ -226,10 +222,9 @@ def test_each_line_compares_the_test_with_the_record_or_says_why_there_is_none(t
     assert line(ok, {"loss": 3.00002, "acc": 0.9}, loss=3.0) == "as recorded"  # relative
 
 
-def test_a_flag_of_another_type_or_one_eval_sets_itself_is_refused_before_any_run():
+def test_a_flag_of_another_type_is_refused_before_any_run():
     for flag, said in [("limit_test_batches=x", "='x': the Trainer takes int or float or null."),
-                       ("inference_mode=maybe", "='maybe': the Trainer takes bool."),
-                       ("devices=2", ": eval sets it itself (one device; no logger, ")]:
+                       ("inference_mode=maybe", "='maybe': the Trainer takes bool.")]:
         with pytest.raises(UsageError, match=re.escape(f"trainer.{flag.split('=')[0]}{said}")):
             evaluate.parse_settings([f"trainer.{flag}"])
     assert evaluate.parse_settings(["trainer.limit_test_batches=0.5", "trainer.fast_dev_run=true",
@@ -237,47 +232,9 @@ def test_a_flag_of_another_type_or_one_eval_sets_itself_is_refused_before_any_ru
         None, {"limit_test_batches": 0.5, "fast_dev_run": True, "precision": "bf16-mixed"})
 
 
-def test_a_flag_the_trainer_refuses_is_named_in_one_paragraph(sweep, capsys):
-    job = next(sweep.glob("0_*"))
-    assert evaluate.main([str(job), "trainer.limit_test_batches=0.001"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"{job.name}: not evaluated, Lightning's Trainer refused the settings "
-                          "(MisconfigurationException: ") and "Traceback" not in err
-    assert "The flags given: trainer.limit_test_batches=0.001; the others are the run's own." \
-        in err and not (job / "eval.json").exists()
-
-
-def test_a_runs_data_dir_is_read_where_it_was_launched_and_one_that_does_not_resolve_is_said(
-        tmp_path, monkeypatch):
-    from bnstudy.rebuild import RunError, SavedRun
-
-    def saved(data_dir: str, launched_in: Path | None = None) -> SavedRun:
-        cfg = OmegaConf.create({"paths": {"data_dir": data_dir}})
-        return SavedRun(tmp_path / "0_run", None, cfg, launched_in)
-
-    (launched := tmp_path / "launched").mkdir()
-    monkeypatch.chdir(tmp_path)
-    assert saved("data", launched).data_dir() == launched / "data"  # not the current folder
-    assert saved("data", tmp_path / "gone").data_dir() == tmp_path / "data"  # moved: here
-    assert saved(str(tmp_path / "abs"), launched).data_dir() == tmp_path / "abs"
-    assert saved("~/stored", launched).data_dir() == Path.home() / "stored"  # the run's own ~
-    assert saved("data", launched).data_dir("~/moved") == Path.home() / "moved"  # given: it
-    monkeypatch.delenv("BNSTUDY_NO_SUCH_VARIABLE", raising=False)
-    with pytest.raises(RunError) as refused:
-        saved("${oc.env:BNSTUDY_NO_SUCH_VARIABLE}").data_dir()
-    assert re.fullmatch(r"0_run: its paths\.data_dir does not resolve \(.*BNSTUDY_NO_SUCH_VARIABLE"
-                        r".*\); give the data's folder with paths\.data_dir=DIR\.",
-                        str(refused.value), re.S)
-
-
 def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sweep, tmp_path):
-    """eval sets up each dataset once for the runs that read the same files into the same split
-    (seed and batch size aside, with the split fixed), and apart wherever they differ: with
-    `split_seed=null` (experiment=decisive, tuned) a run's validation split is its seed's."""
-    import torch
-
-    from bnstudy.rebuild import DataCache, RunError, SavedRun, restore
-
+    """One dataset set up for the runs reading the same files into the same split (seed and
+    batch size aside); with `split_seed=null` (experiment=decisive) a run's split is its seed's."""
     base = SavedRun.open(next(sweep.glob("0_*")))
 
     def variant(**changes) -> SavedRun:
@@ -308,9 +265,8 @@ def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sw
     assert "\n" not in str(refused.value) and "keyword argument 'bogus'" in str(refused.value)
 
 
-def test_a_saved_run_opens_with_its_config_and_record_and_knows_where_it_was_launched(tmp_path):
-    from bnstudy.rebuild import RunError, SavedRun
-
+def test_a_saved_run_opens_knows_where_it_was_launched_and_reads_its_data_dir_from_there(
+        tmp_path, monkeypatch):
     run = tmp_path / "0_run"
     (run / ".hydra").mkdir(parents=True)
     with pytest.raises(RunError) as refused:
@@ -329,3 +285,21 @@ def test_a_saved_run_opens_with_its_config_and_record_and_knows_where_it_was_lau
     assert (opened.record, opened.launched_in, opened.status) == (None, None, "no metrics.json")
     (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {tmp_path}\n")
     assert SavedRun.open(run).launched_in == tmp_path
+
+    def saved(data_dir: str, launched_in: Path | None = None) -> SavedRun:
+        cfg = OmegaConf.create({"paths": {"data_dir": data_dir}})
+        return SavedRun(tmp_path / "0_run", None, cfg, launched_in)
+
+    (launched := tmp_path / "launched").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert saved("data", launched).data_dir() == launched / "data"  # not the current folder
+    assert saved("data", tmp_path / "gone").data_dir() == tmp_path / "data"  # moved: here
+    assert saved(str(tmp_path / "abs"), launched).data_dir() == tmp_path / "abs"
+    assert saved("~/stored", launched).data_dir() == Path.home() / "stored"  # the run's own ~
+    assert saved("data", launched).data_dir("~/moved") == Path.home() / "moved"  # given: it
+    monkeypatch.delenv("BNSTUDY_NO_SUCH_VARIABLE", raising=False)
+    with pytest.raises(RunError) as refused:
+        saved("${oc.env:BNSTUDY_NO_SUCH_VARIABLE}").data_dir()
+    assert re.fullmatch(r"0_run: its paths\.data_dir does not resolve \(.*BNSTUDY_NO_SUCH_VARIABLE"
+                        r".*\); give the data's folder with paths\.data_dir=DIR\.",
+                        str(refused.value), re.S)

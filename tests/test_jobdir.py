@@ -26,9 +26,8 @@ from bnstudy.jobdir import (
 
 
 def test_a_second_holder_is_refused_naming_the_first_in_full(tmp_path):
-    """The refusal's paragraph word for word; the lock file, made with its folders, names its
-    holder with a time to the second (and is no program: not executable); released, it stays,
-    empty (a process may be opening it), and the lock is free."""
+    """The refusal word for word; the lock file (made with its folders, not executable) names
+    its holder; released, it stays, empty (a process may be opening it), and the lock is free."""
     import re
     import stat
 
@@ -104,8 +103,8 @@ def test_without_flock_the_run_warns_and_goes_on_unlocked(tmp_path, monkeypatch,
 
 
 def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path):
-    """Hydra's `output_subdir`: `.hydra` is written unless it exists; `overwrite=true` replaces
-    it, unless another process holds the lock (that command will be refused)."""
+    """`.hydra` is written unless it exists; `overwrite=true` replaces it unless another
+    process holds the lock (that command will be refused)."""
     from bnstudy.jobdir import config_subdir
 
     assert config_subdir(str(tmp_path), False) == ".hydra"
@@ -119,9 +118,8 @@ def test_a_resume_or_a_refused_rerun_leaves_the_stored_config_as_it_was(tmp_path
 
 
 def test_a_submitit_job_is_named_by_its_controllers_start(monkeypatch, tmp_path):
-    """A submitit local requeue is the same controller, named by its start in ticks since boot
-    (a later process given its pid is another job), later for a process started later; a pid
-    that is not running: '?'."""
+    """By its controller's start in ticks since boot (a later process given its pid is another
+    job); a pid that is not running: '?'."""
     import shutil
     import subprocess
 
@@ -153,12 +151,12 @@ def test_a_submitit_job_is_named_by_its_controllers_start(monkeypatch, tmp_path)
 
 
 def test_rank_0_alone_is_primary(monkeypatch):
-    """Rank 0 of DDP (RANK, LOCAL_RANK) or of a SLURM job's tasks (SLURM_PROCID) writes the
-    run's files and speaks (the console side: test_train)."""
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    """Of DDP (RANK, LOCAL_RANK) or SLURM's tasks (SLURM_PROCID); the console side: test_train."""
+    ranks = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+    for name in ranks:
         monkeypatch.delenv(name, raising=False)
     assert is_primary()
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    for name in ranks:
         monkeypatch.setenv(name, "1")
         assert not is_primary(), name
         monkeypatch.setenv(name, "0")
@@ -168,8 +166,7 @@ def test_rank_0_alone_is_primary(monkeypatch):
 @pytest.mark.parametrize("folder", ["outputs/runs/plain", "out/mnist-seed0-max_epochs=1,lr=[0.1]",
                                     "my runs/it's"])
 def test_a_folder_override_pastes_through_the_shell_and_hydra(folder):
-    """Quoted for Hydra where its grammar would read the name (`=`, `,`, brackets, a space),
-    then for the shell; a plain folder as it is."""
+    """Quoted for Hydra's grammar (`=`, `,`, brackets, a space), then the shell; plain: as is."""
     import shlex
 
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -1,16 +1,17 @@
-"""Scale-out paths run for real: sweeps through Hydra's launchers (joblib, submitit's local
-executor, the SLURM config)."""
+"""Sweeps through Hydra's launchers, run for real (joblib, submitit's local executor), and the
+SLURM launcher's settings and refusals."""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import helpers
 import pytest
-from helpers import fake_commands, read_record
+from helpers import compose_config, fake_commands, read_record
+from omegaconf import OmegaConf
 
 from bnstudy.errors import ConfigError
 
@@ -25,67 +26,81 @@ def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = proc.stderr + proc.stdout  # the launcher's routine notices are not the study's
     assert "Joblib.Parallel" not in console and "#0 : " not in console and "Sweep " in console
-    records = [json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json")]
+    records = [read_record(p.parent) for p in tmp_path.glob("*/metrics.json")]
     assert sorted(r["hparams"]["norm"] for r in records) == ["bn", "none"]
     assert all(r["status"] == "ok" for r in records)
-    cores = os.cpu_count()
-    assert all(r["torch_threads"] == max(1, cores // 2) for r in records)
+    assert all(r["torch_threads"] == max(1, os.cpu_count() // 2) for r in records)
 
 
 @pytest.mark.slow
-def test_submitit_local_launcher_runs_a_sweep_as_on_slurm(tiny_data, tmp_path):
-    """`hydra/launcher=submitit_local`: submitit's code path for SLURM, each job pickled,
-    run in a process of its own and its result collected; both jobs leave a full record and
-    the sweep its summary; `threads=auto` gives each job one thread, not all cores."""
-    proc = run_sweep(tmp_path, tiny_data, "hydra/launcher=submitit_local",
-                     "hydra.launcher.timeout_min=5", "norm=bn,none", "trainer.max_epochs=1",
-                     "~callbacks.hallucinations", "threads=auto")  # not FAST's 1
+def test_submitit_local_launcher_runs_a_sweep_as_on_slurm_and_requeues_at_a_time_limit(
+        tiny_data, tmp_path):
+    """`hydra/launcher=submitit_local`: submitit's code path for SLURM, each job pickled and run
+    in a process of its own, its result collected, one thread a job (`threads=auto`). At a time
+    limit (USR2 from submitit's controller) Hydra's launcher checkpoints and the job, requeued,
+    resumes by itself (exactly: `test_run.py`) and finishes; the other job is left alone."""
+    from bnstudy.report.runs import load_runs
+
+    sweep = tmp_path / "sweep"
+    proc = small_sweep(tiny_data, sweep, "norm=bn,none", "threads=auto",  # not FAST's 1
+                       *time_limit_at_epoch(2, tmp_path / "signalled"))
     console = proc.stderr + proc.stdout
     assert proc.returncode == 0, console[-3000:]
-    assert "Submitit 'local' sweep output dir" not in console and "Sweep " in console  # its own
-    # lines, not the launcher's notices
-    jobs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert (tmp_path / "signalled").exists()  # the signal was sent
+    assert "Submitit 'local' sweep output dir" not in console  # the launcher's notices: not ours
+    assert f"Sweep {sweep}: 2 job(s)" in console
+    jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     assert [j.name.split("_", 1)[0] for j in jobs] == ["0", "1"]
     records = [read_record(job) for job in jobs]
     assert [r["hparams"]["norm"] for r in records] == ["bn", "none"]
+    assert sorted(r["requeues"] for r in records) == [0, 1]  # the signal is sent once
     for job, record in zip(jobs, records, strict=True):
-        assert record["status"] == "ok" and record["epochs_trained"] == 1, record
+        assert record["status"] == "ok" and record["epochs_trained"] == 3, record
         assert record["torch_threads"] == 1  # every job starts at once: one core each
-        assert len(record["history"]) == 1 and 0 <= record["test"]["acc"] <= 1
+        assert [h["epoch"] for h in record["history"]] == [0, 1, 2] and \
+            0 <= record["test"]["acc"] <= 1
+        assert record["job"]["id"].startswith("submitit-local:")
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert list(job.glob("events.out.tfevents.*"))
         assert f"{record['run_name']}: ok, val acc" in console
     # submitit ran them: one result per job, each from another process than the launcher
-    results = sorted(tmp_path.glob(".submitit/*/*_result.pkl"))
-    assert len(results) == 2 and sorted(tmp_path.glob(".submitit/*")) == sorted(  # no `%j/`
+    results = sorted(sweep.glob(".submitit/*/*_result.pkl"))
+    assert len(results) == 2 and sorted(sweep.glob(".submitit/*")) == sorted(  # no `%j/`
         {r.parent for r in results})
     pids = {p.name.split(".")[-2] for job in jobs for p in job.glob("events.out.tfevents.*")}
-    # events files are named after the writing process: one a job, and the launcher's (the
-    # sweep's HParams experiment, written into the first job when the sweep ends)
-    assert len(pids) == 3, pids
-    assert f"Sweep {tmp_path}: 2 job(s)" in console
+    # events files are named after the writing process: one a job, one more for the requeued
+    # job's second process, and the launcher's (the sweep's HParams experiment, written into
+    # the first job when the sweep ends)
+    assert len(pids) == 4, pids
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "Requeued job" in log and "requeued by its launcher" in log and "resuming" in log
+    # the lock files are not jobs to the report: two runs, finished
+    assert load_runs(sweep)[["job", "status"]].values.tolist() == [[j.name, "ok"] for j in jobs]
+
+
+def grid_sweeper(config: dict, compose=None):
+    """bnstudy's grid sweeper as Hydra sets it up, composing a job's config with `compose`."""
+    import hydra_plugins.bnstudy_sweeper as grid
+
+    sweeper = grid.GridSweeper(max_batch_size=None)
+    loader = SimpleNamespace(load_sweep_config=compose)
+    sweeper.hydra_context = SimpleNamespace(config_loader=loader)
+    sweeper.config = OmegaConf.create(config)
+    return sweeper
 
 
 def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeypatch):
     """Hydra's sweeper composes all 160 of the decisive study's configs before the first job;
     ours a job per new value (every value still checked: a misspelt one stops the sweep)."""
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
     import hydra_plugins.bnstudy_sweeper as grid
 
-    composed, checked = [], []
-    loader = SimpleNamespace(load_sweep_config=lambda master_config, sweep_overrides:
-                             composed.append(sweep_overrides) or sweep_overrides)
+    composed, checked, announced = [], [], []
     monkeypatch.setattr(grid, "validate", checked.append)  # each composed config range-checked
+    monkeypatch.setattr(grid, "announce", announced.append)
     batch = [[f"dataset={d}", f"norm={n}", f"seed={s}"]
              for d in ("mnist", "cifar10") for n in ("bn", "nne") for s in range(20)]
-    sweeper = grid.GridSweeper(max_batch_size=None)
-    sweeper.hydra_context = SimpleNamespace(config_loader=loader)
-    sweeper.config = OmegaConf.create({"logger": {}})  # no TensorBoard: nothing to announce
-    monkeypatch.setattr(grid, "announce", lambda config: announced.append(config))
-    announced = []
+    sweeper = grid_sweeper({"logger": {}}, lambda master_config, sweep_overrides:  # no
+                           composed.append(sweep_overrides) or sweep_overrides)  # TensorBoard
     sweeper.validate_batch_is_legal(batch)
     assert {o for job in composed for o in job} == {o for job in batch for o in job}
     assert len(composed) == 22 and composed[20] == ["dataset=mnist", "norm=nne", "seed=0"]
@@ -99,21 +114,12 @@ def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeyp
      "job dataset=mnist; nothing was run.)"),
     (ValueError("a bug"), "a bug")])
 def test_a_job_that_cannot_be_composed_ends_the_sweep_and_leaves_no_folder(tmp_path, error, said):
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
-    import hydra_plugins.bnstudy_sweeper as grid
-
     def compose(master_config, sweep_overrides):
         raise error
 
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "multirun.yaml").touch()  # the sweep's own file: no job's folder
-    sweeper = grid.GridSweeper(max_batch_size=None)
-    loader = SimpleNamespace(load_sweep_config=compose)
-    sweeper.hydra_context = SimpleNamespace(config_loader=loader)
-    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    sweeper = grid_sweeper({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}}, compose)
     with pytest.raises((SystemExit, ValueError)) as ended:
         sweeper.validate_batch_is_legal([["dataset=mnist"]])
     assert str(ended.value.code if isinstance(ended.value, SystemExit) else ended.value) == said
@@ -122,10 +128,7 @@ def test_a_job_that_cannot_be_composed_ends_the_sweep_and_leaves_no_folder(tmp_p
 
 def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_trained(
         tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from omegaconf import OmegaConf
 
     import hydra_plugins.bnstudy_sweeper as grid
 
@@ -137,8 +140,7 @@ def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_t
 
     monkeypatch.setattr(BasicSweeper, "sweep", launch)
     monkeypatch.setattr(grid, "check_plan", lambda config: None)
-    sweeper = grid.GridSweeper(max_batch_size=None)
-    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper = grid_sweeper({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     for statuses, plan in ((["refused", "refused"], "the folder's plan"),
                            (["refused", "ok"], "this launch's plan")):  # more seeds, say
         saved.write_text("the folder's plan")
@@ -147,15 +149,9 @@ def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_t
 
 
 def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):
-    """What the README's `hydra/launcher=slurm hydra.launcher.partition=gpu
-    hydra.launcher.timeout_min=120 trainer=gpu` puts in the sbatch file, through submitit's own
-    executor given the launcher's settings as Hydra's SlurmLauncher hands them over: bnstudy's
-    launcher, a GPU, USR2 two minutes before the time limit, requeue allowed, 10 requeues after
-    a time limit."""
+    """The README's `hydra/launcher=slurm ... trainer=gpu` in the sbatch file submitit's executor
+    writes from the launcher's settings: a GPU, USR2 2 min before the limit, 10 requeues."""
     pytest.importorskip("submitit")
-    from helpers import compose_config
-    from omegaconf import OmegaConf
-
     from bnstudy.sweep import register_launchers
     from hydra_plugins.bnstudy_launchers import submitit_executor
 
@@ -175,8 +171,8 @@ def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch
 
 
 def small_sweep(tiny_data, sweep: Path, *overrides: str, submitit: bool = True):
-    """A one-job sweep of 3 epochs of 2 batches, through submitit's local executor (a process
-    of its own, requeued by its controller), or Hydra's basic launcher."""
+    """A sweep of 3 epochs of 2 batches, through submitit's local executor (requeued by its
+    controller), or Hydra's basic launcher."""
     launcher = ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5") if submitit \
         else ()
     return run_sweep(sweep, tiny_data, *launcher, "trainer.max_epochs=3",
@@ -225,8 +221,8 @@ def test_a_stop_signal_as_early_as_the_time_limit_is_refused_and_one_second_late
 @pytest.mark.parametrize("status,fails", [("ok", False), ("diverged", False), ("failed", True),
                                           ("interrupted", True), ("refused", True), (None, True)])
 def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
-    """So that SLURM says FAILED (sacct, seff, mail on failure), once submitit has kept the job's
-    return value for the sweep (None: the job's code raised, Hydra's status FAILED)."""
+    """So that SLURM says FAILED (sacct, seff, mail on failure), once submitit has kept the
+    job's return value (None: the job's code raised)."""
     from hydra.core.utils import JobReturn, JobStatus
 
     import hydra_plugins.bnstudy_launchers as plugin
@@ -260,63 +256,32 @@ def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_time_limit_requeues_the_job_which_resumes_by_itself(tiny_data, tmp_path):
-    """submitit's controller sends USR2 at the time limit: Hydra's launcher checkpoints (its
-    own call, pickled again) and the job is requeued; the run, interrupted at epoch 2, resumes
-    by itself from its checkpoint (exactly: `test_run.py`) and finishes."""
-    from bnstudy.report.runs import load_runs
-
-    proc = small_sweep(tiny_data, tmp_path / "limited",
-                       *time_limit_at_epoch(2, tmp_path / "signalled"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "signalled").exists()  # the signal was sent
-    (job,) = (tmp_path / "limited").glob("0_*")
-    limited = read_record(job)
-    assert limited["status"] == "ok" and limited["requeues"] == 1, limited
-    assert len(limited["history"]) == 3 and limited["history"][0]["epoch"] == 0
-    assert limited["job"]["id"].startswith("submitit-local:")
-    log = "".join(p.read_text() for p in (tmp_path / "limited").glob(".submitit/*/*_log.*"))
-    assert "Requeued job" in log and "requeued by its launcher" in log and "resuming" in log
-    # the lock file is not a job to the report: one run, finished
-    assert load_runs(tmp_path / "limited")[["job", "status"]].values.tolist() == [[job.name, "ok"]]
-
-
-@pytest.mark.slow
-def test_a_time_limit_past_max_num_timeout_ends_interrupted_and_the_sweep_exits_1(tiny_data,
-                                                                                 tmp_path):
+def test_a_job_killed_or_past_max_num_timeout_is_named_in_the_summary_and_resumes(tiny_data,
+                                                                                  tmp_path):
+    """Issue #34: a submitit job that dies without a result (SIGKILL at epoch 1, as an
+    out-of-memory kill) ends the sweep in no traceback of submitit's, and the other job goes
+    on, to its time limit (epoch 2) past max_num_timeout=0: interrupted. The summary names each
+    and the resume command, which finishes them."""
     sweep = tmp_path / "sweep"
-    proc = small_sweep(tiny_data, sweep, "+hydra.launcher.max_num_timeout=0",
-                       *time_limit_at_epoch(1, tmp_path / "signalled"))
-    assert proc.returncode == 1
-    (job,) = sweep.glob("0_*")
-    assert read_record(job)["status"] == "interrupted" and len(read_record(job)["history"]) == 1
-    assert f"1 job(s) of {sweep} did not finish" in proc.stderr
-    assert f"{job.name}: interrupted after 1 epoch(s)" in proc.stderr
-    assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr
-    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
-    assert "interrupted after 1 epoch(s) (its launcher will not requeue it (Job not requeued "\
-           "because: timed-out too many times))" in proc.stderr
-    assert "Its launcher will not requeue it" in log
-    resumed = small_sweep(tiny_data, sweep, "resume=true", submitit=False)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
-    assert read_record(job)["error"] is None  # the time-out's note went with it
-
-
-@pytest.mark.slow
-def test_a_job_killed_without_a_result_is_named_in_the_summary(tiny_data, tmp_path):
-    """Issue #34: a submitit job that dies without a result (here SIGKILL, as an out-of-memory
-    kill) does not end the sweep in submitit's traceback: the other job's result is kept, and
-    the summary names the killed job, its state and the resume command."""
-    sweep = tmp_path / "sweep"
-    proc = small_sweep(tiny_data, sweep, "seed=0,1", *time_limit_at_epoch(1, tmp_path / "kill"),
-                       "+callbacks.limit.signal=SIGKILL")
+    kill = [o.replace(".limit", ".kill") for o in time_limit_at_epoch(1, tmp_path / "kill")]
+    proc = small_sweep(tiny_data, sweep, "seed=0,1", "+hydra.launcher.max_num_timeout=0", *kill,
+                       "+callbacks.kill.signal=SIGKILL",  # the first job to start epoch 1
+                       *time_limit_at_epoch(2, tmp_path / "signalled"))  # the other, epoch 2
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    records = {job.name: read_record(job) for job in sweep.glob("*_mnist-*")}
-    (killed,) = [name for name, record in records.items() if record["status"] == "running"]
-    (kept,) = [name for name, record in records.items() if record["status"] == "ok"]
-    assert f"1 job(s) of {sweep} did not finish" in proc.stderr
+    jobs = {read_record(job)["status"]: job for job in sweep.glob("*_mnist-*")}
+    killed, interrupted = jobs["running"].name, jobs["interrupted"]
+    assert len(read_record(interrupted)["history"]) == 2
+    assert f"2 job(s) of {sweep} did not finish" in proc.stderr
     assert f"\n  {killed}: killed, or exited without a result (submitit local state FINISHED): " \
         "no result after 1 epoch(s), its record says running\n" in proc.stderr
-    assert kept not in proc.stderr.split("did not finish")[1]
+    assert proc.stderr.count("without a result") == 1  # the other's result was collected
+    assert f"{interrupted.name}: interrupted after 2 epoch(s) (its launcher will not requeue it " \
+        "(Job not requeued because: timed-out too many times))" in proc.stderr
     assert f"resume=true hydra.sweep.dir={sweep}" in proc.stderr.splitlines()[-1]
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "Its launcher will not requeue it" in log
+    resumed = small_sweep(tiny_data, sweep, "seed=0,1", "resume=true", submitit=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for job in sweep.glob("*_mnist-*"):
+        assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
+        assert read_record(job)["error"] is None  # the time-out's note went with it

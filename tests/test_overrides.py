@@ -51,8 +51,8 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         "optim.optimizr.lr: no such setting. Did you mean optim.optimizer.lr or dataset.lr or ")
     assert unknown_override(["zzz=1"]) == f"zzz: no such setting. {tail}"
     assert unknown_override(["hydar=1"]) == f"hydar: no such setting. {tail}"  # not Hydra's own
-    assert unknown_override(["model._target=x"]) == f"model._target: no such setting. {tail}"  # a
-    # class's path is not a setting to suggest
+    # a class's path is not a setting to suggest
+    assert unknown_override(["model._target=x"]) == f"model._target: no such setting. {tail}"
     assert unknown_override(["nrom=bn"]) == (  # a misspelt group: the group, then settings
         "nrom: no such setting. Did you mean norm or callbacks.hallucinations.nrow or "
         f"model.net.norm? Type e.g. norm=bn. {tail}")
@@ -61,8 +61,7 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         f"'logger=[...,mlflow]'). {tail}")
     assert unknown_override(["logger=mlflow", "logger.mlflow.experiment_name=mine"]) is None
     assert unknown_override(["-m", "logger=[tensorboard,mlflow]", "norm=bn,none",  # a list's
-                             "logger.mlflow.experiment_name=mine"]) is None  # option (it was
-    # told to add the mlflow it had)
+                             "logger.mlflow.experiment_name=mine"]) is None  # option
     assert unknown_override(["trainer.max_epochs=1", "paths.data_dirr=/a=b"]) == (  # after a
         "paths.data_dirr: no such setting. Did you mean paths.data_dir or "  # known one; an = in
         f"dataset.datamodule.data_dir? Type e.g. paths.data_dir=/a=b. {tail}")  # the value
@@ -90,8 +89,8 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
     assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
     for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
                  ["~seed", "+x=abc", "dataset.lr=interval(0.001,0.1)", "--cfg", "job"],
-                 ["optim.optimizer.lr=abc", "trainer.max_epochs=x"]):  # (not the schema's:
-        assert wrong_type(fine) is None  # validate's ranges say so)
+                 ["optim.optimizer.lr=abc", "trainer.max_epochs=x"]):  # not the schema's
+        assert wrong_type(fine) is None
     assert unknown_option(["-m", "norm=bn,", "none", "optim=sgd"]) == (
         "norm=bn, none: a space after a comma makes two words of one setting, so nothing was run. "
         "Type the values without spaces: norm=bn,none.")
@@ -113,8 +112,7 @@ def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_
         ["norm=[layer,group,bn]"])
     assert "(experiment=regime sets hydra.sweeper.params.seed to 0,1,2, experiment=decisive " \
         "to range(0,20); a list keeps the last one's), so nothing was run. Run one at a " \
-        "time." in first_mistake(["-m", "experiment=[regime,lr0.01,decisive]"])  # (_global_;
-    # lr0.01 sets no seeds)
+        "time." in first_mistake(["-m", "experiment=[regime,lr0.01,decisive]"])  # lr0.01: none
     for fine in (["logger=[tensorboard,csv,mlflow,wandb]"], ["callbacks=[default,probes]"],
                  ["norm=[bn]"], ["-m", "norm=choice(bn,none)", "seed=choice(0,1)"],
                  ["callbacks.hallucinations=null"],  # (a node, not a setting)
@@ -136,9 +134,9 @@ def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
     for fine in (["-m", "optim=sgd,adam", "optim.optimizer.lr=0.1", "dataset.lr=0.1"],
                  ["optim=sgd", "optim.optimizer.momentum=0.9"],  # (one option: no sweep)
                  ["logger=[csv,mlflow]", "logger.mlflow.experiment_name=x"],  # a list
-                 ["-m", "optim=sgd,adam", "optim.optimizer.zzz=1"],  # none has it: and
-                 ["-m", "optim=sgd,adamx", "optim.optimizer.momentum=0.9"]):  # no such option:
-        assert lacking_option(fine) is None  # `unknown_override`'s, `unknown_option`'s
+                 ["-m", "optim=sgd,adam", "optim.optimizer.zzz=1"],  # unknown_override's
+                 ["-m", "optim=sgd,adamx", "optim.optimizer.momentum=0.9"]):  # unknown_option's
+        assert lacking_option(fine) is None
 
 
 def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():

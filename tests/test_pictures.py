@@ -236,7 +236,6 @@ def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
     torch.set_num_threads(threads - 1)
 
 
-
 # --- drawing ----------------------------------------------------------------------------------
 
 

@@ -90,9 +90,8 @@ def test_run_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
 
 
 def test_a_write_error_names_the_file_whatever_the_library_gave():
-    """TensorBoard's event writer names its file in bytes; a data file that cannot be read
-    (outside the job directory, no permission) is not a write error; an error without an
-    errno is said in its own words."""
+    """A file named in bytes (TensorBoard's); one outside the job directory (data it cannot
+    read) is no write error; an error without an errno in its own words."""
     events = b"/runs/job/events.out.tfevents.1.vm.2.0"
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), events)
     assert write_error(full, "/runs/job").startswith(
@@ -109,16 +108,9 @@ def test_a_write_error_names_the_file_whatever_the_library_gave():
         "still usable. To go on, fix the cause, then run the same command with resume=true.")
 
 
-def test_jobs_sort_by_number():
-    assert sorted(["10_lr=0.1", "9_a_b", "notes", "2", "0_a"], key=job_order) == [
-        "notes", "0_a", "2", "9_a_b", "10_lr=0.1"]  # a name without a number first
-    assert job_order("10_lr=0.1") == (10, "10_lr=0.1")
-
-
 def test_two_plans_are_told_apart_by_their_folders_names_then_by_shared_settings():
-    """(Through the entry point and `check_plan`: test_sweep.) The same jobs with other shared
-    settings, each side's value or `(default)`; a one-job plan; jobs that differ only by a key
-    one plan adds are named at the first of them."""
+    """(Through the entry point: test_sweep.) Other shared settings, each side's value or
+    `(default)`, in a one-job plan too; jobs that differ by a key one plan adds: the first."""
     there = [{"seed": "0", "norm": n, "dataset.lr": "0.05", "trainer.max_epochs": "4"}
              for n in ("bn", "none")]
     assert plan_clash(there, there) is None
@@ -134,8 +126,8 @@ def test_two_plans_are_told_apart_by_their_folders_names_then_by_shared_settings
 
 
 def test_a_trial_interrupted_names_the_study_folder_to_resume(tmp_path):
-    """A cell's trial runs in SWEEP/search/<cell>/, but the user resumes SWEEP: the job's own
-    "Interrupted" line must name it (resuming the cell's folder would run a plain sweep)."""
+    """A cell's trial runs in SWEEP/search/<cell>/, but the user resumes SWEEP (resuming the
+    cell's folder would run a plain sweep)."""
     cell = tmp_path / SEARCH_DIR / "mnist-bn-sgd"
     cell.mkdir(parents=True)
     assert study_dir(cell) == cell  # no study plan above it: a folder that is merely named so
@@ -155,6 +147,9 @@ def test_a_sweeps_jobs_are_found_by_their_files_and_listed_by_number(tmp_path):
         RunRecord(status="ok").write(tmp_path / name / "metrics.json")
     assert [p.name for p in job_dirs(tmp_path)] == ["3_configured", "9_early", "10_late"]
     assert [job.name for job, _ in sweep_records(tmp_path)] == ["9_early", "10_late"]
+    assert sorted(["10_lr=0.1", "9_a_b", "notes", "2", "0_a"], key=job_order) == [
+        "notes", "0_a", "2", "9_a_b", "10_lr=0.1"]  # a name without a number first
+    assert job_order("10_lr=0.1") == (10, "10_lr=0.1")
     assert varying([]) == [] and varying([{"a": "1", "b": "x"}, {"a": "2", "b": "x"}]) == ["a"]
 
 

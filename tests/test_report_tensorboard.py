@@ -2,7 +2,6 @@
 runs), the report text with its figures named, not embedded, and each figure as the very
 pixels of its PNG file."""
 
-
 import numpy as np
 import pytest
 from helpers import assert_images_are_the_png_files, read_run, write_job
@@ -15,11 +14,9 @@ ACCS = {("bn", 0): [0.5, 0.7], ("bn", 1): [0.6, 0.9], ("none", 0): [0.4, 0.5],
 
 
 def test_margin_charts_images_and_text_of_a_reports_events(tmp_path):
-    """Each norm's margin charts hold its mean and std over the ok seeds (the diverged run left
-    out); each figure is its PNG's pixels; the text names the figures, embeds none."""
     for (norm, seed), accs in ACCS.items():
         write_job(tmp_path, accs, norm=norm, seed=seed)
-    write_job(tmp_path, [0.1, float("nan")], status="diverged", norm="bn", seed=2)
+    write_job(tmp_path, [0.1, float("nan")], status="diverged", norm="bn", seed=2)  # left out
     assert main([str(tmp_path)]) == 0
     for norm in ("bn", "none"):
         seeds = np.array([ACCS[norm, 0], ACCS[norm, 1]])

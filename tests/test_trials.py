@@ -4,6 +4,7 @@ as Optuna's failed trial; the cells' batches launched in turn here, at once on a
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
@@ -37,9 +38,8 @@ def test_a_trial_scores_its_final_val_acc_and_a_diverged_one_zero():
 
 
 def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path):
-    """The launcher the Optuna search sees: a job that raised comes back scored with its reason
-    (the Optuna sweeper's float() of it fails: a failed trial), not re-raised; each trial keeps
-    its job directory."""
+    """The launcher Optuna sees: a job that raised comes back scored with its reason (float() of
+    it fails: a failed trial), not re-raised; each trial keeps its job directory."""
     def done(n: int, ret: JobReturn) -> JobReturn:
         ret.hydra_cfg = OmegaConf.create(
             {"hydra": {"runtime": {"output_dir": str(tmp_path / "search" / "c" / f"{n}_x")}}})
@@ -64,45 +64,39 @@ def test_a_trial_that_raised_is_scored_as_failed_and_the_search_goes_on(tmp_path
 
 def test_the_cells_batches_run_in_turn_here_and_at_once_on_a_cluster():
     """In this process each batch runs in the main thread (signals, Ctrl-C); on a cluster the
-    cells' batches are in flight together (each waits for the other here). A launch's error
-    reaches its search, and a search's error the sweep."""
-    def searches(together: Cells, real) -> list:
-        return [lambda n=n: together.launcher(real).launch([n], initial_job_idx=n) for n in (1, 2)]
+    cells' batches are in flight together. A launch's error reaches its search and the sweep."""
+    def search(concurrent: bool, launch) -> list:
+        together, real = Cells(concurrent), SimpleNamespace(launch=launch)
+        return together.search([lambda n=n: together.launcher(real).launch([n], initial_job_idx=n)
+                                for n in (1, 2)])
 
-    class InTurn:
-        def launch(self, job_overrides, initial_job_idx):
-            assert threading.current_thread() is threading.main_thread()
-            return job_overrides * initial_job_idx
+    def in_turn(job_overrides, initial_job_idx):
+        assert threading.current_thread() is threading.main_thread()
+        return job_overrides * initial_job_idx
 
-    together = Cells(concurrent=False)
-    assert together.search(searches(together, InTurn())) == [[1], [2, 2]]
+    assert search(False, in_turn) == [[1], [2, 2]]
     barrier = threading.Barrier(2, timeout=20)
 
-    class AtOnce:
-        def launch(self, job_overrides, initial_job_idx):
-            barrier.wait()
-            return job_overrides
+    def at_once(job_overrides, initial_job_idx):
+        barrier.wait()  # each cell's batch waits for the other's
+        return job_overrides
 
-    together = Cells(concurrent=True)
-    assert together.search(searches(together, AtOnce())) == [[1], [2]]
+    assert search(True, at_once) == [[1], [2]]
 
-    class Fails:
-        def launch(self, job_overrides, initial_job_idx):
-            raise OSError("no launcher")
+    def fails(job_overrides, initial_job_idx):
+        raise OSError("no launcher")
 
-    together = Cells(concurrent=False)
     with pytest.raises(OSError, match="no launcher"):
-        together.search(searches(together, Fails()))
+        search(False, fails)
 
-    class Refuses:  # a launcher's refusal (SLURM refused the jobs) exits
-        def launch(self, job_overrides, initial_job_idx):
-            raise SystemExit("SLURM refused the sweep's jobs")
+    def refuses(job_overrides, initial_job_idx):  # a launcher's refusal (SLURM's) exits
+        raise SystemExit("SLURM refused the sweep's jobs")
 
-    together, ended = Cells(concurrent=True), []
+    ended = []
 
     def sweep():
         with pytest.raises(SystemExit, match="SLURM refused") as refused:
-            together.search(searches(together, Refuses()))
+            search(True, refuses)
         ended.append(refused.value)
 
     thread = threading.Thread(target=sweep, daemon=True)  # (a search waiting forever: failed)

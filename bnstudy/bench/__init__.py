@@ -10,9 +10,8 @@ bnstudy.bench plain RUNS RESULTS --share I/N`): they import neither Lightning no
 
 
 def check_overrides(overrides: list[str]) -> str | None:
-    """What is wrong with a benchmark's overrides before anything runs: a word that is no
-    KEY=VALUE (a misspelt benchmark), a setting no config has, or a group option no file is
-    (`dataset=imagenet`; each of a sweep's)."""
+    """What is wrong with a benchmark's overrides before anything runs (a misspelt benchmark, a
+    setting no config has, a group option no file is: each of a sweep's), or None."""
     if word := next((o for o in overrides if "=" not in o and not o.startswith("~")), None):
         return (f"{word!r} is no benchmark (study, profile) and no override KEY=VALUE, e.g. "
                 "python -m bnstudy.bench study, or python -m bnstudy.bench dataset=cifar10.")

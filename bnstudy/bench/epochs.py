@@ -2,11 +2,10 @@
 
     python -m bnstudy.bench [--repeats 3] [--floor] [overrides ...]   # data from paths.data_dir
 
-A default run's `trainer.fit` (5 epochs, so the every-5th-epoch pictures are paid) alternates
-epoch by epoch with `bnstudy.bench.plain`'s loop (a callback runs a plain epoch before each of
-the fit's), so each pair sees the same machine state and gives a ratio; a project epoch counts
-validation, callbacks and Lightning's work between epochs. `--floor` times a bare Lightning
-loop (`BareClassifier`: no logger, no callbacks) the same way.
+A default `trainer.fit` (5 epochs, so the every-5th-epoch pictures are paid) alternates epoch
+by epoch with `bnstudy.bench.plain`'s loop, so each pair sees the same machine state and gives
+a ratio; a project epoch counts validation, callbacks and Lightning's work between epochs.
+`--floor` times a bare Lightning loop (`BareClassifier`) the same way.
 """
 
 from __future__ import annotations
@@ -35,8 +34,7 @@ IMPORT_S = time.perf_counter() - T0
 
 
 class PlainLoop:
-    """The plain PyTorch loop (`bnstudy.bench.plain`) over the datamodule's tensors, with a
-    fresh copy of the config's network and its optimizer."""
+    """The plain loop (`bnstudy.bench.plain`) over the datamodule's tensors, its own network."""
 
     def __init__(self, cfg, datamodule) -> None:
         study = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
@@ -78,8 +76,7 @@ class Alternate(Callback):
 
     def __init__(self, plain: PlainLoop) -> None:
         self.plain_loop, self.plain, self.project, self.setup_s = plain, [], [], 0.0
-        self.timed = ""  # what the fit ran: module, logger, callbacks
-        self.mark = time.perf_counter()  # when the current project epoch (or set-up) began
+        self.timed, self.mark = "", time.perf_counter()  # what the fit ran; when its epoch began
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = type(trainer.logger).__name__ if trainer.logger else "no logger"
@@ -101,8 +98,8 @@ class Alternate(Callback):
 
 
 def alternate(cfg, datamodule, bare: bool = False) -> Alternate:
-    """One fit of the config (`bare`: of its network as a `BareClassifier` in a Trainer with
-    no logger and no callbacks) with a plain epoch before each of its epochs."""
+    """One fit of the config (`bare`: a `BareClassifier`, no logger, no callbacks) with a plain
+    epoch before each of its epochs."""
     with tempfile.TemporaryDirectory() as out:
         cfg.paths.output_dir = out
         if bare:
@@ -168,8 +165,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_pairs(timers: list[Alternate], name: str, short: str, n: int) -> None:
-    """What the fits ran, seconds per epoch of the plain loop and of the fits, and the median
-    of their ratios."""
+    """What the fits ran, seconds per epoch of each side, and the median of their ratios."""
     print(f"{name}: {timers[0].timed}")
     plain = [s for timer in timers for s in timer.plain]
     project = [s for timer in timers for s in timer.project]

@@ -4,14 +4,11 @@ script trains them (`python -m bnstudy.bench study` starts this module as proces
     python -m bnstudy.bench plain RUNS.json RESULTS.json [--threads N] [--share I/N]
 
 RUNS.json (`bnstudy.bench.study.plain_runs` writes it from a finished sweep) lists each run's
-data (how to read its files, the channel mean and std, the split), network and optimizer
-(`_target_` and arguments), seed, batch sizes and epochs; `--share I/N` trains runs I, I+N,
-... only. Each run seeds torch, builds the network and optimizer, then each epoch takes the
-study's minibatches in the study's order (`minibatches`) — forward, cross-entropy, zero_grad,
-backward, step — and makes one pass over the validation split; one over the test split at the
-end. Each dataset is read once per process; only each run's figures are written, to
-RESULTS.json. It imports torch, the file readers and the network's module: no Lightning,
-Hydra or TensorBoard.
+data (its files, channel mean and std, split), network and optimizer (`_target_` and
+arguments), seed, batch sizes and epochs; `--share I/N` trains runs I, I+N, ... only. Each
+epoch takes the study's minibatches in the study's order, then one pass over the validation
+split; the test split at the end. Each dataset is read once per process; only each run's
+figures are written, to RESULTS.json. No Lightning, Hydra or TensorBoard is imported.
 """
 
 from __future__ import annotations
@@ -75,10 +72,10 @@ def evaluate(net, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[fl
     net.eval()
     loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
     with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            logits = net(x[start:start + batch_size])
-            loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum")
-            correct += (logits.argmax(-1) == y[start:start + batch_size]).sum()
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+            logits = net(xb)
+            loss += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(-1) == yb).sum()
     return float(loss) / len(y), float(correct) / len(y)
 
 
@@ -121,10 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     share, of = map(int, args.share.split("/"))
-    with open(args.runs) as f:
-        runs = json.load(f)[share::of]
+    runs = json.loads(Path(args.runs).read_text())[share::of]
     started = time.perf_counter()
     results = [train(run) for run in runs]
-    with open(args.results, "w") as f:
-        json.dump({"runs": results, "train_s": time.perf_counter() - started,
-                   "threads": torch.get_num_threads()}, f)
+    train_s = time.perf_counter() - started
+    Path(args.results).write_text(json.dumps({"runs": results, "train_s": train_s,
+                                              "threads": torch.get_num_threads()}))

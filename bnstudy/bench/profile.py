@@ -24,44 +24,39 @@ import tempfile
 import time
 from collections import defaultdict
 
+from bnstudy.bench import check_overrides
+
 T0 = time.perf_counter()
 
-# (module, owner, attribute, label, per): per "job" or "epoch" (divided by the job's epochs)
 COMPOSE = "compose the job's config (Hydra's launcher)"
 CHECK = "the sweeper composes every job's config first"
-PHASES = [
-    ("hydra._internal.config_loader_impl", "ConfigLoaderImpl", "load_sweep_config", COMPOSE,
-     "job"),
-    ("bnstudy.run", None, "default_config", "compose its group defaults (hparams)", "job"),
-    ("bnstudy.records", "RunRecord", "write", "metrics.json writes", "job"),
-    ("bnstudy.data", "TensorDataModule", "setup", "data: read, normalise, split", "job"),
-    ("bnstudy.run", None, "build", "build datamodule, model, callbacks, Trainer", "job"),
-    ("bnstudy.dashboard", None, "write_session", "HParams session", "job"),
-    ("lightning.pytorch.loops.training_epoch_loop", "_TrainingEpochLoop", "run",
+PHASES = [  # (what is timed, module:[owner.]function; label; per "job" or "epoch" or "sweep")
+    ("hydra._internal.config_loader_impl:ConfigLoaderImpl.load_sweep_config", COMPOSE, "job"),
+    ("bnstudy.run:default_config", "compose its group defaults (hparams)", "job"),
+    ("bnstudy.records:RunRecord.write", "metrics.json writes", "job"),
+    ("bnstudy.data:TensorDataModule.setup", "data: read, normalise, split", "job"),
+    ("bnstudy.run:build", "build datamodule, model, callbacks, Trainer", "job"),
+    ("bnstudy.dashboard:write_session", "HParams session", "job"),
+    ("lightning.pytorch.loops.training_epoch_loop:_TrainingEpochLoop.run",
      "epoch: training steps and validation", "epoch"),
-    ("lightning.pytorch.loops.evaluation_loop", "_EvaluationLoop", "run",
+    ("lightning.pytorch.loops.evaluation_loop:_EvaluationLoop.run",
      "  of which validation (and the test)", "epoch"),
-    ("lightning.pytorch.callbacks", "ModelCheckpoint", "on_train_epoch_end",
-     "epoch end: checkpoint", "epoch"),
-    ("bnstudy.callbacks", "MetricsHistory", "on_train_epoch_end", "epoch end: record", "epoch"),
-    ("bnstudy.callbacks", "WeightGrid", "on_train_epoch_end", "epoch end: weight grids",
+    ("lightning.pytorch.callbacks:ModelCheckpoint.on_train_epoch_end", "epoch end: checkpoint",
      "epoch"),
-    ("bnstudy.callbacks", "Hallucinations", "on_train_epoch_end",
-     "epoch end: hallucinations", "epoch"),
-    ("bnstudy.callbacks", "ComparisonCurves", "_write", "comparison curves", "epoch"),
-    ("lightning.pytorch.loggers", "TensorBoardLogger", "log_metrics",
-     "TensorBoard scalars", "epoch"),
-    ("bnstudy.callbacks", "DivergenceGuard", "on_train_batch_end",
+    ("bnstudy.callbacks:MetricsHistory.on_train_epoch_end", "epoch end: record", "epoch"),
+    ("bnstudy.callbacks:WeightGrid.on_train_epoch_end", "epoch end: weight grids", "epoch"),
+    ("bnstudy.callbacks:Hallucinations.on_train_epoch_end", "epoch end: hallucinations", "epoch"),
+    ("bnstudy.callbacks:ComparisonCurves._write", "comparison curves", "epoch"),
+    ("lightning.pytorch.loggers:TensorBoardLogger.log_metrics", "TensorBoard scalars", "epoch"),
+    ("bnstudy.callbacks:DivergenceGuard.on_train_batch_end",
      "divergence guard (every training_step)", "epoch"),
-    ("bnstudy.callbacks", "ImageCallback", "on_train_end", "pictures when training ends",
-     "job"),
-    ("lightning.pytorch", "Trainer", "fit", "Trainer.fit", "job"),
-    ("lightning.pytorch", "Trainer", "test", "Trainer.test", "job"),
-    ("bnstudy.train", None, "train", "bnstudy.train.train (the job)", "job"),
-    ("bnstudy.sweep", "SweepSummary", "on_job_end", "the sweep's view (+mean runs)", "job"),
-    ("hydra.core.utils", None, "run_job", "Hydra's job (all of the above but the compose)",
-     "job"),
-    ("hydra.plugins.sweeper", "Sweeper", "validate_batch_is_legal", CHECK, "sweep"),
+    ("bnstudy.callbacks:ImageCallback.on_train_end", "pictures when training ends", "job"),
+    ("lightning.pytorch:Trainer.fit", "Trainer.fit", "job"),
+    ("lightning.pytorch:Trainer.test", "Trainer.test", "job"),
+    ("bnstudy.train:train", "bnstudy.train.train (the job)", "job"),
+    ("bnstudy.sweep:SweepSummary.on_job_end", "the sweep's view (+mean runs)", "job"),
+    ("hydra.core.utils:run_job", "Hydra's job (all of the above but the compose)", "job"),
+    ("hydra.plugins.sweeper:Sweeper.validate_batch_is_legal", CHECK, "sweep"),
 ]
 
 
@@ -106,13 +101,14 @@ class Timers:
         """Wraps every phase that exists (and the references modules imported before, as
         Hydra's launchers import `run_job`); returns those that do not (a library changed)."""
         missing = []
-        for module, owner, attribute, label, _ in PHASES:
+        for where, label, _ in PHASES:
+            module, _, name = where.partition(":")
+            owner, _, attribute = name.rpartition(".")
             try:
                 target = importlib.import_module(module)
-                target = getattr(target, owner) if owner else target
-                self.wrap(target, attribute, label)
+                self.wrap(getattr(target, owner) if owner else target, attribute, label)
             except (ImportError, AttributeError):
-                missing.append(f"{module}.{owner + '.' if owner else ''}{attribute}")
+                missing.append(where.replace(":", "."))
         return missing
 
 
@@ -132,19 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs {args.jobs}: it profiles 1 job or more, e.g. --jobs 3")
-    from bnstudy.bench import check_overrides
-
     if problem := check_overrides(args.overrides):
         parser.error(problem)
 
     import bnstudy.train  # noqa: F401  (the entry point; Hydra and the config only)
     entry_s, start = time.perf_counter() - T0, time.perf_counter()
-    import lightning.pytorch  # noqa: F401
-    import torch.utils.tensorboard  # noqa: F401
-
-    import bnstudy.callbacks  # noqa: F401
-    import bnstudy.dashboard  # noqa: F401
-    import bnstudy.data  # noqa: F401
+    for module in ("lightning.pytorch", "torch.utils.tensorboard", "bnstudy.callbacks",
+                   "bnstudy.dashboard", "bnstudy.data"):
+        importlib.import_module(module)
     libraries_s, timers = time.perf_counter() - start, Timers()
     missing = timers.install()
     out = tempfile.mkdtemp(prefix="bnstudy-profile-")

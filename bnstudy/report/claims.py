@@ -129,8 +129,7 @@ def declare(datasets: list[str]) -> list[Part]:
     cells = [(d, o) for d in datasets for o in OPTIM_LABELS]
     for dataset, optim in cells:
         for share, letter in zip(BUDGETS, "ab", strict=True):
-            budget = "the no-BN run's training time" if share == 1 else \
-                f"{share:.0%} of the no-BN run's training time"
+            budget = ("" if share == 1 else f"{share:.0%} of ") + "the no-BN run's training time"
             parts.append(Part(
                 "C5", f"{letter} ({where(dataset, optim)})",
                 f"{where(dataset, optim)}: at {budget}, BN is ahead",
@@ -167,11 +166,10 @@ def declare(datasets: list[str]) -> list[Part]:
                 "P2", f"{part} ({label})", f"CIFAR-10: non-BN networks capture {what}",
                 f"{column}, no BN + {label}", column, (Term(1.0, "cifar10", optim, "none"),),
                 source="pictures", fmt="+.3f"))
-    for optim in OPTIM_LABELS:
-        parts.append(Part(
-            "P2", f"b ({OPTIM_LABELS[optim]})", "CIFAR-10: BN networks give more defined shapes "
-            "(stronger edges at the scale of shapes)", "sharpness, BN − no BN", "sharpness",
-            pair("cifar10", optim), source="pictures", fmt=".3f"))
+    parts += [Part("P2", f"b ({label})", "CIFAR-10: BN networks give more defined shapes "
+                   "(stronger edges at the scale of shapes)", "sharpness, BN − no BN",
+                   "sharpness", pair("cifar10", optim), source="pictures", fmt=".3f")
+              for optim, label in OPTIM_LABELS.items()]
     for norm, optim in (("bn", "sgd"), ("none", "sgd"), ("none", "adam")):
         other = Term(-1.0, "cifar10", optim, norm)
         parts.append(Part(

@@ -30,21 +30,17 @@ class GridSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         seen: set[str] = set()
-        covering = []
-        for overrides in batch:
-            if not seen.issuperset(overrides):
-                seen.update(overrides)
-                covering.append(overrides)
         job: Sequence[str] = ()
         try:
-            for job in covering:  # each composed, as Hydra's does, and range-checked
-                validate(self.hydra_context.config_loader.load_sweep_config(
-                    master_config=self.config, sweep_overrides=list(job)))
-        except ConfigError as err:  # a value out of range: one paragraph
+            for job in batch:  # each meeting a new value composed, as Hydra's does, and checked
+                if not seen.issuperset(job):
+                    seen.update(job)
+                    validate(self.hydra_context.config_loader.load_sweep_config(
+                        master_config=self.config, sweep_overrides=list(job)))
+        except Exception as err:  # nothing was launched: nothing is kept (a job's folder would be)
             discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
-            sys.exit(f"{err} (The sweep's job {' '.join(job)}; nothing was run.)")
-        except Exception:  # nothing was launched: nothing is kept (a job's folder would be)
-            discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
+            if isinstance(err, ConfigError):  # a value out of range: one paragraph
+                sys.exit(f"{err} (The sweep's job {' '.join(job)}; nothing was run.)")
             raise
         if not self.announced:
             announce(self.config)
