@@ -8,9 +8,12 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import fields
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf
 from omegaconf.errors import ValidationError
@@ -221,18 +224,24 @@ def no_parallel_jobs(args: list[str]) -> str | None:
     return None
 
 
+def _parsed(args: list[str]) -> Iterator[tuple[str, Override]]:
+    """Each override as typed and as Hydra's grammar reads it (a flag, or Hydra's own syntax
+    error, left out: Hydra says so)."""
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException:
+            continue
+        yield arg, override
+
+
 def interval_sweep(args: list[str]) -> str | None:
     """An `interval(a,b)` outside a tuned study (whose sweeper words its own): the grid and
     basic sweepers list values, and Hydra's refusal is a traceback after making the folder."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     if "experiment=tuned" in args:
         return None
-    for arg in args:
-        try:
-            (override,) = OverridesParser.create().parse_overrides([arg])
-        except HydraException:  # a flag, or Hydra's own syntax error: Hydra says so
-            continue
+    for arg, override in _parsed(args):
         if override.is_sweep_override() and not override.is_discrete_sweep():
             bounds = override.value()
             return (f"{arg}: an interval is a range for a search to sample, but a sweep trains "
@@ -287,17 +296,11 @@ def typed_settings() -> dict[str, tuple[str, bool]]:
 def wrong_type(args: list[str]) -> str | None:
     """One paragraph for a value its setting's type refuses (`seed=0..3`, `dataset.lr=fast`,
     each of a sweep's), with what to type; None if every value converts as Hydra converts it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    typed, parser = typed_settings(), OverridesParser.create()
-    for arg in args:
-        try:
-            (override,) = parser.parse_overrides([arg])
-        except HydraException:  # a flag, or Hydra's own syntax error: Hydra says so
-            continue
+    typed = typed_settings()
+    for arg, override in _parsed(args):
         if override.key_or_group not in typed or override.is_add() or override.is_delete() or (
                 override.is_sweep_override() and not override.is_discrete_sweep()):
-            continue  # (an interval is the tuned sweeper's, checked there)
+            continue  # (an interval: `interval_sweep`)
         key, (kind, nullable) = override.key_or_group, typed[override.key_or_group]
         values = override.sweep_iterator() if override.is_sweep_override() else \
             [override.value()]

@@ -84,7 +84,7 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
         "e.g. dataset.lr=0.001; several are a sweep: -m dataset.lr=0.001,0.01.")
     assert wrong_type(["model.net.hidden_dim=3.5"]).startswith(
         "model.net.hidden_dim=3.5: model.net.hidden_dim takes an integer, not 3.5,")
-    assert "takes an integer or null, not 'x'" in wrong_type(["dataset.train_size=x"])
+    assert "takes an integer or null, not 'x'" in wrong_type(["seed=1", "dataset.train_size=x"])
     assert "seed takes an integer, not None," in wrong_type(["seed=null"])  # (not Optional)
     assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
     for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
