@@ -67,12 +67,15 @@ class ImageStats:
 
     def deviation(self, images: torch.Tensor) -> torch.Tensor:
         """The inverse of `images` (pixels the data never varies in give 0)."""
-        scale = self.std.where(self.std > 0, 1.0)
-        return torch.einsum("cd,ndhw->nchw", self._unmix, (images - self.mean) / scale)
+        return torch.einsum("cd,ndhw->nchw", self._unmix, (images - self.mean) / self._scale)
 
     @cached_property
     def _unmix(self) -> torch.Tensor:  # once, not at each of a hallucination's steps
         return torch.linalg.pinv(self.colour)
+
+    @cached_property
+    def _scale(self) -> torch.Tensor:  # as `_unmix`
+        return self.std.where(self.std > 0, 1.0)
 
 
 def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
