@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy import stats as sps
 
+from bnstudy.jobdir import JobDirLock
 from bnstudy.report import cli, write
 from bnstudy.report.answer import console_answer, row_words
 from bnstudy.report.cli import main
@@ -153,7 +154,33 @@ def test_summary_csv_is_recomputed_from_the_records_and_counts_the_rest(hand_mad
     jobs = [" ".join(line.split()) for line in text.split("## Jobs not in")[1].splitlines()]
     assert "| `6_mnist-bn-sgd-seed3` | diverged | |" in jobs
     assert "| `7_mnist-none-sgd-seed3` | failed | RuntimeError: boom \\| bang |" in jobs
-    assert "| `8_mnist-none-sgd-seed4` | running | |" in jobs
+    assert "| `8_mnist-none-sgd-seed4` | stopped while running (killed, or its machine lost) | |" \
+        in jobs  # no process holds its lock
+
+
+def test_a_report_while_the_sweep_runs_says_so_and_what_is_yet_to_start(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    for norm, status in (("bn", "ok"), ("none", "running")):
+        job = write_job(sweep_dir, [0.5, 0.6], status, norm=norm)
+        (job / ".hydra").mkdir()
+        (job / ".hydra" / "overrides.yaml").write_text(f"- norm={norm}\n")
+    (sweep_dir / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      norm: bn,none,layer\n  overrides:\n    task: []\n")
+    with JobDirLock(job) as lock:
+        lock.acquire("the sweep's job")
+        assert main([str(sweep_dir)]) == 0
+        text = " ".join((sweep_dir / "report" / "report.md").read_text().split())
+    assert "2 job directories: 1 ok, 0 diverged, 0 failed, 1 unfinished, 1 not started yet." in text
+    assert f"| `{job.name}` | running | | | norm=layer | not started yet (the sweep is running) |" \
+        in text
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"The sweep is still running ({job.name} training now): the report covers the jobs "
+        "finished so far; run it again when the sweep ends.")
+    assert main([str(sweep_dir)]) == 0  # the lock is free: the sweep stopped
+    text = " ".join((sweep_dir / "report" / "report.md").read_text().split())
+    assert "1 unfinished, 1 never started." in text
+    assert "| norm=layer | never started (no job directory) |" in text
+    assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 @pytest.mark.parametrize("case", ["bn", "none", "tie", "overlap", "one seed", "flat"])

@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from bnstudy.report.runs import ReportError, parse_compare
+from bnstudy.report.runs import ReportError, parse_compare, running_jobs
 from bnstudy.report.write import REPORT_DIR, write_report
 
 DEFAULT_TARGETS = {"mnist": 0.9, "cifar10": 0.4}
@@ -70,4 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             else "."), file=sys.stderr)
         return 1
     print(f"Report written to {path} (figures, summary.csv and TensorBoard events beside it).")
+    if busy := running_jobs(args.sweep_dir):
+        print(f"The sweep is still running ({', '.join(busy)} training now): the report covers "
+              "the jobs finished so far; run it again when the sweep ends.")
     return 0

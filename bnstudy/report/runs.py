@@ -14,6 +14,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bnstudy.jobdir import is_locked
 from bnstudy.norms import NORMS
 from bnstudy.records import (
     HOW_IT_RUNS,
@@ -135,6 +136,8 @@ def load_run(job: Path) -> dict:
         status, error = (record.status, record.error) if record else ("no metrics.json", None)
     except (OSError, ValueError) as err:
         record, status, error = None, "unreadable metrics.json", str(err)
+    if status == "running" and not is_locked(job):  # no process trains it: its record is stale
+        status = "stopped while running (killed, or its machine lost)"
     history = getattr(record, "history", None) or []
     hparams = getattr(record, "hparams", None) or hparams_from_config(job)
     return {"job": job.name, "path": job, "status": status,
@@ -196,6 +199,11 @@ def never_started(sweep_dir: Path, runs: pd.DataFrame) -> list[str]:
                for f in files if f.is_file()}
     return [" ".join(f"{key}={job[key]}" for key in shown) for job in plan
             if frozenset(f"{key}={value}" for key, value in job.items()) not in started]
+
+
+def running_jobs(sweep_dir: Path) -> list[str]:
+    """The jobs a process trains now (`is_locked`): while any does, the sweep still runs."""
+    return [job.name for job in job_dirs(sweep_dir) if is_locked(job)]
 
 
 # --- groups and compared pairs --------------------------------------------------------------

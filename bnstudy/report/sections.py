@@ -374,11 +374,13 @@ def summary_table(summary: pd.DataFrame, keys: list[str]) -> str:
     return markdown(rows)
 
 
-def problems_table(runs: pd.DataFrame, unstarted: list[str]) -> str:
-    """The jobs left out, with status and error's first line."""
+def problems_table(runs: pd.DataFrame, unstarted: list[str], live: bool = False) -> str:
+    """The jobs left out, with status and error's first line (`live`: the sweep still runs)."""
     rows = [{"job": f"`{r.job}`", "status": r.status,
              "error": (r.error or "").strip().split("\n")[0].replace("|", "\\|")}
             for r in runs[runs["outcome"] != "ok"].itertuples()]
-    rows += [{"job": job, "status": "never started (no job directory)", "error": ""}
+    unstarted_status = ("not started yet (the sweep is running)" if live
+                        else "never started (no job directory)")
+    rows += [{"job": job, "status": unstarted_status, "error": ""}
              for job in unstarted]
     return markdown(rows) if rows else "Every job finished ok."

@@ -34,6 +34,7 @@ from bnstudy.report.runs import (
     load_runs,
     never_started,
     norms_title,
+    running_jobs,
     settings,
 )
 from bnstudy.report.stats import ALPHA, SWEEPS, summary, verdicts
@@ -44,12 +45,14 @@ FIGURE_DPI = 100
 
 
 def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sections: list[str],
-                    unstarted: list[str], answer: str = "", used: int | None = None) -> str:
-    """The whole report.md: the header, the answer, the summary, the sections, the jobs left out."""
+                    unstarted: list[str], answer: str = "", used: int | None = None,
+                    live: bool = False) -> str:
+    """The whole report.md: the header, the answer, the summary, the sections, the jobs left out
+    (`live`: the sweep still runs, so its unstarted jobs are yet to start)."""
     counts = runs["outcome"].value_counts()
     jobs = ", ".join(f"{counts.get(o, 0)} {o}" for o in OUTCOMES)
     if unstarted:
-        jobs += f", {len(unstarted)} never started"
+        jobs += f", {len(unstarted)} " + ("not started yet" if live else "never started")
     return "\n".join([
         f"# {norms_title(set(runs.get('norm', pd.Series()).dropna()) or set(STUDY))} — report "
         f"of `{sweep_dir}`", "",
@@ -68,7 +71,8 @@ def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sectio
         "two one-sided tests (TOST) put the difference within the dataset's "
         "`equivalence_margin`, else *cannot tell*.", "", *([answer] if answer else []),
         "## Summary", "", summary_md, "", "Also in `summary.csv`.", "",
-        *sections, "## Jobs not in the statistics", "", S.problems_table(runs, unstarted), ""])
+        *sections, "## Jobs not in the statistics", "",
+        S.problems_table(runs, unstarted, live), ""])
 
 
 def figure_png(fig: Figure) -> bytes:
@@ -198,7 +202,8 @@ def _write(sweep_dir: Path, out: Path, runs: pd.DataFrame, everything: pd.DataFr
     answer = answer_section(verdict_table, results, budget.small, decide_command(sweep_dir))
     markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys),
                                [text for text, _ in made],
-                               never_started(sweep_dir, everything), answer, len(tuned) or None)
+                               never_started(sweep_dir, everything), answer, len(tuned) or None,
+                               live=bool(running_jobs(sweep_dir)))
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, budget.scalars)
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs
