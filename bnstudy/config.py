@@ -255,6 +255,7 @@ def dotted(node, prefix: str = "") -> dict[str, Any]:
 
 
 NOT_SETTINGS = ("resume", "overwrite", "run_name", "threads", "trainer.enable_progress_bar",
+                "trainer.enable_checkpointing",
                 "trainer.default_root_dir", "dataset.datamodule.data_dir", "logger.",
                 "model.steps_per_call",  # the same results for any K
                 "dataset.equivalence_margin")  # how the report reads the runs, not a setting

@@ -6,8 +6,10 @@ experiment's, a launcher without -m), each one paragraph. Free of Lightning, as 
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import os
+import typing
 from collections.abc import Iterator
 from dataclasses import fields
 
@@ -293,11 +295,29 @@ def typed_settings() -> dict[str, tuple[str, bool]]:
     return found
 
 
+@functools.cache
+def trainer_types() -> dict[str, tuple[str, bool]]:
+    """The Trainer's int, float and bool flags as `typed_settings`, from its signature's types
+    (Lightning imported only when a `trainer.` override asks: it takes seconds)."""
+    import lightning as L
+
+    found = {}
+    for name, hint in typing.get_type_hints(L.Trainer.__init__).items():
+        kinds = set(typing.get_args(hint)) or {hint}
+        names = {getattr(t, "__name__", "") for t in kinds - {type(None)}}
+        kind = "float" if names == {"int", "float"} else names.pop() if len(names) == 1 else ""
+        if kind in NODES:  # (not `fast_dev_run`: an int or a bool, each meaning its own)
+            found[f"trainer.{name}"] = (kind, type(None) in kinds)
+    return found
+
+
 def wrong_type(args: list[str]) -> str | None:
     """One paragraph for a value its setting's type refuses (`seed=0..3`, `dataset.lr=fast`,
     each of a sweep's), with what to type; None if every value converts as Hydra converts it."""
     typed = typed_settings()
     for arg, override in _parsed(args):
+        if override.key_or_group.startswith("trainer."):
+            typed.update(trainer_types())
         if override.key_or_group not in typed or override.is_add() or override.is_delete() or (
                 override.is_sweep_override() and not override.is_discrete_sweep()):
             continue  # (an interval: `interval_sweep`)

@@ -27,7 +27,7 @@ TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified c
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
 # override keys (prefixes) of how a job runs and is kept, not of which job it is
 HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
-               "logger", "+", "~")  # logger: logger=csv and logger.x.y=...
+               "trainer.enable_checkpointing", "logger", "+", "~")  # logger=csv, logger.x.y=...
 
 _OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
 _WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"

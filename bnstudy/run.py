@@ -353,7 +353,7 @@ def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
 def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
           ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """The datamodule, model and trainer of a config (`trackers`, `step`: a resume's)."""
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import Checkpoint, ProgressBar
 
     from bnstudy.checkpoints import AtomicCheckpointIO
     from bnstudy.trackers import make_loggers
@@ -363,6 +363,9 @@ def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.enable_checkpointing is False:  # Lightning refuses a checkpoint callback then
+        callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
     loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers, step)
-    return datamodule, model, instantiate(cfg.trainer, logger=loggers or False,
-                                          callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    return datamodule, model, instantiate(  # without the study's checkpoint, none (not Lightning's)
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))

@@ -119,7 +119,7 @@ def test_each_value_out_of_range_is_refused_naming_it(model):
         assert said == message if message.endswith(".") else said.startswith(message), said
 
 
-SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "enable_checkpointing", "barebones",
+SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "barebones",
                           "enable_autolog_hparams", "model_registry"}
 
 

@@ -89,8 +89,15 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
     assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
     for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
                  ["~seed", "+x=abc", "dataset.lr=interval(0.001,0.1)", "--cfg", "job"],
-                 ["optim.optimizer.lr=abc", "trainer.max_epochs=x"]):  # not the schema's
+                 ["optim.optimizer.lr=abc", "trainer.deterministic=warn"],  # not typed
+                 ["trainer.limit_train_batches=5", "trainer.gradient_clip_val=0.5"]):
         assert wrong_type(fine) is None
+    assert wrong_type(["trainer.max_epochs=3", "trainer.enable_checkpointing=maybe"]) == (
+        "trainer.enable_checkpointing=maybe: trainer.enable_checkpointing takes true or false or "
+        "null, not 'maybe', so nothing was run. Type trainer.enable_checkpointing=true or "
+        "trainer.enable_checkpointing=false.")  # the Trainer's own types, from its signature
+    assert "trainer.limit_val_batches takes a number or null, not 'half'," in wrong_type(
+        ["trainer.limit_val_batches=half"])
     assert unknown_option(["-m", "norm=bn,", "none", "optim=sgd"]) == (
         "norm=bn, none: a space after a comma makes two words of one setting, so nothing was run. "
         "Type the values without spaces: norm=bn,none.")

@@ -282,6 +282,13 @@ def test_resume_with_another_training_setting_is_refused(override, named, stored
     assert named in listed.split("; ")
 
 
+@pytest.mark.parametrize("off", ["trainer.enable_checkpointing=false", "~callbacks.checkpoint"])
+def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
+    """Without the study's checkpoint, Lightning's own (`epoch=0-step=N.ckpt`) is not added."""
+    assert train_run(tiny_data, tmp_path, off).status == "ok"
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("shown", [True, False])
 def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
     """The bar redraws every `refresh_rate` steps; off, its callback is left out (else refused
