@@ -193,8 +193,9 @@ def restore(run: SavedRun, data: DataCache, stage: str, path: Path | None = None
         raise RunError(
             f"{run.name}: no checkpoint ({path} is missing), so its network cannot "
             f"be loaded. A run keeps checkpoints/last.ckpt unless it was trained without one "
-            "(~callbacks.checkpoint) or the file was removed; train it again to get one "
-            "(the same command with overwrite=true).")
+            "(trainer.enable_checkpointing=false or ~callbacks.checkpoint) or the file was "
+            "removed; train it again to get one (the same command with overwrite=true, without "
+            "those).")
     try:
         checkpoint = read_checkpoint(path)
     except Exception as err:  # whatever torch.load raises, the file is unusable

@@ -39,8 +39,9 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     out, err = capsys.readouterr()
     assert f"{missing.name}: no checkpoint ({missing}/checkpoints/last.ckpt is missing), so its " \
         "network cannot be loaded. A run keeps checkpoints/last.ckpt unless it was trained " \
-        "without one (~callbacks.checkpoint) or the file was removed; train it again to get one " \
-        "(the same command with overwrite=true)." in " ".join(err.split())
+        "without one (trainer.enable_checkpointing=false or ~callbacks.checkpoint) or the file " \
+        "was removed; train it again to get one (the same command with overwrite=true, without " \
+        "those)." in " ".join(err.split())
     assert re.search(rf"{damaged.name}/checkpoints/last.ckpt does not load \(\w+Error: [^)]+\); "
                      r"the file is damaged\. Its previous version, if any, is "
                      r"checkpoints/last\.ckpt\.prev\.", " ".join(err.split()))
