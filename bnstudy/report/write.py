@@ -153,10 +153,11 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
+    old = sweep_dir / f"{hidden}{os.getpid()}-old"
     if final.is_dir():
-        os.replace(final, old := sweep_dir / f"{hidden}{os.getpid()}-old")
-        shutil.rmtree(old)
-    os.replace(out, final)
+        os.replace(final, old)
+    os.replace(out, final)  # the old one removed after: a short window for a second report
+    shutil.rmtree(old, ignore_errors=True)
     return final / "report.md"
 
 
