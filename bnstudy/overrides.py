@@ -1,7 +1,8 @@
 """The command line's overrides: the config they compose (`compose`), and the mistakes found
 before Hydra composes them (an unknown key or option, a value of the wrong type, a setting some
 options of a swept group lack, a parallel launcher of no jobs, a sweeper against the
-experiment's, a launcher without -m), each one paragraph. Free of Lightning, as `config`."""
+experiment's, a launcher without -m), each one paragraph. Free of Lightning, as `config`,
+but for a `trainer.` override's type (`trainer_types`)."""
 
 from __future__ import annotations
 
