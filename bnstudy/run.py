@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate, to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,7 +33,14 @@ from bnstudy.config import (
     validate,
 )
 from bnstudy.console import quiet_console, shown_before, workers_log_to
-from bnstudy.errors import ConfigError, DataError, RunFileError, type_names, types_refused
+from bnstudy.errors import (
+    ConfigError,
+    DataError,
+    RunFileError,
+    first_line,
+    type_names,
+    types_refused,
+)
 from bnstudy.jobdir import (
     JobDirLock,
     RunExistsError,
@@ -366,6 +374,13 @@ def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
     if cfg.trainer.enable_checkpointing is False:  # Lightning refuses a checkpoint callback then
         callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
     loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers, step)
-    return datamodule, model, instantiate(  # without the study's checkpoint, none (not Lightning's)
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
+    try:
+        return datamodule, model, instantiate(  # without the study's checkpoint, none at all
+            cfg.trainer, logger=loggers or False, callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
+    except InstantiationException as err:  # a flag's value Lightning refuses (`precision=17`)
+        raise ConfigError(
+            f"Lightning's Trainer refused the trainer settings ({first_line(err.__cause__ or err)}"
+            "), so nothing was run. Fix the trainer.* override it names "
+            "(python -m bnstudy.train --cfg job --package trainer shows each setting).") from err

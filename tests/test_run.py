@@ -289,6 +289,14 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_trainer_flag_lightning_refuses_is_one_paragraph_and_leaves_nothing(tiny_data, tmp_path):
+    with pytest.raises(RunEnded) as ended:  # not a traceback and a failed run to "resume"
+        train_run(tiny_data, tmp_path / "run", "trainer.precision=17")
+    assert ended.value.status == "discarded" and not (tmp_path / "run").exists()
+    assert str(ended.value).startswith(
+        "Lightning's Trainer refused the trainer settings (ValueError: Precision 17 is invalid.")
+
+
 @pytest.mark.parametrize("shown", [True, False])
 def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
     """The bar redraws every `refresh_rate` steps; off, its callback is left out (else refused
