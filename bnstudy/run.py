@@ -368,19 +368,25 @@ def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
 
     datamodule = build_datamodule(cfg.dataset.datamodule, to_absolute_path(cfg.paths.data_dir))
     model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    callbacks = [made(c, f"callbacks.{name}") for name, c in cfg.callbacks.items() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.trainer.enable_checkpointing is False:  # Lightning refuses a checkpoint callback then
         callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
     loggers = make_loggers(cfg.logger, Path(cfg.paths.output_dir).name, trackers, step)
+    return datamodule, model, made(  # without the study's checkpoint, none at all (not Lightning's)
+        cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
+
+
+def made(node: DictConfig, key: str, **kwargs):
+    """`instantiate(node, **kwargs)`; a value its class refuses (`trainer.precision=17`,
+    `callbacks.hallucinations.objective=foo`) is a `ConfigError` naming `key`."""
     try:
-        return datamodule, model, instantiate(  # without the study's checkpoint, none at all
-            cfg.trainer, logger=loggers or False, callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
-            enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
-    except InstantiationException as err:  # a flag's value Lightning refuses (`precision=17`)
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
         raise ConfigError(
-            f"Lightning's Trainer refused the trainer settings ({first_line(err.__cause__ or err)}"
-            "), so nothing was run. Fix the trainer.* override it names "
-            "(python -m bnstudy.train --cfg job --package trainer shows each setting).") from err
+            f"{key}: {first_line(err.__cause__ or err)}, so nothing was run. Fix the {key}.* "
+            f"override it names (python -m bnstudy.train --cfg job --package {key} shows each "
+            "setting).") from err

@@ -289,12 +289,20 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_a_trainer_flag_lightning_refuses_is_one_paragraph_and_leaves_nothing(tiny_data, tmp_path):
+@pytest.mark.parametrize(("override", "said"), [
+    ("trainer.precision=17", "trainer: ValueError: Precision 17 is invalid."),
+    ("callbacks.checkpoint.every_n_epochs=-1",
+     "callbacks.checkpoint: MisconfigurationException: ")])
+def test_a_value_its_class_refuses_is_one_paragraph_and_leaves_nothing(tiny_data, tmp_path,
+                                                                       override, said):
     with pytest.raises(RunEnded) as ended:  # not a traceback and a failed run to "resume"
-        train_run(tiny_data, tmp_path / "run", "trainer.precision=17")
+        train_run(tiny_data, tmp_path / "run", override)
     assert ended.value.status == "discarded" and not (tmp_path / "run").exists()
-    assert str(ended.value).startswith(
-        "Lightning's Trainer refused the trainer settings (ValueError: Precision 17 is invalid.")
+    assert str(ended.value).startswith(said)
+    key = said.split(":")[0]
+    assert str(ended.value).endswith(f", so nothing was run. Fix the {key}.* override it names "
+                                     f"(python -m bnstudy.train --cfg job --package {key} shows "
+                                     "each setting).")
 
 
 @pytest.mark.parametrize("shown", [True, False])
