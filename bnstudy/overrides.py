@@ -83,6 +83,12 @@ def unknown_override(args: list[str]) -> str | None:
         # the likest first; of those, the key's own group's (optim.optimizr.lr: optim.optimizer.lr)
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.partition(".")[0] != group, k.count(".")))
+        leaf = key.rsplit(".", 1)[-1]  # not a misspelling but an argument the config does not
+        if ours and not any(difflib.SequenceMatcher(None, leaf, n.rsplit(".", 1)[-1]).ratio()
+                            >= 0.8 for n in pool) and (  # list (an optimizer's)
+                target := _target_takes(key, chosen)):
+            return (f"{key}: the config does not list it, so nothing was run. {target} takes it: "
+                    f"type +{arg} to add it (the run's hparams record it).")
         hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
                 if near else "")
         if (CONFIG_DIR / group / f"{(option := option.partition('.')[0])}.yaml").is_file():
@@ -114,6 +120,26 @@ def _likeness(key: str, name: str) -> float:
     last = difflib.SequenceMatcher(None, key.rsplit(".", 1)[-1], name.rsplit(".", 1)[-1]).ratio()
     top = 0.2 if "." not in key and "." not in name and whole >= 0.75 else 0.0
     return round(max(whole, last), 1) + top
+
+
+def _target_takes(key: str, chosen: list[str]) -> str | None:
+    """The `_target_` of `key`'s parent where its signature takes `key`'s last part
+    (`optim.optimizer.weight_decay`: torch.optim.SGD; a swept group: its first option); not
+    bnstudy's or Lightning's classes, which the config lists whole (and which take seconds)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    parent, _, leaf = key.rpartition(".")
+    choices = {group: value.split(",")[0] for group, _, value in (c.partition("=") for c in chosen)
+               if not value.startswith("[")}
+    try:
+        target = OmegaConf.select(group_defaults(choices), f"{parent}._target_") or "bnstudy"
+        takes = not target.startswith(("bnstudy", "lightning")) and (  # (the config lists all
+            leaf in inspect.signature(get_object(target)).parameters)  # of ours and Lightning's)
+    except (HydraException, ValueError, ImportError, TypeError):
+        return None
+    return target if takes else None
 
 
 def _setting_names(choices: list[str] = ()) -> list[str]:

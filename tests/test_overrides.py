@@ -69,6 +69,25 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
     assert unknown_override(["--config-dir=x", "~trainer.max_epoch=3"]) is None  # Hydra's own
 
 
+def test_an_optimizers_argument_the_config_does_not_list_is_added_with_a_plus():
+    from helpers import compose_config
+
+    from bnstudy.overrides import unknown_override
+    from bnstudy.run import build_model
+
+    assert unknown_override(["optim=adam", "optim.optimizer.betas=[0.8,0.9]"]) == (
+        "optim.optimizer.betas: the config does not list it, so nothing was run. torch.optim.Adam"
+        " takes it: type +optim.optimizer.betas=[0.8,0.9] to add it (the run's hparams record "
+        "it).")
+    assert "torch.optim.SGD takes it: type +optim.optimizer.weight_decay=0,0.01 to" in \
+        unknown_override(["-m", "optim=sgd,adam", "optim.optimizer.weight_decay=0,0.01"])
+    for mistake in ("optim.optimizer.momentm", "optim.optimizer.foo"):  # misspelt; no argument
+        assert unknown_override([f"{mistake}=1"]).startswith(f"{mistake}: no such setting.")
+    cfg = compose_config("optim=adam", "+optim.optimizer.betas=[0.8,0.9]")
+    model = build_model(cfg, (1, 4, 4), 10)
+    assert model.configure_optimizers().defaults["betas"] == (0.8, 0.9)  # as typed
+
+
 def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_sweeps():
     from bnstudy.overrides import typed_settings, unknown_option, wrong_type
 
