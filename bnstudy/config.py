@@ -110,7 +110,7 @@ def swept_suffix(override_dirname: str) -> str:
     parts = [item.split("=", 1) for item in items if "=" in item]
     return "".join(f"-{key.rsplit('.', 1)[-1]}={_short(value)}" for key, value in parts
                    if key not in SHOWN and not key.startswith(BOOKKEEPING)
-                   and (swept is None or key in swept))
+                   and (swept is None or key.lstrip("+") in swept))
 
 
 def _short(value: str) -> str:

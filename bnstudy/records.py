@@ -25,9 +25,10 @@ SEARCH_DIR = "search"  # SWEEP/search/<cell>/: a tuned sweep cell's trials, a sw
 RECIPE_FILE = "recipe.json"  # images/: the recipe `python -m bnstudy.draw` drew them with
 TEST_CORRECT_FILE = "test_correct.npy"  # per test image, in order: classified correctly
 SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
-# override keys (prefixes) of how a job runs and is kept, not of which job it is
+# override keys (prefixes) of how a job runs and is kept, not of which job it is (an added
+# callback is; an added optimizer argument, `+optim.optimizer.weight_decay=...`, is not)
 HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
-               "trainer.enable_checkpointing", "logger", "+", "~")  # logger=csv, logger.x.y=...
+               "trainer.enable_checkpointing", "logger", "+callbacks.", "~")  # logger=csv too
 
 _OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
 _WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"

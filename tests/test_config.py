@@ -219,7 +219,10 @@ def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeep
     (["optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
       "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03",
       "callbacks.hallucinations.lr=1000000000.0"], "mnist-bn-sgd-seed0-lr=1000000000.0-"
-     "equivalence_margin=0.001235-lr=0.0000001-val_size=0.12345-lr=0.009102")])
+     "equivalence_margin=0.001235-lr=0.0000001-val_size=0.12345-lr=0.009102"),
+    # an optimizer's argument added is a setting; a callback dropped is not
+    (["+optim.optimizer.weight_decay=0.01", "~callbacks.hallucinations"],
+     "mnist-bn-sgd-seed0-weight_decay=0.01")])
 def test_a_runs_name_holds_each_typed_value_whole_and_a_sampled_one_at_4_digits(overrides, name):
     assert compose_config(*overrides).run_name == name
 

@@ -432,7 +432,9 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
                         "seed=0 dataset=cifar10 norm=bn optim=sgd"),
                        ([*grid, "dataset=cifar10"], "seed=0 dataset=cifar10 norm=bn optim=sgd"),
                        ([*grid, "model.net.depth=1,2"],  # job 0 only adds a key: job 1 differs
-                        "seed=0 norm=bn optim=sgd model.net.depth=2")):
+                        "seed=0 norm=bn optim=sgd model.net.depth=2"),
+                       ([*grid, "+optim.optimizer.weight_decay=0,0.01"],  # an argument added
+                        "seed=0 norm=bn optim=sgd +optim.optimizer.weight_decay=0.01")):
         with pytest.raises(SystemExit) as refused:
             check_plan(hydra(*other))
         said = str(refused.value.code)
