@@ -3,8 +3,10 @@ loads (`resume_checkpoint`), the save cadence (`StudyCheckpoint`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         replace_file(path, buffer.getbuffer(), previous=previous_path(path))
 
     def remove_checkpoint(self, path: str | Path) -> None:
-        """Removes the checkpoint at `path` and the previous one kept beside it."""
+        """Removes the checkpoint at `path` and the previous one kept beside it, and the
+        `tempfile.mkdtemp()` folder `ddp_spawn` saved its weights in (Lightning leaves it)."""
         super().remove_checkpoint(path)
         previous_path(path).unlink(missing_ok=True)
+        folder = Path(path).parent
+        if folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith("tmp"):
+            with contextlib.suppress(OSError):  # not empty: not only its own
+                folder.rmdir()
 
 
 def read_checkpoint(path: str | Path) -> dict:

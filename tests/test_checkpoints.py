@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,8 @@ def test_a_missing_last_checkpoint_resumes_from_the_previous_one_and_says_which(
     assert caplog.records[-1].getMessage() == note
 
 
-def test_removing_a_checkpoint_removes_its_previous_one_and_refuses_storage_options(tmp_path):
+def test_removing_a_checkpoint_removes_its_previous_one_and_refuses_storage_options(tmp_path,
+                                                                                   monkeypatch):
     io_, path = AtomicCheckpointIO(), tmp_path / "a.ckpt"
     with pytest.raises(TypeError, match="^AtomicCheckpointIO takes no storage_options$"):
         io_.save_checkpoint({}, path, storage_options={})
@@ -158,6 +160,11 @@ def test_removing_a_checkpoint_removes_its_previous_one_and_refuses_storage_opti
     assert {p.name for p in tmp_path.iterdir()} == {"a.ckpt", "a.ckpt.prev"}
     io_.remove_checkpoint(path)
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # ddp_spawn's weights, saved in a
+    path = Path(tempfile.mkdtemp()) / ".temp.ckpt"  # mkdtemp() folder, go with it
+    io_.save_checkpoint({}, path)
+    io_.remove_checkpoint(path)
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
 
 
 def test_an_error_without_words_is_still_named(tmp_path, monkeypatch):
