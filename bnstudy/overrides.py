@@ -83,10 +83,11 @@ def unknown_override(args: list[str]) -> str | None:
         # the likest first; of those, the key's own group's (optim.optimizr.lr: optim.optimizer.lr)
         near = sorted((k for k, score in scored.items() if score >= 0.75),
                       key=lambda k: (-scored[k], k.partition(".")[0] != group, k.count(".")))
-        leaf = key.rsplit(".", 1)[-1]  # not a misspelling but an argument the config does not
-        if ours and not any(difflib.SequenceMatcher(None, leaf, n.rsplit(".", 1)[-1]).ratio()
-                            >= 0.8 for n in pool) and (  # list (an optimizer's)
-                target := _target_takes(key, chosen)):
+        # not a misspelling of a listed setting but an argument the config omits (an optimizer's)
+        leaf = key.rsplit(".", 1)[-1]
+        misspelt = any(difflib.SequenceMatcher(None, leaf, n.rsplit(".", 1)[-1]).ratio() >= 0.8
+                       for n in pool)
+        if ours and not misspelt and (target := _target_takes(key, chosen)):
             return (f"{key}: the config does not list it, so nothing was run. {target} takes it: "
                     f"type +{arg} to add it (the run's hparams record it).")
         hint = (f"Did you mean {' or '.join(near[:3])}? Type e.g. {near[0]}={value}. "
