@@ -193,6 +193,7 @@ def validate(cfg: DictConfig) -> None:
         ("dataset.equivalence_margin", cfg.dataset.equivalence_margin,
          lambda v: _number(v) and 0 < v < 1, "an accuracy fraction in (0, 1), e.g. 0.005"),
         ("threads", cfg.threads, lambda v: v == "auto" or _count(v), "auto or an integer >= 1"),
+        ("seed", cfg.seed, lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295 (numpy's)"),
     ]
     for key, value, ok, allowed in checks:
         if not ok(value):

@@ -89,6 +89,8 @@ RANGES = [  # (dotted key, value out of range, the message's start, or the whole
     ("dataset.equivalence_margin", 0.5 * 100, "dataset.equivalence_margin=50.0 is out of range; "
      "it must be an accuracy fraction in (0, 1)"),  # points typed for a fraction
     ("threads", 0, "threads=0 is out of range; it must be auto or an integer >= 1"),
+    ("seed", -1, "seed=-1 is out of range; it must be an integer from 0 to 4294967295 "
+     "(numpy's)."),  # (was numpy's ValueError at seed_everything, a run left to "resume")
     ("dataset.train_size", 0, "dataset.train_size=0 is out of range; it must be null (all "
      "remaining images) or an integer >= 1."),
     ("model.net.norm", "batch", "model.net.norm='batch' is not a known normalisation; use one of "
