@@ -41,6 +41,11 @@ class CNN(nn.Sequential):
                  channels: Sequence[int] = (32, 64), hidden_dim: int = 256, depth: int = 1,
                  norm: str = "bn") -> None:
         in_channels, height, width = input_shape
+        if min(height, width) >> len(channels) < 1 or any(c < 1 for c in channels):
+            raise ValueError(  # (torch's own error comes at the first batch, mid-fit)
+                f"channels={list(channels)}: each entry is a conv's width (>= 1) and halves the "
+                f"{height}×{width} images: at most {min(height, width).bit_length() - 1} entries "
+                "here")
         layers = []
         for i, out_channels in enumerate(channels, 1):
             layers += [(f"conv{i}", nn.Conv2d(in_channels, out_channels, 3, padding=1)),

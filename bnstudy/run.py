@@ -332,8 +332,8 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
     """The LightningModule of `cfg.model` for the data's shape, with `cfg.optim`'s optimizer."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
-    return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net
-                       optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
+    return made(model, "model", net=net, num_classes=num_classes,  # the module builds the net
+                optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
 
 
 def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
@@ -386,7 +386,10 @@ def made(node: DictConfig, key: str, **kwargs):
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
+        cause = err  # (the net's error, made inside the model's)
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
         raise ConfigError(
-            f"{key}: {first_line(err.__cause__ or err)}, so nothing was run. Fix the {key}.* "
+            f"{key}: {first_line(cause)}, so nothing was run. Fix the {key}.* "
             f"override it names (python -m bnstudy.train --cfg job --package {key} shows each "
             "setting).") from err

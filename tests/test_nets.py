@@ -109,6 +109,15 @@ def test_cnn_shapes_layers_and_norms(shape, norm):
         assert model.conv_norm1.num_groups == 1 and model.conv_norm1.num_channels == 4
 
 
+def test_cnn_channels_that_pool_the_images_away_or_have_no_width_are_refused_when_made():
+    assert CNN((1, 28, 28), 10, channels=[4] * 4)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    for channels in ([4] * 5, [0]):  # torch's own error came at the first batch, mid-fit
+        with pytest.raises(ValueError, match=r"^channels=\[.*\]: each entry is a conv's width "
+                           r"\(>= 1\) and halves the 28×28 images: at most 4 entries here$"):
+            CNN((1, 28, 28), 10, channels=channels)
+    assert CNN((3, 32, 32), 10, channels=[4] * 5)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_cnn_norms_standardise_over_the_right_axes():
     torch.manual_seed(0)
     x = torch.randn(16, 3, 32, 32) * 3 + 2

@@ -289,14 +289,16 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.parametrize(("override", "said"), [
-    ("trainer.precision=17", "trainer: ValueError: Precision 17 is invalid."),
-    ("callbacks.checkpoint.every_n_epochs=-1",
-     "callbacks.checkpoint: MisconfigurationException: ")])
+@pytest.mark.parametrize(("overrides", "said"), [
+    (["trainer.precision=17"], "trainer: ValueError: Precision 17 is invalid."),
+    (["callbacks.checkpoint.every_n_epochs=-1"],
+     "callbacks.checkpoint: MisconfigurationException: "),
+    (["model=cnn", "model.net.channels=[4,4,4,4,4]"],  # the net's error, inside the model's
+     "model: ValueError: channels=[4, 4, 4, 4, 4]: each entry is a conv's width")])
 def test_a_value_its_class_refuses_is_one_paragraph_and_leaves_nothing(tiny_data, tmp_path,
-                                                                       override, said):
+                                                                       overrides, said):
     with pytest.raises(RunEnded) as ended:  # not a traceback and a failed run to "resume"
-        train_run(tiny_data, tmp_path / "run", override)
+        train_run(tiny_data, tmp_path / "run", *overrides)
     assert ended.value.status == "discarded" and not (tmp_path / "run").exists()
     assert str(ended.value).startswith(said)
     key = said.split(":")[0]
