@@ -332,14 +332,13 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
     """The LightningModule of `cfg.model` for the data's shape, with `cfg.optim`'s optimizer."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     net = {**model.pop("net"), "input_shape": list(input_shape), "num_classes": num_classes}
-    return made(model, "model", net=net, num_classes=num_classes,  # the module builds the net
-                optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
+    return instantiate(model, net=net, num_classes=num_classes,  # the module builds the net
+                       optimizer=instantiate(cfg.optim.optimizer), _recursive_=False)
 
 
 def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
     """The run's datamodule; a value of `dataset.datamodule` its class does not take is a
     `ConfigError` (Hydra passes them untyped: `download=maybe` would be taken as true)."""
-    from hydra.errors import InstantiationException
     from hydra.utils import get_class
 
     hints = {}  # each __init__'s of the class and the project's classes above it
@@ -367,7 +366,10 @@ def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
     from bnstudy.trackers import make_loggers
 
     datamodule = build_datamodule(cfg.dataset.datamodule, to_absolute_path(cfg.paths.data_dir))
-    model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+    try:
+        model = build_model(cfg, datamodule.input_shape, datamodule.num_classes)
+    except InstantiationException as err:  # (here, not in build_model: eval rebuilds saved runs)
+        raise refused("model", err) from err
     callbacks = [made(c, f"callbacks.{name}") for name, c in cfg.callbacks.items() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar's callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -381,15 +383,18 @@ def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
 
 
 def made(node: DictConfig, key: str, **kwargs):
-    """`instantiate(node, **kwargs)`; a value its class refuses (`trainer.precision=17`,
-    `callbacks.hallucinations.objective=foo`) is a `ConfigError` naming `key`."""
+    """`instantiate(node, **kwargs)`; a value its class refuses is a `ConfigError` (`refused`)."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        cause = err  # (the net's error, made inside the model's)
-        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-            cause = cause.__cause__
-        raise ConfigError(
-            f"{key}: {first_line(cause)}, so nothing was run. Fix the {key}.* "
-            f"override it names (python -m bnstudy.train --cfg job --package {key} shows each "
-            "setting).") from err
+        raise refused(key, err) from err
+
+
+def refused(key: str, err: InstantiationException) -> ConfigError:
+    """The paragraph of a value the class at `key` refused when made (`trainer.precision=17`)."""
+    cause = err  # (the net's error, made inside the model's)
+    while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return ConfigError(
+        f"{key}: {first_line(cause)}, so nothing was run. Fix the {key}.* override it names "
+        f"(python -m bnstudy.train --cfg job --package {key} shows each setting).")
