@@ -34,7 +34,6 @@ from bnstudy.report.runs import (
     load_runs,
     never_started,
     norms_title,
-    running_jobs,
     settings,
 )
 from bnstudy.report.stats import ALPHA, SWEEPS, summary, verdicts
@@ -45,10 +44,10 @@ FIGURE_DPI = 100
 
 
 def report_markdown(sweep_dir: Path, runs: pd.DataFrame, summary_md: str, sections: list[str],
-                    unstarted: list[str], answer: str = "", used: int | None = None,
-                    live: bool = False) -> str:
+                    unstarted: list[str], answer: str = "", used: int | None = None) -> str:
     """The whole report.md: the header, the answer, the summary, the sections, the jobs left out
-    (`live`: the sweep still runs, so its unstarted jobs are yet to start)."""
+    (while a job trains, `running`, the unstarted ones are yet to start)."""
+    live = "status" in runs and bool((runs["status"] == "running").any())  # `load_run`: locked
     counts = runs["outcome"].value_counts()
     jobs = ", ".join(f"{counts.get(o, 0)} {o}" for o in OUTCOMES)
     if unstarted:
@@ -203,8 +202,7 @@ def _write(sweep_dir: Path, out: Path, runs: pd.DataFrame, everything: pd.DataFr
     answer = answer_section(verdict_table, results, budget.small, decide_command(sweep_dir))
     markdown = report_markdown(sweep_dir, everything, S.summary_table(table, keys),
                                [text for text, _ in made],
-                               never_started(sweep_dir, everything), answer, len(tuned) or None,
-                               live=bool(running_jobs(sweep_dir)))
+                               never_started(sweep_dir, everything), answer, len(tuned) or None)
     (out / "report.md").write_text(markdown)
     write_figures(figures, markdown, out, budget.scalars)
     from bnstudy.dashboard import MEAN_DIR, refresh_mean_runs
