@@ -26,16 +26,25 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def types_refused(value, hint) -> tuple[type, ...]:
-    """The types `hint` (one, or a union of classes) allows, if `value` is of none of them (a
+def types_refused(value, hint) -> tuple:
+    """What `hint` (a class, a `Literal` or a union of them) allows, if `value` is none of it (a
     whole number passes for a float, a bool for nothing but a bool); () if it is, or if `hint`
-    is not made of plain classes (a `Literal`, `list[int]`: not judged here)."""
-    allowed = typing.get_args(hint) or (hint,)
-    if not all(isinstance(t, type) and not typing.get_args(t) for t in allowed):
-        return ()
-    return () if type(value) in allowed or (type(value) is int and float in allowed) else allowed
+    has other parts (`list[int]`, a class's instance: not judged here)."""
+    union = typing.get_origin(hint) in (typing.Union, type(int | None))
+    allowed = []
+    for part in typing.get_args(hint) if union else (hint,):
+        if typing.get_origin(part) is typing.Literal:
+            allowed += typing.get_args(part)
+        elif isinstance(part, type) and not typing.get_args(part):
+            allowed.append(part)
+        else:
+            return ()
+    fits = any(type(value) is kind or (type(value) is int and kind is float) if isinstance(
+        kind, type) else value == kind for kind in allowed)
+    return () if fits else tuple(allowed)
 
 
-def type_names(types: tuple[type, ...]) -> str:
-    """`int or float or null`, as a refusal names the types a setting takes."""
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+def type_names(allowed: tuple) -> str:
+    """`int or float or null` (or `bool or 'warn'`), as a refusal names what a setting takes."""
+    return " or ".join("null" if t is type(None) else t.__name__ if isinstance(t, type) else
+                       repr(t) for t in allowed)

@@ -32,7 +32,7 @@ from bnstudy.config import (
     flat,
     group_defaults,
 )
-from bnstudy.errors import ConfigError, first_line
+from bnstudy.errors import ConfigError, first_line, type_names, types_refused
 
 
 def compose(overrides=()) -> DictConfig:
@@ -324,18 +324,24 @@ def typed_settings() -> dict[str, tuple[str, bool]]:
 
 
 @functools.cache
-def trainer_types() -> dict[str, tuple[str, bool]]:
-    """The Trainer's int, float and bool flags as `typed_settings`, from its signature's types
-    (Lightning imported only when a `trainer.` override asks: it takes seconds)."""
+def trainer_hints() -> dict[str, typing.Any]:
+    """The Trainer's flags' types by `trainer.` key, from its signature (Lightning imported only
+    when a `trainer.` override asks: it takes seconds)."""
     import lightning as L
 
+    return {f"trainer.{name}": hint
+            for name, hint in typing.get_type_hints(L.Trainer.__init__).items() if name != "return"}
+
+
+def trainer_types() -> dict[str, tuple[str, bool]]:
+    """The Trainer's int, float and bool flags as `typed_settings`."""
     found = {}
-    for name, hint in typing.get_type_hints(L.Trainer.__init__).items():
+    for key, hint in trainer_hints().items():
         kinds = set(typing.get_args(hint)) or {hint}
         names = {getattr(t, "__name__", "") for t in kinds - {type(None)}}
         kind = "float" if names == {"int", "float"} else names.pop() if len(names) == 1 else ""
-        if kind in NODES:  # (not `fast_dev_run`: an int or a bool, each meaning its own)
-            found[f"trainer.{name}"] = (kind, type(None) in kinds)
+        if kind in NODES:  # (`fast_dev_run`, `precision`, …: `_other_trainer_type`)
+            found[key] = (kind, type(None) in kinds)
     return found
 
 
@@ -346,18 +352,37 @@ def wrong_type(args: list[str]) -> str | None:
     for arg, override in _parsed(args):
         if override.key_or_group.startswith("trainer."):
             typed.update(trainer_types())
-        if override.key_or_group not in typed or override.is_add() or override.is_delete() or (
+        if override.is_add() or override.is_delete() or (
                 override.is_sweep_override() and not override.is_discrete_sweep()):
             continue  # (an interval: `interval_sweep`)
-        key, (kind, nullable) = override.key_or_group, typed[override.key_or_group]
+        key = override.key_or_group
         values = override.sweep_iterator() if override.is_sweep_override() else \
             [override.value()]
+        if key not in typed:
+            if key.startswith("trainer.") and (said := _other_trainer_type(arg, key, values)):
+                return said
+            continue
+        kind, nullable = typed[key]
         for value in values:
             try:
                 NODES[kind][0](value=value, is_optional=nullable)
             except ValidationError:
                 return (f"{arg}: {key} takes {NODES[kind][1]}{' or null' * nullable}, not "
                         f"{value!r}, so nothing was run. {_typed_example(key, kind)}")
+    return None
+
+
+def _other_trainer_type(arg: str, key: str, values) -> str | None:
+    """`wrong_type`'s paragraph for a Trainer flag of several types or named values
+    (`trainer.precision=bf16-mix`: "Did you mean trainer.precision=bf16-mixed?")."""
+    for value in values:
+        allowed = types_refused(value, trainer_hints().get(key))
+        named = [str(a) for a in allowed if not isinstance(a, type)]
+        if named or bool in allowed:  # (a text flag given a number: Lightning's own words)
+            near = difflib.get_close_matches(str(value), named, n=1)
+            return (f"{arg}: {key} takes {type_names(allowed)}, not {value!r}, so nothing was "
+                    "run. " + (f"Did you mean {key}={near[0]}?" if near else
+                               f"Type e.g. {key}={'true' if bool in allowed else named[0]}."))
     return None
 
 

@@ -108,7 +108,9 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
     assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
     for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
                  ["~seed", "+x=abc", "dataset.lr=interval(0.001,0.1)", "--cfg", "job"],
-                 ["optim.optimizer.lr=abc", "trainer.deterministic=warn"],  # not typed
+                 ["optim.optimizer.lr=abc", "trainer.deterministic=warn"],
+                 ["-m", "trainer.precision=16,bf16-mixed", "trainer.fast_dev_run=2",
+                  "trainer.accelerator=cpu"],
                  ["trainer.limit_train_batches=5", "trainer.gradient_clip_val=0.5"]):
         assert wrong_type(fine) is None
     assert wrong_type(["trainer.max_epochs=3", "trainer.enable_checkpointing=maybe"]) == (
@@ -117,6 +119,14 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
         "trainer.enable_checkpointing=false.")  # the Trainer's own types, from its signature
     assert "trainer.limit_val_batches takes a number or null, not 'half'," in wrong_type(
         ["trainer.limit_val_batches=half"])
+    assert wrong_type(["trainer.deterministic=maybe"]) == (  # a bool or a named value
+        "trainer.deterministic=maybe: trainer.deterministic takes bool or 'warn' or null, not "
+        "'maybe', so nothing was run. Type e.g. trainer.deterministic=true.")
+    assert "trainer.fast_dev_run takes int or bool, not 'maybe'" in wrong_type(
+        ["trainer.fast_dev_run=maybe"])
+    assert wrong_type(["-m", "trainer.precision=32,bf16-mix"]).endswith(
+        "'bf16' or null, not 'bf16-mix', so nothing was run. Did you mean "
+        "trainer.precision=bf16-mixed?")
     assert unknown_option(["-m", "norm=bn,", "none", "optim=sgd"]) == (
         "norm=bn, none: a space after a comma makes two words of one setting, so nothing was run. "
         "Type the values without spaces: norm=bn,none.")

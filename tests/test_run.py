@@ -290,7 +290,7 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
 
 
 @pytest.mark.parametrize(("overrides", "said"), [
-    (["trainer.precision=17"], "trainer: ValueError: Precision 17 is invalid."),
+    (["trainer.strategy=dpp"], "trainer: ValueError: You selected an invalid strategy name"),
     (["callbacks.checkpoint.every_n_epochs=-1"],
      "callbacks.checkpoint: MisconfigurationException: "),
     (["model=cnn", "model.net.channels=[4,4,4,4,4]"],  # the net's error, inside the model's
