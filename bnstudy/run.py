@@ -354,7 +354,7 @@ def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
     except InstantiationException as err:  # the class's own refusal, e.g. verify_checksums
         if isinstance(err.__cause__, DataError | ConfigError):
             raise err.__cause__ from None
-        raise
+        raise refused("dataset.datamodule", err) from err
 
 
 def build(cfg: DictConfig, trackers: dict | None = None, step: int | None = None
@@ -391,7 +391,7 @@ def made(node: DictConfig, key: str, **kwargs):
 
 
 def refused(key: str, err: InstantiationException) -> ConfigError:
-    """The paragraph of a value the class at `key` refused when made (`trainer.precision=17`)."""
+    """The paragraph of a value the class at `key` refused when made (`trainer.strategy=dpp`)."""
     cause = err  # (the net's error, made inside the model's)
     while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
         cause = cause.__cause__

@@ -291,6 +291,7 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
 
 @pytest.mark.parametrize(("overrides", "said"), [
     (["trainer.strategy=dpp"], "trainer: ValueError: You selected an invalid strategy name"),
+    (["+dataset.datamodule.foo=1"], "dataset.datamodule: TypeError: "),
     (["callbacks.checkpoint.every_n_epochs=-1"],
      "callbacks.checkpoint: MisconfigurationException: "),
     (["model=cnn", "model.net.channels=[4,4,4,4,4]"],  # the net's error, inside the model's
