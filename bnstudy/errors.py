@@ -44,7 +44,11 @@ def types_refused(value, hint) -> tuple:
     return () if fits else tuple(allowed)
 
 
+WORDS = {bool: "true or false", int: "an integer", float: "a number", type(None): "null"}
+
+
 def type_names(allowed: tuple) -> str:
-    """`int or float or null` (or `bool or 'warn'`), as a refusal names what a setting takes."""
-    return " or ".join("null" if t is type(None) else t.__name__ if isinstance(t, type) else
-                       repr(t) for t in allowed)
+    """`a number or null` (or `true or false or 'warn'`), as a refusal names what a setting
+    takes (an int where a float is taken: the number says it)."""
+    return " or ".join(WORDS.get(t, t.__name__) if isinstance(t, type) else repr(t)
+                       for t in allowed if not (t is int and float in allowed))

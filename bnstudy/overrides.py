@@ -2,7 +2,7 @@
 before Hydra composes them (an unknown key or option, a value of the wrong type, a setting some
 options of a swept group lack, a parallel launcher of no jobs, a sweeper against the
 experiment's, a launcher without -m), each one paragraph. Free of Lightning, as `config`,
-but for a `trainer.` override's type (`trainer_types`)."""
+but for a `trainer.` override's type (`trainer_hints`)."""
 
 from __future__ import annotations
 
@@ -329,60 +329,48 @@ def trainer_hints() -> dict[str, typing.Any]:
     when a `trainer.` override asks: it takes seconds)."""
     import lightning as L
 
-    return {f"trainer.{name}": hint
-            for name, hint in typing.get_type_hints(L.Trainer.__init__).items() if name != "return"}
-
-
-def trainer_types() -> dict[str, tuple[str, bool]]:
-    """The Trainer's int, float and bool flags as `typed_settings`."""
-    found = {}
-    for key, hint in trainer_hints().items():
-        kinds = set(typing.get_args(hint)) or {hint}
-        names = {getattr(t, "__name__", "") for t in kinds - {type(None)}}
-        kind = "float" if names == {"int", "float"} else names.pop() if len(names) == 1 else ""
-        if kind in NODES:  # (`fast_dev_run`, `precision`, …: `_other_trainer_type`)
-            found[key] = (kind, type(None) in kinds)
-    return found
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    return {f"trainer.{name}": hint for name, hint in hints.items() if name != "return"}
 
 
 def wrong_type(args: list[str]) -> str | None:
     """One paragraph for a value its setting's type refuses (`seed=0..3`, `dataset.lr=fast`,
-    each of a sweep's), with what to type; None if every value converts as Hydra converts it."""
+    each of a sweep's; a Trainer flag's by its signature), with what to type; None if every
+    value converts as Hydra converts it."""
     typed = typed_settings()
     for arg, override in _parsed(args):
-        if override.key_or_group.startswith("trainer."):
-            typed.update(trainer_types())
+        key = override.key_or_group
         if override.is_add() or override.is_delete() or (
                 override.is_sweep_override() and not override.is_discrete_sweep()):
             continue  # (an interval: `interval_sweep`)
-        key = override.key_or_group
         values = override.sweep_iterator() if override.is_sweep_override() else \
             [override.value()]
-        if key not in typed:
-            if key.startswith("trainer.") and (said := _other_trainer_type(arg, key, values)):
+        if key.startswith("trainer.") and key in trainer_hints():
+            if said := _trainer_type(arg, key, values):
                 return said
-            continue
-        kind, nullable = typed[key]
-        for value in values:
-            try:
-                NODES[kind][0](value=value, is_optional=nullable)
-            except ValidationError:
-                return (f"{arg}: {key} takes {NODES[kind][1]}{' or null' * nullable}, not "
-                        f"{value!r}, so nothing was run. {_typed_example(key, kind)}")
+        elif key in typed:
+            kind, nullable = typed[key]
+            for value in values:
+                try:
+                    NODES[kind][0](value=value, is_optional=nullable)
+                except ValidationError:
+                    return (f"{arg}: {key} takes {NODES[kind][1]}{' or null' * nullable}, not "
+                            f"{value!r}, so nothing was run. {_typed_example(key, kind)}")
     return None
 
 
-def _other_trainer_type(arg: str, key: str, values) -> str | None:
-    """`wrong_type`'s paragraph for a Trainer flag of several types or named values
-    (`trainer.precision=bf16-mix`: "Did you mean trainer.precision=bf16-mixed?")."""
+def _trainer_type(arg: str, key: str, values) -> str | None:
+    """`wrong_type`'s paragraph for a Trainer flag (`trainer.precision=bf16-mix`: "Did you mean
+    trainer.precision=bf16-mixed?"); a text flag is Lightning's to refuse."""
     for value in values:
-        allowed = types_refused(value, trainer_hints().get(key))
+        allowed = types_refused(value, trainer_hints()[key])
         named = [str(a) for a in allowed if not isinstance(a, type)]
-        if named or bool in allowed:  # (a text flag given a number: Lightning's own words)
+        if allowed and str not in allowed:
             near = difflib.get_close_matches(str(value), named, n=1)
             return (f"{arg}: {key} takes {type_names(allowed)}, not {value!r}, so nothing was "
                     "run. " + (f"Did you mean {key}={near[0]}?" if near else
-                               f"Type e.g. {key}={'true' if bool in allowed else named[0]}."))
+                               f"Type {key}=true or {key}=false." if bool in allowed else
+                               f"Type e.g. {key}={named[0] if named else 1}."))
     return None
 
 

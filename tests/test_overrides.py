@@ -120,9 +120,10 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
     assert "trainer.limit_val_batches takes a number or null, not 'half'," in wrong_type(
         ["trainer.limit_val_batches=half"])
     assert wrong_type(["trainer.deterministic=maybe"]) == (  # a bool or a named value
-        "trainer.deterministic=maybe: trainer.deterministic takes bool or 'warn' or null, not "
-        "'maybe', so nothing was run. Type e.g. trainer.deterministic=true.")
-    assert "trainer.fast_dev_run takes int or bool, not 'maybe'" in wrong_type(
+        "trainer.deterministic=maybe: trainer.deterministic takes true or false or 'warn' or "
+        "null, not 'maybe', so nothing was run. Type trainer.deterministic=true or "
+        "trainer.deterministic=false.")
+    assert "trainer.fast_dev_run takes an integer or true or false, not 'maybe'" in wrong_type(
         ["trainer.fast_dev_run=maybe"])
     assert wrong_type(["-m", "trainer.precision=32,bf16-mix"]).endswith(
         "'bf16' or null, not 'bf16-mix', so nothing was run. Did you mean "

@@ -31,8 +31,8 @@ QUICK = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
     pytest.param(["dataset.batch_size=1"], "dataset.batch_size=1 with norm=bn: BatchNorm "
                  "normalises over the batch, which one image cannot give", marks=pytest.mark.slow),
     (["dataset=cifar10", "dataset.datamodule.download=maybe"], "dataset.datamodule.download="
-     "'maybe': it takes bool or null."),  # untyped by Hydra: checked against the datamodule's
-    # own arguments, its base class's too
+     "'maybe': it takes true or false or null."),  # untyped by Hydra: checked against the
+    # datamodule's own arguments, its base class's too
     pytest.param(["dataset=cifar10", "dataset.datamodule.verify_checksums=maybe"],
                  "dataset.datamodule.verify_checksums='maybe' is not one of ('strict', 'warn', "
                  "'off').", marks=pytest.mark.slow),  # the class's own refusal, unwrapped
