@@ -53,7 +53,7 @@ PHASES = [  # (what is timed, module:[owner.]function; label; per "job" or "epoc
     ("bnstudy.callbacks:ImageCallback.on_train_end", "pictures when training ends", "job"),
     ("lightning.pytorch:Trainer.fit", "Trainer.fit", "job"),
     ("lightning.pytorch:Trainer.test", "Trainer.test", "job"),
-    ("bnstudy.train:train", "bnstudy.train.train (the job)", "job"),
+    ("bnstudy.train:train", "train(cfg), the run (bnstudy.run.train)", "job"),
     ("bnstudy.sweep:SweepSummary.on_job_end", "the sweep's view (+mean runs)", "job"),
     ("hydra.core.utils:run_job", "Hydra's job (all of the above but the compose)", "job"),
     ("hydra.plugins.sweeper:Sweeper.validate_batch_is_legal", CHECK, "sweep"),
