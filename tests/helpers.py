@@ -4,6 +4,7 @@ and `train(cfg)` in this process, building the project's pieces, hand-made sweep
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import struct
@@ -93,7 +94,8 @@ def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.Complete
     from bnstudy.console import StudyLines
 
     out, err, code = io.StringIO(), io.StringIO(), 0
-    kept = (sys.argv, os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT))
+    kept = (sys.argv, os.getcwd(), torch.get_num_threads(), signal.getsignal(signal.SIGINT),
+            list(logging.root.handlers))
     StudyLines.shown.clear()
     try:
         os.chdir(cwd)
@@ -110,6 +112,9 @@ def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.Complete
         os.chdir(kept[1])
         torch.set_num_threads(kept[2])
         signal.signal(signal.SIGINT, kept[3])  # Lightning ignores Ctrl-C after an interrupt
+        for handler in set(logging.root.handlers) - set(kept[4]):  # Hydra's train.log: its
+            logging.root.removeHandler(handler)  # folder goes when the test passes, and a
+            handler.close()  # later test's line would open it again there (FileNotFoundError)
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
 
 
