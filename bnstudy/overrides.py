@@ -345,7 +345,7 @@ def wrong_type(args: list[str]) -> str | None:
             continue  # (an interval: `interval_sweep`)
         values = override.sweep_iterator() if override.is_sweep_override() else \
             [override.value()]
-        if key.startswith("trainer.") and key in trainer_hints():
+        if key.startswith("trainer."):  # (a flag the Trainer lacks: `unknown_override`)
             if said := _trainer_type(arg, key, values):
                 return said
         elif key in typed:
@@ -363,7 +363,7 @@ def _trainer_type(arg: str, key: str, values) -> str | None:
     """`wrong_type`'s paragraph for a Trainer flag (`trainer.precision=bf16-mix`: "Did you mean
     trainer.precision=bf16-mixed?"); a text flag is Lightning's to refuse."""
     for value in values:
-        allowed = types_refused(value, trainer_hints()[key])
+        allowed = types_refused(value, trainer_hints().get(key))
         named = [str(a) for a in allowed if not isinstance(a, type)]
         if allowed and str not in allowed:
             near = difflib.get_close_matches(str(value), named, n=1)

@@ -105,6 +105,8 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
         "model.net.hidden_dim=3.5: model.net.hidden_dim takes an integer, not 3.5,")
     assert "takes an integer or null, not 'x'" in wrong_type(["seed=1", "dataset.train_size=x"])
     assert "seed takes an integer, not None," in wrong_type(["seed=null"])  # (not Optional)
+    assert "seed takes an integer," in wrong_type(["+optim.optimizer.weight_decay=0", "~x",
+                                                  "trainer.foo=1", "seed=abc"])  # each checked
     assert wrong_type(["resume=maybe"]).endswith("Type resume=true or resume=false.")
     for fine in (["-m", "seed=range(0,4)", "dataset.train_size=100,null", "resume=yes"],
                  ["~seed", "+x=abc", "dataset.lr=interval(0.001,0.1)", "--cfg", "job"],
