@@ -366,7 +366,7 @@ def _trainer_type(arg: str, key: str, values) -> str | None:
         allowed = types_refused(value, trainer_hints().get(key))
         named = [str(a) for a in allowed if not isinstance(a, type)]
         if allowed and str not in allowed:
-            near = difflib.get_close_matches(str(value), named, n=1)
+            near = difflib.get_close_matches(str(value), named)
             return (f"{arg}: {key} takes {type_names(allowed)}, not {value!r}, so nothing was "
                     "run. " + (f"Did you mean {key}={near[0]}?" if near else
                                f"Type {key}=true or {key}=false." if bool in allowed else

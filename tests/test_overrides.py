@@ -119,8 +119,11 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
         "trainer.enable_checkpointing=maybe: trainer.enable_checkpointing takes true or false or "
         "null, not 'maybe', so nothing was run. Type trainer.enable_checkpointing=true or "
         "trainer.enable_checkpointing=false.")  # the Trainer's own types, from its signature
-    assert "trainer.limit_val_batches takes a number or null, not 'half'," in wrong_type(
-        ["trainer.limit_val_batches=half"])
+    assert wrong_type(["trainer.limit_val_batches=half"]).endswith(
+        "trainer.limit_val_batches takes a number or null, not 'half', so nothing was run. Type "
+        "e.g. trainer.limit_val_batches=1.")
+    assert wrong_type(["trainer.precision=17"]).endswith(
+        "or null, not 17, so nothing was run. Type e.g. trainer.precision=64.")
     assert wrong_type(["trainer.deterministic=maybe"]) == (  # a bool or a named value
         "trainer.deterministic=maybe: trainer.deterministic takes true or false or 'warn' or "
         "null, not 'maybe', so nothing was run. Type trainer.deterministic=true or "
