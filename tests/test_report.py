@@ -399,6 +399,9 @@ def test_cli_mistakes_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch,
         (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
     assert "runs holds single runs (`python -m bnstudy.train` without -m), not the jobs of a " \
         "sweep" in refused(tmp_path / "runs")
+    (sweep := write_job(tmp_path / "runs" / "sweep", [0.5]).parent / "multirun.yaml").touch()
+    assert f"runs holds sweeps, not runs (1: sweep). Pass one of them, e.g. {sweep.parent}." \
+        in refused(tmp_path / "runs")  # a sweep beside the single runs: it is named
     said = refused(job)  # one run's folder: its files named, and what to run
     assert f"{job} is a single run's directory (`python -m bnstudy.train` without -m); the " \
         "report compares the runs of a sweep. This run's results are in its metrics.json and " \

@@ -76,10 +76,10 @@ def sweep_jobs(sweep_dir: Path) -> list[Path]:
             f"or a {RECORD_NAME}. Pass the directory of a multirun of `python -m bnstudy.train "
             "-m ...` (its hydra.sweep.dir), not a single run's directory or its parent."))
     if not (sweep_dir / "multirun.yaml").is_file() and all(_single(job) for job in dirs):
-        raise ReportError(
+        raise ReportError(folder_of_sweeps(sweep_dir) or (  # (sweeps beside them: one of those)
             f"{sweep_dir} holds single runs (`python -m bnstudy.train` without -m), not the jobs "
             "of a sweep, which is what the report compares. Run the comparison as a sweep, "
-            "e.g. python -m bnstudy.train -m norm=bn,none, and pass its folder.")
+            "e.g. python -m bnstudy.train -m norm=bn,none, and pass its folder."))
     return dirs
 
 
