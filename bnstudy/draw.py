@@ -214,9 +214,19 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; {len(done)} already drawn with this recipe" if done else "")
           + (f"; {len(skipped)} diverged (no pictures)" if skipped else "")
           + (f"; {len(problems)} could not be drawn: {', '.join(problems)}" if problems else "")
-          + (f". Report: python -m bnstudy.report {study_dir(args.path)}"
-             if drawn + len(done) and paths != [args.path] else "."))
+          + (_report_of(args.path) if drawn + len(done) else "."))
     return 1 if problems else 0
+
+
+def _report_of(path: Path) -> str:
+    """`. Report: <its command>` where the report takes the folder (a sweep's), else `.`."""
+    from bnstudy.report.runs import ReportError, sweep_jobs
+
+    try:
+        sweep_jobs(folder := study_dir(path))
+    except ReportError:  # a run, or single runs (`outputs/runs`)
+        return "."
+    return f". Report: python -m bnstudy.report {folder}"
 
 
 if __name__ == "__main__":

@@ -202,12 +202,16 @@ def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_other
     assert f"{held.name}: not drawn, it is in use: another draw in process {os.getpid()}" in err
     assert f"{diverged.name}: diverged: no pictures" in out
     assert f"Drew 1 of 5 run(s); 1 diverged (no pictures); 3 could not be drawn: {broken.name}, " \
-        f"{running.name}, {held.name}" in out
+        f"{running.name}, {held.name}. Report: python -m bnstudy.report {ok.parent}\n" in out
     assert after == before  # nothing written into them
     assert not list((broken / "images").glob(".*"))  # no drawing folder left
     (running / "metrics.json").unlink()  # one run named: exit 1 when it cannot be drawn
     assert draw.main([str(running)]) == 1
     assert f"{running.name}: not finished (no metrics.json)" in capsys.readouterr().err
+    for job in ok.parent.iterdir():  # single runs (`outputs/runs`), which the report refuses:
+        (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")  # not named
+    draw.main([str(ok.parent), "steps=2"])
+    assert capsys.readouterr().out.endswith(f"could not be drawn: {broken.name}, {running.name}.\n")
 
 
 @pytest.mark.parametrize("args, message", [
