@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import typing
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
-from bnstudy.errors import DataError, RunFileError, first_line, type_names, types_refused
+from bnstudy.errors import DataError, RunFileError, first_line
+from bnstudy.overrides import trainer_hints, trainer_type
 from bnstudy.records import is_job_dir, write_json_atomic
 
 SET_HERE = ("devices", "strategy", "num_nodes", "logger", "enable_checkpointing", "callbacks",
@@ -25,22 +25,18 @@ SET_HERE = ("devices", "strategy", "num_nodes", "logger", "enable_checkpointing"
 
 
 def parse_settings(items: list[str]) -> tuple[str | None, dict]:
-    """`paths.data_dir` and the Trainer flags given (`trainer.*`), parsed as Hydra does."""
+    """`paths.data_dir` and the Trainer flags given (`trainer.*`), parsed and typed as the
+    training command line's (`overrides.trainer_type`)."""
     import difflib
-    import inspect
 
-    data_dir, trainer, flags = None, {}, None
+    data_dir, trainer = None, {}
     for item in items:
         key, value = rebuild.parse_setting(item, "; give KEY=VALUE.")
         if key == "paths.data_dir":
             data_dir = str(value)
         elif key.startswith("trainer.") and key.count(".") == 1:
-            if flags is None:  # Lightning takes seconds to import: only for a flag given
-                from lightning.pytorch import Trainer
-
-                flags = list(inspect.signature(Trainer.__init__).parameters)[1:]
-                hints = typing.get_type_hints(Trainer.__init__)
-            if (flag := key.split(".", 1)[1]) not in flags:
+            flag, flags = key.split(".", 1)[1], [k.split(".", 1)[1] for k in trainer_hints()]
+            if flag not in flags:  # (Lightning imported for a flag given only: it takes seconds)
                 near = difflib.get_close_matches(flag, flags, n=1)
                 raise rebuild.UsageError(
                     f"{key}: the Trainer has no such flag"
@@ -49,9 +45,8 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
             if flag in SET_HERE:
                 raise rebuild.UsageError(f"{key}: eval sets it itself (one device; no logger, "
                                          "checkpoints or callbacks).")
-            if flag in hints and (allowed := types_refused(value, hints[flag])):
-                raise rebuild.UsageError(f"{key}={value!r}: the Trainer takes "
-                                         f"{type_names(allowed)}.")
+            if said := trainer_type(item, key, [value]):
+                raise rebuild.UsageError(said)
             trainer[flag] = value
         else:
             raise rebuild.UsageError(

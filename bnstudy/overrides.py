@@ -346,7 +346,7 @@ def wrong_type(args: list[str]) -> str | None:
         values = override.sweep_iterator() if override.is_sweep_override() else \
             [override.value()]
         if key.startswith("trainer."):  # (a flag the Trainer lacks: `unknown_override`)
-            if said := _trainer_type(arg, key, values):
+            if said := trainer_type(arg, key, values):
                 return said
         elif key in typed:
             kind, nullable = typed[key]
@@ -359,9 +359,9 @@ def wrong_type(args: list[str]) -> str | None:
     return None
 
 
-def _trainer_type(arg: str, key: str, values) -> str | None:
-    """`wrong_type`'s paragraph for a Trainer flag (`trainer.precision=bf16-mix`: "Did you mean
-    trainer.precision=bf16-mixed?"); a text flag is Lightning's to refuse."""
+def trainer_type(arg: str, key: str, values) -> str | None:
+    """`wrong_type`'s (and eval's) paragraph for a Trainer flag (`trainer.precision=bf16-mix`:
+    "Did you mean trainer.precision=bf16-mixed?"); a text flag is Lightning's to refuse."""
     for value in values:
         allowed = types_refused(value, trainer_hints().get(key))
         named = [str(a) for a in allowed if not isinstance(a, type)]
