@@ -35,9 +35,10 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
         if key == "paths.data_dir":
             data_dir = str(value)
         elif key.startswith("trainer.") and key.count(".") == 1:
-            flag, flags = key.split(".", 1)[1], [k.split(".", 1)[1] for k in trainer_hints()]
-            if flag not in flags:  # (Lightning imported for a flag given only: it takes seconds)
-                near = difflib.get_close_matches(flag, flags, n=1)
+            flag = key.split(".", 1)[1]
+            if key not in trainer_hints():  # (Lightning imported for a flag given only: seconds)
+                near = difflib.get_close_matches(
+                    flag, [k.split(".", 1)[1] for k in trainer_hints()], n=1)
                 raise rebuild.UsageError(
                     f"{key}: the Trainer has no such flag"
                     + (f"; did you mean trainer.{near[0]}?" if near else
