@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from helpers import FAST, REPO, TINY_SETTINGS, read_record, write_cifar10, write_mnist
+from helpers import FAST, REPO, TINY_SETTINGS, TINY_SWEEP, read_record, write_cifar10, write_mnist
 
 # `tests.faults.*`, the fault tests' Hydra targets, from any runner: mutmut's in-process pytest
 # has no cwd on the path, and its PYTHONPATH folder (mutants/) may not have existed at start-up
@@ -105,9 +105,6 @@ class FinishedSweep(NamedTuple):
     records: dict[str, dict]  # each job's metrics.json, by job directory name, in job order
     console: str  # what the terminal showed: stderr and stdout as one stream
 
-
-# The study's grid, one seed: 2 datasets x 2 norms x 2 optimizers.
-TINY_SWEEP = ("dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", "seed=0")
 
 
 class TinySweepRun:

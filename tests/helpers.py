@@ -79,6 +79,7 @@ FAST = [
 TINY_SETTINGS = ("trainer.max_epochs=2", "callbacks.weight_grid.every_n_epochs=1",
                  "callbacks.hallucinations.every_n_epochs=0", "callbacks.hallucinations.steps=5",
                  "model.net.hidden_dim=64")
+TINY_SWEEP = ("dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", "seed=0")  # 2 x 2 x 2
 
 
 def run_module(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

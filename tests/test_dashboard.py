@@ -1,5 +1,4 @@
-"""What TensorBoard shows of a sweep (bnstudy.dashboard) and what its console says: the pieces
-directly; the slow tests ask a real `tensorboard` server on 127.0.0.1 what a browser would get."""
+"""bnstudy.dashboard's pieces; slow: what a real `tensorboard` server and the console show."""
 
 from __future__ import annotations
 
@@ -24,13 +23,14 @@ from helpers import REPO, read_run, scalars, tiny_fit
 # -- fast: the dashboard's pieces ----------------------------------------------------------
 
 
-def experiment_in(log_dir: Path):
-    """The HParams experiment (api_pb2.Experiment) written into the events of `log_dir`."""
+def hparams_in(log_dir: Path, kind: str = "experiment"):
+    """The HParams plugin's `kind` (experiment, session_start_info) in the events of `log_dir`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
     content = EventAccumulator(str(log_dir)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
-    return metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    tag = getattr(metadata, f"{kind.upper()}_TAG")
+    return getattr(metadata, f"parse_{kind}_plugin_data")(content[tag])
 
 
 def domain(info) -> list:
@@ -66,12 +66,12 @@ def test_comparison_layout_has_a_category_per_pair_whose_charts_match_only_its_t
         ["mnist-sgd"]).value[0].tensor.string_val[0]).category)  # a single run's: open
 
 
-def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.plugins.hparams import metadata
+def test_a_session_is_named_after_its_run_and_the_experiment_lists_what_varies_first(tmp_path):
+    """Numbers as numbers; the experiment: what varies first, marked, then the study choices."""
+    from tensorboard.plugins.hparams import api_pb2
     from torch.utils.tensorboard import SummaryWriter
 
-    from bnstudy.dashboard import tb_value, write_session
+    from bnstudy.dashboard import METRICS, tb_value, write_session, write_sweep_experiment
 
     assert [tb_value(v) for v in (0, 64, -1, 0.001, True, None, [16, 32], "bn")] == \
         [0.0, 64.0, -1.0, 0.001, True, "None", "[16, 32]", "bn"]
@@ -80,21 +80,12 @@ def test_session_is_named_after_its_run_with_numbers_as_numbers(tmp_path):
     with SummaryWriter(str(run)) as writer:
         write_session(writer, {"dataset": "mnist", "seed": 1, "lr": 0.001, "batch_size": 64,
                                "trainer.gradient_clip_val": None})
-    content = EventAccumulator(str(run)).Reload().PluginTagToContent(metadata.PLUGIN_NAME)
-    info = metadata.parse_session_start_info_plugin_data(
-        content[metadata.SESSION_START_INFO_TAG])
+    info = hparams_in(run, "session_start_info")
     assert info.group_name == "3_mnist-none-adam-seed1"  # the table's trial ID, not a hash
     assert {k: v.WhichOneof("kind") for k, v in info.hparams.items()} == {
         "dataset": "string_value", "seed": "number_value", "lr": "number_value",
         "batch_size": "number_value", "trainer.gradient_clip_val": "string_value"}
     assert info.hparams["seed"].number_value == 1 and info.hparams["batch_size"].number_value == 64
-
-
-def test_the_experiment_lists_what_varies_first_marked_then_the_fixed_study_choices(tmp_path):
-    from tensorboard.plugins.hparams import api_pb2
-
-    from bnstudy.dashboard import METRICS, write_sweep_experiment
-
     base = {"dataset": "mnist", "model": "mlp", "depth": 1, "norm": "bn", "optim": "sgd",
             "seed": 0, "lr": 0.01, "batch_size": 64, "hidden_dim": 256, "max_epochs": 3,
             "trainer.gradient_clip_val": None}
@@ -103,33 +94,28 @@ def test_the_experiment_lists_what_varies_first_marked_then_the_fixed_study_choi
             ((0.01, None), (0.1, 1.0))]
     runs.append(base | {"norm": "none", "optim.optimizer.momentum": 0.9})  # only in one run
     write_sweep_experiment(tmp_path, runs)  # (tensorboard's own writer: no torch)
-    exp = experiment_in(tmp_path)
+    exp = hparams_in(tmp_path)
     infos = {i.name: i for i in exp.hparam_infos}
     varying = ["norm", "lr", "batch_size", "trainer.gradient_clip_val",
                "optim.optimizer.momentum"]
     assert list(infos) == varying + ["dataset", "optim", "seed"]
     assert [i.name for i in exp.hparam_infos if i.differs] == varying
-    assert domain(infos["norm"]) == ["bn", "none"]
-    assert domain(infos["batch_size"]) == [8, 32, 64, 128]  # integers, as numbers, in order
-    assert infos["batch_size"].type == api_pb2.DATA_TYPE_FLOAT64
-    assert domain(infos["lr"]) == [0.01, 0.1] and infos["lr"].type == api_pb2.DATA_TYPE_FLOAT64
-    assert domain(infos["trainer.gradient_clip_val"]) == ["1.0", "None"]  # one type a domain
-    assert domain(infos["seed"]) == [0] and domain(infos["dataset"]) == ["mnist"]
+    domains = {"norm": ["bn", "none"], "batch_size": [8, 32, 64, 128], "lr": [0.01, 0.1],
+               "trainer.gradient_clip_val": ["1.0", "None"], "seed": [0], "dataset": ["mnist"]}
+    assert {name: domain(infos[name]) for name in domains} == domains  # numbers in order
+    assert infos["batch_size"].type == infos["lr"].type == api_pb2.DATA_TYPE_FLOAT64
     assert [m.name.tag for m in exp.metric_infos] == list(METRICS) == \
         ["val/acc", "val/loss", "test/acc", "test/loss"]
-    write_sweep_experiment(tmp_path / "single", [{  # a single run: the study choices
-        "dataset": "cifar10", "norm": "none", "optim": "adam", "seed": 3, "lr": 0.001,
-        "depth": 2}])
-    assert [(i.name, i.differs, domain(i)) for i in experiment_in(tmp_path / "single")
+    write_sweep_experiment(tmp_path / "single", [dict(  # a single run: the study choices
+        dataset="cifar10", norm="none", optim="adam", seed=3, lr=0.001, depth=2)])
+    assert [(i.name, i.differs, domain(i)) for i in hparams_in(tmp_path / "single")
             .hparam_infos] == [("dataset", False, ["cifar10"]), ("norm", False, ["none"]),
                                ("optim", False, ["adam"]), ("seed", False, [3])]
 
 
 @pytest.mark.slow
 def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_path):
-    """Validating every other epoch, twice an epoch: the compared curves hold exactly the
-    points of Lightning's own `train/loss`, `val/loss`, `val/acc` (no stale copies in the
-    epoch after a validated one, none from the sanity check)."""
+    """Validating every other epoch, twice an epoch: no stale copies, none from the sanity check."""
     from bnstudy.callbacks import ComparisonCurves
     from bnstudy.dashboard import COMPARED, compare_tag
 
@@ -148,8 +134,7 @@ def test_comparison_curves_are_lightnings_curves_point_for_point(tiny_data, tmp_
 
 def mean_record(dataset: str, norm: str, optim: str, seed: int, accs: list[float],
                 status: str = "ok", swept: str = "") -> dict:
-    """A job's record as the entry point leaves it: a history row per validation accuracy in
-    `accs` (10 steps an epoch; train loss 1 - acc), its run name with the `swept` settings."""
+    """A job's record: a history row (10 steps) per val accuracy in `accs`, train loss 1 - acc."""
     history = [{"epoch": e, "step": 10 * (e + 1), "train/loss": 1 - acc, "train/acc": acc,
                 "val/loss": 2 * (1 - acc), "val/acc": acc} for e, acc in enumerate(accs)]
     return {"status": status, "run_name": f"{dataset}-{norm}-{optim}-seed{seed}{swept}",
@@ -158,8 +143,7 @@ def mean_record(dataset: str, norm: str, optim: str, seed: int, accs: list[float
 
 
 def mean_job(sweep: Path, *args, events: bool = False, **kwargs) -> Path:
-    """`mean_record`'s job in `sweep`, numbered after the jobs there; with `events`, its
-    TensorBoard events as a run writes them: the compared curves and its pair's layout."""
+    """`mean_record`'s next job in `sweep`; with `events`, its compared curves and layout."""
     from torch.utils.tensorboard import SummaryWriter
 
     from bnstudy.dashboard import COMPARED, compare_tag, comparison_summary, pair_name
@@ -172,9 +156,8 @@ def mean_job(sweep: Path, *args, events: bool = False, **kwargs) -> Path:
         pair = pair_name(record["hparams"]["dataset"], record["hparams"]["optim"])
         with SummaryWriter(str(job)) as writer:
             writer.file_writer.add_summary(comparison_summary([pair], closed=True))
-            for row in record["history"]:
-                for metric in COMPARED:
-                    writer.add_scalar(compare_tag(pair, metric), row[metric], row["step"] - 1)
+            for row, metric in itertools.product(record["history"], COMPARED):
+                writer.add_scalar(compare_tag(pair, metric), row[metric], row["step"] - 1)
     (job / "metrics.json").write_text(json.dumps(record))
     return job
 
@@ -214,13 +197,21 @@ def test_mean_curves_hold_each_lines_mean_and_std_over_its_finished_seeds():
     assert curves["bn-lr=0.1"]["mnist-sgd"]["val/acc"] == [(9, 0.2, 0.0, 1), (19, 0.3, 0.0, 1)]
 
 
-def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path):
-    from bnstudy.dashboard import mean_tag, refresh_mean_runs
+def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path, caplog):
+    """A refresh waits for the one in progress; a failed one is a warning, not a job's failure."""
+    from filelock import FileLock, Timeout
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from bnstudy.dashboard import mean_tag, refresh_mean_runs, refresh_sweep_view
 
     mean_job(tmp_path, "mnist", "bn", "sgd", 0, [0.5, 0.7])
+    (tmp_path / "+mean").mkdir()
+    with FileLock(tmp_path / "+mean" / ".lock"), pytest.raises(Timeout):
+        refresh_mean_runs(tmp_path, timeout=0.2)
+    assert not list((tmp_path / "+mean").glob("*/*"))
     mean_job(tmp_path, "mnist", "none", "sgd", 0, [0.4, 0.5])
     mean_job(tmp_path, "mnist", "bn", "sgd", 1, [0.6], status="running")
-    assert refresh_mean_runs(tmp_path) == ["+mean/bn", "+mean/none"]
+    assert refresh_mean_runs(tmp_path, timeout=0.2) == ["+mean/bn", "+mean/none"]
     (tmp_path / "2_mnist-bn-sgd-seed1" / "metrics.json").write_text(
         json.dumps(mean_record("mnist", "bn", "sgd", 1, [0.6, 0.9])))  # the job ends
     mean_job(tmp_path, "cifar10", "bn", "adam", 0, [0.3, 0.4], status="running")  # starts
@@ -236,9 +227,8 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
         got = scalars[mean_tag("mnist-sgd", "val/acc", part)]  # the second refresh's points only
         assert [step for step, _ in got] == [9, 19] and np.allclose([v for _, v in got], values)
     # a category per pair of the sweep, in its order (a running job's pair too), with the seeds
-    assert [c.title for c in categories] == [
-        "mnist · sgd · mean ± std over seeds (bn 2, none 1)",
-        "cifar10 · adam · mean ± std over seeds"]
+    assert [c.title for c in categories] == ["mnist · sgd · mean ± std over seeds (bn 2, none 1)",
+                                             "cifar10 · adam · mean ± std over seeds"]
     charts = categories[0].chart
     assert [c.title for c in charts] == ["mnist · sgd · train/loss", "mnist · sgd · val/loss",
                                          "mnist · sgd · val/acc"]
@@ -246,20 +236,22 @@ def test_each_refresh_replaces_what_tensorboard_shows_of_the_mean_runs(tmp_path)
         tuple(mean_tag("mnist-sgd", "val/acc", part) for part in ("mean", "lower", "upper"))]
     assert read_run(tmp_path / "+mean" / "none")[1] == categories  # the same layout
     assert not any(c.closed for c in categories)  # the first page's charts, open
-
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
     plan = tmp_path / "multirun.yaml"  # Hydra's, when the sweep started: the runs' date
     plan.write_text("{}")
     os.utime(plan, (1_700_000_000, 1_700_000_000))
     refresh_mean_runs(tmp_path)
     newest = sorted(run.glob("events.out.tfevents.*"))[-1]
     assert {e.wall_time for e in EventFileLoader(str(newest)).Load()} == {1_700_000_000}
+    shutil.rmtree(tmp_path / "+mean")
+    (tmp_path / "+mean").write_text("not a folder")  # not the job's failure:
+    caplog.clear()
+    refresh_sweep_view(tmp_path)
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert f"mean-over-seeds view in {tmp_path}/+mean was not updated" in warning.getMessage()
 
 
 def test_a_tuned_sweeps_mean_runs_are_each_norms_kept_reruns(tmp_path):
-    """Not a `+mean` run per candidate setting: each norm's kept setting's re-runs, over seeds
-    (each pair its own setting); nothing while the sweep still searches."""
+    """Not a `+mean` run per candidate setting; nothing while the sweep still searches."""
     from bnstudy.dashboard import mean_tag, refresh_mean_runs
 
     jobs = {(norm, lr, seed): mean_job(tmp_path, "mnist", norm, "sgd", seed, [acc, acc + d],
@@ -275,25 +267,6 @@ def test_a_tuned_sweeps_mean_runs_are_each_norms_kept_reruns(tmp_path):
     scalars, _ = read_run(tmp_path / "+mean" / "bn")
     assert np.allclose([v for _, v in scalars[mean_tag("mnist-sgd", "val/acc", "mean")]],
                        [0.8, 0.85])  # lr=0.1's seeds alone
-
-
-def test_a_refresh_waits_for_the_one_in_progress_and_a_failed_one_is_a_warning(tmp_path,
-                                                                               caplog):
-    from filelock import FileLock, Timeout
-
-    from bnstudy.dashboard import refresh_mean_runs, refresh_sweep_view
-
-    mean_job(tmp_path, "mnist", "bn", "sgd", 0, [0.5, 0.7])
-    (tmp_path / "+mean").mkdir()
-    with FileLock(tmp_path / "+mean" / ".lock"), pytest.raises(Timeout):
-        refresh_mean_runs(tmp_path, timeout=0.2)
-    assert not list((tmp_path / "+mean").glob("*/*"))
-    assert refresh_mean_runs(tmp_path, timeout=0.2) == ["+mean/bn"]
-    shutil.rmtree(tmp_path / "+mean")
-    (tmp_path / "+mean").write_text("not a folder")  # not the job's failure:
-    refresh_sweep_view(tmp_path)
-    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
-    assert f"mean-over-seeds view in {tmp_path}/+mean was not updated" in warning.getMessage()
 
 
 def test_browse_url_opens_custom_scalars_on_the_mean_runs_alone():
@@ -316,11 +289,8 @@ def test_browse_url_opens_custom_scalars_on_the_mean_runs_alone():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("load_fast", ["true", "false"], ids=["rustboard", "python"])
-def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
-        load_fast, tmp_path):
-    """56 runs (7 seeds of the default study's grid) and their `+mean` runs, read by the real
-    server with either loader: the page the URL opens holds BN and no BN as mean ± std per
-    pair; a job that ends while it runs moves the mean; the per-run curves are still there."""
+def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(load_fast, tmp_path):
+    """56 runs and their `+mean` runs, either loader; a job that ends meanwhile moves the mean."""
     from bnstudy.dashboard import BROWSE_URL, mean_tag, refresh_mean_runs
 
     (tmp_path / "multirun.yaml").write_text("{}")  # as Hydra writes it when a sweep starts
@@ -328,12 +298,11 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
     accs = {key: rng.uniform(0.1, 0.9, 3).round(4) for key in itertools.product(
         ("mnist", "cifar10"), ("bn", "none"), ("sgd", "adam"), range(8))}
 
-    def add(seed: int) -> None:
-        for (dataset, norm, optim, s), values in accs.items():
+    def add(*seeds: int) -> None:  # seed by seed
+        for seed, ((dataset, norm, optim, s), values) in itertools.product(seeds, accs.items()):
             if s == seed:
                 mean_job(tmp_path, dataset, norm, optim, s, list(values), events=True)
-    for seed in range(7):
-        add(seed)
+    add(*range(7))
     assert refresh_mean_runs(tmp_path) == ["+mean/bn", "+mean/none"]
 
     def series(url: str, run: str, pair: str) -> dict:
@@ -343,16 +312,14 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
         return {t.rsplit("/", 1)[1]: [(e[1], e[2]) for e in data["tag_to_events"].get(t, [])]
                 for t in tags}
 
-    def expected(seeds: int, norm: str, pair: str) -> dict:
-        dataset, optim = pair.split("-")
-        values = np.array([accs[dataset, norm, optim, s] for s in range(seeds)])
-        mean, std = values.mean(0), values.std(0, ddof=1)
-        return {"mean": mean, "lower": mean - std, "upper": mean + std}
-
-    def shows(url: str, seeds: int) -> bool:
-        for run in ("+mean/bn", "+mean/none"):
-            got = series(url, run, "cifar10-adam")
-            want = expected(seeds, run.split("/")[1], "cifar10-adam")
+    def shows(url: str, seeds: int, pairs=("cifar10-adam",)) -> bool:
+        """Both mean runs hold each pair's mean ± std over `seeds` seeds at its 3 epochs."""
+        for pair, norm in itertools.product(pairs, ("bn", "none")):
+            dataset, optim = pair.split("-")
+            values = np.array([accs[dataset, norm, optim, s] for s in range(seeds)])
+            mean, std = values.mean(0), values.std(0, ddof=1)
+            got = series(url, f"+mean/{norm}", pair)
+            want = {"mean": mean, "lower": mean - std, "upper": mean + std}
             if any([s for s, _ in got[part]] != [9, 19, 29] or
                    not np.allclose([v for _, v in got[part]], want[part]) for part in want):
                 return False
@@ -362,8 +329,7 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
                             log=tmp_path.parent / f"tensorboard-{load_fast}.log") as url:
         runs = get_json(f"{url}/data/runs")  # by start: the mean runs first (first colours)
         assert len(runs) == 58 and runs[:2] == ["+mean/bn", "+mean/none"]
-        # the URL's filter keeps the mean runs alone: they are what the page selects
-        regex = re.compile(urllib.parse.unquote(BROWSE_URL.split("regexInput=")[1]))
+        regex = re.compile(urllib.parse.unquote(BROWSE_URL.split("regexInput=")[1]))  # its filter
         assert sorted(run for run in runs if regex.search(run)) == ["+mean/bn", "+mean/none"]
         layout = get_json(f"{url}/data/plugin/custom_scalars/layout")["category"]
         pairs = ["mnist · sgd", "mnist · adam", "cifar10 · sgd", "cifar10 · adam"]
@@ -371,12 +337,7 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
             [f"{p} · mean ± std over 7 seed(s) each" for p in pairs] + pairs
         for category in layout[:4]:
             assert [len(chart["margin"]["series"]) for chart in category["chart"]] == [1, 1, 1]
-        for dataset in ("mnist", "cifar10"):
-            for optim in ("sgd", "adam"):
-                pair = f"{dataset}-{optim}"
-                for norm in ("bn", "none"):
-                    got, want = series(url, f"+mean/{norm}", pair), expected(7, norm, pair)
-                    assert all(np.allclose([v for _, v in got[p]], want[p]) for p in want)
+        assert shows(url, 7, [p.replace(" · ", "-") for p in pairs])
 
         add(7)  # eight more jobs end while the server runs
         refresh_mean_runs(tmp_path)
@@ -392,21 +353,13 @@ def test_tensorboard_opens_on_bn_against_none_over_seeds_at_any_number_of_runs(
 
 # -- slow: a real sweep, its console and the real TensorBoard server ---------------------
 
-PAIRS = {(d, o) for d in ("mnist", "cifar10") for o in ("sgd", "adam")}  # conftest.TINY_SWEEP
 JOBS = 8
 STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url: str, body: dict | None = None, timeout: float = 10):
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only
     with opener.open(request, timeout=timeout) as response:
         return json.loads(response.read())
@@ -414,9 +367,10 @@ def get_json(url: str, body: dict | None = None, timeout: float = 10):
 
 @contextlib.contextmanager
 def tensorboard_server(logdir: Path, ready, *flags: str, log: Path):
-    """The URL of a real `tensorboard --logdir <logdir> [flags]` server on 127.0.0.1 (a free
-    port, reloading every second), once `ready(url)` is true (within 90 s); stopped after."""
-    port = free_port()
+    """The URL of a real `tensorboard --logdir <logdir>` on 127.0.0.1, once `ready(url)`."""
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     with log.open("w") as out:
         proc = subprocess.Popen(
             [Path(sys.executable).with_name("tensorboard"), "--logdir", str(logdir),
@@ -437,8 +391,7 @@ def tensorboard_server(logdir: Path, ready, *flags: str, log: Path):
 
 
 def wait_for(condition, seconds: float, why) -> None:
-    """Until `condition()` is true (connection errors count as false); fails after `seconds`
-    with `why()`."""
+    """Until `condition()` (an OSError counts as false); fails after `seconds` with `why()`."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -452,14 +405,12 @@ def wait_for(condition, seconds: float, why) -> None:
 
 @pytest.fixture(scope="module")
 def tensorboard(tiny_sweep, tmp_path_factory):
-    """The URL of a `tensorboard --logdir <sweep>` server, once it has read all the runs (the
-    `+mean` ones too) and the sweep's HParams experiment."""
+    """A `tensorboard --logdir <sweep>`, once it has read every run and the HParams experiment."""
     sweep_dir, records, _ = tiny_sweep
 
     def ready(url: str) -> bool:
         tags = get_json(f"{url}/data/plugin/scalars/tags", timeout=5)
-        # every job's last scalar, and the sweep's experiment (written after them into
-        # a job's events; without it TensorBoard lists every setting, batch_size too)
+        # every job's last scalar, then the sweep's experiment (else it lists batch_size too)
         experiment = get_json(f"{url}/data/plugin/hparams/experiment",
                               {"experimentName": ""}, timeout=5)
         names = {h["name"] for h in experiment.get("hparamInfos", [])}
@@ -473,7 +424,8 @@ def tensorboard(tiny_sweep, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(tiny_sweep, tensorboard):
+def test_custom_scalars_and_hparams_show_exactly_the_sweeps_runs(tiny_sweep, tensorboard):
+    """Custom Scalars: a chart per pair of its runs; HParams: a row per run, no duplicate tags."""
     _, records, _ = tiny_sweep
     layout = get_json(f"{tensorboard}/data/plugin/custom_scalars/layout")
     tags = get_json(f"{tensorboard}/data/plugin/scalars/tags")
@@ -483,11 +435,11 @@ def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(tiny_sweep, ten
     assert [bool(c.get("closed")) for c in layout["category"]] == [  # closed (the Browse
         title not in means for title in categories]  # link's filter leaves them no run)
     categories = {title: charts for title, charts in categories.items() if title not in means}
-    assert sorted(categories) == sorted(f"{d} · {o}" for d, o in PAIRS)
+    assert sorted(categories) == sorted(f"{d} · {o}" for d in ("mnist", "cifar10")
+                                        for o in ("sgd", "adam"))  # conftest.TINY_SWEEP
     for title, charts in categories.items():
-        dataset, optim = title.split(" · ")
         pair_runs = {run for run, r in records.items()
-                     if (r["hparams"]["dataset"], r["hparams"]["optim"]) == (dataset, optim)}
+                     if title == f"{r['hparams']['dataset']} · {r['hparams']['optim']}"}
         assert sorted(records[r]["hparams"]["norm"] for r in pair_runs) == ["bn", "none"]
         assert [c["title"] for c in charts] == \
             [f"{title} · {m}" for m in ("train/loss", "val/loss", "val/acc")]
@@ -503,14 +455,7 @@ def test_custom_scalars_has_a_chart_per_pair_of_exactly_its_runs(tiny_sweep, ten
                                 + urllib.parse.urlencode({"run": run, "tag": regex}))
                 assert data["regex_valid"] and [len(v) for v in data["tag_to_events"].values()] \
                     == [2], data
-
-
-@pytest.mark.slow
-def test_hparams_has_discrete_study_columns_a_row_per_run_and_no_duplicate_scalars(
-        tiny_sweep, tensorboard):
-    _, records, _ = tiny_sweep
-    experiment = get_json(f"{tensorboard}/data/plugin/hparams/experiment",
-                          {"experimentName": ""})
+    experiment = get_json(f"{tensorboard}/data/plugin/hparams/experiment", {"experimentName": ""})
     infos = {i["name"]: i for i in experiment["hparamInfos"]}
     assert list(infos) == ["dataset", "norm", "optim", "seed"]  # what varies first
     assert {n for n, i in infos.items() if i.get("differs")} == {"dataset", "norm", "optim"}
@@ -522,11 +467,9 @@ def test_hparams_has_discrete_study_columns_a_row_per_run_and_no_duplicate_scala
     columns += [{"metric": {"group": "", "tag": tag}, "includeInResult": True}
                 for tag in ("val/acc", "test/acc")]
     groups = get_json(f"{tensorboard}/data/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS",
-                                                  "STATUS_FAILURE", "STATUS_RUNNING"],
-        "colParams": columns, "startIndex": 0, "sliceSize": 100})
-    sessions = {s["name"]: (g["hparams"], {m["name"]["tag"]: m["value"]
-                                           for m in s["metricValues"]})
+        "experimentName": "", "colParams": columns, "startIndex": 0, "sliceSize": 100,
+        "allowedStatuses": [f"STATUS_{s}" for s in ("UNKNOWN", "SUCCESS", "FAILURE", "RUNNING")]})
+    sessions = {s["name"]: (g["hparams"], {m["name"]["tag"]: m["value"] for m in s["metricValues"]})
                 for g in groups["sessionGroups"] for s in g["sessions"]}
     # a row per run, its trial ID the run's name
     assert sorted(sessions) == sorted(g["name"] for g in groups["sessionGroups"]) == \
@@ -537,35 +480,30 @@ def test_hparams_has_discrete_study_columns_a_row_per_run_and_no_duplicate_scala
         assert settings["norm"] == hp["norm"] and settings["optim"] == hp["optim"]
         assert metrics["test/acc"] == pytest.approx(records[run]["test"]["acc"])
         assert metrics["val/acc"] == pytest.approx(records[run]["history"][-1]["val/acc"])
-    tags = get_json(f"{tensorboard}/data/plugin/scalars/tags")  # no hparams/* duplicates
-    assert not [(run, t) for run, run_tags in tags.items() for t in run_tags
-                if t.startswith("hparams/") or t == "hp_metric"]
-    for run in records:
         assert {"val/acc", "val/loss", "test/acc", "test/loss", "train/loss"} <= set(tags[run])
-
-
-def result_line_pattern(name: str, record: dict) -> str:
-    """A job's result line: name, status, val and test accuracy (2 decimals), time."""
-    val, test = record["history"][-1]["val/acc"], record["test"]["acc"]
-    return (rf"{re.escape(name)}: ok, val acc {100 * val:.2f} %, test acc {100 * test:.2f} %, "
-            r"\d+ s")
+    assert not [(run, t) for run, run_tags in tags.items() for t in run_tags  # no duplicates
+                if t.startswith("hparams/") or t == "hp_metric"]
 
 
 @pytest.mark.slow
 def test_console_has_a_result_line_per_job_a_summary_and_each_line_once(tiny_sweep):
-    """Each job's lines once (Lightning's too, not again in its own format), a handful a job;
-    what is not a job's own INFO line (warnings, a library's messages) once a sweep; no
-    advertisement."""
+    """Each job's lines once, a handful a job; other lines once a sweep; no advertisement."""
     from bnstudy.dashboard import BROWSE_URL
 
     sweep_dir, records, console = tiny_sweep
+
+    def result_line_pattern(record: dict) -> str:  # name, status, val and test acc, time
+        val, test = record["history"][-1]["val/acc"], record["test"]["acc"]
+        return (rf"{re.escape(record['run_name'])}: ok, val acc {100 * val:.2f} %, test acc "
+                rf"{100 * test:.2f} %, \d+ s")
+
     for record in records.values():
-        line = result_line_pattern(record["run_name"], record)
+        line = result_line_pattern(record)
         assert len(re.findall(rf"^{STAMP.pattern[1:]}\[bnstudy\]\[INFO\] - {line}$", console,
                               re.M)) == 1, (line, console)
     summary = console[console.index(f"Sweep {sweep_dir}: {JOBS} job(s)\n"):].splitlines()
     for row, record in zip(summary[1:JOBS + 1], records.values(), strict=True):  # job order
-        assert re.fullmatch("  " + result_line_pattern(record["run_name"], record), row), row
+        assert re.fullmatch("  " + result_line_pattern(record), row), row
     assert summary[JOBS + 1].startswith("Is BatchNorm worth it?")  # the answer, then
     browse = summary.index(f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}")
     assert summary[browse + 1].startswith("Report (") and \

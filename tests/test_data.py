@@ -1,10 +1,9 @@
-"""Datamodules on tiny files in torchvision's formats, and on the shared real subsets; torchvision's
-download from a mirror on 127.0.0.1 serving files in the official formats (no other address is
-contacted)."""
+"""Datamodules on tiny and on shared real files; torchvision's download from 127.0.0.1 only."""
 
 import functools
 import gzip
 import hashlib
+import os
 import pickle
 import shutil
 import socket
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import compose_config, write_cifar10, write_idx, write_mnist
+from torchvision.datasets import CIFAR10, MNIST
 
 from bnstudy.data import (
     CIFAR10DataModule,
@@ -27,6 +27,7 @@ from bnstudy.data import (
     MNISTDataModule,
     TensorPairs,
     batches,
+    counts,
 )
 from bnstudy.datafiles import load_cifar_batch
 
@@ -35,6 +36,21 @@ POINT_AT_MNIST = "Point paths.data_dir (or the BNSTUDY_DATA_DIR environment vari
     "folder that holds MNIST/raw/"
 CIFAR_BATCH_FIX = "the file is corrupt. Delete it and download again " \
     "(dataset.datamodule.download=true), or point paths.data_dir at a folder with intact files."
+ONLY_ARRAYS = ": a CIFAR batch holds only arrays, lists and strings"  # (its unpickler's refusal)
+LOCAL = "127.0.0.1"  # the download tests' mirror: no other address is contacted
+
+
+def at_epoch(epoch: int, *args, **settings) -> EpochBatchSampler:
+    sampler = EpochBatchSampler(*args, **settings)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def set_up(make, folder: Path, stage: str | None = None, **settings):
+    """`make(folder, **settings)`, a datamodule on files there (no download), set up for `stage`."""
+    dm = make(folder, download=False, **settings)
+    dm.setup(stage)
+    return dm
 
 
 def test_mnist_loads_normalises_and_splits(tiny_data):
@@ -43,8 +59,7 @@ def test_mnist_loads_normalises_and_splits(tiny_data):
     dm.setup()
     assert len(dm.train_set) == 449 and len(dm.val_set) == 151 and len(dm.test_set) == 200
     assert dm.train_set.x.shape[1:] == (1, 28, 28) and dm.train_set.x.dtype == torch.float32
-    raw_min = (0 - 0.1307) / 0.3081
-    assert dm.train_set.x.min().item() == pytest.approx(raw_min, abs=1e-5)
+    assert dm.train_set.x.min().item() == pytest.approx((0 - 0.1307) / 0.3081, abs=1e-5)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 1, 28, 28) and y.dtype == torch.int64
     # BatchNorm cannot train on one sample: 449 images in 32s leave 1, which is left out
@@ -52,8 +67,7 @@ def test_mnist_loads_normalises_and_splits(tiny_data):
     assert sizes == [32] * 14 and len(dm.train_dataloader()) == 14
     evaluation = [len(y) for _, y in batches(dm.train_set, 32, shuffle=False)]
     assert evaluation[-1] == 1 and sum(evaluation) == 449  # not shuffled: every image
-    # evaluation: plain (x, y) batches, validation from the held-out training images, test
-    # from the t10k files
+    # evaluation: plain (x, y) batches, validation the held-out training images, test t10k's
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (151, 1, 28, 28) and torch.equal(y, dm.val_set.y)
     served = torch.cat([y for _, y in dm.test_dataloader()])
@@ -61,13 +75,10 @@ def test_mnist_loads_normalises_and_splits(tiny_data):
 
 
 def test_the_split_is_disjoint_fixed_by_default_and_drawn_from_the_run_seed_if_null(tiny_data):
-    """`split_seed=None` (experiment=decisive, tuned): each seed its own validation split; the
-    fixed default stays one split for every seed."""
+    """`split_seed=None` (experiment=decisive, tuned): each seed its own validation split."""
     def split(seed, **kw):
-        dm = MNISTDataModule(tiny_data, val_size=100, train_size=300, seed=seed, download=False,
-                             **kw)
-        dm.setup("fit")
-        return dm
+        return set_up(MNISTDataModule, tiny_data, "fit", val_size=100, train_size=300, seed=seed,
+                      **kw)
 
     a, b = split(1), split(2)
     assert torch.equal(a.val_set.x, b.val_set.x)  # same val images whatever the run's seed
@@ -79,8 +90,7 @@ def test_the_split_is_disjoint_fixed_by_default_and_drawn_from_the_run_seed_if_n
 
 
 def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
-    dm = MNISTDataModule(tiny_data, batch_size=50, seed=3, download=False)
-    dm.setup("fit")
+    dm = set_up(MNISTDataModule, tiny_data, "fit", batch_size=50, seed=3)
 
     def first_labels(epoch):
         loader = dm.train_dataloader()
@@ -98,36 +108,27 @@ def test_batch_order_depends_on_seed_and_epoch_only(tiny_data):
     # the published runs' orders: a change to how (seed, epoch) draws them changes every result
     for seed, epoch, first in [(3, 2, [554, 600, 97, 678, 260, 295, 60, 840]),
                                (0, 1, [845, 303, 66, 436, 239, 593, 573, 999])]:
-        sampler = EpochBatchSampler(1000, 8, True, seed=seed)
-        sampler.set_epoch(epoch)
-        assert next(iter(sampler)).tolist() == first
-    fresh, told = EpochBatchSampler(1000, 8, True, seed=3), EpochBatchSampler(1000, 8, True, seed=3)
-    told.set_epoch(0)
+        assert next(iter(at_epoch(epoch, 1000, 8, True, seed=seed))).tolist() == first
+    fresh, told = EpochBatchSampler(1000, 8, True, seed=3), at_epoch(0, 1000, 8, True, seed=3)
     assert torch.equal(next(iter(fresh)), next(iter(told)))  # never told: epoch 0's order
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_each_process_serves_its_own_share(shuffle):
-    """Two DDP ranks: disjoint shares that cover the data; when shuffling, equal in size and
-    count (they step in lockstep), the odd sample out left out of that epoch."""
-    ranks = [EpochBatchSampler(101, 10, shuffle, seed=2, num_replicas=2, rank=r) for r in (0, 1)]
-    for sampler in ranks:
-        sampler.set_epoch(3)
+    """Two DDP ranks' disjoint shares cover the data; shuffled, the same size (the odd one out)."""
+    ranks = [at_epoch(3, 101, 10, shuffle, seed=2, num_replicas=2, rank=r) for r in (0, 1)]
     shares = [torch.cat(list(sampler)) for sampler in ranks]
     assert not set(shares[0].tolist()) & set(shares[1].tolist())
     if shuffle:
         assert len(shares[0]) == len(shares[1]) == 50 and len(ranks[0]) == len(ranks[1]) == 5
-        whole = EpochBatchSampler(101, 10, True, seed=2)
-        whole.set_epoch(3)
-        order = torch.cat(list(whole))
+        order = torch.cat(list(at_epoch(3, 101, 10, True, seed=2)))
         assert torch.equal(shares[0], order[0:100:2]) and torch.equal(shares[1], order[1:100:2])
     else:
         assert sorted(torch.cat(shares).tolist()) == list(range(101))
 
 
 def test_k_minibatches_a_step_come_as_lists_of_k_of_this_processs_minibatches():
-    """`Classifier.steps_per_call` K: the loader yields the same minibatches, K to a list (the
-    last list shorter), of this rank's share."""
+    """`Classifier.steps_per_call` K: the same minibatches, K to a list (the last shorter)."""
     data = TensorPairs(torch.arange(101.0), torch.arange(101))
     alone = [y for _, y in batches(data, 10, True, seed=1, num_replicas=2, rank=1)]
     bundled = list(batches(data, 10, True, seed=1, num_replicas=2, rank=1, bundle=2))
@@ -148,25 +149,22 @@ def test_a_datamodule_made_in_python_has_the_studys_settings(tmp_path):
 @pytest.mark.parametrize("overfit_batches", [0, 0.5])
 def test_loaders_serve_the_trainers_rank_its_share_and_overfit_batches_in_order(
         tiny_data, overfit_batches):
-    """Under DDP (world size 2, rank 1 here): each split's loader takes this rank's share;
-    `overfit_batches`, a count or a fraction, serves training batches in order."""
-    dm = MNISTDataModule(tiny_data, batch_size=32, val_size=100, seed=2, download=False)
-    dm.setup("fit")
+    """Under DDP (world size 2, rank 1 here); `overfit_batches`, a count or a fraction."""
+    dm = set_up(MNISTDataModule, tiny_data, "fit", batch_size=32, val_size=100, seed=2)
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1, overfit_batches=overfit_batches,
                                  lightning_module=SimpleNamespace(minibatches_per_step=3))
     train = dm.train_dataloader().sampler
     assert (train.num_replicas, train.rank, train.batch_size) == (2, 1, 32)
     assert (train.shuffle, train.seed, train.bundle) == \
         ((True, 2, 3) if not overfit_batches else (False, 0, 1))  # (K is 1 then: model.py)
-    for loader in (dm.val_dataloader(), dm.test_dataloader()):
-        assert (loader.sampler.num_replicas, loader.sampler.rank, loader.sampler.shuffle,
-                loader.sampler.batch_size) == (2, 1, False, 1000)
+    for sampler in (dm.val_dataloader().sampler, dm.test_dataloader().sampler):
+        assert (sampler.num_replicas, sampler.rank, sampler.shuffle, sampler.batch_size) == \
+            (2, 1, False, 1000)
 
 
 def test_batches_on_the_device_are_handed_on_and_each_split_is_put_there_once(tiny_data,
                                                                               monkeypatch):
-    dm = MNISTDataModule(tiny_data, val_size=100, download=False)
-    dm.setup("fit")  # no trainer: on the CPU
+    dm = set_up(MNISTDataModule, tiny_data, "fit", val_size=100)  # no trainer: on the CPU
     batch = next(iter(dm.train_dataloader()))
     bundle = [[x, y] for x, y in [batch] * 3]  # (K minibatches per training_step)
     monkeypatch.setattr(torch.Tensor, "__iter__", lambda t: pytest.fail("walked a tensor's rows"))
@@ -174,8 +172,7 @@ def test_batches_on_the_device_are_handed_on_and_each_split_is_put_there_once(ti
         assert dm.transfer_batch_to_device(handed, torch.device("cpu"), 0) is handed
     monkeypatch.undo()
     moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
-    assert [t.device.type for t in moved] == ["meta", "meta"]
-    assert [t.shape for t in moved] == [t.shape for t in batch]
+    assert [(t.device.type, t.shape) for t in moved] == [("meta", t.shape) for t in batch]
     on_cpu = {split: getattr(dm, split) for split in ("train_set", "val_set", "test_set")}
     dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
     dm.setup("fit")
@@ -189,28 +186,24 @@ def test_batches_on_the_device_are_handed_on_and_each_split_is_put_there_once(ti
 
 def test_cifar10_checksums_off_say_nothing_warn_once_a_folder_and_strict_refuses(
         tiny_data, tmp_path, caplog):
-    def said(folder, split="train") -> str:
-        names = ", ".join(f"data_batch_{i}" for i in range(1, 6)) if split == "train" else \
-            "test_batch"
+    def said(folder, names="data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5"):
         return (f"{folder / 'cifar-10-batches-py'}: {names} do(es) not match the official "
                 "CIFAR-10 checksums: a subset or a modified copy. Results on it are not "
                 "full-CIFAR-10 results.")
 
     CIFAR10DataModule._warned.clear()
-    dm = CIFAR10DataModule(tiny_data, val_size=50, download=False, verify_checksums="off")
-    dm.setup()
+    dm = set_up(CIFAR10DataModule, tiny_data, val_size=50, verify_checksums="off")
     assert len(dm.train_set) == 450 and len(dm.test_set) == 200
     assert dm.train_set.x.shape[1:] == (3, 32, 32) and not caplog.records
     for _ in range(2):  # once per folder and process: its training batches named, not the test's
-        warned = CIFAR10DataModule(tiny_data, val_size=50, download=False)
-        warned.setup("fit")
+        warned = set_up(CIFAR10DataModule, tiny_data, "fit", val_size=50)
     assert torch.equal(warned.train_set.x, dm.train_set.x)
     write_cifar10(tmp_path, per_batch=4, n_test=4)
     CIFAR10DataModule(tmp_path, download=False).read_split(train=False)  # another folder
-    assert [r.getMessage() for r in caplog.records] == [said(tiny_data), said(tmp_path, "test")]
-    strict = CIFAR10DataModule(tiny_data, download=False, verify_checksums="strict")
+    assert [r.getMessage() for r in caplog.records] == [said(tiny_data),
+                                                        said(tmp_path, "test_batch")]
     with pytest.raises(DataError) as refused:
-        strict.setup("fit")
+        set_up(CIFAR10DataModule, tiny_data, "fit", verify_checksums="strict")
     assert str(refused.value) == said(tiny_data) + " Delete the files and download again, or " \
         "load them anyway with dataset.datamodule.verify_checksums=warn (or off)."
 
@@ -228,23 +221,21 @@ def test_cifar10_standardises_with_its_channel_statistics_and_denormalise_invert
     assert dm.denormalise(torch.zeros(1, 3, 2, 2, device="meta")).device.type == "meta"
 
 
-@pytest.mark.parametrize("val_size, train_size, sizes", [
-    (0.2494, None, (450, 150)), (1, None, (599, 1)), (0.999, None, (1, 599)), (100, 10, (10, 100)),
-    (100, 500, (500, 100)),
-    (0.0001, None, "ask for 600 training and 0 validation images"),
-    (100, 501, "ask for 501 training and 100 validation images"),
-    (100, 0, "ask for 0 training and 100 validation images")])
+@pytest.mark.parametrize("val_size, train_size, sizes, refused", [  # sizes: (train, val)
+    (0.2494, None, (450, 150), False), (1, None, (599, 1), False), (0.999, None, (1, 599), False),
+    (100, 10, (10, 100), False), (100, 500, (500, 100), False), (0.0001, None, (600, 0), True),
+    (100, 501, (501, 100), True), (100, 0, (0, 100), True)])
 def test_split_sizes_take_a_fraction_or_a_count_and_refuse_what_the_files_lack(
-        tmp_path, val_size, train_size, sizes):
+        tmp_path, val_size, train_size, sizes, refused):
     dm = MNISTDataModule(tmp_path, val_size=val_size, train_size=train_size)
-    if isinstance(sizes, tuple):
+    if not refused:
         assert dm.split_sizes(600) == sizes
         return
-    with pytest.raises(DataError) as refused:
+    with pytest.raises(DataError) as raised:
         dm.split_sizes(600)
-    assert str(refused.value) == f"mnist: train_size={train_size} and val_size={val_size} " \
-        f"{sizes}, but the training files hold 600. Choose dataset.train_size + " \
-        "dataset.val_size <= 600 (val_size may be a fraction)."
+    assert str(raised.value) == f"mnist: train_size={train_size} and val_size={val_size} ask " \
+        f"for {sizes[0]} training and {sizes[1]} validation images, but the training files hold " \
+        "600. Choose dataset.train_size + dataset.val_size <= 600 (val_size may be a fraction)."
 
 
 @pytest.mark.parametrize("download", [False, None])
@@ -295,16 +286,14 @@ def test_a_failed_download_is_one_paragraph_and_removes_only_the_empty_folders_i
                                      "cifar-10-batches-py/data_batch_3",
                                      "cifar-10-batches-py/test_batch"])
 def test_a_damaged_file_is_named_before_training(tmp_path, damaged):
-    """A truncated IDX file, a CIFAR-10 batch that is not a pickle; a test file too, since a
-    fit ends in a test."""
+    """A truncated IDX file, a CIFAR-10 batch that is not a pickle; a test file too (a fit's)."""
     write_mnist(tmp_path, n_train=20, n_test=10)
     write_cifar10(tmp_path, per_batch=4, n_test=4)
     path = tmp_path / damaged
     path.write_bytes(path.read_bytes()[:-100] if "MNIST" in damaged else b"not a pickle")
-    dm = (MNISTDataModule if "MNIST" in damaged else CIFAR10DataModule)(tmp_path, val_size=1,
-                                                                       download=False)
+    make = MNISTDataModule if "MNIST" in damaged else CIFAR10DataModule
     with pytest.raises(DataError) as refused:
-        dm.setup("fit")
+        set_up(make, tmp_path, "fit", val_size=1)
     if "MNIST" in damaged:  # the split's two files, then the fix
         raw, split = tmp_path / "MNIST" / "raw", damaged.split("/")[-1].split("-")[0]
         said = f"mnist: could not read {raw}/{split}-images-idx3-ubyte and {raw}/{split}-labels-"
@@ -315,6 +304,14 @@ def test_a_damaged_file_is_named_before_training(tmp_path, damaged):
     assert str(refused.value).startswith(said) and str(refused.value).endswith(fix)
 
 
+class Calls:  # a pickled call, as a crafted batch could hold
+    def __init__(self, *call) -> None:
+        self.call = call
+
+    def __reduce__(self):
+        return self.call
+
+
 @pytest.mark.parametrize("batch, why", [
     ({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4},
      "ValueError: its images are (4, 100), not (N, 3072) bytes"),
@@ -322,13 +319,20 @@ def test_a_damaged_file_is_named_before_training(tmp_path, damaged):
      "ValueError: its images are (3072,), not (N, 3072) bytes"),
     ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3},
      "ValueError: it holds 4 images but 3 labels"),
-    ({"data": np.zeros((4, 3072), np.uint8)}, "KeyError: 'labels'")])
-def test_a_cifar_batch_of_the_wrong_shape_or_without_labels_is_refused(tmp_path, batch, why):
+    ({"data": np.zeros((4, 3072), np.uint8)}, "KeyError: 'labels'"),
+    ({"data": Calls(print, ("pwned",)), "labels": []},  # code
+     f"UnpicklingError: refusing to load builtins.print{ONLY_ARRAYS}"),
+    ({"data": Calls(np.save, ("written.npy", np.zeros(1))), "labels": []},  # beyond arrays
+     f"UnpicklingError: refusing to load {np.save.__module__}.save{ONLY_ARRAYS}")])
+def test_a_cifar_batch_of_the_wrong_shape_without_labels_or_with_code_is_refused(
+        tmp_path, monkeypatch, batch, why):
+    monkeypatch.chdir(tmp_path)  # where the numpy callable would write
     path = tmp_path / "data_batch_1"
     path.write_bytes(pickle.dumps(batch))
     with pytest.raises(DataError) as refused:
         load_cifar_batch(path)
     assert str(refused.value) == f"{path} is not a valid CIFAR-10 batch ({why}): {CIFAR_BATCH_FIX}"
+    assert not (tmp_path / "written.npy").exists()
 
 
 def test_mnist_files_that_disagree_on_the_count_are_refused(tmp_path):
@@ -340,39 +344,11 @@ def test_mnist_files_that_disagree_on_the_count_are_refused(tmp_path):
         f"{raw}/train-labels-idx1-ubyte holds 19 labels."
 
 
-class Exploit:
-    def __reduce__(self):
-        return (print, ("pwned",))
-
-
-class WritesAFile:
-    """A numpy callable with a side effect, as a crafted batch could hold."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (np.save, (str(self.path), np.zeros(1)))
-
-
-@pytest.mark.parametrize("payload, refused", [(lambda _: Exploit(), "builtins.print"),
-                                              (WritesAFile, "numpy")], ids=["code", "numpy"])
-def test_the_cifar_unpickler_refuses_code_and_numpy_callables_beyond_arrays(tmp_path, payload,
-                                                                           refused):
-    path, target = tmp_path / "data_batch_1", tmp_path / "written.npy"
-    path.write_bytes(pickle.dumps({"data": payload(target), "labels": []}))
-    with pytest.raises(DataError, match=f"refusing to load {refused}"):
-        load_cifar_batch(path)
-    assert not target.exists()
-
-
 def test_shared_real_subsets_load(shared_data):
-    mnist = MNISTDataModule(shared_data, download=False)
-    mnist.setup()
+    mnist = set_up(MNISTDataModule, shared_data)
     assert len(mnist.train_set) + len(mnist.val_set) == 8000 and len(mnist.test_set) == 2000
     assert abs(mnist.train_set.x.mean().item()) < 0.1  # roughly standardised
-    cifar = CIFAR10DataModule(shared_data, download=False, verify_checksums="off")
-    cifar.setup()
+    cifar = set_up(CIFAR10DataModule, shared_data, verify_checksums="off")
     assert len(cifar.train_set) + len(cifar.val_set) == 5085 and len(cifar.test_set) == 1017
     assert set(cifar.train_set.y.unique().tolist()) == set(range(10))
 
@@ -389,18 +365,14 @@ def test_fashion_mnist_reads_its_own_folder(tmp_path):
         MNISTDataModule(tmp_path, download=False).prepare_data()  # not MNIST's folder
 
 
-# -- each file read once per process, the split drawn per job (TensorDataModule.prepared) ----
+def test_a_later_job_reuses_the_split_and_gets_its_own_copy_and_a_changed_file_is_read_again(
+        tmp_path):
+    """Each file read once per process, the split drawn per job (TensorDataModule.prepared)."""
+    def reads(dm) -> tuple[int, int]:  # the files `dm.setup()` read and took from the cache
+        before = dict(counts)
+        dm.setup()
+        return counts["read"] - before["read"], counts["reused"] - before["reused"]
 
-def reads(dm) -> tuple[int, int]:
-    """The files `dm.setup()` read and took from the process's cache."""
-    from bnstudy import data
-
-    before = dict(data.counts)
-    dm.setup()
-    return data.counts["read"] - before["read"], data.counts["reused"] - before["reused"]
-
-
-def test_a_later_job_reuses_the_split_and_gets_its_own_copy(tmp_path):
     write_mnist(tmp_path)
     write_cifar10(tmp_path)
     for make in (lambda: MNISTDataModule(tmp_path, download=False),
@@ -419,22 +391,12 @@ def test_a_later_job_reuses_the_split_and_gets_its_own_copy(tmp_path):
     assert [reads(dm) for dm in splits] == [(0, 2)] * 3 and len(splits[0].val_set) == 120
     assert not torch.equal(splits[0].val_set.x, splits[1].val_set.x)
     assert torch.equal(splits[1].val_set.x, splits[2].val_set.x)
-
-
-def test_a_changed_file_is_read_again(tmp_path):
-    import os
-
-    write_mnist(tmp_path, n_train=600)
-    old = MNISTDataModule(tmp_path, val_size=100, download=False)
-    reads(old)
-    write_mnist(tmp_path, n_train=600, seed=1)  # the same sizes, other images
+    write_mnist(tmp_path, seed=1)  # the same sizes, other images
     images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
     stat = images.stat()
     os.utime(images, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # (within a clock tick)
-    new = MNISTDataModule(tmp_path, val_size=100, download=False)
-    assert reads(new)[0] >= 1 and not torch.equal(old.train_set.x, new.train_set.x)
-    write_cifar10(tmp_path)
-    CIFAR10DataModule(tmp_path, download=False).setup()
+    new = MNISTDataModule(tmp_path, val_size=0.2, split_seed=0, download=False)
+    assert reads(new)[0] >= 1 and not torch.equal(splits[0].train_set.x, new.train_set.x)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes() + b"x")  # corrupt now: refused, not served from memory
     with pytest.raises(DataError, match="data_batch_1 is not a valid CIFAR-10 batch .*1 bytes "
@@ -443,9 +405,6 @@ def test_a_changed_file_is_read_again(tmp_path):
 
 
 # -- torchvision's download, from a mirror on 127.0.0.1 -----------------------------------
-
-LOCAL = "127.0.0.1"
-
 
 class _Handler(SimpleHTTPRequestHandler):
     def log_request(self, code="-", size="-") -> None:
@@ -464,12 +423,10 @@ class _Server(ThreadingHTTPServer):
 
 @pytest.fixture
 def mirror(tmp_path, monkeypatch):
-    """An HTTP server on 127.0.0.1 (a free port) serving `tmp_path/served`: (folder, base URL,
-    the requests it answered). While it runs, connecting anywhere but 127.0.0.1 fails."""
+    """A server on 127.0.0.1 serving `tmp_path/served`: (folder, URL, requests); no other host."""
     served = tmp_path / "served"
     served.mkdir()
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
+    for name in "http_proxy https_proxy all_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY".split():
         monkeypatch.delenv(name, raising=False)
     connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
 
@@ -487,8 +444,7 @@ def mirror(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", resolve_local_only)
     server = _Server((LOCAL, 0), functools.partial(_Handler, directory=str(served)))
     server.requests = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)  # (poll s)
     thread.start()
     try:
         yield served, f"http://{LOCAL}:{server.server_port}/", server.requests
@@ -511,8 +467,7 @@ def idx_array(path: Path) -> np.ndarray:
 
 
 def serve_mnist(served: Path, tmp_path: Path) -> tuple[list[tuple[str, str]], Path]:
-    """Official MNIST names, gzipped IDX files, under `served/mnist/`: (resources with their
-    md5s, as `torchvision.datasets.MNIST.resources` lists them; the uncompressed originals)."""
+    """Gzipped IDX files under `served/mnist/`: (`MNIST.resources`, the uncompressed originals)."""
     raw = write_mnist(tmp_path / "original", n_train=120, n_test=40, seed=5) / "MNIST" / "raw"
     (served / "mnist").mkdir()
     resources = []
@@ -526,8 +481,6 @@ def serve_mnist(served: Path, tmp_path: Path) -> tuple[list[tuple[str, str]], Pa
 
 def test_mnist_downloads_from_a_mirror_and_loads_the_served_images_or_names_a_corrupt_one(
         mirror, tmp_path, monkeypatch):
-    from torchvision.datasets import MNIST
-
     served, url, requests = mirror
     resources, raw = serve_mnist(served, tmp_path)
     # the first mirror lacks the files (404), as when a mirror is down: the next one serves
@@ -536,10 +489,9 @@ def test_mnist_downloads_from_a_mirror_and_loads_the_served_images_or_names_a_co
     data_dir = tmp_path / "data"
     dm = MNISTDataModule(data_dir, val_size=20, download=True)
     dm.prepare_data()
-    assert {r for r in requests if r.startswith("GET /mnist/")} == \
-        {f"GET /mnist/{name} 200" for name, _ in resources}
-    assert {r for r in requests if r.startswith("GET /gone/")} == \
-        {f"GET /gone/{name} 404" for name, _ in resources}
+    for mirror_dir, code in (("mnist", 200), ("gone", 404)):
+        assert {r for r in requests if r.startswith(f"GET /{mirror_dir}/")} == \
+            {f"GET /{mirror_dir}/{name} {code}" for name, _ in resources}
     for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         assert (data_dir / "MNIST" / "raw" / stem).read_bytes() == (raw / stem).read_bytes()
     dm.setup()
@@ -547,9 +499,8 @@ def test_mnist_downloads_from_a_mirror_and_loads_the_served_images_or_names_a_co
     assert np.array_equal(images[:, 0].numpy(), idx_array(raw / "train-images-idx3-ubyte"))
     assert np.array_equal(labels.numpy(), idx_array(raw / "train-labels-idx1-ubyte"))
     assert len(dm.train_set) + len(dm.val_set) == 120
-    test_images = idx_array(raw / "t10k-images-idx3-ubyte")
-    assert np.allclose(dm.denormalise(dm.test_set.x).squeeze(1).numpy() * 255, test_images,
-                       atol=1e-3)
+    assert np.allclose(dm.denormalise(dm.test_set.x).squeeze(1).numpy() * 255,
+                       idx_array(raw / "t10k-images-idx3-ubyte"), atol=1e-3)
     count = len(requests)
     MNISTDataModule(data_dir, download=True).prepare_data()  # present: nothing fetched again
     assert len(requests) == count
@@ -560,8 +511,7 @@ def test_mnist_downloads_from_a_mirror_and_loads_the_served_images_or_names_a_co
 
 
 def serve_cifar10(served: Path, tmp_path: Path) -> tuple[Path, str]:
-    """`served/cifar-10-python.tar.gz` holding `cifar-10-batches-py/` (as the official
-    archive); returns the original folder and the archive's md5."""
+    """`served/cifar-10-python.tar.gz` as the official one: (the original folder, its md5)."""
     folder = write_cifar10(tmp_path / "original", per_batch=30, n_test=40, seed=7) \
         / "cifar-10-batches-py"
     archive = served / "cifar-10-python.tar.gz"
@@ -570,10 +520,7 @@ def serve_cifar10(served: Path, tmp_path: Path) -> tuple[Path, str]:
     return folder, md5(archive)
 
 
-def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path,
-                                                                     monkeypatch):
-    from torchvision.datasets import CIFAR10
-
+def test_cifar10_downloads_from_a_mirror_and_loads_the_served_images(mirror, tmp_path, monkeypatch):
     served, url, requests = mirror
     folder, archive_md5 = serve_cifar10(served, tmp_path)
     monkeypatch.setattr(CIFAR10, "url", f"{url}cifar-10-python.tar.gz")

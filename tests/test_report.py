@@ -1,9 +1,8 @@
-"""`python -m bnstudy.report`: the table of runs (`runs`), the summary and verdicts (`stats`),
-report.md's sections (`sections`, `write`) and the command line, on hand-made sweeps; the
-session's real sweep (`tiny_sweep`) for what only real runs hold (slow)."""
+"""`python -m bnstudy.report` on hand-made sweeps; the session's real sweep (slow)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -44,7 +43,6 @@ from bnstudy.report.runs import (
     groups,
     hparams_from_config,
     load_runs,
-    never_started,
     norm_label,
     ok,
     quantities,
@@ -114,8 +112,7 @@ def refused(capsys):
     return report
 
 
-# Validation accuracy per epoch, by seed: BN clearly ahead, the seeds spread, and none seed 2
-# peaks before its last epoch (best ≠ final).
+# Val acc per epoch, by seed: BN clearly ahead; no BN's seed 2 peaks before its last epoch.
 BN = {0: [0.80, 0.90, 0.95], 1: [0.78, 0.88, 0.93], 2: [0.82, 0.91, 0.96]}
 NONE = {0: [0.60, 0.75, 0.85], 1: [0.55, 0.72, 0.83], 2: [0.65, 0.90, 0.88]}
 HAND_TARGET = 0.85
@@ -129,19 +126,14 @@ def write_sweep(sweep_dir: Path, **by_norm: dict) -> Path:
     return sweep_dir
 
 
-@pytest.fixture
-def hand_made(tmp_path, figures_not_rendered) -> Path:
-    """BN and NONE, plus a diverged BN seed 3, a failed and an unfinished (still running) no-BN
-    job at seeds 3 and 4, whose numbers would drag the means down if pooled; reported."""
-    sweep_dir = write_sweep(tmp_path / "multirun", bn=BN, none=NONE)
-    write_job(sweep_dir, [0.70, 0.10], "diverged", norm="bn", seed=3)
-    write_job(sweep_dir, [0.20], "failed", "RuntimeError: boom | bang\nmore", norm="none", seed=3)
-    write_job(sweep_dir, [0.50], "running", norm="none", seed=4)
-    assert main([str(sweep_dir), "--target-acc", f"mnist={HAND_TARGET}"]) == 0
-    return sweep_dir
-
-
-def test_summary_csv_is_recomputed_from_the_records_and_counts_the_rest(hand_made):
+def test_summary_csv_and_curves_are_recomputed_from_the_records_and_count_the_rest(
+        tmp_path, figures_not_rendered):
+    """BN and NONE, plus a diverged, a failed and an unfinished job (not pooled); reported."""
+    hand_made = write_sweep(tmp_path / "multirun", bn=BN, none=NONE)
+    write_job(hand_made, [0.70, 0.10], "diverged", norm="bn", seed=3)
+    write_job(hand_made, [0.20], "failed", "RuntimeError: boom | bang\nmore", norm="none", seed=3)
+    write_job(hand_made, [0.50], "running", norm="none", seed=4)
+    assert main([str(hand_made), "--target-acc", f"mnist={HAND_TARGET}"]) == 0
     rows = {r["norm"]: r for r in csv_rows(hand_made / "report" / "summary.csv")}
     for norm, row in rows.items():
         check_summary(row, records(hand_made, norm), HAND_TARGET)
@@ -156,6 +148,26 @@ def test_summary_csv_is_recomputed_from_the_records_and_counts_the_rest(hand_mad
     assert "| `7_mnist-none-sgd-seed3` | failed | RuntimeError: boom \\| bang |" in jobs
     assert "| `8_mnist-none-sgd-seed4` | stopped while running (killed, or its machine lost) | |" \
         in jobs  # no process holds its lock
+    ckey, by_norm = the_comparison(hand_made)
+    fig = curves_figure(describe(ckey), by_norm)
+    metrics = {"Training loss": "train/loss", "Validation loss": "val/loss",
+               "Training accuracy": "train/acc", "Validation accuracy": "val/acc"}
+    assert [ax.get_title() for ax in fig.axes] == list(metrics)
+    for ax in fig.axes:
+        lines, bands = ax.get_lines(), ax.collections
+        assert [line.get_label() for line in lines] == [
+            "No BatchNorm (3 seeds)", "BatchNorm (3 seeds)"]
+        for norm, line, band in zip(("none", "bn"), lines, bands, strict=True):
+            values = np.array([[h[metrics[ax.get_title()]] for h in r["history"]]
+                               for r in records(hand_made, norm)])  # seed × epoch
+            mean, std = values.mean(0), values.std(0, ddof=1)
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert np.allclose(line.get_ydata(), mean), (ax.get_title(), norm)
+            assert same_color(line.get_color(), {"bn": "tab:blue", "none": "tab:orange"}[norm])
+            corners = band.get_paths()[0].vertices
+            for epoch, low, high in zip((1, 2, 3), mean - std, mean + std, strict=True):
+                ys = corners[np.isclose(corners[:, 0], epoch), 1]
+                assert (ys.min(), ys.max()) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_a_report_while_the_sweep_runs_says_so_and_what_is_yet_to_start(tmp_path, capsys):
@@ -163,8 +175,8 @@ def test_a_report_while_the_sweep_runs_says_so_and_what_is_yet_to_start(tmp_path
     for norm, status in (("bn", "ok"), ("none", "running")):
         job = write_job(sweep_dir, [0.5, 0.6], status, norm=norm)
         (job / ".hydra").mkdir()
-        (job / ".hydra" / "overrides.yaml").write_text(f"- norm={norm}\n")
-    (sweep_dir / "multirun.yaml").write_text(
+        (job / ".hydra" / "overrides.yaml").write_text(f"- norm={norm}\n- threads=1\n")
+    (sweep_dir / "multirun.yaml").write_text(  # bookkeeping overrides: the same planned job
         "hydra:\n  sweeper:\n    params:\n      norm: bn,none,layer\n  overrides:\n    task: []\n")
     with JobDirLock(job) as lock:
         lock.acquire("the sweep's job")
@@ -259,15 +271,16 @@ def test_the_header_counts_never_started_jobs_and_says_what_a_tuned_sweep_compar
         "validation accuracy): Welch's t-test, p Holm-adjusted" in tuned
 
 
-def test_a_new_report_keeps_the_measured_clock_and_referee_and_each_setting_its_verdicts(
+def test_another_hparam_splits_groups_and_a_new_report_keeps_the_clock_and_referee(
         tmp_path, monkeypatch, figures_not_rendered):
-    """The clock and the referee, measured once, are carried into the new report; a section
-    per setting holds its own verdict; no claims.csv where no claim applies (svhn);
-    a process of another user counts as running (its report folder is left alone)."""
-    for lr, seed in ((0.01, 0), (0.01, 1), (0.1, 0), (0.1, 1)):
-        for norm, acc in (("bn", 0.9), ("none", 0.8)):
-            write_job(tmp_path, [0.5, acc + seed / 100], dataset="svhn", norm=norm, lr=lr,
-                      seed=seed)
+    """Each setting its verdict; no claims.csv for svhn; another user's process runs."""
+    for lr, seed, (norm, acc) in itertools.product((0.1, 0.01), (0, 1), (("bn", .9), ("none", .8))):
+        write_job(tmp_path, [0.5, acc + seed / 100], dataset="svhn", norm=norm, lr=lr, seed=seed)
+    runs = load_runs(tmp_path)
+    assert group_keys(runs) == ["dataset", "optim", "norm", "lr"]
+    found = settings(runs)  # in sweep order, not by number
+    assert [slug(k) for k, _ in found] == ["svhn_sgd_lr0.1", "svhn_sgd_lr0.01"]
+    assert all(len(g) == 2 for _, by_norm in found for g in by_norm.values())
     (tmp_path / "report").mkdir()
     for kept in (CLOCK_FILE, "referee_svhn.pt"):
         (tmp_path / "report" / kept).write_text("measured")
@@ -283,10 +296,8 @@ def test_a_new_report_keeps_the_measured_clock_and_referee_and_each_setting_its_
     assert _running("12345")
 
 
-def test_the_runs_table_quantities_groups_keys_twins_and_unstarted_jobs(tmp_path):
-    """A run's mean val acc is the mean over epochs; an ok run without a history is not used;
-    groups list runs by seed; a key some jobs lack still varies; two diverged runs of one
-    setting are twins; a job's bookkeeping overrides do not make it another planned job."""
+def test_the_runs_table_quantities_groups_keys_and_twins(tmp_path):
+    """An ok run without history is unused; a key some jobs lack still varies."""
     history = [{"val/acc": a} for a in (0.1, 0.2, 0.6)]
     assert quantities(history, None)["mean_val_acc"] == pytest.approx(0.3)
     runs = pd.DataFrame({"outcome": ["ok", "ok"], "history": [[], history], "seed": [1, 0],
@@ -295,40 +306,10 @@ def test_the_runs_table_quantities_groups_keys_twins_and_unstarted_jobs(tmp_path
     ((_, group),) = groups(runs, ["norm"])
     assert list(group["seed"]) == [0, 1]
     assert "lr" in group_keys(runs)  # 0.1 and (none): two settings
-    for norm in ("bn", "none"):
-        job = write_job(tmp_path / "sweep", [0.5], norm=norm)
-        (job / ".hydra").mkdir()
-        (job / ".hydra" / "overrides.yaml").write_text(f"- norm={norm}\n- threads=1\n")
-    (tmp_path / "sweep" / "multirun.yaml").write_text(
-        "hydra:\n  sweeper:\n    params:\n      norm: bn,none\n  overrides:\n    task: []\n")
-    assert never_started(tmp_path / "sweep", load_runs(tmp_path / "sweep")) == []
     for _ in (0, 1):
         write_job(tmp_path / "twins", [0.5, 0.1], "diverged")
     with pytest.raises(ReportError, match="holds two results of one setting and seed"):
         load_runs(tmp_path / "twins")
-
-
-def test_curves_draw_each_metric_of_the_ok_records_per_panel(hand_made):
-    ckey, by_norm = the_comparison(hand_made)
-    fig = curves_figure(describe(ckey), by_norm)
-    metrics = {"Training loss": "train/loss", "Validation loss": "val/loss",
-               "Training accuracy": "train/acc", "Validation accuracy": "val/acc"}
-    assert [ax.get_title() for ax in fig.axes] == list(metrics)
-    for ax in fig.axes:
-        lines, bands = ax.get_lines(), ax.collections
-        assert [line.get_label() for line in lines] == [
-            "No BatchNorm (3 seeds)", "BatchNorm (3 seeds)"]
-        for norm, line, band in zip(("none", "bn"), lines, bands, strict=True):
-            values = np.array([[h[metrics[ax.get_title()]] for h in r["history"]]
-                               for r in records(hand_made, norm)])  # seed × epoch
-            mean, std = values.mean(0), values.std(0, ddof=1)
-            assert list(line.get_xdata()) == [1, 2, 3]
-            assert np.allclose(line.get_ydata(), mean), (ax.get_title(), norm)
-            assert same_color(line.get_color(), {"bn": "tab:blue", "none": "tab:orange"}[norm])
-            corners = band.get_paths()[0].vertices
-            for epoch, low, high in zip((1, 2, 3), mean - std, mean + std, strict=True):
-                ys = corners[np.isclose(corners[:, 0], epoch), 1]
-                assert (ys.min(), ys.max()) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_norm_labels_colours_and_order_come_from_the_registry(tmp_path):
@@ -344,18 +325,6 @@ def test_norm_labels_colours_and_order_come_from_the_registry(tmp_path):
     assert [norm_label("none", among) for among in (("bn", "none"), ("layer", "none"))] == [
         "No BatchNorm", "No norm"]  # beside BN alone, no norm is no BatchNorm
     assert set(PROBE_FIGURES) == set(PROBE_SERIES)  # every recorded probe series is drawn
-
-
-def test_another_varying_hparam_splits_groups_and_names_figures(tmp_path):
-    for norm in ("bn", "none"):
-        for seed in (0, 1):
-            for lr in (0.1, 0.01):
-                write_job(tmp_path, [0.9], norm=norm, seed=seed, lr=lr)
-    runs = load_runs(tmp_path)
-    assert group_keys(runs) == ["dataset", "optim", "norm", "lr"]
-    found = settings(runs)
-    assert [slug(k) for k, _ in found] == ["mnist_sgd_lr0.1", "mnist_sgd_lr0.01"]
-    assert all(len(g) == 2 for _, by_norm in found for g in by_norm.values())
 
 
 def test_two_results_of_one_setting_and_seed_are_refused_not_counted_twice(tmp_path, refused,
@@ -441,16 +410,13 @@ def test_the_command_line_hands_the_report_its_targets_and_pairs(tmp_path, monke
 
 
 def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not_rendered):
-    """One report whose learning rates give each verdict: BN ahead at lr 0.01, behind at 0.1
-    (the same numbers, swapped), level within the spread at 0.001."""
+    """BN ahead at lr 0.01, behind at 0.1 (swapped), level within the spread at 0.001."""
     high, low = [0.90, 0.91, 0.93], [0.80, 0.82, 0.81]
     cases = {0.001: ({"bn": [0.85, 0.90, 0.80], "none": [0.86, 0.81, 0.88]}, "cannot tell"),
              0.01: ({"bn": high, "none": low}, "wins"),
              0.1: ({"bn": low, "none": high}, "loses")}
-    for lr, (finals, _) in cases.items():
-        for norm, accs in finals.items():
-            for seed, acc in enumerate(accs):
-                write_job(tmp_path, [0.5, acc + lr / 10], norm=norm, seed=seed, lr=lr)
+    for (lr, (finals, _)), norm, seed in itertools.product(cases.items(), ("bn", "none"), range(3)):
+        write_job(tmp_path, [0.5, finals[norm][seed] + lr / 10], norm=norm, seed=seed, lr=lr)
     write_job(tmp_path, [0.5, 0.1], "diverged", norm="bn", seed=3, lr=0.1)  # not pooled
     assert main([str(tmp_path)]) == 0
     rows = csv_rows(tmp_path / "report" / "verdicts.csv")
@@ -489,13 +455,10 @@ def test_verdicts_csv_rows_are_recomputed_from_the_records(tmp_path, figures_not
 
 def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_request(
         tmp_path, figures_not_rendered, refused):
-    """A `norm=bn,layer,none` sweep: by default BN and LayerNorm each against no norm, in
-    verdicts.csv, the answer and the comparison's section; `--compare bn:layer` adds that pair
-    (what the sweep prints: test_claims' console_answer test)."""
+    """`norm=bn,layer,none`: BN and LayerNorm each against no norm; `--compare` adds a pair."""
     finals = {"bn": [0.95, 0.96, 0.955], "layer": [0.93, 0.94, 0.935], "none": [0.90, 0.91, 0.9]}
-    for norm, accs in finals.items():
-        for seed, acc in enumerate(accs):
-            write_job(tmp_path, [0.5, acc], norm=norm, seed=seed)
+    for norm, seed in itertools.product(finals, range(3)):
+        write_job(tmp_path, [0.5, finals[norm][seed]], norm=norm, seed=seed)
     runs = load_runs(tmp_path)
     assert compared(runs) == [("bn", "none"), ("layer", "none")]
     assert main([str(tmp_path), "--compare", "bn:none", "--compare", "layer:none",
@@ -528,8 +491,7 @@ def test_each_norm_of_a_sweep_gets_a_verdict_against_none_and_any_pair_on_reques
 
 
 def test_a_job_without_record_gets_the_hparams_its_record_would_hold(tiny_sweep, tmp_path):
-    # The sweep sets callbacks.hallucinations.steps=5 (and more) for every job: read from the
-    # job's .hydra/ files they must be in the hparams, or the job groups apart from its siblings.
+    # read from .hydra/: the sweep's settings (steps=5…), or the job groups apart
     for name in [*tiny_sweep.records][::4]:  # an mnist and a cifar10 job
         assert hparams_from_config(tiny_sweep.dir / name) == tiny_sweep.records[name]["hparams"]
     job = shutil.copytree(tiny_sweep.dir / name / ".hydra", tmp_path / "job" / ".hydra")
@@ -545,8 +507,7 @@ def test_a_job_without_record_gets_the_hparams_its_record_would_hold(tiny_sweep,
 
 @pytest.fixture(scope="module")
 def built(tiny_sweep, tmp_path_factory) -> Path:
-    """A copy of the real 8-job sweep with a failed job added, an mnist job's record removed
-    (grouped from its .hydra/ files) and a job deleted (never started); its report."""
+    """The real sweep with a failed job added, a record removed and a job deleted; reported."""
     sweep_dir = Path(shutil.copytree(tiny_sweep.dir, tmp_path_factory.mktemp("real") / "sweep",
                                      ignore=shutil.ignore_patterns("report")))
     (sweep_dir / "1_mnist-bn-adam-seed0" / "metrics.json").unlink()
@@ -649,8 +610,7 @@ def test_report_of_probed_runs_draws_both_figures(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("saved", [None, 0.02])
 def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, saved):
-    """Level within ±0.4 pts a seed: not equivalent within MNIST's ±0.5 (conf/dataset, for
-    runs without the key), equivalent within the ±2 pts the runs' own config declares."""
+    """Level within ±0.4 pts a seed: equivalent within a saved ±2 pts, not MNIST's ±0.5."""
     diffs = [0.01, -0.01, 0.012, -0.008, 0.004, -0.006]
     for seed, d in enumerate(diffs):
         for norm, acc in (("bn", 0.9 + d), ("none", 0.9)):
@@ -672,8 +632,7 @@ def test_the_margin_a_run_saved_in_its_config_decides_equivalence(tmp_path, save
 
 def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_leaves_nothing(
         tmp_path, capsys, monkeypatch, refused):
-    """Each writes nothing: a tuned study's cell's search or the searches' folder, a study still
-    searching, a `tuning.json` that is not JSON, a Ctrl-C while a report is written."""
+    """A cell's search, the searches, a study still searching, a `tuning.json` not JSON."""
     cell = tmp_path / "search" / "mnist-bn-sgd"
     write_job(cell, [0.5, 0.6])
     (tmp_path / "multirun.yaml").write_text("{}")
@@ -711,11 +670,9 @@ def test_a_report_refuses_a_search_cell_and_a_broken_tuning_record_and_ctrl_c_le
 
 def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, figures_not_rendered):
     """`model.net.channels=[8],[8,8]`: a list is a cell of the table, written as typed."""
-    for channels in ([8], [8, 8]):
-        for norm in ("bn", "none"):
-            for seed in (0, 1):
-                write_job(tmp_path, [0.5, 0.6 + 0.1 * (norm == "bn") + 0.01 * seed],
-                          norm=norm, seed=seed, channels=channels)
+    for channels, norm, seed in itertools.product(([8], [8, 8]), ("bn", "none"), (0, 1)):
+        write_job(tmp_path, [0.5, 0.6 + 0.1 * (norm == "bn") + 0.01 * seed], norm=norm,
+                  seed=seed, channels=channels)
     answer = console_answer(tmp_path)
     assert "MNIST, SGD, channels=[8] (2 vs 2 seeds): " in answer
     assert "MNIST, SGD, channels=[8,8] (2 vs 2 seeds): " in answer
@@ -726,8 +683,7 @@ def test_a_sweep_over_a_list_valued_setting_is_grouped_by_it(tmp_path, figures_n
 
 def test_a_report_killed_outright_leaves_a_folder_the_next_removes(tmp_path, monkeypatch,
                                                                    refused):
-    """A SIGTERM or a kill skips the clean-up of the hidden folder the report is written in: the
-    next report removes it (this machine's, of a process gone), not one still being written."""
+    """The hidden folder of this machine's process gone, not one still being written."""
     write_job(tmp_path, [0.5, 0.6])
     hidden = f".report-{socket.gethostname()}-"
     (tmp_path / f"{hidden}999999999").mkdir()  # no such process

@@ -1,5 +1,4 @@
-"""`bnstudy.run.train(cfg)` in this process: the record, resume and requeue, the directory's
-checks, the discard of an untrained run, failures in one paragraph, divergence."""
+"""`bnstudy.run.train(cfg)` in this process: record, resume, requeue, checks, failures."""
 
 from __future__ import annotations
 
@@ -39,9 +38,7 @@ def without_time(record: RunRecord) -> tuple[list, dict]:
 
 def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
         tiny_data, tmp_path, caplog, capsys):
-    """The record, the curves, the settings as TensorBoard types, `test_correct.npy` (each test
-    image's hit by the final model, in order; `load_runs`' column, None without the file). Run
-    from Python, its `.hydra/` is a job's: eval rebuilds the run, a changed resume is refused."""
+    """Run from Python, its `.hydra/` is a job's: eval rebuilds it, a changed resume is refused."""
     import json
     import logging
 
@@ -92,20 +89,15 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
 
 def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_result(
         tiny_data, tmp_path):
-    """Through the entry point: the "Interrupted" line names the resume command (also before
-    Lightning's own Ctrl-C handling), a rerun is refused; the resume (the frameworks' routine
-    lines in train.log only) gives the uninterrupted result, even from the checkpoint before a
-    cut-short `last.ckpt` (set aside, and said), in the same tracker run; cut after its last
-    epoch, its test and final pictures are done on resume."""
+    """Through the entry point, even from the checkpoint before a cut-short `last.ckpt`."""
     common = ("trainer.max_epochs=3", "trainer.limit_train_batches=2", "seed=7",
               "logger=[tensorboard,csv]")
     straight = train_run(tiny_data, tmp_path / "a", *common)
     job = tmp_path / "b"
     entry = (*FAST, *common, "~callbacks.hallucinations", f"paths.data_dir={tiny_data}",
              f"hydra.run.dir={job}")
-    stopped = run_train(*entry, *INTERRUPT,  # each epoch 0.5 s longer
-                        "+callbacks.slow._target_=tests.faults.SlowEpochs",
-                        "+callbacks.slow.seconds=0.5")
+    stopped = run_train(*entry, *INTERRUPT, "+callbacks.slow._target_=tests.faults.SlowEpochs",
+                        "+callbacks.slow.seconds=0.5")  # each epoch 0.5 s longer
     go_on = f"To go on, run the same command with resume=true hydra.run.dir={job}."
     assert stopped.returncode == 1 and "keeps what it trained so far. " + go_on in stopped.stderr
     before = RunRecord.read(job)
@@ -138,8 +130,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     assert resumed.trackers == {"CSVLogger": 0}
     assert resumed.hparams["trainer.limit_train_batches"] == 2  # beyond the study's settings
     assert [p.name for p in (job / "csv").iterdir()] == ["version_0"]
-    # each tracker's curves as the straight run's: the epoch after the checkpoint, logged by the
-    # first attempt, is dropped (TensorBoard: a purge at its step; CSV: its rows), not repeated
+    # each tracker's curves as the straight run's: the epoch after the checkpoint not repeated
     for tag in ("val/acc", "train/loss"):
         assert scalars(job, tag) == scalars(tmp_path / "a", tag), tag
     rows = [csv_rows(run / "csv" / "version_0" / "metrics.csv") for run in (job, tmp_path / "a")]
@@ -218,8 +209,7 @@ def job_cfg(job: Path, *overrides: str):
 
 @pytest.fixture
 def stored_job(tmp_path):
-    """A job directory holding an interrupted run of the default config: `.hydra/`, a
-    checkpoint, pictures, TensorBoard events and settings, a CSV log."""
+    """A job directory holding an interrupted run of the default config and its files."""
     from omegaconf import OmegaConf
 
     (tmp_path / ".hydra").mkdir()
@@ -233,8 +223,7 @@ def stored_job(tmp_path):
     return tmp_path
 
 
-def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_the_run(
-        stored_job):
+def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_the_run(stored_job):
     """The two refusals word for word; a resume without a stored config is not compared."""
     with pytest.raises(RunExistsError) as refused:
         check_job_dir(job_cfg(stored_job), stored_job)
@@ -250,9 +239,8 @@ def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_t
         check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job)
     assert str(refused.value) == (
         f"resume=true, but {stored_job} was run with other settings: dataset.datamodule.seed: "
-        "0 -> 1; seed: 0 -> 1. Resume with "
-        "the original command (plus resume=true), or start a new run in another directory "
-        "(hydra.run.dir=... or hydra.sweep.dir=...).")
+        "0 -> 1; seed: 0 -> 1. Resume with the original command (plus resume=true), or start a "
+        "new run in another directory (hydra.run.dir=... or hydra.sweep.dir=...).")
     (stored_job / ".hydra" / "config.yaml").unlink()
     assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
@@ -268,7 +256,6 @@ def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_t
     ("optim.optimizer.momentum=0.9", "optim.optimizer.momentum: 0.0 -> 0.9"),
     ("trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val: None -> 1.0"),
     *(pytest.param(*case, marks=pytest.mark.slow) for case in [
-        ("seed=1", "seed: 0 -> 1"),
         ("model.net.hidden_dim=128", "model.net.hidden_dim: 256 -> 128"),
         ("dataset=cifar10", "dataset.name: mnist -> cifar10"),
         ("model=cnn", "model.net._target_: bnstudy.nets.MLP -> bnstudy.nets.CNN"),
@@ -310,8 +297,7 @@ def test_a_value_its_class_refuses_is_one_paragraph_and_leaves_nothing(tiny_data
 
 @pytest.mark.parametrize("shown", [True, False])
 def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
-    """The bar redraws every `refresh_rate` steps; off, its callback is left out (else refused
-    by Lightning)."""
+    """Off, its callback is left out (else refused by Lightning)."""
     cfg = compose_config(f"paths.data_dir={tiny_data}", f"paths.output_dir={tmp_path}",
                          f"trainer.enable_progress_bar={shown}",
                          "callbacks.progress_bar.refresh_rate=7")
@@ -333,7 +319,7 @@ def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     cases = [({"n_jobs": 3}, 2), ({"n_jobs": 1}, 8), ({"n_jobs": 16}, 1), ({"n_jobs": -1}, 1),
-             ({"cpus_per_task": 4}, 4), ({}, None),
+             ({"cpus_per_task": 4}, 4), ({}, None), (None, None),  # None: no Hydra job
              ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
                            "LocalLauncher"}, 1),
              ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, None)]
@@ -341,14 +327,12 @@ def test_auto_threads_share_the_cores_the_launcher_gives(monkeypatch):
         monkeypatch.setattr(run, "HydraConfig", fake_hydra(launcher))
         assert run.torch_threads("auto") == threads, launcher
         assert run.torch_threads(3) == 3
-    monkeypatch.setattr(run, "HydraConfig", fake_hydra(None))
-    assert run.torch_threads("auto") is None
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one core
     monkeypatch.setattr(run, "HydraConfig", fake_hydra({"n_jobs": 1}))
     assert run.torch_threads("auto") == 1
 
 
-def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_in_full(monkeypatch):
+def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_sharding_twice_anywhere(monkeypatch):
     from bnstudy import run
     from bnstudy.errors import ConfigError
 
@@ -372,8 +356,7 @@ def test_ddp_that_restarts_the_script_is_refused_in_a_sweep_in_full(monkeypatch)
 
 def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(
         tmp_path, monkeypatch, caplog):
-    """A run folder named by its overrides has `=`: the "Interrupted" line's and a failed
-    run's command quote it for the shell and for Hydra."""
+    """A run folder named by its overrides has `=`: quoted for the shell and for Hydra."""
     import logging
     import shlex
 
@@ -398,12 +381,14 @@ def test_the_resume_command_keeps_the_overrides_but_resume_and_names_the_folder(
     assert resume_command(cfg) == f"python -m bnstudy.train resume=true hydra.run.dir={tmp_path}"
 
 
-def test_a_bug_keeps_its_folder_and_traceback_and_a_job_given_up_on_is_interrupted(tmp_path):
-    """A bug fails the run, its folder kept to debug, its record (even one not written yet)
-    naming the run; a job its launcher gave up on is interrupted, not failed."""
+def test_how_a_run_ended_is_recorded_a_bug_kept_to_debug_quietly_by_rank_0_only(tmp_path,
+                                                                                  monkeypatch):
+    """A bug's record (even one not written yet) names the run; a job given up on is interrupted;
+    a record that cannot be read or written raises nothing more; another rank writes none."""
     from submitit.core.utils import UncompletedJobError
 
-    from bnstudy.run import _ended
+    from bnstudy.errors import RunFileError
+    from bnstudy.run import _ended, _record_quietly
 
     try:
         raise RuntimeError("a bug")
@@ -420,16 +405,23 @@ def test_a_bug_keeps_its_folder_and_traceback_and_a_job_given_up_on_is_interrupt
     assert (ended.status, str(ended), ended.trace) == \
         ("interrupted", "Job 12 timed out too often on node gpuX", None)
     record = RunRecord.read(tmp_path)
-    assert (record.status, record.error) == \
-        ("interrupted", "its launcher will not requeue it (Job 12 timed out too often on node "
-                        "gpuX)")
+    assert (record.status, record.error) == ("interrupted", "its launcher will not requeue it "
+                                             "(Job 12 timed out too often on node gpuX)")
+    (tmp_path / "metrics.json").write_text("{")
+    _record_quietly(tmp_path, status="failed")
+    monkeypatch.setenv("RANK", "1")
+    _record_quietly(tmp_path / "rank1", status="failed")
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setenv("RANK", "0")
+    _record_quietly(tmp_path / "rank0", status="failed")
+    assert RunRecord.read(tmp_path / "rank0").status == "failed"
+    disk_full = RunFileError("Could not write metrics.json: No space left on device.")
+    monkeypatch.setattr(RunRecord, "update", mock.Mock(side_effect=disk_full))
+    _record_quietly(tmp_path / "rank0", status="interrupted")
 
 
 def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
-    """Kept, nothing raised (the run's own error is what the user must see): an unreadable
-    record, an epoch trained, a checkpoint (issue #36), someone else's file, one that cannot be
-    removed. A linked folder is unlinked, not emptied; a file gone meanwhile is no error; only
-    the empty folders inside the working directory go."""
+    """Kept, nothing raised: a run with anything to keep (issue #36) or stuck; links unlinked."""
     import os
 
     from bnstudy.run import remove_empty_folder
@@ -467,14 +459,12 @@ def test_what_discard_untrained_keeps(tmp_path, monkeypatch):
     assert (tmp_path / "elsewhere" / "kept.png").is_file()
     assert (tmp_path / "work" / "runs" / "other").is_dir()  # not empty: stays, and those above
     (tmp_path / "out" / "a" / "b").mkdir(parents=True)  # outside the working directory
-    assert remove_empty_folder(tmp_path / "out" / "a" / "b")
-    assert (tmp_path / "out" / "a").is_dir()
+    assert remove_empty_folder(tmp_path / "out" / "a" / "b") and (tmp_path / "out" / "a").is_dir()
     assert not remove_empty_folder(tmp_path / "work")  # not empty
 
 
 def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeypatch):
-    """A DDP rank but 0 takes no lock and writes nothing: it resumes (here: skips the finished
-    run) with resume=true, or when its launcher job is the record's."""
+    """A DDP rank but 0 takes no lock and writes nothing, with resume=true or requeued."""
     from bnstudy.run import train
 
     RunRecord.update(stored_job / "metrics.json", status="ok",
@@ -491,9 +481,7 @@ def test_another_rank_skips_a_finished_run_as_rank_0_decides(stored_job, monkeyp
 
 def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, tmp_path,
                                                                     monkeypatch, caplog):
-    """Issue #36: a run of SLURM job 1000_3 started again in it (a second srun) is refused;
-    requeued (SLURM_RESTART_COUNT=1) it trains on without resume=true, says so, keeps its
-    folder, records the new attempt and counts it, and does not repeat the earlier warnings."""
+    """Issue #36: started again in its SLURM job (a second srun) it is refused; requeued not."""
     import logging
 
     from omegaconf import OmegaConf
@@ -526,27 +514,8 @@ def test_a_requeued_run_counts_it_and_clears_the_last_attempts_error(tiny_data, 
     assert StudyLines.earlier == {"seen before"}
 
 
-def test_how_a_run_ended_is_recorded_quietly_by_rank_0_only(tmp_path, monkeypatch):
-    """A record that cannot be read or written raises nothing more; another rank writes none."""
-    from bnstudy.errors import RunFileError
-    from bnstudy.run import _record_quietly
-
-    (tmp_path / "metrics.json").write_text("{")
-    _record_quietly(tmp_path, status="failed")
-    monkeypatch.setenv("RANK", "1")
-    _record_quietly(tmp_path / "rank1", status="failed")
-    assert not (tmp_path / "rank1").exists()
-    monkeypatch.setenv("RANK", "0")
-    _record_quietly(tmp_path / "rank0", status="failed")
-    assert RunRecord.read(tmp_path / "rank0").status == "failed"
-    disk_full = RunFileError("Could not write metrics.json: No space left on device.")
-    monkeypatch.setattr(RunRecord, "update", mock.Mock(side_effect=disk_full))
-    _record_quietly(tmp_path / "rank0", status="interrupted")
-
-
 def test_a_run_names_itself_in_its_lock_and_needs_a_job_directory(tmp_path, monkeypatch):
-    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder (a run would make
-    a folder of that name)."""
+    """`compose` outside a Hydra job leaves `paths.output_dir` a placeholder."""
     from bnstudy import run
     from bnstudy.errors import ConfigError
     from bnstudy.jobdir import holder

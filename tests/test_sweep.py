@@ -1,5 +1,4 @@
-"""A sweep's edges (`bnstudy.sweep`): the summary's exit status and what it names, and the
-output folder checked before anything runs."""
+"""A sweep's edges (`bnstudy.sweep`): its summary, its exit status, its folder checked first."""
 
 from __future__ import annotations
 
@@ -8,22 +7,33 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import TINY_SETTINGS, fake_commands, run_sweep, run_train, sweep_jobs, write_job
+from helpers import (
+    TINY_SETTINGS,
+    TINY_SWEEP,
+    fake_commands,
+    run_sweep,
+    run_train,
+    sweep_jobs,
+    write_job,
+)
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from bnstudy import cluster, dashboard
+from bnstudy.dashboard import BROWSE_URL
 from bnstudy.jobdir import LOCK_NAME, JobDirLock
 from bnstudy.records import RunRecord
-from bnstudy.sweep import REFUSALS_ENV, SweepSummary, note_refusal
+from bnstudy.report.answer import console_answer
+from bnstudy.sweep import REFUSALS_ENV, SweepSummary, check_plan, discard_empty_sweep, note_refusal
 
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 
 
 @pytest.fixture
-def sweep_summary(tmp_path):
-    """The sweep's summary callback of a sweep in tmp_path, in this process, as Hydra calls it:
-    started; its `end()` returns the message it exits with (None: it returns, exit status 0)."""
+def sweep_summary(tmp_path, caplog):
+    """The summary callback of a sweep in tmp_path, started; `end()`: its exit message or None."""
+    caplog.set_level("INFO", logger="bnstudy")
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     summary = SweepSummary()
     summary.on_multirun_start(config)
@@ -75,10 +85,6 @@ def test_the_sweep_exits_1_when_a_job_did_not_finish(status, error, reason, tmp_
 @pytest.mark.parametrize("board,other_norm", [(False, "none"), (True, "bn")])
 def test_a_finished_sweeps_summary_is_a_line_per_job_the_answer_and_the_commands(
         board, other_norm, tmp_path, sweep_summary, caplog):
-    from bnstudy.dashboard import BROWSE_URL
-    from bnstudy.report.answer import console_answer
-
-    caplog.set_level("INFO", logger="bnstudy")
     if board:
         sweep_summary.config.logger = {"tensorboard": {"_target_": TENSORBOARD}}
     write_job(tmp_path, [0.5, 0.6])
@@ -105,12 +111,8 @@ def test_jobs_that_ended_alike_are_one_line_of_the_summary(tmp_path, sweep_summa
     assert f"\n  {other.name}: failed: ValueError: boom\n" in message
 
 
-def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(tmp_path, sweep_summary,
-                                                                   caplog):
-    """Refused jobs (a launch without resume=true, or two at once): one finished before is
-    kept (not "did not finish"), one the other launch finished meanwhile is a result, one
-    still unfinished is not; exit 1. (Each kind alone: the test below.)"""
-    caplog.set_level("INFO", logger="bnstudy")
+def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(tmp_path, sweep_summary, caplog):
+    """One kept from before, one finished meanwhile, one unfinished (each alone: the test below)."""
     held = write_job(tmp_path, [0.5, 0.6])
     os.utime(held / "metrics.json", (sweep_summary.started - 60,) * 2)  # from before
     finished = write_job(tmp_path, [0.5, 0.6], seed=1)  # by the other launch, meanwhile
@@ -126,11 +128,8 @@ def test_finished_runs_refused_are_kept_or_were_finished_meanwhile(tmp_path, swe
 
 
 @pytest.mark.parametrize("how", ["held before", "finished meanwhile", "still trained"])
-def test_the_summary_names_the_jobs_refused_here_in_job_order(how, tmp_path, sweep_summary,
-                                                               caplog):
-    """Jobs 9 and 10 (as text, 10_ sorts first), both refused here: kept from before, finished
-    by another launch meanwhile, or still trained by it."""
-    caplog.set_level("INFO", logger="bnstudy")
+def test_the_summary_names_the_jobs_refused_here_in_job_order(how, tmp_path, sweep_summary, caplog):
+    """Jobs 9 and 10 (as text, 10_ sorts first), both refused here, each kind alone."""
     for n in range(9):  # numbers only: not job folders
         (tmp_path / f"{n}_empty").mkdir()
     jobs = [write_job(tmp_path, [0.4], status="running" if how == "still trained" else "ok",
@@ -163,8 +162,7 @@ RULE = "-" * 22  # around the trace in submitit's FailedJobError
 
 
 class FakeJob:
-    """A submitit job as `collect_jobs` sees it: ended, with a result or (`state` given)
-    submitit's UncompletedJobError, as for a job cancelled, killed or lost."""
+    """A submitit job ended, as `collect_jobs` sees it: a result, a trace, or a `state` (lost)."""
 
     def __init__(self, result=None, state: str | None = None, raised: str | None = None) -> None:
         self.result, self.state, self.raised = result, state, raised
@@ -215,10 +213,8 @@ class SlurmJob(FakeJob):
 def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending):
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from bnstudy.cluster import job_ending
-
     err = FailedJobError(message) if message else UncompletedJobError("no result")
-    assert job_ending(job, err) == ending
+    assert cluster.job_ending(job, err) == ending
 
 
 @pytest.mark.parametrize("mode,status,value,board,refreshed,sweep", [
@@ -232,8 +228,6 @@ def test_a_submitit_job_without_a_result_says_how_it_ended(job, message, ending)
 ])
 def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
         mode, status, value, board, refreshed, sweep, tmp_path, monkeypatch):
-    from bnstudy import dashboard
-
     calls = []
     monkeypatch.setattr(dashboard, "refresh_sweep_view", calls.append)
     logger = {"tensorboard": {"_target_": TENSORBOARD}} if board else {}
@@ -247,9 +241,7 @@ def test_the_sweeps_mean_view_is_refreshed_after_each_job_that_trained(
 
 
 def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, sweep_summary):
-    """The sweep's HParams experiment goes into its first job's folder when a job of this launch
-    trained, not when every job was refused or skipped (the folders left as they were), nor
-    when a job refused here was trained meanwhile by another launch of the sweep."""
+    """Its HParams go into its first job only when it trained one (not one trained meanwhile)."""
     summary, config = sweep_summary, sweep_summary.config
     config.hydra.mode, config.logger = RunMode.MULTIRUN, {"tensorboard": {"_target_": TENSORBOARD}}
     held = write_job(tmp_path, [0.5, 0.6])
@@ -268,14 +260,12 @@ def test_a_launch_that_trained_nothing_writes_into_no_job(tmp_path, sweep_summar
     assert len(list(held.glob("events.out.tfevents.*"))) == 1
 
 
-@pytest.mark.parametrize("mode,key", [("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")])
+@pytest.mark.parametrize("mode,key", [((), "hydra.run.dir"), (("-m",), "hydra.sweep.dir")])
 def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
-    """In a read-only folder, or (as root, who writes anywhere) under /sys, which refuses even
-    root."""
+    """A read-only folder, or (as root, who writes anywhere) /sys, which refuses even root."""
     (tmp_path / "read-only").mkdir(mode=0o555)
     where = (tmp_path / "read-only" if os.geteuid() != 0 else Path("/sys/bnstudy-test")) / "out"
-    proc = run_train(*[m for m in [mode] if m], "paths.data_dir=/nonexistent", "seed=0",
-                     f"{key}={where}")
+    proc = run_train(*mode, "paths.data_dir=/nonexistent", "seed=0", f"{key}={where}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     what = "run's" if key == "hydra.run.dir" else "sweep's"
     assert f"Could not write the {what} folder, {where}: " in proc.stderr
@@ -284,19 +274,16 @@ def test_a_read_only_output_folder_is_one_paragraph(tmp_path, mode, key):
 
 
 def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summary):
-    """Issue #34: a cancelled job (UncompletedJobError from its `results()`) does not end the
-    sweep; the summary names it with SLURM's state, keeps the finished job's result, exits 1."""
+    """Issue #34: a cancelled job does not end the sweep; named with SLURM's state, exit 1."""
     pytest.importorskip("submitit")
-    from bnstudy.cluster import collect_jobs
-
     done = write_job(tmp_path, [0.5, 0.6])
     cancelled = write_job(tmp_path, [0.4, 0.5], status="interrupted", seed=1)
     never = tmp_path / "2_mnist-bn-sgd-seed2"  # cancelled before it started: no folder
     names = [done.name, cancelled.name, never.name, "3_mnist-bn-sgd-seed3"]
-    returns = collect_jobs([FakeJob("its record"), FakeJob(state="CANCELLED by 0"),
-                            FakeJob(state="NODE_FAIL"), FakeJob(raised="ValueError: boom")],
-                           [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]],
-                           names.__getitem__, tmp_path, poll_s=0)
+    returns = cluster.collect_jobs([FakeJob("its record"), FakeJob(state="CANCELLED by 0"),
+                                    FakeJob(state="NODE_FAIL"), FakeJob(raised="ValueError: boom")],
+                                   [["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]],
+                                   names.__getitem__, tmp_path, poll_s=0)
     assert returns[0] == "its record"
     assert {r.return_value.status for r in returns[1:]} == {"interrupted"}
     message = sweep_summary.end()
@@ -310,13 +297,11 @@ def test_a_job_that_left_no_result_is_a_line_in_the_summary(tmp_path, sweep_summ
     assert done.name not in message and f"resume=true hydra.sweep.dir={tmp_path}" in message
 
 
-def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summary,
-                                                            monkeypatch, caplog):
-    """Issue #34: on a cluster without accounting the sweep says so once and notices a job
-    that left `squeue` without a result, instead of waiting for sacct forever."""
+def test_without_sacct_a_job_gone_from_the_queue_is_noticed_and_no_answer_is_not(
+        tmp_path, sweep_summary, monkeypatch, caplog):
+    """Issue #34: said once; a job gone from `squeue` without a result is not waited for forever:
+    lost at squeue's second `Invalid job id` (all left); squeue's controller down tells nothing."""
     pytest.importorskip("submitit")
-    from bnstudy import cluster
-
     done = write_job(tmp_path, [0.5, 0.6])
     fake_commands(monkeypatch, tmp_path / "bin",  # the queue empty, but held while polled
                   squeue='case "$*" in *"-t PD"*) echo "7_0 PartitionConfig";; esac',
@@ -331,31 +316,8 @@ def test_without_sacct_a_job_gone_from_the_queue_is_noticed(tmp_path, sweep_summ
                for r in caplog.records)  # asked as the sweep waits
     assert "\n  1_mnist-bn-sgd-seed1: left the queue (state unknown without sacct): no result " \
         "before its run started\n" in sweep_summary.end()
-
-
-@pytest.mark.parametrize(("sacct", "answers"), [
-    ("exit 0", True), ("echo 'sacct: error: Slurm accounting storage is disabled' >&2", False),
-    ("echo 'Slurm accounting storage is disabled' >&2; exit 1", False), (None, False)])
-def test_accounting_is_there_where_sacct_answers(tmp_path, monkeypatch, sacct, answers):
-    """sacct without accounting storage says so, exit 0 or 1 by version; no sacct at all."""
-    from bnstudy.cluster import has_accounting
-
-    fake_commands(monkeypatch, tmp_path / "bin", only=sacct is None,
-                  **{} if sacct is None else {"sacct": sacct})
-    assert has_accounting() is answers
-
-
-def test_without_sacct_a_job_squeue_no_longer_knows_is_lost_and_no_answer_is_not(
-        tmp_path, monkeypatch):
-    """squeue asked for jobs that all left refuses them (`Invalid job id`, exit 1): gone, lost
-    at the second asking; squeue failing otherwise (its controller down) tells nothing."""
-    pytest.importorskip("submitit")
-    from bnstudy import cluster
-
     said = tmp_path / "said"
-    fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 1",
-                  squeue=f'cat {said} >&2; exit 1')
-    monkeypatch.setattr(cluster.Queue, "SQUEUE_EVERY_S", 0)
+    fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 1", squeue=f'cat {said} >&2; exit 1')
     for error, ending in (("slurm_load_jobs error: Unable to contact slurm controller", False),
                           ("slurm_load_jobs error: Invalid job id specified", "lost")):
         said.write_text(error)
@@ -363,12 +325,19 @@ def test_without_sacct_a_job_squeue_no_longer_knows_is_lost_and_no_answer_is_not
         assert [queue.ended(job), queue.ended(job)] == [False, ending]
 
 
-def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monkeypatch, caplog):
-    """Asking more CPUs than a node has, SLURM takes the jobs and holds them (PartitionConfig)
-    forever: the sweep waited without a word. A reason that passes (Priority) is not said."""
-    pytest.importorskip("submitit")
-    from bnstudy import cluster
+@pytest.mark.parametrize(("sacct", "answers"), [
+    ("exit 0", True), ("echo 'sacct: error: Slurm accounting storage is disabled' >&2", False),
+    ("echo 'Slurm accounting storage is disabled' >&2; exit 1", False), (None, False)])
+def test_accounting_is_there_where_sacct_answers(tmp_path, monkeypatch, sacct, answers):
+    """sacct without accounting storage says so, exit 0 or 1 by version; no sacct at all."""
+    fake_commands(monkeypatch, tmp_path / "bin", only=sacct is None,
+                  **{} if sacct is None else {"sacct": sacct})
+    assert cluster.has_accounting() is answers
 
+
+def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monkeypatch, caplog):
+    """PartitionConfig (more than a node has) holds for good: said; Priority passes: not said."""
+    pytest.importorskip("submitit")
     reason = tmp_path / "reason"
     fake_commands(monkeypatch, tmp_path / "bin", sacct="exit 0",
                   squeue=f'echo "$@" > {tmp_path}/asked; echo "7_0 $(cat {reason})"; '
@@ -389,8 +358,6 @@ def test_jobs_slurm_holds_for_good_are_said_once_with_what_to_do(tmp_path, monke
 
 def test_a_sweep_folder_without_a_job_goes_with_its_own_files_and_a_job_keeps_it(tmp_path,
                                                                                 monkeypatch):
-    from bnstudy.sweep import discard_empty_sweep
-
     sweep = tmp_path / "multirun" / "sweep"
     (sweep / "+mean" / "bn").mkdir(parents=True)
     for own in ("multirun.yaml", ".lock"):
@@ -403,11 +370,7 @@ def test_a_sweep_folder_without_a_job_goes_with_its_own_files_and_a_job_keeps_it
 
 
 def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
-    """Hydra numbers each sweep's jobs from 0: another sweep in the folder would train a
-    setting twice under two numbers. The same sweep again (resumed, with other run-only keys),
-    with more seeds or fewer goes on."""
-    from bnstudy.sweep import check_plan
-
+    """The same sweep again (resumed, other run-only keys, more seeds or fewer) goes on."""
     def hydra(*task: str):  # the config a multirun of `task` hands its sweeper
         launch = ["hydra/launcher=slurm", "hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}"]
         return OmegaConf.create({"hydra": {
@@ -423,6 +386,11 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
     for same in ([], ["resume=true", "threads=2", "+callbacks.x=1"], ["seed=0,1,2,3"], ["seed=0"]):
         check_plan(hydra(*grid, *same))
     job_2 = "seed=0 norm=none optim=sgd (job 2 there)"
+    def refusal(*task: str) -> str:
+        with pytest.raises(SystemExit) as refused:
+            check_plan(hydra(*task))
+        return str(refused.value.code)
+
     for other, job in ((["norm=bn,none", "optim=sgd"], job_2),
                        (["norm=none", "optim=sgd", "seed=0"], job_2),  # a single job
                        (["norm=none,bn", "optim=sgd,adam"], job_2),
@@ -435,9 +403,7 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
                         "seed=0 norm=bn optim=sgd model.net.depth=2"),
                        ([*grid, "+optim.optimizer.weight_decay=0,0.01"],  # an argument added
                         "seed=0 norm=bn optim=sgd +optim.optimizer.weight_decay=0.01")):
-        with pytest.raises(SystemExit) as refused:
-            check_plan(hydra(*other))
-        said = str(refused.value.code)
+        said = refusal(*other)
         assert said.startswith(f"{tmp_path} holds the jobs of another sweep, numbered otherwise: ")
         assert f"this sweep's would be {job}. In one folder the two would train a setting " \
             "twice, or two settings under one number, so nothing was run. " in said
@@ -447,38 +413,29 @@ def test_a_sweep_numbered_otherwise_than_the_folders_jobs_is_refused(tmp_path):
                 "this one, give it a folder of its own (hydra.sweep.dir=<another folder>). More "
                 "seeds (seed=0,1,2,3,4 after seed=0,1,2, with resume=true) keep the numbers and "
                 "may share the folder.") in said
-    with pytest.raises(SystemExit) as refused:  # the same jobs, other settings
-        check_plan(hydra(*grid, "dataset.lr=0.1", "trainer.max_epochs=5", "resume=true"))
-    assert str(refused.value.code).startswith(
+    assert refusal(*grid, "dataset.lr=0.1", "trainer.max_epochs=5", "resume=true").startswith(
         f"{tmp_path} holds the jobs of another sweep, run with other settings (dataset.lr: "
         "(default) -> 0.1; trainer.max_epochs: (default) -> 5), so nothing was run. To go on "
-        "with that sweep, run its command with resume=true: ")
+        "with that sweep, run its command with resume=true: ")  # the same jobs, other settings
     tuned = hydra(*grid)  # a tuned study's plan: its searched setting an interval
     tuned.hydra.sweeper.params["optim.optimizer.lr"] = "tag(log, interval(0.0001, 1.0))"
     OmegaConf.save(tuned, tmp_path / "multirun.yaml")
-    with pytest.raises(SystemExit) as refused:
-        check_plan(hydra(*grid))
     assert "holds the jobs of another kind of sweep, not a grid of values (a tuned study's " \
         "searches?): in one folder the report would read the two as one study, so nothing " \
-        "was run." in str(refused.value.code)
+        "was run." in refusal(*grid)
 
 
-def test_another_sweep_launched_into_a_sweeps_folder_changes_nothing(sweep, tiny_data):
+@pytest.mark.parametrize("grid, said", [
+    (("dataset=mnist", "norm=bn,none", "optim=sgd", "seed=0"),  # another grid
+     "{} holds the jobs of another sweep, numbered otherwise: its job 1 is dataset=mnist norm=bn "
+     "optim=adam, this sweep's would be dataset=mnist norm=none optim=sgd (job 2 there)."),
+    pytest.param(TINY_SWEEP, "8 job(s) already held a finished run", marks=pytest.mark.slow)],
+    ids=["another", "the same"])  # the same: 8 jobs refused, 3 s
+def test_a_sweep_launched_into_a_sweeps_folder_without_resume_changes_nothing(grid, said, sweep,
+                                                                              tiny_data):
     plan, jobs = (sweep / "multirun.yaml").read_bytes(), sweep_jobs(sweep)
-    proc = run_sweep(sweep, tiny_data, "dataset=mnist", "norm=bn,none", "optim=sgd", "seed=0",
-                     *TINY_SETTINGS)  # the tiny sweep's settings, another grid
+    proc = run_sweep(sweep, tiny_data, *grid, *TINY_SETTINGS)  # the tiny sweep's settings
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert f"{sweep} holds the jobs of another sweep, numbered otherwise: its job 1 is " \
-        "dataset=mnist norm=bn optim=adam, this sweep's would be dataset=mnist norm=none " \
-        "optim=sgd (job 2 there)." in " ".join(proc.stderr.split())
-    assert (sweep / "multirun.yaml").read_bytes() == plan and sweep_jobs(sweep) == jobs
-
-
-@pytest.mark.slow  # 8 jobs refused: 3 s
-def test_the_same_sweep_launched_again_without_resume_changes_nothing(sweep, tiny_data):
-    from conftest import TINY_SWEEP
-
-    plan = (sweep / "multirun.yaml").read_bytes()
-    again = run_sweep(sweep, tiny_data, *TINY_SWEEP, *TINY_SETTINGS)
-    assert again.returncode == 1 and "8 job(s) already held a finished run" in again.stderr
+    assert said.format(sweep) in " ".join(proc.stderr.split())
     assert (sweep / "multirun.yaml").read_bytes() == plan  # Hydra's own save, put back
+    assert sweep_jobs(sweep) == jobs

@@ -1,6 +1,4 @@
-"""The entry point, `python -m bnstudy.train` (run in this process by `helpers.run_train`, or
-in a fresh interpreter where a process of its own matters): one paragraph per way a command
-ends, its exit status, the console, a real sweep and its summary."""
+"""`python -m bnstudy.train`: one paragraph per way a command ends, the console, a sweep."""
 
 from __future__ import annotations
 
@@ -31,8 +29,7 @@ QUICK = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
     pytest.param(["dataset.batch_size=1"], "dataset.batch_size=1 with norm=bn: BatchNorm "
                  "normalises over the batch, which one image cannot give", marks=pytest.mark.slow),
     (["dataset=cifar10", "dataset.datamodule.download=maybe"], "dataset.datamodule.download="
-     "'maybe': it takes true or false or null."),  # untyped by Hydra: checked against the
-    # datamodule's own arguments, its base class's too
+     "'maybe': it takes true or false or null."),  # untyped by Hydra: the class's arguments
     pytest.param(["dataset=cifar10", "dataset.datamodule.verify_checksums=maybe"],
                  "dataset.datamodule.verify_checksums='maybe' is not one of ('strict', 'warn', "
                  "'off').", marks=pytest.mark.slow),  # the class's own refusal, unwrapped
@@ -76,8 +73,7 @@ def test_a_mistyped_command_is_refused_before_anything_runs(override, message, t
     ("dataset.batch_size=64,0", "dataset.batch_size=0 is out of range; it must be an integer "
      ">= 1. (The sweep's job seed=0 ", "dataset.batch_size=0; nothing was run.)\n"),
 ])
-def test_a_bad_value_in_a_sweep_stops_it_before_any_job(values, starts, ends, tiny_data,
-                                                        tmp_path):
+def test_a_bad_value_in_a_sweep_stops_it_before_any_job(values, starts, ends, tiny_data, tmp_path):
     proc = run_train("-m", *FAST, f"paths.data_dir={tiny_data}", values,
                      "hydra.sweep.dir=outputs/multirun/now", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -85,8 +81,11 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job(values, starts, ends, ti
     assert list(tmp_path.iterdir()) == [] and "Browse" not in proc.stdout + proc.stderr
 
 
-def test_a_sweeper_against_the_experiments_is_refused():
-    from bnstudy.overrides import sweeper_clash
+def test_a_sweeper_or_launcher_against_the_command_and_cfg_with_a_sweep_are_refused():
+    """A launcher without -m: Hydra would train the run in this process (a login node); which
+    experiments are sweeps a single run warns about."""
+    from bnstudy.overrides import compose, launcher_without_sweep, sweeper_clash
+    from bnstudy.train import single_run_of_a_sweep
 
     assert sweeper_clash(["-m", "experiment=tuned", "hydra/sweeper=grid"]).startswith(
         "experiment=tuned searches with its own sweeper, so hydra/sweeper=grid would run one "
@@ -97,16 +96,9 @@ def test_a_sweeper_against_the_experiments_is_refused():
     assert proc.returncode == 1 and proc.stderr.startswith(
         "hydra/sweeper=tuned is experiment=tuned's sweeper, so nothing was run. Type "
         "experiment=tuned instead")
-
-
-def test_a_launcher_without_m_is_refused_not_run_here():
-    """Without -m Hydra would train the run in this process (a cluster's login node)."""
-    from bnstudy.overrides import launcher_without_sweep
-
-    for args in (["-m", "hydra/launcher=slurm"], ["hydra/launcher=basic"], ["dataset=mnist"],
-                 ["hydra.mode=MULTIRUN", "hydra/launcher=slurm"], ["--cfg=hydra",
-                 "hydra/launcher=slurm"], ["-c", "job", "hydra/launcher=parallel"],
-                 ["--help", "hydra/launcher=slurm"]):
+    for args in (["-m", "hydra/launcher=slurm"], ["hydra.mode=MULTIRUN", "hydra/launcher=slurm"],
+                 ["hydra/launcher=basic"], ["dataset=mnist"], ["--help", "hydra/launcher=slurm"],
+                 ["--cfg=hydra", "hydra/launcher=slurm"], ["-c", "job", "hydra/launcher=parallel"]):
         assert launcher_without_sweep(args) is None, args
     assert launcher_without_sweep(["+hydra/launcher=slurm", "-p", "hydra"]).startswith(
         "+hydra/launcher=slurm launches the jobs of a sweep, so it takes -m")
@@ -115,9 +107,6 @@ def test_a_launcher_without_m_is_refused_not_run_here():
         "hydra/launcher=parallel launches the jobs of a sweep, so it takes -m: without it Hydra "
         "would train this one run here, in this process. Nothing was run. To launch it: python "
         "-m bnstudy.train -m hydra/launcher=parallel dataset=mnist\n")
-
-
-def test_cfg_with_a_sweep_is_one_paragraph():
     for flags in (["-m", "--cfg", "job"], ["-m", "--cfg=job"], ["--multirun", "-c", "job"]):
         proc = run_train(*flags, "norm=bn,none")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -128,6 +117,10 @@ def test_cfg_with_a_sweep_is_one_paragraph():
                        (["--cfg", "hydra", "-p", "dataset"], "package 'dataset' not found")):
         proc = run_train(*args, "optim=adam")  # Hydra's run.dir reads the job's ${run_name}
         assert proc.returncode == ("dataset" in args) and said in proc.stdout + proc.stderr
+    for experiment, warned in (("lr_sweep", True), ("tuned", True), ("lr0.01", False),
+                               (None, False)):
+        cfg = compose([f"experiment={experiment}"] if experiment else [])
+        assert (single_run_of_a_sweep(cfg.hydra) is not None) == warned, experiment
 
 
 @pytest.mark.slow
@@ -135,10 +128,9 @@ def test_help_lists_the_studys_choices_and_the_config_prints_without_a_job(tmp_p
     text = run_train("--help").stdout
     assert text.startswith("python -m bnstudy.train [-m]") and "dataset.lr=0.001" in text
     assert text.index("dataset=mnist|cifar10") < text.index("Every group and its options:")
-    for group, options in {"dataset": "cifar10, fashion_mnist, mnist",
-                           "norm": "bn, group, layer, none", "optim": "adam, sgd",
-                           "model": "cnn, mlp"}.items():
-        assert f"{group}: {options}" in text
+    for options in ("dataset: cifar10, fashion_mnist, mnist", "norm: bn, group, layer, none",
+                    "optim: adam, sgd", "model: cnn, mlp"):
+        assert options in text
     listed = text.split("Every group and its options:\n")[1].split("\n\n")[0]
     assert [line.split(":")[0] for line in listed.splitlines()] == [  # none of conf/'s insides
         "callbacks", "dataset", "experiment", "logger", "model", "norm", "optim", "paths",
@@ -206,10 +198,8 @@ def test_a_sweep_whose_every_job_fails_keeps_nothing_and_names_no_resume(tiny_da
 
 
 @pytest.mark.slow
-def test_pythons_warnings_go_to_the_log_and_routine_ones_stay_off_the_console(tiny_data,
-                                                                               tmp_path):
-    """In a fresh interpreter (pytest records warnings itself): Lightning's warning that
-    checkpoints/ exists is in train.log, not on the console."""
+def test_pythons_warnings_go_to_the_log_and_routine_ones_stay_off_the_console(tiny_data, tmp_path):
+    """In a fresh interpreter (pytest records warnings itself)."""
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "notes.txt").write_text("not empty")
     proc = fresh_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}")
@@ -226,20 +216,18 @@ def test_an_interrupted_sweep_resumes_skipping_finished_jobs_and_diverged_is_a_r
     interrupted = run_train(*common, "+callbacks.stop._target_=tests.faults.InterruptAtEpoch",
                             "+callbacks.stop.epoch=1")  # Ctrl-C stops the whole sweep
     assert interrupted.returncode != 0
-    (first,) = sweep_jobs(tmp_path)
-    assert read_record(first)["status"] == "interrupted"
+    assert [read_record(job)["status"] for job in sweep_jobs(tmp_path)] == ["interrupted"]
     resumed = run_train(*common, "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]  # diverged jobs are results
-    records = [read_record(job) for job in sweep_jobs(tmp_path)]
-    assert sorted(r["status"] for r in records) == ["diverged", "diverged", "ok", "ok"]
+    assert sorted(read_record(job)["status"] for job in sweep_jobs(tmp_path)) == \
+        ["diverged", "diverged", "ok", "ok"]
     again = run_train(*common, "resume=true")
     assert again.returncode == 0 and again.stderr.count("already finished") == 4
 
 
 @pytest.mark.slow
 def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
-    """The README's first command (3 seeds by default) on tiny data: a verdict per dataset ×
-    optimizer on its console and in its report."""
+    """The README's first command (3 seeds by default) on tiny data: a verdict per pair."""
     from bnstudy.report.cli import main as report
 
     proc = run_train("-m", "dataset=mnist,cifar10", "norm=bn,none", "optim=sgd,adam", *FAST,
@@ -258,9 +246,7 @@ def test_the_readmes_main_command_ends_in_the_answer(tiny_data, tmp_path):
 
 def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tmp_path,
                                                                               monkeypatch, caplog):
-    """A sweep's job (a tuned search's trial too) and the sweep's own process: the study's
-    folder (not SWEEP/search/<cell>); a launcher's job resumes by itself unless the launcher
-    gave up on it. (A single run's: test_run.)"""
+    """A sweep's job and process: the study's folder, not SWEEP/search/<cell> (a run: test_run)."""
     from types import SimpleNamespace
 
     from bnstudy import train
@@ -271,11 +257,9 @@ def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tm
     hydra = SimpleNamespace(sweep=SimpleNamespace(dir=str(cell)))
     monkeypatch.setattr(train.HydraConfig, "get", lambda: hydra)
     monkeypatch.setattr(train, "is_multirun", lambda: True)
-    launcher_env(monkeypatch)
     said = []
     for slurm, gave_up in ((None, None), ("7", None), ("7", "timed out")):
-        if slurm:
-            monkeypatch.setenv("SLURM_JOB_ID", slurm)
+        launcher_env(monkeypatch, SLURM_JOB_ID=slurm)
         caplog.clear()
         train._say_interrupted(SimpleNamespace(run_name="x"), gave_up)
         said.append(caplog.messages[-1].removeprefix("Interrupted: x keeps what it trained so "
@@ -293,18 +277,7 @@ def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tm
         assert train.sweep_interrupted().startswith(words)
 
 
-@pytest.mark.parametrize("experiment, warned", [("lr_sweep", True), ("tuned", True),
-                                                ("lr0.01", False), (None, False)])
-def test_which_experiments_are_sweeps_a_single_run_warns_about(experiment, warned):
-    from bnstudy.overrides import compose
-    from bnstudy.train import single_run_of_a_sweep
-
-    cfg = compose([f"experiment={experiment}"] if experiment else [])
-    assert (single_run_of_a_sweep(cfg.hydra) is not None) == warned
-
-
-def test_a_bug_fails_the_run_with_its_traceback_on_the_console_and_in_its_log(tiny_data,
-                                                                             tmp_path):
+def test_a_bug_fails_the_run_with_its_traceback_on_the_console_and_in_its_log(tiny_data, tmp_path):
     proc = run_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}",
                      "+callbacks.bug._target_=tests.faults.BugAtEpoch", "+callbacks.bug.epoch=0")
     assert proc.returncode == 1 and read_record(tmp_path)["status"] == "failed"  # kept to debug
@@ -318,27 +291,24 @@ def test_a_sweep_experiment_without_m_is_named_as_one(tiny_data, tmp_path):
                      "trainer.fast_dev_run=true", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "experiment=lr_sweep is a sweep, but without -m" in proc.stderr
-    assert f"Files: {tmp_path} (metrics.json, images/)\n" in proc.stderr  # a fast_dev_run: no
-    # checkpoint, no events to browse
+    assert f"Files: {tmp_path} (metrics.json, images/)\n" in proc.stderr  # no ckpt, no events
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path, strategy):
-    """ddp restarts the script for rank 1, ddp_spawn starts two workers (gloo on CPU): rank 0
-    alone writes and speaks; the per-image test hits of both ranks in the test set's order."""
+    """Rank 0 alone writes and speaks; the test hits of both ranks in the test set's order."""
     import numpy as np
 
     proc = fresh_train(*FAST, f"paths.data_dir={tiny_data}", "trainer.max_epochs=2",
-                       "trainer.accelerator=cpu", "trainer.devices=2",
-                       f"trainer.strategy={strategy}", "dataset.lr=1e-4",
-                       "~callbacks.hallucinations", f"hydra.run.dir={tmp_path}", timeout=300)
+                       "trainer.accelerator=cpu", "trainer.devices=2", "dataset.lr=1e-4",
+                       f"trainer.strategy={strategy}", "~callbacks.hallucinations",
+                       f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count(": ok, val acc") == 1 and "Initializing distributed" not in \
         proc.stderr, proc.stderr[-3000:]
     record = read_record(tmp_path)
-    hits = checkpoint_hits(tmp_path, tiny_data)
-    correct = np.load(tmp_path / "test_correct.npy")
+    hits, correct = checkpoint_hits(tmp_path, tiny_data), np.load(tmp_path / "test_correct.npy")
     assert np.array_equal(correct, hits) and 0 < hits.mean() < 1
     assert correct.mean() == pytest.approx(record["test"]["acc"], abs=1e-6)
     assert record["status"] == "ok" and [row["epoch"] for row in record["history"]] == [0, 1]
@@ -346,22 +316,17 @@ def test_two_process_ddp_through_the_entry_point_writes_once(tiny_data, tmp_path
     assert (tmp_path / "images" / "weights_final.png").is_file()
 
 
-def snapshot(job) -> dict[str, bytes]:
-    """Every file of a job directory by relative path, but the events."""
-    return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
-            if p.is_file() and "tfevents" not in p.name}
-
-
 @pytest.mark.slow
-def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(tiny_data,
-                                                                              tmp_path):
-    """While a run's process pauses at epoch 1, a second process (resume, rewrite, rerun) is
-    refused naming it and changes nothing; SIGKILLed at epoch 2, its lock does not stop the
-    resume."""
+def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(tiny_data, tmp_path):
+    """A second process (resume, rewrite, rerun) changes nothing; a SIGKILLed run resumes."""
     import signal
     import socket
 
     from bnstudy.jobdir import holder
+
+    def snapshot() -> dict[str, bytes]:  # every file of the job by relative path, but the events
+        return {str(p.relative_to(job)): p.read_bytes() for p in sorted(job.rglob("*"))
+                if p.is_file() and "tfevents" not in p.name}
 
     job = tmp_path / "job"
     common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3", f"hydra.run.dir={job}")
@@ -372,12 +337,12 @@ def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(ti
     first = start_train(*common, *pauses)
     try:
         wait_for_file(tmp_path / "go.paused", first)
-        before = snapshot(job)
+        before = snapshot()
         for how in ("resume=true", "overwrite=true", "seed=0"):  # resume, rewrite, rerun
             second = run_train(*common, how)
             assert second.returncode == 1 and f"{job} is in use: " in second.stderr
             assert f" in process {first.pid} on {socket.gethostname()} since " in second.stderr
-        assert snapshot(job) == before
+        assert snapshot() == before
         (tmp_path / "go").touch()
         wait_for_file(tmp_path / "kill.paused", first)
         pids = {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")}
@@ -394,30 +359,9 @@ def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(ti
     assert read_record(job)["status"] == "ok" and len(read_record(job)["history"]) == 3
 
 
-def test_a_writer_threads_oserror_goes_to_the_log_not_the_console(capsys, caplog):
-    """TensorBoard's event writer fails in its own thread on a full disk (the run reports it
-    again): Python's thread traceback stays off the console."""
-    import errno
-    import logging
-    import threading
-
-    from bnstudy.console import thread_exception
-
-    def hook_args(error):
-        return threading.ExceptHookArgs((type(error), error, None, threading.current_thread()))
-
-    with caplog.at_level(logging.INFO, logger="py.threads"):
-        thread_exception(hook_args(OSError(errno.ENOSPC, "No space left on device")))
-    assert capsys.readouterr().err == "" and "No space left on device" in caplog.text
-    thread_exception(hook_args(ValueError("a bug")))  # any other error: Python's traceback
-    assert "ValueError: a bug" in capsys.readouterr().err
-
-
 def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(tmp_path,
                                                                               monkeypatch):
-    """Issue #34, quiet on a cluster too: not again what a requeued job's earlier attempt wrote
-    to train.log (`shown_before`), Lightning's srun notice in train.log only; ranks but 0 (of
-    DDP, or of a SLURM job's tasks) show their errors only."""
+    """Issue #34, on a cluster too: a requeued job's earlier lines; ranks but 0 errors only."""
     import logging
 
     from bnstudy.console import StudyLines, shown_before
@@ -459,28 +403,34 @@ def test_the_console_filter_passes_the_studys_lines_and_each_real_warning_once(t
     assert shown("bnstudy", logging.INFO, "x")
 
 
-def test_quiet_console_drops_lightnings_advertisement_once_added(caplog):
+def test_lightnings_noise_and_a_writer_threads_oserror_stay_off_the_console(tiny_data, monkeypatch,
+                                                                           caplog, capsys):
+    """Lightning's advertisement; its workers warning, said with many cores (the study's tensors
+    in memory need none); TensorBoard's writer on a full disk (the run reports it again)."""
+    import errno
     import logging
+    import threading
+    import warnings
 
-    from bnstudy.console import quiet_console
+    from lightning.pytorch.trainer.connectors import data_connector
 
+    from bnstudy.console import ignore_known_warnings, quiet_console, thread_exception
+
+    def hook_args(error):
+        return threading.ExceptHookArgs((type(error), error, None, threading.current_thread()))
+
+    with caplog.at_level(logging.INFO, logger="py.threads"):
+        thread_exception(hook_args(OSError(errno.ENOSPC, "No space left on device")))
+    assert capsys.readouterr().err == "" and "No space left on device" in caplog.text
+    thread_exception(hook_args(ValueError("a bug")))  # any other error: Python's traceback
+    assert "ValueError: a bug" in capsys.readouterr().err
+    caplog.clear()
     quiet_console()
     adverts = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO):
         adverts.info("💡 Tip: For seamless cloud logging and experiment tracking, try …")
         adverts.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
-
-
-def test_lightnings_workers_warning_is_dropped_as_known(tiny_data, monkeypatch):
-    """With many cores Lightning says a DataLoader "does not have many workers"; the study's
-    tensors in memory need none."""
-    import warnings
-
-    from lightning.pytorch.trainer.connectors import data_connector
-
-    from bnstudy.console import ignore_known_warnings
-
     monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 15)
     said = {}
     for ignored in (False, True):

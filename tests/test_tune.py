@@ -10,16 +10,24 @@ import math
 import os
 import re
 import shutil
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import compose_config, csv_rows, run_sweep, run_train, write_job
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord
+import bnstudy.run
+import bnstudy.tune
+from bnstudy.errors import ConfigError
+from bnstudy.jobdir import JobDirLock
+from bnstudy.records import SEARCH_DIR, TUNING_FILE, RunRecord, job_dirs
 from bnstudy.report.cli import main as report
-from bnstudy.tune import TunedSweeper, cell_seed, choose
+from bnstudy.run import RunEnded
+from bnstudy.trials import Cells
+from bnstudy.tune import METRIC, STUDY_LOCK, TunedSweeper, cell_seed, check_folder, choose
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
@@ -51,8 +59,7 @@ def sweeper(*overrides: str) -> TunedSweeper:
 
 
 def first_settings(sampler, space: dict, n: int = 2) -> list[dict]:
-    """The first `n` settings `sampler` proposes over `space` (the Optuna sweeper's syntax), as
-    a cell's search asks them."""
+    """The first `n` settings `sampler` proposes over `space` (Optuna sweeper syntax) to a cell."""
     import optuna
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
@@ -62,9 +69,7 @@ def first_settings(sampler, space: dict, n: int = 2) -> list[dict]:
 
 
 def test_each_cell_searches_independently_and_repeats_itself():
-    """Issue #33: one sampler seed for every cell drew the same settings for both norms; each
-    cell now seeds its sampler from its name, so the norms draw different first settings, and
-    a rerun (resume) draws the same ones again. TPE stays a config choice."""
+    """Issue #33: each cell seeds its sampler from its name (the norms differ), a resume repeats."""
     tuner = sweeper()
     space = dict(tuner.search.sgd)
     bn, none = (first_settings(tuner.cell_sampler(f"mnist-{n}-sgd")[0], space)
@@ -88,8 +93,7 @@ def test_each_cell_searches_independently_and_repeats_itself():
 
 
 def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
-    """The search's best (one lucky split) loses to a setting better on average; a failed re-run
-    is left out, a diverged one counts 0; on a tie the better in the search wins."""
+    """A lucky split loses to a better mean; a failed re-run left out, a diverged one 0; a tie."""
     lucky = {"params": {"lr": 0.5}, "val_acc": [0.90, 0.60, 0.60]}
     steady = {"params": {"lr": 0.1}, "val_acc": [0.80, 0.80, None]}
     diverges = {"params": {"lr": 0.9}, "val_acc": [0.95, 0.0, 0.95]}
@@ -101,10 +105,7 @@ def test_the_top_settings_are_chosen_on_mean_val_acc_over_seeds():
 
 
 def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
-    """`_rerun_top`: each candidate over the seeds as the sweep's jobs (hand-made records that
-    score lr × seed), the cell's best the one with the best mean, `final_jobs` its re-runs."""
-    import time
-
+    """`_rerun_top` on records scoring lr × seed: the best mean chosen, `final_jobs` its re-runs."""
     acc = {("0.1", "0"): 0.9, ("0.1", "1"): 0.5, ("0.01", "0"): 0.75, ("0.01", "1"): None}
 
     class Launcher:
@@ -118,9 +119,8 @@ def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
                 key = (given["optim.optimizer.lr"], given["seed"])
                 status = "ok" if acc[key] is not None else "failed"  # no score: None
                 RunRecord(status, history=[{"val/acc": acc[key]}], wall_time_s=2.0).write(out)
-                ret = JobReturn(status=JobStatus.COMPLETED)
-                ret.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(out)}}})
-                returns.append(ret)
+                returns.append(JobReturn(status=JobStatus.COMPLETED, hydra_cfg=OmegaConf.create(
+                    {"hydra": {"runtime": {"output_dir": str(out)}}})))
             return returns
 
     tuner = sweeper("hydra.sweeper.rerun_top=2")
@@ -135,8 +135,7 @@ def test_the_reruns_list_every_candidate_and_report_the_chosen_ones(tmp_path):
     assert cell["best_params"] == {"optim.optimizer.lr": 0.01} and cell["best_value"] == 0.7
     assert cell["final_jobs"] == ["2_lr0.01_seed0", "3_lr0.01_seed1"]
     assert cell["candidates"][0]["jobs"] == ["0_lr0.1_seed0", "1_lr0.1_seed1"]
-    assert cell["candidates"][0]["val_acc"] == [0.9, 0.5]
-    assert cell["candidates"][1]["val_acc"] == [0.75, None]  # a failed re-run: no score
+    assert [c["val_acc"] for c in cell["candidates"]] == [[0.9, 0.5], [0.75, None]]  # failed: None
     assert json.loads((tmp_path / TUNING_FILE).read_text()) == record
     tuner._rerun_top({"cells": [], "time_s": {}}, [], tmp_path)  # nothing to re-run: no launch
 
@@ -192,31 +191,32 @@ def test_a_tiny_search_then_its_seed_reruns_end_to_end(tiny_data, tmp_path):
     assert sum(r["claim"] == "C7" for r in claims) == 2  # k = 1, 2
 
 
-@pytest.mark.slow
-def test_a_search_proposes_its_cells_seeded_settings(tmp_path, monkeypatch):
-    """One cell, 3 random trials (`fake_train`) at a base sampler seed other than the default:
-    the settings its cell's seeded sampler proposes, so a resume repeats its search. The sweep
-    dir is relative to where it is launched, as Hydra's default one is."""
+@pytest.mark.slow  # two tuned studies through the entry point
+def test_a_search_proposes_its_cells_seeded_settings_and_overwrite_keeps_no_old_job(tmp_path,
+                                                                                   monkeypatch):
+    """At base sampler seed 1, in a sweep dir relative to the cwd (as Hydra's default one is);
+    overwrite=true: the old re-runs and trials go (fewer seeds kept the others beside its own)."""
     import optuna
 
-    import bnstudy.run
-
     monkeypatch.setattr(bnstudy.run, "train", fake_train)
-    proc = run_train("-m", "hydra.sweep.dir=first", "experiment=tuned", "dataset=mnist",
-                     "optim=adam", "norm=bn", "seed=0", "hydra.sweeper.n_trials=3",
-                     "hydra.sweeper.rerun_top=1", "hydra.sweeper.sampler.seed=1", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (cell,) = json.loads((tmp_path / "first" / TUNING_FILE).read_text())["cells"]
+    common = ("-m", "hydra.sweep.dir=first", "experiment=tuned", "dataset=mnist", "optim=adam",
+              "norm=bn", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=1",
+              "hydra.sweeper.sampler.seed=1")
     seeded = optuna.samplers.RandomSampler(seed=cell_seed(1, "mnist-bn-adam"))
-    assert [t["params"] for t in cell["trials"]] == \
-        first_settings(seeded, dict(sweeper().search.adam), 3)
+    study, proposed = tmp_path / "first", first_settings(seeded, dict(sweeper().search.adam), 3)
+    for *given, jobs in (("seed=0,1,2", 3), ("seed=0", "overwrite=true", 1)):
+        proc = run_train(*common, *given, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        tuning = json.loads((study / TUNING_FILE).read_text())
+        (cell,) = tuning["cells"]
+        assert [t["params"] for t in cell["trials"]] == proposed
+        assert len(job_dirs(study)) == jobs
+        assert len(job_dirs(study / SEARCH_DIR / "mnist-bn-adam")) == 3
+    assert tuning["seeds"] == [0]
 
 
 def fake_train(cfg):
-    """`bnstudy.run.train` without training: a record whose final val acc comes from the lr
-    (best at 0.01) and the seed; a CIFAR-10 run fails as one without its data would."""
-    from bnstudy.run import RunEnded
-
+    """`bnstudy.run.train` without training: val acc from lr and seed; CIFAR-10's data missing."""
     if cfg.dataset.name == "cifar10":
         raise RunEnded("failed", "no CIFAR-10 here")
     acc = fake_train_acc(cfg.optim.optimizer.lr, cfg.seed)
@@ -227,25 +227,18 @@ def fake_train(cfg):
 
 
 @pytest.mark.slow
-def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_path,
-                                                                         monkeypatch):
-    """The tuned sweep's own code end to end, each job a hand-made record (`fake_train`): the
-    cells searched with their seeded samplers, each trial's score the final val acc, the top 2
-    re-run over the seeds and the best mean chosen; a cell whose every trial failed is said,
-    exit 1, and the other is tuned all the same."""
-    import bnstudy.run
-
+def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_path, monkeypatch):
+    """Each job a `fake_train` record; a cell whose every trial failed is said, exit 1, the other
+    tuned all the same."""
     monkeypatch.setattr(bnstudy.run, "train", fake_train)
-    proc = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam", "norm=bn",
-                     "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2",
-                     f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    study = ("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam", "norm=bn",
+             f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    proc = run_train(*study, "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     tuning = json.loads((tmp_path / TUNING_FILE).read_text())  # its header: the record's test
-    base = tuning["sampler_seed"]
     mnist, cifar = tuning["cells"]
-    assert {k: mnist[k] for k in ("dataset", "optim", "norm")} == \
-        {"dataset": "mnist", "optim": "adam", "norm": "bn"}
-    assert mnist["sampler_seed"] == cell_seed(base, "mnist-bn-adam")
+    assert (mnist["dataset"], mnist["optim"], mnist["norm"]) == ("mnist", "adam", "bn")
+    assert mnist["sampler_seed"] == cell_seed(tuning["sampler_seed"], "mnist-bn-adam")
     for n, trial in enumerate(mnist["trials"]):
         lr = trial["params"]["optim.optimizer.lr"]
         assert trial["value"] == pytest.approx(fake_train_acc(lr, 0))
@@ -276,17 +269,14 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
     assert "cifar10-bn-adam: every trial failed, e.g. " in said and "no CIFAR-10 here" in said
     assert f"then run the same command with resume=true hydra.sweep.dir={tmp_path}:" in said
     record = (tmp_path / TUNING_FILE).read_bytes()  # launched again without resume=true:
-    again = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam",
-                      "norm=bn", f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
+    again = run_train(*study)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert f"{tmp_path} already holds a tuned study ({TUNING_FILE}); nothing was changed. Add " \
         "resume=true" in " ".join(again.stderr.split())
     assert (tmp_path / TUNING_FILE).read_bytes() == record  # its search's record kept
     plan = (tmp_path / "multirun.yaml").read_bytes()  # resumed with another setting: refused
-    other = run_train("-m", "experiment=tuned", "dataset=mnist,cifar10", "optim=adam", "norm=bn",
-                      "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2",
-                      "dataset.batch_size=32", "resume=true", f"hydra.sweep.dir={tmp_path}",
-                      f"paths.data_dir={tmp_path}")
+    other = run_train(*study, "seed=0,1", "hydra.sweeper.n_trials=3", "hydra.sweeper.rerun_top=2",
+                      "dataset.batch_size=32", "resume=true")
     assert other.returncode == 1 and "Traceback" not in other.stderr
     assert f"{tmp_path} holds a tuned study run with other settings (dataset.batch_size: 64 -> " \
         "32; dataset.datamodule.batch_size: 64 -> 32), so nothing was run." in \
@@ -298,16 +288,14 @@ def test_a_search_and_its_reruns_through_the_entry_point_without_training(tmp_pa
                      f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")  # refused
     assert grid.returncode == 1 and f"{tmp_path} holds the jobs of another kind of sweep, " \
         "not a grid of values" in grid.stderr and "Traceback" not in grid.stderr
-    assert "optim.optimizer.lr" in OmegaConf.load(tmp_path / "multirun.yaml").hydra.sweeper.params
-    assert "optim.optimizer.lr" in OmegaConf.load(
-        tmp_path / SEARCH_DIR / "mnist-bn-adam" / "multirun.yaml").hydra.sweeper.params
+    for plan in (tmp_path, tmp_path / SEARCH_DIR / "mnist-bn-adam"):  # kept, its searches' too
+        assert "optim.optimizer.lr" in OmegaConf.load(plan / "multirun.yaml").hydra.sweeper.params
 
 
-def test_a_tuned_study_refuses_a_misspelt_cell_and_a_grids_folder(tmp_path, monkeypatch):
-    """Each before any trial, nothing changed: a value that does not compose (it failed only
-    after the other cells' searches), a folder holding a grid sweep."""
-    import bnstudy.run
-
+def test_a_tuned_study_refuses_a_misspelt_cell_a_grids_folder_and_a_second_launch(tmp_path,
+                                                                                  monkeypatch):
+    """Before any trial (not after the other cells' searches), nothing changed; two launches of a
+    study would each search and write tuning.json: the running one's folder kept (not as empty)."""
     monkeypatch.setattr(bnstudy.run, "train", fake_train)
     common = ("-m", "experiment=tuned", "optim=adam", "norm=bn", "seed=0",
               "hydra.sweeper.n_trials=2", f"paths.data_dir={tmp_path}")
@@ -321,34 +309,25 @@ def test_a_tuned_study_refuses_a_misspelt_cell_and_a_grids_folder(tmp_path, monk
         assert into.returncode == 1 and f"{grid} holds the jobs of another kind of sweep (a " \
             "grid of values), so nothing was run." in " ".join(into.stderr.split())
     assert sorted(p.name for p in grid.iterdir()) == ["0_mnist-bn-sgd-seed0"]
-
-
-@pytest.mark.slow  # two tuned studies through the entry point
-def test_a_tuned_study_overwritten_keeps_none_of_the_old_ones_jobs(tmp_path, monkeypatch):
-    """overwrite=true searches and re-runs from scratch: the old study's re-runs and trials go
-    (a study with fewer seeds kept the others beside its own)."""
-    import bnstudy.run
-    from bnstudy.records import job_dirs
-
-    monkeypatch.setattr(bnstudy.run, "train", fake_train)
-    common = ("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
-              "hydra.sweeper.n_trials=2", "hydra.sweeper.rerun_top=1",
-              f"hydra.sweep.dir={tmp_path}", f"paths.data_dir={tmp_path}")
-    assert run_train(*common, "seed=0,1,2").returncode == 0 and len(job_dirs(tmp_path)) == 3
-    assert run_train(*common, "seed=0", "overwrite=true").returncode == 0
-    assert len(job_dirs(tmp_path)) == 1
-    assert len(job_dirs(tmp_path / SEARCH_DIR / "mnist-bn-adam")) == 2
-    assert json.loads((tmp_path / TUNING_FILE).read_text())["seeds"] == [0]
+    (tmp_path / "multirun.yaml").write_text("{}")  # a study just started: no search/ yet
+    with JobDirLock(tmp_path, STUDY_LOCK) as running:  # the first launch, still tuning
+        running.acquire("the tuned study")
+        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+        second = run_train(*common, "dataset=mnist", "resume=true", f"hydra.sweep.dir={tmp_path}")
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    said = " ".join(second.stderr.split())
+    assert second.returncode == 1 and "Traceback" not in said
+    assert f"{tmp_path} is being tuned: the tuned study in process {os.getpid()} on " in said
+    assert "A tuned study's searches live in one process, so nothing was run. Wait until it " \
+        f"ends (or stop it), then run the same command with resume=true hydra.sweep.dir=" \
+        f"{tmp_path} to go on; to tune beside it, choose another hydra.sweep.dir." in said
 
 
 def fake_train_acc(lr: float, seed: int) -> float:
     return 0.9 - abs(math.log10(lr) + 2) / 10 + seed / 100
 
 
-def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_not_swept(
-        caplog):
-    from bnstudy.errors import ConfigError
-
+def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_not_swept(caplog):
     tuner = sweeper()
     cells, rest = tuner._cells(["dataset=mnist", "norm=bn,none", "seed=3,4",
                                 "trainer.max_epochs=2"])
@@ -392,15 +371,14 @@ def test_the_cells_are_narrowed_on_the_command_line_and_a_searched_setting_is_no
     assert tuner._cells([])[0] == [{"dataset": "mnist", "norm": n} for n in ("bn", "none")]
 
 
-@pytest.mark.parametrize("override", ["n_trials=0", "n_trials=-1", "n_trials=abc", "n_jobs=0",
-                                      "rerun_top=1.5"])
-def test_a_sweeper_count_that_is_no_whole_number_from_1_is_one_paragraph(override, tmp_path):
-    tuner = sweeper(f"hydra.sweeper.{override}")
+@pytest.mark.parametrize("key, value", [("n_trials", "0"), ("n_trials", "-1"), ("n_trials", "abc"),
+                                        ("n_jobs", "0"), ("rerun_top", "1.5")])
+def test_a_sweeper_count_that_is_no_whole_number_from_1_is_one_paragraph(key, value, tmp_path):
+    tuner = sweeper(f"hydra.sweeper.{key}={value}")
     tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
     with pytest.raises(SystemExit) as refused:
         tuner.sweep([])
-    key = override.split("=")[0]
-    assert refused.value.code.startswith(f"hydra.sweeper.{override}: the number of ")
+    assert refused.value.code.startswith(f"hydra.sweeper.{key}={value}: the number of ")
     assert f"must be a whole number, 1 or more, e.g. hydra.sweeper.{key}=" in refused.value.code
 
 
@@ -420,11 +398,7 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     with pytest.raises(SystemExit):
         tuner.sweep([])
     assert (tmp_path / "sweep" / "search" / "mnist-bn-sgd").is_dir()  # something ran: kept
-
-    def interrupted(arguments):
-        raise KeyboardInterrupt
-
-    tuner._sweep = interrupted
+    tuner._sweep = ctrl_c
     with pytest.raises(SystemExit) as stopped:  # said here, exit 1: not said again by train
         tuner.sweep([])
     assert stopped.value.code == 1
@@ -437,9 +411,8 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
         tuner.sweep([])
     assert caplog.messages[1:] == ["The study's SLURM jobs go on without it: squeue --me lists "
                                    "them, scancel <job id> stops them.", caplog.messages[0]]
-    # Hydra's default folder, `${now:...}`, resolved once: after trials ran in this process it
-    # resolved again (its cache lost), and the re-runs' launcher made a second, empty folder of
-    # the later time (2 of 3 tuned studies here), which Ctrl-C would have named
+    # Hydra's default folder, `${now:...}`, resolved once: not again after trials ran (its cache
+    # lost), as the re-runs' launcher made a second, empty folder, which Ctrl-C would have named
     tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": f"{sweep}-${{now:%H%M%S%f}}"}}})
     first = tuner.config.hydra.sweep.dir
 
@@ -453,44 +426,18 @@ def test_a_refused_tuning_leaves_no_empty_folder_and_an_interrupted_one_says_how
     assert tuner.config.hydra.sweep.dir == first and caplog.messages[-1].endswith(first)
 
 
-def test_a_second_launch_of_a_running_tuned_study_is_refused_and_changes_nothing(tmp_path):
-    """Two processes would each search (the same seeded trials, skipping the other's) and
-    write tuning.json: launched with resume=true while the study ran, both did. Its refusal
-    leaves the running study's folder as it is (not removed as a folder no job wrote in)."""
-    from bnstudy.jobdir import JobDirLock
-    from bnstudy.tune import STUDY_LOCK
-
-    (tmp_path / "multirun.yaml").write_text("{}")  # a study just started: no search/ yet
-    with JobDirLock(tmp_path, STUDY_LOCK) as running:  # the first launch, still tuning
-        running.acquire("the tuned study")
-        before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-        second = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
-                           "resume=true", f"hydra.sweep.dir={tmp_path}",
-                           f"paths.data_dir={tmp_path}")
-        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
-    said = " ".join(second.stderr.split())
-    assert second.returncode == 1 and "Traceback" not in said
-    assert f"{tmp_path} is being tuned: the tuned study in process {os.getpid()} on " in said
-    assert "A tuned study's searches live in one process, so nothing was run. Wait until it " \
-        f"ends (or stop it), then run the same command with resume=true hydra.sweep.dir=" \
-        f"{tmp_path} to go on; to tune beside it, choose another hydra.sweep.dir." in said
+def ctrl_c(*args):
+    raise KeyboardInterrupt
 
 
 def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
-    """Between trials (here: before the re-runs), in the study's own words, not the grid's too
-    ("Its finished jobs keep their results (python -m bnstudy.report …)": no report yet); its
-    searches' SLURM jobs, which no launcher said, said to go on."""
-    import bnstudy.run
-    import bnstudy.tune
-
-    def ctrl_c(*args):
-        raise KeyboardInterrupt
-
+    """In the study's own words, not the grid's too; its searches' SLURM jobs said to go on."""
     monkeypatch.setattr(bnstudy.run, "train", fake_train)
     monkeypatch.setattr(TunedSweeper, "_rerun_top", ctrl_c)
-    proc = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
-                     "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}",
-                     f"paths.data_dir={tmp_path}")
+    study = ("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
+             "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}",
+             f"paths.data_dir={tmp_path}")
+    proc = run_train(*study)
     said = proc.stdout + proc.stderr
     assert proc.returncode == 1 and "Traceback" not in said
     assert said.count("Interrupted") == 1 and f"Interrupted: {tmp_path} keeps its finished " \
@@ -507,9 +454,7 @@ def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bnstudy.tune, "Cells", OnCluster)
     shutil.rmtree(tmp_path / SEARCH_DIR, ignore_errors=True)
-    proc = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "norm=bn",
-                     "resume=true", "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path}",
-                     f"paths.data_dir={tmp_path}")
+    proc = run_train(*study, "resume=true")
     said = proc.stdout + proc.stderr
     assert proc.returncode == 1 and said.count("The study's SLURM jobs go on without it: squeue "
                                                "--me lists them, scancel <job id> stops them.") == 1
@@ -539,25 +484,19 @@ def test_ctrl_c_on_a_tuned_study_is_said_once(tmp_path, monkeypatch):
                                      "then run this command again."),
 ])
 def test_a_tuned_studys_folder_is_checked_before_any_trial(folder, settings, refusal, tmp_path):
-    from bnstudy.errors import ConfigError
-    from bnstudy.jobdir import JobDirLock
-    from bnstudy.tune import check_folder
-
-    sweep = tmp_path / "study"
+    sweep, base = tmp_path / "study", {"seed": 0, "lr": 0.1, "resume": False, "overwrite": False}
     sweep.mkdir()
     if folder == "grid":
         write_job(sweep, [0.5])
     if folder in ("tuned", "searching", "running", "reran"):
         trial = write_job(sweep / SEARCH_DIR / "mnist-bn-sgd", [0.5])
         rerun = write_job(sweep, [0.5])
-        OmegaConf.save(OmegaConf.create({"seed": 0, "lr": 0.1, "resume": False,
-                                         "overwrite": False}), sweep / "multirun.yaml")
+        OmegaConf.save(OmegaConf.create(base), sweep / "multirun.yaml")
     if folder in ("tuned", "running", "reran"):
         (sweep / TUNING_FILE).write_text("{}")
     if folder == "reran":
         shutil.rmtree(sweep / SEARCH_DIR)
-    config = OmegaConf.create({"seed": 0, "lr": 0.1, "resume": False, "overwrite": False,
-                               **settings})
+    config = OmegaConf.create({**base, **settings})
     with contextlib.ExitStack() as held:
         for job in (trial, rerun) if folder == "running" else ():
             held.enter_context(JobDirLock(job)).acquire("a trial")
@@ -578,27 +517,19 @@ def test_a_tuned_studys_folder_is_checked_before_any_trial(folder, settings, ref
 @pytest.mark.parametrize("failing", [0, 1, 2])
 def test_the_studys_record_holds_its_searches_then_its_reruns(failing, tmp_path, monkeypatch,
                                                                caplog):
-    """`_sweep` with each cell's search and the re-runs stubbed: tuning.json and multirun.yaml
-    as the report reads them, and the cells that found no setting named with the way on."""
-    from types import SimpleNamespace
-
-    from bnstudy.trials import Cells
-    from bnstudy.tune import METRIC
-
+    """`_sweep` with searches and re-runs stubbed; the cells that found no setting named."""
     caplog.set_level("INFO", logger="bnstudy")
     study = tmp_path / "study"
     study.mkdir()  # by the sweep's OutputFolder callback
     tuner = sweeper("hydra.sweeper.n_trials=4", "hydra.sweeper.rerun_top=2")
     tuner.seeds = [0, 1]  # hydra.sweeper.params.seed
+    board = {"tensorboard": {"_target_": "lightning.pytorch.loggers.TensorBoardLogger"}}
     tuner.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(study)}, "sweeper": {}},
-                                     "logger": {"tensorboard": {"_target_": "lightning.pytorch."
-                                                                           "loggers.TensorBoardLogger"}}})
+                                     "logger": board})
     tuner.hydra_context = SimpleNamespace(config_loader=SimpleNamespace(
         load_sweep_config=lambda config, overrides: compose_config(*overrides)))
-    class SlurmLauncher:  # its searches' trials in flight at once; other launchers' in turn
-        pass
-
-    tuner.launcher, reran = SlurmLauncher() if failing == 2 else object(), []
+    # on SLURM, its searches' trials in flight at once; on other launchers, in turn
+    tuner.launcher, reran = type("SlurmLauncher", (), {})() if failing == 2 else object(), []
     names = ["mnist-bn-sgd", "mnist-none-sgd"]
 
     def search(cell, rest, sweep_dir, together):
