@@ -10,12 +10,15 @@ import math
 import numpy as np
 import pytest
 from helpers import csv_rows, scalar_tags, scalars, write_job
+from matplotlib.colors import to_rgba
 
 from bnstudy.records import TUNING_FILE
 from bnstudy.report import budget as B
 from bnstudy.report.answer import console_answer
 from bnstudy.report.budget import BUDGET_FILE, budgets, expected_best, words
 from bnstudy.report.cli import main as report
+from bnstudy.report.figures import norm_color
+from bnstudy.report.render import tuning_table
 
 N = 200  # trials a side in the hand-made searches: bands narrow enough to place a crossover
 
@@ -23,8 +26,7 @@ N = 200  # trials a side in the hand-made searches: bands narrow enough to place
 @pytest.mark.parametrize("values", [[0.3], [0.5, 0.1], [0.2, 0.9, 0.4, 0.4],
                                     [0.0, 0.7, 0.1, 0.65, 0.3, 0.9, 0.9]])
 def test_the_expected_best_of_k_is_the_mean_best_of_every_k_subset(values):
-    """Tang et al.'s estimator equals the mean of max over every k-subset, ties included; it
-    takes many searches at once (a row each)."""
+    """Tang et al.'s estimator, ties included; it takes many searches at once (a row each)."""
     curve = expected_best(values)
     for k in range(1, len(values) + 1):
         subsets = list(itertools.combinations(values, k))
@@ -33,7 +35,8 @@ def test_the_expected_best_of_k_is_the_mean_best_of_every_k_subset(values):
     assert np.allclose(expected_best([values, np.divide(values, 2)]), [curve, curve / 2])
 
 
-def cell(norm: str, values, seconds: float, dataset="mnist", optim="sgd", failed=0) -> dict:
+def cell(norm: str, values, seconds: float | None, dataset="mnist", optim="sgd", failed=0
+         ) -> dict:
     trials = [{"params": {"optim.optimizer.lr": 0.01}, "value": float(v), "state": "COMPLETE",
                "seconds": seconds} for v in values]
     trials += [{"params": {}, "value": None, "state": "FAIL", "seconds": None}] * failed
@@ -41,23 +44,26 @@ def cell(norm: str, values, seconds: float, dataset="mnist", optim="sgd", failed
 
 
 def crossover(bn_value: float = 0.87, **where) -> list[dict]:
-    """BN's search scores `bn_value` at every setting (10 s a trial); no BN's spreads evenly over
-    0.5 to 1.0 (8 s a trial): its expected best after k trials ≈ 0.5 + 0.5 k / (k + 1), 0.75,
-    0.83, 0.875, …: BN ahead at 1 and 2 trials, the difference gone at 3 and reversed at 4."""
+    """BN's search scores `bn_value` (10 s a trial); no BN's spreads over 0.5 to 1.0 (8 s): its
+    expected best ≈ 0.5 + 0.5 k / (k + 1), 0.75, 0.83, 0.875, …: BN ahead at 1, 2, level at 3,
+    behind at 4."""
     return [cell("bn", [bn_value] * N, 10.0, **where),
             cell("none", 0.5 + 0.5 * np.arange(N) / N, 8.0, failed=3, **where)]
 
 
+def bn_budget(*cells: dict):
+    """The one BN − no BN budget of these cells."""
+    (budget,) = budgets({"cells": list(cells)}, [("bn", "none")])
+    return budget
+
+
 def test_the_band_holds_the_estimate_and_repeats_itself_and_seconds_charge_each_norms_time():
-    tuning = {"cells": crossover()}
-    (first,) = budgets(tuning, [("bn", "none")])
-    (again,) = budgets(tuning, [("bn", "none")])
-    assert first.rows() == again.rows()  # a fixed numpy seed
+    first = bn_budget(*crossover())
+    assert first.rows() == bn_budget(*crossover()).rows()  # a fixed numpy seed
     for row in first.rows():
-        for low, estimate, high in (("treatment_low", "treatment_best", "treatment_high"),
-                                    ("baseline_low", "baseline_best", "baseline_high"),
-                                    ("diff_low", "diff", "diff_high")):
-            assert row[low] - 1e-12 <= row[estimate] <= row[high] + 1e-12
+        for arm in ("treatment", "baseline"):
+            assert row[f"{arm}_low"] - 1e-12 <= row[f"{arm}_best"] <= row[f"{arm}_high"] + 1e-12
+        assert row["diff_low"] - 1e-12 <= row["diff"] <= row["diff_high"] + 1e-12
     k1 = first.rows()[0]
     assert k1["baseline_high"] - k1["baseline_low"] > 0.01  # a band, not a point
     assert k1["diff"] == pytest.approx(0.87 - np.mean(0.5 + 0.5 * np.arange(N) / N))
@@ -69,54 +75,45 @@ def test_the_band_holds_the_estimate_and_repeats_itself_and_seconds_charge_each_
 
 
 def test_a_crossover_at_3_trials_is_said_as_worth_it_below_3_trials():
-    (budget,) = budgets({"cells": crossover()}, [("bn", "none")])
-    assert words(budget) == "BN is worth it below 3 trials / 24 s of search here: at 3 trials " \
-        "the difference vanishes; no BN is ahead from 4 trials."  # 24 s: 2 BN, 3 no-BN trials
-    (ahead,) = budgets({"cells": crossover(0.999)}, [("bn", "none")])
-    assert words(ahead) == f"BN is ahead at every budget up to {N} trials / {8 * N} s."
-    (behind,) = budgets({"cells": crossover(0.6)}, [("bn", "none")])
-    assert words(behind) == f"BN is not shown ahead at any budget up to {N} trials; no BN is " \
-        "ahead from 1 trial."
+    assert words(bn_budget(*crossover())) == "BN is worth it below 3 trials / 24 s of search " \
+        "here: at 3 trials the difference vanishes; no BN is ahead from 4 trials."  # 2 BN, 3 no BN
+    assert words(bn_budget(*crossover(0.999))) == \
+        f"BN is ahead at every budget up to {N} trials / {8 * N} s."
+    assert words(bn_budget(*crossover(0.6))) == f"BN is not shown ahead at any budget up to {N} " \
+        "trials; no BN is ahead from 1 trial."
     untimed = [cell(c["norm"], [t["value"] for t in c["trials"] if t["value"]], math.nan)
                for c in crossover(0.999) + crossover()]  # no trial seconds: trials only
-    assert [words(b) for b in budgets({"cells": untimed[:2]}, [("bn", "none")])
-            + budgets({"cells": untimed[2:]}, [("bn", "none")])] == [
+    assert [words(bn_budget(*untimed[:2])), words(bn_budget(*untimed[2:]))] == [
         f"BN is ahead at every budget up to {N} trials.", "BN is worth it below 3 trials here: "
         "at 3 trials the difference vanishes; no BN is ahead from 4 trials."]
-    flips = [cell("bn", [0.6] * N, 10.0), cell("none", [0.0, 1.0] * (N // 2), 10.0)]
-    (flipped,) = budgets({"cells": flips}, [("bn", "none")])  # 0.5, then 0.75: behind at 2
+    flipped = bn_budget(cell("bn", [0.6] * N, 10.0), cell("none", [0.0, 1.0] * (N // 2), 10.0))
     assert words(flipped) == "BN is worth it below 2 trials / 20 s of search here: at 2 " \
-        "trials the difference reverses; no BN is ahead from 2 trials."
-    caught_up = [cell("bn", [0.8] * N, 10.0),
-                 cell("none", 0.5 + 0.3 * np.arange(N) / (N - 1), 10.0)]
-    (level,) = budgets({"cells": caught_up}, [("bn", "none")])  # no BN's best is BN's: no reversal
+        "trials the difference reverses; no BN is ahead from 2 trials."  # 0.5, then 0.75
+    level = bn_budget(cell("bn", [0.8] * N, 10.0),  # no BN's best is BN's: no reversal
+                      cell("none", 0.5 + 0.3 * np.arange(N) / (N - 1), 10.0))
     assert words(level) == "BN is worth it below 198 trials / 1980 s of search here: at 198 " \
         "trials the difference vanishes."
-    late = [cell("bn", 0.5 + 0.5 * np.arange(N) / N, 8.0), cell("none", [0.8] * N, 10.0)]
-    (later,) = budgets({"cells": late}, [("bn", "none")])  # a wide search wins given trials
+    later = bn_budget(cell("bn", 0.5 + 0.5 * np.arange(N) / N, 8.0), cell("none", [0.8] * N, 10.0))
     assert words(later) == "BN is not shown ahead at a small budget; it is ahead at 2 trials."
 
 
 def test_one_trial_a_side_is_direction_and_size_only():
     """A bootstrap of one trial has no spread: its p would 'decide' anything; no test."""
-    (single,) = budgets({"cells": [cell("bn", [0.80], 1.0), cell("none", [0.81], 1.0)]},
-                        [("bn", "none")])
+    single = bn_budget(cell("bn", [0.80], 1.0), cell("none", [0.81], 1.0))
     (row,) = B.claim_rows([single])
     assert math.isnan(row["p_value"]) and row["verdict"] == row["claim_verdict"] == "cannot tell"
     assert row["note"].startswith("one trial on a side: a bootstrap of one has no spread")
     assert words(single) == ("One trial on a side: BN − no BN -1.00 pts, direction and size only "
                              "(a bootstrap of one trial has no spread).")
-    (two,) = budgets({"cells": [cell("bn", [0.8, 0.9], 1.0), cell("none", [0.5, 0.6], 1.0)]},
-                     [("bn", "none")])
+    two = bn_budget(cell("bn", [0.8, 0.9], 1.0), cell("none", [0.5, 0.6], 1.0))
     assert all(r["p_value"] < 0.05 for r in B.claim_rows([two]))  # two trials a side: tested
 
 
 def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
     """A tuned sweep: the cells' searches in tuning.json and two re-runs per cell."""
     for c in cells:
-        c["final_jobs"] = [write_job(sweep_dir, [0.5, 0.9], dataset=c["dataset"],
-                                     optim=c["optim"], norm=c["norm"], seed=s).name
-                           for s in (0, 1)]
+        c["final_jobs"] = [write_job(sweep_dir, [0.5, 0.9], dataset=c["dataset"], optim=c["optim"],
+                                     norm=c["norm"], seed=s).name for s in (0, 1)]
         c.update(best_params={"optim.optimizer.lr": 0.01}, best_value=0.9)
     (sweep_dir / TUNING_FILE).write_text(json.dumps(
         {"sampler": "RandomSampler", "sampler_seed": 0, "n_trials": N, "rerun_top": 1,
@@ -125,8 +122,7 @@ def write_tuned_sweep(sweep_dir, cells: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rendered):
-    """budget.csv's columns, a figure and a TensorBoard chart per pair, C7's parts in
-    claims.csv (k = 1 and 2 per dataset × optimizer) and its words in report.md."""
+    """budget.csv, a figure and a chart per pair, C7's parts (k = 1, 2) and words in report.md."""
     write_tuned_sweep(tmp_path, crossover() + crossover(0.6, optim="adam"))
     assert report([str(tmp_path)]) == 0
     out = tmp_path / "report"
@@ -138,11 +134,9 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
         "diff", "diff_low", "diff_high"]
     assert {(r["optim"], r["treatment"], r["baseline"]) for r in rows} == {
         ("sgd", "bn", "none"), ("adam", "bn", "none")}
-    ks = [str(k) for k in range(1, N + 1)]
-    assert [r["k"] for r in rows if r["budget"] == "trials"] == ks * 2
+    assert [r["k"] for r in rows if r["budget"] == "trials"] == list(map(str, range(1, N + 1))) * 2
     assert {r["k"] for r in rows if r["budget"] == "seconds"} == {""}
-    for name in ("budget_mnist-sgd-bn-none", "budget_mnist-adam-bn-none"):
-        assert (out / f"{name}.png").is_file()
+    assert all((out / f"budget_mnist-{optim}-bn-none.png").is_file() for optim in ("sgd", "adam"))
     c7 = {r["part"]: r for r in csv_rows(out / "claims.csv") if r["claim"] == "C7"}
     assert {p: r["verdict"] for p, r in c7.items()} == {
         " (MNIST, SGD, k=1)": "holds", " (MNIST, SGD, k=2)": "holds",
@@ -158,17 +152,14 @@ def test_the_report_of_a_tuned_sweep_draws_the_budget(tmp_path, figures_not_rend
     assert "at a small budget (k=1)" in text
     printed = console_answer(tmp_path).splitlines()  # as it ends; word for word: a test below
     assert printed[2].startswith("  MNIST, Adam: after one trial no BN ahead, ")
-    assert {"budget/mnist-sgd/bn", "budget/mnist-sgd/none", "budget/mnist-sgd/bn-none"} <= \
-        scalar_tags(out)
-    assert scalars(out, "budget/mnist-sgd/bn")[:2] == [(1, pytest.approx(87.0)),
-                                                       (2, pytest.approx(87.0))]
+    assert {f"budget/mnist-sgd/{t}" for t in ("bn", "none", "bn-none")} <= scalar_tags(out)
+    assert scalars(out, "budget/mnist-sgd/bn")[:2] == [(k, pytest.approx(87.0)) for k in (1, 2)]
     write_tuned_sweep(tmp_path, [])  # a report without a search: no budget.csv left behind
     assert report([str(tmp_path)]) == 0 and not (out / BUDGET_FILE).exists()
 
 
 def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
-    """Each part's p: twice the smaller side's share of resampled differences ((count + 1) /
-    (B + 1)); verdicts on Holm over C7's parts, not the band alone."""
+    """p: twice the smaller side's share ((count + 1) / (B + 1)); verdicts on Holm, not bands."""
     from statsmodels.stats.multitest import multipletests
 
     rng = np.random.default_rng(3)
@@ -190,8 +181,7 @@ def test_c7_parts_are_decided_on_bootstrap_p_holm_adjusted_over_the_claim():
 
 
 def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
-    """Per dataset × optimizer, after one trial (C7) and at each one's best (C6, or where not
-    declared verdicts.csv's row); a dash for a cell without a search; nothing with neither."""
+    """A line per dataset × optimizer; a dash for a cell without a search; nothing with neither."""
     write_job(tmp_path, [0.5])
     write_tuned_sweep(tmp_path, [])
     assert console_answer(tmp_path) == ""
@@ -211,8 +201,7 @@ def test_the_tuned_sweeps_printed_answer_word_for_word(tmp_path):
 
 
 def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
-    """Only BN − no BN's parts are C7; LayerNorm − no norm is decided alike (Holm within its
-    pair) for its words and answer; a sweep without BN claims nothing."""
+    """LayerNorm − no norm is decided alike (Holm within its pair); without BN no claim."""
     layer = cell("layer", [0.6] * N, 10.0)  # behind no BN's search from the first trial
     write_tuned_sweep(tmp_path, crossover() + [layer])
     out = tmp_path / "out"
@@ -236,19 +225,17 @@ def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
         "  MNIST, SGD, BN − no BN: after one trial BN ahead, +12.12 pts (+10.22 to +14.14); at "
         "each one's best +0.00 pts: no spread over the seeds, no test"]
     write_tuned_sweep(tmp_path, [cell("none", 0.5 + 0.5 * np.arange(N) / N, 8.0), layer])
-    printed = console_answer(tmp_path).splitlines()
-    assert printed[0] == (
+    head, line = console_answer(tmp_path).splitlines()
+    assert head == (
         "Is LayerNorm worth it at your tuning budget? LayerNorm − no norm in the expected best "
         "val acc after one trial of each search (bootstrap, Holm), and in test acc at each "
         "one's best (Welch + the test images' error, Holm):")
-    assert printed[1:] == ["  MNIST, SGD: after one trial no norm ahead, -14.87 pts (-16.78 to "
-                           "-12.86); at each one's best +0.00 pts: no spread over the seeds, no "
-                           "test"]
+    assert line == "  MNIST, SGD: after one trial no norm ahead, -14.87 pts (-16.78 to -12.86); " \
+        "at each one's best +0.00 pts: no spread over the seeds, no test"
 
 
 def test_a_cell_counts_its_finished_trials_only_and_a_pair_needs_both_arms():
-    """A trial counts when it has a value and did not fail (no state: finished); a pair whose
-    arm is missing, or has no finished trial, is left out without ending the others."""
+    """No state: finished; a pair without an arm's finished trials is left out, not the others."""
     rng = np.random.default_rng(0)
     scored_but_failed = {"value": 0.99, "state": "FAIL"}
     no_state = {"value": 0.4, "seconds": 2.0}
@@ -264,10 +251,8 @@ def test_a_cell_counts_its_finished_trials_only_and_a_pair_needs_both_arms():
 
 
 def test_the_difference_at_kt_and_kb_trials_and_its_bootstrap_p():
-    """diff(kt, kb) takes each arm's curve at its own k; identical searches give p = 1 (every
-    resampled difference is a tie, on both sides); the seconds columns are k × trial seconds."""
-    (budget,) = budgets({"cells": [cell("bn", [0.2, 0.9, 0.5], 3.0),
-                                   cell("none", [0.3, 0.4, 0.8], 2.0)]}, [("bn", "none")])
+    """Each arm's curve at its own k; identical searches: p = 1; seconds are k × trial seconds."""
+    budget = bn_budget(cell("bn", [0.2, 0.9, 0.5], 3.0), cell("none", [0.3, 0.4, 0.8], 2.0))
     t, b = budget.treatment.curve, budget.baseline.curve
     assert budget.diff(2, 1)[0] == pytest.approx(t[1] - b[0])
     boots = budget.treatment.boots[:, 1] - budget.baseline.boots[:, 0]
@@ -275,11 +260,9 @@ def test_the_difference_at_kt_and_kb_trials_and_its_bootstrap_p():
     assert budget.diff(1, 3)[0] == pytest.approx(t[0] - b[2])
     row = budget.rows()[1]  # k = 2
     assert (row["treatment_seconds"], row["baseline_seconds"]) == (6.0, 4.0)
-    (same,) = budgets({"cells": [cell("bn", [0.2, 0.9], 1.0), cell("none", [0.2, 0.9], 1.0)]},
-                      [("bn", "none")])
+    same = bn_budget(cell("bn", [0.2, 0.9], 1.0), cell("none", [0.2, 0.9], 1.0))
     assert same.p_value(1) == 1.0
-    columns = np.arange(12.0).reshape(4, 3)
-    low, high = B.band(columns, axis=0)  # one band per column
+    low, high = B.band(np.arange(12.0).reshape(4, 3), axis=0)  # one band per column
     assert low.shape == high.shape == (3,) and list(low) < list(high)
 
 
@@ -290,16 +273,14 @@ def test_the_difference_at_kt_and_kb_trials_and_its_bootstrap_p():
     ((0.0, 0.0), []),
 ])
 def test_the_seconds_grid_runs_from_one_trial_each_to_the_shorter_search(seconds, grid):
-    (budget,) = budgets({"cells": [cell("bn", [0.5, 0.6], seconds[0]),
-                                   cell("none", [0.5, 0.6, 0.7], seconds[1])]}, [("bn", "none")])
+    budget = bn_budget(cell("bn", [0.5, 0.6], seconds[0]),
+                       cell("none", [0.5, 0.6, 0.7], seconds[1]))
     assert budget.seconds_grid() == pytest.approx(grid)
 
 
 def test_a_c7_part_and_its_chart_in_full():
-    """C7's claims.csv rows and chart at each k both searches reached (3 and 2 trials: k = 1,
-    2), and the answer's words after one trial, following C7's Holm-adjusted verdict."""
-    (budget,) = budgets({"cells": [cell("bn", [0.2, 0.9, 0.5], 3.0),
-                                   cell("none", [0.3, 0.8], 2.0)]}, [("bn", "none")])
+    """Rows and chart at each k both searches reached (k = 1, 2); words after the verdict."""
+    budget = bn_budget(cell("bn", [0.2, 0.9, 0.5], 3.0), cell("none", [0.3, 0.8], 2.0))
     rows = B.claim_rows([budget])
     sides = ["BN 53.33% (3 trials); no BN 55.00% (2 trials)",
              "BN 76.67% (3 trials); no BN 80.00% (2 trials)"]
@@ -325,10 +306,7 @@ def test_a_c7_part_and_its_chart_in_full():
 
 
 def test_the_search_table_says_each_cells_search_and_choice():
-    """report.md's search table: the sampler, then each cell's search and choice (a dash for
-    what is unknown)."""
-    from bnstudy.report.render import tuning_table
-
+    """The sampler, then each cell's search and choice (a dash for what is unknown)."""
     chosen = {"optim.optimizer.lr": 0.01234, "model.net.depth": 2}
     tuning = {"sampler": "RandomSampler", "sampler_seed": 7, "n_trials": 3, "rerun_top": 2,
               "seeds": [0, 1], "cells": [
@@ -363,10 +341,8 @@ def test_the_search_table_says_each_cells_search_and_choice():
 
 
 def test_the_budget_table_shows_a_few_ks_and_the_last_with_each_sides_band():
-    """report.md's table per pair: k at the `SHOWN` steps and the last k both reached, each
-    side's band, and where the difference's band lies."""
-    shorter = [cell("bn", [0.87] * (N - 10), 10.0), crossover()[1]]  # BN's search: 190 trials
-    (budget,) = budgets({"cells": shorter}, [("bn", "none")])
+    """k at the `SHOWN` steps and the last k both reached; where the difference's band lies."""
+    budget = bn_budget(cell("bn", [0.87] * (N - 10), 10.0), crossover()[1])  # BN: 190 trials
     lines = B.table(budget).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
     assert cells[0] == ["trials (k)", "seconds (BN / no BN)", "BN, %", "no BN, %",
@@ -385,16 +361,9 @@ def test_the_budget_table_shows_a_few_ks_and_the_last_with_each_sides_band():
 
 
 def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_band():
-    """Both arms' expected best (%) against k and against k × their trial seconds (an arm
-    without trial times only against k), a band each, on log-2 axes with plain tick numbers."""
-    from matplotlib.colors import to_rgba
-
-    from bnstudy.report.figures import norm_color
-
-    bn, none = cell("bn", [0.2, 0.9, 0.5], 3.0), cell("none", [0.3, 0.8], 2.0)
-    for trial in none["trials"]:
-        trial["seconds"] = None  # no BN's times unknown: no seconds curve for it
-    (budget,) = budgets({"cells": [bn, none]}, [("bn", "none")])
+    """Against k × trial seconds only an arm with times; log-2 axes with plain tick numbers."""
+    bn, none = cell("bn", [0.2, 0.9, 0.5], 3.0), cell("none", [0.3, 0.8], None)  # no BN: no s
+    budget = bn_budget(bn, none)
     fig = B.figure(budget)
     by_k, by_s = fig.axes
     assert [(line.get_label(), list(line.get_xdata()), line.get_color()) for line in by_k.lines] \

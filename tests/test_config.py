@@ -1,26 +1,25 @@
 """Config composition: every group option composes, and the study's fixed settings hold."""
 
+import inspect
 import itertools
 
+import lightning as L
 import pytest
 import torch
 from helpers import compose_config, make_classifier, train_run
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from bnstudy.config import hparams, validate
+from bnstudy.config import changed_settings, group_defaults, hparams, overridden_keys, validate
 from bnstudy.errors import ConfigError
 from bnstudy.model import Classifier
 from bnstudy.nets import CNN, MLP
 from bnstudy.run import build_model, check_devices
 
-GROUPS = {
-    "dataset": ["mnist", "cifar10", "fashion_mnist"],
-    "norm": ["bn", "group", "layer", "none"],
-    "optim": ["sgd", "adam"],
-    "model": ["mlp", "cnn"],
-}
+GROUPS = {"dataset": ["mnist", "cifar10", "fashion_mnist"], "model": ["mlp", "cnn"],
+          "norm": ["bn", "group", "layer", "none"], "optim": ["sgd", "adam"]}
 
 
 def test_group_options_compose_and_share_the_studys_settings():
@@ -51,11 +50,13 @@ def test_group_options_compose_and_share_the_studys_settings():
         "MNISTDataModule", "CIFAR10DataModule", "FashionMNISTDataModule"}
 
 
-@pytest.mark.parametrize("optim,cls", [("sgd", "SGD"), ("adam", "Adam")])
+@pytest.mark.parametrize("optim,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])
 def test_optimizer_is_instantiated_from_the_group(optim, cls):
     factory = instantiate(compose_config(f"optim={optim}", "dataset.lr=0.003").optim.optimizer)
-    opt = make_classifier("none", hidden_dim=8, optimizer=factory).configure_optimizers()
-    assert type(opt).__name__ == cls and opt.param_groups[0]["lr"] == 0.003
+    model = make_classifier("bn", hidden_dim=8, optimizer=factory)
+    opt = model.configure_optimizers()
+    assert type(opt) is cls and opt.param_groups[0]["lr"] == 0.003
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
 
 
 @pytest.mark.parametrize("overrides,cls,depth", [
@@ -69,8 +70,7 @@ def test_model_options_compose_build_and_name_their_hparams(overrides, cls, dept
     assert type(model) is Classifier and type(model.net) is cls
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == depth + 2 * (cls is CNN)
     assert {k: hparams(cfg)[k] for k in ("model", "depth", "norm")} == {
-        "model": cls.__name__.lower(), "depth": depth, "norm": cfg.model.net.norm
-    }
+        "model": cls.__name__.lower(), "depth": depth, "norm": cfg.model.net.norm}
 
 
 RANGES = [  # (dotted key, value out of range, the message's start, or the whole one with a .)
@@ -126,10 +126,6 @@ SET_BY_THE_ENTRY_POINT = {"logger", "callbacks", "plugins", "barebones",
 
 
 def test_every_trainer_flag_is_in_the_config_with_lightnings_default(tmp_path):
-    import inspect
-
-    import lightning as L
-
     cfg = compose_config()
     params = inspect.signature(L.Trainer.__init__).parameters
     missing = set(params) - {"self"} - SET_BY_THE_ENTRY_POINT - set(cfg.trainer)
@@ -165,8 +161,7 @@ def test_cnn_with_layer_norm_trains_on_tiny_data(tiny_data, tmp_path):
 
 def test_hparams_of_configs_written_before_the_networks_moved():
     """The report reads old jobs' configs: the net's keys on `model`, perhaps no depth."""
-    cfg = compose_config()
-    old = OmegaConf.to_container(cfg)
+    old = OmegaConf.to_container(compose_config())
     old["model"] = {"_target_": "bnstudy.model.MLPClassifier", "hidden_dim": 256, "norm": "bn"}
     got = hparams(OmegaConf.create(old))
     assert (got["model"], got["depth"], got["norm"], got["hidden_dim"]) == ("mlp", 1, "bn", 256)
@@ -192,16 +187,13 @@ def test_the_edges_of_each_range():
         with pytest.raises(ConfigError, match=f"^{key}=.* is out of range"):
             validate(bad)
 
-def test_overridden_keys_drop_the_add_and_delete_marks():
-    from bnstudy.config import overridden_keys
 
+def test_overridden_keys_drop_the_add_and_delete_marks():
     assert overridden_keys(["+a.b=1", "~c", "d=x=y", "++e=2", "+Xf=3"]) == \
         ("a.b", "c", "d", "e", "Xf")
 
 
 def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeeping():
-    from bnstudy.config import changed_settings
-
     mlp = compose_config()
     cnn = compose_config("model=cnn", "seed=2", "threads=1", "logger=csv",
                          "callbacks.weight_grid.every_n_epochs=3")
@@ -216,8 +208,7 @@ def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeep
     # Hydra joins a job's overrides with commas: a list value's own commas do not split it
     (["model=cnn", "model.net.channels=[16,32]", "norm=layer"],
      "mnist-layer-sgd-seed0-channels=[16,32]-model=cnn"),
-    # a sampled value at 4 significant digits (a tuned trial's Optuna floats would make names of
-    # 100 characters), a typed one as typed (1e9: as Hydra writes it)
+    # a sampled value at 4 significant digits (not Optuna's 17), a typed one as typed (1e9 too)
     (["optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
       "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03",
       "callbacks.hallucinations.lr=1000000000.0"], "mnist-bn-sgd-seed0-lr=1000000000.0-"
@@ -230,12 +221,7 @@ def test_a_runs_name_holds_each_typed_value_whole_and_a_sampled_one_at_4_digits(
 
 
 def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
-    """Beyond the study's own: those that differ from the group choices' defaults, or were
-    typed (even at their default), never bookkeeping (threads) or `model.steps_per_call`."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from bnstudy.config import group_defaults, overridden_keys
-
+    """Typed ones even at their default; never bookkeeping (threads) or `model.steps_per_call`."""
     typed = ["trainer.gradient_clip_val=1.0", "trainer.precision=32-true", "threads=2",
              "model.steps_per_call=2", "model=cnn", "model.net.channels=[8,16]", "dataset.lr=0.1"]
     cfg = compose_config(*typed)
@@ -248,10 +234,7 @@ def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed(
 
 
 def test_the_defaults_of_a_runs_choices_leave_out_what_configs_pull_in_themselves():
-    """`runtime.choices` also names the defaults a config pulls in (`x@pkg`), under their names
-    then: the user's choices alone give its defaults."""
-    from bnstudy.config import group_defaults
-
+    """`runtime.choices` also names the `x@pkg` defaults configs pull in: the user's alone count."""
     older = {"dataset": "cifar10", "dataset/shared@dataset": "study", "model": "cnn",
              "schema/net@model.net": "cnn", "hydra/launcher": "parallel", "experiment": None}
     cfg = group_defaults(older)

@@ -1,6 +1,5 @@
 """`python -m bnstudy.draw`: a finished sweep's final pictures drawn again from its checkpoints
-with another recipe, no training; the earlier drawings kept, nothing else touched, and the
-report reading the new ones."""
+with another recipe; the earlier drawings kept, nothing else touched, the report reading them."""
 
 from __future__ import annotations
 
@@ -16,11 +15,14 @@ import pytest
 import torch
 from helpers import csv_rows, run_module
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bnstudy import draw
 from bnstudy.data import TensorDataModule
 from bnstudy.jobdir import JobDirLock
 from bnstudy.pictures.drawing import FINAL_FILES
+from bnstudy.report.picture_section import pictures_section
+from bnstudy.report.runs import load_runs
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -40,8 +42,7 @@ def recipe(job: Path) -> dict:
 
 
 def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, capsys, monkeypatch):
-    # No setting given: the run's own recipe (the tiny sweep's 5 steps), so the drawing
-    # functions must give what the callbacks gave when training ended, to the byte.
+    # No setting: the run's own recipe, so the drawing gives what the callbacks gave, to the byte.
     job, read = next(sweep.glob("0_*")), []
     prepared = TensorDataModule.prepared
     monkeypatch.setattr(TensorDataModule, "prepared",
@@ -64,8 +65,7 @@ def test_the_training_recipe_drawn_again_gives_the_training_pictures(sweep, caps
 
 
 def test_a_recipe_is_drawn_once_unless_replaced_and_each_earlier_one_kept(sweep, capsys):
-    """Drawn with a recipe before: skipped, unless `--replace`; a recipe that differs in one
-    picture only (the weight grid) is drawn; an earlier recipe's folder name taken: `-2`."""
+    """A recipe differing in the weight grid only is drawn; an earlier one's name taken: `-2`."""
     job = next(sweep.glob("0_*"))
     for args, said in ((["steps=3"], "drawn (steps=3)"),
                        (["steps=3"], "already drawn with this recipe (steps=3)"),
@@ -80,9 +80,7 @@ def test_a_recipe_is_drawn_once_unless_replaced_and_each_earlier_one_kept(sweep,
 
 
 def test_a_checkpoint_without_initial_weights_or_finite_ones(sweep, capsys):
-    """Without the initial weights (a checkpoint of an older run) there is no change picture:
-    the earlier one is kept aside, not left as current; a network that is not finite gets no
-    pictures; `paths.data_dir` points the drawing at the images."""
+    """No initial weights (an older run's): the earlier change picture kept aside, not current."""
     job = next(sweep.glob("0_*"))
     path = job / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(path, weights_only=False)
@@ -106,11 +104,6 @@ def test_a_checkpoint_without_initial_weights_or_finite_ones(sweep, capsys):
 
 @pytest.mark.slow
 def test_a_sweep_drawn_with_another_recipe_and_the_report_reading_it(sweep, tmp_path, capsys):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from bnstudy.report.picture_section import pictures_section
-    from bnstudy.report.runs import load_runs
-
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     before = {job: digests(job) for job in jobs}
     earlier = {job: final_pictures(job)[0] for job in jobs}
@@ -237,8 +230,7 @@ def test_bad_settings_are_refused_in_one_paragraph_before_anything_is_drawn(swee
     assert digests(sweep) == before
 
 
-def test_ctrl_c_is_one_paragraph_naming_the_run_and_what_was_drawn(sweep, capsys,
-                                                                   monkeypatch):
+def test_ctrl_c_is_one_paragraph_naming_the_run_and_what_was_drawn(sweep, capsys, monkeypatch):
     calls = []
 
     def interrupted(run, *args):
@@ -249,17 +241,15 @@ def test_ctrl_c_is_one_paragraph_naming_the_run_and_what_was_drawn(sweep, capsys
 
     monkeypatch.setattr(draw, "draw_run", interrupted)
     assert draw.main([str(sweep)]) == 1
-    err = capsys.readouterr().err
-    assert err == (f"bnstudy.draw: interrupted while drawing {calls[1]} (its pictures are as "
-                   "they were); drew 1 of 8 run(s). The same command draws the rest (a run "
-                   "drawn with this recipe is skipped); a run's directory draws that run "
-                   "alone.\n")
+    assert capsys.readouterr().err == (
+        f"bnstudy.draw: interrupted while drawing {calls[1]} (its pictures are as they were); "
+        "drew 1 of 8 run(s). The same command draws the rest (a run drawn with this recipe is "
+        "skipped); a run's directory draws that run alone.\n")
 
 
 def test_a_run_drawn_on_a_terminal_without_tensorboard_or_hallucinations_in_its_config(
         sweep, capsys, monkeypatch):
-    """A logger other than TensorBoard: no events; trained with ~callbacks.hallucinations: the
-    earlier pictures kept as such; a terminal gets a progress bar (a log file not: first test)."""
+    """No events; the earlier pictures kept as such; a bar (on a log file not: first test)."""
     job = next(sweep.glob("0_*"))
     config = job / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(config)
@@ -276,8 +266,7 @@ def test_a_run_drawn_on_a_terminal_without_tensorboard_or_hallucinations_in_its_
     assert f"{job.name}: drawn (steps=3) in " in out and "TensorBoard step" not in out
     assert "the earlier ones (without_hallucinations) are in images/without_hallucinations/" in out
     assert (job / "images" / "without_hallucinations" / "weights_final.png").is_file()
-    assert "drawing:" in err and "0/1 [" in err  # the bar, on the terminal (its 1/1 only
-    # where the drawing outlasts tqdm's 0.1 s between refreshes)
+    assert "drawing:" in err and "0/1 [" in err  # the bar (1/1 if drawing outlasts 0.1 s)
     assert "drawing:" not in out and "\r" not in out  # the lines: plain
 
 
@@ -292,8 +281,7 @@ def test_the_entry_point_exits_2_with_one_paragraph(tmp_path, capsys):
         assert proc.returncode == 2 and proc.stderr.endswith("arguments are required: path\n")
     with pytest.raises(SystemExit, match="2"):  # a misspelt flag is not taken for another
         draw.main([str(tmp_path), "--replac"])
-    assert draw.main([str(tmp_path / "missing"), "--replace", "steps=100"]) == 2  # parsed (the
-    # flag between settings), refused for its path
+    assert draw.main([str(tmp_path / "missing"), "--replace", "steps=100"]) == 2  # for the path
     (tmp_path / "metrics.json").write_text("{}")  # a file: draw takes folders only
     capsys.readouterr()
     assert draw.main([str(tmp_path / "metrics.json")]) == 2

@@ -21,11 +21,10 @@ from bnstudy.rebuild import CHECKPOINT, DataCache, RunError, SavedRun, UsageErro
 from bnstudy.records import RunRecord
 
 
-def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_cannot(sweep,
-                                                                                    capsys):
+def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_cannot(sweep, capsys):
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
     records = {job: (job / "metrics.json").read_bytes() for job in jobs}
-    missing, damaged, misfit, renamed, held = (jobs.pop(2) for _ in range(5))
+    missing, damaged, misfit, renamed, held = refused = [jobs.pop(2) for _ in range(5)]
     lock = JobDirLock(held)
     lock.acquire("its training")  # one writer per job directory
     (missing / "checkpoints" / "last.ckpt").unlink()
@@ -50,8 +49,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
     assert f"{renamed.name}: its model config does not build (Error locating target " \
         "'bnstudy.model.Gone'" in err
     assert f"{held.name}: not evaluated, it is in use: its training in process " in err
-    assert not any((job / "eval.json").exists() for job in (missing, damaged, misfit, renamed,
-                                                            held))
+    assert not any((job / "eval.json").exists() for job in refused)
     for job in jobs:
         result = json.loads((job / "eval.json").read_text())
         recorded = read_record(job)["test"]
@@ -65,8 +63,7 @@ def test_a_sweep_evaluates_to_its_recorded_test_metrics_and_names_the_runs_it_ca
         assert (job / "metrics.json").read_bytes() == records[job]  # the record is as it was
         assert {p.relative_to(job) for p in job.rglob("*")} == files[job] | {Path("eval.json")}
     assert out.count("(as recorded)") == 3
-    assert f"Evaluated 3 of 8 run(s); not evaluated: {missing.name}, {damaged.name}, " \
-        f"{misfit.name}, {renamed.name}, {held.name}." in out
+    assert f"Evaluated 3 of 8 run(s); not evaluated: {', '.join(j.name for j in refused)}." in out
     lock.release()
 
 
@@ -106,8 +103,7 @@ def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     assert "(as recorded)" in capsys.readouterr().out
 
 
-def test_an_unfinished_run_is_evaluated_with_the_flags_kept_and_one_refused_is_named(sweep,
-                                                                                    capsys):
+def test_an_unfinished_run_is_evaluated_with_the_flags_kept_and_one_refused_is_named(sweep, capsys):
     job = next(sweep.glob("0_*"))
     assert evaluate.main([str(job), "trainer.limit_test_batches=0.001"]) == 1
     err = capsys.readouterr().err
@@ -116,8 +112,7 @@ def test_an_unfinished_run_is_evaluated_with_the_flags_kept_and_one_refused_is_n
     assert "The flags given: trainer.limit_test_batches=0.001; the others are the run's own." \
         in err and not (job / "eval.json").exists()
     record = read_record(job)
-    (job / "metrics.json").write_text(json.dumps({**record, "status": "interrupted",
-                                                  "test": None}))
+    (job / "metrics.json").write_text(json.dumps({**record, "status": "interrupted", "test": None}))
     assert evaluate.main([str(job), "trainer.inference_mode=false", "trainer.accelerator=cpu"]) == 0
     assert "(no test result recorded: the run is not finished (interrupted)) -> " in \
         capsys.readouterr().out
@@ -125,10 +120,8 @@ def test_an_unfinished_run_is_evaluated_with_the_flags_kept_and_one_refused_is_n
         "inference_mode": False, "accelerator": "cpu"}  # the Trainer's first flag too
 
 
-def test_the_trainer_keeps_the_runs_test_settings_and_leaves_its_training_ones(sweep,
-                                                                               monkeypatch):
-    """What changes a test's numbers (precision, `limit_test_batches`, …) is the run's own,
-    unless a flag is given; what only trains (epochs, train batches) is left out."""
+def test_the_trainer_keeps_the_runs_test_settings_and_leaves_its_training_ones(sweep, monkeypatch):
+    """What changes a test's numbers (precision, limits, …) is the run's own unless given."""
     job = next(sweep.glob("0_*"))
     config = job / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(config)
@@ -235,8 +228,7 @@ def test_a_flag_of_another_type_is_refused_before_any_run():
 
 
 def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sweep, tmp_path):
-    """One dataset set up for the runs reading the same files into the same split (seed and
-    batch size aside); with `split_seed=null` (experiment=decisive) a run's split is its seed's."""
+    """Seed and batch size aside; with `split_seed=null` (decisive) a run's split is its seed's."""
     base = SavedRun.open(next(sweep.glob("0_*")))
 
     def variant(**changes) -> SavedRun:
@@ -289,8 +281,7 @@ def test_a_saved_run_opens_knows_where_it_was_launched_and_reads_its_data_dir_fr
     assert SavedRun.open(run).launched_in == tmp_path
 
     def saved(data_dir: str, launched_in: Path | None = None) -> SavedRun:
-        cfg = OmegaConf.create({"paths": {"data_dir": data_dir}})
-        return SavedRun(tmp_path / "0_run", None, cfg, launched_in)
+        return SavedRun(run, None, OmegaConf.create({"paths": {"data_dir": data_dir}}), launched_in)
 
     (launched := tmp_path / "launched").mkdir()
     monkeypatch.chdir(tmp_path)

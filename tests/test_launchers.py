@@ -35,10 +35,7 @@ def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep_as_on_slurm_and_requeues_at_a_time_limit(
         tiny_data, tmp_path):
-    """`hydra/launcher=submitit_local`: submitit's code path for SLURM, each job pickled and run
-    in a process of its own, its result collected, one thread a job (`threads=auto`). At a time
-    limit (USR2 from submitit's controller) Hydra's launcher checkpoints and the job, requeued,
-    resumes by itself (exactly: `test_run.py`) and finishes; the other job is left alone."""
+    """A process and a thread a job; at USR2 one is requeued and resumes; the other left alone."""
     from bnstudy.report.runs import load_runs
 
     sweep = tmp_path / "sweep"
@@ -68,9 +65,7 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm_and_requeues_at_a_time
     assert len(results) == 2 and sorted(sweep.glob(".submitit/*")) == sorted(  # no `%j/`
         {r.parent for r in results})
     pids = {p.name.split(".")[-2] for job in jobs for p in job.glob("events.out.tfevents.*")}
-    # events files are named after the writing process: one a job, one more for the requeued
-    # job's second process, and the launcher's (the sweep's HParams experiment, written into
-    # the first job when the sweep ends)
+    # events files named by process: a job's, the requeued one's second, the launcher's (HParams)
     assert len(pids) == 4, pids
     log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
     assert "Requeued job" in log and "requeued by its launcher" in log and "resuming" in log
@@ -90,8 +85,7 @@ def grid_sweeper(config: dict, compose=None):
 
 
 def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeypatch):
-    """Hydra's sweeper composes all 160 of the decisive study's configs before the first job;
-    ours a job per new value (every value still checked: a misspelt one stops the sweep)."""
+    """Not all 160 of the decisive study's configs first: a job per new value (each checked)."""
     import hydra_plugins.bnstudy_sweeper as grid
 
     composed, checked, announced = [], [], []
@@ -149,8 +143,7 @@ def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_t
 
 
 def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):
-    """The README's `hydra/launcher=slurm ... trainer=gpu` in the sbatch file submitit's executor
-    writes from the launcher's settings: a GPU, USR2 2 min before the limit, 10 requeues."""
+    """The README's `hydra/launcher=slurm ... trainer=gpu`: a GPU, USR2 2 min early, 10 requeues."""
     pytest.importorskip("submitit")
     from bnstudy.sweep import register_launchers
     from hydra_plugins.bnstudy_launchers import submitit_executor
@@ -171,8 +164,7 @@ def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch
 
 
 def small_sweep(tiny_data, sweep: Path, *overrides: str, submitit: bool = True):
-    """A sweep of 3 epochs of 2 batches, through submitit's local executor (requeued by its
-    controller), or Hydra's basic launcher."""
+    """3 epochs of 2 batches, through submitit's local executor or Hydra's basic launcher."""
     launcher = ("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5") if submitit \
         else ()
     return run_sweep(sweep, tiny_data, *launcher, "trainer.max_epochs=3",
@@ -187,15 +179,13 @@ def small_sweep(tiny_data, sweep: Path, *overrides: str, submitit: bool = True):
     ("refuses", ("hydra.launcher.timeout_min=1",), "hydra.launcher.signal_delay_s=120 is not "
      "shorter than hydra.launcher.timeout_min=1 (60 s): SLURM would signal each job to stop as "
      "it starts"),
-    # the cells' trials submitted at once, from threads: it waited forever, and the paragraph
-    # went to a stand-in stderr another thread had restored
+    # the cells' trials submitted at once, from threads (it waited forever, the paragraph lost)
     ("refuses", ("experiment=tuned", "dataset=mnist", "hydra.sweeper.n_trials=1"),
      "SLURM refused the sweep's jobs (sbatch: error: invalid partition specified: debg), so "
      "nothing was run ({sweep} removed).")])
 def test_a_sweep_slurm_cannot_take_is_one_paragraph_and_leaves_no_folder(
         slurm, overrides, said, tiny_data, tmp_path, monkeypatch):
-    """No SLURM on the machine, sbatch refusing the jobs (a misspelt partition, GPUs or memory
-    a node lacks), a time limit shorter than the stop signal's head start."""
+    """No SLURM, sbatch refusing the jobs, a time limit shorter than the signal's head start."""
     refusal = "echo 'sbatch: error: invalid partition specified: debg' >&2; exit 1"
     fake_commands(monkeypatch, tmp_path / "bin", only=True,
                   **({"srun": "exit 1", "sbatch": refusal} if slurm == "refuses" else {}))
@@ -221,8 +211,7 @@ def test_a_stop_signal_as_early_as_the_time_limit_is_refused_and_one_second_late
 @pytest.mark.parametrize("status,fails", [("ok", False), ("diverged", False), ("failed", True),
                                           ("interrupted", True), ("refused", True), (None, True)])
 def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
-    """So that SLURM says FAILED (sacct, seff, mail on failure), once submitit has kept the
-    job's return value (None: the job's code raised)."""
+    """So that SLURM says FAILED, once submitit has kept its return value (None: it raised)."""
     from hydra.core.utils import JobReturn, JobStatus
 
     import hydra_plugins.bnstudy_launchers as plugin
@@ -258,10 +247,7 @@ def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:
 @pytest.mark.slow
 def test_a_job_killed_or_past_max_num_timeout_is_named_in_the_summary_and_resumes(tiny_data,
                                                                                   tmp_path):
-    """Issue #34: a submitit job that dies without a result (SIGKILL at epoch 1, as an
-    out-of-memory kill) ends the sweep in no traceback of submitit's, and the other job goes
-    on, to its time limit (epoch 2) past max_num_timeout=0: interrupted. The summary names each
-    and the resume command, which finishes them."""
+    """Issue #34: SIGKILL at epoch 1 (as out of memory); the other past max_num_timeout=0."""
     sweep = tmp_path / "sweep"
     kill = [o.replace(".limit", ".kill") for o in time_limit_at_epoch(1, tmp_path / "kill")]
     proc = small_sweep(tiny_data, sweep, "seed=0,1", "+hydra.launcher.max_num_timeout=0", *kill,

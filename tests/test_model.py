@@ -16,16 +16,8 @@ from bnstudy.data import MNISTDataModule, batches
 from bnstudy.model import Classifier
 
 
-def test_optimizer_comes_from_the_factory():
-    model = make_classifier("bn", lr=0.1)
-    opt = model.configure_optimizers()
-    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.1
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
-
-
 def test_hook_name_is_written_without_module_bookkeeping(monkeypatch):
-    """The `__setattr__` seam: Lightning's hook name skips nn.Module's slow path; everything
-    else still goes through it (a module or parameter assigned later is registered)."""
+    """Lightning's hook name skips nn.Module's `__setattr__`; modules and parameters do not."""
     model = make_classifier("bn")
     head, scale = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(()))
     slow_writes = []
@@ -61,8 +53,7 @@ def epoch_batches(data_dir, epoch: int = 0, seed: int = 0,
 def plain_fit(data_dir, epochs: int = 2, lr: float = 0.1, norm: str = "bn", clip=None,
               accumulate: int = 1, limit: int | None = None, bf16: bool = False,
               overfit: int | None = None):
-    """`tiny_fit`'s training as a researcher's plain loop (same seed, init, batch order), with
-    clipping, accumulation, a batch limit, bf16 autocast or `overfit` batches as asked."""
+    """`tiny_fit`'s training as a plain loop (same seed, init, batch order), flags by hand."""
     net = k_classifier(1, norm, lr).net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     for epoch in range(epochs):
@@ -101,16 +92,13 @@ def test_trainer_flags_train_as_the_plain_loop_does(tiny_data, flags, plain, ste
 
 
 def test_val_check_interval_validates_the_weights_of_that_step(tiny_data, tmp_path):
-    """One Lightning batch is one minibatch and one step: the progress bar, limits and
-    `val_check_interval` count what a user thinks they count."""
-    _, _, trainer = tiny_fit(tiny_data, tmp_path, max_epochs=1, val_check_interval=5,
-                             enable_progress_bar=True)
+    """One Lightning batch is one minibatch and one step, for the progress bar and limits too."""
+    data, _, trainer = tiny_fit(tiny_data, tmp_path, max_epochs=1, val_check_interval=5,
+                                enable_progress_bar=True)
     assert trainer.num_training_batches == 11 and trainer.global_step == 11
     assert trainer.progress_bar_callback.train_progress_bar.total == 11
     assert [step for step, _ in scalars(tmp_path, "val/acc")] == [4, 9]  # after steps 5, 10
     net = plain_fit(tiny_data, epochs=1, limit=10).eval()
-    data = MNISTDataModule(tiny_data, batch_size=50, download=False)
-    data.setup("fit")
     with torch.no_grad():
         logits, y = net(data.val_set.x), data.val_set.y
     assert scalars(tmp_path, "val/acc")[-1][1] == pytest.approx(
@@ -120,9 +108,7 @@ def test_val_check_interval_validates_the_weights_of_that_step(tiny_data, tmp_pa
 
 
 def test_logged_training_values_are_the_epochs_means_and_the_steps_loss(tiny_data, tmp_path):
-    """With lr=0 the weights stay put, so every logged value can be recomputed batch by batch;
-    two epochs, so the sums must start anew in each; the second stopped by `max_steps` after 3
-    of its 11 steps: a run stopped mid-epoch reports the steps it took."""
+    """At lr=0 each value is recomputed batch by batch, anew each epoch; `max_steps` mid-epoch."""
     _, model, trainer = tiny_fit(tiny_data, tmp_path, model=make_classifier("bn", lr=0.0),
                                  log_every_n_steps=4, limit_val_batches=0, max_epochs=2,
                                  max_steps=14)
@@ -151,15 +137,13 @@ def test_logged_training_values_are_the_epochs_means_and_the_steps_loss(tiny_dat
 
 @pytest.mark.slow
 def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
-    """DDP on CPU (gloo): each rank its own half of each epoch's order; without BN the
-    averaged gradient equals the plain loop's on the union of the two ranks' minibatches."""
-    _, model, trainer = tiny_fit(tiny_data, model=k_classifier(1, "none"), batch_size=25,
-                                 max_epochs=2, devices=2, strategy="ddp_spawn",
-                                 limit_val_batches=0)
+    """DDP on CPU (gloo), no BN: the plain loop, its gradient averaged over the ranks' halves."""
+    data, model, trainer = tiny_fit(tiny_data, model=k_classifier(1, "none"), batch_size=25,
+                                    max_epochs=2, devices=2, strategy="ddp_spawn",
+                                    limit_val_batches=0)
     net = k_classifier(1, "none").net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    data = MNISTDataModule(tiny_data, batch_size=25, download=False)  # 2 × 25 a step
-    data.setup("fit")
+    data.setup("fit")  # (set up in the ranks' processes only); 2 × 25 a step
     x, y = data.train_set.x, data.train_set.y
     for epoch in range(2):
         order = torch.randperm(540, generator=torch.Generator().manual_seed(epoch))
@@ -176,8 +160,7 @@ def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
 
 @pytest.mark.slow
 def test_a_finished_run_loads_from_its_checkpoint_alone(tiny_sweep):
-    """`Classifier.load_from_checkpoint(path)` with no other argument rebuilds the run's net;
-    on the run's test split it scores the accuracy the run recorded."""
+    """`Classifier.load_from_checkpoint(path)` alone rebuilds the net; it scores as recorded."""
     (job,) = tiny_sweep.dir.glob("*_mnist-none-sgd-seed0")
     net = Classifier.load_from_checkpoint(job / "checkpoints" / "last.ckpt").hparams.net
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")  # the run's config, no Hydra
@@ -225,8 +208,7 @@ def test_k_minibatches_per_call_train_bit_for_bit_as_one(tiny_data, tmp_path, ca
 
 @pytest.mark.parametrize("lr", [30.0, 1e4])
 def test_k_minibatches_stop_at_the_step_the_loss_diverges(tiny_data, lr):
-    """The divergence guard stops a run at its first non-finite loss; with K = 4 the K-loop
-    stops at that minibatch too, not at the end of the call."""
+    """With K = 4 the run stops at the first non-finite loss's minibatch, not the call's end."""
     stops = []
     for k in (1, 4):
         guard = DivergenceGuard()
@@ -237,13 +219,11 @@ def test_k_minibatches_stop_at_the_step_the_loss_diverges(tiny_data, lr):
 
 
 def test_a_fallback_names_the_flag_that_asks_for_it(caplog):
-    """The first setting that needs one minibatch a step, not one it implies (fast_dev_run and
-    overfit_batches set the limits; a fraction is no integer, and an integer 1 is one batch)."""
+    """The first setting needing one minibatch a step, not one it implies (1: a batch, not 1.0)."""
     plain = dict(fast_dev_run=False, overfit_batches=0, accumulate_grad_batches=1,
                  limit_train_batches=1.0, val_check_interval=1.0, precision="32-true",
                  world_size=1, callbacks=[], gradient_clip_val=None)
-    model = make_classifier("bn")
-    model.steps_per_call = 4
+    model = k_classifier(4)
     each = "a callback that looks at each minibatch"
     for flags, said in (({"fast_dev_run": True, "limit_train_batches": 1}, "fast_dev_run"),
                         ({"overfit_batches": 2, "limit_train_batches": 2}, "overfit_batches"),
@@ -276,9 +256,7 @@ class StepHooks(L.Callback):
 
 
 def test_k_minibatches_call_lightnings_step_hooks_where_one_is_overridden(tiny_data):
-    """Without a hook around backward or the optimizer step, the K-loop calls torch's own (the
-    default); a callback's hook makes it go through Lightning's, once per minibatch. The same
-    weights either way."""
+    """Otherwise the K-loop calls torch's own backward and step; the same weights either way."""
     _, direct, trainer = tiny_fit(tiny_data, model=k_classifier(4))
     hooks = StepHooks()
     _, hooked, _ = tiny_fit(tiny_data, model=k_classifier(4), callbacks=[hooks])
@@ -290,8 +268,7 @@ def test_k_minibatches_call_lightnings_step_hooks_where_one_is_overridden(tiny_d
 
 @pytest.mark.parametrize("first,then", [(1, 4), (4, 1)])
 def test_a_run_resumes_exactly_with_another_k(tiny_data, tmp_path, first, then):
-    """A checkpoint of K = 1 resumes with K = 4 and the other way round: the uninterrupted
-    run's steps and weights (Lightning counts steps in one counter per optimization mode)."""
+    """The uninterrupted run's steps and weights (Lightning counts steps per optimization mode)."""
     def fit(k: int, epochs: int, ckpt=None):
         return tiny_fit(tiny_data, model=k_classifier(k), max_epochs=epochs,
                         limit_val_batches=0, ckpt_path=ckpt)

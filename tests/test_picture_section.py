@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from types import SimpleNamespace
 
@@ -14,29 +15,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bnstudy.pictures import measures as P
+from bnstudy.pictures import table as T
 from bnstudy.pictures.grids import weight_grid
-from bnstudy.pictures.table import (
-    COLUMNS,
-    PictureRun,
-    Reference,
-    hallucination_measures,
-    load_net,
-    load_picture_runs,
-    measure,
-    open_datamodule,
-    reference,
-    weight_measures,
-)
-from bnstudy.report.picture_section import (
-    first_seeds,
-    hallucinations_figure,
-    measures_table,
-    pictures_section,
-    recipe_words,
-    reference_line,
-    weight_notes,
-    weights_figure,
-)
+from bnstudy.pictures.table import Reference, load_picture_runs
+from bnstudy.report import picture_section as S
 from bnstudy.report.runs import load_runs
 from bnstudy.report.verdicts import claim_verdicts, decided
 
@@ -46,8 +28,7 @@ CIFAR_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".sp
 
 
 def band_images(num: int = 10) -> torch.Tensor:
-    """Normalised MNIST-shaped images, class k a bright band at rows 2k, 2k + 1 (tiny data's
-    classes), on the black background."""
+    """Normalised MNIST images: class k a bright band at rows 2k, 2k + 1 on black (tiny data's)."""
     pixels = torch.zeros(num, *MNIST_SHAPE)
     for k in range(num):
         pixels[k, 0, 2 * k : 2 * k + 2] = 1.0
@@ -56,8 +37,7 @@ def band_images(num: int = 10) -> torch.Tensor:
 
 def write_pictures(job, data_dir, hallucinations: torch.Tensor | None = None,
                    final: torch.Tensor | None = None, initial: torch.Tensor | None = None) -> None:
-    """The two picture files a run's callbacks leave in `job/images/` (by default the class
-    bands and random weights)."""
+    """What a run's callbacks leave in `job/images/` (default: class bands, random weights)."""
     hallucinations = band_images() if hallucinations is None else hallucinations
     final = torch.randn(32, 784) if final is None else final
     initial = torch.randn(32, 784) if initial is None else initial
@@ -68,18 +48,16 @@ def write_pictures(job, data_dir, hallucinations: torch.Tensor | None = None,
     means = (band_images() * 0.3081 + 0.1307).clamp(0, 1)
     torch.save({"images": hallucinations, "noise": noise, "base": torch.zeros(10, *MNIST_SHAPE),
                 "own_probabilities": torch.eye(10)[[1, *range(1, 10)]] * 0.9 + 0.01,  # 0 as 1
-                "real_means": means,
-                "settings": {"steps": 200}, "seconds": 0.5, "mean": [0.1307], "std": [0.3081],
-                **source}, job / "images" / "hallucinations_final.pt")
+                "real_means": means, "settings": {"steps": 200}, "seconds": 0.5, "mean": [0.1307],
+                "std": [0.3081], **source}, job / "images" / "hallucinations_final.pt")
     torch.save({"initial": initial.half(), "final": final.half(), "input_shape": [1, 28, 28],
                 **source}, job / "images" / "weights_final.pt")
 
 
 @pytest.fixture(scope="module")
 def picture_sweep(tiny_data, tmp_path_factory):
-    """A 3-seed MNIST sweep of the four configurations: no BN's weights are band patterns
-    (the data's directions) and BN's are noise; no BN's hallucinations are the class bands,
-    BN + Adam's are pure noise."""
+    """3 seeds of the four configurations: no BN's weights are band patterns (the data's
+    directions), BN's noise; the hallucinations are the class bands, BN + Adam's pure noise."""
     sweep = tmp_path_factory.mktemp("sweep")
     bands = band_images().flatten(1)
     for seed in range(3):
@@ -99,16 +77,15 @@ def picture_sweep(tiny_data, tmp_path_factory):
 def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     out = picture_sweep / "report"
     out.mkdir()
-    section, figures, _ = pictures_section(load_runs(picture_sweep), out)  # trains the judge
+    section, figures, _ = S.pictures_section(load_runs(picture_sweep), out)  # trains the judge
     rows = csv_rows(out / "pictures.csv")
     assert len(rows) == 12 and list(rows[0])[:5] == ["dataset", "optim", "norm", "seed", "job"]
     assert set(figures) == {"hallucinations_mnist", "weights_mnist"}
-    assert (out / "referee_mnist.pt").is_file()  # the judge, cached for the next report
-    cache = torch.load(out / "referee_mnist.pt", weights_only=True)
+    cache = torch.load(out / "referee_mnist.pt", weights_only=True)  # the judge, cached
     cache["state"]["accuracy"] = 0.123
     for key, cached in ((cache["key"], True), ({**cache["key"], "epochs": 99}, False)):
         torch.save({**cache, "key": key}, out / "referee_mnist.pt")  # read only if it fits
-        judge = reference("mnist", load_picture_runs(load_runs(picture_sweep)), out).referee
+        judge = T.reference("mnist", load_picture_runs(load_runs(picture_sweep)), out).referee
         assert (judge.accuracy == 0.123) == cached
     assert "## Pictures" in section
     assert "![hallucinations mnist](hallucinations_mnist.png)" in section
@@ -124,10 +101,8 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
     assert none["colour_fidelity"] == "" and none["blueness_airplane"] == ""  # grey digits
     assert none["cross_conf"] == ""  # no checkpoints in hand-made jobs
     assert "- `pc_alignment`: " in section and "- `colour_fidelity`: " not in section  # (MNIST)
-    # No BN's weights are the data's directions, BN's noise: P1a (more aligned) and P1b (no
-    # BN structured) hold for both optimizers, P1c (BN + Adam mostly structured) and P1d
-    # (some no-BN units noise) do not. BN + Adam's hallucinations are noise: P3 fails there
-    # (the clean bands, 2 px apart, are blurred by the judge's ±2 px shifts: no verdict).
+    # P1a (more aligned), P1b (no BN structured) hold; P1c (BN + Adam structured), P1d (some
+    # no-BN units noise) do not; P3 fails on BN + Adam's noise (the bands: the judge's ±2 px blur).
     lines = {line.split("|")[1].strip(): line for line in section.splitlines()
              if line.startswith("| P")}
     for optim in ("SGD", "Adam"):
@@ -142,8 +117,7 @@ def test_pictures_section_rows_figures_measures_and_verdicts(picture_sweep):
 
 
 def test_a_setting_without_a_datasets_runs_has_no_heading_for_it(tmp_path):
-    """And without the data (moved away) the section still draws the figures and says why it
-    has no judge's and no components' measures."""
+    """Without the data (moved away): still the figures, and why no judge's or PCs' measures."""
     torch.manual_seed(0)
     cells = (("mnist", 0.01, CONFIGS), ("mnist", 0.1, CONFIGS[:1]),
              ("fashion_mnist", 0.01, CONFIGS[:1]))
@@ -152,7 +126,7 @@ def test_a_setting_without_a_datasets_runs_has_no_heading_for_it(tmp_path):
             job = write_job(tmp_path, [0.8, 0.9], dataset=dataset, lr=lr, norm=norm, optim=optim)
             write_pictures(job, tmp_path / "moved-away")
     (tmp_path / "report").mkdir()
-    section, figures, _ = pictures_section(load_runs(tmp_path), tmp_path / "report")
+    section, figures, _ = S.pictures_section(load_runs(tmp_path), tmp_path / "report")
     assert set(figures) == {f"{kind}_{dataset}_lr{lr}" for dataset, lr, _ in cells
                             for kind in ("hallucinations", "weights")}
     assert "_the mnist data could not be loaded from " in section
@@ -172,13 +146,13 @@ def test_picture_figures_have_reference_rows_and_a_row_per_configuration(picture
     ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE),
                     real_means=runs[0].hallucinations["real_means"],
                     components=P.principal_components(band_images(), 8))
-    axes = hallucinations_figure("mnist", runs, ref).axes
+    axes = S.hallucinations_figure("mnist", runs, ref).axes
     assert len(axes) == 5 * 10  # the real class means, then no BN/BN × SGD/Adam; 10 classes
     assert [ax.get_title() for ax in axes[:10]] == [str(d) for d in range(10)]
     assert [axes[10 * r].get_ylabel() for r in range(5)] == [
         "real class means", "No BatchNorm + SGD\n(seed 0)", "No BatchNorm + Adam\n(seed 0)",
         "BatchNorm + SGD\n(seed 0)", "BatchNorm + Adam\n(seed 0)"]
-    fig = weights_figure("mnist", runs, ref, {})
+    fig = S.weights_figure("mnist", runs, ref, {})
     assert fig.get_suptitle().startswith("mnist: first-layer weights, first 32 units (")  # of 64
     axes = fig.axes
     assert len(axes) == 5 * 2 and axes[0].get_ylabel() == "reference"
@@ -190,19 +164,15 @@ def test_picture_figures_have_reference_rows_and_a_row_per_configuration(picture
 
 def test_claim_parts_on_hand_made_rows():
     rows = []
-    for seed in range(3):
-        for norm, optim in CONFIGS:
-            bn, adam = norm == "bn", optim == "adam"
-            rows.append({"dataset": "cifar10", "norm": norm, "optim": optim, "seed": seed,
-                         "colour_fidelity": 0.6 + 0.01 * seed,
-                         "blueness_airplane": 0.1 + 0.01 * seed,
-                         "greenness_dog": -0.05 - 0.01 * seed,   # dogs not greenish
-                         "greenness_frog": 0.02 * (seed - 1),    # frogs: within the spread
-                         # the seed jitters each side its own amount: paired, the same jitter
-                         # would leave the differences no spread
-                         "sharpness": (0.08 if bn else 0.05) + 0.001 * seed * (1 + bn),
-                         "distinctness": (1.0 if bn and adam else 0.8)
-                         + 0.01 * seed * (1 + (bn and adam))})
+    for seed, (norm, optim) in itertools.product(range(3), CONFIGS):
+        bn, bn_adam = norm == "bn", (norm, optim) == ("bn", "adam")
+        rows.append({"dataset": "cifar10", "norm": norm, "optim": optim, "seed": seed,
+                     "colour_fidelity": 0.6 + 0.01 * seed, "blueness_airplane": 0.1 + 0.01 * seed,
+                     "greenness_dog": -0.05 - 0.01 * seed,   # dogs not greenish
+                     "greenness_frog": 0.02 * (seed - 1),    # frogs: within the spread
+                     # each side's own seed jitter: paired, the differences have spread
+                     "sharpness": (0.08 if bn else 0.05) + 0.001 * seed * (1 + bn),
+                     "distinctness": (1.0 if bn_adam else 0.8) + 0.01 * seed * (1 + bn_adam)})
     parts = {p.claim + p.part: p for p in decided("pictures", pd.DataFrame(rows))}
     for optim in ("SGD", "Adam"):
         assert parts[f"P2a1 ({optim})"].verdict == parts[f"P2a2 ({optim})"].verdict == "holds"
@@ -218,19 +188,18 @@ def test_claim_parts_on_hand_made_rows():
 def test_the_section_names_the_recipe_that_drew_the_pictures(tmp_path):
     """The training's, or those `python -m bnstudy.draw` left in `images/recipe.json`."""
     runs = [SimpleNamespace(run={"path": tmp_path / f"{n}_job"}) for n in range(3)]
-    assert recipe_words(runs).startswith("each run's training settings (")
+    assert S.recipe_words(runs).startswith("each run's training settings (")
     for run in runs[:2]:
         (run.run["path"] / "images").mkdir(parents=True)
         (run.run["path"] / "images" / "recipe.json").write_text(json.dumps({"name": "steps=400"}))
-    assert recipe_words(runs) == (
+    assert S.recipe_words(runs) == (
         "redrawn by `python -m bnstudy.draw` as `steps=400` (2 runs); the training's (1 run; "
         "`conf/callbacks/default.yaml` unless set)")
 
 
 def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplog):
-    """The cross-model confidence's network is the run's own trained one; an unreadable
-    picture file is missing (said in the log), a failed run's files are not measured, and
-    a recorded datamodule outside the project is not opened."""
+    """An unreadable picture file is missing (said in the log), a failed run's not measured,
+    a recorded datamodule outside the project not opened."""
     job = write_job(tmp_path, [0.9])
     cfg = compose_config()
     (job / ".hydra").mkdir(exist_ok=True)
@@ -239,7 +208,7 @@ def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplo
     (job / "checkpoints").mkdir()
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}},
                job / "checkpoints" / "last.ckpt")
-    loaded = load_net(load_runs(tmp_path).iloc[0], MNIST_SHAPE, 10)
+    loaded = T.load_net(load_runs(tmp_path).iloc[0], MNIST_SHAPE, 10)
     for mine, saved in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True):
         assert torch.equal(mine, saved)
 
@@ -255,23 +224,22 @@ def test_only_a_runs_own_network_and_readable_files_are_measured(tmp_path, caplo
         judge[1].weight.zero_()
         judge[1].bias.copy_(torch.eye(10)[1] * 5)
     saved = torch.load(failed / "images" / "hallucinations_final.pt", weights_only=True)
-    row = hallucination_measures(saved, Reference("mnist", [], list(MNIST_SHAPE)), [judge])
+    row = T.hallucination_measures(saved, Reference("mnist", [], list(MNIST_SHAPE)), [judge])
     assert row["cross_conf"] == pytest.approx(0.1)  # the mean of each class's own probability
     noise = (saved["noise"] * 0.3081 + 0.1307).clamp(0, 1)  # the recipe's noise, in pixels
     assert row["noise_sharpness"] == pytest.approx(float(P.sharpness(noise).mean()))
     with pytest.raises(ValueError, match="not one of the project's datamodules"):
-        open_datamodule({"datamodule": "os.system", "data_dir": "."})
+        T.open_datamodule({"datamodule": "os.system", "data_dir": "."})
 
 
 def test_colour_change_and_cross_model_columns_read_the_right_image_unit_and_network():
-    """The colour columns read the named class's image, the change's alignment the learned
-    change (final − initial), the cross-model confidence the other runs' networks only."""
+    """Colours: the named class's image; change: final − initial; cross-model: others' nets."""
     images = torch.full((10, 3, 4, 4), 0.5)
     images[5] = torch.tensor([0.1, 0.9, 0.1]).view(3, 1, 1)  # a green dog, the rest grey
     h = {"images": images, "noise": images, "base": torch.zeros_like(images),
          "own_probabilities": torch.eye(10), "real_means": images, "mean": [0.0] * 3,
          "std": [1.0] * 3, "classes": CIFAR_CLASSES}
-    row = hallucination_measures(h, Reference("cifar10", CIFAR_CLASSES, [3, 4, 4]), [])
+    row = T.hallucination_measures(h, Reference("cifar10", CIFAR_CLASSES, [3, 4, 4]), [])
     assert row["greenness_dog"] == pytest.approx(0.8) and row["greenness_frog"] == 0
 
     components = torch.eye(16)[:4]  # the data's directions: the first four pixels
@@ -279,7 +247,7 @@ def test_colour_change_and_cross_model_columns_read_the_right_image_unit_and_net
     initial[:, 8:] = torch.randn(8, 8)  # outside them
     w = {"initial": initial, "final": initial + torch.randn(8, 16) * torch.eye(16)[:4].sum(0),
          "input_shape": [1, 4, 4]}
-    row = weight_measures(w, Reference("mnist", [], [1, 4, 4], components=components))
+    row = T.weight_measures(w, Reference("mnist", [], [1, 4, 4], components=components))
     assert row["change_pc_alignment"] == pytest.approx(1) and row["pc_alignment"] < 0.9
 
     def net(reads_images: bool) -> torch.nn.Module:
@@ -293,41 +261,39 @@ def test_colour_change_and_cross_model_columns_read_the_right_image_unit_and_net
     base = {"noise": band_images(), "base": torch.zeros(10, *MNIST_SHAPE),
             "own_probabilities": torch.eye(10), "real_means": band_images(), "mean": [0.0],
             "std": [1.0], "images": band_images()}
-    runs = [PictureRun(pd.Series({"dataset": "mnist", "job": job, "seed": 0}), base, None,
-                       net(job == "sure")) for job in ("sure", "flat")]
+    runs = [T.PictureRun(pd.Series({"dataset": "mnist", "job": job, "seed": 0}), base, None,
+                         net(job == "sure")) for job in ("sure", "flat")]
     refs = {"mnist": Reference("mnist", [], list(MNIST_SHAPE))}
-    rows = {r["job"]: r for r in measure(runs, refs, ["dataset"])}
+    rows = {r["job"]: r for r in T.measure(runs, refs, ["dataset"])}
     assert rows["sure"]["cross_conf"] == pytest.approx(0.1)  # the flat network's, not its own
     assert rows["flat"]["cross_conf"] > 0.9
 
 
 def test_the_figures_take_each_configurations_lowest_seed_with_the_file_and_the_judges_reading(
         tmp_path):
-    """Per configuration the lowest seed that saved the kind (seed 0's weights missing: seed 1's
-    drawn); LayerNorm beside no norm; grey digits in grey; the judge's reading under each tile,
-    green where right; the learned change drawn as final − initial; a kind no run saved, none."""
+    """Seed 0's weights missing: seed 1's drawn; LayerNorm beside no norm; grey digits in grey;
+    the judge's reading green where right; change: final − initial; a kind no run saved, none."""
     torch.manual_seed(0)
-    for seed in (1, 0):
-        for norm in ("layer", "none"):
-            job = write_job(tmp_path, [0.8, 0.9], norm=norm, seed=seed)
-            write_pictures(job, tmp_path)
-            if (norm, seed) == ("none", 0):
-                (job / "images" / "weights_final.pt").unlink()
+    for seed, norm in itertools.product((1, 0), ("layer", "none")):
+        job = write_job(tmp_path, [0.8, 0.9], norm=norm, seed=seed)
+        write_pictures(job, tmp_path)
+        if (norm, seed) == ("none", 0):
+            (job / "images" / "weights_final.pt").unlink()
     runs = load_picture_runs(load_runs(tmp_path))
-    assert [(c, p.run["seed"]) for c, p in first_seeds(runs, "weights")] == [
+    assert [(c, p.run["seed"]) for c, p in S.first_seeds(runs, "weights")] == [
         (("none", "sgd"), 1), (("layer", "sgd"), 0)]
-    assert [p.run["seed"] for _, p in first_seeds(runs, "hallucinations")] == [0, 0]
+    assert [p.run["seed"] for _, p in S.first_seeds(runs, "hallucinations")] == [0, 0]
     right = torch.eye(10)[[1, *range(1, 10)]]  # class 0 read as 1, the rest right
     judge = SimpleNamespace(probabilities=lambda images: right, accuracy=0.97)
     ref = Reference("mnist", [str(d) for d in range(10)], list(MNIST_SHAPE), referee=judge)
-    axes = hallucinations_figure("mnist", runs, ref).axes
+    axes = S.hallucinations_figure("mnist", runs, ref).axes
     assert [axes[10 * r].get_ylabel() for r in (1, 2)] == ["No norm + SGD\n(seed 0)",
                                                           "LayerNorm + SGD\n(seed 0)"]
     assert axes[10].images[0].get_cmap().name == "gray"
     assert [(ax.get_xlabel(), ax.xaxis.label.get_color()) for ax in axes[10:12]] == [
         ("1 1.00", "tab:red"), ("1 1.00", "tab:green")]
-    axes = weights_figure("mnist", runs, ref, {}).axes  # no reference row: no data here
-    (p,) = [p for c, p in first_seeds(runs, "weights") if c == ("layer", "sgd")]
+    axes = S.weights_figure("mnist", runs, ref, {}).axes  # no reference row: no data here
+    (p,) = [p for c, p in S.first_seeds(runs, "weights") if c == ("layer", "sgd")]
     change = weight_grid(p.weights["final"].float() - p.weights["initial"].float(),
                          MNIST_SHAPE, 64)
     assert torch.allclose(torch.as_tensor(axes[3].images[0].get_array()),
@@ -335,16 +301,14 @@ def test_the_figures_take_each_configurations_lowest_seed_with_the_file_and_the_
     for job in tmp_path.glob("*/images/weights_final.pt"):
         job.unlink()
     (tmp_path / "report").mkdir()
-    assert set(pictures_section(load_runs(tmp_path), tmp_path / "report")[1]) == {
+    assert set(S.pictures_section(load_runs(tmp_path), tmp_path / "report")[1]) == {
         "hallucinations_mnist"}  # no weights saved: no weights figure
 
 
 def test_each_setting_has_its_own_figures_rows_and_picture_claims(tmp_path, tiny_data):
-    """Two learning rates: a heading, figure names and claims per setting, each decided on its
-    own runs (no BN's weights are the data's bands at 0.01, noise at 0.1)."""
+    """Two lrs, each decided on its own runs (no BN's weights: bands at 0.01, noise at 0.1)."""
     bands = band_images().flatten(1)
-    for lr, seed, norm in ((lr, s, n) for lr in (0.01, 0.1) for s in (0, 1)
-                           for n in ("bn", "none")):
+    for lr, seed, norm in itertools.product((0.01, 0.1), (0, 1), ("bn", "none")):
         torch.manual_seed(seed)
         initial = 0.05 * torch.randn(32, 784)
         structured = norm == "none" and lr == 0.01
@@ -352,7 +316,7 @@ def test_each_setting_has_its_own_figures_rows_and_picture_claims(tmp_path, tiny
         job = write_job(tmp_path, [0.8, 0.9], norm=norm, seed=seed, lr=lr)
         write_pictures(job, tiny_data, band_images(), final, initial)
     (tmp_path / "report").mkdir()
-    section, figures, found = pictures_section(load_runs(tmp_path), tmp_path / "report")
+    section, figures, found = S.pictures_section(load_runs(tmp_path), tmp_path / "report")
     assert set(figures) == {f"{kind}_mnist_lr{lr}" for kind in ("hallucinations", "weights")
                             for lr in (0.01, 0.1)}
     heads = [line for line in section.splitlines() if line.startswith("#")]
@@ -365,23 +329,19 @@ def test_each_setting_has_its_own_figures_rows_and_picture_claims(tmp_path, tiny
 
 
 def test_the_measures_table_reference_line_and_weight_notes_on_hand_made_rows():
-    """Only the dataset's rows and the measures it has; the real means' colour numbers for
-    CIFAR-10's classes; the learned change's mean over seeds, not their median."""
-    rows = pd.DataFrame([{**dict.fromkeys(COLUMNS), "dataset": d, "optim": "sgd",
-                          "norm": "none", "sharpness": s,
-                          "colour_fidelity": c, "change_share": share,
-                          "change_pc_alignment": 0.5}
-                         for d, s, c, share in (("mnist", 0.1, None, 0.1),
-                                                ("mnist", 0.3, None, 0.2),
-                                                ("mnist", 0.2, None, 0.6),
-                                                ("cifar10", 0.9, 0.7, 0.1))])
-    table = measures_table(rows, "mnist")
+    """The dataset's rows and measures; CIFAR-10's colour numbers; the change's mean, not median."""
+    cases = (("mnist", 0.1, None, 0.1), ("mnist", 0.3, None, 0.2), ("mnist", 0.2, None, 0.6),
+             ("cifar10", 0.9, 0.7, 0.1))  # dataset, sharpness, colour_fidelity, change_share
+    rows = pd.DataFrame([{**dict.fromkeys(T.COLUMNS), "dataset": d, "optim": "sgd", "norm": "none",
+                          "sharpness": s, "colour_fidelity": c, "change_share": share,
+                          "change_pc_alignment": 0.5} for d, s, c, share in cases])
+    table = S.measures_table(rows, "mnist")
     assert "colour_fidelity" not in table and "0.200 ± 0.100 (3)" in table
-    assert weight_notes(rows)[1] == ("- mnist, SGD: the learned change (final − initial) is No "
-                                     "BatchNorm: 30.0% of the energy, alignment 0.500 (medians "
-                                     "over units, mean over seeds).")
+    assert S.weight_notes(rows)[1] == ("- mnist, SGD: the learned change (final − initial) is "
+                                       "No BatchNorm: 30.0% of the energy, alignment 0.500 "
+                                       "(medians over units, mean over seeds).")
     means = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
-    line = reference_line(Reference("cifar10", CIFAR_CLASSES, [3, 4, 4], real_means=means))
+    line = S.reference_line(Reference("cifar10", CIFAR_CLASSES, [3, 4, 4], real_means=means))
     for name, colour in (("airplane blueness", P.blueness), ("dog greenness", P.greenness),
                          ("frog greenness", P.greenness)):
         value = float(colour(means)[CIFAR_CLASSES.index(name.split()[0])])

@@ -31,8 +31,8 @@ def step_edge(size: int = 16, contrast: float = 1.0) -> torch.Tensor:
 # --- grids ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 3, 3)], ids=["mnist", "cifar",
-                                                                           "conv"])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 3, 3)],
+                         ids=["mnist", "cifar", "conv"])
 def test_weight_grid_tiles_are_units_scaled_each_symmetrically(shape):
     conv = shape[1] == 3  # a Conv2d weight: a tile per filter, the input shape unused
     pattern = torch.linspace(-1.0, 0.5, math.prod(shape))
@@ -217,8 +217,7 @@ def test_referee_is_deterministic_learns_and_leaves_the_global_rng(tiny_data):
 
     data = MNISTDataModule(tiny_data, download=False)
     data.setup("fit")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads + 1)  # not the one thread the referee trains on
+    torch.set_num_threads(torch.get_num_threads() + 1)  # not the one thread the referee trains on
     state, threads = torch.random.get_rng_state(), torch.get_num_threads()
     first = P.Referee(data.input_shape, 10, epochs=2).fit(
         data.train_set.x, data.train_set.y, (data.val_set.x, data.val_set.y))

@@ -27,6 +27,9 @@ from bnstudy.callbacks import MetricsHistory
 from bnstudy.model import Classifier
 from bnstudy.nets import first_layer
 from bnstudy.probes import ActivationPercentiles, GradientBehaviour
+from bnstudy.report.figures import PROBE_FIGURES
+from bnstudy.report.runs import load_runs, settings
+from bnstudy.report.sections import comparison
 
 ETAS = (0.01, 0.1, 1.0)
 PERCENTILES = (15, 50, 85)
@@ -77,9 +80,8 @@ def test_activation_percentiles_are_quantiles_of_the_training_forward(tiny_data,
         # The training forward, then the gradient probe's at θ and at each η: only the first.
         assert len(inputs[step_]) == 2 + len(ETAS)
         per_unit = inputs[step_][0].transpose(0, 1).flatten(1)
-        expected = torch.stack([torch.quantile(per_unit[u], q) for u in units])
         recorded = torch.tensor(record["values"][i])
-        assert torch.allclose(recorded, expected, atol=1e-6)
+        assert torch.allclose(recorded, torch.quantile(per_unit[units], q, dim=1).T, atol=1e-6)
         last = inputs[step_][-1].transpose(0, 1).flatten(1)
         assert not torch.allclose(recorded, torch.quantile(last[units], q, dim=1).T, atol=1e-3)
     for j, unit in enumerate(units):
@@ -116,8 +118,7 @@ def test_settings_out_of_range_are_refused_with_the_reason(tiny_data, tmp_path):
 
 
 class Direct(Callback):
-    """After the probe, at each step: the numbers computed directly on the minibatch the
-    training forward took (copies of the net moved by −η g, in training mode)."""
+    """After the probe: each step's numbers directly on the minibatch trained on (nets − η g)."""
 
     def __init__(self, landscape_every: int) -> None:
         self.landscape_every, self.sizes, self.norms, self.landscape = landscape_every, [], {}, {}
@@ -200,9 +201,8 @@ def test_a_zero_gradient_has_no_smoothness_and_a_flat_landscape():
 
 
 def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):
-    """Conv net with BatchNorm2d and dropout: the probes touch no state, grad, mode, buffer or
-    RNG draw; the validation forwards (eval mode, after step 10) are not recorded; without
-    `MetricsHistory` the series are kept, not written."""
+    """Conv net with BatchNorm2d and dropout: no state, buffer or RNG draw touched; validation
+    forwards not recorded; without `MetricsHistory` the series are kept, not written."""
     runs = {}
     probes = [ActivationPercentiles(every_n_steps=1),
               GradientBehaviour(every_n_steps=1, landscape_every_n_steps=1, etas=ETAS)]
@@ -247,8 +247,7 @@ def test_batchnorm_makes_preactivations_and_gradients_scale_invariant(tiny_data,
         assert not math.isclose(grad10, grad / 10, rel_tol=0.5)
 
 
-def test_series_reach_metrics_json_each_epoch_through_history_and_survive_a_resume(
-        tiny_data, tmp_path):
+def test_series_reach_metrics_json_each_epoch_and_survive_a_resume(tiny_data, tmp_path):
     """(Without `MetricsHistory` nothing is written: the test before.)"""
     path, after_epoch0 = tmp_path / "metrics.json", {}
     spy = LambdaCallback(on_train_epoch_start=lambda t, m: (
@@ -298,10 +297,7 @@ GRADS = {"steps": [0, 2], "norms": {"net.fc1": [1.0, 0.5], "net.fc2": [2.0, 1.0]
 
 
 def test_the_probe_figures_draw_each_series_where_it_belongs():
-    """Hand-made series: each unit's percentiles in its row (the median bold and solid), the
-    gradient norms on a log axis, the landscape bands from the smallest to the largest step."""
-    from bnstudy.report.figures import PROBE_FIGURES
-
+    """Each unit's percentiles in its row (the median bold), norms on a log axis, loss bands."""
     found = {n: pd.Series({"seed": 0, "probes": {"activations": ACTS, "gradients": GRADS}})
              for n in ("none", "bn")}
     fig = PROBE_FIGURES["activations"]("mnist, sgd", found)
@@ -319,11 +315,7 @@ def test_the_probe_figures_draw_each_series_where_it_belongs():
 
 
 def test_a_comparison_draws_a_probe_figure_where_both_sides_recorded_it(tmp_path):
-    """A series on one side only: a line saying which side lacks it; on both: the figure, and
-    for gradients the landscape's medians under it; on neither: nothing said."""
-    from bnstudy.report.runs import load_runs, settings
-    from bnstudy.report.sections import comparison
-
+    """One side only: a line says which lacks it; both: the figure and the landscape's medians."""
     for norm in ("bn", "none"):
         write_job(tmp_path, [0.5, 0.6], norm=norm)
     ((ckey, by_norm),) = settings(load_runs(tmp_path))

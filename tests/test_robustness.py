@@ -23,6 +23,7 @@ from helpers import (
 )
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from PIL import Image
+from scipy import stats as sps
 
 from bnstudy.report.cli import main
 from bnstudy.report.figures import regime_figure, robustness_figure
@@ -96,8 +97,7 @@ def test_the_experiments_sweep_their_grids_the_command_line_wins_and_lr0_01_is_t
 
 @pytest.fixture(scope="module")
 def lr_sweep(tiny_data, tmp_path_factory) -> Path:
-    """experiment=lr_sweep cut to sgd × TINY_LRS × seeds 0, 1 by command-line overrides,
-    1 epoch, no images: 12 runs, for the robustness and the regime sections alike."""
+    """experiment=lr_sweep cut to sgd × TINY_LRS × seeds 0, 1, 1 epoch, no images: 12 runs."""
     sweep_dir = tmp_path_factory.mktemp("lr_sweep") / "multirun"
     done = run_train("-m", "experiment=lr_sweep", f"dataset.lr={','.join(map(str, TINY_LRS))}",
                      "optim=sgd", "seed=0,1", "dataset.max_epochs=1",
@@ -123,11 +123,8 @@ def finals(sweep_dir: Path) -> dict[tuple[str, float], list[tuple[str, float]]]:
 @pytest.mark.slow
 def test_a_real_lr_sweep_runs_its_grid_and_its_report_states_robustness_and_regime(
         lr_sweep, tmp_path):
-    """The command line's grid and what never started; the robustness and the regime figures
-    and report.md from the records' numbers, the figures in TensorBoard (one test: the sweep
-    is trained once per pytest worker)."""
-    from scipy import stats as sps
-
+    """The grid, what never started, the figures (in TensorBoard too) and report.md from the
+    records' numbers (one test: the sweep is trained once per pytest worker)."""
     jobs = [p.name for p in sweep_jobs(lr_sweep)]
     assert len(jobs) == 4 * len(TINY_LRS)
     assert {name.split("_", 1)[1] for name in jobs} == {
@@ -219,8 +216,7 @@ def one_panel(sweep_dir: Path, hparam: str = "lr") -> dict[str, dict]:
 
 def by_norm(sweep_dir: Path, accs: dict[str, list[float]],
             statuses: dict | None = None) -> dict[str, dict]:
-    """One panel: per norm a job for each GRID lr, of that final accuracy and
-    `statuses[norm, lr]` if not ok."""
+    """One panel: per norm a job for each GRID lr, of that accuracy and `statuses[norm, lr]`."""
     for norm, values in accs.items():
         for lr, acc in zip(GRID, values, strict=True):
             write_job(sweep_dir, [acc], (statuses or {}).get((norm, lr), "ok"), norm=norm, lr=lr)
@@ -261,10 +257,9 @@ def test_diverged_failed_and_far_points_are_not_usable(tmp_path):
     (ax,) = robustness_figure("lr", "mnist", {(("optim", "sgd"),): late}).axes
     assert [t.get_text() for t in ax.texts] == ["No BatchNorm: 1 unfinished (not drawn)"]
     assert "accuracy after 3 epoch(s) vs" in " ".join(ax.figure._suptitle.get_text().split())
-    for optim, epochs in (("sgd", 3), ("adam", 5)):  # the title names no one run length
-        for norm, lr in itertools.product(("bn", "none"), (0.01, 0.1)):
-            write_job(tmp_path / "lengths", [0.9], norm=norm, optim=optim, lr=lr,
-                      max_epochs=epochs)
+    for (optim, epochs), norm, lr in itertools.product(  # the title names no one run length
+            (("sgd", 3), ("adam", 5)), ("bn", "none"), (0.01, 0.1)):
+        write_job(tmp_path / "lengths", [0.9], norm=norm, optim=optim, lr=lr, max_epochs=epochs)
     fig = robustness_figure("lr", "mnist", panels(tmp_path / "lengths", "lr")["mnist"])
     assert "final validation accuracy vs" in " ".join(fig._suptitle.get_text().split())
     nothing = by_norm(tmp_path / "all_diverged", {"bn": [0.9] * 4},
@@ -357,8 +352,7 @@ def test_regime_figure_fills_the_significant_points_and_flips_with_the_records(t
 
 
 def test_never_started_reads_an_interpolated_override_as_typed(tmp_path):
-    """`run_name=${...}` on the command line: multirun.yaml holds it as typed, each job's
-    overrides.yaml escaped; resolving the plan's copy would count every job as never started."""
+    """multirun.yaml holds `run_name=${...}` as typed, each job's overrides.yaml escaped."""
     (tmp_path / "multirun.yaml").write_text(
         "hydra:\n  sweeper:\n    params:\n      norm: bn,none\n  overrides:\n    task:\n"
         "    - run_name=${dataset.name}-x\n")
@@ -369,8 +363,7 @@ def test_never_started_reads_an_interpolated_override_as_typed(tmp_path):
             f"- norm={norm}\n- run_name=$\\{{dataset.name\\}}-x\n")
     assert never_started(tmp_path, load_runs(tmp_path)) == []
     runs = load_runs(tmp_path)
-    assert never_started(tmp_path, runs.iloc[:1]) == ["norm=none"]  # the runs read, not the
-    # folders found later (a sweep still running: the header's counts add up)
+    assert never_started(tmp_path, runs.iloc[:1]) == ["norm=none"]  # the runs read, not the folders
     shutil.rmtree(job)
     assert never_started(tmp_path, load_runs(tmp_path)) == ["norm=none"]
 
@@ -401,10 +394,9 @@ def test_a_side_that_diverged_everywhere_is_marked_not_dropped(tmp_path):
 
 
 def test_the_regime_figure_at_one_seed_says_once_a_line_why_no_point_is_tested(tmp_path):
-    for optim in ("sgd", "adam"):
-        for lr in (0.0001, 0.001, 0.01, 0.1, 1.0):
-            write_job(tmp_path, [0.8], dataset="mnist", optim=optim, norm="bn", lr=lr, seed=0)
-            write_job(tmp_path, [0.75], dataset="mnist", optim=optim, norm="none", lr=lr, seed=0)
+    for optim, lr in itertools.product(("sgd", "adam"), (0.0001, 0.001, 0.01, 0.1, 1.0)):
+        write_job(tmp_path, [0.8], dataset="mnist", optim=optim, norm="bn", lr=lr, seed=0)
+        write_job(tmp_path, [0.75], dataset="mnist", optim=optim, norm="none", lr=lr, seed=0)
     fig = regime_figure("lr", pd.DataFrame(verdict_rows(tmp_path)))
     [note] = fig.axes[0].texts  # (each value's reason listed ran off the panel)
     assert note.get_text() == "\n".join(f"{optim}: no test at any lr (1 ok BN; 1 ok no BN)"
@@ -415,16 +407,13 @@ def test_the_regime_figure_at_one_seed_says_once_a_line_why_no_point_is_tested(t
 
 @pytest.mark.parametrize("datasets", [["mnist"], ["mnist", "cifar10", "fashion_mnist", "a", "b"]])
 def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, datasets):
-    """One dataset: the whole title inside the figure (it was clipped at one panel's width);
-    five: at most three panels a row, every panel and its title inside the figure."""
-    for dataset in datasets:
-        for optim in ("sgd", "adam"):
-            for batch_size in (8, 512):
-                for seed, acc in enumerate([0.80, 0.82, 0.81]):
-                    write_job(tmp_path, [acc], dataset=dataset, optim=optim, norm="bn",
-                              batch_size=batch_size, seed=seed)
-                    write_job(tmp_path, [acc - 0.05 + 0.01 * seed], dataset=dataset,
-                              optim=optim, norm="none", batch_size=batch_size, seed=seed)
+    """One dataset: the whole title inside the figure; five: at most three panels a row."""
+    for dataset, optim, batch_size, (seed, acc) in itertools.product(
+            datasets, ("sgd", "adam"), (8, 512), enumerate([0.80, 0.82, 0.81])):
+        write_job(tmp_path, [acc], dataset=dataset, optim=optim, norm="bn",
+                  batch_size=batch_size, seed=seed)
+        write_job(tmp_path, [acc - 0.05 + 0.01 * seed], dataset=dataset, optim=optim,
+                  norm="none", batch_size=batch_size, seed=seed)
     rows = verdict_rows(tmp_path)
     fig = regime_figure("batch_size", pd.DataFrame(rows))
     inside = fig.bbox.padded(1)  # (pixels)
@@ -442,15 +431,14 @@ def test_the_regime_figure_is_laid_out_for_any_number_of_datasets(tmp_path, data
 
 
 def test_the_regime_figure_and_section_name_the_pairs_compared(tmp_path):
-    """LayerNorm against no norm reads as such (it read "BN − no BN" whatever the pair); two
-    pairs read as treatment − baseline."""
-    for lr in (0.01, 0.1):
-        for seed, acc in enumerate([0.80, 0.82, 0.81]):
-            for norm, shift in (("layer", 0.0), ("bn", 0.02), ("none", -0.05)):
-                write_job(tmp_path, [acc + shift + 0.01 * seed * (norm == "none")],
-                          norm=norm, lr=lr, seed=seed)
-                if lr == 0.1:  # and jobs that record no lr: no row of theirs here
-                    write_job(tmp_path, [0.5 + 0.01 * seed], norm=norm, seed=seed, lr=None)
+    """LayerNorm − no norm reads as such (it read "BN − no BN"); two: treatment − baseline."""
+    for lr, (seed, acc), (norm, shift) in itertools.product(
+            (0.01, 0.1), enumerate([0.80, 0.82, 0.81]),
+            (("layer", 0.0), ("bn", 0.02), ("none", -0.05))):
+        write_job(tmp_path, [acc + shift + 0.01 * seed * (norm == "none")],
+                  norm=norm, lr=lr, seed=seed)
+        if lr == 0.1:  # and jobs that record no lr: no row of theirs here
+            write_job(tmp_path, [0.5 + 0.01 * seed], norm=norm, seed=seed, lr=None)
     runs = load_runs(tmp_path)
     for pairs, question, difference in (
             ([("layer", "none")], "Is LayerNorm worth it", "LayerNorm − no norm"),

@@ -1,10 +1,11 @@
-"""The trackers (`bnstudy.trackers`, `conf/logger/`): CSV, MLflow (a local store), W&B
-(offline) and several at once, each through the entry point with its real library, offline:
-the study's scalars and settings reach each; TensorBoard's own views only where it is used."""
+"""The trackers (`bnstudy.trackers`, `conf/logger/`), each with its real library, offline: the
+study's scalars and settings reach each; TensorBoard's own views only where it is used."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -24,17 +25,19 @@ from helpers import (
     run_train,
     scalar_tags,
 )
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
+from bnstudy import trackers
+from bnstudy.config import group_defaults, hparams, overridden_keys
 from bnstudy.errors import ConfigError
+from bnstudy.trackers import uses_tensorboard
 
 TINY = ("trainer.max_epochs=2", "callbacks.hallucinations.steps=2")
 
 
 def needs(package: str) -> None:
     """Skips the test where the tracker's package (its extra) is not installed; fails in CI."""
-    import importlib.util
-    import os
-
     if importlib.util.find_spec(package) is None:
         message = f"{package} is not installed: pip install -e '.[{package}]'"
         if os.environ.get("CI") == "true":
@@ -78,10 +81,6 @@ def test_csv(tiny_data, tmp_path):
 
 
 def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
-    import importlib.util
-
-    from bnstudy import trackers
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "mlflow" else real(name, *a))
@@ -95,12 +94,6 @@ def test_a_missing_tracker_package_is_one_paragraph(monkeypatch):
 
 
 def test_the_tracker_choice_is_bookkeeping_not_a_setting_and_says_whether_tensorboard_logs():
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    from bnstudy.config import group_defaults, hparams, overridden_keys
-    from bnstudy.trackers import uses_tensorboard
-
     for choice, board in (("logger=csv", False), ("logger=[tensorboard,mlflow]", True),
                           ("logger=[csv,tensorboard]", True)):
         cfg = compose_config(choice)
@@ -117,8 +110,7 @@ def test_the_tracker_choice_is_bookkeeping_not_a_setting_and_says_whether_tensor
 
 
 def mlflow_runs(store: Path) -> dict:
-    """The store's runs of the `bnstudy` experiment by name (each name once), read back with
-    MLflow's client, with their `val/acc` and `test/acc` as [(step, value)]."""
+    """The `bnstudy` experiment's runs by name (each once), val/test acc as [(step, value)]."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}")
@@ -147,16 +139,14 @@ def test_mlflow_local_store_holds_each_job_of_a_sweep(tiny_data, tmp_path):
         assert same_curve(metrics["val/acc"], curve(record))
         assert [value for _, value in metrics["test/acc"]] == pytest.approx(
             [record["test"]["acc"]])
-    # No TensorBoard: no events anywhere, not even the sweep's HParams experiment.
-    assert not list(sweep.rglob("events.out.tfevents.*"))
+    assert not list(sweep.rglob("events.out.tfevents.*"))  # no TensorBoard, not even HParams
     assert "mlflow.store" not in proc.stderr and "Creating initial" not in proc.stderr
     assert "tensorboard --logdir" not in proc.stdout + proc.stderr  # nor a link to it
 
 
 @pytest.mark.slow
 def test_a_resumed_run_goes_on_in_its_mlflow_run_beside_tensorboard(tiny_data, tmp_path):
-    """Resumed with an observer's setting changed: one finished MLflow run holds both attempts'
-    epochs and the setting's first value; TensorBoard beside it keeps its own views."""
+    """Resumed with an observer's setting changed: one finished MLflow run, its first value."""
     needs("mlflow")
     job = tmp_path / "job"
     common = (*FAST, f"paths.data_dir={tiny_data}", *TINY, "logger=[tensorboard,mlflow]",
@@ -194,8 +184,7 @@ logger.finalize("success")
 @pytest.mark.slow
 def test_mlflow_jobs_starting_together_share_a_new_store(tmp_path):
     needs("mlflow")
-    # A parallel sweep's jobs start together; MLflow's set-up of a new SQLite store fails when
-    # raced (every process did, without the lock).
+    # A parallel sweep's jobs start together: without the lock MLflow's set-up of the store fails
     store = tmp_path / "sweep" / "mlflow.db"
     procs = [subprocess.Popen([sys.executable, "-c", MLFLOW_JOB, str(store), f"job{i}"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -210,9 +199,7 @@ def test_mlflow_jobs_starting_together_share_a_new_store(tmp_path):
 
 
 def wandb_records(path: Path):
-    """The records of a W&B offline run file (`run-<id>.wandb`): W&B's protobuf `Record`s in
-    a LevelDB-style log (a 7-byte header, 32 KiB blocks of chunks, each `crc32 u32, length
-    u16, type u8`: full, first, middle, last)."""
+    """W&B's protobuf `Record`s in an offline run file: a LevelDB-style log of 32 KiB blocks."""
     from wandb.proto import wandb_internal_pb2
 
     data, block, pos, parts = path.read_bytes(), 32768, 7, b""
@@ -236,8 +223,7 @@ def wandb_records(path: Path):
 
 
 def wandb_run(path: Path) -> dict[str, list]:
-    """A W&B offline run file's records by type; a history or config record as {key: value}
-    (`val/acc` may be stored as the nested key val, acc)."""
+    """A run file's records by type; a history or config one as {key: value} (nested keys: a/b)."""
     found: dict[str, list] = {}
     for rec in wandb_records(path):
         kind = rec.WhichOneof("record_type")
@@ -263,13 +249,8 @@ def wandb_offline(tmp_path, monkeypatch) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("wandb_offline")
 def test_wandb_offline_writes_a_run_per_job_and_a_resumed_job_goes_on_in_it(tiny_data, tmp_path):
-    """Issue #34: a sweep interrupted in its first job's second epoch, then resumed beside a CSV
-    log (whose resume test_run checks): each job gets a W&B run of its own, finished; the first
-    job's two attempts' offline runs carry its one run id, together holding its curve (one W&B
-    run once synced). Loggers built with a stored run's ids keep them (W&B's resumed with
-    resume="allow"); a fresh W&B run has its id before it starts."""
-    from bnstudy import trackers
-
+    """Issue #34: a sweep interrupted in its first job's second epoch, resumed: the job's two
+    attempts' offline runs carry its one run id; loggers built with stored ids keep them."""
     cfg = compose_config("logger=[csv,wandb]", f"paths.output_dir={tmp_path / 'job'}")
     stored = {"CSVLogger": 3, "WandbLogger": "run0123"}
     csv_log, wandb_log = trackers.make_loggers(cfg.logger, "job", stored)
@@ -308,10 +289,7 @@ def test_wandb_offline_writes_a_run_per_job_and_a_resumed_job_goes_on_in_it(tiny
 
 def test_a_resumed_csv_log_keeps_its_rows_under_its_header(tmp_path):
     """Issue #34: Lightning's CSV writer clears metrics.csv when it starts; a resumed run's
-    logger puts the earlier rows back and appends to them (before any row: a new file). A
-    tracker's own run id in the config is kept, a null tracker skipped."""
-    from bnstudy import trackers
-
+    logger puts the earlier rows back. A run id in the config is kept, a null tracker skipped."""
     cfg = compose_config("logger=csv", f"paths.output_dir={tmp_path}")
     (first,) = trackers.make_loggers(cfg.logger, "job", {"CSVLogger": 0})  # no row saved yet
     metrics = Path(first.log_dir) / "metrics.csv"
@@ -344,28 +322,20 @@ def test_a_wandb_run_left_open_by_the_previous_job_is_finished_first(monkeypatch
     needs("wandb")
     import wandb
 
-    from bnstudy.trackers import finish_open_wandb_run
-
     finished = []
     monkeypatch.setattr(wandb, "finish", lambda: finished.append(wandb.run))
-    monkeypatch.setattr(wandb, "run", None)
-    finish_open_wandb_run()
-    assert finished == []
-    monkeypatch.setattr(wandb, "run", "the previous job's run")
-    finish_open_wandb_run()
-    assert finished == ["the previous job's run"]
+    for open_run in (None, "the previous job's run"):  # none open: none finished
+        monkeypatch.setattr(wandb, "run", open_run)
+        trackers.finish_open_wandb_run()
+        assert finished == ([open_run] if open_run else [])
 
 
 @pytest.mark.slow
 def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(tmp_path):
-    """The store and its experiment (artifacts at an absolute path) are made once, before the
-    logger starts; a resumed run's settings keep their first values (MLflow refuses to change
-    one) and gain new ones. Issue #36: a stored run id goes to the logger, no server asked."""
+    """Made before the logger starts, artifacts at an absolute path; MLflow refuses to change a
+    setting, new ones are added. Issue #36: a stored run id goes to the logger, no server asked."""
     needs("mlflow")
     from mlflow.tracking import MlflowClient
-    from omegaconf import OmegaConf
-
-    from bnstudy import trackers
 
     store = tmp_path / "sweep" / "mlflow.db"
     cfg = compose_config("logger=mlflow", f"paths.output_dir={tmp_path / 'sweep' / '0_job'}")

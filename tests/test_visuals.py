@@ -32,17 +32,16 @@ LOW, HIGH = [-MNIST_MEAN / MNIST_STD], [(1 - MNIST_MEAN) / MNIST_STD]  # valid n
 
 @pytest.fixture(scope="module")
 def tiny_trained(tiny_data):
-    """An MLP with BatchNorm trained for 4 epochs on tiny MNIST (each class a bright band at
-    its own rows), with the training images' statistics."""
+    """An MLP with BatchNorm trained 4 epochs on tiny MNIST; the recipe on it, in data space."""
     L.seed_everything(0, verbose=False)
     data, model, _ = tiny_fit(tiny_data, model=make_classifier("bn", hidden_dim=64, lr=0.1),
                               max_epochs=4, limit_val_batches=0)
-    return model, P.ImageStats.of(data.train_set.x)
+    return model, partial(hallucinate, model, (1, 28, 28), 10, LOW, HIGH, parametrisation="data",
+                          stats=P.ImageStats.of(data.train_set.x))
 
 
-def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained,
-                                                                two_torch_threads):
-    model, stats = tiny_trained
+def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained, two_torch_threads):
+    model, run = tiny_trained
     model.train().net.out.eval()  # mixed modes and flags, to check they come back as they were
     model.net.out.bias.requires_grad_(False)
     model.zero_grad(set_to_none=True)
@@ -50,8 +49,6 @@ def test_hallucinations_raise_class_logits_and_leave_model_alone(tiny_trained,
     flags = [p.requires_grad for p in model.parameters()]
     state = {k: v.clone() for k, v in model.state_dict().items()}  # BN running stats included
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
-    run = partial(hallucinate, model, (1, 28, 28), 10, LOW, HIGH, parametrisation="data",
-                  stats=stats)
 
     start, images = run(steps=0), run()
 
@@ -83,23 +80,10 @@ RECIPE_CHANGES = [("steps", 10), ("lr", 0.02), ("objective", "logit"), ("size", 
 @pytest.mark.parametrize(("knob", "value"), RECIPE_CHANGES,
                          ids=[f"{k}={v}" for k, v in RECIPE_CHANGES])
 def test_every_knob_changes_the_result(tiny_trained, knob, value):
-    model, stats = tiny_trained
-    base = dict(steps=20, parametrisation="data", stats=stats)
-    default = hallucinate(model, (1, 28, 28), 10, LOW, HIGH, **base)
-    changed = hallucinate(model, (1, 28, 28), 10, LOW, HIGH, **{**base, knob: value})
+    run = partial(tiny_trained[1], steps=20)
+    default, changed = run(), run(**{knob: value})
     assert changed.shape == default.shape
     assert (changed - default).abs().max() > 1e-3
-
-
-def test_size_holds_each_image_at_its_root_mean_square():
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    wide = [-100.0], [100.0]  # nothing clamped
-    for size in (0.5, 2.0):
-        for seeds in (1, 3):  # the seeds' mean too
-            images = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=size, seeds=seeds)
-            assert torch.allclose(images.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(size))
-    free = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=None, blur_every=0)
-    assert not torch.allclose(free.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(1.0))
 
 
 def test_log_softmax_stalls_where_the_class_already_wins_and_margin_does_not():
@@ -118,15 +102,13 @@ def test_log_softmax_stalls_where_the_class_already_wins_and_margin_does_not():
 
 def test_class_score_objectives_and_bad_recipes_are_refused():
     logits, target = torch.tensor([[3.0, 1.0, -1.0]]), torch.tensor([0])
-    assert class_score(logits, target, "logit").item() == 3.0
-    assert class_score(logits, target, "contrast").item() == 3.0
+    score = partial(class_score, logits, target)
+    assert score("logit").item() == score("contrast").item() == 3.0
     assert class_score(torch.tensor([[3.0, 1.0, 2.0]]), target, "contrast").item() == 1.5
-    assert class_score(logits, target, "margin").item() == pytest.approx(
-        3.0 - math.log(math.exp(1) + math.exp(-1)))
-    assert class_score(logits, target, "log_softmax").item() == pytest.approx(
-        float(logits.log_softmax(1)[0, 0]))
+    assert score("margin").item() == pytest.approx(3.0 - math.log(math.exp(1) + math.exp(-1)))
+    assert score("log_softmax").item() == pytest.approx(float(logits.log_softmax(1)[0, 0]))
     with pytest.raises(ValueError, match="objective"):
-        class_score(logits, target, "logits")
+        score("logits")
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     with pytest.raises(ValueError, match="needs the training images' statistics"):
         hallucinate(model, (1, 8, 8), 3, [-1.0], [1.0], parametrisation="data")
@@ -137,23 +119,29 @@ def test_class_score_objectives_and_bad_recipes_are_refused():
 
 
 def test_the_start_is_the_seeded_noise_and_each_knob_does_what_it_says():
-    """steps=0: the seeds' mean noise, whatever the parametrisation's space; lr=0: the noise
-    blurred at every `blur_every`-th step only; l2 pulls every pixel towards 0, TV flattens
-    rows and columns alike."""
+    """steps=0: the seeds' mean noise in any parametrisation; lr=0: blurred every `blur_every`."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    wide = [-100.0], [100.0]  # nothing clamped
+    for size in (0.5, 2.0):  # each image held at its root mean square
+        for seeds in (1, 3):  # the seeds' mean too
+            images = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=size, seeds=seeds)
+            assert torch.allclose(images.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(size))
+    free = hallucinate(model, (1, 8, 8), 3, *wide, steps=15, size=None, blur_every=0)
+    assert not torch.allclose(free.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.tensor(1.0))
     zero = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     nn.init.zeros_(zero[1].weight)  # no class gradient: only the penalties move the images
-    run = partial(hallucinate, zero, (1, 8, 8), 3, [-100.0], [100.0], parametrisation="pixel",
-                  size=None, jitter=0)
+    run = partial(hallucinate, zero, (1, 8, 8), 3, *wide, parametrisation="pixel", size=None,
+                  jitter=0)
     noise = torch.randn((2 * 3, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 0.1
     start = noise.view(2, 3, 1, 8, 8).mean(0)
     assert torch.allclose(run(steps=0, seeds=2), start)
     assert torch.allclose(run(steps=0, seeds=2, parametrisation="fourier"), start, atol=1e-6)
     assert torch.allclose(run(lr=0.0, steps=3, blur_every=2), P.gaussian_blur(noise[:3], 0.5))
-    pulled = run(l2=1.0, lr=0.01, steps=20, blur_every=0)
+    pulled = run(l2=1.0, lr=0.01, steps=20, blur_every=0)  # l2 pulls every pixel towards 0
     assert pulled.pow(2).mean() < 0.5 * noise[:3].pow(2).mean()
     assert pulled.mean().abs() < 0.01  # towards 0, not towards the lower bound
     rows = run(tv=1.0, lr=0.01, steps=20, blur_every=0)
-    for dim in (-1, -2):  # both directions' differences shrink
+    for dim in (-1, -2):  # TV flattens rows and columns alike
         assert rows.diff(dim=dim).abs().mean() < 0.5 * noise[:3].diff(dim=dim).abs().mean()
 
 
@@ -182,8 +170,7 @@ def test_training_run_logs_and_saves_images(tiny_sweep, datamodule):
     (run_dir,) = tiny_sweep.dir.glob(f"*_{datamodule.name}-bn-sgd-seed0*")
     shape, classes, images = datamodule.input_shape, datamodule.classes, run_dir / "images"
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    # One hallucination card per run (no card per class to flood the dashboard); weights
-    # after epochs 0 and 1, and the final picture is epoch 1's (same step), not re-logged.
+    # One hallucination card a run; weights after epochs 0 and 1, the final not re-logged
     drawn = {tag: events.Images(tag) for tag in events.Tags()["images"]}
     steps = {tag: [e.step for e in found] for tag, found in drawn.items()}
     assert steps["weights/first_layer"] == steps["weights/first_layer_change"]
@@ -237,10 +224,9 @@ def test_initial_weights_survive_a_resume(tiny_data, tmp_path):
              ckpt_path=tmp_path / "epoch1.ckpt")
 
     assert torch.equal(resumed.initial, initial)  # the run's own start, from the checkpoint
-    final = first_layer(other).weight.detach()
     saved = torch.load(tmp_path / "resumed" / "weights_final.pt", weights_only=True)
     assert torch.equal(saved["initial"], initial.half())
-    assert torch.equal(saved["final"], final.half())
+    assert torch.equal(saved["final"], first_layer(other).weight.detach().half())
     assert saved["input_shape"] == [1, 28, 28] and saved["classes"] == list("0123456789")
 
 
@@ -257,8 +243,7 @@ def test_early_stop_without_tensorboard_still_saves_final_images(tiny_data, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "hallucinations_final.npz", "hallucinations_final.png", "hallucinations_final.pt",
         "weights_change_final.png", "weights_final.png", "weights_final.pt"]
-    # The grid of the network's first layer (the datamodule's input shape for an MLP's rows,
-    # a tile per filter for a CNN), as TensorBoard encodes it: × 255, truncated.
+    # The first layer's grid (an MLP's rows in the input shape, a CNN's filters) × 255, truncated
     weight = first_layer(model).weight
     for name, drawn in (("weights_final", weight), ("weights_change_final", weight - initial)):
         grid = weight_grid(drawn, MNISTDataModule.input_shape)
@@ -302,8 +287,7 @@ def test_epoch_drawings_take_epoch_steps_and_the_final_one_all_steps(tiny_data, 
 
 
 def test_a_stop_within_an_epoch_leaves_that_epoch_to_the_final_drawing(tiny_data, tmp_path):
-    """A stop set during an epoch (`max_time`'s Timer, a divergence): that epoch is the last,
-    so its cheaper epoch drawing is left to the final one at the same step. Ended by
+    """A stop set during an epoch (`max_time`'s Timer, a divergence) makes it the last; ended by
     `max_steps` at an epoch's end (not known as the last), the epoch's drawing is not final."""
     stop = LambdaCallback(on_train_batch_end=lambda t, *_: setattr(t, "should_stop", True))
     callbacks = [stop, Hallucinations(tmp_path, every_n_epochs=1, steps=3, epoch_steps=1)]
@@ -320,8 +304,7 @@ def test_a_stop_within_an_epoch_leaves_that_epoch_to_the_final_drawing(tiny_data
 
 
 def test_only_rank_0_writes_and_the_initial_weights_are_the_first_fits(tmp_path):
-    """In a multi-process run the other ranks draw and record nothing; a second fit with the
-    same callback (or a resume's setup) keeps the first fit's initial weights."""
+    """Other ranks draw and record nothing; a second fit's (a resume's) setup keeps the first's."""
     rank_1 = SimpleNamespace(is_global_zero=False, current_epoch=0, global_step=11,
                              callback_metrics={"train/loss": torch.tensor(1.0)}, callbacks=[])
     history = MetricsHistory(tmp_path / "metrics.json")
