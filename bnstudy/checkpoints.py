@@ -69,7 +69,8 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | 
         problems.append(f"{last} is missing (a save was cut off before it finished).")
     for candidate in (c for c in (last, previous) if c.exists()):
         try:  # as Lightning's resume loads it
-            checkpoint = read_checkpoint(candidate)
+            checkpoint, chosen = read_checkpoint(candidate), candidate
+            break
         except Exception as err:  # whatever torch.load raises, the file is unusable
             aside, n = candidate.with_name(candidate.name + ".corrupt"), 0
             while aside.exists():
@@ -78,9 +79,6 @@ def resume_checkpoint(last: str | Path) -> tuple[Path | None, str | None, int | 
             candidate.rename(aside)
             problems.append(f"{candidate} did not load ({first_line(err)}); "
                             f"set aside as {aside}.")
-            continue
-        chosen = candidate
-        break
     step = checkpoint.get("global_step") if chosen else None
     epochs = checkpoint.get("epoch", -1) + 1 if chosen else 0  # saved as each epoch ends
     if not problems:

@@ -41,8 +41,7 @@ def stderr_muted():
         yield
 
 
-def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0
-                 ) -> list[JobReturn]:
+def collect_jobs(jobs, overrides, name_of, sweep_dir: Path, poll_s: float = 2.0) -> list[JobReturn]:
     """Each submitit job's return value, collected as the jobs end. A job that ends without one
     (cancelled, killed, lost, past its requeues) is noted for the summary under its folder's
     name `name_of(i)`, and returns a record saying why: the other jobs' results are kept."""

@@ -280,8 +280,7 @@ def hparams(cfg: DictConfig, defaults: DictConfig | None = None,
                "dataset.max_epochs", "trainer.max_epochs", "model.net.depth",
                "model.net.hidden_dim", "model.net.norm", "dataset.datamodule.batch_size",
                "dataset.datamodule.seed"}
-    extra = {key: list(value) if isinstance(value, tuple) else value
-             for key, value in mine.items()
+    extra = {key: list(value) if isinstance(value, tuple) else value for key, value in mine.items()
              if key not in covered and not key.startswith(NOT_SETTINGS)
              and (base.get(key, object()) != value or key in overridden)}
     return study | extra

@@ -140,10 +140,10 @@ def mean_tag(pair: str, metric: str, part: str) -> str:
 
 def mean_group(record: RunRecord) -> str:
     """A run's line within its pair: its norm and other swept settings (`bn`, `bn-lr=0.1`)."""
-    hp = record.hparams
-    prefix = f"{hp['dataset']}-{hp['norm']}-{hp['optim']}-seed{hp['seed']}"
+    s = record.hparams  # (not `hp`: the module's TensorBoard hparams API)
+    prefix = f"{s['dataset']}-{s['norm']}-{s['optim']}-seed{s['seed']}"
     swept = record.run_name[len(prefix):] if record.run_name.startswith(prefix) else ""
-    return f"{hp['norm']}{swept}".replace("/", "_")
+    return f"{s['norm']}{swept}".replace("/", "_")
 
 
 def mean_curves(records: list[RunRecord], group=mean_group

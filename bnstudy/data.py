@@ -128,9 +128,8 @@ class TensorDataModule(L.LightningDataModule):
     `fetch()` (download into `data_dir`) and `read_split(train)` (a split's uint8 images
     (N, C, H, W) and int64 labels (N,)). `val_size` is a count, or a fraction of the training
     files when below 1; `train_size` caps the training split (None: the rest); `split_seed` draws
-    the validation split (None: the run's `seed`, so that seeds vary the split too). Loaders
-    yield minibatches `(x, y)` sliced from tensors on the trainer's device (lists of K of them
-    for `Classifier.steps_per_call`)."""
+    the validation split (None: the run's `seed`, so that seeds vary the split too); loaders
+    serve `TensorPairs` on the trainer's device."""
 
     name: str
     folder: str

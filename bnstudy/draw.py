@@ -94,8 +94,7 @@ def draw_run(run: rebuild.SavedRun, given: dict, defaults: dict, data: rebuild.D
     recipe = {name: {**settings, **given[name]} for name, settings in trained.items()}
     images = run.path / "images"
     redrawn = (images / RECIPE_FILE).is_file()  # by this command before
-    drawn = json.loads((images / RECIPE_FILE).read_text()) if redrawn else \
-        {"step": None, **trained}
+    drawn = json.loads((images / RECIPE_FILE).read_text()) if redrawn else {"step": None, **trained}
     if redrawn and not replace and all(drawn.get(name) == recipe[name] for name in recipe):
         raise AlreadyDrawn(f"{run.name}: already drawn with this recipe ({drawn['name']}); "
                            "--replace draws it again")

@@ -2,8 +2,7 @@
 test loss and accuracy of a checkpoint on its run's test split (`bnstudy.rebuild`), scored by
 `Trainer.test` with the run's own trainer settings on one device, so the numbers are the ones
 the run recorded; printed beside them and written to `eval.json` in the run's directory
-(`eval-<file>.json` for another checkpoint). A sweep's directory evaluates each of its runs.
-"""
+(`eval-<file>.json` for another checkpoint). A sweep's directory evaluates each of its runs."""
 
 from __future__ import annotations
 

@@ -48,10 +48,9 @@ class JobDirLock:
             job = self.path.parent
             raise JobDirBusyError(
                 f"{job} is in use: {describe_holder(holder(job, self.path.name))} holds its lock "
-                f"({self.path}). "
-                "One process at a time trains or rewrites a job directory, so nothing was "
-                "changed. Wait until it ends (or stop it), then run this command again, "
-                "with resume=true to continue it; to train beside it, choose another "
+                f"({self.path}). One process at a time trains or rewrites a job directory, so "
+                "nothing was changed. Wait until it ends (or stop it), then run this command "
+                "again, with resume=true to continue it; to train beside it, choose another "
                 "hydra.run.dir / hydra.sweep.dir.") from None
         except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
             os.close(fd)
@@ -151,8 +150,7 @@ def same_job(recorded: dict | None, current: dict | None) -> bool:
 def is_requeue(recorded: dict | None, current: dict | None) -> bool:
     """Whether this start is a requeue of the job that wrote the record: the same job, started
     again (SLURM counts restarts: a second `srun` in one allocation is not one)."""
-    return same_job(recorded, current) and \
-        current.get("restarts", 1) > recorded.get("restarts", 0)
+    return same_job(recorded, current) and current.get("restarts", 1) > recorded.get("restarts", 0)
 
 
 def dir_override(key: str, folder: str | Path) -> str:

@@ -45,8 +45,7 @@ class Classifier(L.LightningModule):
     `steps_per_call` (K, Keras' `steps_per_execution`): minibatches trained per `training_step`
     under manual optimization, so Lightning's per-batch hooks are paid once per K optimizer
     steps; the same updates as K = 1, bit for bit. Where the Trainer asks for what K > 1 cannot
-    honour (`NEEDS_ONE`), the fit takes K = 1 and says so in the log. Other speed seams, for a
-    small network's CPU step (about 1.5 ms), are noted where they are."""
+    honour (`NEEDS_ONE`), the fit takes K = 1 and says so in the log."""
 
     # What keeps a Lightning batch one minibatch: (what, ok(trainer)), the first said (the two
     # that set the limits first); most count Lightning batches, the last looks at each
@@ -98,9 +97,8 @@ class Classifier(L.LightningModule):
 
     @property
     def minibatches_per_step(self) -> int:
-        """K in effect for the attached trainer (1 without one), chosen when its fit starts
-        and kept after it (Lightning's step count depends on it); the datamodule bundles that
-        many minibatches per Lightning batch."""
+        """K for the attached trainer (1 without one), chosen when its fit starts and kept after
+        it (Lightning's step count depends on it): the datamodule's minibatches per batch."""
         trainer, plan = self._trainer, self._plan
         if trainer is None or self.steps_per_call == 1:
             return 1
@@ -150,9 +148,8 @@ class Classifier(L.LightningModule):
             self._plan = (*self._plan[:2], None, self._plan[3])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """A checkpoint written with any K resumes with any K: Lightning counts optimizer steps
-        in one counter under automatic optimization (K = 1) and in another under manual; both
-        get the steps taken."""
+        """A checkpoint of any K resumes with any K: Lightning counts optimizer steps in one
+        counter under automatic optimization (K = 1), in another under manual; both get them."""
         loops = checkpoint.get("loops", {}).get("fit_loop", {})
         auto = loops.get("epoch_loop.automatic_optimization.optim_progress", {})
         manual = loops.get("epoch_loop.manual_optimization.optim_step_progress")

@@ -24,8 +24,7 @@ def mlp_layers(in_features: int, hidden_dim: int, depth: int, norm: str,
 
 
 class MLP(nn.Sequential):
-    """`Flatten → [Linear → norm → ReLU] × depth → Linear(hidden, classes)`; depth 1 is the
-    study's 2-layer net `Linear → [BatchNorm1d] → ReLU → Linear`."""
+    """`mlp_layers` as a network; depth 1: the study's `Linear → [BatchNorm1d] → ReLU → Linear`."""
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, hidden_dim: int = 256,
                  depth: int = 1, norm: str = "bn") -> None:

@@ -140,9 +140,8 @@ class SavedRun:
                            "the data's folder with paths.data_dir=DIR.") from err
         path = Path(str(value)).expanduser()
         if not path.is_absolute():
-            base = self.launched_in if self.launched_in and self.launched_in.is_dir() \
-                else Path.cwd()
-            path = base / path
+            path = (self.launched_in if self.launched_in and self.launched_in.is_dir()
+                    else Path.cwd()) / path
         return path.resolve()
 
 

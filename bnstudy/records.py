@@ -32,11 +32,10 @@ HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progr
 
 _OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
 _WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"
-REMEDIES = {
-    errno.ENOSPC: f"free space, or {_OTHER_DIR} another disk",
-    errno.EDQUOT: f"free space or raise your disk quota, or {_OTHER_DIR} another disk",
-    errno.EACCES: _WRITABLE, errno.EPERM: _WRITABLE, errno.EROFS: f"{_OTHER_DIR} a writable disk",
-}
+REMEDIES = {errno.ENOSPC: f"free space, or {_OTHER_DIR} another disk",
+            errno.EDQUOT: f"free space or raise your disk quota, or {_OTHER_DIR} another disk",
+            errno.EACCES: _WRITABLE, errno.EPERM: _WRITABLE,
+            errno.EROFS: f"{_OTHER_DIR} a writable disk"}
 
 
 def describe_write_error(err: OSError, path: str | os.PathLike) -> str:

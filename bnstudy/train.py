@@ -100,9 +100,8 @@ def sweep_interrupted() -> str:
         return "Interrupted before anything was trained."
     sweep = study_dir(sweep)
     return (f"Interrupted: the sweep {sweep} stopped. Its finished jobs keep their results "
-            f"(python -m bnstudy.report {sweep}); to go on, run the same command with "
-            f"resume=true {dir_override('hydra.sweep.dir', sweep)}: only what is unfinished "
-            "runs.")
+            f"(python -m bnstudy.report {sweep}); to go on, run the same command with resume=true "
+            f"{dir_override('hydra.sweep.dir', sweep)}: only what is unfinished runs.")
 
 
 def hydra_paths_printable(argv: list[str]) -> None:

@@ -8,8 +8,7 @@ cluster), in `SWEEP/search/<cell>/`. Each cell's `rerun_top` best settings are r
 with every seed; the best mean validation accuracy over the seeds (`choose`) is kept, and only
 its re-runs (`final_jobs`) are reported. `SWEEP/tuning.json` records each trial's settings,
 score and seconds; `resume=true` repeats it all (finished trials read again, the seeded sampler
-proposing the same settings).
-"""
+proposing the same settings)."""
 
 from __future__ import annotations
 
@@ -112,9 +111,8 @@ def check_folder(config: DictConfig, sweep_dir: Path) -> None:
 class TunedSweeper(Sweeper):
     """A search per cell with the Optuna sweeper, then its top settings over seeds."""
 
-    def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int,
-                 sampler: DictConfig, n_jobs: int = 1, rerun_top: int = 3,
-                 params: DictConfig | None = None) -> None:
+    def __init__(self, cells: DictConfig, search: DictConfig, n_trials: int, sampler: DictConfig,
+                 n_jobs: int = 1, rerun_top: int = 3, params: DictConfig | None = None) -> None:
         self.cells = {k: list(v) for k, v in cells.items()}
         self.search, self.sampler, self.n_trials, self.n_jobs = search, sampler, n_trials, n_jobs
         self.rerun_top = rerun_top
@@ -257,8 +255,7 @@ class TunedSweeper(Sweeper):
                 + "\nFix the cause (each trial's error is above, and in its train.log if it "
                 f"started), then run the same command with resume=true "
                 f"{dir_override('hydra.sweep.dir', sweep_dir)}: finished trials and runs are "
-                "kept, the failed ones run again."
-                ) if unsearched else None
+                "kept, the failed ones run again.") if unsearched else None
 
     def _search(self, cell: dict, rest: list[str], sweep_dir: Path, together: Cells
                 ) -> tuple[dict, str | None]:

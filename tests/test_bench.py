@@ -1,6 +1,7 @@
 """The benchmarks of `python -m bnstudy.bench`: what they run and that their baselines train
 the very same runs (their timings are measured by running them, not here)."""
 
+import itertools
 import json
 import os
 import re
@@ -39,12 +40,13 @@ def test_the_plain_process_takes_only_studies_it_reproduces():
 
 
 def test_the_plain_minibatches_are_the_studys_sampler_ones():
-    for n in (101, 100, 1):  # a last minibatch of one sample is dropped, as the study drops it
-        for epoch in (0, 1):
-            sampler = EpochBatchSampler(n, 50, shuffle=True, seed=3)
-            sampler.set_epoch(epoch)
-            assert [b.tolist() for b in minibatches(n, 50, 3, epoch)] == \
-                [b.tolist() for b in sampler]
+    # a last minibatch of one sample is dropped, as the study drops it (not at batch size 1)
+    sizes = ((101, 50), (100, 50), (1, 50), (7, 1))
+    for (n, batch_size), epoch in itertools.product(sizes, (0, 1)):
+        sampler = EpochBatchSampler(n, batch_size, shuffle=True, seed=3)
+        sampler.set_epoch(epoch)
+        assert [b.tolist() for b in minibatches(n, batch_size, 3, epoch)] == \
+            [b.tolist() for b in sampler]
     assert [len(b) for b in minibatches(101, 50, 3, 0)] == [50, 50]
 
 

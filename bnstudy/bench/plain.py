@@ -43,10 +43,11 @@ def read(source: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def minibatches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """The study's index minibatches of an epoch (`bnstudy.data.EpochBatchSampler`): a
-    permutation drawn from `(seed, epoch)`, a last minibatch of one sample dropped."""
+    permutation drawn from `(seed, epoch)`, a last minibatch of one sample dropped (not at
+    `batch_size=1`, where every minibatch is one)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     batches = torch.randperm(n, generator=gen).split(batch_size)
-    return list(batches[:-1] if len(batches) > 1 and len(batches[-1]) == 1 else batches)
+    return list(batches[:-1] if n > 1 and n % batch_size == 1 else batches)
 
 
 def train_epoch(net, optimizer, x: torch.Tensor, y: torch.Tensor, batches) -> dict:

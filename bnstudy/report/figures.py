@@ -224,9 +224,8 @@ def log_axis(ax: Axes, hparam: str, grid: list[float], title: str) -> None:
 
 
 def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> Figure:
-    """A panel per optimizer: final val acc vs `hparam` (log axis), mean ± std over seeds a
-    line per norm; × at 0 a diverged run; failed/unfinished counted in the corner; dotted:
-    where usable values end (`USABLE_WITHIN` below the panel's best)."""
+    """A panel per optimizer: final val acc vs `hparam` (log), mean ± std a line per norm; × at
+    0: a diverged run; failed/unfinished counted in the corner; dotted: the usable floor."""
     noun, title = SWEEPS[hparam]
     fig, axes = panel_grid(len(panels), 5.5, 4.8, sharey=True)
     epochs = {e for p in panels.values() for by_value in p.values()
@@ -271,9 +270,8 @@ def robustness_figure(hparam: str, dataset: str, panels: dict[tuple, dict]) -> F
 
 
 def regime_figure(hparam: str, verdicts: pd.DataFrame) -> Figure:
-    """A panel per dataset: treatment − baseline (verdicts.csv) in final val acc (points) vs
-    `hparam` (log axis), a line per optimizer and other setting, with its 95% interval;
-    filled where the Holm-adjusted p < `ALPHA`; points with no test listed in the corner."""
+    """A panel per dataset: treatment − baseline (verdicts.csv) vs `hparam` (log), a line per
+    optimizer and setting with its 95% interval; filled where Holm p < `ALPHA`."""
     noun = SWEEPS[hparam][0]
     rows = verdicts.to_dict("records")
     pairs = {(r["treatment"], r["baseline"]): None for r in rows}
@@ -350,9 +348,8 @@ def _untested(row: dict) -> str:
 
 
 def time_figure(runs: pd.DataFrame, measured: dict) -> Figure:
-    """C5's reading drawn: best val acc so far against compute in no-BN epochs (BN's epochs at
-    the charged ratio, linear between epoch ends), mean ± std over seeds, a panel per dataset ×
-    optimizer with a step cost; dotted: the budgets."""
+    """C5's reading: best val acc so far against compute in no-BN epochs (BN's at the charged
+    ratio), mean ± std over seeds, a panel per dataset × optimizer; dotted: the budgets."""
     pairs = [pair for pair in dict.fromkeys(zip(runs["dataset"], runs["optim"], strict=True))
              if pair in measured]
     fig, axes = panel_grid(len(pairs), 5.6, 3.9, columns=2, extra=0.6)

@@ -278,8 +278,7 @@ def pictures_section(runs: pd.DataFrame, out: Path
                     figures[name] = draw(head, mine, ref)
                     lines += [f"![{kind} {head}]({name}.png)", ""]
             lines += [measures_table(setting_rows, dataset), "", reference_line(ref), ""]
-        notes = weight_notes(setting_rows)
-        if notes:
+        if notes := weight_notes(setting_rows):
             lines += ["What the final weights hide: with SGD at a small learning rate the first "
                       "layer barely moves, so its grid shows the random initialisation; the "
                       "learned change shows what training added (its alignment: the share of "

@@ -150,9 +150,8 @@ def load_run(job: Path) -> dict:
 
 
 def load_runs(sweep_dir: Path) -> pd.DataFrame:
-    """A row per job, in sweep order: `RUN_COLUMNS` (outcome: ok, diverged, failed or
-    unfinished; test_correct: `test_correct.npy`'s bool per test image, or None), then its
-    hparams (None where a job lacks one)."""
+    """A row per job, in sweep order: `RUN_COLUMNS` (outcome: ok, diverged, failed or unfinished;
+    test_correct: a bool per test image, or None), then its hparams (None where absent)."""
     runs = pd.DataFrame([load_run(job) for job in sweep_jobs(Path(sweep_dir))], dtype=object)
     runs.columns = [c.removeprefix("hp:") for c in runs.columns]
     runs = runs.where(runs.notna(), None)
@@ -252,9 +251,7 @@ def compared(runs: pd.DataFrame, pairs: list[tuple[str, str]] | None = None
             f"runs of norm={absent[0]}, nothing was written. Its norms: {', '.join(norms)}"
             + (f"; compare two of them, e.g. --compare {norms[1]}:{norms[0]}." if len(norms) > 1
                else "."))
-    if pairs:
-        return list(pairs)
-    return [(n, BASELINE) for n in norms if n != BASELINE] or [STUDY]
+    return list(pairs) if pairs else [(n, BASELINE) for n in norms if n != BASELINE] or [STUDY]
 
 
 def suffix(setting: tuple) -> str:

@@ -203,10 +203,9 @@ def robustness_section(hparam: str, runs: pd.DataFrame,
     for dataset, panels in sweep_panels(runs, keys, hparam).items():
         name = f"{hparam}_{dataset}"
         figures[name] = F.robustness_figure(hparam, dataset, panels)
-        lines += [f"![{noun} {dataset}]({name}.png)", ""]
-        lines += [f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm)}"
-                  for panel, by_norm in panels.items()]
-        lines.append("")
+        lines += [f"![{noun} {dataset}]({name}.png)", "",
+                  *(f"- {robustness_text(hparam, f'{dataset}, {describe(panel)}', by_norm)}"
+                    for panel, by_norm in panels.items()), ""]
     return "\n".join(lines), figures
 
 
@@ -381,6 +380,5 @@ def problems_table(runs: pd.DataFrame, unstarted: list[str], live: bool = False)
             for r in runs[runs["outcome"] != "ok"].itertuples()]
     unstarted_status = ("not started yet (the sweep is running)" if live
                         else "never started (no job directory)")
-    rows += [{"job": job, "status": unstarted_status, "error": ""}
-             for job in unstarted]
+    rows += [{"job": job, "status": unstarted_status, "error": ""} for job in unstarted]
     return markdown(rows) if rows else "Every job finished ok."

@@ -43,9 +43,8 @@ class Spread:
 
 @dataclass(frozen=True)
 class Contrast:
-    """Σ weight × group mean, its 95% interval and two-sided p against 0 (`test`: paired t
-    over `n_paired` shared seeds, or Welch), TOST's p against ±`margin`, and both p adjusted by
-    Holm within the family (a family of one: unadjusted); NaN where undefined."""
+    """Σ weight × group mean, its 95% interval, two-sided p (`test`: paired t over `n_paired`
+    seeds, or Welch), TOST's p against ±`margin`, both Holm-adjusted in the family; NaN: none."""
 
     estimate: float
     ci_low: float
@@ -83,9 +82,8 @@ def paired_sums(terms: list[tuple[float, list[float]]], seeds: list[list]) -> li
 
 
 def image_spread(images: list[tuple[float, list[np.ndarray]]]) -> Spread | None:
-    """The test images' sampling error of Σ weight × group mean test acc, from per-image
-    correctness (`images`: per term its weight and runs' bool arrays over the same images):
-    var_i(d_i) over n images, d_i = Σ weight × the term's mean correctness on image i."""
+    """The test images' sampling error of Σ weight × group mean test acc (`images`: per term its
+    weight and runs' per-image bool arrays): var_i(d_i) / n, d_i the contrast on image i."""
     if not images or any(len(arrays) == 0 for _, arrays in images):
         return None
     d = sum(w * np.mean(np.stack(arrays).astype(float), axis=0) for w, arrays in images)
@@ -206,10 +204,8 @@ def fewest_seeds(power_at, power: float, most: int) -> float:
 
 def power_of(test: Contrast, power: float = POWER, alpha: float = ALPHA,
              most: int = 1000) -> tuple[float, float, str]:
-    """The smallest |contrast| the test used detects with `power`; the fewest seeds a side that
-    would decide, were the observed contrast true: detect it, or show it equivalent (TOST, only
-    where it lies within the margin); and which ("a difference", "equivalence"). Seeds inf above
-    `most`; NaN, NaN, "" where there is no test."""
+    """(smallest |contrast| detected with `power`, fewest seeds a side that would detect the
+    observed one or show it equivalent (inf above `most`), which); NaN, NaN, "" without a test."""
     spreads = test.spreads
     if math.isnan(test.p_value) or not spreads:
         return math.nan, math.nan, ""

@@ -67,9 +67,8 @@ def chosen(table: pd.DataFrame, term: Term, quantity: str) -> pd.DataFrame:
 
 
 def part_test(part: Part, table: pd.DataFrame) -> tuple[tuple[list[float], ...], Contrast]:
-    """The part's groups and contrast: paired over the seeds its terms share unless the design
-    does not pair (C6: each norm's own setting); on test acc with the test images' sampling
-    error where runs saved `test_correct`; TOST against the dataset's margin on accuracy."""
+    """The part's groups and contrast: paired over shared seeds unless the design does not (C6);
+    on test acc with the test images' error where saved; TOST within the dataset's margin."""
     rows = [chosen(table, t, part.quantity) for t in part.terms]
     groups = tuple(r[part.quantity].tolist() for r in rows)
     terms = [(t.weight, xs) for t, xs in zip(part.terms, groups, strict=True)]
@@ -149,14 +148,13 @@ def combine(verdicts: list[str]) -> str:
 
 def claim_verdicts(results: list[Result]) -> dict[str, str]:
     """Each claim's verdict, in order of first appearance."""
-    names = list(dict.fromkeys(r.claim for r in results))
-    return {c: combine([r.verdict for r in results if r.claim == c]) for c in names}
+    return {c: combine([r.verdict for r in results if r.claim == c])
+            for c in dict.fromkeys(r.claim for r in results)}
 
 
 def tuned_runs(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """A tuned sweep's study, and its `SWEEP/tuning.json` ({} and no runs without one): the kept
-    settings' re-runs (`final_jobs`), each searched setting reading "tuned" (every norm has its
-    own), so that a dataset × optimizer is one comparison, not one per learning rate."""
+    """A tuned sweep's kept re-runs (`final_jobs`), searched settings reading "tuned" (one
+    comparison per dataset × optimizer), and its tuning.json; no runs and {} without one."""
     tuning = read_tuning(sweep_dir)
     if tuning is None:
         return runs.iloc[:0], {}

@@ -83,9 +83,8 @@ def figure_png(fig: Figure) -> bytes:
 
 def write_figures(figures: dict[str, Figure], markdown: str, out: Path,
                   scalars: dict[str, list[tuple[int, float]]] | None = None) -> None:
-    """Each figure as `out/<name>.png` (a new folder) and, as the very pixels of that PNG, a
-    TensorBoard image; the report text (images named, not embedded) and `scalars` (tag:
-    (step, value)s) too."""
+    """Each figure as `out/<name>.png` (a new folder) and, as that PNG's pixels, a TensorBoard
+    image; the report text (images named, not embedded) and `scalars` (tag: points) too."""
     from torch.utils.tensorboard import SummaryWriter  # here, not at the top: imports torch
 
     with SummaryWriter(log_dir=str(out)) as writer:

@@ -124,9 +124,8 @@ def local_requeue_limit(launcher_cfg) -> str | None:
         return None
     return (f"hydra.launcher.max_num_timeout={wanted}: submitit's local launcher restarts a job "
             f"at most {LOCAL_RESTARTS} times, so a job that needs more ends without a result "
-            "(the sweep's summary names it; resume=true goes on). "
-            "Give each attempt more time (hydra.launcher.timeout_min) instead; SLURM honours "
-            "max_num_timeout.")
+            "(the sweep's summary names it; resume=true goes on). Give each attempt more time "
+            "(hydra.launcher.timeout_min) instead; SLURM honours max_num_timeout.")
 
 
 def signal_after_limit(launcher_cfg) -> str | None:
