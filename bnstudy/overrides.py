@@ -1,8 +1,6 @@
 """The command line's overrides: the config they compose (`compose`), and the mistakes found
-before Hydra composes them (an unknown key or option, a value of the wrong type, a setting some
-options of a swept group lack, a parallel launcher of no jobs, a sweeper against the
-experiment's, a launcher without -m), each one paragraph. Free of Lightning, as `config`,
-but for a `trainer.` override's type (`trainer_hints`)."""
+before Hydra composes them, each one paragraph (`first_mistake`). Free of Lightning, as
+`config`, but for a `trainer.` override's type (`trainer_hints`)."""
 
 from __future__ import annotations
 
@@ -36,9 +34,8 @@ from bnstudy.errors import ConfigError, first_line, type_names, types_refused
 
 
 def compose(overrides=()) -> DictConfig:
-    """The config `python -m bnstudy.train <overrides>` runs, with Hydra's runtime set (so the
-    run's name resolves), for `bnstudy.run.train(cfg)`; a mistake is a `ConfigError` as the
-    command line words it."""
+    """The config `python -m bnstudy.train <overrides>` runs, Hydra's runtime set, for
+    `bnstudy.run.train(cfg)`; a mistake is a `ConfigError` as the command line words it."""
     try:
         cfg = compose_cached(overrides, return_hydra_config=True)
     except HydraException as err:
@@ -54,8 +51,7 @@ def compose(overrides=()) -> DictConfig:
 
 
 def unknown_override(args: list[str]) -> str | None:
-    """One paragraph for a command-line setting no config has (`lr=0.1`), naming those close
-    to it (Hydra's would suggest `+lr=0.1`); None if every key is known."""
+    """A command-line setting no config has (`lr=0.1`), naming those close to it."""
     groups = {d.name for d in CONFIG_DIR.iterdir() if d.is_dir()}
     known = {f.name for f in fields(StudySchema)} | groups
     chosen = [a for a in args if a.split("=", 1)[0] in groups]  # group choices, e.g. optim=adam
@@ -191,8 +187,7 @@ def unknown_option(args: list[str]) -> str | None:
 
 
 def _replaced(group: str, options: list[str]) -> tuple | None:
-    """Two of a group's options that set one key to different values, as ((option, value),
-    (option, value), key); None where they add to each other (`logger=[csv,mlflow]`)."""
+    """Two options setting one key apart: ((option, value), (option, value), key), or None."""
     seen = {}  # key: (option, value)
     for option in options:
         path = CONFIG_DIR / group / f"{option}.yaml"
@@ -208,9 +203,8 @@ def _replaced(group: str, options: list[str]) -> tuple | None:
 
 
 def lacking_option(args: list[str]) -> str | None:
-    """One paragraph for a setting of a swept group that some of its options lack
-    (`-m optim=sgd,adam optim.optimizer.momentum=0.9`: Adam has no momentum; Hydra's hint,
-    `+key`, would hand Adam an argument it refuses); None if every option has each."""
+    """A setting some options of a swept group lack (`-m optim=sgd,adam
+    optim.optimizer.momentum=0.9`: Hydra's hint, `+key`, would hand Adam what it refuses)."""
     swept = {group: value.split(",") for group, _, value in (a.partition("=") for a in args)
              if "," in value and "(" not in value and not value.startswith("[")
              and (CONFIG_DIR / group).is_dir()}  # (not a list's `logger=[csv,mlflow]`)
@@ -242,8 +236,7 @@ def _has(names, key: str) -> bool:
 
 
 def no_parallel_jobs(args: list[str]) -> str | None:
-    """`hydra.launcher.n_jobs=0` (or no number): joblib's ValueError, a traceback once the
-    sweep's folder is made; None otherwise."""
+    """`hydra.launcher.n_jobs=0` (or no number): joblib's traceback once the folder is made."""
     for arg in args:
         key, _, value = arg.partition("=")
         if key.lstrip("+") == "hydra.launcher.n_jobs" and not (  # not a whole number, or 0
@@ -255,8 +248,7 @@ def no_parallel_jobs(args: list[str]) -> str | None:
 
 
 def _parsed(args: list[str]) -> Iterator[tuple[str, Override]]:
-    """Each override as typed and as Hydra's grammar reads it (a flag, or Hydra's own syntax
-    error, left out: Hydra says so)."""
+    """Each override as typed and as Hydra's grammar reads it (not a flag or a syntax error)."""
     parser = OverridesParser.create()
     for arg in args:
         try:
@@ -278,6 +270,19 @@ def interval_sweep(args: list[str]) -> str | None:
                     "the values it lists, so nothing was run. List them, e.g. -m "
                     f"{override.key_or_group}={bounds.start:g},{bounds.end:g}; to search a range, "
                     "run a tuned study (experiment=tuned; its space is hydra.sweeper.search).")
+    return None
+
+
+def search_entry(args: list[str]) -> str | None:
+    """`hydra.sweeper.search.sgd.optim.optimizer.lr=…`: Hydra reads the entry's dots as nesting
+    (and its hint, `+`, would nest it)."""
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        optim, dot, entry = key.removeprefix("hydra.sweeper.search.").partition(".")
+        if key.startswith("hydra.sweeper.search.") and "." in entry and value:
+            return (f"{arg}: a search entry's name holds dots ({entry}), which an override reads "
+                    "as nesting, so nothing was run. Change it through its optimizer's mapping, "
+                    f"which merges: 'hydra.sweeper.search.{optim}={{{entry}: \"{value}\"}}'.")
     return None
 
 
@@ -388,7 +393,8 @@ def _typed_example(key: str, kind: str) -> str:
 
 
 def first_mistake(args: list[str]) -> str | None:
-    """The paragraph of the first mistake above in a command line's overrides; None if none
-    (the entry point adds `sweeper_clash`)."""
+    """The first mistake above in a command line's overrides (the entry point adds
+    `sweeper_clash`)."""
     return unknown_override(args) or unknown_option(args) or wrong_type(args) \
-        or lacking_option(args) or no_parallel_jobs(args) or interval_sweep(args)
+        or lacking_option(args) or no_parallel_jobs(args) or interval_sweep(args) \
+        or search_entry(args)

@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.config import changed_settings, validate
-from bnstudy.errors import ConfigError
+from bnstudy.errors import ConfigError, first_line
 from bnstudy.jobdir import (
     JobDirBusyError,
     JobDirLock,
@@ -106,6 +106,22 @@ def check_folder(config: DictConfig, sweep_dir: Path) -> None:
             f"{sweep_dir} holds a tuned study run with other settings ({'; '.join(changed)}), "
             "so nothing was run. To go on with it, run its command with resume=true; to run "
             "this one, give it a folder of its own (hydra.sweep.dir=<another folder>).")
+
+
+def check_space(optim: str, space: dict) -> None:
+    """Refuses a search space the Optuna sweeper cannot read (`interval(0, 1)` on a log scale)."""
+    from hydra.errors import HydraException
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    try:
+        create_params_from_overrides([f"{key}={value}" for key, value in space.items()])
+    except (ValueError, TypeError, HydraException) as err:
+        why = first_line(err).rstrip(".")
+        raise ConfigError(
+            f"hydra.sweeper.search.{optim}: {why}, so nothing was run. Each entry is a setting "
+            "and its range in the Optuna sweeper's syntax, e.g. optim.optimizer.lr: tag(log, "
+            "interval(0.001, 1.0)) (a log scale starts above 0); `python -m bnstudy.train "
+            "experiment=tuned --cfg hydra -p hydra.sweeper.search` shows them.") from None
 
 
 class TunedSweeper(Sweeper):
@@ -231,6 +247,8 @@ class TunedSweeper(Sweeper):
         for cell in cells:  # each composes: a misspelt value ends the study before any trial
             validate(self.hydra_context.config_loader.load_sweep_config(
                 self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
+        for optim in dict.fromkeys(cell["optim"] for cell in cells):  # as each search reads it
+            check_space(optim, self.search.get(optim) or {})
         announce(self.config)
         record: dict = {"sampler": self.sampler["_target_"].rsplit(".", 1)[-1],
                         "sampler_seed": self.sampler.get("seed"), "n_trials": self.n_trials,

@@ -205,6 +205,22 @@ def test_an_interval_is_refused_outside_a_tuned_study():
         assert interval_sweep(args) is None, args
 
 
+def test_a_search_entry_is_changed_through_its_optimizers_mapping():
+    from bnstudy.overrides import first_mistake, search_entry
+
+    for plus in ("", "+"):  # as typed, and with the `+` Hydra's refusal suggests
+        assert first_mistake(["-m", "experiment=tuned", f"{plus}hydra.sweeper.search.sgd."
+                              "optim.optimizer.lr=tag(log, interval(0.01, 1.0))"]) == (
+            f"{plus}hydra.sweeper.search.sgd.optim.optimizer.lr=tag(log, interval(0.01, 1.0)): a "
+            "search entry's name holds dots (optim.optimizer.lr), which an override reads as "
+            "nesting, so nothing was run. Change it through its optimizer's mapping, which "
+            "merges: 'hydra.sweeper.search.sgd={optim.optimizer.lr: \"tag(log, interval(0.01, "
+            "1.0))\"}'.")
+    for fine in ('hydra.sweeper.search.sgd={optim.optimizer.lr: "interval(0.1, 1.0)"}',
+                 "hydra.sweeper.search.sgd.seed=1", "hydra.sweeper.n_trials=4"):
+        assert search_entry(["-m", "experiment=tuned", fine]) is None, fine
+
+
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
     from bnstudy.overrides import compose
 

@@ -323,6 +323,22 @@ def test_a_tuned_study_refuses_a_misspelt_cell_a_grids_folder_and_a_second_launc
         f"{tmp_path} to go on; to tune beside it, choose another hydra.sweep.dir." in said
 
 
+@pytest.mark.parametrize(("space", "said"), [
+    ('"tag(log, interval(0.0, 0.1))"', "ValueError: The `low` value must be larger than 0 for a "
+     "log distribution (low=0.0, high=0.1), so nothing was run."),
+    ('"interval(0.1"', "OverrideParseException: no viable alternative at input 'interval(0.1', "
+     "so nothing was run.")])
+def test_a_search_space_optuna_cannot_read_is_refused_before_any_trial(space, said, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setattr(bnstudy.run, "train", fake_train)
+    bad = run_train("-m", "experiment=tuned", "dataset=mnist", "optim=adam", "seed=0",
+                    f"hydra.sweeper.search.adam={{optim.optimizer.lr: {space}}}",
+                    f"paths.data_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'study'}")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert f"hydra.sweeper.search.adam: {said} Each entry is a setting" in bad.stderr
+    assert "Tuning" not in bad.stdout + bad.stderr and not (tmp_path / "study").exists()
+
+
 def fake_train_acc(lr: float, seed: int) -> float:
     return 0.9 - abs(math.log10(lr) + 2) / 10 + seed / 100
 
