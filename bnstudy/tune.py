@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -110,7 +111,6 @@ def check_folder(config: DictConfig, sweep_dir: Path) -> None:
 
 def check_space(optim: str, space: dict) -> None:
     """Refuses a search space the Optuna sweeper cannot read (`interval(0, 1)` on a log scale)."""
-    from hydra.errors import HydraException
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     try:
@@ -122,6 +122,24 @@ def check_space(optim: str, space: dict) -> None:
             "and its range in the Optuna sweeper's syntax, e.g. optim.optimizer.lr: tag(log, "
             "interval(0.001, 1.0)) (a log scale starts above 0); `python -m bnstudy.train "
             "experiment=tuned --cfg hydra -p hydra.sweeper.search` shows them.") from None
+
+
+def check_sampler(sampler: DictConfig) -> None:
+    """Refuses a sampler that cannot be made (a misspelt class, an argument it lacks) and a base
+    seed that is no whole number, before anything runs."""
+    if (seed := sampler.get("seed")) is not None and type(seed) is not int:
+        raise ConfigError(f"hydra.sweeper.sampler.seed={seed}: the base seed is a whole number "
+                          "or null, so nothing was run. Type e.g. hydra.sweeper.sampler.seed=0.")
+    try:
+        instantiate(sampler)
+    except Exception as err:
+        import optuna
+
+        names = [n for n in dir(optuna.samplers) if n.endswith("Sampler") and n != "BaseSampler"]
+        raise ConfigError(
+            f"hydra.sweeper.sampler: {first_line(err.__cause__ or err).rstrip(':.')}, so nothing "
+            f"was run. Optuna's samplers: {', '.join(names)}; e.g. "
+            "hydra.sweeper.sampler._target_=optuna.samplers.TPESampler.") from None
 
 
 class TunedSweeper(Sweeper):
@@ -245,8 +263,14 @@ class TunedSweeper(Sweeper):
         cells, rest = self._cells(arguments)
         check_folder(self.config, sweep_dir)
         for cell in cells:  # each composes: a misspelt value ends the study before any trial
-            validate(self.hydra_context.config_loader.load_sweep_config(
-                self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
+            try:
+                validate(self.hydra_context.config_loader.load_sweep_config(
+                    self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
+            except HydraException as err:  # a cell's option no file is (hydra.sweeper.cells)
+                first, _, more = str(err).split("\nConfig search path:")[0].partition("\n")
+                raise ConfigError(f"{first}. {' '.join(more.split())}, so nothing was run.") \
+                    from None
+        check_sampler(self.sampler)
         for optim in dict.fromkeys(cell["optim"] for cell in cells):  # as each search reads it
             check_space(optim, self.search.get(optim) or {})
         announce(self.config)
