@@ -12,10 +12,10 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
-from helpers import REPO, compose_config, run_module
+from helpers import REPO, compose_config, run_module, write_job
 
 from bnstudy.bench import epochs, profile, study
-from bnstudy.bench.plain import minibatches
+from bnstudy.bench.plain import minibatches, train_epoch
 from bnstudy.bench.profile import PHASES
 from bnstudy.bench.study import NO_HALLUCINATIONS, BenchError, study_overrides, timed, unlike_plain
 from bnstudy.data import EpochBatchSampler
@@ -50,6 +50,25 @@ def test_the_plain_minibatches_are_the_studys_sampler_ones():
     assert [len(b) for b in minibatches(101, 50, 3, 0)] == [50, 50]
 
 
+def test_the_runs_a_tuned_study_trained_are_its_trials_then_its_reruns(tmp_path):
+    reruns = [write_job(tmp_path, [0.5], norm=norm) for norm in ("bn", "none")]
+    trials = [write_job(tmp_path / "search" / cell, [0.5], seed=n) for cell in
+              ("mnist-bn-sgd", "mnist-none-sgd") for n in (0, 1)]
+    assert [job for job, _ in study.trained(tmp_path)] == trials + reruns
+    assert [job for job, _ in study.trained(tmp_path / "search" / "mnist-bn-sgd")] == trials[:2]
+
+
+def test_a_plain_epoch_stops_at_a_non_finite_loss_as_the_studys_guard_does():
+    import torch
+
+    x, y, batches = torch.randn(8, 4), torch.zeros(8, dtype=torch.long), torch.arange(8).split(4)
+    for weight, diverged in ((0.1, False), (float("nan"), True)):
+        net = torch.nn.Linear(4, 2)
+        torch.nn.init.constant_(net.weight, weight)
+        row = train_epoch(net, torch.optim.SGD(net.parameters(), lr=0.1), x, y, batches)
+        assert row.get("diverged", False) is diverged and ("train/loss" in row) is not diverged
+
+
 def test_timed_counts_its_commands_cpu_alone_and_a_failure_is_a_bench_error(tmp_path):
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
     wall, cpu = timed([[sys.executable, "-c", burn]] * 2, tmp_path / "log")
@@ -67,7 +86,7 @@ def test_the_study_benchmark_pairs_each_round_and_says_medians_ratios_and_the_di
     processes' commands (threads, shares) and their final accuracies."""
     cores = os.cpu_count()
     walls = {"study": [10.0, 14.0], "plain 2x1": [5.0, 6.0], f"plain 1x{cores}": [8.0, 9.0]}
-    names, commands = ["a", "b", "c"], []
+    names, commands = ["a", "b", "c", "d"], []  # d diverged
 
     def timed(cmds, log):
         commands.append(cmds)
@@ -78,30 +97,33 @@ def test_the_study_benchmark_pairs_each_round_and_says_medians_ratios_and_the_di
             for cmd in cmds:  # each process writes its share's runs
                 share, of = map(int, cmd[cmd.index("--share") + 1].split("/"))
                 runs = [{"history": [{"val/acc": {"a": 0.9, "b": 0.82, "c": 0.7}[name]}]}
+                        if name != "d" else {"history": [], "diverged": True}
                         for name in names[share::of]]
                 Path(cmd[5]).write_text(json.dumps({"runs": runs}))
         wall = walls[side].pop(0)
         return wall, wall / 2
 
-    records = [(tmp_path / name, SimpleNamespace(final_val_acc=acc))
-               for name, acc in zip(names, (0.9, 0.8, 0.7), strict=True)]
+    records = [(tmp_path / name, SimpleNamespace(final_val_acc=acc, status=status))
+               for name, acc, status in zip(names, (0.9, 0.8, 0.7, 0.1), ["ok"] * 3 + ["diverged"],
+                                            strict=True)]
     monkeypatch.setattr(study, "timed", timed)
     monkeypatch.setattr(study, "plain_runs", lambda sweep: [{"name": n} for n in names])
     monkeypatch.setattr(study, "workers", lambda sweep: 2)
-    monkeypatch.setattr(study, "sweep_records", lambda sweep: records)
+    monkeypatch.setattr(study, "trained", lambda sweep: records)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     study.main(["seed=0"])
     out = capsys.readouterr().out
     assert "round 1: study 10.0 s (CPU 5.0 s), plain 2x1 5.0 s (CPU 2.5 s), plain " \
         f"1x{cores} 8.0 s (CPU 4.0 s) (load" in out
-    assert f"order: plain 2x1 > plain 1x{cores} > study)\n3 runs, medians of 2 rounds" in out
+    assert f"order: plain 2x1 > plain 1x{cores} > study)\n4 runs, medians of 2 rounds" in out
     lines = [re.sub(r"(\S) +", r"\1 ", line) for line in out.splitlines()]  # columns: 1 space
     assert "  the study (2 jobs at a time) 12.0 s; CPU 6.0 s" in lines
     assert "  2 plain process(es), 1 thread each 5.5 s; CPU 2.8 s study / it 2.17 (range " \
         "2.00-2.33); CPU 2.17 (range 2.00-2.33)" in lines
     assert f"  1 plain process, {cores} threads (former baseline) 8.5 s; CPU 4.2 s study / it " \
         "1.40 (range 1.25-1.56); CPU 1.40 (range 1.25-1.56)" in lines
-    assert out.endswith("differ by at most 2.00 points\n")  # b: 80 % against 82 %
+    assert out.endswith("differ by at most 2.00 points (1 not compared: 1 diverged on both "
+                        "sides, 0 on one)\n")  # b: 80 % against 82 %; d stopped on both
     plain = [c for c in commands if "bnstudy.train" not in c[0]]
     assert [[c[6:] for c in cmds] for cmds in plain[:2]] == [
         [["--threads", "1", "--share", "0/2"], ["--threads", "1", "--share", "1/2"]],
@@ -184,10 +206,12 @@ def test_the_plain_processes_train_exactly_the_runs_of_the_sweep(tiny_sweep, tmp
 
 
 @pytest.mark.slow
-def test_study_benchmark_times_a_tiny_study_against_its_plain_processes(tiny_data):
+@pytest.mark.parametrize(("study", "runs"), [
+    ((), 2), (("experiment=tuned", "hydra.sweeper.n_trials=2"), 8)])  # 2 x 2 trials, 2 x 2 re-runs
+def test_study_benchmark_times_a_tiny_study_against_its_plain_processes(study, runs, tiny_data):
     proc = subprocess.run(
         [sys.executable, "-m", "bnstudy.bench", "study", "--repeats", "2", "--no-former",
-         "dataset=mnist", "optim=sgd", "seed=0", "trainer.max_epochs=2",
+         "dataset=mnist", "optim=sgd", "seed=0", "trainer.max_epochs=2", *study,
          f"paths.data_dir={tiny_data}"],
         cwd=REPO, capture_output=True, text=True, timeout=900)
     out, seconds = proc.stdout, r"[\d.]+ s \(CPU [\d.]+ s\)"
@@ -197,7 +221,8 @@ def test_study_benchmark_times_a_tiny_study_against_its_plain_processes(tiny_dat
         ("1", "study > plain 2x1"), ("2", "plain 2x1 > study")], out  # the former baseline
     # (one process, a thread per core) left out: the fast test above runs it
     assert "(former baseline)" not in out and out.rstrip().endswith(
-        "differ by at most 0.00 points"), out  # the very same runs
+        "differ by at most 0.00 points"), out  # the very same runs (a tuned one's trials too)
+    assert f"\n{runs} runs, medians of 2 rounds" in out, out
 
 
 @pytest.mark.slow

@@ -51,13 +51,16 @@ def minibatches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Te
 
 
 def train_epoch(net, optimizer, x: torch.Tensor, y: torch.Tensor, batches) -> dict:
-    """One epoch of SGD steps over `batches` (index tensors); its mean loss and accuracy."""
+    """One epoch of SGD steps over `batches` (index tensors); its mean loss and accuracy. It
+    stops at a non-finite loss (`diverged`), as the study's `DivergenceGuard` stops its run."""
     net.train()
     loss_sum, correct, count = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
     for idx in batches:
         xb, yb = x[idx], y[idx]
         logits = net(xb)
         loss = F.cross_entropy(logits, yb)
+        if not torch.isfinite(loss):
+            return {"diverged": True}
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -101,6 +104,8 @@ def train(run: dict) -> dict:
     for epoch in range(run["max_epochs"]):
         row = train_epoch(net, optimizer, x, y,
                           minibatches(len(y), run["batch_size"], run["seed"], epoch))
+        if row.get("diverged"):
+            return {"name": run["name"], "history": history, "test": None, "diverged": True}
         row["val/loss"], row["val/acc"] = evaluate(net, x_val, y_val, run["eval_batch_size"])
         history.append(row)
     test_loss, test_acc = evaluate(net, x_test, y_test, run["eval_batch_size"])

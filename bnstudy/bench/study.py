@@ -7,9 +7,10 @@ norm=bn,none optim=sgd,adam ~callbacks.hallucinations` (24 runs, two jobs at a t
 torch thread each), each override replacing a default of the same key. The baselines train
 the first sweep's runs in plain PyTorch (`bnstudy.bench.plain`): in as many processes as the
 launcher has workers, one thread each, and (the former baseline) in one process at a thread
-per core. Each side is timed from its processes' start to their exit, the order rotating
-round by round (a load average above the core count: other processes competed); the final
-validation accuracies of both sides differ by 0.00 where they trained the same runs.
+per core; of a tuned study (`experiment=tuned`), its search trials too. Each side is timed
+from its processes' start to their exit, the order rotating round by round (a load average
+above the core count: other processes competed); the final validation accuracies of both
+sides differ by 0.00 where they trained the same runs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from bnstudy.bench import check_overrides
-from bnstudy.records import sweep_records
+from bnstudy.records import SEARCH_DIR, sweep_records
 
 DEFAULT_STUDY = ("hydra/launcher=parallel", "dataset=mnist,cifar10", "norm=bn,none",
                  "optim=sgd,adam")
@@ -87,6 +88,13 @@ def unlike_plain(trainer) -> list[str]:
             if trainer.get(key) not in values]
 
 
+def trained(sweep_dir: Path) -> list:
+    """The (job, record) of every run a sweep trained: a tuned study's search trials (each
+    cell's, in `search/`) first, then its jobs."""
+    cells = sorted(p for p in (sweep_dir / SEARCH_DIR).glob("*") if p.is_dir())
+    return [pair for folder in [*cells, sweep_dir] for pair in sweep_records(folder)]
+
+
 def plain_runs(sweep_dir: Path) -> list[dict]:
     """What the plain process needs of each job of a finished sweep (see `bench.plain`), from
     the job's composed config (`.hydra/config.yaml`) and its datamodule."""
@@ -97,7 +105,7 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
 
     register()
     runs = []
-    for job, record in sweep_records(sweep_dir):
+    for job, record in trained(sweep_dir):
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         if different := unlike_plain(cfg.trainer):
             raise BenchError(
@@ -127,7 +135,7 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
 
 def workers(sweep_dir: Path) -> int:
     """The launcher's parallel jobs in a sweep (`n_jobs`; 1 for Hydra's basic launcher)."""
-    hydra = OmegaConf.load(sweep_records(sweep_dir)[0][0] / ".hydra" / "hydra.yaml").hydra
+    hydra = OmegaConf.load(trained(sweep_dir)[0][0] / ".hydra" / "hydra.yaml").hydra
     return max(1, int(hydra.launcher.get("n_jobs") or 1))
 
 
@@ -200,10 +208,15 @@ def main(argv: list[str] | None = None) -> None:
                   "   study / it " + "; CPU ".join(
                       f"{statistics.median(r):.2f} (range {min(r):.2f}-{max(r):.2f})"
                       for r in ratios))
-        finals = zip(sweep_records(first), plain_results(results, n), strict=True)
-        differ = max(abs(r.final_val_acc - p["history"][-1]["val/acc"]) for (_, r), p in finals)
+        finals = list(zip(trained(first), plain_results(results, n), strict=True))
+        ok = [(r, p) for (_, r), p in finals if r.status == "ok" and not p.get("diverged")]
+        differ = max((abs(r.final_val_acc - p["history"][-1]["val/acc"]) for r, p in ok),
+                     default=0.0)
+        both = sum(r.status == "diverged" and bool(p.get("diverged")) for (_, r), p in finals)
         print(f"same runs: final val acc, study vs {n} plain process(es) at 1 thread, differ by "
-              f"at most {differ * 100:.2f} points")
+              f"at most {differ * 100:.2f} points" + (
+                  f" ({len(finals) - len(ok)} not compared: {both} diverged on both sides, "
+                  f"{len(finals) - len(ok) - both} on one)" if len(ok) < len(finals) else ""))
     except BenchError as err:
         sys.exit(str(err))
     finally:
