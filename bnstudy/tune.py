@@ -268,8 +268,9 @@ class TunedSweeper(Sweeper):
                     self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
             except HydraException as err:  # a cell's option no file is (hydra.sweeper.cells)
                 first, _, more = str(err).split("\nConfig search path:")[0].partition("\n")
-                raise ConfigError(f"{first}. {' '.join(more.split())}, so nothing was run.") \
-                    from None
+                more = " ".join(more.split())
+                raise ConfigError(f"{first.rstrip('.')}{'. ' + more if more else ''}, so nothing "
+                                  "was run.") from None
         check_sampler(self.sampler)
         for optim in dict.fromkeys(cell["optim"] for cell in cells):  # as each search reads it
             check_space(optim, self.search.get(optim) or {})
