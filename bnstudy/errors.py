@@ -21,6 +21,12 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
 
 
+def hydra_said(err: BaseException) -> str:
+    """Hydra's message without the config search path it appends (a user's mistake, not where
+    Hydra looked)."""
+    return str(err).split("\nConfig search path:")[0].rstrip()
+
+
 def one_line(err: BaseException) -> str:
     """An error's whole message on one line, as a one-line refusal quotes a multi-line one."""
     return " ".join(str(err).split())

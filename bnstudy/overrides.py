@@ -30,7 +30,7 @@ from bnstudy.config import (
     flat,
     group_defaults,
 )
-from bnstudy.errors import ConfigError, first_line, type_names, types_refused
+from bnstudy.errors import ConfigError, first_line, hydra_said, type_names, types_refused
 
 
 def compose(overrides=()) -> DictConfig:
@@ -39,7 +39,7 @@ def compose(overrides=()) -> DictConfig:
     try:
         cfg = compose_cached(overrides, return_hydra_config=True)
     except HydraException as err:
-        said = str(err).split("\nConfig search path:")[0].rstrip().replace(  # options, no path
+        said = hydra_said(err).replace(
             "add --multirun to your command line", "compose each value (or run train -m)")
         why = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
         typed = list(overrides)
@@ -278,7 +278,7 @@ def search_entry(args: list[str]) -> str | None:
     (and its hint, `+`, would nest it)."""
     for arg in args:
         key, _, value = arg.lstrip("+").partition("=")
-        optim, dot, entry = key.removeprefix("hydra.sweeper.search.").partition(".")
+        optim, _, entry = key.removeprefix("hydra.sweeper.search.").partition(".")
         if key.startswith("hydra.sweeper.search.") and "." in entry and value:
             return (f"{arg}: a search entry's name holds dots ({entry}), which an override reads "
                     "as nesting, so nothing was run. Change it through its optimizer's mapping, "

@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from bnstudy.config import changed_settings, validate
-from bnstudy.errors import ConfigError, first_line
+from bnstudy.errors import ConfigError, first_line, hydra_said
 from bnstudy.jobdir import (
     JobDirBusyError,
     JobDirLock,
@@ -267,7 +267,7 @@ class TunedSweeper(Sweeper):
                 validate(self.hydra_context.config_loader.load_sweep_config(
                     self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
             except HydraException as err:  # a cell's option no file is (hydra.sweeper.cells)
-                first, _, more = str(err).split("\nConfig search path:")[0].partition("\n")
+                first, _, more = hydra_said(err).partition("\n")
                 more = " ".join(more.split())
                 raise ConfigError(f"{first.rstrip('.')}{'. ' + more if more else ''}, so nothing "
                                   "was run.") from None
