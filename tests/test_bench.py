@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -223,6 +224,24 @@ def test_study_benchmark_times_a_tiny_study_against_its_plain_processes(study, r
     assert "(former baseline)" not in out and out.rstrip().endswith(
         "differ by at most 0.00 points"), out  # the very same runs (a tuned one's trials too)
     assert f"\n{runs} runs, medians of 2 rounds" in out, out
+
+
+@pytest.mark.slow
+def test_a_killed_study_benchmark_stops_its_study_and_removes_its_folder(tiny_data, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bnstudy.bench", "study", "--no-former", "dataset=mnist",
+         "optim=sgd", "trainer.max_epochs=200", f"paths.data_dir={tiny_data}"], cwd=REPO, text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("bnstudy-bench-study-*/study0/*/.hydra")):  # a job started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 143  # not once its study ends
+    time.sleep(2)  # a job left running would go on writing
+    assert not list(tmp_path.glob("bnstudy-*"))
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)]).returncode == 1  # no process of it
 
 
 @pytest.mark.slow

@@ -16,10 +16,12 @@ sides differ by 0.00 where they trained the same runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,8 +74,15 @@ def timed(commands: list[list[str]], log: Path) -> tuple[float, float]:
     seconds they used (which other processes on the machine change far less)."""
     with open(log, "w") as out:
         started, cpu = time.perf_counter(), cpu_s()
-        procs = [subprocess.Popen(c, stdout=out, stderr=subprocess.STDOUT) for c in commands]
-        codes = [p.wait() for p in procs]
+        procs = [subprocess.Popen(c, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True) for c in commands]
+        try:
+            codes = [p.wait() for p in procs]
+        finally:  # stopped (Ctrl-C, a kill): its processes and theirs end before its folder
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+                p.wait()
         seconds, cpu = time.perf_counter() - started, cpu_s() - cpu
     if any(codes):
         raise BenchError(f"{' '.join(commands[0])} failed (exit {max(codes)}):\n"
