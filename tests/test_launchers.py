@@ -11,9 +11,15 @@ from types import SimpleNamespace
 import helpers
 import pytest
 from helpers import compose_config, fake_commands, read_record
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
+import hydra_plugins.bnstudy_launchers as plugin
+import hydra_plugins.bnstudy_sweeper as grid
 from bnstudy.errors import ConfigError
+from bnstudy.records import RunRecord
+from bnstudy.report.runs import load_runs
+from bnstudy.sweep import register_launchers
 
 # -- sweeps through launchers -------------------------------------------------------------
 run_sweep = functools.partial(helpers.run_sweep, fresh=True)  # launchers start processes
@@ -36,8 +42,6 @@ def test_parallel_launcher_runs_jobs_without_oversubscribing(tiny_data, tmp_path
 def test_submitit_local_launcher_runs_a_sweep_as_on_slurm_and_requeues_at_a_time_limit(
         tiny_data, tmp_path):
     """A process and a thread a job; at USR2 one is requeued and resumes; the other left alone."""
-    from bnstudy.report.runs import load_runs
-
     sweep = tmp_path / "sweep"
     proc = small_sweep(tiny_data, sweep, "norm=bn,none", "threads=auto",  # not FAST's 1
                        *time_limit_at_epoch(2, tmp_path / "signalled"))
@@ -75,8 +79,6 @@ def test_submitit_local_launcher_runs_a_sweep_as_on_slurm_and_requeues_at_a_time
 
 def grid_sweeper(config: dict, compose=None):
     """bnstudy's grid sweeper as Hydra sets it up, composing a job's config with `compose`."""
-    import hydra_plugins.bnstudy_sweeper as grid
-
     sweeper = grid.GridSweeper(max_batch_size=None)
     loader = SimpleNamespace(load_sweep_config=compose)
     sweeper.hydra_context = SimpleNamespace(config_loader=loader)
@@ -86,8 +88,6 @@ def grid_sweeper(config: dict, compose=None):
 
 def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeypatch):
     """Not all 160 of the decisive study's configs first: a job per new value (each checked)."""
-    import hydra_plugins.bnstudy_sweeper as grid
-
     composed, checked, announced = [], [], []
     monkeypatch.setattr(grid, "validate", checked.append)  # each composed config range-checked
     monkeypatch.setattr(grid, "announce", announced.append)
@@ -122,17 +122,13 @@ def test_a_job_that_cannot_be_composed_ends_the_sweep_and_leaves_no_folder(tmp_p
 
 def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_trained(
         tmp_path, monkeypatch):
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    import hydra_plugins.bnstudy_sweeper as grid
-
     saved = tmp_path / "multirun.yaml"
 
     def launch(self, arguments):
         saved.write_text("this launch's plan")  # as Hydra's sweeper saves it
         return [[SimpleNamespace(_return_value=SimpleNamespace(status=s)) for s in statuses]]
 
-    monkeypatch.setattr(BasicSweeper, "sweep", launch)
+    monkeypatch.setattr(grid.BasicSweeper, "sweep", launch)  # the grid sweeper's base
     monkeypatch.setattr(grid, "check_plan", lambda config: None)
     sweeper = grid_sweeper({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     for statuses, plan in ((["refused", "refused"], "the folder's plan"),
@@ -145,17 +141,14 @@ def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_t
 def test_the_slurm_config_asks_for_the_signal_and_requeues(tmp_path, monkeypatch):
     """The README's `hydra/launcher=slurm ... trainer=gpu`: a GPU, USR2 2 min early, 10 requeues."""
     pytest.importorskip("submitit")
-    from bnstudy.sweep import register_launchers
-    from hydra_plugins.bnstudy_launchers import submitit_executor
-
     fake_commands(monkeypatch, tmp_path / "bin", srun="exit 1")  # submitit looks for it only
     register_launchers()  # as the entry point does
     launcher = OmegaConf.to_container(compose_config(
         "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=120",
         "trainer=gpu").hydra.launcher, resolve=False)
     assert launcher.pop("_target_") == "hydra_plugins.bnstudy_launchers.SlurmLauncher"
-    executor = submitit_executor("slurm", {**launcher, "submitit_folder": tmp_path,
-                                           "name": "job"})  # as Hydra's launcher has them
+    executor = plugin.submitit_executor("slurm", {**launcher, "submitit_folder": tmp_path,
+                                                  "name": "job"})  # as Hydra's launcher has them
     sbatch = executor._executor._make_submission_file_text("python -m x", "uid")
     assert "#SBATCH --signal=USR2@120" in sbatch and "#SBATCH --requeue" in sbatch
     assert "#SBATCH --time=120" in sbatch and "#SBATCH --partition=gpu" in sbatch
@@ -198,25 +191,18 @@ def test_a_sweep_slurm_cannot_take_is_one_paragraph_and_leaves_no_folder(
 
 
 def test_a_stop_signal_as_early_as_the_time_limit_is_refused_and_one_second_later_not():
-    from hydra_plugins.bnstudy_launchers import signal_after_limit
-
-    said = signal_after_limit({"signal_delay_s": 300, "timeout_min": 5})
+    said = plugin.signal_after_limit({"signal_delay_s": 300, "timeout_min": 5})
     assert said.startswith("hydra.launcher.signal_delay_s=300 is not shorter than "
                            "hydra.launcher.timeout_min=5 (300 s)")
     assert said.endswith("Give each job more time (hydra.launcher.timeout_min=15) or the signal "
                          "less head start (hydra.launcher.signal_delay_s=75).")
-    assert signal_after_limit({"signal_delay_s": 299, "timeout_min": 5}) is None
+    assert plugin.signal_after_limit({"signal_delay_s": 299, "timeout_min": 5}) is None
 
 
 @pytest.mark.parametrize("status,fails", [("ok", False), ("diverged", False), ("failed", True),
                                           ("interrupted", True), ("refused", True), (None, True)])
 def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
     """So that SLURM says FAILED, once submitit has kept its return value (None: it raised)."""
-    from hydra.core.utils import JobReturn, JobStatus
-
-    import hydra_plugins.bnstudy_launchers as plugin
-    from bnstudy.records import RunRecord
-
     job = JobReturn(status=JobStatus.FAILED, _return_value=ValueError("bug")) if status is None \
         else JobReturn(status=JobStatus.COMPLETED, _return_value=RunRecord(status=status))
     # the launcher's own base class (Hydra's plugin scan may import submitit's module again)
@@ -229,13 +215,11 @@ def test_a_submitit_job_without_a_result_exits_1(status, fails, monkeypatch):
 
 
 def test_more_requeues_than_submitits_local_launcher_makes_is_a_warning():
-    from hydra_plugins.bnstudy_launchers import local_requeue_limit
-
-    note = local_requeue_limit({"max_num_timeout": 10})
+    note = plugin.local_requeue_limit({"max_num_timeout": 10})
     assert note.startswith("hydra.launcher.max_num_timeout=10: submitit's local launcher "
                            "restarts a job at most 5 times")
     for fine in ({"max_num_timeout": 5}, {}):
-        assert local_requeue_limit(fine) is None, fine
+        assert plugin.local_requeue_limit(fine) is None, fine
 
 
 def time_limit_at_epoch(epoch: int, marker: Path) -> list[str]:

@@ -22,9 +22,8 @@ def test_hook_name_is_written_without_module_bookkeeping(monkeypatch):
     head, scale = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.ones(()))
     slow_writes = []
     module_setattr = torch.nn.Module.__setattr__
-    monkeypatch.setattr(torch.nn.Module, "__setattr__",
-                        lambda self, name, value: (slow_writes.append(name),
-                                                   module_setattr(self, name, value)))
+    monkeypatch.setattr(torch.nn.Module, "__setattr__", lambda self, name, value: (
+        slow_writes.append(name), module_setattr(self, name, value)))
     model._current_fx_name = "training_step"
     assert model._current_fx_name == "training_step" and slow_writes == []
     model.head, model.scale = head, scale
@@ -85,8 +84,7 @@ def test_trainer_flags_train_as_the_plain_loop_does(tiny_data, flags, plain, ste
     _, model, trainer = tiny_fit(tiny_data, max_epochs=2, limit_val_batches=0, **flags)
     expected = plain_fit(tiny_data, epochs=2, **plain)
     assert trainer.global_step == steps
-    for name, value in expected.state_dict().items():
-        assert torch.allclose(model.net.state_dict()[name], value, atol=1e-6), name
+    torch.testing.assert_close(model.net.state_dict(), expected.state_dict(), rtol=1e-5, atol=1e-6)
     control = plain_fit(tiny_data, epochs=2) if plain else plain_fit(tiny_data, epochs=2, lr=0.2)
     assert not torch.allclose(control.fc1.weight, expected.fc1.weight, atol=1e-6)  # flags matter
 
@@ -154,8 +152,7 @@ def test_two_process_ddp_trains_as_one_process_on_both_shards(tiny_data):
             (sum(losses) / 2).backward()
             optimizer.step()
     assert set(trainer.callback_metrics) >= {"train/loss", "train/acc"}  # from rank 0
-    for name, value in net.state_dict().items():
-        assert torch.allclose(model.net.state_dict()[name], value, atol=1e-5), name
+    torch.testing.assert_close(model.net.state_dict(), net.state_dict(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -262,8 +259,7 @@ def test_k_minibatches_call_lightnings_step_hooks_where_one_is_overridden(tiny_d
     _, hooked, _ = tiny_fit(tiny_data, model=k_classifier(4), callbacks=[hooks])
     assert direct._plan[3] and not hooked._plan[3]
     assert hooks.calls == ["backward", "step"] * trainer.global_step == ["backward", "step"] * 11
-    for name, value in direct.state_dict().items():
-        assert torch.equal(hooked.state_dict()[name], value), name
+    torch.testing.assert_close(hooked.state_dict(), direct.state_dict(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("first,then", [(1, 4), (4, 1)])
@@ -278,5 +274,4 @@ def test_a_run_resumes_exactly_with_another_k(tiny_data, tmp_path, first, then):
     _, resumed, trainer = fit(then, 2, tmp_path / "epoch1.ckpt")
     _, straight, _ = fit(1, 2)
     assert trainer.global_step == 22
-    for name, value in straight.state_dict().items():
-        assert torch.equal(resumed.state_dict()[name], value), name
+    torch.testing.assert_close(resumed.state_dict(), straight.state_dict(), rtol=0, atol=0)

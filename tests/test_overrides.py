@@ -2,13 +2,25 @@
 found before Hydra, in one paragraph with what to type."""
 
 import pytest
+from helpers import compose_config
 
 from bnstudy.errors import ConfigError
+from bnstudy.overrides import (
+    compose,
+    first_mistake,
+    interval_sweep,
+    lacking_option,
+    no_parallel_jobs,
+    search_entry,
+    typed_settings,
+    unknown_option,
+    unknown_override,
+    wrong_type,
+)
+from bnstudy.run import build_model
 
 
 def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
-    from bnstudy.overrides import unknown_override
-
     assert unknown_override(["trainer.max_epoch=3"]).startswith(
         "trainer.max_epoch: no such setting. Did you mean trainer.max_epochs")  # not `+key`
     assert unknown_override(["model=cnn", "model.net.channels=[8]"]) is None  # cnn's own key
@@ -37,8 +49,6 @@ def test_a_misspelt_nested_key_is_named_and_a_choices_own_key_is_not():
 
 
 def test_a_mistyped_setting_is_named_with_the_closest_ones():
-    from bnstudy.overrides import unknown_override
-
     tail = ("`python -m bnstudy.train --help` lists the groups and `python -m bnstudy.train "
             "--cfg job` every setting.")
     assert unknown_override(["seed=1", "seeds=3"]) == (
@@ -70,11 +80,6 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
 
 
 def test_an_optimizers_argument_the_config_does_not_list_is_added_with_a_plus():
-    from helpers import compose_config
-
-    from bnstudy.overrides import unknown_override
-    from bnstudy.run import build_model
-
     assert unknown_override(["optim=adam", "optim.optimizer.betas=[0.8,0.9]"]) == (
         "optim.optimizer.betas: the config does not list it, so nothing was run. torch.optim.Adam"
         " takes it: type +optim.optimizer.betas=[0.8,0.9] to add it (the run's hparams record "
@@ -89,8 +94,6 @@ def test_an_optimizers_argument_the_config_does_not_list_is_added_with_a_plus():
 
 
 def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_sweeps():
-    from bnstudy.overrides import typed_settings, unknown_option, wrong_type
-
     assert {k: v for k, v in typed_settings().items() if k in (
         "seed", "resume", "dataset.lr", "dataset.train_size", "model.net.depth")} == {
         "seed": ("int", False), "resume": ("bool", False), "dataset.lr": ("float", False),
@@ -141,8 +144,6 @@ def test_a_value_its_settings_type_refuses_is_named_with_what_to_type_each_of_a_
 
 
 def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_up_is_not():
-    from bnstudy.overrides import first_mistake
-
     assert first_mistake(["norm=[bn,none]"]) == (  # Hydra would run norm=none alone
         "norm=[bn,none]: these options replace each other (norm=bn sets model.net.norm to bn, "
         "norm=none to none; a list keeps the last one's), so nothing was run. To run each, sweep "
@@ -165,8 +166,6 @@ def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_
 
 
 def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
-    from bnstudy.overrides import lacking_option
-
     assert lacking_option(["-m", "optim=sgd,adam", "optim.optimizer.momentum=0.9"]) == (
         "optim.optimizer.momentum=0.9: optim=adam has no such setting (optim=sgd has), so "
         "nothing was run. Sweep the options that take it on their own: -m optim=sgd "
@@ -182,8 +181,6 @@ def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():
 
 
 def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
-    from bnstudy.overrides import first_mistake, no_parallel_jobs
-
     for typed in (f"hydra.launcher.n_jobs={n}" for n in ("0", "two", "-0", "")):
         assert no_parallel_jobs(["-m", "seed=0", typed]) == (
             f"{typed}: the number of jobs the parallel launcher runs at once must be a whole "
@@ -195,8 +192,6 @@ def test_a_parallel_launcher_of_no_jobs_is_refused_before_its_folder():
 
 
 def test_an_interval_is_refused_outside_a_tuned_study():
-    from bnstudy.overrides import first_mistake, interval_sweep
-
     assert first_mistake(["-m", "seed=interval(0,2)"]).startswith(
         "seed=interval(0,2): an interval is a range for a search to sample")
     assert "e.g. -m seed=0,2;" in interval_sweep(["-m", "seed=interval(0,2)"])
@@ -206,8 +201,6 @@ def test_an_interval_is_refused_outside_a_tuned_study():
 
 
 def test_a_search_entry_is_changed_through_its_optimizers_mapping():
-    from bnstudy.overrides import first_mistake, search_entry
-
     for plus in ("", "+"):  # as typed, and with the `+` Hydra's refusal suggests
         assert first_mistake(["-m", "experiment=tuned", f"{plus}hydra.sweeper.search.sgd."
                               "optim.optimizer.lr=tag(log, interval(0.01, 1.0))"]) == (
@@ -222,8 +215,6 @@ def test_a_search_entry_is_changed_through_its_optimizers_mapping():
 
 
 def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path, monkeypatch):
-    from bnstudy.overrides import compose
-
     first = compose(["seed=3"])
     first.seed = 4  # a caller changing its config changes no later one
     assert compose(["seed=3"]).seed == 3
@@ -245,8 +236,6 @@ def test_a_compose_made_again_is_a_fresh_copy_for_its_working_directory(tmp_path
 ])
 def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_it(overrides,
                                                                                   message):
-    from bnstudy.overrides import compose
-
     with pytest.raises(ConfigError) as raised:
         compose(overrides)
     assert str(raised.value).startswith(message) and "search path" not in str(raised.value)

@@ -201,8 +201,7 @@ def test_a_zero_gradient_has_no_smoothness_and_a_flat_landscape():
 
 
 def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_path):
-    """Conv net with BatchNorm2d and dropout: no state, buffer or RNG draw touched; validation
-    forwards not recorded; without `MetricsHistory` the series are kept, not written."""
+    """BatchNorm2d and dropout: no state, buffer or RNG draw touched; validation not recorded."""
     runs = {}
     probes = [ActivationPercentiles(every_n_steps=1),
               GradientBehaviour(every_n_steps=1, landscape_every_n_steps=1, etas=ETAS)]
@@ -225,8 +224,7 @@ def test_training_with_probes_is_identical_to_training_without(tiny_data, tmp_pa
 
 @pytest.mark.parametrize("norm", ["bn", "none"])
 def test_batchnorm_makes_preactivations_and_gradients_scale_invariant(tiny_data, tmp_path, norm):
-    """Scaling the first layer by 10: with BN its unit's inputs to the ReLU stay the same and
-    its gradient shrinks 10 times; without BN the inputs grow 10 times."""
+    """First layer x10: with BN the ReLU inputs stay, its gradient / 10; without, inputs x10."""
     recorded = {}
     for scale in (1.0, 10.0):
         model = make_model(norm)
