@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import csv_rows, read_record, write_job
+from omegaconf import OmegaConf
 from scipy import stats as sps
 
 from bnstudy.records import TUNING_FILE
@@ -763,17 +764,19 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "size only",
         "One seed a side shows direction and size only; to decide: python -m bnstudy.train -m "
         "experiment=decisive hydra/launcher=parallel"]
-    # a sweep that ran on SLURM is told to decide there
-    (tmp_path / "multirun.yaml").write_text(
-        "hydra:\n  runtime:\n    choices:\n      hydra/launcher: slurm\n")
-    assert console_answer(tmp_path).splitlines()[-1].endswith(
-        "experiment=decisive hydra/launcher=slurm")
-    (tmp_path / "multirun.yaml").write_text(  # a sweep of other settings: its own, at 20 seeds
-        "hydra:\n  overrides:\n    task: [experiment=lr_sweep, seed=0, hydra/launcher=slurm, "
-        f"'hydra.sweep.dir={tmp_path}']\n")
-    assert console_answer(tmp_path).splitlines()[-1].endswith(
-        "to decide: python -m bnstudy.train -m experiment=lr_sweep hydra/launcher=slurm "
-        "seed=range(0,20)")
+    plan = {"runtime": {"choices": {"hydra/launcher": "slurm"}}, "overrides": {  # as Hydra saves
+        "task": ["dataset=mnist", "seed=0,1", "paths.data_dir=/my data"],
+        "hydra": ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.mode=MULTIRUN"]}}
+    for task, command in (  # on the sweep's launcher, with its settings, paths, as a shell reads
+            ([], "experiment=decisive 'paths.data_dir=/my data' hydra/launcher=slurm "
+                 "hydra.launcher.partition=gpu"),
+            (["experiment=lr_sweep"], "dataset=mnist 'paths.data_dir=/my data' experiment=lr_sweep "
+                                      "hydra/launcher=slurm hydra.launcher.partition=gpu "
+                                      "'seed=range(0,20)'")):  # its own sweep, at 20 seeds
+        plan["overrides"]["task"] += task
+        OmegaConf.save({"hydra": plan}, tmp_path / "multirun.yaml")
+        assert console_answer(tmp_path).splitlines()[-1] == "One seed a side shows direction " \
+            f"and size only; to decide: python -m bnstudy.train -m {command}"
 
 
 def test_the_answers_words_without_spread_margin_or_part_with_images_a_budget_or_a_tie():

@@ -6,6 +6,7 @@ sweep prints it as it ends (`console_answer`)."""
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -27,22 +28,29 @@ from bnstudy.report.runs import (
 from bnstudy.report.stats import ALPHA, IMAGES, PAIRED, VERDICT_COLUMNS, comparison_word
 from bnstudy.report.verdicts import Result, decided, tuned_runs
 
-DECIDE = "python -m bnstudy.train -m experiment=decisive hydra/launcher=parallel"
-STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive", "hydra/launcher=",
-                 "hydra.launcher.", "threads=", "paths.")  # the overrides DECIDE answers for
+DECISIVE = "python -m bnstudy.train -m experiment=decisive"  # with its launcher: DECIDE
+DECIDE = f"{DECISIVE} hydra/launcher=parallel"
+STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive")  # what DECIDE sets
+KEPT = ("threads=", "paths.")  # the sweep's own settings DECIDE keeps
 
 
 def decide_command(sweep_dir) -> str:
-    """`DECIDE`, on SLURM where the sweep ran there (its `multirun.yaml`'s launcher choice); a
-    sweep of other settings (`experiment=lr_sweep`, `momentum=0.0,0.9`): its own, at 20 seeds."""
+    """The shell command that decides a sweep's one-seed answers, with the sweep's paths,
+    threads and launcher (and its settings, `hydra.launcher.partition=gpu`): `DECIDE`; for a
+    sweep of other settings (`experiment=lr_sweep`, `momentum=0.0,0.9`), its own at 20 seeds."""
     plan = Path(sweep_dir) / "multirun.yaml"
     saved = OmegaConf.load(plan) if plan.is_file() else OmegaConf.create()
-    launcher = OmegaConf.select(saved, "hydra.runtime.choices.hydra/launcher")
+    choice = OmegaConf.select(saved, "hydra.runtime.choices.hydra/launcher")
+    launch = [] if choice in (None, "basic") else [f"hydra/launcher={choice}", *(
+        o for o in OmegaConf.select(saved, "hydra.overrides.hydra", default=[])
+        if o.startswith("hydra.launcher."))]
     own = [o for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])
-           if not o.startswith(("seed=", "hydra.sweep.dir="))]
-    if any(not o.startswith(STUDY_CHOICES) for o in own):  # more than the study's choices
-        return "python -m bnstudy.train -m " + " ".join([*own, "seed=range(0,20)"])
-    return DECIDE.replace("=parallel", "=slurm") if launcher == "slurm" else DECIDE
+           if not o.startswith("seed=")]
+    if any(not o.startswith((*STUDY_CHOICES, *KEPT)) for o in own):  # more than the study's
+        return shlex.join([*"python -m bnstudy.train -m".split(), *own, *launch,
+                           "seed=range(0,20)"])
+    return shlex.join([*DECISIVE.split(), *(o for o in own if o.startswith(KEPT)),
+                       *(launch or ["hydra/launcher=parallel"])])
 
 
 def words(verdict: str, diff: float, ci: tuple[float, float], needed: float,
