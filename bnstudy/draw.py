@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -225,7 +226,7 @@ def _report_of(path: Path) -> str:
         sweep_jobs(folder := study_dir(path))
     except ReportError:  # a run, or single runs (`outputs/runs`)
         return "."
-    return f". Report: python -m bnstudy.report {folder}"
+    return f". Report: python -m bnstudy.report {shlex.quote(str(folder))}"
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def announce(config: DictConfig) -> None:
         from bnstudy.dashboard import BROWSE_URL
 
         log.info("Browse as jobs finish: tensorboard --logdir %s, then open %s",
-                 config.hydra.sweep.dir, BROWSE_URL)
+                 shlex.quote(str(config.hydra.sweep.dir)), BROWSE_URL)
 
 
 def check_plan(config: DictConfig) -> None:
@@ -130,6 +130,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir, board = Path(config.hydra.sweep.dir), uses_tensorboard(config.get("logger"))
+        shell = shlex.quote(str(sweep_dir))  # as the commands it names are typed
         if (sweep_dir / TUNING_FILE).is_file() and board:
             from bnstudy.dashboard import refresh_sweep_view  # its kept settings chosen at last
 
@@ -149,11 +150,11 @@ class SweepSummary(Callback):
                 answer = console_answer(sweep_dir)
             except ReportError as err:  # the folder's results cannot be compared
                 answer = str(err)
-            browse = f"Browse: tensorboard --logdir {sweep_dir}, then open {BROWSE_URL}\n" \
+            browse = f"Browse: tensorboard --logdir {shell}, then open {BROWSE_URL}\n" \
                 if board else ""
             log.info("Sweep %s: %d job(s)\n%s\n%s%sReport (per second of compute, tuning, "
                      "pictures, every claim): python -m bnstudy.report %s", sweep_dir,
-                     len(records), lines, f"{answer}\n" if answer else "", browse, sweep_dir)
+                     len(records), lines, f"{answer}\n" if answer else "", browse, shell)
         elsewhere, held = [], []
         for job, record in found:
             if record.finished and job.name in unfinished:  # refused here, yet a result
@@ -177,7 +178,7 @@ class SweepSummary(Callback):
             if busy:  # not all of them finished: not a success
                 sys.exit(notes)
             if held:  # this launch trained none of them: not a success
-                sys.exit(f"{kept} Their results stand: python -m bnstudy.report {sweep_dir}")
+                sys.exit(f"{kept} Their results stand: python -m bnstudy.report {shell}")
             return
         alike: dict[str, list[str]] = {}  # jobs that ended alike (missing data): one line
         for name in sorted(unfinished, key=job_order):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,8 +58,9 @@ def main(cfg: DictConfig) -> RunRecord:
     if not is_multirun():  # a sweep's summary says where its jobs are
         made = [name for name in ("metrics.json", "checkpoints/", "images/")
                 if (out / name).exists()]
-        browse = f"; browse: tensorboard --logdir {out}" if uses_tensorboard(cfg.logger) and \
-            any(out.glob("events.out.tfevents.*")) else ""  # not after a fast_dev_run
+        browse = f"; browse: tensorboard --logdir {shlex.quote(str(out))}" \
+            if uses_tensorboard(cfg.logger) and any(out.glob("events.out.tfevents.*")) \
+            else ""  # not after a fast_dev_run
         log.info("Files: %s (%s%s)", out, ", ".join(made), browse)
     return record
 
@@ -100,7 +102,8 @@ def sweep_interrupted() -> str:
         return "Interrupted before anything was trained."
     sweep = study_dir(sweep)
     return (f"Interrupted: the sweep {sweep} stopped. Its finished jobs keep their results "
-            f"(python -m bnstudy.report {sweep}); to go on, run the same command with resume=true "
+            f"(python -m bnstudy.report {shlex.quote(str(sweep))}); to go on, run the same command "
+            "with resume=true "
             f"{dir_override('hydra.sweep.dir', sweep)}: only what is unfinished runs.")
 
 

@@ -87,16 +87,17 @@ def test_a_finished_sweeps_summary_is_a_line_per_job_the_answer_and_the_commands
         board, other_norm, tmp_path, sweep_summary, caplog):
     if board:
         sweep_summary.config.logger = {"tensorboard": {"_target_": TENSORBOARD}}
-    write_job(tmp_path, [0.5, 0.6])
-    write_job(tmp_path, [0.4, 0.5], norm=other_norm, seed=1)
-    answer = console_answer(tmp_path)  # none for a sweep of one norm
+    sweep_summary.config.hydra.sweep.dir = str(sweep := tmp_path / "my sweep")  # a shell splits
+    write_job(sweep, [0.5, 0.6])
+    write_job(sweep, [0.4, 0.5], norm=other_norm, seed=1)
+    answer = console_answer(sweep)  # none for a sweep of one norm
     assert sweep_summary.end() is None and bool(answer) == (other_norm == "none")
     assert caplog.messages[-1] == (
-        f"Sweep {tmp_path}: 2 job(s)\n  ?: ok, val acc 60.00 %, test acc 59.00 %, 10 s\n"
+        f"Sweep {sweep}: 2 job(s)\n  ?: ok, val acc 60.00 %, test acc 59.00 %, 10 s\n"
         f"  ?: ok, val acc 50.00 %, test acc 49.00 %, 11 s\n" + (f"{answer}\n" if answer else "")
-        + (f"Browse: tensorboard --logdir {tmp_path}, then open {BROWSE_URL}\n" if board else "")
+        + (f"Browse: tensorboard --logdir '{sweep}', then open {BROWSE_URL}\n" if board else "")
         + f"Report (per second of compute, tuning, pictures, every claim): python -m "
-        f"bnstudy.report {tmp_path}")
+        f"bnstudy.report '{sweep}'")  # each command as a shell reads it
 
 
 def test_jobs_that_ended_alike_are_one_line_of_the_summary(tmp_path, sweep_summary):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +55,12 @@ def one_run(run: Path) -> str:
     sweep = run.parent
     if (sweep / "multirun.yaml").is_file():
         return (f"{run} is one job of the sweep {sweep}; the report compares the sweep's jobs. "
-                f"Pass the sweep's folder: python -m bnstudy.report {sweep}")
+                f"Pass the sweep's folder: python -m bnstudy.report {shlex.quote(str(sweep))}")
     return (f"{run} is a single run's directory (`python -m bnstudy.train` without -m); the "
             f"report compares the runs of a sweep. This run's results are in its {RECORD_NAME} "
-            f"and its TensorBoard events (tensorboard --logdir {run}). To compare, run a sweep, "
-            "e.g. python -m bnstudy.train -m norm=bn,none, and pass its folder.")
+            f"and its TensorBoard events (tensorboard --logdir {shlex.quote(str(run))}). To "
+            "compare, run a sweep, e.g. python -m bnstudy.train -m norm=bn,none, and pass its "
+            "folder.")
 
 
 def sweep_jobs(sweep_dir: Path) -> list[Path]:

@@ -8,6 +8,7 @@ import functools
 import io
 import os
 import re
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -112,7 +113,7 @@ def write_report(sweep_dir: Path, targets: dict[str, float], costs=None,
         what = "the searches' folder" if sweep_dir.name == SEARCH_DIR else "one cell's search"
         raise ReportError(f"{sweep_dir} is {what} in the tuned study {study}, so "
                           "nothing was written. Report the study, which covers every cell: "
-                          f"python -m bnstudy.report {study}")
+                          f"python -m bnstudy.report {shlex.quote(str(study))}")
     if (sweep_dir / SEARCH_DIR).is_dir() and not (sweep_dir / TUNING_FILE).is_file():
         raise ReportError(f"{sweep_dir} holds a tuned study whose searches did not finish (no "
                           f"{TUNING_FILE} yet), so there is nothing to report. To finish them: "
