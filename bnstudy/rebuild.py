@@ -151,6 +151,7 @@ class DataCache:
 
     data_dir: str | None = None  # paths.data_dir=... from the command line
     _built: dict = field(default_factory=dict)
+    _said: set = field(default_factory=set)  # each distinct data error, said once
 
     def get(self, run: SavedRun, stage: str):
         """The run's datamodule (its config, download off), set up for `stage`."""
@@ -173,9 +174,11 @@ class DataCache:
         except NOT_BUILT as err:
             raise RunError(f"{run.name}: its dataset config does not build "
                            f"({one_line(err)}).") from err
-        except DataError:
+        except DataError as err:
             self._built[key] = None  # said once: the runs of the same data after it, shortly
-            raise
+            if str(err) not in self._said:  # (another split of the same missing files: shortly)
+                self._said.add(str(err))
+                raise
         if self._built[key] is None:
             raise DataError(f"{run.name}: its data is not there either (see above).")
         return self._built[key]
