@@ -765,14 +765,14 @@ def test_the_sweeps_answer_word_for_word_for_each_pair_against_its_baseline(tmp_
         "One seed a side shows direction and size only; to decide: python -m bnstudy.train -m "
         "experiment=decisive hydra/launcher=parallel"]
     plan = {"runtime": {"choices": {"hydra/launcher": "slurm"}}, "overrides": {  # as Hydra saves
-        "task": ["dataset=mnist", "seed=0,1", "paths.data_dir=/my data"],
+        "task": ["dataset=mnist", "seed=0,1", "paths.data_dir=/my data", "logger=csv"],
         "hydra": ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.mode=MULTIRUN"]}}
     for task, command in (  # on the sweep's launcher, with its settings, paths, as a shell reads
-            ([], "experiment=decisive 'paths.data_dir=/my data' hydra/launcher=slurm "
+            ([], "experiment=decisive 'paths.data_dir=/my data' logger=csv hydra/launcher=slurm "
                  "hydra.launcher.partition=gpu"),
-            (["experiment=lr_sweep"], "dataset=mnist 'paths.data_dir=/my data' experiment=lr_sweep "
-                                      "hydra/launcher=slurm hydra.launcher.partition=gpu "
-                                      "'seed=range(0,20)'")):  # its own sweep, at 20 seeds
+            (["experiment=lr_sweep"], "dataset=mnist 'paths.data_dir=/my data' logger=csv "
+                                      "experiment=lr_sweep hydra/launcher=slurm "
+                                      "hydra.launcher.partition=gpu 'seed=range(0,20)'")):
         plan["overrides"]["task"] += task
         OmegaConf.save({"hydra": plan}, tmp_path / "multirun.yaml")
         assert console_answer(tmp_path).splitlines()[-1] == "One seed a side shows direction " \

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from bnstudy.records import TUNING_FILE
+from bnstudy.records import HOW_IT_RUNS, TUNING_FILE
 from bnstudy.report.render import deciding, markdown, plural
 from bnstudy.report.runs import (
     DATASET_LABELS,
@@ -31,13 +31,13 @@ from bnstudy.report.verdicts import Result, decided, tuned_runs
 DECISIVE = "python -m bnstudy.train -m experiment=decisive"  # with its launcher: DECIDE
 DECIDE = f"{DECISIVE} hydra/launcher=parallel"
 STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive")  # what DECIDE sets
-KEPT = ("threads=", "paths.")  # the sweep's own settings DECIDE keeps
 
 
 def decide_command(sweep_dir) -> str:
-    """The shell command that decides a sweep's one-seed answers, with the sweep's paths,
-    threads and launcher (and its settings, `hydra.launcher.partition=gpu`): `DECIDE`; for a
-    sweep of other settings (`experiment=lr_sweep`, `momentum=0.0,0.9`), its own at 20 seeds."""
+    """The shell command that decides a sweep's one-seed answers, with the sweep's bookkeeping
+    (`HOW_IT_RUNS`: paths, threads, trackers, …) and launcher (and its settings,
+    `hydra.launcher.partition=gpu`): `DECIDE`; for a sweep of other settings
+    (`experiment=lr_sweep`, `momentum=0.0,0.9`), its own at 20 seeds."""
     plan = Path(sweep_dir) / "multirun.yaml"
     saved = OmegaConf.load(plan) if plan.is_file() else OmegaConf.create()
     choice = OmegaConf.select(saved, "hydra.runtime.choices.hydra/launcher")
@@ -45,11 +45,11 @@ def decide_command(sweep_dir) -> str:
         o for o in OmegaConf.select(saved, "hydra.overrides.hydra", default=[])
         if o.startswith("hydra.launcher."))]
     own = [o for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])
-           if not o.startswith("seed=")]
-    if any(not o.startswith((*STUDY_CHOICES, *KEPT)) for o in own):  # more than the study's
+           if not o.startswith(("seed=", "resume=", "overwrite="))]  # a new sweep's
+    if any(not o.startswith((*STUDY_CHOICES, *HOW_IT_RUNS)) for o in own):  # more than the study's
         return shlex.join([*"python -m bnstudy.train -m".split(), *own, *launch,
                            "seed=range(0,20)"])
-    return shlex.join([*DECISIVE.split(), *(o for o in own if o.startswith(KEPT)),
+    return shlex.join([*DECISIVE.split(), *(o for o in own if o.startswith(HOW_IT_RUNS)),
                        *(launch or ["hydra/launcher=parallel"])])
 
 
