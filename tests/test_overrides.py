@@ -1,8 +1,11 @@
 """The command line's overrides (bnstudy.overrides): the config they compose, and each mistake
 found before Hydra, in one paragraph with what to type."""
 
+import re
+import shlex
+
 import pytest
-from helpers import compose_config
+from helpers import REPO, compose_config
 
 from bnstudy.errors import ConfigError
 from bnstudy.overrides import (
@@ -241,3 +244,16 @@ def test_a_mistake_in_python_is_a_config_error_worded_as_the_command_line_words_
     assert str(raised.value).startswith(message) and "search path" not in str(raised.value)
     if "{" in overrides[0]:
         assert str(raised.value).endswith(" (ConfigKeyError: Key 'a' not in 'MLPSchema')")
+
+
+@pytest.mark.slow
+def test_every_training_command_in_the_readme_passes_the_command_line_checks():
+    """What users copy: each `python -m bnstudy.train` line of the README's bash blocks."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    lines = [line.split("  #")[0] for block in blocks
+             for line in block.replace("\\\n", " ").splitlines()
+             if line.startswith("python -m bnstudy.train")]
+    assert len(lines) >= 20
+    for line in lines:
+        args = [a for a in shlex.split(line)[3:] if a != "-m" and "<" not in a]
+        assert first_mistake(args) is None, line
