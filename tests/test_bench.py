@@ -108,8 +108,8 @@ def test_the_study_benchmark_pairs_each_round_and_says_medians_ratios_and_the_di
                for name, acc, status in zip(names, (0.9, 0.8, 0.7, 0.1), ["ok"] * 3 + ["diverged"],
                                             strict=True)]
     monkeypatch.setattr(study, "timed", timed)
-    monkeypatch.setattr(study, "plain_runs", lambda sweep: [{"name": n} for n in names])
-    monkeypatch.setattr(study, "workers", lambda sweep: 2)
+    monkeypatch.setattr(study, "plain_runs", lambda jobs: [{"name": n} for n in names])
+    monkeypatch.setattr(study, "workers", lambda jobs: 2)
     monkeypatch.setattr(study, "trained", lambda sweep: records)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     study.main(["seed=0"])
@@ -188,7 +188,7 @@ def test_the_profile_counts_a_jobs_compose_in_it_and_the_sweepers_apart(monkeypa
 def test_the_plain_processes_train_exactly_the_runs_of_the_sweep(tiny_sweep, tmp_path):
     """Split over two processes on one thread each, as the sweep's jobs, the plain loop gives
     each job's recorded curves and test figures; and it loads nothing of the framework."""
-    runs = study.plain_runs(tiny_sweep.dir)
+    runs = study.plain_runs(study.trained(tiny_sweep.dir))
     assert [run["name"] for run in runs] == [r["run_name"] for r in tiny_sweep.records.values()]
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     check = ("; print(sorted({m.split('.')[0] for m in sys.modules} & {'lightning', "

@@ -104,9 +104,9 @@ def trained(sweep_dir: Path) -> list:
     return [pair for folder in [*cells, sweep_dir] for pair in sweep_records(folder)]
 
 
-def plain_runs(sweep_dir: Path) -> list[dict]:
-    """What the plain process needs of each job of a finished sweep (see `bench.plain`), from
-    the job's composed config (`.hydra/config.yaml`) and its datamodule."""
+def plain_runs(jobs: list) -> list[dict]:
+    """What the plain process needs of each (job, record) a finished sweep `trained` (see
+    `bench.plain`), from the job's composed config (`.hydra/config.yaml`) and its datamodule."""
     from hydra.utils import instantiate
 
     from bnstudy.config import register
@@ -114,7 +114,7 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
 
     register()
     runs = []
-    for job, record in trained(sweep_dir):
+    for job, record in jobs:
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         if different := unlike_plain(cfg.trainer):
             raise BenchError(
@@ -142,9 +142,10 @@ def plain_runs(sweep_dir: Path) -> list[dict]:
     return runs
 
 
-def workers(sweep_dir: Path) -> int:
-    """The launcher's parallel jobs in a sweep (`n_jobs`; 1 for Hydra's basic launcher)."""
-    hydra = OmegaConf.load(trained(sweep_dir)[0][0] / ".hydra" / "hydra.yaml").hydra
+def workers(jobs: list) -> int:
+    """The launcher's parallel jobs in a sweep, from its first (job, record) `trained` (`n_jobs`;
+    1 for Hydra's basic launcher)."""
+    hydra = OmegaConf.load(jobs[0][0] / ".hydra" / "hydra.yaml").hydra
     return max(1, int(hydra.launcher.get("n_jobs") or 1))
 
 
@@ -188,8 +189,9 @@ def main(argv: list[str] | None = None) -> None:
             return timed([[*study, f"hydra.sweep.dir={work}/study{round_}"]], work / "log")
 
         times = {"study": [run_study(0)]}  # (wall, CPU) seconds
-        runs.write_text(json.dumps(plain_runs(first)))  # the first study tells the runs
-        n = workers(first)  # and the launcher's workers
+        jobs = trained(first)  # the first study tells the runs, read once
+        runs.write_text(json.dumps(plain_runs(jobs)))
+        n = workers(jobs)  # and the launcher's workers
         plain = {f"plain {n}x1": (results, n, 1, f"{n} plain process(es), 1 thread each")}
         if not args.no_former:
             plain[f"plain 1x{cores}"] = (work / "old", 1, cores,
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
                   "   study / it " + "; CPU ".join(
                       f"{statistics.median(r):.2f} (range {min(r):.2f}-{max(r):.2f})"
                       for r in ratios))
-        finals = list(zip(trained(first), plain_results(results, n), strict=True))
+        finals = list(zip(jobs, plain_results(results, n), strict=True))
         ok = [(r, p) for (_, r), p in finals if r.status == "ok" and not p.get("diverged")]
         differ = max((abs(r.final_val_acc - p["history"][-1]["val/acc"]) for r, p in ok),
                      default=0.0)
