@@ -102,9 +102,9 @@ def sweep_interrupted() -> str:
         return "Interrupted before anything was trained."
     sweep = study_dir(sweep)
     return (f"Interrupted: the sweep {sweep} stopped. Its finished jobs keep their results "
-            f"(python -m bnstudy.report {shlex.quote(str(sweep))}); to go on, run the same command "
-            "with resume=true "
-            f"{dir_override('hydra.sweep.dir', sweep)}: only what is unfinished runs.")
+            f"(python -m bnstudy.report {shlex.quote(str(sweep))}); to go on, run the same "
+            f"command with resume=true {dir_override('hydra.sweep.dir', sweep)}: only what is "
+            "unfinished runs.")
 
 
 def hydra_paths_printable(argv: list[str]) -> None:

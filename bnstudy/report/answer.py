@@ -28,8 +28,8 @@ from bnstudy.report.runs import (
 from bnstudy.report.stats import ALPHA, IMAGES, PAIRED, VERDICT_COLUMNS, comparison_word
 from bnstudy.report.verdicts import Result, decided, tuned_runs
 
-DECISIVE = "python -m bnstudy.train -m experiment=decisive"  # with its launcher: DECIDE
-DECIDE = f"{DECISIVE} hydra/launcher=parallel"
+SWEEP = ["python", "-m", "bnstudy.train", "-m"]
+DECIDE = shlex.join([*SWEEP, "experiment=decisive", "hydra/launcher=parallel"])
 STUDY_CHOICES = ("dataset=", "norm=", "optim=", "experiment=decisive")  # what DECIDE sets
 
 
@@ -47,9 +47,9 @@ def decide_command(sweep_dir) -> str:
     own = [o for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])
            if not o.startswith(("seed=", "resume=", "overwrite="))]  # a new sweep's
     if any(not o.startswith((*STUDY_CHOICES, *HOW_IT_RUNS)) for o in own):  # more than the study's
-        return shlex.join([*"python -m bnstudy.train -m".split(), *own, *launch,
-                           "seed=range(0,20)"])
-    return shlex.join([*DECISIVE.split(), *(o for o in own if o.startswith(HOW_IT_RUNS)),
+        return shlex.join([*SWEEP, *own, *launch, "seed=range(0,20)"])
+    kept = [o for o in own if o.startswith(HOW_IT_RUNS)]
+    return shlex.join([*SWEEP, "experiment=decisive", *kept,
                        *(launch or ["hydra/launcher=parallel"])])
 
 
