@@ -292,8 +292,13 @@ def group_defaults(choices: dict) -> DictConfig:
     overrides = [f"{group}={choice}" for group, choice in choices.items()
                  if choice is not None and "@" not in group and not group.startswith("hydra")]
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app: its own search path
-        return hydra_compose("config", overrides=overrides)
+        return copy.deepcopy(_app_composed(tuple(overrides)))  # (a sweep's jobs share choices)
     return compose_cached(overrides)
+
+
+@functools.cache
+def _app_composed(overrides: tuple[str, ...]) -> DictConfig:
+    return hydra_compose("config", overrides=list(overrides))
 
 
 def compose_cached(overrides, return_hydra_config: bool = False) -> DictConfig:

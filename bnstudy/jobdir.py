@@ -19,6 +19,7 @@ from bnstudy.errors import ConfigError
 log = logging.getLogger("bnstudy")
 
 LOCK_NAME = "job.lock"
+DIR_SETTINGS = "hydra.run.dir / hydra.sweep.dir"  # a message's name of what sets a job's folder
 
 
 class RunExistsError(ConfigError):
@@ -50,8 +51,8 @@ class JobDirLock:
                 f"{job} is in use: {describe_holder(holder(job, self.path.name))} holds its lock "
                 f"({self.path}). One process at a time trains or rewrites a job directory, so "
                 "nothing was changed. Wait until it ends (or stop it), then run this command "
-                "again, with resume=true to continue it; to train beside it, choose another "
-                "hydra.run.dir / hydra.sweep.dir.") from None
+                f"again, with resume=true to continue it; to train beside it, choose another "
+                f"{DIR_SETTINGS}.") from None
         except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
             os.close(fd)
             log.warning("Could not lock %s (%s): this filesystem has no flock, so nothing stops "
@@ -151,6 +152,17 @@ def is_requeue(recorded: dict | None, current: dict | None) -> bool:
     """Whether this start is a requeue of the job that wrote the record: the same job, started
     again (SLURM counts restarts: a second `srun` in one allocation is not one)."""
     return same_job(recorded, current) and current.get("restarts", 1) > recorded.get("restarts", 0)
+
+
+def in_callers_words(message: str) -> str:
+    """`message` naming `paths.output_dir` as what sets the job's folder where the overrides set
+    it (a config composed in Python), not Hydra's `DIR_SETTINGS`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    task = HydraConfig.get().overrides.task if HydraConfig.initialized() else ()
+    if any(o.startswith("paths.output_dir=") for o in task):
+        return message.replace(DIR_SETTINGS, "paths.output_dir")
+    return message
 
 
 def dir_override(key: str, folder: str | Path) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnstudy.errors import RunFileError
+from bnstudy.jobdir import DIR_SETTINGS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,7 +31,7 @@ SHOWN = ("dataset", "norm", "optim", "seed")  # in every run name already
 HOW_IT_RUNS = ("paths.", "resume", "overwrite", "threads", "trainer.enable_progress_bar",
                "trainer.enable_checkpointing", "logger", "+callbacks.", "~")  # logger=csv too
 
-_OTHER_DIR = "point hydra.run.dir / hydra.sweep.dir at"
+_OTHER_DIR = f"point {DIR_SETTINGS} at"
 _WRITABLE = f"make that directory writable, or {_OTHER_DIR} a directory you can write to"
 REMEDIES = {errno.ENOSPC: f"free space, or {_OTHER_DIR} another disk",
             errno.EDQUOT: f"free space or raise your disk quota, or {_OTHER_DIR} another disk",

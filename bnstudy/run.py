@@ -5,7 +5,6 @@ own after recording `interrupted`."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shlex
@@ -42,9 +41,11 @@ from bnstudy.errors import (
     types_refused,
 )
 from bnstudy.jobdir import (
+    DIR_SETTINGS,
     JobDirLock,
     RunExistsError,
     dir_override,
+    in_callers_words,
     is_primary,
     is_requeue,
     launcher_job,
@@ -90,7 +91,8 @@ def train(cfg: DictConfig) -> RunRecord:
             if is_primary():
                 lock.acquire(cfg.run_name)
             return _train(cfg, out)
-        except RunExistsError:  # the directory's run stays as it was
+        except RunExistsError as err:  # the directory's run stays as it was
+            err.args = (in_callers_words(str(err)),)
             raise
         except Exception as err:
             raise _ended(cfg, out, err) from err
@@ -190,7 +192,7 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
             raise RunExistsError(
                 f"resume=true, but {out} was run with other settings: {'; '.join(changed)}. "
                 "Resume with the original command (plus resume=true), or start a new run in "
-                "another directory (hydra.run.dir=... or hydra.sweep.dir=...).")
+                f"another directory ({DIR_SETTINGS}).")
         if requeue:
             log.info("%s: requeued by its launcher (job %s, status %s): resuming", cfg.run_name,
                      record.job["id"], record.status)
@@ -199,8 +201,8 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
         raise RunExistsError(
             f"{out} already holds a run (status {record.status}); nothing was changed. Add "
             "resume=true to continue an unfinished run and skip finished ones, overwrite=true "
-            "to train it again from scratch (its results are replaced), or choose another "
-            "hydra.run.dir / hydra.sweep.dir.")
+            f"to train it again from scratch (its results are replaced), or choose another "
+            f"{DIR_SETTINGS}.")
     if record is not None:
         for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*"), *out.glob("eval*.json"),
                     *out.glob(TEST_CORRECT_FILE), *out.glob("hparams.yaml")]:
@@ -224,6 +226,7 @@ def _ended(cfg: DictConfig, out: Path, err: Exception) -> RunEnded:
         message, trace = f"{type(err).__name__}: {err}", traceback.format_exc()
     if trace is None and is_primary() and discard_untrained(out):
         return RunEnded("discarded", message)
+    message = in_callers_words(message)
     if not is_multirun():  # a sweep's summary names the command that resumes it
         message = f"{message} Resume with: {resume_command(cfg)}"
     _record_quietly(out, status="failed", run_name=cfg.run_name, error=message, traceback=trace)
@@ -281,15 +284,8 @@ def remove_empty_folder(folder: Path) -> bool:
 
 
 def default_config() -> DictConfig | None:
-    """The config of this job's group choices alone (None outside a Hydra job), cached."""
-    if HydraConfig.initialized():
-        return _defaults(tuple(sorted(HydraConfig.get().runtime.choices.items())))
-    return None
-
-
-@functools.cache
-def _defaults(choices: tuple) -> DictConfig:
-    return group_defaults(dict(choices))
+    """The config of this job's group choices alone (None outside a Hydra job)."""
+    return group_defaults(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
 
 
 def resume_command(cfg: DictConfig) -> str:

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from bnstudy.errors import RunFileError
-from bnstudy.jobdir import describe_holder, dir_override, holder, is_locked
+from bnstudy.jobdir import DIR_SETTINGS, describe_holder, dir_override, holder, is_locked
 from bnstudy.records import (
     RECORD_NAME,
     REMEDIES,
@@ -68,7 +68,7 @@ def _make_output_folder(config: DictConfig, kind: str) -> None:
         reason = os.strerror(err.errno) if err.errno else str(err)
         remedy = REMEDIES.get(err.errno, f"point {key} at a folder you can write to")
         sys.exit(f"Could not write the {kind}'s folder, {folder}: {reason}. Nothing was run. To "
-                 f"go on, {remedy.replace('hydra.run.dir / hydra.sweep.dir', key)} (e.g. "
+                 f"go on, {remedy.replace(DIR_SETTINGS, key)} (e.g. "
                  f"{key}=$HOME/bnstudy/{kind}1), or launch from a folder you can write to "
                  "(outputs/ is made where you launch).")
 

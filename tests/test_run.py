@@ -25,7 +25,7 @@ from helpers import (
 from bnstudy.callbacks import DivergenceGuard
 from bnstudy.jobdir import RunExistsError
 from bnstudy.records import RunRecord
-from bnstudy.run import RunEnded, build, check_job_dir, discard_untrained
+from bnstudy.run import RunEnded, build, check_job_dir, discard_untrained, train
 
 CURVES = ("train/loss", "train/acc", "val/loss", "val/acc")
 INTERRUPT = ("+callbacks.stop._target_=tests.faults.InterruptAtEpoch", "+callbacks.stop.epoch=2")
@@ -105,6 +105,7 @@ def test_an_interrupted_run_says_how_to_go_on_and_resumes_to_the_uninterrupted_r
     refused = run_train(*entry)
     assert refused.returncode == 1 and "already holds a run (status interrupted)" in \
         refused.stderr and "Traceback" not in refused.stderr
+    assert "or choose another hydra.run.dir / hydra.sweep.dir." in refused.stderr  # as typed
     early = run_train(*entry, "resume=true", "+callbacks.stop._target_=tests.faults."
                       "InterruptWhenBuilt")  # Ctrl-C before Lightning's own handling
     assert early.returncode == 1 and "Traceback" not in early.stderr and go_on in early.stderr
@@ -178,6 +179,7 @@ def test_a_full_disk_fails_the_run_in_one_paragraph_and_its_command_resumes(
     assert record.error == str(ended.value) and record.traceback is None
     assert record.error.startswith(f"Could not write {tmp_path / written}: No space left on "
                                    "device.") and "\n" not in record.error
+    assert "free space, or point paths.output_dir at another disk" in record.error  # as typed
     command = record.error.split("Resume with: ")[1]
     assert command.startswith("python -m bnstudy.train ") and \
         command.endswith(f" resume=true hydra.run.dir={tmp_path}")
@@ -240,13 +242,16 @@ def test_a_rerun_is_refused_a_resume_may_change_observers_and_overwrite_clears_t
     assert str(refused.value) == (
         f"resume=true, but {stored_job} was run with other settings: dataset.datamodule.seed: "
         "0 -> 1; seed: 0 -> 1. Resume with the original command (plus resume=true), or start a "
-        "new run in another directory (hydra.run.dir=... or hydra.sweep.dir=...).")
+        "new run in another directory (hydra.run.dir / hydra.sweep.dir).")
     (stored_job / ".hydra" / "config.yaml").unlink()
     assert check_job_dir(job_cfg(stored_job, "resume=true", "seed=1"), stored_job) is True
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
     assert sorted(p.name for p in stored_job.iterdir()) == [".hydra"]
     RunRecord(status="ok").write(stored_job / "metrics.json")  # no folder to clear: no error
     assert check_job_dir(job_cfg(stored_job, "overwrite=true"), stored_job) is False
+    RunRecord(status="ok").write(stored_job / "metrics.json")
+    with pytest.raises(RunExistsError, match=r"choose another paths\.output_dir\.$"):
+        train(job_cfg(stored_job))  # composed in Python: named by the setting its caller typed
 
 
 # One setting of each group that trains, changed on resume: refused, naming it with both values.
