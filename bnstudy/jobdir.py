@@ -51,7 +51,7 @@ class JobDirLock:
                 f"{job} is in use: {describe_holder(holder(job, self.path.name))} holds its lock "
                 f"({self.path}). One process at a time trains or rewrites a job directory, so "
                 "nothing was changed. Wait until it ends (or stop it), then run this command "
-                f"again, with resume=true to continue it; to train beside it, choose another "
+                "again, with resume=true to continue it; to train beside it, choose another "
                 f"{DIR_SETTINGS}.") from None
         except OSError as err:  # ENOLCK, EOPNOTSUPP, ...: no locks on this filesystem
             os.close(fd)

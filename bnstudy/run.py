@@ -201,7 +201,7 @@ def check_job_dir(cfg: DictConfig, out: Path) -> bool:
         raise RunExistsError(
             f"{out} already holds a run (status {record.status}); nothing was changed. Add "
             "resume=true to continue an unfinished run and skip finished ones, overwrite=true "
-            f"to train it again from scratch (its results are replaced), or choose another "
+            "to train it again from scratch (its results are replaced), or choose another "
             f"{DIR_SETTINGS}.")
     if record is not None:
         for old in [out / RECORD_NAME, *out.glob("events.out.tfevents.*"), *out.glob("eval*.json"),
