@@ -211,13 +211,24 @@ def test_c7_is_bns_claim_and_another_pair_is_decided_alike_outside_it(tmp_path):
     assert [r["statement"] for r in both.rows] == [
         "MNIST, SGD: after 1 trial of search BN is ahead",
         "MNIST, SGD: after 2 trials of search BN is ahead"]
-    assert "Verdict: **C7 holds**." in both.text
+    assert both.text.startswith(f"### The tuning budget (C7)\n\n**C7**: {B.CLAIMS['C7']}.\n")
+    assert "Verdict: **C7 holds**." in both.text and "(C7's, for BN − no BN)" in both.text
     assert "**MNIST, SGD, LayerNorm − no norm**: LayerNorm is not shown ahead" in both.text
+    assert set(both.figures) == {"budget_mnist-sgd-bn-none", "budget_mnist-sgd-layer-none"} and \
+        all(figure.axes for figure in both.figures.values())
+    assert set(both.scalars) == {f"budget/mnist-sgd/{chart}" for chart in (
+        "bn", "none", "layer", "bn-none", "layer-none")}  # % at each k, from k = 1
+    assert both.scalars["budget/mnist-sgd/bn"][:2] == [(k, pytest.approx(87.0)) for k in (1, 2)]
+    written = (out / BUDGET_FILE).read_bytes().decode()  # as every CSV: no index, CRLF, 6 places
+    assert written.startswith("dataset,optim,treatment,baseline,budget,k,") and \
+        written.count("\r\n") == written.count("\n") == 1 + len(csv_rows(out / BUDGET_FILE))
+    assert max(len(v.split(".")[1]) for v in written.replace("\r\n", ",").split(",") if
+               v.replace(".", "").replace("-", "").isdigit() and "." in v) == 6
     assert both.small[("mnist", "sgd", "layer", "none")].startswith("no norm ahead, -14.87 pts")
     assert both.small[("mnist", "sgd", "bn", "none")].startswith("BN ahead, +12.12")
     alone = B.budget_section(tmp_path, [("layer", "none")], out)
     assert alone.rows == [] and "C7" not in alone.text
-    assert alone.text.startswith("### The tuning budget\n")
+    assert alone.text.startswith("### The tuning budget\n") and "**MNIST, SGD**: " in alone.text
     assert console_answer(tmp_path).splitlines()[:2] == [
         "Is each norm worth it at your tuning budget? treatment − baseline in the expected best "
         "val acc after one trial of each search (C7 for BN − no BN, bootstrap, Holm), and in "
@@ -376,6 +387,10 @@ def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_ba
     (fill, _), (fill_s,) = by_k.collections, by_s.collections
     ys = fill.get_paths()[0].vertices[:, 1]
     assert np.isclose(ys.min(), 100 * low.min()) and np.isclose(ys.max(), 100 * high.max())
+    wide = bn_budget(cell("bn", np.linspace(0.1, 0.9, 12), 1.0), none)
+    low, high = B.band(wide.treatment.boots, axis=0)
+    ys = set(np.round(B.figure(wide).axes[0].collections[0].get_paths()[0].vertices[:, 1], 9))
+    assert ys == set(np.round(100 * np.r_[low, high], 9)) and len(ys) > 2  # each k's band
     assert tuple(fill_s.get_facecolor()[0]) == to_rgba(norm_color("bn"), 0.2)
     assert [t.get_text() for t in by_k.get_legend().get_texts()] == [
         "BatchNorm (3 trials)", "No BatchNorm (2 trials)"]
@@ -388,5 +403,7 @@ def test_the_budget_figure_draws_each_arm_against_trials_and_seconds_with_its_ba
         "MNIST, SGD: is BatchNorm worth it at your tuning budget? (band: 95% bootstrap)"
     (layer,) = budgets({"cells": [{**bn, "norm": "layer"}, none]}, [("layer", "none")])
     assert B.figure(layer)._suptitle.get_text().startswith("MNIST, SGD: is LayerNorm worth it at ")
-    assert [line.get_label() for line in B.figure(layer).axes[0].lines] == [
+    by_k = B.figure(layer).axes[0]
+    assert [line.get_label() for line in by_k.lines] == [
         "LayerNorm (3 trials)", "No norm (2 trials)"]
+    assert tuple(by_k.collections[0].get_facecolor()[0]) == to_rgba(norm_color("layer"), 0.2)

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -121,9 +121,6 @@ def tint(pixels: torch.Tensor, channel: int) -> torch.Tensor:
         return torch.full((len(pixels),), math.nan)
     rgb = pixels.mean(dim=(2, 3))
     return rgb[:, channel] - rgb[:, [c for c in range(3) if c != channel]].sum(1) / 2
-
-
-blueness, greenness = partial(tint, channel=2), partial(tint, channel=1)  # B − (R+G)/2, G − …
 
 
 def colour_fidelity(pixels: torch.Tensor, real_means: torch.Tensor) -> float:
