@@ -57,6 +57,8 @@ def unknown_override(args: list[str]) -> str | None:
     chosen = [a for a in args if a.split("=", 1)[0] in groups]  # group choices, e.g. optim=adam
     names = hydra_names = None
     for arg in args:
+        if arg.startswith("+trainer."):  # the config lists every flag the Trainer takes
+            arg = arg[1:]  # (test_config): an added one is none of them
         key = arg.split("=", 1)[0]
         ours = not key.startswith("hydra")
         if arg.startswith(("-", "+", "~")) or "=" not in arg or key in known or not (
@@ -318,14 +320,10 @@ NODES = {"int": (IntegerNode, "an integer"), "float": (FloatNode, "a number"),
 
 def typed_settings() -> dict[str, tuple[str, bool]]:
     """The schema's int, float and bool settings by dotted key: (type, whether null is one)."""
-    found = {}
-    for prefix, schema in {"": StudySchema, "dataset.": DatasetSchema, "model.": ModelSchema,
-                           "model.net.": MLPSchema}.items():
-        for f in fields(schema):
-            kind, _, other = str(f.type).partition(" | ")
-            if kind in NODES:
-                found[prefix + f.name] = (kind, other == "None")
-    return found
+    types = {prefix + f.name: str(f.type).partition(" | ") for prefix, schema in {
+        "": StudySchema, "dataset.": DatasetSchema, "model.": ModelSchema,
+        "model.net.": MLPSchema}.items() for f in fields(schema)}
+    return {key: (kind, none == "None") for key, (kind, _, none) in types.items() if kind in NODES}
 
 
 @functools.cache

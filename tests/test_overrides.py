@@ -79,6 +79,11 @@ def test_a_mistyped_setting_is_named_with_the_closest_ones():
         "paths.data_dirr: no such setting. Did you mean paths.data_dir or "  # known one; an = in
         f"dataset.datamodule.data_dir? Type e.g. paths.data_dir=/a=b. {tail}")  # the value
     assert unknown_override(["+lr=0.1", "~x", "-m", "hydra.run.dir=x", "trainer"]) is None
+    # a flag added to the Trainer it does not take: refused before any job, not by each job's
+    assert unknown_override(["+trainer.max_epoch=3"]).startswith(  # Trainer (Hydra words a
+        "trainer.max_epoch: no such setting. Did you mean trainer.max_epochs or ")  # flag it has)
+    assert unknown_override(["+trainer.foo=1"]) == f"trainer.foo: no such setting. {tail}"
+    assert unknown_override(["+trainer.max_epochs=3", "+trainer.enable_model_summary"]) is None
     assert unknown_override(["--config-dir=x", "~trainer.max_epoch=3"]) is None  # Hydra's own
 
 
