@@ -342,7 +342,6 @@ def test_the_measures_table_reference_line_and_weight_notes_on_hand_made_rows():
                                        "(medians over units, mean over seeds).")
     means = torch.rand(10, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     line = S.reference_line(Reference("cifar10", CIFAR_CLASSES, [3, 4, 4], real_means=means))
-    for name, colour in (("airplane blueness", P.blueness), ("dog greenness", P.greenness),
-                         ("frog greenness", P.greenness)):
-        value = float(colour(means)[CIFAR_CLASSES.index(name.split()[0])])
+    for name, channel in (("airplane blueness", 2), ("dog greenness", 1), ("frog greenness", 1)):
+        value = float(P.tint(means, channel)[CIFAR_CLASSES.index(name.split()[0])])
         assert f"{name} {value:+.3f}" in line

@@ -4,6 +4,7 @@ independent judge."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -68,11 +69,12 @@ def test_labelled_grid_writes_each_name_above_its_enlarged_image():
 
 def test_colour_measures_of_solid_colours_and_class_tints():
     blue, green, grey = solid((0.1, 0.2, 0.9)), solid((0.1, 0.8, 0.2)), solid((0.5, 0.5, 0.5))
-    assert P.blueness(blue).item() == pytest.approx(0.9 - 0.15)
-    assert P.greenness(blue).item() == pytest.approx(0.2 - 0.5)
-    assert P.greenness(green).item() == pytest.approx(0.8 - 0.15)
-    assert P.blueness(grey).item() == 0 and P.greenness(grey).item() == 0
-    assert math.isnan(P.blueness(step_edge()).item())  # not an RGB image
+    blueness, greenness = partial(P.tint, channel=2), partial(P.tint, channel=1)  # B − (R+G)/2
+    assert blueness(blue).item() == pytest.approx(0.9 - 0.15)
+    assert greenness(blue).item() == pytest.approx(0.2 - 0.5)
+    assert greenness(green).item() == pytest.approx(0.8 - 0.15)
+    assert blueness(grey).item() == 0 and greenness(grey).item() == 0
+    assert math.isnan(blueness(step_edge()).item())  # not an RGB image
     # Colour fidelity scores the class tints, not the overall tint.
     real = torch.rand(10, 3, 1, 1, generator=torch.Generator().manual_seed(0)).expand(10, 3, 4, 4)
     assert P.colour_fidelity(real, real) == pytest.approx(1)
