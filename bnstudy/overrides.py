@@ -314,15 +314,16 @@ def launcher_without_sweep(args: list[str]) -> str | None:
             f"bnstudy.train -m {' '.join(args)}")
 
 
+TYPED_SCHEMAS = {"": StudySchema, "dataset.": DatasetSchema, "model.": ModelSchema,
+                 "model.net.": MLPSchema}  # by the dotted prefix of their settings
 NODES = {"int": (IntegerNode, "an integer"), "float": (FloatNode, "a number"),
          "bool": (BooleanNode, "true or false")}
 
 
 def typed_settings() -> dict[str, tuple[str, bool]]:
     """The schema's int, float and bool settings by dotted key: (type, whether null is one)."""
-    types = {prefix + f.name: str(f.type).partition(" | ") for prefix, schema in {
-        "": StudySchema, "dataset.": DatasetSchema, "model.": ModelSchema,
-        "model.net.": MLPSchema}.items() for f in fields(schema)}
+    types = {prefix + f.name: str(f.type).partition(" | ")
+             for prefix, schema in TYPED_SCHEMAS.items() for f in fields(schema)}
     return {key: (kind, none == "None") for key, (kind, _, none) in types.items() if kind in NODES}
 
 
