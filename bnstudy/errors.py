@@ -1,6 +1,9 @@
 """Mistakes a user can fix, each message naming what was wrong and how to fix it (free of
-heavy imports: the entry point reports them without loading Lightning)."""
+heavy imports: the entry point reports them without loading Lightning, which a Trainer flag's
+type alone imports, `trainer_hints`)."""
 
+import difflib
+import functools
 import typing
 
 
@@ -58,3 +61,28 @@ def type_names(allowed: tuple) -> str:
     takes (an int where a float is taken: the number says it)."""
     return " or ".join(WORDS.get(t, t.__name__) if isinstance(t, type) else repr(t)
                        for t in allowed if not (t is int and float in allowed))
+
+
+@functools.cache
+def trainer_hints() -> dict[str, typing.Any]:
+    """The Trainer's flags' types by `trainer.` key, from its signature (Lightning imported only
+    when a `trainer.` override asks: it takes seconds)."""
+    import lightning as L
+
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    return {f"trainer.{name}": hint for name, hint in hints.items() if name != "return"}
+
+
+def trainer_type(arg: str, key: str, values) -> str | None:
+    """`wrong_type`'s (and eval's) paragraph for a Trainer flag (`trainer.precision=bf16-mix`:
+    "Did you mean trainer.precision=bf16-mixed?"); a text flag is Lightning's to refuse."""
+    for value in values:
+        allowed = types_refused(value, trainer_hints().get(key))
+        named = [str(a) for a in allowed if not isinstance(a, type)]
+        if allowed and str not in allowed:
+            near = difflib.get_close_matches(str(value), named)
+            return (f"{arg}: {key} takes {type_names(allowed)}, not {value!r}, so nothing was "
+                    "run. " + (f"Did you mean {key}={near[0]}?" if near else
+                               f"Type {key}=true or {key}=false." if bool in allowed else
+                               f"Type e.g. {key}={named[0] if named else 1}."))
+    return None

@@ -15,8 +15,7 @@ from omegaconf import OmegaConf
 
 from bnstudy import rebuild
 from bnstudy.console import quiet_console
-from bnstudy.errors import DataError, RunFileError, first_line
-from bnstudy.overrides import trainer_hints, trainer_type
+from bnstudy.errors import DataError, RunFileError, first_line, trainer_hints, trainer_type
 from bnstudy.records import is_job_dir, write_json_atomic
 
 SET_HERE = ("devices", "strategy", "num_nodes", "logger", "enable_checkpointing", "callbacks",

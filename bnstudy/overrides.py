@@ -1,14 +1,12 @@
 """The command line's overrides: the config they compose (`compose`), and the mistakes found
 before Hydra composes them, each one paragraph (`first_mistake`). Free of Lightning, as
-`config`, but for a `trainer.` override's type (`trainer_hints`)."""
+`config`, but for a `trainer.` override's type (`errors.trainer_type`)."""
 
 from __future__ import annotations
 
 import difflib
-import functools
 import itertools
 import os
-import typing
 from collections.abc import Iterator
 from dataclasses import fields
 
@@ -30,7 +28,7 @@ from bnstudy.config import (
     flat,
     group_defaults,
 )
-from bnstudy.errors import ConfigError, first_line, hydra_said, type_names, types_refused
+from bnstudy.errors import ConfigError, first_line, hydra_said, trainer_type
 
 
 def compose(overrides=()) -> DictConfig:
@@ -249,6 +247,23 @@ def no_parallel_jobs(args: list[str]) -> str | None:
     return None
 
 
+def given_twice(args: list[str]) -> str | None:
+    """A setting typed twice with other values (`-m norm=bn,none norm=layer`): Hydra keeps the
+    last alone, dropping the first's runs unsaid. The same value again (a resume's folder) is
+    fine, and so are Hydra's own settings (Lightning's DDP restarts a script with its run dir)."""
+    seen = {}  # key: its first value
+    for arg in args:
+        key, equals, value = arg.lstrip("+").partition("=")
+        if not equals or key.startswith("hydra.") or seen.setdefault(key, value) == value:
+            continue
+        plain = not any(c in seen[key] + value for c in "[](){}'\" ")  # several as one sweep
+        both = ",".join(dict.fromkeys(f"{seen[key]},{value}".split(",")))
+        return (f"{key}={seen[key]} and {arg}: {key} is given twice, and Hydra would keep only "
+                f"the last, so nothing was run. Give it once" + (
+                    f" (both as one sweep: -m {key}={both})." if plain else "."))
+    return None
+
+
 def _parsed(args: list[str]) -> Iterator[tuple[str, Override]]:
     """Each override as typed and as Hydra's grammar reads it (not a flag or a syntax error)."""
     parser = OverridesParser.create()
@@ -327,16 +342,6 @@ def typed_settings() -> dict[str, tuple[str, bool]]:
     return {key: (kind, none == "None") for key, (kind, _, none) in types.items() if kind in NODES}
 
 
-@functools.cache
-def trainer_hints() -> dict[str, typing.Any]:
-    """The Trainer's flags' types by `trainer.` key, from its signature (Lightning imported only
-    when a `trainer.` override asks: it takes seconds)."""
-    import lightning as L
-
-    hints = typing.get_type_hints(L.Trainer.__init__)
-    return {f"trainer.{name}": hint for name, hint in hints.items() if name != "return"}
-
-
 def wrong_type(args: list[str]) -> str | None:
     """One paragraph for a value its setting's type refuses (`seed=0..3`, `dataset.lr=fast`,
     each of a sweep's; a Trainer flag's by its signature), with what to type; None if every
@@ -363,21 +368,6 @@ def wrong_type(args: list[str]) -> str | None:
     return None
 
 
-def trainer_type(arg: str, key: str, values) -> str | None:
-    """`wrong_type`'s (and eval's) paragraph for a Trainer flag (`trainer.precision=bf16-mix`:
-    "Did you mean trainer.precision=bf16-mixed?"); a text flag is Lightning's to refuse."""
-    for value in values:
-        allowed = types_refused(value, trainer_hints().get(key))
-        named = [str(a) for a in allowed if not isinstance(a, type)]
-        if allowed and str not in allowed:
-            near = difflib.get_close_matches(str(value), named)
-            return (f"{arg}: {key} takes {type_names(allowed)}, not {value!r}, so nothing was "
-                    "run. " + (f"Did you mean {key}={near[0]}?" if near else
-                               f"Type {key}=true or {key}=false." if bool in allowed else
-                               f"Type e.g. {key}={named[0] if named else 1}."))
-    return None
-
-
 def _typed_example(key: str, kind: str) -> str:
     """What to type for a setting of this type, from its default."""
     if kind == "bool":
@@ -394,6 +384,6 @@ def _typed_example(key: str, kind: str) -> str:
 def first_mistake(args: list[str]) -> str | None:
     """The first mistake above in a command line's overrides (the entry point adds
     `sweeper_clash`)."""
-    return unknown_override(args) or unknown_option(args) or wrong_type(args) \
-        or lacking_option(args) or no_parallel_jobs(args) or interval_sweep(args) \
-        or search_entry(args)
+    return given_twice(args) or unknown_override(args) or unknown_option(args) \
+        or wrong_type(args) or lacking_option(args) or no_parallel_jobs(args) \
+        or interval_sweep(args) or search_entry(args)

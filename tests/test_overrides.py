@@ -11,6 +11,7 @@ from bnstudy.errors import ConfigError
 from bnstudy.overrides import (
     compose,
     first_mistake,
+    given_twice,
     interval_sweep,
     lacking_option,
     no_parallel_jobs,
@@ -171,6 +172,21 @@ def test_a_list_of_options_that_replace_each_other_is_refused_and_one_that_adds_
                  ["logger=[csv,tensorboard,csv]"],  # the same option again: nothing replaced
                  ["experiment=[lr_sweep,batch_sweep]"]):  # one key, one value: they add up
         assert first_mistake(fine) is None, fine
+
+
+def test_a_setting_given_twice_with_other_values_is_refused_and_again_alike_is_not():
+    # Hydra would sweep norm=none,layer alone, dropping bn's runs unsaid
+    assert first_mistake(["-m", "norm=bn,none", "optim=sgd", "norm=none,layer"]) == (
+        "norm=bn,none and norm=none,layer: norm is given twice, and Hydra would keep only the "
+        "last, so nothing was run. Give it once (both as one sweep: -m norm=bn,none,layer).")
+    assert given_twice(["seed=range(3)", "+seed=4"]) == (
+        "seed=range(3) and +seed=4: seed is given twice, and Hydra would keep only the last, so "
+        "nothing was run. Give it once.")
+    for fine in (["hydra.sweep.dir=out", "resume=true", "hydra.sweep.dir=out"],  # appended
+                 ["hydra.run.dir=out", 'hydra.run.dir="out"'],  # Lightning's DDP restart
+                 ["~callbacks.probes", "~callbacks.probes"], ["-m", "-m", "seed=1"],
+                 ["norm=bn", "model.net.norm=bn"]):
+        assert given_twice(fine) is None, fine
 
 
 def test_a_setting_some_options_of_a_swept_group_lack_is_named_before_any_job():

@@ -17,8 +17,11 @@ from helpers import (
     wait_for_file,
 )
 
-QUICK = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-         "~callbacks.hallucinations")
+
+def quick(epochs: int = 1) -> tuple[str, ...]:
+    """Quiet runs of `epochs` epochs of 2 batches, without hallucinations."""
+    return (*FAST, f"trainer.max_epochs={epochs}", "trainer.limit_train_batches=2",
+            "~callbacks.hallucinations")
 
 
 @pytest.mark.parametrize("overrides, message", [  # (a config error: test_run, test_config)
@@ -36,8 +39,8 @@ QUICK = (*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
 ])
 def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
         overrides, message, tiny_data, tmp_path):
-    proc = run_train(*FAST, f"paths.data_dir={tiny_data}", *overrides,
-                     "hydra.run.dir=outputs/runs/now", cwd=tmp_path)
+    args = {o.partition("=")[0]: o for o in (f"paths.data_dir={tiny_data}", *overrides)}
+    proc = run_train(*FAST, *args.values(), "hydra.run.dir=outputs/runs/now", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert message in proc.stderr and "failed before training; nothing was kept" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # the run folder Hydra made is gone, and its parents
@@ -146,9 +149,9 @@ def test_ctrl_c_on_a_sweeps_process_is_one_paragraph_with_the_resume_command(tin
     import signal
 
     sweep, go = tmp_path / "sweep", tmp_path / "go"
-    proc = start_train("-m", *QUICK, "seed=0", f"paths.data_dir={tiny_data}",
+    proc = start_train("-m", *quick(2), "seed=0", f"paths.data_dir={tiny_data}",
                        "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
-                       "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}",
+                       f"hydra.sweep.dir={sweep}",
                        "+callbacks.go._target_=tests.faults.PauseAtEpoch",
                        "+callbacks.go.epoch=1", f"+callbacks.go.until={go}")
     try:
@@ -171,7 +174,7 @@ def test_ctrl_c_on_a_sweeps_process_is_one_paragraph_with_the_resume_command(tin
 def test_a_sweep_keeps_its_finished_jobs_and_names_one_that_never_trained(tiny_data, tmp_path):
     from bnstudy.report.runs import load_runs, never_started
 
-    proc = run_sweep(tmp_path, tiny_data, "dataset.train_size=9999,400", *QUICK)
+    proc = run_sweep(tmp_path, tiny_data, "dataset.train_size=9999,400", *quick())
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (good,) = sweep_jobs(tmp_path)  # the failing job never trained: it left no directory
     assert good.name == "1_mnist-bn-sgd-seed0-train_size=400"  # named by what the sweep varies
@@ -202,7 +205,7 @@ def test_pythons_warnings_go_to_the_log_and_routine_ones_stay_off_the_console(ti
     """In a fresh interpreter (pytest records warnings itself)."""
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "notes.txt").write_text("not empty")
-    proc = fresh_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}")
+    proc = fresh_train(*quick(), f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "exists and is not empty" not in proc.stdout + proc.stderr
     assert "exists and is not empty" in (tmp_path / "train.log").read_text()
@@ -278,7 +281,7 @@ def test_an_interrupted_job_names_the_folder_to_resume_and_its_launchers_part(tm
 
 
 def test_a_bug_fails_the_run_with_its_traceback_on_the_console_and_in_its_log(tiny_data, tmp_path):
-    proc = run_train(*QUICK, f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}",
+    proc = run_train(*quick(), f"paths.data_dir={tiny_data}", f"hydra.run.dir={tmp_path}",
                      "+callbacks.bug._target_=tests.faults.BugAtEpoch", "+callbacks.bug.epoch=0")
     assert proc.returncode == 1 and read_record(tmp_path)["status"] == "failed"  # kept to debug
     for said in (proc.stderr, (tmp_path / "train.log").read_text()):
@@ -329,7 +332,7 @@ def test_a_second_process_is_refused_and_a_killed_runs_lock_is_not_in_the_way(ti
                 if p.is_file() and "tfevents" not in p.name}
 
     job = tmp_path / "job"
-    common = (*QUICK, f"paths.data_dir={tiny_data}", "trainer.max_epochs=3", f"hydra.run.dir={job}")
+    common = (*quick(3), f"paths.data_dir={tiny_data}", f"hydra.run.dir={job}")
     pauses = []  # as epoch 1 starts until `go` exists, as epoch 2 starts until killed
     for name, epoch in (("go", 1), ("kill", 2)):
         pauses += [f"+callbacks.{name}._target_=tests.faults.PauseAtEpoch",
