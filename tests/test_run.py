@@ -300,6 +300,16 @@ def test_a_value_its_class_refuses_is_one_paragraph_and_leaves_nothing(tiny_data
                                      "each setting).")
 
 
+def test_a_datamodule_value_of_another_type_is_named_with_what_it_takes(tiny_data, tmp_path):
+    """Hydra passes `dataset.datamodule.*` untyped: `download=maybe` would be taken as true."""
+    with pytest.raises(RunEnded) as ended:  # CIFAR-10's class has its own __init__ over the base's
+        train_run(tiny_data, tmp_path / "run", "dataset=cifar10",
+                  "dataset.datamodule.download=maybe")
+    assert ended.value.status == "discarded" and not (tmp_path / "run").exists()
+    assert str(ended.value) == ("dataset.datamodule.download='maybe': it takes true or false or "
+                                "null.")
+
+
 @pytest.mark.parametrize("shown", [True, False])
 def test_the_progress_bar_is_the_configured_one_when_shown(tiny_data, tmp_path, shown):
     """Off, its callback is left out (else refused by Lightning)."""
