@@ -82,6 +82,11 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
         pytest.approx(record.test_acc, abs=1e-7)
     with pytest.raises(RunExistsError, match="was run with other settings: dataset.lr: "):
         train_run(tiny_data, job, "resume=true", "dataset.lr=0.5", "seed=2")
+    stored = (job / ".hydra" / "config.yaml").read_bytes()
+    with caplog.at_level(logging.INFO):  # finished: skipped, its config kept as first composed
+        assert train_run(tiny_data, job, "resume=true", "dataset.lr=0.002", "seed=2") == record
+    assert f"{record.run_name} already finished: skipped" in caplog.messages
+    assert (job / ".hydra" / "config.yaml").read_bytes() == stored
     RunRecord(status="ok").write(tmp_path / "1_untested" / "metrics.json")
     tested, untested = load_runs(tmp_path)["test_correct"]
     assert np.array_equal(tested, correct) and untested is None
