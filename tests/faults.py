@@ -3,6 +3,7 @@ training's epoch `epoch` starts."""
 
 import errno
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -120,3 +121,14 @@ class BugAtEpoch(AtEpoch):
 
     def act(self, trainer) -> None:
         raise RuntimeError("a bug")
+
+
+class RecordCopiedAtEpoch(AtEpoch):
+    """Copies the run's `metrics.json` to `to` as it is then: what a kill would leave."""
+
+    def __init__(self, epoch: int, to: str) -> None:
+        super().__init__(epoch)
+        self.to = to
+
+    def act(self, trainer) -> None:
+        shutil.copyfile(os.path.join(trainer.default_root_dir, "metrics.json"), self.to)

@@ -305,6 +305,18 @@ def test_a_value_its_class_refuses_is_one_paragraph_and_leaves_nothing(tiny_data
                                      "each setting).")
 
 
+def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data, tmp_path):
+    """What a kill during training leaves in `metrics.json` (a resume goes on from it)."""
+    seen = tmp_path / "seen.json"
+    record = train_run(tiny_data, tmp_path / "run", "trainer.limit_train_batches=2",
+                       "+callbacks.copy._target_=tests.faults.RecordCopiedAtEpoch",
+                       "+callbacks.copy.epoch=0", f"+callbacks.copy.to={seen}")
+    during = RunRecord.read(seen)
+    assert record.status == "ok" and during.status == "running" and during.test is None
+    assert (during.run_name, during.hparams) == (record.run_name, record.hparams)
+    assert record.run_name.startswith("mnist-bn-sgd-seed0-") and record.hparams["norm"] == "bn"
+
+
 def test_a_datamodule_value_of_another_type_is_named_with_what_it_takes(tiny_data, tmp_path):
     """Hydra passes `dataset.datamodule.*` untyped: `download=maybe` would be taken as true."""
     with pytest.raises(RunEnded) as ended:  # CIFAR-10's class has its own __init__ over the base's
