@@ -51,6 +51,7 @@ def test_a_run_records_each_splits_values_its_settings_and_each_test_images_hit(
     job = tmp_path / "0_tested"
     with caplog.at_level(logging.INFO):
         record = train_run(tiny_data, job, "dataset.lr=0.002", "seed=2")
+    assert capsys.readouterr().out == ""  # not Lightning's table of test metrics
     assert record.run_name == "mnist-bn-sgd-seed2-lr=0.002-max_epochs=1"
     assert f"{record.run_name}: training 1 epoch into {job}" in caplog.messages
     assert "Seed set to" not in caplog.text  # Lightning's line, not the study's
@@ -194,10 +195,11 @@ def test_a_full_disk_fails_the_run_in_one_paragraph_and_its_command_resumes(
     assert resumed.status == "ok" and len(resumed.history) == 2
 
 
-def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path):
+def test_divergence_stops_early_and_is_a_result(tiny_data, tmp_path, caplog):
     record = train_run(tiny_data, tmp_path, "norm=none", "dataset.lr=1e12",
                        "trainer.max_epochs=3")
     assert record.status == "diverged" and record.finished and record.test is None
+    assert f"{record.run_name} diverged at {record.diverged_at}: stopped early" in caplog.messages
     assert not (tmp_path / "test_correct.npy").exists()  # no test, no per-image hits
     assert record.diverged_at["epoch"] == 0 and record.diverged_at["step"] >= 1
     guard = DivergenceGuard()  # stops at the first bad step
@@ -305,8 +307,10 @@ def test_a_value_its_class_refuses_is_one_paragraph_and_leaves_nothing(tiny_data
                                      "each setting).")
 
 
-def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data, tmp_path):
-    """What a kill during training leaves in `metrics.json` (a resume goes on from it)."""
+def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data, tmp_path,
+                                                                       two_torch_threads):
+    """What a kill during training leaves in `metrics.json` (a resume goes on from it); the
+    run trains on the threads it is given (`threads=1`), not the process's two."""
     seen = tmp_path / "seen.json"
     record = train_run(tiny_data, tmp_path / "run", "trainer.limit_train_batches=2",
                        "+callbacks.copy._target_=tests.faults.RecordCopiedAtEpoch",
@@ -315,6 +319,7 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
     assert record.status == "ok" and during.status == "running" and during.test is None
     assert (during.run_name, during.hparams) == (record.run_name, record.hparams)
     assert record.run_name.startswith("mnist-bn-sgd-seed0-") and record.hparams["norm"] == "bn"
+    assert record.torch_threads == 1
 
 
 def test_a_datamodule_value_of_another_type_is_named_with_what_it_takes(tiny_data, tmp_path):
