@@ -311,10 +311,13 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
                                                                        two_torch_threads):
     """What a kill during training leaves in `metrics.json` (a resume goes on from it); the
     run trains on the threads it is given (`threads=1`), not the process's two."""
-    seen = tmp_path / "seen.json"
+    import time
+
+    seen, started = tmp_path / "seen.json", time.perf_counter()
     record = train_run(tiny_data, tmp_path / "run", "trainer.limit_train_batches=2",
                        "+callbacks.copy._target_=tests.faults.RecordCopiedAtEpoch",
                        "+callbacks.copy.epoch=0", f"+callbacks.copy.to={seen}")
+    assert 0 < record.wall_time_s < time.perf_counter() - started
     during = RunRecord.read(seen)
     assert record.status == "ok" and during.status == "running" and during.test is None
     assert (during.run_name, during.hparams) == (record.run_name, record.hparams)
@@ -562,7 +565,10 @@ def test_a_run_names_itself_in_its_lock_and_needs_a_job_directory(tmp_path, monk
     assert run.train(job_cfg(tmp_path / "job"))["run"] == "mnist-bn-sgd-seed0"
     assert holder(tmp_path / "job") == {}  # released when it ends
     monkeypatch.chdir(tmp_path / "job")
-    with pytest.raises(ConfigError, match=r"^paths.output_dir is not set: .* nothing was run\. "
-                                          r"Name one, e\.g\. compose\(\["):
+    with pytest.raises(ConfigError) as refused:
         run.train(compose(["norm=none"]))
+    assert str(refused.value) == (  # the call to type, as the caller wrote theirs
+        "paths.output_dir is not set: a config composed outside a Hydra job has no job "
+        'directory, so nothing was run. Name one, e.g. compose(["norm=none", '
+        '"paths.output_dir=outputs/runs/mine"]).')
     assert [p.name for p in (tmp_path / "job").iterdir()] == ["job.lock"]
