@@ -67,7 +67,7 @@ def test_model_options_compose_build_and_name_their_hparams(overrides, cls, dept
     validate(cfg)
     shape = (3, 32, 32) if "dataset=cifar10" in overrides else (1, 28, 28)
     model = build_model(cfg, shape, 10)
-    assert type(model) is Classifier and type(model.net) is cls
+    assert type(model) is Classifier and type(model.net) is cls and model.hparams.num_classes == 10
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == depth + 2 * (cls is CNN)
     assert {k: hparams(cfg)[k] for k in ("model", "depth", "norm")} == {
         "model": cls.__name__.lower(), "depth": depth, "norm": cfg.model.net.norm}

@@ -315,6 +315,7 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
 
     seen, started = tmp_path / "seen.json", time.perf_counter()
     record = train_run(tiny_data, tmp_path / "run", "trainer.limit_train_batches=2",
+                       "trainer.precision=32-true",  # typed at its default: recorded
                        "+callbacks.copy._target_=tests.faults.RecordCopiedAtEpoch",
                        "+callbacks.copy.epoch=0", f"+callbacks.copy.to={seen}")
     assert 0 < record.wall_time_s < time.perf_counter() - started
@@ -322,7 +323,7 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
     assert record.status == "ok" and during.status == "running" and during.test is None
     assert (during.run_name, during.hparams) == (record.run_name, record.hparams)
     assert record.run_name.startswith("mnist-bn-sgd-seed0-") and record.hparams["norm"] == "bn"
-    assert record.torch_threads == 1
+    assert record.torch_threads == 1 and record.hparams["trainer.precision"] == "32-true"
 
 
 def test_a_datamodule_value_of_another_type_is_named_with_what_it_takes(tiny_data, tmp_path):
