@@ -281,6 +281,12 @@ def test_resume_with_another_training_setting_is_refused(override, named, stored
     assert named in listed.split("; ")
 
 
+def test_a_run_without_trackers_logs_nowhere_not_in_lightnings_default(tiny_data, tmp_path):
+    record = train_run(tiny_data, tmp_path, "logger.tensorboard=null")
+    assert record.status == "ok" and record.test_acc > 0 and record.trackers is None
+    assert not list(tmp_path.rglob("*tfevents*")) and not (tmp_path / "lightning_logs").exists()
+
+
 @pytest.mark.parametrize("off", ["trainer.enable_checkpointing=false", "~callbacks.checkpoint"])
 def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
     """Without the study's checkpoint, Lightning's own (`epoch=0-step=N.ckpt`) is not added."""
