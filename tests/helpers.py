@@ -167,8 +167,10 @@ def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str, fresh: bool = Fa
     """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`; `fresh`:
     one seed unless `overrides` sweep it, in a fresh interpreter (a launcher starting processes
     of its own)."""
-    seeded = any(o.startswith("seed=") for o in overrides)  # (a setting given twice: refused)
-    args = ("-m", *FAST, *(["seed=0"] if fresh and not seeded else []),
+    # the test's own settings replace these (a setting given twice is refused)
+    typed = {o.lstrip("+").partition("=")[0] for o in overrides}
+    defaults = (*FAST, *(["seed=0"] if fresh else []))
+    args = ("-m", *(d for d in defaults if d.partition("=")[0] not in typed),
             f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}", *overrides)
     return fresh_train(*args) if fresh else run_train(*args)
 
