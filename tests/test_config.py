@@ -209,10 +209,11 @@ def test_the_settings_two_configs_differ_in_both_ways_but_observers_and_bookkeep
     (["model=cnn", "model.net.channels=[16,32]", "norm=layer"],
      "mnist-layer-sgd-seed0-channels=[16,32]-model=cnn"),
     # a sampled value at 4 significant digits (not Optuna's 17), a typed one as typed (1e9 too)
-    (["optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.12345",
+    (["optim.optimizer.lr=0.009101544767565362", "dataset.val_size=0.123456",  # 6 digits: whole
       "dataset.lr=0.0000001", "dataset.equivalence_margin=1.2345678e-03",
-      "callbacks.hallucinations.lr=1000000000.0"], "mnist-bn-sgd-seed0-lr=1000000000.0-"
-     "equivalence_margin=0.001235-lr=0.0000001-val_size=0.12345-lr=0.009102"),
+      "callbacks.hallucinations.lr=1000000000.0", "callbacks.hallucinations.l2=0.1234567"],
+     "mnist-bn-sgd-seed0-l2=0.1235-lr=1000000000.0-equivalence_margin=0.001235-lr=0.0000001-"
+     "val_size=0.123456-lr=0.009102"),
     # an optimizer's argument added is a setting; a callback dropped is not
     (["+optim.optimizer.weight_decay=0.01", "~callbacks.hallucinations"],
      "mnist-bn-sgd-seed0-weight_decay=0.01")])
