@@ -221,6 +221,31 @@ def test_a_runs_name_holds_each_typed_value_whole_and_a_sampled_one_at_4_digits(
     assert compose_config(*overrides).run_name == name
 
 
+def test_a_sweeps_job_is_named_by_the_values_its_sweep_varies_an_added_key_too(tmp_path):
+    """In a multirun, `swept_suffix` keeps the keys its `multirun.yaml` sweeps (one of them
+    added with `+`), not every override of the job."""
+    from hydra.types import RunMode
+
+    from bnstudy.config import swept_keys, swept_suffix
+
+    job = "+optim.optimizer.weight_decay=0.1,dataset.lr=0.1,norm=bn,trainer.max_epochs=2"
+    cfg = compose_config(*job.split(","))
+    try:
+        OmegaConf.set_readonly(cfg.hydra, False)
+        cfg.hydra.mode, cfg.hydra.runtime.cwd = RunMode.MULTIRUN, str(tmp_path)
+        cfg.hydra.sweep.dir, cfg.hydra.sweeper.params = "sweep", {"seed": "0,1"}
+        cfg.hydra.overrides.task = ["+optim.optimizer.weight_decay=0,0.1", "dataset.lr=0.1",
+                                    "norm=bn,none", "trainer.max_epochs=2"]
+        (tmp_path / "sweep").mkdir()
+        OmegaConf.save(cfg, tmp_path / "sweep" / "multirun.yaml")
+        HydraConfig.instance().set_config(cfg)
+        assert swept_keys() == {"optim.optimizer.weight_decay", "norm", "seed"}
+        assert swept_suffix(job) == "-weight_decay=0.1"  # norm and seed: in every name
+    finally:
+        compose_config()  # Hydra's config as the other tests find it
+    assert swept_keys() is None and swept_suffix(job) == "-weight_decay=0.1-lr=0.1-max_epochs=2"
+
+
 def test_a_run_records_the_settings_beyond_the_studys_that_differ_or_were_typed():
     """Typed ones even at their default; never bookkeeping (threads) or `model.steps_per_call`."""
     typed = ["trainer.gradient_clip_val=1.0", "trainer.precision=32-true", "threads=2",
