@@ -279,3 +279,13 @@ def test_a_key_added_past_the_schema_is_named_with_its_nodes_valid_keys(key, val
     node = key.rpartition(".")[0]
     where = f"under {node}" if node else "at the top level"
     assert str(refused.value).startswith(f"{key}: no such setting. Valid keys {where}: {valid}")
+    assert str(refused.value).endswith(" (e.g. dataset.lr=0.1; `python -m bnstudy.train --cfg "
+                                       "job` shows them all).")
+
+
+def test_two_keys_past_the_schema_are_named_together_and_a_datamodule_may_omit_one():
+    with pytest.raises(ConfigError, match=r"^paths\.a, paths\.b: no such setting\. "):
+        validate(compose_config("+paths.b=1", "+paths.a=1"))
+    cfg = compose_config()  # a user's own datamodule without eval_batch_size: its default
+    del cfg.dataset.datamodule.eval_batch_size
+    validate(cfg)
