@@ -172,11 +172,12 @@ def test_the_edges_of_each_range():
     cfg = compose_config("norm=none")
     accepted = [("dataset.val_size", 1), ("dataset.val_size", 5000.0), ("dataset.train_size", 1),
                 ("dataset.equivalence_margin", 0.99), ("threads", "auto"), ("threads", 1),
-                ("dataset.batch_size", 1), ("optim.optimizer.lr", 1e-9)]
+                ("dataset.batch_size", 1), ("optim.optimizer.lr", 1e-9), ("seed", 2**32 - 1)]
     refused = [("dataset.lr", 0.0), ("optim.optimizer.lr", True), ("dataset.val_size", 0.0),
                ("dataset.val_size", 1.0000001), ("dataset.equivalence_margin", 0.0),
                ("dataset.equivalence_margin", 1.0), ("callbacks.hallucinations.lr", 0),
-               ("threads", True), ("threads", "many"), ("trainer.max_epochs", True)]
+               ("threads", True), ("threads", "many"), ("trainer.max_epochs", True),
+               ("seed", 2**32)]  # numpy's seeds end below 2**32
     for key, value in accepted:
         ok = cfg.copy()
         OmegaConf.update(ok, key, value)
@@ -289,3 +290,7 @@ def test_two_keys_past_the_schema_are_named_together_and_a_datamodule_may_omit_o
     cfg = compose_config()  # a user's own datamodule without eval_batch_size: its default
     del cfg.dataset.datamodule.eval_batch_size
     validate(cfg)
+    del cfg.dataset.datamodule.batch_size  # without batch_size: dataset.batch_size's is read
+    cfg.dataset.batch_size = 1
+    with pytest.raises(ConfigError, match=r"^dataset\.batch_size=1 with norm=bn: "):
+        validate(cfg)
