@@ -167,12 +167,18 @@ def run_sweep(sweep_dir: Path, data_dir: Path, *overrides: str, fresh: bool = Fa
     """A quiet multirun (`-m`) of the entry point into `sweep_dir`, reading `data_dir`; `fresh`:
     one seed unless `overrides` sweep it, in a fresh interpreter (a launcher starting processes
     of its own)."""
-    # the test's own settings replace these (a setting given twice is refused)
-    typed = {o.lstrip("+").partition("=")[0] for o in overrides}
-    defaults = (*FAST, *(["seed=0"] if fresh else []))
-    args = ("-m", *(d for d in defaults if d.partition("=")[0] not in typed),
+    args = ("-m", *unless_typed((*FAST, *(["seed=0"] if fresh else [])), overrides),
             f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}", *overrides)
     return fresh_train(*args) if fresh else run_train(*args)
+
+
+def unless_typed(defaults, overrides) -> tuple[str, ...]:
+    """The `defaults` whose keys `overrides` leave alone: a test's own setting replaces one (the
+    command line refuses a setting given twice)."""
+    from bnstudy.config import overridden_keys
+
+    typed = set(overridden_keys(overrides))
+    return tuple(d for d in defaults if overridden_keys([d])[0] not in typed)
 
 
 def train_run(data_dir: Path, out: Path, *overrides: str):

@@ -14,6 +14,7 @@ from helpers import (
     start_train,
     sweep_jobs,
     tiny_fit,
+    unless_typed,
     wait_for_file,
 )
 
@@ -39,8 +40,8 @@ def quick(epochs: int = 1) -> tuple[str, ...]:
 ])
 def test_a_mistake_found_before_training_is_one_paragraph_and_leaves_nothing(
         overrides, message, tiny_data, tmp_path):
-    args = {o.partition("=")[0]: o for o in (f"paths.data_dir={tiny_data}", *overrides)}
-    proc = run_train(*FAST, *args.values(), "hydra.run.dir=outputs/runs/now", cwd=tmp_path)
+    proc = run_train(*FAST, *unless_typed([f"paths.data_dir={tiny_data}"], overrides), *overrides,
+                     "hydra.run.dir=outputs/runs/now", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert message in proc.stderr and "failed before training; nothing was kept" in proc.stderr
     assert list(tmp_path.iterdir()) == []  # the run folder Hydra made is gone, and its parents
