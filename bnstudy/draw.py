@@ -45,13 +45,13 @@ def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
 
     types = {"weight_grid": {"num_units": int}, "hallucinations": Hallucinator.knobs()}
     given: dict[str, dict] = {name: {} for name in PICTURE_CALLBACKS}
-    data_dir = None
+    paths = {}
     valid = ", ".join(f"{name}.{key}" for name, keys in types.items() for key in keys)
     for item in items:
         key, value = rebuild.parse_setting(item, ". Give settings as KEY=VALUE, e.g. "
                                            f"hallucinations.steps=400; the keys: {valid}.")
         if key == "paths.data_dir":
-            data_dir = str(value)
+            rebuild.set_once(paths, "data_dir", str(value), key)
             continue
         parts = key.removeprefix("callbacks.").split(".")
         owners = [n for n, keys in types.items() if parts[-1] in keys and parts[:-1] in ([], [n])]
@@ -67,8 +67,8 @@ def parse_overrides(items: list[str]) -> tuple[dict, str | None]:
             raise rebuild.UsageError(
                 f"{key}={value!r}: {knob} takes {' or '.join(TYPE_NAMES[t] for t in allowed)}, "
                 f"e.g. {name}.{knob}={default_recipe()[name].get(knob)}.")
-        given[name][knob] = value
-    return given, data_dir
+        rebuild.set_once(given[name], knob, value, f"{name}.{knob}")
+    return given, paths.get("data_dir")
 
 
 def recipe_name(recipe: dict[str, dict], defaults: dict[str, dict]) -> str:

@@ -27,11 +27,11 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
     training command line's (`overrides.trainer_type`)."""
     import difflib
 
-    data_dir, trainer = None, {}
+    paths, trainer = {}, {}
     for item in items:
         key, value = rebuild.parse_setting(item, "; give KEY=VALUE.")
         if key == "paths.data_dir":
-            data_dir = str(value)
+            rebuild.set_once(paths, "data_dir", str(value), key)
         elif key.startswith("trainer.") and key.count(".") == 1:
             flag = key.split(".", 1)[1]
             if key not in trainer_hints():  # (Lightning imported for a flag given only: seconds)
@@ -46,13 +46,13 @@ def parse_settings(items: list[str]) -> tuple[str | None, dict]:
                                          "checkpoints or callbacks).")
             if said := trainer_type(item, key, [value]):
                 raise rebuild.UsageError(said)
-            trainer[flag] = value
+            rebuild.set_once(trainer, flag, value, key)
         else:
             raise rebuild.UsageError(
                 f"{key}: eval takes paths.data_dir=DIR (where the data is now) and trainer "
                 "flags (e.g. trainer.accelerator=cpu); the model, data and splits are the run's "
                 "own.")
-    return data_dir, trainer
+    return paths.get("data_dir"), trainer
 
 
 def targets(path: Path) -> list[tuple[Path, Path]]:

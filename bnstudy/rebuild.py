@@ -66,6 +66,13 @@ def parse_setting(item: str, how: str) -> tuple[str, object]:
     return override.key_or_group, override.value()
 
 
+def set_once(given: dict, key: str, value, name: str) -> None:
+    """`given[key] = value`, refusing another value given before (`steps=10 steps=400`)."""
+    if given.setdefault(key, value) != value:
+        raise UsageError(f"{name} is given twice ({given[key]} and {value}), and only one can be "
+                         f"used, so nothing was done. Give it once, e.g. {name}={value}.")
+
+
 def run_dirs(path: Path) -> list[Path]:
     """The runs `path` names: a run's directory, or a sweep's jobs (by job number)."""
     if not path.exists():

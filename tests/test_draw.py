@@ -220,6 +220,8 @@ def test_a_run_without_checkpoint_is_named_unfinished_ones_skipped_and_the_other
     (["weight_grid.num_units=0"], "weight_grid.num_units=0 is out of range; it must be >= 1"),
     (["every_n_epochs=2"], "only matters while a run trains"),
     (["lr"], "is not a setting"),
+    (["steps=10", "hallucinations.steps=400"], "hallucinations.steps is given twice (10 and 400)"),
+    (["paths.data_dir=a", "paths.data_dir=b"], "paths.data_dir is given twice (a and b)"),
 ])
 def test_bad_settings_are_refused_in_one_paragraph_before_anything_is_drawn(sweep, args,
                                                                            message, capsys):

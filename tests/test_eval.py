@@ -229,6 +229,17 @@ def test_a_flag_of_another_type_is_refused_before_any_run():
         None, {"limit_test_batches": 0.5, "fast_dev_run": True, "precision": "bf16-mixed"})
 
 
+def test_a_setting_given_twice_is_refused_unless_alike():
+    for twice, said in [(["trainer.precision=32", "trainer.precision=bf16-mixed"],
+                         "trainer.precision is given twice (32 and bf16-mixed)"),
+                        (["paths.data_dir=a", "paths.data_dir=b"],
+                         "paths.data_dir is given twice (a and b)")]:
+        with pytest.raises(UsageError, match=re.escape(said)):
+            evaluate.parse_settings(twice)
+    assert evaluate.parse_settings(["paths.data_dir=a", "trainer.precision=32"] * 2) == (
+        "a", {"precision": 32})
+
+
 def test_runs_share_a_datamodule_only_where_they_share_the_data_and_its_split(sweep, tmp_path):
     """Seed and batch size aside; with `split_seed=null` (decisive) a run's split is its seed's."""
     base = SavedRun.open(next(sweep.glob("0_*")))
