@@ -63,6 +63,30 @@ def type_names(allowed: tuple) -> str:
                        for t in allowed if not (t is int and float in allowed))
 
 
+def arguments_refused(node, key: str) -> str | None:
+    """The paragraph for a value of `node` (a config to instantiate) its class does not take,
+    by name or by type (bnstudy's classes' hints: Hydra passes values untyped, so
+    `download=maybe` would be taken as true); None if it takes them all."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    cls = get_class(node["_target_"])
+    params = inspect.signature(cls).parameters
+    hints = {}  # each __init__'s of the class and the project's classes above it
+    for base in reversed(cls.__mro__):
+        if base.__module__.startswith("bnstudy.") and "__init__" in vars(base):
+            hints.update(typing.get_type_hints(base.__init__))
+    for name, value in node.items():
+        if name not in params and not name.startswith("_") and not any(
+                p.kind is p.VAR_KEYWORD for p in params.values()):
+            return (f"{key}.{name}: {cls.__name__} takes no such argument. "
+                    f"It takes {', '.join(p for p in params if p != 'data_dir' and p[0] != '_')}.")
+        if name in hints and (allowed := types_refused(value, hints[name])):
+            return f"{key}.{name}={value!r}: it takes {type_names(allowed)}."
+    return None
+
+
 @functools.cache
 def trainer_hints() -> dict[str, typing.Any]:
     """The Trainer's flags' types by `trainer.` key, from its signature (Lightning imported only

@@ -12,7 +12,6 @@ import shutil
 import sys
 import time
 import traceback
-import typing
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,9 +35,8 @@ from bnstudy.errors import (
     ConfigError,
     DataError,
     RunFileError,
+    arguments_refused,
     first_line,
-    type_names,
-    types_refused,
 )
 from bnstudy.jobdir import (
     DIR_SETTINGS,
@@ -334,17 +332,9 @@ def build_model(cfg: DictConfig, input_shape, num_classes: int) -> L.LightningMo
 
 def build_datamodule(node: DictConfig, data_dir: str) -> L.LightningDataModule:
     """The run's datamodule; a value of `dataset.datamodule` its class does not take is a
-    `ConfigError` (Hydra passes them untyped: `download=maybe` would be taken as true)."""
-    from hydra.utils import get_class
-
-    hints = {}  # each __init__'s of the class and the project's classes above it
-    for cls in reversed(get_class(node._target_).__mro__):
-        if cls.__module__.startswith("bnstudy.") and "__init__" in vars(cls):
-            hints.update(typing.get_type_hints(cls.__init__))
-    for key, value in node.items():
-        if key in hints and (allowed := types_refused(value, hints[key])):
-            raise ConfigError(f"dataset.datamodule.{key}={value!r}: it takes "
-                              f"{type_names(allowed)}.")
+    `ConfigError` (`errors.arguments_refused`)."""
+    if said := arguments_refused(node, "dataset.datamodule"):
+        raise ConfigError(said)
     try:
         return instantiate(node, data_dir=data_dir)
     except InstantiationException as err:  # the class's own refusal, e.g. verify_checksums

@@ -120,6 +120,29 @@ def test_a_job_that_cannot_be_composed_ends_the_sweep_and_leaves_no_folder(tmp_p
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_datamodule_argument_its_class_refuses_ends_the_sweep_before_any_job(tmp_path,
+                                                                             monkeypatch):
+    """Checked where the command gives one (its class is imported only then)."""
+    compose_config()  # Hydra's first scan of the plugins runs this module again: before patching
+    checked, real = [], grid.arguments_refused
+    monkeypatch.setattr(grid, "announce", lambda config: None)
+    monkeypatch.setattr(grid, "arguments_refused",
+                        lambda node, key: checked.append(key) or real(node, key))
+    (tmp_path / "sweep").mkdir()
+    sweeper = grid_sweeper({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}},
+                           lambda master_config, sweep_overrides: compose_config(*sweep_overrides))
+    sweeper.validate_batch_is_legal([["dataset=mnist", "norm=bn"]])
+    assert checked == []
+    job = ["dataset=mnist", "+dataset.datamodule.foo=1"]
+    with pytest.raises(SystemExit) as ended:
+        sweeper.validate_batch_is_legal([job])
+    assert ended.value.code == (
+        "dataset.datamodule.foo: MNISTDataModule takes no such argument. It takes batch_size, "
+        "val_size, train_size, eval_batch_size, split_seed, seed, download. (The sweep's job "
+        f"{' '.join(job)}; nothing was run.)")
+    assert checked == ["dataset.datamodule"] and not (tmp_path / "sweep").exists()
+
+
 def test_the_grid_sweeper_puts_the_folders_plan_back_when_no_job_of_the_launch_trained(
         tmp_path, monkeypatch):
     saved = tmp_path / "multirun.yaml"

@@ -23,6 +23,7 @@ from helpers import (
 )
 
 from bnstudy.callbacks import DivergenceGuard
+from bnstudy.errors import arguments_refused
 from bnstudy.jobdir import RunExistsError
 from bnstudy.records import RunRecord
 from bnstudy.run import RunEnded, build, check_job_dir, discard_untrained, train
@@ -296,7 +297,6 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
 
 @pytest.mark.parametrize(("overrides", "said"), [
     (["trainer.strategy=dpp"], "trainer: ValueError: You selected an invalid strategy name"),
-    (["+dataset.datamodule.foo=1"], "dataset.datamodule: TypeError: "),
     (["callbacks.checkpoint.every_n_epochs=-1"],
      "callbacks.checkpoint: MisconfigurationException: "),
     (["model=cnn", "model.net.channels=[4,4,4,4,4]"],  # the net's error, inside the model's
@@ -332,14 +332,26 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
     assert record.torch_threads == 1 and record.hparams["trainer.precision"] == "32-true"
 
 
-def test_a_datamodule_value_of_another_type_is_named_with_what_it_takes(tiny_data, tmp_path):
+@pytest.mark.parametrize(("overrides", "said"), [  # CIFAR-10's class: its own __init__ over
+    (["dataset=cifar10", "dataset.datamodule.download=maybe"],  # the base's
+     "dataset.datamodule.download='maybe': it takes true or false or null."),
+    (["+dataset.datamodule.foo=1"], "dataset.datamodule.foo: MNISTDataModule takes no such "
+     "argument. It takes batch_size, val_size, train_size, eval_batch_size, split_seed, seed, "
+     "download.")])
+def test_a_datamodule_value_its_class_does_not_take_is_named_with_what_it_takes(
+        tiny_data, tmp_path, overrides, said):
     """Hydra passes `dataset.datamodule.*` untyped: `download=maybe` would be taken as true."""
-    with pytest.raises(RunEnded) as ended:  # CIFAR-10's class has its own __init__ over the base's
-        train_run(tiny_data, tmp_path / "run", "dataset=cifar10",
-                  "dataset.datamodule.download=maybe")
+    with pytest.raises(RunEnded) as ended:
+        train_run(tiny_data, tmp_path / "run", *overrides)
     assert ended.value.status == "discarded" and not (tmp_path / "run").exists()
-    assert str(ended.value) == ("dataset.datamodule.download='maybe': it takes true or false or "
-                                "null.")
+    assert str(ended.value) == said
+
+
+def test_a_class_taking_any_keyword_is_given_any():
+    node = {"_target_": "fractions.Fraction", "_convert_": "all", "foo": 1}
+    assert arguments_refused(node, "x") == ("x.foo: Fraction takes no such argument. It takes "
+                                            "numerator, denominator.")
+    assert arguments_refused({"_target_": "argparse.Namespace", "foo": 1}, "x") is None
 
 
 @pytest.mark.parametrize("shown", [True, False])

@@ -1,6 +1,7 @@
 """`hydra/sweeper=grid`, the default: Hydra's basic sweeper, except that before the first job it
 composes only the jobs that meet every swept value once (Hydra's composes all: 16 s for 160
-jobs). A value that cannot be composed ends the sweep before any job, leaving no folder."""
+jobs). A value that cannot be composed, or that `config.validate` or the datamodule's class
+(where the command sets it) refuses, ends the sweep before any job, leaving no folder."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 from bnstudy.config import validate
-from bnstudy.errors import ConfigError
+from bnstudy.errors import ConfigError, arguments_refused
 from bnstudy.sweep import announce, check_plan, discard_empty_sweep
 
 
@@ -35,8 +36,13 @@ class GridSweeper(BasicSweeper):
             for job in batch:  # each meeting a new value composed, as Hydra's does, and checked
                 if not seen.issuperset(job):
                     seen.update(job)
-                    validate(self.hydra_context.config_loader.load_sweep_config(
-                        master_config=self.config, sweep_overrides=list(job)))
+                    cfg = self.hydra_context.config_loader.load_sweep_config(
+                        master_config=self.config, sweep_overrides=list(job))
+                    validate(cfg)
+                    node = "dataset.datamodule"  # its class imported only if given: seconds
+                    if any(o.lstrip("+").startswith(f"{node}.") for o in job) and (
+                            said := arguments_refused(cfg.dataset.datamodule, node)):
+                        raise ConfigError(said)
         except Exception as err:  # nothing was launched: nothing is kept (a job's folder would be)
             discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
             if isinstance(err, ConfigError):  # a value out of range: one paragraph
