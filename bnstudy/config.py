@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bnstudy.errors import ConfigError
+from bnstudy.errors import ConfigError, arguments_refused
 from bnstudy.norms import NORMS
 from bnstudy.records import HOW_IT_RUNS, SHOWN, plan_overrides
 
@@ -168,8 +168,9 @@ def check_known_keys(cfg: DictConfig) -> None:
                 "`python -m bnstudy.train --cfg job` shows them all).")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks the keys and the ranges types cannot express, before anything is built."""
+def validate(cfg: DictConfig, given=()) -> None:
+    """Checks the keys and the ranges types cannot express, before anything is built; where the
+    overrides `given` set `dataset.datamodule.*`, its class's arguments (imported only then)."""
     check_known_keys(cfg)
     if cfg.model.net.norm not in NORMS:
         raise ConfigError(f"model.net.norm={cfg.model.net.norm!r} is not a known normalisation; "
@@ -210,6 +211,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{key}=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
                           f"the batch, which one image cannot give. Use {key}=2 or more, or "
                           "norm=none / norm=layer.")
+    if any(o.lstrip("+").startswith("dataset.datamodule.") for o in given) and (
+            said := arguments_refused(cfg.dataset.datamodule, "dataset.datamodule")):
+        raise ConfigError(said)
 
 
 # The picture settings' least values (LEAST) and bounds they must exceed (ABOVE)

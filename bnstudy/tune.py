@@ -264,8 +264,8 @@ class TunedSweeper(Sweeper):
         check_folder(self.config, sweep_dir)
         for cell in cells:  # each composes: a misspelt value ends the study before any trial
             try:
-                validate(self.hydra_context.config_loader.load_sweep_config(
-                    self.config, [f"{k}={v}" for k, v in cell.items()] + rest))
+                job = [f"{k}={v}" for k, v in cell.items()] + rest
+                validate(self.hydra_context.config_loader.load_sweep_config(self.config, job), job)
             except HydraException as err:  # a cell's option no file is (hydra.sweeper.cells)
                 first, _, more = hydra_said(err).partition("\n")
                 more = " ".join(more.split())

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 import hydra_plugins.bnstudy_launchers as plugin
 import hydra_plugins.bnstudy_sweeper as grid
+from bnstudy import config
 from bnstudy.errors import ConfigError
 from bnstudy.records import RunRecord
 from bnstudy.report.runs import load_runs
@@ -89,7 +90,7 @@ def grid_sweeper(config: dict, compose=None):
 def test_the_grid_sweeper_composes_each_swept_value_once_before_the_jobs(monkeypatch):
     """Not all 160 of the decisive study's configs first: a job per new value (each checked)."""
     composed, checked, announced = [], [], []
-    monkeypatch.setattr(grid, "validate", checked.append)  # each composed config range-checked
+    monkeypatch.setattr(grid, "validate", lambda cfg, given: checked.append(cfg))  # each checked
     monkeypatch.setattr(grid, "announce", announced.append)
     batch = [[f"dataset={d}", f"norm={n}", f"seed={s}"]
              for d in ("mnist", "cifar10") for n in ("bn", "nne") for s in range(20)]
@@ -123,10 +124,9 @@ def test_a_job_that_cannot_be_composed_ends_the_sweep_and_leaves_no_folder(tmp_p
 def test_a_datamodule_argument_its_class_refuses_ends_the_sweep_before_any_job(tmp_path,
                                                                              monkeypatch):
     """Checked where the command gives one (its class is imported only then)."""
-    compose_config()  # Hydra's first scan of the plugins runs this module again: before patching
-    checked, real = [], grid.arguments_refused
+    checked, real = [], config.arguments_refused
     monkeypatch.setattr(grid, "announce", lambda config: None)
-    monkeypatch.setattr(grid, "arguments_refused",
+    monkeypatch.setattr(config, "arguments_refused",
                         lambda node, key: checked.append(key) or real(node, key))
     (tmp_path / "sweep").mkdir()
     sweeper = grid_sweeper({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}},

@@ -338,7 +338,9 @@ def test_a_tuned_study_refuses_a_misspelt_cell_a_grids_folder_and_a_second_launc
     ("hydra.sweeper.sampler.seed=abc", "hydra.sweeper.sampler.seed=abc: the base seed is a whole "
      "number or null, so nothing was run. Type e.g. hydra.sweeper.sampler.seed=0."),
     ("hydra.sweeper.cells.norm=[bn,batch]", "In 'config': Could not find 'norm/batch'. Available "
-     "options in 'norm': bn group layer none, so nothing was run.")])
+     "options in 'norm': bn group layer none, so nothing was run."),
+    ("+dataset.datamodule.foo=1", "dataset.datamodule.foo: MNISTDataModule takes no such "
+     "argument. It takes batch_size, ")])
 def test_a_search_that_cannot_be_made_is_refused_before_any_trial(override, said, tmp_path,
                                                                   monkeypatch):
     monkeypatch.setattr(bnstudy.run, "train", fake_train)

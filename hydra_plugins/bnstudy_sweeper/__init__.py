@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 from bnstudy.config import validate
-from bnstudy.errors import ConfigError, arguments_refused
+from bnstudy.errors import ConfigError
 from bnstudy.sweep import announce, check_plan, discard_empty_sweep
 
 
@@ -36,13 +36,8 @@ class GridSweeper(BasicSweeper):
             for job in batch:  # each meeting a new value composed, as Hydra's does, and checked
                 if not seen.issuperset(job):
                     seen.update(job)
-                    cfg = self.hydra_context.config_loader.load_sweep_config(
-                        master_config=self.config, sweep_overrides=list(job))
-                    validate(cfg)
-                    node = "dataset.datamodule"  # its class imported only if given: seconds
-                    if any(o.lstrip("+").startswith(f"{node}.") for o in job) and (
-                            said := arguments_refused(cfg.dataset.datamodule, node)):
-                        raise ConfigError(said)
+                    validate(self.hydra_context.config_loader.load_sweep_config(
+                        master_config=self.config, sweep_overrides=list(job)), job)
         except Exception as err:  # nothing was launched: nothing is kept (a job's folder would be)
             discard_empty_sweep(Path(str(self.config.hydra.sweep.dir)))
             if isinstance(err, ConfigError):  # a value out of range: one paragraph
