@@ -358,6 +358,12 @@ def test_a_local_mlflow_store_is_made_once_and_a_resumed_run_keeps_its_settings(
     assert run.data.params == {"seed": "0", "lr": "0.1", "threads": "1"}
     trackers.prepare_mlflow_store(OmegaConf.create({"tracking_uri": f"sqlite:///{store}"}))
     assert client.get_experiment_by_name("lightning_logs")  # none named: Lightning's default
+    deep = tmp_path / "a" / "b" / "mlflow.db"  # its folders made; a URI's artifacts as given
+    trackers.prepare_mlflow_store(OmegaConf.create({
+        "tracking_uri": f"sqlite:///{deep}", "experiment_name": "uri",
+        "artifact_location": "file:///srv/mlartifacts"}))
+    assert MlflowClient(f"sqlite:///{deep}").get_experiment_by_name(
+        "uri").artifact_location == "file:///srv/mlartifacts"
     server = compose_config("logger=[tensorboard,mlflow]", "paths.output_dir=/unused/job",
                             "logger.mlflow.tracking_uri=http://127.0.0.1:9").logger
     _, resumed = trackers.make_loggers(server, "job", {"MLFlowLogger": "0123abcd"})
