@@ -67,11 +67,19 @@ def arguments_refused(node, key: str) -> str | None:
     """The paragraph for a value of `node` (a config to instantiate) its class does not take,
     by name or by type (bnstudy's classes' hints: Hydra passes values untyped, so
     `download=maybe` would be taken as true); None if it takes them all."""
+    import importlib
     import inspect
 
-    from hydra.utils import get_class
-
-    cls = get_class(node["_target_"])
+    module, _, name = (target := node["_target_"]).rpartition(".")
+    try:
+        found = importlib.import_module(module)
+    except (ImportError, ValueError):  # (ValueError: no module named)
+        found = None
+    if not isinstance(cls := getattr(found, name, None), type):  # a misspelt class
+        near = difflib.get_close_matches(name, set(dir(found)) - {name}, n=1) if found else []
+        hint = ", nor its module." if found is None else \
+            f". Did you mean {module}.{near[0]}?" if near else "."
+        return f"{key}._target_={target}: no such class{hint} Give a class's full dotted path."
     params = inspect.signature(cls).parameters
     hints = {}  # each __init__'s of the class and the project's classes above it
     for base in reversed(cls.__mro__):

@@ -337,7 +337,10 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
      "dataset.datamodule.download='maybe': it takes true or false or null."),
     (["+dataset.datamodule.foo=1"], "dataset.datamodule.foo: MNISTDataModule takes no such "
      "argument. It takes batch_size, val_size, train_size, eval_batch_size, split_seed, seed, "
-     "download.")])
+     "download."),
+    (["dataset.datamodule._target_=bnstudy.data.MNISTDataModul"], "dataset.datamodule._target_="
+     "bnstudy.data.MNISTDataModul: no such class. Did you mean bnstudy.data.MNISTDataModule? "
+     "Give a class's full dotted path.")])
 def test_a_datamodule_value_its_class_does_not_take_is_named_with_what_it_takes(
         tiny_data, tmp_path, overrides, said):
     """Hydra passes `dataset.datamodule.*` untyped: `download=maybe` would be taken as true."""
@@ -352,6 +355,11 @@ def test_a_class_taking_any_keyword_is_given_any():
     assert arguments_refused(node, "x") == ("x.foo: Fraction takes no such argument. It takes "
                                             "numerator, denominator.")
     assert arguments_refused({"_target_": "argparse.Namespace", "foo": 1}, "x") is None
+    for target in ("Namespace", "nowhere.Namespace"):
+        assert arguments_refused({"_target_": target}, "x") == (
+            f"x._target_={target}: no such class, nor its module. Give a class's full dotted path.")
+    assert arguments_refused({"_target_": "argparse.SUPPRESS"}, "x") == (  # there: no class
+        "x._target_=argparse.SUPPRESS: no such class. Give a class's full dotted path.")
 
 
 @pytest.mark.parametrize("shown", [True, False])
