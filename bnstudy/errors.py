@@ -20,8 +20,9 @@ class RunFileError(OSError):
 
 
 def first_line(err: BaseException) -> str:
-    """`Type: the first line of its message`, as a one-paragraph refusal quotes an error."""
-    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    """`Type: the first line of its message` (less a colon that led to the next), as a
+    one-paragraph refusal quotes an error."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0].rstrip(':')}"
 
 
 def hydra_said(err: BaseException) -> str:

@@ -297,6 +297,8 @@ def test_checkpoints_turned_off_either_way_write_none(tiny_data, tmp_path, off):
 
 @pytest.mark.parametrize(("overrides", "said"), [
     (["trainer.strategy=dpp"], "trainer: ValueError: You selected an invalid strategy name"),
+    (["optim.optimizer._target_=torch.optim.SDG"],  # made by the model; its message's colon
+     "model: ImportError: Error loading 'torch.optim.SDG', so nothing was run."),  # dropped
     (["callbacks.checkpoint.every_n_epochs=-1"],
      "callbacks.checkpoint: MisconfigurationException: "),
     (["model=cnn", "model.net.channels=[4,4,4,4,4]"],  # the net's error, inside the model's
