@@ -86,13 +86,13 @@ def arguments_refused(node, key: str) -> str | None:
     for base in reversed(cls.__mro__):
         if base.__module__.startswith("bnstudy.") and "__init__" in vars(base):
             hints.update(typing.get_type_hints(base.__init__))
-    for name, value in node.items():
-        if name not in params and not name.startswith("_") and not any(
-                p.kind is p.VAR_KEYWORD for p in params.values()):
-            return (f"{key}.{name}: {cls.__name__} takes no such argument. "
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for arg, value in node.items():
+        if arg not in params and arg[0] != "_" and not takes_any:
+            return (f"{key}.{arg}: {cls.__name__} takes no such argument. "
                     f"It takes {', '.join(p for p in params if p != 'data_dir' and p[0] != '_')}.")
-        if name in hints and (allowed := types_refused(value, hints[name])):
-            return f"{key}.{name}={value!r}: it takes {type_names(allowed)}."
+        if arg in hints and (allowed := types_refused(value, hints[arg])):
+            return f"{key}.{arg}={value!r}: it takes {type_names(allowed)}."
     return None
 
 
