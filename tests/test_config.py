@@ -294,3 +294,25 @@ def test_two_keys_past_the_schema_are_named_together_and_a_datamodule_may_omit_o
     cfg.dataset.batch_size = 1
     with pytest.raises(ConfigError, match=r"^dataset\.batch_size=1 with norm=bn: "):
         validate(cfg)
+
+
+def test_a_composed_config_is_the_callers_own_copy_and_shows_bars_on_a_terminal_only(
+        monkeypatch):
+    """The compose caches hand out deep copies (a caller's change to a nested value does not
+    reach the next caller), in and outside a Hydra app."""
+    import sys
+
+    from hydra import initialize_config_dir
+
+    from bnstudy.config import CONFIG_DIR, compose_cached
+
+    mine = compose_cached(["dataset=mnist"])
+    mine.dataset.lr = 5.0
+    assert compose_cached(["dataset=mnist"]).dataset.lr == 0.001
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):  # as inside the app
+        mine = group_defaults({"dataset": "mnist"})
+        mine.dataset.lr = 5.0
+        assert group_defaults({"dataset": "mnist"}).dataset.lr == 0.001
+    assert mine.trainer.enable_progress_bar is False  # (pytest's stderr is no terminal)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert mine.trainer.enable_progress_bar is True
