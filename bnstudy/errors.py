@@ -87,10 +87,13 @@ def arguments_refused(node, key: str) -> str | None:
         if base.__module__.startswith("bnstudy.") and "__init__" in vars(base):
             hints.update(typing.get_type_hints(base.__init__))
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    listed = [p for p in params if p != "data_dir" and p[0] != "_"]
     for arg, value in node.items():
         if arg not in params and arg[0] != "_" and not takes_any:
-            return (f"{key}.{arg}: {cls.__name__} takes no such argument. "
-                    f"It takes {', '.join(p for p in params if p != 'data_dir' and p[0] != '_')}.")
+            near = "".join(f" Did you mean {key}.{n}?" for n in
+                           difflib.get_close_matches(arg, listed, n=1))
+            return (f"{key}.{arg}: {cls.__name__} takes no such argument.{near} "
+                    f"It takes {', '.join(listed)}.")
         if arg in hints and (allowed := types_refused(value, hints[arg])):
             return f"{key}.{arg}={value!r}: it takes {type_names(allowed)}."
     return None

@@ -340,6 +340,9 @@ def test_a_training_run_is_recorded_running_with_its_name_and_settings(tiny_data
     (["+dataset.datamodule.foo=1"], "dataset.datamodule.foo: MNISTDataModule takes no such "
      "argument. It takes batch_size, val_size, train_size, eval_batch_size, split_seed, seed, "
      "download."),
+    (["+dataset.datamodule.val_sise=0.2"], "dataset.datamodule.val_sise: MNISTDataModule takes "
+     "no such argument. Did you mean dataset.datamodule.val_size? It takes batch_size, val_size, "
+     "train_size, eval_batch_size, split_seed, seed, download."),
     (["dataset.datamodule._target_=bnstudy.data.MNISTDataModul"], "dataset.datamodule._target_="
      "bnstudy.data.MNISTDataModul: no such class. Did you mean bnstudy.data.MNISTDataModule? "
      "Give a class's full dotted path.")])
