@@ -412,3 +412,18 @@ def read_run(run: Path) -> tuple[dict, list]:
                for tag in tags if tag != metadata.CONFIG_SUMMARY_TAG}
     (config,) = events.Tensors(metadata.CONFIG_SUMMARY_TAG)
     return scalars, layout_pb2.Layout.FromString(config.tensor_proto.string_val[0]).category
+
+
+def help_words(main, *args: str) -> str:
+    """A command's `--help` (`main(argv)`, exit 0) with its whitespace made single spaces."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            main([*args, "--help"])
+    except SystemExit as ended:
+        assert ended.code == 0
+        return " ".join(out.getvalue().split())
+    raise AssertionError("--help did not exit")
