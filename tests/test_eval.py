@@ -16,7 +16,7 @@ from helpers import help_words, read_record, run_module
 from omegaconf import OmegaConf
 
 from bnstudy import eval as evaluate
-from bnstudy.jobdir import JobDirLock
+from bnstudy.jobdir import JobDirLock, holder
 from bnstudy.rebuild import CHECKPOINT, DataCache, RunError, SavedRun, UsageError, restore
 from bnstudy.records import RunRecord
 
@@ -83,7 +83,7 @@ def test_the_entry_point_scores_another_checkpoint_of_a_run_with_its_own_weights
     assert not (job / "eval.json").exists()
 
 
-def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
+def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys, monkeypatch):
     job, other = sorted(sweep.glob("*_mnist-*"))[:2]
     for extra in {p for p in sweep.iterdir() if p.is_dir()} - {job, other}:
         shutil.rmtree(extra)  # (the others evaluated: the first test)
@@ -101,8 +101,13 @@ def test_moved_data_is_named_and_found_with_paths_data_dir(sweep, capsys):
     assert not (job / "eval.json").exists()
     assert evaluate.main([str(job)]) == 1  # one run: the count is said where it failed
     assert capsys.readouterr().out == f"Evaluated 0 of 1 run(s); not evaluated: {job.name}.\n"
+    seen, real = [], evaluate.evaluate  # the run's lock names this command while it writes
+    monkeypatch.setattr(evaluate, "evaluate",
+                        lambda run, *args: seen.append(holder(run.path)["run"]) or real(run, *args))
     assert evaluate.main([str(job), f"paths.data_dir={data_dir}"]) == 0
-    assert "(as recorded)" in capsys.readouterr().out
+    out = capsys.readouterr().out  # one run evaluated: its line alone, no count
+    assert "(as recorded)" in out and out.count("\n") == 1
+    assert seen == ["python -m bnstudy.eval"]
 
 
 def test_an_unfinished_run_is_evaluated_with_the_flags_kept_and_one_refused_is_named(sweep, capsys):
