@@ -414,16 +414,19 @@ def read_run(run: Path) -> tuple[dict, list]:
     return scalars, layout_pb2.Layout.FromString(config.tensor_proto.string_val[0]).category
 
 
-def help_words(main, *args: str) -> str:
-    """A command's `--help` (`main(argv)`, exit 0) with its whitespace made single spaces."""
+def help_words(main, abbreviated: list[str]) -> str:
+    """A command's `--help` (`main(argv)`, exit 0) with its whitespace made single spaces,
+    once `abbreviated` (an option shortened) was refused (exit 2)."""
     import contextlib
     import io
 
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            main([*args, "--help"])
-    except SystemExit as ended:
-        assert ended.code == 0
-        return " ".join(out.getvalue().split())
-    raise AssertionError("--help did not exit")
+    for argv, code in ((abbreviated, 2), (["--help"], 0)):
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                main(argv)
+        except SystemExit as ended:
+            assert ended.code == code, (argv, ended.code)
+        else:
+            raise AssertionError(f"{argv} did not exit")
+    return " ".join(out.getvalue().split())
