@@ -211,7 +211,7 @@ def validate(cfg: DictConfig, given=()) -> None:
         raise ConfigError(f"{key}=1 with norm={cfg.model.net.norm}: BatchNorm normalises over "
                           f"the batch, which one image cannot give. Use {key}=2 or more, or "
                           "norm=none / norm=layer.")
-    if any(o.lstrip("+").startswith("dataset.datamodule.") for o in given) and (
+    if any(k.startswith("dataset.datamodule.") for k in overridden_keys(given)) and (
             said := arguments_refused(cfg.dataset.datamodule, "dataset.datamodule")):
         raise ConfigError(said)
 
